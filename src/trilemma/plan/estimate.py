@@ -1,0 +1,236 @@
+"""Analytic estimates of cost, latency and reliability for any workflow DAG.
+
+The seed's three laws, applied to a real DAG:
+
+* cost is price x calls, summed over steps; ``book`` counts retries as free (the
+  seed's formula), ``expected`` counts each retry with the chance it happens,
+  ``worst`` counts every retry as used;
+* latency is the longest path through the DAG of step latencies, a step taking
+  its model latency x its sequential calls; ``critical_path`` takes no retry,
+  ``worst`` every retry;
+* reliability is the product of per-step success, ``k`` retries lifting ``p``
+  to ``1 - (1 - p)^(k + 1)``.
+
+A cached step costs nothing, takes :data:`CACHE_HIT_LATENCY_S` and succeeds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from trilemma import dag
+from trilemma.spec import Step, Workflow
+
+__all__ = ["CACHE_HIT_LATENCY_S", "Estimate", "StepEstimate", "estimate", "step_estimate"]
+
+CACHE_HIT_LATENCY_S = 0.01
+
+
+def _r(x: float) -> float:
+    """Round away float noise (0.8999999999999999 -> 0.9) for JSON."""
+    return round(x, 12)
+
+
+@dataclass(frozen=True, slots=True)
+class StepEstimate:
+    """The planner's figures for one step."""
+
+    id: str
+    """The step's id."""
+    model: str
+    """The model profile it runs on."""
+    cached: bool
+    """Planned as a cache hit."""
+    calls: int
+    """LLM calls of one attempt (0 when cached)."""
+    retries: int
+    """Extra attempts allowed."""
+    attempts_expected: float
+    """Attempts made on average: sum of (1 - p)^i for i = 0..retries."""
+    cost_book: float
+    """Dollars by the seed's formula: price x calls, retries free."""
+    cost_expected: float
+    """Dollars counting each retry with the chance it happens."""
+    cost_worst: float
+    """Dollars with every retry used."""
+    latency_s: float
+    """Seconds for one attempt."""
+    latency_worst_s: float
+    """Seconds with every retry used."""
+    p_attempt: float
+    """Chance one attempt succeeds."""
+    p_step: float
+    """Chance the step succeeds within its retries."""
+    critical: bool = False
+    """On the critical path (no retries)."""
+
+    @property
+    def calls_expected(self) -> float:
+        """Calls made on average."""
+        return self.calls * self.attempts_expected
+
+    @property
+    def calls_worst(self) -> int:
+        """Calls with every retry used."""
+        return self.calls * (self.retries + 1)
+
+    def to_json(self) -> dict[str, Any]:
+        """A row for ``estimate --json``'s ``per_step``."""
+        return {
+            "id": self.id,
+            "model": self.model,
+            "cached": self.cached,
+            "calls": self.calls,
+            "retries": self.retries,
+            "calls_expected": _r(self.calls_expected),
+            "calls_worst": self.calls_worst,
+            "cost_usd": {
+                "book": _r(self.cost_book),
+                "expected": _r(self.cost_expected),
+                "worst": _r(self.cost_worst),
+            },
+            "latency_s": {"attempt": _r(self.latency_s), "worst": _r(self.latency_worst_s)},
+            "p_attempt": self.p_attempt,
+            "p_step": self.p_step,
+            "critical": self.critical,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """The planner's figures for a whole workflow."""
+
+    per_step: tuple[StepEstimate, ...]
+    """One row per step, in spec order."""
+    critical_path: tuple[str, ...]
+    """Step ids on the longest path when no retry is taken."""
+    latency_critical_s: float
+    """Longest path, no retries."""
+    latency_expected_s: float
+    """Longest path of expected step latencies (a lower bound on the expected latency)."""
+    latency_worst_s: float
+    """Longest path with every retry taken."""
+
+    @property
+    def cost_book(self) -> float:
+        """The seed's formula: retries free."""
+        return math.fsum(s.cost_book for s in self.per_step)
+
+    @property
+    def cost_expected(self) -> float:
+        """Each retry counted with the chance it happens."""
+        return math.fsum(s.cost_expected for s in self.per_step)
+
+    @property
+    def cost_worst(self) -> float:
+        """Every retry used: the figure a hard ceiling must hold."""
+        return math.fsum(s.cost_worst for s in self.per_step)
+
+    @property
+    def calls_expected(self) -> float:
+        """LLM calls made on average."""
+        return math.fsum(s.calls_expected for s in self.per_step)
+
+    @property
+    def calls_worst(self) -> int:
+        """LLM calls with every retry used."""
+        return sum(s.calls_worst for s in self.per_step)
+
+    @property
+    def calls_book(self) -> int:
+        """LLM calls without retries."""
+        return sum(s.calls for s in self.per_step)
+
+    @property
+    def reliability(self) -> float:
+        """End-to-end success: the product of per-step success."""
+        return math.prod(s.p_step for s in self.per_step)
+
+    @property
+    def quality_per_dollar(self) -> float | None:
+        """Reliability per book dollar, the seed's q/$ (None when nothing is paid)."""
+        return self.reliability / self.cost_book if self.cost_book > 0 else None
+
+    @property
+    def quality_per_expected_dollar(self) -> float | None:
+        """Reliability per expected dollar (retries paid for)."""
+        return self.reliability / self.cost_expected if self.cost_expected > 0 else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract of ``trilemma estimate --json`` (see DESIGN.md)."""
+        return {
+            "steps": len(self.per_step),
+            "per_step": [s.to_json() for s in self.per_step],
+            "calls": {
+                "book": self.calls_book,
+                "expected": _r(self.calls_expected),
+                "worst": self.calls_worst,
+            },
+            "cost_usd": {
+                "book": _r(self.cost_book),
+                "expected": _r(self.cost_expected),
+                "worst": _r(self.cost_worst),
+            },
+            "latency_s": {
+                "critical_path": _r(self.latency_critical_s),
+                "expected": _r(self.latency_expected_s),
+                "worst": _r(self.latency_worst_s),
+            },
+            "critical_path": list(self.critical_path),
+            "reliability": _r(self.reliability),
+            "quality_per_dollar": self.quality_per_dollar,
+            "quality_per_expected_dollar": self.quality_per_expected_dollar,
+        }
+
+
+def step_estimate(wf: Workflow, step: Step) -> StepEstimate:
+    """The figures of one step, its place in the DAG aside."""
+    profile = wf.profile(step)
+    if step.cached:
+        return StepEstimate(
+            step.id, step.model, True, 0, step.retries, 1.0, 0.0, 0.0, 0.0,
+            CACHE_HIT_LATENCY_S, CACHE_HIT_LATENCY_S, 1.0, 1.0,
+        )  # fmt: skip
+    p = wf.p_ok(step)
+    q = 1.0 - p
+    k = step.retries
+    attempts = math.fsum(q**i for i in range(k + 1))
+    per_attempt = profile.price_per_call * step.calls
+    latency = profile.latency_s * step.sequential_calls
+    return StepEstimate(
+        id=step.id,
+        model=step.model,
+        cached=False,
+        calls=step.calls,
+        retries=k,
+        attempts_expected=attempts,
+        cost_book=per_attempt,
+        cost_expected=per_attempt * attempts,
+        cost_worst=per_attempt * (k + 1),
+        latency_s=latency,
+        latency_worst_s=latency * (k + 1),
+        p_attempt=p,
+        p_step=1.0 - q ** (k + 1),
+    )
+
+
+def estimate(wf: Workflow) -> Estimate:
+    """Analytic cost, latency and reliability of a workflow."""
+    rows = {s.id: step_estimate(wf, s) for s in wf.steps}
+    graph = wf.edges()
+    length, path = dag.longest_path(graph, {i: r.latency_s for i, r in rows.items()})
+    expected, _ = dag.longest_path(
+        graph, {i: r.latency_s * r.attempts_expected for i, r in rows.items()}
+    )
+    worst, _ = dag.longest_path(graph, {i: r.latency_worst_s for i, r in rows.items()})
+    on_path = set(path)
+    per_step = tuple(
+        StepEstimate(**{**_fields(r), "critical": r.id in on_path}) for r in rows.values()
+    )
+    return Estimate(per_step, tuple(path), length, expected, worst)
+
+
+def _fields(row: StepEstimate) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in StepEstimate.__slots__}
