@@ -1,0 +1,408 @@
+"""Which levers, at what setting, meet the budgets at the lowest cost.
+
+Levers, each opted into per step by the user: the model (``candidates``),
+retries (0 to ``max_retries``), caching (``cacheable``), debate rounds
+(``debate_round_options``) and parallelising the steps marked ``independent``
+(the dependencies between two independent steps are dropped).
+
+Cost and log-reliability add up over steps; latency is a longest path. The
+search is exhaustive when the space is at most :data:`EXHAUSTIVE_LIMIT`
+configurations per structure; otherwise a beam search walks the steps in
+topological order, keeps the Pareto-best partial configurations (cost,
+reliability, finish times) thinned evenly along cost to ``beam_width``, prunes
+those that cannot meet a budget even with the best remaining choices, and
+polishes the winner by single-step exchanges.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from trilemma import dag
+from trilemma.errors import UsageError
+from trilemma.plan.estimate import Estimate, estimate, step_estimate
+from trilemma.spec import Budget, Debate, Step, Workflow, workflow_from_dict
+
+__all__ = ["EXHAUSTIVE_LIMIT", "Candidate", "Choice", "OptimizeResult", "optimize"]
+
+EXHAUSTIVE_LIMIT = 20_000
+BudgetOn = Literal["worst", "expected"]
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The lever settings of one step."""
+
+    model: str
+    """Model profile."""
+    retries: int
+    """Extra attempts."""
+    cached: bool
+    """Served from cache."""
+    rounds: int | None
+    """Debate rounds (None: as in the spec)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Metrics:
+    cost_worst: float
+    cost_expected: float
+    log_p: float
+    latency: float  # the latency the budget binds: worst or expected
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One full configuration and its figures."""
+
+    choices: tuple[Choice, ...]
+    """Per step, in spec order."""
+    parallel: bool
+    """Independent steps parallelised."""
+    cost_worst: float
+    """Dollars, every retry used."""
+    cost_expected: float
+    """Dollars, retries weighted by their chance."""
+    latency_s: float
+    """Seconds on the longest path (worst or expected, as the budget binds)."""
+    reliability: float
+    """End-to-end success."""
+
+    def cost(self, on: BudgetOn) -> float:
+        """The cost the budget binds."""
+        return self.cost_worst if on == "worst" else self.cost_expected
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizeResult:
+    """The optimizer's answer."""
+
+    original: Estimate
+    """The spec as given."""
+    best: Workflow | None
+    """The cheapest configuration that meets every budget, as a runnable spec."""
+    best_estimate: Estimate | None
+    """Its estimate."""
+    frontier: tuple[Candidate, ...]
+    """Pareto-optimal configurations seen (cost, latency, reliability), by cost."""
+    method: str
+    """How the space was searched."""
+    space: int
+    """Configurations in the space."""
+    evaluated: int
+    """Full configurations evaluated."""
+    budget: Budget
+    """The budgets applied."""
+    budget_on: BudgetOn = "worst"
+    """Whether budgets bind worst-case or expected figures."""
+    notes: tuple[str, ...] = field(default=())
+    """What the user should know about the answer."""
+
+
+def optimize(
+    wf: Workflow,
+    budget: Budget | None = None,
+    *,
+    budget_on: BudgetOn = "worst",
+    max_retries: int = 3,
+    method: Literal["auto", "exhaustive", "beam"] = "auto",
+    beam_width: int = 256,
+) -> OptimizeResult:
+    """Search the levers of ``wf`` for the cheapest configuration within ``budget``."""
+    if max_retries < 0:
+        raise UsageError("--max-retries: must be 0 or more")
+    budget = budget or wf.budget
+    options = [_options(s, max_retries) for s in wf.steps]
+    structures = [False, True] if any(s.independent for s in wf.steps) else [False]
+    space = math.prod(len(o) for o in options) * len(structures)
+    use_exhaustive = method == "exhaustive" or (
+        method == "auto" and space <= EXHAUSTIVE_LIMIT * len(structures)
+    )
+    seen: list[Candidate] = []
+    for parallel in structures:
+        graph = _graph(wf, parallel)
+        metrics = [[_metrics(wf, s, c, budget_on) for c in opts] for s, opts in zip(wf.steps, options, strict=True)]
+        search = _exhaustive if use_exhaustive else _beam
+        seen.extend(search(wf, graph, options, metrics, budget, budget_on, parallel, beam_width))
+        if not use_exhaustive and budget != Budget():  # the frontier beyond the budgets too
+            seen.extend(_beam(wf, graph, options, metrics, Budget(), budget_on, parallel, beam_width))
+    feasible = [c for c in seen if _meets(c, budget, budget_on)]
+    best = min(feasible, key=lambda c: _rank(c, budget_on), default=None)
+    if best is not None and not use_exhaustive:
+        best = _polish(wf, best, options, budget, budget_on)
+        seen.append(best)
+    method_name = "exhaustive" if use_exhaustive else f"beam (width {beam_width}) + exchange"
+    spec = apply(wf, best) if best else None
+    return OptimizeResult(
+        original=estimate(wf),
+        best=spec,
+        best_estimate=estimate(spec) if spec else None,
+        frontier=tuple(_pareto(seen)),
+        method=method_name,
+        space=space,
+        evaluated=len(seen),
+        budget=budget,
+        budget_on=budget_on,
+        notes=_notes(wf, budget),
+    )
+
+
+def _notes(wf: Workflow, budget: Budget) -> tuple[str, ...]:
+    notes = []
+    if not any(s.candidates or s.cacheable or s.independent or s.debate_round_options for s in wf.steps):
+        notes.append(
+            "no step lists candidates, cacheable, independent or debate_round_options: "
+            "only retries were searched"
+        )
+    if budget == Budget():
+        notes.append("no budget given: the answer is the cheapest configuration at all")
+    return tuple(notes)
+
+
+def _options(step: Step, max_retries: int) -> list[Choice]:
+    models = step.candidates or [step.model]
+    rounds: Sequence[int | None] = step.debate_round_options or [None]
+    out = [
+        Choice(m, k, False, r)
+        for m in dict.fromkeys(models)
+        for r in dict.fromkeys(rounds)
+        for k in range(max(max_retries, step.retries) + 1)
+    ]
+    if step.cacheable or step.cached:
+        out.append(Choice(step.model, 0, True, None))
+    return out
+
+
+def _apply_step(step: Step, c: Choice) -> Step:
+    update: dict[str, object] = {"model": c.model, "retries": c.retries, "cached": c.cached}
+    if c.rounds is not None:
+        if step.debate is not None:
+            update["debate"] = Debate(agents=step.debate.agents, rounds=max(c.rounds, 1))
+        else:
+            update["debate_rounds"] = c.rounds
+    return step.model_copy(update=update)
+
+
+def _metrics(wf: Workflow, step: Step, c: Choice, on: BudgetOn) -> _Metrics:
+    e = step_estimate(wf, _apply_step(step, c))
+    latency = e.latency_worst_s if on == "worst" else e.latency_s * e.attempts_expected
+    return _Metrics(e.cost_worst, e.cost_expected, math.log(e.p_step), latency)
+
+
+def _graph(wf: Workflow, parallel: bool) -> dict[str, list[str]]:
+    """Dependencies, with those between two independent steps dropped when ``parallel``."""
+    graph = wf.edges()
+    if not parallel:
+        return graph
+    indep = {s.id for s in wf.steps if s.independent}
+    out: dict[str, list[str]] = {}
+    for sid, deps in graph.items():
+        if sid in indep:
+            new: list[str] = []
+            stack = list(deps)
+            while stack:
+                d = stack.pop()
+                if d in indep:
+                    stack.extend(graph[d])
+                elif d not in new:
+                    new.append(d)
+            out[sid] = new
+        else:
+            extra = [a for a in dag.ancestors(graph, sid) if a in indep and a not in deps]
+            out[sid] = [*deps, *sorted(extra)]
+    return out
+
+
+def apply(wf: Workflow, cand: Candidate) -> Workflow:
+    """The spec with a candidate's levers applied (validated again)."""
+    graph = _graph(wf, cand.parallel)
+    steps = [
+        _apply_step(s, c).model_copy(update={"after": graph[s.id]})
+        for s, c in zip(wf.steps, cand.choices, strict=True)
+    ]
+    data = wf.model_copy(update={"steps": steps}).model_dump(mode="json")
+    return workflow_from_dict(data, "<optimized>")
+
+
+def _candidate(
+    graph: dict[str, list[str]],
+    ids: list[str],
+    choices: tuple[Choice, ...],
+    ms: Sequence[_Metrics],
+    parallel: bool,
+) -> Candidate:
+    latency, _ = dag.longest_path(graph, {i: m.latency for i, m in zip(ids, ms, strict=True)})
+    return Candidate(
+        choices,
+        parallel,
+        math.fsum(m.cost_worst for m in ms),
+        math.fsum(m.cost_expected for m in ms),
+        latency,
+        math.exp(math.fsum(m.log_p for m in ms)),
+    )
+
+
+def _meets(c: Candidate, b: Budget, on: BudgetOn) -> bool:
+    eps = 1e-12
+    return (
+        (b.max_cost_usd is None or c.cost(on) <= b.max_cost_usd + eps)
+        and (b.deadline_s is None or c.latency_s <= b.deadline_s + eps)
+        and (b.min_reliability is None or c.reliability >= b.min_reliability - eps)
+    )
+
+
+def _rank(c: Candidate, on: BudgetOn) -> tuple[float, float, float]:
+    return (round(c.cost(on), 12), -round(c.reliability, 12), round(c.latency_s, 12))
+
+
+def _exhaustive(
+    wf: Workflow,
+    graph: dict[str, list[str]],
+    options: list[list[Choice]],
+    metrics: list[list[_Metrics]],
+    budget: Budget,
+    on: BudgetOn,
+    parallel: bool,
+    beam_width: int,
+) -> list[Candidate]:
+    ids = [s.id for s in wf.steps]
+    out = []
+    for picks in itertools.product(*(range(len(o)) for o in options)):
+        choices = tuple(options[i][j] for i, j in enumerate(picks))
+        ms = [metrics[i][j] for i, j in enumerate(picks)]
+        out.append(_candidate(graph, ids, choices, ms, parallel))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Partial:
+    picks: tuple[int, ...]  # option index per step, in topological order
+    cost: float
+    log_p: float
+    finish: tuple[float, ...]  # finish time per placed step, in topological order
+
+
+def _beam(
+    wf: Workflow,
+    graph: dict[str, list[str]],
+    options: list[list[Choice]],
+    metrics: list[list[_Metrics]],
+    budget: Budget,
+    on: BudgetOn,
+    parallel: bool,
+    beam_width: int,
+) -> list[Candidate]:
+    ids = [s.id for s in wf.steps]
+    order = dag.topo_order(graph)
+    pos = {sid: k for k, sid in enumerate(order)}
+    spec_index = {sid: i for i, sid in enumerate(ids)}
+    cost_of = (lambda m: m.cost_worst) if on == "worst" else (lambda m: m.cost_expected)
+    step_ms = [metrics[spec_index[sid]] for sid in order]
+    min_cost_after = _suffix([min(cost_of(m) for m in ms) for ms in step_ms])
+    max_logp_after = _suffix([max(m.log_p for m in ms) for ms in step_ms])
+    cap = budget.max_cost_usd if budget.max_cost_usd is not None else math.inf
+    floor = math.log(budget.min_reliability) if budget.min_reliability else -math.inf
+    deadline = budget.deadline_s if budget.deadline_s is not None else math.inf
+    beam = [_Partial((), 0.0, 0.0, ())]
+    for k, sid in enumerate(order):
+        parents = [pos[d] for d in graph[sid]]
+        nxt = []
+        for part in beam:
+            start = max((part.finish[j] for j in parents), default=0.0)
+            for j, m in enumerate(step_ms[k]):
+                cost, log_p, end = part.cost + cost_of(m), part.log_p + m.log_p, start + m.latency
+                if (
+                    cost + min_cost_after[k + 1] > cap + 1e-12
+                    or log_p + max_logp_after[k + 1] < floor - 1e-12
+                    or end > deadline + 1e-12
+                ):
+                    continue
+                nxt.append(_Partial((*part.picks, j), cost, log_p, (*part.finish, end)))
+        beam = _thin(_prune(nxt, _open_nodes(graph, order, k)), beam_width)
+    out = []
+    for part in beam:
+        by_spec = {order[k]: part.picks[k] for k in range(len(order))}
+        picks = [by_spec[sid] for sid in ids]
+        choices = tuple(options[i][j] for i, j in enumerate(picks))
+        ms = [metrics[i][j] for i, j in enumerate(picks)]
+        out.append(_candidate(graph, ids, choices, ms, parallel))
+    return out
+
+
+def _suffix(values: list[float]) -> list[float]:
+    out = [0.0] * (len(values) + 1)
+    for i in range(len(values) - 1, -1, -1):
+        out[i] = out[i + 1] + values[i]
+    return out
+
+
+def _open_nodes(graph: dict[str, list[str]], order: list[str], k: int) -> list[int]:
+    """Placed steps (by topological position) that a step not yet placed depends on."""
+    placed = set(order[: k + 1])
+    needed = {d for sid in order[k + 1 :] for d in graph[sid] if d in placed}
+    return [i for i, sid in enumerate(order[: k + 1]) if sid in needed]
+
+
+def _prune(parts: list[_Partial], open_nodes: list[int]) -> list[_Partial]:
+    """Drop partial configurations another beats on cost, reliability and open finish times."""
+    def key(p: _Partial) -> tuple[float, ...]:
+        return (p.cost, -p.log_p, *(p.finish[i] for i in open_nodes))
+
+    parts = sorted(parts, key=key)
+    kept: list[tuple[float, ...]] = []
+    out = []
+    for p in parts:
+        kp = key(p)
+        if any(all(a <= b + 1e-12 for a, b in zip(k, kp, strict=True)) for k in kept):
+            continue
+        kept.append(kp)
+        out.append(p)
+    return out
+
+
+def _thin(parts: list[_Partial], width: int) -> list[_Partial]:
+    """Keep ``width`` partial configurations spread evenly along cost, ends included."""
+    if len(parts) <= width:
+        return parts
+    parts = sorted(parts, key=lambda p: p.cost)
+    step = (len(parts) - 1) / (width - 1)
+    return [parts[round(i * step)] for i in range(width)]
+
+
+def _polish(
+    wf: Workflow, best: Candidate, options: list[list[Choice]], budget: Budget, on: BudgetOn
+) -> Candidate:
+    """Single-step exchanges from ``best`` while one lowers the cost within budget."""
+    graph = _graph(wf, best.parallel)
+    ids = [s.id for s in wf.steps]
+    improved = True
+    while improved:
+        improved = False
+        for i, opts in enumerate(options):
+            for c in opts:
+                if c == best.choices[i]:
+                    continue
+                choices = (*best.choices[:i], c, *best.choices[i + 1 :])
+                ms = [_metrics(wf, s, ch, on) for s, ch in zip(wf.steps, choices, strict=True)]
+                cand = _candidate(graph, ids, choices, ms, best.parallel)
+                if _meets(cand, budget, on) and _rank(cand, on) < _rank(best, on):
+                    best, improved = cand, True
+    return best
+
+
+def _pareto(cands: list[Candidate]) -> list[Candidate]:
+    """Configurations no other beats on worst cost, latency and reliability at once."""
+    pts = sorted(
+        {(round(c.cost_worst, 12), round(c.latency_s, 12), -round(c.reliability, 12)): c
+         for c in cands}.items()
+    )
+    front: list[tuple[tuple[float, float, float], Candidate]] = []
+    for key, c in pts:
+        if any(all(a <= b for a, b in zip(k, key, strict=True)) for k, _ in front):
+            continue
+        front.append((key, c))
+    return [c for _, c in front]

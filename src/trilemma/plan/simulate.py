@@ -1,0 +1,321 @@
+"""Vectorised Monte Carlo of a workflow: where the analytic model's assumptions break.
+
+Each trajectory walks the DAG in topological order; numpy works on all
+trajectories of a chunk at once, one step and one attempt at a time, so there
+is no Python loop per trajectory. With ``recall = 1``, ``retry_correlation = 0``
+and ``compounding = 1`` it reproduces :func:`trilemma.plan.estimate.estimate`.
+Past those assumptions, as the seed warns reality is:
+
+* a gate catches a failed answer only with probability ``recall``; an uncaught
+  failure passes downstream as if it were good, and the run is wrong;
+* a retry fails the same way as the attempt it retries with probability
+  ``retry_correlation`` (else it is a fresh draw);
+* after an uncaught failure upstream, a step's ``p`` is multiplied by
+  ``compounding`` (later agents build on flawed output).
+
+A step whose retries are exhausted fails the run; with ``halt=True`` (the
+executor's behaviour) the steps that depend on it are not run or paid for.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from trilemma import dag
+from trilemma.plan.estimate import CACHE_HIT_LATENCY_S
+from trilemma.spec import Simulation, Workflow
+
+__all__ = ["SimResult", "Summary", "simulate", "simulate_loop"]
+
+CHUNK = 262_144
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Distribution of one measured quantity over the runs."""
+
+    mean: float
+    """Arithmetic mean."""
+    p50: float
+    """Median."""
+    p95: float
+    """95th percentile."""
+    p99: float
+    """99th percentile."""
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Summary:
+        """Summarise an array of per-run values."""
+        p50, p95, p99 = np.quantile(values, [0.5, 0.95, 0.99])
+        return cls(float(values.mean()), float(p50), float(p95), float(p99))
+
+    def to_json(self) -> dict[str, float]:
+        """The four figures, rounded to 12 decimals."""
+        return {k: round(getattr(self, k), 12) for k in ("mean", "p50", "p95", "p99")}
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    """What a Monte Carlo run measured."""
+
+    runs: int
+    """Trajectories simulated."""
+    successes: int
+    """Trajectories in which every step succeeded."""
+    caught_failures: int
+    """Trajectories stopped by a step whose retries ran out."""
+    uncaught_failures: int
+    """Trajectories that finished with a wrong answer a gate missed."""
+    cost_usd: Summary
+    """Dollars per trajectory."""
+    latency_s: Summary
+    """Seconds per trajectory (longest path of the steps that ran)."""
+    calls: Summary
+    """LLM calls per trajectory."""
+    seed: int | None
+    """The seed used, for reproducing the run."""
+    settings: Simulation
+    """The recall, retry correlation and compounding simulated."""
+
+    @property
+    def success_rate(self) -> float:
+        """Fraction of trajectories that succeeded."""
+        return self.successes / self.runs
+
+    @property
+    def stderr(self) -> float:
+        """Standard error of the success rate."""
+        p = self.success_rate
+        return math.sqrt(max(p * (1 - p), 0.0) / self.runs)
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """Wilson 95% interval of the success rate."""
+        z, n, p = 1.959964, self.runs, self.success_rate
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return max(0.0, centre - half), min(1.0, centre + half)
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract of ``trilemma simulate --json`` (see DESIGN.md)."""
+        lo, hi = self.ci95
+        return {
+            "runs": self.runs,
+            "seed": self.seed,
+            "success_rate": self.success_rate,
+            "success_ci95": [round(lo, 12), round(hi, 12)],
+            "success_stderr": self.stderr,
+            "caught_failure_rate": self.caught_failures / self.runs,
+            "uncaught_failure_rate": self.uncaught_failures / self.runs,
+            "cost_usd": self.cost_usd.to_json(),
+            "latency_s": self.latency_s.to_json(),
+            "calls": self.calls.to_json(),
+            "settings": self.settings.model_dump(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _StepParams:
+    parents: tuple[int, ...]
+    cached: bool
+    p: float
+    recall: float
+    retries: int
+    price: float
+    calls: int
+    latency: float
+    jitter: float
+
+
+def _params(wf: Workflow, settings: Simulation) -> list[_StepParams]:
+    order = dag.topo_order(wf.edges())
+    index = {sid: i for i, sid in enumerate(order)}
+    out = []
+    for sid in order:
+        s = wf.step(sid)
+        m = wf.profile(s)
+        out.append(
+            _StepParams(
+                parents=tuple(index[d] for d in s.after),
+                cached=s.cached,
+                p=wf.p_ok(s),
+                recall=s.recall if s.recall is not None else settings.recall,
+                retries=s.retries,
+                price=m.price_per_call * s.calls,
+                calls=s.calls,
+                latency=m.latency_s * s.sequential_calls,
+                jitter=m.latency_jitter,
+            )
+        )
+    return out
+
+
+def simulate(
+    wf: Workflow,
+    runs: int,
+    seed: int | None = None,
+    settings: Simulation | None = None,
+    *,
+    halt: bool = True,
+) -> SimResult:
+    """Simulate ``runs`` trajectories of a workflow; reproducible with ``seed``."""
+    if runs < 1:
+        raise ValueError("runs must be a positive integer")
+    settings = settings or wf.simulation
+    params = _params(wf, settings)
+    rng = np.random.default_rng(seed)
+    parts = [
+        _chunk(params, settings, min(CHUNK, runs - start), rng, halt)
+        for start in range(0, runs, CHUNK)
+    ]
+    cost, latency, calls, ok, caught, uncaught = (
+        np.concatenate([p[i] for p in parts]) for i in range(6)
+    )
+    return SimResult(
+        runs=runs,
+        successes=int(ok.sum()),
+        caught_failures=int(caught.sum()),
+        uncaught_failures=int(uncaught.sum()),
+        cost_usd=Summary.of(cost),
+        latency_s=Summary.of(latency),
+        calls=Summary.of(calls),
+        seed=seed,
+        settings=settings,
+    )
+
+
+def _chunk(
+    params: list[_StepParams],
+    st: Simulation,
+    n: int,
+    rng: np.random.Generator,
+    halt: bool,
+) -> tuple[np.ndarray, ...]:
+    zeros = np.zeros(n)
+    false = np.zeros(n, dtype=bool)
+    finish: list[np.ndarray] = []
+    dead: list[np.ndarray] = []  # this step ran out of retries, or was skipped below one
+    wrong: list[np.ndarray] = []  # this step's output is wrong, or built on a wrong one
+    cost, calls, latency = zeros.copy(), zeros.copy(), zeros.copy()
+    uncaught_any = false.copy()
+    for sp in params:
+        start = np.max([finish[j] for j in sp.parents], axis=0) if sp.parents else zeros
+        blocked = np.any([dead[j] for j in sp.parents], axis=0) if sp.parents else false
+        tainted = np.any([wrong[j] for j in sp.parents], axis=0) if sp.parents else false
+        runs = ~blocked if halt else np.ones(n, dtype=bool)
+        if sp.cached:
+            dur = np.where(runs, CACHE_HIT_LATENCY_S, 0.0)
+            finish.append(start + dur)
+            dead.append(blocked.copy())
+            wrong.append(tainted.copy())
+            continue
+        q = 1.0 - sp.p * np.where(tainted, st.compounding, 1.0)
+        attempts, dur, step_dead, step_wrong = _attempts(sp, st, q, runs, rng)
+        cost += attempts * sp.price
+        calls += attempts * sp.calls
+        finish.append(start + dur)
+        dead.append(step_dead | blocked)
+        wrong.append(step_wrong | tainted)
+        uncaught_any |= step_wrong
+    for f in finish:
+        np.maximum(latency, f, out=latency)
+    caught_any = np.any(dead, axis=0)
+    ok = ~caught_any & ~uncaught_any
+    return cost, latency, calls, ok, caught_any, uncaught_any & ~caught_any
+
+
+def _attempts(
+    sp: _StepParams,
+    st: Simulation,
+    q: np.ndarray,
+    runs: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Attempts made, time taken, retries exhausted, failure uncaught; per trajectory."""
+    n = runs.shape[0]
+    trying = runs.copy()
+    attempts = np.zeros(n)
+    dur = np.zeros(n)
+    step_dead = np.zeros(n, dtype=bool)
+    step_wrong = np.zeros(n, dtype=bool)
+    for a in range(sp.retries + 1):
+        attempts += trying
+        dur += np.where(trying, sp.latency * _jitter(sp.jitter, n, rng), 0.0)
+        fails = rng.random(n) < q
+        if a > 0 and st.retry_correlation > 0:
+            fails |= rng.random(n) < st.retry_correlation
+        fails &= trying
+        caught = fails & (rng.random(n) < sp.recall)
+        step_wrong |= fails & ~caught
+        trying = caught
+        if a == sp.retries:
+            step_dead |= caught
+        if not trying.any():
+            break
+    return attempts, dur, step_dead, step_wrong
+
+
+def _jitter(sigma: float, n: int, rng: np.random.Generator) -> np.ndarray | float:
+    """Lognormal latency factors with mean 1 (1.0 when there is no jitter)."""
+    if sigma == 0:
+        return 1.0
+    return np.exp(sigma * rng.standard_normal(n) - sigma * sigma / 2)
+
+
+def simulate_loop(
+    wf: Workflow, runs: int, seed: int | None = None, settings: Simulation | None = None
+) -> tuple[float, float, float]:
+    """The same model one trajectory at a time in plain Python.
+
+    The readable reference the vectorised :func:`simulate` is tested and
+    benchmarked against. Returns (success rate, mean cost, mean latency).
+    """
+    settings = settings or wf.simulation
+    params = _params(wf, settings)
+    rnd = random.Random(seed)
+    ok_n, cost_sum, lat_sum = 0, 0.0, 0.0
+    for _ in range(runs):
+        finish: list[float] = []
+        dead: list[bool] = []
+        wrong: list[bool] = []
+        cost, failed = 0.0, False
+        for sp in params:
+            start = max((finish[j] for j in sp.parents), default=0.0)
+            blocked = any(dead[j] for j in sp.parents)
+            tainted = any(wrong[j] for j in sp.parents)
+            if blocked or sp.cached:
+                finish.append(start + (0.0 if blocked else CACHE_HIT_LATENCY_S))
+                dead.append(blocked)
+                wrong.append(tainted)
+                continue
+            q = 1.0 - sp.p * (settings.compounding if tainted else 1.0)
+            t, is_dead, is_wrong = 0.0, False, False
+            for a in range(sp.retries + 1):
+                cost += sp.price
+                t += sp.latency * _jitter_one(sp.jitter, rnd)
+                fails = rnd.random() < q
+                if a > 0 and rnd.random() < settings.retry_correlation:
+                    fails = True
+                if not fails:
+                    break
+                if rnd.random() >= sp.recall:
+                    is_wrong = True
+                    break
+                is_dead = a == sp.retries
+            finish.append(start + t)
+            dead.append(is_dead)
+            wrong.append(is_wrong or tainted)
+            failed |= is_dead or is_wrong
+        ok_n += not failed
+        cost_sum += cost
+        lat_sum += max(finish, default=0.0)
+    return ok_n / runs, cost_sum / runs, lat_sum / runs
+
+
+def _jitter_one(sigma: float, rnd: random.Random) -> float:
+    return 1.0 if sigma == 0 else math.exp(sigma * rnd.gauss(0.0, 1.0) - sigma * sigma / 2)
