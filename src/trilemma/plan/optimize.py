@@ -27,7 +27,7 @@ from trilemma.errors import UsageError
 from trilemma.plan.estimate import Estimate, estimate, step_estimate
 from trilemma.spec import Budget, Debate, Step, Workflow, workflow_from_dict
 
-__all__ = ["EXHAUSTIVE_LIMIT", "Candidate", "Choice", "OptimizeResult", "optimize"]
+__all__ = ["EXHAUSTIVE_LIMIT", "Candidate", "Choice", "OptimizeResult", "apply", "meets", "optimize"]
 
 EXHAUSTIVE_LIMIT = 20_000
 BudgetOn = Literal["worst", "expected"]
@@ -130,7 +130,7 @@ def optimize(
         seen.extend(search(wf, graph, options, metrics, budget, budget_on, parallel, beam_width))
         if not use_exhaustive and budget != Budget():  # the frontier beyond the budgets too
             seen.extend(_beam(wf, graph, options, metrics, Budget(), budget_on, parallel, beam_width))
-    feasible = [c for c in seen if _meets(c, budget, budget_on)]
+    feasible = [c for c in seen if meets(c, budget, budget_on)]
     best = min(feasible, key=lambda c: _rank(c, budget_on), default=None)
     if best is not None and not use_exhaustive:
         best = _polish(wf, best, options, budget, budget_on)
@@ -246,7 +246,8 @@ def _candidate(
     )
 
 
-def _meets(c: Candidate, b: Budget, on: BudgetOn) -> bool:
+def meets(c: Candidate, b: Budget, on: BudgetOn) -> bool:
+    """Whether a candidate keeps every budget."""
     eps = 1e-12
     return (
         (b.max_cost_usd is None or c.cost(on) <= b.max_cost_usd + eps)
@@ -389,7 +390,7 @@ def _polish(
                 choices = (*best.choices[:i], c, *best.choices[i + 1 :])
                 ms = [_metrics(wf, s, ch, on) for s, ch in zip(wf.steps, choices, strict=True)]
                 cand = _candidate(graph, ids, choices, ms, best.parallel)
-                if _meets(cand, budget, on) and _rank(cand, on) < _rank(best, on):
+                if meets(cand, budget, on) and _rank(cand, on) < _rank(best, on):
                     best, improved = cand, True
     return best
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,17 +163,23 @@ def simulate(
     settings: Simulation | None = None,
     *,
     halt: bool = True,
+    progress: Callable[[int], object] | None = None,
 ) -> SimResult:
-    """Simulate ``runs`` trajectories of a workflow; reproducible with ``seed``."""
+    """Simulate ``runs`` trajectories of a workflow; reproducible with ``seed``.
+
+    ``progress`` is called with the number of trajectories each chunk finished.
+    """
     if runs < 1:
         raise ValueError("runs must be a positive integer")
     settings = settings or wf.simulation
     params = _params(wf, settings)
     rng = np.random.default_rng(seed)
-    parts = [
-        _chunk(params, settings, min(CHUNK, runs - start), rng, halt)
-        for start in range(0, runs, CHUNK)
-    ]
+    parts = []
+    for start in range(0, runs, CHUNK):
+        n = min(CHUNK, runs - start)
+        parts.append(_chunk(params, settings, n, rng, halt))
+        if progress is not None:
+            progress(n)
     cost, latency, calls, ok, caught, uncaught = (
         np.concatenate([p[i] for p in parts]) for i in range(6)
     )

@@ -1,0 +1,71 @@
+"""Matplotlib PNG plots of the planner's answers (headless: the Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from trilemma.plan.exercises import RoutingSweep  # noqa: E402
+from trilemma.plan.optimize import OptimizeResult  # noqa: E402
+
+__all__ = ["plot_frontier", "plot_routing"]
+
+
+def plot_routing(r: RoutingSweep, path: str | Path) -> Path:
+    """Cost, latency, reliability and q/$ of the routed chain against all-premium."""
+    xs = [p.hard_fraction for p in r.points]
+    series = [
+        ("cost ($)", [p.routed.cost_book for p in r.points], r.baseline.cost_book),
+        ("latency (s)", [p.routed.latency_critical_s for p in r.points], r.baseline.latency_critical_s),
+        ("reliability", [p.routed.reliability for p in r.points], r.baseline.reliability),
+        ("quality per dollar", [p.routed.quality_per_dollar or 0.0 for p in r.points],
+         r.baseline.quality_per_dollar or 0.0),
+    ]  # fmt: skip
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    for ax, (name, ys, base) in zip(axes, series, strict=True):
+        ax.plot(xs, ys, marker="o", label="routed")
+        ax.axhline(base, color="tab:red", linestyle="--", label="all premium")
+        if r.crossover is not None:
+            ax.axvline(r.crossover, color="grey", linestyle=":", label="q/$ crossover")
+        ax.set_xlabel("fraction of hard steps")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.suptitle("Exercise 32.10.2: where routing backfires")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_frontier(r: OptimizeResult, path: str | Path) -> Path:
+    """Reliability against worst-case cost of the frontier, coloured by latency."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [c.cost_worst for c in r.frontier]
+    ys = [c.reliability for c in r.frontier]
+    pts = ax.scatter(xs, ys, c=[c.latency_s for c in r.frontier], cmap="viridis")
+    fig.colorbar(pts, ax=ax, label="latency (s)")
+    if r.best_estimate is not None:
+        ax.scatter([r.best_estimate.cost_worst], [r.best_estimate.reliability], marker="*",
+                   s=250, color="tab:red", label="chosen")  # fmt: skip
+    ax.scatter([r.original.cost_worst], [r.original.reliability], marker="X", s=120,
+               color="black", label="original")  # fmt: skip
+    if r.budget.max_cost_usd is not None:
+        ax.axvline(r.budget.max_cost_usd, color="tab:red", linestyle="--", alpha=0.5)
+    if r.budget.min_reliability is not None:
+        ax.axhline(r.budget.min_reliability, color="tab:red", linestyle="--", alpha=0.5)
+    ax.set_xlabel("worst-case cost ($)")
+    ax.set_ylabel("end-to-end reliability")
+    ax.set_title("Pareto frontier")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,213 @@
+"""Rich renderables for the planner's answers; printing is the CLI's job."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from trilemma.plan.estimate import Estimate
+from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
+from trilemma.plan.optimize import Candidate, OptimizeResult, meets
+from trilemma.plan.simulate import SimResult
+
+__all__ = [
+    "debate_table",
+    "estimate_table",
+    "frontier_table",
+    "optimize_view",
+    "routing_table",
+    "simulate_table",
+    "ticket_table",
+]
+
+
+def _usd(x: float | None) -> str:
+    return "-" if x is None else f"${x:,.4f}" if x < 100 else f"${x:,.0f}"
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.2f}%"
+
+
+def _qpd(x: float | None) -> str:
+    return "inf" if x is None else f"{x:.1f}"
+
+
+def estimate_table(e: Estimate, title: str = "Estimate") -> Group:
+    """Per-step rows and the workflow's totals."""
+    t = Table(title=title, title_justify="left")
+    for col in ("step", "model", "calls", "retries", "cost book", "cost expected", "cost worst",
+                "latency", "p attempt", "p step", "critical"):  # fmt: skip
+        t.add_column(col, justify="left" if col in ("step", "model") else "right")
+    for s in e.per_step:
+        t.add_row(
+            s.id, s.model + (" (cached)" if s.cached else ""), str(s.calls), str(s.retries),
+            _usd(s.cost_book), _usd(s.cost_expected), _usd(s.cost_worst),
+            f"{s.latency_s:.2f}s", f"{s.p_attempt:.4f}", f"{s.p_step:.4f}",
+            "*" if s.critical else "",
+        )  # fmt: skip
+    return Group(t, totals_table(e))
+
+
+def totals_table(e: Estimate) -> Table:
+    """The workflow's figures in one small table."""
+    t = Table(show_header=True, box=None, pad_edge=False)
+    for col in ("", "book", "expected", "worst"):
+        t.add_column(col, justify="right")
+    t.add_row("calls", str(e.calls_book), f"{e.calls_expected:.2f}", str(e.calls_worst))
+    t.add_row("cost", _usd(e.cost_book), _usd(e.cost_expected), _usd(e.cost_worst))
+    t.add_row("latency (critical path)", f"{e.latency_critical_s:.2f}s",
+              f"{e.latency_expected_s:.2f}s", f"{e.latency_worst_s:.2f}s")  # fmt: skip
+    t.add_row("reliability", _pct(e.reliability), "", "")
+    t.add_row("quality per dollar", _qpd(e.quality_per_dollar),
+              _qpd(e.quality_per_expected_dollar), "")  # fmt: skip
+    return t
+
+
+def simulate_table(r: SimResult, e: Estimate) -> Table:
+    """Monte Carlo figures beside the analytic ones."""
+    lo, hi = r.ci95
+    t = Table(title=f"Monte Carlo, {r.runs:,} runs (seed {r.seed})", title_justify="left")
+    for col in ("", "analytic", "mean", "p50", "p95", "p99"):
+        t.add_column(col, justify="right")
+    t.add_row("success", _pct(e.reliability), f"{_pct(r.success_rate)}  [{_pct(lo)}, {_pct(hi)}]",
+              "", "", "")  # fmt: skip
+    t.add_row("cost", _usd(e.cost_expected), *(_usd(v) for v in _four(r.cost_usd)))
+    t.add_row("latency", f"{e.latency_expected_s:.2f}s", *(f"{v:.2f}s" for v in _four(r.latency_s)))
+    t.add_row("calls", f"{e.calls_expected:.2f}", *(f"{v:.2f}" for v in _four(r.calls)))
+    s = r.settings
+    t.caption = (
+        f"recall {s.recall}, retry correlation {s.retry_correlation}, compounding "
+        f"{s.compounding}; caught failures {_pct(r.caught_failures / r.runs)}, "
+        f"uncaught {_pct(r.uncaught_failures / r.runs)}"
+    )
+    return t
+
+
+def _four(s: object) -> list[float]:
+    return [getattr(s, k) for k in ("mean", "p50", "p95", "p99")]
+
+
+def frontier_table(frontier: Sequence[Candidate], r: OptimizeResult, limit: int = 15) -> Table:
+    """The Pareto frontier, evenly thinned to ``limit`` rows."""
+    rows = list(frontier)
+    if len(rows) > limit:
+        step = (len(rows) - 1) / (limit - 1)
+        rows = [rows[round(i * step)] for i in range(limit)]
+    t = Table(title=f"Pareto frontier ({len(frontier)} configurations; {len(rows)} shown)",
+              title_justify="left")  # fmt: skip
+    for col in ("cost worst", "cost expected", "latency", "reliability", "meets budget", "levers"):
+        t.add_column(col, justify="left" if col == "levers" else "right")
+    for c in rows:
+        t.add_row(_usd(c.cost_worst), _usd(c.cost_expected), f"{c.latency_s:.2f}s",
+                  _pct(c.reliability), "yes" if meets(c, r.budget, r.budget_on) else "",
+                  describe(c))  # fmt: skip
+    return t
+
+
+def describe(c: Candidate) -> str:
+    """The levers of a candidate in a few words."""
+    models: dict[str, int] = {}
+    for ch in c.choices:
+        key = "cache" if ch.cached else ch.model
+        models[key] = models.get(key, 0) + 1
+    retries = sum(ch.retries for ch in c.choices if not ch.cached)
+    parts = [", ".join(f"{n} {m}" for m, n in models.items()), f"{retries} retries"]
+    if c.parallel:
+        parts.append("parallel")
+    return "; ".join(parts)
+
+
+def optimize_view(r: OptimizeResult) -> Group:
+    """Original beside chosen, and the frontier."""
+    t = Table(title=f"Optimized by {r.method}: {r.space:,} configurations in the space, "
+                    f"{r.evaluated:,} evaluated", title_justify="left")  # fmt: skip
+    t.add_column("")
+    t.add_column("original", justify="right")
+    t.add_column("chosen", justify="right")
+    o, b = r.original, r.best_estimate
+    rows = [
+        ("cost worst", _usd(o.cost_worst), _usd(b.cost_worst) if b else "-"),
+        ("cost expected", _usd(o.cost_expected), _usd(b.cost_expected) if b else "-"),
+        ("latency worst", f"{o.latency_worst_s:.2f}s", f"{b.latency_worst_s:.2f}s" if b else "-"),
+        ("latency critical path", f"{o.latency_critical_s:.2f}s",
+         f"{b.latency_critical_s:.2f}s" if b else "-"),
+        ("reliability", _pct(o.reliability), _pct(b.reliability) if b else "-"),
+    ]  # fmt: skip
+    for row in rows:
+        t.add_row(*row)
+    bud = r.budget
+    t.caption = (
+        f"budget on {r.budget_on} figures: cost <= {_usd(bud.max_cost_usd)}, latency <= "
+        f"{bud.deadline_s if bud.deadline_s is not None else '-'}s, reliability >= "
+        f"{_pct(bud.min_reliability) if bud.min_reliability else '-'}"
+    )
+    parts: list[Table | Text] = [t, frontier_table(r.frontier, r)]
+    parts.extend(Text(f"note: {n}", style="dim") for n in r.notes)
+    return Group(*parts)
+
+
+def ticket_table(a: TicketAnswer) -> Group:
+    """Exercise 32.10.1."""
+    e = a.estimate
+    head = Text(
+        f"Per ticket: {e.calls_book} calls without retries, {e.calls_worst} in the worst case; "
+        f"{_usd(e.cost_book)} by the book formula, {_usd(e.cost_expected)} expected, "
+        f"{_usd(e.cost_worst)} worst.\nAt {a.tickets_per_day:,} tickets a day: "
+        f"{_usd(e.cost_worst * a.tickets_per_day)} worst, {_usd(e.cost_expected * a.tickets_per_day)}"
+        f" expected, {_usd(e.cost_book * a.tickets_per_day)} by the book."
+    )
+    t = Table(title="One lever at a time (worst case)", title_justify="left")
+    for col in ("lever", "calls", "daily spend", "reliability"):
+        t.add_column(col, justify="left" if col == "lever" else "right")
+    for lv in a.levers:
+        t.add_row(lv.lever, str(lv.calls_worst), _usd(lv.daily_usd_worst), _pct(lv.reliability))
+    debate_calls = sum(s.calls_worst for s in e.per_step if s.calls > 1)
+    tail = Text(
+        f"The two debates make {debate_calls} of the {e.calls_worst} worst-case calls, so "
+        f"cutting them is the first lever: '{a.levers[0].lever}'."
+    )
+    return Group(head, t, tail)
+
+
+def routing_table(r: RoutingSweep) -> Group:
+    """Exercise 32.10.2."""
+    t = Table(title=f"Routing sweep over {r.steps} sequential steps", title_justify="left")
+    for col in ("hard", "cost", "latency", "reliability", "q/$", "premium q/$"):
+        t.add_column(col, justify="right")
+    base = r.baseline
+    for p in r.points:
+        e = p.routed
+        t.add_row(f"{p.hard_fraction:.2f}", _usd(e.cost_book), f"{e.latency_critical_s:.1f}s",
+                  _pct(e.reliability), _qpd(e.quality_per_dollar),
+                  _qpd(base.quality_per_dollar))  # fmt: skip
+    ro = r.router
+    t.caption = (
+        f"router: ${ro['usd_per_step']} and {ro['latency_s_per_step']}s per step, misroute rate "
+        f"{ro['misroute_rate']}, small model's p on hard steps {ro['p_small_on_hard']}"
+    )
+    if r.crossover is None:
+        verdict = "Routing never loses on quality per dollar here: the crossover needs a router " \
+                  "that costs, misroutes, or a small model worse on hard steps."
+    else:
+        verdict = f"Crossover: past a hard fraction of {r.crossover:.3f}, routing loses on q/$."
+    return Group(t, Text(verdict))
+
+
+def debate_table(d: DebateVsRetry) -> Group:
+    """Exercise 32.10.3."""
+    t = Table(title="The critical step of a 10-step chain", title_justify="left")
+    for col in ("option", "reliability", "latency", "expected", "worst", "calls worst"):
+        t.add_column(col, justify="left" if col == "option" else "right")
+    for o in d.options:
+        e = o.estimate
+        t.add_row(o.name, _pct(e.reliability), f"{e.latency_critical_s:.2f}s",
+                  f"{e.latency_expected_s:.2f}s", f"{e.latency_worst_s:.2f}s", str(e.calls_worst))  # fmt: skip
+    lines = ["Recommendation by latency budget (worst case binds):"]
+    lines += [f"  from {b:.2f}s: {n}" for b, n in d.flips_worst]
+    lines.append("If the budget binds expected latency instead:")
+    lines += [f"  from {b:.2f}s: {n}" for b, n in d.flips_expected]
+    return Group(t, Text("\n".join(lines)))
