@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -133,14 +133,14 @@ def simulate(
     return 0
 
 
-class BudgetOn(str, Enum):
+class BudgetOn(StrEnum):
     """Which figures a budget binds."""
 
     worst = "worst"
     expected = "expected"
 
 
-class Method(str, Enum):
+class Method(StrEnum):
     """How the optimizer searches."""
 
     auto = "auto"
@@ -216,7 +216,10 @@ def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
         "chosen_spec": chosen,
         "frontier": [
             {
-                "cost_usd": {"worst": round(c.cost_worst, 12), "expected": round(c.cost_expected, 12)},
+                "cost_usd": {
+                    "worst": round(c.cost_worst, 12),
+                    "expected": round(c.cost_expected, 12),
+                },
                 "latency_s": round(c.latency_s, 12),
                 "reliability": c.reliability,
                 "levers": tables.describe(c),
@@ -236,7 +239,7 @@ def _write_atomic(path: Path, text: str) -> None:
         raise UsageError(f"--out {path}: cannot write: {exc.strerror}") from None
 
 
-class ExerciseId(str, Enum):
+class ExerciseId(StrEnum):
     """The seed's exercises."""
 
     sizing = "32.10.1"
@@ -250,7 +253,9 @@ def exercise(
     tickets_per_day: Annotated[int, typer.Option(min=1, help="32.10.1: volume.")] = 200_000,
     router_usd: Annotated[float, typer.Option(min=0.0, help="32.10.2: router $ per step.")] = 0.002,
     router_s: Annotated[float, typer.Option(min=0.0, help="32.10.2: router s per step.")] = 0.4,
-    misroute: Annotated[float, typer.Option(min=0.0, max=1.0, help="32.10.2: misroute rate.")] = 0.1,
+    misroute: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="32.10.2: misroute rate.")
+    ] = 0.1,
     p_small_hard: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="32.10.2: small model's p on hard steps.")
     ] = 0.8,
@@ -289,6 +294,34 @@ def exercise(
     return 0
 
 
+@app.command()
+def demo(
+    runs: Annotated[int, typer.Option("--runs", "-n", help="Monte Carlo runs.")] = 200_000,
+) -> int:
+    """A tour that needs no network: the book, an estimate, a Monte Carlo and an optimization.
+
+    Example: trilemma demo
+    """
+    from trilemma.examples import example_path
+
+    _positive("--runs", runs)
+    console = _out()
+    console.rule("1. The seed's Output 32.10.1, recomputed (trilemma book)")
+    console.print(book_mod.book_report(), markup=False)
+    ticket = example_path("ticket.yaml")
+    console.rule(f"2. Exercise 32.10.1 as a spec (trilemma estimate {ticket.name})")
+    console.print(tables.estimate_table(estimate_wf(load_workflow(ticket))))
+    chain = load_workflow(example_path("seed-chain.yaml"))
+    console.rule("3. Monte Carlo of the 12-step chain with a gate of recall 0.9 (trilemma simulate)")
+    leaky = chain.simulation.model_copy(update={"recall": 0.9, "retry_correlation": 0.2})
+    result = simulate_wf(chain, runs, seed=7, settings=leaky)
+    console.print(tables.simulate_table(result, estimate_wf(chain)))
+    console.rule("4. Cheapest levers for <= $0.10 and >= 95% (trilemma optimize seed-chain.yaml)")
+    console.print(tables.optimize_view(optimize_wf(chain)))
+    console.print("\nNext: trilemma --help, and the specs in examples/.")
+    return 0
+
+
 # ---------------------------------------------------------------------------- entry
 
 
@@ -305,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"trilemma: error: {_one_line(str(exc))}\n")
         return exc.exit_code
     except typer.TyperException as exc:  # click's usage errors, vendored by typer
-        sys.stderr.write(f"trilemma: error: {_one_line(exc.format_message())}\n")
+        hint = "; see `trilemma --help`" if exc.exit_code == 2 else ""
+        sys.stderr.write(f"trilemma: error: {_one_line(exc.format_message())}{hint}\n")
         return 2 if exc.exit_code == 2 else exc.exit_code
     except typer.Abort:
         sys.stderr.write("trilemma: aborted\n")
@@ -321,4 +355,3 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """Console-script entry point."""
     sys.exit(main())
-

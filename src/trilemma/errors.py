@@ -66,7 +66,10 @@ class CycleError(SpecError):
         if len(cycle) == 1:
             problem = f"step {cycle[0]!r} depends on itself; remove it from its own after:"
         else:
-            problem = f"dependency cycle {loop}; remove one of these after: entries"
+            problem = (
+                f"dependency cycle {loop} (each must run before the next); "
+                "remove one of these after: entries"
+            )
         super().__init__(source, f"steps.{cycle[0]}.after", problem)
 
 

@@ -326,9 +326,7 @@ def _check_references(wf: Workflow, source: str) -> None:
         raise CycleError(source, cycle)
 
 
-def _check_name(
-    source: str, field: str, name: str, known: Mapping[str, object], what: str
-) -> None:
+def _check_name(source: str, field: str, name: str, known: Mapping[str, object], what: str) -> None:
     if name in known:
         return
     hint = _did_you_mean(name, known)
@@ -362,9 +360,7 @@ class _SpecLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
             if isinstance(key, typing.Hashable) and key in keys and key != "<<":
                 mark = key_node.start_mark
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
             keys.add(key) if isinstance(key, typing.Hashable) else None
         return super().construct_mapping(node, deep=deep)
 
@@ -381,7 +377,9 @@ def _parse_yaml(text: str, source: str) -> object:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         what = exc.problem or exc.context or "malformed YAML"
-        raise SpecError(source, where, f"YAML syntax error: {what}; check indentation and quoting") from None
+        raise SpecError(
+            source, where, f"YAML syntax error: {what}; check indentation and quoting"
+        ) from None
     except yaml.YAMLError as exc:
         raise SpecError(source, "", f"YAML error: {exc}") from None
     except RecursionError:
@@ -427,7 +425,9 @@ def _check_expansion(root: yaml.Node, source: str) -> None:
 
 
 def _spec_error(exc: ValidationError, source: str) -> SpecError:
-    err = exc.errors(include_url=False)[0]
+    # An unknown field usually explains a 'missing' one beside it (a misspelling): name it first.
+    errors = exc.errors(include_url=False)
+    err = min(errors, key=lambda e: e["type"] != "extra_forbidden")
     loc = tuple(err["loc"])
     field = _render_loc(loc)
     kind = err["type"]

@@ -103,16 +103,16 @@ def ticket_spend(tickets_per_day: int = 200_000) -> TicketAnswer:
         "shrink each debate to one call (agents 1, rounds 1)": ticket_workflow(
             debate={"agents": 1, "rounds": 1}
         ),
-        "halve each debate (3 agents, 1 round)": ticket_workflow(
-            debate={"agents": 3, "rounds": 1}
-        ),
+        "halve each debate (3 agents, 1 round)": ticket_workflow(debate={"agents": 3, "rounds": 1}),
         "drop the retries": ticket_workflow(retries=0),
         "route the 3 plain steps to the small model": ticket_workflow(small_plain=True),
     }
     levers = []
     for name, wf in variants.items():
         e = estimate(wf)
-        levers.append(LeverSaving(name, e.calls_worst, e.cost_worst * tickets_per_day, e.reliability))
+        levers.append(
+            LeverSaving(name, e.calls_worst, e.cost_worst * tickets_per_day, e.reliability)
+        )
     levers.sort(key=lambda lv: lv.daily_usd_worst)
     return TicketAnswer(estimate(ticket_workflow()), tickets_per_day, tuple(levers))
 
@@ -176,7 +176,9 @@ def _routed_profiles(
     """
     m = misroute
 
-    def mix(a: dict[str, float], b: dict[str, float], pb: float, p_a: float, p_b: float) -> dict[str, float]:
+    def mix(
+        a: dict[str, float], b: dict[str, float], pb: float, p_a: float, p_b: float
+    ) -> dict[str, float]:
         return {
             "usd_per_call": router_usd + (1 - pb) * a["usd_per_call"] + pb * b["usd_per_call"],
             "latency_s": router_s + (1 - pb) * a["latency_s"] + pb * b["latency_s"],
@@ -205,8 +207,13 @@ def routing_sweep(
     """
     p_hard = SMALL["p_ok"] if p_small_hard is None else p_small_hard
     profiles = _routed_profiles(router_usd, router_s, misroute, p_hard)
-    baseline = estimate(_spec({"premium": PREMIUM}, _chain(
-        [{"id": f"s{i:02d}", "model": "premium"} for i in range(steps)]), "all premium"))
+    baseline = estimate(
+        _spec(
+            {"premium": PREMIUM},
+            _chain([{"id": f"s{i:02d}", "model": "premium"} for i in range(steps)]),
+            "all premium",
+        )
+    )
     points = []
     for k in range(steps + 1):
         kinds = ["hard"] * k + ["easy"] * (steps - k)

@@ -27,7 +27,15 @@ from trilemma.errors import UsageError
 from trilemma.plan.estimate import Estimate, estimate, step_estimate
 from trilemma.spec import Budget, Debate, Step, Workflow, workflow_from_dict
 
-__all__ = ["EXHAUSTIVE_LIMIT", "Candidate", "Choice", "OptimizeResult", "apply", "meets", "optimize"]
+__all__ = [
+    "EXHAUSTIVE_LIMIT",
+    "Candidate",
+    "Choice",
+    "OptimizeResult",
+    "apply",
+    "meets",
+    "optimize",
+]
 
 EXHAUSTIVE_LIMIT = 20_000
 BudgetOn = Literal["worst", "expected"]
@@ -125,11 +133,16 @@ def optimize(
     seen: list[Candidate] = []
     for parallel in structures:
         graph = _graph(wf, parallel)
-        metrics = [[_metrics(wf, s, c, budget_on) for c in opts] for s, opts in zip(wf.steps, options, strict=True)]
+        metrics = [
+            [_metrics(wf, s, c, budget_on) for c in opts]
+            for s, opts in zip(wf.steps, options, strict=True)
+        ]
         search = _exhaustive if use_exhaustive else _beam
         seen.extend(search(wf, graph, options, metrics, budget, budget_on, parallel, beam_width))
         if not use_exhaustive and budget != Budget():  # the frontier beyond the budgets too
-            seen.extend(_beam(wf, graph, options, metrics, Budget(), budget_on, parallel, beam_width))
+            seen.extend(
+                _beam(wf, graph, options, metrics, Budget(), budget_on, parallel, beam_width)
+            )
     feasible = [c for c in seen if meets(c, budget, budget_on)]
     best = min(feasible, key=lambda c: _rank(c, budget_on), default=None)
     if best is not None and not use_exhaustive:
@@ -153,7 +166,9 @@ def optimize(
 
 def _notes(wf: Workflow, budget: Budget) -> tuple[str, ...]:
     notes = []
-    if not any(s.candidates or s.cacheable or s.independent or s.debate_round_options for s in wf.steps):
+    if not any(
+        s.candidates or s.cacheable or s.independent or s.debate_round_options for s in wf.steps
+    ):
         notes.append(
             "no step lists candidates, cacheable, independent or debate_round_options: "
             "only retries were searched"
@@ -350,6 +365,7 @@ def _open_nodes(graph: dict[str, list[str]], order: list[str], k: int) -> list[i
 
 def _prune(parts: list[_Partial], open_nodes: list[int]) -> list[_Partial]:
     """Drop partial configurations another beats on cost, reliability and open finish times."""
+
     def key(p: _Partial) -> tuple[float, ...]:
         return (p.cost, -p.log_p, *(p.finish[i] for i in open_nodes))
 
@@ -398,8 +414,10 @@ def _polish(
 def _pareto(cands: list[Candidate]) -> list[Candidate]:
     """Configurations no other beats on worst cost, latency and reliability at once."""
     pts = sorted(
-        {(round(c.cost_worst, 12), round(c.latency_s, 12), -round(c.reliability, 12)): c
-         for c in cands}.items()
+        {
+            (round(c.cost_worst, 12), round(c.latency_s, 12), -round(c.reliability, 12)): c
+            for c in cands
+        }.items()
     )
     front: list[tuple[tuple[float, float, float], Candidate]] = []
     for key, c in pts:

@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.pyplot as plt
 
-from trilemma.plan.exercises import RoutingSweep  # noqa: E402
-from trilemma.plan.optimize import OptimizeResult  # noqa: E402
+from trilemma.plan.exercises import RoutingSweep
+from trilemma.plan.optimize import OptimizeResult
 
 __all__ = ["plot_frontier", "plot_routing"]
 

@@ -190,8 +190,10 @@ def routing_table(r: RoutingSweep) -> Group:
         f"{ro['misroute_rate']}, small model's p on hard steps {ro['p_small_on_hard']}"
     )
     if r.crossover is None:
-        verdict = "Routing never loses on quality per dollar here: the crossover needs a router " \
-                  "that costs, misroutes, or a small model worse on hard steps."
+        verdict = (
+            "Routing never loses on quality per dollar here: the crossover needs a router "
+            "that costs, misroutes, or a small model worse on hard steps."
+        )
     else:
         verdict = f"Crossover: past a hard fraction of {r.crossover:.3f}, routing loses on q/$."
     return Group(t, Text(verdict))

@@ -1,0 +1,226 @@
+"""Every malformed spec, flag or file: exit 2, one line on stderr naming file and field."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import BASE_SPEC, EXAMPLES
+
+MODELS = """\
+version: 1
+models:
+  premium: {usd_per_call: 0.030, latency_s: 2.0, p_ok: 0.985}
+steps:
+"""
+
+BOMB = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+
+CASES: dict[str, tuple[str | bytes, str, str]] = {
+    # name: (content, field the message must name, words it must contain)
+    "yaml syntax": ("version: 1\nmodels: {a: [\n", "line", "YAML syntax error"),
+    "top level list": ("- 1\n- 2\n", "", "not a mapping"),
+    "top level scalar": ("just words\n", "", "not a mapping"),
+    "empty file": ("", "", "empty spec"),
+    "only a comment": ("# nothing\n", "", "empty spec"),
+    "unknown top field": (
+        BASE_SPEC + "budjet: {max_cost_usd: 1}\n",
+        "budjet",
+        "did you mean 'budget'",
+    ),
+    "misspelt step field": (
+        MODELS + "  - {id: a, model: premium, retires: 1}\n",
+        "steps[0].retires",
+        "did you mean 'retries'",
+    ),
+    "misspelt model field": (
+        "version: 1\nmodels: {p: {usd_per_call: 1, latency: 2, p_ok: 0.5}}\n"
+        "steps: [{id: a, model: p}]\n",
+        "models.p.latency",
+        "unknown field",
+    ),
+    "missing version": ("models: {}\nsteps: []\n", "version", "add `version: 1`"),
+    "future version": (BASE_SPEC.replace("version: 1", "version: 2"), "version", "newer"),
+    "version not a number": (
+        BASE_SPEC.replace("version: 1", "version: one"),
+        "version",
+        "not a version",
+    ),
+    "duplicate step id": (
+        MODELS + "  - {id: a, model: premium}\n  - {id: a, model: premium}\n",
+        "steps[1].id",
+        "duplicate step id",
+    ),
+    "malformed step id": (MODELS + "  - {id: 'a b', model: premium}\n", "steps[0].id", "pattern"),
+    "unknown model": (
+        MODELS + "  - {id: a, model: premum}\n",
+        "steps[0].model",
+        "did you mean 'premium'",
+    ),
+    "unknown dependency": (
+        MODELS + "  - {id: plan, model: premium}\n  - {id: b, model: premium, after: [plam]}\n",
+        "steps[1].after[0]",
+        "did you mean 'plan'",
+    ),
+    "cycle": (
+        MODELS + "  - {id: a, model: premium, after: [c]}\n"
+        "  - {id: b, model: premium, after: [a]}\n  - {id: c, model: premium, after: [b]}\n",
+        "steps.",
+        "cycle",
+    ),
+    "self loop": (
+        MODELS + "  - {id: a, model: premium, after: [a]}\n",
+        "steps.a.after",
+        "depends on itself",
+    ),
+    "p_ok above 1": (
+        "version: 1\nmodels: {p: {usd_per_call: 1, latency_s: 2, p_ok: 1.5}}\n"
+        "steps: [{id: a, model: p}]\n",
+        "models.p.p_ok",
+        "less than or equal to 1",
+    ),
+    "p_ok zero": (
+        "version: 1\nmodels: {p: {usd_per_call: 1, latency_s: 2, p_ok: 0}}\n"
+        "steps: [{id: a, model: p}]\n",
+        "models.p.p_ok",
+        "greater than 0",
+    ),
+    "step p_ok negative": (
+        MODELS + "  - {id: a, model: premium, p_ok: -0.1}\n",
+        "steps[0].p_ok",
+        "greater than 0",
+    ),
+    "negative price": (
+        "version: 1\nmodels: {p: {usd_per_call: -1, latency_s: 2, p_ok: 0.5}}\n"
+        "steps: [{id: a, model: p}]\n",
+        "models.p.usd_per_call",
+        "greater than or equal",
+    ),
+    "infinite latency": (
+        "version: 1\nmodels: {p: {usd_per_call: 1, latency_s: .inf, p_ok: 0.5}}\n"
+        "steps: [{id: a, model: p}]\n",
+        "models.p.latency_s",
+        "finite",
+    ),
+    "nan price": (
+        "version: 1\nmodels: {p: {usd_per_call: .nan, latency_s: 1, p_ok: 0.5}}\n"
+        "steps: [{id: a, model: p}]\n",
+        "models.p.usd_per_call",
+        "",
+    ),
+    "no price": (
+        "version: 1\nmodels: {p: {latency_s: 1, p_ok: 0.5}}\nsteps: [{id: a, model: p}]\n",
+        "models.p",
+        "no price",
+    ),
+    "negative retries": (
+        MODELS + "  - {id: a, model: premium, retries: -1}\n",
+        "steps[0].retries",
+        "greater than or equal to 0",
+    ),
+    "zero agents": (
+        MODELS + "  - {id: a, model: premium, debate: {agents: 0, rounds: 2}}\n",
+        "steps[0].debate.agents",
+        "greater than or equal to 1",
+    ),
+    "zero rounds": (
+        MODELS + "  - {id: a, model: premium, debate: {agents: 2, rounds: 0}}\n",
+        "steps[0].debate.rounds",
+        "greater than or equal to 1",
+    ),
+    "both debate forms": (
+        MODELS + "  - {id: a, model: premium, debate_rounds: 1, debate: {agents: 2, rounds: 1}}\n",
+        "steps[0]",
+        "not both",
+    ),
+    "no steps": (MODELS + "  []\n", "steps", "no steps"),
+    "no models": ("version: 1\nmodels: {}\nsteps: [{id: a, model: p}]\n", "models", "no models"),
+    "steps not a list": (MODELS + "  plan: premium\n", "steps", "list"),
+    "binary garbage": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "", "binary"),
+    "not utf-8": (b"version: 1\nname: \xff\xfe\xfa\n", "", "not UTF-8"),
+    "alias bomb": (BOMB, "", "alias"),
+    "duplicate yaml key": (
+        "version: 1\nversion: 1\nmodels: {}\nsteps: []\n",
+        "line",
+        "duplicate key",
+    ),
+    "boolean as retries": (
+        MODELS + "  - {id: a, model: premium, retries: lots}\n",
+        "steps[0].retries",
+        "integer",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("command", ["estimate", "simulate", "optimize"])
+def test_bad_spec_exits_2_with_one_line(cli, write, name: str, command: str) -> None:
+    content, field, words = CASES[name]
+    path = write(content)
+    r = cli(command, path)
+    assert r.code == 2, (r.out, r.err)
+    assert r.out == ""
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1, r.err
+    line = lines[0]
+    assert "Traceback" not in line
+    assert str(path) in line
+    assert field in line
+    assert words in line
+
+
+def test_json_file_errors_name_line_and_column(cli, write) -> None:
+    r = cli("estimate", write('{"version": 1,, }', name="spec.json"))
+    assert r.code == 2
+    assert "line 1, column 15" in r.err and "JSON syntax error" in r.err
+
+
+def test_missing_file(cli, tmp_path) -> None:
+    r = cli("estimate", tmp_path / "nope.yaml")
+    assert r.code == 2
+    assert (
+        r.err.strip() == f"trilemma: error: {tmp_path / 'nope.yaml'}: no such file; check the path"
+    )
+
+
+def test_directory_instead_of_file(cli, tmp_path) -> None:
+    r = cli("estimate", tmp_path)
+    assert r.code == 2 and "is a directory" in r.err
+
+
+@pytest.mark.parametrize("runs", ["0", "-5", "abc", "1.5"])
+def test_runs_must_be_a_positive_integer(cli, runs: str) -> None:
+    r = cli("simulate", EXAMPLES / "diamond.yaml", "--runs", runs)
+    assert r.code == 2, r.err
+    assert len(r.err.strip().splitlines()) == 1
+    assert "--runs" in r.err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["optimize", "{spec}", "--min-reliability", "1.5"],
+        ["optimize", "{spec}", "--budget-on", "median"],
+        ["optimize", "{spec}", "--max-cost", "cheap"],
+        ["simulate", "{spec}", "--recall", "2"],
+        ["estimate"],
+        ["estimate", "{spec}", "--bogus"],
+        ["frobnicate"],
+        ["exercise", "32.10.9"],
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(cli, args: list[str]) -> None:
+    argv = [a.format(spec=EXAMPLES / "diamond.yaml") for a in args]
+    r = cli(*argv)
+    assert r.code == 2, (r.out, r.err)
+    assert len(r.err.strip().splitlines()) == 1, r.err
+    assert "Traceback" not in r.err

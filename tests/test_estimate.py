@@ -1,0 +1,137 @@
+"""The analytic estimate: the seed's laws on real DAGs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from trilemma import estimate, load_workflow, parse_workflow
+from trilemma.plan.estimate import CACHE_HIT_LATENCY_S
+
+from .conftest import EXAMPLES
+
+
+def test_exercise_32_10_1_ticket_worst_case_is_30_calls_and_90_cents(cli) -> None:
+    r = cli("estimate", EXAMPLES / "ticket.yaml", "--json")
+    assert r.code == 0, r.err
+    d = r.json()
+    assert d["calls"]["worst"] == 30
+    assert d["cost_usd"]["worst"] == 0.9
+    assert d["cost_usd"]["book"] == 0.45
+    assert d["cost_usd"]["worst"] * 200_000 == pytest.approx(180_000)
+
+
+def test_estimate_json_has_the_contract_keys(cli) -> None:
+    d = cli("estimate", EXAMPLES / "diamond.yaml", "--json").json()
+    assert d["steps"] == 4 and len(d["per_step"]) == 4
+    for key in ("expected", "worst"):
+        assert key in d["calls"]
+    for key in ("book", "expected", "worst"):
+        assert key in d["cost_usd"]
+    assert "critical_path" in d["latency_s"]
+    assert 0 < d["reliability"] <= 1
+    assert d["quality_per_dollar"] == pytest.approx(d["reliability"] / d["cost_usd"]["book"])
+
+
+def test_diamond_critical_path_is_the_longest_path_not_the_sum() -> None:
+    e = estimate(load_workflow(EXAMPLES / "diamond.yaml"))
+    assert e.critical_path == ("plan", "debate", "join")
+    assert e.latency_critical_s == pytest.approx(2.0 + 3 * 2.0 + 0.4)
+    assert e.latency_critical_s < sum(s.latency_s for s in e.per_step)
+    assert [s.id for s in e.per_step if s.critical] == ["plan", "debate", "join"]
+
+
+def test_diamond_worst_latency_takes_the_retries_of_the_fast_branch_when_they_dominate() -> None:
+    wf = parse_workflow("""
+version: 1
+models: {m: {usd_per_call: 1, latency_s: 1.0, p_ok: 0.5}}
+steps:
+  - {id: a, model: m}
+  - {id: fast, model: m, after: [a], retries: 3}
+  - {id: slow, model: m, after: [a], debate_rounds: 1}
+  - {id: z, model: m, after: [fast, slow]}
+""")
+    e = estimate(wf)
+    assert e.latency_critical_s == 4.0  # a + slow(2) + z
+    assert e.latency_worst_s == 6.0  # a + fast(4 attempts) + z
+
+
+def test_retries_lift_p_and_cost_by_the_seed_formulas() -> None:
+    wf = parse_workflow("""
+version: 1
+models: {m: {usd_per_call: 0.01, latency_s: 1.0, p_ok: 0.9}}
+steps: [{id: a, model: m, retries: 2}]
+""")
+    s = estimate(wf).per_step[0]
+    assert s.p_step == pytest.approx(1 - 0.1**3)
+    assert s.cost_book == pytest.approx(0.01)
+    assert s.cost_expected == pytest.approx(0.01 * (1 + 0.1 + 0.01))
+    assert s.cost_worst == pytest.approx(0.03)
+    assert s.latency_worst_s == pytest.approx(3.0)
+
+
+def test_debate_agents_times_rounds_calls_but_rounds_latency() -> None:
+    wf = parse_workflow("""
+version: 1
+models: {m: {usd_per_call: 0.03, latency_s: 2.0, p_ok: 0.9}}
+steps:
+  - {id: d, model: m, debate: {agents: 3, rounds: 2}}
+  - {id: seed_style, model: m, debate_rounds: 2, after: [d]}
+""")
+    d, s = estimate(wf).per_step
+    assert (d.calls, d.latency_s) == (6, 4.0)
+    assert (s.calls, s.latency_s) == (3, 6.0)
+
+
+def test_cached_step_costs_nothing_and_always_succeeds() -> None:
+    wf = parse_workflow("""
+version: 1
+models: {m: {usd_per_call: 0.03, latency_s: 2.0, p_ok: 0.5}}
+steps: [{id: a, model: m, cached: true, retries: 3}]
+""")
+    e = estimate(wf)
+    assert (e.cost_worst, e.reliability, e.calls_worst) == (0.0, 1.0, 0)
+    assert e.latency_critical_s == CACHE_HIT_LATENCY_S
+    assert e.quality_per_dollar is None
+
+
+def test_step_p_ok_overrides_the_model() -> None:
+    wf = parse_workflow("""
+version: 1
+models: {m: {usd_per_call: 0.03, latency_s: 2.0, p_ok: 0.5}}
+steps: [{id: a, model: m, p_ok: 0.99}]
+""")
+    assert estimate(wf).reliability == 0.99
+
+
+def test_token_prices_give_a_per_call_price() -> None:
+    wf = parse_workflow("""
+version: 1
+models:
+  local: {usd_per_1m_input: 0.10, usd_per_1m_output: 0.40, prompt_tokens: 1000,
+          completion_tokens: 500, latency_s: 0.5, p_ok: 0.6}
+steps: [{id: a, model: local}]
+""")
+    assert estimate(wf).cost_book == pytest.approx((0.10 * 1000 + 0.40 * 500) / 1e6)
+
+
+def test_book_route_example_is_the_careful_11_2_seconds() -> None:
+    e = estimate(load_workflow(EXAMPLES / "book-route.yaml"))
+    assert e.latency_critical_s == pytest.approx(11.2)
+    assert e.cost_book == pytest.approx(0.136)
+    assert round(e.reliability * 100, 2) == 59.87
+
+
+def test_seed_chain_matches_the_books_sequential_row() -> None:
+    e = estimate(load_workflow(EXAMPLES / "seed-chain.yaml"))
+    assert (round(e.cost_book, 3), e.latency_critical_s) == (0.36, 24.0)
+    assert round(e.reliability * 100, 2) == 83.41
+    assert round(e.quality_per_dollar or 0, 1) == 2.3
+    assert math.isclose(e.reliability, 0.985**12)
+
+
+def test_estimate_table_marks_the_critical_path(cli) -> None:
+    r = cli("estimate", EXAMPLES / "diamond.yaml")
+    assert r.code == 0
+    assert "critical" in r.out and "debate" in r.out and "reliability" in r.out

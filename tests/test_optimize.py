@@ -1,0 +1,145 @@
+"""The optimizer meets the budgets at the lowest cost; its heuristic matches exhaustive search."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import yaml
+
+from trilemma import Budget, estimate, load_workflow, optimize, parse_workflow, workflow_from_dict
+
+from .conftest import EXAMPLES
+
+
+def test_seed_chain_under_10_cents_and_95_percent(cli, tmp_path) -> None:
+    out = tmp_path / "chosen.yaml"
+    r = cli("optimize", EXAMPLES / "seed-chain.yaml", "--max-cost", "0.10", "--min-reliability",
+            "0.95", "--out", out, "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    d = r.json()
+    assert d["feasible"]
+    assert d["chosen"]["cost_usd"]["worst"] <= 0.10
+    assert d["chosen"]["reliability"] >= 0.95
+    assert len(d["frontier"]) >= 3
+    chosen = load_workflow(out)  # the written spec runs as it is
+    e = estimate(chosen)
+    assert e.cost_worst <= 0.10 and e.reliability >= 0.95
+    assert "beam" in d["method"]  # 2 models x 4 retries over 12 steps is too big to enumerate
+
+
+def test_seed_chain_optimum_is_all_small_with_one_retry() -> None:
+    r = optimize(load_workflow(EXAMPLES / "seed-chain.yaml"),
+                 Budget(max_cost_usd=0.10, min_reliability=0.95))  # fmt: skip
+    assert r.best is not None and r.best_estimate is not None
+    assert {s.model for s in r.best.steps} == {"small"}
+    assert {s.retries for s in r.best.steps} == {1}
+    assert r.best_estimate.cost_worst == pytest.approx(0.048)
+
+
+def test_parallelising_independent_steps_meets_a_deadline() -> None:
+    wf = load_workflow(EXAMPLES / "seed-chain.yaml")
+    r = optimize(wf, Budget(max_cost_usd=0.10, min_reliability=0.95, deadline_s=1.0))
+    assert r.best_estimate is not None
+    assert r.best_estimate.latency_worst_s <= 1.0
+    assert all(not s.after for s in r.best.steps)  # type: ignore[union-attr]
+
+
+def test_expected_budget_is_looser_than_worst() -> None:
+    wf = load_workflow(EXAMPLES / "seed-chain.yaml")
+    budget = Budget(max_cost_usd=0.03, min_reliability=0.95)
+    assert optimize(wf, budget).best is None
+    relaxed = optimize(wf, budget, budget_on="expected")
+    assert relaxed.best_estimate is not None
+    assert relaxed.best_estimate.cost_expected <= 0.03 < relaxed.best_estimate.cost_worst
+
+
+def test_infeasible_budget_exits_1_and_says_what_to_do(cli) -> None:
+    r = cli("optimize", EXAMPLES / "seed-chain.yaml", "--max-cost", "0.001")
+    assert r.code == 1
+    assert "no configuration meets the budgets" in r.err
+
+
+def test_cacheable_step_is_cached_when_it_pays() -> None:
+    wf = parse_workflow("""
+version: 1
+models: {p: {usd_per_call: 0.03, latency_s: 2, p_ok: 0.9}}
+steps:
+  - {id: a, model: p, cacheable: true}
+  - {id: b, model: p, after: [a]}
+budget: {min_reliability: 0.98}
+""")
+    r = optimize(wf)
+    assert r.best is not None
+    assert r.best.steps[0].cached
+    assert r.method == "exhaustive"
+
+
+def test_debate_round_options_are_searched() -> None:
+    wf = parse_workflow("""
+version: 1
+models: {p: {usd_per_call: 0.03, latency_s: 2, p_ok: 0.9}}
+steps: [{id: a, model: p, debate_rounds: 3, debate_round_options: [0, 1, 3]}]
+budget: {deadline_s: 2.5}
+""")
+    r = optimize(wf, max_retries=0)
+    assert r.best is not None and r.best.steps[0].debate_rounds == 0
+
+
+def _random_spec(rng: random.Random) -> dict[str, Any]:
+    models = {f"m{i}": {"usd_per_call": rng.choice([0.001, 0.002, 0.01, 0.03]),
+                        "latency_s": rng.choice([0.2, 0.4, 1.0, 2.0]),
+                        "p_ok": rng.choice([0.7, 0.8, 0.9, 0.945, 0.985])} for i in range(3)}  # fmt: skip
+    steps = []
+    for i in range(rng.randint(2, 5)):
+        after = [f"s{j}" for j in range(i) if rng.random() < 0.5]
+        steps.append({"id": f"s{i}", "model": "m0", "after": after,
+                      "candidates": rng.sample(sorted(models), rng.randint(1, 3)),
+                      "cacheable": rng.random() < 0.2, "independent": rng.random() < 0.5})  # fmt: skip
+    budget = {"max_cost_usd": rng.choice([0.01, 0.03, 0.08, 0.2]),
+              "min_reliability": rng.choice([0.5, 0.8, 0.9, 0.97]),
+              "deadline_s": rng.choice([None, 2.0, 4.0, 8.0])}  # fmt: skip
+    return {"version": 1, "models": models, "steps": steps, "budget": budget}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_beam_finds_the_exhaustive_optimum_on_small_spaces(seed: int) -> None:
+    wf = workflow_from_dict(_random_spec(random.Random(seed)))
+    exact = optimize(wf, method="exhaustive", max_retries=2)
+    beam = optimize(wf, method="beam", max_retries=2, beam_width=64)
+    assert exact.method == "exhaustive" and beam.method.startswith("beam")
+    if exact.best_estimate is None:
+        assert beam.best_estimate is None
+    else:
+        assert beam.best_estimate is not None
+        assert beam.best_estimate.cost_worst == pytest.approx(exact.best_estimate.cost_worst)
+
+
+def test_frontier_is_pareto_optimal() -> None:
+    r = optimize(load_workflow(EXAMPLES / "diamond.yaml"), max_retries=2)
+    pts = [(c.cost_worst, c.latency_s, -c.reliability) for c in r.frontier]
+    for i, a in enumerate(pts):
+        for j, b in enumerate(pts):
+            if i != j:
+                assert not all(x <= y for x, y in zip(b, a, strict=True)) or a == b
+
+
+def test_optimize_table_and_yaml_output(cli, tmp_path) -> None:
+    png = tmp_path / "frontier.png"
+    r = cli("optimize", EXAMPLES / "seed-chain.yaml", "--plot", png)
+    assert r.code == 0, r.err
+    assert "Pareto frontier" in r.out and "# chosen configuration" in r.out
+    yaml_part = r.out.split("# chosen configuration\n", 1)[1]
+    assert yaml.safe_load(yaml_part)["version"] == 1
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_spec_without_levers_says_so() -> None:
+    wf = parse_workflow("""
+version: 1
+models: {p: {usd_per_call: 0.03, latency_s: 2, p_ok: 0.9}}
+steps: [{id: a, model: p}]
+""")
+    r = optimize(wf)
+    assert any("only retries were searched" in n for n in r.notes)

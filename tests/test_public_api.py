@@ -1,0 +1,50 @@
+"""Review rules as tests: the public surface and the layering."""
+
+from __future__ import annotations
+
+import ast
+import doctest
+from pathlib import Path
+
+import trilemma
+import trilemma.spec
+
+SRC = Path(trilemma.__file__).parent
+
+
+def test_all_names_exist_and_nothing_private_is_exported() -> None:
+    for name in trilemma.__all__:
+        assert hasattr(trilemma, name), name
+        assert not name.startswith("_") or name == "__version__"
+    assert sorted(trilemma.__all__) == trilemma.__all__
+
+
+def test_every_error_derives_from_trilemma_error() -> None:
+    for name in trilemma.__all__:
+        obj = getattr(trilemma, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, trilemma.TrilemmaError)
+
+
+def test_only_cli_prints_or_exits() -> None:
+    for path in SRC.rglob("*.py"):
+        if path.name == "cli.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in ("print", "exit"), f"{path}:{node.lineno}"
+            if isinstance(node, ast.Attribute) and node.attr == "exit":
+                assert not (isinstance(node.value, ast.Name) and node.value.id == "sys"), path
+
+
+def test_nothing_imports_the_cli() -> None:
+    for path in SRC.rglob("*.py"):
+        if path.name != "cli.py":
+            assert "trilemma.cli" not in path.read_text(), path
+
+
+def test_docstring_examples_run() -> None:
+    for module in (trilemma, trilemma.spec):
+        failures, _ = doctest.testmod(module)
+        assert failures == 0

@@ -1,0 +1,135 @@
+"""The Monte Carlo agrees with the analytic model where its assumptions hold, and departs where they don't."""
+
+from __future__ import annotations
+
+import pytest
+
+from trilemma import Simulation, estimate, load_workflow, parse_workflow, simulate
+from trilemma.plan.simulate import simulate_loop
+
+from .conftest import EXAMPLES
+
+
+@pytest.mark.parametrize("name", ["seed-chain.yaml", "ticket.yaml", "diamond.yaml"])
+def test_million_runs_agree_with_analytic_reliability_within_3_standard_errors(name: str) -> None:
+    wf = load_workflow(EXAMPLES / name)
+    e = estimate(wf)
+    r = simulate(wf, 1_000_000, seed=2026)
+    assert abs(r.success_rate - e.reliability) <= 3 * r.stderr, (r.success_rate, e.reliability)
+    lo, hi = r.ci95
+    assert lo < r.success_rate < hi
+
+
+def test_without_halting_mean_cost_and_latency_match_the_expected_figures() -> None:
+    wf = load_workflow(EXAMPLES / "ticket.yaml")
+    e = estimate(wf)
+    r = simulate(wf, 400_000, seed=1, halt=False)
+    assert r.cost_usd.mean == pytest.approx(e.cost_expected, rel=2e-3)
+    # a chain's latency is the sum of step latencies, so its mean is exact
+    assert r.latency_s.mean == pytest.approx(e.latency_expected_s, rel=2e-3)
+    assert r.calls.mean == pytest.approx(e.calls_expected, rel=2e-3)
+
+
+def test_halting_skips_and_does_not_bill_steps_below_a_failure() -> None:
+    wf = load_workflow(EXAMPLES / "seed-chain.yaml")
+    halted = simulate(wf, 100_000, seed=1)
+    full = simulate(wf, 100_000, seed=1, halt=False)
+    assert halted.cost_usd.mean < full.cost_usd.mean
+    assert full.cost_usd.p50 == pytest.approx(0.36)
+
+
+def test_same_seed_same_result_different_seed_different_result() -> None:
+    wf = load_workflow(EXAMPLES / "diamond.yaml")
+    a, b, c = (simulate(wf, 50_000, seed=s) for s in (7, 7, 8))
+    assert a.to_json() == b.to_json()
+    assert a.successes != c.successes
+
+
+def test_imperfect_gate_lets_failures_through_and_lowers_success() -> None:
+    wf = load_workflow(EXAMPLES / "ticket.yaml")
+    perfect = simulate(wf, 200_000, seed=3)
+    leaky = simulate(wf, 200_000, seed=3, settings=Simulation(recall=0.5))
+    assert perfect.uncaught_failures == 0
+    assert leaky.uncaught_failures > 0
+    assert leaky.success_rate < perfect.success_rate - 10 * perfect.stderr
+
+
+def test_correlated_retries_buy_less_than_the_formula_promises() -> None:
+    wf = parse_workflow("""
+version: 1
+models: {m: {usd_per_call: 0.01, latency_s: 1, p_ok: 0.8}}
+steps: [{id: a, model: m, retries: 1}]
+""")
+    independent = simulate(wf, 200_000, seed=4)
+    correlated = simulate(wf, 200_000, seed=4, settings=Simulation(retry_correlation=1.0))
+    assert independent.success_rate == pytest.approx(1 - 0.2**2, abs=0.003)
+    assert correlated.success_rate == pytest.approx(
+        0.8, abs=0.003
+    )  # a retry that fails the same way
+
+
+def test_compounding_lowers_downstream_success_after_an_uncaught_failure() -> None:
+    wf = load_workflow(EXAMPLES / "seed-chain.yaml")
+    base = Simulation(recall=0.0)
+    flat = simulate(wf, 200_000, seed=5, settings=base)
+    compounding = simulate(
+        wf, 200_000, seed=5, settings=base.model_copy(update={"compounding": 0.5})
+    )
+    assert compounding.success_rate == flat.success_rate  # success itself needs no failure at all
+    assert compounding.uncaught_failures >= flat.uncaught_failures
+
+
+def test_cached_step_never_fails_and_adds_the_hit_latency() -> None:
+    wf = parse_workflow("""
+version: 1
+models: {m: {usd_per_call: 0.01, latency_s: 1, p_ok: 0.01}}
+steps: [{id: a, model: m, cached: true}]
+""")
+    r = simulate(wf, 1000, seed=1)
+    assert r.success_rate == 1.0 and r.cost_usd.mean == 0.0
+    assert r.latency_s.mean == pytest.approx(0.01)
+
+
+def test_latency_jitter_keeps_the_mean_and_spreads_the_tail() -> None:
+    wf = parse_workflow("""
+version: 1
+models: {m: {usd_per_call: 0.01, latency_s: 2.0, p_ok: 1.0, latency_jitter: 0.5}}
+steps: [{id: a, model: m}]
+""")
+    r = simulate(wf, 200_000, seed=6)
+    assert r.latency_s.mean == pytest.approx(2.0, rel=0.01)
+    assert r.latency_s.p99 > 2 * r.latency_s.p50
+
+
+def test_vectorised_and_plain_loop_agree() -> None:
+    wf = load_workflow(EXAMPLES / "diamond.yaml")
+    st = Simulation(recall=0.7, retry_correlation=0.3, compounding=0.8)
+    vec = simulate(wf, 200_000, seed=9, settings=st)
+    ok, cost, latency = simulate_loop(wf, 40_000, seed=9, settings=st)
+    assert ok == pytest.approx(vec.success_rate, abs=0.01)
+    assert cost == pytest.approx(vec.cost_usd.mean, rel=0.02)
+    assert latency == pytest.approx(vec.latency_s.mean, rel=0.02)
+
+
+def test_cli_simulate_json_contract(cli) -> None:
+    r = cli("simulate", EXAMPLES / "diamond.yaml", "--runs", "20000", "--seed", "1", "--json")
+    assert r.code == 0, r.err
+    d = r.json()
+    assert d["runs"] == 20000
+    for key in ("mean", "p50", "p95", "p99"):
+        assert key in d["cost_usd"] and key in d["latency_s"]
+    assert 0 <= d["success_rate"] <= 1
+    assert d["success_ci95"][0] <= d["success_rate"] <= d["success_ci95"][1]
+
+
+def test_cli_simulate_flags_override_the_spec(cli) -> None:
+    r = cli("simulate", EXAMPLES / "ticket.yaml", "--runs", "20000", "--seed", "1", "--recall",
+            "0.5", "--retry-correlation", "0.2", "--json")  # fmt: skip
+    assert r.json()["settings"] == {"recall": 0.5, "retry_correlation": 0.2, "compounding": 1.0}
+    assert r.json()["uncaught_failure_rate"] > 0
+
+
+def test_cli_simulate_table(cli) -> None:
+    r = cli("simulate", EXAMPLES / "diamond.yaml", "--runs", "5000", "--seed", "1")
+    assert r.code == 0
+    assert "Monte Carlo, 5,000 runs" in r.out and "analytic" in r.out
