@@ -29,9 +29,10 @@ CASES = {
 }
 
 
-def rate(fn, runs: int) -> float:
+def rate(fn, *args, runs: int, **kw) -> float:
+    """Trajectories per second of one call."""
     t = time.perf_counter()
-    fn(runs)
+    fn(*args, runs, **kw)
     return runs / (time.perf_counter() - t)
 
 
@@ -47,8 +48,8 @@ def main() -> None:
         wf = load_workflow(path)
         vec, loop = [], []
         for r in range(args.rounds):
-            vec.append(rate(lambda n: simulate(wf, n, seed=r, settings=st), args.vector_runs))
-            loop.append(rate(lambda n: simulate_loop(wf, n, seed=r, settings=st), args.loop_runs))
+            vec.append(rate(simulate, wf, runs=args.vector_runs, seed=r, settings=st))
+            loop.append(rate(simulate_loop, wf, runs=args.loop_runs, seed=r, settings=st))
         v, lp = statistics.median(vec), statistics.median(loop)
         rows.append({"case": name, "steps": len(wf.steps), "vectorised_per_s": v,
                      "loop_per_s": lp, "ratio": v / lp,
