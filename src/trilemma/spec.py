@@ -357,11 +357,13 @@ class _SpecLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         keys: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if isinstance(key, typing.Hashable) and key in keys and key != "<<":
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable) or key == "<<":
+                continue  # the constructor below reports unhashable keys; merges may repeat
+            if key in keys:
                 mark = key_node.start_mark
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
-            keys.add(key) if isinstance(key, typing.Hashable) else None
+            keys.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
@@ -385,7 +387,7 @@ def _parse_yaml(text: str, source: str) -> object:
     except RecursionError:
         raise SpecError(source, "", "nested too deeply to be a workflow spec") from None
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        loader.dispose()
 
 
 def _check_expansion(root: yaml.Node, source: str) -> None:

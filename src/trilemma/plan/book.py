@@ -20,9 +20,9 @@ Steps = list[dict[str, Any]]
 
 
 def workflow(steps: Steps, retries: int = 0, cache_hits: int = 0) -> tuple[float, float, float]:
-    """The seed's model, unchanged: (cost, latency, p_success) of a list of steps."""
-    cost, p_success, groups, cached = 0.0, 1.0, {}, 0
-    groups_: dict[Any, list[float]] = groups
+    """The seed's model, with only type annotations added: (cost, latency, p_success)."""
+    groups: dict[Any, list[float]] = {}
+    cost, p_success, cached = 0.0, 1.0, 0
     for s in steps:
         m, calls = s["model"], 1 + s.get("debate_rounds", 0)  # debate adds calls
         if cached < cache_hits:  # served from cache
@@ -34,8 +34,8 @@ def workflow(steps: Steps, retries: int = 0, cache_hits: int = 0) -> tuple[float
             step_p = 1.0 - (1.0 - m["p_ok"]) ** (retries + 1)  # retries lift p_s
         cost += step_cost
         p_success *= step_p  # the product law
-        groups_.setdefault(s["parallel_group"], []).append(step_sec)
-    latency = sum(max(secs) for secs in groups_.values())  # critical path
+        groups.setdefault(s["parallel_group"], []).append(step_sec)
+    latency = sum(max(secs) for secs in groups.values())  # critical path
     return cost, latency, p_success
 
 

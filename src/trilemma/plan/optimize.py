@@ -316,7 +316,9 @@ def _beam(
     order = dag.topo_order(graph)
     pos = {sid: k for k, sid in enumerate(order)}
     spec_index = {sid: i for i, sid in enumerate(ids)}
-    cost_of = (lambda m: m.cost_worst) if on == "worst" else (lambda m: m.cost_expected)
+    def cost_of(m: _Metrics) -> float:
+        return m.cost_worst if on == "worst" else m.cost_expected
+
     step_ms = [metrics[spec_index[sid]] for sid in order]
     min_cost_after = _suffix([min(cost_of(m) for m in ms) for ms in step_ms])
     max_logp_after = _suffix([max(m.log_p for m in ms) for ms in step_ms])
