@@ -140,7 +140,7 @@ CASES: dict[str, tuple[str | bytes, str, str]] = {
     "both debate forms": (
         MODELS + "  - {id: a, model: premium, debate_rounds: 1, debate: {agents: 2, rounds: 1}}\n",
         "steps[0]",
-        "not both",
+        "not several",
     ),
     "no steps": (MODELS + "  []\n", "steps", "no steps"),
     "no models": ("version: 1\nmodels: {}\nsteps: [{id: a, model: p}]\n", "models", "no models"),

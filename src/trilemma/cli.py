@@ -312,7 +312,9 @@ def demo(
     console.rule(f"2. Exercise 32.10.1 as a spec (trilemma estimate {ticket.name})")
     console.print(tables.estimate_table(estimate_wf(load_workflow(ticket))))
     chain = load_workflow(example_path("seed-chain.yaml"))
-    console.rule("3. Monte Carlo of the 12-step chain with a gate of recall 0.9 (trilemma simulate)")
+    console.rule(
+        "3. Monte Carlo of the 12-step chain with a gate of recall 0.9 (trilemma simulate)"
+    )
     leaky = chain.simulation.model_copy(update={"recall": 0.9, "retry_correlation": 0.2})
     result = simulate_wf(chain, runs, seed=7, settings=leaky)
     console.print(tables.simulate_table(result, estimate_wf(chain)))

@@ -9,7 +9,18 @@
     │   └── UsageError            a flag or argument of the command line
     ├── PlanError                 the planner cannot answer (exit code 1)
     │   └── InfeasibleError       no configuration meets the budgets
-    └── RunError                  a run failed or stopped (exit code 1)
+    ├── ProviderError             one LLM call failed; the ledger keeps its class
+    │   ├── TransientError        worth retrying: 5xx, connection reset
+    │   │   ├── RateLimited       429; ``retry_after`` seconds when the server said
+    │   │   └── ProviderTimeout   no answer within the attempt's timeout
+    │   ├── MalformedAnswer       a 200 whose body is not a usable completion
+    │   └── FatalProviderError    retrying cannot help: auth, unknown model, bad request
+    ├── GateRejected              an answer failed the step's validation gate
+    ├── RunError                  a run failed or was stopped (exit code 1)
+    │   ├── BudgetExhausted       a call's reservation would cross the cost ceiling
+    │   └── DeadlineExceeded      the run's deadline passed
+    └── JournalError              the journal cannot be read or written (exit code 1)
+        └── NotAJournal           the file is not a trilemma journal, or is newer (exit code 2)
 
 Messages are written for the person at the terminal: they name the file, the
 field path and the value, say what is wrong and how to fix it, on one line.
@@ -18,12 +29,23 @@ field path and the value, say what is wrong and how to fix it, on one line.
 from __future__ import annotations
 
 __all__ = [
+    "BudgetExhausted",
     "CycleError",
+    "DeadlineExceeded",
+    "FatalProviderError",
+    "GateRejected",
     "InfeasibleError",
     "InputError",
+    "JournalError",
+    "MalformedAnswer",
+    "NotAJournal",
     "PlanError",
+    "ProviderError",
+    "ProviderTimeout",
+    "RateLimited",
     "RunError",
     "SpecError",
+    "TransientError",
     "TrilemmaError",
     "UsageError",
 ]
@@ -85,5 +107,77 @@ class InfeasibleError(PlanError):
     """No configuration in the searched space meets the budgets."""
 
 
+class ProviderError(TrilemmaError):
+    """One LLM call failed. ``kind`` is the short class name the ledger records."""
+
+    kind = "provider_error"
+    retryable = False
+
+
+class TransientError(ProviderError):
+    """A failure worth retrying: a 5xx, a dropped connection."""
+
+    kind = "transient"
+    retryable = True
+
+
+class RateLimited(TransientError):
+    """The provider said slow down (429); ``retry_after`` is its advice in seconds."""
+
+    kind = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ProviderTimeout(TransientError):
+    """No answer within the attempt's timeout."""
+
+    kind = "timeout"
+
+
+class MalformedAnswer(ProviderError):
+    """A response that is not a usable completion (no choices, not JSON)."""
+
+    kind = "malformed"
+    retryable = True
+
+
+class FatalProviderError(ProviderError):
+    """Retrying cannot help: bad credentials, an unknown model, a bad request."""
+
+    kind = "fatal"
+
+
+class GateRejected(TrilemmaError):
+    """An answer failed the step's validation gate; ``reason`` says why."""
+
+    kind = "rejected"
+    retryable = True
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class RunError(TrilemmaError):
     """A run failed or was stopped."""
+
+
+class BudgetExhausted(RunError):
+    """A call was not sent: its worst-case cost would cross the ceiling."""
+
+
+class DeadlineExceeded(RunError):
+    """The run's deadline passed."""
+
+
+class JournalError(TrilemmaError):
+    """The journal cannot be read or written."""
+
+
+class NotAJournal(JournalError):
+    """The file is not a trilemma journal, is corrupted, or is from a newer trilemma."""
+
+    exit_code = 2

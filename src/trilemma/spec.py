@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import string
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -42,13 +43,18 @@ __all__ = [
     "Budget",
     "Debate",
     "Faults",
+    "Gate",
     "ModelProfile",
+    "SimAnswers",
     "Simulation",
     "Step",
+    "Vote",
     "Workflow",
     "dump_workflow",
     "load_workflow",
     "parse_workflow",
+    "render_template",
+    "template_fields",
     "workflow_from_dict",
 ]
 
@@ -102,7 +108,13 @@ class ModelProfile(_Strict):
     provider: Literal["sim", "openai"] | None = None
     base_url: str | None = None
     model: str | None = None
-    api_key_env: str | None = None
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    timeout_s: Seconds = 60.0
+    max_concurrency: Annotated[int, Field(ge=1)] | None = None
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    tpm: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
     def _has_a_price(self) -> ModelProfile:
@@ -111,7 +123,14 @@ class ModelProfile(_Strict):
             raise ValueError(
                 "no price: give usd_per_call, or usd_per_1m_input and usd_per_1m_output"
             )
+        if self.provider == "openai" and (not self.base_url or not self.model):
+            raise ValueError("provider openai needs base_url and model (the endpoint's model name)")
         return self
+
+    @property
+    def runs_on_simulator(self) -> bool:
+        """No provider block (or ``provider: sim``): the built-in simulator answers."""
+        return self.provider in (None, "sim")
 
     @property
     def price_per_call(self) -> float:
@@ -126,10 +145,52 @@ class ModelProfile(_Strict):
 
 
 class Debate(_Strict):
-    """A debate: ``agents`` answer in parallel each round, ``rounds`` in sequence."""
+    """A debate: ``agents`` answer in parallel each round, ``rounds`` in sequence.
+
+    Round 1 proposes; each later round shows every agent the others' answers to
+    critique and revise. A ``judge`` call then picks the answer; without one the
+    final answers vote.
+    """
 
     agents: Annotated[int, Field(ge=1, le=1000)]
     rounds: Annotated[int, Field(ge=1, le=1000)]
+    judge: bool = False
+
+
+class Vote(_Strict):
+    """Self-consistency: ``samples`` answers in parallel, the majority wins."""
+
+    samples: Annotated[int, Field(ge=1, le=1000)]
+
+
+class Gate(_Strict):
+    """A validation gate: exactly one check; a rejected answer is a failed attempt.
+
+    ``feedback`` sends the rejection reason back to the model on the retry.
+    """
+
+    regex: str | None = None
+    json_schema: dict[str, Any] | None = None
+    pydantic: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")] | None = None
+    python: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")] | None = None
+    feedback: bool = True
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Gate:
+        given = [k for k in ("regex", "json_schema", "pydantic", "python") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "a gate takes exactly one of regex, json_schema, pydantic (module:Model) "
+                f"or python (module:function); got {given or 'none'}"
+            )
+        return self
+
+
+class SimAnswers(_Strict):
+    """What the simulator answers for a step; ``{step}`` and ``{attempt}`` are filled in."""
+
+    ok: str = "answer of {step} (attempt {attempt})"
+    bad: str = "WRONG answer of {step} (attempt {attempt})"
 
 
 class Step(_Strict):
@@ -141,9 +202,16 @@ class Step(_Strict):
     retries: Annotated[int, Field(ge=0, le=100)] = 0
     debate_rounds: Annotated[int, Field(ge=0, le=1000)] = 0
     debate: Debate | None = None
+    vote: Vote | None = None
     cached: bool = False
     p_ok: Probability | None = None
     recall: Fraction | None = None
+    # What the executor sends and checks.
+    prompt: str | None = None
+    system: str | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    gate: Gate | None = None
+    sim: SimAnswers = SimAnswers()
     # Levers the optimizer may pull, each opted into by the user.
     candidates: list[str] | None = None
     cacheable: bool = False
@@ -153,26 +221,40 @@ class Step(_Strict):
 
     @model_validator(mode="after")
     def _one_debate_form(self) -> Step:
-        if self.debate is not None and self.debate_rounds:
+        forms = [bool(self.debate_rounds), self.debate is not None, self.vote is not None]
+        if sum(forms) > 1:
             raise ValueError(
-                "give either debate_rounds (the seed's sequential rounds) or debate: "
-                "{agents, rounds}, not both"
+                "give one of debate_rounds (the seed's sequential rounds), debate: "
+                "{agents, rounds} or vote: {samples}, not several"
             )
         return self
 
     @property
+    def kind(self) -> Literal["call", "debate", "vote"]:
+        """What the executor runs: a (refined) call, a debate or a vote."""
+        return "debate" if self.debate else "vote" if self.vote else "call"
+
+    @property
     def calls(self) -> int:
-        """LLM calls of one attempt: ``1 + debate_rounds``, or ``agents x rounds``."""
+        """LLM calls of one attempt: ``1 + debate_rounds``, ``agents x rounds`` (+ judge), or samples."""
         if self.debate is not None:
-            return self.debate.agents * self.debate.rounds
+            return self.debate.agents * self.debate.rounds + self.debate.judge
+        if self.vote is not None:
+            return self.vote.samples
         return 1 + self.debate_rounds
 
     @property
     def sequential_calls(self) -> int:
         """Calls of one attempt that wait on each other (its latency in model latencies)."""
         if self.debate is not None:
-            return self.debate.rounds
+            return self.debate.rounds + self.debate.judge
+        if self.vote is not None:
+            return 1
         return 1 + self.debate_rounds
+
+    def placeholders(self) -> list[str]:
+        """The ``{names}`` its prompt and system prompt use."""
+        return [n for text in (self.prompt, self.system) if text for n in template_fields(text)]
 
 
 class Budget(_Strict):
@@ -208,6 +290,9 @@ class Workflow(_Strict):
     budget: Budget = Budget()
     seed: int | None = None
     simulation: Simulation = Simulation()
+    inputs: dict[Annotated[str, Field(pattern=STEP_ID_PATTERN)], str | None] = {}
+    stop_when: str | None = None
+    concurrency: Annotated[int, Field(ge=1, le=10_000)] = 16
 
     def step(self, step_id: str) -> Step:
         """The step with this id (``KeyError`` if there is none)."""
@@ -324,6 +409,27 @@ def _check_references(wf: Workflow, source: str) -> None:
     cycle = dag.find_cycle(wf.edges())
     if cycle:
         raise CycleError(source, cycle)
+    if wf.stop_when is not None:
+        _check_name(source, "stop_when", wf.stop_when, seen, "step")
+    graph = wf.edges()
+    for i, step in enumerate(wf.steps):
+        for field in ("prompt", "system"):
+            text = getattr(step, field)
+            if text and not _template_ok(text):
+                raise SpecError(
+                    source,
+                    f"steps[{i}].{field}",
+                    "unbalanced { or } in the template; write {{ and }} for literal braces",
+                )
+        known = set(wf.inputs) | dag.ancestors(graph, step.id)
+        for name in step.placeholders():
+            if name not in known:
+                raise SpecError(
+                    source,
+                    f"steps[{i}].prompt",
+                    f"{{{name}}} names neither an input nor a step this one runs after"
+                    f"{_did_you_mean(name, known)}; declare it under inputs: or add it to after:",
+                )
 
 
 def _check_name(source: str, field: str, name: str, known: Mapping[str, object], what: str) -> None:
@@ -332,6 +438,32 @@ def _check_name(source: str, field: str, name: str, known: Mapping[str, object],
     hint = _did_you_mean(name, known)
     names = ", ".join(sorted(known)[:8])
     raise SpecError(source, field, f"unknown {what} {name!r}{hint}; known: {names}")
+
+
+def template_fields(text: str) -> list[str]:
+    """The ``{name}`` fields of a prompt template (``{{`` and ``}}`` are literal braces)."""
+    try:
+        return [f for _, f, _, _ in string.Formatter().parse(text) if f is not None and f != ""]
+    except ValueError:
+        return []
+
+
+def _template_ok(text: str) -> bool:
+    try:
+        list(string.Formatter().parse(text))
+    except ValueError:
+        return False
+    return True
+
+
+def render_template(text: str, values: Mapping[str, str]) -> str:
+    """Fill a prompt template's ``{name}`` fields; names are plain keys, never attributes."""
+    out = []
+    for literal, name, _, _ in string.Formatter().parse(text):
+        out.append(literal)
+        if name is not None:
+            out.append(values[name])
+    return "".join(out)
 
 
 def _did_you_mean(name: str, options: typing.Iterable[str]) -> str:

@@ -316,6 +316,7 @@ def _beam(
     order = dag.topo_order(graph)
     pos = {sid: k for k, sid in enumerate(order)}
     spec_index = {sid: i for i, sid in enumerate(ids)}
+
     def cost_of(m: _Metrics) -> float:
         return m.cost_worst if on == "worst" else m.cost_expected
 

@@ -1,0 +1,100 @@
+"""The journal's schema, as ordered, named migrations recorded in the database.
+
+A journal records each migration it has applied in ``trilemma_migrations``.
+Opening one applies the missing ones in order; a journal that has applied a
+migration this trilemma does not know is from a newer trilemma and is refused.
+``docs/journal.md`` is generated from :data:`MIGRATIONS`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+
+
+def _execute_all(db: sqlite3.Connection, sql: str) -> None:
+    """Run ;-separated statements inside the caller's transaction (executescript would commit)."""
+    for statement in sql.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def m001_initial(db: sqlite3.Connection) -> None:
+    """Runs, their steps, every call (write-ahead), and the exact-match cache."""
+    _execute_all(
+        db,
+        """
+        CREATE TABLE runs (
+          run_id         TEXT PRIMARY KEY,   -- sortable: time first
+          spec_source    TEXT NOT NULL,      -- the spec's path as given
+          spec_json      TEXT NOT NULL,      -- the validated spec, to resume from
+          spec_hash      TEXT NOT NULL,      -- sha256 of spec_json
+          inputs_json    TEXT NOT NULL,      -- the run's --input values
+          seed           INTEGER,            -- the simulator's seed
+          max_cost_usd   REAL,               -- the ceiling, carried over a resume
+          deadline_at    REAL,               -- epoch seconds, carried over a resume
+          status         TEXT NOT NULL,      -- running | ok | budget_exhausted | deadline | failed
+          started_at     REAL NOT NULL,      -- epoch seconds
+          finished_at    REAL,
+          cost_usd       REAL NOT NULL DEFAULT 0,
+          latency_s      REAL,               -- wall-clock seconds of the last session
+          calls          INTEGER NOT NULL DEFAULT 0,
+          predicted_json TEXT,               -- the planner's estimate at start
+          error          TEXT,               -- why it stopped, when it did not finish ok
+          pid            INTEGER             -- the process that ran it last
+        );
+        CREATE TABLE steps (
+          run_id      TEXT NOT NULL REFERENCES runs(run_id),
+          step_id     TEXT NOT NULL,
+          status      TEXT NOT NULL,         -- done | failed | skipped
+          output      TEXT,                  -- committed with status = done
+          attempts    INTEGER NOT NULL,
+          cost_usd    REAL NOT NULL,
+          error       TEXT,
+          finished_at REAL NOT NULL,
+          PRIMARY KEY (run_id, step_id)
+        );
+        CREATE TABLE calls (
+          id                INTEGER PRIMARY KEY,
+          run_id            TEXT NOT NULL REFERENCES runs(run_id),
+          step_id           TEXT NOT NULL,
+          attempt           INTEGER NOT NULL,  -- 1 for the first attempt
+          call              INTEGER NOT NULL,  -- index within the attempt
+          role              TEXT NOT NULL,     -- call | refine 1 | agent 2 round 1 | judge | sample 3
+          model             TEXT NOT NULL,     -- the profile's name
+          idempotency_key   TEXT NOT NULL UNIQUE,
+          state             TEXT NOT NULL,     -- started (in flight) | finished
+          outcome           TEXT,              -- ok | rejected | transient | rate_limited |
+                                               -- timeout | malformed | fatal | cancelled
+          error             TEXT,
+          prompt_tokens     INTEGER,
+          completion_tokens INTEGER,
+          cost_usd          REAL,              -- billed: answered calls only; NULL unknown
+          reserved_usd      REAL NOT NULL,     -- the worst case held before sending
+          latency_s         REAL,
+          cache_hit         INTEGER NOT NULL DEFAULT 0,
+          request_json      TEXT NOT NULL,     -- the messages sent (never an API key)
+          response          TEXT,
+          started_at        REAL NOT NULL,
+          finished_at       REAL
+        );
+        CREATE INDEX calls_by_run ON calls(run_id, id);
+        CREATE TABLE cache (
+          key               TEXT PRIMARY KEY,  -- sha256 of model, messages and settings
+          model             TEXT NOT NULL,
+          response          TEXT NOT NULL,
+          prompt_tokens     INTEGER,
+          completion_tokens INTEGER,
+          created_at        REAL NOT NULL
+        );
+        """,
+    )
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
+    ("m001_initial", m001_initial),
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

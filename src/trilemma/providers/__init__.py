@@ -1,0 +1,1 @@
+"""Transports to LLM endpoints, behind one async protocol (see :mod:`.base`)."""

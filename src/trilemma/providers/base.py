@@ -1,0 +1,118 @@
+"""The provider protocol and the records that cross it.
+
+A provider turns a :class:`Request` into a :class:`Completion` or raises one of
+the :class:`~trilemma.errors.ProviderError` classes. Model facts (price,
+latency, p_ok) stay in :class:`~trilemma.spec.ModelProfile`; a provider is only
+a transport.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from trilemma.spec import ModelProfile
+
+__all__ = ["Completion", "Message", "Provider", "Request", "Usage", "cost_of", "worst_case_cost"]
+
+Message = dict[str, str]
+
+#: Tokens a chat template may add per message, over the message's own bytes.
+TEMPLATE_TOKENS_PER_MESSAGE = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens of one or more calls; ``None`` means unknown, not zero."""
+
+    prompt_tokens: int | None = None
+    """Tokens sent."""
+    completion_tokens: int | None = None
+    """Tokens received."""
+
+    def __add__(self, other: Usage) -> Usage:
+        def add(a: int | None, b: int | None) -> int | None:
+            return None if a is None or b is None else a + b
+
+        return Usage(
+            add(self.prompt_tokens, other.prompt_tokens),
+            add(self.completion_tokens, other.completion_tokens),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One chat-completion call."""
+
+    model: str
+    """The profile's name in the spec."""
+    messages: tuple[Message, ...]
+    """Chat messages, oldest first."""
+    max_tokens: int
+    """Completion tokens allowed; the budget reserves them all."""
+    timeout_s: float
+    """Seconds the attempt may take."""
+    idempotency_key: str
+    """Stable per (run, step, attempt, call): sent where a provider accepts one."""
+    temperature: float | None = None
+    """Sampling temperature, if the profile sets one."""
+    p_ok: float = 1.0
+    """The simulator only: chance this call's answer is right."""
+    sim_ok: str = ""
+    """The simulator only: the right answer's text."""
+    sim_bad: str = ""
+    """The simulator only: the wrong answer's text."""
+
+    @property
+    def prompt_bytes(self) -> int:
+        """UTF-8 bytes of every message: an upper bound on byte-level BPE tokens."""
+        return sum(len(m["content"].encode()) for m in self.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What came back."""
+
+    text: str
+    """The answer."""
+    usage: Usage
+    """Tokens, as the provider reported them."""
+    latency_s: float
+    """Seconds from send to answer."""
+    verdict: bool | None = None
+    """The simulator knows whether its answer is right; a real model does not (None)."""
+
+
+class Provider(Protocol):
+    """Anything that can complete a chat request."""
+
+    async def complete(self, request: Request, profile: ModelProfile) -> Completion:
+        """Send the request; return the completion or raise a ProviderError."""
+        ...
+
+
+def worst_case_cost(profile: ModelProfile, request: Request) -> float:
+    """The most one call can cost: the per-call price, or every token at token prices."""
+    if profile.usd_per_call is not None:
+        return profile.usd_per_call
+    assert profile.usd_per_1m_input is not None and profile.usd_per_1m_output is not None
+    prompt = request.prompt_bytes + TEMPLATE_TOKENS_PER_MESSAGE * len(request.messages)
+    return (
+        profile.usd_per_1m_input * prompt + profile.usd_per_1m_output * request.max_tokens
+    ) / 1e6
+
+
+def cost_of(profile: ModelProfile, usage: Usage, reserved: float) -> float:
+    """What a call that answered costs: per-call price, or its tokens at token prices.
+
+    Unknown token counts are billed at the reservation, the worst case.
+    """
+    if profile.usd_per_call is not None:
+        return profile.usd_per_call
+    if usage.prompt_tokens is None or usage.completion_tokens is None:
+        return reserved
+    assert profile.usd_per_1m_input is not None and profile.usd_per_1m_output is not None
+    return (
+        profile.usd_per_1m_input * usage.prompt_tokens
+        + profile.usd_per_1m_output * usage.completion_tokens
+    ) / 1e6

@@ -1,0 +1,154 @@
+"""Any OpenAI-compatible chat endpoint, through the official ``openai`` SDK.
+
+The SDK's own retries are off: trilemma retries, so that every attempt is
+reserved against the budget and written to the ledger. :func:`map_errors`
+turns every SDK error into the taxonomy of :mod:`trilemma.errors`; the most
+specific class wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+
+from trilemma.errors import (
+    FatalProviderError,
+    MalformedAnswer,
+    ProviderTimeout,
+    RateLimited,
+    TransientError,
+)
+from trilemma.providers.base import Completion, Request, Usage
+from trilemma.spec import ModelProfile
+
+__all__ = ["NO_KEY", "OpenAIProvider", "map_errors", "parse_retry_after"]
+
+#: Sent when a profile names no key variable (local servers ignore it).
+NO_KEY = "sk-no-key-needed"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+@contextlib.contextmanager
+def map_errors(model: str) -> Iterator[None]:
+    """Re-raise SDK errors as trilemma's provider errors."""
+    try:
+        yield
+    except openai.RateLimitError as exc:
+        after = parse_retry_after(exc.response.headers.get("retry-after"))
+        raise RateLimited(f"429 from the endpoint: {_detail(exc)}", retry_after=after) from exc
+    except openai.APITimeoutError as exc:
+        raise ProviderTimeout("the endpoint did not answer in time") from exc
+    except openai.APIConnectionError as exc:
+        raise TransientError(f"cannot reach the endpoint: {exc.__cause__ or exc}") from exc
+    except openai.NotFoundError as exc:
+        raise FatalProviderError(
+            f"404: the endpoint does not know model {model!r} (or the path): {_detail(exc)}"
+        ) from exc
+    except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+        raise FatalProviderError(
+            f"{exc.status_code}: the endpoint refused the API key: {_detail(exc)}"
+        ) from exc
+    except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+        raise FatalProviderError(f"{exc.status_code}: bad request: {_detail(exc)}") from exc
+    except openai.APIResponseValidationError as exc:
+        raise MalformedAnswer(f"the response is not a chat completion: {exc}") from exc
+    except openai.APIStatusError as exc:
+        if exc.status_code >= 500 or exc.status_code in (408, 409):
+            raise TransientError(f"{exc.status_code} from the endpoint: {_detail(exc)}") from exc
+        raise FatalProviderError(f"{exc.status_code} from the endpoint: {_detail(exc)}") from exc
+    except openai.OpenAIError as exc:
+        raise MalformedAnswer(f"unusable response: {type(exc).__name__}: {exc}") from exc
+    except ValueError as exc:  # a body that is not JSON at all
+        raise MalformedAnswer(f"the response is not JSON: {exc}") from exc
+
+
+def _detail(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:200]
+    return str(exc.message)[:200]
+
+
+class OpenAIProvider:
+    """Chat completions on one OpenAI-compatible endpoint."""
+
+    def __init__(self, profile_name: str, profile: ModelProfile) -> None:
+        assert profile.base_url and profile.model
+        key = NO_KEY
+        if profile.api_key_env:
+            found = os.environ.get(profile.api_key_env)
+            if not found:
+                raise FatalProviderError(
+                    f"models.{profile_name}.api_key_env: the environment variable "
+                    f"{profile.api_key_env} is not set; export it, or remove provider: to run "
+                    "this model on the simulator"
+                )
+            key = found
+        self.client = openai.AsyncOpenAI(
+            base_url=profile.base_url, api_key=key, max_retries=0, timeout=profile.timeout_s
+        )
+
+    async def complete(self, request: Request, profile: ModelProfile) -> Completion:
+        """One chat completion; usage and latency as the endpoint reported them."""
+        assert profile.model
+        kwargs: dict[str, Any] = {}
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        started = time.perf_counter()
+        with map_errors(profile.model):
+            raw = await self.client.chat.completions.with_raw_response.create(
+                model=profile.model,
+                messages=list(request.messages),  # type: ignore[arg-type]
+                max_tokens=request.max_tokens,
+                timeout=request.timeout_s,
+                extra_headers={"Idempotency-Key": request.idempotency_key},
+                **kwargs,
+            )
+            body = raw.parse()
+        latency = time.perf_counter() - started
+        return Completion(_text(body), _usage(body), latency)
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections."""
+        await self.client.close()
+
+
+def _text(body: Any) -> str:
+    choices = getattr(body, "choices", None)
+    if not choices:
+        raise MalformedAnswer("the completion has no choices")
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None)
+    if not isinstance(content, str):
+        raise MalformedAnswer("the completion's first choice has no text content")
+    return content
+
+
+def _usage(body: Any) -> Usage:
+    usage = getattr(body, "usage", None)
+    if usage is None:
+        return Usage()
+    return Usage(getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))

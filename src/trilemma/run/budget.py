@@ -1,0 +1,84 @@
+"""Spend that cannot overrun: reserve the worst case before a call, settle after.
+
+Everything runs on one event loop, and nothing awaits between the check and
+the reservation, so concurrent calls cannot together cross the ceiling.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from trilemma.errors import BudgetExhausted, DeadlineExceeded
+
+__all__ = ["Clock", "Reservation", "SpendGuard"]
+
+EPS = 1e-12
+
+
+@dataclass(slots=True)
+class Reservation:
+    """Dollars held for one call until it settles."""
+
+    amount: float
+    """Held, the call's worst case."""
+    open: bool = True
+    """Not yet settled or released."""
+
+
+class SpendGuard:
+    """A cost ceiling (None: none) and what has been spent and reserved under it."""
+
+    def __init__(self, ceiling: float | None, spent: float = 0.0) -> None:
+        self.ceiling = ceiling
+        self.spent = spent
+        self.reserved = 0.0
+        self.refused = 0
+        """Calls not sent because their reservation would have crossed the ceiling."""
+
+    def reserve(self, amount: float) -> Reservation:
+        """Hold ``amount``, or raise BudgetExhausted and send nothing."""
+        if self.ceiling is not None and self.spent + self.reserved + amount > self.ceiling + EPS:
+            self.refused += 1
+            raise BudgetExhausted(
+                f"a call's worst case ${amount:.4f} would take spend past the ${self.ceiling:.4f} "
+                f"ceiling (${self.spent:.4f} spent, ${self.reserved:.4f} held by calls in flight)"
+            )
+        self.reserved += amount
+        return Reservation(amount)
+
+    def settle(self, r: Reservation, cost: float) -> None:
+        """The call answered and cost ``cost``: release the hold, count the spend."""
+        self._close(r)
+        self.spent += cost
+
+    def release(self, r: Reservation) -> None:
+        """The call returned only an error: nothing is billed."""
+        self._close(r)
+
+    def _close(self, r: Reservation) -> None:
+        if r.open:
+            r.open = False
+            self.reserved -= r.amount
+
+    @property
+    def exhausted(self) -> bool:
+        """A reservation has been refused."""
+        return self.refused > 0
+
+
+class Clock:
+    """A wall-clock deadline (epoch seconds; None: none), which carries over a resume."""
+
+    def __init__(self, deadline_at: float | None) -> None:
+        self.deadline_at = deadline_at
+
+    def remaining(self) -> float | None:
+        """Seconds left (None without a deadline)."""
+        return None if self.deadline_at is None else self.deadline_at - time.time()
+
+    def check(self) -> None:
+        """Raise DeadlineExceeded once the deadline has passed."""
+        left = self.remaining()
+        if left is not None and left <= 0:
+            raise DeadlineExceeded("the run's deadline passed")

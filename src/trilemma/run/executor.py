@@ -1,0 +1,643 @@
+"""The async DAG executor: one spec, run on real endpoints or the simulator.
+
+Every step is a task that waits for its dependencies. Every LLM call takes a
+global slot (served longest-remaining-path first), its model's slot and rate
+tokens, then reserves its worst-case cost; a call whose reservation would
+cross the ceiling is never sent. Each call is journaled before it is sent and
+again when it comes back; a step's output is committed in the transaction that
+marks it done. The run's deadline is a timeout around the whole task group.
+
+Stopping: a failed step or a refused reservation stops new calls (calls in
+flight finish: they are paid for); the deadline and an early stop
+(``stop_when``) cancel what is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trilemma import dag
+from trilemma.errors import (
+    BudgetExhausted,
+    GateRejected,
+    ProviderError,
+    RunError,
+    UsageError,
+)
+from trilemma.journal.store import Journal, JournalWriter, dumps
+from trilemma.plan.estimate import Estimate, estimate
+from trilemma.providers.base import Completion, Message, Provider, Request, cost_of, worst_case_cost
+from trilemma.providers.sim import SimProvider
+from trilemma.run.budget import Clock, SpendGuard
+from trilemma.run.gates import Check, build_gate
+from trilemma.run.limits import PriorityLimiter, RateLimiter
+from trilemma.run.retry import retrying
+from trilemma.run.steps import Answer, run_kind
+from trilemma.spec import ModelProfile, Step, Workflow, render_template
+
+__all__ = ["Event", "RunResult", "StepResult", "execute", "new_run_id"]
+
+DEFAULT_PROMPT = "Task: {step}.\n{context}"
+STATUSES = ("ok", "budget_exhausted", "deadline", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Progress of a run, for a display."""
+
+    kind: str
+    """``step_done``, ``step_failed`` or ``call``."""
+    step: str
+    """The step concerned."""
+    spent: float
+    """Dollars spent so far."""
+    done: int
+    """Steps done so far."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """How a step ended."""
+
+    status: str
+    """done, failed, skipped (a dependency did not finish) or cancelled."""
+    output: str | None = None
+    """The accepted answer."""
+    attempts: int = 0
+    """Attempts made in this session."""
+    cost_usd: float = 0.0
+    """Dollars billed to this step in this session."""
+    error: str | None = None
+    """Why it failed."""
+    from_journal: bool = False
+    """Taken from the journal (done before a resume), not run again."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The outcome of ``trilemma run`` (and ``resume``)."""
+
+    run_id: str
+    """The journal's key for the run."""
+    status: str
+    """ok, budget_exhausted, deadline or failed."""
+    cost_usd: float
+    """Dollars billed, over every session of the run."""
+    latency_s: float
+    """Wall-clock seconds of this session."""
+    calls: int
+    """LLM calls sent (answered or not), over every session."""
+    steps: dict[str, StepResult]
+    """Every step's outcome, in spec order."""
+    predicted: Estimate
+    """The planner's estimate of the spec."""
+    error: str | None = None
+    """Why the run stopped, when it is not ok."""
+    saved_usd: float = 0.0
+    """Expected cost of the steps an early stop skipped."""
+    journal: str = ""
+    """The journal file."""
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """Accepted outputs of the steps that finished."""
+        return {
+            k: s.output
+            for k, s in self.steps.items()
+            if s.status == "done" and s.output is not None
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract of ``trilemma run --json`` (see DESIGN.md)."""
+        p = self.predicted
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "cost_usd": round(self.cost_usd, 12),
+            "latency_s": round(self.latency_s, 6),
+            "calls": self.calls,
+            "outputs": self.outputs,
+            "steps": {
+                k: {
+                    "status": s.status,
+                    "attempts": s.attempts,
+                    "cost_usd": round(s.cost_usd, 12),
+                    "error": s.error,
+                    "from_journal": s.from_journal,
+                }
+                for k, s in self.steps.items()
+            },  # fmt: skip
+            "error": self.error,
+            "saved_usd": round(self.saved_usd, 12),
+            "predicted": {
+                "cost_usd": {
+                    "expected": round(p.cost_expected, 12),
+                    "worst": round(p.cost_worst, 12),
+                },
+                "latency_s": {
+                    "critical_path": round(p.latency_critical_s, 12),
+                    "worst": round(p.latency_worst_s, 12),
+                },
+                "reliability": p.reliability,
+            },  # fmt: skip
+            "journal": self.journal,
+        }
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time, then random hex."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+
+
+def spec_hash(wf: Workflow) -> str:
+    """A fingerprint of the validated spec."""
+    return hashlib.sha256(dumps(wf.model_dump(mode="json")).encode()).hexdigest()
+
+
+class _Stop(Exception):
+    """Internal: the run is stopping; send nothing more."""
+
+
+@dataclass
+class _Session:
+    """Mutable state of one executing session."""
+
+    guard: SpendGuard
+    clock: Clock
+    calls: int = 0
+    stop: str | None = None
+    stop_reason: str | None = None
+    results: dict[str, StepResult] = field(default_factory=dict)
+    done_events: dict[str, asyncio.Event] = field(default_factory=dict)
+
+
+class Executor:
+    """Runs one workflow; build it with :func:`execute`."""
+
+    def __init__(
+        self,
+        wf: Workflow,
+        *,
+        journal: Journal,
+        run_id: str,
+        inputs: Mapping[str, str],
+        providers: Mapping[str, Provider],
+        source: str,
+        gates: dict[str, Check],
+        seed: int | None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.wf = wf
+        self.journal = journal
+        self.writer = JournalWriter(journal)
+        self.run_id = run_id
+        self.inputs = dict(inputs)
+        self.providers = providers
+        self.source = source
+        self.gates = gates
+        self.on_event = on_event
+        self.rng = random.Random(seed)
+        self.predicted = estimate(wf)
+        self.priority = _remaining_path(wf, self.predicted)
+        self.slots = PriorityLimiter(wf.concurrency)
+        self.model_slots = {
+            n: PriorityLimiter(m.max_concurrency) for n, m in wf.models.items() if m.max_concurrency
+        }
+        self.rpm = {n: RateLimiter(m.rpm) for n, m in wf.models.items() if m.rpm}
+        self.tpm = {n: RateLimiter(m.tpm) for n, m in wf.models.items() if m.tpm}
+
+    # ------------------------------------------------------------------ the run
+
+    async def run(self, session: _Session, done_before: Mapping[str, dict[str, Any]]) -> RunResult:
+        started = time.perf_counter()
+        s = session
+        for step in self.wf.steps:
+            s.done_events[step.id] = asyncio.Event()
+            prior = done_before.get(step.id)
+            if prior is not None:
+                s.results[step.id] = StepResult(
+                    "done", prior["output"], prior["attempts"], 0.0, from_journal=True
+                )
+                s.done_events[step.id].set()
+        tasks: dict[str, asyncio.Task[None]] = {}
+        try:
+            async with asyncio.timeout(s.clock.remaining()):
+                async with asyncio.TaskGroup() as tg:
+                    for step in self.wf.steps:
+                        if step.id not in s.results:
+                            tasks[step.id] = tg.create_task(
+                                self._step(s, step, tasks), name=step.id
+                            )
+        except TimeoutError:
+            s.stop, s.stop_reason = (
+                "deadline",
+                "the run's deadline passed; in-flight calls were cancelled",
+            )
+        finally:
+            self.writer.close()
+        return await self._finish(s, time.perf_counter() - started)
+
+    async def _finish(self, s: _Session, latency: float) -> RunResult:
+        for step in self.wf.steps:
+            if step.id not in s.results:
+                s.results[step.id] = StepResult("cancelled" if s.stop == "deadline" else "skipped")
+        status = self._status(s)
+        results = {st.id: s.results[st.id] for st in self.wf.steps}
+        saved = 0.0
+        if s.stop == "early":
+            saved = sum(
+                r.cost_expected for r in self.predicted.per_step if results[r.id].status != "done"
+            )
+        cost = self.journal.spent(self.run_id)
+        calls = len(self.journal.calls(self.run_id))
+        error = None if status == "ok" else s.stop_reason
+        self.journal.update_run(
+            self.run_id, status=status, finished_at=time.time(), cost_usd=cost, latency_s=latency,
+            calls=calls, error=error,
+        )  # fmt: skip
+        return RunResult(self.run_id, status, cost, latency, calls, results, self.predicted,
+                         error, saved, str(self.journal.path))  # fmt: skip
+
+    def _status(self, s: _Session) -> str:
+        if s.stop in ("budget_exhausted", "deadline", "failed"):
+            return s.stop
+        if s.stop == "early" or all(r.status == "done" for r in s.results.values()):
+            return "ok"
+        return "failed"
+
+    def _halt(self, s: _Session, kind: str, reason: str) -> None:
+        if s.stop is None:
+            s.stop, s.stop_reason = kind, reason
+
+    # ------------------------------------------------------------------ a step
+
+    async def _step(self, s: _Session, step: Step, tasks: dict[str, asyncio.Task[None]]) -> None:
+        for dep in step.after:
+            await s.done_events[dep].wait()
+        if any(s.results[d].status != "done" for d in step.after) or s.stop is not None:
+            s.results[step.id] = StepResult("skipped")
+            s.done_events[step.id].set()
+            return
+        try:
+            result = await self._attempts(s, step)
+        finally:
+            s.done_events[step.id].set()
+        s.results[step.id] = result
+        self._emit("step_done" if result.status == "done" else "step_failed", step.id, s)
+        if result.status == "done" and step.id == self.wf.stop_when:
+            self._halt(s, "early", f"step {step.id} passed its gate: stopped early")
+            for sid, task in tasks.items():
+                if sid != step.id and not task.done():
+                    task.cancel()
+
+    async def _attempts(self, s: _Session, step: Step) -> StepResult:
+        base = self._messages(step, s)
+        spent_before = s.guard.spent
+        state: dict[str, Any] = {"attempt": 0, "feedback": None}
+        cached = await self._from_cache(s, step, base) if step.cached else None
+        if cached is not None:
+            return cached
+        try:
+            async for attempt in retrying(step.retries + 1, self.rng):
+                with attempt:
+                    state["attempt"] = attempt.retry_state.attempt_number
+                    answer = await self._attempt(s, step, base, state)
+        except _Stop:
+            return StepResult(
+                "skipped", attempts=state["attempt"] - 1, cost_usd=s.guard.spent - spent_before
+            )
+        except BudgetExhausted as exc:
+            self._halt(s, "budget_exhausted", f"step {step.id}: {exc}")
+            return await self._failed(s, step, state, spent_before, str(exc), "skipped")
+        except (ProviderError, GateRejected, RunError) as exc:
+            msg = f"step {step.id}: {type(exc).__name__}: {exc}"
+            self._halt(s, "failed", msg)
+            return await self._failed(s, step, state, spent_before, msg, "failed")
+        cost = s.guard.spent - spent_before
+        await self.writer(
+            self.journal.step_finished, self.run_id, step.id, "done", output=answer.text,
+            attempts=state["attempt"], cost_usd=cost, error=None,
+            run_cost_usd=s.guard.spent, run_calls=s.calls,
+        )  # fmt: skip
+        if step.cached:
+            await self._to_cache(step, base, answer.text)
+        return StepResult("done", answer.text, state["attempt"], cost)
+
+    async def _failed(
+        self,
+        s: _Session,
+        step: Step,
+        state: dict[str, Any],
+        spent_before: float,
+        msg: str,
+        status: str,
+    ) -> StepResult:
+        cost = s.guard.spent - spent_before
+        await self.writer(self.journal.step_finished, self.run_id, step.id, status, output=None,
+                          attempts=state["attempt"], cost_usd=cost, error=msg)  # fmt: skip
+        return StepResult(status, None, state["attempt"], cost, msg)
+
+    async def _attempt(
+        self, s: _Session, step: Step, base: list[Message], state: dict[str, Any]
+    ) -> Answer:
+        if s.stop is not None:
+            raise _Stop
+        attempt = state["attempt"]
+        messages = list(base)
+        if state["feedback"]:
+            prev, reason = state["feedback"]
+            messages += [{"role": "assistant", "content": prev},
+                         {"role": "user", "content": f"Your answer was rejected: {reason}. Answer again."}]  # fmt: skip
+        call_ids: list[int] = []
+        counter = iter(range(1, 1_000_000))
+
+        async def call(msgs: Sequence[Message], role: str) -> Completion:
+            return await self._call(s, step, attempt, next(counter), role, msgs, call_ids)
+
+        answer = await run_kind(step, messages, call)
+        try:
+            if answer.verdict is False:
+                raise GateRejected("the answer is wrong (the simulator's check)")
+            gate = self.gates.get(step.id)
+            if gate is not None:
+                gate(answer.text)
+        except GateRejected as exc:
+            await self.writer(self.journal.mark_rejected, call_ids)
+            if step.gate is None or step.gate.feedback:
+                state["feedback"] = (answer.text, exc.reason)
+            raise
+        return answer
+
+    # ------------------------------------------------------------------ a call
+
+    async def _call(
+        self, s: _Session, step: Step, attempt: int, index: int, role: str,
+        messages: Sequence[Message], call_ids: list[int],
+    ) -> Completion:  # fmt: skip
+        profile = self.wf.profile(step)
+        sim = step.sim
+        request = Request(
+            model=step.model, messages=tuple(messages),
+            max_tokens=step.max_tokens or profile.max_tokens, timeout_s=profile.timeout_s,
+            idempotency_key=f"{self.run_id}:{step.id}:{attempt}:{index}",
+            temperature=profile.temperature, p_ok=self.wf.p_ok(step),
+            sim_ok=sim.ok.format(step=step.id, attempt=attempt),
+            sim_bad=sim.bad.format(step=step.id, attempt=attempt),
+        )  # fmt: skip
+        prio = -self.priority[step.id]
+        await self.slots.acquire(prio)
+        model_slot = self.model_slots.get(step.model)
+        try:
+            if model_slot is not None:
+                await model_slot.acquire(prio)
+            try:
+                return await self._send(s, step, attempt, index, role, request, profile, call_ids)
+            finally:
+                if model_slot is not None:
+                    model_slot.release()
+        finally:
+            self.slots.release()
+
+    async def _send(
+        self, s: _Session, step: Step, attempt: int, index: int, role: str, request: Request,
+        profile: ModelProfile, call_ids: list[int],
+    ) -> Completion:  # fmt: skip
+        if step.model in self.rpm:
+            await self.rpm[step.model].acquire(1)
+        if step.model in self.tpm:
+            await self.tpm[step.model].acquire(request.prompt_bytes / 4 + request.max_tokens)
+        if s.stop is not None:
+            raise _Stop
+        s.clock.check()
+        hold = s.guard.reserve(worst_case_cost(profile, request))
+        row = {
+            "run_id": self.run_id, "step_id": step.id, "attempt": attempt, "call": index,
+            "role": role, "model": step.model, "idempotency_key": request.idempotency_key,
+            "reserved_usd": hold.amount, "request_json": dumps(list(request.messages)),
+            "started_at": time.time(),
+        }  # fmt: skip
+        try:
+            call_id = await self.writer(self.journal.call_started, row)
+        except BaseException:
+            s.guard.release(hold)
+            raise
+        s.calls += 1
+        call_ids.append(call_id)
+        provider = self.providers[step.model]
+        try:
+            async with asyncio.timeout(request.timeout_s):
+                completion = await provider.complete(request, profile)
+        except TimeoutError:
+            s.guard.release(hold)
+            await self._record_error(call_id, "timeout", f"no answer within {request.timeout_s:g}s")
+            from trilemma.errors import ProviderTimeout
+
+            raise ProviderTimeout(f"no answer within {request.timeout_s:g}s") from None
+        except ProviderError as exc:
+            s.guard.release(hold)
+            await self._record_error(call_id, exc.kind, str(exc))
+            raise
+        except asyncio.CancelledError:
+            s.guard.release(hold)
+            await asyncio.shield(
+                self._record_error(call_id, "cancelled", "cancelled while in flight", None)
+            )
+            raise
+        cost = cost_of(profile, completion.usage, hold.amount)
+        s.guard.settle(hold, cost)
+        u = completion.usage
+        await self.writer(self.journal.call_finished, call_id, {
+            "outcome": "ok", "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "cost_usd": cost, "latency_s": completion.latency_s, "response": completion.text,
+            "finished_at": time.time(),
+        })  # fmt: skip
+        self._emit("call", step.id, s)
+        return completion
+
+    async def _record_error(
+        self, call_id: int, kind: str, msg: str, cost: float | None = 0.0
+    ) -> None:
+        await self.writer(self.journal.call_finished, call_id, {
+            "outcome": kind, "error": msg[:500], "cost_usd": cost, "finished_at": time.time(),
+        })  # fmt: skip
+
+    # ------------------------------------------------------------------ cache
+
+    def _cache_key(self, step: Step, base: list[Message]) -> str:
+        p = self.wf.profile(step)
+        ident = [p.provider or "sim", p.base_url, p.model or step.model, step.kind, step.calls,
+                 step.max_tokens or p.max_tokens, p.temperature, base]  # fmt: skip
+        return hashlib.sha256(dumps(ident).encode()).hexdigest()
+
+    async def _from_cache(self, s: _Session, step: Step, base: list[Message]) -> StepResult | None:
+        hit = await self.writer(self.journal.cache_get, self._cache_key(step, base))
+        if hit is None:
+            return None
+        row = {
+            "run_id": self.run_id, "step_id": step.id, "attempt": 1, "call": 1, "role": "cache",
+            "model": step.model, "idempotency_key": f"{self.run_id}:{step.id}:cache",
+            "reserved_usd": 0.0, "request_json": dumps(base), "started_at": time.time(),
+        }  # fmt: skip
+        call_id = await self.writer(self.journal.call_started, row)
+        await self.writer(self.journal.call_finished, call_id, {
+            "outcome": "ok", "cost_usd": 0.0, "latency_s": 0.0, "cache_hit": 1,
+            "prompt_tokens": hit["prompt_tokens"], "completion_tokens": hit["completion_tokens"],
+            "response": hit["response"], "finished_at": time.time(),
+        })  # fmt: skip
+        await self.writer(self.journal.step_finished, self.run_id, step.id, "done", output=hit["response"],
+                          attempts=1, cost_usd=0.0, error=None)  # fmt: skip
+        return StepResult("done", hit["response"], 1, 0.0)
+
+    async def _to_cache(self, step: Step, base: list[Message], text: str) -> None:
+        row = {"key": self._cache_key(step, base), "model": step.model, "response": text,
+               "prompt_tokens": None, "completion_tokens": None, "created_at": time.time()}  # fmt: skip
+        await self.writer(self.journal.call_finished, -1, {"finished_at": time.time()}, row)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _messages(self, step: Step, s: _Session) -> list[Message]:
+        values = {**{k: v or "" for k, v in self.wf.inputs.items()}, **self.inputs}
+        graph = self.wf.edges()
+        for dep in dag.ancestors(graph, step.id):
+            out = s.results.get(dep)
+            values[dep] = out.output if out and out.output is not None else ""
+        if step.prompt is not None:
+            prompt = render_template(step.prompt, values)
+        else:
+            lines = [f"{k}: {self.inputs[k]}" for k in self.inputs]
+            lines += [f"{d} said: {values[d]}" for d in step.after]
+            prompt = DEFAULT_PROMPT.format(step=step.id, context="\n".join(lines))
+        messages: list[Message] = []
+        if step.system:
+            messages.append({"role": "system", "content": render_template(step.system, values)})
+        messages.append({"role": "user", "content": prompt})
+        return messages
+
+    def _emit(self, kind: str, step: str, s: _Session) -> None:
+        if self.on_event is not None:
+            done = sum(1 for r in s.results.values() if r.status == "done")
+            self.on_event(Event(kind, step, s.guard.spent, done))
+
+
+def _remaining_path(wf: Workflow, e: Estimate) -> dict[str, float]:
+    """Each step's latency plus the longest path below it: the scheduling priority."""
+    latency = {r.id: r.latency_s for r in e.per_step}
+    children: dict[str, list[str]] = {s.id: [] for s in wf.steps}
+    for s in wf.steps:
+        for d in s.after:
+            children[d].append(s.id)
+    out: dict[str, float] = {}
+    for sid in reversed(dag.topo_order(wf.edges())):
+        out[sid] = latency[sid] + max((out[c] for c in children[sid]), default=0.0)
+    return out
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def check_inputs(wf: Workflow, given: Mapping[str, str], source: str) -> dict[str, str]:
+    """The run's inputs: declared defaults filled, unknown or missing ones refused."""
+    unknown = [k for k in given if k not in wf.inputs]
+    if unknown:
+        declared = ", ".join(sorted(wf.inputs)) or "none"
+        raise UsageError(
+            f"--input {unknown[0]}: {source} declares no input {unknown[0]!r} (declared: {declared})"
+        )
+    values = {k: v for k, v in wf.inputs.items() if v is not None} | dict(given)
+    for i, step in enumerate(wf.steps):
+        for name in step.placeholders():
+            if name in wf.inputs and name not in values:
+                raise UsageError(
+                    f"--input {name}=...: {source}: steps[{i}].prompt uses input {name!r}, "
+                    "which was not given and has no default"
+                )
+    return values
+
+
+def build_providers(
+    wf: Workflow, seed: int | None, overrides: Mapping[str, Provider] | None = None
+) -> dict[str, Provider]:
+    """One provider per model profile: the simulator, or an OpenAI-compatible endpoint."""
+    from trilemma.providers.openai import OpenAIProvider
+
+    sim = SimProvider(seed)
+    out: dict[str, Provider] = {}
+    for name, profile in wf.models.items():
+        if overrides and name in overrides:
+            out[name] = overrides[name]
+        elif profile.runs_on_simulator:
+            out[name] = sim
+        else:
+            out[name] = OpenAIProvider(name, profile)
+    return out
+
+
+def build_gates(wf: Workflow, source: str) -> dict[str, Check]:
+    """Every step's gate, imported now so that a bad reference fails before spending."""
+    folder = Path(source).parent if source and not source.startswith("<") else None
+    return {
+        step.id: build_gate(step.gate, source, f"steps[{i}].gate", folder)
+        for i, step in enumerate(wf.steps)
+        if step.gate is not None
+    }
+
+
+def execute(
+    wf: Workflow,
+    *,
+    journal: Journal,
+    inputs: Mapping[str, str] | None = None,
+    max_cost_usd: float | None = None,
+    deadline_s: float | None = None,
+    seed: int | None = None,
+    source: str = "<spec>",
+    providers: Mapping[str, Provider] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> RunResult:
+    """Run a workflow to the end, a budget, the deadline or an early stop."""
+    values = check_inputs(wf, inputs or {}, source)
+    gates = build_gates(wf, source)
+    seed = seed if seed is not None else wf.seed
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    provs = build_providers(wf, seed, providers)
+    ceiling = max_cost_usd if max_cost_usd is not None else wf.budget.max_cost_usd
+    deadline = deadline_s if deadline_s is not None else wf.budget.deadline_s
+    run_id = new_run_id()
+    now = time.time()
+    journal.create_run({
+        "run_id": run_id, "spec_source": source, "spec_json": dumps(wf.model_dump(mode="json")),
+        "spec_hash": spec_hash(wf), "inputs_json": dumps(values), "seed": seed,
+        "max_cost_usd": ceiling, "deadline_at": now + deadline if deadline is not None else None,
+        "status": "running", "started_at": now, "predicted_json": json.dumps(estimate(wf).to_json()),
+        "pid": os.getpid(),
+    })  # fmt: skip
+    session = _Session(SpendGuard(ceiling), Clock(now + deadline if deadline is not None else None))
+    ex = Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=provs,
+                  source=source, gates=gates, seed=seed, on_event=on_event)  # fmt: skip
+    return asyncio.run(_run_and_close(ex, session, {}, provs))
+
+
+async def _run_and_close(
+    ex: Executor,
+    session: _Session,
+    done: Mapping[str, dict[str, Any]],
+    provs: Mapping[str, Provider],
+) -> RunResult:
+    try:
+        return await ex.run(session, done)
+    finally:
+        for p in {id(p): p for p in provs.values()}.values():
+            close = getattr(p, "aclose", None)
+            if close is not None:
+                await close()

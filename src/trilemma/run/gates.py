@@ -1,0 +1,152 @@
+"""Validation gates: an answer that fails one is a failed attempt.
+
+A gate returns nothing on success and raises :class:`GateRejected` with a
+reason the model can read on its retry. Gates that name Python code
+(``pydantic: module:Model``, ``python: module:function``) are imported when
+the run starts, so a typo fails before anything is spent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pydantic
+
+from trilemma.errors import GateRejected, RunError, SpecError
+from trilemma.spec import Gate
+
+__all__ = ["Check", "build_gate", "strip_fences"]
+
+Check = Callable[[str], None]
+
+_FENCE = re.compile(r"^\s*```[\w-]*\s*\n(.*?)\n\s*```\s*$", re.S)
+
+
+def strip_fences(text: str) -> str:
+    """The body of a Markdown code fence, or the text itself."""
+    m = _FENCE.match(text)
+    return m.group(1) if m else text.strip()
+
+
+@contextmanager
+def _importable_from(folder: Path | None) -> Iterator[None]:
+    extra = [str(p) for p in (folder, Path.cwd()) if p is not None]
+    added = [p for p in extra if p not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for p in added:
+            sys.path.remove(p)
+
+
+def _load(ref: str, source: str, field: str, folder: Path | None) -> Any:
+    module_name, _, attr = ref.partition(":")
+    try:
+        with _importable_from(folder):
+            obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:  # an import runs user code: any error means "cannot load"
+        raise SpecError(
+            source,
+            field,
+            f"cannot import {ref!r}: {type(exc).__name__}: {exc}; check the module path",
+        ) from None
+    return obj
+
+
+def build_gate(gate: Gate, source: str, field: str, folder: Path | None = None) -> Check:
+    """Turn a spec's gate into a check; imports happen here, at the start of a run."""
+    if gate.regex is not None:
+        try:
+            pattern = re.compile(gate.regex)
+        except re.error as exc:
+            raise SpecError(source, f"{field}.regex", f"not a regular expression: {exc}") from None
+        return _regex(pattern)
+    if gate.json_schema is not None:
+        try:
+            jsonschema.Draft202012Validator.check_schema(gate.json_schema)
+        except jsonschema.SchemaError as exc:
+            raise SpecError(
+                source, f"{field}.json_schema", f"not a JSON Schema: {exc.message}"
+            ) from None
+        return _schema(jsonschema.Draft202012Validator(gate.json_schema))
+    if gate.pydantic is not None:
+        model = _load(gate.pydantic, source, f"{field}.pydantic", folder)
+        if not (isinstance(model, type) and issubclass(model, pydantic.BaseModel)):
+            raise SpecError(
+                source, f"{field}.pydantic", f"{gate.pydantic!r} is not a pydantic model"
+            )
+        return _model(model)
+    assert gate.python is not None
+    fn = _load(gate.python, source, f"{field}.python", folder)
+    if not callable(fn):
+        raise SpecError(source, f"{field}.python", f"{gate.python!r} is not callable")
+    return _callable(fn, gate.python)
+
+
+def _regex(pattern: re.Pattern[str]) -> Check:
+    def check(text: str) -> None:
+        if not pattern.search(text):
+            raise GateRejected(f"the answer must match the regular expression /{pattern.pattern}/")
+
+    return check
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(strip_fences(text))
+    except ValueError as exc:
+        raise GateRejected(f"the answer must be JSON: {exc}") from None
+
+
+def _schema(validator: jsonschema.Draft202012Validator) -> Check:
+    def check(text: str) -> None:
+        errors = sorted(validator.iter_errors(_json(text)), key=lambda e: list(e.path))
+        if errors:
+            e = errors[0]
+            where = "/".join(str(p) for p in e.path) or "the top level"
+            raise GateRejected(f"the JSON does not fit the schema at {where}: {e.message}")
+
+    return check
+
+
+def _model(model: type[pydantic.BaseModel]) -> Check:
+    def check(text: str) -> None:
+        try:
+            model.model_validate_json(strip_fences(text))
+        except pydantic.ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            loc = ".".join(str(p) for p in err["loc"]) or "the top level"
+            raise GateRejected(
+                f"the answer does not fit {model.__name__} at {loc}: {err['msg']}"
+            ) from None
+
+    return check
+
+
+def _callable(fn: Callable[[str], object], ref: str) -> Check:
+    """A function that returns truthy to accept; False, or a string reason, to reject."""
+
+    def check(text: str) -> None:
+        try:
+            verdict = fn(text)
+        except GateRejected:
+            raise
+        except Exception as exc:  # the gate's own bug, not the model's answer
+            raise RunError(f"gate {ref} raised {type(exc).__name__}: {exc}") from exc
+        if isinstance(verdict, str):
+            raise GateRejected(verdict)
+        if verdict is False or verdict is None:
+            raise GateRejected(f"rejected by {ref}")
+
+    return check

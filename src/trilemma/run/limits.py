@@ -1,0 +1,71 @@
+"""Concurrency and rate limits for the executor.
+
+:class:`PriorityLimiter` is a semaphore whose waiters are served by priority, so
+when more calls are ready than slots, those on the longest remaining path go
+first. :class:`RateLimiter` is a token bucket for requests or tokens per minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+
+__all__ = ["PriorityLimiter", "RateLimiter"]
+
+
+class PriorityLimiter:
+    """At most ``slots`` holders; the waiter with the lowest priority value goes next."""
+
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    async def acquire(self, priority: float = 0.0) -> None:
+        """Wait for a slot."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._seq), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted, then cancelled: pass the slot on
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the best waiter still waiting, else to the pool."""
+        while self._waiters:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
+class RateLimiter:
+    """A token bucket refilled at ``per_minute`` units a minute, holding at most a minute's worth."""
+
+    def __init__(self, per_minute: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(per_minute)
+        self.tokens = float(per_minute)
+        self.updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        """Wait until ``amount`` units are available, then take them."""
+        amount = min(amount, self.capacity)
+        async with self._lock:  # first come, first served
+            while True:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= amount:
+                    self.tokens -= amount
+                    return
+                await asyncio.sleep((amount - self.tokens) / self.rate)

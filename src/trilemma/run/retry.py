@@ -1,0 +1,73 @@
+"""The retry policy: tenacity, full-jitter exponential backoff, Retry-After honoured.
+
+A step's ``retries`` caps its extra attempts, whatever failed: a provider
+error, a malformed answer or a gate's rejection. Fatal errors, a refused
+budget and a passed deadline are never retried. :func:`fast_retries` is the
+testing mode: the same policy with no waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_base
+
+from trilemma.errors import RateLimited
+
+__all__ = ["RetryPolicy", "fast_retries", "policy", "retrying"]
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    """Backoff settings."""
+
+    base_s: float = 0.5
+    """First backoff's upper bound; doubles each attempt (full jitter below it)."""
+    cap_s: float = 20.0
+    """Largest backoff, and largest Retry-After honoured."""
+
+
+policy = RetryPolicy()
+
+
+@contextlib.contextmanager
+def fast_retries() -> Iterator[None]:
+    """Testing mode: retry at once (Retry-After still capped at zero)."""
+    saved = (policy.base_s, policy.cap_s)
+    policy.base_s, policy.cap_s = 0.0, 0.0
+    try:
+        yield
+    finally:
+        policy.base_s, policy.cap_s = saved
+
+
+class _wait(wait_base):
+    """Retry-After when the provider gave one, else full jitter."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+            return min(exc.retry_after, policy.cap_s)
+        ceiling = min(policy.cap_s, policy.base_s * 2 ** (state.attempt_number - 1))
+        return self.rng.uniform(0.0, ceiling)
+
+
+def _retryable(exc: BaseException) -> bool:
+    return bool(getattr(exc, "retryable", False))
+
+
+def retrying(attempts: int, rng: random.Random | None = None) -> AsyncRetrying:
+    """At most ``attempts`` tries of retryable failures; the last error is re-raised."""
+    return AsyncRetrying(
+        stop=stop_after_attempt(attempts),
+        wait=_wait(rng or random.Random()),
+        retry=retry_if_exception(_retryable),
+        reraise=True,
+    )

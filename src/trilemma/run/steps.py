@@ -1,0 +1,107 @@
+"""Step kinds: what one attempt of a step sends, and how it picks its answer.
+
+Each kind gets a ``call(messages, role)`` function (the executor's: budget,
+limits and ledger included) and returns the attempt's :class:`Answer`. The
+ledger shows every call by its role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from trilemma.providers.base import Completion, Message
+from trilemma.spec import Step
+
+__all__ = ["Answer", "CallFn", "run_kind"]
+
+CallFn = Callable[[Sequence[Message], str], Awaitable[Completion]]
+
+REFINE = "Critique your answer above, then give an improved final answer and nothing else."
+CRITIQUE = (
+    "Other agents answered:\n{others}\n\nCritique their answers and yours, then give your "
+    "revised final answer and nothing else."
+)
+JUDGE = (
+    "Candidate answers to the task above:\n{answers}\n\nReply with the single best answer, "
+    "copied exactly, and nothing else."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An attempt's answer."""
+
+    text: str
+    """What goes downstream if the gate accepts it."""
+    verdict: bool | None
+    """The simulator's knowledge of right or wrong; None from a real model."""
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower())
+
+
+def majority(answers: Sequence[Completion]) -> Answer:
+    """The most frequent answer (whitespace and case ignored); ties go to the earliest."""
+    counts = Counter(_norm(a.text) for a in answers)
+    best = max(counts.values())
+    for a in answers:
+        if counts[_norm(a.text)] == best:
+            return Answer(a.text.strip(), a.verdict)
+    raise AssertionError("no answers")
+
+
+async def run_kind(step: Step, base: list[Message], call: CallFn) -> Answer:
+    """Run one attempt of ``step`` from its base messages."""
+    if step.debate is not None:
+        return await _debate(step, base, call)
+    if step.vote is not None:
+        samples = await asyncio.gather(
+            *(call(base, f"sample {i + 1}") for i in range(step.vote.samples))
+        )
+        return majority(samples)
+    return await _refined_call(step, base, call)
+
+
+async def _refined_call(step: Step, base: list[Message], call: CallFn) -> Answer:
+    """One call, then ``debate_rounds`` rounds of self-critique (the seed's sequential rounds)."""
+    messages = list(base)
+    c = await call(messages, "call")
+    for r in range(step.debate_rounds):
+        messages += [{"role": "assistant", "content": c.text}, {"role": "user", "content": REFINE}]
+        c = await call(messages, f"refine {r + 1}")
+    return Answer(c.text.strip(), c.verdict)
+
+
+async def _debate(step: Step, base: list[Message], call: CallFn) -> Answer:
+    """Agents propose in parallel, then critique and revise with the others' answers in view."""
+    assert step.debate is not None
+    n = step.debate.agents
+    threads = [list(base) for _ in range(n)]
+    answers: list[Completion] = []
+    for rnd in range(1, step.debate.rounds + 1):
+        if rnd > 1:
+            for i, thread in enumerate(threads):
+                others = "\n".join(
+                    f"- agent {j + 1}: {a.text.strip()}" for j, a in enumerate(answers) if j != i
+                )
+                thread += [
+                    {"role": "assistant", "content": answers[i].text},
+                    {"role": "user", "content": CRITIQUE.format(others=others or "(none)")},
+                ]
+        answers = list(
+            await asyncio.gather(
+                *(call(threads[i], f"agent {i + 1} round {rnd}") for i in range(n))
+            )
+        )
+    if not step.debate.judge:
+        return majority(answers)
+    listing = "\n".join(f"{i + 1}. {a.text.strip()}" for i, a in enumerate(answers))
+    verdict = await call(
+        [*base, {"role": "user", "content": JUDGE.format(answers=listing)}], "judge"
+    )
+    return Answer(verdict.text.strip(), verdict.verdict)
