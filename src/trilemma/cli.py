@@ -39,6 +39,7 @@ app = typer.Typer(
 
 SpecFile = Annotated[Path, typer.Argument(help="Workflow spec (YAML or JSON).", show_default=False)]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+DEFAULT_JOURNAL = Path(".trilemma") / "trilemma.db"
 
 
 def _out() -> Console:
@@ -321,6 +322,142 @@ def demo(
     console.rule("4. Cheapest levers for <= $0.10 and >= 95% (trilemma optimize seed-chain.yaml)")
     console.print(tables.optimize_view(optimize_wf(chain)))
     console.print("\nNext: trilemma --help, and the specs in examples/.")
+    return 0
+
+
+# ---------------------------------------------------------------------------- run
+
+JournalOpt = Annotated[
+    Path, typer.Option("--journal", help="The journal (SQLite) file.", show_default=True)
+]
+
+
+def _inputs(pairs: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--input {pair!r}: write it as name=value")
+        out[key] = value
+    return out
+
+
+@app.command("run")
+def run_cmd(
+    spec: SpecFile,
+    inputs: Annotated[
+        list[str] | None, typer.Option("--input", "-i", help="An input, as name=value.")
+    ] = None,
+    max_cost: Annotated[float | None, typer.Option(min=0.0, help="Hard cost ceiling, $.")] = None,
+    deadline: Annotated[float | None, typer.Option(min=0.0, help="Deadline, seconds.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Simulator seed (default: the spec's).")] = None,
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    as_json: JsonFlag = False,
+) -> int:
+    """Execute a workflow: simulator by default, real endpoints where the spec names them.
+
+    Example: trilemma run examples/ticket.yaml --max-cost 0.50 --deadline 30 --seed 1
+    """
+    from trilemma.journal import Journal
+    from trilemma.run.executor import execute
+
+    wf = load_workflow(spec)
+    values = _inputs(inputs)
+    ceiling = max_cost if max_cost is not None else wf.budget.max_cost_usd
+    limit = deadline if deadline is not None else wf.budget.deadline_s
+    with _RunDisplay(len(wf.steps), ceiling, limit, enabled=not as_json) as display:
+        result = execute(wf, journal=Journal(journal), inputs=values, max_cost_usd=max_cost,
+                         deadline_s=deadline, seed=seed, source=str(spec),
+                         on_event=display.update)  # fmt: skip
+    return _report_run(result, as_json)
+
+
+def _report_run(result: Any, as_json: bool) -> int:
+    if as_json:
+        _emit_json(result.to_json())
+    else:
+        _out().print(tables.run_view(result))
+    if result.status != "ok":
+        sys.stderr.write(f"trilemma: run {result.run_id} {result.status}: {result.error}\n")
+        return 1
+    return 0
+
+
+class _RunDisplay:
+    """Steps done, spend against the ceiling and time against the deadline, on a terminal."""
+
+    def __init__(
+        self, steps: int, ceiling: float | None, deadline: float | None, enabled: bool
+    ) -> None:
+        self.ceiling, self.deadline = ceiling, deadline
+        self.progress = Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+            "{task.fields[spend]}", "{task.fields[clock]}",
+            console=Console(stderr=True), disable=not (enabled and sys.stderr.isatty()),
+            transient=True,
+        )  # fmt: skip
+        self.task = self.progress.add_task("steps", total=steps, spend="", clock="")
+        self.started = 0.0
+
+    def __enter__(self) -> _RunDisplay:
+        import time
+
+        self.started = time.monotonic()
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def update(self, event: Any) -> None:
+        import time
+
+        cap = f" / ${self.ceiling:.4f}" if self.ceiling is not None else ""
+        left = f" / {self.deadline:.0f}s" if self.deadline is not None else ""
+        elapsed = time.monotonic() - self.started
+        self.progress.update(self.task, completed=event.done, spend=f"${event.spent:.4f}{cap}",
+                             clock=f"{elapsed:.1f}s{left}")  # fmt: skip
+
+
+@app.command()
+def runs(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> int:
+    """The runs in a journal, newest first.
+
+    Example: trilemma runs --json
+    """
+    from trilemma.journal import Journal
+
+    rows = Journal(journal, create=False).runs()
+    if as_json:
+        _emit_json([{k: r[k] for k in ("run_id", "status", "started_at", "finished_at", "cost_usd",
+                                       "calls", "latency_s", "spec_source", "error")} for r in rows])  # fmt: skip
+    else:
+        _out().print(tables.runs_table(rows))
+    return 0
+
+
+@app.command()
+def ledger(
+    run_id: Annotated[str, typer.Argument(help="A run id (see trilemma runs).")],
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    as_json: JsonFlag = False,
+) -> int:
+    """One record per LLM call of a run: tokens, cost, latency, outcome, cache hit.
+
+    Example: trilemma ledger 20261124T053000Z-1a2b3c4d --json
+    """
+    from trilemma.journal import Journal
+
+    j = Journal(journal, create=False)
+    if j.run(run_id) is None:
+        raise UsageError(
+            f"run {run_id!r} is not in {journal}; `trilemma runs` lists the runs there"
+        )
+    rows = [tables.ledger_row(r) for r in j.calls(run_id)]
+    if as_json:
+        _emit_json(rows)
+    else:
+        _out().print(tables.ledger_table(run_id, rows))
     return 0
 
 

@@ -71,7 +71,7 @@ def m001_initial(db: sqlite3.Connection) -> None:
           error             TEXT,
           prompt_tokens     INTEGER,
           completion_tokens INTEGER,
-          cost_usd          REAL,              -- billed: answered calls only; NULL unknown
+          cost_usd          REAL,              -- billed: answered calls only, NULL if unknown
           reserved_usd      REAL NOT NULL,     -- the worst case held before sending
           latency_s         REAL,
           cache_hit         INTEGER NOT NULL DEFAULT 0,

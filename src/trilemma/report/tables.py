@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Group
 from rich.table import Table
@@ -148,6 +149,88 @@ def optimize_view(r: OptimizeResult) -> Group:
     parts: list[Table | Text] = [t, frontier_table(r.frontier, r)]
     parts.extend(Text(f"note: {n}", style="dim") for n in r.notes)
     return Group(*parts)
+
+
+def run_view(r: Any) -> Group:
+    """A run: predicted beside measured, then each step."""
+    p = r.predicted
+    t = Table(title=f"Run {r.run_id}: {r.status}", title_justify="left")
+    for col in ("", "predicted", "measured"):
+        t.add_column(col, justify="right")
+    t.add_row(
+        "cost", f"{_usd(p.cost_expected)} expected, {_usd(p.cost_worst)} worst", _usd(r.cost_usd)
+    )
+    t.add_row("latency", f"{p.latency_critical_s:.2f}s critical path, {p.latency_worst_s:.2f}s worst",
+              f"{r.latency_s:.2f}s")  # fmt: skip
+    t.add_row("calls", f"{p.calls_expected:.2f} expected, {p.calls_worst} worst", str(r.calls))
+    t.add_row("success", _pct(p.reliability), r.status)
+    if r.saved_usd:
+        t.add_row("saved by stopping early", "", _usd(r.saved_usd))
+    st = Table(box=None)
+    for col in ("step", "status", "attempts", "cost", "output"):
+        st.add_column(col)
+    for sid, s in r.steps.items():
+        text = (s.output or s.error or "").replace("\n", " ")
+        st.add_row(sid, s.status + (" (journal)" if s.from_journal else ""), str(s.attempts),
+                   _usd(s.cost_usd), text[:70] + ("..." if len(text) > 70 else ""))  # fmt: skip
+    return Group(t, st, Text(f"journal: {r.journal}", style="dim"))
+
+
+def runs_table(rows: list[dict[str, Any]]) -> Table:
+    """``trilemma runs``."""
+    import datetime as dt
+
+    t = Table(title=f"{len(rows)} runs, newest first", title_justify="left")
+    for col in ("run_id", "status", "started_at", "cost", "calls", "spec"):
+        t.add_column(col)
+    for r in rows:
+        when = dt.datetime.fromtimestamp(r["started_at"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        t.add_row(
+            r["run_id"], r["status"], when, _usd(r["cost_usd"]), str(r["calls"]), r["spec_source"]
+        )
+    return t
+
+
+LEDGER_KEYS = ("step", "attempt", "call", "role", "model", "prompt_tokens", "completion_tokens",
+               "cost_usd", "latency_s", "outcome", "cache_hit", "in_flight", "idempotency_key", "error")  # fmt: skip
+
+
+def ledger_row(r: dict[str, Any]) -> dict[str, Any]:
+    """A journal ``calls`` row as the ledger shows it."""
+    in_flight = r["state"] == "started"
+    return {
+        "step": r["step_id"], "attempt": r["attempt"], "call": r["call"], "role": r["role"],
+        "model": r["model"], "prompt_tokens": r["prompt_tokens"],
+        "completion_tokens": r["completion_tokens"], "cost_usd": r["cost_usd"],
+        "latency_s": r["latency_s"], "outcome": "in_flight" if in_flight else r["outcome"],
+        "cache_hit": bool(r["cache_hit"]), "in_flight": in_flight,
+        "idempotency_key": r["idempotency_key"], "error": r["error"],
+    }  # fmt: skip
+
+
+def ledger_table(run_id: str, rows: list[dict[str, Any]]) -> Table:
+    """``trilemma ledger``."""
+    t = Table(title=f"Ledger of {run_id}: {len(rows)} calls", title_justify="left")
+    for col in (
+        "step",
+        "attempt",
+        "role",
+        "model",
+        "tokens in",
+        "tokens out",
+        "cost",
+        "latency",
+        "outcome",
+    ):
+        t.add_column(col)
+    for r in rows:
+        outcome = r["outcome"] + (" (cache)" if r["cache_hit"] else "")
+        if r["in_flight"]:
+            outcome = "IN FLIGHT at crash: may be billed"
+        t.add_row(r["step"], str(r["attempt"]), r["role"], r["model"], str(r["prompt_tokens"] or "-"),
+                  str(r["completion_tokens"] or "-"), _usd(r["cost_usd"]),
+                  "-" if r["latency_s"] is None else f"{r['latency_s']:.3f}s", outcome)  # fmt: skip
+    return t
 
 
 def ticket_table(a: TicketAnswer) -> Group:

@@ -31,6 +31,7 @@ from trilemma.errors import (
     BudgetExhausted,
     GateRejected,
     ProviderError,
+    ProviderTimeout,
     RunError,
     UsageError,
 )
@@ -136,7 +137,7 @@ class RunResult:
                     "from_journal": s.from_journal,
                 }
                 for k, s in self.steps.items()
-            },  # fmt: skip
+            },
             "error": self.error,
             "saved_usd": round(self.saved_usd, 12),
             "predicted": {
@@ -149,7 +150,7 @@ class RunResult:
                     "worst": round(p.latency_worst_s, 12),
                 },
                 "reliability": p.reliability,
-            },  # fmt: skip
+            },
             "journal": self.journal,
         }
 
@@ -233,7 +234,9 @@ class Executor:
         try:
             async with asyncio.timeout(s.clock.remaining()):
                 async with asyncio.TaskGroup() as tg:
-                    for step in self.wf.steps:
+                    # Created longest-remaining-path first, so that of the steps ready together
+                    # the critical ones take the free slots.
+                    for step in sorted(self.wf.steps, key=lambda st: -self.priority[st.id]):
                         if step.id not in s.results:
                             tasks[step.id] = tg.create_task(
                                 self._step(s, step, tasks), name=step.id
@@ -391,8 +394,8 @@ class Executor:
             max_tokens=step.max_tokens or profile.max_tokens, timeout_s=profile.timeout_s,
             idempotency_key=f"{self.run_id}:{step.id}:{attempt}:{index}",
             temperature=profile.temperature, p_ok=self.wf.p_ok(step),
-            sim_ok=sim.ok.format(step=step.id, attempt=attempt),
-            sim_bad=sim.bad.format(step=step.id, attempt=attempt),
+            sim_ok=_fill(sim.ok, step.id, attempt),
+            sim_bad=_fill(sim.bad, step.id, attempt),
         )  # fmt: skip
         prio = -self.priority[step.id]
         await self.slots.acquire(prio)
@@ -440,8 +443,6 @@ class Executor:
         except TimeoutError:
             s.guard.release(hold)
             await self._record_error(call_id, "timeout", f"no answer within {request.timeout_s:g}s")
-            from trilemma.errors import ProviderTimeout
-
             raise ProviderTimeout(f"no answer within {request.timeout_s:g}s") from None
         except ProviderError as exc:
             s.guard.release(hold)
@@ -527,6 +528,11 @@ class Executor:
         if self.on_event is not None:
             done = sum(1 for r in s.results.values() if r.status == "done")
             self.on_event(Event(kind, step, s.guard.spent, done))
+
+
+def _fill(template: str, step: str, attempt: int) -> str:
+    """A simulated answer: ``{step}`` and ``{attempt}`` replaced, other braces kept (JSON)."""
+    return template.replace("{step}", step).replace("{attempt}", str(attempt))
 
 
 def _remaining_path(wf: Workflow, e: Estimate) -> dict[str, float]:

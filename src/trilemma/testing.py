@@ -1,0 +1,202 @@
+"""Fakes for your own tests: a scripted OpenAI-compatible server and one-function providers.
+
+:class:`ScriptedServer` is a real HTTP server on 127.0.0.1 that speaks the
+chat-completions protocol and answers from a script: text, 429 with
+Retry-After, 5xx, slow responses, malformed bodies. Point a profile's
+``base_url`` at :attr:`ScriptedServer.url` and the real ``openai`` provider runs
+against it. :func:`fast_retries` retries at once, without patching sleep.
+
+>>> with ScriptedServer([Reply("hello")]) as server:
+...     server.url.startswith("http://127.0.0.1:")
+True
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from trilemma.providers.base import Completion, Request, Usage
+from trilemma.run.retry import fast_retries
+from trilemma.spec import ModelProfile
+
+__all__ = ["FunctionProvider", "Reply", "ScriptedServer", "fast_retries"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One scripted response."""
+
+    content: str = "ok"
+    """The answer's text (a 200 chat completion)."""
+    status: int = 200
+    """HTTP status."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Extra headers, such as ``{"Retry-After": "1"}``."""
+    delay_s: float = 0.0
+    """Seconds to wait before answering."""
+    body: str | None = None
+    """A raw body instead of a completion (for malformed answers and error bodies)."""
+    prompt_tokens: int = 11
+    """Reported usage."""
+    completion_tokens: int = 7
+    """Reported usage."""
+
+
+Script = Iterable[Reply] | Callable[[dict[str, Any]], Reply]
+
+
+class ScriptedServer:
+    """An OpenAI-compatible ``/v1/chat/completions`` on 127.0.0.1; use as a context manager."""
+
+    def __init__(
+        self, script: Script | None = None, *, models: Iterable[str] | None = None
+    ) -> None:
+        self._fn = script if callable(script) else None
+        self._queue: deque[Reply] = deque([] if script is None or callable(script) else script)
+        self.models = set(models) if models is not None else None
+        self.requests: list[dict[str, Any]] = []
+        """Every request received: ``{"path", "headers", "json"}``."""
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL to give a profile (``.../v1``)."""
+        assert self._httpd is not None, "start the server first"
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def next_reply(self, payload: dict[str, Any]) -> Reply:
+        """The reply for a request: the script's next, or an echo of the last message."""
+        with self._lock:
+            if self._fn is not None:
+                return self._fn(payload)
+            if self._queue:
+                return self._queue.popleft()
+        messages = payload.get("messages") or [{"content": ""}]
+        return Reply(f"echo: {messages[-1].get('content', '')}")
+
+    def start(self) -> ScriptedServer:
+        """Listen on a free port of 127.0.0.1."""
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # quiet
+                return
+
+            def do_GET(self) -> None:
+                ids = sorted(server.models or ["scripted"])
+                self._send(
+                    200,
+                    json.dumps(
+                        {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}
+                    ),
+                )
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    payload = json.loads(raw or b"{}")
+                except ValueError:
+                    payload = {}
+                with server._lock:
+                    server.requests.append(
+                        {
+                            "path": self.path,
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                            "json": payload,
+                        }
+                    )
+                model = payload.get("model", "")
+                if server.models is not None and model not in server.models:
+                    err = {
+                        "error": {
+                            "message": f"model {model!r} not found",
+                            "type": "invalid_request_error",
+                        }
+                    }
+                    self._send(404, json.dumps(err))
+                    return
+                reply = server.next_reply(payload)
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
+                body = reply.body if reply.body is not None else _completion(reply, model)
+                if reply.status != 200 and reply.body is None:
+                    body = json.dumps(
+                        {"error": {"message": f"scripted {reply.status}", "type": "server_error"}}
+                    )
+                self._send(reply.status, body, reply.headers)
+
+            def _send(self, status: int, body: str, headers: dict[str, str] | None = None) -> None:
+                data = body.encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout test)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="scripted-llm", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and join the server thread."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> ScriptedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _completion(reply: Reply, model: str) -> str:
+    return json.dumps({
+        "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()),
+        "model": model or "scripted",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": reply.content}}],
+        "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                  "total_tokens": reply.prompt_tokens + reply.completion_tokens},
+    })  # fmt: skip
+
+
+class FunctionProvider:
+    """A provider made of one async function ``(request) -> text``; usage counted in words."""
+
+    def __init__(self, fn: Callable[[Request], Awaitable[str]]) -> None:
+        self.fn = fn
+        self.requests: list[Request] = []
+
+    async def complete(self, request: Request, profile: ModelProfile) -> Completion:
+        """Call the function; its exceptions propagate (raise ProviderError kinds to test retries)."""
+        self.requests.append(request)
+        started = time.perf_counter()
+        text = await self.fn(request)
+        words = sum(len(m["content"].split()) for m in request.messages)
+        return Completion(text, Usage(words, len(text.split())), time.perf_counter() - started)

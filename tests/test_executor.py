@@ -1,0 +1,395 @@
+"""The executor on the simulator: fan-out, chains, budgets, deadlines, faults, gates, kinds."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trilemma import parse_workflow
+from trilemma.errors import ProviderTimeout, TransientError
+from trilemma.journal import Journal
+from trilemma.run.executor import RunResult, execute
+from trilemma.run.limits import PriorityLimiter, RateLimiter
+from trilemma.testing import FunctionProvider, fast_retries
+
+
+def spec(models: str, steps: list[str], extra: str = "") -> str:
+    body = "\n".join(f"  - {s}" for s in steps)
+    return f"version: 1\nmodels:\n{textwrap.indent(models.strip(), '  ')}\nsteps:\n{body}\n{extra}"
+
+
+def run(text: str, tmp_path: Path, **kw: Any) -> tuple[RunResult, Journal]:
+    journal = Journal(tmp_path / "j.db")
+    with fast_retries():
+        result = execute(parse_workflow(text), journal=journal, seed=kw.pop("seed", 1), **kw)
+    return result, journal
+
+
+def test_twelve_independent_steps_take_one_step_of_time(tmp_path: Path) -> None:
+    text = spec(
+        "m: {usd_per_call: 0.01, latency_s: 0.3, p_ok: 1.0}",
+        [f"{{id: s{i}, model: m}}" for i in range(12)],
+    )
+    r, _ = run(text, tmp_path)
+    assert r.status == "ok" and len(r.outputs) == 12
+    assert 0.3 <= r.latency_s <= 0.3 * 1.15, r.latency_s
+
+
+def test_a_twelve_step_chain_takes_the_sum(tmp_path: Path) -> None:
+    steps = [
+        f"{{id: s{i}, model: m{', after: [s' + str(i - 1) + ']' if i else ''}}}" for i in range(12)
+    ]
+    r, _ = run(spec("m: {usd_per_call: 0.01, latency_s: 0.05, p_ok: 1.0}", steps), tmp_path)
+    assert r.status == "ok"
+    assert 0.6 <= r.latency_s <= 0.6 * 1.15, r.latency_s
+
+
+def test_downstream_prompts_see_upstream_outputs(tmp_path: Path) -> None:
+    text = spec(
+        "m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+        ["{id: plan, model: m, sim: {ok: 'PLAN-OK'}}",
+         "{id: act, model: m, after: [plan], prompt: 'Do {plan} for {who}'}"],
+        "inputs: {who: nobody}",
+    )  # fmt: skip
+    r, j = run(text, tmp_path, inputs={"who": "Ada"})
+    assert r.status == "ok"
+    act = [c for c in j.calls(r.run_id) if c["step_id"] == "act"][0]
+    assert "Do PLAN-OK for Ada" in act["request_json"]
+
+
+@pytest.mark.parametrize("repeat", range(15))
+def test_forty_parallel_steps_never_spend_over_the_ceiling(tmp_path: Path, repeat: int) -> None:
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.01, latency_jitter: 0.5, p_ok: 1.0}",
+                [f"{{id: s{i}, model: m}}" for i in range(40)])  # fmt: skip
+    r, j = run(text, tmp_path, max_cost_usd=0.155, seed=repeat)
+    assert r.status == "budget_exhausted"
+    assert r.cost_usd <= 0.155 + 1e-12
+    billed = sum(c["cost_usd"] or 0 for c in j.calls(r.run_id))
+    assert billed == pytest.approx(r.cost_usd) and billed <= 0.155 + 1e-12
+    assert len(r.outputs) == 15  # every call that was sent finished and returned its output
+    assert j.run(r.run_id)["status"] == "budget_exhausted"
+
+
+def test_budget_counts_retries_and_gate_rejections(tmp_path: Path) -> None:
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 0.3}",
+                ["{id: a, model: m, retries: 50}"])  # fmt: skip
+    r, j = run(text, tmp_path, max_cost_usd=0.035)
+    assert r.cost_usd <= 0.035 + 1e-12
+    assert r.status in ("budget_exhausted", "ok")
+
+
+def test_faults_are_retried_logged_and_not_billed(tmp_path: Path) -> None:
+    models = """
+m: {usd_per_call: 0.01, latency_s: 0.005, p_ok: 1.0,
+    faults: {transient_error_rate: 0.3, rate_limit_rate: 0.1}}
+"""
+    r, j = run(
+        spec(models, [f"{{id: s{i}, model: m, retries: 30}}" for i in range(30)]), tmp_path, seed=3
+    )
+    assert r.status == "ok" and len(r.outputs) == 30
+    calls = j.calls(r.run_id)
+    outcomes = {c["outcome"] for c in calls}
+    assert {"ok", "transient", "rate_limited"} <= outcomes
+    for c in calls:
+        if c["outcome"] in ("transient", "rate_limited"):
+            assert c["cost_usd"] == 0.0
+    assert r.cost_usd == pytest.approx(0.01 * 30)  # only the 30 answers are billed
+
+
+def test_gate_rejected_answers_are_billed_and_retried(tmp_path: Path) -> None:
+    text = spec(
+        "m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 0.2}", ["{id: a, model: m, retries: 60}"]
+    )
+    r, j = run(text, tmp_path, seed=5)
+    calls = j.calls(r.run_id)
+    rejected = [c for c in calls if c["outcome"] == "rejected"]
+    assert r.status == "ok" and rejected
+    assert all(c["cost_usd"] == 0.01 for c in rejected)
+    assert r.cost_usd == pytest.approx(0.01 * len(calls))
+
+
+def test_retries_exhausted_fail_the_run_and_skip_dependents(tmp_path: Path) -> None:
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 0.0001}",
+                ["{id: a, model: m, retries: 2}", "{id: b, model: m, after: [a]}"])  # fmt: skip
+    r, j = run(text, tmp_path)
+    assert r.status == "failed"
+    assert r.steps["a"].status == "failed" and r.steps["a"].attempts == 3
+    assert r.steps["b"].status == "skipped"
+    assert "step a" in (r.error or "")
+    assert len(j.calls(r.run_id)) == 3
+
+
+def test_deadline_cancels_in_flight_calls_and_keeps_finished_outputs(tmp_path: Path) -> None:
+    text = spec(
+        "fast: {usd_per_call: 0.01, latency_s: 0.01, p_ok: 1.0}\nslow: {usd_per_call: 0.01, latency_s: 5.0, p_ok: 1.0}",
+        ["{id: quick, model: fast}", "{id: long, model: slow}"],
+    )
+    started = time.perf_counter()
+    r, j = run(text, tmp_path, deadline_s=0.3)
+    assert time.perf_counter() - started < 2.0
+    assert r.status == "deadline"
+    assert r.outputs == {"quick": "answer of quick (attempt 1)"}
+    assert r.steps["long"].status == "cancelled"
+    long_calls = [c for c in j.calls(r.run_id) if c["step_id"] == "long"]
+    assert [c["outcome"] for c in long_calls] == ["cancelled"]
+
+
+def test_regex_gate_with_feedback(tmp_path: Path) -> None:
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 0.5}",
+                ["{id: a, model: m, retries: 30, gate: {regex: '^\\d+$'}, sim: {ok: '42', bad: 'forty-two'}}"])  # fmt: skip
+    r, j = run(text, tmp_path, seed=2)
+    assert r.outputs == {"a": "42"}
+    calls = j.calls(r.run_id)
+    if len(calls) > 1:
+        assert "was rejected" in calls[1]["request_json"]
+
+
+def test_json_schema_gate_rejects_text_that_is_not_json(tmp_path: Path) -> None:
+    gate = "{json_schema: {type: object, required: [a], properties: {a: {type: integer}}}}"
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                [f"{{id: a, model: m, retries: 1, gate: {gate}, sim: {{ok: 'not json'}}}}"])  # fmt: skip
+    r, j = run(text, tmp_path)
+    assert r.status == "failed"
+    assert "must be JSON" in (r.error or "")
+    assert [c["outcome"] for c in j.calls(r.run_id)] == ["rejected", "rejected"]
+
+
+def test_json_schema_gate_accepts_fenced_json(tmp_path: Path) -> None:
+    gate = "{json_schema: {type: object, required: [a]}}"
+    ok = '"```json\\n{\\"a\\": 1}\\n```"'
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                [f"{{id: a, model: m, gate: {gate}, sim: {{ok: {ok}}}}}"])  # fmt: skip
+    r, _ = run(text, tmp_path)
+    assert r.status == "ok"
+
+
+def _gate_module(tmp_path: Path) -> None:
+    (tmp_path / "mygates.py").write_text(
+        textwrap.dedent("""
+        import pydantic
+
+        class Answer(pydantic.BaseModel):
+            value: int
+
+        def even(text):
+            return int(text) % 2 == 0 or "the number must be even"
+
+        def broken(text):
+            raise ValueError("bug in the gate")
+    """)
+    )
+
+
+def test_pydantic_and_python_gates_from_the_spec_folder(cli, tmp_path: Path) -> None:
+    _gate_module(tmp_path)
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec(
+        "m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+        ["{id: a, model: m, gate: {pydantic: 'mygates:Answer'}, sim: {ok: '{\"value\": 3}'}}",
+         "{id: b, model: m, gate: {python: 'mygates:even'}, sim: {ok: '4'}}"],
+    ))  # fmt: skip
+    r = cli("run", path, "--journal", tmp_path / "j.db", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["outputs"] == {"a": '{"value": 3}', "b": "4"}
+
+
+def test_gate_that_cannot_be_imported_is_bad_input(cli, tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                         ["{id: a, model: m, gate: {python: 'nosuchmodule:check'}}"]))  # fmt: skip
+    r = cli("run", path, "--journal", tmp_path / "j.db")
+    assert r.code == 2
+    assert "steps[0].gate.python" in r.err and "cannot import" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+
+
+def test_gate_that_raises_fails_the_run_naming_the_step(cli, tmp_path: Path) -> None:
+    _gate_module(tmp_path)
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                         ["{id: a, model: m, retries: 3, gate: {python: 'mygates:broken'}}"]))  # fmt: skip
+    r = cli("run", path, "--journal", tmp_path / "j.db", "--json")
+    assert r.code == 1
+    assert "step a" in r.err and "bug in the gate" in r.err
+    assert r.json()["status"] == "failed"
+    assert r.json()["steps"]["a"]["attempts"] == 1  # a broken gate is not retried
+
+
+def test_missing_and_unknown_inputs_are_bad_input(cli, tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                         ["{id: a, model: m, prompt: 'Answer {question}'}"], "inputs: {question: null}"))  # fmt: skip
+    missing = cli("run", path, "--journal", tmp_path / "j.db")
+    assert missing.code == 2 and "question" in missing.err and "steps[0].prompt" in missing.err
+    unknown = cli(
+        "run", path, "--journal", tmp_path / "j.db", "--input", "question=x", "--input", "qestion=y"
+    )
+    assert unknown.code == 2 and "qestion" in unknown.err
+    bad = cli("run", path, "--journal", tmp_path / "j.db", "--input", "noequals")
+    assert bad.code == 2 and "name=value" in bad.err
+    ok = cli("run", path, "--journal", tmp_path / "j.db", "--input", "question=why?")
+    assert ok.code == 0, ok.err
+
+
+def test_prompt_naming_an_undeclared_name_is_a_spec_error(cli, tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                         ["{id: a, model: m, prompt: 'Answer {qestion}'}"], "inputs: {question: null}"))  # fmt: skip
+    r = cli("estimate", path)
+    assert r.code == 2 and "steps[0].prompt" in r.err and "did you mean 'question'" in r.err
+
+
+def test_debate_sends_agents_times_rounds_and_a_judge(tmp_path: Path) -> None:
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                ["{id: d, model: m, debate: {agents: 3, rounds: 2, judge: true}}"])  # fmt: skip
+    r, j = run(text, tmp_path)
+    roles = [c["role"] for c in j.calls(r.run_id)]
+    assert sorted(roles) == sorted(
+        [f"agent {a} round {k}" for a in (1, 2, 3) for k in (1, 2)] + ["judge"]
+    )
+    round2 = [c for c in j.calls(r.run_id) if c["role"] == "agent 1 round 2"][0]
+    assert "Other agents answered" in round2["request_json"]
+    assert r.calls == 7 == parse_workflow(text).steps[0].calls
+
+
+def test_vote_takes_the_majority(tmp_path: Path) -> None:
+    answers = iter(["B", "A", "B", "C", "b "])
+
+    async def fn(request: Any) -> str:
+        return next(answers)
+
+    text = spec(
+        "m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+        ["{id: v, model: m, vote: {samples: 5}}"],
+    )
+    r, j = run(text, tmp_path, providers={"m": FunctionProvider(fn)})
+    assert r.outputs == {"v": "B"}
+    assert [c["role"] for c in j.calls(r.run_id)] == [f"sample {i}" for i in range(1, 6)]
+
+
+def test_stop_when_ends_the_run_early_and_counts_the_saving(tmp_path: Path) -> None:
+    text = spec(
+        "m: {usd_per_call: 0.01, latency_s: 0.01, p_ok: 1.0}\nslow: {usd_per_call: 0.05, latency_s: 3, p_ok: 1.0}",
+        [
+            "{id: draft, model: m}",
+            "{id: polish, model: slow, after: [draft]}",
+            "{id: side, model: slow}",
+        ],
+        "stop_when: draft",
+    )
+    r, _ = run(text, tmp_path)
+    assert r.status == "ok"
+    assert r.outputs == {"draft": "answer of draft (attempt 1)"}
+    assert r.latency_s < 1.0
+    assert r.saved_usd == pytest.approx(0.10)
+
+
+def test_cached_step_is_served_from_the_journal_on_the_second_run(tmp_path: Path) -> None:
+    text = spec(
+        "m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}", ["{id: a, model: m, cached: true}"]
+    )
+    first, j = run(text, tmp_path)
+    second, _ = run(text, tmp_path)
+    assert first.cost_usd == 0.01 and second.cost_usd == 0.0
+    assert second.outputs == first.outputs
+    assert [c["cache_hit"] for c in j.calls(second.run_id)] == [1]
+
+
+def test_provider_errors_raised_by_a_fake_are_retried(tmp_path: Path) -> None:
+    failures = iter([TransientError("flaky"), ProviderTimeout("slow")])
+
+    async def fn(request: Any) -> str:
+        exc = next(failures, None)
+        if exc is not None:
+            raise exc
+        return "done"
+
+    text = spec(
+        "m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}", ["{id: a, model: m, retries: 2}"]
+    )
+    r, j = run(text, tmp_path, providers={"m": FunctionProvider(fn)})
+    assert r.outputs == {"a": "done"}
+    assert [c["outcome"] for c in j.calls(r.run_id)] == ["transient", "timeout", "ok"]
+
+
+def test_longest_remaining_path_goes_first_when_slots_are_scarce(tmp_path: Path) -> None:
+    text = spec(
+        "m: {usd_per_call: 0.01, latency_s: 0.02, p_ok: 1.0}",
+        ["{id: short, model: m}", "{id: long1, model: m}", "{id: long2, model: m, after: [long1]}",
+         "{id: long3, model: m, after: [long2]}"],
+        "concurrency: 1",
+    )  # fmt: skip
+    r, j = run(text, tmp_path)
+    order = [c["step_id"] for c in j.calls(r.run_id)]
+    assert order.index("long1") < order.index("short")
+
+
+def test_priority_limiter_serves_lowest_value_first() -> None:
+    async def scenario() -> list[str]:
+        lim = PriorityLimiter(1)
+        await lim.acquire()
+        order: list[str] = []
+
+        async def wait(name: str, prio: float) -> None:
+            await lim.acquire(prio)
+            order.append(name)
+            lim.release()
+
+        tasks = [
+            asyncio.create_task(wait(n, p)) for n, p in (("late", 5), ("urgent", -3), ("mid", 0))
+        ]
+        await asyncio.sleep(0)
+        lim.release()
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(scenario()) == ["urgent", "mid", "late"]
+
+
+def test_rate_limiter_waits_once_the_bucket_is_empty() -> None:
+    async def scenario() -> float:
+        lim = RateLimiter(600)  # 10 a second
+        for _ in range(600):
+            await lim.acquire()
+        started = time.monotonic()
+        await lim.acquire(2)
+        return time.monotonic() - started
+
+    assert 0.15 <= asyncio.run(scenario()) < 0.6
+
+
+def test_cli_run_json_contract_and_ledger(cli, tmp_path: Path) -> None:
+    from .conftest import EXAMPLES
+
+    db = tmp_path / "j.db"
+    r = cli("run", EXAMPLES / "diamond.yaml", "--journal", db, "--seed", "4", "--json")
+    d = r.json()
+    for key in ("run_id", "status", "cost_usd", "latency_s", "calls", "outputs"):
+        assert key in d
+    assert d["status"] in ("ok", "failed") and r.code == (0 if d["status"] == "ok" else 1)
+    runs = cli("runs", "--journal", db, "--json").json()
+    assert runs[0]["run_id"] == d["run_id"]
+    for key in ("run_id", "status", "started_at", "cost_usd"):
+        assert key in runs[0]
+    ledger = cli("ledger", d["run_id"], "--journal", db, "--json").json()
+    assert len(ledger) == d["calls"]
+    for key in ("step", "attempt", "model", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s",
+                "outcome", "cache_hit"):  # fmt: skip
+        assert key in ledger[0]
+    assert sum(x["cost_usd"] or 0 for x in ledger) == pytest.approx(d["cost_usd"])
+    table = cli("run", EXAMPLES / "diamond.yaml", "--journal", db, "--seed", "4")
+    assert "predicted" in table.out and "measured" in table.out
+
+
+def test_ledger_of_an_unknown_run_is_bad_input(cli, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    Journal(db)
+    r = cli("ledger", "nope", "--journal", db)
+    assert r.code == 2 and "trilemma runs" in r.err
+    missing = cli("runs", "--journal", tmp_path / "none.db")
+    assert missing.code == 2 and "no journal" in missing.err
