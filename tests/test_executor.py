@@ -58,7 +58,7 @@ def test_downstream_prompts_see_upstream_outputs(tmp_path: Path) -> None:
     )  # fmt: skip
     r, j = run(text, tmp_path, inputs={"who": "Ada"})
     assert r.status == "ok"
-    act = [c for c in j.calls(r.run_id) if c["step_id"] == "act"][0]
+    act = next(c for c in j.calls(r.run_id) if c["step_id"] == "act")
     assert "Do PLAN-OK for Ada" in act["request_json"]
 
 
@@ -78,7 +78,7 @@ def test_forty_parallel_steps_never_spend_over_the_ceiling(tmp_path: Path, repea
 def test_budget_counts_retries_and_gate_rejections(tmp_path: Path) -> None:
     text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 0.3}",
                 ["{id: a, model: m, retries: 50}"])  # fmt: skip
-    r, j = run(text, tmp_path, max_cost_usd=0.035)
+    r, _j = run(text, tmp_path, max_cost_usd=0.035)
     assert r.cost_usd <= 0.035 + 1e-12
     assert r.status in ("budget_exhausted", "ok")
 
@@ -252,7 +252,7 @@ def test_debate_sends_agents_times_rounds_and_a_judge(tmp_path: Path) -> None:
     assert sorted(roles) == sorted(
         [f"agent {a} round {k}" for a in (1, 2, 3) for k in (1, 2)] + ["judge"]
     )
-    round2 = [c for c in j.calls(r.run_id) if c["role"] == "agent 1 round 2"][0]
+    round2 = next(c for c in j.calls(r.run_id) if c["role"] == "agent 1 round 2")
     assert "Other agents answered" in round2["request_json"]
     assert r.calls == 7 == parse_workflow(text).steps[0].calls
 

@@ -457,10 +457,13 @@ class Executor:
         cost = cost_of(profile, completion.usage, hold.amount)
         s.guard.settle(hold, cost)
         u = completion.usage
+        note = None
+        if cost > hold.amount + 1e-12:  # only an endpoint misreporting usage can do this
+            note = f"billed ${cost:.6f} exceeds the reservation ${hold.amount:.6f}: the endpoint reported more tokens than max_tokens and the prompt allow"
         await self.writer(self.journal.call_finished, call_id, {
             "outcome": "ok", "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "cost_usd": cost, "latency_s": completion.latency_s, "response": completion.text,
-            "finished_at": time.time(),
+            "finished_at": time.time(), "error": note,
         })  # fmt: skip
         self._emit("call", step.id, s)
         return completion

@@ -1,0 +1,222 @@
+"""The openai provider against a real HTTP server on 127.0.0.1: billing and error mapping."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import openai._exceptions as sdk_exceptions
+import pytest
+
+from trilemma import parse_workflow
+from trilemma.errors import ProviderError
+from trilemma.journal import Journal
+from trilemma.providers.openai import map_errors, parse_retry_after
+from trilemma.run.executor import RunResult, execute
+from trilemma.run.retry import policy
+from trilemma.testing import Reply, ScriptedServer, fast_retries
+
+http = getattr(sdk_exceptions, "httpx2", None) or sdk_exceptions.httpx  # the SDK's own HTTP lib
+
+
+def spec_for(url: str, steps: str, extra_model: str = "") -> str:
+    return f"""
+version: 1
+models:
+  local: {{provider: openai, base_url: "{url}", model: m1, usd_per_1m_input: 100.0,
+           usd_per_1m_output: 200.0, latency_s: 0.1, p_ok: 0.9, timeout_s: 0.5 {extra_model}}}
+steps:
+{steps}
+"""
+
+
+def go(text: str, tmp_path: Path, **kw: Any) -> tuple[RunResult, Journal]:
+    journal = Journal(tmp_path / "j.db")
+    with fast_retries():
+        return execute(parse_workflow(text), journal=journal, seed=1, **kw), journal
+
+
+def test_usage_is_billed_at_token_prices(tmp_path: Path) -> None:
+    with ScriptedServer([Reply("hi", prompt_tokens=12, completion_tokens=200)]) as srv:
+        r, j = go(spec_for(srv.url, "  - {id: a, model: local}"), tmp_path)
+    assert r.outputs == {"a": "hi"}
+    row = j.calls(r.run_id)[0]
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (12, 200)
+    assert row["cost_usd"] == pytest.approx((100 * 12 + 200 * 200) / 1e6)
+    assert row["reserved_usd"] >= row["cost_usd"]  # prompt bytes + max_tokens bound an honest bill
+    assert row["error"] is None
+
+
+def test_a_bill_over_the_reservation_is_flagged_in_the_ledger(tmp_path: Path) -> None:
+    """An endpoint that reports more tokens than it could have used breaks the bound: say so."""
+    with ScriptedServer([Reply("hi", prompt_tokens=5000, completion_tokens=5000)]) as srv:
+        r, j = go(spec_for(srv.url, "  - {id: a, model: local}"), tmp_path)
+    row = j.calls(r.run_id)[0]
+    assert row["cost_usd"] > row["reserved_usd"]
+    assert "exceeds the reservation" in row["error"]
+
+
+def test_each_failure_maps_to_its_outcome_and_is_retried(tmp_path: Path) -> None:
+    script = [
+        Reply(status=429, headers={"Retry-After": "0"}), Reply("a"),
+        Reply(status=500), Reply(status=503), Reply("b"),
+        Reply(body="this is not json"), Reply(body='{"id": "x", "choices": []}'), Reply("c"),
+        Reply("too slow", delay_s=1.5), Reply("d"),
+    ]  # fmt: skip
+    steps = "\n".join(f"  - {{id: {s}, model: local, retries: 3{', after: [' + p + ']' if p else ''}}}"
+                      for s, p in (("a", ""), ("b", "a"), ("c", "b"), ("d", "c")))  # fmt: skip
+    with ScriptedServer(script) as srv:
+        r, j = go(spec_for(srv.url, steps), tmp_path)
+    assert r.status == "ok", r.error
+    assert r.outputs == {"a": "a", "b": "b", "c": "c", "d": "d"}
+    outcomes = [c["outcome"] for c in j.calls(r.run_id)]
+    assert outcomes == ["rate_limited", "ok", "transient", "transient", "ok", "malformed", "malformed",
+                        "ok", "timeout", "ok"]  # fmt: skip
+    for c in j.calls(r.run_id):
+        assert (c["cost_usd"] > 0) == (c["outcome"] == "ok")  # only answers are billed
+
+
+def test_unknown_model_is_fatal_and_not_retried(cli, tmp_path: Path) -> None:
+    with ScriptedServer(models=["other"]) as srv:
+        path = tmp_path / "spec.yaml"
+        path.write_text(spec_for(srv.url, "  - {id: a, model: local, retries: 3}"))
+        r = cli("run", path, "--journal", tmp_path / "j.db", "--json")
+        assert len(srv.requests) == 1
+    assert r.code == 1
+    assert "step a" in r.err and "does not know model 'm1'" in r.err
+    assert r.json()["status"] == "failed"
+
+
+def test_unreachable_endpoint_fails_with_a_clear_message(cli, tmp_path: Path) -> None:
+    with ScriptedServer() as srv:
+        url = srv.url  # the port is free again once the server stops
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec_for(url, "  - {id: a, model: local, retries: 1}"))
+    with fast_retries():
+        r = cli("run", path, "--journal", tmp_path / "j.db")
+    assert r.code == 1
+    assert "step a" in r.err and "cannot reach the endpoint" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+
+
+def test_api_key_comes_from_the_named_variable_and_is_never_stored(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("TRILEMMA_TEST_KEY", "sk-very-secret-42")
+    with ScriptedServer() as srv:
+        r, _ = go(
+            spec_for(srv.url, "  - {id: a, model: local}", ", api_key_env: TRILEMMA_TEST_KEY"),
+            tmp_path,
+        )
+        headers = srv.requests[0]["headers"]
+    assert r.status == "ok"
+    assert headers["authorization"] == "Bearer sk-very-secret-42"
+    assert headers["idempotency-key"] == f"{r.run_id}:a:1:1"
+    for f in tmp_path.iterdir():
+        assert b"sk-very-secret-42" not in f.read_bytes()
+
+
+def test_missing_api_key_variable_fails_before_anything_is_sent(
+    cli, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.delenv("TRILEMMA_TEST_KEY", raising=False)
+    with ScriptedServer() as srv:
+        path = tmp_path / "spec.yaml"
+        path.write_text(
+            spec_for(srv.url, "  - {id: a, model: local}", ", api_key_env: TRILEMMA_TEST_KEY")
+        )
+        r = cli("run", path, "--journal", tmp_path / "j.db")
+        assert srv.requests == []
+    assert r.code == 1
+    assert "TRILEMMA_TEST_KEY" in r.err and "is not set" in r.err
+
+
+def test_schema_gate_rejects_a_real_model_answer_that_is_not_json(tmp_path: Path) -> None:
+    script = [Reply("Sure! Here it is: name=Ada"), Reply('{"name": "Ada"}')]
+    gate = "gate: {json_schema: {type: object, required: [name]}}"
+    with ScriptedServer(script) as srv:
+        r, j = go(spec_for(srv.url, f"  - {{id: a, model: local, retries: 1, {gate}}}"), tmp_path)
+        retry_messages = srv.requests[1]["json"]["messages"]
+    assert r.outputs == {"a": '{"name": "Ada"}'}
+    assert [c["outcome"] for c in j.calls(r.run_id)] == ["rejected", "ok"]
+    assert "must be JSON" in retry_messages[-1]["content"]  # the reason goes back to the model
+
+
+def test_retry_after_is_honoured_outside_the_testing_mode(tmp_path: Path) -> None:
+    script = [Reply(status=429, headers={"Retry-After": "0.4"}), Reply("a")]
+    saved = policy.base_s
+    policy.base_s = 0.0
+    try:
+        with ScriptedServer(script) as srv:
+            journal = Journal(tmp_path / "j.db")
+            wf = parse_workflow(spec_for(srv.url, "  - {id: a, model: local, retries: 1}"))
+            started = time.perf_counter()
+            r = execute(wf, journal=journal, seed=1)
+            elapsed = time.perf_counter() - started
+    finally:
+        policy.base_s = saved
+    assert r.status == "ok"
+    assert elapsed >= 0.4
+
+
+def test_parse_retry_after_reads_seconds_and_http_dates() -> None:
+    assert parse_retry_after("2") == 2.0
+    assert parse_retry_after(" 0.5 ") == 0.5
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(
+        10.0
+    )
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+def _instances() -> list[BaseException]:
+    """One instance of every exception class the SDK exports."""
+    request = http.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    out: list[BaseException] = []
+    for _, cls in inspect.getmembers(openai, inspect.isclass):
+        if not issubclass(cls, openai.OpenAIError):
+            continue
+        if issubclass(cls, openai.APIStatusError):
+            status = {"RateLimitError": 429, "NotFoundError": 404, "AuthenticationError": 401,
+                      "PermissionDeniedError": 403, "BadRequestError": 400, "ConflictError": 409,
+                      "UnprocessableEntityError": 422, "InternalServerError": 500}.get(cls.__name__, 418)  # fmt: skip
+            response = http.Response(status, request=request, headers={"retry-after": "1"})
+            try:
+                out.append(cls("boom", response=response, body=None))
+            except TypeError:
+                out.append(cls(response=response, body=None))  # type: ignore[call-arg]
+        elif issubclass(cls, openai.APITimeoutError) or issubclass(cls, openai.APIConnectionError):
+            out.append(cls(request=request))
+        elif issubclass(cls, openai.APIResponseValidationError):
+            out.append(cls(http.Response(200, request=request), None))
+        else:
+            try:
+                out.append(cls("boom"))
+            except TypeError:
+                continue  # needs a completion object; its base class is covered
+    return out
+
+
+@pytest.mark.parametrize("exc", _instances(), ids=lambda e: type(e).__name__)
+def test_every_sdk_error_maps_onto_the_taxonomy(exc: BaseException) -> None:
+    with pytest.raises(ProviderError), map_errors("m1"):
+        raise exc
+
+
+def test_the_most_specific_class_wins() -> None:
+    from trilemma.errors import FatalProviderError, ProviderTimeout, RateLimited, TransientError
+
+    by_name = {type(e).__name__: e for e in _instances()}
+    expected = {"RateLimitError": RateLimited, "APITimeoutError": ProviderTimeout,
+                "APIConnectionError": TransientError, "NotFoundError": FatalProviderError,
+                "InternalServerError": TransientError, "AuthenticationError": FatalProviderError}  # fmt: skip
+    for name, cls in expected.items():
+        with pytest.raises(ProviderError) as info, map_errors("m1"):
+            raise by_name[name]
+        assert type(info.value) is cls, name
+    with pytest.raises(RateLimited) as info, map_errors("m1"):
+        raise by_name["RateLimitError"]
+    assert info.value.retry_after == 1.0
