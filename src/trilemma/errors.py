@@ -20,6 +20,7 @@
     │   ├── BudgetExhausted       a call's reservation would cross the cost ceiling
     │   └── DeadlineExceeded      the run's deadline passed
     └── JournalError              the journal cannot be read or written (exit code 1)
+        ├── JournalBusy           another process holds the write lock (retried internally)
         └── NotAJournal           the file is not a trilemma journal, or is newer (exit code 2)
 
 Messages are written for the person at the terminal: they name the file, the
@@ -36,6 +37,7 @@ __all__ = [
     "GateRejected",
     "InfeasibleError",
     "InputError",
+    "JournalBusy",
     "JournalError",
     "MalformedAnswer",
     "NotAJournal",
@@ -175,6 +177,10 @@ class DeadlineExceeded(RunError):
 
 class JournalError(TrilemmaError):
     """The journal cannot be read or written."""
+
+
+class JournalBusy(JournalError):
+    """Another process holds the journal's write lock."""
 
 
 class NotAJournal(JournalError):

@@ -55,7 +55,7 @@ def m001_initial(db: sqlite3.Connection) -> None:
           error       TEXT,
           finished_at REAL NOT NULL,
           PRIMARY KEY (run_id, step_id)
-        );
+        ) WITHOUT ROWID;
         CREATE TABLE calls (
           id                INTEGER PRIMARY KEY,
           run_id            TEXT NOT NULL REFERENCES runs(run_id),
@@ -64,7 +64,8 @@ def m001_initial(db: sqlite3.Connection) -> None:
           call              INTEGER NOT NULL,  -- index within the attempt
           role              TEXT NOT NULL,     -- call | refine 1 | agent 2 round 1 | judge | sample 3
           model             TEXT NOT NULL,     -- the profile's name
-          idempotency_key   TEXT NOT NULL UNIQUE,
+          idempotency_key   TEXT NOT NULL UNIQUE,  -- run:step:attempt:call, so it also
+                                                   -- indexes a run's calls (one index less to write)
           state             TEXT NOT NULL,     -- started (in flight) | finished
           outcome           TEXT,              -- ok | rejected | transient | rate_limited |
                                                -- timeout | malformed | fatal | cancelled
@@ -80,7 +81,6 @@ def m001_initial(db: sqlite3.Connection) -> None:
           started_at        REAL NOT NULL,
           finished_at       REAL
         );
-        CREATE INDEX calls_by_run ON calls(run_id, id);
         CREATE TABLE cache (
           key               TEXT PRIMARY KEY,  -- sha256 of model, messages and settings
           model             TEXT NOT NULL,

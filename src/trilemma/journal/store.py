@@ -13,12 +13,12 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from trilemma.errors import JournalError, NotAJournal
+from trilemma.errors import JournalBusy, JournalError, NotAJournal
 from trilemma.journal.migrations import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["DEFAULT_PATH", "Journal", "JournalWriter"]
@@ -26,7 +26,7 @@ __all__ = ["DEFAULT_PATH", "Journal", "JournalWriter"]
 DEFAULT_PATH = Path(".trilemma") / "trilemma.db"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 30.0
-T = TypeVar("T")
+Op = tuple[str, tuple[Any, ...], dict[str, Any]]
 
 
 @contextlib.contextmanager
@@ -41,7 +41,7 @@ def map_sqlite_errors(path: Path) -> Iterator[None]:
         elif "disk is full" in msg or "disk I/O" in msg:
             hint = "the disk is full or failing; free space or give another --journal path"
         elif "locked" in msg or "busy" in msg:
-            hint = "another process held the journal too long; try again"
+            raise JournalBusy(f"{path}: another process holds the journal; try again") from exc
         elif "unable to open" in msg:
             hint = "cannot open the file; check the folder exists and is writable"
         else:
@@ -54,7 +54,13 @@ def map_sqlite_errors(path: Path) -> Iterator[None]:
 class Journal:
     """One connection to a journal file; creates and migrates it as needed."""
 
-    def __init__(self, path: str | Path = DEFAULT_PATH, *, create: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path = DEFAULT_PATH,
+        *,
+        create: bool = True,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
+    ) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             raise NotAJournal(f"{self.path}: is a directory; give a journal file path")
@@ -76,7 +82,7 @@ class Journal:
                 ) from None
         with map_sqlite_errors(self.path):
             self.db = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
             )
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -126,13 +132,14 @@ class Journal:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A short write transaction (BEGIN IMMEDIATE: writers queue, never deadlock)."""
         with map_sqlite_errors(self.path):
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("BEGIN IMMEDIATE")  # if this fails, there is nothing to roll back
             try:
                 yield self.db
+                self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
 
     def close(self) -> None:
         """Close the connection."""
@@ -140,87 +147,109 @@ class Journal:
 
     # ------------------------------------------------------------------ writes
 
+    def batch(self, ops: list[Op]) -> Any:
+        """Run write operations (by name) in one transaction; return the last one's result."""
+        result = None
+        with self.transaction() as db:
+            for name, args, kwargs in ops:
+                result = getattr(self, f"_{name}")(db, *args, **kwargs)
+        return result
+
     def create_run(self, row: dict[str, Any]) -> None:
         """Record a new run (status running)."""
-        cols = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        with self.transaction() as db:
-            db.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
+        self.batch([("create_run", (row,), {})])
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Change a run's fields (status, cost, ...)."""
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        with self.transaction() as db:
-            db.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", (*fields.values(), run_id))
+        self.batch([("update_run", (run_id,), fields)])
 
-    def call_started(self, row: dict[str, Any]) -> int:
-        """Write-ahead: the call is about to be sent. Returns its row id.
+    def call_started(self, row: dict[str, Any]) -> None:
+        """Write-ahead: the call is about to be sent."""
+        self.batch([("call_started", (row,), {})])
 
-        Re-sending an attempt after a crash reuses its idempotency key and row.
-        """
-        cols = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        updates = ", ".join(f"{k} = excluded.{k}" for k in row if k != "idempotency_key")
-        with self.transaction() as db:
-            cur = db.execute(
-                f"INSERT INTO calls ({cols}, state) VALUES ({marks}, 'started') "
-                f"ON CONFLICT(idempotency_key) DO UPDATE SET {updates}, state = 'started', "
-                "outcome = NULL, error = NULL, finished_at = NULL RETURNING id",
-                tuple(row.values()),
-            )
-            return int(cur.fetchone()[0])
+    def call_finished(self, key: str, fields: dict[str, Any]) -> None:
+        """The call (by idempotency key) came back with an error, or was cancelled."""
+        self.batch([("call_finished", (key, fields), {})])
 
-    def call_finished(
-        self, call_id: int, fields: dict[str, Any], cache: dict[str, Any] | None = None
-    ) -> None:
-        """The call came back (or failed, or was cancelled); optionally fill the cache."""
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        with self.transaction() as db:
-            db.execute(
-                f"UPDATE calls SET {sets}, state = 'finished' WHERE id = ?",
-                (*fields.values(), call_id),
-            )
-            if cache is not None:
-                db.execute(
-                    "INSERT OR IGNORE INTO cache (key, model, response, prompt_tokens, "
-                    "completion_tokens, created_at) VALUES (:key, :model, :response, "
-                    ":prompt_tokens, :completion_tokens, :created_at)",
-                    cache,
-                )
-
-    def step_finished(
-        self, run_id: str, step_id: str, status: str, *, output: str | None, attempts: int,
-        cost_usd: float, error: str | None, rejected_calls: list[int] | None = None,
-        run_cost_usd: float | None = None, run_calls: int | None = None,
+    def attempt_finished(
+        self, run_id: str, step_id: str, finishes: list[tuple[str, dict[str, Any]]], *,
+        rejected: bool, step: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
-        """A step is done (its output committed in the same transaction), failed or skipped."""
-        with self.transaction() as db:
-            if rejected_calls:
-                db.executemany(
-                    "UPDATE calls SET outcome = 'rejected' WHERE id = ? AND outcome = 'ok'",
-                    [(i,) for i in rejected_calls],
-                )
-            db.execute(
-                "INSERT INTO steps (run_id, step_id, status, output, attempts, cost_usd, error, "
-                "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id, step_id) DO "
-                "UPDATE SET status = excluded.status, output = excluded.output, attempts = "
-                "excluded.attempts, cost_usd = excluded.cost_usd, error = excluded.error, "
-                "finished_at = excluded.finished_at",
-                (run_id, step_id, status, output, attempts, cost_usd, error, time.time()),
-            )
-            if run_cost_usd is not None:
-                db.execute(
-                    "UPDATE runs SET cost_usd = ?, calls = ? WHERE run_id = ?",
-                    (run_cost_usd, run_calls, run_id),
-                )
+        """The attempt's answered calls (ok or rejected) and, if accepted, the step's output, together."""
+        kwargs = {"rejected": rejected, "step": step}
+        self.batch([("attempt_finished", (run_id, step_id, finishes), kwargs)])
 
-    def mark_rejected(self, call_ids: list[int]) -> None:
-        """A gate rejected the answer these calls produced (they stay billed)."""
-        with self.transaction() as db:
-            db.executemany(
-                "UPDATE calls SET outcome = 'rejected' WHERE id = ? AND outcome = 'ok'",
-                [(i,) for i in call_ids],
-            )
+    def step_finished(self, run_id: str, step_id: str, step: dict[str, Any]) -> None:
+        """A step failed or was skipped (a done step commits through :meth:`attempt_finished`)."""
+        self.batch([("step_finished", (run_id, step_id, step), {})])
+
+    def cache_put(self, row: dict[str, Any]) -> None:
+        """Remember an accepted answer (the first one stays)."""
+        self.batch([("cache_put", (row,), {})])
+
+    @staticmethod
+    def _create_run(db: sqlite3.Connection, row: dict[str, Any]) -> None:
+        cols, marks = ", ".join(row), ", ".join("?" for _ in row)
+        db.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
+
+    @staticmethod
+    def _update_run(db: sqlite3.Connection, run_id: str, **fields: Any) -> None:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        db.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", (*fields.values(), run_id))
+
+    @staticmethod
+    def _call_started(db: sqlite3.Connection, row: dict[str, Any]) -> None:
+        # Re-sending an attempt after a crash reuses its idempotency key, and so its row.
+        cols, marks = ", ".join(row), ", ".join("?" for _ in row)
+        updates = ", ".join(f"{k} = excluded.{k}" for k in row if k != "idempotency_key")
+        db.execute(
+            f"INSERT INTO calls ({cols}, state) VALUES ({marks}, 'started') "
+            f"ON CONFLICT(idempotency_key) DO UPDATE SET {updates}, state = 'started', "
+            "outcome = NULL, error = NULL, cost_usd = NULL, finished_at = NULL",
+            tuple(row.values()),
+        )
+
+    @staticmethod
+    def _call_finished(db: sqlite3.Connection, key: str, fields: dict[str, Any]) -> None:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        db.execute(
+            f"UPDATE calls SET {sets}, state = 'finished' WHERE idempotency_key = ?",
+            (*fields.values(), key),
+        )
+
+    @classmethod
+    def _attempt_finished(
+        cls, db: sqlite3.Connection, run_id: str, step_id: str,
+        finishes: list[tuple[str, dict[str, Any]]], *, rejected: bool, step: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        outcome = "rejected" if rejected else "ok"
+        for key, fields in finishes:
+            cls._call_finished(db, key, {**fields, "outcome": outcome})
+        if step is not None:
+            cls._step_finished(db, run_id, step_id, step)
+
+    @staticmethod
+    def _step_finished(
+        db: sqlite3.Connection, run_id: str, step_id: str, step: dict[str, Any]
+    ) -> None:
+        db.execute(
+            "INSERT INTO steps (run_id, step_id, status, output, attempts, cost_usd, error, "
+            "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id, step_id) DO "
+            "UPDATE SET status = excluded.status, output = excluded.output, attempts = "
+            "excluded.attempts, cost_usd = excluded.cost_usd, error = excluded.error, "
+            "finished_at = excluded.finished_at",
+            (run_id, step_id, step["status"], step.get("output"), step["attempts"],
+             step["cost_usd"], step.get("error"), time.time()),
+        )  # fmt: skip
+
+    @staticmethod
+    def _cache_put(db: sqlite3.Connection, row: dict[str, Any]) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO cache (key, model, response, prompt_tokens, completion_tokens, "
+            "created_at) VALUES (:key, :model, :response, :prompt_tokens, :completion_tokens, "
+            ":created_at)",
+            row,
+        )
 
     # ------------------------------------------------------------------ reads
 
@@ -244,8 +273,12 @@ class Journal:
         }
 
     def calls(self, run_id: str) -> list[dict[str, Any]]:
-        """A run's calls in the order they were sent."""
-        return self._rows("SELECT * FROM calls WHERE run_id = ? ORDER BY id", (run_id,))
+        """A run's calls in the order they were sent (a range of the idempotency-key index)."""
+        return self._rows(
+            "SELECT * FROM calls WHERE idempotency_key >= ? AND idempotency_key < ? AND run_id = ? "
+            "ORDER BY id",
+            (run_id + ":", run_id + ";", run_id),
+        )
 
     def cache_get(self, key: str) -> dict[str, Any] | None:
         """A cached response, or None."""
@@ -256,26 +289,101 @@ class Journal:
         """Dollars billed to a run so far (answered calls)."""
         with map_sqlite_errors(self.path):
             row = self.db.execute(
-                "SELECT coalesce(sum(cost_usd), 0) FROM calls WHERE run_id = ?", (run_id,)
+                "SELECT coalesce(sum(cost_usd), 0), count(*) FROM calls WHERE idempotency_key >= ? "
+                "AND idempotency_key < ? AND run_id = ?",
+                (run_id + ":", run_id + ";", run_id),
             ).fetchone()
         return float(row[0])
 
+    def call_count(self, run_id: str) -> int:
+        """Calls sent for a run (answered or not)."""
+        with map_sqlite_errors(self.path):
+            row = self.db.execute(
+                "SELECT count(*) FROM calls WHERE idempotency_key >= ? AND idempotency_key < ? "
+                "AND run_id = ?",
+                (run_id + ":", run_id + ";", run_id),
+            ).fetchone()
+        return int(row[0])
+
+
+#: Longest a deferred write waits for a durable one to carry it.
+GROUP_COMMIT_S = 0.002
+
 
 class JournalWriter:
-    """Async access to a :class:`Journal` through one dedicated thread."""
+    """Async writes to a journal, with group commit, that never let another process stall the loop.
+
+    :meth:`write` is durable when it returns (the write-ahead record of a call
+    must be). :meth:`defer` queues a write that may wait: it commits with the
+    next durable write, or within :data:`GROUP_COMMIT_S`, in the same transaction.
+
+    A transaction first runs on the loop's thread through a connection that will
+    not wait for a lock (an uncontended WAL commit takes microseconds). If
+    another process holds the lock, it goes to a dedicated thread whose
+    connection waits its turn, and so does every transaction after it until that
+    thread drains, so transactions commit in the order they were made.
+    """
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
+        self._fast = Journal(journal.path, busy_timeout_s=0.0)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trilemma-journal")
+        self._queued = 0
+        self._buffer: list[Op] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Future[Any]] = set()
 
-    async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` on the journal's thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+    async def write(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Commit ``method(*args, **kwargs)`` with every deferred write before it."""
+        return await self._commit([*self._take(), (method, args, kwargs)])
 
-    def close(self) -> None:
-        """Finish pending writes and stop the thread."""
+    def defer(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """Queue a write for the next commit."""
+        self._buffer.append((method, args, kwargs))
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(GROUP_COMMIT_S, self._flush_later)
+
+    def read(self, method: str, *args: Any) -> Any:
+        """A read on the loop's connection (in WAL mode readers never wait for writers)."""
+        return getattr(self._fast, method)(*args)
+
+    def _take(self) -> list[Op]:
+        ops, self._buffer = self._buffer, []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return ops
+
+    def _flush_later(self) -> None:
+        self._timer = None
+        ops = self._take()
+        if ops:
+            fut = asyncio.ensure_future(self._commit(ops))
+            self._flushes.add(fut)
+            fut.add_done_callback(self._flushes.discard)
+
+    async def _commit(self, ops: list[Op]) -> Any:
+        if self._queued == 0:
+            try:
+                return self._fast.batch(ops)
+            except JournalBusy:
+                pass
+        self._queued += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, self.journal.batch, ops)
+        finally:
+            self._queued -= 1
+
+    async def aclose(self) -> None:
+        """Commit what is deferred, wait for queued commits, stop the thread."""
+        ops = self._take()
+        if ops:
+            await self._commit(ops)
+        if self._flushes:
+            await asyncio.gather(*self._flushes)
         self._pool.shutdown(wait=True)
+        self._fast.close()
 
 
 def dumps(data: Any) -> str:

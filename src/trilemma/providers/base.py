@@ -84,7 +84,12 @@ class Completion:
 
 
 class Provider(Protocol):
-    """Anything that can complete a chat request."""
+    """Anything that can complete a chat request.
+
+    A provider may set ``external = False`` when its calls have no effect
+    outside the process (the simulator): their write-ahead journal records are
+    then group-committed instead of committed before each call.
+    """
 
     async def complete(self, request: Request, profile: ModelProfile) -> Completion:
         """Send the request; return the completion or raise a ProviderError."""

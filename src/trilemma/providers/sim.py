@@ -29,6 +29,9 @@ SIM_RETRY_AFTER_S = 0.02
 class SimProvider:
     """Simulated completions; ``seed`` makes a run reproducible."""
 
+    external = False
+    """No one bills a simulated call, so its journal record need not precede it."""
+
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**63)
 

@@ -247,7 +247,7 @@ class Executor:
                 "the run's deadline passed; in-flight calls were cancelled",
             )
         finally:
-            self.writer.close()
+            await self.writer.aclose()
         return await self._finish(s, time.perf_counter() - started)
 
     async def _finish(self, s: _Session, latency: float) -> RunResult:
@@ -262,7 +262,7 @@ class Executor:
                 r.cost_expected for r in self.predicted.per_step if results[r.id].status != "done"
             )
         cost = self.journal.spent(self.run_id)
-        calls = len(self.journal.calls(self.run_id))
+        calls = self.journal.call_count(self.run_id)
         error = None if status == "ok" else s.stop_reason
         self.journal.update_run(
             self.run_id, status=status, finished_at=time.time(), cost_usd=cost, latency_s=latency,
@@ -306,15 +306,12 @@ class Executor:
     async def _attempts(self, s: _Session, step: Step) -> StepResult:
         base = self._messages(step, s)
         spent_before = s.guard.spent
-        state: dict[str, Any] = {"attempt": 0, "feedback": None}
+        state: dict[str, Any] = {"attempt": 0, "feedback": None, "pending": []}
         cached = await self._from_cache(s, step, base) if step.cached else None
         if cached is not None:
             return cached
         try:
-            async for attempt in retrying(step.retries + 1, self.rng):
-                with attempt:
-                    state["attempt"] = attempt.retry_state.attempt_number
-                    answer = await self._attempt(s, step, base, state)
+            answer = await self._retried(s, step, base, state)
         except _Stop:
             return StepResult(
                 "skipped", attempts=state["attempt"] - 1, cost_usd=s.guard.spent - spent_before
@@ -327,14 +324,36 @@ class Executor:
             self._halt(s, "failed", msg)
             return await self._failed(s, step, state, spent_before, msg, "failed")
         cost = s.guard.spent - spent_before
-        await self.writer(
-            self.journal.step_finished, self.run_id, step.id, "done", output=answer.text,
-            attempts=state["attempt"], cost_usd=cost, error=None,
-            run_cost_usd=s.guard.spent, run_calls=s.calls,
-        )  # fmt: skip
+        done = {
+            "status": "done",
+            "output": answer.text,
+            "attempts": state["attempt"],
+            "cost_usd": cost,
+        }
+        self.writer.defer(
+            "attempt_finished", self.run_id, step.id, state["pending"], rejected=False, step=done
+        )
         if step.cached:
             await self._to_cache(step, base, answer.text)
         return StepResult("done", answer.text, state["attempt"], cost)
+
+    async def _retried(
+        self, s: _Session, step: Step, base: list[Message], state: dict[str, Any]
+    ) -> Answer:
+        """The first attempt directly (the common case, kept cheap); any retries through tenacity."""
+        state["attempt"] = 1
+        try:
+            return await self._attempt(s, step, base, state)
+        except Exception as exc:
+            if step.retries == 0 or not getattr(exc, "retryable", False):
+                raise
+            first = exc
+        retry = retrying(step.retries, self.rng, after_failure=first)
+        async for attempt in retry:
+            with attempt:
+                state["attempt"] = attempt.retry_state.attempt_number + 1
+                return await self._attempt(s, step, base, state)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _failed(
         self,
@@ -346,8 +365,8 @@ class Executor:
         status: str,
     ) -> StepResult:
         cost = s.guard.spent - spent_before
-        await self.writer(self.journal.step_finished, self.run_id, step.id, status, output=None,
-                          attempts=state["attempt"], cost_usd=cost, error=msg)  # fmt: skip
+        row = {"status": status, "attempts": state["attempt"], "cost_usd": cost, "error": msg}
+        self.writer.defer("step_finished", self.run_id, step.id, row)
         return StepResult(status, None, state["attempt"], cost, msg)
 
     async def _attempt(
@@ -361,31 +380,36 @@ class Executor:
             prev, reason = state["feedback"]
             messages += [{"role": "assistant", "content": prev},
                          {"role": "user", "content": f"Your answer was rejected: {reason}. Answer again."}]  # fmt: skip
-        call_ids: list[int] = []
+        pending: list[tuple[str, dict[str, Any]]] = []  # answered calls, committed with the verdict
         counter = iter(range(1, 1_000_000))
 
         async def call(msgs: Sequence[Message], role: str) -> Completion:
-            return await self._call(s, step, attempt, next(counter), role, msgs, call_ids)
+            return await self._call(s, step, attempt, next(counter), role, msgs, pending)
 
-        answer = await run_kind(step, messages, call)
         try:
+            answer = await run_kind(step, messages, call)
             if answer.verdict is False:
                 raise GateRejected("the answer is wrong (the simulator's check)")
             gate = self.gates.get(step.id)
             if gate is not None:
                 gate(answer.text)
         except GateRejected as exc:
-            await self.writer(self.journal.mark_rejected, call_ids)
+            self.writer.defer("attempt_finished", self.run_id, step.id, pending, rejected=True)
             if step.gate is None or step.gate.feedback:
                 state["feedback"] = (answer.text, exc.reason)
             raise
+        except BaseException:  # a call failed, the gate broke, or we were cancelled
+            if pending:
+                self.writer.defer("attempt_finished", self.run_id, step.id, pending, rejected=False)
+            raise
+        state["pending"] = pending
         return answer
 
     # ------------------------------------------------------------------ a call
 
     async def _call(
         self, s: _Session, step: Step, attempt: int, index: int, role: str,
-        messages: Sequence[Message], call_ids: list[int],
+        messages: Sequence[Message], pending: list[tuple[str, dict[str, Any]]],
     ) -> Completion:  # fmt: skip
         profile = self.wf.profile(step)
         sim = step.sim
@@ -404,7 +428,7 @@ class Executor:
             if model_slot is not None:
                 await model_slot.acquire(prio)
             try:
-                return await self._send(s, step, attempt, index, role, request, profile, call_ids)
+                return await self._send(s, step, attempt, index, role, request, profile, pending)
             finally:
                 if model_slot is not None:
                     model_slot.release()
@@ -413,7 +437,7 @@ class Executor:
 
     async def _send(
         self, s: _Session, step: Step, attempt: int, index: int, role: str, request: Request,
-        profile: ModelProfile, call_ids: list[int],
+        profile: ModelProfile, pending: list[tuple[str, dict[str, Any]]],
     ) -> Completion:  # fmt: skip
         if step.model in self.rpm:
             await self.rpm[step.model].acquire(1)
@@ -429,30 +453,31 @@ class Executor:
             "reserved_usd": hold.amount, "request_json": dumps(list(request.messages)),
             "started_at": time.time(),
         }  # fmt: skip
-        try:
-            call_id = await self.writer(self.journal.call_started, row)
-        except BaseException:
-            s.guard.release(hold)
-            raise
-        s.calls += 1
-        call_ids.append(call_id)
+        call_id = request.idempotency_key
         provider = self.providers[step.model]
+        if getattr(provider, "external", True):  # it may bill: journal the call before sending it
+            try:
+                await self.writer.write("call_started", row)
+            except BaseException:
+                s.guard.release(hold)
+                raise
+        else:  # the simulator bills nobody: its record rides the next commit
+            self.writer.defer("call_started", row)
+        s.calls += 1
         try:
             async with asyncio.timeout(request.timeout_s):
                 completion = await provider.complete(request, profile)
         except TimeoutError:
             s.guard.release(hold)
-            await self._record_error(call_id, "timeout", f"no answer within {request.timeout_s:g}s")
+            self._record_error(call_id, "timeout", f"no answer within {request.timeout_s:g}s")
             raise ProviderTimeout(f"no answer within {request.timeout_s:g}s") from None
         except ProviderError as exc:
             s.guard.release(hold)
-            await self._record_error(call_id, exc.kind, str(exc))
+            self._record_error(call_id, exc.kind, str(exc))
             raise
         except asyncio.CancelledError:
             s.guard.release(hold)
-            await asyncio.shield(
-                self._record_error(call_id, "cancelled", "cancelled while in flight", None)
-            )
+            self._record_error(call_id, "cancelled", "cancelled while in flight", None)
             raise
         cost = cost_of(profile, completion.usage, hold.amount)
         s.guard.settle(hold, cost)
@@ -460,18 +485,16 @@ class Executor:
         note = None
         if cost > hold.amount + 1e-12:  # only an endpoint misreporting usage can do this
             note = f"billed ${cost:.6f} exceeds the reservation ${hold.amount:.6f}: the endpoint reported more tokens than max_tokens and the prompt allow"
-        await self.writer(self.journal.call_finished, call_id, {
-            "outcome": "ok", "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+        pending.append((call_id, {
+            "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "cost_usd": cost, "latency_s": completion.latency_s, "response": completion.text,
             "finished_at": time.time(), "error": note,
-        })  # fmt: skip
+        }))  # fmt: skip
         self._emit("call", step.id, s)
         return completion
 
-    async def _record_error(
-        self, call_id: int, kind: str, msg: str, cost: float | None = 0.0
-    ) -> None:
-        await self.writer(self.journal.call_finished, call_id, {
+    def _record_error(self, call_id: str, kind: str, msg: str, cost: float | None = 0.0) -> None:
+        self.writer.defer("call_finished", call_id, {
             "outcome": kind, "error": msg[:500], "cost_usd": cost, "finished_at": time.time(),
         })  # fmt: skip
 
@@ -484,7 +507,7 @@ class Executor:
         return hashlib.sha256(dumps(ident).encode()).hexdigest()
 
     async def _from_cache(self, s: _Session, step: Step, base: list[Message]) -> StepResult | None:
-        hit = await self.writer(self.journal.cache_get, self._cache_key(step, base))
+        hit = self.writer.read("cache_get", self._cache_key(step, base))
         if hit is None:
             return None
         row = {
@@ -492,29 +515,30 @@ class Executor:
             "model": step.model, "idempotency_key": f"{self.run_id}:{step.id}:cache",
             "reserved_usd": 0.0, "request_json": dumps(base), "started_at": time.time(),
         }  # fmt: skip
-        call_id = await self.writer(self.journal.call_started, row)
-        await self.writer(self.journal.call_finished, call_id, {
-            "outcome": "ok", "cost_usd": 0.0, "latency_s": 0.0, "cache_hit": 1,
-            "prompt_tokens": hit["prompt_tokens"], "completion_tokens": hit["completion_tokens"],
-            "response": hit["response"], "finished_at": time.time(),
-        })  # fmt: skip
-        await self.writer(self.journal.step_finished, self.run_id, step.id, "done", output=hit["response"],
-                          attempts=1, cost_usd=0.0, error=None)  # fmt: skip
+        self.writer.defer("call_started", row)
+        call_id = row["idempotency_key"]
+        fields = {"cost_usd": 0.0, "latency_s": 0.0, "cache_hit": 1, "response": hit["response"],
+                  "prompt_tokens": hit["prompt_tokens"], "completion_tokens": hit["completion_tokens"],
+                  "finished_at": time.time()}  # fmt: skip
+        done = {"status": "done", "output": hit["response"], "attempts": 1, "cost_usd": 0.0}
+        self.writer.defer(
+            "attempt_finished", self.run_id, step.id, [(call_id, fields)], rejected=False, step=done
+        )
         return StepResult("done", hit["response"], 1, 0.0)
 
     async def _to_cache(self, step: Step, base: list[Message], text: str) -> None:
         row = {"key": self._cache_key(step, base), "model": step.model, "response": text,
                "prompt_tokens": None, "completion_tokens": None, "created_at": time.time()}  # fmt: skip
-        await self.writer(self.journal.call_finished, -1, {"finished_at": time.time()}, row)
+        self.writer.defer("cache_put", row)
 
     # ------------------------------------------------------------------ helpers
 
     def _messages(self, step: Step, s: _Session) -> list[Message]:
         values = {**{k: v or "" for k, v in self.wf.inputs.items()}, **self.inputs}
-        graph = self.wf.edges()
-        for dep in dag.ancestors(graph, step.id):
-            out = s.results.get(dep)
-            values[dep] = out.output if out and out.output is not None else ""
+        for name in [*step.placeholders(), *step.after]:
+            out = s.results.get(name)
+            if out is not None:
+                values[name] = out.output or ""
         if step.prompt is not None:
             prompt = render_template(step.prompt, values)
         else:
@@ -577,8 +601,6 @@ def build_providers(
     wf: Workflow, seed: int | None, overrides: Mapping[str, Provider] | None = None
 ) -> dict[str, Provider]:
     """One provider per model profile: the simulator, or an OpenAI-compatible endpoint."""
-    from trilemma.providers.openai import OpenAIProvider
-
     sim = SimProvider(seed)
     out: dict[str, Provider] = {}
     for name, profile in wf.models.items():
@@ -587,6 +609,8 @@ def build_providers(
         elif profile.runs_on_simulator:
             out[name] = sim
         else:
+            from trilemma.providers.openai import OpenAIProvider  # the SDK loads only when used
+
             out[name] = OpenAIProvider(name, profile)
     return out
 

@@ -45,29 +45,55 @@ def fast_retries() -> Iterator[None]:
         policy.base_s, policy.cap_s = saved
 
 
-class _wait(wait_base):
-    """Retry-After when the provider gave one, else full jitter."""
+def backoff(exc: BaseException | None, failures: int, rng: random.Random) -> float:
+    """Seconds to wait after the ``failures``-th failure: Retry-After if given, else full jitter."""
+    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        return min(exc.retry_after, policy.cap_s)
+    ceiling = min(policy.cap_s, policy.base_s * 2 ** (failures - 1))
+    return rng.uniform(0.0, ceiling)
 
-    def __init__(self, rng: random.Random) -> None:
+
+class _wait(wait_base):
+    """Retry-After when the provider gave one, else full jitter; counts a failure made before."""
+
+    def __init__(self, rng: random.Random, offset: int) -> None:
         self.rng = rng
+        self.offset = offset
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RateLimited) and exc.retry_after is not None:
-            return min(exc.retry_after, policy.cap_s)
-        ceiling = min(policy.cap_s, policy.base_s * 2 ** (state.attempt_number - 1))
-        return self.rng.uniform(0.0, ceiling)
+        return backoff(exc, state.attempt_number + self.offset, self.rng)
 
 
 def _retryable(exc: BaseException) -> bool:
     return bool(getattr(exc, "retryable", False))
 
 
-def retrying(attempts: int, rng: random.Random | None = None) -> AsyncRetrying:
-    """At most ``attempts`` tries of retryable failures; the last error is re-raised."""
+def retrying(
+    attempts: int, rng: random.Random | None = None, *, after_failure: BaseException | None = None
+) -> AsyncRetrying:
+    """At most ``attempts`` tries of retryable failures; the last error is re-raised.
+
+    ``after_failure``: an attempt already failed with this error (made outside
+    tenacity to keep the common first try cheap); the first try here waits for it.
+    """
+    rng = rng or random.Random()
+    offset = 0 if after_failure is None else 1
     return AsyncRetrying(
         stop=stop_after_attempt(attempts),
-        wait=_wait(rng or random.Random()),
+        wait=_wait(rng, offset),
+        before=_sleep_first(after_failure, rng),
         retry=retry_if_exception(_retryable),
         reraise=True,
     )
+
+
+def _sleep_first(exc: BaseException | None, rng: random.Random) -> object:
+    """A ``before`` hook that waits out the backoff of a failure made before tenacity took over."""
+    import asyncio
+
+    async def before(state: RetryCallState) -> None:
+        if exc is not None and state.attempt_number == 1:
+            await asyncio.sleep(backoff(exc, 1, rng))
+
+    return before
