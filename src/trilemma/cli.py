@@ -429,11 +429,20 @@ def runs(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> in
 
     rows = Journal(journal, create=False).runs()
     if as_json:
-        _emit_json([{k: r[k] for k in ("run_id", "status", "started_at", "finished_at", "cost_usd",
-                                       "calls", "latency_s", "spec_source", "error")} for r in rows])  # fmt: skip
+        keys = ("run_id", "status", "cost_usd", "calls", "latency_s", "spec_source", "error")
+        _emit_json([{**{k: r[k] for k in keys}, "started_at": _iso(r["started_at"]),
+                     "finished_at": _iso(r["finished_at"])} for r in rows])  # fmt: skip
     else:
         _out().print(tables.runs_table(rows))
     return 0
+
+
+def _iso(epoch: float | None) -> str | None:
+    import datetime as dt
+
+    if epoch is None:
+        return None
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @app.command()

@@ -7,6 +7,7 @@ a choice is free, so results are deterministic.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 
 __all__ = ["ancestors", "critical_path", "find_cycle", "longest_path", "topo_order"]
@@ -40,7 +41,7 @@ def find_cycle(graph: Graph) -> list[str] | None:
 
 
 def topo_order(graph: Graph) -> list[str]:
-    """Nodes with every dependency before its dependents (Kahn; stable by key order).
+    """Nodes with every dependency before its dependents (Kahn; ties by key order).
 
     Raises ``ValueError`` on a cycle.
     """
@@ -50,26 +51,31 @@ def topo_order(graph: Graph) -> list[str]:
         for dep in set(deps):
             dependents[dep].append(node)
     position = {node: i for i, node in enumerate(graph)}
-    ready = [node for node, n in pending.items() if n == 0]
+    ready = [(position[node], node) for node, n in pending.items() if n == 0]
+    heapq.heapify(ready)
     order: list[str] = []
     while ready:
-        ready.sort(key=position.__getitem__, reverse=True)
-        node = ready.pop()
+        _, node = heapq.heappop(ready)
         order.append(node)
         for child in dependents[node]:
             pending[child] -= 1
             if pending[child] == 0:
-                ready.append(child)
+                heapq.heappush(ready, (position[child], child))
     if len(order) != len(graph):
         raise ValueError(f"cycle through {find_cycle(graph)}")
     return order
 
 
-def longest_path(graph: Graph, weight: Mapping[str, float]) -> tuple[float, list[str]]:
-    """The heaviest path through the DAG, summing node weights: (length, nodes in order)."""
+def longest_path(
+    graph: Graph, weight: Mapping[str, float], order: Sequence[str] | None = None
+) -> tuple[float, list[str]]:
+    """The heaviest path through the DAG, summing node weights: (length, nodes in order).
+
+    ``order``: a topological order of ``graph``, when the caller has one.
+    """
     finish: dict[str, float] = {}
     via: dict[str, str | None] = {}
-    for node in topo_order(graph):
+    for node in order if order is not None else topo_order(graph):
         best, prev = 0.0, None
         for dep in graph[node]:
             if prev is None or finish[dep] > best:

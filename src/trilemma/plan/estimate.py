@@ -16,6 +16,7 @@ A cached step costs nothing, takes :data:`CACHE_HIT_LATENCY_S` and succeeds.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -163,6 +164,13 @@ class Estimate:
         return {
             "steps": len(self.per_step),
             "per_step": [s.to_json() for s in self.per_step],
+            **{k: v for k, v in self.summary().items() if k != "steps"},
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The workflow's figures without the per-step rows."""
+        return {
+            "steps": len(self.per_step),
             "calls": {
                 "book": self.calls_book,
                 "expected": _r(self.calls_expected),
@@ -220,17 +228,12 @@ def estimate(wf: Workflow) -> Estimate:
     """Analytic cost, latency and reliability of a workflow."""
     rows = {s.id: step_estimate(wf, s) for s in wf.steps}
     graph = wf.edges()
-    length, path = dag.longest_path(graph, {i: r.latency_s for i, r in rows.items()})
+    order = dag.topo_order(graph)
+    length, path = dag.longest_path(graph, {i: r.latency_s for i, r in rows.items()}, order)
     expected, _ = dag.longest_path(
-        graph, {i: r.latency_s * r.attempts_expected for i, r in rows.items()}
+        graph, {i: r.latency_s * r.attempts_expected for i, r in rows.items()}, order
     )
-    worst, _ = dag.longest_path(graph, {i: r.latency_worst_s for i, r in rows.items()})
-    on_path = set(path)
-    per_step = tuple(
-        StepEstimate(**{**_fields(r), "critical": r.id in on_path}) for r in rows.values()
-    )
-    return Estimate(per_step, tuple(path), length, expected, worst)
-
-
-def _fields(row: StepEstimate) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in StepEstimate.__slots__}
+    worst, _ = dag.longest_path(graph, {i: r.latency_worst_s for i, r in rows.items()}, order)
+    for sid in path:
+        rows[sid] = dataclasses.replace(rows[sid], critical=True)
+    return Estimate(tuple(rows.values()), tuple(path), length, expected, worst)

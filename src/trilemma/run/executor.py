@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import random
 import secrets
@@ -160,9 +159,14 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
 
 
-def spec_hash(wf: Workflow) -> str:
-    """A fingerprint of the validated spec."""
-    return hashlib.sha256(dumps(wf.model_dump(mode="json")).encode()).hexdigest()
+def spec_json(wf: Workflow) -> str:
+    """The validated spec as the journal keeps it."""
+    return wf.model_dump_json()
+
+
+def spec_hash(text: str) -> str:
+    """A fingerprint of a spec's journal text."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class _Stop(Exception):
@@ -196,6 +200,7 @@ class Executor:
         source: str,
         gates: dict[str, Check],
         seed: int | None,
+        predicted: Estimate,
         on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self.wf = wf
@@ -208,7 +213,7 @@ class Executor:
         self.gates = gates
         self.on_event = on_event
         self.rng = random.Random(seed)
-        self.predicted = estimate(wf)
+        self.predicted = predicted
         self.priority = _remaining_path(wf, self.predicted)
         self.slots = PriorityLimiter(wf.concurrency)
         self.model_slots = {
@@ -648,16 +653,18 @@ def execute(
     deadline = deadline_s if deadline_s is not None else wf.budget.deadline_s
     run_id = new_run_id()
     now = time.time()
+    predicted = estimate(wf)
+    text = spec_json(wf)
     journal.create_run({
-        "run_id": run_id, "spec_source": source, "spec_json": dumps(wf.model_dump(mode="json")),
-        "spec_hash": spec_hash(wf), "inputs_json": dumps(values), "seed": seed,
+        "run_id": run_id, "spec_source": source, "spec_json": text,
+        "spec_hash": spec_hash(text), "inputs_json": dumps(values), "seed": seed,
         "max_cost_usd": ceiling, "deadline_at": now + deadline if deadline is not None else None,
-        "status": "running", "started_at": now, "predicted_json": json.dumps(estimate(wf).to_json()),
+        "status": "running", "started_at": now, "predicted_json": dumps(predicted.summary()),
         "pid": os.getpid(),
     })  # fmt: skip
     session = _Session(SpendGuard(ceiling), Clock(now + deadline if deadline is not None else None))
     ex = Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=provs,
-                  source=source, gates=gates, seed=seed, on_event=on_event)  # fmt: skip
+                  source=source, gates=gates, seed=seed, predicted=predicted, on_event=on_event)  # fmt: skip
     return asyncio.run(_run_and_close(ex, session, {}, provs))
 
 

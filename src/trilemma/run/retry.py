@@ -8,9 +8,10 @@ testing mode: the same policy with no waiting.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -88,9 +89,10 @@ def retrying(
     )
 
 
-def _sleep_first(exc: BaseException | None, rng: random.Random) -> object:
+def _sleep_first(
+    exc: BaseException | None, rng: random.Random
+) -> Callable[[RetryCallState], Awaitable[None]]:
     """A ``before`` hook that waits out the backoff of a failure made before tenacity took over."""
-    import asyncio
 
     async def before(state: RetryCallState) -> None:
         if exc is not None and state.attempt_number == 1:

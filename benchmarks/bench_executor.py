@@ -1,0 +1,196 @@
+"""Executor overhead per step: trilemma (journal on) beside plain asyncio and LangGraph.
+
+Every system runs the same graphs of zero-latency calls, so all the time is
+overhead. They run interleaved, round by round, in one process, and the figures
+that matter are the ratios. A third workload gives every call 20 ms and checks
+that a wide random DAG finishes close to its critical path.
+
+LangGraph is not a trilemma dependency: ``benchmarks/run_executor_bench.sh``
+builds a separate environment with it. Without it the LangGraph column is
+left out (and the script says so).
+
+    python benchmarks/bench_executor.py [--rounds 3] [--chain 2000] [--dag 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import operator
+import platform
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from trilemma import estimate, workflow_from_dict
+from trilemma.journal import Journal
+from trilemma.run.executor import execute
+from trilemma.testing import FunctionProvider
+
+ROOT = Path(__file__).resolve().parents[1]
+Graph = dict[str, list[str]]
+
+
+def chain(n: int) -> Graph:
+    return {f"s{i}": ([f"s{i - 1}"] if i else []) for i in range(n)}
+
+
+def random_dag(n: int, seed: int = 7, max_deps: int = 3) -> Graph:
+    rng = random.Random(seed)
+    return {
+        f"s{i}": sorted({f"s{rng.randrange(i)}" for _ in range(rng.randint(0, max_deps))}) if i else []
+        for i in range(n)
+    }
+
+
+def spec(graph: Graph, latency: float) -> Any:
+    return workflow_from_dict({
+        "version": 1, "concurrency": 10_000,
+        "models": {"m": {"usd_per_call": 0.0, "latency_s": max(latency, 1e-9), "p_ok": 1.0}},
+        "steps": [{"id": k, "model": "m", "after": v} for k, v in graph.items()],
+    })  # fmt: skip
+
+
+class DurableInstant(FunctionProvider):
+    """A zero-latency provider that says it may bill: every call is journaled before it is sent."""
+
+    external = True
+
+    def __init__(self) -> None:
+        async def answer(request: Any) -> str:
+            await asyncio.sleep(0)
+            return "ok"
+
+        super().__init__(answer)
+
+
+def run_trilemma(graph: Graph, latency: float, durable: bool = False) -> float:
+    wf = spec(graph, latency)
+    with tempfile.TemporaryDirectory() as d:
+        journal = Journal(Path(d) / "bench.db")
+        providers = {"m": DurableInstant()} if durable else None
+        started = time.perf_counter()
+        result = execute(wf, journal=journal, seed=1, providers=providers)
+        elapsed = time.perf_counter() - started
+        assert result.status == "ok", result.error
+        journal.close()
+    return elapsed
+
+
+def run_asyncio(graph: Graph, latency: float) -> float:
+    async def main() -> None:
+        done = {k: asyncio.Event() for k in graph}
+
+        async def node(k: str) -> None:
+            for d in graph[k]:
+                await done[d].wait()
+            await asyncio.sleep(latency)
+            done[k].set()
+
+        async with asyncio.TaskGroup() as tg:
+            for k in graph:
+                tg.create_task(node(k))
+
+    started = time.perf_counter()
+    asyncio.run(main())
+    return time.perf_counter() - started
+
+
+def langgraph_app(graph: Graph, latency: float) -> Any | None:
+    try:
+        from langgraph.graph import END, START, StateGraph
+    except ImportError:
+        return None
+    from typing import TypedDict
+
+    class State(TypedDict):
+        count: Annotated[int, operator.add]
+
+    g = StateGraph(State)
+    for k in graph:
+
+        async def node(state: State) -> dict[str, int]:
+            await asyncio.sleep(latency)
+            return {"count": 1}
+
+        g.add_node(k, node)
+    children = {k: 0 for k in graph}
+    for k, deps in graph.items():
+        if not deps:
+            g.add_edge(START, k)
+        elif len(deps) == 1:
+            g.add_edge(deps[0], k)
+        else:
+            g.add_edge(deps, k)  # waits for every dependency
+        for d in deps:
+            children[d] += 1
+    for k, n in children.items():
+        if n == 0:
+            g.add_edge(k, END)
+    return g.compile()
+
+
+def run_langgraph(app: Any, steps: int) -> float:
+    started = time.perf_counter()
+    out = asyncio.run(app.ainvoke({"count": 0}, {"recursion_limit": steps * 4 + 100}))
+    elapsed = time.perf_counter() - started
+    assert out["count"] == steps, out
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--chain", type=int, default=2000)
+    ap.add_argument("--dag", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "executor.json")
+    args = ap.parse_args()
+    workloads = {f"{args.chain}-step chain": chain(args.chain), f"{args.dag}-node random DAG": random_dag(args.dag)}
+    rows = []
+    for name, graph in workloads.items():
+        n = len(graph)
+        app = langgraph_app(graph, 0.0)
+        times: dict[str, list[float]] = {"trilemma": [], "trilemma, durable write-ahead": [], "asyncio": []}
+        if app is not None:
+            times["langgraph"] = []
+        for _ in range(args.rounds):
+            times["trilemma"].append(run_trilemma(graph, 0.0))
+            times["trilemma, durable write-ahead"].append(run_trilemma(graph, 0.0, durable=True))
+            times["asyncio"].append(run_asyncio(graph, 0.0))
+            if app is not None:
+                times["langgraph"].append(run_langgraph(app, n))
+        per_step = {k: statistics.median(v) / n * 1e6 for k, v in times.items()}
+        row: dict[str, Any] = {"workload": name, "steps": n, "us_per_step": per_step}
+        if "langgraph" in per_step:
+            row["langgraph_over_trilemma"] = per_step["langgraph"] / per_step["trilemma"]
+            row["langgraph_over_trilemma_durable"] = per_step["langgraph"] / per_step["trilemma, durable write-ahead"]
+        rows.append(row)
+        cells = "  ".join(f"{k} {v:7.1f}" for k, v in per_step.items())
+        ratio = f"  LangGraph/trilemma {row['langgraph_over_trilemma']:.1f}x" if "langgraph" in per_step else ""
+        print(f"{name:24s} µs/step: {cells}{ratio}")
+    if not any("langgraph" in r["us_per_step"] for r in rows):
+        print("LangGraph is not installed here: run benchmarks/run_executor_bench.sh for its column.")
+    # Fan-out: wide random DAGs with real latency; wall clock against the planner's critical path.
+    fanout = []
+    for nodes, latency in ((200, 0.1), (args.dag, 0.02)):
+        graph = random_dag(nodes, seed=11)
+        critical = estimate(spec(graph, latency)).latency_critical_s
+        fan = statistics.median(run_trilemma(graph, latency) for _ in range(args.rounds))
+        base = statistics.median(run_asyncio(graph, latency) for _ in range(args.rounds))
+        print(f"fan-out, {nodes} nodes x {latency * 1000:.0f} ms: critical path {critical:.3f}s, "
+              f"trilemma {fan:.3f}s ({fan / critical:.3f}x), plain asyncio {base:.3f}s "
+              f"({base / critical:.3f}x)")  # fmt: skip
+        fanout.append({"nodes": nodes, "latency_s": latency, "critical_path_s": critical,
+                       "trilemma_s": fan, "asyncio_s": base,
+                       "trilemma_over_critical_path": fan / critical})  # fmt: skip
+    meta = {"python": platform.python_version(), "machine": platform.machine(), "rounds": args.rounds}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "overhead": rows, "fanout": fanout}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
