@@ -393,3 +393,21 @@ def test_ledger_of_an_unknown_run_is_bad_input(cli, tmp_path: Path) -> None:
     assert r.code == 2 and "trilemma runs" in r.err
     missing = cli("runs", "--journal", tmp_path / "none.db")
     assert missing.code == 2 and "no journal" in missing.err
+
+
+def test_same_seed_same_outcomes_across_runs(tmp_path: Path) -> None:
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 0.5, latency_jitter: 0.3}",
+                [f"{{id: s{i}, model: m, retries: 5}}" for i in range(10)])  # fmt: skip
+    a, ja = run(text, tmp_path, seed=11)
+    b, jb = run(text, tmp_path, seed=11)
+    c, _ = run(text, tmp_path, seed=12)
+    assert a.run_id != b.run_id
+
+    def outcomes(j: Journal, run_id: str) -> list[tuple[str, int, str]]:
+        return sorted((x["step_id"], x["attempt"], x["outcome"]) for x in j.calls(run_id))
+
+    assert outcomes(ja, a.run_id) == outcomes(jb, b.run_id)  # concurrent calls may interleave
+    assert a.cost_usd == b.cost_usd
+    assert {k: s.attempts for k, s in a.steps.items()} != {
+        k: s.attempts for k, s in c.steps.items()
+    }

@@ -54,6 +54,8 @@ class Request:
     """Seconds the attempt may take."""
     idempotency_key: str
     """Stable per (run, step, attempt, call): sent where a provider accepts one."""
+    call_key: str = ""
+    """``step:attempt:call``, the same in every run of a spec (the simulator seeds from it)."""
     temperature: float | None = None
     """Sampling temperature, if the profile sets one."""
     p_ok: float = 1.0

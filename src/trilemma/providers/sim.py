@@ -3,8 +3,9 @@
 Each call waits the profile's ``latency_s`` (times a lognormal ``latency_jitter``
 factor), may raise an injected fault, and otherwise answers right with
 probability ``p_ok``. Every draw comes from a generator seeded by the run's seed
-and the call's idempotency key, so a call gives the same answer whatever the
-scheduling order, and a resumed run the same outputs as an uninterrupted one.
+and the call's place (step, attempt, call), so a call gives the same answer
+whatever the scheduling order, two runs with one seed the same outcomes, and a
+resumed run the same outputs as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class SimProvider:
 
     async def complete(self, request: Request, profile: ModelProfile) -> Completion:
         """Wait, maybe fail, then answer right with probability ``p_ok``."""
-        rng = self._rng(request.idempotency_key)
+        rng = self._rng(request.call_key or request.idempotency_key)
         latency = profile.latency_s * _jitter(profile.latency_jitter, rng)
         f = profile.faults
         u = rng.random()

@@ -422,6 +422,7 @@ class Executor:
             model=step.model, messages=tuple(messages),
             max_tokens=step.max_tokens or profile.max_tokens, timeout_s=profile.timeout_s,
             idempotency_key=f"{self.run_id}:{step.id}:{attempt}:{index}",
+            call_key=f"{step.id}:{attempt}:{index}",
             temperature=profile.temperature, p_ok=self.wf.p_ok(step),
             sim_ok=_fill(sim.ok, step.id, attempt),
             sim_bad=_fill(sim.bad, step.id, attempt),
