@@ -437,6 +437,89 @@ def runs(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> in
     return 0
 
 
+@app.command("resume")
+def resume_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run to finish (see trilemma runs).")],
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    deadline: Annotated[
+        float | None, typer.Option(min=0.0, help="A new deadline, seconds from now.")
+    ] = None,
+    max_cost: Annotated[
+        float | None, typer.Option(min=0.0, help="A new cost ceiling for the whole run, $.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Resume even though the spec file changed.")] = False,
+    as_json: JsonFlag = False,
+) -> int:
+    """Finish an interrupted run: steps the journal holds as done are not called again.
+
+    Example: trilemma resume 20261124T053000Z-1a2b3c4d
+    """
+    from trilemma.journal import Journal
+    from trilemma.run.executor import resume
+
+    j = Journal(journal, create=False)
+    row = j.run(run_id)
+    steps = len(json.loads(row["spec_json"])["steps"]) if row else 0
+    with _RunDisplay(
+        steps, max_cost or (row or {}).get("max_cost_usd"), deadline, enabled=not as_json
+    ) as display:
+        result = resume(j, run_id, deadline_s=deadline, max_cost_usd=max_cost, force=force,
+                        on_event=display.update)  # fmt: skip
+    return _report_run(result, as_json)
+
+
+@app.command()
+def export(
+    run_id: Annotated[str, typer.Argument(help="The run to export.")],
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+) -> int:
+    """A run as JSON Lines: one record for the run, then one per step, then one per call.
+
+    Example: trilemma export 20261124T053000Z-1a2b3c4d --out run.jsonl
+    """
+    from trilemma.journal import Journal
+
+    j = Journal(journal, create=False)
+    if j.run(run_id) is None:
+        raise UsageError(
+            f"run {run_id!r} is not in {journal}; `trilemma runs` lists the runs there"
+        )
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in j.export(run_id))
+    if out is None:
+        sys.stdout.write(lines)
+    else:
+        _write_atomic(out, lines)
+    return 0
+
+
+@app.command()
+def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> int:
+    """Check a journal: integrity, schema version, interrupted runs, calls left in flight.
+
+    Example: trilemma doctor --journal .trilemma/trilemma.db
+    """
+    from trilemma.journal import Journal
+
+    report = Journal(journal, create=False).check()
+    healthy = report["integrity"] == "ok"
+    if as_json:
+        _emit_json({**report, "healthy": healthy})
+    else:
+        console = _out()
+        console.print(f"journal {report['journal']}: schema {report['schema_version']} "
+                      f"(this trilemma knows {report['schema_known']}), {report['runs']} runs")  # fmt: skip
+        console.print(f"integrity: {report['integrity']}")
+        for run_id in report["interrupted_runs"]:
+            console.print(f"interrupted run {run_id}: finish it with `trilemma resume {run_id}`")
+        for c in report["orphaned_in_flight_calls"]:
+            console.print(f"in flight at the crash (may have been billed): run {c['run_id']} step "
+                          f"{c['step_id']} attempt {c['attempt']} call {c['call']} ({c['model']})")  # fmt: skip
+        if healthy and not report["interrupted_runs"]:
+            console.print("all good")
+    return 0 if healthy else 1
+
+
 def _iso(epoch: float | None) -> str | None:
     import datetime as dt
 

@@ -93,8 +93,14 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
+def m002_call_sends(db: sqlite3.Connection) -> None:
+    """How many times a call was sent: 2 when a resume re-sent a call that was in flight at a crash."""
+    db.execute("ALTER TABLE calls ADD COLUMN sends INTEGER NOT NULL DEFAULT 1")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", m001_initial),
+    ("m002_call_sends", m002_call_sends),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

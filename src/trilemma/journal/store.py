@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -204,7 +205,7 @@ class Journal:
         updates = ", ".join(f"{k} = excluded.{k}" for k in row if k != "idempotency_key")
         db.execute(
             f"INSERT INTO calls ({cols}, state) VALUES ({marks}, 'started') "
-            f"ON CONFLICT(idempotency_key) DO UPDATE SET {updates}, state = 'started', "
+            f"ON CONFLICT(idempotency_key) DO UPDATE SET {updates}, state = 'started', sends = sends + 1, "
             "outcome = NULL, error = NULL, cost_usd = NULL, finished_at = NULL",
             tuple(row.values()),
         )
@@ -295,6 +296,41 @@ class Journal:
             ).fetchone()
         return float(row[0])
 
+    def check(self) -> dict[str, Any]:
+        """What ``trilemma doctor`` reports: integrity, schema, interrupted runs, calls in flight."""
+        with map_sqlite_errors(self.path):
+            integrity = [r[0] for r in self.db.execute("PRAGMA integrity_check")]
+            running = self._rows(
+                "SELECT run_id, pid, started_at FROM runs WHERE status = 'running'"
+            )
+            in_flight = self._rows(
+                "SELECT c.run_id, c.step_id, c.attempt, c.call, c.model, c.reserved_usd "
+                "FROM calls c JOIN runs r ON r.run_id = c.run_id WHERE c.state = 'started' "
+                "ORDER BY c.id"
+            )
+        interrupted = [r for r in running if not _alive(r["pid"])]
+        dead = {r["run_id"] for r in interrupted}
+        return {
+            "journal": str(self.path),
+            "schema_version": self.schema_version,
+            "schema_known": SCHEMA_VERSION,
+            "integrity": "ok" if integrity == ["ok"] else integrity,
+            "runs": int(self.db.execute("SELECT count(*) FROM runs").fetchone()[0]),
+            "interrupted_runs": [r["run_id"] for r in interrupted],
+            "orphaned_in_flight_calls": [c for c in in_flight if c["run_id"] in dead],
+        }
+
+    def export(self, run_id: str) -> Iterator[dict[str, Any]]:
+        """A run as records: the run, then its steps, then its calls."""
+        run = self.run(run_id)
+        if run is None:
+            return
+        yield {"type": "run", **run}
+        for step in self.steps(run_id).values():
+            yield {"type": "step", **step}
+        for call in self.calls(run_id):
+            yield {"type": "call", **call}
+
     def call_count(self, run_id: str) -> int:
         """Calls sent for a run (answered or not)."""
         with map_sqlite_errors(self.path):
@@ -384,6 +420,19 @@ class JournalWriter:
             await asyncio.gather(*self._flushes)
         self._pool.shutdown(wait=True)
         self._fast.close()
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether a process of this machine still runs (a run whose process is gone was interrupted)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def dumps(data: Any) -> str:

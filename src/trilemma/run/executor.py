@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import random
 import secrets
@@ -43,9 +44,16 @@ from trilemma.run.gates import Check, build_gate
 from trilemma.run.limits import PriorityLimiter, RateLimiter
 from trilemma.run.retry import retrying
 from trilemma.run.steps import Answer, run_kind
-from trilemma.spec import ModelProfile, Step, Workflow, render_template
+from trilemma.spec import (
+    ModelProfile,
+    Step,
+    Workflow,
+    load_workflow,
+    render_template,
+    workflow_from_dict,
+)
 
-__all__ = ["Event", "RunResult", "StepResult", "execute", "new_run_id"]
+__all__ = ["Event", "RunResult", "StepResult", "changed_steps", "execute", "new_run_id", "resume"]
 
 DEFAULT_PROMPT = "Task: {step}.\n{context}"
 STATUSES = ("ok", "budget_exhausted", "deadline", "failed")
@@ -214,6 +222,8 @@ class Executor:
         self.on_event = on_event
         self.rng = random.Random(seed)
         self.predicted = predicted
+        self.resume_from: dict[str, tuple[int, int]] = {}
+        """Per step: (the attempt to start at, attempts left), for a resumed run."""
         self.priority = _remaining_path(wf, self.predicted)
         self.slots = PriorityLimiter(wf.concurrency)
         self.model_slots = {
@@ -345,18 +355,23 @@ class Executor:
     async def _retried(
         self, s: _Session, step: Step, base: list[Message], state: dict[str, Any]
     ) -> Answer:
-        """The first attempt directly (the common case, kept cheap); any retries through tenacity."""
-        state["attempt"] = 1
+        """The first attempt directly (the common case, kept cheap); any retries through tenacity.
+
+        A resumed step starts at the attempt the journal says comes next (re-sending one
+        that was in flight under its own idempotency keys) with the retries it has left.
+        """
+        first_no, left = self.resume_from.get(step.id, (1, step.retries + 1))
+        state["attempt"] = first_no
         try:
             return await self._attempt(s, step, base, state)
         except Exception as exc:
-            if step.retries == 0 or not getattr(exc, "retryable", False):
+            if left <= 1 or not getattr(exc, "retryable", False):
                 raise
             first = exc
-        retry = retrying(step.retries, self.rng, after_failure=first)
+        retry = retrying(left - 1, self.rng, after_failure=first)
         async for attempt in retry:
             with attempt:
-                state["attempt"] = attempt.retry_state.attempt_number + 1
+                state["attempt"] = first_no + attempt.retry_state.attempt_number
                 return await self._attempt(s, step, base, state)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
@@ -654,19 +669,100 @@ def execute(
     deadline = deadline_s if deadline_s is not None else wf.budget.deadline_s
     run_id = new_run_id()
     now = time.time()
+    deadline_at = now + deadline if deadline is not None else None
     predicted = estimate(wf)
     text = spec_json(wf)
     journal.create_run({
         "run_id": run_id, "spec_source": source, "spec_json": text,
         "spec_hash": spec_hash(text), "inputs_json": dumps(values), "seed": seed,
-        "max_cost_usd": ceiling, "deadline_at": now + deadline if deadline is not None else None,
+        "max_cost_usd": ceiling, "deadline_at": deadline_at,
         "status": "running", "started_at": now, "predicted_json": dumps(predicted.summary()),
         "pid": os.getpid(),
     })  # fmt: skip
-    session = _Session(SpendGuard(ceiling), Clock(now + deadline if deadline is not None else None))
+    session = _Session(SpendGuard(ceiling), Clock(deadline_at))
     ex = Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=provs,
                   source=source, gates=gates, seed=seed, predicted=predicted, on_event=on_event)  # fmt: skip
     return asyncio.run(_run_and_close(ex, session, {}, provs))
+
+
+def changed_steps(old: Workflow, new: Workflow) -> list[str]:
+    """Steps whose definition (or model profile) differs, and steps added or removed."""
+    before = {s.id: (s.model_dump(), old.models[s.model].model_dump()) for s in old.steps}
+    after = {s.id: (s.model_dump(), new.models[s.model].model_dump()) for s in new.steps}
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def resume(
+    journal: Journal,
+    run_id: str,
+    *,
+    deadline_s: float | None = None,
+    max_cost_usd: float | None = None,
+    force: bool = False,
+    providers: Mapping[str, Provider] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> RunResult:
+    """Finish an interrupted run; a step the journal holds as done is never run again.
+
+    The spend before the crash counts against the ceiling, and the original
+    deadline holds unless ``deadline_s`` gives a new one (from now).
+    """
+    row = journal.run(run_id)
+    if row is None:
+        raise UsageError(
+            f"run {run_id!r} is not in {journal.path}; `trilemma runs` lists the runs there"
+        )
+    wf = workflow_from_dict(json.loads(row["spec_json"]), f"{journal.path}:{run_id}")
+    source = row["spec_source"]
+    changed: list[str] = []
+    if Path(source).is_file():
+        current = load_workflow(source)
+        if spec_json(current) != row["spec_json"]:
+            changed = changed_steps(wf, current)
+            if not force:
+                names = ", ".join(changed) or "models or settings"
+                raise UsageError(
+                    f"{source} changed since run {run_id} started (steps: {names}); restore it, "
+                    "or resume with --force to run the new spec (changed steps run again)"
+                )
+            wf = current
+    gates = build_gates(wf, source)
+    provs = build_providers(wf, row["seed"], providers)
+    ceiling = max_cost_usd if max_cost_usd is not None else row["max_cost_usd"]
+    deadline_at = time.time() + deadline_s if deadline_s is not None else row["deadline_at"]
+    ids = {s.id for s in wf.steps}
+    done = {k: v for k, v in journal.steps(run_id).items()
+            if v["status"] == "done" and k in ids and k not in changed}  # fmt: skip
+    journal.update_run(run_id, status="running", pid=os.getpid(), finished_at=None, error=None,
+                       max_cost_usd=ceiling, deadline_at=deadline_at)  # fmt: skip
+    session = _Session(SpendGuard(ceiling, spent=journal.spent(run_id)), Clock(deadline_at))
+    ex = Executor(wf, journal=journal, run_id=run_id, inputs=json.loads(row["inputs_json"]),
+                  providers=provs, source=source, gates=gates, seed=row["seed"],
+                  predicted=estimate(wf), on_event=on_event)  # fmt: skip
+    ex.resume_from = _resume_points(wf, journal.calls(run_id), done, changed)
+    return asyncio.run(_run_and_close(ex, session, done, provs))
+
+
+def _resume_points(
+    wf: Workflow, calls: list[dict[str, Any]], done: Mapping[str, Any], changed: list[str]
+) -> dict[str, tuple[int, int]]:
+    """Per unfinished step: the attempt to start at and how many it has left.
+
+    An attempt with a call still in flight is re-sent as itself (same keys, same
+    ledger rows); otherwise the next attempt follows the last one journaled.
+    A step always gets at least one attempt.
+    """
+    out: dict[str, tuple[int, int]] = {}
+    for step in wf.steps:
+        if step.id in done or step.id in changed:
+            continue
+        mine = [c for c in calls if c["step_id"] == step.id and c["role"] != "cache"]
+        if not mine:
+            continue
+        in_flight = [c["attempt"] for c in mine if c["state"] == "started"]
+        start = min(in_flight) if in_flight else max(c["attempt"] for c in mine) + 1
+        out[step.id] = (start, max(1, step.retries + 2 - start))
+    return out
 
 
 async def _run_and_close(

@@ -3,13 +3,15 @@
 A step's ``retries`` caps its extra attempts, whatever failed: a provider
 error, a malformed answer or a gate's rejection. Fatal errors, a refused
 budget and a passed deadline are never retried. :func:`fast_retries` is the
-testing mode: the same policy with no waiting.
+testing mode: the same policy with no waiting (``TRILEMMA_FAST_RETRIES=1`` in the
+environment sets it for a whole process).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ class RetryPolicy:
 
 
 policy = RetryPolicy()
+if os.environ.get("TRILEMMA_FAST_RETRIES"):  # the testing mode, for a test's child processes
+    policy.base_s = policy.cap_s = 0.0
 
 
 @contextlib.contextmanager

@@ -1,0 +1,5 @@
+"""``python -m trilemma``: the same as the ``trilemma`` command."""
+
+from trilemma.cli import run
+
+run()

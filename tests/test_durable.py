@@ -1,0 +1,272 @@
+"""Durable runs: crash and resume without paying twice; one journal, many processes; bad journals."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trilemma import parse_workflow
+from trilemma.errors import JournalError, NotAJournal
+from trilemma.journal import Journal
+from trilemma.journal.store import map_sqlite_errors
+from trilemma.run.executor import execute
+from trilemma.testing import fast_retries
+
+from .durable_helpers import CHAIN_SPEC, ledger_key, start_and_kill
+
+
+@pytest.fixture
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, dict]:
+    """An uninterrupted run of the 20-step chain with seed 5."""
+    d = tmp_path_factory.mktemp("baseline")
+    journal = Journal(d / "j.db")
+    with fast_retries():
+        r = execute(parse_workflow(CHAIN_SPEC), journal=journal, seed=5)
+    assert r.status == "ok"
+    return ledger_key(journal, r.run_id), r.outputs
+
+
+@pytest.mark.parametrize("kill_after", [0.0, 0.05, 0.15, 0.3, 0.6])
+def test_killed_run_resumes_billing_every_call_once(
+    cli, tmp_path: Path, baseline, kill_after: float
+) -> None:
+    expected_ledger, expected_outputs = baseline
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(CHAIN_SPEC)
+    db = tmp_path / "j.db"
+    run_id = start_and_kill(spec, db, kill_after)
+    assert run_id is not None
+    in_flight = {
+        c["idempotency_key"]
+        for c in Journal(db, create=False).calls(run_id)
+        if c["state"] == "started"
+    }
+    with fast_retries():
+        r = cli("resume", run_id, "--journal", db, "--json")
+    assert r.code == 0, r.err
+    d = r.json()
+    assert d["status"] == "ok"
+    assert d["outputs"] == expected_outputs
+    journal = Journal(db, create=False)
+    assert ledger_key(journal, run_id) == expected_ledger  # nothing lost, nothing paid twice
+    for c in journal.calls(run_id):  # only a call in flight at the crash is sent again
+        assert c["sends"] == (2 if c["idempotency_key"] in in_flight else 1), c
+    assert d["cost_usd"] == pytest.approx(sum(c[4] or 0 for c in expected_ledger))
+    assert journal.check()["integrity"] == "ok"
+
+
+def test_a_call_in_flight_at_the_kill_is_resent_under_its_own_key(
+    cli, tmp_path: Path, baseline
+) -> None:
+    expected_ledger, _ = baseline
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(CHAIN_SPEC)
+    rng = random.Random(3)
+    for attempt in range(20):  # kill until a call is caught in flight (most kills do)
+        db = tmp_path / f"j{attempt}.db"
+        run_id = start_and_kill(spec, db, rng.uniform(0.02, 0.4))
+        assert run_id is not None
+        calls = Journal(db, create=False).calls(run_id)
+        in_flight = {c["idempotency_key"] for c in calls if c["state"] == "started"}
+        if in_flight:
+            break
+    assert in_flight, "no kill landed while a call was in flight"
+    with fast_retries():
+        assert cli("resume", run_id, "--journal", db).code == 0
+    journal = Journal(db, create=False)
+    assert ledger_key(journal, run_id) == expected_ledger
+    resent = {c["idempotency_key"] for c in journal.calls(run_id) if c["sends"] == 2}
+    assert resent == in_flight
+
+
+def test_doctor_reports_the_interrupted_run_until_it_is_resumed(cli, tmp_path: Path) -> None:
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(CHAIN_SPEC)
+    db = tmp_path / "j.db"
+    run_id = start_and_kill(spec, db, 0.1)
+    before = cli("doctor", "--journal", db, "--json").json()
+    assert before["healthy"] and before["integrity"] == "ok"
+    assert before["interrupted_runs"] == [run_id]
+    text = cli("doctor", "--journal", db)
+    assert f"trilemma resume {run_id}" in text.out
+    assert cli("resume", run_id, "--journal", db).code == 0
+    after = cli("doctor", "--journal", db, "--json").json()
+    assert after["interrupted_runs"] == [] and after["orphaned_in_flight_calls"] == []
+
+
+def test_steps_done_before_the_crash_are_not_called_again(cli, tmp_path: Path) -> None:
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(CHAIN_SPEC)
+    db = tmp_path / "j.db"
+    run_id = start_and_kill(spec, db, 0.3)
+    done_before = set(Journal(db, create=False).steps(run_id))
+    d = cli("resume", run_id, "--journal", db, "--json").json()
+    from_journal = {k for k, s in d["steps"].items() if s["from_journal"]}
+    assert from_journal == done_before
+
+
+def test_resume_counts_spend_before_the_crash_against_the_ceiling(cli, tmp_path: Path) -> None:
+    spec = tmp_path / "wide.yaml"
+    spec.write_text("version: 1\nmodels:\n  m: {usd_per_call: 0.01, latency_s: 0.05, p_ok: 1.0}\nsteps:\n"
+                    + "\n".join(f"  - {{id: s{i}, model: m, after: [{'s' + str(i - 1) if i else ''}]}}"
+                                .replace("after: []", "after: []") for i in range(30))
+                    + "\nbudget: {max_cost_usd: 0.205}\n")  # fmt: skip
+    db = tmp_path / "j.db"
+    run_id = start_and_kill(spec, db, 0.4)
+    spent = Journal(db, create=False).spent(run_id)
+    d = cli("resume", run_id, "--journal", db, "--json").json()
+    assert d["status"] == "budget_exhausted"
+    assert d["cost_usd"] <= 0.205 + 1e-12
+    assert d["cost_usd"] >= spent
+    assert len(d["outputs"]) == 20
+    more = cli("resume", run_id, "--journal", db, "--max-cost", "1", "--json").json()
+    assert more["status"] == "ok" and more["cost_usd"] == pytest.approx(0.30)
+
+
+def test_resume_keeps_the_original_deadline_unless_given_a_new_one(cli, tmp_path: Path) -> None:
+    spec = tmp_path / "slow.yaml"
+    spec.write_text("version: 1\nmodels:\n  m: {usd_per_call: 0.01, latency_s: 0.2, p_ok: 1.0}\nsteps:\n"
+                    "  - {id: a, model: m}\n  - {id: b, model: m, after: [a]}\n  - {id: c, model: m, after: [b]}\n")  # fmt: skip
+    db = tmp_path / "j.db"
+    first = cli("run", spec, "--journal", db, "--deadline", "0.3", "--json").json()
+    assert first["status"] == "deadline" and list(first["outputs"]) == ["a"]
+    again = cli("resume", first["run_id"], "--journal", db, "--json").json()
+    assert again["status"] == "deadline" and again["calls"] == first["calls"]
+    finished = cli("resume", first["run_id"], "--journal", db, "--deadline", "5", "--json").json()
+    assert finished["status"] == "ok"
+    assert finished["steps"]["a"]["from_journal"] and set(finished["outputs"]) == {"a", "b", "c"}
+
+
+def test_changed_spec_is_refused_unless_forced(cli, tmp_path: Path) -> None:
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(CHAIN_SPEC)
+    db = tmp_path / "j.db"
+    run_id = start_and_kill(spec, db, 0.1)
+    spec.write_text(
+        CHAIN_SPEC.replace("{id: s05, model: m, retries: 6", "{id: s05, model: m, retries: 2")
+    )
+    refused = cli("resume", run_id, "--journal", db)
+    assert refused.code == 2
+    assert "changed since run" in refused.err and "s05" in refused.err and "--force" in refused.err
+    forced = cli("resume", run_id, "--journal", db, "--force", "--json")
+    assert forced.code in (0, 1) and forced.json()["steps"]["s05"]["from_journal"] is False
+
+
+def test_export_writes_json_lines(cli, tmp_path: Path) -> None:
+    from .conftest import EXAMPLES
+
+    db = tmp_path / "j.db"
+    run = cli("run", EXAMPLES / "diamond.yaml", "--journal", db, "--seed", "2", "--json").json()
+    out = tmp_path / "run.jsonl"
+    assert cli("export", run["run_id"], "--journal", db, "--out", out).code == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records[0]["type"] == "run" and records[0]["run_id"] == run["run_id"]
+    assert sum(r["type"] == "call" for r in records) == run["calls"]
+    assert {r["step_id"] for r in records if r["type"] == "step"} <= {
+        "plan",
+        "search",
+        "debate",
+        "join",
+    }
+    assert cli("export", "nope", "--journal", db).code == 2
+
+
+def test_four_processes_share_one_journal(tmp_path: Path) -> None:
+    spec = tmp_path / "fan.yaml"
+    spec.write_text("version: 1\nmodels:\n  m: {usd_per_call: 0.001, latency_s: 0.002, p_ok: 0.8}\nsteps:\n"
+                    + "\n".join(f"  - {{id: s{i}, model: m, retries: 8}}" for i in range(60)))  # fmt: skip
+    db = tmp_path / "shared.db"
+    Journal(db)  # created once, before the race
+    procs = [subprocess.Popen([sys.executable, "-m", "trilemma", "run", str(spec), "--journal", str(db),
+                               "--seed", str(seed), "--json"], stdout=subprocess.PIPE, text=True)
+             for seed in range(4)]  # fmt: skip
+    results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    journal = Journal(db, create=False)
+    assert {r["run_id"] for r in results} == {r["run_id"] for r in journal.runs()}
+    for r in results:
+        assert len(journal.calls(r["run_id"])) == r["calls"]
+        assert len(journal.steps(r["run_id"])) == 60
+        assert journal.spent(r["run_id"]) == pytest.approx(r["cost_usd"])
+    assert [row[0] for row in journal.db.execute("PRAGMA integrity_check")] == ["ok"]
+
+
+def test_unknown_run_id_is_bad_input(cli, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    Journal(db)
+    r = cli("resume", "20990101T000000Z-00000000", "--journal", db)
+    assert r.code == 2 and "is not in" in r.err and "trilemma runs" in r.err
+
+
+def test_a_file_that_is_not_a_journal_is_refused_and_left_alone(cli, tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    r = cli("runs", "--journal", text)
+    assert r.code == 2 and "not a trilemma journal" in r.err
+    assert text.read_text() == "hello"
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE x (a)").connection.commit()
+    r = cli("runs", "--journal", other)
+    assert r.code == 2 and "not a trilemma journal" in r.err
+
+
+def test_a_corrupted_journal_is_refused(cli, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    Journal(db).close()
+    data = bytearray(db.read_bytes())
+    rng = random.Random(1)
+    for i in range(100, len(data)):
+        data[i] = rng.randrange(256)
+    db.write_bytes(bytes(data))
+    r = cli("runs", "--journal", db)
+    assert r.code == 2 and "journal" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+
+
+def test_a_journal_from_a_newer_trilemma_is_refused(cli, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    j = Journal(db)
+    j.db.execute("INSERT INTO trilemma_migrations (name, applied_at) VALUES ('m999_future', 0)")
+    j.close()
+    r = cli("runs", "--journal", db)
+    assert r.code == 2 and "newer trilemma" in r.err and "m999_future" in r.err
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("attempt to write a readonly database", "read-only"),
+        ("database or disk is full", "disk is full"),
+    ],
+)
+def test_read_only_and_full_disk_errors_say_what_to_do(message: str, expected: str) -> None:
+    """Root ignores file modes here, so the mapping is checked on the error sqlite3 raises."""
+    with pytest.raises(JournalError, match=expected) as info, map_sqlite_errors(Path("j.db")):
+        raise sqlite3.OperationalError(message)
+    assert not isinstance(info.value, NotAJournal)
+
+
+def test_an_older_journal_is_migrated_in_order(tmp_path: Path) -> None:
+    from trilemma.journal.migrations import MIGRATIONS, m001_initial
+
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute(
+        "CREATE TABLE trilemma_migrations (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, applied_at REAL NOT NULL)"
+    )
+    conn.execute("BEGIN")
+    m001_initial(conn)
+    conn.execute("INSERT INTO trilemma_migrations (name, applied_at) VALUES ('m001_initial', 0)")
+    conn.execute("COMMIT")
+    conn.close()
+    j = Journal(db)
+    assert j.schema_version == len(MIGRATIONS)
+    names = [r[0] for r in j.db.execute("SELECT name FROM trilemma_migrations ORDER BY id")]
+    assert names == [n for n, _ in MIGRATIONS]
+    assert "sends" in [r[1] for r in j.db.execute("PRAGMA table_info(calls)")]
