@@ -42,7 +42,9 @@ def chain(n: int) -> Graph:
 def random_dag(n: int, seed: int = 7, max_deps: int = 3) -> Graph:
     rng = random.Random(seed)
     return {
-        f"s{i}": sorted({f"s{rng.randrange(i)}" for _ in range(rng.randint(0, max_deps))}) if i else []
+        f"s{i}": sorted({f"s{rng.randrange(i)}" for _ in range(rng.randint(0, max_deps))})
+        if i
+        else []
         for i in range(n)
     }
 
@@ -149,12 +151,19 @@ def main() -> None:
     ap.add_argument("--dag", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "executor.json")
     args = ap.parse_args()
-    workloads = {f"{args.chain}-step chain": chain(args.chain), f"{args.dag}-node random DAG": random_dag(args.dag)}
+    workloads = {
+        f"{args.chain}-step chain": chain(args.chain),
+        f"{args.dag}-node random DAG": random_dag(args.dag),
+    }
     rows = []
     for name, graph in workloads.items():
         n = len(graph)
         app = langgraph_app(graph, 0.0)
-        times: dict[str, list[float]] = {"trilemma": [], "trilemma, durable write-ahead": [], "asyncio": []}
+        times: dict[str, list[float]] = {
+            "trilemma": [],
+            "trilemma, durable write-ahead": [],
+            "asyncio": [],
+        }
         if app is not None:
             times["langgraph"] = []
         for _ in range(args.rounds):
@@ -167,13 +176,21 @@ def main() -> None:
         row: dict[str, Any] = {"workload": name, "steps": n, "us_per_step": per_step}
         if "langgraph" in per_step:
             row["langgraph_over_trilemma"] = per_step["langgraph"] / per_step["trilemma"]
-            row["langgraph_over_trilemma_durable"] = per_step["langgraph"] / per_step["trilemma, durable write-ahead"]
+            row["langgraph_over_trilemma_durable"] = (
+                per_step["langgraph"] / per_step["trilemma, durable write-ahead"]
+            )
         rows.append(row)
         cells = "  ".join(f"{k} {v:7.1f}" for k, v in per_step.items())
-        ratio = f"  LangGraph/trilemma {row['langgraph_over_trilemma']:.1f}x" if "langgraph" in per_step else ""
+        ratio = (
+            f"  LangGraph/trilemma {row['langgraph_over_trilemma']:.1f}x"
+            if "langgraph" in per_step
+            else ""
+        )
         print(f"{name:24s} µs/step: {cells}{ratio}")
     if not any("langgraph" in r["us_per_step"] for r in rows):
-        print("LangGraph is not installed here: run benchmarks/run_executor_bench.sh for its column.")
+        print(
+            "LangGraph is not installed here: run benchmarks/run_executor_bench.sh for its column."
+        )
     # Fan-out: wide random DAGs with real latency; wall clock against the planner's critical path.
     fanout = []
     for nodes, latency in ((200, 0.1), (args.dag, 0.02)):
@@ -187,9 +204,15 @@ def main() -> None:
         fanout.append({"nodes": nodes, "latency_s": latency, "critical_path_s": critical,
                        "trilemma_s": fan, "asyncio_s": base,
                        "trilemma_over_critical_path": fan / critical})  # fmt: skip
-    meta = {"python": platform.python_version(), "machine": platform.machine(), "rounds": args.rounds}
+    meta = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "rounds": args.rounds,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "overhead": rows, "fanout": fanout}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps({"meta": meta, "overhead": rows, "fanout": fanout}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,28 @@ def run(cmd: str) -> str:
     return "\n".join(line.rstrip() for line in out.getvalue().splitlines()) + "\n"
 
 
+SCHEMA = re.compile(r"(<!-- schema -->\n```sql\n)(?P<body>.*?)(```)", re.S)
+
+
+def schema() -> str:
+    """The journal's tables as a fresh journal has them, after every migration."""
+    import tempfile
+
+    from trilemma.journal import Journal
+    from trilemma.journal.migrations import MIGRATIONS
+
+    with tempfile.TemporaryDirectory() as d:
+        j = Journal(Path(d) / "j.db")
+        rows = j.db.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid")
+        tables = [r[0].strip() + ";" for r in rows]
+        j.close()
+    applied = "\n".join(f"-- {i}. {name}: {fn.__doc__}" for i, (name, fn) in enumerate(MIGRATIONS, 1))
+    return applied + "\n\n" + "\n\n".join(tables) + "\n"
+
+
 def render(text: str) -> str:
-    return BLOCK.sub(lambda m: m.group(1) + run(m.group("cmd")) + m.group(4), text)
+    text = BLOCK.sub(lambda m: m.group(1) + run(m.group("cmd")) + m.group(4), text)
+    return SCHEMA.sub(lambda m: m.group(1) + schema() + m.group(3), text)
 
 
 def main_() -> int:
