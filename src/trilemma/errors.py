@@ -16,6 +16,7 @@
     │   ├── MalformedAnswer       a 200 whose body is not a usable completion
     │   └── FatalProviderError    retrying cannot help: auth, unknown model, bad request
     ├── GateRejected              an answer failed the step's validation gate
+    ├── SetupError                a part trilemma needs is missing or will not start (exit code 1)
     ├── RunError                  a run failed or was stopped (exit code 1)
     │   ├── BudgetExhausted       a call's reservation would cross the cost ceiling
     │   └── DeadlineExceeded      the run's deadline passed
@@ -46,6 +47,7 @@ __all__ = [
     "ProviderTimeout",
     "RateLimited",
     "RunError",
+    "SetupError",
     "SpecError",
     "TransientError",
     "TrilemmaError",
@@ -161,6 +163,10 @@ class GateRejected(TrilemmaError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class SetupError(TrilemmaError):
+    """A part trilemma needs (an optional extra, a model package, a free port) is missing."""
 
 
 class RunError(TrilemmaError):

@@ -115,6 +115,9 @@ class ModelProfile(_Strict):
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
     rpm: Annotated[int, Field(ge=1)] | None = None
     tpm: Annotated[int, Field(ge=1)] | None = None
+    api: Literal["chat", "completions"] = "chat"
+    stop: list[str] | None = None
+    calibration: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _has_a_price(self) -> ModelProfile:
@@ -211,6 +214,7 @@ class Step(_Strict):
     system: str | None = None
     max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     gate: Gate | None = None
+    extract: Literal["number"] | None = None
     sim: SimAnswers = SimAnswers()
     # Levers the optimizer may pull, each opted into by the user.
     candidates: list[str] | None = None

@@ -58,6 +58,8 @@ class Request:
     """``step:attempt:call``, the same in every run of a spec (the simulator seeds from it)."""
     temperature: float | None = None
     """Sampling temperature, if the profile sets one."""
+    stop: tuple[str, ...] = ()
+    """Stop sequences, if the profile sets them."""
     p_ok: float = 1.0
     """The simulator only: chance this call's answer is right."""
     sim_ok: str = ""

@@ -117,19 +117,29 @@ class OpenAIProvider:
         kwargs: dict[str, Any] = {}
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        headers = {"Idempotency-Key": request.idempotency_key}
         started = time.perf_counter()
         with map_errors(profile.model):
-            raw = await self.client.chat.completions.with_raw_response.create(
-                model=profile.model,
-                messages=list(request.messages),  # type: ignore[arg-type]
-                max_tokens=request.max_tokens,
-                timeout=request.timeout_s,
-                extra_headers={"Idempotency-Key": request.idempotency_key},
-                **kwargs,
-            )
-            body = raw.parse()
+            if profile.api == "completions":  # a base model: the messages become one prompt
+                prompt = "\n\n".join(m["content"] for m in request.messages)
+                raw = await self.client.completions.with_raw_response.create(
+                    model=profile.model, prompt=prompt, max_tokens=request.max_tokens,
+                    timeout=request.timeout_s, extra_headers=headers, **kwargs,
+                )  # fmt: skip
+                body = raw.parse()
+                text = _completion_text(body)
+            else:
+                raw_chat = await self.client.chat.completions.with_raw_response.create(
+                    model=profile.model, messages=list(request.messages),  # type: ignore[arg-type]
+                    max_tokens=request.max_tokens, timeout=request.timeout_s,
+                    extra_headers=headers, **kwargs,
+                )  # fmt: skip
+                body = raw_chat.parse()
+                text = _text(body)
         latency = time.perf_counter() - started
-        return Completion(_text(body), _usage(body), latency)
+        return Completion(text, _usage(body), latency)
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""
@@ -145,6 +155,13 @@ def _text(body: Any) -> str:
     if not isinstance(content, str):
         raise MalformedAnswer("the completion's first choice has no text content")
     return content
+
+
+def _completion_text(body: Any) -> str:
+    choices = getattr(body, "choices", None)
+    if not choices or not isinstance(getattr(choices[0], "text", None), str):
+        raise MalformedAnswer("the completion has no text")
+    return str(choices[0].text)
 
 
 def _usage(body: Any) -> Usage:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -12,7 +13,7 @@ import matplotlib.pyplot as plt
 from trilemma.plan.exercises import RoutingSweep
 from trilemma.plan.optimize import OptimizeResult
 
-__all__ = ["plot_frontier", "plot_routing"]
+__all__ = ["plot_cliff", "plot_frontier", "plot_routing"]
 
 
 def plot_routing(r: RoutingSweep, path: str | Path) -> Path:
@@ -64,6 +65,31 @@ def plot_frontier(r: OptimizeResult, path: str | Path) -> Path:
     ax.set_title("Pareto frontier")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_cliff(points: list[Any], model: str, path: str | Path) -> Path:
+    """Measured end-to-end success (with 95% intervals) against the predicted p^S."""
+    from trilemma.experiments.calibrate import wilson
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [p.steps for p in points]
+    ax.plot(xs, [p.predicted for p in points], "--", marker="o", label="predicted (p^S)")
+    lo_hi = [wilson(p.successes, p.runs) for p in points]
+    measured = [p.measured for p in points]
+    ax.errorbar(xs, measured, yerr=[[m - lo for m, (lo, _) in zip(measured, lo_hi, strict=True)],
+                                    [hi - m for m, (_, hi) in zip(measured, lo_hi, strict=True)]],
+                fmt="s", capsize=4, label="measured (95% interval)")  # fmt: skip
+    ax.set_xlabel("steps in the chain (S)")
+    ax.set_ylabel("end-to-end success")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"The reliability cliff: {model}")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=110)

@@ -233,6 +233,23 @@ def ledger_table(run_id: str, rows: list[dict[str, Any]]) -> Table:
     return t
 
 
+def cliff_table(points: Sequence[Any], model: str) -> Table:
+    """``trilemma cliff``: predicted beside measured, per chain length."""
+    t = Table(
+        title=f"Reliability cliff of {model}: predicted beside measured", title_justify="left"
+    )
+    for col in ("steps", "runs", "success predicted", "success measured [95%]", "cost pred.",
+                "cost meas.", "latency pred.", "latency meas."):  # fmt: skip
+        t.add_column(col, justify="right")
+    for p in points:
+        d = p.to_json()
+        lo, hi = d["measured_ci95"]
+        t.add_row(str(p.steps), str(p.runs), _pct(p.predicted), f"{_pct(p.measured)} [{_pct(lo)}, {_pct(hi)}]",
+                  f"${p.cost_predicted:.3g}", f"${p.cost_measured:.3g}", f"{p.latency_predicted:.2f}s",
+                  f"{p.latency_measured:.2f}s")  # fmt: skip
+    return t
+
+
 def ticket_table(a: TicketAnswer) -> Group:
     """Exercise 32.10.1."""
     e = a.estimate

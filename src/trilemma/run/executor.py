@@ -413,6 +413,8 @@ class Executor:
             gate = self.gates.get(step.id)
             if gate is not None:
                 gate(answer.text)
+            if step.extract == "number":
+                answer = _number(answer)
         except GateRejected as exc:
             self.writer.defer("attempt_finished", self.run_id, step.id, pending, rejected=True)
             if step.gate is None or step.gate.feedback:
@@ -438,7 +440,7 @@ class Executor:
             max_tokens=step.max_tokens or profile.max_tokens, timeout_s=profile.timeout_s,
             idempotency_key=f"{self.run_id}:{step.id}:{attempt}:{index}",
             call_key=f"{step.id}:{attempt}:{index}",
-            temperature=profile.temperature, p_ok=self.wf.p_ok(step),
+            temperature=profile.temperature, stop=tuple(profile.stop or ()), p_ok=self.wf.p_ok(step),
             sim_ok=_fill(sim.ok, step.id, attempt),
             sim_bad=_fill(sim.bad, step.id, attempt),
         )  # fmt: skip
@@ -576,6 +578,16 @@ class Executor:
         if self.on_event is not None:
             done = sum(1 for r in s.results.values() if r.status == "done")
             self.on_event(Event(kind, step, s.guard.spent, done))
+
+
+def _number(answer: Answer) -> Answer:
+    """The number an answer gives, as what goes downstream (``extract: number``)."""
+    from trilemma.experiments.tasks import final_number
+
+    value = final_number(answer.text)
+    if value is None:
+        raise GateRejected("the answer must contain a number")
+    return Answer(value, answer.verdict)
 
 
 def _fill(template: str, step: str, attempt: int) -> str:

@@ -1,0 +1,1 @@
+"""Experiments on real and simulated models: task suites and calibration."""

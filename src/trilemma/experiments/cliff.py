@@ -1,0 +1,121 @@
+"""The reliability cliff: predicted p^S against measured end-to-end success.
+
+A chain of S steps where each step adds a digit to the previous step's answer
+("Add 3 to 12."), so step i builds on step i-1 and one wrong step ruins the
+end. Each of ``runs`` runs draws fresh numbers (inputs), goes through the real
+executor and journal, and counts as a success only if the last step's number
+is the true sum. The planner predicts success as the product of per-step p_ok,
+cost and latency from the same profile; the table shows both.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from trilemma.experiments.calibrate import wilson
+from trilemma.experiments.tasks import chain_tasks
+from trilemma.journal import Journal
+from trilemma.plan.estimate import estimate
+from trilemma.run.executor import execute
+from trilemma.spec import ModelProfile, Workflow, workflow_from_dict
+
+__all__ = ["CliffPoint", "chain_workflow", "cliff"]
+
+PROMPT = "Add {d} to {prev}. Answer with the number only."
+FEW_SHOT = "Q: Add 2 to 10.\nA: 12\nQ: Add 5 to 31.\nA: 36\nQ: Add {d} to {prev}.\nA:"
+
+
+def chain_workflow(model: str, profile: ModelProfile, steps: int, retries: int = 0) -> Workflow:
+    """S chained steps on one model; inputs ``start`` and ``d1`` ... ``dS``."""
+    template = FEW_SHOT if profile.api == "completions" else PROMPT
+    spec_steps: list[dict[str, Any]] = []
+    for i in range(1, steps + 1):
+        prev = "{start}" if i == 1 else f"{{s{i - 1}}}"
+        step: dict[str, Any] = {
+            "id": f"s{i}", "model": model, "retries": retries, "extract": "number",
+            "prompt": template.replace("{d}", f"{{d{i}}}").replace("{prev}", prev),
+        }  # fmt: skip
+        if i > 1:
+            step["after"] = [f"s{i - 1}"]
+        spec_steps.append(step)
+    inputs = {"start": None, **{f"d{i}": None for i in range(1, steps + 1)}}
+    models = {model: profile.model_dump(mode="json", exclude_defaults=True)}
+    return workflow_from_dict(
+        {"version": 1, "models": models, "steps": spec_steps, "inputs": inputs}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CliffPoint:
+    """One chain length: predicted beside measured."""
+
+    steps: int
+    """Chain length S."""
+    runs: int
+    """Runs made."""
+    successes: int
+    """Runs whose last answer was the true sum."""
+    predicted: float
+    """Planner's end-to-end success (p_ok^S)."""
+    cost_predicted: float
+    """Planner's expected cost."""
+    cost_measured: float
+    """Mean measured cost."""
+    latency_predicted: float
+    """Planner's critical path."""
+    latency_measured: float
+    """Mean measured seconds."""
+
+    @property
+    def measured(self) -> float:
+        """Share of runs that ended right."""
+        return self.successes / self.runs
+
+    def to_json(self) -> dict[str, Any]:
+        """A row of ``trilemma cliff --json``."""
+        lo, hi = wilson(self.successes, self.runs)
+        return {
+            "steps": self.steps, "runs": self.runs, "predicted_success": round(self.predicted, 4),
+            "measured_success": round(self.measured, 4), "measured_ci95": [round(lo, 4), round(hi, 4)],
+            "cost_usd": {"predicted": self.cost_predicted, "measured": self.cost_measured},
+            "latency_s": {"predicted": round(self.latency_predicted, 4), "measured": round(self.latency_measured, 4)},
+        }  # fmt: skip
+
+
+def cliff(
+    model: str,
+    profile: ModelProfile,
+    lengths: list[int],
+    runs: int,
+    journal: Journal,
+    *,
+    seed: int = 0,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[CliffPoint]:
+    """Run chains of each length ``runs`` times; compare with the planner."""
+    points = []
+    total, done = len(lengths) * runs, 0
+    for steps in lengths:
+        wf = chain_workflow(model, profile, steps)
+        e = estimate(wf)
+        ok, costs, latencies = 0, [], []
+        for r in range(runs):
+            start, adds = chain_tasks(steps, seed=seed * 100_003 + steps * 1_009 + r)
+            inputs = {"start": str(start), **{f"d{i}": str(a) for i, a in enumerate(adds, 1)}}
+            result = execute(
+                wf, journal=journal, inputs=inputs, seed=seed + r, source=f"<cliff {steps}>"
+            )
+            simulated = profile.runs_on_simulator
+            right = result.outputs.get(f"s{steps}") == str(start + sum(adds))
+            ok += result.status == "ok" and (simulated or right)
+            costs.append(result.cost_usd)
+            latencies.append(result.latency_s)
+            done += 1
+            if on_progress is not None:
+                on_progress(done, total)
+        points.append(CliffPoint(steps, runs, ok, e.reliability, e.cost_expected, statistics.fmean(costs),
+                                 e.latency_critical_s, statistics.fmean(latencies)))  # fmt: skip
+    return points
