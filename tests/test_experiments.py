@@ -1,0 +1,138 @@
+"""Task suites, calibration and the reliability cliff, on the simulator (fast, offline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trilemma import load_workflow
+from trilemma.experiments.tasks import SUITES, final_number
+
+SIM_SPEC = """\
+version: 1
+models:
+  sim: {usd_per_call: 0.002, latency_s: 0.001, p_ok: 0.8}
+steps: [{id: a, model: sim}]
+"""
+
+
+@pytest.mark.parametrize("name", sorted(SUITES))
+def test_every_suite_is_seeded_and_checks_its_own_answer(name: str) -> None:
+    suite = SUITES[name]
+    a, b = suite.generate(20, seed=3), suite.generate(20, seed=3)
+    assert [t.prompt for t in a] == [t.prompt for t in b]
+    assert [t.prompt for t in a] != [t.prompt for t in suite.generate(20, seed=4)]
+    for t in a:
+        assert t.check(t.answer)
+        assert t.few_shot.rstrip().endswith("A:")
+        assert not t.check("I do not know")
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("The answer is 5.", "5"),
+        ("5 + 3 = 8", "8"),
+        ("  42 ", "42"),
+        ("It is 1,024.", "1024"),
+        ("none", None),
+    ],
+)
+def test_numbers_are_read_through_harmless_formatting(text: str, number: str | None) -> None:
+    assert final_number(text) == number
+
+
+def test_checkers_reject_near_misses() -> None:
+    add = SUITES["add2"].generate(1, seed=1)[0]
+    assert not add.check(str(int(add.answer) + 1))
+    sentiment = SUITES["sentiment"].generate(1, seed=1)[0]
+    assert not sentiment.check("positive or negative")
+    js = SUITES["json"].generate(1, seed=1)[0]
+    assert js.check(f"```json\n{js.answer}\n```")
+    assert not js.check(js.answer.replace('"age": ', '"age": 1'))
+
+
+def test_calibrate_measures_the_simulator_and_writes_a_profile(cli, tmp_path: Path) -> None:
+    spec = tmp_path / "sim.yaml"
+    spec.write_text(SIM_SPEC)
+    out = tmp_path / "profile.yaml"
+    r = cli(
+        "calibrate",
+        "--model",
+        "sim",
+        "--suite",
+        "add1",
+        "--n",
+        "400",
+        "--spec",
+        spec,
+        "--out",
+        out,
+        "--json",
+    )
+    assert r.code == 0, r.err
+    d = r.json()
+    lo, hi = d["p_ok_ci95"]
+    assert lo <= 0.8 <= hi and abs(d["p_ok"] - 0.8) < 0.06
+    profile = yaml.safe_load(out.read_text())["models"]["sim"]
+    assert profile["p_ok"] == d["p_ok"] and profile["calibration"]["n"] == 400
+    # the written profile drops into a spec as it is
+    spec.write_text(SIM_SPEC.replace("  sim: {usd_per_call: 0.002, latency_s: 0.001, p_ok: 0.8}\n", ""
+                                     ).replace("models:\n", "models:\n  sim: " + yaml.safe_dump(profile, default_flow_style=True)))  # fmt: skip
+    assert load_workflow(spec).models["sim"].p_ok == d["p_ok"]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--suite", "ad1"], "did you mean 'add1'"),
+        (["--n", "0"], "--n"),
+        (["--model", "nope"], "no such model"),
+    ],
+)
+def test_calibrate_bad_input(cli, tmp_path: Path, args: list[str], words: str) -> None:
+    spec = tmp_path / "sim.yaml"
+    spec.write_text(SIM_SPEC)
+    base = {"--model": "sim", "--suite": "add1", "--n": "5"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    argv = [x for kv in base.items() for x in kv]
+    out = tmp_path / "never.yaml"
+    r = cli("calibrate", *argv, "--spec", spec, "--out", out)
+    assert r.code == 2 and words in r.err
+    assert not out.exists()  # nothing half-written
+
+
+def test_cliff_on_the_simulator_follows_the_product_law(cli, tmp_path: Path) -> None:
+    spec = tmp_path / "sim.yaml"
+    spec.write_text(SIM_SPEC)
+    png = tmp_path / "cliff.png"
+    r = cli("cliff", "--model", "sim", "--spec", spec, "--steps", "1,4", "--runs", "150",
+            "--journal", tmp_path / "j.db", "--plot", png, "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    rows = r.json()
+    assert [row["predicted_success"] for row in rows] == [0.8, round(0.8**4, 4)]
+    for row in rows:
+        lo, hi = row["measured_ci95"]
+        assert lo - 0.05 <= row["predicted_success"] <= hi + 0.05
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert cli("cliff", "--model", "sim", "--spec", spec, "--steps", "0").code == 2
+
+
+def test_local_commands_say_what_to_install_when_the_extra_is_missing(
+    cli, tmp_path: Path, monkeypatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llama_cpp" else real(name, *a),
+    )
+    r = cli("local", "up", "--model", "smollm2", "--state", tmp_path)
+    assert r.code == 1 and "pip install 'trilemma[local]'" in r.err
+    assert cli("local", "up", "--model", "llama9", "--state", tmp_path).code == 2
+    assert "nothing was running" in cli("local", "down", "--state", tmp_path).out
