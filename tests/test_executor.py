@@ -411,3 +411,14 @@ def test_same_seed_same_outcomes_across_runs(tmp_path: Path) -> None:
     assert {k: s.attempts for k, s in a.steps.items()} != {
         k: s.attempts for k, s in c.steps.items()
     }
+
+
+def test_each_step_reports_its_own_cost_when_steps_run_in_parallel(tmp_path: Path) -> None:
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.01, latency_jitter: 0.5, p_ok: 0.6}",
+                [f"{{id: s{i}, model: m, retries: 10}}" for i in range(12)])  # fmt: skip
+    r, j = run(text, tmp_path, seed=4)
+    for sid, step in r.steps.items():
+        billed = sum(c["cost_usd"] or 0 for c in j.calls(r.run_id) if c["step_id"] == sid)
+        assert step.cost_usd == pytest.approx(billed)
+        assert step.cost_usd == pytest.approx(0.01 * step.attempts)
+    assert sum(s.cost_usd for s in r.steps.values()) == pytest.approx(r.cost_usd)

@@ -298,6 +298,9 @@ def exercise(
 @app.command()
 def demo(
     runs: Annotated[int, typer.Option("--runs", "-n", help="Monte Carlo runs.")] = 200_000,
+    journal: Annotated[
+        Path, typer.Option("--journal", help="The journal for the demo run.")
+    ] = Path(".trilemma") / "trilemma.db",
 ) -> int:
     """A tour that needs no network: the book, an estimate, a Monte Carlo and an optimization.
 
@@ -320,8 +323,22 @@ def demo(
     result = simulate_wf(chain, runs, seed=7, settings=leaky)
     console.print(tables.simulate_table(result, estimate_wf(chain)))
     console.rule("4. Cheapest levers for <= $0.10 and >= 95% (trilemma optimize seed-chain.yaml)")
-    console.print(tables.optimize_view(optimize_wf(chain)))
-    console.print("\nNext: trilemma --help, and the specs in examples/.")
+    best = optimize_wf(chain)
+    console.print(tables.optimize_view(best))
+    if best.best is not None:
+        from trilemma.journal import Journal
+        from trilemma.run.executor import execute
+
+        console.rule(
+            f"5. The chosen configuration, run on the simulator (trilemma run, journal {journal})"
+        )
+        ran = execute(
+            best.best, journal=Journal(journal), seed=7, max_cost_usd=0.10, source="<demo>"
+        )
+        console.print(tables.run_view(ran))
+    console.print(
+        "\nNext: trilemma --help, the specs in examples/, and `trilemma runs` for the journal."
+    )
     return 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import random
 import secrets
@@ -320,25 +321,22 @@ class Executor:
 
     async def _attempts(self, s: _Session, step: Step) -> StepResult:
         base = self._messages(step, s)
-        spent_before = s.guard.spent
-        state: dict[str, Any] = {"attempt": 0, "feedback": None, "pending": []}
+        state: dict[str, Any] = {"attempt": 0, "feedback": None, "pending": [], "cost": 0.0}
         cached = await self._from_cache(s, step, base) if step.cached else None
         if cached is not None:
             return cached
         try:
             answer = await self._retried(s, step, base, state)
         except _Stop:
-            return StepResult(
-                "skipped", attempts=state["attempt"] - 1, cost_usd=s.guard.spent - spent_before
-            )
+            return StepResult("skipped", attempts=state["attempt"] - 1, cost_usd=state["cost"])
         except BudgetExhausted as exc:
             self._halt(s, "budget_exhausted", f"step {step.id}: {exc}")
-            return await self._failed(s, step, state, spent_before, str(exc), "skipped")
+            return await self._failed(s, step, state, str(exc), "skipped")
         except (ProviderError, GateRejected, RunError) as exc:
             msg = f"step {step.id}: {type(exc).__name__}: {exc}"
             self._halt(s, "failed", msg)
-            return await self._failed(s, step, state, spent_before, msg, "failed")
-        cost = s.guard.spent - spent_before
+            return await self._failed(s, step, state, msg, "failed")
+        cost = state["cost"]
         done = {
             "status": "done",
             "output": answer.text,
@@ -380,11 +378,10 @@ class Executor:
         s: _Session,
         step: Step,
         state: dict[str, Any],
-        spent_before: float,
         msg: str,
         status: str,
     ) -> StepResult:
-        cost = s.guard.spent - spent_before
+        cost = state["cost"]
         row = {"status": status, "attempts": state["attempt"], "cost_usd": cost, "error": msg}
         self.writer.defer("step_finished", self.run_id, step.id, row)
         return StepResult(status, None, state["attempt"], cost, msg)
@@ -407,7 +404,10 @@ class Executor:
             return await self._call(s, step, attempt, next(counter), role, msgs, pending)
 
         try:
-            answer = await run_kind(step, messages, call)
+            try:
+                answer = await run_kind(step, messages, call)
+            finally:  # what this attempt billed, whatever happens next
+                state["cost"] += math.fsum(f["cost_usd"] for _, f in pending)
             if answer.verdict is False:
                 raise GateRejected("the answer is wrong (the simulator's check)")
             gate = self.gates.get(step.id)
