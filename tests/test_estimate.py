@@ -135,3 +135,12 @@ def test_estimate_table_marks_the_critical_path(cli) -> None:
     r = cli("estimate", EXAMPLES / "diamond.yaml")
     assert r.code == 0
     assert "critical" in r.out and "debate" in r.out and "reliability" in r.out
+
+
+def test_whitespace_in_stop_sequences_and_prompts_is_kept() -> None:
+    wf = parse_workflow(
+        'version: 1\nmodels: {m: {usd_per_call: 0.01, latency_s: 1, p_ok: 0.9, stop: ["\\n"]}}\n'
+        'steps: [{id: a, model: m, prompt: "Q: 2 + 2?\\nA: "}]\n'
+    )
+    assert wf.models["m"].stop == ["\n"]
+    assert wf.steps[0].prompt == "Q: 2 + 2?\nA: "

