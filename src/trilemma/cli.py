@@ -82,6 +82,14 @@ def estimate(spec: SpecFile, as_json: JsonFlag = False) -> int:
     return 0
 
 
+def _progress(show: bool) -> Progress:
+    """A progress bar on stderr, shown only on a terminal."""
+    return Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=Console(stderr=True), disable=not show, transient=True,
+    )  # fmt: skip
+
+
 def _positive(name: str, value: int) -> int:
     if value < 1:
         raise UsageError(f"{name}: {value} is not a positive integer; give 1 or more")
@@ -119,10 +127,7 @@ def simulate(
     settings = Simulation(**{**wf.simulation.model_dump(), **overrides})
     seed = seed if seed is not None else wf.seed
     show = not as_json and sys.stderr.isatty() and runs >= 2_000_000
-    with Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), console=Console(stderr=True), disable=not show, transient=True,
-    ) as bar:  # fmt: skip
+    with _progress(show) as bar:
         task = bar.add_task("simulating", total=runs)
         result = simulate_wf(
             wf, runs, seed, settings, halt=halt, progress=lambda n: bar.advance(task, n)
@@ -629,9 +634,7 @@ def calibrate_cmd(
     _positive("--n", n)
     wf = load_workflow(spec)
     show = not as_json and sys.stderr.isatty()
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True), disable=not show,
-                  transient=True) as bar:  # fmt: skip
+    with _progress(show) as bar:
         task = bar.add_task(f"{model} on {suite}", total=n)
         result = calibrate(wf, model, suite, n, seed=seed,
                            on_progress=lambda done, total: bar.update(task, completed=done))  # fmt: skip
@@ -660,6 +663,12 @@ def cliff_cmd(
         "examples/local.yaml"
     ),
     steps: Annotated[str, typer.Option(help="Chain lengths, comma-separated.")] = "1,2,5",
+    task: Annotated[
+        str,
+        typer.Option(
+            help="add (a total plus a digit) or relay (carry a number through sentences)."
+        ),
+    ] = "add",
     runs: Annotated[int, typer.Option(help="Runs per chain length.")] = 100,
     seed: Annotated[int, typer.Option(help="Chain numbers seed.")] = 0,
     journal: JournalOpt = DEFAULT_JOURNAL,
@@ -686,12 +695,10 @@ def cliff_cmd(
             f"--model {model!r}: {spec} has no such model; it has {', '.join(wf.models)}"
         )
     show = not as_json and sys.stderr.isatty()
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True), disable=not show,
-                  transient=True) as bar:  # fmt: skip
-        task = bar.add_task("chains", total=len(lengths) * runs)
-        points = cliff(model, wf.models[model], lengths, runs, Journal(journal), seed=seed,
-                       on_progress=lambda done, total: bar.update(task, completed=done))  # fmt: skip
+    with _progress(show) as bar:
+        bar_id = bar.add_task("chains", total=len(lengths) * runs)
+        points = cliff(model, wf.models[model], lengths, runs, Journal(journal), task=task, seed=seed,
+                       on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
     if plot:
         from trilemma.report.plots import plot_cliff
 

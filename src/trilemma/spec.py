@@ -78,7 +78,9 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(_finite)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)  # strings kept exactly: "\n" is a stop sequence
+    model_config = ConfigDict(
+        extra="forbid", frozen=True
+    )  # strings kept exactly: "\n" is a stop sequence
 
 
 class Faults(_Strict):

@@ -1,7 +1,7 @@
 """The reliability cliff: predicted p^S against measured end-to-end success.
 
 A chain of S steps where each step adds a digit to the previous step's answer
-("Add 3 to 12."), so step i builds on step i-1 and one wrong step ruins the
+("What is 12 + 3?"), so step i builds on step i-1 and one wrong step ruins the
 end. Each of ``runs`` runs draws fresh numbers (inputs), goes through the real
 executor and journal, and counts as a success only if the last step's number
 is the true sum. The planner predicts success as the product of per-step p_ok,
@@ -15,8 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from trilemma.errors import UsageError
 from trilemma.experiments.calibrate import wilson
-from trilemma.experiments.tasks import chain_tasks
+from trilemma.experiments.tasks import (
+    CHAIN_PROMPT,
+    CHAIN_SHOTS,
+    EXTRACT_PROMPT,
+    EXTRACT_SHOTS,
+    chain_tasks,
+    extract_sentence,
+)
 from trilemma.journal import Journal
 from trilemma.plan.estimate import estimate
 from trilemma.run.executor import execute
@@ -24,24 +32,50 @@ from trilemma.spec import ModelProfile, Workflow, workflow_from_dict
 
 __all__ = ["CliffPoint", "chain_workflow", "cliff"]
 
-PROMPT = "Add {d} to {prev}. Answer with the number only."
-FEW_SHOT = "Q: Add 2 to 10.\nA: 12\nQ: Add 5 to 31.\nA: 36\nQ: Add {d} to {prev}.\nA:"
+ADD_FEW_SHOT = (
+    "\n".join(f"Q: {q}\nA: {a}" for q, a in CHAIN_SHOTS) + "\nQ: What is {prev} + {d}?\nA:"
+)
+RELAY_FEW_SHOT = (
+    "\n".join(f"Q: {q}\nA: {a}" for q, a in EXTRACT_SHOTS)
+    + '\nQ: What number appears in this sentence: "{sentence}"\nA:'
+)
+
+#: The chain kinds, and the suite that calibrates one of their steps.
+TASKS = {"add": "chain", "relay": "extract"}
 
 
-def chain_workflow(model: str, profile: ModelProfile, steps: int, retries: int = 0) -> Workflow:
-    """S chained steps on one model; inputs ``start`` and ``d1`` ... ``dS``."""
-    template = FEW_SHOT if profile.api == "completions" else PROMPT
+def _prompt(task: str, i: int, prev: str, api: str) -> str:
+    """Step i's prompt; ``prev`` is a template field naming the previous value."""
+    if task == "add":
+        template = ADD_FEW_SHOT if api == "completions" else CHAIN_PROMPT
+        return template.replace("{d}", f"{{d{i}}}").replace("{prev}", prev)
+    sentence = extract_sentence(i, prev)
+    template = RELAY_FEW_SHOT if api == "completions" else EXTRACT_PROMPT
+    return template.replace("{sentence}", sentence)
+
+
+def chain_workflow(
+    model: str, profile: ModelProfile, steps: int, task: str = "add", retries: int = 0
+) -> Workflow:
+    """S chained steps on one model; inputs ``start`` (and ``d1`` ... ``dS`` for ``add``).
+
+    ``add``: each step adds a digit to the previous answer ("What is 12 + 3?").
+    ``relay``: each step reads the previous answer back out of a sentence; the end
+    must equal the start.
+    """
+    if task not in TASKS:
+        raise UsageError(f"--task {task!r}: choose from {', '.join(TASKS)}")
     spec_steps: list[dict[str, Any]] = []
     for i in range(1, steps + 1):
         prev = "{start}" if i == 1 else f"{{s{i - 1}}}"
-        step: dict[str, Any] = {
-            "id": f"s{i}", "model": model, "retries": retries, "extract": "number",
-            "prompt": template.replace("{d}", f"{{d{i}}}").replace("{prev}", prev),
-        }  # fmt: skip
+        step: dict[str, Any] = {"id": f"s{i}", "model": model, "retries": retries, "extract": "number",
+                                "prompt": _prompt(task, i, prev, profile.api)}  # fmt: skip
         if i > 1:
             step["after"] = [f"s{i - 1}"]
         spec_steps.append(step)
-    inputs = {"start": None, **{f"d{i}": None for i in range(1, steps + 1)}}
+    inputs: dict[str, Any] = {"start": None}
+    if task == "add":
+        inputs.update({f"d{i}": None for i in range(1, steps + 1)})
     models = {model: profile.model_dump(mode="json", exclude_defaults=True)}
     return workflow_from_dict(
         {"version": 1, "models": models, "steps": spec_steps, "inputs": inputs}
@@ -92,6 +126,7 @@ def cliff(
     runs: int,
     journal: Journal,
     *,
+    task: str = "add",
     seed: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> list[CliffPoint]:
@@ -99,12 +134,16 @@ def cliff(
     points = []
     total, done = len(lengths) * runs, 0
     for steps in lengths:
-        wf = chain_workflow(model, profile, steps)
+        wf = chain_workflow(model, profile, steps, task)
         e = estimate(wf)
         ok, costs, latencies = 0, [], []
         for r in range(runs):
             start, adds = chain_tasks(steps, seed=seed * 100_003 + steps * 1_009 + r)
-            inputs = {"start": str(start), **{f"d{i}": str(a) for i, a in enumerate(adds, 1)}}
+            if task == "relay":
+                start, adds = start * 37 + r % 97, [0] * steps  # a number to carry, unchanged
+                inputs = {"start": str(start)}
+            else:
+                inputs = {"start": str(start), **{f"d{i}": str(a) for i, a in enumerate(adds, 1)}}
             result = execute(
                 wf, journal=journal, inputs=inputs, seed=seed + r, source=f"<cliff {steps}>"
             )

@@ -177,14 +177,22 @@ UNITS = [("The package weighs", "kilograms"), ("The train leaves in", "minutes")
          ("The tank holds", "liters")]  # fmt: skip
 
 
+EXTRACT_PROMPT = 'What number appears in this sentence: "{sentence}" Answer with the number only.'
+EXTRACT_SHOTS = [('What number appears in this sentence: "The box holds 12 eggs."', "12"),
+                 ('What number appears in this sentence: "It took 45 days."', "45")]  # fmt: skip
+
+
+def extract_sentence(i: int, value: str | int) -> str:
+    """The i-th sentence template holding a number (the relay chain's step i)."""
+    start, unit = UNITS[i % len(UNITS)]
+    return f"{start} {value} {unit}."
+
+
 def _extract(rng: random.Random) -> tuple[str, str, str]:
-    start, unit = rng.choice(UNITS)
     value = rng.randint(2, 999)
-    sentence = f"{start} {value} {unit}."
+    sentence = extract_sentence(rng.randrange(len(UNITS)), value)
     q = f'What number appears in this sentence: "{sentence}"'
-    shots = [('What number appears in this sentence: "The box holds 12 eggs."', "12"),
-             ('What number appears in this sentence: "It took 45 days."', "45")]  # fmt: skip
-    return f"{q} Answer with the number only.", str(value), _shots(shots, q)
+    return EXTRACT_PROMPT.format(sentence=sentence), str(value), _shots(EXTRACT_SHOTS, q)
 
 
 NAMES = ["Ada", "Grace", "Alan", "Linus", "Barbara", "Ken", "Edsger", "Margaret"]
@@ -214,11 +222,15 @@ def _json_checker(text: str, answer: str) -> bool:
     return isinstance(got, dict) and got == json.loads(answer)
 
 
+CHAIN_PROMPT = "What is {prev} + {d}? Answer with the number only."
+CHAIN_SHOTS = [("What is 10 + 2?", "12"), ("What is 31 + 5?", "36")]
+
+
 def _chain_step(rng: random.Random) -> tuple[str, str, str]:
-    start, add = rng.randint(1, 50), rng.randint(1, 9)
-    q = f"Add {add} to {start}."
-    shots = [("Add 2 to 10.", "12"), ("Add 5 to 31.", "36")]
-    return f"{q} Answer with the number only.", str(start + add), _shots(shots, q)
+    """One step of a chain as the cliff experiment runs it: a running total plus a digit."""
+    prev, add = rng.randint(2, 40), rng.randint(1, 5)
+    prompt = CHAIN_PROMPT.format(prev=prev, d=add)
+    return prompt, str(prev + add), _shots(CHAIN_SHOTS, f"What is {prev} + {add}?")
 
 
 SUITES: dict[str, Suite] = {
@@ -250,4 +262,4 @@ SUITES: dict[str, Suite] = {
 def chain_tasks(steps: int, seed: int = 0) -> tuple[int, list[int]]:
     """A chain: a start number and the digit each step adds (step i reads step i-1's answer)."""
     rng = random.Random(f"chain:{seed}")
-    return rng.randint(1, 20), [rng.randint(1, 9) for _ in range(steps)]
+    return rng.randint(2, 15), [rng.randint(1, 5) for _ in range(steps)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from trilemma._proc import pid_alive
 from trilemma.errors import JournalBusy, JournalError, NotAJournal
 from trilemma.journal.migrations import MIGRATIONS, SCHEMA_VERSION
 
@@ -308,7 +308,7 @@ class Journal:
                 "FROM calls c JOIN runs r ON r.run_id = c.run_id WHERE c.state = 'started' "
                 "ORDER BY c.id"
             )
-        interrupted = [r for r in running if not _alive(r["pid"])]
+        interrupted = [r for r in running if not pid_alive(r["pid"])]
         dead = {r["run_id"] for r in interrupted}
         return {
             "journal": str(self.path),
@@ -420,19 +420,6 @@ class JournalWriter:
             await asyncio.gather(*self._flushes)
         self._pool.shutdown(wait=True)
         self._fast.close()
-
-
-def _alive(pid: int | None) -> bool:
-    """Whether a process of this machine still runs (a run whose process is gone was interrupted)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def dumps(data: Any) -> str:

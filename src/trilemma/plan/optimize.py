@@ -286,12 +286,19 @@ def _exhaustive(
     beam_width: int,
 ) -> list[Candidate]:
     ids = [s.id for s in wf.steps]
-    out = []
-    for picks in itertools.product(*(range(len(o)) for o in options)):
-        choices = tuple(options[i][j] for i, j in enumerate(picks))
-        ms = [metrics[i][j] for i, j in enumerate(picks)]
-        out.append(_candidate(graph, ids, choices, ms, parallel))
-    return out
+    return [
+        _picked(graph, ids, options, metrics, picks, parallel)
+        for picks in itertools.product(*(range(len(o)) for o in options))
+    ]
+
+
+def _picked(
+    graph: dict[str, list[str]], ids: list[str], options: list[list[Choice]],
+    metrics: list[list[_Metrics]], picks: Sequence[int], parallel: bool,
+) -> Candidate:  # fmt: skip
+    """The candidate made of option ``picks[i]`` for step ``i`` (spec order)."""
+    choices = tuple(options[i][j] for i, j in enumerate(picks))
+    return _candidate(graph, ids, choices, [metrics[i][j] for i, j in enumerate(picks)], parallel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,10 +352,7 @@ def _beam(
     out = []
     for part in beam:
         by_spec = {order[k]: part.picks[k] for k in range(len(order))}
-        picks = [by_spec[sid] for sid in ids]
-        choices = tuple(options[i][j] for i, j in enumerate(picks))
-        ms = [metrics[i][j] for i, j in enumerate(picks)]
-        out.append(_candidate(graph, ids, choices, ms, parallel))
+        out.append(_picked(graph, ids, options, metrics, [by_spec[sid] for sid in ids], parallel))
     return out
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trilemma._proc import pid_alive
 from trilemma.errors import SetupError, UsageError
 
 __all__ = [
@@ -168,16 +169,6 @@ def _state(state_dir: Path, name: str) -> Path:
     return state_dir / f"{name}.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def up(name: str, *, port: int | None = None, state_dir: Path = STATE_DIR,
        threads: int = 2, ctx: int = 2048, timeout_s: float = START_TIMEOUT_S) -> ServerInfo:  # fmt: skip
     """Start (or find running) the server for one model; wait until it answers."""
@@ -228,7 +219,7 @@ def status(state_dir: Path = STATE_DIR) -> list[ServerInfo]:
         except ValueError:
             f.unlink(missing_ok=True)
             continue
-        if not _alive(d["pid"]):
+        if not pid_alive(d["pid"]):
             f.unlink(missing_ok=True)
             continue
         out.append(ServerInfo(d["model"], d["port"], d["pid"], d["log"], healthy(d["port"])))
@@ -253,7 +244,7 @@ def _stop(pid: int, grace_s: float = 10.0) -> None:
         try:
             finished, _ = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            finished = pid if not _alive(pid) else 0
+            finished = pid if not pid_alive(pid) else 0
         if finished:
             return
         time.sleep(0.1)

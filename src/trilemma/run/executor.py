@@ -303,7 +303,8 @@ class Executor:
     async def _step(self, s: _Session, step: Step, tasks: dict[str, asyncio.Task[None]]) -> None:
         for dep in step.after:
             await s.done_events[dep].wait()
-        if any(s.results[d].status != "done" for d in step.after) or s.stop is not None:
+        finished = [s.results.get(d) for d in step.after]  # None: cancelled before it ended
+        if any(r is None or r.status != "done" for r in finished) or s.stop is not None:
             s.results[step.id] = StepResult("skipped")
             s.done_events[step.id].set()
             return
