@@ -84,6 +84,7 @@ def plot_cliff(points: list[Any], model: str, path: str | Path) -> Path:
     ax.errorbar(xs, measured, yerr=[[m - lo for m, (lo, _) in zip(measured, lo_hi, strict=True)],
                                     [hi - m for m, (_, hi) in zip(measured, lo_hi, strict=True)]],
                 fmt="s", capsize=4, label="measured (95% interval)")  # fmt: skip
+    ax.set_xticks(xs)
     ax.set_xlabel("steps in the chain (S)")
     ax.set_ylabel("end-to-end success")
     ax.set_ylim(0, 1.02)
