@@ -177,15 +177,18 @@ def test_export_writes_json_lines(cli, tmp_path: Path) -> None:
     assert cli("export", "nope", "--journal", db).code == 2
 
 
-def test_four_processes_share_one_journal(tmp_path: Path) -> None:
+@pytest.mark.parametrize("round_", range(2))
+def test_eight_processes_share_one_journal(tmp_path: Path, round_: int) -> None:
+    """Many writers on one WAL file: every record present, integrity intact (a fresh file too)."""
     spec = tmp_path / "fan.yaml"
     spec.write_text("version: 1\nmodels:\n  m: {usd_per_call: 0.001, latency_s: 0.002, p_ok: 0.8}\nsteps:\n"
                     + "\n".join(f"  - {{id: s{i}, model: m, retries: 8}}" for i in range(60)))  # fmt: skip
     db = tmp_path / "shared.db"
-    Journal(db)  # created once, before the race
+    if round_ == 0:
+        Journal(db).close()  # created before the race; round 1 races to create it
     procs = [subprocess.Popen([sys.executable, "-m", "trilemma", "run", str(spec), "--journal", str(db),
                                "--seed", str(seed), "--json"], stdout=subprocess.PIPE, text=True)
-             for seed in range(4)]  # fmt: skip
+             for seed in range(8)]  # fmt: skip
     results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     journal = Journal(db, create=False)
@@ -270,3 +273,32 @@ def test_an_older_journal_is_migrated_in_order(tmp_path: Path) -> None:
     names = [r[0] for r in j.db.execute("SELECT name FROM trilemma_migrations ORDER BY id")]
     assert names == [n for n, _ in MIGRATIONS]
     assert "sends" in [r[1] for r in j.db.execute("PRAGMA table_info(calls)")]
+
+
+def test_opening_a_journal_never_opens_its_file_outside_sqlite(tmp_path: Path, monkeypatch) -> None:
+    """Closing any descriptor of the file would drop SQLite's POSIX locks for this process."""
+    import builtins
+    import io
+
+    db = tmp_path / "j.db"
+    Journal(db).close()
+    real_open, real_path_open = builtins.open, Path.open
+
+    def guard(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+        assert Path(str(file)).resolve() != db.resolve(), (
+            "the journal file was opened outside SQLite"
+        )
+        return real_open(file, *args, **kwargs)
+
+    def guard_path(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        assert self.resolve() != db.resolve(), "the journal file was opened outside SQLite"
+        return real_path_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guard)
+    monkeypatch.setattr(io, "open", guard)
+    monkeypatch.setattr(Path, "open", guard_path)
+    first = Journal(db)
+    second = Journal(db, busy_timeout_s=0.0)  # what the run's writer opens beside it
+    assert first.runs() == second.runs() == []
+    first.close()
+    second.close()

@@ -25,7 +25,6 @@ from trilemma.journal.migrations import MIGRATIONS, SCHEMA_VERSION
 __all__ = ["DEFAULT_PATH", "Journal", "JournalWriter"]
 
 DEFAULT_PATH = Path(".trilemma") / "trilemma.db"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 30.0
 Op = tuple[str, tuple[Any, ...], dict[str, Any]]
 
@@ -49,6 +48,8 @@ def map_sqlite_errors(path: Path) -> Iterator[None]:
             hint = "check the file and try again"
         raise JournalError(f"{path}: journal error: {msg}; {hint}") from exc
     except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise NotAJournal(f"{path}: not a trilemma journal (not a SQLite file)") from exc
         raise NotAJournal(f"{path}: not a readable trilemma journal ({exc})") from exc
 
 
@@ -65,16 +66,15 @@ class Journal:
         self.path = Path(path)
         if self.path.is_dir():
             raise NotAJournal(f"{self.path}: is a directory; give a journal file path")
+        # Never open the file ourselves (to check its header, say): closing any descriptor of
+        # it drops the POSIX locks SQLite holds for this process's other connections, and other
+        # processes would then recover the WAL over live data. SQLite reports a non-database.
         exists = self.path.exists() and self.path.stat().st_size > 0
-        if exists:
-            with self.path.open("rb") as f:
-                if f.read(16) != SQLITE_MAGIC:
-                    raise NotAJournal(f"{self.path}: not a trilemma journal (not a SQLite file)")
-        elif not create:
+        if not exists and not create:
             raise NotAJournal(
                 f"{self.path}: no journal here; run a workflow first or give --journal"
             )
-        else:
+        if not exists:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -83,13 +83,15 @@ class Journal:
                 ) from None
         with map_sqlite_errors(self.path):
             self.db = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+            # Opening waits its turn like any writer; only then may a connection refuse to wait.
+            self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
 
     # ------------------------------------------------------------------ schema
 
