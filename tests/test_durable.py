@@ -302,3 +302,27 @@ def test_opening_a_journal_never_opens_its_file_outside_sqlite(tmp_path: Path, m
     assert first.runs() == second.runs() == []
     first.close()
     second.close()
+
+
+def test_a_run_still_running_elsewhere_is_not_resumed(cli, tmp_path: Path) -> None:
+    import time
+
+    spec = tmp_path / "slow.yaml"
+    spec.write_text(
+        "version: 1\nmodels:\n  m: {usd_per_call: 0.01, latency_s: 3, p_ok: 1.0}\nsteps: [{id: a, model: m}]\n"
+    )
+    db = tmp_path / "j.db"
+    proc = subprocess.Popen([sys.executable, "-m", "trilemma", "run", str(spec), "--journal", str(db)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        runs: list = []
+        while not runs and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if db.exists():
+                runs = Journal(db, create=False).runs()
+        r = cli("resume", runs[0]["run_id"], "--journal", db)
+        assert r.code == 2 and "still running" in r.err and str(proc.pid) in r.err
+    finally:
+        proc.kill()
+        proc.wait()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from trilemma import dag
+from trilemma._proc import pid_alive
 from trilemma.errors import (
     BudgetExhausted,
     GateRejected,
@@ -724,6 +725,12 @@ def resume(
     if row is None:
         raise UsageError(
             f"run {run_id!r} is not in {journal.path}; `trilemma runs` lists the runs there"
+        )
+    running = row["status"] == "running" and row["pid"] != os.getpid() and pid_alive(row["pid"])
+    if running and not force:
+        raise UsageError(
+            f"run {run_id} is still running (process {row['pid']}); wait for it to end or stop "
+            "that process before resuming (--force if that pid is no longer trilemma)"
         )
     wf = workflow_from_dict(json.loads(row["spec_json"]), f"{journal.path}:{run_id}")
     source = row["spec_source"]
