@@ -28,7 +28,7 @@ from typing import Annotated, Any
 
 from trilemma import estimate, workflow_from_dict
 from trilemma.journal import Journal
-from trilemma.run.executor import execute
+from trilemma.run.session import execute
 from trilemma.testing import FunctionProvider
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from tests.durable_helpers import CHAIN_SPEC, ledger_key, start_and_kill  # noqa
 
 from trilemma import parse_workflow  # noqa: E402
 from trilemma.journal import Journal  # noqa: E402
-from trilemma.run.executor import execute, resume  # noqa: E402
+from trilemma.run.session import execute, resume  # noqa: E402
 from trilemma.testing import fast_retries  # noqa: E402
 
 

@@ -15,7 +15,7 @@ from trilemma import parse_workflow
 from trilemma.errors import JournalError, NotAJournal
 from trilemma.journal import Journal
 from trilemma.journal.store import map_sqlite_errors
-from trilemma.run.executor import execute
+from trilemma.run.session import execute
 from trilemma.testing import fast_retries
 
 from .durable_helpers import CHAIN_SPEC, ledger_key, start_and_kill

@@ -13,8 +13,9 @@ import pytest
 from trilemma import parse_workflow
 from trilemma.errors import ProviderTimeout, TransientError
 from trilemma.journal import Journal
-from trilemma.run.executor import RunResult, execute
+from trilemma.run.executor import RunResult
 from trilemma.run.limits import PriorityLimiter, RateLimiter
+from trilemma.run.session import execute
 from trilemma.testing import FunctionProvider, fast_retries
 
 

@@ -20,7 +20,7 @@ from trilemma import parse_workflow
 from trilemma.journal import Journal
 from trilemma.providers import local
 from trilemma.providers.local import LocalServer, ServerInfo
-from trilemma.run.executor import execute
+from trilemma.run.session import execute
 
 MISSING = [
     m

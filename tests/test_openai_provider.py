@@ -15,8 +15,9 @@ from trilemma import parse_workflow
 from trilemma.errors import ProviderError
 from trilemma.journal import Journal
 from trilemma.providers.openai import map_errors, parse_retry_after
-from trilemma.run.executor import RunResult, execute
+from trilemma.run.executor import RunResult
 from trilemma.run.retry import policy
+from trilemma.run.session import execute
 from trilemma.testing import Reply, ScriptedServer, fast_retries
 
 http = getattr(sdk_exceptions, "httpx2", None) or sdk_exceptions.httpx  # the SDK's own HTTP lib

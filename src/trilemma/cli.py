@@ -332,7 +332,7 @@ def demo(
     console.print(tables.optimize_view(best))
     if best.best is not None:
         from trilemma.journal import Journal
-        from trilemma.run.executor import execute
+        from trilemma.run.session import execute
 
         console.rule(
             f"5. The chosen configuration, run on the simulator (trilemma run, journal {journal})"
@@ -381,7 +381,7 @@ def run_cmd(
     Example: trilemma run examples/ticket.yaml --max-cost 0.50 --deadline 30 --seed 1
     """
     from trilemma.journal import Journal
-    from trilemma.run.executor import execute
+    from trilemma.run.session import execute
 
     wf = load_workflow(spec)
     values = _inputs(inputs)
@@ -477,7 +477,7 @@ def resume_cmd(
     Example: trilemma resume 20261124T053000Z-1a2b3c4d
     """
     from trilemma.journal import Journal
-    from trilemma.run.executor import resume
+    from trilemma.run.session import resume
 
     j = Journal(journal, create=False)
     row = j.run(run_id)

@@ -121,7 +121,7 @@ def calibrate(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Calibration:
     """Run ``n`` tasks of ``suite`` against ``wf.models[model]``; nothing is written."""
-    from trilemma.run.executor import build_providers
+    from trilemma.run.session import build_providers
 
     if suite not in SUITES:
         import difflib

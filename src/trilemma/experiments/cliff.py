@@ -27,7 +27,7 @@ from trilemma.experiments.tasks import (
 )
 from trilemma.journal import Journal
 from trilemma.plan.estimate import estimate
-from trilemma.run.executor import execute
+from trilemma.run.session import execute
 from trilemma.spec import ModelProfile, Workflow, workflow_from_dict
 
 __all__ = ["CliffPoint", "chain_workflow", "cliff"]

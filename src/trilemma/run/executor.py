@@ -16,33 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import math
-import os
 import random
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from trilemma import dag
-from trilemma._proc import pid_alive
 from trilemma.errors import (
     BudgetExhausted,
     GateRejected,
     ProviderError,
     ProviderTimeout,
     RunError,
-    UsageError,
 )
 from trilemma.journal.store import Journal, JournalWriter, dumps
-from trilemma.plan.estimate import Estimate, estimate
+from trilemma.plan.estimate import Estimate
 from trilemma.providers.base import Completion, Message, Provider, Request, cost_of, worst_case_cost
-from trilemma.providers.sim import SimProvider
 from trilemma.run.budget import Clock, SpendGuard
-from trilemma.run.gates import Check, build_gate
+from trilemma.run.gates import Check
 from trilemma.run.limits import PriorityLimiter, RateLimiter
 from trilemma.run.retry import retrying
 from trilemma.run.steps import Answer, run_kind
@@ -50,12 +44,19 @@ from trilemma.spec import (
     ModelProfile,
     Step,
     Workflow,
-    load_workflow,
     render_template,
-    workflow_from_dict,
 )
 
-__all__ = ["Event", "RunResult", "StepResult", "changed_steps", "execute", "new_run_id", "resume"]
+__all__ = [
+    "Event",
+    "Executor",
+    "RunResult",
+    "Session",
+    "StepResult",
+    "new_run_id",
+    "spec_hash",
+    "spec_json",
+]
 
 DEFAULT_PROMPT = "Task: {step}.\n{context}"
 STATUSES = ("ok", "budget_exhausted", "deadline", "failed")
@@ -184,7 +185,7 @@ class _Stop(Exception):
 
 
 @dataclass
-class _Session:
+class Session:
     """Mutable state of one executing session."""
 
     guard: SpendGuard
@@ -236,7 +237,7 @@ class Executor:
 
     # ------------------------------------------------------------------ the run
 
-    async def run(self, session: _Session, done_before: Mapping[str, dict[str, Any]]) -> RunResult:
+    async def run(self, session: Session, done_before: Mapping[str, dict[str, Any]]) -> RunResult:
         started = time.perf_counter()
         s = session
         for step in self.wf.steps:
@@ -267,7 +268,7 @@ class Executor:
             await self.writer.aclose()
         return await self._finish(s, time.perf_counter() - started)
 
-    async def _finish(self, s: _Session, latency: float) -> RunResult:
+    async def _finish(self, s: Session, latency: float) -> RunResult:
         for step in self.wf.steps:
             if step.id not in s.results:
                 s.results[step.id] = StepResult("cancelled" if s.stop == "deadline" else "skipped")
@@ -288,20 +289,20 @@ class Executor:
         return RunResult(self.run_id, status, cost, latency, calls, results, self.predicted,
                          error, saved, str(self.journal.path))  # fmt: skip
 
-    def _status(self, s: _Session) -> str:
+    def _status(self, s: Session) -> str:
         if s.stop in ("budget_exhausted", "deadline", "failed"):
             return s.stop
         if s.stop == "early" or all(r.status == "done" for r in s.results.values()):
             return "ok"
         return "failed"
 
-    def _halt(self, s: _Session, kind: str, reason: str) -> None:
+    def _halt(self, s: Session, kind: str, reason: str) -> None:
         if s.stop is None:
             s.stop, s.stop_reason = kind, reason
 
     # ------------------------------------------------------------------ a step
 
-    async def _step(self, s: _Session, step: Step, tasks: dict[str, asyncio.Task[None]]) -> None:
+    async def _step(self, s: Session, step: Step, tasks: dict[str, asyncio.Task[None]]) -> None:
         for dep in step.after:
             await s.done_events[dep].wait()
         finished = [s.results.get(d) for d in step.after]  # None: cancelled before it ended
@@ -321,7 +322,7 @@ class Executor:
                 if sid != step.id and not task.done():
                     task.cancel()
 
-    async def _attempts(self, s: _Session, step: Step) -> StepResult:
+    async def _attempts(self, s: Session, step: Step) -> StepResult:
         base = self._messages(step, s)
         state: dict[str, Any] = {"attempt": 0, "feedback": None, "pending": [], "cost": 0.0}
         cached = await self._from_cache(s, step, base) if step.cached else None
@@ -353,7 +354,7 @@ class Executor:
         return StepResult("done", answer.text, state["attempt"], cost)
 
     async def _retried(
-        self, s: _Session, step: Step, base: list[Message], state: dict[str, Any]
+        self, s: Session, step: Step, base: list[Message], state: dict[str, Any]
     ) -> Answer:
         """The first attempt directly (the common case, kept cheap); any retries through tenacity.
 
@@ -377,7 +378,7 @@ class Executor:
 
     async def _failed(
         self,
-        s: _Session,
+        s: Session,
         step: Step,
         state: dict[str, Any],
         msg: str,
@@ -389,7 +390,7 @@ class Executor:
         return StepResult(status, None, state["attempt"], cost, msg)
 
     async def _attempt(
-        self, s: _Session, step: Step, base: list[Message], state: dict[str, Any]
+        self, s: Session, step: Step, base: list[Message], state: dict[str, Any]
     ) -> Answer:
         if s.stop is not None:
             raise _Stop
@@ -432,7 +433,7 @@ class Executor:
     # ------------------------------------------------------------------ a call
 
     async def _call(
-        self, s: _Session, step: Step, attempt: int, index: int, role: str,
+        self, s: Session, step: Step, attempt: int, index: int, role: str,
         messages: Sequence[Message], pending: list[tuple[str, dict[str, Any]]],
     ) -> Completion:  # fmt: skip
         profile = self.wf.profile(step)
@@ -461,7 +462,7 @@ class Executor:
             self.slots.release()
 
     async def _send(
-        self, s: _Session, step: Step, attempt: int, index: int, role: str, request: Request,
+        self, s: Session, step: Step, attempt: int, index: int, role: str, request: Request,
         profile: ModelProfile, pending: list[tuple[str, dict[str, Any]]],
     ) -> Completion:  # fmt: skip
         if step.model in self.rpm:
@@ -531,7 +532,7 @@ class Executor:
                  step.max_tokens or p.max_tokens, p.temperature, base]  # fmt: skip
         return hashlib.sha256(dumps(ident).encode()).hexdigest()
 
-    async def _from_cache(self, s: _Session, step: Step, base: list[Message]) -> StepResult | None:
+    async def _from_cache(self, s: Session, step: Step, base: list[Message]) -> StepResult | None:
         hit = self.writer.read("cache_get", self._cache_key(step, base))
         if hit is None:
             return None
@@ -558,7 +559,7 @@ class Executor:
 
     # ------------------------------------------------------------------ helpers
 
-    def _messages(self, step: Step, s: _Session) -> list[Message]:
+    def _messages(self, step: Step, s: Session) -> list[Message]:
         values = {**{k: v or "" for k, v in self.wf.inputs.items()}, **self.inputs}
         for name in [*step.placeholders(), *step.after]:
             out = s.results.get(name)
@@ -576,7 +577,7 @@ class Executor:
         messages.append({"role": "user", "content": prompt})
         return messages
 
-    def _emit(self, kind: str, step: str, s: _Session) -> None:
+    def _emit(self, kind: str, step: str, s: Session) -> None:
         if self.on_event is not None:
             done = sum(1 for r in s.results.values() if r.status == "done")
             self.on_event(Event(kind, step, s.guard.spent, done))
@@ -608,193 +609,3 @@ def _remaining_path(wf: Workflow, e: Estimate) -> dict[str, float]:
     for sid in reversed(dag.topo_order(wf.edges())):
         out[sid] = latency[sid] + max((out[c] for c in children[sid]), default=0.0)
     return out
-
-
-# ---------------------------------------------------------------------- entry point
-
-
-def check_inputs(wf: Workflow, given: Mapping[str, str], source: str) -> dict[str, str]:
-    """The run's inputs: declared defaults filled, unknown or missing ones refused."""
-    unknown = [k for k in given if k not in wf.inputs]
-    if unknown:
-        declared = ", ".join(sorted(wf.inputs)) or "none"
-        raise UsageError(
-            f"--input {unknown[0]}: {source} declares no input {unknown[0]!r} (declared: {declared})"
-        )
-    values = {k: v for k, v in wf.inputs.items() if v is not None} | dict(given)
-    for i, step in enumerate(wf.steps):
-        for name in step.placeholders():
-            if name in wf.inputs and name not in values:
-                raise UsageError(
-                    f"--input {name}=...: {source}: steps[{i}].prompt uses input {name!r}, "
-                    "which was not given and has no default"
-                )
-    return values
-
-
-def build_providers(
-    wf: Workflow, seed: int | None, overrides: Mapping[str, Provider] | None = None
-) -> dict[str, Provider]:
-    """One provider per model profile: the simulator, or an OpenAI-compatible endpoint."""
-    sim = SimProvider(seed)
-    out: dict[str, Provider] = {}
-    for name, profile in wf.models.items():
-        if overrides and name in overrides:
-            out[name] = overrides[name]
-        elif profile.runs_on_simulator:
-            out[name] = sim
-        else:
-            from trilemma.providers.openai import OpenAIProvider  # the SDK loads only when used
-
-            out[name] = OpenAIProvider(name, profile)
-    return out
-
-
-def build_gates(wf: Workflow, source: str) -> dict[str, Check]:
-    """Every step's gate, imported now so that a bad reference fails before spending."""
-    folder = Path(source).parent if source and not source.startswith("<") else None
-    return {
-        step.id: build_gate(step.gate, source, f"steps[{i}].gate", folder)
-        for i, step in enumerate(wf.steps)
-        if step.gate is not None
-    }
-
-
-def execute(
-    wf: Workflow,
-    *,
-    journal: Journal,
-    inputs: Mapping[str, str] | None = None,
-    max_cost_usd: float | None = None,
-    deadline_s: float | None = None,
-    seed: int | None = None,
-    source: str = "<spec>",
-    providers: Mapping[str, Provider] | None = None,
-    on_event: Callable[[Event], None] | None = None,
-) -> RunResult:
-    """Run a workflow to the end, a budget, the deadline or an early stop."""
-    values = check_inputs(wf, inputs or {}, source)
-    gates = build_gates(wf, source)
-    seed = seed if seed is not None else wf.seed
-    if seed is None:
-        seed = random.SystemRandom().randrange(2**31)
-    provs = build_providers(wf, seed, providers)
-    ceiling = max_cost_usd if max_cost_usd is not None else wf.budget.max_cost_usd
-    deadline = deadline_s if deadline_s is not None else wf.budget.deadline_s
-    run_id = new_run_id()
-    now = time.time()
-    deadline_at = now + deadline if deadline is not None else None
-    predicted = estimate(wf)
-    text = spec_json(wf)
-    journal.create_run({
-        "run_id": run_id, "spec_source": source, "spec_json": text,
-        "spec_hash": spec_hash(text), "inputs_json": dumps(values), "seed": seed,
-        "max_cost_usd": ceiling, "deadline_at": deadline_at,
-        "status": "running", "started_at": now, "predicted_json": dumps(predicted.summary()),
-        "pid": os.getpid(),
-    })  # fmt: skip
-    session = _Session(SpendGuard(ceiling), Clock(deadline_at))
-    ex = Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=provs,
-                  source=source, gates=gates, seed=seed, predicted=predicted, on_event=on_event)  # fmt: skip
-    return asyncio.run(_run_and_close(ex, session, {}, provs))
-
-
-def changed_steps(old: Workflow, new: Workflow) -> list[str]:
-    """Steps whose definition (or model profile) differs, and steps added or removed."""
-    before = {s.id: (s.model_dump(), old.models[s.model].model_dump()) for s in old.steps}
-    after = {s.id: (s.model_dump(), new.models[s.model].model_dump()) for s in new.steps}
-    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-
-
-def resume(
-    journal: Journal,
-    run_id: str,
-    *,
-    deadline_s: float | None = None,
-    max_cost_usd: float | None = None,
-    force: bool = False,
-    providers: Mapping[str, Provider] | None = None,
-    on_event: Callable[[Event], None] | None = None,
-) -> RunResult:
-    """Finish an interrupted run; a step the journal holds as done is never run again.
-
-    The spend before the crash counts against the ceiling, and the original
-    deadline holds unless ``deadline_s`` gives a new one (from now).
-    """
-    row = journal.run(run_id)
-    if row is None:
-        raise UsageError(
-            f"run {run_id!r} is not in {journal.path}; `trilemma runs` lists the runs there"
-        )
-    running = row["status"] == "running" and row["pid"] != os.getpid() and pid_alive(row["pid"])
-    if running and not force:
-        raise UsageError(
-            f"run {run_id} is still running (process {row['pid']}); wait for it to end or stop "
-            "that process before resuming (--force if that pid is no longer trilemma)"
-        )
-    wf = workflow_from_dict(json.loads(row["spec_json"]), f"{journal.path}:{run_id}")
-    source = row["spec_source"]
-    changed: list[str] = []
-    if Path(source).is_file():
-        current = load_workflow(source)
-        if spec_json(current) != row["spec_json"]:
-            changed = changed_steps(wf, current)
-            if not force:
-                names = ", ".join(changed) or "models or settings"
-                raise UsageError(
-                    f"{source} changed since run {run_id} started (steps: {names}); restore it, "
-                    "or resume with --force to run the new spec (changed steps run again)"
-                )
-            wf = current
-    gates = build_gates(wf, source)
-    provs = build_providers(wf, row["seed"], providers)
-    ceiling = max_cost_usd if max_cost_usd is not None else row["max_cost_usd"]
-    deadline_at = time.time() + deadline_s if deadline_s is not None else row["deadline_at"]
-    ids = {s.id for s in wf.steps}
-    done = {k: v for k, v in journal.steps(run_id).items()
-            if v["status"] == "done" and k in ids and k not in changed}  # fmt: skip
-    journal.update_run(run_id, status="running", pid=os.getpid(), finished_at=None, error=None,
-                       max_cost_usd=ceiling, deadline_at=deadline_at)  # fmt: skip
-    session = _Session(SpendGuard(ceiling, spent=journal.spent(run_id)), Clock(deadline_at))
-    ex = Executor(wf, journal=journal, run_id=run_id, inputs=json.loads(row["inputs_json"]),
-                  providers=provs, source=source, gates=gates, seed=row["seed"],
-                  predicted=estimate(wf), on_event=on_event)  # fmt: skip
-    ex.resume_from = _resume_points(wf, journal.calls(run_id), done, changed)
-    return asyncio.run(_run_and_close(ex, session, done, provs))
-
-
-def _resume_points(
-    wf: Workflow, calls: list[dict[str, Any]], done: Mapping[str, Any], changed: list[str]
-) -> dict[str, tuple[int, int]]:
-    """Per unfinished step: the attempt to start at and how many it has left.
-
-    An attempt with a call still in flight is re-sent as itself (same keys, same
-    ledger rows); otherwise the next attempt follows the last one journaled.
-    A step always gets at least one attempt.
-    """
-    out: dict[str, tuple[int, int]] = {}
-    for step in wf.steps:
-        if step.id in done or step.id in changed:
-            continue
-        mine = [c for c in calls if c["step_id"] == step.id and c["role"] != "cache"]
-        if not mine:
-            continue
-        in_flight = [c["attempt"] for c in mine if c["state"] == "started"]
-        start = min(in_flight) if in_flight else max(c["attempt"] for c in mine) + 1
-        out[step.id] = (start, max(1, step.retries + 2 - start))
-    return out
-
-
-async def _run_and_close(
-    ex: Executor,
-    session: _Session,
-    done: Mapping[str, dict[str, Any]],
-    provs: Mapping[str, Provider],
-) -> RunResult:
-    try:
-        return await ex.run(session, done)
-    finally:
-        for p in {id(p): p for p in provs.values()}.values():
-            close = getattr(p, "aclose", None)
-            if close is not None:
-                await close()

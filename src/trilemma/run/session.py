@@ -1,0 +1,224 @@
+"""Where runs begin and resume: inputs, gates and providers set up, the journal told.
+
+:func:`execute` starts a run; :func:`resume` finishes an interrupted one. Both hand
+the work to :class:`~trilemma.run.executor.Executor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from trilemma._proc import pid_alive
+from trilemma.errors import UsageError
+from trilemma.journal.store import Journal, dumps
+from trilemma.plan.estimate import estimate
+from trilemma.providers.base import Provider
+from trilemma.providers.sim import SimProvider
+from trilemma.run.budget import Clock, SpendGuard
+from trilemma.run.executor import (
+    Event,
+    Executor,
+    RunResult,
+    Session,
+    new_run_id,
+    spec_hash,
+    spec_json,
+)
+from trilemma.run.gates import Check, build_gate
+from trilemma.spec import Workflow, load_workflow, workflow_from_dict
+
+__all__ = ["build_gates", "build_providers", "changed_steps", "check_inputs", "execute", "resume"]
+
+
+def check_inputs(wf: Workflow, given: Mapping[str, str], source: str) -> dict[str, str]:
+    """The run's inputs: declared defaults filled, unknown or missing ones refused."""
+    unknown = [k for k in given if k not in wf.inputs]
+    if unknown:
+        declared = ", ".join(sorted(wf.inputs)) or "none"
+        raise UsageError(
+            f"--input {unknown[0]}: {source} declares no input {unknown[0]!r} (declared: {declared})"
+        )
+    values = {k: v for k, v in wf.inputs.items() if v is not None} | dict(given)
+    for i, step in enumerate(wf.steps):
+        for name in step.placeholders():
+            if name in wf.inputs and name not in values:
+                raise UsageError(
+                    f"--input {name}=...: {source}: steps[{i}].prompt uses input {name!r}, "
+                    "which was not given and has no default"
+                )
+    return values
+
+
+def build_providers(
+    wf: Workflow, seed: int | None, overrides: Mapping[str, Provider] | None = None
+) -> dict[str, Provider]:
+    """One provider per model profile: the simulator, or an OpenAI-compatible endpoint."""
+    sim = SimProvider(seed)
+    out: dict[str, Provider] = {}
+    for name, profile in wf.models.items():
+        if overrides and name in overrides:
+            out[name] = overrides[name]
+        elif profile.runs_on_simulator:
+            out[name] = sim
+        else:
+            from trilemma.providers.openai import OpenAIProvider  # the SDK loads only when used
+
+            out[name] = OpenAIProvider(name, profile)
+    return out
+
+
+def build_gates(wf: Workflow, source: str) -> dict[str, Check]:
+    """Every step's gate, imported now so that a bad reference fails before spending."""
+    folder = Path(source).parent if source and not source.startswith("<") else None
+    return {
+        step.id: build_gate(step.gate, source, f"steps[{i}].gate", folder)
+        for i, step in enumerate(wf.steps)
+        if step.gate is not None
+    }
+
+
+def execute(
+    wf: Workflow,
+    *,
+    journal: Journal,
+    inputs: Mapping[str, str] | None = None,
+    max_cost_usd: float | None = None,
+    deadline_s: float | None = None,
+    seed: int | None = None,
+    source: str = "<spec>",
+    providers: Mapping[str, Provider] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> RunResult:
+    """Run a workflow to the end, a budget, the deadline or an early stop."""
+    values = check_inputs(wf, inputs or {}, source)
+    gates = build_gates(wf, source)
+    seed = seed if seed is not None else wf.seed
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    provs = build_providers(wf, seed, providers)
+    ceiling = max_cost_usd if max_cost_usd is not None else wf.budget.max_cost_usd
+    deadline = deadline_s if deadline_s is not None else wf.budget.deadline_s
+    run_id = new_run_id()
+    now = time.time()
+    deadline_at = now + deadline if deadline is not None else None
+    predicted = estimate(wf)
+    text = spec_json(wf)
+    journal.create_run({
+        "run_id": run_id, "spec_source": source, "spec_json": text,
+        "spec_hash": spec_hash(text), "inputs_json": dumps(values), "seed": seed,
+        "max_cost_usd": ceiling, "deadline_at": deadline_at,
+        "status": "running", "started_at": now, "predicted_json": dumps(predicted.summary()),
+        "pid": os.getpid(),
+    })  # fmt: skip
+    session = Session(SpendGuard(ceiling), Clock(deadline_at))
+    ex = Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=provs,
+                  source=source, gates=gates, seed=seed, predicted=predicted, on_event=on_event)  # fmt: skip
+    return asyncio.run(_run_and_close(ex, session, {}, provs))
+
+
+def changed_steps(old: Workflow, new: Workflow) -> list[str]:
+    """Steps whose definition (or model profile) differs, and steps added or removed."""
+    before = {s.id: (s.model_dump(), old.models[s.model].model_dump()) for s in old.steps}
+    after = {s.id: (s.model_dump(), new.models[s.model].model_dump()) for s in new.steps}
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def resume(
+    journal: Journal,
+    run_id: str,
+    *,
+    deadline_s: float | None = None,
+    max_cost_usd: float | None = None,
+    force: bool = False,
+    providers: Mapping[str, Provider] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> RunResult:
+    """Finish an interrupted run; a step the journal holds as done is never run again.
+
+    The spend before the crash counts against the ceiling, and the original
+    deadline holds unless ``deadline_s`` gives a new one (from now).
+    """
+    row = journal.run(run_id)
+    if row is None:
+        raise UsageError(
+            f"run {run_id!r} is not in {journal.path}; `trilemma runs` lists the runs there"
+        )
+    running = row["status"] == "running" and row["pid"] != os.getpid() and pid_alive(row["pid"])
+    if running and not force:
+        raise UsageError(
+            f"run {run_id} is still running (process {row['pid']}); wait for it to end or stop "
+            "that process before resuming (--force if that pid is no longer trilemma)"
+        )
+    wf = workflow_from_dict(json.loads(row["spec_json"]), f"{journal.path}:{run_id}")
+    source = row["spec_source"]
+    changed: list[str] = []
+    if Path(source).is_file():
+        current = load_workflow(source)
+        if spec_json(current) != row["spec_json"]:
+            changed = changed_steps(wf, current)
+            if not force:
+                names = ", ".join(changed) or "models or settings"
+                raise UsageError(
+                    f"{source} changed since run {run_id} started (steps: {names}); restore it, "
+                    "or resume with --force to run the new spec (changed steps run again)"
+                )
+            wf = current
+    gates = build_gates(wf, source)
+    provs = build_providers(wf, row["seed"], providers)
+    ceiling = max_cost_usd if max_cost_usd is not None else row["max_cost_usd"]
+    deadline_at = time.time() + deadline_s if deadline_s is not None else row["deadline_at"]
+    ids = {s.id for s in wf.steps}
+    done = {k: v for k, v in journal.steps(run_id).items()
+            if v["status"] == "done" and k in ids and k not in changed}  # fmt: skip
+    journal.update_run(run_id, status="running", pid=os.getpid(), finished_at=None, error=None,
+                       max_cost_usd=ceiling, deadline_at=deadline_at)  # fmt: skip
+    session = Session(SpendGuard(ceiling, spent=journal.spent(run_id)), Clock(deadline_at))
+    ex = Executor(wf, journal=journal, run_id=run_id, inputs=json.loads(row["inputs_json"]),
+                  providers=provs, source=source, gates=gates, seed=row["seed"],
+                  predicted=estimate(wf), on_event=on_event)  # fmt: skip
+    ex.resume_from = _resume_points(wf, journal.calls(run_id), done, changed)
+    return asyncio.run(_run_and_close(ex, session, done, provs))
+
+
+def _resume_points(
+    wf: Workflow, calls: list[dict[str, Any]], done: Mapping[str, Any], changed: list[str]
+) -> dict[str, tuple[int, int]]:
+    """Per unfinished step: the attempt to start at and how many it has left.
+
+    An attempt with a call still in flight is re-sent as itself (same keys, same
+    ledger rows); otherwise the next attempt follows the last one journaled.
+    A step always gets at least one attempt.
+    """
+    out: dict[str, tuple[int, int]] = {}
+    for step in wf.steps:
+        if step.id in done or step.id in changed:
+            continue
+        mine = [c for c in calls if c["step_id"] == step.id and c["role"] != "cache"]
+        if not mine:
+            continue
+        in_flight = [c["attempt"] for c in mine if c["state"] == "started"]
+        start = min(in_flight) if in_flight else max(c["attempt"] for c in mine) + 1
+        out[step.id] = (start, max(1, step.retries + 2 - start))
+    return out
+
+
+async def _run_and_close(
+    ex: Executor,
+    session: Session,
+    done: Mapping[str, dict[str, Any]],
+    provs: Mapping[str, Provider],
+) -> RunResult:
+    try:
+        return await ex.run(session, done)
+    finally:
+        for p in {id(p): p for p in provs.values()}.values():
+            close = getattr(p, "aclose", None)
+            if close is not None:
+                await close()
