@@ -1,0 +1,132 @@
+"""The parts every ``trilemma`` command shares: the app, option types, output helpers, ``main``.
+
+The ``trilemma.cli`` package is the only place that prints or exits. ``main(argv) -> int``
+runs a command in-process and returns its exit code: 0 success, 1 the run or plan failed,
+2 bad input (one line on stderr naming the file, the field and the fix; never a traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+from trilemma.errors import TrilemmaError, UsageError
+
+__all__ = [
+    "DEFAULT_JOURNAL",
+    "JournalOpt",
+    "JsonFlag",
+    "SpecFile",
+    "app",
+    "emit_json",
+    "iso",
+    "main",
+    "positive",
+    "progress",
+    "run",
+    "stdout_console",
+    "write_atomic",
+]
+
+app = typer.Typer(
+    name="trilemma",
+    help="Plan, run and measure LLM agent workflows under cost, latency and reliability budgets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+SpecFile = Annotated[Path, typer.Argument(help="Workflow spec (YAML or JSON).", show_default=False)]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+DEFAULT_JOURNAL = Path(".trilemma") / "trilemma.db"
+
+
+def stdout_console() -> Console:
+    """Tables on stdout; wide enough to stay readable when piped to a file."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def progress(show: bool) -> Progress:
+    """A progress bar on stderr, shown only on a terminal."""
+    return Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=Console(stderr=True), disable=not show, transient=True,
+    )  # fmt: skip
+
+
+def positive(name: str, value: int) -> int:
+    if value < 1:
+        raise UsageError(f"{name}: {value} is not a positive integer; give 1 or more")
+    return value
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UsageError(f"--out {path}: cannot write: {exc.strerror}") from None
+
+
+JournalOpt = Annotated[
+    Path, typer.Option("--journal", help="The journal (SQLite) file.", show_default=True)
+]
+
+
+def iso(epoch: float | None) -> str | None:
+    import datetime as dt
+
+    if epoch is None:
+        return None
+    return (
+        dt.datetime.fromtimestamp(epoch, dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+# ---------------------------------------------------------------------------- entry
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return its exit code instead of exiting."""
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="trilemma", standalone_mode=False)
+    except TrilemmaError as exc:
+        sys.stderr.write(f"trilemma: error: {_one_line(str(exc))}\n")
+        return exc.exit_code
+    except typer.TyperException as exc:  # click's usage errors, vendored by typer
+        hint = "; see `trilemma --help`" if exc.exit_code == 2 else ""
+        sys.stderr.write(f"trilemma: error: {_one_line(exc.format_message())}{hint}\n")
+        return 2 if exc.exit_code == 2 else exc.exit_code
+    except typer.Abort:
+        sys.stderr.write("trilemma: aborted\n")
+        return 130
+    except (MemoryError, RecursionError) as exc:
+        if os.environ.get("TRILEMMA_DEBUG"):
+            raise
+        sys.stderr.write(f"trilemma: error: input too large or deep ({type(exc).__name__})\n")
+        return 2
+    return rv if isinstance(rv, int) else 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Commands for real models and experiments: local servers, calibrate, cliff."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from trilemma.cli._common import (
+    DEFAULT_JOURNAL,
+    JournalOpt,
+    JsonFlag,
+    app,
+    emit_json,
+    positive,
+    progress,
+    stdout_console,
+    write_atomic,
+)
+from trilemma.errors import UsageError
+from trilemma.report import tables
+from trilemma.spec import load_workflow
+
+local_app = typer.Typer(help="Serve the PyPI-packaged models with llama.cpp on 127.0.0.1.",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(local_app, name="local")
+LocalModelOpt = Annotated[str, typer.Option("--model", help="smollm2, gemma3-270m or all.")]
+StateOpt = Annotated[Path, typer.Option("--state", help="Where pids and logs go.")]
+DEFAULT_STATE = Path(".trilemma") / "local"
+
+
+@local_app.command("up")
+def local_up(
+    model: LocalModelOpt = "smollm2",
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port (one model only).")
+    ] = None,
+    state: StateOpt = DEFAULT_STATE,
+) -> int:
+    """Start the llama.cpp server for a model and wait until it answers.
+
+    Example: trilemma local up --model all
+    """
+    from trilemma.providers import local
+
+    names = list(local.MODELS) if model == "all" else [model]
+    if port is not None and len(names) > 1:
+        raise UsageError("--port: give it with one --model, not all")
+    for name in names:
+        info = local.up(name, port=port, state_dir=state)
+        sys.stdout.write(f"{name}: {info.base_url} (pid {info.pid}, log {info.log})\n")
+    return 0
+
+
+@local_app.command("status")
+def local_status(state: StateOpt = DEFAULT_STATE, as_json: JsonFlag = False) -> int:
+    """The local servers this project started, and whether they answer.
+
+    Example: trilemma local status
+    """
+    from trilemma.providers import local
+
+    servers = local.status(state)
+    if as_json:
+        emit_json([{"model": s.model, "base_url": s.base_url, "pid": s.pid, "healthy": s.healthy,
+                     "log": s.log} for s in servers])  # fmt: skip
+    elif not servers:
+        sys.stdout.write("no local server is running; start one with `trilemma local up`\n")
+    for s in [] if as_json else servers:
+        sys.stdout.write(
+            f"{s.model}: {s.base_url} pid {s.pid} {'healthy' if s.healthy else 'NOT ANSWERING'}\n"
+        )
+    return 0
+
+
+@local_app.command("down")
+def local_down(model: LocalModelOpt = "all", state: StateOpt = DEFAULT_STATE) -> int:
+    """Stop local servers (all by default).
+
+    Example: trilemma local down
+    """
+    from trilemma.providers import local
+
+    stopped = local.down(model, state)
+    sys.stdout.write(f"stopped: {', '.join(stopped)}\n" if stopped else "nothing was running\n")
+    return 0
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    model: Annotated[str, typer.Option("--model", help="A model profile of the spec.")],
+    suite: Annotated[
+        str, typer.Option("--suite", help="A task suite (see trilemma.experiments.tasks).")
+    ],
+    n: Annotated[int, typer.Option("--n", help="Tasks to run.")] = 100,
+    spec: Annotated[Path, typer.Option("--spec", help="The spec holding the profile.")] = Path(
+        "examples/local.yaml"
+    ),
+    seed: Annotated[int, typer.Option(help="Task generator seed.")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the measured profile (YAML) here.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> int:
+    """Measure a model on a task suite and write the profile the planner should use.
+
+    Example: trilemma calibrate --model smollm2 --suite add1 --n 100 --out smollm2.yaml
+    """
+    import yaml
+
+    from trilemma.experiments.calibrate import calibrate
+
+    positive("--n", n)
+    wf = load_workflow(spec)
+    show = not as_json and sys.stderr.isatty()
+    with progress(show) as bar:
+        task = bar.add_task(f"{model} on {suite}", total=n)
+        result = calibrate(wf, model, suite, n, seed=seed,
+                           on_progress=lambda done, total: bar.update(task, completed=done))  # fmt: skip
+    profile = result.profile(wf.models[model])
+    text = yaml.safe_dump(
+        {"models": {model: profile}}, sort_keys=False, default_flow_style=None, width=100
+    )
+    if out is not None:
+        write_atomic(out, text)
+    if as_json:
+        emit_json({"model": model, **result.summary(), "profile": profile})
+    else:
+        s = result.summary()
+        lo, hi = s["p_ok_ci95"]
+        stdout_console().print(f"{model} on {suite} (n={s['n']}): p_ok {s['p_ok']:.3f} [{lo:.3f}, {hi:.3f}], "
+                     f"latency mean {s['latency_s']['mean']:.3f}s p95 {s['latency_s']['p95']:.3f}s, "
+                     f"${s['usd_per_call']:.3g} per call ({s['price']})", markup=False)  # fmt: skip
+        sys.stdout.write(text)
+    return 0
+
+
+@app.command("cliff")
+def cliff_cmd(
+    model: Annotated[str, typer.Option("--model", help="A model profile of the spec.")],
+    spec: Annotated[Path, typer.Option("--spec", help="The spec holding the profile.")] = Path(
+        "examples/local.yaml"
+    ),
+    steps: Annotated[str, typer.Option(help="Chain lengths, comma-separated.")] = "1,2,5",
+    task: Annotated[
+        str,
+        typer.Option(
+            help="add (a total plus a digit) or relay (carry a number through sentences)."
+        ),
+    ] = "add",
+    runs: Annotated[int, typer.Option(help="Runs per chain length.")] = 100,
+    seed: Annotated[int, typer.Option(help="Chain numbers seed.")] = 0,
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    plot: Annotated[Path | None, typer.Option(help="Write the curve as a PNG.")] = None,
+    as_json: JsonFlag = False,
+) -> int:
+    """The reliability cliff: chains of S dependent steps, predicted p^S beside measured success.
+
+    Example: trilemma cliff --model smollm2 --steps 1,2,5 --runs 100 --plot cliff.png
+    """
+    from trilemma.experiments.cliff import cliff
+    from trilemma.journal import Journal
+
+    positive("--runs", runs)
+    try:
+        lengths = [int(x) for x in steps.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--steps {steps!r}: give chain lengths like 1,2,5") from None
+    if not lengths or min(lengths) < 1:
+        raise UsageError(f"--steps {steps!r}: give positive chain lengths like 1,2,5")
+    wf = load_workflow(spec)
+    if model not in wf.models:
+        raise UsageError(
+            f"--model {model!r}: {spec} has no such model; it has {', '.join(wf.models)}"
+        )
+    show = not as_json and sys.stderr.isatty()
+    with progress(show) as bar:
+        bar_id = bar.add_task("chains", total=len(lengths) * runs)
+        points = cliff(model, wf.models[model], lengths, runs, Journal(journal), task=task, seed=seed,
+                       on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
+    if plot:
+        from trilemma.report.plots import plot_cliff
+
+        plot_cliff(points, model, plot)
+    if as_json:
+        emit_json([p.to_json() for p in points])
+    else:
+        stdout_console().print(tables.cliff_table(points, model))
+    return 0

@@ -1,0 +1,301 @@
+"""Commands that predict: book, estimate, simulate, optimize, exercise, and the demo."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from trilemma.cli._common import (
+    JsonFlag,
+    SpecFile,
+    app,
+    emit_json,
+    positive,
+    progress,
+    stdout_console,
+    write_atomic,
+)
+from trilemma.plan import book as book_mod
+from trilemma.plan.estimate import estimate as estimate_wf
+from trilemma.plan.exercises import debate_vs_retry, routing_sweep, ticket_spend
+from trilemma.plan.optimize import optimize as optimize_wf
+from trilemma.plan.simulate import simulate as simulate_wf
+from trilemma.report import tables
+from trilemma.spec import Budget, Simulation, dump_workflow, load_workflow
+
+
+@app.command()
+def book(
+    notes: Annotated[bool, typer.Option(help="Print the notes on the seed's quirks.")] = True,
+) -> int:
+    """Print the seed's Output 32.10.1, computed by the seed's own code.
+
+    Example: trilemma book
+    """
+    sys.stdout.write(book_mod.book_report() + "\n")
+    if notes:
+        sys.stdout.write("\nNotes (quirks of the seed's code that these figures keep):\n")
+        for note in book_mod.QUIRKS:
+            sys.stdout.write(f"  - {note}\n")
+    return 0
+
+
+@app.command()
+def estimate(spec: SpecFile, as_json: JsonFlag = False) -> int:
+    """Analytic cost, critical-path latency and reliability of a workflow.
+
+    Example: trilemma estimate examples/ticket.yaml --json
+    """
+    wf = load_workflow(spec)
+    e = estimate_wf(wf)
+    if as_json:
+        emit_json(e.to_json())
+    else:
+        stdout_console().print(tables.estimate_table(e, title=f"Estimate of {spec}"))
+    return 0
+
+
+@app.command()
+def simulate(
+    spec: SpecFile,
+    runs: Annotated[int, typer.Option("--runs", "-n", help="Trajectories to simulate.")] = 100_000,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: the spec's).")] = None,
+    recall: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Gate recall.")] = None,
+    retry_correlation: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Chance a retry fails the same way.")
+    ] = None,
+    compounding: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="p factor after an uncaught failure.")
+    ] = None,
+    halt: Annotated[bool, typer.Option(help="Skip the steps below a failed step.")] = True,
+    as_json: JsonFlag = False,
+) -> int:
+    """Monte Carlo of a workflow: success rate with a 95% interval, cost and latency tails.
+
+    Example: trilemma simulate examples/seed-chain.yaml --runs 1000000 --seed 7 --recall 0.9
+    """
+    positive("--runs", runs)
+    wf = load_workflow(spec)
+    overrides = {
+        k: v
+        for k, v in dict(
+            recall=recall, retry_correlation=retry_correlation, compounding=compounding
+        ).items()
+        if v is not None
+    }
+    settings = Simulation(**{**wf.simulation.model_dump(), **overrides})
+    seed = seed if seed is not None else wf.seed
+    show = not as_json and sys.stderr.isatty() and runs >= 2_000_000
+    with progress(show) as bar:
+        task = bar.add_task("simulating", total=runs)
+        result = simulate_wf(
+            wf, runs, seed, settings, halt=halt, progress=lambda n: bar.advance(task, n)
+        )
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        stdout_console().print(tables.simulate_table(result, estimate_wf(wf)))
+    return 0
+
+
+class BudgetOn(StrEnum):
+    """Which figures a budget binds."""
+
+    worst = "worst"
+    expected = "expected"
+
+
+class Method(StrEnum):
+    """How the optimizer searches."""
+
+    auto = "auto"
+    exhaustive = "exhaustive"
+    beam = "beam"
+
+
+@app.command()
+def optimize(
+    spec: SpecFile,
+    max_cost: Annotated[float | None, typer.Option(min=0.0, help="Cost ceiling, $.")] = None,
+    max_latency: Annotated[float | None, typer.Option(min=0.0, help="Latency budget, s.")] = None,
+    min_reliability: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Reliability floor.")
+    ] = None,
+    budget_on: Annotated[BudgetOn, typer.Option(help="Bind worst or expected figures.")] = (
+        BudgetOn.worst
+    ),
+    max_retries: Annotated[int, typer.Option(min=0, max=10, help="Retries to try per step.")] = 3,
+    method: Annotated[Method, typer.Option(help="Search method.")] = Method.auto,
+    beam_width: Annotated[int, typer.Option(min=2, help="Beam width.")] = 256,
+    out: Annotated[Path | None, typer.Option(help="Write the chosen spec here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the frontier as a PNG.")] = None,
+    as_json: JsonFlag = False,
+) -> int:
+    """The cheapest choice of levers that meets the budgets, and the Pareto frontier.
+
+    Budgets come from the spec's budget: and are overridden by the flags.
+
+    Example: trilemma optimize examples/seed-chain.yaml --max-cost 0.10 --min-reliability 0.95
+    """
+    wf = load_workflow(spec)
+    flags = dict(max_cost_usd=max_cost, deadline_s=max_latency, min_reliability=min_reliability)
+    budget = Budget(
+        **{**wf.budget.model_dump(), **{k: v for k, v in flags.items() if v is not None}}
+    )
+    r = optimize_wf(wf, budget, budget_on=budget_on.value, max_retries=max_retries,
+                    method=method.value, beam_width=beam_width)  # fmt: skip
+    chosen = dump_workflow(r.best) if r.best else None
+    if out and chosen:
+        write_atomic(out, chosen)
+    if plot:
+        from trilemma.report.plots import plot_frontier
+
+        plot_frontier(r, plot)
+    if as_json:
+        emit_json(_optimize_json(r, chosen))
+    else:
+        console = stdout_console()
+        console.print(tables.optimize_view(r))
+        if chosen:
+            console.print(f"\n# chosen configuration{f' (written to {out})' if out else ''}")
+            console.print(chosen, markup=False)
+    if r.best is None:
+        sys.stderr.write(
+            "trilemma optimize: no configuration meets the budgets; relax one, or add "
+            "candidates, cacheable or independent steps to the spec\n"
+        )
+        return 1
+    return 0
+
+
+def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
+    return {
+        "method": r.method,
+        "space": r.space,
+        "evaluated": r.evaluated,
+        "feasible": r.best is not None,
+        "budget": r.budget.model_dump(),
+        "budget_on": r.budget_on,
+        "original": r.original.to_json(),
+        "chosen": r.best_estimate.to_json() if r.best_estimate else None,
+        "chosen_spec": chosen,
+        "frontier": [
+            {
+                "cost_usd": {
+                    "worst": round(c.cost_worst, 12),
+                    "expected": round(c.cost_expected, 12),
+                },
+                "latency_s": round(c.latency_s, 12),
+                "reliability": c.reliability,
+                "levers": tables.describe(c),
+            }
+            for c in r.frontier
+        ],
+        "notes": list(r.notes),
+    }
+
+
+class ExerciseId(StrEnum):
+    """The seed's exercises."""
+
+    sizing = "32.10.1"
+    routing = "32.10.2"
+    tension = "32.10.3"
+
+
+@app.command()
+def exercise(
+    number: Annotated[ExerciseId, typer.Argument(help="32.10.1, 32.10.2 or 32.10.3.")],
+    tickets_per_day: Annotated[int, typer.Option(min=1, help="32.10.1: volume.")] = 200_000,
+    router_usd: Annotated[float, typer.Option(min=0.0, help="32.10.2: router $ per step.")] = 0.002,
+    router_s: Annotated[float, typer.Option(min=0.0, help="32.10.2: router s per step.")] = 0.4,
+    misroute: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="32.10.2: misroute rate.")
+    ] = 0.1,
+    p_small_hard: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="32.10.2: small model's p on hard steps.")
+    ] = 0.8,
+    seed_model: Annotated[
+        bool, typer.Option("--seed-model", help="32.10.2: a free, perfect router (the seed's).")
+    ] = False,
+    plot: Annotated[Path | None, typer.Option(help="32.10.2: write the sweep as a PNG.")] = None,
+    as_json: JsonFlag = False,
+) -> int:
+    """Answer one of the seed's exercises with the planner.
+
+    Example: trilemma exercise 32.10.2 --plot routing.png
+    """
+    console = stdout_console()
+    if number is ExerciseId.sizing:
+        ans = ticket_spend(tickets_per_day)
+        data, view = ans.to_json(), tables.ticket_table(ans)
+    elif number is ExerciseId.routing:
+        if seed_model:
+            sweep = routing_sweep()
+        else:
+            sweep = routing_sweep(router_usd=router_usd, router_s=router_s, misroute=misroute,
+                                  p_small_hard=p_small_hard)  # fmt: skip
+        if plot:
+            from trilemma.report.plots import plot_routing
+
+            plot_routing(sweep, plot)
+        data, view = sweep.to_json(), tables.routing_table(sweep)
+    else:
+        d = debate_vs_retry()
+        data, view = d.to_json(), tables.debate_table(d)
+    if as_json:
+        emit_json(data)
+    else:
+        console.print(view)
+    return 0
+
+
+@app.command()
+def demo(
+    runs: Annotated[int, typer.Option("--runs", "-n", help="Monte Carlo runs.")] = 200_000,
+    journal: Annotated[
+        Path, typer.Option("--journal", help="The journal for the demo run.")
+    ] = Path(".trilemma") / "trilemma.db",
+) -> int:
+    """A tour that needs no network: the book, an estimate, a Monte Carlo and an optimization.
+
+    Example: trilemma demo
+    """
+    from trilemma.examples import example_path
+
+    positive("--runs", runs)
+    console = stdout_console()
+    console.rule("1. The seed's Output 32.10.1, recomputed (trilemma book)")
+    console.print(book_mod.book_report(), markup=False)
+    ticket = example_path("ticket.yaml")
+    console.rule(f"2. Exercise 32.10.1 as a spec (trilemma estimate {ticket.name})")
+    console.print(tables.estimate_table(estimate_wf(load_workflow(ticket))))
+    chain = load_workflow(example_path("seed-chain.yaml"))
+    console.rule(
+        "3. Monte Carlo of the 12-step chain with a gate of recall 0.9 (trilemma simulate)"
+    )
+    leaky = chain.simulation.model_copy(update={"recall": 0.9, "retry_correlation": 0.2})
+    result = simulate_wf(chain, runs, seed=7, settings=leaky)
+    console.print(tables.simulate_table(result, estimate_wf(chain)))
+    console.rule("4. Cheapest levers for <= $0.10 and >= 95% (trilemma optimize seed-chain.yaml)")
+    best = optimize_wf(chain)
+    console.print(tables.optimize_view(best))
+    if best.best is not None:
+        from trilemma.journal import Journal
+        from trilemma.run.session import execute
+
+        console.rule(
+            f"5. The chosen configuration, run on the simulator (trilemma run, journal {journal})"
+        )
+        ran = execute(
+            best.best, journal=Journal(journal), seed=7, max_cost_usd=0.10, source="<demo>"
+        )
+        console.print(tables.run_view(ran))
+    console.print(
+        "\nNext: trilemma --help, the specs in examples/, and `trilemma runs` for the journal."
+    )
+    return 0

@@ -1,0 +1,240 @@
+"""Commands that run and read the journal: run, resume, runs, ledger, export, doctor."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+from trilemma.cli._common import (
+    DEFAULT_JOURNAL,
+    JournalOpt,
+    JsonFlag,
+    SpecFile,
+    app,
+    emit_json,
+    iso,
+    stdout_console,
+    write_atomic,
+)
+from trilemma.errors import UsageError
+from trilemma.report import tables
+from trilemma.spec import load_workflow
+
+
+def _inputs(pairs: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--input {pair!r}: write it as name=value")
+        out[key] = value
+    return out
+
+
+@app.command("run")
+def run_cmd(
+    spec: SpecFile,
+    inputs: Annotated[
+        list[str] | None, typer.Option("--input", "-i", help="An input, as name=value.")
+    ] = None,
+    max_cost: Annotated[float | None, typer.Option(min=0.0, help="Hard cost ceiling, $.")] = None,
+    deadline: Annotated[float | None, typer.Option(min=0.0, help="Deadline, seconds.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Simulator seed (default: the spec's).")] = None,
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    as_json: JsonFlag = False,
+) -> int:
+    """Execute a workflow: simulator by default, real endpoints where the spec names them.
+
+    Example: trilemma run examples/ticket.yaml --max-cost 0.50 --deadline 30 --seed 1
+    """
+    from trilemma.journal import Journal
+    from trilemma.run.session import execute
+
+    wf = load_workflow(spec)
+    values = _inputs(inputs)
+    ceiling = max_cost if max_cost is not None else wf.budget.max_cost_usd
+    limit = deadline if deadline is not None else wf.budget.deadline_s
+    with _RunDisplay(len(wf.steps), ceiling, limit, enabled=not as_json) as display:
+        result = execute(wf, journal=Journal(journal), inputs=values, max_cost_usd=max_cost,
+                         deadline_s=deadline, seed=seed, source=str(spec),
+                         on_event=display.update)  # fmt: skip
+    return _report_run(result, as_json)
+
+
+def _report_run(result: Any, as_json: bool) -> int:
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        stdout_console().print(tables.run_view(result))
+    if result.status != "ok":
+        sys.stderr.write(f"trilemma: run {result.run_id} {result.status}: {result.error}\n")
+        return 1
+    return 0
+
+
+class _RunDisplay:
+    """Steps done, spend against the ceiling and time against the deadline, on a terminal."""
+
+    def __init__(
+        self, steps: int, ceiling: float | None, deadline: float | None, enabled: bool
+    ) -> None:
+        self.ceiling, self.deadline = ceiling, deadline
+        self.progress = Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+            "{task.fields[spend]}", "{task.fields[clock]}",
+            console=Console(stderr=True), disable=not (enabled and sys.stderr.isatty()),
+            transient=True,
+        )  # fmt: skip
+        self.task = self.progress.add_task("steps", total=steps, spend="", clock="")
+        self.started = 0.0
+
+    def __enter__(self) -> _RunDisplay:
+        import time
+
+        self.started = time.monotonic()
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def update(self, event: Any) -> None:
+        import time
+
+        cap = f" / ${self.ceiling:.4f}" if self.ceiling is not None else ""
+        left = f" / {self.deadline:.0f}s" if self.deadline is not None else ""
+        elapsed = time.monotonic() - self.started
+        self.progress.update(self.task, completed=event.done, spend=f"${event.spent:.4f}{cap}",
+                             clock=f"{elapsed:.1f}s{left}")  # fmt: skip
+
+
+@app.command()
+def runs(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> int:
+    """The runs in a journal, newest first.
+
+    Example: trilemma runs --json
+    """
+    from trilemma.journal import Journal
+
+    rows = Journal(journal, create=False).runs()
+    if as_json:
+        keys = ("run_id", "status", "cost_usd", "calls", "latency_s", "spec_source", "error")
+        emit_json([{**{k: r[k] for k in keys}, "started_at": iso(r["started_at"]),
+                     "finished_at": iso(r["finished_at"])} for r in rows])  # fmt: skip
+    else:
+        stdout_console().print(tables.runs_table(rows))
+    return 0
+
+
+@app.command("resume")
+def resume_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run to finish (see trilemma runs).")],
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    deadline: Annotated[
+        float | None, typer.Option(min=0.0, help="A new deadline, seconds from now.")
+    ] = None,
+    max_cost: Annotated[
+        float | None, typer.Option(min=0.0, help="A new cost ceiling for the whole run, $.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Resume even though the spec file changed.")] = False,
+    as_json: JsonFlag = False,
+) -> int:
+    """Finish an interrupted run: steps the journal holds as done are not called again.
+
+    Example: trilemma resume 20261124T053000Z-1a2b3c4d
+    """
+    from trilemma.journal import Journal
+    from trilemma.run.session import resume
+
+    j = Journal(journal, create=False)
+    row = j.run(run_id)
+    steps = len(json.loads(row["spec_json"])["steps"]) if row else 0
+    with _RunDisplay(
+        steps, max_cost or (row or {}).get("max_cost_usd"), deadline, enabled=not as_json
+    ) as display:
+        result = resume(j, run_id, deadline_s=deadline, max_cost_usd=max_cost, force=force,
+                        on_event=display.update)  # fmt: skip
+    return _report_run(result, as_json)
+
+
+@app.command()
+def export(
+    run_id: Annotated[str, typer.Argument(help="The run to export.")],
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+) -> int:
+    """A run as JSON Lines: one record for the run, then one per step, then one per call.
+
+    Example: trilemma export 20261124T053000Z-1a2b3c4d --out run.jsonl
+    """
+    from trilemma.journal import Journal
+
+    j = Journal(journal, create=False)
+    if j.run(run_id) is None:
+        raise UsageError(
+            f"run {run_id!r} is not in {journal}; `trilemma runs` lists the runs there"
+        )
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in j.export(run_id))
+    if out is None:
+        sys.stdout.write(lines)
+    else:
+        write_atomic(out, lines)
+    return 0
+
+
+@app.command()
+def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> int:
+    """Check a journal: integrity, schema version, interrupted runs, calls left in flight.
+
+    Example: trilemma doctor --journal .trilemma/trilemma.db
+    """
+    from trilemma.journal import Journal
+
+    report = Journal(journal, create=False).check()
+    healthy = report["integrity"] == "ok"
+    if as_json:
+        emit_json({**report, "healthy": healthy})
+    else:
+        console = stdout_console()
+        console.print(f"journal {report['journal']}: schema {report['schema_version']} "
+                      f"(this trilemma knows {report['schema_known']}), {report['runs']} runs")  # fmt: skip
+        console.print(f"integrity: {report['integrity']}")
+        for run_id in report["interrupted_runs"]:
+            console.print(f"interrupted run {run_id}: finish it with `trilemma resume {run_id}`")
+        for c in report["orphaned_in_flight_calls"]:
+            console.print(f"in flight at the crash (may have been billed): run {c['run_id']} step "
+                          f"{c['step_id']} attempt {c['attempt']} call {c['call']} ({c['model']})")  # fmt: skip
+        if healthy and not report["interrupted_runs"]:
+            console.print("all good")
+    return 0 if healthy else 1
+
+
+@app.command()
+def ledger(
+    run_id: Annotated[str, typer.Argument(help="A run id (see trilemma runs).")],
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    as_json: JsonFlag = False,
+) -> int:
+    """One record per LLM call of a run: tokens, cost, latency, outcome, cache hit.
+
+    Example: trilemma ledger 20261124T053000Z-1a2b3c4d --json
+    """
+    from trilemma.journal import Journal
+
+    j = Journal(journal, create=False)
+    if j.run(run_id) is None:
+        raise UsageError(
+            f"run {run_id!r} is not in {journal}; `trilemma runs` lists the runs there"
+        )
+    rows = [tables.ledger_row(r) for r in j.calls(run_id)]
+    if as_json:
+        emit_json(rows)
+    else:
+        stdout_console().print(tables.ledger_table(run_id, rows))
+    return 0
