@@ -5,7 +5,7 @@ the console script. The commands live in ``plan`` (predict), ``runs`` (run and r
 journal) and ``lab`` (real models and experiments); importing them registers them.
 """
 
-from trilemma.cli import lab, plan, runs
+from trilemma.cli import plan, runs, lab  # noqa: I001  (registration order is the help's order)
 from trilemma.cli._common import app, main, run
 
 __all__ = ["app", "lab", "main", "plan", "run", "runs"]

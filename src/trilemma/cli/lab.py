@@ -25,7 +25,7 @@ from trilemma.spec import load_workflow
 
 local_app = typer.Typer(help="Serve the PyPI-packaged models with llama.cpp on 127.0.0.1.",
                         no_args_is_help=True)  # fmt: skip
-app.add_typer(local_app, name="local")
+app.add_typer(local_app, name="local", rich_help_panel="Real models and experiments")
 LocalModelOpt = Annotated[str, typer.Option("--model", help="smollm2, gemma3-270m or all.")]
 StateOpt = Annotated[Path, typer.Option("--state", help="Where pids and logs go.")]
 DEFAULT_STATE = Path(".trilemma") / "local"
@@ -88,7 +88,7 @@ def local_down(model: LocalModelOpt = "all", state: StateOpt = DEFAULT_STATE) ->
     return 0
 
 
-@app.command("calibrate")
+@app.command("calibrate", rich_help_panel="Real models and experiments")
 def calibrate_cmd(
     model: Annotated[str, typer.Option("--model", help="A model profile of the spec.")],
     suite: Annotated[
@@ -137,7 +137,7 @@ def calibrate_cmd(
     return 0
 
 
-@app.command("cliff")
+@app.command("cliff", rich_help_panel="Real models and experiments")
 def cliff_cmd(
     model: Annotated[str, typer.Option("--model", help="A model profile of the spec.")],
     spec: Annotated[Path, typer.Option("--spec", help="The spec holding the profile.")] = Path(

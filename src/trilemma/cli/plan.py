@@ -28,7 +28,7 @@ from trilemma.report import tables
 from trilemma.spec import Budget, Simulation, dump_workflow, load_workflow
 
 
-@app.command()
+@app.command(rich_help_panel="Predict")
 def book(
     notes: Annotated[bool, typer.Option(help="Print the notes on the seed's quirks.")] = True,
 ) -> int:
@@ -44,7 +44,7 @@ def book(
     return 0
 
 
-@app.command()
+@app.command(rich_help_panel="Predict")
 def estimate(spec: SpecFile, as_json: JsonFlag = False) -> int:
     """Analytic cost, critical-path latency and reliability of a workflow.
 
@@ -59,7 +59,7 @@ def estimate(spec: SpecFile, as_json: JsonFlag = False) -> int:
     return 0
 
 
-@app.command()
+@app.command(rich_help_panel="Predict")
 def simulate(
     spec: SpecFile,
     runs: Annotated[int, typer.Option("--runs", "-n", help="Trajectories to simulate.")] = 100_000,
@@ -117,7 +117,7 @@ class Method(StrEnum):
     beam = "beam"
 
 
-@app.command()
+@app.command(rich_help_panel="Predict")
 def optimize(
     spec: SpecFile,
     max_cost: Annotated[float | None, typer.Option(min=0.0, help="Cost ceiling, $.")] = None,
@@ -207,7 +207,7 @@ class ExerciseId(StrEnum):
     tension = "32.10.3"
 
 
-@app.command()
+@app.command(rich_help_panel="Predict")
 def exercise(
     number: Annotated[ExerciseId, typer.Argument(help="32.10.1, 32.10.2 or 32.10.3.")],
     tickets_per_day: Annotated[int, typer.Option(min=1, help="32.10.1: volume.")] = 200_000,
@@ -254,7 +254,7 @@ def exercise(
     return 0
 
 
-@app.command()
+@app.command(rich_help_panel="Predict")
 def demo(
     runs: Annotated[int, typer.Option("--runs", "-n", help="Monte Carlo runs.")] = 200_000,
     journal: Annotated[

@@ -37,7 +37,7 @@ def _inputs(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
-@app.command("run")
+@app.command("run", rich_help_panel="Run and read the journal")
 def run_cmd(
     spec: SpecFile,
     inputs: Annotated[
@@ -114,7 +114,7 @@ class _RunDisplay:
                              clock=f"{elapsed:.1f}s{left}")  # fmt: skip
 
 
-@app.command()
+@app.command(rich_help_panel="Run and read the journal")
 def runs(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> int:
     """The runs in a journal, newest first.
 
@@ -132,7 +132,7 @@ def runs(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> in
     return 0
 
 
-@app.command("resume")
+@app.command("resume", rich_help_panel="Run and read the journal")
 def resume_cmd(
     run_id: Annotated[str, typer.Argument(help="The run to finish (see trilemma runs).")],
     journal: JournalOpt = DEFAULT_JOURNAL,
@@ -163,7 +163,7 @@ def resume_cmd(
     return _report_run(result, as_json)
 
 
-@app.command()
+@app.command(rich_help_panel="Run and read the journal")
 def export(
     run_id: Annotated[str, typer.Argument(help="The run to export.")],
     journal: JournalOpt = DEFAULT_JOURNAL,
@@ -188,7 +188,7 @@ def export(
     return 0
 
 
-@app.command()
+@app.command(rich_help_panel="Run and read the journal")
 def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> int:
     """Check a journal: integrity, schema version, interrupted runs, calls left in flight.
 
@@ -215,7 +215,7 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
     return 0 if healthy else 1
 
 
-@app.command()
+@app.command(rich_help_panel="Run and read the journal")
 def ledger(
     run_id: Annotated[str, typer.Argument(help="A run id (see trilemma runs).")],
     journal: JournalOpt = DEFAULT_JOURNAL,
