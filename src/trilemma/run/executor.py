@@ -59,7 +59,6 @@ __all__ = [
 ]
 
 DEFAULT_PROMPT = "Task: {step}.\n{context}"
-STATUSES = ("ok", "budget_exhausted", "deadline", "failed")
 
 
 @dataclass(frozen=True, slots=True)
