@@ -137,8 +137,10 @@ def optimize(
             [_metrics(wf, s, c, budget_on) for c in opts]
             for s, opts in zip(wf.steps, options, strict=True)
         ]
-        search = _exhaustive if use_exhaustive else _beam
-        seen.extend(search(wf, graph, options, metrics, budget, budget_on, parallel, beam_width))
+        if use_exhaustive:
+            seen.extend(_exhaustive(wf, graph, options, metrics, parallel))
+        else:
+            seen.extend(_beam(wf, graph, options, metrics, budget, budget_on, parallel, beam_width))
         if not use_exhaustive and budget != Budget():  # the frontier beyond the budgets too
             seen.extend(
                 _beam(wf, graph, options, metrics, Budget(), budget_on, parallel, beam_width)
@@ -280,11 +282,9 @@ def _exhaustive(
     graph: dict[str, list[str]],
     options: list[list[Choice]],
     metrics: list[list[_Metrics]],
-    budget: Budget,
-    on: BudgetOn,
     parallel: bool,
-    beam_width: int,
 ) -> list[Candidate]:
+    """Every configuration (the budgets are applied to the result)."""
     ids = [s.id for s in wf.steps]
     return [
         _picked(graph, ids, options, metrics, picks, parallel)
