@@ -27,6 +27,12 @@ __all__ = ["DEFAULT_PATH", "Journal", "JournalWriter"]
 DEFAULT_PATH = Path(".trilemma") / "trilemma.db"
 BUSY_TIMEOUT_S = 30.0
 Op = tuple[str, tuple[Any, ...], dict[str, Any]]
+#: A run's calls: a range scan of the idempotency-key index (keys are run:step:attempt:call).
+RUN_CALLS = "idempotency_key >= ? AND idempotency_key < ? AND run_id = ?"
+
+
+def _run_range(run_id: str) -> tuple[str, str, str]:
+    return run_id + ":", run_id + ";", run_id  # ';' is the character after ':'
 
 
 @contextlib.contextmanager
@@ -277,26 +283,25 @@ class Journal:
 
     def calls(self, run_id: str) -> list[dict[str, Any]]:
         """A run's calls in the order they were sent (a range of the idempotency-key index)."""
-        return self._rows(
-            "SELECT * FROM calls WHERE idempotency_key >= ? AND idempotency_key < ? AND run_id = ? "
-            "ORDER BY id",
-            (run_id + ":", run_id + ";", run_id),
-        )
+        return self._rows(f"SELECT * FROM calls WHERE {RUN_CALLS} ORDER BY id", _run_range(run_id))
 
     def cache_get(self, key: str) -> dict[str, Any] | None:
         """A cached response, or None."""
         rows = self._rows("SELECT * FROM cache WHERE key = ?", (key,))
         return rows[0] if rows else None
 
-    def spent(self, run_id: str) -> float:
-        """Dollars billed to a run so far (answered calls)."""
+    def totals(self, run_id: str) -> tuple[float, int]:
+        """Dollars billed to a run so far, and calls sent (answered or not)."""
         with map_sqlite_errors(self.path):
             row = self.db.execute(
-                "SELECT coalesce(sum(cost_usd), 0), count(*) FROM calls WHERE idempotency_key >= ? "
-                "AND idempotency_key < ? AND run_id = ?",
-                (run_id + ":", run_id + ";", run_id),
+                f"SELECT coalesce(sum(cost_usd), 0), count(*) FROM calls WHERE {RUN_CALLS}",
+                _run_range(run_id),
             ).fetchone()
-        return float(row[0])
+        return float(row[0]), int(row[1])
+
+    def spent(self, run_id: str) -> float:
+        """Dollars billed to a run so far (answered calls)."""
+        return self.totals(run_id)[0]
 
     def check(self) -> dict[str, Any]:
         """What ``trilemma doctor`` reports: integrity, schema, interrupted runs, calls in flight."""
@@ -332,16 +337,6 @@ class Journal:
             yield {"type": "step", **step}
         for call in self.calls(run_id):
             yield {"type": "call", **call}
-
-    def call_count(self, run_id: str) -> int:
-        """Calls sent for a run (answered or not)."""
-        with map_sqlite_errors(self.path):
-            row = self.db.execute(
-                "SELECT count(*) FROM calls WHERE idempotency_key >= ? AND idempotency_key < ? "
-                "AND run_id = ?",
-                (run_id + ":", run_id + ";", run_id),
-            ).fetchone()
-        return int(row[0])
 
 
 #: Longest a deferred write waits for a durable one to carry it.

@@ -278,8 +278,7 @@ class Executor:
             saved = sum(
                 r.cost_expected for r in self.predicted.per_step if results[r.id].status != "done"
             )
-        cost = self.journal.spent(self.run_id)
-        calls = self.journal.call_count(self.run_id)
+        cost, calls = self.journal.totals(self.run_id)
         error = None if status == "ok" else s.stop_reason
         self.journal.update_run(
             self.run_id, status=status, finished_at=time.time(), cost_usd=cost, latency_s=latency,
