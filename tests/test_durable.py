@@ -326,3 +326,39 @@ def test_a_run_still_running_elsewhere_is_not_resumed(cli, tmp_path: Path) -> No
     finally:
         proc.kill()
         proc.wait()
+
+
+def _call_row(key: str) -> dict[str, object]:
+    return {"run_id": "r", "step_id": "a", "attempt": 1, "call": 1, "role": "call", "model": "m",
+            "idempotency_key": key, "reserved_usd": 0.01, "request_json": "[]", "started_at": 1.0}  # fmt: skip
+
+
+def test_a_batch_writes_a_call_started_and_finished_in_it_as_one_finished_row(
+    tmp_path: Path,
+) -> None:
+    j = Journal(tmp_path / "j.db")
+    j.create_run({"run_id": "r", "spec_source": "s", "spec_json": "{}", "spec_hash": "h",
+                  "inputs_json": "{}", "status": "running", "started_at": 0.0})  # fmt: skip
+    done = {"status": "done", "output": "x", "attempts": 1, "cost_usd": 0.01}
+    answer = {"cost_usd": 0.01, "response": "x", "finished_at": 2.0}
+    j.batch([
+        ("call_started", (_call_row("r:a:1:1"),), {}),
+        ("call_started", (_call_row("r:a:1:2"),), {}),
+        ("call_finished", ("r:a:1:2", {"outcome": "transient", "error": "503", "cost_usd": 0.0}), {}),
+        ("attempt_finished", ("r", "a", [("r:a:1:1", answer)]), {"rejected": False, "step": done}),
+    ])  # fmt: skip
+    calls = {c["idempotency_key"]: c for c in j.calls("r")}
+    assert calls["r:a:1:1"]["state"] == "finished" and calls["r:a:1:1"]["outcome"] == "ok"
+    assert calls["r:a:1:1"]["response"] == "x" and calls["r:a:1:1"]["sends"] == 1
+    assert calls["r:a:1:2"]["outcome"] == "transient" and calls["r:a:1:2"]["cost_usd"] == 0.0
+    assert j.steps("r")["a"]["output"] == "x"
+    # Sent again after a crash (its key already journaled, in flight): one row, its outcome reset.
+    j.batch([("call_started", (_call_row("r:a:1:2"),), {})])
+    again = {c["idempotency_key"]: c for c in j.calls("r")}["r:a:1:2"]
+    assert again["state"] == "started" and again["sends"] == 2
+    assert again["outcome"] is None and again["cost_usd"] is None and again["error"] is None
+    # Finished in a later batch: an update of that row.
+    j.batch([("call_finished", ("r:a:1:2", {"outcome": "ok", "cost_usd": 0.01}), {})])
+    assert {c["idempotency_key"]: c for c in j.calls("r")}["r:a:1:2"]["state"] == "finished"
+    assert len(j.calls("r")) == 2
+    j.close()

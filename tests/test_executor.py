@@ -104,8 +104,9 @@ m: {usd_per_call: 0.01, latency_s: 0.005, p_ok: 1.0,
 
 def test_gate_rejected_answers_are_billed_and_retried(tmp_path: Path) -> None:
     text = spec(
-        "m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 0.2}", ["{id: a, model: m, retries: 60}"]
-    )
+        "m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 0.2}",
+        [f"{{id: a{i}, model: m, retries: 60}}" for i in range(8)],
+    )  # eight steps: the chance that none is ever rejected is 0.2 ** 8
     r, j = run(text, tmp_path, seed=5)
     calls = j.calls(r.run_id)
     rejected = [c for c in calls if c["outcome"] == "rejected"]

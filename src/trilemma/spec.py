@@ -16,6 +16,7 @@ names the file, the field path (``steps[2].retries``) and the fix.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import string
@@ -446,26 +447,28 @@ def _check_name(source: str, field: str, name: str, known: Mapping[str, object],
     raise SpecError(source, field, f"unknown {what} {name!r}{hint}; known: {names}")
 
 
+@functools.lru_cache(maxsize=1024)
+def _parse_template(text: str) -> tuple[tuple[str, str | None], ...] | None:
+    """A template as (literal, field or None) pairs; None if its braces do not parse."""
+    try:
+        return tuple((literal, name) for literal, name, _, _ in string.Formatter().parse(text))
+    except ValueError:
+        return None
+
+
 def template_fields(text: str) -> list[str]:
     """The ``{name}`` fields of a prompt template (``{{`` and ``}}`` are literal braces)."""
-    try:
-        return [f for _, f, _, _ in string.Formatter().parse(text) if f is not None and f != ""]
-    except ValueError:
-        return []
+    return [f for _, f in _parse_template(text) or () if f]
 
 
 def _template_ok(text: str) -> bool:
-    try:
-        list(string.Formatter().parse(text))
-    except ValueError:
-        return False
-    return True
+    return _parse_template(text) is not None
 
 
 def render_template(text: str, values: Mapping[str, str]) -> str:
     """Fill a prompt template's ``{name}`` fields; names are plain keys, never attributes."""
     out = []
-    for literal, name, _, _ in string.Formatter().parse(text):
+    for literal, name in _parse_template(text) or ():
         out.append(literal)
         if name is not None:
             out.append(values[name])

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -156,13 +157,17 @@ class Journal:
 
     # ------------------------------------------------------------------ writes
 
-    def batch(self, ops: list[Op]) -> Any:
-        """Run write operations (by name) in one transaction; return the last one's result."""
-        result = None
+    def batch(self, ops: list[Op]) -> None:
+        """Run write operations (by name) in one transaction.
+
+        The operations are gathered per table first (a call's start and finish in one
+        batch become one row), then written with one statement per kind of row.
+        """
+        pending = _Batch()
+        for name, args, kwargs in ops:
+            getattr(pending, name)(*args, **kwargs)
         with self.transaction() as db:
-            for name, args, kwargs in ops:
-                result = getattr(self, f"_{name}")(db, *args, **kwargs)
-        return result
+            pending.apply(db)
 
     def create_run(self, row: dict[str, Any]) -> None:
         """Record a new run (status running)."""
@@ -195,70 +200,6 @@ class Journal:
     def cache_put(self, row: dict[str, Any]) -> None:
         """Remember an accepted answer (the first one stays)."""
         self.batch([("cache_put", (row,), {})])
-
-    @staticmethod
-    def _create_run(db: sqlite3.Connection, row: dict[str, Any]) -> None:
-        cols, marks = ", ".join(row), ", ".join("?" for _ in row)
-        db.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
-
-    @staticmethod
-    def _update_run(db: sqlite3.Connection, run_id: str, **fields: Any) -> None:
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        db.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", (*fields.values(), run_id))
-
-    @staticmethod
-    def _call_started(db: sqlite3.Connection, row: dict[str, Any]) -> None:
-        # Re-sending an attempt after a crash reuses its idempotency key, and so its row.
-        cols, marks = ", ".join(row), ", ".join("?" for _ in row)
-        updates = ", ".join(f"{k} = excluded.{k}" for k in row if k != "idempotency_key")
-        db.execute(
-            f"INSERT INTO calls ({cols}, state) VALUES ({marks}, 'started') "
-            f"ON CONFLICT(idempotency_key) DO UPDATE SET {updates}, state = 'started', sends = sends + 1, "
-            "outcome = NULL, error = NULL, cost_usd = NULL, finished_at = NULL",
-            tuple(row.values()),
-        )
-
-    @staticmethod
-    def _call_finished(db: sqlite3.Connection, key: str, fields: dict[str, Any]) -> None:
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        db.execute(
-            f"UPDATE calls SET {sets}, state = 'finished' WHERE idempotency_key = ?",
-            (*fields.values(), key),
-        )
-
-    @classmethod
-    def _attempt_finished(
-        cls, db: sqlite3.Connection, run_id: str, step_id: str,
-        finishes: list[tuple[str, dict[str, Any]]], *, rejected: bool, step: dict[str, Any] | None = None,
-    ) -> None:  # fmt: skip
-        outcome = "rejected" if rejected else "ok"
-        for key, fields in finishes:
-            cls._call_finished(db, key, {**fields, "outcome": outcome})
-        if step is not None:
-            cls._step_finished(db, run_id, step_id, step)
-
-    @staticmethod
-    def _step_finished(
-        db: sqlite3.Connection, run_id: str, step_id: str, step: dict[str, Any]
-    ) -> None:
-        db.execute(
-            "INSERT INTO steps (run_id, step_id, status, output, attempts, cost_usd, error, "
-            "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id, step_id) DO "
-            "UPDATE SET status = excluded.status, output = excluded.output, attempts = "
-            "excluded.attempts, cost_usd = excluded.cost_usd, error = excluded.error, "
-            "finished_at = excluded.finished_at",
-            (run_id, step_id, step["status"], step.get("output"), step["attempts"],
-             step["cost_usd"], step.get("error"), time.time()),
-        )  # fmt: skip
-
-    @staticmethod
-    def _cache_put(db: sqlite3.Connection, row: dict[str, Any]) -> None:
-        db.execute(
-            "INSERT OR IGNORE INTO cache (key, model, response, prompt_tokens, completion_tokens, "
-            "created_at) VALUES (:key, :model, :response, :prompt_tokens, :completion_tokens, "
-            ":created_at)",
-            row,
-        )
 
     # ------------------------------------------------------------------ reads
 
@@ -339,8 +280,120 @@ class Journal:
             yield {"type": "call", **call}
 
 
+#: What a call's row is reset to when a resume sends it again under its key.
+_RESENT = ("outcome", "error", "cost_usd", "finished_at")
+_STEP_COLUMNS = ("run_id", "step_id", "status", "output", "attempts", "cost_usd", "error",
+                 "finished_at")  # fmt: skip
+
+
+class _Batch:
+    """Writes gathered for one transaction, per table, then applied with ``executemany``.
+
+    Rows of one table are independent of the other tables' rows, so only the order
+    within a table is kept. A call started and finished within the batch is one insert.
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[dict[str, Any]] = []
+        self.calls: dict[str, dict[str, Any]] = {}  # started in this batch, by idempotency key
+        self.call_updates: list[tuple[str, dict[str, Any]]] = []  # started in an earlier one
+        self.steps: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self.cache: list[dict[str, Any]] = []
+        self.run_updates: list[tuple[str, dict[str, Any]]] = []
+
+    def create_run(self, row: dict[str, Any]) -> None:
+        self.runs.append(row)
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        self.run_updates.append((run_id, fields))
+
+    def call_started(self, row: dict[str, Any]) -> None:
+        self.calls[row["idempotency_key"]] = {**row, "state": "started"}
+
+    def call_finished(self, key: str, fields: dict[str, Any]) -> None:
+        row = self.calls.get(key)
+        if row is None:
+            self.call_updates.append((key, {**fields, "state": "finished"}))
+        else:
+            row.update(fields)
+            row["state"] = "finished"
+
+    def attempt_finished(
+        self, run_id: str, step_id: str, finishes: list[tuple[str, dict[str, Any]]], *,
+        rejected: bool, step: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        outcome = "rejected" if rejected else "ok"
+        for key, fields in finishes:
+            self.call_finished(key, {**fields, "outcome": outcome})
+        if step is not None:
+            self.step_finished(run_id, step_id, step)
+
+    def step_finished(self, run_id: str, step_id: str, step: dict[str, Any]) -> None:
+        self.steps[run_id, step_id] = (
+            run_id, step_id, step["status"], step.get("output"), step["attempts"],
+            step["cost_usd"], step.get("error"), time.time(),
+        )  # fmt: skip
+
+    def cache_put(self, row: dict[str, Any]) -> None:
+        self.cache.append(row)
+
+    def apply(self, db: sqlite3.Connection) -> None:
+        for row in self.runs:
+            names, marks = ", ".join(row), ", ".join("?" for _ in row)
+            db.execute(f"INSERT INTO runs ({names}) VALUES ({marks})", tuple(row.values()))
+        for cols, rows in _by_columns(self.calls.values()).items():
+            db.executemany(_upsert_call_sql(cols), rows)
+        for cols, rows in _by_columns(
+            {**f, "idempotency_key": k} for k, f in self.call_updates
+        ).items():  # the key comes last, for the WHERE clause
+            sets = ", ".join(f"{c} = ?" for c in cols[:-1])
+            db.executemany(f"UPDATE calls SET {sets} WHERE idempotency_key = ?", rows)
+        if self.steps:
+            db.executemany(_UPSERT_STEP, list(self.steps.values()))
+        if self.cache:
+            db.executemany(
+                "INSERT OR IGNORE INTO cache (key, model, response, prompt_tokens, "
+                "completion_tokens, created_at) VALUES (:key, :model, :response, "
+                ":prompt_tokens, :completion_tokens, :created_at)",
+                self.cache,
+            )
+        for run_id, fields in self.run_updates:
+            sets = ", ".join(f"{k} = ?" for k in fields)
+            db.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", (*fields.values(), run_id))
+
+
+def _by_columns(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, ...], list[tuple[Any, ...]]]:
+    out: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for row in rows:
+        out.setdefault(tuple(row), []).append(tuple(row.values()))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_call_sql(cols: tuple[str, ...]) -> str:
+    """Insert a call; re-sending one after a crash reuses its idempotency key, and so its row."""
+    updates = [f"{c} = excluded.{c}" for c in cols if c != "idempotency_key"]
+    updates += [f"{c} = NULL" for c in _RESENT if c not in cols]
+    return (
+        f"INSERT INTO calls ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
+        f"ON CONFLICT(idempotency_key) DO UPDATE SET {', '.join(updates)}, sends = sends + 1"
+    )
+
+
+_UPSERT_STEP = (
+    f"INSERT INTO steps ({', '.join(_STEP_COLUMNS)}) VALUES ({', '.join('?' for _ in _STEP_COLUMNS)}) "
+    "ON CONFLICT(run_id, step_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _STEP_COLUMNS[2:])
+)
+
+
 #: Longest a deferred write waits for a durable one to carry it.
 GROUP_COMMIT_S = 0.002
+#: The same, in a run whose calls bill nobody (the simulator): losing its last records in a
+#: crash costs nothing but re-running those free steps, and fewer commits cost less.
+FREE_COMMIT_S = 0.025
+#: Deferred writes that make a commit happen now, whatever the window.
+MAX_DEFERRED = 4096
 
 
 class JournalWriter:
@@ -348,7 +401,8 @@ class JournalWriter:
 
     :meth:`write` is durable when it returns (the write-ahead record of a call
     must be). :meth:`defer` queues a write that may wait: it commits with the
-    next durable write, or within :data:`GROUP_COMMIT_S`, in the same transaction.
+    next durable write, or within ``window_s`` (:data:`GROUP_COMMIT_S`), in the same
+    transaction.
 
     A transaction first runs on the loop's thread through a connection that will
     not wait for a lock (an uncontended WAL commit takes microseconds). If
@@ -357,24 +411,29 @@ class JournalWriter:
     thread drains, so transactions commit in the order they were made.
     """
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, window_s: float = GROUP_COMMIT_S) -> None:
         self.journal = journal
+        self.window_s = window_s
+        """Longest a deferred write waits."""
         self._fast = Journal(journal.path, busy_timeout_s=0.0)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trilemma-journal")
         self._queued = 0
         self._buffer: list[Op] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._flushes: set[asyncio.Future[Any]] = set()
 
-    async def write(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def write(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Commit ``method(*args, **kwargs)`` with every deferred write before it."""
-        return await self._commit([*self._take(), (method, args, kwargs)])
+        await self._commit([*self._take(), (method, args, kwargs)])
 
     def defer(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Queue a write for the next commit."""
         self._buffer.append((method, args, kwargs))
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(GROUP_COMMIT_S, self._flush_later)
+            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._flush_later)
+        elif len(self._buffer) >= MAX_DEFERRED:
+            self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_soon(self._flush_later)
 
     def read(self, method: str, *args: Any) -> Any:
         """A read on the loop's connection (in WAL mode readers never wait for writers)."""
@@ -395,16 +454,17 @@ class JournalWriter:
             self._flushes.add(fut)
             fut.add_done_callback(self._flushes.discard)
 
-    async def _commit(self, ops: list[Op]) -> Any:
+    async def _commit(self, ops: list[Op]) -> None:
         if self._queued == 0:
             try:
-                return self._fast.batch(ops)
+                self._fast.batch(ops)
+                return
             except JournalBusy:
                 pass
         self._queued += 1
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, self.journal.batch, ops)
+            await loop.run_in_executor(self._pool, self.journal.batch, ops)
         finally:
             self._queued -= 1
 
@@ -419,6 +479,9 @@ class JournalWriter:
         self._fast.close()
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def dumps(data: Any) -> str:
     """Compact JSON for the journal's text columns."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODE(data)

@@ -16,7 +16,6 @@ A cached step costs nothing, takes :data:`CACHE_HIT_LATENCY_S` and succeeds.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -204,7 +203,7 @@ def step_estimate(wf: Workflow, step: Step) -> StepEstimate:
     p = wf.p_ok(step)
     q = 1.0 - p
     k = step.retries
-    attempts = math.fsum(q**i for i in range(k + 1))
+    attempts = 1.0 if k == 0 else math.fsum([q**i for i in range(k + 1)])
     per_attempt = profile.price_per_call * step.calls
     latency = profile.latency_s * step.sequential_calls
     return StepEstimate(
@@ -234,6 +233,6 @@ def estimate(wf: Workflow) -> Estimate:
         graph, {i: r.latency_s * r.attempts_expected for i, r in rows.items()}, order
     )
     worst, _ = dag.longest_path(graph, {i: r.latency_worst_s for i, r in rows.items()}, order)
-    for sid in path:
-        rows[sid] = dataclasses.replace(rows[sid], critical=True)
+    for sid in path:  # rows not yet shared: set in place (replace() costs more than the estimate)
+        object.__setattr__(rows[sid], "critical", True)
     return Estimate(tuple(rows.values()), tuple(path), length, expected, worst)

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import math
 import random
+import struct
 
 from trilemma.errors import ProviderTimeout, RateLimited, TransientError
 from trilemma.providers.base import Completion, Request, Usage
@@ -32,35 +33,53 @@ class SimProvider:
 
     external = False
     """No one bills a simulated call, so its journal record need not precede it."""
+    keeps_time = True
+    """It times its own calls out: a call slower than ``timeout_s`` raises ProviderTimeout."""
 
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**63)
 
-    def _rng(self, key: str) -> random.Random:
-        digest = hashlib.blake2b(f"{self.seed}:{key}".encode(), digest_size=8).digest()
-        return random.Random(int.from_bytes(digest, "big"))
+    def _draws(self, key: str) -> tuple[float, float, float, float]:
+        """Four uniforms in [0, 1) for one call, from a hash of the seed and the call's key."""
+        a, b, c, d = _FOUR_WORDS(
+            hashlib.blake2b(f"{self.seed}:{key}".encode(), digest_size=32).digest()
+        )
+        return a * _TWO_64, b * _TWO_64, c * _TWO_64, d * _TWO_64
 
     async def complete(self, request: Request, profile: ModelProfile) -> Completion:
         """Wait, maybe fail, then answer right with probability ``p_ok``."""
-        rng = self._rng(request.call_key or request.idempotency_key)
-        latency = profile.latency_s * _jitter(profile.latency_jitter, rng)
+        u, v, w1, w2 = self._draws(request.call_key or request.idempotency_key)
+        latency = profile.latency_s
+        if profile.latency_jitter:
+            latency *= _jitter(profile.latency_jitter, w1, w2)
         f = profile.faults
-        u = rng.random()
-        if u < f.timeout_rate:
+        if u < f.timeout_rate or latency > request.timeout_s:
             await asyncio.sleep(request.timeout_s)
             raise ProviderTimeout(f"simulated: no answer within {request.timeout_s:g}s")
         if u < f.timeout_rate + f.rate_limit_rate:
-            await asyncio.sleep(latency * FAULT_LATENCY_SHARE)
+            await _wait(latency * FAULT_LATENCY_SHARE)
             raise RateLimited("simulated 429 Too Many Requests", retry_after=SIM_RETRY_AFTER_S)
         if u < f.timeout_rate + f.rate_limit_rate + f.transient_error_rate:
-            await asyncio.sleep(latency * FAULT_LATENCY_SHARE)
+            await _wait(latency * FAULT_LATENCY_SHARE)
             raise TransientError("simulated 503 Service Unavailable")
-        await asyncio.sleep(latency)
-        ok = rng.random() < request.p_ok
+        await _wait(latency)
+        ok = v < request.p_ok
         text = request.sim_ok if ok else request.sim_bad
         usage = Usage(max(1, request.prompt_bytes // 4), max(1, len(text.encode()) // 4))
         return Completion(text, usage, latency, verdict=ok)
 
 
-def _jitter(sigma: float, rng: random.Random) -> float:
-    return 1.0 if sigma == 0 else math.exp(sigma * rng.gauss(0.0, 1.0) - sigma * sigma / 2)
+_TWO_64 = 2.0**-64
+_FOUR_WORDS = struct.Struct(">4Q").unpack
+#: Below this a simulated wait is one turn of the event loop (no timer).
+INSTANT_S = 1e-6
+
+
+async def _wait(seconds: float) -> None:
+    await asyncio.sleep(seconds if seconds >= INSTANT_S else 0)
+
+
+def _jitter(sigma: float, w1: float, w2: float) -> float:
+    """A lognormal factor with mean 1 (Box-Muller from two uniforms)."""
+    z = math.sqrt(-2.0 * math.log(1.0 - w1)) * math.cos(2.0 * math.pi * w2)
+    return math.exp(sigma * z - sigma * sigma / 2)

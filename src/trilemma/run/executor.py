@@ -32,7 +32,13 @@ from trilemma.errors import (
     ProviderTimeout,
     RunError,
 )
-from trilemma.journal.store import Journal, JournalWriter, dumps
+from trilemma.journal.store import (
+    FREE_COMMIT_S,
+    GROUP_COMMIT_S,
+    Journal,
+    JournalWriter,
+    dumps,
+)
 from trilemma.plan.estimate import Estimate
 from trilemma.providers.base import Completion, Message, Provider, Request, cost_of, worst_case_cost
 from trilemma.run.budget import Clock, SpendGuard
@@ -107,9 +113,9 @@ class RunResult:
     """Wall-clock seconds of this session."""
     calls: int
     """LLM calls sent (answered or not), over every session."""
-    steps: dict[str, StepResult]
+    steps: dict[str, StepResult] = field(repr=False)
     """Every step's outcome, in spec order."""
-    predicted: Estimate
+    predicted: Estimate = field(repr=False)
     """The planner's estimate of the spec."""
     error: str | None = None
     """Why the run stopped, when it is not ok."""
@@ -192,8 +198,33 @@ class Session:
     calls: int = 0
     stop: str | None = None
     stop_reason: str | None = None
+    done: int = 0
+    """Steps done so far."""
     results: dict[str, StepResult] = field(default_factory=dict)
-    done_events: dict[str, asyncio.Event] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where a model's calls go and what holds them back, worked out once per run."""
+
+    profile: ModelProfile
+    provider: Provider
+    external: bool
+    """It may bill: a call is journaled before it is sent."""
+    keeps_time: bool
+    """The provider enforces the request's timeout itself (raising ProviderTimeout)."""
+    stop: tuple[str, ...]
+    slots: PriorityLimiter | None
+    rpm: RateLimiter | None
+    tpm: RateLimiter | None
+
+    @classmethod
+    def of(cls, m: ModelProfile, provider: Provider) -> _Route:
+        return cls(
+            m, provider, getattr(provider, "external", True), getattr(provider, "keeps_time", False),
+            tuple(m.stop or ()), PriorityLimiter(m.max_concurrency) if m.max_concurrency else None,
+            RateLimiter(m.rpm) if m.rpm else None, RateLimiter(m.tpm) if m.tpm else None,
+        )  # fmt: skip
 
 
 class Executor:
@@ -215,9 +246,14 @@ class Executor:
     ) -> None:
         self.wf = wf
         self.journal = journal
-        self.writer = JournalWriter(journal)
+        self._routes = {n: _Route.of(m, providers[n]) for n, m in wf.models.items()}
+        free = not any(r.external for r in self._routes.values())
+        self.writer = JournalWriter(journal, FREE_COMMIT_S if free else GROUP_COMMIT_S)
         self.run_id = run_id
         self.inputs = dict(inputs)
+        self._values = {**{k: v or "" for k, v in wf.inputs.items()}, **self.inputs}
+        """What a prompt's fields read when no step of that name has finished."""
+        self._input_lines = [f"{k}: {v}" for k, v in self.inputs.items()]
         self.providers = providers
         self.source = source
         self.gates = gates
@@ -228,11 +264,13 @@ class Executor:
         """Per step: (the attempt to start at, attempts left), for a resumed run."""
         self.priority = _remaining_path(wf, self.predicted)
         self.slots = PriorityLimiter(wf.concurrency)
-        self.model_slots = {
-            n: PriorityLimiter(m.max_concurrency) for n, m in wf.models.items() if m.max_concurrency
-        }
-        self.rpm = {n: RateLimiter(m.rpm) for n, m in wf.models.items() if m.rpm}
-        self.tpm = {n: RateLimiter(m.tpm) for n, m in wf.models.items() if m.tpm}
+        self._rank = lambda st: -self.priority[st.id]
+        self._children: dict[str, list[Step]] = {st.id: [] for st in wf.steps}
+        self._waiting: dict[str, int] = {}
+        """Per step not yet started: dependencies not yet settled."""
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        """Steps running now."""
+        self._group: asyncio.TaskGroup
 
     # ------------------------------------------------------------------ the run
 
@@ -240,24 +278,25 @@ class Executor:
         started = time.perf_counter()
         s = session
         for step in self.wf.steps:
-            s.done_events[step.id] = asyncio.Event()
             prior = done_before.get(step.id)
             if prior is not None:
                 s.results[step.id] = StepResult(
                     "done", prior["output"], prior["attempts"], 0.0, from_journal=True
                 )
-                s.done_events[step.id].set()
-        tasks: dict[str, asyncio.Task[None]] = {}
+                s.done += 1
+        # A step starts when its last dependency settles: no task waits for another.
+        for step in self.wf.steps:
+            if step.id not in s.results:
+                deps = set(step.after)
+                for d in deps:
+                    self._children[d].append(step)
+                self._waiting[step.id] = sum(1 for d in deps if d not in s.results)
+        ready = [st for st in self.wf.steps if self._waiting.get(st.id) == 0]
         try:
             async with asyncio.timeout(s.clock.remaining()):
                 async with asyncio.TaskGroup() as tg:
-                    # Created longest-remaining-path first, so that of the steps ready together
-                    # the critical ones take the free slots.
-                    for step in sorted(self.wf.steps, key=lambda st: -self.priority[st.id]):
-                        if step.id not in s.results:
-                            tasks[step.id] = tg.create_task(
-                                self._step(s, step, tasks), name=step.id
-                            )
+                    self._group = tg
+                    self._start(s, ready)
         except TimeoutError:
             s.stop, s.stop_reason = (
                 "deadline",
@@ -266,6 +305,44 @@ class Executor:
         finally:
             await self.writer.aclose()
         return await self._finish(s, time.perf_counter() - started)
+
+    def _start(
+        self, s: Session, ready: list[Step], current: asyncio.Task[None] | None = None
+    ) -> Step | None:
+        """Start the steps whose dependencies have all settled (longest remaining path first).
+
+        A step whose dependency did not finish, or that becomes ready once the run is
+        stopping, is skipped, and so in turn are the steps below it. Given ``current``
+        (the task of a step that just finished), the first step to start runs on in that
+        task rather than a new one, and is returned.
+        """
+        todo = sorted(ready, key=self._rank) if len(ready) > 1 else ready
+        keep = None
+        while todo:
+            step = todo.pop(0)
+            if s.stop is None and all(s.results[d].status == "done" for d in step.after):
+                if current is not None and keep is None:
+                    keep, self._tasks[step.id] = step, current
+                    continue
+                try:
+                    self._tasks[step.id] = self._group.create_task(
+                        self._steps(s, step), name=step.id
+                    )
+                except RuntimeError:  # the group is already shutting down (the deadline)
+                    break
+                continue
+            s.results[step.id] = StepResult("skipped")
+            todo += self._released(step.id)
+        return keep
+
+    def _released(self, step_id: str) -> list[Step]:
+        """The steps that ``step_id`` settling leaves with nothing to wait for."""
+        out = []
+        for child in self._children[step_id]:
+            self._waiting[child.id] -= 1
+            if self._waiting[child.id] == 0:
+                out.append(child)
+        return out
 
     async def _finish(self, s: Session, latency: float) -> RunResult:
         for step in self.wf.steps:
@@ -300,25 +377,23 @@ class Executor:
 
     # ------------------------------------------------------------------ a step
 
-    async def _step(self, s: Session, step: Step, tasks: dict[str, asyncio.Task[None]]) -> None:
-        for dep in step.after:
-            await s.done_events[dep].wait()
-        finished = [s.results.get(d) for d in step.after]  # None: cancelled before it ended
-        if any(r is None or r.status != "done" for r in finished) or s.stop is not None:
-            s.results[step.id] = StepResult("skipped")
-            s.done_events[step.id].set()
-            return
-        try:
-            result = await self._attempts(s, step)
-        finally:
-            s.done_events[step.id].set()
-        s.results[step.id] = result
-        self._emit("step_done" if result.status == "done" else "step_failed", step.id, s)
-        if result.status == "done" and step.id == self.wf.stop_when:
-            self._halt(s, "early", f"step {step.id} passed its gate: stopped early")
-            for sid, task in tasks.items():
-                if sid != step.id and not task.done():
+    async def _steps(self, s: Session, step: Step | None) -> None:
+        """Run a step, then on in the same task to a step it leaves ready (a chain needs one task)."""
+        while step is not None:
+            try:
+                result = await self._attempts(s, step)
+            finally:
+                del self._tasks[step.id]
+            s.results[step.id] = result
+            if result.status == "done":
+                s.done += 1
+            self._emit("step_done" if result.status == "done" else "step_failed", step.id, s)
+            if result.status == "done" and step.id == self.wf.stop_when:
+                self._halt(s, "early", f"step {step.id} passed its gate: stopped early")
+                for task in list(self._tasks.values()):
                     task.cancel()
+            ready = self._released(step.id)
+            step = self._start(s, ready, asyncio.current_task()) if ready else None
 
     async def _attempts(self, s: Session, step: Step) -> StepResult:
         base = self._messages(step, s)
@@ -434,52 +509,50 @@ class Executor:
         self, s: Session, step: Step, attempt: int, index: int, role: str,
         messages: Sequence[Message], pending: list[tuple[str, dict[str, Any]]],
     ) -> Completion:  # fmt: skip
-        profile = self.wf.profile(step)
+        route = self._routes[step.model]
+        profile = route.profile
         sim = step.sim
+        key = f"{step.id}:{attempt}:{index}"
         request = Request(
-            model=step.model, messages=tuple(messages),
-            max_tokens=step.max_tokens or profile.max_tokens, timeout_s=profile.timeout_s,
-            idempotency_key=f"{self.run_id}:{step.id}:{attempt}:{index}",
-            call_key=f"{step.id}:{attempt}:{index}",
-            temperature=profile.temperature, stop=tuple(profile.stop or ()), p_ok=self.wf.p_ok(step),
-            sim_ok=_fill(sim.ok, step.id, attempt),
-            sim_bad=_fill(sim.bad, step.id, attempt),
+            step.model, tuple(messages), step.max_tokens or profile.max_tokens, profile.timeout_s,
+            f"{self.run_id}:{key}", key, profile.temperature, route.stop, self.wf.p_ok(step),
+            _fill(sim.ok, step.id, attempt), _fill(sim.bad, step.id, attempt),
         )  # fmt: skip
         prio = -self.priority[step.id]
-        await self.slots.acquire(prio)
-        model_slot = self.model_slots.get(step.model)
+        if not self.slots.try_acquire():
+            await self.slots.acquire(prio)
         try:
-            if model_slot is not None:
-                await model_slot.acquire(prio)
+            if route.slots is not None and not route.slots.try_acquire():
+                await route.slots.acquire(prio)
             try:
-                return await self._send(s, step, attempt, index, role, request, profile, pending)
+                return await self._send(s, step, attempt, index, role, request, route, pending)
             finally:
-                if model_slot is not None:
-                    model_slot.release()
+                if route.slots is not None:
+                    route.slots.release()
         finally:
             self.slots.release()
 
     async def _send(
         self, s: Session, step: Step, attempt: int, index: int, role: str, request: Request,
-        profile: ModelProfile, pending: list[tuple[str, dict[str, Any]]],
+        route: _Route, pending: list[tuple[str, dict[str, Any]]],
     ) -> Completion:  # fmt: skip
-        if step.model in self.rpm:
-            await self.rpm[step.model].acquire(1)
-        if step.model in self.tpm:
-            await self.tpm[step.model].acquire(request.prompt_bytes / 4 + request.max_tokens)
+        if route.rpm is not None:
+            await route.rpm.acquire(1)
+        if route.tpm is not None:
+            await route.tpm.acquire(request.prompt_bytes / 4 + request.max_tokens)
         if s.stop is not None:
             raise _Stop
         s.clock.check()
+        profile = route.profile
         hold = s.guard.reserve(worst_case_cost(profile, request))
+        call_id = request.idempotency_key
         row = {
             "run_id": self.run_id, "step_id": step.id, "attempt": attempt, "call": index,
-            "role": role, "model": step.model, "idempotency_key": request.idempotency_key,
-            "reserved_usd": hold.amount, "request_json": dumps(list(request.messages)),
+            "role": role, "model": step.model, "idempotency_key": call_id,
+            "reserved_usd": hold.amount, "request_json": dumps(request.messages),
             "started_at": time.time(),
         }  # fmt: skip
-        call_id = request.idempotency_key
-        provider = self.providers[step.model]
-        if getattr(provider, "external", True):  # it may bill: journal the call before sending it
+        if route.external:  # it may bill: journal the call before sending it
             try:
                 await self.writer.write("call_started", row)
             except BaseException:
@@ -489,12 +562,16 @@ class Executor:
             self.writer.defer("call_started", row)
         s.calls += 1
         try:
-            async with asyncio.timeout(request.timeout_s):
-                completion = await provider.complete(request, profile)
+            if route.keeps_time:
+                completion = await route.provider.complete(request, profile)
+            else:
+                async with asyncio.timeout(request.timeout_s):
+                    completion = await route.provider.complete(request, profile)
         except TimeoutError:
             s.guard.release(hold)
-            self._record_error(call_id, "timeout", f"no answer within {request.timeout_s:g}s")
-            raise ProviderTimeout(f"no answer within {request.timeout_s:g}s") from None
+            msg = f"no answer within {request.timeout_s:g}s"
+            self._record_error(call_id, "timeout", msg)
+            raise ProviderTimeout(msg) from None
         except ProviderError as exc:
             s.guard.release(hold)
             self._record_error(call_id, exc.kind, str(exc))
@@ -514,7 +591,8 @@ class Executor:
             "cost_usd": cost, "latency_s": completion.latency_s, "response": completion.text,
             "finished_at": time.time(), "error": note,
         }))  # fmt: skip
-        self._emit("call", step.id, s)
+        if self.on_event is not None:
+            self._emit("call", step.id, s)
         return completion
 
     def _record_error(self, call_id: str, kind: str, msg: str, cost: float | None = 0.0) -> None:
@@ -558,16 +636,18 @@ class Executor:
     # ------------------------------------------------------------------ helpers
 
     def _messages(self, step: Step, s: Session) -> list[Message]:
-        values = {**{k: v or "" for k, v in self.wf.inputs.items()}, **self.inputs}
-        for name in [*step.placeholders(), *step.after]:
-            out = s.results.get(name)
-            if out is not None:
-                values[name] = out.output or ""
+        results = s.results
+
+        def value(name: str) -> str:
+            out = results.get(name)
+            return (out.output or "") if out is not None else self._values[name]
+
+        if step.prompt is not None or step.system:
+            values = {n: value(n) for n in step.placeholders()}
         if step.prompt is not None:
             prompt = render_template(step.prompt, values)
         else:
-            lines = [f"{k}: {self.inputs[k]}" for k in self.inputs]
-            lines += [f"{d} said: {values[d]}" for d in step.after]
+            lines = self._input_lines + [f"{d} said: {value(d)}" for d in step.after]
             prompt = DEFAULT_PROMPT.format(step=step.id, context="\n".join(lines))
         messages: list[Message] = []
         if step.system:
@@ -577,8 +657,7 @@ class Executor:
 
     def _emit(self, kind: str, step: str, s: Session) -> None:
         if self.on_event is not None:
-            done = sum(1 for r in s.results.values() if r.status == "done")
-            self.on_event(Event(kind, step, s.guard.spent, done))
+            self.on_event(Event(kind, step, s.guard.spent, s.done))
 
 
 def _number(answer: Answer) -> Answer:

@@ -23,10 +23,16 @@ class PriorityLimiter:
         self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
 
-    async def acquire(self, priority: float = 0.0) -> None:
-        """Wait for a slot."""
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody waits (no await: the common case, kept cheap)."""
         if self.free > 0 and not self._waiters:
             self.free -= 1
+            return True
+        return False
+
+    async def acquire(self, priority: float = 0.0) -> None:
+        """Wait for a slot."""
+        if self.try_acquire():
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._seq), fut))
