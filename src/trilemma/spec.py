@@ -428,8 +428,11 @@ def _check_references(wf: Workflow, source: str) -> None:
                     f"steps[{i}].{field}",
                     "unbalanced { or } in the template; write {{ and }} for literal braces",
                 )
-        known = set(wf.inputs) | dag.ancestors(graph, step.id)
-        for name in step.placeholders():
+        names = [n for n in step.placeholders() if n not in wf.inputs]
+        if not names:
+            continue
+        known = set(wf.inputs) | dag.ancestors(graph, step.id)  # only when a step is named
+        for name in names:
             if name not in known:
                 raise SpecError(
                     source,

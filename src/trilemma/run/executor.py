@@ -41,7 +41,7 @@ from trilemma.journal.store import (
 )
 from trilemma.plan.estimate import Estimate
 from trilemma.providers.base import Completion, Message, Provider, Request, cost_of, worst_case_cost
-from trilemma.run.budget import Clock, SpendGuard
+from trilemma.run.budget import Clock, Reservation, SpendGuard
 from trilemma.run.gates import Check
 from trilemma.run.limits import PriorityLimiter, RateLimiter
 from trilemma.run.retry import retrying
@@ -401,8 +401,15 @@ class Executor:
         cached = await self._from_cache(s, step, base) if step.cached else None
         if cached is not None:
             return cached
+        first_no, left = self.resume_from.get(step.id, (1, step.retries + 1))
+        state["attempt"] = first_no
         try:
-            answer = await self._retried(s, step, base, state)
+            try:  # the first attempt directly: the common case, kept cheap
+                answer = await self._attempt(s, step, base, state)
+            except Exception as exc:
+                if left <= 1 or not getattr(exc, "retryable", False):
+                    raise
+                answer = await self._retried(s, step, base, state, first_no, left - 1, exc)
         except _Stop:
             return StepResult("skipped", attempts=state["attempt"] - 1, cost_usd=state["cost"])
         except BudgetExhausted as exc:
@@ -427,22 +434,15 @@ class Executor:
         return StepResult("done", answer.text, state["attempt"], cost)
 
     async def _retried(
-        self, s: Session, step: Step, base: list[Message], state: dict[str, Any]
-    ) -> Answer:
-        """The first attempt directly (the common case, kept cheap); any retries through tenacity.
+        self, s: Session, step: Step, base: list[Message], state: dict[str, Any],
+        first_no: int, retries: int, first: BaseException,
+    ) -> Answer:  # fmt: skip
+        """The retries after a failed first attempt, through tenacity.
 
         A resumed step starts at the attempt the journal says comes next (re-sending one
         that was in flight under its own idempotency keys) with the retries it has left.
         """
-        first_no, left = self.resume_from.get(step.id, (1, step.retries + 1))
-        state["attempt"] = first_no
-        try:
-            return await self._attempt(s, step, base, state)
-        except Exception as exc:
-            if left <= 1 or not getattr(exc, "retryable", False):
-                raise
-            first = exc
-        retry = retrying(left - 1, self.rng, after_failure=first)
+        retry = retrying(retries, self.rng, after_failure=first)
         async for attempt in retry:
             with attempt:
                 state["attempt"] = first_no + attempt.retry_state.attempt_number
@@ -481,7 +481,11 @@ class Executor:
 
         try:
             try:
-                answer = await run_kind(step, messages, call)
+                if step.kind == "call" and not step.debate_rounds:  # run_kind, minus its layers
+                    c = await self._call(s, step, attempt, 1, "call", messages, pending)
+                    answer = Answer(c.text.strip(), c.verdict)
+                else:
+                    answer = await run_kind(step, messages, call)
             finally:  # what this attempt billed, whatever happens next
                 state["cost"] += math.fsum(f["cost_usd"] for _, f in pending)
             if answer.verdict is False:
@@ -525,48 +529,60 @@ class Executor:
             if route.slots is not None and not route.slots.try_acquire():
                 await route.slots.acquire(prio)
             try:
-                return await self._send(s, step, attempt, index, role, request, route, pending)
+                if route.rpm is not None:
+                    await route.rpm.acquire(1)
+                if route.tpm is not None:
+                    await route.tpm.acquire(request.prompt_bytes / 4 + request.max_tokens)
+                if s.stop is not None:
+                    raise _Stop
+                s.clock.check()
+                hold = s.guard.reserve(worst_case_cost(profile, request))
+                row = {
+                    "run_id": self.run_id, "step_id": step.id, "attempt": attempt, "call": index,
+                    "role": role, "model": step.model, "idempotency_key": request.idempotency_key,
+                    "reserved_usd": hold.amount, "request_json": dumps(request.messages),
+                    "started_at": time.time(),
+                }  # fmt: skip
+                if route.external:  # it may bill: journal the call before sending it
+                    try:
+                        await self.writer.write("call_started", row)
+                    except BaseException:
+                        s.guard.release(hold)
+                        raise
+                else:  # the simulator bills nobody: its record rides the next commit
+                    self.writer.defer("call_started", row)
+                s.calls += 1
+                completion = await self._send(request, route, hold, s)
             finally:
                 if route.slots is not None:
                     route.slots.release()
         finally:
             self.slots.release()
+        cost = cost_of(profile, completion.usage, hold.amount)
+        s.guard.settle(hold, cost)
+        u = completion.usage
+        note = None
+        if cost > hold.amount + 1e-12:  # only an endpoint misreporting usage can do this
+            note = f"billed ${cost:.6f} exceeds the reservation ${hold.amount:.6f}: the endpoint reported more tokens than max_tokens and the prompt allow"
+        pending.append((request.idempotency_key, {
+            "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "cost_usd": cost, "latency_s": completion.latency_s, "response": completion.text,
+            "finished_at": time.time(), "error": note,
+        }))  # fmt: skip
+        if self.on_event is not None:
+            self._emit("call", step.id, s)
+        return completion
 
     async def _send(
-        self, s: Session, step: Step, attempt: int, index: int, role: str, request: Request,
-        route: _Route, pending: list[tuple[str, dict[str, Any]]],
-    ) -> Completion:  # fmt: skip
-        if route.rpm is not None:
-            await route.rpm.acquire(1)
-        if route.tpm is not None:
-            await route.tpm.acquire(request.prompt_bytes / 4 + request.max_tokens)
-        if s.stop is not None:
-            raise _Stop
-        s.clock.check()
-        profile = route.profile
-        hold = s.guard.reserve(worst_case_cost(profile, request))
+        self, request: Request, route: _Route, hold: Reservation, s: Session
+    ) -> Completion:
+        """The provider's answer; a failure releases the call's reservation and is journaled."""
         call_id = request.idempotency_key
-        row = {
-            "run_id": self.run_id, "step_id": step.id, "attempt": attempt, "call": index,
-            "role": role, "model": step.model, "idempotency_key": call_id,
-            "reserved_usd": hold.amount, "request_json": dumps(request.messages),
-            "started_at": time.time(),
-        }  # fmt: skip
-        if route.external:  # it may bill: journal the call before sending it
-            try:
-                await self.writer.write("call_started", row)
-            except BaseException:
-                s.guard.release(hold)
-                raise
-        else:  # the simulator bills nobody: its record rides the next commit
-            self.writer.defer("call_started", row)
-        s.calls += 1
         try:
             if route.keeps_time:
-                completion = await route.provider.complete(request, profile)
-            else:
-                async with asyncio.timeout(request.timeout_s):
-                    completion = await route.provider.complete(request, profile)
+                return await route.provider.complete(request, route.profile)
+            async with asyncio.timeout(request.timeout_s):
+                return await route.provider.complete(request, route.profile)
         except TimeoutError:
             s.guard.release(hold)
             msg = f"no answer within {request.timeout_s:g}s"
@@ -580,20 +596,6 @@ class Executor:
             s.guard.release(hold)
             self._record_error(call_id, "cancelled", "cancelled while in flight", None)
             raise
-        cost = cost_of(profile, completion.usage, hold.amount)
-        s.guard.settle(hold, cost)
-        u = completion.usage
-        note = None
-        if cost > hold.amount + 1e-12:  # only an endpoint misreporting usage can do this
-            note = f"billed ${cost:.6f} exceeds the reservation ${hold.amount:.6f}: the endpoint reported more tokens than max_tokens and the prompt allow"
-        pending.append((call_id, {
-            "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "cost_usd": cost, "latency_s": completion.latency_s, "response": completion.text,
-            "finished_at": time.time(), "error": note,
-        }))  # fmt: skip
-        if self.on_event is not None:
-            self._emit("call", step.id, s)
-        return completion
 
     def _record_error(self, call_id: str, kind: str, msg: str, cost: float | None = 0.0) -> None:
         self.writer.defer("call_finished", call_id, {
