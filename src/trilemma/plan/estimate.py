@@ -33,9 +33,9 @@ def _r(x: float) -> float:
     return round(x, 12)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: that triples its construction, the estimate's main cost
 class StepEstimate:
-    """The planner's figures for one step."""
+    """The planner's figures for one step (read-only by convention)."""
 
     id: str
     """The step's id."""
@@ -233,6 +233,6 @@ def estimate(wf: Workflow) -> Estimate:
         graph, {i: r.latency_s * r.attempts_expected for i, r in rows.items()}, order
     )
     worst, _ = dag.longest_path(graph, {i: r.latency_worst_s for i, r in rows.items()}, order)
-    for sid in path:  # rows not yet shared: set in place (replace() costs more than the estimate)
-        object.__setattr__(rows[sid], "critical", True)
+    for sid in path:
+        rows[sid].critical = True
     return Estimate(tuple(rows.values()), tuple(path), length, expected, worst)

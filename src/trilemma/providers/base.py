@@ -40,9 +40,9 @@ class Usage:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: that doubles its construction, once per call
 class Request:
-    """One chat-completion call."""
+    """One chat-completion call (read-only by convention: providers must not change it)."""
 
     model: str
     """The profile's name in the spec."""
@@ -92,7 +92,9 @@ class Provider(Protocol):
 
     A provider may set ``external = False`` when its calls have no effect
     outside the process (the simulator): their write-ahead journal records are
-    then group-committed instead of committed before each call.
+    then group-committed instead of committed before each call. A provider
+    that enforces ``request.timeout_s`` itself (raising ProviderTimeout) may set
+    ``keeps_time = True`` to spare the executor a timer per call.
     """
 
     async def complete(self, request: Request, profile: ModelProfile) -> Completion:
