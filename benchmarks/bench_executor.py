@@ -1,8 +1,10 @@
 """Executor overhead per step: trilemma (journal on) beside plain asyncio and LangGraph.
 
 Every system runs the same graphs of zero-latency calls, so all the time is
-overhead. They run interleaved, round by round, in one process, and the figures
-that matter are the ratios. A third workload gives every call 20 ms and checks
+overhead. They run interleaved, round by round, each measurement in a fresh
+interpreter after one untimed warm-up run (LangGraph's compile is not timed
+either), so that no system pays for another's heap; the figures that matter
+are the ratios. A third workload gives every call 20 ms and checks
 that a wide random DAG finishes close to its critical path.
 
 LangGraph is not a trilemma dependency: ``benchmarks/run_executor_bench.sh``
@@ -21,10 +23,15 @@ import operator
 import platform
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
+
+from rich.progress import track
 
 from trilemma import estimate, workflow_from_dict
 from trilemma.journal import Journal
@@ -136,7 +143,10 @@ def langgraph_app(graph: Graph, latency: float) -> Any | None:
     return g.compile()
 
 
-def run_langgraph(app: Any, steps: int) -> float:
+def run_langgraph(graph: Graph) -> float:
+    app = langgraph_app(graph, 0.0)  # compiling is not timed
+    assert app is not None
+    steps = len(graph)
     started = time.perf_counter()
     out = asyncio.run(app.ainvoke({"count": 0}, {"recursion_limit": steps * 4 + 100}))
     elapsed = time.perf_counter() - started
@@ -144,34 +154,51 @@ def run_langgraph(app: Any, steps: int) -> float:
     return elapsed
 
 
+SYSTEMS: dict[str, Callable[[Graph], float]] = {
+    "trilemma": lambda g: run_trilemma(g, 0.0),
+    "trilemma, durable write-ahead": lambda g: run_trilemma(g, 0.0, durable=True),
+    "asyncio": lambda g: run_asyncio(g, 0.0),
+    "langgraph": run_langgraph,
+}
+
+
+def measure(system: str, workload: str, n: int) -> float:
+    """Seconds for one run, in a fresh interpreter, after an untimed warm-up run."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", system, workload, str(n)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return float(out.stdout.split()[-1])
+
+
+def one(system: str, workload: str, n: int) -> None:
+    graph = chain(n) if workload == "chain" else random_dag(n)
+    SYSTEMS[system](graph)  # warm-up: imports and whatever is built on first use
+    print(SYSTEMS[system](graph))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--chain", type=int, default=2000)
     ap.add_argument("--dag", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "executor.json")
+    ap.add_argument("--one", nargs=3, metavar=("SYSTEM", "WORKLOAD", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    workloads = {
-        f"{args.chain}-step chain": chain(args.chain),
-        f"{args.dag}-node random DAG": random_dag(args.dag),
-    }
+    if args.one:
+        one(args.one[0], args.one[1], int(args.one[2]))
+        return
+    has_langgraph = langgraph_app({"s0": []}, 0.0) is not None
+    systems = [k for k in SYSTEMS if has_langgraph or k != "langgraph"]
     rows = []
-    for name, graph in workloads.items():
-        n = len(graph)
-        app = langgraph_app(graph, 0.0)
-        times: dict[str, list[float]] = {
-            "trilemma": [],
-            "trilemma, durable write-ahead": [],
-            "asyncio": [],
-        }
-        if app is not None:
-            times["langgraph"] = []
-        for _ in range(args.rounds):
-            times["trilemma"].append(run_trilemma(graph, 0.0))
-            times["trilemma, durable write-ahead"].append(run_trilemma(graph, 0.0, durable=True))
-            times["asyncio"].append(run_asyncio(graph, 0.0))
-            if app is not None:
-                times["langgraph"].append(run_langgraph(app, n))
+    for name, workload, n in (
+        (f"{args.chain}-step chain", "chain", args.chain),
+        (f"{args.dag}-node random DAG", "dag", args.dag),
+    ):
+        times: dict[str, list[float]] = {k: [] for k in systems}
+        for _ in track(range(args.rounds), description=name, transient=True):
+            for k in systems:  # interleaved, each in its own process
+                times[k].append(measure(k, workload, n))
         per_step = {k: statistics.median(v) / n * 1e6 for k, v in times.items()}
         row: dict[str, Any] = {"workload": name, "steps": n, "us_per_step": per_step}
         if "langgraph" in per_step:
@@ -187,7 +214,7 @@ def main() -> None:
             else ""
         )
         print(f"{name:24s} µs/step: {cells}{ratio}")
-    if not any("langgraph" in r["us_per_step"] for r in rows):
+    if not has_langgraph:
         print(
             "LangGraph is not installed here: run benchmarks/run_executor_bench.sh for its column."
         )

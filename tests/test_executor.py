@@ -424,3 +424,47 @@ def test_each_step_reports_its_own_cost_when_steps_run_in_parallel(tmp_path: Pat
         assert step.cost_usd == pytest.approx(billed)
         assert step.cost_usd == pytest.approx(0.01 * step.attempts)
     assert sum(s.cost_usd for s in r.steps.values()) == pytest.approx(r.cost_usd)
+
+
+def _committed_steps(path: Path) -> set[str]:
+    """What another process would see in the journal now."""
+    other = Journal(path)
+    try:
+        return {
+            k for k, v in other.steps(other.runs()[0]["run_id"]).items() if v["status"] == "done"
+        }
+    finally:
+        other.close()
+
+
+CHAIN3 = ["{id: a, model: m}", "{id: b, model: m, after: [a]}", "{id: c, model: m, after: [b]}"]
+
+
+def test_a_simulated_runs_records_commit_within_the_free_window(tmp_path: Path) -> None:
+    # 40 ms steps: when b is done, a finished 40 ms ago, past the 25 ms window.
+    seen: dict[str, set[str]] = {}
+
+    def on_event(e: Any) -> None:
+        if e.kind == "step_done":
+            seen[e.step] = _committed_steps(tmp_path / "j.db")
+
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.04, p_ok: 1.0}", CHAIN3)
+    r, _ = run(text, tmp_path, on_event=on_event)
+    assert r.status == "ok"
+    assert "a" in seen["b"] and "b" in seen["c"], seen
+
+
+def test_a_billed_calls_answer_commits_before_the_next_call_is_sent(tmp_path: Path) -> None:
+    # A real endpoint: each call's write-ahead record commits every deferred record with it,
+    # so b's request cannot go out while a's answer is only in memory.
+    seen: dict[str, set[str]] = {}
+
+    async def answer(request: Any) -> str:
+        step = request.call_key.split(":")[0]
+        seen[step] = _committed_steps(tmp_path / "j.db")
+        return "ok"
+
+    text = spec("m: {usd_per_call: 0.01, latency_s: 1.0, p_ok: 1.0}", CHAIN3)
+    r, _ = run(text, tmp_path, providers={"m": FunctionProvider(answer)})
+    assert r.status == "ok"
+    assert seen["b"] == {"a"} and seen["c"] == {"a", "b"}, seen

@@ -1,6 +1,8 @@
 """The async DAG executor: one spec, run on real endpoints or the simulator.
 
-Every step is a task that waits for its dependencies. Every LLM call takes a
+A step starts when its last dependency settles, in a task of its own or, when it
+is the first step its finished parent leaves ready, in that parent's task (so a
+chain runs in one task and no task waits on another). Every LLM call takes a
 global slot (served longest-remaining-path first), its model's slot and rate
 tokens, then reserves its worst-case cost; a call whose reservation would
 cross the ceiling is never sent. Each call is journaled before it is sent and
