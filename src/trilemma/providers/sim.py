@@ -2,8 +2,8 @@
 
 Each call waits the profile's ``latency_s`` (times a lognormal ``latency_jitter``
 factor), may raise an injected fault, and otherwise answers right with
-probability ``p_ok``. Every draw comes from a generator seeded by the run's seed
-and the call's place (step, attempt, call), so a call gives the same answer
+probability ``p_ok``. Every draw comes from a hash of the run's seed and the
+call's place (step, attempt, call), so a call gives the same answer
 whatever the scheduling order, two runs with one seed the same outcomes, and a
 resumed run the same outputs as an uninterrupted one.
 """
@@ -62,7 +62,7 @@ class SimProvider:
         if u < f.timeout_rate + f.rate_limit_rate + f.transient_error_rate:
             await _wait(latency * FAULT_LATENCY_SHARE)
             raise TransientError("simulated 503 Service Unavailable")
-        await asyncio.sleep(latency if latency >= INSTANT_S else 0)  # _wait, one frame less
+        await _wait(latency)
         ok = v < request.p_ok
         text = request.sim_ok if ok else request.sim_bad
         usage = Usage(max(1, request.prompt_bytes // 4), max(1, len(text.encode()) // 4))

@@ -256,7 +256,6 @@ class Executor:
         self._values = {**{k: v or "" for k, v in wf.inputs.items()}, **self.inputs}
         """What a prompt's fields read when no step of that name has finished."""
         self._input_lines = [f"{k}: {v}" for k, v in self.inputs.items()]
-        self.providers = providers
         self.source = source
         self.gates = gates
         self.on_event = on_event
@@ -483,11 +482,7 @@ class Executor:
 
         try:
             try:
-                if step.kind == "call" and not step.debate_rounds:  # run_kind, minus its layers
-                    c = await self._call(s, step, attempt, 1, "call", messages, pending)
-                    answer = Answer(c.text.strip(), c.verdict)
-                else:
-                    answer = await run_kind(step, messages, call)
+                answer = await run_kind(step, messages, call)
             finally:  # what this attempt billed, whatever happens next
                 state["cost"] += math.fsum(f["cost_usd"] for _, f in pending)
             if answer.verdict is False:
@@ -525,10 +520,9 @@ class Executor:
             _fill(sim.ok, step.id, attempt), _fill(sim.bad, step.id, attempt),
         )  # fmt: skip
         prio = -self.priority[step.id]
-        if not self.slots.try_acquire():
-            await self.slots.acquire(prio)
+        await self.slots.acquire(prio)
         try:
-            if route.slots is not None and not route.slots.try_acquire():
+            if route.slots is not None:
                 await route.slots.acquire(prio)
             try:
                 if route.rpm is not None:
@@ -571,8 +565,7 @@ class Executor:
             "cost_usd": cost, "latency_s": completion.latency_s, "response": completion.text,
             "finished_at": time.time(), "error": note,
         }))  # fmt: skip
-        if self.on_event is not None:
-            self._emit("call", step.id, s)
+        self._emit("call", step.id, s)
         return completion
 
     async def _send(

@@ -24,7 +24,7 @@ class PriorityLimiter:
         self._seq = itertools.count()
 
     def try_acquire(self) -> bool:
-        """Take a slot if one is free and nobody waits (no await: the common case, kept cheap)."""
+        """Take a slot if one is free and nobody waits; never waits."""
         if self.free > 0 and not self._waiters:
             self.free -= 1
             return True

@@ -69,7 +69,7 @@ async def run_kind(step: Step, base: list[Message], call: CallFn) -> Answer:
 
 async def _refined_call(step: Step, base: list[Message], call: CallFn) -> Answer:
     """One call, then ``debate_rounds`` rounds of self-critique (the seed's sequential rounds)."""
-    messages = list(base)
+    messages = list(base) if step.debate_rounds else base  # copied only if rounds extend it
     c = await call(messages, "call")
     for r in range(step.debate_rounds):
         messages += [{"role": "assistant", "content": c.text}, {"role": "user", "content": REFINE}]
