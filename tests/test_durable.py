@@ -362,3 +362,19 @@ def test_a_batch_writes_a_call_started_and_finished_in_it_as_one_finished_row(
     assert {c["idempotency_key"]: c for c in j.calls("r")}["r:a:1:2"]["state"] == "finished"
     assert len(j.calls("r")) == 2
     j.close()
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [],
+        [{"role": "user", "content": 'é "quoted" \\ back\nslash \x00 \u2028'}],
+        [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+        [{"role": "user", "content": "x", "name": "extra keys take the general path"}],
+        [{"role": "user", "text": "no content key"}],
+    ],
+)
+def test_the_ledgers_request_json_is_the_messages_as_json(messages: list[dict[str, str]]) -> None:
+    from trilemma.journal.store import messages_json
+
+    assert json.loads(messages_json(messages)) == messages

@@ -144,3 +144,32 @@ def test_whitespace_in_stop_sequences_and_prompts_is_kept() -> None:
     )
     assert wf.models["m"].stop == ["\n"]
     assert wf.steps[0].prompt == "Q: 2 + 2?\nA: "
+
+
+def test_topological_order_keeps_a_sorted_spec_and_sorts_an_unsorted_one() -> None:
+    from trilemma import dag
+
+    assert dag.topo_order({"a": [], "b": ["a"], "c": ["a", "b"]}) == ["a", "b", "c"]
+    # listed out of order: dependencies first, ties by the order given
+    assert dag.topo_order({"c": ["a", "b"], "b": ["a"], "a": [], "d": []}) == ["a", "b", "c", "d"]
+    with pytest.raises(ValueError, match="cycle"):
+        dag.topo_order({"a": ["b"], "b": ["a"]})
+    with pytest.raises(ValueError, match="cycle"):
+        dag.topo_order({"a": ["a"]})
+
+
+def test_remaining_path_priorities_do_not_depend_on_the_order_steps_are_listed() -> None:
+    from trilemma.run.executor import _remaining_path
+
+    def spec(order: list[str]) -> str:
+        deps = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
+        lat = {"a": 1.0, "b": 5.0, "c": 1.0, "d": 2.0}
+        models = "".join(
+            f"  {k}: {{usd_per_call: 0, latency_s: {v}, p_ok: 1.0}}\n" for k, v in lat.items()
+        )
+        steps = "".join(f"  - {{id: {k}, model: {k}, after: {deps[k]}}}\n" for k in order)
+        return f"version: 1\nmodels:\n{models}steps:\n{steps}"
+
+    for order in (["a", "b", "c", "d"], ["d", "c", "b", "a"]):
+        wf = parse_workflow(spec(order))
+        assert _remaining_path(wf, estimate(wf)) == {"a": 8.0, "b": 7.0, "c": 3.0, "d": 2.0}

@@ -45,12 +45,14 @@ def topo_order(graph: Graph) -> list[str]:
 
     Raises ``ValueError`` on a cycle.
     """
+    position = {node: i for i, node in enumerate(graph)}
+    if all(position.get(dep, i) < i for i, deps in enumerate(graph.values()) for dep in deps):
+        return list(graph)  # already in order: Kahn's ties by key order would give just this
     pending = {node: len(set(deps)) for node, deps in graph.items()}
     dependents: dict[str, list[str]] = {node: [] for node in graph}
     for node, deps in graph.items():
         for dep in set(deps):
             dependents[dep].append(node)
-    position = {node: i for i, node in enumerate(graph)}
     ready = [(position[node], node) for node, n in pending.items() if n == 0]
     heapq.heapify(ready)
     order: list[str] = []

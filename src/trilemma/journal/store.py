@@ -14,8 +14,9 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
@@ -310,13 +311,16 @@ class _Batch:
     def call_started(self, row: dict[str, Any]) -> None:
         self.calls[row["idempotency_key"]] = {**row, "state": "started"}
 
-    def call_finished(self, key: str, fields: dict[str, Any]) -> None:
+    def call_finished(self, key: str, fields: dict[str, Any], outcome: str | None = None) -> None:
         row = self.calls.get(key)
         if row is None:
-            self.call_updates.append((key, {**fields, "state": "finished"}))
+            row = dict(fields)
+            self.call_updates.append((key, row))
         else:
             row.update(fields)
-            row["state"] = "finished"
+        row["state"] = "finished"
+        if outcome is not None:
+            row["outcome"] = outcome
 
     def attempt_finished(
         self, run_id: str, step_id: str, finishes: list[tuple[str, dict[str, Any]]], *,
@@ -324,7 +328,7 @@ class _Batch:
     ) -> None:  # fmt: skip
         outcome = "rejected" if rejected else "ok"
         for key, fields in finishes:
-            self.call_finished(key, {**fields, "outcome": outcome})
+            self.call_finished(key, fields, outcome)
         if step is not None:
             self.step_finished(run_id, step_id, step)
 
@@ -416,6 +420,9 @@ class JournalWriter:
         self.window_s = window_s
         """Longest a deferred write waits."""
         self._fast = Journal(journal.path, busy_timeout_s=0.0)
+        # Its rows all belong to a run that is already in the journal: the lookup of the
+        # parent row that foreign-key enforcement adds to every insert would only repeat that.
+        self._fast.db.execute("PRAGMA foreign_keys=OFF")
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trilemma-journal")
         self._queued = 0
         self._buffer: list[Op] = []
@@ -480,8 +487,22 @@ class JournalWriter:
 
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_STR = encode_basestring  # what _ENCODE does to a string (C-accelerated)
 
 
 def dumps(data: Any) -> str:
     """Compact JSON for the journal's text columns."""
     return _ENCODE(data)
+
+
+def messages_json(messages: Sequence[dict[str, str]]) -> str:
+    """``dumps`` of chat messages, 4-5x quicker for the common {role, content} ones."""
+    try:
+        if all(len(m) == 2 for m in messages):
+            return "[" + ",".join([
+                '{"role":' + _STR(m["role"]) + ',"content":' + _STR(m["content"]) + "}"
+                for m in messages
+            ]) + "]"  # fmt: skip
+    except KeyError:
+        pass
+    return _ENCODE(messages)

@@ -21,9 +21,9 @@ Message = dict[str, str]
 TEMPLATE_TOKENS_PER_MESSAGE = 16
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: it is made once per call
 class Usage:
-    """Tokens of one or more calls; ``None`` means unknown, not zero."""
+    """Tokens of one or more calls; ``None`` means unknown, not zero (read-only by convention)."""
 
     prompt_tokens: int | None = None
     """Tokens sent."""
@@ -73,9 +73,9 @@ class Request:
         return sum(len(m["content"].encode()) for m in self.messages)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: it is made once per call
 class Completion:
-    """What came back."""
+    """What came back (read-only by convention)."""
 
     text: str
     """The answer."""

@@ -22,7 +22,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,7 @@ from trilemma.journal.store import (
     Journal,
     JournalWriter,
     dumps,
+    messages_json,
 )
 from trilemma.plan.estimate import Estimate
 from trilemma.providers.base import Completion, Message, Provider, Request, cost_of, worst_case_cost
@@ -83,9 +84,9 @@ class Event:
     """Steps done so far."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: that quadruples its construction, once per step
 class StepResult:
-    """How a step ended."""
+    """How a step ended (read-only by convention)."""
 
     status: str
     """done, failed, skipped (a dependency did not finish) or cancelled."""
@@ -380,6 +381,7 @@ class Executor:
 
     async def _steps(self, s: Session, step: Step | None) -> None:
         """Run a step, then on in the same task to a step it leaves ready (a chain needs one task)."""
+        me = asyncio.current_task()
         while step is not None:
             try:
                 result = await self._attempts(s, step)
@@ -394,7 +396,7 @@ class Executor:
                 for task in list(self._tasks.values()):
                     task.cancel()
             ready = self._released(step.id)
-            step = self._start(s, ready, asyncio.current_task()) if ready else None
+            step = self._start(s, ready, me) if ready else None
 
     async def _attempts(self, s: Session, step: Step) -> StepResult:
         base = self._messages(step, s)
@@ -477,8 +479,8 @@ class Executor:
         pending: list[tuple[str, dict[str, Any]]] = []  # answered calls, committed with the verdict
         counter = iter(range(1, 1_000_000))
 
-        async def call(msgs: Sequence[Message], role: str) -> Completion:
-            return await self._call(s, step, attempt, next(counter), role, msgs, pending)
+        def call(msgs: Sequence[Message], role: str) -> Coroutine[Any, Any, Completion]:
+            return self._call(s, step, attempt, next(counter), role, msgs, pending)
 
         try:
             try:
@@ -536,7 +538,7 @@ class Executor:
                 row = {
                     "run_id": self.run_id, "step_id": step.id, "attempt": attempt, "call": index,
                     "role": role, "model": step.model, "idempotency_key": request.idempotency_key,
-                    "reserved_usd": hold.amount, "request_json": dumps(request.messages),
+                    "reserved_usd": hold.amount, "request_json": messages_json(request.messages),
                     "started_at": time.time(),
                 }  # fmt: skip
                 if route.external:  # it may bill: journal the call before sending it
@@ -612,7 +614,7 @@ class Executor:
         row = {
             "run_id": self.run_id, "step_id": step.id, "attempt": 1, "call": 1, "role": "cache",
             "model": step.model, "idempotency_key": f"{self.run_id}:{step.id}:cache",
-            "reserved_usd": 0.0, "request_json": dumps(base), "started_at": time.time(),
+            "reserved_usd": 0.0, "request_json": messages_json(base), "started_at": time.time(),
         }  # fmt: skip
         self.writer.defer("call_started", row)
         call_id = row["idempotency_key"]
@@ -675,11 +677,12 @@ def _fill(template: str, step: str, attempt: int) -> str:
 def _remaining_path(wf: Workflow, e: Estimate) -> dict[str, float]:
     """Each step's latency plus the longest path below it: the scheduling priority."""
     latency = {r.id: r.latency_s for r in e.per_step}
-    children: dict[str, list[str]] = {s.id: [] for s in wf.steps}
-    for s in wf.steps:
-        for d in s.after:
-            children[d].append(s.id)
+    graph = wf.edges()
+    below: dict[str, float] = dict.fromkeys(graph, 0.0)  # the longest path below each step
     out: dict[str, float] = {}
-    for sid in reversed(dag.topo_order(wf.edges())):
-        out[sid] = latency[sid] + max((out[c] for c in children[sid]), default=0.0)
+    for sid in reversed(dag.topo_order(graph)):
+        total = out[sid] = latency[sid] + below[sid]
+        for d in graph[sid]:
+            if total > below[d]:
+                below[d] = total
     return out

@@ -31,9 +31,9 @@ JUDGE = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: it is made once per attempt
 class Answer:
-    """An attempt's answer."""
+    """An attempt's answer (read-only by convention)."""
 
     text: str
     """What goes downstream if the gate accepts it."""
