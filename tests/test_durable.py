@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -378,3 +380,82 @@ def test_the_ledgers_request_json_is_the_messages_as_json(messages: list[dict[st
     from trilemma.journal.store import messages_json
 
     assert json.loads(messages_json(messages)) == messages
+
+
+def _new_run(j: Journal) -> None:
+    j.create_run({"run_id": "r", "spec_source": "s", "spec_json": "{}", "spec_hash": "h",
+                  "inputs_json": "{}", "status": "running", "started_at": 0.0})  # fmt: skip
+
+
+def test_durable_writes_of_one_turn_share_a_commit_and_are_committed_when_they_return(
+    tmp_path: Path,
+) -> None:
+    from trilemma.journal.store import JournalWriter
+
+    j = Journal(tmp_path / "j.db")
+    _new_run(j)
+    commits: list[int] = []
+
+    async def main() -> None:
+        writer = JournalWriter(j)
+        batch = writer._fast.batch
+
+        def counted(ops: list[Any]) -> None:
+            commits.append(len(ops))
+            batch(ops)
+
+        writer._fast.batch = counted  # type: ignore[method-assign]
+
+        async def call(i: int) -> None:
+            await writer.write("call_started", _call_row(f"r:a:1:{i}"))
+            other = Journal(j.path)  # what another process sees the moment write returns
+            try:
+                assert f"r:a:1:{i}" in {c["idempotency_key"] for c in other.calls("r")}
+            finally:
+                other.close()
+
+        await asyncio.gather(*(call(i) for i in range(1, 41)))
+        await call(41)  # alone in its turn: a commit of its own
+        await writer.aclose()
+
+    asyncio.run(main())
+    assert commits == [40, 1]
+    assert len(j.calls("r")) == 41
+    j.close()
+
+
+def test_closing_the_writer_keeps_the_order_of_its_transactions(tmp_path: Path) -> None:
+    from trilemma.journal.store import JournalWriter
+
+    j = Journal(tmp_path / "j.db")
+    _new_run(j)
+
+    async def main() -> None:
+        writer = JournalWriter(j, window_s=60.0)
+        writer.defer("call_started", _call_row("r:a:1:1"))
+        writer._flush_later()  # the window ends: a commit is scheduled, not yet made
+        writer.defer("call_finished", "r:a:1:1", {"outcome": "cancelled", "cost_usd": None})
+        await writer.aclose()  # the start must land before the finish that updates it
+
+    asyncio.run(main())
+    (call,) = j.calls("r")
+    assert call["state"] == "finished" and call["outcome"] == "cancelled"
+    j.close()
+
+
+def test_a_commit_that_fails_in_the_background_fails_the_close(tmp_path: Path) -> None:
+    from trilemma.journal.store import JournalWriter
+
+    j = Journal(tmp_path / "j.db")
+    _new_run(j)
+
+    async def main() -> None:
+        writer = JournalWriter(j, window_s=0.001)
+        writer.defer("call_started", {**_call_row("r:a:1:1"), "no_such_column": 1})
+        await asyncio.sleep(0.05)  # the window passes and its commit fails, with nobody waiting
+        await writer.aclose()
+
+    with pytest.raises(JournalError, match="no_such_column"):
+        asyncio.run(main())
+    assert j.calls("r") == []
+    j.close()

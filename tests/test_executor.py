@@ -468,3 +468,53 @@ def test_a_billed_calls_answer_commits_before_the_next_call_is_sent(tmp_path: Pa
     r, _ = run(text, tmp_path, providers={"m": FunctionProvider(answer)})
     assert r.status == "ok"
     assert seen["b"] == {"a"} and seen["c"] == {"a", "b"}, seen
+
+
+def test_a_call_cancelled_while_its_record_commits_is_journaled_as_never_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trilemma.journal.store import JournalWriter
+
+    durable = JournalWriter.write
+
+    async def slow_write(self: JournalWriter, *args: Any, **kwargs: Any) -> None:
+        await durable(self, *args, **kwargs)  # the record lands...
+        await asyncio.sleep(5)  # ...and the deadline passes before the caller resumes
+
+    monkeypatch.setattr(JournalWriter, "write", slow_write)
+    sent: list[str] = []
+
+    async def answer(request: Any) -> str:
+        sent.append(request.call_key)
+        return "ok"
+
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.01, p_ok: 1.0}",
+                [f"{{id: s{i}, model: m}}" for i in range(3)])  # fmt: skip
+    r, j = run(text, tmp_path, deadline_s=0.2, providers={"m": FunctionProvider(answer)})
+    assert r.status == "deadline" and sent == [] and r.cost_usd == 0.0
+    calls = j.calls(r.run_id)
+    assert len(calls) == 3
+    for c in calls:
+        assert c["state"] == "finished" and c["outcome"] == "cancelled"
+        assert c["error"] == "cancelled before it was sent" and c["cost_usd"] == 0.0
+
+
+def test_every_call_of_a_fan_out_is_journaled_before_it_is_sent(tmp_path: Path) -> None:
+    # Twenty calls start in one turn of the loop and share one write-ahead commit.
+    unseen: list[str] = []
+
+    async def answer(request: Any) -> str:
+        other = Journal(tmp_path / "j.db")
+        try:
+            keys = {c["idempotency_key"] for c in other.calls(other.runs()[0]["run_id"])}
+        finally:
+            other.close()
+        if request.idempotency_key not in keys:
+            unseen.append(request.call_key)
+        return "ok"
+
+    text = spec("m: {usd_per_call: 0.01, latency_s: 1.0, p_ok: 1.0}",
+                [f"{{id: s{i}, model: m}}" for i in range(20)])  # fmt: skip
+    r, _ = run(text, tmp_path, providers={"m": FunctionProvider(answer)})
+    assert r.status == "ok" and len(r.outputs) == 20
+    assert unseen == []

@@ -14,7 +14,7 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from json.encoder import encode_basestring
 from pathlib import Path
@@ -404,9 +404,10 @@ class JournalWriter:
     """Async writes to a journal, with group commit, that never let another process stall the loop.
 
     :meth:`write` is durable when it returns (the write-ahead record of a call
-    must be). :meth:`defer` queues a write that may wait: it commits with the
-    next durable write, or within ``window_s`` (:data:`GROUP_COMMIT_S`), in the same
-    transaction.
+    must be). Durable writes made in one turn of the event loop (a fan-out's
+    calls starting together) share one commit, made on the next turn.
+    :meth:`defer` queues a write that may wait: it commits with the next durable
+    write, or within ``window_s`` (:data:`GROUP_COMMIT_S`), in the same transaction.
 
     A transaction first runs on the loop's thread through a connection that will
     not wait for a lock (an uncontended WAL commit takes microseconds). If
@@ -428,10 +429,26 @@ class JournalWriter:
         self._buffer: list[Op] = []
         self._timer: asyncio.Handle | None = None
         self._flushes: set[asyncio.Future[Any]] = set()
+        self._failed: BaseException | None = None
+        """The error of the first commit that failed in the background."""
+        self._group: asyncio.Task[None] | None = None
+        """The commit that durable writes of this turn of the loop join."""
 
     async def write(self, method: str, *args: Any, **kwargs: Any) -> None:
-        """Commit ``method(*args, **kwargs)`` with every deferred write before it."""
-        await self._commit([*self._take(), (method, args, kwargs)])
+        """Commit ``method(*args, **kwargs)`` with every write queued before it.
+
+        Cancelling the caller does not cancel the commit: the write may still land.
+        """
+        self._buffer.append((method, args, kwargs))
+        if self._group is None:
+            self._group = self._track(self._commit_group())
+        await asyncio.shield(self._group)
+
+    async def _commit_group(self) -> None:
+        self._group = None  # a write from now on starts the next group
+        ops = self._take()
+        if ops:
+            await self._commit(ops)
 
     def defer(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Queue a write for the next commit."""
@@ -457,9 +474,18 @@ class JournalWriter:
         self._timer = None
         ops = self._take()
         if ops:
-            fut = asyncio.ensure_future(self._commit(ops))
-            self._flushes.add(fut)
-            fut.add_done_callback(self._flushes.discard)
+            self._track(self._commit(ops))
+
+    def _track(self, commit: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(commit)
+        self._flushes.add(task)
+        task.add_done_callback(self._settled)
+        return task
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failed is None:
+            self._failed = task.exception()
 
     async def _commit(self, ops: list[Op]) -> None:
         if self._queued == 0:
@@ -476,14 +502,21 @@ class JournalWriter:
             self._queued -= 1
 
     async def aclose(self) -> None:
-        """Commit what is deferred, wait for queued commits, stop the thread."""
-        ops = self._take()
-        if ops:
-            await self._commit(ops)
-        if self._flushes:
-            await asyncio.gather(*self._flushes)
-        self._pool.shutdown(wait=True)
-        self._fast.close()
+        """Wait for the commits under way, commit what is left, stop the thread.
+
+        Raises the error of the first commit that failed (a journal error).
+        """
+        try:
+            while self._flushes:  # first, so that transactions land in the order they were made
+                await asyncio.gather(*self._flushes, return_exceptions=True)
+            ops = self._take()
+            if ops:
+                await self._commit(ops)
+            if self._failed is not None:
+                raise self._failed
+        finally:
+            self._pool.shutdown(wait=True)
+            self._fast.close()
 
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode

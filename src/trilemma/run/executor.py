@@ -544,8 +544,12 @@ class Executor:
                 if route.external:  # it may bill: journal the call before sending it
                     try:
                         await self.writer.write("call_started", row)
-                    except BaseException:
+                    except BaseException as exc:
                         s.guard.release(hold)
+                        if isinstance(exc, asyncio.CancelledError):  # its record may still land
+                            self._record_error(
+                                request.idempotency_key, "cancelled", "cancelled before it was sent"
+                            )
                         raise
                 else:  # the simulator bills nobody: its record rides the next commit
                     self.writer.defer("call_started", row)
