@@ -404,8 +404,9 @@ class JournalWriter:
     """Async writes to a journal, with group commit, that never let another process stall the loop.
 
     :meth:`write` is durable when it returns (the write-ahead record of a call
-    must be). Durable writes made in one turn of the event loop (a fan-out's
-    calls starting together) share one commit, made on the next turn.
+    must be). The first durable write in a turn of the event loop commits at
+    once; the others of that turn (a fan-out's calls starting together) share
+    one commit, made on the next turn.
     :meth:`defer` queues a write that may wait: it commits with the next durable
     write, or within ``window_s`` (:data:`GROUP_COMMIT_S`), in the same transaction.
 
@@ -431,6 +432,8 @@ class JournalWriter:
         self._flushes: set[asyncio.Future[Any]] = set()
         self._failed: BaseException | None = None
         """The error of the first commit that failed in the background."""
+        self._turn_wrote = False
+        """A durable write has been made in this turn of the loop."""
         self._group: asyncio.Task[None] | None = None
         """The commit that durable writes of this turn of the loop join."""
 
@@ -440,9 +443,17 @@ class JournalWriter:
         Cancelling the caller does not cancel the commit: the write may still land.
         """
         self._buffer.append((method, args, kwargs))
-        if self._group is None:
+        if not self._turn_wrote:  # the first in this turn of the loop commits at once
+            self._turn_wrote = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+            await self._commit(self._take())
+            return
+        if self._group is None:  # the others of this turn share the next commit
             self._group = self._track(self._commit_group())
         await asyncio.shield(self._group)
+
+    def _next_turn(self) -> None:
+        self._turn_wrote = False
 
     async def _commit_group(self) -> None:
         self._group = None  # a write from now on starts the next group
