@@ -15,6 +15,8 @@ import hashlib
 import math
 import random
 import struct
+from collections.abc import Coroutine
+from typing import Any
 
 from trilemma.errors import ProviderTimeout, RateLimited, TransientError
 from trilemma.providers.base import Completion, Request, Usage
@@ -75,8 +77,8 @@ _FOUR_WORDS = struct.Struct(">4Q").unpack
 INSTANT_S = 1e-6
 
 
-async def _wait(seconds: float) -> None:
-    await asyncio.sleep(seconds if seconds >= INSTANT_S else 0)
+def _wait(seconds: float) -> Coroutine[Any, Any, None]:
+    return asyncio.sleep(seconds if seconds >= INSTANT_S else 0)
 
 
 def _jitter(sigma: float, w1: float, w2: float) -> float:

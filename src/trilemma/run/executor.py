@@ -486,7 +486,7 @@ class Executor:
             try:
                 answer = await run_kind(step, messages, call)
             finally:  # what this attempt billed, whatever happens next
-                state["cost"] += math.fsum(f["cost_usd"] for _, f in pending)
+                state["cost"] += math.fsum([f["cost_usd"] for _, f in pending])
             if answer.verdict is False:
                 raise GateRejected("the answer is wrong (the simulator's check)")
             gate = self.gates.get(step.id)

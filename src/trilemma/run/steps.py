@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from trilemma.providers.base import Completion, Message
 from trilemma.spec import Step
@@ -55,16 +56,22 @@ def majority(answers: Sequence[Completion]) -> Answer:
     raise AssertionError("no answers")
 
 
-async def run_kind(step: Step, base: list[Message], call: CallFn) -> Answer:
-    """Run one attempt of ``step`` from its base messages."""
+def run_kind(step: Step, base: list[Message], call: CallFn) -> Coroutine[Any, Any, Answer]:
+    """One attempt of ``step`` from its base messages, to await."""
     if step.debate is not None:
-        return await _debate(step, base, call)
+        return _debate(step, base, call)
     if step.vote is not None:
-        samples = await asyncio.gather(
-            *(call(base, f"sample {i + 1}") for i in range(step.vote.samples))
-        )
-        return majority(samples)
-    return await _refined_call(step, base, call)
+        return _vote(step, base, call)
+    return _refined_call(step, base, call)
+
+
+async def _vote(step: Step, base: list[Message], call: CallFn) -> Answer:
+    """Self-consistency: the samples in parallel, then the majority answer."""
+    assert step.vote is not None
+    samples = await asyncio.gather(
+        *(call(base, f"sample {i + 1}") for i in range(step.vote.samples))
+    )
+    return majority(samples)
 
 
 async def _refined_call(step: Step, base: list[Message], call: CallFn) -> Answer:
