@@ -86,8 +86,8 @@ def longest_path(
         via[node] = prev
     if not finish:
         return 0.0, []
-    position = {node: i for i, node in enumerate(graph)}
-    end = max(finish, key=lambda n: (finish[n], -position[n]))
+    top = max(finish.values())
+    end = next(n for n in graph if finish[n] == top)  # ties: the first in key order
     path: list[str] = []
     cursor: str | None = end
     while cursor is not None:
