@@ -8,6 +8,7 @@ import random
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from trilemma import parse_workflow
 from trilemma.errors import JournalError, NotAJournal
 from trilemma.journal import Journal
-from trilemma.journal.store import map_sqlite_errors
+from trilemma.journal.store import JournalWriter, map_sqlite_errors
 from trilemma.run.session import execute
 from trilemma.testing import fast_retries
 
@@ -382,18 +383,20 @@ def test_the_ledgers_request_json_is_the_messages_as_json(messages: list[dict[st
     assert json.loads(messages_json(messages)) == messages
 
 
-def _new_run(j: Journal) -> None:
+@pytest.fixture
+def journal_r(tmp_path: Path) -> Iterator[Journal]:
+    """A journal holding one run, ``r``."""
+    j = Journal(tmp_path / "j.db")
     j.create_run({"run_id": "r", "spec_source": "s", "spec_json": "{}", "spec_hash": "h",
                   "inputs_json": "{}", "status": "running", "started_at": 0.0})  # fmt: skip
+    yield j
+    j.close()
 
 
 def test_durable_writes_of_one_turn_share_a_commit_and_are_committed_when_they_return(
-    tmp_path: Path,
+    journal_r: Journal,
 ) -> None:
-    from trilemma.journal.store import JournalWriter
-
-    j = Journal(tmp_path / "j.db")
-    _new_run(j)
+    j = journal_r
     commits: list[int] = []
 
     async def main() -> None:
@@ -421,41 +424,28 @@ def test_durable_writes_of_one_turn_share_a_commit_and_are_committed_when_they_r
     asyncio.run(main())
     assert commits == [1, 39, 1]  # the first at once, the rest of its turn together
     assert len(j.calls("r")) == 41
-    j.close()
 
 
-def test_closing_the_writer_keeps_the_order_of_its_transactions(tmp_path: Path) -> None:
-    from trilemma.journal.store import JournalWriter
-
-    j = Journal(tmp_path / "j.db")
-    _new_run(j)
-
+def test_closing_the_writer_keeps_the_order_of_its_transactions(journal_r: Journal) -> None:
     async def main() -> None:
-        writer = JournalWriter(j, window_s=60.0)
+        writer = JournalWriter(journal_r, window_s=60.0)
         writer.defer("call_started", _call_row("r:a:1:1"))
         writer._flush_later()  # the window ends: a commit is scheduled, not yet made
         writer.defer("call_finished", "r:a:1:1", {"outcome": "cancelled", "cost_usd": None})
         await writer.aclose()  # the start must land before the finish that updates it
 
     asyncio.run(main())
-    (call,) = j.calls("r")
+    (call,) = journal_r.calls("r")
     assert call["state"] == "finished" and call["outcome"] == "cancelled"
-    j.close()
 
 
-def test_a_commit_that_fails_in_the_background_fails_the_close(tmp_path: Path) -> None:
-    from trilemma.journal.store import JournalWriter
-
-    j = Journal(tmp_path / "j.db")
-    _new_run(j)
-
+def test_a_commit_that_fails_in_the_background_fails_the_close(journal_r: Journal) -> None:
     async def main() -> None:
-        writer = JournalWriter(j, window_s=0.001)
+        writer = JournalWriter(journal_r, window_s=0.001)
         writer.defer("call_started", {**_call_row("r:a:1:1"), "no_such_column": 1})
         await asyncio.sleep(0.05)  # the window passes and its commit fails, with nobody waiting
         await writer.aclose()
 
     with pytest.raises(JournalError, match="no_such_column"):
         asyncio.run(main())
-    assert j.calls("r") == []
-    j.close()
+    assert journal_r.calls("r") == []
