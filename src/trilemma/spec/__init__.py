@@ -1,0 +1,50 @@
+"""The workflow spec: pydantic models, YAML/JSON loading and validation.
+
+A spec names model profiles, lists steps (a DAG through ``after:``) and may set
+a budget. Every way a spec can be wrong becomes one :class:`SpecError` that
+names the file, the field path (``steps[2].retries``) and the fix.
+
+>>> wf = parse_workflow('''
+... version: 1
+... models: {premium: {usd_per_call: 0.03, latency_s: 2.0, p_ok: 0.985}}
+... steps: [{id: plan, model: premium}]
+... ''')
+>>> wf.steps[0].id
+'plan'
+"""
+
+from trilemma.spec.load import dump_workflow, load_workflow, parse_workflow, workflow_from_dict
+from trilemma.spec.model import (
+    SPEC_VERSION,
+    Budget,
+    Debate,
+    Faults,
+    Gate,
+    ModelProfile,
+    SimAnswers,
+    Simulation,
+    Step,
+    Vote,
+    Workflow,
+)
+from trilemma.spec.template import render_template, template_fields
+
+__all__ = [
+    "SPEC_VERSION",
+    "Budget",
+    "Debate",
+    "Faults",
+    "Gate",
+    "ModelProfile",
+    "SimAnswers",
+    "Simulation",
+    "Step",
+    "Vote",
+    "Workflow",
+    "dump_workflow",
+    "load_workflow",
+    "parse_workflow",
+    "render_template",
+    "template_fields",
+    "workflow_from_dict",
+]

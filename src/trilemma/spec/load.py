@@ -1,0 +1,320 @@
+"""Loading a spec: YAML or JSON text in, a validated Workflow or one SpecError out.
+
+Every way a spec can be wrong becomes one :class:`~trilemma.errors.SpecError`
+that names the file, the field path (``steps[2].retries``) and the fix. YAML is
+read with duplicate-key and alias-bomb guards.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from trilemma import dag
+from trilemma.errors import CycleError, SpecError
+from trilemma.spec.model import SPEC_VERSION, Workflow
+from trilemma.spec.template import template_ok
+
+__all__ = ["dump_workflow", "load_workflow", "parse_workflow", "workflow_from_dict"]
+
+MAX_SPEC_BYTES = 5_000_000
+MAX_EXPANDED_NODES = 200_000
+
+
+def load_workflow(path: str | Path) -> Workflow:
+    """Read, parse and validate a spec file (YAML or JSON)."""
+    p = Path(path)
+    source = str(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(source, "", "no such file; check the path") from None
+    except IsADirectoryError:
+        raise SpecError(source, "", "is a directory, not a spec file") from None
+    except OSError as exc:
+        raise SpecError(source, "", f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(source, "", f"file is {len(raw)} bytes; a spec must be under 5 MB")
+    if b"\x00" in raw:
+        raise SpecError(source, "", "binary file, not a YAML or JSON spec")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise SpecError(source, "", "not UTF-8 text; save the spec as UTF-8 YAML") from None
+    return parse_workflow(text, source=source, json_only=p.suffix.lower() == ".json")
+
+
+def parse_workflow(text: str, source: str = "<string>", *, json_only: bool = False) -> Workflow:
+    """Parse and validate a spec given as YAML (or JSON) text."""
+    data = _parse_json(text, source) if json_only else _parse_yaml(text, source)
+    return workflow_from_dict(data, source)
+
+
+def workflow_from_dict(data: object, source: str = "<dict>") -> Workflow:
+    """Validate already-parsed spec data; the one door every spec goes through."""
+    if data is None:
+        raise SpecError(source, "", "empty spec; start with `version: 1`, models: and steps:")
+    if not isinstance(data, Mapping):
+        kind = type(data).__name__
+        raise SpecError(source, "", f"the top level is a {kind}, not a mapping of spec fields")
+    _check_version(data, source)
+    try:
+        wf = Workflow.model_validate(dict(data))
+    except ValidationError as exc:
+        raise _spec_error(exc, source) from None
+    _check_references(wf, source)
+    return wf
+
+
+def dump_workflow(wf: Workflow) -> str:
+    """The spec as YAML, without defaults, ready to be loaded again."""
+    data = wf.model_dump(mode="json", exclude_defaults=True)
+    data = {"version": wf.version, **{k: v for k, v in data.items() if k != "version"}}
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+
+
+def _check_version(data: Mapping[Any, Any], source: str) -> None:
+    if "version" not in data:
+        raise SpecError(source, "version", f"missing; add `version: {SPEC_VERSION}` at the top")
+    v = data["version"]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise SpecError(source, "version", f"{v!r} is not a version; use `version: 1`")
+    if v > SPEC_VERSION:
+        raise SpecError(
+            source,
+            "version",
+            f"version {v} is newer than this trilemma understands ({SPEC_VERSION}); "
+            "upgrade trilemma",
+        )
+    if v < SPEC_VERSION:
+        raise SpecError(source, "version", f"version {v} does not exist; use `version: 1`")
+
+
+def _check_references(wf: Workflow, source: str) -> None:
+    if not wf.models:
+        raise SpecError(source, "models", "no models; name at least one model profile")
+    if not wf.steps:
+        raise SpecError(source, "steps", "no steps; a workflow needs at least one step")
+    seen: dict[str, int] = {}
+    for i, step in enumerate(wf.steps):
+        if step.id in seen:
+            raise SpecError(
+                source,
+                f"steps[{i}].id",
+                f"duplicate step id {step.id!r} (also steps[{seen[step.id]}]); ids must be unique",
+            )
+        seen[step.id] = i
+    for i, step in enumerate(wf.steps):
+        _check_name(source, f"steps[{i}].model", step.model, wf.models, "model")
+        for j, name in enumerate(step.candidates or []):
+            _check_name(source, f"steps[{i}].candidates[{j}]", name, wf.models, "model")
+        for j, dep in enumerate(step.after):
+            _check_name(source, f"steps[{i}].after[{j}]", dep, seen, "step")
+    cycle = dag.find_cycle(wf.edges())
+    if cycle:
+        raise CycleError(source, cycle)
+    if wf.stop_when is not None:
+        _check_name(source, "stop_when", wf.stop_when, seen, "step")
+    graph = wf.edges()
+    for i, step in enumerate(wf.steps):
+        for field in ("prompt", "system"):
+            text = getattr(step, field)
+            if text and not template_ok(text):
+                raise SpecError(
+                    source,
+                    f"steps[{i}].{field}",
+                    "unbalanced { or } in the template; write {{ and }} for literal braces",
+                )
+        names = [n for n in step.placeholders() if n not in wf.inputs]
+        if not names:
+            continue
+        known = set(wf.inputs) | dag.ancestors(graph, step.id)  # only when a step is named
+        for name in names:
+            if name not in known:
+                raise SpecError(
+                    source,
+                    f"steps[{i}].prompt",
+                    f"{{{name}}} names neither an input nor a step this one runs after"
+                    f"{_did_you_mean(name, known)}; declare it under inputs: or add it to after:",
+                )
+
+
+def _check_name(source: str, field: str, name: str, known: Mapping[str, object], what: str) -> None:
+    if name in known:
+        return
+    hint = _did_you_mean(name, known)
+    names = ", ".join(sorted(known)[:8])
+    raise SpecError(source, field, f"unknown {what} {name!r}{hint}; known: {names}")
+
+
+def _did_you_mean(name: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --------------------------------------------------------------------- parse helpers
+
+
+def _parse_json(text: str, source: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(
+            source, f"line {exc.lineno}, column {exc.colno}", f"JSON syntax error: {exc.msg}"
+        ) from None
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """A safe loader that rejects duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable) or key == "<<":
+                continue  # the constructor below reports unhashable keys; merges may repeat
+            if key in keys:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
+            keys.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str, source: str) -> object:
+    loader = _SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, source)
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = exc.problem or exc.context or "malformed YAML"
+        raise SpecError(
+            source, where, f"YAML syntax error: {what}; check indentation and quoting"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(source, "", f"YAML error: {exc}") from None
+    except RecursionError:
+        raise SpecError(source, "", "nested too deeply to be a workflow spec") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    """Refuse documents whose aliases expand past a sane size (a 'billion laughs')."""
+    sizes: dict[int, int] = {}
+
+    def children(node: yaml.Node) -> Iterator[yaml.Node]:
+        if isinstance(node, yaml.SequenceNode):
+            yield from node.value
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                yield k
+                yield v
+
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if id(node) in sizes:
+            continue
+        kids = list(children(node))
+        if not expanded and kids:
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in sizes)
+            continue
+        size = 1 + sum(sizes.get(id(k), 1) for k in kids)
+        if size > MAX_EXPANDED_NODES:
+            raise SpecError(
+                source,
+                "",
+                "YAML aliases expand to over 200,000 nodes (an alias bomb?); "
+                "write the spec without nested aliases",
+            )
+        sizes[id(node)] = size
+
+
+# --------------------------------------------------------------------- error paths
+
+
+def _spec_error(exc: ValidationError, source: str) -> SpecError:
+    # An unknown field usually explains a 'missing' one beside it (a misspelling): name it first.
+    errors = exc.errors(include_url=False)
+    err = min(errors, key=lambda e: e["type"] != "extra_forbidden")
+    loc = tuple(err["loc"])
+    field = _render_loc(loc)
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        allowed = _fields_at(loc[:-1])
+        name = str(loc[-1])
+        hint = _did_you_mean(name, allowed)
+        return SpecError(
+            source, field, f"unknown field {name!r}{hint}; allowed: {', '.join(sorted(allowed))}"
+        )
+    if kind == "missing":
+        return SpecError(source, field, "missing; this field is required")
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    shown = _short(value)
+    return SpecError(source, field, f"{msg} (got {shown})" if shown is not None else msg)
+
+
+def _short(value: object) -> str | None:
+    if isinstance(value, (dict, list)):
+        return None
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _render_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after[_finite(), constrained-float]",):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _fields_at(loc: tuple[Any, ...]) -> set[str]:
+    """The field names allowed at a location of the spec, for 'did you mean'."""
+    model: type[BaseModel] = Workflow
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            if model is Workflow:
+                return set(model.model_fields)
+            continue  # a key of models: {name: profile}
+        nested = _model_in(field.annotation)
+        if nested is None:
+            break
+        model = nested
+    return set(model.model_fields)
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (list, dict, typing.Union, types.UnionType, Annotated) or origin is not None:
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,293 @@
+"""The spec's pydantic models: workflow, steps, model profiles, gates, budgets.
+
+Frozen and strict (unknown fields are errors); :mod:`trilemma.spec.load` is the
+one door a spec comes in through, and turns validation errors into SpecErrors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from trilemma.spec.template import template_fields
+
+__all__ = [
+    "SPEC_VERSION",
+    "Budget",
+    "Debate",
+    "Faults",
+    "Gate",
+    "ModelProfile",
+    "SimAnswers",
+    "Simulation",
+    "Step",
+    "Vote",
+    "Workflow",
+]
+
+SPEC_VERSION = 1
+STEP_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number, not inf or nan")
+    return value
+
+
+Probability = Annotated[float, Field(gt=0.0, le=1.0), AfterValidator(_finite)]
+Rate = Annotated[float, Field(ge=0.0, lt=1.0), AfterValidator(_finite)]
+Price = Annotated[float, Field(ge=0.0), AfterValidator(_finite)]
+Seconds = Annotated[float, Field(gt=0.0), AfterValidator(_finite)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(_finite)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True
+    )  # strings kept exactly: "\n" is a stop sequence
+
+
+class Faults(_Strict):
+    """Provider errors the simulator injects, each a per-attempt probability."""
+
+    transient_error_rate: Rate = 0.0
+    rate_limit_rate: Rate = 0.0
+    timeout_rate: Rate = 0.0
+
+
+class ModelProfile(_Strict):
+    """What the planner knows of a model: price, latency and per-call success.
+
+    Give ``usd_per_call``, or token prices (``usd_per_1m_input`` and
+    ``usd_per_1m_output``) together with the expected tokens of a call.
+    """
+
+    usd_per_call: Price | None = None
+    usd_per_1m_input: Price | None = None
+    usd_per_1m_output: Price | None = None
+    prompt_tokens: Annotated[int, Field(ge=0)] = 400
+    completion_tokens: Annotated[int, Field(ge=0)] = 200
+    latency_s: Seconds
+    p_ok: Probability
+    latency_jitter: Annotated[float, Field(ge=0.0, le=3.0), AfterValidator(_finite)] = 0.0
+    faults: Faults = Faults()
+    provider: Literal["sim", "openai"] | None = None
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    timeout_s: Seconds = 60.0
+    max_concurrency: Annotated[int, Field(ge=1)] | None = None
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    tpm: Annotated[int, Field(ge=1)] | None = None
+    api: Literal["chat", "completions"] = "chat"
+    stop: list[str] | None = None
+    calibration: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _has_a_price(self) -> ModelProfile:
+        tokens = self.usd_per_1m_input is not None and self.usd_per_1m_output is not None
+        if self.usd_per_call is None and not tokens:
+            raise ValueError(
+                "no price: give usd_per_call, or usd_per_1m_input and usd_per_1m_output"
+            )
+        if self.provider == "openai" and (not self.base_url or not self.model):
+            raise ValueError("provider openai needs base_url and model (the endpoint's model name)")
+        return self
+
+    @property
+    def runs_on_simulator(self) -> bool:
+        """No provider block (or ``provider: sim``): the built-in simulator answers."""
+        return self.provider in (None, "sim")
+
+    @property
+    def price_per_call(self) -> float:
+        """Dollars for one call: ``usd_per_call``, else the expected tokens at token prices."""
+        if self.usd_per_call is not None:
+            return self.usd_per_call
+        assert self.usd_per_1m_input is not None and self.usd_per_1m_output is not None
+        return (
+            self.usd_per_1m_input * self.prompt_tokens
+            + self.usd_per_1m_output * self.completion_tokens
+        ) / 1e6
+
+
+class Debate(_Strict):
+    """A debate: ``agents`` answer in parallel each round, ``rounds`` in sequence.
+
+    Round 1 proposes; each later round shows every agent the others' answers to
+    critique and revise. A ``judge`` call then picks the answer; without one the
+    final answers vote.
+    """
+
+    agents: Annotated[int, Field(ge=1, le=1000)]
+    rounds: Annotated[int, Field(ge=1, le=1000)]
+    judge: bool = False
+
+
+class Vote(_Strict):
+    """Self-consistency: ``samples`` answers in parallel, the majority wins."""
+
+    samples: Annotated[int, Field(ge=1, le=1000)]
+
+
+class Gate(_Strict):
+    """A validation gate: exactly one check; a rejected answer is a failed attempt.
+
+    ``feedback`` sends the rejection reason back to the model on the retry.
+    """
+
+    regex: str | None = None
+    json_schema: dict[str, Any] | None = None
+    pydantic: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")] | None = None
+    python: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")] | None = None
+    feedback: bool = True
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Gate:
+        given = [k for k in ("regex", "json_schema", "pydantic", "python") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "a gate takes exactly one of regex, json_schema, pydantic (module:Model) "
+                f"or python (module:function); got {given or 'none'}"
+            )
+        return self
+
+
+class SimAnswers(_Strict):
+    """What the simulator answers for a step; ``{step}`` and ``{attempt}`` are filled in."""
+
+    ok: str = "answer of {step} (attempt {attempt})"
+    bad: str = "WRONG answer of {step} (attempt {attempt})"
+
+
+class Step(_Strict):
+    """One node of the workflow DAG."""
+
+    id: Annotated[str, Field(pattern=STEP_ID_PATTERN, max_length=128)]
+    model: str
+    after: list[str] = []
+    retries: Annotated[int, Field(ge=0, le=100)] = 0
+    debate_rounds: Annotated[int, Field(ge=0, le=1000)] = 0
+    debate: Debate | None = None
+    vote: Vote | None = None
+    cached: bool = False
+    p_ok: Probability | None = None
+    recall: Fraction | None = None
+    # What the executor sends and checks.
+    prompt: str | None = None
+    system: str | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    gate: Gate | None = None
+    extract: Literal["number"] | None = None
+    sim: SimAnswers = SimAnswers()
+    # Levers the optimizer may pull, each opted into by the user.
+    candidates: list[str] | None = None
+    cacheable: bool = False
+    independent: bool = False
+    debate_round_options: list[Annotated[int, Field(ge=0, le=1000)]] | None = None
+    difficulty: Literal["easy", "hard"] | None = None
+
+    @model_validator(mode="after")
+    def _one_debate_form(self) -> Step:
+        forms = [bool(self.debate_rounds), self.debate is not None, self.vote is not None]
+        if sum(forms) > 1:
+            raise ValueError(
+                "give one of debate_rounds (the seed's sequential rounds), debate: "
+                "{agents, rounds} or vote: {samples}, not several"
+            )
+        return self
+
+    @property
+    def kind(self) -> Literal["call", "debate", "vote"]:
+        """What the executor runs: a (refined) call, a debate or a vote."""
+        return "debate" if self.debate else "vote" if self.vote else "call"
+
+    @property
+    def calls(self) -> int:
+        """LLM calls of one attempt: ``1 + debate_rounds``, ``agents x rounds`` (+ judge), or samples."""
+        if self.debate is not None:
+            return self.debate.agents * self.debate.rounds + self.debate.judge
+        if self.vote is not None:
+            return self.vote.samples
+        return 1 + self.debate_rounds
+
+    @property
+    def sequential_calls(self) -> int:
+        """Calls of one attempt that wait on each other (its latency in model latencies)."""
+        if self.debate is not None:
+            return self.debate.rounds + self.debate.judge
+        if self.vote is not None:
+            return 1
+        return 1 + self.debate_rounds
+
+    def placeholders(self) -> list[str]:
+        """The ``{names}`` its prompt and system prompt use."""
+        return [n for text in (self.prompt, self.system) if text for n in template_fields(text)]
+
+
+class Budget(_Strict):
+    """The user's budgets; every one is optional."""
+
+    max_cost_usd: Price | None = None
+    deadline_s: Seconds | None = None
+    min_reliability: Probability | None = None
+
+
+class Simulation(_Strict):
+    """How the Monte Carlo departs from the analytic model's assumptions.
+
+    ``recall``: chance a gate catches a failed answer (an uncaught failure
+    passes downstream and the run is wrong). ``retry_correlation``: chance a
+    retry fails the same way as the attempt it retries. ``compounding``: a
+    step's p is multiplied by this after an uncaught failure upstream of it.
+    """
+
+    recall: Fraction = 1.0
+    retry_correlation: Fraction = 0.0
+    compounding: Fraction = 1.0
+
+
+class Workflow(_Strict):
+    """A validated workflow: models, a DAG of steps and optional budgets."""
+
+    version: int
+    name: str | None = None
+    description: str | None = None
+    models: dict[str, ModelProfile]
+    steps: list[Step]
+    budget: Budget = Budget()
+    seed: int | None = None
+    simulation: Simulation = Simulation()
+    inputs: dict[Annotated[str, Field(pattern=STEP_ID_PATTERN)], str | None] = {}
+    stop_when: str | None = None
+    concurrency: Annotated[int, Field(ge=1, le=10_000)] = 16
+
+    def step(self, step_id: str) -> Step:
+        """The step with this id (``KeyError`` if there is none)."""
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+    def profile(self, step: Step) -> ModelProfile:
+        """The model profile a step runs on."""
+        return self.models[step.model]
+
+    def p_ok(self, step: Step) -> float:
+        """Per-attempt success of a step: its override, else its model's."""
+        return step.p_ok if step.p_ok is not None else self.models[step.model].p_ok
+
+    def edges(self) -> dict[str, list[str]]:
+        """Each step id mapped to the ids it depends on."""
+        return {s.id: list(s.after) for s in self.steps}
