@@ -19,20 +19,6 @@ from pydantic import (
 
 from trilemma.spec.template import template_fields
 
-__all__ = [
-    "SPEC_VERSION",
-    "Budget",
-    "Debate",
-    "Faults",
-    "Gate",
-    "ModelProfile",
-    "SimAnswers",
-    "Simulation",
-    "Step",
-    "Vote",
-    "Workflow",
-]
-
 SPEC_VERSION = 1
 STEP_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 
