@@ -8,6 +8,7 @@ import random
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -308,8 +309,6 @@ def test_opening_a_journal_never_opens_its_file_outside_sqlite(tmp_path: Path, m
 
 
 def test_a_run_still_running_elsewhere_is_not_resumed(cli, tmp_path: Path) -> None:
-    import time
-
     spec = tmp_path / "slow.yaml"
     spec.write_text(
         "version: 1\nmodels:\n  m: {usd_per_call: 0.01, latency_s: 3, p_ok: 1.0}\nsteps: [{id: a, model: m}]\n"
@@ -322,8 +321,12 @@ def test_a_run_still_running_elsewhere_is_not_resumed(cli, tmp_path: Path) -> No
         runs: list = []
         while not runs and time.monotonic() < deadline:
             time.sleep(0.05)
-            if db.exists():
-                runs = Journal(db, create=False).runs()
+            try:
+                seen = Journal(db, create=False)
+            except NotAJournal:  # not there yet, or SQLite is still creating it
+                continue
+            runs = seen.runs()
+            seen.close()
         r = cli("resume", runs[0]["run_id"], "--journal", db)
         assert r.code == 2 and "still running" in r.err and str(proc.pid) in r.err
     finally:
@@ -449,3 +452,47 @@ def test_a_commit_that_fails_in_the_background_fails_the_close(journal_r: Journa
     with pytest.raises(JournalError, match="no_such_column"):
         asyncio.run(main())
     assert journal_r.calls("r") == []
+
+
+def test_a_shared_commit_waits_for_the_commit_that_took_its_records(journal_r: Journal) -> None:
+    # Another process holds the lock, so commits queue on the writer's thread. A durable write
+    # that is first in the next turn takes the records of a shared commit still to run; that
+    # commit must not report them durable before the thread has committed them.
+    from trilemma.errors import JournalBusy
+
+    early: list[str] = []
+
+    async def main() -> None:
+        writer = JournalWriter(journal_r)
+
+        def busy(ops: list[Any]) -> None:
+            raise JournalBusy("held by another process")
+
+        slow_batch = writer.journal.batch
+
+        def slow(ops: list[Any]) -> None:
+            time.sleep(0.05)  # the thread's commit takes a while
+            slow_batch(ops)
+
+        writer._fast.batch = busy  # type: ignore[method-assign]
+        writer.journal.batch = slow  # type: ignore[method-assign]
+
+        async def write(key: str, first_yield: bool = False) -> None:
+            if first_yield:
+                await asyncio.sleep(0)
+            await writer.write("call_started", _call_row(key))
+            other = Journal(journal_r.path)
+            try:
+                if key not in {c["idempotency_key"] for c in other.calls("r")}:
+                    early.append(key)
+            finally:
+                other.close()
+
+        # Turn 1: a commits at once (queued on the thread); b joins a shared commit, run in
+        # turn 2 after c, which is first in turn 2 and takes b's record along with its own.
+        await asyncio.gather(write("r:a:1:1"), write("r:c:1:1", True), write("r:b:1:1"))
+        await writer.aclose()
+
+    asyncio.run(main())
+    assert early == []
+    assert len(journal_r.calls("r")) == 3

@@ -164,6 +164,8 @@ class Journal:
         The operations are gathered per table first (a call's start and finish in one
         batch become one row), then written with one statement per kind of row.
         """
+        if not ops:  # on the writer's thread: still waits its turn behind earlier commits
+            return
         pending = _Batch()
         for name, args, kwargs in ops:
             getattr(pending, name)(*args, **kwargs)
@@ -457,9 +459,9 @@ class JournalWriter:
 
     async def _commit_group(self) -> None:
         self._group = None  # a write from now on starts the next group
-        ops = self._take()
-        if ops:
-            await self._commit(ops)
+        # Even with nothing left to take (a later write took it), return only once what
+        # was taken is committed.
+        await self._commit(self._take())
 
     def defer(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Queue a write for the next commit."""
@@ -499,7 +501,10 @@ class JournalWriter:
             self._failed = task.exception()
 
     async def _commit(self, ops: list[Op]) -> None:
+        """Commit ``ops``; return once they and every commit made before are durable."""
         if self._queued == 0:
+            if not ops:
+                return
             try:
                 self._fast.batch(ops)
                 return
