@@ -23,16 +23,10 @@ class PriorityLimiter:
         self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
 
-    def try_acquire(self) -> bool:
-        """Take a slot if one is free and nobody waits; never waits."""
+    async def acquire(self, priority: float = 0.0) -> None:
+        """Wait for a slot (an uncontended one is taken without suspending)."""
         if self.free > 0 and not self._waiters:
             self.free -= 1
-            return True
-        return False
-
-    async def acquire(self, priority: float = 0.0) -> None:
-        """Wait for a slot."""
-        if self.try_acquire():
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._seq), fut))
