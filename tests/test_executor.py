@@ -492,10 +492,11 @@ def test_a_call_cancelled_while_its_record_commits_is_journaled_as_never_sent(
                 [f"{{id: s{i}, model: m}}" for i in range(3)])  # fmt: skip
     r, j = run(text, tmp_path, deadline_s=0.2, providers={"m": FunctionProvider(answer)})
     assert r.status == "deadline" and sent == [] and r.cost_usd == 0.0
+    assert r.calls == 0  # journaled, never sent: not counted as calls
     calls = j.calls(r.run_id)
     assert len(calls) == 3
     for c in calls:
-        assert c["state"] == "finished" and c["outcome"] == "cancelled"
+        assert c["state"] == "finished" and c["outcome"] == "unsent"
         assert c["error"] == "cancelled before it was sent" and c["cost_usd"] == 0.0
 
 

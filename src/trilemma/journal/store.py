@@ -235,10 +235,14 @@ class Journal:
         return rows[0] if rows else None
 
     def totals(self, run_id: str) -> tuple[float, int]:
-        """Dollars billed to a run so far, and calls sent (answered or not)."""
+        """Dollars billed to a run so far, and calls sent (answered or not).
+
+        A call journaled but cancelled before it went out (outcome ``unsent``) is not counted.
+        """
         with map_sqlite_errors(self.path):
             row = self.db.execute(
-                f"SELECT coalesce(sum(cost_usd), 0), count(*) FROM calls WHERE {RUN_CALLS}",
+                "SELECT coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE outcome IS NOT 'unsent') "
+                f"FROM calls WHERE {RUN_CALLS}",
                 _run_range(run_id),
             ).fetchone()
         return float(row[0]), int(row[1])

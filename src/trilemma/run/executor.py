@@ -548,7 +548,7 @@ class Executor:
                         s.guard.release(hold)
                         if isinstance(exc, asyncio.CancelledError):  # its record may still land
                             self._record_error(
-                                request.idempotency_key, "cancelled", "cancelled before it was sent"
+                                request.idempotency_key, "unsent", "cancelled before it was sent"
                             )
                         raise
                 else:  # the simulator bills nobody: its record rides the next commit
