@@ -55,7 +55,10 @@ def estimate(spec: SpecFile, as_json: JsonFlag = False) -> int:
     if as_json:
         emit_json(e.to_json())
     else:
-        stdout_console().print(tables.estimate_table(e, title=f"Estimate of {spec}"))
+        console = stdout_console()
+        console.print(tables.estimate_table(e, title=f"Estimate of {spec}"))
+        for line in tables.price_sources(wf):
+            console.print(line, highlight=False)
     return 0
 
 

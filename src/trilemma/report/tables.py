@@ -13,6 +13,7 @@ from trilemma.plan.estimate import Estimate
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
 from trilemma.plan.optimize import Candidate, OptimizeResult, meets
 from trilemma.plan.simulate import SimResult
+from trilemma.spec import Workflow
 
 __all__ = [
     "debate_table",
@@ -51,6 +52,16 @@ def estimate_table(e: Estimate, title: str = "Estimate") -> Group:
             "*" if s.critical else "",
         )  # fmt: skip
     return Group(t, totals_table(e))
+
+
+def price_sources(wf: Workflow) -> list[str]:
+    """A line per model whose token prices were looked up rather than given."""
+    return [
+        f"prices of {name}: ${m.usd_per_1m_input:g} in, ${m.usd_per_1m_output:g} out per 1M "
+        f"tokens, from {m.prices_from}; set usd_per_1m_input/output in the spec to override"
+        for name, m in wf.models.items()
+        if m.prices_from
+    ]
 
 
 def totals_table(e: Estimate) -> Table:

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from trilemma.spec.prices import hosted_prices
 from trilemma.spec.template import template_fields
 
 SPEC_VERSION = 1
@@ -54,7 +55,9 @@ class ModelProfile(_Strict):
     """What the planner knows of a model: price, latency and per-call success.
 
     Give ``usd_per_call``, or token prices (``usd_per_1m_input`` and
-    ``usd_per_1m_output``) together with the expected tokens of a call.
+    ``usd_per_1m_output``) together with the expected tokens of a call. A hosted
+    endpoint's profile may leave prices out when genai-prices knows the model
+    (see :mod:`trilemma.spec.prices`).
     """
 
     usd_per_call: Price | None = None
@@ -79,6 +82,28 @@ class ModelProfile(_Strict):
     api: Literal["chat", "completions"] = "chat"
     stop: list[str] | None = None
     calibration: dict[str, Any] | None = None
+    prices_from: str | None = None
+    """Where the token prices came from when the spec gave none (set on loading)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hosted_prices(cls, data: Any) -> Any:
+        """A hosted model with no price in the spec: its token prices from genai-prices."""
+        if not isinstance(data, dict) or data.get("provider") != "openai":
+            return data
+        given = ("usd_per_call", "usd_per_1m_input", "usd_per_1m_output")
+        model, url = data.get("model"), data.get("base_url")
+        if any(data.get(k) is not None for k in given) or not (
+            isinstance(model, str) and isinstance(url, str) and model and url
+        ):
+            return data
+        found = hosted_prices(model, url)
+        if isinstance(found, str):
+            raise ValueError(
+                f"no price: give usd_per_call, or usd_per_1m_input and usd_per_1m_output ({found})"
+            )
+        return {**data, "usd_per_1m_input": found.usd_per_1m_input,
+                "usd_per_1m_output": found.usd_per_1m_output, "prices_from": found.source}  # fmt: skip
 
     @model_validator(mode="after")
     def _has_a_price(self) -> ModelProfile:
