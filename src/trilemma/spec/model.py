@@ -37,6 +37,9 @@ Seconds = Annotated[float, Field(gt=0.0), AfterValidator(_finite)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(_finite)]
 
 
+NO_PRICE = "no price: give usd_per_call, or usd_per_1m_input and usd_per_1m_output"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True
@@ -99,9 +102,7 @@ class ModelProfile(_Strict):
             return data
         found = hosted_prices(model, url)
         if isinstance(found, str):
-            raise ValueError(
-                f"no price: give usd_per_call, or usd_per_1m_input and usd_per_1m_output ({found})"
-            )
+            raise ValueError(f"{NO_PRICE} ({found})")
         return {**data, "usd_per_1m_input": found.usd_per_1m_input,
                 "usd_per_1m_output": found.usd_per_1m_output, "prices_from": found.source}  # fmt: skip
 
@@ -109,9 +110,7 @@ class ModelProfile(_Strict):
     def _has_a_price(self) -> ModelProfile:
         tokens = self.usd_per_1m_input is not None and self.usd_per_1m_output is not None
         if self.usd_per_call is None and not tokens:
-            raise ValueError(
-                "no price: give usd_per_call, or usd_per_1m_input and usd_per_1m_output"
-            )
+            raise ValueError(NO_PRICE)
         if self.provider == "openai" and (not self.base_url or not self.model):
             raise ValueError("provider openai needs base_url and model (the endpoint's model name)")
         return self

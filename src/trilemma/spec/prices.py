@@ -12,7 +12,6 @@ win; nothing is fetched from the network (the table ships inside the package).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 
 __all__ = ["HostedPrices", "hosted_prices"]
 
@@ -37,22 +36,14 @@ def hosted_prices(model: str, base_url: str) -> HostedPrices | str:
         import genai_prices
     except ImportError:
         return "install trilemma[prices] to look up a hosted model's prices"
+    usage = genai_prices.Usage(input_tokens=_PROBE_TOKENS, output_tokens=_PROBE_TOKENS)
     try:
-        inp = genai_prices.calc_price(
-            genai_prices.Usage(input_tokens=_PROBE_TOKENS), model, provider_api_url=base_url
-        )
-        out = genai_prices.calc_price(
-            genai_prices.Usage(output_tokens=_PROBE_TOKENS), model, provider_api_url=base_url
-        )
+        calc = genai_prices.calc_price(usage, model, provider_api_url=base_url)
     except LookupError:
         return f"genai-prices knows no price for model {model!r} at {base_url}"
     scale = 1_000_000 // _PROBE_TOKENS
-    try:
-        release = version("genai-prices")
-    except PackageNotFoundError:  # pragma: no cover - imported, so installed
-        release = "?"
     return HostedPrices(
-        float(inp.input_price) * scale,
-        float(out.output_price) * scale,
-        f"genai-prices {release} ({inp.provider.id} {inp.model.id})",
+        float(calc.input_price) * scale,
+        float(calc.output_price) * scale,
+        f"genai-prices {genai_prices.__version__} ({calc.provider.id} {calc.model.id})",
     )
