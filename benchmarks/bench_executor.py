@@ -7,9 +7,14 @@ either), so that no system pays for another's heap; the figures that matter
 are the ratios. A third workload gives every call 20 ms and checks
 that a wide random DAG finishes close to its critical path.
 
+Two pairs are compared: trilemma (journal on, records committed in groups)
+beside LangGraph as it runs by default (in memory, nothing saved); and the
+durable pair, trilemma journaling every call before it is sent beside LangGraph
+with its SQLite checkpointer saving every superstep before the next.
+
 LangGraph is not a trilemma dependency: ``benchmarks/run_executor_bench.sh``
-builds a separate environment with it. Without it the LangGraph column is
-left out (and the script says so).
+builds a separate environment with it (and langgraph-checkpoint-sqlite).
+Without them their columns are left out (and the script says so).
 
     python benchmarks/bench_executor.py [--rounds 3] [--chain 2000] [--dag 1000]
 """
@@ -156,11 +161,47 @@ def run_langgraph(graph: Graph) -> float:
     return elapsed
 
 
+def run_langgraph_sqlite(graph: Graph) -> float:
+    """LangGraph with its SQLite checkpointer, each superstep saved before the next starts.
+
+    The like-for-like durable comparison: trilemma's journal is a SQLite file too, and
+    ``durability="sync"`` is LangGraph's counterpart of journaling before going on.
+    """
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    steps = len(graph)
+
+    async def main(folder: str) -> float:
+        async with AsyncSqliteSaver.from_conn_string(str(Path(folder) / "lg.db")) as saver:
+            app = langgraph_app(graph, 0.0).builder.compile(checkpointer=saver)
+            times = []
+            for thread in ("warm-up", "timed"):  # a fresh thread each, so no state carries over
+                config = {"recursion_limit": steps * 4 + 100,
+                          "configurable": {"thread_id": thread}}  # fmt: skip
+                started = time.perf_counter()
+                out = await app.ainvoke({"count": 0}, config, durability="sync")
+                times.append(time.perf_counter() - started)
+                assert out["count"] == steps, out
+            return times[-1]
+
+    with tempfile.TemporaryDirectory() as d:
+        return asyncio.run(main(d))
+
+
+def has_langgraph_sqlite() -> bool:
+    try:
+        import langgraph.checkpoint.sqlite.aio  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 SYSTEMS: dict[str, Callable[[Graph], float]] = {
     "trilemma": lambda g: run_trilemma(g, 0.0),
     "trilemma, durable write-ahead": lambda g: run_trilemma(g, 0.0, durable=True),
     "asyncio": lambda g: run_asyncio(g, 0.0),
     "langgraph": run_langgraph,
+    "langgraph, SQLite checkpointer": run_langgraph_sqlite,
 }
 
 
@@ -175,7 +216,7 @@ def measure(system: str, workload: str, n: int) -> float:
 
 def one(system: str, workload: str, n: int) -> None:
     graph = chain(n) if workload == "chain" else random_dag(n)
-    if system != "langgraph":  # run_langgraph warms up its own compiled graph
+    if not system.startswith("langgraph"):  # LangGraph's runs warm up their own compiled graph
         SYSTEMS[system](graph)  # imports and whatever is built on first use
     print(SYSTEMS[system](graph))
 
@@ -192,7 +233,9 @@ def main() -> None:
         one(args.one[0], args.one[1], int(args.one[2]))
         return
     has_langgraph = langgraph_app({"s0": []}, 0.0) is not None
-    systems = [k for k in SYSTEMS if has_langgraph or k != "langgraph"]
+    systems = [k for k in SYSTEMS if has_langgraph or not k.startswith("langgraph")]
+    if not has_langgraph_sqlite():
+        systems = [k for k in systems if "SQLite" not in k]
     rows = []
     for name, workload, n in (
         (f"{args.chain}-step chain", "chain", args.chain),
@@ -217,6 +260,13 @@ def main() -> None:
             row["langgraph_over_trilemma_per_round"] = rounds
             ratio = (f"  LangGraph/trilemma {row['langgraph_over_trilemma']:.1f}x "
                      f"(rounds {rounds[0]:.1f}-{rounds[-1]:.1f}x)")  # fmt: skip
+        if "langgraph, SQLite checkpointer" in per_step:  # durable beside durable
+            row["langgraph_sqlite_over_trilemma_durable"] = (
+                per_step["langgraph, SQLite checkpointer"]
+                / per_step["trilemma, durable write-ahead"]
+            )
+            ratio += (f"  LangGraph+SQLite/trilemma durable "
+                      f"{row['langgraph_sqlite_over_trilemma_durable']:.1f}x")  # fmt: skip
         rows.append(row)
         cells = "  ".join(f"{k} {v:7.1f}" for k, v in per_step.items())
         print(f"{name:24s} µs/step: {cells}{ratio}")

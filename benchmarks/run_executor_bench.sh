@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-benchmarks/.venv-langgraph}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e . langgraph
+"$VENV/bin/python" -m pip install --quiet -e . langgraph langgraph-checkpoint-sqlite
 "$VENV/bin/python" benchmarks/bench_executor.py "$@"
