@@ -11,6 +11,11 @@ The seed's three laws, applied to a real DAG:
 * reliability is the product of per-step success, ``k`` retries lifting ``p``
   to ``1 - (1 - p)^(k + 1)``.
 
+A step that ``escalate``s (a cascade) runs attempt ``i`` on the ``i``-th model of
+its ladder, so each attempt has its own price, latency and ``p``: attempt ``i``
+happens with the chance that every attempt before it failed, and the step fails
+only if every attempt does.
+
 A cached step costs nothing, takes :data:`CACHE_HIT_LATENCY_S` and succeeds.
 """
 
@@ -65,6 +70,10 @@ class StepEstimate:
     """Chance the step succeeds within its retries."""
     critical: bool = False
     """On the critical path (no retries)."""
+    latency_expected_s: float = 0.0
+    """Seconds on average: each attempt's latency times the chance it is made."""
+    models: tuple[str, ...] = ()
+    """A cascade's ladder: the model of each attempt in turn (empty: every attempt on ``model``)."""
 
     @property
     def calls_expected(self) -> float:
@@ -95,6 +104,7 @@ class StepEstimate:
             "p_attempt": self.p_attempt,
             "p_step": self.p_step,
             "critical": self.critical,
+            "models": list(self.models or (self.model,)),
         }
 
 
@@ -198,8 +208,10 @@ def step_estimate(wf: Workflow, step: Step) -> StepEstimate:
     if step.cached:
         return StepEstimate(
             step.id, step.model, True, 0, step.retries, 1.0, 0.0, 0.0, 0.0,
-            CACHE_HIT_LATENCY_S, CACHE_HIT_LATENCY_S, 1.0, 1.0,
+            CACHE_HIT_LATENCY_S, CACHE_HIT_LATENCY_S, 1.0, 1.0, False, CACHE_HIT_LATENCY_S,
         )  # fmt: skip
+    if step.escalate:
+        return _cascade_estimate(wf, step)
     p = wf.p_ok(step)
     q = 1.0 - p
     k = step.retries
@@ -220,6 +232,36 @@ def step_estimate(wf: Workflow, step: Step) -> StepEstimate:
         latency_worst_s=latency * (k + 1),
         p_attempt=p,
         p_step=1.0 - q ** (k + 1),
+        latency_expected_s=latency * attempts,
+    )
+
+
+def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
+    """A step whose attempts climb a ladder of models: each attempt priced and timed as its own."""
+    k = step.retries
+    models = [wf.attempt_model(step, a) for a in range(1, k + 2)]
+    costs = [wf.models[m].price_per_call * step.calls for m in models]
+    latencies = [wf.models[m].latency_s * step.sequential_calls for m in models]
+    reach = [1.0]  # the chance attempt i is made: every attempt before it failed
+    for m in models[:-1]:
+        reach.append(reach[-1] * (1.0 - wf.p_ok(step, m)))
+    fail_all = reach[-1] * (1.0 - wf.p_ok(step, models[-1]))
+    return StepEstimate(
+        id=step.id,
+        model=step.model,
+        cached=False,
+        calls=step.calls,
+        retries=k,
+        attempts_expected=math.fsum(reach),
+        cost_book=costs[0],
+        cost_expected=math.fsum([c * r for c, r in zip(costs, reach, strict=True)]),
+        cost_worst=math.fsum(costs),
+        latency_s=latencies[0],
+        latency_worst_s=math.fsum(latencies),
+        p_attempt=wf.p_ok(step),
+        p_step=1.0 - fail_all,
+        latency_expected_s=math.fsum([t * r for t, r in zip(latencies, reach, strict=True)]),
+        models=tuple(wf.ladder(step)),
     )
 
 
@@ -229,9 +271,7 @@ def estimate(wf: Workflow) -> Estimate:
     graph = wf.edges()
     order = dag.topo_order(graph)
     length, path = dag.longest_path(graph, {i: r.latency_s for i, r in rows.items()}, order)
-    expected, _ = dag.longest_path(
-        graph, {i: r.latency_s * r.attempts_expected for i, r in rows.items()}, order
-    )
+    expected, _ = dag.longest_path(graph, {i: r.latency_expected_s for i, r in rows.items()}, order)
     worst, _ = dag.longest_path(graph, {i: r.latency_worst_s for i, r in rows.items()}, order)
     for sid in path:
         rows[sid].critical = True

@@ -183,14 +183,15 @@ def _notes(wf: Workflow, budget: Budget) -> tuple[str, ...]:
 def _options(step: Step, max_retries: int) -> list[Choice]:
     models = step.candidates or [step.model]
     rounds: Sequence[int | None] = step.debate_round_options or [None]
+    least = len(step.escalate or ())  # a cascade needs an attempt per model it escalates to
     out = [
         Choice(m, k, False, r)
         for m in dict.fromkeys(models)
         for r in dict.fromkeys(rounds)
-        for k in range(max(max_retries, step.retries) + 1)
+        for k in range(least, max(max_retries, step.retries) + 1)
     ]
     if step.cacheable or step.cached:
-        out.append(Choice(step.model, 0, True, None))
+        out.append(Choice(step.model, least, True, None))
     return out
 
 
@@ -206,7 +207,7 @@ def _apply_step(step: Step, c: Choice) -> Step:
 
 def _metrics(wf: Workflow, step: Step, c: Choice, on: BudgetOn) -> _Metrics:
     e = step_estimate(wf, _apply_step(step, c))
-    latency = e.latency_worst_s if on == "worst" else e.latency_s * e.attempts_expected
+    latency = e.latency_worst_s if on == "worst" else e.latency_expected_s
     return _Metrics(e.cost_worst, e.cost_expected, math.log(e.p_step), latency)
 
 

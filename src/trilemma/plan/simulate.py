@@ -13,7 +13,8 @@ Past those assumptions, as the seed warns reality is:
 * after an uncaught failure upstream, a step's ``p`` is multiplied by
   ``compounding`` (later agents build on flawed output).
 
-A step whose retries are exhausted fails the run; with ``halt=True`` (the
+A cascade (``escalate``) draws each attempt with its own model's ``p``, price and
+latency. A step whose retries are exhausted fails the run; with ``halt=True`` (the
 executor's behaviour) the steps that depend on it are not run or paid for.
 """
 
@@ -121,16 +122,23 @@ class SimResult:
 
 
 @dataclass(frozen=True, slots=True)
+class _Try:
+    """What one attempt of a step draws from: its model's figures."""
+
+    p: float
+    price: float
+    latency: float
+    jitter: float
+
+
+@dataclass(frozen=True, slots=True)
 class _StepParams:
     parents: tuple[int, ...]
     cached: bool
-    p: float
     recall: float
-    retries: int
-    price: float
     calls: int
-    latency: float
-    jitter: float
+    tries: tuple[_Try, ...]
+    """One per attempt allowed (1 + retries)."""
 
 
 def _params(wf: Workflow, settings: Simulation) -> list[_StepParams]:
@@ -139,18 +147,18 @@ def _params(wf: Workflow, settings: Simulation) -> list[_StepParams]:
     out = []
     for sid in order:
         s = wf.step(sid)
-        m = wf.profile(s)
+        tries = {}  # one per model, shared by the attempts on it
+        for name in wf.ladder(s):
+            m = wf.models[name]
+            tries[name] = _Try(wf.p_ok(s, name), m.price_per_call * s.calls,
+                               m.latency_s * s.sequential_calls, m.latency_jitter)  # fmt: skip
         out.append(
             _StepParams(
                 parents=tuple(index[d] for d in s.after),
                 cached=s.cached,
-                p=wf.p_ok(s),
                 recall=s.recall if s.recall is not None else settings.recall,
-                retries=s.retries,
-                price=m.price_per_call * s.calls,
                 calls=s.calls,
-                latency=m.latency_s * s.sequential_calls,
-                jitter=m.latency_jitter,
+                tries=tuple(tries[wf.attempt_model(s, a)] for a in range(1, s.retries + 2)),
             )
         )
     return out
@@ -221,9 +229,9 @@ def _chunk(
             dead.append(blocked.copy())
             wrong.append(tainted.copy())
             continue
-        q = 1.0 - sp.p * np.where(tainted, st.compounding, 1.0)
-        attempts, dur, step_dead, step_wrong = _attempts(sp, st, q, runs, rng)
-        cost += attempts * sp.price
+        factor = np.where(tainted, st.compounding, 1.0)
+        attempts, paid, dur, step_dead, step_wrong = _attempts(sp, st, factor, runs, rng)
+        cost += paid
         calls += attempts * sp.calls
         finish.append(start + dur)
         dead.append(step_dead | blocked)
@@ -239,32 +247,38 @@ def _chunk(
 def _attempts(
     sp: _StepParams,
     st: Simulation,
-    q: np.ndarray,
+    factor: np.ndarray,
     runs: np.ndarray,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Attempts made, time taken, retries exhausted, failure uncaught; per trajectory."""
+) -> tuple[np.ndarray, ...]:
+    """Attempts made, dollars paid, time taken, retries exhausted, failure uncaught; per trajectory.
+
+    ``factor`` scales each trajectory's ``p`` (compounding below an uncaught failure).
+    """
     n = runs.shape[0]
     trying = runs.copy()
     attempts = np.zeros(n)
+    paid = np.zeros(n)
     dur = np.zeros(n)
     step_dead = np.zeros(n, dtype=bool)
     step_wrong = np.zeros(n, dtype=bool)
-    for a in range(sp.retries + 1):
+    last = len(sp.tries) - 1
+    for a, t in enumerate(sp.tries):
         attempts += trying
-        dur += np.where(trying, sp.latency * _jitter(sp.jitter, n, rng), 0.0)
-        fails = rng.random(n) < q
+        paid += trying * t.price
+        dur += np.where(trying, t.latency * _jitter(t.jitter, n, rng), 0.0)
+        fails = rng.random(n) < 1.0 - t.p * factor
         if a > 0 and st.retry_correlation > 0:
             fails |= rng.random(n) < st.retry_correlation
         fails &= trying
         caught = fails & (rng.random(n) < sp.recall)
         step_wrong |= fails & ~caught
         trying = caught
-        if a == sp.retries:
+        if a == last:
             step_dead |= caught
         if not trying.any():
             break
-    return attempts, dur, step_dead, step_wrong
+    return attempts, paid, dur, step_dead, step_wrong
 
 
 def _jitter(sigma: float, n: int, rng: np.random.Generator) -> np.ndarray | float:
@@ -300,12 +314,12 @@ def simulate_loop(
                 dead.append(blocked)
                 wrong.append(tainted)
                 continue
-            q = 1.0 - sp.p * (settings.compounding if tainted else 1.0)
+            factor = settings.compounding if tainted else 1.0
             t, is_dead, is_wrong = 0.0, False, False
-            for a in range(sp.retries + 1):
-                cost += sp.price
-                t += sp.latency * _jitter_one(sp.jitter, rnd)
-                fails = rnd.random() < q
+            for a, tr in enumerate(sp.tries):
+                cost += tr.price
+                t += tr.latency * _jitter_one(tr.jitter, rnd)
+                fails = rnd.random() < 1.0 - tr.p * factor
                 if a > 0 and rnd.random() < settings.retry_correlation:
                     fails = True
                 if not fails:
@@ -313,7 +327,7 @@ def simulate_loop(
                 if rnd.random() >= sp.recall:
                     is_wrong = True
                     break
-                is_dead = a == sp.retries
+                is_dead = a == len(sp.tries) - 1
             finish.append(start + t)
             dead.append(is_dead)
             wrong.append(is_wrong or tainted)

@@ -46,7 +46,8 @@ def estimate_table(e: Estimate, title: str = "Estimate") -> Group:
         t.add_column(col, justify="left" if col in ("step", "model") else "right")
     for s in e.per_step:
         t.add_row(
-            s.id, s.model + (" (cached)" if s.cached else ""), str(s.calls), str(s.retries),
+            s.id, " > ".join(s.models or (s.model,)) + (" (cached)" if s.cached else ""),
+            str(s.calls), str(s.retries),
             _usd(s.cost_book), _usd(s.cost_expected), _usd(s.cost_worst),
             f"{s.latency_s:.2f}s", f"{s.p_attempt:.4f}", f"{s.p_step:.4f}",
             "*" if s.critical else "",

@@ -479,8 +479,10 @@ class Executor:
         pending: list[tuple[str, dict[str, Any]]] = []  # answered calls, committed with the verdict
         counter = iter(range(1, 1_000_000))
 
+        model = self.wf.attempt_model(step, attempt)  # a cascade climbs a model per attempt
+
         def call(msgs: Sequence[Message], role: str) -> Coroutine[Any, Any, Completion]:
-            return self._call(s, step, attempt, next(counter), role, msgs, pending)
+            return self._call(s, step, model, attempt, next(counter), role, msgs, pending)
 
         try:
             try:
@@ -509,16 +511,16 @@ class Executor:
     # ------------------------------------------------------------------ a call
 
     async def _call(
-        self, s: Session, step: Step, attempt: int, index: int, role: str,
+        self, s: Session, step: Step, model: str, attempt: int, index: int, role: str,
         messages: Sequence[Message], pending: list[tuple[str, dict[str, Any]]],
     ) -> Completion:  # fmt: skip
-        route = self._routes[step.model]
+        route = self._routes[model]
         profile = route.profile
         sim = step.sim
         key = f"{step.id}:{attempt}:{index}"
         request = Request(
-            step.model, tuple(messages), step.max_tokens or profile.max_tokens, profile.timeout_s,
-            f"{self.run_id}:{key}", key, profile.temperature, route.stop, self.wf.p_ok(step),
+            model, tuple(messages), step.max_tokens or profile.max_tokens, profile.timeout_s,
+            f"{self.run_id}:{key}", key, profile.temperature, route.stop, self.wf.p_ok(step, model),
             _fill(sim.ok, step.id, attempt), _fill(sim.bad, step.id, attempt),
         )  # fmt: skip
         prio = -self.priority[step.id]
@@ -537,7 +539,7 @@ class Executor:
                 hold = s.guard.reserve(worst_case_cost(profile, request))
                 row = {
                     "run_id": self.run_id, "step_id": step.id, "attempt": attempt, "call": index,
-                    "role": role, "model": step.model, "idempotency_key": request.idempotency_key,
+                    "role": role, "model": model, "idempotency_key": request.idempotency_key,
                     "reserved_usd": hold.amount, "request_json": messages_json(request.messages),
                     "started_at": time.time(),
                 }  # fmt: skip
@@ -607,8 +609,10 @@ class Executor:
 
     def _cache_key(self, step: Step, base: list[Message]) -> str:
         p = self.wf.profile(step)
-        ident = [p.provider or "sim", p.base_url, p.model or step.model, step.kind, step.calls,
-                 step.max_tokens or p.max_tokens, p.temperature, base]  # fmt: skip
+        ident: list[Any] = [p.provider or "sim", p.base_url, p.model or step.model, step.kind,
+                            step.calls, step.max_tokens or p.max_tokens, p.temperature, base]  # fmt: skip
+        if step.escalate:  # the answer may come from any model of the ladder
+            ident.append(self.wf.ladder(step))
         return hashlib.sha256(dumps(ident).encode()).hexdigest()
 
     async def _from_cache(self, s: Session, step: Step, base: list[Message]) -> StepResult | None:

@@ -191,6 +191,8 @@ class Step(_Strict):
     debate_rounds: Annotated[int, Field(ge=0, le=1000)] = 0
     debate: Debate | None = None
     vote: Vote | None = None
+    escalate: list[str] | None = None
+    """A cascade: the models a failed attempt moves up to, in order (see :meth:`Workflow.ladder`)."""
     cached: bool = False
     p_ok: Probability | None = None
     recall: Fraction | None = None
@@ -215,6 +217,23 @@ class Step(_Strict):
             raise ValueError(
                 "give one of debate_rounds (the seed's sequential rounds), debate: "
                 "{agents, rounds} or vote: {samples}, not several"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _escalation_reachable(self) -> Step:
+        if not self.escalate:
+            return self
+        if self.p_ok is not None:
+            raise ValueError(
+                "p_ok: a step that escalates succeeds with each model's own p_ok; "
+                "remove the step's p_ok or its escalate"
+            )
+        if self.retries < len(self.escalate):
+            raise ValueError(
+                f"retries: {self.retries} extra attempt(s) cannot reach the {len(self.escalate)} "
+                f"model(s) of escalate (each failed attempt moves up one); set retries to at "
+                f"least {len(self.escalate)}"
             )
         return self
 
@@ -294,9 +313,25 @@ class Workflow(_Strict):
         """The model profile a step runs on."""
         return self.models[step.model]
 
-    def p_ok(self, step: Step) -> float:
-        """Per-attempt success of a step: its override, else its model's."""
-        return step.p_ok if step.p_ok is not None else self.models[step.model].p_ok
+    def p_ok(self, step: Step, model: str | None = None) -> float:
+        """Per-attempt success of a step: its override, else its model's (or ``model``'s)."""
+        if step.p_ok is not None:
+            return step.p_ok
+        return self.models[model or step.model].p_ok
+
+    def ladder(self, step: Step) -> list[str]:
+        """The models a step's attempts run on: its model, then each of ``escalate``.
+
+        Attempt ``n`` (from 1) runs on ``ladder[n - 1]``; attempts past the end stay
+        on the last model. Without ``escalate`` every attempt runs on the step's model.
+        """
+        return [step.model, *step.escalate] if step.escalate else [step.model]
+
+    def attempt_model(self, step: Step, attempt: int) -> str:
+        """The model attempt ``attempt`` (from 1) of a step runs on."""
+        if not step.escalate:
+            return step.model
+        return self.ladder(step)[min(attempt, len(step.escalate) + 1) - 1]
 
     def edges(self) -> dict[str, list[str]]:
         """Each step id mapped to the ids it depends on."""
