@@ -176,3 +176,44 @@ def test_measured_cost_of_many_runs_matches_the_expected_cost(tmp_path: Path) ->
     # small is right 94.5% of the time: most runs cost 3 x $0.002, an escalation adds $0.03
     assert mean == pytest.approx(e.cost_expected, rel=0.25)
     assert min(costs) == pytest.approx(0.006)
+
+
+def test_resume_resends_an_unsent_attempt_on_its_own_rung(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A call cancelled while its write-ahead record committed was never sent: on resume it
+    # must not count as an attempt, or the cascade would skip the small model.
+    import asyncio
+
+    from trilemma.journal.store import JournalWriter
+    from trilemma.run.session import resume
+    from trilemma.testing import FunctionProvider
+
+    durable = JournalWriter.write
+
+    async def slow_write(self: JournalWriter, *args: object, **kwargs: object) -> None:
+        await durable(self, *args, **kwargs)
+        await asyncio.sleep(5)  # the deadline passes before the call goes out
+
+    sent: list[tuple[str, str]] = []
+
+    async def answer(request: object) -> str:
+        sent.append((request.model, request.call_key))  # type: ignore[attr-defined]
+        return "ok"
+
+    provider = FunctionProvider(answer)
+    providers = {"small": provider, "premium": provider}
+    text = MODELS + "steps:\n  - {id: a, model: small, escalate: [premium], retries: 1}\n"
+    journal = Journal(tmp_path / "j.db")
+    monkeypatch.setattr(JournalWriter, "write", slow_write)
+    with fast_retries():
+        first = execute(parse_workflow(text), journal=journal, deadline_s=0.2, providers=providers)
+    assert first.status == "deadline" and sent == []
+    monkeypatch.setattr(JournalWriter, "write", durable)
+    with fast_retries():
+        again = resume(journal, first.run_id, deadline_s=10, providers=providers)
+    assert again.status == "ok"
+    assert sent == [("small", "a:1:1")]  # attempt 1, on the small model, under its own key
+    assert [(c["attempt"], c["model"], c["outcome"]) for c in journal.calls(first.run_id)] == [
+        (1, "small", "ok")
+    ]  # fmt: skip

@@ -192,9 +192,10 @@ def _resume_points(
 ) -> dict[str, tuple[int, int]]:
     """Per unfinished step: the attempt to start at and how many it has left.
 
-    An attempt with a call still in flight is re-sent as itself (same keys, same
-    ledger rows); otherwise the next attempt follows the last one journaled.
-    A step always gets at least one attempt.
+    An attempt with a call still in flight, or one that was never sent (cancelled
+    while its record committed), is re-sent as itself (same keys, same ledger rows):
+    it used none of the step's attempts, nor, in a cascade, its rung. Otherwise the
+    next attempt follows the last one journaled. A step always gets at least one attempt.
     """
     out: dict[str, tuple[int, int]] = {}
     for step in wf.steps:
@@ -203,7 +204,9 @@ def _resume_points(
         mine = [c for c in calls if c["step_id"] == step.id and c["role"] != "cache"]
         if not mine:
             continue
-        in_flight = [c["attempt"] for c in mine if c["state"] == "started"]
+        in_flight = [
+            c["attempt"] for c in mine if c["state"] == "started" or c["outcome"] == "unsent"
+        ]
         start = min(in_flight) if in_flight else max(c["attempt"] for c in mine) + 1
         out[step.id] = (start, max(1, step.retries + 2 - start))
     return out
