@@ -221,3 +221,28 @@ def test_the_most_specific_class_wins() -> None:
     with pytest.raises(RateLimited) as info, map_errors("m1"):
         raise by_name["RateLimitError"]
     assert info.value.retry_after == 1.0
+
+
+def test_a_cascade_escalates_to_the_next_endpoint_model_and_bills_both(tmp_path: Path) -> None:
+    text = f"""
+version: 1
+models:
+  small:   {{provider: openai, base_url: "{{url}}", model: tiny, usd_per_1m_input: 1.0,
+             usd_per_1m_output: 2.0, latency_s: 0.1, p_ok: 0.6}}
+  premium: {{provider: openai, base_url: "{{url}}", model: big, usd_per_1m_input: 10.0,
+             usd_per_1m_output: 30.0, latency_s: 0.5, p_ok: 0.95}}
+steps:
+  - {{id: a, model: small, escalate: [premium], retries: 1, gate: {{regex: '^\\d+$'}}}}
+"""
+    script = [Reply("I think it is forty-two", prompt_tokens=10, completion_tokens=6),
+              Reply("42", prompt_tokens=40, completion_tokens=1)]  # fmt: skip
+    with ScriptedServer(script) as srv:
+        r, j = go(text.replace("{url}", srv.url), tmp_path)
+        sent_models = [q["json"]["model"] for q in srv.requests]
+    assert r.status == "ok" and r.outputs == {"a": "42"}
+    assert sent_models == ["tiny", "big"]  # each attempt went to its own model
+    calls = j.calls(r.run_id)
+    assert [(c["model"], c["outcome"]) for c in calls] == [("small", "rejected"), ("premium", "ok")]
+    assert calls[0]["cost_usd"] == pytest.approx((1.0 * 10 + 2.0 * 6) / 1e6)  # rejected: billed
+    assert calls[1]["cost_usd"] == pytest.approx((10.0 * 40 + 30.0 * 1) / 1e6)
+    assert r.cost_usd == pytest.approx(calls[0]["cost_usd"] + calls[1]["cost_usd"])
