@@ -224,15 +224,15 @@ def test_the_most_specific_class_wins() -> None:
 
 
 def test_a_cascade_escalates_to_the_next_endpoint_model_and_bills_both(tmp_path: Path) -> None:
-    text = f"""
+    text = """
 version: 1
 models:
-  small:   {{provider: openai, base_url: "{{url}}", model: tiny, usd_per_1m_input: 1.0,
-             usd_per_1m_output: 2.0, latency_s: 0.1, p_ok: 0.6}}
-  premium: {{provider: openai, base_url: "{{url}}", model: big, usd_per_1m_input: 10.0,
-             usd_per_1m_output: 30.0, latency_s: 0.5, p_ok: 0.95}}
+  small:   {provider: openai, base_url: "{url}", model: tiny, usd_per_1m_input: 1.0,
+             usd_per_1m_output: 2.0, latency_s: 0.1, p_ok: 0.6}
+  premium: {provider: openai, base_url: "{url}", model: big, usd_per_1m_input: 10.0,
+             usd_per_1m_output: 30.0, latency_s: 0.5, p_ok: 0.95}
 steps:
-  - {{id: a, model: small, escalate: [premium], retries: 1, gate: {{regex: '^\\d+$'}}}}
+  - {id: a, model: small, escalate: [premium], retries: 1, gate: {regex: '^\\d+$'}}
 """
     script = [Reply("I think it is forty-two", prompt_tokens=10, completion_tokens=6),
               Reply("42", prompt_tokens=40, completion_tokens=1)]  # fmt: skip
