@@ -1,4 +1,4 @@
-"""Commands for real models and experiments: local servers, calibrate, cliff."""
+"""Commands for real models and experiments: local servers, calibrate, cliff, sweep."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from trilemma.cli._common import (
     DEFAULT_JOURNAL,
     JournalOpt,
     JsonFlag,
+    SpecFile,
     app,
     emit_json,
     positive,
@@ -188,4 +189,70 @@ def cliff_cmd(
         emit_json([p.to_json() for p in points])
     else:
         stdout_console().print(tables.cliff_table(points, model))
+    return 0
+
+
+def _numbers(flag: str, text: str | None) -> list[float | None]:
+    """A comma-separated list of positive numbers (``[None]`` when the flag is absent)."""
+    if text is None:
+        return [None]
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not (v > 0 and v < float("inf")) for v in values):
+        raise UsageError(
+            f"{flag} {text!r}: give positive numbers separated by commas, like 0.1,0.2"
+        )
+    return list(values)
+
+
+@app.command("sweep", rich_help_panel="Real models and experiments")
+def sweep_cmd(
+    file: SpecFile,
+    max_cost: Annotated[
+        str | None, typer.Option("--max-cost", help="Cost ceilings in USD, comma-separated.")
+    ] = None,
+    deadline: Annotated[
+        str | None, typer.Option("--deadline", help="Deadlines in seconds, comma-separated.")
+    ] = None,
+    runs: Annotated[int, typer.Option(help="Runs per budget (and for the baseline).")] = 100,
+    seed: Annotated[int, typer.Option(help="Run i of every budget uses seed + i.")] = 0,
+    time_scale: Annotated[
+        float, typer.Option(help="Simulated time runs this much faster (1: real time).")
+    ] = 0.01,
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    plot: Annotated[Path | None, typer.Option(help="Write the sweep as a PNG.")] = None,
+    as_json: JsonFlag = False,
+) -> int:
+    """A budget sweep: success, spend and outputs as the ceiling or deadline tightens,
+    beside a baseline that ignores budgets.
+
+    Example: trilemma sweep examples/ticket.yaml --max-cost 0.3,0.45,0.6,0.9 --runs 100 --plot sweep.png
+    """
+    from trilemma.experiments.sweep import Limits, budget_sweep
+    from trilemma.journal import Journal
+
+    positive("--runs", runs)
+    if max_cost is None and deadline is None:
+        raise UsageError("give the budgets to sweep: --max-cost 0.1,0.2 and/or --deadline 5,10")
+    budgets = [Limits(c, d) for c in _numbers("--max-cost", max_cost)
+               for d in _numbers("--deadline", deadline)]  # fmt: skip
+    wf = load_workflow(file)
+    show = not as_json and sys.stderr.isatty()
+    with progress(show) as bar:
+        bar_id = bar.add_task("runs", total=runs * (len(budgets) + 1))
+        result = budget_sweep(wf, budgets, runs, Journal(journal), seed=seed, time_scale=time_scale,
+                              source=str(file),
+                              on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
+    if plot:
+        from trilemma.report.plots import plot_sweep
+
+        plot_sweep(result, plot)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        stdout_console().print(tables.sweep_table(result, str(file)))
+        if plot:
+            sys.stdout.write(f"plot: {plot}\n")
     return 0

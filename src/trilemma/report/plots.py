@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -13,7 +13,10 @@ import matplotlib.pyplot as plt
 from trilemma.plan.exercises import RoutingSweep
 from trilemma.plan.optimize import OptimizeResult
 
-__all__ = ["plot_cliff", "plot_frontier", "plot_routing"]
+if TYPE_CHECKING:
+    from trilemma.experiments.sweep import Sweep
+
+__all__ = ["plot_cliff", "plot_frontier", "plot_routing", "plot_sweep"]
 
 
 def plot_routing(r: RoutingSweep, path: str | Path) -> Path:
@@ -91,6 +94,50 @@ def plot_cliff(points: list[Any], model: str, path: str | Path) -> Path:
     ax.set_title(f"The reliability cliff: {model}")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_sweep(sw: Sweep, path: str | Path) -> Path:
+    """Success and spend against the budget, beside the baseline that ignores budgets."""
+    rows = list(sw.rows)
+    by_cost = all(r.budget.max_cost_usd is not None for r in rows)
+    xs = [(r.budget.max_cost_usd if by_cost else r.budget.deadline_s) or 0.0 for r in rows]
+    unit = "cost ceiling ($)" if by_cost else "deadline (s)"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    left.plot(xs, [r.success_rate for r in rows], marker="o", label="succeeded, budget enforced")
+    left.plot(xs, [r.baseline_ok_within / r.runs for r in rows], marker="s", linestyle="--",
+              label="no budget: succeeded within it")  # fmt: skip
+    left.plot(xs, [r.baseline_over / r.runs for r in rows], marker="x", linestyle=":",
+              color="tab:red", label="no budget: went over it")  # fmt: skip
+    left.plot(xs, [r.steps_returned for r in rows], marker=".", color="grey",
+              label="outputs returned, budget enforced")  # fmt: skip
+    left.set_xlabel(unit)
+    left.set_ylabel("share of runs")
+    left.set_ylim(-0.02, 1.02)
+    left.set_title("Quality as the budget tightens")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    if by_cost:
+        right.plot(xs, [r.cost_mean for r in rows], marker="o", label="mean spend")
+        right.plot(xs, [r.cost_max for r in rows], marker="^", label="largest spend")
+        right.plot(xs, xs, color="tab:red", linestyle="--", label="the ceiling")
+        right.axhline(sw.baseline.cost_max, color="grey", linestyle=":",
+                      label="largest spend, no budget")  # fmt: skip
+        right.set_ylabel("dollars per run")
+        right.set_title("Spend never crosses the ceiling")
+    else:
+        right.plot(xs, [r.latency_mean_s for r in rows], marker="o", label="mean latency")
+        right.plot(xs, [r.latency_max_s for r in rows], marker="^", label="largest latency")
+        right.plot(xs, xs, color="tab:red", linestyle="--", label="the deadline")
+        right.set_ylabel("seconds per run")
+        right.set_title("Latency against the deadline")
+    right.set_xlabel(unit)
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=110)

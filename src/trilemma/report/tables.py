@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.table import Table
@@ -15,6 +15,9 @@ from trilemma.plan.optimize import Candidate, OptimizeResult, meets
 from trilemma.plan.simulate import SimResult
 from trilemma.spec import Workflow
 
+if TYPE_CHECKING:  # the executor loads only for the commands that run it
+    from trilemma.experiments.sweep import Sweep
+
 __all__ = [
     "debate_table",
     "estimate_table",
@@ -22,6 +25,7 @@ __all__ = [
     "optimize_view",
     "routing_table",
     "simulate_table",
+    "sweep_table",
     "ticket_table",
 ]
 
@@ -324,4 +328,37 @@ def debate_table(d: DebateVsRetry) -> Group:
     lines += [f"  from {b:.2f}s: {n}" for b, n in d.flips_worst]
     lines.append("If the budget binds expected latency instead:")
     lines += [f"  from {b:.2f}s: {n}" for b, n in d.flips_expected]
+    return Group(t, Text("\n".join(lines)))
+
+
+def sweep_table(sw: Sweep, source: str) -> Group:
+    """A budget sweep: each budget beside the baseline that ignores budgets."""
+    p, base = sw.predicted, sw.baseline
+    t = Table(title=f"Budget sweep of {source}, {base.runs:,} runs per budget",
+              title_justify="left")  # fmt: skip
+    for col in ("budget", "success", "stopped", "spend mean", "spend max", "outputs back",
+                "latency mean", "no-budget runs over", "no-budget ok within"):  # fmt: skip
+        t.add_column(col, justify="left" if col == "budget" else "right")
+    for r in (base, *sw.rows):
+        t.add_row(
+            r.budget.label() if r is not base else "none (baseline)",
+            _pct(r.success_rate), str(r.stopped), _usd(r.cost_mean), _usd(r.cost_max),
+            _pct(r.steps_returned), f"{r.latency_mean_s:.2f}s",
+            "-" if r is base else _pct(r.baseline_over / r.runs),
+            "-" if r is base else _pct(r.baseline_ok_within / r.runs),
+        )  # fmt: skip
+    t.caption = (
+        f"planner: {_usd(p.cost_expected)} expected, {_usd(p.cost_worst)} worst; "
+        f"{p.latency_critical_s:.2f}s critical path; reliability {_pct(p.reliability)}"
+    )
+    over = sum(r.overruns for r in sw.rows)
+    lines = [
+        f"Spend over a ceiling: {over} of {base.runs * len(sw.rows):,} budgeted runs"
+        + (" (the executor reserves each call's worst case first)." if over == 0 else "!")
+    ]
+    if sw.time_scale != 1:
+        lines.append(
+            f"Simulated time ran {1 / sw.time_scale:g}x faster and is reported unscaled; timer "
+            "slack and the executor's overhead are scaled up with it."
+        )
     return Group(t, Text("\n".join(lines)))

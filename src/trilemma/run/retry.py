@@ -21,7 +21,7 @@ from tenacity.wait import wait_base
 
 from trilemma.errors import RateLimited
 
-__all__ = ["RetryPolicy", "fast_retries", "policy", "retrying"]
+__all__ = ["RetryPolicy", "fast_retries", "policy", "retrying", "scaled_time"]
 
 
 @dataclass(slots=True)
@@ -32,11 +32,24 @@ class RetryPolicy:
     """First backoff's upper bound; doubles each attempt (full jitter below it)."""
     cap_s: float = 20.0
     """Largest backoff, and largest Retry-After honoured."""
+    time_scale: float = 1.0
+    """Every wait is multiplied by this (a time-scaled simulation, see :func:`scaled_time`)."""
 
 
 policy = RetryPolicy()
 if os.environ.get("TRILEMMA_FAST_RETRIES"):  # the testing mode, for a test's child processes
     policy.base_s = policy.cap_s = 0.0
+
+
+@contextlib.contextmanager
+def scaled_time(factor: float) -> Iterator[None]:
+    """Waits (backoff, Retry-After) shortened by ``factor``, as a time-scaled simulation's are."""
+    saved = policy.time_scale
+    policy.time_scale = factor
+    try:
+        yield
+    finally:
+        policy.time_scale = saved
 
 
 @contextlib.contextmanager
@@ -53,9 +66,9 @@ def fast_retries() -> Iterator[None]:
 def backoff(exc: BaseException | None, failures: int, rng: random.Random) -> float:
     """Seconds to wait after the ``failures``-th failure: Retry-After if given, else full jitter."""
     if isinstance(exc, RateLimited) and exc.retry_after is not None:
-        return min(exc.retry_after, policy.cap_s)
+        return min(exc.retry_after, policy.cap_s) * policy.time_scale
     ceiling = min(policy.cap_s, policy.base_s * 2 ** (failures - 1))
-    return rng.uniform(0.0, ceiling)
+    return rng.uniform(0.0, ceiling) * policy.time_scale
 
 
 class _wait(wait_base):

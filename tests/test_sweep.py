@@ -1,0 +1,137 @@
+"""Budget sweeps: quality against the budget, beside a baseline that ignores budgets."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from trilemma import load_workflow, parse_workflow
+from trilemma.errors import RateLimited, UsageError
+from trilemma.experiments.sweep import Limits, budget_sweep, time_scaled
+from trilemma.journal import Journal
+from trilemma.run.retry import backoff, scaled_time
+
+from .conftest import EXAMPLES
+
+CASCADE = EXAMPLES / "cascade.yaml"  # $0.006 when the small model suffices, $0.126 worst
+
+
+def test_a_ceiling_is_never_crossed_and_the_run_fails_soft(tmp_path: Path) -> None:
+    wf = load_workflow(CASCADE)
+    budgets = [Limits(0.006), Limits(0.036), Limits(0.126)]
+    sw = budget_sweep(wf, budgets, 60, Journal(tmp_path / "j.db"), seed=0, time_scale=0.001)
+    assert sw.baseline.runs == 60 and sw.baseline.stopped == 0
+    assert sw.baseline.cost_max > 0.006  # some runs escalate to the premium model
+    for row in sw.rows:
+        assert row.overruns == 0 and row.cost_max <= row.budget.max_cost_usd + 1e-12
+        # Per-call prices reserve exactly what a call costs, and twin runs draw the same
+        # answers: a budgeted run succeeds exactly when its unbudgeted twin did within budget.
+        assert row.ok == row.baseline_ok_within
+        assert row.stopped == row.runs - row.ok - row.failed
+    tight, mid, worst = sw.rows
+    assert tight.success_rate <= mid.success_rate <= worst.success_rate
+    assert tight.stopped > 0 and tight.baseline_over == tight.stopped
+    assert 0 < tight.steps_returned < 1  # the steps finished before the stop come back
+    assert worst.stopped == 0 and worst.ok == sw.baseline.ok  # the worst case always fits
+
+
+def test_a_deadline_sweep_stops_runs_at_the_deadline(tmp_path: Path) -> None:
+    wf = load_workflow(CASCADE)  # critical path 1.2 s
+    sw = budget_sweep(wf, [Limits(deadline_s=0.6), Limits(deadline_s=20.0)], 10,
+                      Journal(tmp_path / "j.db"), time_scale=0.05)  # fmt: skip
+    short, long = sw.rows
+    assert short.ok == 0 and short.stopped == 10
+    assert short.latency_max_s < 0.6 * 1.5  # cancelled at the deadline, scaled back
+    assert short.baseline_over == 10 and short.steps_returned < 1
+    assert long.stopped == 0 and long.ok == sw.baseline.ok
+    assert 1.2 <= long.latency_mean_s < 20
+
+
+def test_time_scaling_shortens_every_clock_of_the_simulator() -> None:
+    wf = parse_workflow("""version: 1
+models:
+  m: {usd_per_call: 0.01, latency_s: 2.0, p_ok: 0.9, timeout_s: 30, rpm: 60, tpm: 1000}
+steps:
+  - {id: a, model: m}
+""")
+    m = time_scaled(wf, 0.01).models["m"]
+    assert (m.latency_s, m.timeout_s, m.rpm, m.tpm) == (0.02, 0.3, 6000, 100_000)
+    assert time_scaled(wf, 1.0) is wf
+    slow = RateLimited("429", retry_after=2.0)
+    unscaled = backoff(None, 3, random.Random(5))
+    with scaled_time(0.01):
+        assert backoff(None, 3, random.Random(5)) == pytest.approx(unscaled * 0.01)
+        assert backoff(slow, 1, random.Random(5)) == pytest.approx(0.02)
+    assert backoff(slow, 1, random.Random(5)) == 2.0
+
+
+def test_a_real_endpoint_cannot_run_in_scaled_time(tmp_path: Path) -> None:
+    wf = parse_workflow("""version: 1
+models:
+  r: {provider: openai, base_url: "http://127.0.0.1:9/v1", model: x, usd_per_call: 0.01,
+      latency_s: 1, p_ok: 0.9}
+steps:
+  - {id: a, model: r}
+""")
+    with pytest.raises(UsageError, match="--time-scale 1"):
+        budget_sweep(wf, [Limits(0.1)], 1, Journal(tmp_path / "j.db"))
+
+
+def test_cli_sweep_json_table_and_plot(cli, tmp_path: Path) -> None:
+    db, png = tmp_path / "j.db", tmp_path / "sweep.png"
+    args = ["sweep", CASCADE, "--max-cost", "0.006,0.126", "--runs", "8", "--time-scale",
+            "0.001", "--journal", db]  # fmt: skip
+    r = cli(*args, "--json", "--plot", png)
+    assert r.code == 0, r.err
+    d = r.json()
+    assert d["runs"] == 8 and len(d["rows"]) == 2
+    assert d["predicted"]["cost_usd"]["worst"] == pytest.approx(0.126)
+    row = d["rows"][0]
+    for key in (
+        "max_cost_usd",
+        "success_rate",
+        "success_ci95",
+        "stopped_by_budget",
+        "cost_usd",
+        "steps_returned",
+        "overruns",
+        "baseline_over_budget",
+        "baseline_ok_within_budget",
+    ):
+        assert key in row  # fmt: skip
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    t = cli(*args)
+    assert t.code == 0 and "Budget sweep" in t.out and "none (baseline)" in t.out
+    assert "Spend over a ceiling: 0 of 16" in t.out
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        ([], "give the budgets to sweep"),
+        (["--max-cost", "0.1,abc"], "--max-cost '0.1,abc': give positive numbers"),
+        (["--deadline", "-1"], "--deadline '-1': give positive numbers"),
+        (["--max-cost", "0.1", "--time-scale", "2"], "--time-scale 2: give a factor in (0, 1]"),
+        (["--max-cost", "0.1", "--runs", "0"], "--runs: 0 is not a positive integer"),
+    ],
+)
+def test_cli_sweep_bad_flags_are_one_line_errors(cli, tmp_path: Path, args, says) -> None:
+    r = cli("sweep", CASCADE, "--journal", tmp_path / "j.db", *args)
+    assert r.code == 2 and says in r.err
+    assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+
+
+def test_the_figures_in_docs_sweep_hold(tmp_path: Path) -> None:
+    # docs/sweep.md shows this sweep; its spend and success columns are fixed by the seeds.
+    sw = budget_sweep(load_workflow(CASCADE), [Limits(0.006), Limits(0.036), Limits(0.126)], 100,
+                      Journal(tmp_path / "j.db"), time_scale=0.001)  # fmt: skip
+    got = [(r.ok, r.stopped, round(r.cost_mean, 4), round(r.cost_max, 4), r.steps_returned, r.baseline_over)
+           for r in (sw.baseline, *sw.rows)]  # fmt: skip
+    assert got == [
+        (99, 0, 0.0123, 0.036, 0.99, 0),
+        (79, 21, 0.0055, 0.006, 0.84, 21),
+        (99, 0, 0.0123, 0.036, 0.99, 0),
+        (99, 0, 0.0123, 0.036, 0.99, 0),
+    ]
