@@ -9,7 +9,8 @@ import pytest
 
 from trilemma import load_workflow, parse_workflow
 from trilemma.errors import RateLimited, UsageError
-from trilemma.experiments.sweep import Limits, budget_sweep, time_scaled
+from trilemma.experiments.sweep import Limits, budget_sweep
+from trilemma.experiments.trials import time_scaled
 from trilemma.journal import Journal
 from trilemma.run.retry import backoff, scaled_time
 

@@ -14,13 +14,7 @@ For each budget the sweep reports:
 - the share of steps whose outputs still came back (failing soft);
 - how often the baseline, which ignores budgets, went over the same budget.
 
-On the simulator the sweep runs in scaled time. Latencies, timeouts, deadlines,
-backoff and rate limits are all shortened by ``time_scale``, and measured latencies
-are scaled back. A 14-second workflow thus takes 0.14 s per run at the default 0.01.
-What does not shrink is magnified by the same factor. That is the executor's own
-overhead, and above all the event loop's timer slack (up to about 1 ms per wait). At 0.01,
-three sequential 0.4 s calls measure about 7% long (2.4% at 0.1). Give ``time_scale`` 0.1
-when latencies and deadlines matter more than the sweep's speed.
+On the simulator the sweep runs in scaled time (see :mod:`trilemma.experiments.trials`).
 """
 
 from __future__ import annotations
@@ -32,14 +26,12 @@ from typing import Any
 
 from trilemma.errors import UsageError
 from trilemma.experiments.calibrate import wilson
+from trilemma.experiments.trials import Trial, check_time_scale, repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
-from trilemma.run.executor import RunResult
-from trilemma.run.retry import scaled_time
-from trilemma.run.session import execute
 from trilemma.spec import Workflow
 
-__all__ = ["Limits", "Sweep", "SweepRow", "budget_sweep", "time_scaled"]
+__all__ = ["Limits", "Sweep", "SweepRow", "budget_sweep"]
 
 #: Spend above a ceiling by less than this is float noise, not an overrun.
 EPS_USD = 1e-9
@@ -165,34 +157,6 @@ class Sweep:
         }
 
 
-def time_scaled(wf: Workflow, factor: float) -> Workflow:
-    """The spec with simulated time shortened by ``factor``: latencies, timeouts, rate limits.
-
-    Only a spec whose models all run on the simulator can be scaled; ``factor`` 1
-    returns ``wf`` itself.
-    """
-    if factor == 1.0:
-        return wf
-    real = [n for n, m in wf.models.items() if not m.runs_on_simulator]
-    if real:
-        raise UsageError(
-            f"--time-scale {factor:g}: model {real[0]!r} is a real endpoint, whose time cannot be "
-            "scaled; give --time-scale 1 (and mind the bill: every run is paid for)"
-        )
-    models = {}
-    for name, m in wf.models.items():
-        update: dict[str, Any] = {
-            "latency_s": m.latency_s * factor,
-            "timeout_s": m.timeout_s * factor,
-        }
-        if m.rpm:
-            update["rpm"] = max(1, math.ceil(m.rpm / factor))
-        if m.tpm:
-            update["tpm"] = max(1, math.ceil(m.tpm / factor))
-        models[name] = m.model_copy(update=update)
-    return wf.model_copy(update={"models": models})
-
-
 def budget_sweep(
     wf: Workflow,
     budgets: Sequence[Limits],
@@ -207,27 +171,22 @@ def budget_sweep(
     """Run ``wf`` ``runs`` times with no budget, then ``runs`` times under each budget."""
     if runs < 1:
         raise UsageError(f"--runs: {runs} is not a positive integer; give 1 or more")
-    if not 0 < time_scale <= 1:
-        raise UsageError(f"--time-scale {time_scale:g}: give a factor in (0, 1], such as 0.01")
+    check_time_scale(time_scale)
     if not budgets:
         raise UsageError("give at least one budget: --max-cost 0.1,0.2 or --deadline 5,10")
-    fast = time_scaled(wf, time_scale)
     total = runs * (len(budgets) + 1)
     done = 0
 
-    def trials(budget: Limits) -> list[tuple[RunResult, float]]:
+    def tick() -> None:
         nonlocal done
-        out = []
-        for i in range(runs):
-            deadline = budget.deadline_s * time_scale if budget.deadline_s is not None else None
-            with scaled_time(time_scale):
-                r = execute(fast, journal=journal, seed=seed + i, max_cost_usd=budget.max_cost_usd,
-                            deadline_s=deadline, source=source)  # fmt: skip
-            out.append((r, r.latency_s / time_scale))
-            done += 1
-            if on_progress is not None:
-                on_progress(done, total)
-        return out
+        done += 1
+        if on_progress is not None:
+            on_progress(done, total)
+
+    def trials(b: Limits) -> list[Trial]:
+        return repeat(wf, runs, journal, seed=seed, time_scale=time_scale,
+                      max_cost_usd=b.max_cost_usd, deadline_s=b.deadline_s, source=source,
+                      tick=tick)  # fmt: skip
 
     base = trials(Limits())
     baseline = _row(Limits(), base, base)
@@ -235,26 +194,24 @@ def budget_sweep(
     return Sweep(baseline, rows, estimate(wf), seed, time_scale)
 
 
-def _row(
-    budget: Limits, got: list[tuple[RunResult, float]], base: list[tuple[RunResult, float]]
-) -> SweepRow:
+def _row(budget: Limits, got: list[Trial], base: list[Trial]) -> SweepRow:
     n = len(got)
-    costs = [r.cost_usd for r, _ in got]
-    latencies = [t for _, t in got]
+    costs = [t.cost_usd for t in got]
+    latencies = [t.latency_s for t in got]
     return SweepRow(
         budget=budget,
         runs=n,
-        ok=sum(r.status == "ok" for r, _ in got),
-        stopped=sum(r.status in ("budget_exhausted", "deadline") for r, _ in got),
-        failed=sum(r.status == "failed" for r, _ in got),
+        ok=sum(t.status == "ok" for t in got),
+        stopped=sum(t.status in ("budget_exhausted", "deadline") for t in got),
+        failed=sum(t.status == "failed" for t in got),
         cost_mean=math.fsum(costs) / n,
         cost_max=max(costs),
         latency_mean_s=math.fsum(latencies) / n,
         latency_max_s=max(latencies),
-        steps_returned=math.fsum(len(r.outputs) / len(r.steps) for r, _ in got) / n,
+        steps_returned=math.fsum(t.outputs / t.steps for t in got) / n,
         overruns=sum(budget.crossed_by(c, 0.0) for c in costs),
-        baseline_over=sum(budget.crossed_by(r.cost_usd, t) for r, t in base),
+        baseline_over=sum(budget.crossed_by(t.cost_usd, t.latency_s) for t in base),
         baseline_ok_within=sum(
-            r.status == "ok" and not budget.crossed_by(r.cost_usd, t) for r, t in base
+            t.status == "ok" and not budget.crossed_by(t.cost_usd, t.latency_s) for t in base
         ),
     )

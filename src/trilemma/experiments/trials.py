@@ -1,0 +1,109 @@
+"""Repeated runs of a spec through the real executor, in scaled time, for the experiments.
+
+On the simulator, runs go in scaled time. Latencies, timeouts, deadlines, backoff and rate
+limits are all shortened by ``time_scale``, and measured latencies are scaled back. At the
+default 0.01, a 14-second workflow takes 0.14 s per run.
+
+What does not shrink is magnified by the same factor. That is the executor's own overhead,
+and above all the event loop's timer slack (up to about 1 ms per wait). At 0.01, three
+sequential 0.4 s calls measure about 7% long (2.4% at 0.1). Give ``time_scale`` 0.1 when
+latencies and deadlines matter more than the experiment's speed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from trilemma.errors import UsageError
+from trilemma.journal import Journal
+from trilemma.run.retry import scaled_time
+from trilemma.run.session import execute
+from trilemma.spec import Workflow
+
+__all__ = ["Trial", "check_time_scale", "repeat", "time_scaled"]
+
+
+@dataclass(frozen=True, slots=True)
+class Trial:
+    """One run's outcome, its latency scaled back to the spec's time."""
+
+    status: str
+    """ok, budget_exhausted, deadline or failed."""
+    cost_usd: float
+    """Dollars billed."""
+    latency_s: float
+    """Seconds, in the spec's time."""
+    calls: int
+    """LLM calls sent."""
+    outputs: int
+    """Steps whose outputs came back."""
+    steps: int
+    """Steps in the spec."""
+
+
+def check_time_scale(time_scale: float) -> None:
+    """Refuse a factor outside (0, 1]."""
+    if not 0 < time_scale <= 1:
+        raise UsageError(f"--time-scale {time_scale:g}: give a factor in (0, 1], such as 0.01")
+
+
+def time_scaled(wf: Workflow, factor: float) -> Workflow:
+    """The spec with simulated time shortened by ``factor``: latencies, timeouts, rate limits.
+
+    Only a spec whose models all run on the simulator can be scaled; ``factor`` 1
+    returns ``wf`` itself.
+    """
+    if factor == 1.0:
+        return wf
+    real = [n for n, m in wf.models.items() if not m.runs_on_simulator]
+    if real:
+        raise UsageError(
+            f"--time-scale {factor:g}: model {real[0]!r} is a real endpoint, whose time cannot be "
+            "scaled; give --time-scale 1 (and mind the bill: every run is paid for)"
+        )
+    models = {}
+    for name, m in wf.models.items():
+        update: dict[str, Any] = {
+            "latency_s": m.latency_s * factor,
+            "timeout_s": m.timeout_s * factor,
+        }
+        if m.rpm:
+            update["rpm"] = max(1, math.ceil(m.rpm / factor))
+        if m.tpm:
+            update["tpm"] = max(1, math.ceil(m.tpm / factor))
+        models[name] = m.model_copy(update=update)
+    return wf.model_copy(update={"models": models})
+
+
+def repeat(
+    wf: Workflow,
+    runs: int,
+    journal: Journal,
+    *,
+    seed: int = 0,
+    time_scale: float = 0.01,
+    max_cost_usd: float | None = None,
+    deadline_s: float | None = None,
+    source: str = "<spec>",
+    tick: Callable[[], object] | None = None,
+) -> list[Trial]:
+    """Run ``wf`` ``runs`` times, run ``i`` with seed ``seed + i``; ``tick`` after each run.
+
+    ``wf`` is the spec as written: it is scaled here, and so is ``deadline_s``.
+    """
+    check_time_scale(time_scale)
+    fast = time_scaled(wf, time_scale)
+    deadline = deadline_s * time_scale if deadline_s is not None else None
+    out = []
+    for i in range(runs):
+        with scaled_time(time_scale):
+            r = execute(fast, journal=journal, seed=seed + i, max_cost_usd=max_cost_usd,
+                        deadline_s=deadline, source=source)  # fmt: skip
+        out.append(Trial(r.status, r.cost_usd, r.latency_s / time_scale, r.calls,
+                         len(r.outputs), len(r.steps)))  # fmt: skip
+        if tick is not None:
+            tick()
+    return out
