@@ -1,4 +1,4 @@
-"""Commands for real models and experiments: local servers, calibrate, cliff, sweep."""
+"""Commands for real models and experiments: local servers, calibrate, cliff, sweep, compare."""
 
 from __future__ import annotations
 
@@ -253,6 +253,48 @@ def sweep_cmd(
         emit_json(result.to_json())
     else:
         stdout_console().print(tables.sweep_table(result, str(file)))
+        if plot:
+            sys.stdout.write(f"plot: {plot}\n")
+    return 0
+
+
+@app.command("compare", rich_help_panel="Real models and experiments")
+def compare_cmd(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Workflow specs to measure side by side.", show_default=False),
+    ],
+    runs: Annotated[int, typer.Option(help="Runs per spec.")] = 200,
+    seed: Annotated[int, typer.Option(help="Run i of every spec uses seed + i.")] = 0,
+    time_scale: Annotated[
+        float, typer.Option(help="Simulated time runs this much faster (1: real time).")
+    ] = 0.01,
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    plot: Annotated[Path | None, typer.Option(help="Write success against cost as a PNG.")] = None,
+    as_json: JsonFlag = False,
+) -> int:
+    """Quality per dollar, measured: run each spec alike, predicted beside measured.
+
+    Example: trilemma compare examples/single.yaml examples/ticket.yaml examples/cascade.yaml
+    """
+    from trilemma.experiments.compare import compare
+    from trilemma.journal import Journal
+
+    positive("--runs", runs)
+    specs = [(str(f), load_workflow(f)) for f in files]
+    show = not as_json and sys.stderr.isatty()
+    with progress(show) as bar:
+        bar_id = bar.add_task("runs", total=runs * len(specs))
+        rows = compare(specs, runs, Journal(journal), seed=seed, time_scale=time_scale,
+                       on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
+    if plot:
+        from trilemma.report.plots import plot_compare
+
+        plot_compare(rows, plot)
+    if as_json:
+        emit_json([r.to_json() for r in rows])
+    else:
+        stdout_console().print(tables.compare_table(rows, time_scale))
         if plot:
             sys.stdout.write(f"plot: {plot}\n")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -26,6 +26,9 @@ from trilemma.plan.optimize import optimize as optimize_wf
 from trilemma.plan.simulate import simulate as simulate_wf
 from trilemma.report import tables
 from trilemma.spec import Budget, Simulation, dump_workflow, load_workflow
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @app.command(rich_help_panel="Predict")
@@ -264,7 +267,8 @@ def demo(
         Path, typer.Option("--journal", help="The journal for the demo run.")
     ] = Path(".trilemma") / "trilemma.db",
 ) -> int:
-    """A tour that needs no network: the book, an estimate, a Monte Carlo and an optimization.
+    """A tour that needs no network: the book, an estimate, a Monte Carlo, an optimization,
+    a run of its answer, and a single call measured against two workflows.
 
     Example: trilemma demo
     """
@@ -298,7 +302,25 @@ def demo(
             best.best, journal=Journal(journal), seed=7, max_cost_usd=0.10, source="<demo>"
         )
         console.print(tables.run_view(ran))
+    _demo_compare(console, journal)
     console.print(
         "\nNext: trilemma --help, the specs in examples/, and `trilemma runs` for the journal."
     )
     return 0
+
+
+def _demo_compare(console: Console, journal: Path, runs: int = 60) -> None:
+    """The demo's last part: a single call against two workflows, measured on the simulator."""
+    from trilemma.examples import example_path
+    from trilemma.experiments.compare import compare
+    from trilemma.journal import Journal
+
+    names = ("single.yaml", "ticket.yaml", "cascade.yaml")
+    console.rule(f"6. A single call or an agent workflow? Measured ({runs} runs each, trilemma "
+                 f"compare {' '.join(names)})")  # fmt: skip
+    specs = [(n, load_workflow(example_path(n))) for n in names]
+    with progress(sys.stderr.isatty()) as bar:
+        bar_id = bar.add_task("runs", total=runs * len(specs))
+        rows = compare(specs, runs, Journal(journal), seed=7,
+                       on_progress=lambda done, _: bar.update(bar_id, completed=done))  # fmt: skip
+    console.print(tables.compare_table(rows, 0.01))

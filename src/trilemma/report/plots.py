@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +15,10 @@ from trilemma.plan.exercises import RoutingSweep
 from trilemma.plan.optimize import OptimizeResult
 
 if TYPE_CHECKING:
+    from trilemma.experiments.compare import Contender
     from trilemma.experiments.sweep import Sweep
 
-__all__ = ["plot_cliff", "plot_frontier", "plot_routing", "plot_sweep"]
+__all__ = ["plot_cliff", "plot_compare", "plot_frontier", "plot_routing", "plot_sweep"]
 
 
 def plot_routing(r: RoutingSweep, path: str | Path) -> Path:
@@ -138,6 +140,30 @@ def plot_sweep(sw: Sweep, path: str | Path) -> Path:
     right.set_xlabel(unit)
     right.legend(fontsize=8)
     right.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_compare(rows: Sequence[Contender], path: str | Path) -> Path:
+    """Success against cost per run for each workflow, measured (with its interval) and predicted."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for i, r in enumerate(rows):
+        colour = f"C{i}"
+        lo, hi = r.ci95
+        ax.errorbar([r.cost_mean], [r.success_rate], yerr=[[max(0.0, r.success_rate - lo)], [max(0.0, hi - r.success_rate)]],
+                    fmt="o", color=colour, capsize=4, label=f"{r.name}")  # fmt: skip
+        ax.scatter([r.predicted.cost_expected], [r.predicted.reliability], marker="D",
+                   facecolors="none", edgecolors=colour, s=70)  # fmt: skip
+    ax.scatter([], [], marker="D", facecolors="none", edgecolors="grey", label="predicted")
+    ax.set_xscale("log")
+    ax.set_xlabel("dollars per run (log scale)")
+    ax.set_ylabel("end-to-end success")
+    ax.set_title("Quality against cost: up and to the left is better")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=110)

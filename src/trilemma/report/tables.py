@@ -16,9 +16,11 @@ from trilemma.plan.simulate import SimResult
 from trilemma.spec import Workflow
 
 if TYPE_CHECKING:  # the executor loads only for the commands that run it
+    from trilemma.experiments.compare import Contender
     from trilemma.experiments.sweep import Sweep
 
 __all__ = [
+    "compare_table",
     "debate_table",
     "estimate_table",
     "frontier_table",
@@ -36,6 +38,10 @@ def _usd(x: float | None) -> str:
 
 def _pct(x: float) -> str:
     return f"{x * 100:.2f}%"
+
+
+def _fmt_s(x: float) -> str:
+    return f"{x:.2f}s"
 
 
 def _qpd(x: float | None) -> str:
@@ -359,6 +365,51 @@ def sweep_table(sw: Sweep, source: str) -> Group:
     if sw.time_scale != 1:
         lines.append(
             f"Simulated time ran {1 / sw.time_scale:g}x faster and is reported unscaled; timer "
+            "slack and the executor's overhead are scaled up with it."
+        )
+    return Group(t, Text("\n".join(lines)))
+
+
+def compare_table(rows: Sequence[Contender], time_scale: float) -> Group:
+    """Workflows side by side: measured beside predicted, and the best quality per dollar."""
+    runs = rows[0].runs
+    t = Table(title=f"Measured over {runs:,} runs each, beside the planner",
+              title_justify="left")  # fmt: skip
+    for col in ("spec", "success", "predicted", "cost", "predicted ", "latency", "predicted  ",
+                "calls", "q/$", "predicted q/$"):  # fmt: skip
+        t.add_column(col.strip(), justify="left" if col == "spec" else "right")
+    for r in rows:
+        p = r.predicted
+        lo, hi = r.ci95
+        t.add_row(
+            r.name, f"{_pct(r.success_rate)} [{_pct(lo)}, {_pct(hi)}]", _pct(p.reliability),
+            _usd(r.cost_mean), _usd(p.cost_expected), f"{r.latency_mean_s:.2f}s",
+            f"{p.latency_expected_s:.2f}s", f"{r.calls_mean:.2f}", _qpd(r.quality_per_dollar),
+            _qpd(p.quality_per_expected_dollar),
+        )  # fmt: skip
+    t.caption = "predicted: reliability, expected cost and latency, q/$ per expected dollar"
+    lines = [
+        f"{r.name}: {r.stopped} of {r.runs} runs stopped by the spec's own budget, which its "
+        f"worst case ({_usd(r.predicted.cost_worst)}, {_fmt_s(r.predicted.latency_worst_s)}) "
+        "does not fit."
+        for r in rows
+        if r.stopped
+    ]
+    scored = [r for r in rows if r.quality_per_dollar is not None]
+    if len(scored) > 1:
+        ranked = sorted(scored, key=lambda r: -(r.quality_per_dollar or 0.0))
+        best, second = ranked[0], ranked[1]
+        ratio = (best.quality_per_dollar or 0.0) / (second.quality_per_dollar or 1.0)
+        lines.append(f"Best quality per dollar: {best.name}, {ratio:.1f}x {second.name}.")
+        surest = max(rows, key=lambda r: r.success_rate)
+        if surest is not best:
+            lines.append(
+                f"Most reliable: {surest.name} ({_pct(surest.success_rate)} against "
+                f"{_pct(best.success_rate)}), at {_usd(surest.cost_mean)} a run."
+            )
+    if time_scale != 1:
+        lines.append(
+            f"Simulated time ran {1 / time_scale:g}x faster and is reported unscaled; timer "
             "slack and the executor's overhead are scaled up with it."
         )
     return Group(t, Text("\n".join(lines)))

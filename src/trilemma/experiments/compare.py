@@ -1,0 +1,151 @@
+"""Quality per dollar, measured: several workflows run alike, predicted beside measured.
+
+The seed's first project: "a six-agent debate or a single call?" Each spec runs ``runs``
+times through the real executor and journal, run ``i`` with seed ``seed + i``. Each is
+scored as Output 32.10.1 scores it: success, cost, latency, and quality per dollar (success
+per dollar spent). Every measured figure sits beside the planner's prediction for the same
+spec.
+
+A spec's own ``budget:`` applies to its runs, as it does to ``trilemma run``; runs it
+stops count as failures (the table says how many). Success is a run that finished every
+step. On the simulator that means every answer
+passed the simulator's check. On a real endpoint it means every answer passed its gate,
+so a workflow without gates counts every answer as a success. Give real-endpoint specs
+gates, or use ``trilemma calibrate`` and ``trilemma cliff``, whose tasks check the answer
+itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from trilemma.errors import UsageError
+from trilemma.experiments.calibrate import wilson
+from trilemma.experiments.trials import Trial, check_time_scale, repeat
+from trilemma.journal import Journal
+from trilemma.plan.estimate import Estimate, estimate
+from trilemma.spec import Workflow
+
+__all__ = ["Contender", "compare"]
+
+
+@dataclass(frozen=True, slots=True)
+class Contender:
+    """One workflow's measured figures beside its predicted ones."""
+
+    name: str
+    """The spec, as given on the command line."""
+    predicted: Estimate
+    """The planner's estimate."""
+    runs: int
+    """Runs made."""
+    ok: int
+    """Runs that finished every step."""
+    stopped: int
+    """Runs stopped by the spec's own budget (``budget:`` in the spec)."""
+    cost_mean: float
+    """Mean dollars per run."""
+    latency_mean_s: float
+    """Mean seconds per run (in the spec's time)."""
+    latency_p95_s: float
+    """95th percentile of seconds per run."""
+    calls_mean: float
+    """Mean LLM calls per run."""
+
+    @property
+    def success_rate(self) -> float:
+        """Share of runs that finished every step."""
+        return self.ok / self.runs
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """Wilson 95% interval of the success rate."""
+        return wilson(self.ok, self.runs)
+
+    @property
+    def quality_per_dollar(self) -> float | None:
+        """Measured success per mean dollar spent (None when nothing was spent)."""
+        return self.success_rate / self.cost_mean if self.cost_mean > 0 else None
+
+    def to_json(self) -> dict[str, Any]:
+        """A row of ``trilemma compare --json``."""
+        p = self.predicted
+        lo, hi = self.ci95
+        return {
+            "spec": self.name,
+            "runs": self.runs,
+            "measured": {
+                "success_rate": self.success_rate,
+                "stopped_by_budget": self.stopped,
+                "success_ci95": [round(lo, 12), round(hi, 12)],
+                "cost_usd": round(self.cost_mean, 12),
+                "latency_s": {
+                    "mean": round(self.latency_mean_s, 6),
+                    "p95": round(self.latency_p95_s, 6),
+                },
+                "calls": round(self.calls_mean, 12),
+                "quality_per_dollar": self.quality_per_dollar,
+            },
+            "predicted": {
+                "reliability": p.reliability,
+                "cost_usd": {
+                    "expected": round(p.cost_expected, 12),
+                    "worst": round(p.cost_worst, 12),
+                },
+                "latency_s": {
+                    "critical_path": round(p.latency_critical_s, 12),
+                    "expected": round(p.latency_expected_s, 12),
+                },
+                "calls": round(p.calls_expected, 12),
+                "quality_per_dollar": p.quality_per_expected_dollar,
+            },
+        }
+
+
+def compare(
+    specs: Sequence[tuple[str, Workflow]],
+    runs: int,
+    journal: Journal,
+    *,
+    seed: int = 0,
+    time_scale: float = 0.01,
+    on_progress: Callable[[int, int], object] | None = None,
+) -> list[Contender]:
+    """Run each spec ``runs`` times; their measured and predicted figures, in the order given."""
+    if runs < 1:
+        raise UsageError(f"--runs: {runs} is not a positive integer; give 1 or more")
+    if len(specs) < 1:
+        raise UsageError("give at least one spec to measure (two or more to compare)")
+    check_time_scale(time_scale)
+    total, done = runs * len(specs), 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if on_progress is not None:
+            on_progress(done, total)
+
+    out = []
+    for name, wf in specs:
+        got = repeat(wf, runs, journal, seed=seed, time_scale=time_scale, source=name, tick=tick)
+        out.append(_contender(name, wf, got))
+    return out
+
+
+def _contender(name: str, wf: Workflow, got: list[Trial]) -> Contender:
+    n = len(got)
+    latencies = sorted(t.latency_s for t in got)
+    return Contender(
+        name=name,
+        predicted=estimate(wf),
+        runs=n,
+        ok=sum(t.status == "ok" for t in got),
+        stopped=sum(t.status in ("budget_exhausted", "deadline") for t in got),
+        cost_mean=math.fsum(t.cost_usd for t in got) / n,
+        latency_mean_s=math.fsum(latencies) / n,
+        latency_p95_s=latencies[min(n - 1, math.ceil(0.95 * n) - 1)],
+        calls_mean=sum(t.calls for t in got) / n,
+    )
