@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from trilemma import (
-    Simulation,
     estimate,
     load_workflow,
     parse_workflow,
@@ -18,7 +17,6 @@ from trilemma import (
 from trilemma.errors import SpecError
 from trilemma.journal import Journal
 from trilemma.plan.optimize import _options, optimize
-from trilemma.plan.simulate import simulate_loop
 from trilemma.run.session import execute
 from trilemma.spec import Budget
 from trilemma.testing import fast_retries
@@ -112,16 +110,6 @@ def test_monte_carlo_agrees_with_the_analytic_cascade() -> None:
     assert r.cost_usd.mean == pytest.approx(e.cost_expected, rel=5e-3)
     assert r.latency_s.mean == pytest.approx(e.latency_expected_s, rel=5e-3)
     assert r.calls.mean == pytest.approx(e.calls_expected, rel=5e-3)
-
-
-def test_vectorised_and_plain_loop_agree_on_a_leaky_cascade() -> None:
-    wf = load_workflow(EXAMPLES / "cascade.yaml")
-    st = Simulation(recall=0.8, retry_correlation=0.2, compounding=0.9)
-    vec = simulate(wf, 200_000, seed=4, settings=st)
-    ok, cost, latency = simulate_loop(wf, 40_000, seed=4, settings=st)
-    assert ok == pytest.approx(vec.success_rate, abs=0.01)
-    assert cost == pytest.approx(vec.cost_usd.mean, rel=0.02)
-    assert latency == pytest.approx(vec.latency_s.mean, rel=0.02)
 
 
 def test_optimizer_keeps_an_attempt_for_every_rung() -> None:

@@ -101,8 +101,9 @@ steps: [{id: a, model: m}]
     assert r.latency_s.p99 > 2 * r.latency_s.p50
 
 
-def test_vectorised_and_plain_loop_agree() -> None:
-    wf = load_workflow(EXAMPLES / "diamond.yaml")
+@pytest.mark.parametrize("name", ["diamond.yaml", "cascade.yaml"])  # cascade: a model per attempt
+def test_vectorised_and_plain_loop_agree(name: str) -> None:
+    wf = load_workflow(EXAMPLES / name)
     st = Simulation(recall=0.7, retry_correlation=0.3, compounding=0.8)
     vec = simulate(wf, 200_000, seed=9, settings=st)
     ok, cost, latency = simulate_loop(wf, 40_000, seed=9, settings=st)

@@ -30,6 +30,9 @@ app.add_typer(local_app, name="local", rich_help_panel="Real models and experime
 LocalModelOpt = Annotated[str, typer.Option("--model", help="smollm2, gemma3-270m or all.")]
 StateOpt = Annotated[Path, typer.Option("--state", help="Where pids and logs go.")]
 DEFAULT_STATE = Path(".trilemma") / "local"
+TimeScaleOpt = Annotated[
+    float, typer.Option(help="Simulated time runs this much faster (1: real time).")
+]
 
 
 @local_app.command("up")
@@ -218,9 +221,7 @@ def sweep_cmd(
     ] = None,
     runs: Annotated[int, typer.Option(help="Runs per budget (and for the baseline).")] = 100,
     seed: Annotated[int, typer.Option(help="Run i of every budget uses seed + i.")] = 0,
-    time_scale: Annotated[
-        float, typer.Option(help="Simulated time runs this much faster (1: real time).")
-    ] = 0.01,
+    time_scale: TimeScaleOpt = 0.01,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write the sweep as a PNG.")] = None,
     as_json: JsonFlag = False,
@@ -266,9 +267,7 @@ def compare_cmd(
     ],
     runs: Annotated[int, typer.Option(help="Runs per spec.")] = 200,
     seed: Annotated[int, typer.Option(help="Run i of every spec uses seed + i.")] = 0,
-    time_scale: Annotated[
-        float, typer.Option(help="Simulated time runs this much faster (1: real time).")
-    ] = 0.01,
+    time_scale: TimeScaleOpt = 0.01,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write success against cost as a PNG.")] = None,
     as_json: JsonFlag = False,

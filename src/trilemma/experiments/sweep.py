@@ -141,17 +141,7 @@ class Sweep:
             "runs": self.baseline.runs,
             "seed": self.seed,
             "time_scale": self.time_scale,
-            "predicted": {
-                "cost_usd": {
-                    "expected": round(p.cost_expected, 12),
-                    "worst": round(p.cost_worst, 12),
-                },
-                "latency_s": {
-                    "critical_path": round(p.latency_critical_s, 12),
-                    "worst": round(p.latency_worst_s, 12),
-                },
-                "reliability": p.reliability,
-            },
+            "predicted": p.headline(),
             "baseline": self.baseline.to_json(),
             "rows": [r.to_json() for r in self.rows],
         }

@@ -176,6 +176,17 @@ class Estimate:
             **{k: v for k, v in self.summary().items() if k != "steps"},
         }
 
+    def headline(self) -> dict[str, Any]:
+        """The figures a run is judged against: cost, latency and reliability (JSON)."""
+        return {
+            "cost_usd": {"expected": _r(self.cost_expected), "worst": _r(self.cost_worst)},
+            "latency_s": {
+                "critical_path": _r(self.latency_critical_s),
+                "worst": _r(self.latency_worst_s),
+            },
+            "reliability": self.reliability,
+        }
+
     def summary(self) -> dict[str, Any]:
         """The workflow's figures without the per-step rows."""
         return {

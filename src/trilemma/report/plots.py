@@ -21,6 +21,15 @@ if TYPE_CHECKING:
 __all__ = ["plot_cliff", "plot_compare", "plot_frontier", "plot_routing", "plot_sweep"]
 
 
+def _save(fig: Any, path: str | Path) -> Path:
+    """Lay the figure out, write it as a PNG and free it."""
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_routing(r: RoutingSweep, path: str | Path) -> Path:
     """Cost, latency, reliability and q/$ of the routed chain against all-premium."""
     xs = [p.hard_fraction for p in r.points]
@@ -42,11 +51,7 @@ def plot_routing(r: RoutingSweep, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(loc="upper left", fontsize=8)
     fig.suptitle("Exercise 32.10.2: where routing backfires")
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_frontier(r: OptimizeResult, path: str | Path) -> Path:
@@ -70,11 +75,7 @@ def plot_frontier(r: OptimizeResult, path: str | Path) -> Path:
     ax.set_title("Pareto frontier")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_cliff(points: list[Any], model: str, path: str | Path) -> Path:
@@ -96,11 +97,7 @@ def plot_cliff(points: list[Any], model: str, path: str | Path) -> Path:
     ax.set_title(f"The reliability cliff: {model}")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_sweep(sw: Sweep, path: str | Path) -> Path:
@@ -140,11 +137,7 @@ def plot_sweep(sw: Sweep, path: str | Path) -> Path:
     right.set_xlabel(unit)
     right.legend(fontsize=8)
     right.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_compare(rows: Sequence[Contender], path: str | Path) -> Path:
@@ -164,8 +157,4 @@ def plot_compare(rows: Sequence[Contender], path: str | Path) -> Path:
     ax.set_title("Quality against cost: up and to the left is better")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, path)

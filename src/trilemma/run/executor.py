@@ -158,17 +158,7 @@ class RunResult:
             },
             "error": self.error,
             "saved_usd": round(self.saved_usd, 12),
-            "predicted": {
-                "cost_usd": {
-                    "expected": round(p.cost_expected, 12),
-                    "worst": round(p.cost_worst, 12),
-                },
-                "latency_s": {
-                    "critical_path": round(p.latency_critical_s, 12),
-                    "worst": round(p.latency_worst_s, 12),
-                },
-                "reliability": p.reliability,
-            },
+            "predicted": p.headline(),
             "journal": self.journal,
         }
 
