@@ -116,7 +116,7 @@ def test_optimizer_keeps_an_attempt_for_every_rung() -> None:
     # Without the ladder, one small call (retries 0, $0.002) would meet this budget.
     text = one_step("{id: a, model: small, escalate: [premium], retries: 1, cacheable: true}")
     wf = parse_workflow(text)
-    assert {c.retries for c in _options(wf.steps[0], 3)} == {1, 2, 3}
+    assert {c.retries for c in _options(wf, wf.steps[0], 3)} == {1, 2, 3}
     result = optimize(wf, Budget(min_reliability=0.85))
     assert result.best is not None  # a runnable spec: validated again
     assert result.best.steps[0].retries >= 1
@@ -205,3 +205,29 @@ def test_resume_resends_an_unsent_attempt_on_its_own_rung(
     assert [(c["attempt"], c["model"], c["outcome"]) for c in journal.calls(first.run_id)] == [
         (1, "small", "ok")
     ]  # fmt: skip
+
+
+def test_optimizer_turns_a_cascadable_step_into_a_cascade_when_it_is_cheapest(cli, write) -> None:
+    # A small model right 60% of the time: three retries on it cannot reach 98% over three
+    # steps, premium alone costs $0.03 a step, small escalating to premium about $0.014.
+    text = """version: 1
+models:
+  premium: {usd_per_call: 0.030, latency_s: 2.0, p_ok: 0.985}
+  small:   {usd_per_call: 0.002, latency_s: 0.4, p_ok: 0.60}
+steps:
+  - {id: a, model: premium, candidates: [premium, small], cascadable: true}
+  - {id: b, model: premium, candidates: [premium, small], cascadable: true, after: [a]}
+  - {id: c, model: premium, candidates: [premium, small], cascadable: true, after: [b]}
+"""
+    wf = parse_workflow(text)
+    r = optimize(wf, Budget(min_reliability=0.98), budget_on="expected")
+    assert r.best is not None and r.best_estimate is not None
+    assert [(s.model, s.escalate) for s in r.best.steps] == [("small", ["premium"])] * 3
+    assert r.best_estimate.reliability >= 0.98
+    assert r.best_estimate.cost_expected < 0.5 * r.original.cost_expected
+    without = optimize(parse_workflow(text.replace("cascadable: true", "cascadable: false")),
+                       Budget(min_reliability=0.98), budget_on="expected")  # fmt: skip
+    assert without.best_estimate is not None
+    assert r.best_estimate.cost_expected < without.best_estimate.cost_expected
+    out = cli("optimize", write(text), "--min-reliability", "0.98", "--budget-on", "expected")
+    assert out.code == 0 and "small > premium" in out.out

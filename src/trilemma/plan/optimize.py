@@ -1,9 +1,10 @@
 """Which levers, at what setting, meet the budgets at the lowest cost.
 
 Levers, each opted into per step by the user: the model (``candidates``),
-retries (0 to ``max_retries``), caching (``cacheable``), debate rounds
-(``debate_round_options``) and parallelising the steps marked ``independent``
-(the dependencies between two independent steps are dropped).
+retries (0 to ``max_retries``), caching (``cacheable``), a cascade over the
+candidates (``cascadable``: a cheaper model first, escalating to a dearer one),
+debate rounds (``debate_round_options``) and parallelising the steps marked
+``independent`` (the dependencies between two independent steps are dropped).
 
 Cost and log-reliability add up over steps; latency is a longest path. The
 search is exhaustive when the space is at most :data:`EXHAUSTIVE_LIMIT`
@@ -53,6 +54,8 @@ class Choice:
     """Served from cache."""
     rounds: int | None
     """Debate rounds (None: as in the spec)."""
+    escalate: tuple[str, ...] | None = None
+    """Models a failed attempt escalates to (None: as in the spec)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +127,7 @@ def optimize(
     if max_retries < 0:
         raise UsageError("--max-retries: must be 0 or more")
     budget = budget or wf.budget
-    options = [_options(s, max_retries) for s in wf.steps]
+    options = [_options(wf, s, max_retries) for s in wf.steps]
     structures = [False, True] if any(s.independent for s in wf.steps) else [False]
     space = math.prod(len(o) for o in options) * len(structures)
     use_exhaustive = method == "exhaustive" or (
@@ -175,21 +178,33 @@ def _notes(wf: Workflow, budget: Budget) -> tuple[str, ...]:
             "no step lists candidates, cacheable, independent or debate_round_options: "
             "only retries were searched"
         )
+    if any(s.cascadable and len(set(s.candidates or [])) < 2 for s in wf.steps):
+        notes.append("cascadable needs two or more candidates with different prices")
     if budget == Budget():
         notes.append("no budget given: the answer is the cheapest configuration at all")
     return tuple(notes)
 
 
-def _options(step: Step, max_retries: int) -> list[Choice]:
+def _options(wf: Workflow, step: Step, max_retries: int) -> list[Choice]:
     models = step.candidates or [step.model]
     rounds: Sequence[int | None] = step.debate_round_options or [None]
     least = len(step.escalate or ())  # a cascade needs an attempt per model it escalates to
+    most = max(max_retries, step.retries)
     out = [
         Choice(m, k, False, r)
         for m in dict.fromkeys(models)
         for r in dict.fromkeys(rounds)
-        for k in range(least, max(max_retries, step.retries) + 1)
+        for k in range(least, most + 1)
     ]
+    if step.cascadable:  # a cheaper model first, escalating to each dearer one
+        price = {m: wf.models[m].price_per_call for m in models}
+        out += [
+            Choice(a, k, False, r, (b,))
+            for a, b in itertools.permutations(dict.fromkeys(models), 2)
+            if price[a] < price[b]
+            for r in dict.fromkeys(rounds)
+            for k in range(1, most + 1)
+        ]
     if step.cacheable or step.cached:
         out.append(Choice(step.model, least, True, None))
     return out
@@ -197,6 +212,8 @@ def _options(step: Step, max_retries: int) -> list[Choice]:
 
 def _apply_step(step: Step, c: Choice) -> Step:
     update: dict[str, object] = {"model": c.model, "retries": c.retries, "cached": c.cached}
+    if c.escalate is not None:
+        update["escalate"] = list(c.escalate)
     if c.rounds is not None:
         if step.debate is not None:
             update["debate"] = Debate(agents=step.debate.agents, rounds=max(c.rounds, 1))

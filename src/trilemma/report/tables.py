@@ -135,7 +135,7 @@ def describe(c: Candidate) -> str:
     """The levers of a candidate in a few words."""
     models: dict[str, int] = {}
     for ch in c.choices:
-        key = "cache" if ch.cached else ch.model
+        key = "cache" if ch.cached else " > ".join((ch.model, *(ch.escalate or ())))
         models[key] = models.get(key, 0) + 1
     retries = sum(ch.retries for ch in c.choices if not ch.cached)
     parts = [", ".join(f"{n} {m}" for m, n in models.items()), f"{retries} retries"]

@@ -206,6 +206,8 @@ class Step(_Strict):
     # Levers the optimizer may pull, each opted into by the user.
     candidates: list[str] | None = None
     cacheable: bool = False
+    cascadable: bool = False
+    """The optimizer may make this step a cascade over its candidates, cheapest first."""
     independent: bool = False
     debate_round_options: list[Annotated[int, Field(ge=0, le=1000)]] | None = None
     difficulty: Literal["easy", "hard"] | None = None
