@@ -136,3 +136,14 @@ def test_the_figures_in_docs_sweep_hold(tmp_path: Path) -> None:
         (99, 0, 0.0123, 0.036, 0.99, 0),
         (99, 0, 0.0123, 0.036, 0.99, 0),
     ]
+
+
+def test_cli_deadline_sweep_plots_latency_against_the_deadline(cli, tmp_path: Path) -> None:
+    png = tmp_path / "d.png"
+    r = cli("sweep", CASCADE, "--deadline", "0.6,20", "--runs", "4", "--time-scale", "0.05",
+            "--journal", tmp_path / "j.db", "--plot", png, "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    rows = r.json()["rows"]
+    assert [row["deadline_s"] for row in rows] == [0.6, 20.0]
+    assert rows[0]["stopped_by_budget"] == 4 and rows[1]["stopped_by_budget"] == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
