@@ -89,7 +89,33 @@ def test_the_demo_tours_predict_run_and_measure(cli, tmp_path: Path) -> None:
     # The README's main job: every part prints, nothing needs the network.
     r = cli("demo", "--runs", "20000", "--journal", tmp_path / "j.db")
     assert r.code == 0, r.err
-    for part in ("1. The seed's Output 32.10.1", "2. Exercise 32.10.1", "3. Monte Carlo",
-                 "4. Cheapest levers", "5. The chosen configuration", "6. A single call"):
+    for part in (
+        "1. The seed's Output 32.10.1",
+        "2. Exercise 32.10.1",
+        "3. Monte Carlo",
+        "4. Cheapest levers",
+        "5. The chosen configuration",
+        "6. A single call",
+    ):
         assert part in r.out  # fmt: skip
     assert "Best quality per dollar: cascade.yaml" in r.out
+
+
+def test_compare_runs_a_real_endpoint_in_real_time_and_bills_its_usage(tmp_path: Path) -> None:
+    from trilemma import parse_workflow
+    from trilemma.testing import Reply, ScriptedServer
+
+    with ScriptedServer([Reply("42", prompt_tokens=100, completion_tokens=10)] * 3) as srv:
+        wf = parse_workflow(f"""version: 1
+models:
+  r: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_1m_input: 1.0,
+      usd_per_1m_output: 10.0, latency_s: 0.05, p_ok: 0.9}}
+steps:
+  - {{id: a, model: r, gate: {{regex: '^[0-9]+$'}}}}
+""")
+        with pytest.raises(UsageError, match="--time-scale 1"):
+            compare([("real", wf)], 3, Journal(tmp_path / "j.db"))
+        (row,) = compare([("real", wf)], 3, Journal(tmp_path / "j.db"), time_scale=1.0)
+        assert len(srv.requests) == 3
+    assert row.ok == 3 and row.calls_mean == 1.0
+    assert row.cost_mean == pytest.approx((100 * 1.0 + 10 * 10.0) / 1e6)
