@@ -519,3 +519,17 @@ def test_every_call_of_a_fan_out_is_journaled_before_it_is_sent(tmp_path: Path) 
     r, _ = run(text, tmp_path, providers={"m": FunctionProvider(answer)})
     assert r.status == "ok" and len(r.outputs) == 20
     assert unseen == []
+
+
+def test_a_refused_call_of_a_vote_lets_its_siblings_finish_and_be_billed(tmp_path: Path) -> None:
+    # Three samples at $0.01 under a $0.025 ceiling: two are sent, the third is refused. The
+    # two in flight were sent and will be billed: the ledger must record them, not leave them
+    # 'started' as if the process had crashed.
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.05, p_ok: 1.0}",
+                ["{id: v, model: m, vote: {samples: 3}}"])  # fmt: skip
+    r, j = run(text, tmp_path, max_cost_usd=0.025)
+    assert r.status == "budget_exhausted"
+    calls = j.calls(r.run_id)
+    assert [c["state"] for c in calls] == ["finished", "finished"]
+    assert [c["outcome"] for c in calls] == ["ok", "ok"]
+    assert r.cost_usd == pytest.approx(0.02) and r.cost_usd == pytest.approx(j.spent(r.run_id))

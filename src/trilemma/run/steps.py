@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,12 +65,24 @@ def run_kind(step: Step, base: list[Message], call: CallFn) -> Coroutine[Any, An
     return _refined_call(step, base, call)
 
 
+async def _together(calls: Iterable[Awaitable[Completion]]) -> list[Completion]:
+    """Calls made in parallel; a failure is raised once every call has settled.
+
+    A call that was sent is paid for: when one call of a round fails (the budget
+    refuses it, say), the others run to their answers and are billed and journaled,
+    rather than being left behind in flight when the attempt gives up.
+    """
+    settled = await asyncio.gather(*calls, return_exceptions=True)
+    answers = [o for o in settled if not isinstance(o, BaseException)]
+    if len(answers) < len(settled):
+        raise next(o for o in settled if isinstance(o, BaseException))
+    return answers
+
+
 async def _vote(step: Step, base: list[Message], call: CallFn) -> Answer:
     """Self-consistency: the samples in parallel, then the majority answer."""
     assert step.vote is not None
-    samples = await asyncio.gather(
-        *(call(base, f"sample {i + 1}") for i in range(step.vote.samples))
-    )
+    samples = await _together(call(base, f"sample {i + 1}") for i in range(step.vote.samples))
     return majority(samples)
 
 
@@ -100,11 +112,7 @@ async def _debate(step: Step, base: list[Message], call: CallFn) -> Answer:
                     {"role": "assistant", "content": answers[i].text},
                     {"role": "user", "content": CRITIQUE.format(others=others or "(none)")},
                 ]
-        answers = list(
-            await asyncio.gather(
-                *(call(threads[i], f"agent {i + 1} round {rnd}") for i in range(n))
-            )
-        )
+        answers = await _together(call(threads[i], f"agent {i + 1} round {rnd}") for i in range(n))
     if not step.debate.judge:
         return majority(answers)
     listing = "\n".join(f"{i + 1}. {a.text.strip()}" for i, a in enumerate(answers))
