@@ -238,3 +238,25 @@ def ledger(
     else:
         stdout_console().print(tables.ledger_table(run_id, rows))
     return 0
+
+
+@app.command(rich_help_panel="Run and read the journal")
+def report(
+    run_id: Annotated[str, typer.Argument(help="A run id (see trilemma runs).")],
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="The HTML file (default: report-RUN_ID.html).")
+    ] = None,
+) -> int:
+    """One self-contained HTML page for a run: predicted beside measured, timeline, ledger.
+
+    Example: trilemma report 20261124T053000Z-1a2b3c4d --out run.html
+    """
+    from trilemma.journal import Journal
+    from trilemma.report.html import run_report
+
+    page = run_report(Journal(journal, create=False), run_id)
+    path = out or Path(f"report-{run_id}.html")
+    write_atomic(path, page)
+    sys.stdout.write(f"report: {path}\n")
+    return 0

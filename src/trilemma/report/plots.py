@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,16 +20,21 @@ if TYPE_CHECKING:
     from trilemma.experiments.compare import Contender
     from trilemma.experiments.sweep import Sweep
 
-__all__ = ["plot_cliff", "plot_compare", "plot_frontier", "plot_routing", "plot_sweep"]
+__all__ = [
+    "plot_cliff",
+    "plot_compare",
+    "plot_frontier",
+    "plot_routing",
+    "plot_sweep",
+    "timeline_png",
+]
 
 
-def _save(fig: Any, path: str | Path) -> Path:
-    """Lay the figure out, write it as a PNG and free it."""
+def _save(fig: Any, target: str | Path | io.BytesIO) -> None:
+    """Lay the figure out, write it as a PNG (to a file or a buffer) and free it."""
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
+    fig.savefig(target, dpi=110, format="png")
     plt.close(fig)
-    return out
 
 
 def plot_routing(r: RoutingSweep, path: str | Path) -> Path:
@@ -51,7 +58,8 @@ def plot_routing(r: RoutingSweep, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(loc="upper left", fontsize=8)
     fig.suptitle("Exercise 32.10.2: where routing backfires")
-    return _save(fig, path)
+    _save(fig, path)
+    return Path(path)
 
 
 def plot_frontier(r: OptimizeResult, path: str | Path) -> Path:
@@ -75,7 +83,8 @@ def plot_frontier(r: OptimizeResult, path: str | Path) -> Path:
     ax.set_title("Pareto frontier")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    _save(fig, path)
+    return Path(path)
 
 
 def plot_cliff(points: list[Any], model: str, path: str | Path) -> Path:
@@ -97,7 +106,8 @@ def plot_cliff(points: list[Any], model: str, path: str | Path) -> Path:
     ax.set_title(f"The reliability cliff: {model}")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    _save(fig, path)
+    return Path(path)
 
 
 def plot_sweep(sw: Sweep, path: str | Path) -> Path:
@@ -137,7 +147,8 @@ def plot_sweep(sw: Sweep, path: str | Path) -> Path:
     right.set_xlabel(unit)
     right.legend(fontsize=8)
     right.grid(alpha=0.3)
-    return _save(fig, path)
+    _save(fig, path)
+    return Path(path)
 
 
 def plot_compare(rows: Sequence[Contender], path: str | Path) -> Path:
@@ -157,4 +168,62 @@ def plot_compare(rows: Sequence[Contender], path: str | Path) -> Path:
     ax.set_title("Quality against cost: up and to the left is better")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    _save(fig, path)
+    return Path(path)
+
+
+#: Bar colours of the timeline, by a call's outcome.
+OUTCOME_COLOURS = {"ok": "tab:green", "rejected": "tab:orange", "cancelled": "tab:grey",
+                   "unsent": "lightgrey", "in_flight": "tab:blue"}  # fmt: skip
+
+
+def timeline_png(
+    run: dict[str, Any], calls: Sequence[dict[str, Any]], order: Sequence[str]
+) -> bytes:
+    """A run's calls as bars on their steps' rows, and its spend over time against the ceiling.
+
+    ``run`` and ``calls`` are journal rows; ``order`` lists the step ids top to bottom.
+    A call still in flight (a crash) is drawn up to now.
+    """
+    t0 = run["started_at"]
+    rows = {sid: i for i, sid in enumerate(order)}
+    height = max(2.5, min(0.28 * len(order) + 1.0, 14.0))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, height + 2.2), sharex=True,
+                                      gridspec_kw={"height_ratios": [height, 2.0]})  # fmt: skip
+    seen: set[str] = set()
+    spend: list[tuple[float, float]] = []
+    for c in calls:
+        outcome = c["outcome"] if c["state"] == "finished" else "in_flight"
+        end = c["finished_at"] if c["finished_at"] is not None else time.time()
+        colour = OUTCOME_COLOURS.get(outcome, "tab:red")  # any provider error is red
+        label = outcome if outcome in OUTCOME_COLOURS else "error"
+        top.barh(rows.get(c["step_id"], len(rows)), max(end - c["started_at"], 1e-4),
+                 left=c["started_at"] - t0, height=0.7, color=colour,
+                 label=None if label in seen else label)  # fmt: skip
+        seen.add(label)
+        if c["cost_usd"]:
+            spend.append((end - t0, c["cost_usd"]))
+    top.set_yticks(range(len(order)), labels=list(order), fontsize=7 if len(order) > 30 else 9)
+    top.invert_yaxis()
+    top.set_title(f"Run {run['run_id']}: {run['status']}")
+    if run["deadline_at"]:
+        for ax in (top, bottom):
+            ax.axvline(run["deadline_at"] - t0, color="tab:red", linestyle="--", linewidth=1)
+    top.legend(loc="lower right", fontsize=8)
+    top.grid(alpha=0.3, axis="x")
+    spend.sort()
+    xs, total, ys = [0.0], 0.0, [0.0]
+    for x, cost in spend:
+        total += cost
+        xs.append(x)
+        ys.append(total)
+    bottom.step(xs, ys, where="post", label="spend")
+    if run["max_cost_usd"] is not None:
+        bottom.axhline(run["max_cost_usd"], color="tab:red", linestyle="--", label="ceiling")
+    bottom.set_ylabel("dollars")
+    bottom.set_xlabel("seconds since the run started")
+    bottom.legend(loc="upper left", fontsize=8)
+    bottom.grid(alpha=0.3)
+    buf = io.BytesIO()
+    _save(fig, buf)
+    return buf.getvalue()

@@ -1,0 +1,56 @@
+"""trilemma report: one self-contained HTML page per run, from the journal alone."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+from trilemma import parse_workflow
+from trilemma.journal import Journal
+from trilemma.report.html import run_report
+from trilemma.run.session import execute
+from trilemma.testing import fast_retries
+
+SPEC = """version: 1
+models:
+  m: {usd_per_call: 0.01, latency_s: 0.02, p_ok: 0.5,
+      faults: {transient_error_rate: 0.3}}
+steps:
+  - {id: plan, model: m, retries: 6, sim: {ok: "<script>alert(1)</script>"}}
+  - {id: vote, model: m, after: [plan], vote: {samples: 3}, retries: 6}
+budget: {max_cost_usd: 0.5, deadline_s: 30}
+"""
+
+
+def test_report_holds_the_summary_timeline_steps_and_every_call(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db")
+    with fast_retries():
+        r = execute(parse_workflow(SPEC), journal=journal, seed=4)
+    page = run_report(journal, r.run_id)
+    calls = journal.calls(r.run_id)
+    assert f"Run {r.run_id}" in page and r.status in page
+    assert "ceiling $0.5000" in page and "deadline 30.00s" in page
+    assert f"${r.cost_usd:,.4f}" in page
+    ledger = page.split("<h2>Ledger")[1]
+    assert ledger.count("<tr>") == len(calls) + 1  # a header, then one row per call
+    assert "transient" in ledger and "rejected" in ledger  # faults and failed answers both show
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    png = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1))
+    assert png[:4] == b"\x89PNG" and len(png) > 5_000
+    assert "http://" not in page and "https://" not in page  # self-contained: nothing to fetch
+
+
+def test_cli_report_writes_the_page_and_refuses_an_unknown_run(cli, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    run = cli("run", spec, "--journal", db, "--seed", "1", "--json").json()
+    out = tmp_path / "run.html"
+    r = cli("report", run["run_id"], "--journal", db, "--out", out)
+    assert r.code == 0 and f"report: {out}" in r.out
+    assert out.read_text().startswith("<!doctype html>")
+    missing = cli("report", "nope", "--journal", db)
+    assert missing.code == 2 and "'nope' is not in" in missing.err
+    no_journal = cli("report", "x", "--journal", tmp_path / "none.db")
+    assert no_journal.code == 2 and "none.db" in no_journal.err
