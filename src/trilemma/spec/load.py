@@ -31,6 +31,15 @@ MAX_EXPANDED_NODES = 200_000
 
 def load_workflow(path: str | Path) -> Workflow:
     """Read, parse and validate a spec file (YAML or JSON)."""
+    data, source = read_document(path)
+    return workflow_from_dict(data, source)
+
+
+def read_document(path: str | Path, what: str = "spec") -> tuple[object, str]:
+    """A YAML or JSON file parsed with the spec's guards (size, binary, duplicate keys, bombs).
+
+    Returns the data and the source name errors give; ``what`` names the file in them.
+    """
     p = Path(path)
     source = str(path)
     try:
@@ -38,18 +47,34 @@ def load_workflow(path: str | Path) -> Workflow:
     except FileNotFoundError:
         raise SpecError(source, "", "no such file; check the path") from None
     except IsADirectoryError:
-        raise SpecError(source, "", "is a directory, not a spec file") from None
+        raise SpecError(source, "", f"is a directory, not a {what} file") from None
     except OSError as exc:
         raise SpecError(source, "", f"cannot read: {exc.strerror}") from None
     if len(raw) > MAX_SPEC_BYTES:
-        raise SpecError(source, "", f"file is {len(raw)} bytes; a spec must be under 5 MB")
+        raise SpecError(source, "", f"file is {len(raw)} bytes; a {what} must be under 5 MB")
     if b"\x00" in raw:
-        raise SpecError(source, "", "binary file, not a YAML or JSON spec")
+        raise SpecError(source, "", f"binary file, not a YAML or JSON {what}")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise SpecError(source, "", "not UTF-8 text; save the spec as UTF-8 YAML") from None
-    return parse_workflow(text, source=source, json_only=p.suffix.lower() == ".json")
+        raise SpecError(source, "", f"not UTF-8 text; save the {what} as UTF-8 YAML") from None
+    data = _parse_json(text, source) if p.suffix.lower() == ".json" else _parse_yaml(text, source)
+    return data, source
+
+
+M = typing.TypeVar("M", bound=BaseModel)
+
+
+def validate_document(model: type[M], data: object, source: str) -> M:
+    """``model`` validated from parsed data; every error one SpecError naming the field path."""
+    if not isinstance(data, Mapping):
+        kind = "empty file" if data is None else f"a {type(data).__name__}"
+        raise SpecError(source, "", f"the top level is {kind}, not a mapping of fields")
+    _check_version(data, source)
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        raise _spec_error(exc, source, model) from None
 
 
 def parse_workflow(text: str, source: str = "<string>", *, json_only: bool = False) -> Workflow:
@@ -249,7 +274,9 @@ def _check_expansion(root: yaml.Node, source: str) -> None:
 # --------------------------------------------------------------------- error paths
 
 
-def _spec_error(exc: ValidationError, source: str) -> SpecError:
+def _spec_error(
+    exc: ValidationError, source: str, root: type[BaseModel] = Workflow
+) -> SpecError:
     # An unknown field usually explains a 'missing' one beside it (a misspelling): name it first.
     errors = exc.errors(include_url=False)
     err = min(errors, key=lambda e: e["type"] != "extra_forbidden")
@@ -258,7 +285,7 @@ def _spec_error(exc: ValidationError, source: str) -> SpecError:
     kind = err["type"]
     value = err.get("input")
     if kind == "extra_forbidden":
-        allowed = _fields_at(loc[:-1])
+        allowed = _fields_at(loc[:-1], root)
         name = str(loc[-1])
         hint = _did_you_mean(name, allowed)
         return SpecError(
@@ -292,15 +319,15 @@ def _render_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _fields_at(loc: tuple[Any, ...]) -> set[str]:
+def _fields_at(loc: tuple[Any, ...], root: type[BaseModel] = Workflow) -> set[str]:
     """The field names allowed at a location of the spec, for 'did you mean'."""
-    model: type[BaseModel] = Workflow
+    model: type[BaseModel] = root
     for part in loc:
         if isinstance(part, int):
             continue
         field = model.model_fields.get(str(part))
         if field is None:
-            if model is Workflow:
+            if model is root:
                 return set(model.model_fields)
             continue  # a key of models: {name: profile}
         nested = _model_in(field.annotation)
