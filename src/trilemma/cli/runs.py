@@ -154,7 +154,7 @@ def resume_cmd(
 
     j = Journal(journal, create=False)
     row = j.run(run_id)
-    steps = len(json.loads(row["spec_json"])["steps"]) if row else 0
+    steps = len(json.loads(row["spec_json"]).get("steps", [])) if row else 0
     with _RunDisplay(
         steps, max_cost or (row or {}).get("max_cost_usd"), deadline, enabled=not as_json
     ) as display:
@@ -259,4 +259,38 @@ def report(
     path = out or Path(f"report-{run_id}.html")
     write_atomic(path, page)
     sys.stdout.write(f"report: {path}\n")
+    return 0
+
+
+@app.command(rich_help_panel="Run and read the journal")
+def gateway(
+    config: Annotated[Path, typer.Argument(help="The gateway's YAML file.", show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8787,
+    journal: JournalOpt = DEFAULT_JOURNAL,
+) -> int:
+    """Serve an OpenAI-compatible endpoint whose per-key spend ceilings cannot be overrun.
+
+    Example: TEAM_A_KEY=sk-a trilemma gateway examples/gateway.yaml --port 8787
+    """
+    try:
+        import uvicorn
+
+        from trilemma.gateway.app import Gateway, create_app
+    except ImportError:
+        raise UsageError(
+            "the gateway needs FastAPI and uvicorn: pip install 'trilemma[gateway]'"
+        ) from None
+    from trilemma.gateway.config import load_gateway_config, secrets_of
+    from trilemma.journal import Journal
+
+    conf = load_gateway_config(config)
+    keys = secrets_of(conf, str(config))
+    gw = Gateway(conf, keys, Journal(journal), source=str(config))
+    sys.stdout.write(
+        f"trilemma gateway: http://{host}:{port}/v1 serving {', '.join(conf.models)} to keys "
+        f"{', '.join(conf.keys)}; ledger in {journal} (runs gateway-KEY)\n"
+    )
+    sys.stdout.flush()
+    uvicorn.run(create_app(gw), host=host, port=port, log_level="warning")
     return 0

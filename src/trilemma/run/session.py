@@ -150,6 +150,11 @@ def resume(
         raise UsageError(
             f"run {run_id!r} is not in {journal.path}; `trilemma runs` lists the runs there"
         )
+    if "steps" not in json.loads(row["spec_json"]):
+        raise UsageError(
+            f"run {run_id} holds a gateway key's calls, not a workflow run; there is nothing to "
+            "resume (`trilemma ledger` and `trilemma report` read it)"
+        )
     running = row["status"] == "running" and row["pid"] != os.getpid() and pid_alive(row["pid"])
     if running and not force:
         raise UsageError(

@@ -1,0 +1,365 @@
+"""An OpenAI-compatible gateway whose per-key spend ceilings cannot be overrun.
+
+Clients call ``POST /v1/chat/completions`` with their key as the bearer token, as they
+would call OpenAI. For each request the gateway:
+
+1. reserves the call's worst case against the key's ceiling, the same reservation the
+   executor makes (``max_tokens`` at the output price plus the prompt at the input price,
+   or the per-call price). A request whose reservation would cross the ceiling is refused
+   with 402 and never sent, so concurrent requests cannot together overrun the budget;
+2. journals the call before sending it (when the upstream may bill);
+3. forwards it to the model's endpoint, or the simulator, through trilemma's providers;
+4. bills the usage the upstream reports, releases the rest of the hold, and records the
+   call in the ledger.
+
+Each key's calls are a run in the journal, ``gateway-KEY``: ``trilemma ledger``,
+``report`` and ``export`` read them, and a restarted gateway starts from what each key
+has already spent. Streaming is not supported: a streamed answer's usage arrives last,
+after the spend it bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import os
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from trilemma.errors import (
+    BudgetExhausted,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    TransientError,
+)
+from trilemma.gateway.config import GatewayConfig
+from trilemma.journal.store import GROUP_COMMIT_S, Journal, JournalWriter, messages_json
+from trilemma.providers.base import Message, Provider, cost_of, worst_case_cost
+from trilemma.providers.base import Request as CallRequest
+from trilemma.run.budget import SpendGuard
+from trilemma.run.limits import PriorityLimiter, RateLimiter
+
+__all__ = ["Gateway", "create_app", "run_id_of"]
+
+#: Largest request body accepted, in bytes.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+def run_id_of(key: str) -> str:
+    """The journal run that holds a key's calls."""
+    return f"gateway-{key}"
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None,
+           headers: Mapping[str, str] | None = None) -> JSONResponse:  # fmt: skip
+    """An error in OpenAI's shape, so that SDKs raise their usual exceptions."""
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code or kind}}
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+class _Refused(Exception):
+    """Internal: a request the gateway answers with an error before sending anything."""
+
+    def __init__(self, response: JSONResponse) -> None:
+        super().__init__()
+        self.response = response
+
+
+class Gateway:
+    """The gateway's state: config, keys, one spend guard per key, providers, the journal."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        secrets_by_key: Mapping[str, str],
+        journal: Journal,
+        source: str = "<gateway>",
+        providers: Mapping[str, Provider] | None = None,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.source = source
+        self._digests = {_digest(s): k for k, s in secrets_by_key.items()}
+        self.guards = {
+            k: SpendGuard(c.max_cost_usd, spent=journal.spent(run_id_of(k)))
+            for k, c in config.keys.items()
+        }
+        self.providers = dict(providers or {})
+        for name, profile in config.models.items():
+            if name not in self.providers:
+                self.providers[name] = _provider(name, profile)
+        self.slots = {n: PriorityLimiter(m.max_concurrency) for n, m in config.models.items()
+                      if m.max_concurrency}  # fmt: skip
+        self.rpm = {n: RateLimiter(m.rpm) for n, m in config.models.items() if m.rpm}
+        self.writer: JournalWriter | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open each key's run in the journal and the writer on this event loop."""
+        text = self.config.model_dump_json()  # key_env names only: secrets are never in it
+        now = time.time()
+        for key, k in self.config.keys.items():
+            run_id = run_id_of(key)
+            if self.journal.run(run_id) is None:
+                self.journal.create_run({
+                    "run_id": run_id, "spec_source": self.source, "spec_json": text,
+                    "spec_hash": hashlib.sha256(text.encode()).hexdigest(), "inputs_json": "{}",
+                    "seed": None, "max_cost_usd": k.max_cost_usd, "deadline_at": None,
+                    "status": "running", "started_at": now, "predicted_json": None,
+                    "pid": os.getpid(),
+                })  # fmt: skip
+            else:
+                self.journal.update_run(run_id, status="running", pid=os.getpid(),
+                                        max_cost_usd=k.max_cost_usd, finished_at=None)  # fmt: skip
+        self.writer = JournalWriter(self.journal, GROUP_COMMIT_S)
+
+    async def stop(self) -> None:
+        """Commit what is queued, close each key's run with its totals, close the providers."""
+        if self.writer is not None:
+            await self.writer.aclose()
+            self.writer = None
+        for key in self.config.keys:
+            run_id = run_id_of(key)
+            cost, calls = self.journal.totals(run_id)
+            self.journal.update_run(run_id, status="ok", finished_at=time.time(), cost_usd=cost,
+                                    calls=calls)  # fmt: skip
+        for p in {id(p): p for p in self.providers.values()}.values():
+            close = getattr(p, "aclose", None)
+            if close is not None:
+                await close()
+
+    # ------------------------------------------------------------------ requests
+
+    def key_of(self, authorization: str | None) -> str:
+        """The key a bearer token belongs to (compared in constant time)."""
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        digest = _digest(token)
+        for known, key in self._digests.items():
+            if secrets.compare_digest(known, digest):
+                return key
+        raise _Refused(_error(401, "Incorrect API key provided for the trilemma gateway",
+                              "invalid_request_error", "invalid_api_key"))  # fmt: skip
+
+    def budget(self, key: str) -> dict[str, Any]:
+        """A key's ceiling, spend, holds and calls."""
+        g = self.guards[key]
+        remaining = None if g.ceiling is None else max(0.0, g.ceiling - g.spent - g.reserved)
+        return {"key": key, "max_cost_usd": g.ceiling, "spent_usd": round(g.spent, 12),
+                "reserved_usd": round(g.reserved, 12),
+                "remaining_usd": None if remaining is None else round(remaining, 12),
+                "refused": g.refused, "models": self.config.allowed(key)}  # fmt: skip
+
+    async def chat(self, key: str, body: Any) -> JSONResponse:
+        """One chat completion for ``key``: reserve, journal, forward, bill."""
+        model, request = self._parse(key, body)
+        profile = self.config.models[model]
+        guard = self.guards[key]
+        run_id = run_id_of(key)
+        try:
+            hold = guard.reserve(worst_case_cost(profile, request))
+        except BudgetExhausted as exc:
+            return _error(402, f"budget of key {key!r} exhausted: {exc}", "insufficient_quota",
+                          "budget_exceeded")  # fmt: skip
+        assert self.writer is not None, "the gateway was not started"
+        row = {"run_id": run_id, "step_id": model, "attempt": 1, "call": 1, "role": "gateway",
+               "model": model, "idempotency_key": request.idempotency_key,
+               "reserved_usd": hold.amount, "request_json": messages_json(request.messages),
+               "started_at": time.time()}  # fmt: skip
+        provider = self.providers[model]
+        try:
+            if getattr(provider, "external", True):
+                await self.writer.write("call_started", row)
+            else:
+                self.writer.defer("call_started", row)
+            completion = await self._send(model, provider, request)
+        except ProviderError as exc:
+            guard.release(hold)
+            self._finished(request.idempotency_key, {"outcome": exc.kind, "error": str(exc)[:500],
+                                                     "cost_usd": 0.0})  # fmt: skip
+            return _upstream_error(exc)
+        except BaseException:
+            guard.release(hold)
+            self._finished(request.idempotency_key, {"outcome": "cancelled", "cost_usd": None,
+                                                     "error": "the request was cancelled"})  # fmt: skip
+            raise
+        u = completion.usage
+        cost = cost_of(profile, u, hold.amount)
+        guard.settle(hold, cost)
+        self._finished(request.idempotency_key, {
+            "outcome": "ok", "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens, "cost_usd": cost,
+            "latency_s": completion.latency_s, "response": completion.text,
+        })  # fmt: skip
+        answer: dict[str, Any] = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+            "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
+                         "finish_reason": "stop", "logprobs": None}],
+        }  # fmt: skip
+        if u.prompt_tokens is not None and u.completion_tokens is not None:
+            answer["usage"] = {"prompt_tokens": u.prompt_tokens,
+                               "completion_tokens": u.completion_tokens,
+                               "total_tokens": u.prompt_tokens + u.completion_tokens}  # fmt: skip
+        headers = {
+            "x-trilemma-cost-usd": f"{cost:.10f}",
+            "x-trilemma-spent-usd": f"{guard.spent:.10f}",
+        }
+        if guard.ceiling is not None:
+            headers["x-trilemma-remaining-usd"] = f"{self.budget(key)['remaining_usd']:.10f}"
+        return JSONResponse(answer, headers=headers)
+
+    def _finished(self, call_id: str, fields: dict[str, Any]) -> None:
+        assert self.writer is not None
+        self.writer.defer("call_finished", call_id, {**fields, "finished_at": time.time()})
+
+    async def _send(self, model: str, provider: Provider, request: CallRequest) -> Any:
+        slots, rpm = self.slots.get(model), self.rpm.get(model)
+        if slots is not None:
+            await slots.acquire()
+        try:
+            if rpm is not None:
+                await rpm.acquire(1)
+            if getattr(provider, "keeps_time", False):
+                return await provider.complete(request, self.config.models[model])
+            try:
+                async with asyncio.timeout(request.timeout_s):
+                    return await provider.complete(request, self.config.models[model])
+            except TimeoutError:
+                raise ProviderTimeout(f"no answer within {request.timeout_s:g}s") from None
+        finally:
+            if slots is not None:
+                slots.release()
+
+    def _parse(self, key: str, body: Any) -> tuple[str, CallRequest]:
+        """The model and the call a request body asks for, or a 400/404 to answer with."""
+        if not isinstance(body, dict):
+            raise _Refused(_error(400, "the body must be a JSON object", "invalid_request_error"))
+        model = body.get("model")
+        if not isinstance(model, str) or model not in self.config.allowed(key):
+            names = ", ".join(self.config.allowed(key))
+            raise _Refused(_error(404, f"model {model!r} is not served to key {key!r}; it may "
+                                       f"call: {names}", "invalid_request_error", "model_not_found"))  # fmt: skip
+        if body.get("stream"):
+            raise _Refused(_error(400, "streaming is not supported by the trilemma gateway: a "
+                                       "streamed answer's usage arrives after the spend it bounds; "
+                                       "send stream: false", "invalid_request_error"))  # fmt: skip
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str) for m in messages
+        ):  # fmt: skip
+            raise _Refused(_error(400, "messages must be a non-empty list of {role, content} "
+                                       "with text content", "invalid_request_error"))  # fmt: skip
+        profile = self.config.models[model]
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        if max_tokens is None:
+            max_tokens = profile.max_tokens
+        if (
+            isinstance(max_tokens, bool)
+            or not isinstance(max_tokens, int)
+            or not 0 < max_tokens <= 1_000_000
+        ):
+            raise _Refused(_error(400, "max_tokens must be a positive integer", "invalid_request_error"))  # fmt: skip
+        temperature = body.get("temperature", profile.temperature)
+        if temperature is not None and (not isinstance(temperature, (int, float))
+                                        or not math.isfinite(temperature)):  # fmt: skip
+            raise _Refused(_error(400, "temperature must be a number", "invalid_request_error"))
+        stop = body.get("stop", profile.stop) or ()
+        stop = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
+        msgs: tuple[Message, ...] = tuple(
+            {"role": m["role"], "content": m["content"]} for m in messages
+        )
+        call_id = f"{run_id_of(key)}:{uuid.uuid4().hex}"
+        return model, CallRequest(
+            model, msgs, max_tokens, profile.timeout_s, call_id, call_id, temperature, stop,
+            profile.p_ok, f"answer from {model}", f"wrong answer from {model}",
+        )  # fmt: skip
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _provider(name: str, profile: Any) -> Provider:
+    if profile.runs_on_simulator:
+        from trilemma.providers.sim import SimProvider
+
+        return SimProvider()
+    from trilemma.providers.openai import OpenAIProvider
+
+    return OpenAIProvider(name, profile)
+
+
+def _upstream_error(exc: ProviderError) -> JSONResponse:
+    """A provider's failure as the HTTP error a client expects from a gateway."""
+    msg = f"upstream: {exc}"
+    if isinstance(exc, RateLimited):
+        headers = (
+            {} if exc.retry_after is None else {"Retry-After": f"{math.ceil(exc.retry_after)}"}
+        )
+        return _error(429, msg, "rate_limit_error", "rate_limited", headers)
+    if isinstance(exc, ProviderTimeout):
+        return _error(504, msg, "timeout", "upstream_timeout")
+    if isinstance(exc, TransientError):
+        return _error(502, msg, "api_error", "upstream_unavailable")
+    return _error(502, msg, "api_error", exc.kind)
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    """The FastAPI application serving ``gateway``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = FastAPI(title="trilemma gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> JSONResponse:
+        try:
+            key = gateway.key_of(request.headers.get("authorization"))
+            raw = await request.body()
+            if len(raw) > MAX_BODY_BYTES:
+                return _error(413, "the request body is over 4 MB", "invalid_request_error")
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                return _error(400, "the body is not JSON", "invalid_request_error")
+            return await gateway.chat(key, body)
+        except _Refused as refused:
+            return refused.response
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        try:
+            key = gateway.key_of(request.headers.get("authorization"))
+        except _Refused as refused:
+            return refused.response
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "trilemma"}
+                for m in gateway.config.allowed(key)]  # fmt: skip
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/v1/budget")
+    async def budget(request: Request) -> JSONResponse:
+        try:
+            key = gateway.key_of(request.headers.get("authorization"))
+        except _Refused as refused:
+            return refused.response
+        return JSONResponse(gateway.budget(key))
+
+    return app

@@ -1,0 +1,88 @@
+"""The gateway's configuration: the models it serves and the keys allowed to spend on them.
+
+.. code-block:: yaml
+
+    version: 1
+    models:                      # model profiles, exactly as in a workflow spec
+      small: {provider: openai, base_url: "http://127.0.0.1:8081/v1", model: smollm2,
+              usd_per_1m_input: 0.10, usd_per_1m_output: 0.40, latency_s: 0.5, p_ok: 0.6}
+    keys:
+      team-a: {key_env: TEAM_A_KEY, max_cost_usd: 5.00, models: [small]}
+
+A key's secret is read from the environment variable ``key_env`` when the gateway
+starts; it is never written to the file, the journal or a log.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trilemma.errors import SpecError
+from trilemma.spec import ModelProfile
+from trilemma.spec.load import read_document, validate_document
+from trilemma.spec.model import STEP_ID_PATTERN, Price
+
+__all__ = ["GatewayConfig", "KeyConfig", "load_gateway_config", "secrets_of"]
+
+
+class KeyConfig(BaseModel):
+    """One client key: where its secret is, what it may spend, which models it may call."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    max_cost_usd: Price | None = None
+    models: list[str] | None = None
+    """None: every model of the gateway."""
+
+
+class GatewayConfig(BaseModel):
+    """The models served and the keys that may call them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int
+    models: dict[str, ModelProfile]
+    keys: dict[Annotated[str, Field(pattern=STEP_ID_PATTERN, max_length=64)], KeyConfig]
+
+    def allowed(self, key: str) -> list[str]:
+        """The models a key may call."""
+        chosen = self.keys[key].models
+        return list(self.models) if chosen is None else chosen
+
+
+def load_gateway_config(path: str | Path) -> GatewayConfig:
+    """Read and check a gateway file; every mistake one SpecError naming the field."""
+    data, source = read_document(path, what="gateway config")
+    config = validate_document(GatewayConfig, data, source)
+    if not config.models:
+        raise SpecError(source, "models", "no models; name at least one model profile to serve")
+    if not config.keys:
+        raise SpecError(source, "keys", "no keys; add one, such as team-a: {key_env: TEAM_A_KEY}")
+    for name, key in config.keys.items():
+        for i, model in enumerate(key.models or []):
+            if model not in config.models:
+                known = ", ".join(sorted(config.models))
+                raise SpecError(source, f"keys.{name}.models[{i}]",
+                                f"unknown model {model!r}; known: {known}")  # fmt: skip
+    return config
+
+
+def secrets_of(config: GatewayConfig, source: str) -> dict[str, str]:
+    """Each key's secret from its environment variable; SpecError if one is unset or shared."""
+    out: dict[str, str] = {}
+    for name, key in config.keys.items():
+        secret = os.environ.get(key.key_env)
+        if not secret:
+            raise SpecError(source, f"keys.{name}.key_env",
+                            f"the environment variable {key.key_env} is not set; export the "
+                            "secret clients of this key will send")  # fmt: skip
+        if secret in out.values():
+            raise SpecError(source, f"keys.{name}.key_env",
+                            "two keys share one secret; give each key its own")  # fmt: skip
+        out[name] = secret
+    return out

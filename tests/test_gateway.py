@@ -1,0 +1,228 @@
+"""The gateway, served on 127.0.0.1 and called with the official openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import uvicorn
+
+from trilemma.gateway.app import Gateway, create_app, run_id_of
+from trilemma.gateway.config import load_gateway_config, secrets_of
+from trilemma.journal import Journal
+from trilemma.testing import Reply, ScriptedServer
+
+SECRET = "sk-team-a-secret"
+
+
+def config_text(upstream: str = "http://127.0.0.1:9/v1", ceiling: float | None = 1.0) -> str:
+    cap = "" if ceiling is None else f", max_cost_usd: {ceiling}"
+    return f"""version: 1
+models:
+  small: {{provider: openai, base_url: "{upstream}", model: m1, usd_per_1m_input: 1.0,
+           usd_per_1m_output: 2.0, latency_s: 0.1, p_ok: 0.9, timeout_s: 5}}
+  sim:   {{usd_per_call: 0.01, latency_s: 0.2, p_ok: 1.0}}
+keys:
+  team-a: {{key_env: TRILEMMA_GW_A{cap}}}
+  team-b: {{key_env: TRILEMMA_GW_B, models: [sim]}}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRILEMMA_GW_A", SECRET)
+    monkeypatch.setenv("TRILEMMA_GW_B", "sk-team-b-secret")
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, text: str) -> Iterator[tuple[str, Gateway]]:
+    """The gateway on an ephemeral port of 127.0.0.1, in a thread; stopped on exit."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    conf = load_gateway_config(path)
+    gw = Gateway(conf, secrets_of(conf, str(path)), Journal(tmp_path / "j.db"), str(path))
+    server = uvicorn.Server(uvicorn.Config(create_app(gw), host="127.0.0.1", port=0,
+                                           log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1", gw
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def client(url: str, key: str = SECRET) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url, api_key=key, max_retries=0)
+
+
+def test_a_call_is_forwarded_billed_from_usage_and_journaled(tmp_path: Path) -> None:
+    with ScriptedServer([Reply("hi there", prompt_tokens=12, completion_tokens=20)]) as up:
+        with serving(tmp_path, config_text(up.url)) as (url, _):
+            raw = client(url).chat.completions.with_raw_response.create(
+                model="small", messages=[{"role": "user", "content": "hello"}], max_tokens=50
+            )
+            answer = raw.parse()
+        sent = up.requests[0]
+    assert answer.choices[0].message.content == "hi there"
+    assert answer.usage is not None and answer.usage.total_tokens == 32
+    cost = (12 * 1.0 + 20 * 2.0) / 1e6
+    assert float(raw.headers["x-trilemma-cost-usd"]) == pytest.approx(cost)
+    assert float(raw.headers["x-trilemma-remaining-usd"]) == pytest.approx(1.0 - cost)
+    assert sent["json"]["model"] == "m1" and sent["json"]["max_tokens"] == 50
+    assert sent["headers"]["idempotency-key"].startswith("gateway-team-a:")
+    assert SECRET not in str(sent["headers"])  # the client's key stops at the gateway
+    j = Journal(tmp_path / "j.db")
+    (call,) = j.calls(run_id_of("team-a"))
+    assert (call["model"], call["outcome"], call["state"]) == ("small", "ok", "finished")
+    assert call["cost_usd"] == pytest.approx(cost) and call["reserved_usd"] >= cost
+    run = j.run(run_id_of("team-a"))
+    assert run is not None and run["status"] == "ok" and run["cost_usd"] == pytest.approx(cost)
+    for f in tmp_path.iterdir():
+        assert SECRET.encode() not in f.read_bytes()
+
+
+def test_concurrent_requests_never_take_a_key_over_its_ceiling(tmp_path: Path) -> None:
+    # 20 requests at once, $0.01 each, a $0.055 ceiling: five fit, fifteen are refused
+    # before anything is sent, and the spend is exactly five calls.
+    text = config_text(ceiling=None).replace("{key_env: TRILEMMA_GW_B,",
+                                              "{key_env: TRILEMMA_GW_B, max_cost_usd: 0.055,")  # fmt: skip
+    with serving(tmp_path, text) as (url, gw):
+
+        async def one(c: openai.AsyncOpenAI) -> int:
+            try:
+                await c.chat.completions.create(
+                    model="sim", messages=[{"role": "user", "content": "q"}]
+                )
+            except openai.APIStatusError as exc:
+                return exc.status_code
+            return 200
+
+        async def burst() -> list[int]:
+            async with openai.AsyncOpenAI(
+                base_url=url, api_key="sk-team-b-secret", max_retries=0
+            ) as c:
+                return await asyncio.gather(*(one(c) for _ in range(20)))
+
+        codes = asyncio.run(burst())
+        budget = client(url, "sk-team-b-secret").get("/budget", cast_to=object)
+    assert sorted(codes) == [200] * 5 + [402] * 15
+    assert budget["spent_usd"] == pytest.approx(0.05) and budget["refused"] == 15  # type: ignore[index]
+    assert budget["reserved_usd"] == pytest.approx(0.0)  # type: ignore[index]
+    j = Journal(tmp_path / "j.db")
+    assert j.spent(run_id_of("team-b")) == pytest.approx(0.05)
+    assert len(j.calls(run_id_of("team-b"))) == 5  # a refused request is never sent
+    assert gw.guards["team-b"].spent <= 0.055
+
+
+def test_keys_models_and_streaming_are_checked(tmp_path: Path) -> None:
+    with serving(tmp_path, config_text()) as (url, _):
+        msg = [{"role": "user", "content": "q"}]
+        with pytest.raises(openai.AuthenticationError):
+            client(url, "sk-wrong").chat.completions.create(model="sim", messages=msg)  # type: ignore[arg-type]
+        with pytest.raises(openai.NotFoundError, match="not served to key 'team-b'"):
+            client(url, "sk-team-b-secret").chat.completions.create(model="small", messages=msg)  # type: ignore[arg-type]
+        with pytest.raises(openai.BadRequestError, match="streaming is not supported"):
+            client(url).chat.completions.create(model="sim", messages=msg, stream=True)  # type: ignore[arg-type]
+        with pytest.raises(openai.BadRequestError, match="messages must be"):
+            client(url).chat.completions.create(model="sim", messages=[])
+        listed = [m.id for m in client(url, "sk-team-b-secret").models.list()]
+        ok = client(url).chat.completions.create(model="sim", messages=msg)  # type: ignore[arg-type]
+    assert listed == ["sim"]
+    assert ok.choices[0].message.content == "answer from sim"
+
+
+def test_an_upstream_429_passes_through_with_retry_after_and_is_not_billed(tmp_path: Path) -> None:
+    limited = ScriptedServer([Reply(status=429, headers={"Retry-After": "3"})])
+    with limited as up, serving(tmp_path, config_text(up.url)) as (url, gw):
+        with pytest.raises(openai.RateLimitError) as err:
+            client(url).chat.completions.create(
+                model="small", messages=[{"role": "user", "content": "q"}]
+            )
+        assert err.value.response.headers["retry-after"] == "3"
+        assert gw.guards["team-a"].spent == 0.0 and gw.guards["team-a"].reserved == 0.0
+    (call,) = Journal(tmp_path / "j.db").calls(run_id_of("team-a"))
+    assert (call["outcome"], call["cost_usd"]) == ("rate_limited", 0.0)
+
+
+def test_a_restarted_gateway_starts_from_what_each_key_spent(cli, tmp_path: Path) -> None:
+    msg = [{"role": "user", "content": "q"}]
+    with serving(tmp_path, config_text()) as (url, _):
+        for _ in range(3):
+            client(url, "sk-team-b-secret").chat.completions.create(model="sim", messages=msg)  # type: ignore[arg-type]
+    with serving(tmp_path, config_text()) as (url, gw):
+        budget = client(url, "sk-team-b-secret").get("/budget", cast_to=object)
+    assert budget["spent_usd"] == pytest.approx(0.03)  # type: ignore[index]
+    assert gw.guards["team-b"].spent == pytest.approx(0.03)
+    ledger = cli("ledger", "gateway-team-b", "--journal", tmp_path / "j.db", "--json").json()
+    assert [(c["model"], c["outcome"], c["cost_usd"]) for c in ledger] == [("sim", "ok", 0.01)] * 3
+    r = cli("resume", "gateway-team-b", "--journal", tmp_path / "j.db")
+    assert r.code == 2 and "nothing to resume" in r.err
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "says"),
+    [
+        (("models: [sim]", "models: [simm]"), "keys.team-b.models[0]", "unknown model 'simm'"),
+        (("key_env: TRILEMMA_GW_B", "key_env: TRILEMMA_GW_UNSET"), "keys.team-b.key_env",
+         "TRILEMMA_GW_UNSET is not set"),
+        (("max_cost_usd: 1.0", "max_cost: 1.0"), "keys.team-a.max_cost", "did you mean 'max_cost_usd'"),
+    ],
+)  # fmt: skip
+def test_cli_gateway_bad_config_is_one_line(cli, tmp_path: Path, change, field, says) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(config_text().replace(*change))
+    r = cli("gateway", path, "--journal", tmp_path / "j.db")
+    assert r.code == 2, r.out
+    assert field in r.err and says in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_cli_gateway_serves_until_interrupted_and_closes_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(config_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = tmp_path / "j.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trilemma", "gateway", str(path), "--port", str(port),
+         "--journal", str(db)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client(url).models.list()
+                break
+            except openai.APIConnectionError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "the gateway did not answer"
+                time.sleep(0.1)
+        client(url).chat.completions.create(
+            model="sim", messages=[{"role": "user", "content": "q"}]
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"http://127.0.0.1:{port}/v1" in out
+    run = Journal(db).run(run_id_of("team-a"))
+    assert run is not None and run["status"] == "ok" and run["cost_usd"] == pytest.approx(0.01)
