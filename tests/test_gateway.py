@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -11,8 +12,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -66,6 +70,18 @@ def serving(tmp_path: Path, text: str) -> Iterator[tuple[str, Gateway]]:
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+def http(
+    url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """A raw request (the SDK would not send a body that is not JSON): status and JSON body."""
+    req = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def client(url: str, key: str = SECRET) -> openai.OpenAI:
@@ -142,6 +158,10 @@ def test_keys_models_and_streaming_are_checked(tmp_path: Path) -> None:
             client(url).chat.completions.create(model="sim", messages=msg, stream=True)  # type: ignore[arg-type]
         with pytest.raises(openai.BadRequestError, match="messages must be"):
             client(url).chat.completions.create(model="sim", messages=[])
+        not_json = http(f"{url}/chat/completions", b"{nope", {"Authorization": f"Bearer {SECRET}"})
+        assert not_json[0] == 400 and "not JSON" in not_json[1]["error"]["message"]
+        no_key = http(f"{url}/budget")
+        assert no_key[0] == 401 and no_key[1]["error"]["code"] == "invalid_api_key"
         listed = [m.id for m in client(url, "sk-team-b-secret").models.list()]
         ok = client(url).chat.completions.create(model="sim", messages=msg)  # type: ignore[arg-type]
     assert listed == ["sim"]

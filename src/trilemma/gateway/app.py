@@ -329,37 +329,31 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     app = FastAPI(title="trilemma gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
 
+    @app.exception_handler(_Refused)
+    async def refused(_: Request, exc: _Refused) -> JSONResponse:
+        return exc.response
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> JSONResponse:
+        key = gateway.key_of(request.headers.get("authorization"))
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            return _error(413, "the request body is over 4 MB", "invalid_request_error")
         try:
-            key = gateway.key_of(request.headers.get("authorization"))
-            raw = await request.body()
-            if len(raw) > MAX_BODY_BYTES:
-                return _error(413, "the request body is over 4 MB", "invalid_request_error")
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                return _error(400, "the body is not JSON", "invalid_request_error")
-            return await gateway.chat(key, body)
-        except _Refused as refused:
-            return refused.response
+            body = json.loads(raw)
+        except ValueError:
+            return _error(400, "the body is not JSON", "invalid_request_error")
+        return await gateway.chat(key, body)
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
-        try:
-            key = gateway.key_of(request.headers.get("authorization"))
-        except _Refused as refused:
-            return refused.response
+        key = gateway.key_of(request.headers.get("authorization"))
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "trilemma"}
                 for m in gateway.config.allowed(key)]  # fmt: skip
         return JSONResponse({"object": "list", "data": data})
 
     @app.get("/v1/budget")
     async def budget(request: Request) -> JSONResponse:
-        try:
-            key = gateway.key_of(request.headers.get("authorization"))
-        except _Refused as refused:
-            return refused.response
-        return JSONResponse(gateway.budget(key))
+        return JSONResponse(gateway.budget(gateway.key_of(request.headers.get("authorization"))))
 
     return app
