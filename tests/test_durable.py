@@ -104,6 +104,25 @@ def test_doctor_reports_the_interrupted_run_until_it_is_resumed(cli, tmp_path: P
     assert after["interrupted_runs"] == [] and after["orphaned_in_flight_calls"] == []
 
 
+def test_doctor_flags_a_call_left_in_flight_by_a_run_that_ended(cli, tmp_path: Path) -> None:
+    # No crash explains such a call (an older trilemma left a debate's calls so): say so,
+    # rather than "all good".
+    db = tmp_path / "j.db"
+    r = execute(parse_workflow(CHAIN_SPEC), journal=Journal(db), seed=1)
+    j = Journal(db)
+    j.call_started({
+        "run_id": r.run_id, "step_id": "s1", "attempt": 9, "call": 1, "role": "call",
+        "model": "m", "idempotency_key": f"{r.run_id}:s1:9:1", "reserved_usd": 0.01,
+        "request_json": "[]", "started_at": time.time(),
+    })  # fmt: skip
+    report = cli("doctor", "--journal", db, "--json").json()
+    assert report["interrupted_runs"] == [] and report["orphaned_in_flight_calls"] == []
+    (left,) = report["unsettled_calls_in_ended_runs"]
+    assert (left["run_id"], left["step_id"], left["attempt"]) == (r.run_id, "s1", 9)
+    text = cli("doctor", "--journal", db).out
+    assert "never settled, though its run ended" in text and "all good" not in text
+
+
 def test_steps_done_before_the_crash_are_not_called_again(cli, tmp_path: Path) -> None:
     spec = tmp_path / "chain.yaml"
     spec.write_text(CHAIN_SPEC)

@@ -246,3 +246,18 @@ def test_cli_gateway_serves_until_interrupted_and_closes_its_runs(tmp_path: Path
     assert f"http://127.0.0.1:{port}/v1" in out
     run = Journal(db).run(run_id_of("team-a"))
     assert run is not None and run["status"] == "ok" and run["cost_usd"] == pytest.approx(0.01)
+
+
+def test_doctor_tells_a_gateway_run_left_open_from_an_interrupted_workflow(
+    cli, tmp_path: Path
+) -> None:
+    db = tmp_path / "j.db"
+    Journal(db).create_run({
+        "run_id": run_id_of("team-a"), "spec_source": "gw.yaml", "spec_json": "{}",
+        "spec_hash": "", "inputs_json": "{}", "seed": None, "max_cost_usd": 1.0,
+        "deadline_at": None, "status": "running", "started_at": time.time(),
+        "predicted_json": None, "pid": 2**22 + 12345,  # above Linux's pid_max: never alive
+    })  # fmt: skip
+    out = cli("doctor", "--journal", db).out
+    assert "gateway run gateway-team-a stopped without closing" in out
+    assert "trilemma resume" not in out

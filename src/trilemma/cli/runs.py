@@ -206,11 +206,25 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
                       f"(this trilemma knows {report['schema_known']}), {report['runs']} runs")  # fmt: skip
         console.print(f"integrity: {report['integrity']}")
         for run_id in report["interrupted_runs"]:
-            console.print(f"interrupted run {run_id}: finish it with `trilemma resume {run_id}`")
+            if run_id.startswith("gateway-"):
+                console.print(f"gateway run {run_id} stopped without closing; its calls are in "
+                              "the ledger and the next `trilemma gateway` reopens it")  # fmt: skip
+            else:
+                console.print(
+                    f"interrupted run {run_id}: finish it with `trilemma resume {run_id}`"
+                )
         for c in report["orphaned_in_flight_calls"]:
             console.print(f"in flight at the crash (may have been billed): run {c['run_id']} step "
                           f"{c['step_id']} attempt {c['attempt']} call {c['call']} ({c['model']})")  # fmt: skip
-        if healthy and not report["interrupted_runs"]:
+        for c in report["unsettled_calls_in_ended_runs"]:
+            console.print(f"never settled, though its run ended (cost unknown): run {c['run_id']} "
+                          f"step {c['step_id']} attempt {c['attempt']} call {c['call']} "
+                          f"({c['model']})")  # fmt: skip
+        if (
+            healthy
+            and not report["interrupted_runs"]
+            and not report["unsettled_calls_in_ended_runs"]
+        ):
             console.print("all good")
     return 0 if healthy else 1
 

@@ -252,19 +252,24 @@ class Journal:
         return self.totals(run_id)[0]
 
     def check(self) -> dict[str, Any]:
-        """What ``trilemma doctor`` reports: integrity, schema, interrupted runs, calls in flight."""
+        """What ``trilemma doctor`` reports: integrity, schema, interrupted runs, calls in flight.
+
+        ``unsettled_calls_in_ended_runs`` are calls still marked in flight in a run that
+        ended: no crash explains them (an older trilemma could leave a debate's calls so).
+        """
         with map_sqlite_errors(self.path):
             integrity = [r[0] for r in self.db.execute("PRAGMA integrity_check")]
             running = self._rows(
                 "SELECT run_id, pid, started_at FROM runs WHERE status = 'running'"
             )
             in_flight = self._rows(
-                "SELECT c.run_id, c.step_id, c.attempt, c.call, c.model, c.reserved_usd "
-                "FROM calls c JOIN runs r ON r.run_id = c.run_id WHERE c.state = 'started' "
-                "ORDER BY c.id"
+                "SELECT c.run_id, c.step_id, c.attempt, c.call, c.model, c.reserved_usd, "
+                "r.status FROM calls c JOIN runs r ON r.run_id = c.run_id "
+                "WHERE c.state = 'started' ORDER BY c.id"
             )
         interrupted = [r for r in running if not pid_alive(r["pid"])]
         dead = {r["run_id"] for r in interrupted}
+        ended = [c for c in in_flight if c.pop("status") != "running"]
         return {
             "journal": str(self.path),
             "schema_version": self.schema_version,
@@ -273,6 +278,7 @@ class Journal:
             "runs": int(self.db.execute("SELECT count(*) FROM runs").fetchone()[0]),
             "interrupted_runs": [r["run_id"] for r in interrupted],
             "orphaned_in_flight_calls": [c for c in in_flight if c["run_id"] in dead],
+            "unsettled_calls_in_ended_runs": ended,
         }
 
     def export(self, run_id: str) -> Iterator[dict[str, Any]]:
