@@ -226,8 +226,7 @@ def sweep_cmd(
     plot: Annotated[Path | None, typer.Option(help="Write the sweep as a PNG.")] = None,
     as_json: JsonFlag = False,
 ) -> int:
-    """A budget sweep: success, spend and outputs as the ceiling or deadline tightens,
-    beside a baseline that ignores budgets.
+    """A budget sweep: success, spend and outputs as the budget tightens, beside runs without one.
 
     Example: trilemma sweep examples/ticket.yaml --max-cost 0.3,0.45,0.6,0.9 --runs 100 --plot sweep.png
     """

@@ -267,8 +267,10 @@ def demo(
         Path, typer.Option("--journal", help="The journal for the demo run.")
     ] = Path(".trilemma") / "trilemma.db",
 ) -> int:
-    """A tour that needs no network: the book, an estimate, a Monte Carlo, an optimization,
-    a run of its answer, and a single call measured against two workflows.
+    """An offline tour: the book, an estimate, a Monte Carlo, an optimization, a run, a comparison.
+
+    The run executes the optimizer's answer on the simulator; the comparison measures a
+    single call against two workflows.
 
     Example: trilemma demo
     """
