@@ -119,3 +119,12 @@ steps:
         assert len(srv.requests) == 3
     assert row.ok == 3 and row.calls_mean == 1.0
     assert row.cost_mean == pytest.approx((100 * 1.0 + 10 * 10.0) / 1e6)
+
+
+def test_a_specs_own_deadline_runs_on_the_scaled_clock(tmp_path: Path) -> None:
+    from trilemma import parse_workflow
+
+    text = (EXAMPLES / "cascade.yaml").read_text() + "budget: {deadline_s: 0.6}\n"  # path 1.2 s
+    (row,) = compare([("tight", parse_workflow(text))], 5, Journal(tmp_path / "j.db"))
+    assert row.stopped == 5 and row.ok == 0
+    assert row.latency_mean_s < 0.6 * 1.5

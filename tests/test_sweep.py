@@ -56,9 +56,12 @@ models:
   m: {usd_per_call: 0.01, latency_s: 2.0, p_ok: 0.9, timeout_s: 30, rpm: 60, tpm: 1000}
 steps:
   - {id: a, model: m}
+budget: {deadline_s: 10}
 """)
-    m = time_scaled(wf, 0.01).models["m"]
+    fast = time_scaled(wf, 0.01)
+    m = fast.models["m"]
     assert (m.latency_s, m.timeout_s, m.rpm, m.tpm) == (0.02, 0.3, 6000, 100_000)
+    assert fast.budget.deadline_s == pytest.approx(0.1)  # the spec's own deadline too
     assert time_scaled(wf, 1.0) is wf
     slow = RateLimited("429", retry_after=2.0)
     unscaled = backoff(None, 3, random.Random(5))

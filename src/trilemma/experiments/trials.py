@@ -51,7 +51,8 @@ def check_time_scale(time_scale: float) -> None:
 
 
 def time_scaled(wf: Workflow, factor: float) -> Workflow:
-    """The spec with simulated time shortened by ``factor``: latencies, timeouts, rate limits.
+    """The spec with simulated time shortened by ``factor``: latencies, timeouts, rate limits
+    and the spec's own deadline.
 
     Only a spec whose models all run on the simulator can be scaled; ``factor`` 1
     returns ``wf`` itself.
@@ -75,7 +76,10 @@ def time_scaled(wf: Workflow, factor: float) -> Workflow:
         if m.tpm:
             update["tpm"] = max(1, math.ceil(m.tpm / factor))
         models[name] = m.model_copy(update=update)
-    return wf.model_copy(update={"models": models})
+    budget = wf.budget
+    if budget.deadline_s is not None:  # the spec's own deadline runs on the same clock
+        budget = budget.model_copy(update={"deadline_s": budget.deadline_s * factor})
+    return wf.model_copy(update={"models": models, "budget": budget})
 
 
 def repeat(
