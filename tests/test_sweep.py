@@ -150,3 +150,12 @@ def test_cli_deadline_sweep_plots_latency_against_the_deadline(cli, tmp_path: Pa
     assert [row["deadline_s"] for row in rows] == [0.6, 20.0]
     assert rows[0]["stopped_by_budget"] == 4 and rows[1]["stopped_by_budget"] == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_specs_own_budget_is_set_aside(tmp_path: Path) -> None:
+    # seed-chain.yaml carries a $0.10 ceiling; its 12 premium calls cost $0.36. The baseline
+    # must run unbudgeted, and a sweep budget of $0.50 must be the only ceiling obeyed.
+    wf = load_workflow(EXAMPLES / "seed-chain.yaml")
+    sw = budget_sweep(wf, [Limits(0.5)], 5, Journal(tmp_path / "j.db"), time_scale=0.001)
+    assert sw.baseline.stopped == 0 and sw.baseline.cost_max == pytest.approx(0.36)
+    assert sw.rows[0].stopped == 0 and sw.rows[0].cost_max == pytest.approx(0.36)

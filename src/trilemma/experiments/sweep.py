@@ -158,7 +158,11 @@ def budget_sweep(
     source: str = "<spec>",
     on_progress: Callable[[int, int], object] | None = None,
 ) -> Sweep:
-    """Run ``wf`` ``runs`` times with no budget, then ``runs`` times under each budget."""
+    """Run ``wf`` ``runs`` times with no budget, then ``runs`` times under each budget.
+
+    The spec's own ceiling and deadline are set aside: the baseline has none, and each
+    budget of the sweep is the only one its runs obey.
+    """
     if runs < 1:
         raise UsageError(f"--runs: {runs} is not a positive integer; give 1 or more")
     check_time_scale(time_scale)
@@ -166,6 +170,9 @@ def budget_sweep(
         raise UsageError("give at least one budget: --max-cost 0.1,0.2 or --deadline 5,10")
     total = runs * (len(budgets) + 1)
     done = 0
+    unbudgeted = wf.model_copy(
+        update={"budget": wf.budget.model_copy(update={"max_cost_usd": None, "deadline_s": None})}
+    )
 
     def tick() -> None:
         nonlocal done
@@ -174,7 +181,7 @@ def budget_sweep(
             on_progress(done, total)
 
     def trials(b: Limits) -> list[Trial]:
-        return repeat(wf, runs, journal, seed=seed, time_scale=time_scale,
+        return repeat(unbudgeted, runs, journal, seed=seed, time_scale=time_scale,
                       max_cost_usd=b.max_cost_usd, deadline_s=b.deadline_s, source=source,
                       tick=tick)  # fmt: skip
 
