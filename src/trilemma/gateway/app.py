@@ -20,7 +20,6 @@ after the spend it bounds.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -47,7 +46,8 @@ from trilemma.journal.store import GROUP_COMMIT_S, Journal, JournalWriter, messa
 from trilemma.providers.base import Message, Provider, cost_of, worst_case_cost
 from trilemma.providers.base import Request as CallRequest
 from trilemma.run.budget import SpendGuard
-from trilemma.run.limits import PriorityLimiter, RateLimiter
+from trilemma.run.routes import Route
+from trilemma.run.session import providers_for
 
 __all__ = ["Gateway", "create_app", "run_id_of"]
 
@@ -94,13 +94,8 @@ class Gateway:
             k: SpendGuard(c.max_cost_usd, spent=journal.spent(run_id_of(k)))
             for k, c in config.keys.items()
         }
-        self.providers = dict(providers or {})
-        for name, profile in config.models.items():
-            if name not in self.providers:
-                self.providers[name] = _provider(name, profile)
-        self.slots = {n: PriorityLimiter(m.max_concurrency) for n, m in config.models.items()
-                      if m.max_concurrency}  # fmt: skip
-        self.rpm = {n: RateLimiter(m.rpm) for n, m in config.models.items() if m.rpm}
+        self.providers = providers_for(config.models, overrides=providers)
+        self.routes = {n: Route.of(m, self.providers[n]) for n, m in config.models.items()}
         self.writer: JournalWriter | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -176,13 +171,18 @@ class Gateway:
                "model": model, "idempotency_key": request.idempotency_key,
                "reserved_usd": hold.amount, "request_json": messages_json(request.messages),
                "started_at": time.time()}  # fmt: skip
-        provider = self.providers[model]
+        route = self.routes[model]
         try:
-            if getattr(provider, "external", True):
-                await self.writer.write("call_started", row)
-            else:
-                self.writer.defer("call_started", row)
-            completion = await self._send(model, provider, request)
+            if route.limited:
+                await route.acquire(request)
+            try:
+                if route.external:  # it may bill: journaled before it is sent
+                    await self.writer.write("call_started", row)
+                else:
+                    self.writer.defer("call_started", row)
+                completion = await route.complete(request)
+            finally:
+                route.release()
         except ProviderError as exc:
             guard.release(hold)
             self._finished(request.idempotency_key, {"outcome": exc.kind, "error": str(exc)[:500],
@@ -222,24 +222,6 @@ class Gateway:
     def _finished(self, call_id: str, fields: dict[str, Any]) -> None:
         assert self.writer is not None
         self.writer.defer("call_finished", call_id, {**fields, "finished_at": time.time()})
-
-    async def _send(self, model: str, provider: Provider, request: CallRequest) -> Any:
-        slots, rpm = self.slots.get(model), self.rpm.get(model)
-        if slots is not None:
-            await slots.acquire()
-        try:
-            if rpm is not None:
-                await rpm.acquire(1)
-            if getattr(provider, "keeps_time", False):
-                return await provider.complete(request, self.config.models[model])
-            try:
-                async with asyncio.timeout(request.timeout_s):
-                    return await provider.complete(request, self.config.models[model])
-            except TimeoutError:
-                raise ProviderTimeout(f"no answer within {request.timeout_s:g}s") from None
-        finally:
-            if slots is not None:
-                slots.release()
 
     def _parse(self, key: str, body: Any) -> tuple[str, CallRequest]:
         """The model and the call a request body asks for, or a 400/404 to answer with."""
@@ -289,16 +271,6 @@ class Gateway:
 
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def _provider(name: str, profile: Any) -> Provider:
-    if profile.runs_on_simulator:
-        from trilemma.providers.sim import SimProvider
-
-        return SimProvider()
-    from trilemma.providers.openai import OpenAIProvider
-
-    return OpenAIProvider(name, profile)
 
 
 def _upstream_error(exc: ProviderError) -> JSONResponse:

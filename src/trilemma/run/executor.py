@@ -31,7 +31,6 @@ from trilemma.errors import (
     BudgetExhausted,
     GateRejected,
     ProviderError,
-    ProviderTimeout,
     RunError,
 )
 from trilemma.journal.store import (
@@ -46,11 +45,11 @@ from trilemma.plan.estimate import Estimate
 from trilemma.providers.base import Completion, Message, Provider, Request, cost_of, worst_case_cost
 from trilemma.run.budget import Clock, Reservation, SpendGuard
 from trilemma.run.gates import Check
-from trilemma.run.limits import PriorityLimiter, RateLimiter
+from trilemma.run.limits import PriorityLimiter
 from trilemma.run.retry import retrying
+from trilemma.run.routes import Route
 from trilemma.run.steps import Answer, run_kind
 from trilemma.spec import (
-    ModelProfile,
     Step,
     Workflow,
     render_template,
@@ -196,30 +195,6 @@ class Session:
     results: dict[str, StepResult] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class _Route:
-    """Where a model's calls go and what holds them back, worked out once per run."""
-
-    profile: ModelProfile
-    provider: Provider
-    external: bool
-    """It may bill: a call is journaled before it is sent."""
-    keeps_time: bool
-    """The provider enforces the request's timeout itself (raising ProviderTimeout)."""
-    stop: tuple[str, ...]
-    slots: PriorityLimiter | None
-    rpm: RateLimiter | None
-    tpm: RateLimiter | None
-
-    @classmethod
-    def of(cls, m: ModelProfile, provider: Provider) -> _Route:
-        return cls(
-            m, provider, getattr(provider, "external", True), getattr(provider, "keeps_time", False),
-            tuple(m.stop or ()), PriorityLimiter(m.max_concurrency) if m.max_concurrency else None,
-            RateLimiter(m.rpm) if m.rpm else None, RateLimiter(m.tpm) if m.tpm else None,
-        )  # fmt: skip
-
-
 class Executor:
     """Runs one workflow; build it with :func:`execute`."""
 
@@ -239,7 +214,7 @@ class Executor:
     ) -> None:
         self.wf = wf
         self.journal = journal
-        self._routes = {n: _Route.of(m, providers[n]) for n, m in wf.models.items()}
+        self._routes = {n: Route.of(m, providers[n]) for n, m in wf.models.items()}
         free = not any(r.external for r in self._routes.values())
         self.writer = JournalWriter(journal, FREE_COMMIT_S if free else GROUP_COMMIT_S)
         self.run_id = run_id
@@ -516,13 +491,9 @@ class Executor:
         prio = -self.priority[step.id]
         await self.slots.acquire(prio)
         try:
-            if route.slots is not None:
-                await route.slots.acquire(prio)
+            if route.limited:
+                await route.acquire(request, prio)
             try:
-                if route.rpm is not None:
-                    await route.rpm.acquire(1)
-                if route.tpm is not None:
-                    await route.tpm.acquire(request.prompt_bytes / 4 + request.max_tokens)
                 if s.stop is not None:
                     raise _Stop
                 s.clock.check()
@@ -548,8 +519,7 @@ class Executor:
                 s.calls += 1
                 completion = await self._send(request, route, hold, s)
             finally:
-                if route.slots is not None:
-                    route.slots.release()
+                route.release()
         finally:
             self.slots.release()
         cost = cost_of(profile, completion.usage, hold.amount)
@@ -567,20 +537,12 @@ class Executor:
         return completion
 
     async def _send(
-        self, request: Request, route: _Route, hold: Reservation, s: Session
+        self, request: Request, route: Route, hold: Reservation, s: Session
     ) -> Completion:
         """The provider's answer; a failure releases the call's reservation and is journaled."""
         call_id = request.idempotency_key
         try:
-            if route.keeps_time:
-                return await route.provider.complete(request, route.profile)
-            async with asyncio.timeout(request.timeout_s):
-                return await route.provider.complete(request, route.profile)
-        except TimeoutError:
-            s.guard.release(hold)
-            msg = f"no answer within {request.timeout_s:g}s"
-            self._record_error(call_id, "timeout", msg)
-            raise ProviderTimeout(msg) from None
+            return await route.complete(request)
         except ProviderError as exc:
             s.guard.release(hold)
             self._record_error(call_id, exc.kind, str(exc))

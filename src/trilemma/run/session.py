@@ -32,9 +32,17 @@ from trilemma.run.executor import (
     spec_json,
 )
 from trilemma.run.gates import Check, build_gate
-from trilemma.spec import Workflow, load_workflow, workflow_from_dict
+from trilemma.spec import ModelProfile, Workflow, load_workflow, workflow_from_dict
 
-__all__ = ["build_gates", "build_providers", "changed_steps", "check_inputs", "execute", "resume"]
+__all__ = [
+    "build_gates",
+    "build_providers",
+    "changed_steps",
+    "check_inputs",
+    "execute",
+    "providers_for",
+    "resume",
+]
 
 
 def check_inputs(wf: Workflow, given: Mapping[str, str], source: str) -> dict[str, str]:
@@ -60,9 +68,18 @@ def build_providers(
     wf: Workflow, seed: int | None, overrides: Mapping[str, Provider] | None = None
 ) -> dict[str, Provider]:
     """One provider per model profile: the simulator, or an OpenAI-compatible endpoint."""
+    return providers_for(wf.models, seed, overrides)
+
+
+def providers_for(
+    models: Mapping[str, ModelProfile],
+    seed: int | None = None,
+    overrides: Mapping[str, Provider] | None = None,
+) -> dict[str, Provider]:
+    """One provider per profile (the simulator's shared, seeded by ``seed``), ``overrides`` first."""
     sim = SimProvider(seed)
     out: dict[str, Provider] = {}
-    for name, profile in wf.models.items():
+    for name, profile in models.items():
         if overrides and name in overrides:
             out[name] = overrides[name]
         elif profile.runs_on_simulator:

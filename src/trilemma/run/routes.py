@@ -1,0 +1,82 @@
+"""Where a model's calls go and what holds them back, worked out once per run (or gateway).
+
+A :class:`Route` pairs a model profile with its provider and the limits the profile sets
+(concurrent calls, requests and tokens per minute), and sends a request with the
+profile's timeout. The executor and the gateway both send every call through one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+from trilemma.errors import ProviderTimeout
+from trilemma.providers.base import Completion, Provider, Request
+from trilemma.run.limits import PriorityLimiter, RateLimiter
+from trilemma.spec import ModelProfile
+
+__all__ = ["Route"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A model's provider and limits."""
+
+    profile: ModelProfile
+    provider: Provider
+    external: bool
+    """It may bill: a call is journaled before it is sent."""
+    keeps_time: bool
+    """The provider enforces the request's timeout itself (raising ProviderTimeout)."""
+    stop: tuple[str, ...]
+    """The profile's stop sequences."""
+    slots: PriorityLimiter | None
+    """At most ``max_concurrency`` calls at once."""
+    rpm: RateLimiter | None
+    """Requests per minute."""
+    tpm: RateLimiter | None
+    """Tokens per minute."""
+    limited: bool
+    """Any of the three limits is set: :meth:`acquire` must be awaited before a call."""
+
+    @classmethod
+    def of(cls, m: ModelProfile, provider: Provider) -> Route:
+        """The route of profile ``m`` through ``provider``."""
+        return cls(
+            m, provider, getattr(provider, "external", True), getattr(provider, "keeps_time", False),
+            tuple(m.stop or ()), PriorityLimiter(m.max_concurrency) if m.max_concurrency else None,
+            RateLimiter(m.rpm) if m.rpm else None, RateLimiter(m.tpm) if m.tpm else None,
+            bool(m.max_concurrency or m.rpm or m.tpm),
+        )  # fmt: skip
+
+    async def acquire(self, request: Request, priority: float = 0.0) -> None:
+        """Wait for a slot and the rate tokens of ``request``; :meth:`release` frees the slot."""
+        if self.slots is not None:
+            await self.slots.acquire(priority)
+        try:
+            if self.rpm is not None:
+                await self.rpm.acquire(1)
+            if self.tpm is not None:
+                await self.tpm.acquire(request.prompt_bytes / 4 + request.max_tokens)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give back the slot :meth:`acquire` took (rate tokens are spent for good)."""
+        if self.slots is not None:
+            self.slots.release()
+
+    def complete(self, request: Request) -> Awaitable[Completion]:
+        """Send ``request``: the provider's answer, or ProviderTimeout past ``request.timeout_s``."""
+        if self.keeps_time:  # no wrapper: one coroutine frame less per call
+            return self.provider.complete(request, self.profile)
+        return self._timed(request)
+
+    async def _timed(self, request: Request) -> Completion:
+        try:
+            async with asyncio.timeout(request.timeout_s):
+                return await self.provider.complete(request, self.profile)
+        except TimeoutError:
+            raise ProviderTimeout(f"no answer within {request.timeout_s:g}s") from None
