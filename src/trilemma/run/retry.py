@@ -38,7 +38,7 @@ class RetryPolicy:
 
 policy = RetryPolicy()
 if os.environ.get("TRILEMMA_FAST_RETRIES"):  # the testing mode, for a test's child processes
-    policy.base_s = policy.cap_s = 0.0
+    policy.time_scale = 0.0
 
 
 @contextlib.contextmanager
@@ -52,15 +52,9 @@ def scaled_time(factor: float) -> Iterator[None]:
         policy.time_scale = saved
 
 
-@contextlib.contextmanager
-def fast_retries() -> Iterator[None]:
-    """Testing mode: retry at once (Retry-After still capped at zero)."""
-    saved = (policy.base_s, policy.cap_s)
-    policy.base_s, policy.cap_s = 0.0, 0.0
-    try:
-        yield
-    finally:
-        policy.base_s, policy.cap_s = saved
+def fast_retries() -> contextlib.AbstractContextManager[None]:
+    """Testing mode: retry at once, every wait (Retry-After included) scaled to zero."""
+    return scaled_time(0.0)
 
 
 def backoff(exc: BaseException | None, failures: int, rng: random.Random) -> float:
