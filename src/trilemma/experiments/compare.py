@@ -24,7 +24,7 @@ from typing import Any
 
 from trilemma.errors import UsageError
 from trilemma.experiments.calibrate import wilson
-from trilemma.experiments.trials import Trial, check_time_scale, repeat
+from trilemma.experiments.trials import Tally, Trial, check_settings, repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.spec import Workflow
@@ -115,19 +115,10 @@ def compare(
     on_progress: Callable[[int, int], object] | None = None,
 ) -> list[Contender]:
     """Run each spec ``runs`` times; their measured and predicted figures, in the order given."""
-    if runs < 1:
-        raise UsageError(f"--runs: {runs} is not a positive integer; give 1 or more")
+    check_settings(runs, time_scale)
     if len(specs) < 1:
         raise UsageError("give at least one spec to measure (two or more to compare)")
-    check_time_scale(time_scale)
-    total, done = runs * len(specs), 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if on_progress is not None:
-            on_progress(done, total)
-
+    tick = Tally(runs * len(specs), on_progress)
     out = []
     for name, wf in specs:
         got = repeat(wf, runs, journal, seed=seed, time_scale=time_scale, source=name, tick=tick)

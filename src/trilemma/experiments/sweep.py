@@ -26,7 +26,7 @@ from typing import Any
 
 from trilemma.errors import UsageError
 from trilemma.experiments.calibrate import wilson
-from trilemma.experiments.trials import Trial, check_time_scale, repeat
+from trilemma.experiments.trials import Tally, Trial, check_settings, repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.spec import Workflow
@@ -163,22 +163,13 @@ def budget_sweep(
     The spec's own ceiling and deadline are set aside: the baseline has none, and each
     budget of the sweep is the only one its runs obey.
     """
-    if runs < 1:
-        raise UsageError(f"--runs: {runs} is not a positive integer; give 1 or more")
-    check_time_scale(time_scale)
+    check_settings(runs, time_scale)
     if not budgets:
         raise UsageError("give at least one budget: --max-cost 0.1,0.2 or --deadline 5,10")
-    total = runs * (len(budgets) + 1)
-    done = 0
     unbudgeted = wf.model_copy(
         update={"budget": wf.budget.model_copy(update={"max_cost_usd": None, "deadline_s": None})}
     )
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if on_progress is not None:
-            on_progress(done, total)
+    tick = Tally(runs * (len(budgets) + 1), on_progress)
 
     def trials(b: Limits) -> list[Trial]:
         return repeat(unbudgeted, runs, journal, seed=seed, time_scale=time_scale,

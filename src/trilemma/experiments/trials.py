@@ -23,7 +23,7 @@ from trilemma.run.retry import scaled_time
 from trilemma.run.session import execute
 from trilemma.spec import Workflow
 
-__all__ = ["Trial", "check_time_scale", "repeat", "time_scaled"]
+__all__ = ["Tally", "Trial", "check_settings", "repeat", "time_scaled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +44,26 @@ class Trial:
     """Steps in the spec."""
 
 
-def check_time_scale(time_scale: float) -> None:
-    """Refuse a factor outside (0, 1]."""
+def check_settings(runs: int, time_scale: float) -> None:
+    """Refuse a run count below 1 or a time factor outside (0, 1]."""
+    if runs < 1:
+        raise UsageError(f"--runs: {runs} is not a positive integer; give 1 or more")
     if not 0 < time_scale <= 1:
         raise UsageError(f"--time-scale {time_scale:g}: give a factor in (0, 1], such as 0.01")
+
+
+class Tally:
+    """Runs done out of ``total``, passed to ``on_progress`` after each (a repeat's ``tick``)."""
+
+    def __init__(self, total: int, on_progress: Callable[[int, int], object] | None) -> None:
+        self.total = total
+        self.done = 0
+        self.on_progress = on_progress
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)
 
 
 def time_scaled(wf: Workflow, factor: float) -> Workflow:
@@ -98,7 +114,7 @@ def repeat(
 
     ``wf`` is the spec as written: it is scaled here, and so is ``deadline_s``.
     """
-    check_time_scale(time_scale)
+    check_settings(runs, time_scale)
     fast = time_scaled(wf, time_scale)
     deadline = deadline_s * time_scale if deadline_s is not None else None
     out = []

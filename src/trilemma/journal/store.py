@@ -269,7 +269,8 @@ class Journal:
             )
         interrupted = [r for r in running if not pid_alive(r["pid"])]
         dead = {r["run_id"] for r in interrupted}
-        ended = [c for c in in_flight if c.pop("status") != "running"]
+        run_status = [c.pop("status") for c in in_flight]  # not part of a call's report
+        ended = [c for c, st in zip(in_flight, run_status, strict=True) if st != "running"]
         return {
             "journal": str(self.path),
             "schema_version": self.schema_version,
