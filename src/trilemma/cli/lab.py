@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -195,6 +196,21 @@ def cliff_cmd(
     return 0
 
 
+def _show(
+    data: Any, table: Any, as_json: bool, plot: Path | None, draw: Callable[[Path], object]
+) -> int:
+    """An experiment's ending: the plot if asked for, then JSON or the table."""
+    if plot:
+        draw(plot)
+    if as_json:
+        emit_json(data)
+    else:
+        stdout_console().print(table)
+        if plot:
+            sys.stdout.write(f"plot: {plot}\n")
+    return 0
+
+
 def _numbers(flag: str, text: str | None) -> list[float | None]:
     """A comma-separated list of positive numbers (``[None]`` when the flag is absent)."""
     if text is None:
@@ -233,7 +249,6 @@ def sweep_cmd(
     from trilemma.experiments.sweep import Limits, budget_sweep
     from trilemma.journal import Journal
 
-    positive("--runs", runs)
     if max_cost is None and deadline is None:
         raise UsageError("give the budgets to sweep: --max-cost 0.1,0.2 and/or --deadline 5,10")
     budgets = [Limits(c, d) for c in _numbers("--max-cost", max_cost)
@@ -245,17 +260,10 @@ def sweep_cmd(
         result = budget_sweep(wf, budgets, runs, Journal(journal), seed=seed, time_scale=time_scale,
                               source=str(file),
                               on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
-    if plot:
-        from trilemma.report.plots import plot_sweep
+    from trilemma.report.plots import plot_sweep
 
-        plot_sweep(result, plot)
-    if as_json:
-        emit_json(result.to_json())
-    else:
-        stdout_console().print(tables.sweep_table(result, str(file)))
-        if plot:
-            sys.stdout.write(f"plot: {plot}\n")
-    return 0
+    return _show(result.to_json(), tables.sweep_table(result, str(file)), as_json, plot,
+                 lambda path: plot_sweep(result, path))  # fmt: skip
 
 
 @app.command("compare", rich_help_panel="Real models and experiments")
@@ -278,21 +286,13 @@ def compare_cmd(
     from trilemma.experiments.compare import compare
     from trilemma.journal import Journal
 
-    positive("--runs", runs)
     specs = [(str(f), load_workflow(f)) for f in files]
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * len(specs))
         rows = compare(specs, runs, Journal(journal), seed=seed, time_scale=time_scale,
                        on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
-    if plot:
-        from trilemma.report.plots import plot_compare
+    from trilemma.report.plots import plot_compare
 
-        plot_compare(rows, plot)
-    if as_json:
-        emit_json([r.to_json() for r in rows])
-    else:
-        stdout_console().print(tables.compare_table(rows, time_scale))
-        if plot:
-            sys.stdout.write(f"plot: {plot}\n")
-    return 0
+    return _show([r.to_json() for r in rows], tables.compare_table(rows, time_scale), as_json,
+                 plot, lambda path: plot_compare(rows, path))  # fmt: skip

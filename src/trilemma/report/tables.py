@@ -40,10 +40,6 @@ def _pct(x: float) -> str:
     return f"{x * 100:.2f}%"
 
 
-def _fmt_s(x: float) -> str:
-    return f"{x:.2f}s"
-
-
 def _qpd(x: float | None) -> str:
     return "inf" if x is None else f"{x:.1f}"
 
@@ -362,11 +358,7 @@ def sweep_table(sw: Sweep, source: str) -> Group:
         f"Spend over a ceiling: {over} of {base.runs * len(sw.rows):,} budgeted runs"
         + (" (the executor reserves each call's worst case first)." if over == 0 else "!")
     ]
-    if sw.time_scale != 1:
-        lines.append(
-            f"Simulated time ran {1 / sw.time_scale:g}x faster and is reported unscaled; timer "
-            "slack and the executor's overhead are scaled up with it."
-        )
+    lines += _scaled(sw.time_scale)
     return Group(t, Text("\n".join(lines)))
 
 
@@ -390,7 +382,7 @@ def compare_table(rows: Sequence[Contender], time_scale: float) -> Group:
     t.caption = "predicted: reliability, expected cost and latency, q/$ per expected dollar"
     lines = [
         f"{r.name}: {r.stopped} of {r.runs} runs stopped by the spec's own budget, which its "
-        f"worst case ({_usd(r.predicted.cost_worst)}, {_fmt_s(r.predicted.latency_worst_s)}) "
+        f"worst case ({_usd(r.predicted.cost_worst)}, {r.predicted.latency_worst_s:.2f}s) "
         "does not fit."
         for r in rows
         if r.stopped
@@ -407,9 +399,13 @@ def compare_table(rows: Sequence[Contender], time_scale: float) -> Group:
                 f"Most reliable: {surest.name} ({_pct(surest.success_rate)} against "
                 f"{_pct(best.success_rate)}), at {_usd(surest.cost_mean)} a run."
             )
-    if time_scale != 1:
-        lines.append(
-            f"Simulated time ran {1 / time_scale:g}x faster and is reported unscaled; timer "
-            "slack and the executor's overhead are scaled up with it."
-        )
+    lines += _scaled(time_scale)
     return Group(t, Text("\n".join(lines)))
+
+
+def _scaled(time_scale: float) -> list[str]:
+    """The line an experiment run in scaled time ends with (none in real time)."""
+    if time_scale == 1:
+        return []
+    return [f"Simulated time ran {1 / time_scale:g}x faster and is reported unscaled; timer "
+            "slack and the executor's overhead are scaled up with it."]  # fmt: skip
