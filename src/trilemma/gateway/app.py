@@ -47,7 +47,7 @@ from trilemma.providers.base import Message, Provider, cost_of, worst_case_cost
 from trilemma.providers.base import Request as CallRequest
 from trilemma.run.budget import SpendGuard
 from trilemma.run.routes import Route
-from trilemma.run.session import providers_for
+from trilemma.run.session import close_providers, providers_for
 
 __all__ = ["Gateway", "create_app", "run_id_of"]
 
@@ -129,10 +129,7 @@ class Gateway:
             cost, calls = self.journal.totals(run_id)
             self.journal.update_run(run_id, status="ok", finished_at=time.time(), cost_usd=cost,
                                     calls=calls)  # fmt: skip
-        for p in {id(p): p for p in self.providers.values()}.values():
-            close = getattr(p, "aclose", None)
-            if close is not None:
-                await close()
+        await close_providers(self.providers)
 
     # ------------------------------------------------------------------ requests
 
@@ -147,7 +144,7 @@ class Gateway:
                               "invalid_request_error", "invalid_api_key"))  # fmt: skip
 
     def budget(self, key: str) -> dict[str, Any]:
-        """A key's ceiling, spend, holds and calls."""
+        """A key's ceiling, spend, holds in flight, refusals and models."""
         g = self.guards[key]
         remaining = None if g.ceiling is None else max(0.0, g.ceiling - g.spent - g.reserved)
         return {"key": key, "max_cost_usd": g.ceiling, "spent_usd": round(g.spent, 12),

@@ -39,6 +39,7 @@ __all__ = [
     "build_providers",
     "changed_steps",
     "check_inputs",
+    "close_providers",
     "execute",
     "providers_for",
     "resume",
@@ -243,7 +244,12 @@ async def _run_and_close(
     try:
         return await ex.run(session, done)
     finally:
-        for p in {id(p): p for p in provs.values()}.values():
-            close = getattr(p, "aclose", None)
-            if close is not None:
-                await close()
+        await close_providers(provs)
+
+
+async def close_providers(provs: Mapping[str, Provider]) -> None:
+    """Close each provider once (profiles may share one), those that hold connections."""
+    for p in {id(p): p for p in provs.values()}.values():
+        close = getattr(p, "aclose", None)
+        if close is not None:
+            await close()
