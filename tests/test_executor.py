@@ -300,6 +300,7 @@ def test_cached_step_is_served_from_the_journal_on_the_second_run(tmp_path: Path
     assert first.cost_usd == 0.01 and second.cost_usd == 0.0
     assert second.outputs == first.outputs
     assert [c["cache_hit"] for c in j.calls(second.run_id)] == [1]
+    assert (first.calls, second.calls) == (1, 0)  # a hit sends nothing
 
 
 def test_provider_errors_raised_by_a_fake_are_retried(tmp_path: Path) -> None:

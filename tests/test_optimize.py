@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from trilemma import Budget, estimate, load_workflow, optimize, parse_workflow, workflow_from_dict
+from trilemma.spec import SemanticCache
 
 from .conftest import EXAMPLES
 
@@ -74,6 +75,20 @@ budget: {min_reliability: 0.98}
     assert r.best is not None
     assert r.best.steps[0].cached
     assert r.method == "exhaustive"
+
+
+def test_a_semantic_cache_rule_survives_the_optimizer() -> None:
+    wf = parse_workflow("""
+version: 1
+models: {p: {usd_per_call: 0.03, latency_s: 2, p_ok: 0.9}}
+steps:
+  - {id: a, model: p, cached: {similarity: 0.95}}
+  - {id: b, model: p, after: [a]}
+budget: {min_reliability: 0.85}
+""")
+    r = optimize(wf)
+    assert r.best is not None
+    assert r.best.steps[0].cached == SemanticCache(similarity=0.95)  # not downgraded to exact
 
 
 def test_debate_round_options_are_searched() -> None:

@@ -7,6 +7,7 @@ import doctest
 from pathlib import Path
 
 import trilemma
+import trilemma.cache.semantic
 import trilemma.spec
 
 SRC = Path(trilemma.__file__).parent
@@ -46,6 +47,6 @@ def test_nothing_imports_the_cli() -> None:
 
 
 def test_docstring_examples_run() -> None:
-    for module in (trilemma, trilemma.spec):
+    for module in (trilemma, trilemma.spec, trilemma.cache.semantic):
         failures, _ = doctest.testmod(module)
         assert failures == 0

@@ -98,9 +98,31 @@ def m002_call_sends(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE calls ADD COLUMN sends INTEGER NOT NULL DEFAULT 1")
 
 
+def m003_semantic_cache(db: sqlite3.Connection) -> None:
+    """Prompt embeddings for the semantic cache, and the similarity of a semantic hit in the ledger."""
+    _execute_all(
+        db,
+        """
+        CREATE TABLE semantic_cache (
+          key        TEXT PRIMARY KEY,  -- the answer's exact-cache key
+          scope      TEXT NOT NULL,     -- sha256 of model and settings: only these may match
+          embedder   TEXT NOT NULL,     -- the embedding model that made the vector
+          prompt     TEXT NOT NULL,     -- the text that was embedded
+          vector     BLOB NOT NULL,     -- float32, unit length
+          response   TEXT NOT NULL,
+          created_at REAL NOT NULL
+        );
+        CREATE INDEX semantic_cache_scope ON semantic_cache (scope, embedder)
+        """,
+    )
+    # A semantic hit's cosine similarity (a comment here would end up inside the table's SQL).
+    db.execute("ALTER TABLE calls ADD COLUMN cache_similarity REAL")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_call_sends", m002_call_sends),
+    ("m003_semantic_cache", m003_semantic_cache),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -234,14 +234,28 @@ class Journal:
         rows = self._rows("SELECT * FROM cache WHERE key = ?", (key,))
         return rows[0] if rows else None
 
+    def semantic_entries(self, scope: str, embedder: str) -> list[tuple[str, bytes, str]]:
+        """``(key, vector, response)`` of every semantic-cache entry of a scope and embedder."""
+        with map_sqlite_errors(self.path):
+            return [
+                (r[0], r[1], r[2])
+                for r in self.db.execute(
+                    "SELECT key, vector, response FROM semantic_cache "
+                    "WHERE scope = ? AND embedder = ? ORDER BY created_at",
+                    (scope, embedder),
+                )
+            ]
+
     def totals(self, run_id: str) -> tuple[float, int]:
         """Dollars billed to a run so far, and calls sent (answered or not).
 
-        A call journaled but cancelled before it went out (outcome ``unsent``) is not counted.
+        Neither a call journaled but cancelled before it went out (outcome ``unsent``) nor
+        a cache hit (nothing was sent) is counted.
         """
         with map_sqlite_errors(self.path):
             row = self.db.execute(
-                "SELECT coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE outcome IS NOT 'unsent') "
+                "SELECT coalesce(sum(cost_usd), 0), "
+                "count(*) FILTER (WHERE outcome IS NOT 'unsent' AND NOT cache_hit) "
                 f"FROM calls WHERE {RUN_CALLS}",
                 _run_range(run_id),
             ).fetchone()
@@ -313,6 +327,7 @@ class _Batch:
         self.call_updates: list[tuple[str, dict[str, Any]]] = []  # started in an earlier one
         self.steps: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.cache: list[dict[str, Any]] = []
+        self.semantic: list[dict[str, Any]] = []
         self.run_updates: list[tuple[str, dict[str, Any]]] = []
 
     def create_run(self, row: dict[str, Any]) -> None:
@@ -354,6 +369,9 @@ class _Batch:
     def cache_put(self, row: dict[str, Any]) -> None:
         self.cache.append(row)
 
+    def semantic_put(self, row: dict[str, Any]) -> None:
+        self.semantic.append(row)
+
     def apply(self, db: sqlite3.Connection) -> None:
         for row in self.runs:
             names, marks = ", ".join(row), ", ".join("?" for _ in row)
@@ -373,6 +391,13 @@ class _Batch:
                 "completion_tokens, created_at) VALUES (:key, :model, :response, "
                 ":prompt_tokens, :completion_tokens, :created_at)",
                 self.cache,
+            )
+        if self.semantic:
+            db.executemany(
+                "INSERT OR IGNORE INTO semantic_cache (key, scope, embedder, prompt, vector, "
+                "response, created_at) VALUES (:key, :scope, :embedder, :prompt, :vector, "
+                ":response, :created_at)",
+                self.semantic,
             )
         for run_id, fields in self.run_updates:
             sets = ", ".join(f"{k} = ?" for k in fields)

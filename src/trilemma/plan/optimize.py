@@ -211,7 +211,8 @@ def _options(wf: Workflow, step: Step, max_retries: int) -> list[Choice]:
 
 
 def _apply_step(step: Step, c: Choice) -> Step:
-    update: dict[str, object] = {"model": c.model, "retries": c.retries, "cached": c.cached}
+    cached = (step.cached or True) if c.cached else False  # a semantic rule stays as it was
+    update: dict[str, object] = {"model": c.model, "retries": c.retries, "cached": cached}
     if c.escalate is not None:
         update["escalate"] = list(c.escalate)
     if c.rounds is not None:

@@ -155,7 +155,7 @@ def _params(wf: Workflow, settings: Simulation) -> list[_StepParams]:
         out.append(
             _StepParams(
                 parents=tuple(index[d] for d in s.after),
-                cached=s.cached,
+                cached=bool(s.cached),
                 recall=s.recall if s.recall is not None else settings.recall,
                 calls=s.calls,
                 tries=tuple(tries[wf.attempt_model(s, a)] for a in range(1, s.retries + 2)),

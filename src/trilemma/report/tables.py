@@ -210,7 +210,8 @@ def runs_table(rows: list[dict[str, Any]]) -> Table:
 
 
 LEDGER_KEYS = ("step", "attempt", "call", "role", "model", "prompt_tokens", "completion_tokens",
-               "cost_usd", "latency_s", "outcome", "cache_hit", "in_flight", "idempotency_key", "error")  # fmt: skip
+               "cost_usd", "latency_s", "outcome", "cache_hit", "cache_similarity", "in_flight",
+               "idempotency_key", "error")  # fmt: skip
 
 
 def ledger_row(r: dict[str, Any]) -> dict[str, Any]:
@@ -221,7 +222,8 @@ def ledger_row(r: dict[str, Any]) -> dict[str, Any]:
         "model": r["model"], "prompt_tokens": r["prompt_tokens"],
         "completion_tokens": r["completion_tokens"], "cost_usd": r["cost_usd"],
         "latency_s": r["latency_s"], "outcome": "in_flight" if in_flight else r["outcome"],
-        "cache_hit": bool(r["cache_hit"]), "in_flight": in_flight,
+        "cache_hit": bool(r["cache_hit"]), "cache_similarity": r["cache_similarity"],
+        "in_flight": in_flight,
         "idempotency_key": r["idempotency_key"], "error": r["error"],
     }  # fmt: skip
 
@@ -242,7 +244,11 @@ def ledger_table(run_id: str, rows: list[dict[str, Any]]) -> Table:
     ):
         t.add_column(col)
     for r in rows:
-        outcome = r["outcome"] + (" (cache)" if r["cache_hit"] else "")
+        similarity = r["cache_similarity"]
+        if similarity is not None:
+            outcome = f"{r['outcome']} (cache, similarity {similarity:.3f})"
+        else:
+            outcome = r["outcome"] + (" (cache)" if r["cache_hit"] else "")
         if r["in_flight"]:
             outcome = "IN FLIGHT at crash: may be billed"
         t.add_row(r["step"], str(r["attempt"]), r["role"], r["model"], str(r["prompt_tokens"] or "-"),

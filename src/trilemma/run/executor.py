@@ -26,7 +26,11 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from trilemma import dag
+from trilemma.cache.keys import exact_key, prompt_text, semantic_scope
+from trilemma.cache.semantic import Embedder, best_match
 from trilemma.errors import (
     BudgetExhausted,
     GateRejected,
@@ -38,7 +42,6 @@ from trilemma.journal.store import (
     GROUP_COMMIT_S,
     Journal,
     JournalWriter,
-    dumps,
     messages_json,
 )
 from trilemma.plan.estimate import Estimate
@@ -50,6 +53,7 @@ from trilemma.run.retry import retrying
 from trilemma.run.routes import Route
 from trilemma.run.steps import Answer, run_kind
 from trilemma.spec import (
+    SemanticCache,
     Step,
     Workflow,
     render_template,
@@ -211,8 +215,11 @@ class Executor:
         seed: int | None,
         predicted: Estimate,
         on_event: Callable[[Event], None] | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.wf = wf
+        self.embedder = embedder
+        """Embeds prompts for the steps with a semantic cache (None when there are none)."""
         self.journal = journal
         self._routes = {n: Route.of(m, providers[n]) for n, m in wf.models.items()}
         free = not any(r.external for r in self._routes.values())
@@ -366,9 +373,11 @@ class Executor:
     async def _attempts(self, s: Session, step: Step) -> StepResult:
         base = self._messages(step, s)
         state: dict[str, Any] = {"attempt": 0, "feedback": None, "pending": [], "cost": 0.0}
-        cached = await self._from_cache(s, step, base) if step.cached else None
-        if cached is not None:
-            return cached
+        vector = None
+        if step.cached:
+            hit, vector = await self._from_cache(step, base)
+            if hit is not None:
+                return hit
         first_no, left = self.resume_from.get(step.id, (1, step.retries + 1))
         state["attempt"] = first_no
         try:
@@ -398,7 +407,7 @@ class Executor:
             "attempt_finished", self.run_id, step.id, state["pending"], rejected=False, step=done
         )
         if step.cached:
-            await self._to_cache(step, base, answer.text)
+            self._to_cache(step, base, answer.text, vector)
         return StepResult("done", answer.text, state["attempt"], cost)
 
     async def _retried(
@@ -559,18 +568,37 @@ class Executor:
 
     # ------------------------------------------------------------------ cache
 
-    def _cache_key(self, step: Step, base: list[Message]) -> str:
-        p = self.wf.profile(step)
-        ident: list[Any] = [p.provider or "sim", p.base_url, p.model or step.model, step.kind,
-                            step.calls, step.max_tokens or p.max_tokens, p.temperature, base]  # fmt: skip
-        if step.escalate:  # the answer may come from any model of the ladder
-            ident.append(self.wf.ladder(step))
-        return hashlib.sha256(dumps(ident).encode()).hexdigest()
+    async def _from_cache(
+        self, step: Step, base: list[Message]
+    ) -> tuple[StepResult | None, np.ndarray | None]:
+        """An exact hit, else (``cached: {similarity}``) the nearest similar prompt's answer.
 
-    async def _from_cache(self, s: Session, step: Step, base: list[Message]) -> StepResult | None:
-        hit = self.writer.read("cache_get", self._cache_key(step, base))
-        if hit is None:
-            return None
+        Returns the hit, or None and the prompt's embedding (for :meth:`_to_cache`).
+        """
+        started = time.perf_counter()
+        key = exact_key(self.wf, step, base)
+        hit = self.writer.read("cache_get", key)
+        if hit is not None:
+            return self._served(step, base, hit["response"], hit, None, started), None
+        rule = step.cached
+        if not isinstance(rule, SemanticCache) or self.embedder is None:
+            return None, None
+        embedder = self.embedder
+        vector = (await asyncio.to_thread(embedder.embed, [prompt_text(base)]))[0]
+        entries = self.writer.read("semantic_entries", semantic_scope(self.wf, step), embedder.name)
+        match = best_match(vector, entries)
+        if match is None or match.similarity < rule.similarity:
+            return None, vector
+        return self._served(step, base, match.response, None, match.similarity, started), None
+
+    def _served(
+        self, step: Step, base: list[Message], response: str,
+        exact: dict[str, Any] | None, similarity: float | None, started: float,
+    ) -> StepResult:  # fmt: skip
+        """A step done from the cache: one ledger row (role ``cache``, billed nothing).
+
+        Its latency is the lookup's (for a semantic hit, mostly embedding the prompt).
+        """
         row = {
             "run_id": self.run_id, "step_id": step.id, "attempt": 1, "call": 1, "role": "cache",
             "model": step.model, "idempotency_key": f"{self.run_id}:{step.id}:cache",
@@ -578,19 +606,31 @@ class Executor:
         }  # fmt: skip
         self.writer.defer("call_started", row)
         call_id = row["idempotency_key"]
-        fields = {"cost_usd": 0.0, "latency_s": 0.0, "cache_hit": 1, "response": hit["response"],
-                  "prompt_tokens": hit["prompt_tokens"], "completion_tokens": hit["completion_tokens"],
-                  "finished_at": time.time()}  # fmt: skip
-        done = {"status": "done", "output": hit["response"], "attempts": 1, "cost_usd": 0.0}
+        fields = {"cost_usd": 0.0, "latency_s": time.perf_counter() - started, "cache_hit": 1,
+                  "response": response,
+                  "prompt_tokens": exact and exact["prompt_tokens"],
+                  "completion_tokens": exact and exact["completion_tokens"],
+                  "cache_similarity": similarity, "finished_at": time.time()}  # fmt: skip
+        done = {"status": "done", "output": response, "attempts": 1, "cost_usd": 0.0}
         self.writer.defer(
             "attempt_finished", self.run_id, step.id, [(call_id, fields)], rejected=False, step=done
         )
-        return StepResult("done", hit["response"], 1, 0.0)
+        return StepResult("done", response, 1, 0.0)
 
-    async def _to_cache(self, step: Step, base: list[Message], text: str) -> None:
-        row = {"key": self._cache_key(step, base), "model": step.model, "response": text,
-               "prompt_tokens": None, "completion_tokens": None, "created_at": time.time()}  # fmt: skip
+    def _to_cache(
+        self, step: Step, base: list[Message], text: str, vector: np.ndarray | None
+    ) -> None:
+        key = exact_key(self.wf, step, base)
+        now = time.time()
+        row = {"key": key, "model": step.model, "response": text,
+               "prompt_tokens": None, "completion_tokens": None, "created_at": now}  # fmt: skip
         self.writer.defer("cache_put", row)
+        if vector is not None and self.embedder is not None:
+            self.writer.defer("semantic_put", {
+                "key": key, "scope": semantic_scope(self.wf, step), "embedder": self.embedder.name,
+                "prompt": prompt_text(base), "vector": vector.astype(np.float32).tobytes(),
+                "response": text, "created_at": now,
+            })  # fmt: skip
 
     # ------------------------------------------------------------------ helpers
 

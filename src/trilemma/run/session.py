@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trilemma._proc import pid_alive
+from trilemma.cache.semantic import Embedder, default_embedder
 from trilemma.errors import UsageError
 from trilemma.journal.store import Journal, dumps
 from trilemma.plan.estimate import estimate
@@ -32,7 +33,7 @@ from trilemma.run.executor import (
     spec_json,
 )
 from trilemma.run.gates import Check, build_gate
-from trilemma.spec import ModelProfile, Workflow, load_workflow, workflow_from_dict
+from trilemma.spec import ModelProfile, SemanticCache, Workflow, load_workflow, workflow_from_dict
 
 __all__ = [
     "build_gates",
@@ -40,6 +41,7 @@ __all__ = [
     "changed_steps",
     "check_inputs",
     "close_providers",
+    "embedder_for",
     "execute",
     "providers_for",
     "resume",
@@ -102,6 +104,16 @@ def build_gates(wf: Workflow, source: str) -> dict[str, Check]:
     }
 
 
+def embedder_for(wf: Workflow, given: Embedder | None = None) -> Embedder | None:
+    """The embedder for the steps with a semantic cache, loaded now (None if there are none).
+
+    Raises SetupError, before anything is spent, when the ``semantic`` extra is missing.
+    """
+    if not any(isinstance(step.cached, SemanticCache) for step in wf.steps):
+        return None
+    return given if given is not None else default_embedder()
+
+
 def execute(
     wf: Workflow,
     *,
@@ -113,10 +125,12 @@ def execute(
     source: str = "<spec>",
     providers: Mapping[str, Provider] | None = None,
     on_event: Callable[[Event], None] | None = None,
+    embedder: Embedder | None = None,
 ) -> RunResult:
     """Run a workflow to the end, a budget, the deadline or an early stop."""
     values = check_inputs(wf, inputs or {}, source)
     gates = build_gates(wf, source)
+    embedder = embedder_for(wf, embedder)
     seed = seed if seed is not None else wf.seed
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
@@ -137,7 +151,8 @@ def execute(
     })  # fmt: skip
     session = Session(SpendGuard(ceiling), Clock(deadline_at))
     ex = Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=provs,
-                  source=source, gates=gates, seed=seed, predicted=predicted, on_event=on_event)  # fmt: skip
+                  source=source, gates=gates, seed=seed, predicted=predicted, on_event=on_event,
+                  embedder=embedder)  # fmt: skip
     return asyncio.run(_run_and_close(ex, session, {}, provs))
 
 
@@ -157,6 +172,7 @@ def resume(
     force: bool = False,
     providers: Mapping[str, Provider] | None = None,
     on_event: Callable[[Event], None] | None = None,
+    embedder: Embedder | None = None,
 ) -> RunResult:
     """Finish an interrupted run; a step the journal holds as done is never run again.
 
@@ -194,6 +210,7 @@ def resume(
                 )
             wf = current
     gates = build_gates(wf, source)
+    embedder = embedder_for(wf, embedder)
     provs = build_providers(wf, row["seed"], providers)
     ceiling = max_cost_usd if max_cost_usd is not None else row["max_cost_usd"]
     deadline_at = time.time() + deadline_s if deadline_s is not None else row["deadline_at"]
@@ -205,7 +222,7 @@ def resume(
     session = Session(SpendGuard(ceiling, spent=journal.spent(run_id)), Clock(deadline_at))
     ex = Executor(wf, journal=journal, run_id=run_id, inputs=json.loads(row["inputs_json"]),
                   providers=provs, source=source, gates=gates, seed=row["seed"],
-                  predicted=estimate(wf), on_event=on_event)  # fmt: skip
+                  predicted=estimate(wf), on_event=on_event, embedder=embedder)  # fmt: skip
     ex.resume_from = _resume_points(wf, journal.calls(run_id), done, changed)
     return asyncio.run(_run_and_close(ex, session, done, provs))
 

@@ -8,12 +8,12 @@ read with duplicate-key and alias-bomb guards.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
-import types
 import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -278,9 +278,9 @@ def _spec_error(
     exc: ValidationError, source: str, root: type[BaseModel] = Workflow
 ) -> SpecError:
     # An unknown field usually explains a 'missing' one beside it (a misspelling): name it first.
-    errors = exc.errors(include_url=False)
+    errors, alternatives = _union_branches(exc.errors(include_url=False))
     err = min(errors, key=lambda e: e["type"] != "extra_forbidden")
-    loc = tuple(err["loc"])
+    loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
     field = _render_loc(loc)
     kind = err["type"]
     value = err.get("input")
@@ -296,8 +296,60 @@ def _spec_error(
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    if alternatives:
+        msg += f", or a mapping of {alternatives}"
     shown = _short(value)
     return SpecError(source, field, f"{msg} (got {shown})" if shown is not None else msg)
+
+
+def _is_union_tag(part: object) -> bool:
+    """A location part that names a branch of a union (``bool``, ``SemanticCache``), not a field."""
+    return isinstance(part, str) and (part in _SCALARS or part[:1].isupper())
+
+
+_SCALARS = frozenset({"bool", "int", "float", "str"})
+
+
+def _union_branches(errors: list[Any]) -> tuple[list[Any], str]:
+    """The errors of the branch of a union the input was meant for, and the other branch's fields.
+
+    ``cached: {similarity: 1.5}`` was meant for the mapping branch, so its
+    'not a boolean' is dropped; ``cached: maybe`` for the scalar one, and the
+    mapping branch survives only as "or a mapping of similarity" in the message.
+    """
+    shape = {"model_type", "model_attributes_type", "dict_type"}
+    meant = [
+        e for e in errors
+        if not any(_is_union_tag(p) for p in e["loc"])
+        or not (e["type"] in shape or (e["type"].endswith("_type") and isinstance(e.get("input"), dict)))
+    ]  # fmt: skip
+    dropped_models = {
+        p for e in errors if e["type"] in shape for p in e["loc"] if _is_union_tag(p)
+    }
+    models = _models_by_name(Workflow)
+    fields = sorted(f for name in dropped_models if name in models for f in models[name].model_fields)
+    return (meant or errors), ", ".join(fields)
+
+
+@functools.cache
+def _models_by_name(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """Every model a spec may hold, by class name (the tag of a union branch)."""
+    out: dict[str, type[BaseModel]] = {}
+    todo = [root]
+    while todo:
+        model = todo.pop()
+        if model.__name__ in out:
+            continue
+        out[model.__name__] = model
+        for field in model.model_fields.values():
+            todo += _models_in(field.annotation)
+    return out
+
+
+def _models_in(annotation: object) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
 def _short(value: object) -> str | None:
@@ -338,12 +390,5 @@ def _fields_at(loc: tuple[Any, ...], root: type[BaseModel] = Workflow) -> set[st
 
 
 def _model_in(annotation: object) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = typing.get_origin(annotation)
-    if origin in (list, dict, typing.Union, types.UnionType, Annotated) or origin is not None:
-        for arg in typing.get_args(annotation):
-            found = _model_in(arg)
-            if found is not None:
-                return found
-    return None
+    found = _models_in(annotation)
+    return found[0] if found else None

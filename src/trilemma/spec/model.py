@@ -181,6 +181,16 @@ class SimAnswers(_Strict):
     bad: str = "WRONG answer of {step} (attempt {attempt})"
 
 
+class SemanticCache(_Strict):
+    """``cached: {similarity: S}``: an exact hit first, else an earlier answer to a similar prompt.
+
+    Similar means the cosine similarity of the two prompts' sentence embeddings
+    (all-MiniLM-L6-v2) is at least ``similarity``, for the same model and settings.
+    """
+
+    similarity: Annotated[float, Field(gt=0.0, le=1.0), AfterValidator(_finite)] = 0.9
+
+
 class Step(_Strict):
     """One node of the workflow DAG."""
 
@@ -193,7 +203,10 @@ class Step(_Strict):
     vote: Vote | None = None
     escalate: list[str] | None = None
     """A cascade: the models a failed attempt moves up to, in order (see :meth:`Workflow.ladder`)."""
-    cached: bool = False
+    cached: bool | SemanticCache = False
+    """Served from the journal's cache: ``true`` on an exact match of the prompt and settings,
+    ``{similarity: S}`` also on a similar prompt (see :class:`SemanticCache`). Planning
+    assumes a hit either way."""
     p_ok: Probability | None = None
     recall: Fraction | None = None
     # What the executor sends and checks.
