@@ -261,3 +261,31 @@ def test_doctor_tells_a_gateway_run_left_open_from_an_interrupted_workflow(
     out = cli("doctor", "--journal", db).out
     assert "gateway run gateway-team-a stopped without closing" in out
     assert "trilemma resume" not in out
+
+
+def test_a_cached_gateway_answers_repeats_free_and_keeps_tenants_apart(tmp_path: Path) -> None:
+    ask = [{"role": "user", "content": "What is the capital of France?"}]
+    with ScriptedServer([Reply("Paris", prompt_tokens=12, completion_tokens=3),
+                         Reply("Paris, for team b", prompt_tokens=12, completion_tokens=5),
+                         Reply("Paris, longer", prompt_tokens=12, completion_tokens=9)]) as up:  # fmt: skip
+        text = config_text(up.url).replace("team-b: {key_env: TRILEMMA_GW_B, models: [sim]}",
+                                           "team-b: {key_env: TRILEMMA_GW_B}") + "cache: true\n"  # fmt: skip
+        with serving(tmp_path, text) as (url, gw):
+            first = client(url).chat.completions.with_raw_response.create(model="small", messages=ask)  # type: ignore[arg-type]
+            again = client(url).chat.completions.with_raw_response.create(model="small", messages=ask)  # type: ignore[arg-type]
+            other = client(url, "sk-team-b-secret").chat.completions.create(model="small", messages=ask)  # type: ignore[arg-type]
+            longer = client(url).chat.completions.create(model="small", messages=ask, max_tokens=99)  # type: ignore[arg-type]
+            spent = gw.budget("team-a")["spent_usd"]
+        sent = len(up.requests)
+    hit = again.parse()
+    assert hit.choices[0].message.content == "Paris" and hit.usage is not None
+    assert hit.usage.total_tokens == 15  # the tokens of the answer it repeats
+    assert again.headers["x-trilemma-cache"] == "hit" and float(again.headers["x-trilemma-cost-usd"]) == 0
+    assert "x-trilemma-cache" not in first.headers
+    assert other.choices[0].message.content == "Paris, for team b"  # a tenant never sees another's
+    assert longer.choices[0].message.content == "Paris, longer"  # other settings, another answer
+    assert sent == 3
+    assert spent == pytest.approx((12 + 2 * 3) / 1e6 + (12 + 2 * 9) / 1e6)  # the hit billed nothing
+    ledger = Journal(tmp_path / "j.db").calls(run_id_of("team-a"))
+    assert [(c["role"], c["cache_hit"], c["cost_usd"] > 0) for c in ledger] == [
+        ("gateway", 0, True), ("cache", 1, False), ("gateway", 0, True)]  # fmt: skip

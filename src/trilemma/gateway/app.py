@@ -12,6 +12,9 @@ would call OpenAI. For each request the gateway:
 4. bills the usage the upstream reports, releases the rest of the hold, and records the
    call in the ledger.
 
+With ``cache:`` in the config, a request the key has asked before (or, with
+``{similarity: S}``, one alike enough) is answered from the journal first, billed nothing.
+
 Each key's calls are a run in the journal, ``gateway-KEY``: ``trilemma ledger``,
 ``report`` and ``export`` read them, and a restarted gateway starts from what each key
 has already spent. Streaming is not supported: a streamed answer's usage arrives last,
@@ -34,6 +37,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from trilemma.cache.keys import profile_settings
+from trilemma.cache.lookup import Cache, Hit
+from trilemma.cache.semantic import Embedder, default_embedder
 from trilemma.errors import (
     BudgetExhausted,
     ProviderError,
@@ -85,8 +91,13 @@ class Gateway:
         journal: Journal,
         source: str = "<gateway>",
         providers: Mapping[str, Provider] | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.config = config
+        if embedder is None and config.similarity is not None:
+            embedder = default_embedder()  # SetupError now, before serving, if the extra is missing
+        self.embedder = embedder
+        """Embeds prompts for a semantic cache (``cache: {similarity: S}``)."""
         self.journal = journal
         self.source = source
         self._digests = {_digest(s): k for k, s in secrets_by_key.items()}
@@ -97,6 +108,7 @@ class Gateway:
         self.providers = providers_for(config.models, overrides=providers)
         self.routes = {n: Route.of(m, self.providers[n]) for n, m in config.models.items()}
         self.writer: JournalWriter | None = None
+        self.cache: Cache | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -118,6 +130,8 @@ class Gateway:
                 self.journal.update_run(run_id, status="running", pid=os.getpid(),
                                         max_cost_usd=k.max_cost_usd, finished_at=None)  # fmt: skip
         self.writer = JournalWriter(self.journal, GROUP_COMMIT_S)
+        if self.config.cache:
+            self.cache = Cache(self.writer, self.embedder)
 
     async def stop(self) -> None:
         """Commit what is queued, close each key's run with its totals, close the providers."""
@@ -153,11 +167,18 @@ class Gateway:
                 "refused": g.refused, "models": self.config.allowed(key)}  # fmt: skip
 
     async def chat(self, key: str, body: Any) -> JSONResponse:
-        """One chat completion for ``key``: reserve, journal, forward, bill."""
+        """One chat completion for ``key``: from the cache, or reserve, journal, forward, bill."""
         model, request = self._parse(key, body)
         profile = self.config.models[model]
         guard = self.guards[key]
         run_id = run_id_of(key)
+        lookup = None
+        if self.cache is not None:  # a tenant's cache is its own: the key is in the settings
+            settings = ["gateway", key, *profile_settings(profile, model), request.max_tokens,
+                        request.temperature, list(request.stop)]  # fmt: skip
+            lookup = await self.cache.lookup(settings, request.messages, self.config.similarity)
+            if lookup.hit is not None:
+                return self._served(key, model, request, lookup.hit)
         try:
             hold = guard.reserve(worst_case_cost(profile, request))
         except BudgetExhausted as exc:
@@ -198,20 +219,49 @@ class Gateway:
             "completion_tokens": u.completion_tokens, "cost_usd": cost,
             "latency_s": completion.latency_s, "response": completion.text,
         })  # fmt: skip
+        if self.cache is not None and lookup is not None:
+            self.cache.store(settings, request.messages, completion.text, model, lookup.vector,
+                             u.prompt_tokens, u.completion_tokens)  # fmt: skip
+        return self._answer(key, model, completion.text, u.prompt_tokens, u.completion_tokens,
+                            {"x-trilemma-cost-usd": f"{cost:.10f}"})  # fmt: skip
+
+    def _served(self, key: str, model: str, request: CallRequest, hit: Hit) -> JSONResponse:
+        """A request answered from the cache: billed nothing, one ledger row (role ``cache``)."""
+        assert self.writer is not None
+        self.writer.defer("call_started", {
+            "run_id": run_id_of(key), "step_id": model, "attempt": 1, "call": 1, "role": "cache",
+            "model": model, "idempotency_key": request.idempotency_key, "reserved_usd": 0.0,
+            "request_json": messages_json(request.messages), "started_at": time.time(),
+        })  # fmt: skip
+        self._finished(request.idempotency_key, {
+            "outcome": "ok", "prompt_tokens": hit.prompt_tokens,
+            "completion_tokens": hit.completion_tokens, "cost_usd": 0.0,
+            "latency_s": hit.latency_s, "response": hit.response, "cache_hit": 1,
+            "cache_similarity": hit.similarity,
+        })  # fmt: skip
+        headers = {"x-trilemma-cost-usd": f"{0.0:.10f}", "x-trilemma-cache": "hit"}
+        if hit.similarity is not None:
+            headers["x-trilemma-cache-similarity"] = f"{hit.similarity:.4f}"
+        return self._answer(key, model, hit.response, hit.prompt_tokens, hit.completion_tokens,
+                            headers)  # fmt: skip
+
+    def _answer(
+        self, key: str, model: str, text: str, prompt_tokens: int | None,
+        completion_tokens: int | None, headers: dict[str, str],
+    ) -> JSONResponse:  # fmt: skip
+        """A chat completion in OpenAI's shape, with the key's spend in headers."""
         answer: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
             "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": "stop", "logprobs": None}],
         }  # fmt: skip
-        if u.prompt_tokens is not None and u.completion_tokens is not None:
-            answer["usage"] = {"prompt_tokens": u.prompt_tokens,
-                               "completion_tokens": u.completion_tokens,
-                               "total_tokens": u.prompt_tokens + u.completion_tokens}  # fmt: skip
-        headers = {
-            "x-trilemma-cost-usd": f"{cost:.10f}",
-            "x-trilemma-spent-usd": f"{guard.spent:.10f}",
-        }
+        if prompt_tokens is not None and completion_tokens is not None:
+            answer["usage"] = {"prompt_tokens": prompt_tokens,
+                               "completion_tokens": completion_tokens,
+                               "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+        guard = self.guards[key]
+        headers["x-trilemma-spent-usd"] = f"{guard.spent:.10f}"
         if guard.ceiling is not None:
             headers["x-trilemma-remaining-usd"] = f"{self.budget(key)['remaining_usd']:.10f}"
         return JSONResponse(answer, headers=headers)

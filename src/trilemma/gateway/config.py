@@ -8,6 +8,7 @@
               usd_per_1m_input: 0.10, usd_per_1m_output: 0.40, latency_s: 0.5, p_ok: 0.6}
     keys:
       team-a: {key_env: TEAM_A_KEY, max_cost_usd: 5.00, models: [small]}
+    cache: {similarity: 0.95}    # optional: true (exact repeats) or a similarity threshold
 
 A key's secret is read from the environment variable ``key_env`` when the gateway
 starts; it is never written to the file, the journal or a log.
@@ -22,7 +23,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from trilemma.errors import SpecError
-from trilemma.spec import ModelProfile
+from trilemma.spec import ModelProfile, SemanticCache
 from trilemma.spec.load import read_document, validate_document
 from trilemma.spec.model import STEP_ID_PATTERN, Price
 
@@ -48,6 +49,14 @@ class GatewayConfig(BaseModel):
     version: int
     models: dict[str, ModelProfile]
     keys: dict[Annotated[str, Field(pattern=STEP_ID_PATTERN, max_length=64)], KeyConfig]
+    cache: bool | SemanticCache = False
+    """Answer a repeated request (``true``), or also a similar one (``{similarity: S}``), from
+    the journal's cache, billed nothing. Each key sees only its own answers."""
+
+    @property
+    def similarity(self) -> float | None:
+        """The semantic cache's threshold, or None when it is off."""
+        return self.cache.similarity if isinstance(self.cache, SemanticCache) else None
 
     def allowed(self, key: str) -> list[str]:
         """The models a key may call."""

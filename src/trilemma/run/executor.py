@@ -26,11 +26,10 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from trilemma import dag
-from trilemma.cache.keys import exact_key, prompt_text, semantic_scope
-from trilemma.cache.semantic import Embedder, best_match
+from trilemma.cache.keys import step_settings
+from trilemma.cache.lookup import Cache, Hit
+from trilemma.cache.semantic import Embedder
 from trilemma.errors import (
     BudgetExhausted,
     GateRejected,
@@ -218,12 +217,12 @@ class Executor:
         embedder: Embedder | None = None,
     ) -> None:
         self.wf = wf
-        self.embedder = embedder
-        """Embeds prompts for the steps with a semantic cache (None when there are none)."""
         self.journal = journal
         self._routes = {n: Route.of(m, providers[n]) for n, m in wf.models.items()}
         free = not any(r.external for r in self._routes.values())
         self.writer = JournalWriter(journal, FREE_COMMIT_S if free else GROUP_COMMIT_S)
+        self.cache = Cache(self.writer, embedder)
+        """The journal's cache; ``embedder`` embeds prompts for steps with a semantic cache."""
         self.run_id = run_id
         self.inputs = dict(inputs)
         self._values = {**{k: v or "" for k, v in wf.inputs.items()}, **self.inputs}
@@ -373,11 +372,13 @@ class Executor:
     async def _attempts(self, s: Session, step: Step) -> StepResult:
         base = self._messages(step, s)
         state: dict[str, Any] = {"attempt": 0, "feedback": None, "pending": [], "cost": 0.0}
-        vector = None
+        lookup = None
         if step.cached:
-            hit, vector = await self._from_cache(step, base)
-            if hit is not None:
-                return hit
+            rule = step.cached
+            similarity = rule.similarity if isinstance(rule, SemanticCache) else None
+            lookup = await self.cache.lookup(step_settings(self.wf, step), base, similarity)
+            if lookup.hit is not None:
+                return self._served(step, base, lookup.hit)
         first_no, left = self.resume_from.get(step.id, (1, step.retries + 1))
         state["attempt"] = first_no
         try:
@@ -406,8 +407,9 @@ class Executor:
         self.writer.defer(
             "attempt_finished", self.run_id, step.id, state["pending"], rejected=False, step=done
         )
-        if step.cached:
-            self._to_cache(step, base, answer.text, vector)
+        if lookup is not None:
+            self.cache.store(step_settings(self.wf, step), base, answer.text, step.model,
+                             lookup.vector)  # fmt: skip
         return StepResult("done", answer.text, state["attempt"], cost)
 
     async def _retried(
@@ -568,69 +570,22 @@ class Executor:
 
     # ------------------------------------------------------------------ cache
 
-    async def _from_cache(
-        self, step: Step, base: list[Message]
-    ) -> tuple[StepResult | None, np.ndarray | None]:
-        """An exact hit, else (``cached: {similarity}``) the nearest similar prompt's answer.
-
-        Returns the hit, or None and the prompt's embedding (for :meth:`_to_cache`).
-        """
-        started = time.perf_counter()
-        key = exact_key(self.wf, step, base)
-        hit = self.writer.read("cache_get", key)
-        if hit is not None:
-            return self._served(step, base, hit["response"], hit, None, started), None
-        rule = step.cached
-        if not isinstance(rule, SemanticCache) or self.embedder is None:
-            return None, None
-        embedder = self.embedder
-        vector = (await asyncio.to_thread(embedder.embed, [prompt_text(base)]))[0]
-        entries = self.writer.read("semantic_entries", semantic_scope(self.wf, step), embedder.name)
-        match = best_match(vector, entries)
-        if match is None or match.similarity < rule.similarity:
-            return None, vector
-        return self._served(step, base, match.response, None, match.similarity, started), None
-
-    def _served(
-        self, step: Step, base: list[Message], response: str,
-        exact: dict[str, Any] | None, similarity: float | None, started: float,
-    ) -> StepResult:  # fmt: skip
-        """A step done from the cache: one ledger row (role ``cache``, billed nothing).
-
-        Its latency is the lookup's (for a semantic hit, mostly embedding the prompt).
-        """
+    def _served(self, step: Step, base: list[Message], hit: Hit) -> StepResult:
+        """A step done from the cache: one ledger row (role ``cache``, billed nothing)."""
         row = {
             "run_id": self.run_id, "step_id": step.id, "attempt": 1, "call": 1, "role": "cache",
             "model": step.model, "idempotency_key": f"{self.run_id}:{step.id}:cache",
             "reserved_usd": 0.0, "request_json": messages_json(base), "started_at": time.time(),
         }  # fmt: skip
         self.writer.defer("call_started", row)
-        call_id = row["idempotency_key"]
-        fields = {"cost_usd": 0.0, "latency_s": time.perf_counter() - started, "cache_hit": 1,
-                  "response": response,
-                  "prompt_tokens": exact and exact["prompt_tokens"],
-                  "completion_tokens": exact and exact["completion_tokens"],
-                  "cache_similarity": similarity, "finished_at": time.time()}  # fmt: skip
-        done = {"status": "done", "output": response, "attempts": 1, "cost_usd": 0.0}
-        self.writer.defer(
-            "attempt_finished", self.run_id, step.id, [(call_id, fields)], rejected=False, step=done
-        )
-        return StepResult("done", response, 1, 0.0)
-
-    def _to_cache(
-        self, step: Step, base: list[Message], text: str, vector: np.ndarray | None
-    ) -> None:
-        key = exact_key(self.wf, step, base)
-        now = time.time()
-        row = {"key": key, "model": step.model, "response": text,
-               "prompt_tokens": None, "completion_tokens": None, "created_at": now}  # fmt: skip
-        self.writer.defer("cache_put", row)
-        if vector is not None and self.embedder is not None:
-            self.writer.defer("semantic_put", {
-                "key": key, "scope": semantic_scope(self.wf, step), "embedder": self.embedder.name,
-                "prompt": prompt_text(base), "vector": vector.astype(np.float32).tobytes(),
-                "response": text, "created_at": now,
-            })  # fmt: skip
+        fields = {"cost_usd": 0.0, "latency_s": hit.latency_s, "cache_hit": 1,
+                  "response": hit.response, "prompt_tokens": hit.prompt_tokens,
+                  "completion_tokens": hit.completion_tokens, "cache_similarity": hit.similarity,
+                  "finished_at": time.time()}  # fmt: skip
+        done = {"status": "done", "output": hit.response, "attempts": 1, "cost_usd": 0.0}
+        self.writer.defer("attempt_finished", self.run_id, step.id,
+                          [(row["idempotency_key"], fields)], rejected=False, step=done)  # fmt: skip
+        return StepResult("done", hit.response, 1, 0.0)
 
     # ------------------------------------------------------------------ helpers
 

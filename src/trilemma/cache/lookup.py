@@ -1,0 +1,92 @@
+"""Cache lookups and stores over the journal, for the executor and the gateway alike.
+
+:meth:`Cache.lookup` tries the exact key, then (with a similarity rule and an
+embedder) the nearest earlier prompt of the same settings; :meth:`Cache.store`
+queues an accepted answer, and its prompt's embedding when the lookup made one,
+for the journal's next commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from trilemma.cache.keys import Settings, exact_key, prompt_text, semantic_scope
+from trilemma.cache.semantic import Embedder, best_match
+from trilemma.journal.store import JournalWriter
+from trilemma.providers.base import Message
+
+__all__ = ["Cache", "Hit", "Lookup"]
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """An answer served from the cache."""
+
+    response: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    similarity: float | None
+    """None for an exact hit."""
+    latency_s: float
+    """The lookup's own time (for a semantic hit, mostly embedding the prompt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What a lookup found: a hit, or the prompt's embedding to store with the answer."""
+
+    hit: Hit | None
+    vector: np.ndarray | None = None
+
+
+class Cache:
+    """The journal's exact and semantic cache, through a :class:`JournalWriter`."""
+
+    def __init__(self, writer: JournalWriter, embedder: Embedder | None = None) -> None:
+        self.writer = writer
+        self.embedder = embedder
+
+    async def lookup(
+        self, settings: Settings, messages: Sequence[Message], similarity: float | None
+    ) -> Lookup:
+        """An exact hit, else with ``similarity`` the nearest prompt at least that alike."""
+        started = time.perf_counter()
+        exact = self.writer.read("cache_get", exact_key(settings, messages))
+        if exact is not None:
+            return Lookup(Hit(exact["response"], exact["prompt_tokens"],
+                              exact["completion_tokens"], None, time.perf_counter() - started))  # fmt: skip
+        if similarity is None or self.embedder is None:
+            return Lookup(None)
+        embedder = self.embedder
+        vector = (await asyncio.to_thread(embedder.embed, [prompt_text(messages)]))[0]
+        entries = self.writer.read("semantic_entries", semantic_scope(settings), embedder.name)
+        match = best_match(vector, entries)
+        if match is None or match.similarity < similarity:
+            return Lookup(None, vector)
+        return Lookup(
+            Hit(match.response, None, None, match.similarity, time.perf_counter() - started)
+        )
+
+    def store(
+        self, settings: Settings, messages: Sequence[Message], response: str, model: str,
+        vector: np.ndarray | None = None, prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+    ) -> None:  # fmt: skip
+        """Queue an accepted answer (and its prompt's embedding) for the next commit."""
+        key = exact_key(settings, messages)
+        now = time.time()
+        self.writer.defer("cache_put", {
+            "key": key, "model": model, "response": response, "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens, "created_at": now,
+        })  # fmt: skip
+        if vector is not None and self.embedder is not None:
+            self.writer.defer("semantic_put", {
+                "key": key, "scope": semantic_scope(settings), "embedder": self.embedder.name,
+                "prompt": prompt_text(messages), "vector": vector.astype(np.float32).tobytes(),
+                "response": response, "created_at": now,
+            })  # fmt: skip
