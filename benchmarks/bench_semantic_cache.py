@@ -68,7 +68,7 @@ def plot(result: dict[str, Any], out: Path) -> None:
     ax.plot(t, [100 * r["served_right"] for r in rows], "o-", label="paraphrases served their own answer (% of paraphrases)")
     ax.plot(t, [100 * r["served_wrong"] for r in rows], "s-", color="tab:red",
             label="lookups served a wrong answer (% of all lookups)")  # fmt: skip
-    ax.axvline(0.9, color="grey", ls=":", label="default 0.9")
+    ax.axvline(0.9, color="grey", ls=":", label="0.9, the threshold docs/cache.md starts from")
     ax.set_xlabel("similarity threshold")
     ax.set_ylabel("%")
     ax.set_title(f"Semantic cache: {result['paraphrases']} paraphrases, {result['neighbours']} "

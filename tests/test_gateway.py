@@ -203,6 +203,8 @@ def test_a_restarted_gateway_starts_from_what_each_key_spent(cli, tmp_path: Path
         (("key_env: TRILEMMA_GW_B", "key_env: TRILEMMA_GW_UNSET"), "keys.team-b.key_env",
          "TRILEMMA_GW_UNSET is not set"),
         (("max_cost_usd: 1.0", "max_cost: 1.0"), "keys.team-a.max_cost", "did you mean 'max_cost_usd'"),
+        (("version: 1", "version: 1\ncache: {hit_rate: 0.5}"), "cache.hit_rate", "planning figure"),
+        (("version: 1", "version: 1\ncache: sometimes"), "cache", "or a mapping of hit_rate, similarity (got 'sometimes')"),
     ],
 )  # fmt: skip
 def test_cli_gateway_bad_config_is_one_line(cli, tmp_path: Path, change, field, says) -> None:

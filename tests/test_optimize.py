@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from trilemma import Budget, estimate, load_workflow, optimize, parse_workflow, workflow_from_dict
-from trilemma.spec import SemanticCache
+from trilemma.spec import CacheRule
 
 from .conftest import EXAMPLES
 
@@ -88,7 +88,7 @@ budget: {min_reliability: 0.85}
 """)
     r = optimize(wf)
     assert r.best is not None
-    assert r.best.steps[0].cached == SemanticCache(similarity=0.95)  # not downgraded to exact
+    assert r.best.steps[0].cached == CacheRule(similarity=0.95)  # not downgraded to exact
 
 
 def test_debate_round_options_are_searched() -> None:

@@ -90,6 +90,44 @@ steps: [{id: a, model: m, cached: true}]
     assert r.latency_s.mean == pytest.approx(0.01)
 
 
+HIT_RATE_SPEC = """
+version: 1
+models: {m: {usd_per_call: 0.01, latency_s: 1, p_ok: 0.8}}
+steps:
+  - {id: a, model: m, retries: 1, cached: %s}
+  - {id: b, model: m, after: [a]}
+"""
+
+
+def test_a_cache_hit_rate_plans_the_mixture_of_hit_and_miss() -> None:
+    mixed = estimate(parse_workflow(HIT_RATE_SPEC % "{similarity: 0.9, hit_rate: 0.4}"))
+    sent = estimate(parse_workflow(HIT_RATE_SPEC % "false"))
+    a, a_sent = mixed.per_step[0], sent.per_step[0]
+    assert a.cached and a.cost_expected == pytest.approx(0.6 * a_sent.cost_expected)
+    assert a.p_step == pytest.approx(0.4 + 0.6 * (1 - 0.2**2))
+    assert a.latency_expected_s == pytest.approx(0.4 * 0.01 + 0.6 * a_sent.latency_expected_s)
+    # a deadline must hold when the cache misses: the worst case and critical path are a miss's
+    assert (a.cost_worst, a.latency_s) == (a_sent.cost_worst, a_sent.latency_s)
+    assert mixed.latency_critical_s == sent.latency_critical_s
+    always = estimate(parse_workflow(HIT_RATE_SPEC % "{}"))  # no hit_rate: the seed's "a hit"
+    assert always.per_step[0] == estimate(parse_workflow(HIT_RATE_SPEC % "true")).per_step[0]
+    assert always.per_step[0].cost_expected == 0.0
+
+
+def test_a_cache_hit_rate_is_simulated_as_the_estimate_plans_it() -> None:
+    wf = parse_workflow(HIT_RATE_SPEC % "{hit_rate: 0.4}")
+    e = estimate(wf)
+    r = simulate(wf, 400_000, seed=3, halt=False)
+    assert r.cost_usd.mean == pytest.approx(e.cost_expected, rel=5e-3)
+    assert r.latency_s.mean == pytest.approx(e.latency_expected_s, rel=5e-3)
+    halted = simulate(wf, 400_000, seed=3)
+    assert abs(halted.success_rate - e.reliability) <= 3 * halted.stderr
+    ok, cost, latency = simulate_loop(wf, 40_000, seed=3)
+    assert ok == pytest.approx(halted.success_rate, abs=0.01)
+    assert cost == pytest.approx(halted.cost_usd.mean, rel=0.02)
+    assert latency == pytest.approx(halted.latency_s.mean, rel=0.02)
+
+
 def test_latency_jitter_keeps_the_mean_and_spreads_the_tail() -> None:
     wf = parse_workflow("""
 version: 1

@@ -23,7 +23,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from trilemma.errors import SpecError
-from trilemma.spec import ModelProfile, SemanticCache
+from trilemma.spec import CacheRule, ModelProfile
 from trilemma.spec.load import read_document, validate_document
 from trilemma.spec.model import STEP_ID_PATTERN, Price
 
@@ -49,14 +49,14 @@ class GatewayConfig(BaseModel):
     version: int
     models: dict[str, ModelProfile]
     keys: dict[Annotated[str, Field(pattern=STEP_ID_PATTERN, max_length=64)], KeyConfig]
-    cache: bool | SemanticCache = False
+    cache: bool | CacheRule = False
     """Answer a repeated request (``true``), or also a similar one (``{similarity: S}``), from
     the journal's cache, billed nothing. Each key sees only its own answers."""
 
     @property
     def similarity(self) -> float | None:
         """The semantic cache's threshold, or None when it is off."""
-        return self.cache.similarity if isinstance(self.cache, SemanticCache) else None
+        return self.cache.similarity if isinstance(self.cache, CacheRule) else None
 
     def allowed(self, key: str) -> list[str]:
         """The models a key may call."""
@@ -72,6 +72,9 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         raise SpecError(source, "models", "no models; name at least one model profile to serve")
     if not config.keys:
         raise SpecError(source, "keys", "no keys; add one, such as team-a: {key_env: TEAM_A_KEY}")
+    if isinstance(config.cache, CacheRule) and "hit_rate" in config.cache.model_fields_set:
+        raise SpecError(source, "cache.hit_rate", "a planning figure of workflow steps; the "
+                        "gateway plans nothing and serves every hit it finds: remove it")  # fmt: skip
     for name, key in config.keys.items():
         for i, model in enumerate(key.models or []):
             if model not in config.models:

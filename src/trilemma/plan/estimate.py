@@ -16,13 +16,15 @@ its ladder, so each attempt has its own price, latency and ``p``: attempt ``i``
 happens with the chance that every attempt before it failed, and the step fails
 only if every attempt does.
 
-A cached step costs nothing, takes :data:`CACHE_HIT_LATENCY_S` and succeeds.
+A cached step costs nothing, takes :data:`CACHE_HIT_LATENCY_S` and succeeds. With a
+``hit_rate`` below 1 its expected figures mix that hit with the step as sent, while its
+worst case and critical path stay a miss's.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from trilemma import dag
@@ -47,9 +49,9 @@ class StepEstimate:
     model: str
     """The model profile it runs on."""
     cached: bool
-    """Planned as a cache hit."""
+    """Planned as a cache hit (every time, or ``hit_rate`` of the time)."""
     calls: int
-    """LLM calls of one attempt (0 when cached)."""
+    """LLM calls of one attempt (0 when every run is planned as a hit)."""
     retries: int
     """Extra attempts allowed."""
     attempts_expected: float
@@ -215,14 +217,37 @@ class Estimate:
 
 def step_estimate(wf: Workflow, step: Step) -> StepEstimate:
     """The figures of one step, its place in the DAG aside."""
-    profile = wf.profile(step)
-    if step.cached:
+    rule = step.cache_rule
+    if rule is not None and rule.hit_rate >= 1.0:
         return StepEstimate(
             step.id, step.model, True, 0, step.retries, 1.0, 0.0, 0.0, 0.0,
             CACHE_HIT_LATENCY_S, CACHE_HIT_LATENCY_S, 1.0, 1.0, False, CACHE_HIT_LATENCY_S,
         )  # fmt: skip
-    if step.escalate:
-        return _cascade_estimate(wf, step)
+    sent = _cascade_estimate(wf, step) if step.escalate else _call_estimate(wf, step)
+    return sent if rule is None else _partly_cached(sent, rule.hit_rate)
+
+
+def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:
+    """A step found in the cache ``hit_rate`` of the time, and sent as ``e`` otherwise.
+
+    Expected cost, attempts, latency and success mix the two. The worst case and the
+    critical path are a miss's: a deadline must hold when the cache misses.
+    """
+    miss = 1.0 - hit_rate
+    return replace(
+        e,
+        cached=True,
+        attempts_expected=miss * e.attempts_expected,
+        cost_book=miss * e.cost_book,
+        cost_expected=miss * e.cost_expected,
+        p_step=hit_rate + miss * e.p_step,
+        latency_expected_s=hit_rate * CACHE_HIT_LATENCY_S + miss * e.latency_expected_s,
+    )
+
+
+def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
+    """A step whose attempts all run on its own model."""
+    profile = wf.profile(step)
     p = wf.p_ok(step)
     q = 1.0 - p
     k = step.retries

@@ -134,7 +134,8 @@ class _Try:
 @dataclass(frozen=True, slots=True)
 class _StepParams:
     parents: tuple[int, ...]
-    cached: bool
+    hit_rate: float
+    """The chance a trajectory finds the step cached (0 when it is not)."""
     recall: float
     calls: int
     tries: tuple[_Try, ...]
@@ -155,7 +156,7 @@ def _params(wf: Workflow, settings: Simulation) -> list[_StepParams]:
         out.append(
             _StepParams(
                 parents=tuple(index[d] for d in s.after),
-                cached=bool(s.cached),
+                hit_rate=s.cache_rule.hit_rate if s.cache_rule else 0.0,
                 recall=s.recall if s.recall is not None else settings.recall,
                 calls=s.calls,
                 tries=tuple(tries[wf.attempt_model(s, a)] for a in range(1, s.retries + 2)),
@@ -223,14 +224,17 @@ def _chunk(
         blocked = np.any([dead[j] for j in sp.parents], axis=0) if sp.parents else false
         tainted = np.any([wrong[j] for j in sp.parents], axis=0) if sp.parents else false
         runs = ~blocked if halt else np.ones(n, dtype=bool)
-        if sp.cached:
+        if sp.hit_rate >= 1.0:
             dur = np.where(runs, CACHE_HIT_LATENCY_S, 0.0)
             finish.append(start + dur)
             dead.append(blocked.copy())
             wrong.append(tainted.copy())
             continue
+        hit = runs & (rng.random(n) < sp.hit_rate) if sp.hit_rate > 0.0 else false
         factor = np.where(tainted, st.compounding, 1.0)
-        attempts, paid, dur, step_dead, step_wrong = _attempts(sp, st, factor, runs, rng)
+        attempts, paid, dur, step_dead, step_wrong = _attempts(sp, st, factor, runs & ~hit, rng)
+        if sp.hit_rate > 0.0:
+            dur = np.where(hit, CACHE_HIT_LATENCY_S, dur)
         cost += paid
         calls += attempts * sp.calls
         finish.append(start + dur)
@@ -309,7 +313,10 @@ def simulate_loop(
             start = max((finish[j] for j in sp.parents), default=0.0)
             blocked = any(dead[j] for j in sp.parents)
             tainted = any(wrong[j] for j in sp.parents)
-            if blocked or sp.cached:
+            hit = not blocked and (
+                sp.hit_rate >= 1.0 or (sp.hit_rate > 0.0 and rnd.random() < sp.hit_rate)
+            )
+            if blocked or hit:
                 finish.append(start + (0.0 if blocked else CACHE_HIT_LATENCY_S))
                 dead.append(blocked)
                 wrong.append(tainted)

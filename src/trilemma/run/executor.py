@@ -52,7 +52,6 @@ from trilemma.run.retry import retrying
 from trilemma.run.routes import Route
 from trilemma.run.steps import Answer, run_kind
 from trilemma.spec import (
-    SemanticCache,
     Step,
     Workflow,
     render_template,
@@ -373,10 +372,9 @@ class Executor:
         base = self._messages(step, s)
         state: dict[str, Any] = {"attempt": 0, "feedback": None, "pending": [], "cost": 0.0}
         lookup = None
-        if step.cached:
-            rule = step.cached
-            similarity = rule.similarity if isinstance(rule, SemanticCache) else None
-            lookup = await self.cache.lookup(step_settings(self.wf, step), base, similarity)
+        rule = step.cache_rule
+        if rule is not None:
+            lookup = await self.cache.lookup(step_settings(self.wf, step), base, rule.similarity)
             if lookup.hit is not None:
                 return self._served(step, base, lookup.hit)
         first_no, left = self.resume_from.get(step.id, (1, step.retries + 1))

@@ -33,7 +33,7 @@ from trilemma.run.executor import (
     spec_json,
 )
 from trilemma.run.gates import Check, build_gate
-from trilemma.spec import ModelProfile, SemanticCache, Workflow, load_workflow, workflow_from_dict
+from trilemma.spec import ModelProfile, Workflow, load_workflow, workflow_from_dict
 
 __all__ = [
     "build_gates",
@@ -109,7 +109,7 @@ def embedder_for(wf: Workflow, given: Embedder | None = None) -> Embedder | None
 
     Raises SetupError, before anything is spent, when the ``semantic`` extra is missing.
     """
-    if not any(isinstance(step.cached, SemanticCache) for step in wf.steps):
+    if not any(step.cache_rule and step.cache_rule.similarity for step in wf.steps):
         return None
     return given if given is not None else default_embedder()
 

@@ -278,7 +278,7 @@ def _spec_error(
     exc: ValidationError, source: str, root: type[BaseModel] = Workflow
 ) -> SpecError:
     # An unknown field usually explains a 'missing' one beside it (a misspelling): name it first.
-    errors, alternatives = _union_branches(exc.errors(include_url=False))
+    errors, alternatives = _union_branches(exc.errors(include_url=False), root)
     err = min(errors, key=lambda e: e["type"] != "extra_forbidden")
     loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
     field = _render_loc(loc)
@@ -303,14 +303,14 @@ def _spec_error(
 
 
 def _is_union_tag(part: object) -> bool:
-    """A location part that names a branch of a union (``bool``, ``SemanticCache``), not a field."""
+    """A location part that names a branch of a union (``bool``, ``CacheRule``), not a field."""
     return isinstance(part, str) and (part in _SCALARS or part[:1].isupper())
 
 
 _SCALARS = frozenset({"bool", "int", "float", "str"})
 
 
-def _union_branches(errors: list[Any]) -> tuple[list[Any], str]:
+def _union_branches(errors: list[Any], root: type[BaseModel]) -> tuple[list[Any], str]:
     """The errors of the branch of a union the input was meant for, and the other branch's fields.
 
     ``cached: {similarity: 1.5}`` was meant for the mapping branch, so its
@@ -326,7 +326,7 @@ def _union_branches(errors: list[Any]) -> tuple[list[Any], str]:
     dropped_models = {
         p for e in errors if e["type"] in shape for p in e["loc"] if _is_union_tag(p)
     }
-    models = _models_by_name(Workflow)
+    models = _models_by_name(root)
     fields = sorted(f for name in dropped_models if name in models for f in models[name].model_fields)
     return (meant or errors), ", ".join(fields)
 

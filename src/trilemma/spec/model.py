@@ -181,14 +181,18 @@ class SimAnswers(_Strict):
     bad: str = "WRONG answer of {step} (attempt {attempt})"
 
 
-class SemanticCache(_Strict):
-    """``cached: {similarity: S}``: an exact hit first, else an earlier answer to a similar prompt.
+class CacheRule(_Strict):
+    """``cached: {...}``: how a step is served from the journal's cache.
 
-    Similar means the cosine similarity of the two prompts' sentence embeddings
-    (all-MiniLM-L6-v2) is at least ``similarity``, for the same model and settings.
+    Always an exact hit first (the same prompt and settings); with ``similarity``
+    also the answer to an earlier prompt whose embedding (all-MiniLM-L6-v2) is at
+    least that similar, for the same model and settings. ``hit_rate`` is for
+    planning: the chance a run finds the answer cached (1, the seed's assumption,
+    plans every run as a hit; a measured rate plans the mixture).
     """
 
-    similarity: Annotated[float, Field(gt=0.0, le=1.0), AfterValidator(_finite)] = 0.9
+    similarity: Annotated[float, Field(gt=0.0, le=1.0), AfterValidator(_finite)] | None = None
+    hit_rate: Fraction = 1.0
 
 
 class Step(_Strict):
@@ -203,10 +207,10 @@ class Step(_Strict):
     vote: Vote | None = None
     escalate: list[str] | None = None
     """A cascade: the models a failed attempt moves up to, in order (see :meth:`Workflow.ladder`)."""
-    cached: bool | SemanticCache = False
-    """Served from the journal's cache: ``true`` on an exact match of the prompt and settings,
-    ``{similarity: S}`` also on a similar prompt (see :class:`SemanticCache`). Planning
-    assumes a hit either way."""
+    cached: bool | CacheRule = False
+    """Served from the journal's cache: ``true`` on an exact match of the prompt and settings;
+    ``{similarity: S, hit_rate: H}`` also on a similar prompt, planned as a hit ``H`` of the
+    time (see :class:`CacheRule`)."""
     p_ok: Probability | None = None
     recall: Fraction | None = None
     # What the executor sends and checks.
@@ -251,6 +255,13 @@ class Step(_Strict):
                 f"least {len(self.escalate)}"
             )
         return self
+
+    @property
+    def cache_rule(self) -> CacheRule | None:
+        """The step's cache rule (``cached: true`` is the default rule), or None."""
+        if isinstance(self.cached, CacheRule):
+            return self.cached
+        return CacheRule() if self.cached else None
 
     @property
     def kind(self) -> Literal["call", "debate", "vote"]:
