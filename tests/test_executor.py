@@ -301,6 +301,10 @@ def test_cached_step_is_served_from_the_journal_on_the_second_run(tmp_path: Path
     assert second.outputs == first.outputs
     assert [c["cache_hit"] for c in j.calls(second.run_id)] == [1]
     assert (first.calls, second.calls) == (1, 0)  # a hit sends nothing
+    [sent], [hit] = j.calls(first.run_id), j.calls(second.run_id)
+    assert (hit["prompt_tokens"], hit["completion_tokens"]) == (
+        sent["prompt_tokens"], sent["completion_tokens"])  # what the hit saved  # fmt: skip
+    assert hit["prompt_tokens"] > 0
 
 
 def test_provider_errors_raised_by_a_fake_are_retried(tmp_path: Path) -> None:

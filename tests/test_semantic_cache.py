@@ -22,7 +22,7 @@ from trilemma.cache.semantic import INSTALL_HINT, best_match, default_embedder
 from trilemma.errors import SetupError
 from trilemma.journal import Journal
 from trilemma.run import session
-from trilemma.run.session import execute
+from trilemma.run.session import execute, resume
 
 from .conftest import Result
 
@@ -75,6 +75,7 @@ def test_a_paraphrase_is_served_from_the_cache_and_billed_nothing(tmp_path: Path
     assert (row["role"], row["cache_hit"], row["cost_usd"]) == ("cache", 1, 0.0)
     assert 0.9 <= row["cache_similarity"] < 1.0  # 0.94 for these two
     assert 0.0 < row["latency_s"] < 5.0  # the lookup's own time: embedding the prompt
+    assert row["completion_tokens"] is not None and row["completion_tokens"] > 0  # run 1's
     cost, bread, ledger = run(journal, BREAD, run=3)  # unrelated: sent and billed
     assert cost == pytest.approx(0.01) and bread.endswith("run 3")
     assert [r["cache_hit"] for r in ledger] == [0]
@@ -129,6 +130,22 @@ def test_the_ledger_shows_the_similarity(
     assert row["cache_hit"] is True and 0.9 <= row["cache_similarity"] < 1.0
     table = cli("ledger", run_id, "--journal", db).out
     assert "cache, similarity 0.9" in table
+
+
+@needs_model
+def test_a_resumed_run_serves_its_semantic_step_from_the_cache(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db")
+    run(journal, FRANCE, run=1)
+    two = SPEC.format(model="big", cached="{similarity: 0.9}", run=2).replace(
+        "  - id: answer\n", "  - {id: slow, model: other}\n  - id: answer\n    after: [slow]\n"
+    ).replace("other: {usd_per_call: 0.01, latency_s: 0.001", "other: {usd_per_call: 0.01, latency_s: 0.5")
+    wf = parse_workflow(two)
+    first = execute(wf, journal=journal, inputs={"question": FRANCE_AGAIN}, deadline_s=0.1)
+    assert first.status == "deadline" and first.outputs == {}
+    again = resume(journal, first.run_id, deadline_s=10)  # loads the embedder itself
+    assert again.status == "ok" and again.outputs["answer"].endswith("run 1")
+    served = [c for c in journal.calls(first.run_id) if c["step_id"] == "answer"]
+    assert [(c["role"], c["cost_usd"]) for c in served] == [("cache", 0.0)]
 
 
 @needs_model

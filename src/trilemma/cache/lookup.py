@@ -68,9 +68,9 @@ class Cache:
         match = best_match(vector, entries)
         if match is None or match.similarity < similarity:
             return Lookup(None, vector)
-        return Lookup(
-            Hit(match.response, None, None, match.similarity, time.perf_counter() - started)
-        )
+        same = self.writer.read("cache_get", match.key) or {}  # the matched answer's tokens
+        return Lookup(Hit(match.response, same.get("prompt_tokens"), same.get("completion_tokens"),
+                          match.similarity, time.perf_counter() - started))  # fmt: skip
 
     def store(
         self, settings: Settings, messages: Sequence[Message], response: str, model: str,

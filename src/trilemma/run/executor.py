@@ -405,9 +405,11 @@ class Executor:
         self.writer.defer(
             "attempt_finished", self.run_id, step.id, state["pending"], rejected=False, step=done
         )
-        if lookup is not None:
+        if lookup is not None:  # with the tokens its calls used: what a hit will save
+            calls = [f for _, f in state["pending"]]
             self.cache.store(step_settings(self.wf, step), base, answer.text, step.model,
-                             lookup.vector)  # fmt: skip
+                             lookup.vector, _tokens(calls, "prompt_tokens"),
+                             _tokens(calls, "completion_tokens"))  # fmt: skip
         return StepResult("done", answer.text, state["attempt"], cost)
 
     async def _retried(
@@ -620,6 +622,12 @@ def _number(answer: Answer) -> Answer:
     if value is None:
         raise GateRejected("the answer must contain a number")
     return Answer(value, answer.verdict)
+
+
+def _tokens(calls: list[dict[str, Any]], field: str) -> int | None:
+    """The tokens an accepted attempt's calls used, or None when a call did not say."""
+    counts = [c[field] for c in calls]
+    return None if None in counts else sum(counts)
 
 
 def _fill(template: str, step: str, attempt: int) -> str:
