@@ -103,7 +103,8 @@ def test_a_cache_hit_rate_plans_the_mixture_of_hit_and_miss() -> None:
     mixed = estimate(parse_workflow(HIT_RATE_SPEC % "{similarity: 0.9, hit_rate: 0.4}"))
     sent = estimate(parse_workflow(HIT_RATE_SPEC % "false"))
     a, a_sent = mixed.per_step[0], sent.per_step[0]
-    assert a.cached and a.cost_expected == pytest.approx(0.6 * a_sent.cost_expected)
+    assert a.cached and a.hit_rate == 0.4 and a.to_json()["hit_rate"] == 0.4
+    assert a.cost_expected == pytest.approx(0.6 * a_sent.cost_expected)
     assert a.p_step == pytest.approx(0.4 + 0.6 * (1 - 0.2**2))
     assert a.latency_expected_s == pytest.approx(0.4 * 0.01 + 0.6 * a_sent.latency_expected_s)
     # a deadline must hold when the cache misses: the worst case and critical path are a miss's

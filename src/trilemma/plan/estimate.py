@@ -76,6 +76,8 @@ class StepEstimate:
     """Seconds on average: each attempt's latency times the chance it is made."""
     models: tuple[str, ...] = ()
     """A cascade's ladder: the model of each attempt in turn (empty: every attempt on ``model``)."""
+    hit_rate: float = 0.0
+    """The chance a run finds it cached (1 when ``cached`` with no ``hit_rate``; 0 uncached)."""
 
     @property
     def calls_expected(self) -> float:
@@ -93,6 +95,7 @@ class StepEstimate:
             "id": self.id,
             "model": self.model,
             "cached": self.cached,
+            "hit_rate": self.hit_rate,
             "calls": self.calls,
             "retries": self.retries,
             "calls_expected": _r(self.calls_expected),
@@ -222,6 +225,7 @@ def step_estimate(wf: Workflow, step: Step) -> StepEstimate:
         return StepEstimate(
             step.id, step.model, True, 0, step.retries, 1.0, 0.0, 0.0, 0.0,
             CACHE_HIT_LATENCY_S, CACHE_HIT_LATENCY_S, 1.0, 1.0, False, CACHE_HIT_LATENCY_S,
+            hit_rate=1.0,
         )  # fmt: skip
     sent = _cascade_estimate(wf, step) if step.escalate else _call_estimate(wf, step)
     return sent if rule is None else _partly_cached(sent, rule.hit_rate)
@@ -237,6 +241,7 @@ def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:
     return replace(
         e,
         cached=True,
+        hit_rate=hit_rate,
         attempts_expected=miss * e.attempts_expected,
         cost_book=miss * e.cost_book,
         cost_expected=miss * e.cost_expected,

@@ -52,7 +52,7 @@ def estimate_table(e: Estimate, title: str = "Estimate") -> Group:
         t.add_column(col, justify="left" if col in ("step", "model") else "right")
     for s in e.per_step:
         t.add_row(
-            s.id, " > ".join(s.models or (s.model,)) + (" (cached)" if s.cached else ""),
+            s.id, " > ".join(s.models or (s.model,)) + _cached_note(s.hit_rate),
             str(s.calls), str(s.retries),
             _usd(s.cost_book), _usd(s.cost_expected), _usd(s.cost_worst),
             f"{s.latency_s:.2f}s", f"{s.p_attempt:.4f}", f"{s.p_step:.4f}",
@@ -415,3 +415,10 @@ def _scaled(time_scale: float) -> list[str]:
         return []
     return [f"Simulated time ran {1 / time_scale:g}x faster and is reported unscaled; timer "
             "slack and the executor's overhead are scaled up with it."]  # fmt: skip
+
+
+def _cached_note(hit_rate: float) -> str:
+    """How a step's model cell says it is planned as cached."""
+    if hit_rate >= 1.0:
+        return " (cached)"
+    return f" (cached {hit_rate:.0%})" if hit_rate > 0.0 else ""
