@@ -538,3 +538,27 @@ def test_a_refused_call_of_a_vote_lets_its_siblings_finish_and_be_billed(tmp_pat
     assert [c["state"] for c in calls] == ["finished", "finished"]
     assert [c["outcome"] for c in calls] == ["ok", "ok"]
     assert r.cost_usd == pytest.approx(0.02) and r.cost_usd == pytest.approx(j.spent(r.run_id))
+
+
+def test_cache_stats_and_clear(tmp_path: Path, cli) -> None:
+    text = spec(
+        "m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}\nn: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+        ["{id: a, model: m, cached: true}", "{id: b, model: n, cached: true}"],
+    )  # fmt: skip
+    _, j = run(text, tmp_path)
+    run(text, tmp_path)  # both steps served from the cache
+    db = str(j.path)
+    stats = {r["model"]: r for r in cli("cache", "stats", "--journal", db, "--json").json()}
+    assert {m: (r["entries"], r["hits"], r["semantic_entries"]) for m, r in stats.items()} == {
+        "m": (1, 1, 0), "n": (1, 1, 0)}  # fmt: skip
+    assert stats["m"]["oldest"] is not None
+    assert "Cache of" in cli("cache", "stats", "--journal", db).out
+    old = cli("cache", "clear", "--older-than", "1", "--journal", db, "--json").json()
+    assert old == {"exact_removed": 0, "semantic_removed": 0}  # nothing is a day old
+    assert cli("cache", "clear", "--model", "m", "--journal", db, "--json").json()["exact_removed"] == 1
+    third, _ = run(text, tmp_path)
+    assert third.cost_usd == pytest.approx(0.01)  # m asked again, n still cached
+    r = cli("cache", "clear", "--journal", db)
+    assert r.code == 0 and "removed 2 cached answers" in r.out  # m's new answer and n's
+    missing = cli("cache", "stats", "--journal", tmp_path / "none.db")
+    assert missing.code == 2 and "no journal here" in missing.err

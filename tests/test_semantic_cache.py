@@ -256,3 +256,19 @@ cache: {similarity: 0.9}
 """, "gateway.yaml")  # fmt: skip
     r = cli("gateway", config, "--port", "9", "--journal", tmp_path / "j.db")
     assert r.code == 1 and "trilemma[semantic]" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+@needs_model
+def test_clearing_only_the_embeddings_keeps_exact_hits(
+    tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    journal = Journal(tmp_path / "j.db")
+    run(journal, FRANCE, run=1)
+    [row] = cli("cache", "stats", "--journal", journal.path, "--json").json()
+    assert (row["entries"], row["semantic_entries"]) == (1, 1)
+    cleared = cli("cache", "clear", "--semantic-only", "--journal", journal.path, "--json").json()
+    assert cleared == {"exact_removed": 0, "semantic_removed": 1}
+    cost, _, _ = run(journal, FRANCE_AGAIN, run=2)  # no embedding left to match
+    assert cost == pytest.approx(0.01)
+    cost, _, _ = run(journal, FRANCE, run=3)  # the exact entry still serves
+    assert cost == 0.0

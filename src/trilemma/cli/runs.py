@@ -1,4 +1,4 @@
-"""Commands that run and read the journal: run, resume, runs, ledger, export, doctor."""
+"""Commands that run and read the journal: run, resume, runs, ledger, export, doctor, cache."""
 
 from __future__ import annotations
 
@@ -308,3 +308,57 @@ def gateway(
     sys.stdout.flush()
     uvicorn.run(create_app(gw), host=host, port=port, log_level="warning")
     return 0
+
+
+cache_app = typer.Typer(help="Inspect and clear the journal's cache of accepted answers.",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(cache_app, name="cache", rich_help_panel="Run and read the journal")
+
+
+@cache_app.command("stats")
+def cache_stats(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> int:
+    """Per model: cached answers, their embeddings, their ages and the hits they served.
+
+    Example: trilemma cache stats --json
+    """
+    from trilemma.journal import Journal
+
+    rows = Journal(journal, create=False).cache_stats()
+    if as_json:
+        emit_json([{**r, "oldest": iso(r["oldest"]), "newest": iso(r["newest"])} for r in rows])
+    else:
+        stdout_console().print(tables.cache_table(str(journal), rows))
+    return 0
+
+
+@cache_app.command("clear")
+def cache_clear(
+    model: Annotated[str | None, typer.Option(help="Only this model profile's answers.")] = None,
+    older_than: Annotated[
+        float | None, typer.Option(min=0.0, help="Only answers older than this many days.")
+    ] = None,
+    semantic_only: Annotated[
+        bool, typer.Option(help="Drop only the embeddings: exact repeats still hit.")
+    ] = False,
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    as_json: JsonFlag = False,
+) -> int:
+    """Forget cached answers (all of them unless filtered), so the next runs ask again.
+
+    Example: trilemma cache clear --model premium --older-than 30
+    """
+    import time
+
+    from trilemma.journal import Journal
+
+    before = None if older_than is None else time.time() - older_than * 86_400
+    exact, semantic = Journal(journal, create=False).cache_clear(
+        model=model, before=before, semantic_only=semantic_only
+    )
+    if as_json:
+        emit_json({"exact_removed": exact, "semantic_removed": semantic})
+    else:
+        sys.stdout.write(f"removed {exact} cached answers and {semantic} prompt embeddings "
+                         f"from {journal}\n")  # fmt: skip
+    return 0
+

@@ -246,6 +246,56 @@ class Journal:
                 )
             ]
 
+    def cache_stats(self) -> list[dict[str, Any]]:
+        """Per model: exact and semantic entries, their ages, and the hits served from them."""
+        entries = self._rows(
+            "SELECT c.model, count(*) AS entries, count(s.key) AS semantic_entries, "
+            "min(c.created_at) AS oldest, max(c.created_at) AS newest "
+            "FROM cache c LEFT JOIN semantic_cache s ON s.key = c.key GROUP BY c.model"
+        )
+        hits = {
+            r["model"]: r
+            for r in self._rows(
+                "SELECT model, count(*) AS hits, count(cache_similarity) AS semantic_hits "
+                "FROM calls WHERE cache_hit GROUP BY model"
+            )
+        }
+        out = []
+        for model in sorted({e["model"] for e in entries} | hits.keys()):
+            e = next((e for e in entries if e["model"] == model), None)
+            h = hits.get(model, {})
+            out.append({
+                "model": model, "entries": e["entries"] if e else 0,
+                "semantic_entries": e["semantic_entries"] if e else 0,
+                "oldest": e["oldest"] if e else None, "newest": e["newest"] if e else None,
+                "hits": h.get("hits", 0), "semantic_hits": h.get("semantic_hits", 0),
+            })  # fmt: skip
+        return out
+
+    def cache_clear(
+        self, *, model: str | None = None, before: float | None = None, semantic_only: bool = False
+    ) -> tuple[int, int]:
+        """Forget cached answers (of ``model``, stored before ``before``); (exact, semantic) removed.
+
+        ``semantic_only`` keeps the exact entries and drops only their embeddings, so that
+        repeats still hit and similar prompts no longer do.
+        """
+        where: list[str] = ["1"]
+        args: list[Any] = []
+        if model is not None:
+            where.append("model = ?")
+            args.append(model)
+        if before is not None:
+            where.append("created_at < ?")
+            args.append(before)
+        chosen = f"SELECT key FROM cache WHERE {' AND '.join(where)}"
+        with self.transaction() as db:
+            semantic = db.execute(f"DELETE FROM semantic_cache WHERE key IN ({chosen})", args)
+            exact = None if semantic_only else db.execute(
+                f"DELETE FROM cache WHERE {' AND '.join(where)}", args
+            )
+        return (exact.rowcount if exact else 0), semantic.rowcount
+
     def totals(self, run_id: str) -> tuple[float, int]:
         """Dollars billed to a run so far, and calls sent (answered or not).
 

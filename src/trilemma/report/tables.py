@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -196,8 +197,6 @@ def run_view(r: Any) -> Group:
 
 def runs_table(rows: list[dict[str, Any]]) -> Table:
     """``trilemma runs``."""
-    import datetime as dt
-
     t = Table(title=f"{len(rows)} runs, newest first", title_justify="left")
     for col in ("run_id", "status", "started_at", "cost", "calls", "spec"):
         t.add_column(col)
@@ -415,6 +414,26 @@ def _scaled(time_scale: float) -> list[str]:
         return []
     return [f"Simulated time ran {1 / time_scale:g}x faster and is reported unscaled; timer "
             "slack and the executor's overhead are scaled up with it."]  # fmt: skip
+
+
+def cache_table(journal: str, rows: list[dict[str, Any]]) -> Table:
+    """``trilemma cache stats``."""
+    t = Table(title=f"Cache of {journal}", title_justify="left")
+    for col in ("model", "answers", "with embeddings", "hits served", "semantic hits",
+                "oldest", "newest"):  # fmt: skip
+        t.add_column(col, justify="left" if col in ("model", "oldest", "newest") else "right")
+    for r in rows:
+        t.add_row(r["model"], str(r["entries"]), str(r["semantic_entries"]), str(r["hits"]),
+                  str(r["semantic_hits"]), _day(r["oldest"]), _day(r["newest"]))  # fmt: skip
+    if not rows:
+        t.caption = "empty: steps with `cached:` fill it as they run"
+    return t
+
+
+def _day(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _cached_note(hit_rate: float) -> str:
