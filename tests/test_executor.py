@@ -540,6 +540,17 @@ def test_a_refused_call_of_a_vote_lets_its_siblings_finish_and_be_billed(tmp_pat
     assert r.cost_usd == pytest.approx(0.02) and r.cost_usd == pytest.approx(j.spent(r.run_id))
 
 
+def test_an_answer_cached_under_one_gate_is_not_served_under_another(tmp_path: Path) -> None:
+    def text(gate: str) -> str:
+        return spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                    [f"{{id: a, model: m, cached: true, gate: {{regex: '{gate}'}}}}"])  # fmt: skip
+
+    first, _ = run(text("answer"), tmp_path)
+    same, _ = run(text("answer"), tmp_path)
+    stricter, _ = run(text("^answer of a"), tmp_path)
+    assert (first.cost_usd, same.cost_usd, stricter.cost_usd) == (0.01, 0.0, 0.01)
+
+
 def test_cache_stats_and_clear(tmp_path: Path, cli) -> None:
     text = spec(
         "m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}\nn: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",

@@ -2,8 +2,8 @@
 
 A call's *settings* are what besides its messages decides its answer: the
 endpoint, the model, the token limit and temperature, and for a workflow step
-its kind and call count (for the gateway, the client's key, so that tenants
-never see each other's answers). The exact key covers the settings and the
+its kind, call count and gate (for the gateway, the client's key, so that
+tenants never see each other's answers). The exact key covers the settings and the
 messages; the semantic scope covers the settings alone, so that only prompts
 sent with the same settings can match.
 """
@@ -36,12 +36,20 @@ def profile_settings(profile: ModelProfile, name: str) -> Settings:
 
 
 def step_settings(wf: Workflow, step: Step) -> Settings:
-    """A workflow step's settings (a cascade's whole ladder: any rung may have answered)."""
+    """A workflow step's settings.
+
+    A cascade's whole ladder counts (any rung may have answered), and so do a gate and an
+    ``extract``: an answer accepted under one gate is no answer for a stricter one.
+    """
     p = wf.profile(step)
     out = [*profile_settings(p, step.model), step.kind, step.calls,
            step.max_tokens or p.max_tokens, p.temperature]  # fmt: skip
     if step.escalate:
         out.append(wf.ladder(step))
+    if step.gate is not None:
+        out.append({"gate": step.gate.model_dump(mode="json", exclude_defaults=True)})
+    if step.extract is not None:
+        out.append({"extract": step.extract})
     return out
 
 
