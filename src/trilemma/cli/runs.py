@@ -24,7 +24,7 @@ from trilemma.cli._common import (
 )
 from trilemma.errors import UsageError
 from trilemma.report import tables
-from trilemma.spec import load_workflow
+from trilemma.spec import load_workflow, workflow_from_dict
 
 
 def _inputs(pairs: list[str] | None) -> dict[str, str]:
@@ -58,6 +58,7 @@ def run_cmd(
 
     wf = load_workflow(spec)
     values = _inputs(inputs)
+    _load_embedder(wf, show=not as_json)
     ceiling = max_cost if max_cost is not None else wf.budget.max_cost_usd
     limit = deadline if deadline is not None else wf.budget.deadline_s
     with _RunDisplay(len(wf.steps), ceiling, limit, enabled=not as_json) as display:
@@ -76,6 +77,19 @@ def _report_run(result: Any, as_json: bool) -> int:
         sys.stderr.write(f"trilemma: run {result.run_id} {result.status}: {result.error}\n")
         return 1
     return 0
+
+
+def _load_embedder(wf: Any, show: bool) -> None:
+    """Load the semantic cache's model now, with a spinner on a terminal (it takes seconds)."""
+    from trilemma.run.session import embedder_for
+
+    if not any(st.cache_rule and st.cache_rule.similarity for st in wf.steps):
+        return
+    if show and sys.stderr.isatty():
+        with Console(stderr=True).status("loading all-MiniLM-L6-v2 for the semantic cache"):
+            embedder_for(wf)
+    else:
+        embedder_for(wf)
 
 
 class _RunDisplay:
@@ -154,7 +168,10 @@ def resume_cmd(
 
     j = Journal(journal, create=False)
     row = j.run(run_id)
-    steps = len(json.loads(row["spec_json"]).get("steps", [])) if row else 0
+    spec = json.loads(row["spec_json"]) if row else {}
+    steps = len(spec.get("steps", []))
+    if steps:  # a workflow's run (not a gateway key's)
+        _load_embedder(workflow_from_dict(spec, run_id), show=not as_json)
     with _RunDisplay(
         steps, max_cost or (row or {}).get("max_cost_usd"), deadline, enabled=not as_json
     ) as display:
