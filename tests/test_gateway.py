@@ -22,6 +22,7 @@ import openai
 import pytest
 import uvicorn
 
+from trilemma.errors import UsageError
 from trilemma.gateway.app import Gateway, create_app, run_id_of
 from trilemma.gateway.config import load_gateway_config, secrets_of
 from trilemma.journal import Journal
@@ -291,3 +292,32 @@ def test_a_cached_gateway_answers_repeats_free_and_keeps_tenants_apart(tmp_path:
     ledger = Journal(tmp_path / "j.db").calls(run_id_of("team-a"))
     assert [(c["role"], c["cache_hit"], c["cost_usd"] > 0) for c in ledger] == [
         ("gateway", 0, True), ("cache", 1, False), ("gateway", 0, True)]  # fmt: skip
+
+
+def test_a_second_gateway_on_a_live_gateways_keys_is_refused(cli, tmp_path: Path) -> None:
+    """Two processes would each hold a key's whole ceiling: the second one does not start."""
+    db = tmp_path / "j.db"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        Journal(db).create_run({
+            "run_id": run_id_of("team-b"), "spec_source": "gw.yaml", "spec_json": "{}",
+            "spec_hash": "", "inputs_json": "{}", "seed": None, "max_cost_usd": 1.0,
+            "deadline_at": None, "status": "running", "started_at": time.time(),
+            "predicted_json": None, "pid": other.pid,
+        })  # fmt: skip
+        path = tmp_path / "gw.yaml"
+        path.write_text(config_text())
+        conf = load_gateway_config(path)
+        with pytest.raises(UsageError, match="already served"):  # before the CLI would serve
+            Gateway(conf, secrets_of(conf, str(path)), Journal(db), str(path))
+        r = cli("gateway", path, "--journal", db, "--port", "9")
+        assert r.code == 2 and len(r.err.strip().splitlines()) == 1
+        assert f"key 'team-b' is already served from {db} by another gateway (process {other.pid})" in r.err
+    finally:
+        other.kill()
+        other.wait()
+    with serving(tmp_path, config_text()) as (url, _):  # its process gone, the key is free again
+        ok = client(url, "sk-team-b-secret").chat.completions.create(
+            model="sim", messages=[{"role": "user", "content": "q"}]
+        )
+    assert ok.choices[0].message.content == "answer from sim"

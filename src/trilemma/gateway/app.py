@@ -37,6 +37,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from trilemma._proc import pid_alive
 from trilemma.cache.keys import profile_settings
 from trilemma.cache.lookup import Cache, Hit
 from trilemma.cache.semantic import Embedder, default_embedder
@@ -46,6 +47,7 @@ from trilemma.errors import (
     ProviderTimeout,
     RateLimited,
     TransientError,
+    UsageError,
 )
 from trilemma.gateway.config import GatewayConfig
 from trilemma.journal.store import GROUP_COMMIT_S, Journal, JournalWriter, messages_json
@@ -94,6 +96,7 @@ class Gateway:
         embedder: Embedder | None = None,
     ) -> None:
         self.config = config
+        _refuse_a_second_gateway(config, journal)
         if embedder is None and config.similarity is not None:
             embedder = default_embedder()  # SetupError now, before serving, if the extra is missing
         self.embedder = embedder
@@ -314,6 +317,19 @@ class Gateway:
             model, msgs, max_tokens, profile.timeout_s, call_id, call_id, temperature, stop,
             profile.p_ok, f"answer from {model}", f"wrong answer from {model}",
         )  # fmt: skip
+
+
+def _refuse_a_second_gateway(config: GatewayConfig, journal: Journal) -> None:
+    """A key's ceiling is held in one process: a second live gateway on its run would overrun it."""
+    for key in config.keys:
+        row = journal.run(run_id_of(key))
+        if (row is not None and row["status"] == "running" and row["pid"] != os.getpid()
+                and pid_alive(row["pid"])):  # fmt: skip
+            raise UsageError(
+                f"key {key!r} is already served from {journal.path} by another gateway (process "
+                f"{row['pid']}); a key's ceiling is held in one process, so a second gateway "
+                "could overrun it: stop that one first"
+            )
 
 
 def _digest(secret: str) -> str:
