@@ -310,6 +310,7 @@ def test_a_second_gateway_on_a_live_gateways_keys_is_refused(cli, tmp_path: Path
         conf = load_gateway_config(path)
         with pytest.raises(UsageError, match="already served"):  # before the CLI would serve
             Gateway(conf, secrets_of(conf, str(path)), Journal(db), str(path))
+        Gateway(conf, secrets_of(conf, str(path)), Journal(db), str(path), force=True)
         r = cli("gateway", path, "--journal", db, "--port", "9")
         assert r.code == 2 and len(r.err.strip().splitlines()) == 1
         assert f"key 'team-b' is already served from {db} by another gateway (process {other.pid})" in r.err

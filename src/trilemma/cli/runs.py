@@ -299,6 +299,9 @@ def gateway(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8787,
     journal: JournalOpt = DEFAULT_JOURNAL,
+    force: Annotated[
+        bool, typer.Option(help="Start even though the journal says a live gateway serves a key.")
+    ] = False,
 ) -> int:
     """Serve an OpenAI-compatible endpoint whose per-key spend ceilings cannot be overrun.
 
@@ -317,7 +320,7 @@ def gateway(
 
     conf = load_gateway_config(config)
     keys = secrets_of(conf, str(config))
-    gw = Gateway(conf, keys, Journal(journal), source=str(config))
+    gw = Gateway(conf, keys, Journal(journal), source=str(config), force=force)
     sys.stdout.write(
         f"trilemma gateway: http://{host}:{port}/v1 serving {', '.join(conf.models)} to keys "
         f"{', '.join(conf.keys)}; ledger in {journal} (runs gateway-KEY)\n"

@@ -94,9 +94,11 @@ class Gateway:
         source: str = "<gateway>",
         providers: Mapping[str, Provider] | None = None,
         embedder: Embedder | None = None,
+        force: bool = False,
     ) -> None:
         self.config = config
-        _refuse_a_second_gateway(config, journal)
+        if not force:
+            _refuse_a_second_gateway(config, journal)
         if embedder is None and config.similarity is not None:
             embedder = default_embedder()  # SetupError now, before serving, if the extra is missing
         self.embedder = embedder
@@ -328,7 +330,7 @@ def _refuse_a_second_gateway(config: GatewayConfig, journal: Journal) -> None:
             raise UsageError(
                 f"key {key!r} is already served from {journal.path} by another gateway (process "
                 f"{row['pid']}); a key's ceiling is held in one process, so a second gateway "
-                "could overrun it: stop that one first"
+                "could overrun it: stop that one first (--force if that process is not a gateway)"
             )
 
 
