@@ -201,11 +201,14 @@ def test_a_bad_cache_rule_is_one_line_naming_the_field(
     assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1
 
 
-def test_planning_treats_a_semantic_cache_as_a_hit(write: Callable[..., Path],
-                                                   cli: Callable[..., Result]) -> None:  # fmt: skip
+def test_planning_treats_a_semantic_cache_as_a_hit_and_says_so(write: Callable[..., Path],
+                                                               cli: Callable[..., Result]) -> None:  # fmt: skip
     spec = write(SPEC.format(model="big", cached="{similarity: 0.9}", run=1))
     out = cli("estimate", spec, "--json").json()
     assert out["cost_usd"]["expected"] == 0.0 and out["per_step"][0]["cached"] is True
+    assert "answer: planned as a cache hit on every run" in cli("estimate", spec).out
+    planned = write(SPEC.format(model="big", cached="{similarity: 0.9, hit_rate: 0.39}", run=1))
+    assert "planned as a cache hit" not in cli("estimate", planned).out
 
 
 @needs_model

@@ -72,6 +72,16 @@ def price_sources(wf: Workflow) -> list[str]:
     ]
 
 
+def cache_assumptions(wf: Workflow) -> list[str]:
+    """A line per semantic-cached step planned as a hit on every run (the seed's assumption)."""
+    return [
+        f"{st.id}: planned as a cache hit on every run, but a semantic cache misses on prompts "
+        "unlike earlier ones; give cached.hit_rate to plan the misses (docs/cache.md)"
+        for st in wf.steps
+        if st.cache_rule and st.cache_rule.similarity and "hit_rate" not in st.cache_rule.model_fields_set
+    ]
+
+
 def totals_table(e: Estimate) -> Table:
     """The workflow's figures in one small table."""
     t = Table(show_header=True, box=None, pad_edge=False)
