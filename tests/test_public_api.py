@@ -8,6 +8,7 @@ from pathlib import Path
 
 import trilemma
 import trilemma.cache.semantic
+import trilemma.run.steps
 import trilemma.spec
 
 SRC = Path(trilemma.__file__).parent
@@ -47,6 +48,6 @@ def test_nothing_imports_the_cli() -> None:
 
 
 def test_docstring_examples_run() -> None:
-    for module in (trilemma, trilemma.spec, trilemma.cache.semantic):
+    for module in (trilemma, trilemma.spec, trilemma.cache.semantic, trilemma.run.steps):
         failures, _ = doctest.testmod(module)
         assert failures == 0

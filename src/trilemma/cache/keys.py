@@ -46,6 +46,8 @@ def step_settings(wf: Workflow, step: Step) -> Settings:
            step.max_tokens or p.max_tokens, p.temperature]  # fmt: skip
     if step.escalate:
         out.append(wf.ladder(step))
+    if step.route is not None:  # any branch may have answered
+        out.append({"route": {k: b.model_dump(mode="json") for k, b in step.route.items()}})
     if step.gate is not None:
         out.append({"gate": step.gate.model_dump(mode="json", exclude_defaults=True)})
     if step.extract is not None:

@@ -78,11 +78,16 @@ class StepEstimate:
     """A cascade's ladder: the model of each attempt in turn (empty: every attempt on ``model``)."""
     hit_rate: float = 0.0
     """The chance a run finds it cached (1 when ``cached`` with no ``hit_rate``; 0 uncached)."""
+    calls_per_attempt: float | None = None
+    """A routed step's calls per attempt on average (``calls`` is its largest branch's)."""
+    routes: tuple[str, ...] = ()
+    """A routed step's branch labels (``models``: its classifier's, then the branches')."""
 
     @property
     def calls_expected(self) -> float:
         """Calls made on average."""
-        return self.calls * self.attempts_expected
+        per_attempt = self.calls if self.calls_per_attempt is None else self.calls_per_attempt
+        return per_attempt * self.attempts_expected
 
     @property
     def calls_worst(self) -> int:
@@ -110,6 +115,7 @@ class StepEstimate:
             "p_step": self.p_step,
             "critical": self.critical,
             "models": list(self.models or (self.model,)),
+            "routes": list(self.routes),
         }
 
 
@@ -227,8 +233,51 @@ def step_estimate(wf: Workflow, step: Step) -> StepEstimate:
             CACHE_HIT_LATENCY_S, CACHE_HIT_LATENCY_S, 1.0, 1.0, False, CACHE_HIT_LATENCY_S,
             hit_rate=1.0,
         )  # fmt: skip
-    sent = _cascade_estimate(wf, step) if step.escalate else _call_estimate(wf, step)
+    if step.route is not None:
+        sent = _routed_estimate(wf, step)
+    else:
+        sent = _cascade_estimate(wf, step) if step.escalate else _call_estimate(wf, step)
     return sent if rule is None else _partly_cached(sent, rule.hit_rate)
+
+
+def _routed_estimate(wf: Workflow, step: Step) -> StepEstimate:
+    """A routed step: each attempt is the classifier's call, then one branch's.
+
+    Each attempt classifies afresh, so attempts are independent: one succeeds with
+    ``p = sum(share x p_branch)``, costs the classifier's price plus the branch's on
+    average, and takes the slowest branch's time on the critical path.
+    """
+    assert step.route is not None
+    shares = wf.route_shares(step)
+    one = {lab: _call_estimate(wf, step.branch_step(lab).model_copy(update={"retries": 0}))
+           for lab in shares}  # fmt: skip
+    classifier = wf.models[step.model]
+    price = classifier.price_per_call + math.fsum([s * one[lab].cost_book for lab, s in shares.items()])
+    dearest = classifier.price_per_call + max(b.cost_book for b in one.values())
+    latency = classifier.latency_s + math.fsum([s * one[lab].latency_s for lab, s in shares.items()])
+    slowest = classifier.latency_s + max(b.latency_s for b in one.values())
+    p = math.fsum([s * one[lab].p_attempt for lab, s in shares.items()])
+    k = step.retries
+    attempts = 1.0 if k == 0 else math.fsum([(1.0 - p) ** i for i in range(k + 1)])
+    return StepEstimate(
+        id=step.id,
+        model=step.model,
+        cached=False,
+        calls=step.calls,
+        retries=k,
+        attempts_expected=attempts,
+        cost_book=price,
+        cost_expected=price * attempts,
+        cost_worst=dearest * (k + 1),
+        latency_s=slowest,
+        latency_worst_s=slowest * (k + 1),
+        p_attempt=p,
+        p_step=1.0 - (1.0 - p) ** (k + 1),
+        latency_expected_s=latency * attempts,
+        models=(step.model, *dict.fromkeys(b.model for b in step.route.values())),
+        calls_per_attempt=1 + math.fsum([s * one[lab].calls for lab, s in shares.items()]),
+        routes=tuple(step.route),
+    )
 
 
 def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:

@@ -30,7 +30,7 @@ import numpy as np
 
 from trilemma import dag
 from trilemma.plan.estimate import CACHE_HIT_LATENCY_S
-from trilemma.spec import Simulation, Workflow
+from trilemma.spec import Simulation, Step, Workflow
 
 __all__ = ["SimResult", "Summary", "simulate", "simulate_loop"]
 
@@ -132,6 +132,22 @@ class _Try:
 
 
 @dataclass(frozen=True, slots=True)
+class _Route:
+    """A routed step's branches, as arrays: each attempt draws one by its share."""
+
+    shares: np.ndarray
+    """Planned shares, the classifier's misses sent to the first branch."""
+    p: np.ndarray
+    price: np.ndarray
+    """The classifier's price plus the branch's."""
+    latency: np.ndarray
+    """The classifier's latency plus the branch's."""
+    jitter: np.ndarray
+    calls: np.ndarray
+    """The classifier's call plus the branch's."""
+
+
+@dataclass(frozen=True, slots=True)
 class _StepParams:
     parents: tuple[int, ...]
     hit_rate: float
@@ -140,6 +156,8 @@ class _StepParams:
     calls: int
     tries: tuple[_Try, ...]
     """One per attempt allowed (1 + retries)."""
+    route: _Route | None = None
+    """A routed step's branches (its ``tries`` then only count its attempts)."""
 
 
 def _params(wf: Workflow, settings: Simulation) -> list[_StepParams]:
@@ -160,9 +178,27 @@ def _params(wf: Workflow, settings: Simulation) -> list[_StepParams]:
                 recall=s.recall if s.recall is not None else settings.recall,
                 calls=s.calls,
                 tries=tuple(tries[wf.attempt_model(s, a)] for a in range(1, s.retries + 2)),
+                route=_route(wf, s) if s.route else None,
             )
         )
     return out
+
+
+def _route(wf: Workflow, s: Step) -> _Route:
+    shares = wf.route_shares(s)
+    classifier = wf.models[s.model]
+    branches = [s.branch_step(label) for label in shares]
+    models = [wf.models[b.model] for b in branches]
+    return _Route(
+        shares=np.array(list(shares.values())),
+        p=np.array([wf.p_ok(b) for b in branches]),
+        price=np.array([classifier.price_per_call + m.price_per_call * b.calls
+                        for b, m in zip(branches, models, strict=True)]),
+        latency=np.array([classifier.latency_s + m.latency_s * b.sequential_calls
+                          for b, m in zip(branches, models, strict=True)]),
+        jitter=np.array([m.latency_jitter for m in models]),
+        calls=np.array([1 + b.calls for b in branches]),
+    )  # fmt: skip
 
 
 def simulate(
@@ -232,11 +268,11 @@ def _chunk(
             continue
         hit = runs & (rng.random(n) < sp.hit_rate) if sp.hit_rate > 0.0 else false
         factor = np.where(tainted, st.compounding, 1.0)
-        attempts, paid, dur, step_dead, step_wrong = _attempts(sp, st, factor, runs & ~hit, rng)
+        called, paid, dur, step_dead, step_wrong = _attempts(sp, st, factor, runs & ~hit, rng)
         if sp.hit_rate > 0.0:
             dur = np.where(hit, CACHE_HIT_LATENCY_S, dur)
         cost += paid
-        calls += attempts * sp.calls
+        calls += called
         finish.append(start + dur)
         dead.append(step_dead | blocked)
         wrong.append(step_wrong | tainted)
@@ -255,23 +291,33 @@ def _attempts(
     runs: np.ndarray,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, ...]:
-    """Attempts made, dollars paid, time taken, retries exhausted, failure uncaught; per trajectory.
+    """Calls made, dollars paid, time taken, retries exhausted, failure uncaught; per trajectory.
 
     ``factor`` scales each trajectory's ``p`` (compounding below an uncaught failure).
+    A routed step's attempt first draws its branch, trajectory by trajectory.
     """
     n = runs.shape[0]
     trying = runs.copy()
-    attempts = np.zeros(n)
+    called = np.zeros(n)
     paid = np.zeros(n)
     dur = np.zeros(n)
     step_dead = np.zeros(n, dtype=bool)
     step_wrong = np.zeros(n, dtype=bool)
     last = len(sp.tries) - 1
     for a, t in enumerate(sp.tries):
-        attempts += trying
-        paid += trying * t.price
-        dur += np.where(trying, t.latency * _jitter(t.jitter, n, rng), 0.0)
-        fails = rng.random(n) < 1.0 - t.p * factor
+        r = sp.route
+        if r is None:
+            p, price, latency, jitter = t.p, t.price, t.latency, _jitter(t.jitter, n, rng)
+            called += trying * sp.calls
+        else:
+            b = rng.choice(len(r.shares), size=n, p=r.shares)
+            p, price, latency = r.p[b], r.price[b], r.latency[b]
+            sigma = r.jitter[b]
+            jitter = np.exp(sigma * rng.standard_normal(n) - sigma * sigma / 2) if r.jitter.any() else 1.0
+            called += trying * r.calls[b]
+        paid += trying * price
+        dur += np.where(trying, latency * jitter, 0.0)
+        fails = rng.random(n) < 1.0 - p * factor
         if a > 0 and st.retry_correlation > 0:
             fails |= rng.random(n) < st.retry_correlation
         fails &= trying
@@ -282,7 +328,7 @@ def _attempts(
             step_dead |= caught
         if not trying.any():
             break
-    return attempts, paid, dur, step_dead, step_wrong
+    return called, paid, dur, step_dead, step_wrong
 
 
 def _jitter(sigma: float, n: int, rng: np.random.Generator) -> np.ndarray | float:
@@ -324,6 +370,8 @@ def simulate_loop(
             factor = settings.compounding if tainted else 1.0
             t, is_dead, is_wrong = 0.0, False, False
             for a, tr in enumerate(sp.tries):
+                if sp.route is not None:  # this attempt's branch
+                    tr = _branch_one(sp.route, rnd)
                 cost += tr.price
                 t += tr.latency * _jitter_one(tr.jitter, rnd)
                 fails = rnd.random() < 1.0 - tr.p * factor
@@ -343,6 +391,13 @@ def simulate_loop(
         cost_sum += cost
         lat_sum += max(finish, default=0.0)
     return ok_n / runs, cost_sum / runs, lat_sum / runs
+
+
+def _branch_one(r: _Route, rnd: random.Random) -> _Try:
+    u, b = rnd.random(), 0
+    while b < len(r.shares) - 1 and u >= r.shares[: b + 1].sum():
+        b += 1
+    return _Try(float(r.p[b]), float(r.price[b]), float(r.latency[b]), float(r.jitter[b]))
 
 
 def _jitter_one(sigma: float, rnd: random.Random) -> float:

@@ -53,7 +53,7 @@ def estimate_table(e: Estimate, title: str = "Estimate") -> Group:
         t.add_column(col, justify="left" if col in ("step", "model") else "right")
     for s in e.per_step:
         t.add_row(
-            s.id, " > ".join(s.models or (s.model,)) + _cached_note(s.hit_rate),
+            s.id, _models_cell(s) + _cached_note(s.hit_rate),
             str(s.calls), str(s.retries),
             _usd(s.cost_book), _usd(s.cost_expected), _usd(s.cost_worst),
             f"{s.latency_s:.2f}s", f"{s.p_attempt:.4f}", f"{s.p_step:.4f}",
@@ -444,6 +444,13 @@ def _day(epoch: float | None) -> str:
     if epoch is None:
         return "-"
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _models_cell(s: Any) -> str:
+    """A step's model, a cascade's ladder (a > b), or a router and its branches (a: easy|hard)."""
+    if s.routes:
+        return f"{s.model} routes {'|'.join(s.routes)}"
+    return " > ".join(s.models or (s.model,))
 
 
 def _cached_note(hit_rate: float) -> str:

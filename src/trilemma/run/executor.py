@@ -50,7 +50,7 @@ from trilemma.run.gates import Check
 from trilemma.run.limits import PriorityLimiter
 from trilemma.run.retry import retrying
 from trilemma.run.routes import Route
-from trilemma.run.steps import Answer, run_kind
+from trilemma.run.steps import Answer, pick_route, route_prompt, run_kind
 from trilemma.spec import (
     Step,
     Workflow,
@@ -231,6 +231,7 @@ class Executor:
         self.gates = gates
         self.on_event = on_event
         self.rng = random.Random(seed)
+        self.seed = seed
         self.predicted = predicted
         self.resume_from: dict[str, tuple[int, int]] = {}
         """Per step: (the attempt to start at, attempts left), for a resumed run."""
@@ -456,13 +457,20 @@ class Executor:
         counter = iter(range(1, 1_000_000))
 
         model = self.wf.attempt_model(step, attempt)  # a cascade climbs a model per attempt
+        runs = step  # a routed step runs as the branch its classifier picks
 
         def call(msgs: Sequence[Message], role: str) -> Coroutine[Any, Any, Completion]:
-            return self._call(s, step, model, attempt, next(counter), role, msgs, pending)
+            return self._call(s, runs, model, attempt, next(counter), role, msgs, pending)
 
         try:
             try:
-                answer = await run_kind(step, messages, call)
+                if step.route is not None:
+                    asked = [*messages, {"role": "user", "content": route_prompt(step.route)}]
+                    picked = await self._call(s, step, model, attempt, next(counter), "route",
+                                              asked, pending, (self._route_draw(step, attempt), "unsure"))  # fmt: skip
+                    runs = step.branch_step(pick_route(picked.text, step.route))
+                    model = runs.model
+                answer = await run_kind(runs, messages, call)
             finally:  # what this attempt billed, whatever happens next
                 state["cost"] += math.fsum([f["cost_usd"] for _, f in pending])
             if answer.verdict is False:
@@ -489,15 +497,17 @@ class Executor:
     async def _call(
         self, s: Session, step: Step, model: str, attempt: int, index: int, role: str,
         messages: Sequence[Message], pending: list[tuple[str, dict[str, Any]]],
+        sim: tuple[str, str] | None = None,
     ) -> Completion:  # fmt: skip
+        """One call, journaled and billed; ``sim``: the simulator's right and wrong answers."""
         route = self._routes[model]
         profile = route.profile
-        sim = step.sim
         key = f"{step.id}:{attempt}:{index}"
+        ok, bad = sim or (_fill(step.sim.ok, step.id, attempt), _fill(step.sim.bad, step.id, attempt))
         request = Request(
             model, tuple(messages), step.max_tokens or profile.max_tokens, profile.timeout_s,
             f"{self.run_id}:{key}", key, profile.temperature, route.stop, self.wf.p_ok(step, model),
-            _fill(sim.ok, step.id, attempt), _fill(sim.bad, step.id, attempt),
+            ok, bad,
         )  # fmt: skip
         prio = -self.priority[step.id]
         await self.slots.acquire(prio)
@@ -608,6 +618,17 @@ class Executor:
             messages.append({"role": "system", "content": render_template(step.system, values)})
         messages.append({"role": "user", "content": prompt})
         return messages
+
+    def _route_draw(self, step: Step, attempt: int) -> str:
+        """The branch a simulated classifier names: drawn by the shares, from the seed."""
+        assert step.route is not None
+        digest = hashlib.blake2b(f"{self.seed}:{step.id}:{attempt}:route".encode(), digest_size=8)
+        u = int.from_bytes(digest.digest(), "big") / 2.0**64
+        for label, branch in step.route.items():
+            u -= branch.share
+            if u < 0:
+                return label
+        return label
 
     def _emit(self, kind: str, step: str, s: Session) -> None:
         if self.on_event is not None:

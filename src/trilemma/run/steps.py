@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from trilemma.providers.base import Completion, Message
 from trilemma.spec import Step
 
-__all__ = ["Answer", "CallFn", "run_kind"]
+__all__ = ["Answer", "CallFn", "pick_route", "route_prompt", "run_kind"]
 
 CallFn = Callable[[Sequence[Message], str], Awaitable[Completion]]
 
@@ -40,6 +40,30 @@ class Answer:
     """What goes downstream if the gate accepts it."""
     verdict: bool | None
     """The simulator's knowledge of right or wrong; None from a real model."""
+
+
+ROUTE = (
+    "Before anyone answers the task above: which kind of task is it? Reply with one word, "
+    "one of: {labels}."
+)
+
+
+def route_prompt(route: Mapping[str, object]) -> str:
+    """What a routed step's classifier is asked after the task."""
+    return ROUTE.format(labels=", ".join(route))
+
+
+def pick_route(text: str, route: Mapping[str, object]) -> str:
+    """The branch a classifier's reply names: the first label in it, else the first branch.
+
+    >>> pick_route("This looks HARD to me.", {"easy": 1, "hard": 2})
+    'hard'
+    >>> pick_route("not sure", {"easy": 1, "hard": 2})
+    'easy'
+    """
+    found = [(m.start(), label) for label in route
+             for m in [re.search(rf"\b{re.escape(label)}\b", text, re.IGNORECASE)] if m]  # fmt: skip
+    return min(found)[1] if found else next(iter(route))
 
 
 def _norm(text: str) -> str:

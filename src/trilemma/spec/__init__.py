@@ -16,6 +16,7 @@ names the file, the field path (``steps[2].retries``) and the fix.
 from trilemma.spec.load import dump_workflow, load_workflow, parse_workflow, workflow_from_dict
 from trilemma.spec.model import (
     SPEC_VERSION,
+    Branch,
     Budget,
     CacheRule,
     Debate,
@@ -32,6 +33,7 @@ from trilemma.spec.template import render_template, template_fields
 
 __all__ = [
     "SPEC_VERSION",
+    "Branch",
     "Budget",
     "CacheRule",
     "Debate",

@@ -143,6 +143,8 @@ def _check_references(wf: Workflow, source: str) -> None:
             _check_name(source, f"steps[{i}].candidates[{j}]", name, wf.models, "model")
         for j, name in enumerate(step.escalate or []):
             _check_name(source, f"steps[{i}].escalate[{j}]", name, wf.models, "model")
+        for label, branch in (step.route or {}).items():
+            _check_name(source, f"steps[{i}].route.{label}.model", branch.model, wf.models, "model")
         for j, dep in enumerate(step.after):
             _check_name(source, f"steps[{i}].after[{j}]", dep, seen, "step")
     cycle = dag.find_cycle(wf.edges())

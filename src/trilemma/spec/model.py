@@ -181,6 +181,29 @@ class SimAnswers(_Strict):
     bad: str = "WRONG answer of {step} (attempt {attempt})"
 
 
+class Branch(_Strict):
+    """One way a routed step may answer: a model, and how it is asked (a call, a debate, a vote).
+
+    ``share`` is for planning: how often the step's classifier picks this branch.
+    """
+
+    share: Probability
+    model: str
+    debate_rounds: Annotated[int, Field(ge=0, le=1000)] = 0
+    debate: Debate | None = None
+    vote: Vote | None = None
+    p_ok: Probability | None = None
+
+    @model_validator(mode="after")
+    def _one_debate_form(self) -> Branch:
+        if sum([bool(self.debate_rounds), self.debate is not None, self.vote is not None]) > 1:
+            raise ValueError("give a branch one of debate_rounds, debate or vote, not several")
+        return self
+
+
+ROUTE_LABEL_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
+
+
 class CacheRule(_Strict):
     """``cached: {...}``: how a step is served from the journal's cache.
 
@@ -207,6 +230,9 @@ class Step(_Strict):
     vote: Vote | None = None
     escalate: list[str] | None = None
     """A cascade: the models a failed attempt moves up to, in order (see :meth:`Workflow.ladder`)."""
+    route: dict[Annotated[str, Field(pattern=ROUTE_LABEL_PATTERN, max_length=64)], Branch] | None = None
+    """A routed step: its own model classifies the task by these labels, then the chosen
+    branch answers (see :class:`Branch`)."""
     cached: bool | CacheRule = False
     """Served from the journal's cache: ``true`` on an exact match of the prompt and settings;
     ``{similarity: S, hit_rate: H}`` also on a similar prompt, planned as a hit ``H`` of the
@@ -256,6 +282,33 @@ class Step(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _route_alone(self) -> Step:
+        if self.route is None:
+            return self
+        clash = [k for k in ("debate_rounds", "debate", "vote", "escalate", "p_ok", "candidates",
+                             "cascadable", "debate_round_options") if getattr(self, k)]  # fmt: skip
+        if clash:
+            raise ValueError(
+                f"a routed step's branches say how it is asked; move {clash[0]} into a branch "
+                "of route: or drop it"
+            )
+        if len(self.route) < 2:
+            raise ValueError("route: give two or more branches, such as easy: and hard:")
+        total = math.fsum(b.share for b in self.route.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"route: the branches' shares add up to {total:g}; make them add up to 1")
+        return self
+
+    def branch_step(self, label: str) -> Step:
+        """The step as its branch ``label`` runs it: the branch's model and kind, no route."""
+        assert self.route is not None
+        b = self.route[label]
+        return self.model_copy(update={
+            "model": b.model, "debate_rounds": b.debate_rounds, "debate": b.debate,
+            "vote": b.vote, "p_ok": b.p_ok, "route": None,
+        })  # fmt: skip
+
     @property
     def cache_rule(self) -> CacheRule | None:
         """The step's cache rule (``cached: true`` is the default rule), or None."""
@@ -264,13 +317,20 @@ class Step(_Strict):
         return CacheRule() if self.cached else None
 
     @property
-    def kind(self) -> Literal["call", "debate", "vote"]:
-        """What the executor runs: a (refined) call, a debate or a vote."""
+    def kind(self) -> Literal["call", "debate", "vote", "route"]:
+        """What the executor runs: a (refined) call, a debate, a vote, or a routed step."""
+        if self.route is not None:
+            return "route"
         return "debate" if self.debate else "vote" if self.vote else "call"
 
     @property
     def calls(self) -> int:
-        """LLM calls of one attempt: ``1 + debate_rounds``, ``agents x rounds`` (+ judge), or samples."""
+        """LLM calls of one attempt: ``1 + debate_rounds``, ``agents x rounds`` (+ judge), or samples.
+
+        A routed step: the classifier's call and its largest branch's.
+        """
+        if self.route is not None:
+            return 1 + max(self.branch_step(k).calls for k in self.route)
         if self.debate is not None:
             return self.debate.agents * self.debate.rounds + self.debate.judge
         if self.vote is not None:
@@ -280,6 +340,8 @@ class Step(_Strict):
     @property
     def sequential_calls(self) -> int:
         """Calls of one attempt that wait on each other (its latency in model latencies)."""
+        if self.route is not None:
+            return 1 + max(self.branch_step(k).sequential_calls for k in self.route)
         if self.debate is not None:
             return self.debate.rounds + self.debate.judge
         if self.vote is not None:
@@ -344,6 +406,18 @@ class Workflow(_Strict):
         if step.p_ok is not None:
             return step.p_ok
         return self.models[model or step.model].p_ok
+
+    def route_shares(self, step: Step) -> dict[str, float]:
+        """How often each branch of a routed step answers, for planning.
+
+        The classifier (the step's model) names the planned branch with its ``p_ok``;
+        an answer that names no branch goes to the first one.
+        """
+        assert step.route is not None
+        p = self.models[step.model].p_ok
+        shares = {k: p * b.share for k, b in step.route.items()}
+        shares[next(iter(step.route))] += 1.0 - p
+        return shares
 
     def ladder(self, step: Step) -> list[str]:
         """The models a step's attempts run on: its model, then each of ``escalate``.
