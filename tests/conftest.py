@@ -64,3 +64,22 @@ def write(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return _write
+
+
+def assert_simulation_agrees(wf: Any, seed: int) -> None:
+    """The Monte Carlo (vectorised and the plain loop) lands on the estimate's figures."""
+    from trilemma import estimate, simulate
+    from trilemma.plan.simulate import simulate_loop
+
+    e = estimate(wf)
+    r = simulate(wf, 400_000, seed=seed, halt=False)
+    assert r.cost_usd.mean == pytest.approx(e.cost_expected, rel=5e-3)
+    assert r.latency_s.mean == pytest.approx(e.latency_expected_s, rel=5e-3)
+    assert r.calls.mean == pytest.approx(e.calls_expected, rel=5e-3)
+    halted = simulate(wf, 400_000, seed=seed)
+    assert abs(halted.success_rate - e.reliability) <= 3 * halted.stderr
+    ok, cost, latency = simulate_loop(wf, 40_000, seed=seed)
+    assert ok == pytest.approx(halted.success_rate, abs=0.01)
+    assert cost == pytest.approx(halted.cost_usd.mean, rel=0.03)
+    assert latency == pytest.approx(halted.latency_s.mean, rel=0.03)
+

@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 
-from trilemma import estimate, optimize, parse_workflow, simulate
+from trilemma import estimate, optimize, parse_workflow
 from trilemma.journal import Journal
-from trilemma.plan.simulate import simulate_loop
 from trilemma.run.session import execute
 from trilemma.testing import Reply, ScriptedServer, fast_retries
 
-from .conftest import Result
+from .conftest import Result, assert_simulation_agrees
 
 ROUTED = """\
 version: 1
@@ -51,18 +50,7 @@ def test_the_estimate_mixes_the_branches_the_classifier_picks() -> None:
 
 
 def test_the_monte_carlo_agrees_with_the_estimate() -> None:
-    wf = routed()
-    e = estimate(wf)
-    r = simulate(wf, 400_000, seed=4, halt=False)
-    assert r.cost_usd.mean == pytest.approx(e.cost_expected, rel=5e-3)
-    assert r.latency_s.mean == pytest.approx(e.latency_expected_s, rel=5e-3)
-    assert r.calls.mean == pytest.approx(e.calls_expected, rel=5e-3)
-    halted = simulate(wf, 400_000, seed=4)
-    assert abs(halted.success_rate - e.reliability) <= 3 * halted.stderr
-    ok, cost, latency = simulate_loop(wf, 40_000, seed=4)
-    assert ok == pytest.approx(halted.success_rate, abs=0.005)
-    assert cost == pytest.approx(e.cost_expected, rel=0.03)
-    assert latency == pytest.approx(e.latency_expected_s, rel=0.03)
+    assert_simulation_agrees(routed(), seed=4)
 
 
 def test_runs_on_the_simulator_follow_the_planned_shares(tmp_path: Path) -> None:

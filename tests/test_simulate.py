@@ -7,7 +7,7 @@ import pytest
 from trilemma import Simulation, estimate, load_workflow, parse_workflow, simulate
 from trilemma.plan.simulate import simulate_loop
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, assert_simulation_agrees
 
 
 @pytest.mark.parametrize("name", ["seed-chain.yaml", "ticket.yaml", "diamond.yaml"])
@@ -116,17 +116,7 @@ def test_a_cache_hit_rate_plans_the_mixture_of_hit_and_miss() -> None:
 
 
 def test_a_cache_hit_rate_is_simulated_as_the_estimate_plans_it() -> None:
-    wf = parse_workflow(HIT_RATE_SPEC % "{hit_rate: 0.4}")
-    e = estimate(wf)
-    r = simulate(wf, 400_000, seed=3, halt=False)
-    assert r.cost_usd.mean == pytest.approx(e.cost_expected, rel=5e-3)
-    assert r.latency_s.mean == pytest.approx(e.latency_expected_s, rel=5e-3)
-    halted = simulate(wf, 400_000, seed=3)
-    assert abs(halted.success_rate - e.reliability) <= 3 * halted.stderr
-    ok, cost, latency = simulate_loop(wf, 40_000, seed=3)
-    assert ok == pytest.approx(halted.success_rate, abs=0.01)
-    assert cost == pytest.approx(halted.cost_usd.mean, rel=0.02)
-    assert latency == pytest.approx(halted.latency_s.mean, rel=0.02)
+    assert_simulation_agrees(parse_workflow(HIT_RATE_SPEC % "{hit_rate: 0.4}"), seed=3)
 
 
 def test_latency_jitter_keeps_the_mean_and_spreads_the_tail() -> None:

@@ -257,6 +257,23 @@ def _routed_estimate(wf: Workflow, step: Step) -> StepEstimate:
     latency = classifier.latency_s + math.fsum([s * one[lab].latency_s for lab, s in shares.items()])
     slowest = classifier.latency_s + max(b.latency_s for b in one.values())
     p = math.fsum([s * one[lab].p_attempt for lab, s in shares.items()])
+    return _independent_attempts(
+        step, p, price, dearest, latency, slowest,
+        models=(step.model, *dict.fromkeys(b.model for b in step.route.values())),
+        calls_per_attempt=1 + math.fsum([s * one[lab].calls for lab, s in shares.items()]),
+        routes=tuple(step.route),
+    )  # fmt: skip
+
+
+def _independent_attempts(
+    step: Step, p: float, price: float, dearest: float, latency: float, slowest: float,
+    **extra: Any,
+) -> StepEstimate:  # fmt: skip
+    """A step whose attempts are alike and independent: each succeeds with ``p``.
+
+    ``price`` and ``latency`` are an attempt's on average; ``dearest`` and ``slowest`` its
+    worst (the worst case and the critical path take those).
+    """
     k = step.retries
     attempts = 1.0 if k == 0 else math.fsum([(1.0 - p) ** i for i in range(k + 1)])
     return StepEstimate(
@@ -274,9 +291,7 @@ def _routed_estimate(wf: Workflow, step: Step) -> StepEstimate:
         p_attempt=p,
         p_step=1.0 - (1.0 - p) ** (k + 1),
         latency_expected_s=latency * attempts,
-        models=(step.model, *dict.fromkeys(b.model for b in step.route.values())),
-        calls_per_attempt=1 + math.fsum([s * one[lab].calls for lab, s in shares.items()]),
-        routes=tuple(step.route),
+        **extra,
     )
 
 
@@ -302,28 +317,9 @@ def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:
 def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
     """A step whose attempts all run on its own model."""
     profile = wf.profile(step)
-    p = wf.p_ok(step)
-    q = 1.0 - p
-    k = step.retries
-    attempts = 1.0 if k == 0 else math.fsum([q**i for i in range(k + 1)])
     per_attempt = profile.price_per_call * step.calls
     latency = profile.latency_s * step.sequential_calls
-    return StepEstimate(
-        id=step.id,
-        model=step.model,
-        cached=False,
-        calls=step.calls,
-        retries=k,
-        attempts_expected=attempts,
-        cost_book=per_attempt,
-        cost_expected=per_attempt * attempts,
-        cost_worst=per_attempt * (k + 1),
-        latency_s=latency,
-        latency_worst_s=latency * (k + 1),
-        p_attempt=p,
-        p_step=1.0 - q ** (k + 1),
-        latency_expected_s=latency * attempts,
-    )
+    return _independent_attempts(step, wf.p_ok(step), per_attempt, per_attempt, latency, latency)
 
 
 def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
