@@ -99,6 +99,7 @@ def test_the_demo_tours_predict_run_and_measure(cli, tmp_path: Path) -> None:
     ):
         assert part in r.out  # fmt: skip
     assert "Best quality per dollar: cascade.yaml" in r.out
+    assert "routed.yaml" in r.out  # the seed's case study, measured beside the others
 
 
 def test_compare_runs_a_real_endpoint_in_real_time_and_bills_its_usage(tmp_path: Path) -> None:

@@ -312,12 +312,12 @@ def demo(
 
 
 def _demo_compare(console: Console, journal: Path, runs: int = 60) -> None:
-    """The demo's last part: a single call against two workflows, measured on the simulator."""
+    """The demo's last part: a single call against three workflows, measured on the simulator."""
     from trilemma.examples import example_path
     from trilemma.experiments.compare import compare
     from trilemma.journal import Journal
 
-    names = ("single.yaml", "ticket.yaml", "cascade.yaml")
+    names = ("single.yaml", "ticket.yaml", "cascade.yaml", "routed.yaml")
     console.rule(f"6. A single call or an agent workflow? Measured ({runs} runs each, trilemma "
                  f"compare {' '.join(names)})")  # fmt: skip
     specs = [(n, load_workflow(example_path(n))) for n in names]
