@@ -64,8 +64,10 @@ def test_runs_on_the_simulator_follow_the_planned_shares(tmp_path: Path) -> None
         cost += r.cost_usd
         calls = journal.calls(r.run_id)
         first = [c for c in calls if c["attempt"] == 1]
-        assert first[0]["role"] == "route" and first[0]["model"] == "small"
-        picked["hard" if any(c["role"].startswith("agent") for c in first) else "easy"] += 1
+        assert first[0]["role"].startswith("route: ") and first[0]["model"] == "small"
+        label = first[0]["role"].removeprefix("route: ")
+        assert any(c["role"].startswith("agent") for c in first) == (label == "hard")
+        picked[label] += 1
     assert picked["hard"] / 300 == pytest.approx(0.19, abs=0.07)  # 4.4 standard errors
     assert cost / 300 == pytest.approx(estimate(wf).cost_expected, rel=0.15)
 
@@ -90,9 +92,9 @@ steps:
 @pytest.mark.parametrize(
     ("label", "roles"),
     [
-        ("Hard.", ["route", "agent 1 round 1", "agent 2 round 1", "judge"]),
-        ("EASY", ["route", "call"]),
-        ("I cannot tell", ["route", "call"]),  # no label: the first branch
+        ("Hard.", ["route: hard", "agent 1 round 1", "agent 2 round 1", "judge"]),
+        ("EASY", ["route: easy", "call"]),
+        ("I cannot tell", ["route: easy", "call"]),  # no label: the first branch
     ],
 )
 def test_a_real_endpoint_classifies_then_the_branch_answers(
@@ -124,9 +126,9 @@ def test_a_retry_classifies_again(tmp_path: Path) -> None:
         r = execute(parse_workflow(_endpoint(srv.url)), journal=journal, seed=1)
     assert r.status == "ok" and r.steps["answer"].attempts == 2
     roles = [(c["attempt"], c["role"], c["outcome"]) for c in journal.calls(r.run_id)]
-    assert roles == [(1, "route", "rejected"), (1, "agent 1 round 1", "rejected"),
+    assert roles == [(1, "route: hard", "rejected"), (1, "agent 1 round 1", "rejected"),
                      (1, "agent 2 round 1", "rejected"), (1, "judge", "rejected"),
-                     (2, "route", "ok"), (2, "call", "ok")]  # fmt: skip
+                     (2, "route: easy", "ok"), (2, "call", "ok")]  # fmt: skip
 
 
 def test_the_optimizer_searches_a_routed_steps_retries() -> None:

@@ -466,9 +466,15 @@ class Executor:
             try:
                 if step.route is not None:
                     asked = [*messages, {"role": "user", "content": route_prompt(step.route)}]
-                    picked = await self._call(s, step, model, attempt, next(counter), "route",
-                                              asked, pending, (self._route_draw(step, attempt), "unsure"))  # fmt: skip
-                    runs = step.branch_step(pick_route(picked.text, step.route))
+                    index = next(counter)
+                    picked = await self._call(s, step, model, attempt, index, "route", asked,
+                                              pending, (self._route_draw(step, attempt), "unsure"))  # fmt: skip
+                    label = pick_route(picked.text, step.route)
+                    call_id = f"{self.run_id}:{step.id}:{attempt}:{index}"
+                    for key, fields in pending:  # the ledger says which way it went
+                        if key == call_id:
+                            fields["role"] = f"route: {label}"
+                    runs = step.branch_step(label)
                     model = runs.model
                 answer = await run_kind(runs, messages, call)
             finally:  # what this attempt billed, whatever happens next
