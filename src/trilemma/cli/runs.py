@@ -81,9 +81,9 @@ def _report_run(result: Any, as_json: bool) -> int:
 
 def _load_embedder(wf: Any, show: bool) -> None:
     """Load the semantic cache's model now, with a spinner on a terminal (it takes seconds)."""
-    from trilemma.run.session import embedder_for
+    from trilemma.run.session import embedder_for, wants_embedder
 
-    if not any(st.cache_rule and st.cache_rule.similarity for st in wf.steps):
+    if not wants_embedder(wf):
         return
     if show and sys.stderr.isatty():
         with Console(stderr=True).status("loading all-MiniLM-L6-v2 for the semantic cache"):

@@ -248,29 +248,21 @@ class Journal:
 
     def cache_stats(self) -> list[dict[str, Any]]:
         """Per model: exact and semantic entries, their ages, and the hits served from them."""
-        entries = self._rows(
+        entries = {r["model"]: r for r in self._rows(
             "SELECT c.model, count(*) AS entries, count(s.key) AS semantic_entries, "
             "min(c.created_at) AS oldest, max(c.created_at) AS newest "
             "FROM cache c LEFT JOIN semantic_cache s ON s.key = c.key GROUP BY c.model"
-        )
-        hits = {
-            r["model"]: r
-            for r in self._rows(
-                "SELECT model, count(*) AS hits, count(cache_similarity) AS semantic_hits "
-                "FROM calls WHERE cache_hit GROUP BY model"
-            )
-        }
-        out = []
-        for model in sorted({e["model"] for e in entries} | hits.keys()):
-            e = next((e for e in entries if e["model"] == model), None)
-            h = hits.get(model, {})
-            out.append({
-                "model": model, "entries": e["entries"] if e else 0,
-                "semantic_entries": e["semantic_entries"] if e else 0,
-                "oldest": e["oldest"] if e else None, "newest": e["newest"] if e else None,
-                "hits": h.get("hits", 0), "semantic_hits": h.get("semantic_hits", 0),
-            })  # fmt: skip
-        return out
+        )}  # fmt: skip
+        hits = {r["model"]: r for r in self._rows(
+            "SELECT model, count(*) AS hits, count(cache_similarity) AS semantic_hits "
+            "FROM calls WHERE cache_hit GROUP BY model"
+        )}  # fmt: skip
+        none = {"entries": 0, "semantic_entries": 0, "oldest": None, "newest": None}
+        return [
+            {"model": m, **none, **entries.get(m, {}), "hits": 0, "semantic_hits": 0,
+             **hits.get(m, {})}
+            for m in sorted(entries.keys() | hits.keys())
+        ]  # fmt: skip
 
     def cache_clear(
         self, *, model: str | None = None, before: float | None = None, semantic_only: bool = False

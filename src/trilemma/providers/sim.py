@@ -15,14 +15,14 @@ import hashlib
 import math
 import random
 import struct
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from trilemma.errors import ProviderTimeout, RateLimited, TransientError
 from trilemma.providers.base import Completion, Request, Usage
 from trilemma.spec import ModelProfile
 
-__all__ = ["SimProvider"]
+__all__ = ["SimProvider", "simulated_pick"]
 
 #: A fault answers after this share of the profile's latency.
 FAULT_LATENCY_SHARE = 0.1
@@ -69,6 +69,20 @@ class SimProvider:
         text = request.sim_ok if ok else request.sim_bad
         usage = Usage(max(1, request.prompt_bytes // 4), max(1, len(text.encode()) // 4))
         return Completion(text, usage, latency, verdict=ok)
+
+
+def simulated_pick(seed: int | None, key: str, shares: Mapping[str, float]) -> str:
+    """What a simulated classifier names: a label drawn by ``shares``, from a hash of seed and key.
+
+    Like every simulated draw it depends on the call's place, not on scheduling order.
+    """
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    u = int.from_bytes(digest, "big") * _TWO_64
+    for label, share in shares.items():
+        u -= share
+        if u < 0:
+            return label
+    return label
 
 
 _TWO_64 = 2.0**-64

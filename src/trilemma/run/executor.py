@@ -45,6 +45,7 @@ from trilemma.journal.store import (
 )
 from trilemma.plan.estimate import Estimate
 from trilemma.providers.base import Completion, Message, Provider, Request, cost_of, worst_case_cost
+from trilemma.providers.sim import simulated_pick
 from trilemma.run.budget import Clock, Reservation, SpendGuard
 from trilemma.run.gates import Check
 from trilemma.run.limits import PriorityLimiter
@@ -232,6 +233,7 @@ class Executor:
         self.on_event = on_event
         self.rng = random.Random(seed)
         self.seed = seed
+        """Seeds the simulated classifier of a routed step (the simulator has its own)."""
         self.predicted = predicted
         self.resume_from: dict[str, tuple[int, int]] = {}
         """Per step: (the attempt to start at, attempts left), for a resumed run."""
@@ -372,10 +374,11 @@ class Executor:
     async def _attempts(self, s: Session, step: Step) -> StepResult:
         base = self._messages(step, s)
         state: dict[str, Any] = {"attempt": 0, "feedback": None, "pending": [], "cost": 0.0}
-        lookup = None
+        lookup = settings = None
         rule = step.cache_rule
         if rule is not None:
-            lookup = await self.cache.lookup(step_settings(self.wf, step), base, rule.similarity)
+            settings = step_settings(self.wf, step)
+            lookup = await self.cache.lookup(settings, base, rule.similarity)
             if lookup.hit is not None:
                 return self._served(step, base, lookup.hit)
         first_no, left = self.resume_from.get(step.id, (1, step.retries + 1))
@@ -406,11 +409,10 @@ class Executor:
         self.writer.defer(
             "attempt_finished", self.run_id, step.id, state["pending"], rejected=False, step=done
         )
-        if lookup is not None:  # with the tokens its calls used: what a hit will save
+        if lookup is not None and settings is not None:  # with its tokens: what a hit saves
             calls = [f for _, f in state["pending"]]
-            self.cache.store(step_settings(self.wf, step), base, answer.text, step.model,
-                             lookup.vector, _tokens(calls, "prompt_tokens"),
-                             _tokens(calls, "completion_tokens"))  # fmt: skip
+            self.cache.store(settings, base, answer.text, step.model, lookup.vector,
+                             _tokens(calls, "prompt_tokens"), _tokens(calls, "completion_tokens"))  # fmt: skip
         return StepResult("done", answer.text, state["attempt"], cost)
 
     async def _retried(
@@ -464,16 +466,14 @@ class Executor:
 
         try:
             try:
-                if step.route is not None:
+                if step.route is not None:  # classify first: the one call so far
                     asked = [*messages, {"role": "user", "content": route_prompt(step.route)}]
-                    index = next(counter)
-                    picked = await self._call(s, step, model, attempt, index, "route", asked,
-                                              pending, (self._route_draw(step, attempt), "unsure"))  # fmt: skip
+                    shares = {k: b.share for k, b in step.route.items()}
+                    sim = (simulated_pick(self.seed, f"{step.id}:{attempt}:route", shares), "unsure")
+                    picked = await self._call(s, step, model, attempt, next(counter), "route",
+                                              asked, pending, sim)  # fmt: skip
                     label = pick_route(picked.text, step.route)
-                    call_id = f"{self.run_id}:{step.id}:{attempt}:{index}"
-                    for key, fields in pending:  # the ledger says which way it went
-                        if key == call_id:
-                            fields["role"] = f"route: {label}"
+                    pending[-1][1]["role"] = f"route: {label}"  # the ledger says which way it went
                     runs = step.branch_step(label)
                     model = runs.model
                 answer = await run_kind(runs, messages, call)
@@ -624,17 +624,6 @@ class Executor:
             messages.append({"role": "system", "content": render_template(step.system, values)})
         messages.append({"role": "user", "content": prompt})
         return messages
-
-    def _route_draw(self, step: Step, attempt: int) -> str:
-        """The branch a simulated classifier names: drawn by the shares, from the seed."""
-        assert step.route is not None
-        digest = hashlib.blake2b(f"{self.seed}:{step.id}:{attempt}:route".encode(), digest_size=8)
-        u = int.from_bytes(digest.digest(), "big") / 2.0**64
-        for label, branch in step.route.items():
-            u -= branch.share
-            if u < 0:
-                return label
-        return label
 
     def _emit(self, kind: str, step: str, s: Session) -> None:
         if self.on_event is not None:

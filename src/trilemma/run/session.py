@@ -45,6 +45,7 @@ __all__ = [
     "execute",
     "providers_for",
     "resume",
+    "wants_embedder",
 ]
 
 
@@ -104,12 +105,17 @@ def build_gates(wf: Workflow, source: str) -> dict[str, Check]:
     }
 
 
+def wants_embedder(wf: Workflow) -> bool:
+    """Whether a step has a semantic cache, so that the run needs the embedding model."""
+    return any(step.cache_rule and step.cache_rule.similarity for step in wf.steps)
+
+
 def embedder_for(wf: Workflow, given: Embedder | None = None) -> Embedder | None:
     """The embedder for the steps with a semantic cache, loaded now (None if there are none).
 
     Raises SetupError, before anything is spent, when the ``semantic`` extra is missing.
     """
-    if not any(step.cache_rule and step.cache_rule.similarity for step in wf.steps):
+    if not wants_embedder(wf):
         return None
     return given if given is not None else default_embedder()
 

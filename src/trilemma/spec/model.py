@@ -7,7 +7,7 @@ one door a spec comes in through, and turns validation errors into SpecErrors.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -181,6 +181,19 @@ class SimAnswers(_Strict):
     bad: str = "WRONG answer of {step} (attempt {attempt})"
 
 
+_F = TypeVar("_F", "Step", "Branch")
+
+
+def _one_form(asked: _F) -> _F:
+    """A step or a branch is asked one way: ``debate_rounds``, ``debate`` or ``vote``."""
+    if sum([bool(asked.debate_rounds), asked.debate is not None, asked.vote is not None]) > 1:
+        raise ValueError(
+            "give one of debate_rounds (the seed's sequential rounds), debate: "
+            "{agents, rounds} or vote: {samples}, not several"
+        )
+    return asked
+
+
 class Branch(_Strict):
     """One way a routed step may answer: a model, and how it is asked (a call, a debate, a vote).
 
@@ -196,9 +209,7 @@ class Branch(_Strict):
 
     @model_validator(mode="after")
     def _one_debate_form(self) -> Branch:
-        if sum([bool(self.debate_rounds), self.debate is not None, self.vote is not None]) > 1:
-            raise ValueError("give a branch one of debate_rounds, debate or vote, not several")
-        return self
+        return _one_form(self)
 
 
 ROUTE_LABEL_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
@@ -257,13 +268,7 @@ class Step(_Strict):
 
     @model_validator(mode="after")
     def _one_debate_form(self) -> Step:
-        forms = [bool(self.debate_rounds), self.debate is not None, self.vote is not None]
-        if sum(forms) > 1:
-            raise ValueError(
-                "give one of debate_rounds (the seed's sequential rounds), debate: "
-                "{agents, rounds} or vote: {samples}, not several"
-            )
-        return self
+        return _one_form(self)
 
     @model_validator(mode="after")
     def _escalation_reachable(self) -> Step:
