@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,3 +88,47 @@ def assert_simulation_agrees(wf: Any, seed: int) -> None:
     assert cost == pytest.approx(halted.cost_usd.mean, rel=0.03)
     assert latency == pytest.approx(halted.latency_s.mean, rel=0.03)
 
+
+def free_port() -> int:
+    """A port of 127.0.0.1 nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on 127.0.0.1, started for the session and stopped after it.
+
+    Skipped where Debian's redis-server is not installed, unless TRILEMMA_REQUIRE_REDIS=1
+    (as in .ci/run, which installs it), where that is a failure.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("TRILEMMA_REQUIRE_REDIS"):
+            pytest.fail("redis-server is not installed: apt-get install redis-server")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, "redis-server exited at start"
+            assert time.monotonic() < deadline, "redis-server did not answer"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)

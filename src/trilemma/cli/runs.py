@@ -317,10 +317,13 @@ def gateway(
         ) from None
     from trilemma.gateway.config import load_gateway_config, secrets_of
     from trilemma.journal import Journal
+    from trilemma.run.shared_budget import RedisBudgets
 
     conf = load_gateway_config(config)
     keys = secrets_of(conf, str(config))
     gw = Gateway(conf, keys, Journal(journal), source=str(config), force=force)
+    if isinstance(gw.budgets, RedisBudgets):
+        gw.budgets.check()  # a store that does not answer: say so now, not at the first request
     sys.stdout.write(
         f"trilemma gateway: http://{host}:{port}/v1 serving {', '.join(conf.models)} to keys "
         f"{', '.join(conf.keys)}; ledger in {journal} (runs gateway-KEY)\n"

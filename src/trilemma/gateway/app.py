@@ -17,7 +17,9 @@ With ``cache:`` in the config, a request the key has asked before (or, with
 
 Each key's calls are a run in the journal, ``gateway-KEY``: ``trilemma ledger``,
 ``report`` and ``export`` read them, and a restarted gateway starts from what each key
-has already spent. Streaming is not supported: a streamed answer's usage arrives last,
+has already spent. With ``shared: {redis: URL}`` the ceilings live in Redis instead of
+the process, so several gateways (behind one load balancer, on one or many machines)
+share them and still cannot together overrun one. Streaming is not supported: a streamed answer's usage arrives last,
 after the spend it bounds.
 """
 
@@ -31,7 +33,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -46,6 +48,7 @@ from trilemma.errors import (
     ProviderError,
     ProviderTimeout,
     RateLimited,
+    SetupError,
     TransientError,
     UsageError,
 )
@@ -56,6 +59,7 @@ from trilemma.providers.base import Request as CallRequest
 from trilemma.run.budget import SpendGuard
 from trilemma.run.routes import Route
 from trilemma.run.session import close_providers, providers_for
+from trilemma.run.shared_budget import BudgetState, KeyBudgets, LocalBudgets, RedisBudgets
 
 __all__ = ["Gateway", "create_app", "run_id_of"]
 
@@ -97,7 +101,7 @@ class Gateway:
         force: bool = False,
     ) -> None:
         self.config = config
-        if not force:
+        if not force and config.shared is None:
             _refuse_a_second_gateway(config, journal)
         if embedder is None and config.similarity is not None:
             embedder = default_embedder()  # SetupError now, before serving, if the extra is missing
@@ -106,10 +110,20 @@ class Gateway:
         self.journal = journal
         self.source = source
         self._digests = {_digest(s): k for k, s in secrets_by_key.items()}
-        self.guards = {
-            k: SpendGuard(c.max_cost_usd, spent=journal.spent(run_id_of(k)))
-            for k, c in config.keys.items()
-        }
+        self._spent_before = {k: journal.spent(run_id_of(k)) for k in config.keys}
+        self.budgets: KeyBudgets
+        """Each key's ceiling: in this process, or in Redis shared with other gateways."""
+        if config.shared is None:
+            self.budgets = LocalBudgets({
+                k: SpendGuard(c.max_cost_usd, spent=self._spent_before[k])
+                for k, c in config.keys.items()
+            })  # fmt: skip
+        else:
+            longest = max(m.timeout_s for m in config.models.values())
+            self.budgets = RedisBudgets(
+                config.shared.redis, {k: c.max_cost_usd for k, c in config.keys.items()},
+                prefix=config.shared.prefix, hold_ttl_s=2 * longest + 60,
+            )  # fmt: skip
         self.providers = providers_for(config.models, overrides=providers)
         self.routes = {n: Route.of(m, self.providers[n]) for n, m in config.models.items()}
         self.writer: JournalWriter | None = None
@@ -119,6 +133,8 @@ class Gateway:
 
     async def start(self) -> None:
         """Open each key's run in the journal and the writer on this event loop."""
+        if isinstance(self.budgets, RedisBudgets):  # seeds each key's spend the first time
+            await self.budgets.connect(self._spent_before)
         text = self.config.model_dump_json()  # key_env names only: secrets are never in it
         now = time.time()
         for key, k in self.config.keys.items():
@@ -143,6 +159,7 @@ class Gateway:
         if self.writer is not None:
             await self.writer.aclose()
             self.writer = None
+        await self.budgets.aclose()
         for key in self.config.keys:
             run_id = run_id_of(key)
             cost, calls = self.journal.totals(run_id)
@@ -162,20 +179,21 @@ class Gateway:
         raise _Refused(_error(401, "Incorrect API key provided for the trilemma gateway",
                               "invalid_request_error", "invalid_api_key"))  # fmt: skip
 
-    def budget(self, key: str) -> dict[str, Any]:
+    async def budget(self, key: str) -> dict[str, Any]:
         """A key's ceiling, spend, holds in flight, refusals and models."""
-        g = self.guards[key]
-        remaining = None if g.ceiling is None else max(0.0, g.ceiling - g.spent - g.reserved)
-        return {"key": key, "max_cost_usd": g.ceiling, "spent_usd": round(g.spent, 12),
-                "reserved_usd": round(g.reserved, 12),
+        b = await self.budgets.state(key)
+        remaining = b.remaining
+        return {"key": key, "max_cost_usd": b.ceiling, "spent_usd": round(b.spent, 12),
+                "reserved_usd": round(b.reserved, 12),
                 "remaining_usd": None if remaining is None else round(remaining, 12),
-                "refused": g.refused, "models": self.config.allowed(key)}  # fmt: skip
+                "refused": b.refused, "models": self.config.allowed(key),
+                "shared": self.config.shared is not None}  # fmt: skip
 
     async def chat(self, key: str, body: Any) -> JSONResponse:
         """One chat completion for ``key``: from the cache, or reserve, journal, forward, bill."""
         model, request = self._parse(key, body)
         profile = self.config.models[model]
-        guard = self.guards[key]
+        budgets = self.budgets
         run_id = run_id_of(key)
         lookup = None
         if self.cache is not None:  # a tenant's cache is its own: the key is in the settings
@@ -183,12 +201,14 @@ class Gateway:
                         request.temperature, list(request.stop)]  # fmt: skip
             lookup = await self.cache.lookup(settings, request.messages, self.config.similarity)
             if lookup.hit is not None:
-                return self._served(key, model, request, lookup.hit)
+                return await self._served(key, model, request, lookup.hit)
         try:
-            hold = guard.reserve(worst_case_cost(profile, request))
+            hold = await budgets.reserve(key, worst_case_cost(profile, request))
         except BudgetExhausted as exc:
             return _error(402, f"budget of key {key!r} exhausted: {exc}", "insufficient_quota",
                           "budget_exceeded")  # fmt: skip
+        except SetupError as exc:  # the shared store is gone: refuse rather than spend unguarded
+            return _error(503, f"{exc}; nothing was sent", "api_error", "budget_store_unavailable")
         assert self.writer is not None, "the gateway was not started"
         row = {"run_id": run_id, "step_id": model, "attempt": 1, "call": 1, "role": "gateway",
                "model": model, "idempotency_key": request.idempotency_key,
@@ -207,18 +227,21 @@ class Gateway:
             finally:
                 route.release()
         except ProviderError as exc:
-            guard.release(hold)
+            await _quietly(budgets.release(key, hold))
             self._finished(request.idempotency_key, {"outcome": exc.kind, "error": str(exc)[:500],
                                                      "cost_usd": 0.0})  # fmt: skip
             return _upstream_error(exc)
         except BaseException:
-            guard.release(hold)
+            await _quietly(budgets.release(key, hold))
             self._finished(request.idempotency_key, {"outcome": "cancelled", "cost_usd": None,
                                                      "error": "the request was cancelled"})  # fmt: skip
             raise
         u = completion.usage
         cost = cost_of(profile, u, hold.amount)
-        guard.settle(hold, cost)
+        try:
+            state: BudgetState | None = await budgets.settle(key, hold, cost)
+        except SetupError:  # the shared store is gone: the hold lapses into its worst case
+            state = None
         self._finished(request.idempotency_key, {
             "outcome": "ok", "prompt_tokens": u.prompt_tokens,
             "completion_tokens": u.completion_tokens, "cost_usd": cost,
@@ -227,10 +250,10 @@ class Gateway:
         if self.cache is not None and lookup is not None:
             self.cache.store(settings, request.messages, completion.text, model, lookup.vector,
                              u.prompt_tokens, u.completion_tokens)  # fmt: skip
-        return self._answer(key, model, completion.text, u.prompt_tokens, u.completion_tokens,
+        return self._answer(model, state, completion.text, u.prompt_tokens, u.completion_tokens,
                             {"x-trilemma-cost-usd": f"{cost:.10f}"})  # fmt: skip
 
-    def _served(self, key: str, model: str, request: CallRequest, hit: Hit) -> JSONResponse:
+    async def _served(self, key: str, model: str, request: CallRequest, hit: Hit) -> JSONResponse:
         """A request answered from the cache: billed nothing, one ledger row (role ``cache``)."""
         assert self.writer is not None
         self.writer.defer("call_started", {
@@ -247,11 +270,11 @@ class Gateway:
         headers = {"x-trilemma-cost-usd": f"{0.0:.10f}", "x-trilemma-cache": "hit"}
         if hit.similarity is not None:
             headers["x-trilemma-cache-similarity"] = f"{hit.similarity:.4f}"
-        return self._answer(key, model, hit.response, hit.prompt_tokens, hit.completion_tokens,
-                            headers)  # fmt: skip
+        return self._answer(model, await self.budgets.state(key), hit.response, hit.prompt_tokens,
+                            hit.completion_tokens, headers)  # fmt: skip
 
     def _answer(
-        self, key: str, model: str, text: str, prompt_tokens: int | None,
+        self, model: str, budget: BudgetState | None, text: str, prompt_tokens: int | None,
         completion_tokens: int | None, headers: dict[str, str],
     ) -> JSONResponse:  # fmt: skip
         """A chat completion in OpenAI's shape, with the key's spend in headers."""
@@ -265,10 +288,10 @@ class Gateway:
             answer["usage"] = {"prompt_tokens": prompt_tokens,
                                "completion_tokens": completion_tokens,
                                "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
-        guard = self.guards[key]
-        headers["x-trilemma-spent-usd"] = f"{guard.spent:.10f}"
-        if guard.ceiling is not None:
-            headers["x-trilemma-remaining-usd"] = f"{self.budget(key)['remaining_usd']:.10f}"
+        if budget is not None:
+            headers["x-trilemma-spent-usd"] = f"{budget.spent:.10f}"
+            if budget.remaining is not None:
+                headers["x-trilemma-remaining-usd"] = f"{budget.remaining:.10f}"
         return JSONResponse(answer, headers=headers)
 
     def _finished(self, call_id: str, fields: dict[str, Any]) -> None:
@@ -322,7 +345,7 @@ class Gateway:
 
 
 def _refuse_a_second_gateway(config: GatewayConfig, journal: Journal) -> None:
-    """A key's ceiling is held in one process: a second live gateway on its run would overrun it."""
+    """A key's ceiling held in one process: a second live gateway on its run would overrun it."""
     for key in config.keys:
         row = journal.run(run_id_of(key))
         if (row is not None and row["status"] == "running" and row["pid"] != os.getpid()
@@ -330,8 +353,15 @@ def _refuse_a_second_gateway(config: GatewayConfig, journal: Journal) -> None:
             raise UsageError(
                 f"key {key!r} is already served from {journal.path} by another gateway (process "
                 f"{row['pid']}); a key's ceiling is held in one process, so a second gateway "
-                "could overrun it: stop that one first (--force if that process is not a gateway)"
+                "could overrun it: stop that one first, or share the ceilings through Redis "
+                "(shared: {redis: URL} in the config; --force if that process is not a gateway)"
             )
+
+
+async def _quietly(release: Coroutine[Any, Any, None]) -> None:
+    """Release a hold on a failed request; if the store is gone, the hold lapses into spend."""
+    with contextlib.suppress(SetupError):
+        await release
 
 
 def _digest(secret: str) -> str:
@@ -370,6 +400,10 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def refused(_: Request, exc: _Refused) -> JSONResponse:
         return exc.response
 
+    @app.exception_handler(SetupError)  # the shared budget store stopped answering
+    async def unavailable(_: Request, exc: SetupError) -> JSONResponse:
+        return _error(503, str(exc), "api_error", "budget_store_unavailable")
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> JSONResponse:
         key = gateway.key_of(request.headers.get("authorization"))
@@ -391,6 +425,7 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.get("/v1/budget")
     async def budget(request: Request) -> JSONResponse:
-        return JSONResponse(gateway.budget(gateway.key_of(request.headers.get("authorization"))))
+        key = gateway.key_of(request.headers.get("authorization"))
+        return JSONResponse(await gateway.budget(key))
 
     return app

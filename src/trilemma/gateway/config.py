@@ -9,6 +9,7 @@
     keys:
       team-a: {key_env: TEAM_A_KEY, max_cost_usd: 5.00, models: [small]}
     cache: {similarity: 0.95}    # optional: true (exact repeats) or a similarity threshold
+    shared: {redis: "redis://127.0.0.1:6379/0"}  # optional: ceilings shared by every gateway
 
 A key's secret is read from the environment variable ``key_env`` when the gateway
 starts; it is never written to the file, the journal or a log.
@@ -17,17 +18,18 @@ starts; it is never written to the file, the journal or a log.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from trilemma.errors import SpecError
 from trilemma.spec import CacheRule, ModelProfile
 from trilemma.spec.load import read_document, validate_document
 from trilemma.spec.model import STEP_ID_PATTERN, Price
 
-__all__ = ["GatewayConfig", "KeyConfig", "load_gateway_config", "secrets_of"]
+__all__ = ["GatewayConfig", "KeyConfig", "SharedConfig", "load_gateway_config", "secrets_of"]
 
 
 class KeyConfig(BaseModel):
@@ -41,6 +43,23 @@ class KeyConfig(BaseModel):
     """None: every model of the gateway."""
 
 
+def _redis_url(url: str) -> str:
+    if not re.fullmatch(r"(rediss?|unix)://\S+", url):
+        raise ValueError("must be a Redis URL, such as redis://127.0.0.1:6379/0")
+    return url
+
+
+class SharedConfig(BaseModel):
+    """Where several gateway processes keep the spend ceilings they share."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    redis: Annotated[str, AfterValidator(_redis_url)]
+    """The Redis every gateway process on this config reserves against."""
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_:.-]{1,64}$")] = "trilemma:gateway"
+    """Namespaces the counters: gateways with other configs on one Redis use their own."""
+
+
 class GatewayConfig(BaseModel):
     """The models served and the keys that may call them."""
 
@@ -52,6 +71,8 @@ class GatewayConfig(BaseModel):
     cache: bool | CacheRule = False
     """Answer a repeated request (``true``), or also a similar one (``{similarity: S}``), from
     the journal's cache, billed nothing. Each key sees only its own answers."""
+    shared: SharedConfig | None = None
+    """Hold the keys' ceilings in Redis, so that several gateway processes share them."""
 
     @property
     def similarity(self) -> float | None:
