@@ -148,15 +148,13 @@ def test_concurrent_requests_never_take_a_key_over_its_ceiling(tmp_path: Path) -
     assert gw.budgets.guards["team-b"].spent <= 0.055
 
 
-def test_keys_models_and_streaming_are_checked(tmp_path: Path) -> None:
+def test_keys_models_and_bodies_are_checked(tmp_path: Path) -> None:
     with serving(tmp_path, config_text()) as (url, _):
         msg = [{"role": "user", "content": "q"}]
         with pytest.raises(openai.AuthenticationError):
             client(url, "sk-wrong").chat.completions.create(model="sim", messages=msg)  # type: ignore[arg-type]
         with pytest.raises(openai.NotFoundError, match="not served to key 'team-b'"):
             client(url, "sk-team-b-secret").chat.completions.create(model="small", messages=msg)  # type: ignore[arg-type]
-        with pytest.raises(openai.BadRequestError, match="streaming is not supported"):
-            client(url).chat.completions.create(model="sim", messages=msg, stream=True)  # type: ignore[arg-type]
         with pytest.raises(openai.BadRequestError, match="messages must be"):
             client(url).chat.completions.create(model="sim", messages=[])
         not_json = http(f"{url}/chat/completions", b"{nope", {"Authorization": f"Bearer {SECRET}"})
@@ -322,3 +320,107 @@ def test_a_second_gateway_on_a_live_gateways_keys_is_refused(cli, tmp_path: Path
             model="sim", messages=[{"role": "user", "content": "q"}]
         )
     assert ok.choices[0].message.content == "answer from sim"
+
+
+# ---------------------------------------------------------------------- streaming
+
+ASK = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def streamed(url: str, model: str = "small", key: str = SECRET, **kw: Any) -> tuple[list[str], Any]:
+    """A streamed request: its text pieces and its usage chunk (None if there was none)."""
+    pieces, usage = [], None
+    with client(url, key).chat.completions.create(
+        model=model, messages=ASK, stream=True, stream_options={"include_usage": True}, **kw  # type: ignore[arg-type]
+    ) as stream:
+        for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            pieces += [c.delta.content for c in chunk.choices if c.delta.content]
+    return pieces, usage
+
+
+def wait_for_row(db: Path, key: str) -> dict[str, Any]:
+    """The key's one ledger row once it has finished (a stream is billed after it ends)."""
+    deadline = time.monotonic() + 15
+    while True:
+        rows = Journal(db).calls(run_id_of(key))
+        if rows and rows[-1]["state"] == "finished":
+            return rows[-1]
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.05)
+
+
+def test_a_streamed_answer_is_relayed_piece_by_piece_and_billed_from_usage(tmp_path: Path) -> None:
+    reply = Reply("The capital of France is Paris.", prompt_tokens=12, completion_tokens=20)
+    with ScriptedServer([reply]) as up, serving(tmp_path, config_text(up.url)) as (url, _):
+        pieces, usage = streamed(url)
+        budget = client(url).get("/budget", cast_to=object)
+        sent = up.requests[0]["json"]
+    assert "".join(pieces) == "The capital of France is Paris." and len(pieces) == 6
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (12, 20)
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    cost = (12 * 1.0 + 20 * 2.0) / 1e6
+    assert budget["spent_usd"] == pytest.approx(cost) and budget["reserved_usd"] == 0  # type: ignore[index]
+    row = wait_for_row(tmp_path / "j.db", "team-a")
+    assert (row["outcome"], row["prompt_tokens"], row["completion_tokens"]) == ("ok", 12, 20)
+    assert row["cost_usd"] == pytest.approx(cost) and row["response"] == "The capital of France is Paris."
+
+
+def test_a_simulated_model_streams_its_answer_whole(tmp_path: Path) -> None:
+    with serving(tmp_path, config_text()) as (url, _):
+        pieces, usage = streamed(url, "sim", "sk-team-b-secret")
+    assert pieces == ["answer from sim"] and usage is not None
+    assert wait_for_row(tmp_path / "j.db", "team-b")["cost_usd"] == pytest.approx(0.01)
+
+
+def test_a_stream_past_the_ceiling_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    text = config_text(ceiling=None).replace("{key_env: TRILEMMA_GW_B,",
+                                              "{key_env: TRILEMMA_GW_B, max_cost_usd: 0.025,")  # fmt: skip
+    with serving(tmp_path, text) as (url, _):
+        streamed(url, "sim", "sk-team-b-secret")
+        streamed(url, "sim", "sk-team-b-secret")
+        with pytest.raises(openai.APIStatusError, match="exhausted") as err:
+            streamed(url, "sim", "sk-team-b-secret")
+    assert err.value.status_code == 402
+    assert Journal(tmp_path / "j.db").spent(run_id_of("team-b")) == pytest.approx(0.02)
+
+
+def test_an_upstream_429_on_a_stream_is_an_error_before_the_stream(tmp_path: Path) -> None:
+    limited = ScriptedServer([Reply(status=429, headers={"Retry-After": "2"})])
+    with limited as up, serving(tmp_path, config_text(up.url)) as (url, gw):
+        with pytest.raises(openai.RateLimitError) as err:
+            streamed(url)
+        assert err.value.response.headers["retry-after"] == "2"
+        assert gw.budgets.guards["team-a"].spent == 0.0 and gw.budgets.guards["team-a"].reserved == 0.0
+    assert wait_for_row(tmp_path / "j.db", "team-a")["outcome"] == "rate_limited"
+
+
+def test_a_stream_cut_mid_answer_ends_in_an_error_and_is_billed_at_its_reservation(
+    tmp_path: Path,
+) -> None:
+    cut = Reply("one two three four five", cut_after=2)
+    with ScriptedServer([cut]) as up, serving(tmp_path, config_text(up.url)) as (url, gw):
+        got: list[str] = []
+        stream = client(url).chat.completions.create(model="small", messages=ASK, stream=True)  # type: ignore[arg-type]
+        with pytest.raises(openai.APIError, match="stream ended before"), stream as s:
+            for chunk in s:
+                got += [c.delta.content for c in chunk.choices if c.delta.content]
+        row = wait_for_row(tmp_path / "j.db", "team-a")
+        held = gw.budgets.guards["team-a"]
+        assert (held.spent, held.reserved) == (pytest.approx(row["reserved_usd"]), 0.0)
+    assert got == ["one", " two"]
+    assert row["outcome"] == "transient" and row["cost_usd"] == pytest.approx(row["reserved_usd"])
+    assert row["response"] == "one two" and "after 2 pieces" in row["error"]
+
+
+def test_a_client_leaving_mid_stream_is_billed_at_the_reservation(tmp_path: Path) -> None:
+    slow = Reply(" ".join(["word"] * 30), piece_delay_s=0.1)
+    with ScriptedServer([slow]) as up, serving(tmp_path, config_text(up.url)) as (url, gw):
+        with client(url).chat.completions.create(model="small", messages=ASK, stream=True) as s:  # type: ignore[arg-type]
+            first = next(iter(s))  # one piece, then the client hangs up
+        row = wait_for_row(tmp_path / "j.db", "team-a")
+        held = gw.budgets.guards["team-a"]
+        assert (held.spent, held.reserved) == (pytest.approx(row["reserved_usd"]), 0.0)
+    assert first.choices[0].delta.content == "word"
+    assert row["outcome"] == "cancelled" and row["cost_usd"] == pytest.approx(row["reserved_usd"])

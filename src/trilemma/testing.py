@@ -2,7 +2,8 @@
 
 :class:`ScriptedServer` is a real HTTP server on 127.0.0.1 that speaks the
 chat-completions protocol and answers from a script: text, 429 with
-Retry-After, 5xx, slow responses, malformed bodies. Point a profile's
+Retry-After, 5xx, slow responses, malformed bodies; streamed as server-sent
+events, word by word, when a request asks for ``stream: true``. Point a profile's
 ``base_url`` at :attr:`ScriptedServer.url` and the real ``openai`` provider runs
 against it. :func:`fast_retries` retries at once, without patching sleep.
 
@@ -47,6 +48,10 @@ class Reply:
     """Reported usage."""
     completion_tokens: int = 7
     """Reported usage."""
+    piece_delay_s: float = 0.0
+    """Streamed (``stream: true``): seconds between pieces."""
+    cut_after: int | None = None
+    """Streamed: close the connection after this many pieces, before the answer is finished."""
 
 
 Script = Iterable[Reply] | Callable[[dict[str, Any]], Reply]
@@ -131,12 +136,46 @@ class ScriptedServer:
                 reply = server.next_reply(payload)
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
+                if payload.get("stream") and reply.status == 200 and reply.body is None:
+                    self._stream(reply, model, payload)
+                    return
                 body = reply.body if reply.body is not None else _completion(reply, model)
                 if reply.status != 200 and reply.body is None:
                     body = json.dumps(
                         {"error": {"message": f"scripted {reply.status}", "type": "server_error"}}
                     )
                 self._send(reply.status, body, reply.headers)
+
+            def _stream(self, reply: Reply, model: str, payload: dict[str, Any]) -> None:
+                """The reply as chat.completion.chunk events, one word each, then [DONE]."""
+                self.close_connection = True  # the body ends when the connection does
+                head = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk",
+                        "created": int(time.time()), "model": model or "scripted"}  # fmt: skip
+                words = reply.content.split(" ")
+                pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+                events = [{**head, "choices": [{"index": 0, "delta": {"content": p},
+                                                "finish_reason": None}]} for p in pieces]  # fmt: skip
+                events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                if (payload.get("stream_options") or {}).get("include_usage"):
+                    events.append({**head, "choices": [], "usage": {
+                        "prompt_tokens": reply.prompt_tokens,
+                        "completion_tokens": reply.completion_tokens,
+                        "total_tokens": reply.prompt_tokens + reply.completion_tokens}})  # fmt: skip
+                try:
+                    self.send_response(200)
+                    self.send_header("content-type", "text/event-stream")
+                    self.send_header("connection", "close")
+                    self.end_headers()
+                    for i, event in enumerate(events):
+                        if reply.cut_after is not None and i >= reply.cut_after:
+                            return  # the connection closes mid-answer
+                        if i and reply.piece_delay_s:
+                            time.sleep(reply.piece_delay_s)
+                        self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                        self.wfile.flush()
+                    self.wfile.write(b"data: [DONE]\n\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away
 
             def _send(self, status: int, body: str, headers: dict[str, str] | None = None) -> None:
                 data = body.encode()

@@ -19,12 +19,17 @@ Each key's calls are a run in the journal, ``gateway-KEY``: ``trilemma ledger``,
 ``report`` and ``export`` read them, and a restarted gateway starts from what each key
 has already spent. With ``shared: {redis: URL}`` the ceilings live in Redis instead of
 the process, so several gateways (behind one load balancer, on one or many machines)
-share them and still cannot together overrun one. Streaming is not supported: a streamed answer's usage arrives last,
-after the spend it bounds.
+share them and still cannot together overrun one.
+
+``stream: true`` relays the answer as server-sent events as it arrives. The worst case
+was reserved before anything was sent, so a stream cannot overrun a ceiling either; it is
+billed from the usage the upstream reports at its end, or at its reservation if it breaks
+or its client leaves mid-answer (the tokens generated are then not known).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -34,14 +39,15 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from trilemma._proc import pid_alive
 from trilemma.cache.keys import profile_settings
-from trilemma.cache.lookup import Cache, Hit
+from trilemma.cache.lookup import Cache, Hit, Lookup
 from trilemma.cache.semantic import Embedder, default_embedder
 from trilemma.errors import (
     BudgetExhausted,
@@ -54,9 +60,9 @@ from trilemma.errors import (
 )
 from trilemma.gateway.config import GatewayConfig
 from trilemma.journal.store import GROUP_COMMIT_S, Journal, JournalWriter, messages_json
-from trilemma.providers.base import Message, Provider, cost_of, worst_case_cost
+from trilemma.providers.base import Message, Provider, Usage, cost_of, worst_case_cost
 from trilemma.providers.base import Request as CallRequest
-from trilemma.run.budget import SpendGuard
+from trilemma.run.budget import Reservation, SpendGuard
 from trilemma.run.routes import Route
 from trilemma.run.session import close_providers, providers_for
 from trilemma.run.shared_budget import BudgetState, KeyBudgets, LocalBudgets, RedisBudgets
@@ -189,32 +195,35 @@ class Gateway:
                 "refused": b.refused, "models": self.config.allowed(key),
                 "shared": self.config.shared is not None}  # fmt: skip
 
-    async def chat(self, key: str, body: Any) -> JSONResponse:
-        """One chat completion for ``key``: from the cache, or reserve, journal, forward, bill."""
-        model, request = self._parse(key, body)
+    async def chat(self, key: str, body: Any) -> Response:
+        """One chat completion for ``key``: from the cache, or reserve, journal, forward, bill.
+
+        With ``stream: true`` the answer is relayed as server-sent events as it arrives;
+        the reservation was made before anything was sent, so a stream cannot overrun either.
+        """
+        model, request, stream = self._parse(key, body)
         profile = self.config.models[model]
-        budgets = self.budgets
-        run_id = run_id_of(key)
-        lookup = None
+        lookup = settings = None
         if self.cache is not None:  # a tenant's cache is its own: the key is in the settings
             settings = ["gateway", key, *profile_settings(profile, model), request.max_tokens,
                         request.temperature, list(request.stop)]  # fmt: skip
             lookup = await self.cache.lookup(settings, request.messages, self.config.similarity)
             if lookup.hit is not None:
-                return await self._served(key, model, request, lookup.hit)
+                return await self._served(key, model, request, lookup.hit, stream)
         try:
-            hold = await budgets.reserve(key, worst_case_cost(profile, request))
+            hold = await self.budgets.reserve(key, worst_case_cost(profile, request))
         except BudgetExhausted as exc:
             return _error(402, f"budget of key {key!r} exhausted: {exc}", "insufficient_quota",
                           "budget_exceeded")  # fmt: skip
         except SetupError as exc:  # the shared store is gone: refuse rather than spend unguarded
             return _error(503, f"{exc}; nothing was sent", "api_error", "budget_store_unavailable")
         assert self.writer is not None, "the gateway was not started"
-        row = {"run_id": run_id, "step_id": model, "attempt": 1, "call": 1, "role": "gateway",
-               "model": model, "idempotency_key": request.idempotency_key,
+        call = _Call(key, model, request, hold, self.routes[model], settings, lookup)
+        route = call.route
+        row = {"run_id": run_id_of(key), "step_id": model, "attempt": 1, "call": 1,
+               "role": "gateway", "model": model, "idempotency_key": request.idempotency_key,
                "reserved_usd": hold.amount, "request_json": messages_json(request.messages),
                "started_at": time.time()}  # fmt: skip
-        route = self.routes[model]
         try:
             if route.limited:
                 await route.acquire(request)
@@ -223,37 +232,118 @@ class Gateway:
                     await self.writer.write("call_started", row)
                 else:
                     self.writer.defer("call_started", row)
-                completion = await route.complete(request)
-            finally:
+                if stream is None:
+                    completion = await route.complete(request)
+                else:  # an error before the first piece is answered as a plain call's is
+                    started = time.perf_counter()
+                    pieces = route.stream(request)
+                    first = await anext(pieces)
+            except BaseException:
                 route.release()
+                raise
         except ProviderError as exc:
-            await _quietly(budgets.release(key, hold))
+            await _quietly(self.budgets.release(key, hold))
             self._finished(request.idempotency_key, {"outcome": exc.kind, "error": str(exc)[:500],
                                                      "cost_usd": 0.0})  # fmt: skip
             return _upstream_error(exc)
         except BaseException:
-            await _quietly(budgets.release(key, hold))
+            await _quietly(self.budgets.release(key, hold))
             self._finished(request.idempotency_key, {"outcome": "cancelled", "cost_usd": None,
                                                      "error": "the request was cancelled"})  # fmt: skip
             raise
+        if stream is not None:
+            # Started here, so that its cleanup (the bill, the slot) runs even if the response
+            # is never sent: a started generator is closed when it is dropped.
+            relay = self._relay(call, first, pieces, stream, started)
+            head = await anext(relay)
+            return StreamingResponse(
+                _after(head, relay), media_type="text/event-stream",
+                headers={"x-trilemma-reserved-usd": f"{hold.amount:.10f}"},
+            )  # fmt: skip
+        route.release()
         u = completion.usage
-        cost = cost_of(profile, u, hold.amount)
-        try:
-            state: BudgetState | None = await budgets.settle(key, hold, cost)
-        except SetupError:  # the shared store is gone: the hold lapses into its worst case
-            state = None
-        self._finished(request.idempotency_key, {
-            "outcome": "ok", "prompt_tokens": u.prompt_tokens,
-            "completion_tokens": u.completion_tokens, "cost_usd": cost,
-            "latency_s": completion.latency_s, "response": completion.text,
-        })  # fmt: skip
-        if self.cache is not None and lookup is not None:
-            self.cache.store(settings, request.messages, completion.text, model, lookup.vector,
-                             u.prompt_tokens, u.completion_tokens)  # fmt: skip
+        cost, state = await self._bill(call, completion.text, u, completion.latency_s)
         return self._answer(model, state, completion.text, u.prompt_tokens, u.completion_tokens,
                             {"x-trilemma-cost-usd": f"{cost:.10f}"})  # fmt: skip
 
-    async def _served(self, key: str, model: str, request: CallRequest, hit: Hit) -> JSONResponse:
+    async def _bill(
+        self, call: _Call, text: str, usage: Usage, latency_s: float
+    ) -> tuple[float, BudgetState | None]:
+        """An answered call: settle its hold at what it cost, journal it, cache it."""
+        profile = self.config.models[call.model]
+        cost = cost_of(profile, usage, call.hold.amount)
+        try:
+            state: BudgetState | None = await self.budgets.settle(call.key, call.hold, cost)
+        except SetupError:  # the shared store is gone: the hold lapses into its worst case
+            state = None
+        self._finished(call.request.idempotency_key, {
+            "outcome": "ok", "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens, "cost_usd": cost,
+            "latency_s": latency_s, "response": text,
+        })  # fmt: skip
+        if self.cache is not None and call.lookup is not None and call.settings is not None:
+            self.cache.store(call.settings, call.request.messages, text, call.model,
+                             call.lookup.vector, usage.prompt_tokens, usage.completion_tokens)  # fmt: skip
+        return cost, state
+
+    async def _relay(
+        self, call: _Call, first: str | Usage, pieces: AsyncIterator[str | Usage],
+        stream: _StreamAsk, started: float,
+    ) -> AsyncIterator[str]:  # fmt: skip
+        """The upstream's pieces as server-sent events, then the bill.
+
+        A stream that breaks, or whose client goes away, after the upstream began to answer
+        is billed at its reservation: the tokens the upstream generated are not known.
+        """
+        chunk = _Chunks(call.model)
+        parts: list[str] = []
+        usage: Usage | None = None
+        broken: str | None = "the client went away during the stream"
+        kind = "cancelled"
+        try:
+            item: str | Usage | None = first
+            while item is not None:
+                if isinstance(item, Usage):
+                    usage = item
+                elif item:
+                    parts.append(item)
+                    yield chunk.piece(item)
+                item = await anext(pieces, None)
+            yield chunk.finish()
+            if stream.include_usage and usage is not None:
+                yield chunk.usage(usage)
+            broken = None
+        except ProviderError as exc:
+            broken, kind = f"the stream broke: {exc}", exc.kind
+            yield _sse({"error": {"message": f"upstream: {exc}", "type": "api_error",
+                                  "param": None, "code": exc.kind}})  # fmt: skip
+        finally:
+            call.route.release()
+            await _shielded(self._close_stream(call, pieces, parts, usage, broken, kind, started))
+        yield "data: [DONE]\n\n"
+
+    async def _close_stream(
+        self, call: _Call, pieces: AsyncIterator[str | Usage], parts: list[str],
+        usage: Usage | None, broken: str | None, kind: str, started: float,
+    ) -> None:  # fmt: skip
+        """Close the upstream stream and bill it: its usage, or the reservation if it broke."""
+        with contextlib.suppress(Exception):
+            await pieces.aclose()  # type: ignore[attr-defined]
+        latency = time.perf_counter() - started
+        if broken is None:
+            await self._bill(call, "".join(parts), usage or Usage(), latency)
+            return
+        with contextlib.suppress(SetupError):  # if the store is gone, the hold lapses into this
+            await self.budgets.settle(call.key, call.hold, call.hold.amount)
+        self._finished(call.request.idempotency_key, {
+            "outcome": kind, "cost_usd": call.hold.amount, "latency_s": latency,
+            "response": "".join(parts), "error": f"{broken} after {len(parts)} pieces; billed "
+            "at the reservation (the tokens the upstream generated are not known)"[:500],
+        })  # fmt: skip
+
+    async def _served(
+        self, key: str, model: str, request: CallRequest, hit: Hit, stream: _StreamAsk | None
+    ) -> Response:
         """A request answered from the cache: billed nothing, one ledger row (role ``cache``)."""
         assert self.writer is not None
         self.writer.defer("call_started", {
@@ -270,6 +360,13 @@ class Gateway:
         headers = {"x-trilemma-cost-usd": f"{0.0:.10f}", "x-trilemma-cache": "hit"}
         if hit.similarity is not None:
             headers["x-trilemma-cache-similarity"] = f"{hit.similarity:.4f}"
+        if stream is not None:  # the whole answer as one piece
+            chunk = _Chunks(model)
+            events = [chunk.piece(hit.response), chunk.finish()]
+            if stream.include_usage and hit.prompt_tokens is not None:
+                events.append(chunk.usage(Usage(hit.prompt_tokens, hit.completion_tokens)))
+            events.append("data: [DONE]\n\n")
+            return StreamingResponse(iter(events), media_type="text/event-stream", headers=headers)
         return self._answer(model, await self.budgets.state(key), hit.response, hit.prompt_tokens,
                             hit.completion_tokens, headers)  # fmt: skip
 
@@ -298,8 +395,8 @@ class Gateway:
         assert self.writer is not None
         self.writer.defer("call_finished", call_id, {**fields, "finished_at": time.time()})
 
-    def _parse(self, key: str, body: Any) -> tuple[str, CallRequest]:
-        """The model and the call a request body asks for, or a 400/404 to answer with."""
+    def _parse(self, key: str, body: Any) -> tuple[str, CallRequest, _StreamAsk | None]:
+        """The model, the call and how to stream it (None: not) a body asks for, or a 400/404."""
         if not isinstance(body, dict):
             raise _Refused(_error(400, "the body must be a JSON object", "invalid_request_error"))
         model = body.get("model")
@@ -307,10 +404,12 @@ class Gateway:
             names = ", ".join(self.config.allowed(key))
             raise _Refused(_error(404, f"model {model!r} is not served to key {key!r}; it may "
                                        f"call: {names}", "invalid_request_error", "model_not_found"))  # fmt: skip
+        stream = None
         if body.get("stream"):
-            raise _Refused(_error(400, "streaming is not supported by the trilemma gateway: a "
-                                       "streamed answer's usage arrives after the spend it bounds; "
-                                       "send stream: false", "invalid_request_error"))  # fmt: skip
+            options = body.get("stream_options") or {}
+            if not isinstance(options, dict):
+                raise _Refused(_error(400, "stream_options must be an object", "invalid_request_error"))  # fmt: skip
+            stream = _StreamAsk(bool(options.get("include_usage")))
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str)
@@ -341,7 +440,72 @@ class Gateway:
         return model, CallRequest(
             model, msgs, max_tokens, profile.timeout_s, call_id, call_id, temperature, stop,
             profile.p_ok, f"answer from {model}", f"wrong answer from {model}",
-        )  # fmt: skip
+        ), stream  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamAsk:
+    """A client asked for ``stream: true``."""
+
+    include_usage: bool
+    """``stream_options.include_usage``: a last chunk with the usage."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A forwarded request, reserved and journaled, until it is billed."""
+
+    key: str
+    model: str
+    request: CallRequest
+    hold: Reservation
+    route: Route
+    settings: list[Any] | None
+    lookup: Lookup | None
+
+
+class _Chunks:
+    """Server-sent ``chat.completion.chunk`` events of one streamed answer."""
+
+    def __init__(self, model: str) -> None:
+        self.head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
+                     "created": int(time.time()), "model": model}  # fmt: skip
+        self.first = True
+
+    def piece(self, text: str) -> str:
+        delta = {"role": "assistant", "content": text} if self.first else {"content": text}
+        self.first = False
+        return self._event([{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}])
+
+    def finish(self) -> str:
+        return self._event([{"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}])
+
+    def usage(self, u: Usage) -> str:
+        counts = None
+        if u.prompt_tokens is not None and u.completion_tokens is not None:
+            counts = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                      "total_tokens": u.prompt_tokens + u.completion_tokens}  # fmt: skip
+        return self._event([], counts)
+
+    def _event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        return _sse({**self.head, "choices": choices, "usage": usage})
+
+
+async def _after(head: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield head
+    async for event in rest:
+        yield event
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
+
+async def _shielded(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run ``cleanup`` to its end even if the request is being cancelled (a client went away)."""
+    task = asyncio.ensure_future(cleanup)
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.shield(task)
 
 
 def _refuse_a_second_gateway(config: GatewayConfig, journal: Journal) -> None:
@@ -405,7 +569,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         return _error(503, str(exc), "api_error", "budget_store_unavailable")
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> JSONResponse:
+    async def chat(request: Request) -> Response:
         key = gateway.key_of(request.headers.get("authorization"))
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:

@@ -12,7 +12,7 @@ import contextlib
 import email.utils
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import openai
@@ -140,6 +140,42 @@ class OpenAIProvider:
                 text = _text(body)
         latency = time.perf_counter() - started
         return Completion(text, _usage(body), latency)
+
+    async def stream(self, request: Request, profile: ModelProfile) -> AsyncIterator[str | Usage]:
+        """A chat completion as it arrives: text pieces, then the usage the endpoint reported.
+
+        Errors are mapped as for :meth:`complete`; a stream that ends before the endpoint
+        said the answer was finished is a TransientError.
+        """
+        assert profile.model
+        kwargs: dict[str, Any] = {}
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        usage = Usage()
+        finished = False
+        with map_errors(profile.model):
+            chunks = await self.client.chat.completions.create(  # type: ignore[call-overload]
+                model=profile.model, messages=list(request.messages),
+                max_tokens=request.max_tokens, timeout=request.timeout_s, stream=True,
+                stream_options={"include_usage": True},
+                extra_headers={"Idempotency-Key": request.idempotency_key}, **kwargs,
+            )  # fmt: skip
+            try:
+                async for chunk in chunks:
+                    if chunk.usage is not None:
+                        usage = _usage(chunk)
+                    for choice in chunk.choices[:1]:
+                        if choice.delta is not None and choice.delta.content:
+                            yield choice.delta.content
+                        if choice.finish_reason is not None:
+                            finished = True
+            finally:
+                await chunks.close()
+        if not finished:
+            raise TransientError("the stream ended before the endpoint finished the answer")
+        yield usage
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""

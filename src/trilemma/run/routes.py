@@ -8,11 +8,11 @@ profile's timeout. The executor and the gateway both send every call through one
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 from trilemma.errors import ProviderTimeout
-from trilemma.providers.base import Completion, Provider, Request
+from trilemma.providers.base import Completion, Provider, Request, Usage
 from trilemma.run.limits import PriorityLimiter, RateLimiter
 from trilemma.spec import ModelProfile
 
@@ -73,6 +73,20 @@ class Route:
         if self.keeps_time:  # no wrapper: one coroutine frame less per call
             return self.provider.complete(request, self.profile)
         return self._timed(request)
+
+    async def stream(self, request: Request) -> AsyncIterator[str | Usage]:
+        """Send ``request`` for an answer in pieces: text, then the usage, last.
+
+        A provider without a ``stream`` method (the simulator) answers whole: one piece.
+        """
+        streaming = getattr(self.provider, "stream", None)
+        if streaming is None:
+            completion = await self.complete(request)
+            yield completion.text
+            yield completion.usage
+            return
+        async for piece in streaming(request, self.profile):
+            yield piece
 
     async def _timed(self, request: Request) -> Completion:
         try:
