@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from trilemma.providers.base import Completion, Request, Usage
+from trilemma.providers.openai import usage_json
 from trilemma.run.retry import fast_retries
 from trilemma.spec import ModelProfile
 
@@ -48,6 +49,8 @@ class Reply:
     """Reported usage."""
     completion_tokens: int = 7
     """Reported usage."""
+    cached_tokens: int | None = None
+    """Reported usage: prompt tokens served from the endpoint's prompt cache."""
     piece_delay_s: float = 0.0
     """Streamed (``stream: true``): seconds between pieces."""
     cut_after: int | None = None
@@ -157,10 +160,7 @@ class ScriptedServer:
                                                 "finish_reason": None}]} for p in pieces]  # fmt: skip
                 events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
                 if (payload.get("stream_options") or {}).get("include_usage"):
-                    events.append({**head, "choices": [], "usage": {
-                        "prompt_tokens": reply.prompt_tokens,
-                        "completion_tokens": reply.completion_tokens,
-                        "total_tokens": reply.prompt_tokens + reply.completion_tokens}})  # fmt: skip
+                    events.append({**head, "choices": [], "usage": _usage(reply)})
                 try:
                     self.send_response(200)
                     self.send_header("content-type", "text/event-stream")
@@ -220,9 +220,12 @@ def _completion(reply: Reply, model: str) -> str:
         "model": model or "scripted",
         "choices": [{"index": 0, "finish_reason": "stop",
                      "message": {"role": "assistant", "content": reply.content}}],
-        "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
-                  "total_tokens": reply.prompt_tokens + reply.completion_tokens},
+        "usage": _usage(reply),
     })  # fmt: skip
+
+
+def _usage(reply: Reply) -> dict[str, Any] | None:
+    return usage_json(Usage(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens))
 
 
 class FunctionProvider:

@@ -62,6 +62,7 @@ from trilemma.gateway.config import GatewayConfig
 from trilemma.journal.store import GROUP_COMMIT_S, Journal, JournalWriter, messages_json
 from trilemma.providers.base import Message, Provider, Usage, cost_of, worst_case_cost
 from trilemma.providers.base import Request as CallRequest
+from trilemma.providers.openai import usage_json
 from trilemma.run.budget import Reservation, SpendGuard
 from trilemma.run.routes import Route
 from trilemma.run.session import close_providers, providers_for
@@ -263,7 +264,7 @@ class Gateway:
         route.release()
         u = completion.usage
         cost, state = await self._bill(call, completion.text, u, completion.latency_s)
-        return self._answer(model, state, completion.text, u.prompt_tokens, u.completion_tokens,
+        return self._answer(model, state, completion.text, u,
                             {"x-trilemma-cost-usd": f"{cost:.10f}"})  # fmt: skip
 
     async def _bill(
@@ -278,7 +279,8 @@ class Gateway:
             state = None
         self._finished(call.request.idempotency_key, {
             "outcome": "ok", "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens, "cost_usd": cost,
+            "completion_tokens": usage.completion_tokens, "cached_tokens": usage.cached_tokens,
+            "cost_usd": cost,
             "latency_s": latency_s, "response": text,
         })  # fmt: skip
         if self.cache is not None and call.lookup is not None and call.settings is not None:
@@ -367,12 +369,12 @@ class Gateway:
                 events.append(chunk.usage(Usage(hit.prompt_tokens, hit.completion_tokens)))
             events.append("data: [DONE]\n\n")
             return StreamingResponse(iter(events), media_type="text/event-stream", headers=headers)
-        return self._answer(model, await self.budgets.state(key), hit.response, hit.prompt_tokens,
-                            hit.completion_tokens, headers)  # fmt: skip
+        return self._answer(model, await self.budgets.state(key), hit.response,
+                            Usage(hit.prompt_tokens, hit.completion_tokens), headers)  # fmt: skip
 
     def _answer(
-        self, model: str, budget: BudgetState | None, text: str, prompt_tokens: int | None,
-        completion_tokens: int | None, headers: dict[str, str],
+        self, model: str, budget: BudgetState | None, text: str, usage: Usage,
+        headers: dict[str, str],
     ) -> JSONResponse:  # fmt: skip
         """A chat completion in OpenAI's shape, with the key's spend in headers."""
         answer: dict[str, Any] = {
@@ -381,10 +383,9 @@ class Gateway:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": "stop", "logprobs": None}],
         }  # fmt: skip
-        if prompt_tokens is not None and completion_tokens is not None:
-            answer["usage"] = {"prompt_tokens": prompt_tokens,
-                               "completion_tokens": completion_tokens,
-                               "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+        counts = usage_json(usage)
+        if counts is not None:
+            answer["usage"] = counts
         if budget is not None:
             headers["x-trilemma-spent-usd"] = f"{budget.spent:.10f}"
             if budget.remaining is not None:
@@ -481,13 +482,9 @@ class _Chunks:
         return self._event([{"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}])
 
     def usage(self, u: Usage) -> str:
-        counts = None
-        if u.prompt_tokens is not None and u.completion_tokens is not None:
-            counts = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                      "total_tokens": u.prompt_tokens + u.completion_tokens}  # fmt: skip
-        return self._event([], counts)
+        return self._event([], usage_json(u))
 
-    def _event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+    def _event(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
         return _sse({**self.head, "choices": choices, "usage": usage})
 
 

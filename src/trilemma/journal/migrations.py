@@ -119,10 +119,16 @@ def m003_semantic_cache(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE calls ADD COLUMN cache_similarity REAL")
 
 
+def m004_cached_tokens(db: sqlite3.Connection) -> None:
+    """Of a call's prompt tokens, those the endpoint served from its prompt (prefix) cache."""
+    db.execute("ALTER TABLE calls ADD COLUMN cached_tokens INTEGER")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_call_sends", m002_call_sends),
     ("m003_semantic_cache", m003_semantic_cache),
+    ("m004_cached_tokens", m004_cached_tokens),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -29,6 +29,8 @@ class Usage:
     """Tokens sent."""
     completion_tokens: int | None = None
     """Tokens received."""
+    cached_tokens: int | None = None
+    """Of the tokens sent, those the endpoint served from its prompt (prefix) cache."""
 
     def __add__(self, other: Usage) -> Usage:
         def add(a: int | None, b: int | None) -> int | None:
@@ -37,6 +39,7 @@ class Usage:
         return Usage(
             add(self.prompt_tokens, other.prompt_tokens),
             add(self.completion_tokens, other.completion_tokens),
+            add(self.cached_tokens, other.cached_tokens),
         )
 
 
@@ -116,14 +119,20 @@ def worst_case_cost(profile: ModelProfile, request: Request) -> float:
 def cost_of(profile: ModelProfile, usage: Usage, reserved: float) -> float:
     """What a call that answered costs: per-call price, or its tokens at token prices.
 
-    Unknown token counts are billed at the reservation, the worst case.
+    Prompt tokens the endpoint says it served from its cache are billed at
+    ``usd_per_1m_cached_input`` when the profile gives it. Unknown token counts are
+    billed at the reservation, the worst case.
     """
     if profile.usd_per_call is not None:
         return profile.usd_per_call
     if usage.prompt_tokens is None or usage.completion_tokens is None:
         return reserved
     assert profile.usd_per_1m_input is not None and profile.usd_per_1m_output is not None
+    cached = 0
+    if usage.cached_tokens and profile.usd_per_1m_cached_input is not None:
+        cached = min(usage.cached_tokens, usage.prompt_tokens)
     return (
-        profile.usd_per_1m_input * usage.prompt_tokens
+        profile.usd_per_1m_input * (usage.prompt_tokens - cached)
+        + (profile.usd_per_1m_cached_input or 0.0) * cached
         + profile.usd_per_1m_output * usage.completion_tokens
     ) / 1e6

@@ -27,7 +27,7 @@ from trilemma.errors import (
 from trilemma.providers.base import Completion, Request, Usage
 from trilemma.spec import ModelProfile
 
-__all__ = ["NO_KEY", "OpenAIProvider", "map_errors", "parse_retry_after"]
+__all__ = ["NO_KEY", "OpenAIProvider", "map_errors", "parse_retry_after", "usage_json"]
 
 #: Sent when a profile names no key variable (local servers ignore it).
 NO_KEY = "sk-no-key-needed"
@@ -204,4 +204,22 @@ def _usage(body: Any) -> Usage:
     usage = getattr(body, "usage", None)
     if usage is None:
         return Usage()
-    return Usage(getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None)
+    return Usage(
+        getattr(usage, "prompt_tokens", None),
+        getattr(usage, "completion_tokens", None),
+        cached if isinstance(cached, int) else None,
+    )
+
+
+def usage_json(u: Usage) -> dict[str, Any] | None:
+    """Usage as an OpenAI-compatible body carries it (None when the counts are not known)."""
+    if u.prompt_tokens is None or u.completion_tokens is None:
+        return None
+    out: dict[str, Any] = {"prompt_tokens": u.prompt_tokens,
+                           "completion_tokens": u.completion_tokens,
+                           "total_tokens": u.prompt_tokens + u.completion_tokens}  # fmt: skip
+    if u.cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": u.cached_tokens}
+    return out

@@ -67,7 +67,9 @@ class SimProvider:
         await _wait(latency)
         ok = v < request.p_ok
         text = request.sim_ok if ok else request.sim_bad
-        usage = Usage(max(1, request.prompt_bytes // 4), max(1, len(text.encode()) // 4))
+        prompt = max(1, request.prompt_bytes // 4)
+        usage = Usage(prompt, max(1, len(text.encode()) // 4),
+                      min(prompt, profile.cached_prompt_tokens))  # fmt: skip
         return Completion(text, usage, latency, verdict=ok)
 
 

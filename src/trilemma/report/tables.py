@@ -219,7 +219,7 @@ def runs_table(rows: list[dict[str, Any]]) -> Table:
 
 
 LEDGER_KEYS = ("step", "attempt", "call", "role", "model", "prompt_tokens", "completion_tokens",
-               "cost_usd", "latency_s", "outcome", "cache_hit", "cache_similarity", "in_flight",
+               "cached_tokens", "cost_usd", "latency_s", "outcome", "cache_hit", "cache_similarity", "in_flight",
                "idempotency_key", "error")  # fmt: skip
 
 
@@ -229,7 +229,8 @@ def ledger_row(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "step": r["step_id"], "attempt": r["attempt"], "call": r["call"], "role": r["role"],
         "model": r["model"], "prompt_tokens": r["prompt_tokens"],
-        "completion_tokens": r["completion_tokens"], "cost_usd": r["cost_usd"],
+        "completion_tokens": r["completion_tokens"], "cached_tokens": r["cached_tokens"],
+        "cost_usd": r["cost_usd"],
         "latency_s": r["latency_s"], "outcome": "in_flight" if in_flight else r["outcome"],
         "cache_hit": bool(r["cache_hit"]), "cache_similarity": r["cache_similarity"],
         "in_flight": in_flight,

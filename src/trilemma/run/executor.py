@@ -557,7 +557,8 @@ class Executor:
             note = f"billed ${cost:.6f} exceeds the reservation ${hold.amount:.6f}: the endpoint reported more tokens than max_tokens and the prompt allow"
         pending.append((request.idempotency_key, {
             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "cost_usd": cost, "latency_s": completion.latency_s, "response": completion.text,
+            "cached_tokens": u.cached_tokens, "cost_usd": cost, "latency_s": completion.latency_s,
+            "response": completion.text,
             "finished_at": time.time(), "error": note,
         }))  # fmt: skip
         self._emit("call", step.id, s)

@@ -66,7 +66,13 @@ class ModelProfile(_Strict):
     usd_per_call: Price | None = None
     usd_per_1m_input: Price | None = None
     usd_per_1m_output: Price | None = None
+    usd_per_1m_cached_input: Price | None = None
+    """Prompt tokens the endpoint serves from its prompt (prefix) cache, per million; without
+    it they are billed at ``usd_per_1m_input``."""
     prompt_tokens: Annotated[int, Field(ge=0)] = 400
+    cached_prompt_tokens: Annotated[int, Field(ge=0)] = 0
+    """Of a call's ``prompt_tokens``, how many the planner expects the endpoint to serve from
+    its prompt cache (a system prompt every call shares, say)."""
     completion_tokens: Annotated[int, Field(ge=0)] = 200
     latency_s: Seconds
     p_ok: Probability
@@ -103,14 +109,25 @@ class ModelProfile(_Strict):
         found = hosted_prices(model, url)
         if isinstance(found, str):
             raise ValueError(f"{NO_PRICE} ({found})")
+        cached = data.get("usd_per_1m_cached_input", found.usd_per_1m_cached_input)
         return {**data, "usd_per_1m_input": found.usd_per_1m_input,
-                "usd_per_1m_output": found.usd_per_1m_output, "prices_from": found.source}  # fmt: skip
+                "usd_per_1m_output": found.usd_per_1m_output, "usd_per_1m_cached_input": cached,
+                "prices_from": found.source}  # fmt: skip
 
     @model_validator(mode="after")
     def _has_a_price(self) -> ModelProfile:
         tokens = self.usd_per_1m_input is not None and self.usd_per_1m_output is not None
         if self.usd_per_call is None and not tokens:
             raise ValueError(NO_PRICE)
+        if self.cached_prompt_tokens > self.prompt_tokens:
+            raise ValueError(f"cached_prompt_tokens ({self.cached_prompt_tokens}) is more than "
+                             f"prompt_tokens ({self.prompt_tokens}); it counts a part of them")  # fmt: skip
+        if self.usd_per_1m_cached_input is not None and not tokens:
+            raise ValueError("usd_per_1m_cached_input prices tokens: give usd_per_1m_input and "
+                             "usd_per_1m_output too")  # fmt: skip
+        if self.cached_prompt_tokens and self.usd_per_1m_cached_input is None:
+            raise ValueError("cached_prompt_tokens needs usd_per_1m_cached_input, the price of "
+                             "the prompt tokens the endpoint serves from its cache")  # fmt: skip
         if self.provider == "openai" and (not self.base_url or not self.model):
             raise ValueError("provider openai needs base_url and model (the endpoint's model name)")
         return self
@@ -122,12 +139,15 @@ class ModelProfile(_Strict):
 
     @property
     def price_per_call(self) -> float:
-        """Dollars for one call: ``usd_per_call``, else the expected tokens at token prices."""
+        """Dollars for one call: ``usd_per_call``, else the expected tokens at token prices
+        (``cached_prompt_tokens`` of the prompt at the cached price)."""
         if self.usd_per_call is not None:
             return self.usd_per_call
         assert self.usd_per_1m_input is not None and self.usd_per_1m_output is not None
+        cached = self.cached_prompt_tokens
         return (
-            self.usd_per_1m_input * self.prompt_tokens
+            self.usd_per_1m_input * (self.prompt_tokens - cached)
+            + (self.usd_per_1m_cached_input or 0.0) * cached
             + self.usd_per_1m_output * self.completion_tokens
         ) / 1e6
 

@@ -26,6 +26,8 @@ class HostedPrices:
 
     usd_per_1m_input: float
     usd_per_1m_output: float
+    usd_per_1m_cached_input: float | None
+    """Prompt tokens read from the provider's prompt cache (None: no such price)."""
     source: str
     """Where the prices came from: the package, its version and the provider it matched."""
 
@@ -42,8 +44,15 @@ def hosted_prices(model: str, base_url: str) -> HostedPrices | str:
     except LookupError:
         return f"genai-prices knows no price for model {model!r} at {base_url}"
     scale = 1_000_000 // _PROBE_TOKENS
+    cached_usage = genai_prices.Usage(
+        input_tokens=_PROBE_TOKENS, cache_read_tokens=_PROBE_TOKENS, output_tokens=0
+    )
+    cached = float(
+        genai_prices.calc_price(cached_usage, model, provider_api_url=base_url).input_price
+    )
     return HostedPrices(
         float(calc.input_price) * scale,
         float(calc.output_price) * scale,
+        cached * scale if cached < float(calc.input_price) else None,
         f"genai-prices {genai_prices.__version__} ({calc.provider.id} {calc.model.id})",
     )
