@@ -204,6 +204,7 @@ def test_a_restarted_gateway_starts_from_what_each_key_spent(cli, tmp_path: Path
         (("max_cost_usd: 1.0", "max_cost: 1.0"), "keys.team-a.max_cost", "did you mean 'max_cost_usd'"),
         (("version: 1", "version: 1\ncache: {hit_rate: 0.5}"), "cache.hit_rate", "planning figure"),
         (("version: 1", "version: 1\ncache: sometimes"), "cache", "or a mapping of hit_rate, similarity (got 'sometimes')"),
+        (("models: [sim]}", "models: [sim], rpm: 0}"), "keys.team-b.rpm", "greater than or equal to 1"),
     ],
 )  # fmt: skip
 def test_cli_gateway_bad_config_is_one_line(cli, tmp_path: Path, change, field, says) -> None:
@@ -424,3 +425,52 @@ def test_a_client_leaving_mid_stream_is_billed_at_the_reservation(tmp_path: Path
         assert (held.spent, held.reserved) == (pytest.approx(row["reserved_usd"]), 0.0)
     assert first.choices[0].delta.content == "word"
     assert row["outcome"] == "cancelled" and row["cost_usd"] == pytest.approx(row["reserved_usd"])
+
+
+# ---------------------------------------------------------------------- rate limits
+
+
+def test_a_key_over_its_requests_a_minute_gets_a_429_and_nothing_is_sent(tmp_path: Path) -> None:
+    text = config_text().replace("models: [sim]}", "models: [sim], rpm: 3}")
+    with serving(tmp_path, text) as (url, _):
+        codes, after = [], None
+        for _ in range(5):
+            try:
+                client(url, "sk-team-b-secret").chat.completions.create(model="sim", messages=ASK)  # type: ignore[arg-type]
+                codes.append(200)
+            except openai.RateLimitError as exc:
+                codes.append(429)
+                after, says = exc.response.headers["retry-after"], str(exc)
+    assert codes == [200, 200, 200, 429, 429]
+    assert after is not None and 1 <= int(after) <= 20  # a request comes back every 20 s
+    assert "key 'team-b' is over its rate limit (rpm 3)" in says
+    assert len(Journal(tmp_path / "j.db").calls(run_id_of("team-b"))) == 3
+
+
+def test_tokens_a_minute_count_max_tokens_until_the_answer_says_what_it_used(
+    tmp_path: Path,
+) -> None:
+    # tpm 700; each request holds its prompt and max_tokens 300 until it answers. Answers that
+    # used 10 tokens give the rest back, so five fit in a row; answers that used 305 give
+    # nothing back, so the third must wait.
+    def ask(used: int, n: int, folder: str) -> list[tuple[int, str, str]]:
+        """Status, Retry-After and message of ``n`` requests in a row."""
+        (tmp_path / folder).mkdir()
+        replies = [Reply("a", prompt_tokens=5, completion_tokens=used)] * n
+        text = config_text().replace("TRILEMMA_GW_A, max_cost_usd: 1.0", "TRILEMMA_GW_A, tpm: 700")
+        out = []
+        with ScriptedServer(replies) as up, serving(
+            tmp_path / folder, text.replace("http://127.0.0.1:9/v1", up.url)
+        ) as (url, _), client(url) as c:
+            for _ in range(n):
+                try:
+                    c.chat.completions.create(model="small", messages=ASK, max_tokens=300)  # type: ignore[arg-type]
+                    out.append((200, "", ""))
+                except openai.RateLimitError as exc:
+                    out.append((429, exc.response.headers["retry-after"], str(exc)))
+        return out
+
+    assert [code for code, _, _ in ask(5, 5, "short")] == [200] * 5
+    *ok, (code, after, says) = ask(300, 3, "long")
+    assert [c for c, _, _ in ok] == [200, 200] and code == 429
+    assert "over its rate limit (tpm 700)" in says and 10 <= int(after) <= 30

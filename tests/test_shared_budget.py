@@ -166,13 +166,13 @@ def test_a_store_that_does_not_answer_is_a_setup_error_naming_it() -> None:
 # ---------------------------------------------------------------------- the gateway
 
 
-def gateway_config(redis_url: str | None, prefix: str) -> str:
+def gateway_config(redis_url: str | None, prefix: str, limits: str = "") -> str:
     shared = "" if redis_url is None else f'shared: {{redis: "{redis_url}", prefix: "{prefix}"}}\n'
     return f"""version: 1
 models:
   sim: {{usd_per_call: 0.01, latency_s: 0.2, p_ok: 1.0}}
 keys:
-  team-a: {{key_env: TRILEMMA_GW_A, max_cost_usd: 0.10}}
+  team-a: {{key_env: TRILEMMA_GW_A, max_cost_usd: 0.10{limits}}}
 {shared}"""
 
 
@@ -246,6 +246,16 @@ def test_two_gateway_processes_share_one_ceiling_through_redis(
         assert b["refused"] == 20 and b["remaining_usd"] == pytest.approx(0.0)  # type: ignore[index]
     billed = [Journal(db).spent(run_id_of("team-a")) for db in dbs]
     assert sum(billed) == pytest.approx(0.10)  # each journal has the calls its gateway served
+
+
+def test_two_gateway_processes_share_one_requests_a_minute_limit(
+    tmp_path: Path, redis_url: str
+) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(gateway_config(redis_url, f"test:{uuid.uuid4().hex}", ", rpm: 4"))
+    with gateway(config, tmp_path / "one.db") as one, gateway(config, tmp_path / "two.db") as two:
+        codes = burst([one, two], 10)
+    assert sorted(codes) == [200] * 4 + [429] * 6
 
 
 def test_without_shared_two_gateways_with_their_own_journals_would_each_spend_the_ceiling(

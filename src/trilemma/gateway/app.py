@@ -59,6 +59,7 @@ from trilemma.errors import (
     UsageError,
 )
 from trilemma.gateway.config import GatewayConfig
+from trilemma.gateway.rates import KeyRates, LocalRates, RedisRates
 from trilemma.journal.store import GROUP_COMMIT_S, Journal, JournalWriter, messages_json
 from trilemma.providers.base import Message, Provider, Usage, cost_of, worst_case_cost
 from trilemma.providers.base import Request as CallRequest
@@ -131,6 +132,12 @@ class Gateway:
                 config.shared.redis, {k: c.max_cost_usd for k, c in config.keys.items()},
                 prefix=config.shared.prefix, hold_ttl_s=2 * longest + 60,
             )  # fmt: skip
+        limits = {k: (c.rpm, c.tpm) for k, c in config.keys.items()}
+        self.rates: KeyRates = (
+            RedisRates(self.budgets, limits) if isinstance(self.budgets, RedisBudgets)
+            else LocalRates(limits)
+        )  # fmt: skip
+        """Each key's requests and tokens a minute."""
         self.providers = providers_for(config.models, overrides=providers)
         self.routes = {n: Route.of(m, self.providers[n]) for n, m in config.models.items()}
         self.writer: JournalWriter | None = None
@@ -211,15 +218,26 @@ class Gateway:
             lookup = await self.cache.lookup(settings, request.messages, self.config.similarity)
             if lookup.hit is not None:
                 return await self._served(key, model, request, lookup.hit, stream)
+        tokens = request.prompt_bytes / 4 + request.max_tokens  # what tpm counts until it answers
+        wait = await self.rates.take(key, tokens)
+        if wait:
+            rpm, tpm = self.rates.limits[key]
+            limits = ", ".join(f"{n} {v}" for n, v in (("rpm", rpm), ("tpm", tpm)) if v)
+            return _error(429, f"key {key!r} is over its rate limit ({limits}); retry in "
+                               f"{math.ceil(wait)} s; nothing was sent",
+                          "rate_limit_error", "rate_limit_exceeded",
+                          {"Retry-After": str(math.ceil(wait))})  # fmt: skip
         try:
             hold = await self.budgets.reserve(key, worst_case_cost(profile, request))
-        except BudgetExhausted as exc:
+        except (BudgetExhausted, SetupError) as exc:
+            await _quietly(self.rates.give_back(key, tokens))
+            if isinstance(exc, SetupError):  # the store is gone: refuse, never spend unguarded
+                return _error(503, f"{exc}; nothing was sent", "api_error",
+                              "budget_store_unavailable")  # fmt: skip
             return _error(402, f"budget of key {key!r} exhausted: {exc}", "insufficient_quota",
                           "budget_exceeded")  # fmt: skip
-        except SetupError as exc:  # the shared store is gone: refuse rather than spend unguarded
-            return _error(503, f"{exc}; nothing was sent", "api_error", "budget_store_unavailable")
         assert self.writer is not None, "the gateway was not started"
-        call = _Call(key, model, request, hold, self.routes[model], settings, lookup)
+        call = _Call(key, model, request, hold, self.routes[model], settings, lookup, tokens)
         route = call.route
         row = {"run_id": run_id_of(key), "step_id": model, "attempt": 1, "call": 1,
                "role": "gateway", "model": model, "idempotency_key": request.idempotency_key,
@@ -244,6 +262,7 @@ class Gateway:
                 raise
         except ProviderError as exc:
             await _quietly(self.budgets.release(key, hold))
+            await _quietly(self.rates.give_back(key, tokens))
             self._finished(request.idempotency_key, {"outcome": exc.kind, "error": str(exc)[:500],
                                                      "cost_usd": 0.0})  # fmt: skip
             return _upstream_error(exc)
@@ -283,6 +302,10 @@ class Gateway:
             "cost_usd": cost,
             "latency_s": latency_s, "response": text,
         })  # fmt: skip
+        if usage.prompt_tokens is not None and usage.completion_tokens is not None:
+            unused = call.tokens - usage.prompt_tokens - usage.completion_tokens
+            if unused > 0:
+                await _quietly(self.rates.give_back(call.key, unused))
         if self.cache is not None and call.lookup is not None and call.settings is not None:
             self.cache.store(call.settings, call.request.messages, text, call.model,
                              call.lookup.vector, usage.prompt_tokens, usage.completion_tokens)  # fmt: skip
@@ -463,6 +486,8 @@ class _Call:
     route: Route
     settings: list[Any] | None
     lookup: Lookup | None
+    tokens: float
+    """What the key's tokens-per-minute counts until the answer says what it used."""
 
 
 class _Chunks:

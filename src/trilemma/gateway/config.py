@@ -7,7 +7,7 @@
       small: {provider: openai, base_url: "http://127.0.0.1:8081/v1", model: smollm2,
               usd_per_1m_input: 0.10, usd_per_1m_output: 0.40, latency_s: 0.5, p_ok: 0.6}
     keys:
-      team-a: {key_env: TEAM_A_KEY, max_cost_usd: 5.00, models: [small]}
+      team-a: {key_env: TEAM_A_KEY, max_cost_usd: 5.00, models: [small], rpm: 60, tpm: 100000}
     cache: {similarity: 0.95}    # optional: true (exact repeats) or a similarity threshold
     shared: {redis: "redis://127.0.0.1:6379/0"}  # optional: ceilings shared by every gateway
 
@@ -41,6 +41,10 @@ class KeyConfig(BaseModel):
     max_cost_usd: Price | None = None
     models: list[str] | None = None
     """None: every model of the gateway."""
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    """Requests a minute; past it a request gets a 429 with Retry-After."""
+    tpm: Annotated[int, Field(ge=1)] | None = None
+    """Tokens a minute, each request counted at its prompt and max_tokens until it answers."""
 
 
 def _redis_url(url: str) -> str:

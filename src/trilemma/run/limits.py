@@ -57,14 +57,32 @@ class RateLimiter:
         self.updated = time.monotonic()
         self._lock = asyncio.Lock()
 
+    def take(self, amount: float = 1.0) -> float:
+        """Take ``amount`` units now and return 0, or take nothing and return the seconds
+        until they would be there (for a caller that refuses rather than waits)."""
+        amount = min(amount, self.capacity)
+        self._refill()
+        if self.tokens >= amount:
+            self.tokens -= amount
+            return 0.0
+        return (amount - self.tokens) / self.rate
+
+    def give_back(self, amount: float) -> None:
+        """Return units taken but not used (a call that used fewer tokens than it held)."""
+        self._refill()
+        self.tokens = min(self.capacity, self.tokens + max(0.0, amount))
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+
     async def acquire(self, amount: float = 1.0) -> None:
         """Wait until ``amount`` units are available, then take them."""
         amount = min(amount, self.capacity)
         async with self._lock:  # first come, first served
             while True:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-                self.updated = now
+                self._refill()
                 if self.tokens >= amount:
                     self.tokens -= amount
                     return

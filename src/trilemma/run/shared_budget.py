@@ -214,11 +214,11 @@ class RedisBudgets(KeyBudgets):
 
     async def connect(self, spent: dict[str, float]) -> None:
         """Check that Redis answers and seed each budget's spend where Redis has none."""
-        await self._run(self.redis.ping())
+        await self.call(self.redis.ping())
         for name, amount in spent.items():
-            await self._run(self.redis.set(self._keys(name)[0], repr(float(amount)), nx=True))
+            await self.call(self.redis.set(self._keys(name)[0], repr(float(amount)), nx=True))
 
-    async def _run(self, call: Awaitable[Any]) -> Any:
+    async def call(self, call: Awaitable[Any]) -> Any:
         """A Redis call; SetupError naming the store when it does not answer."""
         from redis.exceptions import RedisError
 
@@ -230,7 +230,7 @@ class RedisBudgets(KeyBudgets):
     async def reserve(self, name: str, amount: float) -> Reservation:
         ceiling = self.ceilings[name]
         hold_id = uuid.uuid4().hex
-        out = await self._run(self._reserve(
+        out = await self.call(self._reserve(
             keys=self._keys(name),
             args=[repr(amount), -1 if ceiling is None else repr(ceiling), hold_id,
                   self.hold_ttl_s, EPS],
@@ -255,20 +255,20 @@ class RedisBudgets(KeyBudgets):
         if not hold.open:
             return await self.state(name)
         hold.open = False
-        out = await self._run(self._settle(
+        out = await self.call(self._settle(
             keys=self._keys(name), args=[hold.hold_id, repr(cost), repr(hold.amount)]
         ))  # fmt: skip
         return self._figures(name, out)
 
     async def state(self, name: str) -> BudgetState:
-        return self._figures(name, await self._run(self._state(keys=self._keys(name))))
+        return self._figures(name, await self.call(self._state(keys=self._keys(name))))
 
     def _figures(self, name: str, out: list[Any]) -> BudgetState:
         return BudgetState(self.ceilings[name], float(out[0]), float(out[1]), int(out[2]))
 
     async def clear(self, name: str) -> None:
         """Forget a budget's counters (tests, or a deliberate reset)."""
-        await self._run(self.redis.delete(*self._keys(name)))
+        await self.call(self.redis.delete(*self._keys(name)))
 
     async def aclose(self) -> None:
         await self.redis.aclose()
