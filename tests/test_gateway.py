@@ -474,3 +474,86 @@ def test_tokens_a_minute_count_max_tokens_until_the_answer_says_what_it_used(
     *ok, (code, after, says) = ask(300, 3, "long")
     assert [c for c, _, _ in ok] == [200, 200] and code == 429
     assert "over its rate limit (tpm 700)" in says and 10 <= int(after) <= 30
+
+
+# ---------------------------------------------------------------------- fallbacks
+
+
+def fallback_config(upstream: str, extra: str = "") -> str:
+    return config_text(upstream) + "fallbacks: {small: [sim]}\n" + extra
+
+
+def test_a_failed_upstream_falls_back_and_each_try_is_billed_on_its_own(tmp_path: Path) -> None:
+    with ScriptedServer([Reply(status=500)]) as up, serving(tmp_path, fallback_config(up.url)) as (url, _):
+        raw = client(url).chat.completions.with_raw_response.create(model="small", messages=ASK)  # type: ignore[arg-type]
+    answer = raw.parse()
+    assert answer.model == "sim" and answer.choices[0].message.content == "answer from sim"
+    assert raw.headers["x-trilemma-fallback"] == "sim"
+    rows = Journal(tmp_path / "j.db").calls(run_id_of("team-a"))
+    assert [(r["step_id"], r["model"], r["attempt"], r["role"], r["outcome"], r["cost_usd"])
+            for r in rows] == [("small", "small", 1, "gateway", "transient", 0.0),
+                               ("small", "sim", 2, "fallback", "ok", 0.01)]  # fmt: skip
+
+
+def failure(url: str, model: str = "small") -> tuple[int, str]:
+    """The status and message of a request that fails (its response closed)."""
+    with client(url) as c:
+        try:
+            c.chat.completions.create(model=model, messages=ASK)  # type: ignore[arg-type]
+        except openai.APIStatusError as exc:
+            return exc.status_code, str(exc)
+    raise AssertionError("the request did not fail")
+
+
+def test_a_fatal_error_or_a_fallback_the_key_may_not_call_is_not_tried(tmp_path: Path) -> None:
+    text = fallback_config("{url}").replace("TRILEMMA_GW_A, max_cost_usd: 1.0",
+                                            "TRILEMMA_GW_A, max_cost_usd: 1.0, models: [small]")  # fmt: skip
+    with ScriptedServer([Reply(status=500)]) as up, serving(
+        tmp_path, text.replace("{url}", up.url)
+    ) as (url, _):
+        not_allowed = failure(url)
+    assert not_allowed[0] == 502  # team-a may not call sim: the 500 passes on
+    (tmp_path / "b").mkdir()
+    with ScriptedServer([Reply(status=400)]) as up, serving(tmp_path / "b", fallback_config(up.url)) as (url, _):
+        fatal = failure(url)
+    assert fatal[0] == 502 and "bad request" in fatal[1]  # another model cannot fix it
+    assert len(Journal(tmp_path / "b" / "j.db").calls(run_id_of("team-a"))) == 1
+
+
+def test_a_model_failing_again_and_again_is_rested_and_its_fallback_answers_at_once(
+    tmp_path: Path,
+) -> None:
+    rule = "health: {failures: 2, cooldown_s: 60}\n"
+    with ScriptedServer([Reply(status=503)] * 5) as up:
+        with serving(tmp_path, fallback_config(up.url, rule)) as (url, _), client(url) as c:
+            models = [c.chat.completions.create(model="small", messages=ASK).model  # type: ignore[arg-type]
+                      for _ in range(4)]  # fmt: skip
+        sent = len(up.requests)
+    assert models == ["sim"] * 4
+    assert sent == 2  # after two failures in a row, small is rested: no third try upstream
+    rows = Journal(tmp_path / "j.db").calls(run_id_of("team-a"))
+    assert [(r["model"], r["role"], r["outcome"]) for r in rows] == [
+        ("small", "gateway", "transient"), ("sim", "fallback", "ok")] * 2 + [
+        ("sim", "fallback", "ok")] * 2  # fmt: skip
+
+
+def test_a_stream_falls_back_before_its_first_piece(tmp_path: Path) -> None:
+    with ScriptedServer([Reply(status=503)]) as up, serving(tmp_path, fallback_config(up.url)) as (url, _):
+        pieces, usage = streamed(url)
+    assert pieces == ["answer from sim"] and usage is not None
+
+
+@pytest.mark.parametrize(
+    ("fallbacks", "field", "says"),
+    [
+        ("{small: [simm]}", "fallbacks.small[0]", "'simm' is not another model"),
+        ("{small: [small]}", "fallbacks.small[0]", "'small' is not another model"),
+        ("{smal: [sim]}", "fallbacks.smal", "unknown model 'smal'"),
+    ],
+)
+def test_cli_gateway_bad_fallbacks_are_one_line(cli, tmp_path: Path, fallbacks, field, says) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(config_text() + f"fallbacks: {fallbacks}\n")
+    r = cli("gateway", path, "--journal", tmp_path / "j.db")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1
+    assert field in r.err and says in r.err

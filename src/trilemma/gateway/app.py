@@ -39,7 +39,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -138,6 +138,10 @@ class Gateway:
             else LocalRates(limits)
         )  # fmt: skip
         """Each key's requests and tokens a minute."""
+        self._failures: dict[str, int] = {}
+        """Per model with fallbacks: retryable failures in a row."""
+        self._down_until: dict[str, float] = {}
+        """Per model: until when (monotonic) its requests go straight to its fallbacks."""
         self.providers = providers_for(config.models, overrides=providers)
         self.routes = {n: Route.of(m, self.providers[n]) for n, m in config.models.items()}
         self.writer: JournalWriter | None = None
@@ -227,22 +231,43 @@ class Gateway:
                                f"{math.ceil(wait)} s; nothing was sent",
                           "rate_limit_error", "rate_limit_exceeded",
                           {"Retry-After": str(math.ceil(wait))})  # fmt: skip
+        ladder = self._ladder(key, model)
+        for attempt, served_by in enumerate(ladder, 1):
+            if served_by != model:  # a fallback: its own request, and not the cache's answer
+                request = self._request_for(served_by, request, attempt)
+                settings = lookup = None
+            outcome = await self._forward(key, model, served_by, attempt, request, stream,
+                                          settings, lookup, tokens)  # fmt: skip
+            self._health(served_by, outcome)
+            if not (isinstance(outcome, ProviderError) and outcome.retryable):
+                break
+        if isinstance(outcome, ProviderError) or outcome.status_code >= 400:
+            await _quietly(self.rates.give_back(key, tokens))  # no answer used a token
+        return _upstream_error(outcome) if isinstance(outcome, ProviderError) else outcome
+
+    async def _forward(
+        self, key: str, model: str, served_by: str, attempt: int, request: CallRequest,
+        stream: _StreamAsk | None, settings: list[Any] | None, lookup: Lookup | None,
+        tokens: float,
+    ) -> Response | ProviderError:  # fmt: skip
+        """Reserve, journal and send one attempt on ``served_by``; the response, or the error
+        that a fallback may yet answer (its hold released, its ledger row closed)."""
+        profile = self.config.models[served_by]
         try:
             hold = await self.budgets.reserve(key, worst_case_cost(profile, request))
-        except (BudgetExhausted, SetupError) as exc:
-            await _quietly(self.rates.give_back(key, tokens))
-            if isinstance(exc, SetupError):  # the store is gone: refuse, never spend unguarded
-                return _error(503, f"{exc}; nothing was sent", "api_error",
-                              "budget_store_unavailable")  # fmt: skip
+        except SetupError as exc:  # the store is gone: refuse, never spend unguarded
+            return _error(503, f"{exc}; nothing was sent", "api_error", "budget_store_unavailable")
+        except BudgetExhausted as exc:
             return _error(402, f"budget of key {key!r} exhausted: {exc}", "insufficient_quota",
                           "budget_exceeded")  # fmt: skip
         assert self.writer is not None, "the gateway was not started"
-        call = _Call(key, model, request, hold, self.routes[model], settings, lookup, tokens)
+        call = _Call(key, served_by, request, hold, self.routes[served_by], settings, lookup,
+                     tokens)  # fmt: skip
         route = call.route
-        row = {"run_id": run_id_of(key), "step_id": model, "attempt": 1, "call": 1,
-               "role": "gateway", "model": model, "idempotency_key": request.idempotency_key,
-               "reserved_usd": hold.amount, "request_json": messages_json(request.messages),
-               "started_at": time.time()}  # fmt: skip
+        row = {"run_id": run_id_of(key), "step_id": model, "attempt": attempt, "call": 1,
+               "role": "gateway" if served_by == model else "fallback", "model": served_by,
+               "idempotency_key": request.idempotency_key, "reserved_usd": hold.amount,
+               "request_json": messages_json(request.messages), "started_at": time.time()}  # fmt: skip
         try:
             if route.limited:
                 await route.acquire(request)
@@ -262,15 +287,15 @@ class Gateway:
                 raise
         except ProviderError as exc:
             await _quietly(self.budgets.release(key, hold))
-            await _quietly(self.rates.give_back(key, tokens))
             self._finished(request.idempotency_key, {"outcome": exc.kind, "error": str(exc)[:500],
                                                      "cost_usd": 0.0})  # fmt: skip
-            return _upstream_error(exc)
+            return exc
         except BaseException:
             await _quietly(self.budgets.release(key, hold))
             self._finished(request.idempotency_key, {"outcome": "cancelled", "cost_usd": None,
                                                      "error": "the request was cancelled"})  # fmt: skip
             raise
+        headers = {} if served_by == model else {"x-trilemma-fallback": served_by}
         if stream is not None:
             # Started here, so that its cleanup (the bill, the slot) runs even if the response
             # is never sent: a started generator is closed when it is dropped.
@@ -278,13 +303,41 @@ class Gateway:
             head = await anext(relay)
             return StreamingResponse(
                 _after(head, relay), media_type="text/event-stream",
-                headers={"x-trilemma-reserved-usd": f"{hold.amount:.10f}"},
+                headers={**headers, "x-trilemma-reserved-usd": f"{hold.amount:.10f}"},
             )  # fmt: skip
         route.release()
         u = completion.usage
         cost, state = await self._bill(call, completion.text, u, completion.latency_s)
-        return self._answer(model, state, completion.text, u,
-                            {"x-trilemma-cost-usd": f"{cost:.10f}"})  # fmt: skip
+        return self._answer(served_by, state, completion.text, u,
+                            {**headers, "x-trilemma-cost-usd": f"{cost:.10f}"})  # fmt: skip
+
+    def _ladder(self, key: str, model: str) -> list[str]:
+        """The model asked for, then its fallbacks this key may call; those cooling down after
+        repeated failures are skipped (unless every one of them is)."""
+        allowed = set(self.config.allowed(key))
+        ladder = [model, *(m for m in self.config.fallbacks.get(model, []) if m in allowed)]
+        now = time.monotonic()
+        healthy = [m for m in ladder if self._down_until.get(m, 0.0) <= now]
+        return healthy or ladder
+
+    def _health(self, model: str, outcome: Response | ProviderError) -> None:
+        """Count a model's failures in a row; past ``health.failures``, rest it a while."""
+        rule = self.config.health
+        if not isinstance(outcome, ProviderError) or not outcome.retryable:
+            self._failures[model] = 0
+            return
+        self._failures[model] = self._failures.get(model, 0) + 1
+        if self._failures[model] >= rule.failures:
+            self._down_until[model] = time.monotonic() + rule.cooldown_s
+            self._failures[model] = 0
+
+    def _request_for(self, model: str, asked: CallRequest, attempt: int) -> CallRequest:
+        """The request as a fallback model receives it: its own name and timeout, a new key."""
+        profile = self.config.models[model]
+        call_id = f"{asked.idempotency_key.rsplit('~', 1)[0]}~{attempt}"
+        return replace(asked, model=model, timeout_s=profile.timeout_s, idempotency_key=call_id,
+                       call_key=call_id, p_ok=profile.p_ok, sim_ok=f"answer from {model}",
+                       sim_bad=f"wrong answer from {model}")  # fmt: skip
 
     async def _bill(
         self, call: _Call, text: str, usage: Usage, latency_s: float

@@ -10,6 +10,8 @@
       team-a: {key_env: TEAM_A_KEY, max_cost_usd: 5.00, models: [small], rpm: 60, tpm: 100000}
     cache: {similarity: 0.95}    # optional: true (exact repeats) or a similarity threshold
     shared: {redis: "redis://127.0.0.1:6379/0"}  # optional: ceilings shared by every gateway
+    fallbacks: {small: [sim]}    # optional: when small fails (5xx, timeout, 429), try sim
+    health: {failures: 3, cooldown_s: 30}  # then rest small for 30 s
 
 A key's secret is read from the environment variable ``key_env`` when the gateway
 starts; it is never written to the file, the journal or a log.
@@ -29,7 +31,9 @@ from trilemma.spec import CacheRule, ModelProfile
 from trilemma.spec.load import read_document, validate_document
 from trilemma.spec.model import STEP_ID_PATTERN, Price
 
-__all__ = ["GatewayConfig", "KeyConfig", "SharedConfig", "load_gateway_config", "secrets_of"]
+__all__ = [
+    "GatewayConfig", "Health", "KeyConfig", "SharedConfig", "load_gateway_config", "secrets_of",
+]  # fmt: skip
 
 
 class KeyConfig(BaseModel):
@@ -64,6 +68,16 @@ class SharedConfig(BaseModel):
     """Namespaces the counters: gateways with other configs on one Redis use their own."""
 
 
+class Health(BaseModel):
+    """When a model with fallbacks is rested: after this many retryable failures in a row."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    failures: Annotated[int, Field(ge=1)] = 3
+    cooldown_s: Annotated[float, Field(ge=0.0, le=86_400.0)] = 30.0
+    """Seconds its requests go straight to its fallbacks."""
+
+
 class GatewayConfig(BaseModel):
     """The models served and the keys that may call them."""
 
@@ -75,6 +89,10 @@ class GatewayConfig(BaseModel):
     cache: bool | CacheRule = False
     """Answer a repeated request (``true``), or also a similar one (``{similarity: S}``), from
     the journal's cache, billed nothing. Each key sees only its own answers."""
+    fallbacks: dict[str, list[str]] = {}
+    """Per model, the models to try in turn when it fails in a way worth retrying (5xx,
+    timeout, 429, no connection); each try is reserved and billed on its own."""
+    health: Health = Health()
     shared: SharedConfig | None = None
     """Hold the keys' ceilings in Redis, so that several gateway processes share them."""
 
@@ -100,6 +118,15 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
     if isinstance(config.cache, CacheRule) and "hit_rate" in config.cache.model_fields_set:
         raise SpecError(source, "cache.hit_rate", "a planning figure of workflow steps; the "
                         "gateway plans nothing and serves every hit it finds: remove it")  # fmt: skip
+    for model, ladder in config.fallbacks.items():
+        if model not in config.models:
+            raise SpecError(source, f"fallbacks.{model}", f"unknown model {model!r}; known: "
+                            f"{', '.join(sorted(config.models))}")  # fmt: skip
+        for i, other in enumerate(ladder):
+            if other not in config.models or other == model:
+                raise SpecError(source, f"fallbacks.{model}[{i}]",
+                                f"{other!r} is not another model of this gateway; known: "
+                                f"{', '.join(sorted(config.models))}")  # fmt: skip
     for name, key in config.keys.items():
         for i, model in enumerate(key.models or []):
             if model not in config.models:
