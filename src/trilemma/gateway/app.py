@@ -52,18 +52,15 @@ from trilemma.cache.semantic import Embedder, default_embedder
 from trilemma.errors import (
     BudgetExhausted,
     ProviderError,
-    ProviderTimeout,
-    RateLimited,
     SetupError,
-    TransientError,
     UsageError,
 )
 from trilemma.gateway.config import GatewayConfig
 from trilemma.gateway.rates import KeyRates, LocalRates, RedisRates
+from trilemma.gateway.wire import Chunks, after, completion_body, error, sse, upstream_error
 from trilemma.journal.store import GROUP_COMMIT_S, Journal, JournalWriter, messages_json
 from trilemma.providers.base import Message, Provider, Usage, cost_of, worst_case_cost
 from trilemma.providers.base import Request as CallRequest
-from trilemma.providers.openai import usage_json
 from trilemma.run.budget import Reservation, SpendGuard
 from trilemma.run.routes import Route
 from trilemma.run.session import close_providers, providers_for
@@ -78,13 +75,6 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 def run_id_of(key: str) -> str:
     """The journal run that holds a key's calls."""
     return f"gateway-{key}"
-
-
-def _error(status: int, message: str, kind: str, code: str | None = None,
-           headers: Mapping[str, str] | None = None) -> JSONResponse:  # fmt: skip
-    """An error in OpenAI's shape, so that SDKs raise their usual exceptions."""
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code or kind}}
-    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
 class _Refused(Exception):
@@ -194,7 +184,7 @@ class Gateway:
         for known, key in self._digests.items():
             if secrets.compare_digest(known, digest):
                 return key
-        raise _Refused(_error(401, "Incorrect API key provided for the trilemma gateway",
+        raise _Refused(error(401, "Incorrect API key provided for the trilemma gateway",
                               "invalid_request_error", "invalid_api_key"))  # fmt: skip
 
     async def budget(self, key: str) -> dict[str, Any]:
@@ -227,7 +217,7 @@ class Gateway:
         if wait:
             rpm, tpm = self.rates.limits[key]
             limits = ", ".join(f"{n} {v}" for n, v in (("rpm", rpm), ("tpm", tpm)) if v)
-            return _error(429, f"key {key!r} is over its rate limit ({limits}); retry in "
+            return error(429, f"key {key!r} is over its rate limit ({limits}); retry in "
                                f"{math.ceil(wait)} s; nothing was sent",
                           "rate_limit_error", "rate_limit_exceeded",
                           {"Retry-After": str(math.ceil(wait))})  # fmt: skip
@@ -243,7 +233,7 @@ class Gateway:
                 break
         if isinstance(outcome, ProviderError) or outcome.status_code >= 400:
             await _quietly(self.rates.give_back(key, tokens))  # no answer used a token
-        return _upstream_error(outcome) if isinstance(outcome, ProviderError) else outcome
+        return upstream_error(outcome) if isinstance(outcome, ProviderError) else outcome
 
     async def _forward(
         self, key: str, model: str, served_by: str, attempt: int, request: CallRequest,
@@ -256,9 +246,9 @@ class Gateway:
         try:
             hold = await self.budgets.reserve(key, worst_case_cost(profile, request))
         except SetupError as exc:  # the store is gone: refuse, never spend unguarded
-            return _error(503, f"{exc}; nothing was sent", "api_error", "budget_store_unavailable")
+            return error(503, f"{exc}; nothing was sent", "api_error", "budget_store_unavailable")
         except BudgetExhausted as exc:
-            return _error(402, f"budget of key {key!r} exhausted: {exc}", "insufficient_quota",
+            return error(402, f"budget of key {key!r} exhausted: {exc}", "insufficient_quota",
                           "budget_exceeded")  # fmt: skip
         assert self.writer is not None, "the gateway was not started"
         call = _Call(key, served_by, request, hold, self.routes[served_by], settings, lookup,
@@ -302,7 +292,7 @@ class Gateway:
             relay = self._relay(call, first, pieces, stream, started)
             head = await anext(relay)
             return StreamingResponse(
-                _after(head, relay), media_type="text/event-stream",
+                after(head, relay), media_type="text/event-stream",
                 headers={**headers, "x-trilemma-reserved-usd": f"{hold.amount:.10f}"},
             )  # fmt: skip
         route.release()
@@ -373,7 +363,7 @@ class Gateway:
         A stream that breaks, or whose client goes away, after the upstream began to answer
         is billed at its reservation: the tokens the upstream generated are not known.
         """
-        chunk = _Chunks(call.model)
+        chunk = Chunks(call.model)
         parts: list[str] = []
         usage: Usage | None = None
         broken: str | None = "the client went away during the stream"
@@ -393,7 +383,7 @@ class Gateway:
             broken = None
         except ProviderError as exc:
             broken, kind = f"the stream broke: {exc}", exc.kind
-            yield _sse({"error": {"message": f"upstream: {exc}", "type": "api_error",
+            yield sse({"error": {"message": f"upstream: {exc}", "type": "api_error",
                                   "param": None, "code": exc.kind}})  # fmt: skip
         finally:
             call.route.release()
@@ -439,7 +429,7 @@ class Gateway:
         if hit.similarity is not None:
             headers["x-trilemma-cache-similarity"] = f"{hit.similarity:.4f}"
         if stream is not None:  # the whole answer as one piece
-            chunk = _Chunks(model)
+            chunk = Chunks(model)
             events = [chunk.piece(hit.response), chunk.finish()]
             if stream.include_usage and hit.prompt_tokens is not None:
                 events.append(chunk.usage(Usage(hit.prompt_tokens, hit.completion_tokens)))
@@ -453,20 +443,11 @@ class Gateway:
         headers: dict[str, str],
     ) -> JSONResponse:  # fmt: skip
         """A chat completion in OpenAI's shape, with the key's spend in headers."""
-        answer: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
-            "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop", "logprobs": None}],
-        }  # fmt: skip
-        counts = usage_json(usage)
-        if counts is not None:
-            answer["usage"] = counts
         if budget is not None:
             headers["x-trilemma-spent-usd"] = f"{budget.spent:.10f}"
             if budget.remaining is not None:
                 headers["x-trilemma-remaining-usd"] = f"{budget.remaining:.10f}"
-        return JSONResponse(answer, headers=headers)
+        return JSONResponse(completion_body(model, text, usage), headers=headers)
 
     def _finished(self, call_id: str, fields: dict[str, Any]) -> None:
         assert self.writer is not None
@@ -475,24 +456,24 @@ class Gateway:
     def _parse(self, key: str, body: Any) -> tuple[str, CallRequest, _StreamAsk | None]:
         """The model, the call and how to stream it (None: not) a body asks for, or a 400/404."""
         if not isinstance(body, dict):
-            raise _Refused(_error(400, "the body must be a JSON object", "invalid_request_error"))
+            raise _Refused(error(400, "the body must be a JSON object", "invalid_request_error"))
         model = body.get("model")
         if not isinstance(model, str) or model not in self.config.allowed(key):
             names = ", ".join(self.config.allowed(key))
-            raise _Refused(_error(404, f"model {model!r} is not served to key {key!r}; it may "
+            raise _Refused(error(404, f"model {model!r} is not served to key {key!r}; it may "
                                        f"call: {names}", "invalid_request_error", "model_not_found"))  # fmt: skip
         stream = None
         if body.get("stream"):
             options = body.get("stream_options") or {}
             if not isinstance(options, dict):
-                raise _Refused(_error(400, "stream_options must be an object", "invalid_request_error"))  # fmt: skip
+                raise _Refused(error(400, "stream_options must be an object", "invalid_request_error"))  # fmt: skip
             stream = _StreamAsk(bool(options.get("include_usage")))
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str)
             and isinstance(m.get("content"), str) for m in messages
         ):  # fmt: skip
-            raise _Refused(_error(400, "messages must be a non-empty list of {role, content} "
+            raise _Refused(error(400, "messages must be a non-empty list of {role, content} "
                                        "with text content", "invalid_request_error"))  # fmt: skip
         profile = self.config.models[model]
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -503,11 +484,11 @@ class Gateway:
             or not isinstance(max_tokens, int)
             or not 0 < max_tokens <= 1_000_000
         ):
-            raise _Refused(_error(400, "max_tokens must be a positive integer", "invalid_request_error"))  # fmt: skip
+            raise _Refused(error(400, "max_tokens must be a positive integer", "invalid_request_error"))  # fmt: skip
         temperature = body.get("temperature", profile.temperature)
         if temperature is not None and (not isinstance(temperature, (int, float))
                                         or not math.isfinite(temperature)):  # fmt: skip
-            raise _Refused(_error(400, "temperature must be a number", "invalid_request_error"))
+            raise _Refused(error(400, "temperature must be a number", "invalid_request_error"))
         stop = body.get("stop", profile.stop) or ()
         stop = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
         msgs: tuple[Message, ...] = tuple(
@@ -543,39 +524,6 @@ class _Call:
     """What the key's tokens-per-minute counts until the answer says what it used."""
 
 
-class _Chunks:
-    """Server-sent ``chat.completion.chunk`` events of one streamed answer."""
-
-    def __init__(self, model: str) -> None:
-        self.head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
-                     "created": int(time.time()), "model": model}  # fmt: skip
-        self.first = True
-
-    def piece(self, text: str) -> str:
-        delta = {"role": "assistant", "content": text} if self.first else {"content": text}
-        self.first = False
-        return self._event([{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}])
-
-    def finish(self) -> str:
-        return self._event([{"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}])
-
-    def usage(self, u: Usage) -> str:
-        return self._event([], usage_json(u))
-
-    def _event(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
-        return _sse({**self.head, "choices": choices, "usage": usage})
-
-
-async def _after(head: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
-    yield head
-    async for event in rest:
-        yield event
-
-
-def _sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data)}\n\n"
-
-
 async def _shielded(cleanup: Coroutine[Any, Any, None]) -> None:
     """Run ``cleanup`` to its end even if the request is being cancelled (a client went away)."""
     task = asyncio.ensure_future(cleanup)
@@ -607,21 +555,6 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _upstream_error(exc: ProviderError) -> JSONResponse:
-    """A provider's failure as the HTTP error a client expects from a gateway."""
-    msg = f"upstream: {exc}"
-    if isinstance(exc, RateLimited):
-        headers = (
-            {} if exc.retry_after is None else {"Retry-After": f"{math.ceil(exc.retry_after)}"}
-        )
-        return _error(429, msg, "rate_limit_error", "rate_limited", headers)
-    if isinstance(exc, ProviderTimeout):
-        return _error(504, msg, "timeout", "upstream_timeout")
-    if isinstance(exc, TransientError):
-        return _error(502, msg, "api_error", "upstream_unavailable")
-    return _error(502, msg, "api_error", exc.kind)
-
-
 def create_app(gateway: Gateway) -> FastAPI:
     """The FastAPI application serving ``gateway``."""
 
@@ -641,18 +574,18 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.exception_handler(SetupError)  # the shared budget store stopped answering
     async def unavailable(_: Request, exc: SetupError) -> JSONResponse:
-        return _error(503, str(exc), "api_error", "budget_store_unavailable")
+        return error(503, str(exc), "api_error", "budget_store_unavailable")
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         key = gateway.key_of(request.headers.get("authorization"))
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
-            return _error(413, "the request body is over 4 MB", "invalid_request_error")
+            return error(413, "the request body is over 4 MB", "invalid_request_error")
         try:
             body = json.loads(raw)
         except ValueError:
-            return _error(400, "the body is not JSON", "invalid_request_error")
+            return error(400, "the body is not JSON", "invalid_request_error")
         return await gateway.chat(key, body)
 
     @app.get("/v1/models")
