@@ -89,6 +89,27 @@ def client(url: str, key: str = SECRET) -> openai.OpenAI:
     return openai.OpenAI(base_url=url, api_key=key, max_retries=0)
 
 
+def burst(urls: list[str], n: int, key: str) -> list[int]:
+    """``n`` requests for model sim at once, spread over the gateways; their status codes."""
+
+    async def one(c: openai.AsyncOpenAI) -> int:
+        try:
+            await c.chat.completions.create(model="sim", messages=[{"role": "user", "content": "q"}])
+        except openai.APIStatusError as exc:
+            return exc.status_code
+        return 200
+
+    async def go() -> list[int]:
+        clients = [openai.AsyncOpenAI(base_url=u, api_key=key, max_retries=0) for u in urls]
+        try:
+            return await asyncio.gather(*(one(clients[i % len(clients)]) for i in range(n)))
+        finally:
+            for c in clients:
+                await c.close()
+
+    return asyncio.run(go())
+
+
 def test_a_call_is_forwarded_billed_from_usage_and_journaled(tmp_path: Path) -> None:
     with ScriptedServer([Reply("hi there", prompt_tokens=12, completion_tokens=20)]) as up:
         with serving(tmp_path, config_text(up.url)) as (url, _):
@@ -121,23 +142,7 @@ def test_concurrent_requests_never_take_a_key_over_its_ceiling(tmp_path: Path) -
     text = config_text(ceiling=None).replace("{key_env: TRILEMMA_GW_B,",
                                               "{key_env: TRILEMMA_GW_B, max_cost_usd: 0.055,")  # fmt: skip
     with serving(tmp_path, text) as (url, gw):
-
-        async def one(c: openai.AsyncOpenAI) -> int:
-            try:
-                await c.chat.completions.create(
-                    model="sim", messages=[{"role": "user", "content": "q"}]
-                )
-            except openai.APIStatusError as exc:
-                return exc.status_code
-            return 200
-
-        async def burst() -> list[int]:
-            async with openai.AsyncOpenAI(
-                base_url=url, api_key="sk-team-b-secret", max_retries=0
-            ) as c:
-                return await asyncio.gather(*(one(c) for _ in range(20)))
-
-        codes = asyncio.run(burst())
+        codes = burst([url], 20, "sk-team-b-secret")
         budget = client(url, "sk-team-b-secret").get("/budget", cast_to=object)
     assert sorted(codes) == [200] * 5 + [402] * 15
     assert budget["spent_usd"] == pytest.approx(0.05) and budget["refused"] == 15  # type: ignore[index]

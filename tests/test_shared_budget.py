@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from tests.conftest import free_port
+from tests.test_gateway import burst
 from trilemma.errors import BudgetExhausted, SetupError
 from trilemma.gateway.app import run_id_of
 from trilemma.journal import Journal
@@ -204,29 +205,6 @@ def gateway(config: Path, db: Path) -> Iterator[str]:
         assert proc.returncode == 0, err
 
 
-def burst(urls: list[str], n: int) -> list[int]:
-    """``n`` requests at once, spread over the gateways; their status codes."""
-
-    async def one(c: openai.AsyncOpenAI) -> int:
-        try:
-            await c.chat.completions.create(
-                model="sim", messages=[{"role": "user", "content": "q"}]
-            )
-        except openai.APIStatusError as exc:
-            return exc.status_code
-        return 200
-
-    async def go() -> list[int]:
-        clients = [openai.AsyncOpenAI(base_url=u, api_key="sk-a", max_retries=0) for u in urls]
-        try:
-            return await asyncio.gather(*(one(clients[i % len(clients)]) for i in range(n)))
-        finally:
-            for c in clients:
-                await c.close()
-
-    return asyncio.run(go())
-
-
 def test_two_gateway_processes_share_one_ceiling_through_redis(
     tmp_path: Path, redis_url: str
 ) -> None:
@@ -237,7 +215,7 @@ def test_two_gateway_processes_share_one_ceiling_through_redis(
     config.write_text(gateway_config(redis_url, prefix))
     dbs = [tmp_path / "one.db", tmp_path / "two.db"]
     with gateway(config, dbs[0]) as one, gateway(config, dbs[1]) as two:
-        codes = burst([one, two], 30)
+        codes = burst([one, two], 30, "sk-a")
         seen = [openai.OpenAI(base_url=u, api_key="sk-a").get("/budget", cast_to=object)
                 for u in (one, two)]  # fmt: skip
     assert sorted(codes) == [200] * 10 + [402] * 20
@@ -254,7 +232,7 @@ def test_two_gateway_processes_share_one_requests_a_minute_limit(
     config = tmp_path / "gw.yaml"
     config.write_text(gateway_config(redis_url, f"test:{uuid.uuid4().hex}", ", rpm: 4"))
     with gateway(config, tmp_path / "one.db") as one, gateway(config, tmp_path / "two.db") as two:
-        codes = burst([one, two], 10)
+        codes = burst([one, two], 10, "sk-a")
     assert sorted(codes) == [200] * 4 + [429] * 6
 
 
@@ -266,7 +244,7 @@ def test_without_shared_two_gateways_with_their_own_journals_would_each_spend_th
     config = tmp_path / "gw.yaml"
     config.write_text(gateway_config(None, ""))
     with gateway(config, tmp_path / "one.db") as one, gateway(config, tmp_path / "two.db") as two:
-        codes = burst([one, two], 30)
+        codes = burst([one, two], 30, "sk-a")
     assert codes.count(200) == 20
 
 

@@ -114,11 +114,7 @@ class OpenAIProvider:
     async def complete(self, request: Request, profile: ModelProfile) -> Completion:
         """One chat completion; usage and latency as the endpoint reported them."""
         assert profile.model
-        kwargs: dict[str, Any] = {}
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
-        if request.stop:
-            kwargs["stop"] = list(request.stop)
+        kwargs = _options(request)
         headers = {"Idempotency-Key": request.idempotency_key}
         started = time.perf_counter()
         with map_errors(profile.model):
@@ -148,11 +144,7 @@ class OpenAIProvider:
         said the answer was finished is a TransientError.
         """
         assert profile.model
-        kwargs: dict[str, Any] = {}
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
-        if request.stop:
-            kwargs["stop"] = list(request.stop)
+        kwargs = _options(request)
         usage = Usage()
         finished = False
         with map_errors(profile.model):
@@ -180,6 +172,16 @@ class OpenAIProvider:
     async def aclose(self) -> None:
         """Close the HTTP connections."""
         await self.client.close()
+
+
+def _options(request: Request) -> dict[str, Any]:
+    """The request's optional sampling settings, as the SDK takes them."""
+    kwargs: dict[str, Any] = {}
+    if request.temperature is not None:
+        kwargs["temperature"] = request.temperature
+    if request.stop:
+        kwargs["stop"] = list(request.stop)
+    return kwargs
 
 
 def _text(body: Any) -> str:
