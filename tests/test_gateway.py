@@ -562,3 +562,29 @@ def test_cli_gateway_bad_fallbacks_are_one_line(cli, tmp_path: Path, fallbacks, 
     r = cli("gateway", path, "--journal", tmp_path / "j.db")
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1
     assert field in r.err and says in r.err
+
+
+def test_workflow_runs_through_a_gateway_share_a_keys_ceiling_and_stop_as_budget_exhausted(
+    tmp_path: Path,
+) -> None:
+    # A team ceiling over many runs: point the runs' profile at the gateway. The key has room
+    # for two $0.01 calls; the run's third call is refused with 402 and the run stops.
+    from trilemma import parse_workflow
+    from trilemma.run.session import execute
+
+    text = config_text(ceiling=None).replace("{key_env: TRILEMMA_GW_B,",
+                                              "{key_env: TRILEMMA_GW_B, max_cost_usd: 0.025,")  # fmt: skip
+    with serving(tmp_path, text) as (url, _):
+        spec = f"""
+version: 1
+concurrency: 1
+models:
+  team: {{provider: openai, base_url: "{url}", model: sim, api_key_env: TRILEMMA_GW_B,
+          usd_per_call: 0.01, latency_s: 0.2, p_ok: 1.0}}
+steps:
+""" + "".join(f"  - {{id: s{i}, model: team, retries: 3}}\n" for i in range(5))
+        r = execute(parse_workflow(spec), journal=Journal(tmp_path / "run.db"), seed=1)
+    assert r.status == "budget_exhausted" and len(r.outputs) == 2
+    assert "refused for money" in (r.error or "") and "budget of key 'team-b' exhausted" in r.error
+    assert r.cost_usd == pytest.approx(0.02)
+    assert Journal(tmp_path / "j.db").spent(run_id_of("team-b")) == pytest.approx(0.02)

@@ -246,3 +246,29 @@ steps:
     assert calls[0]["cost_usd"] == pytest.approx((1.0 * 10 + 2.0 * 6) / 1e6)  # rejected: billed
     assert calls[1]["cost_usd"] == pytest.approx((10.0 * 40 + 30.0 * 1) / 1e6)
     assert r.cost_usd == pytest.approx(calls[0]["cost_usd"] + calls[1]["cost_usd"])
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        Reply(status=402, body='{"error": {"message": "budget spent", "code": "budget_exceeded"}}'),
+        Reply(status=429, body='{"error": {"message": "You exceeded your current quota", '
+                               '"type": "insufficient_quota", "code": "insufficient_quota"}}'),
+    ],
+)  # fmt: skip
+def test_an_endpoint_refusing_for_money_stops_the_run_as_budget_exhausted(
+    tmp_path: Path, refusal: Reply
+) -> None:
+    with ScriptedServer([refusal] * 5) as srv:
+        r, j = go(spec_for(srv.url, "  - {id: a, model: local, retries: 4}"), tmp_path)
+        sent = len(srv.requests)
+    assert r.status == "budget_exhausted" and "refused for money" in (r.error or "")
+    assert sent == 1  # retrying would only be refused again
+    (row,) = j.calls(r.run_id)
+    assert (row["outcome"], row["cost_usd"]) == ("quota_exceeded", 0.0)
+
+
+def test_a_plain_429_is_still_retried(tmp_path: Path) -> None:
+    with ScriptedServer([Reply(status=429, headers={"Retry-After": "0"}), Reply("fine")]) as srv:
+        r, _ = go(spec_for(srv.url, "  - {id: a, model: local, retries: 1}"), tmp_path)
+    assert r.status == "ok" and r.outputs == {"a": "fine"}

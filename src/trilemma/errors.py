@@ -15,6 +15,7 @@
     │   │   └── ProviderTimeout   no answer within the attempt's timeout
     │   ├── MalformedAnswer       a 200 whose body is not a usable completion
     │   └── FatalProviderError    retrying cannot help: auth, unknown model, bad request
+    │       └── QuotaExceeded     the endpoint refused for money: 402, or 429 insufficient_quota
     ├── GateRejected              an answer failed the step's validation gate
     ├── SetupError                a part trilemma needs is missing or will not start (exit code 1)
     ├── RunError                  a run failed or was stopped (exit code 1)
@@ -45,6 +46,7 @@ __all__ = [
     "PlanError",
     "ProviderError",
     "ProviderTimeout",
+    "QuotaExceeded",
     "RateLimited",
     "RunError",
     "SetupError",
@@ -152,6 +154,14 @@ class FatalProviderError(ProviderError):
     """Retrying cannot help: bad credentials, an unknown model, a bad request."""
 
     kind = "fatal"
+
+
+class QuotaExceeded(FatalProviderError):
+    """The endpoint refused for money: a 402, or a 429 whose code is ``insufficient_quota``
+    (a trilemma gateway's spent key, an account out of credit). A run stops as
+    ``budget_exhausted``; retrying would only be refused again."""
+
+    kind = "quota_exceeded"
 
 
 class GateRejected(TrilemmaError):

@@ -15,7 +15,13 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from trilemma.errors import ProviderError, ProviderTimeout, RateLimited, TransientError
+from trilemma.errors import (
+    ProviderError,
+    ProviderTimeout,
+    QuotaExceeded,
+    RateLimited,
+    TransientError,
+)
 from trilemma.providers.base import Usage
 from trilemma.providers.openai import usage_json
 
@@ -85,6 +91,8 @@ def upstream_error(exc: ProviderError) -> JSONResponse:
             {} if exc.retry_after is None else {"Retry-After": f"{math.ceil(exc.retry_after)}"}
         )
         return error(429, msg, "rate_limit_error", "rate_limited", headers)
+    if isinstance(exc, QuotaExceeded):
+        return error(402, msg, "insufficient_quota", "upstream_quota_exceeded")
     if isinstance(exc, ProviderTimeout):
         return error(504, msg, "timeout", "upstream_timeout")
     if isinstance(exc, TransientError):

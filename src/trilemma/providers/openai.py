@@ -21,6 +21,7 @@ from trilemma.errors import (
     FatalProviderError,
     MalformedAnswer,
     ProviderTimeout,
+    QuotaExceeded,
     RateLimited,
     TransientError,
 )
@@ -55,6 +56,8 @@ def map_errors(model: str) -> Iterator[None]:
     try:
         yield
     except openai.RateLimitError as exc:
+        if _code(exc) == "insufficient_quota":  # out of credit, not out of breath
+            raise QuotaExceeded(f"429 insufficient_quota: {_detail(exc)}") from exc
         after = parse_retry_after(exc.response.headers.get("retry-after"))
         raise RateLimited(f"429 from the endpoint: {_detail(exc)}", retry_after=after) from exc
     except openai.APITimeoutError as exc:
@@ -74,6 +77,8 @@ def map_errors(model: str) -> Iterator[None]:
     except openai.APIResponseValidationError as exc:
         raise MalformedAnswer(f"the response is not a chat completion: {exc}") from exc
     except openai.APIStatusError as exc:
+        if exc.status_code == 402:
+            raise QuotaExceeded(f"402 payment required: {_detail(exc)}") from exc
         if exc.status_code >= 500 or exc.status_code in (408, 409):
             raise TransientError(f"{exc.status_code} from the endpoint: {_detail(exc)}") from exc
         raise FatalProviderError(f"{exc.status_code} from the endpoint: {_detail(exc)}") from exc
@@ -81,6 +86,14 @@ def map_errors(model: str) -> Iterator[None]:
         raise MalformedAnswer(f"unusable response: {type(exc).__name__}: {exc}") from exc
     except ValueError as exc:  # a body that is not JSON at all
         raise MalformedAnswer(f"the response is not JSON: {exc}") from exc
+
+
+def _code(exc: openai.APIStatusError) -> str | None:
+    """The ``error.code`` of an error body, if it has one."""
+    body = exc.body
+    err = body.get("error", body) if isinstance(body, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _detail(exc: openai.APIStatusError) -> str:

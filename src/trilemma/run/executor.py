@@ -34,6 +34,7 @@ from trilemma.errors import (
     BudgetExhausted,
     GateRejected,
     ProviderError,
+    QuotaExceeded,
     RunError,
 )
 from trilemma.journal.store import (
@@ -392,9 +393,12 @@ class Executor:
                 answer = await self._retried(s, step, base, state, first_no, left - 1, exc)
         except _Stop:
             return StepResult("skipped", attempts=state["attempt"] - 1, cost_usd=state["cost"])
-        except BudgetExhausted as exc:
-            self._halt(s, "budget_exhausted", f"step {step.id}: {exc}")
-            return await self._failed(s, step, state, str(exc), "skipped")
+        except (BudgetExhausted, QuotaExceeded) as exc:
+            msg = f"step {step.id}: {exc}"
+            if isinstance(exc, QuotaExceeded):
+                msg = f"step {step.id}: the endpoint refused for money: {exc}"
+            self._halt(s, "budget_exhausted", msg)
+            return await self._failed(s, step, state, msg, "skipped")
         except (ProviderError, GateRejected, RunError) as exc:
             msg = f"step {step.id}: {type(exc).__name__}: {exc}"
             self._halt(s, "failed", msg)
