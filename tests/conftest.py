@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -96,12 +97,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server on 127.0.0.1, started for the session and stopped after it.
+@contextlib.contextmanager
+def redis_server(folder: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real redis-server on a free port of 127.0.0.1 (no persistence); stopped on exit.
 
-    Skipped where Debian's redis-server is not installed, unless TRILEMMA_REQUIRE_REDIS=1
-    (as in .ci/run, which installs it), where that is a failure.
+    Skips the test where Debian's redis-server is not installed, unless
+    TRILEMMA_REQUIRE_REDIS=1 (as in .ci/run, which installs it): then it fails.
     """
     binary = shutil.which("redis-server")
     if binary is None:
@@ -109,7 +110,6 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             pytest.fail("redis-server is not installed: apt-get install redis-server")
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(folder)],
@@ -128,7 +128,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             assert proc.poll() is None, "redis-server exited at start"
             assert time.monotonic() < deadline, "redis-server did not answer"
             time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", proc
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One redis-server for the session's tests (see :func:`redis_server`)."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as (url, _):
+        yield url

@@ -290,3 +290,28 @@ def test_a_client_leaving_a_stream_is_billed_on_the_shared_ceiling(
     assert row["outcome"] == "cancelled" and budget["shared"] is True  # type: ignore[index]
     assert budget["spent_usd"] == pytest.approx(row["reserved_usd"])  # type: ignore[index]
     assert budget["reserved_usd"] == pytest.approx(0.0)  # type: ignore[index]
+
+
+def test_a_store_that_goes_away_mid_serve_refuses_with_503_and_sends_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import redis_server
+    from tests.test_gateway import ASK, config_text, http, serving
+
+    monkeypatch.setenv("TRILEMMA_GW_A", "sk-team-a-secret")
+    monkeypatch.setenv("TRILEMMA_GW_B", "sk-team-b-secret")
+    auth = {"Authorization": "Bearer sk-team-b-secret", "Content-Type": "application/json"}
+    body = json.dumps({"model": "sim", "messages": ASK}).encode()
+    with redis_server(tmp_path) as (url, redis):
+        text = config_text() + f'shared: {{redis: "{url}", prefix: "gone"}}\n'
+        with serving(tmp_path, text) as (gw, _):
+            first = http(f"{gw}/chat/completions", body, auth)
+            redis.kill()
+            redis.wait(10)
+            after = http(f"{gw}/chat/completions", body, auth)
+            budget = http(f"{gw}/budget", None, auth)
+    assert first[0] == 200
+    assert after[0] == 503 and after[1]["error"]["code"] == "budget_store_unavailable"
+    assert f"the shared budget store {url} does not answer" in after[1]["error"]["message"]
+    assert budget[0] == 503
+    assert len(Journal(tmp_path / "j.db").calls(run_id_of("team-b"))) == 1  # nothing more sent
