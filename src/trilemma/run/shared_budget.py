@@ -163,10 +163,10 @@ _STATE = _LAPSE + "return figures()"
 class RedisBudgets(KeyBudgets):
     """Ceilings shared by every process that names the same Redis and prefix.
 
-    ``ceilings`` gives each budget's ceiling (None: none); ``spent`` what each has
-    spent already, used only when Redis has no count for it yet (the first process
-    to start seeds it, from its journal). ``hold_ttl_s``: how long a hold may last
-    before it is counted as spent at its worst case (longer than any call).
+    ``ceilings`` gives each budget's ceiling (None: none). :meth:`connect` seeds each
+    budget's spend where Redis has no count for it yet (the first process to start
+    does, from its journal). ``hold_ttl_s``: how long a hold may last before it is
+    counted as spent at its worst case (longer than any call).
     """
 
     def __init__(
