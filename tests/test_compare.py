@@ -27,7 +27,9 @@ def test_measured_figures_agree_with_the_planner_and_rank_by_quality_per_dollar(
     assert cascade.cost_mean == pytest.approx(cascade.predicted.cost_expected, rel=0.15)
     assert 3 < cascade.calls_mean < 3.5
     assert cascade.quality_per_dollar > 2 * single.quality_per_dollar  # type: ignore[operator]
-    assert single.latency_p95_s >= single.latency_mean_s >= 2.0
+    # Not p95 >= mean: at 1000x scaled time, one run stalled by a busy machine lifts the mean
+    # over the p95 (seen under load). Both are at least the premium call's latency.
+    assert min(single.latency_p95_s, single.latency_mean_s) >= 2.0
 
 
 def test_a_specs_own_budget_applies_and_is_counted(tmp_path: Path) -> None:

@@ -5,13 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -23,6 +19,7 @@ from trilemma.errors import BudgetExhausted, SetupError
 from trilemma.gateway.app import run_id_of
 from trilemma.journal import Journal
 from trilemma.run.shared_budget import BudgetState, RedisBudgets
+from trilemma.testing import gateway_process
 
 WORKER = """
 import asyncio, json, random, sys
@@ -177,32 +174,9 @@ keys:
 {shared}"""
 
 
-@contextlib.contextmanager
-def gateway(config: Path, db: Path) -> Iterator[str]:
-    """``trilemma gateway`` in a process of its own; interrupted on exit."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trilemma", "gateway", str(config), "--port", str(port),
-         "--journal", str(db)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "TRILEMMA_GW_A": "sk-a"},
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                openai.OpenAI(base_url=url, api_key="sk-a", max_retries=0).models.list()
-                break
-            except openai.APIConnectionError:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                assert time.monotonic() < deadline, "the gateway did not answer"
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err
+def gateway(config: Path, db: Path) -> contextlib.AbstractContextManager[str]:
+    """``trilemma gateway`` in a process of its own, its key's secret sk-a."""
+    return gateway_process(config, db, {"TRILEMMA_GW_A": "sk-a"})
 
 
 def test_two_gateway_processes_share_one_ceiling_through_redis(

@@ -14,13 +14,22 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from trilemma.providers.base import Completion, Request, Usage
@@ -28,7 +37,7 @@ from trilemma.providers.openai import usage_json
 from trilemma.run.retry import fast_retries
 from trilemma.spec import ModelProfile
 
-__all__ = ["FunctionProvider", "Reply", "ScriptedServer", "fast_retries"]
+__all__ = ["FunctionProvider", "Reply", "ScriptedServer", "fast_retries", "gateway_process"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +107,7 @@ class ScriptedServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms stall
 
             def log_message(self, *args: object) -> None:  # quiet
                 return
@@ -226,6 +236,47 @@ def _completion(reply: Reply, model: str) -> str:
 
 def _usage(reply: Reply) -> dict[str, Any] | None:
     return usage_json(Usage(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens))
+
+
+@contextlib.contextmanager
+def gateway_process(
+    config: str | Path, journal: str | Path, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """``trilemma gateway CONFIG`` in a process of its own on a free port of 127.0.0.1.
+
+    Yields its base URL (``.../v1``) once it answers; ``env`` adds the variables its keys
+    read. On exit it is interrupted, and a gateway that did not exit cleanly raises.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trilemma", "gateway", str(config), "--port", str(port),
+         "--journal", str(journal)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:  # any answer (a 401 without a key) means it serves
+                urllib.request.urlopen(f"{url}/models", timeout=5).close()
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the gateway exited: {proc.stderr.read() if proc.stderr else ''}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the gateway did not answer within 60 s") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the gateway exited with {proc.returncode}: {err}")
 
 
 class FunctionProvider:
