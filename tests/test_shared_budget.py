@@ -289,3 +289,35 @@ def test_a_store_that_goes_away_mid_serve_refuses_with_503_and_sends_nothing(
     assert f"the shared budget store {url} does not answer" in after[1]["error"]["message"]
     assert budget[0] == 503
     assert len(Journal(tmp_path / "j.db").calls(run_id_of("team-b"))) == 1  # nothing more sent
+
+
+def test_what_one_gateway_learns_of_a_failing_model_the_other_uses(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # small fails every time; after two failures seen through gateway one, gateway two sends
+    # its request straight to the fallback: the upstream sees two requests in all.
+    from trilemma.testing import Reply, ScriptedServer
+
+    prefix = f"test:{uuid.uuid4().hex}"
+    with ScriptedServer([Reply(status=503)] * 5) as up:
+        config = tmp_path / "gw.yaml"
+        config.write_text(f"""version: 1
+models:
+  small: {{provider: openai, base_url: "{up.url}", model: m1, usd_per_1m_input: 1.0,
+           usd_per_1m_output: 2.0, latency_s: 0.1, p_ok: 0.9}}
+  sim: {{usd_per_call: 0.01, latency_s: 0.05, p_ok: 1.0}}
+keys:
+  team-a: {{key_env: TRILEMMA_GW_A}}
+fallbacks: {{small: [sim]}}
+health: {{failures: 2, cooldown_s: 60}}
+shared: {{redis: "{redis_url}", prefix: "{prefix}"}}
+""")
+        with gateway(config, tmp_path / "one.db") as one, gateway(config, tmp_path / "two.db") as two:
+            served = []
+            for url in (one, one, two):
+                with openai.OpenAI(base_url=url, api_key="sk-a", max_retries=0) as c:
+                    ask = [{"role": "user", "content": "q"}]
+                    served.append(c.chat.completions.create(model="small", messages=ask).model)  # type: ignore[arg-type]
+        sent = len(up.requests)
+    assert served == ["sim", "sim", "sim"]
+    assert sent == 2

@@ -56,6 +56,7 @@ from trilemma.errors import (
     UsageError,
 )
 from trilemma.gateway.config import GatewayConfig
+from trilemma.gateway.health import LocalHealth, ModelHealth, RedisHealth
 from trilemma.gateway.rates import KeyRates, LocalRates, RedisRates
 from trilemma.gateway.wire import Chunks, after, completion_body, error, sse, upstream_error
 from trilemma.journal.store import GROUP_COMMIT_S, Journal, JournalWriter, messages_json
@@ -128,10 +129,13 @@ class Gateway:
             else LocalRates(limits)
         )  # fmt: skip
         """Each key's requests and tokens a minute."""
-        self._failures: dict[str, int] = {}
-        """Per model with fallbacks: retryable failures in a row."""
-        self._down_until: dict[str, float] = {}
-        """Per model: until when (monotonic) its requests go straight to its fallbacks."""
+        rule = config.health
+        self.health: ModelHealth = (
+            RedisHealth(self.budgets, rule.failures, rule.cooldown_s)
+            if isinstance(self.budgets, RedisBudgets)
+            else LocalHealth(rule.failures, rule.cooldown_s)
+        )  # fmt: skip
+        """Which models with fallbacks are resting after repeated failures."""
         self.providers = providers_for(config.models, overrides=providers)
         self.routes = {n: Route.of(m, self.providers[n]) for n, m in config.models.items()}
         self.writer: JournalWriter | None = None
@@ -221,14 +225,16 @@ class Gateway:
                                f"{math.ceil(wait)} s; nothing was sent",
                           "rate_limit_error", "rate_limit_exceeded",
                           {"Retry-After": str(math.ceil(wait))})  # fmt: skip
-        ladder = self._ladder(key, model)
+        ladder = await self._ladder(key, model)
         for attempt, served_by in enumerate(ladder, 1):
             if served_by != model:  # a fallback: its own request, and not the cache's answer
                 request = self._request_for(served_by, request, attempt)
                 settings = lookup = None
             outcome = await self._forward(key, model, served_by, attempt, request, stream,
                                           settings, lookup, tokens)  # fmt: skip
-            self._health(served_by, outcome)
+            if served_by in self.config.fallbacks:  # only a model with fallbacks may rest
+                failed = isinstance(outcome, ProviderError) and outcome.retryable
+                await _quietly(self.health.record(served_by, failed))
             if not (isinstance(outcome, ProviderError) and outcome.retryable):
                 break
         if isinstance(outcome, ProviderError) or outcome.status_code >= 400:
@@ -301,25 +307,16 @@ class Gateway:
         return self._answer(served_by, state, completion.text, u,
                             {**headers, "x-trilemma-cost-usd": f"{cost:.10f}"})  # fmt: skip
 
-    def _ladder(self, key: str, model: str) -> list[str]:
-        """The model asked for, then its fallbacks this key may call; those cooling down after
+    async def _ladder(self, key: str, model: str) -> list[str]:
+        """The model asked for, then its fallbacks this key may call; those resting after
         repeated failures are skipped (unless every one of them is)."""
+        fallbacks = self.config.fallbacks.get(model)
+        if not fallbacks:
+            return [model]
         allowed = set(self.config.allowed(key))
-        ladder = [model, *(m for m in self.config.fallbacks.get(model, []) if m in allowed)]
-        now = time.monotonic()
-        healthy = [m for m in ladder if self._down_until.get(m, 0.0) <= now]
-        return healthy or ladder
-
-    def _health(self, model: str, outcome: Response | ProviderError) -> None:
-        """Count a model's failures in a row; past ``health.failures``, rest it a while."""
-        rule = self.config.health
-        if not isinstance(outcome, ProviderError) or not outcome.retryable:
-            self._failures[model] = 0
-            return
-        self._failures[model] = self._failures.get(model, 0) + 1
-        if self._failures[model] >= rule.failures:
-            self._down_until[model] = time.monotonic() + rule.cooldown_s
-            self._failures[model] = 0
+        ladder = [model, *(m for m in fallbacks if m in allowed)]
+        resting = await self.health.resting(ladder)
+        return [m for m in ladder if m not in resting] or ladder
 
     def _request_for(self, model: str, asked: CallRequest, attempt: int) -> CallRequest:
         """The request as a fallback model receives it: its own name and timeout, a new key."""

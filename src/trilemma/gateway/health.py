@@ -1,0 +1,92 @@
+"""Model health: a model with fallbacks that keeps failing is rested for a while.
+
+After ``failures`` retryable failures in a row, a model's requests go straight to its
+fallbacks for ``cooldown_s`` seconds. The counts live in the gateway process, or, with
+``shared:``, in Redis, so that what one gateway learns every gateway on the config uses.
+Only models with fallbacks are watched: resting one without any would change nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trilemma.run.shared_budget import RedisBudgets
+
+__all__ = ["LocalHealth", "ModelHealth", "RedisHealth"]
+
+
+class ModelHealth:
+    """Which models are resting after repeated failures."""
+
+    def __init__(self, failures: int, cooldown_s: float) -> None:
+        self.failures = failures
+        self.cooldown_s = cooldown_s
+
+    async def resting(self, models: list[str]) -> set[str]:
+        """Those of ``models`` resting now."""
+        raise NotImplementedError
+
+    async def record(self, model: str, failed: bool) -> None:
+        """A try of ``model`` failed in a way worth retrying elsewhere, or did not."""
+        raise NotImplementedError
+
+
+class LocalHealth(ModelHealth):
+    """Counts held in this process."""
+
+    def __init__(self, failures: int, cooldown_s: float) -> None:
+        super().__init__(failures, cooldown_s)
+        self._failures: dict[str, int] = {}
+        self._down_until: dict[str, float] = {}
+
+    async def resting(self, models: list[str]) -> set[str]:
+        now = time.monotonic()
+        return {m for m in models if self._down_until.get(m, 0.0) > now}
+
+    async def record(self, model: str, failed: bool) -> None:
+        if not failed:
+            self._failures[model] = 0
+            return
+        self._failures[model] = self._failures.get(model, 0) + 1
+        if self._failures[model] >= self.failures:
+            self._down_until[model] = time.monotonic() + self.cooldown_s
+            self._failures[model] = 0
+
+
+# KEYS: the model's failure count, its resting flag. ARGV: failures, cooldown in ms.
+_FAILED = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[2]), 60000))
+if n >= tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
+end
+return n
+"""
+
+
+class RedisHealth(ModelHealth):
+    """Counts in Redis, shared by every gateway with the same store and prefix."""
+
+    def __init__(self, store: RedisBudgets, failures: int, cooldown_s: float) -> None:
+        super().__init__(failures, cooldown_s)
+        self.store = store
+        self.prefix = f"{store.prefix}:health"
+        self._failed = store.redis.register_script(_FAILED)
+
+    def _keys(self, model: str) -> list[str]:
+        return [f"{self.prefix}:{model}:failures", f"{self.prefix}:{model}:resting"]
+
+    async def resting(self, models: list[str]) -> set[str]:
+        flags = await self.store.call(self.store.redis.mget([self._keys(m)[1] for m in models]))
+        return {m for m, flag in zip(models, flags, strict=True) if flag}
+
+    async def record(self, model: str, failed: bool) -> None:
+        keys = self._keys(model)
+        if failed:
+            cooldown_ms = int(self.cooldown_s * 1000)
+            await self.store.call(self._failed(keys=keys, args=[self.failures, cooldown_ms]))
+        else:
+            await self.store.call(self.store.redis.delete(keys[0]))
