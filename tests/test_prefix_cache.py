@@ -84,6 +84,8 @@ def test_a_run_on_an_endpoint_bills_its_cached_tokens_and_the_ledger_keeps_them(
     assert row["cost_usd"] == pytest.approx((100.0 * 100 + 10.0 * 900 + 200.0 * 50) / 1e6)
     ledger = cli("ledger", r.run_id, "--journal", tmp_path / "j.db", "--json").json()
     assert ledger[0]["cached_tokens"] == 900
+    table = cli("ledger", r.run_id, "--journal", tmp_path / "j.db").out
+    assert "1000 (900 cached)" in table
 
 
 def test_the_simulator_reports_the_profiles_cached_tokens(tmp_path: Path) -> None:

@@ -261,7 +261,10 @@ def ledger_table(run_id: str, rows: list[dict[str, Any]]) -> Table:
             outcome = r["outcome"] + (" (cache)" if r["cache_hit"] else "")
         if r["in_flight"]:
             outcome = "IN FLIGHT at crash: may be billed"
-        t.add_row(r["step"], str(r["attempt"]), r["role"], r["model"], str(r["prompt_tokens"] or "-"),
+        tokens_in = str(r["prompt_tokens"] or "-")
+        if r["cached_tokens"]:  # served from the endpoint's prompt cache, billed lower
+            tokens_in += f" ({r['cached_tokens']} cached)"
+        t.add_row(r["step"], str(r["attempt"]), r["role"], r["model"], tokens_in,
                   str(r["completion_tokens"] or "-"), _usd(r["cost_usd"]),
                   "-" if r["latency_s"] is None else f"{r['latency_s']:.3f}s", outcome)  # fmt: skip
     return t
