@@ -9,7 +9,7 @@ Only models with fallbacks are watched: resting one without any would change not
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from trilemma.run.shared_budget import RedisBudgets
@@ -17,27 +17,24 @@ if TYPE_CHECKING:
 __all__ = ["LocalHealth", "ModelHealth", "RedisHealth"]
 
 
-class ModelHealth:
+class ModelHealth(Protocol):
     """Which models are resting after repeated failures."""
+
+    async def resting(self, models: list[str]) -> set[str]:
+        """Those of ``models`` resting now."""
+        ...
+
+    async def record(self, model: str, failed: bool) -> None:
+        """A try of ``model`` failed in a way worth retrying elsewhere, or did not."""
+        ...
+
+
+class LocalHealth:
+    """Counts held in this process."""
 
     def __init__(self, failures: int, cooldown_s: float) -> None:
         self.failures = failures
         self.cooldown_s = cooldown_s
-
-    async def resting(self, models: list[str]) -> set[str]:
-        """Those of ``models`` resting now."""
-        raise NotImplementedError
-
-    async def record(self, model: str, failed: bool) -> None:
-        """A try of ``model`` failed in a way worth retrying elsewhere, or did not."""
-        raise NotImplementedError
-
-
-class LocalHealth(ModelHealth):
-    """Counts held in this process."""
-
-    def __init__(self, failures: int, cooldown_s: float) -> None:
-        super().__init__(failures, cooldown_s)
         self._failures: dict[str, int] = {}
         self._down_until: dict[str, float] = {}
 
@@ -67,11 +64,12 @@ return n
 """
 
 
-class RedisHealth(ModelHealth):
+class RedisHealth:
     """Counts in Redis, shared by every gateway with the same store and prefix."""
 
     def __init__(self, store: RedisBudgets, failures: int, cooldown_s: float) -> None:
-        super().__init__(failures, cooldown_s)
+        self.failures = failures
+        self.cooldown_s = cooldown_s
         self.store = store
         self.prefix = f"{store.prefix}:health"
         self._failed = store.redis.register_script(_FAILED)

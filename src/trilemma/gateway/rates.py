@@ -10,7 +10,7 @@ the config to the same rates.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from trilemma.run.limits import RateLimiter
 
@@ -23,26 +23,25 @@ Limits = dict[str, tuple[int | None, int | None]]
 """Per key: (requests per minute, tokens per minute); None: no limit."""
 
 
-class KeyRates:
+class KeyRates(Protocol):
     """Per-key rate limits that refuse rather than wait."""
 
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
+    limits: Limits
 
     async def take(self, key: str, tokens: float) -> float:
         """Admit one request of ``tokens`` for ``key`` (0.0), or the seconds until it fits."""
-        raise NotImplementedError
+        ...
 
     async def give_back(self, key: str, tokens: float) -> None:
         """Return tokens a request held but its answer did not use."""
-        raise NotImplementedError
+        ...
 
 
-class LocalRates(KeyRates):
+class LocalRates:
     """Buckets held in this process."""
 
     def __init__(self, limits: Limits) -> None:
-        super().__init__(limits)
+        self.limits = limits
         self.rpm = {k: RateLimiter(r) for k, (r, _) in limits.items() if r}
         self.tpm = {k: RateLimiter(t) for k, (_, t) in limits.items() if t}
 
@@ -109,11 +108,11 @@ return '0'
 )
 
 
-class RedisRates(KeyRates):
+class RedisRates:
     """Buckets in Redis, shared by every gateway with the same store and prefix."""
 
     def __init__(self, store: RedisBudgets, limits: Limits) -> None:
-        super().__init__(limits)
+        self.limits = limits
         self.store = store
         """The shared budgets' connection, and their translation of Redis errors."""
         self.prefix = f"{store.prefix}:rate"

@@ -88,21 +88,20 @@ def map_errors(model: str) -> Iterator[None]:
         raise MalformedAnswer(f"the response is not JSON: {exc}") from exc
 
 
-def _code(exc: openai.APIStatusError) -> str | None:
-    """The ``error.code`` of an error body, if it has one."""
+def _error_field(exc: openai.APIStatusError, name: str) -> str | None:
+    """A field (``message``, ``code``) of an error body's ``error`` object, if it has one."""
     body = exc.body
     err = body.get("error", body) if isinstance(body, dict) else None
-    code = err.get("code") if isinstance(err, dict) else None
-    return code if isinstance(code, str) else None
+    value = err.get(name) if isinstance(err, dict) else None
+    return str(value) if value else None
+
+
+def _code(exc: openai.APIStatusError) -> str | None:
+    return _error_field(exc, "code")
 
 
 def _detail(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:200]
-    return str(exc.message)[:200]
+    return (_error_field(exc, "message") or str(exc.message))[:200]
 
 
 class OpenAIProvider:

@@ -394,9 +394,8 @@ class Executor:
         except _Stop:
             return StepResult("skipped", attempts=state["attempt"] - 1, cost_usd=state["cost"])
         except (BudgetExhausted, QuotaExceeded) as exc:
-            msg = f"step {step.id}: {exc}"
-            if isinstance(exc, QuotaExceeded):
-                msg = f"step {step.id}: the endpoint refused for money: {exc}"
+            why = "the endpoint refused for money: " if isinstance(exc, QuotaExceeded) else ""
+            msg = f"step {step.id}: {why}{exc}"
             self._halt(s, "budget_exhausted", msg)
             return await self._failed(s, step, state, msg, "skipped")
         except (ProviderError, GateRejected, RunError) as exc:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from trilemma.errors import BudgetExhausted, SetupError
 from trilemma.run.budget import EPS, Reservation, SpendGuard
@@ -53,30 +53,31 @@ class SharedHold(Reservation):
     hold_id: str = ""
 
 
-class KeyBudgets:
+class KeyBudgets(Protocol):
     """Named spend ceilings, reserved before each call and settled after (async API)."""
 
     async def reserve(self, name: str, amount: float) -> Reservation:
         """Hold ``amount`` under ``name``'s ceiling, or raise BudgetExhausted."""
-        raise NotImplementedError
+        ...
 
     async def settle(self, name: str, hold: Reservation, cost: float) -> BudgetState:
         """The call answered and cost ``cost``: release its hold, count the spend."""
-        raise NotImplementedError
+        ...
 
     async def release(self, name: str, hold: Reservation) -> None:
         """The call returned only an error: nothing is billed."""
-        raise NotImplementedError
+        ...
 
     async def state(self, name: str) -> BudgetState:
         """The budget's figures now."""
-        raise NotImplementedError
+        ...
 
     async def aclose(self) -> None:
         """Let go of any connection."""
+        ...
 
 
-class LocalBudgets(KeyBudgets):
+class LocalBudgets:
     """Ceilings held in this process: one :class:`SpendGuard` per name."""
 
     def __init__(self, guards: dict[str, SpendGuard]) -> None:
@@ -95,6 +96,9 @@ class LocalBudgets(KeyBudgets):
     async def state(self, name: str) -> BudgetState:
         g = self.guards[name]
         return BudgetState(g.ceiling, g.spent, g.reserved, g.refused)
+
+    async def aclose(self) -> None:
+        """Nothing to let go of."""
 
 
 # Each script first lapses the holds whose time has passed: counted as spent at their
@@ -160,7 +164,7 @@ return figures()
 _STATE = _LAPSE + "return figures()"
 
 
-class RedisBudgets(KeyBudgets):
+class RedisBudgets:
     """Ceilings shared by every process that names the same Redis and prefix.
 
     ``ceilings`` gives each budget's ceiling (None: none). :meth:`connect` seeds each
