@@ -298,6 +298,59 @@ def test_an_older_journal_is_migrated_in_order(tmp_path: Path) -> None:
     assert "sends" in [r[1] for r in j.db.execute("PRAGMA table_info(calls)")]
 
 
+def test_specs_move_to_their_own_table_and_are_kept_once(tmp_path: Path) -> None:
+    """m005: a journal written before it keeps its runs' specs, now one row per spec."""
+    from trilemma.journal.migrations import MIGRATIONS
+
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute(
+        "CREATE TABLE trilemma_migrations (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, applied_at REAL NOT NULL)"
+    )
+    conn.execute("BEGIN")
+    for name, migrate in MIGRATIONS[:4]:  # the journal as m004 left it
+        migrate(conn)
+        conn.execute("INSERT INTO trilemma_migrations (name, applied_at) VALUES (?, 0)", (name,))
+    for run_id, text in (("r1", '{"a": 1}'), ("r2", '{"a": 1}'), ("r3", '{"b": 2}')):
+        conn.execute(
+            "INSERT INTO runs (run_id, spec_source, spec_json, spec_hash, inputs_json, status, "
+            "started_at) VALUES (?, 's', ?, ?, '{}', 'ok', 0)",
+            (run_id, text, "h" + text),
+        )
+    conn.execute("COMMIT")
+    conn.close()
+    j = Journal(db)
+    assert {r["run_id"]: r["spec_json"] for r in j.runs()} == {
+        "r1": '{"a": 1}', "r2": '{"a": 1}', "r3": '{"b": 2}',
+    }  # fmt: skip
+    assert j.db.execute("SELECT count(*) FROM specs").fetchone()[0] == 2
+    assert j.db.execute("SELECT count(*) FROM runs WHERE spec_json != ''").fetchone()[0] == 0
+    # New runs of one spec share its row; each run still reads it back whole.
+    wf = parse_workflow(CHAIN_SPEC)
+    first = execute(wf, journal=j, seed=1, max_cost_usd=0.0)
+    second = execute(wf, journal=j, seed=2, max_cost_usd=0.0)
+    assert j.db.execute("SELECT count(*) FROM specs").fetchone()[0] == 3
+    assert j.run(first.run_id)["spec_json"] == j.run(second.run_id)["spec_json"]
+    assert parse_workflow(j.run(first.run_id)["spec_json"]) == wf
+
+
+def test_a_run_journaled_with_the_full_spec_dump_resumes(cli, tmp_path: Path) -> None:
+    """Runs journaled before specs were kept compact hold every field: still the same spec."""
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(CHAIN_SPEC)
+    db = tmp_path / "j.db"
+    run_id = start_and_kill(spec, db, 0.1)
+    assert run_id is not None
+    j = Journal(db)
+    full = parse_workflow(CHAIN_SPEC).model_dump_json()  # what an older trilemma wrote
+    with j.transaction() as conn:
+        conn.execute("UPDATE specs SET spec_json = ?", (full,))
+    j.close()
+    resumed = cli("resume", run_id, "--journal", db, "--json")
+    assert resumed.code == 0, resumed.err
+    assert resumed.json()["status"] == "ok"
+
+
 def test_opening_a_journal_never_opens_its_file_outside_sqlite(tmp_path: Path, monkeypatch) -> None:
     """Closing any descriptor of the file would drop SQLite's POSIX locks for this process."""
     import builtins

@@ -124,11 +124,31 @@ def m004_cached_tokens(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE calls ADD COLUMN cached_tokens INTEGER")
 
 
+def m005_specs(db: sqlite3.Connection) -> None:
+    """Specs kept once per hash in their own table; a run row keeps only the hash, so it stays small."""
+    # Runs of one spec share its text, and ending a run rewrites a row of a few hundred bytes
+    # rather than one carrying the whole spec (a 2,000-step spec is about a megabyte).
+    # runs.spec_json stays, empty from here on: SQLite cannot drop a column with a constraint.
+    _execute_all(
+        db,
+        """
+        CREATE TABLE specs (
+          spec_hash TEXT PRIMARY KEY,  -- sha256 of spec_json, as runs.spec_hash
+          spec_json TEXT NOT NULL      -- the validated spec (or a gateway's config)
+        );
+        INSERT OR IGNORE INTO specs (spec_hash, spec_json)
+          SELECT spec_hash, spec_json FROM runs WHERE spec_json != '';
+        UPDATE runs SET spec_json = ''
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_call_sends", m002_call_sends),
     ("m003_semantic_cache", m003_semantic_cache),
     ("m004_cached_tokens", m004_cached_tokens),
+    ("m005_specs", m005_specs),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -210,13 +210,24 @@ class Journal:
         with map_sqlite_errors(self.path):
             return [dict(r) for r in self.db.execute(sql, args)]
 
+    def _runs(self, where: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Run rows with their spec's text (kept once per hash in ``specs``) as ``spec_json``."""
+        rows = self._rows(
+            "SELECT runs.*, specs.spec_json AS spec_text FROM runs "
+            f"LEFT JOIN specs ON specs.spec_hash = runs.spec_hash {where}",
+            args,
+        )
+        for row in rows:
+            row["spec_json"] = row.pop("spec_text") or row["spec_json"]
+        return rows
+
     def runs(self) -> list[dict[str, Any]]:
         """Every run, newest first."""
-        return self._rows("SELECT * FROM runs ORDER BY started_at DESC, run_id DESC")
+        return self._runs("ORDER BY runs.started_at DESC, runs.run_id DESC")
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         """One run, or None."""
-        rows = self._rows("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        rows = self._runs("WHERE runs.run_id = ?", (run_id,))
         return rows[0] if rows else None
 
     def steps(self, run_id: str) -> dict[str, dict[str, Any]]:
@@ -415,7 +426,12 @@ class _Batch:
         self.semantic.append(row)
 
     def apply(self, db: sqlite3.Connection) -> None:
-        for row in self.runs:
+        for run in self.runs:  # the spec's text once per hash; the row keeps the hash
+            db.execute(
+                "INSERT OR IGNORE INTO specs (spec_hash, spec_json) VALUES (?, ?)",
+                (run["spec_hash"], run["spec_json"]),
+            )
+            row = {**run, "spec_json": ""}
             names, marks = ", ".join(row), ", ".join("?" for _ in row)
             db.execute(f"INSERT INTO runs ({names}) VALUES ({marks})", tuple(row.values()))
         for cols, rows in _by_columns(self.calls.values()).items():

@@ -206,7 +206,7 @@ def resume(
     changed: list[str] = []
     if Path(source).is_file():
         current = load_workflow(source)
-        if spec_json(current) != row["spec_json"]:
+        if spec_json(current) != spec_json(wf):  # both as this trilemma writes them
             changed = changed_steps(wf, current)
             if not force:
                 names = ", ".join(changed) or "models or settings"
