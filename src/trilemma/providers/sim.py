@@ -50,11 +50,14 @@ class SimProvider:
 
     async def complete(self, request: Request, profile: ModelProfile) -> Completion:
         """Wait, maybe fail, then answer right with probability ``p_ok``."""
-        u, v, w1, w2 = self._draws(request.call_key or request.idempotency_key)
+        f = profile.faults
+        if request.p_ok < 1.0 or profile.latency_jitter or f.any:
+            u, v, w1, w2 = self._draws(request.call_key or request.idempotency_key)
+        else:  # nothing left to chance: the draws would change nothing (and cost a hash)
+            u = v = w1 = w2 = 0.0
         latency = profile.latency_s
         if profile.latency_jitter:
             latency *= _jitter(profile.latency_jitter, w1, w2)
-        f = profile.faults
         if u < f.timeout_rate or latency > request.timeout_s:
             await asyncio.sleep(request.timeout_s)
             raise ProviderTimeout(f"simulated: no answer within {request.timeout_s:g}s")

@@ -53,6 +53,11 @@ class Faults(_Strict):
     rate_limit_rate: Rate = 0.0
     timeout_rate: Rate = 0.0
 
+    @property
+    def any(self) -> bool:
+        """Whether any fault is injected at all."""
+        return bool(self.transient_error_rate or self.rate_limit_rate or self.timeout_rate)
+
 
 class ModelProfile(_Strict):
     """What the planner knows of a model: price, latency and per-call success.
