@@ -85,8 +85,23 @@ def http(
         return exc.code, json.loads(exc.read())
 
 
+_CLIENTS: list[openai.OpenAI] = []
+
+
 def client(url: str, key: str = SECRET) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url, api_key=key, max_retries=0)
+    """A client for the gateway at ``url``, closed when the test ends."""
+    c = openai.OpenAI(base_url=url, api_key=key, max_retries=0)
+    _CLIENTS.append(c)
+    return c
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    # An unclosed client's socket is closed only when the collector reaches it, which may
+    # be in a later test, failing that one with a ResourceWarning.
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
 
 
 def burst(urls: list[str], n: int, key: str) -> list[int]:

@@ -109,8 +109,10 @@ def test_the_gateway_passes_cached_tokens_on_and_bills_them_at_the_cached_price(
     with ScriptedServer([reply]) as up:
         text = config_text(up.url).replace("usd_per_1m_output: 2.0,",
                                            "usd_per_1m_output: 2.0, usd_per_1m_cached_input: 0.1,")  # fmt: skip
-        with serving(tmp_path, text) as (url, _):
-            c = openai.OpenAI(base_url=url, api_key="sk-team-a-secret", max_retries=0)
+        with (
+            serving(tmp_path, text) as (url, _),
+            openai.OpenAI(base_url=url, api_key="sk-team-a-secret", max_retries=0) as c,
+        ):
             answer = c.chat.completions.create(
                 model="small", messages=[{"role": "user", "content": "q"}]
             )

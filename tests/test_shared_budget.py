@@ -190,8 +190,10 @@ def test_two_gateway_processes_share_one_ceiling_through_redis(
     dbs = [tmp_path / "one.db", tmp_path / "two.db"]
     with gateway(config, dbs[0]) as one, gateway(config, dbs[1]) as two:
         codes = burst([one, two], 30, "sk-a")
-        seen = [openai.OpenAI(base_url=u, api_key="sk-a").get("/budget", cast_to=object)
-                for u in (one, two)]  # fmt: skip
+        seen = []
+        for u in (one, two):
+            with openai.OpenAI(base_url=u, api_key="sk-a") as c:
+                seen.append(c.get("/budget", cast_to=object))
     assert sorted(codes) == [200] * 10 + [402] * 20
     for b in seen:  # either gateway tells the shared figures
         assert b["shared"] is True and b["spent_usd"] == pytest.approx(0.10)  # type: ignore[index]
@@ -255,8 +257,10 @@ def test_a_client_leaving_a_stream_is_billed_on_the_shared_ceiling(
     slow = Reply(" ".join(["word"] * 30), piece_delay_s=0.1)
     with ScriptedServer([slow]) as up:
         text = config_text(up.url) + f'shared: {{redis: "{redis_url}", prefix: "{prefix}"}}\n'
-        with serving(tmp_path, text) as (url, _):
-            c = openai.OpenAI(base_url=url, api_key="sk-team-a-secret", max_retries=0)
+        with (
+            serving(tmp_path, text) as (url, _),
+            openai.OpenAI(base_url=url, api_key="sk-team-a-secret", max_retries=0) as c,
+        ):
             with c.chat.completions.create(model="small", messages=ASK, stream=True) as s:  # type: ignore[arg-type]
                 next(iter(s))
             row = wait_for_row(tmp_path / "j.db", "team-a")
