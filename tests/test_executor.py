@@ -274,6 +274,28 @@ def test_vote_takes_the_majority(tmp_path: Path) -> None:
     assert [c["role"] for c in j.calls(r.run_id)] == [f"sample {i}" for i in range(1, 6)]
 
 
+def test_objects_from_before_a_run_sit_out_the_collector_until_it_ends(tmp_path: Path) -> None:
+    """A full collection in mid-run would walk every object the process holds."""
+    import gc
+
+    seen: list[int] = []
+
+    async def fn(request: Any) -> str:
+        seen.append(gc.get_freeze_count())
+        if len(seen) == 2:
+            raise RuntimeError("the provider broke")  # the collector is restored all the same
+        return "ok"
+
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                ["{id: a, model: m}", "{id: b, model: m, after: [a]}"])  # fmt: skip
+    before = gc.get_freeze_count()
+    with pytest.raises(ExceptionGroup) as info:  # a provider's own bug ends the run with it
+        run(text, tmp_path, providers={"m": FunctionProvider(fn)})
+    assert info.group_contains(RuntimeError, match="broke")
+    assert min(seen) > before
+    assert gc.get_freeze_count() == before
+
+
 def test_stop_when_ends_the_run_early_and_counts_the_saving(tmp_path: Path) -> None:
     text = spec(
         "m: {usd_per_call: 0.01, latency_s: 0.01, p_ok: 1.0}\nslow: {usd_per_call: 0.05, latency_s: 3, p_ok: 1.0}",
