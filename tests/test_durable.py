@@ -278,17 +278,26 @@ def test_read_only_and_full_disk_errors_say_what_to_do(message: str, expected: s
     assert not isinstance(info.value, NotAJournal)
 
 
-def test_an_older_journal_is_migrated_in_order(tmp_path: Path) -> None:
-    from trilemma.journal.migrations import MIGRATIONS, m001_initial
+def older_journal(db: Path, applied: int) -> sqlite3.Connection:
+    """A journal as an older trilemma left it (its first ``applied`` migrations), in a transaction."""
+    from trilemma.journal.migrations import MIGRATIONS
 
-    db = tmp_path / "old.db"
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute(
         "CREATE TABLE trilemma_migrations (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, applied_at REAL NOT NULL)"
     )
     conn.execute("BEGIN")
-    m001_initial(conn)
-    conn.execute("INSERT INTO trilemma_migrations (name, applied_at) VALUES ('m001_initial', 0)")
+    for name, migrate in MIGRATIONS[:applied]:
+        migrate(conn)
+        conn.execute("INSERT INTO trilemma_migrations (name, applied_at) VALUES (?, 0)", (name,))
+    return conn
+
+
+def test_an_older_journal_is_migrated_in_order(tmp_path: Path) -> None:
+    from trilemma.journal.migrations import MIGRATIONS
+
+    db = tmp_path / "old.db"
+    conn = older_journal(db, 1)
     conn.execute("COMMIT")
     conn.close()
     j = Journal(db)
@@ -300,17 +309,8 @@ def test_an_older_journal_is_migrated_in_order(tmp_path: Path) -> None:
 
 def test_specs_move_to_their_own_table_and_are_kept_once(tmp_path: Path) -> None:
     """m005: a journal written before it keeps its runs' specs, now one row per spec."""
-    from trilemma.journal.migrations import MIGRATIONS
-
     db = tmp_path / "old.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute(
-        "CREATE TABLE trilemma_migrations (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, applied_at REAL NOT NULL)"
-    )
-    conn.execute("BEGIN")
-    for name, migrate in MIGRATIONS[:4]:  # the journal as m004 left it
-        migrate(conn)
-        conn.execute("INSERT INTO trilemma_migrations (name, applied_at) VALUES (?, 0)", (name,))
+    conn = older_journal(db, 4)  # as m004 left it
     for run_id, text in (("r1", '{"a": 1}'), ("r2", '{"a": 1}'), ("r3", '{"b": 2}')):
         conn.execute(
             "INSERT INTO runs (run_id, spec_source, spec_json, spec_hash, inputs_json, status, "
