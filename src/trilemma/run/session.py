@@ -244,7 +244,11 @@ def _collector_spared() -> Iterator[None]:
     A full collection walks every object the process holds (imported SDKs, the spec's
     models): about 0.1 s, stalling the event loop, once in a few runs of a 2,000-step spec.
     What the run itself creates is still collected; the rest is handed back afterwards.
+    A program that froze its objects itself (a server before it forks) is left as it is.
     """
+    if gc.get_freeze_count():
+        yield
+        return
     gc.freeze()
     try:
         yield
