@@ -289,9 +289,8 @@ def test_objects_from_before_a_run_sit_out_the_collector_until_it_ends(tmp_path:
     text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
                 ["{id: a, model: m}", "{id: b, model: m, after: [a]}"])  # fmt: skip
     before = gc.get_freeze_count()
-    with pytest.raises(ExceptionGroup) as info:  # a provider's own bug ends the run with it
+    with pytest.raises(RuntimeError, match="broke"):
         run(text, tmp_path, providers={"m": FunctionProvider(fn)})
-    assert info.group_contains(RuntimeError, match="broke")
     assert min(seen) > before == 0
     assert gc.get_freeze_count() == 0
     # A program that froze its own objects (before forking, say) finds them still frozen.
@@ -303,6 +302,27 @@ def test_objects_from_before_a_run_sit_out_the_collector_until_it_ends(tmp_path:
         assert r.status == "ok" and gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+
+
+def test_a_providers_own_bug_reaches_the_caller_and_the_journal_says_failed(
+    tmp_path: Path,
+) -> None:
+    """Not a failed call (those are ProviderErrors): the error itself, not an ExceptionGroup."""
+
+    async def fn(request: Any) -> str:
+        if "Task: b." in request.messages[-1]["content"]:
+            raise KeyError("no such field")
+        return "ok"
+
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                ["{id: a, model: m}", "{id: b, model: m, after: [a]}"])  # fmt: skip
+    with pytest.raises(KeyError, match="no such field"):
+        run(text, tmp_path, providers={"m": FunctionProvider(fn)})
+    journal = Journal(tmp_path / "j.db")
+    (row,) = journal.runs()
+    assert row["status"] == "failed"
+    assert row["error"] == "KeyError raised in the run: 'no such field'"
+    assert journal.steps(row["run_id"])["a"]["output"] == "ok"  # what finished is kept
 
 
 def test_stop_when_ends_the_run_early_and_counts_the_saving(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ marks it done. The run's deadline is a timeout around the whole task group.
 
 Stopping: a failed step or a refused reservation stops new calls (calls in
 flight finish: they are paid for); the deadline and an early stop
-(``stop_when``) cancel what is in flight.
+(``stop_when``) cancel what is in flight. An exception that is not a failed
+call (a bug in a provider or an ``on_event`` callback) cancels what is in
+flight, marks the run failed in the journal, and reaches the caller as itself.
 """
 
 from __future__ import annotations
@@ -272,6 +274,7 @@ class Executor:
                     self._children[d].append(step)
                 self._waiting[step.id] = sum(1 for d in deps if d not in s.results)
         ready = [st for st in self.wf.steps if self._waiting.get(st.id) == 0]
+        bug: Exception | None = None
         try:
             async with asyncio.timeout(s.clock.remaining()):
                 async with asyncio.TaskGroup() as tg:
@@ -282,9 +285,15 @@ class Executor:
                 "deadline",
                 "the run's deadline passed; in-flight calls were cancelled",
             )
+        except ExceptionGroup as group:  # not a failed call: a bug in a provider or callback
+            bug = group.exceptions[0]
+            s.stop, s.stop_reason = "failed", f"{type(bug).__name__} raised in the run: {bug}"
         finally:
             await self.writer.aclose()
-        return await self._finish(s, time.perf_counter() - started)
+        result = await self._finish(s, time.perf_counter() - started)
+        if bug is not None:  # the journal says failed and why; the caller gets the error itself
+            raise bug
+        return result
 
     def _start(
         self, s: Session, ready: list[Step], current: asyncio.Task[None] | None = None

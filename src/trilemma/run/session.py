@@ -135,7 +135,11 @@ def execute(
     on_event: Callable[[Event], None] | None = None,
     embedder: Embedder | None = None,
 ) -> RunResult:
-    """Run a workflow to the end, a budget, the deadline or an early stop."""
+    """Run a workflow to the end, a budget, the deadline or an early stop.
+
+    A provider that raises something other than a ProviderError (a bug) ends the run:
+    the journal marks it failed, and the error is raised here as itself.
+    """
     values = check_inputs(wf, inputs or {}, source)
     gates = build_gates(wf, source)
     embedder = embedder_for(wf, embedder)
