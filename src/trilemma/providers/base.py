@@ -109,11 +109,8 @@ def worst_case_cost(profile: ModelProfile, request: Request) -> float:
     """The most one call can cost: the per-call price, or every token at token prices."""
     if profile.usd_per_call is not None:
         return profile.usd_per_call
-    assert profile.usd_per_1m_input is not None and profile.usd_per_1m_output is not None
     prompt = request.prompt_bytes + TEMPLATE_TOKENS_PER_MESSAGE * len(request.messages)
-    return (
-        profile.usd_per_1m_input * prompt + profile.usd_per_1m_output * request.max_tokens
-    ) / 1e6
+    return profile.token_cost(prompt, request.max_tokens)
 
 
 def cost_of(profile: ModelProfile, usage: Usage, reserved: float) -> float:
@@ -127,12 +124,4 @@ def cost_of(profile: ModelProfile, usage: Usage, reserved: float) -> float:
         return profile.usd_per_call
     if usage.prompt_tokens is None or usage.completion_tokens is None:
         return reserved
-    assert profile.usd_per_1m_input is not None and profile.usd_per_1m_output is not None
-    cached = 0
-    if usage.cached_tokens and profile.usd_per_1m_cached_input is not None:
-        cached = min(usage.cached_tokens, usage.prompt_tokens)
-    return (
-        profile.usd_per_1m_input * (usage.prompt_tokens - cached)
-        + (profile.usd_per_1m_cached_input or 0.0) * cached
-        + profile.usd_per_1m_output * usage.completion_tokens
-    ) / 1e6
+    return profile.token_cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens or 0)

@@ -148,12 +148,21 @@ class ModelProfile(_Strict):
         (``cached_prompt_tokens`` of the prompt at the cached price)."""
         if self.usd_per_call is not None:
             return self.usd_per_call
+        return self.token_cost(self.prompt_tokens, self.completion_tokens, self.cached_prompt_tokens)
+
+    def token_cost(self, prompt: int, completion: int, cached: int = 0) -> float:
+        """Dollars for tokens at the token prices, the one formula the planner, a call's
+        reservation and its bill share: ``cached`` of the ``prompt`` at
+        ``usd_per_1m_cached_input``, or at the input price when the profile gives none."""
         assert self.usd_per_1m_input is not None and self.usd_per_1m_output is not None
-        cached = self.cached_prompt_tokens
+        cached_price = self.usd_per_1m_cached_input
+        if cached_price is None:
+            cached, cached_price = 0, 0.0
+        cached = min(cached, prompt)
         return (
-            self.usd_per_1m_input * (self.prompt_tokens - cached)
-            + (self.usd_per_1m_cached_input or 0.0) * cached
-            + self.usd_per_1m_output * self.completion_tokens
+            self.usd_per_1m_input * (prompt - cached)
+            + cached_price * cached
+            + self.usd_per_1m_output * completion
         ) / 1e6
 
 
