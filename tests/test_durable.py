@@ -334,6 +334,26 @@ def test_specs_move_to_their_own_table_and_are_kept_once(tmp_path: Path) -> None
     assert parse_workflow(j.run(first.run_id)["spec_json"]) == wf
 
 
+def test_runs_and_cache_entries_from_before_tenants_belong_to_none(tmp_path: Path) -> None:
+    """m006: earlier runs and cached answers have no tenant; clearing one tenant spares them."""
+    db = tmp_path / "old.db"
+    conn = older_journal(db, 5)  # as m005 left it
+    conn.execute(
+        "INSERT INTO runs (run_id, spec_source, spec_json, spec_hash, inputs_json, status, "
+        "started_at) VALUES ('r1', 's', '', 'h', '{}', 'ok', 0)"
+    )
+    conn.execute(
+        "INSERT INTO cache (key, model, response, created_at) VALUES ('k', 'm', 'old answer', 0)"
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    j = Journal(db)
+    assert j.run("r1")["tenant"] is None
+    assert j.cache_get("k")["tenant"] is None
+    assert j.cache_clear(tenant="acme") == (0, 0)
+    assert j.cache_clear() == (1, 0)
+
+
 def test_a_run_journaled_with_the_full_spec_dump_resumes(cli, tmp_path: Path) -> None:
     """Runs journaled before specs were kept compact hold every field: still the same spec."""
     spec = tmp_path / "chain.yaml"

@@ -239,8 +239,27 @@ cache: {similarity: 0.9}
         assert cost == 0.0 and similarity is not None and float(similarity) >= 0.9
         assert ask(url, "sk-b", FRANCE_AGAIN) == (0.01, None)  # team b has no entry of its own
         assert ask(url, "sk-a", BREAD) == (0.01, None)
-    ledger = Journal(tmp_path / "j.db").calls("gateway-team-a")
+    journal = Journal(tmp_path / "j.db")
+    ledger = journal.calls("gateway-team-a")
     assert [c["cache_similarity"] is not None for c in ledger] == [False, True, False]
+    assert journal.run("gateway-team-a")["tenant"] == "team-a"  # a key is a tenant
+    assert journal.cache_clear(tenant="team-a") == (2, 2)  # France and bread, with embeddings
+    assert journal.cache_clear() == (1, 1)  # team b's France, left until now
+
+
+@needs_model
+def test_a_run_for_one_tenant_is_not_served_another_tenants_paraphrase(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db")
+    wf = parse_workflow(SPEC.format(model="big", cached="{similarity: 0.9}", run=1))
+
+    def ask(question: str, tenant: str) -> float:
+        result = execute(wf, journal=journal, inputs={"question": question}, seed=1, tenant=tenant)
+        assert result.status == "ok", result.error
+        return result.cost_usd
+
+    assert ask(FRANCE, "acme") == pytest.approx(0.01)
+    assert ask(FRANCE_AGAIN, "beta") == pytest.approx(0.01)  # acme's answer is not beta's
+    assert ask(FRANCE_AGAIN, "acme") == 0.0
 
 
 def test_a_gateway_asking_for_a_semantic_cache_without_the_extra_does_not_start(

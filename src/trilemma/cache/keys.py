@@ -2,10 +2,11 @@
 
 A call's *settings* are what besides its messages decides its answer: the
 endpoint, the model, the token limit and temperature, and for a workflow step
-its kind, call count and gate (for the gateway, the client's key, so that
-tenants never see each other's answers). The exact key covers the settings and the
-messages; the semantic scope covers the settings alone, so that only prompts
-sent with the same settings can match.
+its kind, call count and gate. A tenant (a gateway's client key, or the tenant a
+workflow run works for) is one more setting, so that tenants never see each
+other's answers. The exact key covers the settings and the messages; the
+semantic scope covers the settings alone, so that only prompts sent with the
+same settings, for the same tenant, can match.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "exact_key",
     "profile_settings",
     "prompt_text",
+    "scoped",
     "semantic_scope",
     "step_settings",
 ]
@@ -53,6 +55,11 @@ def step_settings(wf: Workflow, step: Step) -> Settings:
     if step.extract is not None:
         out.append({"extract": step.extract})
     return out
+
+
+def scoped(settings: Settings, tenant: str | None) -> Settings:
+    """The settings of a tenant's calls (unchanged without one): its own entries only."""
+    return settings if tenant is None else [*settings, {"tenant": tenant}]
 
 
 def exact_key(settings: Settings, messages: Sequence[Message]) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trilemma.cache.keys import Settings, exact_key, prompt_text, semantic_scope
+from trilemma.cache.keys import Settings, exact_key, prompt_text, scoped, semantic_scope
 from trilemma.cache.semantic import Embedder, best_match
 from trilemma.journal.store import JournalWriter
 from trilemma.providers.base import Message
@@ -52,10 +52,15 @@ class Cache:
         self.embedder = embedder
 
     async def lookup(
-        self, settings: Settings, messages: Sequence[Message], similarity: float | None
-    ) -> Lookup:
-        """An exact hit, else with ``similarity`` the nearest prompt at least that alike."""
+        self, settings: Settings, messages: Sequence[Message], similarity: float | None,
+        tenant: str | None = None,
+    ) -> Lookup:  # fmt: skip
+        """An exact hit, else with ``similarity`` the nearest prompt at least that alike.
+
+        With a ``tenant``, only what was stored for that tenant can match.
+        """
         started = time.perf_counter()
+        settings = scoped(settings, tenant)
         exact = self.writer.read("cache_get", exact_key(settings, messages))
         if exact is not None:
             return Lookup(Hit(exact["response"], exact["prompt_tokens"],
@@ -75,14 +80,18 @@ class Cache:
     def store(
         self, settings: Settings, messages: Sequence[Message], response: str, model: str,
         vector: np.ndarray | None = None, prompt_tokens: int | None = None,
-        completion_tokens: int | None = None,
+        completion_tokens: int | None = None, tenant: str | None = None,
     ) -> None:  # fmt: skip
-        """Queue an accepted answer (and its prompt's embedding) for the next commit."""
+        """Queue an accepted answer (and its prompt's embedding) for the next commit.
+
+        A ``tenant``'s answer is found only by that tenant's lookups.
+        """
+        settings = scoped(settings, tenant)
         key = exact_key(settings, messages)
         now = time.time()
         self.writer.defer("cache_put", {
             "key": key, "model": model, "response": response, "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens, "created_at": now,
+            "completion_tokens": completion_tokens, "created_at": now, "tenant": tenant,
         })  # fmt: skip
         if vector is not None and self.embedder is not None:
             self.writer.defer("semantic_put", {

@@ -157,10 +157,10 @@ class Gateway:
                     "spec_hash": hashlib.sha256(text.encode()).hexdigest(), "inputs_json": "{}",
                     "seed": None, "max_cost_usd": k.max_cost_usd, "deadline_at": None,
                     "status": "running", "started_at": now, "predicted_json": None,
-                    "pid": os.getpid(),
+                    "pid": os.getpid(), "tenant": key,
                 })  # fmt: skip
             else:
-                self.journal.update_run(run_id, status="running", pid=os.getpid(),
+                self.journal.update_run(run_id, status="running", pid=os.getpid(), tenant=key,
                                         max_cost_usd=k.max_cost_usd, finished_at=None)  # fmt: skip
         self.writer = JournalWriter(self.journal, GROUP_COMMIT_S)
         if self.config.cache:
@@ -210,10 +210,10 @@ class Gateway:
         model, request, stream = self._parse(key, body)
         profile = self.config.models[model]
         lookup = settings = None
-        if self.cache is not None:  # a tenant's cache is its own: the key is in the settings
-            settings = ["gateway", key, *profile_settings(profile, model), request.max_tokens,
+        if self.cache is not None:  # a key is a tenant: its cache is its own
+            settings = ["gateway", *profile_settings(profile, model), request.max_tokens,
                         request.temperature, list(request.stop)]  # fmt: skip
-            lookup = await self.cache.lookup(settings, request.messages, self.config.similarity)
+            lookup = await self.cache.lookup(settings, request.messages, self.config.similarity, key)
             if lookup.hit is not None:
                 return await self._served(key, model, request, lookup.hit, stream)
         tokens = request.prompt_bytes / 4 + request.max_tokens  # what tpm counts until it answers
@@ -348,7 +348,8 @@ class Gateway:
                 await _quietly(self.rates.give_back(call.key, unused))
         if self.cache is not None and call.lookup is not None and call.settings is not None:
             self.cache.store(call.settings, call.request.messages, text, call.model,
-                             call.lookup.vector, usage.prompt_tokens, usage.completion_tokens)  # fmt: skip
+                             call.lookup.vector, usage.prompt_tokens, usage.completion_tokens,
+                             call.key)  # fmt: skip
         return cost, state
 
     async def _relay(

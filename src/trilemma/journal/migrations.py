@@ -143,12 +143,21 @@ def m005_specs(db: sqlite3.Connection) -> None:
     )
 
 
+def m006_tenants(db: sqlite3.Connection) -> None:
+    """The tenant a run worked for, and whose cached answers an entry is (NULL: no tenant)."""
+    # A run's tenant scopes its cache lookups, and a resume keeps it; an entry's lets
+    # `trilemma cache clear --tenant` forget one tenant's answers.
+    db.execute("ALTER TABLE runs ADD COLUMN tenant TEXT")
+    db.execute("ALTER TABLE cache ADD COLUMN tenant TEXT")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_call_sends", m002_call_sends),
     ("m003_semantic_cache", m003_semantic_cache),
     ("m004_cached_tokens", m004_cached_tokens),
     ("m005_specs", m005_specs),
+    ("m006_tenants", m006_tenants),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -276,18 +276,21 @@ class Journal:
         ]  # fmt: skip
 
     def cache_clear(
-        self, *, model: str | None = None, before: float | None = None, semantic_only: bool = False
-    ) -> tuple[int, int]:
-        """Forget cached answers (of ``model``, stored before ``before``); (exact, semantic) removed.
+        self, *, model: str | None = None, before: float | None = None,
+        semantic_only: bool = False, tenant: str | None = None,
+    ) -> tuple[int, int]:  # fmt: skip
+        """Forget cached answers (of ``model``, of ``tenant``, stored before ``before``).
 
-        ``semantic_only`` keeps the exact entries and drops only their embeddings, so that
-        repeats still hit and similar prompts no longer do.
+        Returns (exact, semantic) entries removed. ``semantic_only`` keeps the exact entries
+        and drops only their embeddings, so that repeats still hit and similar prompts no
+        longer do.
         """
         where: list[str] = ["1"]
         args: list[Any] = []
-        if model is not None:
-            where.append("model = ?")
-            args.append(model)
+        for column, value in (("model", model), ("tenant", tenant)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
         if before is not None:
             where.append("created_at < ?")
             args.append(before)
@@ -420,7 +423,7 @@ class _Batch:
         )  # fmt: skip
 
     def cache_put(self, row: dict[str, Any]) -> None:
-        self.cache.append(row)
+        self.cache.append({"tenant": None, **row})
 
     def semantic_put(self, row: dict[str, Any]) -> None:
         self.semantic.append(row)
@@ -446,8 +449,8 @@ class _Batch:
         if self.cache:
             db.executemany(
                 "INSERT OR IGNORE INTO cache (key, model, response, prompt_tokens, "
-                "completion_tokens, created_at) VALUES (:key, :model, :response, "
-                ":prompt_tokens, :completion_tokens, :created_at)",
+                "completion_tokens, created_at, tenant) VALUES (:key, :model, :response, "
+                ":prompt_tokens, :completion_tokens, :created_at, :tenant)",
                 self.cache,
             )
         if self.semantic:

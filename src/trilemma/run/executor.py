@@ -222,6 +222,7 @@ class Executor:
         predicted: Estimate,
         on_event: Callable[[Event], None] | None = None,
         embedder: Embedder | None = None,
+        tenant: str | None = None,
     ) -> None:
         self.wf = wf
         self.journal = journal
@@ -230,6 +231,8 @@ class Executor:
         self.writer = JournalWriter(journal, FREE_COMMIT_S if free else GROUP_COMMIT_S)
         self.cache = Cache(self.writer, embedder)
         """The journal's cache; ``embedder`` embeds prompts for steps with a semantic cache."""
+        self.tenant = tenant
+        """Whose cached answers the run may use and adds to (None: the journal's shared ones)."""
         self.run_id = run_id
         self.inputs = dict(inputs)
         self._values = {**{k: v or "" for k, v in wf.inputs.items()}, **self.inputs}
@@ -392,7 +395,7 @@ class Executor:
         rule = step.cache_rule
         if rule is not None:
             settings = step_settings(self.wf, step)
-            lookup = await self.cache.lookup(settings, base, rule.similarity)
+            lookup = await self.cache.lookup(settings, base, rule.similarity, self.tenant)
             if lookup.hit is not None:
                 return self._served(step, base, lookup.hit)
         first_no, left = self.resume_from.get(step.id, (1, step.retries + 1))
@@ -428,7 +431,8 @@ class Executor:
         if lookup is not None and settings is not None:  # with its tokens: what a hit saves
             calls = [f for _, f in state["pending"]]
             self.cache.store(settings, base, answer.text, step.model, lookup.vector,
-                             _tokens(calls, "prompt_tokens"), _tokens(calls, "completion_tokens"))  # fmt: skip
+                             _tokens(calls, "prompt_tokens"), _tokens(calls, "completion_tokens"),
+                             self.tenant)  # fmt: skip
         return StepResult("done", answer.text, state["attempt"], cost)
 
     async def _retried(

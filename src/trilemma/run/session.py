@@ -42,6 +42,7 @@ __all__ = [
     "build_providers",
     "changed_steps",
     "check_inputs",
+    "check_tenant",
     "close_providers",
     "embedder_for",
     "execute",
@@ -68,6 +69,20 @@ def check_inputs(wf: Workflow, given: Mapping[str, str], source: str) -> dict[st
                     "which was not given and has no default"
                 )
     return values
+
+
+#: Longest tenant name: it is a label, not a payload.
+MAX_TENANT = 200
+
+
+def check_tenant(tenant: str | None) -> str | None:
+    """A run's tenant, refused when empty, too long or holding control characters."""
+    if tenant is not None and not (0 < len(tenant) <= MAX_TENANT and tenant.isprintable()):
+        raise UsageError(
+            f"--tenant {tenant!r}: give a name of 1 to {MAX_TENANT} printable characters "
+            "(the tenant whose cached answers the run may use)"
+        )
+    return tenant
 
 
 def build_providers(
@@ -134,12 +149,17 @@ def execute(
     providers: Mapping[str, Provider] | None = None,
     on_event: Callable[[Event], None] | None = None,
     embedder: Embedder | None = None,
+    tenant: str | None = None,
 ) -> RunResult:
     """Run a workflow to the end, a budget, the deadline or an early stop.
+
+    ``tenant``: whose cached answers the run's cached steps may use and add to; a run
+    without one shares the entries of the other runs without one. A resume keeps it.
 
     A provider that raises something other than a ProviderError (a bug) ends the run:
     the journal marks it failed, and the error is raised here as itself.
     """
+    tenant = check_tenant(tenant)
     values = check_inputs(wf, inputs or {}, source)
     gates = build_gates(wf, source)
     embedder = embedder_for(wf, embedder)
@@ -159,12 +179,12 @@ def execute(
         "spec_hash": spec_hash(text), "inputs_json": dumps(values), "seed": seed,
         "max_cost_usd": ceiling, "deadline_at": deadline_at,
         "status": "running", "started_at": now, "predicted_json": dumps(predicted.summary()),
-        "pid": os.getpid(),
+        "pid": os.getpid(), "tenant": tenant,
     })  # fmt: skip
     session = Session(SpendGuard(ceiling), Clock(deadline_at))
     ex = Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=provs,
                   source=source, gates=gates, seed=seed, predicted=predicted, on_event=on_event,
-                  embedder=embedder)  # fmt: skip
+                  embedder=embedder, tenant=tenant)  # fmt: skip
     with _collector_spared():
         return asyncio.run(_run_and_close(ex, session, {}, provs))
 
@@ -235,7 +255,8 @@ def resume(
     session = Session(SpendGuard(ceiling, spent=journal.spent(run_id)), Clock(deadline_at))
     ex = Executor(wf, journal=journal, run_id=run_id, inputs=json.loads(row["inputs_json"]),
                   providers=provs, source=source, gates=gates, seed=row["seed"],
-                  predicted=estimate(wf), on_event=on_event, embedder=embedder)  # fmt: skip
+                  predicted=estimate(wf), on_event=on_event, embedder=embedder,
+                  tenant=row["tenant"])  # fmt: skip
     ex.resume_from = _resume_points(wf, journal.calls(run_id), done, changed)
     with _collector_spared():
         return asyncio.run(_run_and_close(ex, session, done, provs))
