@@ -602,6 +602,54 @@ def test_an_answer_cached_under_one_gate_is_not_served_under_another(tmp_path: P
     assert (first.cost_usd, same.cost_usd, stricter.cost_usd) == (0.01, 0.0, 0.01)
 
 
+def test_a_tenant_is_served_only_its_own_cached_answers(tmp_path: Path, cli) -> None:
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                ["{id: a, model: m, cached: true}"])  # fmt: skip
+    costs = {}
+    for label, tenant in (("acme", "acme"), ("acme again", "acme"), ("beta", "beta"),
+                          ("none", None), ("none again", None)):  # fmt: skip
+        r, j = run(text, tmp_path, tenant=tenant)
+        assert r.status == "ok" and j.run(r.run_id)["tenant"] == tenant
+        costs[label] = r.cost_usd
+    assert costs == {"acme": 0.01, "acme again": 0.0, "beta": 0.01, "none": 0.01,
+                     "none again": 0.0}  # fmt: skip
+    db = str(j.path)
+    listed = cli("runs", "--journal", db, "--json").json()
+    assert [r["tenant"] for r in listed] == [None, None, "beta", "acme", "acme"]
+    assert "tenant" in cli("runs", "--journal", db).out  # a column, since some runs have one
+    cleared = cli("cache", "clear", "--tenant", "acme", "--journal", db, "--json").json()
+    assert cleared == {"exact_removed": 1, "semantic_removed": 0}
+    assert run(text, tmp_path, tenant="acme")[0].cost_usd == 0.01  # asked again
+    assert run(text, tmp_path, tenant="beta")[0].cost_usd == 0.0  # beta's entry stayed
+    assert run(text, tmp_path)[0].cost_usd == 0.0  # and so did the shared one
+
+
+def test_a_resumed_run_keeps_its_tenant(tmp_path: Path, cli) -> None:
+    path = tmp_path / "two.yaml"
+    path.write_text(spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                         ["{id: a, model: m, cached: true}",
+                          "{id: b, model: m, after: [a], cached: true}"]))  # fmt: skip
+    db = str(tmp_path / "j.db")
+    first = cli("run", path, "--tenant", "acme", "--max-cost", "0.015", "--json", "--journal", db)
+    assert first.code == 1 and first.json()["status"] == "budget_exhausted"
+    resumed = cli("resume", first.json()["run_id"], "--max-cost", "1", "--json", "--journal", db)
+    assert resumed.code == 0 and resumed.json()["cost_usd"] == pytest.approx(0.02)
+    mine = cli("run", path, "--tenant", "acme", "--json", "--journal", db).json()
+    shared = cli("run", path, "--json", "--journal", db).json()
+    assert (mine["cost_usd"], shared["cost_usd"]) == (0.0, pytest.approx(0.02))
+
+
+@pytest.mark.parametrize("tenant", ["", "x" * 201, "acme\nbeta"])
+def test_a_bad_tenant_is_one_line_and_runs_nothing(tmp_path: Path, cli, tenant: str) -> None:
+    path = tmp_path / "one.yaml"
+    path.write_text(spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}", ["{id: a, model: m}"]))
+    db = tmp_path / "j.db"
+    r = cli("run", path, "--tenant", tenant, "--journal", db)
+    assert r.code == 2 and r.err.count("\n") == 1 and "--tenant" in r.err, r.err
+    assert "1 to 200 printable characters" in r.err
+    assert not db.exists()
+
+
 def test_cache_stats_and_clear(tmp_path: Path, cli) -> None:
     text = spec(
         "m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}\nn: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",

@@ -39,6 +39,15 @@ def test_report_holds_the_summary_timeline_steps_and_every_call(tmp_path: Path) 
     png = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1))
     assert png[:4] == b"\x89PNG" and len(png) > 5_000
     assert "http://" not in page and "https://" not in page  # self-contained: nothing to fetch
+    assert "tenant" not in page.split("<h2>")[0]  # a run for nobody in particular says nothing
+
+
+def test_report_names_the_tenant_a_run_worked_for(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db")
+    with fast_retries():
+        r = execute(parse_workflow(SPEC), journal=journal, seed=4, tenant="acme <corp>")
+    head = run_report(journal, r.run_id).split("<h2>")[0]
+    assert "for tenant acme &lt;corp&gt;" in head
 
 
 def test_cli_report_writes_the_page_and_refuses_an_unknown_run(cli, tmp_path: Path) -> None:

@@ -46,6 +46,10 @@ def run_cmd(
     max_cost: Annotated[float | None, typer.Option(min=0.0, help="Hard cost ceiling, $.")] = None,
     deadline: Annotated[float | None, typer.Option(min=0.0, help="Deadline, seconds.")] = None,
     seed: Annotated[int | None, typer.Option(help="Simulator seed (default: the spec's).")] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="Whom the run works for: its cached steps use that tenant's answers only."),
+    ] = None,
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonFlag = False,
 ) -> int:
@@ -54,8 +58,9 @@ def run_cmd(
     Example: trilemma run examples/ticket.yaml --max-cost 0.50 --deadline 30 --seed 1
     """
     from trilemma.journal import Journal
-    from trilemma.run.session import execute
+    from trilemma.run.session import check_tenant, execute
 
+    check_tenant(tenant)
     wf = load_workflow(spec)
     values = _inputs(inputs)
     _load_embedder(wf, show=not as_json)
@@ -64,7 +69,7 @@ def run_cmd(
     with _RunDisplay(len(wf.steps), ceiling, limit, enabled=not as_json) as display:
         result = execute(wf, journal=Journal(journal), inputs=values, max_cost_usd=max_cost,
                          deadline_s=deadline, seed=seed, source=str(spec),
-                         on_event=display.update)  # fmt: skip
+                         on_event=display.update, tenant=tenant)  # fmt: skip
     return _report_run(result, as_json)
 
 
@@ -138,7 +143,8 @@ def runs(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> in
 
     rows = Journal(journal, create=False).runs()
     if as_json:
-        keys = ("run_id", "status", "cost_usd", "calls", "latency_s", "spec_source", "error")
+        keys = ("run_id", "status", "cost_usd", "calls", "latency_s", "spec_source", "error",
+                "tenant")  # fmt: skip
         emit_json([{**{k: r[k] for k in keys}, "started_at": iso(r["started_at"]),
                      "finished_at": iso(r["finished_at"])} for r in rows])  # fmt: skip
     else:
@@ -363,12 +369,17 @@ def cache_clear(
     semantic_only: Annotated[
         bool, typer.Option(help="Drop only the embeddings: exact repeats still hit.")
     ] = False,
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="Only this tenant's answers (a run's --tenant, a gateway's key)."),
+    ] = None,
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonFlag = False,
 ) -> int:
     """Forget cached answers (all of them unless filtered), so the next runs ask again.
 
     Example: trilemma cache clear --model premium --older-than 30
+    Example: trilemma cache clear --tenant acme
     """
     import time
 
@@ -376,7 +387,7 @@ def cache_clear(
 
     before = None if older_than is None else time.time() - older_than * 86_400
     exact, semantic = Journal(journal, create=False).cache_clear(
-        model=model, before=before, semantic_only=semantic_only
+        model=model, before=before, semantic_only=semantic_only, tenant=tenant
     )
     if as_json:
         emit_json({"exact_removed": exact, "semantic_removed": semantic})

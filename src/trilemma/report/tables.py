@@ -208,13 +208,14 @@ def run_view(r: Any) -> Group:
 def runs_table(rows: list[dict[str, Any]]) -> Table:
     """``trilemma runs``."""
     t = Table(title=f"{len(rows)} runs, newest first", title_justify="left")
-    for col in ("run_id", "status", "started_at", "cost", "calls", "spec"):
+    tenants = any(r.get("tenant") for r in rows)  # a column only when some run has one
+    for col in ("run_id", "status", "started_at", "cost", "calls", "spec", *["tenant"] * tenants):
         t.add_column(col)
     for r in rows:
         when = dt.datetime.fromtimestamp(r["started_at"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        t.add_row(
-            r["run_id"], r["status"], when, _usd(r["cost_usd"]), str(r["calls"]), r["spec_source"]
-        )
+        cells = [r["run_id"], r["status"], when, _usd(r["cost_usd"]), str(r["calls"]),
+                 r["spec_source"]]  # fmt: skip
+        t.add_row(*cells, *[r.get("tenant") or ""] * tenants)
     return t
 
 
