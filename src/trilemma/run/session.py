@@ -21,7 +21,7 @@ from trilemma._proc import pid_alive
 from trilemma.cache.semantic import Embedder, default_embedder
 from trilemma.errors import UsageError
 from trilemma.journal.store import Journal, dumps
-from trilemma.plan.estimate import estimate
+from trilemma.plan.estimate import Estimate, estimate
 from trilemma.providers.base import Provider
 from trilemma.providers.sim import SimProvider
 from trilemma.run.budget import Clock, SpendGuard
@@ -44,28 +44,37 @@ __all__ = [
     "check_inputs",
     "check_tenant",
     "close_providers",
+    "collector_spared",
     "embedder_for",
     "execute",
+    "open_run",
     "providers_for",
     "resume",
+    "run_seed",
     "wants_embedder",
 ]
 
 
-def check_inputs(wf: Workflow, given: Mapping[str, str], source: str) -> dict[str, str]:
-    """The run's inputs: declared defaults filled, unknown or missing ones refused."""
+def check_inputs(
+    wf: Workflow, given: Mapping[str, str], source: str, given_as: str = "--input "
+) -> dict[str, str]:
+    """The run's inputs: declared defaults filled, unknown or missing ones refused.
+
+    ``given_as`` starts an error message: where the inputs came from (a flag, a file's line).
+    """
     unknown = [k for k in given if k not in wf.inputs]
     if unknown:
         declared = ", ".join(sorted(wf.inputs)) or "none"
         raise UsageError(
-            f"--input {unknown[0]}: {source} declares no input {unknown[0]!r} (declared: {declared})"
+            f"{given_as}{unknown[0]}: {source} declares no input {unknown[0]!r} "
+            f"(declared: {declared})"
         )
     values = {k: v for k, v in wf.inputs.items() if v is not None} | dict(given)
     for i, step in enumerate(wf.steps):
         for name in step.placeholders():
             if name in wf.inputs and name not in values:
                 raise UsageError(
-                    f"--input {name}=...: {source}: steps[{i}].prompt uses input {name!r}, "
+                    f"{given_as}{name}=...: {source}: steps[{i}].prompt uses input {name!r}, "
                     "which was not given and has no default"
                 )
     return values
@@ -163,30 +172,46 @@ def execute(
     values = check_inputs(wf, inputs or {}, source)
     gates = build_gates(wf, source)
     embedder = embedder_for(wf, embedder)
-    seed = seed if seed is not None else wf.seed
-    if seed is None:
-        seed = random.SystemRandom().randrange(2**31)
+    seed = run_seed(wf, seed)
     provs = build_providers(wf, seed, providers)
     ceiling = max_cost_usd if max_cost_usd is not None else wf.budget.max_cost_usd
     deadline = deadline_s if deadline_s is not None else wf.budget.deadline_s
+    deadline_at = time.time() + deadline if deadline is not None else None
+    session = Session(SpendGuard(ceiling), Clock(deadline_at))
+    ex = open_run(wf, journal, session, values=values, seed=seed, source=source, providers=provs,
+                  gates=gates, predicted=estimate(wf), on_event=on_event, embedder=embedder,
+                  tenant=tenant)  # fmt: skip
+    with collector_spared():
+        return asyncio.run(_run_and_close(ex, session, {}, provs))
+
+
+def run_seed(wf: Workflow, seed: int | None) -> int:
+    """The simulator's seed for a run: the one given, else the spec's, else a random one."""
+    seed = seed if seed is not None else wf.seed
+    return seed if seed is not None else random.SystemRandom().randrange(2**31)
+
+
+def open_run(
+    wf: Workflow, journal: Journal, session: Session, *, values: Mapping[str, str], seed: int,
+    source: str, providers: Mapping[str, Provider], gates: dict[str, Check], predicted: Estimate,
+    on_event: Callable[[Event], None] | None, embedder: Embedder | None, tenant: str | None,
+) -> Executor:  # fmt: skip
+    """A new run in the journal (status running) and its executor, under ``session``'s budgets.
+
+    Its row records the session's ceiling and deadline; sessions may share them (a batch).
+    """
     run_id = new_run_id()
-    now = time.time()
-    deadline_at = now + deadline if deadline is not None else None
-    predicted = estimate(wf)
     text = spec_json(wf)
     journal.create_run({
         "run_id": run_id, "spec_source": source, "spec_json": text,
         "spec_hash": spec_hash(text), "inputs_json": dumps(values), "seed": seed,
-        "max_cost_usd": ceiling, "deadline_at": deadline_at,
-        "status": "running", "started_at": now, "predicted_json": dumps(predicted.summary()),
-        "pid": os.getpid(), "tenant": tenant,
+        "max_cost_usd": session.guard.ceiling, "deadline_at": session.clock.deadline_at,
+        "status": "running", "started_at": time.time(),
+        "predicted_json": dumps(predicted.summary()), "pid": os.getpid(), "tenant": tenant,
     })  # fmt: skip
-    session = Session(SpendGuard(ceiling), Clock(deadline_at))
-    ex = Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=provs,
-                  source=source, gates=gates, seed=seed, predicted=predicted, on_event=on_event,
-                  embedder=embedder, tenant=tenant)  # fmt: skip
-    with _collector_spared():
-        return asyncio.run(_run_and_close(ex, session, {}, provs))
+    return Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=providers,
+                    source=source, gates=gates, seed=seed, predicted=predicted,
+                    on_event=on_event, embedder=embedder, tenant=tenant)  # fmt: skip
 
 
 def changed_steps(old: Workflow, new: Workflow) -> list[str]:
@@ -258,12 +283,12 @@ def resume(
                   predicted=estimate(wf), on_event=on_event, embedder=embedder,
                   tenant=row["tenant"])  # fmt: skip
     ex.resume_from = _resume_points(wf, journal.calls(run_id), done, changed)
-    with _collector_spared():
+    with collector_spared():
         return asyncio.run(_run_and_close(ex, session, done, provs))
 
 
 @contextlib.contextmanager
-def _collector_spared() -> Iterator[None]:
+def collector_spared() -> Iterator[None]:
     """Leave the objects that exist before a run out of the garbage collector's passes during it.
 
     A full collection walks every object the process holds (imported SDKs, the spec's
