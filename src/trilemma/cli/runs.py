@@ -19,6 +19,8 @@ from trilemma.cli._common import (
     app,
     emit_json,
     iso,
+    positive,
+    progress,
     stdout_console,
     write_atomic,
 )
@@ -71,6 +73,71 @@ def run_cmd(
                          deadline_s=deadline, seed=seed, source=str(spec),
                          on_event=display.update, tenant=tenant)  # fmt: skip
     return _report_run(result, as_json)
+
+
+@app.command("batch", rich_help_panel="Run and read the journal")
+def batch_cmd(
+    spec: SpecFile,
+    inputs: Annotated[
+        Path,
+        typer.Option("--inputs", help="JSON Lines: one object of inputs per run.",
+                     show_default=False),
+    ],
+    max_cost: Annotated[
+        float | None, typer.Option(min=0.0, help="Hard cost ceiling for the whole batch, $.")
+    ] = None,
+    deadline: Annotated[
+        float | None, typer.Option(min=0.0, help="Deadline for the whole batch, seconds.")
+    ] = None,
+    parallel: Annotated[int, typer.Option(help="Runs at a time.")] = 4,
+    seed: Annotated[
+        int | None, typer.Option(help="Simulator seed of line 1 (line n: seed + n - 1).")
+    ] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="Whom the runs work for: their cached steps use that tenant's answers only."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write one JSON line per input line here.")
+    ] = None,
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    as_json: JsonFlag = False,
+) -> int:
+    """Run a workflow once per line of a JSON Lines file, under one ceiling and one deadline.
+
+    Example: trilemma batch examples/faq.yaml --inputs examples/questions.jsonl --max-cost 0.05
+    """
+    from trilemma.journal import Journal
+    from trilemma.run.batch import read_inputs, run_batch
+    from trilemma.run.session import check_tenant
+
+    positive("--parallel", parallel)
+    check_tenant(tenant)
+    wf = load_workflow(spec)
+    lines = read_inputs(inputs, wf, str(spec))
+    _load_embedder(wf, show=not as_json)
+    ceiling = max_cost if max_cost is not None else wf.budget.max_cost_usd
+    cap = f" / ${ceiling:.4f}" if ceiling is not None else ""
+    with progress(not as_json and sys.stderr.isatty()) as bar:
+        task = bar.add_task("runs", total=len(lines))
+
+        def tick(done: int, total: int, spent: float) -> None:
+            bar.update(task, completed=done, description=f"runs, ${spent:.4f}{cap}")
+
+        result = run_batch(wf, lines, journal=Journal(journal), max_cost_usd=max_cost,
+                           deadline_s=deadline, parallel=parallel, seed=seed, source=str(spec),
+                           tenant=tenant, on_progress=tick)  # fmt: skip
+    if out is not None:
+        write_atomic(out, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n"
+                                  for r in result.lines))  # fmt: skip
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        stdout_console().print(tables.batch_view(result))
+    if result.status != "ok":
+        sys.stderr.write(f"trilemma: batch {result.status}: {result.error}\n")
+        return 1
+    return 0
 
 
 def _report_run(result: Any, as_json: bool) -> int:

@@ -205,6 +205,38 @@ def run_view(r: Any) -> Group:
     return Group(t, st, Text(f"journal: {r.journal}", style="dim"))
 
 
+def batch_view(b: Any, shown: int = 10) -> Group:
+    """A batch: predicted beside measured over its lines, then the lines that did not finish ok."""
+    n, p = len(b.lines), b.predicted
+    ceiling = f" (ceiling {_usd(b.max_cost_usd)})" if b.max_cost_usd is not None else ""
+    t = Table(title=f"Batch of {n} runs: {b.status}", title_justify="left")
+    for col in ("", "predicted", "measured"):
+        t.add_column(col, justify="right")
+    t.add_row("cost", f"{_usd(p.cost_expected * n)} expected, {_usd(p.cost_worst * n)} worst",
+              _usd(b.cost_usd) + ceiling)  # fmt: skip
+    t.add_row("runs ok", f"{p.reliability * n:.1f} of {n} ({_pct(p.reliability)})",
+              f"{b.count('ok')} of {n}")  # fmt: skip
+    t.add_row("latency", f"{b.latency_planned_s:.2f}s ({b.parallel} at a time, "
+              f"{p.latency_critical_s:.2f}s critical path each)", f"{b.latency_s:.2f}s")  # fmt: skip
+    counts = ", ".join(f"{b.count(s)} {s}" for s in
+                       ("ok", "failed", "budget_exhausted", "deadline", "not_started") if b.count(s))  # fmt: skip
+    parts: list[Any] = [t, Text(counts)]
+    bad = [r for r in b.lines if r.status not in ("ok", "not_started")]
+    if bad:
+        lt = Table(box=None)
+        for col in ("line", "status", "run", "cost", "why"):
+            lt.add_column(col)
+        for r in bad[:shown]:
+            why = (r.error or "").replace("\n", " ")
+            lt.add_row(str(r.line), r.status, r.run_id or "", _usd(r.cost_usd),
+                       why[:70] + ("..." if len(why) > 70 else ""))  # fmt: skip
+        parts.append(lt)
+        if len(bad) > shown:
+            parts.append(Text(f"... and {len(bad) - shown} more (--json or --out lists every line)"))
+    parts.append(Text(f"journal: {b.journal}", style="dim"))
+    return Group(*parts)
+
+
 def runs_table(rows: list[dict[str, Any]]) -> Table:
     """``trilemma runs``."""
     t = Table(title=f"{len(rows)} runs, newest first", title_justify="left")

@@ -1,0 +1,277 @@
+"""A batch: one workflow over many inputs, under one spend ceiling and one deadline.
+
+Each set of inputs (a line of a JSON Lines file) makes one ordinary run, journaled
+like any other, so ``trilemma ledger``, ``report`` and ``resume`` read it. Up to
+``parallel`` runs go at a time on one event loop, and every call of every run
+reserves its worst case against one :class:`~trilemma.run.budget.SpendGuard`: the
+batch's spend cannot cross its ceiling however its runs interleave. Once a
+reservation is refused, or the deadline passes, no further run starts; the lines
+left are reported ``not_started``.
+
+Each line's run gets its own simulator seed (the batch's plus the line's index), so
+simulated lines are independent draws rather than one outcome repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trilemma.cache.semantic import Embedder
+from trilemma.errors import UsageError
+from trilemma.journal.store import Journal
+from trilemma.plan.estimate import Estimate, estimate
+from trilemma.providers.base import Provider
+from trilemma.run.budget import Clock, SpendGuard
+from trilemma.run.executor import RunResult, Session
+from trilemma.run.session import (
+    build_gates,
+    check_inputs,
+    check_tenant,
+    close_providers,
+    collector_spared,
+    embedder_for,
+    open_run,
+    providers_for,
+    run_seed,
+)
+from trilemma.spec import Workflow
+
+__all__ = ["BatchResult", "LineResult", "read_inputs", "run_batch"]
+
+#: Runs at a time unless told otherwise.
+DEFAULT_PARALLEL = 4
+
+
+@dataclass(frozen=True, slots=True)
+class LineResult:
+    """One line's run."""
+
+    line: int
+    """Its line in the inputs file (1 for the first)."""
+    status: str
+    """ok, budget_exhausted, deadline, failed, or not_started (the batch stopped first)."""
+    run_id: str | None = None
+    """The journal's key for its run (None when it did not start)."""
+    cost_usd: float = 0.0
+    """Dollars billed to it."""
+    latency_s: float = 0.0
+    """Its run's wall-clock seconds."""
+    outputs: dict[str, str] = field(default_factory=dict)
+    """Accepted outputs of its steps that finished."""
+    error: str | None = None
+    """Why it is not ok."""
+
+    def to_json(self) -> dict[str, Any]:
+        """A line of ``trilemma batch --out`` and an item of ``--json``'s ``runs``."""
+        return {
+            "line": self.line, "status": self.status, "run_id": self.run_id,
+            "cost_usd": round(self.cost_usd, 12), "latency_s": round(self.latency_s, 6),
+            "outputs": self.outputs, "error": self.error,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """The outcome of ``trilemma batch``."""
+
+    status: str
+    """ok (every line ok), budget_exhausted, deadline, or failed (a line failed)."""
+    lines: tuple[LineResult, ...]
+    """Every line, in file order."""
+    cost_usd: float
+    """Dollars billed over the batch (never above the ceiling)."""
+    max_cost_usd: float | None
+    """The batch's ceiling."""
+    latency_s: float
+    """Wall-clock seconds of the batch."""
+    predicted: Estimate
+    """The planner's estimate for one run of the spec."""
+    journal: str
+    """The journal file."""
+    parallel: int = DEFAULT_PARALLEL
+    """Runs at a time."""
+
+    @property
+    def latency_planned_s(self) -> float:
+        """The batch's wall-clock time by the planner: rounds of ``parallel`` critical paths."""
+        return math.ceil(len(self.lines) / self.parallel) * self.predicted.latency_critical_s
+
+    def count(self, status: str) -> int:
+        """Lines that ended with ``status``."""
+        return sum(1 for r in self.lines if r.status == status)
+
+    @property
+    def error(self) -> str | None:
+        """Why the batch is not ok: the first line's reason that says so."""
+        if self.status == "ok":
+            return None
+        first = next((r for r in self.lines if r.status == self.status), None)
+        return f"line {first.line}: {first.error}" if first is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract of ``trilemma batch --json``."""
+        n, p = len(self.lines), self.predicted
+        return {
+            "status": self.status,
+            "lines": n,
+            "counts": {s: self.count(s) for s in
+                       ("ok", "failed", "budget_exhausted", "deadline", "not_started")},
+            "cost_usd": round(self.cost_usd, 12),
+            "max_cost_usd": self.max_cost_usd,
+            "latency_s": round(self.latency_s, 6),
+            "predicted": {
+                "cost_usd": {"expected": round(p.cost_expected * n, 12),
+                             "worst": round(p.cost_worst * n, 12)},
+                "ok_lines": round(p.reliability * n, 6),
+                "latency_s": {"batch": round(self.latency_planned_s, 12),
+                              "critical_path_per_run": round(p.latency_critical_s, 12)},
+            },
+            "error": self.error,
+            "runs": [r.to_json() for r in self.lines],
+            "journal": self.journal,
+        }  # fmt: skip
+
+
+def read_inputs(path: Path, wf: Workflow, source: str = "<spec>") -> dict[int, dict[str, str]]:
+    """One run's inputs per non-blank line of a JSON Lines file, by line number.
+
+    A line is a JSON object of the spec's declared inputs (``source`` names the spec in
+    errors); numbers and booleans are taken as their text. Every line is checked before
+    anything is spent: a bad one is a UsageError naming the file, the line and the fix.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--inputs {path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--inputs {path}: not UTF-8 text; give a JSON Lines file") from None
+    out: dict[int, dict[str, str]] = {}
+    for no, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{no}: "
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise UsageError(
+                f"{where}not JSON ({exc.msg}); write one object per line, such as "
+                '{"question": "..."}'
+            ) from None
+        if not isinstance(row, dict):
+            raise UsageError(f'{where}a line must be a JSON object, such as {{"question": "..."}}')
+        values: dict[str, str] = {}
+        for key, value in row.items():
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, int | float) and math.isfinite(value):
+                value = json.dumps(value)
+            elif not isinstance(value, str):
+                raise UsageError(f"{where}{key}: give text, a number or a boolean, not {value!r}")
+            values[key] = value
+        check_inputs(wf, values, source, given_as=where)
+        out[no] = values
+    if not out:
+        raise UsageError(f"--inputs {path}: no lines; give one JSON object per line")
+    return out
+
+
+def run_batch(
+    wf: Workflow,
+    inputs: Mapping[int, Mapping[str, str]] | Sequence[Mapping[str, str]],
+    *,
+    journal: Journal,
+    max_cost_usd: float | None = None,
+    deadline_s: float | None = None,
+    parallel: int = DEFAULT_PARALLEL,
+    seed: int | None = None,
+    source: str = "<spec>",
+    tenant: str | None = None,
+    providers: Mapping[str, Provider] | None = None,
+    embedder: Embedder | None = None,
+    on_progress: Callable[[int, int, float], None] | None = None,
+) -> BatchResult:
+    """Run ``wf`` once per set of ``inputs``, ``parallel`` at a time, under one ceiling.
+
+    ``inputs``: by line number (as :func:`read_inputs` gives them), or a list (numbered
+    from 1). ``max_cost_usd`` and ``deadline_s`` hold for the whole batch (the spec's
+    budget when not given). ``on_progress(lines_done, lines, dollars_spent)`` follows each
+    run's end. A provider's own bug (not a ProviderError) stops the batch and is raised.
+    """
+    if parallel < 1:
+        raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
+    tenant = check_tenant(tenant)
+    by_line = dict(inputs) if isinstance(inputs, Mapping) else dict(enumerate(inputs, 1))
+    numbers = list(by_line)
+    values = [check_inputs(wf, given, source, given_as=f"line {no}: ")
+              for no, given in by_line.items()]  # fmt: skip
+    gates = build_gates(wf, source)
+    embedder = embedder_for(wf, embedder)
+    base_seed = run_seed(wf, seed)
+    ceiling = max_cost_usd if max_cost_usd is not None else wf.budget.max_cost_usd
+    deadline = deadline_s if deadline_s is not None else wf.budget.deadline_s
+    started = time.time()
+    guard = SpendGuard(ceiling)
+    clock = Clock(started + deadline if deadline is not None else None)
+    predicted = estimate(wf)
+    # Endpoints' clients are made once for the batch; the simulator is seeded per line.
+    shared = {n: p for n, p in providers_for(wf.models, base_seed, providers).items()
+              if not wf.models[n].runs_on_simulator or (providers and n in providers)}  # fmt: skip
+    results: list[LineResult | None] = [None] * len(values)
+
+    async def one(i: int) -> None:
+        seed_i = base_seed + numbers[i] - 1  # a line's draws follow its line number
+        session = Session(guard, clock)
+        ex = open_run(wf, journal, session, values=values[i], seed=seed_i, source=source,
+                      providers=providers_for(wf.models, seed_i, shared), gates=gates,
+                      predicted=predicted, on_event=None, embedder=embedder, tenant=tenant)  # fmt: skip
+        r: RunResult = await ex.run(session, {})
+        results[i] = LineResult(numbers[i], r.status, r.run_id, r.cost_usd, r.latency_s,
+                                r.outputs, r.error)  # fmt: skip
+
+    async def worker(todo: list[int]) -> None:
+        while todo and not _stopping(guard, clock):
+            await one(todo.pop(0))
+            if on_progress is not None:
+                done = sum(1 for x in results if x is not None)
+                on_progress(done, len(values), guard.spent)
+
+    async def main() -> None:
+        todo = list(range(len(values)))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(min(parallel, len(values))):
+                    tg.create_task(worker(todo))
+        finally:
+            await close_providers(shared)
+
+    with collector_spared():
+        try:
+            asyncio.run(main())
+        except ExceptionGroup as group:  # a run's bug: the error itself, as execute() raises it
+            raise group.exceptions[0] from None
+    out = tuple(r if r is not None else LineResult(numbers[i], "not_started")
+                for i, r in enumerate(results))  # fmt: skip
+    return BatchResult(_status(out, guard), out, math.fsum(r.cost_usd for r in out), ceiling,
+                       time.time() - started, predicted, str(journal.path), parallel)  # fmt: skip
+
+
+def _stopping(guard: SpendGuard, clock: Clock) -> bool:
+    """No further run starts once a reservation was refused or the deadline passed."""
+    left = clock.remaining()
+    return guard.exhausted or (left is not None and left <= 0)
+
+
+def _status(lines: Sequence[LineResult], guard: SpendGuard) -> str:
+    statuses = {r.status for r in lines}
+    if guard.exhausted or "budget_exhausted" in statuses:
+        return "budget_exhausted"
+    if "deadline" in statuses or "not_started" in statuses:
+        return "deadline"
+    return "failed" if "failed" in statuses else "ok"

@@ -1,0 +1,173 @@
+"""trilemma batch: one spec over the lines of a JSON Lines file, under one ceiling and deadline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trilemma import parse_workflow
+from trilemma.journal import Journal
+from trilemma.run.batch import read_inputs, run_batch
+from trilemma.testing import FunctionProvider
+
+from .conftest import EXAMPLES
+
+SPEC = """version: 1
+inputs: {{question: null}}
+models:
+  m: {{usd_per_call: 0.01, latency_s: {latency}, p_ok: {p_ok}}}
+steps:
+  - {{id: answer, model: m, prompt: "Answer: {{question}}"{extra}}}
+"""
+
+
+def write(tmp_path: Path, n: int, *, latency: float = 0.001, p_ok: float = 1.0,
+          extra: str = "") -> tuple[Path, Path]:  # fmt: skip
+    spec = tmp_path / "faq.yaml"
+    spec.write_text(SPEC.format(latency=latency, p_ok=p_ok, extra=extra))
+    lines = tmp_path / "q.jsonl"
+    lines.write_text("".join(json.dumps({"question": f"q{i}"}) + "\n" for i in range(1, n + 1)))
+    return spec, lines
+
+
+def test_every_line_is_a_journaled_run_of_its_own_inputs(tmp_path: Path, cli) -> None:
+    spec, lines = write(tmp_path, 6)
+    db, out = tmp_path / "j.db", tmp_path / "out.jsonl"
+    r = cli("batch", spec, "--inputs", lines, "--journal", db, "--out", out, "--json")
+    assert r.code == 0, r.err
+    got = r.json()
+    assert (got["status"], got["lines"], got["counts"]["ok"]) == ("ok", 6, 6)
+    assert got["cost_usd"] == pytest.approx(0.06)
+    assert got["predicted"]["cost_usd"]["expected"] == pytest.approx(0.06)
+    assert got["predicted"]["latency_s"] == {"batch": 0.002, "critical_path_per_run": 0.001}
+    written = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [w["line"] for w in written] == [1, 2, 3, 4, 5, 6] == [x["line"] for x in got["runs"]]
+    journal = Journal(db)
+    for w in written:  # each run answered its own line's question, and the ledger says so
+        assert json.loads(journal.run(w["run_id"])["inputs_json"]) == {"question": f"q{w['line']}"}
+        [call] = journal.calls(w["run_id"])
+        assert f"Answer: q{w['line']}" in call["request_json"]
+    assert len(journal.runs()) == 6
+    table = cli("batch", spec, "--inputs", lines, "--journal", db)
+    assert table.code == 0 and "Batch of 6 runs: ok" in table.out and "6 of 6" in table.out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_ceiling_holds_over_runs_in_parallel(tmp_path: Path, seed: int) -> None:
+    spec, lines = write(tmp_path, 40)
+    wf = parse_workflow(spec.read_text())
+    result = run_batch(wf, read_inputs(lines, wf), journal=Journal(tmp_path / "j.db"),
+                       max_cost_usd=0.155, parallel=8, seed=seed)  # fmt: skip
+    assert result.cost_usd <= 0.155 + 1e-12
+    assert result.status == "budget_exhausted"
+    assert result.count("ok") == 15  # every run that could be paid for was
+    assert {r.status for r in result.lines} <= {"ok", "budget_exhausted", "not_started"}
+    assert result.count("not_started") > 0  # once refused, no further run starts
+    assert result.error is not None and "ceiling" in result.error
+
+
+def test_runs_go_in_parallel_and_a_deadline_stops_the_batch(tmp_path: Path, cli) -> None:
+    spec, lines = write(tmp_path, 8, latency=0.3)
+    wf = parse_workflow(spec.read_text())
+    inputs = read_inputs(lines, wf)
+    fast = run_batch(wf, inputs, journal=Journal(tmp_path / "j.db"), parallel=8)
+    assert fast.status == "ok" and 0.3 <= fast.latency_s < 0.3 * 8 / 2  # not one after another
+    r = cli("batch", spec, "--inputs", lines, "--parallel", "2", "--deadline", "0.75",
+            "--journal", tmp_path / "j.db", "--json")  # fmt: skip
+    assert r.code == 1
+    got = r.json()
+    assert got["status"] == "deadline" and got["latency_s"] < 1.2
+    assert got["counts"]["ok"] == 4  # two rounds of two finished by 0.6 s; the third was cut
+    assert got["counts"]["deadline"] == 2 and got["counts"]["not_started"] == 2
+    assert "trilemma: batch deadline: line" in r.err
+
+
+def test_simulated_lines_are_independent_and_reproducible(tmp_path: Path) -> None:
+    spec, lines = write(tmp_path, 30, p_ok=0.5)
+    wf = parse_workflow(spec.read_text())
+    inputs = read_inputs(lines, wf)
+
+    def statuses(seed: int) -> list[str]:
+        r = run_batch(wf, inputs, journal=Journal(tmp_path / "j.db"), seed=seed)
+        return [x.status for x in r.lines]
+
+    first = statuses(3)
+    assert 5 < first.count("ok") < 25  # each line its own draw, not one outcome repeated
+    assert statuses(3) == first and statuses(4) != first
+
+
+def test_a_batch_works_for_its_tenant(tmp_path: Path) -> None:
+    spec, lines = write(tmp_path, 3, extra=", cached: true")
+    wf = parse_workflow(spec.read_text())
+    inputs = read_inputs(lines, wf)
+    journal = Journal(tmp_path / "j.db")
+    assert run_batch(wf, inputs, journal=journal, tenant="acme").cost_usd == pytest.approx(0.03)
+    assert run_batch(wf, inputs, journal=journal, tenant="acme").cost_usd == 0.0
+    assert run_batch(wf, inputs, journal=journal).cost_usd == pytest.approx(0.03)
+    assert {r["tenant"] for r in journal.runs()} == {"acme", None}
+
+
+def test_a_providers_bug_stops_the_batch_and_is_raised_as_itself(tmp_path: Path) -> None:
+    async def fn(request: Any) -> str:
+        if "q3" in request.messages[-1]["content"]:
+            raise KeyError("no such field")
+        return "ok"
+
+    spec, lines = write(tmp_path, 3)
+    wf = parse_workflow(spec.read_text())
+    journal = Journal(tmp_path / "j.db")
+    with pytest.raises(KeyError, match="no such field"):
+        run_batch(wf, read_inputs(lines, wf), journal=journal, parallel=1,
+                  providers={"m": FunctionProvider(fn)})  # fmt: skip
+    assert sorted(r["status"] for r in journal.runs()) == ["failed", "ok", "ok"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"question": "a"}\n{"question": \n', "q.jsonl:2: not JSON"),
+        ('["a"]\n', "q.jsonl:1: a line must be a JSON object"),
+        ('{"question": "a", "extra": "b"}\n', "q.jsonl:1: extra: "),
+        ('{"other": "a"}\n', "q.jsonl:1: other: "),
+        ("{}\n", "q.jsonl:1: question=...: "),
+        ('{"question": {"nested": 1}}\n', "q.jsonl:1: question: give text, a number or a boolean"),
+        ("\n\n", "no lines; give one JSON object per line"),
+    ],
+)
+def test_a_bad_line_is_one_line_naming_it_before_anything_runs(
+    tmp_path: Path, cli, content: str, expected: str
+) -> None:
+    spec, lines = write(tmp_path, 1)
+    lines.write_text(content)
+    db = tmp_path / "j.db"
+    r = cli("batch", spec, "--inputs", lines, "--journal", db)
+    assert r.code == 2 and expected in r.err and r.err.count("\n") == 1, r.err
+    assert not db.exists()
+
+
+def test_numbers_and_booleans_are_taken_as_text(tmp_path: Path) -> None:
+    spec, lines = write(tmp_path, 1)
+    lines.write_text('{"question": 42}\n{"question": true}\n{"question": 0.5}\n')
+    wf = parse_workflow(spec.read_text())
+    assert read_inputs(lines, wf) == {1: {"question": "42"}, 2: {"question": "true"},
+                                      3: {"question": "0.5"}}  # fmt: skip
+
+
+def test_bad_flags_are_refused(tmp_path: Path, cli) -> None:
+    spec, lines = write(tmp_path, 1)
+    r = cli("batch", spec, "--inputs", lines, "--parallel", "0", "--journal", tmp_path / "j.db")
+    assert r.code == 2 and "--parallel: 0 is not a positive integer" in r.err
+    missing = cli("batch", spec, "--inputs", tmp_path / "none.jsonl", "--journal", tmp_path / "j.db")
+    assert missing.code == 2 and "none.jsonl: cannot read it" in missing.err
+
+
+def test_the_readme_batch_runs_as_shown(tmp_path: Path, cli) -> None:
+    r = cli("batch", EXAMPLES / "faq.yaml", "--inputs", EXAMPLES / "questions.jsonl",
+            "--max-cost", "0.05", "--seed", "1", "--journal", tmp_path / "j.db", "--json")  # fmt: skip
+    got = r.json()
+    assert r.code == 0 and got["counts"]["ok"] == got["lines"] == 12
+    assert got["cost_usd"] == pytest.approx(0.026)  # the README's figure: one retry
+    assert got["predicted"]["latency_s"]["batch"] == pytest.approx(1.8)
