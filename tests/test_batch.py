@@ -52,7 +52,7 @@ def test_every_line_is_a_journaled_run_of_its_own_inputs(tmp_path: Path, cli) ->
         assert f"Answer: q{w['line']}" in call["request_json"]
     assert len(journal.runs()) == 6
     table = cli("batch", spec, "--inputs", lines, "--journal", db)
-    assert table.code == 0 and "Batch of 6 runs: ok" in table.out and "6 of 6" in table.out
+    assert table.code == 0 and "6 runs, ok" in table.out and "6 of 6" in table.out
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -82,7 +82,7 @@ def test_runs_go_in_parallel_and_a_deadline_stops_the_batch(tmp_path: Path, cli)
     assert got["status"] == "deadline" and got["latency_s"] < 1.2
     assert got["counts"]["ok"] == 4  # two rounds of two finished by 0.6 s; the third was cut
     assert got["counts"]["deadline"] == 2 and got["counts"]["not_started"] == 2
-    assert "trilemma: batch deadline: line" in r.err
+    assert f"trilemma: {got['batch_id']} deadline: line" in r.err
 
 
 def test_simulated_lines_are_independent_and_reproducible(tmp_path: Path) -> None:
@@ -171,3 +171,96 @@ def test_the_readme_batch_runs_as_shown(tmp_path: Path, cli) -> None:
     assert r.code == 0 and got["counts"]["ok"] == got["lines"] == 12
     assert got["cost_usd"] == pytest.approx(0.026)  # the README's figure: one retry
     assert got["predicted"]["latency_s"]["batch"] == pytest.approx(1.8)
+
+
+def test_a_batch_stopped_by_its_ceiling_goes_on_where_it_stopped(tmp_path: Path, cli) -> None:
+    spec, lines = write(tmp_path, 10)
+    db = tmp_path / "j.db"
+
+    def batch(*extra: str) -> dict[str, Any]:
+        r = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", *extra)
+        assert r.code in (0, 1), r.err
+        return r.json()
+
+    first = batch("--max-cost", "0.045")
+    assert (first["status"], first["counts"]["ok"]) == ("budget_exhausted", 4)
+    more = batch("--resume", first["batch_id"], "--max-cost", "0.07")  # earlier spend counts
+    assert more["status"] == "budget_exhausted" and more["cost_usd"] <= 0.07 + 1e-12
+    assert (more["counts"]["ok"], more["from_journal"]) == (7, 4)
+    rest = batch("--resume", first["batch_id"], "--max-cost", "1")
+    assert (rest["status"], rest["counts"]["ok"], rest["from_journal"]) == ("ok", 10, 7)
+    assert rest["cost_usd"] == pytest.approx(0.10)  # each line paid for once
+    journal = Journal(db)
+    runs = journal.batch_runs(first["batch_id"])
+    assert sorted(runs) == list(range(1, 11)) and len(journal.runs()) == 10  # one run per line
+    for row in runs.values():
+        assert [c["outcome"] for c in journal.calls(row["run_id"])] == ["ok"]
+
+
+def test_a_killed_batch_resumes_without_paying_twice(tmp_path: Path, cli) -> None:
+    import subprocess
+    import sys
+    import time
+
+    spec, lines = write(tmp_path, 6, latency=0.6)
+    db = tmp_path / "j.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trilemma", "batch", str(spec), "--inputs", str(lines),
+         "--parallel", "2", "--journal", str(db), "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # kill it once a run is done and others are in flight
+            time.sleep(0.05)
+            if db.exists() and sum(r["status"] == "ok" for r in Journal(db).runs()) >= 2:
+                break
+        proc.kill()
+    finally:
+        proc.wait(timeout=30)
+    before = Journal(db).runs()
+    assert 2 <= sum(r["status"] == "ok" for r in before) < 6
+    assert any(r["status"] == "running" for r in before)  # cut off mid-run
+    (batch_id,) = {r["batch_id"] for r in before}
+    r = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--resume", batch_id)
+    got = r.json()
+    assert r.code == 0 and got["counts"]["ok"] == 6, r.err
+    assert got["from_journal"] == sum(x["status"] == "ok" for x in before)
+    journal = Journal(db)
+    assert len(journal.runs()) == 6  # the interrupted runs resumed, not started again
+    for row in journal.batch_runs(batch_id).values():
+        assert [c["outcome"] for c in journal.calls(row["run_id"])] == ["ok"]  # paid once
+    assert got["cost_usd"] == pytest.approx(0.06)
+
+
+def test_resuming_after_the_deadline_says_what_to_give(tmp_path: Path, cli) -> None:
+    spec, lines = write(tmp_path, 6, latency=0.3)
+    db = tmp_path / "j.db"
+    first = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--parallel", "1",
+                "--deadline", "0.45").json()  # fmt: skip
+    assert first["status"] == "deadline" and first["counts"]["ok"] == 1
+    late = cli("batch", spec, "--inputs", lines, "--journal", db, "--resume", first["batch_id"])
+    assert late.code == 1 and "5 lines did not start: the deadline had passed" in late.err
+    again = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--resume",
+                first["batch_id"], "--deadline", "30").json()  # fmt: skip
+    assert (again["status"], again["counts"]["ok"]) == ("ok", 6)
+
+
+def test_a_resume_refuses_another_spec_other_inputs_or_another_tenant(tmp_path: Path, cli) -> None:
+    spec, lines = write(tmp_path, 3)
+    db = tmp_path / "j.db"
+    first = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--max-cost", "0.015")
+    batch_id = first.json()["batch_id"]
+    other = tmp_path / "other.yaml"
+    other.write_text(spec.read_text().replace("p_ok: 1.0", "p_ok: 0.9"))
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text(lines.read_text().replace("q1", "q one"))
+    cases = [
+        ((spec, lines, "--resume", "batch-nope"), "no batch of that id"),
+        ((other, lines, "--resume", batch_id), "the spec is not the one the batch ran"),
+        ((spec, changed, "--resume", batch_id), "line 1 of the inputs is not what the batch ran"),
+        ((spec, lines, "--resume", batch_id, "--tenant", "acme"), "runs for no tenant"),
+    ]
+    for args, expected in cases:
+        r = cli("batch", args[0], "--inputs", args[1], *args[2:], "--journal", db)
+        assert r.code == 2 and expected in r.err and r.err.count("\n") == 1, r.err

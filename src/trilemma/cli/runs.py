@@ -100,10 +100,18 @@ def batch_cmd(
     out: Annotated[
         Path | None, typer.Option("--out", help="Write one JSON line per input line here.")
     ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="Go on with this batch: lines done are not run again.",
+                     show_default=False),
+    ] = None,
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonFlag = False,
 ) -> int:
     """Run a workflow once per line of a JSON Lines file, under one ceiling and one deadline.
+
+    A batch prints its id as it starts; if it stops (a crash, the ceiling, the deadline),
+    the same command with --resume ID goes on without running again what finished.
 
     Example: trilemma batch examples/faq.yaml --inputs examples/questions.jsonl --max-cost 0.05
     """
@@ -124,9 +132,15 @@ def batch_cmd(
         def tick(done: int, total: int, spent: float) -> None:
             bar.update(task, completed=done, description=f"runs, ${spent:.4f}{cap}")
 
+        def started(batch_id: str) -> None:
+            again = "goes on with" if resume else "is resumed by the same command with"
+            sys.stderr.write(f"trilemma: {batch_id}: {len(lines)} lines, {parallel} at a "
+                             f"time; if it stops, it {again} --resume {batch_id}\n")  # fmt: skip
+
         result = run_batch(wf, lines, journal=Journal(journal), max_cost_usd=max_cost,
                            deadline_s=deadline, parallel=parallel, seed=seed, source=str(spec),
-                           tenant=tenant, on_progress=tick)  # fmt: skip
+                           tenant=tenant, on_progress=tick, on_start=started,
+                           resume=resume)  # fmt: skip
     if out is not None:
         write_atomic(out, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n"
                                   for r in result.lines))  # fmt: skip
@@ -135,7 +149,7 @@ def batch_cmd(
     else:
         stdout_console().print(tables.batch_view(result))
     if result.status != "ok":
-        sys.stderr.write(f"trilemma: batch {result.status}: {result.error}\n")
+        sys.stderr.write(f"trilemma: {result.batch_id} {result.status}: {result.error}\n")
         return 1
     return 0
 

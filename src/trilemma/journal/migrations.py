@@ -151,6 +151,18 @@ def m006_tenants(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE cache ADD COLUMN tenant TEXT")
 
 
+def m007_batches(db: sqlite3.Connection) -> None:
+    """The batch a run belongs to and its line in the batch's inputs, so a batch can resume."""
+    _execute_all(
+        db,
+        """
+        ALTER TABLE runs ADD COLUMN batch_id TEXT;
+        ALTER TABLE runs ADD COLUMN batch_line INTEGER;
+        CREATE INDEX runs_batch ON runs (batch_id, batch_line)
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_call_sends", m002_call_sends),
@@ -158,6 +170,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m004_cached_tokens", m004_cached_tokens),
     ("m005_specs", m005_specs),
     ("m006_tenants", m006_tenants),
+    ("m007_batches", m007_batches),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

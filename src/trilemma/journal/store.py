@@ -230,6 +230,11 @@ class Journal:
         rows = self._runs("WHERE runs.run_id = ?", (run_id,))
         return rows[0] if rows else None
 
+    def batch_runs(self, batch_id: str) -> dict[int, dict[str, Any]]:
+        """A batch's runs by their line in its inputs."""
+        rows = self._runs("WHERE runs.batch_id = ? ORDER BY runs.started_at", (batch_id,))
+        return {r["batch_line"]: r for r in rows}
+
     def steps(self, run_id: str) -> dict[str, dict[str, Any]]:
         """A run's finished steps by id."""
         return {

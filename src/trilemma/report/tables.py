@@ -209,7 +209,7 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     """A batch: predicted beside measured over its lines, then the lines that did not finish ok."""
     n, p = len(b.lines), b.predicted
     ceiling = f" (ceiling {_usd(b.max_cost_usd)})" if b.max_cost_usd is not None else ""
-    t = Table(title=f"Batch of {n} runs: {b.status}", title_justify="left")
+    t = Table(title=f"{b.batch_id}: {n} runs, {b.status}", title_justify="left")
     for col in ("", "predicted", "measured"):
         t.add_column(col, justify="right")
     t.add_row("cost", f"{_usd(p.cost_expected * n)} expected, {_usd(p.cost_worst * n)} worst",
@@ -220,6 +220,9 @@ def batch_view(b: Any, shown: int = 10) -> Group:
               f"{p.latency_critical_s:.2f}s critical path each)", f"{b.latency_s:.2f}s")  # fmt: skip
     counts = ", ".join(f"{b.count(s)} {s}" for s in
                        ("ok", "failed", "budget_exhausted", "deadline", "not_started") if b.count(s))  # fmt: skip
+    earlier = sum(1 for r in b.lines if r.from_journal)
+    if earlier:
+        counts += f" ({earlier} ok in an earlier session, not run again)"
     parts: list[Any] = [t, Text(counts)]
     bad = [r for r in b.lines if r.status not in ("ok", "not_started")]
     if bad:

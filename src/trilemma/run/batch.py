@@ -8,8 +8,14 @@ batch's spend cannot cross its ceiling however its runs interleave. Once a
 reservation is refused, or the deadline passes, no further run starts; the lines
 left are reported ``not_started``.
 
-Each line's run gets its own simulator seed (the batch's plus the line's index), so
-simulated lines are independent draws rather than one outcome repeated.
+Each line's run gets its own simulator seed (the batch's plus the line's number less
+one), so simulated lines are independent draws rather than one outcome repeated.
+
+A batch has an id, and each of its runs records it with its line. Given that id
+(``resume``), a batch goes on where it stopped: lines whose run finished ok are taken
+from the journal and not run again, runs that stopped (a crash, the ceiling, the
+deadline) resume with their finished steps kept, and lines never started start. The
+spend of earlier sessions counts against the ceiling.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from trilemma.journal.store import Journal
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.providers.base import Provider
 from trilemma.run.budget import Clock, SpendGuard
-from trilemma.run.executor import RunResult, Session
+from trilemma.run.executor import RunResult, Session, new_run_id, spec_json
 from trilemma.run.session import (
     build_gates,
     check_inputs,
@@ -39,7 +45,9 @@ from trilemma.run.session import (
     embedder_for,
     open_run,
     providers_for,
+    reopen_run,
     run_seed,
+    still_running,
 )
 from trilemma.spec import Workflow
 
@@ -67,13 +75,15 @@ class LineResult:
     """Accepted outputs of its steps that finished."""
     error: str | None = None
     """Why it is not ok."""
+    from_journal: bool = False
+    """Finished ok in an earlier session of the batch: not run again."""
 
     def to_json(self) -> dict[str, Any]:
         """A line of ``trilemma batch --out`` and an item of ``--json``'s ``runs``."""
         return {
             "line": self.line, "status": self.status, "run_id": self.run_id,
             "cost_usd": round(self.cost_usd, 12), "latency_s": round(self.latency_s, 6),
-            "outputs": self.outputs, "error": self.error,
+            "outputs": self.outputs, "error": self.error, "from_journal": self.from_journal,
         }  # fmt: skip
 
 
@@ -81,12 +91,14 @@ class LineResult:
 class BatchResult:
     """The outcome of ``trilemma batch``."""
 
+    batch_id: str
+    """The journal's key for the batch (``resume`` takes it)."""
     status: str
     """ok (every line ok), budget_exhausted, deadline, or failed (a line failed)."""
     lines: tuple[LineResult, ...]
     """Every line, in file order."""
     cost_usd: float
-    """Dollars billed over the batch (never above the ceiling)."""
+    """Dollars billed over the batch, every session of it (never above the ceiling)."""
     max_cost_usd: float | None
     """The batch's ceiling."""
     latency_s: float
@@ -113,16 +125,21 @@ class BatchResult:
         if self.status == "ok":
             return None
         first = next((r for r in self.lines if r.status == self.status), None)
-        return f"line {first.line}: {first.error}" if first is not None else None
+        if first is not None:
+            return f"line {first.line}: {first.error}"
+        why = "the deadline had passed" if self.status == "deadline" else "the ceiling was reached"
+        return f"{self.count('not_started')} lines did not start: {why}"
 
     def to_json(self) -> dict[str, Any]:
         """The contract of ``trilemma batch --json``."""
         n, p = len(self.lines), self.predicted
         return {
+            "batch_id": self.batch_id,
             "status": self.status,
             "lines": n,
             "counts": {s: self.count(s) for s in
                        ("ok", "failed", "budget_exhausted", "deadline", "not_started")},
+            "from_journal": sum(1 for r in self.lines if r.from_journal),
             "cost_usd": round(self.cost_usd, 12),
             "max_cost_usd": self.max_cost_usd,
             "latency_s": round(self.latency_s, 6),
@@ -196,13 +213,19 @@ def run_batch(
     providers: Mapping[str, Provider] | None = None,
     embedder: Embedder | None = None,
     on_progress: Callable[[int, int, float], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
+    resume: str | None = None,
 ) -> BatchResult:
     """Run ``wf`` once per set of ``inputs``, ``parallel`` at a time, under one ceiling.
 
     ``inputs``: by line number (as :func:`read_inputs` gives them), or a list (numbered
     from 1). ``max_cost_usd`` and ``deadline_s`` hold for the whole batch (the spec's
-    budget when not given). ``on_progress(lines_done, lines, dollars_spent)`` follows each
-    run's end. A provider's own bug (not a ProviderError) stops the batch and is raised.
+    budget when not given). ``on_start(batch_id)`` is called before the first run, and
+    ``on_progress(lines_done, lines, dollars_spent)`` after each run's end.
+
+    ``resume``: the id of a batch to go on with, given the same spec and inputs; its
+    ceiling, deadline, seed and tenant hold unless given anew. A provider's own bug (not
+    a ProviderError) stops the batch and is raised.
     """
     if parallel < 1:
         raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
@@ -211,13 +234,23 @@ def run_batch(
     numbers = list(by_line)
     values = [check_inputs(wf, given, source, given_as=f"line {no}: ")
               for no, given in by_line.items()]  # fmt: skip
+    earlier: dict[int, dict[str, Any]] = {}
+    if resume is not None:
+        earlier = _earlier_runs(journal, resume, wf, dict(zip(numbers, values, strict=True)))
+        first = next(iter(earlier.values()))
+        max_cost_usd = max_cost_usd if max_cost_usd is not None else first["max_cost_usd"]
+        seed = seed if seed is not None else first["seed"] - first["batch_line"] + 1
+        tenant = _same_tenant(tenant, first["tenant"], resume)
+        if deadline_s is None and first["deadline_at"] is not None:
+            deadline_s = first["deadline_at"] - time.time()
+    batch_id = resume or "batch-" + new_run_id()
     gates = build_gates(wf, source)
     embedder = embedder_for(wf, embedder)
     base_seed = run_seed(wf, seed)
     ceiling = max_cost_usd if max_cost_usd is not None else wf.budget.max_cost_usd
     deadline = deadline_s if deadline_s is not None else wf.budget.deadline_s
     started = time.time()
-    guard = SpendGuard(ceiling)
+    guard = SpendGuard(ceiling, spent=math.fsum(journal.spent(r["run_id"]) for r in earlier.values()))
     clock = Clock(started + deadline if deadline is not None else None)
     predicted = estimate(wf)
     # Endpoints' clients are made once for the batch; the simulator is seeded per line.
@@ -225,15 +258,32 @@ def run_batch(
               if not wf.models[n].runs_on_simulator or (providers and n in providers)}  # fmt: skip
     results: list[LineResult | None] = [None] * len(values)
 
+    for i, no in enumerate(numbers):  # lines an earlier session finished are not run again
+        row = earlier.get(no)
+        if row is not None and row["status"] == "ok":
+            outputs = {k: v["output"] for k, v in journal.steps(row["run_id"]).items()
+                       if v["status"] == "done" and v["output"] is not None}  # fmt: skip
+            results[i] = LineResult(no, "ok", row["run_id"], journal.spent(row["run_id"]),
+                                    row["latency_s"] or 0.0, outputs, from_journal=True)  # fmt: skip
+
     async def one(i: int) -> None:
-        seed_i = base_seed + numbers[i] - 1  # a line's draws follow its line number
+        no = numbers[i]
+        seed_i = base_seed + no - 1  # a line's draws follow its line number
         session = Session(guard, clock)
-        ex = open_run(wf, journal, session, values=values[i], seed=seed_i, source=source,
-                      providers=providers_for(wf.models, seed_i, shared), gates=gates,
-                      predicted=predicted, on_event=None, embedder=embedder, tenant=tenant)  # fmt: skip
-        r: RunResult = await ex.run(session, {})
-        results[i] = LineResult(numbers[i], r.status, r.run_id, r.cost_usd, r.latency_s,
-                                r.outputs, r.error)  # fmt: skip
+        provs = providers_for(wf.models, seed_i, shared)
+        row = earlier.get(no)
+        done: dict[str, dict[str, Any]] = {}
+        if row is None:
+            ex = open_run(wf, journal, session, values=values[i], seed=seed_i, source=source,
+                          providers=provs, gates=gates, predicted=predicted, on_event=None,
+                          embedder=embedder, tenant=tenant, batch=(batch_id, no))  # fmt: skip
+        else:  # stopped in an earlier session: on from where it stopped
+            provs = providers_for(wf.models, row["seed"], shared)
+            ex, done = reopen_run(wf, journal, row, session, providers=provs, gates=gates,
+                                  predicted=predicted, on_event=None, embedder=embedder)  # fmt: skip
+        r: RunResult = await ex.run(session, done)
+        results[i] = LineResult(no, r.status, r.run_id, r.cost_usd, r.latency_s, r.outputs,
+                                r.error)  # fmt: skip
 
     async def worker(todo: list[int]) -> None:
         while todo and not _stopping(guard, clock):
@@ -243,7 +293,7 @@ def run_batch(
                 on_progress(done, len(values), guard.spent)
 
     async def main() -> None:
-        todo = list(range(len(values)))
+        todo = [i for i, r in enumerate(results) if r is None]
         try:
             async with asyncio.TaskGroup() as tg:
                 for _ in range(min(parallel, len(values))):
@@ -251,6 +301,8 @@ def run_batch(
         finally:
             await close_providers(shared)
 
+    if on_start is not None:
+        on_start(batch_id)
     with collector_spared():
         try:
             asyncio.run(main())
@@ -258,8 +310,47 @@ def run_batch(
             raise group.exceptions[0] from None
     out = tuple(r if r is not None else LineResult(numbers[i], "not_started")
                 for i, r in enumerate(results))  # fmt: skip
-    return BatchResult(_status(out, guard), out, math.fsum(r.cost_usd for r in out), ceiling,
-                       time.time() - started, predicted, str(journal.path), parallel)  # fmt: skip
+    return BatchResult(batch_id, _status(out, guard), out, math.fsum(r.cost_usd for r in out),
+                       ceiling, time.time() - started, predicted, str(journal.path), parallel)  # fmt: skip
+
+
+def _earlier_runs(
+    journal: Journal, batch_id: str, wf: Workflow, values: Mapping[int, Mapping[str, str]]
+) -> dict[int, dict[str, Any]]:
+    """The runs of an earlier session of ``batch_id``, checked against this spec and these lines."""
+    rows = journal.batch_runs(batch_id)
+    if not rows:
+        raise UsageError(
+            f"--resume {batch_id}: no batch of that id in {journal.path}; a batch prints its id "
+            "when it starts (and `trilemma batch --json` gives it as batch_id)"
+        )
+    text = spec_json(wf)
+    for no, row in rows.items():
+        if row["spec_json"] != text:
+            raise UsageError(
+                f"--resume {batch_id}: the spec is not the one the batch ran (line {no}'s run "
+                f"{row['run_id']}); give the same spec, or start a new batch"
+            )
+        if no not in values or json.loads(row["inputs_json"]) != dict(values[no]):
+            raise UsageError(
+                f"--resume {batch_id}: line {no} of the inputs is not what the batch ran then; "
+                "give the same inputs file, or start a new batch"
+            )
+        if still_running(row):
+            raise UsageError(
+                f"--resume {batch_id}: line {no}'s run {row['run_id']} is still running (process "
+                f"{row['pid']}); wait for that batch to end or stop it first"
+            )
+    return rows
+
+
+def _same_tenant(given: str | None, was: str | None, batch_id: str) -> str | None:
+    if given is not None and given != was:
+        raise UsageError(
+            f"--tenant {given}: batch {batch_id} runs for {was or 'no tenant'}; resume it without "
+            "--tenant, or start a new batch"
+        )
+    return was
 
 
 def _stopping(guard: SpendGuard, clock: Clock) -> bool:

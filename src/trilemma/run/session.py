@@ -13,7 +13,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,10 @@ __all__ = [
     "execute",
     "open_run",
     "providers_for",
+    "reopen_run",
     "resume",
     "run_seed",
+    "still_running",
     "wants_embedder",
 ]
 
@@ -195,19 +197,23 @@ def open_run(
     wf: Workflow, journal: Journal, session: Session, *, values: Mapping[str, str], seed: int,
     source: str, providers: Mapping[str, Provider], gates: dict[str, Check], predicted: Estimate,
     on_event: Callable[[Event], None] | None, embedder: Embedder | None, tenant: str | None,
+    batch: tuple[str, int] | None = None,
 ) -> Executor:  # fmt: skip
     """A new run in the journal (status running) and its executor, under ``session``'s budgets.
 
-    Its row records the session's ceiling and deadline; sessions may share them (a batch).
+    Its row records the session's ceiling and deadline; sessions may share them (a batch,
+    whose id and the run's line ``batch`` gives).
     """
     run_id = new_run_id()
     text = spec_json(wf)
+    batch_id, line = batch or (None, None)
     journal.create_run({
         "run_id": run_id, "spec_source": source, "spec_json": text,
         "spec_hash": spec_hash(text), "inputs_json": dumps(values), "seed": seed,
         "max_cost_usd": session.guard.ceiling, "deadline_at": session.clock.deadline_at,
         "status": "running", "started_at": time.time(),
         "predicted_json": dumps(predicted.summary()), "pid": os.getpid(), "tenant": tenant,
+        "batch_id": batch_id, "batch_line": line,
     })  # fmt: skip
     return Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=providers,
                     source=source, gates=gates, seed=seed, predicted=predicted,
@@ -247,8 +253,7 @@ def resume(
             f"run {run_id} holds a gateway key's calls, not a workflow run; there is nothing to "
             "resume (`trilemma ledger` and `trilemma report` read it)"
         )
-    running = row["status"] == "running" and row["pid"] != os.getpid() and pid_alive(row["pid"])
-    if running and not force:
+    if still_running(row) and not force:
         raise UsageError(
             f"run {run_id} is still running (process {row['pid']}); wait for it to end or stop "
             "that process before resuming (--force if that pid is no longer trilemma)"
@@ -272,19 +277,42 @@ def resume(
     provs = build_providers(wf, row["seed"], providers)
     ceiling = max_cost_usd if max_cost_usd is not None else row["max_cost_usd"]
     deadline_at = time.time() + deadline_s if deadline_s is not None else row["deadline_at"]
+    session = Session(SpendGuard(ceiling, spent=journal.spent(run_id)), Clock(deadline_at))
+    ex, done = reopen_run(wf, journal, row, session, providers=provs, gates=gates,
+                          predicted=estimate(wf), on_event=on_event, embedder=embedder,
+                          changed=changed)  # fmt: skip
+    with collector_spared():
+        return asyncio.run(_run_and_close(ex, session, done, provs))
+
+
+def still_running(row: Mapping[str, Any]) -> bool:
+    """A run row some other live process is running now."""
+    return row["status"] == "running" and row["pid"] != os.getpid() and pid_alive(row["pid"])
+
+
+def reopen_run(
+    wf: Workflow, journal: Journal, row: Mapping[str, Any], session: Session, *,
+    providers: Mapping[str, Provider], gates: dict[str, Check], predicted: Estimate,
+    on_event: Callable[[Event], None] | None, embedder: Embedder | None,
+    changed: Sequence[str] = (),
+) -> tuple[Executor, dict[str, dict[str, Any]]]:  # fmt: skip
+    """A journaled run's executor, set to go on where it stopped, and its steps already done.
+
+    Steps in ``changed`` run again. The row takes the session's ceiling and deadline.
+    """
+    run_id = row["run_id"]
     ids = {s.id for s in wf.steps}
     done = {k: v for k, v in journal.steps(run_id).items()
             if v["status"] == "done" and k in ids and k not in changed}  # fmt: skip
     journal.update_run(run_id, status="running", pid=os.getpid(), finished_at=None, error=None,
-                       max_cost_usd=ceiling, deadline_at=deadline_at)  # fmt: skip
-    session = Session(SpendGuard(ceiling, spent=journal.spent(run_id)), Clock(deadline_at))
+                       max_cost_usd=session.guard.ceiling,
+                       deadline_at=session.clock.deadline_at)  # fmt: skip
     ex = Executor(wf, journal=journal, run_id=run_id, inputs=json.loads(row["inputs_json"]),
-                  providers=provs, source=source, gates=gates, seed=row["seed"],
-                  predicted=estimate(wf), on_event=on_event, embedder=embedder,
+                  providers=providers, source=row["spec_source"], gates=gates, seed=row["seed"],
+                  predicted=predicted, on_event=on_event, embedder=embedder,
                   tenant=row["tenant"])  # fmt: skip
-    ex.resume_from = _resume_points(wf, journal.calls(run_id), done, changed)
-    with collector_spared():
-        return asyncio.run(_run_and_close(ex, session, done, provs))
+    ex.resume_from = _resume_points(wf, journal.calls(run_id), done, list(changed))
+    return ex, done
 
 
 @contextlib.contextmanager
