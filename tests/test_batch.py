@@ -264,3 +264,15 @@ def test_a_resume_refuses_another_spec_other_inputs_or_another_tenant(tmp_path: 
     for args, expected in cases:
         r = cli("batch", args[0], "--inputs", args[1], *args[2:], "--journal", db)
         assert r.code == 2 and expected in r.err and r.err.count("\n") == 1, r.err
+
+
+def test_a_models_limits_hold_for_the_batch_not_per_run(tmp_path: Path) -> None:
+    """max_concurrency: 1 is the endpoint's: four runs at a time still send one call at a time."""
+    spec, lines = write(tmp_path, 4, latency=0.2)
+    text = spec.read_text().replace("p_ok: 1.0}", "p_ok: 1.0, max_concurrency: 1}")
+    wf = parse_workflow(text)
+    r = run_batch(wf, read_inputs(lines, wf), journal=Journal(tmp_path / "j.db"), parallel=4)
+    assert r.status == "ok" and r.latency_s >= 4 * 0.2  # one after another
+    free = parse_workflow(spec.read_text())
+    r = run_batch(free, read_inputs(lines, free), journal=Journal(tmp_path / "j.db"), parallel=4)
+    assert r.status == "ok" and r.latency_s < 2 * 0.2  # together

@@ -4,7 +4,9 @@ Each set of inputs (a line of a JSON Lines file) makes one ordinary run, journal
 like any other, so ``trilemma ledger``, ``report`` and ``resume`` read it. Up to
 ``parallel`` runs go at a time on one event loop, and every call of every run
 reserves its worst case against one :class:`~trilemma.run.budget.SpendGuard`: the
-batch's spend cannot cross its ceiling however its runs interleave. Once a
+batch's spend cannot cross its ceiling however its runs interleave. A model's limits
+(``max_concurrency``, ``rpm``, ``tpm``) are the endpoint's, so they too hold for the
+batch as a whole rather than per run. Once a
 reservation is refused, or the deadline passes, no further run starts; the lines
 left are reported ``not_started``.
 
@@ -36,6 +38,7 @@ from trilemma.plan.estimate import Estimate, estimate
 from trilemma.providers.base import Provider
 from trilemma.run.budget import Clock, SpendGuard
 from trilemma.run.executor import RunResult, Session, new_run_id, spec_json
+from trilemma.run.routes import Route
 from trilemma.run.session import (
     build_gates,
     check_inputs,
@@ -256,6 +259,9 @@ def run_batch(
     # Endpoints' clients are made once for the batch; the simulator is seeded per line.
     shared = {n: p for n, p in providers_for(wf.models, base_seed, providers).items()
               if not wf.models[n].runs_on_simulator or (providers and n in providers)}  # fmt: skip
+    # A model's limits (concurrent calls, requests and tokens a minute) hold for the batch.
+    sample = providers_for(wf.models, base_seed, shared)  # each run swaps in its own
+    limits = {n: Route.of(m, sample[n]) for n, m in wf.models.items()}
     results: list[LineResult | None] = [None] * len(values)
 
     for i, no in enumerate(numbers):  # lines an earlier session finished are not run again
@@ -276,11 +282,13 @@ def run_batch(
         if row is None:
             ex = open_run(wf, journal, session, values=values[i], seed=seed_i, source=source,
                           providers=provs, gates=gates, predicted=predicted, on_event=None,
-                          embedder=embedder, tenant=tenant, batch=(batch_id, no))  # fmt: skip
+                          embedder=embedder, tenant=tenant, batch=(batch_id, no),
+                          limits=limits)  # fmt: skip
         else:  # stopped in an earlier session: on from where it stopped
             provs = providers_for(wf.models, row["seed"], shared)
             ex, done = reopen_run(wf, journal, row, session, providers=provs, gates=gates,
-                                  predicted=predicted, on_event=None, embedder=embedder)  # fmt: skip
+                                  predicted=predicted, on_event=None, embedder=embedder,
+                                  limits=limits)  # fmt: skip
         r: RunResult = await ex.run(session, done)
         results[i] = LineResult(no, r.status, r.run_id, r.cost_usd, r.latency_s, r.outputs,
                                 r.error)  # fmt: skip

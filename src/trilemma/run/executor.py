@@ -223,10 +223,13 @@ class Executor:
         on_event: Callable[[Event], None] | None = None,
         embedder: Embedder | None = None,
         tenant: str | None = None,
+        limits: Mapping[str, Route] | None = None,
     ) -> None:
         self.wf = wf
         self.journal = journal
-        self._routes = {n: Route.of(m, providers[n]) for n, m in wf.models.items()}
+        # ``limits``: routes whose per-model limits this run shares (with the other runs of a batch)
+        self._routes = {n: limits[n].via(providers[n]) if limits else Route.of(m, providers[n])
+                        for n, m in wf.models.items()}  # fmt: skip
         free = not any(r.external for r in self._routes.values())
         self.writer = JournalWriter(journal, FREE_COMMIT_S if free else GROUP_COMMIT_S)
         self.cache = Cache(self.writer, embedder)

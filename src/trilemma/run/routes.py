@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from trilemma.errors import ProviderTimeout
 from trilemma.providers.base import Completion, Provider, Request, Usage
@@ -49,6 +49,11 @@ class Route:
             RateLimiter(m.rpm) if m.rpm else None, RateLimiter(m.tpm) if m.tpm else None,
             bool(m.max_concurrency or m.rpm or m.tpm),
         )  # fmt: skip
+
+    def via(self, provider: Provider) -> Route:
+        """The same limits (shared, not copied) through another provider: runs of one batch."""
+        return replace(self, provider=provider, external=getattr(provider, "external", True),
+                       keeps_time=getattr(provider, "keeps_time", False))  # fmt: skip
 
     async def acquire(self, request: Request, priority: float = 0.0) -> None:
         """Wait for a slot and the rate tokens of ``request``; :meth:`release` frees the slot."""

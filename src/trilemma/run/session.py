@@ -35,6 +35,7 @@ from trilemma.run.executor import (
     spec_json,
 )
 from trilemma.run.gates import Check, build_gate
+from trilemma.run.routes import Route
 from trilemma.spec import ModelProfile, Workflow, load_workflow, workflow_from_dict
 
 __all__ = [
@@ -197,12 +198,12 @@ def open_run(
     wf: Workflow, journal: Journal, session: Session, *, values: Mapping[str, str], seed: int,
     source: str, providers: Mapping[str, Provider], gates: dict[str, Check], predicted: Estimate,
     on_event: Callable[[Event], None] | None, embedder: Embedder | None, tenant: str | None,
-    batch: tuple[str, int] | None = None,
+    batch: tuple[str, int] | None = None, limits: Mapping[str, Route] | None = None,
 ) -> Executor:  # fmt: skip
     """A new run in the journal (status running) and its executor, under ``session``'s budgets.
 
-    Its row records the session's ceiling and deadline; sessions may share them (a batch,
-    whose id and the run's line ``batch`` gives).
+    Its row records the session's ceiling and deadline; sessions may share them, and the
+    per-model ``limits`` (a batch, whose id and the run's line ``batch`` gives).
     """
     run_id = new_run_id()
     text = spec_json(wf)
@@ -217,7 +218,8 @@ def open_run(
     })  # fmt: skip
     return Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=providers,
                     source=source, gates=gates, seed=seed, predicted=predicted,
-                    on_event=on_event, embedder=embedder, tenant=tenant)  # fmt: skip
+                    on_event=on_event, embedder=embedder, tenant=tenant,
+                    limits=limits)  # fmt: skip
 
 
 def changed_steps(old: Workflow, new: Workflow) -> list[str]:
@@ -294,11 +296,12 @@ def reopen_run(
     wf: Workflow, journal: Journal, row: Mapping[str, Any], session: Session, *,
     providers: Mapping[str, Provider], gates: dict[str, Check], predicted: Estimate,
     on_event: Callable[[Event], None] | None, embedder: Embedder | None,
-    changed: Sequence[str] = (),
+    changed: Sequence[str] = (), limits: Mapping[str, Route] | None = None,
 ) -> tuple[Executor, dict[str, dict[str, Any]]]:  # fmt: skip
     """A journaled run's executor, set to go on where it stopped, and its steps already done.
 
-    Steps in ``changed`` run again. The row takes the session's ceiling and deadline.
+    Steps in ``changed`` run again. The row takes the session's ceiling and deadline;
+    ``limits`` as for :func:`open_run`.
     """
     run_id = row["run_id"]
     ids = {s.id for s in wf.steps}
@@ -310,7 +313,7 @@ def reopen_run(
     ex = Executor(wf, journal=journal, run_id=run_id, inputs=json.loads(row["inputs_json"]),
                   providers=providers, source=row["spec_source"], gates=gates, seed=row["seed"],
                   predicted=predicted, on_event=on_event, embedder=embedder,
-                  tenant=row["tenant"])  # fmt: skip
+                  tenant=row["tenant"], limits=limits)  # fmt: skip
     ex.resume_from = _resume_points(wf, journal.calls(run_id), done, list(changed))
     return ex, done
 
