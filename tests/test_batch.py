@@ -276,3 +276,29 @@ def test_a_models_limits_hold_for_the_batch_not_per_run(tmp_path: Path) -> None:
     free = parse_workflow(spec.read_text())
     r = run_batch(free, read_inputs(lines, free), journal=Journal(tmp_path / "j.db"), parallel=4)
     assert r.status == "ok" and r.latency_s < 2 * 0.2  # together
+
+
+def test_a_batch_on_a_real_endpoint_bills_each_line_from_its_usage(tmp_path: Path) -> None:
+    """An OpenAI-compatible server on 127.0.0.1: each line's question, each line's answer."""
+    from trilemma.testing import Reply, ScriptedServer
+
+    def answer(payload: dict[str, Any]) -> Reply:
+        question = payload["messages"][-1]["content"].removeprefix("Answer: ")
+        return Reply(f"about {question}", prompt_tokens=10, completion_tokens=5, delay_s=0.05)
+
+    _, lines = write(tmp_path, 5)
+    with ScriptedServer(answer) as srv:
+        wf = parse_workflow(f"""version: 1
+inputs: {{question: null}}
+models:
+  api: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_1m_input: 1000,
+         usd_per_1m_output: 2000, max_tokens: 20, latency_s: 0.05, p_ok: 0.9}}
+steps:
+  - {{id: answer, model: api, prompt: "Answer: {{question}}"}}
+""")  # fmt: skip
+        r = run_batch(wf, read_inputs(lines, wf), journal=Journal(tmp_path / "j.db"),
+                      max_cost_usd=1.0, parallel=3)  # fmt: skip
+        assert len(srv.requests) == 5
+    assert r.status == "ok"
+    assert [x.outputs["answer"] for x in r.lines] == [f"about q{i}" for i in range(1, 6)]
+    assert r.cost_usd == pytest.approx(5 * (10 * 1000 + 5 * 2000) / 1e6)
