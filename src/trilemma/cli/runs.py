@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -144,23 +145,21 @@ def batch_cmd(
     if out is not None:
         write_atomic(out, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n"
                                   for r in result.lines))  # fmt: skip
-    if as_json:
-        emit_json(result.to_json())
-    else:
-        stdout_console().print(tables.batch_view(result))
-    if result.status != "ok":
-        sys.stderr.write(f"trilemma: {result.batch_id} {result.status}: {result.error}\n")
-        return 1
-    return 0
+    return _report(result, as_json, tables.batch_view, result.batch_id)
 
 
 def _report_run(result: Any, as_json: bool) -> int:
+    return _report(result, as_json, tables.run_view, f"run {result.run_id}")
+
+
+def _report(result: Any, as_json: bool, view: Callable[[Any], Any], name: str) -> int:
+    """Print a run's or a batch's JSON or tables; one line on stderr and 1 unless it is ok."""
     if as_json:
         emit_json(result.to_json())
     else:
-        stdout_console().print(tables.run_view(result))
+        stdout_console().print(view(result))
     if result.status != "ok":
-        sys.stderr.write(f"trilemma: run {result.run_id} {result.status}: {result.error}\n")
+        sys.stderr.write(f"trilemma: {name} {result.status}: {result.error}\n")
         return 1
     return 0
 
