@@ -51,6 +51,13 @@ def test_every_line_is_a_journaled_run_of_its_own_inputs(tmp_path: Path, cli) ->
         [call] = journal.calls(w["run_id"])
         assert f"Answer: q{w['line']}" in call["request_json"]
     assert len(journal.runs()) == 6
+    listed = cli("runs", "--journal", db, "--json").json()
+    assert sorted(x["batch_line"] for x in listed) == [1, 2, 3, 4, 5, 6]
+    assert {x["batch_id"] for x in listed} == {got["batch_id"]}
+    from trilemma.report.html import run_report
+
+    head = run_report(journal, written[2]["run_id"]).split("<h2>")[0]
+    assert f"line 3 of {got['batch_id']}" in head
     table = cli("batch", spec, "--inputs", lines, "--journal", db)
     assert table.code == 0 and "6 runs, ok" in table.out and "6 of 6" in table.out
 

@@ -224,7 +224,7 @@ def runs(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> in
     rows = Journal(journal, create=False).runs()
     if as_json:
         keys = ("run_id", "status", "cost_usd", "calls", "latency_s", "spec_source", "error",
-                "tenant")  # fmt: skip
+                "tenant", "batch_id", "batch_line")  # fmt: skip
         emit_json([{**{k: r[k] for k in keys}, "started_at": iso(r["started_at"]),
                      "finished_at": iso(r["finished_at"])} for r in rows])  # fmt: skip
     else:

@@ -92,7 +92,9 @@ def run_report(journal: Journal, run_id: str) -> str:
         f'<h1>Run {_e(run_id)}: <span class="{status_cls}">{_e(status)}</span></h1>',
         f'<p class="dim">spec {_e(run["spec_source"])}, started {_when(run["started_at"])}, '
         f"finished {_when(run['finished_at'])}, seed {_e(run['seed'])}"
-        + (f", for tenant {_e(run['tenant'])}" if run.get("tenant") else "") + "</p>",
+        + (f", for tenant {_e(run['tenant'])}" if run.get("tenant") else "")
+        + (f", line {run['batch_line']} of {_e(run['batch_id'])}" if run.get("batch_id") else "")
+        + "</p>",
     ]
     if run["error"]:
         parts.append(f'<p class="bad">{_e(run["error"])}</p>')
