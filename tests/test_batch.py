@@ -309,3 +309,14 @@ steps:
     assert r.status == "ok"
     assert [x.outputs["answer"] for x in r.lines] == [f"about q{i}" for i in range(1, 6)]
     assert r.cost_usd == pytest.approx(5 * (10 * 1000 + 5 * 2000) / 1e6)
+
+
+def test_inputs_can_come_from_standard_input(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    spec, lines = write(tmp_path, 3)
+    monkeypatch.setattr("sys.stdin", io.StringIO(lines.read_text()))
+    r = cli("batch", spec, "--inputs", "-", "--journal", tmp_path / "j.db", "--json")
+    assert r.code == 0 and r.json()["counts"]["ok"] == 3

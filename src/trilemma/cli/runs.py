@@ -81,7 +81,7 @@ def batch_cmd(
     spec: SpecFile,
     inputs: Annotated[
         Path,
-        typer.Option("--inputs", help="JSON Lines: one object of inputs per run.",
+        typer.Option("--inputs", help="JSON Lines: one object of inputs per run (- for stdin).",
                      show_default=False),
     ],
     max_cost: Annotated[

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,9 +166,10 @@ def read_inputs(path: Path, wf: Workflow, source: str = "<spec>") -> dict[int, d
     A line is a JSON object of the spec's declared inputs (``source`` names the spec in
     errors); numbers and booleans are taken as their text. Every line is checked before
     anything is spent: a bad one is a UsageError naming the file, the line and the fix.
+    The path ``-`` reads standard input.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--inputs {path}: cannot read it ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
