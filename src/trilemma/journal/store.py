@@ -619,19 +619,23 @@ class JournalWriter:
         finally:
             self._queued -= 1
 
-    async def aclose(self) -> None:
-        """Wait for the commits under way, commit what is left, stop the thread.
+    async def flush(self) -> None:
+        """Wait for the commits under way and commit what is left (the writer stays open).
 
         Raises the error of the first commit that failed (a journal error).
         """
+        while self._flushes:  # first, so that transactions land in the order they were made
+            await asyncio.gather(*self._flushes, return_exceptions=True)
+        ops = self._take()
+        if ops:
+            await self._commit(ops)
+        if self._failed is not None:
+            raise self._failed
+
+    async def aclose(self) -> None:
+        """:meth:`flush`, then stop the thread and close the connection."""
         try:
-            while self._flushes:  # first, so that transactions land in the order they were made
-                await asyncio.gather(*self._flushes, return_exceptions=True)
-            ops = self._take()
-            if ops:
-                await self._commit(ops)
-            if self._failed is not None:
-                raise self._failed
+            await self.flush()
         finally:
             self._pool.shutdown(wait=True)
             self._fast.close()

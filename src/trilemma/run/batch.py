@@ -34,11 +34,11 @@ from typing import Any
 
 from trilemma.cache.semantic import Embedder
 from trilemma.errors import UsageError
-from trilemma.journal.store import Journal
+from trilemma.journal.store import Journal, JournalWriter
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.providers.base import Provider
 from trilemma.run.budget import Clock, SpendGuard
-from trilemma.run.executor import RunResult, Session, new_run_id, spec_json
+from trilemma.run.executor import RunResult, Session, new_run_id, spec_json, writer_for
 from trilemma.run.routes import Route
 from trilemma.run.session import (
     build_gates,
@@ -285,12 +285,12 @@ def run_batch(
             ex = open_run(wf, journal, session, values=values[i], seed=seed_i, source=source,
                           providers=provs, gates=gates, predicted=predicted, on_event=None,
                           embedder=embedder, tenant=tenant, batch=(batch_id, no),
-                          limits=limits)  # fmt: skip
+                          limits=limits, writer=writer)  # fmt: skip
         else:  # stopped in an earlier session: on from where it stopped
             provs = providers_for(wf.models, row["seed"], shared)
             ex, done = reopen_run(wf, journal, row, session, providers=provs, gates=gates,
                                   predicted=predicted, on_event=None, embedder=embedder,
-                                  limits=limits)  # fmt: skip
+                                  limits=limits, writer=writer)  # fmt: skip
         r: RunResult = await ex.run(session, done)
         results[i] = LineResult(no, r.status, r.run_id, r.cost_usd, r.latency_s, r.outputs,
                                 r.error)  # fmt: skip
@@ -302,14 +302,21 @@ def run_batch(
                 done = sum(1 for x in results if x is not None)
                 on_progress(done, len(values), guard.spent)
 
+    writer: JournalWriter | None = None  # one connection and thread for every run, made in main
+
     async def main() -> None:
+        nonlocal writer
+        writer = writer_for(journal, limits.values())
         todo = [i for i, r in enumerate(results) if r is None]
         try:
             async with asyncio.TaskGroup() as tg:
                 for _ in range(min(parallel, len(values))):
                     tg.create_task(worker(todo))
         finally:
-            await close_providers(shared)
+            try:
+                await writer.aclose()
+            finally:
+                await close_providers(shared)
 
     if on_start is not None:
         on_start(batch_id)

@@ -24,7 +24,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,7 @@ __all__ = [
     "new_run_id",
     "spec_hash",
     "spec_json",
+    "writer_for",
 ]
 
 DEFAULT_PROMPT = "Task: {step}.\n{context}"
@@ -168,6 +169,12 @@ class RunResult:
         }
 
 
+def writer_for(journal: Journal, routes: Iterable[Route]) -> JournalWriter:
+    """The journal's writer for runs on ``routes``: a wider commit window when none may bill."""
+    free = not any(r.external for r in routes)
+    return JournalWriter(journal, FREE_COMMIT_S if free else GROUP_COMMIT_S)
+
+
 def new_run_id() -> str:
     """Sortable and unique: UTC time, then random hex."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
@@ -224,14 +231,16 @@ class Executor:
         embedder: Embedder | None = None,
         tenant: str | None = None,
         limits: Mapping[str, Route] | None = None,
+        writer: JournalWriter | None = None,
     ) -> None:
         self.wf = wf
         self.journal = journal
-        # ``limits``: routes whose per-model limits this run shares (with the other runs of a batch)
+        # ``limits``: routes whose per-model limits this run shares (with the other runs of a
+        # batch), as it may share their ``writer`` (which it then flushes but leaves open).
         self._routes = {n: limits[n].via(providers[n]) if limits else Route.of(m, providers[n])
                         for n, m in wf.models.items()}  # fmt: skip
-        free = not any(r.external for r in self._routes.values())
-        self.writer = JournalWriter(journal, FREE_COMMIT_S if free else GROUP_COMMIT_S)
+        self._own_writer = writer is None
+        self.writer = writer or writer_for(journal, self._routes.values())
         self.cache = Cache(self.writer, embedder)
         """The journal's cache; ``embedder`` embeds prompts for steps with a semantic cache."""
         self.tenant = tenant
@@ -295,7 +304,7 @@ class Executor:
             bug = group.exceptions[0]
             s.stop, s.stop_reason = "failed", f"{type(bug).__name__} raised in the run: {bug}"
         finally:
-            await self.writer.aclose()
+            await (self.writer.aclose() if self._own_writer else self.writer.flush())
         result = await self._finish(s, time.perf_counter() - started)
         if bug is not None:  # the journal says failed and why; the caller gets the error itself
             raise bug

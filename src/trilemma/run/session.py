@@ -20,7 +20,7 @@ from typing import Any
 from trilemma._proc import pid_alive
 from trilemma.cache.semantic import Embedder, default_embedder
 from trilemma.errors import UsageError
-from trilemma.journal.store import Journal, dumps
+from trilemma.journal.store import Journal, JournalWriter, dumps
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.providers.base import Provider
 from trilemma.providers.sim import SimProvider
@@ -199,11 +199,13 @@ def open_run(
     source: str, providers: Mapping[str, Provider], gates: dict[str, Check], predicted: Estimate,
     on_event: Callable[[Event], None] | None, embedder: Embedder | None, tenant: str | None,
     batch: tuple[str, int] | None = None, limits: Mapping[str, Route] | None = None,
+    writer: JournalWriter | None = None,
 ) -> Executor:  # fmt: skip
     """A new run in the journal (status running) and its executor, under ``session``'s budgets.
 
-    Its row records the session's ceiling and deadline; sessions may share them, and the
-    per-model ``limits`` (a batch, whose id and the run's line ``batch`` gives).
+    Its row records the session's ceiling and deadline; sessions may share them, the
+    per-model ``limits`` and the journal's ``writer`` (a batch, whose id and the run's line
+    ``batch`` gives).
     """
     run_id = new_run_id()
     text = spec_json(wf)
@@ -219,7 +221,7 @@ def open_run(
     return Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=providers,
                     source=source, gates=gates, seed=seed, predicted=predicted,
                     on_event=on_event, embedder=embedder, tenant=tenant,
-                    limits=limits)  # fmt: skip
+                    limits=limits, writer=writer)  # fmt: skip
 
 
 def changed_steps(old: Workflow, new: Workflow) -> list[str]:
@@ -297,11 +299,12 @@ def reopen_run(
     providers: Mapping[str, Provider], gates: dict[str, Check], predicted: Estimate,
     on_event: Callable[[Event], None] | None, embedder: Embedder | None,
     changed: Sequence[str] = (), limits: Mapping[str, Route] | None = None,
+    writer: JournalWriter | None = None,
 ) -> tuple[Executor, dict[str, dict[str, Any]]]:  # fmt: skip
     """A journaled run's executor, set to go on where it stopped, and its steps already done.
 
     Steps in ``changed`` run again. The row takes the session's ceiling and deadline;
-    ``limits`` as for :func:`open_run`.
+    ``limits`` and ``writer`` as for :func:`open_run`.
     """
     run_id = row["run_id"]
     ids = {s.id for s in wf.steps}
@@ -313,7 +316,7 @@ def reopen_run(
     ex = Executor(wf, journal=journal, run_id=run_id, inputs=json.loads(row["inputs_json"]),
                   providers=providers, source=row["spec_source"], gates=gates, seed=row["seed"],
                   predicted=predicted, on_event=on_event, embedder=embedder,
-                  tenant=row["tenant"], limits=limits)  # fmt: skip
+                  tenant=row["tenant"], limits=limits, writer=writer)  # fmt: skip
     ex.resume_from = _resume_points(wf, journal.calls(run_id), done, list(changed))
     return ex, done
 
