@@ -196,6 +196,7 @@ def test_a_batch_stopped_by_its_ceiling_goes_on_where_it_stopped(tmp_path: Path,
     assert (more["counts"]["ok"], more["from_journal"]) == (7, 4)
     rest = batch("--resume", first["batch_id"], "--max-cost", "1")
     assert (rest["status"], rest["counts"]["ok"], rest["from_journal"]) == ("ok", 10, 7)
+    assert rest["predicted"]["latency_s"]["batch"] == pytest.approx(0.001)  # 3 lines ran, at once
     assert rest["cost_usd"] == pytest.approx(0.10)  # each line paid for once
     journal = Journal(db)
     runs = journal.batch_runs(first["batch_id"])

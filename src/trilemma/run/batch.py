@@ -6,9 +6,8 @@ like any other, so ``trilemma ledger``, ``report`` and ``resume`` read it. Up to
 reserves its worst case against one :class:`~trilemma.run.budget.SpendGuard`: the
 batch's spend cannot cross its ceiling however its runs interleave. A model's limits
 (``max_concurrency``, ``rpm``, ``tpm``) are the endpoint's, so they too hold for the
-batch as a whole rather than per run. Once a
-reservation is refused, or the deadline passes, no further run starts; the lines
-left are reported ``not_started``.
+batch as a whole rather than per run. Once a reservation is refused, or the deadline
+passes, no further run starts; the lines left are reported ``not_started``.
 
 Each line's run gets its own simulator seed (the batch's plus the line's number less
 one), so simulated lines are independent draws rather than one outcome repeated.
@@ -106,7 +105,7 @@ class BatchResult:
     max_cost_usd: float | None
     """The batch's ceiling."""
     latency_s: float
-    """Wall-clock seconds of the batch."""
+    """Wall-clock seconds of this session of the batch."""
     predicted: Estimate
     """The planner's estimate for one run of the spec."""
     journal: str
@@ -116,8 +115,12 @@ class BatchResult:
 
     @property
     def latency_planned_s(self) -> float:
-        """The batch's wall-clock time by the planner: rounds of ``parallel`` critical paths."""
-        return math.ceil(len(self.lines) / self.parallel) * self.predicted.latency_critical_s
+        """This session's wall-clock time by the planner: rounds of ``parallel`` critical paths.
+
+        Lines an earlier session finished are not run, so they take no time.
+        """
+        to_run = sum(1 for r in self.lines if not r.from_journal)
+        return math.ceil(to_run / self.parallel) * self.predicted.latency_critical_s
 
     def count(self, status: str) -> int:
         """Lines that ended with ``status``."""
