@@ -1,9 +1,10 @@
-"""The command output embedded in docs/ is what the commands print today."""
+"""The command output embedded in docs/ is what the commands print today; README code runs."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from .conftest import ROOT
 
@@ -16,3 +17,15 @@ def test_docs_command_output_is_current() -> None:
         cwd=ROOT,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_readme_python_example_runs(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The README's "From Python" block, run as it is from the checkout's root."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("### From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(ROOT)
+    code = block.replace('Journal("faq.db")', f'Journal({str(tmp_path / "faq.db")!r})')
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("ok answer of answer (attempt ") and "$0.0020" in printed[0]
+    assert printed[1].startswith("batch-") and " ok [" in printed[1]
