@@ -51,3 +51,18 @@ def test_docstring_examples_run() -> None:
     for module in (trilemma, trilemma.spec, trilemma.cache.semantic, trilemma.run.steps):
         failures, _ = doctest.testmod(module)
         assert failures == 0
+
+
+def test_the_runner_loads_on_first_use_and_unknown_names_still_fail() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, trilemma; assert 'trilemma.run.session' not in sys.modules; "
+            "trilemma.execute; assert 'trilemma.run.session' in sys.modules")  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    try:
+        trilemma.no_such_name  # noqa: B018
+    except AttributeError as exc:
+        assert "no attribute 'no_such_name'" in str(exc)
+    else:
+        raise AssertionError("an unknown name must raise AttributeError")

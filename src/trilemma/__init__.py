@@ -10,6 +10,9 @@
 0.09
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from trilemma.errors import (
     CycleError,
     InfeasibleError,
@@ -37,9 +40,36 @@ from trilemma.spec import (
     workflow_from_dict,
 )
 
+if TYPE_CHECKING:  # loaded on first use (below), so that planning does not import the runner
+    from trilemma.journal import Journal
+    from trilemma.run.batch import BatchResult, run_batch
+    from trilemma.run.executor import RunResult
+    from trilemma.run.session import execute, resume
+
 __version__ = "0.1.0"
 
+#: Names the runner provides, imported when first asked for (``import trilemma`` stays quick).
+_RUNNER = {
+    "BatchResult": "trilemma.run.batch",
+    "Journal": "trilemma.journal",
+    "RunResult": "trilemma.run.executor",
+    "execute": "trilemma.run.session",
+    "resume": "trilemma.run.session",
+    "run_batch": "trilemma.run.batch",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _RUNNER.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trilemma' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
+    "BatchResult",
     "Budget",
     "Candidate",
     "CycleError",
@@ -48,10 +78,12 @@ __all__ = [
     "Faults",
     "InfeasibleError",
     "InputError",
+    "Journal",
     "ModelProfile",
     "OptimizeResult",
     "PlanError",
     "RunError",
+    "RunResult",
     "SimResult",
     "Simulation",
     "SpecError",
@@ -63,9 +95,12 @@ __all__ = [
     "__version__",
     "dump_workflow",
     "estimate",
+    "execute",
     "load_workflow",
     "optimize",
     "parse_workflow",
+    "resume",
+    "run_batch",
     "simulate",
     "workflow_from_dict",
 ]
