@@ -43,6 +43,8 @@ def test_every_line_is_a_journaled_run_of_its_own_inputs(tmp_path: Path, cli) ->
     assert got["cost_usd"] == pytest.approx(0.06)
     assert got["predicted"]["cost_usd"]["expected"] == pytest.approx(0.06)
     assert got["predicted"]["latency_s"] == {"batch": 0.002, "critical_path_per_run": 0.001}
+    assert got["quality_per_dollar"] == pytest.approx(100.0)  # every line ok at $0.01 a line
+    assert got["predicted"]["quality_per_dollar"] == pytest.approx(100.0)
     written = [json.loads(x) for x in out.read_text().splitlines()]
     assert [w["line"] for w in written] == [1, 2, 3, 4, 5, 6] == [x["line"] for x in got["runs"]]
     journal = Journal(db)

@@ -218,6 +218,7 @@ def batch_view(b: Any, shown: int = 10) -> Group:
               f"{b.count('ok')} of {n}")  # fmt: skip
     t.add_row("latency", f"{b.latency_planned_s:.2f}s ({b.parallel} at a time, "
               f"{p.latency_critical_s:.2f}s critical path each)", f"{b.latency_s:.2f}s")  # fmt: skip
+    t.add_row("quality per dollar", _qpd(p.quality_per_expected_dollar), _qpd(b.quality_per_dollar))
     counts = ", ".join(f"{b.count(s)} {s}" for s in
                        ("ok", "failed", "budget_exhausted", "deadline", "not_started") if b.count(s))  # fmt: skip
     earlier = sum(1 for r in b.lines if r.from_journal)

@@ -127,6 +127,11 @@ class BatchResult:
         return sum(1 for r in self.lines if r.status == status)
 
     @property
+    def quality_per_dollar(self) -> float | None:
+        """The seed's q/$, measured: the share of lines ok per dollar a line cost (None: free)."""
+        return self.count("ok") / self.cost_usd if self.cost_usd > 0 else None
+
+    @property
     def error(self) -> str | None:
         """Why the batch is not ok: the first line's reason that says so."""
         if self.status == "ok":
@@ -154,9 +159,11 @@ class BatchResult:
                 "cost_usd": {"expected": round(p.cost_expected * n, 12),
                              "worst": round(p.cost_worst * n, 12)},
                 "ok_lines": round(p.reliability * n, 6),
+                "quality_per_dollar": p.quality_per_expected_dollar,
                 "latency_s": {"batch": round(self.latency_planned_s, 12),
                               "critical_path_per_run": round(p.latency_critical_s, 12)},
             },
+            "quality_per_dollar": self.quality_per_dollar,
             "error": self.error,
             "runs": [r.to_json() for r in self.lines],
             "journal": self.journal,
