@@ -323,3 +323,27 @@ def test_inputs_can_come_from_standard_input(
     monkeypatch.setattr("sys.stdin", io.StringIO(lines.read_text()))
     r = cli("batch", spec, "--inputs", "-", "--journal", tmp_path / "j.db", "--json")
     assert r.code == 0 and r.json()["counts"]["ok"] == 3
+
+
+def test_the_report_of_a_batch_shows_its_totals_runs_and_lines(tmp_path: Path, cli) -> None:
+    import base64
+    import re
+
+    spec, lines = write(tmp_path, 10)
+    db, out = tmp_path / "j.db", tmp_path / "batch.html"
+    got = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--max-cost",
+              "0.045").json()  # fmt: skip
+    r = cli("report", got["batch_id"], "--journal", db, "--out", out)
+    assert r.code == 0
+    page = out.read_text()
+    assert f"{got['batch_id']}: 4 of " in page and "ceiling $0.0450" in page
+    table = page.split("<h2>Lines")[1]
+    assert table.count("<tr>") == 1 + sum(x["status"] != "not_started" for x in got["runs"])
+    assert "budget_exhausted" in table  # the lines the ceiling stopped say so
+    png = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1))
+    assert png[:4] == b"\x89PNG"
+    assert "http://" not in page and "https://" not in page
+    one = cli("report", got["runs"][0]["run_id"], "--journal", db, "--out", tmp_path / "r.html")
+    assert one.code == 0 and "<h2>Ledger" in (tmp_path / "r.html").read_text()  # a run's page
+    missing = cli("report", "batch-nope", "--journal", db)
+    assert missing.code == 2 and "'batch-nope' is not in" in missing.err

@@ -359,20 +359,23 @@ def ledger(
 
 @app.command(rich_help_panel="Run and read the journal")
 def report(
-    run_id: Annotated[str, typer.Argument(help="A run id (see trilemma runs).")],
+    run_id: Annotated[str, typer.Argument(help="A run id (see trilemma runs), or a batch id.")],
     journal: JournalOpt = DEFAULT_JOURNAL,
     out: Annotated[
-        Path | None, typer.Option("--out", help="The HTML file (default: report-RUN_ID.html).")
+        Path | None, typer.Option("--out", help="The HTML file (default: report-ID.html).")
     ] = None,
 ) -> int:
-    """One self-contained HTML page for a run: predicted beside measured, timeline, ledger.
+    """One self-contained HTML page for a run (predicted beside measured, timeline, ledger) or a batch.
 
     Example: trilemma report 20261124T053000Z-1a2b3c4d --out run.html
+    Example: trilemma report batch-20261124T053000Z-1a2b3c4d
     """
     from trilemma.journal import Journal
-    from trilemma.report.html import run_report
+    from trilemma.report.html import batch_report, run_report
 
-    page = run_report(Journal(journal, create=False), run_id)
+    j = Journal(journal, create=False)
+    is_batch = j.run(run_id) is None and bool(j.batch_runs(run_id))
+    page = batch_report(j, run_id) if is_batch else run_report(j, run_id)
     path = out or Path(f"report-{run_id}.html")
     write_atomic(path, page)
     sys.stdout.write(f"report: {path}\n")

@@ -1,4 +1,5 @@
-"""One self-contained HTML page for a run: predicted beside measured, the timeline, the ledger.
+"""One self-contained HTML page for a run (predicted beside measured, the timeline, the
+ledger) or for a batch (its totals beside the planner's, its runs over time, each line).
 
 Everything comes from the journal, so a report can be made for any run, finished,
 stopped or interrupted, by any process, long after it ran. The page has no external
@@ -18,10 +19,10 @@ from typing import Any
 from trilemma import __version__
 from trilemma.errors import UsageError
 from trilemma.journal import Journal
-from trilemma.report.plots import timeline_png
+from trilemma.report.plots import batch_png, timeline_png
 from trilemma.report.tables import LEDGER_KEYS, ledger_row
 
-__all__ = ["run_report"]
+__all__ = ["batch_report", "run_report"]
 
 #: Longest output or error text shown in a table cell.
 CELL_CHARS = 400
@@ -110,6 +111,63 @@ def run_report(journal: Journal, run_id: str) -> str:
         _steps(order, steps),
         f"<h2>Ledger: {len(calls)} calls</h2>",
         _ledger(calls),
+        f'<p class="dim">trilemma {__version__}, journal {_e(journal.path)}</p>',
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def batch_report(journal: Journal, batch_id: str) -> str:
+    """The HTML page for a batch's runs; UsageError if the journal holds none of them."""
+    by_line = journal.batch_runs(batch_id)
+    if not by_line:
+        raise UsageError(
+            f"batch {batch_id!r} is not in {journal.path}; `trilemma runs --json` gives each "
+            "run's batch_id"
+        )
+    runs = [by_line[k] for k in sorted(by_line)]
+    n, first = len(runs), runs[0]
+    p = json.loads(first["predicted_json"] or "{}")
+    ok = sum(1 for r in runs if r["status"] == "ok")
+    cost = sum(r["cost_usd"] for r in runs)
+    cost_p = p.get("cost_usd", {})
+    started = min(r["started_at"] for r in runs)
+    ended = max((r["finished_at"] for r in runs if r["finished_at"]), default=None)
+    ceiling = first["max_cost_usd"]
+    rows = [
+        ("cost", f"{_usd(cost_p.get('expected', 0) * n)} expected, "
+                 f"{_usd(cost_p.get('worst', 0) * n)} worst",
+         _usd(cost), "-" if ceiling is None else f"ceiling {_usd(ceiling)}"),
+        ("runs ok", f"{p.get('reliability', 0) * n:.1f} of {n}", f"{ok} of {n}", ""),
+        ("critical path per run", _s(p.get("latency_s", {}).get("critical_path")),
+         _s(sum((r["latency_s"] or 0) for r in runs) / n) + " on average", ""),
+    ]  # fmt: skip
+    lines = [
+        (_e(r["batch_line"]), f'<span class="{"ok" if r["status"] == "ok" else "bad"}">'
+         f'{_e(r["status"])}</span>', _e(r["run_id"]), _usd(r["cost_usd"]), _s(r["latency_s"]),
+         _e(_cut(r["error"])))
+        for r in runs
+    ]  # fmt: skip
+    png = batch_png(runs, ceiling)
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>trilemma {_e(batch_id)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{_e(batch_id)}: {ok} of {n} runs ok</h1>",
+        f'<p class="dim">spec {_e(first["spec_source"])}, started {_when(started)}, '
+        f"last run ended {_when(ended)}"
+        + (f", for tenant {_e(first['tenant'])}" if first["tenant"] else "") + "</p>",
+        "<h2>Predicted beside measured</h2>",
+        _table(("", "predicted", "measured", "budget"), rows, {1, 2}),
+        "<h2>Runs over time</h2>",
+        '<p class="dim">Each bar is one line\'s run, coloured by how it ended; below, the spend '
+        "as runs end, against the batch's ceiling.</p>",
+        f'<img alt="the batch\'s runs over time" src="data:image/png;base64,'
+        f'{base64.b64encode(png).decode()}">',
+        f"<h2>Lines: {n} runs</h2>",
+        '<p class="dim">Lines that never started have no run here; `trilemma report RUN_ID` '
+        "shows one run's steps and ledger.</p>",
+        _table(("line", "status", "run", "cost", "latency", "error"), lines, {0, 3, 4}),
         f'<p class="dim">trilemma {__version__}, journal {_e(journal.path)}</p>',
         "</body></html>",
     ]

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from trilemma.experiments.sweep import Sweep
 
 __all__ = [
+    "batch_png",
     "plot_cliff",
     "plot_compare",
     "plot_frontier",
@@ -211,19 +212,63 @@ def timeline_png(
             ax.axvline(run["deadline_at"] - t0, color="tab:red", linestyle="--", linewidth=1)
     top.legend(loc="lower right", fontsize=8)
     top.grid(alpha=0.3, axis="x")
+    _spend(bottom, spend, run["max_cost_usd"], "spend", "seconds since the run started")
+    buf = io.BytesIO()
+    _save(fig, buf)
+    return buf.getvalue()
+
+
+def _spend(ax: Any, spend: list[tuple[float, float]], ceiling: float | None, label: str,
+           xlabel: str) -> None:  # fmt: skip
+    """Dollars spent over time, ``(seconds, cost)`` each, as a step line under the ceiling."""
     spend.sort()
     xs, total, ys = [0.0], 0.0, [0.0]
     for x, cost in spend:
         total += cost
         xs.append(x)
         ys.append(total)
-    bottom.step(xs, ys, where="post", label="spend")
-    if run["max_cost_usd"] is not None:
-        bottom.axhline(run["max_cost_usd"], color="tab:red", linestyle="--", label="ceiling")
-    bottom.set_ylabel("dollars")
-    bottom.set_xlabel("seconds since the run started")
-    bottom.legend(loc="upper left", fontsize=8)
-    bottom.grid(alpha=0.3)
+    ax.step(xs, ys, where="post", label=label)
+    if ceiling is not None:
+        ax.axhline(ceiling, color="tab:red", linestyle="--", label="ceiling")
+    ax.set_ylabel("dollars")
+    ax.set_xlabel(xlabel)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+#: A run's colour by its status, in a batch's plot.
+STATUS_COLOURS = {"ok": "tab:green", "failed": "tab:red", "budget_exhausted": "tab:orange",
+                  "deadline": "tab:purple", "running": "tab:gray"}  # fmt: skip
+
+
+def batch_png(runs: Sequence[dict[str, Any]], ceiling: float | None) -> bytes:
+    """A batch's runs as bars on their lines' rows, and its spend as they finish, against the ceiling.
+
+    ``runs`` are journal rows with ``batch_line``. A run still marked running (a crash) is
+    drawn up to its last journaled moment, or now.
+    """
+    t0 = min(r["started_at"] for r in runs)
+    lines = sorted(r["batch_line"] for r in runs)
+    height = max(2.5, min(0.12 * len(lines) + 1.0, 12.0))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, height + 2.2), sharex=True,
+                                      gridspec_kw={"height_ratios": [height, 2.0]})  # fmt: skip
+    seen: set[str] = set()
+    spend: list[tuple[float, float]] = []
+    for r in runs:
+        end = r["finished_at"] if r["finished_at"] is not None else time.time()
+        status = r["status"] if r["status"] in STATUS_COLOURS else "failed"
+        top.barh(r["batch_line"], max(end - r["started_at"], 1e-4), left=r["started_at"] - t0,
+                 height=0.8, color=STATUS_COLOURS[status],
+                 label=None if status in seen else status)  # fmt: skip
+        seen.add(status)
+        if r["cost_usd"]:
+            spend.append((end - t0, r["cost_usd"]))
+    top.set_ylim(lines[-1] + 0.5, lines[0] - 0.5)
+    top.set_ylabel("line")
+    top.set_title(f"{len(runs)} runs, each from its start to its end")
+    top.legend(loc="lower right", fontsize=8)
+    top.grid(alpha=0.3, axis="x")
+    _spend(bottom, spend, ceiling, "spend, as runs end", "seconds since the batch started")
     buf = io.BytesIO()
     _save(fig, buf)
     return buf.getvalue()
