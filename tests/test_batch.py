@@ -232,6 +232,9 @@ def test_a_killed_batch_resumes_without_paying_twice(tmp_path: Path, cli) -> Non
     assert 2 <= sum(r["status"] == "ok" for r in before) < 6
     assert any(r["status"] == "running" for r in before)  # cut off mid-run
     (batch_id,) = {r["batch_id"] for r in before}
+    doctor = cli("doctor", "--journal", db, "--json").json()
+    assert doctor["interrupted_batches"] == [{"batch_id": batch_id, "spec_source": str(spec)}]
+    assert f"--resume {batch_id}`" in cli("doctor", "--journal", db).out
     r = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--resume", batch_id)
     got = r.json()
     assert r.code == 0 and got["counts"]["ok"] == 6, r.err

@@ -316,6 +316,9 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
                 console.print(
                     f"interrupted run {run_id}: finish it with `trilemma resume {run_id}`"
                 )
+        for b in report["interrupted_batches"]:
+            console.print(f"interrupted batch {b['batch_id']}: go on with `trilemma batch "
+                          f"{b['spec_source']} --inputs <the same file> --resume {b['batch_id']}`")  # fmt: skip
         for c in report["orphaned_in_flight_calls"]:
             console.print(f"in flight at the crash (may have been billed): run {c['run_id']} step "
                           f"{c['step_id']} attempt {c['attempt']} call {c['call']} ({c['model']})")  # fmt: skip

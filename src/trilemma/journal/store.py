@@ -327,7 +327,8 @@ class Journal:
         return self.totals(run_id)[0]
 
     def check(self) -> dict[str, Any]:
-        """What ``trilemma doctor`` reports: integrity, schema, interrupted runs, calls in flight.
+        """What ``trilemma doctor`` reports: integrity, schema, interrupted runs (and the batches
+        they belong to), calls in flight.
 
         ``unsettled_calls_in_ended_runs`` are calls still marked in flight in a run that
         ended: no crash explains them (an older trilemma could leave a debate's calls so).
@@ -335,7 +336,8 @@ class Journal:
         with map_sqlite_errors(self.path):
             integrity = [r[0] for r in self.db.execute("PRAGMA integrity_check")]
             running = self._rows(
-                "SELECT run_id, pid, started_at FROM runs WHERE status = 'running'"
+                "SELECT run_id, pid, started_at, batch_id, spec_source FROM runs "
+                "WHERE status = 'running'"
             )
             in_flight = self._rows(
                 "SELECT c.run_id, c.step_id, c.attempt, c.call, c.model, c.reserved_usd, "
@@ -346,6 +348,7 @@ class Journal:
         dead = {r["run_id"] for r in interrupted}
         run_status = [c.pop("status") for c in in_flight]  # not part of a call's report
         ended = [c for c, st in zip(in_flight, run_status, strict=True) if st != "running"]
+        batches = dict.fromkeys((r["batch_id"], r["spec_source"]) for r in interrupted if r["batch_id"])
         return {
             "journal": str(self.path),
             "schema_version": self.schema_version,
@@ -353,6 +356,7 @@ class Journal:
             "integrity": "ok" if integrity == ["ok"] else integrity,
             "runs": int(self.db.execute("SELECT count(*) FROM runs").fetchone()[0]),
             "interrupted_runs": [r["run_id"] for r in interrupted],
+            "interrupted_batches": [{"batch_id": b, "spec_source": src} for b, src in batches],
             "orphaned_in_flight_calls": [c for c in in_flight if c["run_id"] in dead],
             "unsettled_calls_in_ended_runs": ended,
         }
