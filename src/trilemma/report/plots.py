@@ -188,9 +188,7 @@ def timeline_png(
     """
     t0 = run["started_at"]
     rows = {sid: i for i, sid in enumerate(order)}
-    height = max(2.5, min(0.28 * len(order) + 1.0, 14.0))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, height + 2.2), sharex=True,
-                                      gridspec_kw={"height_ratios": [height, 2.0]})  # fmt: skip
+    fig, top, bottom = _bars_over_spend(max(2.5, min(0.28 * len(order) + 1.0, 14.0)))
     seen: set[str] = set()
     spend: list[tuple[float, float]] = []
     for c in calls:
@@ -216,6 +214,13 @@ def timeline_png(
     buf = io.BytesIO()
     _save(fig, buf)
     return buf.getvalue()
+
+
+def _bars_over_spend(height: float) -> tuple[Any, Any, Any]:
+    """A figure of bars ``height`` inches tall above a spend panel, sharing the time axis."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, height + 2.2), sharex=True,
+                                      gridspec_kw={"height_ratios": [height, 2.0]})  # fmt: skip
+    return fig, top, bottom
 
 
 def _spend(ax: Any, spend: list[tuple[float, float]], ceiling: float | None, label: str,
@@ -245,13 +250,11 @@ def batch_png(runs: Sequence[dict[str, Any]], ceiling: float | None) -> bytes:
     """A batch's runs as bars on their lines' rows, and its spend as they finish, against the ceiling.
 
     ``runs`` are journal rows with ``batch_line``. A run still marked running (a crash) is
-    drawn up to its last journaled moment, or now.
+    drawn up to now.
     """
     t0 = min(r["started_at"] for r in runs)
     lines = sorted(r["batch_line"] for r in runs)
-    height = max(2.5, min(0.12 * len(lines) + 1.0, 12.0))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, height + 2.2), sharex=True,
-                                      gridspec_kw={"height_ratios": [height, 2.0]})  # fmt: skip
+    fig, top, bottom = _bars_over_spend(max(2.5, min(0.12 * len(lines) + 1.0, 12.0)))
     seen: set[str] = set()
     spend: list[tuple[float, float]] = []
     for r in runs:
