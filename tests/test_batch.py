@@ -350,3 +350,18 @@ def test_the_report_of_a_batch_shows_its_totals_runs_and_lines(tmp_path: Path, c
     assert one.code == 0 and "<h2>Ledger" in (tmp_path / "r.html").read_text()  # a run's page
     missing = cli("report", "batch-nope", "--journal", db)
     assert missing.code == 2 and "'batch-nope' is not in" in missing.err
+
+
+def test_plan_says_what_a_batch_should_cost_and_sends_nothing(tmp_path: Path, cli) -> None:
+    db = tmp_path / "j.db"
+    args = ("batch", EXAMPLES / "faq.yaml", "--inputs", EXAMPLES / "questions.jsonl", "--plan",
+            "--journal", db)  # fmt: skip
+    plan = cli(*args, "--max-cost", "0.05", "--json").json()
+    assert (plan["lines"], plan["parallel"], plan["max_cost_usd"]) == (12, 4, 0.05)
+    assert plan["predicted"]["cost_usd"]["worst"] == pytest.approx(12 * 3 * 0.002)
+    assert plan["runs_covered_at_worst"] == 8  # $0.05 over $0.006 a run at worst
+    assert plan["predicted"]["latency_s"]["batch"] == pytest.approx(3 * 0.6)
+    assert cli(*args, "--json").json()["runs_covered_at_worst"] is None  # no ceiling
+    table = cli(*args, "--max-cost", "0.05")
+    assert table.code == 0 and "pays for 8 of 12 runs even at their worst" in table.out
+    assert not db.exists()  # nothing was run or journaled

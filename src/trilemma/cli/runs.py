@@ -106,6 +106,9 @@ def batch_cmd(
         typer.Option(help="Go on with this batch: lines done are not run again.",
                      show_default=False),
     ] = None,
+    plan: Annotated[
+        bool, typer.Option("--plan", help="Only print what the batch should cost and take.")
+    ] = False,
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonFlag = False,
 ) -> int:
@@ -117,13 +120,20 @@ def batch_cmd(
     Example: trilemma batch examples/faq.yaml --inputs examples/questions.jsonl --max-cost 0.05
     """
     from trilemma.journal import Journal
-    from trilemma.run.batch import read_inputs, run_batch
+    from trilemma.run.batch import plan_batch, read_inputs, run_batch
     from trilemma.run.session import check_tenant
 
     positive("--parallel", parallel)
     check_tenant(tenant)
     wf = load_workflow(spec)
     lines = read_inputs(inputs, wf, str(spec))
+    if plan:  # before spending: the planner's figures for these lines, nothing journaled
+        planned = plan_batch(wf, len(lines), parallel=parallel, max_cost_usd=max_cost)
+        if as_json:
+            emit_json(planned)
+        else:
+            stdout_console().print(tables.batch_plan_view(planned))
+        return 0
     _load_embedder(wf, show=not as_json)
     ceiling = max_cost if max_cost is not None else wf.budget.max_cost_usd
     cap = f" / ${ceiling:.4f}" if ceiling is not None else ""

@@ -241,6 +241,27 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     return Group(*parts)
 
 
+def batch_plan_view(plan: dict[str, Any]) -> Table:
+    """``trilemma batch --plan``: what the batch should cost and take, before it runs."""
+    p, n = plan["predicted"], plan["lines"]
+    t = Table(title=f"Plan for {n} runs, {plan['parallel']} at a time (nothing sent)",
+              title_justify="left")  # fmt: skip
+    t.add_column("")
+    t.add_column("predicted", justify="right")
+    t.add_row("cost", f"{_usd(p['cost_usd']['expected'])} expected, "
+                      f"{_usd(p['cost_usd']['worst'])} worst")  # fmt: skip
+    t.add_row("runs ok", f"{p['ok_lines']:.1f} of {n}")
+    t.add_row("latency", f"{p['latency_s']['batch']:.2f}s "
+                         f"({p['latency_s']['critical_path_per_run']:.2f}s critical path each)")  # fmt: skip
+    t.add_row("quality per dollar", _qpd(p["quality_per_dollar"]))
+    if plan["max_cost_usd"] is not None:
+        covered = plan["runs_covered_at_worst"]
+        t.add_row("ceiling", f"{_usd(plan['max_cost_usd'])}: " + (
+            "no run can cost anything" if covered is None else
+            f"pays for {covered} of {n} runs even at their worst"))  # fmt: skip
+    return t
+
+
 def runs_table(rows: list[dict[str, Any]]) -> Table:
     """``trilemma runs``."""
     t = Table(title=f"{len(rows)} runs, newest first", title_justify="left")

@@ -54,7 +54,7 @@ from trilemma.run.session import (
 )
 from trilemma.spec import Workflow
 
-__all__ = ["BatchResult", "LineResult", "read_inputs", "run_batch"]
+__all__ = ["BatchResult", "LineResult", "plan_batch", "predicted_json", "read_inputs", "run_batch"]
 
 #: Runs at a time unless told otherwise.
 DEFAULT_PARALLEL = 4
@@ -120,7 +120,7 @@ class BatchResult:
         Lines an earlier session finished are not run, so they take no time.
         """
         to_run = sum(1 for r in self.lines if not r.from_journal)
-        return math.ceil(to_run / self.parallel) * self.predicted.latency_critical_s
+        return _rounds(to_run, self.parallel) * self.predicted.latency_critical_s
 
     def count(self, status: str) -> int:
         """Lines that ended with ``status``."""
@@ -155,19 +155,49 @@ class BatchResult:
             "cost_usd": round(self.cost_usd, 12),
             "max_cost_usd": self.max_cost_usd,
             "latency_s": round(self.latency_s, 6),
-            "predicted": {
-                "cost_usd": {"expected": round(p.cost_expected * n, 12),
-                             "worst": round(p.cost_worst * n, 12)},
-                "ok_lines": round(p.reliability * n, 6),
-                "quality_per_dollar": p.quality_per_expected_dollar,
-                "latency_s": {"batch": round(self.latency_planned_s, 12),
-                              "critical_path_per_run": round(p.latency_critical_s, 12)},
-            },
+            "predicted": predicted_json(p, n, self.latency_planned_s),
             "quality_per_dollar": self.quality_per_dollar,
             "error": self.error,
             "runs": [r.to_json() for r in self.lines],
             "journal": self.journal,
         }  # fmt: skip
+
+
+def predicted_json(p: Estimate, lines: int, latency_s: float) -> dict[str, Any]:
+    """The planner's figures for ``lines`` runs of a spec estimated as ``p``, taking ``latency_s``."""
+    return {
+        "cost_usd": {"expected": round(p.cost_expected * lines, 12),
+                     "worst": round(p.cost_worst * lines, 12)},
+        "ok_lines": round(p.reliability * lines, 6),
+        "quality_per_dollar": p.quality_per_expected_dollar,
+        "latency_s": {"batch": round(latency_s, 12),
+                      "critical_path_per_run": round(p.latency_critical_s, 12)},
+    }  # fmt: skip
+
+
+def plan_batch(
+    wf: Workflow, lines: int, *, parallel: int = DEFAULT_PARALLEL,
+    max_cost_usd: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """What a batch of ``lines`` runs should cost and take, before anything is spent.
+
+    ``runs_covered_at_worst``: how many runs the ceiling pays for even if every one uses
+    every retry (None without a ceiling, or when a run costs nothing at worst).
+    """
+    p = estimate(wf)
+    ceiling = max_cost_usd if max_cost_usd is not None else wf.budget.max_cost_usd
+    covered = None
+    if ceiling is not None and p.cost_worst > 0:
+        covered = min(lines, math.floor(ceiling / p.cost_worst + 1e-9))
+    return {
+        "lines": lines, "parallel": parallel, "max_cost_usd": ceiling,
+        "runs_covered_at_worst": covered,
+        "predicted": predicted_json(p, lines, _rounds(lines, parallel) * p.latency_critical_s),
+    }  # fmt: skip
+
+
+def _rounds(runs: int, parallel: int) -> int:
+    return math.ceil(runs / parallel)
 
 
 def read_inputs(path: Path, wf: Workflow, source: str = "<spec>") -> dict[int, dict[str, str]]:
