@@ -67,8 +67,7 @@ def run_cmd(
     wf = load_workflow(spec)
     values = _inputs(inputs)
     _load_embedder(wf, show=not as_json)
-    ceiling = max_cost if max_cost is not None else wf.budget.max_cost_usd
-    limit = deadline if deadline is not None else wf.budget.deadline_s
+    ceiling, limit = wf.budget.resolve(max_cost, deadline)
     with _RunDisplay(len(wf.steps), ceiling, limit, enabled=not as_json) as display:
         result = execute(wf, journal=Journal(journal), inputs=values, max_cost_usd=max_cost,
                          deadline_s=deadline, seed=seed, source=str(spec),
@@ -135,7 +134,7 @@ def batch_cmd(
             stdout_console().print(tables.batch_plan_view(planned))
         return 0
     _load_embedder(wf, show=not as_json)
-    ceiling = max_cost if max_cost is not None else wf.budget.max_cost_usd
+    ceiling, _ = wf.budget.resolve(max_cost)
     cap = f" / ${ceiling:.4f}" if ceiling is not None else ""
     with progress(not as_json and sys.stderr.isatty()) as bar:
         task = bar.add_task("runs", total=len(lines))

@@ -205,20 +205,29 @@ def run_view(r: Any) -> Group:
     return Group(t, st, Text(f"journal: {r.journal}", style="dim"))
 
 
+def _planned_rows(plan: dict[str, Any], n: int, parallel: int) -> list[tuple[str, str]]:
+    """The planner's figures for a batch (``predicted_json``), a row each."""
+    cost, latency = plan["cost_usd"], plan["latency_s"]
+    return [
+        ("cost", f"{_usd(cost['expected'])} expected, {_usd(cost['worst'])} worst"),
+        ("runs ok", f"{plan['ok_lines']:.1f} of {n}" + (f" ({_pct(plan['ok_lines'] / n)})" if n else "")),
+        ("latency", f"{latency['batch']:.2f}s ({parallel} at a time, "
+                    f"{latency['critical_path_per_run']:.2f}s critical path each)"),
+        ("quality per dollar", _qpd(plan["quality_per_dollar"])),
+    ]  # fmt: skip
+
+
 def batch_view(b: Any, shown: int = 10) -> Group:
     """A batch: predicted beside measured over its lines, then the lines that did not finish ok."""
-    n, p = len(b.lines), b.predicted
+    n = len(b.lines)
     ceiling = f" (ceiling {_usd(b.max_cost_usd)})" if b.max_cost_usd is not None else ""
+    measured = [_usd(b.cost_usd) + ceiling, f"{b.count('ok')} of {n}", f"{b.latency_s:.2f}s",
+                _qpd(b.quality_per_dollar)]  # fmt: skip
     t = Table(title=f"{b.batch_id}: {n} runs, {b.status}", title_justify="left")
     for col in ("", "predicted", "measured"):
         t.add_column(col, justify="right")
-    t.add_row("cost", f"{_usd(p.cost_expected * n)} expected, {_usd(p.cost_worst * n)} worst",
-              _usd(b.cost_usd) + ceiling)  # fmt: skip
-    t.add_row("runs ok", f"{p.reliability * n:.1f} of {n} ({_pct(p.reliability)})",
-              f"{b.count('ok')} of {n}")  # fmt: skip
-    t.add_row("latency", f"{b.latency_planned_s:.2f}s ({b.parallel} at a time, "
-              f"{p.latency_critical_s:.2f}s critical path each)", f"{b.latency_s:.2f}s")  # fmt: skip
-    t.add_row("quality per dollar", _qpd(p.quality_per_expected_dollar), _qpd(b.quality_per_dollar))
+    for (label, planned), got in zip(_planned_rows(b.planned(), n, b.parallel), measured, strict=True):
+        t.add_row(label, planned, got)
     counts = ", ".join(f"{b.count(s)} {s}" for s in
                        ("ok", "failed", "budget_exhausted", "deadline", "not_started") if b.count(s))  # fmt: skip
     earlier = sum(1 for r in b.lines if r.from_journal)
@@ -243,17 +252,13 @@ def batch_view(b: Any, shown: int = 10) -> Group:
 
 def batch_plan_view(plan: dict[str, Any]) -> Table:
     """``trilemma batch --plan``: what the batch should cost and take, before it runs."""
-    p, n = plan["predicted"], plan["lines"]
+    n = plan["lines"]
     t = Table(title=f"Plan for {n} runs, {plan['parallel']} at a time (nothing sent)",
               title_justify="left")  # fmt: skip
     t.add_column("")
     t.add_column("predicted", justify="right")
-    t.add_row("cost", f"{_usd(p['cost_usd']['expected'])} expected, "
-                      f"{_usd(p['cost_usd']['worst'])} worst")  # fmt: skip
-    t.add_row("runs ok", f"{p['ok_lines']:.1f} of {n}")
-    t.add_row("latency", f"{p['latency_s']['batch']:.2f}s "
-                         f"({p['latency_s']['critical_path_per_run']:.2f}s critical path each)")  # fmt: skip
-    t.add_row("quality per dollar", _qpd(p["quality_per_dollar"]))
+    for row in _planned_rows(plan["predicted"], n, plan["parallel"]):
+        t.add_row(*row)
     if plan["max_cost_usd"] is not None:
         covered = plan["runs_covered_at_worst"]
         t.add_row("ceiling", f"{_usd(plan['max_cost_usd'])}: " + (

@@ -26,6 +26,7 @@ import json
 import math
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,10 @@ class BatchResult:
         to_run = sum(1 for r in self.lines if not r.from_journal)
         return _rounds(to_run, self.parallel) * self.predicted.latency_critical_s
 
+    def planned(self) -> dict[str, Any]:
+        """The planner's figures for the batch (as ``--plan`` gives them before it runs)."""
+        return predicted_json(self.predicted, len(self.lines), self.latency_planned_s)
+
     def count(self, status: str) -> int:
         """Lines that ended with ``status``."""
         return sum(1 for r in self.lines if r.status == status)
@@ -144,7 +149,7 @@ class BatchResult:
 
     def to_json(self) -> dict[str, Any]:
         """The contract of ``trilemma batch --json``."""
-        n, p = len(self.lines), self.predicted
+        n = len(self.lines)
         return {
             "batch_id": self.batch_id,
             "status": self.status,
@@ -155,7 +160,7 @@ class BatchResult:
             "cost_usd": round(self.cost_usd, 12),
             "max_cost_usd": self.max_cost_usd,
             "latency_s": round(self.latency_s, 6),
-            "predicted": predicted_json(p, n, self.latency_planned_s),
+            "predicted": self.planned(),
             "quality_per_dollar": self.quality_per_dollar,
             "error": self.error,
             "runs": [r.to_json() for r in self.lines],
@@ -185,7 +190,7 @@ def plan_batch(
     every retry (None without a ceiling, or when a run costs nothing at worst).
     """
     p = estimate(wf)
-    ceiling = max_cost_usd if max_cost_usd is not None else wf.budget.max_cost_usd
+    ceiling, _ = wf.budget.resolve(max_cost_usd)
     covered = None
     if ceiling is not None and p.cost_worst > 0:
         covered = min(lines, math.floor(ceiling / p.cost_worst + 1e-9))
@@ -292,18 +297,17 @@ def run_batch(
     gates = build_gates(wf, source)
     embedder = embedder_for(wf, embedder)
     base_seed = run_seed(wf, seed)
-    ceiling = max_cost_usd if max_cost_usd is not None else wf.budget.max_cost_usd
-    deadline = deadline_s if deadline_s is not None else wf.budget.deadline_s
+    ceiling, deadline = wf.budget.resolve(max_cost_usd, deadline_s)
     started = time.time()
     guard = SpendGuard(ceiling, spent=math.fsum(journal.spent(r["run_id"]) for r in earlier.values()))
     clock = Clock(started + deadline if deadline is not None else None)
     predicted = estimate(wf)
-    # Endpoints' clients are made once for the batch; the simulator is seeded per line.
-    shared = {n: p for n, p in providers_for(wf.models, base_seed, providers).items()
+    # Endpoints' clients are made once for the batch; the simulator is seeded per line. A
+    # model's limits (concurrent calls, requests and tokens a minute) hold for the batch.
+    first_provs = providers_for(wf.models, base_seed, providers)
+    shared = {n: p for n, p in first_provs.items()
               if not wf.models[n].runs_on_simulator or (providers and n in providers)}  # fmt: skip
-    # A model's limits (concurrent calls, requests and tokens a minute) hold for the batch.
-    sample = providers_for(wf.models, base_seed, shared)  # each run swaps in its own
-    limits = {n: Route.of(m, sample[n]) for n, m in wf.models.items()}
+    limits = {n: Route.of(m, first_provs[n]) for n, m in wf.models.items()}
     results: list[LineResult | None] = [None] * len(values)
 
     for i, no in enumerate(numbers):  # lines an earlier session finished are not run again
@@ -316,10 +320,10 @@ def run_batch(
 
     async def one(i: int) -> None:
         no = numbers[i]
-        seed_i = base_seed + no - 1  # a line's draws follow its line number
+        row = earlier.get(no)
+        seed_i = row["seed"] if row else base_seed + no - 1  # a line's draws follow its number
         session = Session(guard, clock)
         provs = providers_for(wf.models, seed_i, shared)
-        row = earlier.get(no)
         done: dict[str, dict[str, Any]] = {}
         if row is None:
             ex = open_run(wf, journal, session, values=values[i], seed=seed_i, source=source,
@@ -327,7 +331,6 @@ def run_batch(
                           embedder=embedder, tenant=tenant, batch=(batch_id, no),
                           limits=limits, writer=writer)  # fmt: skip
         else:  # stopped in an earlier session: on from where it stopped
-            provs = providers_for(wf.models, row["seed"], shared)
             ex, done = reopen_run(wf, journal, row, session, providers=provs, gates=gates,
                                   predicted=predicted, on_event=None, embedder=embedder,
                                   limits=limits, writer=writer)  # fmt: skip
@@ -335,19 +338,22 @@ def run_batch(
         results[i] = LineResult(no, r.status, r.run_id, r.cost_usd, r.latency_s, r.outputs,
                                 r.error)  # fmt: skip
 
-    async def worker(todo: list[int]) -> None:
+    finished = sum(1 for r in results if r is not None)  # lines done, earlier sessions' too
+
+    async def worker(todo: deque[int]) -> None:
+        nonlocal finished
         while todo and not _stopping(guard, clock):
-            await one(todo.pop(0))
+            await one(todo.popleft())
+            finished += 1
             if on_progress is not None:
-                done = sum(1 for x in results if x is not None)
-                on_progress(done, len(values), guard.spent)
+                on_progress(finished, len(values), guard.spent)
 
     writer: JournalWriter | None = None  # one connection and thread for every run, made in main
 
     async def main() -> None:
         nonlocal writer
         writer = writer_for(journal, limits.values())
-        todo = [i for i, r in enumerate(results) if r is None]
+        todo = deque(i for i, r in enumerate(results) if r is None)
         try:
             async with asyncio.TaskGroup() as tg:
                 for _ in range(min(parallel, len(values))):

@@ -177,8 +177,7 @@ def execute(
     embedder = embedder_for(wf, embedder)
     seed = run_seed(wf, seed)
     provs = build_providers(wf, seed, providers)
-    ceiling = max_cost_usd if max_cost_usd is not None else wf.budget.max_cost_usd
-    deadline = deadline_s if deadline_s is not None else wf.budget.deadline_s
+    ceiling, deadline = wf.budget.resolve(max_cost_usd, deadline_s)
     deadline_at = time.time() + deadline if deadline is not None else None
     session = Session(SpendGuard(ceiling), Clock(deadline_at))
     ex = open_run(wf, journal, session, values=values, seed=seed, source=source, providers=provs,

@@ -399,6 +399,13 @@ class Budget(_Strict):
     deadline_s: Seconds | None = None
     min_reliability: Probability | None = None
 
+    def resolve(
+        self, max_cost_usd: float | None = None, deadline_s: float | None = None
+    ) -> tuple[float | None, float | None]:
+        """The ceiling and deadline a run holds to: those given (flags) first, else these."""
+        return (max_cost_usd if max_cost_usd is not None else self.max_cost_usd,
+                deadline_s if deadline_s is not None else self.deadline_s)  # fmt: skip
+
 
 class Simulation(_Strict):
     """How the Monte Carlo departs from the analytic model's assumptions.
