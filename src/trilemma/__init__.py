@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # loaded on first use (below), so that planning does not impo
     from trilemma.run.batch import BatchResult, run_batch
     from trilemma.run.executor import RunResult
     from trilemma.run.session import execute, resume
+    from trilemma.run.shared_budget import SharedCeiling
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,7 @@ _RUNNER = {
     "BatchResult": "trilemma.run.batch",
     "Journal": "trilemma.journal",
     "RunResult": "trilemma.run.executor",
+    "SharedCeiling": "trilemma.run.shared_budget",
     "execute": "trilemma.run.session",
     "resume": "trilemma.run.session",
     "run_batch": "trilemma.run.batch",
@@ -84,6 +86,7 @@ __all__ = [
     "PlanError",
     "RunError",
     "RunResult",
+    "SharedCeiling",
     "SimResult",
     "Simulation",
     "SpecError",

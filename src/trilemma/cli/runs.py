@@ -29,6 +29,27 @@ from trilemma.errors import UsageError
 from trilemma.report import tables
 from trilemma.spec import load_workflow, workflow_from_dict
 
+SharedBudgetOpt = Annotated[
+    str | None,
+    typer.Option("--shared-budget", metavar="NAME=USD", show_default=False,
+                 help="A ceiling shared with every run, in any process, that names it (kept in "
+                      "Redis), such as team-a=50."),
+]  # fmt: skip
+RedisOpt = Annotated[
+    str | None,
+    typer.Option("--redis", envvar="TRILEMMA_REDIS_URL", show_default=False,
+                 help="The Redis that keeps shared budgets (default redis://127.0.0.1:6379/0)."),
+]  # fmt: skip
+
+
+def _shared(text: str | None, redis: str | None) -> Any:
+    """The --shared-budget flag as a SharedCeiling (None without it); exit 2 when malformed."""
+    if text is None:
+        return None
+    from trilemma.run.shared_budget import SharedCeiling
+
+    return SharedCeiling.parse(text, redis)
+
 
 def _inputs(pairs: list[str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -53,6 +74,8 @@ def run_cmd(
         str | None,
         typer.Option(help="Whom the run works for: its cached steps use that tenant's answers only."),
     ] = None,
+    shared_budget: SharedBudgetOpt = None,
+    redis: RedisOpt = None,
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonFlag = False,
 ) -> int:
@@ -64,6 +87,7 @@ def run_cmd(
     from trilemma.run.session import check_tenant, execute
 
     check_tenant(tenant)
+    shared = _shared(shared_budget, redis)
     wf = load_workflow(spec)
     values = _inputs(inputs)
     _load_embedder(wf, show=not as_json)
@@ -71,7 +95,7 @@ def run_cmd(
     with _RunDisplay(len(wf.steps), ceiling, limit, enabled=not as_json) as display:
         result = execute(wf, journal=Journal(journal), inputs=values, max_cost_usd=max_cost,
                          deadline_s=deadline, seed=seed, source=str(spec),
-                         on_event=display.update, tenant=tenant)  # fmt: skip
+                         on_event=display.update, tenant=tenant, shared=shared)  # fmt: skip
     return _report_run(result, as_json)
 
 
@@ -108,6 +132,8 @@ def batch_cmd(
     plan: Annotated[
         bool, typer.Option("--plan", help="Only print what the batch should cost and take.")
     ] = False,
+    shared_budget: SharedBudgetOpt = None,
+    redis: RedisOpt = None,
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonFlag = False,
 ) -> int:
@@ -124,6 +150,7 @@ def batch_cmd(
 
     positive("--parallel", parallel)
     check_tenant(tenant)
+    shared = _shared(shared_budget, redis)
     wf = load_workflow(spec)
     lines = read_inputs(inputs, wf, str(spec))
     if plan:  # before spending: the planner's figures for these lines, nothing journaled
@@ -150,7 +177,7 @@ def batch_cmd(
         result = run_batch(wf, lines, journal=Journal(journal), max_cost_usd=max_cost,
                            deadline_s=deadline, parallel=parallel, seed=seed, source=str(spec),
                            tenant=tenant, on_progress=tick, on_start=started,
-                           resume=resume)  # fmt: skip
+                           resume=resume, shared=shared, redis=redis)  # fmt: skip
     if out is not None:
         write_atomic(out, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n"
                                   for r in result.lines))  # fmt: skip
@@ -233,7 +260,7 @@ def runs(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> in
     rows = Journal(journal, create=False).runs()
     if as_json:
         keys = ("run_id", "status", "cost_usd", "calls", "latency_s", "spec_source", "error",
-                "tenant", "batch_id", "batch_line")  # fmt: skip
+                "tenant", "batch_id", "batch_line", "shared_budget")  # fmt: skip
         emit_json([{**{k: r[k] for k in keys}, "started_at": iso(r["started_at"]),
                      "finished_at": iso(r["finished_at"])} for r in rows])  # fmt: skip
     else:
@@ -252,15 +279,20 @@ def resume_cmd(
         float | None, typer.Option(min=0.0, help="A new cost ceiling for the whole run, $.")
     ] = None,
     force: Annotated[bool, typer.Option(help="Resume even though the spec file changed.")] = False,
+    shared_budget: SharedBudgetOpt = None,
+    redis: RedisOpt = None,
     as_json: JsonFlag = False,
 ) -> int:
     """Finish an interrupted run: steps the journal holds as done are not called again.
+
+    A run started with --shared-budget goes on under that shared ceiling.
 
     Example: trilemma resume 20261124T053000Z-1a2b3c4d
     """
     from trilemma.journal import Journal
     from trilemma.run.session import resume
 
+    shared = _shared(shared_budget, redis)
     j = Journal(journal, create=False)
     row = j.run(run_id)
     spec = json.loads(row["spec_json"]) if row else {}
@@ -271,7 +303,7 @@ def resume_cmd(
         steps, max_cost or (row or {}).get("max_cost_usd"), deadline, enabled=not as_json
     ) as display:
         result = resume(j, run_id, deadline_s=deadline, max_cost_usd=max_cost, force=force,
-                        on_event=display.update)  # fmt: skip
+                        on_event=display.update, shared=shared, redis=redis)  # fmt: skip
     return _report_run(result, as_json)
 
 

@@ -163,6 +163,12 @@ def m007_batches(db: sqlite3.Connection) -> None:
     )
 
 
+def m008_shared_budgets(db: sqlite3.Connection) -> None:
+    """The ceiling a run shared with runs in other processes, as NAME=USD (never the store)."""
+    # A resume reserves against it again, so finishing a run cannot escape its team's ceiling.
+    db.execute("ALTER TABLE runs ADD COLUMN shared_budget TEXT")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_call_sends", m002_call_sends),
@@ -171,6 +177,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m005_specs", m005_specs),
     ("m006_tenants", m006_tenants),
     ("m007_batches", m007_batches),
+    ("m008_shared_budgets", m008_shared_budgets),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -51,8 +51,11 @@ from trilemma.run.session import (
     providers_for,
     reopen_run,
     run_seed,
+    shared_of,
+    shared_spend,
     still_running,
 )
+from trilemma.run.shared_budget import SharedCeiling
 from trilemma.spec import Workflow
 
 __all__ = ["BatchResult", "LineResult", "plan_batch", "predicted_json", "read_inputs", "run_batch"]
@@ -265,6 +268,8 @@ def run_batch(
     on_progress: Callable[[int, int, float], None] | None = None,
     on_start: Callable[[str], None] | None = None,
     resume: str | None = None,
+    shared: SharedCeiling | None = None,
+    redis: str | None = None,
 ) -> BatchResult:
     """Run ``wf`` once per set of ``inputs``, ``parallel`` at a time, under one ceiling.
 
@@ -276,6 +281,10 @@ def run_batch(
     ``resume``: the id of a batch to go on with, given the same spec and inputs; its
     ceiling, deadline, seed and tenant hold unless given anew. A provider's own bug (not
     a ProviderError) stops the batch and is raised.
+
+    ``shared``: a ceiling the batch's calls share with runs in other processes (see
+    :func:`~trilemma.run.session.execute`); a resumed batch keeps its own, kept at
+    ``redis``, unless given another.
     """
     if parallel < 1:
         raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
@@ -291,6 +300,7 @@ def run_batch(
         max_cost_usd = max_cost_usd if max_cost_usd is not None else first["max_cost_usd"]
         seed = seed if seed is not None else first["seed"] - first["batch_line"] + 1
         tenant = _same_tenant(tenant, first["tenant"], resume)
+        shared = shared_of(first, shared, redis)
         if deadline_s is None and first["deadline_at"] is not None:
             deadline_s = first["deadline_at"] - time.time()
     batch_id = resume or "batch-" + new_run_id()
@@ -301,12 +311,13 @@ def run_batch(
     started = time.time()
     guard = SpendGuard(ceiling, spent=math.fsum(journal.spent(r["run_id"]) for r in earlier.values()))
     clock = Clock(started + deadline if deadline is not None else None)
+    spend = shared_spend(shared)  # one hold on the shared ceiling for every run of the batch
     predicted = estimate(wf)
     # Endpoints' clients are made once for the batch; the simulator is seeded per line. A
     # model's limits (concurrent calls, requests and tokens a minute) hold for the batch.
     first_provs = providers_for(wf.models, base_seed, providers)
-    shared = {n: p for n, p in first_provs.items()
-              if not wf.models[n].runs_on_simulator or (providers and n in providers)}  # fmt: skip
+    endpoints = {n: p for n, p in first_provs.items()
+                 if not wf.models[n].runs_on_simulator or (providers and n in providers)}  # fmt: skip
     limits = {n: Route.of(m, first_provs[n]) for n, m in wf.models.items()}
     results: list[LineResult | None] = [None] * len(values)
 
@@ -322,8 +333,8 @@ def run_batch(
         no = numbers[i]
         row = earlier.get(no)
         seed_i = row["seed"] if row else base_seed + no - 1  # a line's draws follow its number
-        session = Session(guard, clock)
-        provs = providers_for(wf.models, seed_i, shared)
+        session = Session(guard, clock, shared=spend)
+        provs = providers_for(wf.models, seed_i, endpoints)
         done: dict[str, dict[str, Any]] = {}
         if row is None:
             ex = open_run(wf, journal, session, values=values[i], seed=seed_i, source=source,
@@ -362,7 +373,11 @@ def run_batch(
             try:
                 await writer.aclose()
             finally:
-                await close_providers(shared)
+                try:
+                    await close_providers(endpoints)
+                finally:
+                    if spend is not None:
+                        await spend.aclose()
 
     if on_start is not None:
         on_start(batch_id)

@@ -24,6 +24,8 @@ class Reservation:
     """Held, the call's worst case."""
     open: bool = True
     """Not yet settled or released."""
+    shared: Reservation | None = None
+    """The same call's hold under a ceiling shared with other runs, if there is one."""
 
 
 class SpendGuard:

@@ -38,6 +38,7 @@ from trilemma.errors import (
     ProviderError,
     QuotaExceeded,
     RunError,
+    SetupError,
 )
 from trilemma.journal.store import (
     FREE_COMMIT_S,
@@ -54,6 +55,7 @@ from trilemma.run.gates import Check
 from trilemma.run.limits import PriorityLimiter
 from trilemma.run.retry import retrying
 from trilemma.run.routes import Route
+from trilemma.run.shared_budget import SharedSpend
 from trilemma.run.steps import Answer, pick_route, route_prompt, run_kind
 from trilemma.spec import (
     Step,
@@ -210,6 +212,33 @@ class Session:
     done: int = 0
     """Steps done so far."""
     results: dict[str, StepResult] = field(default_factory=dict)
+    shared: SharedSpend | None = None
+    """A ceiling shared with runs in other processes, held as well as ``guard``'s."""
+
+    async def reserve(self, amount: float) -> Reservation:
+        """Hold a call's worst case under the run's ceiling and the shared one, or raise."""
+        hold = self.guard.reserve(amount)
+        if self.shared is not None:
+            try:
+                hold.shared = await self.shared.reserve(amount)
+            except BaseException as exc:
+                self.guard.release(hold)
+                if isinstance(exc, BudgetExhausted):
+                    self.guard.refused += 1  # the run, or its batch, stops as at its own ceiling
+                raise
+        return hold
+
+    def settle(self, hold: Reservation, cost: float) -> None:
+        """The call answered and cost ``cost``: count it under each ceiling."""
+        self.guard.settle(hold, cost)
+        if hold.shared is not None and self.shared is not None:
+            self.shared.settle(hold.shared, cost)
+
+    def release(self, hold: Reservation) -> None:
+        """The call returned only an error, or was not sent: nothing is billed."""
+        self.guard.release(hold)
+        if hold.shared is not None and self.shared is not None:
+            self.shared.release(hold.shared)
 
 
 class Executor:
@@ -426,7 +455,7 @@ class Executor:
             msg = f"step {step.id}: {why}{exc}"
             self._halt(s, "budget_exhausted", msg)
             return await self._failed(s, step, state, msg, "skipped")
-        except (ProviderError, GateRejected, RunError) as exc:
+        except (ProviderError, GateRejected, RunError, SetupError) as exc:  # Setup: shared store
             msg = f"step {step.id}: {type(exc).__name__}: {exc}"
             self._halt(s, "failed", msg)
             return await self._failed(s, step, state, msg, "failed")
@@ -556,7 +585,8 @@ class Executor:
                 if s.stop is not None:
                     raise _Stop
                 s.clock.check()
-                hold = s.guard.reserve(worst_case_cost(profile, request))
+                amount = worst_case_cost(profile, request)
+                hold = s.guard.reserve(amount) if s.shared is None else await s.reserve(amount)
                 row = {
                     "run_id": self.run_id, "step_id": step.id, "attempt": attempt, "call": index,
                     "role": role, "model": model, "idempotency_key": request.idempotency_key,
@@ -567,7 +597,7 @@ class Executor:
                     try:
                         await self.writer.write("call_started", row)
                     except BaseException as exc:
-                        s.guard.release(hold)
+                        s.release(hold)
                         if isinstance(exc, asyncio.CancelledError):  # its record may still land
                             self._record_error(
                                 request.idempotency_key, "unsent", "cancelled before it was sent"
@@ -582,7 +612,7 @@ class Executor:
         finally:
             self.slots.release()
         cost = cost_of(profile, completion.usage, hold.amount)
-        s.guard.settle(hold, cost)
+        s.settle(hold, cost)
         u = completion.usage
         note = None
         if cost > hold.amount + 1e-12:  # only an endpoint misreporting usage can do this
@@ -604,11 +634,11 @@ class Executor:
         try:
             return await route.complete(request)
         except ProviderError as exc:
-            s.guard.release(hold)
+            s.release(hold)
             self._record_error(call_id, exc.kind, str(exc))
             raise
         except asyncio.CancelledError:
-            s.guard.release(hold)
+            s.release(hold)
             self._record_error(call_id, "cancelled", "cancelled while in flight", None)
             raise
 

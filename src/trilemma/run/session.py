@@ -36,6 +36,7 @@ from trilemma.run.executor import (
 )
 from trilemma.run.gates import Check, build_gate
 from trilemma.run.routes import Route
+from trilemma.run.shared_budget import SharedCeiling, SharedSpend
 from trilemma.spec import ModelProfile, Workflow, load_workflow, workflow_from_dict
 
 __all__ = [
@@ -53,6 +54,9 @@ __all__ = [
     "reopen_run",
     "resume",
     "run_seed",
+    "shared_label",
+    "shared_of",
+    "shared_spend",
     "still_running",
     "wants_embedder",
 ]
@@ -162,11 +166,17 @@ def execute(
     on_event: Callable[[Event], None] | None = None,
     embedder: Embedder | None = None,
     tenant: str | None = None,
+    shared: SharedCeiling | None = None,
 ) -> RunResult:
     """Run a workflow to the end, a budget, the deadline or an early stop.
 
     ``tenant``: whose cached answers the run's cached steps may use and add to; a run
     without one shares the entries of the other runs without one. A resume keeps it.
+
+    ``shared``: a ceiling this run shares with runs in other processes (kept in Redis).
+    Every call holds its worst case under it as well as under ``max_cost_usd``; a call
+    that would cross either is not sent, and the run stops with ``budget_exhausted``. A
+    store that does not answer raises SetupError before anything is journaled.
 
     A provider that raises something other than a ProviderError (a bug) ends the run:
     the journal marks it failed, and the error is raised here as itself.
@@ -179,12 +189,21 @@ def execute(
     provs = build_providers(wf, seed, providers)
     ceiling, deadline = wf.budget.resolve(max_cost_usd, deadline_s)
     deadline_at = time.time() + deadline if deadline is not None else None
-    session = Session(SpendGuard(ceiling), Clock(deadline_at))
+    session = Session(SpendGuard(ceiling), Clock(deadline_at), shared=shared_spend(shared))
     ex = open_run(wf, journal, session, values=values, seed=seed, source=source, providers=provs,
                   gates=gates, predicted=estimate(wf), on_event=on_event, embedder=embedder,
                   tenant=tenant)  # fmt: skip
     with collector_spared():
         return asyncio.run(_run_and_close(ex, session, {}, provs))
+
+
+def shared_spend(ceiling: SharedCeiling | None) -> SharedSpend | None:
+    """A run's hold on a shared ceiling, its store checked now (SetupError if it is not there)."""
+    if ceiling is None:
+        return None
+    spend = SharedSpend(ceiling)
+    spend.check()
+    return spend
 
 
 def run_seed(wf: Workflow, seed: int | None) -> int:
@@ -215,12 +234,27 @@ def open_run(
         "max_cost_usd": session.guard.ceiling, "deadline_at": session.clock.deadline_at,
         "status": "running", "started_at": time.time(),
         "predicted_json": dumps(predicted.summary()), "pid": os.getpid(), "tenant": tenant,
-        "batch_id": batch_id, "batch_line": line,
+        "batch_id": batch_id, "batch_line": line, "shared_budget": shared_label(session),
     })  # fmt: skip
     return Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=providers,
                     source=source, gates=gates, seed=seed, predicted=predicted,
                     on_event=on_event, embedder=embedder, tenant=tenant,
                     limits=limits, writer=writer)  # fmt: skip
+
+
+def shared_label(session: Session) -> str | None:
+    """What a run's row keeps of its shared ceiling: NAME=USD, or None."""
+    return session.shared.ceiling.label if session.shared is not None else None
+
+
+def shared_of(
+    row: Mapping[str, Any], shared: SharedCeiling | None, redis: str | None
+) -> SharedCeiling | None:
+    """The shared ceiling a resumed run goes on under: the one given, else its own from
+    the journal (in the store at ``redis``), else none."""
+    if shared is not None or not row.get("shared_budget"):
+        return shared
+    return SharedCeiling.parse(row["shared_budget"], redis, f"run {row['run_id']}'s shared budget")
 
 
 def changed_steps(old: Workflow, new: Workflow) -> list[str]:
@@ -240,11 +274,15 @@ def resume(
     providers: Mapping[str, Provider] | None = None,
     on_event: Callable[[Event], None] | None = None,
     embedder: Embedder | None = None,
+    shared: SharedCeiling | None = None,
+    redis: str | None = None,
 ) -> RunResult:
     """Finish an interrupted run; a step the journal holds as done is never run again.
 
     The spend before the crash counts against the ceiling, and the original
-    deadline holds unless ``deadline_s`` gives a new one (from now).
+    deadline holds unless ``deadline_s`` gives a new one (from now). A run that
+    shared a ceiling goes on under it (kept at ``redis``, default
+    :data:`~trilemma.run.shared_budget.DEFAULT_REDIS`) unless ``shared`` gives another.
     """
     row = journal.run(run_id)
     if row is None:
@@ -280,7 +318,8 @@ def resume(
     provs = build_providers(wf, row["seed"], providers)
     ceiling = max_cost_usd if max_cost_usd is not None else row["max_cost_usd"]
     deadline_at = time.time() + deadline_s if deadline_s is not None else row["deadline_at"]
-    session = Session(SpendGuard(ceiling, spent=journal.spent(run_id)), Clock(deadline_at))
+    session = Session(SpendGuard(ceiling, spent=journal.spent(run_id)), Clock(deadline_at),
+                      shared=shared_spend(shared_of(row, shared, redis)))  # fmt: skip
     ex, done = reopen_run(wf, journal, row, session, providers=provs, gates=gates,
                           predicted=estimate(wf), on_event=on_event, embedder=embedder,
                           changed=changed)  # fmt: skip
@@ -310,8 +349,8 @@ def reopen_run(
     done = {k: v for k, v in journal.steps(run_id).items()
             if v["status"] == "done" and k in ids and k not in changed}  # fmt: skip
     journal.update_run(run_id, status="running", pid=os.getpid(), finished_at=None, error=None,
-                       max_cost_usd=session.guard.ceiling,
-                       deadline_at=session.clock.deadline_at)  # fmt: skip
+                       max_cost_usd=session.guard.ceiling, deadline_at=session.clock.deadline_at,
+                       shared_budget=shared_label(session))  # fmt: skip
     ex = Executor(wf, journal=journal, run_id=run_id, inputs=json.loads(row["inputs_json"]),
                   providers=providers, source=row["spec_source"], gates=gates, seed=row["seed"],
                   predicted=predicted, on_event=on_event, embedder=embedder,
@@ -373,7 +412,11 @@ async def _run_and_close(
     try:
         return await ex.run(session, done)
     finally:
-        await close_providers(provs)
+        try:
+            await close_providers(provs)
+        finally:
+            if session.shared is not None:
+                await session.shared.aclose()
 
 
 async def close_providers(provs: Mapping[str, Provider]) -> None:

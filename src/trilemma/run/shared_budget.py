@@ -13,22 +13,36 @@ Per budget ``NAME`` the store keeps ``PREFIX:NAME:spent`` (dollars billed),
 holding it died, is counted as spent at its worst case; if its call does settle
 later, the spend is corrected to what it cost. A lost process can thus make the
 spend look higher than it was, never lower.
+
+The gateway keeps its keys' ceilings here (``shared:`` in its config). Workflow runs
+and batches in any number of processes share one with ``--shared-budget NAME=USD``
+(:class:`SharedCeiling`, :class:`SharedSpend`): each call then holds its worst case
+under the run's own ceiling and under the shared one before it is sent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
+import re
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from trilemma.errors import BudgetExhausted, SetupError
+from trilemma.errors import BudgetExhausted, SetupError, UsageError
 from trilemma.run.budget import EPS, Reservation, SpendGuard
 
 if TYPE_CHECKING:  # the shared extra
     from redis.asyncio import Redis
 
-__all__ = ["BudgetState", "KeyBudgets", "LocalBudgets", "RedisBudgets"]
+__all__ = [
+    "DEFAULT_REDIS", "BudgetState", "KeyBudgets", "LocalBudgets", "RedisBudgets",
+    "SharedCeiling", "SharedSpend",
+]  # fmt: skip
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+"""Where a run's shared ceiling is kept unless ``--redis`` or TRILEMMA_REDIS_URL says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +195,7 @@ class RedisBudgets:
         prefix: str = "trilemma:budget",
         hold_ttl_s: float = 600.0,
         client: Redis | None = None,
+        fix: str = "shared.redis",
     ) -> None:
         try:
             from redis.asyncio import Redis
@@ -192,6 +207,8 @@ class RedisBudgets:
         self.ceilings = ceilings
         self.prefix = prefix
         self.hold_ttl_s = hold_ttl_s
+        self.fix = fix
+        """Where the store's address was given, for the message when it does not answer."""
         self.redis: Redis = client or Redis.from_url(url, decode_responses=True)
         self._reserve = self.redis.register_script(_RESERVE)
         self._settle = self.redis.register_script(_SETTLE)
@@ -213,8 +230,8 @@ class RedisBudgets:
             raise SetupError(self._gone(exc)) from None
 
     def _gone(self, exc: Exception) -> str:
-        return (f"the shared budget store {self.url} does not answer ({type(exc).__name__}: "
-                f"{exc}); start Redis there or fix shared.redis")  # fmt: skip
+        return (f"the shared budget store {redacted(self.url)} does not answer "
+                f"({type(exc).__name__}: {exc}); start Redis there or fix {self.fix}")  # fmt: skip
 
     async def connect(self, spent: dict[str, float]) -> None:
         """Check that Redis answers and seed each budget's spend where Redis has none."""
@@ -276,3 +293,109 @@ class RedisBudgets:
 
     async def aclose(self) -> None:
         await self.redis.aclose()
+
+
+def redacted(url: str) -> str:
+    """A Redis URL with any password in it replaced by ``***``: fit for a message."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class SharedCeiling:
+    """A spend ceiling that every run naming it shares, in any process: held in Redis.
+
+    Runs (and batches) started with the same ``name``, ``redis`` and ``prefix`` reserve
+    each call's worst case against one count, so together they cannot cross
+    ``max_cost_usd``; every run keeps its own ceiling as well. Every process should give
+    the same ceiling: each one refuses what would cross the ceiling it was given.
+    """
+
+    name: str
+    max_cost_usd: float
+    redis: str = DEFAULT_REDIS
+    prefix: str = "trilemma:budget"
+
+    @classmethod
+    def parse(cls, text: str, redis: str | None = None, given_as: str = "--shared-budget") -> SharedCeiling:
+        """``NAME=USD`` (as the flag and the journal write it); UsageError naming the fix."""
+        name, sep, usd = text.partition("=")
+        try:
+            ceiling = float(usd) if sep else math.nan
+        except ValueError:
+            ceiling = math.nan
+        if not _NAME.fullmatch(name) or not math.isfinite(ceiling) or ceiling < 0:
+            raise UsageError(
+                f"{given_as} {text!r}: write it as NAME=USD, such as team-a=50 (a name of "
+                "letters, digits, '_', '.' or '-', up to 64; a ceiling of 0 dollars or more)"
+            )
+        if redis is not None and not re.fullmatch(r"(rediss?|unix)://\S+", redis):
+            raise UsageError(f"--redis {redacted(redis)!r}: give a Redis URL, such as {DEFAULT_REDIS}")
+        return cls(name, ceiling, redis or DEFAULT_REDIS)
+
+    @property
+    def label(self) -> str:
+        """``NAME=USD``: what a run's journal row keeps (never the store's address)."""
+        return f"{self.name}={self.max_cost_usd!r}"
+
+
+class SharedSpend:
+    """One run's or batch's hold on a :class:`SharedCeiling`, on its event loop.
+
+    :meth:`reserve` is awaited before a call is sent; :meth:`settle` and :meth:`release`
+    return at once and reach the store in the background (:meth:`aclose` waits for them),
+    so that a call's end, or its cancellation, never waits on Redis. A settle that cannot
+    reach the store leaves its hold to lapse, counted at its worst case.
+    """
+
+    def __init__(self, ceiling: SharedCeiling, store: KeyBudgets | None = None) -> None:
+        self.ceiling = ceiling
+        self.store: KeyBudgets = store or RedisBudgets(
+            ceiling.redis, {ceiling.name: ceiling.max_cost_usd}, prefix=ceiling.prefix,
+            fix="--redis (or TRILEMMA_REDIS_URL)",
+        )  # fmt: skip
+        self._closing: set[asyncio.Task[Any]] = set()
+        self.unsettled = 0
+        """Settles or releases that could not reach the store (their holds lapse)."""
+
+    def check(self) -> None:
+        """Raise SetupError now, before a run starts, if the store does not answer."""
+        if isinstance(self.store, RedisBudgets):
+            self.store.check()
+
+    async def reserve(self, amount: float) -> Reservation:
+        """Hold ``amount`` under the shared ceiling, or raise BudgetExhausted naming it."""
+        try:
+            return await self.store.reserve(self.ceiling.name, amount)
+        except BudgetExhausted as exc:
+            raise BudgetExhausted(f"shared budget {self.ceiling.name!r}: {exc}") from None
+
+    def settle(self, hold: Reservation, cost: float) -> None:
+        """The call answered and cost ``cost``."""
+        self._later(self.store.settle(self.ceiling.name, hold, cost))
+
+    def release(self, hold: Reservation) -> None:
+        """The call returned only an error, or was never sent: nothing is billed."""
+        self._later(self.store.release(self.ceiling.name, hold))
+
+    def _later(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._closing.add(task)
+        task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[Any]) -> None:
+        self._closing.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            self.unsettled += 1
+
+    async def state(self) -> BudgetState:
+        """The shared ceiling's figures now, counted across every process."""
+        return await self.store.state(self.ceiling.name)
+
+    async def aclose(self) -> None:
+        """Wait for the settles still on their way, then let go of the connection."""
+        while self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
+        await self.store.aclose()

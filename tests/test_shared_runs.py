@@ -1,0 +1,201 @@
+"""Workflow runs and batches sharing one spend ceiling across processes (a real redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from tests.conftest import Result, free_port, redis_server
+from trilemma import SharedCeiling, run_batch, workflow_from_dict
+from trilemma.journal import Journal
+from trilemma.run.session import execute
+from trilemma.run.shared_budget import SharedSpend
+
+FORTY = {
+    "version": 1, "concurrency": 100,
+    "models": {"m": {"usd_per_call": 0.01, "latency_s": 0.05, "p_ok": 1.0}},
+    "steps": [{"id": f"s{i}", "model": "m"} for i in range(40)],
+}  # fmt: skip
+
+
+def spent(url: str, name: str) -> tuple[float, int]:
+    """Dollars the store counts as spent under ``name``, and holds still open."""
+    with Redis.from_url(url, decode_responses=True) as r:
+        return float(r.get(f"trilemma:budget:{name}:spent") or 0), r.hlen(
+            f"trilemma:budget:{name}:holds"
+        )
+
+
+def team() -> str:
+    return f"team-{uuid.uuid4().hex[:12]}"
+
+
+def test_runs_in_three_processes_never_cross_the_ceiling_they_share(
+    redis_url: str, tmp_path: Path
+) -> None:
+    spec = tmp_path / "forty.json"
+    spec.write_text(json.dumps(FORTY))
+    name = team()
+    flags = ["--shared-budget", f"{name}=0.155", "--redis", redis_url, "--json"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "trilemma", "run", str(spec), "--seed", str(k),
+             "--journal", str(tmp_path / f"{k}.db"), *flags],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for k in range(3)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    results = [json.loads(out) for out, _ in outs]
+    assert [p.returncode for p in procs] == [1, 1, 1], outs
+    assert {r["status"] for r in results} == {"budget_exhausted"}
+    total = sum(r["cost_usd"] for r in results)
+    # Each process alone would have spent $0.15 under its own ceiling; together, $0.15.
+    assert total <= 0.155 + 1e-9
+    assert sum(len(r["outputs"]) for r in results) == 15
+    assert spent(redis_url, name) == (pytest.approx(total), 0)
+    for r in results:
+        if r["cost_usd"] < 0.15:
+            assert "shared budget" in r["error"] and name in r["error"]
+    rows = [Journal(tmp_path / f"{k}.db").runs()[0] for k in range(3)]
+    assert {row["shared_budget"] for row in rows} == {f"{name}=0.155"}
+
+
+def test_a_batch_under_a_shared_ceiling_stops_there_and_counts_what_it_spent(
+    redis_url: str, tmp_path: Path
+) -> None:
+    name = team()
+    with Redis.from_url(redis_url) as r:  # another process already spent $0.05 of it
+        r.set(f"trilemma:budget:{name}:spent", "0.05")
+    wf = workflow_from_dict({**FORTY, "steps": FORTY["steps"][:4]})
+    result = run_batch(wf, [{}] * 6, journal=Journal(tmp_path / "j.db"), parallel=3, seed=1,
+                       shared=SharedCeiling(name, 0.155, redis_url))  # fmt: skip
+    assert result.status == "budget_exhausted"
+    assert result.cost_usd == pytest.approx(0.10)  # ten calls fit beside the $0.05 spent
+    assert sum(len(line.outputs) for line in result.lines) == 10
+    assert spent(redis_url, name) == (pytest.approx(0.15), 0)
+
+
+def test_errors_and_cancelled_calls_are_released_in_the_shared_store(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = team()
+    faults = workflow_from_dict({
+        "version": 1, "seed": 3, "concurrency": 100,
+        "models": {"m": {"usd_per_call": 0.01, "latency_s": 0.01, "p_ok": 1.0,
+                         "faults": {"transient_error_rate": 0.3, "rate_limit_rate": 0.1}}},
+        "steps": [{"id": f"s{i}", "model": "m", "retries": 8} for i in range(30)],
+    })  # fmt: skip
+    journal = Journal(tmp_path / "j.db")
+    shared = SharedCeiling(name, 10.0, redis_url)
+    monkeypatch.setenv("TRILEMMA_FAST_RETRIES", "1")
+    ok = execute(faults, journal=journal, shared=shared)
+    assert ok.status == "ok"
+    errors = [c for c in journal.calls(ok.run_id) if c["outcome"] != "ok"]
+    assert errors  # errors happened, were not billed, and left nothing held
+    assert spent(redis_url, name) == (pytest.approx(0.30), 0)
+
+    slow = workflow_from_dict({**FORTY, "models": {"m": {"usd_per_call": 0.01, "latency_s": 5.0, "p_ok": 1.0}}})
+    cut = execute(slow, journal=journal, deadline_s=0.3, shared=shared)
+    assert cut.status == "deadline" and cut.cost_usd == 0
+    assert spent(redis_url, name) == (pytest.approx(0.30), 0)  # 40 holds released, none billed
+
+
+def test_a_store_that_does_not_answer_stops_the_run_before_it_is_journaled(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    spec = tmp_path / "forty.json"
+    spec.write_text(json.dumps(FORTY))
+    db = tmp_path / "j.db"
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    r = cli("run", spec, "--journal", db, "--shared-budget", "team=1", "--redis", url)
+    assert r.code == 1
+    assert "does not answer" in r.err and "--redis" in r.err
+    assert "hunter2" not in r.err and "//***@127.0.0.1" in r.err
+    assert Journal(db).runs() == []
+    for flag in ("team", "team=-1", "team=abc", "te am=1", "=1"):
+        bad = cli("run", spec, "--journal", db, "--shared-budget", flag)
+        assert bad.code == 2 and "--shared-budget" in bad.err and "NAME=USD" in bad.err, flag
+        assert "Traceback" not in bad.err
+    bad = cli("batch", spec, "--inputs", "-", "--shared-budget", "team=1", "--redis", "http://x")
+    assert bad.code == 2 and "--redis" in bad.err
+
+
+def test_a_run_whose_store_goes_away_fails_and_resumes_under_the_same_shared_ceiling(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    chain = {
+        "version": 1,
+        "models": {"m": {"usd_per_call": 0.01, "latency_s": 0.1, "p_ok": 1.0}},
+        "steps": [{"id": f"s{i}", "model": "m", **({"after": [f"s{i - 1}"]} if i else {})}
+                  for i in range(12)],
+    }  # fmt: skip
+    spec = tmp_path / "chain.json"
+    spec.write_text(json.dumps(chain))
+    db = tmp_path / "j.db"
+    for folder in ("first", "second"):
+        (tmp_path / folder).mkdir()
+    with redis_server(tmp_path / "first") as (url, proc):
+        run = subprocess.Popen(
+            [sys.executable, "-m", "trilemma", "run", str(spec), "--journal", str(db),
+             "--shared-budget", "team=1", "--redis", url, "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while spent(url, "team")[0] < 0.03:  # three steps done
+            assert time.monotonic() < deadline and run.poll() is None
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait(10)
+        out, err = run.communicate(timeout=60)
+    assert run.returncode == 1, err
+    failed = json.loads(out)
+    assert failed["status"] == "failed"
+    assert "shared budget store" in failed["error"] and "does not answer" in failed["error"]
+    done = [k for k, v in Journal(db).steps(failed["run_id"]).items() if v["status"] == "done"]
+    assert 3 <= len(done) < 12  # what finished before is kept
+
+    with redis_server(tmp_path / "second") as (url, _):  # a new store: the run's ceiling again
+        r = cli("resume", failed["run_id"], "--journal", db, "--redis", url, "--json")
+        assert r.code == 0, r.err
+        assert r.json()["status"] == "ok"
+        assert spent(url, "team") == (pytest.approx(0.01 * (12 - len(done))), 0)
+        # Another process gives the same budget room for three more calls: it makes three.
+        room = f"team={spent(url, 'team')[0] + 0.035!r}"
+        again = cli("run", spec, "--journal", db, "--shared-budget", room, "--redis", url, "--json")
+        assert again.code == 1 and again.json()["status"] == "budget_exhausted"
+        assert again.json()["cost_usd"] == pytest.approx(0.03)
+
+
+def test_settles_that_cannot_reach_the_store_are_counted_not_raised() -> None:
+    class Gone:
+        async def reserve(self, name: str, amount: float) -> object:
+            raise AssertionError("not reserved here")
+
+        async def settle(self, name: str, hold: object, cost: float) -> None:
+            raise ConnectionError("gone")
+
+        async def release(self, name: str, hold: object) -> None:
+            raise ConnectionError("gone")
+
+        async def state(self, name: str) -> None: ...
+
+        async def aclose(self) -> None: ...
+
+    async def main() -> int:
+        spend = SharedSpend(SharedCeiling("t", 1.0), store=Gone())  # type: ignore[arg-type]
+        spend.settle(object(), 0.1)  # type: ignore[arg-type]
+        spend.release(object())  # type: ignore[arg-type]
+        await spend.aclose()
+        return spend.unsettled
+
+    assert asyncio.run(main()) == 2
