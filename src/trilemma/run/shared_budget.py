@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from trilemma._redis import DEFAULT_REDIS, check_url, gone, ping
+from trilemma._redis import client as redis_client
 from trilemma.errors import BudgetExhausted, SetupError, UsageError
 from trilemma.run.budget import EPS, Reservation, SpendGuard
 
@@ -41,8 +43,6 @@ __all__ = [
     "SharedCeiling", "SharedSpend",
 ]  # fmt: skip
 
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-"""Where a run's shared ceiling is kept unless ``--redis`` or TRILEMMA_REDIS_URL says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,19 +197,13 @@ class RedisBudgets:
         client: Redis | None = None,
         fix: str = "shared.redis",
     ) -> None:
-        try:
-            from redis.asyncio import Redis
-        except ImportError:
-            raise SetupError(
-                "shared budgets need the Redis client: pip install 'trilemma[shared]'"
-            ) from None
         self.url = url
         self.ceilings = ceilings
         self.prefix = prefix
         self.hold_ttl_s = hold_ttl_s
         self.fix = fix
         """Where the store's address was given, for the message when it does not answer."""
-        self.redis: Redis = client or Redis.from_url(url, decode_responses=True)
+        self.redis: Redis = client or redis_client(url)
         self._reserve = self.redis.register_script(_RESERVE)
         self._settle = self.redis.register_script(_SETTLE)
         self._state = self.redis.register_script(_STATE)
@@ -220,18 +214,7 @@ class RedisBudgets:
 
     def check(self) -> None:
         """Raise SetupError now, before serving, if Redis does not answer."""
-        from redis import Redis as SyncRedis
-        from redis.exceptions import RedisError
-
-        try:
-            with SyncRedis.from_url(self.url, socket_connect_timeout=5) as r:
-                r.ping()
-        except RedisError as exc:
-            raise SetupError(self._gone(exc)) from None
-
-    def _gone(self, exc: Exception) -> str:
-        return (f"the shared budget store {redacted(self.url)} does not answer "
-                f"({type(exc).__name__}: {exc}); start Redis there or fix {self.fix}")  # fmt: skip
+        ping(self.url, self.fix, _STORE)
 
     async def connect(self, spent: dict[str, float]) -> None:
         """Check that Redis answers and seed each budget's spend where Redis has none."""
@@ -246,7 +229,7 @@ class RedisBudgets:
         try:
             return await call
         except RedisError as exc:
-            raise SetupError(self._gone(exc)) from None
+            raise SetupError(gone(self.url, exc, self.fix, _STORE)) from None
 
     async def reserve(self, name: str, amount: float) -> Reservation:
         ceiling = self.ceilings[name]
@@ -295,11 +278,7 @@ class RedisBudgets:
         await self.redis.aclose()
 
 
-def redacted(url: str) -> str:
-    """A Redis URL with any password in it replaced by ``***``: fit for a message."""
-    return re.sub(r"//[^@/]*@", "//***@", url)
-
-
+_STORE = "the shared budget store"
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -331,9 +310,7 @@ class SharedCeiling:
                 f"{given_as} {text!r}: write it as NAME=USD, such as team-a=50 (a name of "
                 "letters, digits, '_', '.' or '-', up to 64; a ceiling of 0 dollars or more)"
             )
-        if redis is not None and not re.fullmatch(r"(rediss?|unix)://\S+", redis):
-            raise UsageError(f"--redis {redacted(redis)!r}: give a Redis URL, such as {DEFAULT_REDIS}")
-        return cls(name, ceiling, redis or DEFAULT_REDIS)
+        return cls(name, ceiling, check_url(redis))
 
     @property
     def label(self) -> str:
