@@ -1,4 +1,5 @@
-"""Workflow runs and batches sharing one spend ceiling across processes (a real redis-server)."""
+"""Runs, batches and gateways sharing a spend ceiling and a cache across processes, through
+a real redis-server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -199,3 +200,95 @@ def test_settles_that_cannot_reach_the_store_are_counted_not_raised() -> None:
         return spend.unsettled
 
     assert asyncio.run(main()) == 2
+
+
+CACHED = {
+    "version": 1, "inputs": {"question": None},
+    "models": {"small": {"usd_per_call": 0.002, "latency_s": 0.02, "p_ok": 1.0}},
+    "steps": [{"id": "answer", "model": "small", "prompt": "Answer: {question}", "cached": True}],
+}  # fmt: skip
+
+
+def cached_run(cli: Callable[..., Result], spec: Path, db: Path, *flags: str) -> dict[str, object]:
+    r = cli("run", spec, "--journal", db, "--json", *flags)
+    assert r.code == 0, r.err
+    out: dict[str, object] = r.json()
+    return out
+
+
+def test_an_answer_one_worker_paid_for_is_free_for_another_with_its_own_journal(
+    cli: Callable[..., Result], tmp_path: Path, redis_url: str
+) -> None:
+    spec = tmp_path / "cached.json"
+    spec.write_text(json.dumps(CACHED))
+    prefix = ["--redis", redis_url, "--shared-cache", "-i", f"question={uuid.uuid4().hex}"]
+    first = cached_run(cli, spec, tmp_path / "a.db", *prefix)
+    again = cached_run(cli, spec, tmp_path / "b.db", *prefix)
+    alone = cached_run(cli, spec, tmp_path / "c.db", *prefix[3:])  # no --shared-cache: pays
+    other = cached_run(cli, spec, tmp_path / "d.db", *prefix, "--tenant", "acme")
+    assert (first["cost_usd"], again["cost_usd"], alone["cost_usd"]) == (0.002, 0.0, 0.002)
+    assert again["outputs"] == first["outputs"]
+    assert other["cost_usd"] == 0.002  # another tenant is never served it
+    [call] = Journal(tmp_path / "b.db").calls(str(again["run_id"]))
+    assert call["cache_hit"] == 1 and call["role"] == "cache"
+    # The hit is kept in b's journal too: it serves b without Redis from now on.
+    assert cached_run(cli, spec, tmp_path / "b.db", *prefix[3:])["cost_usd"] == 0.0
+    cleared = cli("cache", "clear", "--journal", tmp_path / "a.db", "--shared", "--tenant", "acme",
+                  "--redis", redis_url, "--json")  # fmt: skip
+    assert cleared.code == 0 and cleared.json()["shared_removed"] == 1
+    assert cached_run(cli, spec, tmp_path / "e.db", *prefix, "--tenant", "acme")["cost_usd"] == 0.002
+    assert cached_run(cli, spec, tmp_path / "f.db", *prefix)["cost_usd"] == 0.0  # acme's only
+
+
+def test_a_shared_cache_that_goes_away_mid_batch_turns_into_misses(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    (tmp_path / "redis").mkdir()
+    wf = workflow_from_dict({**CACHED, "models": {"small": {**CACHED["models"]["small"],  # type: ignore[dict-item]
+                                                            "latency_s": 0.2}}})  # fmt: skip
+    with redis_server(tmp_path / "redis") as (url, proc):
+        lines = [{"question": f"q{i}"} for i in range(12)]  # each a lookup Redis must answer
+
+        def kill_soon() -> None:
+            time.sleep(0.5)
+            proc.kill()
+
+        import threading
+
+        killer = threading.Thread(target=kill_soon)
+        killer.start()
+        result = run_batch(wf, lines, journal=Journal(tmp_path / "j.db"), parallel=2, seed=1,
+                           shared_cache=url)  # fmt: skip
+        killer.join()
+    assert result.status == "ok" and all(line.status == "ok" for line in result.lines)
+    spec = tmp_path / "cached.json"
+    spec.write_text(json.dumps(CACHED))
+    r = cli("run", spec, "-i", "question=x", "--journal", tmp_path / "k.db", "--shared-cache",
+            "--redis", url)  # fmt: skip
+    assert r.code == 1 and "the shared cache" in r.err and "does not answer" in r.err
+    assert Journal(tmp_path / "k.db").runs() == []
+
+
+def test_gateways_that_share_redis_share_their_cache_too(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_gateway import ASK, config_text, http, serving
+
+    monkeypatch.setenv("TRILEMMA_GW_A", "sk-team-a-secret")
+    monkeypatch.setenv("TRILEMMA_GW_B", "sk-team-b-secret")
+    auth = {"Authorization": "Bearer sk-team-b-secret", "Content-Type": "application/json"}
+    body = json.dumps({"model": "sim", "messages": ASK}).encode()
+    text = config_text() + f'cache: true\nshared: {{redis: "{redis_url}", prefix: "{team()}"}}\n'
+    answers = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        with serving(tmp_path / folder, text) as (gw, _):
+            answers.append(http(f"{gw}/chat/completions", body, auth))
+    assert [a[0] for a in answers] == [200, 200]
+    assert answers[1][1]["choices"] == answers[0][1]["choices"]
+    from trilemma.gateway.app import run_id_of
+
+    [paid] = Journal(tmp_path / "a" / "j.db").calls(run_id_of("team-b"))
+    [free] = Journal(tmp_path / "b" / "j.db").calls(run_id_of("team-b"))
+    assert (paid["cache_hit"], paid["cost_usd"]) == (0, pytest.approx(0.01))
+    assert (free["cache_hit"], free["cost_usd"]) == (1, 0.0)

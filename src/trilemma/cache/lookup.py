@@ -3,7 +3,8 @@
 :meth:`Cache.lookup` tries the exact key, then (with a similarity rule and an
 embedder) the nearest earlier prompt of the same settings; :meth:`Cache.store`
 queues an accepted answer, and its prompt's embedding when the lookup made one,
-for the journal's next commit.
+for the journal's next commit. With a :class:`~trilemma.cache.shared.SharedCache`,
+an exact miss in the journal asks Redis, and a stored answer goes there too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from trilemma.cache.keys import Settings, exact_key, prompt_text, scoped, semantic_scope
 from trilemma.cache.semantic import Embedder, best_match
+from trilemma.cache.shared import SharedCache
 from trilemma.journal.store import JournalWriter
 from trilemma.providers.base import Message
 
@@ -45,11 +47,19 @@ class Lookup:
 
 
 class Cache:
-    """The journal's exact and semantic cache, through a :class:`JournalWriter`."""
+    """The journal's exact and semantic cache, through a :class:`JournalWriter`.
 
-    def __init__(self, writer: JournalWriter, embedder: Embedder | None = None) -> None:
+    ``shared``: a second exact tier other processes see (a hit there is kept in the
+    journal as well).
+    """
+
+    def __init__(
+        self, writer: JournalWriter, embedder: Embedder | None = None,
+        shared: SharedCache | None = None,
+    ) -> None:  # fmt: skip
         self.writer = writer
         self.embedder = embedder
+        self.shared = shared
 
     async def lookup(
         self, settings: Settings, messages: Sequence[Message], similarity: float | None,
@@ -61,7 +71,12 @@ class Cache:
         """
         started = time.perf_counter()
         settings = scoped(settings, tenant)
-        exact = self.writer.read("cache_get", exact_key(settings, messages))
+        key = exact_key(settings, messages)
+        exact = self.writer.read("cache_get", key)
+        if exact is None and self.shared is not None:
+            exact = await self.shared.get(key)
+            if exact is not None:  # kept here too: the next lookup need not ask Redis
+                self.writer.defer("cache_put", {**exact, "key": key})
         if exact is not None:
             return Lookup(Hit(exact["response"], exact["prompt_tokens"],
                               exact["completion_tokens"], None, time.perf_counter() - started))  # fmt: skip
@@ -89,10 +104,11 @@ class Cache:
         settings = scoped(settings, tenant)
         key = exact_key(settings, messages)
         now = time.time()
-        self.writer.defer("cache_put", {
-            "key": key, "model": model, "response": response, "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens, "created_at": now, "tenant": tenant,
-        })  # fmt: skip
+        entry = {"model": model, "response": response, "prompt_tokens": prompt_tokens,
+                 "completion_tokens": completion_tokens, "created_at": now, "tenant": tenant}  # fmt: skip
+        self.writer.defer("cache_put", {"key": key, **entry})
+        if self.shared is not None:
+            self.shared.put(key, entry)
         if vector is not None and self.embedder is not None:
             self.writer.defer("semantic_put", {
                 "key": key, "scope": semantic_scope(settings), "embedder": self.embedder.name,

@@ -35,6 +35,12 @@ SharedBudgetOpt = Annotated[
                  help="A ceiling shared with every run, in any process, that names it (kept in "
                       "Redis), such as team-a=50."),
 ]  # fmt: skip
+SharedCacheFlag = Annotated[
+    bool,
+    typer.Option("--shared-cache",
+                 help="Look cached steps up in, and keep their answers in, a cache shared with "
+                      "other processes (in the Redis of --redis)."),
+]  # fmt: skip
 RedisOpt = Annotated[
     str | None,
     typer.Option("--redis", envvar="TRILEMMA_REDIS_URL", show_default=False,
@@ -49,6 +55,13 @@ def _shared(text: str | None, redis: str | None) -> Any:
     from trilemma.run.shared_budget import SharedCeiling
 
     return SharedCeiling.parse(text, redis)
+
+
+def _tier(shared_cache: bool, redis: str | None) -> str | None:
+    """The shared cache's URL when --shared-cache is given; exit 2 on a malformed --redis."""
+    from trilemma._redis import check_url
+
+    return check_url(redis) if shared_cache else None
 
 
 def _inputs(pairs: list[str] | None) -> dict[str, str]:
@@ -75,6 +88,7 @@ def run_cmd(
         typer.Option(help="Whom the run works for: its cached steps use that tenant's answers only."),
     ] = None,
     shared_budget: SharedBudgetOpt = None,
+    shared_cache: SharedCacheFlag = False,
     redis: RedisOpt = None,
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonFlag = False,
@@ -88,6 +102,7 @@ def run_cmd(
 
     check_tenant(tenant)
     shared = _shared(shared_budget, redis)
+    tier = _tier(shared_cache, redis)
     wf = load_workflow(spec)
     values = _inputs(inputs)
     _load_embedder(wf, show=not as_json)
@@ -95,7 +110,8 @@ def run_cmd(
     with _RunDisplay(len(wf.steps), ceiling, limit, enabled=not as_json) as display:
         result = execute(wf, journal=Journal(journal), inputs=values, max_cost_usd=max_cost,
                          deadline_s=deadline, seed=seed, source=str(spec),
-                         on_event=display.update, tenant=tenant, shared=shared)  # fmt: skip
+                         on_event=display.update, tenant=tenant, shared=shared,
+                         shared_cache=tier)  # fmt: skip
     return _report_run(result, as_json)
 
 
@@ -133,6 +149,7 @@ def batch_cmd(
         bool, typer.Option("--plan", help="Only print what the batch should cost and take.")
     ] = False,
     shared_budget: SharedBudgetOpt = None,
+    shared_cache: SharedCacheFlag = False,
     redis: RedisOpt = None,
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonFlag = False,
@@ -151,6 +168,7 @@ def batch_cmd(
     positive("--parallel", parallel)
     check_tenant(tenant)
     shared = _shared(shared_budget, redis)
+    tier = _tier(shared_cache, redis)
     wf = load_workflow(spec)
     lines = read_inputs(inputs, wf, str(spec))
     if plan:  # before spending: the planner's figures for these lines, nothing journaled
@@ -177,7 +195,8 @@ def batch_cmd(
         result = run_batch(wf, lines, journal=Journal(journal), max_cost_usd=max_cost,
                            deadline_s=deadline, parallel=parallel, seed=seed, source=str(spec),
                            tenant=tenant, on_progress=tick, on_start=started,
-                           resume=resume, shared=shared, redis=redis)  # fmt: skip
+                           resume=resume, shared=shared, redis=redis,
+                           shared_cache=tier)  # fmt: skip
     if out is not None:
         write_atomic(out, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n"
                                   for r in result.lines))  # fmt: skip
@@ -280,6 +299,7 @@ def resume_cmd(
     ] = None,
     force: Annotated[bool, typer.Option(help="Resume even though the spec file changed.")] = False,
     shared_budget: SharedBudgetOpt = None,
+    shared_cache: SharedCacheFlag = False,
     redis: RedisOpt = None,
     as_json: JsonFlag = False,
 ) -> int:
@@ -293,6 +313,7 @@ def resume_cmd(
     from trilemma.run.session import resume
 
     shared = _shared(shared_budget, redis)
+    tier = _tier(shared_cache, redis)
     j = Journal(journal, create=False)
     row = j.run(run_id)
     spec = json.loads(row["spec_json"]) if row else {}
@@ -303,7 +324,8 @@ def resume_cmd(
         steps, max_cost or (row or {}).get("max_cost_usd"), deadline, enabled=not as_json
     ) as display:
         result = resume(j, run_id, deadline_s=deadline, max_cost_usd=max_cost, force=force,
-                        on_event=display.update, shared=shared, redis=redis)  # fmt: skip
+                        on_event=display.update, shared=shared, redis=redis,
+                        shared_cache=tier)  # fmt: skip
     return _report_run(result, as_json)
 
 
@@ -500,26 +522,47 @@ def cache_clear(
         str | None,
         typer.Option(help="Only this tenant's answers (a run's --tenant, a gateway's key)."),
     ] = None,
+    shared: Annotated[
+        bool, typer.Option("--shared", help="Also from the shared cache (the Redis of --redis).")
+    ] = False,
+    redis: RedisOpt = None,
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonFlag = False,
 ) -> int:
     """Forget cached answers (all of them unless filtered), so the next runs ask again.
 
     Example: trilemma cache clear --model premium --older-than 30
-    Example: trilemma cache clear --tenant acme
+    Example: trilemma cache clear --tenant acme --shared
     """
+    import asyncio
     import time
 
+    from trilemma.cache.shared import SharedCache
     from trilemma.journal import Journal
 
+    url = _tier(shared, redis)
     before = None if older_than is None else time.time() - older_than * 86_400
     exact, semantic = Journal(journal, create=False).cache_clear(
         model=model, before=before, semantic_only=semantic_only, tenant=tenant
     )
+    removed: dict[str, int] = {"exact_removed": exact, "semantic_removed": semantic}
+    if url is not None and not semantic_only:  # the shared tier holds no embeddings
+        tier = SharedCache(url)
+        tier.check()
+
+        async def clear() -> int:
+            try:
+                return await tier.clear(model=model, before=before, tenant=tenant)
+            finally:
+                await tier.aclose()
+
+        removed["shared_removed"] = asyncio.run(clear())
     if as_json:
-        emit_json({"exact_removed": exact, "semantic_removed": semantic})
+        emit_json(removed)
     else:
+        also = (f", and {removed['shared_removed']} from the shared cache"
+                if "shared_removed" in removed else "")  # fmt: skip
         sys.stdout.write(f"removed {exact} cached answers and {semantic} prompt embeddings "
-                         f"from {journal}\n")  # fmt: skip
+                         f"from {journal}{also}\n")  # fmt: skip
     return 0
 

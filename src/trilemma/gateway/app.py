@@ -49,6 +49,7 @@ from trilemma._proc import pid_alive
 from trilemma.cache.keys import profile_settings
 from trilemma.cache.lookup import Cache, Hit, Lookup
 from trilemma.cache.semantic import Embedder, default_embedder
+from trilemma.cache.shared import SharedCache
 from trilemma.errors import (
     BudgetExhausted,
     ProviderError,
@@ -163,14 +164,18 @@ class Gateway:
                 self.journal.update_run(run_id, status="running", pid=os.getpid(), tenant=key,
                                         max_cost_usd=k.max_cost_usd, finished_at=None)  # fmt: skip
         self.writer = JournalWriter(self.journal, GROUP_COMMIT_S)
-        if self.config.cache:
-            self.cache = Cache(self.writer, self.embedder)
+        if self.config.cache:  # with shared:, exact answers are shared by the gateways too
+            shared = self.config.shared
+            tier = SharedCache(shared.redis, prefix=f"{shared.prefix}:cache") if shared else None
+            self.cache = Cache(self.writer, self.embedder, tier)
 
     async def stop(self) -> None:
         """Commit what is queued, close each key's run with its totals, close the providers."""
         if self.writer is not None:
             await self.writer.aclose()
             self.writer = None
+        if self.cache is not None and self.cache.shared is not None:
+            await self.cache.shared.aclose()
         await self.budgets.aclose()
         for key in self.config.keys:
             run_id = run_id_of(key)

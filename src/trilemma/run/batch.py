@@ -42,6 +42,7 @@ from trilemma.run.executor import RunResult, Session, new_run_id, spec_json, wri
 from trilemma.run.routes import Route
 from trilemma.run.session import (
     build_gates,
+    cache_tier,
     check_inputs,
     check_tenant,
     close_providers,
@@ -270,6 +271,7 @@ def run_batch(
     resume: str | None = None,
     shared: SharedCeiling | None = None,
     redis: str | None = None,
+    shared_cache: str | None = None,
 ) -> BatchResult:
     """Run ``wf`` once per set of ``inputs``, ``parallel`` at a time, under one ceiling.
 
@@ -284,7 +286,8 @@ def run_batch(
 
     ``shared``: a ceiling the batch's calls share with runs in other processes (see
     :func:`~trilemma.run.session.execute`); a resumed batch keeps its own, kept at
-    ``redis``, unless given another.
+    ``redis``, unless given another. ``shared_cache``: the Redis URL of a cache tier
+    shared with other processes (as for :func:`~trilemma.run.session.execute`).
     """
     if parallel < 1:
         raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
@@ -312,6 +315,7 @@ def run_batch(
     guard = SpendGuard(ceiling, spent=math.fsum(journal.spent(r["run_id"]) for r in earlier.values()))
     clock = Clock(started + deadline if deadline is not None else None)
     spend = shared_spend(shared)  # one hold on the shared ceiling for every run of the batch
+    tier = cache_tier(wf, shared_cache)  # and one client of the shared cache
     predicted = estimate(wf)
     # Endpoints' clients are made once for the batch; the simulator is seeded per line. A
     # model's limits (concurrent calls, requests and tokens a minute) hold for the batch.
@@ -340,11 +344,11 @@ def run_batch(
             ex = open_run(wf, journal, session, values=values[i], seed=seed_i, source=source,
                           providers=provs, gates=gates, predicted=predicted, on_event=None,
                           embedder=embedder, tenant=tenant, batch=(batch_id, no),
-                          limits=limits, writer=writer)  # fmt: skip
+                          limits=limits, writer=writer, shared_cache=tier)  # fmt: skip
         else:  # stopped in an earlier session: on from where it stopped
             ex, done = reopen_run(wf, journal, row, session, providers=provs, gates=gates,
                                   predicted=predicted, on_event=None, embedder=embedder,
-                                  limits=limits, writer=writer)  # fmt: skip
+                                  limits=limits, writer=writer, shared_cache=tier)  # fmt: skip
         r: RunResult = await ex.run(session, done)
         results[i] = LineResult(no, r.status, r.run_id, r.cost_usd, r.latency_s, r.outputs,
                                 r.error)  # fmt: skip
@@ -378,6 +382,8 @@ def run_batch(
                 finally:
                     if spend is not None:
                         await spend.aclose()
+                    if tier is not None:
+                        await tier.aclose()
 
     if on_start is not None:
         on_start(batch_id)

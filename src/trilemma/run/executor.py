@@ -32,6 +32,7 @@ from trilemma import dag
 from trilemma.cache.keys import step_settings
 from trilemma.cache.lookup import Cache, Hit
 from trilemma.cache.semantic import Embedder
+from trilemma.cache.shared import SharedCache
 from trilemma.errors import (
     BudgetExhausted,
     GateRejected,
@@ -261,6 +262,7 @@ class Executor:
         tenant: str | None = None,
         limits: Mapping[str, Route] | None = None,
         writer: JournalWriter | None = None,
+        shared_cache: SharedCache | None = None,
     ) -> None:
         self.wf = wf
         self.journal = journal
@@ -270,8 +272,9 @@ class Executor:
                         for n, m in wf.models.items()}  # fmt: skip
         self._own_writer = writer is None
         self.writer = writer or writer_for(journal, self._routes.values())
-        self.cache = Cache(self.writer, embedder)
-        """The journal's cache; ``embedder`` embeds prompts for steps with a semantic cache."""
+        self.cache = Cache(self.writer, embedder, shared_cache)
+        """The journal's cache; ``embedder`` embeds prompts for steps with a semantic cache,
+        and ``shared_cache`` is a tier other processes see (the caller closes it)."""
         self.tenant = tenant
         """Whose cached answers the run may use and adds to (None: the journal's shared ones)."""
         self.run_id = run_id

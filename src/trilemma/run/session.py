@@ -19,6 +19,7 @@ from typing import Any
 
 from trilemma._proc import pid_alive
 from trilemma.cache.semantic import Embedder, default_embedder
+from trilemma.cache.shared import SharedCache
 from trilemma.errors import UsageError
 from trilemma.journal.store import Journal, JournalWriter, dumps
 from trilemma.plan.estimate import Estimate, estimate
@@ -42,6 +43,7 @@ from trilemma.spec import ModelProfile, Workflow, load_workflow, workflow_from_d
 __all__ = [
     "build_gates",
     "build_providers",
+    "cache_tier",
     "changed_steps",
     "check_inputs",
     "check_tenant",
@@ -167,6 +169,7 @@ def execute(
     embedder: Embedder | None = None,
     tenant: str | None = None,
     shared: SharedCeiling | None = None,
+    shared_cache: str | None = None,
 ) -> RunResult:
     """Run a workflow to the end, a budget, the deadline or an early stop.
 
@@ -177,6 +180,9 @@ def execute(
     Every call holds its worst case under it as well as under ``max_cost_usd``; a call
     that would cross either is not sent, and the run stops with ``budget_exhausted``. A
     store that does not answer raises SetupError before anything is journaled.
+
+    ``shared_cache``: the Redis URL of a cache tier shared with other processes: cached
+    steps the journal misses are looked up there, and their answers kept there too.
 
     A provider that raises something other than a ProviderError (a bug) ends the run:
     the journal marks it failed, and the error is raised here as itself.
@@ -192,7 +198,7 @@ def execute(
     session = Session(SpendGuard(ceiling), Clock(deadline_at), shared=shared_spend(shared))
     ex = open_run(wf, journal, session, values=values, seed=seed, source=source, providers=provs,
                   gates=gates, predicted=estimate(wf), on_event=on_event, embedder=embedder,
-                  tenant=tenant)  # fmt: skip
+                  tenant=tenant, shared_cache=cache_tier(wf, shared_cache))  # fmt: skip
     with collector_spared():
         return asyncio.run(_run_and_close(ex, session, {}, provs))
 
@@ -206,6 +212,16 @@ def shared_spend(ceiling: SharedCeiling | None) -> SharedSpend | None:
     return spend
 
 
+def cache_tier(wf: Workflow, url: str | None) -> SharedCache | None:
+    """The shared cache at ``url`` (checked now: SetupError if it does not answer), for a
+    spec with a cached step; None without a URL, or with no step to use it."""
+    if url is None or not any(step.cache_rule is not None for step in wf.steps):
+        return None
+    tier = SharedCache(url)
+    tier.check()
+    return tier
+
+
 def run_seed(wf: Workflow, seed: int | None) -> int:
     """The simulator's seed for a run: the one given, else the spec's, else a random one."""
     seed = seed if seed is not None else wf.seed
@@ -217,7 +233,7 @@ def open_run(
     source: str, providers: Mapping[str, Provider], gates: dict[str, Check], predicted: Estimate,
     on_event: Callable[[Event], None] | None, embedder: Embedder | None, tenant: str | None,
     batch: tuple[str, int] | None = None, limits: Mapping[str, Route] | None = None,
-    writer: JournalWriter | None = None,
+    writer: JournalWriter | None = None, shared_cache: SharedCache | None = None,
 ) -> Executor:  # fmt: skip
     """A new run in the journal (status running) and its executor, under ``session``'s budgets.
 
@@ -239,7 +255,7 @@ def open_run(
     return Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=providers,
                     source=source, gates=gates, seed=seed, predicted=predicted,
                     on_event=on_event, embedder=embedder, tenant=tenant,
-                    limits=limits, writer=writer)  # fmt: skip
+                    limits=limits, writer=writer, shared_cache=shared_cache)  # fmt: skip
 
 
 def shared_label(session: Session) -> str | None:
@@ -276,13 +292,15 @@ def resume(
     embedder: Embedder | None = None,
     shared: SharedCeiling | None = None,
     redis: str | None = None,
+    shared_cache: str | None = None,
 ) -> RunResult:
     """Finish an interrupted run; a step the journal holds as done is never run again.
 
     The spend before the crash counts against the ceiling, and the original
     deadline holds unless ``deadline_s`` gives a new one (from now). A run that
     shared a ceiling goes on under it (kept at ``redis``, default
-    :data:`~trilemma.run.shared_budget.DEFAULT_REDIS`) unless ``shared`` gives another.
+    :data:`~trilemma._redis.DEFAULT_REDIS`) unless ``shared`` gives another.
+    ``shared_cache`` as for :func:`execute`.
     """
     row = journal.run(run_id)
     if row is None:
@@ -322,7 +340,7 @@ def resume(
                       shared=shared_spend(shared_of(row, shared, redis)))  # fmt: skip
     ex, done = reopen_run(wf, journal, row, session, providers=provs, gates=gates,
                           predicted=estimate(wf), on_event=on_event, embedder=embedder,
-                          changed=changed)  # fmt: skip
+                          changed=changed, shared_cache=cache_tier(wf, shared_cache))  # fmt: skip
     with collector_spared():
         return asyncio.run(_run_and_close(ex, session, done, provs))
 
@@ -337,7 +355,7 @@ def reopen_run(
     providers: Mapping[str, Provider], gates: dict[str, Check], predicted: Estimate,
     on_event: Callable[[Event], None] | None, embedder: Embedder | None,
     changed: Sequence[str] = (), limits: Mapping[str, Route] | None = None,
-    writer: JournalWriter | None = None,
+    writer: JournalWriter | None = None, shared_cache: SharedCache | None = None,
 ) -> tuple[Executor, dict[str, dict[str, Any]]]:  # fmt: skip
     """A journaled run's executor, set to go on where it stopped, and its steps already done.
 
@@ -354,7 +372,8 @@ def reopen_run(
     ex = Executor(wf, journal=journal, run_id=run_id, inputs=json.loads(row["inputs_json"]),
                   providers=providers, source=row["spec_source"], gates=gates, seed=row["seed"],
                   predicted=predicted, on_event=on_event, embedder=embedder,
-                  tenant=row["tenant"], limits=limits, writer=writer)  # fmt: skip
+                  tenant=row["tenant"], limits=limits, writer=writer,
+                  shared_cache=shared_cache)  # fmt: skip
     ex.resume_from = _resume_points(wf, journal.calls(run_id), done, list(changed))
     return ex, done
 
@@ -417,6 +436,8 @@ async def _run_and_close(
         finally:
             if session.shared is not None:
                 await session.shared.aclose()
+            if ex.cache.shared is not None:
+                await ex.cache.shared.aclose()
 
 
 async def close_providers(provs: Mapping[str, Provider]) -> None:
