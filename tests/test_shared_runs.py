@@ -292,3 +292,22 @@ def test_gateways_that_share_redis_share_their_cache_too(
     [free] = Journal(tmp_path / "b" / "j.db").calls(run_id_of("team-b"))
     assert (paid["cache_hit"], paid["cost_usd"]) == (0, pytest.approx(0.01))
     assert (free["cache_hit"], free["cost_usd"]) == (1, 0.0)
+
+
+def test_a_store_that_accepts_but_never_answers_is_given_up_on(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    import socket
+
+    spec = tmp_path / "forty.json"
+    spec.write_text(json.dumps(FORTY))
+    with socket.socket() as silent:  # takes connections, never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        started = time.monotonic()
+        r = cli("run", spec, "--journal", tmp_path / "j.db", "--shared-budget", "team=1",
+                "--redis", url)  # fmt: skip
+        waited = time.monotonic() - started
+    assert r.code == 1 and "does not answer" in r.err and "Timeout" in r.err
+    assert waited < 15

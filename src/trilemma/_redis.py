@@ -59,7 +59,7 @@ def ping(url: str, fix: str, what: str) -> None:
     from redis.exceptions import RedisError
 
     try:
-        with SyncRedis.from_url(url, socket_connect_timeout=5) as r:
+        with SyncRedis.from_url(url, socket_connect_timeout=5, socket_timeout=5) as r:
             r.ping()
     except RedisError as exc:
         raise SetupError(gone(url, exc, fix, what)) from None

@@ -203,7 +203,7 @@ class RedisBudgets:
         self.hold_ttl_s = hold_ttl_s
         self.fix = fix
         """Where the store's address was given, for the message when it does not answer."""
-        self.redis: Redis = client or redis_client(url)
+        self.redis: Redis = client or redis_client(url, timeout_s=_TIMEOUT_S)
         self._reserve = self.redis.register_script(_RESERVE)
         self._settle = self.redis.register_script(_SETTLE)
         self._state = self.redis.register_script(_STATE)
@@ -279,6 +279,8 @@ class RedisBudgets:
 
 
 _STORE = "the shared budget store"
+_TIMEOUT_S = 5.0
+"""A reservation waits this long at most for Redis: then the call is not sent (SetupError)."""
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
