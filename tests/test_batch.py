@@ -213,10 +213,10 @@ def test_a_killed_batch_resumes_without_paying_twice(tmp_path: Path, cli) -> Non
     import time
 
     spec, lines = write(tmp_path, 6, latency=0.6)
-    db = tmp_path / "j.db"
+    db, out = tmp_path / "j.db", tmp_path / "out.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-m", "trilemma", "batch", str(spec), "--inputs", str(lines),
-         "--parallel", "2", "--journal", str(db), "--json"],
+         "--parallel", "2", "--journal", str(db), "--json", "--out", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -232,12 +232,19 @@ def test_a_killed_batch_resumes_without_paying_twice(tmp_path: Path, cli) -> Non
     assert 2 <= sum(r["status"] == "ok" for r in before) < 6
     assert any(r["status"] == "running" for r in before)  # cut off mid-run
     (batch_id,) = {r["batch_id"] for r in before}
+    # --out has a line for each run that ended before the kill, as it ended
+    partial = [json.loads(x) for x in out.read_text().splitlines()]
+    assert {x["run_id"] for x in partial} == {r["run_id"] for r in before if r["status"] == "ok"}
     doctor = cli("doctor", "--journal", db, "--json").json()
     assert doctor["interrupted_batches"] == [{"batch_id": batch_id, "spec_source": str(spec)}]
     assert f"--resume {batch_id}`" in cli("doctor", "--journal", db).out
-    r = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--resume", batch_id)
+    r = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--resume", batch_id,
+            "--out", out)  # fmt: skip
     got = r.json()
     assert r.code == 0 and got["counts"]["ok"] == 6, r.err
+    final = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["line"] for x in final] == list(range(1, 7))  # at the end: every line, in order
+    assert {x["status"] for x in final} == {"ok"}
     assert got["from_journal"] == sum(x["status"] == "ok" for x in before)
     journal = Journal(db)
     assert len(journal.runs()) == 6  # the interrupted runs resumed, not started again
@@ -365,3 +372,13 @@ def test_plan_says_what_a_batch_should_cost_and_sends_nothing(tmp_path: Path, cl
     table = cli(*args, "--max-cost", "0.05")
     assert table.code == 0 and "pays for 8 of 12 runs even at their worst" in table.out
     assert not db.exists()  # nothing was run or journaled
+
+
+def test_an_out_file_that_cannot_be_written_is_refused_before_anything_runs(
+    tmp_path: Path, cli
+) -> None:
+    spec, lines = write(tmp_path, 3)
+    db = tmp_path / "j.db"
+    r = cli("batch", spec, "--inputs", lines, "--journal", db, "--out", tmp_path / "no" / "o.jsonl")
+    assert r.code == 2 and "--out" in r.err and "cannot write" in r.err
+    assert not db.exists() or Journal(db).runs() == []

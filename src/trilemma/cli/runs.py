@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -138,7 +139,8 @@ def batch_cmd(
         typer.Option(help="Whom the runs work for: their cached steps use that tenant's answers only."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write one JSON line per input line here.")
+        Path | None,
+        typer.Option("--out", help="Write one JSON line per input line here, each as its run ends."),
     ] = None,
     resume: Annotated[
         str | None,
@@ -181,7 +183,14 @@ def batch_cmd(
     _load_embedder(wf, show=not as_json)
     ceiling, _ = wf.budget.resolve(max_cost)
     cap = f" / ${ceiling:.4f}" if ceiling is not None else ""
-    with progress(not as_json and sys.stderr.isatty()) as bar:
+    with contextlib.ExitStack() as stack:
+        sink = None
+        if out is not None:  # opened before anything is spent; a line lands as its run ends
+            try:
+                sink = stack.enter_context(out.open("w", encoding="utf-8"))
+            except OSError as exc:
+                raise UsageError(f"--out {out}: cannot write: {exc.strerror}") from None
+        bar = stack.enter_context(progress(not as_json and sys.stderr.isatty()))
         task = bar.add_task("runs", total=len(lines))
 
         def tick(done: int, total: int, spent: float) -> None:
@@ -192,15 +201,23 @@ def batch_cmd(
             sys.stderr.write(f"trilemma: {batch_id}: {len(lines)} lines, {parallel} at a "
                              f"time; if it stops, it {again} --resume {batch_id}\n")  # fmt: skip
 
+        def landed(line: Any) -> None:  # in the order runs end: a crash keeps what finished
+            if sink is not None:
+                sink.write(_json_line(line))
+                sink.flush()
+
         result = run_batch(wf, lines, journal=Journal(journal), max_cost_usd=max_cost,
                            deadline_s=deadline, parallel=parallel, seed=seed, source=str(spec),
-                           tenant=tenant, on_progress=tick, on_start=started,
+                           tenant=tenant, on_progress=tick, on_start=started, on_line=landed,
                            resume=resume, shared=shared, redis=redis,
                            shared_cache=tier)  # fmt: skip
-    if out is not None:
-        write_atomic(out, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n"
-                                  for r in result.lines))  # fmt: skip
+    if out is not None:  # the whole batch, in line order, lines that never started included
+        write_atomic(out, "".join(_json_line(r) for r in result.lines))
     return _report(result, as_json, tables.batch_view, result.batch_id)
+
+
+def _json_line(line: Any) -> str:
+    return json.dumps(line.to_json(), ensure_ascii=False) + "\n"
 
 
 def _report_run(result: Any, as_json: bool) -> int:

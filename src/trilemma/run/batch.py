@@ -268,6 +268,7 @@ def run_batch(
     embedder: Embedder | None = None,
     on_progress: Callable[[int, int, float], None] | None = None,
     on_start: Callable[[str], None] | None = None,
+    on_line: Callable[[LineResult], None] | None = None,
     resume: str | None = None,
     shared: SharedCeiling | None = None,
     redis: str | None = None,
@@ -278,7 +279,9 @@ def run_batch(
     ``inputs``: by line number (as :func:`read_inputs` gives them), or a list (numbered
     from 1). ``max_cost_usd`` and ``deadline_s`` hold for the whole batch (the spec's
     budget when not given). ``on_start(batch_id)`` is called before the first run, and
-    ``on_progress(lines_done, lines, dollars_spent)`` after each run's end.
+    ``on_progress(lines_done, lines, dollars_spent)`` after each run's end, and
+    ``on_line(result)`` with its line's result (on a resume, first with each line an
+    earlier session finished ok).
 
     ``resume``: the id of a batch to go on with, given the same spec and inputs; its
     ceiling, deadline, seed and tenant hold unless given anew. A provider's own bug (not
@@ -358,8 +361,11 @@ def run_batch(
     async def worker(todo: deque[int]) -> None:
         nonlocal finished
         while todo and not _stopping(guard, clock):
-            await one(todo.popleft())
+            i = todo.popleft()
+            await one(i)
             finished += 1
+            if on_line is not None and (done := results[i]) is not None:
+                on_line(done)
             if on_progress is not None:
                 on_progress(finished, len(values), guard.spent)
 
@@ -387,6 +393,10 @@ def run_batch(
 
     if on_start is not None:
         on_start(batch_id)
+    if on_line is not None:
+        for earlier_line in results:
+            if earlier_line is not None:
+                on_line(earlier_line)
     with collector_spared():
         try:
             asyncio.run(main())
