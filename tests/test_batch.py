@@ -382,3 +382,28 @@ def test_an_out_file_that_cannot_be_written_is_refused_before_anything_runs(
     r = cli("batch", spec, "--inputs", lines, "--journal", db, "--out", tmp_path / "no" / "o.jsonl")
     assert r.code == 2 and "--out" in r.err and "cannot write" in r.err
     assert not db.exists() or Journal(db).runs() == []
+
+
+def test_resume_can_leave_failed_lines_as_they_ended(tmp_path: Path, cli) -> None:
+    spec, lines = write(tmp_path, 8, p_ok=0.5)
+    db, out = tmp_path / "j.db", tmp_path / "out.jsonl"
+    first = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--seed", "3").json()
+    failed = [x["line"] for x in first["runs"] if x["status"] == "failed"]
+    assert 0 < len(failed) < 8 and first["status"] == "failed"
+    out.write_text("what an earlier session wrote\n")
+    refused = cli("batch", spec, "--inputs", lines, "--journal", db, "--out", out, "--resume",
+                  first["batch_id"], "--tenant", "other")  # fmt: skip
+    assert refused.code == 2 and out.read_text() == "what an earlier session wrote\n"  # untouched
+    kept = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--resume",
+               first["batch_id"], "--skip-failed", "--out", out).json()  # fmt: skip
+    assert kept["from_journal"] == 8 and kept["cost_usd"] == pytest.approx(first["cost_usd"])
+    assert [x["line"] for x in kept["runs"] if x["status"] == "failed"] == failed
+    assert all(x["error"] for x in kept["runs"] if x["status"] == "failed")
+    assert len(Journal(db).calls(first["runs"][0]["run_id"])) == 1  # nothing sent again
+    assert len(out.read_text().splitlines()) == 8
+    again = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--resume",
+                first["batch_id"]).json()  # fmt: skip
+    assert again["from_journal"] == 8 - len(failed)  # the failed lines ran again
+    assert again["cost_usd"] > first["cost_usd"]
+    alone = cli("batch", spec, "--inputs", lines, "--journal", db, "--skip-failed")
+    assert alone.code == 2 and "--skip-failed" in alone.err and "--resume" in alone.err

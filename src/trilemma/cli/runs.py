@@ -147,6 +147,12 @@ def batch_cmd(
         typer.Option(help="Go on with this batch: lines done are not run again.",
                      show_default=False),
     ] = None,
+    skip_failed: Annotated[
+        bool,
+        typer.Option("--skip-failed",
+                     help="With --resume: leave lines whose run failed as they ended (by "
+                          "default they run again)."),
+    ] = False,
     plan: Annotated[
         bool, typer.Option("--plan", help="Only print what the batch should cost and take.")
     ] = False,
@@ -183,13 +189,13 @@ def batch_cmd(
     _load_embedder(wf, show=not as_json)
     ceiling, _ = wf.budget.resolve(max_cost)
     cap = f" / ${ceiling:.4f}" if ceiling is not None else ""
+    if out is not None:  # checked before anything is spent (and left as it is until a line lands)
+        try:
+            out.open("a", encoding="utf-8").close()
+        except OSError as exc:
+            raise UsageError(f"--out {out}: cannot write: {exc.strerror}") from None
     with contextlib.ExitStack() as stack:
-        sink = None
-        if out is not None:  # opened before anything is spent; a line lands as its run ends
-            try:
-                sink = stack.enter_context(out.open("w", encoding="utf-8"))
-            except OSError as exc:
-                raise UsageError(f"--out {out}: cannot write: {exc.strerror}") from None
+        sink: Any = None
         bar = stack.enter_context(progress(not as_json and sys.stderr.isatty()))
         task = bar.add_task("runs", total=len(lines))
 
@@ -202,15 +208,19 @@ def batch_cmd(
                              f"time; if it stops, it {again} --resume {batch_id}\n")  # fmt: skip
 
         def landed(line: Any) -> None:  # in the order runs end: a crash keeps what finished
-            if sink is not None:
-                sink.write(_json_line(line))
-                sink.flush()
+            nonlocal sink
+            if out is None:
+                return
+            if sink is None:
+                sink = stack.enter_context(out.open("w", encoding="utf-8"))
+            sink.write(_json_line(line))
+            sink.flush()
 
         result = run_batch(wf, lines, journal=Journal(journal), max_cost_usd=max_cost,
                            deadline_s=deadline, parallel=parallel, seed=seed, source=str(spec),
                            tenant=tenant, on_progress=tick, on_start=started, on_line=landed,
                            resume=resume, shared=shared, redis=redis,
-                           shared_cache=tier)  # fmt: skip
+                           shared_cache=tier, skip_failed=skip_failed)  # fmt: skip
     if out is not None:  # the whole batch, in line order, lines that never started included
         write_atomic(out, "".join(_json_line(r) for r in result.lines))
     return _report(result, as_json, tables.batch_view, result.batch_id)

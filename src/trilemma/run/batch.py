@@ -84,7 +84,7 @@ class LineResult:
     error: str | None = None
     """Why it is not ok."""
     from_journal: bool = False
-    """Finished ok in an earlier session of the batch: not run again."""
+    """Ended in an earlier session of the batch (ok, or failed and skipped): not run again."""
 
     def to_json(self) -> dict[str, Any]:
         """A line of ``trilemma batch --out`` and an item of ``--json``'s ``runs``."""
@@ -273,6 +273,7 @@ def run_batch(
     shared: SharedCeiling | None = None,
     redis: str | None = None,
     shared_cache: str | None = None,
+    skip_failed: bool = False,
 ) -> BatchResult:
     """Run ``wf`` once per set of ``inputs``, ``parallel`` at a time, under one ceiling.
 
@@ -291,7 +292,11 @@ def run_batch(
     :func:`~trilemma.run.session.execute`); a resumed batch keeps its own, kept at
     ``redis``, unless given another. ``shared_cache``: the Redis URL of a cache tier
     shared with other processes (as for :func:`~trilemma.run.session.execute`).
+    ``skip_failed``: on a resume, a line whose run ended ``failed`` is left as it ended
+    (by default it runs again, as ``trilemma resume`` runs a failed run again).
     """
+    if skip_failed and resume is None:
+        raise UsageError("--skip-failed: it only applies with --resume BATCH_ID")
     if parallel < 1:
         raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
     tenant = check_tenant(tenant)
@@ -328,13 +333,15 @@ def run_batch(
     limits = {n: Route.of(m, first_provs[n]) for n, m in wf.models.items()}
     results: list[LineResult | None] = [None] * len(values)
 
+    keep = ("ok", "failed") if skip_failed else ("ok",)
     for i, no in enumerate(numbers):  # lines an earlier session finished are not run again
         row = earlier.get(no)
-        if row is not None and row["status"] == "ok":
+        if row is not None and row["status"] in keep:
             outputs = {k: v["output"] for k, v in journal.steps(row["run_id"]).items()
                        if v["status"] == "done" and v["output"] is not None}  # fmt: skip
-            results[i] = LineResult(no, "ok", row["run_id"], journal.spent(row["run_id"]),
-                                    row["latency_s"] or 0.0, outputs, from_journal=True)  # fmt: skip
+            results[i] = LineResult(no, row["status"], row["run_id"], journal.spent(row["run_id"]),
+                                    row["latency_s"] or 0.0, outputs, row["error"],
+                                    from_journal=True)  # fmt: skip
 
     async def one(i: int) -> None:
         no = numbers[i]
