@@ -407,3 +407,25 @@ def test_resume_can_leave_failed_lines_as_they_ended(tmp_path: Path, cli) -> Non
     assert again["cost_usd"] > first["cost_usd"]
     alone = cli("batch", spec, "--inputs", lines, "--journal", db, "--skip-failed")
     assert alone.code == 2 and "--skip-failed" in alone.err and "--resume" in alone.err
+
+
+def test_runs_are_listed_by_status_batch_and_newest(tmp_path: Path, cli) -> None:
+    spec, lines = write(tmp_path, 8, p_ok=0.5)
+    db = tmp_path / "j.db"
+    first = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--seed", "3").json()
+    cli("run", spec, "--journal", db, "-i", "question=alone", "--seed", "1")
+    everything = cli("runs", "--journal", db, "--json").json()
+    assert len(everything) == 9
+    failed = cli("runs", "--journal", db, "--json", "--status", "failed").json()
+    assert {r["run_id"] for r in failed} == {
+        x["run_id"] for x in first["runs"] if x["status"] == "failed"
+    }
+    batch = cli("runs", "--journal", db, "--json", "--batch", first["batch_id"]).json()
+    assert len(batch) == 8 and {r["batch_id"] for r in batch} == {first["batch_id"]}
+    newest = cli("runs", "--journal", db, "--json", "--limit", "2").json()
+    assert [r["run_id"] for r in newest] == [r["run_id"] for r in everything[:2]]
+    table = cli("runs", "--journal", db, "--status", "ok", "--limit", "1")
+    assert table.code == 0 and "1 run, newest first" in table.out
+    for bad in (("--status", "done"), ("--limit", "0")):
+        r = cli("runs", "--journal", db, *bad)
+        assert r.code == 2 and bad[0] in r.err

@@ -226,6 +226,10 @@ def batch_cmd(
     return _report(result, as_json, tables.batch_view, result.batch_id)
 
 
+RUN_STATUSES = ("ok", "budget_exhausted", "deadline", "failed", "running")
+"""What a run's row may say: how it ended, or that it has not (yet)."""
+
+
 def _json_line(line: Any) -> str:
     return json.dumps(line.to_json(), ensure_ascii=False) + "\n"
 
@@ -296,14 +300,32 @@ class _RunDisplay:
 
 
 @app.command(rich_help_panel="Run and read the journal")
-def runs(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> int:
+def runs(
+    status: Annotated[
+        str | None,
+        typer.Option(help=f"Only runs that ended so ({', '.join(RUN_STATUSES)}).",
+                     show_default=False),
+    ] = None,
+    batch: Annotated[
+        str | None, typer.Option(help="Only the runs of this batch.", show_default=False)
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Only the newest N.", show_default=False)
+    ] = None,
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    as_json: JsonFlag = False,
+) -> int:
     """The runs in a journal, newest first.
 
-    Example: trilemma runs --json
+    Example: trilemma runs --status failed --limit 20
     """
     from trilemma.journal import Journal
 
-    rows = Journal(journal, create=False).runs()
+    if status is not None and status not in RUN_STATUSES:
+        raise UsageError(f"--status {status!r}: give one of {', '.join(RUN_STATUSES)}")
+    if limit is not None:
+        positive("--limit", limit)
+    rows = Journal(journal, create=False).runs(status=status, batch_id=batch, limit=limit)
     if as_json:
         keys = ("run_id", "status", "cost_usd", "calls", "latency_s", "spec_source", "error",
                 "tenant", "batch_id", "batch_line", "shared_budget")  # fmt: skip

@@ -221,9 +221,23 @@ class Journal:
             row["spec_json"] = row.pop("spec_text") or row["spec_json"]
         return rows
 
-    def runs(self) -> list[dict[str, Any]]:
-        """Every run, newest first."""
-        return self._runs("ORDER BY runs.started_at DESC, runs.run_id DESC")
+    def runs(
+        self, *, status: str | None = None, batch_id: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Every run, newest first; or only those of ``status``, of ``batch_id``, the
+        ``limit`` newest."""
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("status", status), ("batch_id", batch_id)):
+            if value is not None:
+                where.append(f"runs.{column} = ?")
+                args.append(value)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        clause += "ORDER BY runs.started_at DESC, runs.run_id DESC"
+        if limit is not None:
+            clause += " LIMIT ?"
+            args.append(limit)
+        return self._runs(clause, tuple(args))
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         """One run, or None."""

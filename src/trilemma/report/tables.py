@@ -269,7 +269,7 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
 
 def runs_table(rows: list[dict[str, Any]]) -> Table:
     """``trilemma runs``."""
-    t = Table(title=f"{len(rows)} runs, newest first", title_justify="left")
+    t = Table(title=f"{len(rows)} run{'' if len(rows) == 1 else 's'}, newest first", title_justify="left")
     tenants = any(r.get("tenant") for r in rows)  # a column only when some run has one
     for col in ("run_id", "status", "started_at", "cost", "calls", "spec", *["tenant"] * tenants):
         t.add_column(col)
