@@ -3,15 +3,17 @@ a user gives, how it is shown in messages, and the check made before anything st
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 
 from trilemma.errors import SetupError, UsageError
 
 if TYPE_CHECKING:  # the shared extra
     from redis.asyncio import Redis
 
-__all__ = ["DEFAULT_REDIS", "check_url", "client", "gone", "ping", "redacted"]
+__all__ = ["DEFAULT_REDIS", "Background", "check_url", "client", "gone", "ping", "redacted"]
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 """Where shared ceilings and the shared cache live unless ``--redis`` or TRILEMMA_REDIS_URL say."""
@@ -63,3 +65,32 @@ def ping(url: str, fix: str, what: str) -> None:
             r.ping()
     except RedisError as exc:
         raise SetupError(gone(url, exc, fix, what)) from None
+
+
+class Background:
+    """Writes to Redis that nothing waits for (a settle, a cache store), and how many failed.
+
+    A call's end, or its cancellation, must not wait on Redis; :meth:`drain` waits for
+    what is still on its way before the connection closes.
+    """
+
+    def __init__(self) -> None:
+        self._pending: set[asyncio.Task[Any]] = set()
+        self.failed = 0
+        """Writes that raised or were cancelled."""
+
+    def add(self, work: Awaitable[Any]) -> None:
+        """Start ``work`` on the running loop."""
+        task = asyncio.ensure_future(work)
+        self._pending.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            self.failed += 1
+
+    async def drain(self) -> None:
+        """Wait until every write started has ended (writes may start more)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)

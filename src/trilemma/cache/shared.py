@@ -16,13 +16,11 @@ before anything starts.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from trilemma._redis import DEFAULT_REDIS, client, ping
+from trilemma._redis import DEFAULT_REDIS, Background, client, ping
 
 if TYPE_CHECKING:  # the shared extra
     from redis.asyncio import Redis
@@ -51,9 +49,8 @@ class SharedCache:
         self.prefix = prefix
         self.ttl_s = ttl_s
         self.redis: Redis = redis or client(url, timeout_s=_TIMEOUT_S)
-        self.errors = 0
-        """Lookups and stores that could not reach Redis (served as misses, not kept)."""
-        self._pending: set[asyncio.Task[Any]] = set()
+        self._lookups_failed = 0
+        self._writes = Background()
 
     def check(self) -> None:
         """Raise SetupError now, before a run starts, if Redis does not answer."""
@@ -69,7 +66,7 @@ class SharedCache:
         try:
             raw = await self.redis.get(self._key(key))
         except (RedisError, OSError):
-            self.errors += 1
+            self._lookups_failed += 1
             return None
         try:
             entry = json.loads(raw) if raw else None
@@ -82,17 +79,12 @@ class SharedCache:
     def put(self, key: str, entry: dict[str, Any]) -> None:
         """Keep ``entry`` (response, model, tokens, tenant, created_at) in the background."""
         ttl = None if self.ttl_s is None else max(1, math.ceil(self.ttl_s))
-        self._later(self.redis.set(self._key(key), json.dumps(entry), ex=ttl))
+        self._writes.add(self.redis.set(self._key(key), json.dumps(entry), ex=ttl))
 
-    def _later(self, work: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(work)
-        self._pending.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._pending.discard(task)
-        if task.cancelled() or task.exception() is not None:
-            self.errors += 1
+    @property
+    def errors(self) -> int:
+        """Lookups and stores that could not reach Redis (served as misses, not kept)."""
+        return self._lookups_failed + self._writes.failed
 
     async def entries(self) -> list[tuple[str, dict[str, Any]]]:
         """Every entry under the prefix, with its Redis key (for stats and clearing)."""
@@ -125,6 +117,5 @@ class SharedCache:
 
     async def aclose(self) -> None:
         """Wait for the stores still on their way, then let go of the connection."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        await self._writes.drain()
         await self.redis.aclose()

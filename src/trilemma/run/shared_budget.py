@@ -22,15 +22,14 @@ under the run's own ceiling and under the shared one before it is sent.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import uuid
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from trilemma._redis import DEFAULT_REDIS, check_url, gone, ping
+from trilemma._redis import DEFAULT_REDIS, Background, check_url, gone, ping
 from trilemma._redis import client as redis_client
 from trilemma.errors import BudgetExhausted, SetupError, UsageError
 from trilemma.run.budget import EPS, Reservation, SpendGuard
@@ -42,7 +41,6 @@ __all__ = [
     "DEFAULT_REDIS", "BudgetState", "KeyBudgets", "LocalBudgets", "RedisBudgets",
     "SharedCeiling", "SharedSpend",
 ]  # fmt: skip
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,9 +333,7 @@ class SharedSpend:
             ceiling.redis, {ceiling.name: ceiling.max_cost_usd}, prefix=ceiling.prefix,
             fix="--redis (or TRILEMMA_REDIS_URL)",
         )  # fmt: skip
-        self._closing: set[asyncio.Task[Any]] = set()
-        self.unsettled = 0
-        """Settles or releases that could not reach the store (their holds lapse)."""
+        self._writes = Background()
 
     def check(self) -> None:
         """Raise SetupError now, before a run starts, if the store does not answer."""
@@ -353,21 +349,16 @@ class SharedSpend:
 
     def settle(self, hold: Reservation, cost: float) -> None:
         """The call answered and cost ``cost``."""
-        self._later(self.store.settle(self.ceiling.name, hold, cost))
+        self._writes.add(self.store.settle(self.ceiling.name, hold, cost))
 
     def release(self, hold: Reservation) -> None:
         """The call returned only an error, or was never sent: nothing is billed."""
-        self._later(self.store.release(self.ceiling.name, hold))
+        self._writes.add(self.store.release(self.ceiling.name, hold))
 
-    def _later(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(work)
-        self._closing.add(task)
-        task.add_done_callback(self._closed)
-
-    def _closed(self, task: asyncio.Task[Any]) -> None:
-        self._closing.discard(task)
-        if task.cancelled() or task.exception() is not None:
-            self.unsettled += 1
+    @property
+    def unsettled(self) -> int:
+        """Settles or releases that could not reach the store (their holds lapse)."""
+        return self._writes.failed
 
     async def state(self) -> BudgetState:
         """The shared ceiling's figures now, counted across every process."""
@@ -375,6 +366,5 @@ class SharedSpend:
 
     async def aclose(self) -> None:
         """Wait for the settles still on their way, then let go of the connection."""
-        while self._closing:
-            await asyncio.gather(*list(self._closing), return_exceptions=True)
+        await self._writes.drain()
         await self.store.aclose()
