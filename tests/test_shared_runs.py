@@ -311,3 +311,41 @@ def test_a_store_that_accepts_but_never_answers_is_given_up_on(
         waited = time.monotonic() - started
     assert r.code == 1 and "does not answer" in r.err and "Timeout" in r.err
     assert waited < 15
+
+
+def test_a_shared_budget_is_shown_and_reset_from_the_command_line(
+    cli: Callable[..., Result], tmp_path: Path, redis_url: str
+) -> None:
+    spec = tmp_path / "forty.json"
+    spec.write_text(json.dumps({**FORTY, "steps": FORTY["steps"][:10]}))
+    name = team()
+    flags = ("--redis", redis_url)
+    run = cli("run", spec, "--journal", tmp_path / "j.db", "--shared-budget", f"{name}=0.055",
+              *flags, "--json")  # fmt: skip
+    assert run.json()["status"] == "budget_exhausted"
+    shown = cli("budget", "show", name, *flags, "--json")
+    assert shown.code == 0, shown.err
+    # Ten calls at once, room for five: five sent, five refused.
+    assert shown.json() == {"name": name, "spent_usd": pytest.approx(0.05), "reserved_usd": 0.0,
+                            "refused": 5}  # fmt: skip
+    assert f"{name}: $0.0500 spent" in cli("budget", "show", name, *flags).out
+
+    async def hold() -> None:  # a call in flight elsewhere holds part of it
+        spend = SharedSpend(SharedCeiling(name, 1.0, redis_url))
+        await spend.reserve(0.01)
+        await spend.store.aclose()
+
+    asyncio.run(hold())
+    busy = cli("budget", "reset", name, *flags)
+    assert busy.code == 2 and "calls in flight hold $0.0100" in busy.err and "--force" in busy.err
+    reset = cli("budget", "reset", name, *flags, "--force", "--json")
+    assert reset.code == 0 and reset.json()["spent_usd"] == pytest.approx(0.05)
+    assert spent(redis_url, name) == (0.0, 0)
+    again = cli("run", spec, "--journal", tmp_path / "j.db", "--shared-budget", f"{name}=0.055",
+                *flags, "--json")  # fmt: skip
+    assert again.json()["cost_usd"] == pytest.approx(0.05)  # a fresh count: five more calls
+    for bad in (("show", "no way"), ("show", name, "--redis", "http://x")):
+        r = cli("budget", *bad)
+        assert r.code == 2 and "Traceback" not in r.err
+    gone = cli("budget", "show", name, "--redis", f"redis://127.0.0.1:{free_port()}/0")
+    assert gone.code == 1 and "does not answer" in gone.err

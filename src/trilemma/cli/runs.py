@@ -537,6 +537,69 @@ def gateway(
     return 0
 
 
+budget_app = typer.Typer(help="Read and reset ceilings shared across processes (--shared-budget).",
+                         no_args_is_help=True)  # fmt: skip
+app.add_typer(budget_app, name="budget", rich_help_panel="Run and read the journal")
+PrefixOpt = Annotated[
+    str,
+    typer.Option(help="Whose counters: trilemma:budget for runs, a gateway's shared.prefix "
+                      "(trilemma:gateway) for its keys."),
+]  # fmt: skip
+
+
+def _budget_json(name: str, state: Any) -> dict[str, Any]:
+    return {"name": name, "spent_usd": state.spent, "reserved_usd": state.reserved,
+            "refused": state.refused}  # fmt: skip
+
+
+@budget_app.command("show")
+def budget_show(
+    name: Annotated[str, typer.Argument(help="The shared budget (NAME of --shared-budget).")],
+    redis: RedisOpt = None,
+    prefix: PrefixOpt = "trilemma:budget",
+    as_json: JsonFlag = False,
+) -> int:
+    """What a shared ceiling has spent, what calls in flight hold, and how many it refused.
+
+    Example: trilemma budget show team-a --redis redis://127.0.0.1:6379/0
+    """
+    from trilemma._redis import check_url
+    from trilemma.run.shared_budget import shared_state
+
+    state = shared_state(check_url(redis), name, prefix)
+    if as_json:
+        emit_json(_budget_json(name, state))
+    else:
+        sys.stdout.write(f"{name}: ${state.spent:.4f} spent, ${state.reserved:.4f} held by calls "
+                         f"in flight, {state.refused} calls refused\n")  # fmt: skip
+    return 0
+
+
+@budget_app.command("reset")
+def budget_reset(
+    name: Annotated[str, typer.Argument(help="The shared budget (NAME of --shared-budget).")],
+    redis: RedisOpt = None,
+    prefix: PrefixOpt = "trilemma:budget",
+    force: Annotated[
+        bool, typer.Option(help="Even while calls in flight hold part of it.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> int:
+    """Start a shared ceiling's count again from $0 (a new month, say).
+
+    Example: trilemma budget reset team-a
+    """
+    from trilemma._redis import check_url
+    from trilemma.run.shared_budget import reset_shared
+
+    before = reset_shared(check_url(redis), name, prefix, force=force)
+    if as_json:
+        emit_json({**_budget_json(name, before), "reset": True})
+    else:
+        sys.stdout.write(f"{name}: reset (it had spent ${before.spent:.4f})\n")
+    return 0
+
+
 cache_app = typer.Typer(help="Inspect and clear the journal's cache of accepted answers.",
                         no_args_is_help=True)  # fmt: skip
 app.add_typer(cache_app, name="cache", rich_help_panel="Run and read the journal")

@@ -22,6 +22,7 @@ under the run's own ceiling and under the shared one before it is sent.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import uuid
@@ -39,7 +40,7 @@ if TYPE_CHECKING:  # the shared extra
 
 __all__ = [
     "DEFAULT_REDIS", "BudgetState", "KeyBudgets", "LocalBudgets", "RedisBudgets",
-    "SharedCeiling", "SharedSpend",
+    "SharedCeiling", "SharedSpend", "check_name", "reset_shared", "shared_state",
 ]  # fmt: skip
 
 
@@ -368,3 +369,58 @@ class SharedSpend:
         """Wait for the settles still on their way, then let go of the connection."""
         await self._writes.drain()
         await self.store.aclose()
+
+
+def check_name(name: str, given_as: str = "NAME") -> str:
+    """A shared budget's name, or UsageError naming what one may hold."""
+    if not _NAME.fullmatch(name):
+        raise UsageError(
+            f"{given_as} {name!r}: a shared budget's name is letters, digits, '_', '.' or '-', "
+            "up to 64"
+        )
+    return name
+
+
+def _budgets(url: str, name: str, prefix: str) -> RedisBudgets:
+    store = RedisBudgets(url, {name: None}, prefix=prefix, fix="--redis (or TRILEMMA_REDIS_URL)")
+    store.check()
+    return store
+
+
+def shared_state(url: str, name: str, prefix: str = "trilemma:budget") -> BudgetState:
+    """A shared budget's figures now: spent, held by calls in flight, calls refused."""
+    store = _budgets(url, check_name(name), prefix)
+
+    async def read() -> BudgetState:
+        try:
+            return await store.state(name)
+        finally:
+            await store.aclose()
+
+    return asyncio.run(read())
+
+
+def reset_shared(
+    url: str, name: str, prefix: str = "trilemma:budget", *, force: bool = False
+) -> BudgetState:
+    """Forget a shared budget's counters (a new month, say); its figures before.
+
+    Refused while calls hold part of it, unless ``force``: their settles would then
+    count against nothing they had reserved.
+    """
+    store = _budgets(url, check_name(name), prefix)
+
+    async def reset() -> BudgetState:
+        try:
+            before = await store.state(name)
+            if before.reserved > EPS and not force:
+                raise UsageError(
+                    f"shared budget {name!r}: calls in flight hold ${before.reserved:.4f} of it; "
+                    "reset once they end, or give --force"
+                )
+            await store.clear(name)
+            return before
+        finally:
+            await store.aclose()
+
+    return asyncio.run(reset())
