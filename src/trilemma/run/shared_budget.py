@@ -405,8 +405,9 @@ def reset_shared(
 ) -> BudgetState:
     """Forget a shared budget's counters (a new month, say); its figures before.
 
-    Refused while calls hold part of it, unless ``force``: their settles would then
-    count against nothing they had reserved.
+    Refused while calls hold part of it, unless ``force``: their holds are dropped with
+    the rest, and when they settle they are taken for lapsed holds, so the new count is
+    lowered by what each held beyond what it cost (it may dip below zero for a while).
     """
     store = _budgets(url, check_name(name), prefix)
 
