@@ -45,7 +45,8 @@ SharedCacheFlag = Annotated[
 RedisOpt = Annotated[
     str | None,
     typer.Option("--redis", envvar="TRILEMMA_REDIS_URL", show_default=False,
-                 help="The Redis that keeps shared budgets (default redis://127.0.0.1:6379/0)."),
+                 help="The Redis of --shared-budget and --shared-cache (default "
+                      "redis://127.0.0.1:6379/0)."),
 ]  # fmt: skip
 
 

@@ -282,7 +282,7 @@ def run_batch(
     budget when not given). ``on_start(batch_id)`` is called before the first run, and
     ``on_progress(lines_done, lines, dollars_spent)`` after each run's end, and
     ``on_line(result)`` with its line's result (on a resume, first with each line an
-    earlier session finished ok).
+    earlier session ended: ok, or failed with ``skip_failed``).
 
     ``resume``: the id of a batch to go on with, given the same spec and inputs; its
     ceiling, deadline, seed and tenant hold unless given anew. A provider's own bug (not
