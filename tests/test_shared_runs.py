@@ -349,3 +349,18 @@ def test_a_shared_budget_is_shown_and_reset_from_the_command_line(
         assert r.code == 2 and "Traceback" not in r.err
     gone = cli("budget", "show", name, "--redis", f"redis://127.0.0.1:{free_port()}/0")
     assert gone.code == 1 and "does not answer" in gone.err
+
+
+def test_the_report_names_the_shared_budget_a_run_was_under(
+    cli: Callable[..., Result], tmp_path: Path, redis_url: str
+) -> None:
+    spec = tmp_path / "forty.json"
+    spec.write_text(json.dumps({**FORTY, "steps": FORTY["steps"][:2]}))
+    db, name = tmp_path / "j.db", team()
+    run = cli("run", spec, "--journal", db, "--shared-budget", f"{name}=5", "--redis", redis_url,
+              "--json").json()  # fmt: skip
+    page = tmp_path / "r.html"
+    assert cli("report", run["run_id"], "--journal", db, "--out", page).code == 0
+    assert f"under shared budget {name}=5.0" in page.read_text().split("<h2>")[0]
+    table = cli("runs", "--journal", db, "--json").json()
+    assert table[0]["shared_budget"] == f"{name}=5.0"

@@ -94,6 +94,7 @@ def run_report(journal: Journal, run_id: str) -> str:
         f'<p class="dim">spec {_e(run["spec_source"])}, started {_when(run["started_at"])}, '
         f"finished {_when(run['finished_at'])}, seed {_e(run['seed'])}"
         + (f", for tenant {_e(run['tenant'])}" if run.get("tenant") else "")
+        + (f", under shared budget {_e(run['shared_budget'])}" if run.get("shared_budget") else "")
         + (f", line {run['batch_line']} of {_e(run['batch_id'])}" if run.get("batch_id") else "")
         + "</p>",
     ]
@@ -156,7 +157,9 @@ def batch_report(journal: Journal, batch_id: str) -> str:
         f"<h1>{_e(batch_id)}: {ok} of {n} runs ok</h1>",
         f'<p class="dim">spec {_e(first["spec_source"])}, started {_when(started)}, '
         f"last run ended {_when(ended)}"
-        + (f", for tenant {_e(first['tenant'])}" if first["tenant"] else "") + "</p>",
+        + (f", for tenant {_e(first['tenant'])}" if first["tenant"] else "")
+        + (f", under shared budget {_e(first['shared_budget'])}" if first.get("shared_budget") else "")
+        + "</p>",
         "<h2>Predicted beside measured</h2>",
         _table(("", "predicted", "measured", "budget"), rows, {1, 2}),
         "<h2>Runs over time</h2>",
