@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -30,6 +30,10 @@ from trilemma.errors import UsageError
 from trilemma.report import tables
 from trilemma.spec import load_workflow, workflow_from_dict
 
+if TYPE_CHECKING:  # imported when a command needs it: `trilemma --help` stays quick
+    from trilemma.run.batch import LineResult
+    from trilemma.run.shared_budget import BudgetState, SharedCeiling
+
 SharedBudgetOpt = Annotated[
     str | None,
     typer.Option("--shared-budget", metavar="NAME=USD", show_default=False,
@@ -50,7 +54,7 @@ RedisOpt = Annotated[
 ]  # fmt: skip
 
 
-def _shared(text: str | None, redis: str | None) -> Any:
+def _shared(text: str | None, redis: str | None) -> SharedCeiling | None:
     """The --shared-budget flag as a SharedCeiling (None without it); exit 2 when malformed."""
     if text is None:
         return None
@@ -208,7 +212,7 @@ def batch_cmd(
             sys.stderr.write(f"trilemma: {batch_id}: {len(lines)} lines, {parallel} at a "
                              f"time; if it stops, it {again} --resume {batch_id}\n")  # fmt: skip
 
-        def landed(line: Any) -> None:  # in the order runs end: a crash keeps what finished
+        def landed(line: LineResult) -> None:  # in the order runs end: a crash keeps what finished
             nonlocal sink
             if out is None:
                 return
@@ -231,7 +235,7 @@ RUN_STATUSES = ("ok", "budget_exhausted", "deadline", "failed", "running")
 """What a run's row may say: how it ended, or that it has not (yet)."""
 
 
-def _json_line(line: Any) -> str:
+def _json_line(line: LineResult) -> str:
     return json.dumps(line.to_json(), ensure_ascii=False) + "\n"
 
 
@@ -548,7 +552,7 @@ PrefixOpt = Annotated[
 ]  # fmt: skip
 
 
-def _budget_json(name: str, state: Any) -> dict[str, Any]:
+def _budget_json(name: str, state: BudgetState) -> dict[str, Any]:
     return {"name": name, "spent_usd": state.spent, "reserved_usd": state.reserved,
             "refused": state.refused}  # fmt: skip
 
