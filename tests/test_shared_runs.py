@@ -326,9 +326,12 @@ def test_a_shared_budget_is_shown_and_reset_from_the_command_line(
     shown = cli("budget", "show", name, *flags, "--json")
     assert shown.code == 0, shown.err
     # Ten calls at once, room for five: five sent, five refused.
-    assert shown.json() == {"name": name, "spent_usd": pytest.approx(0.05), "reserved_usd": 0.0,
+    assert shown.json() == {"name": name, "ceiling_usd": 0.055, "spent_usd": pytest.approx(0.05),
+                            "reserved_usd": 0.0, "remaining_usd": pytest.approx(0.005),
                             "refused": 5}  # fmt: skip
-    assert f"{name}: $0.0500 spent" in cli("budget", "show", name, *flags).out
+    assert f"{name}: $0.0500 spent, $0.0000 held by calls in flight, $0.0050 left of $0.0550" in (
+        cli("budget", "show", name, *flags).out
+    )
 
     async def hold() -> None:  # a call in flight elsewhere holds part of it
         spend = SharedSpend(SharedCeiling(name, 1.0, redis_url))
@@ -341,6 +344,7 @@ def test_a_shared_budget_is_shown_and_reset_from_the_command_line(
     reset = cli("budget", "reset", name, *flags, "--force", "--json")
     assert reset.code == 0 and reset.json()["spent_usd"] == pytest.approx(0.05)
     assert spent(redis_url, name) == (0.0, 0)
+    assert cli("budget", "show", name, *flags, "--json").json()["ceiling_usd"] is None
     again = cli("run", spec, "--journal", tmp_path / "j.db", "--shared-budget", f"{name}=0.055",
                 *flags, "--json")  # fmt: skip
     assert again.json()["cost_usd"] == pytest.approx(0.05)  # a fresh count: five more calls

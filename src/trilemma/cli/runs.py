@@ -553,7 +553,8 @@ PrefixOpt = Annotated[
 
 
 def _budget_json(name: str, state: BudgetState) -> dict[str, Any]:
-    return {"name": name, "spent_usd": state.spent, "reserved_usd": state.reserved,
+    return {"name": name, "ceiling_usd": state.ceiling, "spent_usd": state.spent,
+            "reserved_usd": state.reserved, "remaining_usd": state.remaining,
             "refused": state.refused}  # fmt: skip
 
 
@@ -564,7 +565,7 @@ def budget_show(
     prefix: PrefixOpt = "trilemma:budget",
     as_json: JsonFlag = False,
 ) -> int:
-    """What a shared ceiling has spent, what calls in flight hold, and how many it refused.
+    """What a shared ceiling has spent, what calls in flight hold, what is left, what it refused.
 
     Example: trilemma budget show team-a --redis redis://127.0.0.1:6379/0
     """
@@ -575,8 +576,10 @@ def budget_show(
     if as_json:
         emit_json(_budget_json(name, state))
     else:
+        left = ("" if state.remaining is None else
+                f", ${state.remaining:.4f} left of ${state.ceiling:.4f}")  # fmt: skip
         sys.stdout.write(f"{name}: ${state.spent:.4f} spent, ${state.reserved:.4f} held by calls "
-                         f"in flight, {state.refused} calls refused\n")  # fmt: skip
+                         f"in flight{left}, {state.refused} calls refused\n")  # fmt: skip
     return 0
 
 

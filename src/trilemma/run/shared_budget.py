@@ -8,8 +8,9 @@ concurrent calls from any number of processes cannot together cross a ceiling.
 
 Per budget ``NAME`` the store keeps ``PREFIX:NAME:spent`` (dollars billed),
 ``PREFIX:NAME:holds`` (hold id -> dollars held by a call in flight),
-``PREFIX:NAME:expiry`` (hold id -> when it lapses, Redis's clock) and
-``PREFIX:NAME:refused``. A hold that outlives its lapse time, because the process
+``PREFIX:NAME:expiry`` (hold id -> when it lapses, Redis's clock),
+``PREFIX:NAME:refused`` and ``PREFIX:NAME:ceiling`` (the ceiling the last
+reservation was checked against, for ``trilemma budget show``). A hold that outlives its lapse time, because the process
 holding it died, is counted as spent at its worst case; if its call does settle
 later, the spend is corrected to what it cost. A lost process can thus make the
 spend look higher than it was, never lower.
@@ -27,7 +28,7 @@ import math
 import re
 import uuid
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from trilemma._redis import DEFAULT_REDIS, Background, check_url, gone, ping
@@ -139,12 +140,14 @@ local function figures()
 end
 """
 
-# KEYS: spent, holds, expiry, refused. ARGV: amount, ceiling (<0: none), hold id, ttl, eps.
+# KEYS: spent, holds, expiry, refused, ceiling. ARGV: amount, ceiling (<0: none), hold id,
+# ttl, eps.
 _RESERVE = (
     _LAPSE
     + """
 local amount = tonumber(ARGV[1])
 local ceiling = tonumber(ARGV[2])
+if ceiling >= 0 then redis.call('SET', KEYS[5], ARGV[2]) else redis.call('DEL', KEYS[5]) end
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
 if ceiling >= 0 and spent + reserved() + amount > ceiling + tonumber(ARGV[5]) then
   redis.call('INCR', KEYS[4])
@@ -209,7 +212,8 @@ class RedisBudgets:
 
     def _keys(self, name: str) -> list[str]:
         base = f"{self.prefix}:{name}"
-        return [f"{base}:spent", f"{base}:holds", f"{base}:expiry", f"{base}:refused"]
+        return [f"{base}:spent", f"{base}:holds", f"{base}:expiry", f"{base}:refused",
+                f"{base}:ceiling"]  # fmt: skip
 
     def check(self) -> None:
         """Raise SetupError now, before serving, if Redis does not answer."""
@@ -388,12 +392,15 @@ def _budgets(url: str, name: str, prefix: str) -> RedisBudgets:
 
 
 def shared_state(url: str, name: str, prefix: str = "trilemma:budget") -> BudgetState:
-    """A shared budget's figures now: spent, held by calls in flight, calls refused."""
+    """A shared budget's figures now: spent, held by calls in flight, calls refused, and
+    the ceiling its last reservation was checked against (None: none yet, or none)."""
     store = _budgets(url, check_name(name), prefix)
 
     async def read() -> BudgetState:
         try:
-            return await store.state(name)
+            state = await store.state(name)
+            ceiling = await store.call(store.redis.get(store._keys(name)[4]))
+            return replace(state, ceiling=None if ceiling is None else float(ceiling))
         finally:
             await store.aclose()
 
