@@ -368,3 +368,24 @@ def test_the_report_names_the_shared_budget_a_run_was_under(
     assert f"under shared budget {name}=5.0" in page.read_text().split("<h2>")[0]
     table = cli("runs", "--journal", db, "--json").json()
     assert table[0]["shared_budget"] == f"{name}=5.0"
+
+
+def test_a_batch_plan_says_what_the_shared_budget_has_left_for_it(
+    cli: Callable[..., Result], tmp_path: Path, redis_url: str
+) -> None:
+    name = team()
+    with Redis.from_url(redis_url) as r:  # other processes already spent $0.93 of $1
+        r.set(f"trilemma:budget:{name}:spent", "0.93")
+    spec = tmp_path / "faq.json"
+    step = {"id": "answer", "model": "small", "prompt": "Answer: {question}", "retries": 1}
+    spec.write_text(json.dumps({**CACHED, "steps": [step]}))  # not cached: planned as paid
+    lines = tmp_path / "q.jsonl"
+    lines.write_text("".join(json.dumps({"question": f"q{i}"}) + "\n" for i in range(20)))
+    flags = ("--shared-budget", f"{name}=1", "--redis", redis_url, "--plan")
+    planned = cli("batch", spec, "--inputs", lines, *flags, "--json").json()
+    # $0.07 left, $0.004 a run at worst (two attempts): 17 runs.
+    assert planned["shared_budget"] == {"name": name, "remaining_usd": pytest.approx(0.07),
+                                        "runs_covered_at_worst": 17}  # fmt: skip
+    table = cli("batch", spec, "--inputs", lines, *flags)
+    assert f"shared budget {name}" in table.out and "pays for 17 of 20 runs" in table.out
+    assert spent(redis_url, name) == (pytest.approx(0.93), 0)  # a plan spends nothing

@@ -185,7 +185,14 @@ def batch_cmd(
     wf = load_workflow(spec)
     lines = read_inputs(inputs, wf, str(spec))
     if plan:  # before spending: the planner's figures for these lines, nothing journaled
-        planned = plan_batch(wf, len(lines), parallel=parallel, max_cost_usd=max_cost)
+        left = None
+        if shared is not None:  # what the team has left now, across every process
+            from trilemma.run.shared_budget import shared_state
+
+            state = shared_state(shared.redis, shared.name, shared.prefix)
+            left = (shared.name, max(0.0, shared.max_cost_usd - state.spent - state.reserved))
+        planned = plan_batch(wf, len(lines), parallel=parallel, max_cost_usd=max_cost,
+                             shared_left=left)  # fmt: skip
         if as_json:
             emit_json(planned)
         else:

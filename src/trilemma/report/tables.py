@@ -259,11 +259,16 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
     t.add_column("predicted", justify="right")
     for row in _planned_rows(plan["predicted"], n, plan["parallel"]):
         t.add_row(*row)
+    def pays(covered: int | None) -> str:
+        return ("no run can cost anything" if covered is None
+                else f"pays for {covered} of {n} runs even at their worst")  # fmt: skip
+
     if plan["max_cost_usd"] is not None:
-        covered = plan["runs_covered_at_worst"]
-        t.add_row("ceiling", f"{_usd(plan['max_cost_usd'])}: " + (
-            "no run can cost anything" if covered is None else
-            f"pays for {covered} of {n} runs even at their worst"))  # fmt: skip
+        t.add_row("ceiling", f"{_usd(plan['max_cost_usd'])}: {pays(plan['runs_covered_at_worst'])}")
+    shared = plan.get("shared_budget")
+    if shared is not None:
+        t.add_row(f"shared budget {shared['name']}",
+                  f"{_usd(shared['remaining_usd'])} left: {pays(shared['runs_covered_at_worst'])}")  # fmt: skip
     return t
 
 

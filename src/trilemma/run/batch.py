@@ -186,23 +186,34 @@ def predicted_json(p: Estimate, lines: int, latency_s: float) -> dict[str, Any]:
 
 def plan_batch(
     wf: Workflow, lines: int, *, parallel: int = DEFAULT_PARALLEL,
-    max_cost_usd: float | None = None,
+    max_cost_usd: float | None = None, shared_left: tuple[str, float] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """What a batch of ``lines`` runs should cost and take, before anything is spent.
 
     ``runs_covered_at_worst``: how many runs the ceiling pays for even if every one uses
     every retry (None without a ceiling, or when a run costs nothing at worst).
+    ``shared_left``: a shared budget's name and the dollars left in it now; the plan then
+    says how many runs those pay for at their worst too.
     """
     p = estimate(wf)
     ceiling, _ = wf.budget.resolve(max_cost_usd)
-    covered = None
-    if ceiling is not None and p.cost_worst > 0:
-        covered = min(lines, math.floor(ceiling / p.cost_worst + 1e-9))
-    return {
+    out = {
         "lines": lines, "parallel": parallel, "max_cost_usd": ceiling,
-        "runs_covered_at_worst": covered,
+        "runs_covered_at_worst": _covered(ceiling, p.cost_worst, lines),
         "predicted": predicted_json(p, lines, _rounds(lines, parallel) * p.latency_critical_s),
     }  # fmt: skip
+    if shared_left is not None:
+        name, left = shared_left
+        out["shared_budget"] = {"name": name, "remaining_usd": left,
+                                "runs_covered_at_worst": _covered(left, p.cost_worst, lines)}  # fmt: skip
+    return out
+
+
+def _covered(dollars: float | None, worst: float, lines: int) -> int | None:
+    """How many runs ``dollars`` pay for if each costs ``worst`` (None: no limit to it)."""
+    if dollars is None or worst <= 0:
+        return None
+    return min(lines, math.floor(dollars / worst + 1e-9))
 
 
 def _rounds(runs: int, parallel: int) -> int:
