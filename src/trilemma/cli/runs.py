@@ -54,13 +54,15 @@ RedisOpt = Annotated[
 ]  # fmt: skip
 
 
-def _shared(text: str | None, redis: str | None) -> SharedCeiling | None:
-    """The --shared-budget flag as a SharedCeiling (None without it); exit 2 when malformed."""
-    if text is None:
-        return None
+def _shared(
+    budget: str | None, cache: bool, redis: str | None
+) -> tuple[SharedCeiling | None, str | None]:
+    """--shared-budget as a SharedCeiling, and --shared-cache as its Redis URL (None when not
+    given); exit 2 when either, or --redis, is malformed."""
     from trilemma.run.shared_budget import SharedCeiling
 
-    return SharedCeiling.parse(text, redis)
+    ceiling = None if budget is None else SharedCeiling.parse(budget, redis)
+    return ceiling, _tier(cache, redis)
 
 
 def _tier(shared_cache: bool, redis: str | None) -> str | None:
@@ -107,8 +109,7 @@ def run_cmd(
     from trilemma.run.session import check_tenant, execute
 
     check_tenant(tenant)
-    shared = _shared(shared_budget, redis)
-    tier = _tier(shared_cache, redis)
+    shared, tier = _shared(shared_budget, shared_cache, redis)
     wf = load_workflow(spec)
     values = _inputs(inputs)
     _load_embedder(wf, show=not as_json)
@@ -180,8 +181,7 @@ def batch_cmd(
 
     positive("--parallel", parallel)
     check_tenant(tenant)
-    shared = _shared(shared_budget, redis)
-    tier = _tier(shared_cache, redis)
+    shared, tier = _shared(shared_budget, shared_cache, redis)
     wf = load_workflow(spec)
     lines = read_inputs(inputs, wf, str(spec))
     if plan:  # before spending: the planner's figures for these lines, nothing journaled
@@ -373,8 +373,7 @@ def resume_cmd(
     from trilemma.journal import Journal
     from trilemma.run.session import resume
 
-    shared = _shared(shared_budget, redis)
-    tier = _tier(shared_cache, redis)
+    shared, tier = _shared(shared_budget, shared_cache, redis)
     j = Journal(journal, create=False)
     row = j.run(run_id)
     spec = json.loads(row["spec_json"]) if row else {}

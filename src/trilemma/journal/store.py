@@ -226,12 +226,7 @@ class Journal:
     ) -> list[dict[str, Any]]:
         """Every run, newest first; or only those of ``status``, of ``batch_id``, the
         ``limit`` newest."""
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (("status", status), ("batch_id", batch_id)):
-            if value is not None:
-                where.append(f"runs.{column} = ?")
-                args.append(value)
+        where, args = _equal(**{"runs.status": status, "runs.batch_id": batch_id})
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         clause += "ORDER BY runs.started_at DESC, runs.run_id DESC"
         if limit is not None:
@@ -304,12 +299,8 @@ class Journal:
         and drops only their embeddings, so that repeats still hit and similar prompts no
         longer do.
         """
-        where: list[str] = ["1"]
-        args: list[Any] = []
-        for column, value in (("model", model), ("tenant", tenant)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
+        where, args = _equal(model=model, tenant=tenant)
+        where.insert(0, "1")
         if before is not None:
             where.append("created_at < ?")
             args.append(before)
@@ -391,6 +382,12 @@ class Journal:
 _RESENT = ("outcome", "error", "cost_usd", "finished_at")
 _STEP_COLUMNS = ("run_id", "step_id", "status", "output", "attempts", "cost_usd", "error",
                  "finished_at")  # fmt: skip
+
+
+def _equal(**columns: Any) -> tuple[list[str], list[Any]]:
+    """``column = ?`` for each column given a value (None: no condition), and the values."""
+    given = {c: v for c, v in columns.items() if v is not None}
+    return [f"{c} = ?" for c in given], list(given.values())
 
 
 class _Batch:

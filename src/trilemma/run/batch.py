@@ -45,7 +45,7 @@ from trilemma.run.session import (
     cache_tier,
     check_inputs,
     check_tenant,
-    close_providers,
+    close_parts,
     collector_spared,
     embedder_for,
     open_run,
@@ -401,13 +401,7 @@ def run_batch(
             try:
                 await writer.aclose()
             finally:
-                try:
-                    await close_providers(endpoints)
-                finally:
-                    if spend is not None:
-                        await spend.aclose()
-                    if tier is not None:
-                        await tier.aclose()
+                await close_parts(endpoints, spend, tier)
 
     if on_start is not None:
         on_start(batch_id)

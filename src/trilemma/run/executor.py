@@ -589,6 +589,7 @@ class Executor:
                     raise _Stop
                 s.clock.check()
                 amount = worst_case_cost(profile, request)
+                # without a shared ceiling, no await: this line runs once per call
                 hold = s.guard.reserve(amount) if s.shared is None else await s.reserve(amount)
                 row = {
                     "run_id": self.run_id, "step_id": step.id, "attempt": attempt, "call": index,

@@ -47,6 +47,7 @@ __all__ = [
     "changed_steps",
     "check_inputs",
     "check_tenant",
+    "close_parts",
     "close_providers",
     "collector_spared",
     "embedder_for",
@@ -431,13 +432,20 @@ async def _run_and_close(
     try:
         return await ex.run(session, done)
     finally:
-        try:
-            await close_providers(provs)
-        finally:
-            if session.shared is not None:
-                await session.shared.aclose()
-            if ex.cache.shared is not None:
-                await ex.cache.shared.aclose()
+        await close_parts(provs, session.shared, ex.cache.shared)
+
+
+async def close_parts(
+    provs: Mapping[str, Provider], spend: SharedSpend | None = None,
+    tier: SharedCache | None = None,
+) -> None:  # fmt: skip
+    """Close what a run or a batch opened: its providers, and its connections to a shared
+    ceiling and a shared cache; each is closed even if closing one before it fails."""
+    async with contextlib.AsyncExitStack() as stack:
+        for part in (tier, spend):
+            if part is not None:
+                stack.push_async_callback(part.aclose)
+        stack.push_async_callback(close_providers, provs)
 
 
 async def close_providers(provs: Mapping[str, Provider]) -> None:

@@ -273,6 +273,11 @@ class RedisBudgets:
     def _figures(self, name: str, out: list[Any]) -> BudgetState:
         return BudgetState(self.ceilings[name], float(out[0]), float(out[1]), int(out[2]))
 
+    async def last_ceiling(self, name: str) -> float | None:
+        """The ceiling ``name``'s last reservation was checked against (None: none yet)."""
+        value = await self.call(self.redis.get(self._keys(name)[4]))
+        return None if value is None else float(value)
+
     async def clear(self, name: str) -> None:
         """Forget a budget's counters (tests, or a deliberate reset)."""
         await self.call(self.redis.delete(*self._keys(name)))
@@ -398,9 +403,7 @@ def shared_state(url: str, name: str, prefix: str = "trilemma:budget") -> Budget
 
     async def read() -> BudgetState:
         try:
-            state = await store.state(name)
-            ceiling = await store.call(store.redis.get(store._keys(name)[4]))
-            return replace(state, ceiling=None if ceiling is None else float(ceiling))
+            return replace(await store.state(name), ceiling=await store.last_ceiling(name))
         finally:
             await store.aclose()
 
