@@ -67,8 +67,8 @@ class Tally:
 
 
 def time_scaled(wf: Workflow, factor: float) -> Workflow:
-    """The spec with simulated time shortened by ``factor``: latencies, timeouts, rate limits
-    and the spec's own deadline.
+    """The spec with simulated time shortened by ``factor``: latencies, timeouts, hedges,
+    rate limits and the spec's own deadline.
 
     Only a spec whose models all run on the simulator can be scaled; ``factor`` 1
     returns ``wf`` itself.
@@ -87,6 +87,8 @@ def time_scaled(wf: Workflow, factor: float) -> Workflow:
             "latency_s": m.latency_s * factor,
             "timeout_s": m.timeout_s * factor,
         }
+        if m.hedge_after_s is not None:
+            update["hedge_after_s"] = m.hedge_after_s * factor
         if m.rpm:
             update["rpm"] = max(1, math.ceil(m.rpm / factor))
         if m.tpm:

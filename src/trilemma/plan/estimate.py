@@ -19,6 +19,10 @@ only if every attempt does.
 A cached step costs nothing, takes :data:`CACHE_HIT_LATENCY_S` and succeeds. With a
 ``hit_rate`` below 1 its expected figures mix that hit with the step as sent, while its
 worst case and critical path stay a miss's.
+
+A model with ``hedge_after_s`` prices each call with the chance its hedge is sent (twice
+the price in the worst case) and times it as the race of the two copies in the expected
+figures (:mod:`trilemma.plan.hedge`); the critical path keeps ``latency_s``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from trilemma import dag
+from trilemma.plan.hedge import call_latency, call_price, hedge_rate, worst_call_price
 from trilemma.spec import Step, Workflow
 
 __all__ = ["CACHE_HIT_LATENCY_S", "Estimate", "StepEstimate", "estimate", "step_estimate"]
@@ -79,7 +84,10 @@ class StepEstimate:
     hit_rate: float = 0.0
     """The chance a run finds it cached (1 when ``cached`` with no ``hit_rate``; 0 uncached)."""
     calls_per_attempt: float | None = None
-    """A routed step's calls per attempt on average (``calls`` is its largest branch's)."""
+    """Calls per attempt on average, when not ``calls``: a routed step's (``calls`` is its
+    largest branch's), or with the copies of hedged calls."""
+    hedged: bool = False
+    """Its calls may be hedged: the worst case counts each one twice."""
     routes: tuple[str, ...] = ()
     """A routed step's branch labels (``models``: its classifier's, then the branches')."""
 
@@ -91,8 +99,8 @@ class StepEstimate:
 
     @property
     def calls_worst(self) -> int:
-        """Calls with every retry used."""
-        return self.calls * (self.retries + 1)
+        """Calls with every retry used (and every call hedged, where calls may be)."""
+        return self.calls * (self.retries + 1) * (2 if self.hedged else 1)
 
     def to_json(self) -> dict[str, Any]:
         """A row for ``estimate --json``'s ``per_step``."""
@@ -252,15 +260,19 @@ def _routed_estimate(wf: Workflow, step: Step) -> StepEstimate:
     one = {lab: _call_estimate(wf, step.branch_step(lab).model_copy(update={"retries": 0}))
            for lab in shares}  # fmt: skip
     classifier = wf.models[step.model]
-    price = classifier.price_per_call + math.fsum([s * one[lab].cost_book for lab, s in shares.items()])
-    dearest = classifier.price_per_call + max(b.cost_book for b in one.values())
-    latency = classifier.latency_s + math.fsum([s * one[lab].latency_s for lab, s in shares.items()])
+    price = call_price(classifier) + math.fsum([s * one[lab].cost_book for lab, s in shares.items()])
+    dearest = worst_call_price(classifier) + max(b.cost_worst for b in one.values())
+    latency = call_latency(classifier) + math.fsum(
+        [s * one[lab].latency_expected_s for lab, s in shares.items()]
+    )
     slowest = classifier.latency_s + max(b.latency_s for b in one.values())
     p = math.fsum([s * one[lab].p_attempt for lab, s in shares.items()])
     return _independent_attempts(
         step, p, price, dearest, latency, slowest,
         models=(step.model, *dict.fromkeys(b.model for b in step.route.values())),
-        calls_per_attempt=1 + math.fsum([s * one[lab].calls for lab, s in shares.items()]),
+        calls_per_attempt=1 + hedge_rate(classifier)
+        + math.fsum([s * one[lab].calls_expected for lab, s in shares.items()]),
+        hedged=classifier.hedge_after_s is not None or any(b.hedged for b in one.values()),
         routes=tuple(step.route),
     )  # fmt: skip
 
@@ -316,22 +328,30 @@ def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:
 
 def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
     """A step whose attempts all run on its own model."""
-    profile = wf.profile(step)
-    per_attempt = profile.price_per_call * step.calls
-    latency = profile.latency_s * step.sequential_calls
-    return _independent_attempts(step, wf.p_ok(step), per_attempt, per_attempt, latency, latency)
+    m = wf.profile(step)
+    seq = step.sequential_calls
+    extra: dict[str, Any] = {}
+    if m.hedge_after_s is not None:
+        extra = {"hedged": True, "calls_per_attempt": step.calls * (1.0 + hedge_rate(m))}
+    return _independent_attempts(
+        step, wf.p_ok(step), call_price(m) * step.calls, worst_call_price(m) * step.calls,
+        call_latency(m) * seq, m.latency_s * seq, **extra,
+    )  # fmt: skip
 
 
 def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
     """A step whose attempts climb a ladder of models: each attempt priced and timed as its own."""
     k = step.retries
     models = [wf.attempt_model(step, a) for a in range(1, k + 2)]
-    costs = [wf.models[m].price_per_call * step.calls for m in models]
-    latencies = [wf.models[m].latency_s * step.sequential_calls for m in models]
+    profiles = [wf.models[m] for m in models]
+    costs = [call_price(p) * step.calls for p in profiles]
+    latencies = [p.latency_s * step.sequential_calls for p in profiles]
+    expected = [call_latency(p) * step.sequential_calls for p in profiles]
     reach = [1.0]  # the chance attempt i is made: every attempt before it failed
     for m in models[:-1]:
         reach.append(reach[-1] * (1.0 - wf.p_ok(step, m)))
     fail_all = reach[-1] * (1.0 - wf.p_ok(step, models[-1]))
+    hedged = any(p.hedge_after_s is not None for p in profiles)
     return StepEstimate(
         id=step.id,
         model=step.model,
@@ -341,13 +361,17 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
         attempts_expected=math.fsum(reach),
         cost_book=costs[0],
         cost_expected=math.fsum([c * r for c, r in zip(costs, reach, strict=True)]),
-        cost_worst=math.fsum(costs),
+        cost_worst=math.fsum([worst_call_price(p) * step.calls for p in profiles]),
         latency_s=latencies[0],
         latency_worst_s=math.fsum(latencies),
         p_attempt=wf.p_ok(step),
         p_step=1.0 - fail_all,
-        latency_expected_s=math.fsum([t * r for t, r in zip(latencies, reach, strict=True)]),
+        latency_expected_s=math.fsum([t * r for t, r in zip(expected, reach, strict=True)]),
         models=tuple(wf.ladder(step)),
+        calls_per_attempt=step.calls
+        * math.fsum([r * (1.0 + hedge_rate(p)) for r, p in zip(reach, profiles, strict=True)])
+        / math.fsum(reach) if hedged else None,
+        hedged=hedged,
     )
 
 

@@ -14,7 +14,9 @@ Past those assumptions, as the seed warns reality is:
   ``compounding`` (later agents build on flawed output).
 
 A cascade (``escalate``) draws each attempt with its own model's ``p``, price and
-latency. A step whose retries are exhausted fails the run; with ``halt=True`` (the
+latency. A model with ``hedge_after_s`` sends an attempt again when its drawn time passes
+``hedge_after_s`` x its sequential calls, takes the faster copy and pays for both (a routed
+step's branches count the hedges' expected price only). A step whose retries are exhausted fails the run; with ``halt=True`` (the
 executor's behaviour) the steps that depend on it are not run or paid for.
 """
 
@@ -30,6 +32,7 @@ import numpy as np
 
 from trilemma import dag
 from trilemma.plan.estimate import CACHE_HIT_LATENCY_S
+from trilemma.plan.hedge import call_price
 from trilemma.spec import Simulation, Step, Workflow
 
 __all__ = ["SimResult", "Summary", "simulate", "simulate_loop"]
@@ -129,6 +132,9 @@ class _Try:
     price: float
     latency: float
     jitter: float
+    hedge: float = math.inf
+    """Seconds after which the attempt is sent again (the model's ``hedge_after_s`` x its
+    sequential calls): the faster copy wins and both are paid."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +175,9 @@ def _params(wf: Workflow, settings: Simulation) -> list[_StepParams]:
         tries = {}  # one per model, shared by the attempts on it
         for name in wf.ladder(s):
             m = wf.models[name]
-            tries[name] = _Try(wf.p_ok(s, name), m.price_per_call * s.calls,
-                               m.latency_s * s.sequential_calls, m.latency_jitter)  # fmt: skip
+            seq = s.sequential_calls
+            tries[name] = _Try(wf.p_ok(s, name), m.price_per_call * s.calls, m.latency_s * seq,
+                               m.latency_jitter, (m.hedge_after_s or math.inf) * seq)  # fmt: skip
         out.append(
             _StepParams(
                 parents=tuple(index[d] for d in s.after),
@@ -192,7 +199,7 @@ def _route(wf: Workflow, s: Step) -> _Route:
     return _Route(
         shares=np.array(list(shares.values())),
         p=np.array([wf.p_ok(b) for b in branches]),
-        price=np.array([classifier.price_per_call + m.price_per_call * b.calls
+        price=np.array([call_price(classifier) + call_price(m) * b.calls
                         for b, m in zip(branches, models, strict=True)]),
         latency=np.array([classifier.latency_s + m.latency_s * b.sequential_calls
                           for b, m in zip(branches, models, strict=True)]),
@@ -309,6 +316,13 @@ def _attempts(
         if r is None:
             p, price, latency, jitter = t.p, t.price, t.latency, _jitter(t.jitter, n, rng)
             called += trying * sp.calls
+            if t.hedge < math.inf:  # a copy sent after t.hedge: the faster wins, both are paid
+                first = latency * np.broadcast_to(jitter, (n,))
+                late = trying & (first > t.hedge)
+                copy = t.hedge + latency * _jitter(t.jitter, n, rng)
+                jitter = np.where(late, np.minimum(first, copy), first) / latency
+                paid += late * price
+                called += late * sp.calls
         else:
             b = rng.choice(len(r.shares), size=n, p=r.shares)
             p, price, latency = r.p[b], r.price[b], r.latency[b]
@@ -373,7 +387,11 @@ def simulate_loop(
                 if sp.route is not None:  # this attempt's branch
                     tr = _branch_one(sp.route, rnd)
                 cost += tr.price
-                t += tr.latency * _jitter_one(tr.jitter, rnd)
+                took = tr.latency * _jitter_one(tr.jitter, rnd)
+                if took > tr.hedge:  # the copy sent after tr.hedge races it
+                    cost += tr.price
+                    took = min(took, tr.hedge + tr.latency * _jitter_one(tr.jitter, rnd))
+                t += took
                 fails = rnd.random() < 1.0 - tr.p * factor
                 if a > 0 and rnd.random() < settings.retry_correlation:
                     fails = True

@@ -90,6 +90,10 @@ class ModelProfile(_Strict):
     max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 256
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     timeout_s: Seconds = 60.0
+    hedge_after_s: Seconds | None = None
+    """Send a second copy of a call still unanswered after this many seconds; the first
+    answer wins, the other copy is cancelled and billed at its reservation. Pays off only
+    when latency varies (``latency_jitter`` in the planner): see docs/hedging.md."""
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
     rpm: Annotated[int, Field(ge=1)] | None = None
     tpm: Annotated[int, Field(ge=1)] | None = None
@@ -133,6 +137,9 @@ class ModelProfile(_Strict):
         if self.cached_prompt_tokens and self.usd_per_1m_cached_input is None:
             raise ValueError("cached_prompt_tokens needs usd_per_1m_cached_input, the price of "
                              "the prompt tokens the endpoint serves from its cache")  # fmt: skip
+        if self.hedge_after_s is not None and self.hedge_after_s >= self.timeout_s:
+            raise ValueError(f"hedge_after_s ({self.hedge_after_s:g}) must be below timeout_s "
+                             f"({self.timeout_s:g}): a call is given up before its hedge is sent")  # fmt: skip
         if self.provider == "openai" and (not self.base_url or not self.model):
             raise ValueError("provider openai needs base_url and model (the endpoint's model name)")
         return self
