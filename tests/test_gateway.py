@@ -225,6 +225,7 @@ def test_a_restarted_gateway_starts_from_what_each_key_spent(cli, tmp_path: Path
         (("version: 1", "version: 1\ncache: {hit_rate: 0.5}"), "cache.hit_rate", "planning figure"),
         (("version: 1", "version: 1\ncache: sometimes"), "cache", "or a mapping of hit_rate, similarity (got 'sometimes')"),
         (("models: [sim]}", "models: [sim], rpm: 0}"), "keys.team-b.rpm", "greater than or equal to 1"),
+        (("p_ok: 1.0}", "p_ok: 1.0, hedge_after_s: 1}"), "models.sim.hedge_after_s", "sends each request once"),
     ],
 )  # fmt: skip
 def test_cli_gateway_bad_config_is_one_line(cli, tmp_path: Path, change, field, says) -> None:

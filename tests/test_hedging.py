@@ -6,14 +6,23 @@ long; the first answer wins, the other copy is cancelled and billed at its reser
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from trilemma import estimate, workflow_from_dict
+from trilemma import estimate, parse_workflow, workflow_from_dict
+from trilemma.errors import TransientError
+from trilemma.journal import Journal
 from trilemma.plan.hedge import call_latency, call_price, hedged, worst_call_price
 from trilemma.plan.simulate import simulate, simulate_loop
+from trilemma.providers.base import Request
+from trilemma.run.executor import RunResult
+from trilemma.run.session import execute
+from trilemma.testing import FunctionProvider, Reply, ScriptedServer, fast_retries
 
 
 def wf_of(model: dict[str, Any], steps: int = 1, retries: int = 0, parallel: bool = False) -> Any:
@@ -111,3 +120,154 @@ def test_a_hedge_at_or_past_the_timeout_is_refused(cli: Any, write: Any) -> None
     assert out.code == 2
     assert "hedge_after_s (5) must be below timeout_s (5)" in out.err
     assert "models.m" in out.err and "Traceback" not in out.err
+
+
+# ---------------------------------------------------------------------- the executor
+
+
+def scripted(slow_first: float, copy: str | Exception = "fast") -> FunctionProvider:
+    """The first copy of each call takes ``slow_first`` s; its hedge answers ``copy`` at once."""
+
+    async def answer(request: Request) -> str:
+        if request.call_key.endswith(":h"):
+            await asyncio.sleep(0.01)
+            if isinstance(copy, Exception):
+                raise copy
+            return copy
+        await asyncio.sleep(slow_first)
+        return "slow"
+
+    return FunctionProvider(answer)
+
+
+def run(wf: Any, tmp_path: Path, provider: Any = None, **kw: Any) -> tuple[RunResult, Journal]:
+    journal = Journal(tmp_path / "j.db")
+    providers = {"m": provider} if provider is not None else None
+    with fast_retries():
+        return execute(wf, journal=journal, seed=3, providers=providers, **kw), journal
+
+
+HEDGED = {"usd_per_call": 0.01, "latency_s": 0.1, "p_ok": 1.0, "hedge_after_s": 0.1}
+
+
+def test_the_copy_answers_first_and_the_slow_one_is_billed_at_its_reservation(
+    tmp_path: Path,
+) -> None:
+    started = time.perf_counter()
+    r, j = run(wf_of(HEDGED), tmp_path, scripted(slow_first=5.0))
+    assert time.perf_counter() - started < 2.0  # not the first copy's 5 s
+    assert r.status == "ok" and r.outputs == {"s0": "fast"}
+    calls = j.calls(r.run_id)
+    assert [c["outcome"] for c in calls] == ["hedged", "ok"]
+    first, copy = calls
+    assert copy["idempotency_key"] == first["idempotency_key"] + ":h"
+    assert copy["role"] == "call (hedge)" and copy["response"] == "fast"
+    assert first["cost_usd"] == first["reserved_usd"] == 0.01
+    assert "answered first" in first["error"]
+    assert r.cost_usd == pytest.approx(0.02) and r.calls == 2
+    assert r.steps["s0"].cost_usd == pytest.approx(0.02)
+
+
+def test_the_losing_copy_counts_against_the_ceiling(tmp_path: Path) -> None:
+    """Step 1 pays for both its copies ($0.02), so step 2's $0.01 would cross $0.025."""
+    r, _ = run(wf_of(HEDGED, steps=2), tmp_path, scripted(slow_first=5.0), max_cost_usd=0.025)
+    assert r.status == "budget_exhausted"
+    assert r.outputs == {"s0": "fast"} and r.cost_usd == pytest.approx(0.02)
+
+
+def test_a_fast_answer_sends_no_copy(tmp_path: Path) -> None:
+    r, j = run(wf_of(HEDGED, steps=3), tmp_path, scripted(slow_first=0.0))
+    assert r.status == "ok" and r.calls == 3
+    assert [c["outcome"] for c in j.calls(r.run_id)] == ["ok"] * 3
+
+
+def test_no_room_under_the_ceiling_means_no_copy_and_the_call_goes_on(tmp_path: Path) -> None:
+    r, j = run(wf_of(HEDGED), tmp_path, scripted(slow_first=0.4), max_cost_usd=0.015)
+    assert r.status == "ok" and r.outputs == {"s0": "slow"}  # not budget_exhausted
+    assert [c["outcome"] for c in j.calls(r.run_id)] == ["ok"]
+    assert r.cost_usd == pytest.approx(0.01)
+
+
+def test_a_copy_that_fails_leaves_the_race_to_the_other(tmp_path: Path) -> None:
+    r, j = run(wf_of(HEDGED), tmp_path, scripted(0.4, TransientError("simulated 503")))
+    assert r.status == "ok" and r.outputs == {"s0": "slow"}
+    calls = j.calls(r.run_id)
+    assert sorted(c["outcome"] for c in calls) == ["ok", "transient"]
+    assert sum(c["cost_usd"] or 0 for c in calls) == pytest.approx(0.01)  # errors are not billed
+
+
+def test_when_both_copies_fail_the_step_retries(tmp_path: Path) -> None:
+    tries = {"n": 0}
+
+    async def answer(request: Request) -> str:
+        tries["n"] += 1
+        if request.call_key.startswith("s0:1:"):  # attempt 1: the first copy is slow, both fail
+            await asyncio.sleep(0.3 if not request.call_key.endswith(":h") else 0.0)
+            raise TransientError("simulated 503")
+        return "second attempt"
+
+    r, j = run(wf_of(HEDGED, retries=1), tmp_path, FunctionProvider(answer))
+    assert r.status == "ok" and r.outputs == {"s0": "second attempt"}
+    assert [c["outcome"] for c in j.calls(r.run_id)] == ["transient", "transient", "ok"]
+    assert r.cost_usd == pytest.approx(0.01)
+
+
+def test_the_deadline_cancels_both_copies_and_bills_neither(tmp_path: Path) -> None:
+    async def hang(request: Request) -> str:
+        await asyncio.sleep(5.0)
+        return "late"
+
+    started = time.perf_counter()
+    r, j = run(wf_of(HEDGED), tmp_path, FunctionProvider(hang), deadline_s=0.5)
+    assert time.perf_counter() - started < 2.0
+    assert r.status == "deadline"
+    calls = j.calls(r.run_id)
+    assert [c["outcome"] for c in calls] == ["cancelled", "cancelled"]
+    assert calls[1]["idempotency_key"] == calls[0]["idempotency_key"] + ":h"
+    assert r.cost_usd == 0.0
+
+
+def test_the_simulator_s_hedges_match_the_planner(tmp_path: Path) -> None:
+    """40 parallel jittered calls on the simulator: every hedge in the ledger, billed."""
+    model = {"usd_per_call": 0.01, "latency_s": 0.2, "latency_jitter": 0.9, "p_ok": 1.0,
+             "hedge_after_s": 0.25}  # fmt: skip
+    wf = wf_of(model, steps=40, parallel=True)
+    r, j = run(wf, tmp_path)
+    calls = j.calls(r.run_id)
+    hedges = [c for c in calls if c["outcome"] == "hedged"]
+    assert r.status == "ok" and len(r.outputs) == 40
+    assert sum(c["outcome"] == "ok" for c in calls) == 40  # one answer per step
+    assert len(calls) == r.calls == 40 + len(hedges)  # a hedged call is two
+    assert r.cost_usd == pytest.approx(0.01 * len(calls))
+    assert 0 < len(hedges) < 40
+    # the planner expects 24.9% of calls to be hedged: 10 of 40, here within sampling noise
+    assert abs(len(hedges) - 40 * hedged(0.2, 0.9, 0.25)[0]) <= 8
+
+
+def test_a_real_endpoint_s_slow_answer_loses_to_its_copy(tmp_path: Path) -> None:
+    """The openai provider on a scripted server: the first request hangs, its copy answers."""
+    n = {"i": 0}
+
+    def reply(payload: dict[str, Any]) -> Reply:
+        n["i"] += 1
+        if n["i"] == 1:
+            return Reply("late", delay_s=3.0, prompt_tokens=10, completion_tokens=5)
+        return Reply("copy", prompt_tokens=10, completion_tokens=5)
+
+    with ScriptedServer(reply) as srv:
+        text = f"""
+version: 1
+models:
+  m: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_1m_input: 100.0,
+       usd_per_1m_output: 200.0, latency_s: 0.1, p_ok: 0.9, timeout_s: 10, hedge_after_s: 0.3}}
+steps: [{{id: a, model: m}}]
+"""
+        started = time.perf_counter()
+        r, j = run(parse_workflow(text), tmp_path)
+        took = time.perf_counter() - started
+    assert r.status == "ok" and r.outputs == {"a": "copy"} and took < 2.5
+    late, copy = j.calls(r.run_id)
+    assert (late["outcome"], copy["outcome"]) == ("hedged", "ok")
+    assert copy["cost_usd"] == pytest.approx((100 * 10 + 200 * 5) / 1e6)  # billed from usage
+    assert late["cost_usd"] == late["reserved_usd"] > copy["cost_usd"]  # at its worst case
+    assert r.cost_usd == pytest.approx(late["cost_usd"] + copy["cost_usd"])

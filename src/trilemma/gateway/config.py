@@ -118,6 +118,10 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
     if isinstance(config.cache, CacheRule) and "hit_rate" in config.cache.model_fields_set:
         raise SpecError(source, "cache.hit_rate", "a planning figure of workflow steps; the "
                         "gateway plans nothing and serves every hit it finds: remove it")  # fmt: skip
+    for name, m in config.models.items():
+        if m.hedge_after_s is not None:
+            raise SpecError(source, f"models.{name}.hedge_after_s", "the gateway sends each "
+                            "request once (its callers decide on copies): remove it")  # fmt: skip
     for model, ladder in config.fallbacks.items():
         if model not in config.models:
             raise SpecError(source, f"fallbacks.{model}", f"unknown model {model!r}; known: "

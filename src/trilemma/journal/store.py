@@ -431,8 +431,8 @@ class _Batch:
         rejected: bool, step: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         outcome = "rejected" if rejected else "ok"
-        for key, fields in finishes:
-            self.call_finished(key, fields, outcome)
+        for key, fields in finishes:  # a hedge's losing copy keeps its own outcome
+            self.call_finished(key, fields, fields.get("outcome", outcome))
         if step is not None:
             self.step_finished(run_id, step_id, step)
 

@@ -175,7 +175,8 @@ def plot_compare(rows: Sequence[Contender], path: str | Path) -> Path:
 
 #: Bar colours of the timeline, by a call's outcome.
 OUTCOME_COLOURS = {"ok": "tab:green", "rejected": "tab:orange", "cancelled": "tab:grey",
-                   "unsent": "lightgrey", "in_flight": "tab:blue"}  # fmt: skip
+                   "unsent": "lightgrey", "in_flight": "tab:blue",
+                   "hedged": "tab:purple"}  # fmt: skip
 
 
 def timeline_png(

@@ -49,6 +49,10 @@ class SpendGuard:
         self.reserved += amount
         return Reservation(amount)
 
+    def fits(self, amount: float) -> bool:
+        """``amount`` can be held now without crossing the ceiling (nothing is held)."""
+        return self.ceiling is None or self.spent + self.reserved + amount <= self.ceiling + EPS
+
     def settle(self, r: Reservation, cost: float) -> None:
         """The call answered and cost ``cost``: release the hold, count the spend."""
         self._close(r)

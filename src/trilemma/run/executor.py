@@ -25,7 +25,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trilemma import dag
@@ -226,6 +226,22 @@ class Session:
                 self.guard.release(hold)
                 if isinstance(exc, BudgetExhausted):
                     self.guard.refused += 1  # the run, or its batch, stops as at its own ceiling
+                raise
+        return hold
+
+    async def hold_optional(self, amount: float) -> Reservation | None:
+        """Hold an optional call's worst case (a hedge) if both ceilings have room, else
+        None: a refusal here stops nothing, the call it would have raced goes on."""
+        if not self.guard.fits(amount):
+            return None
+        hold = self.guard.reserve(amount)
+        if self.shared is not None:
+            try:
+                hold.shared = await self.shared.reserve(amount)
+            except BaseException as exc:
+                self.guard.release(hold)
+                if isinstance(exc, BudgetExhausted):
+                    return None
                 raise
         return hold
 
@@ -610,7 +626,12 @@ class Executor:
                 else:  # the simulator bills nobody: its record rides the next commit
                     self.writer.defer("call_started", row)
                 s.calls += 1
-                completion = await self._send(request, route, hold, s)
+                key = request.idempotency_key
+                if profile.hedge_after_s is None:
+                    completion = await self._send(request, route, hold, s)
+                else:
+                    completion, hold, key = await self._hedged(request, route, hold, s, row,
+                                                               pending, prio)  # fmt: skip
             finally:
                 route.release()
         finally:
@@ -621,7 +642,7 @@ class Executor:
         note = None
         if cost > hold.amount + 1e-12:  # only an endpoint misreporting usage can do this
             note = f"billed ${cost:.6f} exceeds the reservation ${hold.amount:.6f}: the endpoint reported more tokens than max_tokens and the prompt allow"
-        pending.append((request.idempotency_key, {
+        pending.append((key, {
             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "cached_tokens": u.cached_tokens, "cost_usd": cost, "latency_s": completion.latency_s,
             "response": completion.text,
@@ -645,6 +666,106 @@ class Executor:
             s.release(hold)
             self._record_error(call_id, "cancelled", "cancelled while in flight", None)
             raise
+
+    async def _hedged(
+        self, request: Request, route: Route, hold: Reservation, s: Session, row: dict[str, Any],
+        pending: list[tuple[str, dict[str, Any]]], prio: float,
+    ) -> tuple[Completion, Reservation, str]:  # fmt: skip
+        """The call, raced by a copy of it sent if no answer has come after ``hedge_after_s``.
+
+        The copy takes the model's rate limits, holds its own worst case (no room under a
+        ceiling: no copy, and the call goes on alone) and is journaled as any call, its
+        key the call's with ``:h``. The first answer wins; the other copy is cancelled and
+        billed at its reservation (an endpoint may bill what its client abandoned), its
+        ledger row ``hedged``. A copy that fails leaves the race to the other. Returns the
+        answer, and the hold and key of the copy that gave it.
+        """
+        first = asyncio.ensure_future(route.complete(request))
+        copy: asyncio.Task[Completion] | None = None
+        copy_hold: Reservation | None = None
+        copy_req = replace(request, idempotency_key=request.idempotency_key + ":h",
+                           call_key=request.call_key + ":h")  # fmt: skip
+        racing: dict[asyncio.Task[Completion], tuple[Request, Reservation]] = {first: (request, hold)}
+        try:
+            done, _ = await asyncio.wait((first,), timeout=route.profile.hedge_after_s)
+            if not done and s.stop is None:
+                copy_hold = await self._hedge(copy_req, route, s, row, prio)
+                if copy_hold is not None:
+                    copy = asyncio.ensure_future(route.complete(copy_req))
+                    racing[copy] = (copy_req, copy_hold)
+            failure: ProviderError | None = None
+            while racing:
+                done, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    req, held = racing.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        self._lose(racing, pending, s)
+                        return task.result(), held, req.idempotency_key
+                    s.release(held)
+                    if not isinstance(exc, ProviderError):  # a bug: ends the run as itself
+                        self._record_error(req.idempotency_key, "cancelled", repr(exc), None)
+                        raise exc
+                    self._record_error(req.idempotency_key, exc.kind, str(exc))
+                    failure = failure or exc
+            assert failure is not None
+            raise failure
+        except BaseException:  # cancelled (the deadline, an early stop) or a bug
+            for task, (req, held) in racing.items():
+                task.cancel()
+                task.add_done_callback(_retrieved)
+                s.release(held)
+                self._record_error(req.idempotency_key, "cancelled", "cancelled while in flight", None)
+            raise
+        finally:
+            if copy is not None and copy_hold is not None and route.limited:
+                route.release()
+
+    async def _hedge(
+        self, request: Request, route: Route, s: Session, row: dict[str, Any], prio: float
+    ) -> Reservation | None:
+        """Ready the hedge of a call: its rate limits, its hold and its journal row; None
+        when a ceiling has no room for it."""
+        if route.limited:
+            await route.acquire(request, prio)
+        hold = await s.hold_optional(worst_case_cost(route.profile, request))
+        if hold is None:
+            if route.limited:
+                route.release()
+            return None
+        hedge_row = {**row, "role": f"{row['role']} (hedge)", "reserved_usd": hold.amount,
+                     "idempotency_key": request.idempotency_key, "started_at": time.time()}  # fmt: skip
+        try:
+            if route.external:
+                await self.writer.write("call_started", hedge_row)
+            else:
+                self.writer.defer("call_started", hedge_row)
+        except BaseException as exc:
+            s.release(hold)
+            if route.limited:
+                route.release()
+            if isinstance(exc, asyncio.CancelledError):  # its record may still land
+                self._record_error(request.idempotency_key, "unsent", "cancelled before it was sent")
+            raise
+        s.calls += 1
+        return hold
+
+    @staticmethod
+    def _lose(
+        racing: dict[asyncio.Task[Completion], tuple[Request, Reservation]],
+        pending: list[tuple[str, dict[str, Any]]], s: Session,
+    ) -> None:  # fmt: skip
+        """Cancel the copy still racing, if any, and bill it at its reservation (its row
+        commits with the attempt's answered calls, keeping its outcome)."""
+        for task, (req, held) in racing.items():
+            task.cancel()
+            task.add_done_callback(_retrieved)
+            s.settle(held, held.amount)
+            pending.append((req.idempotency_key, {
+                "outcome": "hedged", "cost_usd": held.amount, "finished_at": time.time(),
+                "error": "the other copy answered first; cancelled, billed at its reservation",
+            }))  # fmt: skip
+        racing.clear()
 
     def _record_error(self, call_id: str, kind: str, msg: str, cost: float | None = 0.0) -> None:
         self.writer.defer("call_finished", call_id, {
@@ -707,9 +828,15 @@ def _number(answer: Answer) -> Answer:
     return Answer(value, answer.verdict)
 
 
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Take a cancelled copy's outcome, so that asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _tokens(calls: list[dict[str, Any]], field: str) -> int | None:
-    """The tokens an accepted attempt's calls used, or None when a call did not say."""
-    counts = [c[field] for c in calls]
+    """The tokens an accepted attempt's answered calls used, or None when a call did not say."""
+    counts = [c[field] for c in calls if c.get("outcome") != "hedged"]
     return None if None in counts else sum(counts)
 
 
