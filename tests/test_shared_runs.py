@@ -389,3 +389,45 @@ def test_a_batch_plan_says_what_the_shared_budget_has_left_for_it(
     table = cli("batch", spec, "--inputs", lines, *flags)
     assert f"shared budget {name}" in table.out and "pays for 17 of 20 runs" in table.out
     assert spent(redis_url, name) == (pytest.approx(0.93), 0)  # a plan spends nothing
+
+
+def test_hedges_hold_under_the_shared_ceiling_and_a_refused_one_stops_nothing(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Every call outlasts its hedge: s0 and s1 pay for both copies ($0.04 of $0.055), and
+    s2 has room for its call but not for a copy, so it goes on alone: the run ends ok."""
+    name = team()
+    slow = workflow_from_dict({
+        "version": 1, "concurrency": 1,
+        "models": {"m": {"usd_per_call": 0.01, "latency_s": 0.2, "p_ok": 1.0,
+                         "hedge_after_s": 0.05}},
+        "steps": [{"id": f"s{i}", "model": "m"} for i in range(3)],
+    })  # fmt: skip
+    journal = Journal(tmp_path / "j.db")
+    r = execute(slow, journal=journal, seed=1, shared=SharedCeiling(name, 0.055, redis_url))
+    assert r.status == "ok" and len(r.outputs) == 3  # a refused copy is not budget_exhausted
+    assert r.calls == 5 and r.cost_usd == pytest.approx(0.05)
+    by_step = [(c["step_id"], c["outcome"]) for c in journal.calls(r.run_id)]
+    assert sorted(by_step) == [("s0", "hedged"), ("s0", "ok"), ("s1", "hedged"), ("s1", "ok"),
+                               ("s2", "ok")]  # fmt: skip
+    assert spent(redis_url, name) == (pytest.approx(0.05), 0)
+
+
+def test_a_batch_goes_on_after_the_shared_ceiling_refuses_a_hedge(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A call holds its worst case ($0.01) and costs far less; a copy beside it would hold
+    another $0.01, past $0.015, so none is sent. A refused copy is not a refused call: the
+    batch starts every line."""
+    name = team()
+    wf = workflow_from_dict({
+        "version": 1,
+        "models": {"m": {"usd_per_1m_input": 1.0, "usd_per_1m_output": 100.0, "max_tokens": 100,
+                         "latency_s": 0.2, "p_ok": 1.0, "hedge_after_s": 0.05}},
+        "steps": [{"id": "a", "model": "m"}],
+    })  # fmt: skip
+    result = run_batch(wf, [{}] * 3, journal=Journal(tmp_path / "j.db"), parallel=1, seed=1,
+                       shared=SharedCeiling(name, 0.015, redis_url))  # fmt: skip
+    assert result.status == "ok" and [line.status for line in result.lines] == ["ok"] * 3
+    assert result.cost_usd < 0.005
+    assert spent(redis_url, name) == (pytest.approx(result.cost_usd), 0)

@@ -234,16 +234,11 @@ class Session:
         None: a refusal here stops nothing, the call it would have raced goes on."""
         if not self.guard.fits(amount):
             return None
-        hold = self.guard.reserve(amount)
-        if self.shared is not None:
-            try:
-                hold.shared = await self.shared.reserve(amount)
-            except BaseException as exc:
-                self.guard.release(hold)
-                if isinstance(exc, BudgetExhausted):
-                    return None
-                raise
-        return hold
+        try:
+            return await self.reserve(amount)
+        except BudgetExhausted:  # the shared ceiling's refusal: not counted as one that stops
+            self.guard.refused -= 1
+            return None
 
     def settle(self, hold: Reservation, cost: float) -> None:
         """The call answered and cost ``cost``: count it under each ceiling."""
