@@ -330,12 +330,13 @@ def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
     """A step whose attempts all run on its own model."""
     m = wf.profile(step)
     seq = step.sequential_calls
-    extra: dict[str, Any] = {}
-    if m.hedge_after_s is not None:
-        extra = {"hedged": True, "calls_per_attempt": step.calls * (1.0 + hedge_rate(m))}
+    if m.hedge_after_s is None:  # the common case, kept cheap: every run estimates first
+        price, latency = m.price_per_call * step.calls, m.latency_s * seq
+        return _independent_attempts(step, wf.p_ok(step), price, price, latency, latency)
     return _independent_attempts(
         step, wf.p_ok(step), call_price(m) * step.calls, worst_call_price(m) * step.calls,
-        call_latency(m) * seq, m.latency_s * seq, **extra,
+        call_latency(m) * seq, m.latency_s * seq,
+        hedged=True, calls_per_attempt=step.calls * (1.0 + hedge_rate(m)),
     )  # fmt: skip
 
 

@@ -16,8 +16,9 @@ Past those assumptions, as the seed warns reality is:
 A cascade (``escalate``) draws each attempt with its own model's ``p``, price and
 latency. A model with ``hedge_after_s`` sends an attempt again when its drawn time passes
 ``hedge_after_s`` x its sequential calls, takes the faster copy and pays for both (a routed
-step's branches count the hedges' expected price only). A step whose retries are exhausted fails the run; with ``halt=True`` (the
-executor's behaviour) the steps that depend on it are not run or paid for.
+step's branches count the hedges' expected price only). A step whose retries are exhausted
+fails the run; with ``halt=True`` (the executor's behaviour) the steps that depend on it are
+not run or paid for.
 """
 
 from __future__ import annotations
