@@ -219,14 +219,7 @@ class Session:
     async def reserve(self, amount: float) -> Reservation:
         """Hold a call's worst case under the run's ceiling and the shared one, or raise."""
         hold = self.guard.reserve(amount)
-        if self.shared is not None:
-            try:
-                hold.shared = await self.shared.reserve(amount)
-            except BaseException as exc:
-                self.guard.release(hold)
-                if isinstance(exc, BudgetExhausted):
-                    self.guard.refused += 1  # the run, or its batch, stops as at its own ceiling
-                raise
+        await self._hold_shared(hold, stops=True)
         return hold
 
     async def hold_optional(self, amount: float) -> Reservation | None:
@@ -234,11 +227,25 @@ class Session:
         None: a refusal here stops nothing, the call it would have raced goes on."""
         if not self.guard.fits(amount):
             return None
+        hold = self.guard.reserve(amount)
         try:
-            return await self.reserve(amount)
-        except BudgetExhausted:  # the shared ceiling's refusal: not counted as one that stops
-            self.guard.refused -= 1
+            await self._hold_shared(hold, stops=False)
+        except BudgetExhausted:
             return None
+        return hold
+
+    async def _hold_shared(self, hold: Reservation, *, stops: bool) -> None:
+        """Hold ``hold``'s amount under the shared ceiling too, if there is one; a refusal
+        releases the run's hold and, if it ``stops`` the run, counts as the run's own."""
+        if self.shared is None:
+            return
+        try:
+            hold.shared = await self.shared.reserve(hold.amount)
+        except BaseException as exc:
+            self.guard.release(hold)
+            if stops and isinstance(exc, BudgetExhausted):
+                self.guard.refused += 1  # the run, or its batch, stops as at its own ceiling
+            raise
 
     def settle(self, hold: Reservation, cost: float) -> None:
         """The call answered and cost ``cost``: count it under each ceiling."""
@@ -609,15 +616,7 @@ class Executor:
                     "started_at": time.time(),
                 }  # fmt: skip
                 if route.external:  # it may bill: journal the call before sending it
-                    try:
-                        await self.writer.write("call_started", row)
-                    except BaseException as exc:
-                        s.release(hold)
-                        if isinstance(exc, asyncio.CancelledError):  # its record may still land
-                            self._record_error(
-                                request.idempotency_key, "unsent", "cancelled before it was sent"
-                            )
-                        raise
+                    await self._write_ahead(row, hold, s)
                 else:  # the simulator bills nobody: its record rides the next commit
                     self.writer.defer("call_started", row)
                 s.calls += 1
@@ -730,20 +729,28 @@ class Executor:
             return None
         hedge_row = {**row, "role": f"{row['role']} (hedge)", "reserved_usd": hold.amount,
                      "idempotency_key": request.idempotency_key, "started_at": time.time()}  # fmt: skip
-        try:
-            if route.external:
-                await self.writer.write("call_started", hedge_row)
-            else:
-                self.writer.defer("call_started", hedge_row)
-        except BaseException as exc:
-            s.release(hold)
-            if route.limited:
-                route.release()
-            if isinstance(exc, asyncio.CancelledError):  # its record may still land
-                self._record_error(request.idempotency_key, "unsent", "cancelled before it was sent")
-            raise
+        if route.external:
+            try:
+                await self._write_ahead(hedge_row, hold, s)
+            except BaseException:
+                if route.limited:
+                    route.release()
+                raise
+        else:
+            self.writer.defer("call_started", hedge_row)
         s.calls += 1
         return hold
+
+    async def _write_ahead(self, row: dict[str, Any], hold: Reservation, s: Session) -> None:
+        """Commit a call's record before it is sent; if that fails, release its hold (and a
+        cancellation journals the call unsent: its record may still land)."""
+        try:
+            await self.writer.write("call_started", row)
+        except BaseException as exc:
+            s.release(hold)
+            if isinstance(exc, asyncio.CancelledError):
+                self._record_error(row["idempotency_key"], "unsent", "cancelled before it was sent")
+            raise
 
     @staticmethod
     def _lose(
