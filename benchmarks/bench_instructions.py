@@ -5,8 +5,8 @@ next; the count of instructions a run executes moves much less, but not nothing.
 The journal commits on a timer, and under valgrind (about 50x slower) how many
 commits a run makes, and so how many instructions, still depends on the machine's
 load: two counts of the chain agreed within 1%, of the DAG within 4% (2026-12-02,
-on a busy machine). Count one system at a time, and compare counts taken
-together. It is a proxy, not a timing: an instruction of SQLite's C code and one of
+on a busy machine), but counts of one commit later moved 8-20% from run to run. Count
+one system at a time, each side several times, and compare counts taken together. It is a proxy, not a timing: an instruction of SQLite's C code and one of
 the interpreter's do not cost the same. It tells whether a change to the hot path
 made it do less, and how far each system is from plain asyncio.
 
