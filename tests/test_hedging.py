@@ -25,9 +25,12 @@ from trilemma.run.session import execute
 from trilemma.testing import FunctionProvider, Reply, ScriptedServer, fast_retries
 
 
-def wf_of(model: dict[str, Any], steps: int = 1, retries: int = 0, parallel: bool = False) -> Any:
+def wf_of(
+    model: dict[str, Any], steps: int = 1, retries: int = 0, parallel: bool = False,
+    concurrency: int = 100,
+) -> Any:  # fmt: skip
     return workflow_from_dict({
-        "version": 1, "concurrency": 100, "models": {"m": model},
+        "version": 1, "concurrency": concurrency, "models": {"m": model},
         "steps": [{"id": f"s{i}", "model": "m", "retries": retries,
                    "after": [] if parallel or i == 0 else [f"s{i - 1}"]} for i in range(steps)],
     })  # fmt: skip
@@ -164,6 +167,7 @@ def test_the_copy_answers_first_and_the_slow_one_is_billed_at_its_reservation(
     assert copy["role"] == "call (hedge)" and copy["response"] == "fast"
     assert first["cost_usd"] == first["reserved_usd"] == 0.01
     assert "answered first" in first["error"]
+    assert 0.1 <= first["latency_s"] < 1.0  # in flight until its copy answered (~0.11 s)
     assert r.cost_usd == pytest.approx(0.02) and r.calls == 2
     assert r.steps["s0"].cost_usd == pytest.approx(0.02)
 
@@ -186,6 +190,41 @@ def test_no_room_under_the_ceiling_means_no_copy_and_the_call_goes_on(tmp_path: 
     assert r.status == "ok" and r.outputs == {"s0": "slow"}  # not budget_exhausted
     assert [c["outcome"] for c in j.calls(r.run_id)] == ["ok"]
     assert r.cost_usd == pytest.approx(0.01)
+
+
+def test_a_copy_is_sent_only_into_a_free_global_slot(tmp_path: Path) -> None:
+    """``concurrency`` bounds the calls in flight, copies included: two slow calls under a
+    limit of 3 leave room for one copy, and the other call goes on alone."""
+    flying = {"now": 0, "most": 0}
+    inner = scripted(slow_first=0.4).fn
+
+    async def counted(request: Request) -> str:
+        flying["now"] += 1
+        flying["most"] = max(flying["most"], flying["now"])
+        try:
+            return await inner(request)
+        finally:
+            flying["now"] -= 1
+
+    r, j = run(wf_of(HEDGED, steps=2, parallel=True, concurrency=3), tmp_path,
+               FunctionProvider(counted))  # fmt: skip
+    assert r.status == "ok" and r.calls == 3 and flying["most"] == 3
+    assert sorted(c["outcome"] for c in j.calls(r.run_id)) == ["hedged", "ok", "ok"]
+    assert sorted(r.outputs.values()) == ["fast", "slow"]
+
+
+def test_a_copy_gives_its_slot_back(tmp_path: Path) -> None:
+    """Under a limit of 2, each step of a chain has room for its copy only if the last
+    step's copy gave its slot back."""
+    r, j = run(wf_of(HEDGED, steps=3, concurrency=2), tmp_path, scripted(slow_first=5.0))
+    assert r.status == "ok" and r.calls == 6
+    assert [c["outcome"] for c in j.calls(r.run_id)] == ["hedged", "ok"] * 3
+
+
+def test_a_full_run_sends_no_copy(tmp_path: Path) -> None:
+    r, j = run(wf_of(HEDGED, concurrency=1), tmp_path, scripted(slow_first=0.3))
+    assert r.status == "ok" and r.outputs == {"s0": "slow"} and r.calls == 1
+    assert [c["outcome"] for c in j.calls(r.run_id)] == ["ok"]
 
 
 def test_a_copy_that_fails_leaves_the_race_to_the_other(tmp_path: Path) -> None:
@@ -271,3 +310,4 @@ steps: [{{id: a, model: m}}]
     assert copy["cost_usd"] == pytest.approx((100 * 10 + 200 * 5) / 1e6)  # billed from usage
     assert late["cost_usd"] == late["reserved_usd"] > copy["cost_usd"]  # at its worst case
     assert r.cost_usd == pytest.approx(late["cost_usd"] + copy["cost_usd"])
+

@@ -398,10 +398,11 @@ def test_hedges_hold_under_the_shared_ceiling_and_a_refused_one_stops_nothing(
     s2 has room for its call but not for a copy, so it goes on alone: the run ends ok."""
     name = team()
     slow = workflow_from_dict({
-        "version": 1, "concurrency": 1,
+        "version": 1,
         "models": {"m": {"usd_per_call": 0.01, "latency_s": 0.2, "p_ok": 1.0,
                          "hedge_after_s": 0.05}},
-        "steps": [{"id": f"s{i}", "model": "m"} for i in range(3)],
+        "steps": [{"id": f"s{i}", "model": "m", "after": [f"s{i - 1}"] if i else []}
+                  for i in range(3)],
     })  # fmt: skip
     journal = Journal(tmp_path / "j.db")
     r = execute(slow, journal=journal, seed=1, shared=SharedCeiling(name, 0.055, redis_url))

@@ -667,11 +667,12 @@ class Executor:
     ) -> tuple[Completion, Reservation, str]:  # fmt: skip
         """The call, raced by a copy of it sent if no answer has come after ``hedge_after_s``.
 
-        The copy takes the model's rate limits, holds its own worst case (no room under a
+        The copy takes a global slot if one is free (calls waiting for one go first: no
+        slot, no copy), the model's rate limits, holds its own worst case (no room under a
         ceiling: no copy, and the call goes on alone) and is journaled as any call, its
         key the call's with ``:h``. The first answer wins; the other copy is cancelled and
         billed at its reservation (an endpoint may bill what its client abandoned), its
-        ledger row ``hedged``. A copy that fails leaves the race to the other. Returns the
+        ledger row ``hedged`` with the seconds it was in flight. A copy that fails leaves the race to the other. Returns the
         answer, and the hold and key of the copy that gave it.
         """
         first = asyncio.ensure_future(route.complete(request))
@@ -679,19 +680,22 @@ class Executor:
         copy_hold: Reservation | None = None
         copy_req = replace(request, idempotency_key=request.idempotency_key + ":h",
                            call_key=request.call_key + ":h")  # fmt: skip
-        racing: dict[asyncio.Task[Completion], tuple[Request, Reservation]] = {first: (request, hold)}
+        loop = asyncio.get_running_loop()
+        racing: dict[asyncio.Task[Completion], tuple[Request, Reservation, float]] = {
+            first: (request, hold, loop.time())
+        }
         try:
             done, _ = await asyncio.wait((first,), timeout=route.profile.hedge_after_s)
             if not done and s.stop is None:
                 copy_hold = await self._hedge(copy_req, route, s, row, prio)
                 if copy_hold is not None:
                     copy = asyncio.ensure_future(route.complete(copy_req))
-                    racing[copy] = (copy_req, copy_hold)
+                    racing[copy] = (copy_req, copy_hold, loop.time())
             failure: ProviderError | None = None
             while racing:
                 done, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    req, held = racing.pop(task)
+                    req, held, _ = racing.pop(task)
                     exc = task.exception()
                     if exc is None:
                         self._lose(racing, pending, s)
@@ -705,39 +709,48 @@ class Executor:
             assert failure is not None
             raise failure
         except BaseException:  # cancelled (the deadline, an early stop) or a bug
-            for task, (req, held) in racing.items():
+            for task, (req, held, _) in racing.items():
                 task.cancel()
                 task.add_done_callback(_retrieved)
                 s.release(held)
                 self._record_error(req.idempotency_key, "cancelled", "cancelled while in flight", None)
             raise
         finally:
-            if copy is not None and copy_hold is not None and route.limited:
-                route.release()
+            if copy_hold is not None:
+                self.slots.release()
+                if route.limited:
+                    route.release()
 
     async def _hedge(
         self, request: Request, route: Route, s: Session, row: dict[str, Any], prio: float
     ) -> Reservation | None:
-        """Ready the hedge of a call: its rate limits, its hold and its journal row; None
-        when a ceiling has no room for it."""
-        if route.limited:
-            await route.acquire(request, prio)
-        hold = await s.hold_optional(worst_case_cost(route.profile, request))
-        if hold is None:
-            if route.limited:
-                route.release()
+        """Ready the hedge of a call: a global slot, its rate limits, its hold and its journal
+        row; None (holding nothing) when no slot is free or a ceiling has no room for it."""
+        if not self.slots.try_acquire():
             return None
-        hedge_row = {**row, "role": f"{row['role']} (hedge)", "reserved_usd": hold.amount,
-                     "idempotency_key": request.idempotency_key, "started_at": time.time()}  # fmt: skip
-        if route.external:
-            try:
-                await self._write_ahead(hedge_row, hold, s)
-            except BaseException:
-                if route.limited:
+        hold: Reservation | None = None
+        limited = False
+        try:
+            if route.limited:
+                await route.acquire(request, prio)
+                limited = True
+            hold = await s.hold_optional(worst_case_cost(route.profile, request))
+            if hold is None:
+                return None
+            hedge_row = {**row, "role": f"{row['role']} (hedge)", "reserved_usd": hold.amount,
+                         "idempotency_key": request.idempotency_key, "started_at": time.time()}  # fmt: skip
+            if route.external:
+                await self._write_ahead(hedge_row, hold, s)  # a failure releases the hold
+            else:
+                self.writer.defer("call_started", hedge_row)
+        except BaseException:
+            hold = None
+            raise
+        finally:
+            if hold is None:  # no copy: give back what it took
+                if limited:
                     route.release()
-                raise
-        else:
-            self.writer.defer("call_started", hedge_row)
+                self.slots.release()
         s.calls += 1
         return hold
 
@@ -754,17 +767,20 @@ class Executor:
 
     @staticmethod
     def _lose(
-        racing: dict[asyncio.Task[Completion], tuple[Request, Reservation]],
+        racing: dict[asyncio.Task[Completion], tuple[Request, Reservation, float]],
         pending: list[tuple[str, dict[str, Any]]], s: Session,
     ) -> None:  # fmt: skip
         """Cancel the copy still racing, if any, and bill it at its reservation (its row
-        commits with the attempt's answered calls, keeping its outcome)."""
-        for task, (req, held) in racing.items():
+        commits with the attempt's answered calls, keeping its outcome; its latency is the
+        time it was in flight)."""
+        now = asyncio.get_running_loop().time()
+        for task, (req, held, started) in racing.items():
             task.cancel()
             task.add_done_callback(_retrieved)
             s.settle(held, held.amount)
             pending.append((req.idempotency_key, {
-                "outcome": "hedged", "cost_usd": held.amount, "finished_at": time.time(),
+                "outcome": "hedged", "cost_usd": held.amount, "latency_s": now - started,
+                "finished_at": time.time(),
                 "error": "the other copy answered first; cancelled, billed at its reservation",
             }))  # fmt: skip
         racing.clear()

@@ -37,6 +37,13 @@ class PriorityLimiter:
                 self.release()  # granted, then cancelled: pass the slot on
             raise
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody is waiting for it; never waits."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
     def release(self) -> None:
         """Give a slot back: to the best waiter still waiting, else to the pool."""
         while self._waiters:
