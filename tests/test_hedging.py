@@ -311,3 +311,79 @@ steps: [{{id: a, model: m}}]
     assert late["cost_usd"] == late["reserved_usd"] > copy["cost_usd"]  # at its worst case
     assert r.cost_usd == pytest.approx(late["cost_usd"] + copy["cost_usd"])
 
+
+# ---------------------------------------------------------------------- choosing a threshold
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_thresholds_trade_cost_for_the_tail_from_one_seed() -> None:
+    from trilemma.plan.thresholds import hedge_thresholds, with_hedge
+
+    wf = parse_workflow((EXAMPLES / "jittery.yaml").read_text())
+    rows = hedge_thresholds(wf, "premium", ["1.5", "p80", "6", "none", "6"], 50_000, seed=4)
+    assert [r.label for r in rows] == ["none", "6", "p80", "1.5"]  # baseline first, then longest
+    none, six, p80, fast = rows
+    assert none.after_s is None and none.copy_rate == 0.0
+    assert none.estimate.cost_expected == pytest.approx(estimate(wf).cost_expected)
+    assert p80.copy_rate == pytest.approx(0.20, abs=1e-6)  # p80: the slowest fifth are hedged
+    costs = [r.estimate.cost_expected for r in rows]
+    tails = [r.sim.latency_s.p99 for r in rows]
+    assert costs == sorted(costs) and tails == sorted(tails, reverse=True)
+    assert fast.sim.latency_s.p99 < 0.7 * none.sim.latency_s.p99
+    for r in rows:  # each row is the Monte Carlo of the spec with that threshold
+        assert r.sim.cost_usd.mean == pytest.approx(r.estimate.cost_expected, rel=0.02)
+    again = simulate(with_hedge(wf, "premium", six.after_s), 50_000, seed=4)
+    assert again.latency_s == six.sim.latency_s
+
+
+def test_simulate_hedge_prints_the_table_writes_json_and_a_plot(
+    cli: Any, tmp_path: Path
+) -> None:
+    spec = EXAMPLES / "jittery.yaml"
+    out = cli("simulate", spec, "--hedge", "3,p95", "--runs", "20000", "--seed", "1")
+    assert out.code == 0, out.err
+    assert "Hedging model 'premium'" in out.out and "(p95)" in out.out and "3.00s" in out.out
+    png = tmp_path / "hedge.png"
+    out = cli("simulate", spec, "--hedge", "premium=3", "--runs", "5000", "--json", "--plot", png)
+    assert out.code == 0, out.err
+    import json
+
+    doc = json.loads(out.out)
+    assert doc["model"] == "premium" and [t["hedge_after_s"] for t in doc["thresholds"]] == [None, 3.0]
+    hedged_row = doc["thresholds"][1]
+    assert hedged_row["cost_worst_usd"] == pytest.approx(2 * doc["thresholds"][0]["cost_worst_usd"])
+    assert 0.1 < hedged_row["copy_rate"] < 0.25 and "p99" in hedged_row["simulated"]["latency_s"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--hedge", "cheap=3"], "no model 'cheap' in the spec (it has premium)"),
+        (["--hedge", "premium="], "give thresholds, e.g. --hedge premium=none,p95,p90,3"),
+        (["--hedge", "soon"], "a threshold is seconds (3), a percentile of the model's latency"),
+        (["--hedge", "p100"], "a threshold is seconds (3), a percentile"),
+        (["--hedge", "0"], "a threshold must be above 0 seconds"),
+        (["--hedge", "60"], "60 s is not below model 'premium''s timeout_s (60)"),
+        (["--plot", "x.png"], "--plot draws the thresholds of --hedge"),
+    ],
+)
+def test_bad_hedge_thresholds_exit_2_naming_the_flag(
+    cli: Any, args: list[str], message: str
+) -> None:
+    out = cli("simulate", EXAMPLES / "jittery.yaml", "--runs", "100", *args)
+    assert out.code == 2
+    assert message in out.err and "Traceback" not in out.err
+
+
+def test_a_percentile_needs_jitter_and_two_models_need_a_name(cli: Any, write: Any) -> None:
+    path = write("version: 1\nmodels:\n  a: {usd_per_call: 0.01, latency_s: 1, p_ok: 0.9}\n"
+                 "  b: {usd_per_call: 0.02, latency_s: 1, p_ok: 0.9}\n"
+                 "steps: [{id: s, model: a}]\n")  # fmt: skip
+    out = cli("simulate", path, "--runs", "100", "--hedge", "p90")
+    assert out.code == 2 and "the spec has 2 models; name one, as in --hedge a=p90" in out.err
+    out = cli("simulate", path, "--runs", "100", "--hedge", "a=p90")
+    assert out.code == 2 and "model 'a' has no latency_jitter" in out.err
+    out = cli("simulate", path, "--runs", "100", "--hedge", "a=0.5")  # seconds do: cost, no gain
+    assert out.code == 0, out.err

@@ -19,13 +19,15 @@ from trilemma.cli._common import (
     stdout_console,
     write_atomic,
 )
+from trilemma.errors import UsageError
 from trilemma.plan import book as book_mod
 from trilemma.plan.estimate import estimate as estimate_wf
 from trilemma.plan.exercises import debate_vs_retry, routing_sweep, ticket_spend
 from trilemma.plan.optimize import optimize as optimize_wf
 from trilemma.plan.simulate import simulate as simulate_wf
+from trilemma.plan.thresholds import hedge_thresholds, parse_thresholds
 from trilemma.report import tables
-from trilemma.spec import Budget, Simulation, dump_workflow, load_workflow
+from trilemma.spec import Budget, Simulation, Workflow, dump_workflow, load_workflow
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -78,13 +80,25 @@ def simulate(
         float | None, typer.Option(min=0.0, max=1.0, help="p factor after an uncaught failure.")
     ] = None,
     halt: Annotated[bool, typer.Option(help="Skip the steps below a failed step.")] = True,
+    hedge: Annotated[str | None, typer.Option(
+        metavar="MODEL=T,T,...",
+        help="Compare hedge thresholds for MODEL: seconds (3), percentiles of its latency "
+             "(p90) or none; MODEL= may be left out when the spec has one model.",
+    )] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="With --hedge: write cost against p50/p95/p99 as a PNG.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> int:
     """Monte Carlo of a workflow: success rate with a 95% interval, cost and latency tails.
 
     Example: trilemma simulate examples/seed-chain.yaml --runs 1000000 --seed 7 --recall 0.9
-    """
+
+    Example: trilemma simulate examples/jittery.yaml --hedge premium=p95,p80,p50 --plot hedge.png
+    """  # fmt: skip
     positive("--runs", runs)
+    if plot is not None and hedge is None:
+        raise UsageError("--plot draws the thresholds of --hedge; give --hedge MODEL=T,T,... too")
     wf = load_workflow(spec)
     overrides = {
         k: v
@@ -95,6 +109,8 @@ def simulate(
     }
     settings = Simulation(**{**wf.simulation.model_dump(), **overrides})
     seed = seed if seed is not None else wf.seed
+    if hedge is not None:
+        return _hedge_thresholds(wf, hedge, runs, seed, settings, halt, plot, as_json)
     show = not as_json and sys.stderr.isatty() and runs >= 2_000_000
     with progress(show) as bar:
         task = bar.add_task("simulating", total=runs)
@@ -105,6 +121,29 @@ def simulate(
         emit_json(result.to_json())
     else:
         stdout_console().print(tables.simulate_table(result, estimate_wf(wf)))
+    return 0
+
+
+def _hedge_thresholds(
+    wf: Workflow, text: str, runs: int, seed: int | None, settings: Simulation, halt: bool,
+    plot: Path | None, as_json: bool,
+) -> int:  # fmt: skip
+    """``simulate --hedge``: each threshold's cost beside its latency tail."""
+    model, labels = parse_thresholds(text, wf)
+    total = runs * (len(labels) + 1)
+    with progress(not as_json and sys.stderr.isatty() and total >= 1_000_000) as bar:
+        task = bar.add_task("simulating thresholds", total=total)
+        rows = hedge_thresholds(wf, model, labels, runs, seed, settings, halt=halt,
+                                progress=lambda n: bar.advance(task, n))  # fmt: skip
+    if plot:
+        from trilemma.report.plots import plot_hedge
+
+        plot_hedge(rows, model, plot)
+    if as_json:
+        emit_json({"model": model, "runs": runs, "seed": seed,
+                   "thresholds": [r.to_json() for r in rows]})  # fmt: skip
+    else:
+        stdout_console().print(tables.hedge_table(rows, model))
     return 0
 
 

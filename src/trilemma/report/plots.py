@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 
 from trilemma.plan.exercises import RoutingSweep
 from trilemma.plan.optimize import OptimizeResult
+from trilemma.plan.thresholds import Threshold
 
 if TYPE_CHECKING:
     from trilemma.experiments.compare import Contender
@@ -25,6 +26,7 @@ __all__ = [
     "plot_cliff",
     "plot_compare",
     "plot_frontier",
+    "plot_hedge",
     "plot_routing",
     "plot_sweep",
     "timeline_png",
@@ -84,6 +86,26 @@ def plot_frontier(r: OptimizeResult, path: str | Path) -> Path:
     ax.set_title("Pareto frontier")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
+    _save(fig, path)
+    return Path(path)
+
+
+def plot_hedge(rows: Sequence[Threshold], model: str, path: str | Path) -> Path:
+    """p95 and p99 latency against expected cost, one point per hedge threshold."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [r.estimate.cost_expected for r in rows]
+    for name, colour in (("p99", "tab:red"), ("p95", "tab:orange"), ("p50", "tab:blue")):
+        ys = [getattr(r.sim.latency_s, name) for r in rows]
+        ax.plot(xs, ys, marker="o", color=colour, label=f"{name} latency")
+        if name == "p99":
+            for r, x, y in zip(rows, xs, ys, strict=True):
+                ax.annotate(r.label, (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8)
+    ax.set_xlabel("expected cost per run ($)")
+    ax.set_ylabel("run latency (s)")
+    ax.set_title(f"Hedge thresholds for {model}: cost against the tail")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
     _save(fig, path)
     return Path(path)
 
