@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -111,7 +112,8 @@ def _random_spec(rng: random.Random) -> dict[str, Any]:
         after = [f"s{j}" for j in range(i) if rng.random() < 0.5]
         steps.append({"id": f"s{i}", "model": "m0", "after": after,
                       "candidates": rng.sample(sorted(models), rng.randint(1, 3)),
-                      "cacheable": rng.random() < 0.2, "independent": rng.random() < 0.5})  # fmt: skip
+                      "cacheable": rng.random() < 0.2, "independent": rng.random() < 0.5,
+                      "cuttable": i > 0 and rng.random() < 0.3})  # fmt: skip
     budget = {"max_cost_usd": rng.choice([0.01, 0.03, 0.08, 0.2]),
               "min_reliability": rng.choice([0.5, 0.8, 0.9, 0.97]),
               "deadline_s": rng.choice([None, 2.0, 4.0, 8.0])}  # fmt: skip
@@ -128,6 +130,7 @@ def test_beam_finds_the_exhaustive_optimum_on_small_spaces(seed: int) -> None:
         assert beam.best_estimate is None
     else:
         assert beam.best_estimate is not None
+        assert len(beam.best_estimate.per_step) == len(exact.best_estimate.per_step)  # as few cuts
         assert beam.best_estimate.cost_worst == pytest.approx(exact.best_estimate.cost_worst)
 
 
@@ -158,3 +161,79 @@ steps: [{id: a, model: p}]
 """)
     r = optimize(wf)
     assert any("only retries were searched" in n for n in r.notes)
+
+
+# ---------------------------------------------------------------------- cutting steps
+
+
+def test_a_step_is_cut_only_when_the_budgets_force_it(cli) -> None:
+    wf = load_workflow(EXAMPLES / "cuttable.yaml")
+    loose = optimize(wf, Budget(deadline_s=12, min_reliability=0.95), budget_on="expected")
+    assert loose.best is not None and len(loose.best.steps) == 6  # the small model is enough
+    assert loose.best.steps[0].model == "small"
+    tight = optimize(wf, Budget(deadline_s=9, min_reliability=0.95), budget_on="expected")
+    assert tight.best is not None and tight.best_estimate is not None
+    kept = [s.id for s in tight.best.steps]
+    assert len(kept) == 5 and {"critique", "revise"} & set(kept)  # one cut, not two
+    assert tight.best_estimate.latency_expected_s <= 9
+    gone = ({"critique", "revise"} - set(kept)).pop()
+    after = {s.id: s.after for s in tight.best.steps}
+    assert after[{"critique": "revise", "revise": "answer"}[gone]] == [
+        {"critique": "draft", "revise": "critique"}[gone]
+    ]  # the step after the cut one runs after what it ran after
+    none = optimize(wf)  # no budget: every step kept, the cheapest way
+    assert none.best is not None and len(none.best.steps) == 6
+    out = cli("optimize", EXAMPLES / "cuttable.yaml", "--max-latency", "9",
+              "--min-reliability", "0.95", "--budget-on", "expected")  # fmt: skip
+    assert out.code == 0, out.err
+    assert "1 cut" in out.out and "│ cut " in out.out and gone in out.out
+    out = cli("optimize", EXAMPLES / "cuttable.yaml", "--max-latency", "9",
+              "--min-reliability", "0.95", "--budget-on", "expected", "--json")  # fmt: skip
+    doc = json.loads(out.out)
+    assert doc["cut_steps"] == [gone] and {f["steps_cut"] for f in doc["frontier"]} == {0, 1, 2}
+
+
+def test_cutting_keeps_the_graph_joined() -> None:
+    """A cut step with two parents hands both to its children; cut steps in a row chain."""
+    wf = parse_workflow("""
+version: 1
+models: {p: {usd_per_call: 0.03, latency_s: 2, p_ok: 0.99}}
+steps:
+  - {id: a, model: p}
+  - {id: b, model: p}
+  - {id: c, model: p, after: [a, b], cuttable: true}
+  - {id: d, model: p, after: [c], cuttable: true}
+  - {id: e, model: p, after: [d, a]}
+""")
+    r = optimize(wf, Budget(deadline_s=4.5), max_retries=0)  # a, c, d, e: 8 s; without c, d: 4 s
+    assert r.best is not None
+    assert {s.id: s.after for s in r.best.steps} == {"a": [], "b": [], "e": ["a", "b"]}
+    assert r.best_estimate is not None and r.best_estimate.latency_critical_s == 4.0
+
+
+def test_the_frontier_keeps_configurations_that_keep_every_step() -> None:
+    r = optimize(load_workflow(EXAMPLES / "cuttable.yaml"), max_retries=1)
+    cuts = {c.cuts for c in r.frontier}
+    assert cuts == {0, 1, 2}  # cut ones beat the others on every figure, yet keep fewer steps
+    pts = [(c.cost_worst, c.latency_s, -c.reliability, c.cuts) for c in r.frontier]
+    for i, a in enumerate(pts):
+        for j, b in enumerate(pts):
+            if i != j:
+                assert not all(x <= y for x, y in zip(b, a, strict=True)) or a == b
+
+
+@pytest.mark.parametrize(
+    ("steps", "extra", "message"),
+    [
+        ('[{id: a, model: p, cuttable: true}, {id: b, model: p, after: [a], prompt: "Fix {a}"}]',
+         "", "steps[0].cuttable: step 'a' cannot be cut: steps[1] (b) reads its output as {a}"),
+        ("[{id: a, model: p, cuttable: true}, {id: b, model: p, after: [a]}]",
+         "stop_when: a\n", "steps[0].cuttable: step 'a' is stop_when's step"),
+        ("[{id: a, model: p, cuttable: true}]", "", "steps: every step is cuttable"),
+    ],
+)
+def test_a_step_that_cannot_be_cut_is_refused(cli, write, steps: str, extra: str, message: str) -> None:
+    path = write("version: 1\nmodels: {p: {usd_per_call: 0.03, latency_s: 2, p_ok: 0.99}}\n"
+                 f"steps: {steps}\n{extra}")  # fmt: skip
+    out = cli("estimate", path)
+    assert out.code == 2 and message in out.err and "Traceback" not in out.err

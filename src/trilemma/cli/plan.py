@@ -211,7 +211,7 @@ def optimize(
     if r.best is None:
         sys.stderr.write(
             "trilemma optimize: no configuration meets the budgets; relax one, or add "
-            "candidates, cacheable or independent steps to the spec\n"
+            "candidates, cacheable, independent or cuttable steps to the spec\n"
         )
         return 1
     return 0
@@ -228,6 +228,8 @@ def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
         "original": r.original.to_json(),
         "chosen": r.best_estimate.to_json() if r.best_estimate else None,
         "chosen_spec": chosen,
+        "cut_steps": [s.id for s in r.original.per_step
+                      if r.best is not None and s.id not in {t.id for t in r.best.steps}],
         "frontier": [
             {
                 "cost_usd": {
@@ -237,6 +239,7 @@ def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
                 "latency_s": round(c.latency_s, 12),
                 "reliability": c.reliability,
                 "levers": tables.describe(c),
+                "steps_cut": c.cuts,
             }
             for c in r.frontier
         ],

@@ -3,8 +3,13 @@
 Levers, each opted into per step by the user: the model (``candidates``),
 retries (0 to ``max_retries``), caching (``cacheable``), a cascade over the
 candidates (``cascadable``: a cheaper model first, escalating to a dearer one),
-debate rounds (``debate_round_options``) and parallelising the steps marked
+debate rounds (``debate_round_options``), cutting a step (``cuttable``: the steps
+after it then run after its own dependencies) and parallelising the steps marked
 ``independent`` (the dependencies between two independent steps are dropped).
+
+The planner cannot tell what a step adds to the answer, so a cut is the last
+resort: the answer keeps as many steps as the budgets allow, and is the cheapest
+configuration among those that keep that many.
 
 Cost and log-reliability add up over steps; latency is a longest path. The
 search is exhaustive when the space is at most :data:`EXHAUSTIVE_LIMIT`
@@ -56,6 +61,8 @@ class Choice:
     """Debate rounds (None: as in the spec)."""
     escalate: tuple[str, ...] | None = None
     """Models a failed attempt escalates to (None: as in the spec)."""
+    cut: bool = False
+    """Left out of the workflow."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,11 @@ class Candidate:
     def cost(self, on: BudgetOn) -> float:
         """The cost the budget binds."""
         return self.cost_worst if on == "worst" else self.cost_expected
+
+    @property
+    def cuts(self) -> int:
+        """Steps left out."""
+        return sum(c.cut for c in self.choices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,16 +184,18 @@ def optimize(
 def _notes(wf: Workflow, budget: Budget) -> tuple[str, ...]:
     notes = []
     if not any(
-        s.candidates or s.cacheable or s.independent or s.debate_round_options for s in wf.steps
+        s.candidates or s.cacheable or s.independent or s.debate_round_options or s.cuttable
+        for s in wf.steps
     ):
         notes.append(
-            "no step lists candidates, cacheable, independent or debate_round_options: "
-            "only retries were searched"
+            "no step lists candidates, cacheable, independent, debate_round_options or "
+            "cuttable: only retries were searched"
         )
     if any(s.cascadable and len(set(s.candidates or [])) < 2 for s in wf.steps):
         notes.append("cascadable needs two or more candidates with different prices")
     if budget == Budget():
-        notes.append("no budget given: the answer is the cheapest configuration at all")
+        notes.append("no budget given: the answer is the cheapest configuration at all"
+                     + (" that keeps every step" if any(s.cuttable for s in wf.steps) else ""))
     return tuple(notes)
 
 
@@ -207,6 +221,8 @@ def _options(wf: Workflow, step: Step, max_retries: int) -> list[Choice]:
         ]
     if step.cacheable or step.cached:
         out.append(Choice(step.model, least, True, None))
+    if step.cuttable:
+        out.append(Choice(step.model, 0, False, None, cut=True))
     return out
 
 
@@ -224,6 +240,8 @@ def _apply_step(step: Step, c: Choice) -> Step:
 
 
 def _metrics(wf: Workflow, step: Step, c: Choice, on: BudgetOn) -> _Metrics:
+    if c.cut:  # no cost, no time, nothing to fail
+        return _Metrics(0.0, 0.0, 0.0, 0.0)
     e = step_estimate(wf, _apply_step(step, c))
     latency = e.latency_worst_s if on == "worst" else e.latency_expected_s
     return _Metrics(e.cost_worst, e.cost_expected, math.log(e.p_step), latency)
@@ -255,13 +273,34 @@ def _graph(wf: Workflow, parallel: bool) -> dict[str, list[str]]:
 
 def apply(wf: Workflow, cand: Candidate) -> Workflow:
     """The spec with a candidate's levers applied (validated again)."""
-    graph = _graph(wf, cand.parallel)
+    graph = _uncut(_graph(wf, cand.parallel), {s.id for s, c in zip(wf.steps, cand.choices,
+                                                                   strict=True) if c.cut})
     steps = [
         _apply_step(s, c).model_copy(update={"after": graph[s.id]})
         for s, c in zip(wf.steps, cand.choices, strict=True)
+        if not c.cut
     ]
     data = wf.model_copy(update={"steps": steps}).model_dump(mode="json")
     return workflow_from_dict(data, "<optimized>")
+
+
+def _uncut(graph: dict[str, list[str]], cut: set[str]) -> dict[str, list[str]]:
+    """The graph without the ``cut`` steps: each step runs after what they ran after."""
+    if not cut:
+        return graph
+    through: dict[str, list[str]] = {}  # a cut step's own dependencies, once worked out
+
+    def deps(sid: str) -> list[str]:
+        out: list[str] = []
+        for d in graph[sid]:
+            if d in cut and d not in through:
+                through[d] = deps(d)
+            for e in through[d] if d in cut else [d]:
+                if e not in out:
+                    out.append(e)
+        return out
+
+    return {sid: deps(sid) for sid in dag.topo_order(graph) if sid not in cut}
 
 
 def _candidate(
@@ -292,8 +331,9 @@ def meets(c: Candidate, b: Budget, on: BudgetOn) -> bool:
     )
 
 
-def _rank(c: Candidate, on: BudgetOn) -> tuple[float, float, float]:
-    return (round(c.cost(on), 12), -round(c.reliability, 12), round(c.latency_s, 12))
+def _rank(c: Candidate, on: BudgetOn) -> tuple[float, float, float, float]:
+    """Fewest cuts, then cheapest, then most reliable, then quickest."""
+    return (c.cuts, round(c.cost(on), 12), -round(c.reliability, 12), round(c.latency_s, 12))
 
 
 def _exhaustive(
@@ -323,6 +363,7 @@ def _picked(
 @dataclass(frozen=True, slots=True)
 class _Partial:
     picks: tuple[int, ...]  # option index per step, in topological order
+    cuts: int
     cost: float
     log_p: float
     finish: tuple[float, ...]  # finish time per placed step, in topological order
@@ -347,12 +388,13 @@ def _beam(
         return m.cost_worst if on == "worst" else m.cost_expected
 
     step_ms = [metrics[spec_index[sid]] for sid in order]
+    step_cut = [[c.cut for c in options[spec_index[sid]]] for sid in order]
     min_cost_after = _suffix([min(cost_of(m) for m in ms) for ms in step_ms])
     max_logp_after = _suffix([max(m.log_p for m in ms) for ms in step_ms])
     cap = budget.max_cost_usd if budget.max_cost_usd is not None else math.inf
     floor = math.log(budget.min_reliability) if budget.min_reliability else -math.inf
     deadline = budget.deadline_s if budget.deadline_s is not None else math.inf
-    beam = [_Partial((), 0.0, 0.0, ())]
+    beam = [_Partial((), 0, 0.0, 0.0, ())]
     for k, sid in enumerate(order):
         parents = [pos[d] for d in graph[sid]]
         nxt = []
@@ -366,7 +408,8 @@ def _beam(
                     or end > deadline + 1e-12
                 ):
                     continue
-                nxt.append(_Partial((*part.picks, j), cost, log_p, (*part.finish, end)))
+                cuts = part.cuts + step_cut[k][j]
+                nxt.append(_Partial((*part.picks, j), cuts, cost, log_p, (*part.finish, end)))
         beam = _thin(_prune(nxt, _open_nodes(graph, order, k)), beam_width)
     out = []
     for part in beam:
@@ -393,7 +436,7 @@ def _prune(parts: list[_Partial], open_nodes: list[int]) -> list[_Partial]:
     """Drop partial configurations another beats on cost, reliability and open finish times."""
 
     def key(p: _Partial) -> tuple[float, ...]:
-        return (p.cost, -p.log_p, *(p.finish[i] for i in open_nodes))
+        return (p.cuts, p.cost, -p.log_p, *(p.finish[i] for i in open_nodes))
 
     parts = sorted(parts, key=key)
     kept: list[tuple[float, ...]] = []
@@ -408,12 +451,23 @@ def _prune(parts: list[_Partial], open_nodes: list[int]) -> list[_Partial]:
 
 
 def _thin(parts: list[_Partial], width: int) -> list[_Partial]:
-    """Keep ``width`` partial configurations spread evenly along cost, ends included."""
+    """Keep ``width`` partial configurations spread evenly along cost, ends included; as
+    many for each number of cuts (fewer cuts cost more, and must not be thinned away)."""
     if len(parts) <= width:
         return parts
-    parts = sorted(parts, key=lambda p: p.cost)
-    step = (len(parts) - 1) / (width - 1)
-    return [parts[round(i * step)] for i in range(width)]
+    groups: dict[int, list[_Partial]] = {}
+    for p in parts:
+        groups.setdefault(p.cuts, []).append(p)
+    share = max(2, width // len(groups))
+    out = []
+    for group in groups.values():
+        group.sort(key=lambda p: p.cost)
+        if len(group) <= share:
+            out.extend(group)
+            continue
+        step = (len(group) - 1) / (share - 1)
+        out.extend(group[round(i * step)] for i in range(share))
+    return out
 
 
 def _polish(
@@ -438,14 +492,15 @@ def _polish(
 
 
 def _pareto(cands: list[Candidate]) -> list[Candidate]:
-    """Configurations no other beats on worst cost, latency and reliability at once."""
+    """Configurations no other beats on worst cost, latency, reliability and steps kept at once."""
     pts = sorted(
         {
-            (round(c.cost_worst, 12), round(c.latency_s, 12), -round(c.reliability, 12)): c
+            (round(c.cost_worst, 12), round(c.latency_s, 12), -round(c.reliability, 12),
+             c.cuts): c
             for c in cands
         }.items()
-    )
-    front: list[tuple[tuple[float, float, float], Candidate]] = []
+    )  # fmt: skip
+    front: list[tuple[tuple[float, float, float, int], Candidate]] = []
     for key, c in pts:
         if any(all(a <= b for a, b in zip(k, key, strict=True)) for k, _ in front):
             continue

@@ -174,12 +174,16 @@ def describe(c: Candidate) -> str:
     """The levers of a candidate in a few words."""
     models: dict[str, int] = {}
     for ch in c.choices:
+        if ch.cut:
+            continue
         key = "cache" if ch.cached else " > ".join((ch.model, *(ch.escalate or ())))
         models[key] = models.get(key, 0) + 1
-    retries = sum(ch.retries for ch in c.choices if not ch.cached)
+    retries = sum(ch.retries for ch in c.choices if not (ch.cached or ch.cut))
     parts = [", ".join(f"{n} {m}" for m, n in models.items()), f"{retries} retries"]
     if c.parallel:
         parts.append("parallel")
+    if c.cuts:
+        parts.append(f"{c.cuts} cut")
     return "; ".join(parts)
 
 
@@ -198,9 +202,14 @@ def optimize_view(r: OptimizeResult) -> Group:
         ("latency critical path", f"{o.latency_critical_s:.2f}s",
          f"{b.latency_critical_s:.2f}s" if b else "-"),
         ("reliability", _pct(o.reliability), _pct(b.reliability) if b else "-"),
+        ("steps", str(len(o.per_step)), str(len(b.per_step)) if b else "-"),
     ]  # fmt: skip
     for row in rows:
         t.add_row(*row)
+    if b is not None and len(b.per_step) < len(o.per_step):
+        kept = {e.id for e in b.per_step}
+        cut = [e.id for e in o.per_step if e.id not in kept]
+        t.add_row("cut", "", ", ".join(cut))
     bud = r.budget
     t.caption = (
         f"budget on {r.budget_on} figures: cost <= {_usd(bud.max_cost_usd)}, latency <= "

@@ -152,6 +152,7 @@ def _check_references(wf: Workflow, source: str) -> None:
         raise CycleError(source, cycle)
     if wf.stop_when is not None:
         _check_name(source, "stop_when", wf.stop_when, seen, "step")
+    _check_cuttable(wf, source)
     graph = wf.edges()
     for i, step in enumerate(wf.steps):
         for field in ("prompt", "system"):
@@ -174,6 +175,26 @@ def _check_references(wf: Workflow, source: str) -> None:
                     f"{{{name}}} names neither an input nor a step this one runs after"
                     f"{_did_you_mean(name, known)}; declare it under inputs: or add it to after:",
                 )
+
+
+def _check_cuttable(wf: Workflow, source: str) -> None:
+    """A step the optimizer may cut must be one nothing else reads or stops on."""
+    cuttable = {step.id: i for i, step in enumerate(wf.steps) if step.cuttable}
+    if not cuttable:
+        return
+    if len(cuttable) == len(wf.steps):
+        raise SpecError(source, "steps", "every step is cuttable; at least one must stay: "
+                        "remove cuttable from the step that gives the answer")  # fmt: skip
+    if wf.stop_when in cuttable:
+        raise SpecError(source, f"steps[{cuttable[wf.stop_when]}].cuttable", f"step "
+                        f"{wf.stop_when!r} is stop_when's step, so it cannot be cut; remove "
+                        "cuttable or stop_when")  # fmt: skip
+    for j, step in enumerate(wf.steps):
+        for name in step.placeholders():
+            if name in cuttable:
+                raise SpecError(source, f"steps[{cuttable[name]}].cuttable", f"step {name!r} "
+                                f"cannot be cut: steps[{j}] ({step.id}) reads its output as "
+                                f"{{{name}}}; remove cuttable or the placeholder")  # fmt: skip
 
 
 def _check_name(source: str, field: str, name: str, known: Mapping[str, object], what: str) -> None:

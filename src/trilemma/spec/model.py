@@ -305,6 +305,9 @@ class Step(_Strict):
     """The optimizer may make this step a cascade over its candidates, cheapest first."""
     independent: bool = False
     debate_round_options: list[Annotated[int, Field(ge=0, le=1000)]] | None = None
+    cuttable: bool = False
+    """The optimizer may cut this step when the budgets cannot be met with it; the steps
+    after it then run after its own dependencies."""
     difficulty: Literal["easy", "hard"] | None = None
 
     @model_validator(mode="after")
