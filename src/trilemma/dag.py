@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping, Sequence
 
-__all__ = ["ancestors", "critical_path", "find_cycle", "longest_path", "topo_order"]
+__all__ = ["ancestors", "critical_path", "find_cycle", "finish_times", "longest_path", "topo_order"]
 
 Graph = Mapping[str, Sequence[str]]
 
@@ -94,6 +94,16 @@ def longest_path(
         path.append(cursor)
         cursor = via[cursor]
     return finish[end], list(reversed(path))
+
+
+def finish_times(
+    graph: Graph, weight: Mapping[str, float], order: Sequence[str] | None = None
+) -> dict[str, float]:
+    """When each node finishes if it starts as its last dependency finishes."""
+    finish: dict[str, float] = {}
+    for node in order if order is not None else topo_order(graph):
+        finish[node] = max((finish[d] for d in graph[node]), default=0.0) + weight[node]
+    return finish
 
 
 def critical_path(graph: Graph, weight: Mapping[str, float]) -> list[str]:

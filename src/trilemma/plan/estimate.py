@@ -23,6 +23,15 @@ worst case and critical path stay a miss's.
 A model with ``hedge_after_s`` prices each call with the chance its hedge is sent (twice
 the price in the worst case) and times it as the race of the two copies in the expected
 figures (:mod:`trilemma.plan.hedge`); the critical path keeps ``latency_s``.
+
+An early stop (``stop_when: S``) ends the run when ``S`` passes: what has not
+finished by then is cancelled or never started, and billed nothing. On the schedule
+of expected step latencies, the steps that finish after ``S`` are skipped with the
+chance ``S`` passes (the product of its and its ancestors' success); the expected
+cost, calls and latency count that, and the run succeeds when every step finished
+by then does. When nothing runs after ``S`` and it fails, the run goes on without
+the stop (the executor's rule), and succeeds if every other step does. The worst
+case and the critical path do not count the stop: ``S`` may fail.
 """
 
 from __future__ import annotations
@@ -128,6 +137,31 @@ class StepEstimate:
 
 
 @dataclass(frozen=True, slots=True)
+class EarlyStop:
+    """What ``stop_when`` saves on average."""
+
+    step: str
+    """The step whose passing ends the run."""
+    chance: float
+    """Chance it passes: the product of its and its ancestors' success."""
+    at_s: float
+    """When it finishes, on the schedule of expected step latencies."""
+    skipped: tuple[str, ...]
+    """Steps not finished by then, in spec order: cancelled or never started when it passes."""
+    alone: bool = False
+    """Nothing runs after it: when it fails, the run goes on without the stop."""
+    in_flight: tuple[str, ...] = ()
+    """The skipped steps that start before it finishes: one attempt's calls are sent, then
+    cancelled (billed nothing, as the executor bills a call that never answered)."""
+
+    def to_json(self, rows: tuple[StepEstimate, ...]) -> dict[str, Any]:
+        """The ``stop_when`` block of ``estimate --json``."""
+        saved = math.fsum(r.cost_expected for r in rows if r.id in self.skipped)
+        return {"step": self.step, "chance": _r(self.chance), "at_s": _r(self.at_s),
+                "skipped": list(self.skipped), "saved_usd_expected": _r(self.chance * saved)}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class Estimate:
     """The planner's figures for a whole workflow."""
 
@@ -141,6 +175,19 @@ class Estimate:
     """Longest path of expected step latencies (a lower bound on the expected latency)."""
     latency_worst_s: float
     """Longest path with every retry taken."""
+    stop: EarlyStop | None = None
+    """The spec's early stop, when it has one (the expected figures count it)."""
+
+    def _expected(self, figure: str) -> float:
+        """A per-step expected figure summed, less what an early stop saves on average."""
+        total = math.fsum(getattr(s, figure) for s in self.per_step)
+        if self.stop is None:
+            return total
+        skipped = math.fsum(getattr(s, figure) for s in self.per_step if s.id in self.stop.skipped)
+        if figure == "calls_expected":  # a call in flight was sent, even if it is not billed
+            skipped -= math.fsum(s.calls_expected / s.attempts_expected for s in self.per_step
+                                 if s.id in self.stop.in_flight and s.attempts_expected)  # fmt: skip
+        return total - self.stop.chance * skipped
 
     @property
     def cost_book(self) -> float:
@@ -149,8 +196,8 @@ class Estimate:
 
     @property
     def cost_expected(self) -> float:
-        """Each retry counted with the chance it happens."""
-        return math.fsum(s.cost_expected for s in self.per_step)
+        """Each retry counted with the chance it happens (and an early stop with its own)."""
+        return self._expected("cost_expected")
 
     @property
     def cost_worst(self) -> float:
@@ -160,7 +207,7 @@ class Estimate:
     @property
     def calls_expected(self) -> float:
         """LLM calls made on average."""
-        return math.fsum(s.calls_expected for s in self.per_step)
+        return self._expected("calls_expected")
 
     @property
     def calls_worst(self) -> int:
@@ -174,8 +221,21 @@ class Estimate:
 
     @property
     def reliability(self) -> float:
-        """End-to-end success: the product of per-step success."""
-        return math.prod(s.p_step for s in self.per_step)
+        """End-to-end success: the product of per-step success.
+
+        With an early stop: the run stops ok when the steps finished by then all pass
+        (the others' failures never happen); when nothing runs after the stop step and it
+        fails, the run also succeeds if every other step does.
+        """
+        st = self.stop
+        if st is None:
+            return math.prod(s.p_step for s in self.per_step)
+        stopped = math.prod(s.p_step for s in self.per_step if s.id not in st.skipped)
+        if not st.alone:
+            return stopped
+        bet = next(s.p_step for s in self.per_step if s.id == st.step)
+        others = math.prod(s.p_step for s in self.per_step if s.id != st.step)
+        return stopped + (1.0 - bet) * others
 
     @property
     def quality_per_dollar(self) -> float | None:
@@ -229,6 +289,7 @@ class Estimate:
             "reliability": _r(self.reliability),
             "quality_per_dollar": self.quality_per_dollar,
             "quality_per_expected_dollar": self.quality_per_expected_dollar,
+            "stop_when": self.stop.to_json(self.per_step) if self.stop is not None else None,
         }
 
 
@@ -386,4 +447,21 @@ def estimate(wf: Workflow) -> Estimate:
     worst, _ = dag.longest_path(graph, {i: r.latency_worst_s for i, r in rows.items()}, order)
     for sid in path:
         rows[sid].critical = True
-    return Estimate(tuple(rows.values()), tuple(path), length, expected, worst)
+    stop = None
+    if wf.stop_when is not None:
+        stop = _early_stop(wf.stop_when, graph, order, rows)
+        expected = stop.chance * stop.at_s + (1.0 - stop.chance) * expected
+    return Estimate(tuple(rows.values()), tuple(path), length, expected, worst, stop)
+
+
+def _early_stop(
+    step: str, graph: dict[str, list[str]], order: list[str], rows: dict[str, StepEstimate]
+) -> EarlyStop:
+    """Which steps ``stop_when: step`` skips on the expected schedule, and how often."""
+    finish = dag.finish_times(graph, {i: r.latency_expected_s for i, r in rows.items()}, order)
+    at = finish[step]
+    chance = math.prod(rows[a].p_step for a in (step, *dag.ancestors(graph, step)))
+    skipped = tuple(i for i in rows if finish[i] > at + 1e-9)  # a tie finishes with it
+    alone = not any(step in deps for deps in graph.values())
+    in_flight = tuple(i for i in skipped if finish[i] - rows[i].latency_expected_s < at - 1e-9)
+    return EarlyStop(step, chance, at, skipped, alone, in_flight)

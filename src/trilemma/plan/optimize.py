@@ -193,6 +193,9 @@ def _notes(wf: Workflow, budget: Budget) -> tuple[str, ...]:
         )
     if any(s.cascadable and len(set(s.candidates or [])) < 2 for s in wf.steps):
         notes.append("cascadable needs two or more candidates with different prices")
+    if wf.stop_when is not None:
+        notes.append(f"stop_when {wf.stop_when}: the search's figures assume every step runs; "
+                     "the original's and the chosen spec's estimates count the stop")
     if budget == Budget():
         notes.append("no budget given: the answer is the cheapest configuration at all"
                      + (" that keeps every step" if any(s.cuttable for s in wf.steps) else ""))

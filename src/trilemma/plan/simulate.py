@@ -19,6 +19,10 @@ latency. A model with ``hedge_after_s`` sends an attempt again when its drawn ti
 step's branches count the hedges' expected price only). A step whose retries are exhausted
 fails the run; with ``halt=True`` (the executor's behaviour) the steps that depend on it are
 not run or paid for.
+
+An early stop (``stop_when: S``): in a trajectory where ``S`` passes its gate, the
+steps not finished by then are neither paid for nor counted, and the run ends
+then. When nothing runs after ``S`` and it fails, the run goes on without the stop.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ from trilemma.spec import Simulation, Step, Workflow
 __all__ = ["SimResult", "Summary", "simulate", "simulate_loop"]
 
 CHUNK = 262_144
+STOP_CELLS = 1 << 22
+"""With an early stop every step's figures are kept until the stop is known: a chunk
+holds at most this many trajectory-steps."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,11 +233,13 @@ def simulate(
         raise ValueError("runs must be a positive integer")
     settings = settings or wf.simulation
     params = _params(wf, settings)
+    stop = _stop(wf)
+    size = CHUNK if stop is None else max(1024, min(CHUNK, STOP_CELLS // len(params)))
     rng = np.random.default_rng(seed)
     parts = []
-    for start in range(0, runs, CHUNK):
-        n = min(CHUNK, runs - start)
-        parts.append(_chunk(params, settings, n, rng, halt))
+    for start in range(0, runs, size):
+        n = min(size, runs - start)
+        parts.append(_chunk(params, settings, n, rng, halt, stop))
         if progress is not None:
             progress(n)
     cost, latency, calls, ok, caught, uncaught = (
@@ -249,12 +258,22 @@ def simulate(
     )
 
 
+def _stop(wf: Workflow) -> tuple[int, bool] | None:
+    """The early stop's step (its place in topological order) and whether nothing runs after it."""
+    if wf.stop_when is None:
+        return None
+    graph = wf.edges()
+    alone = not any(wf.stop_when in deps for deps in graph.values())
+    return dag.topo_order(graph).index(wf.stop_when), alone
+
+
 def _chunk(
     params: list[_StepParams],
     st: Simulation,
     n: int,
     rng: np.random.Generator,
     halt: bool,
+    stop: tuple[int, bool] | None = None,
 ) -> tuple[np.ndarray, ...]:
     zeros = np.zeros(n)
     false = np.zeros(n, dtype=bool)
@@ -263,6 +282,7 @@ def _chunk(
     wrong: list[np.ndarray] = []  # this step's output is wrong, or built on a wrong one
     cost, calls, latency = zeros.copy(), zeros.copy(), zeros.copy()
     uncaught_any = false.copy()
+    own: list[tuple[np.ndarray, ...]] = []  # paid, calls, own uncaught, start, an attempt's calls
     for sp in params:
         start = np.max([finish[j] for j in sp.parents], axis=0) if sp.parents else zeros
         blocked = np.any([dead[j] for j in sp.parents], axis=0) if sp.parents else false
@@ -273,6 +293,8 @@ def _chunk(
             finish.append(start + dur)
             dead.append(blocked.copy())
             wrong.append(tainted.copy())
+            if stop is not None:
+                own.append((zeros, zeros, false, start, zeros))
             continue
         hit = runs & (rng.random(n) < sp.hit_rate) if sp.hit_rate > 0.0 else false
         factor = np.where(tainted, st.compounding, 1.0)
@@ -285,11 +307,44 @@ def _chunk(
         dead.append(step_dead | blocked)
         wrong.append(step_wrong | tainted)
         uncaught_any |= step_wrong
+        if stop is not None:
+            own.append((paid, called, step_wrong, start, np.minimum(called, sp.calls)))
+    if stop is not None:
+        return _stopped(stop, finish, dead, own)
     for f in finish:
         np.maximum(latency, f, out=latency)
     caught_any = np.any(dead, axis=0)
     ok = ~caught_any & ~uncaught_any
     return cost, latency, calls, ok, caught_any, uncaught_any & ~caught_any
+
+
+def _stopped(
+    stop: tuple[int, bool],
+    finish: list[np.ndarray],
+    dead: list[np.ndarray],
+    own: list[tuple[np.ndarray, ...]],
+) -> tuple[np.ndarray, ...]:
+    """A chunk's figures under ``stop_when``: where its step passed, only the steps
+    finished by then count, and the run ends then; a step started by then has sent an
+    attempt's calls, cancelled unbilled."""
+    k, alone = stop
+    at = finish[k]
+    stopped = ~dead[k]  # it passed its gate (perhaps wrongly: then the run is wrong)
+    cost, calls = np.zeros_like(at), np.zeros_like(at)
+    caught, uncaught = np.zeros(at.shape, dtype=bool), np.zeros(at.shape, dtype=bool)
+    latency = np.zeros_like(at)
+    for i, (f, d, (paid, called, wrong, start, one)) in enumerate(
+        zip(finish, dead, own, strict=True)
+    ):
+        counts = ~stopped | (f <= at + 1e-9)
+        cost += np.where(counts, paid, 0.0)
+        calls += np.where(counts, called, np.where(start < at - 1e-9, one, 0.0))
+        np.maximum(latency, np.where(counts, f, 0.0), out=latency)
+        if not (alone and i == k):  # a lone stop step's failure only means no stop
+            caught |= d & counts
+        uncaught |= wrong & counts
+    ok = ~caught & ~uncaught
+    return cost, latency, calls, ok, caught, uncaught & ~caught
 
 
 def _attempts(
@@ -363,14 +418,17 @@ def simulate_loop(
     """
     settings = settings or wf.simulation
     params = _params(wf, settings)
+    stop = _stop(wf)
     rnd = random.Random(seed)
     ok_n, cost_sum, lat_sum = 0, 0.0, 0.0
     for _ in range(runs):
         finish: list[float] = []
         dead: list[bool] = []
         wrong: list[bool] = []
-        cost, failed = 0.0, False
+        paid: list[float] = []  # per step
+        failed_at: list[bool] = []  # per step: it failed the run (caught or not)
         for sp in params:
+            cost = 0.0
             start = max((finish[j] for j in sp.parents), default=0.0)
             blocked = any(dead[j] for j in sp.parents)
             tainted = any(wrong[j] for j in sp.parents)
@@ -381,6 +439,8 @@ def simulate_loop(
                 finish.append(start + (0.0 if blocked else CACHE_HIT_LATENCY_S))
                 dead.append(blocked)
                 wrong.append(tainted)
+                paid.append(0.0)
+                failed_at.append(False)
                 continue
             factor = settings.compounding if tainted else 1.0
             t, is_dead, is_wrong = 0.0, False, False
@@ -405,10 +465,18 @@ def simulate_loop(
             finish.append(start + t)
             dead.append(is_dead)
             wrong.append(is_wrong or tainted)
-            failed |= is_dead or is_wrong
-        ok_n += not failed
-        cost_sum += cost
-        lat_sum += max(finish, default=0.0)
+            paid.append(cost)
+            failed_at.append(is_dead or is_wrong)
+        counts = [True] * len(params)
+        if stop is not None:
+            k, alone = stop
+            if not dead[k]:  # it passed: what had not finished is cancelled or never started
+                counts = [f <= finish[k] + 1e-9 for f in finish]
+            elif alone:  # it failed with nothing after it: no stop, and no failed run
+                failed_at[k] = False
+        ok_n += not any(f and c for f, c in zip(failed_at, counts, strict=True))
+        cost_sum += math.fsum(c for c, keep in zip(paid, counts, strict=True) if keep)
+        lat_sum += max((f for f, keep in zip(finish, counts, strict=True) if keep), default=0.0)
     return ok_n / runs, cost_sum / runs, lat_sum / runs
 
 

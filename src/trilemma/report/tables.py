@@ -61,7 +61,21 @@ def estimate_table(e: Estimate, title: str = "Estimate") -> Group:
             f"{s.latency_s:.2f}s", f"{s.p_attempt:.4f}", f"{s.p_step:.4f}",
             "*" if s.critical else "",
         )  # fmt: skip
-    return Group(t, totals_table(e))
+    if e.stop is None:
+        return Group(t, totals_table(e))
+    return Group(t, totals_table(e), Text(early_stop_line(e), style="dim"))
+
+
+def early_stop_line(e: Estimate) -> str:
+    """What the spec's ``stop_when`` saves, in a sentence."""
+    assert e.stop is not None
+    st = e.stop
+    saved = st.to_json(e.per_step)["saved_usd_expected"]
+    skipped = (f"{', '.join(st.skipped)} {'is' if len(st.skipped) == 1 else 'are'} skipped or "
+               "cancelled" if st.skipped else "every other step has finished")
+    return (f"stop_when {st.step}: it passes {_pct(st.chance)} of the time, at {st.at_s:.2f}s "
+            f"on the expected schedule; then {skipped}. The expected "
+            f"figures count it (saving {_usd(saved)} on average); the worst case does not.")  # fmt: skip
 
 
 def price_sources(wf: Workflow) -> list[str]:

@@ -11,7 +11,9 @@ marks it done. The run's deadline is a timeout around the whole task group.
 
 Stopping: a failed step or a refused reservation stops new calls (calls in
 flight finish: they are paid for); the deadline and an early stop
-(``stop_when``) cancel what is in flight. An exception that is not a failed
+(``stop_when``) cancel what is in flight. The ``stop_when`` step is a bet that
+a good-enough answer comes early: when nothing runs after it and it fails, the
+run goes on without the stop (and ends ok if every other step does). An exception that is not a failed
 call (a bug in a provider or an ``on_event`` callback) cancels what is in
 flight, marks the run failed in the journal, and reaches the caller as itself.
 """
@@ -421,9 +423,16 @@ class Executor:
     def _status(self, s: Session) -> str:
         if s.stop in ("budget_exhausted", "deadline", "failed"):
             return s.stop
-        if s.stop == "early" or all(r.status == "done" for r in s.results.values()):
+        if s.stop == "early" or all(
+            r.status == "done" or (r.status == "failed" and self._lost_bet(k))
+            for k, r in s.results.items()
+        ):
             return "ok"
         return "failed"
+
+    def _lost_bet(self, step_id: str) -> bool:
+        """The stop_when step, with nothing after it: its failure only means no early stop."""
+        return step_id == self.wf.stop_when and not self._children[step_id]
 
     def _halt(self, s: Session, kind: str, reason: str) -> None:
         if s.stop is None:
@@ -478,7 +487,8 @@ class Executor:
             return await self._failed(s, step, state, msg, "skipped")
         except (ProviderError, GateRejected, RunError, SetupError) as exc:  # Setup: shared store
             msg = f"step {step.id}: {type(exc).__name__}: {exc}"
-            self._halt(s, "failed", msg)
+            if not (self._lost_bet(step.id) and isinstance(exc, (ProviderError, GateRejected))):
+                self._halt(s, "failed", msg)
             return await self._failed(s, step, state, msg, "failed")
         cost = state["cost"]
         done = {

@@ -1,0 +1,182 @@
+"""An early stop (``stop_when``): what the planner predicts, the Monte Carlo draws and the
+executor does, and that the three agree."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trilemma import estimate, load_workflow, parse_workflow, simulate
+from trilemma.journal import Journal
+from trilemma.plan.simulate import simulate_loop
+from trilemma.run.session import execute
+from trilemma.testing import FunctionProvider, fast_retries
+
+from .conftest import EXAMPLES, assert_simulation_agrees
+
+RACE = EXAMPLES / "early-stop.yaml"
+
+
+def p_step(p: float, retries: int) -> float:
+    return 1 - (1 - p) ** (retries + 1)
+
+
+def test_the_estimate_counts_what_the_stop_skips_and_how_often() -> None:
+    wf = load_workflow(RACE)
+    e = estimate(wf)
+    plain = estimate(wf.model_copy(update={"stop_when": None}))
+    st = e.stop
+    assert st is not None and st.step == "guess" and st.alone
+    assert st.chance == pytest.approx(0.70) and st.at_s == pytest.approx(0.5)
+    assert st.skipped == ("research", "answer")  # both finish after the guess
+    rows = {r.id: r for r in e.per_step}
+    skipped_cost = rows["research"].cost_expected + rows["answer"].cost_expected
+    assert e.cost_expected == pytest.approx(plain.cost_expected - 0.70 * skipped_cost)
+    assert st.in_flight == ("research",)  # sent with the guess, cancelled when it passes
+    sent = rows["research"].calls_expected + rows["answer"].calls_expected - 1  # research's first
+    assert e.calls_expected == pytest.approx(plain.calls_expected - 0.70 * sent)
+    assert e.latency_expected_s == pytest.approx(0.70 * 0.5 + 0.30 * plain.latency_expected_s)
+    # passes and stops, or fails and the thorough path must succeed
+    thorough = p_step(0.985, 1) ** 2
+    assert e.reliability == pytest.approx(0.70 + 0.30 * thorough)
+    assert e.cost_worst == plain.cost_worst and e.latency_critical_s == plain.latency_critical_s
+    block = e.summary()["stop_when"]
+    assert block["skipped"] == ["research", "answer"]
+    assert block["saved_usd_expected"] == pytest.approx(0.70 * skipped_cost, abs=1e-9)
+
+
+def test_a_stop_step_with_steps_after_it_fails_the_run_when_it_fails() -> None:
+    wf = parse_workflow("""
+version: 1
+models:
+  m: {usd_per_call: 0.01, latency_s: 0.5, p_ok: 0.9}
+  slow: {usd_per_call: 0.05, latency_s: 3, p_ok: 0.95}
+steps:
+  - {id: draft, model: m, retries: 1}
+  - {id: polish, model: slow, after: [draft]}
+  - {id: side, model: slow}
+stop_when: draft
+""")
+    e = estimate(wf)
+    assert e.stop is not None and not e.stop.alone and e.stop.skipped == ("polish", "side")
+    assert e.reliability == pytest.approx(p_step(0.9, 1))  # the draft passing is the run passing
+    assert_simulation_agrees(wf, seed=5)
+
+
+def test_the_monte_carlo_agrees_with_the_estimate() -> None:
+    assert_simulation_agrees(load_workflow(RACE), seed=3)
+
+
+def test_a_step_finishing_before_the_stop_is_paid_and_must_pass() -> None:
+    """``early`` finishes before the stop step: it is paid for, and its failure fails the run."""
+    wf = parse_workflow("""
+version: 1
+models:
+  fast: {usd_per_call: 0.01, latency_s: 0.2, p_ok: 0.8}
+  m: {usd_per_call: 0.02, latency_s: 0.5, p_ok: 0.9}
+  slow: {usd_per_call: 0.05, latency_s: 3, p_ok: 0.95}
+steps:
+  - {id: early, model: fast}
+  - {id: bet, model: m}
+  - {id: long, model: slow}
+stop_when: bet
+""")
+    e = estimate(wf)
+    assert e.stop is not None and e.stop.skipped == ("long",)
+    assert e.cost_expected == pytest.approx(0.01 + 0.02 + 0.1 * 0.05)
+    assert e.reliability == pytest.approx(0.8 * 0.9 + 0.1 * 0.8 * 0.95)
+    r = simulate(wf, 300_000, seed=2)
+    assert abs(r.success_rate - e.reliability) <= 4 * r.stderr
+    assert r.cost_usd.mean == pytest.approx(e.cost_expected, rel=0.01)
+    ok, cost, latency = simulate_loop(wf, 40_000, seed=2)
+    assert ok == pytest.approx(r.success_rate, abs=0.01)
+    assert cost == pytest.approx(r.cost_usd.mean, rel=0.02)
+    assert latency == pytest.approx(r.latency_s.mean, rel=0.02)
+
+
+def test_estimate_json_and_table_show_the_stop(cli: Any) -> None:
+    out = cli("estimate", RACE, "--json")
+    assert out.code == 0, out.err
+    doc = json.loads(out.out)
+    assert doc["stop_when"]["step"] == "guess" and doc["stop_when"]["chance"] == 0.7
+    plain = cli("estimate", EXAMPLES / "seed-chain.yaml", "--json")
+    assert json.loads(plain.out)["stop_when"] is None
+    out = cli("estimate", RACE)
+    assert "stop_when guess: it passes 70.00% of the time" in out.out.replace("\n", " ")
+
+
+# ---------------------------------------------------------------------- the executor
+
+
+def run(wf: Any, tmp_path: Path, answers: dict[str, str], slow: float = 0.0) -> Any:
+    """``wf`` on scripted answers by step; the steps but the first take ``slow`` seconds."""
+
+    async def answer(request: Any) -> str:
+        step = next(k for k in answers if f"Task: {k}." in request.messages[-1]["content"])
+        if step != next(iter(answers)):
+            await asyncio.sleep(slow)
+        return answers[step]
+
+    with fast_retries():
+        return execute(wf, journal=Journal(tmp_path / "j.db"), seed=1,
+                       providers={m: FunctionProvider(answer) for m in wf.models})  # fmt: skip
+
+
+def test_a_lone_stop_step_that_fails_leaves_the_run_to_the_other_path(tmp_path: Path) -> None:
+    wf = load_workflow(RACE)
+    r = run(wf, tmp_path, {"guess": "about forty", "research": "notes", "answer": "42"})
+    assert r.status == "ok" and r.error is None
+    assert r.outputs == {"research": "notes", "answer": "42"}
+    assert r.steps["guess"].status == "failed" and "GateRejected" in r.steps["guess"].error
+    assert r.cost_usd == pytest.approx(0.002 + 0.03 + 0.03)  # the rejected guess is billed
+
+
+def test_a_lone_stop_step_that_passes_cancels_the_thorough_path(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    r = run(load_workflow(RACE), tmp_path, {"guess": "42", "research": "notes", "answer": "42"},
+            slow=5.0)  # fmt: skip
+    assert time.perf_counter() - started < 2.0  # research's call was cancelled, not awaited
+    assert r.status == "ok" and r.outputs == {"guess": "42"}
+    assert r.cost_usd == pytest.approx(0.002)
+    assert r.saved_usd == pytest.approx(sum(
+        s.cost_expected for s in r.predicted.per_step if s.id in ("research", "answer")
+    ))  # fmt: skip
+
+
+def test_a_stop_step_with_steps_after_it_still_fails_the_run(tmp_path: Path) -> None:
+    wf = parse_workflow("""
+version: 1
+models: {m: {usd_per_call: 0.01, latency_s: 0.01, p_ok: 1.0}}
+steps:
+  - {id: draft, model: m, gate: {regex: '^ok$'}}
+  - {id: polish, model: m, after: [draft]}
+  - {id: side, model: m}
+stop_when: draft
+""")
+    r = run(wf, tmp_path, {"draft": "no", "polish": "x", "side": "y"})
+    assert r.status == "failed" and "GateRejected" in (r.error or "")
+    assert r.steps["polish"].status == "skipped"
+
+
+def test_measured_runs_land_on_the_prediction(tmp_path: Path) -> None:
+    """200 simulated runs of the race: cost and success as the planner said."""
+    wf = load_workflow(RACE)
+    wf = wf.model_copy(update={"models": {
+        k: m.model_copy(update={"latency_s": m.latency_s / 100}) for k, m in wf.models.items()
+    }})  # fmt: skip
+    e = estimate(wf)
+    journal = Journal(tmp_path / "j.db")
+    runs = [execute(wf, journal=journal, seed=i) for i in range(200)]
+    assert all(r.status == "ok" for r in runs[:5])
+    cost = math.fsum(r.cost_usd for r in runs) / len(runs)
+    calls = sum(r.calls for r in runs) / len(runs)
+    assert calls == pytest.approx(e.calls_expected, rel=0.1)  # cancelled calls were sent
+    stopped = sum(r.outputs.keys() == {"guess"} for r in runs) / len(runs)
+    assert abs(stopped - e.stop.chance) <= 4 * math.sqrt(0.7 * 0.3 / 200)  # type: ignore[union-attr]
+    assert cost == pytest.approx(e.cost_expected, rel=0.15)
