@@ -71,6 +71,9 @@ def parse_thresholds(text: str, wf: Workflow, flag: str = "--hedge") -> tuple[st
             raise UsageError(f"{flag} {text}: the spec has {len(wf.models)} models; name one, as "
                              f"in {flag} {next(iter(wf.models))}={text}")  # fmt: skip
         name = next(iter(wf.models))
+    if sep and not name:
+        raise UsageError(f"{flag} {text}: name the model before '=', as in "
+                         f"{flag} {next(iter(wf.models))}{text}")  # fmt: skip
     if name not in wf.models:
         raise UsageError(f"{flag} {text}: no model {name!r} in the spec (it has "
                          f"{', '.join(sorted(wf.models))})")  # fmt: skip
@@ -100,7 +103,7 @@ def _seconds(label: str, m: ModelProfile, name: str, flag: str) -> float | None:
         raise UsageError(f"{flag} {label}: a threshold is seconds (3), a percentile of the "
                          "model's latency (p90) or none") from None  # fmt: skip
     if not (after > 0 and math.isfinite(after)):
-        raise UsageError(f"{flag} {label}: a threshold must be above 0 seconds")
+        raise UsageError(f"{flag} {label}: a threshold must be a number of seconds above 0")
     if after >= m.timeout_s:
         raise UsageError(f"{flag} {label}: {after:g} s is not below model {name!r}'s timeout_s "
                          f"({m.timeout_s:g}); a call is given up before its hedge is sent")  # fmt: skip
