@@ -355,6 +355,11 @@ def test_simulate_hedge_prints_the_table_writes_json_and_a_plot(
     assert hedged_row["cost_worst_usd"] == pytest.approx(2 * doc["thresholds"][0]["cost_worst_usd"])
     assert 0.1 < hedged_row["copy_rate"] < 0.25 and "p99" in hedged_row["simulated"]["latency_s"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = cli("simulate", spec, "--hedge", "3", "--deadline", "12", "--runs", "20000", "--json")
+    cut = [t["simulated"]["deadline_rate"] for t in json.loads(out.out)["thresholds"]]
+    assert 0.10 < cut[0] < 0.16 and 0.03 < cut[1] < 0.08  # the hedge halves the runs cut
+    out = cli("simulate", spec, "--hedge", "3", "--deadline", "12", "--runs", "20000")
+    assert "cut at 12s" in out.out
 
 
 @pytest.mark.parametrize(

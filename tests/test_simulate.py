@@ -163,3 +163,52 @@ def test_cli_simulate_table(cli) -> None:
     r = cli("simulate", EXAMPLES / "diamond.yaml", "--runs", "5000", "--seed", "1")
     assert r.code == 0
     assert "Monte Carlo, 5,000 runs" in r.out and "analytic" in r.out
+
+
+# ---------------------------------------------------------------------- the deadline
+
+DEADLINED = """
+version: 1
+models: {m: {usd_per_call: 0.01, latency_s: 1.0, p_ok: 0.5}}
+steps:
+  - {id: a, model: m, retries: 3}
+  - {id: b, model: m, retries: 3, after: [a]}
+budget: {deadline_s: 2.5}
+"""
+
+
+def test_the_deadline_cancels_runs_still_going_and_fails_them() -> None:
+    """Attempts take 1 s: a run makes it by 2.5 s only if both steps pass at once (1 in 4).
+    Cut at 2.5 s, a is paid when it finished by then (one or two attempts), b when both did
+    at once."""
+    wf = parse_workflow(DEADLINED)
+    r = simulate(wf, 400_000, seed=4)
+    assert r.deadline_s == 2.5
+    assert abs(r.success_rate - 0.25) <= 4 * r.stderr
+    assert r.deadline_hits / r.runs == pytest.approx(0.75, abs=0.005)
+    assert r.cost_usd.mean == pytest.approx(0.01 * (0.5 * 1 + 0.25 * 2 + 0.25 * 1), rel=0.01)
+    assert r.latency_s.mean == pytest.approx(0.25 * 2 + 0.75 * 2.5, rel=0.005)
+    assert r.latency_s.p99 == 2.5  # nothing runs past the deadline
+    ok, cost, latency = simulate_loop(wf, 40_000, seed=4)
+    assert ok == pytest.approx(r.success_rate, abs=0.01)
+    assert cost == pytest.approx(r.cost_usd.mean, rel=0.02)
+    assert latency == pytest.approx(r.latency_s.mean, rel=0.01)
+    free = simulate(wf.model_copy(update={"budget": wf.budget.model_copy(
+        update={"deadline_s": None})}), 100_000, seed=4)  # fmt: skip
+    assert free.deadline_hits == 0 and free.success_rate > 0.85
+
+
+def test_simulate_deadline_flag_json_and_caption(cli, write) -> None:
+    import json
+
+    path = write(DEADLINED)
+    out = cli("simulate", path, "--runs", "20000", "--json")
+    doc = json.loads(out.out)
+    assert doc["deadline_s"] == 2.5 and doc["deadline_rate"] == pytest.approx(0.75, abs=0.02)
+    out = cli("simulate", path, "--runs", "20000", "--deadline", "100", "--json")
+    doc = json.loads(out.out)
+    assert doc["deadline_s"] == 100 and doc["deadline_rate"] == 0
+    out = cli("simulate", path, "--runs", "20000")
+    assert "the 2.5s deadline cut 7" in out.out.replace("\n", " ")  # 75%
+    out = cli("simulate", path, "--deadline", "0")
+    assert out.code == 2 and "--deadline 0: give seconds above 0" in out.err

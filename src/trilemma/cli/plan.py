@@ -80,6 +80,10 @@ def simulate(
         float | None, typer.Option(min=0.0, max=1.0, help="p factor after an uncaught failure.")
     ] = None,
     halt: Annotated[bool, typer.Option(help="Skip the steps below a failed step.")] = True,
+    deadline: Annotated[float | None, typer.Option(
+        min=0.0, help="Seconds; a run still going then is cancelled and fails (default: the "
+                      "spec's budget.deadline_s).",
+    )] = None,
     hedge: Annotated[str | None, typer.Option(
         metavar="MODEL=T,T,...",
         help="Compare hedge thresholds for MODEL: seconds (3), percentiles of its latency "
@@ -109,6 +113,10 @@ def simulate(
     }
     settings = Simulation(**{**wf.simulation.model_dump(), **overrides})
     seed = seed if seed is not None else wf.seed
+    if deadline is not None:
+        if deadline <= 0:
+            raise UsageError(f"--deadline {deadline:g}: give seconds above 0")
+        wf = wf.model_copy(update={"budget": wf.budget.model_copy(update={"deadline_s": deadline})})
     if hedge is not None:
         return _hedge_thresholds(wf, hedge, runs, seed, settings, halt, plot, as_json)
     show = not as_json and sys.stderr.isatty() and runs >= 2_000_000

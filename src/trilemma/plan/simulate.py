@@ -23,6 +23,8 @@ not run or paid for.
 An early stop (``stop_when: S``): in a trajectory where ``S`` passes its gate, the
 steps not finished by then are neither paid for nor counted, and the run ends
 then. When nothing runs after ``S`` and it fails, the run goes on without the stop.
+The spec's deadline (``budget.deadline_s``) cuts a trajectory the same way when it
+would end later, and the run fails (``deadline``), as the executor cancels it.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ __all__ = ["SimResult", "Summary", "simulate", "simulate_loop"]
 
 CHUNK = 262_144
 STOP_CELLS = 1 << 22
-"""With an early stop every step's figures are kept until the stop is known: a chunk
-holds at most this many trajectory-steps."""
+"""With an early stop or a deadline every step's figures are kept until the run's end is
+known: a chunk holds at most this many trajectory-steps."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,10 @@ class SimResult:
     """The seed used, for reproducing the run."""
     settings: Simulation
     """The recall, retry correlation and compounding simulated."""
+    deadline_s: float | None = None
+    """The spec's deadline, simulated: a run still going then is cancelled and fails."""
+    deadline_hits: int = 0
+    """Trajectories the deadline cut."""
 
     @property
     def success_rate(self) -> float:
@@ -129,6 +135,8 @@ class SimResult:
             "latency_s": self.latency_s.to_json(),
             "calls": self.calls.to_json(),
             "settings": self.settings.model_dump(),
+            "deadline_s": self.deadline_s,
+            "deadline_rate": self.deadline_hits / self.runs,
         }
 
 
@@ -233,17 +241,17 @@ def simulate(
         raise ValueError("runs must be a positive integer")
     settings = settings or wf.simulation
     params = _params(wf, settings)
-    stop = _stop(wf)
-    size = CHUNK if stop is None else max(1024, min(CHUNK, STOP_CELLS // len(params)))
+    cut = _cut_of(wf)
+    size = CHUNK if cut is None else max(1024, min(CHUNK, STOP_CELLS // len(params)))
     rng = np.random.default_rng(seed)
     parts = []
     for start in range(0, runs, size):
         n = min(size, runs - start)
-        parts.append(_chunk(params, settings, n, rng, halt, stop))
+        parts.append(_chunk(params, settings, n, rng, halt, cut))
         if progress is not None:
             progress(n)
-    cost, latency, calls, ok, caught, uncaught = (
-        np.concatenate([p[i] for p in parts]) for i in range(6)
+    cost, latency, calls, ok, caught, uncaught, late = (
+        np.concatenate([p[i] for p in parts]) for i in range(7)
     )
     return SimResult(
         runs=runs,
@@ -255,16 +263,33 @@ def simulate(
         calls=Summary.of(calls),
         seed=seed,
         settings=settings,
+        deadline_s=wf.budget.deadline_s,
+        deadline_hits=int(late.sum()),
     )
 
 
-def _stop(wf: Workflow) -> tuple[int, bool] | None:
-    """The early stop's step (its place in topological order) and whether nothing runs after it."""
-    if wf.stop_when is None:
+@dataclass(frozen=True, slots=True)
+class _Cut:
+    """What may end a run before every step has: an early stop, the deadline."""
+
+    stop: int | None
+    """The stop_when step's place in topological order."""
+    alone: bool
+    """Nothing runs after the stop step: its failure only means no stop."""
+    deadline: float
+    """Seconds (inf: none)."""
+
+
+def _cut_of(wf: Workflow) -> _Cut | None:
+    if wf.stop_when is None and wf.budget.deadline_s is None:
         return None
     graph = wf.edges()
-    alone = not any(wf.stop_when in deps for deps in graph.values())
-    return dag.topo_order(graph).index(wf.stop_when), alone
+    stop = alone = None
+    if wf.stop_when is not None:
+        stop = dag.topo_order(graph).index(wf.stop_when)
+        alone = not any(wf.stop_when in deps for deps in graph.values())
+    deadline = wf.budget.deadline_s if wf.budget.deadline_s is not None else math.inf
+    return _Cut(stop, bool(alone), deadline)
 
 
 def _chunk(
@@ -273,7 +298,7 @@ def _chunk(
     n: int,
     rng: np.random.Generator,
     halt: bool,
-    stop: tuple[int, bool] | None = None,
+    cut: _Cut | None = None,
 ) -> tuple[np.ndarray, ...]:
     zeros = np.zeros(n)
     false = np.zeros(n, dtype=bool)
@@ -293,7 +318,7 @@ def _chunk(
             finish.append(start + dur)
             dead.append(blocked.copy())
             wrong.append(tainted.copy())
-            if stop is not None:
+            if cut is not None:
                 own.append((zeros, zeros, false, start, zeros))
             continue
         hit = runs & (rng.random(n) < sp.hit_rate) if sp.hit_rate > 0.0 else false
@@ -307,44 +332,49 @@ def _chunk(
         dead.append(step_dead | blocked)
         wrong.append(step_wrong | tainted)
         uncaught_any |= step_wrong
-        if stop is not None:
+        if cut is not None:
             own.append((paid, called, step_wrong, start, np.minimum(called, sp.calls)))
-    if stop is not None:
-        return _stopped(stop, finish, dead, own)
+    if cut is not None:
+        return _cut_short(cut, finish, dead, own)
     for f in finish:
         np.maximum(latency, f, out=latency)
     caught_any = np.any(dead, axis=0)
     ok = ~caught_any & ~uncaught_any
-    return cost, latency, calls, ok, caught_any, uncaught_any & ~caught_any
+    return cost, latency, calls, ok, caught_any, uncaught_any & ~caught_any, false
 
 
-def _stopped(
-    stop: tuple[int, bool],
+def _cut_short(
+    cut: _Cut,
     finish: list[np.ndarray],
     dead: list[np.ndarray],
     own: list[tuple[np.ndarray, ...]],
 ) -> tuple[np.ndarray, ...]:
-    """A chunk's figures under ``stop_when``: where its step passed, only the steps
-    finished by then count, and the run ends then; a step started by then has sent an
-    attempt's calls, cancelled unbilled."""
-    k, alone = stop
-    at = finish[k]
-    stopped = ~dead[k]  # it passed its gate (perhaps wrongly: then the run is wrong)
-    cost, calls = np.zeros_like(at), np.zeros_like(at)
-    caught, uncaught = np.zeros(at.shape, dtype=bool), np.zeros(at.shape, dtype=bool)
-    latency = np.zeros_like(at)
+    """A chunk's figures when a run may end early: where the stop step passed, or the
+    deadline came first, only the steps finished by then count (a step started by then
+    has sent an attempt's calls, cancelled unbilled) and the run ends then. A run the
+    deadline cut fails."""
+    inf = np.full_like(finish[0], math.inf)
+    at, stopped = inf, np.zeros(inf.shape, dtype=bool)
+    if cut.stop is not None:
+        stopped = ~dead[cut.stop]  # it passed its gate (perhaps wrongly: then the run is wrong)
+        at = np.where(stopped, finish[cut.stop], math.inf)
+    late = np.minimum(np.max(finish, axis=0), at) > cut.deadline + 1e-9
+    until = np.where(late, cut.deadline, at)
+    cost, calls, latency = np.zeros_like(inf), np.zeros_like(inf), np.zeros_like(inf)
+    caught, uncaught = np.zeros(inf.shape, dtype=bool), np.zeros(inf.shape, dtype=bool)
     for i, (f, d, (paid, called, wrong, start, one)) in enumerate(
         zip(finish, dead, own, strict=True)
     ):
-        counts = ~stopped | (f <= at + 1e-9)
+        counts = f <= until + 1e-9
         cost += np.where(counts, paid, 0.0)
-        calls += np.where(counts, called, np.where(start < at - 1e-9, one, 0.0))
+        calls += np.where(counts, called, np.where(start < until - 1e-9, one, 0.0))
         np.maximum(latency, np.where(counts, f, 0.0), out=latency)
-        if not (alone and i == k):  # a lone stop step's failure only means no stop
+        if not (cut.alone and i == cut.stop):  # a lone stop step's failure only means no stop
             caught |= d & counts
         uncaught |= wrong & counts
-    ok = ~caught & ~uncaught
-    return cost, latency, calls, ok, caught, uncaught & ~caught
+    latency = np.where(late, cut.deadline, latency)
+    ok = ~caught & ~uncaught & ~late
+    return cost, latency, calls, ok, caught, uncaught & ~caught, late
 
 
 def _attempts(
@@ -418,7 +448,7 @@ def simulate_loop(
     """
     settings = settings or wf.simulation
     params = _params(wf, settings)
-    stop = _stop(wf)
+    cut = _cut_of(wf)
     rnd = random.Random(seed)
     ok_n, cost_sum, lat_sum = 0, 0.0, 0.0
     for _ in range(runs):
@@ -467,16 +497,21 @@ def simulate_loop(
             wrong.append(is_wrong or tainted)
             paid.append(cost)
             failed_at.append(is_dead or is_wrong)
-        counts = [True] * len(params)
-        if stop is not None:
-            k, alone = stop
-            if not dead[k]:  # it passed: what had not finished is cancelled or never started
-                counts = [f <= finish[k] + 1e-9 for f in finish]
-            elif alone:  # it failed with nothing after it: no stop, and no failed run
+        until, late = math.inf, False
+        if cut is not None:
+            k = cut.stop
+            if k is not None and not dead[k]:  # it passed: what is unfinished is cancelled
+                until = finish[k]
+            elif k is not None and cut.alone:  # it failed with nothing after it: no stop
                 failed_at[k] = False
-        ok_n += not any(f and c for f, c in zip(failed_at, counts, strict=True))
+            late = min(max(finish, default=0.0), until) > cut.deadline + 1e-9
+            until = cut.deadline if late else until
+        counts = [f <= until + 1e-9 for f in finish]
+        ok_n += not late and not any(f and c for f, c in zip(failed_at, counts, strict=True))
         cost_sum += math.fsum(c for c, keep in zip(paid, counts, strict=True) if keep)
-        lat_sum += max((f for f, keep in zip(finish, counts, strict=True) if keep), default=0.0)
+        lat_sum += until if late else max(
+            (f for f, keep in zip(finish, counts, strict=True) if keep), default=0.0
+        )
     return ok_n / runs, cost_sum / runs, lat_sum / runs
 
 
