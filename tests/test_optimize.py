@@ -237,3 +237,20 @@ def test_a_step_that_cannot_be_cut_is_refused(cli, write, steps: str, extra: str
                  f"steps: {steps}\n{extra}")  # fmt: skip
     out = cli("estimate", path)
     assert out.code == 2 and message in out.err and "Traceback" not in out.err
+
+
+def test_a_latency_budget_is_checked_as_a_deadline_by_monte_carlo(cli) -> None:
+    """Expected figures meet 9 s; as a hard deadline some runs are still cut. Bound on the
+    worst case, none is (no jitter)."""
+    args = [EXAMPLES / "cuttable.yaml", "--max-latency", "9", "--min-reliability", "0.95"]
+    doc = json.loads(cli("optimize", *args, "--budget-on", "expected", "--json").out)
+    check = doc["deadline_check"]
+    assert check["original"]["success_rate"] == 0.0  # 12 s of premium calls: always cut
+    assert 0 < check["chosen"]["deadline_rate"] < 0.1
+    assert check["chosen"]["success_rate"] < doc["chosen"]["reliability"]
+    worst = json.loads(cli("optimize", *args, "--budget-on", "worst", "--json").out)
+    assert worst["deadline_check"]["chosen"]["deadline_rate"] == 0.0
+    plain = json.loads(cli("optimize", EXAMPLES / "seed-chain.yaml", "--json").out)
+    assert plain["deadline_check"] is None
+    out = cli("optimize", *args, "--budget-on", "expected")
+    assert "with the 9s latency budget as the run's deadline" in out.out.replace("\n", " ")

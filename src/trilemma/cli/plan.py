@@ -24,6 +24,7 @@ from trilemma.plan import book as book_mod
 from trilemma.plan.estimate import estimate as estimate_wf
 from trilemma.plan.exercises import debate_vs_retry, routing_sweep, ticket_spend
 from trilemma.plan.optimize import optimize as optimize_wf
+from trilemma.plan.simulate import SimResult
 from trilemma.plan.simulate import simulate as simulate_wf
 from trilemma.plan.thresholds import hedge_thresholds, parse_thresholds
 from trilemma.report import tables
@@ -208,11 +209,15 @@ def optimize(
         from trilemma.report.plots import plot_frontier
 
         plot_frontier(r, plot)
+    checks = _deadline_checks(wf, r)
     if as_json:
-        emit_json(_optimize_json(r, chosen))
+        emit_json({**_optimize_json(r, chosen),
+                   "deadline_check": {k: _check_json(v) for k, v in checks.items()} or None})  # fmt: skip
     else:
         console = stdout_console()
         console.print(tables.optimize_view(r))
+        if checks:
+            console.print(tables.deadline_check_line(checks, budget.deadline_s), style="dim")
         if chosen:
             console.print(f"\n# chosen configuration{f' (written to {out})' if out else ''}")
             console.print(chosen, markup=False)
@@ -223,6 +228,32 @@ def optimize(
         )
         return 1
     return 0
+
+
+DEADLINE_CHECK_RUNS = 100_000
+"""Monte Carlo runs behind ``optimize``'s check of the deadline."""
+
+
+def _deadline_checks(wf: Workflow, r: Any) -> dict[str, SimResult]:
+    """The original and the chosen spec simulated under the latency budget as a deadline:
+    the budget binds a path's latency, the executor cancels a run at the deadline."""
+    deadline = r.budget.deadline_s
+    if deadline is None:
+        return {}
+    specs = {"original": wf, "chosen": r.best}
+    return {
+        name: simulate_wf(
+            w.model_copy(update={"budget": w.budget.model_copy(update={"deadline_s": deadline})}),
+            DEADLINE_CHECK_RUNS, seed=wf.seed if wf.seed is not None else 1,
+        )
+        for name, w in specs.items()
+        if w is not None
+    }  # fmt: skip
+
+
+def _check_json(r: SimResult) -> dict[str, Any]:
+    return {"runs": r.runs, "success_rate": r.success_rate,
+            "deadline_rate": r.deadline_hits / r.runs, "cost_usd_mean": r.cost_usd.mean}  # fmt: skip
 
 
 def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:

@@ -249,6 +249,15 @@ def optimize_view(r: OptimizeResult) -> Group:
     return Group(*parts)
 
 
+def deadline_check_line(checks: dict[str, SimResult], deadline: float | None) -> str:
+    """``optimize``'s Monte Carlo of the original and the chosen spec under the deadline."""
+    parts = [f"{name} succeeds {_pct(r.success_rate)} ({_pct(r.deadline_hits / r.runs)} cut)"
+             for name, r in checks.items()]  # fmt: skip
+    runs = next(iter(checks.values())).runs
+    return (f"Monte Carlo, {runs:,} runs with the {deadline:g}s latency budget as the run's "
+            f"deadline (a run still going is cancelled): " + "; ".join(parts) + ".")
+
+
 def run_view(r: Any) -> Group:
     """A run: predicted beside measured, then each step."""
     p = r.predicted
