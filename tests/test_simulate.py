@@ -193,8 +193,7 @@ def test_the_deadline_cancels_runs_still_going_and_fails_them() -> None:
     assert ok == pytest.approx(r.success_rate, abs=0.01)
     assert cost == pytest.approx(r.cost_usd.mean, rel=0.02)
     assert latency == pytest.approx(r.latency_s.mean, rel=0.01)
-    free = simulate(wf.model_copy(update={"budget": wf.budget.model_copy(
-        update={"deadline_s": None})}), 100_000, seed=4)  # fmt: skip
+    free = simulate(wf.with_budget(deadline_s=None), 100_000, seed=4)
     assert free.deadline_hits == 0 and free.success_rate > 0.85
 
 

@@ -117,7 +117,7 @@ def simulate(
     if deadline is not None:
         if deadline <= 0:
             raise UsageError(f"--deadline {deadline:g}: give seconds above 0")
-        wf = wf.model_copy(update={"budget": wf.budget.model_copy(update={"deadline_s": deadline})})
+        wf = wf.with_budget(deadline_s=deadline)
     if hedge is not None:
         return _hedge_thresholds(wf, hedge, runs, seed, settings, halt, plot, as_json)
     show = not as_json and sys.stderr.isatty() and runs >= 2_000_000
@@ -242,13 +242,17 @@ def _deadline_checks(wf: Workflow, r: Any) -> dict[str, SimResult]:
         return {}
     specs = {"original": wf, "chosen": r.best}
     return {
-        name: simulate_wf(
-            w.model_copy(update={"budget": w.budget.model_copy(update={"deadline_s": deadline})}),
-            DEADLINE_CHECK_RUNS, seed=wf.seed if wf.seed is not None else 1,
-        )
+        name: simulate_wf(w.with_budget(deadline_s=deadline), DEADLINE_CHECK_RUNS,
+                          seed=wf.seed if wf.seed is not None else 1)
         for name, w in specs.items()
         if w is not None
     }  # fmt: skip
+
+
+def _cut_steps(r: Any) -> list[str]:
+    """The steps the chosen spec left out."""
+    kept = {t.id for t in r.best.steps} if r.best is not None else None
+    return [s.id for s in r.original.per_step if kept is not None and s.id not in kept]
 
 
 def _check_json(r: SimResult) -> dict[str, Any]:
@@ -267,8 +271,7 @@ def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
         "original": r.original.to_json(),
         "chosen": r.best_estimate.to_json() if r.best_estimate else None,
         "chosen_spec": chosen,
-        "cut_steps": [s.id for s in r.original.per_step
-                      if r.best is not None and s.id not in {t.id for t in r.best.steps}],
+        "cut_steps": _cut_steps(r),
         "frontier": [
             {
                 "cost_usd": {

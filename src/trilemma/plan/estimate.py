@@ -37,6 +37,7 @@ case and the critical path do not count the stop: ``S`` may fail.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -178,16 +179,22 @@ class Estimate:
     stop: EarlyStop | None = None
     """The spec's early stop, when it has one (the expected figures count it)."""
 
-    def _expected(self, figure: str) -> float:
-        """A per-step expected figure summed, less what an early stop saves on average."""
-        total = math.fsum(getattr(s, figure) for s in self.per_step)
+    def _expected(
+        self, figure: Callable[[StepEstimate], float],
+        in_flight: Callable[[StepEstimate], float] | None = None,
+    ) -> float:  # fmt: skip
+        """A per-step expected figure summed, less what an early stop saves on average: the
+        skipped steps' figure, but ``in_flight`` of those it cancels."""
+        total = math.fsum(figure(s) for s in self.per_step)
         if self.stop is None:
             return total
-        skipped = math.fsum(getattr(s, figure) for s in self.per_step if s.id in self.stop.skipped)
-        if figure == "calls_expected":  # a call in flight was sent, even if it is not billed
-            skipped -= math.fsum(s.calls_expected / s.attempts_expected for s in self.per_step
-                                 if s.id in self.stop.in_flight and s.attempts_expected)  # fmt: skip
-        return total - self.stop.chance * skipped
+        stop = self.stop
+        saved = math.fsum(
+            figure(s) - (in_flight(s) if in_flight and s.id in stop.in_flight else 0.0)
+            for s in self.per_step
+            if s.id in stop.skipped
+        )
+        return total - stop.chance * saved
 
     @property
     def cost_book(self) -> float:
@@ -197,7 +204,7 @@ class Estimate:
     @property
     def cost_expected(self) -> float:
         """Each retry counted with the chance it happens (and an early stop with its own)."""
-        return self._expected("cost_expected")
+        return self._expected(lambda s: s.cost_expected)
 
     @property
     def cost_worst(self) -> float:
@@ -206,8 +213,8 @@ class Estimate:
 
     @property
     def calls_expected(self) -> float:
-        """LLM calls made on average."""
-        return self._expected("calls_expected")
+        """LLM calls made on average (a call an early stop cancels was sent)."""
+        return self._expected(lambda s: s.calls_expected, _one_attempt_calls)
 
     @property
     def calls_worst(self) -> int:
@@ -452,6 +459,10 @@ def estimate(wf: Workflow) -> Estimate:
         stop = _early_stop(wf.stop_when, graph, order, rows)
         expected = stop.chance * stop.at_s + (1.0 - stop.chance) * expected
     return Estimate(tuple(rows.values()), tuple(path), length, expected, worst, stop)
+
+
+def _one_attempt_calls(s: StepEstimate) -> float:
+    return s.calls_expected / s.attempts_expected if s.attempts_expected else 0.0
 
 
 def _early_stop(

@@ -276,8 +276,8 @@ def _graph(wf: Workflow, parallel: bool) -> dict[str, list[str]]:
 
 def apply(wf: Workflow, cand: Candidate) -> Workflow:
     """The spec with a candidate's levers applied (validated again)."""
-    graph = _uncut(_graph(wf, cand.parallel), {s.id for s, c in zip(wf.steps, cand.choices,
-                                                                   strict=True) if c.cut})
+    cut = {s.id for s, c in zip(wf.steps, cand.choices, strict=True) if c.cut}
+    graph = _uncut(_graph(wf, cand.parallel), cut)
     steps = [
         _apply_step(s, c).model_copy(update={"after": graph[s.id]})
         for s, c in zip(wf.steps, cand.choices, strict=True)
@@ -436,7 +436,8 @@ def _open_nodes(graph: dict[str, list[str]], order: list[str], k: int) -> list[i
 
 
 def _prune(parts: list[_Partial], open_nodes: list[int]) -> list[_Partial]:
-    """Drop partial configurations another beats on cost, reliability and open finish times."""
+    """Drop partial configurations another beats on steps cut, cost, reliability and open
+    finish times."""
 
     def key(p: _Partial) -> tuple[float, ...]:
         return (p.cuts, p.cost, -p.log_p, *(p.finish[i] for i in open_nodes))

@@ -164,9 +164,10 @@ def hedge_table(rows: Sequence[Threshold], model: str) -> Table:
             _change(lat.p99, first.latency_s.p99),
             *([_pct(r.sim.deadline_hits / r.sim.runs)] if deadline is not None else []),
         )  # fmt: skip
-    t.caption = ("cost: the planner's expected cost (the Monte Carlo's mean agrees within "
-                 "sampling); latencies: Monte Carlo, every row drawn from the same seed")  # fmt: skip
-    if deadline is not None:
+    if deadline is None:
+        t.caption = ("cost: the planner's expected cost (the Monte Carlo's mean agrees within "
+                     "sampling); latencies: Monte Carlo, every row drawn from the same seed")  # fmt: skip
+    else:
         t.caption = (f"Monte Carlo, every row drawn from the same seed; the {deadline:g}s "
                      "deadline cancels a run still going (it fails), which cuts its cost and "
                      "caps its latency")  # fmt: skip

@@ -13,9 +13,10 @@ Stopping: a failed step or a refused reservation stops new calls (calls in
 flight finish: they are paid for); the deadline and an early stop
 (``stop_when``) cancel what is in flight. The ``stop_when`` step is a bet that
 a good-enough answer comes early: when nothing runs after it and it fails, the
-run goes on without the stop (and ends ok if every other step does). An exception that is not a failed
-call (a bug in a provider or an ``on_event`` callback) cancels what is in
-flight, marks the run failed in the journal, and reaches the caller as itself.
+run goes on without the stop (and ends ok if every other step does). An
+exception that is not a failed call (a bug in a provider or an ``on_event``
+callback) cancels what is in flight, marks the run failed in the journal, and
+reaches the caller as itself.
 """
 
 from __future__ import annotations
@@ -682,8 +683,9 @@ class Executor:
         ceiling: no copy, and the call goes on alone) and is journaled as any call, its
         key the call's with ``:h``. The first answer wins; the other copy is cancelled and
         billed at its reservation (an endpoint may bill what its client abandoned), its
-        ledger row ``hedged`` with the seconds it was in flight. A copy that fails leaves the race to the other. Returns the
-        answer, and the hold and key of the copy that gave it.
+        ledger row ``hedged`` with the seconds it was in flight. A copy that fails leaves
+        the race to the other. Returns the answer, and the hold and key of the copy that
+        gave it.
         """
         first = asyncio.ensure_future(route.complete(request))
         copy: asyncio.Task[Completion] | None = None

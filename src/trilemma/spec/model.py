@@ -446,6 +446,10 @@ class Workflow(_Strict):
     stop_when: str | None = None
     concurrency: Annotated[int, Field(ge=1, le=10_000)] = 16
 
+    def with_budget(self, **fields: Any) -> Workflow:
+        """The workflow with these budget fields changed (``deadline_s=10``, ...)."""
+        return self.model_copy(update={"budget": self.budget.model_copy(update=fields)})
+
     def step(self, step_id: str) -> Step:
         """The step with this id (``KeyError`` if there is none)."""
         for s in self.steps:
