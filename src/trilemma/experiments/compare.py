@@ -7,7 +7,9 @@ per dollar spent). Every measured figure sits beside the planner's prediction fo
 spec.
 
 A spec's own ``budget:`` applies to its runs, as it does to ``trilemma run``; runs it
-stops count as failures (the table says how many). Success is a run that finished every
+stops count as failures (the table says how many). With a deadline in the spec, the
+prediction beside the runs is the Monte Carlo's, which cancels a run still going at the
+deadline as the executor does (the analytic figures know no deadline). Success is a run that finished every
 step. On the simulator that means every answer
 passed the simulator's check. On a real endpoint it means every answer passed its gate,
 so a workflow without gates counts every answer as a success. Give real-endpoint specs
@@ -27,9 +29,13 @@ from trilemma.experiments.calibrate import wilson
 from trilemma.experiments.trials import Tally, Trial, check_settings, repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
+from trilemma.plan.simulate import SimResult, simulate
 from trilemma.spec import Workflow
 
 __all__ = ["Contender", "compare"]
+
+DEADLINE_RUNS = 100_000
+"""Monte Carlo runs behind the prediction for a spec with a deadline."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,8 @@ class Contender:
     """95th percentile of seconds per run."""
     calls_mean: float
     """Mean LLM calls per run."""
+    simulated: SimResult | None = None
+    """The Monte Carlo under the spec's deadline, when it has one."""
 
     @property
     def success_rate(self) -> float:
@@ -101,6 +109,7 @@ class Contender:
                 },
                 "calls": round(p.calls_expected, 12),
                 "quality_per_dollar": p.quality_per_expected_dollar,
+                "with_deadline": self.simulated.to_json() if self.simulated else None,
             },
         }
 
@@ -139,4 +148,5 @@ def _contender(name: str, wf: Workflow, got: list[Trial]) -> Contender:
         latency_mean_s=math.fsum(latencies) / n,
         latency_p95_s=latencies[min(n - 1, math.ceil(0.95 * n) - 1)],
         calls_mean=sum(t.calls for t in got) / n,
+        simulated=simulate(wf, DEADLINE_RUNS, seed=0) if wf.budget.deadline_s is not None else None,
     )
