@@ -48,6 +48,10 @@ def test_a_deadline_sweep_stops_runs_at_the_deadline(tmp_path: Path) -> None:
     assert short.baseline_over == 10 and short.steps_returned < 1
     assert long.stopped == 0 and long.ok == sw.baseline.ok
     assert 1.2 <= long.latency_mean_s < 20
+    # the Monte Carlo under each deadline: none makes 0.6 s, all but failures make 20 s
+    assert short.predicted_success == 0.0
+    assert long.predicted_success == pytest.approx(sw.predicted.reliability, abs=0.002)
+    assert sw.baseline.predicted_success == long.predicted_success
 
 
 def test_time_scaling_shortens_every_clock_of_the_simulator() -> None:
@@ -103,8 +107,10 @@ def test_cli_sweep_json_table_and_plot(cli, tmp_path: Path) -> None:
         "overruns",
         "baseline_over_budget",
         "baseline_ok_within_budget",
+        "predicted_success_rate",
     ):
         assert key in row  # fmt: skip
+    assert row["predicted_success_rate"] is None  # a ceiling is not simulated
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     t = cli(*args)
     assert t.code == 0 and "Budget sweep" in t.out and "none (baseline)" in t.out

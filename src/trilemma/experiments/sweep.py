@@ -12,7 +12,9 @@ For each budget the sweep reports:
 - the spend, mean and largest (a ceiling is never crossed: that is the executor's
   guarantee, checked here run by run);
 - the share of steps whose outputs still came back (failing soft);
-- how often the baseline, which ignores budgets, went over the same budget.
+- how often the baseline, which ignores budgets, went over the same budget;
+- for a deadline, the success the Monte Carlo predicts under it (it cancels a run still
+  going, as the executor does); a cost ceiling is not simulated.
 
 On the simulator the sweep runs in scaled time (see :mod:`trilemma.experiments.trials`).
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from trilemma.errors import UsageError
@@ -29,12 +31,15 @@ from trilemma.experiments.calibrate import wilson
 from trilemma.experiments.trials import Tally, Trial, check_settings, repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
+from trilemma.plan.simulate import simulate
 from trilemma.spec import Workflow
 
 __all__ = ["Limits", "Sweep", "SweepRow", "budget_sweep"]
 
 #: Spend above a ceiling by less than this is float noise, not an overrun.
 EPS_USD = 1e-9
+PREDICT_RUNS = 100_000
+"""Monte Carlo runs behind a row's predicted success."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,8 @@ class SweepRow:
     """Baseline runs (no budget) that went over this budget."""
     baseline_ok_within: int
     """Baseline runs that succeeded within this budget."""
+    predicted_success: float | None = None
+    """The Monte Carlo's success under this deadline (None: a cost ceiling, not simulated)."""
 
     @property
     def success_rate(self) -> float:
@@ -116,6 +123,7 @@ class SweepRow:
             "overruns": self.overruns,
             "baseline_over_budget": self.baseline_over,
             "baseline_ok_within_budget": self.baseline_ok_within,
+            "predicted_success_rate": self.predicted_success,
         }
 
 
@@ -166,9 +174,7 @@ def budget_sweep(
     check_settings(runs, time_scale)
     if not budgets:
         raise UsageError("give at least one budget: --max-cost 0.1,0.2 or --deadline 5,10")
-    unbudgeted = wf.model_copy(
-        update={"budget": wf.budget.model_copy(update={"max_cost_usd": None, "deadline_s": None})}
-    )
+    unbudgeted = wf.with_budget(max_cost_usd=None, deadline_s=None)
     tick = Tally(runs * (len(budgets) + 1), on_progress)
 
     def trials(b: Limits) -> list[Trial]:
@@ -176,9 +182,17 @@ def budget_sweep(
                       max_cost_usd=b.max_cost_usd, deadline_s=b.deadline_s, source=source,
                       tick=tick)  # fmt: skip
 
+    def predicted(b: Limits) -> float | None:
+        if b.max_cost_usd is not None:
+            return None
+        wf_b = unbudgeted.with_budget(deadline_s=b.deadline_s)
+        return simulate(wf_b, PREDICT_RUNS, seed=seed).success_rate
+
     base = trials(Limits())
-    baseline = _row(Limits(), base, base)
-    rows = tuple(_row(b, trials(b), base) for b in budgets)
+    baseline = replace(_row(Limits(), base, base), predicted_success=predicted(Limits()))
+    rows = tuple(
+        replace(_row(b, trials(b), base), predicted_success=predicted(b)) for b in budgets
+    )
     return Sweep(baseline, rows, estimate(wf), seed, time_scale)
 
 

@@ -147,6 +147,9 @@ def plot_sweep(sw: Sweep, path: str | Path) -> Path:
               color="tab:red", label="no budget: went over it")  # fmt: skip
     left.plot(xs, [r.steps_returned for r in rows], marker=".", color="grey",
               label="outputs returned, budget enforced")  # fmt: skip
+    if all(r.predicted_success is not None for r in rows):
+        left.plot(xs, [r.predicted_success for r in rows], color="tab:green", alpha=0.6,
+                  linewidth=3, label="Monte Carlo: succeeds under it")  # fmt: skip
     left.set_xlabel(unit)
     left.set_ylabel("share of runs")
     left.set_ylim(-0.02, 1.02)

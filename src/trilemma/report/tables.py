@@ -504,13 +504,17 @@ def sweep_table(sw: Sweep, source: str) -> Group:
     p, base = sw.predicted, sw.baseline
     t = Table(title=f"Budget sweep of {source}, {base.runs:,} runs per budget",
               title_justify="left")  # fmt: skip
-    for col in ("budget", "success", "stopped", "spend mean", "spend max", "outputs back",
-                "latency mean", "no-budget runs over", "no-budget ok within"):  # fmt: skip
+    timed = any(r.predicted_success is not None for r in sw.rows)  # a deadline was swept
+    for col in ("budget", "success", *(["predicted"] if timed else []), "stopped", "spend mean",
+                "spend max", "outputs back", "latency mean", "no-budget runs over",
+                "no-budget ok within"):  # fmt: skip
         t.add_column(col, justify="left" if col == "budget" else "right")
     for r in (base, *sw.rows):
+        predicted = "-" if r.predicted_success is None else _pct(r.predicted_success)
         t.add_row(
             r.budget.label() if r is not base else "none (baseline)",
-            _pct(r.success_rate), str(r.stopped), _usd(r.cost_mean), _usd(r.cost_max),
+            _pct(r.success_rate), *([predicted] if timed else []),
+            str(r.stopped), _usd(r.cost_mean), _usd(r.cost_max),
             _pct(r.steps_returned), f"{r.latency_mean_s:.2f}s",
             "-" if r is base else _pct(r.baseline_over / r.runs),
             "-" if r is base else _pct(r.baseline_ok_within / r.runs),
@@ -519,6 +523,9 @@ def sweep_table(sw: Sweep, source: str) -> Group:
         f"planner: {_usd(p.cost_expected)} expected, {_usd(p.cost_worst)} worst; "
         f"{p.latency_critical_s:.2f}s critical path; reliability {_pct(p.reliability)}"
     )
+    if timed:
+        t.caption += ("; predicted: the Monte Carlo's success under the deadline (a ceiling is "
+                      "not simulated)")  # fmt: skip
     over = sum(r.overruns for r in sw.rows)
     lines = [
         f"Spend over a ceiling: {over} of {base.runs * len(sw.rows):,} budgeted runs"
