@@ -31,15 +31,13 @@ from trilemma.experiments.calibrate import wilson
 from trilemma.experiments.trials import Tally, Trial, check_settings, repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
-from trilemma.plan.simulate import simulate
+from trilemma.plan.simulate import PREDICTION_RUNS, simulate
 from trilemma.spec import Workflow
 
 __all__ = ["Limits", "Sweep", "SweepRow", "budget_sweep"]
 
 #: Spend above a ceiling by less than this is float noise, not an overrun.
 EPS_USD = 1e-9
-PREDICT_RUNS = 100_000
-"""Monte Carlo runs behind a row's predicted success."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +184,7 @@ def budget_sweep(
         if b.max_cost_usd is not None:
             return None
         wf_b = unbudgeted.with_budget(deadline_s=b.deadline_s)
-        return simulate(wf_b, PREDICT_RUNS, seed=seed).success_rate
+        return simulate(wf_b, PREDICTION_RUNS, seed=seed).success_rate
 
     base = trials(Limits())
     baseline = replace(_row(Limits(), base, base), predicted_success=predicted(Limits()))

@@ -42,9 +42,12 @@ from trilemma.plan.estimate import CACHE_HIT_LATENCY_S
 from trilemma.plan.hedge import call_price
 from trilemma.spec import Simulation, Step, Workflow
 
-__all__ = ["SimResult", "Summary", "simulate", "simulate_loop"]
+__all__ = ["PREDICTION_RUNS", "SimResult", "Summary", "simulate", "simulate_loop"]
 
 CHUNK = 262_144
+PREDICTION_RUNS = 100_000
+"""Trajectories behind a Monte Carlo prediction set beside measured figures (compare, sweep,
+optimize's deadline check)."""
 STOP_CELLS = 1 << 22
 """With an early stop or a deadline every step's figures are kept until the run's end is
 known: a chunk holds at most this many trajectory-steps."""

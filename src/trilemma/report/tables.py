@@ -558,9 +558,10 @@ def compare_table(rows: Sequence[Contender], time_scale: float) -> Group:
             _qpd(success / cost if cost > 0 else None) + mark,
         )  # fmt: skip
     t.caption = "predicted: reliability, expected cost and latency, q/$ per expected dollar"
-    if any(r.simulated is not None for r in rows):
-        t.caption += ("; * Monte Carlo of 100,000 runs under the spec's deadline, which "
-                      "cancels a run still going (it fails)")  # fmt: skip
+    sims = [r.simulated for r in rows if r.simulated is not None]
+    if sims:
+        t.caption += (f"; * Monte Carlo of {sims[0].runs:,} runs under the spec's deadline, "
+                      "which cancels a run still going (it fails)")  # fmt: skip
     lines = [
         f"{r.name}: {r.stopped} of {r.runs} runs stopped by the spec's own budget, which its "
         f"worst case ({_usd(r.predicted.cost_worst)}, {r.predicted.latency_worst_s:.2f}s) "
