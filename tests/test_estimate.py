@@ -173,3 +173,24 @@ def test_remaining_path_priorities_do_not_depend_on_the_order_steps_are_listed()
     for order in (["a", "b", "c", "d"], ["d", "c", "b", "a"]):
         wf = parse_workflow(spec(order))
         assert _remaining_path(wf, estimate(wf)) == {"a": 8.0, "b": 7.0, "c": 3.0, "d": 2.0}
+
+
+@pytest.mark.parametrize(
+    ("budget", "says"),
+    [
+        ("{max_cost_usd: 0.02}", "every run stops budget_exhausted before the end"),
+        ("{max_cost_usd: 0.0301}", "does not fit the $0.0301 ceiling: a run whose retries"),
+        ("{max_cost_usd: 0.05}", "does not fit the $0.0500 ceiling: a run whose retries pile up"),
+        ("{max_cost_usd: 0.06}", "fits the $0.0600 ceiling, so no run stops for money"),
+        ("{deadline_s: 1}", "the critical path (2.00s) is over 1s, so every run that goes to the end is cut"),
+        ("{deadline_s: 3}", "the worst path (4.00s) does not fit 3s: slow or retried runs are cut"),
+        ("{deadline_s: 4}", "the worst path (4.00s) fits 4s, so no run is cut"),
+    ],
+)
+def test_estimate_says_whether_the_spec_s_budget_can_stop_a_run(cli, write, budget, says) -> None:
+    """One call of $0.03 and 2 s with a retry: $0.03 without it, $0.0303 expected, $0.06 worst."""
+    path = write("version: 1\nmodels: {m: {usd_per_call: 0.03, latency_s: 2, p_ok: 0.99}}\n"
+                 f"steps: [{{id: a, model: m, retries: 1}}]\nbudget: {budget}\n")  # fmt: skip
+    out = cli("estimate", path)
+    assert out.code == 0, out.err
+    assert says in " ".join(out.out.split())

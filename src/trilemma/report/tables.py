@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the executor loads only for the commands that run it
     from trilemma.experiments.sweep import Sweep
 
 __all__ = [
+    "budget_fit",
     "compare_table",
     "debate_table",
     "estimate_table",
@@ -96,6 +97,36 @@ def cache_assumptions(wf: Workflow) -> list[str]:
         for st in wf.steps
         if st.cache_rule and st.cache_rule.similarity and "hit_rate" not in st.cache_rule.model_fields_set
     ]
+
+
+def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
+    """A line per budget of the spec: whether a run under it can be stopped, before any is."""
+    b, lines = wf.budget, []
+    if b.max_cost_usd is not None:
+        cap = _usd(b.max_cost_usd)
+        if e.cost_worst <= b.max_cost_usd + 1e-12:
+            lines.append(f"budget: the worst case ({_usd(e.cost_worst)}) fits the {cap} "
+                         "ceiling, so no run stops for money")  # fmt: skip
+        elif e.cost_book > b.max_cost_usd + 1e-12:
+            lines.append(f"budget: even without a retry a run costs {_usd(e.cost_book)}, over the "
+                         f"{cap} ceiling, so every run stops budget_exhausted before the end; "
+                         "`trilemma optimize` looks for levers that fit")  # fmt: skip
+        else:
+            lines.append(f"budget: the worst case ({_usd(e.cost_worst)}) does not fit the {cap} "
+                         "ceiling: a run whose retries pile up stops budget_exhausted (the "
+                         "executor reserves each call's worst case before sending it)")  # fmt: skip
+    if b.deadline_s is not None:
+        d = f"{b.deadline_s:g}s"
+        if e.latency_worst_s <= b.deadline_s:
+            lines.append(f"deadline: the worst path ({e.latency_worst_s:.2f}s) fits {d}, so no "
+                         "run is cut (latency jitter aside)")  # fmt: skip
+        elif e.latency_critical_s > b.deadline_s:
+            lines.append(f"deadline: the critical path ({e.latency_critical_s:.2f}s) is over "
+                         f"{d}, so every run that goes to the end is cut")  # fmt: skip
+        else:
+            lines.append(f"deadline: the worst path ({e.latency_worst_s:.2f}s) does not fit "
+                         f"{d}: slow or retried runs are cut; `trilemma simulate` says how many")  # fmt: skip
+    return lines
 
 
 def totals_table(e: Estimate) -> Table:
