@@ -24,7 +24,7 @@ from trilemma.plan import book as book_mod
 from trilemma.plan.estimate import estimate as estimate_wf
 from trilemma.plan.exercises import debate_vs_retry, routing_sweep, ticket_spend
 from trilemma.plan.optimize import optimize as optimize_wf
-from trilemma.plan.simulate import PREDICTION_RUNS, SimResult
+from trilemma.plan.simulate import SimResult, under_deadline
 from trilemma.plan.simulate import simulate as simulate_wf
 from trilemma.plan.thresholds import hedge_thresholds, parse_thresholds
 from trilemma.report import tables
@@ -239,8 +239,7 @@ def _deadline_checks(wf: Workflow, r: Any) -> dict[str, SimResult]:
         return {}
     specs = {"original": wf, "chosen": r.best}
     return {
-        name: simulate_wf(w.with_budget(deadline_s=deadline), PREDICTION_RUNS,
-                          seed=wf.seed if wf.seed is not None else 1)
+        name: under_deadline(w, deadline, seed=wf.seed if wf.seed is not None else 1)
         for name, w in specs.items()
         if w is not None
     }  # fmt: skip

@@ -29,7 +29,7 @@ from trilemma.experiments.calibrate import wilson
 from trilemma.experiments.trials import Tally, Trial, check_settings, repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
-from trilemma.plan.simulate import PREDICTION_RUNS, SimResult, simulate
+from trilemma.plan.simulate import SimResult, under_deadline
 from trilemma.spec import Workflow
 
 __all__ = ["Contender", "compare"]
@@ -145,5 +145,5 @@ def _contender(name: str, wf: Workflow, got: list[Trial]) -> Contender:
         latency_mean_s=math.fsum(latencies) / n,
         latency_p95_s=latencies[min(n - 1, math.ceil(0.95 * n) - 1)],
         calls_mean=sum(t.calls for t in got) / n,
-        simulated=simulate(wf, PREDICTION_RUNS, seed=0) if wf.budget.deadline_s is not None else None,
+        simulated=None if wf.budget.deadline_s is None else under_deadline(wf, wf.budget.deadline_s),
     )

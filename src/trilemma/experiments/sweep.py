@@ -31,7 +31,7 @@ from trilemma.experiments.calibrate import wilson
 from trilemma.experiments.trials import Tally, Trial, check_settings, repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
-from trilemma.plan.simulate import PREDICTION_RUNS, simulate
+from trilemma.plan.simulate import under_deadline
 from trilemma.spec import Workflow
 
 __all__ = ["Limits", "Sweep", "SweepRow", "budget_sweep"]
@@ -183,8 +183,7 @@ def budget_sweep(
     def predicted(b: Limits) -> float | None:
         if b.max_cost_usd is not None:
             return None
-        wf_b = unbudgeted.with_budget(deadline_s=b.deadline_s)
-        return simulate(wf_b, PREDICTION_RUNS, seed=seed).success_rate
+        return under_deadline(unbudgeted, b.deadline_s, seed).success_rate
 
     base = trials(Limits())
     baseline = replace(_row(Limits(), base, base), predicted_success=predicted(Limits()))

@@ -42,12 +42,11 @@ from trilemma.plan.estimate import CACHE_HIT_LATENCY_S
 from trilemma.plan.hedge import call_price
 from trilemma.spec import Simulation, Step, Workflow
 
-__all__ = ["PREDICTION_RUNS", "SimResult", "Summary", "simulate", "simulate_loop"]
+__all__ = ["PREDICTION_RUNS", "SimResult", "Summary", "simulate", "simulate_loop", "under_deadline"]
 
 CHUNK = 262_144
 PREDICTION_RUNS = 100_000
-"""Trajectories behind a Monte Carlo prediction set beside measured figures (compare, sweep,
-optimize's deadline check)."""
+"""Trajectories behind :func:`under_deadline`."""
 STOP_CELLS = 1 << 22
 """With an early stop or a deadline every step's figures are kept until the run's end is
 known: a chunk holds at most this many trajectory-steps."""
@@ -281,6 +280,12 @@ class _Cut:
     """Nothing runs after the stop step: its failure only means no stop."""
     deadline: float
     """Seconds (inf: none)."""
+
+
+def under_deadline(wf: Workflow, deadline_s: float | None, seed: int | None = 0) -> SimResult:
+    """The Monte Carlo of ``wf`` under ``deadline_s`` (None: none), the prediction set beside
+    measured figures (compare, sweep, optimize's check of a latency budget)."""
+    return simulate(wf.with_budget(deadline_s=deadline_s), PREDICTION_RUNS, seed)
 
 
 def _cut_of(wf: Workflow) -> _Cut | None:

@@ -10,10 +10,11 @@ Per budget ``NAME`` the store keeps ``PREFIX:NAME:spent`` (dollars billed),
 ``PREFIX:NAME:holds`` (hold id -> dollars held by a call in flight),
 ``PREFIX:NAME:expiry`` (hold id -> when it lapses, Redis's clock),
 ``PREFIX:NAME:refused`` and ``PREFIX:NAME:ceiling`` (the ceiling the last
-reservation was checked against, for ``trilemma budget show``). A hold that outlives its lapse time, because the process
-holding it died, is counted as spent at its worst case; if its call does settle
-later, the spend is corrected to what it cost. A lost process can thus make the
-spend look higher than it was, never lower.
+reservation was checked against, for ``trilemma budget show``). A hold that
+outlives its lapse time, because the process holding it died, is counted as spent
+at its worst case; if its call does settle later, the spend is corrected to what
+it cost. A lost process can thus make the spend look higher than it was, never
+lower.
 
 The gateway keeps its keys' ceilings here (``shared:`` in its config). Workflow runs
 and batches in any number of processes share one with ``--shared-budget NAME=USD``
