@@ -250,7 +250,21 @@ def test_a_latency_budget_is_checked_as_a_deadline_by_monte_carlo(cli) -> None:
     assert check["chosen"]["success_rate"] < doc["chosen"]["reliability"]
     worst = json.loads(cli("optimize", *args, "--budget-on", "worst", "--json").out)
     assert worst["deadline_check"]["chosen"]["deadline_rate"] == 0.0
+    assert doc["budget_check"] == check  # no cost budget: the same check
     plain = json.loads(cli("optimize", EXAMPLES / "seed-chain.yaml", "--json").out)
     assert plain["deadline_check"] is None
     out = cli("optimize", *args, "--budget-on", "expected")
     assert "with the 9s latency budget as the run's deadline" in out.out.replace("\n", " ")
+
+
+def test_a_cost_budget_is_checked_as_a_ceiling_by_monte_carlo(cli) -> None:
+    """The seed chain's 12 premium calls ($0.36) never fit its $0.10 budget held as a
+    ceiling: every run that does not fail first stops. The chosen spec's worst case fits."""
+    doc = json.loads(cli("optimize", EXAMPLES / "seed-chain.yaml", "--json").out)
+    check = doc["budget_check"]
+    assert check["original"]["success_rate"] == 0.0
+    assert check["original"]["budget_exhausted_rate"] > 0.9
+    assert check["chosen"]["budget_exhausted_rate"] == 0.0  # bound on the worst case
+    assert check["chosen"]["success_rate"] == pytest.approx(doc["chosen"]["reliability"], abs=0.005)
+    out = cli("optimize", EXAMPLES / "seed-chain.yaml").out.replace("\n", " ")
+    assert "the $0.1000 cost budget as its ceiling" in out and "stopped" in out

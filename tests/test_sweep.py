@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -110,7 +111,10 @@ def test_cli_sweep_json_table_and_plot(cli, tmp_path: Path) -> None:
         "predicted_success_rate",
     ):
         assert key in row  # fmt: skip
-    assert row["predicted_success_rate"] is None  # a ceiling is not simulated
+    # the Monte Carlo holds each ceiling: at the worst case nothing stops a run
+    top = d["rows"][1]["predicted_success_rate"]
+    assert top == pytest.approx(d["baseline"]["predicted_success_rate"])
+    assert 0.0 < row["predicted_success_rate"] < top
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     t = cli(*args)
     assert t.code == 0 and "Budget sweep" in t.out and "none (baseline)" in t.out
@@ -165,3 +169,18 @@ def test_the_specs_own_budget_is_set_aside(tmp_path: Path) -> None:
     sw = budget_sweep(wf, [Limits(0.5)], 5, Journal(tmp_path / "j.db"), time_scale=0.001)
     assert sw.baseline.stopped == 0 and sw.baseline.cost_max == pytest.approx(0.36)
     assert sw.rows[0].stopped == 0 and sw.rows[0].cost_max == pytest.approx(0.36)
+
+
+def test_a_ceiling_sweep_predicts_what_it_measures(tmp_path: Path) -> None:
+    """examples/ceiling.yaml under three ceilings: one call, six calls (its own), the worst
+    case. Measured success lands on the Monte Carlo's."""
+    wf = load_workflow(EXAMPLES / "ceiling.yaml")
+    sw = budget_sweep(wf, [Limits(0.03), Limits(0.18), Limits(0.45)], 200,
+                      Journal(tmp_path / "j.db"), time_scale=0.001)  # fmt: skip
+    first, own, worst = sw.rows
+    assert first.ok == 0 and first.predicted_success == 0.0 and first.stopped == first.runs
+    for r in sw.rows:
+        assert r.predicted_success is not None
+        sd = math.sqrt(max(r.predicted_success * (1 - r.predicted_success), 0.01) / r.runs)
+        assert abs(r.success_rate - r.predicted_success) <= 4 * sd, r
+    assert own.stopped > 0 and worst.stopped == 0

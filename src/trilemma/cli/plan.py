@@ -24,7 +24,7 @@ from trilemma.plan import book as book_mod
 from trilemma.plan.estimate import estimate as estimate_wf
 from trilemma.plan.exercises import debate_vs_retry, routing_sweep, ticket_spend
 from trilemma.plan.optimize import optimize as optimize_wf
-from trilemma.plan.simulate import SimResult, under_deadline
+from trilemma.plan.simulate import SimResult, under_budget
 from trilemma.plan.simulate import simulate as simulate_wf
 from trilemma.plan.thresholds import hedge_thresholds, parse_thresholds
 from trilemma.report import tables
@@ -86,6 +86,14 @@ def simulate(
         min=0.0, help="Seconds; a run still going then is cancelled and fails (default: the "
                       "spec's budget.deadline_s).",
     )] = None,
+    max_cost: Annotated[float | None, typer.Option(
+        min=0.0, help="Dollars; hold this spend ceiling as `run --max-cost` does: a call whose "
+                      "worst case does not fit is not sent, and the run stops and fails.",
+    )] = None,
+    ceiling: Annotated[bool, typer.Option(
+        "--ceiling", help="Hold the spec's budget.max_cost_usd as a spend ceiling (not held "
+                          "by default: it is also the optimizer's target for expected cost).",
+    )] = False,
     hedge: Annotated[str | None, typer.Option(
         metavar="MODEL=T,T,...",
         help="Compare hedge thresholds for MODEL: seconds (3), percentiles of its latency "
@@ -101,6 +109,8 @@ def simulate(
     Example: trilemma simulate examples/seed-chain.yaml --runs 1000000 --seed 7 --recall 0.9
 
     Example: trilemma simulate examples/jittery.yaml --hedge premium=p95,p80,p50 --plot hedge.png
+
+    Example: trilemma simulate examples/ceiling.yaml --ceiling
     """  # fmt: skip
     positive("--runs", runs)
     if plot is not None and hedge is None:
@@ -119,14 +129,14 @@ def simulate(
         if deadline <= 0:
             raise UsageError(f"--deadline {deadline:g}: give seconds above 0")
         wf = wf.with_budget(deadline_s=deadline)
+    cap = _ceiling(spec, wf, max_cost, ceiling)
     if hedge is not None:
-        return _hedge_thresholds(wf, hedge, runs, seed, settings, halt, plot, as_json)
+        return _hedge_thresholds(wf, hedge, runs, seed, settings, halt, plot, as_json, cap)
     show = not as_json and sys.stderr.isatty() and runs >= 2_000_000
     with progress(show) as bar:
         task = bar.add_task("simulating", total=runs)
-        result = simulate_wf(
-            wf, runs, seed, settings, halt=halt, progress=lambda n: bar.advance(task, n)
-        )
+        result = simulate_wf(wf, runs, seed, settings, halt=halt, max_cost_usd=cap,
+                             progress=lambda n: bar.advance(task, n))  # fmt: skip
     if as_json:
         emit_json(result.to_json())
     else:
@@ -134,9 +144,23 @@ def simulate(
     return 0
 
 
+def _ceiling(spec: Path, wf: Workflow, max_cost: float | None, ceiling: bool) -> float | None:
+    """The spend ceiling ``simulate`` holds: ``--max-cost``, else with ``--ceiling`` the spec's."""
+    if max_cost is not None:
+        if ceiling:
+            raise UsageError("give --max-cost USD or --ceiling (the spec's ceiling), not both")
+        if max_cost <= 0:
+            raise UsageError(f"--max-cost {max_cost:g}: give dollars above 0")
+        return max_cost
+    if ceiling and wf.budget.max_cost_usd is None:
+        raise UsageError(f"{spec}: budget.max_cost_usd: --ceiling holds the spec's ceiling and "
+                         "it has none; add one, or give --max-cost USD")  # fmt: skip
+    return wf.budget.max_cost_usd if ceiling else None
+
+
 def _hedge_thresholds(
     wf: Workflow, text: str, runs: int, seed: int | None, settings: Simulation, halt: bool,
-    plot: Path | None, as_json: bool,
+    plot: Path | None, as_json: bool, max_cost_usd: float | None,
 ) -> int:  # fmt: skip
     """``simulate --hedge``: each threshold's cost beside its latency tail."""
     model, labels = parse_thresholds(text, wf)
@@ -144,6 +168,7 @@ def _hedge_thresholds(
     with progress(not as_json and sys.stderr.isatty() and total >= 1_000_000) as bar:
         task = bar.add_task("simulating thresholds", total=total)
         rows = hedge_thresholds(wf, model, labels, runs, seed, settings, halt=halt,
+                                max_cost_usd=max_cost_usd,
                                 progress=lambda n: bar.advance(task, n))  # fmt: skip
     if plot:
         from trilemma.report.plots import plot_hedge
@@ -210,15 +235,16 @@ def optimize(
         from trilemma.report.plots import plot_frontier
 
         plot_frontier(r, plot)
-    checks = _deadline_checks(wf, r)
+    checks = _budget_checks(wf, r)
     if as_json:
-        emit_json({**_optimize_json(r, chosen),
-                   "deadline_check": {k: _check_json(v) for k, v in checks.items()} or None})  # fmt: skip
+        check = {k: _check_json(v) for k, v in checks.items()} or None
+        emit_json({**_optimize_json(r, chosen), "budget_check": check,
+                   "deadline_check": check if budget.deadline_s is not None else None})  # fmt: skip
     else:
         console = stdout_console()
         console.print(tables.optimize_view(r))
         if checks:
-            console.print(tables.deadline_check_line(checks, budget.deadline_s), style="dim")
+            console.print(tables.budget_check_line(checks), style="dim")
         if chosen:
             console.print(f"\n# chosen configuration{f' (written to {out})' if out else ''}")
             console.print(chosen, markup=False)
@@ -231,15 +257,16 @@ def optimize(
     return 0
 
 
-def _deadline_checks(wf: Workflow, r: Any) -> dict[str, SimResult]:
-    """The original and the chosen spec simulated under the latency budget as a deadline:
-    the budget binds a path's latency, the executor cancels a run at the deadline."""
-    deadline = r.budget.deadline_s
-    if deadline is None:
+def _budget_checks(wf: Workflow, r: Any) -> dict[str, SimResult]:
+    """The original and the chosen spec simulated with the budgets as a run's own: the
+    latency budget binds a path's latency, the cost budget expected or worst figures, but a
+    run's deadline cancels it and its ceiling refuses a call whose worst case does not fit."""
+    b = r.budget
+    if b.deadline_s is None and b.max_cost_usd is None:
         return {}
     specs = {"original": wf, "chosen": r.best}
     return {
-        name: under_deadline(w, deadline, seed=wf.seed if wf.seed is not None else 1)
+        name: under_budget(w, b.deadline_s, b.max_cost_usd, seed=wf.seed if wf.seed is not None else 1)
         for name, w in specs.items()
         if w is not None
     }  # fmt: skip
@@ -253,7 +280,8 @@ def _cut_steps(r: Any) -> list[str]:
 
 def _check_json(r: SimResult) -> dict[str, Any]:
     return {"runs": r.runs, "success_rate": r.success_rate,
-            "deadline_rate": r.deadline_hits / r.runs, "cost_usd_mean": r.cost_usd.mean}  # fmt: skip
+            "deadline_rate": r.deadline_hits / r.runs,
+            "budget_exhausted_rate": r.ceiling_hits / r.runs, "cost_usd_mean": r.cost_usd.mean}  # fmt: skip
 
 
 def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:

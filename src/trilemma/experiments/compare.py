@@ -7,10 +7,11 @@ per dollar spent). Every measured figure sits beside the planner's prediction fo
 spec.
 
 A spec's own ``budget:`` applies to its runs, as it does to ``trilemma run``; runs it
-stops count as failures (the table says how many). With a deadline in the spec, the
-prediction beside the runs is the Monte Carlo's, which cancels a run still going at the
-deadline as the executor does (the analytic figures know no deadline). Success is a run that finished every
-step. On the simulator that means every answer
+stops count as failures (the table says how many). With a deadline or a ceiling in the
+spec, the prediction beside the runs is the Monte Carlo's, which cancels a run still going
+at the deadline and stops one whose next call's worst case does not fit under the ceiling,
+as the executor does (the analytic figures know no budget). Success is a run that finished
+every step. On the simulator that means every answer
 passed the simulator's check. On a real endpoint it means every answer passed its gate,
 so a workflow without gates counts every answer as a success. Give real-endpoint specs
 gates, or use ``trilemma calibrate`` and ``trilemma cliff``, whose tasks check the answer
@@ -29,7 +30,7 @@ from trilemma.experiments.calibrate import wilson
 from trilemma.experiments.trials import Tally, Trial, check_settings, repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
-from trilemma.plan.simulate import SimResult, under_deadline
+from trilemma.plan.simulate import SimResult, under_budget
 from trilemma.spec import Workflow
 
 __all__ = ["Contender", "compare"]
@@ -58,7 +59,7 @@ class Contender:
     calls_mean: float
     """Mean LLM calls per run."""
     simulated: SimResult | None = None
-    """The Monte Carlo under the spec's deadline, when it has one."""
+    """The Monte Carlo under the spec's deadline and ceiling, when it has either."""
 
     @property
     def success_rate(self) -> float:
@@ -106,7 +107,10 @@ class Contender:
                 },
                 "calls": round(p.calls_expected, 12),
                 "quality_per_dollar": p.quality_per_expected_dollar,
-                "with_deadline": self.simulated.to_json() if self.simulated else None,
+                "under_budget": self.simulated.to_json() if self.simulated else None,
+                "with_deadline": self.simulated.to_json()
+                if self.simulated and self.simulated.deadline_s is not None
+                else None,
             },
         }
 
@@ -145,5 +149,13 @@ def _contender(name: str, wf: Workflow, got: list[Trial]) -> Contender:
         latency_mean_s=math.fsum(latencies) / n,
         latency_p95_s=latencies[min(n - 1, math.ceil(0.95 * n) - 1)],
         calls_mean=sum(t.calls for t in got) / n,
-        simulated=None if wf.budget.deadline_s is None else under_deadline(wf, wf.budget.deadline_s),
+        simulated=_under_budget(wf),
     )
+
+
+def _under_budget(wf: Workflow) -> SimResult | None:
+    """The Monte Carlo the runs are set beside when the spec's budget can stop them."""
+    b = wf.budget
+    if b.deadline_s is None and b.max_cost_usd is None:
+        return None
+    return under_budget(wf, b.deadline_s, b.max_cost_usd)

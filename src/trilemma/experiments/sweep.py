@@ -13,8 +13,9 @@ For each budget the sweep reports:
   guarantee, checked here run by run);
 - the share of steps whose outputs still came back (failing soft);
 - how often the baseline, which ignores budgets, went over the same budget;
-- for a deadline, the success the Monte Carlo predicts under it (it cancels a run still
-  going, as the executor does); a cost ceiling is not simulated.
+- the success the Monte Carlo predicts under it (it cancels a run still going at the
+  deadline, and stops one whose next call's worst case does not fit under the ceiling, as
+  the executor does).
 
 On the simulator the sweep runs in scaled time (see :mod:`trilemma.experiments.trials`).
 """
@@ -31,7 +32,7 @@ from trilemma.experiments.calibrate import wilson
 from trilemma.experiments.trials import Tally, Trial, check_settings, repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
-from trilemma.plan.simulate import under_deadline
+from trilemma.plan.simulate import under_budget
 from trilemma.spec import Workflow
 
 __all__ = ["Limits", "Sweep", "SweepRow", "budget_sweep"]
@@ -94,7 +95,7 @@ class SweepRow:
     baseline_ok_within: int
     """Baseline runs that succeeded within this budget."""
     predicted_success: float | None = None
-    """The Monte Carlo's success under this deadline (None: a cost ceiling, not simulated)."""
+    """The Monte Carlo's success under this budget (None: not simulated)."""
 
     @property
     def success_rate(self) -> float:
@@ -180,10 +181,8 @@ def budget_sweep(
                       max_cost_usd=b.max_cost_usd, deadline_s=b.deadline_s, source=source,
                       tick=tick)  # fmt: skip
 
-    def predicted(b: Limits) -> float | None:
-        if b.max_cost_usd is not None:
-            return None
-        return under_deadline(unbudgeted, b.deadline_s, seed).success_rate
+    def predicted(b: Limits) -> float:
+        return under_budget(unbudgeted, b.deadline_s, b.max_cost_usd, seed).success_rate
 
     base = trials(Limits())
     baseline = replace(_row(Limits(), base, base), predicted_success=predicted(Limits()))

@@ -25,6 +25,17 @@ steps not finished by then are neither paid for nor counted, and the run ends
 then. When nothing runs after ``S`` and it fails, the run goes on without the stop.
 The spec's deadline (``budget.deadline_s``) cuts a trajectory the same way when it
 would end later, and the run fails (``deadline``), as the executor cancels it.
+
+A spend ceiling (``max_cost_usd``, given explicitly: the spec's budget is also the
+optimizer's target for expected cost, so it is not simulated unless asked) is held as the
+executor holds it: before each call its worst case (``usd_per_call``, or ``max_tokens`` at
+the output price and the prompt at the input price) must fit under the ceiling less what is
+spent, else the call is not sent and the run stops (``budget_exhausted``) and fails, billed
+for what it spent. The trajectory spends one call after another, taking the steps in the
+order they start on the schedule of first attempts (a chain's order exactly); where the
+executor has parallel calls in flight it holds their worst cases at once, so with token
+prices a parallel run may stop a call sooner than simulated, and a step that a jittery
+schedule starts before the refused call in time is counted as not sent.
 """
 
 from __future__ import annotations
@@ -42,11 +53,13 @@ from trilemma.plan.estimate import CACHE_HIT_LATENCY_S
 from trilemma.plan.hedge import call_price
 from trilemma.spec import Simulation, Step, Workflow
 
-__all__ = ["PREDICTION_RUNS", "SimResult", "Summary", "simulate", "simulate_loop", "under_deadline"]
+__all__ = ["PREDICTION_RUNS", "SimResult", "Summary", "simulate", "simulate_loop", "under_budget"]
 
 CHUNK = 262_144
 PREDICTION_RUNS = 100_000
-"""Trajectories behind :func:`under_deadline`."""
+"""Trajectories behind :func:`under_budget`."""
+EPS_USD = 1e-12
+"""A reservation within this of the room left fits (float noise, as the executor's guard)."""
 STOP_CELLS = 1 << 22
 """With an early stop or a deadline every step's figures are kept until the run's end is
 known: a chunk holds at most this many trajectory-steps."""
@@ -102,6 +115,10 @@ class SimResult:
     """The spec's deadline, simulated: a run still going then is cancelled and fails."""
     deadline_hits: int = 0
     """Trajectories the deadline cut."""
+    max_cost_usd: float | None = None
+    """The spend ceiling simulated (None: spend unbounded)."""
+    ceiling_hits: int = 0
+    """Trajectories stopped by the ceiling: a call's worst case did not fit."""
 
     @property
     def success_rate(self) -> float:
@@ -139,6 +156,8 @@ class SimResult:
             "settings": self.settings.model_dump(),
             "deadline_s": self.deadline_s,
             "deadline_rate": self.deadline_hits / self.runs,
+            "max_cost_usd": self.max_cost_usd,
+            "budget_exhausted_rate": self.ceiling_hits / self.runs,
         }
 
 
@@ -153,6 +172,8 @@ class _Try:
     hedge: float = math.inf
     """Seconds after which the attempt is sent again (the model's ``hedge_after_s`` x its
     sequential calls): the faster copy wins and both are paid."""
+    reserve: float = 0.0
+    """Dollars held under a ceiling before each of the attempt's calls."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +190,12 @@ class _Route:
     jitter: np.ndarray
     calls: np.ndarray
     """The classifier's call plus the branch's."""
+    reserve: np.ndarray
+    """Dollars a branch's call holds under a ceiling."""
+    head_price: float = 0.0
+    """The classifier's call's price."""
+    head_reserve: float = 0.0
+    """Dollars the classifier's call holds under a ceiling."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +211,23 @@ class _StepParams:
     """A routed step's branches (its ``tries`` then only count its attempts)."""
 
 
-def _params(wf: Workflow, settings: Simulation) -> list[_StepParams]:
-    order = dag.topo_order(wf.edges())
+def _order(wf: Workflow, capped: bool) -> list[str]:
+    """The order the steps are drawn in: topological; under a ceiling, which spends in time
+    order, by start on the schedule of first attempts (ties in topological order)."""
+    graph = wf.edges()
+    order = dag.topo_order(graph)
+    if not capped:
+        return order
+    took = {}
+    for sid in order:
+        s = wf.step(sid)
+        took[sid] = wf.models[wf.attempt_model(s, 1)].latency_s * s.sequential_calls
+    finish = dag.finish_times(graph, took, order)
+    place = {sid: i for i, sid in enumerate(order)}
+    return sorted(order, key=lambda sid: (finish[sid] - took[sid], place[sid]))
+
+
+def _params(wf: Workflow, settings: Simulation, order: list[str]) -> list[_StepParams]:
     index = {sid: i for i, sid in enumerate(order)}
     out = []
     for sid in order:
@@ -195,7 +237,8 @@ def _params(wf: Workflow, settings: Simulation) -> list[_StepParams]:
             m = wf.models[name]
             seq = s.sequential_calls
             tries[name] = _Try(wf.p_ok(s, name), m.price_per_call * s.calls, m.latency_s * seq,
-                               m.latency_jitter, (m.hedge_after_s or math.inf) * seq)  # fmt: skip
+                               m.latency_jitter, (m.hedge_after_s or math.inf) * seq,
+                               m.reserved_per_call(s.max_tokens))  # fmt: skip
         out.append(
             _StepParams(
                 parents=tuple(index[d] for d in s.after),
@@ -223,6 +266,9 @@ def _route(wf: Workflow, s: Step) -> _Route:
                           for b, m in zip(branches, models, strict=True)]),
         jitter=np.array([m.latency_jitter for m in models]),
         calls=np.array([1 + b.calls for b in branches]),
+        reserve=np.array([m.reserved_per_call(b.max_tokens) for b, m in zip(branches, models, strict=True)]),
+        head_price=call_price(classifier),
+        head_reserve=classifier.reserved_per_call(s.max_tokens),
     )  # fmt: skip
 
 
@@ -234,26 +280,31 @@ def simulate(
     *,
     halt: bool = True,
     progress: Callable[[int], object] | None = None,
+    max_cost_usd: float | None = None,
 ) -> SimResult:
     """Simulate ``runs`` trajectories of a workflow; reproducible with ``seed``.
 
     ``progress`` is called with the number of trajectories each chunk finished.
+    ``max_cost_usd``: a spend ceiling to hold as the executor does (None: unbounded, whatever
+    the spec's budget says).
     """
     if runs < 1:
         raise ValueError("runs must be a positive integer")
     settings = settings or wf.simulation
-    params = _params(wf, settings)
-    cut = _cut_of(wf)
+    order = _order(wf, max_cost_usd is not None)
+    params = _params(wf, settings, order)
+    cut = _cut_of(wf, order)
     size = CHUNK if cut is None else max(1024, min(CHUNK, STOP_CELLS // len(params)))
+    cap = math.inf if max_cost_usd is None else max_cost_usd
     rng = np.random.default_rng(seed)
     parts = []
     for start in range(0, runs, size):
         n = min(size, runs - start)
-        parts.append(_chunk(params, settings, n, rng, halt, cut))
+        parts.append(_chunk(params, settings, n, rng, halt, cut, cap))
         if progress is not None:
             progress(n)
-    cost, latency, calls, ok, caught, uncaught, late = (
-        np.concatenate([p[i] for p in parts]) for i in range(7)
+    cost, latency, calls, ok, caught, uncaught, late, broke = (
+        np.concatenate([p[i] for p in parts]) for i in range(8)
     )
     return SimResult(
         runs=runs,
@@ -267,6 +318,8 @@ def simulate(
         settings=settings,
         deadline_s=wf.budget.deadline_s,
         deadline_hits=int(late.sum()),
+        max_cost_usd=max_cost_usd,
+        ceiling_hits=int(broke.sum()),
     )
 
 
@@ -282,19 +335,25 @@ class _Cut:
     """Seconds (inf: none)."""
 
 
-def under_deadline(wf: Workflow, deadline_s: float | None, seed: int | None = 0) -> SimResult:
-    """The Monte Carlo of ``wf`` under ``deadline_s`` (None: none), the prediction set beside
-    measured figures (compare, sweep, optimize's check of a latency budget)."""
-    return simulate(wf.with_budget(deadline_s=deadline_s), PREDICTION_RUNS, seed)
+def under_budget(
+    wf: Workflow,
+    deadline_s: float | None = None,
+    max_cost_usd: float | None = None,
+    seed: int | None = 0,
+) -> SimResult:
+    """The Monte Carlo of ``wf`` under ``deadline_s`` and ``max_cost_usd`` (None: none), the
+    prediction set beside measured figures (compare, sweep, optimize's check of its budgets)."""
+    return simulate(wf.with_budget(deadline_s=deadline_s), PREDICTION_RUNS, seed,
+                    max_cost_usd=max_cost_usd)  # fmt: skip
 
 
-def _cut_of(wf: Workflow) -> _Cut | None:
+def _cut_of(wf: Workflow, order: list[str]) -> _Cut | None:
     if wf.stop_when is None and wf.budget.deadline_s is None:
         return None
     graph = wf.edges()
     stop = alone = None
     if wf.stop_when is not None:
-        stop = dag.topo_order(graph).index(wf.stop_when)
+        stop = order.index(wf.stop_when)
         alone = not any(wf.stop_when in deps for deps in graph.values())
     deadline = wf.budget.deadline_s if wf.budget.deadline_s is not None else math.inf
     return _Cut(stop, bool(alone), deadline)
@@ -307,48 +366,59 @@ def _chunk(
     rng: np.random.Generator,
     halt: bool,
     cut: _Cut | None = None,
+    cap: float = math.inf,
 ) -> tuple[np.ndarray, ...]:
     zeros = np.zeros(n)
     false = np.zeros(n, dtype=bool)
     finish: list[np.ndarray] = []
-    dead: list[np.ndarray] = []  # this step ran out of retries, or was skipped below one
+    dead: list[np.ndarray] = []  # ran out of retries, was skipped below one, or hit the ceiling
     wrong: list[np.ndarray] = []  # this step's output is wrong, or built on a wrong one
     cost, calls, latency = zeros.copy(), zeros.copy(), zeros.copy()
     uncaught_any = false.copy()
+    broke = false.copy()  # the ceiling refused a call: nothing more is sent
+    broke_at = np.full(n, math.inf)
+    capped = cap < math.inf
     own: list[tuple[np.ndarray, ...]] = []  # paid, calls, own uncaught, start, an attempt's calls
     for sp in params:
         start = np.max([finish[j] for j in sp.parents], axis=0) if sp.parents else zeros
         blocked = np.any([dead[j] for j in sp.parents], axis=0) if sp.parents else false
         tainted = np.any([wrong[j] for j in sp.parents], axis=0) if sp.parents else false
         runs = ~blocked if halt else np.ones(n, dtype=bool)
+        if capped:
+            runs &= ~broke
         if sp.hit_rate >= 1.0:
             dur = np.where(runs, CACHE_HIT_LATENCY_S, 0.0)
             finish.append(start + dur)
-            dead.append(blocked.copy())
+            dead.append(blocked | broke)
             wrong.append(tainted.copy())
             if cut is not None:
                 own.append((zeros, zeros, false, start, zeros))
             continue
         hit = runs & (rng.random(n) < sp.hit_rate) if sp.hit_rate > 0.0 else false
         factor = np.where(tainted, st.compounding, 1.0)
-        called, paid, dur, step_dead, step_wrong = _attempts(sp, st, factor, runs & ~hit, rng)
+        called, paid, dur, step_dead, step_wrong, refused = _attempts(
+            sp, st, factor, runs & ~hit, rng, cap - cost if capped else None
+        )
         if sp.hit_rate > 0.0:
             dur = np.where(hit, CACHE_HIT_LATENCY_S, dur)
         cost += paid
         calls += called
         finish.append(start + dur)
-        dead.append(step_dead | blocked)
+        if refused is not None:
+            broke_at = np.where(refused, start + dur, broke_at)
+            broke |= refused
+        dead.append((step_dead | blocked | broke) if capped else (step_dead | blocked))
         wrong.append(step_wrong | tainted)
         uncaught_any |= step_wrong
         if cut is not None:
             own.append((paid, called, step_wrong, start, np.minimum(called, sp.calls)))
     if cut is not None:
-        return _cut_short(cut, finish, dead, own)
+        return _cut_short(cut, finish, dead, own, broke_at)
     for f in finish:
         np.maximum(latency, f, out=latency)
-    caught_any = np.any(dead, axis=0)
-    ok = ~caught_any & ~uncaught_any
-    return cost, latency, calls, ok, caught_any, uncaught_any & ~caught_any, false
+    caught_any = np.any(dead, axis=0) & ~broke
+    ok = ~caught_any & ~uncaught_any & ~broke
+    return cost, latency, calls, ok, caught_any, uncaught_any & ~caught_any & ~broke, false, broke
 
 
 def _cut_short(
@@ -356,11 +426,12 @@ def _cut_short(
     finish: list[np.ndarray],
     dead: list[np.ndarray],
     own: list[tuple[np.ndarray, ...]],
+    broke_at: np.ndarray,
 ) -> tuple[np.ndarray, ...]:
     """A chunk's figures when a run may end early: where the stop step passed, or the
     deadline came first, only the steps finished by then count (a step started by then
     has sent an attempt's calls, cancelled unbilled) and the run ends then. A run the
-    deadline cut fails."""
+    deadline cut fails, as does one the ceiling stopped before either (``broke_at``)."""
     inf = np.full_like(finish[0], math.inf)
     at, stopped = inf, np.zeros(inf.shape, dtype=bool)
     if cut.stop is not None:
@@ -368,6 +439,9 @@ def _cut_short(
         at = np.where(stopped, finish[cut.stop], math.inf)
     late = np.minimum(np.max(finish, axis=0), at) > cut.deadline + 1e-9
     until = np.where(late, cut.deadline, at)
+    broke = broke_at < until - 1e-9
+    late &= ~broke
+    until = np.where(broke, broke_at, until)
     cost, calls, latency = np.zeros_like(inf), np.zeros_like(inf), np.zeros_like(inf)
     caught, uncaught = np.zeros(inf.shape, dtype=bool), np.zeros(inf.shape, dtype=bool)
     for i, (f, d, (paid, called, wrong, start, one)) in enumerate(
@@ -381,8 +455,9 @@ def _cut_short(
             caught |= d & counts
         uncaught |= wrong & counts
     latency = np.where(late, cut.deadline, latency)
-    ok = ~caught & ~uncaught & ~late
-    return cost, latency, calls, ok, caught, uncaught & ~caught, late
+    caught &= ~broke
+    ok = ~caught & ~uncaught & ~late & ~broke
+    return cost, latency, calls, ok, caught, uncaught & ~caught & ~broke, late, broke
 
 
 def _attempts(
@@ -391,11 +466,15 @@ def _attempts(
     factor: np.ndarray,
     runs: np.ndarray,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, ...]:
-    """Calls made, dollars paid, time taken, retries exhausted, failure uncaught; per trajectory.
+    room: np.ndarray | None = None,
+) -> tuple[Any, ...]:
+    """Calls made, dollars paid, time taken, retries exhausted, failure uncaught, refused by
+    the ceiling (None: no ceiling); per trajectory.
 
     ``factor`` scales each trajectory's ``p`` (compounding below an uncaught failure).
-    A routed step's attempt first draws its branch, trajectory by trajectory.
+    A routed step's attempt first draws its branch, trajectory by trajectory. ``room``:
+    dollars left under the ceiling (None: no ceiling); an attempt sends the calls whose
+    reservations fit, one after another, and a call that does not fit stops the run.
     """
     n = runs.shape[0]
     trying = runs.copy()
@@ -404,15 +483,24 @@ def _attempts(
     dur = np.zeros(n)
     step_dead = np.zeros(n, dtype=bool)
     step_wrong = np.zeros(n, dtype=bool)
+    refused = None if room is None else np.zeros(n, dtype=bool)
     last = len(sp.tries) - 1
     for a, t in enumerate(sp.tries):
         r = sp.route
+        go: np.ndarray = trying  # per trajectory, the share of the attempt's calls sent
         if r is None:
             p, price, latency, jitter = t.p, t.price, t.latency, _jitter(t.jitter, n, rng)
-            called += trying * sp.calls
+            bill = trying * price
+            if room is not None:  # the calls whose reservations fit, one after another
+                each = price / sp.calls
+                sent, cost = _fit(room - paid + EPS_USD, sp.calls, t.reserve, each, t.reserve, each)
+                go, bill = trying * (sent / sp.calls), trying * cost
+            called += go * sp.calls
             if t.hedge < math.inf:  # a copy sent after t.hedge: the faster wins, both are paid
                 first = latency * np.broadcast_to(jitter, (n,))
                 late = trying & (first > t.hedge)
+                if room is not None:  # the copy's reservation is held beside the call's, or none is sent
+                    late &= room - paid + EPS_USD >= 2 * t.reserve * sp.calls
                 copy = t.hedge + latency * _jitter(t.jitter, n, rng)
                 jitter = np.where(late, np.minimum(first, copy), first) / latency
                 paid += late * price
@@ -422,9 +510,21 @@ def _attempts(
             p, price, latency = r.p[b], r.price[b], r.latency[b]
             sigma = r.jitter[b]
             jitter = np.exp(sigma * rng.standard_normal(n) - sigma * sigma / 2) if r.jitter.any() else 1.0
-            called += trying * r.calls[b]
-        paid += trying * price
-        dur += np.where(trying, latency * jitter, 0.0)
+            bill = trying * price
+            if room is not None:  # the classifier's call, then the branch's calls
+                body = r.calls[b] - 1
+                sent, cost = _fit(room - paid + EPS_USD, r.calls[b], r.reserve[b], r.head_price,
+                                  r.head_reserve, (price - r.head_price) / body)  # fmt: skip
+                go, bill = trying * (sent / r.calls[b]), trying * cost
+            called += go * r.calls[b]
+        paid += bill
+        if refused is None:
+            dur += np.where(trying, latency * jitter, 0.0)
+        else:
+            dur += go * (latency * jitter)
+            short = trying & (go < 1.0)
+            refused |= short
+            trying = trying & ~short
         fails = rng.random(n) < 1.0 - p * factor
         if a > 0 and st.retry_correlation > 0:
             fails |= rng.random(n) < st.retry_correlation
@@ -436,7 +536,20 @@ def _attempts(
             step_dead |= caught
         if not trying.any():
             break
-    return called, paid, dur, step_dead, step_wrong
+    return called, paid, dur, step_dead, step_wrong, refused
+
+
+def _fit(
+    left: Any, calls: Any, reserve: Any, first_price: Any, first_reserve: Any, price: Any
+) -> tuple[Any, Any]:
+    """Of an attempt's ``calls`` calls, each reserved before it is sent, one after another,
+    how many fit in ``left`` dollars and what they are billed: the first (a routed step's
+    classifier) holds ``first_reserve`` and costs ``first_price``, the others hold
+    ``reserve`` and cost ``price`` each. Arrays or numbers."""
+    first = left >= first_reserve
+    more = np.clip(np.floor((left - first_price) / np.maximum(reserve, 1e-15)), 0, calls - 1)
+    more = np.where(first, more, 0)
+    return first + more, first * first_price + more * price
 
 
 def _jitter(sigma: float, n: int, rng: np.random.Generator) -> np.ndarray | float:
@@ -447,7 +560,11 @@ def _jitter(sigma: float, n: int, rng: np.random.Generator) -> np.ndarray | floa
 
 
 def simulate_loop(
-    wf: Workflow, runs: int, seed: int | None = None, settings: Simulation | None = None
+    wf: Workflow,
+    runs: int,
+    seed: int | None = None,
+    settings: Simulation | None = None,
+    max_cost_usd: float | None = None,
 ) -> tuple[float, float, float]:
     """The same model one trajectory at a time in plain Python.
 
@@ -455,11 +572,14 @@ def simulate_loop(
     benchmarked against. Returns (success rate, mean cost, mean latency).
     """
     settings = settings or wf.simulation
-    params = _params(wf, settings)
-    cut = _cut_of(wf)
+    order = _order(wf, max_cost_usd is not None)
+    params = _params(wf, settings, order)
+    cut = _cut_of(wf, order)
+    cap = math.inf if max_cost_usd is None else max_cost_usd
     rnd = random.Random(seed)
     ok_n, cost_sum, lat_sum = 0, 0.0, 0.0
     for _ in range(runs):
+        spent, broke_at = 0.0, math.inf  # the ceiling refused a call at broke_at
         finish: list[float] = []
         dead: list[bool] = []
         wrong: list[bool] = []
@@ -470,12 +590,12 @@ def simulate_loop(
             start = max((finish[j] for j in sp.parents), default=0.0)
             blocked = any(dead[j] for j in sp.parents)
             tainted = any(wrong[j] for j in sp.parents)
-            hit = not blocked and (
+            hit = not blocked and broke_at == math.inf and (
                 sp.hit_rate >= 1.0 or (sp.hit_rate > 0.0 and rnd.random() < sp.hit_rate)
             )
-            if blocked or hit:
-                finish.append(start + (0.0 if blocked else CACHE_HIT_LATENCY_S))
-                dead.append(blocked)
+            if blocked or hit or broke_at < math.inf:
+                finish.append(start + (0.0 if blocked or not hit else CACHE_HIT_LATENCY_S))
+                dead.append(blocked or broke_at < math.inf)
                 wrong.append(tainted)
                 paid.append(0.0)
                 failed_at.append(False)
@@ -483,14 +603,29 @@ def simulate_loop(
             factor = settings.compounding if tainted else 1.0
             t, is_dead, is_wrong = 0.0, False, False
             for a, tr in enumerate(sp.tries):
-                if sp.route is not None:  # this attempt's branch
-                    tr = _branch_one(sp.route, rnd)
-                cost += tr.price
+                room = cap - spent - cost + EPS_USD
+                calls, each = sp.calls, tr.price / sp.calls
+                head_price = head_reserve = reserve = each
+                if sp.route is not None:  # this attempt's branch: the classifier, then it
+                    r = sp.route
+                    b = _branch_one(r, rnd)
+                    tr = _Try(float(r.p[b]), float(r.price[b]), float(r.latency[b]), float(r.jitter[b]))
+                    calls, head_price, head_reserve = int(r.calls[b]), r.head_price, r.head_reserve
+                    reserve, each = float(r.reserve[b]), (tr.price - head_price) / (calls - 1)
+                elif room < math.inf:
+                    reserve = head_reserve = tr.reserve
+                fit, bill = calls, tr.price
+                if room < math.inf:
+                    fit, bill = _fit(room, calls, reserve, head_price, head_reserve, each)
                 took = tr.latency * _jitter_one(tr.jitter, rnd)
-                if took > tr.hedge:  # the copy sent after tr.hedge races it
+                if took > tr.hedge and room >= 2 * tr.reserve * calls:  # a copy races it
                     cost += tr.price
                     took = min(took, tr.hedge + tr.latency * _jitter_one(tr.jitter, rnd))
-                t += took
+                cost += float(bill)
+                t += took * float(fit) / calls
+                if fit < calls:  # a call did not fit: the run stops here
+                    broke_at = start + t
+                    break
                 fails = rnd.random() < 1.0 - tr.p * factor
                 if a > 0 and rnd.random() < settings.retry_correlation:
                     fails = True
@@ -501,9 +636,10 @@ def simulate_loop(
                     break
                 is_dead = a == len(sp.tries) - 1
             finish.append(start + t)
-            dead.append(is_dead)
+            dead.append(is_dead or broke_at < math.inf)
             wrong.append(is_wrong or tainted)
             paid.append(cost)
+            spent += cost
             failed_at.append(is_dead or is_wrong)
         until, late = math.inf, False
         if cut is not None:
@@ -514,8 +650,13 @@ def simulate_loop(
                 failed_at[k] = False
             late = min(max(finish, default=0.0), until) > cut.deadline + 1e-9
             until = cut.deadline if late else until
+        broke = broke_at < until - 1e-9
+        if broke:
+            late, until = False, broke_at
         counts = [f <= until + 1e-9 for f in finish]
-        ok_n += not late and not any(f and c for f, c in zip(failed_at, counts, strict=True))
+        ok_n += not late and not broke and not any(
+            f and c for f, c in zip(failed_at, counts, strict=True)
+        )
         cost_sum += math.fsum(c for c, keep in zip(paid, counts, strict=True) if keep)
         lat_sum += until if late else max(
             (f for f, keep in zip(finish, counts, strict=True) if keep), default=0.0
@@ -523,11 +664,12 @@ def simulate_loop(
     return ok_n / runs, cost_sum / runs, lat_sum / runs
 
 
-def _branch_one(r: _Route, rnd: random.Random) -> _Try:
+def _branch_one(r: _Route, rnd: random.Random) -> int:
+    """The branch one attempt draws, by the planned shares."""
     u, b = rnd.random(), 0
     while b < len(r.shares) - 1 and u >= r.shares[: b + 1].sum():
         b += 1
-    return _Try(float(r.p[b]), float(r.price[b]), float(r.latency[b]), float(r.jitter[b]))
+    return b
 
 
 def _jitter_one(sigma: float, rnd: random.Random) -> float:

@@ -127,10 +127,11 @@ def hedge_thresholds(
     halt: bool = True,
     progress: Callable[[int], object] | None = None,
     flag: str = "--hedge",
+    max_cost_usd: float | None = None,
 ) -> list[Threshold]:
     """Each threshold in ``labels`` for ``model``, estimated and simulated from the same
-    seed, longest first; a row without a hedge comes first (the baseline) whether asked
-    for or not."""
+    seed (under the spend ceiling ``max_cost_usd``, if given), longest first; a row without
+    a hedge comes first (the baseline) whether asked for or not."""
     m = wf.models[model]
     chosen: dict[float | None, str] = {None: "none"}
     for label in labels:
@@ -139,6 +140,7 @@ def hedge_thresholds(
     for after, label in sorted(chosen.items(), key=lambda kv: -math.inf if kv[0] is None else -kv[0]):
         variant = with_hedge(wf, model, after)
         rate = 0.0 if after is None else hedged(m.latency_s, m.latency_jitter, after)[0]
-        sim = simulate(variant, runs, seed, settings, halt=halt, progress=progress)
+        sim = simulate(variant, runs, seed, settings, halt=halt, progress=progress,
+                       max_cost_usd=max_cost_usd)
         rows.append(Threshold(after, label, rate, estimate(variant), sim))
     return rows

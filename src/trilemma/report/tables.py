@@ -164,6 +164,9 @@ def simulate_table(r: SimResult, e: Estimate) -> Table:
     if r.deadline_s is not None:
         t.caption += (f"; the {r.deadline_s:g}s deadline cut {_pct(r.deadline_hits / r.runs)} "
                       "of runs (cancelled: failed)")  # fmt: skip
+    if r.max_cost_usd is not None:
+        t.caption += (f"; the {_usd(r.max_cost_usd)} ceiling stopped "
+                      f"{_pct(r.ceiling_hits / r.runs)} of runs (budget_exhausted: failed)")  # fmt: skip
     return t
 
 
@@ -281,13 +284,25 @@ def optimize_view(r: OptimizeResult) -> Group:
     return Group(*parts)
 
 
-def deadline_check_line(checks: dict[str, SimResult], deadline: float | None) -> str:
-    """``optimize``'s Monte Carlo of the original and the chosen spec under the deadline."""
-    parts = [f"{name} succeeds {_pct(r.success_rate)} ({_pct(r.deadline_hits / r.runs)} cut)"
-             for name, r in checks.items()]  # fmt: skip
-    runs = next(iter(checks.values())).runs
-    return (f"Monte Carlo, {runs:,} runs with the {deadline:g}s latency budget as the run's "
-            f"deadline (a run still going is cancelled): " + "; ".join(parts) + ".")
+def budget_check_line(checks: dict[str, SimResult]) -> str:
+    """``optimize``'s Monte Carlo of the original and the chosen spec under the budgets held
+    as a run holds them."""
+    first = next(iter(checks.values()))
+    deadline, ceiling = first.deadline_s, first.max_cost_usd
+    held = []
+    if deadline is not None:
+        held.append(f"the {deadline:g}s latency budget as the run's deadline (a run still going "
+                    "is cancelled)")  # fmt: skip
+    if ceiling is not None:
+        held.append(f"the {_usd(ceiling)} cost budget as its ceiling (a call whose worst case "
+                    "does not fit is not sent; the run stops)")  # fmt: skip
+
+    def lost(r: SimResult) -> str:
+        out = [f"{_pct(r.deadline_hits / r.runs)} cut"] if deadline is not None else []
+        return ", ".join(out + ([f"{_pct(r.ceiling_hits / r.runs)} stopped"] if ceiling is not None else []))
+
+    parts = [f"{name} succeeds {_pct(r.success_rate)} ({lost(r)})" for name, r in checks.items()]
+    return f"Monte Carlo, {first.runs:,} runs with " + " and ".join(held) + ": " + "; ".join(parts) + "."
 
 
 def run_view(r: Any) -> Group:
@@ -535,8 +550,8 @@ def sweep_table(sw: Sweep, source: str) -> Group:
     p, base = sw.predicted, sw.baseline
     t = Table(title=f"Budget sweep of {source}, {base.runs:,} runs per budget",
               title_justify="left")  # fmt: skip
-    timed = any(r.predicted_success is not None for r in sw.rows)  # a deadline was swept
-    for col in ("budget", "success", *(["predicted"] if timed else []), "stopped", "spend mean",
+    simulated = any(r.predicted_success is not None for r in sw.rows)
+    for col in ("budget", "success", *(["predicted"] if simulated else []), "stopped", "spend mean",
                 "spend max", "outputs back", "latency mean", "no-budget runs over",
                 "no-budget ok within"):  # fmt: skip
         t.add_column(col, justify="left" if col == "budget" else "right")
@@ -544,7 +559,7 @@ def sweep_table(sw: Sweep, source: str) -> Group:
         predicted = "-" if r.predicted_success is None else _pct(r.predicted_success)
         t.add_row(
             r.budget.label() if r is not base else "none (baseline)",
-            _pct(r.success_rate), *([predicted] if timed else []),
+            _pct(r.success_rate), *([predicted] if simulated else []),
             str(r.stopped), _usd(r.cost_mean), _usd(r.cost_max),
             _pct(r.steps_returned), f"{r.latency_mean_s:.2f}s",
             "-" if r is base else _pct(r.baseline_over / r.runs),
@@ -554,9 +569,9 @@ def sweep_table(sw: Sweep, source: str) -> Group:
         f"planner: {_usd(p.cost_expected)} expected, {_usd(p.cost_worst)} worst; "
         f"{p.latency_critical_s:.2f}s critical path; reliability {_pct(p.reliability)}"
     )
-    if timed:
-        t.caption += ("; predicted: the Monte Carlo's success under the deadline (a ceiling is "
-                      "not simulated)")  # fmt: skip
+    if simulated:
+        t.caption += ("; predicted: the Monte Carlo's success under the budget, which stops a "
+                      "run as the executor does")  # fmt: skip
     over = sum(r.overruns for r in sw.rows)
     lines = [
         f"Spend over a ceiling: {over} of {base.runs * len(sw.rows):,} budgeted runs"
@@ -579,7 +594,7 @@ def compare_table(rows: Sequence[Contender], time_scale: float) -> Group:
         lo, hi = r.ci95
         success, cost, latency = p.reliability, p.cost_expected, p.latency_expected_s
         mark = ""
-        if r.simulated is not None:  # the analytic figures know no deadline
+        if r.simulated is not None:  # the analytic figures know no budget
             sim, mark = r.simulated, " *"
             success, cost, latency = sim.success_rate, sim.cost_usd.mean, sim.latency_s.mean
         t.add_row(
@@ -591,8 +606,8 @@ def compare_table(rows: Sequence[Contender], time_scale: float) -> Group:
     t.caption = "predicted: reliability, expected cost and latency, q/$ per expected dollar"
     sims = [r.simulated for r in rows if r.simulated is not None]
     if sims:
-        t.caption += (f"; * Monte Carlo of {sims[0].runs:,} runs under the spec's deadline, "
-                      "which cancels a run still going (it fails)")  # fmt: skip
+        t.caption += (f"; * Monte Carlo of {sims[0].runs:,} runs under the spec's budget, "
+                      "which stops a run as the executor does (it fails)")  # fmt: skip
     lines = [
         f"{r.name}: {r.stopped} of {r.runs} runs stopped by the spec's own budget, which its "
         f"worst case ({_usd(r.predicted.cost_worst)}, {r.predicted.latency_worst_s:.2f}s) "

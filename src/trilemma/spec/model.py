@@ -157,6 +157,15 @@ class ModelProfile(_Strict):
             return self.usd_per_call
         return self.token_cost(self.prompt_tokens, self.completion_tokens, self.cached_prompt_tokens)
 
+    def reserved_per_call(self, max_tokens: int | None = None) -> float:
+        """Dollars the executor holds under a spend ceiling before one call: ``usd_per_call``,
+        else the expected prompt and every token the call may generate (``max_tokens``, the
+        step's or this profile's) at token prices. The executor counts the prompt it sends,
+        the planner ``prompt_tokens``."""
+        if self.usd_per_call is not None:
+            return self.usd_per_call
+        return self.token_cost(self.prompt_tokens, max_tokens or self.max_tokens)
+
     def token_cost(self, prompt: int, completion: int, cached: int = 0) -> float:
         """Dollars for tokens at the token prices, the one formula the planner, a call's
         reservation and its bill share: ``cached`` of the ``prompt`` at

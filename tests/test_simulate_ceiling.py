@@ -1,0 +1,189 @@
+"""The Monte Carlo under a spend ceiling: it stops a run where the executor would."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trilemma import load_workflow, parse_workflow, simulate
+from trilemma.experiments.compare import compare
+from trilemma.journal import Journal
+from trilemma.plan.simulate import simulate_loop
+from trilemma.run.session import execute
+from trilemma.testing import fast_retries
+
+from .conftest import EXAMPLES
+
+CHAIN = EXAMPLES / "ceiling.yaml"
+
+
+def fan_out(n: int, usd: float) -> Any:
+    steps = "\n".join(f"  - {{id: s{i:02d}, model: m}}" for i in range(n))
+    return parse_workflow(f"""
+version: 1
+models:
+  m: {{usd_per_call: {usd}, latency_s: 0.05, p_ok: 1.0}}
+steps:
+{steps}
+concurrency: {n}
+""")
+
+
+def test_a_chain_stops_where_its_retries_outgrow_the_ceiling() -> None:
+    """Five steps at $0.03 with p 0.9 under $0.18: six calls fit, so a run succeeds when it
+    needs no retry, or one retry that passes. Exactly 0.9^5 + 5 * 0.1 * 0.9 * 0.9^4."""
+    wf = load_workflow(CHAIN)
+    exact = 0.9**5 + 5 * 0.1 * 0.9 * 0.9**4
+    r = simulate(wf, 200_000, seed=3, max_cost_usd=0.18)
+    assert abs(r.success_rate - exact) <= 4 * r.stderr
+    assert r.cost_usd.p99 <= 0.18 + 1e-12  # nothing is sent past the ceiling
+    assert r.max_cost_usd == 0.18
+    # stopped: a sixth call paid for a retry that failed, or a seventh was needed
+    assert r.ceiling_hits / r.runs == pytest.approx(1 - exact - r.caught_failures / r.runs, abs=0.004)
+    ok, cost, latency = simulate_loop(wf, 40_000, seed=5, max_cost_usd=0.18)
+    assert ok == pytest.approx(r.success_rate, abs=0.01)
+    assert cost == pytest.approx(r.cost_usd.mean, rel=0.01)
+    assert latency == pytest.approx(r.latency_s.mean, rel=0.01)
+
+
+def test_the_spec_ceiling_is_simulated_only_when_asked() -> None:
+    wf = load_workflow(CHAIN)  # budget.max_cost_usd 0.18
+    r = simulate(wf, 50_000, seed=1)
+    assert r.max_cost_usd is None and r.ceiling_hits == 0
+    assert r.success_rate > 0.99
+    assert simulate(wf, 50_000, seed=1, max_cost_usd=1.0).ceiling_hits == 0  # $0.45 fits
+
+
+def test_a_fan_out_sends_what_fits_and_stops() -> None:
+    """The executor's must-show: 40 parallel $0.01 calls under $0.155 send 15."""
+    r = simulate(fan_out(40, 0.01), 10_000, seed=1, max_cost_usd=0.155)
+    assert r.success_rate == 0.0 and r.ceiling_hits == r.runs
+    assert r.calls.mean == 15 and r.cost_usd.mean == pytest.approx(0.15)
+    assert simulate(fan_out(40, 0.01), 1_000, seed=1, max_cost_usd=0.40).success_rate == 1.0
+
+
+def test_token_prices_hold_max_tokens_not_the_expected_tokens() -> None:
+    """The expected call ($0.0024) fits $0.02; its reservation (every one of 4,000 tokens
+    it may generate: $0.0404) does not, so nothing is sent."""
+    wf = parse_workflow("""
+version: 1
+models:
+  m: {usd_per_1m_input: 1.0, usd_per_1m_output: 10.0, prompt_tokens: 400,
+      completion_tokens: 200, max_tokens: 4000, latency_s: 1.0, p_ok: 1.0}
+steps:
+  - {id: a, model: m}
+""")
+    assert wf.models["m"].reserved_per_call() == pytest.approx(0.0404)
+    r = simulate(wf, 1_000, seed=1, max_cost_usd=0.02)
+    assert r.ceiling_hits == r.runs and r.calls.mean == 0 and r.cost_usd.mean == 0
+    assert simulate(wf, 1_000, seed=1, max_cost_usd=0.05).success_rate == 1.0
+
+
+def test_an_early_stop_before_the_ceiling_bites_succeeds() -> None:
+    """A quick guess passes at 0.1 s; the thorough path's second call would not fit, at 1 s.
+    The run stopped early, so the ceiling never refused anything."""
+    wf = parse_workflow("""
+version: 1
+models:
+  quick: {usd_per_call: 0.001, latency_s: 0.1, p_ok: 1.0}
+  slow:  {usd_per_call: 0.05, latency_s: 1.0, p_ok: 1.0}
+steps:
+  - {id: t1, model: slow}
+  - {id: t2, model: slow, after: [t1]}
+  - {id: guess, model: quick}
+stop_when: guess
+""")
+    r = simulate(wf, 1_000, seed=1, max_cost_usd=0.06)
+    assert r.success_rate == 1.0 and r.ceiling_hits == 0
+    guessless = simulate(wf.model_copy(update={"stop_when": None}), 1_000, seed=1,
+                         max_cost_usd=0.06)  # fmt: skip
+    assert guessless.ceiling_hits == guessless.runs
+
+
+def test_the_executor_measures_what_the_monte_carlo_predicts(tmp_path: Path) -> None:
+    """300 runs of the chain under its own ceiling, in a hundredth of its time."""
+    wf = load_workflow(CHAIN)
+    fast = wf.model_copy(update={"models": {
+        k: m.model_copy(update={"latency_s": m.latency_s / 1000}) for k, m in wf.models.items()
+    }})  # fmt: skip
+    predicted = simulate(wf, 200_000, seed=1, max_cost_usd=0.18)
+    journal = Journal(tmp_path / "j.db")
+    with fast_retries():
+        runs = [execute(fast, journal=journal, seed=i) for i in range(300)]
+    stopped = sum(r.status == "budget_exhausted" for r in runs) / len(runs)
+    p = predicted.ceiling_hits / predicted.runs
+    assert abs(stopped - p) <= 4 * math.sqrt(p * (1 - p) / len(runs))
+    ok = sum(r.status == "ok" for r in runs) / len(runs)
+    assert abs(ok - predicted.success_rate) <= 4 * math.sqrt(ok * (1 - ok) / len(runs))
+    assert max(r.cost_usd for r in runs) <= 0.18 + 1e-12
+
+
+def test_compare_predicts_under_the_spec_ceiling(tmp_path: Path) -> None:
+    [c] = compare([("ceiling", load_workflow(CHAIN))], 20, Journal(tmp_path / "j.db"),
+                  time_scale=0.001)  # fmt: skip
+    assert c.simulated is not None and c.simulated.max_cost_usd == 0.18
+    out = c.to_json()["predicted"]
+    assert out["under_budget"]["budget_exhausted_rate"] > 0.05
+    assert out["with_deadline"] is None  # the spec has no deadline
+
+
+def test_simulate_cli_holds_the_ceiling_asked_for(cli: Any, tmp_path: Path) -> None:
+    r = cli("simulate", CHAIN, "--runs", "20000", "--ceiling", "--json")
+    assert r.code == 0, r.err
+    got = json.loads(r.out)
+    assert got["max_cost_usd"] == 0.18 and 0.08 < got["budget_exhausted_rate"] < 0.15
+    r = cli("simulate", CHAIN, "--runs", "20000", "--max-cost", "0.5", "--json")
+    assert json.loads(r.out)["budget_exhausted_rate"] == 0.0
+    r = cli("simulate", CHAIN, "--runs", "20000", "--ceiling")
+    assert "ceiling stopped" in r.out
+    plain = json.loads(cli("simulate", CHAIN, "--runs", "20000", "--json").out)
+    assert plain["max_cost_usd"] is None and plain["budget_exhausted_rate"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-cost", "0.1", "--ceiling"], "not both"),
+        (["--max-cost", "0"], "--max-cost 0: give dollars above 0"),
+    ],
+)
+def test_simulate_cli_refuses_a_ceiling_it_cannot_hold(
+    cli: Any, args: list[str], message: str
+) -> None:
+    r = cli("simulate", CHAIN, *args)
+    assert r.code == 2 and message in r.err and "Traceback" not in r.err
+
+
+def test_ceiling_flag_needs_a_spec_ceiling(cli: Any) -> None:
+    r = cli("simulate", EXAMPLES / "diamond.yaml", "--ceiling")
+    assert r.code == 2
+    assert "diamond.yaml: budget.max_cost_usd" in r.err and "--max-cost USD" in r.err
+
+
+def test_a_routed_step_sends_its_classifier_then_what_fits(tmp_path: Path) -> None:
+    """examples/routed.yaml under $0.05: the classifier ($0.002) and one premium call fit;
+    the hard branch's debate stops at its second call. Every run bills $0.032 in two calls,
+    predicted and measured."""
+    wf = load_workflow(EXAMPLES / "routed.yaml")
+    r = simulate(wf, 200_000, seed=1, max_cost_usd=0.05)
+    assert r.cost_usd.mean == pytest.approx(0.032) and r.calls.mean == pytest.approx(2.0)
+    # the hard share, less the classifier's misses (sent to the first branch)
+    assert r.ceiling_hits / r.runs == pytest.approx(0.15 * 0.95, abs=0.004)
+    ok, cost, _ = simulate_loop(wf, 40_000, seed=2, max_cost_usd=0.05)
+    assert ok == pytest.approx(r.success_rate, abs=0.01) and cost == pytest.approx(0.032)
+    nothing = simulate(wf, 1_000, seed=1, max_cost_usd=0.001)  # not even the classifier
+    assert nothing.calls.mean == 0 and nothing.cost_usd.mean == 0
+    fast = wf.model_copy(update={"models": {
+        k: m.model_copy(update={"latency_s": m.latency_s / 1000}) for k, m in wf.models.items()
+    }})  # fmt: skip
+    journal = Journal(tmp_path / "j.db")
+    with fast_retries():
+        runs = [execute(fast, journal=journal, seed=i, max_cost_usd=0.05) for i in range(200)]
+    assert all(x.cost_usd == pytest.approx(0.032) and x.calls == 2 for x in runs)
+    stopped = sum(x.status == "budget_exhausted" for x in runs) / len(runs)
+    p = r.ceiling_hits / r.runs
+    assert abs(stopped - p) <= 4 * math.sqrt(p * (1 - p) / len(runs))
