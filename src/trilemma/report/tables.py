@@ -114,7 +114,8 @@ def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
         else:
             lines.append(f"budget: the worst case ({_usd(e.cost_worst)}) does not fit the {cap} "
                          "ceiling: a run whose retries pile up stops budget_exhausted (the "
-                         "executor reserves each call's worst case before sending it)")  # fmt: skip
+                         "executor reserves each call's worst case before sending it); "
+                         "`trilemma simulate --ceiling` says how many")  # fmt: skip
     if b.deadline_s is not None:
         d = f"{b.deadline_s:g}s"
         if e.latency_worst_s <= b.deadline_s:
