@@ -211,3 +211,27 @@ def test_simulate_deadline_flag_json_and_caption(cli, write) -> None:
     assert "the 2.5s deadline cut 7" in out.out.replace("\n", " ")  # 75%
     out = cli("simulate", path, "--deadline", "0")
     assert out.code == 2 and "--deadline 0: give seconds above 0" in out.err
+
+
+def test_a_long_spec_is_simulated_in_chunks_that_bound_its_memory() -> None:
+    """Every step's figures are kept while a chunk runs: a 2,000-step chain takes chunks of
+    CELLS / 2,000 trajectories (8,192), where a 12-step one takes CHUNK; with a deadline,
+    STOP_CELLS / 2,000."""
+    from trilemma.plan.simulate import CELLS, CHUNK, STOP_CELLS
+
+    steps = "\n".join(
+        f"  - {{id: s{i}, model: m{', after: [s' + str(i - 1) + ']' if i else ''}}}"
+        for i in range(2000)
+    )
+    wf = parse_workflow(f"version: 1\nmodels:\n  m: {{usd_per_call: 0.001, latency_s: 0.1, "
+                        f"p_ok: 0.9999}}\nsteps:\n{steps}\n")  # fmt: skip
+    chunks: list[int] = []
+    r = simulate(wf, 20_000, seed=1, progress=chunks.append)
+    assert chunks == [CELLS // 2000, CELLS // 2000, 20_000 - 2 * (CELLS // 2000)]
+    assert r.success_rate == pytest.approx(0.9999**2000, abs=0.02)
+    timed: list[int] = []
+    simulate(wf.with_budget(deadline_s=150.0), 5_000, seed=1, progress=timed.append)
+    assert max(timed) == STOP_CELLS // 2000
+    small: list[int] = []
+    simulate(load_workflow(EXAMPLES / "seed-chain.yaml"), CHUNK + 1, seed=1, progress=small.append)
+    assert small == [CHUNK, 1]

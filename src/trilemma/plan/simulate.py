@@ -60,9 +60,13 @@ PREDICTION_RUNS = 100_000
 """Trajectories behind :func:`under_budget`."""
 EPS_USD = 1e-12
 """A reservation within this of the room left fits (float noise, as the executor's guard)."""
+CELLS = 1 << 24
+"""Every step's finish time and flags are kept while a chunk runs (its dependents read
+them): a chunk holds at most this many trajectory-steps (about 10 bytes each), so a
+2,000-step spec runs in chunks of 8,192, not of CHUNK (which would take 5 GB)."""
 STOP_CELLS = 1 << 22
-"""With an early stop or a deadline every step's figures are kept until the run's end is
-known: a chunk holds at most this many trajectory-steps."""
+"""With an early stop or a deadline each step keeps five more figures until the run's end
+is known: then a chunk holds at most this many trajectory-steps."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +298,7 @@ def simulate(
     order = _order(wf, max_cost_usd is not None)
     params = _params(wf, settings, order)
     cut = _cut_of(wf, order)
-    size = CHUNK if cut is None else max(1024, min(CHUNK, STOP_CELLS // len(params)))
+    size = max(1024, min(CHUNK, (CELLS if cut is None else STOP_CELLS) // len(params)))
     cap = math.inf if max_cost_usd is None else max_cost_usd
     rng = np.random.default_rng(seed)
     parts = []
