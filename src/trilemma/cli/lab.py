@@ -23,7 +23,7 @@ from trilemma.cli._common import (
 )
 from trilemma.errors import UsageError
 from trilemma.report import tables
-from trilemma.spec import load_workflow
+from trilemma.spec import ModelProfile, load_workflow
 
 local_app = typer.Typer(help="Serve the PyPI-packaged models with llama.cpp on 127.0.0.1.",
                         no_args_is_help=True)  # fmt: skip
@@ -97,39 +97,47 @@ def local_down(model: LocalModelOpt = "all", state: StateOpt = DEFAULT_STATE) ->
 def calibrate_cmd(
     model: Annotated[str, typer.Option("--model", help="A model profile of the spec.")],
     suite: Annotated[
-        str, typer.Option("--suite", help="A task suite (see trilemma.experiments.tasks).")
-    ],
+        str | None, typer.Option("--suite", help="A task suite (see trilemma.experiments.tasks).")
+    ] = None,
+    from_journal: Annotated[Path | None, typer.Option(
+        "--from-journal", help="Fit the profile to the calls this journal holds of --model "
+                               "instead of running a suite: nothing is sent.",
+    )] = None,
     n: Annotated[int, typer.Option("--n", help="Tasks to run.")] = 100,
-    spec: Annotated[Path, typer.Option("--spec", help="The spec holding the profile.")] = Path(
-        "examples/local.yaml"
-    ),
+    spec: Annotated[Path | None, typer.Option(
+        "--spec", help="The spec holding the profile (default: examples/local.yaml; with "
+                       "--from-journal, the newest spec in the journal that has --model).",
+    )] = None,
     seed: Annotated[int, typer.Option(help="Task generator seed.")] = 0,
     out: Annotated[
         Path | None, typer.Option(help="Write the measured profile (YAML) here.")
     ] = None,
     as_json: JsonFlag = False,
 ) -> int:
-    """Measure a model on a task suite and write the profile the planner should use.
+    """Measure a model on a task suite, or fit it to the ledger, and write the profile the
+    planner should use.
 
     Example: trilemma calibrate --model smollm2 --suite add1 --n 100 --out smollm2.yaml
-    """
-    import yaml
 
+    Example: trilemma calibrate --model premium --from-journal .trilemma/trilemma.db
+    """
+    if (suite is None) == (from_journal is None):
+        raise UsageError("give --suite (run a task suite) or --from-journal PATH (fit the "
+                         "ledger), one of the two")  # fmt: skip
+    if from_journal is not None:
+        return _fit_ledger(model, from_journal, spec, out, as_json)
+    assert suite is not None
     from trilemma.experiments.calibrate import calibrate
 
     positive("--n", n)
-    wf = load_workflow(spec)
+    wf = load_workflow(spec or Path("examples/local.yaml"))
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
         task = bar.add_task(f"{model} on {suite}", total=n)
         result = calibrate(wf, model, suite, n, seed=seed,
                            on_progress=lambda done, total: bar.update(task, completed=done))  # fmt: skip
     profile = result.profile(wf.models[model])
-    text = yaml.safe_dump(
-        {"models": {model: profile}}, sort_keys=False, default_flow_style=None, width=100
-    )
-    if out is not None:
-        write_atomic(out, text)
+    text = _profile_yaml(model, profile, out)
     if as_json:
         emit_json({"model": model, **result.summary(), "profile": profile})
     else:
@@ -140,6 +148,55 @@ def calibrate_cmd(
                      f"${s['usd_per_call']:.3g} per call ({s['price']})", markup=False)  # fmt: skip
         sys.stdout.write(text)
     return 0
+
+
+def _profile_yaml(model: str, profile: dict[str, Any], out: Path | None) -> str:
+    """A spec's ``models:`` block holding ``profile``, written to ``out`` too if given."""
+    import yaml
+
+    text = yaml.safe_dump(
+        {"models": {model: profile}}, sort_keys=False, default_flow_style=None, width=100
+    )
+    if out is not None:
+        write_atomic(out, text)
+    return text
+
+
+def _fit_ledger(model: str, path: Path, spec: Path | None, out: Path | None, as_json: bool) -> int:
+    """``calibrate --from-journal``: the profile fitted to the calls the journal holds."""
+    from trilemma.experiments.fit import fit_from_journal
+    from trilemma.journal import Journal
+
+    if not path.is_file():
+        raise UsageError(f"--from-journal {path}: no such file; give the journal your runs wrote "
+                         "(trilemma runs --journal PATH lists them)")  # fmt: skip
+    journal = Journal(path)
+    result = fit_from_journal(journal, model)
+    base = _base_profile(journal, model, spec)
+    profile = result.profile(base)
+    text = _profile_yaml(model, profile, out)
+    if as_json:
+        emit_json({"model": model, **result.summary(), "profile": profile})
+    else:
+        stdout_console().print(tables.fit_table(result, base))
+        sys.stdout.write(text)
+    return 0
+
+
+def _base_profile(journal: Any, model: str, spec: Path | None) -> ModelProfile:
+    """The profile a fit starts from: ``spec``'s, else the newest journaled spec's."""
+    from trilemma.spec import parse_workflow
+
+    if spec is not None:
+        wf = load_workflow(spec)
+        if model not in wf.models:
+            raise UsageError(f"{spec}: models: no profile {model!r}; it has {', '.join(wf.models)}")
+        return wf.models[model]
+    for run in journal.runs():
+        journaled = parse_workflow(run["spec_json"], f"run {run['run_id']}", json_only=True)
+        if model in journaled.models:
+            return journaled.models[model]
+    raise UsageError(f"{journal.path}: no run's spec has a profile {model!r}; give --spec FILE")
 
 
 @app.command("cliff", rich_help_panel="Real models and experiments")

@@ -254,6 +254,19 @@ class Journal:
         """A run's calls in the order they were sent (a range of the idempotency-key index)."""
         return self._rows(f"SELECT * FROM calls WHERE {RUN_CALLS} ORDER BY id", _run_range(run_id))
 
+    def model_calls(self, model: str) -> list[dict[str, Any]]:
+        """Every finished call journaled under the profile name ``model``, from any run."""
+        return self._rows(
+            "SELECT run_id, step_id, attempt, call, role, outcome, prompt_tokens, "
+            "completion_tokens, cost_usd, latency_s, cache_hit FROM calls "
+            "WHERE model = ? AND state = 'finished' ORDER BY id",
+            (model,),
+        )
+
+    def models_called(self) -> list[str]:
+        """The profile names the journal holds calls of."""
+        return [r["model"] for r in self._rows("SELECT DISTINCT model FROM calls ORDER BY model")]
+
     def cache_get(self, key: str) -> dict[str, Any] | None:
         """A cached response, or None."""
         rows = self._rows("SELECT * FROM cache WHERE key = ?", (key,))

@@ -15,10 +15,11 @@ from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
 from trilemma.plan.optimize import Candidate, OptimizeResult, meets
 from trilemma.plan.simulate import SimResult
 from trilemma.plan.thresholds import Threshold
-from trilemma.spec import Workflow
+from trilemma.spec import ModelProfile, Workflow
 
 if TYPE_CHECKING:  # the executor loads only for the commands that run it
     from trilemma.experiments.compare import Contender
+    from trilemma.experiments.fit import LedgerFit
     from trilemma.experiments.sweep import Sweep
 
 __all__ = [
@@ -168,6 +169,37 @@ def simulate_table(r: SimResult, e: Estimate) -> Table:
     if r.max_cost_usd is not None:
         t.caption += (f"; the {_usd(r.max_cost_usd)} ceiling stopped "
                       f"{_pct(r.ceiling_hits / r.runs)} of runs (budget_exhausted: failed)")  # fmt: skip
+    return t
+
+
+def fit_table(f: LedgerFit, base: ModelProfile) -> Table:
+    """``calibrate --from-journal``: the profile the spec gives beside what the ledger measured."""
+    t = Table(title=f"Model {f.model!r} in {f.journal}: {f.sent:,} calls sent in {f.runs:,} runs",
+              title_justify="left")  # fmt: skip
+    for col in ("", "profile", "measured", "from"):
+        t.add_column(col, justify="left" if col == "" else "right")
+    lo, hi = f.ci95
+    t.add_row("p_ok", f"{base.p_ok:.4f}",
+              "-" if f.p_ok is None else f"{f.p_ok:.4f} [{lo:.4f}, {hi:.4f}]",
+              f"{f.judged:,} single-call attempts answered")  # fmt: skip
+    t.add_row("latency_s", f"{base.latency_s:g}",
+              "-" if f.latency_mean_s is None else f"{f.latency_mean_s:.4f}",
+              f"{len(f.latency_s):,} answers")  # fmt: skip
+    t.add_row("latency_jitter", f"{base.latency_jitter:g}",
+              "-" if f.jitter is None else f"{f.jitter:.3f}", "sd of log-latency")  # fmt: skip
+    rates = f.fault_rates()
+    for kind, field in (("transient", "transient_error_rate"), ("rate limited", "rate_limit_rate"),
+                        ("timeout", "timeout_rate")):  # fmt: skip
+        t.add_row(f"faults.{field}", f"{getattr(base.faults, field):g}",
+                  f"{rates[field]:.4f}" if rates else "-", f"{kind}, of calls sent")  # fmt: skip
+    if f.prompt_tokens is not None and f.completion_tokens is not None:
+        t.add_row("tokens (prompt, completion)", f"{base.prompt_tokens}, {base.completion_tokens}",
+                  f"{f.prompt_tokens:.0f}, {f.completion_tokens:.0f}", "means reported")  # fmt: skip
+    if f.cost_usd is not None:
+        t.add_row("$ per answer", _usd(base.price_per_call), _usd(f.cost_usd), "billed")
+    if not f.judged:
+        t.caption = ("no single-call attempt was judged, so p_ok keeps the profile's: only a "
+                     "gate (or the simulator's check) tells a wrong answer")  # fmt: skip
     return t
 
 

@@ -1,0 +1,183 @@
+"""A model profile fitted to the ledger: what the journal measured of a model, for the planner.
+
+The planner is only as good as its profiles. :mod:`trilemma.experiments.calibrate` measures a
+model on a task suite; this reads what real runs already paid for. Every call journaled under
+a profile's name counts, from any run:
+
+- ``latency_s``: the mean latency of its answered calls, and ``latency_jitter``: the standard
+  deviation of their log-latencies (the simulator's lognormal sigma);
+- ``p_ok``: of its single-call attempts (``role: call``, a routed step's branch included)
+  that got an answer, the share the gate (or the simulator's check) accepted, with a Wilson
+  interval; a step without a gate accepts every answer, so only gated steps tell;
+- ``faults``: of its calls sent, the share that failed transient, rate limited or timed out;
+- ``prompt_tokens`` and ``completion_tokens``: the means the endpoint reported (written
+  into a profile with token prices only).
+
+Cache hits, calls never sent and a hedge's cancelled copies are left out. Runs made in scaled
+time (``compare``, ``sweep``, ``cliff`` on the simulator) journal scaled latencies.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from trilemma.errors import UsageError
+from trilemma.experiments.calibrate import wilson
+from trilemma.journal import Journal
+from trilemma.spec import ModelProfile
+
+__all__ = ["LedgerFit", "fit_from_journal"]
+
+ANSWERED = ("ok", "rejected")
+FAULTS = {"transient": "transient_error_rate", "rate_limited": "rate_limit_rate",
+          "timeout": "timeout_rate"}  # fmt: skip
+"""Ledger outcomes and the simulator's fault rate each one measures."""
+JUDGED = ("call", "call (hedge)")
+"""Roles of a call that may be an attempt on its own (then its verdict is its model's alone;
+a debate's, a vote's or a refined call's verdict is the whole attempt's)."""
+NOT_SENT = ("unsent", "hedged", "cancelled")
+"""Outcomes that say nothing of the model: never sent, or given up by us."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerFit:
+    """What the ledger measured of one model."""
+
+    model: str
+    """The profile's name, as journaled."""
+    journal: str
+    """The journal read."""
+    runs: int
+    """Runs that called the model."""
+    sent: int
+    """Calls that went out and came back with an answer or an error."""
+    latency_s: tuple[float, ...]
+    """Per answered call, seconds."""
+    accepted: int
+    """Single-call attempts whose answer passed."""
+    judged: int
+    """Single-call attempts that got an answer."""
+    outcomes: dict[str, int]
+    """Calls per outcome (ok, rejected, transient, ...)."""
+    prompt_tokens: float | None
+    """Mean prompt tokens of the answered calls that reported them."""
+    completion_tokens: float | None
+    """Mean completion tokens, likewise."""
+    cost_usd: float | None
+    """Mean dollars billed per answered call."""
+
+    @property
+    def p_ok(self) -> float | None:
+        """Share of judged attempts accepted (None: none judged)."""
+        return self.accepted / self.judged if self.judged else None
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """Wilson interval of ``p_ok``."""
+        return wilson(self.accepted, self.judged)
+
+    @property
+    def latency_mean_s(self) -> float | None:
+        """Mean seconds of an answered call."""
+        return statistics.fmean(self.latency_s) if self.latency_s else None
+
+    @property
+    def jitter(self) -> float | None:
+        """Standard deviation of the log-latencies (None: fewer than two answers)."""
+        logs = [math.log(x) for x in self.latency_s if x > 0]
+        return statistics.stdev(logs) if len(logs) > 1 else None
+
+    def fault_rates(self) -> dict[str, float]:
+        """The simulator's fault rates, as measured."""
+        if not self.sent:
+            return {}
+        return {field: self.outcomes.get(kind, 0) / self.sent for kind, field in FAULTS.items()}
+
+    def summary(self) -> dict[str, Any]:
+        """The figures, for JSON and for the profile's ``calibration:`` block."""
+        lo, hi = self.ci95
+        lat = sorted(self.latency_s)
+
+        def pct(q: float) -> float | None:
+            return round(lat[min(len(lat) - 1, math.ceil(q * len(lat)) - 1)], 4) if lat else None
+
+        return {
+            "source": "journal", "journal": self.journal, "runs": self.runs, "calls": self.sent,
+            "answered": len(self.latency_s), "attempts_judged": self.judged,
+            "p_ok": None if self.p_ok is None else round(self.p_ok, 4),
+            "p_ok_ci95": [round(lo, 4), round(hi, 4)] if self.judged else None,
+            "latency_s": {"mean": _round(self.latency_mean_s), "p50": pct(0.5), "p95": pct(0.95),
+                          "jitter": _round(self.jitter)},
+            "faults": {k: round(v, 4) for k, v in self.fault_rates().items()},
+            "outcomes": dict(sorted(self.outcomes.items())),
+            "tokens": {"prompt": _round(self.prompt_tokens, 1),
+                       "completion": _round(self.completion_tokens, 1)},
+            "usd_per_answer": _round(self.cost_usd, 8),
+        }  # fmt: skip
+
+    def profile(self, base: ModelProfile) -> dict[str, Any]:
+        """``base`` with what the ledger measured, ready for a spec's ``models:``. A figure
+        the ledger cannot tell (no judged attempt, one answer) keeps ``base``'s value."""
+        data = base.model_dump(mode="json", exclude_defaults=True, exclude={"calibration"})
+        if self.p_ok is not None:
+            data["p_ok"] = max(round(self.p_ok, 4), 0.0001)
+        if self.latency_mean_s is not None:
+            data["latency_s"] = max(round(self.latency_mean_s, 4), 0.0001)
+        if self.jitter is not None:
+            data["latency_jitter"] = min(round(self.jitter, 3), 3.0)
+        faults = {k: round(v, 4) for k, v in self.fault_rates().items() if v > 0}
+        if faults or "faults" in data:
+            data["faults"] = faults
+        tokens = self.prompt_tokens is not None and self.completion_tokens is not None
+        if tokens and base.usd_per_call is None:  # only token prices read them
+            data["prompt_tokens"] = round(self.prompt_tokens or 0)
+            data["completion_tokens"] = round(self.completion_tokens or 0)
+            if "cached_prompt_tokens" in data:
+                data["cached_prompt_tokens"] = min(data["cached_prompt_tokens"], data["prompt_tokens"])
+        data["calibration"] = self.summary()
+        return data
+
+
+def _round(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def fit_from_journal(journal: Journal, model: str) -> LedgerFit:
+    """Fit ``model``'s figures to every call the journal holds under that name."""
+    rows = journal.model_calls(model)
+    if not rows:
+        known = journal.models_called()
+        have = f"it has calls of {', '.join(known)}" if known else "it holds no calls yet"
+        raise UsageError(f"{journal.path}: no calls of model {model!r} in this journal; {have}")
+    sent = [r for r in rows if r["outcome"] not in NOT_SENT and not r["cache_hit"]]
+    answered = [r for r in sent if r["outcome"] in ANSWERED]
+    outcomes: dict[str, int] = {}
+    for r in sent:
+        outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+    calls: dict[tuple[str, str, int], set[int]] = {}  # per attempt, the numbers of its calls
+    for r in rows:  # a hedge's copy shares its call's number; a router's call is its own
+        if not r["role"].startswith("route"):
+            calls.setdefault((r["run_id"], r["step_id"], r["attempt"]), set()).add(r["call"])
+    judged = [r for r in answered if r["role"] in JUDGED
+              and len(calls[(r["run_id"], r["step_id"], r["attempt"])]) == 1]  # fmt: skip
+
+    def mean(field: str) -> float | None:
+        known = [r[field] for r in answered if r[field] is not None]
+        return statistics.fmean(known) if known else None
+
+    return LedgerFit(
+        model=model,
+        journal=str(journal.path),
+        runs=len({r["run_id"] for r in rows}),
+        sent=len(sent),
+        latency_s=tuple(r["latency_s"] for r in answered if r["latency_s"] is not None),
+        accepted=sum(r["outcome"] == "ok" for r in judged),
+        judged=len(judged),
+        outcomes=outcomes,
+        prompt_tokens=mean("prompt_tokens"),
+        completion_tokens=mean("completion_tokens"),
+        cost_usd=mean("cost_usd"),
+    )

@@ -1,0 +1,161 @@
+"""calibrate --from-journal: a model profile fitted to what the ledger measured."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from trilemma import parse_workflow
+from trilemma.errors import UsageError
+from trilemma.experiments.fit import fit_from_journal
+from trilemma.journal import Journal
+from trilemma.run.session import execute
+from trilemma.spec import ModelProfile
+from trilemma.testing import Reply, ScriptedServer, fast_retries
+
+SIM = """
+version: 1
+models:
+  m: {usd_per_call: 0.001, latency_s: 0.01, latency_jitter: 0.5, p_ok: 0.8,
+      faults: {transient_error_rate: 0.1, rate_limit_rate: 0.05}}
+steps:
+  - {id: a, model: m, retries: 8}
+  - {id: b, model: m, retries: 8}
+  - {id: c, model: m, retries: 8}
+  - {id: d, model: m, retries: 8}
+  - {id: e, model: m, retries: 8, debate: {agents: 2, rounds: 1}}
+  - {id: f, model: m, retries: 8, debate_rounds: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def sim_journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 runs of SIM on the simulator: a ledger of about 500 calls."""
+    path = tmp_path_factory.mktemp("fit") / "j.db"
+    journal = Journal(path)
+    with fast_retries():
+        for seed in range(60):
+            execute(parse_workflow(SIM), journal=journal, seed=seed)
+    return path
+
+
+def test_the_fit_recovers_the_simulated_profile(sim_journal: Path) -> None:
+    f = fit_from_journal(Journal(sim_journal), "m")
+    assert f.runs == 60 and f.sent > 400
+    lo, hi = f.ci95
+    assert lo <= 0.8 <= hi  # p_ok, from the single-call steps a to d only
+    assert f.judged == _answers(sim_journal, "abcd")  # not a debate's, nor a refined call's
+    assert f.latency_mean_s == pytest.approx(0.01, rel=0.2)  # the timer's slack on top
+    assert f.jitter == pytest.approx(0.5, abs=0.12)
+    rates = f.fault_rates()
+    for field, p in (("transient_error_rate", 0.1), ("rate_limit_rate", 0.05)):
+        assert abs(rates[field] - p) <= 4 * math.sqrt(p * (1 - p) / f.sent), field
+    assert rates["timeout_rate"] == 0.0
+
+
+def _answers(path: Path, steps: str) -> int:
+    rows = Journal(path).model_calls("m")
+    return sum(r["step_id"] in steps and r["outcome"] in ("ok", "rejected") for r in rows)
+
+
+def test_the_fitted_profile_is_a_valid_profile_that_keeps_the_price(sim_journal: Path) -> None:
+    base = parse_workflow(SIM).models["m"]
+    fitted = fit_from_journal(Journal(sim_journal), "m").profile(base)
+    profile = ModelProfile(**fitted)
+    assert profile.usd_per_call == 0.001
+    assert profile.prompt_tokens == base.prompt_tokens  # per-call prices: tokens left alone
+    assert profile.faults.transient_error_rate > 0 and profile.calibration is not None
+    assert profile.calibration["source"] == "journal"
+
+
+def test_a_real_endpoint_s_faults_and_tokens_are_counted_exactly(tmp_path: Path) -> None:
+    """Scripted answers over HTTP: 10 answers of 30 prompt and 12 completion tokens, one 429,
+    two 500s; a gate accepts 'yes' only: 7 of the 10 single-call attempts pass."""
+    script = [Reply(status=429, headers={"Retry-After": "0"}), Reply(status=500),
+              Reply(status=500)] + [Reply("yes" if i < 7 else "no", prompt_tokens=30,
+                                          completion_tokens=12) for i in range(10)]  # fmt: skip
+    steps = "\n".join(f"  - {{id: s{i}, model: local, retries: 0, gate: {{regex: '^yes$'}}}}"
+                      for i in range(13))  # fmt: skip
+    with ScriptedServer(script) as srv:
+        wf = parse_workflow(f"""
+version: 1
+models:
+  local: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_1m_input: 100.0,
+           usd_per_1m_output: 200.0, latency_s: 0.5, p_ok: 0.99, timeout_s: 5}}
+steps:
+{steps}
+concurrency: 1
+""")
+        journal = Journal(tmp_path / "j.db")
+        with fast_retries():
+            for i in range(13):  # one step a run, so a failure stops nothing else
+                execute(wf.model_copy(update={"steps": [wf.steps[i]]}), journal=journal)
+    f = fit_from_journal(journal, "local")
+    assert f.sent == 13 and f.outcomes == {"rate_limited": 1, "transient": 2, "ok": 7, "rejected": 3}
+    assert (f.accepted, f.judged) == (7, 10)
+    rates = f.fault_rates()
+    assert rates["rate_limit_rate"] == pytest.approx(1 / 13)
+    assert rates["transient_error_rate"] == pytest.approx(2 / 13)
+    fitted = ModelProfile(**f.profile(wf.models["local"]))
+    assert (fitted.prompt_tokens, fitted.completion_tokens) == (30, 12)  # token prices read them
+    assert fitted.p_ok == 0.7
+    assert fitted.price_per_call == pytest.approx((30 * 100 + 12 * 200) / 1e6)
+    assert f.cost_usd == pytest.approx(fitted.price_per_call)
+
+
+def test_without_a_judged_attempt_p_ok_stays_as_given(tmp_path: Path) -> None:
+    wf = parse_workflow("""
+version: 1
+models:
+  m: {usd_per_call: 0.001, latency_s: 0.01, p_ok: 0.6}
+steps:
+  - {id: e, model: m, retries: 5, debate: {agents: 2, rounds: 1}}
+""")
+    journal = Journal(tmp_path / "j.db")
+    with fast_retries():
+        execute(wf, journal=journal, seed=1)
+    f = fit_from_journal(journal, "m")
+    assert f.judged == 0 and f.p_ok is None and f.sent >= 3
+    assert f.profile(wf.models["m"])["p_ok"] == 0.6
+
+
+def test_cli_fits_and_writes_a_profile(cli: Any, sim_journal: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.yaml"
+    r = cli("calibrate", "--model", "m", "--from-journal", sim_journal, "--out", out)
+    assert r.code == 0, r.err
+    assert "single-call attempts answered" in r.out and "sd of log-latency" in r.out
+    written = yaml.safe_load(out.read_text())["models"]["m"]
+    assert ModelProfile(**written).calibration["runs"] == 60  # type: ignore[index]
+    doc = cli("calibrate", "--model", "m", "--from-journal", sim_journal, "--json").json()
+    assert doc["model"] == "m" and doc["profile"] == written and doc["attempts_judged"] > 100
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--model", "m"], "give --suite (run a task suite) or --from-journal PATH"),
+        (["--model", "m", "--suite", "add1", "--from-journal", "JOURNAL"], "one of the two"),
+        (["--model", "nope", "--from-journal", "JOURNAL"], "no calls of model 'nope' in this journal; it has calls of m"),
+        (["--model", "m", "--from-journal", "missing.db"], "--from-journal missing.db: no such file"),
+    ],
+)
+def test_cli_refuses_what_it_cannot_fit(cli: Any, sim_journal: Path, args: list[str], says: str) -> None:
+    r = cli("calibrate", *[str(sim_journal) if a == "JOURNAL" else a for a in args])
+    assert r.code == 2 and says in r.err and "Traceback" not in r.err
+
+
+def test_cli_base_profile_from_a_spec_without_the_model(cli: Any, sim_journal: Path, write: Any) -> None:
+    spec = write("version: 1\nmodels: {x: {usd_per_call: 0.01, latency_s: 1, p_ok: 0.9}}\n"
+                 "steps: [{id: a, model: x}]\n")  # fmt: skip
+    r = cli("calibrate", "--model", "m", "--from-journal", sim_journal, "--spec", spec)
+    assert r.code == 2 and "models: no profile 'm'; it has x" in r.err
+
+
+def test_an_empty_journal_says_so(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db")
+    with pytest.raises(UsageError, match="it holds no calls yet"):
+        fit_from_journal(journal, "m")
