@@ -159,3 +159,39 @@ def test_an_empty_journal_says_so(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.db")
     with pytest.raises(UsageError, match="it holds no calls yet"):
         fit_from_journal(journal, "m")
+
+
+def test_check_exits_1_when_the_ledger_contradicts_the_profile(
+    cli: Any, sim_journal: Path, write: Any
+) -> None:
+    same = write(SIM)
+    ok = cli("calibrate", "--model", "m", "--from-journal", sim_journal, "--spec", same, "--check")
+    assert ok.code == 0, ok.out + ok.err
+    assert "no drift" in ok.out and "models:" not in ok.out  # a check prints no profile
+    drifted = write(SIM.replace("p_ok: 0.8", "p_ok: 0.95").replace("latency_s: 0.01", "latency_s: 0.02")
+                    .replace("rate_limit_rate: 0.05", "rate_limit_rate: 0.0"))  # fmt: skip
+    r = cli("calibrate", "--model", "m", "--from-journal", sim_journal, "--spec", drifted,
+            "--check", "--json")  # fmt: skip
+    assert r.code == 1
+    assert {d["field"] for d in r.json()["drift"]} == {"p_ok", "latency_s", "faults.rate_limit_rate"}
+    for d in r.json()["drift"]:
+        lo, hi = d["ci95"]
+        assert lo <= d["measured"] <= hi and not lo <= d["profile"] <= hi
+    text = cli("calibrate", "--model", "m", "--from-journal", sim_journal, "--spec", drifted, "--check")
+    assert "drift: p_ok is 0.95 in the spec; the ledger measured" in text.out
+
+
+def test_latency_within_ten_percent_is_not_drift(sim_journal: Path) -> None:
+    """Thousands of answers pin the mean to a percent; a profile a few percent off is fine."""
+    f = fit_from_journal(Journal(sim_journal), "m")
+    near = parse_workflow(SIM).models["m"].model_copy(
+        update={"latency_s": (f.latency_mean_s or 0) * 1.08, "p_ok": f.p_ok}
+    )
+    assert "latency_s" not in {d.field for d in f.drift(near)}
+    far = near.model_copy(update={"latency_s": (f.latency_mean_s or 0) * 1.5})
+    assert "latency_s" in {d.field for d in f.drift(far)}
+
+
+def test_check_needs_the_journal(cli: Any) -> None:
+    r = cli("calibrate", "--model", "m", "--suite", "add1", "--check")
+    assert r.code == 2 and "--check compares a profile with the ledger" in r.err

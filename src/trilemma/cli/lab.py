@@ -112,6 +112,10 @@ def calibrate_cmd(
     out: Annotated[
         Path | None, typer.Option(help="Write the measured profile (YAML) here.")
     ] = None,
+    check: Annotated[bool, typer.Option(
+        "--check", help="With --from-journal: exit 1 when the ledger contradicts the profile "
+                        "(a figure outside its measured 95% interval).",
+    )] = False,
     as_json: JsonFlag = False,
 ) -> int:
     """Measure a model on a task suite, or fit it to the ledger, and write the profile the
@@ -120,12 +124,16 @@ def calibrate_cmd(
     Example: trilemma calibrate --model smollm2 --suite add1 --n 100 --out smollm2.yaml
 
     Example: trilemma calibrate --model premium --from-journal .trilemma/trilemma.db
+
+    Example: trilemma calibrate --model premium --from-journal prod.db --spec app.yaml --check
     """
     if (suite is None) == (from_journal is None):
         raise UsageError("give --suite (run a task suite) or --from-journal PATH (fit the "
                          "ledger), one of the two")  # fmt: skip
+    if check and from_journal is None:
+        raise UsageError("--check compares a profile with the ledger: give --from-journal PATH")
     if from_journal is not None:
-        return _fit_ledger(model, from_journal, spec, out, as_json)
+        return _fit_ledger(model, from_journal, spec, out, as_json, check)
     assert suite is not None
     from trilemma.experiments.calibrate import calibrate
 
@@ -162,7 +170,9 @@ def _profile_yaml(model: str, profile: dict[str, Any], out: Path | None) -> str:
     return text
 
 
-def _fit_ledger(model: str, path: Path, spec: Path | None, out: Path | None, as_json: bool) -> int:
+def _fit_ledger(
+    model: str, path: Path, spec: Path | None, out: Path | None, as_json: bool, check: bool
+) -> int:
     """``calibrate --from-journal``: the profile fitted to the calls the journal holds."""
     from trilemma.experiments.fit import fit_from_journal
     from trilemma.journal import Journal
@@ -175,12 +185,18 @@ def _fit_ledger(model: str, path: Path, spec: Path | None, out: Path | None, as_
     base = _base_profile(journal, model, spec)
     profile = result.profile(base)
     text = _profile_yaml(model, profile, out)
+    drift = result.drift(base)
     if as_json:
-        emit_json({"model": model, **result.summary(), "profile": profile})
+        emit_json({"model": model, **result.summary(), "profile": profile,
+                   "drift": [d.to_json() for d in drift]})  # fmt: skip
     else:
-        stdout_console().print(tables.fit_table(result, base))
-        sys.stdout.write(text)
-    return 0
+        console = stdout_console()
+        console.print(tables.fit_table(result, base))
+        for line in tables.drift_lines(drift, model):
+            console.print(line, markup=False, highlight=False)
+        if not check:
+            sys.stdout.write(text)
+    return 1 if check and drift else 0
 
 
 def _base_profile(journal: Any, model: str, spec: Path | None) -> ModelProfile:

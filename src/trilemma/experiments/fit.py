@@ -29,9 +29,11 @@ from trilemma.experiments.calibrate import wilson
 from trilemma.journal import Journal
 from trilemma.spec import ModelProfile
 
-__all__ = ["LedgerFit", "fit_from_journal"]
+__all__ = ["Drift", "LedgerFit", "fit_from_journal"]
 
 ANSWERED = ("ok", "rejected")
+LATENCY_TOLERANCE = 0.10
+"""A latency off by less than this share of the profile's is not drift, however sure."""
 FAULTS = {"transient": "transient_error_rate", "rate_limited": "rate_limit_rate",
           "timeout": "timeout_rate"}  # fmt: skip
 """Ledger outcomes and the simulator's fault rate each one measures."""
@@ -40,6 +42,25 @@ JUDGED = ("call", "call (hedge)")
 a debate's, a vote's or a refined call's verdict is the whole attempt's)."""
 NOT_SENT = ("unsent", "hedged", "cancelled")
 """Outcomes that say nothing of the model: never sent, or given up by us."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """A figure of the profile the ledger contradicts: outside the measured 95% interval."""
+
+    field: str
+    """The profile's field (``p_ok``, ``latency_s``, ``faults.rate_limit_rate``, ...)."""
+    profile: float
+    """What the spec says."""
+    measured: float
+    """What the ledger says."""
+    ci95: tuple[float, float]
+    """The measured figure's 95% interval."""
+
+    def to_json(self) -> dict[str, Any]:
+        """A row of ``drift`` in ``calibrate --from-journal --check --json``."""
+        return {"field": self.field, "profile": self.profile, "measured": round(self.measured, 6),
+                "ci95": [round(self.ci95[0], 6), round(self.ci95[1], 6)]}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +116,31 @@ class LedgerFit:
         if not self.sent:
             return {}
         return {field: self.outcomes.get(kind, 0) / self.sent for kind, field in FAULTS.items()}
+
+    def drift(self, base: ModelProfile) -> list[Drift]:
+        """The figures of ``base`` the ledger contradicts: ``p_ok`` or a fault rate outside
+        its measured Wilson interval; ``latency_s`` outside the measured mean's 95% interval
+        and more than :data:`LATENCY_TOLERANCE` off it."""
+        out = []
+        if self.p_ok is not None:
+            lo, hi = self.ci95
+            if not lo <= base.p_ok <= hi:
+                out.append(Drift("p_ok", base.p_ok, self.p_ok, (lo, hi)))
+        mean = self.latency_mean_s
+        if mean is not None and len(self.latency_s) > 1:
+            half = 1.959964 * statistics.stdev(self.latency_s) / math.sqrt(len(self.latency_s))
+            off = abs(base.latency_s - mean) > max(half, LATENCY_TOLERANCE * base.latency_s)
+            if off:
+                out.append(Drift("latency_s", base.latency_s, mean, (mean - half, mean + half)))
+        for kind, field in FAULTS.items():
+            if not self.sent:
+                break
+            seen = self.outcomes.get(kind, 0)
+            lo, hi = wilson(seen, self.sent)
+            given = getattr(base.faults, field)
+            if not lo <= given <= hi:
+                out.append(Drift(f"faults.{field}", given, seen / self.sent, (lo, hi)))
+        return out
 
     def summary(self) -> dict[str, Any]:
         """The figures, for JSON and for the profile's ``calibration:`` block."""

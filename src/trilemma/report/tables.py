@@ -19,7 +19,7 @@ from trilemma.spec import ModelProfile, Workflow
 
 if TYPE_CHECKING:  # the executor loads only for the commands that run it
     from trilemma.experiments.compare import Contender
-    from trilemma.experiments.fit import LedgerFit
+    from trilemma.experiments.fit import Drift, LedgerFit
     from trilemma.experiments.sweep import Sweep
 
 __all__ = [
@@ -201,6 +201,14 @@ def fit_table(f: LedgerFit, base: ModelProfile) -> Table:
         t.caption = ("no single-call attempt was judged, so p_ok keeps the profile's: only a "
                      "gate (or the simulator's check) tells a wrong answer")  # fmt: skip
     return t
+
+
+def drift_lines(drift: Sequence[Drift], model: str) -> list[str]:
+    """What the ledger contradicts in a profile, a line each; or that it contradicts nothing."""
+    if not drift:
+        return [f"no drift: every figure of {model!r} lies inside what the ledger measured"]
+    return [f"drift: {d.field} is {d.profile:g} in the spec; the ledger measured "
+            f"{d.measured:.4g} [{d.ci95[0]:.4g}, {d.ci95[1]:.4g}]" for d in drift]  # fmt: skip
 
 
 def hedge_table(rows: Sequence[Threshold], model: str) -> Table:
