@@ -187,3 +187,17 @@ def test_a_routed_step_sends_its_classifier_then_what_fits(tmp_path: Path) -> No
     stopped = sum(x.status == "budget_exhausted" for x in runs) / len(runs)
     p = r.ceiling_hits / r.runs
     assert abs(stopped - p) <= 4 * math.sqrt(p * (1 - p) / len(runs))
+
+
+def test_run_sets_the_monte_carlo_under_its_budget_beside_it(cli: Any, write: Any, tmp_path: Path) -> None:
+    fast = write(CHAIN.read_text().replace("latency_s: 2.0", "latency_s: 0.001"))
+    db = tmp_path / "j.db"
+    r = cli("run", fast, "--journal", db, "--seed", "2", "--json")
+    under = r.json()["predicted_under_budget"]
+    assert under["runs"] == 20_000 and under["deadline_rate"] == 0.0
+    exact = 0.9**5 + 5 * 0.1 * 0.9 * 0.9**4
+    assert abs(under["success_rate"] - exact) <= 4 * math.sqrt(exact * (1 - exact) / 20_000)
+    table = cli("run", fast, "--journal", db, "--seed", "2", "--max-cost", "0.5", "--deadline", "60")
+    assert "under its budget" in table.out and "$0.5000 ceiling and 60s deadline" in table.out
+    plain = write(fast.read_text().replace("max_cost_usd: 0.18, ", ""))
+    assert cli("run", plain, "--journal", db, "--json").json()["predicted_under_budget"] is None

@@ -346,8 +346,9 @@ def budget_check_line(checks: dict[str, SimResult]) -> str:
     return f"Monte Carlo, {first.runs:,} runs with " + " and ".join(held) + ": " + "; ".join(parts) + "."
 
 
-def run_view(r: Any) -> Group:
-    """A run: predicted beside measured, then each step."""
+def run_view(r: Any, under: SimResult | None = None) -> Group:
+    """A run: predicted beside measured, then each step; ``under``: the Monte Carlo of the
+    spec under the run's ceiling and deadline, which the analytic success does not see."""
     p = r.predicted
     t = Table(title=f"Run {r.run_id}: {r.status}", title_justify="left")
     for col in ("", "predicted", "measured"):
@@ -359,6 +360,11 @@ def run_view(r: Any) -> Group:
               f"{r.latency_s:.2f}s")  # fmt: skip
     t.add_row("calls", f"{p.calls_expected:.2f} expected, {p.calls_worst} worst", str(r.calls))
     t.add_row("success", _pct(p.reliability), r.status)
+    if under is not None:
+        held = [f"{_usd(under.max_cost_usd)} ceiling" if under.max_cost_usd is not None else "",
+                f"{under.deadline_s:g}s deadline" if under.deadline_s is not None else ""]
+        t.add_row("  under its budget", f"{_pct(under.success_rate)} (Monte Carlo, "
+                  f"{' and '.join(h for h in held if h)})", "")  # fmt: skip
     if r.saved_usd:
         t.add_row("saved by stopping early", "", _usd(r.saved_usd))
     st = Table(box=None)
