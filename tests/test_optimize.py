@@ -268,3 +268,38 @@ def test_a_cost_budget_is_checked_as_a_ceiling_by_monte_carlo(cli) -> None:
     assert check["chosen"]["success_rate"] == pytest.approx(doc["chosen"]["reliability"], abs=0.005)
     out = cli("optimize", EXAMPLES / "seed-chain.yaml").out.replace("\n", " ")
     assert "the $0.1000 cost budget as its ceiling" in out and "stopped" in out
+
+
+def test_enforced_budgets_find_what_paper_figures_miss(cli) -> None:
+    """examples/ceiling.yaml under a $0.21 ceiling held by the runs, 95% floor. On the worst
+    case nothing fits; on expected figures one retry a step looks enough (95.1% on paper) but
+    succeeds 94.4% under the ceiling; enforced, the answer succeeds under it."""
+    args = [EXAMPLES / "ceiling.yaml", "--max-cost", "0.21", "--min-reliability", "0.95", "--json"]
+    worst = cli("optimize", *args, "--budget-on", "worst")
+    assert worst.code == 1 and not worst.json()["feasible"]
+    paper = cli("optimize", *args, "--budget-on", "expected").json()
+    assert paper["chosen"]["reliability"] >= 0.95
+    assert paper["budget_check"]["chosen"]["success_rate"] < 0.95
+    enforced = cli("optimize", *args, "--budget-on", "enforced").json()
+    got = enforced["enforced"]
+    assert got["success_rate"] >= 0.95 and got["runs"] == 100_000
+    assert got["success_rate"] == enforced["budget_check"]["chosen"]["success_rate"]  # one figure
+    assert got["candidates_simulated"] >= 2  # the cheaper one on paper was simulated and failed
+    assert paper["chosen"]["cost_usd"]["expected"] <= enforced["chosen"]["cost_usd"]["expected"]
+    assert enforced["chosen"]["cost_usd"]["expected"] <= enforced["original"]["cost_usd"]["expected"]
+    text = cli("optimize", *args[:-1], "--budget-on", "enforced").out
+    assert "success, budgets enforced" in text and "budget enforced: cost <= $0.2100" in text
+
+
+def test_enforced_budgets_that_nothing_meets(cli) -> None:
+    """Six calls fit $0.18: no choice of retries gets five steps at p 0.9 to 95% under it."""
+    r = cli("optimize", EXAMPLES / "ceiling.yaml", "--max-cost", "0.18", "--min-reliability",
+            "0.95", "--budget-on", "enforced", "--json")  # fmt: skip
+    assert r.code == 1 and not r.json()["feasible"] and r.json()["enforced"] is None
+    assert any("enforced:" in n and "simulated" in n for n in r.json()["notes"])
+
+
+def test_enforced_budgets_need_a_floor(cli, write) -> None:
+    spec = write((EXAMPLES / "ceiling.yaml").read_text().replace(", min_reliability: 0.95", ""))
+    r = cli("optimize", spec, "--max-cost", "0.21", "--budget-on", "enforced")
+    assert r.code == 2 and "--budget-on enforced: give --min-reliability" in r.err

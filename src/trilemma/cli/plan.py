@@ -183,10 +183,11 @@ def _hedge_thresholds(
 
 
 class BudgetOn(StrEnum):
-    """Which figures a budget binds."""
+    """Which figures a budget binds, or ``enforced``: none, runs hold them."""
 
     worst = "worst"
     expected = "expected"
+    enforced = "enforced"
 
 
 class Method(StrEnum):
@@ -205,7 +206,10 @@ def optimize(
     min_reliability: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Reliability floor.")
     ] = None,
-    budget_on: Annotated[BudgetOn, typer.Option(help="Bind worst or expected figures.")] = (
+    budget_on: Annotated[BudgetOn, typer.Option(
+        help="Bind worst or expected figures; or enforced: runs hold the ceiling and deadline, "
+             "and the Monte Carlo's success under them must meet the reliability floor.",
+    )] = (
         BudgetOn.worst
     ),
     max_retries: Annotated[int, typer.Option(min=0, max=10, help="Retries to try per step.")] = 3,
@@ -310,6 +314,9 @@ def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
             for c in r.frontier
         ],
         "notes": list(r.notes),
+        "enforced": None if r.enforced is None else {
+            **_check_json(r.enforced), "candidates_simulated": r.simulated,
+        },
     }
 
 

@@ -18,6 +18,12 @@ topological order, keeps the Pareto-best partial configurations (cost,
 reliability, finish times) thinned evenly along cost to ``beam_width``, prunes
 those that cannot meet a budget even with the best remaining choices, and
 polishes the winner by single-step exchanges.
+
+Budgets bind the worst case (no run can break them), the expected figures (the typical run
+keeps them), or, ``enforced``, neither: a run holds its ceiling and deadline itself, so the
+question is how often it still succeeds. Then the candidates that meet the reliability
+floor on paper are simulated under the budgets in order of expected cost, and the first
+whose Monte Carlo success meets the floor is the answer.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Literal
 from trilemma import dag
 from trilemma.errors import UsageError
 from trilemma.plan.estimate import Estimate, estimate, step_estimate
+from trilemma.plan.simulate import SimResult, simulate, under_budget
 from trilemma.spec import Budget, Debate, Step, Workflow, workflow_from_dict
 
 __all__ = [
@@ -44,6 +51,11 @@ __all__ = [
 ]
 
 EXHAUSTIVE_LIMIT = 20_000
+ENFORCED_RUNS = 20_000
+"""Trajectories per candidate screened under ``enforced`` budgets; one within three standard
+errors of the floor, or over it, is simulated again with PREDICTION_RUNS."""
+ENFORCED_TRIES = 200
+"""Candidates simulated at most, cheapest first, before ``enforced`` gives up."""
 BudgetOn = Literal["worst", "expected"]
 
 
@@ -120,17 +132,23 @@ class OptimizeResult:
     """Full configurations evaluated."""
     budget: Budget
     """The budgets applied."""
-    budget_on: BudgetOn = "worst"
-    """Whether budgets bind worst-case or expected figures."""
+    budget_on: BudgetOn | Literal["enforced"] = "worst"
+    """Whether budgets bind worst-case or expected figures, or are enforced as a run does."""
     notes: tuple[str, ...] = field(default=())
     """What the user should know about the answer."""
+    enforced: SimResult | None = None
+    """With ``enforced`` budgets: the answer's Monte Carlo under them."""
+    simulated: int = 0
+    """With ``enforced`` budgets: the candidates simulated."""
+    candidates: tuple[Candidate, ...] = field(default=(), repr=False)
+    """Every configuration evaluated that meets the budgets."""
 
 
 def optimize(
     wf: Workflow,
     budget: Budget | None = None,
     *,
-    budget_on: BudgetOn = "worst",
+    budget_on: BudgetOn | Literal["enforced"] = "worst",
     max_retries: int = 3,
     method: Literal["auto", "exhaustive", "beam"] = "auto",
     beam_width: int = 256,
@@ -139,6 +157,8 @@ def optimize(
     if max_retries < 0:
         raise UsageError("--max-retries: must be 0 or more")
     budget = budget or wf.budget
+    if budget_on == "enforced":
+        return _enforced(wf, budget, max_retries, method, beam_width)
     options = [_options(wf, s, max_retries) for s in wf.steps]
     structures = [False, True] if any(s.independent for s in wf.steps) else [False]
     space = math.prod(len(o) for o in options) * len(structures)
@@ -178,7 +198,57 @@ def optimize(
         budget=budget,
         budget_on=budget_on,
         notes=_notes(wf, budget),
+        candidates=tuple(feasible),
     )
+
+
+def _enforced(
+    wf: Workflow,
+    budget: Budget,
+    max_retries: int,
+    method: Literal["auto", "exhaustive", "beam"],
+    beam_width: int,
+) -> OptimizeResult:
+    """``budget_on="enforced"``: search on expected figures with only the reliability floor,
+    then simulate the candidates, cheapest first, under the ceiling and deadline."""
+    floor = budget.min_reliability
+    if floor is None:
+        raise UsageError("--budget-on enforced: give --min-reliability (or budget.min_reliability): "
+                         "the success the Monte Carlo must find under the enforced budgets")  # fmt: skip
+    found = optimize(wf, Budget(min_reliability=floor), budget_on="expected",
+                     max_retries=max_retries, method=method, beam_width=beam_width)  # fmt: skip
+    on_paper = Budget(min_reliability=floor)  # enforcement can only turn a success into a failure
+    unique = {(c.choices, c.parallel): c for c in found.frontier + found.candidates
+              if meets(c, on_paper, "expected")}  # fmt: skip
+    order = sorted(unique.values(), key=lambda c: _rank(c, "expected"))
+    seed = wf.seed if wf.seed is not None else 1
+    best = sim = None
+    tried = 0
+    for c in order[:ENFORCED_TRIES]:
+        tried += 1
+        variant = apply(wf, c)
+        screen = simulate(variant.with_budget(deadline_s=budget.deadline_s), ENFORCED_RUNS, seed,
+                          max_cost_usd=budget.max_cost_usd)  # fmt: skip
+        if screen.success_rate < floor - 3 * screen.stderr:
+            continue
+        # near or over the floor: the figure the answer is shown with decides
+        run = under_budget(variant, budget.deadline_s, budget.max_cost_usd, seed)
+        if run.success_rate >= floor:
+            best, sim = c, run
+            break
+    spec = apply(wf, best) if best else None
+    note = (f"enforced: {tried} configuration(s) that meet {floor:.2%} on paper simulated, "
+            f"cheapest expected cost first, {ENFORCED_RUNS:,} runs each (100,000 near the floor) "
+            "under the budgets as a run holds them (a ceiling refuses a call whose worst case "
+            "does not fit; a deadline cancels)")  # fmt: skip
+    if best is None and len(order) > ENFORCED_TRIES:
+        note += f"; gave up after the {ENFORCED_TRIES} cheapest"
+    return OptimizeResult(
+        original=found.original, best=spec, best_estimate=estimate(spec) if spec else None,
+        frontier=found.frontier, method=found.method, space=found.space,
+        evaluated=found.evaluated, budget=budget, budget_on="enforced",
+        notes=(*_notes(wf, budget), note), enforced=sim, simulated=tried,
+    )  # fmt: skip
 
 
 def _notes(wf: Workflow, budget: Budget) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
 from trilemma.plan.optimize import Candidate, OptimizeResult, meets
 from trilemma.plan.simulate import SimResult
 from trilemma.plan.thresholds import Threshold
-from trilemma.spec import ModelProfile, Workflow
+from trilemma.spec import Budget, ModelProfile, Workflow
 
 if TYPE_CHECKING:  # the executor loads only for the commands that run it
     from trilemma.experiments.compare import Contender
@@ -267,10 +267,15 @@ def frontier_table(frontier: Sequence[Candidate], r: OptimizeResult, limit: int 
               title_justify="left")  # fmt: skip
     for col in ("cost worst", "cost expected", "latency", "reliability", "meets budget", "levers"):
         t.add_column(col, justify="left" if col == "levers" else "right")
+    budget, on = r.budget, r.budget_on
+    if on == "enforced":  # on paper only the floor binds; the answer was simulated
+        budget, on = Budget(min_reliability=r.budget.min_reliability), "expected"
     for c in rows:
         t.add_row(_usd(c.cost_worst), _usd(c.cost_expected), f"{c.latency_s:.2f}s",
-                  _pct(c.reliability), "yes" if meets(c, r.budget, r.budget_on) else "",
+                  _pct(c.reliability), "yes" if meets(c, budget, on) else "",
                   describe(c))  # fmt: skip
+    if r.budget_on == "enforced":
+        t.caption = "meets budget: the reliability floor on paper (the rest is enforced)"
     return t
 
 
@@ -315,8 +320,13 @@ def optimize_view(r: OptimizeResult) -> Group:
         cut = [e.id for e in o.per_step if e.id not in kept]
         t.add_row("cut", "", ", ".join(cut))
     bud = r.budget
+    if r.enforced is not None:
+        lo, hi = r.enforced.ci95
+        t.add_row("success, budgets enforced", "", f"{_pct(r.enforced.success_rate)} "
+                  f"[{_pct(lo)}, {_pct(hi)}]")  # fmt: skip
+    held = "enforced" if r.budget_on == "enforced" else f"on {r.budget_on} figures"
     t.caption = (
-        f"budget on {r.budget_on} figures: cost <= {_usd(bud.max_cost_usd)}, latency <= "
+        f"budget {held}: cost <= {_usd(bud.max_cost_usd)}, latency <= "
         f"{bud.deadline_s if bud.deadline_s is not None else '-'}s, reliability >= "
         f"{_pct(bud.min_reliability) if bud.min_reliability else '-'}"
     )
