@@ -75,6 +75,10 @@ def plot_frontier(r: OptimizeResult, path: str | Path) -> Path:
     if r.best_estimate is not None:
         ax.scatter([r.best_estimate.cost_worst], [r.best_estimate.reliability], marker="*",
                    s=250, color="tab:red", label="chosen")  # fmt: skip
+        if r.enforced is not None:  # what the run's own ceiling and deadline leave of it
+            ax.scatter([r.best_estimate.cost_worst], [r.enforced.success_rate], marker="*",
+                       s=250, facecolors="none", edgecolors="tab:red",
+                       label="chosen, budgets enforced (Monte Carlo)")  # fmt: skip
     ax.scatter([r.original.cost_worst], [r.original.reliability], marker="X", s=120,
                color="black", label="original")  # fmt: skip
     if r.budget.max_cost_usd is not None:
