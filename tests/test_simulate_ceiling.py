@@ -11,6 +11,7 @@ import pytest
 
 from trilemma import load_workflow, parse_workflow, simulate
 from trilemma.experiments.compare import compare
+from trilemma.experiments.trials import time_scaled
 from trilemma.journal import Journal
 from trilemma.plan.simulate import simulate_loop
 from trilemma.run.session import execute
@@ -107,9 +108,7 @@ stop_when: guess
 def test_the_executor_measures_what_the_monte_carlo_predicts(tmp_path: Path) -> None:
     """300 runs of the chain under its own ceiling, in a hundredth of its time."""
     wf = load_workflow(CHAIN)
-    fast = wf.model_copy(update={"models": {
-        k: m.model_copy(update={"latency_s": m.latency_s / 1000}) for k, m in wf.models.items()
-    }})  # fmt: skip
+    fast = time_scaled(wf, 0.001)
     predicted = simulate(wf, 200_000, seed=1, max_cost_usd=0.18)
     journal = Journal(tmp_path / "j.db")
     with fast_retries():
@@ -177,9 +176,7 @@ def test_a_routed_step_sends_its_classifier_then_what_fits(tmp_path: Path) -> No
     assert ok == pytest.approx(r.success_rate, abs=0.01) and cost == pytest.approx(0.032)
     nothing = simulate(wf, 1_000, seed=1, max_cost_usd=0.001)  # not even the classifier
     assert nothing.calls.mean == 0 and nothing.cost_usd.mean == 0
-    fast = wf.model_copy(update={"models": {
-        k: m.model_copy(update={"latency_s": m.latency_s / 1000}) for k, m in wf.models.items()
-    }})  # fmt: skip
+    fast = time_scaled(wf, 0.001)
     journal = Journal(tmp_path / "j.db")
     with fast_retries():
         runs = [execute(fast, journal=journal, seed=i, max_cost_usd=0.05) for i in range(200)]
