@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from .conftest import BASE_SPEC, EXAMPLES
@@ -224,3 +226,37 @@ def test_bad_flags_exit_2_with_one_line(cli, args: list[str]) -> None:
     assert r.code == 2, (r.out, r.err)
     assert len(r.err.strip().splitlines()) == 1, r.err
     assert "Traceback" not in r.err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["simulate", str(EXAMPLES / "ceiling.yaml"), "--plot", "{missing}/x.png"],
+        ["optimize", str(EXAMPLES / "seed-chain.yaml"), "--plot", "{missing}/x.png"],
+        ["optimize", str(EXAMPLES / "seed-chain.yaml"), "--out", "{missing}/x.yaml"],
+        ["sweep", str(EXAMPLES / "cascade.yaml"), "--max-cost", "0.01", "--runs", "2", "--plot", "{missing}/x.png"],
+        ["compare", str(EXAMPLES / "single.yaml"), "--runs", "2", "--plot", "{missing}/x.png"],
+        ["exercise", "32.10.2", "--plot", "{missing}/x.png"],
+        ["calibrate", "--model", "m", "--from-journal", "j.db", "--out", "{missing}/m.yaml"],
+    ],
+)
+def test_an_output_path_in_a_missing_folder_is_refused_before_any_work(
+    cli, tmp_path: Path, args: list[str]
+) -> None:
+    missing = tmp_path / "nope"
+    journal = tmp_path / "j.db"
+    extra = ["--journal", journal] if args[0] in ("sweep", "compare") else []
+    r = cli(*[a.format(missing=missing) for a in args], *extra)
+    assert r.code == 2, r.out + r.err
+    assert f"the folder {missing} does not exist" in r.err and "Traceback" not in r.err
+    assert not journal.exists()  # nothing ran
+
+
+def test_a_plot_that_cannot_be_written_is_a_usage_error(tmp_path: Path) -> None:
+    from trilemma import load_workflow, simulate
+    from trilemma.errors import UsageError
+    from trilemma.report.plots import plot_simulation
+
+    r = simulate(load_workflow(str(EXAMPLES / "ceiling.yaml")), 100, seed=1, keep=True)
+    with pytest.raises(UsageError, match=r"--plot .*: cannot write"):
+        plot_simulation(r, tmp_path / "gone" / "x.png")

@@ -373,7 +373,6 @@ def test_simulate_hedge_prints_the_table_writes_json_and_a_plot(
         (["--hedge", "inf"], "a threshold must be a number of seconds above 0"),
         (["--hedge", "=3"], "name the model before '=', as in --hedge premium=3"),
         (["--hedge", "60"], "60 s is not below model 'premium''s timeout_s (60)"),
-        (["--plot", "x.png"], "--plot draws the thresholds of --hedge"),
     ],
 )
 def test_bad_hedge_thresholds_exit_2_naming_the_flag(

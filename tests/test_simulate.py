@@ -235,3 +235,17 @@ def test_a_long_spec_is_simulated_in_chunks_that_bound_its_memory() -> None:
     small: list[int] = []
     simulate(load_workflow(EXAMPLES / "seed-chain.yaml"), CHUNK + 1, seed=1, progress=small.append)
     assert small == [CHUNK, 1]
+
+
+def test_cli_simulate_plots_cost_and_latency_per_run(cli, tmp_path) -> None:
+    png = tmp_path / "sim.png"
+    r = cli("simulate", EXAMPLES / "ceiling.yaml", "--runs", "20000", "--ceiling", "--plot", png)
+    assert r.code == 0, r.err
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 20_000
+    kept = simulate(load_workflow(EXAMPLES / "ceiling.yaml"), 5_000, seed=1, keep=True)
+    assert kept.samples is not None and kept.samples["cost"].shape == (5_000,)
+    assert kept.samples["ok"].mean() == kept.success_rate
+    from trilemma.report.plots import plot_simulation
+
+    with pytest.raises(ValueError, match="keep=True"):
+        plot_simulation(simulate(load_workflow(EXAMPLES / "ceiling.yaml"), 100, seed=1), png)

@@ -80,6 +80,18 @@ def write_atomic(path: Path, text: str) -> None:
         raise UsageError(f"--out {path}: cannot write: {exc.strerror}") from None
 
 
+def writable(flag: str, path: Path | None) -> None:
+    """Refuse, before any work is done, an output path whose folder is missing or read-only."""
+    if path is None:
+        return
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist; create it or "
+                         "give another path")  # fmt: skip
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path}: the folder {folder} is not writable; give another path")
+
+
 JournalOpt = Annotated[
     Path, typer.Option("--journal", help="The journal (SQLite) file.", show_default=True)
 ]

@@ -19,6 +19,7 @@ from trilemma.cli._common import (
     positive,
     progress,
     stdout_console,
+    writable,
     write_atomic,
 )
 from trilemma.errors import UsageError
@@ -132,6 +133,7 @@ def calibrate_cmd(
                          "ledger), one of the two")  # fmt: skip
     if check and from_journal is None:
         raise UsageError("--check compares a profile with the ledger: give --from-journal PATH")
+    writable("--out", out)
     if from_journal is not None:
         return _fit_ledger(model, from_journal, spec, out, as_json, check)
     assert suite is not None
@@ -242,6 +244,7 @@ def cliff_cmd(
     from trilemma.journal import Journal
 
     positive("--runs", runs)
+    writable("--plot", plot)
     try:
         lengths = [int(x) for x in steps.split(",") if x.strip()]
     except ValueError:
@@ -324,6 +327,7 @@ def sweep_cmd(
 
     if max_cost is None and deadline is None:
         raise UsageError("give the budgets to sweep: --max-cost 0.1,0.2 and/or --deadline 5,10")
+    writable("--plot", plot)
     budgets = [Limits(c, d) for c in _numbers("--max-cost", max_cost)
                for d in _numbers("--deadline", deadline)]  # fmt: skip
     wf = load_workflow(file)
@@ -359,6 +363,7 @@ def compare_cmd(
     from trilemma.experiments.compare import compare
     from trilemma.journal import Journal
 
+    writable("--plot", plot)
     specs = [(str(f), load_workflow(f)) for f in files]
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:

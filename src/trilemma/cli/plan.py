@@ -17,6 +17,7 @@ from trilemma.cli._common import (
     positive,
     progress,
     stdout_console,
+    writable,
     write_atomic,
 )
 from trilemma.errors import UsageError
@@ -99,9 +100,10 @@ def simulate(
         help="Compare hedge thresholds for MODEL: seconds (3), percentiles of its latency "
              "(p90) or none; MODEL= may be left out when the spec has one model.",
     )] = None,
-    plot: Annotated[
-        Path | None, typer.Option(help="With --hedge: write cost against p50/p95/p99 as a PNG.")
-    ] = None,
+    plot: Annotated[Path | None, typer.Option(
+        help="Write cost and latency per run as histograms (PNG); with --hedge, each "
+             "threshold's cost against p50/p95/p99.",
+    )] = None,
     as_json: JsonFlag = False,
 ) -> int:
     """Monte Carlo of a workflow: success rate with a 95% interval, cost and latency tails.
@@ -113,8 +115,7 @@ def simulate(
     Example: trilemma simulate examples/ceiling.yaml --ceiling
     """  # fmt: skip
     positive("--runs", runs)
-    if plot is not None and hedge is None:
-        raise UsageError("--plot draws the thresholds of --hedge; give --hedge MODEL=T,T,... too")
+    writable("--plot", plot)
     wf = load_workflow(spec)
     overrides = {
         k: v
@@ -136,7 +137,11 @@ def simulate(
     with progress(show) as bar:
         task = bar.add_task("simulating", total=runs)
         result = simulate_wf(wf, runs, seed, settings, halt=halt, max_cost_usd=cap,
-                             progress=lambda n: bar.advance(task, n))  # fmt: skip
+                             keep=plot is not None, progress=lambda n: bar.advance(task, n))  # fmt: skip
+    if plot is not None:
+        from trilemma.report.plots import plot_simulation
+
+        plot_simulation(result, plot, f"Monte Carlo of {spec}")
     if as_json:
         emit_json(result.to_json())
     else:
@@ -225,6 +230,8 @@ def optimize(
 
     Example: trilemma optimize examples/seed-chain.yaml --max-cost 0.10 --min-reliability 0.95
     """
+    writable("--out", out)
+    writable("--plot", plot)
     wf = load_workflow(spec)
     flags = dict(max_cost_usd=max_cost, deadline_s=max_latency, min_reliability=min_reliability)
     budget = Budget(
@@ -350,6 +357,7 @@ def exercise(
 
     Example: trilemma exercise 32.10.2 --plot routing.png
     """
+    writable("--plot", plot)
     console = stdout_console()
     if number is ExerciseId.sizing:
         ans = ticket_spend(tickets_per_day)

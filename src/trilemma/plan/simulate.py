@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -123,6 +123,8 @@ class SimResult:
     """The spend ceiling simulated (None: spend unbounded)."""
     ceiling_hits: int = 0
     """Trajectories stopped by the ceiling: a call's worst case did not fit."""
+    samples: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    """With ``keep=True``: per trajectory, ``cost``, ``latency`` and ``ok`` (for plots)."""
 
     @property
     def success_rate(self) -> float:
@@ -285,12 +287,14 @@ def simulate(
     halt: bool = True,
     progress: Callable[[int], object] | None = None,
     max_cost_usd: float | None = None,
+    keep: bool = False,
 ) -> SimResult:
     """Simulate ``runs`` trajectories of a workflow; reproducible with ``seed``.
 
     ``progress`` is called with the number of trajectories each chunk finished.
     ``max_cost_usd``: a spend ceiling to hold as the executor does (None: unbounded, whatever
-    the spec's budget says).
+    the spec's budget says). ``keep``: keep every trajectory's cost, latency and outcome in
+    :attr:`SimResult.samples`.
     """
     if runs < 1:
         raise ValueError("runs must be a positive integer")
@@ -324,6 +328,7 @@ def simulate(
         deadline_hits=int(late.sum()),
         max_cost_usd=max_cost_usd,
         ceiling_hits=int(broke.sum()),
+        samples={"cost": cost, "latency": latency, "ok": ok} if keep else None,
     )
 
 

@@ -13,8 +13,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from trilemma.errors import UsageError
 from trilemma.plan.exercises import RoutingSweep
 from trilemma.plan.optimize import OptimizeResult
+from trilemma.plan.simulate import SimResult
 from trilemma.plan.thresholds import Threshold
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ __all__ = [
     "plot_frontier",
     "plot_hedge",
     "plot_routing",
+    "plot_simulation",
     "plot_sweep",
     "timeline_png",
 ]
@@ -36,8 +39,41 @@ __all__ = [
 def _save(fig: Any, target: str | Path | io.BytesIO) -> None:
     """Lay the figure out, write it as a PNG (to a file or a buffer) and free it."""
     fig.tight_layout()
-    fig.savefig(target, dpi=110, format="png")
-    plt.close(fig)
+    try:
+        fig.savefig(target, dpi=110, format="png")
+    except OSError as exc:  # a --plot path in a folder that does not exist, or is read-only
+        raise UsageError(f"--plot {target}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+
+
+def plot_simulation(r: SimResult, path: str | Path, title: str = "Monte Carlo") -> Path:
+    """Cost and latency per run as histograms, succeeded and failed stacked, with the p50, p95
+    and p99 lines and the ceiling or deadline simulated. Needs ``simulate(..., keep=True)``."""
+    if r.samples is None:
+        raise ValueError("plot_simulation needs the runs: simulate(..., keep=True)")
+    ok = r.samples["ok"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    panels = (("cost", "dollars per run", r.cost_usd, r.max_cost_usd, "ceiling"),
+              ("latency", "seconds per run", r.latency_s, r.deadline_s, "deadline"))  # fmt: skip
+    for ax, (key, unit, summary, limit, name) in zip(axes, panels, strict=True):
+        values = r.samples[key]
+        ax.hist([values[ok], values[~ok]], bins=60, stacked=True, color=["tab:blue", "tab:red"],
+                label=[f"succeeded ({ok.mean():.1%})", "failed"])  # fmt: skip
+        for q, style in (("p50", ":"), ("p95", "--"), ("p99", "-.")):
+            ax.axvline(getattr(summary, q), color="black", linestyle=style, alpha=0.7,
+                       label=f"{q} {getattr(summary, q):.4g}")  # fmt: skip
+        if limit is not None:
+            ax.axvline(limit, color="tab:red", linewidth=2, alpha=0.6, label=f"the {name}")
+        ax.set_xlabel(unit)
+        ax.set_ylabel("runs")
+        ax.set_title(f"{key}: mean {summary.mean:.4g}")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    seeded = "unseeded" if r.seed is None else f"seed {r.seed}"
+    fig.suptitle(f"{title}, {r.runs:,} runs ({seeded})")
+    _save(fig, path)
+    return Path(path)
 
 
 def plot_routing(r: RoutingSweep, path: str | Path) -> Path:
