@@ -92,3 +92,26 @@ def test_reliability_is_the_product_of_step_success(spec: dict[str, Any]) -> Non
         product *= s.p_step
     assert abs(e.reliability - product) < 1e-12
     assert 0.0 <= e.reliability <= 1.0
+
+
+@given(workflows(), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+@settings(max_examples=60, deadline=None)
+def test_a_spend_ceiling_in_the_monte_carlo_keeps_its_laws(
+    spec: dict[str, Any], a: float, b: float
+) -> None:
+    """Under any ceiling no trajectory spends past it; a higher ceiling stops no trajectory a
+    lower one lets through (the draws do not depend on the ceiling, so this holds run by
+    run); the worst case as a ceiling stops none."""
+    from trilemma import simulate
+
+    wf = workflow_from_dict(spec)
+    worst = _est(spec).cost_worst
+    low, high = sorted((a * worst, b * worst))
+    runs = {cap: simulate(wf, 2_000, seed=3, max_cost_usd=cap, keep=True)
+            for cap in (low, high, worst + 1e-9)}  # fmt: skip
+    for cap, r in runs.items():
+        assert r.samples is not None and r.samples["cost"].max() <= cap + 1e-9
+    lo_ok, hi_ok = runs[low].samples["ok"], runs[high].samples["ok"]  # type: ignore[index]
+    assert not (lo_ok & ~hi_ok).any()
+    assert runs[low].ceiling_hits >= runs[high].ceiling_hits
+    assert runs[worst + 1e-9].ceiling_hits == 0
