@@ -198,3 +198,44 @@ def test_run_sets_the_monte_carlo_under_its_budget_beside_it(cli: Any, write: An
     assert "under its budget" in table.out and "$0.5000 ceiling and 60s deadline" in table.out
     plain = write(fast.read_text().replace("max_cost_usd: 0.18, ", ""))
     assert cli("run", plain, "--journal", db, "--json").json()["predicted_under_budget"] is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "share", "ceiling"),
+    [
+        ("ceiling.yaml", 0.95, 0.21),  # seven calls: two retries among five steps
+        ("ceiling.yaml", 0.5, 0.15),  # five calls: no retry at all (0.9^5 = 59%)
+        ("cascade.yaml", 0.95, 0.036),  # three small calls and one escalation
+    ],
+)
+def test_the_smallest_ceiling_for_a_share_of_runs(spec: str, share: float, ceiling: float) -> None:
+    from trilemma.plan.simulate import smallest_ceiling
+
+    found = smallest_ceiling(load_workflow(EXAMPLES / spec), share, 20_000, seed=1)
+    assert found.ceiling == pytest.approx(ceiling, abs=1e-9)
+    assert found.at.success_rate >= share and found.at.max_cost_usd == found.ceiling
+    assert found.below is not None and found.below.success_rate < share
+
+
+def test_no_ceiling_reaches_a_share_the_spec_misses_without_one(cli: Any) -> None:
+    from trilemma.plan.simulate import smallest_ceiling
+
+    found = smallest_ceiling(load_workflow(EXAMPLES / "seed-chain.yaml"), 0.95, 10_000, seed=1)
+    assert found.ceiling is None and found.at.success_rate < 0.95 and found.below is None
+    with pytest.raises(ValueError, match="target"):
+        smallest_ceiling(load_workflow(CHAIN), 1.5, 100)
+    r = cli("simulate", EXAMPLES / "seed-chain.yaml", "--ceiling-for", "0.95", "--runs", "10000")
+    assert r.code == 1 and "No ceiling lets 95.00% of runs finish" in r.out
+
+
+def test_simulate_cli_finds_the_ceiling(cli: Any) -> None:
+    r = cli("simulate", CHAIN, "--ceiling-for", "0.95", "--runs", "20000", "--seed", "1", "--json")
+    assert r.code == 0 and r.json()["max_cost_usd"] == 0.21
+    assert r.json()["below"]["max_cost_usd"] == 0.209999
+    text = cli("simulate", CHAIN, "--ceiling-for", "0.95", "--runs", "20000", "--seed", "1").out
+    assert "Smallest ceiling under which 95.00% of runs finish: $0.2100" in text
+    assert "--max-cost 0.21" in text
+    clash = cli("simulate", CHAIN, "--ceiling-for", "0.95", "--max-cost", "0.3")
+    assert clash.code == 2 and "without --max-cost" in clash.err
+    zero = cli("simulate", CHAIN, "--ceiling-for", "0")
+    assert zero.code == 2 and "above 0" in zero.err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -95,6 +96,11 @@ def simulate(
         "--ceiling", help="Hold the spec's budget.max_cost_usd as a spend ceiling (not held "
                           "by default: it is also the optimizer's target for expected cost).",
     )] = False,
+    ceiling_for: Annotated[float | None, typer.Option(
+        "--ceiling-for", min=0.0, max=1.0, metavar="SHARE",
+        help="Find the smallest spend ceiling under which this share of runs still finishes "
+             "(0.95), to a millionth of a dollar.",
+    )] = None,
     hedge: Annotated[str | None, typer.Option(
         metavar="MODEL=T,T,...",
         help="Compare hedge thresholds for MODEL: seconds (3), percentiles of its latency "
@@ -113,6 +119,8 @@ def simulate(
     Example: trilemma simulate examples/jittery.yaml --hedge premium=p95,p80,p50 --plot hedge.png
 
     Example: trilemma simulate examples/ceiling.yaml --ceiling
+
+    Example: trilemma simulate examples/ceiling.yaml --ceiling-for 0.95
     """  # fmt: skip
     positive("--runs", runs)
     writable("--plot", plot)
@@ -131,6 +139,8 @@ def simulate(
             raise UsageError(f"--deadline {deadline:g}: give seconds above 0")
         wf = wf.with_budget(deadline_s=deadline)
     cap = _ceiling(spec, wf, max_cost, ceiling)
+    if ceiling_for is not None:
+        return _ceiling_for(wf, ceiling_for, runs, seed, cap, hedge, as_json)
     if hedge is not None:
         return _hedge_thresholds(wf, hedge, runs, seed, settings, halt, plot, as_json, cap)
     show = not as_json and sys.stderr.isatty() and runs >= 2_000_000
@@ -147,6 +157,29 @@ def simulate(
     else:
         stdout_console().print(tables.simulate_table(result, estimate_wf(wf)))
     return 0
+
+
+def _ceiling_for(
+    wf: Workflow, share: float, runs: int, seed: int | None, cap: float | None,
+    hedge: str | None, as_json: bool,
+) -> int:  # fmt: skip
+    """``simulate --ceiling-for``: 0 with the ceiling found, 1 when none reaches the share."""
+    from trilemma.plan.simulate import smallest_ceiling
+
+    if cap is not None or hedge is not None:
+        raise UsageError("--ceiling-for finds a ceiling: give it without --max-cost, --ceiling "
+                         "or --hedge")  # fmt: skip
+    if share <= 0:
+        raise UsageError(f"--ceiling-for {share:g}: give the share of runs to finish, above 0")
+    show = not as_json and sys.stderr.isatty()
+    with Console(stderr=True).status("bisecting the ceiling") if show else nullcontext():
+        found = smallest_ceiling(wf, share, runs, seed)
+    if as_json:
+        emit_json({**found.to_json(), "runs": runs, "seed": seed})
+    else:
+        for line in tables.ceiling_for_lines(found, estimate_wf(wf)):
+            stdout_console().print(line, highlight=False)
+    return 0 if found.ceiling is not None else 1
 
 
 def _ceiling(spec: Path, wf: Workflow, max_cost: float | None, ceiling: bool) -> float | None:

@@ -49,11 +49,20 @@ from typing import Any
 import numpy as np
 
 from trilemma import dag
-from trilemma.plan.estimate import CACHE_HIT_LATENCY_S
+from trilemma.plan.estimate import CACHE_HIT_LATENCY_S, estimate
 from trilemma.plan.hedge import call_price
 from trilemma.spec import Simulation, Step, Workflow
 
-__all__ = ["PREDICTION_RUNS", "SimResult", "Summary", "simulate", "simulate_loop", "under_budget"]
+__all__ = [
+    "PREDICTION_RUNS",
+    "CeilingFor",
+    "SimResult",
+    "Summary",
+    "simulate",
+    "simulate_loop",
+    "smallest_ceiling",
+    "under_budget",
+]
 
 CHUNK = 262_144
 PREDICTION_RUNS = 100_000
@@ -354,6 +363,59 @@ def under_budget(
     prediction set beside measured figures (compare, sweep, optimize's check of its budgets)."""
     return simulate(wf.with_budget(deadline_s=deadline_s), PREDICTION_RUNS, seed,
                     max_cost_usd=max_cost_usd)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class CeilingFor:
+    """The smallest spend ceiling under which a share of runs still finishes."""
+
+    target: float
+    """The share of runs asked for."""
+    ceiling: float | None
+    """Dollars, rounded up to a millionth (None: no ceiling reaches ``target``)."""
+    at: SimResult
+    """The Monte Carlo at ``ceiling`` (or, when none reaches it, with no ceiling at all)."""
+    below: SimResult | None
+    """The Monte Carlo a millionth of a dollar below ``ceiling``."""
+
+    def to_json(self) -> dict[str, Any]:
+        """``simulate --ceiling-for --json``."""
+        return {"target": self.target, "max_cost_usd": self.ceiling,
+                "success_rate": self.at.success_rate, "budget_exhausted_rate":
+                self.at.ceiling_hits / self.at.runs,
+                "below": None if self.below is None else {
+                    "max_cost_usd": self.below.max_cost_usd,
+                    "success_rate": self.below.success_rate}}  # fmt: skip
+
+
+def smallest_ceiling(wf: Workflow, target: float, runs: int, seed: int | None = None) -> CeilingFor:
+    """The smallest ceiling (to a millionth of a dollar) under which ``target`` of ``runs``
+    trajectories finish. Every trajectory draws the same with any ceiling, so success can
+    only grow with the ceiling, and a bisection finds where it crosses ``target``."""
+    if not 0.0 < target <= 1.0:
+        raise ValueError("target must be a share of runs in (0, 1]")
+
+    def run(cap: float | None) -> SimResult:
+        return simulate(wf, runs, seed, max_cost_usd=cap)
+
+    free = run(None)
+    if free.success_rate < target:  # no ceiling at all gets there
+        return CeilingFor(target, None, free, None)
+    hi = max(estimate(wf).cost_worst, 1e-6)
+    while run(hi).ceiling_hits:  # reservations above the prices: the worst case is not enough
+        hi *= 2
+    lo = 0.0
+    while hi - lo > 1e-7:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if run(mid).success_rate >= target else (mid, hi)
+    cap = math.ceil(hi * 1e6) / 1e6  # a millionth at or above the step: it meets the target
+    at, below = run(cap), None
+    while cap >= 2e-6:  # the step may sit a millionth lower than the rounding put it
+        below = run(round(cap - 1e-6, 6))
+        if below.success_rate < target:
+            break
+        cap, at, below = round(cap - 1e-6, 6), below, None
+    return CeilingFor(target, cap, at, below)
 
 
 def _cut_of(wf: Workflow, order: list[str]) -> _Cut | None:

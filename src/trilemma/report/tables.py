@@ -13,7 +13,7 @@ from rich.text import Text
 from trilemma.plan.estimate import Estimate
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
 from trilemma.plan.optimize import Candidate, OptimizeResult, meets
-from trilemma.plan.simulate import SimResult
+from trilemma.plan.simulate import CeilingFor, SimResult
 from trilemma.plan.thresholds import Threshold
 from trilemma.spec import Budget, ModelProfile, Workflow
 
@@ -201,6 +201,24 @@ def fit_table(f: LedgerFit, base: ModelProfile) -> Table:
         t.caption = ("no single-call attempt was judged, so p_ok keeps the profile's: only a "
                      "gate (or the simulator's check) tells a wrong answer")  # fmt: skip
     return t
+
+
+def ceiling_for_lines(f: CeilingFor, e: Estimate) -> list[str]:
+    """``simulate --ceiling-for``: the ceiling found, beside the planner's cost figures."""
+    runs = f"{f.at.runs:,} runs"
+    costs = f"expected cost {_usd(e.cost_expected)}, worst case {_usd(e.cost_worst)}"
+    if f.ceiling is None:
+        return [f"No ceiling lets {_pct(f.target)} of runs finish: without one, "
+                f"{_pct(f.at.success_rate)} do ({runs}). Raise p_ok or retries first "
+                "(`trilemma optimize`)."]  # fmt: skip
+    lo, hi = f.at.ci95
+    lines = [f"Smallest ceiling under which {_pct(f.target)} of runs finish: "
+             f"{_usd(f.ceiling)} ({_pct(f.at.success_rate)} [{_pct(lo)}, {_pct(hi)}] "
+             f"finish, {_pct(f.at.ceiling_hits / f.at.runs)} stopped; {runs})."]  # fmt: skip
+    if f.below is not None:
+        lines.append(f"A millionth of a dollar less, {_pct(f.below.success_rate)} finish.")
+    lines.append(f"Planner: {costs}; run it with --max-cost {f.ceiling:g}.")
+    return lines
 
 
 def drift_lines(drift: Sequence[Drift], model: str) -> list[str]:
