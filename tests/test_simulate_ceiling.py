@@ -209,21 +209,36 @@ def test_run_sets_the_monte_carlo_under_its_budget_beside_it(cli: Any, write: An
     ],
 )
 def test_the_smallest_ceiling_for_a_share_of_runs(spec: str, share: float, ceiling: float) -> None:
-    from trilemma.plan.simulate import smallest_ceiling
+    from trilemma.plan.simulate import smallest_budget
 
-    found = smallest_ceiling(load_workflow(EXAMPLES / spec), share, 20_000, seed=1)
-    assert found.ceiling == pytest.approx(ceiling, abs=1e-9)
-    assert found.at.success_rate >= share and found.at.max_cost_usd == found.ceiling
+    found = smallest_budget(load_workflow(EXAMPLES / spec), share, 20_000, seed=1)
+    assert found.value == pytest.approx(ceiling, abs=1e-9)
+    assert found.at.success_rate >= share and found.at.max_cost_usd == found.value
     assert found.below is not None and found.below.success_rate < share
 
 
-def test_no_ceiling_reaches_a_share_the_spec_misses_without_one(cli: Any) -> None:
-    from trilemma.plan.simulate import smallest_ceiling
+def test_the_smallest_deadline_for_a_share_of_runs() -> None:
+    """Without jitter the chain's runs take 10, 12, 14 s... (2 s a call): 95% need the time
+    of two retries, 14 s exactly; a millisecond less leaves the runs of at most one."""
+    from trilemma.plan.simulate import smallest_budget
 
-    found = smallest_ceiling(load_workflow(EXAMPLES / "seed-chain.yaml"), 0.95, 10_000, seed=1)
-    assert found.ceiling is None and found.at.success_rate < 0.95 and found.below is None
+    found = smallest_budget(load_workflow(CHAIN), 0.95, 20_000, seed=1, kind="deadline_s")
+    assert found.value == 14.0 and found.at.deadline_s == 14.0
+    assert found.below is not None and found.below.deadline_s == 13.999
+    assert found.below.success_rate == pytest.approx(0.9**5 + 5 * 0.1 * 0.9**5, abs=0.01)
+    jittery = load_workflow(EXAMPLES / "jittery.yaml")
+    tail = smallest_budget(jittery, 0.95, 20_000, seed=1, kind="deadline_s")
+    free = simulate(jittery, 20_000, seed=1)
+    assert tail.value is not None and free.latency_s.p50 < tail.value < free.latency_s.p99
+
+
+def test_no_ceiling_reaches_a_share_the_spec_misses_without_one(cli: Any) -> None:
+    from trilemma.plan.simulate import smallest_budget
+
+    found = smallest_budget(load_workflow(EXAMPLES / "seed-chain.yaml"), 0.95, 10_000, seed=1)
+    assert found.value is None and found.at.success_rate < 0.95 and found.below is None
     with pytest.raises(ValueError, match="target"):
-        smallest_ceiling(load_workflow(CHAIN), 1.5, 100)
+        smallest_budget(load_workflow(CHAIN), 1.5, 100)
     r = cli("simulate", EXAMPLES / "seed-chain.yaml", "--ceiling-for", "0.95", "--runs", "10000")
     assert r.code == 1 and "No ceiling lets 95.00% of runs finish" in r.out
 
@@ -237,5 +252,10 @@ def test_simulate_cli_finds_the_ceiling(cli: Any) -> None:
     assert "--max-cost 0.21" in text
     clash = cli("simulate", CHAIN, "--ceiling-for", "0.95", "--max-cost", "0.3")
     assert clash.code == 2 and "without --max-cost" in clash.err
+    both = cli("simulate", CHAIN, "--ceiling-for", "0.95", "--deadline-for", "0.9")
+    assert both.code == 2 and "one search at a time" in both.err
+    late = cli("simulate", CHAIN, "--deadline-for", "0.95", "--runs", "20000", "--seed", "1", "--json")
+    assert late.code == 0 and late.json()["deadline_s"] == 14.0
+    assert late.json()["below"]["deadline_s"] == 13.999
     zero = cli("simulate", CHAIN, "--ceiling-for", "0")
     assert zero.code == 2 and "above 0" in zero.err

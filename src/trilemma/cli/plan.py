@@ -6,7 +6,7 @@ import sys
 from contextlib import nullcontext
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -101,6 +101,11 @@ def simulate(
         help="Find the smallest spend ceiling under which this share of runs still finishes "
              "(0.95), to a millionth of a dollar.",
     )] = None,
+    deadline_for: Annotated[float | None, typer.Option(
+        "--deadline-for", min=0.0, max=1.0, metavar="SHARE",
+        help="Find the smallest deadline under which this share of runs still finishes "
+             "(0.95), to a millisecond.",
+    )] = None,
     hedge: Annotated[str | None, typer.Option(
         metavar="MODEL=T,T,...",
         help="Compare hedge thresholds for MODEL: seconds (3), percentiles of its latency "
@@ -121,6 +126,8 @@ def simulate(
     Example: trilemma simulate examples/ceiling.yaml --ceiling
 
     Example: trilemma simulate examples/ceiling.yaml --ceiling-for 0.95
+
+    Example: trilemma simulate examples/jittery.yaml --deadline-for 0.95
     """  # fmt: skip
     positive("--runs", runs)
     writable("--plot", plot)
@@ -139,8 +146,9 @@ def simulate(
             raise UsageError(f"--deadline {deadline:g}: give seconds above 0")
         wf = wf.with_budget(deadline_s=deadline)
     cap = _ceiling(spec, wf, max_cost, ceiling)
-    if ceiling_for is not None:
-        return _ceiling_for(wf, ceiling_for, runs, seed, cap, hedge, as_json)
+    if ceiling_for is not None or deadline_for is not None:
+        return _budget_for(wf, ceiling_for, deadline_for, runs, seed,
+                           cap is not None or hedge is not None or deadline is not None, as_json)  # fmt: skip
     if hedge is not None:
         return _hedge_thresholds(wf, hedge, runs, seed, settings, halt, plot, as_json, cap)
     show = not as_json and sys.stderr.isatty() and runs >= 2_000_000
@@ -159,27 +167,36 @@ def simulate(
     return 0
 
 
-def _ceiling_for(
-    wf: Workflow, share: float, runs: int, seed: int | None, cap: float | None,
-    hedge: str | None, as_json: bool,
+def _budget_for(
+    wf: Workflow, ceiling_for: float | None, deadline_for: float | None, runs: int,
+    seed: int | None, other: bool, as_json: bool,
 ) -> int:  # fmt: skip
-    """``simulate --ceiling-for``: 0 with the ceiling found, 1 when none reaches the share."""
-    from trilemma.plan.simulate import smallest_ceiling
+    """``simulate --ceiling-for`` / ``--deadline-for``: 0 with the budget found, 1 when none
+    reaches the share."""
+    from trilemma.plan.simulate import smallest_budget
 
-    if cap is not None or hedge is not None:
-        raise UsageError("--ceiling-for finds a ceiling: give it without --max-cost, --ceiling "
-                         "or --hedge")  # fmt: skip
+    if ceiling_for is not None and deadline_for is not None:
+        raise UsageError("give --ceiling-for or --deadline-for, one search at a time")
+    flag = "--ceiling-for" if ceiling_for is not None else "--deadline-for"
+    share = ceiling_for if ceiling_for is not None else deadline_for
+    assert share is not None
+    if other:
+        raise UsageError(f"{flag} finds a budget: give it without --max-cost, --ceiling, "
+                         "--deadline or --hedge")  # fmt: skip
     if share <= 0:
-        raise UsageError(f"--ceiling-for {share:g}: give the share of runs to finish, above 0")
+        raise UsageError(f"{flag} {share:g}: give the share of runs to finish, above 0")
+    kind: Literal["max_cost_usd", "deadline_s"] = (
+        "max_cost_usd" if ceiling_for is not None else "deadline_s"
+    )
     show = not as_json and sys.stderr.isatty()
-    with Console(stderr=True).status("bisecting the ceiling") if show else nullcontext():
-        found = smallest_ceiling(wf, share, runs, seed)
+    with Console(stderr=True).status(f"bisecting ({flag})") if show else nullcontext():
+        found = smallest_budget(wf, share, runs, seed, kind)
     if as_json:
         emit_json({**found.to_json(), "runs": runs, "seed": seed})
     else:
-        for line in tables.ceiling_for_lines(found, estimate_wf(wf)):
+        for line in tables.budget_for_lines(found, estimate_wf(wf)):
             stdout_console().print(line, highlight=False)
-    return 0 if found.ceiling is not None else 1
+    return 0 if found.value is not None else 1
 
 
 def _ceiling(spec: Path, wf: Workflow, max_cost: float | None, ceiling: bool) -> float | None:

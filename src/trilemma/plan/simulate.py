@@ -44,7 +44,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -55,12 +55,12 @@ from trilemma.spec import Simulation, Step, Workflow
 
 __all__ = [
     "PREDICTION_RUNS",
-    "CeilingFor",
+    "BudgetFor",
     "SimResult",
     "Summary",
     "simulate",
     "simulate_loop",
-    "smallest_ceiling",
+    "smallest_budget",
     "under_budget",
 ]
 
@@ -366,56 +366,78 @@ def under_budget(
 
 
 @dataclass(frozen=True, slots=True)
-class CeilingFor:
-    """The smallest spend ceiling under which a share of runs still finishes."""
+class BudgetFor:
+    """The smallest spend ceiling, or deadline, under which a share of runs still finishes."""
 
+    kind: Literal["max_cost_usd", "deadline_s"]
+    """Which budget was searched."""
     target: float
     """The share of runs asked for."""
-    ceiling: float | None
-    """Dollars, rounded up to a millionth (None: no ceiling reaches ``target``)."""
+    value: float | None
+    """Dollars to a millionth, or seconds to a millisecond, rounded up (None: no budget
+    reaches ``target``)."""
     at: SimResult
-    """The Monte Carlo at ``ceiling`` (or, when none reaches it, with no ceiling at all)."""
+    """The Monte Carlo at ``value`` (or, when none reaches it, with no such budget at all)."""
     below: SimResult | None
-    """The Monte Carlo a millionth of a dollar below ``ceiling``."""
+    """The Monte Carlo one unit (a millionth of a dollar, a millisecond) below ``value``."""
 
     def to_json(self) -> dict[str, Any]:
-        """``simulate --ceiling-for --json``."""
-        return {"target": self.target, "max_cost_usd": self.ceiling,
-                "success_rate": self.at.success_rate, "budget_exhausted_rate":
-                self.at.ceiling_hits / self.at.runs,
-                "below": None if self.below is None else {
-                    "max_cost_usd": self.below.max_cost_usd,
-                    "success_rate": self.below.success_rate}}  # fmt: skip
+        """``simulate --ceiling-for`` / ``--deadline-for`` with ``--json``."""
+        hits = self.at.ceiling_hits if self.kind == "max_cost_usd" else self.at.deadline_hits
+        rate = "budget_exhausted_rate" if self.kind == "max_cost_usd" else "deadline_rate"
+        below = self.below
+        return {"target": self.target, self.kind: self.value,
+                "success_rate": self.at.success_rate, rate: hits / self.at.runs,
+                "below": None if below is None else {
+                    self.kind: below.max_cost_usd if self.kind == "max_cost_usd" else below.deadline_s,
+                    "success_rate": below.success_rate}}  # fmt: skip
 
 
-def smallest_ceiling(wf: Workflow, target: float, runs: int, seed: int | None = None) -> CeilingFor:
-    """The smallest ceiling (to a millionth of a dollar) under which ``target`` of ``runs``
-    trajectories finish. Every trajectory draws the same with any ceiling, so success can
-    only grow with the ceiling, and a bisection finds where it crosses ``target``."""
+def smallest_budget(
+    wf: Workflow,
+    target: float,
+    runs: int,
+    seed: int | None = None,
+    kind: Literal["max_cost_usd", "deadline_s"] = "max_cost_usd",
+) -> BudgetFor:
+    """The smallest ceiling (to a millionth of a dollar) or deadline (to a millisecond)
+    under which ``target`` of ``runs`` trajectories finish. Every trajectory draws the same
+    under any budget, so success can only grow with it, and a bisection finds where it
+    crosses ``target``. A ceiling is searched under the spec's own deadline; a deadline
+    with spend unbounded."""
     if not 0.0 < target <= 1.0:
         raise ValueError("target must be a share of runs in (0, 1]")
+    cost = kind == "max_cost_usd"
+    unit = 1e-6 if cost else 1e-3
+    digits = 6 if cost else 3
 
-    def run(cap: float | None) -> SimResult:
-        return simulate(wf, runs, seed, max_cost_usd=cap)
+    def run(v: float | None, keep: bool = False) -> SimResult:
+        if cost:
+            return simulate(wf, runs, seed, max_cost_usd=v, keep=keep)
+        return simulate(wf.with_budget(deadline_s=v), runs, seed, keep=keep)
 
-    free = run(None)
-    if free.success_rate < target:  # no ceiling at all gets there
-        return CeilingFor(target, None, free, None)
-    hi = max(estimate(wf).cost_worst, 1e-6)
-    while run(hi).ceiling_hits:  # reservations above the prices: the worst case is not enough
-        hi *= 2
+    free = run(None, keep=True)
+    if free.success_rate < target:  # no such budget at all gets there
+        return BudgetFor(kind, target, None, free, None)
+    if cost:
+        hi = max(estimate(wf).cost_worst, unit)
+        while run(hi).ceiling_hits:  # reservations above the prices: the worst case is short
+            hi *= 2
+    else:
+        assert free.samples is not None
+        hi = float(free.samples["latency"].max()) + unit
     lo = 0.0
-    while hi - lo > 1e-7:
+    while hi - lo > unit / 10:
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if run(mid).success_rate >= target else (mid, hi)
-    cap = math.ceil(hi * 1e6) / 1e6  # a millionth at or above the step: it meets the target
-    at, below = run(cap), None
-    while cap >= 2e-6:  # the step may sit a millionth lower than the rounding put it
-        below = run(round(cap - 1e-6, 6))
+    value = round(math.ceil(hi / unit) * unit, digits)  # at or above the step: it meets it
+    at, below = run(value), None
+    while value >= 2 * unit:  # the step may sit a unit lower than the rounding put it
+        below = run(round(value - unit, digits))
         if below.success_rate < target:
             break
-        cap, at, below = round(cap - 1e-6, 6), below, None
-    return CeilingFor(target, cap, at, below)
+        value, at, below = round(value - unit, digits), below, None
+    return BudgetFor(kind, target, value, at, below)
 
 
 def _cut_of(wf: Workflow, order: list[str]) -> _Cut | None:

@@ -13,7 +13,7 @@ from rich.text import Text
 from trilemma.plan.estimate import Estimate
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
 from trilemma.plan.optimize import Candidate, OptimizeResult, meets
-from trilemma.plan.simulate import CeilingFor, SimResult
+from trilemma.plan.simulate import BudgetFor, SimResult
 from trilemma.plan.thresholds import Threshold
 from trilemma.spec import Budget, ModelProfile, Workflow
 
@@ -203,21 +203,33 @@ def fit_table(f: LedgerFit, base: ModelProfile) -> Table:
     return t
 
 
-def ceiling_for_lines(f: CeilingFor, e: Estimate) -> list[str]:
-    """``simulate --ceiling-for``: the ceiling found, beside the planner's cost figures."""
+def budget_for_lines(f: BudgetFor, e: Estimate) -> list[str]:
+    """``simulate --ceiling-for`` / ``--deadline-for``: the budget found, beside the
+    planner's figures."""
+    cost = f.kind == "max_cost_usd"
+    name, flag = ("ceiling", "--max-cost") if cost else ("deadline", "--deadline")
     runs = f"{f.at.runs:,} runs"
-    costs = f"expected cost {_usd(e.cost_expected)}, worst case {_usd(e.cost_worst)}"
-    if f.ceiling is None:
-        return [f"No ceiling lets {_pct(f.target)} of runs finish: without one, "
+    if f.value is None:
+        return [f"No {name} lets {_pct(f.target)} of runs finish: without one, "
                 f"{_pct(f.at.success_rate)} do ({runs}). Raise p_ok or retries first "
                 "(`trilemma optimize`)."]  # fmt: skip
+
+    def show(v: float) -> str:
+        return _usd(v) if cost else f"{v:.3f}s"
+
     lo, hi = f.at.ci95
-    lines = [f"Smallest ceiling under which {_pct(f.target)} of runs finish: "
-             f"{_usd(f.ceiling)} ({_pct(f.at.success_rate)} [{_pct(lo)}, {_pct(hi)}] "
-             f"finish, {_pct(f.at.ceiling_hits / f.at.runs)} stopped; {runs})."]  # fmt: skip
+    lost = (f.at.ceiling_hits if cost else f.at.deadline_hits) / f.at.runs
+    lines = [f"Smallest {name} under which {_pct(f.target)} of runs finish: {show(f.value)} "
+             f"({_pct(f.at.success_rate)} [{_pct(lo)}, {_pct(hi)}] finish, {_pct(lost)} "
+             f"{'stopped' if cost else 'cut'}; {runs})."]  # fmt: skip
     if f.below is not None:
-        lines.append(f"A millionth of a dollar less, {_pct(f.below.success_rate)} finish.")
-    lines.append(f"Planner: {costs}; run it with --max-cost {f.ceiling:g}.")
+        unit = "a millionth of a dollar" if cost else "a millisecond"
+        lines.append(f"{unit.capitalize()} less, {_pct(f.below.success_rate)} finish "
+                     f"({f.below.successes:,} runs against {f.at.successes:,}).")  # fmt: skip
+    figures = (f"expected cost {_usd(e.cost_expected)}, worst case {_usd(e.cost_worst)}" if cost
+               else f"critical path {e.latency_critical_s:.2f}s, expected "
+                    f"{e.latency_expected_s:.2f}s, worst {e.latency_worst_s:.2f}s")  # fmt: skip
+    lines.append(f"Planner: {figures}; run it with {flag} {f.value:g}.")
     return lines
 
 
