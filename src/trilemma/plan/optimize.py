@@ -37,7 +37,7 @@ from typing import Literal
 from trilemma import dag
 from trilemma.errors import UsageError
 from trilemma.plan.estimate import Estimate, estimate, step_estimate
-from trilemma.plan.simulate import SimResult, simulate, under_budget
+from trilemma.plan.simulate import PREDICTION_RUNS, SimResult, simulate, under_budget
 from trilemma.spec import Budget, Debate, Step, Workflow, workflow_from_dict
 
 __all__ = [
@@ -185,6 +185,7 @@ def optimize(
     if best is not None and not use_exhaustive:
         best = _polish(wf, best, options, budget, budget_on)
         seen.append(best)
+        feasible.append(best)
     method_name = "exhaustive" if use_exhaustive else f"beam (width {beam_width}) + exchange"
     spec = apply(wf, best) if best else None
     return OptimizeResult(
@@ -215,9 +216,9 @@ def _enforced(
     if floor is None:
         raise UsageError("--budget-on enforced: give --min-reliability (or budget.min_reliability): "
                          "the success the Monte Carlo must find under the enforced budgets")  # fmt: skip
-    found = optimize(wf, Budget(min_reliability=floor), budget_on="expected",
-                     max_retries=max_retries, method=method, beam_width=beam_width)  # fmt: skip
     on_paper = Budget(min_reliability=floor)  # enforcement can only turn a success into a failure
+    found = optimize(wf, on_paper, budget_on="expected", max_retries=max_retries, method=method,
+                     beam_width=beam_width)  # fmt: skip
     unique = {(c.choices, c.parallel): c for c in found.frontier + found.candidates
               if meets(c, on_paper, "expected")}  # fmt: skip
     order = sorted(unique.values(), key=lambda c: _rank(c, "expected"))
@@ -238,7 +239,8 @@ def _enforced(
             break
     spec = apply(wf, best) if best else None
     note = (f"enforced: {tried} configuration(s) that meet {floor:.2%} on paper simulated, "
-            f"cheapest expected cost first, {ENFORCED_RUNS:,} runs each (100,000 near the floor) "
+            f"cheapest expected cost first, {ENFORCED_RUNS:,} runs each ({PREDICTION_RUNS:,} near "
+            "the floor) "
             "under the budgets as a run holds them (a ceiling refuses a call whose worst case "
             "does not fit; a deadline cancels)")  # fmt: skip
     if best is None and len(order) > ENFORCED_TRIES:
