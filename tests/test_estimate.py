@@ -184,6 +184,8 @@ def test_remaining_path_priorities_do_not_depend_on_the_order_steps_are_listed()
         ("{max_cost_usd: 0.06}", "fits the $0.0600 ceiling, so no run stops for money"),
         ("{deadline_s: 1}", "the critical path (2.00s) is over 1s, so every run that goes to the end is cut"),
         ("{deadline_s: 3}", "the worst path (4.00s) does not fit 3s: slow or retried runs are cut"),
+        ("{deadline_s: 3, min_reliability: 0.9}", "`--deadline-for 0.9` which deadline lets"),
+        ("{max_cost_usd: 0.05}", "`--ceiling-for 0.95` which ceiling lets that share finish"),
         ("{deadline_s: 4}", "the worst path (4.00s) fits 4s, so no run is cut"),
     ],
 )

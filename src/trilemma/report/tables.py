@@ -103,6 +103,7 @@ def cache_assumptions(wf: Workflow) -> list[str]:
 def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
     """A line per budget of the spec: whether a run under it can be stopped, before any is."""
     b, lines = wf.budget, []
+    floor = f"{b.min_reliability:g}" if b.min_reliability is not None else "0.95"
     if b.max_cost_usd is not None:
         cap = _usd(b.max_cost_usd)
         if e.cost_worst <= b.max_cost_usd + 1e-12:
@@ -116,7 +117,8 @@ def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
             lines.append(f"budget: the worst case ({_usd(e.cost_worst)}) does not fit the {cap} "
                          "ceiling: a run whose retries pile up stops budget_exhausted (the "
                          "executor reserves each call's worst case before sending it); "
-                         "`trilemma simulate --ceiling` says how many")  # fmt: skip
+                         "`trilemma simulate --ceiling` says how many, and `--ceiling-for "
+                         f"{floor}` which ceiling lets that share finish")  # fmt: skip
     if b.deadline_s is not None:
         d = f"{b.deadline_s:g}s"
         if e.latency_worst_s <= b.deadline_s:
@@ -127,7 +129,8 @@ def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
                          f"{d}, so every run that goes to the end is cut")  # fmt: skip
         else:
             lines.append(f"deadline: the worst path ({e.latency_worst_s:.2f}s) does not fit "
-                         f"{d}: slow or retried runs are cut; `trilemma simulate` says how many")  # fmt: skip
+                         f"{d}: slow or retried runs are cut; `trilemma simulate` says how many, "
+                         f"and `--deadline-for {floor}` which deadline lets that share finish")  # fmt: skip
     return lines
 
 
