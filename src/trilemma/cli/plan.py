@@ -26,7 +26,7 @@ from trilemma.plan import book as book_mod
 from trilemma.plan.estimate import estimate as estimate_wf
 from trilemma.plan.exercises import debate_vs_retry, routing_sweep, ticket_spend
 from trilemma.plan.optimize import optimize as optimize_wf
-from trilemma.plan.simulate import SimResult, under_budget
+from trilemma.plan.simulate import SimResult, check_seed, under_budget
 from trilemma.plan.simulate import simulate as simulate_wf
 from trilemma.plan.thresholds import hedge_thresholds, parse_thresholds
 from trilemma.report import tables
@@ -298,7 +298,7 @@ def optimize(
         plot_frontier(r, plot)
     checks = _budget_checks(wf, r)
     if as_json:
-        check = {k: _check_json(v) for k, v in checks.items()} or None
+        check = {k: v.brief() for k, v in checks.items()} or None
         emit_json({**_optimize_json(r, chosen), "budget_check": check,
                    "deadline_check": check if budget.deadline_s is not None else None})  # fmt: skip
     else:
@@ -325,24 +325,18 @@ def _budget_checks(wf: Workflow, r: Any) -> dict[str, SimResult]:
     b = r.budget
     if b.deadline_s is None and b.max_cost_usd is None:
         return {}
-    specs = {"original": wf, "chosen": r.best}
-    return {
-        name: under_budget(w, b.deadline_s, b.max_cost_usd, seed=wf.seed if wf.seed is not None else 1)
-        for name, w in specs.items()
-        if w is not None
-    }  # fmt: skip
+    checks = {"original": under_budget(wf, b.deadline_s, b.max_cost_usd, check_seed(wf))}
+    if r.enforced is not None:  # the enforced search simulated its answer just so already
+        checks["chosen"] = r.enforced
+    elif r.best is not None:
+        checks["chosen"] = under_budget(r.best, b.deadline_s, b.max_cost_usd, check_seed(wf))
+    return checks
 
 
 def _cut_steps(r: Any) -> list[str]:
     """The steps the chosen spec left out."""
     kept = {t.id for t in r.best.steps} if r.best is not None else None
     return [s.id for s in r.original.per_step if kept is not None and s.id not in kept]
-
-
-def _check_json(r: SimResult) -> dict[str, Any]:
-    return {"runs": r.runs, "success_rate": r.success_rate,
-            "deadline_rate": r.deadline_hits / r.runs,
-            "budget_exhausted_rate": r.ceiling_hits / r.runs, "cost_usd_mean": r.cost_usd.mean}  # fmt: skip
 
 
 def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
@@ -372,7 +366,7 @@ def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
         ],
         "notes": list(r.notes),
         "enforced": None if r.enforced is None else {
-            **_check_json(r.enforced), "candidates_simulated": r.simulated,
+            **r.enforced.brief(), "candidates_simulated": r.simulated,
         },
     }
 

@@ -125,15 +125,13 @@ def run_cmd(
                          shared_cache=tier)  # fmt: skip
     under = None
     if ceiling is not None or limit is not None:  # what the analytic figures cannot say
-        from trilemma.plan.simulate import simulate
+        from trilemma.plan.simulate import under_budget
 
-        under = simulate(wf.with_budget(deadline_s=limit), RUN_PREDICTION_RUNS,
-                         seed if seed is not None else wf.seed, max_cost_usd=ceiling)  # fmt: skip
+        under = under_budget(wf, limit, ceiling, seed if seed is not None else wf.seed,
+                             RUN_PREDICTION_RUNS)  # fmt: skip
     if as_json:
-        emit_json({**result.to_json(), "predicted_under_budget": None if under is None else {
-            "runs": under.runs, "success_rate": under.success_rate,
-            "budget_exhausted_rate": under.ceiling_hits / under.runs,
-            "deadline_rate": under.deadline_hits / under.runs}})  # fmt: skip
+        emit_json({**result.to_json(),
+                   "predicted_under_budget": None if under is None else under.brief()})
         return _exit(result, f"run {result.run_id}")
     stdout_console().print(tables.run_view(result, under))
     return _exit(result, f"run {result.run_id}")

@@ -145,17 +145,15 @@ class LedgerFit:
     def summary(self) -> dict[str, Any]:
         """The figures, for JSON and for the profile's ``calibration:`` block."""
         lo, hi = self.ci95
-        lat = sorted(self.latency_s)
-
-        def pct(q: float) -> float | None:
-            return round(lat[min(len(lat) - 1, math.ceil(q * len(lat)) - 1)], 4) if lat else None
+        lat = self.latency_s  # as calibrate summarises a suite's latencies
+        q = statistics.quantiles(lat, n=20) if len(lat) > 1 else list(lat) * 19
 
         return {
             "source": "journal", "journal": self.journal, "runs": self.runs, "calls": self.sent,
             "answered": len(self.latency_s), "attempts_judged": self.judged,
             "p_ok": None if self.p_ok is None else round(self.p_ok, 4),
             "p_ok_ci95": [round(lo, 4), round(hi, 4)] if self.judged else None,
-            "latency_s": {"mean": _round(self.latency_mean_s), "p50": pct(0.5), "p95": pct(0.95),
+            "latency_s": {"mean": _round(self.latency_mean_s), "p50": _round(q[9] if q else None), "p95": _round(q[18] if q else None),
                           "jitter": _round(self.jitter)},
             "faults": {k: round(v, 4) for k, v in self.fault_rates().items()},
             "outcomes": dict(sorted(self.outcomes.items())),

@@ -37,7 +37,7 @@ from typing import Literal
 from trilemma import dag
 from trilemma.errors import UsageError
 from trilemma.plan.estimate import Estimate, estimate, step_estimate
-from trilemma.plan.simulate import PREDICTION_RUNS, SimResult, simulate, under_budget
+from trilemma.plan.simulate import PREDICTION_RUNS, SimResult, check_seed, under_budget
 from trilemma.spec import Budget, Debate, Step, Workflow, workflow_from_dict
 
 __all__ = [
@@ -222,14 +222,13 @@ def _enforced(
     unique = {(c.choices, c.parallel): c for c in found.frontier + found.candidates
               if meets(c, on_paper, "expected")}  # fmt: skip
     order = sorted(unique.values(), key=lambda c: _rank(c, "expected"))
-    seed = wf.seed if wf.seed is not None else 1
+    seed = check_seed(wf)
     best = sim = None
     tried = 0
     for c in order[:ENFORCED_TRIES]:
         tried += 1
         variant = apply(wf, c)
-        screen = simulate(variant.with_budget(deadline_s=budget.deadline_s), ENFORCED_RUNS, seed,
-                          max_cost_usd=budget.max_cost_usd)  # fmt: skip
+        screen = under_budget(variant, budget.deadline_s, budget.max_cost_usd, seed, ENFORCED_RUNS)
         if screen.success_rate < floor - 3 * screen.stderr:
             continue
         # near or over the floor: the figure the answer is shown with decides

@@ -58,6 +58,7 @@ __all__ = [
     "BudgetFor",
     "SimResult",
     "Summary",
+    "check_seed",
     "simulate",
     "simulate_loop",
     "smallest_budget",
@@ -153,6 +154,14 @@ class SimResult:
         centre = (p + z * z / (2 * n)) / (1 + z * z / n)
         half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
         return max(0.0, centre - half), min(1.0, centre + half)
+
+    def brief(self) -> dict[str, Any]:
+        """Success and what the budgets cost it, for a prediction shown beside other figures
+        (``run``'s ``predicted_under_budget``, ``optimize``'s checks)."""
+        return {"runs": self.runs, "success_rate": self.success_rate,
+                "deadline_rate": self.deadline_hits / self.runs,
+                "budget_exhausted_rate": self.ceiling_hits / self.runs,
+                "cost_usd_mean": self.cost_usd.mean}  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         """The contract of ``trilemma simulate --json`` (see DESIGN.md)."""
@@ -358,11 +367,18 @@ def under_budget(
     deadline_s: float | None = None,
     max_cost_usd: float | None = None,
     seed: int | None = 0,
+    runs: int = PREDICTION_RUNS,
 ) -> SimResult:
     """The Monte Carlo of ``wf`` under ``deadline_s`` and ``max_cost_usd`` (None: none), the
-    prediction set beside measured figures (compare, sweep, optimize's check of its budgets)."""
-    return simulate(wf.with_budget(deadline_s=deadline_s), PREDICTION_RUNS, seed,
-                    max_cost_usd=max_cost_usd)  # fmt: skip
+    prediction set beside measured figures (compare, sweep, run, optimize's check of its
+    budgets)."""
+    return simulate(wf.with_budget(deadline_s=deadline_s), runs, seed, max_cost_usd=max_cost_usd)
+
+
+def check_seed(wf: Workflow) -> int:
+    """The seed of optimize's Monte Carlo checks (the spec's, else 1): its enforced search
+    and the check printed beside its answer draw the same runs, so they agree."""
+    return wf.seed if wf.seed is not None else 1
 
 
 @dataclass(frozen=True, slots=True)
