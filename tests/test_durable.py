@@ -350,6 +350,7 @@ def test_runs_and_cache_entries_from_before_tenants_belong_to_none(tmp_path: Pat
     j = Journal(db)
     assert j.run("r1")["tenant"] is None
     assert (j.run("r1")["batch_id"], j.batch_runs("any")) == (None, {})  # m007: in no batch
+    assert j.run("r1")["time_scale"] == 1  # m009: ran in its spec's own time
     assert j.cache_get("k")["tenant"] is None
     assert j.cache_clear(tenant="acme") == (0, 0)
     assert j.cache_clear() == (1, 0)

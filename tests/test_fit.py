@@ -195,3 +195,48 @@ def test_latency_within_ten_percent_is_not_drift(sim_journal: Path) -> None:
 def test_check_needs_the_journal(cli: Any) -> None:
     r = cli("calibrate", "--model", "m", "--suite", "add1", "--check")
     assert r.code == 2 and "--check compares a profile with the ledger" in r.err
+
+
+SLOW = """
+version: 1
+models:
+  m: {usd_per_call: 0.001, latency_s: 2.0, p_ok: 1.0}
+steps:
+  - {id: a, model: m}
+  - {id: b, model: m, after: [a]}
+"""
+
+
+def test_runs_in_scaled_time_are_fitted_in_the_spec_s_own_time(cli: Any, tmp_path: Path) -> None:
+    """compare and sweep run 2 s calls in 20 ms; the journal says so, and the fit reads 2 s."""
+    from trilemma.experiments.trials import repeat
+
+    path = tmp_path / "j.db"
+    journal = Journal(path)
+    trials = repeat(parse_workflow(SLOW), 3, journal, seed=1, time_scale=0.01)
+    assert all(t.status == "ok" for t in trials)
+    raw = [r[0] for r in journal.db.execute("SELECT latency_s FROM calls")]
+    assert len(raw) == 6 and all(0.019 < x < 0.2 for x in raw)  # measured as it ran: scaled
+    f = fit_from_journal(journal, "m")
+    assert f.latency_mean_s == pytest.approx(2.0, rel=0.25)
+    runs = cli("runs", "--journal", path, "--json").json()
+    assert [r["time_scale"] for r in runs] == [0.01] * 3
+    page = cli("report", runs[0]["run_id"], "--journal", path, "--out", tmp_path / "r.html")
+    assert page.code == 0, page.err
+    assert "Simulated time ran 100x faster" in (tmp_path / "r.html").read_text()
+
+
+def test_a_run_in_its_own_time_is_journaled_at_scale_1(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with fast_retries():
+        r = execute(parse_workflow(SIM), journal=Journal(path), seed=1)
+    assert Journal(path).run(r.run_id)["time_scale"] == 1  # type: ignore[index]
+    page = cli("report", r.run_id, "--journal", path, "--out", tmp_path / "r.html")
+    assert page.code == 0 and "Simulated time ran" not in (tmp_path / "r.html").read_text()
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, 1.5])
+def test_a_time_scale_outside_0_to_1_is_refused(tmp_path: Path, scale: float) -> None:
+    with pytest.raises(UsageError, match=r"time_scale .*: give a factor in \(0, 1\]"):
+        execute(parse_workflow(SLOW), journal=Journal(tmp_path / "j.db"), time_scale=scale)
+    assert Journal(tmp_path / "j.db").runs() == []  # refused before anything was journaled

@@ -14,7 +14,8 @@ a profile's name counts, from any run:
   into a profile with token prices only).
 
 Cache hits, calls never sent and a hedge's cancelled copies are left out. Runs made in scaled
-time (``compare``, ``sweep``, ``cliff`` on the simulator) journal scaled latencies.
+time (``compare`` and ``sweep`` on the simulator) journal their time scale, and their latencies
+are read back in the spec's own time.
 """
 
 from __future__ import annotations

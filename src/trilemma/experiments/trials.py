@@ -123,7 +123,7 @@ def repeat(
     for i in range(runs):
         with scaled_time(time_scale):
             r = execute(fast, journal=journal, seed=seed + i, max_cost_usd=max_cost_usd,
-                        deadline_s=deadline, source=source)  # fmt: skip
+                        deadline_s=deadline, source=source, time_scale=time_scale)  # fmt: skip
         out.append(Trial(r.status, r.cost_usd, r.latency_s / time_scale, r.calls,
                          len(r.outputs), len(r.steps)))  # fmt: skip
         if tick is not None:

@@ -169,6 +169,13 @@ def m008_shared_budgets(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN shared_budget TEXT")
 
 
+def m009_time_scale(db: sqlite3.Connection) -> None:
+    """The factor a run's simulated time was shortened by (1: the spec's own time)."""
+    # compare, sweep and cliff run the simulator in scaled time: a run's latencies, its
+    # ledger's and its predicted ones are this factor of the spec's as written.
+    db.execute("ALTER TABLE runs ADD COLUMN time_scale REAL NOT NULL DEFAULT 1")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_call_sends", m002_call_sends),
@@ -178,6 +185,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m006_tenants", m006_tenants),
     ("m007_batches", m007_batches),
     ("m008_shared_budgets", m008_shared_budgets),
+    ("m009_time_scale", m009_time_scale),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

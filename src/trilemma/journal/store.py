@@ -255,11 +255,13 @@ class Journal:
         return self._rows(f"SELECT * FROM calls WHERE {RUN_CALLS} ORDER BY id", _run_range(run_id))
 
     def model_calls(self, model: str) -> list[dict[str, Any]]:
-        """Every finished call journaled under the profile name ``model``, from any run."""
+        """Every finished call journaled under the profile name ``model``, from any run;
+        ``latency_s`` in the spec's own time (a run in scaled time journaled it shortened)."""
         return self._rows(
-            "SELECT run_id, step_id, attempt, call, role, outcome, prompt_tokens, "
-            "completion_tokens, cost_usd, latency_s, cache_hit FROM calls "
-            "WHERE model = ? AND state = 'finished' ORDER BY id",
+            "SELECT c.run_id, c.step_id, c.attempt, c.call, c.role, c.outcome, c.prompt_tokens, "
+            "c.completion_tokens, c.cost_usd, c.latency_s / r.time_scale AS latency_s, "
+            "c.cache_hit FROM calls c JOIN runs r ON r.run_id = c.run_id "
+            "WHERE c.model = ? AND c.state = 'finished' ORDER BY c.id",
             (model,),
         )
 

@@ -100,6 +100,12 @@ def run_report(journal: Journal, run_id: str) -> str:
     ]
     if run["error"]:
         parts.append(f'<p class="bad">{_e(run["error"])}</p>')
+    scale = run["time_scale"]
+    if scale != 1:
+        parts.append(
+            f'<p class="dim">Simulated time ran {1 / scale:g}x faster (compare or sweep): every '
+            f"time on this page, predicted and measured, is {scale:g} of the spec's own.</p>"
+        )
     parts += ["<h2>Predicted beside measured</h2>", _summary(run, predicted)]
     png = timeline_png(run, calls, order)
     parts += [

@@ -171,6 +171,7 @@ def execute(
     tenant: str | None = None,
     shared: SharedCeiling | None = None,
     shared_cache: str | None = None,
+    time_scale: float = 1.0,
 ) -> RunResult:
     """Run a workflow to the end, a budget, the deadline or an early stop.
 
@@ -185,9 +186,15 @@ def execute(
     ``shared_cache``: the Redis URL of a cache tier shared with other processes: cached
     steps the journal misses are looked up there, and their answers kept there too.
 
+    ``time_scale``: the factor ``wf``'s simulated time was already shortened by (a
+    ``time_scaled`` copy, as compare and sweep run); it scales nothing here, it is
+    journaled with the run so that its latencies can be read in the spec's own time.
+
     A provider that raises something other than a ProviderError (a bug) ends the run:
     the journal marks it failed, and the error is raised here as itself.
     """
+    if not 0 < time_scale <= 1:
+        raise UsageError(f"time_scale {time_scale:g}: give a factor in (0, 1], such as 0.01")
     tenant = check_tenant(tenant)
     values = check_inputs(wf, inputs or {}, source)
     gates = build_gates(wf, source)
@@ -199,7 +206,8 @@ def execute(
     session = Session(SpendGuard(ceiling), Clock(deadline_at), shared=shared_spend(shared))
     ex = open_run(wf, journal, session, values=values, seed=seed, source=source, providers=provs,
                   gates=gates, predicted=estimate(wf), on_event=on_event, embedder=embedder,
-                  tenant=tenant, shared_cache=cache_tier(wf, shared_cache))  # fmt: skip
+                  tenant=tenant, shared_cache=cache_tier(wf, shared_cache),
+                  time_scale=time_scale)  # fmt: skip
     with collector_spared():
         return asyncio.run(_run_and_close(ex, session, {}, provs))
 
@@ -235,12 +243,13 @@ def open_run(
     on_event: Callable[[Event], None] | None, embedder: Embedder | None, tenant: str | None,
     batch: tuple[str, int] | None = None, limits: Mapping[str, Route] | None = None,
     writer: JournalWriter | None = None, shared_cache: SharedCache | None = None,
+    time_scale: float = 1.0,
 ) -> Executor:  # fmt: skip
     """A new run in the journal (status running) and its executor, under ``session``'s budgets.
 
-    Its row records the session's ceiling and deadline; sessions may share them, the
-    per-model ``limits`` and the journal's ``writer`` (a batch, whose id and the run's line
-    ``batch`` gives).
+    Its row records the session's ceiling and deadline and the ``time_scale`` ``wf`` runs
+    in; sessions may share them, the per-model ``limits`` and the journal's ``writer`` (a
+    batch, whose id and the run's line ``batch`` gives).
     """
     run_id = new_run_id()
     text = spec_json(wf)
@@ -252,6 +261,7 @@ def open_run(
         "status": "running", "started_at": time.time(),
         "predicted_json": dumps(predicted.summary()), "pid": os.getpid(), "tenant": tenant,
         "batch_id": batch_id, "batch_line": line, "shared_budget": shared_label(session),
+        "time_scale": time_scale,
     })  # fmt: skip
     return Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=providers,
                     source=source, gates=gates, seed=seed, predicted=predicted,
