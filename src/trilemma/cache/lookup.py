@@ -17,12 +17,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from trilemma.cache.keys import Settings, exact_key, prompt_text, scoped, semantic_scope
-from trilemma.cache.semantic import Embedder, best_match
+from trilemma.cache.semantic import Embedder, Match, SemanticIndex
 from trilemma.cache.shared import SharedCache
 from trilemma.journal.store import JournalWriter
 from trilemma.providers.base import Message
 
 __all__ = ["Cache", "Hit", "Lookup"]
+
+#: Most semantic indexes a process keeps (the least recently used goes first).
+MAX_INDEXES = 64
+
+_indexes: dict[tuple[str, str, str, int], SemanticIndex] = {}
+"""This process's semantic indexes, by journal, scope, embedder and vector length: the runs
+of a batch or a compare and a gateway's requests share them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +91,43 @@ class Cache:
             return Lookup(None)
         embedder = self.embedder
         vector = (await asyncio.to_thread(embedder.embed, [prompt_text(messages)]))[0]
-        entries = self.writer.read("semantic_entries", semantic_scope(settings), embedder.name)
-        match = best_match(vector, entries)
+        match = self._nearest(semantic_scope(settings), embedder.name, vector)
         if match is None or match.similarity < similarity:
             return Lookup(None, vector)
         same = self.writer.read("cache_get", match.key) or {}  # the matched answer's tokens
         return Lookup(Hit(match.response, same.get("prompt_tokens"), same.get("completion_tokens"),
                           match.similarity, time.perf_counter() - started))  # fmt: skip
+
+    def _nearest(self, scope: str, embedder: str, vector: np.ndarray) -> Match | None:
+        """The journal's entry nearest ``vector`` in ``scope``, by the process's index of it.
+
+        The index reads only the rows added since its last lookup. Rows removed since
+        (``trilemma cache clear``, by any process) are noticed where they matter: the
+        newest row gone, or the nearest one no longer there, and the scope is read afresh.
+        """
+        where = (str(self.writer.journal.path), scope, embedder, vector.nbytes)
+        for fresh in (False, True):
+            index = _indexes.pop(where, None)
+            if fresh or index is None or self._removed(index, scope, embedder):
+                index = SemanticIndex(vector.nbytes)
+            index.add(self.writer.read("semantic_since", scope, embedder, index.last_rowid))
+            _indexes[where] = index  # the most recently used last
+            while len(_indexes) > MAX_INDEXES:
+                del _indexes[next(iter(_indexes))]
+            found = index.nearest(vector)
+            if found is None:
+                return None
+            rowid, key, similarity = found
+            answer = self.writer.read("semantic_answer", rowid, key)
+            if answer is not None:
+                return Match(key, answer, similarity)
+        return None  # removed while we looked: a miss
+
+    def _removed(self, index: SemanticIndex, scope: str, embedder: str) -> bool:
+        """Whether the newest row ``index`` read is gone from the journal (or its rowid reused)."""
+        head: tuple[int, str | None] = self.writer.read("semantic_head", scope, embedder)
+        rowid, key = head
+        return rowid < index.last_rowid or (rowid == index.last_rowid and key != index.last_key)
 
     def store(
         self, settings: Settings, messages: Sequence[Message], response: str, model: str,

@@ -274,17 +274,34 @@ class Journal:
         rows = self._rows("SELECT * FROM cache WHERE key = ?", (key,))
         return rows[0] if rows else None
 
-    def semantic_entries(self, scope: str, embedder: str) -> list[tuple[str, bytes, str]]:
-        """``(key, vector, response)`` of every semantic-cache entry of a scope and embedder."""
+    def semantic_since(self, scope: str, embedder: str, after: int) -> list[tuple[int, str, bytes]]:
+        """``(rowid, key, vector)`` of a scope and embedder's semantic-cache entries whose
+        rowid is above ``after``, in rowid order (the scope's index holds the rowid)."""
         with map_sqlite_errors(self.path):
-            return [
-                (r[0], r[1], r[2])
-                for r in self.db.execute(
-                    "SELECT key, vector, response FROM semantic_cache "
-                    "WHERE scope = ? AND embedder = ? ORDER BY created_at",
-                    (scope, embedder),
-                )
-            ]
+            return self.db.execute(
+                "SELECT rowid, key, vector FROM semantic_cache "
+                "WHERE scope = ? AND embedder = ? AND rowid > ? ORDER BY rowid",
+                (scope, embedder, after),
+            ).fetchall()
+
+    def semantic_head(self, scope: str, embedder: str) -> tuple[int, str | None]:
+        """The rowid and key of a scope and embedder's newest semantic-cache entry (0, None
+        when it has none)."""
+        with map_sqlite_errors(self.path):
+            row = self.db.execute(
+                "SELECT rowid, key FROM semantic_cache WHERE scope = ? AND embedder = ? "
+                "ORDER BY rowid DESC LIMIT 1",
+                (scope, embedder),
+            ).fetchone()
+        return (0, None) if row is None else (row[0], row[1])
+
+    def semantic_answer(self, rowid: int, key: str) -> str | None:
+        """The answer of the semantic-cache entry at ``rowid``, if it is still ``key``'s."""
+        with map_sqlite_errors(self.path):
+            row = self.db.execute(
+                "SELECT response FROM semantic_cache WHERE rowid = ? AND key = ?", (rowid, key)
+            ).fetchone()
+        return None if row is None else row[0]
 
     def cache_stats(self) -> list[dict[str, Any]]:
         """Per model: exact and semantic entries, their ages, and the hits served from them."""
