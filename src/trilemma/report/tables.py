@@ -191,10 +191,12 @@ def fit_table(f: LedgerFit, base: ModelProfile) -> Table:
     t.add_row("latency_jitter", f"{base.latency_jitter:g}",
               "-" if f.jitter is None else f"{f.jitter:.3f}", "sd of log-latency")  # fmt: skip
     rates = f.fault_rates()
-    for kind, field in (("transient", "transient_error_rate"), ("rate limited", "rate_limit_rate"),
-                        ("timeout", "timeout_rate")):  # fmt: skip
+    from trilemma.experiments.fit import FAULTS
+
+    for kind, field in FAULTS.items():
         t.add_row(f"faults.{field}", f"{getattr(base.faults, field):g}",
-                  f"{rates[field]:.4f}" if rates else "-", f"{kind}, of calls sent")  # fmt: skip
+                  f"{rates[field]:.4f}" if rates else "-",
+                  f"{kind.replace('_', ' ')}, of calls sent")  # fmt: skip
     if f.prompt_tokens is not None and f.completion_tokens is not None:
         t.add_row("tokens (prompt, completion)", f"{base.prompt_tokens}, {base.completion_tokens}",
                   f"{f.prompt_tokens:.0f}, {f.completion_tokens:.0f}", "means reported")  # fmt: skip
