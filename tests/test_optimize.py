@@ -230,6 +230,8 @@ def test_the_frontier_keeps_configurations_that_keep_every_step() -> None:
         ("[{id: a, model: p, cuttable: true}, {id: b, model: p, after: [a]}]",
          "stop_when: a\n", "steps[0].cuttable: step 'a' is stop_when's step"),
         ("[{id: a, model: p, cuttable: true}]", "", "steps: every step is cuttable"),
+        ("[{id: a, model: p, cuttable: true, stoppable: true}, {id: b, model: p}]", "",
+         "steps[0].stoppable: step 'a' is cuttable, so the run cannot stop on it"),
     ],
 )
 def test_a_step_that_cannot_be_cut_is_refused(cli, write, steps: str, extra: str, message: str) -> None:
@@ -303,3 +305,52 @@ def test_enforced_budgets_need_a_floor(cli, write) -> None:
     spec = write((EXAMPLES / "ceiling.yaml").read_text().replace(", min_reliability: 0.95", ""))
     r = cli("optimize", spec, "--max-cost", "0.21", "--budget-on", "enforced")
     assert r.code == 2 and "--budget-on enforced: give --min-reliability" in r.err
+
+
+def test_a_stop_is_weighed_under_enforced_budgets(cli, write) -> None:
+    """examples/stoppable.yaml: the FAQ lookup fails the run whenever its retries run out,
+    so without a stop nothing meets 95% under a $0.04 ceiling; stopping on it does, and the
+    Monte Carlo that judged it decides each race between the lookup and the research."""
+    enforced = cli("optimize", EXAMPLES / "stoppable.yaml", "--budget-on", "enforced", "--json")
+    assert enforced.code == 0, enforced.err
+    doc = enforced.json()
+    chosen = yaml.safe_load(doc["chosen_spec"])
+    assert chosen["stop_when"] == "faq" and doc["chosen"]["stop_when"]["step"] == "faq"
+    assert doc["enforced"]["success_rate"] >= 0.95
+    assert doc["budget_check"]["chosen"]["success_rate"] == doc["enforced"]["success_rate"]
+    never = write((EXAMPLES / "stoppable.yaml").read_text().replace("stoppable: true", "retries: 0"))
+    without = cli("optimize", never, "--budget-on", "enforced", "--json")
+    assert without.code == 1 and not without.json()["feasible"]
+    assert "or stoppable steps to the spec" in without.err
+
+
+def test_on_paper_a_stop_is_not_searched_and_the_note_says_why() -> None:
+    """The estimate lays the race on one schedule of expected latencies: a search on its
+    figures would choose the stop it flatters most (here 97.3% on paper, 88.0% simulated)."""
+    wf = load_workflow(EXAMPLES / "stoppable.yaml")
+    for on in ("worst", "expected"):
+        r = optimize(wf, Budget(min_reliability=0.9), budget_on=on)
+        assert r.best is not None and r.best.stop_when is None
+        assert all(c.stop_when is None for c in (*r.frontier, *r.candidates))
+        assert any("weighed only with --budget-on enforced" in n for n in r.notes)
+
+
+def test_a_spec_s_own_stop_stays_when_the_optimizer_chooses_no_other() -> None:
+    """stop_when names one step, stoppable another: a configuration without a stop of its own
+    keeps the spec's; one with a stop replaces it."""
+    from trilemma.plan.optimize import _stopped, apply
+
+    text = (EXAMPLES / "stoppable.yaml").read_text().replace(
+        "  - {id: research, model: premium,", "  - {id: research, model: premium, stoppable: true,"
+    ) + "stop_when: faq\n"
+    wf = parse_workflow(text)
+    r = optimize(wf, Budget(min_reliability=0.9), budget_on="expected")
+    assert r.best is not None and r.best.stop_when == "faq"
+    stopped = _stopped(wf, r.frontier, ["research"])
+    assert {c.stop_when for c in stopped} == {"research"} and len(stopped) == len(r.frontier)
+    assert apply(wf, stopped[0]).stop_when == "research"
+    # its figures are the estimate's of the spec with that stop
+    e = estimate(apply(wf, stopped[0]))
+    assert stopped[0].cost_expected == pytest.approx(e.cost_expected)
+    assert stopped[0].reliability == pytest.approx(e.reliability)
+    assert stopped[0].latency_s == pytest.approx(e.latency_expected_s)

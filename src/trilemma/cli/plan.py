@@ -312,7 +312,7 @@ def optimize(
     if r.best is None:
         sys.stderr.write(
             "trilemma optimize: no configuration meets the budgets; relax one, or add "
-            "candidates, cacheable, independent or cuttable steps to the spec\n"
+            "candidates, cacheable, independent, cuttable or stoppable steps to the spec\n"
         )
         return 1
     return 0
@@ -361,6 +361,7 @@ def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
                 "reliability": c.reliability,
                 "levers": tables.describe(c),
                 "steps_cut": c.cuts,
+                "stop_when": c.stop_when,
             }
             for c in r.frontier
         ],

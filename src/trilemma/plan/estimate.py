@@ -45,7 +45,14 @@ from trilemma import dag
 from trilemma.plan.hedge import call_latency, call_price, hedge_rate, worst_call_price
 from trilemma.spec import Step, Workflow
 
-__all__ = ["CACHE_HIT_LATENCY_S", "Estimate", "StepEstimate", "estimate", "step_estimate"]
+__all__ = [
+    "CACHE_HIT_LATENCY_S",
+    "Estimate",
+    "StepEstimate",
+    "assemble",
+    "estimate",
+    "step_estimate",
+]
 
 CACHE_HIT_LATENCY_S = 0.01
 
@@ -447,16 +454,27 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
 def estimate(wf: Workflow) -> Estimate:
     """Analytic cost, latency and reliability of a workflow."""
     rows = {s.id: step_estimate(wf, s) for s in wf.steps}
-    graph = wf.edges()
+    e = assemble(rows, wf.edges(), wf.stop_when)
+    for sid in e.critical_path:
+        rows[sid].critical = True
+    return e
+
+
+def assemble(
+    rows: dict[str, StepEstimate], graph: dict[str, list[str]], stop_when: str | None
+) -> Estimate:
+    """The workflow's figures from its steps' (in spec order) and their dependencies.
+
+    Leaves the rows' ``critical`` flags alone, so the optimizer can share rows between
+    the configurations it weighs.
+    """
     order = dag.topo_order(graph)
     length, path = dag.longest_path(graph, {i: r.latency_s for i, r in rows.items()}, order)
     expected, _ = dag.longest_path(graph, {i: r.latency_expected_s for i, r in rows.items()}, order)
     worst, _ = dag.longest_path(graph, {i: r.latency_worst_s for i, r in rows.items()}, order)
-    for sid in path:
-        rows[sid].critical = True
     stop = None
-    if wf.stop_when is not None:
-        stop = _early_stop(wf.stop_when, graph, order, rows)
+    if stop_when is not None:
+        stop = _early_stop(stop_when, graph, order, rows)
         expected = stop.chance * stop.at_s + (1.0 - stop.chance) * expected
     return Estimate(tuple(rows.values()), tuple(path), length, expected, worst, stop)
 

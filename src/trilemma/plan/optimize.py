@@ -11,6 +11,15 @@ The planner cannot tell what a step adds to the answer, so a cut is the last
 resort: the answer keeps as many steps as the budgets allow, and is the cheapest
 configuration among those that keep that many.
 
+Stopping early (``stoppable``: the run may end when that step passes, as
+``stop_when``) is weighed only under ``enforced`` budgets. Whether a stop pays
+depends on races, trajectory by trajectory, between the stop step and the steps
+beside it (a step that fails before the stop passes fails the run); the estimate
+lays the steps on one schedule of expected latencies and misses them, and a search
+on its figures would pick the configurations it flatters most. So the search's
+candidates are taken again with each stop, estimated with it to order them, and
+the Monte Carlo, which decides each race, judges them as it judges the others.
+
 Cost and log-reliability add up over steps; latency is a longest path. The
 search is exhaustive when the space is at most :data:`EXHAUSTIVE_LIMIT`
 configurations per structure; otherwise a beam search walks the steps in
@@ -36,7 +45,7 @@ from typing import Literal
 
 from trilemma import dag
 from trilemma.errors import UsageError
-from trilemma.plan.estimate import Estimate, estimate, step_estimate
+from trilemma.plan.estimate import Estimate, StepEstimate, assemble, estimate, step_estimate
 from trilemma.plan.simulate import PREDICTION_RUNS, SimResult, check_seed, under_budget
 from trilemma.spec import Budget, Debate, Step, Workflow, workflow_from_dict
 
@@ -101,6 +110,9 @@ class Candidate:
     """Seconds on the longest path (worst or expected, as the budget binds)."""
     reliability: float
     """End-to-end success."""
+    stop_when: str | None = None
+    """The step whose passing ends the run (its figures count the stop); None: no stop, or
+    the spec's own when no step is ``stoppable``."""
 
     def cost(self, on: BudgetOn) -> float:
         """The cost the budget binds."""
@@ -198,7 +210,7 @@ def optimize(
         evaluated=len(seen),
         budget=budget,
         budget_on=budget_on,
-        notes=_notes(wf, budget),
+        notes=_notes(wf, budget, budget_on),
         candidates=tuple(feasible),
     )
 
@@ -219,7 +231,11 @@ def _enforced(
     on_paper = Budget(min_reliability=floor)  # enforcement can only turn a success into a failure
     found = optimize(wf, on_paper, budget_on="expected", max_retries=max_retries, method=method,
                      beam_width=beam_width)  # fmt: skip
-    unique = {(c.choices, c.parallel): c for c in found.frontier + found.candidates
+    pool = [*found.frontier, *found.candidates]
+    stops = _stops(wf)
+    if stops:  # each configuration again with each stop, ordered by the estimate counting it
+        pool += _stopped(wf, pool, stops)
+    unique = {(c.choices, c.parallel, c.stop_when): c for c in pool
               if meets(c, on_paper, "expected")}  # fmt: skip
     order = sorted(unique.values(), key=lambda c: _rank(c, "expected"))
     seed = check_seed(wf)
@@ -248,29 +264,68 @@ def _enforced(
         original=found.original, best=spec, best_estimate=estimate(spec) if spec else None,
         frontier=found.frontier, method=found.method, space=found.space,
         evaluated=found.evaluated, budget=budget, budget_on="enforced",
-        notes=(*_notes(wf, budget), note), enforced=sim, simulated=tried,
+        notes=(*_notes(wf, budget, "enforced"), note), enforced=sim, simulated=tried,
     )  # fmt: skip
 
 
-def _notes(wf: Workflow, budget: Budget) -> tuple[str, ...]:
+def _notes(wf: Workflow, budget: Budget, on: BudgetOn | Literal["enforced"]) -> tuple[str, ...]:
     notes = []
     if not any(
         s.candidates or s.cacheable or s.independent or s.debate_round_options or s.cuttable
+        or s.stoppable
         for s in wf.steps
     ):
         notes.append(
-            "no step lists candidates, cacheable, independent, debate_round_options or "
-            "cuttable: only retries were searched"
+            "no step lists candidates, cacheable, independent, debate_round_options, "
+            "cuttable or stoppable: only retries were searched"
         )
     if any(s.cascadable and len(set(s.candidates or [])) < 2 for s in wf.steps):
         notes.append("cascadable needs two or more candidates with different prices")
     if wf.stop_when is not None:
         notes.append(f"stop_when {wf.stop_when}: the search's figures assume every step runs; "
                      "the original's and the chosen spec's estimates count the stop")
+    if _stops(wf) and on != "enforced":
+        notes.append("stoppable: a stop is weighed only with --budget-on enforced, where the "
+                     "Monte Carlo decides each race between the stop step and the steps beside "
+                     "it; on paper a stop's figures come from one schedule of expected latencies, "
+                     "which misses those races")
     if budget == Budget():
         notes.append("no budget given: the answer is the cheapest configuration at all"
                      + (" that keeps every step" if any(s.cuttable for s in wf.steps) else ""))
     return tuple(notes)
+
+
+def _stops(wf: Workflow) -> list[str]:
+    """The ``stoppable`` steps other than the spec's own ``stop_when``."""
+    return [s.id for s in wf.steps if s.stoppable and s.id != wf.stop_when]
+
+
+def _stopped(wf: Workflow, cands: Sequence[Candidate], stops: Sequence[str]) -> list[Candidate]:
+    """``cands`` (counted as running every step) again with each of ``stops``, their
+    expected figures from the estimate that counts it."""
+    rows: dict[tuple[int, Choice], StepEstimate] = {}  # one estimate per step and choice
+
+    def row(i: int, c: Choice) -> StepEstimate:
+        key = (i, c)
+        if key not in rows:
+            rows[key] = step_estimate(wf, _apply_step(wf.steps[i], c))
+        return rows[key]
+
+    graphs: dict[tuple[bool, frozenset[str]], dict[str, list[str]]] = {}
+    unique = {(c.choices, c.parallel): c for c in cands if c.stop_when is None}
+    out = []
+    for c in unique.values():
+        cut = frozenset(s.id for s, ch in zip(wf.steps, c.choices, strict=True) if ch.cut)
+        graph = graphs.get((c.parallel, cut))
+        if graph is None:
+            graph = graphs[(c.parallel, cut)] = _uncut(_graph(wf, c.parallel), set(cut))
+        kept = {s.id: row(i, ch) for i, (s, ch) in enumerate(zip(wf.steps, c.choices, strict=True))
+                if not ch.cut}  # fmt: skip
+        for stop in stops:  # never a cut step: a stoppable step is not cuttable
+            e = assemble(kept, graph, stop)
+            out.append(Candidate(c.choices, c.parallel, e.cost_worst, e.cost_expected,
+                                 e.latency_expected_s, e.reliability, stop))  # fmt: skip
+    return out
 
 
 def _options(wf: Workflow, step: Step, max_retries: int) -> list[Choice]:
@@ -354,7 +409,10 @@ def apply(wf: Workflow, cand: Candidate) -> Workflow:
         for s, c in zip(wf.steps, cand.choices, strict=True)
         if not c.cut
     ]
-    data = wf.model_copy(update={"steps": steps}).model_dump(mode="json")
+    update: dict[str, object] = {"steps": steps}
+    if cand.stop_when is not None:  # else the spec's own, if any
+        update["stop_when"] = cand.stop_when
+    data = wf.model_copy(update=update).model_dump(mode="json")
     return workflow_from_dict(data, "<optimized>")
 
 

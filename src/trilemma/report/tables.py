@@ -328,6 +328,8 @@ def describe(c: Candidate) -> str:
         parts.append("parallel")
     if c.cuts:
         parts.append(f"{c.cuts} cut")
+    if c.stop_when is not None:
+        parts.append(f"stop on {c.stop_when}")
     return "; ".join(parts)
 
 

@@ -189,6 +189,10 @@ def _check_cuttable(wf: Workflow, source: str) -> None:
         raise SpecError(source, f"steps[{cuttable[wf.stop_when]}].cuttable", f"step "
                         f"{wf.stop_when!r} is stop_when's step, so it cannot be cut; remove "
                         "cuttable or stop_when")  # fmt: skip
+    for sid, i in cuttable.items():
+        if wf.steps[i].stoppable:
+            raise SpecError(source, f"steps[{i}].stoppable", f"step {sid!r} is cuttable, so "
+                            "the run cannot stop on it; remove cuttable or stoppable")  # fmt: skip
     for j, step in enumerate(wf.steps):
         for name in step.placeholders():
             if name in cuttable:

@@ -317,6 +317,9 @@ class Step(_Strict):
     cuttable: bool = False
     """The optimizer may cut this step when the budgets cannot be met with it; the steps
     after it then run after its own dependencies."""
+    stoppable: bool = False
+    """The optimizer may end the run when this step passes (``stop_when``), where that
+    stop is cheaper within the budgets than none."""
     difficulty: Literal["easy", "hard"] | None = None
 
     @model_validator(mode="after")
