@@ -318,6 +318,7 @@ def test_a_stop_is_weighed_under_enforced_budgets(cli, write) -> None:
     assert chosen["stop_when"] == "faq" and doc["chosen"]["stop_when"]["step"] == "faq"
     assert doc["enforced"]["success_rate"] >= 0.95
     assert doc["budget_check"]["chosen"]["success_rate"] == doc["enforced"]["success_rate"]
+    assert any("also with a stop on faq (stoppable)" in n for n in doc["notes"])
     never = write((EXAMPLES / "stoppable.yaml").read_text().replace("stoppable: true", "retries: 0"))
     without = cli("optimize", never, "--budget-on", "enforced", "--json")
     assert without.code == 1 and not without.json()["feasible"]

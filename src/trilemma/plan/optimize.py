@@ -258,6 +258,8 @@ def _enforced(
             "the floor) "
             "under the budgets as a run holds them (a ceiling refuses a call whose worst case "
             "does not fit; a deadline cancels)")  # fmt: skip
+    if stops:
+        note += f"; each configuration also with a stop on {', '.join(stops)} (stoppable)"
     if best is None and len(order) > ENFORCED_TRIES:
         note += f"; gave up after the {ENFORCED_TRIES} cheapest"
     return OptimizeResult(
