@@ -109,6 +109,36 @@ def test_estimate_json_and_table_show_the_stop(cli: Any) -> None:
     assert json.loads(plain.out)["stop_when"] is None
     out = cli("estimate", RACE)
     assert "stop_when guess: it passes 70.00% of the time" in out.out.replace("\n", " ")
+    assert doc["stop_when"]["races"] == [] and "decides each race" not in out.out
+
+
+CLOSE = """
+version: 1
+models:
+  small: {usd_per_call: 0.002, latency_s: 0.5, p_ok: 0.6}
+steps:
+  - {id: faq, model: small, retries: 2}
+  - {id: research, model: small, retries: 3}
+  - {id: answer, model: small, after: [research]}
+  - {id: slow, model: small, retries: 0, after: [answer]}
+stop_when: faq
+"""
+
+
+def test_a_race_retries_can_turn_is_flagged_and_the_monte_carlo_shows_why(cli: Any, write: Any) -> None:
+    """faq takes 0.5-1.5 s; research and answer, skipped on the expected schedule, may both
+    finish by 1.0 s (and answer fail the run); slow can start no sooner than 1.5 s, after faq
+    has passed whenever it does. The estimate flags the two; the Monte Carlo, which decides
+    each race, finds less success than the schedule gives."""
+    wf = parse_workflow(CLOSE)
+    e = estimate(wf)
+    assert e.stop is not None and set(e.stop.skipped) == {"research", "answer", "slow"}
+    assert e.stop.races == ("research", "answer")
+    sim = simulate(wf, 200_000, seed=1)
+    assert sim.success_rate < e.reliability - 0.05  # the races the schedule cannot see
+    out = cli("estimate", write(CLOSE)).out.replace("\n", " ")
+    assert "research, answer may finish on the other side of faq" in out
+    assert "`trilemma simulate` decides each race" in out
 
 
 # ---------------------------------------------------------------------- the executor

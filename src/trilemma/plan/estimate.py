@@ -161,12 +161,17 @@ class EarlyStop:
     in_flight: tuple[str, ...] = ()
     """The skipped steps that start before it finishes: one attempt's calls are sent, then
     cancelled (billed nothing, as the executor bills a call that never answered)."""
+    races: tuple[str, ...] = ()
+    """Steps whose retries may put them on the other side of the stop than the expected
+    schedule does: a skipped one that may finish first (and fail the run), or one counted
+    as finished that may still be running. Only the Monte Carlo decides these races."""
 
     def to_json(self, rows: tuple[StepEstimate, ...]) -> dict[str, Any]:
         """The ``stop_when`` block of ``estimate --json``."""
         saved = math.fsum(r.cost_expected for r in rows if r.id in self.skipped)
         return {"step": self.step, "chance": _r(self.chance), "at_s": _r(self.at_s),
-                "skipped": list(self.skipped), "saved_usd_expected": _r(self.chance * saved)}  # fmt: skip
+                "skipped": list(self.skipped), "saved_usd_expected": _r(self.chance * saved),
+                "races": list(self.races)}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,4 +498,13 @@ def _early_stop(
     skipped = tuple(i for i in rows if finish[i] > at + 1e-9)  # a tie finishes with it
     alone = not any(step in deps for deps in graph.values())
     in_flight = tuple(i for i in skipped if finish[i] - rows[i].latency_expected_s < at - 1e-9)
-    return EarlyStop(step, chance, at, skipped, alone, in_flight)
+    # Without retries every finish time is fixed; with them, each lies between these two.
+    soonest = dag.finish_times(graph, {i: r.latency_s for i, r in rows.items()}, order)
+    latest = dag.finish_times(graph, {i: r.latency_worst_s for i, r in rows.items()}, order)
+    line = set(dag.ancestors(graph, step)) | {step}  # these always finish before it
+    races = tuple(
+        i for i in rows
+        if i not in line and (soonest[i] < latest[step] - 1e-9 if i in skipped
+                              else latest[i] > soonest[step] + 1e-9)
+    )  # fmt: skip
+    return EarlyStop(step, chance, at, skipped, alone, in_flight, races)

@@ -75,9 +75,15 @@ def early_stop_line(e: Estimate) -> str:
     saved = st.to_json(e.per_step)["saved_usd_expected"]
     skipped = (f"{', '.join(st.skipped)} {'is' if len(st.skipped) == 1 else 'are'} skipped or "
                "cancelled" if st.skipped else "every other step has finished")
-    return (f"stop_when {st.step}: it passes {_pct(st.chance)} of the time, at {st.at_s:.2f}s "
+    line = (f"stop_when {st.step}: it passes {_pct(st.chance)} of the time, at {st.at_s:.2f}s "
             f"on the expected schedule; then {skipped}. The expected "
             f"figures count it (saving {_usd(saved)} on average); the worst case does not.")  # fmt: skip
+    if st.races:
+        line += (f" With retries, {', '.join(st.races)} may finish on the other side of "
+                 f"{st.step} than this schedule puts {'it' if len(st.races) == 1 else 'them'}, "
+                 "and a step that fails before the stop passes fails the run: these figures "
+                 "are approximate; `trilemma simulate` decides each race.")  # fmt: skip
+    return line
 
 
 def price_sources(wf: Workflow) -> list[str]:
