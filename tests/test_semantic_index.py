@@ -128,17 +128,22 @@ def test_a_newest_row_removed_and_its_rowid_reused_is_noticed(tmp_path: Path) ->
     assert h.ask("kiwi?") == "answer to kiwi"  # found, though rowid 2 was read before
 
 
-def test_the_index_is_shared_by_caches_of_one_journal_and_bounded(
+def test_the_index_is_shared_by_caches_of_one_journal_and_bounded_in_memory(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
     Harness(tmp_path / "a.db").store("apple")
     assert Harness(tmp_path / "a.db").ask("apple?") == "answer to apple"
     assert len(lookup._indexes) == 1
     assert Harness(tmp_path / "b.db").ask("apple?") is None  # another journal, its own index
-    monkeypatch.setattr(lookup, "MAX_INDEXES", 2)
+    held = [i.nbytes_held for i in lookup._indexes.values()]
+    assert held == [16 * 12] * 2  # room for 16 vectors of 3 floats each
+    monkeypatch.setattr(lookup, "MAX_INDEX_BYTES", 2 * 16 * 12)
     Harness(tmp_path / "c.db").ask("apple?")
     assert len(lookup._indexes) == 2
     assert str(tmp_path / "a.db") not in {k[0] for k in lookup._indexes}  # least recently used
+    monkeypatch.setattr(lookup, "MAX_INDEX_BYTES", 0)
+    assert Harness(tmp_path / "a.db").ask("apple?") == "answer to apple"  # the one in use stays
+    assert [k[0] for k in lookup._indexes] == [str(tmp_path / "a.db")]
 
 
 def test_the_index_grows_without_losing_rows_and_skips_other_lengths() -> None:

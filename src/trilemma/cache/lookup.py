@@ -24,8 +24,9 @@ from trilemma.providers.base import Message
 
 __all__ = ["Cache", "Hit", "Lookup"]
 
-#: Most semantic indexes a process keeps (the least recently used goes first).
-MAX_INDEXES = 64
+#: Most memory the process's semantic indexes hold (about 170,000 entries of
+#: all-MiniLM-L6-v2); past it the least recently used go first, the one in use never.
+MAX_INDEX_BYTES = 256 * 2**20
 
 _indexes: dict[tuple[str, str, str, int], SemanticIndex] = {}
 """This process's semantic indexes, by journal, scope, embedder and vector length: the runs
@@ -112,7 +113,7 @@ class Cache:
                 index = SemanticIndex(vector.nbytes)
             index.add(self.writer.read("semantic_since", scope, embedder, index.last_rowid))
             _indexes[where] = index  # the most recently used last
-            while len(_indexes) > MAX_INDEXES:
+            while len(_indexes) > 1 and sum(i.nbytes_held for i in _indexes.values()) > MAX_INDEX_BYTES:
                 del _indexes[next(iter(_indexes))]
             found = index.nearest(vector)
             if found is None:

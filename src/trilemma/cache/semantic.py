@@ -150,6 +150,11 @@ class SemanticIndex:
     def __len__(self) -> int:
         return len(self._keys)
 
+    @property
+    def nbytes_held(self) -> int:
+        """Memory its vectors take, room for more included."""
+        return self._rows.nbytes
+
     def add(self, rows: Iterable[tuple[int, str, bytes]]) -> None:
         """Take ``(rowid, key, float32 vector bytes)`` rows, in rowid order."""
         for rowid, key, blob in rows:
