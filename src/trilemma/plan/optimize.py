@@ -111,8 +111,8 @@ class Candidate:
     reliability: float
     """End-to-end success."""
     stop_when: str | None = None
-    """The step whose passing ends the run (its figures count the stop); None: no stop, or
-    the spec's own when no step is ``stoppable``."""
+    """A ``stoppable`` step whose passing ends the run (its figures count the stop); None:
+    the spec's own ``stop_when``, if it has one (the figures assume every step runs)."""
 
     def cost(self, on: BudgetOn) -> float:
         """The cost the budget binds."""
