@@ -12,13 +12,16 @@ resort: the answer keeps as many steps as the budgets allow, and is the cheapest
 configuration among those that keep that many.
 
 Stopping early (``stoppable``: the run may end when that step passes, as
-``stop_when``) is weighed only under ``enforced`` budgets. Whether a stop pays
-depends on races, trajectory by trajectory, between the stop step and the steps
-beside it (a step that fails before the stop passes fails the run); the estimate
-lays the steps on one schedule of expected latencies and misses them, and a search
-on its figures would pick the configurations it flatters most. So the search's
-candidates are taken again with each stop, estimated with it to order them, and
-the Monte Carlo, which decides each race, judges them as it judges the others.
+``stop_when``) is weighed by Monte Carlo. Whether a stop pays depends on races,
+trajectory by trajectory, between the stop step and the steps beside it (a step
+that fails before the stop passes fails the run); the estimate lays the steps on
+one schedule of expected latencies and misses them, and a search on its figures
+would pick the configurations it flatters most. So the search's configurations
+are taken again with each stop, ordered by the estimate that counts it, and the
+Monte Carlo judges them: on expected budgets by its own figures (at most
+:data:`STOP_TRIES`, until the estimate reaches the best answer's cost), under
+``enforced`` ones as it judges every candidate. A stop never lowers a worst case,
+so worst-case budgets do not weigh it.
 
 Cost and log-reliability add up over steps; latency is a longest path. The
 search is exhaustive when the space is at most :data:`EXHAUSTIVE_LIMIT`
@@ -40,7 +43,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from trilemma import dag
@@ -65,6 +68,8 @@ ENFORCED_RUNS = 20_000
 errors of the floor, or over it, is simulated again with PREDICTION_RUNS."""
 ENFORCED_TRIES = 200
 """Candidates simulated at most, cheapest first, before ``enforced`` gives up."""
+STOP_TRIES = 50
+"""Configurations with a stop simulated at most on expected budgets."""
 BudgetOn = Literal["worst", "expected"]
 
 
@@ -151,7 +156,8 @@ class OptimizeResult:
     enforced: SimResult | None = None
     """With ``enforced`` budgets: the answer's Monte Carlo under them."""
     simulated: int = 0
-    """With ``enforced`` budgets: the candidates simulated."""
+    """The candidates simulated: with ``enforced`` budgets, every one judged; with expected
+    ones, those with a stop."""
     candidates: tuple[Candidate, ...] = field(default=(), repr=False)
     """Every configuration evaluated that meets the budgets."""
 
@@ -171,6 +177,21 @@ def optimize(
     budget = budget or wf.budget
     if budget_on == "enforced":
         return _enforced(wf, budget, max_retries, method, beam_width)
+    found = _search(wf, budget, budget_on, max_retries, method, beam_width)
+    if budget_on == "expected" and _stops(wf):
+        return _with_stops(wf, found)
+    return found
+
+
+def _search(
+    wf: Workflow,
+    budget: Budget,
+    budget_on: BudgetOn,
+    max_retries: int,
+    method: Literal["auto", "exhaustive", "beam"],
+    beam_width: int,
+) -> OptimizeResult:
+    """The search proper: every figure adds up over steps (a stop is not counted)."""
     options = [_options(wf, s, max_retries) for s in wf.steps]
     structures = [False, True] if any(s.independent for s in wf.steps) else [False]
     space = math.prod(len(o) for o in options) * len(structures)
@@ -229,8 +250,7 @@ def _enforced(
         raise UsageError("--budget-on enforced: give --min-reliability (or budget.min_reliability): "
                          "the success the Monte Carlo must find under the enforced budgets")  # fmt: skip
     on_paper = Budget(min_reliability=floor)  # enforcement can only turn a success into a failure
-    found = optimize(wf, on_paper, budget_on="expected", max_retries=max_retries, method=method,
-                     beam_width=beam_width)  # fmt: skip
+    found = _search(wf, on_paper, "expected", max_retries, method, beam_width)
     pool = [*found.frontier, *found.candidates]
     stops = _stops(wf)
     if stops:  # each configuration again with each stop, ordered by the estimate counting it
@@ -243,12 +263,7 @@ def _enforced(
     tried = 0
     for c in order[:ENFORCED_TRIES]:
         tried += 1
-        variant = apply(wf, c)
-        screen = under_budget(variant, budget.deadline_s, budget.max_cost_usd, seed, ENFORCED_RUNS)
-        if screen.success_rate < floor - 3 * screen.stderr:
-            continue
-        # near or over the floor: the figure the answer is shown with decides
-        run = under_budget(variant, budget.deadline_s, budget.max_cost_usd, seed)
+        run = _judged(apply(wf, c), floor, seed, budget.deadline_s, budget.max_cost_usd)
         if run.success_rate >= floor:
             best, sim = c, run
             break
@@ -270,6 +285,62 @@ def _enforced(
     )  # fmt: skip
 
 
+def _judged(
+    variant: Workflow, floor: float, seed: int, deadline_s: float | None = None,
+    max_cost_usd: float | None = None,
+) -> SimResult:  # fmt: skip
+    """The Monte Carlo of ``variant`` (under a deadline and a ceiling, if given) that decides
+    whether it meets ``floor``: ENFORCED_RUNS trajectories, then PREDICTION_RUNS when that
+    screen lands within three standard errors of the floor or over it."""
+    screen = under_budget(variant, deadline_s, max_cost_usd, seed, ENFORCED_RUNS)
+    if screen.success_rate < floor - 3 * screen.stderr:
+        return screen
+    return under_budget(variant, deadline_s, max_cost_usd, seed)
+
+
+def _with_stops(wf: Workflow, found: OptimizeResult) -> OptimizeResult:
+    """``found`` (expected figures, no stop counted) weighed against its configurations with
+    each ``stoppable`` step as the stop, each judged on its Monte Carlo figures.
+
+    They are tried in order of the cost the estimate gives them with the stop (which the
+    schedule of expected latencies flatters), at most STOP_TRIES, until that estimate
+    reaches the cost of the best answer so far.
+    """
+    budget, floor = found.budget, found.budget.min_reliability or 0.0
+    stopped = [c for c in _stopped(wf, [*found.frontier, *found.candidates], _stops(wf))
+               if meets(c, budget, "expected")]  # fmt: skip
+    stopped.sort(key=lambda c: _rank(c, "expected"))
+    seed = check_seed(wf)
+    best = None
+    if found.best is not None:
+        best = min(found.candidates, key=lambda c: _rank(c, "expected"))
+    judged: list[Candidate] = []
+    for c in stopped[:STOP_TRIES]:
+        if best is not None and _rank(c, "expected") >= _rank(best, "expected"):
+            break
+        sim = _judged(apply(wf, c), floor, seed)
+        measured = replace(c, cost_expected=sim.cost_usd.mean, latency_s=sim.latency_s.mean,
+                           reliability=sim.success_rate)  # fmt: skip
+        judged.append(measured)
+        if meets(measured, budget, "expected") and (
+            best is None or _rank(measured, "expected") < _rank(best, "expected")
+        ):
+            best = measured
+    note = (f"stoppable: {len(judged)} configuration(s) with a stop on "
+            f"{', '.join(_stops(wf))} simulated ({ENFORCED_RUNS:,} runs each, "
+            f"{PREDICTION_RUNS:,} near the floor), cheapest on the estimate first; their "
+            "figures are the Monte Carlo's, which decides each race between the stop step and "
+            "the steps beside it")  # fmt: skip
+    spec = apply(wf, best) if best is not None else None
+    return replace(
+        found, best=spec, best_estimate=estimate(spec) if spec else None,
+        frontier=tuple(_pareto([*found.frontier, *judged])),
+        candidates=(*found.candidates, *(c for c in judged if meets(c, budget, "expected"))),
+        notes=(*found.notes, note), simulated=len(judged),
+        evaluated=found.evaluated + len(judged),
+    )  # fmt: skip
+
+
 def _notes(wf: Workflow, budget: Budget, on: BudgetOn | Literal["enforced"]) -> tuple[str, ...]:
     notes = []
     if not any(
@@ -286,11 +357,9 @@ def _notes(wf: Workflow, budget: Budget, on: BudgetOn | Literal["enforced"]) -> 
     if wf.stop_when is not None:
         notes.append(f"stop_when {wf.stop_when}: the search's figures assume every step runs; "
                      "the original's and the chosen spec's estimates count the stop")
-    if _stops(wf) and on != "enforced":
-        notes.append("stoppable: a stop is weighed only with --budget-on enforced, where the "
-                     "Monte Carlo decides each race between the stop step and the steps beside "
-                     "it; on paper a stop's figures come from one schedule of expected latencies, "
-                     "which misses those races")
+    if _stops(wf) and on == "worst":
+        notes.append("stoppable: a stop never lowers a worst case, so on worst-case budgets it "
+                     "is not weighed; --budget-on expected or enforced weighs it by Monte Carlo")
     if budget == Budget():
         notes.append("no budget given: the answer is the cheapest configuration at all"
                      + (" that keeps every step" if any(s.cuttable for s in wf.steps) else ""))
