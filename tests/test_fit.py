@@ -224,6 +224,9 @@ def test_runs_in_scaled_time_are_fitted_in_the_spec_s_own_time(cli: Any, tmp_pat
     page = cli("report", runs[0]["run_id"], "--journal", path, "--out", tmp_path / "r.html")
     assert page.code == 0, page.err
     assert "Simulated time ran 100x faster" in (tmp_path / "r.html").read_text()
+    again = cli("resume", runs[0]["run_id"], "--journal", path)
+    assert again.code == 2 and "one trial of an experiment (compare or sweep)" in again.err
+    assert "run the experiment again rather than resume it" in again.err
 
 
 def test_a_run_in_its_own_time_is_journaled_at_scale_1(cli: Any, tmp_path: Path) -> None:

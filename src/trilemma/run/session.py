@@ -323,6 +323,12 @@ def resume(
             f"run {run_id} holds a gateway key's calls, not a workflow run; there is nothing to "
             "resume (`trilemma ledger` and `trilemma report` read it)"
         )
+    if row["time_scale"] != 1:
+        raise UsageError(
+            f"run {run_id} is one trial of an experiment (compare or sweep), run in simulated "
+            f"time {1 / row['time_scale']:g}x faster; run the experiment again rather than "
+            "resume it"
+        )
     if still_running(row) and not force:
         raise UsageError(
             f"run {run_id} is still running (process {row['pid']}); wait for it to end or stop "
