@@ -319,6 +319,13 @@ def test_a_stop_is_weighed_under_enforced_budgets(cli, write) -> None:
     assert doc["enforced"]["success_rate"] >= 0.95
     assert doc["budget_check"]["chosen"]["success_rate"] == doc["enforced"]["success_rate"]
     assert any("also with a stop on faq (stoppable)" in n for n in doc["notes"])
+    assert doc["judged"] is None  # enforced: the enforced Monte Carlo is the one shown
+    paper = cli("optimize", EXAMPLES / "stoppable.yaml", "--budget-on", "expected", "--json")
+    judged = paper.json()["judged"]
+    assert judged["runs"] == 100_000 and judged["success_rate"] >= 0.95
+    assert judged["stops_simulated"] >= 2
+    text = cli("optimize", EXAMPLES / "stoppable.yaml", "--budget-on", "expected").out
+    assert "success, Monte Carlo" in text and "cost expected, Monte Carlo" in text
     never = write((EXAMPLES / "stoppable.yaml").read_text().replace("stoppable: true", "retries: 0"))
     without = cli("optimize", never, "--budget-on", "enforced", "--json")
     assert without.code == 1 and not without.json()["feasible"]
@@ -338,6 +345,7 @@ def test_on_expected_budgets_a_stop_is_judged_by_its_monte_carlo() -> None:
     chosen = next(c for c in r.candidates if c.stop_when == "faq" and apply_(wf, c) == r.best)
     sim = simulate(r.best, 100_000, seed=1)
     assert chosen.reliability == sim.success_rate >= 0.95
+    assert r.judged is not None and r.judged.success_rate == sim.success_rate
     assert chosen.cost_expected == pytest.approx(sim.cost_usd.mean)
     assert chosen.cost_expected <= 0.04 and chosen.latency_s <= 6
     flattered = {"faq": 2, "research": 3, "answer": 0}  # 97.3% on the estimate alone

@@ -366,6 +366,9 @@ def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
             for c in r.frontier
         ],
         "notes": list(r.notes),
+        "judged": None if r.judged is None else {
+            **r.judged.brief(), "stops_simulated": r.simulated,
+        },
         "enforced": None if r.enforced is None else {
             **r.enforced.brief(), "candidates_simulated": r.simulated,
         },

@@ -160,6 +160,9 @@ class OptimizeResult:
     ones, those with a stop."""
     candidates: tuple[Candidate, ...] = field(default=(), repr=False)
     """Every configuration evaluated that meets the budgets."""
+    judged: SimResult | None = None
+    """With expected budgets, when the answer stops early: the Monte Carlo its figures are
+    (the estimate of the chosen spec flatters a stop)."""
 
 
 def optimize(
@@ -315,6 +318,7 @@ def _with_stops(wf: Workflow, found: OptimizeResult) -> OptimizeResult:
     if found.best is not None:
         best = min(found.candidates, key=lambda c: _rank(c, "expected"))
     judged: list[Candidate] = []
+    best_sim = None
     for c in stopped[:STOP_TRIES]:
         if best is not None and _rank(c, "expected") >= _rank(best, "expected"):
             break
@@ -325,7 +329,7 @@ def _with_stops(wf: Workflow, found: OptimizeResult) -> OptimizeResult:
         if meets(measured, budget, "expected") and (
             best is None or _rank(measured, "expected") < _rank(best, "expected")
         ):
-            best = measured
+            best, best_sim = measured, sim
     note = (f"stoppable: {len(judged)} configuration(s) with a stop on "
             f"{', '.join(_stops(wf))} simulated ({ENFORCED_RUNS:,} runs each, "
             f"{PREDICTION_RUNS:,} near the floor), cheapest on the estimate first; their "
@@ -337,7 +341,7 @@ def _with_stops(wf: Workflow, found: OptimizeResult) -> OptimizeResult:
         frontier=tuple(_pareto([*found.frontier, *judged])),
         candidates=(*found.candidates, *(c for c in judged if meets(c, budget, "expected"))),
         notes=(*found.notes, note), simulated=len(judged),
-        evaluated=found.evaluated + len(judged),
+        evaluated=found.evaluated + len(judged), judged=best_sim,
     )  # fmt: skip
 
 

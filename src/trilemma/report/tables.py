@@ -363,6 +363,11 @@ def optimize_view(r: OptimizeResult) -> Group:
         cut = [e.id for e in o.per_step if e.id not in kept]
         t.add_row("cut", "", ", ".join(cut))
     bud = r.budget
+    if r.judged is not None:  # a stop: the estimate of the chosen spec flatters it
+        lo, hi = r.judged.ci95
+        t.add_row("success, Monte Carlo", "", f"{_pct(r.judged.success_rate)} "
+                  f"[{_pct(lo)}, {_pct(hi)}]")  # fmt: skip
+        t.add_row("cost expected, Monte Carlo", "", _usd(r.judged.cost_usd.mean))
     if r.enforced is not None:
         lo, hi = r.enforced.ci95
         t.add_row("success, budgets enforced", "", f"{_pct(r.enforced.success_rate)} "
