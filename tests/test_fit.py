@@ -224,6 +224,8 @@ def test_runs_in_scaled_time_are_fitted_in_the_spec_s_own_time(cli: Any, tmp_pat
     page = cli("report", runs[0]["run_id"], "--journal", path, "--out", tmp_path / "r.html")
     assert page.code == 0, page.err
     assert "Simulated time ran 100x faster" in (tmp_path / "r.html").read_text()
+    ledger = cli("ledger", runs[0]["run_id"], "--journal", path).out.replace("\n", " ")
+    assert "simulated time ran 100x faster" in ledger and "0.01 of the spec's own" in ledger
     again = cli("resume", runs[0]["run_id"], "--journal", path)
     assert again.code == 2 and "one trial of an experiment (compare or sweep)" in again.err
     assert "run the experiment again rather than resume it" in again.err
@@ -236,6 +238,7 @@ def test_a_run_in_its_own_time_is_journaled_at_scale_1(cli: Any, tmp_path: Path)
     assert Journal(path).run(r.run_id)["time_scale"] == 1  # type: ignore[index]
     page = cli("report", r.run_id, "--journal", path, "--out", tmp_path / "r.html")
     assert page.code == 0 and "Simulated time ran" not in (tmp_path / "r.html").read_text()
+    assert "simulated time ran" not in cli("ledger", r.run_id, "--journal", path).out
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, 1.5])

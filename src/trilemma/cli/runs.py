@@ -491,7 +491,8 @@ def ledger(
     from trilemma.journal import Journal
 
     j = Journal(journal, create=False)
-    if j.run(run_id) is None:
+    run = j.run(run_id)
+    if run is None:
         raise UsageError(
             f"run {run_id!r} is not in {journal}; `trilemma runs` lists the runs there"
         )
@@ -499,7 +500,7 @@ def ledger(
     if as_json:
         emit_json(rows)
     else:
-        stdout_console().print(tables.ledger_table(run_id, rows))
+        stdout_console().print(tables.ledger_table(run_id, rows, run["time_scale"]))
     return 0
 
 

@@ -536,9 +536,12 @@ def ledger_row(r: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def ledger_table(run_id: str, rows: list[dict[str, Any]]) -> Table:
-    """``trilemma ledger``."""
+def ledger_table(run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.0) -> Table:
+    """``trilemma ledger`` (``time_scale``: the run's, journaled; below 1 the caption says so)."""
     t = Table(title=f"Ledger of {run_id}: {len(rows)} calls", title_justify="left")
+    if time_scale != 1:
+        t.caption = (f"simulated time ran {1 / time_scale:g}x faster (compare or sweep): "
+                     f"latencies are {time_scale:g} of the spec's own")  # fmt: skip
     for col in (
         "step",
         "attempt",
