@@ -162,3 +162,30 @@ def test_the_index_grows_without_losing_rows_and_skips_other_lengths() -> None:
     entries = [(f"k{i}", v.tobytes(), f"a{i}") for i, v in enumerate(vectors)]
     match = best_match(vectors[42], entries)
     assert match is not None and (match.key, match.response) == ("k42", "a42")
+
+
+def test_lookups_from_many_threads_share_the_registry_safely(tmp_path: Path) -> None:
+    """Runs in threads of one process (each its own loop and writer) look up at once: each
+    takes its index out while it uses it, so none sees another's half-added rows."""
+    import threading
+
+    Harness(tmp_path / "j.db").store("apple")
+    Harness(tmp_path / "j.db").store("pear")
+    errors: list[BaseException] = []
+    answers: list[str | None] = []
+
+    def worker(n: int) -> None:
+        try:
+            h = Harness(tmp_path / ("j.db" if n % 2 else f"other{n}.db"))
+            for _ in range(30):
+                answers.append(h.ask("apple?" if n % 2 else "pear?"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert answers.count("answer to apple") == 90 and answers.count(None) == 90

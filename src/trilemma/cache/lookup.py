@@ -10,6 +10,7 @@ an exact miss in the journal asks Redis, and a stored answer goes there too.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,10 @@ MAX_INDEX_BYTES = 256 * 2**20
 
 _indexes: dict[tuple[str, str, str, int], SemanticIndex] = {}
 """This process's semantic indexes, by journal, scope, embedder and vector length: the runs
-of a batch or a compare and a gateway's requests share them."""
+of a batch or a compare and a gateway's requests share them. A lookup takes its index out
+while it uses it (another thread's lookup of that scope meanwhile builds its own), under
+``_indexes_lock``."""
+_indexes_lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,14 +112,13 @@ class Cache:
         """
         where = (str(self.writer.journal.path), scope, embedder, vector.nbytes)
         for fresh in (False, True):
-            index = _indexes.pop(where, None)
+            with _indexes_lock:
+                index = _indexes.pop(where, None)
             if fresh or index is None or self._removed(index, scope, embedder):
                 index = SemanticIndex(vector.nbytes)
             index.add(self.writer.read("semantic_since", scope, embedder, index.last_rowid))
-            _indexes[where] = index  # the most recently used last
-            while len(_indexes) > 1 and sum(i.nbytes_held for i in _indexes.values()) > MAX_INDEX_BYTES:
-                del _indexes[next(iter(_indexes))]
             found = index.nearest(vector)
+            _keep(where, index)
             if found is None:
                 return None
             rowid, key, similarity = found
@@ -153,3 +156,13 @@ class Cache:
                 "prompt": prompt_text(messages), "vector": vector.astype(np.float32).tobytes(),
                 "response": response, "created_at": now,
             })  # fmt: skip
+
+
+def _keep(where: tuple[str, str, str, int], index: SemanticIndex) -> None:
+    """Put an index back as the most recently used, and drop the least recently used ones
+    while they hold more than MAX_INDEX_BYTES (never the one just put back)."""
+    with _indexes_lock:
+        _indexes[where] = index
+        held = sum(i.nbytes_held for i in _indexes.values())
+        while len(_indexes) > 1 and held > MAX_INDEX_BYTES:
+            held -= _indexes.pop(next(iter(_indexes))).nbytes_held
