@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from trilemma import estimate, load_workflow, parse_workflow, simulate
+from trilemma import estimate, load_workflow, parse_workflow, simulate, workflow_from_dict
 from trilemma.journal import Journal
 from trilemma.plan.simulate import simulate_loop
 from trilemma.run.session import execute
@@ -173,7 +173,10 @@ def test_a_lone_stop_step_that_passes_cancels_the_thorough_path(tmp_path: Path) 
             slow=5.0)  # fmt: skip
     assert time.perf_counter() - started < 2.0  # research's call was cancelled, not awaited
     assert r.status == "ok" and r.outputs == {"guess": "42"}
-    assert r.cost_usd == pytest.approx(0.002)
+    # an endpoint that bills may bill what it generated: the cancelled call at its reservation
+    assert r.cost_usd == pytest.approx(0.002 + 0.03)
+    [research] = [c for c in Journal(tmp_path / "j.db").calls(r.run_id) if c["step_id"] == "research"]
+    assert research["outcome"] == "cancelled" and research["cost_usd"] == research["reserved_usd"]
     assert r.saved_usd == pytest.approx(sum(
         s.cost_expected for s in r.predicted.per_step if s.id in ("research", "answer")
     ))  # fmt: skip
@@ -210,3 +213,36 @@ def test_measured_runs_land_on_the_prediction(tmp_path: Path) -> None:
     stopped = sum(r.outputs.keys() == {"guess"} for r in runs) / len(runs)
     assert abs(stopped - e.stop.chance) <= 4 * math.sqrt(0.7 * 0.3 / 200)  # type: ignore[union-attr]
     assert cost == pytest.approx(e.cost_expected, rel=0.15)
+
+
+def test_a_cancelled_call_bills_its_reservation_on_a_real_endpoint_and_the_planner_counts_it(
+    tmp_path: Path,
+) -> None:
+    """On the simulator a call the stop cancels bills nothing (its cost unknown, NULL); on a
+    real endpoint it bills its reservation (above: the executor), and the estimate and the
+    Monte Carlo count that too, and agree."""
+    sim = load_workflow(RACE)
+    e_sim = estimate(sim)
+    assert e_sim.stop is not None and e_sim.stop.cancelled_usd == 0.0
+    done = execute(sim, journal=Journal(tmp_path / "sim.db"), seed=1)
+    [row] = [c for c in Journal(tmp_path / "sim.db").calls(done.run_id) if c["step_id"] == "research"]
+    assert row["outcome"] == "cancelled" and row["cost_usd"] is None
+    assert done.cost_usd == pytest.approx(0.002)
+
+    spec = sim.model_dump(mode="json", exclude_none=True)
+    for name, m in spec["models"].items():
+        m.update(provider="openai", base_url="http://127.0.0.1:9/v1", api_key_env="NO_KEY",
+                 model=name)  # fmt: skip
+    real = workflow_from_dict(spec)
+    assert not real.models["premium"].runs_on_simulator
+    e = estimate(real)
+    assert e.stop is not None and e.stop.in_flight == ("research",)
+    assert e.stop.cancelled_usd == pytest.approx(0.03)  # research's one call, at its price
+    assert e.cost_expected == pytest.approx(e_sim.cost_expected + 0.7 * 0.03)
+    assert e.stop.to_json(e.per_step)["saved_usd_expected"] == pytest.approx(
+        e_sim.stop.to_json(e_sim.per_step)["saved_usd_expected"] - 0.7 * 0.03
+    )
+    mc = simulate(real, 200_000, seed=1)
+    assert mc.cost_usd.mean == pytest.approx(e.cost_expected, rel=0.01)
+    _, loop_cost, _ = simulate_loop(real, 20_000, seed=2)
+    assert loop_cost == pytest.approx(e.cost_expected, rel=0.03)

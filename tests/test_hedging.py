@@ -251,7 +251,10 @@ def test_when_both_copies_fail_the_step_retries(tmp_path: Path) -> None:
     assert r.cost_usd == pytest.approx(0.01)
 
 
-def test_the_deadline_cancels_both_copies_and_bills_neither(tmp_path: Path) -> None:
+def test_the_deadline_cancels_both_copies_and_bills_each_at_its_reservation(tmp_path: Path) -> None:
+    """An endpoint that bills may bill what it generated before the hang-up: each copy is
+    billed at its reservation, the most it could be, as the gateway bills a client that
+    leaves."""
     async def hang(request: Request) -> str:
         await asyncio.sleep(5.0)
         return "late"
@@ -263,7 +266,10 @@ def test_the_deadline_cancels_both_copies_and_bills_neither(tmp_path: Path) -> N
     calls = j.calls(r.run_id)
     assert [c["outcome"] for c in calls] == ["cancelled", "cancelled"]
     assert calls[1]["idempotency_key"] == calls[0]["idempotency_key"] + ":h"
-    assert r.cost_usd == 0.0
+    assert [c["cost_usd"] for c in calls] == [c["reserved_usd"] for c in calls] == [0.01, 0.01]
+    assert all("billed at its reservation" in c["error"] for c in calls)
+    assert r.cost_usd == pytest.approx(0.02)
+    assert j.spent(r.run_id) == pytest.approx(0.02)  # what a resume counts against its ceiling
 
 
 def test_the_simulator_s_hedges_match_the_planner(tmp_path: Path) -> None:

@@ -360,7 +360,8 @@ class Journal:
         return float(row[0]), int(row[1])
 
     def spent(self, run_id: str) -> float:
-        """Dollars billed to a run so far (answered calls)."""
+        """Dollars billed to a run so far (answered calls, and a real endpoint's calls
+        cancelled in flight, at their reservation): what a resume counts against its ceiling."""
         return self.totals(run_id)[0]
 
     def check(self) -> dict[str, Any]:

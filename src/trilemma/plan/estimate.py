@@ -25,7 +25,8 @@ the price in the worst case) and times it as the race of the two copies in the e
 figures (:mod:`trilemma.plan.hedge`); the critical path keeps ``latency_s``.
 
 An early stop (``stop_when: S``) ends the run when ``S`` passes: what has not
-finished by then is cancelled or never started, and billed nothing. On the schedule
+finished by then is cancelled or never started, and billed nothing, but for calls in
+flight on a real endpoint, billed at their reservation (:func:`cancel_cost`). On the schedule
 of expected step latencies, the steps that finish after ``S`` are skipped with the
 chance ``S`` passes (the product of its and its ancestors' success); the expected
 cost, calls and latency count that, and the run succeeds when every step finished
@@ -37,7 +38,7 @@ case and the critical path do not count the stop: ``S`` may fail.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -50,6 +51,7 @@ __all__ = [
     "Estimate",
     "StepEstimate",
     "assemble",
+    "cancel_cost",
     "estimate",
     "step_estimate",
 ]
@@ -160,15 +162,20 @@ class EarlyStop:
     """Nothing runs after it: when it fails, the run goes on without the stop."""
     in_flight: tuple[str, ...] = ()
     """The skipped steps that start before it finishes: one attempt's calls are sent, then
-    cancelled (billed nothing, as the executor bills a call that never answered)."""
+    cancelled (billed at their reservation on a real endpoint, nothing on the simulator, as
+    the executor bills them)."""
     races: tuple[str, ...] = ()
     """Steps whose retries may put them on the other side of the stop than the expected
     schedule does: a skipped one that may finish first (and fail the run), or one counted
     as finished that may still be running. Only the Monte Carlo decides these races."""
+    cancelled_usd: float = 0.0
+    """What the ``in_flight`` steps' cancelled calls bill when it passes (see
+    :func:`cancel_cost`)."""
 
     def to_json(self, rows: tuple[StepEstimate, ...]) -> dict[str, Any]:
         """The ``stop_when`` block of ``estimate --json``."""
         saved = math.fsum(r.cost_expected for r in rows if r.id in self.skipped)
+        saved -= self.cancelled_usd
         return {"step": self.step, "chance": _r(self.chance), "at_s": _r(self.at_s),
                 "skipped": list(self.skipped), "saved_usd_expected": _r(self.chance * saved),
                 "races": list(self.races)}  # fmt: skip
@@ -216,7 +223,8 @@ class Estimate:
     @property
     def cost_expected(self) -> float:
         """Each retry counted with the chance it happens (and an early stop with its own)."""
-        return self._expected(lambda s: s.cost_expected)
+        billed = self.stop.chance * self.stop.cancelled_usd if self.stop is not None else 0.0
+        return self._expected(lambda s: s.cost_expected) + billed
 
     @property
     def cost_worst(self) -> float:
@@ -456,19 +464,30 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
     )
 
 
+def cancel_cost(wf: Workflow, step: Step, model: str | None = None) -> float:
+    """Dollars an attempt of ``step`` (on ``model``, else its first attempt's) bills when it
+    is cancelled in flight: its calls' reservations on a real endpoint, which may bill what
+    it generated; nothing on the simulator. As the executor bills it."""
+    m = wf.models[model or wf.attempt_model(step, 1)]
+    return 0.0 if m.runs_on_simulator else m.reserved_per_call(step.max_tokens) * step.calls
+
+
 def estimate(wf: Workflow) -> Estimate:
     """Analytic cost, latency and reliability of a workflow."""
     rows = {s.id: step_estimate(wf, s) for s in wf.steps}
-    e = assemble(rows, wf.edges(), wf.stop_when)
+    cancel = {s.id: cancel_cost(wf, s) for s in wf.steps} if wf.stop_when is not None else None
+    e = assemble(rows, wf.edges(), wf.stop_when, cancel)
     for sid in e.critical_path:
         rows[sid].critical = True
     return e
 
 
 def assemble(
-    rows: dict[str, StepEstimate], graph: dict[str, list[str]], stop_when: str | None
-) -> Estimate:
-    """The workflow's figures from its steps' (in spec order) and their dependencies.
+    rows: dict[str, StepEstimate], graph: dict[str, list[str]], stop_when: str | None,
+    cancel: Mapping[str, float] | None = None,
+) -> Estimate:  # fmt: skip
+    """The workflow's figures from its steps' (in spec order) and their dependencies;
+    ``cancel``: per step, what an attempt cancelled in flight bills (:func:`cancel_cost`).
 
     Leaves the rows' ``critical`` flags alone, so the optimizer can share rows between
     the configurations it weighs.
@@ -479,7 +498,7 @@ def assemble(
     worst, _ = dag.longest_path(graph, {i: r.latency_worst_s for i, r in rows.items()}, order)
     stop = None
     if stop_when is not None:
-        stop = _early_stop(stop_when, graph, order, rows)
+        stop = _early_stop(stop_when, graph, order, rows, cancel or {})
         expected = stop.chance * stop.at_s + (1.0 - stop.chance) * expected
     return Estimate(tuple(rows.values()), tuple(path), length, expected, worst, stop)
 
@@ -489,8 +508,9 @@ def _one_attempt_calls(s: StepEstimate) -> float:
 
 
 def _early_stop(
-    step: str, graph: dict[str, list[str]], order: list[str], rows: dict[str, StepEstimate]
-) -> EarlyStop:
+    step: str, graph: dict[str, list[str]], order: list[str], rows: dict[str, StepEstimate],
+    cancel: Mapping[str, float],
+) -> EarlyStop:  # fmt: skip
     """Which steps ``stop_when: step`` skips on the expected schedule, and how often."""
     finish = dag.finish_times(graph, {i: r.latency_expected_s for i, r in rows.items()}, order)
     at = finish[step]
@@ -507,4 +527,5 @@ def _early_stop(
         if i not in line and (soonest[i] < latest[step] - 1e-9 if i in skipped
                               else latest[i] > soonest[step] + 1e-9)
     )  # fmt: skip
-    return EarlyStop(step, chance, at, skipped, alone, in_flight, races)
+    billed = math.fsum(cancel.get(i, 0.0) for i in in_flight)
+    return EarlyStop(step, chance, at, skipped, alone, in_flight, races, billed)

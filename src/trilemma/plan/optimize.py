@@ -48,7 +48,14 @@ from typing import Literal
 
 from trilemma import dag
 from trilemma.errors import UsageError
-from trilemma.plan.estimate import Estimate, StepEstimate, assemble, estimate, step_estimate
+from trilemma.plan.estimate import (
+    Estimate,
+    StepEstimate,
+    assemble,
+    cancel_cost,
+    estimate,
+    step_estimate,
+)
 from trilemma.plan.simulate import PREDICTION_RUNS, SimResult, check_seed, under_budget
 from trilemma.spec import Budget, Debate, Step, Workflow, workflow_from_dict
 
@@ -378,12 +385,14 @@ def _stops(wf: Workflow) -> list[str]:
 def _stopped(wf: Workflow, cands: Sequence[Candidate], stops: Sequence[str]) -> list[Candidate]:
     """``cands`` (counted as running every step) again with each of ``stops``, their
     expected figures from the estimate that counts it."""
-    rows: dict[tuple[int, Choice], StepEstimate] = {}  # one estimate per step and choice
+    rows: dict[tuple[int, Choice], tuple[StepEstimate, float]] = {}  # per step and choice
 
-    def row(i: int, c: Choice) -> StepEstimate:
+    def row(i: int, c: Choice) -> tuple[StepEstimate, float]:
+        """The step's estimate under choice ``c``, and what cancelling an attempt bills."""
         key = (i, c)
         if key not in rows:
-            rows[key] = step_estimate(wf, _apply_step(wf.steps[i], c))
+            step = _apply_step(wf.steps[i], c)
+            rows[key] = (step_estimate(wf, step), cancel_cost(wf, step))
         return rows[key]
 
     graphs: dict[tuple[bool, frozenset[str]], dict[str, list[str]]] = {}
@@ -396,8 +405,10 @@ def _stopped(wf: Workflow, cands: Sequence[Candidate], stops: Sequence[str]) -> 
             graph = graphs[(c.parallel, cut)] = _uncut(_graph(wf, c.parallel), set(cut))
         kept = {s.id: row(i, ch) for i, (s, ch) in enumerate(zip(wf.steps, c.choices, strict=True))
                 if not ch.cut}  # fmt: skip
+        ests = {sid: r for sid, (r, _) in kept.items()}
+        cancel = {sid: usd for sid, (_, usd) in kept.items()}
         for stop in stops:  # never a cut step: a stoppable step is not cuttable
-            e = assemble(kept, graph, stop)
+            e = assemble(ests, graph, stop, cancel)
             out.append(Candidate(c.choices, c.parallel, e.cost_worst, e.cost_expected,
                                  e.latency_expected_s, e.reliability, stop))  # fmt: skip
     return out

@@ -49,7 +49,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trilemma import dag
-from trilemma.plan.estimate import CACHE_HIT_LATENCY_S, estimate
+from trilemma.plan.estimate import CACHE_HIT_LATENCY_S, cancel_cost, estimate
 from trilemma.plan.hedge import call_price
 from trilemma.spec import Simulation, Step, Workflow
 
@@ -233,6 +233,8 @@ class _StepParams:
     """One per attempt allowed (1 + retries)."""
     route: _Route | None = None
     """A routed step's branches (its ``tries`` then only count its attempts)."""
+    cancel_usd: float = 0.0
+    """What an attempt cancelled in flight by an early stop or the deadline bills."""
 
 
 def _order(wf: Workflow, capped: bool) -> list[str]:
@@ -271,6 +273,7 @@ def _params(wf: Workflow, settings: Simulation, order: list[str]) -> list[_StepP
                 calls=s.calls,
                 tries=tuple(tries[wf.attempt_model(s, a)] for a in range(1, s.retries + 2)),
                 route=_route(wf, s) if s.route else None,
+                cancel_usd=cancel_cost(wf, s),
             )
         )
     return out
@@ -487,7 +490,8 @@ def _chunk(
     broke = false.copy()  # the ceiling refused a call: nothing more is sent
     broke_at = np.full(n, math.inf)
     capped = cap < math.inf
-    own: list[tuple[np.ndarray, ...]] = []  # paid, calls, own uncaught, start, an attempt's calls
+    # paid, calls, own uncaught, start, an attempt's calls, what cancelling one bills
+    own: list[tuple[Any, ...]] = []
     for sp in params:
         start = np.max([finish[j] for j in sp.parents], axis=0) if sp.parents else zeros
         blocked = np.any([dead[j] for j in sp.parents], axis=0) if sp.parents else false
@@ -501,7 +505,7 @@ def _chunk(
             dead.append(blocked | broke)
             wrong.append(tainted.copy())
             if cut is not None:
-                own.append((zeros, zeros, false, start, zeros))
+                own.append((zeros, zeros, false, start, zeros, 0.0))
             continue
         hit = runs & (rng.random(n) < sp.hit_rate) if sp.hit_rate > 0.0 else false
         factor = np.where(tainted, st.compounding, 1.0)
@@ -520,7 +524,8 @@ def _chunk(
         wrong.append(step_wrong | tainted)
         uncaught_any |= step_wrong
         if cut is not None:
-            own.append((paid, called, step_wrong, start, np.minimum(called, sp.calls)))
+            own.append((paid, called, step_wrong, start, np.minimum(called, sp.calls),
+                        sp.cancel_usd))  # fmt: skip
     if cut is not None:
         return _cut_short(cut, finish, dead, own, broke_at)
     for f in finish:
@@ -534,12 +539,13 @@ def _cut_short(
     cut: _Cut,
     finish: list[np.ndarray],
     dead: list[np.ndarray],
-    own: list[tuple[np.ndarray, ...]],
+    own: list[tuple[Any, ...]],
     broke_at: np.ndarray,
 ) -> tuple[np.ndarray, ...]:
     """A chunk's figures when a run may end early: where the stop step passed, or the
     deadline came first, only the steps finished by then count (a step started by then
-    has sent an attempt's calls, cancelled unbilled) and the run ends then. A run the
+    has sent an attempt's calls, cancelled: billed at their reservation on a real endpoint,
+    nothing on the simulator) and the run ends then. A run the
     deadline cut fails, as does one the ceiling stopped before either (``broke_at``)."""
     inf = np.full_like(finish[0], math.inf)
     at, stopped = inf, np.zeros(inf.shape, dtype=bool)
@@ -553,12 +559,13 @@ def _cut_short(
     until = np.where(broke, broke_at, until)
     cost, calls, latency = np.zeros_like(inf), np.zeros_like(inf), np.zeros_like(inf)
     caught, uncaught = np.zeros(inf.shape, dtype=bool), np.zeros(inf.shape, dtype=bool)
-    for i, (f, d, (paid, called, wrong, start, one)) in enumerate(
+    for i, (f, d, (paid, called, wrong, start, one, cancel)) in enumerate(
         zip(finish, dead, own, strict=True)
     ):
         counts = f <= until + 1e-9
-        cost += np.where(counts, paid, 0.0)
-        calls += np.where(counts, called, np.where(start < until - 1e-9, one, 0.0))
+        in_flight = ~counts & (start < until - 1e-9)
+        cost += np.where(counts, paid, np.where(in_flight & (one > 0), cancel, 0.0))
+        calls += np.where(counts, called, np.where(in_flight, one, 0.0))
         np.maximum(latency, np.where(counts, f, 0.0), out=latency)
         if not (cut.alone and i == cut.stop):  # a lone stop step's failure only means no stop
             caught |= d & counts
@@ -694,6 +701,8 @@ def simulate_loop(
         wrong: list[bool] = []
         paid: list[float] = []  # per step
         failed_at: list[bool] = []  # per step: it failed the run (caught or not)
+        cancel: list[float] = []  # per step: what it bills if cancelled in flight
+        starts: list[float] = []
         for sp in params:
             cost = 0.0
             start = max((finish[j] for j in sp.parents), default=0.0)
@@ -708,6 +717,8 @@ def simulate_loop(
                 wrong.append(tainted)
                 paid.append(0.0)
                 failed_at.append(False)
+                cancel.append(0.0)
+                starts.append(start)
                 continue
             factor = settings.compounding if tainted else 1.0
             t, is_dead, is_wrong = 0.0, False, False
@@ -750,6 +761,8 @@ def simulate_loop(
             paid.append(cost)
             spent += cost
             failed_at.append(is_dead or is_wrong)
+            cancel.append(sp.cancel_usd)
+            starts.append(start)
         until, late = math.inf, False
         if cut is not None:
             k = cut.stop
@@ -767,6 +780,10 @@ def simulate_loop(
             f and c for f, c in zip(failed_at, counts, strict=True)
         )
         cost_sum += math.fsum(c for c, keep in zip(paid, counts, strict=True) if keep)
+        cost_sum += math.fsum(  # in flight when the run ended: cancelled, billed as it bills
+            c for c, keep, t0 in zip(cancel, counts, starts, strict=True)
+            if not keep and t0 < until - 1e-9
+        )
         lat_sum += until if late else max(
             (f for f, keep in zip(finish, counts, strict=True) if keep), default=0.0
         )

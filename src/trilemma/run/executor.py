@@ -11,7 +11,8 @@ marks it done. The run's deadline is a timeout around the whole task group.
 
 Stopping: a failed step or a refused reservation stops new calls (calls in
 flight finish: they are paid for); the deadline and an early stop
-(``stop_when``) cancel what is in flight. The ``stop_when`` step is a bet that
+(``stop_when``) cancel what is in flight (a real endpoint's cancelled call is billed
+at its reservation: it may bill what it generated). The ``stop_when`` step is a bet that
 a good-enough answer comes early: when nothing runs after it and it fails, the
 run goes on without the stop (and ends ok if every other step does). An
 exception that is not a failed call (a bug in a provider or an ``on_event``
@@ -668,8 +669,7 @@ class Executor:
             self._record_error(call_id, exc.kind, str(exc))
             raise
         except asyncio.CancelledError:
-            s.release(hold)
-            self._record_error(call_id, "cancelled", "cancelled while in flight", None)
+            self._cancelled(call_id, route, hold, s)
             raise
 
     async def _hedged(
@@ -724,8 +724,7 @@ class Executor:
             for task, (req, held, _) in racing.items():
                 task.cancel()
                 task.add_done_callback(_retrieved)
-                s.release(held)
-                self._record_error(req.idempotency_key, "cancelled", "cancelled while in flight", None)
+                self._cancelled(req.idempotency_key, route, held, s)
             raise
         finally:
             if copy_hold is not None:
@@ -796,6 +795,20 @@ class Executor:
                 "error": "the other copy answered first; cancelled, billed at its reservation",
             }))  # fmt: skip
         racing.clear()
+
+    def _cancelled(self, call_id: str, route: Route, hold: Reservation, s: Session) -> None:
+        """A call cancelled in flight (the deadline, an early stop). An endpoint that bills
+        (``external``) may bill what it generated before the hang-up: billed at its
+        reservation, the most it could be, as the gateway bills a client that leaves. The
+        simulator bills nobody: its hold is released, the cost unknown (NULL)."""
+        if route.external:
+            s.settle(hold, hold.amount)
+            self._record_error(call_id, "cancelled", "cancelled while in flight: billed at its "
+                               "reservation, as the endpoint may bill what it generated",
+                               hold.amount)  # fmt: skip
+        else:
+            s.release(hold)
+            self._record_error(call_id, "cancelled", "cancelled while in flight", None)
 
     def _record_error(self, call_id: str, kind: str, msg: str, cost: float | None = 0.0) -> None:
         self.writer.defer("call_finished", call_id, {
