@@ -324,8 +324,10 @@ def test_a_stop_is_weighed_under_enforced_budgets(cli, write) -> None:
     judged = paper.json()["judged"]
     assert judged["runs"] == 100_000 and judged["success_rate"] >= 0.95
     assert judged["stops_simulated"] >= 2
-    text = cli("optimize", EXAMPLES / "stoppable.yaml", "--budget-on", "expected").out
-    assert "success, Monte Carlo" in text and "cost expected, Monte Carlo" in text
+    png = write(b"", "frontier.png")
+    text = cli("optimize", EXAMPLES / "stoppable.yaml", "--budget-on", "expected", "--plot", png)
+    assert "success, Monte Carlo" in text.out and "cost expected, Monte Carlo" in text.out
+    assert png.read_bytes().startswith(b"\x89PNG")  # the judged figure drawn beside the estimate
     never = write((EXAMPLES / "stoppable.yaml").read_text().replace("stoppable: true", "retries: 0"))
     without = cli("optimize", never, "--budget-on", "enforced", "--json")
     assert without.code == 1 and not without.json()["feasible"]

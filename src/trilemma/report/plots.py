@@ -115,6 +115,10 @@ def plot_frontier(r: OptimizeResult, path: str | Path) -> Path:
             ax.scatter([r.best_estimate.cost_worst], [r.enforced.success_rate], marker="*",
                        s=250, facecolors="none", edgecolors="tab:red",
                        label="chosen, budgets enforced (Monte Carlo)")  # fmt: skip
+        if r.judged is not None:  # a stop: the Monte Carlo it was judged on
+            ax.scatter([r.best_estimate.cost_worst], [r.judged.success_rate], marker="*",
+                       s=250, facecolors="none", edgecolors="tab:red",
+                       label="chosen, as simulated (Monte Carlo)")  # fmt: skip
     ax.scatter([r.original.cost_worst], [r.original.reliability], marker="X", s=120,
                color="black", label="original")  # fmt: skip
     if r.budget.max_cost_usd is not None:
