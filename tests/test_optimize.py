@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from trilemma import Budget, estimate, load_workflow, optimize, parse_workflow, workflow_from_dict
+from trilemma.plan.optimize import apply
 from trilemma.spec import CacheRule
 
 from .conftest import EXAMPLES
@@ -344,7 +345,7 @@ def test_on_expected_budgets_a_stop_is_judged_by_its_monte_carlo() -> None:
     wf = load_workflow(EXAMPLES / "stoppable.yaml")
     r = optimize(wf, budget_on="expected")
     assert r.best is not None and r.best.stop_when == "faq" and r.simulated >= 2
-    chosen = next(c for c in r.candidates if c.stop_when == "faq" and apply_(wf, c) == r.best)
+    chosen = next(c for c in r.candidates if c.stop_when == "faq" and apply(wf, c) == r.best)
     sim = simulate(r.best, 100_000, seed=1)
     assert chosen.reliability == sim.success_rate >= 0.95
     assert r.judged is not None and r.judged.success_rate == sim.success_rate
@@ -359,16 +360,10 @@ def test_on_expected_budgets_a_stop_is_judged_by_its_monte_carlo() -> None:
     assert any("a stop never lowers a worst case" in n for n in worst.notes)
 
 
-def apply_(wf: Any, c: Any) -> Any:
-    from trilemma.plan.optimize import apply
-
-    return apply(wf, c)
-
-
 def test_a_spec_s_own_stop_stays_when_the_optimizer_chooses_no_other() -> None:
     """stop_when names one step, stoppable another: a configuration without a stop of its own
     keeps the spec's; one with a stop replaces it."""
-    from trilemma.plan.optimize import _stopped, apply
+    from trilemma.plan.optimize import _stopped
 
     text = (EXAMPLES / "stoppable.yaml").read_text().replace(
         "  - {id: research, model: premium,", "  - {id: research, model: premium, stoppable: true,"

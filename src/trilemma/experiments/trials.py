@@ -19,7 +19,7 @@ from typing import Any
 
 from trilemma.errors import UsageError
 from trilemma.journal import Journal
-from trilemma.run.retry import scaled_time
+from trilemma.run.retry import check_time_scale, scaled_time
 from trilemma.run.session import execute
 from trilemma.spec import Workflow
 
@@ -48,8 +48,7 @@ def check_settings(runs: int, time_scale: float) -> None:
     """Refuse a run count below 1 or a time factor outside (0, 1]."""
     if runs < 1:
         raise UsageError(f"--runs: {runs} is not a positive integer; give 1 or more")
-    if not 0 < time_scale <= 1:
-        raise UsageError(f"--time-scale {time_scale:g}: give a factor in (0, 1], such as 0.01")
+    check_time_scale(time_scale, "--time-scale")
 
 
 class Tally:

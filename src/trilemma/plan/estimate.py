@@ -464,11 +464,11 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
     )
 
 
-def cancel_cost(wf: Workflow, step: Step, model: str | None = None) -> float:
-    """Dollars an attempt of ``step`` (on ``model``, else its first attempt's) bills when it
-    is cancelled in flight: its calls' reservations on a real endpoint, which may bill what
+def cancel_cost(wf: Workflow, step: Step) -> float:
+    """Dollars an attempt of ``step`` (on its first attempt's model) bills when it is
+    cancelled in flight: its calls' reservations on a real endpoint, which may bill what
     it generated; nothing on the simulator. As the executor bills it."""
-    m = wf.models[model or wf.attempt_model(step, 1)]
+    m = wf.models[wf.attempt_model(step, 1)]
     return 0.0 if m.runs_on_simulator else m.reserved_per_call(step.max_tokens) * step.calls
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base
 
-from trilemma.errors import RateLimited
+from trilemma.errors import RateLimited, UsageError
 
-__all__ = ["RetryPolicy", "fast_retries", "policy", "retrying", "scaled_time"]
+__all__ = ["RetryPolicy", "check_time_scale", "fast_retries", "policy", "retrying", "scaled_time"]
 
 
 @dataclass(slots=True)
@@ -50,6 +50,12 @@ def scaled_time(factor: float) -> Iterator[None]:
         yield
     finally:
         policy.time_scale = saved
+
+
+def check_time_scale(factor: float, name: str = "time_scale") -> None:
+    """Refuse a time factor outside (0, 1] (``name``: the flag or argument that gave it)."""
+    if not 0 < factor <= 1:
+        raise UsageError(f"{name} {factor:g}: give a factor in (0, 1], such as 0.01")
 
 
 def fast_retries() -> contextlib.AbstractContextManager[None]:

@@ -36,6 +36,7 @@ from trilemma.run.executor import (
     spec_json,
 )
 from trilemma.run.gates import Check, build_gate
+from trilemma.run.retry import check_time_scale
 from trilemma.run.routes import Route
 from trilemma.run.shared_budget import SharedCeiling, SharedSpend
 from trilemma.spec import ModelProfile, Workflow, load_workflow, workflow_from_dict
@@ -193,8 +194,7 @@ def execute(
     A provider that raises something other than a ProviderError (a bug) ends the run:
     the journal marks it failed, and the error is raised here as itself.
     """
-    if not 0 < time_scale <= 1:
-        raise UsageError(f"time_scale {time_scale:g}: give a factor in (0, 1], such as 0.01")
+    check_time_scale(time_scale)
     tenant = check_tenant(tenant)
     values = check_inputs(wf, inputs or {}, source)
     gates = build_gates(wf, source)
