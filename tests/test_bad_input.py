@@ -160,6 +160,25 @@ CASES: dict[str, tuple[str | bytes, str, str]] = {
         "steps[0].retries",
         "integer",
     ),
+    # finite, but a sum or a product of them is not: the JSON and the Monte Carlo overflowed
+    "price past any real one": (
+        "version: 1\nmodels: {p: {usd_per_call: 1e308, latency_s: 1, p_ok: 0.5}}\n"
+        "steps: [{id: a, model: p, retries: 2}, {id: b, model: p, after: [a]}]\n",
+        "models.p.usd_per_call",
+        "less than or equal to 1000000",
+    ),
+    "latency past any real one": (
+        "version: 1\nmodels: {p: {usd_per_call: 1, latency_s: 1e300, p_ok: 0.5, latency_jitter: 1}}\n"
+        "steps: [{id: a, model: p}]\n",
+        "models.p.latency_s",
+        "less than or equal to 10000000",
+    ),
+    "tokens past a float": (
+        "version: 1\nmodels: {p: {usd_per_1m_input: 1, usd_per_1m_output: 1, latency_s: 1, "
+        "p_ok: 0.5, prompt_tokens: 1" + "0" * 400 + "}}\nsteps: [{id: a, model: p}]\n",
+        "models.p.prompt_tokens",
+        "less than or equal to 1000000000",
+    ),
 }
 
 
@@ -213,6 +232,13 @@ def test_runs_must_be_a_positive_integer(cli, runs: str) -> None:
         ["optimize", "{spec}", "--min-reliability", "1.5"],
         ["optimize", "{spec}", "--budget-on", "median"],
         ["optimize", "{spec}", "--max-cost", "cheap"],
+        ["optimize", "{spec}", "--max-cost", "1e308"],
+        ["optimize", "{spec}", "--max-latency", "0"],
+        ["optimize", "{spec}", "--min-reliability", "0"],
+        ["simulate", "{spec}", "--max-cost", "1e308"],
+        ["run", "{spec}", "--deadline", "1e300"],
+        ["sweep", "{spec}", "--max-cost", "0.1,1e308"],
+        ["exercise", "32.10.2", "--router-usd", "1e300"],
         ["simulate", "{spec}", "--recall", "2"],
         ["estimate"],
         ["estimate", "{spec}", "--bogus"],

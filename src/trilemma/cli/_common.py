@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from trilemma.errors import TrilemmaError, UsageError
+from trilemma.spec.model import MAX_SECONDS, MAX_USD
 
 __all__ = [
     "DEFAULT_JOURNAL",
@@ -25,12 +26,14 @@ __all__ = [
     "JsonFlag",
     "SpecFile",
     "app",
+    "dollars",
     "emit_json",
     "iso",
     "main",
     "positive",
     "progress",
     "run",
+    "seconds",
     "stdout_console",
     "write_atomic",
 ]
@@ -46,6 +49,16 @@ app = typer.Typer(
 SpecFile = Annotated[Path, typer.Argument(help="Workflow spec (YAML or JSON).", show_default=False)]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 DEFAULT_JOURNAL = Path(".trilemma") / "trilemma.db"
+
+
+def dollars(help: str, *names: str) -> Any:
+    """An option in dollars: 0 up to the bound a spec's prices have (a million)."""
+    return typer.Option(*names, min=0.0, max=MAX_USD, help=help)
+
+
+def seconds(help: str, *names: str) -> Any:
+    """An option in seconds: 0 up to the bound a spec's durations have (1e7, ~116 days)."""
+    return typer.Option(*names, min=0.0, max=MAX_SECONDS, help=help)
 
 
 def stdout_console() -> Console:

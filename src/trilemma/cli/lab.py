@@ -25,6 +25,7 @@ from trilemma.cli._common import (
 from trilemma.errors import UsageError
 from trilemma.report import tables
 from trilemma.spec import ModelProfile, load_workflow
+from trilemma.spec.model import MAX_SECONDS, MAX_USD
 
 local_app = typer.Typer(help="Serve the PyPI-packaged models with llama.cpp on 127.0.0.1.",
                         no_args_is_help=True)  # fmt: skip
@@ -287,18 +288,17 @@ def _show(
     return 0
 
 
-def _numbers(flag: str, text: str | None) -> list[float | None]:
-    """A comma-separated list of positive numbers (``[None]`` when the flag is absent)."""
+def _numbers(flag: str, text: str | None, limit: float) -> list[float | None]:
+    """A comma-separated list of positive numbers up to ``limit`` (``[None]`` when absent)."""
     if text is None:
         return [None]
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         values = []
-    if not values or any(not (v > 0 and v < float("inf")) for v in values):
-        raise UsageError(
-            f"{flag} {text!r}: give positive numbers separated by commas, like 0.1,0.2"
-        )
+    if not values or any(not 0 < v <= limit for v in values):
+        raise UsageError(f"{flag} {text!r}: give positive numbers up to {limit:g} separated by "
+                         "commas, like 0.1,0.2")  # fmt: skip
     return list(values)
 
 
@@ -328,8 +328,8 @@ def sweep_cmd(
     if max_cost is None and deadline is None:
         raise UsageError("give the budgets to sweep: --max-cost 0.1,0.2 and/or --deadline 5,10")
     writable("--plot", plot)
-    budgets = [Limits(c, d) for c in _numbers("--max-cost", max_cost)
-               for d in _numbers("--deadline", deadline)]  # fmt: skip
+    budgets = [Limits(c, d) for c in _numbers("--max-cost", max_cost, MAX_USD)
+               for d in _numbers("--deadline", deadline, MAX_SECONDS)]  # fmt: skip
     wf = load_workflow(file)
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:

@@ -14,9 +14,11 @@ from trilemma.cli._common import (
     JsonFlag,
     SpecFile,
     app,
+    dollars,
     emit_json,
     positive,
     progress,
+    seconds,
     stdout_console,
     writable,
     write_atomic,
@@ -84,13 +86,13 @@ def simulate(
         float | None, typer.Option(min=0.0, max=1.0, help="p factor after an uncaught failure.")
     ] = None,
     halt: Annotated[bool, typer.Option(help="Skip the steps below a failed step.")] = True,
-    deadline: Annotated[float | None, typer.Option(
-        min=0.0, help="Seconds; a run still going then is cancelled and fails (default: the "
-                      "spec's budget.deadline_s).",
+    deadline: Annotated[float | None, seconds(
+        "Seconds; a run still going then is cancelled and fails (default: the spec's "
+        "budget.deadline_s).",
     )] = None,
-    max_cost: Annotated[float | None, typer.Option(
-        min=0.0, help="Dollars; hold this spend ceiling as `run --max-cost` does: a call whose "
-                      "worst case does not fit is not sent, and the run stops and fails.",
+    max_cost: Annotated[float | None, dollars(
+        "Dollars; hold this spend ceiling as `run --max-cost` does: a call whose worst case "
+        "does not fit is not sent, and the run stops and fails.",
     )] = None,
     ceiling: Annotated[bool, typer.Option(
         "--ceiling", help="Hold the spec's budget.max_cost_usd as a spend ceiling (not held "
@@ -256,8 +258,8 @@ class Method(StrEnum):
 @app.command(rich_help_panel="Predict")
 def optimize(
     spec: SpecFile,
-    max_cost: Annotated[float | None, typer.Option(min=0.0, help="Cost ceiling, $.")] = None,
-    max_latency: Annotated[float | None, typer.Option(min=0.0, help="Latency budget, s.")] = None,
+    max_cost: Annotated[float | None, dollars("Cost ceiling, $.")] = None,
+    max_latency: Annotated[float | None, seconds("Latency budget, s.")] = None,
     min_reliability: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Reliability floor.")
     ] = None,
@@ -283,6 +285,9 @@ def optimize(
     writable("--out", out)
     writable("--plot", plot)
     wf = load_workflow(spec)
+    for flag, value in (("--max-latency", max_latency), ("--min-reliability", min_reliability)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} {value:g}: give a number above 0")
     flags = dict(max_cost_usd=max_cost, deadline_s=max_latency, min_reliability=min_reliability)
     budget = Budget(
         **{**wf.budget.model_dump(), **{k: v for k, v in flags.items() if v is not None}}
@@ -387,8 +392,8 @@ class ExerciseId(StrEnum):
 def exercise(
     number: Annotated[ExerciseId, typer.Argument(help="32.10.1, 32.10.2 or 32.10.3.")],
     tickets_per_day: Annotated[int, typer.Option(min=1, help="32.10.1: volume.")] = 200_000,
-    router_usd: Annotated[float, typer.Option(min=0.0, help="32.10.2: router $ per step.")] = 0.002,
-    router_s: Annotated[float, typer.Option(min=0.0, help="32.10.2: router s per step.")] = 0.4,
+    router_usd: Annotated[float, dollars("32.10.2: router $ per step.")] = 0.002,
+    router_s: Annotated[float, seconds("32.10.2: router s per step.")] = 0.4,
     misroute: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="32.10.2: misroute rate.")
     ] = 0.1,

@@ -19,10 +19,12 @@ from trilemma.cli._common import (
     JsonFlag,
     SpecFile,
     app,
+    dollars,
     emit_json,
     iso,
     positive,
     progress,
+    seconds,
     stdout_console,
     write_atomic,
 )
@@ -92,8 +94,8 @@ def run_cmd(
     inputs: Annotated[
         list[str] | None, typer.Option("--input", "-i", help="An input, as name=value.")
     ] = None,
-    max_cost: Annotated[float | None, typer.Option(min=0.0, help="Hard cost ceiling, $.")] = None,
-    deadline: Annotated[float | None, typer.Option(min=0.0, help="Deadline, seconds.")] = None,
+    max_cost: Annotated[float | None, dollars("Hard cost ceiling, $.")] = None,
+    deadline: Annotated[float | None, seconds("Deadline, seconds.")] = None,
     seed: Annotated[int | None, typer.Option(help="Simulator seed (default: the spec's).")] = None,
     tenant: Annotated[
         str | None,
@@ -146,10 +148,10 @@ def batch_cmd(
                      show_default=False),
     ],
     max_cost: Annotated[
-        float | None, typer.Option(min=0.0, help="Hard cost ceiling for the whole batch, $.")
+        float | None, dollars("Hard cost ceiling for the whole batch, $.")
     ] = None,
     deadline: Annotated[
-        float | None, typer.Option(min=0.0, help="Deadline for the whole batch, seconds.")
+        float | None, seconds("Deadline for the whole batch, seconds.")
     ] = None,
     parallel: Annotated[int, typer.Option(help="Runs at a time.")] = 4,
     seed: Annotated[
@@ -373,10 +375,10 @@ def resume_cmd(
     run_id: Annotated[str, typer.Argument(help="The run to finish (see trilemma runs).")],
     journal: JournalOpt = DEFAULT_JOURNAL,
     deadline: Annotated[
-        float | None, typer.Option(min=0.0, help="A new deadline, seconds from now.")
+        float | None, seconds("A new deadline, seconds from now.")
     ] = None,
     max_cost: Annotated[
-        float | None, typer.Option(min=0.0, help="A new cost ceiling for the whole run, $.")
+        float | None, dollars("A new cost ceiling for the whole run, $.")
     ] = None,
     force: Annotated[bool, typer.Option(help="Resume even though the spec file changed.")] = False,
     shared_budget: SharedBudgetOpt = None,

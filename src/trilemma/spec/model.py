@@ -10,7 +10,6 @@ import math
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,17 +23,20 @@ SPEC_VERSION = 1
 STEP_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 
 
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError("must be a finite number, not inf or nan")
-    return value
+#: Upper bounds far past any real workflow, so that no sum or product of a spec's figures
+#: overflows a float (a price of 1e308 dollars is finite; twice it is not).
+MAX_USD = 1e6
+MAX_SECONDS = 1e7
+MAX_TOKENS = 10**9
+MAX_RATE = 10**9
 
-
-Probability = Annotated[float, Field(gt=0.0, le=1.0), AfterValidator(_finite)]
-Rate = Annotated[float, Field(ge=0.0, lt=1.0), AfterValidator(_finite)]
-Price = Annotated[float, Field(ge=0.0), AfterValidator(_finite)]
-Seconds = Annotated[float, Field(gt=0.0), AfterValidator(_finite)]
-Fraction = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(_finite)]
+Probability = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
+Rate = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+Price = Annotated[float, Field(ge=0.0, le=MAX_USD, allow_inf_nan=False)]
+Seconds = Annotated[float, Field(gt=0.0, le=MAX_SECONDS, allow_inf_nan=False)]
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+PerMinute = Annotated[int, Field(ge=1, le=MAX_RATE)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
 NO_PRICE = "no price: give usd_per_call, or usd_per_1m_input and usd_per_1m_output"
@@ -74,29 +76,29 @@ class ModelProfile(_Strict):
     usd_per_1m_cached_input: Price | None = None
     """Prompt tokens the endpoint serves from its prompt (prefix) cache, per million; without
     it they are billed at ``usd_per_1m_input``."""
-    prompt_tokens: Annotated[int, Field(ge=0)] = 400
-    cached_prompt_tokens: Annotated[int, Field(ge=0)] = 0
+    prompt_tokens: Tokens = 400
+    cached_prompt_tokens: Tokens = 0
     """Of a call's ``prompt_tokens``, how many the planner expects the endpoint to serve from
     its prompt cache (a system prompt every call shares, say)."""
-    completion_tokens: Annotated[int, Field(ge=0)] = 200
+    completion_tokens: Tokens = 200
     latency_s: Seconds
     p_ok: Probability
-    latency_jitter: Annotated[float, Field(ge=0.0, le=3.0), AfterValidator(_finite)] = 0.0
+    latency_jitter: Annotated[float, Field(ge=0.0, le=3.0, allow_inf_nan=False)] = 0.0
     faults: Faults = Faults()
     provider: Literal["sim", "openai"] | None = None
     base_url: str | None = None
     model: str | None = None
     api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 256
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] | None = None
     timeout_s: Seconds = 60.0
     hedge_after_s: Seconds | None = None
     """Send a second copy of a call still unanswered after this many seconds; the first
     answer wins, the other copy is cancelled and billed at its reservation. Pays off only
     when latency varies (``latency_jitter`` in the planner): see docs/hedging.md."""
-    max_concurrency: Annotated[int, Field(ge=1)] | None = None
-    rpm: Annotated[int, Field(ge=1)] | None = None
-    tpm: Annotated[int, Field(ge=1)] | None = None
+    max_concurrency: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    rpm: PerMinute | None = None
+    tpm: PerMinute | None = None
     api: Literal["chat", "completions"] = "chat"
     stop: list[str] | None = None
     calibration: dict[str, Any] | None = None
@@ -275,7 +277,7 @@ class CacheRule(_Strict):
     plans every run as a hit; a measured rate plans the mixture).
     """
 
-    similarity: Annotated[float, Field(gt=0.0, le=1.0), AfterValidator(_finite)] | None = None
+    similarity: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = None
     hit_rate: Fraction = 1.0
 
 
