@@ -120,8 +120,7 @@ def calibrate_cmd(
     )] = False,
     as_json: JsonFlag = False,
 ) -> int:
-    """Measure a model on a task suite, or fit it to the ledger, and write the profile the
-    planner should use.
+    """Measure a model on a task suite, or fit it to the ledger: the profile the planner needs.
 
     Example: trilemma calibrate --model smollm2 --suite add1 --n 100 --out smollm2.yaml
 
