@@ -29,3 +29,11 @@ def test_the_readme_python_example_runs(tmp_path: Path, monkeypatch, capsys) -> 
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("ok answer of answer (attempt ") and "$0.0020" in printed[0]
     assert printed[1].startswith("batch-") and " ok [" in printed[1]
+
+
+def test_help_reflows_a_docstrings_paragraphs(cli, monkeypatch) -> None:
+    """Help text wraps to the terminal, not where the docstring's lines happen to end."""
+    monkeypatch.setenv("COLUMNS", "200")
+    r = cli("batch", "--help")
+    assert r.code == 0, r.err
+    assert "(a crash, the ceiling, the deadline), the same command with --resume ID" in r.out
