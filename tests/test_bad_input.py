@@ -173,6 +173,12 @@ CASES: dict[str, tuple[str | bytes, str, str]] = {
         "models.p.latency_s",
         "less than or equal to 10000000",
     ),
+    # a \\ud800 escape is valid YAML and JSON, but half a character: SQLite and JSON refuse it
+    "lone surrogate": (
+        MODELS + '  - {id: a, model: premium, prompt: "Say \\ud800"}\n',
+        "steps[0].prompt",
+        "surrogate",
+    ),
     "tokens past a float": (
         "version: 1\nmodels: {p: {usd_per_1m_input: 1, usd_per_1m_output: 1, latency_s: 1, "
         "p_ok: 0.5, prompt_tokens: 1" + "0" * 400 + "}}\nsteps: [{id: a, model: p}]\n",
@@ -286,3 +292,44 @@ def test_a_plot_that_cannot_be_written_is_a_usage_error(tmp_path: Path) -> None:
     r = simulate(load_workflow(str(EXAMPLES / "ceiling.yaml")), 100, seed=1, keep=True)
     with pytest.raises(UsageError, match=r"--plot .*: cannot write"):
         plot_simulation(r, tmp_path / "gone" / "x.png")
+
+
+def test_a_lone_surrogate_in_a_json_spec_names_its_field(cli, write) -> None:
+    r = cli("estimate", write('{"version": 1, "name": "\\udc00"}', name="spec.json"))
+    assert r.code == 2 and "spec.json: name: holds '\\udc00'" in r.err, r.err
+
+
+NOT_UTF8 = "caf\udce9"  # b"caf\xe9" (Latin-1) on a UTF-8 command line, as Python decodes argv
+
+
+def test_inputs_that_are_not_utf8_are_refused_before_the_run(cli, tmp_path: Path) -> None:
+    journal = tmp_path / "j.db"
+    r = cli("run", EXAMPLES / "faq.yaml", "-i", f"question={NOT_UTF8}", "--journal", journal)
+    assert r.code == 2 and "--input question: holds '\\udce9'" in r.err, r.err
+    lines = tmp_path / "in.jsonl"
+    lines.write_text('{"question": "ok"}\n{"question": "\\ud800"}\n')
+    r = cli("batch", EXAMPLES / "faq.yaml", "--inputs", lines, "--journal", journal)
+    assert r.code == 2 and f"{lines}:2: question: holds '\\ud800'" in r.err, r.err
+    assert not journal.exists()  # nothing ran
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ledger", NOT_UTF8],
+        ["report", NOT_UTF8],
+        ["export", NOT_UTF8],
+        ["resume", NOT_UTF8],
+        ["runs", "--batch", NOT_UTF8],
+        ["cache", "clear", "--model", NOT_UTF8],
+    ],
+)
+def test_an_id_that_is_not_utf8_is_a_usage_error(cli, tmp_path: Path, args: list[str]) -> None:
+    journal = tmp_path / "j.db"
+    assert cli("run", EXAMPLES / "single.yaml", "--journal", journal, "--json").code == 0
+    r = cli(*args, "--journal", journal)
+    assert r.code == 2, r.err
+    assert r.err.strip() == (
+        f"trilemma: error: {NOT_UTF8!r}: holds bytes that are not UTF-8 text; give names and "
+        "ids as UTF-8"
+    )

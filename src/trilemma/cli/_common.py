@@ -145,12 +145,27 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         sys.stderr.write("trilemma: aborted\n")
         return 130
+    except UnicodeEncodeError as exc:
+        bad = _not_utf8(exc, sys.argv[1:] if argv is None else argv)
+        if bad is None:
+            raise
+        sys.stderr.write(f"trilemma: error: {bad!r}: holds bytes that are not UTF-8 text; "
+                         "give names and ids as UTF-8\n")  # fmt: skip
+        return 2
     except (MemoryError, RecursionError) as exc:
         if os.environ.get("TRILEMMA_DEBUG"):
             raise
         sys.stderr.write(f"trilemma: error: input too large or deep ({type(exc).__name__})\n")
         return 2
     return rv if isinstance(rv, int) else 0
+
+
+def _not_utf8(exc: UnicodeEncodeError, argv: list[str]) -> str | None:
+    """The argument an encoding error came from: bytes of the command line that were not
+    UTF-8 (Python keeps them as lone surrogates) reached SQLite or JSON. None otherwise."""
+    text = exc.object if isinstance(exc.object, str) else ""
+    lone = [a for a in argv if any("\ud800" <= c <= "\udfff" for c in a)]
+    return next((a for a in lone if text and (text in a or a in text)), None)
 
 
 def run() -> None:

@@ -112,12 +112,13 @@ def run_cmd(
     Example: trilemma run examples/ticket.yaml --max-cost 0.50 --deadline 30 --seed 1
     """
     from trilemma.journal import Journal
-    from trilemma.run.session import check_tenant, execute
+    from trilemma.run.session import check_inputs, check_tenant, execute
 
     check_tenant(tenant)
     shared, tier = _shared(shared_budget, shared_cache, redis)
     wf = load_workflow(spec)
     values = _inputs(inputs)
+    check_inputs(wf, values, str(spec))  # before the journal is opened (or made)
     _load_embedder(wf, show=not as_json)
     ceiling, limit = wf.budget.resolve(max_cost, deadline)
     with _RunDisplay(len(wf.steps), ceiling, limit, enabled=not as_json) as display:

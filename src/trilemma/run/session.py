@@ -80,6 +80,14 @@ def check_inputs(
             f"{given_as}{unknown[0]}: {source} declares no input {unknown[0]!r} "
             f"(declared: {declared})"
         )
+    for key, value in given.items():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # bytes that were not UTF-8, or a \ud800 escape
+            raise UsageError(
+                f"{given_as}{key}: holds {value[exc.start]!r}, which is not a character (bytes "
+                "that are not UTF-8, or half of a surrogate pair); give the value as UTF-8 text"
+            ) from None
     values = {k: v for k, v in wf.inputs.items() if v is not None} | dict(given)
     for i, step in enumerate(wf.steps):
         for name in step.placeholders():

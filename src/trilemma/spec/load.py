@@ -219,11 +219,36 @@ def _did_you_mean(name: str, options: typing.Iterable[str]) -> str:
 
 def _parse_json(text: str, source: str) -> object:
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SpecError(
             source, f"line {exc.lineno}, column {exc.colno}", f"JSON syntax error: {exc.msg}"
         ) from None
+    _check_text(data, source)
+    return data
+
+
+def _check_text(data: object, source: str) -> None:
+    """Refuse a string that is not text: a lone surrogate, which a ``\\ud800`` escape makes.
+
+    Every later step (the journal, JSON output) would fail on it, far from the spec.
+    """
+    todo: list[tuple[object, tuple[Any, ...]]] = [(data, ())]
+    while todo:
+        item, loc = todo.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise SpecError(
+                    source, _render_loc(loc), f"holds {item[exc.start]!r}, half of a surrogate "
+                    "pair and not a character; write the character itself (UTF-8)",
+                ) from None
+        elif isinstance(item, Mapping):
+            for key, value in item.items():
+                todo += [(key, loc), (value, (*loc, key))]
+        elif isinstance(item, list):
+            todo += [(value, (*loc, i)) for i, value in enumerate(item)]
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -249,7 +274,7 @@ def _parse_yaml(text: str, source: str) -> object:
         if node is None:
             return None
         _check_expansion(node, source)
-        return loader.construct_document(node)
+        data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -263,6 +288,8 @@ def _parse_yaml(text: str, source: str) -> object:
         raise SpecError(source, "", "nested too deeply to be a workflow spec") from None
     finally:
         loader.dispose()
+    _check_text(data, source)
+    return data
 
 
 def _check_expansion(root: yaml.Node, source: str) -> None:
@@ -391,8 +418,6 @@ def _render_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after[_finite(), constrained-float]",):
-            continue
         else:
             out += f".{part}" if out else str(part)
     return out
