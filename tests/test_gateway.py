@@ -187,6 +187,48 @@ def test_keys_models_and_bodies_are_checked(tmp_path: Path) -> None:
     assert ok.choices[0].message.content == "answer from sim"
 
 
+REFUSED_BODIES = {
+    # what the gateway cannot honour is refused, never dropped without a word
+    "n": ({"n": 3}, "n must be 1"),
+    "tools": ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools are not"),
+    "tool_choice": ({"tool_choice": "required"}, "tool_choice is not"),
+    "response_format": ({"response_format": {"type": "json_object"}}, "response_format is not"),
+    "logprobs": ({"logprobs": True}, "logprobs are not"),
+    "stop not text": ({"stop": 5}, "stop must be"),
+    "stop of None": ({"stop": [None, 3]}, "stop must be"),
+    "five stops": ({"stop": list("abcde")}, "stop must be"),
+    "a role nobody has": ({"messages": [{"role": "wizard", "content": "q"}]}, "a role of"),
+    "an image": ({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, "text parts"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_BODIES))
+def test_a_request_the_gateway_cannot_honour_is_a_400(tmp_path: Path, name: str) -> None:
+    extra, says = REFUSED_BODIES[name]
+    body = {"model": "sim", "messages": [{"role": "user", "content": "q"}], **extra}
+    with serving(tmp_path, config_text()) as (url, _):
+        status, reply = http(f"{url}/chat/completions", json.dumps(body).encode(),
+                             {"Authorization": f"Bearer {SECRET}"})  # fmt: skip
+    assert status == 400 and says in reply["error"]["message"], reply
+    assert Journal(tmp_path / "j.db").calls(run_id_of("team-a")) == []  # nothing sent or billed
+
+
+def test_text_that_is_not_utf8_is_a_400_and_text_parts_are_joined(tmp_path: Path) -> None:
+    lone = b'{"model": "sim", "messages": [{"role": "user", "content": "q \\ud800"}]}'
+    parts = [{"type": "text", "text": "first"}, {"type": "text", "text": "second"}]
+    with serving(tmp_path, config_text()) as (url, _):
+        for stream in (b"", b', "stream": true'):
+            status, reply = http(f"{url}/chat/completions", lone[:-1] + stream + b"}",
+                                 {"Authorization": f"Bearer {SECRET}"})  # fmt: skip
+            assert status == 400 and "UTF-8" in reply["error"]["message"], reply
+        ok = client(url).chat.completions.create(model="sim", messages=[  # type: ignore[misc]
+            {"role": "user", "content": parts}])  # fmt: skip
+    assert ok.choices[0].message.content == "answer from sim"
+    (call,) = Journal(tmp_path / "j.db").calls(run_id_of("team-a"))
+    assert json.loads(call["request_json"]) == [{"role": "user", "content": "first\nsecond"}]
+
+
 def test_an_upstream_429_passes_through_with_retry_after_and_is_not_billed(tmp_path: Path) -> None:
     limited = ScriptedServer([Reply(status=429, headers={"Retry-After": "3"})])
     with limited as up, serving(tmp_path, config_text(up.url)) as (url, gw):

@@ -471,13 +471,17 @@ class Gateway:
             if not isinstance(options, dict):
                 raise _Refused(error(400, "stream_options must be an object", "invalid_request_error"))  # fmt: skip
             stream = _StreamAsk(bool(options.get("include_usage")))
+        refused = _unserved(body)
+        if refused:
+            raise _Refused(error(400, refused, "invalid_request_error"))
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str)
-            and isinstance(m.get("content"), str) for m in messages
+            isinstance(m, dict) and m.get("role") in ROLES and _text(m.get("content")) is not None
+            for m in messages
         ):  # fmt: skip
-            raise _Refused(error(400, "messages must be a non-empty list of {role, content} "
-                                       "with text content", "invalid_request_error"))  # fmt: skip
+            raise _Refused(error(400, "messages must be a non-empty list of {role, content}: a "
+                                       f"role of {', '.join(ROLES)}, content UTF-8 text or text parts",
+                                 "invalid_request_error"))  # fmt: skip
         profile = self.config.models[model]
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if max_tokens is None:
@@ -493,15 +497,69 @@ class Gateway:
                                         or not math.isfinite(temperature)):  # fmt: skip
             raise _Refused(error(400, "temperature must be a number", "invalid_request_error"))
         stop = body.get("stop", profile.stop) or ()
-        stop = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
+        stop = (stop,) if isinstance(stop, str) else stop
+        if not isinstance(stop, list | tuple) or len(stop) > MAX_STOPS or not all(
+            isinstance(x, str) and _utf8(x) for x in stop
+        ):
+            raise _Refused(error(400, f"stop must be a string or a list of up to {MAX_STOPS} "
+                                      "strings", "invalid_request_error"))  # fmt: skip
+        stop = tuple(stop)
         msgs: tuple[Message, ...] = tuple(
-            {"role": m["role"], "content": m["content"]} for m in messages
+            {"role": m["role"], "content": _text(m["content"]) or ""} for m in messages
         )
         call_id = f"{run_id_of(key)}:{uuid.uuid4().hex}"
         return model, CallRequest(
             model, msgs, max_tokens, profile.timeout_s, call_id, call_id, temperature, stop,
             profile.p_ok, f"answer from {model}", f"wrong answer from {model}",
         ), stream  # fmt: skip
+
+
+#: The roles a message may have: the gateway forwards text, not tool calls.
+ROLES = ("system", "developer", "user", "assistant")
+#: Stop sequences a request may give (OpenAI's own limit).
+MAX_STOPS = 4
+
+
+def _utf8(text: str) -> bool:
+    """Whether a JSON string is text (a ``\\ud800`` escape makes one that is not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text(content: Any) -> str | None:
+    """A message's content as text: a string, or text parts joined by newlines; None when
+    it is neither (images, audio, a missing content) or not UTF-8."""
+    if isinstance(content, list) and content and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        for p in content
+    ):
+        content = "\n".join(p["text"] for p in content)
+    return content if isinstance(content, str) and _utf8(content) else None
+
+
+def _unserved(body: dict[str, Any]) -> str | None:
+    """Why a request asks for what the gateway would drop without a word (None: it does not).
+
+    Sampling knobs it does not forward (top_p, seed, user...) change no contract and pass;
+    several choices, tools and forced formats would leave the client with less than it
+    asked for, and are refused.
+    """
+    if body.get("n") not in (None, 1):
+        return "n must be 1: the gateway answers with one choice"
+    for field in ("tools", "functions"):
+        if body.get(field):
+            return f"{field} are not forwarded by this gateway: it serves text messages"
+    if body.get("tool_choice") not in (None, "none"):
+        return "tool_choice is not forwarded by this gateway: it serves text messages"
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        return "response_format is not forwarded by this gateway; ask for the format in the prompt"
+    if body.get("logprobs"):
+        return "logprobs are not returned by this gateway"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
