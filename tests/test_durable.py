@@ -123,6 +123,35 @@ def test_doctor_flags_a_call_left_in_flight_by_a_run_that_ended(cli, tmp_path: P
     assert "never settled, though its run ended" in text and "all good" not in text
 
 
+def test_a_journal_whose_tables_were_damaged_is_refused_by_name(cli, tmp_path: Path) -> None:
+    # A damaged page can leave the schema's text saying something else: a column renamed,
+    # which every later query would have met as a KeyError.
+    db = tmp_path / "j.db"
+    run_id = execute(parse_workflow(CHAIN_SPEC), journal=Journal(db), seed=1).run_id
+    with sqlite3.connect(db) as raw:
+        raw.execute("ALTER TABLE calls RENAME COLUMN state TO stqte")
+    for args in (["doctor"], ["runs"], ["ledger", run_id], ["report", run_id]):
+        r = cli(*args, "--journal", db)
+        assert r.code == 2, (args, r.err)
+        assert r.err.strip() == (f"trilemma: error: {db}: a damaged trilemma journal (table "
+                                 "calls lacks state); restore it from a backup, or give another "
+                                 "--journal")  # fmt: skip
+
+
+def test_doctor_reports_a_failed_integrity_check_without_reading_rows(cli, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    execute(parse_workflow(CHAIN_SPEC), journal=Journal(db), seed=1)
+    with sqlite3.connect(db) as raw:  # an index that no longer matches its table
+        raw.execute("PRAGMA writable_schema = ON")
+        raw.execute("UPDATE sqlite_master SET sql = replace(sql, '(batch_id, batch_line)', "
+                    "'(run_id, batch_line)') WHERE name = 'runs_batch'")  # fmt: skip
+    report = cli("doctor", "--journal", db, "--json")
+    assert report.code == 1 and not report.json()["healthy"]
+    assert report.json()["runs"] is None and report.json()["integrity"] != "ok"
+    text = cli("doctor", "--journal", db).out
+    assert "the file is damaged: restore it from a backup" in text and "all good" not in text
+
+
 def test_steps_done_before_the_crash_are_not_called_again(cli, tmp_path: Path) -> None:
     spec = tmp_path / "chain.yaml"
     spec.write_text(CHAIN_SPEC)

@@ -451,9 +451,16 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
         emit_json({**report, "healthy": healthy})
     else:
         console = stdout_console()
+        runs = "rows not read" if report["runs"] is None else f"{report['runs']} runs"
         console.print(f"journal {report['journal']}: schema {report['schema_version']} "
-                      f"(this trilemma knows {report['schema_known']}), {report['runs']} runs")  # fmt: skip
-        console.print(f"integrity: {report['integrity']}")
+                      f"(this trilemma knows {report['schema_known']}), {runs}")  # fmt: skip
+        if healthy:
+            console.print("integrity: ok")
+        else:
+            for problem in report["integrity"][:20]:
+                console.print(f"integrity: {problem}", markup=False)
+            console.print("the file is damaged: restore it from a backup (`sqlite3 FILE "
+                          ".recover` salvages what it can), or give another --journal")  # fmt: skip
         for run_id in report["interrupted_runs"]:
             if run_id.startswith("gateway-"):
                 console.print(f"gateway run {run_id} stopped without closing; its calls are in "

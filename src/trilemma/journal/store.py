@@ -55,6 +55,11 @@ def map_sqlite_errors(path: Path) -> Iterator[None]:
         else:
             hint = "check the file and try again"
         raise JournalError(f"{path}: journal error: {msg}; {hint}") from exc
+    except UnicodeDecodeError as exc:  # SQLite's own message quoted bytes of a damaged schema
+        raise NotAJournal(
+            f"{path}: not a readable trilemma journal (damaged: {exc.reason} in what SQLite "
+            "read back); restore it from a backup, or give another --journal"
+        ) from exc
     except sqlite3.DatabaseError as exc:
         if "not a database" in str(exc):
             raise NotAJournal(f"{path}: not a trilemma journal (not a SQLite file)") from exc
@@ -133,6 +138,23 @@ class Journal:
                         "INSERT INTO trilemma_migrations (name, applied_at) VALUES (?, ?)",
                         (name, time.time()),
                     )
+        drift = self.schema_problems()
+        if drift:
+            raise NotAJournal(f"{self.path}: a damaged trilemma journal ({drift[0]}); restore it "
+                              "from a backup, or give another --journal")  # fmt: skip
+
+    def schema_problems(self) -> list[str]:
+        """How the tables differ from what the migrations make (a damaged file: [] when none)."""
+        found = {
+            t: tuple(r[1] for r in self.db.execute(f"PRAGMA table_info({t})"))
+            for t in _expected_columns()
+        }
+        return [
+            f"table {t} lacks {', '.join(c for c in want if c not in found[t])}"
+            if found[t] else f"table {t} missing"
+            for t, want in _expected_columns().items()
+            if not set(want) <= set(found[t])
+        ]
 
     @property
     def schema_version(self) -> int:
@@ -373,6 +395,20 @@ class Journal:
         """
         with map_sqlite_errors(self.path):
             integrity = [r[0] for r in self.db.execute("PRAGMA integrity_check")]
+        report: dict[str, Any] = {
+            "journal": str(self.path),
+            "schema_version": self.schema_version,
+            "schema_known": SCHEMA_VERSION,
+            "integrity": "ok" if integrity == ["ok"] else integrity,
+            "runs": None,
+            "interrupted_runs": [],
+            "interrupted_batches": [],
+            "orphaned_in_flight_calls": [],
+            "unsettled_calls_in_ended_runs": [],
+        }
+        if integrity != ["ok"]:  # rows of a damaged file may read back as anything
+            return report
+        with map_sqlite_errors(self.path):
             running = self._rows(
                 "SELECT run_id, pid, started_at, batch_id, spec_source FROM runs "
                 "WHERE status = 'running'"
@@ -388,10 +424,7 @@ class Journal:
         ended = [c for c, st in zip(in_flight, run_status, strict=True) if st != "running"]
         batches = dict.fromkeys((r["batch_id"], r["spec_source"]) for r in interrupted if r["batch_id"])
         return {
-            "journal": str(self.path),
-            "schema_version": self.schema_version,
-            "schema_known": SCHEMA_VERSION,
-            "integrity": "ok" if integrity == ["ok"] else integrity,
+            **report,
             "runs": int(self.db.execute("SELECT count(*) FROM runs").fetchone()[0]),
             "interrupted_runs": [r["run_id"] for r in interrupted],
             "interrupted_batches": [{"batch_id": b, "spec_source": src} for b, src in batches],
@@ -409,6 +442,19 @@ class Journal:
             yield {"type": "step", **step}
         for call in self.calls(run_id):
             yield {"type": "call", **call}
+
+
+@functools.cache
+def _expected_columns() -> dict[str, tuple[str, ...]]:
+    """Each table's columns, as the migrations make them (in a database in memory)."""
+    db = sqlite3.connect(":memory:")
+    try:
+        for _, fn in MIGRATIONS:
+            fn(db)
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: tuple(r[1] for r in db.execute(f"PRAGMA table_info({t})")) for t in tables}
+    finally:
+        db.close()
 
 
 #: What a call's row is reset to when a resume sends it again under its key.
