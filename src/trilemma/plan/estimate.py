@@ -24,6 +24,14 @@ A model with ``hedge_after_s`` prices each call with the chance its hedge is sen
 the price in the worst case) and times it as the race of the two copies in the expected
 figures (:mod:`trilemma.plan.hedge`); the critical path keeps ``latency_s``.
 
+A model with ``faults`` (a simulated profile's, or one fitted from the ledger) fails a
+call with their rate before ``p_ok`` is judged: an attempt of ``c`` calls meets no fault
+with ``g = (1 - rate)^c`` and succeeds with ``g x p``; an attempt that meets one bills
+nothing (exactly so for one call; a multi-call attempt's calls made before its fault are
+left out) and takes the fault's time (a timeout ``timeout_s``). Backoff waits between
+attempts are not counted, for faults as for rejections. A routed step's faults are not
+modelled.
+
 An early stop (``stop_when: S``) ends the run when ``S`` passes: what has not
 finished by then is cancelled or never started, and billed nothing, but for calls in
 flight on a real endpoint, billed at their reservation (:func:`cancel_cost`). On the schedule
@@ -44,7 +52,7 @@ from typing import Any
 
 from trilemma import dag
 from trilemma.plan.hedge import call_latency, call_price, hedge_rate, worst_call_price
-from trilemma.spec import Step, Workflow
+from trilemma.spec import ModelProfile, Step, Workflow
 
 __all__ = [
     "CACHE_HIT_LATENCY_S",
@@ -367,12 +375,13 @@ def _routed_estimate(wf: Workflow, step: Step) -> StepEstimate:
 
 def _independent_attempts(
     step: Step, p: float, price: float, dearest: float, latency: float, slowest: float,
-    **extra: Any,
+    longest: float | None = None, **extra: Any,
 ) -> StepEstimate:  # fmt: skip
     """A step whose attempts are alike and independent: each succeeds with ``p``.
 
     ``price`` and ``latency`` are an attempt's on average; ``dearest`` and ``slowest`` its
-    worst (the worst case and the critical path take those).
+    worst (the worst case and the critical path take those); ``longest``, when an attempt
+    that fails may take longer than one that answers (a timeout), the worst case's.
     """
     k = step.retries
     attempts = 1.0 if k == 0 else math.fsum([(1.0 - p) ** i for i in range(k + 1)])
@@ -387,7 +396,7 @@ def _independent_attempts(
         cost_expected=price * attempts,
         cost_worst=dearest * (k + 1),
         latency_s=slowest,
-        latency_worst_s=slowest * (k + 1),
+        latency_worst_s=max(slowest, longest or 0.0) * (k + 1),
         p_attempt=p,
         p_step=1.0 - (1.0 - p) ** (k + 1),
         latency_expected_s=latency * attempts,
@@ -418,14 +427,28 @@ def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
     """A step whose attempts all run on its own model."""
     m = wf.profile(step)
     seq = step.sequential_calls
-    if m.hedge_after_s is None:  # the common case, kept cheap: every run estimates first
+    if m.hedge_after_s is None and not m.faults.any:  # the common case, kept cheap
         price, latency = m.price_per_call * step.calls, m.latency_s * seq
         return _independent_attempts(step, wf.p_ok(step), price, price, latency, latency)
-    return _independent_attempts(
-        step, wf.p_ok(step), call_price(m) * step.calls, worst_call_price(m) * step.calls,
-        call_latency(m) * seq, m.latency_s * seq,
-        hedged=True, calls_per_attempt=step.calls * (1.0 + hedge_rate(m)),
+    no_fault, fault_s = faulted(m, step.calls)
+    longest = m.latency_s * (seq - 1) + m.timeout_s if m.faults.timeout_rate else None
+    extra: dict[str, Any] = {}
+    if m.hedge_after_s is not None:
+        extra = {"hedged": True, "calls_per_attempt": step.calls * (1.0 + hedge_rate(m))}
+    latency, price = call_latency(m) * seq, call_price(m) * step.calls
+    e = _independent_attempts(
+        step, no_fault * wf.p_ok(step), no_fault * price, worst_call_price(m) * step.calls,
+        no_fault * latency + (1.0 - no_fault) * fault_s, m.latency_s * seq, longest, **extra,
     )  # fmt: skip
+    return e if no_fault == 1.0 else replace(e, cost_book=price)  # the book bills every call
+
+
+def faulted(m: ModelProfile, calls: int) -> tuple[float, float]:
+    """The chance an attempt of ``calls`` calls on ``m`` meets none of its ``faults``, and the
+    seconds an attempt that meets one takes on average (see the module's note)."""
+    if not m.faults.any:
+        return 1.0, 0.0
+    return (1.0 - m.faults.rate) ** calls, m.faults.seconds(m.latency_s, m.timeout_s)
 
 
 def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
@@ -433,13 +456,18 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
     k = step.retries
     models = [wf.attempt_model(step, a) for a in range(1, k + 2)]
     profiles = [wf.models[m] for m in models]
-    costs = [call_price(p) * step.calls for p in profiles]
-    latencies = [p.latency_s * step.sequential_calls for p in profiles]
-    expected = [call_latency(p) * step.sequential_calls for p in profiles]
+    faults = [faulted(p, step.calls) for p in profiles]
+    costs = [g * call_price(p) * step.calls for p, (g, _) in zip(profiles, faults, strict=True)]
+    seq = step.sequential_calls
+    latencies = [p.latency_s * (seq - 1) + max(p.latency_s, p.timeout_s if p.faults.timeout_rate
+                                               else 0.0) for p in profiles]  # fmt: skip
+    expected = [g * call_latency(p) * step.sequential_calls + (1.0 - g) * fault_s
+                for p, (g, fault_s) in zip(profiles, faults, strict=True)]  # fmt: skip
+    p_ok = [g * wf.p_ok(step, m) for m, (g, _) in zip(models, faults, strict=True)]
     reach = [1.0]  # the chance attempt i is made: every attempt before it failed
-    for m in models[:-1]:
-        reach.append(reach[-1] * (1.0 - wf.p_ok(step, m)))
-    fail_all = reach[-1] * (1.0 - wf.p_ok(step, models[-1]))
+    for p in p_ok[:-1]:
+        reach.append(reach[-1] * (1.0 - p))
+    fail_all = reach[-1] * (1.0 - p_ok[-1])
     hedged = any(p.hedge_after_s is not None for p in profiles)
     return StepEstimate(
         id=step.id,
@@ -448,12 +476,12 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
         calls=step.calls,
         retries=k,
         attempts_expected=math.fsum(reach),
-        cost_book=costs[0],
+        cost_book=call_price(profiles[0]) * step.calls,
         cost_expected=math.fsum([c * r for c, r in zip(costs, reach, strict=True)]),
         cost_worst=math.fsum([worst_call_price(p) * step.calls for p in profiles]),
-        latency_s=latencies[0],
+        latency_s=profiles[0].latency_s * step.sequential_calls,
         latency_worst_s=math.fsum(latencies),
-        p_attempt=wf.p_ok(step),
+        p_attempt=p_ok[0],
         p_step=1.0 - fail_all,
         latency_expected_s=math.fsum([t * r for t, r in zip(expected, reach, strict=True)]),
         models=tuple(wf.ladder(step)),

@@ -49,7 +49,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trilemma import dag
-from trilemma.plan.estimate import CACHE_HIT_LATENCY_S, cancel_cost, estimate
+from trilemma.plan.estimate import CACHE_HIT_LATENCY_S, cancel_cost, estimate, faulted
 from trilemma.plan.hedge import call_price
 from trilemma.spec import Simulation, Step, Workflow
 
@@ -198,6 +198,10 @@ class _Try:
     sequential calls): the faster copy wins and both are paid."""
     reserve: float = 0.0
     """Dollars held under a ceiling before each of the attempt's calls."""
+    fault: float = 0.0
+    """The chance the attempt meets one of its model's ``faults``: it fails, bills nothing."""
+    fault_s: float = 0.0
+    """Seconds such an attempt takes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,9 +266,11 @@ def _params(wf: Workflow, settings: Simulation, order: list[str]) -> list[_StepP
         for name in wf.ladder(s):
             m = wf.models[name]
             seq = s.sequential_calls
+            no_fault, fault_s = faulted(m, s.calls)
             tries[name] = _Try(wf.p_ok(s, name), m.price_per_call * s.calls, m.latency_s * seq,
                                m.latency_jitter, (m.hedge_after_s or math.inf) * seq,
-                               m.reserved_per_call(s.max_tokens))  # fmt: skip
+                               m.reserved_per_call(s.max_tokens), 1.0 - no_fault,
+                               fault_s)  # fmt: skip
         out.append(
             _StepParams(
                 parents=tuple(index[d] for d in s.after),
@@ -633,11 +639,17 @@ def _attempts(
                                   r.head_reserve, (price - r.head_price) / body)  # fmt: skip
                 go, bill = trying * (sent / r.calls[b]), trying * cost
             called += go * r.calls[b]
+        took: Any = latency * jitter
+        faulted = None
+        if r is None and t.fault > 0:  # drawn only then: fault-free specs keep their draws
+            faulted = trying & (rng.random(n) < t.fault)
+            bill = np.where(faulted, 0.0, bill)
+            took = np.where(faulted, t.fault_s, took)
         paid += bill
         if refused is None:
-            dur += np.where(trying, latency * jitter, 0.0)
+            dur += np.where(trying, took, 0.0)
         else:
-            dur += go * (latency * jitter)
+            dur += go * took
             short = trying & (go < 1.0)
             refused |= short
             trying = trying & ~short
@@ -646,6 +658,9 @@ def _attempts(
             fails |= rng.random(n) < st.retry_correlation
         fails &= trying
         caught = fails & (rng.random(n) < sp.recall)
+        if faulted is not None:  # a provider error is never taken for an answer
+            caught = (caught & ~faulted) | (faulted & trying)
+            fails &= ~faulted
         step_wrong |= fails & ~caught
         trying = caught
         if a == last:
@@ -741,11 +756,17 @@ def simulate_loop(
                 if took > tr.hedge and room >= 2 * tr.reserve * calls:  # a copy races it
                     cost += tr.price
                     took = min(took, tr.hedge + tr.latency * _jitter_one(tr.jitter, rnd))
+                fault = tr.fault > 0 and rnd.random() < tr.fault
+                if fault:  # failed, unbilled, caught
+                    bill, took = 0.0, tr.fault_s
                 cost += float(bill)
                 t += took * float(fit) / calls
                 if fit < calls:  # a call did not fit: the run stops here
                     broke_at = start + t
                     break
+                if fault:
+                    is_dead = a == len(sp.tries) - 1
+                    continue
                 fails = rnd.random() < 1.0 - tr.p * factor
                 if a > 0 and rnd.random() < settings.retry_correlation:
                     fails = True

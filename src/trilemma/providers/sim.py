@@ -21,11 +21,10 @@ from typing import Any
 from trilemma.errors import ProviderTimeout, RateLimited, TransientError
 from trilemma.providers.base import Completion, Request, Usage
 from trilemma.spec import ModelProfile
+from trilemma.spec.model import FAULT_LATENCY_SHARE
 
 __all__ = ["SimProvider", "simulated_pick"]
 
-#: A fault answers after this share of the profile's latency.
-FAULT_LATENCY_SHARE = 0.1
 #: What a simulated 429 advises, in seconds.
 SIM_RETRY_AFTER_S = 0.02
 

@@ -48,8 +48,15 @@ class _Strict(BaseModel):
     )  # strings kept exactly: "\n" is a stop sequence
 
 
+#: A simulated fault other than a timeout answers after this share of the call's latency.
+FAULT_LATENCY_SHARE = 0.1
+
+
 class Faults(_Strict):
-    """Provider errors the simulator injects, each a per-attempt probability."""
+    """Provider errors the simulator injects, each a per-call probability.
+
+    A fault fails its attempt and is not billed; the planner counts it (see ``rate``).
+    """
 
     transient_error_rate: Rate = 0.0
     rate_limit_rate: Rate = 0.0
@@ -59,6 +66,21 @@ class Faults(_Strict):
     def any(self) -> bool:
         """Whether any fault is injected at all."""
         return bool(self.transient_error_rate or self.rate_limit_rate or self.timeout_rate)
+
+    @property
+    def rate(self) -> float:
+        """The chance a call fails with one fault or another."""
+        return min(1.0, self.transient_error_rate + self.rate_limit_rate + self.timeout_rate)
+
+    def seconds(self, latency_s: float, timeout_s: float) -> float:
+        """How long a call that faults takes on average: a timeout its ``timeout_s``, any
+        other fault ``FAULT_LATENCY_SHARE`` of the latency."""
+        if not self.any:
+            return 0.0
+        quick = self.transient_error_rate + self.rate_limit_rate
+        return (self.timeout_rate * timeout_s + quick * FAULT_LATENCY_SHARE * latency_s) / (
+            self.timeout_rate + quick
+        )
 
 
 class ModelProfile(_Strict):
