@@ -179,6 +179,7 @@ CASES: dict[str, tuple[str | bytes, str, str]] = {
         "steps[0].prompt",
         "surrogate",
     ),
+    "negative seed": (BASE_SPEC + "seed: -5\n", "seed", "greater than or equal to 0"),
     "tokens past a float": (
         "version: 1\nmodels: {p: {usd_per_1m_input: 1, usd_per_1m_output: 1, latency_s: 1, "
         "p_ok: 0.5, prompt_tokens: 1" + "0" * 400 + "}}\nsteps: [{id: a, model: p}]\n",
@@ -245,6 +246,10 @@ def test_runs_must_be_a_positive_integer(cli, runs: str) -> None:
         ["run", "{spec}", "--deadline", "1e300"],
         ["sweep", "{spec}", "--max-cost", "0.1,1e308"],
         ["exercise", "32.10.2", "--router-usd", "1e300"],
+        ["simulate", "{spec}", "--seed", "-1"],  # numpy takes no negative seed
+        ["run", "{spec}", "--seed", "99999999999999999999999"],  # nor SQLite past 2**63
+        ["sweep", "{spec}", "--max-cost", "1", "--seed", "-1"],
+        ["compare", "{spec}", "--seed", "-1"],
         ["simulate", "{spec}", "--recall", "2"],
         ["estimate"],
         ["estimate", "{spec}", "--bogus"],
@@ -326,7 +331,7 @@ def test_inputs_that_are_not_utf8_are_refused_before_the_run(cli, tmp_path: Path
 )
 def test_an_id_that_is_not_utf8_is_a_usage_error(cli, tmp_path: Path, args: list[str]) -> None:
     journal = tmp_path / "j.db"
-    assert cli("run", EXAMPLES / "single.yaml", "--journal", journal, "--json").code == 0
+    assert cli("run", EXAMPLES / "single.yaml", "--journal", journal, "--seed", "1").code == 0
     r = cli(*args, "--journal", journal)
     assert r.code == 2, r.err
     assert r.err.strip() == (

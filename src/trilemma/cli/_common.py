@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from trilemma.errors import TrilemmaError, UsageError
-from trilemma.spec.model import MAX_SECONDS, MAX_USD
+from trilemma.spec.model import MAX_SECONDS, MAX_SEED, MAX_USD
 
 __all__ = [
     "DEFAULT_JOURNAL",
@@ -34,6 +34,7 @@ __all__ = [
     "progress",
     "run",
     "seconds",
+    "seed_option",
     "stdout_console",
     "write_atomic",
 ]
@@ -55,6 +56,11 @@ DEFAULT_JOURNAL = Path(".trilemma") / "trilemma.db"
 def dollars(help: str, *names: str) -> Any:
     """An option in dollars: 0 up to the bound a spec's prices have (a million)."""
     return typer.Option(*names, min=0.0, max=MAX_USD, help=help)
+
+
+def seed_option(help: str) -> Any:
+    """A seed: 0 up to the bound a spec's seed has (2**62)."""
+    return typer.Option(min=0, max=MAX_SEED, help=help)
 
 
 def seconds(help: str, *names: str) -> Any:

@@ -18,6 +18,7 @@ from trilemma.cli._common import (
     emit_json,
     positive,
     progress,
+    seed_option,
     stdout_console,
     writable,
     write_atomic,
@@ -110,7 +111,7 @@ def calibrate_cmd(
         "--spec", help="The spec holding the profile (default: examples/local.yaml; with "
                        "--from-journal, the newest spec in the journal that has --model).",
     )] = None,
-    seed: Annotated[int, typer.Option(help="Task generator seed.")] = 0,
+    seed: Annotated[int, seed_option(help="Task generator seed.")] = 0,
     out: Annotated[
         Path | None, typer.Option(help="Write the measured profile (YAML) here.")
     ] = None,
@@ -231,7 +232,7 @@ def cliff_cmd(
         ),
     ] = "add",
     runs: Annotated[int, typer.Option(help="Runs per chain length.")] = 100,
-    seed: Annotated[int, typer.Option(help="Chain numbers seed.")] = 0,
+    seed: Annotated[int, seed_option(help="Chain numbers seed.")] = 0,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write the curve as a PNG.")] = None,
     as_json: JsonFlag = False,
@@ -311,7 +312,7 @@ def sweep_cmd(
         str | None, typer.Option("--deadline", help="Deadlines in seconds, comma-separated.")
     ] = None,
     runs: Annotated[int, typer.Option(help="Runs per budget (and for the baseline).")] = 100,
-    seed: Annotated[int, typer.Option(help="Run i of every budget uses seed + i.")] = 0,
+    seed: Annotated[int, seed_option(help="Run i of every budget uses seed + i.")] = 0,
     time_scale: TimeScaleOpt = 0.01,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write the sweep as a PNG.")] = None,
@@ -349,7 +350,7 @@ def compare_cmd(
         typer.Argument(help="Workflow specs to measure side by side.", show_default=False),
     ],
     runs: Annotated[int, typer.Option(help="Runs per spec.")] = 200,
-    seed: Annotated[int, typer.Option(help="Run i of every spec uses seed + i.")] = 0,
+    seed: Annotated[int, seed_option(help="Run i of every spec uses seed + i.")] = 0,
     time_scale: TimeScaleOpt = 0.01,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write success against cost as a PNG.")] = None,

@@ -19,6 +19,7 @@ from trilemma.cli._common import (
     positive,
     progress,
     seconds,
+    seed_option,
     stdout_console,
     writable,
     write_atomic,
@@ -77,7 +78,7 @@ def estimate(spec: SpecFile, as_json: JsonFlag = False) -> int:
 def simulate(
     spec: SpecFile,
     runs: Annotated[int, typer.Option("--runs", "-n", help="Trajectories to simulate.")] = 100_000,
-    seed: Annotated[int | None, typer.Option(help="Random seed (default: the spec's).")] = None,
+    seed: Annotated[int | None, seed_option(help="Random seed (default: the spec's).")] = None,
     recall: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Gate recall.")] = None,
     retry_correlation: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Chance a retry fails the same way.")

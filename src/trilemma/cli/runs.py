@@ -25,6 +25,7 @@ from trilemma.cli._common import (
     positive,
     progress,
     seconds,
+    seed_option,
     stdout_console,
     write_atomic,
 )
@@ -96,7 +97,7 @@ def run_cmd(
     ] = None,
     max_cost: Annotated[float | None, dollars("Hard cost ceiling, $.")] = None,
     deadline: Annotated[float | None, seconds("Deadline, seconds.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Simulator seed (default: the spec's).")] = None,
+    seed: Annotated[int | None, seed_option(help="Simulator seed (default: the spec's).")] = None,
     tenant: Annotated[
         str | None,
         typer.Option(help="Whom the run works for: its cached steps use that tenant's answers only."),
@@ -156,7 +157,7 @@ def batch_cmd(
     ] = None,
     parallel: Annotated[int, typer.Option(help="Runs at a time.")] = 4,
     seed: Annotated[
-        int | None, typer.Option(help="Simulator seed of line 1 (line n: seed + n - 1).")
+        int | None, seed_option(help="Simulator seed of line 1 (line n: seed + n - 1).")
     ] = None,
     tenant: Annotated[
         str | None,

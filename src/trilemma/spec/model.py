@@ -29,6 +29,9 @@ MAX_USD = 1e6
 MAX_SECONDS = 1e7
 MAX_TOKENS = 10**9
 MAX_RATE = 10**9
+#: Seeds are 0 up to this: numpy takes no negative one, SQLite no integer of 2**63 or more,
+#: and experiments add a run's number to it.
+MAX_SEED = 2**62
 
 Probability = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
 Rate = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
@@ -476,7 +479,7 @@ class Workflow(_Strict):
     models: dict[str, ModelProfile]
     steps: list[Step]
     budget: Budget = Budget()
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     simulation: Simulation = Simulation()
     inputs: dict[Annotated[str, Field(pattern=STEP_ID_PATTERN)], str | None] = {}
     stop_when: str | None = None
