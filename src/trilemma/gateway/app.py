@@ -67,6 +67,7 @@ from trilemma.run.budget import Reservation, SpendGuard
 from trilemma.run.routes import Route
 from trilemma.run.session import close_providers, providers_for
 from trilemma.run.shared_budget import BudgetState, KeyBudgets, LocalBudgets, RedisBudgets
+from trilemma.spec.load import not_text_at
 
 __all__ = ["Gateway", "create_app", "run_id_of"]
 
@@ -499,7 +500,7 @@ class Gateway:
         stop = body.get("stop", profile.stop) or ()
         stop = (stop,) if isinstance(stop, str) else stop
         if not isinstance(stop, list | tuple) or len(stop) > MAX_STOPS or not all(
-            isinstance(x, str) and _utf8(x) for x in stop
+            isinstance(x, str) and not_text_at(x) is None for x in stop
         ):
             raise _Refused(error(400, f"stop must be a string or a list of up to {MAX_STOPS} "
                                       "strings", "invalid_request_error"))  # fmt: skip
@@ -520,15 +521,6 @@ ROLES = ("system", "developer", "user", "assistant")
 MAX_STOPS = 4
 
 
-def _utf8(text: str) -> bool:
-    """Whether a JSON string is text (a ``\\ud800`` escape makes one that is not)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _text(content: Any) -> str | None:
     """A message's content as text: a string, or text parts joined by newlines; None when
     it is neither (images, audio, a missing content) or not UTF-8."""
@@ -537,7 +529,7 @@ def _text(content: Any) -> str | None:
         for p in content
     ):
         content = "\n".join(p["text"] for p in content)
-    return content if isinstance(content, str) and _utf8(content) else None
+    return content if isinstance(content, str) and not_text_at(content) is None else None
 
 
 def _unserved(body: dict[str, Any]) -> str | None:

@@ -40,6 +40,7 @@ from trilemma.run.retry import check_time_scale
 from trilemma.run.routes import Route
 from trilemma.run.shared_budget import SharedCeiling, SharedSpend
 from trilemma.spec import ModelProfile, Workflow, load_workflow, workflow_from_dict
+from trilemma.spec.load import not_text_at
 
 __all__ = [
     "build_gates",
@@ -81,13 +82,12 @@ def check_inputs(
             f"(declared: {declared})"
         )
     for key, value in given.items():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:  # bytes that were not UTF-8, or a \ud800 escape
+        at = not_text_at(value)
+        if at is not None:  # bytes that were not UTF-8, or a \ud800 escape
             raise UsageError(
-                f"{given_as}{key}: holds {value[exc.start]!r}, which is not a character (bytes "
+                f"{given_as}{key}: holds {value[at]!r}, which is not a character (bytes "
                 "that are not UTF-8, or half of a surrogate pair); give the value as UTF-8 text"
-            ) from None
+            )
     values = {k: v for k, v in wf.inputs.items() if v is not None} | dict(given)
     for i, step in enumerate(wf.steps):
         for name in step.placeholders():

@@ -228,6 +228,16 @@ def _parse_json(text: str, source: str) -> object:
     return data
 
 
+def not_text_at(text: str) -> int | None:
+    """Where ``text`` holds a lone surrogate, which no UTF-8 file, database or JSON output
+    takes (a ``\\ud800`` escape, or bytes Python decoded with surrogateescape); None: nowhere."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
 def _check_text(data: object, source: str) -> None:
     """Refuse a string that is not text: a lone surrogate, which a ``\\ud800`` escape makes.
 
@@ -237,13 +247,12 @@ def _check_text(data: object, source: str) -> None:
     while todo:
         item, loc = todo.pop()
         if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError as exc:
+            at = not_text_at(item)
+            if at is not None:
                 raise SpecError(
-                    source, _render_loc(loc), f"holds {item[exc.start]!r}, half of a surrogate "
+                    source, _render_loc(loc), f"holds {item[at]!r}, half of a surrogate "
                     "pair and not a character; write the character itself (UTF-8)",
-                ) from None
+                )
         elif isinstance(item, Mapping):
             for key, value in item.items():
                 todo += [(key, loc), (value, (*loc, key))]
