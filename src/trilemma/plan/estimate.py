@@ -52,7 +52,7 @@ from typing import Any
 
 from trilemma import dag
 from trilemma.plan.hedge import call_latency, call_price, hedge_rate, worst_call_price
-from trilemma.spec import ModelProfile, Step, Workflow
+from trilemma.spec import Faults, ModelProfile, Step, Workflow
 
 __all__ = [
     "CACHE_HIT_LATENCY_S",
@@ -353,7 +353,8 @@ def _routed_estimate(wf: Workflow, step: Step) -> StepEstimate:
     """
     assert step.route is not None
     shares = wf.route_shares(step)
-    one = {lab: _call_estimate(wf, step.branch_step(lab).model_copy(update={"retries": 0}))
+    one = {lab: _call_estimate(wf, step.branch_step(lab).model_copy(update={"retries": 0}),
+                               faults=False)  # as the Monte Carlo's branches: see the module note
            for lab in shares}  # fmt: skip
     classifier = wf.models[step.model]
     price = call_price(classifier) + math.fsum([s * one[lab].cost_book for lab, s in shares.items()])
@@ -423,9 +424,11 @@ def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:
     )
 
 
-def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
-    """A step whose attempts all run on its own model."""
+def _call_estimate(wf: Workflow, step: Step, faults: bool = True) -> StepEstimate:
+    """A step whose attempts all run on its own model (``faults``: counting its model's)."""
     m = wf.profile(step)
+    if not faults and m.faults.any:
+        m = m.model_copy(update={"faults": Faults()})
     seq = step.sequential_calls
     if m.hedge_after_s is None and not m.faults.any:  # the common case, kept cheap
         price, latency = m.price_per_call * step.calls, m.latency_s * seq
