@@ -118,3 +118,10 @@ def test_a_routed_steps_faults_are_left_out_by_both_alike() -> None:
     r = simulate(wf, 200_000, seed=6)
     lo, hi = r.ci95
     assert lo <= e.reliability <= hi
+
+
+def test_estimate_says_the_faults_are_counted(cli, write) -> None:
+    out = cli("estimate", write(CHAIN)).out
+    assert "models.m.faults: 30% of its calls fail before p_ok is judged" in out
+    assert "routed" not in out
+    assert "routed step" in cli("estimate", write(ROUTED, name="routed.yaml")).out

@@ -106,6 +106,20 @@ def cache_assumptions(wf: Workflow) -> list[str]:
     ]
 
 
+def fault_assumptions(wf: Workflow) -> list[str]:
+    """A line per model with faults: the estimate's p attempt counts them, below its p_ok."""
+    routed = {m for st in wf.steps if st.route
+              for m in (st.model, *(b.model for b in st.route.values()))}  # fmt: skip
+    used = routed | {m for st in wf.steps for m in (st.model, *(st.escalate or ()))}
+    return [
+        f"models.{name}.faults: {m.faults.rate:.0%} of its calls fail before p_ok is judged "
+        "(unbilled, retried); p attempt counts them"
+        + (", but not in a routed step" if name in routed else "")
+        for name, m in wf.models.items()
+        if m.faults.any and name in used
+    ]
+
+
 def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
     """A line per budget of the spec: whether a run under it can be stopped, before any is."""
     b, lines = wf.budget, []
