@@ -52,7 +52,7 @@ from typing import Any
 
 from trilemma import dag
 from trilemma.plan.hedge import call_latency, call_price, hedge_rate, worst_call_price
-from trilemma.spec import Faults, ModelProfile, Step, Workflow
+from trilemma.spec import ModelProfile, Step, Workflow
 
 __all__ = [
     "CACHE_HIT_LATENCY_S",
@@ -427,14 +427,11 @@ def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:
 def _call_estimate(wf: Workflow, step: Step, faults: bool = True) -> StepEstimate:
     """A step whose attempts all run on its own model (``faults``: counting its model's)."""
     m = wf.profile(step)
-    if not faults and m.faults.any:
-        m = m.model_copy(update={"faults": Faults()})
     seq = step.sequential_calls
-    if m.hedge_after_s is None and not m.faults.any:  # the common case, kept cheap
+    if m.hedge_after_s is None and not (faults and m.faults.any):  # the common case, kept cheap
         price, latency = m.price_per_call * step.calls, m.latency_s * seq
         return _independent_attempts(step, wf.p_ok(step), price, price, latency, latency)
-    no_fault, fault_s = faulted(m, step.calls)
-    longest = m.latency_s * (seq - 1) + m.timeout_s if m.faults.timeout_rate else None
+    no_fault, fault_s, longest = faulted(m, step.calls, seq) if faults else (1.0, 0.0, None)
     extra: dict[str, Any] = {}
     if m.hedge_after_s is not None:
         extra = {"hedged": True, "calls_per_attempt": step.calls * (1.0 + hedge_rate(m))}
@@ -446,12 +443,15 @@ def _call_estimate(wf: Workflow, step: Step, faults: bool = True) -> StepEstimat
     return e if no_fault == 1.0 else replace(e, cost_book=price)  # the book bills every call
 
 
-def faulted(m: ModelProfile, calls: int) -> tuple[float, float]:
-    """The chance an attempt of ``calls`` calls on ``m`` meets none of its ``faults``, and the
-    seconds an attempt that meets one takes on average (see the module's note)."""
+def faulted(m: ModelProfile, calls: int, seq: int) -> tuple[float, float, float]:
+    """For an attempt of ``calls`` calls (``seq`` of them one after another) on ``m``: the
+    chance it meets none of its ``faults``, the seconds it takes on average when it meets
+    one, and the most it may take (a timeout waits ``timeout_s``). See the module's note."""
+    slowest = m.latency_s * (seq - 1) + max(m.latency_s, m.timeout_s if m.faults.timeout_rate
+                                            else 0.0)  # fmt: skip
     if not m.faults.any:
-        return 1.0, 0.0
-    return (1.0 - m.faults.rate) ** calls, m.faults.seconds(m.latency_s, m.timeout_s)
+        return 1.0, 0.0, slowest
+    return (1.0 - m.faults.rate) ** calls, m.faults.seconds(m.latency_s, m.timeout_s), slowest
 
 
 def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
@@ -459,14 +459,13 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
     k = step.retries
     models = [wf.attempt_model(step, a) for a in range(1, k + 2)]
     profiles = [wf.models[m] for m in models]
-    faults = [faulted(p, step.calls) for p in profiles]
-    costs = [g * call_price(p) * step.calls for p, (g, _) in zip(profiles, faults, strict=True)]
     seq = step.sequential_calls
-    latencies = [p.latency_s * (seq - 1) + max(p.latency_s, p.timeout_s if p.faults.timeout_rate
-                                               else 0.0) for p in profiles]  # fmt: skip
-    expected = [g * call_latency(p) * step.sequential_calls + (1.0 - g) * fault_s
-                for p, (g, fault_s) in zip(profiles, faults, strict=True)]  # fmt: skip
-    p_ok = [g * wf.p_ok(step, m) for m, (g, _) in zip(models, faults, strict=True)]
+    faults = [faulted(p, step.calls, seq) for p in profiles]
+    costs = [g * call_price(p) * step.calls for p, (g, _, _) in zip(profiles, faults, strict=True)]
+    latencies = [slowest for _, _, slowest in faults]
+    expected = [g * call_latency(p) * seq + (1.0 - g) * fault_s
+                for p, (g, fault_s, _) in zip(profiles, faults, strict=True)]  # fmt: skip
+    p_ok = [g * wf.p_ok(step, m) for m, (g, _, _) in zip(models, faults, strict=True)]
     reach = [1.0]  # the chance attempt i is made: every attempt before it failed
     for p in p_ok[:-1]:
         reach.append(reach[-1] * (1.0 - p))

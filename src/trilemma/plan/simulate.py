@@ -266,7 +266,7 @@ def _params(wf: Workflow, settings: Simulation, order: list[str]) -> list[_StepP
         for name in wf.ladder(s):
             m = wf.models[name]
             seq = s.sequential_calls
-            no_fault, fault_s = faulted(m, s.calls)
+            no_fault, fault_s, _ = faulted(m, s.calls, seq)
             tries[name] = _Try(wf.p_ok(s, name), m.price_per_call * s.calls, m.latency_s * seq,
                                m.latency_jitter, (m.hedge_after_s or math.inf) * seq,
                                m.reserved_per_call(s.max_tokens), 1.0 - no_fault,
@@ -640,11 +640,11 @@ def _attempts(
                 go, bill = trying * (sent / r.calls[b]), trying * cost
             called += go * r.calls[b]
         took: Any = latency * jitter
-        faulted = None
+        erred = None
         if r is None and t.fault > 0:  # drawn only then: fault-free specs keep their draws
-            faulted = trying & (rng.random(n) < t.fault)
-            bill = np.where(faulted, 0.0, bill)
-            took = np.where(faulted, t.fault_s, took)
+            erred = trying & (rng.random(n) < t.fault)
+            bill = np.where(erred, 0.0, bill)
+            took = np.where(erred, t.fault_s, took)
         paid += bill
         if refused is None:
             dur += np.where(trying, took, 0.0)
@@ -658,9 +658,9 @@ def _attempts(
             fails |= rng.random(n) < st.retry_correlation
         fails &= trying
         caught = fails & (rng.random(n) < sp.recall)
-        if faulted is not None:  # a provider error is never taken for an answer
-            caught = (caught & ~faulted) | (faulted & trying)
-            fails &= ~faulted
+        if erred is not None:  # a provider error is never taken for an answer
+            caught = (caught & ~erred) | (erred & trying)
+            fails &= ~erred
         step_wrong |= fails & ~caught
         trying = caught
         if a == last:
