@@ -329,7 +329,8 @@ def _with_stops(wf: Workflow, found: OptimizeResult) -> OptimizeResult:
     for c in stopped[:STOP_TRIES]:
         if best is not None and _rank(c, "expected") >= _rank(best, "expected"):
             break
-        sim = _judged(apply(wf, c), floor, seed)
+        variant = apply(wf, c)  # as the executor would run it: under the spec's own deadline
+        sim = _judged(variant, floor, seed, variant.budget.deadline_s)
         measured = replace(c, cost_expected=sim.cost_usd.mean, latency_s=sim.latency_s.mean,
                            reliability=sim.success_rate)  # fmt: skip
         judged.append(measured)
