@@ -42,8 +42,8 @@ def test_estimate_prices_each_attempt_on_its_own_model() -> None:
     assert row.cost_expected == pytest.approx(0.002 + 0.10 * 0.030)
     assert row.cost_worst == pytest.approx(0.032)
     assert e.latency_critical_s == pytest.approx(0.4)
-    assert e.latency_expected_s == pytest.approx(0.4 + 0.10 * 2.0)
-    assert e.latency_worst_s == pytest.approx(2.4)
+    assert e.latency_expected_s == pytest.approx(0.4 + 0.10 * (0.25 + 2.0))  # backoff, then big
+    assert e.latency_worst_s == pytest.approx(2.4 + 0.5)  # the backoff's longest first wait
     assert e.reliability == pytest.approx(1 - 0.10 * 0.01)
     assert row.attempts_expected == pytest.approx(1.10)
     assert row.to_json()["models"] == ["small", "premium"]
@@ -64,7 +64,7 @@ def test_without_escalate_the_figures_are_unchanged() -> None:
     wf = parse_workflow(one_step("{id: a, model: small, retries: 2}"))
     (row,) = estimate(wf).per_step
     assert row.cost_expected == pytest.approx(0.002 * (1 + 0.1 + 0.01))
-    assert row.latency_expected_s == pytest.approx(0.4 * 1.11)
+    assert row.latency_expected_s == pytest.approx(0.4 * 1.11 + 0.1 * 0.25 + 0.01 * 0.5)
     assert row.to_json()["models"] == ["small"]
 
 

@@ -54,7 +54,8 @@ steps:
 """)
     e = estimate(wf)
     assert e.latency_critical_s == 4.0  # a + slow(2) + z
-    assert e.latency_worst_s == 6.0  # a + fast(4 attempts) + z
+    # a + fast (4 attempts, and the backoff's longest waits before its retries: 0.5 + 1 + 2 s) + z
+    assert e.latency_worst_s == 9.5
 
 
 def test_retries_lift_p_and_cost_by_the_seed_formulas() -> None:
@@ -68,7 +69,9 @@ steps: [{id: a, model: m, retries: 2}]
     assert s.cost_book == pytest.approx(0.01)
     assert s.cost_expected == pytest.approx(0.01 * (1 + 0.1 + 0.01))
     assert s.cost_worst == pytest.approx(0.03)
-    assert s.latency_worst_s == pytest.approx(3.0)
+    # each retry first waits the executor's backoff: a uniform draw below 0.5 s, then 1 s
+    assert s.latency_expected_s == pytest.approx(1.0 * 1.11 + 0.1 * 0.25 + 0.01 * 0.5)
+    assert s.latency_worst_s == pytest.approx(3.0 + 0.5 + 1.0)
 
 
 def test_debate_agents_times_rounds_calls_but_rounds_latency() -> None:
@@ -183,14 +186,16 @@ def test_remaining_path_priorities_do_not_depend_on_the_order_steps_are_listed()
         ("{max_cost_usd: 0.05}", "does not fit the $0.0500 ceiling: a run whose retries pile up"),
         ("{max_cost_usd: 0.06}", "fits the $0.0600 ceiling, so no run stops for money"),
         ("{deadline_s: 1}", "the critical path (2.00s) is over 1s, so every run that goes to the end is cut"),
-        ("{deadline_s: 3}", "the worst path (4.00s) does not fit 3s: slow or retried runs are cut"),
+        ("{deadline_s: 3}", "the worst path (4.50s) does not fit 3s: slow or retried runs are cut"),
+        ("{deadline_s: 4}", "the worst path (4.50s) does not fit 4s"),  # the backoff's 0.5 s
         ("{deadline_s: 3, min_reliability: 0.9}", "`--deadline-for 0.9` which deadline lets"),
         ("{max_cost_usd: 0.05}", "`--ceiling-for 0.95` which ceiling lets that share finish"),
-        ("{deadline_s: 4}", "the worst path (4.00s) fits 4s, so no run is cut"),
+        ("{deadline_s: 4.5}", "the worst path (4.50s) fits 4.5s, so no run is cut"),
     ],
 )
 def test_estimate_says_whether_the_spec_s_budget_can_stop_a_run(cli, write, budget, says) -> None:
-    """One call of $0.03 and 2 s with a retry: $0.03 without it, $0.0303 expected, $0.06 worst."""
+    """One call of $0.03 and 2 s with a retry: $0.03 without it, $0.0303 expected, $0.06 worst;
+    2 s without it, 4.5 s at worst (two calls and the backoff's longest wait before the retry)."""
     path = write("version: 1\nmodels: {m: {usd_per_call: 0.03, latency_s: 2, p_ok: 0.99}}\n"
                  f"steps: [{{id: a, model: m, retries: 1}}]\nbudget: {budget}\n")  # fmt: skip
     out = cli("estimate", path)

@@ -49,8 +49,13 @@ def test_one_call_steps_are_exact() -> None:
     assert step.cost_expected == pytest.approx(0.7 * 0.01 * attempts)  # faults bill nothing
     assert step.cost_book == pytest.approx(0.01)  # the seed's formula: every call billed
     fault_s = (0.05 * 0.05 + 0.25 * 0.1 * 0.002) / 0.3  # timeouts wait timeout_s
-    assert step.latency_expected_s == pytest.approx((0.7 * 0.002 + 0.3 * fault_s) * attempts)
-    assert step.latency_worst_s == pytest.approx(3 * 0.05)  # three timeouts
+    # Before each retry the backoff: half its ceiling (0.5 s, then 1 s) on average, but after a
+    # 429 (5% of calls) the simulator's Retry-After of 0.02 s.
+    waits = (0.05 * 0.02 + (1 - q - 0.05) * 0.25) + (1 - q) * (0.05 * 0.02 + (1 - q - 0.05) * 0.5)
+    assert step.latency_expected_s == pytest.approx(
+        (0.7 * 0.002 + 0.3 * fault_s) * attempts + waits
+    )
+    assert step.latency_worst_s == pytest.approx(3 * 0.05 + 0.5 + 1.0)  # three timeouts
     assert e.latency_critical_s == pytest.approx(3 * 0.002)  # the path when all answer
 
 

@@ -74,8 +74,9 @@ def test_the_estimate_prices_the_hedge_and_keeps_the_critical_path() -> None:
     assert e.cost_expected == pytest.approx(plain.cost_expected * (1 + rate))
     assert e.cost_worst == pytest.approx(2 * plain.cost_worst)
     assert e.latency_critical_s == plain.latency_critical_s  # latency_s: nominal, as before
+    waits = 3 * 0.1 * 0.25  # each step's backoff before its retry, hedged or not
     assert e.latency_expected_s == pytest.approx(
-        plain.latency_expected_s * call_latency(m) / 2.0
+        (plain.latency_expected_s - waits) * call_latency(m) / 2.0 + waits
     )
     assert e.reliability == plain.reliability
 

@@ -43,9 +43,10 @@ def test_seed_chain_optimum_is_all_small_with_one_retry() -> None:
 
 def test_parallelising_independent_steps_meets_a_deadline() -> None:
     wf = load_workflow(EXAMPLES / "seed-chain.yaml")
-    r = optimize(wf, Budget(max_cost_usd=0.10, min_reliability=0.95, deadline_s=1.0))
+    # small with a retry, all in parallel: 0.4 s, again after a backoff of at most 0.5 s
+    r = optimize(wf, Budget(max_cost_usd=0.10, min_reliability=0.95, deadline_s=1.5))
     assert r.best_estimate is not None
-    assert r.best_estimate.latency_worst_s <= 1.0
+    assert r.best_estimate.latency_worst_s == pytest.approx(1.3)
     assert all(not s.after for s in r.best.steps)  # type: ignore[union-attr]
 
 

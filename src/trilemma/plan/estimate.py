@@ -28,9 +28,13 @@ A model with ``faults`` (a simulated profile's, or one fitted from the ledger) f
 call with their rate before ``p_ok`` is judged: an attempt of ``c`` calls meets no fault
 with ``g = (1 - rate)^c`` and succeeds with ``g x p``; an attempt that meets one bills
 nothing (exactly so for one call; a multi-call attempt's calls made before its fault are
-left out) and takes the fault's time (a timeout ``timeout_s``). Backoff waits between
-attempts are not counted, for faults as for rejections. A routed step's faults are not
-modelled.
+left out) and takes the fault's time (a timeout ``timeout_s``). A routed step's faults
+are not modelled.
+
+Between a step's attempts the executor waits its backoff (full jitter below half a second,
+doubling with each failure, at most 20 s; after a rate limit, the Retry-After): the
+expected latency counts each wait with the chance its retry happens (a quarter second
+after a first failure), the worst case every wait at its longest (:func:`retry_waits`).
 
 An early stop (``stop_when: S``) ends the run when ``S`` passes: what has not
 finished by then is cancelled or never started, and billed nothing, but for calls in
@@ -46,13 +50,14 @@ case and the critical path do not count the stop: ``S`` may fail.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from trilemma import dag
 from trilemma.plan.hedge import call_latency, call_price, hedge_rate, worst_call_price
 from trilemma.spec import ModelProfile, Step, Workflow
+from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
 
 __all__ = [
     "CACHE_HIT_LATENCY_S",
@@ -376,16 +381,19 @@ def _routed_estimate(wf: Workflow, step: Step) -> StepEstimate:
 
 def _independent_attempts(
     step: Step, p: float, price: float, dearest: float, latency: float, slowest: float,
-    longest: float | None = None, **extra: Any,
+    longest: float | None = None, limited: float = 0.0, **extra: Any,
 ) -> StepEstimate:  # fmt: skip
     """A step whose attempts are alike and independent: each succeeds with ``p``.
 
     ``price`` and ``latency`` are an attempt's on average; ``dearest`` and ``slowest`` its
     worst (the worst case and the critical path take those); ``longest``, when an attempt
     that fails may take longer than one that answers (a timeout), the worst case's.
+    ``limited``: the chance an attempt fails on a rate limit (it waits the Retry-After
+    rather than the backoff before its retry).
     """
     k = step.retries
     attempts = 1.0 if k == 0 else math.fsum([(1.0 - p) ** i for i in range(k + 1)])
+    waited, most = (0.0, 0.0) if k == 0 else retry_waits([1.0 - p] * k, [limited] * k)
     return StepEstimate(
         id=step.id,
         model=step.model,
@@ -397,12 +405,30 @@ def _independent_attempts(
         cost_expected=price * attempts,
         cost_worst=dearest * (k + 1),
         latency_s=slowest,
-        latency_worst_s=max(slowest, longest or 0.0) * (k + 1),
+        latency_worst_s=max(slowest, longest or 0.0) * (k + 1) + most,
         p_attempt=p,
         p_step=1.0 - (1.0 - p) ** (k + 1),
-        latency_expected_s=latency * attempts,
+        latency_expected_s=latency * attempts + waited,
         **extra,
     )
+
+
+def retry_waits(fails: Sequence[float], limited: Sequence[float]) -> tuple[float, float]:
+    """The seconds a step waits between its attempts: (on average, at most).
+
+    ``fails[i]``: the chance attempt ``i + 1`` fails, for each attempt a retry follows;
+    ``limited[i]``: that it fails on a rate limit. After its ``i``-th failure the step
+    waits the executor's backoff (full jitter below :func:`backoff_ceiling`, half of it on
+    average) or, after a rate limit, the simulator's Retry-After.
+    """
+    after = SIM_RETRY_AFTER_S
+    reach, waited, most = 1.0, [], []
+    for i, (f, lim) in enumerate(zip(fails, limited, strict=True), start=1):
+        ceiling = backoff_ceiling(i)
+        waited.append(reach * (lim * after + max(f - lim, 0.0) * ceiling / 2.0))
+        most.append(max(ceiling, after) if lim > 0.0 else ceiling)
+        reach *= f
+    return math.fsum(waited), math.fsum(most)
 
 
 def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:
@@ -438,7 +464,8 @@ def _call_estimate(wf: Workflow, step: Step, faults: bool = True) -> StepEstimat
     latency, price = call_latency(m) * seq, call_price(m) * step.calls
     e = _independent_attempts(
         step, no_fault * wf.p_ok(step), no_fault * price, worst_call_price(m) * step.calls,
-        no_fault * latency + (1.0 - no_fault) * fault_s, m.latency_s * seq, longest, **extra,
+        no_fault * latency + (1.0 - no_fault) * fault_s, m.latency_s * seq, longest,
+        (1.0 - no_fault) * limited_share(m), **extra,
     )  # fmt: skip
     return e if no_fault == 1.0 else replace(e, cost_book=price)  # the book bills every call
 
@@ -452,6 +479,12 @@ def faulted(m: ModelProfile, calls: int, seq: int) -> tuple[float, float, float]
     if not m.faults.any:
         return 1.0, 0.0, slowest
     return (1.0 - m.faults.rate) ** calls, m.faults.seconds(m.latency_s, m.timeout_s), slowest
+
+
+def limited_share(m: ModelProfile) -> float:
+    """Of the faults ``m`` meets, the share that are rate limits."""
+    f = m.faults
+    return f.rate_limit_rate / (f.transient_error_rate + f.rate_limit_rate + f.timeout_rate) if f.any else 0.0
 
 
 def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
@@ -471,6 +504,10 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
         reach.append(reach[-1] * (1.0 - p))
     fail_all = reach[-1] * (1.0 - p_ok[-1])
     hedged = any(p.hedge_after_s is not None for p in profiles)
+    waited, most = retry_waits(
+        [1.0 - p for p in p_ok[:-1]],
+        [(1.0 - g) * limited_share(p) for p, (g, _, _) in zip(profiles[:-1], faults[:-1], strict=True)],
+    )
     return StepEstimate(
         id=step.id,
         model=step.model,
@@ -482,10 +519,11 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
         cost_expected=math.fsum([c * r for c, r in zip(costs, reach, strict=True)]),
         cost_worst=math.fsum([worst_call_price(p) * step.calls for p in profiles]),
         latency_s=profiles[0].latency_s * step.sequential_calls,
-        latency_worst_s=math.fsum(latencies),
+        latency_worst_s=math.fsum(latencies) + most,
         p_attempt=p_ok[0],
         p_step=1.0 - fail_all,
-        latency_expected_s=math.fsum([t * r for t, r in zip(expected, reach, strict=True)]),
+        latency_expected_s=math.fsum([t * r for t, r in zip(expected, reach, strict=True)])
+        + waited,
         models=tuple(wf.ladder(step)),
         calls_per_attempt=step.calls
         * math.fsum([r * (1.0 + hedge_rate(p)) for r, p in zip(reach, profiles, strict=True)])

@@ -13,6 +13,10 @@ Past those assumptions, as the seed warns reality is:
 * after an uncaught failure upstream, a step's ``p`` is multiplied by
   ``compounding`` (later agents build on flawed output).
 
+Before each retry a trajectory waits the executor's backoff: a uniform draw below
+:func:`~trilemma.spec.model.backoff_ceiling`, or a 429's Retry-After, drawn from a
+generator of its own so that every other draw is what it would be without it.
+
 A cascade (``escalate``) draws each attempt with its own model's ``p``, price and
 latency. A model with ``hedge_after_s`` sends an attempt again when its drawn time passes
 ``hedge_after_s`` x its sequential calls, takes the faster copy and pays for both (a routed
@@ -49,9 +53,16 @@ from typing import Any, Literal
 import numpy as np
 
 from trilemma import dag
-from trilemma.plan.estimate import CACHE_HIT_LATENCY_S, cancel_cost, estimate, faulted
+from trilemma.plan.estimate import (
+    CACHE_HIT_LATENCY_S,
+    cancel_cost,
+    estimate,
+    faulted,
+    limited_share,
+)
 from trilemma.plan.hedge import call_price
 from trilemma.spec import Simulation, Step, Workflow
+from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
 
 __all__ = [
     "PREDICTION_RUNS",
@@ -202,6 +213,8 @@ class _Try:
     """The chance the attempt meets one of its model's ``faults``: it fails, bills nothing."""
     fault_s: float = 0.0
     """Seconds such an attempt takes."""
+    limited: float = 0.0
+    """Of those faults, the share that are rate limits (their retry waits the Retry-After)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +283,7 @@ def _params(wf: Workflow, settings: Simulation, order: list[str]) -> list[_StepP
             tries[name] = _Try(wf.p_ok(s, name), m.price_per_call * s.calls, m.latency_s * seq,
                                m.latency_jitter, (m.hedge_after_s or math.inf) * seq,
                                m.reserved_per_call(s.max_tokens), 1.0 - no_fault,
-                               fault_s)  # fmt: skip
+                               fault_s, limited_share(m))  # fmt: skip
         out.append(
             _StepParams(
                 parents=tuple(index[d] for d in s.after),
@@ -332,10 +345,11 @@ def simulate(
     size = max(1024, min(CHUNK, (CELLS if cut is None else STOP_CELLS) // len(params)))
     cap = math.inf if max_cost_usd is None else max_cost_usd
     rng = np.random.default_rng(seed)
+    waits = rng.spawn(1)[0]  # backoff draws of their own: the other draws stay as they were
     parts = []
     for start in range(0, runs, size):
         n = min(size, runs - start)
-        parts.append(_chunk(params, settings, n, rng, halt, cut, cap))
+        parts.append(_chunk(params, settings, n, (rng, waits), halt, cut, cap))
         if progress is not None:
             progress(n)
     cost, latency, calls, ok, caught, uncaught, late, broke = (
@@ -481,11 +495,13 @@ def _chunk(
     params: list[_StepParams],
     st: Simulation,
     n: int,
-    rng: np.random.Generator,
+    rngs: tuple[np.random.Generator, np.random.Generator],
     halt: bool,
     cut: _Cut | None = None,
     cap: float = math.inf,
 ) -> tuple[np.ndarray, ...]:
+    """``rngs``: the generator of every draw, and the one of the backoff waits."""
+    rng = rngs[0]
     zeros = np.zeros(n)
     false = np.zeros(n, dtype=bool)
     finish: list[np.ndarray] = []
@@ -516,7 +532,7 @@ def _chunk(
         hit = runs & (rng.random(n) < sp.hit_rate) if sp.hit_rate > 0.0 else false
         factor = np.where(tainted, st.compounding, 1.0)
         called, paid, dur, step_dead, step_wrong, refused = _attempts(
-            sp, st, factor, runs & ~hit, rng, cap - cost if capped else None
+            sp, st, factor, runs & ~hit, rngs, cap - cost if capped else None
         )
         if sp.hit_rate > 0.0:
             dur = np.where(hit, CACHE_HIT_LATENCY_S, dur)
@@ -587,17 +603,21 @@ def _attempts(
     st: Simulation,
     factor: np.ndarray,
     runs: np.ndarray,
-    rng: np.random.Generator,
+    rngs: tuple[np.random.Generator, np.random.Generator],
     room: np.ndarray | None = None,
 ) -> tuple[Any, ...]:
     """Calls made, dollars paid, time taken, retries exhausted, failure uncaught, refused by
     the ceiling (None: no ceiling); per trajectory.
+
+    Before each retry a trajectory waits the executor's backoff (drawn from ``rngs[1]``,
+    ``n`` draws per retry whoever retries, so that no budget changes a draw).
 
     ``factor`` scales each trajectory's ``p`` (compounding below an uncaught failure).
     A routed step's attempt first draws its branch, trajectory by trajectory. ``room``:
     dollars left under the ceiling (None: no ceiling); an attempt sends the calls whose
     reservations fit, one after another, and a call that does not fit stops the run.
     """
+    rng, waits = rngs
     n = runs.shape[0]
     trying = runs.copy()
     called = np.zeros(n)
@@ -665,6 +685,11 @@ def _attempts(
         trying = caught
         if a == last:
             step_dead |= caught
+        else:  # the backoff before the retry: full jitter, or a rate limit's Retry-After
+            wait: Any = waits.random(n) * backoff_ceiling(a + 1)
+            if erred is not None and t.limited > 0:
+                wait = np.where(erred & (waits.random(n) < t.limited), SIM_RETRY_AFTER_S, wait)
+            dur += np.where(trying, wait, 0.0)
         if room is None and not trying.any():
             break  # under a ceiling every attempt draws, so that the draws never depend on it
     return called, paid, dur, step_dead, step_wrong, refused
@@ -764,18 +789,19 @@ def simulate_loop(
                 if fit < calls:  # a call did not fit: the run stops here
                     broke_at = start + t
                     break
-                if fault:
-                    is_dead = a == len(sp.tries) - 1
-                    continue
-                fails = rnd.random() < 1.0 - tr.p * factor
-                if a > 0 and rnd.random() < settings.retry_correlation:
-                    fails = True
-                if not fails:
-                    break
-                if rnd.random() >= sp.recall:
-                    is_wrong = True
-                    break
+                if not fault:
+                    fails = rnd.random() < 1.0 - tr.p * factor
+                    if a > 0 and rnd.random() < settings.retry_correlation:
+                        fails = True
+                    if not fails:
+                        break
+                    if rnd.random() >= sp.recall:
+                        is_wrong = True
+                        break
                 is_dead = a == len(sp.tries) - 1
+                if not is_dead:  # the backoff before the retry
+                    limited = fault and rnd.random() < tr.limited
+                    t += SIM_RETRY_AFTER_S if limited else rnd.random() * backoff_ceiling(a + 1)
             finish.append(start + t)
             dead.append(is_dead or broke_at < math.inf)
             wrong.append(is_wrong or tainted)

@@ -21,13 +21,9 @@ from typing import Any
 from trilemma.errors import ProviderTimeout, RateLimited, TransientError
 from trilemma.providers.base import Completion, Request, Usage
 from trilemma.spec import ModelProfile
-from trilemma.spec.model import FAULT_LATENCY_SHARE
+from trilemma.spec.model import FAULT_LATENCY_SHARE, SIM_RETRY_AFTER_S
 
 __all__ = ["SimProvider", "simulated_pick"]
-
-#: What a simulated 429 advises, in seconds.
-SIM_RETRY_AFTER_S = 0.02
-
 
 class SimProvider:
     """Simulated completions; ``seed`` makes a run reproducible."""

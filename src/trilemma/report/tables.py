@@ -16,6 +16,7 @@ from trilemma.plan.optimize import Candidate, OptimizeResult, meets
 from trilemma.plan.simulate import BudgetFor, SimResult
 from trilemma.plan.thresholds import Threshold
 from trilemma.spec import Budget, ModelProfile, Workflow
+from trilemma.spec.model import BACKOFF_BASE_S, BACKOFF_CAP_S
 
 if TYPE_CHECKING:  # the executor loads only for the commands that run it
     from trilemma.experiments.compare import Contender
@@ -118,6 +119,15 @@ def fault_assumptions(wf: Workflow) -> list[str]:
         for name, m in wf.models.items()
         if m.faults.any and name in used
     ]
+
+
+def retry_assumptions(wf: Workflow) -> list[str]:
+    """A line when a step retries: the expected and worst latencies count the backoff waits."""
+    if not any(st.retries for st in wf.steps):
+        return []
+    return [f"retries: the expected and worst latency count the executor's backoff before each "
+            f"retry (a uniform wait below {BACKOFF_BASE_S:g}s after a step's first failure, "
+            f"doubling with each, at most {BACKOFF_CAP_S:g}s; after a 429, its Retry-After)"]
 
 
 def budget_fit(wf: Workflow, e: Estimate) -> list[str]:

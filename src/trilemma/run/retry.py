@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.wait import wait_base
 
 from trilemma.errors import RateLimited, UsageError
+from trilemma.spec.model import BACKOFF_BASE_S, BACKOFF_CAP_S
 
 __all__ = ["RetryPolicy", "check_time_scale", "fast_retries", "policy", "retrying", "scaled_time"]
 
@@ -28,9 +29,9 @@ __all__ = ["RetryPolicy", "check_time_scale", "fast_retries", "policy", "retryin
 class RetryPolicy:
     """Backoff settings."""
 
-    base_s: float = 0.5
+    base_s: float = BACKOFF_BASE_S
     """First backoff's upper bound; doubles each attempt (full jitter below it)."""
-    cap_s: float = 20.0
+    cap_s: float = BACKOFF_CAP_S
     """Largest backoff, and largest Retry-After honoured."""
     time_scale: float = 1.0
     """Every wait is multiplied by this (a time-scaled simulation, see :func:`scaled_time`)."""

@@ -53,6 +53,18 @@ class _Strict(BaseModel):
 
 #: A simulated fault other than a timeout answers after this share of the call's latency.
 FAULT_LATENCY_SHARE = 0.1
+#: What a simulated 429 advises, in seconds (``Retry-After``).
+SIM_RETRY_AFTER_S = 0.02
+#: The executor's backoff before a retry: after the ``i``-th failure of a step it waits a
+#: uniform draw (full jitter) below ``min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**(i - 1))``, or
+#: the ``Retry-After`` of a rate limit (at most ``BACKOFF_CAP_S``). The planner counts them.
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 20.0
+
+
+def backoff_ceiling(failures: int) -> float:
+    """The longest jittered wait after a step's ``failures``-th failure (see ``BACKOFF_BASE_S``)."""
+    return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** min(failures - 1, 64))
 
 
 class Faults(_Strict):
