@@ -28,8 +28,11 @@ A model with ``faults`` (a simulated profile's, or one fitted from the ledger) f
 call with their rate before ``p_ok`` is judged: an attempt of ``c`` calls meets no fault
 with ``g = (1 - rate)^c`` and succeeds with ``g x p``; an attempt that meets one bills
 nothing (exactly so for one call; a multi-call attempt's calls made before its fault are
-left out) and takes the fault's time (a timeout ``timeout_s``). A routed step's faults
-are not modelled.
+left out) and takes the fault's time (a timeout ``timeout_s``). A call slower than its
+profile's ``timeout_s`` is given up the same way: with ``latency_jitter`` it outlasts
+the timeout with ``P(L > T)`` of the lognormal, and one that answers takes ``E[L | L <= T]``
+(:func:`trilemma.plan.hedge.cut`); an attempt's calls share one latency draw, as in the
+Monte Carlo. A routed step's faults and timeouts are not modelled.
 
 Between a step's attempts the executor waits its backoff (full jitter below half a second,
 doubling with each failure, at most 20 s; after a rate limit, the Retry-After): the
@@ -55,7 +58,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from trilemma import dag
-from trilemma.plan.hedge import call_latency, call_price, hedge_rate, worst_call_price
+from trilemma.plan.hedge import (
+    call_latency,
+    call_price,
+    hedge_rate,
+    timeouts,
+    worst_call_price,
+)
 from trilemma.spec import ModelProfile, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
 
@@ -451,34 +460,62 @@ def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:
 
 
 def _call_estimate(wf: Workflow, step: Step, faults: bool = True) -> StepEstimate:
-    """A step whose attempts all run on its own model (``faults``: counting its model's)."""
+    """A step whose attempts all run on its own model (``faults``: counting its model's
+    faults and timeouts)."""
     m = wf.profile(step)
     seq = step.sequential_calls
-    if m.hedge_after_s is None and not (faults and m.faults.any):  # the common case, kept cheap
-        price, latency = m.price_per_call * step.calls, m.latency_s * seq
+    if m.hedge_after_s is None and not (faults and (m.faults.any or m.latency_jitter
+                                                    or m.latency_s > m.timeout_s)):  # fmt: skip
+        price, latency = m.price_per_call * step.calls, m.latency_s * seq  # the common case
         return _independent_attempts(step, wf.p_ok(step), price, price, latency, latency)
-    no_fault, fault_s, longest = faulted(m, step.calls, seq) if faults else (1.0, 0.0, None)
+    a = attempt_of(m, step.calls, seq, faults)
     extra: dict[str, Any] = {}
     if m.hedge_after_s is not None:
         extra = {"hedged": True, "calls_per_attempt": step.calls * (1.0 + hedge_rate(m))}
-    latency, price = call_latency(m) * seq, call_price(m) * step.calls
+    price = call_price(m) * step.calls
     e = _independent_attempts(
-        step, no_fault * wf.p_ok(step), no_fault * price, worst_call_price(m) * step.calls,
-        no_fault * latency + (1.0 - no_fault) * fault_s, m.latency_s * seq, longest,
-        (1.0 - no_fault) * limited_share(m), **extra,
+        step, a.clean * wf.p_ok(step), a.clean * price, worst_call_price(m) * step.calls,
+        a.clean * a.answered_s + (1.0 - a.clean) * a.failed_s, m.latency_s * seq, a.slowest,
+        a.limited, **extra,
     )  # fmt: skip
-    return e if no_fault == 1.0 else replace(e, cost_book=price)  # the book bills every call
+    return e if a.clean == 1.0 else replace(e, cost_book=price)  # the book bills every call
 
 
-def faulted(m: ModelProfile, calls: int, seq: int) -> tuple[float, float, float]:
-    """For an attempt of ``calls`` calls (``seq`` of them one after another) on ``m``: the
-    chance it meets none of its ``faults``, the seconds it takes on average when it meets
-    one, and the most it may take (a timeout waits ``timeout_s``). See the module's note."""
-    slowest = m.latency_s * (seq - 1) + max(m.latency_s, m.timeout_s if m.faults.timeout_rate
-                                            else 0.0)  # fmt: skip
-    if not m.faults.any:
-        return 1.0, 0.0, slowest
-    return (1.0 - m.faults.rate) ** calls, m.faults.seconds(m.latency_s, m.timeout_s), slowest
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """An attempt of a step on one model, as the planner counts it (see the module's note)."""
+
+    clean: float
+    """The chance it meets no fault and no call outlasts ``timeout_s``."""
+    answered_s: float
+    """Seconds it takes on average when it does."""
+    failed_s: float
+    """Seconds it takes on average when it does not (a timeout waits ``timeout_s``)."""
+    limited: float
+    """The chance it fails on a rate limit (its retry waits the Retry-After)."""
+    slowest: float
+    """The most it may take, for the worst case."""
+
+
+def attempt_of(m: ModelProfile, calls: int, seq: int, faults: bool = True) -> Attempt:
+    """An attempt of ``calls`` calls (``seq`` of them one after another) on ``m``.
+
+    A call slower than ``timeout_s`` is given up, before any fault is drawn (as the
+    simulator does); the attempt's calls share one latency draw (the Monte Carlo's
+    model), so it outlasts its timeout as one call does. ``faults=False`` counts neither
+    (a routed step's branches)."""
+    if not faults:
+        return Attempt(1.0, call_latency(m) * seq, 0.0, 0.0, m.latency_s * seq)
+    late, answered = timeouts(m)
+    meets = 1.0 - (1.0 - m.faults.rate) ** calls if m.faults.any else 0.0
+    clean = (1.0 - late) * (1.0 - meets)
+    failed = 0.0
+    if clean < 1.0:
+        fault_s = m.faults.seconds(m.latency_s, m.timeout_s)
+        failed = (late * m.timeout_s + (1.0 - late) * meets * fault_s) / (1.0 - clean)
+    may_time_out = m.faults.timeout_rate > 0 or late >= 1.0
+    slowest = m.latency_s * (seq - 1) + max(m.latency_s, m.timeout_s if may_time_out else 0.0)
+    return Attempt(clean, answered * seq, failed, (1.0 - late) * meets * limited_share(m), slowest)
 
 
 def limited_share(m: ModelProfile) -> float:
@@ -493,21 +530,17 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
     models = [wf.attempt_model(step, a) for a in range(1, k + 2)]
     profiles = [wf.models[m] for m in models]
     seq = step.sequential_calls
-    faults = [faulted(p, step.calls, seq) for p in profiles]
-    costs = [g * call_price(p) * step.calls for p, (g, _, _) in zip(profiles, faults, strict=True)]
-    latencies = [slowest for _, _, slowest in faults]
-    expected = [g * call_latency(p) * seq + (1.0 - g) * fault_s
-                for p, (g, fault_s, _) in zip(profiles, faults, strict=True)]  # fmt: skip
-    p_ok = [g * wf.p_ok(step, m) for m, (g, _, _) in zip(models, faults, strict=True)]
+    tries = [attempt_of(p, step.calls, seq) for p in profiles]
+    costs = [a.clean * call_price(p) * step.calls for p, a in zip(profiles, tries, strict=True)]
+    latencies = [a.slowest for a in tries]
+    expected = [a.clean * a.answered_s + (1.0 - a.clean) * a.failed_s for a in tries]
+    p_ok = [a.clean * wf.p_ok(step, m) for m, a in zip(models, tries, strict=True)]
     reach = [1.0]  # the chance attempt i is made: every attempt before it failed
     for p in p_ok[:-1]:
         reach.append(reach[-1] * (1.0 - p))
     fail_all = reach[-1] * (1.0 - p_ok[-1])
     hedged = any(p.hedge_after_s is not None for p in profiles)
-    waited, most = retry_waits(
-        [1.0 - p for p in p_ok[:-1]],
-        [(1.0 - g) * limited_share(p) for p, (g, _, _) in zip(profiles[:-1], faults[:-1], strict=True)],
-    )
+    waited, most = retry_waits([1.0 - p for p in p_ok[:-1]], [a.limited for a in tries[:-1]])
     return StepEstimate(
         id=step.id,
         model=step.model,

@@ -14,6 +14,12 @@ Without jitter every call takes ``latency_s``: a hedge below it is sent every ti
 and never wins, which the planner shows as cost with no gain. The same figures
 hold for an attempt of several sequential calls when its time is drawn as one
 (the Monte Carlo's model): both ``h`` and the latency scale by the calls.
+
+A call still unanswered after the profile's ``timeout_s`` is given up (a timeout: not
+billed, and the step retries), so ``timeout_s`` cuts the lognormal's tail: a call is
+given up with ``P(L > T)`` and one that answers takes ``E[L | L <= T]`` on average
+(:func:`cut`). A hedged call is given up when both copies are, ``P(L > T)^2`` (the copy
+is always sent by then, ``h < T``); its answered time is left as the race's, uncut.
 """
 
 from __future__ import annotations
@@ -25,7 +31,15 @@ import numpy as np
 
 from trilemma.spec import ModelProfile
 
-__all__ = ["call_latency", "call_price", "hedge_rate", "hedged", "worst_call_price"]
+__all__ = [
+    "call_latency",
+    "call_price",
+    "cut",
+    "hedge_rate",
+    "hedged",
+    "timeouts",
+    "worst_call_price",
+]
 
 _GRID = 4001
 """Points per integral (log-spaced); the tests hold the result to Monte Carlo within 0.5%."""
@@ -88,3 +102,27 @@ def call_latency(m: ModelProfile) -> float:
     if m.hedge_after_s is None:
         return m.latency_s
     return hedged(m.latency_s, m.latency_jitter, m.hedge_after_s)[1]
+
+
+@lru_cache(maxsize=256)
+def cut(mean: float, sigma: float, timeout: float) -> tuple[float, float]:
+    """(chance a call outlasts ``timeout``, mean seconds of a call that does not) for latency
+    mean ``mean`` and lognormal sigma ``sigma``; without jitter, all or nothing."""
+    if sigma == 0.0:
+        return (1.0, 0.0) if mean > timeout else (0.0, mean)
+    root2 = sigma * math.sqrt(2.0)
+    z, half = math.log(timeout / mean), sigma * sigma / 2
+    late = 0.5 * math.erfc((z + half) / root2)  # P(L > T)
+    if late >= 1.0:
+        return 1.0, 0.0
+    within = mean * 0.5 * math.erfc(-(z - half) / root2)  # E[L; L <= T]
+    return late, within / (1.0 - late)
+
+
+def timeouts(m: ModelProfile) -> tuple[float, float]:
+    """(chance one of ``m``'s calls is given up at ``timeout_s``, mean seconds of one that
+    answers in time); see the module's note for a hedged call."""
+    late, answered = cut(m.latency_s, m.latency_jitter, m.timeout_s)
+    if m.hedge_after_s is None:
+        return late, answered
+    return late * late, call_latency(m)

@@ -53,13 +53,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trilemma import dag
-from trilemma.plan.estimate import (
-    CACHE_HIT_LATENCY_S,
-    cancel_cost,
-    estimate,
-    faulted,
-    limited_share,
-)
+from trilemma.plan.estimate import CACHE_HIT_LATENCY_S, cancel_cost, estimate, limited_share
 from trilemma.plan.hedge import call_price
 from trilemma.spec import Simulation, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
@@ -215,6 +209,13 @@ class _Try:
     """Seconds such an attempt takes."""
     limited: float = 0.0
     """Of those faults, the share that are rate limits (their retry waits the Retry-After)."""
+    timeout: float = math.inf
+    """An attempt drawn slower than this (its calls' ``timeout_s`` x its sequential calls:
+    they share one draw) is given up: it fails, bills nothing."""
+    given_up_s: float = math.inf
+    """Seconds such an attempt takes: its first call's ``timeout_s``."""
+    given_up_hedged_s: float = math.inf
+    """The same when a hedge was sent: ``hedge_after_s`` later, the copy's timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,11 +280,13 @@ def _params(wf: Workflow, settings: Simulation, order: list[str]) -> list[_StepP
         for name in wf.ladder(s):
             m = wf.models[name]
             seq = s.sequential_calls
-            no_fault, fault_s, _ = faulted(m, s.calls, seq)
+            meets = 1.0 - (1.0 - m.faults.rate) ** s.calls if m.faults.any else 0.0
             tries[name] = _Try(wf.p_ok(s, name), m.price_per_call * s.calls, m.latency_s * seq,
                                m.latency_jitter, (m.hedge_after_s or math.inf) * seq,
-                               m.reserved_per_call(s.max_tokens), 1.0 - no_fault,
-                               fault_s, limited_share(m))  # fmt: skip
+                               m.reserved_per_call(s.max_tokens), meets,
+                               m.faults.seconds(m.latency_s, m.timeout_s), limited_share(m),
+                               m.timeout_s * seq, m.timeout_s,
+                               m.timeout_s + (m.hedge_after_s or 0.0))  # fmt: skip
         out.append(
             _StepParams(
                 parents=tuple(index[d] for d in s.after),
@@ -630,6 +633,7 @@ def _attempts(
     for a, t in enumerate(sp.tries):
         r = sp.route
         go: np.ndarray = trying  # per trajectory, the share of the attempt's calls sent
+        slow: Any = None  # given up at its timeout
         if r is None:
             p, price, latency, jitter = t.p, t.price, t.latency, _jitter(t.jitter, n, rng)
             bill = trying * price
@@ -643,10 +647,21 @@ def _attempts(
                 late = trying & (first > t.hedge)
                 if room is not None:  # the copy's reservation is held beside the call's, or none is sent
                     late &= room - paid + EPS_USD >= 2 * t.reserve * sp.calls
-                copy = t.hedge + latency * _jitter(t.jitter, n, rng)
-                jitter = np.where(late, np.minimum(first, copy), first) / latency
-                paid += late * price
+                again = latency * _jitter(t.jitter, n, rng)  # the copy's own time
+                # each copy is given up at its own timeout; the first answer in time wins
+                first_in, copy_in = first <= t.timeout, late & (again <= t.timeout)
+                won = np.minimum(np.where(first_in, first, np.inf),
+                                 np.where(copy_in, t.hedge + again, np.inf))  # fmt: skip
+                slow = trying & ~(first_in | copy_in)
+                won = np.where(slow, np.where(late, t.given_up_hedged_s, t.given_up_s), won)
+                jitter = won / latency
+                bill = np.where(first_in, bill, 0.0)  # a copy given up bills nothing
+                paid += (late & (first_in | copy_in)) * price  # the loser is billed
                 called += late * sp.calls
+            else:
+                slow = trying & (latency * jitter > t.timeout)
+                jitter = np.where(slow, t.given_up_s / latency, jitter)
+                bill = np.where(slow, 0.0, bill)
         else:
             b = rng.choice(len(r.shares), size=n, p=r.shares)
             p, price, latency = r.p[b], r.price[b], r.latency[b]
@@ -660,11 +675,12 @@ def _attempts(
                 go, bill = trying * (sent / r.calls[b]), trying * cost
             called += go * r.calls[b]
         took: Any = latency * jitter
-        erred = None
+        erred = None  # a fault injected (a call given up at its timeout is not one)
         if r is None and t.fault > 0:  # drawn only then: fault-free specs keep their draws
-            erred = trying & (rng.random(n) < t.fault)
+            erred = trying & (rng.random(n) < t.fault) & ~slow
             bill = np.where(erred, 0.0, bill)
             took = np.where(erred, t.fault_s, took)
+        failed = slow if erred is None else (erred if slow is None else slow | erred)
         paid += bill
         if refused is None:
             dur += np.where(trying, took, 0.0)
@@ -678,9 +694,9 @@ def _attempts(
             fails |= rng.random(n) < st.retry_correlation
         fails &= trying
         caught = fails & (rng.random(n) < sp.recall)
-        if erred is not None:  # a provider error is never taken for an answer
-            caught = (caught & ~erred) | (erred & trying)
-            fails &= ~erred
+        if failed is not None:  # a provider error is never taken for an answer
+            caught = (caught & ~failed) | (failed & trying)
+            fails &= ~failed
         step_wrong |= fails & ~caught
         trying = caught
         if a == last:
@@ -777,11 +793,21 @@ def simulate_loop(
                 fit, bill = calls, tr.price
                 if room < math.inf:
                     fit, bill = _fit(room, calls, reserve, head_price, head_reserve, each)
-                took = tr.latency * _jitter_one(tr.jitter, rnd)
-                if took > tr.hedge and room >= 2 * tr.reserve * calls:  # a copy races it
-                    cost += tr.price
-                    took = min(took, tr.hedge + tr.latency * _jitter_one(tr.jitter, rnd))
-                fault = tr.fault > 0 and rnd.random() < tr.fault
+                first = tr.latency * _jitter_one(tr.jitter, rnd)
+                first_in = first <= tr.timeout  # else given up at its timeout
+                took, slow = (first, False) if first_in else (tr.given_up_s, True)
+                if first > tr.hedge and room >= 2 * tr.reserve * calls:  # a copy races it
+                    again = tr.latency * _jitter_one(tr.jitter, rnd)
+                    if again <= tr.timeout:
+                        took = min(took, tr.hedge + again) if first_in else tr.hedge + again
+                        slow = False
+                    elif slow:
+                        took = tr.given_up_hedged_s
+                    if not slow:
+                        cost += tr.price  # the copy: it answered, or lost and is billed
+                if slow:  # failed, unbilled, caught
+                    bill = 0.0
+                fault = tr.fault > 0 and rnd.random() < tr.fault and not slow
                 if fault:  # failed, unbilled, caught
                     bill, took = 0.0, tr.fault_s
                 cost += float(bill)
@@ -789,7 +815,7 @@ def simulate_loop(
                 if fit < calls:  # a call did not fit: the run stops here
                     broke_at = start + t
                     break
-                if not fault:
+                if not (fault or slow):
                     fails = rnd.random() < 1.0 - tr.p * factor
                     if a > 0 and rnd.random() < settings.retry_correlation:
                         fails = True

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from trilemma.plan.estimate import Estimate
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
+from trilemma.plan.hedge import timeouts
 from trilemma.plan.optimize import Candidate, OptimizeResult, meets
 from trilemma.plan.simulate import BudgetFor, SimResult
 from trilemma.plan.thresholds import Threshold
@@ -107,18 +108,32 @@ def cache_assumptions(wf: Workflow) -> list[str]:
     ]
 
 
+#: The share of a model's calls outlasting its timeout that ``estimate`` points out.
+NOTED_TIMEOUTS = 0.001
+
+
 def fault_assumptions(wf: Workflow) -> list[str]:
-    """A line per model with faults: the estimate's p attempt counts them, below its p_ok."""
+    """A line per model with faults, and per model whose calls may outlast its ``timeout_s``
+    (one in a thousand or more): the estimate's p attempt counts them, below its p_ok."""
     routed = {m for st in wf.steps if st.route
               for m in (st.model, *(b.model for b in st.route.values()))}  # fmt: skip
     used = routed | {m for st in wf.steps for m in (st.model, *(st.escalate or ()))}
-    return [
+    lines = [
         f"models.{name}.faults: {m.faults.rate:.0%} of its calls fail before p_ok is judged "
         "(unbilled, retried); p attempt counts them"
         + (", but not in a routed step" if name in routed else "")
         for name, m in wf.models.items()
         if m.faults.any and name in used
     ]
+    for name, m in wf.models.items():
+        late = timeouts(m)[0]
+        if late >= NOTED_TIMEOUTS and name in used:
+            lines.append(
+                f"models.{name}.timeout_s: {late:.1%} of its calls outlast {m.timeout_s:g}s and "
+                "are given up (a timeout: unbilled, retried); p attempt counts them"
+                + (", but not in a routed step" if name in routed else "")
+            )
+    return lines
 
 
 def retry_assumptions(wf: Workflow) -> list[str]:
