@@ -13,6 +13,7 @@ from trilemma import parse_workflow
 from trilemma.errors import UsageError
 from trilemma.experiments.fit import fit_from_journal
 from trilemma.journal import Journal
+from trilemma.plan.hedge import cut
 from trilemma.run.session import execute
 from trilemma.spec import ModelProfile
 from trilemma.testing import Reply, ScriptedServer, fast_retries
@@ -246,3 +247,39 @@ def test_a_time_scale_outside_0_to_1_is_refused(tmp_path: Path, scale: float) ->
     with pytest.raises(UsageError, match=r"time_scale .*: give a factor in \(0, 1\]"):
         execute(parse_workflow(SLOW), journal=Journal(tmp_path / "j.db"), time_scale=scale)
     assert Journal(tmp_path / "j.db").runs() == []  # refused before anything was journaled
+
+
+def test_timeouts_its_fitted_latency_explains_are_not_counted_twice(tmp_path: Path) -> None:
+    """A jittery model with a tight timeout and no fault injected: about 10% of its calls
+    time out. The fitted profile keeps that share (the planner's cut of the fitted latency
+    plus its timeout_rate) rather than adding a timeout_rate of 10% on top of the cut, and
+    the profile that produced the ledger shows no drift for it."""
+    steps = ", ".join(f"{{id: s{i:02d}, model: m}}" for i in range(20))
+    wf = parse_workflow(f"""
+version: 1
+concurrency: 20
+models:
+  m: {{usd_per_call: 0.001, latency_s: 0.01, latency_jitter: 0.8, p_ok: 1.0, timeout_s: 0.02}}
+steps: [{steps}]
+""")
+    journal = Journal(tmp_path / "j.db")
+    with fast_retries():
+        for seed in range(25):
+            execute(wf, journal=journal, seed=seed)
+    f = fit_from_journal(journal, "m")
+    share = f.fault_rates()["timeout_rate"]
+    assert 0.05 < share < 0.16  # 10.3% expected
+    fitted = ModelProfile(**f.profile(wf.models["m"]))
+    late = cut(fitted.latency_s, fitted.latency_jitter, fitted.timeout_s)[0]
+    assert 0 < late < share  # the fitted tail past 20 ms explains part of them
+    planned = late + (1 - late) * fitted.faults.timeout_rate
+    assert planned == pytest.approx(share, abs=1e-3)
+    assert not [d for d in f.drift(wf.models["m"]) if d.field.startswith("faults.")]
+
+
+def test_a_rate_never_seen_has_an_interval_from_exactly_zero() -> None:
+    from trilemma.experiments.calibrate import wilson
+
+    assert wilson(0, 500)[0] == 0.0 and wilson(500, 500)[1] == 1.0
+    lo, hi = wilson(1, 500)
+    assert 0.0 < lo < 1 / 500 < hi < 0.02

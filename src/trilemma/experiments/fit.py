@@ -10,6 +10,9 @@ a profile's name counts, from any run:
   that got an answer, the share the gate (or the simulator's check) accepted, with a Wilson
   interval; a step without a gate accepts every answer, so only gated steps tell;
 - ``faults``: of its calls sent, the share that failed transient, rate limited or timed out;
+  the profile written for the planner leaves out the timeouts its fitted latency already
+  explains (the planner counts a call slower than ``timeout_s`` as one), so that planned
+  and measured shares agree;
 - ``prompt_tokens`` and ``completion_tokens``: the means the endpoint reported (written
   into a profile with token prices only).
 
@@ -28,6 +31,7 @@ from typing import Any
 from trilemma.errors import UsageError
 from trilemma.experiments.calibrate import wilson
 from trilemma.journal import Journal
+from trilemma.plan.hedge import cut
 from trilemma.spec import ModelProfile
 
 __all__ = ["Drift", "LedgerFit", "fit_from_journal"]
@@ -113,10 +117,23 @@ class LedgerFit:
         return statistics.stdev(logs) if len(logs) > 1 else None
 
     def fault_rates(self) -> dict[str, float]:
-        """The simulator's fault rates, as measured."""
+        """The share of calls sent that failed each way, as measured."""
         if not self.sent:
             return {}
         return {field: self.outcomes.get(kind, 0) / self.sent for kind, field in FAULTS.items()}
+
+    def planned_rates(self, timeout_s: float) -> dict[str, float]:
+        """The profile's fault rates that give the measured shares once the planner adds the
+        calls its fitted latency puts past ``timeout_s``: those time out before any fault is
+        drawn, as on the simulator."""
+        shares = self.fault_rates()
+        mean, sigma = self.latency_mean_s, self.jitter
+        late = cut(mean, sigma, timeout_s)[0] if mean is not None and sigma is not None else 0.0
+        if not shares or late == 0.0 or late >= 1.0:
+            return shares
+        kept = {field: share / (1.0 - late) for field, share in shares.items()}
+        kept["timeout_rate"] = max(0.0, shares["timeout_rate"] - late) / (1.0 - late)
+        return {field: min(rate, 0.999) for field, rate in kept.items()}
 
     def drift(self, base: ModelProfile) -> list[Drift]:
         """The figures of ``base`` the ledger contradicts: ``p_ok`` or a fault rate outside
@@ -133,13 +150,16 @@ class LedgerFit:
             off = abs(base.latency_s - mean) > max(half, LATENCY_TOLERANCE * base.latency_s)
             if off:
                 out.append(Drift("latency_s", base.latency_s, mean, (mean - half, mean + half)))
+        late = cut(base.latency_s, base.latency_jitter, base.timeout_s)[0]
         for kind, field in FAULTS.items():
             if not self.sent:
                 break
             seen = self.outcomes.get(kind, 0)
             lo, hi = wilson(seen, self.sent)
             given = getattr(base.faults, field)
-            if not lo <= given <= hi:
+            # the share the planner expects: the calls past timeout_s time out, before any fault
+            share = late + (1.0 - late) * given if kind == "timeout" else (1.0 - late) * given
+            if not lo <= share <= hi:
                 out.append(Drift(f"faults.{field}", given, seen / self.sent, (lo, hi)))
         return out
 
@@ -173,7 +193,7 @@ class LedgerFit:
             data["latency_s"] = max(round(self.latency_mean_s, 4), 0.0001)
         if self.jitter is not None:
             data["latency_jitter"] = min(round(self.jitter, 3), 3.0)
-        faults = {k: round(v, 4) for k, v in self.fault_rates().items() if v > 0}
+        faults = {k: round(v, 4) for k, v in self.planned_rates(base.timeout_s).items() if v > 0}
         if faults or "faults" in data:
             data["faults"] = faults
         tokens = self.prompt_tokens is not None and self.completion_tokens is not None
