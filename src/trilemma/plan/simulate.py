@@ -659,9 +659,11 @@ def _attempts(
                 paid += (late & (first_in | copy_in)) * price  # the loser is billed
                 called += late * sp.calls
             else:
-                slow = trying & (latency * jitter > t.timeout)
-                jitter = np.where(slow, t.given_up_s / latency, jitter)
-                bill = np.where(slow, 0.0, bill)
+                over = latency * jitter > t.timeout
+                if np.any(over):  # rare at a timeout far past the latency: skipped when none is
+                    slow = trying & over
+                    jitter = np.where(slow, t.given_up_s / latency, jitter)
+                    bill = np.where(slow, 0.0, bill)
         else:
             b = rng.choice(len(r.shares), size=n, p=r.shares)
             p, price, latency = r.p[b], r.price[b], r.latency[b]
@@ -677,7 +679,9 @@ def _attempts(
         took: Any = latency * jitter
         erred = None  # a fault injected (a call given up at its timeout is not one)
         if r is None and t.fault > 0:  # drawn only then: fault-free specs keep their draws
-            erred = trying & (rng.random(n) < t.fault) & ~slow
+            erred = trying & (rng.random(n) < t.fault)
+            if slow is not None:
+                erred &= ~slow
             bill = np.where(erred, 0.0, bill)
             took = np.where(erred, t.fault_s, took)
         failed = slow if erred is None else (erred if slow is None else slow | erred)
@@ -701,14 +705,26 @@ def _attempts(
         trying = caught
         if a == last:
             step_dead |= caught
-        else:  # the backoff before the retry: full jitter, or a rate limit's Retry-After
-            wait: Any = waits.random(n) * backoff_ceiling(a + 1)
-            if erred is not None and t.limited > 0:
-                wait = np.where(erred & (waits.random(n) < t.limited), SIM_RETRY_AFTER_S, wait)
-            dur += np.where(trying, wait, 0.0)
+        elif room is not None or trying.any():
+            _backoff(dur, trying, erred, t.limited, a + 1, waits, every=room is not None)
         if room is None and not trying.any():
             break  # under a ceiling every attempt draws, so that the draws never depend on it
     return called, paid, dur, step_dead, step_wrong, refused
+
+
+def _backoff(
+    dur: np.ndarray, trying: np.ndarray, erred: np.ndarray | None, limited: float, failures: int,
+    rng: np.random.Generator, every: bool,
+) -> None:  # fmt: skip
+    """Add to ``dur`` the backoff each retrying trajectory waits after its ``failures``-th
+    failure: full jitter below its ceiling, or the Retry-After after a rate limit (``erred``
+    with the share ``limited``). ``every``: draw for every trajectory, retrying or not (under
+    a ceiling, so that no budget moves a draw); else for the retrying ones only."""
+    who = np.arange(trying.size) if every else np.flatnonzero(trying)
+    wait = rng.random(who.size) * backoff_ceiling(failures)
+    if erred is not None and limited > 0:
+        wait = np.where(erred[who] & (rng.random(who.size) < limited), SIM_RETRY_AFTER_S, wait)
+    dur[who] += np.where(trying[who], wait, 0.0)
 
 
 def _fit(
