@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,33 @@ def test_with_a_deadline_the_prediction_is_the_monte_carlo_s(tmp_path: Path) -> 
     plain = load_workflow(EXAMPLES / "single.yaml")
     (p,) = compare([("single", plain)], 5, Journal(tmp_path / "j.db"), time_scale=0.001)
     assert p.simulated is None and p.to_json()["predicted"]["with_deadline"] is None
+
+
+def test_each_spec_gets_the_inputs_it_declares(cli, tmp_path: Path) -> None:
+    """faq.yaml reads a question; single.yaml declares no input: it runs without one."""
+    journal = tmp_path / "j.db"
+    faq, single = str(EXAMPLES / "faq.yaml"), str(EXAMPLES / "single.yaml")
+    r = cli("compare", faq, single, "--runs", "3", "--journal", str(journal), "--time-scale",
+            "0.001", "-i", "question=How long is the refund window?", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    runs = Journal(journal).runs()
+    given = {row["spec_source"]: json.loads(row["inputs_json"]) for row in runs}
+    assert given[faq] == {"question": "How long is the refund window?"} and given[single] == {}
+    assert len(runs) == 6
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        ([], "steps[0].prompt uses input 'question', which was not given"),
+        (["-i", "topic=x"], "--input topic: no spec declares an input 'topic'"),
+        (["-i", "question"], "--input 'question': write it as name=value"),
+    ],
+)
+def test_a_missing_or_unknown_input_stops_compare_before_any_run(cli, tmp_path: Path, args, says) -> None:
+    journal = tmp_path / "j.db"
+    # single.yaml first: it would have run (and been billed) before faq.yaml failed
+    r = cli("compare", str(EXAMPLES / "single.yaml"), str(EXAMPLES / "faq.yaml"), "--runs", "3",
+            "--journal", str(journal), *args)  # fmt: skip
+    assert r.code == 2 and says in r.err and "Traceback" not in r.err
+    assert not journal.exists() or not Journal(journal).runs()

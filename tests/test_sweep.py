@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -184,3 +185,17 @@ def test_a_ceiling_sweep_predicts_what_it_measures(tmp_path: Path) -> None:
         sd = math.sqrt(max(r.predicted_success * (1 - r.predicted_success), 0.01) / r.runs)
         assert abs(r.success_rate - r.predicted_success) <= 4 * sd, r
     assert own.stopped > 0 and worst.stopped == 0
+
+
+def test_a_sweep_passes_its_inputs_and_checks_them_first(cli, tmp_path: Path) -> None:
+    journal = tmp_path / "j.db"
+    faq = str(EXAMPLES / "faq.yaml")
+    missing = cli("sweep", faq, "--max-cost", "0.01", "--runs", "2", "--journal", str(journal))
+    assert missing.code == 2 and "uses input 'question'" in missing.err
+    assert not journal.exists() or not Journal(journal).runs()
+    r = cli("sweep", faq, "--max-cost", "0.01", "--runs", "2", "--journal", str(journal),
+            "--time-scale", "0.001", "-i", "question=Where is my order?", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    runs = Journal(journal).runs()
+    assert len(runs) == 4  # the baseline and one budget, two runs each
+    assert all(json.loads(row["inputs_json"]) == {"question": "Where is my order?"} for row in runs)

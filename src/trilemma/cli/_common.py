@@ -50,6 +50,20 @@ app = typer.Typer(
 
 SpecFile = Annotated[Path, typer.Argument(help="Workflow spec (YAML or JSON).", show_default=False)]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+InputsOpt = Annotated[
+    list[str] | None, typer.Option("--input", "-i", help="An input, as name=value.")
+]
+
+
+def parse_inputs(pairs: list[str] | None) -> dict[str, str]:
+    """``--input name=value`` pairs as a mapping; exit 2 on one without ``=``."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--input {pair!r}: write it as name=value")
+        out[key] = value
+    return out
 DEFAULT_JOURNAL = Path(".trilemma") / "trilemma.db"
 
 

@@ -11,11 +11,13 @@ import typer
 
 from trilemma.cli._common import (
     DEFAULT_JOURNAL,
+    InputsOpt,
     JournalOpt,
     JsonFlag,
     SpecFile,
     app,
     emit_json,
+    parse_inputs,
     positive,
     progress,
     seed_option,
@@ -312,6 +314,7 @@ def sweep_cmd(
         str | None, typer.Option("--deadline", help="Deadlines in seconds, comma-separated.")
     ] = None,
     runs: Annotated[int, typer.Option(help="Runs per budget (and for the baseline).")] = 100,
+    inputs: InputsOpt = None,
     seed: Annotated[int, seed_option(help="Run i of every budget uses seed + i.")] = 0,
     time_scale: TimeScaleOpt = 0.01,
     journal: JournalOpt = DEFAULT_JOURNAL,
@@ -335,7 +338,7 @@ def sweep_cmd(
     with progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * (len(budgets) + 1))
         result = budget_sweep(wf, budgets, runs, Journal(journal), seed=seed, time_scale=time_scale,
-                              source=str(file),
+                              source=str(file), inputs=parse_inputs(inputs),
                               on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
     from trilemma.report.plots import plot_sweep
 
@@ -350,6 +353,10 @@ def compare_cmd(
         typer.Argument(help="Workflow specs to measure side by side.", show_default=False),
     ],
     runs: Annotated[int, typer.Option(help="Runs per spec.")] = 200,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="An input, as name=value, for the specs that declare it."),
+    ] = None,
     seed: Annotated[int, seed_option(help="Run i of every spec uses seed + i.")] = 0,
     time_scale: TimeScaleOpt = 0.01,
     journal: JournalOpt = DEFAULT_JOURNAL,
@@ -369,6 +376,7 @@ def compare_cmd(
     with progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * len(specs))
         rows = compare(specs, runs, Journal(journal), seed=seed, time_scale=time_scale,
+                       inputs=parse_inputs(inputs),
                        on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
     from trilemma.report.plots import plot_compare
 

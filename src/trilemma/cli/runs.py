@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
 from trilemma.cli._common import (
     DEFAULT_JOURNAL,
+    InputsOpt,
     JournalOpt,
     JsonFlag,
     SpecFile,
@@ -22,6 +23,7 @@ from trilemma.cli._common import (
     dollars,
     emit_json,
     iso,
+    parse_inputs,
     positive,
     progress,
     seconds,
@@ -79,22 +81,10 @@ def _tier(shared_cache: bool, redis: str | None) -> str | None:
     return check_url(redis) if shared_cache else None
 
 
-def _inputs(pairs: list[str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--input {pair!r}: write it as name=value")
-        out[key] = value
-    return out
-
-
 @app.command("run", rich_help_panel="Run and read the journal")
 def run_cmd(
     spec: SpecFile,
-    inputs: Annotated[
-        list[str] | None, typer.Option("--input", "-i", help="An input, as name=value.")
-    ] = None,
+    inputs: InputsOpt = None,
     max_cost: Annotated[float | None, dollars("Hard cost ceiling, $.")] = None,
     deadline: Annotated[float | None, seconds("Deadline, seconds.")] = None,
     seed: Annotated[int | None, seed_option(help="Simulator seed (default: the spec's).")] = None,
@@ -118,7 +108,7 @@ def run_cmd(
     check_tenant(tenant)
     shared, tier = _shared(shared_budget, shared_cache, redis)
     wf = load_workflow(spec)
-    values = _inputs(inputs)
+    values = parse_inputs(inputs)
     check_inputs(wf, values, str(spec))  # before the journal is opened (or made)
     _load_embedder(wf, show=not as_json)
     ceiling, limit = wf.budget.resolve(max_cost, deadline)

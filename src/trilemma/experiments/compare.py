@@ -21,7 +21,7 @@ itself.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from trilemma.experiments.trials import Tally, Trial, check_settings, repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.plan.simulate import SimResult, under_budget
+from trilemma.run.session import check_inputs
 from trilemma.spec import Workflow
 
 __all__ = ["Contender", "compare"]
@@ -123,15 +124,28 @@ def compare(
     seed: int = 0,
     time_scale: float = 0.01,
     on_progress: Callable[[int, int], object] | None = None,
+    inputs: Mapping[str, str] | None = None,
 ) -> list[Contender]:
-    """Run each spec ``runs`` times; their measured and predicted figures, in the order given."""
+    """Run each spec ``runs`` times; their measured and predicted figures, in the order given.
+
+    ``inputs``: each spec's runs get those it declares; every spec's are checked before any
+    run, and one that no spec declares is refused.
+    """
     check_settings(runs, time_scale)
     if len(specs) < 1:
         raise UsageError("give at least one spec to measure (two or more to compare)")
+    given = dict(inputs or {})
+    unread = [k for k in given if not any(k in wf.inputs for _, wf in specs)]
+    if unread:
+        raise UsageError(f"--input {unread[0]}: no spec declares an input {unread[0]!r}")
+    own = {name: {k: v for k, v in given.items() if k in wf.inputs} for name, wf in specs}
+    for name, wf in specs:  # a missing input stops the comparison before anything is spent
+        check_inputs(wf, own[name], name)
     tick = Tally(runs * len(specs), on_progress)
     out = []
     for name, wf in specs:
-        got = repeat(wf, runs, journal, seed=seed, time_scale=time_scale, source=name, tick=tick)
+        got = repeat(wf, runs, journal, seed=seed, time_scale=time_scale, source=name, tick=tick,
+                     inputs=own[name])  # fmt: skip
         out.append(_contender(name, wf, got))
     return out
 

@@ -23,7 +23,7 @@ On the simulator the sweep runs in scaled time (see :mod:`trilemma.experiments.t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,6 +33,7 @@ from trilemma.experiments.trials import Tally, Trial, check_settings, repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.plan.simulate import under_budget
+from trilemma.run.session import check_inputs
 from trilemma.spec import Workflow
 
 __all__ = ["Limits", "Sweep", "SweepRow", "budget_sweep"]
@@ -164,13 +165,16 @@ def budget_sweep(
     time_scale: float = 0.01,
     source: str = "<spec>",
     on_progress: Callable[[int, int], object] | None = None,
+    inputs: Mapping[str, str] | None = None,
 ) -> Sweep:
-    """Run ``wf`` ``runs`` times with no budget, then ``runs`` times under each budget.
+    """Run ``wf`` ``runs`` times with no budget, then ``runs`` times under each budget, each
+    run with ``inputs`` (checked before any run).
 
     The spec's own ceiling and deadline are set aside: the baseline has none, and each
     budget of the sweep is the only one its runs obey.
     """
     check_settings(runs, time_scale)
+    check_inputs(wf, inputs or {}, source)
     if not budgets:
         raise UsageError("give at least one budget: --max-cost 0.1,0.2 or --deadline 5,10")
     unbudgeted = wf.with_budget(max_cost_usd=None, deadline_s=None)
@@ -179,7 +183,7 @@ def budget_sweep(
     def trials(b: Limits) -> list[Trial]:
         return repeat(unbudgeted, runs, journal, seed=seed, time_scale=time_scale,
                       max_cost_usd=b.max_cost_usd, deadline_s=b.deadline_s, source=source,
-                      tick=tick)  # fmt: skip
+                      tick=tick, inputs=inputs)  # fmt: skip
 
     def predicted(b: Limits) -> float:
         return under_budget(unbudgeted, b.deadline_s, b.max_cost_usd, seed).success_rate

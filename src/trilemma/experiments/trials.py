@@ -13,7 +13,7 @@ latencies and deadlines matter more than the experiment's speed.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,8 +110,10 @@ def repeat(
     deadline_s: float | None = None,
     source: str = "<spec>",
     tick: Callable[[], object] | None = None,
+    inputs: Mapping[str, str] | None = None,
 ) -> list[Trial]:
-    """Run ``wf`` ``runs`` times, run ``i`` with seed ``seed + i``; ``tick`` after each run.
+    """Run ``wf`` ``runs`` times, run ``i`` with seed ``seed + i``, each with ``inputs``;
+    ``tick`` after each run.
 
     ``wf`` is the spec as written: it is scaled here, and so is ``deadline_s``.
     """
@@ -121,8 +123,9 @@ def repeat(
     out = []
     for i in range(runs):
         with scaled_time(time_scale):
-            r = execute(fast, journal=journal, seed=seed + i, max_cost_usd=max_cost_usd,
-                        deadline_s=deadline, source=source, time_scale=time_scale)  # fmt: skip
+            r = execute(fast, journal=journal, inputs=inputs, seed=seed + i,
+                        max_cost_usd=max_cost_usd, deadline_s=deadline, source=source,
+                        time_scale=time_scale)  # fmt: skip
         out.append(Trial(r.status, r.cost_usd, r.latency_s / time_scale, r.calls,
                          len(r.outputs), len(r.steps)))  # fmt: skip
         if tick is not None:
