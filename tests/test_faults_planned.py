@@ -12,6 +12,7 @@ import math
 import pytest
 
 from trilemma import estimate, parse_workflow, simulate
+from trilemma.experiments.trials import time_scaled
 from trilemma.journal import Journal
 from trilemma.plan.simulate import simulate_loop
 from trilemma.run.retry import fast_retries
@@ -111,22 +112,55 @@ steps:
 """
 
 
-def test_a_routed_steps_faults_are_left_out_by_both_alike() -> None:
-    # The module note says so: a routed step's branches are planned without their faults,
-    # by the estimate and the Monte Carlo alike (they once disagreed: the estimate counted
-    # a branch's faults in its p, the Monte Carlo did not).
+def test_a_routed_steps_faults_are_counted_by_both_alike() -> None:
+    # They were once left out by both (and before that counted by the estimate only). The
+    # easy branch's model fails 30% of its calls: an attempt routed there succeeds with
+    # 0.7 x 0.9, and a failed branch call bills the classifier's only. The classifier's
+    # misses (1%) go to the first branch: it gets 70.3% of the attempts.
     wf = parse_workflow(ROUTED)
     calm = parse_workflow(ROUTED.replace(", faults: {transient_error_rate: 0.3}", ""))
-    e = estimate(wf)
-    assert e.reliability == pytest.approx(estimate(calm).reliability)
-    assert e.cost_expected == pytest.approx(estimate(calm).cost_expected)
+    e, (step,) = estimate(wf), estimate(wf).per_step
+    easy, hard = wf.route_shares(wf.steps[0]).values()
+    assert step.p_attempt == pytest.approx(easy * 0.7 * 0.9 + hard * 0.99)
+    assert e.reliability < estimate(calm).reliability
+    assert e.reliability == pytest.approx(1 - (1 - step.p_attempt) ** 2)
+    assert step.cost_book == pytest.approx(estimate(calm).per_step[0].cost_book)
+    price = 0.001 + easy * 0.7 * 0.01 + hard * 0.001  # the faulted easy call bills nothing
+    assert step.cost_expected == pytest.approx(price * (2 - step.p_attempt))
     r = simulate(wf, 200_000, seed=6)
     lo, hi = r.ci95
     assert lo <= e.reliability <= hi
+    assert r.cost_usd.mean == pytest.approx(e.cost_expected, rel=0.01)
+    assert r.latency_s.mean == pytest.approx(e.latency_expected_s, rel=0.01)
+    ok, cost, _ = simulate_loop(wf, 40_000, seed=7)
+    assert ok == pytest.approx(e.reliability, abs=0.01)
+    assert cost == pytest.approx(e.cost_expected, rel=0.03)
+
+
+def test_a_classifier_that_faults_sends_no_branch(tmp_path) -> None:
+    spec = ROUTED.replace("router: {usd_per_call: 0.001, latency_s: 0.2, p_ok: 0.99}",
+                          "router: {usd_per_call: 0.001, latency_s: 0.2, p_ok: 0.99, "
+                          "faults: {rate_limit_rate: 0.2}}")  # fmt: skip
+    wf = parse_workflow(spec)
+    (step,) = estimate(wf).per_step
+    easy, hard = wf.route_shares(wf.steps[0]).values()  # hard runs on the router: 20% 429s
+    assert step.p_attempt == pytest.approx(0.8 * (easy * 0.7 * 0.9 + hard * 0.8 * 0.99))
+    r = simulate(wf, 200_000, seed=8)
+    assert r.calls.mean == pytest.approx(estimate(wf).calls_expected, rel=0.01)
+    lo, hi = r.ci95
+    assert lo <= estimate(wf).reliability <= hi
+    journal, runs, fast = Journal(tmp_path / "j.db"), 300, time_scaled(wf, 0.01)
+    with fast_retries():
+        results = [execute(fast, journal=journal, seed=i) for i in range(runs)]
+    ok = sum(res.status == "ok" for res in results) / runs
+    assert abs(ok - r.success_rate) < 0.06, (ok, r.success_rate)
+    cost = math.fsum(res.cost_usd for res in results) / runs
+    assert cost == pytest.approx(r.cost_usd.mean, rel=0.1)
 
 
 def test_estimate_says_the_faults_are_counted(cli, write) -> None:
     out = cli("estimate", write(CHAIN)).out
     assert "models.m.faults: 30% of its calls fail before p_ok is judged" in out
-    assert "routed" not in out
-    assert "routed step" in cli("estimate", write(ROUTED, name="routed.yaml")).out
+    routed = " ".join(cli("estimate", write(ROUTED, name="routed.yaml")).out.split())
+    assert "models.flaky.faults: 30% of its calls fail" in routed  # a branch's model counts
+    assert "models.router.faults" not in routed

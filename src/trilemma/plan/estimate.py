@@ -32,7 +32,9 @@ left out) and takes the fault's time (a timeout ``timeout_s``). A call slower th
 profile's ``timeout_s`` is given up the same way: with ``latency_jitter`` it outlasts
 the timeout with ``P(L > T)`` of the lognormal, and one that answers takes ``E[L | L <= T]``
 (:func:`trilemma.plan.hedge.cut`); an attempt's calls share one latency draw, as in the
-Monte Carlo. A routed step's faults and timeouts are not modelled.
+Monte Carlo. A routed step counts its classifier's and its branches' alike (an attempt whose
+classifier faults sends no branch); its retries wait the backoff's jitter (a 429's shorter
+Retry-After is not told apart there).
 
 Between a step's attempts the executor waits its backoff (full jitter below half a second,
 doubling with each failure, at most 20 s; after a rate limit, the Retry-After): the
@@ -59,7 +61,6 @@ from typing import Any
 
 from trilemma import dag
 from trilemma.plan.hedge import (
-    call_latency,
     call_price,
     hedge_rate,
     timeouts,
@@ -362,30 +363,36 @@ def _routed_estimate(wf: Workflow, step: Step) -> StepEstimate:
     """A routed step: each attempt is the classifier's call, then one branch's.
 
     Each attempt classifies afresh, so attempts are independent: one succeeds with
-    ``p = sum(share x p_branch)``, costs the classifier's price plus the branch's on
-    average, and takes the slowest branch's time on the critical path.
+    ``p = g x sum(share x p_branch)`` (``g``: the classifier's call meets no fault and no
+    timeout; a branch's own count in its ``p_branch``), costs the classifier's price plus
+    the branch's on average (nothing of a call that faults), and takes the slowest branch's
+    time on the critical path.
     """
     assert step.route is not None
     shares = wf.route_shares(step)
-    one = {lab: _call_estimate(wf, step.branch_step(lab).model_copy(update={"retries": 0}),
-                               faults=False)  # as the Monte Carlo's branches: see the module note
+    one = {lab: _call_estimate(wf, step.branch_step(lab).model_copy(update={"retries": 0}))
            for lab in shares}  # fmt: skip
     classifier = wf.models[step.model]
-    price = call_price(classifier) + math.fsum([s * one[lab].cost_book for lab, s in shares.items()])
+    head = attempt_of(classifier, 1, 1)
+
+    def mean(field: str) -> float:
+        return math.fsum([s * getattr(one[lab], field) for lab, s in shares.items()])
+
+    price = head.clean * (call_price(classifier) + mean("cost_expected"))
+    book = call_price(classifier) + mean("cost_book")
     dearest = worst_call_price(classifier) + max(b.cost_worst for b in one.values())
-    latency = call_latency(classifier) + math.fsum(
-        [s * one[lab].latency_expected_s for lab, s in shares.items()]
-    )
+    latency = (head.clean * (head.answered_s + mean("latency_expected_s"))
+               + (1.0 - head.clean) * head.failed_s)  # fmt: skip
     slowest = classifier.latency_s + max(b.latency_s for b in one.values())
-    p = math.fsum([s * one[lab].p_attempt for lab, s in shares.items()])
-    return _independent_attempts(
-        step, p, price, dearest, latency, slowest,
+    longest = head.slowest + max(b.latency_worst_s for b in one.values())
+    e = _independent_attempts(
+        step, head.clean * mean("p_attempt"), price, dearest, latency, slowest, longest,
         models=(step.model, *dict.fromkeys(b.model for b in step.route.values())),
-        calls_per_attempt=1 + hedge_rate(classifier)
-        + math.fsum([s * one[lab].calls_expected for lab, s in shares.items()]),
+        calls_per_attempt=1 + hedge_rate(classifier) + head.clean * mean("calls_expected"),
         hedged=classifier.hedge_after_s is not None or any(b.hedged for b in one.values()),
         routes=tuple(step.route),
     )  # fmt: skip
+    return e if book == price else replace(e, cost_book=book)  # the book bills every call
 
 
 def _independent_attempts(
@@ -459,16 +466,15 @@ def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:
     )
 
 
-def _call_estimate(wf: Workflow, step: Step, faults: bool = True) -> StepEstimate:
-    """A step whose attempts all run on its own model (``faults``: counting its model's
-    faults and timeouts)."""
+def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
+    """A step whose attempts all run on its own model, its faults and timeouts counted."""
     m = wf.profile(step)
     seq = step.sequential_calls
-    if m.hedge_after_s is None and not (faults and (m.faults.any or m.latency_jitter
-                                                    or m.latency_s > m.timeout_s)):  # fmt: skip
+    if m.hedge_after_s is None and not (m.faults.any or m.latency_jitter
+                                        or m.latency_s > m.timeout_s):  # fmt: skip
         price, latency = m.price_per_call * step.calls, m.latency_s * seq  # the common case
         return _independent_attempts(step, wf.p_ok(step), price, price, latency, latency)
-    a = attempt_of(m, step.calls, seq, faults)
+    a = attempt_of(m, step.calls, seq)
     extra: dict[str, Any] = {}
     if m.hedge_after_s is not None:
         extra = {"hedged": True, "calls_per_attempt": step.calls * (1.0 + hedge_rate(m))}
@@ -497,15 +503,12 @@ class Attempt:
     """The most it may take, for the worst case."""
 
 
-def attempt_of(m: ModelProfile, calls: int, seq: int, faults: bool = True) -> Attempt:
+def attempt_of(m: ModelProfile, calls: int, seq: int) -> Attempt:
     """An attempt of ``calls`` calls (``seq`` of them one after another) on ``m``.
 
     A call slower than ``timeout_s`` is given up, before any fault is drawn (as the
     simulator does); the attempt's calls share one latency draw (the Monte Carlo's
-    model), so it outlasts its timeout as one call does. ``faults=False`` counts neither
-    (a routed step's branches)."""
-    if not faults:
-        return Attempt(1.0, call_latency(m) * seq, 0.0, 0.0, m.latency_s * seq)
+    model), so it outlasts its timeout as one call does."""
     late, answered = timeouts(m)
     meets = 1.0 - (1.0 - m.faults.rate) ** calls if m.faults.any else 0.0
     clean = (1.0 - late) * (1.0 - meets)

@@ -53,7 +53,13 @@ from typing import Any, Literal
 import numpy as np
 
 from trilemma import dag
-from trilemma.plan.estimate import CACHE_HIT_LATENCY_S, cancel_cost, estimate, limited_share
+from trilemma.plan.estimate import (
+    CACHE_HIT_LATENCY_S,
+    attempt_of,
+    cancel_cost,
+    estimate,
+    limited_share,
+)
 from trilemma.plan.hedge import call_price
 from trilemma.spec import Simulation, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
@@ -238,6 +244,22 @@ class _Route:
     """The classifier's call's price."""
     head_reserve: float = 0.0
     """Dollars the classifier's call holds under a ceiling."""
+    head_fail: float = 0.0
+    """The chance the classifier's call faults or times out: the attempt fails, billed
+    nothing, and sends no branch."""
+    head_fail_s: float = 0.0
+    """Seconds such an attempt takes."""
+    head_s: float = 0.0
+    """Seconds the classifier's call takes when it answers."""
+    fail: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    """Per branch, the chance its calls fault or time out (the classifier's is billed)."""
+    fail_s: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    """Per branch, the seconds such a branch attempt takes."""
+
+    @property
+    def faulty(self) -> bool:
+        """Whether an attempt may fail on a fault or a timeout (drawn only then)."""
+        return self.head_fail > 0.0 or bool(self.fail.any())
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,18 +328,24 @@ def _route(wf: Workflow, s: Step) -> _Route:
     classifier = wf.models[s.model]
     branches = [s.branch_step(label) for label in shares]
     models = [wf.models[b.model] for b in branches]
+    head = attempt_of(classifier, 1, 1)
+    tries = [attempt_of(m, b.calls, b.sequential_calls) for b, m in zip(branches, models, strict=True)]
     return _Route(
         shares=np.array(list(shares.values())),
         p=np.array([wf.p_ok(b) for b in branches]),
         price=np.array([call_price(classifier) + call_price(m) * b.calls
                         for b, m in zip(branches, models, strict=True)]),
-        latency=np.array([classifier.latency_s + m.latency_s * b.sequential_calls
-                          for b, m in zip(branches, models, strict=True)]),
+        latency=np.array([head.answered_s + a.answered_s for a in tries]),
         jitter=np.array([m.latency_jitter for m in models]),
         calls=np.array([1 + b.calls for b in branches]),
         reserve=np.array([m.reserved_per_call(b.max_tokens) for b, m in zip(branches, models, strict=True)]),
         head_price=call_price(classifier),
         head_reserve=classifier.reserved_per_call(s.max_tokens),
+        head_fail=1.0 - head.clean,
+        head_fail_s=head.failed_s,
+        head_s=head.answered_s,
+        fail=np.array([1.0 - a.clean for a in tries]),
+        fail_s=np.array([head.answered_s + a.failed_s for a in tries]),
     )  # fmt: skip
 
 
@@ -684,6 +712,12 @@ def _attempts(
                 erred &= ~slow
             bill = np.where(erred, 0.0, bill)
             took = np.where(erred, t.fault_s, took)
+        elif r is not None and r.faulty:  # the classifier's call, else the branch's, may fail
+            headless = trying & (rng.random(n) < r.head_fail)
+            erred = headless | (trying & (rng.random(n) < r.fail[b]))
+            bill = np.where(headless, 0.0, np.where(erred, np.minimum(bill, r.head_price), bill))
+            took = np.where(headless, r.head_fail_s, np.where(erred, r.fail_s[b], took))
+            called -= headless * (go * (r.calls[b] - 1))  # no branch sent
         failed = slow if erred is None else (erred if slow is None else slow | erred)
         paid += bill
         if refused is None:
@@ -706,7 +740,8 @@ def _attempts(
         if a == last:
             step_dead |= caught
         elif room is not None or trying.any():
-            _backoff(dur, trying, erred, t.limited, a + 1, waits, every=room is not None)
+            limited = t.limited if r is None else 0.0  # a routed step's: jitter waits only
+            _backoff(dur, trying, erred, limited, a + 1, waits, every=room is not None)
         if room is None and not trying.any():
             break  # under a ceiling every attempt draws, so that the draws never depend on it
     return called, paid, dur, step_dead, step_wrong, refused
@@ -826,6 +861,12 @@ def simulate_loop(
                 fault = tr.fault > 0 and rnd.random() < tr.fault and not slow
                 if fault:  # failed, unbilled, caught
                     bill, took = 0.0, tr.fault_s
+                if sp.route is not None and sp.route.faulty:  # the classifier's, or the branch's
+                    r = sp.route
+                    if rnd.random() < r.head_fail:
+                        fault, bill, took = True, 0.0, r.head_fail_s
+                    elif rnd.random() < float(r.fail[b]):
+                        fault, bill, took = True, min(float(bill), r.head_price), float(r.fail_s[b])
                 cost += float(bill)
                 t += took * float(fit) / calls
                 if fit < calls:  # a call did not fit: the run stops here

@@ -115,13 +115,11 @@ NOTED_TIMEOUTS = 0.001
 def fault_assumptions(wf: Workflow) -> list[str]:
     """A line per model with faults, and per model whose calls may outlast its ``timeout_s``
     (one in a thousand or more): the estimate's p attempt counts them, below its p_ok."""
-    routed = {m for st in wf.steps if st.route
-              for m in (st.model, *(b.model for b in st.route.values()))}  # fmt: skip
-    used = routed | {m for st in wf.steps for m in (st.model, *(st.escalate or ()))}
+    used = {m for st in wf.steps
+            for m in (st.model, *(st.escalate or ()), *(b.model for b in (st.route or {}).values()))}  # fmt: skip
     lines = [
         f"models.{name}.faults: {m.faults.rate:.0%} of its calls fail before p_ok is judged "
         "(unbilled, retried); p attempt counts them"
-        + (", but not in a routed step" if name in routed else "")
         for name, m in wf.models.items()
         if m.faults.any and name in used
     ]
@@ -131,7 +129,6 @@ def fault_assumptions(wf: Workflow) -> list[str]:
             lines.append(
                 f"models.{name}.timeout_s: {late:.1%} of its calls outlast {m.timeout_s:g}s and "
                 "are given up (a timeout: unbilled, retried); p attempt counts them"
-                + (", but not in a routed step" if name in routed else "")
             )
     return lines
 
