@@ -18,6 +18,8 @@ from trilemma.run.session import execute
 from trilemma.spec import ModelProfile
 from trilemma.testing import Reply, ScriptedServer, fast_retries
 
+from .test_timeouts_planned import fanned_out
+
 SIM = """
 version: 1
 models:
@@ -254,14 +256,7 @@ def test_timeouts_its_fitted_latency_explains_are_not_counted_twice(tmp_path: Pa
     time out. The fitted profile keeps that share (the planner's cut of the fitted latency
     plus its timeout_rate) rather than adding a timeout_rate of 10% on top of the cut, and
     the profile that produced the ledger shows no drift for it."""
-    steps = ", ".join(f"{{id: s{i:02d}, model: m}}" for i in range(20))
-    wf = parse_workflow(f"""
-version: 1
-concurrency: 20
-models:
-  m: {{usd_per_call: 0.001, latency_s: 0.01, latency_jitter: 0.8, p_ok: 1.0, timeout_s: 0.02}}
-steps: [{steps}]
-""")
+    wf = fanned_out()
     journal = Journal(tmp_path / "j.db")
     with fast_retries():
         for seed in range(25):

@@ -19,6 +19,7 @@ from trilemma.journal import Journal
 from trilemma.plan.hedge import cut
 from trilemma.plan.simulate import simulate_loop
 from trilemma.run.session import execute
+from trilemma.spec import Workflow
 from trilemma.testing import fast_retries
 
 TIGHT = """\
@@ -102,17 +103,23 @@ steps: [{id: s, model: small, escalate: [big], retries: 1}]
     assert r.cost_usd.mean == pytest.approx(e.cost_expected, rel=0.01)
 
 
-def test_the_executor_gives_up_what_the_planner_predicts(tmp_path) -> None:
-    """30 runs of 20 independent one-call steps at 10 ms, given up at 20 ms: about 10% of
-    calls time out, each a failed step here (no retries), unbilled in the ledger."""
+def fanned_out() -> Workflow:
+    """20 independent one-call steps at 10 ms (jitter 0.8), given up at 20 ms: about 10% of
+    the calls time out."""
     steps = ", ".join(f"{{id: s{i:02d}, model: m}}" for i in range(20))
-    wf = parse_workflow(f"""
+    return parse_workflow(f"""
 version: 1
 concurrency: 20
 models:
   m: {{usd_per_call: 0.01, latency_s: 0.01, latency_jitter: 0.8, p_ok: 1.0, timeout_s: 0.02}}
 steps: [{steps}]
 """)
+
+
+def test_the_executor_gives_up_what_the_planner_predicts(tmp_path) -> None:
+    """30 runs of the fan-out: each call that times out is a failed step here (no retries),
+    unbilled in the ledger."""
+    wf = fanned_out()
     (late, _), journal = cut(0.01, 0.8, 0.02), Journal(tmp_path / "j.db")
     with fast_retries():
         results = [execute(wf, journal=journal, seed=i) for i in range(30)]
