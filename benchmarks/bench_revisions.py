@@ -1,0 +1,90 @@
+"""The vectorised Monte Carlo of two revisions side by side: did a change slow it down?
+
+Each round runs every case once per revision, each in a fresh interpreter whose
+``trilemma`` is that revision's (a git worktree of ``--base``; the working tree for the
+other), interleaved so that a noisy shared machine slows both alike; the medians and
+their ratio are the figures.
+
+    python benchmarks/bench_revisions.py --base bd304f1 [--rounds 5] [--runs 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = {  # the spec, and the Simulation settings
+    "seed 12-step chain": ("seed-chain.yaml", {}),
+    "ticket (debates, retries)": ("ticket.yaml", {}),
+    "ticket, leaky gate + correlated retries": (
+        "ticket.yaml", {"recall": 0.8, "retry_correlation": 0.3, "compounding": 0.9},
+    ),
+    "jittery chain": ("jittery.yaml", {}),
+}  # fmt: skip
+
+
+def one(runs: int) -> None:
+    """In the child: seconds for ``runs`` trajectories of each case, after a warm-up."""
+    from trilemma import Simulation, load_workflow, simulate
+
+    out = {}
+    for name, (spec, settings) in CASES.items():
+        wf = load_workflow(ROOT / "examples" / spec)
+        st = Simulation(**settings)
+        simulate(wf, 100_000, seed=1, settings=st)
+        started = time.perf_counter()
+        simulate(wf, runs, seed=1, settings=st)
+        out[name] = time.perf_counter() - started
+    print(json.dumps(out))
+
+
+def measure(src: Path, runs: int) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    done = subprocess.run([sys.executable, __file__, "--one", str(runs)], env=env,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", help="The revision to compare the working tree with.")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=1_000_000)
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        one(args.one)
+        return
+    if not args.base:
+        ap.error("give --base REV, the revision to compare the working tree with")
+    with tempfile.TemporaryDirectory() as d:
+        tree = Path(d) / "base"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree),
+                        args.base], check=True)  # fmt: skip
+        try:
+            sides = {args.base: tree / "src", "working tree": ROOT / "src"}
+            times: dict[str, dict[str, list[float]]] = {k: {} for k in sides}
+            for _ in range(args.rounds):
+                for side, src in sides.items():
+                    for case, s in measure(src, args.runs).items():
+                        times[side].setdefault(case, []).append(s)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                           check=True)  # fmt: skip
+    base, new = (times[k] for k in sides)
+    print(f"{args.runs:,} runs, median of {args.rounds} interleaved rounds")
+    for case in CASES:
+        b, n = statistics.median(base[case]), statistics.median(new[case])
+        print(f"{case:42s} {args.base} {b:.3f} s  working tree {n:.3f} s  ratio {n / b:.2f}")
+
+
+if __name__ == "__main__":
+    main()
