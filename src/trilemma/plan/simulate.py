@@ -249,8 +249,6 @@ class _Route:
     nothing, and sends no branch."""
     head_fail_s: float = 0.0
     """Seconds such an attempt takes."""
-    head_s: float = 0.0
-    """Seconds the classifier's call takes when it answers."""
     fail: np.ndarray = field(default_factory=lambda: np.zeros(1))
     """Per branch, the chance its calls fault or time out (the classifier's is billed)."""
     fail_s: np.ndarray = field(default_factory=lambda: np.zeros(1))
@@ -343,7 +341,6 @@ def _route(wf: Workflow, s: Step) -> _Route:
         head_reserve=classifier.reserved_per_call(s.max_tokens),
         head_fail=1.0 - head.clean,
         head_fail_s=head.failed_s,
-        head_s=head.answered_s,
         fail=np.array([1.0 - a.clean for a in tries]),
         fail_s=np.array([head.answered_s + a.failed_s for a in tries]),
     )  # fmt: skip
@@ -640,8 +637,9 @@ def _attempts(
     """Calls made, dollars paid, time taken, retries exhausted, failure uncaught, refused by
     the ceiling (None: no ceiling); per trajectory.
 
-    Before each retry a trajectory waits the executor's backoff (drawn from ``rngs[1]``,
-    ``n`` draws per retry whoever retries, so that no budget changes a draw).
+    Before each retry a trajectory waits the executor's backoff, drawn from ``rngs[1]``:
+    under a ceiling for every trajectory, retrying or not, so that no ceiling moves a draw;
+    otherwise for the retrying ones only.
 
     ``factor`` scales each trajectory's ``p`` (compounding below an uncaught failure).
     A routed step's attempt first draws its branch, trajectory by trajectory. ``room``:
