@@ -142,3 +142,29 @@ def test_estimate_says_how_many_calls_time_out(cli, write) -> None:
     assert "models.m.timeout_s: 10.3% of its calls outlast 2s and are given up" in out
     loose = " ".join(cli("estimate", write(TIGHT.replace("2.0}", "60.0}"), name="loose.yaml")).out.split())
     assert "timeout_s" not in loose  # one call in millions: not worth a line
+
+
+NEVER = """\
+version: 1
+models:
+  premium: {usd_per_call: 0.03, latency_s: 2.0, p_ok: 0.99}
+  slow: {usd_per_call: 0.001, latency_s: 90.0, p_ok: 0.99}
+steps:
+  - {id: a, model: slow, candidates: [slow, premium]}
+  - {id: b, model: slow, after: [a], candidates: [slow, premium]}
+"""
+
+
+def test_a_model_that_always_times_out_is_planned_as_one(cli, write) -> None:
+    """90 s calls given up at the default 60 s: nothing succeeds and nothing is billed. The
+    optimizer (which sums log-reliabilities) once raised on it; it now routes around it."""
+    e = estimate(parse_workflow(NEVER))
+    assert e.reliability == 0.0 and e.cost_expected == 0.0
+    assert e.quality_per_dollar == 0.0 and e.quality_per_expected_dollar == 0.0
+    path = write(NEVER)
+    out = " ".join(cli("estimate", path).out.split())
+    assert "models.slow.timeout_s: 100.0% of its calls outlast 60s" in out and "inf" not in out
+    for on in ("worst", "expected", "enforced"):
+        r = cli("optimize", path, "--min-reliability", "0.5", "--budget-on", on, "--json")
+        assert r.code == 0, (on, r.err)
+        assert {s["model"] for s in r.json()["chosen"]["per_step"]} == {"premium"}, on

@@ -289,12 +289,17 @@ class Estimate:
 
     @property
     def quality_per_dollar(self) -> float | None:
-        """Reliability per book dollar, the seed's q/$ (None when nothing is paid)."""
+        """Reliability per book dollar, the seed's q/$ (None when nothing is paid for
+        something; 0 when nothing succeeds)."""
+        if self.reliability == 0.0:
+            return 0.0
         return self.reliability / self.cost_book if self.cost_book > 0 else None
 
     @property
     def quality_per_expected_dollar(self) -> float | None:
-        """Reliability per expected dollar (retries paid for)."""
+        """Reliability per expected dollar (retries paid for); as :attr:`quality_per_dollar`."""
+        if self.reliability == 0.0:
+            return 0.0
         return self.reliability / self.cost_expected if self.cost_expected > 0 else None
 
     def to_json(self) -> dict[str, Any]:

@@ -116,7 +116,7 @@ def cut(mean: float, sigma: float, timeout: float) -> tuple[float, float]:
     if late >= 1.0:
         return 1.0, 0.0
     within = mean * 0.5 * math.erfc(-(z - half) / root2)  # E[L; L <= T]
-    return late, within / (1.0 - late)
+    return late, min(within / (1.0 - late), timeout)  # rounding aside, E[L | L <= T] <= T
 
 
 def timeouts(m: ModelProfile) -> tuple[float, float]:

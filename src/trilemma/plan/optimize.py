@@ -460,7 +460,8 @@ def _metrics(wf: Workflow, step: Step, c: Choice, on: BudgetOn) -> _Metrics:
         return _Metrics(0.0, 0.0, 0.0, 0.0)
     e = step_estimate(wf, _apply_step(step, c))
     latency = e.latency_worst_s if on == "worst" else e.latency_expected_s
-    return _Metrics(e.cost_worst, e.cost_expected, math.log(e.p_step), latency)
+    log_p = math.log(e.p_step) if e.p_step > 0.0 else -math.inf  # a model that always times out
+    return _Metrics(e.cost_worst, e.cost_expected, log_p, latency)
 
 
 def _graph(wf: Workflow, parallel: bool) -> dict[str, list[str]]:
