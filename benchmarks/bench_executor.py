@@ -7,6 +7,10 @@ either), so that no system pays for another's heap; the figures that matter
 are the ratios. A third workload gives every call 20 ms and checks
 that a wide random DAG finishes close to its critical path.
 
+A floor sits beside them: plain asyncio writing the same two ledger rows per step through
+trilemma's journal writer, what any executor that journals each call on the loop's thread
+pays before it holds a budget or retries anything.
+
 Two pairs are compared: trilemma (journal on, records committed in groups)
 beside LangGraph as it runs by default (in memory, nothing saved); and the
 durable pair, trilemma journaling every call before it is sent beside LangGraph
@@ -114,6 +118,56 @@ def run_asyncio(graph: Graph, latency: float) -> float:
     return time.perf_counter() - started
 
 
+def run_asyncio_ledger(graph: Graph, latency: float) -> float:
+    """Plain asyncio writing, per step, the two rows trilemma's ledger keeps (the call, with
+    the prompt it sent, and the step), through trilemma's own journal writer: the floor of
+    any executor that journals each call from the loop's thread, with no budget, limit,
+    retry or simulator."""
+    from trilemma.journal.store import FREE_COMMIT_S, JournalWriter, messages_json
+
+    with tempfile.TemporaryDirectory() as d:
+        journal = Journal(Path(d) / "floor.db")
+        journal.create_run({"run_id": "r", "spec_source": "bench", "spec_json": "{}",
+                            "spec_hash": "h", "inputs_json": "{}", "seed": 1,
+                            "status": "running", "started_at": time.time(),
+                            "predicted_json": "{}"})  # fmt: skip
+
+        async def main() -> None:
+            writer = JournalWriter(journal, FREE_COMMIT_S)
+            done = {k: asyncio.Event() for k in graph}
+
+            async def node(k: str) -> None:
+                for dep in graph[k]:
+                    await done[dep].wait()
+                prompt = f"Task: {k}.\n" + "\n".join(f"{dep} said: ok" for dep in graph[k])
+                key = f"r:{k}:1:1"
+                writer.defer("call_started", {
+                    "run_id": "r", "step_id": k, "attempt": 1, "call": 1, "role": "call",
+                    "model": "m", "idempotency_key": key, "reserved_usd": 0.0,
+                    "request_json": messages_json([{"role": "user", "content": prompt}]),
+                    "started_at": time.time(),
+                })  # fmt: skip
+                await asyncio.sleep(latency)
+                writer.defer("attempt_finished", "r", k, [(key, {
+                    "prompt_tokens": 10, "completion_tokens": 1, "cached_tokens": 0,
+                    "cost_usd": 0.0, "latency_s": latency, "response": "ok",
+                    "finished_at": time.time(), "error": None,
+                })], rejected=False, step={"status": "done", "output": "ok", "attempts": 1,
+                                           "cost_usd": 0.0})  # fmt: skip
+                done[k].set()
+
+            async with asyncio.TaskGroup() as tg:
+                for k in graph:
+                    tg.create_task(node(k))
+            await writer.aclose()
+
+        started = time.perf_counter()
+        asyncio.run(main())
+        elapsed = time.perf_counter() - started
+        journal.close()
+    return elapsed
+
+
 def langgraph_app(graph: Graph, latency: float) -> Any | None:
     try:
         from langgraph.graph import END, START, StateGraph
@@ -200,6 +254,7 @@ SYSTEMS: dict[str, Callable[[Graph], float]] = {
     "trilemma": lambda g: run_trilemma(g, 0.0),
     "trilemma, durable write-ahead": lambda g: run_trilemma(g, 0.0, durable=True),
     "asyncio": lambda g: run_asyncio(g, 0.0),
+    "asyncio + journal rows": lambda g: run_asyncio_ledger(g, 0.0),
     "langgraph": run_langgraph,
     "langgraph, SQLite checkpointer": run_langgraph_sqlite,
 }
