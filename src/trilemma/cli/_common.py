@@ -64,6 +64,8 @@ def parse_inputs(pairs: list[str] | None) -> dict[str, str]:
             raise UsageError(f"--input {pair!r}: write it as name=value")
         out[key] = value
     return out
+
+
 DEFAULT_JOURNAL = Path(".trilemma") / "trilemma.db"
 
 

@@ -353,10 +353,7 @@ def compare_cmd(
         typer.Argument(help="Workflow specs to measure side by side.", show_default=False),
     ],
     runs: Annotated[int, typer.Option(help="Runs per spec.")] = 200,
-    inputs: Annotated[
-        list[str] | None,
-        typer.Option("--input", "-i", help="An input, as name=value, for the specs that declare it."),
-    ] = None,
+    inputs: InputsOpt = None,
     seed: Annotated[int, seed_option(help="Run i of every spec uses seed + i.")] = 0,
     time_scale: TimeScaleOpt = 0.01,
     journal: JournalOpt = DEFAULT_JOURNAL,
@@ -364,6 +361,8 @@ def compare_cmd(
     as_json: JsonFlag = False,
 ) -> int:
     """Quality per dollar, measured: run each spec alike, predicted beside measured.
+
+    Each spec gets the `--input` values it declares.
 
     Example: trilemma compare examples/single.yaml examples/ticket.yaml examples/cascade.yaml
     """

@@ -515,7 +515,7 @@ def attempt_of(m: ModelProfile, calls: int, seq: int) -> Attempt:
     simulator does); the attempt's calls share one latency draw (the Monte Carlo's
     model), so it outlasts its timeout as one call does."""
     late, answered = timeouts(m)
-    meets = 1.0 - (1.0 - m.faults.rate) ** calls if m.faults.any else 0.0
+    meets = m.faults.chance(calls)
     clean = (1.0 - late) * (1.0 - meets)
     failed = 0.0
     if clean < 1.0:
@@ -523,13 +523,8 @@ def attempt_of(m: ModelProfile, calls: int, seq: int) -> Attempt:
         failed = (late * m.timeout_s + (1.0 - late) * meets * fault_s) / (1.0 - clean)
     may_time_out = m.faults.timeout_rate > 0 or late >= 1.0
     slowest = m.latency_s * (seq - 1) + max(m.latency_s, m.timeout_s if may_time_out else 0.0)
-    return Attempt(clean, answered * seq, failed, (1.0 - late) * meets * limited_share(m), slowest)
-
-
-def limited_share(m: ModelProfile) -> float:
-    """Of the faults ``m`` meets, the share that are rate limits."""
-    f = m.faults
-    return f.rate_limit_rate / (f.transient_error_rate + f.rate_limit_rate + f.timeout_rate) if f.any else 0.0
+    limited = (1.0 - late) * meets * m.faults.limited_share
+    return Attempt(clean, answered * seq, failed, limited, slowest)
 
 
 def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:

@@ -53,13 +53,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trilemma import dag
-from trilemma.plan.estimate import (
-    CACHE_HIT_LATENCY_S,
-    attempt_of,
-    cancel_cost,
-    estimate,
-    limited_share,
-)
+from trilemma.plan.estimate import CACHE_HIT_LATENCY_S, attempt_of, cancel_cost, estimate
 from trilemma.plan.hedge import call_price
 from trilemma.spec import Simulation, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
@@ -300,11 +294,10 @@ def _params(wf: Workflow, settings: Simulation, order: list[str]) -> list[_StepP
         for name in wf.ladder(s):
             m = wf.models[name]
             seq = s.sequential_calls
-            meets = 1.0 - (1.0 - m.faults.rate) ** s.calls if m.faults.any else 0.0
             tries[name] = _Try(wf.p_ok(s, name), m.price_per_call * s.calls, m.latency_s * seq,
                                m.latency_jitter, (m.hedge_after_s or math.inf) * seq,
-                               m.reserved_per_call(s.max_tokens), meets,
-                               m.faults.seconds(m.latency_s, m.timeout_s), limited_share(m),
+                               m.reserved_per_call(s.max_tokens), m.faults.chance(s.calls),
+                               m.faults.seconds(m.latency_s, m.timeout_s), m.faults.limited_share,
                                m.timeout_s * seq, m.timeout_s,
                                m.timeout_s + (m.hedge_after_s or 0.0))  # fmt: skip
         out.append(

@@ -25,6 +25,7 @@ from trilemma.spec.model import FAULT_LATENCY_SHARE, SIM_RETRY_AFTER_S
 
 __all__ = ["SimProvider", "simulated_pick"]
 
+
 class SimProvider:
     """Simulated completions; ``seed`` makes a run reproducible."""
 

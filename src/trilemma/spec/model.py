@@ -87,6 +87,20 @@ class Faults(_Strict):
         """The chance a call fails with one fault or another."""
         return min(1.0, self.transient_error_rate + self.rate_limit_rate + self.timeout_rate)
 
+    def chance(self, calls: int) -> float:
+        """The chance an attempt of ``calls`` calls meets a fault (each call drawn apart)."""
+        return 1.0 - (1.0 - self.rate) ** calls if self.any else 0.0
+
+    @property
+    def limited_share(self) -> float:
+        """Of the faults met, the share that are rate limits (their retry waits the
+        Retry-After rather than the backoff)."""
+        if not self.any:
+            return 0.0
+        return self.rate_limit_rate / (
+            self.transient_error_rate + self.rate_limit_rate + self.timeout_rate
+        )
+
     def seconds(self, latency_s: float, timeout_s: float) -> float:
         """How long a call that faults takes on average: a timeout its ``timeout_s``, any
         other fault ``FAULT_LATENCY_SHARE`` of the latency."""
