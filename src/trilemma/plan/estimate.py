@@ -26,9 +26,12 @@ figures (:mod:`trilemma.plan.hedge`); the critical path keeps ``latency_s``.
 
 A model with ``faults`` (a simulated profile's, or one fitted from the ledger) fails a
 call with their rate before ``p_ok`` is judged: an attempt of ``c`` calls meets no fault
-with ``g = (1 - rate)^c`` and succeeds with ``g x p``; an attempt that meets one bills
-nothing (exactly so for one call; a multi-call attempt's calls made before its fault are
-left out) and takes the fault's time (a timeout ``timeout_s``). A call slower than its
+with ``g = (1 - rate)^c`` and succeeds with ``g x p``. An attempt sends its calls in waves
+(:attr:`~trilemma.spec.Step.waves`: a debate's rounds, then its judge): one that meets a
+fault bills the calls answered in the waves before the fault's and beside it in its wave,
+sends no later wave, and takes those waves' time then the fault's wave's (a lone call's
+fault its own time, a timeout ``timeout_s``; beside others, at least the latency); see
+:func:`attempt_of`. A call slower than its
 profile's ``timeout_s`` is given up the same way: with ``latency_jitter`` it outlasts
 the timeout with ``P(L > T)`` of the lognormal, and one that answers takes ``E[L | L <= T]``
 (:func:`trilemma.plan.hedge.cut`); an attempt's calls share one latency draw, as in the
@@ -378,7 +381,7 @@ def _routed_estimate(wf: Workflow, step: Step) -> StepEstimate:
     one = {lab: _call_estimate(wf, step.branch_step(lab).model_copy(update={"retries": 0}))
            for lab in shares}  # fmt: skip
     classifier = wf.models[step.model]
-    head = attempt_of(classifier, 1, 1)
+    head = attempt_of(classifier, (1,))
 
     def mean(field: str) -> float:
         return math.fsum([s * getattr(one[lab], field) for lab, s in shares.items()])
@@ -479,13 +482,15 @@ def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
                                         or m.latency_s > m.timeout_s):  # fmt: skip
         price, latency = m.price_per_call * step.calls, m.latency_s * seq  # the common case
         return _independent_attempts(step, wf.p_ok(step), price, price, latency, latency)
-    a = attempt_of(m, step.calls, seq)
+    a = attempt_of(m, step.waves)
     extra: dict[str, Any] = {}
     if m.hedge_after_s is not None:
-        extra = {"hedged": True, "calls_per_attempt": step.calls * (1.0 + hedge_rate(m))}
+        extra = {"hedged": True, "calls_per_attempt": a.sent * (1.0 + hedge_rate(m))}
+    elif a.meets > 0.0 and step.sequential_calls > 1:  # a fault leaves later waves unsent
+        extra = {"calls_per_attempt": a.sent}
     price = call_price(m) * step.calls
     e = _independent_attempts(
-        step, a.clean * wf.p_ok(step), a.clean * price, worst_call_price(m) * step.calls,
+        step, a.clean * wf.p_ok(step), a.billed * call_price(m), worst_call_price(m) * step.calls,
         a.clean * a.answered_s + (1.0 - a.clean) * a.failed_s, m.latency_s * seq, a.slowest,
         a.limited, **extra,
     )  # fmt: skip
@@ -506,25 +511,92 @@ class Attempt:
     """The chance it fails on a rate limit (its retry waits the Retry-After)."""
     slowest: float
     """The most it may take, for the worst case."""
+    calls: int = 1
+    """Its calls."""
+    late: float = 0.0
+    """The chance it outlasts its timeout (its calls share one latency draw): nothing billed."""
+    meets: float = 0.0
+    """The chance it meets a fault, when it is in time."""
+    fault_billed: float = 0.0
+    """Calls billed on average when it meets one: those answered in the waves before the
+    fault's and beside it in its wave."""
+    fault_sent: float = 1.0
+    """Calls sent on average then: up to the fault's wave and no further."""
+    fault_s: float = 0.0
+    """Seconds it takes on average then."""
+
+    @property
+    def billed(self) -> float:
+        """Calls billed on average."""
+        m = self.meets
+        return (1.0 - self.late) * ((1.0 - m) * self.calls + m * self.fault_billed)
+
+    @property
+    def sent(self) -> float:
+        """Calls sent on average."""
+        m = self.meets
+        return self.late * self.calls + (1.0 - self.late) * (
+            (1.0 - m) * self.calls + m * self.fault_sent
+        )
+
+    @property
+    def failed_billed(self) -> float:
+        """Calls billed on average when it fails (0 when it cannot)."""
+        fails = 1.0 - self.clean
+        return 0.0 if fails == 0.0 else (self.billed - self.clean * self.calls) / fails
+
+    @property
+    def failed_sent(self) -> float:
+        """Calls sent on average when it fails."""
+        fails = 1.0 - self.clean
+        return float(self.calls) if fails == 0.0 else (self.sent - self.clean * self.calls) / fails
 
 
-def attempt_of(m: ModelProfile, calls: int, seq: int) -> Attempt:
-    """An attempt of ``calls`` calls (``seq`` of them one after another) on ``m``.
+def attempt_of(m: ModelProfile, waves: Sequence[int]) -> Attempt:
+    """An attempt on ``m`` whose calls go in ``waves`` (:attr:`~trilemma.spec.Step.waves`).
 
     A call slower than ``timeout_s`` is given up, before any fault is drawn (as the
     simulator does); the attempt's calls share one latency draw (the Monte Carlo's
-    model), so it outlasts its timeout as one call does."""
+    model), so it outlasts its timeout as one call does. A fault ends the attempt after
+    its wave: the calls answered by then are billed, the later waves not sent."""
     late, answered = timeouts(m)
+    calls, seq = sum(waves), len(waves)
     meets = m.faults.chance(calls)
     clean = (1.0 - late) * (1.0 - meets)
-    failed = 0.0
+    failed = billed = fault_s = 0.0
+    sent = 1.0
+    if meets > 0.0:
+        billed, sent, fault_s = _faulted(m, waves, answered)
     if clean < 1.0:
-        fault_s = m.faults.seconds(m.latency_s, m.timeout_s)
         failed = (late * m.timeout_s + (1.0 - late) * meets * fault_s) / (1.0 - clean)
     may_time_out = m.faults.timeout_rate > 0 or late >= 1.0
     slowest = m.latency_s * (seq - 1) + max(m.latency_s, m.timeout_s if may_time_out else 0.0)
     limited = (1.0 - late) * meets * m.faults.limited_share
-    return Attempt(clean, answered * seq, failed, limited, slowest)
+    return Attempt(clean, answered * seq, failed, limited, slowest, calls, late, meets, billed, sent,
+                   fault_s)  # fmt: skip
+
+
+def _faulted(m: ModelProfile, waves: Sequence[int], answered_s: float) -> tuple[float, float, float]:
+    """Of an attempt that meets a fault (each call meeting one apart, with the faults'
+    ``rate``): the calls it bills and sends, and the seconds it takes, on average. A fault in
+    wave ``j`` comes after ``j - 1`` waves answered in full, and its own wave's other calls
+    answer beside it (:meth:`~trilemma.spec.model.Faults.seconds`)."""
+    q = m.faults.rate
+    reach, before, took = 1.0, 0, 0.0
+    met = billed = sent = seconds = 0.0
+    for w in waves:
+        clear = (1.0 - q) ** w
+        hit = reach * (1.0 - clear)  # the first fault falls in this wave
+        if hit > 0.0:
+            beside = w * ((1.0 - q) - clear) / (1.0 - clear)  # its wave's calls that answer
+            met += hit
+            billed += hit * (before + beside)
+            sent += hit * (before + w)
+            seconds += hit * (took + m.faults.seconds(m.latency_s, m.timeout_s, w))
+        reach *= clear
+        before += w
+        took += answered_s
+    return billed / met, sent / met, seconds / met
 
 
 def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
@@ -532,9 +604,8 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
     k = step.retries
     models = [wf.attempt_model(step, a) for a in range(1, k + 2)]
     profiles = [wf.models[m] for m in models]
-    seq = step.sequential_calls
-    tries = [attempt_of(p, step.calls, seq) for p in profiles]
-    costs = [a.clean * call_price(p) * step.calls for p, a in zip(profiles, tries, strict=True)]
+    tries = [attempt_of(p, step.waves) for p in profiles]
+    costs = [a.billed * call_price(p) for p, a in zip(profiles, tries, strict=True)]
     latencies = [a.slowest for a in tries]
     expected = [a.clean * a.answered_s + (1.0 - a.clean) * a.failed_s for a in tries]
     p_ok = [a.clean * wf.p_ok(step, m) for m, a in zip(models, tries, strict=True)]
@@ -561,9 +632,10 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
         latency_expected_s=math.fsum([t * r for t, r in zip(expected, reach, strict=True)])
         + waited,
         models=tuple(wf.ladder(step)),
-        calls_per_attempt=step.calls
-        * math.fsum([r * (1.0 + hedge_rate(p)) for r, p in zip(reach, profiles, strict=True)])
-        / math.fsum(reach) if hedged else None,
+        calls_per_attempt=math.fsum([r * a.sent * (1.0 + hedge_rate(p))
+                                     for r, a, p in zip(reach, tries, profiles, strict=True)])
+        / math.fsum(reach) if hedged or (step.sequential_calls > 1 and any(a.meets for a in tries))
+        else None,
         hedged=hedged,
     )
 

@@ -13,6 +13,10 @@ Past those assumptions, as the seed warns reality is:
 * after an uncaught failure upstream, a step's ``p`` is multiplied by
   ``compounding`` (later agents build on flawed output).
 
+An attempt that meets a fault (drawn with the chance one of its calls does) fails, billed
+and timed as the estimate counts it on average: the calls answered before the fault and
+beside it (:func:`~trilemma.plan.estimate.attempt_of`).
+
 Before each retry a trajectory waits the executor's backoff: a uniform draw below
 :func:`~trilemma.spec.model.backoff_ceiling`, or a 429's Retry-After, drawn from a
 generator of its own so that every other draw is what it would be without it.
@@ -204,9 +208,13 @@ class _Try:
     reserve: float = 0.0
     """Dollars held under a ceiling before each of the attempt's calls."""
     fault: float = 0.0
-    """The chance the attempt meets one of its model's ``faults``: it fails, bills nothing."""
+    """The chance the attempt meets one of its model's ``faults``: it fails."""
     fault_s: float = 0.0
-    """Seconds such an attempt takes."""
+    """Seconds such an attempt takes on average."""
+    fault_usd: float = 0.0
+    """Dollars it bills on average: the calls answered before the fault's wave and in it."""
+    fault_calls: float = 1.0
+    """Calls it sends on average: up to the fault's wave (:func:`~trilemma.plan.estimate.attempt_of`)."""
     limited: float = 0.0
     """Of those faults, the share that are rate limits (their retry waits the Retry-After)."""
     timeout: float = math.inf
@@ -244,7 +252,12 @@ class _Route:
     head_fail_s: float = 0.0
     """Seconds such an attempt takes."""
     fail: np.ndarray = field(default_factory=lambda: np.zeros(1))
-    """Per branch, the chance its calls fault or time out (the classifier's is billed)."""
+    """Per branch, the chance its calls fault or time out."""
+    fail_usd: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    """Per branch, what such an attempt bills on average: the classifier's call, and the
+    branch's calls answered before the fault and beside it."""
+    fail_calls: np.ndarray = field(default_factory=lambda: np.ones(1))
+    """Per branch, the branch's calls such an attempt sends on average."""
     fail_s: np.ndarray = field(default_factory=lambda: np.zeros(1))
     """Per branch, the seconds such a branch attempt takes."""
 
@@ -294,10 +307,13 @@ def _params(wf: Workflow, settings: Simulation, order: list[str]) -> list[_StepP
         for name in wf.ladder(s):
             m = wf.models[name]
             seq = s.sequential_calls
+            a = attempt_of(m, s.waves) if s.route is None else None
             tries[name] = _Try(wf.p_ok(s, name), m.price_per_call * s.calls, m.latency_s * seq,
                                m.latency_jitter, (m.hedge_after_s or math.inf) * seq,
-                               m.reserved_per_call(s.max_tokens), m.faults.chance(s.calls),
-                               m.faults.seconds(m.latency_s, m.timeout_s), m.faults.limited_share,
+                               m.reserved_per_call(s.max_tokens), a.meets if a else 0.0,
+                               a.fault_s if a else 0.0,
+                               a.fault_billed * m.price_per_call if a else 0.0,
+                               a.fault_sent if a else 1.0, m.faults.limited_share,
                                m.timeout_s * seq, m.timeout_s,
                                m.timeout_s + (m.hedge_after_s or 0.0))  # fmt: skip
         out.append(
@@ -319,8 +335,8 @@ def _route(wf: Workflow, s: Step) -> _Route:
     classifier = wf.models[s.model]
     branches = [s.branch_step(label) for label in shares]
     models = [wf.models[b.model] for b in branches]
-    head = attempt_of(classifier, 1, 1)
-    tries = [attempt_of(m, b.calls, b.sequential_calls) for b, m in zip(branches, models, strict=True)]
+    head = attempt_of(classifier, (1,))
+    tries = [attempt_of(m, b.waves) for b, m in zip(branches, models, strict=True)]
     return _Route(
         shares=np.array(list(shares.values())),
         p=np.array([wf.p_ok(b) for b in branches]),
@@ -335,6 +351,9 @@ def _route(wf: Workflow, s: Step) -> _Route:
         head_fail=1.0 - head.clean,
         head_fail_s=head.failed_s,
         fail=np.array([1.0 - a.clean for a in tries]),
+        fail_usd=np.array([call_price(classifier) + a.failed_billed * call_price(m)
+                           for a, m in zip(tries, models, strict=True)]),
+        fail_calls=np.array([a.failed_sent for a in tries]),
         fail_s=np.array([head.answered_s + a.failed_s for a in tries]),
     )  # fmt: skip
 
@@ -701,14 +720,18 @@ def _attempts(
             erred = trying & (rng.random(n) < t.fault)
             if slow is not None:
                 erred &= ~slow
-            bill = np.where(erred, 0.0, bill)
+            bill = np.where(erred, np.minimum(bill, t.fault_usd), bill)
+            if t.fault_calls < sp.calls:  # the waves after the fault's are not sent
+                called -= erred * np.maximum(go * sp.calls - t.fault_calls, 0.0)
             took = np.where(erred, t.fault_s, took)
         elif r is not None and r.faulty:  # the classifier's call, else the branch's, may fail
             headless = trying & (rng.random(n) < r.head_fail)
             erred = headless | (trying & (rng.random(n) < r.fail[b]))
-            bill = np.where(headless, 0.0, np.where(erred, np.minimum(bill, r.head_price), bill))
+            bill = np.where(headless, 0.0, np.where(erred, np.minimum(bill, r.fail_usd[b]), bill))
             took = np.where(headless, r.head_fail_s, np.where(erred, r.fail_s[b], took))
-            called -= headless * (go * (r.calls[b] - 1))  # no branch sent
+            branch = go * (r.calls[b] - 1)
+            called -= np.where(headless, branch,  # no branch sent, or its waves up to the fault
+                               erred * np.maximum(branch - r.fail_calls[b], 0.0))  # fmt: skip
         failed = slow if erred is None else (erred if slow is None else slow | erred)
         paid += bill
         if refused is None:
@@ -850,14 +873,14 @@ def simulate_loop(
                 if slow:  # failed, unbilled, caught
                     bill = 0.0
                 fault = tr.fault > 0 and rnd.random() < tr.fault and not slow
-                if fault:  # failed, unbilled, caught
-                    bill, took = 0.0, tr.fault_s
+                if fault:  # failed, caught, billed for the calls answered beside it and before
+                    bill, took = min(float(bill), tr.fault_usd), tr.fault_s
                 if sp.route is not None and sp.route.faulty:  # the classifier's, or the branch's
                     r = sp.route
                     if rnd.random() < r.head_fail:
                         fault, bill, took = True, 0.0, r.head_fail_s
                     elif rnd.random() < float(r.fail[b]):
-                        fault, bill, took = True, min(float(bill), r.head_price), float(r.fail_s[b])
+                        fault, bill, took = True, min(float(bill), float(r.fail_usd[b])), float(r.fail_s[b])
                 cost += float(bill)
                 t += took * float(fit) / calls
                 if fit < calls:  # a call did not fit: the run stops here

@@ -101,12 +101,18 @@ class Faults(_Strict):
             self.transient_error_rate + self.rate_limit_rate + self.timeout_rate
         )
 
-    def seconds(self, latency_s: float, timeout_s: float) -> float:
-        """How long a call that faults takes on average: a timeout its ``timeout_s``, any
-        other fault ``FAULT_LATENCY_SHARE`` of the latency."""
+    def seconds(self, latency_s: float, timeout_s: float, calls: int = 1) -> float:
+        """How long a wave of ``calls`` calls sent together takes on average when one of them
+        faults: a lone call its fault's time (a timeout its ``timeout_s``, any other fault
+        ``FAULT_LATENCY_SHARE`` of the latency); beside other calls, the slower of that and
+        the latency, as the others answer first."""
         if not self.any:
             return 0.0
         quick = self.transient_error_rate + self.rate_limit_rate
+        if calls > 1:
+            return (self.timeout_rate * max(timeout_s, latency_s) + quick * latency_s) / (
+                self.timeout_rate + quick
+            )
         return (self.timeout_rate * timeout_s + quick * FAULT_LATENCY_SHARE * latency_s) / (
             self.timeout_rate + quick
         )
@@ -438,6 +444,17 @@ class Step(_Strict):
         return "debate" if self.debate else "vote" if self.vote else "call"
 
     @property
+    def waves(self) -> tuple[int, ...]:
+        """The calls of one attempt (not a routed step's), wave by wave: a wave's calls are
+        sent together and the next waits for all of them. A debate's rounds of ``agents``
+        then its judge, a vote's samples at once, a call and its refinements one by one."""
+        if self.debate is not None:
+            return (self.debate.agents,) * self.debate.rounds + (1,) * self.debate.judge
+        if self.vote is not None:
+            return (self.vote.samples,)
+        return (1,) * (1 + self.debate_rounds)
+
+    @property
     def calls(self) -> int:
         """LLM calls of one attempt: ``1 + debate_rounds``, ``agents x rounds`` (+ judge), or samples.
 
@@ -445,22 +462,14 @@ class Step(_Strict):
         """
         if self.route is not None:
             return 1 + max(self.branch_step(k).calls for k in self.route)
-        if self.debate is not None:
-            return self.debate.agents * self.debate.rounds + self.debate.judge
-        if self.vote is not None:
-            return self.vote.samples
-        return 1 + self.debate_rounds
+        return sum(self.waves)
 
     @property
     def sequential_calls(self) -> int:
         """Calls of one attempt that wait on each other (its latency in model latencies)."""
         if self.route is not None:
             return 1 + max(self.branch_step(k).sequential_calls for k in self.route)
-        if self.debate is not None:
-            return self.debate.rounds + self.debate.judge
-        if self.vote is not None:
-            return 1
-        return 1 + self.debate_rounds
+        return len(self.waves)
 
     def placeholders(self) -> list[str]:
         """The ``{names}`` its prompt and system prompt use."""
