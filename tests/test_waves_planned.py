@@ -18,6 +18,7 @@ from trilemma import estimate, parse_workflow, simulate
 from trilemma.experiments.trials import repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import attempt_of
+from trilemma.plan.hedge import cut, wave
 from trilemma.plan.simulate import simulate_loop
 from trilemma.spec import Workflow
 
@@ -152,3 +153,70 @@ def test_the_executor_bills_what_the_planner_predicts(tmp_path) -> None:
     assert calls.mean() == pytest.approx(e.calls_expected, rel=0.08)
     latency = np.array([t.latency_s for t in trials])
     assert latency.mean() == pytest.approx(e.latency_expected_s, rel=0.15)
+
+
+JITTERY = """\
+version: 1
+concurrency: 100
+models:
+  m: {usd_per_call: 0.01, latency_s: 1.0, latency_jitter: 0.5, p_ok: 0.95}
+steps:
+  - {id: d, model: m, debate: {agents: 6, rounds: 2, judge: true}}
+"""
+
+
+@pytest.mark.parametrize(("sigma", "timeout", "calls"), [(0.5, 60.0, 6), (0.8, 2.0, 5), (0.3, 1.2, 3)])
+def test_a_wave_takes_its_slowest_call(sigma: float, timeout: float, calls: int) -> None:
+    rng = np.random.default_rng(2)
+    slowest = np.exp(sigma * rng.standard_normal((1_000_000, calls)) - sigma * sigma / 2).max(axis=1)
+    late, answered = wave(1.0, sigma, timeout, calls)
+    assert late == pytest.approx((slowest > timeout).mean(), abs=0.002)
+    assert answered == pytest.approx(slowest[slowest <= timeout].mean(), rel=0.003)
+    assert wave(1.0, sigma, timeout, 1) == cut(1.0, sigma, timeout)
+
+
+def test_a_jittery_debate_waits_for_each_rounds_slowest_agent() -> None:
+    """Six agents at mean 1 s (jitter 0.5) take 1.76 s a round: the round's slowest. The
+    planner used to time the round as one call (3.00 s for the debate)."""
+    wf = parse_workflow(JITTERY)
+    e = estimate(wf)
+    rounds = wave(1.0, 0.5, 60.0, 6)[1]
+    assert rounds == pytest.approx(1.755, abs=0.002)
+    assert e.latency_expected_s == pytest.approx(2 * rounds + 1.0)
+    assert e.latency_worst_s >= e.latency_expected_s  # the worst case is no quicker
+    r = simulate(wf, 200_000, seed=8)
+    assert r.latency_s.mean == pytest.approx(e.latency_expected_s, rel=0.005)
+    _, _, latency = simulate_loop(wf, 40_000, seed=9)
+    assert latency == pytest.approx(e.latency_expected_s, rel=0.01)
+
+
+def test_a_wave_given_up_at_its_timeout_ends_the_attempt() -> None:
+    """Five samples of mean 1 s (jitter 0.8) given up at 2 s: a vote's wave is given up when
+    any sample is (42% of them), not as one call is (10%)."""
+    wf = parse_workflow(JITTERY.replace("latency_jitter: 0.5", "latency_jitter: 0.8, timeout_s: 2.0")
+                        .replace("debate: {agents: 6, rounds: 2, judge: true}", "vote: {samples: 5}, retries: 2"))  # fmt: skip
+    (step,) = estimate(wf).per_step
+    late = wave(1.0, 0.8, 2.0, 5)[0]
+    assert late == pytest.approx(0.418, abs=0.001)
+    assert step.p_attempt == pytest.approx((1 - late) * 0.95)
+    r = simulate(wf, 200_000, seed=10, keep=True)
+    lo, hi = r.ci95
+    assert lo <= step.p_step <= hi
+    assert r.latency_s.mean == pytest.approx(step.latency_expected_s, rel=0.01)
+    assert r.cost_usd.mean == pytest.approx(step.cost_expected, rel=0.01)
+    ok, cost, latency = simulate_loop(wf, 40_000, seed=11)
+    assert (ok, cost) == (pytest.approx(step.p_step, abs=0.01), pytest.approx(step.cost_expected, rel=0.02))
+    assert latency == pytest.approx(step.latency_expected_s, rel=0.02)
+
+
+def test_the_executor_waits_for_the_slowest_agent_as_planned(tmp_path) -> None:
+    """40 runs of the jittery debate (calls of 0.2 s at 10x speed): the measured latency
+    against the estimate; the old figure (one call per round) is 32% short of it."""
+    wf = parse_workflow(JITTERY.replace("latency_s: 1.0", "latency_s: 0.2"))
+    e = estimate(wf)
+    trials = repeat(wf, 40, Journal(tmp_path / "j.db"), seed=12, time_scale=0.1)
+    latency = np.array([t.latency_s for t in trials])
+    se = latency.std(ddof=1) / math.sqrt(latency.size)
+    assert abs(latency.mean() - e.latency_expected_s) < 3 * se + 0.05 * e.latency_expected_s, (
+        latency.mean(), e.latency_expected_s, se)  # fmt: skip
+    assert abs(latency.mean() - 0.6) > 3 * se + 0.05 * 0.6  # the old count: 3 x 0.2 s

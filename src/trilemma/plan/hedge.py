@@ -20,6 +20,11 @@ billed, and the step retries), so ``timeout_s`` cuts the lognormal's tail: a cal
 given up with ``P(L > T)`` and one that answers takes ``E[L | L <= T]`` on average
 (:func:`cut`). A hedged call is given up when both copies are, ``P(L > T)^2`` (the copy
 is always sent by then, ``h < T``); its answered time is left as the race's, uncut.
+
+Calls sent together (a vote's samples, a debate's agents in a round) wait for the slowest:
+a wave of ``n`` calls is given up with ``1 - (1 - P(L > T))^n`` and one that answers takes
+``E[max | max <= T]`` of the ``n`` independent latencies (:func:`wave`). Hedged calls are
+left out of that: their waves are timed as one call.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ __all__ = [
     "hedge_rate",
     "hedged",
     "timeouts",
+    "wave",
     "worst_call_price",
 ]
 
@@ -119,10 +125,32 @@ def cut(mean: float, sigma: float, timeout: float) -> tuple[float, float]:
     return late, min(within / (1.0 - late), timeout)  # rounding aside, E[L | L <= T] <= T
 
 
-def timeouts(m: ModelProfile) -> tuple[float, float]:
-    """(chance one of ``m``'s calls is given up at ``timeout_s``, mean seconds of one that
-    answers in time); see the module's note for a hedged call."""
-    late, answered = cut(m.latency_s, m.latency_jitter, m.timeout_s)
+@lru_cache(maxsize=256)
+def wave(mean: float, sigma: float, timeout: float, calls: int) -> tuple[float, float]:
+    """(chance a wave of ``calls`` calls sent together outlasts ``timeout``, mean seconds of
+    one that does not): the slowest of its calls' independent lognormal latencies, each
+    given up at ``timeout``. One call: :func:`cut`."""
+    if calls == 1 or sigma == 0.0:  # without jitter a call is late always or never
+        return cut(mean, sigma, timeout)
+    root2, half = sigma * math.sqrt(2.0), sigma * sigma / 2
+    late = 1.0 - (1.0 - 0.5 * math.erfc((math.log(timeout / mean) + half) / root2)) ** calls
+    if late >= 1.0:
+        return 1.0, 0.0
+    # E[max; max <= T] = integral of L(z) dP(max <= L(z)), L(z) = mean e^(sigma z - half),
+    # P(max <= L(z)) = Phi(z)^calls; z runs up to the timeout's
+    top = min((math.log(timeout / mean) + half) / sigma, _TAIL_Z + 2.0)
+    z = np.linspace(-_TAIL_Z, top, _GRID)
+    below = np.asarray(0.5 * np.vectorize(math.erfc, otypes=[float])(-z / math.sqrt(2.0)))
+    density = calls * below ** (calls - 1) * np.exp(-z * z / 2) / math.sqrt(2.0 * math.pi)
+    within = _area(mean * np.exp(sigma * z - half) * density, z)
+    return late, min(within / (1.0 - late), timeout)
+
+
+def timeouts(m: ModelProfile, calls: int = 1) -> tuple[float, float]:
+    """(chance a wave of ``calls`` of ``m``'s calls, sent together, is given up at
+    ``timeout_s``, mean seconds of one that answers in time); see the module's note for a
+    hedged call (its waves are timed as one call's)."""
     if m.hedge_after_s is None:
-        return late, answered
+        return wave(m.latency_s, m.latency_jitter, m.timeout_s, calls)
+    late = cut(m.latency_s, m.latency_jitter, m.timeout_s)[0]
     return late * late, call_latency(m)

@@ -218,12 +218,15 @@ class _Try:
     limited: float = 0.0
     """Of those faults, the share that are rate limits (their retry waits the Retry-After)."""
     timeout: float = math.inf
-    """An attempt drawn slower than this (its calls' ``timeout_s`` x its sequential calls:
-    they share one draw) is given up: it fails, bills nothing."""
+    """An attempt drawn slower than this (its calls' ``timeout_s`` x its sequential calls,
+    when they share one draw; see ``waves``) is given up: it fails, bills nothing."""
     given_up_s: float = math.inf
     """Seconds such an attempt takes: its first call's ``timeout_s``."""
     given_up_hedged_s: float = math.inf
     """The same when a hedge was sent: ``hedge_after_s`` later, the copy's timeout."""
+    waves: tuple[int, ...] | None = None
+    """Jittery calls sent in waves (not hedged): each wave takes its slowest call's draw,
+    and one that outlasts ``given_up_s`` ends the attempt. None: one draw for the attempt."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +318,9 @@ def _params(wf: Workflow, settings: Simulation, order: list[str]) -> list[_StepP
                                a.fault_billed * m.price_per_call if a else 0.0,
                                a.fault_sent if a else 1.0, m.faults.limited_share,
                                m.timeout_s * seq, m.timeout_s,
-                               m.timeout_s + (m.hedge_after_s or 0.0))  # fmt: skip
+                               m.timeout_s + (m.hedge_after_s or 0.0),
+                               s.waves if a and a.calls > 1 and m.latency_jitter
+                               and m.hedge_after_s is None else None)  # fmt: skip
         out.append(
             _StepParams(
                 parents=tuple(index[d] for d in s.after),
@@ -673,7 +678,8 @@ def _attempts(
         go: np.ndarray = trying  # per trajectory, the share of the attempt's calls sent
         slow: Any = None  # given up at its timeout
         if r is None:
-            p, price, latency, jitter = t.p, t.price, t.latency, _jitter(t.jitter, n, rng)
+            p, price, latency = t.p, t.price, t.latency
+            jitter = _jitter(t.jitter, n, rng) if t.waves is None else 1.0
             bill = trying * price
             if room is not None:  # the calls whose reservations fit, one after another
                 each = price / sp.calls
@@ -696,6 +702,12 @@ def _attempts(
                 bill = np.where(first_in, bill, 0.0)  # a copy given up bills nothing
                 paid += (late & (first_in | copy_in)) * price  # the loser is billed
                 called += late * sp.calls
+            elif t.waves is not None:  # each wave waits for its slowest call
+                waited, given_up = _wave_draws(t, t.waves, n, rng)
+                jitter = waited / latency
+                if np.any(given_up):
+                    slow = trying & given_up
+                    bill = np.where(slow, 0.0, bill)
             else:
                 over = latency * jitter > t.timeout
                 if np.any(over):  # rare at a timeout far past the latency: skipped when none is
@@ -774,6 +786,22 @@ def _backoff(
     if erred is not None and limited > 0:
         wait = np.where(erred[who] & (rng.random(who.size) < limited), SIM_RETRY_AFTER_S, wait)
     dur[who] += np.where(trying[who], wait, 0.0)
+
+
+def _wave_draws(
+    t: _Try, waves: tuple[int, ...], n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds ``n`` attempts of jittery calls in ``waves`` take, each wave its slowest
+    call's lognormal draw, and whether one was given up: a wave slower than
+    ``t.given_up_s`` takes that, and no later wave is sent."""
+    each, sigma = t.latency / len(waves), t.jitter
+    took, late = np.zeros(n), np.zeros(n, dtype=bool)
+    for w in waves:
+        slowest = each * np.exp(sigma * rng.standard_normal((n, w)).max(axis=1) - sigma * sigma / 2)
+        over = ~late & (slowest > t.given_up_s)
+        took += np.where(late, 0.0, np.where(over, t.given_up_s, slowest))
+        late |= over
+    return took, late
 
 
 def _fit(
@@ -858,9 +886,13 @@ def simulate_loop(
                 fit, bill = calls, tr.price
                 if room < math.inf:
                     fit, bill = _fit(room, calls, reserve, head_price, head_reserve, each)
-                first = tr.latency * _jitter_one(tr.jitter, rnd)
-                first_in = first <= tr.timeout  # else given up at its timeout
-                took, slow = (first, False) if first_in else (tr.given_up_s, True)
+                if tr.waves is not None:  # each wave waits for its slowest call
+                    first, slow = _waves_one(tr, tr.waves, rnd)
+                    first_in, took = not slow, first
+                else:
+                    first = tr.latency * _jitter_one(tr.jitter, rnd)
+                    first_in = first <= tr.timeout  # else given up at its timeout
+                    took, slow = (first, False) if first_in else (tr.given_up_s, True)
                 if first > tr.hedge and room >= 2 * tr.reserve * calls:  # a copy races it
                     again = tr.latency * _jitter_one(tr.jitter, rnd)
                     if again <= tr.timeout:
@@ -940,6 +972,17 @@ def _branch_one(r: _Route, rnd: random.Random) -> int:
     while b < len(r.shares) - 1 and u >= r.shares[: b + 1].sum():
         b += 1
     return b
+
+
+def _waves_one(t: _Try, waves: tuple[int, ...], rnd: random.Random) -> tuple[float, bool]:
+    """One attempt's seconds and whether it was given up, as :func:`_wave_draws` draws them."""
+    each, took = t.latency / len(waves), 0.0
+    for w in waves:
+        slowest = each * max(_jitter_one(t.jitter, rnd) for _ in range(w))
+        if slowest > t.given_up_s:
+            return took + t.given_up_s, True
+        took += slowest
+    return took, False
 
 
 def _jitter_one(sigma: float, rnd: random.Random) -> float:
