@@ -220,3 +220,12 @@ def test_the_executor_waits_for_the_slowest_agent_as_planned(tmp_path) -> None:
     assert abs(latency.mean() - e.latency_expected_s) < 3 * se + 0.05 * e.latency_expected_s, (
         latency.mean(), e.latency_expected_s, se)  # fmt: skip
     assert abs(latency.mean() - 0.6) > 3 * se + 0.05 * 0.6  # the old count: 3 x 0.2 s
+
+
+def test_estimate_says_a_wave_waits_for_its_slowest_call(cli, write) -> None:
+    out = " ".join(cli("estimate", write(JITTERY)).out.split())
+    assert ("steps.d: its 6 calls sent together wait for the slowest, 1.76s on average at "
+            "latency_jitter 0.5 (a call 1.00s)") in out  # fmt: skip
+    steady = " ".join(cli("estimate", write(JITTERY.replace("latency_jitter: 0.5, ", ""),
+                                            name="steady.yaml")).out.split())  # fmt: skip
+    assert "wait for the slowest" not in steady  # without jitter every call takes latency_s

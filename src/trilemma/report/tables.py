@@ -12,7 +12,7 @@ from rich.text import Text
 
 from trilemma.plan.estimate import Estimate
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
-from trilemma.plan.hedge import timeouts
+from trilemma.plan.hedge import timeouts, wave
 from trilemma.plan.optimize import Candidate, OptimizeResult, meets
 from trilemma.plan.simulate import BudgetFor, SimResult
 from trilemma.plan.thresholds import Threshold
@@ -119,7 +119,8 @@ def fault_assumptions(wf: Workflow) -> list[str]:
             for m in (st.model, *(st.escalate or ()), *(b.model for b in (st.route or {}).values()))}  # fmt: skip
     lines = [
         f"models.{name}.faults: {m.faults.rate:.0%} of its calls fail before p_ok is judged "
-        "(unbilled, retried); p attempt counts them"
+        "(unbilled, retried; the calls of the attempt answered by then are billed); p attempt "
+        "counts them"
         for name, m in wf.models.items()
         if m.faults.any and name in used
     ]
@@ -130,6 +131,22 @@ def fault_assumptions(wf: Workflow) -> list[str]:
                 f"models.{name}.timeout_s: {late:.1%} of its calls outlast {m.timeout_s:g}s and "
                 "are given up (a timeout: unbilled, retried); p attempt counts them"
             )
+    return lines
+
+
+def wave_assumptions(wf: Workflow) -> list[str]:
+    """A line per step whose jittery calls are sent together (a vote's samples, a debate's
+    agents): the expected latency waits for the slowest of them."""
+    lines = []
+    for st in wf.steps:
+        m = wf.models[st.model]
+        widest = max(st.waves) if st.route is None else 1
+        if widest < 2 or not m.latency_jitter or m.hedge_after_s is not None:
+            continue
+        slowest = wave(m.latency_s, m.latency_jitter, m.timeout_s, widest)[1]
+        lines.append(f"steps.{st.id}: its {widest} calls sent together wait for the slowest, "
+                     f"{slowest:.2f}s on average at latency_jitter {m.latency_jitter:g} (a call "
+                     f"{timeouts(m)[1]:.2f}s); the expected latency counts it")  # fmt: skip
     return lines
 
 
