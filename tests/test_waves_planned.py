@@ -19,7 +19,7 @@ from trilemma.experiments.trials import repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import attempt_of
 from trilemma.plan.hedge import cut, wave
-from trilemma.plan.simulate import simulate_loop
+from trilemma.plan.simulate import _max_normal, simulate_loop
 from trilemma.spec import Workflow
 
 FAULTY = """\
@@ -229,3 +229,16 @@ def test_estimate_says_a_wave_waits_for_its_slowest_call(cli, write) -> None:
     steady = " ".join(cli("estimate", write(JITTERY.replace("latency_jitter: 0.5, ", ""),
                                             name="steady.yaml")).out.split())  # fmt: skip
     assert "wait for the slowest" not in steady  # without jitter every call takes latency_s
+
+
+def test_the_slowest_of_a_wave_is_drawn_in_one_draw_whatever_its_width() -> None:
+    """By inversion: the same law as the largest of the wave's draws, at the cost of one."""
+    rng = np.random.default_rng(13)
+    for calls in (2, 6, 100):
+        inverted = _max_normal(calls, 400_000, rng)
+        direct = rng.standard_normal((400_000, calls)).max(axis=1)
+        assert inverted.mean() == pytest.approx(direct.mean(), abs=0.006)
+        assert np.percentile(inverted, 99) == pytest.approx(np.percentile(direct, 99), abs=0.03)
+    wide = parse_workflow(JITTERY.replace("agents: 6, rounds: 2", "agents: 1000, rounds: 50"))
+    r = simulate(wide, 50_000, seed=14)  # 50,001 calls a run, drawn as 51 waves
+    assert r.latency_s.mean == pytest.approx(estimate(wide).latency_expected_s, rel=0.002)
