@@ -31,15 +31,15 @@ with ``g = (1 - rate)^c`` and succeeds with ``g x p``. An attempt sends its call
 fault bills the calls answered in the waves before the fault's and beside it in its wave,
 sends no later wave, and takes those waves' time then the fault's wave's (a lone call's
 fault its own time, a timeout ``timeout_s``; beside others, at least the latency); see
-:func:`attempt_of`. A call slower than its
-profile's ``timeout_s`` is given up the same way: with ``latency_jitter`` it outlasts
-the timeout with ``P(L > T)`` of the lognormal, and one that answers takes ``E[L | L <= T]``
-(:func:`trilemma.plan.hedge.cut`). Calls sent together wait for the slowest: a wave of ``n``
-jittery calls takes ``E[max]`` of their latencies, and is given up when any of them is
-(:func:`trilemma.plan.hedge.wave`; a debate of six agents at jitter 0.5 takes 1.76 times a
-call's mean a round); a hedged model's attempt is timed as one call's draw. A routed step counts its classifier's and its branches' alike (an attempt whose
-classifier faults sends no branch); its retries wait the backoff's jitter (a 429's shorter
-Retry-After is not told apart there).
+:func:`attempt_of`. A call slower than its profile's ``timeout_s`` is given up the same
+way: with ``latency_jitter`` it outlasts the timeout with ``P(L > T)`` of the lognormal, and
+one that answers takes ``E[L | L <= T]`` (:func:`trilemma.plan.hedge.cut`). Calls sent
+together wait for the slowest: a wave of ``n`` jittery calls takes ``E[max]`` of their
+latencies, and is given up when any of them is (:func:`trilemma.plan.hedge.wave`; a round
+of six agents at jitter 0.5 takes 1.76 times a call's mean); a hedged model's attempt is
+timed as one call's draw. A routed step counts its classifier's and its branches' alike
+(an attempt whose classifier faults sends no branch); its retries wait the backoff's
+jitter (a 429's shorter Retry-After is not told apart there).
 
 Between a step's attempts the executor waits its backoff (full jitter below half a second,
 doubling with each failure, at most 20 s; after a rate limit, the Retry-After): the

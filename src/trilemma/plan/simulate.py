@@ -214,7 +214,8 @@ class _Try:
     fault_usd: float = 0.0
     """Dollars it bills on average: the calls answered before the fault's wave and in it."""
     fault_calls: float = 1.0
-    """Calls it sends on average: up to the fault's wave (:func:`~trilemma.plan.estimate.attempt_of`)."""
+    """Calls it sends on average: up to the fault's wave
+    (:func:`~trilemma.plan.estimate.attempt_of`)."""
     limited: float = 0.0
     """Of those faults, the share that are rate limits (their retry waits the Retry-After)."""
     timeout: float = math.inf
@@ -942,7 +943,8 @@ def simulate_loop(
                     if rnd.random() < r.head_fail:
                         fault, bill, took = True, 0.0, r.head_fail_s
                     elif rnd.random() < float(r.fail[b]):
-                        fault, bill, took = True, min(float(bill), float(r.fail_usd[b])), float(r.fail_s[b])
+                        fault, took = True, float(r.fail_s[b])
+                        bill = min(float(bill), float(r.fail_usd[b]))
                 cost += float(bill)
                 t += took * float(fit) / calls
                 if fit < calls:  # a call did not fit: the run stops here
@@ -1005,7 +1007,8 @@ def _branch_one(r: _Route, rnd: random.Random) -> int:
 
 
 def _waves_one(t: _Try, waves: tuple[int, ...], rnd: random.Random) -> tuple[float, bool]:
-    """One attempt's seconds and whether it was given up, as :func:`_wave_draws` draws them."""
+    """One attempt's seconds and whether it was given up, drawn call by call: the law
+    :func:`_wave_draws` draws from."""
     each, took = t.latency / len(waves), 0.0
     for w in waves:
         slowest = each * max(_jitter_one(t.jitter, rnd) for _ in range(w))
