@@ -138,6 +138,49 @@ def test_a_journal_whose_tables_were_damaged_is_refused_by_name(cli, tmp_path: P
                                  "--journal")  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        ("UPDATE calls SET cost_usd = 'abc' WHERE step_id = 's03'", "cost_usd holds 'abc', not a number"),
+        ("UPDATE calls SET prompt_tokens = 'many'", "prompt_tokens holds 'many', not an integer"),
+        ("UPDATE calls SET request_json = '[['", "request_json holds '[[', not a JSON array"),
+        ("UPDATE runs SET started_at = 'yesterday'", "started_at holds 'yesterday', not a number"),
+        ("UPDATE runs SET inputs_json = '7'", "inputs_json holds '7', not a JSON object"),
+        ("UPDATE steps SET attempts = x'00'", "attempts holds \"b'\\\\x00'\", not an integer"),
+    ],
+)
+def test_a_row_another_tool_damaged_is_named_never_a_traceback(
+    cli, tmp_path: Path, edit: str, problem: str
+) -> None:
+    """The tables are sound but a row holds what trilemma never writes (SQLite keeps any
+    value in any column): every command that reads it names the row and exits 2, resume
+    changes nothing, and doctor lists the row."""
+    db = tmp_path / "j.db"
+    run_id = execute(parse_workflow(CHAIN_SPEC), journal=Journal(db), seed=1).run_id
+    assert cli("doctor", "--journal", db).code == 0
+    with sqlite3.connect(db) as raw:
+        raw.execute(edit)
+    table = edit.split()[1]
+    readers = [["report", run_id], ["export", run_id], ["resume", run_id, "--force"]]
+    if table != "steps":  # the ledger reads the run and its calls
+        readers += [["ledger", run_id], ["ledger", run_id, "--json"]]
+    if table == "runs":
+        readers += [["runs"], ["runs", "--json"]]
+    for args in readers:
+        r = cli(*args, "--journal", db)
+        assert r.code == 2, (args, r.err)
+        assert "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1
+        assert f"{db}: a damaged row in the journal (table {table}, run_id {run_id}" in r.err
+        assert problem in r.err and "`trilemma doctor` lists such rows" in r.err
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("SELECT status FROM runs").fetchone()[0] == "ok"  # resume touched nothing
+    report = cli("doctor", "--journal", db, "--json")
+    assert report.code == 1 and not report.json()["healthy"]
+    found = report.json()["damaged_rows"]
+    assert 1 <= len(found) <= 20 and problem in found[0]
+    assert "rows hold values trilemma never writes" in cli("doctor", "--journal", db).out
+
+
 def test_doctor_reports_a_failed_integrity_check_without_reading_rows(cli, tmp_path: Path) -> None:
     db = tmp_path / "j.db"
     execute(parse_workflow(CHAIN_SPEC), journal=Journal(db), seed=1)
@@ -369,7 +412,7 @@ def test_runs_and_cache_entries_from_before_tenants_belong_to_none(tmp_path: Pat
     conn = older_journal(db, 5)  # as m005 left it
     conn.execute(
         "INSERT INTO runs (run_id, spec_source, spec_json, spec_hash, inputs_json, status, "
-        "started_at) VALUES ('r1', 's', '', 'h', '{}', 'ok', 0)"
+        "started_at) VALUES ('r1', 's', '{}', 'h', '{}', 'ok', 0)"
     )
     conn.execute(
         "INSERT INTO cache (key, model, response, created_at) VALUES ('k', 'm', 'old answer', 0)"

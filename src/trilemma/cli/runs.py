@@ -430,14 +430,14 @@ def export(
 
 @app.command(rich_help_panel="Run and read the journal")
 def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> int:
-    """Check a journal: integrity, schema version, interrupted runs, calls left in flight.
+    """Check a journal: integrity, schema version, interrupted runs, calls left in flight, damaged rows.
 
     Example: trilemma doctor --journal .trilemma/trilemma.db
     """
     from trilemma.journal import Journal
 
     report = Journal(journal, create=False).check()
-    healthy = report["integrity"] == "ok"
+    healthy = report["integrity"] == "ok" and not report["damaged_rows"]
     if as_json:
         emit_json({**report, "healthy": healthy})
     else:
@@ -445,13 +445,18 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
         runs = "rows not read" if report["runs"] is None else f"{report['runs']} runs"
         console.print(f"journal {report['journal']}: schema {report['schema_version']} "
                       f"(this trilemma knows {report['schema_known']}), {runs}")  # fmt: skip
-        if healthy:
+        if report["integrity"] == "ok":
             console.print("integrity: ok")
         else:
             for problem in report["integrity"][:20]:
                 console.print(f"integrity: {problem}", markup=False)
             console.print("the file is damaged: restore it from a backup (`sqlite3 FILE "
                           ".recover` salvages what it can), or give another --journal")  # fmt: skip
+        for problem in report["damaged_rows"]:
+            console.print(f"damaged row: {problem}", markup=False)
+        if report["damaged_rows"]:
+            console.print("rows hold values trilemma never writes (another tool edited them): "
+                          "restore the journal from a backup, or give another --journal")  # fmt: skip
         for run_id in report["interrupted_runs"]:
             if run_id.startswith("gateway-"):
                 console.print(f"gateway run {run_id} stopped without closing; its calls are in "

@@ -232,8 +232,11 @@ class Journal:
         with map_sqlite_errors(self.path):
             return [dict(r) for r in self.db.execute(sql, args)]
 
-    def _runs(self, where: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        """Run rows with their spec's text (kept once per hash in ``specs``) as ``spec_json``."""
+    def _runs(
+        self, where: str, args: tuple[Any, ...] = (), check: bool = True
+    ) -> list[dict[str, Any]]:
+        """Run rows with their spec's text (kept once per hash in ``specs``) as ``spec_json``;
+        ``check``: each checked (:meth:`_sound`)."""
         rows = self._rows(
             "SELECT runs.*, specs.spec_json AS spec_text FROM runs "
             f"LEFT JOIN specs ON specs.spec_hash = runs.spec_hash {where}",
@@ -241,7 +244,7 @@ class Journal:
         )
         for row in rows:
             row["spec_json"] = row.pop("spec_text") or row["spec_json"]
-        return rows
+        return self._sound("runs", rows) if check else rows
 
     def runs(
         self, *, status: str | None = None, batch_id: str | None = None, limit: int | None = None
@@ -268,13 +271,38 @@ class Journal:
 
     def steps(self, run_id: str) -> dict[str, dict[str, Any]]:
         """A run's finished steps by id."""
-        return {
-            r["step_id"]: r for r in self._rows("SELECT * FROM steps WHERE run_id = ?", (run_id,))
-        }
+        rows = self._rows("SELECT * FROM steps WHERE run_id = ?", (run_id,))
+        return {r["step_id"]: r for r in self._sound("steps", rows)}
 
     def calls(self, run_id: str) -> list[dict[str, Any]]:
         """A run's calls in the order they were sent (a range of the idempotency-key index)."""
-        return self._rows(f"SELECT * FROM calls WHERE {RUN_CALLS} ORDER BY id", _run_range(run_id))
+        rows = self._rows(f"SELECT * FROM calls WHERE {RUN_CALLS} ORDER BY id", _run_range(run_id))
+        return self._sound("calls", rows)
+
+    def _sound(self, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``rows`` of ``table``, once each value is checked to be of its column's kind
+        (SQLite keeps whatever another tool wrote): NotAJournal names the first that is not."""
+        for row in rows:
+            problem = _unsound(table, row)
+            if problem:
+                raise NotAJournal(f"{self.path}: a damaged row in the journal ({problem}); "
+                                  "`trilemma doctor` lists such rows; restore the journal from a "
+                                  "backup, or give another --journal")  # fmt: skip
+        return rows
+
+    def damaged_rows(self, limit: int = 20) -> list[str]:
+        """What is wrong with the rows whose values are not of their columns' kinds (at most
+        ``limit``), for ``trilemma doctor``."""
+        found = [p for p in map(functools.partial(_unsound, "runs"), self._runs("", check=False)) if p]
+        for table in ("steps", "calls"):
+            with map_sqlite_errors(self.path):
+                for r in self.db.execute(f"SELECT * FROM {table}"):
+                    problem = _unsound(table, dict(r))
+                    if problem:
+                        found.append(problem)
+                        if len(found) >= limit:
+                            return found
+        return found[:limit]
 
     def model_calls(self, model: str) -> list[dict[str, Any]]:
         """Every finished call journaled under the profile name ``model``, from any run;
@@ -405,6 +433,7 @@ class Journal:
             "interrupted_batches": [],
             "orphaned_in_flight_calls": [],
             "unsettled_calls_in_ended_runs": [],
+            "damaged_rows": [],
         }
         if integrity != ["ok"]:  # rows of a damaged file may read back as anything
             return report
@@ -418,13 +447,15 @@ class Journal:
                 "r.status FROM calls c JOIN runs r ON r.run_id = c.run_id "
                 "WHERE c.state = 'started' ORDER BY c.id"
             )
-        interrupted = [r for r in running if not pid_alive(r["pid"])]
+        # a damaged pid (listed under damaged_rows) cannot name a live process
+        interrupted = [r for r in running if not (isinstance(r["pid"], int) and pid_alive(r["pid"]))]
         dead = {r["run_id"] for r in interrupted}
         run_status = [c.pop("status") for c in in_flight]  # not part of a call's report
         ended = [c for c, st in zip(in_flight, run_status, strict=True) if st != "running"]
         batches = dict.fromkeys((r["batch_id"], r["spec_source"]) for r in interrupted if r["batch_id"])
         return {
             **report,
+            "damaged_rows": self.damaged_rows(),
             "runs": int(self.db.execute("SELECT count(*) FROM runs").fetchone()[0]),
             "interrupted_runs": [r["run_id"] for r in interrupted],
             "interrupted_batches": [{"batch_id": b, "spec_source": src} for b, src in batches],
@@ -455,6 +486,61 @@ def _expected_columns() -> dict[str, tuple[str, ...]]:
         return {t: tuple(r[1] for r in db.execute(f"PRAGMA table_info({t})")) for t in tables}
     finally:
         db.close()
+
+
+#: The Python values a column of each declared type holds in a sound row (NULL aside).
+_KINDS: dict[str, tuple[type, ...]] = {
+    "INTEGER": (int,), "REAL": (int, float), "TEXT": (str,), "BLOB": (bytes,),
+}  # fmt: skip
+#: The JSON each ``*_json`` column holds.
+_JSON_KINDS: dict[str, type] = {
+    "spec_json": dict, "inputs_json": dict, "predicted_json": dict, "request_json": list,
+}  # fmt: skip
+_NOUNS = {int: "an integer", float: "a number", str: "text", bytes: "bytes", dict: "a JSON object",
+          list: "a JSON array"}  # fmt: skip
+
+
+@functools.cache
+def _expected_kinds() -> dict[str, dict[str, tuple[type, ...]]]:
+    """Per table, per column, the values a sound row holds (from the migrations' types)."""
+    db = sqlite3.connect(":memory:")
+    try:
+        for _, fn in MIGRATIONS:
+            fn(db)
+        return {
+            t: {r[1]: _KINDS[r[2].upper()] for r in db.execute(f"PRAGMA table_info({t})")
+                if r[2].upper() in _KINDS}
+            for t in _expected_columns()
+        }  # fmt: skip
+    finally:
+        db.close()
+
+
+def _unsound(table: str, row: dict[str, Any]) -> str | None:
+    """What is wrong with a row of ``table`` (a value not of its column's kind, a JSON
+    column that does not parse to its kind), or None."""
+    kinds = _expected_kinds()[table]
+    for column, value in row.items():
+        if value is None:
+            continue
+        want = kinds.get(column)
+        shape = _JSON_KINDS.get(column)
+        if want is not None and not isinstance(value, want):
+            wrong = _NOUNS[want[-1]]
+        elif shape is not None and not isinstance(_parsed(value), shape):
+            wrong = _NOUNS[shape]
+        else:
+            continue
+        where = ", ".join(f"{k} {row[k]}" for k in ("run_id", "step_id", "id") if row.get(k))
+        return f"table {table}, {where}: {column} holds {str(value)[:40]!r}, not {wrong}"
+    return None
+
+
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 #: What a call's row is reset to when a resume sends it again under its key.

@@ -391,6 +391,7 @@ def reopen_run(
     ids = {s.id for s in wf.steps}
     done = {k: v for k, v in journal.steps(run_id).items()
             if v["status"] == "done" and k in ids and k not in changed}  # fmt: skip
+    calls = journal.calls(run_id)  # read (and checked) before the run's row changes
     journal.update_run(run_id, status="running", pid=os.getpid(), finished_at=None, error=None,
                        max_cost_usd=session.guard.ceiling, deadline_at=session.clock.deadline_at,
                        shared_budget=shared_label(session))  # fmt: skip
@@ -399,7 +400,7 @@ def reopen_run(
                   predicted=predicted, on_event=on_event, embedder=embedder,
                   tenant=row["tenant"], limits=limits, writer=writer,
                   shared_cache=shared_cache)  # fmt: skip
-    ex.resume_from = _resume_points(wf, journal.calls(run_id), done, list(changed))
+    ex.resume_from = _resume_points(wf, calls, done, list(changed))
     return ex, done
 
 
