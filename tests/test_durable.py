@@ -181,6 +181,28 @@ def test_a_row_another_tool_damaged_is_named_never_a_traceback(
     assert "rows hold values trilemma never writes" in cli("doctor", "--journal", db).out
 
 
+def test_a_damaged_cache_entry_is_a_miss_and_the_run_goes_on(cli, tmp_path: Path) -> None:
+    """A cached answer stored as bytes (SQLite took it): the next run asks the model rather
+    than raise mid-run, and doctor names the entry and how to forget it."""
+    spec = parse_workflow("""
+version: 1
+models: {m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}}
+steps: [{id: a, model: m, cached: true}, {id: b, model: m, after: [a]}]
+""")
+    db = tmp_path / "j.db"
+    assert execute(spec, journal=Journal(db), seed=1).calls == 2
+    assert execute(spec, journal=Journal(db), seed=1).calls == 1  # a is served from the cache
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE cache SET response = x'00ff'")
+    again = execute(spec, journal=Journal(db), seed=1)
+    assert (again.status, again.calls) == ("ok", 2)
+    out = cli("doctor", "--journal", db)
+    assert out.code == 1 and "damaged row: table cache, key " in out.out
+    assert "`trilemma cache clear` forgets it" in " ".join(out.out.split())
+    assert cli("cache", "clear", "--journal", db).code == 0
+    assert cli("doctor", "--journal", db).code == 0
+
+
 def test_doctor_reports_a_failed_integrity_check_without_reading_rows(cli, tmp_path: Path) -> None:
     db = tmp_path / "j.db"
     execute(parse_workflow(CHAIN_SPEC), journal=Journal(db), seed=1)

@@ -294,7 +294,7 @@ class Journal:
         """What is wrong with the rows whose values are not of their columns' kinds (at most
         ``limit``), for ``trilemma doctor``."""
         found = [p for p in map(functools.partial(_unsound, "runs"), self._runs("", check=False)) if p]
-        for table in ("steps", "calls"):
+        for table in ("steps", "calls", "cache"):
             with map_sqlite_errors(self.path):
                 for r in self.db.execute(f"SELECT * FROM {table}"):
                     problem = _unsound(table, dict(r))
@@ -320,9 +320,10 @@ class Journal:
         return [r["model"] for r in self._rows("SELECT DISTINCT model FROM calls ORDER BY model")]
 
     def cache_get(self, key: str) -> dict[str, Any] | None:
-        """A cached response, or None."""
+        """A cached response, or None (also for an entry another tool damaged: a miss, which
+        ``trilemma doctor`` lists; the run goes on and asks the model)."""
         rows = self._rows("SELECT * FROM cache WHERE key = ?", (key,))
-        return rows[0] if rows else None
+        return rows[0] if rows and not _unsound("cache", rows[0]) else None
 
     def semantic_since(self, scope: str, embedder: str, after: int) -> list[tuple[int, str, bytes]]:
         """``(rowid, key, vector)`` of a scope and embedder's semantic-cache entries whose
@@ -351,7 +352,7 @@ class Journal:
             row = self.db.execute(
                 "SELECT response FROM semantic_cache WHERE rowid = ? AND key = ?", (rowid, key)
             ).fetchone()
-        return None if row is None else row[0]
+        return row[0] if row is not None and isinstance(row[0], str) else None  # damaged: a miss
 
     def cache_stats(self) -> list[dict[str, Any]]:
         """Per model: exact and semantic entries, their ages, and the hits served from them."""
@@ -531,7 +532,7 @@ def _unsound(table: str, row: dict[str, Any]) -> str | None:
             wrong = _NOUNS[shape]
         else:
             continue
-        where = ", ".join(f"{k} {row[k]}" for k in ("run_id", "step_id", "id") if row.get(k))
+        where = ", ".join(f"{k} {row[k]}" for k in ("run_id", "step_id", "id", "key") if row.get(k))
         return f"table {table}, {where}: {column} holds {str(value)[:40]!r}, not {wrong}"
     return None
 
