@@ -265,3 +265,19 @@ def test_simulate_cli_finds_the_ceiling(cli: Any) -> None:
     assert found.below is not None and late.json()["below"]["deadline_s"] == found.below.deadline_s
     zero = cli("simulate", CHAIN, "--ceiling-for", "0")
     assert zero.code == 2 and "above 0" in zero.err
+
+
+def test_a_step_no_trajectory_reaches_adds_no_time_under_a_ceiling() -> None:
+    """Two chained steps on a hedged model whose calls always outlast their timeout: the
+    first fails every run, so none sends the second, whose drawn time is infinite. Under a
+    ceiling that once made every latency NaN (0 calls x inf seconds), and --json raise."""
+    wf = parse_workflow("""
+version: 1
+models:
+  m: {usd_per_call: 0.03, latency_s: 0.02, p_ok: 0.99, timeout_s: 0.001, hedge_after_s: 0.0001}
+steps: [{id: a, model: m}, {id: b, model: m, after: [a]}]
+""")
+    r = simulate(wf, 2_000, seed=2, max_cost_usd=0.05)
+    assert r.success_rate == 0.0
+    assert r.latency_s.mean == pytest.approx(0.001)  # no room for a copy: given up at 1 ms
+    assert math.isfinite(r.latency_s.p99)

@@ -749,8 +749,8 @@ def _attempts(
         paid += bill
         if refused is None:
             dur += np.where(trying, took, 0.0)
-        else:
-            dur += go * took
+        else:  # a trajectory that sent nothing adds nothing (its drawn time may be inf)
+            dur += go * np.where(go > 0, took, 0.0)
             short = trying & (go < 1.0)
             refused |= short
             trying = trying & ~short
