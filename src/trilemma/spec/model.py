@@ -462,14 +462,18 @@ class Step(_Strict):
         """
         if self.route is not None:
             return 1 + max(self.branch_step(k).calls for k in self.route)
-        return sum(self.waves)
+        if self.debate is not None:  # sum(waves), without building them (every estimate asks)
+            return self.debate.agents * self.debate.rounds + self.debate.judge
+        return self.vote.samples if self.vote is not None else 1 + self.debate_rounds
 
     @property
     def sequential_calls(self) -> int:
         """Calls of one attempt that wait on each other (its latency in model latencies)."""
         if self.route is not None:
             return 1 + max(self.branch_step(k).sequential_calls for k in self.route)
-        return len(self.waves)
+        if self.debate is not None:  # len(waves)
+            return self.debate.rounds + self.debate.judge
+        return 1 if self.vote is not None else 1 + self.debate_rounds
 
     def placeholders(self) -> list[str]:
         """The ``{names}`` its prompt and system prompt use."""
