@@ -244,3 +244,43 @@ def test_the_slowest_of_a_wave_is_drawn_in_one_draw_whatever_its_width() -> None
     wide = parse_workflow(JITTERY.replace("agents: 6, rounds: 2", "agents: 1000, rounds: 50"))
     r = simulate(wide, 50_000, seed=14)  # 50,001 calls a run, drawn as 51 waves
     assert r.latency_s.mean == pytest.approx(estimate(wide).latency_expected_s, rel=0.002)
+
+
+TIGHT_VOTE = (  # only the timeouts fail an attempt (a vote's majority is no step's p_ok)
+    JITTERY.replace("latency_jitter: 0.5", "latency_jitter: 0.8, timeout_s: 2.0")
+    .replace("p_ok: 0.95", "p_ok: 1.0")
+    .replace("debate: {agents: 6, rounds: 2, judge: true}", "vote: {samples: 5}, retries: 2")
+)
+
+
+def test_a_wave_given_up_bills_the_calls_answered_by_then() -> None:
+    """Calls drawn apart (numpy, 1M attempts of a debate at jitter 0.8, given up at 2 s):
+    when a wave is given up, the calls of the waves before it and those of its own that
+    answered in time are billed, and no later wave is sent."""
+    m = parse_workflow(TIGHT_VOTE).models["m"]
+    waves = (3, 3, 1)
+    a = attempt_of(m, waves)
+    rng = np.random.default_rng(15)
+    n = 1_000_000
+    late = np.exp(0.8 * rng.standard_normal((n, 7)) - 0.32) > 2.0
+    wave_of = np.repeat(np.arange(3), waves)
+    first = np.where(late.any(axis=1), wave_of[late.argmax(axis=1)], 3)
+    given_up = first < 3
+    billed = sum(np.where(first >= j, (~late[:, wave_of == j]).sum(axis=1), 0) for j in range(3))
+    sent = sum(np.where(first >= j, w, 0) for j, w in enumerate(waves))
+    assert a.late == pytest.approx(given_up.mean(), abs=0.002)
+    assert a.late_billed == pytest.approx(billed[given_up].mean(), rel=0.005)
+    assert a.late_sent == pytest.approx(sent[given_up].mean(), rel=0.005)
+    assert a.billed == pytest.approx(billed.mean(), rel=0.005)
+
+
+def test_the_executor_bills_a_vote_given_up_as_planned(tmp_path) -> None:
+    """40 runs of a five-sample vote whose wave is given up 42% of the time: the answered
+    samples of a given-up wave are billed (3.8 of 5 on average); counted unbilled, the
+    planner said 28% less."""
+    wf = parse_workflow(TIGHT_VOTE)
+    e = monte_carlos_agree(wf, seed=16)
+    trials = repeat(wf, 40, Journal(tmp_path / "j.db"), seed=17, time_scale=0.05)
+    cost = np.array([t.cost_usd for t in trials])
+    se = cost.std(ddof=1) / math.sqrt(cost.size)
+    assert abs(cost.mean() - e.cost_expected) < 3 * se + 1e-9, (cost.mean(), e.cost_expected, se)

@@ -37,7 +37,7 @@ one that answers takes ``E[L | L <= T]`` (:func:`trilemma.plan.hedge.cut`). Call
 together wait for the slowest: a wave of ``n`` jittery calls takes ``E[max]`` of their
 latencies, and is given up when any of them is (:func:`trilemma.plan.hedge.wave`; a round
 of six agents at jitter 0.5 takes 1.76 times a call's mean); a hedged model's attempt is
-timed as one call's draw. A routed step counts its classifier's and its branches' alike
+timed as one call's draw (given up whole, unbilled). A routed step counts its classifier's and its branches' alike
 (an attempt whose classifier faults sends no branch); its retries wait the backoff's
 jitter (a 429's shorter Retry-After is not told apart there).
 
@@ -488,7 +488,7 @@ def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
     extra: dict[str, Any] = {}
     if m.hedge_after_s is not None:
         extra = {"hedged": True, "calls_per_attempt": a.sent * (1.0 + hedge_rate(m))}
-    elif a.meets > 0.0 and step.sequential_calls > 1:  # a fault leaves later waves unsent
+    elif (a.meets or a.late) and step.sequential_calls > 1:  # a break leaves waves unsent
         extra = {"calls_per_attempt": a.sent}
     price = call_price(m) * step.calls
     e = _independent_attempts(
@@ -516,7 +516,7 @@ class Attempt:
     calls: int = 1
     """Its calls."""
     late: float = 0.0
-    """The chance a wave of it outlasts its timeout: it ends there, counted unbilled."""
+    """The chance a wave of it outlasts its timeout: it ends there."""
     meets: float = 0.0
     """The chance it meets a fault, when it is in time."""
     fault_billed: float = 0.0
@@ -526,18 +526,24 @@ class Attempt:
     """Calls sent on average then: up to the fault's wave and no further."""
     fault_s: float = 0.0
     """Seconds it takes on average then."""
+    late_billed: float = 0.0
+    """Calls billed on average when a wave of it is given up: those answered before."""
+    late_sent: float = 1.0
+    """Calls sent on average then."""
 
     @property
     def billed(self) -> float:
         """Calls billed on average."""
         m = self.meets
-        return (1.0 - self.late) * ((1.0 - m) * self.calls + m * self.fault_billed)
+        return self.late * self.late_billed + (1.0 - self.late) * (
+            (1.0 - m) * self.calls + m * self.fault_billed
+        )
 
     @property
     def sent(self) -> float:
         """Calls sent on average."""
         m = self.meets
-        return self.late * self.calls + (1.0 - self.late) * (
+        return self.late * self.late_sent + (1.0 - self.late) * (
             (1.0 - m) * self.calls + m * self.fault_sent
         )
 
@@ -558,72 +564,71 @@ def attempt_of(m: ModelProfile, waves: Sequence[int]) -> Attempt:
     """An attempt on ``m`` whose calls go in ``waves`` (:attr:`~trilemma.spec.Step.waves`).
 
     Each wave waits for its slowest call, and is given up when one outlasts ``timeout_s``
-    (:func:`~trilemma.plan.hedge.wave`), before any fault is drawn (as the simulator does):
-    the attempt ends there, unbilled, after the waves before it. A hedged model's attempt
-    is timed as one call's draw. A fault ends the attempt after its wave: the calls
-    answered by then are billed, the later waves not sent."""
+    (:func:`~trilemma.plan.hedge.wave`), before any fault is drawn (as the simulator does).
+    A timeout or a fault ends the attempt after its wave: the calls answered by then (in
+    the waves before and beside it in its wave) are billed, the later waves not sent
+    (:func:`breaks`). A hedged model's attempt is timed as one call's draw, given up whole
+    and unbilled."""
     calls, seq = sum(waves), len(waves)
     if m.hedge_after_s is None:
         per = [timeouts(m, w) for w in waves]
-        late, answered, late_s = _late(per, m.timeout_s)
+        kept = [a for _, a in per]
+        late, late_billed, late_sent, late_s = _first_break(
+            waves, timeouts(m)[0], kept, [m.timeout_s] * seq
+        )
     else:  # one draw for the attempt
         one, each = timeouts(m)
-        per = [(one, each)] * seq
-        late, answered, late_s = one, each * seq, m.timeout_s
+        per, kept = [(one, each)] * seq, [each] * seq
+        late, late_billed, late_sent, late_s = one, 0.0, float(calls), m.timeout_s
     meets = m.faults.chance(calls)
     clean = (1.0 - late) * (1.0 - meets)
     failed = billed = fault_s = 0.0
-    sent = 1.0
+    sent = float(calls)
     if meets > 0.0:
-        billed, sent, fault_s = _faulted(m, waves, [a for _, a in per])
+        fault_time = [m.faults.seconds(m.latency_s if w == 1 else a, m.timeout_s, w)
+                      for w, a in zip(waves, kept, strict=True)]  # fmt: skip
+        _, billed, sent, fault_s = _first_break(waves, m.faults.rate, kept, fault_time)
     if clean < 1.0:
         failed = (late * late_s + (1.0 - late) * meets * fault_s) / (1.0 - clean)
     may_time_out = m.faults.timeout_rate > 0 or late >= 1.0
-    slow = [max(m.latency_s, a) for _, a in per]  # a wave of jittery calls: its slowest's mean
+    slow = [max(m.latency_s, a) for a in kept]  # a wave of jittery calls: its slowest's mean
     slowest = math.fsum(slow[:-1]) + max(slow[-1], m.timeout_s if may_time_out else 0.0)
     limited = (1.0 - late) * meets * m.faults.limited_share
-    return Attempt(clean, answered, failed, limited, slowest, calls, late, meets, billed, sent,
-                   fault_s)  # fmt: skip
+    return Attempt(clean, math.fsum(kept), failed, limited, slowest, calls, late, meets, billed,
+                   sent, fault_s, late_billed, late_sent)  # fmt: skip
 
 
-def _late(per: Sequence[tuple[float, float]], timeout_s: float) -> tuple[float, float, float]:
-    """Of waves each given up with ``late`` and taking ``answered`` seconds when not (one
-    pair per wave): the chance one is given up, the seconds they take when none is, and the
-    seconds when one is (the waves before it, then ``timeout_s``)."""
-    reach, took, late_s = 1.0, 0.0, 0.0
-    for late, answered in per:
-        late_s += reach * late * (took + timeout_s)
-        reach *= 1.0 - late
-        took += answered
-    late = 1.0 - reach
-    return late, took, (late_s / late if late > 0.0 else 0.0)
-
-
-def _faulted(
-    m: ModelProfile, waves: Sequence[int], answered: Sequence[float]
-) -> tuple[float, float, float]:
-    """Of an attempt that meets a fault (each call meeting one apart, with the faults'
-    ``rate``): the calls it bills and sends, and the seconds it takes, on average. A fault in
-    wave ``j`` comes after ``j - 1`` waves answered in full (``answered``: each wave's
-    seconds), and its own wave's other calls answer beside it
-    (:meth:`~trilemma.spec.model.Faults.seconds`)."""
-    q = m.faults.rate
-    reach, before, took = 1.0, 0, 0.0
-    met = billed = sent = seconds = 0.0
-    for w, wave_s in zip(waves, answered, strict=True):
+def breaks(waves: Sequence[int], q: float) -> list[tuple[float, float, float]]:
+    """Per wave, when the first of an attempt's calls to break it (a fault, a timeout; each
+    call apart, with ``q``) falls in that wave: its chance, and the calls then billed on
+    average (those answered in the waves before, and beside it in its wave) and sent (up to
+    its wave)."""
+    out, reach, before = [], 1.0, 0
+    for w in waves:
         clear = (1.0 - q) ** w
-        hit = reach * (1.0 - clear)  # the first fault falls in this wave
-        if hit > 0.0:
-            beside = w * ((1.0 - q) - clear) / (1.0 - clear)  # its wave's calls that answer
-            met += hit
-            billed += hit * (before + beside)
-            sent += hit * (before + w)
-            latency = m.latency_s if w == 1 else wave_s
-            seconds += hit * (took + m.faults.seconds(latency, m.timeout_s, w))
+        beside = w * ((1.0 - q) - clear) / (1.0 - clear) if clear < 1.0 else 0.0
+        out.append((reach * (1.0 - clear), before + beside, float(before + w)))
         reach *= clear
         before += w
-        took += wave_s
-    return billed / met, sent / met, seconds / met
+    return out
+
+
+def _first_break(
+    waves: Sequence[int], q: float, kept_s: Sequence[float], broken_s: Sequence[float]
+) -> tuple[float, float, float, float]:
+    """The chance one of an attempt's calls breaks it (see :func:`breaks`), and then on
+    average: the calls billed, the calls sent, and the seconds taken (``kept_s`` for each
+    wave before, then its wave's ``broken_s``)."""
+    met = billed = sent = seconds = took = 0.0
+    for (hit, bills, sends), kept, broken in zip(breaks(waves, q), kept_s, broken_s, strict=True):
+        met += hit
+        billed += hit * bills
+        sent += hit * sends
+        seconds += hit * (took + broken)
+        took += kept
+    if met == 0.0:
+        return 0.0, 0.0, float(sum(waves)), 0.0
+    return met, billed / met, sent / met, seconds / met
 
 
 def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
@@ -661,7 +666,7 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
         models=tuple(wf.ladder(step)),
         calls_per_attempt=math.fsum([r * a.sent * (1.0 + hedge_rate(p))
                                      for r, a, p in zip(reach, tries, profiles, strict=True)])
-        / math.fsum(reach) if hedged or (step.sequential_calls > 1 and any(a.meets for a in tries))
+        / math.fsum(reach) if hedged or (step.sequential_calls > 1 and any(a.meets or a.late for a in tries))
         else None,
         hedged=hedged,
     )

@@ -57,9 +57,9 @@ from typing import Any, Literal
 import numpy as np
 
 from trilemma import dag
-from trilemma.plan.estimate import CACHE_HIT_LATENCY_S, attempt_of, cancel_cost, estimate
-from trilemma.plan.hedge import call_price
-from trilemma.spec import Simulation, Step, Workflow
+from trilemma.plan.estimate import CACHE_HIT_LATENCY_S, attempt_of, breaks, cancel_cost, estimate
+from trilemma.plan.hedge import call_price, cut
+from trilemma.spec import ModelProfile, Simulation, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
 
 __all__ = [
@@ -228,6 +228,9 @@ class _Try:
     waves: tuple[int, ...] | None = None
     """Jittery calls sent in waves (not hedged): each wave takes its slowest call's draw,
     and one that outlasts ``given_up_s`` ends the attempt. None: one draw for the attempt."""
+    late_calls: tuple[tuple[float, float], ...] = ()
+    """Per wave, the calls billed and sent on average when it is the one given up
+    (:func:`~trilemma.plan.estimate.breaks`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,8 +323,7 @@ def _params(wf: Workflow, settings: Simulation, order: list[str]) -> list[_StepP
                                a.fault_sent if a else 1.0, m.faults.limited_share,
                                m.timeout_s * seq, m.timeout_s,
                                m.timeout_s + (m.hedge_after_s or 0.0),
-                               s.waves if a and a.calls > 1 and m.latency_jitter
-                               and m.hedge_after_s is None else None)  # fmt: skip
+                               *_wave_params(m, s.waves if a and a.calls > 1 else ()))  # fmt: skip
         out.append(
             _StepParams(
                 parents=tuple(index[d] for d in s.after),
@@ -334,6 +336,17 @@ def _params(wf: Workflow, settings: Simulation, order: list[str]) -> list[_StepP
             )
         )
     return out
+
+
+def _wave_params(
+    m: ModelProfile, waves: tuple[int, ...]
+) -> tuple[tuple[int, ...] | None, tuple[tuple[float, float], ...]]:
+    """``_Try.waves`` and ``_Try.late_calls`` for jittery calls of ``m`` sent in ``waves``
+    (none for a single call, a hedged model, or calls without jitter: one draw serves)."""
+    if not waves or not m.latency_jitter or m.hedge_after_s is not None:
+        return None, ()
+    late = cut(m.latency_s, m.latency_jitter, m.timeout_s)[0]
+    return waves, tuple((billed, sent) for _, billed, sent in breaks(waves, late))
 
 
 def _route(wf: Workflow, s: Step) -> _Route:
@@ -704,11 +717,12 @@ def _attempts(
                 paid += (late & (first_in | copy_in)) * price  # the loser is billed
                 called += late * sp.calls
             elif t.waves is not None:  # each wave waits for its slowest call
-                waited, given_up = _wave_draws(t, t.waves, n, rng)
+                waited, given_up, billed, sent = _wave_draws(t, t.waves, n, rng)
                 jitter = waited / latency
-                if np.any(given_up):
+                if np.any(given_up):  # billed for the calls answered by then
                     slow = trying & given_up
-                    bill = np.where(slow, 0.0, bill)
+                    bill = np.where(slow, np.minimum(bill, billed * (price / sp.calls)), bill)
+                    called -= slow * np.maximum(go * sp.calls - sent, 0.0)
             else:
                 over = latency * jitter > t.timeout
                 if np.any(over):  # rare at a timeout far past the latency: skipped when none is
@@ -791,18 +805,20 @@ def _backoff(
 
 def _wave_draws(
     t: _Try, waves: tuple[int, ...], n: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Seconds ``n`` attempts of jittery calls in ``waves`` take, each wave its slowest
-    call's lognormal draw, and whether one was given up: a wave slower than
-    ``t.given_up_s`` takes that, and no later wave is sent."""
+    call's lognormal draw; whether one was given up (a wave slower than ``t.given_up_s``
+    takes that, and no later wave is sent); and, for those, the calls billed and sent."""
     each, sigma = t.latency / len(waves), t.jitter
     took, late = np.zeros(n), np.zeros(n, dtype=bool)
-    for w in waves:
+    billed, sent = np.zeros(n), np.zeros(n)
+    for w, (bills, sends) in zip(waves, t.late_calls, strict=True):
         slowest = each * np.exp(sigma * _max_normal(w, n, rng) - sigma * sigma / 2)
         over = ~late & (slowest > t.given_up_s)
         took += np.where(late, 0.0, np.where(over, t.given_up_s, slowest))
+        billed[over], sent[over] = bills, sends
         late |= over
-    return took, late
+    return took, late, billed, sent
 
 
 def _max_normal(calls: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -917,9 +933,11 @@ def simulate_loop(
                 fit, bill = calls, tr.price
                 if room < math.inf:
                     fit, bill = _fit(room, calls, reserve, head_price, head_reserve, each)
+                late_bill = 0.0  # what an attempt given up bills
                 if tr.waves is not None:  # each wave waits for its slowest call
-                    first, slow = _waves_one(tr, tr.waves, rnd)
-                    first_in, took = not slow, first
+                    first, given_up = _waves_one(tr, tr.waves, rnd)
+                    first_in, took, slow = given_up < 0, first, given_up >= 0
+                    late_bill = max(given_up, 0.0) * each
                 else:
                     first = tr.latency * _jitter_one(tr.jitter, rnd)
                     first_in = first <= tr.timeout  # else given up at its timeout
@@ -933,8 +951,8 @@ def simulate_loop(
                         took = tr.given_up_hedged_s
                     if not slow:
                         cost += tr.price  # the copy: it answered, or lost and is billed
-                if slow:  # failed, unbilled, caught
-                    bill = 0.0
+                if slow:  # failed, caught, billed for the calls answered by then
+                    bill = min(float(bill), late_bill)
                 fault = tr.fault > 0 and rnd.random() < tr.fault and not slow
                 if fault:  # failed, caught, billed for the calls answered beside it and before
                     bill, took = min(float(bill), tr.fault_usd), tr.fault_s
@@ -1006,16 +1024,16 @@ def _branch_one(r: _Route, rnd: random.Random) -> int:
     return b
 
 
-def _waves_one(t: _Try, waves: tuple[int, ...], rnd: random.Random) -> tuple[float, bool]:
-    """One attempt's seconds and whether it was given up, drawn call by call: the law
-    :func:`_wave_draws` draws from."""
+def _waves_one(t: _Try, waves: tuple[int, ...], rnd: random.Random) -> tuple[float, float]:
+    """One attempt's seconds, drawn call by call (the law :func:`_wave_draws` draws
+    from), and the calls it bills if a wave is given up (-1 if none is)."""
     each, took = t.latency / len(waves), 0.0
-    for w in waves:
+    for w, (bills, _) in zip(waves, t.late_calls, strict=True):
         slowest = each * max(_jitter_one(t.jitter, rnd) for _ in range(w))
         if slowest > t.given_up_s:
-            return took + t.given_up_s, True
+            return took + t.given_up_s, bills
         took += slowest
-    return took, False
+    return took, -1.0
 
 
 def _jitter_one(sigma: float, rnd: random.Random) -> float:
