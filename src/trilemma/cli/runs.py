@@ -457,8 +457,8 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
         if report["damaged_rows"]:
             console.print("rows hold values trilemma never writes (another tool edited them): "
                           "restore the journal from a backup, or give another --journal (a "
-                          "damaged cache entry is only missed: `trilemma cache clear` forgets "
-                          "it)")  # fmt: skip
+                          "damaged cache entry is only missed, and the next answer replaces "
+                          "it; `trilemma cache clear` forgets it now)")  # fmt: skip
         for run_id in report["interrupted_runs"]:
             if run_id.startswith("gateway-"):
                 console.print(f"gateway run {run_id} stopped without closing; its calls are in "

@@ -223,7 +223,7 @@ class Journal:
         self.batch([("step_finished", (run_id, step_id, step), {})])
 
     def cache_put(self, row: dict[str, Any]) -> None:
-        """Remember an accepted answer (the first one stays)."""
+        """Remember an accepted answer (the first one stays, unless its row was damaged)."""
         self.batch([("cache_put", (row,), {})])
 
     # ------------------------------------------------------------------ reads
@@ -321,7 +321,8 @@ class Journal:
 
     def cache_get(self, key: str) -> dict[str, Any] | None:
         """A cached response, or None (also for an entry another tool damaged: a miss, which
-        ``trilemma doctor`` lists; the run goes on and asks the model)."""
+        ``trilemma doctor`` lists; the run goes on, asks the model, and its answer replaces
+        the entry)."""
         rows = self._rows("SELECT * FROM cache WHERE key = ?", (key,))
         return rows[0] if rows and not _unsound("cache", rows[0]) else None
 
@@ -477,22 +478,32 @@ class Journal:
 
 
 @functools.cache
-def _expected_columns() -> dict[str, tuple[str, ...]]:
-    """Each table's columns, as the migrations make them (in a database in memory)."""
+def _declared() -> dict[str, tuple[tuple[str, str], ...]]:
+    """Each table's columns and their declared types, as the migrations make them (in a
+    database in memory)."""
     db = sqlite3.connect(":memory:")
     try:
         for _, fn in MIGRATIONS:
             fn(db)
         tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return {t: tuple(r[1] for r in db.execute(f"PRAGMA table_info({t})")) for t in tables}
+        return {t: tuple((r[1], r[2].upper()) for r in db.execute(f"PRAGMA table_info({t})"))
+                for t in tables}  # fmt: skip
     finally:
         db.close()
 
 
-#: The Python values a column of each declared type holds in a sound row (NULL aside).
+@functools.cache
+def _expected_columns() -> dict[str, tuple[str, ...]]:
+    """Each table's columns, as the migrations make them."""
+    return {t: tuple(c for c, _ in cols) for t, cols in _declared().items()}
+
+
+#: The Python values a column of each declared type holds in a sound row (NULL aside), and
+#: the SQLite storage classes of those values.
 _KINDS: dict[str, tuple[type, ...]] = {
     "INTEGER": (int,), "REAL": (int, float), "TEXT": (str,), "BLOB": (bytes,),
 }  # fmt: skip
+_STORED = {"INTEGER": "'integer'", "REAL": "'integer', 'real'", "TEXT": "'text'", "BLOB": "'blob'"}
 #: The JSON each ``*_json`` column holds.
 _JSON_KINDS: dict[str, type] = {
     "spec_json": dict, "inputs_json": dict, "predicted_json": dict, "request_json": list,
@@ -504,17 +515,14 @@ _NOUNS = {int: "an integer", float: "a number", str: "text", bytes: "bytes", dic
 @functools.cache
 def _expected_kinds() -> dict[str, dict[str, tuple[type, ...]]]:
     """Per table, per column, the values a sound row holds (from the migrations' types)."""
-    db = sqlite3.connect(":memory:")
-    try:
-        for _, fn in MIGRATIONS:
-            fn(db)
-        return {
-            t: {r[1]: _KINDS[r[2].upper()] for r in db.execute(f"PRAGMA table_info({t})")
-                if r[2].upper() in _KINDS}
-            for t in _expected_columns()
-        }  # fmt: skip
-    finally:
-        db.close()
+    return {t: {c: _KINDS[d] for c, d in cols if d in _KINDS} for t, cols in _declared().items()}
+
+
+def _damaged_sql(table: str) -> str:
+    """An SQL condition true of a row of ``table`` that holds a value not of its column's
+    kind (as :func:`_unsound` judges, JSON aside)."""
+    return " OR ".join(f"typeof({table}.{c}) NOT IN ('null', {_STORED[d]})"
+                       for c, d in _declared()[table] if d in _STORED)  # fmt: skip
 
 
 def _unsound(table: str, row: dict[str, Any]) -> str | None:
@@ -542,6 +550,20 @@ def _parsed(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return None
+
+
+@functools.cache
+def _put_cache_sql() -> str:
+    """The insert of a cached answer: the first one under a key stays, unless another tool
+    damaged its row (then ``cache_get`` misses it, and the next answer replaces it)."""
+    return (
+        "INSERT INTO cache (key, model, response, prompt_tokens, completion_tokens, "
+        "created_at, tenant) VALUES (:key, :model, :response, :prompt_tokens, "
+        ":completion_tokens, :created_at, :tenant) ON CONFLICT (key) DO UPDATE SET model = "
+        "excluded.model, response = excluded.response, prompt_tokens = excluded.prompt_tokens, "
+        "completion_tokens = excluded.completion_tokens, created_at = excluded.created_at, "
+        f"tenant = excluded.tenant WHERE {_damaged_sql('cache')}"
+    )
 
 
 #: What a call's row is reset to when a resume sends it again under its key.
@@ -633,12 +655,7 @@ class _Batch:
         if self.steps:
             db.executemany(_UPSERT_STEP, list(self.steps.values()))
         if self.cache:
-            db.executemany(
-                "INSERT OR IGNORE INTO cache (key, model, response, prompt_tokens, "
-                "completion_tokens, created_at, tenant) VALUES (:key, :model, :response, "
-                ":prompt_tokens, :completion_tokens, :created_at, :tenant)",
-                self.cache,
-            )
+            db.executemany(_put_cache_sql(), self.cache)
         if self.semantic:
             db.executemany(
                 "INSERT OR IGNORE INTO semantic_cache (key, scope, embedder, prompt, vector, "
