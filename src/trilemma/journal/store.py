@@ -271,17 +271,27 @@ class Journal:
 
     def steps(self, run_id: str) -> dict[str, dict[str, Any]]:
         """A run's finished steps by id."""
+        self._refuse_damaged("steps", "run_id = ?", (run_id,))
         rows = self._rows("SELECT * FROM steps WHERE run_id = ?", (run_id,))
-        return {r["step_id"]: r for r in self._sound("steps", rows)}
+        return {r["step_id"]: r for r in rows}
 
     def calls(self, run_id: str) -> list[dict[str, Any]]:
         """A run's calls in the order they were sent (a range of the idempotency-key index)."""
-        rows = self._rows(f"SELECT * FROM calls WHERE {RUN_CALLS} ORDER BY id", _run_range(run_id))
-        return self._sound("calls", rows)
+        self._refuse_damaged("calls", RUN_CALLS, _run_range(run_id))
+        return self._rows(f"SELECT * FROM calls WHERE {RUN_CALLS} ORDER BY id", _run_range(run_id))
+
+    def _refuse_damaged(self, table: str, where: str, args: tuple[Any, ...]) -> None:
+        """NotAJournal naming the first row of ``table`` matching ``where`` whose values are
+        not of their columns' kinds (SQLite keeps whatever another tool wrote); SQLite
+        looks for it, so a sound run's rows cost one more indexed scan."""
+        found = self._rows(
+            f"SELECT * FROM {table} WHERE ({where}) AND ({_damaged_sql(table)}) LIMIT 1", args
+        )
+        self._sound(table, found)
 
     def _sound(self, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``rows`` of ``table``, once each value is checked to be of its column's kind
-        (SQLite keeps whatever another tool wrote): NotAJournal names the first that is not."""
+        """``rows`` of ``table``, once each value is checked to be of its column's kind:
+        NotAJournal names the first that is not."""
         for row in rows:
             problem = _unsound(table, row)
             if problem:
@@ -294,14 +304,10 @@ class Journal:
         """What is wrong with the rows whose values are not of their columns' kinds (at most
         ``limit``), for ``trilemma doctor``."""
         found = [p for p in map(functools.partial(_unsound, "runs"), self._runs("", check=False)) if p]
-        for table in ("steps", "calls", "cache"):
-            with map_sqlite_errors(self.path):
-                for r in self.db.execute(f"SELECT * FROM {table}"):
-                    problem = _unsound(table, dict(r))
-                    if problem:
-                        found.append(problem)
-                        if len(found) >= limit:
-                            return found
+        for table in ("steps", "calls", "cache"):  # SQLite finds the candidates, and fast
+            rows = self._rows(f"SELECT * FROM {table} WHERE {_damaged_sql(table)} LIMIT ?",
+                              (limit,))  # fmt: skip
+            found += [p for p in map(functools.partial(_unsound, table), rows) if p]
         return found[:limit]
 
     def model_calls(self, model: str) -> list[dict[str, Any]]:
@@ -518,11 +524,18 @@ def _expected_kinds() -> dict[str, dict[str, tuple[type, ...]]]:
     return {t: {c: _KINDS[d] for c, d in cols if d in _KINDS} for t, cols in _declared().items()}
 
 
+_JSON_TYPES: dict[type, str] = {dict: "object", list: "array"}
+
+
 def _damaged_sql(table: str) -> str:
     """An SQL condition true of a row of ``table`` that holds a value not of its column's
-    kind (as :func:`_unsound` judges, JSON aside)."""
-    return " OR ".join(f"typeof({table}.{c}) NOT IN ('null', {_STORED[d]})"
-                       for c, d in _declared()[table] if d in _STORED)  # fmt: skip
+    kind, or JSON that does not parse to its column's (as :func:`_unsound` judges)."""
+    kinds = [f"typeof({table}.{c}) NOT IN ('null', {_STORED[d]})"
+             for c, d in _declared()[table] if d in _STORED]  # fmt: skip
+    shapes = [f"({table}.{c} IS NOT NULL AND CASE WHEN json_valid({table}.{c}) THEN "
+              f"json_type({table}.{c}) != '{_JSON_TYPES[_JSON_KINDS[c]]}' ELSE 1 END)"
+              for c, _ in _declared()[table] if c in _JSON_KINDS]  # fmt: skip
+    return " OR ".join(kinds + shapes)
 
 
 def _unsound(table: str, row: dict[str, Any]) -> str | None:
