@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -59,7 +59,7 @@ import numpy as np
 from trilemma import dag
 from trilemma.plan.estimate import CACHE_HIT_LATENCY_S, attempt_of, breaks, cancel_cost, estimate
 from trilemma.plan.hedge import call_price, cut
-from trilemma.spec import ModelProfile, Simulation, Step, Workflow
+from trilemma.spec import Simulation, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
 
 __all__ = [
@@ -310,20 +310,7 @@ def _params(wf: Workflow, settings: Simulation, order: list[str]) -> list[_StepP
     out = []
     for sid in order:
         s = wf.step(sid)
-        tries = {}  # one per model, shared by the attempts on it
-        for name in wf.ladder(s):
-            m = wf.models[name]
-            seq = s.sequential_calls
-            a = attempt_of(m, s.waves) if s.route is None else None
-            tries[name] = _Try(wf.p_ok(s, name), m.price_per_call * s.calls, m.latency_s * seq,
-                               m.latency_jitter, (m.hedge_after_s or math.inf) * seq,
-                               m.reserved_per_call(s.max_tokens), a.meets if a else 0.0,
-                               a.fault_s if a else 0.0,
-                               a.fault_billed * m.price_per_call if a else 0.0,
-                               a.fault_sent if a else 1.0, m.faults.limited_share,
-                               m.timeout_s * seq, m.timeout_s,
-                               m.timeout_s + (m.hedge_after_s or 0.0),
-                               *_wave_params(m, s.waves if a and a.calls > 1 else ()))  # fmt: skip
+        tries = {name: _try_of(wf, s, name) for name in wf.ladder(s)}  # shared by its attempts
         out.append(
             _StepParams(
                 parents=tuple(index[d] for d in s.after),
@@ -338,15 +325,26 @@ def _params(wf: Workflow, settings: Simulation, order: list[str]) -> list[_StepP
     return out
 
 
-def _wave_params(
-    m: ModelProfile, waves: tuple[int, ...]
-) -> tuple[tuple[int, ...] | None, tuple[tuple[float, float], ...]]:
-    """``_Try.waves`` and ``_Try.late_calls`` for jittery calls of ``m`` sent in ``waves``
-    (none for a single call, a hedged model, or calls without jitter: one draw serves)."""
-    if not waves or not m.latency_jitter or m.hedge_after_s is not None:
-        return None, ()
-    late = cut(m.latency_s, m.latency_jitter, m.timeout_s)[0]
-    return waves, tuple((billed, sent) for _, billed, sent in breaks(waves, late))
+def _try_of(wf: Workflow, s: Step, name: str) -> _Try:
+    """What an attempt of ``s`` on model ``name`` draws from. A routed step's attempts draw
+    their faults and waves from its branches (:func:`_route`), so only the rest is set."""
+    m = wf.models[name]
+    seq = s.sequential_calls
+    t = _Try(wf.p_ok(s, name), m.price_per_call * s.calls, m.latency_s * seq, m.latency_jitter,
+             (m.hedge_after_s or math.inf) * seq, m.reserved_per_call(s.max_tokens),
+             limited=m.faults.limited_share, timeout=m.timeout_s * seq, given_up_s=m.timeout_s,
+             given_up_hedged_s=m.timeout_s + (m.hedge_after_s or 0.0))  # fmt: skip
+    if s.route is not None:
+        return t
+    a = attempt_of(m, s.waves)
+    waves: tuple[int, ...] | None = None
+    late_calls: tuple[tuple[float, float], ...] = ()
+    if a.calls > 1 and m.latency_jitter and m.hedge_after_s is None:  # else one draw serves
+        late = cut(m.latency_s, m.latency_jitter, m.timeout_s)[0]
+        waves = s.waves
+        late_calls = tuple((billed, sent) for _, billed, sent in breaks(waves, late))
+    return replace(t, fault=a.meets, fault_s=a.fault_s, fault_usd=a.fault_billed * m.price_per_call,
+                   fault_calls=a.fault_sent, waves=waves, late_calls=late_calls)  # fmt: skip
 
 
 def _route(wf: Workflow, s: Step) -> _Route:
