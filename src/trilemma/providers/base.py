@@ -69,6 +69,9 @@ class Request:
     """The simulator only: the right answer's text."""
     sim_bad: str = ""
     """The simulator only: the wrong answer's text."""
+    verdict_key: str = ""
+    """The simulator only: calls that share it are right or wrong together (the samples of
+    one attempt whose majority answers, so that ``p_ok`` is the attempt's, as planned)."""
 
     @property
     def prompt_bytes(self) -> int:

@@ -6,6 +6,12 @@ probability ``p_ok``. Every draw comes from a hash of the run's seed and the
 call's place (step, attempt, call), so a call gives the same answer
 whatever the scheduling order, two runs with one seed the same outcomes, and a
 resumed run the same outputs as an uninterrupted one.
+
+A step's ``p_ok`` is its attempt's (what a debate or a vote buys is in it, as the
+planner counts it), so the samples of a vote, or the last round of a debate without a
+judge, are right or wrong together: drawn apart, five samples at 0.8 would make a
+majority right 94% of the time, not the 80% planned. Faults and latencies stay each
+call's own.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ class SimProvider:
             u, v, w1, w2 = self._draws(request.call_key or request.idempotency_key)
         else:  # nothing left to chance: the draws would change nothing (and cost a hash)
             u = v = w1 = w2 = 0.0
+        if request.verdict_key and request.p_ok < 1.0:  # a majority's samples agree
+            v = self._draws(request.verdict_key)[1]
         latency = profile.latency_s
         if profile.latency_jitter:
             latency *= _jitter(profile.latency_jitter, w1, w2)

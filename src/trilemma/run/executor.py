@@ -607,7 +607,7 @@ class Executor:
         request = Request(
             model, tuple(messages), step.max_tokens or profile.max_tokens, profile.timeout_s,
             f"{self.run_id}:{key}", key, profile.temperature, route.stop, self.wf.p_ok(step, model),
-            ok, bad,
+            ok, bad, f"{step.id}:{attempt}:majority" if step.by_majority else "",
         )  # fmt: skip
         prio = -self.priority[step.id]
         await self.slots.acquire(prio)

@@ -444,6 +444,11 @@ class Step(_Strict):
         return "debate" if self.debate else "vote" if self.vote else "call"
 
     @property
+    def by_majority(self) -> bool:
+        """Its answer is the majority of its last wave: a vote, or a debate without a judge."""
+        return self.vote is not None or (self.debate is not None and not self.debate.judge)
+
+    @property
     def waves(self) -> tuple[int, ...]:
         """The calls of one attempt (not a routed step's), wave by wave: a wave's calls are
         sent together and the next waits for all of them. A debate's rounds of ``agents``
