@@ -18,7 +18,7 @@ from trilemma import estimate, parse_workflow, simulate
 from trilemma.experiments.trials import repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, attempt_of
-from trilemma.plan.hedge import cut, wave
+from trilemma.plan.hedge import cut, hedged, hedged_wave, wave
 from trilemma.plan.simulate import _max_normal, simulate_loop
 from trilemma.spec import Workflow
 
@@ -246,7 +246,7 @@ def test_the_slowest_of_a_wave_is_drawn_in_one_draw_whatever_its_width() -> None
     assert r.latency_s.mean == pytest.approx(estimate(wide).latency_expected_s, rel=0.002)
 
 
-TIGHT_VOTE = (  # only the timeouts fail an attempt (a vote's majority is no step's p_ok)
+TIGHT_VOTE = (  # only the timeouts fail an attempt
     JITTERY.replace("latency_jitter: 0.5", "latency_jitter: 0.8, timeout_s: 2.0")
     .replace("p_ok: 0.95", "p_ok: 1.0")
     .replace("debate: {agents: 6, rounds: 2, judge: true}", "vote: {samples: 5}, retries: 2")
@@ -313,3 +313,63 @@ def test_a_majority_is_right_as_often_as_planned(tmp_path, kind: str) -> None:
             if c["call"] > len(wf.steps[0].waves[:-1]) * last:
                 answers.setdefault((run["run_id"], c["attempt"]), set()).add(c["response"])
     assert len(answers) == 300 and all(len(a) == 1 for a in answers.values())
+
+
+HEDGED = """\
+version: 1
+concurrency: 100
+models:
+  m: {usd_per_call: 0.01, latency_s: 1.0, latency_jitter: 0.8, hedge_after_s: 1.5, p_ok: 1.0}
+steps:
+  - {id: v, model: m, vote: {samples: 5}}
+  - {id: d, model: m, after: [v], debate: {agents: 3, rounds: 2, judge: true}}
+"""
+
+
+@pytest.mark.parametrize(("sigma", "after", "timeout", "calls"),
+                         [(0.8, 1.5, 60.0, 5), (0.8, 1.5, 60.0, 1), (0.5, 0.8, 2.0, 3),
+                          (1.0, 1.0, 4.0, 6)])  # fmt: skip
+def test_a_wave_of_hedged_calls_takes_its_slowest_race(
+    sigma: float, after: float, timeout: float, calls: int
+) -> None:
+    """Each hedged call races its own copy (sent after ``after`` if no answer has come, each
+    given up at its timeout); the wave waits for the slowest race, and is given up when both
+    copies of one call are. Against 400,000 waves drawn copy by copy."""
+    rng = np.random.default_rng(21)
+    n, half = 400_000, sigma * sigma / 2
+    first, copy = np.exp(sigma * rng.standard_normal((2, n, calls)) - half)
+    first_in, copy_in = first <= timeout, (first > after) & (copy <= timeout)
+    race = np.minimum(np.where(first_in, first, np.inf), np.where(copy_in, after + copy, np.inf))
+    given_up = (~(first_in | copy_in)).any(axis=1)
+    late, mean = hedged_wave(1.0, sigma, after, timeout, calls)
+    assert late == pytest.approx(given_up.mean(), abs=0.002)
+    assert mean == pytest.approx(race.max(axis=1)[~given_up].mean(), rel=0.005)
+    if calls == 1 and timeout > 10:  # the race alone: the figure hedging has always used
+        assert mean == pytest.approx(hedged(1.0, sigma, after)[1], rel=0.002)
+
+
+@pytest.mark.parametrize("timeout", [60.0, 2.0])
+def test_both_monte_carlos_time_hedged_waves_as_estimated(timeout: float) -> None:
+    """The vectorised Monte Carlo draws a hedged wave's slowest race by inverting its table,
+    the loop draws each call's copies: both agree with the estimate, timeouts and all."""
+    wf = parse_workflow(HEDGED.replace("hedge_after_s: 1.5", f"hedge_after_s: 1.5, timeout_s: {timeout}")
+                        .replace("{id: v, model: m,", "{id: v, model: m, retries: 2,"))  # fmt: skip
+    e = monte_carlos_agree(wf, seed=22)
+    ok, _, latency = simulate_loop(wf, 40_000, seed=23)
+    assert ok == pytest.approx(e.reliability, abs=0.01)
+    assert latency == pytest.approx(e.latency_expected_s, rel=0.03)
+    # a hedged call of a wave is not timed as one call any more: the vote's five wait 1.74 s
+    assert e.latency_expected_s > 5.0
+
+
+def test_the_executor_waits_for_the_slowest_hedged_call_as_planned(tmp_path) -> None:
+    """60 runs of a hedged vote, then a hedged debate: the executor hedges each call on its
+    own and a wave waits for its slowest. Timed as one call, the planner said 3.63 s."""
+    wf = parse_workflow(HEDGED)
+    e = estimate(wf)
+    trials = repeat(wf, 60, Journal(tmp_path / "j.db"), seed=24, time_scale=0.05)
+    latency = np.array([t.latency_s for t in trials])
+    assert latency.mean() == pytest.approx(e.latency_expected_s, rel=0.1), e.latency_expected_s
+    cost = np.array([t.cost_usd for t in trials])
+    se = cost.std(ddof=1) / math.sqrt(cost.size)
+    assert abs(cost.mean() - e.cost_expected) < 3 * se + 1e-9, (cost.mean(), e.cost_expected, se)

@@ -36,8 +36,9 @@ way: with ``latency_jitter`` it outlasts the timeout with ``P(L > T)`` of the lo
 one that answers takes ``E[L | L <= T]`` (:func:`trilemma.plan.hedge.cut`). Calls sent
 together wait for the slowest: a wave of ``n`` jittery calls takes ``E[max]`` of their
 latencies, and is given up when any of them is (:func:`trilemma.plan.hedge.wave`; a round
-of six agents at jitter 0.5 takes 1.76 times a call's mean); a hedged model's attempt is
-timed as one call's draw (given up whole, unbilled). A routed step counts its classifier's and its branches' alike
+of six agents at jitter 0.5 takes 1.76 times a call's mean); on a hedged model, the
+slowest of the calls' races, each given up when both its copies are
+(:func:`trilemma.plan.hedge.hedged_wave`). A routed step counts its classifier's and its branches' alike
 (an attempt whose classifier faults sends no branch); its retries wait the backoff's
 jitter (a 429's shorter Retry-After is not told apart there).
 
@@ -567,19 +568,14 @@ def attempt_of(m: ModelProfile, waves: Sequence[int]) -> Attempt:
     (:func:`~trilemma.plan.hedge.wave`), before any fault is drawn (as the simulator does).
     A timeout or a fault ends the attempt after its wave: the calls answered by then (in
     the waves before and beside it in its wave) are billed, the later waves not sent
-    (:func:`breaks`). A hedged model's attempt is timed as one call's draw, given up whole
-    and unbilled."""
+    (:func:`breaks`). A hedged model's call races its own copy, and is given up when the
+    copy's timeout passes too (:func:`~trilemma.plan.hedge.hedged_wave`)."""
     calls, seq = sum(waves), len(waves)
-    if m.hedge_after_s is None:
-        per = [timeouts(m, w) for w in waves]
-        kept = [a for _, a in per]
-        late, late_billed, late_sent, late_s = _first_break(
-            waves, timeouts(m)[0], kept, [m.timeout_s] * seq
-        )
-    else:  # one draw for the attempt
-        one, each = timeouts(m)
-        per, kept = [(one, each)] * seq, [each] * seq
-        late, late_billed, late_sent, late_s = one, 0.0, float(calls), m.timeout_s
+    kept = [timeouts(m, w)[1] for w in waves]
+    given_up_s = m.timeout_s + (m.hedge_after_s or 0.0)
+    late, late_billed, late_sent, late_s = _first_break(
+        waves, timeouts(m)[0], kept, [given_up_s] * seq
+    )
     meets = m.faults.chance(calls)
     clean = (1.0 - late) * (1.0 - meets)
     failed = billed = fault_s = 0.0

@@ -23,8 +23,11 @@ is always sent by then, ``h < T``); its answered time is left as the race's, unc
 
 Calls sent together (a vote's samples, a debate's agents in a round) wait for the slowest:
 a wave of ``n`` calls is given up with ``1 - (1 - P(L > T))^n`` and one that answers takes
-``E[max | max <= T]`` of the ``n`` independent latencies (:func:`wave`). Hedged calls are
-left out of that: their waves are timed as one call.
+``E[max | max <= T]`` of the ``n`` independent latencies (:func:`wave`). Each hedged call of
+a wave races its own copy: a call has answered by ``t`` unless it is not in by ``min(t, T)``
+and, from ``h`` on, neither is its copy by ``min(t - h, T)`` (:func:`hedged_answers`); a
+wave is given up with ``1 - (1 - P(L > T)^2)^n`` and one that answers takes the slowest of
+its races, cut at the copies' timeouts (:func:`hedged_wave`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ __all__ = [
     "cut",
     "hedge_rate",
     "hedged",
+    "hedged_answers",
+    "hedged_wave",
     "timeouts",
     "wave",
     "worst_call_price",
@@ -146,11 +151,48 @@ def wave(mean: float, sigma: float, timeout: float, calls: int) -> tuple[float, 
     return late, min(within / (1.0 - late), timeout)
 
 
+@lru_cache(maxsize=64)
+def hedged_answers(
+    mean: float, sigma: float, after: float, timeout: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A hedged call's time to answer, as a table: seconds ``t`` (increasing, from 0) and the
+    chance it has answered by each. What is left, ``P(L > T)^2``, is given up at
+    ``after + timeout``, when the copy's timeout passes too. Needs ``sigma > 0``."""
+    median = mean * math.exp(-sigma * sigma / 2)
+    lo, hi = median * math.exp(-_TAIL_Z * sigma), median * math.exp(_TAIL_Z * sigma)
+    end = after + min(timeout, hi)  # nothing answers later (to within 1e-19)
+    t = np.unique(np.concatenate([np.geomspace(lo, end, _GRID),
+                                  after + np.geomspace(lo, end - after, _GRID)]))  # fmt: skip
+    t = np.concatenate([[0.0], t[t <= end]])
+    first = _survival(np.clip(t, lo, timeout), mean, sigma)
+    copy = np.where(t > after, _survival(np.clip(t - after, lo, timeout), mean, sigma), 1.0)
+    answered = 1.0 - first * copy
+    answered[0] = 0.0
+    return t, np.maximum.accumulate(answered)
+
+
+@lru_cache(maxsize=256)
+def hedged_wave(
+    mean: float, sigma: float, after: float, timeout: float, calls: int
+) -> tuple[float, float]:
+    """(chance a wave of ``calls`` hedged calls is given up, mean seconds of one that is not):
+    the slowest of ``calls`` independent races (:func:`hedged_answers`)."""
+    t, answered = hedged_answers(mean, sigma, after, timeout)
+    all_in = answered**calls  # P(max <= t)
+    kept = float(all_in[-1])
+    if kept <= 0.0:
+        return 1.0, 0.0
+    # E[max; max <= end] = integral_0^end P(t < max <= end) dt
+    return 1.0 - kept, min(_area(kept - all_in, t) / kept, float(t[-1]))
+
+
 def timeouts(m: ModelProfile, calls: int = 1) -> tuple[float, float]:
     """(chance a wave of ``calls`` of ``m``'s calls, sent together, is given up at
-    ``timeout_s``, mean seconds of one that answers in time); see the module's note for a
-    hedged call (its waves are timed as one call's)."""
+    ``timeout_s``, mean seconds of one that answers in time); a hedged call alone: given up
+    when both copies are, its answered time the race's, uncut."""
     if m.hedge_after_s is None:
         return wave(m.latency_s, m.latency_jitter, m.timeout_s, calls)
     late = cut(m.latency_s, m.latency_jitter, m.timeout_s)[0]
-    return late * late, call_latency(m)
+    if calls == 1 or m.latency_jitter == 0.0:  # without jitter every call takes latency_s
+        return 1.0 - (1.0 - late * late) ** calls, call_latency(m)
+    return hedged_wave(m.latency_s, m.latency_jitter, m.hedge_after_s, m.timeout_s, calls)

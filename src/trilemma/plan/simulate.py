@@ -24,7 +24,8 @@ generator of its own so that every other draw is what it would be without it.
 A cascade (``escalate``) draws each attempt with its own model's ``p``, price and
 latency. A model with ``hedge_after_s`` sends an attempt again when its drawn time passes
 ``hedge_after_s`` x its sequential calls, takes the faster copy and pays for both (a routed
-step's branches count the hedges' expected price only). A step whose retries are exhausted
+step's branches count the hedges' expected price only); when the attempt's jittery calls go
+in waves, each call races a copy of its own, and the copies are paid for on average. A step whose retries are exhausted
 fails the run; with ``halt=True`` (the executor's behaviour) the steps that depend on it are
 not run or paid for.
 
@@ -58,7 +59,7 @@ import numpy as np
 
 from trilemma import dag
 from trilemma.plan.estimate import CACHE_HIT_LATENCY_S, attempt_of, breaks, cancel_cost, estimate
-from trilemma.plan.hedge import call_price, cut
+from trilemma.plan.hedge import call_price, hedge_rate, hedged_answers, timeouts
 from trilemma.spec import Simulation, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
 
@@ -226,8 +227,15 @@ class _Try:
     given_up_hedged_s: float = math.inf
     """The same when a hedge was sent: ``hedge_after_s`` later, the copy's timeout."""
     waves: tuple[int, ...] | None = None
-    """Jittery calls sent in waves (not hedged): each wave takes its slowest call's draw,
-    and one that outlasts ``given_up_s`` ends the attempt. None: one draw for the attempt."""
+    """Jittery calls sent in waves: each wave takes its slowest call's draw, and one that
+    outlasts ``given_up_s`` ends the attempt. None: one draw for the attempt."""
+    answers: tuple[np.ndarray, np.ndarray] | None = None
+    """Calls in waves that each race a copy of their own (a hedged model's): the table of
+    :func:`~trilemma.plan.hedge.hedged_answers` their times are drawn from; the copies'
+    expected price is in ``price``, and ``copies`` per call count as calls sent."""
+    copies: float = 0.0
+    race: tuple[float, float] = (math.inf, math.inf)
+    """Such calls' ``hedge_after_s`` and ``timeout_s``."""
     late_calls: tuple[tuple[float, float], ...] = ()
     """Per wave, the calls billed and sent on average when it is the one given up
     (:func:`~trilemma.plan.estimate.breaks`)."""
@@ -339,11 +347,19 @@ def _try_of(wf: Workflow, s: Step, name: str) -> _Try:
     a = attempt_of(m, s.waves)
     waves: tuple[int, ...] | None = None
     late_calls: tuple[tuple[float, float], ...] = ()
-    if a.calls > 1 and m.latency_jitter and m.hedge_after_s is None:  # else one draw serves
-        late = cut(m.latency_s, m.latency_jitter, m.timeout_s)[0]
+    per_call = m.price_per_call  # what a call that answered bills
+    if a.calls > 1 and m.latency_jitter:  # else one draw serves
         waves = s.waves
+        late = timeouts(m)[0]
         late_calls = tuple((billed, sent) for _, billed, sent in breaks(waves, late))
-    return replace(t, fault=a.meets, fault_s=a.fault_s, fault_usd=a.fault_billed * m.price_per_call,
+        if m.hedge_after_s is not None:  # each call races its own copy, not the attempt's
+            t = replace(t, price=call_price(m) * s.calls, hedge=math.inf,
+                        given_up_s=t.given_up_hedged_s, copies=hedge_rate(m),
+                        race=(m.hedge_after_s, m.timeout_s),
+                        answers=hedged_answers(m.latency_s, m.latency_jitter, m.hedge_after_s,
+                                               m.timeout_s))  # fmt: skip
+            per_call = call_price(m)
+    return replace(t, fault=a.meets, fault_s=a.fault_s, fault_usd=a.fault_billed * per_call,
                    fault_calls=a.fault_sent, waves=waves, late_calls=late_calls)  # fmt: skip
 
 
@@ -689,8 +705,10 @@ def _attempts(
         r = sp.route
         go: np.ndarray = trying  # per trajectory, the share of the attempt's calls sent
         slow: Any = None  # given up at its timeout
+        before = None
         if r is None:
             p, price, latency = t.p, t.price, t.latency
+            before = called.copy() if t.copies else None  # to count the copies sent
             jitter = _jitter(t.jitter, n, rng) if t.waves is None else 1.0
             bill = trying * price
             if room is not None:  # the calls whose reservations fit, one after another
@@ -757,6 +775,8 @@ def _attempts(
             branch = go * (r.calls[b] - 1)
             called -= np.where(headless, branch,  # no branch sent, or its waves up to the fault
                                erred * np.maximum(branch - r.fail_calls[b], 0.0))  # fmt: skip
+        if before is not None:  # each call sent raced a copy of its own so often
+            called += (called - before) * t.copies
         failed = slow if erred is None else (erred if slow is None else slow | erred)
         paid += bill
         if refused is None:
@@ -811,7 +831,12 @@ def _wave_draws(
     took, late = np.zeros(n), np.zeros(n, dtype=bool)
     billed, sent = np.zeros(n), np.zeros(n)
     for w, (bills, sends) in zip(waves, t.late_calls, strict=True):
-        slowest = each * np.exp(sigma * _max_normal(w, n, rng) - sigma * sigma / 2)
+        if t.answers is None:
+            slowest = each * np.exp(sigma * _max_normal(w, n, rng) - sigma * sigma / 2)
+        else:  # hedged calls: P(slowest <= s) = answered(s)^w, inverted on the table
+            times, answered = t.answers
+            level = np.exp(np.log1p(-rng.random(n)) / w)
+            slowest = np.where(level > answered[-1], np.inf, np.interp(level, answered, times))
         over = ~late & (slowest > t.given_up_s)
         took += np.where(late, 0.0, np.where(over, t.given_up_s, slowest))
         billed[over], sent[over] = bills, sends
@@ -1027,11 +1052,28 @@ def _waves_one(t: _Try, waves: tuple[int, ...], rnd: random.Random) -> tuple[flo
     from), and the calls it bills if a wave is given up (-1 if none is)."""
     each, took = t.latency / len(waves), 0.0
     for w, (bills, _) in zip(waves, t.late_calls, strict=True):
-        slowest = each * max(_jitter_one(t.jitter, rnd) for _ in range(w))
+        if t.answers is None:
+            slowest = each * max(_jitter_one(t.jitter, rnd) for _ in range(w))
+        else:  # each call races its own copy
+            slowest = max(_race_one(t, rnd) for _ in range(w))
         if slowest > t.given_up_s:
             return took + t.given_up_s, bills
         took += slowest
     return took, -1.0
+
+
+def _race_one(t: _Try, rnd: random.Random) -> float:
+    """A hedged call's seconds, drawn copy by copy: the first answer within its copy's
+    timeout, or inf when both copies outlast theirs."""
+    after, timeout = t.race
+    each = t.latency / len(t.waves or (1,))
+    first = each * _jitter_one(t.jitter, rnd)
+    won = first if first <= timeout else math.inf
+    if first > after:
+        again = each * _jitter_one(t.jitter, rnd)
+        if again <= timeout:
+            won = min(won, after + again)
+    return won
 
 
 def _jitter_one(sigma: float, rnd: random.Random) -> float:

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from trilemma.plan.estimate import Estimate
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
-from trilemma.plan.hedge import timeouts, wave
+from trilemma.plan.hedge import timeouts
 from trilemma.plan.optimize import Candidate, OptimizeResult, meets
 from trilemma.plan.simulate import BudgetFor, SimResult
 from trilemma.plan.thresholds import Threshold
@@ -141,11 +141,12 @@ def wave_assumptions(wf: Workflow) -> list[str]:
     for st in wf.steps:
         m = wf.models[st.model]
         widest = max(st.waves) if st.route is None else 1
-        if widest < 2 or not m.latency_jitter or m.hedge_after_s is not None:
+        if widest < 2 or not m.latency_jitter:
             continue
-        slowest = wave(m.latency_s, m.latency_jitter, m.timeout_s, widest)[1]
+        slowest = timeouts(m, widest)[1]
+        each = "a hedged call" if m.hedge_after_s is not None else "a call"
         lines.append(f"steps.{st.id}: its {widest} calls sent together wait for the slowest, "
-                     f"{slowest:.2f}s on average at latency_jitter {m.latency_jitter:g} (a call "
+                     f"{slowest:.2f}s on average at latency_jitter {m.latency_jitter:g} ({each} "
                      f"{timeouts(m)[1]:.2f}s); the expected latency counts it")  # fmt: skip
     return lines
 
