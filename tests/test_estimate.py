@@ -162,7 +162,7 @@ def test_topological_order_keeps_a_sorted_spec_and_sorts_an_unsorted_one() -> No
 
 
 def test_remaining_path_priorities_do_not_depend_on_the_order_steps_are_listed() -> None:
-    from trilemma.run.executor import _remaining_path
+    from trilemma.plan.slots import remaining_path
 
     def spec(order: list[str]) -> str:
         deps = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
@@ -175,7 +175,8 @@ def test_remaining_path_priorities_do_not_depend_on_the_order_steps_are_listed()
 
     for order in (["a", "b", "c", "d"], ["d", "c", "b", "a"]):
         wf = parse_workflow(spec(order))
-        assert _remaining_path(wf, estimate(wf)) == {"a": 8.0, "b": 7.0, "c": 3.0, "d": 2.0}
+        latency = {r.id: r.latency_s for r in estimate(wf).per_step}
+        assert remaining_path(wf, latency) == {"a": 8.0, "b": 7.0, "c": 3.0, "d": 2.0}
 
 
 @pytest.mark.parametrize(

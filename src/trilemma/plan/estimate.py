@@ -72,6 +72,7 @@ from trilemma.plan.hedge import (
     timeouts,
     worst_call_price,
 )
+from trilemma.plan.slots import may_bind, scheduled
 from trilemma.spec import ModelProfile, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
 
@@ -226,6 +227,10 @@ class Estimate:
     """Longest path with every retry taken."""
     stop: EarlyStop | None = None
     """The spec's early stop, when it has one (the expected figures count it)."""
+    latency_scheduled_s: float | None = None
+    """The critical path when each call holds one of the run's concurrency slots
+    (:func:`trilemma.plan.slots.scheduled`); None where not worked out (the optimizer's
+    configurations)."""
 
     def _expected(
         self, figure: Callable[[StepEstimate], float],
@@ -316,6 +321,10 @@ class Estimate:
             **{k: v for k, v in self.summary().items() if k != "steps"},
         }
 
+    def _scheduled(self) -> dict[str, float]:
+        return {} if self.latency_scheduled_s is None else {
+            "scheduled": _r(self.latency_scheduled_s)}  # fmt: skip
+
     def headline(self) -> dict[str, Any]:
         """The figures a run is judged against: cost, latency and reliability (JSON)."""
         return {
@@ -323,6 +332,7 @@ class Estimate:
             "latency_s": {
                 "critical_path": _r(self.latency_critical_s),
                 "worst": _r(self.latency_worst_s),
+                **self._scheduled(),
             },
             "reliability": self.reliability,
         }
@@ -345,6 +355,7 @@ class Estimate:
                 "critical_path": _r(self.latency_critical_s),
                 "expected": _r(self.latency_expected_s),
                 "worst": _r(self.latency_worst_s),
+                **self._scheduled(),
             },
             "critical_path": list(self.critical_path),
             "reliability": _r(self.reliability),
@@ -683,7 +694,9 @@ def estimate(wf: Workflow) -> Estimate:
     e = assemble(rows, wf.edges(), wf.stop_when, cancel)
     for sid in e.critical_path:
         rows[sid].critical = True
-    return e
+    if not may_bind(wf):  # every call fits in the slots at once: nothing to replay
+        return replace(e, latency_scheduled_s=e.latency_critical_s)
+    return replace(e, latency_scheduled_s=scheduled(wf, {i: r.latency_s for i, r in rows.items()}))
 
 
 def assemble(

@@ -183,6 +183,12 @@ def batch_report(journal: Journal, batch_id: str) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _slotted(latency: dict[str, Any]) -> str:
+    """`` (X s in its slots)`` when the run's concurrency slots lengthen its critical path."""
+    slots, path = latency.get("scheduled"), latency.get("critical_path")
+    return f" ({_s(slots)} in its slots)" if slots and path and slots > path * 1.01 else ""
+
+
 def _summary(run: dict[str, Any], p: dict[str, Any]) -> str:
     cost, latency, calls = p.get("cost_usd", {}), p.get("latency_s", {}), p.get("calls", {})
     ceiling = run["max_cost_usd"]
@@ -190,8 +196,9 @@ def _summary(run: dict[str, Any], p: dict[str, Any]) -> str:
     rows = [
         ("cost", f"{_usd(cost.get('expected'))} expected, {_usd(cost.get('worst'))} worst",
          _usd(run["cost_usd"]), "-" if ceiling is None else f"ceiling {_usd(ceiling)}"),
-        ("latency", f"{_s(latency.get('critical_path'))} critical path, {_s(latency.get('worst'))} "
-         "worst", _s(run["latency_s"]), "-" if deadline is None else f"deadline {_s(deadline)}"),
+        ("latency", f"{_s(latency.get('critical_path'))} critical path{_slotted(latency)}, "
+         f"{_s(latency.get('worst'))} worst", _s(run["latency_s"]),
+         "-" if deadline is None else f"deadline {_s(deadline)}"),
         ("calls", f"{calls.get('expected', '-')} expected, {calls.get('worst', '-')} worst",
          str(run["calls"]), ""),
         ("success", f"{p['reliability'] * 100:.2f}%" if "reliability" in p else "-",

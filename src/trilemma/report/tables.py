@@ -151,6 +151,26 @@ def wave_assumptions(wf: Workflow) -> list[str]:
     return lines
 
 
+def slot_assumptions(wf: Workflow, e: Estimate) -> list[str]:
+    """A line when more calls are ready at once than the run's slots: the critical path
+    takes longer in them (:mod:`trilemma.plan.slots`)."""
+    if not _slots_bind(e):
+        return []
+    limits = [f"{wf.concurrency} slots"] + [
+        f"{m.max_concurrency} for {name}" for name, m in wf.models.items() if m.max_concurrency
+    ]
+    return [f"concurrency: more calls are ready at once than the run's {', '.join(limits)}, so "
+            f"the critical path takes {e.latency_scheduled_s:.2f}s in them, not "
+            f"{e.latency_critical_s:.2f}s (the longest remaining path goes first; the expected "
+            "and worst figures leave the slots out); raise `concurrency:` where the endpoints "
+            "allow"]  # fmt: skip
+
+
+def _slots_bind(e: Estimate) -> bool:
+    """Whether the run's slots lengthen the critical path (by more than 1%)."""
+    return e.latency_scheduled_s is not None and e.latency_scheduled_s > e.latency_critical_s * 1.01
+
+
 def retry_assumptions(wf: Workflow) -> list[str]:
     """A line when a step retries: the expected and worst latencies count the backoff waits."""
     if not any(st.retries for st in wf.steps):
@@ -187,6 +207,10 @@ def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
         elif e.latency_critical_s > b.deadline_s:
             lines.append(f"deadline: the critical path ({e.latency_critical_s:.2f}s) is over "
                          f"{d}, so every run that goes to the end is cut")  # fmt: skip
+        elif _slots_bind(e) and e.latency_scheduled_s > b.deadline_s:  # type: ignore[operator]
+            lines.append(f"deadline: in the run's concurrency slots the critical path takes "
+                         f"{e.latency_scheduled_s:.2f}s, over {d}, so every run that goes to the "
+                         "end is cut")  # fmt: skip
         else:
             lines.append(f"deadline: the worst path ({e.latency_worst_s:.2f}s) does not fit "
                          f"{d}: slow or retried runs are cut; `trilemma simulate` says how many, "
@@ -468,8 +492,9 @@ def run_view(r: Any, under: SimResult | None = None) -> Group:
     t.add_row(
         "cost", f"{_usd(p.cost_expected)} expected, {_usd(p.cost_worst)} worst", _usd(r.cost_usd)
     )
-    t.add_row("latency", f"{p.latency_critical_s:.2f}s critical path, {p.latency_worst_s:.2f}s worst",
-              f"{r.latency_s:.2f}s")  # fmt: skip
+    slotted = f" ({p.latency_scheduled_s:.2f}s in its slots)" if _slots_bind(p) else ""
+    t.add_row("latency", f"{p.latency_critical_s:.2f}s critical path{slotted}, "
+              f"{p.latency_worst_s:.2f}s worst", f"{r.latency_s:.2f}s")  # fmt: skip
     t.add_row("calls", f"{p.calls_expected:.2f} expected, {p.calls_worst} worst", str(r.calls))
     t.add_row("success", _pct(p.reliability), r.status)
     if under is not None:

@@ -32,7 +32,6 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from trilemma import dag
 from trilemma.cache.keys import step_settings
 from trilemma.cache.lookup import Cache, Hit
 from trilemma.cache.semantic import Embedder
@@ -53,6 +52,7 @@ from trilemma.journal.store import (
     messages_json,
 )
 from trilemma.plan.estimate import Estimate
+from trilemma.plan.slots import remaining_path
 from trilemma.providers.base import Completion, Message, Provider, Request, cost_of, worst_case_cost
 from trilemma.providers.sim import simulated_pick
 from trilemma.run.budget import Clock, Reservation, SpendGuard
@@ -313,7 +313,7 @@ class Executor:
         self.predicted = predicted
         self.resume_from: dict[str, tuple[int, int]] = {}
         """Per step: (the attempt to start at, attempts left), for a resumed run."""
-        self.priority = _remaining_path(wf, self.predicted)
+        self.priority = remaining_path(wf, {r.id: r.latency_s for r in self.predicted.per_step})
         self.slots = PriorityLimiter(wf.concurrency)
         self._rank = lambda st: -self.priority[st.id]
         self._children: dict[str, list[Step]] = {st.id: [] for st in wf.steps}
@@ -886,17 +886,3 @@ def _tokens(calls: list[dict[str, Any]], field: str) -> int | None:
 def _fill(template: str, step: str, attempt: int) -> str:
     """A simulated answer: ``{step}`` and ``{attempt}`` replaced, other braces kept (JSON)."""
     return template.replace("{step}", step).replace("{attempt}", str(attempt))
-
-
-def _remaining_path(wf: Workflow, e: Estimate) -> dict[str, float]:
-    """Each step's latency plus the longest path below it: the scheduling priority."""
-    latency = {r.id: r.latency_s for r in e.per_step}
-    graph = wf.edges()
-    below: dict[str, float] = dict.fromkeys(graph, 0.0)  # the longest path below each step
-    out: dict[str, float] = {}
-    for sid in reversed(dag.topo_order(graph)):
-        total = out[sid] = latency[sid] + below[sid]
-        for d in graph[sid]:
-            if total > below[d]:
-                below[d] = total
-    return out

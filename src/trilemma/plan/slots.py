@@ -1,0 +1,150 @@
+"""The critical path under a run's concurrency limits: each call holds a slot while it runs.
+
+The seed's latency is the longest path through the DAG, as if every ready call could go
+at once. The executor sends each call through one pool of ``concurrency`` slots (default
+16) and its model's ``max_concurrency`` (a call holds its global slot while it waits for
+its model's), the calls of the steps with the longest remaining path first. When more
+calls are ready than slots, the run takes longer than the critical path: forty parallel
+one-second steps under the default 16 slots take 3 s, not 1 s.
+
+:func:`scheduled` replays that schedule on the critical path's own figures (each step's
+first attempt, every call at its model's ``latency_s``, a step's waves one after another,
+a routed step's classifier then its slowest branch, a certain cache hit its lookup and no
+slot). Without limits that bind, it is the critical path. Requests and tokens per minute
+are left out: their buckets start a minute's worth full, so they bind only runs that send
+more than that.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Mapping
+
+from trilemma import dag
+from trilemma.spec import Step, Workflow
+
+__all__ = ["may_bind", "remaining_path", "scheduled"]
+
+Wave = tuple[str, int, float]
+"""A wave of a step's calls: their model, how many, and the seconds each takes."""
+
+
+def remaining_path(wf: Workflow, latency: Mapping[str, float]) -> dict[str, float]:
+    """Each step's ``latency`` plus the longest path below it: the executor's priority."""
+    graph = wf.edges()
+    below: dict[str, float] = dict.fromkeys(graph, 0.0)  # the longest path below each step
+    out: dict[str, float] = {}
+    for sid in reversed(dag.topo_order(graph)):
+        total = out[sid] = latency[sid] + below[sid]
+        for d in graph[sid]:
+            if total > below[d]:
+                below[d] = total
+    return out
+
+
+def may_bind(wf: Workflow) -> bool:
+    """Whether the slots could ever hold up a call: not when every call of every step's
+    first attempt fits in them at once (then :func:`scheduled` is the critical path)."""
+    calls: dict[str, int] = {}
+    for st in wf.steps:
+        calls[st.model] = calls.get(st.model, 0) + st.calls  # a routed step's branches too
+    if sum(calls.values()) > wf.concurrency:
+        return True
+    limits = {n: m.max_concurrency for n, m in wf.models.items() if m.max_concurrency}
+    return any(calls.get(n, 0) > k for n, k in limits.items()) or (
+        bool(limits) and any(st.route is not None for st in wf.steps)
+    )
+
+
+def waves_of(wf: Workflow, step: Step) -> list[Wave]:
+    """The calls of ``step``'s first attempt, wave by wave (none for a certain cache hit)."""
+    rule = step.cache_rule
+    if rule is not None and rule.hit_rate >= 1.0:
+        return []
+    if step.route is None:
+        seconds = wf.models[step.model].latency_s
+        return [(step.model, w, seconds) for w in step.waves]
+    branches = [step.branch_step(label) for label in step.route]
+    slowest = max(branches, key=lambda b: wf.models[b.model].latency_s * b.sequential_calls)
+    head: Wave = (step.model, 1, wf.models[step.model].latency_s)
+    return [head, *waves_of(wf, slowest)]
+
+
+def scheduled(wf: Workflow, latency: Mapping[str, float]) -> float:
+    """Seconds the critical path takes when each call holds one of the run's slots, given
+    each step's ``latency`` on the critical path (its priority, and a cache hit's time)."""
+    priority = remaining_path(wf, latency)
+    children: dict[str, list[str]] = {s.id: [] for s in wf.steps}
+    for s in wf.steps:
+        for d in s.after:
+            children[d].append(s.id)
+    waves = {s.id: waves_of(wf, s) for s in wf.steps}
+    waiting = {s.id: len(s.after) for s in wf.steps}
+    free = wf.concurrency
+    model_free = {name: m.max_concurrency or math.inf for name, m in wf.models.items()}
+    order = itertools.count()
+    queued: list[tuple[float, int, str, str, float]] = []  # for a global slot
+    held: dict[str, list[tuple[float, int, str, float]]] = {n: [] for n in wf.models}
+    events: list[tuple[float, int, str, str]] = []  # (time, order, step, model or "")
+    left: dict[str, int] = {}  # calls of the step's current wave still running
+    at: dict[str, int] = {}  # the step's current wave
+
+    def start_wave(sid: str, now: float) -> None:
+        j = at[sid]
+        if j == len(waves[sid]):  # its last wave answered
+            finish(sid, now)
+            return
+        model, width, seconds = waves[sid][j]
+        left[sid] = width
+        for _ in range(width):
+            heapq.heappush(queued, (-priority[sid], next(order), sid, model, seconds))
+
+    def finish(sid: str, now: float) -> None:
+        for child in children[sid]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                begin(child, now)
+
+    def begin(sid: str, now: float) -> None:
+        at[sid] = 0
+        if waves[sid]:
+            start_wave(sid, now)
+        else:  # a cache hit: its lookup, no slot
+            heapq.heappush(events, (now + latency[sid], next(order), sid, ""))
+
+    def dispatch(now: float) -> None:
+        nonlocal free
+        while free > 0 and queued:
+            prio, _, sid, model, seconds = heapq.heappop(queued)
+            free -= 1
+            if model_free[model] > 0:
+                model_free[model] -= 1
+                heapq.heappush(events, (now + seconds, next(order), sid, model))
+            else:  # it waits for its model holding its global slot, as the executor's calls do
+                heapq.heappush(held[model], (prio, next(order), sid, seconds))
+
+    for s in wf.steps:
+        if not s.after:
+            begin(s.id, 0.0)
+    end = 0.0
+    dispatch(0.0)
+    while events:
+        now, _, sid, model = heapq.heappop(events)
+        end = now
+        if not model:  # a cache hit's lookup
+            finish(sid, now)
+        else:
+            free += 1
+            if held[model]:  # the model's slot passes to the best call waiting for it
+                _, _, other, seconds = heapq.heappop(held[model])
+                heapq.heappush(events, (now + seconds, next(order), other, model))
+            else:
+                model_free[model] += 1
+            left[sid] -= 1
+            if left[sid] == 0:
+                at[sid] += 1
+                start_wave(sid, now)
+        dispatch(now)
+    return end

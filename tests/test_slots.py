@@ -1,0 +1,137 @@
+"""The critical path under the run's concurrency slots, replayed as the executor schedules.
+
+Each call holds one of ``concurrency`` slots (and its model's ``max_concurrency``) while it
+runs; when more calls are ready than slots, the longest remaining path goes first. The
+planner's ``latency_s.scheduled`` replays that and the executor measures the same.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trilemma import estimate, parse_workflow
+from trilemma.journal import Journal
+from trilemma.plan import slots
+from trilemma.plan.slots import may_bind
+from trilemma.run.session import execute
+from trilemma.spec import Workflow
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def spec(steps: list[str], concurrency: int | None = 16, model: str = "") -> Workflow:
+    head = "version: 1\n" + (f"concurrency: {concurrency}\n" if concurrency else "")
+    return parse_workflow(
+        head + f"models:\n  m: {{usd_per_call: 0.01, latency_s: 1.0, p_ok: 1.0{model}}}\n"
+        "steps:\n" + "\n".join(f"  - {s}" for s in steps) + "\n"
+    )
+
+
+def wide(n: int, **kw: Any) -> Workflow:
+    return spec([f"{{id: s{i}, model: m}}" for i in range(n)], **kw)
+
+
+def scheduled(wf: Workflow) -> float:
+    s = estimate(wf).latency_scheduled_s
+    assert s is not None
+    return s
+
+
+WORKFLOWS = sorted(p for p in EXAMPLES.glob("*.yaml") if p.name != "gateway.yaml")  # a gateway's
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_where_no_limit_binds_it_is_the_critical_path(path: Path) -> None:
+    wf = parse_workflow(path.read_text())
+    e = estimate(wf)
+    assert e.latency_scheduled_s == pytest.approx(e.latency_critical_s, abs=1e-9)
+
+
+def test_calls_wait_for_a_free_slot() -> None:
+    assert scheduled(wide(40)) == pytest.approx(3.0)  # 16, 16, then 8
+    assert scheduled(wide(40, concurrency=40)) == pytest.approx(1.0)
+    assert scheduled(wide(16)) == pytest.approx(1.0)
+    assert scheduled(wide(40, concurrency=100, model=", max_concurrency: 10")) == pytest.approx(4.0)
+    # a vote's five samples in two slots: 2, 2, then 1
+    assert scheduled(spec(["{id: v, model: m, vote: {samples: 5}}"], 2)) == pytest.approx(3.0)
+    # a debate's round waits for all its agents, then the judge
+    debate = spec(["{id: d, model: m, debate: {agents: 3, rounds: 2, judge: true}}"], 2)
+    assert scheduled(debate) == pytest.approx(5.0)  # 2 + 2 a round, then the judge
+
+
+def test_the_longest_remaining_path_goes_first() -> None:
+    """A four-step chain beside twelve lone steps in two slots: the chain is never kept
+    waiting, so the run takes the sixteen calls' share of the slots, 8 s, not 4 + 6."""
+    chain = [f"{{id: c{i}, model: m{', after: [c' + str(i - 1) + ']' if i else ''}}}" for i in range(4)]
+    lone = [f"{{id: x{i}, model: m}}" for i in range(12)]
+    assert scheduled(spec(chain + lone, 2)) == pytest.approx(8.0)
+    assert scheduled(spec(chain + lone, 1)) == pytest.approx(16.0)
+
+
+@pytest.mark.parametrize(("concurrency", "limit"), [(3, ""), (6, ", max_concurrency: 1")])
+def test_the_executor_takes_the_scheduled_time(tmp_path: Path, concurrency: int, limit: str) -> None:
+    """A random DAG of votes and calls on two models, in three slots (or six, one model
+    limited to one call at a time, its calls holding a global slot while they wait for it):
+    the run's measured latency against the replay (0.05 s calls; timer slack aside)."""
+    rng = random.Random(5)
+    steps = []
+    for i in range(30):
+        after = sorted({f"s{rng.randrange(i)}" for _ in range(rng.randint(0, 2))}) if i else []
+        kind = ", vote: {samples: 3}" if rng.random() < 0.3 else ""
+        model = "n" if rng.random() < 0.4 else "m"
+        steps.append(f"{{id: s{i}, model: {model}, after: [{', '.join(after)}]{kind}}}")
+    wf = parse_workflow(
+        f"version: 1\nconcurrency: {concurrency}\nmodels:\n"
+        "  m: {usd_per_call: 0.01, latency_s: 0.05, p_ok: 1.0}\n"
+        f"  n: {{usd_per_call: 0.01, latency_s: 0.03, p_ok: 1.0{limit}}}\n"
+        "steps:\n" + "\n".join(f"  - {s}" for s in steps) + "\n"
+    )
+    e = estimate(wf)
+    assert e.latency_scheduled_s is not None
+    assert e.latency_scheduled_s > 1.3 * e.latency_critical_s  # the slots bind
+    r = execute(wf, journal=Journal(tmp_path / "j.db"), seed=1)
+    assert r.status == "ok"
+    assert r.latency_s == pytest.approx(e.latency_scheduled_s, rel=0.1)
+
+
+def test_estimate_and_run_say_the_slots_bind(cli: Any, write: Any, tmp_path: Path) -> None:
+    path = write("version: 1\nmodels:\n  m: {usd_per_call: 0.0, latency_s: 0.02, p_ok: 1.0}\n"
+                 "steps:\n" + "\n".join(f"  - {{id: s{i}, model: m}}" for i in range(40)) + "\n")  # fmt: skip
+    r = cli("estimate", path)
+    assert r.code == 0 and "critical path takes 0.06s in them, not 0.02s" in r.out
+    assert cli("estimate", path, "--json").json()["latency_s"]["scheduled"] == pytest.approx(0.06)
+    run = cli("run", path, "--journal", tmp_path / "j.db")
+    assert run.code == 0 and "(0.06s in its slots)" in run.out
+    doc = cli("run", path, "--journal", tmp_path / "j.db", "--json").json()
+    assert doc["predicted"]["latency_s"]["scheduled"] == pytest.approx(0.06)
+    page = tmp_path / "run.html"
+    assert cli("report", doc["run_id"], "--journal", tmp_path / "j.db", "--out", page).code == 0
+    assert "0.02s critical path (0.06s in its slots)" in page.read_text()
+    calm = cli("estimate", EXAMPLES / "ticket.yaml")
+    assert "concurrency:" not in calm.out
+
+
+def test_a_spec_whose_calls_all_fit_at_once_is_not_replayed() -> None:
+    """``may_bind`` spares the replay (every run estimates its spec first) only where the
+    replay could not differ from the critical path."""
+    assert not may_bind(wide(16)) and may_bind(wide(17))
+    assert may_bind(wide(8, concurrency=100, model=", max_concurrency: 4"))
+    rng = random.Random(8)
+    spared = 0
+    for _ in range(60):
+        n = rng.randint(1, 12)
+        steps = [f"{{id: s{i}, model: m, after: [{', '.join(sorted({f's{rng.randrange(i)}' for _ in range(rng.randint(0, 2))}) if i else [])}]"
+                 f"{rng.choice(['', ', vote: {samples: 3}', ', debate: {agents: 2, rounds: 2}'])}}}"
+                 for i in range(n)]  # fmt: skip
+        wf = spec(steps, rng.randint(1, 20))
+        e = estimate(wf)
+        replayed = slots.scheduled(wf, {r.id: r.latency_s for r in e.per_step})
+        assert e.latency_scheduled_s == pytest.approx(replayed)
+        if not may_bind(wf):
+            spared += 1
+            assert replayed == pytest.approx(e.latency_critical_s)
+    assert spared > 10
