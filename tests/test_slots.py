@@ -63,6 +63,21 @@ def test_calls_wait_for_a_free_slot() -> None:
     assert scheduled(debate) == pytest.approx(5.0)  # 2 + 2 a round, then the judge
 
 
+def test_the_expected_and_worst_figures_are_replayed_too() -> None:
+    """Each step's calls stretched to its expected (or worst) latency and replayed: forty
+    one-second steps that always pass take 3 s expected and worst, not 1 s; with retries
+    the expected figure is a lower bound (a retry's backoff holds no slot)."""
+    e = estimate(wide(40))
+    assert (e.latency_expected_s, e.latency_worst_s) == pytest.approx((3.0, 3.0))
+    steps = [f"{{id: s{i}, model: m, retries: 2}}" for i in range(40)]
+    slotted, alone = (estimate(parse_workflow(spec(steps, c).model_dump_json()
+                                              .replace('"p_ok":1.0', '"p_ok":0.8')))
+                      for c in (16, 100))  # fmt: skip
+    assert alone.latency_expected_s > 1.0  # the retries and their backoff
+    assert slotted.latency_expected_s > 2.9 * alone.latency_expected_s
+    assert slotted.latency_worst_s > 2.9 * alone.latency_worst_s
+
+
 def test_the_longest_remaining_path_goes_first() -> None:
     """A four-step chain beside twelve lone steps in two slots: the chain is never kept
     waiting, so the run takes the sixteen calls' share of the slots, 8 s, not 4 + 6."""
@@ -113,6 +128,9 @@ def test_estimate_and_run_say_the_slots_bind(cli: Any, write: Any, tmp_path: Pat
     assert "0.02s critical path (0.06s in its slots)" in page.read_text()
     calm = cli("estimate", EXAMPLES / "ticket.yaml")
     assert "concurrency:" not in calm.out
+    mc = cli("simulate", path, "--runs", "1000")
+    assert mc.code == 0 and "the Monte Carlo does not" in " ".join(mc.out.split())
+    assert "slots" not in cli("simulate", EXAMPLES / "ticket.yaml", "--runs", "1000").out
 
 
 def test_a_spec_whose_calls_all_fit_at_once_is_not_replayed() -> None:

@@ -222,9 +222,11 @@ class Estimate:
     latency_critical_s: float
     """Longest path, no retries."""
     latency_expected_s: float
-    """Longest path of expected step latencies (a lower bound on the expected latency)."""
+    """Longest path of expected step latencies (a lower bound on the expected latency); from
+    :func:`estimate`, replayed in the run's concurrency slots where they may bind (without a
+    ``stop_when``)."""
     latency_worst_s: float
-    """Longest path with every retry taken."""
+    """Longest path with every retry taken (replayed in the slots as the expected one is)."""
     stop: EarlyStop | None = None
     """The spec's early stop, when it has one (the expected figures count it)."""
     latency_scheduled_s: float | None = None
@@ -696,7 +698,17 @@ def estimate(wf: Workflow) -> Estimate:
         rows[sid].critical = True
     if not may_bind(wf):  # every call fits in the slots at once: nothing to replay
         return replace(e, latency_scheduled_s=e.latency_critical_s)
-    return replace(e, latency_scheduled_s=scheduled(wf, {i: r.latency_s for i, r in rows.items()}))
+    latency = {i: r.latency_s for i, r in rows.items()}
+    e = replace(e, latency_scheduled_s=scheduled(wf, latency))
+    if e.stop is not None:  # a stop's races are the estimate's own; the slots leave them be
+        return e
+
+    def replayed(field: str) -> float:  # each step's calls stretched to its figure
+        return scheduled(wf, latency, {i: getattr(r, field) / r.latency_s if r.latency_s > 0
+                                       else 1.0 for i, r in rows.items()})  # fmt: skip
+
+    return replace(e, latency_expected_s=max(e.latency_expected_s, replayed("latency_expected_s")),
+                   latency_worst_s=max(e.latency_worst_s, replayed("latency_worst_s")))
 
 
 def assemble(

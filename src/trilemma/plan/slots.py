@@ -10,9 +10,11 @@ one-second steps under the default 16 slots take 3 s, not 1 s.
 :func:`scheduled` replays that schedule on the critical path's own figures (each step's
 first attempt, every call at its model's ``latency_s``, a step's waves one after another,
 a routed step's classifier then its slowest branch, a certain cache hit its lookup and no
-slot). Without limits that bind, it is the critical path. Requests and tokens per minute
-are left out: their buckets start a minute's worth full, so they bind only runs that send
-more than that.
+slot). Without limits that bind, it is the critical path. Replayed again with each step's
+calls stretched to its expected latency (retries, backoff, waves' slowest calls), it is the
+expected latency in the slots: an approximation, as a retry's backoff holds no slot.
+Requests and tokens per minute are left out: their buckets start a minute's worth full, so
+they bind only runs that send more than that.
 """
 
 from __future__ import annotations
@@ -72,15 +74,21 @@ def waves_of(wf: Workflow, step: Step) -> list[Wave]:
     return [head, *waves_of(wf, slowest)]
 
 
-def scheduled(wf: Workflow, latency: Mapping[str, float]) -> float:
+def scheduled(
+    wf: Workflow, latency: Mapping[str, float], stretch: Mapping[str, float] | None = None
+) -> float:
     """Seconds the critical path takes when each call holds one of the run's slots, given
-    each step's ``latency`` on the critical path (its priority, and a cache hit's time)."""
+    each step's ``latency`` on the critical path (its priority, and a cache hit's time);
+    ``stretch``: a factor on each step's call times (its expected latency over its critical
+    one, to replay the expected figures)."""
     priority = remaining_path(wf, latency)
     children: dict[str, list[str]] = {s.id: [] for s in wf.steps}
     for s in wf.steps:
         for d in s.after:
             children[d].append(s.id)
     waves = {s.id: waves_of(wf, s) for s in wf.steps}
+    if stretch is not None:
+        waves = {i: [(m, w, t * stretch[i]) for m, w, t in ws] for i, ws in waves.items()}
     waiting = {s.id: len(s.after) for s in wf.steps}
     free = wf.concurrency
     model_free = {name: m.max_concurrency or math.inf for name, m in wf.models.items()}
