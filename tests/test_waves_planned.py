@@ -241,7 +241,8 @@ def test_the_slowest_of_a_wave_is_drawn_in_one_draw_whatever_its_width() -> None
         direct = rng.standard_normal((400_000, calls)).max(axis=1)
         assert inverted.mean() == pytest.approx(direct.mean(), abs=0.006)
         assert np.percentile(inverted, 99) == pytest.approx(np.percentile(direct, 99), abs=0.03)
-    wide = parse_workflow(JITTERY.replace("agents: 6, rounds: 2", "agents: 1000, rounds: 50"))
+    wide = parse_workflow(JITTERY.replace("agents: 6, rounds: 2", "agents: 1000, rounds: 50")
+                          .replace("concurrency: 100", "concurrency: 10000"))  # all at once
     r = simulate(wide, 50_000, seed=14)  # 50,001 calls a run, drawn as 51 waves
     assert r.latency_s.mean == pytest.approx(estimate(wide).latency_expected_s, rel=0.002)
 

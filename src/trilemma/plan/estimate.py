@@ -703,12 +703,11 @@ def estimate(wf: Workflow) -> Estimate:
     if e.stop is not None:  # a stop's races are the estimate's own; the slots leave them be
         return e
 
-    def replayed(field: str) -> float:  # each step's calls stretched to its figure
-        return scheduled(wf, latency, {i: getattr(r, field) / r.latency_s if r.latency_s > 0
-                                       else 1.0 for i, r in rows.items()})  # fmt: skip
-
-    return replace(e, latency_expected_s=max(e.latency_expected_s, replayed("latency_expected_s")),
-                   latency_worst_s=max(e.latency_worst_s, replayed("latency_worst_s")))
+    # each step's calls held as often as its attempts are sent: on average, and every retry
+    expected = scheduled(wf, latency, {i: max(r.attempts_expected, 1.0) for i, r in rows.items()})
+    worst = scheduled(wf, latency, {i: 1.0 + r.retries for i, r in rows.items()})
+    return replace(e, latency_expected_s=max(e.latency_expected_s, expected),
+                   latency_worst_s=max(e.latency_worst_s, worst))
 
 
 def assemble(

@@ -186,11 +186,29 @@ def optimize(
         raise UsageError("--max-retries: must be 0 or more")
     budget = budget or wf.budget
     if budget_on == "enforced":
-        return _enforced(wf, budget, max_retries, method, beam_width)
-    found = _search(wf, budget, budget_on, max_retries, method, beam_width)
-    if budget_on == "expected" and _stops(wf):
-        return _with_stops(wf, found)
-    return found
+        found = _enforced(wf, budget, max_retries, method, beam_width)
+    else:
+        found = _search(wf, budget, budget_on, max_retries, method, beam_width)
+        if budget_on == "expected" and _stops(wf):
+            found = _with_stops(wf, found)
+    return _slots_noted(found)
+
+
+def _slots_noted(found: OptimizeResult) -> OptimizeResult:
+    """The result, with a note when the chosen spec's calls do not all fit in its run's
+    concurrency slots: the search weighs latencies without them (:mod:`trilemma.plan.slots`)."""
+    e, spec = found.best_estimate, found.best
+    if e is None or spec is None or e.latency_scheduled_s is None:
+        return found
+    if e.latency_scheduled_s <= e.latency_critical_s * 1.01:
+        return found
+    note = (f"concurrency: the search weighs latencies as if every ready call could go at once; "
+            f"in the chosen spec's {spec.concurrency} slots its critical path takes "
+            f"{e.latency_scheduled_s:.2f}s, not {e.latency_critical_s:.2f}s")
+    deadline = found.budget.deadline_s
+    if deadline is not None and e.latency_scheduled_s > deadline:
+        note += f", over the {deadline:g}s latency budget; raise `concurrency:` if you can"
+    return replace(found, notes=(*found.notes, note))
 
 
 def _search(

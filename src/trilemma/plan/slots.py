@@ -11,8 +11,10 @@ one-second steps under the default 16 slots take 3 s, not 1 s.
 first attempt, every call at its model's ``latency_s``, a step's waves one after another,
 a routed step's classifier then its slowest branch, a certain cache hit its lookup and no
 slot). Without limits that bind, it is the critical path. Replayed again with each step's
-calls stretched to its expected latency (retries, backoff, waves' slowest calls), it is the
-expected latency in the slots: an approximation, as a retry's backoff holds no slot.
+calls held as long as its attempts are sent (on average, or all of them), it bounds the
+expected and worst latencies from below: a retry's backoff holds no slot and is left out,
+and so is the jitter that makes a wave wait for its slowest call (the longest path of the
+expected figures counts those, and the estimate takes the larger).
 Requests and tokens per minute are left out: their buckets start a minute's worth full, so
 they bind only runs that send more than that.
 """
@@ -79,8 +81,8 @@ def scheduled(
 ) -> float:
     """Seconds the critical path takes when each call holds one of the run's slots, given
     each step's ``latency`` on the critical path (its priority, and a cache hit's time);
-    ``stretch``: a factor on each step's call times (its expected latency over its critical
-    one, to replay the expected figures)."""
+    ``stretch``: a factor on each step's call times (the attempts it sends, to replay the
+    expected and worst figures)."""
     priority = remaining_path(wf, latency)
     children: dict[str, list[str]] = {s.id: [] for s in wf.steps}
     for s in wf.steps:
