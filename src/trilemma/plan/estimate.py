@@ -72,7 +72,7 @@ from trilemma.plan.hedge import (
     timeouts,
     worst_call_price,
 )
-from trilemma.plan.slots import may_bind, scheduled
+from trilemma.plan.slots import SLOTS_BIND, may_bind, scheduled
 from trilemma.spec import ModelProfile, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
 
@@ -322,6 +322,12 @@ class Estimate:
             "per_step": [s.to_json() for s in self.per_step],
             **{k: v for k, v in self.summary().items() if k != "steps"},
         }
+
+    @property
+    def slots_bind(self) -> bool:
+        """Whether the run's concurrency slots lengthen the critical path (by more than 1%)."""
+        slotted = self.latency_scheduled_s
+        return slotted is not None and slotted > self.latency_critical_s * SLOTS_BIND
 
     def _scheduled(self) -> dict[str, float]:
         return {} if self.latency_scheduled_s is None else {

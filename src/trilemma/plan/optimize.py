@@ -198,9 +198,7 @@ def _slots_noted(found: OptimizeResult) -> OptimizeResult:
     """The result, with a note when the chosen spec's calls do not all fit in its run's
     concurrency slots: the search weighs latencies without them (:mod:`trilemma.plan.slots`)."""
     e, spec = found.best_estimate, found.best
-    if e is None or spec is None or e.latency_scheduled_s is None:
-        return found
-    if e.latency_scheduled_s <= e.latency_critical_s * 1.01:
+    if e is None or spec is None or e.latency_scheduled_s is None or not e.slots_bind:
         return found
     note = (f"concurrency: the search weighs latencies as if every ready call could go at once; "
             f"in the chosen spec's {spec.concurrency} slots its critical path takes "

@@ -25,9 +25,9 @@ A cascade (``escalate``) draws each attempt with its own model's ``p``, price an
 latency. A model with ``hedge_after_s`` sends an attempt again when its drawn time passes
 ``hedge_after_s`` x its sequential calls, takes the faster copy and pays for both (a routed
 step's branches count the hedges' expected price only); when the attempt's jittery calls go
-in waves, each call races a copy of its own, and the copies are paid for on average. A step whose retries are exhausted
-fails the run; with ``halt=True`` (the executor's behaviour) the steps that depend on it are
-not run or paid for.
+in waves, each call races a copy of its own, and the copies are paid for on average. A step
+whose retries are exhausted fails the run; with ``halt=True`` (the executor's behaviour) the
+steps that depend on it are not run or paid for.
 
 An early stop (``stop_when: S``): in a trajectory where ``S`` passes its gate, the
 steps not finished by then are neither paid for nor counted, and the run ends
@@ -234,6 +234,7 @@ class _Try:
     :func:`~trilemma.plan.hedge.hedged_answers` their times are drawn from; the copies'
     expected price is in ``price``, and ``copies`` per call count as calls sent."""
     copies: float = 0.0
+    """Copies such calls send on average (the chance each is hedged)."""
     race: tuple[float, float] = (math.inf, math.inf)
     """Such calls' ``hedge_after_s`` and ``timeout_s``."""
     late_calls: tuple[tuple[float, float], ...] = ()

@@ -29,7 +29,10 @@ from collections.abc import Mapping
 from trilemma import dag
 from trilemma.spec import Step, Workflow
 
-__all__ = ["may_bind", "remaining_path", "scheduled"]
+__all__ = ["SLOTS_BIND", "may_bind", "remaining_path", "scheduled"]
+
+SLOTS_BIND = 1.01
+"""The slots bind when they lengthen the critical path past this factor (rounding aside)."""
 
 Wave = tuple[str, int, float]
 """A wave of a step's calls: their model, how many, and the seconds each takes."""

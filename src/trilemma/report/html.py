@@ -19,6 +19,7 @@ from typing import Any
 from trilemma import __version__
 from trilemma.errors import UsageError
 from trilemma.journal import Journal
+from trilemma.plan.slots import SLOTS_BIND
 from trilemma.report.plots import batch_png, timeline_png
 from trilemma.report.tables import LEDGER_KEYS, ledger_row
 
@@ -186,7 +187,7 @@ def batch_report(journal: Journal, batch_id: str) -> str:
 def _slotted(latency: dict[str, Any]) -> str:
     """`` (X s in its slots)`` when the run's concurrency slots lengthen its critical path."""
     slots, path = latency.get("scheduled"), latency.get("critical_path")
-    return f" ({_s(slots)} in its slots)" if slots and path and slots > path * 1.01 else ""
+    return f" ({_s(slots)} in its slots)" if slots and path and slots > path * SLOTS_BIND else ""
 
 
 def _summary(run: dict[str, Any], p: dict[str, Any]) -> str:

@@ -154,7 +154,7 @@ def wave_assumptions(wf: Workflow) -> list[str]:
 def slot_assumptions(wf: Workflow, e: Estimate) -> list[str]:
     """A line when more calls are ready at once than the run's slots: the critical path
     takes longer in them (:mod:`trilemma.plan.slots`)."""
-    if not _slots_bind(e):
+    if not e.slots_bind:
         return []
     limits = [f"{wf.concurrency} slots"] + [
         f"{m.max_concurrency} for {name}" for name, m in wf.models.items() if m.max_concurrency
@@ -164,11 +164,6 @@ def slot_assumptions(wf: Workflow, e: Estimate) -> list[str]:
             f"{e.latency_critical_s:.2f}s (the longest remaining path goes first; the expected "
             "and worst latencies are replayed in them too, the Monte Carlo's are not); raise "
             "`concurrency:` where the endpoints allow"]  # fmt: skip
-
-
-def _slots_bind(e: Estimate) -> bool:
-    """Whether the run's slots lengthen the critical path (by more than 1%)."""
-    return e.latency_scheduled_s is not None and e.latency_scheduled_s > e.latency_critical_s * 1.01
 
 
 def retry_assumptions(wf: Workflow) -> list[str]:
@@ -207,7 +202,7 @@ def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
         elif e.latency_critical_s > b.deadline_s:
             lines.append(f"deadline: the critical path ({e.latency_critical_s:.2f}s) is over "
                          f"{d}, so every run that goes to the end is cut")  # fmt: skip
-        elif _slots_bind(e) and e.latency_scheduled_s > b.deadline_s:  # type: ignore[operator]
+        elif e.slots_bind and (e.latency_scheduled_s or 0.0) > b.deadline_s:
             lines.append(f"deadline: in the run's concurrency slots the critical path takes "
                          f"{e.latency_scheduled_s:.2f}s, over {d}, so every run that goes to the "
                          "end is cut")  # fmt: skip
@@ -256,7 +251,7 @@ def simulate_table(r: SimResult, e: Estimate) -> Table:
     if r.max_cost_usd is not None:
         t.caption += (f"; the {_usd(r.max_cost_usd)} ceiling stopped "
                       f"{_pct(r.ceiling_hits / r.runs)} of runs (budget_exhausted: failed)")  # fmt: skip
-    if _slots_bind(e):
+    if e.slots_bind:
         t.caption += ("; the run's concurrency slots hold calls up, which the analytic latency "
                       "counts and the Monte Carlo does not (see `trilemma estimate`)")
     return t
@@ -495,7 +490,7 @@ def run_view(r: Any, under: SimResult | None = None) -> Group:
     t.add_row(
         "cost", f"{_usd(p.cost_expected)} expected, {_usd(p.cost_worst)} worst", _usd(r.cost_usd)
     )
-    slotted = f" ({p.latency_scheduled_s:.2f}s in its slots)" if _slots_bind(p) else ""
+    slotted = f" ({p.latency_scheduled_s:.2f}s in its slots)" if p.slots_bind else ""
     t.add_row("latency", f"{p.latency_critical_s:.2f}s critical path{slotted}, "
               f"{p.latency_worst_s:.2f}s worst", f"{r.latency_s:.2f}s")  # fmt: skip
     t.add_row("calls", f"{p.calls_expected:.2f} expected, {p.calls_worst} worst", str(r.calls))
