@@ -702,11 +702,11 @@ def estimate(wf: Workflow) -> Estimate:
     e = assemble(rows, wf.edges(), wf.stop_when, cancel)
     for sid in e.critical_path:
         rows[sid].critical = True
-    if not may_bind(wf):  # every call fits in the slots at once: nothing to replay
-        return replace(e, latency_scheduled_s=e.latency_critical_s)
     latency = {i: r.latency_s for i, r in rows.items()}
+    if not may_bind(wf, latency):  # no call of the critical path's schedule waits for a slot
+        return replace(e, latency_scheduled_s=e.latency_critical_s)
     e = replace(e, latency_scheduled_s=scheduled(wf, latency))
-    if e.stop is not None:  # a stop's races are the estimate's own; the slots leave them be
+    if e.stop is not None or not e.slots_bind:  # a stop's races are the estimate's own
         return e
 
     # each step's calls held as often as its attempts are sent: on average, and every retry

@@ -51,18 +51,33 @@ def remaining_path(wf: Workflow, latency: Mapping[str, float]) -> dict[str, floa
     return out
 
 
-def may_bind(wf: Workflow) -> bool:
-    """Whether the slots could ever hold up a call: not when every call of every step's
-    first attempt fits in them at once (then :func:`scheduled` is the critical path)."""
-    calls: dict[str, int] = {}
+def may_bind(wf: Workflow, latency: Mapping[str, float]) -> bool:
+    """Whether the slots hold up a call of the critical path's schedule (each step at its
+    ``latency``): whether, without them, more calls would ever be in flight at once than
+    ``concurrency`` or a model's ``max_concurrency``. If not, :func:`scheduled` is the
+    critical path, and is not replayed (every run estimates its spec first)."""
+    if sum(st.calls for st in wf.steps) <= wf.concurrency and not any(
+        m.max_concurrency for m in wf.models.values()
+    ):
+        return False  # every call fits at once
+    graph = wf.edges()
+    finish = dag.finish_times(graph, latency, dag.topo_order(graph))
+    events: list[tuple[float, int, str]] = []  # (when, calls starting or ending, model)
     for st in wf.steps:
-        calls[st.model] = calls.get(st.model, 0) + st.calls  # a routed step's branches too
-    if sum(calls.values()) > wf.concurrency:
-        return True
-    limits = {n: m.max_concurrency for n, m in wf.models.items() if m.max_concurrency}
-    return any(calls.get(n, 0) > k for n, k in limits.items()) or (
-        bool(limits) and any(st.route is not None for st in wf.steps)
-    )
+        t = finish[st.id] - latency[st.id]
+        for model, width, seconds in waves_of(wf, st):
+            events += [(t, width, model), (t + seconds, -width, model)]
+            t += seconds
+    events.sort(key=lambda e: (e[0], e[1]))  # at one time, the calls ending go first
+    limit = {n: m.max_concurrency or math.inf for n, m in wf.models.items()}
+    flying = dict.fromkeys(wf.models, 0)
+    total = 0
+    for _, calls, model in events:
+        total += calls
+        flying[model] += calls
+        if total > wf.concurrency or flying[model] > limit[model]:
+            return True
+    return False
 
 
 def waves_of(wf: Workflow, step: Step) -> list[Wave]:
