@@ -14,9 +14,10 @@ slot). Without limits that bind, it is the critical path. Replayed again with ea
 calls held as long as its attempts are sent (on average, or all of them), it bounds the
 expected and worst latencies from below: a retry's backoff holds no slot and is left out,
 and so is the jitter that makes a wave wait for its slowest call (the longest path of the
-expected figures counts those, and the estimate takes the larger).
-Requests and tokens per minute are left out: their buckets start a minute's worth full, so
-they bind only runs that send more than that.
+expected figures counts those, and the estimate takes the larger); it is replayed only
+where the slots hold up the critical path itself. Requests and tokens per minute are left
+out: their buckets start a minute's worth full, so they bind only runs that send more than
+that.
 """
 
 from __future__ import annotations
