@@ -19,7 +19,8 @@ A call still unanswered after the profile's ``timeout_s`` is given up (a timeout
 billed, and the step retries), so ``timeout_s`` cuts the lognormal's tail: a call is
 given up with ``P(L > T)`` and one that answers takes ``E[L | L <= T]`` on average
 (:func:`cut`). A hedged call is given up when both copies are, ``P(L > T)^2`` (the copy
-is always sent by then, ``h < T``); its answered time is left as the race's, uncut.
+is always sent by then, ``h < T``), and one that answers takes the race cut at the copies'
+timeouts (:func:`hedged_answers`; :func:`hedged` is the race without them).
 
 Calls sent together (a vote's samples, a debate's agents in a round) wait for the slowest:
 a wave of ``n`` calls is given up with ``1 - (1 - P(L > T))^n`` and one that answers takes
@@ -188,11 +189,11 @@ def hedged_wave(
 
 def timeouts(m: ModelProfile, calls: int = 1) -> tuple[float, float]:
     """(chance a wave of ``calls`` of ``m``'s calls, sent together, is given up at
-    ``timeout_s``, mean seconds of one that answers in time); a hedged call alone: given up
-    when both copies are, its answered time the race's, uncut."""
+    ``timeout_s``, mean seconds of one that answers in time); hedged calls each race their
+    own copy (:func:`hedged_wave`)."""
     if m.hedge_after_s is None:
         return wave(m.latency_s, m.latency_jitter, m.timeout_s, calls)
-    late = cut(m.latency_s, m.latency_jitter, m.timeout_s)[0]
-    if calls == 1 or m.latency_jitter == 0.0:  # without jitter every call takes latency_s
-        return 1.0 - (1.0 - late * late) ** calls, call_latency(m)
+    if m.latency_jitter == 0.0:  # every copy takes latency_s: the first wins, or none does
+        late = cut(m.latency_s, 0.0, m.timeout_s)[0]
+        return late, m.latency_s
     return hedged_wave(m.latency_s, m.latency_jitter, m.hedge_after_s, m.timeout_s, calls)
