@@ -163,20 +163,74 @@ def test_a_spec_whose_calls_all_fit_at_once_is_not_replayed() -> None:
     assert spared > 10 and held > 10
 
 
-def test_optimize_says_when_the_chosen_specs_slots_bind(cli: Any, write: Any) -> None:
-    """The search weighs latencies without the slots (it weighs thousands of configurations);
-    its answer says what they do to the chosen spec's critical path."""
+def test_optimize_holds_the_latency_budget_in_the_slots(cli: Any, write: Any) -> None:
+    """Forty steps of at least 0.5 s meet a 1.2 s latency budget as if every call could go at
+    once, but not in 16 slots (three rounds): no answer, and a note that says why and what to
+    do; in 40 slots the answer is there, and no note about the slots."""
     steps = "\n".join(f"  - {{id: s{i}, model: small, candidates: [small, big]}}" for i in range(40))
     path = write("version: 1\nmodels:\n  small: {usd_per_call: 0.001, latency_s: 0.5, p_ok: 0.9}\n"
                  f"  big: {{usd_per_call: 0.01, latency_s: 1.0, p_ok: 0.99}}\nsteps:\n{steps}\n")  # fmt: skip
-    doc = cli("optimize", path, "--max-latency", "1.2", "--min-reliability", "0.5", "--json").json()
+    r = cli("optimize", path, "--max-latency", "1.2", "--min-reliability", "0.5", "--json")
+    assert r.code == 1
+    doc = r.json()
+    assert doc["feasible"] is False and doc["chosen_spec"] is None
     (note,) = [n for n in doc["notes"] if n.startswith("concurrency:")]
-    assert "in the chosen spec's 16 slots its critical path takes" in note
-    assert "over the 1.2s latency budget" in note
+    assert "take longer than the 1.2s latency budget in the run's 16 concurrency slots" in note
+    assert "raise `concurrency:`" in note
     wide_enough = path.read_text().replace("version: 1\n", "version: 1\nconcurrency: 40\n")
     doc = cli("optimize", write(wide_enough, "wide.yaml"), "--max-latency", "1.2",
               "--min-reliability", "0.5", "--json").json()  # fmt: skip
+    assert doc["feasible"] is True
     assert not [n for n in doc["notes"] if n.startswith("concurrency:")]
+
+
+def _six(concurrency: int) -> Workflow:
+    small = "{usd_per_call: 0.001, latency_s: 0.5, p_ok: 1.0}"
+    big = "{usd_per_call: 0.01, latency_s: 0.2, p_ok: 1.0}"
+    steps = "\n".join(f"  - {{id: s{i}, model: small, candidates: [small, big]}}" for i in range(6))
+    return parse_workflow(f"version: 1\nconcurrency: {concurrency}\nmodels:\n  small: {small}\n"
+                          f"  big: {big}\nsteps:\n{steps}\n")  # fmt: skip
+
+
+def test_optimize_passes_over_what_only_fits_without_the_slots(tmp_path: Path) -> None:
+    """Six steps in three slots under a 0.9 s budget: six slow cheap calls take 1.0 s in
+    them (two rounds), so the answer is three slow and three quick ones (0.5 s, then 0.2 s);
+    the 22 cheaper configurations (six, five or four slow calls) are passed over, and the
+    executor measures what the estimate said on both."""
+    from trilemma.plan.optimize import optimize
+    from trilemma.spec import Budget
+
+    wf = _six(3)
+    r = optimize(wf, Budget(deadline_s=0.9), max_retries=0)
+    assert r.best is not None and r.best_estimate is not None
+    assert sorted(s.model for s in r.best.steps) == ["big"] * 3 + ["small"] * 3
+    assert r.best_estimate.latency_worst_s == pytest.approx(0.7)
+    (note,) = [n for n in r.notes if n.startswith("concurrency: 22 configuration(s) ranked")]
+    assert "meet the 0.9s latency budget only as if every ready call could go at once" in note
+    assert "in the chosen spec's 3 slots its critical path takes 0.70s, not 0.50s" in r.notes[-1]
+    assert "the 0.9s latency budget was held in them" in r.notes[-1]
+    assert not any(c.cost_worst < 0.033 - 1e-9 for c in r.candidates)  # those over it are gone
+    cheapest = optimize(_six(6), Budget(deadline_s=0.9), max_retries=0)  # slots enough: all slow
+    assert cheapest.best is not None
+    assert [s.model for s in cheapest.best.steps] == ["small"] * 6
+    all_slow = parse_workflow(cheapest.best.model_dump_json().replace('"concurrency":6', '"concurrency":3'))
+    assert estimate(all_slow).latency_scheduled_s == pytest.approx(1.0)
+    measured = [execute(w, journal=Journal(tmp_path / f"{i}.db"), seed=1).latency_s
+                for i, w in enumerate((r.best, all_slow))]  # fmt: skip
+    assert measured[0] == pytest.approx(0.7, rel=0.1) and measured[0] < 0.9
+    assert measured[1] == pytest.approx(1.0, rel=0.1) and measured[1] > 0.9
+
+
+def test_optimize_gives_up_after_slot_tries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trilemma.plan import optimize as opt
+    from trilemma.spec import Budget
+
+    monkeypatch.setattr(opt, "SLOT_TRIES", 5)
+    r = opt.optimize(_six(3), Budget(deadline_s=0.9), max_retries=0)
+    assert r.best is None
+    (note,) = [n for n in r.notes if n.startswith("concurrency:")]
+    assert note.startswith("concurrency: the 5 best configuration(s) that meet the budgets")
+    assert len(r.candidates) == 64 - 5  # every configuration fits without the slots
 
 
 def test_a_slot_given_back_goes_to_a_call_already_waiting(tmp_path: Path) -> None:

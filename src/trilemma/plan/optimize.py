@@ -77,6 +77,9 @@ ENFORCED_TRIES = 200
 """Candidates simulated at most, cheapest first, before ``enforced`` gives up."""
 STOP_TRIES = 50
 """Configurations with a stop simulated at most on expected budgets."""
+SLOT_TRIES = 200
+"""Configurations checked at most in the run's concurrency slots when the answer's calls wait
+for slots past the latency budget."""
 BudgetOn = Literal["worst", "expected"]
 
 
@@ -196,16 +199,21 @@ def optimize(
 
 def _slots_noted(found: OptimizeResult) -> OptimizeResult:
     """The result, with a note when the chosen spec's calls do not all fit in its run's
-    concurrency slots: the search weighs latencies without them (:mod:`trilemma.plan.slots`)."""
+    concurrency slots (:mod:`trilemma.plan.slots`): what they do to its critical path, and
+    whether the latency budget was held in them (:func:`_in_slots`) or the Monte Carlo that
+    judged the answer left them out."""
     e, spec = found.best_estimate, found.best
     if e is None or spec is None or e.latency_scheduled_s is None or not e.slots_bind:
         return found
-    note = (f"concurrency: the search weighs latencies as if every ready call could go at once; "
-            f"in the chosen spec's {spec.concurrency} slots its critical path takes "
+    note = (f"concurrency: in the chosen spec's {spec.concurrency} slots its critical path takes "
             f"{e.latency_scheduled_s:.2f}s, not {e.latency_critical_s:.2f}s")
     deadline = found.budget.deadline_s
-    if deadline is not None and e.latency_scheduled_s > deadline:
-        note += f", over the {deadline:g}s latency budget; raise `concurrency:` if you can"
+    if found.budget_on == "enforced" or found.judged is not None:
+        note += "; the Monte Carlo that judged it leaves the slots out"
+        if deadline is not None and e.latency_scheduled_s > deadline:
+            note += f", and they put it over the {deadline:g}s deadline; raise `concurrency:` if you can"
+    elif deadline is not None:
+        note += f"; the {deadline:g}s latency budget was held in them"
     return replace(found, notes=(*found.notes, note))
 
 
@@ -246,20 +254,71 @@ def _search(
         seen.append(best)
         feasible.append(best)
     method_name = "exhaustive" if use_exhaustive else f"beam (width {beam_width}) + exchange"
+    notes = _notes(wf, budget, budget_on)
+    best_estimate = None
+    if best is not None:
+        best, best_estimate, feasible, held = _in_slots(wf, best, feasible, budget, budget_on)
+        notes += held
     spec = apply(wf, best) if best else None
     return OptimizeResult(
         original=estimate(wf),
         best=spec,
-        best_estimate=estimate(spec) if spec else None,
+        best_estimate=best_estimate,
         frontier=tuple(_pareto(seen)),
         method=method_name,
         space=space,
         evaluated=len(seen),
         budget=budget,
         budget_on=budget_on,
-        notes=_notes(wf, budget, budget_on),
+        notes=notes,
         candidates=tuple(feasible),
     )
+
+
+def _in_slots(
+    wf: Workflow, best: Candidate, feasible: list[Candidate], budget: Budget, on: BudgetOn
+) -> tuple[Candidate | None, Estimate | None, list[Candidate], tuple[str, ...]]:
+    """The answer held to the latency budget in the run's concurrency slots.
+
+    The search weighs latencies as if every ready call could go at once (a longest path
+    adds up step by step; a schedule in slots does not). So the answer's estimate, which
+    replays the slots (:mod:`trilemma.plan.slots`), is checked against the latency budget;
+    when the slots put it over, the other configurations that meet the budgets are
+    checked the same way, best ranked first, at most :data:`SLOT_TRIES`. Returns the
+    answer (None if none of those fits), its estimate, the configurations meeting the
+    budgets without the ones found over it, and a note when any was passed over."""
+    deadline = budget.deadline_s
+
+    def checked(c: Candidate) -> tuple[Estimate, bool]:
+        e = estimate(apply(wf, c))
+        latency = e.latency_worst_s if on == "worst" else e.latency_expected_s
+        return e, deadline is None or latency <= deadline + 1e-12
+
+    e, fits = checked(best)
+    if fits:
+        return best, e, feasible, ()
+    over = {best}
+    found: Candidate | None = None
+    for c in sorted((c for c in feasible if c != best), key=lambda c: _rank(c, on)):
+        if len(over) == SLOT_TRIES:
+            break
+        e, fits = checked(c)
+        if fits:
+            found = c
+            break
+        over.add(c)
+    kept = [c for c in feasible if c not in over]
+    slots = f"the run's {wf.concurrency} concurrency slots"
+    if found is None:
+        note = (f"concurrency: the {len(over)} best configuration(s) that meet the budgets as if "
+                f"every ready call could go at once take longer than the {deadline:g}s latency "
+                f"budget in {slots} (their calls wait for a slot); raise `concurrency:` (or a "
+                "model's max_concurrency) if the endpoint allows, or the latency budget")
+        return None, None, kept, (note,)
+    note = (f"concurrency: {len(over)} configuration(s) ranked above the answer meet the "
+            f"{deadline:g}s latency budget only as if every ready call could go at once, not in "
+            f"{slots}; the answer is the best that meets it in them")
+    return found, e, kept, (note,)
 
 
 def _enforced(
