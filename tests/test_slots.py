@@ -131,7 +131,9 @@ def test_estimate_and_run_say_the_slots_bind(cli: Any, write: Any, tmp_path: Pat
     calm = cli("estimate", EXAMPLES / "ticket.yaml")
     assert "concurrency:" not in calm.out
     mc = cli("simulate", path, "--runs", "1000")
-    assert mc.code == 0 and "the Monte Carlo does not" in " ".join(mc.out.split())
+    assert mc.code == 0 and "each trajectory's calls wait for them" in " ".join(mc.out.split())
+    doc = cli("simulate", path, "--runs", "1000", "--json").json()
+    assert doc["latency_s"]["mean"] == pytest.approx(0.06)  # in the slots, as estimated
     assert "slots" not in cli("simulate", EXAMPLES / "ticket.yaml", "--runs", "1000").out
 
 
@@ -244,3 +246,94 @@ def test_a_slot_given_back_goes_to_a_call_already_waiting(tmp_path: Path) -> Non
     fast = parse_workflow(spec(chain + lone, 2).model_dump_json().replace('"latency_s":1.0', '"latency_s":0.05'))
     r = execute(fast, journal=Journal(tmp_path / "j.db"), seed=1)
     assert r.latency_s == pytest.approx(0.25, rel=0.1)
+
+
+# The Monte Carlo in the slots: each trajectory's steps take the slots in the replay's order.
+
+
+def test_the_monte_carlo_waits_for_slots_as_the_replay_does() -> None:
+    from trilemma.plan.simulate import simulate, simulate_loop
+
+    for wf, expected in ((wide(40), 3.0), (wide(40, concurrency=40), 1.0),
+                         (spec(["{id: v, model: m, vote: {samples: 5}}"], 2), 3.0),
+                         (wide(40, concurrency=100, model=", max_concurrency: 10"), 4.0)):  # fmt: skip
+        assert simulate(wf, 2000, seed=1).latency_s.mean == pytest.approx(expected)
+        assert simulate_loop(wf, 50, seed=1)[2] == pytest.approx(expected)
+
+
+def test_a_deadline_in_the_slots_cuts_every_run(cli: Any, write: Any) -> None:
+    """Forty 1 s steps meet a 2.5 s deadline as if every call could go at once; in 16 slots
+    every run is cut (3 s), as the estimate's deadline line says; in 40, none is."""
+    steps = "\n".join(f"  - {{id: s{i}, model: m}}" for i in range(40))
+    body = ("models:\n  m: {usd_per_call: 0.01, latency_s: 1.0, p_ok: 1.0, latency_jitter: 0.1}\n"
+            f"steps:\n{steps}\n")  # fmt: skip
+    doc = cli("simulate", write("version: 1\n" + body), "--deadline", "2.5", "--runs", "2000",
+              "--json").json()  # fmt: skip
+    assert doc["success_rate"] == 0.0 and doc["deadline_rate"] == 1.0
+    assert doc["cost_usd"]["mean"] == pytest.approx(0.32, abs=0.002)  # 32 answered by then
+    doc = cli("simulate", write("version: 1\nconcurrency: 40\n" + body, "wide.yaml"), "--deadline",
+              "2.5", "--runs", "2000", "--json").json()  # fmt: skip
+    assert doc["success_rate"] == 1.0
+
+
+def _random_dag(rng: random.Random, n: int, jitter: float, extra: str = "") -> Workflow:
+    steps = []
+    for i in range(n):
+        deps = sorted({f"s{rng.randrange(i)}" for _ in range(rng.randint(0, 2))}) if i else []
+        kind = rng.choice(["", "", ", vote: {samples: 3}", ", debate: {agents: 2, rounds: 2}"])
+        steps.append(f"{{id: s{i}, model: {rng.choice('ab')}, after: [{', '.join(deps)}]{kind}{extra}}}")
+    return parse_workflow(
+        f"version: 1\nconcurrency: {rng.randint(1, 5)}\nmodels:\n"
+        f"  a: {{usd_per_call: 0.01, latency_s: 0.02, p_ok: 0.9, latency_jitter: {jitter}}}\n"
+        f"  b: {{usd_per_call: 0.01, latency_s: 0.04, p_ok: 0.9, latency_jitter: {jitter}, "
+        f"max_concurrency: {rng.randint(1, 3)}}}\n"
+        "steps:\n" + "\n".join(f"  - {s}" for s in steps) + "\n")  # fmt: skip
+
+
+def test_without_jitter_the_monte_carlo_is_the_replay() -> None:
+    """On random DAGs of calls, votes and debates in 1-5 slots (a model limited too), each
+    trajectory that sends every call once takes the replay's time, in both Monte Carlos."""
+    from trilemma.plan.simulate import simulate, simulate_loop
+
+    rng = random.Random(3)
+    bound = 0
+    for _ in range(30):
+        wf = parse_workflow(_random_dag(rng, rng.randint(2, 15), 0.0).model_dump_json()
+                            .replace('"p_ok":0.9', '"p_ok":1.0'))  # fmt: skip
+        e = estimate(wf)
+        bound += e.slots_bind
+        assert simulate(wf, 200, seed=1).latency_s.mean == pytest.approx(e.latency_scheduled_s)
+        assert simulate_loop(wf, 5, seed=1)[2] == pytest.approx(e.latency_scheduled_s)
+    assert bound > 10
+
+
+def test_the_two_monte_carlos_agree_in_the_slots() -> None:
+    """With jitter, retries (whose backoff holds no slot), a ceiling and an early stop."""
+    from trilemma.plan.simulate import simulate, simulate_loop
+
+    rng = random.Random(5)
+    for k in range(4):
+        wf = _random_dag(rng, 10, 0.4, ", retries: 1")
+        if k == 2:
+            wf = parse_workflow(wf.model_dump_json().replace('"stop_when":null', '"stop_when":"s5"'))
+        cap = 0.3 if k == 3 else None
+        fast = simulate(wf, 40_000, seed=2, max_cost_usd=cap)
+        ok, cost, latency = simulate_loop(wf, 8_000, seed=2, max_cost_usd=cap)
+        assert latency == pytest.approx(fast.latency_s.mean, rel=0.04)
+        assert cost == pytest.approx(fast.cost_usd.mean, rel=0.04)
+        assert ok == pytest.approx(fast.success_rate, abs=0.03)
+
+
+def test_the_monte_carlo_in_the_slots_is_what_the_executor_measures(tmp_path: Path) -> None:
+    """A jittery random DAG in its slots: the Monte Carlo's mean latency within 10% of 12
+    runs'; without the slots the Monte Carlo would say far less."""
+    from trilemma.plan.simulate import simulate
+
+    wf = _random_dag(random.Random(4), 14, 0.3)
+    wf = parse_workflow(wf.model_dump_json().replace('"p_ok":0.9', '"p_ok":1.0'))
+    e = estimate(wf)
+    assert e.slots_bind
+    predicted = simulate(wf, 20_000, seed=1).latency_s.mean
+    runs = [execute(wf, journal=Journal(tmp_path / f"{i}.db"), seed=i).latency_s for i in range(12)]
+    assert sum(runs) / len(runs) == pytest.approx(predicted, rel=0.10)
+    assert predicted > e.latency_critical_s * 3

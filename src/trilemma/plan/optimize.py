@@ -200,8 +200,8 @@ def optimize(
 def _slots_noted(found: OptimizeResult) -> OptimizeResult:
     """The result, with a note when the chosen spec's calls do not all fit in its run's
     concurrency slots (:mod:`trilemma.plan.slots`): what they do to its critical path, and
-    whether the latency budget was held in them (:func:`_in_slots`) or the Monte Carlo that
-    judged the answer left them out."""
+    whether the latency budget was held in them (:func:`_in_slots`) or by the Monte Carlo
+    that judged the answer, whose calls wait for them too."""
     e, spec = found.best_estimate, found.best
     if e is None or spec is None or e.latency_scheduled_s is None or not e.slots_bind:
         return found
@@ -209,9 +209,7 @@ def _slots_noted(found: OptimizeResult) -> OptimizeResult:
             f"{e.latency_scheduled_s:.2f}s, not {e.latency_critical_s:.2f}s")
     deadline = found.budget.deadline_s
     if found.budget_on == "enforced" or found.judged is not None:
-        note += "; the Monte Carlo that judged it leaves the slots out"
-        if deadline is not None and e.latency_scheduled_s > deadline:
-            note += f", and they put it over the {deadline:g}s deadline; raise `concurrency:` if you can"
+        note += "; the Monte Carlo that judged it counted them"
     elif deadline is not None:
         note += f"; the {deadline:g}s latency budget was held in them"
     return replace(found, notes=(*found.notes, note))

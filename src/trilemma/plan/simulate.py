@@ -35,6 +35,13 @@ then. When nothing runs after ``S`` and it fails, the run goes on without the st
 The spec's deadline (``budget.deadline_s``) cuts a trajectory the same way when it
 would end later, and the run fails (``deadline``), as the executor cancels it.
 
+Where the run's concurrency slots hold calls up (:func:`trilemma.plan.slots.may_bind`),
+the steps are drawn in the order the slots' replay sends them, and then timed again: each
+trajectory's calls take the slots in the replay's order, each the slot that frees first,
+at the trajectory's drawn times (:class:`_Pool`). Without jitter, retries or faults every
+trajectory takes the replay's time; with them, a call that the replay sends first takes
+its slot first even where, in a trajectory, one after it is ready sooner.
+
 A spend ceiling (``max_cost_usd``, given explicitly: the spec's budget is also the
 optimizer's target for expected cost, so it is not simulated unless asked) is held as the
 executor holds it: before each call its worst case (``usd_per_call``, or ``max_tokens`` at
@@ -58,8 +65,10 @@ from typing import Any, Literal
 import numpy as np
 
 from trilemma import dag
+from trilemma.plan import hedge
 from trilemma.plan.estimate import CACHE_HIT_LATENCY_S, attempt_of, breaks, cancel_cost, estimate
 from trilemma.plan.hedge import call_price, hedge_rate, hedged_answers, timeouts
+from trilemma.plan.slots import Held, dispatch_order, holds
 from trilemma.spec import Simulation, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
 
@@ -87,6 +96,9 @@ them): a chunk holds at most this many trajectory-steps (about 10 bytes each), s
 STOP_CELLS = 1 << 22
 """With an early stop or a deadline each step keeps five more figures until the run's end
 is known: then a chunk holds at most this many trajectory-steps."""
+SLOT_CELLS = 1 << 23
+"""Where the concurrency slots bind, each trajectory keeps when each slot frees: a chunk
+holds at most this many trajectory-slots."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +308,39 @@ class _StepParams:
     """A routed step's branches (its ``tries`` then only count its attempts)."""
     cancel_usd: float = 0.0
     """What an attempt cancelled in flight by an early stop or the deadline bills."""
+    held: Held | None = None
+    """How it holds the run's concurrency slots (None: it takes none, or none binds)."""
+    parts: tuple[tuple[float, float], ...] = ()
+    """With ``held``, per wave: its share of the step's drawn time, and the share of that
+    its calls but the slowest hold their slots for (:func:`_parts`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Slots:
+    """The run's concurrency slots, where they may hold a call up: how many, and each
+    limited model's own."""
+
+    concurrency: int
+    models: dict[str, int]
+    calls: tuple[tuple[int, int], ...] = ()
+    """Each call as (its step's place in the drawing order, wave), in the order the replay
+    gives them slots (:func:`trilemma.plan.slots.dispatch_order`)."""
+
+
+def _slotted(wf: Workflow) -> tuple[_Slots, dict[str, Held], list[str]] | None:
+    """The slots, how each step holds them and the order the replay sends the steps
+    (:mod:`trilemma.plan.slots`); None where no call of the critical path's schedule waits
+    for a slot, and the Monte Carlo leaves them out."""
+    latency = {r.id: r.latency_s for r in estimate(wf).per_step}
+    held = holds(wf, latency)
+    if held is None:
+        return None
+    models = {h.model: min(wf.concurrency, wf.models[h.model].max_concurrency or wf.concurrency)
+              for h in held.values() if h.model is not None}  # fmt: skip
+    calls = dispatch_order(wf, latency)
+    order = list(dict.fromkeys(sid for sid, _ in calls))
+    place = {sid: i for i, sid in enumerate(order)}
+    return _Slots(wf.concurrency, models, tuple((place[s], j) for s, j in calls)), held, order
 
 
 def _order(wf: Workflow, capped: bool) -> list[str]:
@@ -314,7 +359,9 @@ def _order(wf: Workflow, capped: bool) -> list[str]:
     return sorted(order, key=lambda sid: (finish[sid] - took[sid], place[sid]))
 
 
-def _params(wf: Workflow, settings: Simulation, order: list[str]) -> list[_StepParams]:
+def _params(
+    wf: Workflow, settings: Simulation, order: list[str], held: dict[str, Held] | None = None
+) -> list[_StepParams]:
     index = {sid: i for i, sid in enumerate(order)}
     out = []
     for sid in order:
@@ -329,9 +376,38 @@ def _params(wf: Workflow, settings: Simulation, order: list[str]) -> list[_StepP
                 tries=tuple(tries[wf.attempt_model(s, a)] for a in range(1, s.retries + 2)),
                 route=_route(wf, s) if s.route else None,
                 cancel_usd=cancel_cost(wf, s),
+                held=held[sid] if held is not None and held[sid].waves else None,
+                parts=_parts(wf, s, held[sid].waves) if held is not None else (),
             )
         )
     return out
+
+
+def _parts(wf: Workflow, s: Step, waves: tuple[int, ...]) -> tuple[tuple[float, float], ...]:
+    """Per wave of ``s``'s calls, in expectation on its first attempt's model: the wave's
+    share of the step's time (a wave waits for its slowest call), and what one of its calls
+    takes against the wave (each but the slowest gives its slot back when it answers)."""
+    if not waves:
+        return ()
+    m = wf.models[wf.attempt_model(s, 1)]
+    one = hedge.cut(m.latency_s, m.latency_jitter, m.timeout_s)[1] or m.latency_s
+    each = [hedge.wave(m.latency_s, m.latency_jitter, m.timeout_s, w)[1] or m.latency_s
+            for w in waves]  # fmt: skip
+    total = math.fsum(each)
+    return tuple((e / total, min(1.0, one / e)) for e in each)
+
+
+def _drawn(
+    wf: Workflow, settings: Simulation, capped: bool
+) -> tuple[list[str], list[_StepParams], _Slots | None]:
+    """The order the steps are drawn in, their parameters, and the slots where they bind:
+    then the order the replay sends them, which is the order they start in."""
+    slotted = _slotted(wf)
+    if slotted is None:
+        order = _order(wf, capped)
+        return order, _params(wf, settings, order), None
+    slots, held, order = slotted
+    return order, _params(wf, settings, order, held), slots
 
 
 def _try_of(wf: Workflow, s: Step, name: str) -> _Try:
@@ -413,17 +489,18 @@ def simulate(
     if runs < 1:
         raise ValueError("runs must be a positive integer")
     settings = settings or wf.simulation
-    order = _order(wf, max_cost_usd is not None)
-    params = _params(wf, settings, order)
+    order, params, slots = _drawn(wf, settings, max_cost_usd is not None)
     cut = _cut_of(wf, order)
     size = max(1024, min(CHUNK, (CELLS if cut is None else STOP_CELLS) // len(params)))
+    if slots is not None:
+        size = min(size, max(1024, SLOT_CELLS // slots.concurrency))
     cap = math.inf if max_cost_usd is None else max_cost_usd
     rng = np.random.default_rng(seed)
     waits = rng.spawn(1)[0]  # backoff draws of their own: the other draws stay as they were
     parts = []
     for start in range(0, runs, size):
         n = min(size, runs - start)
-        parts.append(_chunk(params, settings, n, (rng, waits), halt, cut, cap))
+        parts.append(_chunk(params, settings, n, (rng, waits), halt, cut, cap, slots))
         if progress is not None:
             progress(n)
     cost, latency, calls, ok, caught, uncaught, late, broke = (
@@ -573,9 +650,11 @@ def _chunk(
     halt: bool,
     cut: _Cut | None = None,
     cap: float = math.inf,
+    slots: _Slots | None = None,
 ) -> tuple[np.ndarray, ...]:
     """``rngs``: the generator of every draw, and the one of the backoff waits."""
     rng = rngs[0]
+    pool = _Pool(slots, n) if slots is not None else None
     zeros = np.zeros(n)
     false = np.zeros(n, dtype=bool)
     finish: list[np.ndarray] = []
@@ -588,6 +667,10 @@ def _chunk(
     capped = cap < math.inf
     # paid, calls, own uncaught, start, an attempt's calls, what cancelling one bills
     own: list[tuple[Any, ...]] = []
+    durs: list[np.ndarray] = []  # with the slots: each step's drawn time, and where it runs
+    busy: list[np.ndarray] = []
+    pauses: list[np.ndarray] = []  # of which the backoff waits
+    refusals: list[np.ndarray | None] = []
     for sp in params:
         start = np.max([finish[j] for j in sp.parents], axis=0) if sp.parents else zeros
         blocked = np.any([dead[j] for j in sp.parents], axis=0) if sp.parents else false
@@ -597,6 +680,11 @@ def _chunk(
             runs &= ~broke
         if sp.hit_rate >= 1.0:
             dur = np.where(runs, CACHE_HIT_LATENCY_S, 0.0)
+            if pool is not None:
+                durs.append(dur)
+                busy.append(false)
+                pauses.append(zeros)
+                refusals.append(None)
             finish.append(start + dur)
             dead.append(blocked | broke)
             wrong.append(tainted.copy())
@@ -605,11 +693,16 @@ def _chunk(
             continue
         hit = runs & (rng.random(n) < sp.hit_rate) if sp.hit_rate > 0.0 else false
         factor = np.where(tainted, st.compounding, 1.0)
-        called, paid, dur, step_dead, step_wrong, refused = _attempts(
+        called, paid, dur, step_dead, step_wrong, refused, paused = _attempts(
             sp, st, factor, runs & ~hit, rngs, cap - cost if capped else None
         )
         if sp.hit_rate > 0.0:
             dur = np.where(hit, CACHE_HIT_LATENCY_S, dur)
+        if pool is not None:  # timed once every step is drawn: their calls wait for slots
+            durs.append(dur)
+            busy.append(runs & ~hit)
+            pauses.append(zeros if paused is None else paused)
+            refusals.append(refused)
         cost += paid
         calls += called
         finish.append(start + dur)
@@ -622,6 +715,15 @@ def _chunk(
         if cut is not None:
             own.append((paid, called, step_wrong, start, np.minimum(called, sp.calls),
                         sp.cancel_usd))  # fmt: skip
+    if pool is not None:  # the steps' times again, their calls waiting for slots
+        assert slots is not None
+        starts, finish = pool.schedule(params, durs, pauses, busy, slots.calls)
+        broke_at = np.full(n, math.inf)
+        for f, refused in zip(finish, refusals, strict=True):
+            if refused is not None:
+                broke_at = np.where(refused, f, broke_at)
+        if cut is not None:
+            own = [(*o[:3], t0, *o[4:]) for o, t0 in zip(own, starts, strict=True)]
     if cut is not None:
         return _cut_short(cut, finish, dead, own, broke_at)
     for f in finish:
@@ -629,6 +731,75 @@ def _chunk(
     caught_any = np.any(dead, axis=0) & ~broke
     ok = ~caught_any & ~uncaught_any & ~broke
     return cost, latency, calls, ok, caught_any, uncaught_any & ~caught_any & ~broke, false, broke
+
+
+class _Pool:
+    """When each of the run's slots frees, trajectory by trajectory (a chunk's).
+
+    The calls take slots in the order the replay gives them (:func:`_slotted`): each the
+    slot that frees first (and its model's, where that has a limit), from when its wave may
+    go or when the slot frees, as the executor hands its slots on; a step's next wave goes
+    when the last has answered. Without jitter, retries or faults this is the replay's
+    schedule; where a call in that order may go later in a trajectory than one after it,
+    the later one does not take the slot first, as the executor's would. A step's drawn
+    time is shared among its waves as their expected times are, a wave's first call takes
+    the whole of its share and the others what a call takes against a wave (they give
+    their slots back when they answer), and the backoff waits between attempts hold no
+    slot: they follow the calls.
+    """
+
+    def __init__(self, slots: _Slots, n: int) -> None:
+        self.free = np.zeros((n, slots.concurrency))
+        self.models = {m: np.zeros((n, c)) for m, c in slots.models.items()}
+
+    def schedule(
+        self, params: list[_StepParams], durs: list[np.ndarray], pauses: list[np.ndarray],
+        busy: list[np.ndarray], calls: tuple[tuple[int, int], ...],
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:  # fmt: skip
+        """Each step's start (its first call) and finish, from its drawn time ``durs``
+        where it sends calls (``busy``; elsewhere its time from when it is ready): its calls
+        hold their slots for all of it but the backoff waits (``pauses``), which follow."""
+        n = durs[0].size if durs else 0
+        rows = np.arange(n)
+        start: list[np.ndarray] = [np.zeros(n)] * len(params)
+        finish: list[np.ndarray] = [np.zeros(n)] * len(params)
+        at: dict[int, np.ndarray] = {}  # a step under way: when its wave may go
+        end: dict[int, np.ndarray] = {}  # and when the calls of its wave sent so far answer
+        left: dict[int, int] = {}  # calls of its wave not yet sent
+        for i, j in calls:
+            sp, b = params[i], busy[i]
+            if i not in at:
+                if j or i in left:  # a step that sends no call here, or done
+                    continue
+                ready = np.max([finish[k] for k in sp.parents], axis=0) if sp.parents else np.zeros(n)
+                start[i], finish[i] = ready, ready + durs[i]
+                if sp.held is None or not b.any():
+                    left[i] = 0
+                    continue
+                at[i], end[i], left[i] = ready, ready, sp.held.waves[0]
+            held = sp.held
+            assert held is not None
+            part, each = sp.parts[j]
+            d = (durs[i] - pauses[i]) * part
+            go = at[i]
+            slots = [self.free] if held.model is None else [self.free, self.models[held.model]]
+            taken = [p.argmin(axis=1) for p in slots]
+            for p, k in zip(slots, taken, strict=True):
+                go = np.maximum(go, p[rows, k])
+            done = go + (d if left[i] == held.waves[j] else d * each)  # its first: the slowest
+            for p, k in zip(slots, taken, strict=True):
+                p[rows, k] = np.where(b, done, p[rows, k])
+            if j == 0 and left[i] == held.waves[0]:
+                start[i] = np.where(b, go, start[i])
+            end[i] = np.maximum(end[i], done)
+            left[i] -= 1
+            if left[i] == 0:  # the wave answered: the next may go, or the step is done
+                at[i] = end[i]
+                if j == len(held.waves) - 1:
+                    finish[i] = np.where(b, at.pop(i) + pauses[i], finish[i])
+                else:
+                    left[i] = held.waves[j + 1]
+        return start, finish
 
 
 def _cut_short(
@@ -681,7 +852,8 @@ def _attempts(
     room: np.ndarray | None = None,
 ) -> tuple[Any, ...]:
     """Calls made, dollars paid, time taken, retries exhausted, failure uncaught, refused by
-    the ceiling (None: no ceiling); per trajectory.
+    the ceiling (None: no ceiling), and of the time taken the backoff waits (no call in
+    flight); per trajectory.
 
     Before each retry a trajectory waits the executor's backoff, drawn from ``rngs[1]``:
     under a ceiling for every trajectory, retrying or not, so that no ceiling moves a draw;
@@ -698,6 +870,7 @@ def _attempts(
     called = np.zeros(n)
     paid = np.zeros(n)
     dur = np.zeros(n)
+    paused = np.zeros(n) if sp.held is not None else None  # kept where the slots time it
     step_dead = np.zeros(n, dtype=bool)
     step_wrong = np.zeros(n, dtype=bool)
     refused = None if room is None else np.zeros(n, dtype=bool)
@@ -801,25 +974,30 @@ def _attempts(
             step_dead |= caught
         elif room is not None or trying.any():
             limited = t.limited if r is None else 0.0  # a routed step's: jitter waits only
-            _backoff(dur, trying, erred, limited, a + 1, waits, every=room is not None)
+            _backoff(dur, trying, erred, limited, a + 1, waits, every=room is not None,
+                     paused=paused)  # fmt: skip
         if room is None and not trying.any():
             break  # under a ceiling every attempt draws, so that the draws never depend on it
-    return called, paid, dur, step_dead, step_wrong, refused
+    return called, paid, dur, step_dead, step_wrong, refused, paused
 
 
 def _backoff(
     dur: np.ndarray, trying: np.ndarray, erred: np.ndarray | None, limited: float, failures: int,
-    rng: np.random.Generator, every: bool,
+    rng: np.random.Generator, every: bool, paused: np.ndarray | None = None,
 ) -> None:  # fmt: skip
     """Add to ``dur`` the backoff each retrying trajectory waits after its ``failures``-th
     failure: full jitter below its ceiling, or the Retry-After after a rate limit (``erred``
     with the share ``limited``). ``every``: draw for every trajectory, retrying or not (under
-    a ceiling, so that no budget moves a draw); else for the retrying ones only."""
+    a ceiling, so that no budget moves a draw); else for the retrying ones only. ``paused``:
+    where the same waits are added up too."""
     who = np.arange(trying.size) if every else np.flatnonzero(trying)
     wait = rng.random(who.size) * backoff_ceiling(failures)
     if erred is not None and limited > 0:
         wait = np.where(erred[who] & (rng.random(who.size) < limited), SIM_RETRY_AFTER_S, wait)
-    dur[who] += np.where(trying[who], wait, 0.0)
+    add = np.where(trying[who], wait, 0.0)
+    dur[who] += add
+    if paused is not None:
+        paused[who] += add
 
 
 def _wave_draws(
@@ -908,14 +1086,16 @@ def simulate_loop(
     benchmarked against. Returns (success rate, mean cost, mean latency).
     """
     settings = settings or wf.simulation
-    order = _order(wf, max_cost_usd is not None)
-    params = _params(wf, settings, order)
+    order, params, slots = _drawn(wf, settings, max_cost_usd is not None)
     cut = _cut_of(wf, order)
     cap = math.inf if max_cost_usd is None else max_cost_usd
     rnd = random.Random(seed)
     ok_n, cost_sum, lat_sum = 0, 0.0, 0.0
     for _ in range(runs):
         spent, broke_at = 0.0, math.inf  # the ceiling refused a call at broke_at
+        durs: list[tuple[float, float | None]] = []  # per step: its drawn time, its backoff
+        # waits of it (None: it sends no call)
+        refused_at = -1  # the step the ceiling refused a call of
         finish: list[float] = []
         dead: list[bool] = []
         wrong: list[bool] = []
@@ -939,9 +1119,10 @@ def simulate_loop(
                 failed_at.append(False)
                 cancel.append(0.0)
                 starts.append(start)
+                durs.append((finish[-1] - start, None))
                 continue
             factor = settings.compounding if tainted else 1.0
-            t, is_dead, is_wrong = 0.0, False, False
+            t, is_dead, is_wrong, paused = 0.0, False, False, 0.0
             for a, tr in enumerate(sp.tries):
                 room = cap - spent - cost + EPS_USD
                 calls, each = sp.calls, tr.price / sp.calls
@@ -1004,7 +1185,12 @@ def simulate_loop(
                 is_dead = a == len(sp.tries) - 1
                 if not is_dead:  # the backoff before the retry
                     limited = fault and rnd.random() < tr.limited
-                    t += SIM_RETRY_AFTER_S if limited else rnd.random() * backoff_ceiling(a + 1)
+                    wait = SIM_RETRY_AFTER_S if limited else rnd.random() * backoff_ceiling(a + 1)
+                    t += wait
+                    paused += wait
+            if broke_at < math.inf:
+                refused_at = len(finish)
+            durs.append((t, paused))
             finish.append(start + t)
             dead.append(is_dead or broke_at < math.inf)
             wrong.append(is_wrong or tainted)
@@ -1013,6 +1199,10 @@ def simulate_loop(
             failed_at.append(is_dead or is_wrong)
             cancel.append(sp.cancel_usd)
             starts.append(start)
+        if slots is not None:  # the steps' times again, their calls waiting for slots
+            starts, finish = _schedule_one(params, durs, slots)
+            if refused_at >= 0:
+                broke_at = finish[refused_at]
         until, late = math.inf, False
         if cut is not None:
             k = cut.stop
@@ -1038,6 +1228,52 @@ def simulate_loop(
             (f for f, keep in zip(finish, counts, strict=True) if keep), default=0.0
         )
     return ok_n / runs, cost_sum / runs, lat_sum / runs
+
+
+def _schedule_one(
+    params: list[_StepParams], durs: list[tuple[float, float | None]], slots: _Slots
+) -> tuple[list[float], list[float]]:
+    """:meth:`_Pool.schedule` for one trajectory: each step's start and finish, from its
+    drawn time and its backoff waits (``durs``; None: it sends no call)."""
+    pools: dict[str | None, list[float]] = {None: [0.0] * slots.concurrency,
+                                           **{m: [0.0] * c for m, c in slots.models.items()}}  # fmt: skip
+    start, finish = [0.0] * len(params), [0.0] * len(params)
+    at: dict[int, float] = {}  # a step under way: when its wave may go
+    end: dict[int, float] = {}  # and when the calls of its wave sent so far answer
+    left: dict[int, int] = {}  # calls of its wave not yet sent
+    for i, j in slots.calls:
+        sp = params[i]
+        took, paused = durs[i]
+        if i not in at:
+            if j or i in left:
+                continue
+            ready = max((finish[k] for k in sp.parents), default=0.0)
+            start[i], finish[i] = ready, ready + took
+            if sp.held is None or paused is None:
+                left[i] = 0
+                continue
+            at[i], end[i], left[i] = ready, ready, sp.held.waves[0]
+        held = sp.held
+        assert held is not None and paused is not None
+        part, ratio = sp.parts[j]
+        d = (took - paused) * part
+        ps = [pools[k] for k in dict.fromkeys((None, held.model))]
+        taken = [min(range(len(p)), key=p.__getitem__) for p in ps]
+        go = max(at[i], *(p[k] for p, k in zip(ps, taken, strict=True)))
+        done = go + (d if left[i] == held.waves[j] else d * ratio)  # its first: the slowest
+        for p, k in zip(ps, taken, strict=True):
+            p[k] = done
+        if j == 0 and left[i] == held.waves[0]:
+            start[i] = go
+        end[i] = max(end[i], done)
+        left[i] -= 1
+        if left[i] == 0:
+            at[i] = end[i]
+            if j == len(held.waves) - 1:
+                finish[i] = at.pop(i) + paused
+            else:
+                left[i] = held.waves[j + 1]
+    return start, finish
 
 
 def _branch_one(r: _Route, rnd: random.Random) -> int:

@@ -20,6 +20,10 @@ expected figures counts those, and the estimate takes the larger); it is replaye
 where the slots hold up the critical path itself. Requests and tokens per minute are left
 out: their buckets start a minute's worth full, so they bind only runs that send more than
 that.
+
+The Monte Carlo (:mod:`trilemma.plan.simulate`) takes the order in which the replay gives
+its calls slots (:func:`dispatch_order`) and how each step holds them (:func:`holds`), and
+lets each trajectory's calls take the slots in that order at their drawn times.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ import heapq
 import itertools
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from trilemma import dag
 from trilemma.spec import Step, Workflow
 
-__all__ = ["SLOTS_BIND", "may_bind", "remaining_path", "scheduled"]
+__all__ = ["SLOTS_BIND", "Held", "dispatch_order", "holds", "may_bind", "remaining_path", "scheduled"]
 
 SLOTS_BIND = 1.01
 """The slots bind when they lengthen the critical path past this factor (rounding aside)."""
@@ -104,7 +109,48 @@ def scheduled(
     each step's ``latency`` on the critical path (its priority, and a cache hit's time);
     ``stretch``: a factor on each step's call times (the attempts it sends, to replay the
     expected and worst figures)."""
+    return _replay(wf, latency, stretch)[0]
+
+
+def dispatch_order(wf: Workflow, latency: Mapping[str, float]) -> list[tuple[str, int]]:
+    """Each call as (step, wave) in the order the replay gives it a slot (a cache hit, which
+    sends none, once, when it is ready): a step's waves in turn, and a step's first call
+    after its dependencies' last."""
+    return _replay(wf, latency)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """How a step's calls hold the run's slots, for the Monte Carlo: its first attempt's
+    waves (how many calls each sends at once), and the model whose own slots they hold too
+    (None: the run's only)."""
+
+    waves: tuple[int, ...]
+    model: str | None
+
+
+def holds(wf: Workflow, latency: Mapping[str, float]) -> dict[str, Held] | None:
+    """Per step, how its calls hold the slots; None when no call of the critical path's
+    schedule waits for one (:func:`may_bind`), where the Monte Carlo leaves them out (a
+    trajectory's jitter may still make a call wait there: rarely, and briefly)."""
+    if not may_bind(wf, latency):
+        return None
+    out: dict[str, Held] = {}
+    for st in wf.steps:
+        model = st.model if st.route is None and not st.escalate else None
+        if model is not None and not wf.models[model].max_concurrency:
+            model = None
+        out[st.id] = Held(tuple(w for _, w, _ in waves_of(wf, st)), model)
+    return out
+
+
+def _replay(
+    wf: Workflow, latency: Mapping[str, float], stretch: Mapping[str, float] | None = None
+) -> tuple[float, list[tuple[str, int]]]:
+    """:func:`scheduled`'s replay: when it ends, and each call (step, wave) in the order it
+    is given a slot."""
     priority = remaining_path(wf, latency)
+    sent: list[tuple[str, int]] = []
     children: dict[str, list[str]] = {s.id: [] for s in wf.steps}
     for s in wf.steps:
         for d in s.after:
@@ -143,12 +189,14 @@ def scheduled(
         if waves[sid]:
             start_wave(sid, now)
         else:  # a cache hit: its lookup, no slot
+            sent.append((sid, 0))
             heapq.heappush(events, (now + latency[sid], next(order), sid, ""))
 
     def dispatch(now: float) -> None:
         nonlocal free
         while free > 0 and queued:
             prio, _, sid, model, seconds = heapq.heappop(queued)
+            sent.append((sid, at[sid]))
             free -= 1
             if model_free[model] > 0:
                 model_free[model] -= 1
@@ -184,4 +232,4 @@ def scheduled(
                 at[sid] += 1
                 start_wave(sid, now)
         dispatch(now)
-    return end
+    return end, sent

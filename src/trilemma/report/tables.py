@@ -162,8 +162,8 @@ def slot_assumptions(wf: Workflow, e: Estimate) -> list[str]:
     return [f"concurrency: more calls are ready at once than the run's {', '.join(limits)}, so "
             f"the critical path takes {e.latency_scheduled_s:.2f}s in them, not "
             f"{e.latency_critical_s:.2f}s (the longest remaining path goes first; the expected "
-            "and worst latencies are replayed in them too, the Monte Carlo's are not); raise "
-            "`concurrency:` where the endpoints allow"]  # fmt: skip
+            "and worst latencies are replayed in them too, and the Monte Carlo's calls wait for "
+            "them); raise `concurrency:` where the endpoints allow"]  # fmt: skip
 
 
 def retry_assumptions(wf: Workflow) -> list[str]:
@@ -252,8 +252,8 @@ def simulate_table(r: SimResult, e: Estimate) -> Table:
         t.caption += (f"; the {_usd(r.max_cost_usd)} ceiling stopped "
                       f"{_pct(r.ceiling_hits / r.runs)} of runs (budget_exhausted: failed)")  # fmt: skip
     if e.slots_bind:
-        t.caption += ("; the run's concurrency slots hold calls up, which the analytic latency "
-                      "counts and the Monte Carlo does not (see `trilemma estimate`)")
+        t.caption += ("; the run's concurrency slots hold calls up, and each trajectory's calls "
+                      "wait for them (see `trilemma estimate`)")
     return t
 
 
