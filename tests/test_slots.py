@@ -177,7 +177,7 @@ def test_optimize_holds_the_latency_budget_in_the_slots(cli: Any, write: Any) ->
     doc = r.json()
     assert doc["feasible"] is False and doc["chosen_spec"] is None
     (note,) = [n for n in doc["notes"] if n.startswith("concurrency:")]
-    assert "take longer than the 1.2s latency budget in the run's 16 concurrency slots" in note
+    assert "fits the 1.2s latency budget in the run's 16 concurrency slots" in note
     assert "raise `concurrency:`" in note
     wide_enough = path.read_text().replace("version: 1\n", "version: 1\nconcurrency: 40\n")
     doc = cli("optimize", write(wide_enough, "wide.yaml"), "--max-latency", "1.2",
@@ -224,28 +224,41 @@ def test_optimize_passes_over_what_only_fits_without_the_slots(tmp_path: Path) -
 
 
 def test_optimize_gives_up_after_slot_tries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configurations that differ only in which alike step gets which model are checked
+    once: two checks (six slow calls; five) rule out seven configurations."""
     from trilemma.plan import optimize as opt
     from trilemma.spec import Budget
 
-    monkeypatch.setattr(opt, "SLOT_TRIES", 5)
+    monkeypatch.setattr(opt, "SLOT_TRIES", 2)
     r = opt.optimize(_six(3), Budget(deadline_s=0.9), max_retries=0)
     assert r.best is None
     (note,) = [n for n in r.notes if n.startswith("concurrency:")]
-    assert note.startswith("concurrency: the 5 best configuration(s) that meet the budgets")
-    assert len(r.candidates) == 64 - 5  # every configuration fits without the slots
+    assert note.startswith("concurrency: none of the 7 best configuration(s) that meet the budgets")
+    assert "(their calls wait for a slot; 2 checked, alike steps once)" in note
+    assert len(r.candidates) == 64 - 7  # every configuration fits without the slots
+    monkeypatch.setattr(opt, "SLOT_TRIES", 4)  # six, five, four slow ones; three fit
+    r = opt.optimize(_six(3), Budget(deadline_s=0.9), max_retries=0)
+    assert r.best is not None and sorted(s.model for s in r.best.steps) == ["big"] * 3 + ["small"] * 3
 
 
-def test_a_slot_given_back_goes_to_a_call_already_waiting(tmp_path: Path) -> None:
-    """As the executor's release hands a slot to the best call waiting for one, before the
-    step the answer frees has sent its own (its task starts on a later turn of the loop):
-    a four-step chain beside four lone steps in two slots takes 5 steps of time, not the 4
-    that the chain going first at every turn would take. The executor measures the same."""
-    chain = [f"{{id: c{i}, model: m{', after: [c' + str(i - 1) + ']' if i else ''}}}" for i in range(4)]
-    lone = [f"{{id: x{i}, model: m}}" for i in range(4)]
-    assert scheduled(spec(chain + lone, 2)) == pytest.approx(5.0)
-    fast = parse_workflow(spec(chain + lone, 2).model_dump_json().replace('"latency_s":1.0', '"latency_s":0.05'))
-    r = execute(fast, journal=Journal(tmp_path / "j.db"), seed=1)
-    assert r.latency_s == pytest.approx(0.25, rel=0.1)
+def test_steps_alike_in_all_but_their_id_share_a_key() -> None:
+    from trilemma.plan.optimize import Candidate, Choice, _alike
+
+    wf = parse_workflow("version: 1\nmodels:\n  m: {usd_per_call: 0.01, latency_s: 1.0, p_ok: 1.0}\n"
+                        "  n: {usd_per_call: 0.02, latency_s: 0.5, p_ok: 1.0}\nsteps:\n"
+                        "  - {id: a, model: m}\n  - {id: b, model: m}\n"
+                        "  - {id: c, model: m, after: [a]}\n")  # fmt: skip
+    key = _alike(wf)
+    m, n = Choice("m", 0, False, None), Choice("n", 0, False, None)
+
+    def cand(*cs: Choice) -> Candidate:
+        return Candidate(cs, False, 0.0, 0.0, 0.0, 1.0)
+
+    assert key(cand(n, m, m)) != key(cand(m, n, m))  # a has a dependent, b has none
+    wf2 = parse_workflow(wf.model_dump_json().replace('"after":["a"]', '"after":["a","b"]'))
+    key2 = _alike(wf2)
+    assert key2(cand(n, m, m)) == key2(cand(m, n, m))  # now alike
+    assert key2(cand(n, m, m)) != key2(cand(n, m, n))
 
 
 # The Monte Carlo in the slots: each trajectory's steps take the slots in the replay's order.

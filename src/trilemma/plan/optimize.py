@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -282,9 +282,12 @@ def _in_slots(
     adds up step by step; a schedule in slots does not). So the answer's estimate, which
     replays the slots (:mod:`trilemma.plan.slots`), is checked against the latency budget;
     when the slots put it over, the other configurations that meet the budgets are
-    checked the same way, best ranked first, at most :data:`SLOT_TRIES`. Returns the
-    answer (None if none of those fits), its estimate, the configurations meeting the
-    budgets without the ones found over it, and a note when any was passed over."""
+    checked the same way, best ranked first, at most :data:`SLOT_TRIES`. Configurations that
+    differ only in which of two alike steps (the same in all but their id, with the same
+    dependencies and dependents) gets which setting take the same time (ties in priority
+    aside), and are checked once: a fan-out of alike steps has many. Returns the answer (None if none of those
+    fits), its estimate, the configurations meeting the budgets without those found over
+    it, and a note when any was passed over."""
     deadline = budget.deadline_s
 
     def checked(c: Candidate) -> tuple[Estimate, bool]:
@@ -295,28 +298,53 @@ def _in_slots(
     e, fits = checked(best)
     if fits:
         return best, e, feasible, ()
-    over = {best}
+    key = _alike(wf)
+    over = {key(best)}
     found: Candidate | None = None
-    for c in sorted((c for c in feasible if c != best), key=lambda c: _rank(c, on)):
+    for c in sorted(feasible, key=lambda c: _rank(c, on)):
+        if key(c) in over:
+            continue
         if len(over) == SLOT_TRIES:
             break
         e, fits = checked(c)
         if fits:
             found = c
             break
-        over.add(c)
-    kept = [c for c in feasible if c not in over]
+        over.add(key(c))
+    kept = [c for c in feasible if key(c) not in over]
+    passed = len(feasible) - len(kept)
     slots = f"the run's {wf.concurrency} concurrency slots"
     if found is None:
-        note = (f"concurrency: the {len(over)} best configuration(s) that meet the budgets as if "
-                f"every ready call could go at once take longer than the {deadline:g}s latency "
-                f"budget in {slots} (their calls wait for a slot); raise `concurrency:` (or a "
-                "model's max_concurrency) if the endpoint allows, or the latency budget")
+        note = (f"concurrency: none of the {passed} best configuration(s) that meet the budgets "
+                f"as if every ready call could go at once fits the {deadline:g}s latency budget "
+                f"in {slots} (their calls wait for a slot; {len(over)} checked, alike steps "
+                "once); raise `concurrency:` (or a model's max_concurrency) if the endpoint "
+                "allows, or the latency budget")  # fmt: skip
         return None, None, kept, (note,)
-    note = (f"concurrency: {len(over)} configuration(s) ranked above the answer meet the "
+    note = (f"concurrency: {passed} configuration(s) ranked above the answer meet the "
             f"{deadline:g}s latency budget only as if every ready call could go at once, not in "
             f"{slots}; the answer is the best that meets it in them")
     return found, e, kept, (note,)
+
+
+def _alike(wf: Workflow) -> Callable[[Candidate], tuple[object, ...]]:
+    """A configuration's key up to which of alike steps gets which setting: the multiset
+    of (the step's kind, its setting). A step's kind is all of it but its id, with the
+    steps it depends on and those depending on it."""
+    below: dict[str, list[str]] = {s.id: [] for s in wf.steps}
+    for s in wf.steps:
+        for d in s.after:
+            below[d].append(s.id)
+    kind = [(s.model_dump_json(exclude={"id", "after"}), tuple(sorted(s.after)),
+             tuple(sorted(below[s.id]))) for s in wf.steps]  # fmt: skip
+    index = {k: i for i, k in enumerate(dict.fromkeys(kind))}
+    kinds = [index[k] for k in kind]
+
+    def key(c: Candidate) -> tuple[object, ...]:
+        settings = sorted(zip(kinds, map(repr, c.choices), strict=True))
+        return (c.parallel, c.stop_when, tuple(settings))
+
+    return key
 
 
 def _enforced(
