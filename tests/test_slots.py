@@ -351,3 +351,28 @@ def test_the_monte_carlo_in_the_slots_is_what_the_executor_measures(tmp_path: Pa
     runs = [execute(wf, journal=Journal(tmp_path / f"{i}.db"), seed=i).latency_s for i in range(12)]
     assert sum(runs) / len(runs) == pytest.approx(predicted, rel=0.10)
     assert predicted > e.latency_critical_s * 3
+
+
+def test_a_refusal_when_the_stop_passes_does_not_fail_the_run() -> None:
+    """In the slots the vote's samples go first and the dear call waits for a slot, which
+    frees as the stop step passes: the run ends there, and the ceiling's refusal comes no
+    sooner. Both Monte Carlos count it so (the vectorised one counted the call the ceiling
+    refused as a failure that ended the run)."""
+    from trilemma.plan.simulate import simulate, simulate_loop
+
+    wf = parse_workflow("""version: 1
+concurrency: 4
+stop_when: s0
+models:
+  a: {usd_per_call: 0.01, latency_s: 0.02, p_ok: 1.0, latency_jitter: 0.3}
+  b: {usd_per_1m_input: 1.0, usd_per_1m_output: 2.0, latency_s: 0.04, p_ok: 0.9}
+steps:
+  - {id: s0, model: b}
+  - {id: s1, model: a, escalate: [b], retries: 1}
+  - {id: s2, model: b, vote: {samples: 3}}
+  - {id: s3, model: b, after: [s2]}
+""")
+    fast = simulate(wf, 20_000, seed=1, max_cost_usd=0.0093)
+    ok, _, _ = simulate_loop(wf, 3_000, seed=1, max_cost_usd=0.0093)
+    assert fast.success_rate == pytest.approx(0.81, abs=0.02)
+    assert ok == pytest.approx(fast.success_rate, abs=0.02)

@@ -665,7 +665,8 @@ def _chunk(
     broke = false.copy()  # the ceiling refused a call: nothing more is sent
     broke_at = np.full(n, math.inf)
     capped = cap < math.inf
-    # paid, calls, own uncaught, start, an attempt's calls, what cancelling one bills
+    # paid, calls, own uncaught, start, an attempt's calls, what cancelling one bills, and
+    # its own retries exhausted (not a dependency's failure, nor the ceiling's refusal)
     own: list[tuple[Any, ...]] = []
     durs: list[np.ndarray] = []  # with the slots: each step's drawn time, and where it runs
     busy: list[np.ndarray] = []
@@ -689,7 +690,7 @@ def _chunk(
             dead.append(blocked | broke)
             wrong.append(tainted.copy())
             if cut is not None:
-                own.append((zeros, zeros, false, start, zeros, 0.0))
+                own.append((zeros, zeros, false, start, zeros, 0.0, false))
             continue
         hit = runs & (rng.random(n) < sp.hit_rate) if sp.hit_rate > 0.0 else false
         factor = np.where(tainted, st.compounding, 1.0)
@@ -714,7 +715,7 @@ def _chunk(
         uncaught_any |= step_wrong
         if cut is not None:
             own.append((paid, called, step_wrong, start, np.minimum(called, sp.calls),
-                        sp.cancel_usd))  # fmt: skip
+                        sp.cancel_usd, step_dead))  # fmt: skip
     if pool is not None:  # the steps' times again, their calls waiting for slots
         assert slots is not None
         starts, finish = pool.schedule(params, durs, pauses, busy, slots.calls)
@@ -813,7 +814,9 @@ def _cut_short(
     deadline came first, only the steps finished by then count (a step started by then
     has sent an attempt's calls, cancelled: billed at their reservation on a real endpoint,
     nothing on the simulator) and the run ends then. A run the
-    deadline cut fails, as does one the ceiling stopped before either (``broke_at``)."""
+    deadline cut fails, as does one the ceiling stopped before either (``broke_at``); a
+    step counts as failed by its own retries only, as the loop has it (a step the ceiling
+    stopped after the run had ended did not fail it)."""
     inf = np.full_like(finish[0], math.inf)
     at, stopped = inf, np.zeros(inf.shape, dtype=bool)
     if cut.stop is not None:
@@ -826,8 +829,8 @@ def _cut_short(
     until = np.where(broke, broke_at, until)
     cost, calls, latency = np.zeros_like(inf), np.zeros_like(inf), np.zeros_like(inf)
     caught, uncaught = np.zeros(inf.shape, dtype=bool), np.zeros(inf.shape, dtype=bool)
-    for i, (f, d, (paid, called, wrong, start, one, cancel)) in enumerate(
-        zip(finish, dead, own, strict=True)
+    for i, (f, (paid, called, wrong, start, one, cancel, failed)) in enumerate(
+        zip(finish, own, strict=True)
     ):
         counts = f <= until + 1e-9
         in_flight = ~counts & (start < until - 1e-9)
@@ -835,7 +838,7 @@ def _cut_short(
         calls += np.where(counts, called, np.where(in_flight, one, 0.0))
         np.maximum(latency, np.where(counts, f, 0.0), out=latency)
         if not (cut.alone and i == cut.stop):  # a lone stop step's failure only means no stop
-            caught |= d & counts
+            caught |= failed & counts
         uncaught |= wrong & counts
     latency = np.where(late, cut.deadline, latency)
     caught &= ~broke
