@@ -282,12 +282,12 @@ def _in_slots(
     adds up step by step; a schedule in slots does not). So the answer's estimate, which
     replays the slots (:mod:`trilemma.plan.slots`), is checked against the latency budget;
     when the slots put it over, the other configurations that meet the budgets are
-    checked the same way, best ranked first, at most :data:`SLOT_TRIES`. Configurations that
-    differ only in which of two alike steps (the same in all but their id, with the same
-    dependencies and dependents) gets which setting take the same time (ties in priority
-    aside), and are checked once: a fan-out of alike steps has many. Returns the answer (None if none of those
-    fits), its estimate, the configurations meeting the budgets without those found over
-    it, and a note when any was passed over."""
+    checked the same way, best ranked first, at most :data:`SLOT_TRIES`. Configurations
+    that differ only in which of two alike steps (the same in all but their id, with the
+    same dependencies and dependents) gets which setting take the same time (ties in
+    priority aside), and are checked once: a fan-out of alike steps has many. Returns the
+    answer (None if none of those fits), its estimate, the configurations meeting the
+    budgets without those found over it, and a note when any was passed over."""
     deadline = budget.deadline_s
 
     def checked(c: Candidate) -> tuple[Estimate, bool]:

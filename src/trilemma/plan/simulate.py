@@ -772,7 +772,8 @@ class _Pool:
             if i not in at:
                 if j or i in left:  # a step that sends no call here, or done
                     continue
-                ready = np.max([finish[k] for k in sp.parents], axis=0) if sp.parents else np.zeros(n)
+                ready = (np.max([finish[k] for k in sp.parents], axis=0) if sp.parents
+                         else np.zeros(n))  # fmt: skip
                 start[i], finish[i] = ready, ready + durs[i]
                 if sp.held is None or not b.any():
                     left[i] = 0
@@ -1238,8 +1239,8 @@ def _schedule_one(
 ) -> tuple[list[float], list[float]]:
     """:meth:`_Pool.schedule` for one trajectory: each step's start and finish, from its
     drawn time and its backoff waits (``durs``; None: it sends no call)."""
-    pools: dict[str | None, list[float]] = {None: [0.0] * slots.concurrency,
-                                           **{m: [0.0] * c for m, c in slots.models.items()}}  # fmt: skip
+    pools: dict[str | None, list[float]] = {m: [0.0] * c for m, c in slots.models.items()}
+    pools[None] = [0.0] * slots.concurrency  # when each slot frees: the run's, a model's
     start, finish = [0.0] * len(params), [0.0] * len(params)
     at: dict[int, float] = {}  # a step under way: when its wave may go
     end: dict[int, float] = {}  # and when the calls of its wave sent so far answer

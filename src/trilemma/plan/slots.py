@@ -37,7 +37,15 @@ from dataclasses import dataclass
 from trilemma import dag
 from trilemma.spec import Step, Workflow
 
-__all__ = ["SLOTS_BIND", "Held", "dispatch_order", "holds", "may_bind", "remaining_path", "scheduled"]
+__all__ = [
+    "SLOTS_BIND",
+    "Held",
+    "dispatch_order",
+    "holds",
+    "may_bind",
+    "remaining_path",
+    "scheduled",
+]
 
 SLOTS_BIND = 1.01
 """The slots bind when they lengthen the critical path past this factor (rounding aside)."""
