@@ -376,3 +376,64 @@ steps:
     ok, _, _ = simulate_loop(wf, 3_000, seed=1, max_cost_usd=0.0093)
     assert fast.success_rate == pytest.approx(0.81, abs=0.02)
     assert ok == pytest.approx(fast.success_rate, abs=0.02)
+
+
+# The executor sends by priority when a step fans out.
+
+
+def test_a_fanned_out_step_on_the_longer_path_takes_the_free_slots_first(tmp_path: Path) -> None:
+    """A vote of three (then a step after it) beside a lone call, in three slots: the vote's
+    samples go first, as the replay has it (0.10 s). Its samples are tasks that first run a
+    turn after the lone call's, which took a slot first (0.15 s) until they took theirs in
+    the vote's own turn."""
+    wf = parse_workflow("version: 1\nconcurrency: 3\nmodels:\n"
+                        "  m: {usd_per_call: 0.01, latency_s: 0.05, p_ok: 1.0}\nsteps:\n"
+                        "  - {id: x, model: m}\n  - {id: v, model: m, vote: {samples: 3}}\n"
+                        "  - {id: c, model: m, after: [v]}\n")  # fmt: skip
+    assert scheduled(wf) == pytest.approx(0.10)
+    for i in range(3):
+        r = execute(wf, journal=Journal(tmp_path / f"{i}.db"), seed=i)
+        assert r.status == "ok" and r.latency_s == pytest.approx(0.10, rel=0.12)
+
+
+def test_no_slot_is_lost_when_runs_are_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deadlines and early stops cut random runs of votes and debates in two or three slots
+    in flight: every slot taken is given back (a call cancelled before its task ran
+    included), and nothing waits for one."""
+    from trilemma.run import executor as ex
+    from trilemma.run.limits import PriorityLimiter
+
+    made: list[tuple[PriorityLimiter, int]] = []
+
+    class Counted(PriorityLimiter):
+        def __init__(self, slots: int) -> None:
+            super().__init__(slots)
+            made.append((self, slots))
+
+    monkeypatch.setattr(ex, "PriorityLimiter", Counted)
+    # p answers, and in its turn v (below it) takes slots for its three samples; s0 answers
+    # in the same turn of the loop, stops the run and cancels v before the samples ran
+    stops = parse_workflow("version: 1\nconcurrency: 8\nstop_when: s0\nmodels:\n"
+                           "  m: {usd_per_call: 0.01, latency_s: 0.05, p_ok: 1.0}\nsteps:\n"
+                           "  - {id: p, model: m}\n  - {id: s0, model: m}\n"
+                           "  - {id: v, model: m, after: [p], vote: {samples: 3}}\n"
+                           "  - {id: c, model: m, after: [v]}\n")  # fmt: skip
+    for i in range(3):
+        made.clear()
+        r = execute(stops, journal=Journal(tmp_path / f"stop{i}.db"), seed=i)
+        assert r.status == "ok" and r.latency_s == pytest.approx(0.05, rel=0.2)
+        assert [(limiter.free, size) for limiter, size in made] == [(8, 8)]
+    rng = random.Random(11)
+    cut = 0
+    for i in range(24):
+        wf = _random_dag(rng, 8, 0.3)
+        wf = wf.model_copy(update={"concurrency": rng.randint(2, 3)})
+        if i % 2:
+            wf = wf.model_copy(update={"stop_when": f"s{rng.randrange(8)}"})
+        made.clear()
+        r = execute(wf, journal=Journal(tmp_path / f"{i}.db"), seed=i,
+                    deadline_s=rng.choice([0.03, 0.06, 0.1, None]))  # fmt: skip
+        cut += r.status != "ok"
+        for limiter, size in made:
+            assert limiter.free == size and not limiter._waiters
+    assert cut > 5

@@ -555,8 +555,18 @@ class Executor:
         model = self.wf.attempt_model(step, attempt)  # a cascade climbs a model per attempt
         runs = step  # a routed step runs as the branch its classifier picks
 
+        tickets: list[list[bool]] = []  # slots taken for calls whose tasks have not run yet
+
         def call(msgs: Sequence[Message], role: str) -> Coroutine[Any, Any, Completion]:
-            return self._call(s, runs, model, attempt, next(counter), role, msgs, pending)
+            # A slot is taken now, if one is free, in this step's turn: the calls a step sends
+            # together are tasks that first run a turn later, after the first calls of the
+            # other steps ready with it, which would take the slots first whatever the
+            # priority. The call keeps the slot; one whose task never ran is given back below.
+            ticket = [self.slots.try_acquire()]
+            if ticket[0]:
+                tickets.append(ticket)
+            return self._call(s, runs, model, attempt, next(counter), role, msgs, pending,
+                              ticket=ticket)  # fmt: skip
 
         try:
             try:
@@ -573,6 +583,10 @@ class Executor:
                 answer = await run_kind(runs, messages, call)
             finally:  # what this attempt billed, whatever happens next
                 state["cost"] += math.fsum([f["cost_usd"] for _, f in pending])
+                for ticket in tickets:  # a call cancelled before its task ran
+                    if ticket[0]:
+                        ticket[0] = False
+                        self.slots.release()
             if answer.verdict is False:
                 raise GateRejected("the answer is wrong (the simulator's check)")
             gate = self.gates.get(step.id)
@@ -597,9 +611,10 @@ class Executor:
     async def _call(
         self, s: Session, step: Step, model: str, attempt: int, index: int, role: str,
         messages: Sequence[Message], pending: list[tuple[str, dict[str, Any]]],
-        sim: tuple[str, str] | None = None,
+        sim: tuple[str, str] | None = None, ticket: list[bool] | None = None,
     ) -> Completion:  # fmt: skip
-        """One call, journaled and billed; ``sim``: the simulator's right and wrong answers."""
+        """One call, journaled and billed; ``sim``: the simulator's right and wrong answers;
+        ``ticket``: ``[True]`` when a global slot was taken for it already."""
         route = self._routes[model]
         profile = route.profile
         key = f"{step.id}:{attempt}:{index}"
@@ -610,7 +625,10 @@ class Executor:
             ok, bad, f"{step.id}:{attempt}:majority" if step.by_majority else "",
         )  # fmt: skip
         prio = -self.priority[step.id]
-        await self.slots.acquire(prio)
+        if ticket is not None and ticket[0]:
+            ticket[0] = False  # the slot taken for it is its own now
+        else:
+            await self.slots.acquire(prio)
         try:
             if route.limited:
                 await route.acquire(request, prio)
