@@ -17,23 +17,22 @@ import time
 from trilemma import parse_workflow, simulate
 from trilemma.spec import Workflow
 
+MODEL = "  m: {usd_per_call: 0.01, latency_s: 1.0, p_ok: 0.9, latency_jitter: 0.5}\n"
+
+
+def spec(steps: list[str], concurrency: int) -> Workflow:
+    lines = "".join(f"  - {s}\n" for s in steps)
+    return parse_workflow(f"version: 1\nconcurrency: {concurrency}\nmodels:\n{MODEL}steps:\n{lines}")
+
 
 def fan_out(n: int, concurrency: int) -> Workflow:
-    steps = "\n".join(f"  - {{id: s{i}, model: m, retries: 1}}" for i in range(n))
-    return parse_workflow(
-        f"version: 1\nconcurrency: {concurrency}\nmodels:\n"
-        "  m: {usd_per_call: 0.01, latency_s: 1.0, p_ok: 0.9, latency_jitter: 0.5}\n"
-        f"steps:\n{steps}\n"
-    )
+    return spec([f"{{id: s{i}, model: m, retries: 1}}" for i in range(n)], concurrency)
 
 
 def debates(n: int, concurrency: int) -> Workflow:
-    steps = "\n".join(f"  - {{id: s{i}, model: m, debate: {{agents: 3, rounds: 2}}}}" for i in range(n))
-    return parse_workflow(
-        f"version: 1\nconcurrency: {concurrency}\nmodels:\n"
-        "  m: {usd_per_call: 0.01, latency_s: 1.0, p_ok: 0.9, latency_jitter: 0.5}\n"
-        f"steps:\n{steps}\n  - {{id: merge, model: m, after: [{', '.join(f's{i}' for i in range(n))}]}}\n"
-    )
+    merge = f"{{id: merge, model: m, after: [{', '.join(f's{i}' for i in range(n))}]}}"
+    return spec([*(f"{{id: s{i}, model: m, debate: {{agents: 3, rounds: 2}}}}" for i in range(n)),
+                 merge], concurrency)  # fmt: skip
 
 
 CASES = {
