@@ -66,7 +66,14 @@ import numpy as np
 
 from trilemma import dag
 from trilemma.plan import hedge
-from trilemma.plan.estimate import CACHE_HIT_LATENCY_S, attempt_of, breaks, cancel_cost, estimate
+from trilemma.plan.estimate import (
+    CACHE_HIT_LATENCY_S,
+    attempt_of,
+    breaks,
+    cancel_cost,
+    estimate,
+    step_estimate,
+)
 from trilemma.plan.hedge import call_price, hedge_rate, hedged_answers, timeouts
 from trilemma.plan.slots import Held, dispatch_order, holds
 from trilemma.spec import Simulation, Step, Workflow
@@ -331,7 +338,7 @@ def _slotted(wf: Workflow) -> tuple[_Slots, dict[str, Held], list[str]] | None:
     """The slots, how each step holds them and the order the replay sends the steps
     (:mod:`trilemma.plan.slots`); None where no call of the critical path's schedule waits
     for a slot, and the Monte Carlo leaves them out."""
-    latency = {r.id: r.latency_s for r in estimate(wf).per_step}
+    latency = {s.id: step_estimate(wf, s).latency_s for s in wf.steps}  # the replay's own
     held = holds(wf, latency)
     if held is None:
         return None
