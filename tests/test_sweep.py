@@ -66,7 +66,8 @@ budget: {deadline_s: 10}
 """)
     fast = time_scaled(wf, 0.01)
     m = fast.models["m"]
-    assert (m.latency_s, m.timeout_s, m.rpm, m.tpm) == (0.02, 0.3, 6000, 100_000)
+    assert (m.latency_s, m.timeout_s, m.minute_s) == (0.02, 0.3, pytest.approx(0.6))
+    assert (m.rpm, m.tpm) == (60, 1000)  # a minute's worth as before, in a shorter minute
     assert fast.budget.deadline_s == pytest.approx(0.1)  # the spec's own deadline too
     assert time_scaled(wf, 1.0) is wf
     slow = RateLimited("429", retry_after=2.0)

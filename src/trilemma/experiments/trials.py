@@ -12,7 +12,6 @@ latencies and deadlines matter more than the experiment's speed.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +66,8 @@ class Tally:
 
 def time_scaled(wf: Workflow, factor: float) -> Workflow:
     """The spec with simulated time shortened by ``factor``: latencies, timeouts, hedges,
-    rate limits and the spec's own deadline.
+    the minute of the rate limits (their buckets hold as many calls, and refill faster)
+    and the spec's own deadline.
 
     Only a spec whose models all run on the simulator can be scaled; ``factor`` 1
     returns ``wf`` itself.
@@ -88,11 +88,8 @@ def time_scaled(wf: Workflow, factor: float) -> Workflow:
         }
         if m.hedge_after_s is not None:
             update["hedge_after_s"] = m.hedge_after_s * factor
-        if m.rpm:
-            update["rpm"] = max(1, math.ceil(m.rpm / factor))
-        if m.tpm:
-            update["tpm"] = max(1, math.ceil(m.tpm / factor))
         models[name] = m.model_copy(update=update)
+        models[name]._minute_s = m.minute_s * factor  # as many calls a minute, a shorter one
     budget = wf.budget
     if budget.deadline_s is not None:  # the spec's own deadline runs on the same clock
         budget = budget.model_copy(update={"deadline_s": budget.deadline_s * factor})

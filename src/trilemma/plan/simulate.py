@@ -38,9 +38,12 @@ would end later, and the run fails (``deadline``), as the executor cancels it.
 Where the run's concurrency slots hold calls up (:func:`trilemma.plan.slots.may_bind`),
 the steps are drawn in the order the slots' replay sends them, and then timed again: each
 trajectory's calls take the slots in the replay's order, each the slot that frees first,
-at the trajectory's drawn times (:class:`_Pool`). Without jitter, retries or faults every
-trajectory takes the replay's time; with them, a call that the replay sends first takes
-its slot first even where, in a trajectory, one after it is ready sooner.
+at the trajectory's drawn times (:class:`_Pool`), then its model's ``rpm`` and ``tpm``
+buckets where they may hold it up (a minute's worth full at the start, first come first
+served; each call's first attempt takes from them, its retries not). Without jitter,
+retries or faults every trajectory takes the replay's time; with them, a call that the
+replay sends first takes its slot first even where, in a trajectory, one after it is ready
+sooner.
 
 A spend ceiling (``max_cost_usd``, given explicitly: the spec's budget is also the
 optimizer's target for expected cost, so it is not simulated unless asked) is held as the
@@ -75,7 +78,7 @@ from trilemma.plan.estimate import (
     step_estimate,
 )
 from trilemma.plan.hedge import call_price, hedge_rate, hedged_answers, timeouts
-from trilemma.plan.slots import Held, dispatch_order, holds
+from trilemma.plan.slots import Bucket, Held, dispatch_order, holds, over_rate, through
 from trilemma.spec import Simulation, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
 
@@ -332,6 +335,14 @@ class _Slots:
     calls: tuple[tuple[int, int], ...] = ()
     """Each call as (its step's place in the drawing order, wave), in the order the replay
     gives them slots (:func:`trilemma.plan.slots.dispatch_order`)."""
+    rates: dict[str, tuple[tuple[int, float, bool], ...]] = field(default_factory=dict)
+    """The models whose ``rpm`` or ``tpm`` may hold a call up: each bucket's per-minute
+    figure, the seconds its minute lasts and whether it counts tokens, in the order the
+    executor takes them."""
+
+    def buckets(self) -> dict[str, list[tuple[Bucket, bool]]]:
+        """Fresh buckets of :attr:`rates`, for one trajectory."""
+        return {m: [(Bucket(n, s), tpm) for n, s, tpm in r] for m, r in self.rates.items()}
 
 
 def _slotted(wf: Workflow) -> tuple[_Slots, dict[str, Held], list[str]] | None:
@@ -342,12 +353,16 @@ def _slotted(wf: Workflow) -> tuple[_Slots, dict[str, Held], list[str]] | None:
     held = holds(wf, latency)
     if held is None:
         return None
-    models = {h.model: min(wf.concurrency, wf.models[h.model].max_concurrency or wf.concurrency)
-              for h in held.values() if h.model is not None}  # fmt: skip
+    models = {h.model: min(wf.concurrency, c) for h in held.values()
+              if h.model is not None and (c := wf.models[h.model].max_concurrency)}  # fmt: skip
+    rated = over_rate(wf)
+    rates = {m: tuple((n, p.minute_s, tpm) for n, tpm in ((p.rpm, False), (p.tpm, True)) if n)
+             for m, p in wf.models.items() if m in rated}  # fmt: skip
     calls = dispatch_order(wf, latency)
     order = list(dict.fromkeys(sid for sid, _ in calls))
     place = {sid: i for i, sid in enumerate(order)}
-    return _Slots(wf.concurrency, models, tuple((place[s], j) for s, j in calls)), held, order
+    slots = _Slots(wf.concurrency, models, tuple((place[s], j) for s, j in calls), rates)
+    return slots, held, order
 
 
 def _order(wf: Workflow, capped: bool) -> list[str]:
@@ -759,6 +774,8 @@ class _Pool:
     def __init__(self, slots: _Slots, n: int) -> None:
         self.free = np.zeros((n, slots.concurrency))
         self.models = {m: np.zeros((n, c)) for m, c in slots.models.items()}
+        self.rates = {m: [_Buckets(k, s, tpm, n) for k, s, tpm in r]
+                      for m, r in slots.rates.items()}  # fmt: skip
 
     def schedule(
         self, params: list[_StepParams], durs: list[np.ndarray], pauses: list[np.ndarray],
@@ -791,10 +808,13 @@ class _Pool:
             part, each = sp.parts[j]
             d = (durs[i] - pauses[i]) * part
             go = at[i]
-            slots = [self.free] if held.model is None else [self.free, self.models[held.model]]
+            slots = [self.free] if held.model not in self.models else [
+                self.free, self.models[held.model]]  # fmt: skip
             taken = [p.argmin(axis=1) for p in slots]
             for p, k in zip(slots, taken, strict=True):
                 go = np.maximum(go, p[rows, k])
+            for bucket in self.rates.get(held.model or "", ()):  # then its rate limits
+                go = bucket.take(go, held.tokens, b)
             done = go + (d if left[i] == held.waves[j] else d * each)  # its first: the slowest
             for p, k in zip(slots, taken, strict=True):
                 p[rows, k] = np.where(b, done, p[rows, k])
@@ -809,6 +829,26 @@ class _Pool:
                 else:
                     left[i] = held.waves[j + 1]
         return start, finish
+
+
+class _Buckets:
+    """:class:`trilemma.plan.slots.Bucket`, trajectory by trajectory (a chunk's)."""
+
+    def __init__(self, per_minute: int, minute_s: float, tpm: bool, n: int) -> None:
+        self.capacity, self.rate, self.tpm = float(per_minute), per_minute / minute_s, tpm
+        self.tokens = np.full(n, self.capacity)
+        self.updated = np.zeros(n)
+
+    def take(self, now: np.ndarray, tokens: float, sent: np.ndarray) -> np.ndarray:
+        """When a call that comes at ``now`` has what it takes (``tokens``, or one request),
+        where it is ``sent``; elsewhere ``now``, and the bucket as it was."""
+        amount = min(tokens if self.tpm else 1.0, self.capacity)
+        at = np.maximum(now, self.updated)
+        have = np.minimum(self.capacity, self.tokens + (at - self.updated) * self.rate)
+        at = at + np.maximum(amount - have, 0.0) / self.rate
+        self.tokens = np.where(sent, np.maximum(have - amount, 0.0), self.tokens)
+        self.updated = np.where(sent, at, self.updated)
+        return np.where(sent, at, now)
 
 
 def _cut_short(
@@ -1248,6 +1288,7 @@ def _schedule_one(
     drawn time and its backoff waits (``durs``; None: it sends no call)."""
     pools: dict[str | None, list[float]] = {m: [0.0] * c for m, c in slots.models.items()}
     pools[None] = [0.0] * slots.concurrency  # when each slot frees: the run's, a model's
+    rates = slots.buckets()
     start, finish = [0.0] * len(params), [0.0] * len(params)
     at: dict[int, float] = {}  # a step under way: when its wave may go
     end: dict[int, float] = {}  # and when the calls of its wave sent so far answer
@@ -1268,9 +1309,11 @@ def _schedule_one(
         assert held is not None and paused is not None
         part, ratio = sp.parts[j]
         d = (took - paused) * part
-        ps = [pools[k] for k in dict.fromkeys((None, held.model))]
+        ps = [pools[k] for k in dict.fromkeys((None, held.model)) if k in pools]
         taken = [min(range(len(p)), key=p.__getitem__) for p in ps]
         go = max(at[i], *(p[k] for p, k in zip(ps, taken, strict=True)))
+        if held.model in rates:  # then its rate limits
+            go = through(rates[held.model], go, held.tokens)
         done = go + (d if left[i] == held.waves[j] else d * ratio)  # its first: the slowest
         for p, k in zip(ps, taken, strict=True):
             p[k] = done

@@ -17,9 +17,14 @@ calls held as long as its attempts are sent (on average, or all of them), it bou
 expected and worst latencies from below: a retry's backoff holds no slot and is left out,
 and so is the jitter that makes a wave wait for its slowest call (the longest path of the
 expected figures counts those, and the estimate takes the larger); it is replayed only
-where the slots hold up the critical path itself. Requests and tokens per minute are left
-out: their buckets start a minute's worth full, so they bind only runs that send more than
-that.
+where the slots hold up the critical path itself.
+
+A model's ``rpm`` and ``tpm`` are buckets, as the executor keeps them (:class:`Bucket`): a
+minute's worth full when the run starts, refilled evenly, served first come first served; a
+call that has its slots takes one request and its tokens (its model's ``prompt_tokens`` and
+the ``max_tokens`` it may generate), waiting, slots held, until they are there. They bind
+only runs that send more than a minute's worth; the replay counts each call's first
+attempt only, so a retried step's extra requests are left out there too.
 
 The Monte Carlo (:mod:`trilemma.plan.simulate`) takes the order in which the replay gives
 its calls slots (:func:`dispatch_order`) and how each step holds them (:func:`holds`), and
@@ -39,10 +44,12 @@ from trilemma.spec import Step, Workflow
 
 __all__ = [
     "SLOTS_BIND",
+    "Bucket",
     "Held",
     "dispatch_order",
     "holds",
     "may_bind",
+    "over_rate",
     "remaining_path",
     "scheduled",
 ]
@@ -50,8 +57,54 @@ __all__ = [
 SLOTS_BIND = 1.01
 """The slots bind when they lengthen the critical path past this factor (rounding aside)."""
 
-Wave = tuple[str, int, float]
-"""A wave of a step's calls: their model, how many, and the seconds each takes."""
+Wave = tuple[str, int, float, float]
+"""A wave of a step's calls: their model, how many, the seconds each takes, and the tokens
+each holds of its model's ``tpm`` (its prompt and the most it may generate)."""
+
+
+class Bucket:
+    """A requests- or tokens-per-minute limit as the executor's
+    :class:`~trilemma.run.limits.RateLimiter` keeps it, on the replay's clock: a minute's
+    worth full at 0, refilled at ``per_minute / minute_s`` a second, first come first served
+    (``minute_s``: the profile's, 60 but in a time-scaled copy)."""
+
+    __slots__ = ("capacity", "rate", "tokens", "updated")
+
+    def __init__(self, per_minute: float, minute_s: float = 60.0) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / minute_s
+        self.tokens = self.capacity
+        self.updated = 0.0  # when ``tokens`` was counted (later than now: a caller waits)
+
+    def take(self, now: float, amount: float = 1.0) -> float:
+        """Take ``amount`` (at most a minute's worth) for a caller that comes at ``now``:
+        when it has them, after the callers before it."""
+        amount = min(amount, self.capacity)
+        at = max(now, self.updated)
+        have = min(self.capacity, self.tokens + (at - self.updated) * self.rate)
+        if have < amount:
+            at += (amount - have) / self.rate
+            have = amount
+        self.tokens, self.updated = have - amount, at
+        return at
+
+
+def buckets(wf: Workflow) -> dict[str, list[tuple[Bucket, bool]]]:
+    """Each model's fresh buckets, in the order the executor takes them (``rpm``, then
+    ``tpm``), each with whether it counts tokens."""
+    out: dict[str, list[tuple[Bucket, bool]]] = {}
+    for name, m in wf.models.items():
+        pairs = [(Bucket(n, m.minute_s), tpm) for n, tpm in ((m.rpm, False), (m.tpm, True)) if n]
+        if pairs:
+            out[name] = pairs
+    return out
+
+
+def through(pairs: list[tuple[Bucket, bool]], now: float, tokens: float) -> float:
+    """When a call that comes at ``now`` with ``tokens`` has passed its model's buckets."""
+    for bucket, tpm in pairs:
+        now = bucket.take(now, tokens if tpm else 1.0)
+    return now
 
 
 def remaining_path(wf: Workflow, latency: Mapping[str, float]) -> dict[str, float]:
@@ -70,30 +123,55 @@ def remaining_path(wf: Workflow, latency: Mapping[str, float]) -> dict[str, floa
 def may_bind(wf: Workflow, latency: Mapping[str, float]) -> bool:
     """Whether the slots hold up a call of the critical path's schedule (each step at its
     ``latency``): whether, without them, more calls would ever be in flight at once than
-    ``concurrency`` or a model's ``max_concurrency``. If not, :func:`scheduled` is the
-    critical path, and is not replayed (every run estimates its spec first)."""
-    if sum(st.calls for st in wf.steps) <= wf.concurrency and not any(
-        m.max_concurrency for m in wf.models.values()
-    ):
+    ``concurrency`` or a model's ``max_concurrency``, or a call would wait for its model's
+    ``rpm`` or ``tpm``. If not, :func:`scheduled` is the critical path, and is not replayed
+    (every run estimates its spec first)."""
+    rated = over_rate(wf) if any(m.rpm or m.tpm for m in wf.models.values()) else {}
+    if (sum(st.calls for st in wf.steps) <= wf.concurrency and not rated
+            and not any(m.max_concurrency for m in wf.models.values())):  # fmt: skip
         return False  # every call fits at once
     graph = wf.edges()
     finish = dag.finish_times(graph, latency, dag.topo_order(graph))
-    events: list[tuple[float, int, str]] = []  # (when, calls starting or ending, model)
+    events: list[tuple[float, int, str, float]] = []  # (when, calls starting or ending, ...)
     for st in wf.steps:
         t = finish[st.id] - latency[st.id]
-        for model, width, seconds in waves_of(wf, st):
-            events += [(t, width, model), (t + seconds, -width, model)]
+        for model, width, seconds, tokens in waves_of(wf, st):
+            events += [(t, width, model, tokens), (t + seconds, -width, model, tokens)]
             t += seconds
     events.sort(key=lambda e: (e[0], e[1]))  # at one time, the calls ending go first
     limit = {n: m.max_concurrency or math.inf for n, m in wf.models.items()}
     flying = dict.fromkeys(wf.models, 0)
     total = 0
-    for _, calls, model in events:
+    pairs = buckets(wf)
+    for when, calls, model, tokens in events:
         total += calls
         flying[model] += calls
         if total > wf.concurrency or flying[model] > limit[model]:
             return True
+        if model in rated:
+            for _ in range(calls):
+                if through(pairs[model], when, tokens) > when + 1e-9:
+                    return True
     return False
+
+
+def over_rate(wf: Workflow) -> dict[str, str]:
+    """The models whose calls (each step's first attempt) are more than a minute's worth
+    of their ``rpm`` or ``tpm``, which a full bucket lets go at once, each with what it
+    is over (say ``"rpm 600 (620 calls)"``): only their buckets may hold a call up."""
+    demand: dict[str, list[float]] = {n: [0.0, 0.0] for n in wf.models}  # requests, tokens
+    for st in wf.steps:
+        for model, width, _, tokens in waves_of(wf, st):
+            demand[model][0] += width
+            demand[model][1] += width * tokens
+    out: dict[str, str] = {}
+    for name, m in wf.models.items():
+        over = [f"{kind} {limit} ({n:.0f} {unit})" for kind, limit, n, unit in (
+            ("rpm", m.rpm, demand[name][0], "calls"), ("tpm", m.tpm, demand[name][1], "tokens"),
+        ) if limit and n > limit]  # fmt: skip
+        if over:
+            out[name] = " and ".join(over)
+    return out
 
 
 def waves_of(wf: Workflow, step: Step) -> list[Wave]:
@@ -101,12 +179,13 @@ def waves_of(wf: Workflow, step: Step) -> list[Wave]:
     rule = step.cache_rule
     if rule is not None and rule.hit_rate >= 1.0:
         return []
+    m = wf.models[step.model]
+    tokens = float(m.prompt_tokens + (step.max_tokens or m.max_tokens))
     if step.route is None:
-        seconds = wf.models[step.model].latency_s
-        return [(step.model, w, seconds) for w in step.waves]
+        return [(step.model, w, m.latency_s, tokens) for w in step.waves]
     branches = [step.branch_step(label) for label in step.route]
     slowest = max(branches, key=lambda b: wf.models[b.model].latency_s * b.sequential_calls)
-    head: Wave = (step.model, 1, wf.models[step.model].latency_s)
+    head: Wave = (step.model, 1, m.latency_s, tokens)
     return [head, *waves_of(wf, slowest)]
 
 
@@ -130,11 +209,13 @@ def dispatch_order(wf: Workflow, latency: Mapping[str, float]) -> list[tuple[str
 @dataclass(frozen=True, slots=True)
 class Held:
     """How a step's calls hold the run's slots, for the Monte Carlo: its first attempt's
-    waves (how many calls each sends at once), and the model whose own slots they hold too
-    (None: the run's only)."""
+    waves (how many calls each sends at once), the model whose own limits (slots,
+    ``rpm``, ``tpm``) hold them too (None: the run's slots only), and the tokens each call
+    takes of its ``tpm``."""
 
     waves: tuple[int, ...]
     model: str | None
+    tokens: float = 0.0
 
 
 def holds(wf: Workflow, latency: Mapping[str, float]) -> dict[str, Held] | None:
@@ -146,9 +227,11 @@ def holds(wf: Workflow, latency: Mapping[str, float]) -> dict[str, Held] | None:
     out: dict[str, Held] = {}
     for st in wf.steps:
         model = st.model if st.route is None and not st.escalate else None
-        if model is not None and not wf.models[model].max_concurrency:
+        m = wf.models[st.model]
+        if model is not None and not (m.max_concurrency or m.rpm or m.tpm):
             model = None
-        out[st.id] = Held(tuple(w for _, w, _ in waves_of(wf, st)), model)
+        waves = waves_of(wf, st)
+        out[st.id] = Held(tuple(w for _, w, _, _ in waves), model, waves[0][3] if waves else 0.0)
     return out
 
 
@@ -165,14 +248,21 @@ def _replay(
             children[d].append(s.id)
     waves = {s.id: waves_of(wf, s) for s in wf.steps}
     if stretch is not None:
-        waves = {i: [(m, w, t * stretch[i]) for m, w, t in ws] for i, ws in waves.items()}
+        waves = {i: [(m, w, t * stretch[i], k) for m, w, t, k in ws] for i, ws in waves.items()}
     waiting = {s.id: len(s.after) for s in wf.steps}
     free = wf.concurrency
     model_free = {name: m.max_concurrency or math.inf for name, m in wf.models.items()}
+    rates = buckets(wf)
     order = itertools.count()
-    queued: list[tuple[float, int, str, str, float]] = []  # for a global slot
-    held: dict[str, list[tuple[float, int, str, float]]] = {n: [] for n in wf.models}
+    queued: list[tuple[float, int, str, str, float, float]] = []  # for a global slot
+    held: dict[str, list[tuple[float, int, str, float, float]]] = {n: [] for n in wf.models}
     events: list[tuple[float, int, str, str]] = []  # (time, order, step, model or "")
+
+    def send(sid: str, model: str, seconds: float, tokens: float, now: float) -> None:
+        """A call that has its slots: it answers ``seconds`` after its buckets let it go."""
+        go = through(rates[model], now, tokens) if model in rates else now
+        heapq.heappush(events, (go + seconds, next(order), sid, model))
+
     left: dict[str, int] = {}  # calls of the step's current wave still running
     at: dict[str, int] = {}  # the step's current wave
 
@@ -181,10 +271,10 @@ def _replay(
         if j == len(waves[sid]):  # its last wave answered
             finish(sid, now)
             return
-        model, width, seconds = waves[sid][j]
+        model, width, seconds, tokens = waves[sid][j]
         left[sid] = width
         for _ in range(width):
-            heapq.heappush(queued, (-priority[sid], next(order), sid, model, seconds))
+            heapq.heappush(queued, (-priority[sid], next(order), sid, model, seconds, tokens))
 
     def finish(sid: str, now: float) -> None:
         for child in children[sid]:
@@ -203,14 +293,14 @@ def _replay(
     def dispatch(now: float) -> None:
         nonlocal free
         while free > 0 and queued:
-            prio, _, sid, model, seconds = heapq.heappop(queued)
+            prio, _, sid, model, seconds, tokens = heapq.heappop(queued)
             sent.append((sid, at[sid]))
             free -= 1
             if model_free[model] > 0:
                 model_free[model] -= 1
-                heapq.heappush(events, (now + seconds, next(order), sid, model))
+                send(sid, model, seconds, tokens, now)
             else:  # it waits for its model holding its global slot, as the executor's calls do
-                heapq.heappush(held[model], (prio, next(order), sid, seconds))
+                heapq.heappush(held[model], (prio, next(order), sid, seconds, tokens))
 
     for s in wf.steps:
         if not s.after:
@@ -228,8 +318,8 @@ def _replay(
             free += 1
             left[sid] -= 1
             if held[model]:  # the model's slot passes to the best call waiting for it
-                _, _, other, seconds = heapq.heappop(held[model])
-                heapq.heappush(events, (now + seconds, next(order), other, model))
+                _, _, other, seconds, tokens = heapq.heappop(held[model])
+                send(other, model, seconds, tokens, now)
             else:
                 model_free[model] += 1
         dispatch(now)  # to the calls waiting already, as the executor's release hands them on

@@ -15,6 +15,7 @@ from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
 from trilemma.plan.hedge import timeouts
 from trilemma.plan.optimize import Candidate, OptimizeResult, meets
 from trilemma.plan.simulate import BudgetFor, SimResult
+from trilemma.plan.slots import over_rate
 from trilemma.plan.thresholds import Threshold
 from trilemma.spec import Budget, ModelProfile, Workflow
 from trilemma.spec.model import BACKOFF_BASE_S, BACKOFF_CAP_S
@@ -159,6 +160,15 @@ def slot_assumptions(wf: Workflow, e: Estimate) -> list[str]:
     limits = [f"{wf.concurrency} slots"] + [
         f"{m.max_concurrency} for {name}" for name, m in wf.models.items() if m.max_concurrency
     ]
+    rated = over_rate(wf)
+    if rated:  # the rate limits may be what holds the calls up, not the slots
+        over = "; ".join(f"{name}'s {what}" for name, what in rated.items())
+        return [f"concurrency: the run's limits ({', '.join(limits)}; {over}) hold calls up, "
+                f"so the critical path takes {e.latency_scheduled_s:.2f}s in them, not "
+                f"{e.latency_critical_s:.2f}s (a rate limit's bucket starts a minute's worth "
+                "full, then lets calls go as it refills; the expected and worst latencies are "
+                "replayed in them too, and the Monte Carlo's calls wait for them); raise "
+                "`concurrency:` or the rate limits where the endpoints allow"]  # fmt: skip
     return [f"concurrency: more calls are ready at once than the run's {', '.join(limits)}, so "
             f"the critical path takes {e.latency_scheduled_s:.2f}s in them, not "
             f"{e.latency_critical_s:.2f}s (the longest remaining path goes first; the expected "
@@ -203,7 +213,8 @@ def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
             lines.append(f"deadline: the critical path ({e.latency_critical_s:.2f}s) is over "
                          f"{d}, so every run that goes to the end is cut")  # fmt: skip
         elif e.slots_bind and (e.latency_scheduled_s or 0.0) > b.deadline_s:
-            lines.append(f"deadline: in the run's concurrency slots the critical path takes "
+            limits = "concurrency slots and rate limits" if over_rate(wf) else "concurrency slots"
+            lines.append(f"deadline: in the run's {limits} the critical path takes "
                          f"{e.latency_scheduled_s:.2f}s, over {d}, so every run that goes to the "
                          "end is cut")  # fmt: skip
         else:
@@ -252,8 +263,9 @@ def simulate_table(r: SimResult, e: Estimate) -> Table:
         t.caption += (f"; the {_usd(r.max_cost_usd)} ceiling stopped "
                       f"{_pct(r.ceiling_hits / r.runs)} of runs (budget_exhausted: failed)")  # fmt: skip
     if e.slots_bind:
-        t.caption += ("; the run's concurrency slots hold calls up, and each trajectory's calls "
-                      "wait for them (see `trilemma estimate`)")
+        t.caption += ("; the run's limits (its concurrency slots, a model's own slots and rate "
+                      "limits) hold calls up, and each trajectory's calls wait for them (see "
+                      "`trilemma estimate`)")
     return t
 
 

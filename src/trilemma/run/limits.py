@@ -55,10 +55,11 @@ class PriorityLimiter:
 
 
 class RateLimiter:
-    """A token bucket refilled at ``per_minute`` units a minute, holding at most a minute's worth."""
+    """A token bucket refilled at ``per_minute`` units a minute, holding at most a minute's
+    worth; ``minute_s``: the seconds a minute lasts (less in a time-scaled simulation)."""
 
-    def __init__(self, per_minute: float) -> None:
-        self.rate = per_minute / 60.0
+    def __init__(self, per_minute: float, minute_s: float = 60.0) -> None:
+        self.rate = per_minute / minute_s
         self.capacity = float(per_minute)
         self.tokens = float(per_minute)
         self.updated = time.monotonic()

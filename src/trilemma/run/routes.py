@@ -46,7 +46,8 @@ class Route:
         return cls(
             m, provider, getattr(provider, "external", True), getattr(provider, "keeps_time", False),
             tuple(m.stop or ()), PriorityLimiter(m.max_concurrency) if m.max_concurrency else None,
-            RateLimiter(m.rpm) if m.rpm else None, RateLimiter(m.tpm) if m.tpm else None,
+            RateLimiter(m.rpm, m.minute_s) if m.rpm else None,
+            RateLimiter(m.tpm, m.minute_s) if m.tpm else None,
             bool(m.max_concurrency or m.rpm or m.tpm),
         )  # fmt: skip
 

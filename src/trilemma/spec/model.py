@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     model_validator,
 )
 
@@ -156,6 +157,7 @@ class ModelProfile(_Strict):
     max_concurrency: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     rpm: PerMinute | None = None
     tpm: PerMinute | None = None
+    _minute_s: float = PrivateAttr(default=60.0)
     api: Literal["chat", "completions"] = "chat"
     stop: list[str] | None = None
     calibration: dict[str, Any] | None = None
@@ -202,6 +204,13 @@ class ModelProfile(_Strict):
         if self.provider == "openai" and (not self.base_url or not self.model):
             raise ValueError("provider openai needs base_url and model (the endpoint's model name)")
         return self
+
+    @property
+    def minute_s(self) -> float:
+        """The seconds a minute of ``rpm`` and ``tpm`` lasts: 60, or less in a time-scaled
+        copy (:func:`trilemma.experiments.trials.time_scaled`), whose buckets hold as many
+        calls as the spec's and refill as much faster as its time runs."""
+        return self._minute_s
 
     @property
     def runs_on_simulator(self) -> bool:
