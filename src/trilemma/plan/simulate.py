@@ -26,8 +26,10 @@ latency. A model with ``hedge_after_s`` sends an attempt again when its drawn ti
 ``hedge_after_s`` x its sequential calls, takes the faster copy and pays for both (a routed
 step's branches count the hedges' expected price only); when the attempt's jittery calls go
 in waves, each call races a copy of its own, and the copies are paid for on average. A step
-whose retries are exhausted fails the run; with ``halt=True`` (the executor's behaviour) the
-steps that depend on it are not run or paid for.
+whose retries are exhausted fails the run; with ``halt=True`` (the executor's behaviour) it
+stops new calls: the steps started by then run to their ends and are paid for, the others
+(those that depend on it among them) are not sent. A step in flight then is counted as
+drawn, its later retries too, where the executor would not send them.
 
 An early stop (``stop_when: S``): in a trajectory where ``S`` passes its gate, the
 steps not finished by then are neither paid for nor counted, and the run ends
@@ -50,7 +52,7 @@ optimizer's target for expected cost, so it is not simulated unless asked) is he
 executor holds it: before each call its worst case (``usd_per_call``, or ``max_tokens`` at
 the output price and the prompt at the input price) must fit under the ceiling less what is
 spent, else the call is not sent and the run stops (``budget_exhausted``) and fails, billed
-for what it spent. The trajectory spends one call after another, taking the steps in the
+for what it spent (the steps in flight then run to their ends, as after a failed step). The trajectory spends one call after another, taking the steps in the
 order they start on the schedule of first attempts (a chain's order exactly); where the
 executor has parallel calls in flight it holds their worst cases at once, so with token
 prices a parallel run may stop a call sooner than simulated, and a step that a jittery
@@ -59,6 +61,7 @@ schedule starts before the refused call in time is counted as not sent.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Callable
@@ -513,6 +516,8 @@ def simulate(
     settings = settings or wf.simulation
     order, params, slots = _drawn(wf, settings, max_cost_usd is not None)
     cut = _cut_of(wf, order)
+    if cut is None and halt and not _chain(wf):  # a failed step stops the steps beside it
+        cut = NO_CUT
     size = max(1024, min(CHUNK, (CELLS if cut is None else STOP_CELLS) // len(params)))
     if slots is not None:
         size = min(size, max(1024, SLOT_CELLS // slots.concurrency))
@@ -548,7 +553,8 @@ def simulate(
 
 @dataclass(frozen=True, slots=True)
 class _Cut:
-    """What may end a run before every step has: an early stop, the deadline."""
+    """What may end a run before every step has: an early stop, the deadline (and, cut or
+    not, a failed step or the ceiling's refusal, which stop new calls)."""
 
     stop: int | None
     """The stop_when step's place in topological order."""
@@ -652,6 +658,18 @@ def smallest_budget(
     return BudgetFor(kind, target, value, at, below)
 
 
+NO_CUT = _Cut(None, False, math.inf)
+"""Neither an early stop nor a deadline: what a failed step or the ceiling cuts short."""
+
+
+def _chain(wf: Workflow) -> bool:
+    """Each step depends on the one before it: a failed step's halt stops only the steps
+    that depend on it, which never run anyway."""
+    graph = wf.edges()
+    order = dag.topo_order(graph)
+    return all(a in graph[b] for a, b in itertools.pairwise(order))
+
+
 def _cut_of(wf: Workflow, order: list[str]) -> _Cut | None:
     if wf.stop_when is None and wf.budget.deadline_s is None:
         return None
@@ -748,7 +766,7 @@ def _chunk(
         if cut is not None:
             own = [(*o[:3], t0, *o[4:]) for o, t0 in zip(own, starts, strict=True)]
     if cut is not None:
-        return _cut_short(cut, finish, dead, own, broke_at)
+        return _cut_short(cut, finish, dead, own, broke_at, halt)
     for f in finish:
         np.maximum(latency, f, out=latency)
     caught_any = np.any(dead, axis=0) & ~broke
@@ -857,38 +875,47 @@ def _cut_short(
     dead: list[np.ndarray],
     own: list[tuple[Any, ...]],
     broke_at: np.ndarray,
+    halt: bool = True,
 ) -> tuple[np.ndarray, ...]:
-    """A chunk's figures when a run may end early: where the stop step passed, or the
-    deadline came first, only the steps finished by then count (a step started by then
-    has sent an attempt's calls, cancelled: billed at their reservation on a real endpoint,
-    nothing on the simulator) and the run ends then. A run the
-    deadline cut fails, as does one the ceiling stopped before either (``broke_at``); a
-    step counts as failed by its own retries only, as the loop has it (a step the ceiling
-    stopped after the run had ended did not fail it)."""
+    """A chunk's figures when a run may end early, as the executor ends it.
+
+    A step that fails by its own retries (``halt``) stops new calls, as the ceiling's
+    refusal does (``broke_at``; the draw sent nothing after it already): the steps started
+    by then run to their ends, paid for, and the others are not sent. Where the stop step passed, or the
+    deadline came first, only the steps finished by then count (a step started by then has
+    sent an attempt's calls, cancelled: billed at their reservation on a real endpoint,
+    nothing on the simulator) and the run ends then. A run the deadline cut fails, as does
+    one the ceiling stopped first; a step counts as failed by its own retries only, as the
+    loop has it (a step the ceiling stopped after the run had ended did not fail it)."""
     inf = np.full_like(finish[0], math.inf)
-    at, stopped = inf, np.zeros(inf.shape, dtype=bool)
-    if cut.stop is not None:
-        stopped = ~dead[cut.stop]  # it passed its gate (perhaps wrongly: then the run is wrong)
-        at = np.where(stopped, finish[cut.stop], math.inf)
-    late = np.minimum(np.max(finish, axis=0), at) > cut.deadline + 1e-9
-    until = np.where(late, cut.deadline, at)
-    broke = broke_at < until - 1e-9
-    late &= ~broke
-    until = np.where(broke, broke_at, until)
+    failed_at = inf
+    if halt:
+        for i, (f, o) in enumerate(zip(finish, own, strict=True)):
+            if not (cut.alone and i == cut.stop):  # a lone stop step's failure: no stop
+                failed_at = np.where(o[6], np.minimum(failed_at, f), failed_at)
+    ran = [o[3] < failed_at - 1e-9 for o in own]  # started before a failure stopped sending
+    at = inf
+    if cut.stop is not None:  # it passed its gate (perhaps wrongly: then the run is wrong)
+        at = np.where(~dead[cut.stop] & ran[cut.stop], finish[cut.stop], math.inf)
+    end = np.max([np.where(r, f, 0.0) for f, r in zip(finish, ran, strict=True)], axis=0)
+    cut_off = np.minimum(end, at) > cut.deadline + 1e-9  # something runs at the deadline
+    until = np.where(cut_off, cut.deadline, at)  # what is in flight then is cancelled
+    broke = (broke_at < until - 1e-9) & (broke_at <= failed_at)
+    late = cut_off & ~(np.minimum(failed_at, broke_at) < until - 1e-9)  # not stopped first
     cost, calls, latency = np.zeros_like(inf), np.zeros_like(inf), np.zeros_like(inf)
     caught, uncaught = np.zeros(inf.shape, dtype=bool), np.zeros(inf.shape, dtype=bool)
-    for i, (f, (paid, called, wrong, start, one, cancel, failed)) in enumerate(
-        zip(finish, own, strict=True)
+    for i, (f, r, (paid, called, wrong, start, one, cancel, failed)) in enumerate(
+        zip(finish, ran, own, strict=True)
     ):
-        counts = f <= until + 1e-9
-        in_flight = ~counts & (start < until - 1e-9)
+        counts = r & (f <= until + 1e-9)
+        in_flight = r & ~counts & (start < until - 1e-9)
         cost += np.where(counts, paid, np.where(in_flight & (one > 0), cancel, 0.0))
         calls += np.where(counts, called, np.where(in_flight, one, 0.0))
         np.maximum(latency, np.where(counts, f, 0.0), out=latency)
-        if not (cut.alone and i == cut.stop):  # a lone stop step's failure only means no stop
+        if not (cut.alone and i == cut.stop):
             caught |= failed & counts
         uncaught |= wrong & counts
-    latency = np.where(late, cut.deadline, latency)
+    latency = np.where(cut_off, cut.deadline, latency)
     caught &= ~broke
     ok = ~caught & ~uncaught & ~late & ~broke
     return cost, latency, calls, ok, caught, uncaught & ~caught & ~broke, late, broke
@@ -1152,6 +1179,7 @@ def simulate_loop(
         wrong: list[bool] = []
         paid: list[float] = []  # per step
         failed_at: list[bool] = []  # per step: it failed the run (caught or not)
+        died: list[bool] = []  # per step: its own retries ran out (caught: the run stops)
         cancel: list[float] = []  # per step: what it bills if cancelled in flight
         starts: list[float] = []
         for sp in params:
@@ -1168,6 +1196,7 @@ def simulate_loop(
                 wrong.append(tainted)
                 paid.append(0.0)
                 failed_at.append(False)
+                died.append(False)
                 cancel.append(0.0)
                 starts.append(start)
                 durs.append((finish[-1] - start, None))
@@ -1248,34 +1277,37 @@ def simulate_loop(
             paid.append(cost)
             spent += cost
             failed_at.append(is_dead or is_wrong)
+            died.append(is_dead)
             cancel.append(sp.cancel_usd)
             starts.append(start)
         if slots is not None:  # the steps' times again, their calls waiting for slots
             starts, finish = _schedule_one(params, durs, slots)
             if refused_at >= 0:
                 broke_at = finish[refused_at]
-        until, late = math.inf, False
-        if cut is not None:
-            k = cut.stop
-            if k is not None and not dead[k]:  # it passed: what is unfinished is cancelled
-                until = finish[k]
-            elif k is not None and cut.alone:  # it failed with nothing after it: no stop
-                failed_at[k] = False
-            late = min(max(finish, default=0.0), until) > cut.deadline + 1e-9
-            until = cut.deadline if late else until
-        broke = broke_at < until - 1e-9
-        if broke:
-            late, until = False, broke_at
-        counts = [f <= until + 1e-9 for f in finish]
+        ct = cut or NO_CUT
+        k = ct.stop
+        if k is not None and ct.alone and dead[k]:  # it failed with nothing after it: no stop
+            failed_at[k] = died[k] = False
+        # a step failed by its own retries stops new calls, as the ceiling's refusal does:
+        # what started before runs to its end, the rest is not sent
+        failed = min((f for f, d in zip(finish, died, strict=True) if d), default=math.inf)
+        ran = [t0 < failed - 1e-9 for t0 in starts]  # the ceiling's draw sent no more
+        at = finish[k] if k is not None and not dead[k] and ran[k] else math.inf  # it passed
+        end = max((f for f, r in zip(finish, ran, strict=True) if r), default=0.0)
+        cut_off = min(end, at) > ct.deadline + 1e-9  # something runs at the deadline
+        until = ct.deadline if cut_off else at  # what is in flight then is cancelled
+        broke = broke_at < until - 1e-9 and broke_at <= failed
+        late = cut_off and not min(failed, broke_at) < until - 1e-9
+        counts = [r and f <= until + 1e-9 for f, r in zip(finish, ran, strict=True)]
         ok_n += not late and not broke and not any(
             f and c for f, c in zip(failed_at, counts, strict=True)
         )
         cost_sum += math.fsum(c for c, keep in zip(paid, counts, strict=True) if keep)
         cost_sum += math.fsum(  # in flight when the run ended: cancelled, billed as it bills
-            c for c, keep, t0 in zip(cancel, counts, starts, strict=True)
-            if not keep and t0 < until - 1e-9
+            c for c, keep, r, t0 in zip(cancel, counts, ran, starts, strict=True)
+            if r and not keep and t0 < until - 1e-9
         )
-        lat_sum += until if late else max(
+        lat_sum += until if cut_off else max(
             (f for f, keep in zip(finish, counts, strict=True) if keep), default=0.0
         )
     return ok_n / runs, cost_sum / runs, lat_sum / runs

@@ -217,6 +217,9 @@ class Session:
     done: int = 0
     """Steps done so far."""
     results: dict[str, StepResult] = field(default_factory=dict)
+    halted: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the run stops sending (a failed step, the ceiling, an early stop): a retry's
+    backoff under way ends then, as the retry would not be sent."""
     shared: SharedSpend | None = None
     """A ceiling shared with runs in other processes, held as well as ``guard``'s."""
 
@@ -439,6 +442,7 @@ class Executor:
     def _halt(self, s: Session, kind: str, reason: str) -> None:
         if s.stop is None:
             s.stop, s.stop_reason = kind, reason
+            s.halted.set()
 
     # ------------------------------------------------------------------ a step
 
@@ -518,7 +522,7 @@ class Executor:
         A resumed step starts at the attempt the journal says comes next (re-sending one
         that was in flight under its own idempotency keys) with the retries it has left.
         """
-        retry = retrying(retries, self.rng, after_failure=first)
+        retry = retrying(retries, self.rng, after_failure=first, interrupt=s.halted)
         async for attempt in retry:
             with attempt:
                 state["attempt"] = first_no + attempt.retry_state.attempt_number

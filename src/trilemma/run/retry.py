@@ -2,7 +2,9 @@
 
 A step's ``retries`` caps its extra attempts, whatever failed: a provider
 error, a malformed answer or a gate's rejection. Fatal errors, a refused
-budget and a passed deadline are never retried. :func:`fast_retries` is the
+budget and a passed deadline are never retried. A backoff ends early when the run stops
+sending (a failed step, the ceiling): the retry it waited for would not be sent.
+:func:`fast_retries` is the
 testing mode: the same policy with no waiting (``TRILEMMA_FAST_RETRIES=1`` in the
 environment sets it for a whole process).
 """
@@ -89,31 +91,53 @@ def _retryable(exc: BaseException) -> bool:
 
 
 def retrying(
-    attempts: int, rng: random.Random | None = None, *, after_failure: BaseException | None = None
+    attempts: int,
+    rng: random.Random | None = None,
+    *,
+    after_failure: BaseException | None = None,
+    interrupt: asyncio.Event | None = None,
 ) -> AsyncRetrying:
     """At most ``attempts`` tries of retryable failures; the last error is re-raised.
 
     ``after_failure``: an attempt already failed with this error (made outside
     tenacity to keep the common first try cheap); the first try here waits for it.
+    ``interrupt``: set when the run stops sending; a backoff under way ends then.
     """
     rng = rng or random.Random()
     offset = 0 if after_failure is None else 1
+    sleep = _sleeper(interrupt)
     return AsyncRetrying(
+        sleep=sleep,
         stop=stop_after_attempt(attempts),
         wait=_wait(rng, offset),
-        before=_sleep_first(after_failure, rng),
+        before=_sleep_first(after_failure, rng, sleep),
         retry=retry_if_exception(_retryable),
         reraise=True,
     )
 
 
+def _sleeper(interrupt: asyncio.Event | None) -> Callable[[float], Awaitable[None]]:
+    """``asyncio.sleep``, or a sleep that ends early when ``interrupt`` is set."""
+    if interrupt is None:
+        return asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        if interrupt.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await interrupt.wait()
+
+    return sleep
+
+
 def _sleep_first(
-    exc: BaseException | None, rng: random.Random
+    exc: BaseException | None, rng: random.Random, sleep: Callable[[float], Awaitable[None]]
 ) -> Callable[[RetryCallState], Awaitable[None]]:
     """A ``before`` hook that waits out the backoff of a failure made before tenacity took over."""
 
     async def before(state: RetryCallState) -> None:
         if exc is not None and state.attempt_number == 1:
-            await asyncio.sleep(backoff(exc, 1, rng))
+            await sleep(backoff(exc, 1, rng))
 
     return before
