@@ -881,10 +881,10 @@ def _cut_short(
 
     A step that fails by its own retries (``halt``) stops new calls, as the ceiling's
     refusal does (``broke_at``; the draw sent nothing after it already): the steps started
-    by then run to their ends, paid for, and the others are not sent. Where the stop step passed, or the
-    deadline came first, only the steps finished by then count (a step started by then has
-    sent an attempt's calls, cancelled: billed at their reservation on a real endpoint,
-    nothing on the simulator) and the run ends then. A run the deadline cut fails, as does
+    by then run to their ends, paid for, and the others are not sent. Where the stop step
+    passed, or the deadline came first, only the steps finished by then count (a step
+    started by then has sent an attempt's calls, cancelled: billed at their reservation on
+    a real endpoint, nothing on the simulator) and the run ends then. A run the deadline cut fails, as does
     one the ceiling stopped first; a step counts as failed by its own retries only, as the
     loop has it (a step the ceiling stopped after the run had ended did not fail it)."""
     inf = np.full_like(finish[0], math.inf)
@@ -1291,7 +1291,7 @@ def simulate_loop(
         # a step failed by its own retries stops new calls, as the ceiling's refusal does:
         # what started before runs to its end, the rest is not sent
         failed = min((f for f, d in zip(finish, died, strict=True) if d), default=math.inf)
-        ran = [t0 < failed - 1e-9 for t0 in starts]  # the ceiling's draw sent no more
+        ran = [t0 < failed - 1e-9 for t0 in starts]  # (after a refusal the draw sent none)
         at = finish[k] if k is not None and not dead[k] and ran[k] else math.inf  # it passed
         end = max((f for f, r in zip(finish, ran, strict=True) if r), default=0.0)
         cut_off = min(end, at) > ct.deadline + 1e-9  # something runs at the deadline

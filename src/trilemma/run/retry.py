@@ -1,11 +1,10 @@
 """The retry policy: tenacity, full-jitter exponential backoff, Retry-After honoured.
 
-A step's ``retries`` caps its extra attempts, whatever failed: a provider
-error, a malformed answer or a gate's rejection. Fatal errors, a refused
-budget and a passed deadline are never retried. A backoff ends early when the run stops
-sending (a failed step, the ceiling): the retry it waited for would not be sent.
-:func:`fast_retries` is the
-testing mode: the same policy with no waiting (``TRILEMMA_FAST_RETRIES=1`` in the
+A step's ``retries`` caps its extra attempts, whatever failed: a provider error, a
+malformed answer or a gate's rejection. Fatal errors, a refused budget and a passed
+deadline are never retried. A backoff ends early when the run stops sending (a failed
+step, the ceiling): the retry it waited for would not be sent. :func:`fast_retries` is
+the testing mode: the same policy with no waiting (``TRILEMMA_FAST_RETRIES=1`` in the
 environment sets it for a whole process).
 """
 
