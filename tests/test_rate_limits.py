@@ -21,6 +21,8 @@ from trilemma.plan.slots import Bucket, may_bind, over_rate
 from trilemma.run.session import execute
 from trilemma.spec import Workflow
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
 
 def wide(n: int, limit: str, concurrency: int = 16, latency: float = 0.01) -> Workflow:
     """``n`` independent calls of ``latency`` seconds on one model with ``limit``."""
@@ -141,3 +143,17 @@ def test_a_time_scaled_run_keeps_the_bucket_and_shortens_its_minute(tmp_path: Pa
     assert simulate(fast, 200, seed=1).latency_s.mean == pytest.approx(1.05)
     r = execute(fast, journal=Journal(tmp_path / "j.db"), seed=1)
     assert r.status == "ok" and r.latency_s == pytest.approx(1.05, rel=0.1)
+
+
+def test_optimize_says_which_rate_limit_no_configuration_fits() -> None:
+    """Sixteen votes of five on a model allowed 60 requests a minute: every configuration
+    the search finds cheapest keeps most votes there, and misses 15 s in the bucket."""
+    from trilemma.plan.optimize import optimize
+    from trilemma.spec import Budget
+
+    wf = parse_workflow((EXAMPLES / "rate-limited.yaml").read_text().replace(
+        "retries: 1}", "retries: 1, candidates: [small, large]}"))  # fmt: skip
+    found = optimize(wf, Budget(deadline_s=15.0))
+    assert found.best is None
+    note = " ".join(" ".join(found.notes).split())
+    assert "rate limits (small's rpm 60 (80 calls))" in note and "raise the rate limits" in note

@@ -57,6 +57,7 @@ from trilemma.plan.estimate import (
     step_estimate,
 )
 from trilemma.plan.simulate import PREDICTION_RUNS, SimResult, check_seed, under_budget
+from trilemma.plan.slots import over_rate
 from trilemma.spec import Budget, Debate, Step, Workflow, workflow_from_dict
 
 __all__ = [
@@ -314,12 +315,17 @@ def _in_slots(
     kept = [c for c in feasible if key(c) not in over]
     passed = len(feasible) - len(kept)
     slots = f"the run's {wf.concurrency} concurrency slots"
+    rated = over_rate(wf)
+    if rated:
+        slots += " and rate limits (" + "; ".join(f"{m}'s {w}" for m, w in rated.items()) + ")"
     if found is None:
+        raise_ = ("raise `concurrency:` (or a model's max_concurrency) if the endpoint allows"
+                  if not rated else "raise the rate limits (or `concurrency:`) if the endpoints "
+                  "allow, move calls to another model yourself (the search did not weigh them)")
         note = (f"concurrency: none of the {passed} best configuration(s) that meet the budgets "
                 f"as if every ready call could go at once fits the {deadline:g}s latency budget "
-                f"in {slots} (their calls wait for a slot; {len(over)} checked, alike steps "
-                "once); raise `concurrency:` (or a model's max_concurrency) if the endpoint "
-                "allows, or the latency budget")  # fmt: skip
+                f"in {slots} (their calls wait for them; {len(over)} checked, alike steps "
+                f"once); {raise_}, or the latency budget")  # fmt: skip
         return None, None, kept, (note,)
     note = (f"concurrency: {passed} configuration(s) ranked above the answer meet the "
             f"{deadline:g}s latency budget only as if every ready call could go at once, not in "
