@@ -145,15 +145,33 @@ def test_a_time_scaled_run_keeps_the_bucket_and_shortens_its_minute(tmp_path: Pa
     assert r.status == "ok" and r.latency_s == pytest.approx(1.05, rel=0.1)
 
 
-def test_optimize_says_which_rate_limit_no_configuration_fits() -> None:
-    """Sixteen votes of five on a model allowed 60 requests a minute: every configuration
-    the search finds cheapest keeps most votes there, and misses 15 s in the bucket."""
-    from trilemma.plan.optimize import optimize
+def test_optimize_moves_calls_off_a_rate_bound_model_or_says_which_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Eight votes of five on a model allowed 30 requests a minute: every configuration
+    the search ranks cheapest keeps the votes there and misses 15 s in the bucket; where the
+    walk through them finds none that fits, single exchanges from the best move votes to
+    the other model until it does. Without another model nothing fits, and the note names
+    the limit."""
+    from trilemma.plan import optimize as opt
     from trilemma.spec import Budget
 
-    wf = parse_workflow((EXAMPLES / "rate-limited.yaml").read_text().replace(
-        "retries: 1}", "retries: 1, candidates: [small, large]}"))  # fmt: skip
-    found = optimize(wf, Budget(deadline_s=15.0))
-    assert found.best is None
-    note = " ".join(" ".join(found.notes).split())
-    assert "rate limits (small's rpm 60 (80 calls))" in note and "raise the rate limits" in note
+    monkeypatch.setattr(opt, "SLOT_TRIES", 1)  # the walk checks the cheapest alone
+    text = ("version: 1\nmodels:\n"
+            "  small: {usd_per_call: 0.0005, latency_s: 1.0, p_ok: 0.98, rpm: 30}\n"
+            "  large: {usd_per_call: 0.0150, latency_s: 2.0, p_ok: 0.99}\nsteps:\n"
+            + "".join(f"  - {{id: t{i}, model: small, vote: {{samples: 5}}, retries: 1}}\n"
+                      for i in range(8))
+            + "  - {id: digest, model: large, after: [t0, t1, t2, t3, t4, t5, t6, t7]}\n")
+    assert estimate(parse_workflow(text)).latency_worst_s > 20  # the last ten wait 2 s each
+    wf = parse_workflow(text.replace("retries: 1}", "retries: 1, candidates: [small, large]}"))
+    found = opt.optimize(wf, Budget(deadline_s=15.0), max_retries=1, beam_width=16)
+    assert found.best is not None and found.best_estimate is not None
+    assert found.best_estimate.latency_worst_s <= 15.0
+    moved = [s.id for s in found.best.steps if s.model == "large" and s.id != "digest"]
+    assert len(moved) == 1  # 35 calls on small: five wait for the bucket, 13 s in all
+    assert "single-step exchanges that shorten its time in them" in " ".join(found.notes)
+    stuck = opt.optimize(parse_workflow(text), Budget(deadline_s=15.0), max_retries=1)
+    assert stuck.best is None
+    note = " ".join(" ".join(stuck.notes).split())
+    assert "rate limits (small's rpm 30 (40 calls))" in note and "raise the rate limits" in note

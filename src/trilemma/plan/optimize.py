@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -256,7 +256,9 @@ def _search(
     notes = _notes(wf, budget, budget_on)
     best_estimate = None
     if best is not None:
-        best, best_estimate, feasible, held = _in_slots(wf, best, feasible, budget, budget_on)
+        best, best_estimate, feasible, held = _in_slots(
+            wf, best, feasible, budget, budget_on, options
+        )
         notes += held
     spec = apply(wf, best) if best else None
     return OptimizeResult(
@@ -275,8 +277,9 @@ def _search(
 
 
 def _in_slots(
-    wf: Workflow, best: Candidate, feasible: list[Candidate], budget: Budget, on: BudgetOn
-) -> tuple[Candidate | None, Estimate | None, list[Candidate], tuple[str, ...]]:
+    wf: Workflow, best: Candidate, feasible: list[Candidate], budget: Budget, on: BudgetOn,
+    options: list[list[Choice]] | None = None,
+) -> tuple[Candidate | None, Estimate | None, list[Candidate], tuple[str, ...]]:  # fmt: skip
     """The answer held to the latency budget in the run's concurrency slots.
 
     The search weighs latencies as if every ready call could go at once (a longest path
@@ -286,9 +289,12 @@ def _in_slots(
     checked the same way, best ranked first, at most :data:`SLOT_TRIES`. Configurations
     that differ only in which of two alike steps (the same in all but their id, with the
     same dependencies and dependents) gets which setting take the same time (ties in
-    priority aside), and are checked once: a fan-out of alike steps has many. Returns the
-    answer (None if none of those fits), its estimate, the configurations meeting the
-    budgets without those found over it, and a note when any was passed over."""
+    priority aside), and are checked once: a fan-out of alike steps has many. When none
+    fits, single-step exchanges from the answer (``options``) are made while it meets the
+    budgets, until it fits in the limits (:func:`_exchanged`): the search ranked by cost
+    alone, and the configurations that move calls off a rate-bound model may not be among
+    those it kept. Returns the answer (None if none fits), its estimate, the configurations
+    meeting the budgets without those found over it, and a note when any was passed over."""
     deadline = budget.deadline_s
 
     def checked(c: Candidate) -> tuple[Estimate, bool]:
@@ -318,6 +324,15 @@ def _in_slots(
     rated = over_rate(wf)
     if rated:
         slots += " and rate limits (" + "; ".join(f"{m}'s {w}" for m, w in rated.items()) + ")"
+    if found is None and options is not None:
+        exchanged = _exchanged(wf, best, options, budget, on, checked, key)
+        if exchanged is not None:
+            found, e = exchanged
+            note = (f"concurrency: none of the {passed} best configuration(s) that meet the "
+                    f"budgets as if every ready call could go at once fits the {deadline:g}s "
+                    f"latency budget in {slots}; the answer is the best of them with single-step "
+                    "exchanges that shorten its time in them, made until it fits")  # fmt: skip
+            return found, e, kept, (note,)
     if found is None:
         raise_ = ("raise `concurrency:` (or a model's max_concurrency) if the endpoint allows"
                   if not rated else "raise the rate limits (or `concurrency:`) if the endpoints "
@@ -331,6 +346,63 @@ def _in_slots(
             f"{deadline:g}s latency budget only as if every ready call could go at once, not in "
             f"{slots}; the answer is the best that meets it in them")
     return found, e, kept, (note,)
+
+
+def _exchanged(
+    wf: Workflow, start: Candidate, options: list[list[Choice]], budget: Budget, on: BudgetOn,
+    checked: Callable[[Candidate], tuple[Estimate, bool]],
+    key: Callable[[Candidate], tuple[object, ...]],
+) -> tuple[Candidate, Estimate] | None:  # fmt: skip
+    """From ``start``, the single-step exchange that meets the budgets and shortens the time
+    in the run's limits the most per dollar it adds, again and again (at most once per
+    step), until the configuration fits the latency budget in them (``checked``); then the
+    exchanges that lower its cost and keep it fitting. Exchanges alike up to which alike
+    step makes them (``key``) are checked once. None if no exchange shortens it."""
+    graph = _graph(wf, start.parallel)
+    ids = [s.id for s in wf.steps]
+
+    def latency(e: Estimate) -> float:
+        return e.latency_worst_s if on == "worst" else e.latency_expected_s
+
+    def moves(c: Candidate) -> Iterator[Candidate]:
+        seen: set[tuple[object, ...]] = set()
+        for i, opts in enumerate(options):
+            for choice in opts:
+                if choice != c.choices[i]:
+                    choices = (*c.choices[:i], choice, *c.choices[i + 1 :])
+                    ms = [_metrics(wf, s, ch, on) for s, ch in zip(wf.steps, choices, strict=True)]
+                    moved = _candidate(graph, ids, choices, ms, c.parallel)
+                    if meets(moved, budget, on) and key(moved) not in seen:
+                        seen.add(key(moved))
+                        yield moved
+
+    best, (e, fits) = start, checked(start)
+    for _ in range(len(options)):
+        scored = []
+        for moved in moves(best):
+            e2, fits2 = checked(moved)
+            gain = latency(e) - latency(e2)
+            if gain > 1e-9:
+                extra = max(moved.cost(on) - best.cost(on), 1e-12)
+                scored.append((gain / extra, -latency(e2), moved, e2, fits2))
+        if not scored:
+            return None
+        _, _, best, e, fits = max(scored, key=lambda t: (t[0], t[1]))
+        if fits:
+            break
+    if not fits:
+        return None
+    cheaper = True
+    while cheaper:  # give back what the fit does not need
+        cheaper = False
+        for moved in sorted(moves(best), key=lambda c: _rank(c, on)):
+            if _rank(moved, on) >= _rank(best, on):
+                break
+            e2, fits2 = checked(moved)
+            if fits2:
+                best, e, cheaper = moved, e2, True
+                break
+    return best, e
 
 
 def _alike(wf: Workflow) -> Callable[[Candidate], tuple[object, ...]]:
