@@ -236,7 +236,8 @@ def test_optimize_gives_up_after_slot_tries(monkeypatch: pytest.MonkeyPatch) -> 
     assert r.best is None
     (note,) = [n for n in r.notes if n.startswith("concurrency:")]
     assert note.startswith("concurrency: none of the 7 best configuration(s) that meet the budgets")
-    assert "(their calls wait for them; 2 checked, alike steps once)" in note
+    assert ("(their calls wait for them; 2 checked, alike steps once; single-step exchanges "
+            "from the best found none)") in note
     assert len(r.candidates) == 64 - 7  # every configuration fits without the slots
     monkeypatch.setattr(opt, "SLOT_TRIES", 4)  # six, five, four slow ones; three fit
     r = opt.optimize(_six(3), Budget(deadline_s=0.9), max_retries=0)

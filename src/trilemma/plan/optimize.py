@@ -336,11 +336,12 @@ def _in_slots(
     if found is None:
         raise_ = ("raise `concurrency:` (or a model's max_concurrency) if the endpoint allows"
                   if not rated else "raise the rate limits (or `concurrency:`) if the endpoints "
-                  "allow, move calls to another model yourself (the search did not weigh them)")
+                  "allow, give the steps on a rate-bound model other candidates")
         note = (f"concurrency: none of the {passed} best configuration(s) that meet the budgets "
                 f"as if every ready call could go at once fits the {deadline:g}s latency budget "
                 f"in {slots} (their calls wait for them; {len(over)} checked, alike steps "
-                f"once); {raise_}, or the latency budget")  # fmt: skip
+                f"once; single-step exchanges from the best found none); {raise_}, or the "
+                "latency budget")  # fmt: skip
         return None, None, kept, (note,)
     note = (f"concurrency: {passed} configuration(s) ranked above the answer meet the "
             f"{deadline:g}s latency budget only as if every ready call could go at once, not in "
