@@ -52,8 +52,8 @@ optimizer's target for expected cost, so it is not simulated unless asked) is he
 executor holds it: before each call its worst case (``usd_per_call``, or ``max_tokens`` at
 the output price and the prompt at the input price) must fit under the ceiling less what is
 spent, else the call is not sent and the run stops (``budget_exhausted``) and fails, billed
-for what it spent (the steps in flight then run to their ends, as after a failed step). The trajectory spends one call after another, taking the steps in the
-order they start on the schedule of first attempts (a chain's order exactly); where the
+for what it spent (the steps in flight then run to their ends, as after a failed step). The
+trajectory spends one call after another, taking the steps in the order they start on the schedule of first attempts (a chain's order exactly); where the
 executor has parallel calls in flight it holds their worst cases at once, so with token
 prices a parallel run may stop a call sooner than simulated, and a step that a jittery
 schedule starts before the refused call in time is counted as not sent.
@@ -81,7 +81,15 @@ from trilemma.plan.estimate import (
     step_estimate,
 )
 from trilemma.plan.hedge import call_price, hedge_rate, hedged_answers, timeouts
-from trilemma.plan.slots import Bucket, Held, dispatch_order, holds, over_rate, through
+from trilemma.plan.slots import (
+    Bucket,
+    Held,
+    dispatch_order,
+    holds,
+    over_rate,
+    rate_limits,
+    through,
+)
 from trilemma.spec import Simulation, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
 
@@ -359,7 +367,7 @@ def _slotted(wf: Workflow) -> tuple[_Slots, dict[str, Held], list[str]] | None:
     models = {h.model: min(wf.concurrency, c) for h in held.values()
               if h.model is not None and (c := wf.models[h.model].max_concurrency)}  # fmt: skip
     rated = over_rate(wf)
-    rates = {m: tuple((n, p.minute_s, tpm) for n, tpm in ((p.rpm, False), (p.tpm, True)) if n)
+    rates = {m: tuple((n, p.minute_s, tpm) for n, tpm in rate_limits(p))
              for m, p in wf.models.items() if m in rated}  # fmt: skip
     calls = dispatch_order(wf, latency)
     order = list(dict.fromkeys(sid for sid, _ in calls))
@@ -884,9 +892,10 @@ def _cut_short(
     by then run to their ends, paid for, and the others are not sent. Where the stop step
     passed, or the deadline came first, only the steps finished by then count (a step
     started by then has sent an attempt's calls, cancelled: billed at their reservation on
-    a real endpoint, nothing on the simulator) and the run ends then. A run the deadline cut fails, as does
-    one the ceiling stopped first; a step counts as failed by its own retries only, as the
-    loop has it (a step the ceiling stopped after the run had ended did not fail it)."""
+    a real endpoint, nothing on the simulator) and the run ends then. A run the deadline
+    cut fails, as does one the ceiling stopped first; a step counts as failed by its own
+    retries only, as the loop has it (a step the ceiling stopped after the run had ended did
+    not fail it)."""
     inf = np.full_like(finish[0], math.inf)
     failed_at = inf
     if halt:

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from trilemma import dag
-from trilemma.spec import Step, Workflow
+from trilemma.spec import ModelProfile, Step, Workflow
 
 __all__ = [
     "SLOTS_BIND",
@@ -50,6 +50,7 @@ __all__ = [
     "holds",
     "may_bind",
     "over_rate",
+    "rate_limits",
     "remaining_path",
     "scheduled",
 ]
@@ -89,15 +90,17 @@ class Bucket:
         return at
 
 
+def rate_limits(m: ModelProfile) -> tuple[tuple[int, bool], ...]:
+    """A model's rate limits in the order the executor takes them (``rpm``, then ``tpm``),
+    each as (units a minute, whether it counts tokens)."""
+    return tuple((n, tpm) for n, tpm in ((m.rpm, False), (m.tpm, True)) if n)
+
+
 def buckets(wf: Workflow) -> dict[str, list[tuple[Bucket, bool]]]:
-    """Each model's fresh buckets, in the order the executor takes them (``rpm``, then
-    ``tpm``), each with whether it counts tokens."""
-    out: dict[str, list[tuple[Bucket, bool]]] = {}
-    for name, m in wf.models.items():
-        pairs = [(Bucket(n, m.minute_s), tpm) for n, tpm in ((m.rpm, False), (m.tpm, True)) if n]
-        if pairs:
-            out[name] = pairs
-    return out
+    """Each rate-limited model's fresh buckets (:func:`rate_limits`), each with whether it
+    counts tokens."""
+    return {name: [(Bucket(n, m.minute_s), tpm) for n, tpm in rate_limits(m)]
+            for name, m in wf.models.items() if m.rpm or m.tpm}  # fmt: skip
 
 
 def through(pairs: list[tuple[Bucket, bool]], now: float, tokens: float) -> float:
