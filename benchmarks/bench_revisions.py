@@ -1,4 +1,4 @@
-"""The vectorised Monte Carlo of two revisions side by side: did a change slow it down?
+"""The Monte Carlo or the optimizer of two revisions side by side: did a change slow it down?
 
 Each round runs every case once per revision, each in a fresh interpreter whose
 ``trilemma`` is that revision's (a git worktree of ``--base``; the working tree for the
@@ -6,6 +6,10 @@ other), interleaved so that a noisy shared machine slows both alike; the medians
 their ratio are the figures.
 
     python benchmarks/bench_revisions.py --base bd304f1 [--rounds 5] [--runs 1000000]
+    python benchmarks/bench_revisions.py --base db80ab9 --kind optimize [--rounds 3]
+
+``--kind simulate`` (the default) times ``--runs`` trajectories of each Monte Carlo case;
+``--kind optimize`` one ``optimize`` of each optimizer case (a search is deterministic).
 """
 
 from __future__ import annotations
@@ -29,27 +33,46 @@ CASES = {  # the spec, and the Simulation settings
     ),
     "jittery chain": ("jittery.yaml", {}),
 }  # fmt: skip
+OPTIMIZE_CASES = {  # the spec, the budget, and what to give every vote step's `candidates`
+    "seed chain, its budget": ("seed-chain.yaml", None, None),
+    "cuttable, 9 s and 95%": ("cuttable.yaml", {"deadline_s": 9.0, "min_reliability": 0.95},
+                              None),
+    "fan-out in its slots, its budget": ("fan-out.yaml", None, None),
+    "16 votes under rpm 60, two models each": ("rate-limited.yaml", None, ["small", "large"]),
+}  # fmt: skip
 
 
-def one(runs: int) -> None:
-    """In the child: seconds for ``runs`` trajectories of each case, after a warm-up."""
-    from trilemma import Simulation, load_workflow, simulate
+def one(kind: str, runs: int) -> None:
+    """In the child: seconds for each case (``runs`` trajectories after a warm-up, or one
+    search)."""
+    from trilemma import Budget, Simulation, load_workflow, optimize, simulate
 
     out = {}
-    for name, (spec, settings) in CASES.items():
-        wf = load_workflow(ROOT / "examples" / spec)
-        st = Simulation(**settings)
-        simulate(wf, 100_000, seed=1, settings=st)
-        started = time.perf_counter()
-        simulate(wf, runs, seed=1, settings=st)
-        out[name] = time.perf_counter() - started
+    if kind == "optimize":
+        for name, (spec, budget, candidates) in OPTIMIZE_CASES.items():
+            wf = load_workflow(ROOT / "examples" / spec)
+            if candidates:
+                steps = [s.model_copy(update={"candidates": candidates}) if s.vote else s
+                         for s in wf.steps]  # fmt: skip
+                wf = wf.model_copy(update={"steps": steps})
+            started = time.perf_counter()
+            optimize(wf, Budget(**budget) if budget else wf.budget, max_retries=1)
+            out[name] = time.perf_counter() - started
+    else:
+        for name, (spec, settings) in CASES.items():
+            wf = load_workflow(ROOT / "examples" / spec)
+            st = Simulation(**settings)
+            simulate(wf, 100_000, seed=1, settings=st)
+            started = time.perf_counter()
+            simulate(wf, runs, seed=1, settings=st)
+            out[name] = time.perf_counter() - started
     print(json.dumps(out))
 
 
-def measure(src: Path, runs: int) -> dict[str, float]:
+def measure(src: Path, kind: str, runs: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(src)}
-    done = subprocess.run([sys.executable, __file__, "--one", str(runs)], env=env,
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    done = subprocess.run([sys.executable, __file__, "--one", str(runs), "--kind", kind],
+                          env=env, capture_output=True, text=True, check=True)  # fmt: skip
     return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -58,10 +81,11 @@ def main() -> None:
     ap.add_argument("--base", help="The revision to compare the working tree with.")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=1_000_000)
+    ap.add_argument("--kind", choices=["simulate", "optimize"], default="simulate")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        one(args.one)
+        one(args.kind, args.one)
         return
     if not args.base:
         ap.error("give --base REV, the revision to compare the working tree with")
@@ -74,14 +98,16 @@ def main() -> None:
             times: dict[str, dict[str, list[float]]] = {k: {} for k in sides}
             for _ in range(args.rounds):
                 for side, src in sides.items():
-                    for case, s in measure(src, args.runs).items():
+                    for case, s in measure(src, args.kind, args.runs).items():
                         times[side].setdefault(case, []).append(s)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
                            check=True)  # fmt: skip
     base, new = (times[k] for k in sides)
-    print(f"{args.runs:,} runs, median of {args.rounds} interleaved rounds")
-    for case in CASES:
+    cases = OPTIMIZE_CASES if args.kind == "optimize" else CASES
+    what = "one search" if args.kind == "optimize" else f"{args.runs:,} runs"
+    print(f"{what}, median of {args.rounds} interleaved rounds")
+    for case in cases:
         b, n = statistics.median(base[case]), statistics.median(new[case])
         print(f"{case:42s} {args.base} {b:.3f} s  working tree {n:.3f} s  ratio {n / b:.2f}")
 

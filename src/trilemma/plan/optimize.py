@@ -46,6 +46,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import numpy as np
+
 from trilemma import dag
 from trilemma.errors import UsageError
 from trilemma.plan.estimate import (
@@ -834,19 +836,27 @@ def _open_nodes(graph: dict[str, list[str]], order: list[str], k: int) -> list[i
 
 def _prune(parts: list[_Partial], open_nodes: list[int]) -> list[_Partial]:
     """Drop partial configurations another beats on steps cut, cost, reliability and open
-    finish times."""
+    finish times.
+
+    In key order a configuration can only be beaten by one before it, so each is checked
+    against those kept so far, all of them at once (a beam's step holds thousands).
+    """
 
     def key(p: _Partial) -> tuple[float, ...]:
         return (p.cuts, p.cost, -p.log_p, *(p.finish[i] for i in open_nodes))
 
-    parts = sorted(parts, key=key)
-    kept: list[tuple[float, ...]] = []
+    keyed = sorted(((key(p), p) for p in parts), key=lambda kp: kp[0])
+    if not keyed:
+        return []
+    keys = np.array([k for k, _ in keyed], dtype=float)
+    kept = np.empty_like(keys)
+    n = 0
     out = []
-    for p in parts:
-        kp = key(p)
-        if any(all(a <= b + 1e-12 for a, b in zip(k, kp, strict=True)) for k in kept):
+    for row, (_, p) in zip(keys, keyed, strict=True):
+        if n and (kept[:n] <= row + 1e-12).all(axis=1).any():
             continue
-        kept.append(kp)
+        kept[n] = row
+        n += 1
         out.append(p)
     return out
 
