@@ -380,3 +380,35 @@ def test_a_spec_s_own_stop_stays_when_the_optimizer_chooses_no_other() -> None:
     assert stopped[0].cost_expected == pytest.approx(e.cost_expected)
     assert stopped[0].reliability == pytest.approx(e.reliability)
     assert stopped[0].latency_s == pytest.approx(e.latency_expected_s)
+
+
+def test_the_beam_keeps_exactly_the_partial_configurations_none_beats() -> None:
+    """The pruning against a brute-force check: a partial configuration is dropped iff one
+    kept before it is no worse on cuts, cost, reliability and every open finish time (within
+    1e-12); equal keys keep the first. Values on a coarse grid make ties common."""
+    from trilemma.plan.optimize import _Partial, _prune
+
+    def key(p: _Partial, open_nodes: list[int]) -> tuple[float, ...]:
+        return (p.cuts, p.cost, -p.log_p, *(p.finish[i] for i in open_nodes))
+
+    def beats(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return all(x <= y + 1e-12 for x, y in zip(a, b, strict=True))
+
+    rng = random.Random(5)
+    dropped = 0
+    for _ in range(300):
+        width = rng.randint(1, 4)
+        parts = [_Partial((rng.randint(0, 3),) * width, rng.randint(0, 1), rng.randint(0, 3) / 3,
+                          -rng.randint(0, 3) / 3, tuple(rng.randint(0, 3) / 3 for _ in range(width)))
+                 for _ in range(rng.randint(0, 40))]  # fmt: skip
+        open_nodes = sorted(rng.sample(range(width), rng.randint(0, width)))
+        kept = _prune(parts, open_nodes)
+        keys = [key(p, open_nodes) for p in kept]
+        assert keys == sorted(keys)
+        for i, k in enumerate(keys):  # none of the kept beats another kept
+            assert not any(beats(o, k) for o in keys[:i])
+        for p in parts:  # every dropped one is beaten by a kept one
+            if p not in kept:
+                dropped += 1
+                assert any(beats(o, key(p, open_nodes)) for o in keys)
+    assert dropped > 1000
