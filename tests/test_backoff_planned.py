@@ -76,14 +76,20 @@ def test_both_monte_carlos_draw_the_waits_the_estimate_counts(spec: str) -> None
 def test_the_waits_leave_every_other_draw_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
     """Drawn from a generator of their own: success and cost, trajectory by trajectory, are
     what they are with no wait at all (so figures without retries keep their seeded values,
-    and a budget search still sees the same runs under every budget)."""
+    and a budget search still sees the same runs under every budget). Where a failed step
+    stops the other, when it fails decides which of the other's retries are sent, so the
+    cost is compared with that left out (``halt=False``)."""
     wf = parse_workflow(FLAKY.replace("steps: [", "steps: [{id: b, model: m, retries: 1}, "))
     waited = simulate(wf, 50_000, seed=7, keep=True).samples
+    paid = simulate(wf, 50_000, seed=7, keep=True, halt=False).samples
     monkeypatch.setattr(simulate_module, "backoff_ceiling", lambda failures: 0.0)
     quick = simulate(wf, 50_000, seed=7, keep=True).samples
-    assert waited is not None and quick is not None
+    quick_paid = simulate(wf, 50_000, seed=7, keep=True, halt=False).samples
+    assert waited is not None and quick is not None and paid is not None
+    assert quick_paid is not None
     assert np.array_equal(waited["ok"], quick["ok"])
-    assert np.array_equal(waited["cost"], quick["cost"])
+    assert np.array_equal(paid["cost"], quick_paid["cost"])
+    assert (waited["cost"] <= paid["cost"] + 1e-12).all()  # a halt sends no more
     assert (waited["latency"] >= quick["latency"]).all()
     assert waited["latency"].mean() > quick["latency"].mean() + 0.1
 

@@ -79,3 +79,33 @@ def test_a_failed_run_does_not_wait_out_a_backoff(tmp_path: Path) -> None:
         r = execute(wf, journal=Journal(tmp_path / f"{seed}.db"), seed=seed)
         assert r.status == "failed" and r.steps["y"].status == "skipped"
         assert r.latency_s < 0.1
+
+
+def under_way(latency: float) -> Workflow:
+    """``x`` fails at a tenth of the latency; ``y``'s first attempt is under way then, and its
+    answer, rejected half the time, would be retried (up to three times) if the run went on."""
+    return parse_workflow(
+        "version: 1\nmodels:\n"
+        f"  a: {{usd_per_call: 0.01, latency_s: {latency / 10}, p_ok: 1.0e-9}}\n"
+        f"  b: {{usd_per_call: 0.01, latency_s: {latency}, p_ok: 0.5}}\n"
+        "steps:\n  - {id: x, model: a}\n  - {id: y, model: b, retries: 3}\n"
+    )  # fmt: skip
+
+
+def test_a_step_under_way_sends_no_retry_after_a_failure(tmp_path: Path) -> None:
+    """The Monte Carlos counted ``y``'s retries as drawn ($0.02875 a run, 1.9 s); the
+    attempt under way answers and is paid for, and no retry is sent: $0.02, 1 s."""
+    wf = under_way(1.0)
+    r = simulate(wf, 20_000, seed=1)
+    assert r.success_rate == 0.0
+    assert r.cost_usd.mean == pytest.approx(0.02) and r.calls.mean == pytest.approx(2.0)
+    assert r.latency_s.mean == pytest.approx(1.0)
+    ok, cost, latency = simulate_loop(wf, 2000, seed=1)
+    assert (ok, cost, latency) == (0.0, pytest.approx(0.02), pytest.approx(1.0))
+    assert simulate(wf, 20_000, seed=1, halt=False).cost_usd.mean == pytest.approx(
+        0.01 + 0.01 * 1.875, rel=0.02
+    )
+    for seed in range(3):
+        run = execute(under_way(0.05), journal=Journal(tmp_path / "j.db"), seed=seed)
+        assert run.status == "failed" and run.calls == 2 and run.cost_usd == pytest.approx(0.02)
+        assert run.steps["y"].attempts == 1

@@ -179,14 +179,15 @@ budget: {deadline_s: 2.5}
 
 def test_the_deadline_cancels_runs_still_going_and_fails_them() -> None:
     """Attempts take 1 s: a run makes it by 2.5 s only if both steps pass at once (1 in 4).
-    Cut at 2.5 s, a is paid when it finished by then (one or two attempts), b when both did
-    at once."""
+    Cut at 2.5 s, every run has paid for two answers (a rejected one is billed): a's and b's
+    first, or a's first two; the attempt in flight then is cancelled, and the simulator bills
+    it nothing (the executor measured $0.0196 over 200 runs)."""
     wf = parse_workflow(DEADLINED)
     r = simulate(wf, 400_000, seed=4)
     assert r.deadline_s == 2.5
     assert abs(r.success_rate - 0.25) <= 4 * r.stderr
     assert r.deadline_hits / r.runs == pytest.approx(0.75, abs=0.005)
-    assert r.cost_usd.mean == pytest.approx(0.01 * (0.5 * 1 + 0.25 * 2 + 0.25 * 1), rel=0.01)
+    assert r.cost_usd.mean == pytest.approx(0.02, rel=0.01)
     assert r.latency_s.mean == pytest.approx(0.25 * 2 + 0.75 * 2.5, rel=0.005)
     assert r.latency_s.p99 == 2.5  # nothing runs past the deadline
     ok, cost, latency = simulate_loop(wf, 40_000, seed=4)

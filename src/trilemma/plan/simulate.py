@@ -738,12 +738,16 @@ def _chunk(
             dead.append(blocked | broke)
             wrong.append(tainted.copy())
             if cut is not None:
-                own.append((zeros, zeros, false, start, zeros, 0.0, false))
+                own.append((zeros, zeros, false, start, zeros, 0.0, false, dur, []))
             continue
         hit = runs & (rng.random(n) < sp.hit_rate) if sp.hit_rate > 0.0 else false
         factor = np.where(tainted, st.compounding, 1.0)
+        # a step that may retry: where the run ends while it is under way, its attempts
+        marks: list[tuple[np.ndarray, ...]] | None = (
+            [] if cut is not None and len(sp.tries) > 1 else None
+        )
         called, paid, dur, step_dead, step_wrong, refused, paused = _attempts(
-            sp, st, factor, runs & ~hit, rngs, cap - cost if capped else None
+            sp, st, factor, runs & ~hit, rngs, cap - cost if capped else None, marks
         )
         if sp.hit_rate > 0.0:
             dur = np.where(hit, CACHE_HIT_LATENCY_S, dur)
@@ -763,7 +767,7 @@ def _chunk(
         uncaught_any |= step_wrong
         if cut is not None:
             own.append((paid, called, step_wrong, start, np.minimum(called, sp.calls),
-                        sp.cancel_usd, step_dead))  # fmt: skip
+                        sp.cancel_usd, step_dead, dur, marks or []))  # fmt: skip
     if pool is not None:  # the steps' times again, their calls waiting for slots
         assert slots is not None
         starts, finish = pool.schedule(params, durs, pauses, busy, slots.calls)
@@ -888,14 +892,17 @@ def _cut_short(
     """A chunk's figures when a run may end early, as the executor ends it.
 
     A step that fails by its own retries (``halt``) stops new calls, as the ceiling's
-    refusal does (``broke_at``; the draw sent nothing after it already): the steps started
-    by then run to their ends, paid for, and the others are not sent. Where the stop step
-    passed, or the deadline came first, only the steps finished by then count (a step
-    started by then has sent an attempt's calls, cancelled: billed at their reservation on
-    a real endpoint, nothing on the simulator) and the run ends then. A run the deadline
-    cut fails, as does one the ceiling stopped first; a step counts as failed by its own
-    retries only, as the loop has it (a step the ceiling stopped after the run had ended did
-    not fail it)."""
+    refusal does (``broke_at``; the draw sent nothing after it already): the attempts sent
+    by then run to their ends, paid for, and no other is sent (a step under way sends no
+    retry). Where the stop step passed, or the deadline came first, only the steps finished
+    by then count whole; a step under way then has paid for the attempts answered by then
+    and has one in flight, cancelled (billed at its reservation on a real endpoint, nothing
+    on the simulator), or waits to retry; the run ends then. A run the deadline cut fails, as
+    does one the ceiling stopped first; a step counts as failed by its own retries only, as
+    the loop has it (a step the ceiling stopped after the run had ended did not fail it).
+
+    Where the slots timed a step, its attempts are placed on its time in proportion.
+    """
     inf = np.full_like(finish[0], math.inf)
     failed_at = inf
     if halt:
@@ -903,31 +910,89 @@ def _cut_short(
             if not (cut.alone and i == cut.stop):  # a lone stop step's failure: no stop
                 failed_at = np.where(o[6], np.minimum(failed_at, f), failed_at)
     ran = [o[3] < failed_at - 1e-9 for o in own]  # started before a failure stopped sending
+    steps = [_sent(o, f, failed_at) for f, o in zip(finish, own, strict=True)]
     at = inf
     if cut.stop is not None:  # it passed its gate (perhaps wrongly: then the run is wrong)
-        at = np.where(~dead[cut.stop] & ran[cut.stop], finish[cut.stop], math.inf)
-    end = np.max([np.where(r, f, 0.0) for f, r in zip(finish, ran, strict=True)], axis=0)
+        passed = ~dead[cut.stop] & ran[cut.stop] & ~steps[cut.stop][0]
+        at = np.where(passed, finish[cut.stop], math.inf)
+    end = np.max([np.where(r, st[1], 0.0) for st, r in zip(steps, ran, strict=True)], axis=0)
     cut_off = np.minimum(end, at) > cut.deadline + 1e-9  # something runs at the deadline
     until = np.where(cut_off, cut.deadline, at)  # what is in flight then is cancelled
     broke = (broke_at < until - 1e-9) & (broke_at <= failed_at)
     late = cut_off & ~(np.minimum(failed_at, broke_at) < until - 1e-9)  # not stopped first
     cost, calls, latency = np.zeros_like(inf), np.zeros_like(inf), np.zeros_like(inf)
     caught, uncaught = np.zeros(inf.shape, dtype=bool), np.zeros(inf.shape, dtype=bool)
-    for i, (f, r, (paid, called, wrong, start, one, cancel, failed)) in enumerate(
-        zip(finish, ran, own, strict=True)
-    ):
+    stopped = np.minimum(until, failed_at)  # no call is sent from then on
+    for i, (r, (halted, f, paid, called), o) in enumerate(zip(ran, steps, own, strict=True)):
+        wrong, start, one, cancel, failed = o[2], o[3], o[4], o[5], o[6]
         counts = r & (f <= until + 1e-9)
         in_flight = r & ~counts & (start < until - 1e-9)
-        cost += np.where(counts, paid, np.where(in_flight & (one > 0), cancel, 0.0))
-        calls += np.where(counts, called, np.where(in_flight, one, 0.0))
+        if o[8]:  # what it had paid for and sent by then, and an attempt in flight or not
+            cost += np.where(counts, paid, 0.0)
+            calls += np.where(counts, called, 0.0)
+            idx = np.flatnonzero(in_flight)
+            if idx.size:
+                done_paid, sent, answering = _under_way(o, finish[i], stopped, idx)
+                cost[idx] += done_paid + np.where(answering, cancel, 0.0)
+                calls[idx] += sent
+        else:
+            cost += np.where(counts, paid, np.where(in_flight & (one > 0), cancel, 0.0))
+            calls += np.where(counts, called, np.where(in_flight, one, 0.0))
         np.maximum(latency, np.where(counts, f, 0.0), out=latency)
         if not (cut.alone and i == cut.stop):
-            caught |= failed & counts
-        uncaught |= wrong & counts
+            caught |= failed & ~halted & counts
+        uncaught |= wrong & ~halted & counts
     latency = np.where(cut_off, cut.deadline, latency)
     caught &= ~broke
     ok = ~caught & ~uncaught & ~late & ~broke
     return cost, latency, calls, ok, caught, uncaught & ~caught & ~broke, late, broke
+
+
+def _placed(o: tuple[Any, ...], finish: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Trajectories ``idx``: a step's seconds on the run's clock per second of its drawn time."""
+    drawn = np.asarray(o[7], dtype=float)[idx]
+    took = finish[idx] - o[3][idx]
+    return np.where(drawn > 0, took / np.where(drawn > 0, drawn, 1.0), 1.0)
+
+
+def _sent(o: tuple[Any, ...], finish: np.ndarray, failed_at: np.ndarray) -> tuple[np.ndarray, ...]:
+    """A step's figures when no attempt is sent from ``failed_at`` on: where its retries
+    were cut so, and its finish, dollars and calls (those of its last attempt sent)."""
+    paid, called, start, marks = o[0], o[1], o[3], o[8]
+    halted = np.zeros(finish.shape, dtype=bool)
+    if len(marks) < 2:
+        return halted, finish, paid, called
+    idx = np.flatnonzero(marks[1][0] & (failed_at < finish))  # it retried, and ends after
+    if not idx.size:
+        return halted, finish, paid, called
+    k, t0, fail = _placed(o, finish, idx), start[idx], failed_at[idx] - 1e-9
+    cut = np.zeros(idx.size, dtype=bool)
+    f, p, c = finish[idx], paid[idx], called[idx]
+    for (_, _, answered, by, calls), (made, sent_at, *_) in itertools.pairwise(marks):
+        unsent = made[idx] & ~cut & (t0 + sent_at[idx] * k >= fail)
+        f = np.where(unsent, t0 + answered[idx] * k, f)
+        p, c = np.where(unsent, by[idx], p), np.where(unsent, calls[idx], c)
+        cut |= unsent
+    finish, paid, called = finish.copy(), np.array(paid, dtype=float), called.copy()
+    finish[idx], paid[idx], called[idx], halted[idx] = f, p, c, cut
+    return halted, finish, paid, called
+
+
+def _under_way(
+    o: tuple[Any, ...], finish: np.ndarray, until: np.ndarray, idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Trajectories ``idx``, where a step is under way at ``until``: the dollars of its
+    attempts answered by then, the calls of those sent by then, and whether one is in
+    flight (else it waits to retry)."""
+    k, t0, end = _placed(o, finish, idx), o[3][idx], until[idx]
+    paid = calls = np.zeros(idx.size)
+    answering = np.zeros(idx.size, dtype=bool)
+    for made, sent_at, answered, by, sent in o[8]:
+        went = made[idx] & (t0 + sent_at[idx] * k < end - 1e-9)
+        back = went & (t0 + answered[idx] * k <= end + 1e-9)
+        paid, calls = np.where(back, by[idx], paid), np.where(went, sent[idx], calls)
+        answering = np.where(went, ~back, answering)
+    return paid, calls, answering
 
 
 def _attempts(
@@ -937,6 +1002,7 @@ def _attempts(
     runs: np.ndarray,
     rngs: tuple[np.random.Generator, np.random.Generator],
     room: np.ndarray | None = None,
+    marks: list[tuple[np.ndarray, ...]] | None = None,
 ) -> tuple[Any, ...]:
     """Calls made, dollars paid, time taken, retries exhausted, failure uncaught, refused by
     the ceiling (None: no ceiling), and of the time taken the backoff waits (no call in
@@ -950,6 +1016,9 @@ def _attempts(
     A routed step's attempt first draws its branch, trajectory by trajectory. ``room``:
     dollars left under the ceiling (None: no ceiling); an attempt sends the calls whose
     reservations fit, one after another, and a call that does not fit stops the run.
+    ``marks``, where given, gets each attempt's figures for a run that may end while the
+    step is under way (:func:`_cut_short`): where it was made, when it was sent and when it
+    answered (from the step's start), and the dollars and calls of the step by then.
     """
     rng, waits = rngs
     n = runs.shape[0]
@@ -964,6 +1033,7 @@ def _attempts(
     last = len(sp.tries) - 1
     for a, t in enumerate(sp.tries):
         r = sp.route
+        made, sent_at = trying, dur.copy()
         go: np.ndarray = trying  # per trajectory, the share of the attempt's calls sent
         slow: Any = None  # given up at its timeout
         before = None
@@ -1047,6 +1117,8 @@ def _attempts(
             short = trying & (go < 1.0)
             refused |= short
             trying = trying & ~short
+        if marks is not None:
+            marks.append((made, sent_at, dur.copy(), paid.copy(), called.copy()))
         fails = rng.random(n) < 1.0 - p * factor
         if a > 0 and st.retry_correlation > 0:
             fails |= rng.random(n) < st.retry_correlation
@@ -1191,6 +1263,8 @@ def simulate_loop(
         died: list[bool] = []  # per step: its own retries ran out (caught: the run stops)
         cancel: list[float] = []  # per step: what it bills if cancelled in flight
         starts: list[float] = []
+        marks: list[list[tuple[float, float, float]]] = []  # per step, per attempt: when it
+        # was sent and answered (from the step's start), and what the step had paid by then
         for sp in params:
             cost = 0.0
             start = max((finish[j] for j in sp.parents), default=0.0)
@@ -1208,11 +1282,14 @@ def simulate_loop(
                 died.append(False)
                 cancel.append(0.0)
                 starts.append(start)
+                marks.append([])
                 durs.append((finish[-1] - start, None))
                 continue
             factor = settings.compounding if tainted else 1.0
             t, is_dead, is_wrong, paused = 0.0, False, False, 0.0
+            attempts: list[tuple[float, float, float]] = []
             for a, tr in enumerate(sp.tries):
+                sent_at = t
                 room = cap - spent - cost + EPS_USD
                 calls, each = sp.calls, tr.price / sp.calls
                 head_price = head_reserve = reserve = each
@@ -1259,6 +1336,7 @@ def simulate_loop(
                         bill = min(float(bill), float(r.fail_usd[b]))
                 cost += float(bill)
                 t += took * float(fit) / calls
+                attempts.append((sent_at, t, cost))
                 if fit < calls:  # a call did not fit: the run stops here
                     broke_at = start + t
                     break
@@ -1289,6 +1367,7 @@ def simulate_loop(
             died.append(is_dead)
             cancel.append(sp.cancel_usd)
             starts.append(start)
+            marks.append(attempts)
         if slots is not None:  # the steps' times again, their calls waiting for slots
             starts, finish = _schedule_one(params, durs, slots)
             if refused_at >= 0:
@@ -1301,7 +1380,16 @@ def simulate_loop(
         # what started before runs to its end, the rest is not sent
         failed = min((f for f, d in zip(finish, died, strict=True) if d), default=math.inf)
         ran = [t0 < failed - 1e-9 for t0 in starts]  # (after a refusal the draw sent none)
-        at = finish[k] if k is not None and not dead[k] and ran[k] else math.inf  # it passed
+        # a step under way sends no retry after it: its last attempt sent is its end
+        scale = [(f - t0) / d if d > 0 else 1.0
+                 for f, t0, (d, _) in zip(finish, starts, durs, strict=True)]  # fmt: skip
+        halted = [False] * len(params)
+        for i, ms in enumerate(marks):
+            for (_, answered, by), (sent_at, _, _) in itertools.pairwise(ms):
+                if starts[i] + sent_at * scale[i] >= failed - 1e-9:
+                    halted[i], finish[i], paid[i] = True, starts[i] + answered * scale[i], by
+                    break
+        at = finish[k] if k is not None and not dead[k] and ran[k] and not halted[k] else math.inf
         end = max((f for f, r in zip(finish, ran, strict=True) if r), default=0.0)
         cut_off = min(end, at) > ct.deadline + 1e-9  # something runs at the deadline
         until = ct.deadline if cut_off else at  # what is in flight then is cancelled
@@ -1309,13 +1397,17 @@ def simulate_loop(
         late = cut_off and not min(failed, broke_at) < until - 1e-9
         counts = [r and f <= until + 1e-9 for f, r in zip(finish, ran, strict=True)]
         ok_n += not late and not broke and not any(
-            f and c for f, c in zip(failed_at, counts, strict=True)
+            f and c and not h for f, c, h in zip(failed_at, counts, halted, strict=True)
         )
         cost_sum += math.fsum(c for c, keep in zip(paid, counts, strict=True) if keep)
-        cost_sum += math.fsum(  # in flight when the run ended: cancelled, billed as it bills
-            c for c, keep, r, t0 in zip(cancel, counts, ran, starts, strict=True)
-            if r and not keep and t0 < until - 1e-9
-        )
+        for i, (keep, went, t0) in enumerate(zip(counts, ran, starts, strict=True)):
+            if went and not keep and t0 < until - 1e-9:  # under way when the run ended
+                by, answering = 0.0, False  # what it paid for, and an attempt in flight
+                for sent_at, answered, paid_by in marks[i]:
+                    if t0 + sent_at * scale[i] < min(until, failed) - 1e-9:
+                        back = t0 + answered * scale[i] <= until + 1e-9
+                        by, answering = (paid_by, False) if back else (by, True)
+                cost_sum += by + (cancel[i] if answering else 0.0)  # cancelled, as it bills
         lat_sum += until if cut_off else max(
             (f for f, keep in zip(finish, counts, strict=True) if keep), default=0.0
         )
