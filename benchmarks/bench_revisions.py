@@ -32,6 +32,8 @@ CASES = {  # the spec, and the Simulation settings
         "ticket.yaml", {"recall": 0.8, "retry_correlation": 0.3, "compounding": 0.9},
     ),
     "jittery chain": ("jittery.yaml", {}),
+    "diamond (a failure halts the other branch)": ("diamond.yaml", {}),
+    "fan-out in 4 slots, under its deadline": ("fan-out.yaml", {}),
 }  # fmt: skip
 OPTIMIZE_CASES = {  # the spec, the budget, and what to give every vote step's `candidates`
     "seed chain, its budget": ("seed-chain.yaml", None, None),

@@ -1033,7 +1033,7 @@ def _attempts(
     last = len(sp.tries) - 1
     for a, t in enumerate(sp.tries):
         r = sp.route
-        made, sent_at = trying, dur.copy()
+        made, sent_at = (trying, dur.copy()) if marks is not None else (trying, dur)
         go: np.ndarray = trying  # per trajectory, the share of the attempt's calls sent
         slow: Any = None  # given up at its timeout
         before = None
