@@ -355,6 +355,49 @@ def test_the_monte_carlo_in_the_slots_is_what_the_executor_measures(tmp_path: Pa
     assert predicted > e.latency_critical_s * 3
 
 
+def test_a_call_ready_late_takes_the_slot_freed_last() -> None:
+    """The Monte Carlo takes calls in the replay's order; one held up behind a backoff
+    takes, of the slots free when it is ready, the one freed last, leaving the others to
+    calls after it in the order but ready before it; where none is free, the first to free."""
+    import numpy as np
+
+    from trilemma.plan.simulate import _fitting, _fitting_one
+
+    free = np.array([[0.1, 0.5, 2.0], [0.1, 0.5, 2.0], [3.0, 2.0, 4.0]])
+    assert _fitting(free, np.array([1.0, 0.05, 1.0])).tolist() == [1, 0, 1]
+    assert [_fitting_one(list(f), a) for f, a in zip(free, (1.0, 0.05, 1.0), strict=True)] == [
+        1, 0, 1]  # fmt: skip
+
+
+def test_retrying_steps_behind_backoffs_take_the_time_measured(tmp_path: Path) -> None:
+    """Forty retrying steps of a random DAG in four slots (p 0.8, up to two retries, jitter):
+    the mean latency of the runs that succeed, predicted and measured over 100 runs at a
+    tenth of real time. Taking the first freed slot, the Monte Carlo said 3.15 s against
+    2.94 s measured (2.64 s if the slots never bound); now 2.96 s."""
+    from trilemma.experiments.trials import repeat
+    from trilemma.plan.simulate import simulate
+
+    rng = random.Random(1)
+    steps = []
+    for i in range(40):
+        deps = sorted({f"s{rng.randrange(i)}" for _ in range(rng.randint(0, 2))}) if i else []
+        steps.append(f"{{id: s{i}, model: {rng.choice('ab')}, after: [{', '.join(deps)}], "
+                     "retries: 2}")  # fmt: skip
+    wf = parse_workflow(
+        "version: 1\nconcurrency: 4\nmodels:\n"
+        "  a: {usd_per_call: 0.01, latency_s: 0.1, p_ok: 0.8, latency_jitter: 0.3}\n"
+        "  b: {usd_per_call: 0.01, latency_s: 0.2, p_ok: 0.8, latency_jitter: 0.3}\n"
+        "steps:\n" + "".join(f"  - {s}\n" for s in steps)
+    )  # fmt: skip
+    s = simulate(wf, 20_000, seed=1, keep=True).samples
+    assert s is not None
+    predicted = float(s["latency"][s["ok"]].mean())
+    trials = repeat(wf, 100, Journal(tmp_path / "j.db"), seed=0, time_scale=0.1)
+    measured = [t.latency_s for t in trials if t.status == "ok"]
+    assert len(measured) > 50
+    assert sum(measured) / len(measured) == pytest.approx(predicted, rel=0.05)
+
+
 def test_a_refusal_when_the_stop_passes_does_not_fail_the_run() -> None:
     """In the slots the vote's samples go first and the dear call waits for a slot, which
     frees as the stop step passes: the run ends there, and the ceiling's refusal comes no

@@ -39,13 +39,14 @@ would end later, and the run fails (``deadline``), as the executor cancels it.
 
 Where the run's concurrency slots hold calls up (:func:`trilemma.plan.slots.may_bind`),
 the steps are drawn in the order the slots' replay sends them, and then timed again: each
-trajectory's calls take the slots in the replay's order, each the slot that frees first,
-at the trajectory's drawn times (:class:`_Pool`), then its model's ``rpm`` and ``tpm``
+trajectory's calls take the slots in the replay's order, each of the slots free when it
+is ready the one freed last (else the first to free), at the trajectory's drawn times
+(:class:`_Pool`), then its model's ``rpm`` and ``tpm``
 buckets where they may hold it up (a minute's worth full at the start, first come first
 served; each call's first attempt takes from them, its retries not). Without jitter,
 retries or faults every trajectory takes the replay's time; with them, a call that the
 replay sends first takes its slot first even where, in a trajectory, one after it is ready
-sooner.
+sooner (a call held up behind a backoff leaves the slots freed earliest to them).
 
 A spend ceiling (``max_cost_usd``, given explicitly: the spec's budget is also the
 optimizer's target for expected cost, so it is not simulated unless asked) is held as the
@@ -790,7 +791,7 @@ class _Pool:
     """When each of the run's slots frees, trajectory by trajectory (a chunk's).
 
     The calls take slots in the order the replay gives them (:func:`_slotted`): each the
-    slot that frees first (and its model's, where that has a limit), from when its wave may
+    slot :func:`_fitting` gives it (and its model's, where that has a limit), from when its wave may
     go or when the slot frees, as the executor hands its slots on; a step's next wave goes
     when the last has answered. Without jitter, retries or faults this is the replay's
     schedule; where a call in that order may go later in a trajectory than one after it,
@@ -840,7 +841,7 @@ class _Pool:
             go = at[i]
             slots = [self.free] if held.model not in self.models else [
                 self.free, self.models[held.model]]  # fmt: skip
-            taken = [p.argmin(axis=1) for p in slots]
+            taken = [_fitting(p, go) for p in slots]
             for p, k in zip(slots, taken, strict=True):
                 go = np.maximum(go, p[rows, k])
             for bucket in self.rates.get(held.model or "", ()):  # then its rate limits
@@ -859,6 +860,26 @@ class _Pool:
                 else:
                     left[i] = held.waves[j + 1]
         return start, finish
+
+
+def _fitting(free: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Per trajectory, the slot a call ready ``at`` takes: of those free by then, the one
+    freed last, else the one that frees first. The calls come in the replay's order, not
+    in each trajectory's: one ready late (behind a retry's backoff) takes a slot freed just
+    before it, and leaves those freed earlier to the calls that come after it in the order
+    but are ready before it (taking the first freed, it held them up: a 60-step DAG of
+    retrying calls in four slots was predicted 13% slower than measured)."""
+    # times are never negative: a free slot's key (-free) is at most 0, a busy one's over it
+    taken: np.ndarray = np.where(free <= at[:, None], -free, free).argmin(axis=1)
+    return taken
+
+
+def _fitting_one(free: list[float], at: float) -> int:
+    """:func:`_fitting` for one trajectory."""
+    idle = [k for k, f in enumerate(free) if f <= at]
+    if idle:
+        return max(idle, key=free.__getitem__)
+    return min(range(len(free)), key=free.__getitem__)
 
 
 class _Buckets:
@@ -1443,7 +1464,7 @@ def _schedule_one(
         part, ratio = sp.parts[j]
         d = (took - paused) * part
         ps = [pools[k] for k in dict.fromkeys((None, held.model)) if k in pools]
-        taken = [min(range(len(p)), key=p.__getitem__) for p in ps]
+        taken = [_fitting_one(p, at[i]) for p in ps]
         go = max(at[i], *(p[k] for p, k in zip(ps, taken, strict=True)))
         if held.model in rates:  # then its rate limits
             go = through(rates[held.model], go, held.tokens)
