@@ -791,15 +791,15 @@ class _Pool:
     """When each of the run's slots frees, trajectory by trajectory (a chunk's).
 
     The calls take slots in the order the replay gives them (:func:`_slotted`): each the
-    slot :func:`_fitting` gives it (and its model's, where that has a limit), from when its wave may
-    go or when the slot frees, as the executor hands its slots on; a step's next wave goes
-    when the last has answered. Without jitter, retries or faults this is the replay's
-    schedule; where a call in that order may go later in a trajectory than one after it,
-    the later one does not take the slot first, as the executor's would. A step's drawn
-    time is shared among its waves as their expected times are, a wave's first call takes
-    the whole of its share and the others what a call takes against a wave (they give
-    their slots back when they answer), and the backoff waits between attempts hold no
-    slot: they follow the calls.
+    slot :func:`_fitting` gives it (and its model's, where that has a limit), from when its
+    wave may go or when the slot frees, as the executor hands its slots on; a step's next
+    wave goes when the last has answered. Without jitter, retries or faults this is the
+    replay's schedule; where a call in that order may go later in a trajectory than one
+    after it, the later one does not take the slot first, as the executor's would (it
+    leaves the slots freed earliest to it). A step's drawn time is shared among its waves
+    as their expected times are, a wave's first call takes the whole of its share and the
+    others what a call takes against a wave (they give their slots back when they answer),
+    and the backoff waits between attempts hold no slot: they follow the calls.
     """
 
     def __init__(self, slots: _Slots, n: int) -> None:
