@@ -88,7 +88,10 @@ def simulate(
     compounding: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="p factor after an uncaught failure.")
     ] = None,
-    halt: Annotated[bool, typer.Option(help="A failed step stops new calls, as the executor does: the steps not started by then are not run (--no-halt: run them all).")] = True,
+    halt: Annotated[bool, typer.Option(
+        help="A failed step stops new calls, as the executor does: the steps not started by "
+        "then are not run (--no-halt: run them all).",
+    )] = True,
     deadline: Annotated[float | None, seconds(
         "Seconds; a run still going then is cancelled and fails (default: the spec's "
         "budget.deadline_s).",

@@ -280,7 +280,7 @@ def _search(
 
 def _in_slots(
     wf: Workflow, best: Candidate, feasible: list[Candidate], budget: Budget, on: BudgetOn,
-    options: list[list[Choice]] | None = None,
+    options: list[list[Choice]],
 ) -> tuple[Candidate | None, Estimate | None, list[Candidate], tuple[str, ...]]:  # fmt: skip
     """The answer held to the latency budget in the run's concurrency slots.
 
@@ -326,7 +326,7 @@ def _in_slots(
     rated = over_rate(wf)
     if rated:
         slots += " and rate limits (" + "; ".join(f"{m}'s {w}" for m, w in rated.items()) + ")"
-    if found is None and options is not None:
+    if found is None:
         exchanged = _exchanged(wf, best, options, budget, on, checked, key)
         if exchanged is not None:
             found, e = exchanged
@@ -361,23 +361,17 @@ def _exchanged(
     step), until the configuration fits the latency budget in them (``checked``); then the
     exchanges that lower its cost and keep it fitting. Exchanges alike up to which alike
     step makes them (``key``) are checked once. None if no exchange shortens it."""
-    graph = _graph(wf, start.parallel)
-    ids = [s.id for s in wf.steps]
 
     def latency(e: Estimate) -> float:
         return e.latency_worst_s if on == "worst" else e.latency_expected_s
 
     def moves(c: Candidate) -> Iterator[Candidate]:
         seen: set[tuple[object, ...]] = set()
-        for i, opts in enumerate(options):
-            for choice in opts:
-                if choice != c.choices[i]:
-                    choices = (*c.choices[:i], choice, *c.choices[i + 1 :])
-                    ms = [_metrics(wf, s, ch, on) for s, ch in zip(wf.steps, choices, strict=True)]
-                    moved = _candidate(graph, ids, choices, ms, c.parallel)
-                    if meets(moved, budget, on) and key(moved) not in seen:
-                        seen.add(key(moved))
-                        yield moved
+        for i in range(len(options)):
+            for moved in _exchanges(wf, c, i, options, on):
+                if meets(moved, budget, on) and key(moved) not in seen:
+                    seen.add(key(moved))
+                    yield moved
 
     best, (e, fits) = start, checked(start)
     for _ in range(len(options)):
@@ -885,21 +879,27 @@ def _polish(
     wf: Workflow, best: Candidate, options: list[list[Choice]], budget: Budget, on: BudgetOn
 ) -> Candidate:
     """Single-step exchanges from ``best`` while one lowers the cost within budget."""
-    graph = _graph(wf, best.parallel)
-    ids = [s.id for s in wf.steps]
     improved = True
     while improved:
         improved = False
-        for i, opts in enumerate(options):
-            for c in opts:
-                if c == best.choices[i]:
-                    continue
-                choices = (*best.choices[:i], c, *best.choices[i + 1 :])
-                ms = [_metrics(wf, s, ch, on) for s, ch in zip(wf.steps, choices, strict=True)]
-                cand = _candidate(graph, ids, choices, ms, best.parallel)
+        for i in range(len(options)):
+            for cand in _exchanges(wf, best, i, options, on):  # from the best at step i
                 if meets(cand, budget, on) and _rank(cand, on) < _rank(best, on):
                     best, improved = cand, True
     return best
+
+
+def _exchanges(
+    wf: Workflow, c: Candidate, i: int, options: list[list[Choice]], on: BudgetOn
+) -> Iterator[Candidate]:
+    """The configurations that differ from ``c`` in step ``i``'s choice alone."""
+    graph = _graph(wf, c.parallel)
+    ids = [s.id for s in wf.steps]
+    for choice in options[i]:
+        if choice != c.choices[i]:
+            choices = (*c.choices[:i], choice, *c.choices[i + 1 :])
+            ms = [_metrics(wf, s, ch, on) for s, ch in zip(wf.steps, choices, strict=True)]
+            yield _candidate(graph, ids, choices, ms, c.parallel)
 
 
 def _pareto(cands: list[Candidate]) -> list[Candidate]:

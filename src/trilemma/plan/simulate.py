@@ -67,7 +67,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -573,6 +573,27 @@ class _Cut:
     """Seconds (inf: none)."""
 
 
+class _Own(NamedTuple):
+    """A step's own figures, per trajectory, for a run that may end before every step has
+    (:func:`_cut_short`)."""
+
+    paid: np.ndarray
+    called: np.ndarray
+    wrong: np.ndarray
+    """Its failure uncaught."""
+    start: np.ndarray
+    one: np.ndarray
+    """An attempt's calls."""
+    cancel: float
+    """What cancelling an attempt in flight bills."""
+    failed: np.ndarray
+    """Its own retries exhausted (not a dependency's failure, nor the ceiling's refusal)."""
+    dur: np.ndarray
+    """Its drawn time."""
+    marks: list[tuple[np.ndarray, ...]]
+    """Where it may retry, each attempt's (:func:`_attempts`); else empty."""
+
+
 def under_budget(
     wf: Workflow,
     deadline_s: float | None = None,
@@ -714,9 +735,7 @@ def _chunk(
     broke = false.copy()  # the ceiling refused a call: nothing more is sent
     broke_at = np.full(n, math.inf)
     capped = cap < math.inf
-    # paid, calls, own uncaught, start, an attempt's calls, what cancelling one bills, and
-    # its own retries exhausted (not a dependency's failure, nor the ceiling's refusal)
-    own: list[tuple[Any, ...]] = []
+    own: list[_Own] = []
     durs: list[np.ndarray] = []  # with the slots: each step's drawn time, and where it runs
     busy: list[np.ndarray] = []
     pauses: list[np.ndarray] = []  # of which the backoff waits
@@ -739,7 +758,7 @@ def _chunk(
             dead.append(blocked | broke)
             wrong.append(tainted.copy())
             if cut is not None:
-                own.append((zeros, zeros, false, start, zeros, 0.0, false, dur, []))
+                own.append(_Own(zeros, zeros, false, start, zeros, 0.0, false, dur, []))
             continue
         hit = runs & (rng.random(n) < sp.hit_rate) if sp.hit_rate > 0.0 else false
         factor = np.where(tainted, st.compounding, 1.0)
@@ -767,8 +786,8 @@ def _chunk(
         wrong.append(step_wrong | tainted)
         uncaught_any |= step_wrong
         if cut is not None:
-            own.append((paid, called, step_wrong, start, np.minimum(called, sp.calls),
-                        sp.cancel_usd, step_dead, dur, marks or []))  # fmt: skip
+            own.append(_Own(paid, called, step_wrong, start, np.minimum(called, sp.calls),
+                            sp.cancel_usd, step_dead, dur, marks or []))  # fmt: skip
     if pool is not None:  # the steps' times again, their calls waiting for slots
         assert slots is not None
         starts, finish = pool.schedule(params, durs, pauses, busy, slots.calls)
@@ -777,7 +796,7 @@ def _chunk(
             if refused is not None:
                 broke_at = np.where(refused, f, broke_at)
         if cut is not None:
-            own = [(*o[:3], t0, *o[4:]) for o, t0 in zip(own, starts, strict=True)]
+            own = [o._replace(start=t0) for o, t0 in zip(own, starts, strict=True)]
     if cut is not None:
         return _cut_short(cut, finish, dead, own, broke_at, halt)
     for f in finish:
@@ -906,7 +925,7 @@ def _cut_short(
     cut: _Cut,
     finish: list[np.ndarray],
     dead: list[np.ndarray],
-    own: list[tuple[Any, ...]],
+    own: list[_Own],
     broke_at: np.ndarray,
     halt: bool = True,
 ) -> tuple[np.ndarray, ...]:
@@ -929,8 +948,8 @@ def _cut_short(
     if halt:
         for i, (f, o) in enumerate(zip(finish, own, strict=True)):
             if not (cut.alone and i == cut.stop):  # a lone stop step's failure: no stop
-                failed_at = np.where(o[6], np.minimum(failed_at, f), failed_at)
-    ran = [o[3] < failed_at - 1e-9 for o in own]  # started before a failure stopped sending
+                failed_at = np.where(o.failed, np.minimum(failed_at, f), failed_at)
+    ran = [o.start < failed_at - 1e-9 for o in own]  # started before a failure stopped sending
     steps = [_sent(o, f, failed_at) for f, o in zip(finish, own, strict=True)]
     at = inf
     if cut.stop is not None:  # it passed its gate (perhaps wrongly: then the run is wrong)
@@ -945,41 +964,40 @@ def _cut_short(
     caught, uncaught = np.zeros(inf.shape, dtype=bool), np.zeros(inf.shape, dtype=bool)
     stopped = np.minimum(until, failed_at)  # no call is sent from then on
     for i, (r, (halted, f, paid, called), o) in enumerate(zip(ran, steps, own, strict=True)):
-        wrong, start, one, cancel, failed = o[2], o[3], o[4], o[5], o[6]
         counts = r & (f <= until + 1e-9)
-        in_flight = r & ~counts & (start < until - 1e-9)
-        if o[8]:  # what it had paid for and sent by then, and an attempt in flight or not
+        in_flight = r & ~counts & (o.start < until - 1e-9)
+        if o.marks:  # what it had paid for and sent by then, and an attempt in flight or not
             cost += np.where(counts, paid, 0.0)
             calls += np.where(counts, called, 0.0)
             idx = np.flatnonzero(in_flight)
             if idx.size:
                 done_paid, sent, answering = _under_way(o, finish[i], stopped, idx)
-                cost[idx] += done_paid + np.where(answering, cancel, 0.0)
+                cost[idx] += done_paid + np.where(answering, o.cancel, 0.0)
                 calls[idx] += sent
         else:
-            cost += np.where(counts, paid, np.where(in_flight & (one > 0), cancel, 0.0))
-            calls += np.where(counts, called, np.where(in_flight, one, 0.0))
+            cost += np.where(counts, paid, np.where(in_flight & (o.one > 0), o.cancel, 0.0))
+            calls += np.where(counts, called, np.where(in_flight, o.one, 0.0))
         np.maximum(latency, np.where(counts, f, 0.0), out=latency)
         if not (cut.alone and i == cut.stop):
-            caught |= failed & ~halted & counts
-        uncaught |= wrong & ~halted & counts
+            caught |= o.failed & ~halted & counts
+        uncaught |= o.wrong & ~halted & counts
     latency = np.where(cut_off, cut.deadline, latency)
     caught &= ~broke
     ok = ~caught & ~uncaught & ~late & ~broke
     return cost, latency, calls, ok, caught, uncaught & ~caught & ~broke, late, broke
 
 
-def _placed(o: tuple[Any, ...], finish: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def _placed(o: _Own, finish: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Trajectories ``idx``: a step's seconds on the run's clock per second of its drawn time."""
-    drawn = np.asarray(o[7], dtype=float)[idx]
-    took = finish[idx] - o[3][idx]
+    drawn = np.asarray(o.dur, dtype=float)[idx]
+    took = finish[idx] - o.start[idx]
     return np.where(drawn > 0, took / np.where(drawn > 0, drawn, 1.0), 1.0)
 
 
-def _sent(o: tuple[Any, ...], finish: np.ndarray, failed_at: np.ndarray) -> tuple[np.ndarray, ...]:
+def _sent(o: _Own, finish: np.ndarray, failed_at: np.ndarray) -> tuple[np.ndarray, ...]:
     """A step's figures when no attempt is sent from ``failed_at`` on: where its retries
     were cut so, and its finish, dollars and calls (those of its last attempt sent)."""
-    paid, called, start, marks = o[0], o[1], o[3], o[8]
+    paid, called, start, marks = o.paid, o.called, o.start, o.marks
     halted = np.zeros(finish.shape, dtype=bool)
     if len(marks) < 2:
         return halted, finish, paid, called
@@ -1000,15 +1018,15 @@ def _sent(o: tuple[Any, ...], finish: np.ndarray, failed_at: np.ndarray) -> tupl
 
 
 def _under_way(
-    o: tuple[Any, ...], finish: np.ndarray, until: np.ndarray, idx: np.ndarray
+    o: _Own, finish: np.ndarray, until: np.ndarray, idx: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Trajectories ``idx``, where a step is under way at ``until``: the dollars of its
     attempts answered by then, the calls of those sent by then, and whether one is in
     flight (else it waits to retry)."""
-    k, t0, end = _placed(o, finish, idx), o[3][idx], until[idx]
+    k, t0, end = _placed(o, finish, idx), o.start[idx], until[idx]
     paid = calls = np.zeros(idx.size)
     answering = np.zeros(idx.size, dtype=bool)
-    for made, sent_at, answered, by, sent in o[8]:
+    for made, sent_at, answered, by, sent in o.marks:
         went = made[idx] & (t0 + sent_at[idx] * k < end - 1e-9)
         back = went & (t0 + answered[idx] * k <= end + 1e-9)
         paid, calls = np.where(back, by[idx], paid), np.where(went, sent[idx], calls)
