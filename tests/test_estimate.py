@@ -8,6 +8,7 @@ import pytest
 
 from trilemma import estimate, load_workflow, parse_workflow
 from trilemma.plan.estimate import CACHE_HIT_LATENCY_S
+from trilemma.plan.simulate import simulate, simulate_loop
 
 from .conftest import EXAMPLES
 
@@ -113,10 +114,39 @@ def test_token_prices_give_a_per_call_price() -> None:
 version: 1
 models:
   local: {usd_per_1m_input: 0.10, usd_per_1m_output: 0.40, prompt_tokens: 1000,
-          completion_tokens: 500, latency_s: 0.5, p_ok: 0.6}
+          completion_tokens: 500, max_tokens: 1000, latency_s: 0.5, p_ok: 0.6}
 steps: [{id: a, model: local}]
 """)
     assert estimate(wf).cost_book == pytest.approx((0.10 * 1000 + 0.40 * 500) / 1e6)
+
+
+def test_an_answer_is_priced_no_longer_than_max_tokens() -> None:
+    """An endpoint stops at max_tokens (the step's, else the profile's 256): the planner
+    counts the expected answer up to it, in every figure and both Monte Carlos."""
+    wf = parse_workflow("""
+version: 1
+models:
+  m: {usd_per_1m_input: 1.0, usd_per_1m_output: 10.0, prompt_tokens: 1000,
+      completion_tokens: 500, latency_s: 0.5, p_ok: 0.5}
+  cheap: {usd_per_1m_input: 0.1, usd_per_1m_output: 1.0, prompt_tokens: 1000,
+          completion_tokens: 500, latency_s: 0.5, p_ok: 0.5}
+steps:
+  - {id: a, model: m}
+  - {id: b, model: m, max_tokens: 100, retries: 1}
+  - {id: c, model: cheap, escalate: [m], retries: 1, max_tokens: 50}
+""")
+    e = estimate(wf)
+    rows = {r.id: r for r in e.per_step}
+    assert rows["a"].cost_book == pytest.approx((1000 + 10 * 256) / 1e6)
+    assert rows["b"].cost_book == pytest.approx((1000 + 10 * 100) / 1e6)
+    assert rows["b"].cost_worst == pytest.approx(2 * (1000 + 10 * 100) / 1e6)
+    assert rows["b"].cost_expected == pytest.approx(1.5 * (1000 + 10 * 100) / 1e6)
+    assert rows["c"].cost_worst == pytest.approx((100 + 50 + 1000 + 500) / 1e6)
+    apart = simulate(wf, runs=20_000, seed=1, halt=False)  # every step runs, as estimate bills
+    assert apart.cost_usd.mean == pytest.approx(e.cost_expected, rel=0.02)
+    halted = simulate(wf, runs=20_000, seed=1).cost_usd.mean
+    assert halted < 0.9 * e.cost_expected  # a failed step stops the retries beside it
+    assert simulate_loop(wf, runs=5_000, seed=2)[1] == pytest.approx(halted, rel=0.03)
 
 
 def test_book_route_example_is_the_careful_11_2_seconds() -> None:

@@ -19,7 +19,7 @@ def hosted_spec(url: str = OPENAI, model: str = "gpt-4o-mini", prices: str = "")
     return (
         "version: 1\nmodels:\n"
         f"  mini: {{provider: openai, base_url: '{url}', model: {model}, latency_s: 1.5, "
-        f"p_ok: 0.9, prompt_tokens: 1000, completion_tokens: 500{prices}}}\n"
+        f"p_ok: 0.9, prompt_tokens: 1000, completion_tokens: 500, max_tokens: 1000{prices}}}\n"
         "steps:\n  - {id: a, model: mini}\n"
     )
 

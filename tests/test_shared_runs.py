@@ -424,6 +424,7 @@ def test_a_batch_goes_on_after_the_shared_ceiling_refuses_a_hedge(
     wf = workflow_from_dict({
         "version": 1,
         "models": {"m": {"usd_per_1m_input": 1.0, "usd_per_1m_output": 100.0, "max_tokens": 100,
+                         "prompt_tokens": 10, "completion_tokens": 5,
                          "latency_s": 0.2, "p_ok": 1.0, "hedge_after_s": 0.05}},
         "steps": [{"id": "a", "model": "m"}],
     })  # fmt: skip

@@ -408,9 +408,12 @@ def _routed_estimate(wf: Workflow, step: Step) -> StepEstimate:
     def mean(field: str) -> float:
         return math.fsum([s * getattr(one[lab], field) for lab, s in shares.items()])
 
-    price = head.clean * (call_price(classifier) + mean("cost_expected"))
-    book = call_price(classifier) + mean("cost_book")
-    dearest = worst_call_price(classifier) + max(b.cost_worst for b in one.values())
+    head_price = call_price(classifier, step.max_tokens)
+    price = head.clean * (head_price + mean("cost_expected"))
+    book = head_price + mean("cost_book")
+    dearest = worst_call_price(classifier, step.max_tokens) + max(
+        b.cost_worst for b in one.values()
+    )
     latency = (head.clean * (head.answered_s + mean("latency_expected_s"))
                + (1.0 - head.clean) * head.failed_s)  # fmt: skip
     slowest = classifier.latency_s + max(b.latency_s for b in one.values())
@@ -502,7 +505,7 @@ def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
     seq = step.sequential_calls
     if m.hedge_after_s is None and not (m.faults.any or m.latency_jitter
                                         or m.latency_s > m.timeout_s):  # fmt: skip
-        price, latency = m.price_per_call * step.calls, m.latency_s * seq  # the common case
+        price, latency = m.price_at(step.max_tokens) * step.calls, m.latency_s * seq  # common
         return _independent_attempts(step, wf.p_ok(step), price, price, latency, latency)
     a = attempt_of(m, step.waves)
     extra: dict[str, Any] = {}
@@ -510,9 +513,10 @@ def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
         extra = {"hedged": True, "calls_per_attempt": a.sent * (1.0 + hedge_rate(m))}
     elif (a.meets or a.late) and step.sequential_calls > 1:  # a break leaves waves unsent
         extra = {"calls_per_attempt": a.sent}
-    price = call_price(m) * step.calls
+    one, worst = call_price(m, step.max_tokens), worst_call_price(m, step.max_tokens)
+    price = one * step.calls
     e = _independent_attempts(
-        step, a.clean * wf.p_ok(step), a.billed * call_price(m), worst_call_price(m) * step.calls,
+        step, a.clean * wf.p_ok(step), a.billed * one, worst * step.calls,
         a.clean * a.answered_s + (1.0 - a.clean) * a.failed_s, m.latency_s * seq, a.slowest,
         a.limited, **extra,
     )  # fmt: skip
@@ -652,7 +656,8 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
     models = [wf.attempt_model(step, a) for a in range(1, k + 2)]
     profiles = [wf.models[m] for m in models]
     tries = [attempt_of(p, step.waves) for p in profiles]
-    costs = [a.billed * call_price(p) for p, a in zip(profiles, tries, strict=True)]
+    cap = step.max_tokens
+    costs = [a.billed * call_price(p, cap) for p, a in zip(profiles, tries, strict=True)]
     latencies = [a.slowest for a in tries]
     expected = [a.clean * a.answered_s + (1.0 - a.clean) * a.failed_s for a in tries]
     p_ok = [a.clean * wf.p_ok(step, m) for m, a in zip(models, tries, strict=True)]
@@ -669,9 +674,9 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
         calls=step.calls,
         retries=k,
         attempts_expected=math.fsum(reach),
-        cost_book=call_price(profiles[0]) * step.calls,
+        cost_book=call_price(profiles[0], cap) * step.calls,
         cost_expected=math.fsum([c * r for c, r in zip(costs, reach, strict=True)]),
-        cost_worst=math.fsum([worst_call_price(p) * step.calls for p in profiles]),
+        cost_worst=math.fsum([worst_call_price(p, cap) * step.calls for p in profiles]),
         latency_s=profiles[0].latency_s * step.sequential_calls,
         latency_worst_s=math.fsum(latencies) + most,
         p_attempt=p_ok[0],

@@ -99,14 +99,15 @@ def hedge_rate(m: ModelProfile) -> float:
     return hedged(m.latency_s, m.latency_jitter, m.hedge_after_s)[0]
 
 
-def call_price(m: ModelProfile) -> float:
-    """Dollars one call costs on average: its price, plus the hedge's when one is sent."""
-    return m.price_per_call * (1.0 + hedge_rate(m))
+def call_price(m: ModelProfile, max_tokens: int | None = None) -> float:
+    """Dollars one call costs on average: its price, plus the hedge's when one is sent
+    (``max_tokens``: the step's, where answers stop; None: the profile's)."""
+    return m.price_at(max_tokens) * (1.0 + hedge_rate(m))
 
 
-def worst_call_price(m: ModelProfile) -> float:
+def worst_call_price(m: ModelProfile, max_tokens: int | None = None) -> float:
     """Dollars one call may cost: twice its price when it may be hedged."""
-    return m.price_per_call * (1.0 if m.hedge_after_s is None else 2.0)
+    return m.price_at(max_tokens) * (1.0 if m.hedge_after_s is None else 2.0)
 
 
 def call_latency(m: ModelProfile) -> float:

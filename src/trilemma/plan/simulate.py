@@ -449,7 +449,7 @@ def _try_of(wf: Workflow, s: Step, name: str) -> _Try:
     their faults and waves from its branches (:func:`_route`), so only the rest is set."""
     m = wf.models[name]
     seq = s.sequential_calls
-    t = _Try(wf.p_ok(s, name), m.price_per_call * s.calls, m.latency_s * seq, m.latency_jitter,
+    t = _Try(wf.p_ok(s, name), m.price_at(s.max_tokens) * s.calls, m.latency_s * seq, m.latency_jitter,
              (m.hedge_after_s or math.inf) * seq, m.reserved_per_call(s.max_tokens),
              limited=m.faults.limited_share, timeout=m.timeout_s * seq, given_up_s=m.timeout_s,
              given_up_hedged_s=m.timeout_s + (m.hedge_after_s or 0.0))  # fmt: skip
@@ -458,18 +458,18 @@ def _try_of(wf: Workflow, s: Step, name: str) -> _Try:
     a = attempt_of(m, s.waves)
     waves: tuple[int, ...] | None = None
     late_calls: tuple[tuple[float, float], ...] = ()
-    per_call = m.price_per_call  # what a call that answered bills
+    per_call = m.price_at(s.max_tokens)  # what a call that answered bills
     if a.calls > 1 and m.latency_jitter:  # else one draw serves
         waves = s.waves
         late = timeouts(m)[0]
         late_calls = tuple((billed, sent) for _, billed, sent in breaks(waves, late))
         if m.hedge_after_s is not None:  # each call races its own copy, not the attempt's
-            t = replace(t, price=call_price(m) * s.calls, hedge=math.inf,
+            t = replace(t, price=call_price(m, s.max_tokens) * s.calls, hedge=math.inf,
                         given_up_s=t.given_up_hedged_s, copies=hedge_rate(m),
                         race=(m.hedge_after_s, m.timeout_s),
                         answers=hedged_answers(m.latency_s, m.latency_jitter, m.hedge_after_s,
                                                m.timeout_s))  # fmt: skip
-            per_call = call_price(m)
+            per_call = call_price(m, s.max_tokens)
     return replace(t, fault=a.meets, fault_s=a.fault_s, fault_usd=a.fault_billed * per_call,
                    fault_calls=a.fault_sent, waves=waves, late_calls=late_calls)  # fmt: skip
 
@@ -481,22 +481,23 @@ def _route(wf: Workflow, s: Step) -> _Route:
     models = [wf.models[b.model] for b in branches]
     head = attempt_of(classifier, (1,))
     tries = [attempt_of(m, b.waves) for b, m in zip(branches, models, strict=True)]
+    head_price = call_price(classifier, s.max_tokens)
     return _Route(
         shares=np.array(list(shares.values())),
         p=np.array([wf.p_ok(b) for b in branches]),
-        price=np.array([call_price(classifier) + call_price(m) * b.calls
+        price=np.array([head_price + call_price(m, b.max_tokens) * b.calls
                         for b, m in zip(branches, models, strict=True)]),
         latency=np.array([head.answered_s + a.answered_s for a in tries]),
         jitter=np.array([m.latency_jitter for m in models]),
         calls=np.array([1 + b.calls for b in branches]),
         reserve=np.array([m.reserved_per_call(b.max_tokens) for b, m in zip(branches, models, strict=True)]),
-        head_price=call_price(classifier),
+        head_price=head_price,
         head_reserve=classifier.reserved_per_call(s.max_tokens),
         head_fail=1.0 - head.clean,
         head_fail_s=head.failed_s,
         fail=np.array([1.0 - a.clean for a in tries]),
-        fail_usd=np.array([call_price(classifier) + a.failed_billed * call_price(m)
-                           for a, m in zip(tries, models, strict=True)]),
+        fail_usd=np.array([head_price + a.failed_billed * call_price(m, b.max_tokens)
+                           for a, m, b in zip(tries, models, branches, strict=True)]),
         fail_calls=np.array([a.failed_sent for a in tries]),
         fail_s=np.array([head.answered_s + a.failed_s for a in tries]),
     )  # fmt: skip

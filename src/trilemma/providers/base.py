@@ -13,7 +13,16 @@ from typing import Protocol
 
 from trilemma.spec import ModelProfile
 
-__all__ = ["Completion", "Message", "Provider", "Request", "Usage", "cost_of", "worst_case_cost"]
+__all__ = [
+    "Completion",
+    "Message",
+    "Provider",
+    "Request",
+    "Usage",
+    "cost_of",
+    "rate_tokens",
+    "worst_case_cost",
+]
 
 Message = dict[str, str]
 
@@ -109,11 +118,27 @@ class Provider(Protocol):
 
 
 def worst_case_cost(profile: ModelProfile, request: Request) -> float:
-    """The most one call can cost: the per-call price, or every token at token prices."""
+    """The most one call can cost: the per-call price, or every token at token prices.
+
+    The prompt is counted at its UTF-8 bytes plus a chat template's tokens per message (no
+    byte-level tokenizer makes more tokens of it), and on the simulator at no less than the
+    profile's ``prompt_tokens``, which it reports (so the hold is the planner's).
+    """
     if profile.usd_per_call is not None:
         return profile.usd_per_call
     prompt = request.prompt_bytes + TEMPLATE_TOKENS_PER_MESSAGE * len(request.messages)
+    if profile.runs_on_simulator:
+        prompt = max(prompt, profile.prompt_tokens)
     return profile.token_cost(prompt, request.max_tokens)
+
+
+def rate_tokens(profile: ModelProfile, request: Request) -> float:
+    """The tokens a call holds of its model's ``tpm`` when sent: its prompt and the most it
+    may generate, as endpoints count them. The prompt is the profile's ``prompt_tokens`` on
+    the simulator (what it reports, and what the planner counts), else a quarter of its bytes.
+    """
+    prompt = profile.prompt_tokens if profile.runs_on_simulator else request.prompt_bytes / 4
+    return prompt + request.max_tokens
 
 
 def cost_of(profile: ModelProfile, usage: Usage, reserved: float) -> float:

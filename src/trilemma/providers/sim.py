@@ -2,7 +2,9 @@
 
 Each call waits the profile's ``latency_s`` (times a lognormal ``latency_jitter``
 factor), may raise an injected fault, and otherwise answers right with
-probability ``p_ok``. Every draw comes from a hash of the run's seed and the
+probability ``p_ok``, reporting the tokens the profile plans (its ``prompt_tokens``, and
+its ``completion_tokens`` up to the call's ``max_tokens``). Every draw comes from a hash
+of the run's seed and the
 call's place (step, attempt, call), so a call gives the same answer
 whatever the scheduling order, two runs with one seed the same outcomes, and a
 resumed run the same outputs as an uninterrupted one.
@@ -74,8 +76,8 @@ class SimProvider:
         await _wait(latency)
         ok = v < request.p_ok
         text = request.sim_ok if ok else request.sim_bad
-        prompt = max(1, request.prompt_bytes // 4)
-        usage = Usage(prompt, max(1, len(text.encode()) // 4),
+        prompt = profile.prompt_tokens  # the tokens the profile says a call takes, as planned
+        usage = Usage(prompt, min(profile.completion_tokens, request.max_tokens),
                       min(prompt, profile.cached_prompt_tokens))  # fmt: skip
         return Completion(text, usage, latency, verdict=ok)
 

@@ -109,6 +109,36 @@ def cache_assumptions(wf: Workflow) -> list[str]:
     ]
 
 
+def answer_caps(wf: Workflow) -> list[str]:
+    """A line per token-priced model whose ``completion_tokens`` exceed the ``max_tokens`` its
+    calls are sent with (a step's, else the profile's): the endpoint stops there, and the
+    planner prices the answer so."""
+    capped: dict[tuple[str, int], list[str]] = {}
+    for st in wf.steps:
+        runs = [(st, name) for name in wf.ladder(st)]
+        runs += [(st.branch_step(label), b.model) for label, b in (st.route or {}).items()]
+        for on, name in runs:
+            m = wf.models[name]
+            cap = on.max_tokens or m.max_tokens
+            if m.usd_per_call is None and m.completion_tokens > cap:
+                ids = capped.setdefault((name, cap), [])
+                if st.id not in ids:
+                    ids.append(st.id)
+    return [
+        f"models.{name}.completion_tokens: {wf.models[name].completion_tokens} expected, but "
+        f"calls of {_listed(ids)} stop at max_tokens {cap} and are priced so; raise max_tokens "
+        "if their answers need more"
+        for (name, cap), ids in capped.items()
+    ]
+
+
+def _listed(ids: list[str], most: int = 3) -> str:
+    """``step a``, ``steps a, b``, or ``steps a, b, c and 9 more``."""
+    head = ", ".join(ids[:most])
+    more = f" and {len(ids) - most} more" if len(ids) > most else ""
+    return f"step {head}" if len(ids) == 1 else f"steps {head}{more}"
+
+
 #: The share of a model's calls outlasting its timeout that ``estimate`` points out.
 NOTED_TIMEOUTS = 0.001
 

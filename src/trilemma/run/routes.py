@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
 
 from trilemma.errors import ProviderTimeout
-from trilemma.providers.base import Completion, Provider, Request, Usage
+from trilemma.providers.base import Completion, Provider, Request, Usage, rate_tokens
 from trilemma.run.limits import PriorityLimiter, RateLimiter
 from trilemma.spec import ModelProfile
 
@@ -64,7 +64,7 @@ class Route:
             if self.rpm is not None:
                 await self.rpm.acquire(1)
             if self.tpm is not None:
-                await self.tpm.acquire(request.prompt_bytes / 4 + request.max_tokens)
+                await self.tpm.acquire(rate_tokens(self.profile, request))
         except BaseException:
             self.release()
             raise

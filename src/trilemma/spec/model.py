@@ -220,16 +220,24 @@ class ModelProfile(_Strict):
     @property
     def price_per_call(self) -> float:
         """Dollars for one call: ``usd_per_call``, else the expected tokens at token prices
-        (``cached_prompt_tokens`` of the prompt at the cached price)."""
+        (``cached_prompt_tokens`` of the prompt at the cached price), the answer cut at
+        ``max_tokens``."""
+        return self.price_at()
+
+    def price_at(self, max_tokens: int | None = None) -> float:
+        """Dollars for one call of a step whose answers stop at ``max_tokens`` (the step's;
+        None: this profile's): an endpoint generates no more, so ``completion_tokens`` are
+        counted up to it."""
         if self.usd_per_call is not None:
             return self.usd_per_call
-        return self.token_cost(self.prompt_tokens, self.completion_tokens, self.cached_prompt_tokens)
+        completion = min(self.completion_tokens, max_tokens or self.max_tokens)
+        return self.token_cost(self.prompt_tokens, completion, self.cached_prompt_tokens)
 
     def reserved_per_call(self, max_tokens: int | None = None) -> float:
         """Dollars the executor holds under a spend ceiling before one call: ``usd_per_call``,
         else the expected prompt and every token the call may generate (``max_tokens``, the
-        step's or this profile's) at token prices. The executor counts the prompt it sends,
-        the planner ``prompt_tokens``."""
+        step's or this profile's) at token prices. On a real endpoint the executor counts the
+        prompt it sends; on the simulator, which reports them, ``prompt_tokens`` as here."""
         if self.usd_per_call is not None:
             return self.usd_per_call
         return self.token_cost(self.prompt_tokens, max_tokens or self.max_tokens)

@@ -1,0 +1,96 @@
+"""Token-priced models on the simulator bill, hold and rate-limit what the planner counts.
+
+The simulator plays the profile: a call reports the profile's ``prompt_tokens`` and its
+``completion_tokens`` cut at the ``max_tokens`` it was sent with (an endpoint generates no
+more), so a run measures what the estimate predicts, its reservations are the planner's and
+its ``tpm`` bucket counts the tokens the planner's replay counts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trilemma import estimate, parse_workflow
+from trilemma.experiments.trials import time_scaled
+from trilemma.journal import Journal
+from trilemma.plan.simulate import simulate
+from trilemma.run.session import execute
+from trilemma.spec import Workflow
+
+PRICED = "usd_per_1m_input: 2.5, usd_per_1m_output: 10.0, prompt_tokens: 3000"
+
+
+def wide(n: int, profile: str, *, concurrency: int = 16, step: str = "") -> Workflow:
+    """``n`` independent steps on model ``m`` (``profile``: its extra fields)."""
+    return parse_workflow(
+        f"version: 1\nconcurrency: {concurrency}\nmodels:\n"
+        f"  m: {{{PRICED}, latency_s: 0.01, p_ok: 1.0, {profile}}}\n"
+        "steps:\n" + "\n".join(f"  - {{id: s{i}, model: m{step}}}" for i in range(n)) + "\n"
+    )
+
+
+def test_a_run_bills_the_tokens_the_estimate_prices(tmp_path: Path) -> None:
+    """Five steps, answers of 500 tokens expected, cut at the profile's 256 and at one
+    step's own 100: the estimate prices those, and the run bills exactly that."""
+    wf = parse_workflow(
+        f"version: 1\nmodels:\n  m: {{{PRICED}, completion_tokens: 500, latency_s: 0.01, "
+        "p_ok: 1.0}\nsteps:\n"
+        + "".join(f"  - {{id: s{i}, model: m}}\n" for i in range(4))
+        + "  - {id: short, model: m, max_tokens: 100}\n"
+    )
+    e = estimate(wf)
+    assert e.cost_expected == pytest.approx((5 * 3000 * 2.5 + (4 * 256 + 100) * 10) / 1e6)
+    journal = Journal(tmp_path / "j.db")
+    r = execute(wf, journal=journal, seed=1)
+    assert r.status == "ok" and r.cost_usd == pytest.approx(e.cost_expected)
+    rows = {row["step_id"]: row for row in journal.calls(r.run_id)}
+    assert rows["s0"]["prompt_tokens"] == 3000 and rows["s0"]["completion_tokens"] == 256
+    assert rows["short"]["completion_tokens"] == 100
+
+
+def test_a_ceiling_on_token_prices_holds_what_the_planner_holds(tmp_path: Path) -> None:
+    """Each call holds 3,000 prompt tokens and 256 answer tokens ($0.01006) and bills 100
+    ($0.0085). Under $0.05 a chain sends five calls (the sixth's hold would cross it), as
+    the Monte Carlo under the same ceiling predicts; ten parallel steps hold four calls at
+    once and the fifth is refused (the Monte Carlo spends one call after another, and sends
+    five). No call bills past what it held."""
+    chain = parse_workflow(
+        f"version: 1\nmodels:\n  m: {{{PRICED}, completion_tokens: 100, latency_s: 0.01, "
+        "p_ok: 1.0}\nsteps:\n"
+        + "".join(f"  - {{id: s{i}, model: m{f', after: [s{i - 1}]' if i else ''}}}\n"
+                  for i in range(10))
+    )  # fmt: skip
+    journal = Journal(tmp_path / "j.db")
+    for wf, calls in ((chain, 5), (wide(10, "completion_tokens: 100"), 4)):
+        r = execute(wf, journal=journal, seed=1, max_cost_usd=0.05)
+        assert r.status == "budget_exhausted" and r.calls == calls
+        assert r.cost_usd == pytest.approx(calls * 0.0085) and r.cost_usd <= 0.05
+        assert all(row["error"] is None for row in journal.calls(r.run_id))  # none over its hold
+        predicted = simulate(wf, 200, seed=1, max_cost_usd=0.05)
+        assert predicted.cost_usd.mean == pytest.approx(5 * 0.0085)
+        assert predicted.ceiling_hits == 200
+
+
+def test_tpm_holds_simulated_calls_for_the_profiles_prompt(tmp_path: Path) -> None:
+    """Forty calls of 3,000 prompt tokens and 100 answer tokens under tpm 100,000: 32 go at
+    once and the last eight wait for the bucket, 14.4 s replayed; at a twentieth of the
+    time, the executor takes what the replay predicts (it counted a quarter of the prompt's
+    bytes, three tokens, and sent all forty at once)."""
+    wf = wide(40, "tpm: 100000, max_tokens: 100", concurrency=100)
+    assert estimate(wf).latency_scheduled_s == pytest.approx(14.41, abs=0.01)
+    fast = time_scaled(wf, 0.05)
+    planned = estimate(fast).latency_scheduled_s
+    r = execute(fast, journal=Journal(tmp_path / "j.db"), seed=1)
+    assert r.status == "ok" and r.latency_s == pytest.approx(planned, rel=0.1)
+
+
+def test_estimate_says_where_answers_stop_at_max_tokens(cli: Any, write: Any) -> None:
+    text = wide(5, "completion_tokens: 500").model_dump_json()
+    out = " ".join(cli("estimate", write(text)).out.split())
+    assert ("models.m.completion_tokens: 500 expected, but calls of steps s0, s1, s2 and 2 "
+            "more stop at max_tokens 256 and are priced so") in out  # fmt: skip
+    fits = wide(5, "completion_tokens: 200").model_dump_json()
+    assert "completion_tokens" not in cli("estimate", write(fits, name="fits.yaml")).out
