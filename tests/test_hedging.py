@@ -293,6 +293,29 @@ def test_the_simulator_s_hedges_match_the_planner(tmp_path: Path) -> None:
     assert abs(len(hedges) - 40 * hedged(0.2, 0.9, 0.25)[0]) <= 8
 
 
+def test_at_token_prices_the_loser_is_billed_its_hold_as_the_planner_prices(
+    tmp_path: Path,
+) -> None:
+    """200 parallel jittered calls at token prices: an answer bills $0.002 (1,000 prompt
+    tokens, 100 answer tokens), a copy that loses its race its hold, $0.011 (every token
+    max_tokens allows). The planner prices a call at $0.002 plus the chance of a copy times
+    $0.011 ($0.0047, where twice the answer's price said $0.0025); the run bills that."""
+    model = {"usd_per_1m_input": 1.0, "usd_per_1m_output": 10.0, "prompt_tokens": 1000,
+             "completion_tokens": 100, "max_tokens": 1000, "latency_s": 0.2,
+             "latency_jitter": 0.9, "p_ok": 1.0, "hedge_after_s": 0.25}  # fmt: skip
+    wf = wf_of(model, steps=200, parallel=True, concurrency=400)
+    e = estimate(wf)
+    rate = hedged(0.2, 0.9, 0.25)[0]
+    assert e.cost_expected == pytest.approx(200 * (0.002 + rate * 0.011))
+    assert e.cost_worst == pytest.approx(200 * 0.013)
+    assert simulate(wf, 20_000, seed=1).cost_usd.mean == pytest.approx(e.cost_expected, rel=0.01)
+    assert simulate_loop(wf, 200, seed=1)[1] == pytest.approx(e.cost_expected, rel=0.02)
+    r, j = run(wf, tmp_path)
+    hedges = [c for c in j.calls(r.run_id) if c["outcome"] == "hedged"]
+    assert r.status == "ok" and r.cost_usd == pytest.approx(200 * 0.002 + len(hedges) * 0.011)
+    assert abs(r.cost_usd - e.cost_expected) <= 18 * 0.011  # 50 hedges expected, sd 6
+
+
 def test_a_real_endpoint_s_slow_answer_loses_to_its_copy(tmp_path: Path) -> None:
     """The openai provider on a scripted server: the first request hangs, its copy answers."""
     n = {"i": 0}

@@ -100,14 +100,19 @@ def hedge_rate(m: ModelProfile) -> float:
 
 
 def call_price(m: ModelProfile, max_tokens: int | None = None) -> float:
-    """Dollars one call costs on average: its price, plus the hedge's when one is sent
-    (``max_tokens``: the step's, where answers stop; None: the profile's)."""
-    return m.price_at(max_tokens) * (1.0 + hedge_rate(m))
+    """Dollars one call costs on average: its price, plus, when a copy is sent, the
+    reservation of the copy that loses the race (cancelled in flight, it is billed at its
+    hold); ``max_tokens``: the step's, where answers stop (None: the profile's)."""
+    price = m.price_at(max_tokens)
+    if m.hedge_after_s is None:
+        return price
+    return price + hedge_rate(m) * m.reserved_per_call(max_tokens)
 
 
 def worst_call_price(m: ModelProfile, max_tokens: int | None = None) -> float:
-    """Dollars one call may cost: twice its price when it may be hedged."""
-    return m.price_at(max_tokens) * (1.0 if m.hedge_after_s is None else 2.0)
+    """Dollars one call may cost: its price, and a loser's reservation when it may be hedged."""
+    price = m.price_at(max_tokens)
+    return price if m.hedge_after_s is None else price + m.reserved_per_call(max_tokens)
 
 
 def call_latency(m: ModelProfile) -> float:

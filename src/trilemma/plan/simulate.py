@@ -1100,8 +1100,11 @@ def _attempts(
                 slow = trying & ~(first_in | copy_in)
                 won = np.where(slow, np.where(late, t.given_up_hedged_s, t.given_up_s), won)
                 jitter = won / latency
-                bill = np.where(first_in, bill, 0.0)  # a copy given up bills nothing
-                paid += (late & (first_in | copy_in)) * price  # the loser is billed
+                bill = np.where(first_in | copy_in, bill, 0.0)  # the answer that won
+                # the loser, still in flight when the winner answers, is cancelled and billed
+                # at its hold (a first call given up before its copy answers bills nothing)
+                lost = late & (first_in | (copy_in & (t.hedge + again < t.timeout)))
+                paid += lost * (t.reserve * sp.calls)
                 called += late * sp.calls
             elif t.waves is not None:  # each wave waits for its slowest call
                 waited, given_up, billed, sent = _wave_draws(t, t.waves, n, rng)
@@ -1355,13 +1358,14 @@ def simulate_loop(
                     took, slow = (first, False) if first_in else (tr.given_up_s, True)
                 if first > tr.hedge and room >= 2 * tr.reserve * calls:  # a copy races it
                     again = tr.latency * _jitter_one(tr.jitter, rnd)
-                    if again <= tr.timeout:
+                    copy_in = again <= tr.timeout
+                    if copy_in:
                         took = min(took, tr.hedge + again) if first_in else tr.hedge + again
                         slow = False
                     elif slow:
                         took = tr.given_up_hedged_s
-                    if not slow:
-                        cost += tr.price  # the copy: it answered, or lost and is billed
+                    if first_in or (copy_in and tr.hedge + again < tr.timeout):
+                        cost += tr.reserve * calls  # the loser, cancelled, billed at its hold
                 if slow:  # failed, caught, billed for the calls answered by then
                     bill = min(float(bill), late_bill)
                 fault = tr.fault > 0 and rnd.random() < tr.fault and not slow
