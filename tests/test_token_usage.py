@@ -16,7 +16,7 @@ import pytest
 from trilemma import estimate, parse_workflow
 from trilemma.experiments.trials import time_scaled
 from trilemma.journal import Journal
-from trilemma.plan.simulate import simulate
+from trilemma.plan.simulate import simulate, simulate_loop
 from trilemma.run.session import execute
 from trilemma.spec import Workflow
 
@@ -53,25 +53,30 @@ def test_a_run_bills_the_tokens_the_estimate_prices(tmp_path: Path) -> None:
 
 def test_a_ceiling_on_token_prices_holds_what_the_planner_holds(tmp_path: Path) -> None:
     """Each call holds 3,000 prompt tokens and 256 answer tokens ($0.01006) and bills 100
-    ($0.0085). Under $0.05 a chain sends five calls (the sixth's hold would cross it), as
-    the Monte Carlo under the same ceiling predicts; ten parallel steps hold four calls at
-    once and the fifth is refused (the Monte Carlo spends one call after another, and sends
-    five). No call bills past what it held."""
+    ($0.0085). Under $0.05 a chain sends five calls (the sixth's hold would cross it); ten
+    parallel steps hold four calls at once and the fifth is refused; under $0.20, ten votes
+    of three hold a vote's samples at once. The Monte Carlos under the same ceiling hold
+    what is in flight as the executor does, and predict each run to the call. No call
+    bills past what it held."""
     chain = parse_workflow(
         f"version: 1\nmodels:\n  m: {{{PRICED}, completion_tokens: 100, latency_s: 0.01, "
         "p_ok: 1.0}\nsteps:\n"
         + "".join(f"  - {{id: s{i}, model: m{f', after: [s{i - 1}]' if i else ''}}}\n"
                   for i in range(10))
     )  # fmt: skip
+    votes = wide(10, "completion_tokens: 100", concurrency=100, step=", vote: {samples: 3}")
     journal = Journal(tmp_path / "j.db")
-    for wf, calls in ((chain, 5), (wide(10, "completion_tokens: 100"), 4)):
-        r = execute(wf, journal=journal, seed=1, max_cost_usd=0.05)
+    for wf, cap, calls in ((chain, 0.05, 5), (wide(10, "completion_tokens: 100"), 0.05, 4),
+                           (wide(40, "completion_tokens: 100", concurrency=100), 0.155, 15),
+                           (votes, 0.20, 19)):  # fmt: skip
+        r = execute(wf, journal=journal, seed=1, max_cost_usd=cap)
         assert r.status == "budget_exhausted" and r.calls == calls
-        assert r.cost_usd == pytest.approx(calls * 0.0085) and r.cost_usd <= 0.05
+        assert r.cost_usd == pytest.approx(calls * 0.0085) and r.cost_usd <= cap
         assert all(row["error"] is None for row in journal.calls(r.run_id))  # none over its hold
-        predicted = simulate(wf, 200, seed=1, max_cost_usd=0.05)
-        assert predicted.cost_usd.mean == pytest.approx(5 * 0.0085)
-        assert predicted.ceiling_hits == 200
+        predicted = simulate(wf, 200, seed=1, max_cost_usd=cap)
+        assert predicted.cost_usd.mean == pytest.approx(r.cost_usd)
+        assert predicted.calls.mean == calls and predicted.ceiling_hits == 200
+        assert simulate_loop(wf, 20, seed=1, max_cost_usd=cap)[1] == pytest.approx(r.cost_usd)
 
 
 def test_tpm_holds_simulated_calls_for_the_profiles_prompt(tmp_path: Path) -> None:

@@ -52,12 +52,16 @@ A spend ceiling (``max_cost_usd``, given explicitly: the spec's budget is also t
 optimizer's target for expected cost, so it is not simulated unless asked) is held as the
 executor holds it: before each call its worst case (``usd_per_call``, or ``max_tokens`` at
 the output price and the prompt at the input price) must fit under the ceiling less what is
-spent, else the call is not sent and the run stops (``budget_exhausted``) and fails, billed
-for what it spent (the steps in flight then run to their ends, as after a failed step). The
-trajectory spends one call after another, taking the steps in the order they start on the schedule of first attempts (a chain's order exactly); where the
-executor has parallel calls in flight it holds their worst cases at once, so with token
-prices a parallel run may stop a call sooner than simulated, and a step that a jittery
-schedule starts before the refused call in time is counted as not sent.
+spent and what the calls in flight hold, else the call is not sent and the run stops
+(``budget_exhausted``) and fails, billed for what it spent (the steps in flight then run to
+their ends, as after a failed step). The trajectory takes the steps in the order they start
+on the schedule of first attempts (a chain's order exactly): the calls of a wave (a vote's
+samples, a debate's round) hold their worst cases at once, and a step that holds more than
+it bills (token prices: every token ``max_tokens`` allows) holds the difference while it is
+in flight, on the trajectory's own times. Where the slots retime the steps, those holds
+keep the times drawn before (a slot-bound run holds fewer at once, and may send more calls
+than simulated); a step that a jittery schedule starts before the refused call in time is
+counted as not sent.
 """
 
 from __future__ import annotations
@@ -335,6 +339,14 @@ class _StepParams:
     parts: tuple[tuple[float, float], ...] = ()
     """With ``held``, per wave: its share of the step's drawn time, and the share of that
     its calls but the slowest hold their slots for (:func:`_parts`)."""
+    waves: tuple[int, ...] = (1,)
+    """The calls of an attempt (not a routed step's) sent together, wave by wave: under a
+    ceiling a wave's calls hold their worst cases at once."""
+    excess: float = 0.0
+    """Under a ceiling, what its first attempt holds beyond what it bills (worst cases
+    above prices: token prices): held, not spent, while it is in flight."""
+    most_held: float = math.inf
+    """The most its attempts hold and bill under a ceiling, every call and copy sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,9 +424,33 @@ def _params(
                 cancel_usd=cancel_cost(wf, s),
                 held=held[sid] if held is not None and held[sid].waves else None,
                 parts=_parts(wf, s, held[sid].waves) if held is not None else (),
+                waves=s.waves,
+                excess=0.0 if s.route else max(0.0, tries[s.model].reserve * s.calls
+                                                - tries[s.model].price),
+                most_held=_most_held(wf, s),
             )
         )
     return out
+
+
+def _most_held(wf: Workflow, s: Step) -> float:
+    """The most ``s``'s attempts can take of a ceiling: every call's worst case, a copy's
+    beside each where its model hedges (a routed step: its dearest branch, after the
+    classifier)."""
+    total = 0.0
+    for a in range(1, s.retries + 2):
+        m = wf.models[wf.attempt_model(s, a)]
+        copies = 1.0 if m.hedge_after_s is None else 2.0
+        if s.route is None:
+            total += copies * m.reserved_per_call(s.max_tokens) * s.calls
+            continue
+        branches = [s.branch_step(label) for label in s.route]
+        total += copies * m.reserved_per_call(s.max_tokens) + max(
+            wf.models[b.model].reserved_per_call(b.max_tokens)
+            * (2.0 if wf.models[b.model].hedge_after_s is not None else 1.0) * b.calls
+            for b in branches
+        )
+    return total
 
 
 def _parts(wf: Workflow, s: Step, waves: tuple[int, ...]) -> tuple[tuple[float, float], ...]:
@@ -741,6 +777,9 @@ def _chunk(
     busy: list[np.ndarray] = []
     pauses: list[np.ndarray] = []  # of which the backoff waits
     refusals: list[np.ndarray | None] = []
+    holding: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # under a ceiling: the steps
+    # holding more than they bill, each's start, finish and excess (0 where it sent nothing)
+    excess = zeros.copy()  # theirs summed: the most they can hold at once
     for sp in params:
         start = np.max([finish[j] for j in sp.parents], axis=0) if sp.parents else zeros
         blocked = np.any([dead[j] for j in sp.parents], axis=0) if sp.parents else false
@@ -767,8 +806,11 @@ def _chunk(
         marks: list[tuple[np.ndarray, ...]] | None = (
             [] if cut is not None and len(sp.tries) > 1 else None
         )
+        held = None  # counted only where it may keep a call of this step from fitting
+        if holding and np.any((runs & ~hit) & (cap - cost - excess < sp.most_held + EPS_USD)):
+            held = _holding_at(holding, start)
         called, paid, dur, step_dead, step_wrong, refused, paused = _attempts(
-            sp, st, factor, runs & ~hit, rngs, cap - cost if capped else None, marks
+            sp, st, factor, runs & ~hit, rngs, cap - cost if capped else None, marks, held
         )
         if sp.hit_rate > 0.0:
             dur = np.where(hit, CACHE_HIT_LATENCY_S, dur)
@@ -780,6 +822,9 @@ def _chunk(
         cost += paid
         calls += called
         finish.append(start + dur)
+        if capped and sp.excess > 0.0:
+            holding.append((start, finish[-1], np.where(called > 0, sp.excess, 0.0)))
+            excess += holding[-1][2]
         if refused is not None:
             broke_at = np.where(refused, start + dur, broke_at)
             broke |= refused
@@ -805,6 +850,22 @@ def _chunk(
     caught_any = np.any(dead, axis=0) & ~broke
     ok = ~caught_any & ~uncaught_any & ~broke
     return cost, latency, calls, ok, caught_any, uncaught_any & ~caught_any & ~broke, false, broke
+
+
+def _holding_at(
+    holding: list[tuple[np.ndarray, np.ndarray, np.ndarray]], start: np.ndarray
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Dollars the steps in ``holding`` hold beyond their bills, ``offset`` seconds after
+    ``start``: those in flight then (started, not finished)."""
+
+    def at(offset: np.ndarray) -> np.ndarray:
+        t = start + offset
+        out = np.zeros(t.shape)
+        for t0, t1, e in holding:
+            out += np.where((t0 <= t) & (t < t1), e, 0.0)
+        return out
+
+    return at
 
 
 class _Pool:
@@ -1043,6 +1104,7 @@ def _attempts(
     rngs: tuple[np.random.Generator, np.random.Generator],
     room: np.ndarray | None = None,
     marks: list[tuple[np.ndarray, ...]] | None = None,
+    held: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[Any, ...]:
     """Calls made, dollars paid, time taken, retries exhausted, failure uncaught, refused by
     the ceiling (None: no ceiling), and of the time taken the backoff waits (no call in
@@ -1059,6 +1121,8 @@ def _attempts(
     ``marks``, where given, gets each attempt's figures for a run that may end while the
     step is under way (:func:`_cut_short`): where it was made, when it was sent and when it
     answered (from the step's start), and the dollars and calls of the step by then.
+    ``held``: dollars the other steps hold beyond their bills, in flight this many seconds
+    after the step's start (their worst cases, under the ceiling at once).
     """
     rng, waits = rngs
     n = runs.shape[0]
@@ -1082,16 +1146,16 @@ def _attempts(
             before = called.copy() if t.copies else None  # to count the copies sent
             jitter = _jitter(t.jitter, n, rng) if t.waves is None else 1.0
             bill = trying * price
-            if room is not None:  # the calls whose reservations fit, one after another
-                each = price / sp.calls
-                sent, cost = _fit(room - paid + EPS_USD, sp.calls, t.reserve, each, t.reserve, each)
+            if room is not None:  # the calls whose reservations fit, a wave at a time
+                left = room - paid + EPS_USD - (held(dur) if held is not None else 0.0)
+                sent, cost = _fit_waves(left, sp.waves, t.reserve, price / sp.calls)
                 go, bill = trying * (sent / sp.calls), trying * cost
             called += go * sp.calls
             if t.hedge < math.inf:  # a copy sent after t.hedge: the faster wins, both are paid
                 first = latency * np.broadcast_to(jitter, (n,))
                 late = trying & (first > t.hedge)
                 if room is not None:  # the copy's reservation is held beside the call's, or none is sent
-                    late &= room - paid + EPS_USD >= 2 * t.reserve * sp.calls
+                    late &= left >= 2 * t.reserve * sp.calls
                 again = latency * _jitter(t.jitter, n, rng)  # the copy's own time
                 # each copy is given up at its own timeout; the first answer in time wins
                 first_in, copy_in = first <= t.timeout, late & (again <= t.timeout)
@@ -1127,7 +1191,8 @@ def _attempts(
             bill = trying * price
             if room is not None:  # the classifier's call, then the branch's calls
                 body = r.calls[b] - 1
-                sent, cost = _fit(room - paid + EPS_USD, r.calls[b], r.reserve[b], r.head_price,
+                left = room - paid + EPS_USD - (held(dur) if held is not None else 0.0)
+                sent, cost = _fit(left, r.calls[b], r.reserve[b], r.head_price,
                                   r.head_reserve, (price - r.head_price) / body)  # fmt: skip
                 go, bill = trying * (sent / r.calls[b]), trying * cost
             called += go * r.calls[b]
@@ -1268,6 +1333,20 @@ def _fit(
     return first + more, first * first_price + more * price
 
 
+def _fit_waves(left: Any, waves: tuple[int, ...], reserve: float, price: float) -> tuple[Any, Any]:
+    """Of an attempt's calls sent wave by wave, how many fit in ``left`` dollars and what
+    they are billed: a wave's calls each hold ``reserve`` at once, and cost ``price`` each
+    when they answer, before the next wave is held. Arrays or numbers."""
+    sent: Any = 0
+    whole: Any = True  # every call so far fitted
+    for w in waves:
+        k = np.where(whole, np.clip(np.floor(left / max(reserve, 1e-15)), 0, w), 0)
+        sent = sent + k
+        whole = whole & (k == w)
+        left = left - w * price
+    return sent, sent * price
+
+
 def _jitter(sigma: float, n: int, rng: np.random.Generator) -> np.ndarray | float:
     """Lognormal latency factors with mean 1 (1.0 when there is no jitter)."""
     if sigma == 0:
@@ -1308,6 +1387,8 @@ def simulate_loop(
         starts: list[float] = []
         marks: list[list[tuple[float, float, float]]] = []  # per step, per attempt: when it
         # was sent and answered (from the step's start), and what the step had paid by then
+        holding: list[tuple[float, float, float]] = []  # under a ceiling, the steps holding
+        # more than they bill: each's start, finish and excess
         for sp in params:
             cost = 0.0
             start = max((finish[j] for j in sp.parents), default=0.0)
@@ -1334,6 +1415,8 @@ def simulate_loop(
             for a, tr in enumerate(sp.tries):
                 sent_at = t
                 room = cap - spent - cost + EPS_USD
+                if holding:  # what the steps in flight now hold beyond their bills
+                    room -= math.fsum(e for t0, t1, e in holding if t0 <= start + t < t1)
                 calls, each = sp.calls, tr.price / sp.calls
                 head_price = head_reserve = reserve = each
                 if sp.route is not None:  # this attempt's branch: the classifier, then it
@@ -1345,7 +1428,9 @@ def simulate_loop(
                 elif room < math.inf:
                     reserve = head_reserve = tr.reserve
                 fit, bill = calls, tr.price
-                if room < math.inf:
+                if room < math.inf and sp.route is None:  # a wave's calls held at once
+                    fit, bill = _fit_waves(room, sp.waves, reserve, each)
+                elif room < math.inf:
                     fit, bill = _fit(room, calls, reserve, head_price, head_reserve, each)
                 late_bill = 0.0  # what an attempt given up bills
                 if tr.waves is not None:  # each wave waits for its slowest call
@@ -1407,6 +1492,8 @@ def simulate_loop(
             wrong.append(is_wrong or tainted)
             paid.append(cost)
             spent += cost
+            if cap < math.inf and sp.excess > 0.0:
+                holding.append((start, start + t, sp.excess))
             failed_at.append(is_dead or is_wrong)
             died.append(is_dead)
             cancel.append(sp.cancel_usd)
