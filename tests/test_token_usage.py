@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from trilemma import estimate, parse_workflow
+from trilemma import estimate, parse_workflow, workflow_from_dict
 from trilemma.experiments.trials import time_scaled
 from trilemma.journal import Journal
 from trilemma.plan.simulate import simulate, simulate_loop
 from trilemma.run.session import execute
 from trilemma.spec import Workflow
+from trilemma.testing import Reply, ScriptedServer
 
 PRICED = "usd_per_1m_input: 2.5, usd_per_1m_output: 10.0, prompt_tokens: 3000"
 
@@ -99,3 +100,30 @@ def test_estimate_says_where_answers_stop_at_max_tokens(cli: Any, write: Any) ->
             "more stop at max_tokens 256 and are priced so") in out  # fmt: skip
     fits = wide(5, "completion_tokens: 200").model_dump_json()
     assert "completion_tokens" not in cli("estimate", write(fits, name="fits.yaml")).out
+
+
+def test_a_real_endpoint_is_held_at_its_prompts_bytes_as_planned(tmp_path: Path) -> None:
+    """The openai provider on a scripted server, ten parallel steps of a 4,000-byte prompt
+    (the profile's 1,000 tokens, four bytes a token): the executor holds the prompt's bytes
+    and the template's 16 tokens, and 256 answer tokens ($0.01264); under $0.05 three calls
+    are held at once and the fourth is refused. The planner holds the same, and the Monte
+    Carlo predicts the three (at the 1,000 tokens alone it held $0.00506 and said nine)."""
+    with ScriptedServer(lambda _: Reply("ok", delay_s=0.2, prompt_tokens=1000,
+                                        completion_tokens=100)) as srv:  # fmt: skip
+        wf = workflow_from_dict({
+            "version": 1,
+            "models": {"m": {"provider": "openai", "base_url": srv.url, "model": "m1",
+                             "usd_per_1m_input": 2.5, "usd_per_1m_output": 10.0,
+                             "prompt_tokens": 1000, "completion_tokens": 100,
+                             "latency_s": 0.2, "p_ok": 1.0}},
+            "steps": [{"id": f"s{i}", "model": "m", "prompt": "x" * 4000} for i in range(10)],
+        })  # fmt: skip
+        assert wf.models["m"].reserved_per_call() == pytest.approx((4016 * 2.5 + 2560) / 1e6)
+        journal = Journal(tmp_path / "j.db")
+        r = execute(wf, journal=journal, seed=1, max_cost_usd=0.05)
+    assert r.status == "budget_exhausted" and r.calls == 3
+    assert r.cost_usd == pytest.approx(3 * 0.0035)
+    held = [row["reserved_usd"] for row in journal.calls(r.run_id)]
+    assert held == pytest.approx([wf.models["m"].reserved_per_call()] * 3)
+    predicted = simulate(wf, 200, seed=1, max_cost_usd=0.05)
+    assert predicted.calls.mean == 3 and predicted.cost_usd.mean == pytest.approx(r.cost_usd)

@@ -68,6 +68,7 @@ from trilemma.run.routes import Route
 from trilemma.run.session import close_providers, providers_for
 from trilemma.run.shared_budget import BudgetState, KeyBudgets, LocalBudgets, RedisBudgets
 from trilemma.spec.load import not_text_at
+from trilemma.spec.model import BYTES_PER_TOKEN
 
 __all__ = ["Gateway", "create_app", "run_id_of"]
 
@@ -222,7 +223,7 @@ class Gateway:
             lookup = await self.cache.lookup(settings, request.messages, self.config.similarity, key)
             if lookup.hit is not None:
                 return await self._served(key, model, request, lookup.hit, stream)
-        tokens = request.prompt_bytes / 4 + request.max_tokens  # what tpm counts until it answers
+        tokens = request.prompt_bytes / BYTES_PER_TOKEN + request.max_tokens  # tpm's until it answers
         wait = await self.rates.take(key, tokens)
         if wait:
             rpm, tpm = self.rates.limits[key]

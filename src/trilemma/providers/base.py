@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from trilemma.spec import ModelProfile
+from trilemma.spec.model import BYTES_PER_TOKEN, TEMPLATE_TOKENS_PER_MESSAGE
 
 __all__ = [
     "Completion",
@@ -26,8 +27,6 @@ __all__ = [
 
 Message = dict[str, str]
 
-#: Tokens a chat template may add per message, over the message's own bytes.
-TEMPLATE_TOKENS_PER_MESSAGE = 16
 
 
 @dataclass(slots=True)  # not frozen: it is made once per call
@@ -135,9 +134,11 @@ def worst_case_cost(profile: ModelProfile, request: Request) -> float:
 def rate_tokens(profile: ModelProfile, request: Request) -> float:
     """The tokens a call holds of its model's ``tpm`` when sent: its prompt and the most it
     may generate, as endpoints count them. The prompt is the profile's ``prompt_tokens`` on
-    the simulator (what it reports, and what the planner counts), else a quarter of its bytes.
+    the simulator (what it reports, and what the planner counts), else its bytes over
+    ``BYTES_PER_TOKEN``.
     """
-    prompt = profile.prompt_tokens if profile.runs_on_simulator else request.prompt_bytes / 4
+    prompt = (profile.prompt_tokens if profile.runs_on_simulator
+              else request.prompt_bytes / BYTES_PER_TOKEN)  # fmt: skip
     return prompt + request.max_tokens
 
 

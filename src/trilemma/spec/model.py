@@ -52,6 +52,12 @@ class _Strict(BaseModel):
     )  # strings kept exactly: "\n" is a stop sequence
 
 
+#: Tokens a chat template may add per message, over the message's own bytes.
+TEMPLATE_TOKENS_PER_MESSAGE = 16
+#: UTF-8 bytes a token of English text takes on average: a ``tpm`` bucket counts a prompt's
+#: bytes over it, and the planner takes a real endpoint's expected prompt to be this many
+#: bytes a token (the executor holds a prompt's bytes under a ceiling, a bound on its tokens).
+BYTES_PER_TOKEN = 4
 #: A simulated fault other than a timeout answers after this share of the call's latency.
 FAULT_LATENCY_SHARE = 0.1
 #: What a simulated 429 advises, in seconds (``Retry-After``).
@@ -235,12 +241,17 @@ class ModelProfile(_Strict):
 
     def reserved_per_call(self, max_tokens: int | None = None) -> float:
         """Dollars the executor holds under a spend ceiling before one call: ``usd_per_call``,
-        else the expected prompt and every token the call may generate (``max_tokens``, the
-        step's or this profile's) at token prices. On a real endpoint the executor counts the
-        prompt it sends; on the simulator, which reports them, ``prompt_tokens`` as here."""
+        else the prompt and every token the call may generate (``max_tokens``, the step's or
+        this profile's) at token prices. The simulator reports ``prompt_tokens``, and is held
+        at them; a real endpoint's prompt is held at its bytes and a chat template's tokens
+        (no tokenizer makes more of it), here the expected prompt's: ``BYTES_PER_TOKEN`` a
+        token of ``prompt_tokens``, in one message."""
         if self.usd_per_call is not None:
             return self.usd_per_call
-        return self.token_cost(self.prompt_tokens, max_tokens or self.max_tokens)
+        prompt = self.prompt_tokens
+        if not self.runs_on_simulator:
+            prompt = BYTES_PER_TOKEN * prompt + TEMPLATE_TOKENS_PER_MESSAGE
+        return self.token_cost(prompt, max_tokens or self.max_tokens)
 
     def token_cost(self, prompt: int, completion: int, cached: int = 0) -> float:
         """Dollars for tokens at the token prices, the one formula the planner, a call's
