@@ -16,9 +16,10 @@ import pytest
 from trilemma import estimate, parse_workflow, workflow_from_dict
 from trilemma.experiments.trials import time_scaled
 from trilemma.journal import Journal
+from trilemma.plan.estimate import held_worst
 from trilemma.plan.simulate import simulate, simulate_loop
 from trilemma.run.session import execute
-from trilemma.spec import Workflow
+from trilemma.spec import Budget, Workflow
 from trilemma.testing import Reply, ScriptedServer
 
 PRICED = "usd_per_1m_input: 2.5, usd_per_1m_output: 10.0, prompt_tokens: 3000"
@@ -127,3 +128,19 @@ def test_a_real_endpoint_is_held_at_its_prompts_bytes_as_planned(tmp_path: Path)
     assert held == pytest.approx([wf.models["m"].reserved_per_call()] * 3)
     predicted = simulate(wf, 200, seed=1, max_cost_usd=0.05)
     assert predicted.calls.mean == 3 and predicted.cost_usd.mean == pytest.approx(r.cost_usd)
+
+
+def test_estimate_does_not_promise_a_ceiling_the_holds_cross(cli: Any, write: Any) -> None:
+    """Ten parallel calls bill $0.0085 each, $0.085 at worst, under a $0.09 ceiling; each
+    holds $0.01006 first, $0.1006 in all: the executor refuses the ninth. The estimate said
+    no run stops for money; it now says the calls may hold more than the ceiling."""
+    wf = wide(10, "completion_tokens: 100")
+    assert held_worst(wf) == pytest.approx(0.1006)
+    capped = wf.model_copy(update={"budget": Budget(max_cost_usd=0.09)})
+    out = " ".join(cli("estimate", write(capped.model_dump_json())).out.split())
+    assert "so no run stops for money" not in out
+    assert "fits the $0.0900 ceiling, but its calls may hold up to $0.1006" in out
+    roomy = wf.model_copy(update={"budget": Budget(max_cost_usd=0.11)})
+    out = " ".join(cli("estimate", write(roomy.model_dump_json(), name="roomy.yaml")).out.split())
+    assert "fits the $0.1100 ceiling, so no run stops for money" in out
+    assert simulate(capped, 100, seed=1, max_cost_usd=0.09).ceiling_hits == 100

@@ -83,6 +83,8 @@ __all__ = [
     "assemble",
     "cancel_cost",
     "estimate",
+    "held_worst",
+    "most_held",
     "step_estimate",
 ]
 
@@ -690,6 +692,35 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
         else None,
         hedged=hedged,
     )
+
+
+def most_held(wf: Workflow, s: Step) -> float:
+    """The most ``s``'s attempts can hold under a ceiling: every call's worst case (its
+    reservation, :meth:`~trilemma.spec.ModelProfile.reserved_per_call`), every retry used,
+    a copy's beside each where its model hedges (a routed step: its dearest branch, after
+    the classifier)."""
+    total = 0.0
+    for a in range(1, s.retries + 2):
+        m = wf.models[wf.attempt_model(s, a)]
+        copies = 1.0 if m.hedge_after_s is None else 2.0
+        if s.route is None:
+            total += copies * m.reserved_per_call(s.max_tokens) * s.calls
+            continue
+        branches = [s.branch_step(label) for label in s.route]
+        total += copies * m.reserved_per_call(s.max_tokens) + max(
+            wf.models[b.model].reserved_per_call(b.max_tokens)
+            * (2.0 if wf.models[b.model].hedge_after_s is not None else 1.0) * b.calls
+            for b in branches
+        )
+    return total
+
+
+def held_worst(wf: Workflow) -> float:
+    """The most a run can hold under a ceiling: :func:`most_held` of every step. A ceiling
+    at least this never refuses a call; one below it may, though the run's worst cost fit
+    (a reservation counts every token ``max_tokens`` allows, and a real endpoint's prompt
+    at its bytes)."""
+    return math.fsum(most_held(wf, s) for s in wf.steps)
 
 
 def cancel_cost(wf: Workflow, step: Step) -> float:

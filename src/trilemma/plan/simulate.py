@@ -83,6 +83,7 @@ from trilemma.plan.estimate import (
     breaks,
     cancel_cost,
     estimate,
+    most_held,
     step_estimate,
 )
 from trilemma.plan.hedge import call_price, hedge_rate, hedged_answers, timeouts
@@ -427,30 +428,10 @@ def _params(
                 waves=s.waves,
                 excess=0.0 if s.route else max(0.0, tries[s.model].reserve * s.calls
                                                 - tries[s.model].price),
-                most_held=_most_held(wf, s),
+                most_held=most_held(wf, s),
             )
         )
     return out
-
-
-def _most_held(wf: Workflow, s: Step) -> float:
-    """The most ``s``'s attempts can take of a ceiling: every call's worst case, a copy's
-    beside each where its model hedges (a routed step: its dearest branch, after the
-    classifier)."""
-    total = 0.0
-    for a in range(1, s.retries + 2):
-        m = wf.models[wf.attempt_model(s, a)]
-        copies = 1.0 if m.hedge_after_s is None else 2.0
-        if s.route is None:
-            total += copies * m.reserved_per_call(s.max_tokens) * s.calls
-            continue
-        branches = [s.branch_step(label) for label in s.route]
-        total += copies * m.reserved_per_call(s.max_tokens) + max(
-            wf.models[b.model].reserved_per_call(b.max_tokens)
-            * (2.0 if wf.models[b.model].hedge_after_s is not None else 1.0) * b.calls
-            for b in branches
-        )
-    return total
 
 
 def _parts(wf: Workflow, s: Step, waves: tuple[int, ...]) -> tuple[tuple[float, float], ...]:

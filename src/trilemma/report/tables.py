@@ -10,7 +10,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from trilemma.plan.estimate import Estimate
+from trilemma.plan.estimate import Estimate, held_worst
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
 from trilemma.plan.hedge import timeouts
 from trilemma.plan.optimize import Candidate, OptimizeResult, meets
@@ -221,9 +221,17 @@ def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
     floor = f"{b.min_reliability:g}" if b.min_reliability is not None else "0.95"
     if b.max_cost_usd is not None:
         cap = _usd(b.max_cost_usd)
-        if e.cost_worst <= b.max_cost_usd + 1e-12:
+        held = held_worst(wf)
+        if e.cost_worst <= b.max_cost_usd + 1e-12 and held <= b.max_cost_usd + 1e-12:
             lines.append(f"budget: the worst case ({_usd(e.cost_worst)}) fits the {cap} "
                          "ceiling, so no run stops for money")  # fmt: skip
+        elif e.cost_worst <= b.max_cost_usd + 1e-12:
+            lines.append(f"budget: the worst case ({_usd(e.cost_worst)}) fits the {cap} "
+                         f"ceiling, but its calls may hold up to {_usd(held)} (the executor "
+                         "reserves every token max_tokens allows, and a real endpoint's prompt "
+                         "at its bytes, before it sends a call), so a run may stop "
+                         "budget_exhausted; `trilemma simulate --ceiling` says how often, and "
+                         f"`--ceiling-for {floor}` which ceiling lets that share finish")  # fmt: skip
         elif e.cost_book > b.max_cost_usd + 1e-12:
             lines.append(f"budget: even without a retry a run costs {_usd(e.cost_book)}, over the "
                          f"{cap} ceiling, so every run stops budget_exhausted before the end; "
