@@ -68,7 +68,8 @@ def estimate(spec: SpecFile, as_json: JsonFlag = False) -> int:
     else:
         console = stdout_console()
         console.print(tables.estimate_table(e, title=f"Estimate of {spec}"))
-        for line in [*tables.price_sources(wf), *tables.answer_caps(wf), *tables.cache_assumptions(wf),
+        for line in [*tables.price_sources(wf), *tables.answer_caps(wf),
+                     *tables.cache_assumptions(wf),
                      *tables.fault_assumptions(wf), *tables.wave_assumptions(wf),
                      *tables.retry_assumptions(wf), *tables.slot_assumptions(wf, e),
                      *tables.budget_fit(wf, e)]:

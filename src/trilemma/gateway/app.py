@@ -223,7 +223,7 @@ class Gateway:
             lookup = await self.cache.lookup(settings, request.messages, self.config.similarity, key)
             if lookup.hit is not None:
                 return await self._served(key, model, request, lookup.hit, stream)
-        tokens = request.prompt_bytes / BYTES_PER_TOKEN + request.max_tokens  # tpm's until it answers
+        tokens = request.prompt_bytes / BYTES_PER_TOKEN + request.max_tokens  # tpm's, till answered
         wait = await self.rates.take(key, tokens)
         if wait:
             rpm, tpm = self.rates.limits[key]

@@ -466,7 +466,8 @@ def _try_of(wf: Workflow, s: Step, name: str) -> _Try:
     their faults and waves from its branches (:func:`_route`), so only the rest is set."""
     m = wf.models[name]
     seq = s.sequential_calls
-    t = _Try(wf.p_ok(s, name), m.price_at(s.max_tokens) * s.calls, m.latency_s * seq, m.latency_jitter,
+    t = _Try(wf.p_ok(s, name), m.price_at(s.max_tokens) * s.calls, m.latency_s * seq,
+             m.latency_jitter,
              (m.hedge_after_s or math.inf) * seq, m.reserved_per_call(s.max_tokens),
              limited=m.faults.limited_share, timeout=m.timeout_s * seq, given_up_s=m.timeout_s,
              given_up_hedged_s=m.timeout_s + (m.hedge_after_s or 0.0))  # fmt: skip

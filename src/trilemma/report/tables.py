@@ -231,7 +231,8 @@ def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
                          "reserves every token max_tokens allows, and a real endpoint's prompt "
                          "at its bytes, before it sends a call), so a run may stop "
                          "budget_exhausted; `trilemma simulate --ceiling` says how often, and "
-                         f"`--ceiling-for {floor}` which ceiling lets that share finish")  # fmt: skip
+                         f"`--ceiling-for {floor}` which ceiling lets that share "
+                         "finish")  # fmt: skip
         elif e.cost_book > b.max_cost_usd + 1e-12:
             lines.append(f"budget: even without a retry a run costs {_usd(e.cost_book)}, over the "
                          f"{cap} ceiling, so every run stops budget_exhausted before the end; "
