@@ -344,8 +344,9 @@ class _StepParams:
     """The calls of an attempt (not a routed step's) sent together, wave by wave: under a
     ceiling a wave's calls hold their worst cases at once."""
     excess: float = 0.0
-    """Under a ceiling, what its first attempt holds beyond what it bills (worst cases
-    above prices: token prices): held, not spent, while it is in flight."""
+    """Under a ceiling, what a wave of its calls holds beyond what they bill (worst cases
+    above prices: token prices): held, not spent, while it is in flight (the trajectory
+    counts a step's bills when it starts, its later waves' too)."""
     most_held: float = math.inf
     """The most its attempts hold and bill under a ceiling, every call and copy sent."""
 
@@ -426,8 +427,9 @@ def _params(
                 held=held[sid] if held is not None and held[sid].waves else None,
                 parts=_parts(wf, s, held[sid].waves) if held is not None else (),
                 waves=s.waves,
-                excess=0.0 if s.route else max(0.0, tries[s.model].reserve * s.calls
-                                                - tries[s.model].price),
+                excess=0.0 if s.route else max(s.waves) * max(
+                    0.0, tries[s.model].reserve - tries[s.model].price / s.calls
+                ),
                 most_held=most_held(wf, s),
             )
         )
