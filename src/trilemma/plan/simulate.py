@@ -66,6 +66,7 @@ counted as not sent.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
@@ -1131,15 +1132,19 @@ def _attempts(
             jitter = _jitter(t.jitter, n, rng) if t.waves is None else 1.0
             bill = trying * price
             if room is not None:  # the calls whose reservations fit, a wave at a time
-                left = room - paid + EPS_USD - (held(dur) if held is not None else 0.0)
-                sent, cost = _fit_waves(left, sp.waves, t.reserve, price / sp.calls)
+                left = room - paid + EPS_USD
+                wave_s = latency / len(sp.waves)  # a wave goes when the last has answered
+                at = None
+                if held is not None:
+                    at = functools.partial(_held_in_wave, held, dur, wave_s)
+                sent, cost = _fit_waves(left, sp.waves, t.reserve, price / sp.calls, at)
                 go, bill = trying * (sent / sp.calls), trying * cost
             called += go * sp.calls
             if t.hedge < math.inf:  # a copy sent after t.hedge: the faster wins, both are paid
                 first = latency * np.broadcast_to(jitter, (n,))
                 late = trying & (first > t.hedge)
                 if room is not None:  # the copy's reservation is held beside the call's, or none is sent
-                    late &= left >= 2 * t.reserve * sp.calls
+                    late &= left - (at(0) if at is not None else 0.0) >= 2 * t.reserve * sp.calls
                 again = latency * _jitter(t.jitter, n, rng)  # the copy's own time
                 # each copy is given up at its own timeout; the first answer in time wins
                 first_in, copy_in = first <= t.timeout, late & (again <= t.timeout)
@@ -1317,14 +1322,35 @@ def _fit(
     return first + more, first * first_price + more * price
 
 
-def _fit_waves(left: Any, waves: tuple[int, ...], reserve: float, price: float) -> tuple[Any, Any]:
+def _held_in_wave(
+    held: Callable[[np.ndarray], np.ndarray], sent_at: np.ndarray, wave_s: float, i: int
+) -> np.ndarray:
+    """``held`` when wave ``i`` of an attempt sent at ``sent_at`` goes, ``wave_s`` a wave."""
+    return held(sent_at + i * wave_s)
+
+
+def _held_one(
+    holding: list[tuple[float, float, float]], sent_at: float, wave_s: float, i: int
+) -> float:
+    """:func:`_holding_at` for one trajectory: what the steps in flight when wave ``i`` of
+    an attempt sent at ``sent_at`` goes hold beyond their bills."""
+    now = sent_at + i * wave_s
+    return math.fsum(e for t0, t1, e in holding if t0 <= now < t1)
+
+
+def _fit_waves(
+    left: Any, waves: tuple[int, ...], reserve: float, price: float,
+    held: Callable[[int], Any] | None = None,
+) -> tuple[Any, Any]:  # fmt: skip
     """Of an attempt's calls sent wave by wave, how many fit in ``left`` dollars and what
     they are billed: a wave's calls each hold ``reserve`` at once, and cost ``price`` each
-    when they answer, before the next wave is held. Arrays or numbers."""
+    when they answer, before the next wave is held; ``held(i)``: what the other steps in
+    flight hold beyond their bills when wave ``i`` goes. Arrays or numbers."""
     sent: Any = 0
     whole: Any = True  # every call so far fitted
-    for w in waves:
-        k = np.where(whole, np.clip(np.floor(left / max(reserve, 1e-15)), 0, w), 0)
+    for i, w in enumerate(waves):
+        room = left - held(i) if held is not None else left
+        k = np.where(whole, np.clip(np.floor(room / max(reserve, 1e-15)), 0, w), 0)
         sent = sent + k
         whole = whole & (k == w)
         left = left - w * price
@@ -1399,8 +1425,10 @@ def simulate_loop(
             for a, tr in enumerate(sp.tries):
                 sent_at = t
                 room = cap - spent - cost + EPS_USD
-                if holding:  # what the steps in flight now hold beyond their bills
-                    room -= math.fsum(e for t0, t1, e in holding if t0 <= start + t < t1)
+                wave_s = tr.latency / len(sp.waves)  # a wave goes when the last has answered
+
+                held_at = functools.partial(_held_one, holding, start + t, wave_s)
+
                 calls, each = sp.calls, tr.price / sp.calls
                 head_price = head_reserve = reserve = each
                 if sp.route is not None:  # this attempt's branch: the classifier, then it
@@ -1413,8 +1441,10 @@ def simulate_loop(
                     reserve = head_reserve = tr.reserve
                 fit, bill = calls, tr.price
                 if room < math.inf and sp.route is None:  # a wave's calls held at once
-                    fit, bill = _fit_waves(room, sp.waves, reserve, each)
+                    fit, bill = _fit_waves(room, sp.waves, reserve, each, held_at)
+                    room -= held_at(0)  # for a hedge's copy
                 elif room < math.inf:
+                    room -= held_at(0)
                     fit, bill = _fit(room, calls, reserve, head_price, head_reserve, each)
                 late_bill = 0.0  # what an attempt given up bills
                 if tr.waves is not None:  # each wave waits for its slowest call
