@@ -345,9 +345,11 @@ class _StepParams:
     """The calls of an attempt (not a routed step's) sent together, wave by wave: under a
     ceiling a wave's calls hold their worst cases at once."""
     excess: float = 0.0
-    """Under a ceiling, what a wave of its calls holds beyond what they bill (worst cases
-    above prices: token prices): held, not spent, while it is in flight (the trajectory
-    counts a step's bills when it starts, its later waves' too)."""
+    """Under a ceiling, what a wave of its calls holds beyond what they bill, where worst
+    cases are above prices (token prices; 0 otherwise): such a step, in flight, is counted
+    as the executor holds it (:func:`_holding_at`)."""
+    wave_hold: float = 0.0
+    """With ``excess``: what a wave of its calls holds, on average (its first model's)."""
     most_held: float = math.inf
     """The most its attempts hold and bill under a ceiling, every call and copy sent."""
 
@@ -431,6 +433,7 @@ def _params(
                 excess=0.0 if s.route else max(s.waves) * max(
                     0.0, tries[s.model].reserve - tries[s.model].price / s.calls
                 ),
+                wave_hold=tries[s.model].reserve * s.calls / len(s.waves),
                 most_held=most_held(wf, s),
             )
         )
@@ -762,9 +765,9 @@ def _chunk(
     busy: list[np.ndarray] = []
     pauses: list[np.ndarray] = []  # of which the backoff waits
     refusals: list[np.ndarray | None] = []
-    holding: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # under a ceiling: the steps
-    # holding more than they bill, each's start, finish and excess (0 where it sent nothing)
-    excess = zeros.copy()  # theirs summed: the most they can hold at once
+    holding: list[tuple[np.ndarray, ...]] = []  # under a ceiling, the steps holding more than
+    # they bill: each's start, finish, a wave's hold, bill and waves sent (0: none sent)
+    excess = zeros.copy()  # their waves' holds summed: the most they can hold beyond bills
     for sp in params:
         start = np.max([finish[j] for j in sp.parents], axis=0) if sp.parents else zeros
         blocked = np.any([dead[j] for j in sp.parents], axis=0) if sp.parents else false
@@ -794,7 +797,7 @@ def _chunk(
         held = None  # counted only where it may keep a call of this step from fitting
         if holding and np.any((runs & ~hit) & (cap - cost - excess < sp.most_held + EPS_USD)):
             held = _holding_at(holding, start)
-        called, paid, dur, step_dead, step_wrong, refused, paused = _attempts(
+        called, paid, dur, step_dead, step_wrong, refused, paused, made = _attempts(
             sp, st, factor, runs & ~hit, rngs, cap - cost if capped else None, marks, held
         )
         if sp.hit_rate > 0.0:
@@ -808,8 +811,9 @@ def _chunk(
         calls += called
         finish.append(start + dur)
         if capped and sp.excess > 0.0:
-            holding.append((start, finish[-1], np.where(called > 0, sp.excess, 0.0)))
-            excess += holding[-1][2]
+            hold = np.where(called > 0, sp.wave_hold, 0.0)
+            holding.append((start, finish[-1], hold, paid, made * len(sp.waves)))
+            excess += hold
         if refused is not None:
             broke_at = np.where(refused, start + dur, broke_at)
             broke |= refused
@@ -838,16 +842,20 @@ def _chunk(
 
 
 def _holding_at(
-    holding: list[tuple[np.ndarray, np.ndarray, np.ndarray]], start: np.ndarray
+    holding: list[tuple[np.ndarray, ...]], start: np.ndarray
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """Dollars the steps in ``holding`` hold beyond their bills, ``offset`` seconds after
-    ``start``: those in flight then (started, not finished)."""
+    """What the steps in ``holding`` in flight ``offset`` seconds after ``start`` hold beyond
+    what the trajectory counts spent (it counts a step's bills, all its waves', from its
+    start): the wave in flight's hold, less the bills of that wave and the waves after it
+    (the waves taken as spread evenly over the step's time)."""
 
     def at(offset: np.ndarray) -> np.ndarray:
         t = start + offset
         out = np.zeros(t.shape)
-        for t0, t1, e in holding:
-            out += np.where((t0 <= t) & (t < t1), e, 0.0)
+        for t0, t1, hold, bill, waves in holding:
+            inside = (t0 <= t) & (t < t1) & (waves > 0)
+            done = np.floor((t - t0) / np.where(t1 > t0, t1 - t0, 1.0) * waves)
+            out += np.where(inside, hold - bill * (1.0 - done / np.maximum(waves, 1.0)), 0.0)
         return out
 
     return at
@@ -1092,8 +1100,8 @@ def _attempts(
     held: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[Any, ...]:
     """Calls made, dollars paid, time taken, retries exhausted, failure uncaught, refused by
-    the ceiling (None: no ceiling), and of the time taken the backoff waits (no call in
-    flight); per trajectory.
+    the ceiling (None: no ceiling), of the time taken the backoff waits (no call in
+    flight), and attempts made; per trajectory.
 
     Before each retry a trajectory waits the executor's backoff, drawn from ``rngs[1]``:
     under a ceiling for every trajectory, retrying or not, so that no ceiling moves a draw;
@@ -1119,9 +1127,11 @@ def _attempts(
     step_dead = np.zeros(n, dtype=bool)
     step_wrong = np.zeros(n, dtype=bool)
     refused = None if room is None else np.zeros(n, dtype=bool)
+    tried = np.zeros(n)  # attempts made
     last = len(sp.tries) - 1
     for a, t in enumerate(sp.tries):
         r = sp.route
+        tried += trying
         made, sent_at = (trying, dur.copy()) if marks is not None else (trying, dur)
         go: np.ndarray = trying  # per trajectory, the share of the attempt's calls sent
         slow: Any = None  # given up at its timeout
@@ -1234,7 +1244,7 @@ def _attempts(
                      paused=paused)  # fmt: skip
         if room is None and not trying.any():
             break  # under a ceiling every attempt draws, so that the draws never depend on it
-    return called, paid, dur, step_dead, step_wrong, refused, paused
+    return called, paid, dur, step_dead, step_wrong, refused, paused, tried
 
 
 def _backoff(
@@ -1330,12 +1340,16 @@ def _held_in_wave(
 
 
 def _held_one(
-    holding: list[tuple[float, float, float]], sent_at: float, wave_s: float, i: int
+    holding: list[tuple[float, ...]], sent_at: float, wave_s: float, i: int
 ) -> float:
     """:func:`_holding_at` for one trajectory: what the steps in flight when wave ``i`` of
-    an attempt sent at ``sent_at`` goes hold beyond their bills."""
+    an attempt sent at ``sent_at`` goes hold beyond what it counts spent."""
     now = sent_at + i * wave_s
-    return math.fsum(e for t0, t1, e in holding if t0 <= now < t1)
+    return math.fsum(
+        hold - bill * (1.0 - math.floor((now - t0) / (t1 - t0 if t1 > t0 else 1.0) * waves) / waves)
+        for t0, t1, hold, bill, waves in holding
+        if t0 <= now < t1 and waves > 0
+    )
 
 
 def _fit_waves(
@@ -1397,8 +1411,8 @@ def simulate_loop(
         starts: list[float] = []
         marks: list[list[tuple[float, float, float]]] = []  # per step, per attempt: when it
         # was sent and answered (from the step's start), and what the step had paid by then
-        holding: list[tuple[float, float, float]] = []  # under a ceiling, the steps holding
-        # more than they bill: each's start, finish and excess
+        holding: list[tuple[float, ...]] = []  # under a ceiling, the steps holding more than
+        # they bill: each's start, finish, a wave's hold, bill and waves sent
         for sp in params:
             cost = 0.0
             start = max((finish[j] for j in sp.parents), default=0.0)
@@ -1507,7 +1521,8 @@ def simulate_loop(
             paid.append(cost)
             spent += cost
             if cap < math.inf and sp.excess > 0.0:
-                holding.append((start, start + t, sp.excess))
+                holding.append((start, start + t, sp.wave_hold, cost,
+                                float(len(attempts) * len(sp.waves))))
             failed_at.append(is_dead or is_wrong)
             died.append(is_dead)
             cancel.append(sp.cancel_usd)
