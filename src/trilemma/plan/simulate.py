@@ -350,6 +350,9 @@ class _StepParams:
     as the executor holds it (:func:`_holding_at`)."""
     wave_hold: float = 0.0
     """With ``excess``: what a wave of its calls holds, on average (its first model's)."""
+    wave_at: tuple[float, ...] = (0.0,)
+    """With ``excess``: when each wave of an attempt goes, in expectation from the attempt's
+    start (a wave waits for its slowest call; its first model's)."""
     most_held: float = math.inf
     """The most its attempts hold and bill under a ceiling, every call and copy sent."""
 
@@ -434,10 +437,22 @@ def _params(
                     0.0, tries[s.model].reserve - tries[s.model].price / s.calls
                 ),
                 wave_hold=tries[s.model].reserve * s.calls / len(s.waves),
+                wave_at=_wave_at(wf, s),
                 most_held=most_held(wf, s),
             )
         )
     return out
+
+
+def _wave_at(wf: Workflow, s: Step) -> tuple[float, ...]:
+    """When each wave of ``s``'s first attempt goes, in expectation: after the ones before
+    it, each waiting for its slowest call."""
+    m = wf.models[wf.attempt_model(s, 1)]
+    at, out = 0.0, []
+    for w in s.waves:
+        out.append(at)
+        at += hedge.wave(m.latency_s, m.latency_jitter, m.timeout_s, w)[1] or m.latency_s
+    return tuple(out)
 
 
 def _parts(wf: Workflow, s: Step, waves: tuple[int, ...]) -> tuple[tuple[float, float], ...]:
@@ -1143,10 +1158,9 @@ def _attempts(
             bill = trying * price
             if room is not None:  # the calls whose reservations fit, a wave at a time
                 left = room - paid + EPS_USD
-                wave_s = latency / len(sp.waves)  # a wave goes when the last has answered
-                at = None
+                at = None  # a wave goes when the last has answered
                 if held is not None:
-                    at = functools.partial(_held_in_wave, held, dur, wave_s)
+                    at = functools.partial(_held_in_wave, held, dur, sp.wave_at)
                 sent, cost = _fit_waves(left, sp.waves, t.reserve, price / sp.calls, at)
                 go, bill = trying * (sent / sp.calls), trying * cost
             called += go * sp.calls
@@ -1333,18 +1347,19 @@ def _fit(
 
 
 def _held_in_wave(
-    held: Callable[[np.ndarray], np.ndarray], sent_at: np.ndarray, wave_s: float, i: int
-) -> np.ndarray:
-    """``held`` when wave ``i`` of an attempt sent at ``sent_at`` goes, ``wave_s`` a wave."""
-    return held(sent_at + i * wave_s)
+    held: Callable[[np.ndarray], np.ndarray], sent_at: np.ndarray, wave_at: tuple[float, ...],
+    i: int,
+) -> np.ndarray:  # fmt: skip
+    """``held`` when wave ``i`` of an attempt sent at ``sent_at`` goes (``wave_at``)."""
+    return held(sent_at + wave_at[i])
 
 
 def _held_one(
-    holding: list[tuple[float, ...]], sent_at: float, wave_s: float, i: int
+    holding: list[tuple[float, ...]], sent_at: float, wave_at: tuple[float, ...], i: int
 ) -> float:
     """:func:`_holding_at` for one trajectory: what the steps in flight when wave ``i`` of
-    an attempt sent at ``sent_at`` goes hold beyond what it counts spent."""
-    now = sent_at + i * wave_s
+    an attempt sent at ``sent_at`` goes (``wave_at``) hold beyond what it counts spent."""
+    now = sent_at + wave_at[i]
     return math.fsum(
         hold - bill * (1.0 - math.floor((now - t0) / (t1 - t0 if t1 > t0 else 1.0) * waves) / waves)
         for t0, t1, hold, bill, waves in holding
@@ -1439,9 +1454,7 @@ def simulate_loop(
             for a, tr in enumerate(sp.tries):
                 sent_at = t
                 room = cap - spent - cost + EPS_USD
-                wave_s = tr.latency / len(sp.waves)  # a wave goes when the last has answered
-
-                held_at = functools.partial(_held_one, holding, start + t, wave_s)
+                held_at = functools.partial(_held_one, holding, start + t, sp.wave_at)
 
                 calls, each = sp.calls, tr.price / sp.calls
                 head_price = head_reserve = reserve = each
