@@ -60,8 +60,9 @@ samples, a debate's round) hold their worst cases at once, and a step that holds
 it bills (token prices: every token ``max_tokens`` allows) holds the difference while it is
 in flight, on the trajectory's own times. Where the slots retime the steps, those holds
 keep the times drawn before (a slot-bound run holds fewer at once, and may send more calls
-than simulated); a step that a jittery schedule starts before the refused call in time is
-counted as not sent.
+than simulated); a step's later waves see what the steps drawn before it hold and bill, not
+those drawn after it that answer in between; a step that a jittery schedule starts before
+the refused call in time is counted as not sent.
 """
 
 from __future__ import annotations
