@@ -1362,7 +1362,7 @@ def _held_one(
     an attempt sent at ``sent_at`` goes (``wave_at``) hold beyond what it counts spent."""
     now = sent_at + wave_at[i]
     return math.fsum(
-        hold - bill * (1.0 - math.floor((now - t0) / (t1 - t0 if t1 > t0 else 1.0) * waves) / waves)
+        hold - bill * (1.0 - math.floor((now - t0) / ((t1 - t0) or 1.0) * waves) / waves)
         for t0, t1, hold, bill, waves in holding
         if t0 <= now < t1 and waves > 0
     )
