@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from trilemma import load_workflow, parse_workflow, simulate
+from trilemma import load_workflow, parse_workflow, simulate, workflow_from_dict
 from trilemma.experiments.compare import compare
 from trilemma.experiments.trials import time_scaled
 from trilemma.journal import Journal
@@ -281,3 +281,25 @@ steps: [{id: a, model: m}, {id: b, model: m, after: [a]}]
     assert r.success_rate == 0.0
     assert r.latency_s.mean == pytest.approx(0.001)  # no room for a copy: given up at 1 ms
     assert math.isfinite(r.latency_s.p99)
+
+
+def test_a_refined_call_beside_others_spends_no_more_than_the_executor(tmp_path: Path) -> None:
+    """Seven parallel steps at $0.78 a call, one of them refined twice (three calls one after
+    another), under $5.25: the executor holds six first calls at once and refuses the
+    seventh step and the refinements. The Monte Carlo counts the refined step's three bills
+    from its start and holds nothing more for it; it must not hand the bills of its later
+    calls to the steps after it, which made it spend $6.22 (hypothesis found it)."""
+    price = 0.777939297264165
+    wf = workflow_from_dict({
+        "version": 1, "models": {"m": {"usd_per_call": price, "latency_s": 1.0, "p_ok": 1.0}},
+        "steps": [{"id": f"s{i}", "model": "m", **({"debate_rounds": 2} if i == 2 else {})}
+                  for i in range(7)],
+    })  # fmt: skip
+    cap = 5.251090256533114
+    r = simulate(wf, 200, seed=3, max_cost_usd=cap, keep=True)
+    assert r.samples is not None and r.samples["cost"].max() <= cap
+    assert simulate_loop(wf, 20, seed=3, max_cost_usd=cap)[1] <= cap
+    run = execute(time_scaled(wf, 0.01), journal=Journal(tmp_path / "j.db"), seed=3,
+                  max_cost_usd=cap)  # fmt: skip
+    assert run.status == "budget_exhausted" and run.cost_usd <= cap
+    assert run.calls == 6 and r.calls.mean == 6

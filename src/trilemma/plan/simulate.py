@@ -434,15 +434,20 @@ def _params(
                 held=held[sid] if held is not None and held[sid].waves else None,
                 parts=_parts(wf, s, held[sid].waves) if held is not None else (),
                 waves=s.waves,
-                excess=0.0 if s.route else max(s.waves) * max(
-                    0.0, tries[s.model].reserve - tries[s.model].price / s.calls
-                ),
+                excess=0.0 if s.route else _excess(tries[s.model], s),
                 wave_hold=tries[s.model].reserve * s.calls / len(s.waves),
                 wave_at=_wave_at(wf, s),
                 most_held=most_held(wf, s),
             )
         )
     return out
+
+
+def _excess(t: _Try, s: Step) -> float:
+    """What a wave of ``s``'s calls holds beyond what it bills (0 where a call's worst case
+    is its price, rounding aside)."""
+    extra = t.reserve - t.price / s.calls
+    return max(s.waves) * extra if extra > 1e-12 * max(t.reserve, 1e-12) else 0.0
 
 
 def _wave_at(wf: Workflow, s: Step) -> tuple[float, ...]:
@@ -863,7 +868,8 @@ def _holding_at(
     """What the steps in ``holding`` in flight ``offset`` seconds after ``start`` hold beyond
     what the trajectory counts spent (it counts a step's bills, all its waves', from its
     start): the wave in flight's hold, less the bills of that wave and the waves after it
-    (the waves taken as spread evenly over the step's time)."""
+    (the waves taken as spread evenly over the step's time), or nothing: the bills of waves
+    not yet sent are never given back, as those waves fitted without the steps after them."""
 
     def at(offset: np.ndarray) -> np.ndarray:
         t = start + offset
@@ -871,7 +877,8 @@ def _holding_at(
         for t0, t1, hold, bill, waves in holding:
             inside = (t0 <= t) & (t < t1) & (waves > 0)
             done = np.floor((t - t0) / np.where(t1 > t0, t1 - t0, 1.0) * waves)
-            out += np.where(inside, hold - bill * (1.0 - done / np.maximum(waves, 1.0)), 0.0)
+            more = hold - bill * (1.0 - done / np.maximum(waves, 1.0))
+            out += np.where(inside, np.maximum(more, 0.0), 0.0)
         return out
 
     return at
@@ -1362,7 +1369,7 @@ def _held_one(
     an attempt sent at ``sent_at`` goes (``wave_at``) hold beyond what it counts spent."""
     now = sent_at + wave_at[i]
     return math.fsum(
-        hold - bill * (1.0 - math.floor((now - t0) / ((t1 - t0) or 1.0) * waves) / waves)
+        max(hold - bill * (1.0 - math.floor((now - t0) / ((t1 - t0) or 1.0) * waves) / waves), 0.0)
         for t0, t1, hold, bill, waves in holding
         if t0 <= now < t1 and waves > 0
     )
