@@ -426,3 +426,18 @@ def test_a_percentile_needs_jitter_and_two_models_need_a_name(cli: Any, write: A
     assert out.code == 2 and "model 'a' has no latency_jitter" in out.err
     out = cli("simulate", path, "--runs", "100", "--hedge", "a=0.5")  # seconds do: cost, no gain
     assert out.code == 0, out.err
+
+
+def test_a_vote_s_copies_need_room_in_the_monte_carlo_as_in_the_executor(tmp_path: Path) -> None:
+    """A vote of three hedged $0.01 calls under $0.03: the three calls fill the ceiling, so
+    the executor sends no copy and bills $0.03. The Monte Carlo priced each call with its
+    copy's expected share and billed $0.0445, past the ceiling; now it stops at $0.03."""
+    wf = parse_workflow(
+        "version: 1\nmodels:\n  m: {usd_per_call: 0.01, latency_s: 0.4, latency_jitter: 0.8,"
+        " hedge_after_s: 0.3, p_ok: 1.0}\nsteps:\n  - {id: v, model: m, vote: {samples: 3}}\n"
+    )
+    r = simulate(wf, 2_000, seed=1, max_cost_usd=0.03, keep=True)
+    assert r.samples is not None and r.samples["cost"].max() <= 0.03 + 1e-9
+    assert simulate_loop(wf, 200, seed=1, max_cost_usd=0.03)[1] <= 0.03 + 1e-9
+    run_, _ = run(wf, tmp_path, max_cost_usd=0.03)
+    assert run_.status == "ok" and run_.cost_usd == pytest.approx(0.03) and run_.calls == 3

@@ -1382,16 +1382,19 @@ def _fit_waves(
     """Of an attempt's calls sent wave by wave, how many fit in ``left`` dollars and what
     they are billed: a wave's calls each hold ``reserve`` at once, and cost ``price`` each
     when they answer, before the next wave is held; ``held(i)``: what the other steps in
-    flight hold beyond their bills when wave ``i`` goes. Arrays or numbers."""
+    flight hold beyond their bills when wave ``i`` goes. A price above the hold (a call's
+    own hedge copies, priced at their expected share) is billed no further than the room
+    left: a copy whose hold does not fit is not sent. Arrays or numbers."""
     sent: Any = 0
     whole: Any = True  # every call so far fitted
+    most = left - held(0) if held is not None else left
     for i, w in enumerate(waves):
         room = left - held(i) if held is not None else left
         k = np.where(whole, np.clip(np.floor(room / max(reserve, 1e-15)), 0, w), 0)
         sent = sent + k
         whole = whole & (k == w)
         left = left - w * price
-    return sent, sent * price
+    return sent, np.minimum(sent * price, np.maximum(most, 0.0))
 
 
 def _jitter(sigma: float, n: int, rng: np.random.Generator) -> np.ndarray | float:
