@@ -345,17 +345,15 @@ class _StepParams:
     waves: tuple[int, ...] = (1,)
     """The calls of an attempt (not a routed step's) sent together, wave by wave: under a
     ceiling a wave's calls hold their worst cases at once."""
-    excess: float = 0.0
-    """Under a ceiling, what a wave of its calls holds beyond what they bill, where worst
-    cases are above prices (token prices; 0 otherwise): such a step, in flight, is counted
-    as the executor holds it (:func:`_holding_at`)."""
     wave_hold: float = 0.0
-    """With ``excess``: what a wave of its calls holds, on average (its first model's)."""
+    """Under a ceiling, what a wave of its calls holds, on average (its first model's), where
+    that is more than they bill (token prices; else 0): such a step, in flight, is counted
+    as the executor holds it (:func:`_holding_at`)."""
     wave_at: tuple[float, ...] = (0.0,)
-    """With ``excess``: when each wave of an attempt goes, in expectation from the attempt's
-    start (a wave waits for its slowest call; its first model's)."""
+    """With ``wave_hold``: when each wave of an attempt goes, in expectation from the
+    attempt's start (a wave waits for its slowest call; its first model's)."""
     most_held: float = math.inf
-    """The most its attempts hold and bill under a ceiling, every call and copy sent."""
+    """Under a ceiling, the most its attempts hold and bill, every call and copy sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,8 +413,10 @@ def _order(wf: Workflow, capped: bool) -> list[str]:
 
 
 def _params(
-    wf: Workflow, settings: Simulation, order: list[str], held: dict[str, Held] | None = None
-) -> list[_StepParams]:
+    wf: Workflow, settings: Simulation, order: list[str], held: dict[str, Held] | None = None,
+    capped: bool = False,
+) -> list[_StepParams]:  # fmt: skip
+    """Each step's parameters, in ``order``; ``capped``: with what a ceiling needs."""
     index = {sid: i for i, sid in enumerate(order)}
     out = []
     for sid in order:
@@ -434,20 +434,19 @@ def _params(
                 held=held[sid] if held is not None and held[sid].waves else None,
                 parts=_parts(wf, s, held[sid].waves) if held is not None else (),
                 waves=s.waves,
-                excess=0.0 if s.route else _excess(tries[s.model], s),
-                wave_hold=tries[s.model].reserve * s.calls / len(s.waves),
-                wave_at=_wave_at(wf, s),
-                most_held=most_held(wf, s),
+                **(_ceiling_params(wf, s, tries[s.model]) if capped else {}),
             )
         )
     return out
 
 
-def _excess(t: _Try, s: Step) -> float:
-    """What a wave of ``s``'s calls holds beyond what it bills (0 where a call's worst case
-    is its price, rounding aside)."""
-    extra = t.reserve - t.price / s.calls
-    return max(s.waves) * extra if extra > 1e-12 * max(t.reserve, 1e-12) else 0.0
+def _ceiling_params(wf: Workflow, s: Step, t: _Try) -> dict[str, Any]:
+    """What a ceiling needs of step ``s`` (``t``: its first attempt's draws): see
+    :class:`_StepParams`. A wave holds nothing beyond its bills where a call's worst case is
+    its price (rounding aside), or the step is routed."""
+    holds = t.reserve - t.price / s.calls > 1e-12 * max(t.reserve, 1e-12) and not s.route
+    return {"wave_hold": t.reserve * s.calls / len(s.waves) if holds else 0.0,
+            "wave_at": _wave_at(wf, s), "most_held": most_held(wf, s)}  # fmt: skip
 
 
 def _wave_at(wf: Workflow, s: Step) -> tuple[float, ...]:
@@ -483,9 +482,9 @@ def _drawn(
     slotted = _slotted(wf)
     if slotted is None:
         order = _order(wf, capped)
-        return order, _params(wf, settings, order), None
+        return order, _params(wf, settings, order, capped=capped), None
     slots, held, order = slotted
-    return order, _params(wf, settings, order, held), slots
+    return order, _params(wf, settings, order, held, capped), slots
 
 
 def _try_of(wf: Workflow, s: Step, name: str) -> _Try:
@@ -831,7 +830,7 @@ def _chunk(
         cost += paid
         calls += called
         finish.append(start + dur)
-        if capped and sp.excess > 0.0:
+        if capped and sp.wave_hold > 0.0:
             hold = np.where(called > 0, sp.wave_hold, 0.0)
             holding.append((start, finish[-1], hold, paid, made * len(sp.waves)))
             excess += hold
@@ -1150,11 +1149,12 @@ def _attempts(
     step_dead = np.zeros(n, dtype=bool)
     step_wrong = np.zeros(n, dtype=bool)
     refused = None if room is None else np.zeros(n, dtype=bool)
-    tried = np.zeros(n)  # attempts made
+    tried = np.zeros(n)  # attempts made (counted under a ceiling)
     last = len(sp.tries) - 1
     for a, t in enumerate(sp.tries):
         r = sp.route
-        tried += trying
+        if room is not None:
+            tried += trying
         made, sent_at = (trying, dur.copy()) if marks is not None else (trying, dur)
         go: np.ndarray = trying  # per trajectory, the share of the attempt's calls sent
         slow: Any = None  # given up at its timeout
@@ -1466,7 +1466,6 @@ def simulate_loop(
                 sent_at = t
                 room = cap - spent - cost + EPS_USD
                 held_at = functools.partial(_held_one, holding, start + t, sp.wave_at)
-
                 calls, each = sp.calls, tr.price / sp.calls
                 head_price = head_reserve = reserve = each
                 if sp.route is not None:  # this attempt's branch: the classifier, then it
@@ -1544,7 +1543,7 @@ def simulate_loop(
             wrong.append(is_wrong or tainted)
             paid.append(cost)
             spent += cost
-            if cap < math.inf and sp.excess > 0.0:
+            if cap < math.inf and sp.wave_hold > 0.0:
                 holding.append((start, start + t, sp.wave_hold, cost,
                                 float(len(attempts) * len(sp.waves))))
             failed_at.append(is_dead or is_wrong)
