@@ -155,6 +155,34 @@ def test_optimize_table_and_yaml_output(cli, tmp_path) -> None:
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
+def test_the_chosen_configuration_is_shown_and_marked_on_the_frontier(cli) -> None:
+    """seed-chain.yaml under $0.10 and 95%: the answer (12 small calls, one retry each,
+    $0.048 at worst) is the frontier's third of 72 configurations, which evenly spread rows
+    used to leave out; the caption names only the budgets that are set."""
+    args = [EXAMPLES / "seed-chain.yaml", "--max-cost", "0.10", "--min-reliability", "0.95"]
+    doc = cli("optimize", *args, "--json").json()
+    marked = [f for f in doc["frontier"] if f["chosen"]]
+    assert len(doc["frontier"]) > 15 and len(marked) == 1
+    assert marked[0]["cost_usd"]["worst"] == pytest.approx(doc["chosen"]["cost_usd"]["worst"])
+    assert marked[0]["reliability"] == pytest.approx(doc["chosen"]["reliability"])
+    out = cli("optimize", *args).out
+    rows = [line for line in out.splitlines() if "chosen" in line and "retries" in line]
+    assert len(rows) == 1 and "$0.0480" in rows[0] and "yes, chosen" in rows[0]
+    assert "15 shown" in out and "cost <= $0.1000" in out and "latency <=" not in out
+    none = cli("optimize", *args[:1], "--max-cost", "0.01", "--json")  # nothing is chosen
+    assert none.code == 1 and not any(f["chosen"] for f in none.json()["frontier"])
+
+
+@pytest.mark.parametrize(("n", "keep"), [(72, 2), (72, 70), (72, 0), (40, 13), (15, 3), (16, None)])
+def test_the_frontier_is_thinned_evenly_around_the_chosen_row(n: int, keep: int | None) -> None:
+    from trilemma.report.tables import _thinned
+
+    rows = _thinned(n, 15, keep)
+    assert len(rows) == min(n, 15) == len(set(rows)) and rows == sorted(rows)
+    assert rows[0] == 0 and rows[-1] == n - 1
+    assert keep is None or keep in rows
+
+
 def test_a_spec_without_levers_says_so() -> None:
     wf = parse_workflow("""
 version: 1

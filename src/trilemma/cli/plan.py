@@ -352,6 +352,7 @@ def _cut_steps(r: Any) -> list[str]:
 
 
 def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
+    at = tables.chosen_at(r.frontier, r.chosen)
     return {
         "method": r.method,
         "space": r.space,
@@ -374,8 +375,9 @@ def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
                 "levers": tables.describe(c),
                 "steps_cut": c.cuts,
                 "stop_when": c.stop_when,
+                "chosen": k == at,
             }
-            for c in r.frontier
+            for k, c in enumerate(r.frontier)
         ],
         "notes": list(r.notes),
         "judged": None if r.judged is None else {

@@ -137,6 +137,13 @@ class Candidate:
         return self.cost_worst if on == "worst" else self.cost_expected
 
     @property
+    def figures(self) -> tuple[float, float, float, int]:
+        """What the Pareto frontier compares, each the lower the better: worst cost,
+        latency, failure (reliability negated) and steps cut, rounded past float noise."""
+        return (round(self.cost_worst, 12), round(self.latency_s, 12),
+                -round(self.reliability, 12), self.cuts)  # fmt: skip
+
+    @property
     def cuts(self) -> int:
         """Steps left out."""
         return sum(c.cut for c in self.choices)
@@ -176,6 +183,8 @@ class OptimizeResult:
     judged: SimResult | None = None
     """With expected budgets, when the answer stops early: the Monte Carlo its figures are
     (the estimate of the chosen spec flatters a stop)."""
+    chosen: Candidate | None = None
+    """The configuration :attr:`best` applies, with the figures the search weighed it on."""
 
 
 def optimize(
@@ -275,6 +284,7 @@ def _search(
         budget_on=budget_on,
         notes=notes,
         candidates=tuple(feasible),
+        chosen=best,
     )
 
 
@@ -468,6 +478,7 @@ def _enforced(
         frontier=found.frontier, method=found.method, space=found.space,
         evaluated=found.evaluated, budget=budget, budget_on="enforced",
         notes=(*_notes(wf, budget, "enforced"), note), enforced=sim, simulated=tried,
+        chosen=best,
     )  # fmt: skip
 
 
@@ -525,7 +536,7 @@ def _with_stops(wf: Workflow, found: OptimizeResult) -> OptimizeResult:
         frontier=tuple(_pareto([*found.frontier, *judged])),
         candidates=(*found.candidates, *(c for c in judged if meets(c, budget, "expected"))),
         notes=(*found.notes, note), simulated=len(judged),
-        evaluated=found.evaluated + len(judged), judged=best_sim,
+        evaluated=found.evaluated + len(judged), judged=best_sim, chosen=best,
     )  # fmt: skip
 
 
@@ -904,13 +915,7 @@ def _exchanges(
 
 def _pareto(cands: list[Candidate]) -> list[Candidate]:
     """Configurations no other beats on worst cost, latency, reliability and steps kept at once."""
-    pts = sorted(
-        {
-            (round(c.cost_worst, 12), round(c.latency_s, 12), -round(c.reliability, 12),
-             c.cuts): c
-            for c in cands
-        }.items()
-    )  # fmt: skip
+    pts = sorted({c.figures: c for c in cands}.items())
     front: list[tuple[tuple[float, float, float, int], Candidate]] = []
     for key, c in pts:
         if any(all(a <= b for a, b in zip(k, key, strict=True)) for k, _ in front):

@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # the executor loads only for the commands that run it
 
 __all__ = [
     "budget_fit",
+    "budget_terms",
+    "chosen_at",
     "compare_table",
     "debate_table",
     "estimate_table",
@@ -426,25 +428,49 @@ def _four(s: object) -> list[float]:
 
 
 def frontier_table(frontier: Sequence[Candidate], r: OptimizeResult, limit: int = 15) -> Table:
-    """The Pareto frontier, evenly thinned to ``limit`` rows."""
-    rows = list(frontier)
-    if len(rows) > limit:
-        step = (len(rows) - 1) / (limit - 1)
-        rows = [rows[round(i * step)] for i in range(limit)]
-    t = Table(title=f"Pareto frontier ({len(frontier)} configurations; {len(rows)} shown)",
+    """The Pareto frontier, evenly thinned to ``limit`` rows, the chosen configuration
+    among them and marked."""
+    at = chosen_at(frontier, r.chosen)
+    shown = _thinned(len(frontier), limit, at)
+    t = Table(title=f"Pareto frontier ({len(frontier)} configurations; {len(shown)} shown)",
               title_justify="left")  # fmt: skip
     for col in ("cost worst", "cost expected", "latency", "reliability", "meets budget", "levers"):
         t.add_column(col, justify="left" if col == "levers" else "right")
     budget, on = r.budget, r.budget_on
     if on == "enforced":  # on paper only the floor binds; the answer was simulated
         budget, on = Budget(min_reliability=r.budget.min_reliability), "expected"
-    for c in rows:
+    for k in shown:
+        c = frontier[k]
+        meets_budget = "yes" if meets(c, budget, on) else ""
+        if k == at:
+            meets_budget = f"{meets_budget}, chosen" if meets_budget else "chosen"
         t.add_row(_usd(c.cost_worst), _usd(c.cost_expected), f"{c.latency_s:.2f}s",
-                  _pct(c.reliability), "yes" if meets(c, budget, on) else "",
-                  describe(c))  # fmt: skip
+                  _pct(c.reliability), meets_budget, describe(c),
+                  style="bold" if k == at else None)  # fmt: skip
     if r.budget_on == "enforced":
-        t.caption = "meets budget: the reliability floor on paper (the rest is enforced)"
+        t.caption = ("meets budget: the reliability floor on paper (the rest is enforced); "
+                     "chosen: the cheapest that met it under the enforced budgets")  # fmt: skip
     return t
+
+
+def chosen_at(frontier: Sequence[Candidate], chosen: Candidate | None) -> int | None:
+    """Where the chosen configuration is on the frontier (one with the same figures), if it is."""
+    if chosen is None:
+        return None
+    return next((k for k, c in enumerate(frontier) if c.figures == chosen.figures), None)
+
+
+def _thinned(n: int, limit: int, keep: int | None) -> list[int]:
+    """``limit`` of ``n`` rows evenly spread, first and last kept, and row ``keep`` in place
+    of the one nearest it."""
+    if n <= limit:
+        return list(range(n))
+    step = (n - 1) / (limit - 1)
+    rows = [round(i * step) for i in range(limit)]
+    if keep is not None and keep not in rows:
+        inner = range(1, limit - 1)  # the ends stay: they span the frontier
+        rows[min(inner, key=lambda i: abs(rows[i] - keep))] = keep
+    return sorted(rows)
 
 
 def describe(c: Candidate) -> str:
@@ -500,14 +526,20 @@ def optimize_view(r: OptimizeResult) -> Group:
         t.add_row("success, budgets enforced", "", f"{_pct(r.enforced.success_rate)} "
                   f"[{_pct(lo)}, {_pct(hi)}]")  # fmt: skip
     held = "enforced" if r.budget_on == "enforced" else f"on {r.budget_on} figures"
-    t.caption = (
-        f"budget {held}: cost <= {_usd(bud.max_cost_usd)}, latency <= "
-        f"{bud.deadline_s if bud.deadline_s is not None else '-'}s, reliability >= "
-        f"{_pct(bud.min_reliability) if bud.min_reliability else '-'}"
-    )
+    t.caption = f"budget {held}: {budget_terms(bud)}"
     parts: list[Table | Text] = [t, frontier_table(r.frontier, r)]
     parts.extend(Text(f"note: {n}", style="dim") for n in r.notes)
     return Group(*parts)
+
+
+def budget_terms(b: Budget) -> str:
+    """The budgets set, in words (``no budget`` when none is)."""
+    terms = [
+        *([f"cost <= {_usd(b.max_cost_usd)}"] if b.max_cost_usd is not None else []),
+        *([f"latency <= {b.deadline_s:g}s"] if b.deadline_s is not None else []),
+        *([f"reliability >= {_pct(b.min_reliability)}"] if b.min_reliability else []),
+    ]
+    return ", ".join(terms) or "no budget"
 
 
 def budget_check_line(checks: dict[str, SimResult]) -> str:
