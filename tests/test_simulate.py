@@ -152,6 +152,21 @@ def test_cli_simulate_json_contract(cli) -> None:
     assert d["success_ci95"][0] <= d["success_rate"] <= d["success_ci95"][1]
 
 
+def test_a_simulation_without_a_seed_reports_the_one_it_drew_and_repeats_with_it(cli) -> None:
+    """diamond.yaml has no seed: each Monte Carlo draws its own, says which, and --seed
+    with that number gives the same figures (the table, and --ceiling-for's lines, too)."""
+    args = ["simulate", EXAMPLES / "diamond.yaml", "--runs", "5000"]
+    first, second = (cli(*args, "--json").json() for _ in range(2))
+    assert isinstance(first["seed"], int) and first["seed"] != second["seed"]
+    again = cli(*args, "--seed", str(first["seed"]), "--json").json()
+    assert again == first
+    text = cli(*args).out
+    drawn = int(text.split("(seed ", 1)[1].split(")", 1)[0])
+    assert cli(*args, "--seed", str(drawn)).out == text
+    found = cli(*args, "--ceiling-for", "0.9").out
+    assert ", seed " in found and "None" not in found
+
+
 def test_cli_simulate_flags_override_the_spec(cli) -> None:
     r = cli("simulate", EXAMPLES / "ticket.yaml", "--runs", "20000", "--seed", "1", "--recall",
             "0.5", "--retry-correlation", "0.2", "--json")  # fmt: skip

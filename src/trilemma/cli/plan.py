@@ -81,7 +81,8 @@ def estimate(spec: SpecFile, as_json: JsonFlag = False) -> int:
 def simulate(
     spec: SpecFile,
     runs: Annotated[int, typer.Option("--runs", "-n", help="Trajectories to simulate.")] = 100_000,
-    seed: Annotated[int | None, seed_option(help="Random seed (default: the spec's).")] = None,
+    seed: Annotated[int | None, seed_option(
+        help="Random seed (default: the spec's, else a fresh one, shown with the result).")] = None,
     recall: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Gate recall.")] = None,
     retry_correlation: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Chance a retry fails the same way.")
@@ -149,7 +150,7 @@ def simulate(
         if v is not None
     }
     settings = Simulation(**{**wf.simulation.model_dump(), **overrides})
-    seed = seed if seed is not None else wf.seed
+    seed = wf.seed_for(seed)  # drawn when neither gives one, and shown: --seed repeats it
     if deadline is not None:
         if deadline <= 0:
             raise UsageError(f"--deadline {deadline:g}: give seconds above 0")

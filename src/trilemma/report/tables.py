@@ -348,7 +348,7 @@ def budget_for_lines(f: BudgetFor, e: Estimate) -> list[str]:
     planner's figures."""
     cost = f.kind == "max_cost_usd"
     name, flag = ("ceiling", "--max-cost") if cost else ("deadline", "--deadline")
-    runs = f"{f.at.runs:,} runs"
+    runs = f"{f.at.runs:,} runs, seed {f.at.seed}"
     if f.value is None:
         return [f"No {name} lets {_pct(f.target)} of runs finish: without one, "
                 f"{_pct(f.at.success_rate)} do ({runs}). Raise p_ok or retries first "

@@ -51,7 +51,6 @@ from trilemma.run.session import (
     open_run,
     providers_for,
     reopen_run,
-    run_seed,
     shared_of,
     shared_spend,
     still_running,
@@ -328,7 +327,7 @@ def run_batch(
     batch_id = resume or "batch-" + new_run_id()
     gates = build_gates(wf, source)
     embedder = embedder_for(wf, embedder)
-    base_seed = run_seed(wf, seed)
+    base_seed = wf.seed_for(seed)
     ceiling, deadline = wf.budget.resolve(max_cost_usd, deadline_s)
     started = time.time()
     guard = SpendGuard(ceiling, spent=math.fsum(journal.spent(r["run_id"]) for r in earlier.values()))

@@ -11,7 +11,6 @@ import contextlib
 import gc
 import json
 import os
-import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -58,7 +57,6 @@ __all__ = [
     "providers_for",
     "reopen_run",
     "resume",
-    "run_seed",
     "shared_label",
     "shared_of",
     "shared_spend",
@@ -207,7 +205,7 @@ def execute(
     values = check_inputs(wf, inputs or {}, source)
     gates = build_gates(wf, source)
     embedder = embedder_for(wf, embedder)
-    seed = run_seed(wf, seed)
+    seed = wf.seed_for(seed)
     provs = build_providers(wf, seed, providers)
     ceiling, deadline = wf.budget.resolve(max_cost_usd, deadline_s)
     deadline_at = time.time() + deadline if deadline is not None else None
@@ -237,12 +235,6 @@ def cache_tier(wf: Workflow, url: str | None) -> SharedCache | None:
     tier = SharedCache(url)
     tier.check()
     return tier
-
-
-def run_seed(wf: Workflow, seed: int | None) -> int:
-    """The simulator's seed for a run: the one given, else the spec's, else a random one."""
-    seed = seed if seed is not None else wf.seed
-    return seed if seed is not None else random.SystemRandom().randrange(2**31)
 
 
 def open_run(

@@ -7,6 +7,7 @@ one door a spec comes in through, and turns validation errors into SpecErrors.
 from __future__ import annotations
 
 import math
+import random
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -556,6 +557,13 @@ class Workflow(_Strict):
     inputs: dict[Annotated[str, Field(pattern=STEP_ID_PATTERN)], str | None] = {}
     stop_when: str | None = None
     concurrency: Annotated[int, Field(ge=1, le=10_000)] = 16
+
+    def seed_for(self, seed: int | None = None) -> int:
+        """The seed a run or a Monte Carlo draws with: ``seed`` if given, else the spec's,
+        else a fresh one (reported with the result, so that ``--seed`` repeats it)."""
+        if seed is None:
+            seed = self.seed
+        return seed if seed is not None else random.SystemRandom().randrange(2**31)
 
     def with_budget(self, **fields: Any) -> Workflow:
         """The workflow with these budget fields changed (``deadline_s=10``, ...)."""
