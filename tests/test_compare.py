@@ -148,7 +148,32 @@ def test_with_a_deadline_the_prediction_is_the_monte_carlo_s(tmp_path: Path) -> 
     assert row["deadline_s"] == 12 and row["success_rate"] == c.simulated.success_rate
     plain = load_workflow(EXAMPLES / "single.yaml")
     (p,) = compare([("single", plain)], 5, Journal(tmp_path / "j.db"), time_scale=0.001)
-    assert p.simulated is None and p.to_json()["predicted"]["with_deadline"] is None
+    assert not p.budgeted and p.to_json()["predicted"]["with_deadline"] is None
+    assert p.to_json()["predicted"]["under_budget"] is None
+    assert p.to_json()["predicted"]["monte_carlo"]["deadline_s"] is None
+
+
+def test_the_prediction_halts_failed_runs_as_the_executor_does(cli, tmp_path: Path) -> None:
+    """The seed's twelve-step premium chain fails one run in six; the executor sends no
+    step after a failure, so a run costs less than the analytic expected cost ($0.36, every
+    step billed). The Monte Carlo beside the runs halts them too ($0.332; 300 runs: $0.335)."""
+    from trilemma import Budget
+
+    wf = load_workflow(EXAMPLES / "seed-chain.yaml")
+    wf = wf.model_copy(update={"budget": Budget()})  # its $0.10 target would stop every run
+    (c,) = compare([("chain", wf)], 300, Journal(tmp_path / "j.db"), time_scale=0.001)
+    assert c.predicted.cost_expected == pytest.approx(0.36)
+    assert c.simulated.cost_usd.mean == pytest.approx(0.332, abs=0.003)
+    # 300 runs: the mean's standard error is about $0.005
+    assert abs(c.cost_mean - c.simulated.cost_usd.mean) < 0.02 < 0.36 - c.cost_mean
+    assert c.simulated.latency_s.mean < c.predicted.latency_expected_s
+    spec = tmp_path / "chain.yaml"
+    spec.write_text((EXAMPLES / "seed-chain.yaml").read_text().split("budget:")[0])
+    r = cli("compare", spec, "--runs", "5", "--time-scale", "0.001", "--journal",
+            tmp_path / "j.db")  # fmt: skip
+    assert r.code == 0, r.err
+    assert "$0.3319" in r.out and "predicted: Monte Carlo of 100,000 runs" in r.out
+    assert "*" not in r.out  # no budget, no mark
 
 
 def test_each_spec_gets_the_inputs_it_declares(cli, tmp_path: Path) -> None:

@@ -59,8 +59,17 @@ class Contender:
     """95th percentile of seconds per run."""
     calls_mean: float
     """Mean LLM calls per run."""
-    simulated: SimResult | None = None
-    """The Monte Carlo under the spec's deadline and ceiling, when it has either."""
+    simulated: SimResult
+    """The Monte Carlo the runs are set beside (:data:`PREDICTION_RUNS` trajectories), under
+    the spec's deadline and ceiling where it has them: it halts a failed run and bills it
+    as far as it got, and waits for the slowest of parallel retrying branches, as the
+    executor does; the analytic estimate (:attr:`predicted`) bills every step and adds
+    up expected latencies."""
+
+    @property
+    def budgeted(self) -> bool:
+        """The spec's own deadline or ceiling can stop a run (and the Monte Carlo holds it)."""
+        return self.simulated.deadline_s is not None or self.simulated.max_cost_usd is not None
 
     @property
     def success_rate(self) -> float:
@@ -108,9 +117,10 @@ class Contender:
                 },
                 "calls": round(p.calls_expected, 12),
                 "quality_per_dollar": p.quality_per_expected_dollar,
-                "under_budget": self.simulated.to_json() if self.simulated else None,
+                "monte_carlo": self.simulated.to_json(),
+                "under_budget": self.simulated.to_json() if self.budgeted else None,
                 "with_deadline": self.simulated.to_json()
-                if self.simulated and self.simulated.deadline_s is not None
+                if self.simulated.deadline_s is not None
                 else None,
             },
         }
@@ -167,9 +177,6 @@ def _contender(name: str, wf: Workflow, got: list[Trial]) -> Contender:
     )
 
 
-def _under_budget(wf: Workflow) -> SimResult | None:
-    """The Monte Carlo the runs are set beside when the spec's budget can stop them."""
-    b = wf.budget
-    if b.deadline_s is None and b.max_cost_usd is None:
-        return None
-    return under_budget(wf, b.deadline_s, b.max_cost_usd)
+def _under_budget(wf: Workflow) -> SimResult:
+    """The Monte Carlo the runs are set beside, under the spec's budget if it has one."""
+    return under_budget(wf, wf.budget.deadline_s, wf.budget.max_cost_usd)

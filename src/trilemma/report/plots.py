@@ -229,7 +229,7 @@ def plot_compare(rows: Sequence[Contender], path: str | Path) -> Path:
         lo, hi = r.ci95
         ax.errorbar([r.cost_mean], [r.success_rate], yerr=[[max(0.0, r.success_rate - lo)], [max(0.0, hi - r.success_rate)]],
                     fmt="o", color=colour, capsize=4, label=f"{r.name}")  # fmt: skip
-        ax.scatter([r.predicted.cost_expected], [r.predicted.reliability], marker="D",
+        ax.scatter([r.simulated.cost_usd.mean], [r.simulated.success_rate], marker="D",
                    facecolors="none", edgecolors=colour, s=70)  # fmt: skip
     ax.scatter([], [], marker="D", facecolors="none", edgecolors="grey", label="predicted")
     ax.set_xscale("log")

@@ -858,24 +858,21 @@ def compare_table(rows: Sequence[Contender], time_scale: float) -> Group:
                 "calls", "q/$", "predicted q/$"):  # fmt: skip
         t.add_column(col.strip(), justify="left" if col == "spec" else "right")
     for r in rows:
-        p = r.predicted
         lo, hi = r.ci95
-        success, cost, latency = p.reliability, p.cost_expected, p.latency_expected_s
-        mark = ""
-        if r.simulated is not None:  # the analytic figures know no budget
-            sim, mark = r.simulated, " *"
-            success, cost, latency = sim.success_rate, sim.cost_usd.mean, sim.latency_s.mean
+        sim, mark = r.simulated, " *" if r.budgeted else ""
+        success, cost, latency = sim.success_rate, sim.cost_usd.mean, sim.latency_s.mean
         t.add_row(
             r.name, f"{_pct(r.success_rate)} [{_pct(lo)}, {_pct(hi)}]", _pct(success) + mark,
             _usd(r.cost_mean), _usd(cost) + mark, f"{r.latency_mean_s:.2f}s",
             f"{latency:.2f}s" + mark, f"{r.calls_mean:.2f}", _qpd(r.quality_per_dollar),
             _qpd(success / cost if cost > 0 else None) + mark,
         )  # fmt: skip
-    t.caption = "predicted: reliability, expected cost and latency, q/$ per expected dollar"
-    sims = [r.simulated for r in rows if r.simulated is not None]
-    if sims:
-        t.caption += (f"; * Monte Carlo of {sims[0].runs:,} runs under the spec's budget, "
-                      "which stops a run as the executor does (it fails)")  # fmt: skip
+    t.caption = (f"predicted: Monte Carlo of {rows[0].simulated.runs:,} runs (success, mean "
+                 "cost and latency, q/$ per mean dollar; a failed run halts as the executor's "
+                 "does)")  # fmt: skip
+    if any(r.budgeted for r in rows):
+        t.caption += ("; * under the spec's budget, which stops a run as the executor does "
+                      "(it fails)")  # fmt: skip
     lines = [
         f"{r.name}: {r.stopped} of {r.runs} runs stopped by the spec's own budget, which its "
         f"worst case ({_usd(r.predicted.cost_worst)}, {r.predicted.latency_worst_s:.2f}s) "
