@@ -471,6 +471,28 @@ def test_same_seed_same_outcomes_across_runs(tmp_path: Path) -> None:
     }
 
 
+def test_a_run_without_a_seed_reports_the_one_it_drew_and_repeats_with_it(cli, tmp_path) -> None:
+    """The spec has no seed: the run draws one, says which (run --json, its table, runs
+    --json), and --seed with it sends the same attempts and bills the same."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 0.5}",
+                         [f"{{id: s{i}, model: m, retries: 6}}" for i in range(8)]))  # fmt: skip
+    args = ["run", path, "--journal", tmp_path / "j.db"]
+    with fast_retries():
+        first = cli(*args, "--json").json()
+        again = cli(*args, "--json", "--seed", str(first["seed"])).json()
+        table = cli(*args, "--seed", "5").out
+
+    def attempts(doc: dict[str, Any]) -> dict[str, int]:
+        return {k: s["attempts"] for k, s in doc["steps"].items()}
+
+    assert isinstance(first["seed"], int) and again["seed"] == first["seed"]
+    assert attempts(again) == attempts(first) and again["cost_usd"] == first["cost_usd"]
+    assert "(seed 5)" in table.splitlines()[0]
+    listed = cli("runs", "--journal", tmp_path / "j.db", "--json").json()
+    assert [r["seed"] for r in listed] == [5, first["seed"], first["seed"]]
+
+
 def test_each_step_reports_its_own_cost_when_steps_run_in_parallel(tmp_path: Path) -> None:
     text = spec("m: {usd_per_call: 0.01, latency_s: 0.01, latency_jitter: 0.5, p_ok: 0.6}",
                 [f"{{id: s{i}, model: m, retries: 10}}" for i in range(12)])  # fmt: skip

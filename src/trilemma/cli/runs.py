@@ -354,7 +354,7 @@ def runs(
     rows = Journal(journal, create=False).runs(status=status, batch_id=batch, limit=limit)
     if as_json:
         keys = ("run_id", "status", "cost_usd", "calls", "latency_s", "spec_source", "error",
-                "tenant", "batch_id", "batch_line", "shared_budget", "time_scale")  # fmt: skip
+                "tenant", "batch_id", "batch_line", "shared_budget", "time_scale", "seed")  # fmt: skip
         emit_json([{**{k: r[k] for k in keys}, "started_at": iso(r["started_at"]),
                      "finished_at": iso(r["finished_at"])} for r in rows])  # fmt: skip
     else:

@@ -567,7 +567,8 @@ def run_view(r: Any, under: SimResult | None = None) -> Group:
     """A run: predicted beside measured, then each step; ``under``: the Monte Carlo of the
     spec under the run's ceiling and deadline, which the analytic success does not see."""
     p = r.predicted
-    t = Table(title=f"Run {r.run_id}: {r.status}", title_justify="left")
+    seed = "" if r.seed is None else f" (seed {r.seed})"
+    t = Table(title=f"Run {r.run_id}: {r.status}{seed}", title_justify="left")
     for col in ("", "predicted", "measured"):
         t.add_column(col, justify="right")
     t.add_row(

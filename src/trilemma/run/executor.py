@@ -139,6 +139,8 @@ class RunResult:
     """Expected cost of the steps an early stop skipped."""
     journal: str = ""
     """The journal file."""
+    seed: int | None = None
+    """The run's seed (the simulator's draws, a retry's jitter): ``--seed`` repeats them."""
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -173,6 +175,7 @@ class RunResult:
             "saved_usd": round(self.saved_usd, 12),
             "predicted": p.headline(),
             "journal": self.journal,
+            "seed": self.seed,
         }
 
 
@@ -423,7 +426,7 @@ class Executor:
             calls=calls, error=error,
         )  # fmt: skip
         return RunResult(self.run_id, status, cost, latency, calls, results, self.predicted,
-                         error, saved, str(self.journal.path))  # fmt: skip
+                         error, saved, str(self.journal.path), self.seed)  # fmt: skip
 
     def _status(self, s: Session) -> str:
         if s.stop in ("budget_exhausted", "deadline", "failed"):
