@@ -473,11 +473,12 @@ def test_same_seed_same_outcomes_across_runs(tmp_path: Path) -> None:
 
 def test_a_run_without_a_seed_reports_the_one_it_drew_and_repeats_with_it(cli, tmp_path) -> None:
     """The spec has no seed: the run draws one, says which (run --json, its table, runs
-    --json), and --seed with it sends the same attempts and bills the same."""
+    --json), and --seed with it sends the same attempts, bills the same and predicts the
+    same success under the ceiling (the Monte Carlo beside the run draws with it too)."""
     path = tmp_path / "spec.yaml"
     path.write_text(spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 0.5}",
                          [f"{{id: s{i}, model: m, retries: 6}}" for i in range(8)]))  # fmt: skip
-    args = ["run", path, "--journal", tmp_path / "j.db"]
+    args = ["run", path, "--journal", tmp_path / "j.db", "--max-cost", "0.2"]
     with fast_retries():
         first = cli(*args, "--json").json()
         again = cli(*args, "--json", "--seed", str(first["seed"])).json()
@@ -488,6 +489,7 @@ def test_a_run_without_a_seed_reports_the_one_it_drew_and_repeats_with_it(cli, t
 
     assert isinstance(first["seed"], int) and again["seed"] == first["seed"]
     assert attempts(again) == attempts(first) and again["cost_usd"] == first["cost_usd"]
+    assert again["predicted_under_budget"] == first["predicted_under_budget"]
     assert "(seed 5)" in table.splitlines()[0]
     listed = cli("runs", "--journal", tmp_path / "j.db", "--json").json()
     assert [r["seed"] for r in listed] == [5, first["seed"], first["seed"]]

@@ -121,8 +121,7 @@ def run_cmd(
     if ceiling is not None or limit is not None:  # what the analytic figures cannot say
         from trilemma.plan.simulate import under_budget
 
-        under = under_budget(wf, limit, ceiling, seed if seed is not None else wf.seed,
-                             RUN_PREDICTION_RUNS)  # fmt: skip
+        under = under_budget(wf, limit, ceiling, result.seed, RUN_PREDICTION_RUNS)
     if as_json:
         emit_json({**result.to_json(),
                    "predicted_under_budget": None if under is None else under.brief()})
