@@ -38,6 +38,13 @@ def test_a_ceiling_is_never_crossed_and_the_run_fails_soft(tmp_path: Path) -> No
     assert tight.stopped > 0 and tight.baseline_over == tight.stopped
     assert 0 < tight.steps_returned < 1  # the steps finished before the stop come back
     assert worst.stopped == 0 and worst.ok == sw.baseline.ok  # the worst case always fits
+    # the Monte Carlo's spend under each ceiling: within it, growing with it, and at the
+    # worst case the unbudgeted runs' ($0.011: premium pays for the 5.5% the small model misses)
+    spend = [r.predicted_cost for r in sw.rows]
+    for c, r in zip(spend, sw.rows, strict=True):
+        assert c is not None and r.budget.max_cost_usd is not None and c <= r.budget.max_cost_usd
+    assert spend == sorted(spend) and spend[0] < spend[1]  # type: ignore[type-var]
+    assert spend[2] == sw.baseline.predicted_cost == pytest.approx(0.011, abs=0.0002)
 
 
 def test_a_deadline_sweep_stops_runs_at_the_deadline(tmp_path: Path) -> None:
@@ -111,6 +118,7 @@ def test_cli_sweep_json_table_and_plot(cli, tmp_path: Path) -> None:
         "baseline_over_budget",
         "baseline_ok_within_budget",
         "predicted_success_rate",
+        "predicted_cost_usd",
     ):
         assert key in row  # fmt: skip
     # the Monte Carlo holds each ceiling: at the worst case nothing stops a run
@@ -121,6 +129,8 @@ def test_cli_sweep_json_table_and_plot(cli, tmp_path: Path) -> None:
     t = cli(*args)
     assert t.code == 0 and "Budget sweep" in t.out and "none (baseline)" in t.out
     assert "Spend over a ceiling: 0 of 16" in t.out
+    assert row["predicted_cost_usd"] <= 0.006 < d["rows"][1]["predicted_cost_usd"]
+    assert "success and mean spend under the budget" in " ".join(t.out.split())
 
 
 @pytest.mark.parametrize(

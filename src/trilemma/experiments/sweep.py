@@ -97,6 +97,8 @@ class SweepRow:
     """Baseline runs that succeeded within this budget."""
     predicted_success: float | None = None
     """The Monte Carlo's success under this budget (None: not simulated)."""
+    predicted_cost: float | None = None
+    """The Monte Carlo's mean dollars a run under this budget (None: not simulated)."""
 
     @property
     def success_rate(self) -> float:
@@ -124,6 +126,9 @@ class SweepRow:
             "baseline_over_budget": self.baseline_over,
             "baseline_ok_within_budget": self.baseline_ok_within,
             "predicted_success_rate": self.predicted_success,
+            "predicted_cost_usd": None
+            if self.predicted_cost is None
+            else round(self.predicted_cost, 12),
         }
 
 
@@ -185,14 +190,14 @@ def budget_sweep(
                       max_cost_usd=b.max_cost_usd, deadline_s=b.deadline_s, source=source,
                       tick=tick, inputs=inputs)  # fmt: skip
 
-    def predicted(b: Limits) -> float:
-        return under_budget(unbudgeted, b.deadline_s, b.max_cost_usd, seed).success_rate
+    def predicted(row: SweepRow) -> SweepRow:
+        b = row.budget
+        sim = under_budget(unbudgeted, b.deadline_s, b.max_cost_usd, seed)
+        return replace(row, predicted_success=sim.success_rate, predicted_cost=sim.cost_usd.mean)
 
     base = trials(Limits())
-    baseline = replace(_row(Limits(), base, base), predicted_success=predicted(Limits()))
-    rows = tuple(
-        replace(_row(b, trials(b), base), predicted_success=predicted(b)) for b in budgets
-    )
+    baseline = predicted(_row(Limits(), base, base))
+    rows = tuple(predicted(_row(b, trials(b), base)) for b in budgets)
     return Sweep(baseline, rows, estimate(wf), seed, time_scale)
 
 

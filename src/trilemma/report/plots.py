@@ -203,6 +203,9 @@ def plot_sweep(sw: Sweep, path: str | Path) -> Path:
     if by_cost:
         right.plot(xs, [r.cost_mean for r in rows], marker="o", label="mean spend")
         right.plot(xs, [r.cost_max for r in rows], marker="^", label="largest spend")
+        if all(r.predicted_cost is not None for r in rows):
+            right.plot(xs, [r.predicted_cost for r in rows], color="tab:green", alpha=0.6,
+                       linewidth=3, label="Monte Carlo: mean spend under it")  # fmt: skip
         right.plot(xs, xs, color="tab:red", linestyle="--", label="the ceiling")
         right.axhline(sw.baseline.cost_max, color="grey", linestyle=":",
                       label="largest spend, no budget")  # fmt: skip

@@ -821,15 +821,17 @@ def sweep_table(sw: Sweep, source: str) -> Group:
               title_justify="left")  # fmt: skip
     simulated = any(r.predicted_success is not None for r in sw.rows)
     for col in ("budget", "success", *(["predicted"] if simulated else []), "stopped", "spend mean",
-                "spend max", "outputs back", "latency mean", "no-budget runs over",
-                "no-budget ok within"):  # fmt: skip
-        t.add_column(col, justify="left" if col == "budget" else "right")
+                *(["predicted "] if simulated else []), "spend max", "outputs back",
+                "latency mean", "no-budget runs over", "no-budget ok within"):  # fmt: skip
+        t.add_column(col.strip(), justify="left" if col == "budget" else "right",
+                     no_wrap=col == "budget")  # fmt: skip
     for r in (base, *sw.rows):
         predicted = "-" if r.predicted_success is None else _pct(r.predicted_success)
+        spend = "-" if r.predicted_cost is None else _usd(r.predicted_cost)
         t.add_row(
             r.budget.label() if r is not base else "none (baseline)",
             _pct(r.success_rate), *([predicted] if simulated else []),
-            str(r.stopped), _usd(r.cost_mean), _usd(r.cost_max),
+            str(r.stopped), _usd(r.cost_mean), *([spend] if simulated else []), _usd(r.cost_max),
             _pct(r.steps_returned), f"{r.latency_mean_s:.2f}s",
             "-" if r is base else _pct(r.baseline_over / r.runs),
             "-" if r is base else _pct(r.baseline_ok_within / r.runs),
@@ -839,8 +841,8 @@ def sweep_table(sw: Sweep, source: str) -> Group:
         f"{p.latency_critical_s:.2f}s critical path; reliability {_pct(p.reliability)}"
     )
     if simulated:
-        t.caption += ("; predicted: the Monte Carlo's success under the budget, which stops a "
-                      "run as the executor does")  # fmt: skip
+        t.caption += ("; predicted: the Monte Carlo's success and mean spend under the budget, "
+                      "which stops a run as the executor does")  # fmt: skip
     over = sum(r.overruns for r in sw.rows)
     lines = [
         f"Spend over a ceiling: {over} of {base.runs * len(sw.rows):,} budgeted runs"
