@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # the executor loads only for the commands that run it
 
 __all__ = [
     "budget_fit",
-    "budget_terms",
     "chosen_at",
     "compare_table",
     "debate_table",
@@ -467,7 +466,7 @@ def _thinned(n: int, limit: int, keep: int | None) -> list[int]:
         return list(range(n))
     step = (n - 1) / (limit - 1)
     rows = [round(i * step) for i in range(limit)]
-    if keep is not None and keep not in rows:
+    if keep is not None and keep not in rows and limit > 2:
         inner = range(1, limit - 1)  # the ends stay: they span the frontier
         rows[min(inner, key=lambda i: abs(rows[i] - keep))] = keep
     return sorted(rows)
@@ -526,13 +525,13 @@ def optimize_view(r: OptimizeResult) -> Group:
         t.add_row("success, budgets enforced", "", f"{_pct(r.enforced.success_rate)} "
                   f"[{_pct(lo)}, {_pct(hi)}]")  # fmt: skip
     held = "enforced" if r.budget_on == "enforced" else f"on {r.budget_on} figures"
-    t.caption = f"budget {held}: {budget_terms(bud)}"
+    t.caption = f"budget {held}: {_budget_terms(bud)}"
     parts: list[Table | Text] = [t, frontier_table(r.frontier, r)]
     parts.extend(Text(f"note: {n}", style="dim") for n in r.notes)
     return Group(*parts)
 
 
-def budget_terms(b: Budget) -> str:
+def _budget_terms(b: Budget) -> str:
     """The budgets set, in words (``no budget`` when none is)."""
     terms = [
         *([f"cost <= {_usd(b.max_cost_usd)}"] if b.max_cost_usd is not None else []),
