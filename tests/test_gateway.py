@@ -242,6 +242,19 @@ def test_an_upstream_429_passes_through_with_retry_after_and_is_not_billed(tmp_p
     assert (call["outcome"], call["cost_usd"]) == ("rate_limited", 0.0)
 
 
+def test_an_upstream_503_with_retry_after_passes_its_advice_on(tmp_path: Path) -> None:
+    """An overloaded upstream's 503 says when to come back: the client hears 503 and that
+    advice; without advice it is a 502 as before."""
+    script = [Reply(status=503, headers={"Retry-After": "7"}), Reply(status=503)]
+    errors = []
+    with ScriptedServer(script) as up, serving(tmp_path, config_text(up.url)) as (url, _):
+        for _ in range(2):
+            with pytest.raises(openai.APIStatusError) as err:
+                client(url).chat.completions.create(model="small", messages=ASK)  # type: ignore[arg-type]
+            errors.append((err.value.status_code, err.value.response.headers.get("retry-after")))
+    assert errors == [(503, "7"), (502, None)]
+
+
 def test_a_restarted_gateway_starts_from_what_each_key_spent(cli, tmp_path: Path) -> None:
     msg = [{"role": "user", "content": "q"}]
     with serving(tmp_path, config_text()) as (url, _):

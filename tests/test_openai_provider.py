@@ -163,6 +163,46 @@ def test_retry_after_is_honoured_outside_the_testing_mode(tmp_path: Path) -> Non
     assert elapsed >= 0.4
 
 
+@pytest.mark.parametrize(
+    ("reply", "waited"),
+    [
+        (Reply(status=503, headers={"Retry-After": "0.4"}), 0.4),  # an overloaded server
+        (Reply(status=429, headers={"retry-after-ms": "400", "Retry-After": "0"}), 0.4),
+    ],
+    ids=["503-retry-after", "429-retry-after-ms"],
+)
+def test_a_server_s_word_on_when_to_come_back_is_honoured(
+    tmp_path: Path, reply: Reply, waited: float
+) -> None:
+    """A 503 with Retry-After waits as a 429 does; OpenAI's and Azure's retry-after-ms, in
+    milliseconds, is read before Retry-After (which rounds to whole seconds)."""
+    saved = policy.base_s
+    policy.base_s = 0.0  # without the advice the retry would go at once
+    try:
+        with ScriptedServer([reply, Reply("a")]) as srv:
+            journal = Journal(tmp_path / "j.db")
+            wf = parse_workflow(spec_for(srv.url, "  - {id: a, model: local, retries: 1}"))
+            started = time.perf_counter()
+            r = execute(wf, journal=journal, seed=1)
+            elapsed = time.perf_counter() - started
+    finally:
+        policy.base_s = saved
+    assert r.status == "ok" and waited <= elapsed < waited + 2.0  # not 400 s, nor the 0 s
+    first = journal.calls(r.run_id)[0]
+    assert (first["outcome"], first["cost_usd"]) == (
+        "transient" if reply.status == 503 else "rate_limited", 0.0)  # fmt: skip
+
+
+def test_retry_advice_prefers_milliseconds_and_falls_back_on_bad_ones() -> None:
+    from trilemma.providers.openai import retry_advice
+
+    assert retry_advice({"retry-after-ms": "250", "retry-after": "3"}) == 0.25
+    assert retry_advice({"retry-after-ms": "soon", "retry-after": "3"}) == 3.0
+    assert retry_advice({"retry-after-ms": "nan", "retry-after": "2"}) == 2.0
+    assert retry_advice({"retry-after-ms": "-5"}) == 0.0
+    assert retry_advice({}) is None
+
+
 def test_parse_retry_after_reads_seconds_and_http_dates() -> None:
     assert parse_retry_after("2") == 2.0
     assert parse_retry_after(" 0.5 ") == 0.5
@@ -221,6 +261,9 @@ def test_the_most_specific_class_wins() -> None:
     with pytest.raises(RateLimited) as info, map_errors("m1"):
         raise by_name["RateLimitError"]
     assert info.value.retry_after == 1.0
+    with pytest.raises(TransientError) as down, map_errors("m1"):  # a 5xx's advice too
+        raise by_name["InternalServerError"]
+    assert down.value.retry_after == 1.0
 
 
 def test_a_cascade_escalates_to_the_next_endpoint_model_and_bills_both(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@
     ├── PlanError                 the planner cannot answer (exit code 1)
     │   └── InfeasibleError       no configuration meets the budgets
     ├── ProviderError             one LLM call failed; the ledger keeps its class
-    │   ├── TransientError        worth retrying: 5xx, connection reset
+    │   ├── TransientError        worth retrying: 5xx, connection reset; ``retry_after``
+    │   │   │                     seconds when the server said (a 503's Retry-After)
     │   │   ├── RateLimited       429; ``retry_after`` seconds when the server said
     │   │   └── ProviderTimeout   no answer within the attempt's timeout
     │   ├── MalformedAnswer       a 200 whose body is not a usable completion
@@ -121,20 +122,21 @@ class ProviderError(TrilemmaError):
 
 
 class TransientError(ProviderError):
-    """A failure worth retrying: a 5xx, a dropped connection."""
+    """A failure worth retrying: a 5xx, a dropped connection. ``retry_after``: the server's
+    advice in seconds on when to try again (a 503's Retry-After), None when it gave none."""
 
     kind = "transient"
     retryable = True
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RateLimited(TransientError):
     """The provider said slow down (429); ``retry_after`` is its advice in seconds."""
 
     kind = "rate_limited"
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class ProviderTimeout(TransientError):

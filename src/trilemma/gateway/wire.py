@@ -86,15 +86,15 @@ def sse(data: dict[str, Any]) -> str:
 def upstream_error(exc: ProviderError) -> JSONResponse:
     """A provider's failure as the HTTP error a client expects from a gateway."""
     msg = f"upstream: {exc}"
+    advice = getattr(exc, "retry_after", None)  # the upstream's word on when to come back
+    headers = {} if advice is None else {"Retry-After": f"{math.ceil(advice)}"}
     if isinstance(exc, RateLimited):
-        headers = (
-            {} if exc.retry_after is None else {"Retry-After": f"{math.ceil(exc.retry_after)}"}
-        )
         return error(429, msg, "rate_limit_error", "rate_limited", headers)
     if isinstance(exc, QuotaExceeded):
         return error(402, msg, "insufficient_quota", "upstream_quota_exceeded")
     if isinstance(exc, ProviderTimeout):
         return error(504, msg, "timeout", "upstream_timeout")
-    if isinstance(exc, TransientError):
-        return error(502, msg, "api_error", "upstream_unavailable")
+    if isinstance(exc, TransientError):  # with its advice: unavailable for now, come back then
+        return error(502 if advice is None else 503, msg, "api_error", "upstream_unavailable",
+                     headers)  # fmt: skip
     return error(502, msg, "api_error", exc.kind)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import math
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import openai
@@ -28,7 +29,8 @@ from trilemma.errors import (
 from trilemma.providers.base import Completion, Request, Usage
 from trilemma.spec import ModelProfile
 
-__all__ = ["NO_KEY", "OpenAIProvider", "map_errors", "parse_retry_after", "usage_json"]
+__all__ = ["NO_KEY", "OpenAIProvider", "map_errors", "parse_retry_after", "retry_advice",
+           "usage_json"]
 
 #: Sent when a profile names no key variable (local servers ignore it).
 NO_KEY = "sk-no-key-needed"
@@ -50,6 +52,20 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def retry_advice(headers: Mapping[str, str]) -> float | None:
+    """Seconds a response says to wait: ``retry-after-ms`` (OpenAI's and Azure's, in
+    milliseconds) if it is there and sound, else ``Retry-After``."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            value = float(ms)
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value):
+            return max(0.0, value / 1000)
+    return parse_retry_after(headers.get("retry-after"))
+
+
 @contextlib.contextmanager
 def map_errors(model: str) -> Iterator[None]:
     """Re-raise SDK errors as trilemma's provider errors."""
@@ -58,7 +74,7 @@ def map_errors(model: str) -> Iterator[None]:
     except openai.RateLimitError as exc:
         if _code(exc) == "insufficient_quota":  # out of credit, not out of breath
             raise QuotaExceeded(f"429 insufficient_quota: {_detail(exc)}") from exc
-        after = parse_retry_after(exc.response.headers.get("retry-after"))
+        after = retry_advice(exc.response.headers)
         raise RateLimited(f"429 from the endpoint: {_detail(exc)}", retry_after=after) from exc
     except openai.APITimeoutError as exc:
         raise ProviderTimeout("the endpoint did not answer in time") from exc
@@ -79,8 +95,11 @@ def map_errors(model: str) -> Iterator[None]:
     except openai.APIStatusError as exc:
         if exc.status_code == 402:
             raise QuotaExceeded(f"402 payment required: {_detail(exc)}") from exc
-        if exc.status_code >= 500 or exc.status_code in (408, 409):
-            raise TransientError(f"{exc.status_code} from the endpoint: {_detail(exc)}") from exc
+        if exc.status_code >= 500 or exc.status_code in (408, 409):  # an overloaded server
+            raise TransientError(  # may say when to come back (503 and Retry-After)
+                f"{exc.status_code} from the endpoint: {_detail(exc)}",
+                retry_after=retry_advice(exc.response.headers),
+            ) from exc
         raise FatalProviderError(f"{exc.status_code} from the endpoint: {_detail(exc)}") from exc
     except openai.OpenAIError as exc:
         raise MalformedAnswer(f"unusable response: {type(exc).__name__}: {exc}") from exc

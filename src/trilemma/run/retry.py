@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base
 
-from trilemma.errors import RateLimited, UsageError
+from trilemma.errors import TransientError, UsageError
 from trilemma.spec.model import BACKOFF_BASE_S, BACKOFF_CAP_S
 
 __all__ = ["RetryPolicy", "check_time_scale", "fast_retries", "policy", "retrying", "scaled_time"]
@@ -67,7 +67,7 @@ def fast_retries() -> contextlib.AbstractContextManager[None]:
 
 def backoff(exc: BaseException | None, failures: int, rng: random.Random) -> float:
     """Seconds to wait after the ``failures``-th failure: Retry-After if given, else full jitter."""
-    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+    if isinstance(exc, TransientError) and exc.retry_after is not None:
         return min(exc.retry_after, policy.cap_s) * policy.time_scale
     ceiling = min(policy.cap_s, policy.base_s * 2 ** (failures - 1))
     return rng.uniform(0.0, ceiling) * policy.time_scale
