@@ -146,6 +146,39 @@ def test_schema_gate_rejects_a_real_model_answer_that_is_not_json(tmp_path: Path
     assert "must be JSON" in retry_messages[-1]["content"]  # the reason goes back to the model
 
 
+def test_an_answer_cut_at_max_tokens_is_marked_and_its_rejection_says_why(
+    cli, tmp_path: Path
+) -> None:
+    """The endpoint stops at max_tokens (finish_reason length) mid-JSON: the gate rejects it,
+    the retry tells the model the answer was cut, the ledger marks the call, and the run
+    names the step; an answer that ended on its own is not marked."""
+    script = [Reply('{"name": "Ad', finish_reason="length", completion_tokens=40),
+              Reply('{"name": "Ada"}')]  # fmt: skip
+    gate = "gate: {json_schema: {type: object, required: [name]}}"
+    text = spec_for("{url}", f"  - {{id: a, model: local, retries: 1, max_tokens: 40, {gate}}}")
+    with ScriptedServer(script) as srv:
+        r, j = go(text.replace("{url}", srv.url), tmp_path)
+        retry = srv.requests[1]["json"]["messages"][-1]["content"]
+    assert r.status == "ok" and r.cut == {"a": 1}
+    assert "must be JSON" in retry and "stopped at max_tokens, 40 tokens" in retry
+    calls = j.calls(r.run_id)
+    assert [(c["outcome"], c["finish_reason"]) for c in calls] == [
+        ("rejected", "length"), ("ok", "stop")]  # fmt: skip
+    spec = tmp_path / "spec.yaml"
+    with ScriptedServer(script) as srv:  # the same through the command line
+        spec.write_text(text.replace("{url}", srv.url))
+        with fast_retries():
+            doc = cli("run", spec, "--journal", tmp_path / "cli.db", "--json").json()
+            table = cli("ledger", doc["run_id"], "--journal", tmp_path / "cli.db").out
+    assert doc["cut_at_max_tokens"] == {"a": 1}
+    assert "rejected, cut at max_tokens" in table and table.count("cut at max_tokens") == 1
+    with ScriptedServer(script[1:]) as srv:
+        spec.write_text(text.replace("{url}", srv.url))
+        with fast_retries():
+            out = cli("run", spec, "--journal", tmp_path / "cli.db").out
+    assert "stopped at max_tokens" not in out
+
+
 def test_retry_after_is_honoured_outside_the_testing_mode(tmp_path: Path) -> None:
     script = [Reply(status=429, headers={"Retry-After": "0.4"}), Reply("a")]
     saved = policy.base_s

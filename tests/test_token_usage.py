@@ -51,6 +51,25 @@ def test_a_run_bills_the_tokens_the_estimate_prices(tmp_path: Path) -> None:
     rows = {row["step_id"]: row for row in journal.calls(r.run_id)}
     assert rows["s0"]["prompt_tokens"] == 3000 and rows["s0"]["completion_tokens"] == 256
     assert rows["short"]["completion_tokens"] == 100
+    # the simulator stops where an endpoint would: every answer here is cut, and said so
+    assert {row["finish_reason"] for row in rows.values()} == {"length"}
+    assert r.cut == {f"s{i}": 1 for i in range(4)} | {"short": 1}
+
+
+def test_a_run_names_the_steps_whose_answers_were_cut(cli: Any, write: Any, tmp_path: Path) -> None:
+    """A vote of three samples at 500 answer tokens under the profile's 256: three cut answers,
+    named once the run ends; a step whose answers fit is not named."""
+    spec = write(
+        f"version: 1\nmodels:\n  m: {{{PRICED}, completion_tokens: 500, latency_s: 0.01, "
+        "p_ok: 1.0}\nsteps:\n  - {id: poll, model: m, vote: {samples: 3}}\n"
+        "  - {id: brief, model: m, max_tokens: 600}\n"
+    )
+    db = tmp_path / "j.db"
+    doc = cli("run", spec, "--journal", db, "--json").json()
+    assert doc["cut_at_max_tokens"] == {"poll": 3}
+    out = " ".join(cli("run", spec, "--journal", db).out.split())
+    assert "3 answers stopped at max_tokens, the text cut where the tokens ran out: poll (3); " \
+           "raise max_tokens on that step" in out  # fmt: skip
 
 
 def test_a_ceiling_on_token_prices_holds_what_the_planner_holds(tmp_path: Path) -> None:

@@ -64,6 +64,8 @@ class Reply:
     """Streamed (``stream: true``): seconds between pieces."""
     cut_after: int | None = None
     """Streamed: close the connection after this many pieces, before the answer is finished."""
+    finish_reason: str = "stop"
+    """Why the answer ended: ``length`` says it was cut at ``max_tokens``."""
 
 
 Script = Iterable[Reply] | Callable[[dict[str, Any]], Reply]
@@ -228,7 +230,7 @@ def _completion(reply: Reply, model: str) -> str:
     return json.dumps({
         "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()),
         "model": model or "scripted",
-        "choices": [{"index": 0, "finish_reason": "stop",
+        "choices": [{"index": 0, "finish_reason": reply.finish_reason,
                      "message": {"role": "assistant", "content": reply.content}}],
         "usage": _usage(reply),
     })  # fmt: skip

@@ -176,6 +176,13 @@ def m009_time_scale(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN time_scale REAL NOT NULL DEFAULT 1")
 
 
+def m010_finish_reason(db: sqlite3.Connection) -> None:
+    """Why the endpoint stopped generating a call's answer: stop, length (cut at max_tokens), ..."""
+    # An answer cut at max_tokens is text that ends mid-sentence (or mid-JSON); the ledger
+    # marks it and a run names the steps whose answers were cut. NULL: not reported.
+    db.execute("ALTER TABLE calls ADD COLUMN finish_reason TEXT")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_call_sends", m002_call_sends),
@@ -186,6 +193,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m007_batches", m007_batches),
     ("m008_shared_budgets", m008_shared_budgets),
     ("m009_time_scale", m009_time_scale),
+    ("m010_finish_reason", m010_finish_reason),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -417,6 +417,17 @@ class Journal:
             ).fetchone()
         return float(row[0]), int(row[1])
 
+    def cut_answers(self, run_id: str) -> dict[str, int]:
+        """Per step of a run, the answers that stopped at ``max_tokens`` (``finish_reason``
+        length), in the order the steps first had one."""
+        with map_sqlite_errors(self.path):
+            rows = self.db.execute(
+                "SELECT step_id, count(*) FROM calls "
+                f"WHERE {RUN_CALLS} AND finish_reason = 'length' GROUP BY step_id ORDER BY min(id)",
+                _run_range(run_id),
+            ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
     def spent(self, run_id: str) -> float:
         """Dollars billed to a run so far (answered calls, and a real endpoint's calls
         cancelled in flight, at their reservation): what a resume counts against its ceiling."""

@@ -15,6 +15,7 @@ from trilemma.spec import ModelProfile
 from trilemma.spec.model import BYTES_PER_TOKEN, TEMPLATE_TOKENS_PER_MESSAGE
 
 __all__ = [
+    "CUT",
     "Completion",
     "Message",
     "Provider",
@@ -99,6 +100,13 @@ class Completion:
     """Seconds from send to answer."""
     verdict: bool | None = None
     """The simulator knows whether its answer is right; a real model does not (None)."""
+    finish_reason: str | None = None
+    """Why generation stopped, as the endpoint said: ``stop``, ``length`` (cut at
+    ``max_tokens``: the text ends where the tokens ran out), ... (None: not reported)."""
+
+
+#: The finish_reason of an answer cut at ``max_tokens``.
+CUT = "length"
 
 
 class Provider(Protocol):

@@ -157,6 +157,7 @@ class OpenAIProvider:
                 )  # fmt: skip
                 body = raw.parse()
                 text = _completion_text(body)
+                finish = getattr(body.choices[0], "finish_reason", None)
             else:
                 raw_chat = await self.client.chat.completions.with_raw_response.create(
                     model=profile.model, messages=list(request.messages),  # type: ignore[arg-type]
@@ -165,8 +166,10 @@ class OpenAIProvider:
                 )  # fmt: skip
                 body = raw_chat.parse()
                 text = _text(body)
+                finish = getattr(body.choices[0], "finish_reason", None)
         latency = time.perf_counter() - started
-        return Completion(text, _usage(body), latency)
+        return Completion(text, _usage(body), latency,
+                          finish_reason=finish if isinstance(finish, str) else None)
 
     async def stream(self, request: Request, profile: ModelProfile) -> AsyncIterator[str | Usage]:
         """A chat completion as it arrives: text pieces, then the usage the endpoint reported.

@@ -27,7 +27,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from trilemma.errors import ProviderTimeout, RateLimited, TransientError
-from trilemma.providers.base import Completion, Request, Usage
+from trilemma.providers.base import CUT, Completion, Request, Usage
 from trilemma.spec import ModelProfile
 from trilemma.spec.model import FAULT_LATENCY_SHARE, SIM_RETRY_AFTER_S
 
@@ -77,9 +77,10 @@ class SimProvider:
         ok = v < request.p_ok
         text = request.sim_ok if ok else request.sim_bad
         prompt = profile.prompt_tokens  # the tokens the profile says a call takes, as planned
-        usage = Usage(prompt, min(profile.completion_tokens, request.max_tokens),
+        cut = profile.completion_tokens > request.max_tokens  # an endpoint stops there
+        usage = Usage(prompt, request.max_tokens if cut else profile.completion_tokens,
                       min(prompt, profile.cached_prompt_tokens))  # fmt: skip
-        return Completion(text, usage, latency, verdict=ok)
+        return Completion(text, usage, latency, verdict=ok, finish_reason=CUT if cut else "stop")
 
 
 def simulated_pick(seed: int | None, key: str, shares: Mapping[str, float]) -> str:

@@ -592,7 +592,19 @@ def run_view(r: Any, under: SimResult | None = None) -> Group:
         text = (s.output or s.error or "").replace("\n", " ")
         st.add_row(sid, s.status + (" (journal)" if s.from_journal else ""), str(s.attempts),
                    _usd(s.cost_usd), text[:70] + ("..." if len(text) > 70 else ""))  # fmt: skip
-    return Group(t, st, Text(f"journal: {r.journal}", style="dim"))
+    parts: list[Table | Text] = [t, st]
+    if r.cut:
+        parts.append(Text(cut_line(r.cut), style="yellow"))
+    return Group(*parts, Text(f"journal: {r.journal}", style="dim"))
+
+
+def cut_line(cut: dict[str, int]) -> str:
+    """The steps whose answers stopped at max_tokens, and what to do about it."""
+    n = sum(cut.values())
+    steps = ", ".join(f"{k} ({v})" if v > 1 else k for k, v in cut.items())
+    return (f"{n} answer{'s' if n > 1 else ''} stopped at max_tokens, the text cut where the "
+            f"tokens ran out: {steps}; raise max_tokens on {'those steps' if len(cut) > 1 else 'that step'} "
+            "(or the model's profile), or ask for shorter answers (`trilemma ledger` marks them)")
 
 
 def _planned_rows(plan: dict[str, Any], n: int, parallel: int) -> list[tuple[str, str]]:
@@ -691,7 +703,7 @@ def ledger_row(r: dict[str, Any]) -> dict[str, Any]:
         "cost_usd": r["cost_usd"],
         "latency_s": r["latency_s"], "outcome": "in_flight" if in_flight else r["outcome"],
         "cache_hit": bool(r["cache_hit"]), "cache_similarity": r["cache_similarity"],
-        "in_flight": in_flight,
+        "in_flight": in_flight, "finish_reason": r["finish_reason"],
         "idempotency_key": r["idempotency_key"], "error": r["error"],
     }  # fmt: skip
 
@@ -720,6 +732,8 @@ def ledger_table(run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.
             outcome = f"{r['outcome']} (cache, similarity {similarity:.3f})"
         else:
             outcome = r["outcome"] + (" (cache)" if r["cache_hit"] else "")
+        if r["finish_reason"] == "length":
+            outcome += ", cut at max_tokens"
         if r["in_flight"]:
             outcome = "IN FLIGHT at crash: may be billed"
         tokens_in = str(r["prompt_tokens"] or "-")

@@ -139,6 +139,8 @@ class RunResult:
     """Expected cost of the steps an early stop skipped."""
     journal: str = ""
     """The journal file."""
+    cut: dict[str, int] = field(default_factory=dict)
+    """Per step, its answers that stopped at ``max_tokens`` (cut text), over every session."""
     seed: int | None = None
     """The run's seed (the simulator's draws, a retry's jitter): ``--seed`` repeats them."""
 
@@ -176,6 +178,7 @@ class RunResult:
             "predicted": p.headline(),
             "journal": self.journal,
             "seed": self.seed,
+            "cut_at_max_tokens": self.cut,
         }
 
 
@@ -420,13 +423,14 @@ class Executor:
                 r.cost_expected for r in self.predicted.per_step if results[r.id].status != "done"
             )
         cost, calls = self.journal.totals(self.run_id)
+        cut = self.journal.cut_answers(self.run_id)
         error = None if status == "ok" else s.stop_reason
         self.journal.update_run(
             self.run_id, status=status, finished_at=time.time(), cost_usd=cost, latency_s=latency,
             calls=calls, error=error,
         )  # fmt: skip
         return RunResult(self.run_id, status, cost, latency, calls, results, self.predicted,
-                         error, saved, str(self.journal.path), self.seed)  # fmt: skip
+                         error, saved, str(self.journal.path), cut, self.seed)  # fmt: skip
 
     def _status(self, s: Session) -> str:
         if s.stop in ("budget_exhausted", "deadline", "failed"):
@@ -598,7 +602,15 @@ class Executor:
                 raise GateRejected("the answer is wrong (the simulator's check)")
             gate = self.gates.get(step.id)
             if gate is not None:
-                gate(answer.text)
+                try:
+                    gate(answer.text)
+                except GateRejected as exc:
+                    if not answer.cut:
+                        raise
+                    cap = runs.max_tokens or self._routes[model].profile.max_tokens
+                    raise GateRejected(f"{exc.reason} (the answer stopped at max_tokens, {cap} "
+                                       "tokens: answer shorter, or raise the step's "
+                                       "max_tokens)") from exc  # fmt: skip
             if step.extract == "number":
                 answer = _number(answer)
         except GateRejected as exc:
@@ -676,7 +688,7 @@ class Executor:
         pending.append((key, {
             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "cached_tokens": u.cached_tokens, "cost_usd": cost, "latency_s": completion.latency_s,
-            "response": completion.text,
+            "response": completion.text, "finish_reason": completion.finish_reason,
             "finished_at": time.time(), "error": note,
         }))  # fmt: skip
         self._emit("call", step.id, s)

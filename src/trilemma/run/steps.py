@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from dataclasses import dataclass
 from typing import Any
 
-from trilemma.providers.base import Completion, Message
+from trilemma.providers.base import CUT, Completion, Message
 from trilemma.spec import Step
 
 __all__ = ["Answer", "CallFn", "pick_route", "route_prompt", "run_kind"]
@@ -40,6 +40,8 @@ class Answer:
     """What goes downstream if the gate accepts it."""
     verdict: bool | None
     """The simulator's knowledge of right or wrong; None from a real model."""
+    cut: bool = False
+    """The text stopped at ``max_tokens``: it ends where the tokens ran out."""
 
 
 ROUTE = (
@@ -76,7 +78,7 @@ def majority(answers: Sequence[Completion]) -> Answer:
     best = max(counts.values())
     for a in answers:
         if counts[_norm(a.text)] == best:
-            return Answer(a.text.strip(), a.verdict)
+            return Answer(a.text.strip(), a.verdict, a.finish_reason == CUT)
     raise AssertionError("no answers")
 
 
@@ -117,7 +119,7 @@ async def _refined_call(step: Step, base: list[Message], call: CallFn) -> Answer
     for r in range(step.debate_rounds):
         messages += [{"role": "assistant", "content": c.text}, {"role": "user", "content": REFINE}]
         c = await call(messages, f"refine {r + 1}")
-    return Answer(c.text.strip(), c.verdict)
+    return Answer(c.text.strip(), c.verdict, c.finish_reason == CUT)
 
 
 async def _debate(step: Step, base: list[Message], call: CallFn) -> Answer:
@@ -143,4 +145,4 @@ async def _debate(step: Step, base: list[Message], call: CallFn) -> Answer:
     verdict = await call(
         [*base, {"role": "user", "content": JUDGE.format(answers=listing)}], "judge"
     )
-    return Answer(verdict.text.strip(), verdict.verdict)
+    return Answer(verdict.text.strip(), verdict.verdict, verdict.finish_reason == CUT)
