@@ -151,6 +151,19 @@ def test_a_call_is_forwarded_billed_from_usage_and_journaled(tmp_path: Path) -> 
         assert SECRET.encode() not in f.read_bytes()
 
 
+def test_an_answer_cut_at_max_tokens_reaches_the_client_as_cut(tmp_path: Path) -> None:
+    """The upstream stopped at max_tokens: the client hears finish_reason length (not stop),
+    and the ledger keeps it; a whole answer is 'stop' as before."""
+    script = [Reply("half an ans", finish_reason="length", completion_tokens=5), Reply("whole")]
+    with ScriptedServer(script) as up, serving(tmp_path, config_text(up.url)) as (url, _):
+        reasons = [client(url).chat.completions.create(
+            model="small", messages=ASK, max_tokens=5).choices[0].finish_reason  # type: ignore[arg-type]
+            for _ in range(2)]  # fmt: skip
+    assert reasons == ["length", "stop"]
+    rows = Journal(tmp_path / "j.db").calls(run_id_of("team-a"))
+    assert [r["finish_reason"] for r in rows] == ["length", "stop"]
+
+
 def test_concurrent_requests_never_take_a_key_over_its_ceiling(tmp_path: Path) -> None:
     # 20 requests at once, $0.01 each, a $0.055 ceiling: five fit, fifteen are refused
     # before anything is sent, and the spend is exactly five calls.

@@ -310,9 +310,11 @@ class Gateway:
             )  # fmt: skip
         route.release()
         u = completion.usage
-        cost, state = await self._bill(call, completion.text, u, completion.latency_s)
+        cost, state = await self._bill(call, completion.text, u, completion.latency_s,
+                                       completion.finish_reason)  # fmt: skip
         return self._answer(served_by, state, completion.text, u,
-                            {**headers, "x-trilemma-cost-usd": f"{cost:.10f}"})  # fmt: skip
+                            {**headers, "x-trilemma-cost-usd": f"{cost:.10f}"},
+                            completion.finish_reason)  # fmt: skip
 
     async def _ladder(self, key: str, model: str) -> list[str]:
         """The model asked for, then its fallbacks this key may call; those resting after
@@ -334,9 +336,11 @@ class Gateway:
                        sim_bad=f"wrong answer from {model}")  # fmt: skip
 
     async def _bill(
-        self, call: _Call, text: str, usage: Usage, latency_s: float
-    ) -> tuple[float, BudgetState | None]:
-        """An answered call: settle its hold at what it cost, journal it, cache it."""
+        self, call: _Call, text: str, usage: Usage, latency_s: float,
+        finish_reason: str | None = None,
+    ) -> tuple[float, BudgetState | None]:  # fmt: skip
+        """An answered call: settle its hold at what it cost, journal it (with why the answer
+        ended, where the upstream said), cache it."""
         profile = self.config.models[call.model]
         cost = cost_of(profile, usage, call.hold.amount)
         try:
@@ -346,7 +350,7 @@ class Gateway:
         self._finished(call.request.idempotency_key, {
             "outcome": "ok", "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens, "cached_tokens": usage.cached_tokens,
-            "cost_usd": cost,
+            "cost_usd": cost, "finish_reason": finish_reason,
             "latency_s": latency_s, "response": text,
         })  # fmt: skip
         if usage.prompt_tokens is not None and usage.completion_tokens is not None:
@@ -445,14 +449,15 @@ class Gateway:
 
     def _answer(
         self, model: str, budget: BudgetState | None, text: str, usage: Usage,
-        headers: dict[str, str],
+        headers: dict[str, str], finish_reason: str | None = None,
     ) -> JSONResponse:  # fmt: skip
-        """A chat completion in OpenAI's shape, with the key's spend in headers."""
+        """A chat completion in OpenAI's shape (the upstream's finish_reason passed on), with
+        the key's spend in headers."""
         if budget is not None:
             headers["x-trilemma-spent-usd"] = f"{budget.spent:.10f}"
             if budget.remaining is not None:
                 headers["x-trilemma-remaining-usd"] = f"{budget.remaining:.10f}"
-        return JSONResponse(completion_body(model, text, usage), headers=headers)
+        return JSONResponse(completion_body(model, text, usage, finish_reason), headers=headers)
 
     def _finished(self, call_id: str, fields: dict[str, Any]) -> None:
         assert self.writer is not None

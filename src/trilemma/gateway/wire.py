@@ -28,13 +28,16 @@ from trilemma.providers.openai import usage_json
 __all__ = ["Chunks", "after", "completion_body", "error", "sse", "upstream_error"]
 
 
-def completion_body(model: str, text: str, usage: Usage) -> dict[str, Any]:
-    """A ``chat.completion`` with one choice, and its usage when the counts are known."""
+def completion_body(
+    model: str, text: str, usage: Usage, finish_reason: str | None = None
+) -> dict[str, Any]:
+    """A ``chat.completion`` with one choice, and its usage when the counts are known;
+    ``finish_reason`` as the upstream said (``length``: cut at max_tokens), else ``stop``."""
     answer: dict[str, Any] = {
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
         "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": "stop", "logprobs": None}],
+                     "finish_reason": finish_reason or "stop", "logprobs": None}],
     }  # fmt: skip
     counts = usage_json(usage)
     if counts is not None:
