@@ -457,6 +457,22 @@ def test_a_streamed_answer_is_relayed_piece_by_piece_and_billed_from_usage(tmp_p
     assert row["cost_usd"] == pytest.approx(cost) and row["response"] == "The capital of France is Paris."
 
 
+def test_a_streamed_answer_cut_at_max_tokens_ends_as_cut(tmp_path: Path) -> None:
+    """The upstream's stream ends with finish_reason length: so does the relayed one, and
+    the ledger keeps it."""
+    script = [Reply("three cut words", finish_reason="length")]
+    with ScriptedServer(script) as up, serving(tmp_path, config_text(up.url)) as (url, _):
+        reasons = []
+        with client(url).chat.completions.create(
+            model="small", messages=ASK, stream=True, max_tokens=3  # type: ignore[arg-type]
+        ) as stream:
+            for chunk in stream:
+                reasons += [c.finish_reason for c in chunk.choices if c.finish_reason]
+    assert reasons == ["length"]
+    row = wait_for_row(tmp_path / "j.db", "team-a")
+    assert row["finish_reason"] == "length" and row["outcome"] == "ok"
+
+
 def test_a_simulated_model_streams_its_answer_whole(tmp_path: Path) -> None:
     with serving(tmp_path, config_text()) as (url, _):
         pieces, usage = streamed(url, "sim", "sk-team-b-secret")

@@ -170,7 +170,7 @@ class ScriptedServer:
                 pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
                 events = [{**head, "choices": [{"index": 0, "delta": {"content": p},
                                                 "finish_reason": None}]} for p in pieces]  # fmt: skip
-                events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]})
                 if (payload.get("stream_options") or {}).get("include_usage"):
                     events.append({**head, "choices": [], "usage": _usage(reply)})
                 try:

@@ -61,7 +61,7 @@ from trilemma.gateway.health import LocalHealth, ModelHealth, RedisHealth
 from trilemma.gateway.rates import KeyRates, LocalRates, RedisRates
 from trilemma.gateway.wire import Chunks, after, completion_body, error, sse, upstream_error
 from trilemma.journal.store import GROUP_COMMIT_S, Journal, JournalWriter, messages_json
-from trilemma.providers.base import Message, Provider, Usage, cost_of, worst_case_cost
+from trilemma.providers.base import Message, Provider, StreamEnd, Usage, cost_of, worst_case_cost
 from trilemma.providers.base import Request as CallRequest
 from trilemma.run.budget import Reservation, SpendGuard
 from trilemma.run.routes import Route
@@ -364,7 +364,7 @@ class Gateway:
         return cost, state
 
     async def _relay(
-        self, call: _Call, first: str | Usage, pieces: AsyncIterator[str | Usage],
+        self, call: _Call, first: str | StreamEnd, pieces: AsyncIterator[str | StreamEnd],
         stream: _StreamAsk, started: float,
     ) -> AsyncIterator[str]:  # fmt: skip
         """The upstream's pieces as server-sent events, then the bill.
@@ -374,21 +374,21 @@ class Gateway:
         """
         chunk = Chunks(call.model)
         parts: list[str] = []
-        usage: Usage | None = None
+        end: StreamEnd | None = None
         broken: str | None = "the client went away during the stream"
         kind = "cancelled"
         try:
-            item: str | Usage | None = first
+            item: str | StreamEnd | None = first
             while item is not None:
-                if isinstance(item, Usage):
-                    usage = item
+                if isinstance(item, StreamEnd):
+                    end = item
                 elif item:
                     parts.append(item)
                     yield chunk.piece(item)
                 item = await anext(pieces, None)
-            yield chunk.finish()
-            if stream.include_usage and usage is not None:
-                yield chunk.usage(usage)
+            yield chunk.finish(end.finish_reason if end is not None else None)
+            if stream.include_usage and end is not None:
+                yield chunk.usage(end.usage)
             broken = None
         except ProviderError as exc:
             broken, kind = f"the stream broke: {exc}", exc.kind
@@ -396,19 +396,22 @@ class Gateway:
                                   "param": None, "code": exc.kind}})  # fmt: skip
         finally:
             call.route.release()
-            await _shielded(self._close_stream(call, pieces, parts, usage, broken, kind, started))
+            await _shielded(self._close_stream(call, pieces, parts, end, broken, kind, started))
         yield "data: [DONE]\n\n"
 
     async def _close_stream(
-        self, call: _Call, pieces: AsyncIterator[str | Usage], parts: list[str],
-        usage: Usage | None, broken: str | None, kind: str, started: float,
+        self, call: _Call, pieces: AsyncIterator[str | StreamEnd], parts: list[str],
+        end: StreamEnd | None, broken: str | None, kind: str, started: float,
     ) -> None:  # fmt: skip
         """Close the upstream stream and bill it: its usage, or the reservation if it broke."""
         with contextlib.suppress(Exception):
             await pieces.aclose()  # type: ignore[attr-defined]
         latency = time.perf_counter() - started
         if broken is None:
-            await self._bill(call, "".join(parts), usage or Usage(), latency)
+            if end is None:
+                await self._bill(call, "".join(parts), Usage(), latency)
+            else:
+                await self._bill(call, "".join(parts), end.usage, latency, end.finish_reason)
             return
         with contextlib.suppress(SetupError):  # if the store is gone, the hold lapses into this
             await self.budgets.settle(call.key, call.hold, call.hold.amount)

@@ -65,8 +65,10 @@ class Chunks:
         self.first = False
         return self._event([{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}])
 
-    def finish(self) -> str:
-        return self._event([{"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}])
+    def finish(self, reason: str | None = None) -> str:
+        """The last piece: why the answer ended (the upstream's reason, else ``stop``)."""
+        return self._event([{"index": 0, "delta": {}, "finish_reason": reason or "stop",
+                             "logprobs": None}])  # fmt: skip
 
     def usage(self, u: Usage) -> str:
         return self._event([], usage_json(u))

@@ -9,7 +9,7 @@ a transport.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from trilemma.spec import ModelProfile
 from trilemma.spec.model import BYTES_PER_TOKEN, TEMPLATE_TOKENS_PER_MESSAGE
@@ -20,6 +20,7 @@ __all__ = [
     "Message",
     "Provider",
     "Request",
+    "StreamEnd",
     "Usage",
     "cost_of",
     "rate_tokens",
@@ -107,6 +108,15 @@ class Completion:
 
 #: The finish_reason of an answer cut at ``max_tokens``.
 CUT = "length"
+
+
+class StreamEnd(NamedTuple):
+    """The last item of a streamed answer, after its text pieces."""
+
+    usage: Usage
+    """Tokens, as the provider reported them."""
+    finish_reason: str | None = None
+    """As :attr:`Completion.finish_reason`."""
 
 
 class Provider(Protocol):

@@ -26,7 +26,7 @@ from trilemma.errors import (
     RateLimited,
     TransientError,
 )
-from trilemma.providers.base import Completion, Request, Usage
+from trilemma.providers.base import Completion, Request, StreamEnd, Usage
 from trilemma.spec import ModelProfile
 
 __all__ = ["NO_KEY", "OpenAIProvider", "map_errors", "parse_retry_after", "retry_advice",
@@ -171,8 +171,11 @@ class OpenAIProvider:
         return Completion(text, _usage(body), latency,
                           finish_reason=finish if isinstance(finish, str) else None)
 
-    async def stream(self, request: Request, profile: ModelProfile) -> AsyncIterator[str | Usage]:
-        """A chat completion as it arrives: text pieces, then the usage the endpoint reported.
+    async def stream(
+        self, request: Request, profile: ModelProfile
+    ) -> AsyncIterator[str | StreamEnd]:
+        """A chat completion as it arrives: text pieces, then the usage the endpoint reported
+        and why the answer ended (:class:`StreamEnd`).
 
         Errors are mapped as for :meth:`complete`; a stream that ends before the endpoint
         said the answer was finished is a TransientError.
@@ -180,7 +183,7 @@ class OpenAIProvider:
         assert profile.model
         kwargs = _options(request)
         usage = Usage()
-        finished = False
+        finished: str | None = None
         with map_errors(profile.model):
             chunks = await self.client.chat.completions.create(  # type: ignore[call-overload]
                 model=profile.model, messages=list(request.messages),
@@ -196,12 +199,12 @@ class OpenAIProvider:
                         if choice.delta is not None and choice.delta.content:
                             yield choice.delta.content
                         if choice.finish_reason is not None:
-                            finished = True
+                            finished = str(choice.finish_reason)
             finally:
                 await chunks.close()
-        if not finished:
+        if finished is None:
             raise TransientError("the stream ended before the endpoint finished the answer")
-        yield usage
+        yield StreamEnd(usage, finished)
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""

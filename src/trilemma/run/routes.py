@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
 
 from trilemma.errors import ProviderTimeout
-from trilemma.providers.base import Completion, Provider, Request, Usage, rate_tokens
+from trilemma.providers.base import Completion, Provider, Request, StreamEnd, rate_tokens
 from trilemma.run.limits import PriorityLimiter, RateLimiter
 from trilemma.spec import ModelProfile
 
@@ -80,8 +80,8 @@ class Route:
             return self.provider.complete(request, self.profile)
         return self._timed(request)
 
-    async def stream(self, request: Request) -> AsyncIterator[str | Usage]:
-        """Send ``request`` for an answer in pieces: text, then the usage, last.
+    async def stream(self, request: Request) -> AsyncIterator[str | StreamEnd]:
+        """Send ``request`` for an answer in pieces: text, then its usage and why it ended.
 
         A provider without a ``stream`` method (the simulator) answers whole: one piece.
         """
@@ -89,7 +89,7 @@ class Route:
         if streaming is None:
             completion = await self.complete(request)
             yield completion.text
-            yield completion.usage
+            yield StreamEnd(completion.usage, completion.finish_reason)
             return
         async for piece in streaming(request, self.profile):
             yield piece
