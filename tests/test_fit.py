@@ -110,6 +110,32 @@ concurrency: 1
     assert f.cost_usd == pytest.approx(fitted.price_per_call)
 
 
+def test_answers_cut_at_max_tokens_are_counted_beside_the_mean(cli: Any, tmp_path: Path) -> None:
+    """Four answers of 12 tokens, one stopped at max_tokens 12 and one at its natural end
+    below it: the mean is what the calls cost under that cap, and the fit says a quarter of
+    them were cut (its table and --json)."""
+    script = [Reply("yes", completion_tokens=12, finish_reason="length")] + [
+        Reply("yes", completion_tokens=12) for _ in range(3)]  # fmt: skip
+    with ScriptedServer(script) as srv:
+        text = f"""
+version: 1
+models:
+  local: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_1m_input: 1.0,
+           usd_per_1m_output: 2.0, latency_s: 0.5, p_ok: 0.99, timeout_s: 5, max_tokens: 12}}
+steps:
+""" + "".join(f"  - {{id: s{i}, model: local}}\n" for i in range(4))
+        journal = Journal(tmp_path / "j.db")
+        with fast_retries():
+            execute(parse_workflow(text + "concurrency: 1\n"), journal=journal)
+    f = fit_from_journal(journal, "local")
+    assert (f.cut, f.cut_share, f.completion_tokens) == (1, 0.25, 12)
+    doc = cli("calibrate", "--model", "local", "--from-journal", tmp_path / "j.db", "--json").json()
+    assert doc["tokens"]["cut_at_max_tokens"] == 0.25
+    assert doc["profile"]["calibration"]["tokens"]["cut_at_max_tokens"] == 0.25
+    out = " ".join(cli("calibrate", "--model", "local", "--from-journal", tmp_path / "j.db").out.split())
+    assert "25.0% of answers cut at max_tokens" in out and "1 answers stopped at max_tokens" in out
+
+
 def test_without_a_judged_attempt_p_ok_stays_as_given(tmp_path: Path) -> None:
     wf = parse_workflow("""
 version: 1

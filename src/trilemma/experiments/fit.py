@@ -14,7 +14,10 @@ a profile's name counts, from any run:
   explains (the planner counts a call slower than ``timeout_s`` as one), so that planned
   and measured shares agree;
 - ``prompt_tokens`` and ``completion_tokens``: the means the endpoint reported (written
-  into a profile with token prices only).
+  into a profile with token prices only). An answer that stopped at ``max_tokens``
+  (``finish_reason`` length) reports the cap, not the length it would have had: the share
+  of such answers is reported beside the mean, which is what the calls cost under that cap
+  and less than they would generate under a higher one.
 
 Cache hits, calls never sent and a hedge's cancelled copies are left out. Runs made in scaled
 time (``compare`` and ``sweep`` on the simulator) journal their time scale, and their latencies
@@ -94,6 +97,13 @@ class LedgerFit:
     """Mean completion tokens, likewise."""
     cost_usd: float | None
     """Mean dollars billed per answered call."""
+    cut: int = 0
+    """Answered calls that stopped at ``max_tokens`` (``finish_reason`` length)."""
+
+    @property
+    def cut_share(self) -> float | None:
+        """Share of the answered calls that stopped at ``max_tokens`` (None: none answered)."""
+        return self.cut / len(self.latency_s) if self.latency_s else None
 
     @property
     def p_ok(self) -> float | None:
@@ -179,7 +189,8 @@ class LedgerFit:
             "faults": {k: round(v, 4) for k, v in self.fault_rates().items()},
             "outcomes": dict(sorted(self.outcomes.items())),
             "tokens": {"prompt": _round(self.prompt_tokens, 1),
-                       "completion": _round(self.completion_tokens, 1)},
+                       "completion": _round(self.completion_tokens, 1),
+                       "cut_at_max_tokens": _round(self.cut_share)},
             "usd_per_answer": _round(self.cost_usd, 8),
         }  # fmt: skip
 
@@ -245,4 +256,5 @@ def fit_from_journal(journal: Journal, model: str) -> LedgerFit:
         prompt_tokens=mean("prompt_tokens"),
         completion_tokens=mean("completion_tokens"),
         cost_usd=mean("cost_usd"),
+        cut=sum(r["finish_reason"] == "length" for r in answered),
     )

@@ -316,7 +316,7 @@ class Journal:
         return self._rows(
             "SELECT c.run_id, c.step_id, c.attempt, c.call, c.role, c.outcome, c.prompt_tokens, "
             "c.completion_tokens, c.cost_usd, c.latency_s / r.time_scale AS latency_s, "
-            "c.cache_hit FROM calls c JOIN runs r ON r.run_id = c.run_id "
+            "c.cache_hit, c.finish_reason FROM calls c JOIN runs r ON r.run_id = c.run_id "
             "WHERE c.model = ? AND c.state = 'finished' ORDER BY c.id",
             (model,),
         )

@@ -332,13 +332,22 @@ def fit_table(f: LedgerFit, base: ModelProfile) -> Table:
                   f"{rates[field]:.4f}" if rates else "-",
                   f"{kind.replace('_', ' ')}, of calls sent")  # fmt: skip
     if f.prompt_tokens is not None and f.completion_tokens is not None:
+        cut = f.cut_share or 0.0
         t.add_row("tokens (prompt, completion)", f"{base.prompt_tokens}, {base.completion_tokens}",
-                  f"{f.prompt_tokens:.0f}, {f.completion_tokens:.0f}", "means reported")  # fmt: skip
+                  f"{f.prompt_tokens:.0f}, {f.completion_tokens:.0f}",
+                  "means reported" + (f"; {cut:.1%} of answers cut at max_tokens" if cut else ""))  # fmt: skip
     if f.cost_usd is not None:
         t.add_row("$ per answer", _usd(base.price_per_call), _usd(f.cost_usd), "billed")
+    notes = []
     if not f.judged:
-        t.caption = ("no single-call attempt was judged, so p_ok keeps the profile's: only a "
+        notes.append("no single-call attempt was judged, so p_ok keeps the profile's: only a "
                      "gate (or the simulator's check) tells a wrong answer")  # fmt: skip
+    if f.cut:
+        notes.append(f"{f.cut:,} answers stopped at max_tokens: their completion tokens are the "
+                     "cap, so the mean is what calls cost under it, and less than they would "
+                     "generate under a higher max_tokens")  # fmt: skip
+    if notes:
+        t.caption = "; ".join(notes)
     return t
 
 
