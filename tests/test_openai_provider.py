@@ -172,6 +172,9 @@ def test_an_answer_cut_at_max_tokens_is_marked_and_its_rejection_says_why(
             table = cli("ledger", doc["run_id"], "--journal", tmp_path / "cli.db").out
     assert doc["cut_at_max_tokens"] == {"a": 1}
     assert "rejected, cut at max_tokens" in table and table.count("cut at max_tokens") == 1
+    page = tmp_path / "run.html"
+    assert cli("report", doc["run_id"], "--journal", tmp_path / "cli.db", "--out", page).code == 0
+    assert "<th>finish_reason</th>" in page.read_text() and ">length<" in page.read_text()
     with ScriptedServer(script[1:]) as srv:
         spec.write_text(text.replace("{url}", srv.url))
         with fast_retries():

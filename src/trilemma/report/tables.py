@@ -698,8 +698,8 @@ def runs_table(rows: list[dict[str, Any]]) -> Table:
 
 
 LEDGER_KEYS = ("step", "attempt", "call", "role", "model", "prompt_tokens", "completion_tokens",
-               "cached_tokens", "cost_usd", "latency_s", "outcome", "cache_hit", "cache_similarity",
-               "in_flight", "idempotency_key", "error")  # fmt: skip
+               "cached_tokens", "cost_usd", "latency_s", "outcome", "finish_reason", "cache_hit",
+               "cache_similarity", "in_flight", "idempotency_key", "error")  # fmt: skip
 
 
 def ledger_row(r: dict[str, Any]) -> dict[str, Any]:
