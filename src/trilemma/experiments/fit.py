@@ -35,6 +35,7 @@ from trilemma.errors import UsageError
 from trilemma.experiments.calibrate import wilson
 from trilemma.journal import Journal
 from trilemma.plan.hedge import cut
+from trilemma.providers.base import CUT
 from trilemma.spec import ModelProfile
 
 __all__ = ["Drift", "LedgerFit", "fit_from_journal"]
@@ -256,5 +257,5 @@ def fit_from_journal(journal: Journal, model: str) -> LedgerFit:
         prompt_tokens=mean("prompt_tokens"),
         completion_tokens=mean("completion_tokens"),
         cost_usd=mean("cost_usd"),
-        cut=sum(r["finish_reason"] == "length" for r in answered),
+        cut=sum(r["finish_reason"] == CUT for r in answered),
     )

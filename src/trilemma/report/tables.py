@@ -17,6 +17,7 @@ from trilemma.plan.optimize import Candidate, OptimizeResult, meets
 from trilemma.plan.simulate import BudgetFor, SimResult
 from trilemma.plan.slots import over_rate
 from trilemma.plan.thresholds import Threshold
+from trilemma.providers.base import CUT
 from trilemma.spec import Budget, ModelProfile, Workflow
 from trilemma.spec.model import BACKOFF_BASE_S, BACKOFF_CAP_S
 
@@ -741,7 +742,7 @@ def ledger_table(run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.
             outcome = f"{r['outcome']} (cache, similarity {similarity:.3f})"
         else:
             outcome = r["outcome"] + (" (cache)" if r["cache_hit"] else "")
-        if r["finish_reason"] == "length":
+        if r["finish_reason"] == CUT:
             outcome += ", cut at max_tokens"
         if r["in_flight"]:
             outcome = "IN FLIGHT at crash: may be billed"
