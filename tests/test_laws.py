@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trilemma import estimate, workflow_from_dict
@@ -94,14 +94,34 @@ def test_reliability_is_the_product_of_step_success(spec: dict[str, Any]) -> Non
     assert 0.0 <= e.reliability <= 1.0
 
 
+CHARGED_TO_THE_FAILURE = {  # the case below: most runs fail before the ceiling refuses
+    "version": 1,
+    "models": {"m0": {"usd_per_call": 0.0, "latency_s": 1.0, "p_ok": 0.5},
+               "m1": {"usd_per_call": 1.0, "latency_s": 1.0, "p_ok": 0.5}},
+    "steps": [*({"id": f"s{i}", "model": "m0", "after": [], "retries": 0} for i in (0, 1, 2)),
+              {"id": "s3", "model": "m1", "after": [], "retries": 2, "debate_rounds": 1},
+              *({"id": f"s{i}", "model": "m0", "after": [], "retries": 0} for i in (4, 5)),
+              {"id": "s6", "model": "m1", "after": [], "retries": 0}],
+}  # fmt: skip
+
+
 @given(workflows(), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+@example(CHARGED_TO_THE_FAILURE, 0.5, 0.625)
 @settings(max_examples=60, deadline=None)
 def test_a_spend_ceiling_in_the_monte_carlo_keeps_its_laws(
     spec: dict[str, Any], a: float, b: float
 ) -> None:
-    """Under any ceiling no trajectory spends past it; a higher ceiling stops no trajectory a
+    """Under any ceiling no trajectory spends past it; a higher ceiling fails no trajectory a
     lower one lets through (the draws do not depend on the ceiling, so this holds run by
-    run); the worst case as a ceiling stops none."""
+    run); the worst case as a ceiling stops none.
+
+    Not asserted: that the runs charged to the ceiling (``ceiling_hits``) fall as it rises.
+    The executor's do, but the Monte Carlo takes one step at a time and counts the steps
+    drawn after a refused call as not sent, even one that started before it in time and
+    failed first; which failure a run is charged to then moves with the ceiling (seven
+    parallel steps, five of them free calls at p 0.5 beside a $1 refinement retried twice:
+    143 of 2,000 runs stopped under $3.50, 564 under $4.375; the executor stops 1% under
+    either, the others fail first). Its success rate keeps the law."""
     from trilemma import simulate
 
     wf = workflow_from_dict(spec)
@@ -113,5 +133,4 @@ def test_a_spend_ceiling_in_the_monte_carlo_keeps_its_laws(
         assert r.samples is not None and r.samples["cost"].max() <= cap + 1e-9
     lo_ok, hi_ok = runs[low].samples["ok"], runs[high].samples["ok"]  # type: ignore[index]
     assert not (lo_ok & ~hi_ok).any()
-    assert runs[low].ceiling_hits >= runs[high].ceiling_hits
     assert runs[worst + 1e-9].ceiling_hits == 0
