@@ -642,6 +642,21 @@ def test_a_model_failing_again_and_again_is_rested_and_its_fallback_answers_at_o
         ("sim", "fallback", "ok")] * 2  # fmt: skip
 
 
+@pytest.mark.parametrize(("advice", "sent"), [({"Retry-After": "30"}, 1), ({}, 3)],
+                         ids=["advised", "not-advised"])  # fmt: skip
+def test_an_upstream_saying_when_to_come_back_rests_its_model_at_once(
+    tmp_path: Path, advice: dict[str, str], sent: int
+) -> None:
+    """Five failures rest a model; a 503 that says "come back in 30 s" rests it at the first:
+    the next requests go straight to the fallback. Without the advice all three are tried."""
+    rule = "health: {failures: 5, cooldown_s: 60}\n"
+    with ScriptedServer([Reply(status=503, headers=advice)] * 3) as up:
+        with serving(tmp_path, fallback_config(up.url, rule)) as (url, _), client(url) as c:
+            models = [c.chat.completions.create(model="small", messages=ASK).model  # type: ignore[arg-type]
+                      for _ in range(3)]  # fmt: skip
+        assert models == ["sim"] * 3 and len(up.requests) == sent
+
+
 def test_a_stream_falls_back_before_its_first_piece(tmp_path: Path) -> None:
     with ScriptedServer([Reply(status=503)]) as up, serving(tmp_path, fallback_config(up.url)) as (url, _):
         pieces, usage = streamed(url)

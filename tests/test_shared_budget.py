@@ -295,15 +295,19 @@ def test_a_store_that_goes_away_mid_serve_refuses_with_503_and_sends_nothing(
     assert len(Journal(tmp_path / "j.db").calls(run_id_of("team-b"))) == 1  # nothing more sent
 
 
+@pytest.mark.parametrize(
+    ("advice", "failures", "sent"), [({}, 2, 2), ({"Retry-After": "30"}, 5, 1)],
+    ids=["counted", "advised"],
+)  # fmt: skip
 def test_what_one_gateway_learns_of_a_failing_model_the_other_uses(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, advice: dict[str, str], failures: int, sent: int
 ) -> None:
-    # small fails every time; after two failures seen through gateway one, gateway two sends
-    # its request straight to the fallback: the upstream sees two requests in all.
+    # small fails every time; after two failures seen through gateway one (or one failure
+    # that says when to come back), gateway two sends its request straight to the fallback.
     from trilemma.testing import Reply, ScriptedServer
 
     prefix = f"test:{uuid.uuid4().hex}"
-    with ScriptedServer([Reply(status=503)] * 5) as up:
+    with ScriptedServer([Reply(status=503, headers=advice)] * 5) as up:
         config = tmp_path / "gw.yaml"
         config.write_text(f"""version: 1
 models:
@@ -313,15 +317,15 @@ models:
 keys:
   team-a: {{key_env: TRILEMMA_GW_A}}
 fallbacks: {{small: [sim]}}
-health: {{failures: 2, cooldown_s: 60}}
+health: {{failures: {failures}, cooldown_s: 60}}
 shared: {{redis: "{redis_url}", prefix: "{prefix}"}}
 """)
         with gateway(config, tmp_path / "one.db") as one, gateway(config, tmp_path / "two.db") as two:
             served = []
-            for url in (one, one, two):
+            for url in (one, one, two) if failures == 2 else (one, two, two):
                 with openai.OpenAI(base_url=url, api_key="sk-a", max_retries=0) as c:
                     ask = [{"role": "user", "content": "q"}]
                     served.append(c.chat.completions.create(model="small", messages=ask).model)  # type: ignore[arg-type]
-        sent = len(up.requests)
+        len_sent = len(up.requests)
     assert served == ["sim", "sim", "sim"]
-    assert sent == 2
+    assert len_sent == sent

@@ -241,7 +241,8 @@ class Gateway:
                                           settings, lookup, tokens)  # fmt: skip
             if served_by in self.config.fallbacks:  # only a model with fallbacks may rest
                 failed = isinstance(outcome, ProviderError) and outcome.retryable
-                await _quietly(self.health.record(served_by, failed))
+                advice = getattr(outcome, "retry_after", None) if failed else None
+                await _quietly(self.health.record(served_by, failed, advice))
             if not (isinstance(outcome, ProviderError) and outcome.retryable):
                 break
         if isinstance(outcome, ProviderError) or outcome.status_code >= 400:
