@@ -173,10 +173,6 @@ def _contender(name: str, wf: Workflow, got: list[Trial]) -> Contender:
         latency_mean_s=math.fsum(latencies) / n,
         latency_p95_s=latencies[min(n - 1, math.ceil(0.95 * n) - 1)],
         calls_mean=sum(t.calls for t in got) / n,
-        simulated=_under_budget(wf),
+        simulated=under_budget(wf, wf.budget.deadline_s, wf.budget.max_cost_usd),
     )
 
-
-def _under_budget(wf: Workflow) -> SimResult:
-    """The Monte Carlo the runs are set beside, under the spec's budget if it has one."""
-    return under_budget(wf, wf.budget.deadline_s, wf.budget.max_cost_usd)

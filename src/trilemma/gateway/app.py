@@ -409,10 +409,8 @@ class Gateway:
             await pieces.aclose()  # type: ignore[attr-defined]
         latency = time.perf_counter() - started
         if broken is None:
-            if end is None:
-                await self._bill(call, "".join(parts), Usage(), latency)
-            else:
-                await self._bill(call, "".join(parts), end.usage, latency, end.finish_reason)
+            end = end or StreamEnd(Usage())
+            await self._bill(call, "".join(parts), end.usage, latency, end.finish_reason)
             return
         with contextlib.suppress(SetupError):  # if the store is gone, the hold lapses into this
             await self.budgets.settle(call.key, call.hold, call.hold.amount)

@@ -157,7 +157,6 @@ class OpenAIProvider:
                 )  # fmt: skip
                 body = raw.parse()
                 text = _completion_text(body)
-                finish = getattr(body.choices[0], "finish_reason", None)
             else:
                 raw_chat = await self.client.chat.completions.with_raw_response.create(
                     model=profile.model, messages=list(request.messages),  # type: ignore[arg-type]
@@ -166,8 +165,8 @@ class OpenAIProvider:
                 )  # fmt: skip
                 body = raw_chat.parse()
                 text = _text(body)
-                finish = getattr(body.choices[0], "finish_reason", None)
         latency = time.perf_counter() - started
+        finish = getattr(body.choices[0], "finish_reason", None)  # both checked it has one
         return Completion(text, _usage(body), latency,
                           finish_reason=finish if isinstance(finish, str) else None)
 

@@ -53,7 +53,15 @@ from trilemma.journal.store import (
 )
 from trilemma.plan.estimate import Estimate
 from trilemma.plan.slots import remaining_path
-from trilemma.providers.base import Completion, Message, Provider, Request, cost_of, worst_case_cost
+from trilemma.providers.base import (
+    CUT,
+    Completion,
+    Message,
+    Provider,
+    Request,
+    cost_of,
+    worst_case_cost,
+)
 from trilemma.providers.sim import simulated_pick
 from trilemma.run.budget import Clock, Reservation, SpendGuard
 from trilemma.run.gates import Check
@@ -228,6 +236,8 @@ class Session:
     backoff under way ends then, as the retry would not be sent."""
     shared: SharedSpend | None = None
     """A ceiling shared with runs in other processes, held as well as ``guard``'s."""
+    cut: bool = False
+    """An answer of this session stopped at ``max_tokens``."""
 
     async def reserve(self, amount: float) -> Reservation:
         """Hold a call's worst case under the run's ceiling and the shared one, or raise."""
@@ -423,7 +433,10 @@ class Executor:
                 r.cost_expected for r in self.predicted.per_step if results[r.id].status != "done"
             )
         cost, calls = self.journal.totals(self.run_id)
-        cut = self.journal.cut_answers(self.run_id)
+        # which steps' answers were cut, from the journal (a resumed run's earlier sessions
+        # too), read only where there may be any: most runs have none
+        resumed = bool(self.resume_from) or any(r.from_journal for r in results.values())
+        cut = self.journal.cut_answers(self.run_id) if s.cut or resumed else {}
         error = None if status == "ok" else s.stop_reason
         self.journal.update_run(
             self.run_id, status=status, finished_at=time.time(), cost_usd=cost, latency_s=latency,
@@ -682,6 +695,8 @@ class Executor:
         cost = cost_of(profile, completion.usage, hold.amount)
         s.settle(hold, cost)
         u = completion.usage
+        if completion.finish_reason == CUT:
+            s.cut = True
         note = None
         if cost > hold.amount + 1e-12:  # only an endpoint misreporting usage can do this
             note = f"billed ${cost:.6f} exceeds the reservation ${hold.amount:.6f}: the endpoint reported more tokens than max_tokens and the prompt allow"
