@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from pathlib import Path
 
@@ -63,3 +64,29 @@ def test_cli_report_writes_the_page_and_refuses_an_unknown_run(cli, tmp_path: Pa
     assert missing.code == 2 and "'nope' is not in" in missing.err
     no_journal = cli("report", "x", "--journal", tmp_path / "none.db")
     assert no_journal.code == 2 and "none.db" in no_journal.err
+
+
+def test_a_run_is_named_by_latest_or_a_part_of_its_id(cli, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    assert cli("ledger", "latest", "--journal", db).code == 2  # no journal yet
+    Journal(db).close()
+    none = cli("ledger", "latest", "--journal", db)
+    assert none.code == 2 and "no run is in" in none.err and "trilemma runs" in none.err
+    first, second = (cli("run", spec, "--journal", db, "--seed", str(s), "--json").json()["run_id"]
+                     for s in (1, 2))  # fmt: skip
+    assert Journal(db).run_ids("latest") == [second]
+    for ref, named in (("latest", second), (first, first), (first[:-3], first),
+                       (first.split("-")[1], first), (second[-5:], second)):  # fmt: skip
+        shown = cli("ledger", ref, "--journal", db)
+        assert shown.code == 0 and f"Ledger of {named}" in shown.out, ref
+    exported = cli("export", first.split("-")[1], "--journal", db).out.splitlines()
+    assert json.loads(exported[0])["run_id"] == first
+    out = tmp_path / "latest.html"
+    assert cli("report", "latest", "--journal", db, "--out", out).code == 0
+    assert f"Run {second}" in out.read_text()
+    both = cli("ledger", first[:8], "--journal", db)  # the date both ids begin with
+    assert both.code == 2 and "more than one run" in both.err
+    assert first in both.err and second in both.err and "give more of the id" in both.err
+    assert cli("ledger", "", "--journal", db).code == 2  # an empty part names nothing

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from trilemma.errors import TrilemmaError, UsageError
 from trilemma.spec.model import MAX_SECONDS, MAX_SEED, MAX_USD
+
+if TYPE_CHECKING:
+    from trilemma.journal import Journal
 
 __all__ = [
     "DEFAULT_JOURNAL",
@@ -33,6 +36,8 @@ __all__ = [
     "positive",
     "progress",
     "run",
+    "run_id_of",
+    "run_ref",
     "seconds",
     "seed_option",
     "stdout_console",
@@ -131,6 +136,29 @@ def writable(flag: str, path: Path | None) -> None:
 JournalOpt = Annotated[
     Path, typer.Option("--journal", help="The journal (SQLite) file.", show_default=True)
 ]
+
+
+def run_ref(help: str) -> Any:
+    """A run's argument: its id, ``latest``, or enough of the id to name one run."""
+    return typer.Argument(
+        help=f"{help} Its id (see trilemma runs), `latest`, or a part that names one run: "
+        "the id's start or its hex end.",
+        show_default=False,
+    )
+
+
+def run_id_of(journal: Journal, ref: str) -> str:
+    """The id of the one run ``ref`` names in ``journal`` (see :meth:`Journal.run_ids`);
+    UsageError when it names none, or more than one."""
+    found = journal.run_ids(ref)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        what = "no run is" if ref == "latest" else f"run {ref!r} is not"
+        raise UsageError(f"{what} in {journal.path}; `trilemma runs` lists the runs there")
+    shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+    raise UsageError(f"run {ref!r} names more than one run in {journal.path} ({shown}); "
+                     "give more of the id")  # fmt: skip
 
 
 def iso(epoch: float | None) -> str | None:

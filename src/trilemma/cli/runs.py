@@ -26,6 +26,8 @@ from trilemma.cli._common import (
     parse_inputs,
     positive,
     progress,
+    run_id_of,
+    run_ref,
     seconds,
     seed_option,
     stdout_console,
@@ -363,7 +365,7 @@ def runs(
 
 @app.command("resume", rich_help_panel="Run and read the journal")
 def resume_cmd(
-    run_id: Annotated[str, typer.Argument(help="The run to finish (see trilemma runs).")],
+    run_id: Annotated[str, run_ref("The run to finish.")],
     journal: JournalOpt = DEFAULT_JOURNAL,
     deadline: Annotated[
         float | None, seconds("A new deadline, seconds from now.")
@@ -382,12 +384,14 @@ def resume_cmd(
     A run started with --shared-budget goes on under that shared ceiling.
 
     Example: trilemma resume 20261124T053000Z-1a2b3c4d
+    Example: trilemma resume latest
     """
     from trilemma.journal import Journal
     from trilemma.run.session import resume
 
     shared, tier = _shared(shared_budget, shared_cache, redis)
     j = Journal(journal, create=False)
+    run_id = run_id_of(j, run_id)
     row = j.run(run_id)
     spec = json.loads(row["spec_json"]) if row else {}
     steps = len(spec.get("steps", []))
@@ -404,7 +408,7 @@ def resume_cmd(
 
 @app.command(rich_help_panel="Run and read the journal")
 def export(
-    run_id: Annotated[str, typer.Argument(help="The run to export.")],
+    run_id: Annotated[str, run_ref("The run to export.")],
     journal: JournalOpt = DEFAULT_JOURNAL,
     out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
 ) -> int:
@@ -415,10 +419,7 @@ def export(
     from trilemma.journal import Journal
 
     j = Journal(journal, create=False)
-    if j.run(run_id) is None:
-        raise UsageError(
-            f"run {run_id!r} is not in {journal}; `trilemma runs` lists the runs there"
-        )
+    run_id = run_id_of(j, run_id)
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in j.export(run_id))
     if out is None:
         sys.stdout.write(lines)
@@ -487,22 +488,21 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
 
 @app.command(rich_help_panel="Run and read the journal")
 def ledger(
-    run_id: Annotated[str, typer.Argument(help="A run id (see trilemma runs).")],
+    run_id: Annotated[str, run_ref("The run.")],
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonFlag = False,
 ) -> int:
     """One record per LLM call of a run: tokens, cost, latency, outcome, cache hit.
 
-    Example: trilemma ledger 20261124T053000Z-1a2b3c4d --json
+    Example: trilemma ledger latest --json
+    Example: trilemma ledger 1a2b3c4d
     """
     from trilemma.journal import Journal
 
     j = Journal(journal, create=False)
+    run_id = run_id_of(j, run_id)
     run = j.run(run_id)
-    if run is None:
-        raise UsageError(
-            f"run {run_id!r} is not in {journal}; `trilemma runs` lists the runs there"
-        )
+    assert run is not None
     rows = [tables.ledger_row(r) for r in j.calls(run_id)]
     if as_json:
         emit_json(rows)
@@ -513,7 +513,7 @@ def ledger(
 
 @app.command(rich_help_panel="Run and read the journal")
 def report(
-    run_id: Annotated[str, typer.Argument(help="A run id (see trilemma runs), or a batch id.")],
+    run_id: Annotated[str, run_ref("The run, or a batch's id.")],
     journal: JournalOpt = DEFAULT_JOURNAL,
     out: Annotated[
         Path | None, typer.Option("--out", help="The HTML file (default: report-ID.html).")
@@ -521,7 +521,7 @@ def report(
 ) -> int:
     """One self-contained HTML page for a run (predicted beside measured, timeline, ledger) or a batch.
 
-    Example: trilemma report 20261124T053000Z-1a2b3c4d --out run.html
+    Example: trilemma report latest --out run.html
     Example: trilemma report batch-20261124T053000Z-1a2b3c4d
     """
     from trilemma.journal import Journal
@@ -529,6 +529,8 @@ def report(
 
     j = Journal(journal, create=False)
     is_batch = j.run(run_id) is None and bool(j.batch_runs(run_id))
+    if not is_batch:
+        run_id = run_id_of(j, run_id)
     page = batch_report(j, run_id) if is_batch else run_report(j, run_id)
     path = out or Path(f"report-{run_id}.html")
     write_atomic(path, page)

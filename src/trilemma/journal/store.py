@@ -264,6 +264,23 @@ class Journal:
         rows = self._runs("WHERE runs.run_id = ?", (run_id,))
         return rows[0] if rows else None
 
+    def run_ids(self, ref: str, limit: int = 4) -> list[str]:
+        """The ids of the runs ``ref`` may name, newest first (at most ``limit``): ``latest``
+        names the newest run; any other ref the run of that id, else those whose id begins
+        or ends with it (its date, or the random hex after the dash, is enough)."""
+        if ref == "latest":
+            return [r["run_id"] for r in self._rows(
+                "SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1")]  # fmt: skip
+        exact = self._rows("SELECT run_id FROM runs WHERE run_id = ?", (ref,))
+        if exact or not ref:
+            return [r["run_id"] for r in exact]
+        rows = self._rows(
+            "SELECT run_id FROM runs WHERE substr(run_id, 1, length(?1)) = ?1 "
+            "OR substr(run_id, -length(?1)) = ?1 ORDER BY started_at DESC, run_id DESC LIMIT ?2",
+            (ref, limit),
+        )
+        return [r["run_id"] for r in rows]
+
     def batch_runs(self, batch_id: str) -> dict[int, dict[str, Any]]:
         """A batch's runs by their line in its inputs."""
         rows = self._runs("WHERE runs.batch_id = ? ORDER BY runs.started_at", (batch_id,))
