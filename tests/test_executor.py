@@ -442,6 +442,10 @@ def test_cli_run_json_contract_and_ledger(cli, tmp_path: Path) -> None:
     assert sum(x["cost_usd"] or 0 for x in ledger) == pytest.approx(d["cost_usd"])
     table = cli("run", EXAMPLES / "diamond.yaml", "--journal", db, "--seed", "4")
     assert "predicted" in table.out and "measured" in table.out
+    lines = cli("runs", "--journal", db).out.splitlines()
+    column = [c.strip() for c in next(x for x in lines if "run_id" in x).split("┃")].index("seed")
+    seeds = [x.split("│")[column].strip() for x in lines if d["run_id"][:8] in x]
+    assert seeds == ["4", "4"]  # the seed that repeats each run
 
 
 def test_ledger_of_an_unknown_run_is_bad_input(cli, tmp_path: Path) -> None:

@@ -685,14 +685,16 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
 
 
 def runs_table(rows: list[dict[str, Any]]) -> Table:
-    """``trilemma runs``."""
+    """``trilemma runs`` (the seed: ``trilemma run SPEC --seed N`` draws a run's faults again)."""
     t = Table(title=f"{len(rows)} run{'' if len(rows) == 1 else 's'}, newest first", title_justify="left")
     tenants = any(r.get("tenant") for r in rows)  # a column only when some run has one
-    for col in ("run_id", "status", "started_at", "cost", "calls", "spec", *["tenant"] * tenants):
+    for col in ("run_id", "status", "started_at", "cost", "calls", "seed", "spec",
+                *["tenant"] * tenants):  # fmt: skip
         t.add_column(col)
     for r in rows:
         when = dt.datetime.fromtimestamp(r["started_at"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        cells = [r["run_id"], r["status"], when, _usd(r["cost_usd"]), str(r["calls"]),
+        seed = "" if r.get("seed") is None else str(r["seed"])
+        cells = [r["run_id"], r["status"], when, _usd(r["cost_usd"]), str(r["calls"]), seed,
                  r["spec_source"]]  # fmt: skip
         t.add_row(*cells, *[r.get("tenant") or ""] * tenants)
     return t
