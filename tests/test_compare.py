@@ -204,3 +204,25 @@ def test_a_missing_or_unknown_input_stops_compare_before_any_run(cli, tmp_path: 
             "--journal", str(journal), *args)  # fmt: skip
     assert r.code == 2 and says in r.err and "Traceback" not in r.err
     assert not journal.exists() or not Journal(journal).runs()
+
+
+def test_most_reliable_says_when_its_runs_cannot_tell_the_two_apart(write, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from trilemma.report.tables import compare_table
+
+    model = "models: {m: {usd_per_call: %s, latency_s: 0.1, p_ok: %s}}\n"
+    cheap = write("version: 1\n" + model % (0.001, 0.5) + "steps: [{id: a, model: m}]\n", "a.yaml")
+    sure = write("version: 1\n" + model % (0.03, 1.0) + "steps: [{id: a, model: m}]\n", "b.yaml")
+    specs = [(p.name, load_workflow(p)) for p in (cheap, sure)]
+
+    def verdict(runs: int) -> str:
+        rows = compare(specs, runs, Journal(tmp_path / f"{runs}.db"), time_scale=0.001)
+        console = Console(width=400, record=True)
+        console.print(compare_table(rows, 0.001))
+        return next(x for x in console.export_text().splitlines() if x.startswith("Most reliable"))
+
+    assert verdict(10).endswith("but 10 runs each do not tell the two apart (their 95% "
+                                "intervals overlap; more --runs narrow them).")  # fmt: skip
+    separate = verdict(200)  # about half against all: the intervals part
+    assert separate.startswith("Most reliable: b.yaml (100.00% against ") and "apart" not in separate

@@ -916,10 +916,12 @@ def compare_table(rows: Sequence[Contender], time_scale: float) -> Group:
         lines.append(f"Best quality per dollar: {best.name}, {ratio:.1f}x {second.name}.")
         surest = max(rows, key=lambda r: r.success_rate)
         if surest is not best:
-            lines.append(
-                f"Most reliable: {surest.name} ({_pct(surest.success_rate)} against "
-                f"{_pct(best.success_rate)}), at {_usd(surest.cost_mean)} a run."
-            )
+            line = (f"Most reliable: {surest.name} ({_pct(surest.success_rate)} against "
+                    f"{_pct(best.success_rate)}), at {_usd(surest.cost_mean)} a run")  # fmt: skip
+            if surest.ci95[0] <= best.ci95[1]:  # what the runs measured does not separate them
+                line += (f"; but {runs:,} runs each do not tell the two apart (their 95% "
+                         "intervals overlap; more --runs narrow them)")  # fmt: skip
+            lines.append(line + ".")
     lines += _scaled(time_scale)
     return Group(t, Text("\n".join(lines)))
 
