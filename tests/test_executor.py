@@ -442,6 +442,11 @@ def test_cli_run_json_contract_and_ledger(cli, tmp_path: Path) -> None:
     assert sum(x["cost_usd"] or 0 for x in ledger) == pytest.approx(d["cost_usd"])
     table = cli("run", EXAMPLES / "diamond.yaml", "--journal", db, "--seed", "4")
     assert "predicted" in table.out and "measured" in table.out
+    said = " ".join(table.out.split())  # the next commands, however the terminal wraps them
+    follow = said.split("next: ")[1].split(" (every call)")[0].split()
+    assert follow[:2] == ["trilemma", "ledger"] and follow[3:] == ["--journal", str(db)]
+    assert f"-{follow[2]}: " in said  # the end of the id of the run just made ("Run ID: ok")
+    assert cli(*follow[1:], "--json").code == 0
     lines = cli("runs", "--journal", db).out.splitlines()
     column = [c.strip() for c in next(x for x in lines if "run_id" in x).split("┃")].index("seed")
     seeds = [x.split("│")[column].strip() for x in lines if d["run_id"][:8] in x]

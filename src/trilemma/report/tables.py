@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from trilemma.journal.store import DEFAULT_PATH
 from trilemma.plan.estimate import Estimate, held_worst
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
 from trilemma.plan.hedge import timeouts
@@ -605,7 +607,16 @@ def run_view(r: Any, under: SimResult | None = None) -> Group:
     parts: list[Table | Text] = [t, st]
     if r.cut:
         parts.append(Text(cut_line(r.cut), style="yellow"))
-    return Group(*parts, Text(f"journal: {r.journal}", style="dim"))
+    return Group(*parts, Text(f"journal: {r.journal}\n{follow_up(r.run_id, r.journal)}",
+                              style="dim"))  # fmt: skip
+
+
+def follow_up(run_id: str, journal: str) -> str:
+    """The commands that read a run on, naming it by its id's hex end (which stays its own
+    as more runs come; the journal's flag only where it is not the default)."""
+    flag = "" if Path(journal) == DEFAULT_PATH else f" --journal {journal}"
+    short = run_id.rsplit("-", 1)[-1]
+    return f"next: trilemma ledger {short}{flag} (every call), trilemma report {short}{flag} (a page)"
 
 
 def cut_line(cut: dict[str, int]) -> str:
