@@ -62,6 +62,10 @@ def test_every_line_is_a_journaled_run_of_its_own_inputs(tmp_path: Path, cli) ->
     assert f"line 3 of {got['batch_id']}" in head
     table = cli("batch", spec, "--inputs", lines, "--journal", db)
     assert table.code == 0 and "6 runs, ok" in table.out and "6 of 6" in table.out
+    said = " ".join(table.out.split())  # the next commands, however the terminal wraps them
+    report = said.split("next: ")[1].split(" (a page)")[0].split()
+    assert report[:2] == ["trilemma", "report"] and report[2].startswith("batch-")
+    assert cli(*report[1:], "--out", tmp_path / "b.html").code == 0
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -613,10 +613,14 @@ def run_view(r: Any, under: SimResult | None = None) -> Group:
 
 def follow_up(run_id: str, journal: str) -> str:
     """The commands that read a run on, naming it by its id's hex end (which stays its own
-    as more runs come; the journal's flag only where it is not the default)."""
-    flag = "" if Path(journal) == DEFAULT_PATH else f" --journal {journal}"
-    short = run_id.rsplit("-", 1)[-1]
+    as more runs come)."""
+    short, flag = run_id.rsplit("-", 1)[-1], _journal_flag(journal)
     return f"next: trilemma ledger {short}{flag} (every call), trilemma report {short}{flag} (a page)"
+
+
+def _journal_flag(journal: str) -> str:
+    """``--journal PATH`` for a command reading ``journal``; nothing for the default one."""
+    return "" if Path(journal) == DEFAULT_PATH else f" --journal {journal}"
 
 
 def cut_line(cut: dict[str, int]) -> str:
@@ -669,7 +673,9 @@ def batch_view(b: Any, shown: int = 10) -> Group:
         parts.append(lt)
         if len(bad) > shown:
             parts.append(Text(f"... and {len(bad) - shown} more (--json or --out lists every line)"))
-    parts.append(Text(f"journal: {b.journal}", style="dim"))
+    flag = _journal_flag(b.journal)
+    parts.append(Text(f"journal: {b.journal}\nnext: trilemma report {b.batch_id}{flag} (a page), "
+                      f"trilemma runs --batch {b.batch_id}{flag} (its runs)", style="dim"))  # fmt: skip
     return Group(*parts)
 
 
