@@ -223,6 +223,19 @@ def test_most_reliable_says_when_its_runs_cannot_tell_the_two_apart(write, tmp_p
         return next(x for x in console.export_text().splitlines() if x.startswith("Most reliable"))
 
     assert verdict(10).endswith("but 10 runs each do not tell the two apart (their 95% "
-                                "intervals overlap; more --runs narrow them).")  # fmt: skip
+                                "intervals overlap). The planner's 100.00% and 49.90% take "
+                                "about 11 runs each to tell apart (--runs; 95% confidence, "
+                                "80% power).")  # fmt: skip
     separate = verdict(200)  # about half against all: the intervals part
     assert separate.startswith("Most reliable: b.yaml (100.00% against ") and "apart" not in separate
+
+
+def test_runs_to_tell_two_success_rates_apart() -> None:
+    from trilemma.experiments.compare import runs_to_tell_apart
+
+    # one premium call (98.55%) against a three-agent debate (99.52%): a textbook
+    # two-proportion sample size, (1.96 sqrt(2 pq) + 0.84 sqrt(p1q1 + p2q2))^2 / d^2
+    assert runs_to_tell_apart(0.9855, 0.9952) == runs_to_tell_apart(0.9952, 0.9855) == 1594
+    assert runs_to_tell_apart(0.9855, 0.9952, power=0.9) > 1594  # surer, dearer
+    assert runs_to_tell_apart(0.9, 0.95) < runs_to_tell_apart(0.9, 0.92)  # closer, dearer
+    assert runs_to_tell_apart(0.9, 0.9) is None and runs_to_tell_apart(0.9, 0.90005) is None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 from trilemma.errors import UsageError
@@ -34,7 +35,10 @@ from trilemma.plan.simulate import SimResult, under_budget
 from trilemma.run.session import check_inputs
 from trilemma.spec import Workflow
 
-__all__ = ["Contender", "compare"]
+__all__ = ["Contender", "compare", "runs_to_tell_apart"]
+
+ALIKE = 1e-4
+"""Success rates predicted closer than this are alike: no number of runs is worth it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,11 @@ class Contender:
     def quality_per_dollar(self) -> float | None:
         """Measured success per mean dollar spent (None when nothing was spent)."""
         return self.success_rate / self.cost_mean if self.cost_mean > 0 else None
+
+    def runs_against(self, other: Contender) -> int | None:
+        """Runs of each that would tell this spec's success from ``other``'s, at the
+        rates the Monte Carlo predicts (:func:`runs_to_tell_apart`)."""
+        return runs_to_tell_apart(self.simulated.success_rate, other.simulated.success_rate)
 
     def to_json(self) -> dict[str, Any]:
         """A row of ``trilemma compare --json``."""
@@ -176,3 +185,19 @@ def _contender(name: str, wf: Workflow, got: list[Trial]) -> Contender:
         simulated=under_budget(wf, wf.budget.deadline_s, wf.budget.max_cost_usd),
     )
 
+
+def runs_to_tell_apart(p1: float, p2: float, confidence: float = 0.95, power: float = 0.8) -> int | None:
+    """Runs of each of two specs that tell success rates ``p1`` and ``p2`` apart: a
+    two-sided test at ``confidence`` finds the difference ``power`` of the time (the
+    normal approximation for two proportions). None where they are alike (:data:`ALIKE`).
+
+    The planner's 98.55% for one premium call against 99.52% for a three-agent debate
+    takes about 1,600 runs of each; 200 cannot rank them.
+    """
+    if abs(p1 - p2) < ALIKE:
+        return None
+    z = NormalDist()
+    mean = (p1 + p2) / 2.0
+    spread = (z.inv_cdf(1.0 - (1.0 - confidence) / 2.0) * math.sqrt(2.0 * mean * (1.0 - mean))
+              + z.inv_cdf(power) * math.sqrt(p1 * (1.0 - p1) + p2 * (1.0 - p2)))  # fmt: skip
+    return math.ceil(spread**2 / (p1 - p2) ** 2)

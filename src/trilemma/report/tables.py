@@ -937,10 +937,20 @@ def compare_table(rows: Sequence[Contender], time_scale: float) -> Group:
                     f"{_pct(best.success_rate)}), at {_usd(surest.cost_mean)} a run")  # fmt: skip
             if surest.ci95[0] <= best.ci95[1]:  # what the runs measured does not separate them
                 line += (f"; but {runs:,} runs each do not tell the two apart (their 95% "
-                         "intervals overlap; more --runs narrow them)")  # fmt: skip
+                         f"intervals overlap). {_to_tell_apart(surest, best)}")  # fmt: skip
             lines.append(line + ".")
     lines += _scaled(time_scale)
     return Group(t, Text("\n".join(lines)))
+
+
+def _to_tell_apart(a: Contender, b: Contender) -> str:
+    """How many runs would rank ``a``'s and ``b``'s success, by the planner's figures."""
+    pa, pb = a.simulated.success_rate, b.simulated.success_rate
+    n = a.runs_against(b)
+    if n is None:
+        return f"The planner predicts the two alike ({_pct(pa)})"
+    return (f"The planner's {_pct(pa)} and {_pct(pb)} take about {n:,} runs each to tell "
+            "apart (--runs; 95% confidence, 80% power)")
 
 
 def _scaled(time_scale: float) -> list[str]:
