@@ -233,6 +233,22 @@ def test_runs_must_be_a_positive_integer(cli, runs: str) -> None:
     assert "--runs" in r.err
 
 
+@pytest.mark.parametrize("command", ["simulate", "demo"])
+def test_a_monte_carlo_too_big_for_memory_is_refused_before_it_starts(cli, command: str) -> None:
+    # 1e9 trajectories would take ~70 GB: the OOM killer ended such a run, with no message
+    args = [EXAMPLES / "diamond.yaml"] if command == "simulate" else []
+    r = cli(command, *args, "--runs", "1000000000")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1
+    assert "--runs 1,000,000,000" in r.err and "about 70 GB" in r.err
+    assert "give at most 20,000,000" in r.err and r.out == ""  # refused before anything ran
+    from trilemma import load_workflow
+    from trilemma.errors import UsageError
+    from trilemma.plan.simulate import MAX_RUNS, simulate
+
+    with pytest.raises(UsageError, match="give at most"):
+        simulate(load_workflow(EXAMPLES / "diamond.yaml"), MAX_RUNS + 1)
+
+
 @pytest.mark.parametrize(
     "args",
     [

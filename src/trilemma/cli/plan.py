@@ -29,7 +29,7 @@ from trilemma.plan import book as book_mod
 from trilemma.plan.estimate import estimate as estimate_wf
 from trilemma.plan.exercises import debate_vs_retry, routing_sweep, ticket_spend
 from trilemma.plan.optimize import optimize as optimize_wf
-from trilemma.plan.simulate import SimResult, check_seed, under_budget
+from trilemma.plan.simulate import SimResult, check_runs, check_seed, under_budget
 from trilemma.plan.simulate import simulate as simulate_wf
 from trilemma.plan.thresholds import hedge_thresholds, parse_thresholds
 from trilemma.report import tables
@@ -139,7 +139,7 @@ def simulate(
 
     Example: trilemma simulate examples/jittery.yaml --deadline-for 0.95
     """  # fmt: skip
-    positive("--runs", runs)
+    check_runs(positive("--runs", runs))
     writable("--plot", plot)
     wf = load_workflow(spec)
     overrides = {
@@ -462,7 +462,7 @@ def demo(
     """
     from trilemma.examples import example_path
 
-    positive("--runs", runs)
+    check_runs(positive("--runs", runs))
     console = stdout_console()
     console.rule("1. The seed's Output 32.10.1, recomputed (trilemma book)")
     console.print(book_mod.book_report(), markup=False)
