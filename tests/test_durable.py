@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import sqlite3
@@ -697,3 +698,40 @@ def test_a_shared_commit_waits_for_the_commit_that_took_its_records(journal_r: J
     asyncio.run(main())
     assert early == []
     assert len(journal_r.calls("r")) == 3
+
+
+def test_ctrl_c_names_the_run_and_the_command_that_finishes_it(cli, tmp_path: Path) -> None:
+    import signal
+
+    spec = tmp_path / "two.yaml"
+    spec.write_text("version: 1\nmodels:\n  quick: {usd_per_call: 0.01, latency_s: 0.05, p_ok: 1.0}\n"
+                    "  slow: {usd_per_call: 0.01, latency_s: 5, p_ok: 1.0}\n"
+                    "steps: [{id: a, model: quick}, {id: b, model: slow, after: [a]}]\n")  # fmt: skip
+    db = tmp_path / "j.db"
+    proc = subprocess.Popen([sys.executable, "-m", "trilemma", "run", str(spec), "--journal", str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline, done = time.monotonic() + 30, False
+        while not done and time.monotonic() < deadline:  # until step a is in the journal
+            time.sleep(0.05)
+            with contextlib.suppress(NotAJournal, JournalError):
+                seen = Journal(db, create=False)
+                done = any(seen.steps(r["run_id"]).get("a") for r in seen.runs())
+                seen.close()
+        assert done, "step a never reached the journal"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    (run,) = Journal(db).runs()
+    short = run["run_id"].rsplit("-", 1)[-1]
+    assert proc.returncode == 130 and out == ""  # no table for a run that did not end
+    assert err.strip() == (f"trilemma: interrupted; run {run['run_id']} keeps the steps that "
+                           f"finished: `trilemma resume {short} --journal {db}` goes on without "
+                           "calling them again")  # fmt: skip
+    assert run["status"] == "running"  # until resumed: doctor lists it as interrupted
+    finished = cli("resume", short, "--journal", db, "--json").json()
+    assert finished["status"] == "ok" and finished["run_id"] == run["run_id"]
+    sent = [c["step_id"] for c in Journal(db).calls(run["run_id"])]
+    assert sent.count("a") == 1 and sent[-1] == "b"  # a came from the journal; b was called

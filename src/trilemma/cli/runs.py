@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -114,7 +115,8 @@ def run_cmd(
     check_inputs(wf, values, str(spec))  # before the journal is opened (or made)
     _load_embedder(wf, show=not as_json)
     ceiling, limit = wf.budget.resolve(max_cost, deadline)
-    with _RunDisplay(len(wf.steps), ceiling, limit, enabled=not as_json) as display:
+    with _on_interrupt(journal), _RunDisplay(len(wf.steps), ceiling, limit,
+                                             enabled=not as_json) as display:  # fmt: skip
         result = execute(wf, journal=Journal(journal), inputs=values, max_cost_usd=max_cost,
                          deadline_s=deadline, seed=seed, source=str(spec),
                          on_event=display.update, tenant=tenant, shared=shared,
@@ -216,7 +218,7 @@ def batch_cmd(
             out.open("a", encoding="utf-8").close()
         except OSError as exc:
             raise UsageError(f"--out {out}: cannot write: {exc.strerror}") from None
-    with contextlib.ExitStack() as stack:
+    with _on_interrupt(journal), contextlib.ExitStack() as stack:
         sink: Any = None
         bar = stack.enter_context(progress(not as_json and sys.stderr.isatty()))
         task = bar.add_task("runs", total=len(lines))
@@ -275,6 +277,36 @@ def _exit(result: Any, name: str) -> int:
         sys.stderr.write(f"trilemma: {name} {result.status}: {result.error}\n")
         return 1
     return 0
+
+
+@contextlib.contextmanager
+def _on_interrupt(journal: Path) -> Iterator[None]:
+    """Ctrl-C in a run, a resume or a batch: one line on stderr naming what stopped and the
+    command that goes on with it, then exit 130. The executor's journal writer commits as
+    the run unwinds, so the journal keeps every step that finished; the run's row says
+    ``running`` until it is resumed (``trilemma doctor`` lists it as interrupted)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from trilemma.journal import Journal
+
+        mine: list[dict[str, Any]] = []
+        with contextlib.suppress(Exception):  # no journal yet, or one that cannot be read
+            mine = [r for r in Journal(journal, create=False).runs(status="running")
+                    if r["pid"] == os.getpid()]  # fmt: skip
+        flag = "" if journal == DEFAULT_JOURNAL else f" --journal {journal}"
+        batch = mine[0]["batch_id"] if mine else None
+        if batch:
+            said = (f"; {batch} keeps the lines and steps that finished: the same command "
+                    f"with --resume {batch} goes on")  # fmt: skip
+        elif mine:
+            run_id = mine[0]["run_id"]
+            said = (f"; run {run_id} keeps the steps that finished: `trilemma resume "
+                    f"{run_id.rsplit('-', 1)[-1]}{flag}` goes on without calling them again")  # fmt: skip
+        else:
+            said = ""
+        sys.stderr.write(f"trilemma: interrupted{said}\n")
+        raise typer.Exit(130) from None
 
 
 def _load_embedder(wf: Any, show: bool) -> None:
@@ -397,7 +429,7 @@ def resume_cmd(
     steps = len(spec.get("steps", []))
     if steps:  # a workflow's run (not a gateway key's)
         _load_embedder(workflow_from_dict(spec, run_id), show=not as_json)
-    with _RunDisplay(
+    with _on_interrupt(journal), _RunDisplay(
         steps, max_cost or (row or {}).get("max_cost_usd"), deadline, enabled=not as_json
     ) as display:
         result = resume(j, run_id, deadline_s=deadline, max_cost_usd=max_cost, force=force,
