@@ -354,3 +354,29 @@ def test_an_id_that_is_not_utf8_is_a_usage_error(cli, tmp_path: Path, args: list
         f"trilemma: error: {NOT_UTF8!r}: holds bytes that are not UTF-8 text; give names and "
         "ids as UTF-8"
     )
+
+
+def test_ctrl_c_in_a_long_command_says_so_and_exits_130(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "trilemma", "simulate", str(EXAMPLES / "ticket.yaml"),
+                             "--runs", "20000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    def cpu_s() -> float:  # the process's CPU time: imports take under 1 s, the Monte Carlo ~8
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    try:
+        deadline = time.monotonic() + 60
+        while cpu_s() < 2.5 and time.monotonic() < deadline:  # well inside the Monte Carlo
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (proc.returncode, out, err) == (130, "", "trilemma: interrupted\n")

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -31,6 +31,7 @@ __all__ = [
     "app",
     "dollars",
     "emit_json",
+    "interrupted",
     "iso",
     "main",
     "positive",
@@ -182,6 +183,8 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return its exit code instead of exiting."""
+    global _said_interrupted
+    _said_interrupted = False
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="trilemma", standalone_mode=False)
@@ -207,7 +210,23 @@ def main(argv: list[str] | None = None) -> int:
             raise
         sys.stderr.write(f"trilemma: error: input too large or deep ({type(exc).__name__})\n")
         return 2
+    if rv == INTERRUPTED and not _said_interrupted:  # typer's silent exit on Ctrl-C
+        sys.stderr.write("trilemma: interrupted\n")
     return rv if isinstance(rv, int) else 0
+
+
+INTERRUPTED = 130
+"""The exit code after Ctrl-C (128 + SIGINT, as shells report it)."""
+_said_interrupted = False
+
+
+def interrupted(said: str = "") -> NoReturn:
+    """Stop a command that Ctrl-C interrupted: ``trilemma: interrupted`` and ``said`` (what
+    stopped and how to go on) on stderr, exit 130."""
+    global _said_interrupted
+    _said_interrupted = True
+    sys.stderr.write(f"trilemma: interrupted{said}\n")
+    raise typer.Exit(INTERRUPTED)
 
 
 def _not_utf8(exc: UnicodeEncodeError, argv: list[str]) -> str | None:

@@ -23,6 +23,7 @@ from trilemma.cli._common import (
     app,
     dollars,
     emit_json,
+    interrupted,
     iso,
     parse_inputs,
     positive,
@@ -305,8 +306,7 @@ def _on_interrupt(journal: Path) -> Iterator[None]:
                     f"{run_id.rsplit('-', 1)[-1]}{flag}` goes on without calling them again")  # fmt: skip
         else:
             said = ""
-        sys.stderr.write(f"trilemma: interrupted{said}\n")
-        raise typer.Exit(130) from None
+        interrupted(said)
 
 
 def _load_embedder(wf: Any, show: bool) -> None:
