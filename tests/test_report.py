@@ -90,3 +90,30 @@ def test_a_run_is_named_by_latest_or_a_part_of_its_id(cli, tmp_path: Path) -> No
     assert both.code == 2 and "more than one run" in both.err
     assert first in both.err and second in both.err and "give more of the id" in both.err
     assert cli("ledger", "", "--journal", db).code == 2  # an empty part names nothing
+
+
+def test_the_runs_table_lists_the_newest_thirty_and_says_how_many_there_are(
+    cli, tmp_path: Path
+) -> None:
+    db = tmp_path / "j.db"
+    journal = Journal(db)
+    for i in range(35):  # compare and sweep journal hundreds of runs like these
+        journal.create_run({"run_id": f"20261204T0000{i:02d}Z-{i:08x}", "spec_source": "s.yaml",
+                            "spec_json": "{}", "spec_hash": "h", "inputs_json": "{}", "seed": i,
+                            "status": "ok" if i % 5 else "failed", "started_at": 1e9 + i,
+                            "predicted_json": "{}"})  # fmt: skip
+    journal.close()
+
+    def listed(*args: str) -> tuple[str, list[str]]:
+        out = cli("runs", "--journal", db, *args).out
+        return " ".join(out.splitlines()[0].split()), [x.split("│")[1].strip()
+                                                      for x in out.splitlines() if "│" in x]  # fmt: skip
+
+    title, ids = listed()
+    assert title == "35 runs, newest first (the newest 30 shown: --limit N for more, --json for every run)"
+    assert ids[0] == "20261204T000034Z-00000022" and len(ids) == 30  # newest first
+    title, ids = listed("--limit", "40")
+    assert title == "35 runs, newest first" and len(ids) == 35
+    title, ids = listed("--status", "failed")
+    assert title == "7 runs, newest first" and len(ids) == 7
+    assert len(cli("runs", "--journal", db, "--json").json()) == 35  # JSON lists every run

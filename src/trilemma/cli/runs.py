@@ -369,7 +369,8 @@ def runs(
         str | None, typer.Option(help="Only the runs of this batch.", show_default=False)
     ] = None,
     limit: Annotated[
-        int | None, typer.Option(help="Only the newest N.", show_default=False)
+        int | None, typer.Option(help=f"Only the newest N (the table: {TABLE_RUNS} unless "
+                                 "given; --json: every run).", show_default=False)
     ] = None,
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonFlag = False,
@@ -384,15 +385,23 @@ def runs(
         raise UsageError(f"--status {status!r}: give one of {', '.join(RUN_STATUSES)}")
     if limit is not None:
         positive("--limit", limit)
-    rows = Journal(journal, create=False).runs(status=status, batch_id=batch, limit=limit)
+    j = Journal(journal, create=False)
+    shown = limit if limit is not None or as_json else TABLE_RUNS
+    rows = j.runs(status=status, batch_id=batch, limit=shown)
     if as_json:
         keys = ("run_id", "status", "cost_usd", "calls", "latency_s", "spec_source", "error",
                 "tenant", "batch_id", "batch_line", "shared_budget", "time_scale", "seed")  # fmt: skip
         emit_json([{**{k: r[k] for k in keys}, "started_at": iso(r["started_at"]),
                      "finished_at": iso(r["finished_at"])} for r in rows])  # fmt: skip
     else:
-        stdout_console().print(tables.runs_table(rows))
+        total = len(rows) if shown is None or len(rows) < shown else j.count_runs(
+            status=status, batch_id=batch)  # fmt: skip
+        stdout_console().print(tables.runs_table(rows, total))
     return 0
+
+
+TABLE_RUNS = 30
+"""Runs the table lists unless --limit says otherwise (compare and sweep journal hundreds)."""
 
 
 @app.command("resume", rich_help_panel="Run and read the journal")

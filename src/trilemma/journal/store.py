@@ -259,6 +259,12 @@ class Journal:
             args.append(limit)
         return self._runs(clause, tuple(args))
 
+    def count_runs(self, *, status: str | None = None, batch_id: str | None = None) -> int:
+        """How many runs :meth:`runs` would list with the same filters."""
+        where, args = _equal(**{"status": status, "batch_id": batch_id})
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return int(self._rows(f"SELECT count(*) AS n FROM runs{clause}", tuple(args))[0]["n"])
+
     def run(self, run_id: str) -> dict[str, Any] | None:
         """One run, or None."""
         rows = self._runs("WHERE runs.run_id = ?", (run_id,))

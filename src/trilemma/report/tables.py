@@ -701,9 +701,14 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
     return t
 
 
-def runs_table(rows: list[dict[str, Any]]) -> Table:
-    """``trilemma runs`` (the seed: ``trilemma run SPEC --seed N`` draws a run's faults again)."""
-    t = Table(title=f"{len(rows)} run{'' if len(rows) == 1 else 's'}, newest first", title_justify="left")
+def runs_table(rows: list[dict[str, Any]], total: int | None = None) -> Table:
+    """``trilemma runs``: ``rows``, the newest of ``total`` (the seed: ``trilemma run SPEC
+    --seed N`` draws a run's faults again)."""
+    total = len(rows) if total is None else total
+    title = f"{total:,} run{'' if total == 1 else 's'}, newest first"
+    if total > len(rows):
+        title += f" (the newest {len(rows):,} shown: --limit N for more, --json for every run)"
+    t = Table(title=title, title_justify="left")
     tenants = any(r.get("tenant") for r in rows)  # a column only when some run has one
     for col in ("run_id", "status", "started_at", "cost", "calls", "seed", "spec",
                 *["tenant"] * tenants):  # fmt: skip
