@@ -214,6 +214,23 @@ def test_optimize_passes_over_what_only_fits_without_the_slots(tmp_path: Path) -
     assert "in the chosen spec's 3 slots its critical path takes 0.70s, not 0.50s" in r.notes[-1]
     assert "the 0.9s latency budget was held in them" in r.notes[-1]
     assert not any(c.cost_worst < 0.033 - 1e-9 for c in r.candidates)  # those over it are gone
+    over = [c for c in r.frontier if r.over_in_slots(c)]  # the frontier says which they are
+    assert over and all(c.cost_worst < 0.033 - 1e-9 for c in over) and r.chosen not in over
+    from rich.console import Console
+
+    from trilemma.report.tables import frontier_table
+
+    console = Console(width=400, record=True)
+    console.print(frontier_table(r.frontier, r))
+    text = console.export_text()
+    rows = [x for x in text.splitlines() if "$" in x]
+    assert sum("not in slots" in x for x in rows) == len(over)
+    # the answer is off the paper frontier ($0.006 is as quick there): shown in its place
+    (chosen,) = [x for x in rows if "chosen" in x]
+    assert "$0.0330" in chosen and "yes, chosen" in chosen and rows.index(chosen) == 1
+    said = " ".join(text.split())  # the caption wraps at the table's width
+    assert "not in slots: meets the budgets as if every ready call could go at once" in said
+    assert "chosen: off the frontier by these figures" in said
     cheapest = optimize(_six(6), Budget(deadline_s=0.9), max_retries=0)  # slots enough: all slow
     assert cheapest.best is not None
     assert [s.model for s in cheapest.best.steps] == ["small"] * 6

@@ -186,6 +186,14 @@ class OptimizeResult:
     chosen: Candidate | None = None
     """The configuration :attr:`best` applies, with the figures the search weighed it on."""
 
+    def over_in_slots(self, c: Candidate) -> bool:
+        """``c`` meets the budgets on paper (every ready call at once) but was found over
+        the latency budget in the run's concurrency slots and rate limits, so it is not
+        among :attr:`candidates` (with ``enforced`` budgets: never, as those are simulated)."""
+        if self.budget_on == "enforced" or not meets(c, self.budget, self.budget_on):
+            return False
+        return c.figures not in {k.figures for k in self.candidates}
+
 
 def optimize(
     wf: Workflow,

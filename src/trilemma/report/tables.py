@@ -440,9 +440,16 @@ def _four(s: object) -> list[float]:
 
 def frontier_table(frontier: Sequence[Candidate], r: OptimizeResult, limit: int = 15) -> Table:
     """The Pareto frontier, evenly thinned to ``limit`` rows, the chosen configuration
-    among them and marked."""
+    among them and marked (in its place by cost where the frontier's figures pass it over:
+    the run's slots, or the enforced budgets, chose it)."""
     at = chosen_at(frontier, r.chosen)
     shown = _thinned(len(frontier), limit, at)
+    rows: list[tuple[Candidate, bool]] = [(frontier[k], k == at) for k in shown]
+    off = r.chosen is not None and at is None
+    if off and r.chosen is not None:
+        place = next((i for i, (c, _) in enumerate(rows) if c.cost_worst > r.chosen.cost_worst),
+                     len(rows))  # fmt: skip
+        rows.insert(place, (r.chosen, True))
     t = Table(title=f"Pareto frontier ({len(frontier)} configurations; {len(shown)} shown)",
               title_justify="left")  # fmt: skip
     for col in ("cost worst", "cost expected", "latency", "reliability", "meets budget", "levers"):
@@ -450,17 +457,29 @@ def frontier_table(frontier: Sequence[Candidate], r: OptimizeResult, limit: int 
     budget, on = r.budget, r.budget_on
     if on == "enforced":  # on paper only the floor binds; the answer was simulated
         budget, on = Budget(min_reliability=r.budget.min_reliability), "expected"
-    for k in shown:
-        c = frontier[k]
+    slotted = False
+    for c, chosen in rows:
         meets_budget = "yes" if meets(c, budget, on) else ""
-        if k == at:
+        if meets_budget and not chosen and r.over_in_slots(c):
+            meets_budget, slotted = "not in slots", True
+        if chosen:
             meets_budget = f"{meets_budget}, chosen" if meets_budget else "chosen"
         t.add_row(_usd(c.cost_worst), _usd(c.cost_expected), f"{c.latency_s:.2f}s",
                   _pct(c.reliability), meets_budget, describe(c),
-                  style="bold" if k == at else None)  # fmt: skip
+                  style="bold" if chosen else None)  # fmt: skip
+    notes = []
     if r.budget_on == "enforced":
-        t.caption = ("meets budget: the reliability floor on paper (the rest is enforced); "
+        notes.append("meets budget: the reliability floor on paper (the rest is enforced); "
                      "chosen: the cheapest that met it under the enforced budgets")  # fmt: skip
+    elif slotted:
+        notes.append("not in slots: meets the budgets as if every ready call could go at once "
+                     "(the latency column), but not in the run's limits (its concurrency slots "
+                     "or rate limits; see the note)")  # fmt: skip
+    if off:
+        notes.append("chosen: off the frontier by these figures (another is at least as good "
+                     "on each), but the cheapest that meets the budgets as a run holds them")  # fmt: skip
+    if notes:
+        t.caption = "; ".join(notes)
     return t
 
 
