@@ -181,11 +181,13 @@ def test_optimize_holds_the_latency_budget_in_the_slots(cli: Any, write: Any) ->
     (note,) = [n for n in doc["notes"] if n.startswith("concurrency:")]
     assert "fits the 1.2s latency budget in the run's 16 concurrency slots" in note
     assert "raise `concurrency:`" in note
+    assert any(f["over_in_slots"] for f in doc["frontier"])  # met on paper, not in the slots
     wide_enough = path.read_text().replace("version: 1\n", "version: 1\nconcurrency: 40\n")
     doc = cli("optimize", write(wide_enough, "wide.yaml"), "--max-latency", "1.2",
               "--min-reliability", "0.5", "--json").json()  # fmt: skip
     assert doc["feasible"] is True
     assert not [n for n in doc["notes"] if n.startswith("concurrency:")]
+    assert not any(f["over_in_slots"] for f in doc["frontier"])
 
 
 def _six(concurrency: int) -> Workflow:

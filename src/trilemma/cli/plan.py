@@ -377,6 +377,7 @@ def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
                 "steps_cut": c.cuts,
                 "stop_when": c.stop_when,
                 "chosen": k == at,
+                "over_in_slots": r.over_in_slots(c),
             }
             for k, c in enumerate(r.frontier)
         ],
