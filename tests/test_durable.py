@@ -64,6 +64,9 @@ def test_killed_run_resumes_billing_every_call_once(
         assert c["sends"] == (2 if c["idempotency_key"] in in_flight else 1), c
     assert d["cost_usd"] == pytest.approx(sum(c[4] or 0 for c in expected_ledger))
     assert journal.check()["integrity"] == "ok"
+    # a chain's calls go one after another: the run's latency, over both sessions, holds them
+    answered = sum(c["latency_s"] or 0.0 for c in journal.calls(run_id))
+    assert d["latency_s"] >= 0.95 * answered, (d["latency_s"], answered)
 
 
 def test_a_call_in_flight_at_the_kill_is_resent_under_its_own_key(
@@ -735,3 +738,15 @@ def test_ctrl_c_names_the_run_and_the_command_that_finishes_it(cli, tmp_path: Pa
     assert finished["status"] == "ok" and finished["run_id"] == run["run_id"]
     sent = [c["step_id"] for c in Journal(db).calls(run["run_id"])]
     assert sent.count("a") == 1 and sent[-1] == "b"  # a came from the journal; b was called
+
+
+def test_resuming_a_run_adds_its_time_to_what_its_sessions_took(cli, tmp_path: Path) -> None:
+    spec = tmp_path / "one.yaml"
+    spec.write_text("version: 1\nmodels:\n  m: {usd_per_call: 0.01, latency_s: 0.3, p_ok: 1.0}\n"
+                    "steps: [{id: a, model: m}]\n")  # fmt: skip
+    db = tmp_path / "j.db"
+    first = cli("run", spec, "--journal", db, "--json").json()
+    again = cli("resume", first["run_id"], "--journal", db, "--json").json()  # nothing to call
+    assert first["latency_s"] >= 0.3 and again["latency_s"] == pytest.approx(first["latency_s"], abs=0.05)
+    (row,) = Journal(db).runs()
+    assert row["latency_s"] == pytest.approx(again["latency_s"], abs=1e-5)  # not 0.0001 s

@@ -183,6 +183,13 @@ def m010_finish_reason(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE calls ADD COLUMN finish_reason TEXT")
 
 
+def m011_session_start(db: sqlite3.Connection) -> None:
+    """When a run's latest session began (NULL: at started_at), so a resume counts a crashed session's time."""
+    # A run's latency_s is the time its sessions spent running; a resume adds its own to
+    # what the row holds, and a session that crashed counts up to its last journaled call.
+    db.execute("ALTER TABLE runs ADD COLUMN session_started_at REAL")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_call_sends", m002_call_sends),
@@ -194,6 +201,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m008_shared_budgets", m008_shared_budgets),
     ("m009_time_scale", m009_time_scale),
     ("m010_finish_reason", m010_finish_reason),
+    ("m011_session_start", m011_session_start),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

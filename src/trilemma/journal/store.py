@@ -451,6 +451,16 @@ class Journal:
             ).fetchall()
         return {r[0]: int(r[1]) for r in rows}
 
+    def last_call_at(self, run_id: str, since: float) -> float | None:
+        """When the last call a run journaled since ``since`` (epoch seconds) answered, or
+        was sent if it never did; None without one."""
+        with map_sqlite_errors(self.path):
+            row = self.db.execute(
+                f"SELECT max(coalesce(finished_at, started_at)) FROM calls WHERE {RUN_CALLS} "
+                "AND started_at >= ?", (*_run_range(run_id), since),
+            ).fetchone()  # fmt: skip
+        return None if row[0] is None else float(row[0])
+
     def spent(self, run_id: str) -> float:
         """Dollars billed to a run so far (answered calls, and a real endpoint's calls
         cancelled in flight, at their reservation): what a resume counts against its ceiling."""

@@ -332,6 +332,8 @@ class Executor:
         self.predicted = predicted
         self.resume_from: dict[str, tuple[int, int]] = {}
         """Per step: (the attempt to start at, attempts left), for a resumed run."""
+        self.latency_before = 0.0
+        """Seconds a resumed run spent running in its earlier sessions: its latency adds them."""
         self.priority = remaining_path(wf, {r.id: r.latency_s for r in self.predicted.per_step})
         self.slots = PriorityLimiter(wf.concurrency)
         self._rank = lambda st: -self.priority[st.id]
@@ -378,7 +380,7 @@ class Executor:
             s.stop, s.stop_reason = "failed", f"{type(bug).__name__} raised in the run: {bug}"
         finally:
             await (self.writer.aclose() if self._own_writer else self.writer.flush())
-        result = await self._finish(s, time.perf_counter() - started)
+        result = await self._finish(s, self.latency_before + time.perf_counter() - started)
         if bug is not None:  # the journal says failed and why; the caller gets the error itself
             raise bug
         return result

@@ -384,16 +384,32 @@ def reopen_run(
     done = {k: v for k, v in journal.steps(run_id).items()
             if v["status"] == "done" and k in ids and k not in changed}  # fmt: skip
     calls = journal.calls(run_id)  # read (and checked) before the run's row changes
+    before = time_before(journal, row)
     journal.update_run(run_id, status="running", pid=os.getpid(), finished_at=None, error=None,
                        max_cost_usd=session.guard.ceiling, deadline_at=session.clock.deadline_at,
-                       shared_budget=shared_label(session))  # fmt: skip
+                       shared_budget=shared_label(session), latency_s=before,
+                       session_started_at=time.time())  # fmt: skip
     ex = Executor(wf, journal=journal, run_id=run_id, inputs=json.loads(row["inputs_json"]),
                   providers=providers, source=row["spec_source"], gates=gates, seed=row["seed"],
                   predicted=predicted, on_event=on_event, embedder=embedder,
                   tenant=row["tenant"], limits=limits, writer=writer,
                   shared_cache=shared_cache)  # fmt: skip
     ex.resume_from = _resume_points(wf, calls, done, list(changed))
+    ex.latency_before = before
     return ex, done
+
+
+def time_before(journal: Journal, row: Mapping[str, Any]) -> float:
+    """Seconds a journaled run spent running in its sessions so far, which a resume adds
+    its own to: what the row holds once a session ended; a session that crashed (or was
+    interrupted) ran from its start to its last journaled call, the rest of its time
+    unknown (it is not counted)."""
+    held = row["latency_s"] or 0.0
+    if row["status"] != "running":
+        return held
+    begun = row["session_started_at"] or row["started_at"]
+    last = journal.last_call_at(row["run_id"], begun)
+    return held + (max(0.0, last - begun) if last is not None else 0.0)
 
 
 @contextlib.contextmanager
