@@ -185,6 +185,10 @@ class OptimizeResult:
     (the estimate of the chosen spec flatters a stop)."""
     chosen: Candidate | None = None
     """The configuration :attr:`best` applies, with the figures the search weighed it on."""
+    _held: frozenset[tuple[float, float, float, int]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_held", frozenset(k.figures for k in self.candidates))
 
     def over_in_slots(self, c: Candidate) -> bool:
         """``c`` meets the budgets on paper (every ready call at once) but was found over
@@ -192,7 +196,7 @@ class OptimizeResult:
         among :attr:`candidates` (with ``enforced`` budgets: never, as those are simulated)."""
         if self.budget_on == "enforced" or not meets(c, self.budget, self.budget_on):
             return False
-        return c.figures not in {k.figures for k in self.candidates}
+        return c.figures not in self._held
 
 
 def optimize(
