@@ -103,7 +103,11 @@ def test_doctor_reports_the_interrupted_run_until_it_is_resumed(cli, tmp_path: P
     assert before["interrupted_runs"] == [run_id]
     text = cli("doctor", "--journal", db)
     assert f"trilemma resume {run_id}" in text.out
+    listed = cli("runs", "--journal", db).out  # its row says running; its process is gone
+    assert "interrupted" in listed and "`trilemma resume ID` finishes it" in " ".join(listed.split())
+    assert cli("runs", "--journal", db, "--json").json()[0]["status"] == "running"  # the contract's
     assert cli("resume", run_id, "--journal", db).code == 0
+    assert "interrupted" not in cli("runs", "--journal", db).out
     after = cli("doctor", "--journal", db, "--json").json()
     assert after["interrupted_runs"] == [] and after["orphaned_in_flight_calls"] == []
 

@@ -11,6 +11,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from trilemma._proc import pid_alive
 from trilemma.journal.store import DEFAULT_PATH
 from trilemma.plan.estimate import Estimate, held_worst
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
@@ -728,6 +729,11 @@ def runs_table(rows: list[dict[str, Any]], total: int | None = None) -> Table:
     if total > len(rows):
         title += f" (the newest {len(rows):,} shown: --limit N for more, --json for every run)"
     t = Table(title=title, title_justify="left")
+    gone = {r["run_id"] for r in rows if r["status"] == "running"
+            and not (isinstance(r["pid"], int) and pid_alive(r["pid"]))}  # fmt: skip
+    if gone:
+        t.caption = ("interrupted: its process ended before the run did (a crash, a kill, "
+                     "Ctrl-C); `trilemma resume ID` finishes it, `trilemma doctor` lists them")  # fmt: skip
     tenants = any(r.get("tenant") for r in rows)  # a column only when some run has one
     for col in ("run_id", "status", "started_at", "cost", "calls", "seed", "spec",
                 *["tenant"] * tenants):  # fmt: skip
@@ -735,7 +741,8 @@ def runs_table(rows: list[dict[str, Any]], total: int | None = None) -> Table:
     for r in rows:
         when = dt.datetime.fromtimestamp(r["started_at"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         seed = "" if r.get("seed") is None else str(r["seed"])
-        cells = [r["run_id"], r["status"], when, _usd(r["cost_usd"]), str(r["calls"]), seed,
+        status = "interrupted" if r["run_id"] in gone else r["status"]
+        cells = [r["run_id"], status, when, _usd(r["cost_usd"]), str(r["calls"]), seed,
                  r["spec_source"]]  # fmt: skip
         t.add_row(*cells, *[r.get("tenant") or ""] * tenants)
     return t
