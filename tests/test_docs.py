@@ -37,3 +37,25 @@ def test_help_reflows_a_docstrings_paragraphs(cli, monkeypatch) -> None:
     r = cli("batch", "--help")
     assert r.code == 0, r.err
     assert "(a crash, the ceiling, the deadline), the same command with --resume ID" in r.out
+
+
+def test_each_example_in_the_help_is_a_paragraph_of_its_own() -> None:
+    # typer's markdown help joins lines that are not apart: two examples read as one command
+    import itertools
+
+    import click
+    import typer
+
+    from trilemma.cli import app
+
+    def commands(cmd: click.Command, path: str) -> list[tuple[str, click.Command]]:
+        subs = getattr(cmd, "commands", {})
+        return [(path, cmd)] + [c for n, s in subs.items() for c in commands(s, f"{path} {n}")]
+
+    found = commands(typer.main.get_command(app), "trilemma")
+    assert len(found) > 20
+    for path, cmd in found:
+        lines = [x.strip() for x in (cmd.help or "").splitlines()]
+        joined = [a for a, b in itertools.pairwise(lines)
+                  if a.startswith("Example:") and b.startswith("Example:")]  # fmt: skip
+        assert not joined, f"{path}: {joined}"

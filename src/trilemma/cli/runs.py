@@ -425,6 +425,7 @@ def resume_cmd(
     A run started with --shared-budget goes on under that shared ceiling.
 
     Example: trilemma resume 20261124T053000Z-1a2b3c4d
+
     Example: trilemma resume latest
     """
     from trilemma.journal import Journal
@@ -536,6 +537,7 @@ def ledger(
     """One record per LLM call of a run: tokens, cost, latency, outcome, cache hit.
 
     Example: trilemma ledger latest --json
+
     Example: trilemma ledger 1a2b3c4d
     """
     from trilemma.journal import Journal
@@ -563,6 +565,7 @@ def report(
     """One self-contained HTML page for a run (predicted beside measured, timeline, ledger) or a batch.
 
     Example: trilemma report latest --out run.html
+
     Example: trilemma report batch-20261124T053000Z-1a2b3c4d
     """
     from trilemma.journal import Journal
@@ -729,6 +732,7 @@ def cache_clear(
     """Forget cached answers (all of them unless filtered), so the next runs ask again.
 
     Example: trilemma cache clear --model premium --older-than 30
+
     Example: trilemma cache clear --tenant acme --shared
     """
     import asyncio
