@@ -154,9 +154,10 @@ def run_id_of(journal: Journal, ref: str) -> str:
     found = journal.run_ids(ref)
     if len(found) == 1:
         return found[0]
+    if not found and ref == "latest":
+        raise UsageError(f"no run is in {journal.path} yet; `trilemma run SPEC` makes one")
     if not found:
-        what = "no run is" if ref == "latest" else f"run {ref!r} is not"
-        raise UsageError(f"{what} in {journal.path}; `trilemma runs` lists the runs there")
+        raise UsageError(f"run {ref!r} is not in {journal.path}; `trilemma runs` lists the runs there")
     shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
     raise UsageError(f"run {ref!r} names more than one run in {journal.path} ({shown}); "
                      "give more of the id")  # fmt: skip
