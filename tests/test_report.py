@@ -74,8 +74,9 @@ def test_a_run_is_named_by_latest_or_a_part_of_its_id(cli, tmp_path: Path) -> No
     Journal(db).close()
     none = cli("ledger", "latest", "--journal", db)
     assert none.code == 2 and "no run is in" in none.err and "`trilemma run SPEC` makes one" in none.err
-    first, second = (cli("run", spec, "--journal", db, "--seed", str(s), "--json").json()["run_id"]
-                     for s in (1, 2))  # fmt: skip
+    with fast_retries():
+        first, second = (cli("run", spec, "--journal", db, "--seed", str(s), "--json").json()["run_id"]
+                         for s in (1, 2))  # fmt: skip
     assert Journal(db).run_ids("latest") == [second]
     for ref, named in (("latest", second), (first, first), (first[:-3], first),
                        (first.split("-")[1], first), (second[-5:], second)):  # fmt: skip
