@@ -129,6 +129,9 @@ def test_cli_sweep_json_table_and_plot(cli, tmp_path: Path) -> None:
     t = cli(*args)
     assert t.code == 0 and "Budget sweep" in t.out and "none (baseline)" in t.out
     assert "Spend over a ceiling: 0 of 16" in t.out
+    widest = max((hi - lo) / 2 for hi, lo in ((r["success_ci95"][1], r["success_ci95"][0])
+                                               for r in (d["baseline"], *d["rows"])))  # fmt: skip
+    assert f"Success is measured to within +-{widest:.1%} (8 runs a budget, 95%" in t.out
     assert row["predicted_cost_usd"] <= 0.006 < d["rows"][1]["predicted_cost_usd"]
     assert "success and mean spend under the budget" in " ".join(t.out.split())
 

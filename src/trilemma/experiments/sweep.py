@@ -105,9 +105,14 @@ class SweepRow:
         """Share of runs that finished every step."""
         return self.ok / self.runs
 
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """Wilson 95% interval of the success rate."""
+        return wilson(self.ok, self.runs)
+
     def to_json(self) -> dict[str, Any]:
         """A row of ``trilemma sweep --json``."""
-        lo, hi = wilson(self.ok, self.runs)
+        lo, hi = self.ci95
         return {
             "max_cost_usd": self.budget.max_cost_usd,
             "deadline_s": self.budget.deadline_s,

@@ -921,6 +921,10 @@ def sweep_table(sw: Sweep, source: str) -> Group:
         f"Spend over a ceiling: {over} of {base.runs * len(sw.rows):,} budgeted runs"
         + (" (the executor reserves each call's worst case first)." if over == 0 else "!")
     ]
+    widest = max((hi - lo) / 2.0 for lo, hi in (r.ci95 for r in (base, *sw.rows)))
+    lines.append(f"Success is measured to within +-{widest:.1%} ({base.runs:,} runs a budget, "
+                 "95%, the widest row): rows closer than that are not told apart; more --runs "
+                 "narrow it.")  # fmt: skip
     lines += _scaled(sw.time_scale)
     return Group(t, Text("\n".join(lines)))
 
