@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from trilemma.errors import TrilemmaError, UsageError
+from trilemma.journal.store import DEFAULT_PATH
 from trilemma.spec.model import MAX_SECONDS, MAX_SEED, MAX_USD
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def parse_inputs(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
-DEFAULT_JOURNAL = Path(".trilemma") / "trilemma.db"
+DEFAULT_JOURNAL = DEFAULT_PATH
 
 
 def dollars(help: str, *names: str) -> Any:

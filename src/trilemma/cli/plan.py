@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from trilemma.cli._common import (
+    DEFAULT_JOURNAL,
     JsonFlag,
     SpecFile,
     app,
@@ -452,7 +453,7 @@ def demo(
     runs: Annotated[int, typer.Option("--runs", "-n", help="Monte Carlo runs.")] = 200_000,
     journal: Annotated[
         Path, typer.Option("--journal", help="The journal for the demo run.")
-    ] = Path(".trilemma") / "trilemma.db",
+    ] = DEFAULT_JOURNAL,
 ) -> int:
     """An offline tour: the book, an estimate, a Monte Carlo, an optimization, a run, a comparison.
 

@@ -295,7 +295,7 @@ def _on_interrupt(journal: Path) -> Iterator[None]:
         with contextlib.suppress(Exception):  # no journal yet, or one that cannot be read
             mine = [r for r in Journal(journal, create=False).runs(status="running")
                     if r["pid"] == os.getpid()]  # fmt: skip
-        flag = "" if journal == DEFAULT_JOURNAL else f" --journal {journal}"
+        flag = tables.journal_flag(journal)
         batch = mine[0]["batch_id"] if mine else None
         if batch:
             said = (f"; {batch} keeps the lines and steps that finished: the same command "
@@ -303,7 +303,7 @@ def _on_interrupt(journal: Path) -> Iterator[None]:
         elif mine:
             run_id = mine[0]["run_id"]
             said = (f"; run {run_id} keeps the steps that finished: `trilemma resume "
-                    f"{run_id.rsplit('-', 1)[-1]}{flag}` goes on without calling them again")  # fmt: skip
+                    f"{tables.short_id(run_id)}{flag}` goes on without calling them again")  # fmt: skip
         else:
             said = ""
         interrupted(said)

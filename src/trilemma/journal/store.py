@@ -14,7 +14,7 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from json.encoder import encode_basestring
 from pathlib import Path
@@ -24,13 +24,20 @@ from trilemma._proc import pid_alive
 from trilemma.errors import JournalBusy, JournalError, NotAJournal
 from trilemma.journal.migrations import MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["DEFAULT_PATH", "Journal", "JournalWriter"]
+__all__ = ["DEFAULT_PATH", "Journal", "JournalWriter", "abandoned"]
 
 DEFAULT_PATH = Path(".trilemma") / "trilemma.db"
 BUSY_TIMEOUT_S = 30.0
 Op = tuple[str, tuple[Any, ...], dict[str, Any]]
 #: A run's calls: a range scan of the idempotency-key index (keys are run:step:attempt:call).
 RUN_CALLS = "idempotency_key >= ? AND idempotency_key < ? AND run_id = ?"
+
+
+def abandoned(run: Mapping[str, Any]) -> bool:
+    """A run row that says ``running`` though no process of this machine runs it (a crash,
+    a kill, Ctrl-C): ``trilemma resume`` finishes it. A damaged pid names no process."""
+    pid = run["pid"]
+    return run["status"] == "running" and not (isinstance(pid, int) and pid_alive(pid))
 
 
 def _run_range(run_id: str) -> tuple[str, str, str]:
@@ -251,9 +258,8 @@ class Journal:
     ) -> list[dict[str, Any]]:
         """Every run, newest first; or only those of ``status``, of ``batch_id``, the
         ``limit`` newest."""
-        where, args = _equal(**{"runs.status": status, "runs.batch_id": batch_id})
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
-        clause += "ORDER BY runs.started_at DESC, runs.run_id DESC"
+        clause, args = _run_filter(status, batch_id)
+        clause += " ORDER BY runs.started_at DESC, runs.run_id DESC"
         if limit is not None:
             clause += " LIMIT ?"
             args.append(limit)
@@ -261,9 +267,8 @@ class Journal:
 
     def count_runs(self, *, status: str | None = None, batch_id: str | None = None) -> int:
         """How many runs :meth:`runs` would list with the same filters."""
-        where, args = _equal(**{"status": status, "batch_id": batch_id})
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        return int(self._rows(f"SELECT count(*) AS n FROM runs{clause}", tuple(args))[0]["n"])
+        clause, args = _run_filter(status, batch_id)
+        return int(self._rows(f"SELECT count(*) AS n FROM runs {clause}", tuple(args))[0]["n"])
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         """One run, or None."""
@@ -275,8 +280,7 @@ class Journal:
         names the newest run; any other ref the run of that id, else those whose id begins
         or ends with it (its date, or the random hex after the dash, is enough)."""
         if ref == "latest":
-            return [r["run_id"] for r in self._rows(
-                "SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1")]  # fmt: skip
+            return [r["run_id"] for r in self.runs(limit=1)]
         exact = self._rows("SELECT run_id FROM runs WHERE run_id = ?", (ref,))
         if exact or not ref:
             return [r["run_id"] for r in exact]
@@ -491,7 +495,7 @@ class Journal:
             return report
         with map_sqlite_errors(self.path):
             running = self._rows(
-                "SELECT run_id, pid, started_at, batch_id, spec_source FROM runs "
+                "SELECT run_id, status, pid, started_at, batch_id, spec_source FROM runs "
                 "WHERE status = 'running'"
             )
             in_flight = self._rows(
@@ -500,7 +504,7 @@ class Journal:
                 "WHERE c.state = 'started' ORDER BY c.id"
             )
         # a damaged pid (listed under damaged_rows) cannot name a live process
-        interrupted = [r for r in running if not (isinstance(r["pid"], int) and pid_alive(r["pid"]))]
+        interrupted = [r for r in running if abandoned(r)]
         dead = {r["run_id"] for r in interrupted}
         run_status = [c.pop("status") for c in in_flight]  # not part of a call's report
         ended = [c for c, st in zip(in_flight, run_status, strict=True) if st != "running"]
@@ -627,6 +631,13 @@ def _put_cache_sql() -> str:
 _RESENT = ("outcome", "error", "cost_usd", "finished_at")
 _STEP_COLUMNS = ("run_id", "step_id", "status", "output", "attempts", "cost_usd", "error",
                  "finished_at")  # fmt: skip
+
+
+def _run_filter(status: str | None, batch_id: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (empty without a filter) and its values for runs of ``status`` and
+    of ``batch_id`` (None: any)."""
+    where, args = _equal(**{"runs.status": status, "runs.batch_id": batch_id})
+    return (f"WHERE {' AND '.join(where)}" if where else ""), args
 
 
 def _equal(**columns: Any) -> tuple[list[str], list[Any]]:

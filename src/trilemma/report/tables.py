@@ -11,8 +11,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from trilemma._proc import pid_alive
-from trilemma.journal.store import DEFAULT_PATH
+from trilemma.journal.store import DEFAULT_PATH, abandoned
 from trilemma.plan.estimate import Estimate, held_worst
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
 from trilemma.plan.hedge import timeouts
@@ -37,8 +36,10 @@ __all__ = [
     "estimate_table",
     "frontier_table",
     "hedge_table",
+    "journal_flag",
     "optimize_view",
     "routing_table",
+    "short_id",
     "simulate_table",
     "sweep_table",
     "ticket_table",
@@ -632,13 +633,18 @@ def run_view(r: Any, under: SimResult | None = None) -> Group:
 
 
 def follow_up(run_id: str, journal: str) -> str:
-    """The commands that read a run on, naming it by its id's hex end (which stays its own
-    as more runs come)."""
-    short, flag = run_id.rsplit("-", 1)[-1], _journal_flag(journal)
+    """The commands that read a run on."""
+    short, flag = short_id(run_id), journal_flag(journal)
     return f"next: trilemma ledger {short}{flag} (every call), trilemma report {short}{flag} (a page)"
 
 
-def _journal_flag(journal: str) -> str:
+def short_id(run_id: str) -> str:
+    """A run id's random hex end: enough to name the run on the command line, however many
+    runs come after it."""
+    return run_id.rsplit("-", 1)[-1]
+
+
+def journal_flag(journal: str | Path) -> str:
     """``--journal PATH`` for a command reading ``journal``; nothing for the default one."""
     return "" if Path(journal) == DEFAULT_PATH else f" --journal {journal}"
 
@@ -693,7 +699,7 @@ def batch_view(b: Any, shown: int = 10) -> Group:
         parts.append(lt)
         if len(bad) > shown:
             parts.append(Text(f"... and {len(bad) - shown} more (--json or --out lists every line)"))
-    flag = _journal_flag(b.journal)
+    flag = journal_flag(b.journal)
     parts.append(Text(f"journal: {b.journal}\nnext: trilemma report {b.batch_id}{flag} (a page), "
                       f"trilemma runs --batch {b.batch_id}{flag} (its runs)", style="dim"))  # fmt: skip
     return Group(*parts)
@@ -729,8 +735,7 @@ def runs_table(rows: list[dict[str, Any]], total: int | None = None) -> Table:
     if total > len(rows):
         title += f" (the newest {len(rows):,} shown: --limit N for more, --json for every run)"
     t = Table(title=title, title_justify="left")
-    gone = {r["run_id"] for r in rows if r["status"] == "running"
-            and not (isinstance(r["pid"], int) and pid_alive(r["pid"]))}  # fmt: skip
+    gone = {r["run_id"] for r in rows if abandoned(r)}
     if gone:
         t.caption = ("interrupted: its process ended before the run did (a crash, a kill, "
                      "Ctrl-C); `trilemma resume ID` finishes it, `trilemma doctor` lists them")  # fmt: skip
