@@ -239,3 +239,56 @@ def test_runs_to_tell_two_success_rates_apart() -> None:
     assert runs_to_tell_apart(0.9855, 0.9952, power=0.9) > 1594  # surer, dearer
     assert runs_to_tell_apart(0.9, 0.95) < runs_to_tell_apart(0.9, 0.92)  # closer, dearer
     assert runs_to_tell_apart(0.9, 0.9) is None and runs_to_tell_apart(0.9, 0.90005) is None
+
+
+def test_a_real_endpoint_measured_off_its_prediction_names_the_command_that_checks_it(
+    cli, tmp_path: Path
+) -> None:
+    from trilemma import parse_workflow
+    from trilemma.testing import Reply, ScriptedServer
+
+    db = tmp_path / "j.db"
+    with ScriptedServer([Reply("forty-two", prompt_tokens=10, completion_tokens=2)] * 5) as srv:
+        spec = tmp_path / "real.yaml"
+        spec.write_text(f"""version: 1
+models:
+  r: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_call: 0.01,
+      latency_s: 0.05, p_ok: 1.0}}
+  s: {{usd_per_call: 0.01, latency_s: 0.05, p_ok: 0.9}}
+steps:
+  - {{id: a, model: r, gate: {{regex: '^[0-9]+$'}}}}
+""")
+        r = cli("compare", spec, "--runs", "5", "--time-scale", "1", "--journal", db, "--json")
+        assert r.code == 0, r.err
+        (row,) = r.json()
+        assert row["measured"]["success_rate"] == 0.0  # every answer fails its gate
+        assert row["measured"]["success_vs_predicted"] == "below"  # [0%, 43%] against 100%
+        (real,) = compare([("real.yaml", parse_workflow(spec.read_text()))], 5, Journal(db),
+                          time_scale=1.0)  # fmt: skip
+    assert real.endpoints == ("r",) and real.off_prediction == "below"
+    from rich.console import Console
+
+    from trilemma.report.tables import compare_table
+
+    console = Console(width=400, record=True)
+    console.print(compare_table([real], 1.0, db))
+    line = next(x for x in console.export_text().splitlines() if x.startswith("real.yaml:"))
+    assert line == (f"real.yaml: measured success 0.00% [0.00%, 43.45%] is below the planner's "
+                    f"100.00%, which the 95% interval does not hold: the spec's figures for r are "
+                    f"off; `trilemma calibrate --model r --from-journal {db} --spec real.yaml "
+                    "--check` names those the ledger contradicts.")  # fmt: skip
+
+
+def test_a_simulated_spec_off_its_prediction_is_chance_and_gets_no_advice(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from trilemma.report.tables import compare_table
+
+    # seeds 18, 19 and 27 draw the debate's answer wrong (0.5% a run): 3 of the first 40
+    (debate,) = compare([("debate.yaml", load_workflow(EXAMPLES / "debate.yaml"))], 40,
+                        Journal(tmp_path / "j.db"), time_scale=0.001)  # fmt: skip
+    assert debate.ok == 37 and debate.off_prediction == "below" and debate.endpoints == ()
+    assert debate.to_json()["measured"]["success_vs_predicted"] == "below"
+    console = Console(width=400, record=True)
+    console.print(compare_table([debate], 0.001))
+    assert "measured success" not in console.export_text()

@@ -379,5 +379,5 @@ def compare_cmd(
                        on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
     from trilemma.report.plots import plot_compare
 
-    return _show([r.to_json() for r in rows], tables.compare_table(rows, time_scale), as_json,
+    return _show([r.to_json() for r in rows], tables.compare_table(rows, time_scale, journal), as_json,
                  plot, lambda path: plot_compare(rows, path))  # fmt: skip

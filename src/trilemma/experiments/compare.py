@@ -69,6 +69,8 @@ class Contender:
     as far as it got, and waits for the slowest of parallel retrying branches, as the
     executor does; the analytic estimate (:attr:`predicted`) bills every step and adds
     up expected latencies."""
+    endpoints: tuple[str, ...] = ()
+    """The spec's models served by real endpoints (the others are simulated)."""
 
     @property
     def budgeted(self) -> bool:
@@ -89,6 +91,20 @@ class Contender:
     def quality_per_dollar(self) -> float | None:
         """Measured success per mean dollar spent (None when nothing was spent)."""
         return self.success_rate / self.cost_mean if self.cost_mean > 0 else None
+
+    @property
+    def off_prediction(self) -> str | None:
+        """``"below"`` or ``"above"`` where the measured success's 95% interval lies below or
+        above the predicted success (the Monte Carlo's); None where it holds it.
+
+        On the simulator the runs draw from the spec's own figures, so a miss is chance
+        (about one time in 20; the specs of one compare share their draws where their steps'
+        names agree, so they miss together); on a real endpoint it says the spec's figures
+        are off.
+        """
+        lo, hi = self.ci95
+        predicted = self.simulated.success_rate
+        return "below" if hi < predicted else "above" if lo > predicted else None
 
     def runs_against(self, other: Contender) -> int | None:
         """Runs of each that would tell this spec's success from ``other``'s, at the
@@ -113,6 +129,7 @@ class Contender:
                 },
                 "calls": round(self.calls_mean, 12),
                 "quality_per_dollar": self.quality_per_dollar,
+                "success_vs_predicted": self.off_prediction or "within",
             },
             "predicted": {
                 "reliability": p.reliability,
@@ -183,6 +200,7 @@ def _contender(name: str, wf: Workflow, got: list[Trial]) -> Contender:
         latency_p95_s=latencies[min(n - 1, math.ceil(0.95 * n) - 1)],
         calls_mean=sum(t.calls for t in got) / n,
         simulated=under_budget(wf, wf.budget.deadline_s, wf.budget.max_cost_usd),
+        endpoints=tuple(sorted(m for m, p in wf.models.items() if not p.runs_on_simulator)),
     )
 
 

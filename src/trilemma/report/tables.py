@@ -934,8 +934,13 @@ def sweep_table(sw: Sweep, source: str) -> Group:
     return Group(t, Text("\n".join(lines)))
 
 
-def compare_table(rows: Sequence[Contender], time_scale: float) -> Group:
-    """Workflows side by side: measured beside predicted, and the best quality per dollar."""
+def compare_table(
+    rows: Sequence[Contender], time_scale: float, journal: str | Path = DEFAULT_PATH
+) -> Group:
+    """Workflows side by side: measured beside predicted, and the best quality per dollar.
+
+    ``journal``: where the runs are, for the command a line under the table names.
+    """
     runs = rows[0].runs
     t = Table(title=f"Measured over {runs:,} runs each, beside the planner",
               title_justify="left")  # fmt: skip
@@ -965,6 +970,8 @@ def compare_table(rows: Sequence[Contender], time_scale: float) -> Group:
         for r in rows
         if r.stopped
     ]
+    # On the simulator the runs draw from the spec's own figures: a miss there is chance.
+    lines += [_off_prediction(r, journal) for r in rows if r.off_prediction and r.endpoints]
     scored = [r for r in rows if r.quality_per_dollar is not None]
     if len(scored) > 1:
         ranked = sorted(scored, key=lambda r: -(r.quality_per_dollar or 0.0))
@@ -981,6 +988,16 @@ def compare_table(rows: Sequence[Contender], time_scale: float) -> Group:
             lines.append(line + ".")
     lines += _scaled(time_scale)
     return Group(t, Text("\n".join(lines)))
+
+
+def _off_prediction(r: Contender, journal: str | Path) -> str:
+    """A spec on real endpoints whose measured success the prediction misses: what to do."""
+    lo, hi = r.ci95
+    return (f"{r.name}: measured success {_pct(r.success_rate)} [{_pct(lo)}, {_pct(hi)}] is "
+            f"{r.off_prediction} the planner's {_pct(r.simulated.success_rate)}, which the 95% "
+            f"interval does not hold: the spec's figures for {', '.join(r.endpoints)} are off; "
+            f"`trilemma calibrate --model {r.endpoints[0]} --from-journal {journal} --spec "
+            f"{r.name} --check` names those the ledger contradicts.")  # fmt: skip
 
 
 def _to_tell_apart(a: Contender, b: Contender) -> str:
