@@ -304,3 +304,14 @@ def test_a_rate_never_seen_has_an_interval_from_exactly_zero() -> None:
     assert wilson(0, 500)[0] == 0.0 and wilson(500, 500)[1] == 1.0
     lo, hi = wilson(1, 500)
     assert 0.0 < lo < 1 / 500 < hi < 0.02
+
+
+def test_a_latency_interval_does_not_reach_below_zero(sim_journal: Path) -> None:
+    import dataclasses
+
+    f = fit_from_journal(Journal(sim_journal), "m")
+    # three quick answers and one slow: the normal interval of their mean would dip under 0
+    spread = dataclasses.replace(f, latency_s=(0.0005, 0.001, 0.0008, 0.04))
+    slow = parse_workflow(SIM).models["m"].model_copy(update={"latency_s": 0.5})
+    (d,) = [d for d in spread.drift(slow) if d.field == "latency_s"]
+    assert d.ci95[0] == 0.0 and d.ci95[1] > d.measured > 0

@@ -160,7 +160,7 @@ class LedgerFit:
             half = 1.959964 * statistics.stdev(self.latency_s) / math.sqrt(len(self.latency_s))
             off = abs(base.latency_s - mean) > max(half, LATENCY_TOLERANCE * base.latency_s)
             if off:
-                out.append(Drift("latency_s", base.latency_s, mean, (mean - half, mean + half)))
+                out.append(Drift("latency_s", base.latency_s, mean, (max(mean - half, 0.0), mean + half)))
         late = cut(base.latency_s, base.latency_jitter, base.timeout_s)[0]
         for kind, field in FAULTS.items():
             if not self.sent:
