@@ -118,3 +118,27 @@ def test_the_runs_table_lists_the_newest_thirty_and_says_how_many_there_are(
     title, ids = listed("--status", "failed")
     assert title == "7 runs, newest first" and len(ids) == 7
     assert len(cli("runs", "--journal", db, "--json").json()) == 35  # JSON lists every run
+
+
+def test_a_run_that_sent_no_call_reports_without_a_warning(cli, tmp_path: Path) -> None:
+    import warnings
+
+    db, spec = tmp_path / "j.db", tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    run = cli("run", spec, "--journal", db, "--max-cost", "0", "--json").json()
+    assert run["status"] == "budget_exhausted" and run["calls"] == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels" was one
+        page = run_report(Journal(db), run["run_id"])
+    assert "budget_exhausted" in page
+
+
+def test_report_and_export_refuse_an_out_path_they_cannot_write_before_reading(
+    cli, tmp_path: Path
+) -> None:
+    db, spec = tmp_path / "j.db", tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    assert cli("run", spec, "--journal", db, "--max-cost", "0", "--json").code == 1
+    for command in ("report", "export"):
+        r = cli(command, "latest", "--journal", db, "--out", tmp_path / "no" / "x.out")
+        assert r.code == 2 and "the folder" in r.err and "does not exist" in r.err, r.err

@@ -33,6 +33,7 @@ from trilemma.cli._common import (
     seconds,
     seed_option,
     stdout_console,
+    writable,
     write_atomic,
 )
 from trilemma.errors import UsageError
@@ -460,6 +461,7 @@ def export(
     """
     from trilemma.journal import Journal
 
+    writable("--out", out)
     j = Journal(journal, create=False)
     run_id = run_id_of(j, run_id)
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in j.export(run_id))
@@ -571,6 +573,7 @@ def report(
     from trilemma.journal import Journal
     from trilemma.report.html import batch_report, run_report
 
+    writable("--out", out)
     j = Journal(journal, create=False)
     is_batch = j.run(run_id) is None and bool(j.batch_runs(run_id))
     if not is_batch:

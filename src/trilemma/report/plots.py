@@ -281,7 +281,8 @@ def timeline_png(
     if run["deadline_at"]:
         for ax in (top, bottom):
             ax.axvline(run["deadline_at"] - t0, color="tab:red", linestyle="--", linewidth=1)
-    top.legend(loc="lower right", fontsize=8)
+    if seen:  # a run that sent no call has nothing to name
+        top.legend(loc="lower right", fontsize=8)
     top.grid(alpha=0.3, axis="x")
     _spend(bottom, spend, run["max_cost_usd"], "spend", "seconds since the run started")
     buf = io.BytesIO()
@@ -342,7 +343,8 @@ def batch_png(runs: Sequence[dict[str, Any]], ceiling: float | None) -> bytes:
     top.set_ylim(lines[-1] + 0.5, lines[0] - 0.5)
     top.set_ylabel("line")
     top.set_title(f"{len(runs)} runs, each from its start to its end")
-    top.legend(loc="lower right", fontsize=8)
+    if seen:  # a run that sent no call has nothing to name
+        top.legend(loc="lower right", fontsize=8)
     top.grid(alpha=0.3, axis="x")
     _spend(bottom, spend, ceiling, "spend, as runs end", "seconds since the batch started")
     buf = io.BytesIO()
