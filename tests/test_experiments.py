@@ -138,3 +138,12 @@ def test_local_commands_say_what_to_install_when_the_extra_is_missing(
     assert r.code == 1 and "pip install 'trilemma[local]'" in r.err
     assert cli("local", "up", "--model", "llama9", "--state", tmp_path).code == 2
     assert "nothing was running" in cli("local", "down", "--state", tmp_path).out
+
+
+def test_cliff_and_calibrate_find_the_shipped_local_spec_from_any_folder(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no examples/ here: the default --spec was looked up here
+    for args in (["cliff"], ["calibrate", "--suite", "add1", "--n", "1"]):
+        r = cli(*args, "--model", "nope")
+        assert r.code == 2 and "has no such model; it has smollm2" in r.err, r.err

@@ -26,6 +26,7 @@ from trilemma.cli._common import (
     write_atomic,
 )
 from trilemma.errors import UsageError
+from trilemma.examples import example_path
 from trilemma.report import tables
 from trilemma.spec import ModelProfile, load_workflow
 from trilemma.spec.model import MAX_SECONDS, MAX_USD
@@ -110,7 +111,7 @@ def calibrate_cmd(
     )] = None,
     n: Annotated[int, typer.Option("--n", help="Tasks to run.")] = 100,
     spec: Annotated[Path | None, typer.Option(
-        "--spec", help="The spec holding the profile (default: examples/local.yaml; with "
+        "--spec", help="The spec holding the profile (default: examples/local.yaml, as shipped; with "
                        "--from-journal, the newest spec in the journal that has --model).",
     )] = None,
     seed: Annotated[int, seed_option(help="Task generator seed.")] = 0,
@@ -143,7 +144,7 @@ def calibrate_cmd(
     from trilemma.experiments.calibrate import calibrate
 
     positive("--n", n)
-    wf = load_workflow(spec or Path("examples/local.yaml"))
+    wf = load_workflow(spec or example_path("local.yaml"))
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
         task = bar.add_task(f"{model} on {suite}", total=n)
@@ -223,9 +224,9 @@ def _base_profile(journal: Any, model: str, spec: Path | None) -> ModelProfile:
 @app.command("cliff", rich_help_panel="Real models and experiments")
 def cliff_cmd(
     model: Annotated[str, typer.Option("--model", help="A model profile of the spec.")],
-    spec: Annotated[Path, typer.Option("--spec", help="The spec holding the profile.")] = Path(
-        "examples/local.yaml"
-    ),
+    spec: Annotated[Path | None, typer.Option(
+        "--spec", help="The spec holding the profile (default: examples/local.yaml, as shipped)."
+    )] = None,
     steps: Annotated[str, typer.Option(help="Chain lengths, comma-separated.")] = "1,2,5",
     task: Annotated[
         str,
@@ -254,6 +255,7 @@ def cliff_cmd(
         raise UsageError(f"--steps {steps!r}: give chain lengths like 1,2,5") from None
     if not lengths or min(lengths) < 1:
         raise UsageError(f"--steps {steps!r}: give positive chain lengths like 1,2,5")
+    spec = spec or example_path("local.yaml")
     wf = load_workflow(spec)
     if model not in wf.models:
         raise UsageError(
