@@ -142,3 +142,16 @@ def test_report_and_export_refuse_an_out_path_they_cannot_write_before_reading(
     for command in ("report", "export"):
         r = cli(command, "latest", "--journal", db, "--out", tmp_path / "no" / "x.out")
         assert r.code == 2 and "the folder" in r.err and "does not exist" in r.err, r.err
+
+
+def test_a_runs_filter_that_matches_nothing_says_which(cli, tmp_path: Path) -> None:
+    db, spec = tmp_path / "j.db", tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    assert cli("run", spec, "--journal", db, "--max-cost", "0").code == 1
+    r = cli("runs", "--journal", db, "--status", "failed", "--batch", "b-1")
+    assert r.code == 0 and r.out == (f"no run in {db} of batch 'b-1' that ended failed; "
+                                     "`trilemma runs --json` gives each run's batch_id\n")  # fmt: skip
+    r = cli("runs", "--journal", db, "--status", "ok")
+    assert r.out == f"no run in {db} that ended ok; `trilemma runs` lists them all\n"
+    assert cli("runs", "--journal", db, "--status", "ok", "--json").json() == []
+    assert "budget_exhausted" in cli("runs", "--journal", db, "--status", "budget_exhausted").out

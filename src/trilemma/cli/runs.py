@@ -397,8 +397,20 @@ def runs(
     else:
         total = len(rows) if shown is None or len(rows) < shown else j.count_runs(
             status=status, batch_id=batch)  # fmt: skip
-        stdout_console().print(tables.runs_table(rows, total))
+        if not rows and (status or batch):  # an empty table would not say which filter
+            sys.stdout.write(_no_runs(journal, status, batch) + "\n")
+        else:
+            stdout_console().print(tables.runs_table(rows, total))
     return 0
+
+
+def _no_runs(journal: Path, status: str | None, batch: str | None) -> str:
+    """What a filtered ``trilemma runs`` that matched nothing says, and where to look."""
+    what = " ".join(([f"of batch {batch!r}"] if batch else [])
+                        + ([f"that ended {status}"] if status else []))  # fmt: skip
+    hint = ("; `trilemma runs --json` gives each run's batch_id" if batch
+            else "; `trilemma runs` lists them all")  # fmt: skip
+    return f"no run in {journal} {what}{hint}"
 
 
 TABLE_RUNS = 30
