@@ -133,7 +133,7 @@ steps:
     assert doc["tokens"]["cut_at_max_tokens"] == 0.25
     assert doc["profile"]["calibration"]["tokens"]["cut_at_max_tokens"] == 0.25
     out = " ".join(cli("calibrate", "--model", "local", "--from-journal", tmp_path / "j.db").out.split())
-    assert "25.0% of answers cut at max_tokens" in out and "1 answers stopped at max_tokens" in out
+    assert "25.0% of answers cut at max_tokens" in out and "1 answer stopped at max_tokens" in out
 
 
 def test_without_a_judged_attempt_p_ok_stays_as_given(tmp_path: Path) -> None:

@@ -155,3 +155,8 @@ def test_a_runs_filter_that_matches_nothing_says_which(cli, tmp_path: Path) -> N
     assert r.out == f"no run in {db} that ended ok; `trilemma runs` lists them all\n"
     assert cli("runs", "--journal", db, "--status", "ok", "--json").json() == []
     assert "budget_exhausted" in cli("runs", "--journal", db, "--status", "budget_exhausted").out
+    assert "1 run, newest first" in cli("runs", "--journal", db).out
+    from trilemma.journal.migrations import SCHEMA_VERSION
+
+    doctor = cli("doctor", "--journal", db).out
+    assert f"(this trilemma knows {SCHEMA_VERSION}), 1 run\n" in doctor  # not "1 runs"

@@ -498,7 +498,7 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
         emit_json({**report, "healthy": healthy})
     else:
         console = stdout_console()
-        runs = "rows not read" if report["runs"] is None else f"{report['runs']} runs"
+        runs = "rows not read" if report["runs"] is None else tables.counted(report["runs"], "run")
         console.print(f"journal {report['journal']}: schema {report['schema_version']} "
                       f"(this trilemma knows {report['schema_known']}), {runs}")  # fmt: skip
         if report["integrity"] == "ok":

@@ -316,7 +316,8 @@ def simulate_table(r: SimResult, e: Estimate) -> Table:
 
 def fit_table(f: LedgerFit, base: ModelProfile) -> Table:
     """``calibrate --from-journal``: the profile the spec gives beside what the ledger measured."""
-    t = Table(title=f"Model {f.model!r} in {f.journal}: {f.sent:,} calls sent in {f.runs:,} runs",
+    t = Table(title=f"Model {f.model!r} in {f.journal}: {counted(f.sent, 'call')} sent in "
+                    f"{counted(f.runs, 'run')}",
               title_justify="left")  # fmt: skip
     for col in ("", "profile", "measured", "from"):
         t.add_column(col, justify="left" if col == "" else "right")
@@ -348,7 +349,7 @@ def fit_table(f: LedgerFit, base: ModelProfile) -> Table:
         notes.append("no single-call attempt was judged, so p_ok keeps the profile's: only a "
                      "gate (or the simulator's check) tells a wrong answer")  # fmt: skip
     if f.cut:
-        notes.append(f"{f.cut:,} answers stopped at max_tokens: their completion tokens are the "
+        notes.append(f"{counted(f.cut, 'answer')} stopped at max_tokens: their completion tokens are the "
                      "cap, so the mean is what calls cost under it, and less than they would "
                      "generate under a higher max_tokens")  # fmt: skip
     if notes:
@@ -638,6 +639,11 @@ def follow_up(run_id: str, journal: str) -> str:
     return f"next: trilemma ledger {short}{flag} (every call), trilemma report {short}{flag} (a page)"
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless one: "1 run", "2 runs", "1,024 calls"."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def short_id(run_id: str) -> str:
     """A run id's random hex end: enough to name the run on the command line, however many
     runs come after it."""
@@ -653,7 +659,7 @@ def cut_line(cut: dict[str, int]) -> str:
     """The steps whose answers stopped at max_tokens, and what to do about it."""
     n = sum(cut.values())
     steps = ", ".join(f"{k} ({v})" if v > 1 else k for k, v in cut.items())
-    return (f"{n} answer{'s' if n > 1 else ''} stopped at max_tokens, the text cut where the "
+    return (f"{counted(n, 'answer')} stopped at max_tokens, the text cut where the "
             f"tokens ran out: {steps}; raise max_tokens on {'those steps' if len(cut) > 1 else 'that step'} "
             "(or the model's profile), or ask for shorter answers (`trilemma ledger` marks them)")
 
@@ -731,7 +737,7 @@ def runs_table(rows: list[dict[str, Any]], total: int | None = None) -> Table:
     """``trilemma runs``: ``rows``, the newest of ``total`` (the seed: ``trilemma run SPEC
     --seed N`` draws a run's faults again)."""
     total = len(rows) if total is None else total
-    title = f"{total:,} run{'' if total == 1 else 's'}, newest first"
+    title = f"{counted(total, 'run')}, newest first"
     if total > len(rows):
         title += f" (the newest {len(rows):,} shown: --limit N for more, --json for every run)"
     t = Table(title=title, title_justify="left")
