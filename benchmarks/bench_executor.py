@@ -3,7 +3,8 @@
 Every system runs the same graphs of zero-latency calls, so all the time is
 overhead. They run interleaved, round by round, each measurement in a fresh
 interpreter after one untimed warm-up run (LangGraph's compile is not timed
-either), so that no system pays for another's heap; the figures that matter
+either) and a full garbage collection, so that no system pays for another's heap
+nor for a collection its warm-up left due; the figures that matter
 are the ratios. A third workload gives every call 20 ms and checks
 that a wide random DAG finishes close to its critical path.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import operator
 import platform
@@ -273,6 +275,11 @@ def one(system: str, workload: str, n: int) -> None:
     graph = chain(n) if workload == "chain" else random_dag(n)
     if not system.startswith("langgraph"):  # LangGraph's runs warm up their own compiled graph
         SYSTEMS[system](graph)  # imports and whatever is built on first use
+    # Every system starts its timed run on a collected heap: otherwise a full collection of
+    # the imports' objects, due whenever the warm-up left the counters, lands in one
+    # system's run and not another's (plain asyncio's DAG measured 42-80 us a step with it,
+    # 11 without).
+    gc.collect()
     print(SYSTEMS[system](graph))
 
 
