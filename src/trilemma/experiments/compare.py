@@ -27,8 +27,7 @@ from statistics import NormalDist
 from typing import Any
 
 from trilemma.errors import UsageError
-from trilemma.experiments.calibrate import wilson
-from trilemma.experiments.trials import Tally, Trial, check_settings, repeat
+from trilemma.experiments.trials import Successes, Tally, Trial, check_settings, repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.plan.simulate import SimResult, under_budget
@@ -42,7 +41,7 @@ ALIKE = 1e-4
 
 
 @dataclass(frozen=True, slots=True)
-class Contender:
+class Contender(Successes):
     """One workflow's measured figures beside its predicted ones."""
 
     name: str
@@ -76,16 +75,6 @@ class Contender:
     def budgeted(self) -> bool:
         """The spec's own deadline or ceiling can stop a run (and the Monte Carlo holds it)."""
         return self.simulated.deadline_s is not None or self.simulated.max_cost_usd is not None
-
-    @property
-    def success_rate(self) -> float:
-        """Share of runs that finished every step."""
-        return self.ok / self.runs
-
-    @property
-    def ci95(self) -> tuple[float, float]:
-        """Wilson 95% interval of the success rate."""
-        return wilson(self.ok, self.runs)
 
     @property
     def quality_per_dollar(self) -> float | None:

@@ -28,8 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from trilemma.errors import UsageError
-from trilemma.experiments.calibrate import wilson
-from trilemma.experiments.trials import Tally, Trial, check_settings, repeat
+from trilemma.experiments.trials import Successes, Tally, Trial, check_settings, repeat
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.plan.simulate import under_budget
@@ -66,7 +65,7 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
-class SweepRow:
+class SweepRow(Successes):
     """What ``runs`` runs under one budget measured."""
 
     budget: Limits
@@ -99,16 +98,6 @@ class SweepRow:
     """The Monte Carlo's success under this budget (None: not simulated)."""
     predicted_cost: float | None = None
     """The Monte Carlo's mean dollars a run under this budget (None: not simulated)."""
-
-    @property
-    def success_rate(self) -> float:
-        """Share of runs that finished every step."""
-        return self.ok / self.runs
-
-    @property
-    def ci95(self) -> tuple[float, float]:
-        """Wilson 95% interval of the success rate."""
-        return wilson(self.ok, self.runs)
 
     def to_json(self) -> dict[str, Any]:
         """A row of ``trilemma sweep --json``."""

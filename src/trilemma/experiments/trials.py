@@ -17,12 +17,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from trilemma.errors import UsageError
+from trilemma.experiments.calibrate import wilson
 from trilemma.journal import Journal
 from trilemma.run.retry import check_time_scale, scaled_time
 from trilemma.run.session import execute
 from trilemma.spec import Workflow
 
-__all__ = ["Tally", "Trial", "check_settings", "repeat", "time_scaled"]
+__all__ = ["Successes", "Tally", "Trial", "check_settings", "repeat", "time_scaled"]
+
+
+class Successes:
+    """Success over a row's runs: ``ok`` of ``runs`` finished every step (for compare's and
+    sweep's rows, which hold both)."""
+
+    __slots__ = ()
+    ok: int
+    runs: int
+
+    @property
+    def success_rate(self) -> float:
+        """Share of runs that finished every step."""
+        return self.ok / self.runs
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """Wilson 95% interval of the success rate."""
+        return wilson(self.ok, self.runs)
 
 
 @dataclass(frozen=True, slots=True)
