@@ -343,7 +343,7 @@ def batch_png(runs: Sequence[dict[str, Any]], ceiling: float | None) -> bytes:
     top.set_ylim(lines[-1] + 0.5, lines[0] - 0.5)
     top.set_ylabel("line")
     top.set_title(f"{len(runs)} runs, each from its start to its end")
-    if seen:  # a run that sent no call has nothing to name
+    if seen:  # no run drawn, nothing to name
         top.legend(loc="lower right", fontsize=8)
     top.grid(alpha=0.3, axis="x")
     _spend(bottom, spend, ceiling, "spend, as runs end", "seconds since the batch started")
