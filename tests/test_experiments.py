@@ -146,4 +146,4 @@ def test_cliff_and_calibrate_find_the_shipped_local_spec_from_any_folder(
     monkeypatch.chdir(tmp_path)  # no examples/ here: the default --spec was looked up here
     for args in (["cliff"], ["calibrate", "--suite", "add1", "--n", "1"]):
         r = cli(*args, "--model", "nope")
-        assert r.code == 2 and "has no such model; it has smollm2" in r.err, r.err
+        assert r.code == 2 and "local.yaml has no such model; it has smollm2" in r.err, r.err

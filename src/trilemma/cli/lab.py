@@ -28,7 +28,7 @@ from trilemma.cli._common import (
 from trilemma.errors import UsageError
 from trilemma.examples import example_path
 from trilemma.report import tables
-from trilemma.spec import ModelProfile, load_workflow
+from trilemma.spec import ModelProfile, Workflow, load_workflow
 from trilemma.spec.model import MAX_SECONDS, MAX_USD
 
 local_app = typer.Typer(help="Serve the PyPI-packaged models with llama.cpp on 127.0.0.1.",
@@ -144,7 +144,7 @@ def calibrate_cmd(
     from trilemma.experiments.calibrate import calibrate
 
     positive("--n", n)
-    wf = load_workflow(spec or example_path("local.yaml"))
+    wf = _spec_with(model, spec)
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
         task = bar.add_task(f"{model} on {suite}", total=n)
@@ -162,6 +162,17 @@ def calibrate_cmd(
                      f"${s['usd_per_call']:.3g} per call ({s['price']})", markup=False)  # fmt: skip
         sys.stdout.write(text)
     return 0
+
+
+def _spec_with(model: str, spec: Path | None) -> Workflow:
+    """The spec holding ``model`` (``spec``, else the shipped examples/local.yaml)."""
+    path = spec or example_path("local.yaml")
+    wf = load_workflow(path)
+    if model not in wf.models:
+        raise UsageError(
+            f"--model {model!r}: {path} has no such model; it has {', '.join(wf.models)}"
+        )
+    return wf
 
 
 def _profile_yaml(model: str, profile: dict[str, Any], out: Path | None) -> str:
@@ -255,12 +266,7 @@ def cliff_cmd(
         raise UsageError(f"--steps {steps!r}: give chain lengths like 1,2,5") from None
     if not lengths or min(lengths) < 1:
         raise UsageError(f"--steps {steps!r}: give positive chain lengths like 1,2,5")
-    spec = spec or example_path("local.yaml")
-    wf = load_workflow(spec)
-    if model not in wf.models:
-        raise UsageError(
-            f"--model {model!r}: {spec} has no such model; it has {', '.join(wf.models)}"
-        )
+    wf = _spec_with(model, spec)
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
         bar_id = bar.add_task("chains", total=len(lengths) * runs)
