@@ -102,7 +102,7 @@ def test_doctor_reports_the_interrupted_run_until_it_is_resumed(cli, tmp_path: P
     assert before["healthy"] and before["integrity"] == "ok"
     assert before["interrupted_runs"] == [run_id]
     text = cli("doctor", "--journal", db)
-    assert f"trilemma resume {run_id}" in text.out
+    assert f"`trilemma resume {run_id} --journal {db}`" in " ".join(text.out.split())
     listed = cli("runs", "--journal", db).out  # its row says running; its process is gone
     assert "interrupted" in listed and "`trilemma resume ID` finishes it" in " ".join(listed.split())
     assert cli("runs", "--journal", db, "--json").json()[0]["status"] == "running"  # the contract's

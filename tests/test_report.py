@@ -160,3 +160,15 @@ def test_a_runs_filter_that_matches_nothing_says_which(cli, tmp_path: Path) -> N
 
     doctor = cli("doctor", "--journal", db).out
     assert f"(this trilemma knows {SCHEMA_VERSION}), 1 run\n" in doctor  # not "1 runs"
+
+
+def test_commands_printed_for_pasting_quote_a_path_with_spaces() -> None:
+    from trilemma.journal.store import DEFAULT_PATH
+    from trilemma.report.tables import follow_up, journal_flag
+
+    assert journal_flag(DEFAULT_PATH) == ""
+    assert journal_flag(Path("runs/j.db")) == " --journal runs/j.db"
+    assert journal_flag(Path("my runs/j.db")) == " --journal 'my runs/j.db'"
+    assert follow_up("20261204T000000Z-1a2b3c4d", "my runs/j.db") == (
+        "next: trilemma ledger 1a2b3c4d --journal 'my runs/j.db' (every call), "
+        "trilemma report 1a2b3c4d --journal 'my runs/j.db' (a page)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -515,17 +516,18 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
                           "restore the journal from a backup, or give another --journal (a "
                           "damaged cache entry is only missed, and the next answer replaces "
                           "it; `trilemma cache clear` forgets it now)")  # fmt: skip
+        flag = tables.journal_flag(journal)  # the commands below read this journal
         for run_id in report["interrupted_runs"]:
             if run_id.startswith("gateway-"):
                 console.print(f"gateway run {run_id} stopped without closing; its calls are in "
                               "the ledger and the next `trilemma gateway` reopens it")  # fmt: skip
             else:
-                console.print(
-                    f"interrupted run {run_id}: finish it with `trilemma resume {run_id}`"
-                )
+                console.print(f"interrupted run {run_id}: finish it with `trilemma resume "
+                              f"{run_id}{flag}`")  # fmt: skip
         for b in report["interrupted_batches"]:
             console.print(f"interrupted batch {b['batch_id']}: go on with `trilemma batch "
-                          f"{b['spec_source']} --inputs <the same file> --resume {b['batch_id']}`")  # fmt: skip
+                          f"{shlex.quote(b['spec_source'])} --inputs <the same file> --resume "
+                          f"{b['batch_id']}{flag}`")  # fmt: skip
         for c in report["orphaned_in_flight_calls"]:
             console.print(f"in flight at the crash (may have been billed): run {c['run_id']} step "
                           f"{c['step_id']} attempt {c['attempt']} call {c['call']} ({c['model']})")  # fmt: skip

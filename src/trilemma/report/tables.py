@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -652,7 +653,7 @@ def short_id(run_id: str) -> str:
 
 def journal_flag(journal: str | Path) -> str:
     """``--journal PATH`` for a command reading ``journal``; nothing for the default one."""
-    return "" if Path(journal) == DEFAULT_PATH else f" --journal {journal}"
+    return "" if Path(journal) == DEFAULT_PATH else f" --journal {shlex.quote(str(journal))}"
 
 
 def cut_line(cut: dict[str, int]) -> str:
@@ -1002,8 +1003,9 @@ def _off_prediction(r: Contender, journal: str | Path) -> str:
     return (f"{r.name}: measured success {_pct(r.success_rate)} [{_pct(lo)}, {_pct(hi)}] is "
             f"{r.off_prediction} the planner's {_pct(r.simulated.success_rate)}, which the 95% "
             f"interval does not hold: the spec's figures for {', '.join(r.endpoints)} are off; "
-            f"`trilemma calibrate --model {r.endpoints[0]} --from-journal {journal} --spec "
-            f"{r.name} --check` names those the ledger contradicts.")  # fmt: skip
+            f"`trilemma calibrate --model {r.endpoints[0]} --from-journal "
+            f"{shlex.quote(str(journal))} --spec {shlex.quote(r.name)} --check` names those the "
+            "ledger contradicts.")  # fmt: skip
 
 
 def _to_tell_apart(a: Contender, b: Contender) -> str:
