@@ -181,7 +181,7 @@ def test_cli_base_profile_from_a_spec_without_the_model(cli: Any, sim_journal: P
     spec = write("version: 1\nmodels: {x: {usd_per_call: 0.01, latency_s: 1, p_ok: 0.9}}\n"
                  "steps: [{id: a, model: x}]\n")  # fmt: skip
     r = cli("calibrate", "--model", "m", "--from-journal", sim_journal, "--spec", spec)
-    assert r.code == 2 and "models: no profile 'm'; it has x" in r.err
+    assert r.code == 2 and f"--model 'm': {spec} has no such model; it has x" in r.err
 
 
 def test_an_empty_journal_says_so(tmp_path: Path) -> None:

@@ -221,10 +221,7 @@ def _base_profile(journal: Any, model: str, spec: Path | None) -> ModelProfile:
     from trilemma.spec import parse_workflow
 
     if spec is not None:
-        wf = load_workflow(spec)
-        if model not in wf.models:
-            raise UsageError(f"{spec}: models: no profile {model!r}; it has {', '.join(wf.models)}")
-        return wf.models[model]
+        return _spec_with(model, spec).models[model]
     for run in journal.runs():
         journaled = parse_workflow(run["spec_json"], f"run {run['run_id']}", json_only=True)
         if model in journaled.models:

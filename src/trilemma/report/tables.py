@@ -51,6 +51,11 @@ def _usd(x: float | None) -> str:
     return "-" if x is None else f"${x:,.4f}" if x < 100 else f"${x:,.0f}"
 
 
+def _with_ci(rate: float, ci: tuple[float, float] | list[float]) -> str:
+    """A share and its 95% interval: "98.33% [91.14%, 99.71%]"."""
+    return f"{_pct(rate)} [{_pct(ci[0])}, {_pct(ci[1])}]"
+
+
 def _pct(x: float) -> str:
     return f"{x * 100:.2f}%"
 
@@ -372,10 +377,9 @@ def budget_for_lines(f: BudgetFor, e: Estimate) -> list[str]:
     def show(v: float) -> str:
         return _usd(v) if cost else f"{v:.3f}s"
 
-    lo, hi = f.at.ci95
     lost = (f.at.ceiling_hits if cost else f.at.deadline_hits) / f.at.runs
     lines = [f"Smallest {name} under which {_pct(f.target)} of runs finish: {show(f.value)} "
-             f"({_pct(f.at.success_rate)} [{_pct(lo)}, {_pct(hi)}] finish, {_pct(lost)} "
+             f"({_with_ci(f.at.success_rate, f.at.ci95)} finish, {_pct(lost)} "
              f"{'stopped' if cost else 'cut'}; {runs})."]  # fmt: skip
     if f.below is not None:
         unit = "a millionth of a dollar" if cost else "a millisecond"
@@ -551,14 +555,11 @@ def optimize_view(r: OptimizeResult) -> Group:
         t.add_row("cut", "", ", ".join(cut))
     bud = r.budget
     if r.judged is not None:  # a stop: the estimate of the chosen spec flatters it
-        lo, hi = r.judged.ci95
-        t.add_row("success, Monte Carlo", "", f"{_pct(r.judged.success_rate)} "
-                  f"[{_pct(lo)}, {_pct(hi)}]")  # fmt: skip
+        t.add_row("success, Monte Carlo", "", _with_ci(r.judged.success_rate, r.judged.ci95))
         t.add_row("cost expected, Monte Carlo", "", _usd(r.judged.cost_usd.mean))
     if r.enforced is not None:
-        lo, hi = r.enforced.ci95
-        t.add_row("success, budgets enforced", "", f"{_pct(r.enforced.success_rate)} "
-                  f"[{_pct(lo)}, {_pct(hi)}]")  # fmt: skip
+        t.add_row("success, budgets enforced", "",
+                  _with_ci(r.enforced.success_rate, r.enforced.ci95))
     held = "enforced" if r.budget_on == "enforced" else f"on {r.budget_on} figures"
     t.caption = f"budget {held}: {_budget_terms(bud)}"
     parts: list[Table | Text] = [t, frontier_table(r.frontier, r)]
@@ -827,8 +828,8 @@ def cliff_table(points: Sequence[Any], model: str) -> Table:
         t.add_column(col, justify="right")
     for p in points:
         d = p.to_json()
-        lo, hi = d["measured_ci95"]
-        t.add_row(str(p.steps), str(p.runs), _pct(p.predicted), f"{_pct(p.measured)} [{_pct(lo)}, {_pct(hi)}]",
+        t.add_row(str(p.steps), str(p.runs), _pct(p.predicted),
+                  _with_ci(p.measured, d["measured_ci95"]),
                   f"${p.cost_predicted:.3g}", f"${p.cost_measured:.3g}", f"{p.latency_predicted:.2f}s",
                   f"{p.latency_measured:.2f}s")  # fmt: skip
     return t
@@ -955,11 +956,10 @@ def compare_table(
                 "calls", "q/$", "predicted q/$"):  # fmt: skip
         t.add_column(col.strip(), justify="left" if col == "spec" else "right")
     for r in rows:
-        lo, hi = r.ci95
         sim, mark = r.simulated, " *" if r.budgeted else ""
         success, cost, latency = sim.success_rate, sim.cost_usd.mean, sim.latency_s.mean
         t.add_row(
-            r.name, f"{_pct(r.success_rate)} [{_pct(lo)}, {_pct(hi)}]", _pct(success) + mark,
+            r.name, _with_ci(r.success_rate, r.ci95), _pct(success) + mark,
             _usd(r.cost_mean), _usd(cost) + mark, f"{r.latency_mean_s:.2f}s",
             f"{latency:.2f}s" + mark, f"{r.calls_mean:.2f}", _qpd(r.quality_per_dollar),
             _qpd(success / cost if cost > 0 else None) + mark,
@@ -999,8 +999,7 @@ def compare_table(
 
 def _off_prediction(r: Contender, journal: str | Path) -> str:
     """A spec on real endpoints whose measured success the prediction misses: what to do."""
-    lo, hi = r.ci95
-    return (f"{r.name}: measured success {_pct(r.success_rate)} [{_pct(lo)}, {_pct(hi)}] is "
+    return (f"{r.name}: measured success {_with_ci(r.success_rate, r.ci95)} is "
             f"{r.off_prediction} the planner's {_pct(r.simulated.success_rate)}, which the 95% "
             f"interval does not hold: the spec's figures for {', '.join(r.endpoints)} are off; "
             f"`trilemma calibrate --model {r.endpoints[0]} --from-journal "
