@@ -62,7 +62,6 @@ CASES: dict[str, tuple[str | bytes, str, str]] = {
         "steps[1].id",
         "duplicate step id",
     ),
-    "malformed step id": (MODELS + "  - {id: 'a b', model: premium}\n", "steps[0].id", "pattern"),
     "unknown model": (
         MODELS + "  - {id: a, model: premum}\n",
         "steps[0].model",
@@ -158,7 +157,53 @@ CASES: dict[str, tuple[str | bytes, str, str]] = {
     "boolean as retries": (
         MODELS + "  - {id: a, model: premium, retries: lots}\n",
         "steps[0].retries",
-        "integer",
+        "should be a whole number (got 'lots')",
+    ),
+    # pydantic's words ("Input should be a valid string", "got None") put in a YAML writer's
+    "empty value": (
+        "version: 1\nmodels: {p: {usd_per_call: 1, latency_s: 1, p_ok:}}\nsteps: [{id: a, model: p}]\n",
+        "models.p.p_ok",
+        "is empty (null); write a number after `p_ok:`",
+    ),
+    "number as a step id": (
+        MODELS + "  - {id: 7, model: premium}\n",
+        "steps[0].id",
+        "should be text, not the number 7; write it in quotes: '7'",
+    ),
+    "boolean as a model name": (
+        MODELS + "  - {id: a, model: yes}\n",
+        "steps[0].model",
+        "not the boolean true; write it in quotes: 'true'",
+    ),
+    "list as a model name": (
+        MODELS + "  - {id: a, model: [premium]}\n",
+        "steps[0].model",
+        "should be text (got a list)",
+    ),
+    "step not a mapping": (
+        MODELS + "  - premium\n",
+        "steps[0]",
+        "should be a mapping of fields, at least `id:`, `model:` (got 'premium')",
+    ),
+    "step without a model": (
+        MODELS + "  - {id: a}\n",
+        "steps[0].model",
+        "missing; this field is required: add `model:` here",
+    ),
+    "after not a list": (
+        MODELS + "  - {id: a, model: premium}\n  - {id: b, model: premium, after: 3}\n",
+        "steps[1].after",
+        "should be a list: `[a, b]`, or one `- item` per line (got 3)",
+    ),
+    "route label starting with a digit": (
+        MODELS + "  - {id: a, model: premium, route: {1st: {share: 1, model: premium}}}\n",
+        "steps[0].route.1st:",
+        "should start with a letter and hold only letters, digits, _ and - (got '1st')",
+    ),
+    "step id with a space": (
+        MODELS + "  - {id: 'a b', model: premium}\n",
+        "steps[0].id",
+        "should hold only letters, digits, _ and - (got 'a b')",
     ),
     # finite, but a sum or a product of them is not: the JSON and the Monte Carlo overflowed
     "price past any real one": (

@@ -188,9 +188,9 @@ def test_a_missing_extra_fails_before_anything_is_journaled(
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("{similarity: 1.5}", "steps[0].cached.similarity: Input should be less than or equal to 1"),
+        ("{similarity: 1.5}", "steps[0].cached.similarity: should be less than or equal to 1"),
         ("{similarty: 0.9}", "steps[0].cached.similarty: unknown field 'similarty' (did you mean 'similarity'?)"),
-        ("maybe", "steps[0].cached: Input should be a valid boolean, unable to interpret input, or a mapping of hit_rate, similarity"),
+        ("maybe", "steps[0].cached: should be true or false, or a mapping of hit_rate, similarity (got 'maybe')"),
     ],
 )  # fmt: skip
 def test_a_bad_cache_rule_is_one_line_naming_the_field(

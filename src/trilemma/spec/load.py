@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from trilemma import dag
 from trilemma.errors import CycleError, SpecError
-from trilemma.spec.model import SPEC_VERSION, Workflow
+from trilemma.spec.model import ROUTE_LABEL_PATTERN, SPEC_VERSION, STEP_ID_PATTERN, Workflow
 from trilemma.spec.template import template_ok
 
 __all__ = ["dump_workflow", "load_workflow", "parse_workflow", "workflow_from_dict"]
@@ -354,15 +354,68 @@ def _spec_error(
         return SpecError(
             source, field, f"unknown field {name!r}{hint}; allowed: {', '.join(sorted(allowed))}"
         )
+    key = str(loc[-1]) if loc and isinstance(loc[-1], str) else None
     if kind == "missing":
-        return SpecError(source, field, "missing; this field is required")
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
+        add = f": add `{key}:` here" if key else ""
+        return SpecError(source, field, f"missing; this field is required{add}")
+    wanted = _WANTED.get(kind)
+    if wanted is not None and value is None and not alternatives:
+        where = f" after `{key}:`" if key else ""
+        return SpecError(source, field, f"is empty (null); write {wanted}{where}")
+    shown = _shown(value)
+    if kind == "string_type" and isinstance(value, (int, float)):  # YAML read a name as a number
+        return SpecError(source, field, f"should be text, not the {_kind(value)} "
+                         f"{shown}; write it in quotes: '{shown}'")  # fmt: skip
+    msg = _plain(err, wanted, root)
     if alternatives:
         msg += f", or a mapping of {alternatives}"
-    shown = _short(value)
-    return SpecError(source, field, f"{msg} (got {shown})" if shown is not None else msg)
+    return SpecError(source, field, f"{msg} (got {shown})")
+
+
+_WANTED = {
+    "string_type": "text",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_parsing_size": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping of `name: value` lines",
+    "model_type": "a mapping of fields",
+    "model_attributes_type": "a mapping of fields",
+}
+"""What a spec field of each pydantic type error wants, in a YAML writer's words."""
+
+_PATTERNS = {
+    STEP_ID_PATTERN: "should hold only letters, digits, _ and -",
+    ROUTE_LABEL_PATTERN: "should start with a letter and hold only letters, digits, _ and -",
+}
+"""The spec's name patterns, in words."""
+
+
+def _plain(err: Any, wanted: str | None, root: type[BaseModel]) -> str:
+    """pydantic's message for ``err`` in a YAML writer's words, with the fix where one is plain."""
+    kind = err["type"]
+    if kind in ("model_type", "model_attributes_type"):
+        model = _models_by_name(root).get(str((err.get("ctx") or {}).get("class_name", "")))
+        needed = [n for n, f in model.model_fields.items() if f.is_required()] if model else []
+        if needed:
+            return "should be a mapping of fields, at least " + ", ".join(f"`{n}:`" for n in needed)
+        return "should be a mapping of fields"
+    if kind == "list_type":
+        return "should be a list: `[a, b]`, or one `- item` per line"
+    if wanted is not None:
+        return f"should be {wanted}"
+    if kind == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") in _PATTERNS:
+        return _PATTERNS[err["ctx"]["pattern"]]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    for subject in ("Input should ", "String should "):  # the field path is the subject
+        if msg.startswith(subject):
+            return "should " + msg[len(subject) :]
+    return msg
 
 
 def _is_union_tag(part: object) -> bool:
@@ -415,9 +468,17 @@ def _models_in(annotation: object) -> list[type[BaseModel]]:
     return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
-def _short(value: object) -> str | None:
+def _kind(value: object) -> str:
+    return "boolean" if isinstance(value, bool) else "number"
+
+
+def _shown(value: object) -> str:
+    """A value as the spec wrote it, short: YAML's words for null, booleans and containers."""
     if isinstance(value, (dict, list)):
-        return None
+        what = "mapping" if isinstance(value, dict) else "list"
+        return f"a {what}" if value else f"an empty {what}"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -425,6 +486,8 @@ def _short(value: object) -> str | None:
 def _render_loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic's mark that the name before it, not its value, is wrong
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:
