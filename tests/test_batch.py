@@ -146,7 +146,9 @@ def test_a_providers_bug_stops_the_batch_and_is_raised_as_itself(tmp_path: Path)
         ('{"question": "a", "extra": "b"}\n', "q.jsonl:1: extra: "),
         ('{"other": "a"}\n', "q.jsonl:1: other: "),
         ("{}\n", "q.jsonl:1: question=...: "),
-        ('{"question": {"nested": 1}}\n', "q.jsonl:1: question: give text, a number or a boolean"),
+        ('{"question": {"nested": 1}}\n', "q.jsonl:1: question: give text, a number or a boolean, not an object"),
+        ('{"question": null}\n', "q.jsonl:1: question: give text, a number or a boolean, not null"),
+        ('{"question": "a", "question": "b"}\n', "q.jsonl:1: question: given twice on one line; keep one"),
         ("\n\n", "no lines; give one JSON object per line"),
     ],
 )
@@ -159,6 +161,16 @@ def test_a_bad_line_is_one_line_naming_it_before_anything_runs(
     r = cli("batch", spec, "--inputs", lines, "--journal", db)
     assert r.code == 2 and expected in r.err and r.err.count("\n") == 1, r.err
     assert not db.exists()
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path: Path, cli) -> None:
+    # Windows editors start a UTF-8 file with one; json.loads refused the first line for it
+    spec, lines = write(tmp_path, 1)
+    lines.write_bytes('\ufeff{"question": "a"}\r\n'.encode())
+    assert read_inputs(lines, parse_workflow(spec.read_text())) == {1: {"question": "a"}}
+    r = cli("batch", spec, "--inputs", lines, "--journal", tmp_path / "j.db")
+    assert r.code == 0, r.err
+    assert ": 1 line, 4 at a time; if it stops" in r.err  # not "1 lines"
 
 
 def test_numbers_and_booleans_are_taken_as_text(tmp_path: Path) -> None:

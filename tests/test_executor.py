@@ -234,6 +234,8 @@ def test_missing_and_unknown_inputs_are_bad_input(cli, tmp_path: Path) -> None:
     assert unknown.code == 2 and "qestion" in unknown.err
     bad = cli("run", path, "--journal", tmp_path / "j.db", "--input", "noequals")
     assert bad.code == 2 and "name=value" in bad.err
+    twice = cli("run", path, "--journal", tmp_path / "j.db", "-i", "question=x", "-i", "question=y")
+    assert twice.code == 2 and "--input question: given twice ('x', then 'y'); give it once" in twice.err
     ok = cli("run", path, "--journal", tmp_path / "j.db", "--input", "question=why?")
     assert ok.code == 0, ok.err
 

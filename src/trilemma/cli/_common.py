@@ -69,6 +69,9 @@ def parse_inputs(pairs: list[str] | None) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"--input {pair!r}: write it as name=value")
+        if key in out and out[key] != value:
+            raise UsageError(f"--input {key}: given twice ({out[key]!r}, then {value!r}); "
+                             "give it once")  # fmt: skip
         out[key] = value
     return out
 

@@ -231,7 +231,7 @@ def batch_cmd(
 
         def started(batch_id: str) -> None:
             again = "goes on with" if resume else "is resumed by the same command with"
-            sys.stderr.write(f"trilemma: {batch_id}: {len(lines)} lines, {parallel} at a "
+            sys.stderr.write(f"trilemma: {batch_id}: {tables.counted(len(lines), 'line')}, {parallel} at a "
                              f"time; if it stops, it {again} --resume {batch_id}\n")  # fmt: skip
 
         def landed(line: LineResult) -> None:  # in the order runs end: a crash keeps what finished

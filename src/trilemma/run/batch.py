@@ -227,8 +227,8 @@ def read_inputs(path: Path, wf: Workflow, source: str = "<spec>") -> dict[int, d
     anything is spent: a bad one is a UsageError naming the file, the line and the fix.
     The path ``-`` reads standard input.
     """
-    try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    try:  # a byte order mark (Windows editors write one) is not part of the first line
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise UsageError(f"--inputs {path}: cannot read it ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
@@ -239,7 +239,9 @@ def read_inputs(path: Path, wf: Workflow, source: str = "<spec>") -> dict[int, d
             continue
         where = f"{path}:{no}: "
         try:
-            row = json.loads(raw)
+            row = json.loads(raw.removeprefix("\ufeff"), object_pairs_hook=_once)
+        except _GivenTwice as exc:
+            raise UsageError(f"{where}{exc.key}: given twice on one line; keep one") from None
         except json.JSONDecodeError as exc:
             raise UsageError(
                 f"{where}not JSON ({exc.msg}); write one object per line, such as "
@@ -254,13 +256,41 @@ def read_inputs(path: Path, wf: Workflow, source: str = "<spec>") -> dict[int, d
             elif isinstance(value, int | float) and math.isfinite(value):
                 value = json.dumps(value)
             elif not isinstance(value, str):
-                raise UsageError(f"{where}{key}: give text, a number or a boolean, not {value!r}")
+                raise UsageError(f"{where}{key}: give text, a number or a boolean, not "
+                                 f"{_json_kind(value)}")  # fmt: skip
             values[key] = value
         check_inputs(wf, values, source, given_as=where)
         out[no] = values
     if not out:
         raise UsageError(f"--inputs {path}: no lines; give one JSON object per line")
     return out
+
+
+class _GivenTwice(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict, refusing a name given twice (json keeps the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _GivenTwice(key)
+        out[key] = value
+    return out
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words: null, an object, a list, NaN."""
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)  # NaN, Infinity: json reads them, but they are no number a prompt holds
 
 
 def run_batch(
