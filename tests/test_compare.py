@@ -76,6 +76,13 @@ def test_cli_compare_bad_input_is_one_line(cli, tmp_path: Path) -> None:
     scale = cli("compare", EXAMPLES / "single.yaml", "--time-scale", "0", "--journal",
                 tmp_path / "j.db")  # fmt: skip
     assert scale.code == 2 and "--time-scale 0: give a factor in (0, 1]" in scale.err
+    huge = cli("compare", EXAMPLES / "single.yaml", "--runs", "99999999999999999999",
+               "--journal", tmp_path / "j.db")  # fmt: skip
+    assert huge.code == 2 and "give at most 1,000,000, which puts a success rate" in huge.err
+    unread = cli("compare", EXAMPLES / "single.yaml", "-i", "a=1", "-i", "a=2", "--journal",
+                 tmp_path / "j.db")  # fmt: skip
+    assert unread.code == 2 and "--input a: given twice" in unread.err
+    assert not (tmp_path / "j.db").exists()  # each refused before the journal was opened
 
 
 def test_the_figures_in_docs_compare_hold(tmp_path: Path) -> None:

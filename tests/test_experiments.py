@@ -91,6 +91,7 @@ def test_calibrate_measures_the_simulator_and_writes_a_profile(cli, tmp_path: Pa
     [
         (["--suite", "ad1"], "did you mean 'add1'"),
         (["--n", "0"], "--n"),
+        (["--n", "99999999999999999999"], "--n: 99,999,999,999,999,999,999 tasks, each one call to the model; give at most 1,000,000"),
         (["--model", "nope"], "no such model"),
     ],
 )
@@ -121,6 +122,24 @@ def test_cliff_on_the_simulator_follows_the_product_law(cli, tmp_path: Path) -> 
         assert lo - 0.05 <= row["predicted_success"] <= hi + 0.05
     assert png.read_bytes().startswith(b"\x89PNG")
     assert cli("cliff", "--model", "sim", "--spec", spec, "--steps", "0").code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [  # a typo that would never end (a chain of 1e20 steps hung building its spec)
+        (["--steps", "1,99999999999999999999"], "--steps 1,99999999999999999999: give chain lengths from 1 to 1,000"),
+        (["--steps", ","], "--steps '': give chain lengths from 1 to 1,000"),
+        (["--runs", "1000001"], "--runs: 1,000,001 runs, each one run on the executor"),
+        (["--runs", "0"], "--runs: 0 is not a positive integer"),
+    ],
+)  # fmt: skip
+def test_cliff_refuses_a_chain_or_a_run_count_past_its_bounds(cli, tmp_path: Path, args, says) -> None:
+    spec = tmp_path / "sim.yaml"
+    spec.write_text(SIM_SPEC)
+    db = tmp_path / "j.db"
+    r = cli("cliff", "--model", "sim", "--spec", spec, "--journal", db, *args)
+    assert r.code == 2 and says in r.err and r.err.count("\n") == 1, r.err
+    assert not db.exists()
 
 
 def test_local_commands_say_what_to_install_when_the_extra_is_missing(

@@ -144,12 +144,14 @@ def test_cli_sweep_json_table_and_plot(cli, tmp_path: Path) -> None:
         (["--deadline", "-1"], "--deadline '-1': give positive numbers"),
         (["--max-cost", "0.1", "--time-scale", "2"], "--time-scale 2: give a factor in (0, 1]"),
         (["--max-cost", "0.1", "--runs", "0"], "--runs: 0 is not a positive integer"),
+        (["--max-cost", "0.1", "--runs", "1000001"], "--runs: 1,000,001 runs, each one run on the executor"),
     ],
 )
 def test_cli_sweep_bad_flags_are_one_line_errors(cli, tmp_path: Path, args, says) -> None:
     r = cli("sweep", CASCADE, "--journal", tmp_path / "j.db", *args)
     assert r.code == 2 and says in r.err
     assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+    assert not (tmp_path / "j.db").exists()  # refused before the journal was opened
 
 
 def test_the_figures_in_docs_sweep_hold(tmp_path: Path) -> None:

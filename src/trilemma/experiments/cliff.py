@@ -25,12 +25,13 @@ from trilemma.experiments.tasks import (
     chain_tasks,
     extract_sentence,
 )
+from trilemma.experiments.trials import check_runs
 from trilemma.journal import Journal
 from trilemma.plan.estimate import estimate
 from trilemma.run.session import execute
 from trilemma.spec import ModelProfile, Workflow, workflow_from_dict
 
-__all__ = ["CliffPoint", "chain_workflow", "cliff"]
+__all__ = ["MAX_CHAIN", "CliffPoint", "chain_workflow", "check_chains", "cliff"]
 
 ADD_FEW_SHOT = (
     "\n".join(f"Q: {q}\nA: {a}" for q, a in CHAIN_SHOTS) + "\nQ: What is {prev} + {d}?\nA:"
@@ -39,6 +40,10 @@ RELAY_FEW_SHOT = (
     "\n".join(f"Q: {q}\nA: {a}" for q, a in EXTRACT_SHOTS)
     + '\nQ: What number appears in this sentence: "{sentence}"\nA:'
 )
+
+MAX_CHAIN = 1_000
+"""The longest chain ``cliff`` builds: at p_ok 0.99 one of 1,000 steps succeeds 0.004% of the
+time, and each run sends every step to the model one after another."""
 
 #: The chain kinds, and the suite that calibrates one of their steps.
 TASKS = {"add": "chain", "relay": "extract"}
@@ -119,6 +124,16 @@ class CliffPoint:
         }  # fmt: skip
 
 
+def check_chains(lengths: list[int], runs: int) -> None:
+    """Refuse chain lengths outside 1 to :data:`MAX_CHAIN`, or a run count
+    :func:`~trilemma.experiments.trials.check_runs` refuses (UsageError)."""
+    if not lengths or min(lengths) < 1 or max(lengths) > MAX_CHAIN:
+        given = ",".join(map(str, lengths)) or repr("")
+        raise UsageError(f"--steps {given}: give chain lengths from 1 to {MAX_CHAIN:,}, "
+                         "such as 1,2,5")  # fmt: skip
+    check_runs(runs)
+
+
 def cliff(
     model: str,
     profile: ModelProfile,
@@ -131,6 +146,7 @@ def cliff(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> list[CliffPoint]:
     """Run chains of each length ``runs`` times; compare with the planner."""
+    check_chains(lengths, runs)
     points = []
     total, done = len(lengths) * runs, 0
     for steps in lengths:

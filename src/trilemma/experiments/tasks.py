@@ -20,6 +20,11 @@ from dataclasses import dataclass
 
 from trilemma.errors import UsageError
 
+MAX_TRIALS = 1_000_000
+"""The most tasks a suite draws, and runs an experiment makes of one spec, budget or chain:
+each is a call or a run with its calls in the journal, and a million put a success rate
+within +-0.1%."""
+
 __all__ = ["SUITES", "Suite", "Task", "chain_tasks", "final_number", "first_number"]
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -86,6 +91,9 @@ class Suite:
         """``n`` tasks, the same for the same seed."""
         if n < 1:
             raise UsageError(f"--n: {n} is not a positive number of tasks")
+        if n > MAX_TRIALS:
+            raise UsageError(f"--n: {n:,} tasks, each one call to the model; give at most "
+                             f"{MAX_TRIALS:,}")  # fmt: skip
         rng = random.Random(f"{self.name}:{seed}")
         out = []
         for _ in range(n):

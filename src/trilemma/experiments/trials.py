@@ -18,12 +18,13 @@ from typing import Any
 
 from trilemma.errors import UsageError
 from trilemma.experiments.calibrate import wilson
+from trilemma.experiments.tasks import MAX_TRIALS
 from trilemma.journal import Journal
 from trilemma.run.retry import check_time_scale, scaled_time
 from trilemma.run.session import execute
 from trilemma.spec import Workflow
 
-__all__ = ["Successes", "Tally", "Trial", "check_settings", "repeat", "time_scaled"]
+__all__ = ["MAX_TRIALS", "Successes", "Tally", "Trial", "check_runs", "check_settings", "repeat", "time_scaled"]
 
 
 class Successes:
@@ -63,10 +64,19 @@ class Trial:
     """Steps in the spec."""
 
 
-def check_settings(runs: int, time_scale: float) -> None:
-    """Refuse a run count below 1 or a time factor outside (0, 1]."""
+def check_runs(runs: int) -> None:
+    """Refuse a run count below 1 or above :data:`MAX_TRIALS` (a typo that would not end)."""
     if runs < 1:
         raise UsageError(f"--runs: {runs} is not a positive integer; give 1 or more")
+    if runs > MAX_TRIALS:
+        raise UsageError(f"--runs: {runs:,} runs, each one run on the executor with its calls "
+                         f"journaled; give at most {MAX_TRIALS:,}, which puts a success rate "
+                         "within +-0.1%")  # fmt: skip
+
+
+def check_settings(runs: int, time_scale: float) -> None:
+    """Refuse a run count outside 1 to :data:`MAX_TRIALS` or a time factor outside (0, 1]."""
+    check_runs(runs)
     check_time_scale(time_scale, "--time-scale")
 
 

@@ -31,6 +31,7 @@ BUSY_TIMEOUT_S = 30.0
 Op = tuple[str, tuple[Any, ...], dict[str, Any]]
 #: A run's calls: a range scan of the idempotency-key index (keys are run:step:attempt:call).
 RUN_CALLS = "idempotency_key >= ? AND idempotency_key < ? AND run_id = ?"
+_SQLITE_MAX_INT = 2**63 - 1
 
 
 def abandoned(run: Mapping[str, Any]) -> bool:
@@ -262,7 +263,7 @@ class Journal:
         clause += " ORDER BY runs.started_at DESC, runs.run_id DESC"
         if limit is not None:
             clause += " LIMIT ?"
-            args.append(limit)
+            args.append(min(limit, _SQLITE_MAX_INT))  # more than SQLite counts is all of them
         return self._runs(clause, tuple(args))
 
     def count_runs(self, *, status: str | None = None, batch_id: str | None = None) -> int:
