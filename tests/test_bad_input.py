@@ -425,3 +425,48 @@ def test_ctrl_c_in_a_long_command_says_so_and_exits_130(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     assert (proc.returncode, out, err) == (130, "", "trilemma: interrupted\n")
+
+
+ODD_VALUES: list[object] = [None, -1, 0, 1e30, -0.5, "abc", "", [], {}, True, float("nan"),
+                            float("inf"), 10**12, "1.5", [1, 2], {"a": 1}, 2]  # fmt: skip
+
+
+def _places(node: object, at: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Every path to a value in parsed YAML."""
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in [(*at, k), *_places(v, (*at, k))]]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in [(*at, i), *_places(v, (*at, i))]]
+    return []
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_examples_with_values_swapped_fail_in_a_yaml_writers_words(cli, tmp_path: Path, seed: int) -> None:
+    # what a fuzz of 1,500 such specs found: pydantic's own words ("instance of Step", "got None")
+    import copy
+    import random
+
+    import yaml
+
+    rng = random.Random(seed)
+    examples = sorted(p for p in EXAMPLES.glob("*.yaml") if p.name != "gateway.yaml")
+    refused = 0
+    for i in range(30):
+        data = yaml.safe_load(rng.choice(examples).read_text())
+        for _ in range(rng.choice((1, 1, 2))):
+            *parent, last = rng.choice(_places(data))
+            node = data
+            for part in parent:
+                node = node[part]
+            node[last] = copy.deepcopy(rng.choice(ODD_VALUES))
+        path = tmp_path / f"m{i}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        r = cli(*(["estimate", path] if i % 2 else ["simulate", path, "--runs", "50"]))
+        assert r.code in (0, 1, 2), (r.code, r.err)
+        if r.code == 2:
+            refused += 1
+            line = r.err.strip()
+            assert "\n" not in line and line.startswith(f"trilemma: error: {path}: "), line
+            for words in ("Input should", "instance of", "(got None)", "String should", "[key]"):
+                assert words not in line, line
+    assert refused >= 10  # the swaps do reach the checks
