@@ -257,6 +257,14 @@ def test_json_file_errors_name_line_and_column(cli, write) -> None:
     assert "line 1, column 15" in r.err and "JSON syntax error" in r.err
 
 
+def test_a_json_spec_naming_a_key_twice_is_refused_as_a_yaml_one_is(cli, write) -> None:
+    # json.loads kept the last "retries" silently; the YAML loader always refused the like
+    spec = ('{"version": 1, "models": {"p": {"usd_per_call": 1, "latency_s": 1, "p_ok": 0.5}}, '
+            '"steps": [{"id": "a", "model": "p", "retries": 1, "retries": 5}]}')  # fmt: skip
+    r = cli("estimate", write(spec, name="spec.json"))
+    assert r.code == 2 and "spec.json: duplicate key 'retries' in one object; keep one" in r.err
+
+
 def test_missing_file(cli, tmp_path) -> None:
     r = cli("estimate", tmp_path / "nope.yaml")
     assert r.code == 2

@@ -338,7 +338,7 @@ def sweep_cmd(
     budgets = [Limits(c, d) for c in _numbers("--max-cost", max_cost, MAX_USD)
                for d in _numbers("--deadline", deadline, MAX_SECONDS)]  # fmt: skip
     wf = load_workflow(file)
-    check_settings(runs, time_scale)  # all refused before the journal is opened
+    check_settings(runs, time_scale)  # bad flags refused before the journal is opened
     given = parse_inputs(inputs)
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
@@ -378,7 +378,7 @@ def compare_cmd(
 
     writable("--plot", plot)
     specs = [(str(f), load_workflow(f)) for f in files]
-    check_settings(runs, time_scale)  # all refused before the journal is opened
+    check_settings(runs, time_scale)  # bad flags refused before the journal is opened
     given = parse_inputs(inputs)
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:

@@ -57,6 +57,7 @@ from trilemma.run.session import (
 )
 from trilemma.run.shared_budget import SharedCeiling
 from trilemma.spec import Workflow
+from trilemma.spec.load import DuplicateKey, unique_keys
 
 __all__ = ["BatchResult", "LineResult", "plan_batch", "predicted_json", "read_inputs", "run_batch"]
 
@@ -239,8 +240,8 @@ def read_inputs(path: Path, wf: Workflow, source: str = "<spec>") -> dict[int, d
             continue
         where = f"{path}:{no}: "
         try:
-            row = json.loads(raw.removeprefix("\ufeff"), object_pairs_hook=_once)
-        except _GivenTwice as exc:
+            row = json.loads(raw.removeprefix("\ufeff"), object_pairs_hook=unique_keys)
+        except DuplicateKey as exc:
             raise UsageError(f"{where}{exc.key}: given twice on one line; keep one") from None
         except json.JSONDecodeError as exc:
             raise UsageError(
@@ -263,22 +264,6 @@ def read_inputs(path: Path, wf: Workflow, source: str = "<spec>") -> dict[int, d
         out[no] = values
     if not out:
         raise UsageError(f"--inputs {path}: no lines; give one JSON object per line")
-    return out
-
-
-class _GivenTwice(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object's pairs as a dict, refusing a name given twice (json keeps the last)."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _GivenTwice(key)
-        out[key] = value
     return out
 
 

@@ -217,9 +217,30 @@ def _did_you_mean(name: str, options: typing.Iterable[str]) -> str:
 # --------------------------------------------------------------------- parse helpers
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names ``key`` twice (json.loads would keep the last silently)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for json.loads: an object's pairs as a dict, raising
+    :class:`DuplicateKey` on a name given twice, as the YAML loader refuses one."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _parse_json(text: str, source: str) -> object:
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=unique_keys)
+    except DuplicateKey as exc:
+        raise SpecError(source, "", f"duplicate key {exc.key!r} in one object; keep one") from None
     except json.JSONDecodeError as exc:
         raise SpecError(
             source, f"line {exc.lineno}, column {exc.colno}", f"JSON syntax error: {exc.msg}"
