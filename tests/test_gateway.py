@@ -203,11 +203,19 @@ def test_keys_models_and_bodies_are_checked(tmp_path: Path) -> None:
 REFUSED_BODIES = {
     # what the gateway cannot honour is refused, never dropped without a word
     "n": ({"n": 3}, "n must be 1"),
+    "n of true": ({"n": True}, "n must be 1"),
+    "stream not a boolean": ({"stream": "no"}, "stream must be true or false"),
+    "stream of 1": ({"stream": 1}, "stream must be true or false"),
+    "temperature past 2": ({"temperature": 7}, "temperature must be a number from 0 to 2"),
+    "temperature below 0": ({"temperature": -0.5}, "temperature must be a number from 0 to 2"),
+    "temperature of true": ({"temperature": True}, "temperature must be a number from 0 to 2"),
     "tools": ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools are not"),
     "tool_choice": ({"tool_choice": "required"}, "tool_choice is not"),
     "response_format": ({"response_format": {"type": "json_object"}}, "response_format is not"),
     "logprobs": ({"logprobs": True}, "logprobs are not"),
     "stop not text": ({"stop": 5}, "stop must be"),
+    "stop of 0": ({"stop": 0}, "stop must be"),
+    "stop an object": ({"stop": {}}, "stop must be"),
     "stop of None": ({"stop": [None, 3]}, "stop must be"),
     "five stops": ({"stop": list("abcde")}, "stop must be"),
     "a role nobody has": ({"messages": [{"role": "wizard", "content": "q"}]}, "a role of"),
@@ -240,6 +248,31 @@ def test_text_that_is_not_utf8_is_a_400_and_text_parts_are_joined(tmp_path: Path
     assert ok.choices[0].message.content == "answer from sim"
     (call,) = Journal(tmp_path / "j.db").calls(run_id_of("team-a"))
     assert json.loads(call["request_json"]) == [{"role": "user", "content": "first\nsecond"}]
+
+
+def test_a_path_or_method_not_served_gets_an_error_in_openais_shape(tmp_path: Path) -> None:
+    with serving(tmp_path, config_text()) as (url, _):
+        with pytest.raises(openai.NotFoundError, match="POST /v1/completions is not served"):
+            client(url).completions.create(model="sim", prompt="q")
+        status, reply = http(f"{url}/models", b"{}", {"Authorization": f"Bearer {SECRET}"})
+    assert status == 405 and reply["error"]["code"] == "method_not_allowed", reply
+    assert "GET /v1/models" in reply["error"]["message"]
+
+
+def test_a_body_over_the_limit_is_refused_before_the_rest_is_read(tmp_path: Path) -> None:
+    """A chunked body (no length given) that never ends gets its 413 once past 4 MB."""
+    with serving(tmp_path, config_text()) as (url, _):
+        host, port = url.split("//")[1].split("/")[0].split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                         b"Authorization: Bearer " + SECRET.encode() + b"\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+            piece = b"x" * 65536
+            for _ in range(4 * 16 + 1):  # 4 MB and one piece more; the body is never ended
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            head = sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 413"), head[:200]
+    assert b"over 4 MB" in head
 
 
 def test_an_upstream_429_passes_through_with_retry_after_and_is_not_billed(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from trilemma._proc import pid_alive
 from trilemma.cache.keys import profile_settings
@@ -74,6 +75,8 @@ __all__ = ["Gateway", "create_app", "run_id_of"]
 
 #: Largest request body accepted, in bytes.
 MAX_BODY_BYTES = 4 * 1024 * 1024
+#: What the gateway serves, for the message a request for anything else gets.
+ROUTES = ("POST /v1/chat/completions", "GET /v1/models", "GET /v1/budget")
 
 
 def run_id_of(key: str) -> str:
@@ -474,8 +477,11 @@ class Gateway:
             names = ", ".join(self.config.allowed(key))
             raise _Refused(error(404, f"model {model!r} is not served to key {key!r}; it may "
                                        f"call: {names}", "invalid_request_error", "model_not_found"))  # fmt: skip
+        asked_stream = body.get("stream")
+        if asked_stream is not None and not isinstance(asked_stream, bool):
+            raise _Refused(error(400, "stream must be true or false", "invalid_request_error"))
         stream = None
-        if body.get("stream"):
+        if asked_stream:
             options = body.get("stream_options") or {}
             if not isinstance(options, dict):
                 raise _Refused(error(400, "stream_options must be an object", "invalid_request_error"))  # fmt: skip
@@ -502,11 +508,12 @@ class Gateway:
         ):
             raise _Refused(error(400, "max_tokens must be a positive integer", "invalid_request_error"))  # fmt: skip
         temperature = body.get("temperature", profile.temperature)
-        if temperature is not None and (not isinstance(temperature, (int, float))
-                                        or not math.isfinite(temperature)):  # fmt: skip
-            raise _Refused(error(400, "temperature must be a number", "invalid_request_error"))
-        stop = body.get("stop", profile.stop) or ()
-        stop = (stop,) if isinstance(stop, str) else stop
+        if temperature is not None and (isinstance(temperature, bool)
+                                        or not isinstance(temperature, int | float)
+                                        or not 0 <= temperature <= 2):  # fmt: skip (NaN fails too)
+            raise _Refused(error(400, "temperature must be a number from 0 to 2", "invalid_request_error"))  # fmt: skip
+        stop = body.get("stop", profile.stop)
+        stop = () if stop in (None, "") else (stop,) if isinstance(stop, str) else stop
         if not isinstance(stop, list | tuple) or len(stop) > MAX_STOPS or not all(
             isinstance(x, str) and not_text_at(x) is None for x in stop
         ):
@@ -547,7 +554,7 @@ def _unserved(body: dict[str, Any]) -> str | None:
     several choices, tools and forced formats would leave the client with less than it
     asked for, and are refused.
     """
-    if body.get("n") not in (None, 1):
+    if isinstance(body.get("n"), bool) or body.get("n") not in (None, 1):
         return "n must be 1: the gateway answers with one choice"
     for field in ("tools", "functions"):
         if body.get(field):
@@ -633,6 +640,13 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def refused(_: Request, exc: _Refused) -> JSONResponse:
         return exc.response
 
+    @app.exception_handler(HTTPException)  # a path or method not served: OpenAI's shape too
+    async def not_served(request: Request, exc: HTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else "method_not_allowed"
+        return error(exc.status_code, f"{request.method} {request.url.path} is not served: the "
+                                      f"gateway serves {', '.join(ROUTES)}", "invalid_request_error",
+                     code, exc.headers)  # fmt: skip
+
     @app.exception_handler(SetupError)  # the shared budget store stopped answering
     async def unavailable(_: Request, exc: SetupError) -> JSONResponse:
         return error(503, str(exc), "api_error", "budget_store_unavailable")
@@ -640,9 +654,11 @@ def create_app(gateway: Gateway) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         key = gateway.key_of(request.headers.get("authorization"))
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            return error(413, "the request body is over 4 MB", "invalid_request_error")
+        raw = bytearray()
+        async for part in request.stream():  # never more than the limit held in memory
+            raw += part
+            if len(raw) > MAX_BODY_BYTES:
+                return error(413, "the request body is over 4 MB", "invalid_request_error")
         try:
             body = json.loads(raw)
         except ValueError:
