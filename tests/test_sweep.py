@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from trilemma import load_workflow, parse_workflow
 from trilemma.errors import RateLimited, UsageError
 from trilemma.experiments.sweep import Limits, budget_sweep
 from trilemma.experiments.trials import time_scaled
 from trilemma.journal import Journal
+from trilemma.report.tables import sweep_table
 from trilemma.run.retry import backoff, scaled_time
 
 from .conftest import EXAMPLES
@@ -45,6 +48,12 @@ def test_a_ceiling_is_never_crossed_and_the_run_fails_soft(tmp_path: Path) -> No
         assert c is not None and r.budget.max_cost_usd is not None and c <= r.budget.max_cost_usd
     assert spend == sorted(spend) and spend[0] < spend[1]  # type: ignore[type-var]
     assert spend[2] == sw.baseline.predicted_cost == pytest.approx(0.011, abs=0.0002)
+    # on a 120-column terminal every header word stays whole
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(sweep_table(sw, "cascade.yaml"))
+    shown = console.export_text()
+    assert "…" not in shown and shown.count("predicted ┃") == 2, shown
+    assert max(len(line) for line in shown.splitlines()) <= 120
 
 
 def test_a_deadline_sweep_stops_runs_at_the_deadline(tmp_path: Path) -> None:
@@ -127,7 +136,7 @@ def test_cli_sweep_json_table_and_plot(cli, tmp_path: Path) -> None:
     assert 0.0 < row["predicted_success_rate"] < top
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     t = cli(*args)
-    assert t.code == 0 and "Budget sweep" in t.out and "none (baseline)" in t.out
+    assert t.code == 0 and "Budget sweep" in t.out and "baseline" in t.out
     assert "Spend over a ceiling: 0 of 16" in t.out
     widest = max((hi - lo) / 2 for hi, lo in ((r["success_ci95"][1], r["success_ci95"][0])
                                                for r in (d["baseline"], *d["rows"])))  # fmt: skip
