@@ -21,6 +21,7 @@ from trilemma.plan.simulate import BudgetFor, SimResult
 from trilemma.plan.slots import over_rate
 from trilemma.plan.thresholds import Threshold
 from trilemma.providers.base import CUT
+from trilemma.report.fitted import FittedTable
 from trilemma.spec import Budget, ModelProfile, Workflow
 from trilemma.spec.model import BACKOFF_BASE_S, BACKOFF_CAP_S
 
@@ -66,7 +67,7 @@ def _qpd(x: float | None) -> str:
 
 def estimate_table(e: Estimate, title: str = "Estimate") -> Group:
     """Per-step rows and the workflow's totals."""
-    t = Table(title=title, title_justify="left")
+    t = FittedTable(title=title, title_justify="left")
     for col in ("step", "model", "calls", "retries", "cost book", "cost expected", "cost worst",
                 "latency", "p attempt", "p step", "critical"):  # fmt: skip
         t.add_column(col, justify="left" if col in ("step", "model") else "right")
@@ -277,7 +278,7 @@ def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
 
 def totals_table(e: Estimate) -> Table:
     """The workflow's figures in one small table."""
-    t = Table(show_header=True, box=None, pad_edge=False)
+    t = FittedTable(show_header=True, box=None, pad_edge=False)
     for col in ("", "book", "expected", "worst"):
         t.add_column(col, justify="right")
     t.add_row("calls", str(e.calls_book), f"{e.calls_expected:.2f}", str(e.calls_worst))
@@ -293,7 +294,7 @@ def totals_table(e: Estimate) -> Table:
 def simulate_table(r: SimResult, e: Estimate) -> Table:
     """Monte Carlo figures beside the analytic ones."""
     lo, hi = r.ci95
-    t = Table(title=f"Monte Carlo, {r.runs:,} runs (seed {r.seed})", title_justify="left")
+    t = FittedTable(title=f"Monte Carlo, {r.runs:,} runs (seed {r.seed})", title_justify="left")
     for col in ("", "analytic", "mean", "p50", "p95", "p99"):
         t.add_column(col, justify="right")
     t.add_row("success", _pct(e.reliability), f"{_pct(r.success_rate)}  [{_pct(lo)}, {_pct(hi)}]",
@@ -322,7 +323,7 @@ def simulate_table(r: SimResult, e: Estimate) -> Table:
 
 def fit_table(f: LedgerFit, base: ModelProfile) -> Table:
     """``calibrate --from-journal``: the profile the spec gives beside what the ledger measured."""
-    t = Table(title=f"Model {f.model!r} in {f.journal}: {counted(f.sent, 'call')} sent in "
+    t = FittedTable(title=f"Model {f.model!r} in {f.journal}: {counted(f.sent, 'call')} sent in "
                     f"{counted(f.runs, 'run')}",
               title_justify="left")  # fmt: skip
     for col in ("", "profile", "measured", "from"):
@@ -404,7 +405,7 @@ def hedge_table(rows: Sequence[Threshold], model: str) -> Table:
     """Each hedge threshold's cost beside its latency tail, the first row unhedged."""
     base = rows[0]
     first = base.sim
-    t = Table(title=f"Hedging model {model!r}: Monte Carlo, {first.runs:,} runs per threshold "
+    t = FittedTable(title=f"Hedging model {model!r}: Monte Carlo, {first.runs:,} runs per threshold "
                     f"(seed {first.seed})", title_justify="left")  # fmt: skip
     deadline = first.deadline_s
     for col in ("hedge after", "calls hedged", "cost", "vs none", "calls", "success", "p50",
@@ -458,7 +459,7 @@ def frontier_table(frontier: Sequence[Candidate], r: OptimizeResult, limit: int 
         place = next((i for i, (c, _) in enumerate(rows) if c.cost_worst > r.chosen.cost_worst),
                      len(rows))  # fmt: skip
         rows.insert(place, (r.chosen, True))
-    t = Table(title=f"Pareto frontier ({len(frontier)} configurations; {len(shown)} shown)",
+    t = FittedTable(title=f"Pareto frontier ({len(frontier)} configurations; {len(shown)} shown)",
               title_justify="left")  # fmt: skip
     for col in ("cost worst", "cost expected", "latency", "reliability", "meets budget", "levers"):
         t.add_column(col, justify="left" if col == "levers" else "right")
@@ -532,7 +533,7 @@ def describe(c: Candidate) -> str:
 
 def optimize_view(r: OptimizeResult) -> Group:
     """Original beside chosen, and the frontier."""
-    t = Table(title=f"Optimized by {r.method}: {r.space:,} configurations in the space, "
+    t = FittedTable(title=f"Optimized by {r.method}: {r.space:,} configurations in the space, "
                     f"{r.evaluated:,} evaluated", title_justify="left")  # fmt: skip
     t.add_column("")
     t.add_column("original", justify="right")
@@ -603,7 +604,7 @@ def run_view(r: Any, under: SimResult | None = None) -> Group:
     spec under the run's ceiling and deadline, which the analytic success does not see."""
     p = r.predicted
     seed = "" if r.seed is None else f" (seed {r.seed})"
-    t = Table(title=f"Run {r.run_id}: {r.status}{seed}", title_justify="left")
+    t = FittedTable(title=f"Run {r.run_id}: {r.status}{seed}", title_justify="left")
     for col in ("", "predicted", "measured"):
         t.add_column(col, justify="right")
     t.add_row(
@@ -621,7 +622,7 @@ def run_view(r: Any, under: SimResult | None = None) -> Group:
                   f"{' and '.join(h for h in held if h)})", "")  # fmt: skip
     if r.saved_usd:
         t.add_row("saved by stopping early", "", _usd(r.saved_usd))
-    st = Table(box=None)
+    st = FittedTable(box=None)
     for col in ("step", "status", "attempts", "cost", "output"):
         st.add_column(col)
     for sid, s in r.steps.items():
@@ -684,7 +685,7 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     ceiling = f" (ceiling {_usd(b.max_cost_usd)})" if b.max_cost_usd is not None else ""
     measured = [_usd(b.cost_usd) + ceiling, f"{b.count('ok')} of {n}", f"{b.latency_s:.2f}s",
                 _qpd(b.quality_per_dollar)]  # fmt: skip
-    t = Table(title=f"{b.batch_id}: {n} runs, {b.status}", title_justify="left")
+    t = FittedTable(title=f"{b.batch_id}: {n} runs, {b.status}", title_justify="left")
     for col in ("", "predicted", "measured"):
         t.add_column(col, justify="right")
     for (label, planned), got in zip(_planned_rows(b.planned(), n, b.parallel), measured, strict=True):
@@ -697,7 +698,7 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     parts: list[Any] = [t, Text(counts)]
     bad = [r for r in b.lines if r.status not in ("ok", "not_started")]
     if bad:
-        lt = Table(box=None)
+        lt = FittedTable(box=None)
         for col in ("line", "status", "run", "cost", "why"):
             lt.add_column(col)
         for r in bad[:shown]:
@@ -716,7 +717,7 @@ def batch_view(b: Any, shown: int = 10) -> Group:
 def batch_plan_view(plan: dict[str, Any]) -> Table:
     """``trilemma batch --plan``: what the batch should cost and take, before it runs."""
     n = plan["lines"]
-    t = Table(title=f"Plan for {n} runs, {plan['parallel']} at a time (nothing sent)",
+    t = FittedTable(title=f"Plan for {n} runs, {plan['parallel']} at a time (nothing sent)",
               title_justify="left")  # fmt: skip
     t.add_column("")
     t.add_column("predicted", justify="right")
@@ -742,7 +743,7 @@ def runs_table(rows: list[dict[str, Any]], total: int | None = None) -> Table:
     title = f"{counted(total, 'run')}, newest first"
     if total > len(rows):
         title += f" (the newest {len(rows):,} shown: --limit N for more, --json for every run)"
-    t = Table(title=title, title_justify="left")
+    t = FittedTable(title=title, title_justify="left")
     gone = {r["run_id"] for r in rows if abandoned(r)}
     if gone:
         t.caption = ("interrupted: its process ended before the run did (a crash, a kill, "
@@ -750,7 +751,7 @@ def runs_table(rows: list[dict[str, Any]], total: int | None = None) -> Table:
     tenants = any(r.get("tenant") for r in rows)  # a column only when some run has one
     for col in ("run_id", "status", "started_at", "cost", "calls", "seed", "spec",
                 *["tenant"] * tenants):  # fmt: skip
-        t.add_column(col)
+        t.add_column(col, no_wrap=col == "run_id")  # an id to copy whole, never folded
     for r in rows:
         when = dt.datetime.fromtimestamp(r["started_at"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         seed = "" if r.get("seed") is None else str(r["seed"])
@@ -783,7 +784,7 @@ def ledger_row(r: dict[str, Any]) -> dict[str, Any]:
 
 def ledger_table(run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.0) -> Table:
     """``trilemma ledger`` (``time_scale``: the run's, journaled; below 1 the caption says so)."""
-    t = Table(title=f"Ledger of {run_id}: {len(rows)} calls", title_justify="left")
+    t = FittedTable(title=f"Ledger of {run_id}: {len(rows)} calls", title_justify="left")
     if time_scale != 1:
         t.caption = (f"simulated time ran {1 / time_scale:g}x faster (compare or sweep): "
                      f"latencies are {time_scale:g} of the spec's own")  # fmt: skip
@@ -820,7 +821,7 @@ def ledger_table(run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.
 
 def cliff_table(points: Sequence[Any], model: str) -> Table:
     """``trilemma cliff``: predicted beside measured, per chain length."""
-    t = Table(
+    t = FittedTable(
         title=f"Reliability cliff of {model}: predicted beside measured", title_justify="left"
     )
     for col in ("steps", "runs", "success predicted", "success measured [95%]", "cost pred.",
@@ -845,7 +846,7 @@ def ticket_table(a: TicketAnswer) -> Group:
         f"{_usd(e.cost_worst * a.tickets_per_day)} worst, {_usd(e.cost_expected * a.tickets_per_day)}"
         f" expected, {_usd(e.cost_book * a.tickets_per_day)} by the book."
     )
-    t = Table(title="One lever at a time (worst case)", title_justify="left")
+    t = FittedTable(title="One lever at a time (worst case)", title_justify="left")
     for col in ("lever", "calls", "daily spend", "reliability"):
         t.add_column(col, justify="left" if col == "lever" else "right")
     for lv in a.levers:
@@ -860,7 +861,7 @@ def ticket_table(a: TicketAnswer) -> Group:
 
 def routing_table(r: RoutingSweep) -> Group:
     """Exercise 32.10.2."""
-    t = Table(title=f"Routing sweep over {r.steps} sequential steps", title_justify="left")
+    t = FittedTable(title=f"Routing sweep over {r.steps} sequential steps", title_justify="left")
     for col in ("hard", "cost", "latency", "reliability", "q/$", "premium q/$"):
         t.add_column(col, justify="right")
     base = r.baseline
@@ -886,7 +887,7 @@ def routing_table(r: RoutingSweep) -> Group:
 
 def debate_table(d: DebateVsRetry) -> Group:
     """Exercise 32.10.3."""
-    t = Table(title="The critical step of a 10-step chain", title_justify="left")
+    t = FittedTable(title="The critical step of a 10-step chain", title_justify="left")
     for col in ("option", "reliability", "latency", "expected", "worst", "calls worst"):
         t.add_column(col, justify="left" if col == "option" else "right")
     for o in d.options:
@@ -903,7 +904,7 @@ def debate_table(d: DebateVsRetry) -> Group:
 def sweep_table(sw: Sweep, source: str) -> Group:
     """A budget sweep: each budget beside the baseline that ignores budgets."""
     p, base = sw.predicted, sw.baseline
-    t = Table(title=f"Budget sweep of {source}, {base.runs:,} runs per budget",
+    t = FittedTable(title=f"Budget sweep of {source}, {base.runs:,} runs per budget",
               title_justify="left")  # fmt: skip
     simulated = any(r.predicted_success is not None for r in sw.rows)
     heads = ("budget", "success", *(["predicted"] if simulated else []), "stopped", "spend mean",
@@ -922,9 +923,7 @@ def sweep_table(sw: Sweep, source: str) -> Group:
             "-" if r is base else _pct(r.baseline_ok_within / r.runs),
         ))  # fmt: skip
     for i, head in enumerate(heads):
-        # as narrow as its widest value or header word: eleven columns fit 120 characters
-        width = max(*map(len, head.split()), *(len(row[i]) for row in cells))
-        t.add_column(head, justify="left" if i == 0 else "right", width=width)
+        t.add_column(head, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for row in cells:
         t.add_row(*row)
     t.caption = (
@@ -955,7 +954,7 @@ def compare_table(
     ``journal``: where the runs are, for the command a line under the table names.
     """
     runs = rows[0].runs
-    t = Table(title=f"Measured over {runs:,} runs each, beside the planner",
+    t = FittedTable(title=f"Measured over {runs:,} runs each, beside the planner",
               title_justify="left")  # fmt: skip
     for col in ("spec", "success", "predicted", "cost", "predicted ", "latency", "predicted  ",
                 "calls", "q/$", "predicted q/$"):  # fmt: skip
@@ -1032,7 +1031,7 @@ def _scaled(time_scale: float) -> list[str]:
 
 def cache_table(journal: str, rows: list[dict[str, Any]]) -> Table:
     """``trilemma cache stats``."""
-    t = Table(title=f"Cache of {journal}", title_justify="left")
+    t = FittedTable(title=f"Cache of {journal}", title_justify="left")
     for col in ("model", "answers", "with embeddings", "hits served", "semantic hits",
                 "oldest", "newest"):  # fmt: skip
         t.add_column(col, justify="left" if col in ("model", "oldest", "newest") else "right")

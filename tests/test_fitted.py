@@ -1,0 +1,71 @@
+"""Tables on narrow terminals: headers wrap and names fold before a figure is cut."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from rich.table import Table
+
+from trilemma.report.fitted import FittedTable
+
+HEADERS = ("step", "model", "calls", "retries", "cost book", "cost expected", "cost worst",
+           "latency", "p attempt", "p step", "critical")  # fmt: skip
+FIGURES = ("$0.1800", "$0.1827", "$0.3600", "4.00s", "0.9850", "0.9998")
+
+
+def estimate_like(table: type[Table], **kw: object) -> Table:
+    t = table(title="Estimate of ticket.yaml", title_justify="left", **kw)
+    for h in HEADERS:
+        t.add_column(h, justify="left" if h in ("step", "model") else "right")
+    for step in ("triage", "diagnose", "draft"):
+        t.add_row(step, "premium", "6", "1", *FIGURES[:3], FIGURES[3], *FIGURES[4:], "*")
+    return t
+
+
+def shown(t: Table, width: int) -> list[str]:
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(t)
+    return console.export_text().splitlines()
+
+
+def test_on_a_wide_terminal_it_is_rich_s_own_table() -> None:
+    assert shown(estimate_like(FittedTable), 150) == shown(estimate_like(Table), 150)
+
+
+def test_at_100_columns_every_figure_and_header_word_is_whole() -> None:
+    plain = "\n".join(shown(estimate_like(Table), 100))
+    assert "$0.18…" in plain or "$0.1…" in plain  # rich alone cuts the figures
+    lines = shown(estimate_like(FittedTable), 100)
+    text = "\n".join(lines)
+    assert "…" not in text, text
+    assert max(map(len, lines)) <= 100
+    for word in ("diagnose", "premium", "expected", "attempt", "critical", *FIGURES):
+        assert word in text, word
+
+
+def test_at_120_columns_headers_wrap_and_keep_their_spaces() -> None:
+    lines = shown(estimate_like(FittedTable), 120)
+    text = "\n".join(lines)
+    assert "…" not in text and max(map(len, lines)) <= 120
+    assert "│ triage   │" in text  # the spaces beside the borders are kept where they fit
+
+
+def test_a_name_too_long_for_the_terminal_folds_and_the_figures_stay_whole() -> None:
+    t = FittedTable()
+    for h in ("spec", "success", "cost", "latency", "calls", "q/$"):
+        t.add_column(h, justify="left" if h == "spec" else "right")
+    t.add_row("examples/a-rather-long-spec-name.yaml", "100.00% [83.89%, 100.00%]", "$0.0300",
+              "2.14s", "1.00", "33.3")  # fmt: skip
+    lines = shown(t, 52)
+    text = "\n".join(lines)
+    assert "…" not in text and max(map(len, lines)) <= 52, text
+    for figure in ("100.00%", "[83.89%,", "$0.0300", "2.14s", "1.00", "33.3"):
+        assert figure in text, figure
+    assert "examples/a-rather-long-spec-name.yaml" in "".join(
+        line.split("│")[1].strip() for line in lines if line.startswith("│"))  # folded, whole
+
+
+def test_a_table_without_borders_keeps_the_spaces_between_its_columns() -> None:
+    text = "\n".join(shown(estimate_like(FittedTable, box=None), 96))
+    assert "$0.1800$0.1827" not in text and "$0.1800 " in text
