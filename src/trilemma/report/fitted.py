@@ -19,8 +19,8 @@ class FittedTable(Table):
     then the room left to the columns that need least of it to fit on one line. If even
     the longest words do not fit and the table has borders between its columns, it drops
     the spaces beside them, and if that is not enough either, its widest column that may
-    wrap (a name, more often than not; ``no_wrap`` keeps an id whole) folds onto more lines. On a terminal wide enough it renders
-    exactly as a :class:`Table`.
+    wrap (a name, more often than not; ``no_wrap`` keeps an id whole) folds onto more
+    lines. On a terminal wide enough it renders exactly as a :class:`Table`.
     """
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:

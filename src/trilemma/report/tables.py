@@ -324,8 +324,8 @@ def simulate_table(r: SimResult, e: Estimate) -> Table:
 def fit_table(f: LedgerFit, base: ModelProfile) -> Table:
     """``calibrate --from-journal``: the profile the spec gives beside what the ledger measured."""
     t = FittedTable(title=f"Model {f.model!r} in {f.journal}: {counted(f.sent, 'call')} sent in "
-                    f"{counted(f.runs, 'run')}",
-              title_justify="left")  # fmt: skip
+                          f"{counted(f.runs, 'run')}",
+                    title_justify="left")  # fmt: skip
     for col in ("", "profile", "measured", "from"):
         t.add_column(col, justify="left" if col == "" else "right")
     lo, hi = f.ci95
@@ -406,7 +406,7 @@ def hedge_table(rows: Sequence[Threshold], model: str) -> Table:
     base = rows[0]
     first = base.sim
     t = FittedTable(title=f"Hedging model {model!r}: Monte Carlo, {first.runs:,} runs per threshold "
-                    f"(seed {first.seed})", title_justify="left")  # fmt: skip
+                          f"(seed {first.seed})", title_justify="left")  # fmt: skip
     deadline = first.deadline_s
     for col in ("hedge after", "calls hedged", "cost", "vs none", "calls", "success", "p50",
                 "p95", "p99", "p99 vs none"):  # fmt: skip
@@ -460,7 +460,7 @@ def frontier_table(frontier: Sequence[Candidate], r: OptimizeResult, limit: int 
                      len(rows))  # fmt: skip
         rows.insert(place, (r.chosen, True))
     t = FittedTable(title=f"Pareto frontier ({len(frontier)} configurations; {len(shown)} shown)",
-              title_justify="left")  # fmt: skip
+                    title_justify="left")  # fmt: skip
     for col in ("cost worst", "cost expected", "latency", "reliability", "meets budget", "levers"):
         t.add_column(col, justify="left" if col == "levers" else "right")
     budget, on = r.budget, r.budget_on
@@ -534,7 +534,7 @@ def describe(c: Candidate) -> str:
 def optimize_view(r: OptimizeResult) -> Group:
     """Original beside chosen, and the frontier."""
     t = FittedTable(title=f"Optimized by {r.method}: {r.space:,} configurations in the space, "
-                    f"{r.evaluated:,} evaluated", title_justify="left")  # fmt: skip
+                          f"{r.evaluated:,} evaluated", title_justify="left")  # fmt: skip
     t.add_column("")
     t.add_column("original", justify="right")
     t.add_column("chosen", justify="right")
@@ -718,7 +718,7 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
     """``trilemma batch --plan``: what the batch should cost and take, before it runs."""
     n = plan["lines"]
     t = FittedTable(title=f"Plan for {n} runs, {plan['parallel']} at a time (nothing sent)",
-              title_justify="left")  # fmt: skip
+                    title_justify="left")  # fmt: skip
     t.add_column("")
     t.add_column("predicted", justify="right")
     for row in _planned_rows(plan["predicted"], n, plan["parallel"]):
@@ -905,7 +905,7 @@ def sweep_table(sw: Sweep, source: str) -> Group:
     """A budget sweep: each budget beside the baseline that ignores budgets."""
     p, base = sw.predicted, sw.baseline
     t = FittedTable(title=f"Budget sweep of {source}, {base.runs:,} runs per budget",
-              title_justify="left")  # fmt: skip
+                    title_justify="left")  # fmt: skip
     simulated = any(r.predicted_success is not None for r in sw.rows)
     heads = ("budget", "success", *(["predicted"] if simulated else []), "stopped", "spend mean",
              *(["predicted"] if simulated else []), "spend max", "outputs back", "latency mean",
@@ -955,7 +955,7 @@ def compare_table(
     """
     runs = rows[0].runs
     t = FittedTable(title=f"Measured over {runs:,} runs each, beside the planner",
-              title_justify="left")  # fmt: skip
+                    title_justify="left")  # fmt: skip
     for col in ("spec", "success", "predicted", "cost", "predicted ", "latency", "predicted  ",
                 "calls", "q/$", "predicted q/$"):  # fmt: skip
         t.add_column(col.strip(), justify="left" if col == "spec" else "right")
