@@ -217,7 +217,10 @@ def test_a_sweep_passes_its_inputs_and_checks_them_first(cli, tmp_path: Path) ->
     faq = str(EXAMPLES / "faq.yaml")
     missing = cli("sweep", faq, "--max-cost", "0.01", "--runs", "2", "--journal", str(journal))
     assert missing.code == 2 and "uses input 'question'" in missing.err
-    assert not journal.exists() or not Journal(journal).runs()
+    unknown = cli("sweep", faq, "--max-cost", "0.01", "--runs", "2", "--journal", str(journal),
+                  "-i", "question=q", "-i", "topic=x")  # fmt: skip
+    assert unknown.code == 2 and "declares no input 'topic'" in unknown.err
+    assert not journal.exists()  # refused before the journal is opened
     r = cli("sweep", faq, "--max-cost", "0.01", "--runs", "2", "--journal", str(journal),
             "--time-scale", "0.001", "-i", "question=Where is my order?", "--json")  # fmt: skip
     assert r.code == 0, r.err

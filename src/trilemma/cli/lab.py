@@ -331,6 +331,7 @@ def sweep_cmd(
     from trilemma.experiments.sweep import Limits, budget_sweep
     from trilemma.experiments.trials import check_settings
     from trilemma.journal import Journal
+    from trilemma.run.session import check_inputs
 
     if max_cost is None and deadline is None:
         raise UsageError("give the budgets to sweep: --max-cost 0.1,0.2 and/or --deadline 5,10")
@@ -338,8 +339,9 @@ def sweep_cmd(
     budgets = [Limits(c, d) for c in _numbers("--max-cost", max_cost, MAX_USD)
                for d in _numbers("--deadline", deadline, MAX_SECONDS)]  # fmt: skip
     wf = load_workflow(file)
-    check_settings(runs, time_scale)  # bad flags refused before the journal is opened
+    check_settings(runs, time_scale)  # bad flags and inputs refused before the journal is opened
     given = parse_inputs(inputs)
+    check_inputs(wf, given, str(file))
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * (len(budgets) + 1))
@@ -372,14 +374,15 @@ def compare_cmd(
 
     Example: trilemma compare examples/single.yaml examples/ticket.yaml examples/cascade.yaml
     """
-    from trilemma.experiments.compare import compare
+    from trilemma.experiments.compare import compare, inputs_of
     from trilemma.experiments.trials import check_settings
     from trilemma.journal import Journal
 
     writable("--plot", plot)
     specs = [(str(f), load_workflow(f)) for f in files]
-    check_settings(runs, time_scale)  # bad flags refused before the journal is opened
+    check_settings(runs, time_scale)  # bad flags and inputs refused before the journal is opened
     given = parse_inputs(inputs)
+    inputs_of(specs, given)
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * len(specs))

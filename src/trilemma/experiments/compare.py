@@ -34,7 +34,7 @@ from trilemma.plan.simulate import SimResult, under_budget
 from trilemma.run.session import check_inputs
 from trilemma.spec import Workflow
 
-__all__ = ["Contender", "compare", "runs_to_tell_apart"]
+__all__ = ["Contender", "compare", "inputs_of", "runs_to_tell_apart"]
 
 ALIKE = 1e-4
 """Success rates predicted closer than this are alike: no number of runs is worth it."""
@@ -159,13 +159,7 @@ def compare(
     check_settings(runs, time_scale)
     if len(specs) < 1:
         raise UsageError("give at least one spec to measure (two or more to compare)")
-    given = dict(inputs or {})
-    unread = [k for k in given if not any(k in wf.inputs for _, wf in specs)]
-    if unread:
-        raise UsageError(f"--input {unread[0]}: no spec declares an input {unread[0]!r}")
-    own = {name: {k: v for k, v in given.items() if k in wf.inputs} for name, wf in specs}
-    for name, wf in specs:  # a missing input stops the comparison before anything is spent
-        check_inputs(wf, own[name], name)
+    own = inputs_of(specs, inputs)
     tick = Tally(runs * len(specs), on_progress)
     out = []
     for name, wf in specs:
@@ -173,6 +167,21 @@ def compare(
                      inputs=own[name])  # fmt: skip
         out.append(_contender(name, wf, got))
     return out
+
+
+def inputs_of(
+    specs: Sequence[tuple[str, Workflow]], inputs: Mapping[str, str] | None
+) -> dict[str, dict[str, str]]:
+    """Each spec's share of ``inputs`` (those it declares), by name; an input no spec
+    declares, or one a spec needs and was not given, is refused before anything is spent."""
+    given = dict(inputs or {})
+    unread = [k for k in given if not any(k in wf.inputs for _, wf in specs)]
+    if unread:
+        raise UsageError(f"--input {unread[0]}: no spec declares an input {unread[0]!r}")
+    own = {name: {k: v for k, v in given.items() if k in wf.inputs} for name, wf in specs}
+    for name, wf in specs:
+        check_inputs(wf, own[name], name)
+    return own
 
 
 def _contender(name: str, wf: Workflow, got: list[Trial]) -> Contender:
