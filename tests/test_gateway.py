@@ -337,6 +337,25 @@ def test_cli_gateway_bad_config_is_one_line(cli, tmp_path: Path, change, field, 
     assert field in r.err and says in r.err and len(r.err.strip().splitlines()) == 1
 
 
+def test_cli_gateway_on_a_taken_port_or_a_foreign_address_says_so_in_one_line(
+    cli, tmp_path: Path
+) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(config_text())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = cli("gateway", path, "--port", port, "--journal", tmp_path / "j.db")
+    assert r.code == 1 and r.err.strip() == (
+        f"trilemma: error: port {port} on 127.0.0.1 is taken; stop what uses it or pass --port")
+    assert "serving" not in r.out  # it did not say it serves
+    assert Journal(tmp_path / "j.db").runs() == []  # no key's run opened
+    r = cli("gateway", path, "--host", "192.0.2.1", "--journal", tmp_path / "j.db")  # TEST-NET-1
+    assert r.code == 2 and "--host 192.0.2.1: cannot listen there" in r.err, r.err
+    assert len(r.err.strip().splitlines()) == 1
+
+
 def test_cli_gateway_serves_until_interrupted_and_closes_its_runs(tmp_path: Path) -> None:
     path = tmp_path / "gw.yaml"
     path.write_text(config_text())

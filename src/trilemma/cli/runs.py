@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shlex
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,7 +39,7 @@ from trilemma.cli._common import (
     writable,
     write_atomic,
 )
-from trilemma.errors import UsageError
+from trilemma.errors import SetupError, UsageError
 from trilemma.report import tables
 from trilemma.spec import load_workflow, workflow_from_dict
 
@@ -630,13 +632,32 @@ def gateway(
     gw = Gateway(conf, keys, Journal(journal), source=str(config), force=force)
     if isinstance(gw.budgets, RedisBudgets):
         gw.budgets.check()  # a store that does not answer: say so now, not at the first request
-    sys.stdout.write(
-        f"trilemma gateway: http://{host}:{port}/v1 serving {', '.join(conf.models)} to keys "
-        f"{', '.join(conf.keys)}; ledger in {journal} (runs gateway-KEY)\n"
-    )
-    sys.stdout.flush()
-    uvicorn.run(create_app(gw), host=host, port=port, log_level="warning")
-    return 0
+    with _listening(host, port) as sock:  # bound before the gateway says it serves
+        sys.stdout.write(
+            f"trilemma gateway: http://{host}:{port}/v1 serving {', '.join(conf.models)} to keys "
+            f"{', '.join(conf.keys)}; ledger in {journal} (runs gateway-KEY)\n"
+        )
+        sys.stdout.flush()
+        server = uvicorn.Server(uvicorn.Config(create_app(gw), host=host, port=port,
+                                               log_level="warning"))  # fmt: skip
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a gateway stops: exit 0
+            server.run(sockets=[sock])  # (uvicorn raises it again after its graceful shutdown)
+    return 0 if server.started else 1  # not started: uvicorn has said why
+
+
+def _listening(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for the gateway, or one line saying why there is none."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise SetupError(f"port {port} on {host} is taken; stop what uses it or pass --port") from None
+        raise UsageError(f"--host {host}: cannot listen there ({exc.strerror or exc}); 127.0.0.1 "
+                         "serves this machine, 0.0.0.0 every interface") from None  # fmt: skip
+    return sock
 
 
 budget_app = typer.Typer(help="Read and reset ceilings shared across processes (--shared-budget).",
