@@ -206,6 +206,8 @@ REFUSED_BODIES = {
     "n of true": ({"n": True}, "n must be 1"),
     "stream not a boolean": ({"stream": "no"}, "stream must be true or false"),
     "stream of 1": ({"stream": 1}, "stream must be true or false"),
+    "include_usage not a boolean": ({"stream": True, "stream_options": {"include_usage": "yes"}},
+                                    "stream_options must be an object"),
     "temperature past 2": ({"temperature": 7}, "temperature must be a number from 0 to 2"),
     "temperature below 0": ({"temperature": -0.5}, "temperature must be a number from 0 to 2"),
     "temperature of true": ({"temperature": True}, "temperature must be a number from 0 to 2"),

@@ -483,9 +483,10 @@ class Gateway:
         stream = None
         if asked_stream:
             options = body.get("stream_options") or {}
-            if not isinstance(options, dict):
-                raise _Refused(error(400, "stream_options must be an object", "invalid_request_error"))  # fmt: skip
-            stream = _StreamAsk(bool(options.get("include_usage")))
+            usage = options.get("include_usage") if isinstance(options, dict) else "?"
+            if not isinstance(usage or False, bool):
+                raise _Refused(error(400, "stream_options must be an object like {include_usage: true}", "invalid_request_error"))  # fmt: skip
+            stream = _StreamAsk(bool(usage))
         refused = _unserved(body)
         if refused:
             raise _Refused(error(400, refused, "invalid_request_error"))
