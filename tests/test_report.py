@@ -147,6 +147,10 @@ def test_report_and_export_refuse_an_out_path_they_cannot_write_before_reading(
 def test_a_runs_filter_that_matches_nothing_says_which(cli, tmp_path: Path) -> None:
     db, spec = tmp_path / "j.db", tmp_path / "s.yaml"
     spec.write_text(SPEC)
+    Journal(db).close()  # a journal without runs (a gateway's, before its first request)
+    r = cli("runs", "--journal", db)
+    assert r.code == 0 and r.out == f"no run is in {db} yet; `trilemma run SPEC` makes one\n"
+    assert cli("runs", "--journal", db, "--json").json() == []
     assert cli("run", spec, "--journal", db, "--max-cost", "0").code == 1
     r = cli("runs", "--journal", db, "--status", "failed", "--batch", "b-1")
     assert r.code == 0 and r.out == (f"no run in {db} of batch 'b-1' that ended failed; "

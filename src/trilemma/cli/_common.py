@@ -35,6 +35,7 @@ __all__ = [
     "interrupted",
     "iso",
     "main",
+    "no_runs_yet",
     "positive",
     "progress",
     "run",
@@ -152,6 +153,11 @@ def run_ref(help: str) -> Any:
     )
 
 
+def no_runs_yet(path: str | Path) -> str:
+    """What a command that reads runs says of a journal that has none."""
+    return f"no run is in {path} yet; `trilemma run SPEC` makes one"
+
+
 def run_id_of(journal: Journal, ref: str) -> str:
     """The id of the one run ``ref`` names in ``journal`` (see :meth:`Journal.run_ids`);
     UsageError when it names none, or more than one."""
@@ -159,7 +165,7 @@ def run_id_of(journal: Journal, ref: str) -> str:
     if len(found) == 1:
         return found[0]
     if not found and ref == "latest":
-        raise UsageError(f"no run is in {journal.path} yet; `trilemma run SPEC` makes one")
+        raise UsageError(no_runs_yet(journal.path))
     if not found:
         raise UsageError(f"run {ref!r} is not in {journal.path}; `trilemma runs` lists the runs there")
     shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")

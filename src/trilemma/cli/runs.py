@@ -28,6 +28,7 @@ from trilemma.cli._common import (
     emit_json,
     interrupted,
     iso,
+    no_runs_yet,
     parse_inputs,
     positive,
     progress,
@@ -400,7 +401,7 @@ def runs(
     else:
         total = len(rows) if shown is None or len(rows) < shown else j.count_runs(
             status=status, batch_id=batch)  # fmt: skip
-        if not rows and (status or batch):  # an empty table would not say which filter
+        if not rows:  # an empty table would say neither why nor what next
             sys.stdout.write(_no_runs(journal, status, batch) + "\n")
         else:
             stdout_console().print(tables.runs_table(rows, total))
@@ -408,7 +409,9 @@ def runs(
 
 
 def _no_runs(journal: Path, status: str | None, batch: str | None) -> str:
-    """What a filtered ``trilemma runs`` that matched nothing says, and where to look."""
+    """What a ``trilemma runs`` that lists nothing says, and where to look."""
+    if not (status or batch):  # a journal without runs (a gateway's before its first key)
+        return no_runs_yet(journal)
     what = " ".join(([f"of batch {batch!r}"] if batch else [])
                         + ([f"that ended {status}"] if status else []))  # fmt: skip
     hint = ("; `trilemma runs --json` gives each run's batch_id" if batch
