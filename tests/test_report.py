@@ -43,6 +43,28 @@ def test_report_holds_the_summary_timeline_steps_and_every_call(tmp_path: Path) 
     assert "tenant" not in page.split("<h2>")[0]  # a run for nobody in particular says nothing
 
 
+def test_a_long_run_s_timeline_names_every_kth_step_and_draws_a_bar_set_per_outcome(
+    monkeypatch,
+) -> None:
+    from trilemma.report import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: drawn.append(fig))
+    order = [f"s{i}" for i in range(3000)]
+    calls = [{"step_id": sid, "state": "finished", "outcome": "ok" if i % 7 else "transient",
+              "started_at": 100.0 + i, "finished_at": 100.5 + i, "cost_usd": 0.01}
+             for i, sid in enumerate(order)]  # fmt: skip
+    run = {"run_id": "r", "status": "ok", "started_at": 100.0, "deadline_at": None,
+           "max_cost_usd": None}  # fmt: skip
+    plots.timeline_png(run, calls, order)
+    top = drawn[0].axes[0]
+    names = [t.get_text() for t in top.get_yticklabels()]
+    assert len(names) <= plots.MAX_ROW_LABELS and names[:2] == ["s0", "s50"]
+    assert sorted(b.get_label() for b in top.containers) == ["error", "ok"]  # red for faults
+    assert sum(len(b) for b in top.containers) == 3000  # every call still has its bar
+    plots.plt.close(drawn[0])
+
+
 def test_report_names_the_tenant_a_run_worked_for(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.db")
     with fast_retries():

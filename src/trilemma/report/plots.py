@@ -251,6 +251,10 @@ OUTCOME_COLOURS = {"ok": "tab:green", "rejected": "tab:orange", "cancelled": "ta
                    "hedged": "tab:purple"}  # fmt: skip
 
 
+#: Most step names the timeline writes beside its rows; a longer run names every k-th.
+MAX_ROW_LABELS = 60
+
+
 def timeline_png(
     run: dict[str, Any], calls: Sequence[dict[str, Any]], order: Sequence[str]
 ) -> bytes:
@@ -262,20 +266,21 @@ def timeline_png(
     t0 = run["started_at"]
     rows = {sid: i for i, sid in enumerate(order)}
     fig, top, bottom = _bars_over_spend(max(2.5, min(0.28 * len(order) + 1.0, 14.0)))
-    seen: set[str] = set()
+    bars: dict[str, list[tuple[int, float, float]]] = {}  # by label: (row, width, left)
     spend: list[tuple[float, float]] = []
     for c in calls:
         outcome = c["outcome"] if c["state"] == "finished" else "in_flight"
         end = c["finished_at"] if c["finished_at"] is not None else time.time()
-        colour = OUTCOME_COLOURS.get(outcome, "tab:red")  # any provider error is red
-        label = outcome if outcome in OUTCOME_COLOURS else "error"
-        top.barh(rows.get(c["step_id"], len(rows)), max(end - c["started_at"], 1e-4),
-                 left=c["started_at"] - t0, height=0.7, color=colour,
-                 label=None if label in seen else label)  # fmt: skip
-        seen.add(label)
+        label = outcome if outcome in OUTCOME_COLOURS else "error"  # any provider error is red
+        bars.setdefault(label, []).append(
+            (rows.get(c["step_id"], len(rows)), max(end - c["started_at"], 1e-4), c["started_at"] - t0))  # fmt: skip
         if c["cost_usd"]:
             spend.append((end - t0, c["cost_usd"]))
-    top.set_yticks(range(len(order)), labels=list(order), fontsize=7 if len(order) > 30 else 9)
+    _bars(top, bars, OUTCOME_COLOURS, 0.7)
+    seen = bars.keys()
+    every = -(-len(order) // MAX_ROW_LABELS)  # past that many, every k-th step is named
+    top.set_yticks(range(0, len(order), every), labels=list(order)[::every],
+                   fontsize=7 if len(order) > 30 else 9)  # fmt: skip
     top.invert_yaxis()
     top.set_title(f"Run {run['run_id']}: {run['status']}")
     if run["deadline_at"]:
@@ -288,6 +293,16 @@ def timeline_png(
     buf = io.BytesIO()
     _save(fig, buf)
     return buf.getvalue()
+
+
+def _bars(ax: Any, bars: dict[str, list[tuple[int, float, float]]], colours: dict[str, str],
+          height: float) -> None:  # fmt: skip
+    """``(row, width, left)`` bars, one call of barh per label (its colour, else red), not one
+    per bar: matplotlib's cost grows with the artists drawn, and a run has thousands of calls."""
+    for label, drawn in bars.items():
+        rows, widths, lefts = zip(*drawn, strict=True)
+        ax.barh(rows, widths, left=lefts, height=height, label=label,
+                color=colours.get(label, "tab:red"))  # fmt: skip
 
 
 def _bars_over_spend(height: float) -> tuple[Any, Any, Any]:
@@ -329,17 +344,17 @@ def batch_png(runs: Sequence[dict[str, Any]], ceiling: float | None) -> bytes:
     t0 = min(r["started_at"] for r in runs)
     lines = sorted(r["batch_line"] for r in runs)
     fig, top, bottom = _bars_over_spend(max(2.5, min(0.12 * len(lines) + 1.0, 12.0)))
-    seen: set[str] = set()
+    bars: dict[str, list[tuple[int, float, float]]] = {}  # by status: (line, width, left)
     spend: list[tuple[float, float]] = []
     for r in runs:
         end = r["finished_at"] if r["finished_at"] is not None else time.time()
         status = r["status"] if r["status"] in STATUS_COLOURS else "failed"
-        top.barh(r["batch_line"], max(end - r["started_at"], 1e-4), left=r["started_at"] - t0,
-                 height=0.8, color=STATUS_COLOURS[status],
-                 label=None if status in seen else status)  # fmt: skip
-        seen.add(status)
+        bars.setdefault(status, []).append(
+            (r["batch_line"], max(end - r["started_at"], 1e-4), r["started_at"] - t0))
         if r["cost_usd"]:
             spend.append((end - t0, r["cost_usd"]))
+    _bars(top, bars, STATUS_COLOURS, 0.8)
+    seen = bars.keys()
     top.set_ylim(lines[-1] + 0.5, lines[0] - 0.5)
     top.set_ylabel("line")
     top.set_title(f"{len(runs)} runs, each from its start to its end")
