@@ -46,6 +46,8 @@ def test_report_holds_the_summary_timeline_steps_and_every_call(tmp_path: Path) 
 def test_a_long_run_s_timeline_names_every_kth_step_and_draws_a_bar_set_per_outcome(
     monkeypatch,
 ) -> None:
+    from matplotlib.colors import to_rgba
+
     from trilemma.report import plots
 
     drawn = []
@@ -60,8 +62,10 @@ def test_a_long_run_s_timeline_names_every_kth_step_and_draws_a_bar_set_per_outc
     top = drawn[0].axes[0]
     names = [t.get_text() for t in top.get_yticklabels()]
     assert len(names) <= plots.MAX_ROW_LABELS and names[:2] == ["s0", "s50"]
-    assert sorted(b.get_label() for b in top.containers) == ["error", "ok"]  # red for faults
-    assert sum(len(b) for b in top.containers) == 3000  # every call still has its bar
+    sets = {c.get_label(): c for c in top.collections}
+    assert sorted(sets) == ["error", "ok"]  # one set of bars per outcome; faults in red
+    assert tuple(sets["error"].get_facecolor()[0]) == to_rgba("tab:red")
+    assert sum(len(c.get_paths()) for c in sets.values()) == 3000  # every call has its bar
     plots.plt.close(drawn[0])
 
 
