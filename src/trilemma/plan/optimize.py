@@ -389,8 +389,9 @@ def _exchanged(
 
     def moves(c: Candidate) -> Iterator[Candidate]:
         seen: set[tuple[object, ...]] = set()
+        kept = _step_metrics(wf, c, on)
         for i in range(len(options)):
-            for moved in _exchanges(wf, c, i, options, on):
+            for moved, _ in _exchanges(wf, c, i, options, on, kept):
                 if meets(moved, budget, on) and key(moved) not in seen:
                     seen.add(key(moved))
                     yield moved
@@ -902,27 +903,36 @@ def _polish(
     wf: Workflow, best: Candidate, options: list[list[Choice]], budget: Budget, on: BudgetOn
 ) -> Candidate:
     """Single-step exchanges from ``best`` while one lowers the cost within budget."""
+    kept = _step_metrics(wf, best, on)
     improved = True
     while improved:
         improved = False
         for i in range(len(options)):
-            for cand in _exchanges(wf, best, i, options, on):  # from the best at step i
+            for cand, ms in _exchanges(wf, best, i, options, on, kept):  # from the best at step i
                 if meets(cand, budget, on) and _rank(cand, on) < _rank(best, on):
-                    best, improved = cand, True
+                    best, improved, kept[i] = cand, True, ms  # it differs from the last at i only
     return best
 
 
+def _step_metrics(wf: Workflow, c: Candidate, on: BudgetOn) -> list[_Metrics]:
+    """Each step's figures under ``c``'s choices."""
+    return [_metrics(wf, s, ch, on) for s, ch in zip(wf.steps, c.choices, strict=True)]
+
+
 def _exchanges(
-    wf: Workflow, c: Candidate, i: int, options: list[list[Choice]], on: BudgetOn
-) -> Iterator[Candidate]:
-    """The configurations that differ from ``c`` in step ``i``'s choice alone."""
+    wf: Workflow, c: Candidate, i: int, options: list[list[Choice]], on: BudgetOn,
+    kept: list[_Metrics],
+) -> Iterator[tuple[Candidate, _Metrics]]:  # fmt: skip
+    """The configurations that differ from ``c`` in step ``i``'s choice alone, each with its
+    step ``i``'s figures (``kept``: each step's figures under ``c``, read, not changed)."""
     graph = _graph(wf, c.parallel)
     ids = [s.id for s in wf.steps]
+    others = (kept[:i], kept[i + 1 :])
     for choice in options[i]:
         if choice != c.choices[i]:
             choices = (*c.choices[:i], choice, *c.choices[i + 1 :])
-            ms = [_metrics(wf, s, ch, on) for s, ch in zip(wf.steps, choices, strict=True)]
-            yield _candidate(graph, ids, choices, ms, c.parallel)
+            mine = _metrics(wf, wf.steps[i], choice, on)
+            yield _candidate(graph, ids, choices, [*others[0], mine, *others[1]], c.parallel), mine
 
 
 def _pareto(cands: list[Candidate]) -> list[Candidate]:
