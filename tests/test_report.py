@@ -202,3 +202,16 @@ def test_commands_printed_for_pasting_quote_a_path_with_spaces() -> None:
     assert follow_up("20261204T000000Z-1a2b3c4d", "my runs/j.db") == (
         "next: trilemma ledger 1a2b3c4d --journal 'my runs/j.db' (every call), "
         "trilemma report 1a2b3c4d --journal 'my runs/j.db' (a page)")
+
+
+def test_answers_that_look_like_rich_markup_print_as_text(cli, tmp_path: Path) -> None:
+    """Models write "[/INST]" and "[bold]": tables show them as they are, never as markup."""
+    answer = "[/INST] the refund window is [bold]30 days[/bold]"
+    spec = tmp_path / "[draft].yaml"
+    spec.write_text("version: 1\nmodels: {m: {usd_per_call: 0.01, latency_s: 0.01, p_ok: 1.0}}\n"
+                    f"steps: [{{id: a, model: m, sim: {{ok: {json.dumps(answer)}}}}}]\n")  # fmt: skip
+    db = tmp_path / "j.db"
+    r = cli("run", spec, "--journal", db)
+    assert r.code == 0 and answer in r.out, r.err
+    r = cli("runs", "--journal", db)
+    assert r.code == 0 and "[draft].yaml" in r.out, r.err

@@ -97,7 +97,8 @@ def seconds(help: str, *names: str) -> Any:
 
 def stdout_console() -> Console:
     """Tables on stdout; wide enough to stay readable when piped to a file."""
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+    return Console(highlight=False, markup=False,  # cells hold model answers: "[/INST]" is text
+                   width=None if sys.stdout.isatty() else 150)
 
 
 def emit_json(data: Any) -> None:
