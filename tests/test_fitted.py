@@ -62,8 +62,24 @@ def test_a_name_too_long_for_the_terminal_folds_and_the_figures_stay_whole() -> 
     assert "…" not in text and max(map(len, lines)) <= 52, text
     for figure in ("100.00%", "[83.89%,", "$0.0300", "2.14s", "1.00", "33.3"):
         assert figure in text, figure
-    assert "examples/a-rather-long-spec-name.yaml" in "".join(
-        line.split("│")[1].strip() for line in lines if line.startswith("│"))  # folded, whole
+    body = [line for line in lines[2:] if line.strip()]  # under the header and its rule
+    assert "─" in lines[1] and "│" not in "".join(lines)  # no lines between columns left
+    folded = "".join(line.split(" ")[0] for line in body)  # the name, on three lines
+    assert folded == "examples/a-rather-long-spec-name.yaml"
+
+
+def test_at_80_columns_the_lines_between_columns_go_before_a_figure_is_cut() -> None:
+    t = FittedTable(title="Estimate of ticket.yaml", title_justify="left")
+    for h in HEADERS[:-1]:  # the estimate marks its critical steps in the step's name
+        t.add_column(h, justify="left" if h in ("step", "model") else "right")
+    for step in ("triage*", "diagnose*", "draft*"):
+        t.add_row(step, "premium", "6", "1", *FIGURES)
+    lines = shown(t, 80)
+    text = "\n".join(lines)
+    assert "…" not in text and max(map(len, lines)) <= 80, text
+    assert "┃" not in text and "│" not in text and "─" in text  # a rule under the header only
+    for word in ("diagnose", "premium", "expected", "attempt", *FIGURES):
+        assert word in text, word
 
 
 def test_a_table_without_borders_keeps_the_spaces_between_its_columns() -> None:

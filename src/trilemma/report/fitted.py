@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+from rich import box
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.measure import Measurement
@@ -22,8 +23,9 @@ class FittedTable(Table):
     or of any value: a figure is never cut, a header or an interval wraps at its spaces),
     then the room left to the columns that need least of it to fit on one line. If even
     the longest words do not fit and the table has borders between its columns, it drops
-    the spaces beside them, and if that is not enough either, its widest column that may
-    wrap (a name, more often than not; ``no_wrap`` keeps an id whole) folds onto more
+    the spaces beside them, then the lines between columns (a space parts them, a rule
+    under the header stays); if that is not enough either, its widest left-aligned column
+    (names; figures are right-aligned, and ``no_wrap`` keeps an id whole) folds onto more
     lines. On a terminal wide enough it renders exactly as a :class:`Table`.
     """
 
@@ -54,9 +56,12 @@ class FittedTable(Table):
             self.columns[i].width = least[i]
         if self.box is not None and self._width(console, options, values) > options.max_width:
             self.padding = (0, 0)
+            if self._width(console, options, values) > options.max_width:  # a space, not a line
+                self.box, self.show_edge = box.SIMPLE_HEAD, False
         room = options.max_width - self._width(console, options, values)
-        foldable = [i for i in free if not self.columns[i].no_wrap]
-        if room < 0 and foldable:  # the widest column, a name more often than not, folds
+        foldable = [i for i in free if not self.columns[i].no_wrap  # names, not figures
+                    and self.columns[i].justify in ("left", "default")]  # fmt: skip
+        if room < 0 and foldable:  # the widest column of names folds
             widest = max(foldable, key=lambda i: least[i])
             self.columns[widest].width = max(least[widest] + room, 4)
             self.columns[widest].overflow = "fold"
