@@ -67,17 +67,17 @@ def _qpd(x: float | None) -> str:
 
 def estimate_table(e: Estimate, title: str = "Estimate") -> Group:
     """Per-step rows and the workflow's totals."""
-    t = FittedTable(title=title, title_justify="left")
+    t = FittedTable(title=title, title_justify="left", caption="*: on the critical path",
+                    caption_justify="left")  # fmt: skip
     for col in ("step", "model", "calls", "retries", "cost book", "cost expected", "cost worst",
-                "latency", "p attempt", "p step", "critical"):  # fmt: skip
+                "latency", "p attempt", "p step"):  # fmt: skip
         t.add_column(col, justify="left" if col in ("step", "model") else "right")
     for s in e.per_step:
         t.add_row(
-            s.id, _models_cell(s) + _cached_note(s.hit_rate),
+            s.id + ("*" if s.critical else ""), _models_cell(s) + _cached_note(s.hit_rate),
             str(s.calls), str(s.retries),
             _usd(s.cost_book), _usd(s.cost_expected), _usd(s.cost_worst),
             f"{s.latency_s:.2f}s", f"{s.p_attempt:.4f}", f"{s.p_step:.4f}",
-            "*" if s.critical else "",
         )  # fmt: skip
     if e.stop is None:
         return Group(t, totals_table(e))
