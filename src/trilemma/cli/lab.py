@@ -252,20 +252,18 @@ def cliff_cmd(
 
     Example: trilemma cliff --model smollm2 --steps 1,2,5 --runs 100 --plot cliff.png
     """
-    from trilemma.experiments.cliff import check_chains, cliff
-    from trilemma.journal import Journal
+    from trilemma.experiments.cliff import cliff
 
     writable("--plot", plot)
     try:
         lengths = [int(x) for x in steps.split(",") if x.strip()]
     except ValueError:
         raise UsageError(f"--steps {steps!r}: give chain lengths like 1,2,5") from None
-    check_chains(lengths, runs)  # refused before the journal is opened
     wf = _spec_with(model, spec)
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
         bar_id = bar.add_task("chains", total=len(lengths) * runs)
-        points = cliff(model, wf.models[model], lengths, runs, Journal(journal), task=task, seed=seed,
+        points = cliff(model, wf.models[model], lengths, runs, journal, task=task, seed=seed,
                        on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
     if plot:
         from trilemma.report.plots import plot_cliff
@@ -329,9 +327,6 @@ def sweep_cmd(
     Example: trilemma sweep examples/ticket.yaml --max-cost 0.3,0.45,0.6,0.9 --runs 100 --plot sweep.png
     """
     from trilemma.experiments.sweep import Limits, budget_sweep
-    from trilemma.experiments.trials import check_settings
-    from trilemma.journal import Journal
-    from trilemma.run.session import check_inputs
 
     if max_cost is None and deadline is None:
         raise UsageError("give the budgets to sweep: --max-cost 0.1,0.2 and/or --deadline 5,10")
@@ -339,13 +334,11 @@ def sweep_cmd(
     budgets = [Limits(c, d) for c in _numbers("--max-cost", max_cost, MAX_USD)
                for d in _numbers("--deadline", deadline, MAX_SECONDS)]  # fmt: skip
     wf = load_workflow(file)
-    check_settings(runs, time_scale)  # bad flags and inputs refused before the journal is opened
     given = parse_inputs(inputs)
-    check_inputs(wf, given, str(file))
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * (len(budgets) + 1))
-        result = budget_sweep(wf, budgets, runs, Journal(journal), seed=seed, time_scale=time_scale,
+        result = budget_sweep(wf, budgets, runs, journal, seed=seed, time_scale=time_scale,
                               source=str(file), inputs=given,
                               on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
     from trilemma.report.plots import plot_sweep
@@ -374,19 +367,15 @@ def compare_cmd(
 
     Example: trilemma compare examples/single.yaml examples/ticket.yaml examples/cascade.yaml
     """
-    from trilemma.experiments.compare import compare, inputs_of
-    from trilemma.experiments.trials import check_settings
-    from trilemma.journal import Journal
+    from trilemma.experiments.compare import compare
 
     writable("--plot", plot)
     specs = [(str(f), load_workflow(f)) for f in files]
-    check_settings(runs, time_scale)  # bad flags and inputs refused before the journal is opened
     given = parse_inputs(inputs)
-    inputs_of(specs, given)
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * len(specs))
-        rows = compare(specs, runs, Journal(journal), seed=seed, time_scale=time_scale,
+        rows = compare(specs, runs, journal, seed=seed, time_scale=time_scale,
                        inputs=given,
                        on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
     from trilemma.report.plots import plot_compare

@@ -25,8 +25,7 @@ from trilemma.experiments.tasks import (
     chain_tasks,
     extract_sentence,
 )
-from trilemma.experiments.trials import check_runs
-from trilemma.journal import Journal
+from trilemma.experiments.trials import JournalRef, check_runs, opened
 from trilemma.plan.estimate import estimate
 from trilemma.run.session import execute
 from trilemma.spec import ModelProfile, Workflow, workflow_from_dict
@@ -139,14 +138,16 @@ def cliff(
     profile: ModelProfile,
     lengths: list[int],
     runs: int,
-    journal: Journal,
+    journal: JournalRef,
     *,
     task: str = "add",
     seed: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> list[CliffPoint]:
-    """Run chains of each length ``runs`` times; compare with the planner."""
+    """Run chains of each length ``runs`` times; compare with the planner (``journal``, given
+    as a path, is opened once the lengths and run count pass)."""
     check_chains(lengths, runs)
+    journal = opened(journal)
     points = []
     total, done = len(lengths) * runs, 0
     for steps in lengths:

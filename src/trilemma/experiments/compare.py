@@ -27,8 +27,15 @@ from statistics import NormalDist
 from typing import Any
 
 from trilemma.errors import UsageError
-from trilemma.experiments.trials import Successes, Tally, Trial, check_settings, repeat
-from trilemma.journal import Journal
+from trilemma.experiments.trials import (
+    JournalRef,
+    Successes,
+    Tally,
+    Trial,
+    check_settings,
+    opened,
+    repeat,
+)
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.plan.simulate import SimResult, under_budget
 from trilemma.run.session import check_inputs
@@ -144,7 +151,7 @@ class Contender(Successes):
 def compare(
     specs: Sequence[tuple[str, Workflow]],
     runs: int,
-    journal: Journal,
+    journal: JournalRef,
     *,
     seed: int = 0,
     time_scale: float = 0.01,
@@ -154,12 +161,14 @@ def compare(
     """Run each spec ``runs`` times; their measured and predicted figures, in the order given.
 
     ``inputs``: each spec's runs get those it declares; every spec's are checked before any
-    run, and one that no spec declares is refused.
+    run (and before a ``journal`` given as a path is opened), and one that no spec declares
+    is refused.
     """
     check_settings(runs, time_scale)
     if len(specs) < 1:
         raise UsageError("give at least one spec to measure (two or more to compare)")
     own = inputs_of(specs, inputs)
+    journal = opened(journal)
     tick = Tally(runs * len(specs), on_progress)
     out = []
     for name, wf in specs:

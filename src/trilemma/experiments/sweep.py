@@ -28,8 +28,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from trilemma.errors import UsageError
-from trilemma.experiments.trials import Successes, Tally, Trial, check_settings, repeat
-from trilemma.journal import Journal
+from trilemma.experiments.trials import (
+    JournalRef,
+    Successes,
+    Tally,
+    Trial,
+    check_settings,
+    opened,
+    repeat,
+)
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.plan.simulate import under_budget
 from trilemma.run.session import check_inputs
@@ -158,7 +165,7 @@ def budget_sweep(
     wf: Workflow,
     budgets: Sequence[Limits],
     runs: int,
-    journal: Journal,
+    journal: JournalRef,
     *,
     seed: int = 0,
     time_scale: float = 0.01,
@@ -167,7 +174,8 @@ def budget_sweep(
     inputs: Mapping[str, str] | None = None,
 ) -> Sweep:
     """Run ``wf`` ``runs`` times with no budget, then ``runs`` times under each budget, each
-    run with ``inputs`` (checked before any run).
+    run with ``inputs`` (checked before any run, and before a ``journal`` given as a path is
+    opened).
 
     The spec's own ceiling and deadline are set aside: the baseline has none, and each
     budget of the sweep is the only one its runs obey.
@@ -176,6 +184,7 @@ def budget_sweep(
     check_inputs(wf, inputs or {}, source)
     if not budgets:
         raise UsageError("give at least one budget: --max-cost 0.1,0.2 or --deadline 5,10")
+    journal = opened(journal)
     unbudgeted = wf.with_budget(max_cost_usd=None, deadline_s=None)
     tick = Tally(runs * (len(budgets) + 1), on_progress)
 

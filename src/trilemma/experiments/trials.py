@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from trilemma.errors import UsageError
@@ -24,7 +25,8 @@ from trilemma.run.retry import check_time_scale, scaled_time
 from trilemma.run.session import execute
 from trilemma.spec import Workflow
 
-__all__ = ["MAX_TRIALS", "Successes", "Tally", "Trial", "check_runs", "check_settings", "repeat", "time_scaled"]
+__all__ = ["MAX_TRIALS", "JournalRef", "Successes", "Tally", "Trial", "check_runs", "check_settings",
+           "opened", "repeat", "time_scaled"]  # fmt: skip
 
 
 class Successes:
@@ -62,6 +64,16 @@ class Trial:
     """Steps whose outputs came back."""
     steps: int
     """Steps in the spec."""
+
+
+JournalRef = Journal | str | Path
+"""A journal, or the path of one an experiment opens after its checks pass."""
+
+
+def opened(journal: JournalRef) -> Journal:
+    """``journal`` itself, or the journal at that path, created if need be: an experiment
+    calls this once its flags and inputs are checked, so a refused one leaves no file."""
+    return journal if isinstance(journal, Journal) else Journal(journal)
 
 
 def check_runs(runs: int) -> None:

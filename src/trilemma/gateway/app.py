@@ -483,10 +483,9 @@ class Gateway:
         stream = None
         if asked_stream:
             options = body.get("stream_options") or {}
-            usage = options.get("include_usage") if isinstance(options, dict) else "?"
-            if not isinstance(usage or False, bool):
+            if not isinstance(options, dict) or not isinstance(options.get("include_usage") or False, bool):  # fmt: skip
                 raise _Refused(error(400, "stream_options must be an object like {include_usage: true}", "invalid_request_error"))  # fmt: skip
-            stream = _StreamAsk(bool(usage))
+            stream = _StreamAsk(bool(options.get("include_usage")))
         refused = _unserved(body)
         if refused:
             raise _Refused(error(400, refused, "invalid_request_error"))

@@ -907,25 +907,22 @@ def sweep_table(sw: Sweep, source: str) -> Group:
     t = FittedTable(title=f"Budget sweep of {source}, {base.runs:,} runs per budget",
                     title_justify="left")  # fmt: skip
     simulated = any(r.predicted_success is not None for r in sw.rows)
-    heads = ("budget", "success", *(["predicted"] if simulated else []), "stopped", "spend mean",
-             *(["predicted"] if simulated else []), "spend max", "outputs back", "latency mean",
-             "baseline over", "baseline ok within")  # fmt: skip
-    cells = []
+    for col in ("budget", "success", *(["predicted"] if simulated else []), "stopped", "spend mean",
+                *(["predicted"] if simulated else []), "spend max", "outputs back",
+                "latency mean", "baseline over", "baseline ok within"):  # fmt: skip
+        t.add_column(col, justify="left" if col == "budget" else "right",
+                     no_wrap=col == "budget")  # fmt: skip
     for r in (base, *sw.rows):
         predicted = "-" if r.predicted_success is None else _pct(r.predicted_success)
         spend = "-" if r.predicted_cost is None else _usd(r.predicted_cost)
-        cells.append((
+        t.add_row(
             r.budget.label() if r is not base else "baseline",
             _pct(r.success_rate), *([predicted] if simulated else []),
             str(r.stopped), _usd(r.cost_mean), *([spend] if simulated else []), _usd(r.cost_max),
             _pct(r.steps_returned), f"{r.latency_mean_s:.2f}s",
             "-" if r is base else _pct(r.baseline_over / r.runs),
             "-" if r is base else _pct(r.baseline_ok_within / r.runs),
-        ))  # fmt: skip
-    for i, head in enumerate(heads):
-        t.add_column(head, justify="left" if i == 0 else "right", no_wrap=i == 0)
-    for row in cells:
-        t.add_row(*row)
+        )  # fmt: skip
     t.caption = (
         f"planner: {_usd(p.cost_expected)} expected, {_usd(p.cost_worst)} worst; "
         f"{p.latency_critical_s:.2f}s critical path; reliability {_pct(p.reliability)}"
