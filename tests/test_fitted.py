@@ -83,5 +83,64 @@ def test_at_80_columns_the_lines_between_columns_go_before_a_figure_is_cut() -> 
 
 
 def test_a_table_without_borders_keeps_the_spaces_between_its_columns() -> None:
-    text = "\n".join(shown(estimate_like(FittedTable, box=None), 96))
+    text = "\n".join(shown(estimate_like(FittedTable, box=None), 100))
     assert "$0.1800$0.1827" not in text and "$0.1800 " in text
+
+
+def sweep_like() -> FittedTable:
+    t = FittedTable(title="Budget sweep of cascade.yaml, 50 runs per budget", caption="planner")
+    for h in ("budget", "success", "predicted", "stopped", "spend mean", "predicted ",
+              "spend max", "outputs back", "latency mean", "baseline over", "baseline ok within"):
+        t.add_column(h.strip(), justify="left" if h == "budget" else "right", no_wrap=h == "budget")
+    for budget, row in (("baseline", ("98.00%", "99.84%", "0", "$0.0125", "$0.0110", "$0.0360",
+                                      "98.00%", "1.77s", "-", "-")),
+                        ("$0.006", ("78.00%", "84.31%", "11", "$0.0054", "$0.0057", "$0.0060",
+                                    "82.67%", "1.22s", "22.00%", "78.00%"))):  # fmt: skip
+        t.add_row(budget, *row)
+    return t
+
+
+def test_figures_that_cannot_fit_side_by_side_are_shown_a_row_at_a_time() -> None:
+    """Eleven columns of figures on 80 columns: psql's expanded display, not cut figures."""
+    assert "…" in "\n".join(shown(_as_table(sweep_like()), 80))  # rich alone cuts figures
+    lines = shown(sweep_like(), 80)
+    text = "\n".join(lines)
+    assert "…" not in text and max(map(len, lines)) <= 80, text
+    assert lines[0] == "Budget sweep of cascade.yaml, 50 runs per budget"
+    start = lines.index("$0.006")  # the row's first cell heads its block
+    block = [line.split() for line in lines[start + 1:start + 11]]
+    assert block[0] == ["success", "78.00%"] and block[1] == ["predicted", "84.31%"]
+    assert block[9] == ["baseline", "ok", "within", "78.00%"]
+    assert lines[start + 1].startswith("  success") and lines[-1] == "planner"
+    assert lines[start + 2].endswith("84.31%") and lines[start + 3].endswith(" 11")  # aligned
+    assert shown(sweep_like(), 160) == shown(_as_table(sweep_like()), 160)  # wide: a table
+
+
+def test_a_name_is_not_folded_to_a_sliver_the_rows_are_stacked() -> None:
+    t = FittedTable()
+    for h in ("spec", "success", "cost", "latency", "calls", "q/$"):
+        t.add_column(h, justify="left" if h == "spec" else "right")
+    t.add_row("examples/a-rather-long-spec-name.yaml", "100.00% [83.89%, 100.00%]", "$0.0300",
+              "2.14s", "1.00", "33.3")  # fmt: skip
+    lines = shown(t, 46)  # the name would keep fewer than MIN_FOLD cells
+    assert lines[0] == "examples/a-rather-long-spec-name.yaml", lines
+    assert lines[1].split() == ["success", "100.00%", "[83.89%,", "100.00%]"]
+
+
+def _as_table(t: FittedTable) -> Table:
+    plain = Table(title=t.title, caption=t.caption)
+    for c in t.columns:
+        plain.add_column(c.header, justify=c.justify, no_wrap=c.no_wrap)
+    for row in zip(*(list(c.cells) for c in t.columns), strict=True):
+        plain.add_row(*row)
+    return plain
+
+
+def test_an_empty_table_too_wide_for_its_terminal_still_renders() -> None:
+    """`cache stats` on an empty cache at 80 columns raised TypeError (max() of one word)."""
+    t = FittedTable(title="Cache of j.db", caption="empty: steps with `cached:` fill it")
+    for h in ("model", "answers", "with embeddings", "hits served", "semantic hits", "oldest"):
+        t.add_column(h)
+    lines = shown(t, 50)
+    assert "…" not in "\n".join(lines) and max(map(len, lines)) <= 50
+    assert "answers" in "\n".join(lines) and lines[-1].strip().startswith("empty")

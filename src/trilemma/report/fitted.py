@@ -9,9 +9,13 @@ from rich import box
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.measure import Measurement
+from rich.padding import Padding
 from rich.table import Table
 
-__all__ = ["FittedTable"]
+__all__ = ["MIN_FOLD", "FittedTable"]
+
+MIN_FOLD = 12
+"""The fewest cells a folded column of names keeps; narrower, the rows are stacked instead."""
 
 
 class FittedTable(Table):
@@ -26,7 +30,10 @@ class FittedTable(Table):
     the spaces beside them, then the lines between columns (a space parts them, a rule
     under the header stays); if that is not enough either, its widest left-aligned column
     (names; figures are right-aligned, and ``no_wrap`` keeps an id whole) folds onto more
-    lines. On a terminal wide enough it renders exactly as a :class:`Table`.
+    lines, if it keeps :data:`MIN_FOLD` cells. Where the figures still do not fit side by
+    side, each row is shown as a block of its own, a "header  value" line a column (as
+    ``psql``'s expanded display), rather than let rich cut them. On a terminal wide enough
+    it renders exactly as a :class:`Table`.
     """
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -34,7 +41,31 @@ class FittedTable(Table):
         values = [max((most for _, most in s), default=0) for s in spans]
         if self._width(console, options, values) > options.max_width:
             self._fit(console, options, spans, values)
+            if self._width(console, options, values) > options.max_width:
+                yield from self._stacked(console)
+                return
         yield from super().__rich_console__(console, options)
+
+    def _stacked(self, console: Console) -> RenderResult:
+        """Each row as a block: its first cell as the heading, then a line for each column."""
+        def text(cell: RenderableType, style: str) -> RenderableType:
+            return console.render_str(cell, style=style, highlight=False) if isinstance(
+                cell, str) else cell  # fmt: skip
+
+        if self.title:
+            yield text(self.title, "table.title")
+        headers = [str(c.header) for c in self.columns[1:]]
+        figures = all(c.justify == "right" for c in self.columns[1:])  # aligned as they were
+        for first, *rest in zip(*(list(c.cells) for c in self.columns), strict=True):
+            grid = Table.grid(padding=(0, 2), pad_edge=False)
+            grid.add_column(no_wrap=True)
+            grid.add_column(overflow="fold", justify="right" if figures else "left")
+            for header, cell in zip(headers, rest, strict=True):
+                grid.add_row(header, cell)
+            yield text(first, "bold")
+            yield Padding(grid, (0, 0, 0, 2), expand=False)
+        if self.caption:
+            yield text(self.caption, "table.caption")
 
     def _width(self, console: Console, options: ConsoleOptions, values: list[int]) -> int:
         """The table's width, measured on one row of each column's widest value (rich's own
@@ -51,7 +82,7 @@ class FittedTable(Table):
         least, most = {}, {}
         for i in free:
             header = str(self.columns[i].header)
-            least[i] = max(*map(cell_len, header.split() or [""]), *(w for w, _ in spans[i]))
+            least[i] = max((*map(cell_len, header.split()), *(w for w, _ in spans[i])), default=0)
             most[i] = max(cell_len(header), values[i])
             self.columns[i].width = least[i]
         if self.box is not None and self._width(console, options, values) > options.max_width:
@@ -61,11 +92,12 @@ class FittedTable(Table):
         room = options.max_width - self._width(console, options, values)
         foldable = [i for i in free if not self.columns[i].no_wrap  # names, not figures
                     and self.columns[i].justify in ("left", "default")]  # fmt: skip
-        if room < 0 and foldable:  # the widest column of names folds
-            widest = max(foldable, key=lambda i: least[i])
-            self.columns[widest].width = max(least[widest] + room, 4)
-            self.columns[widest].overflow = "fold"
-            return
+        if room < 0:  # the widest column of names folds, if that leaves it readable
+            widest = max(foldable, key=lambda i: least[i], default=None)
+            if widest is not None and least[widest] + room >= MIN_FOLD:
+                self.columns[widest].width = least[widest] + room
+                self.columns[widest].overflow = "fold"
+            return  # (else the rows are stacked)
         short = sorted(free, key=lambda i: most[i] - least[i])
         for i in short:  # whole: a column that then fits on one line
             if most[i] - least[i] <= room:
