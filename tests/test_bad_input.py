@@ -332,6 +332,28 @@ def test_bad_flags_exit_2_with_one_line(cli, args: list[str]) -> None:
     assert r.code == 2, (r.out, r.err)
     assert len(r.err.strip().splitlines()) == 1, r.err
     assert "Traceback" not in r.err
+    assert "Value error" not in r.err and ".;" not in r.err  # pydantic's words, a doubled stop
+
+
+def test_a_usage_error_reads_as_one_sentence(cli) -> None:
+    r = cli("exercise", "32.10.9")
+    assert r.err == ("trilemma: error: Invalid value for 'number': '32.10.9' is not one of "
+                     "'32.10.1', '32.10.2', '32.10.3'; see `trilemma --help`\n")  # fmt: skip
+    assert cli("estimate").err == "trilemma: error: Missing argument 'spec'; see `trilemma --help`\n"
+
+
+def test_bounds_past_any_real_figure_are_checked_but_not_shown_in_help(cli) -> None:
+    """Help showed "[0<=x<=4611686018427387904]" beside --seed, broken over two lines."""
+    r = cli("simulate", "--help")
+    assert r.code == 0 and "4611686" not in r.out and "1000000.0" not in r.out, r.out
+    assert "[x>=0]" in r.out  # the lower bound is shown
+    spec = str(EXAMPLES / "diamond.yaml")
+    r = cli("run", spec, "--seed", str(2**62 + 1))
+    assert r.code == 2 and f"{2**62 + 1} is more than 2**62; give a smaller one" in r.err, r.err
+    r = cli("simulate", spec, "--max-cost", "inf")
+    assert r.code == 2 and "inf is more than a million dollars" in r.err, r.err
+    assert cli("simulate", spec, "--deadline", "nan").code == 2
+    assert cli("simulate", spec, "--seed", str(2**62), "--runs", "10").code == 0  # the bound itself
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,8 @@ from trilemma.journal.store import DEFAULT_PATH
 from trilemma.spec.model import MAX_SECONDS, MAX_SEED, MAX_USD
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from trilemma.journal import Journal
 
 __all__ = [
@@ -82,17 +84,33 @@ DEFAULT_JOURNAL = DEFAULT_PATH
 
 def dollars(help: str, *names: str) -> Any:
     """An option in dollars: 0 up to the bound a spec's prices have (a million)."""
-    return typer.Option(*names, min=0.0, max=MAX_USD, help=help)
+    return typer.Option(*names, min=0.0, callback=_at_most(MAX_USD, "a million dollars"),
+                        help=help)  # fmt: skip
 
 
 def seed_option(help: str) -> Any:
     """A seed: 0 up to the bound a spec's seed has (2**62)."""
-    return typer.Option(min=0, max=MAX_SEED, help=help)
+    return typer.Option(min=0, callback=_at_most(MAX_SEED, "2**62"), help=help)
 
 
 def seconds(help: str, *names: str) -> Any:
     """An option in seconds: 0 up to the bound a spec's durations have (1e7, ~116 days)."""
-    return typer.Option(*names, min=0.0, max=MAX_SECONDS, help=help)
+    return typer.Option(*names, min=0.0, callback=_at_most(MAX_SECONDS, "1e7 seconds"),
+                        help=help)  # fmt: skip
+
+
+def _at_most(bound: float, said: str) -> Callable[[float | None], float | None]:
+    """A check of an option's upper bound. It is kept out of typer's ``max``, which help
+    would show beside every such option ("[0<=x<=4611686018427387904]"); the lower bound,
+    0, stays there and refuses NaN."""
+
+    def check(value: float | None) -> float | None:
+        if value is not None and value > bound:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            raise typer.BadParameter(f"{shown} is more than {said}; give a smaller one")
+        return value
+
+    return check
 
 
 def stdout_console() -> Console:
@@ -193,6 +211,12 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _usage(text: str) -> str:
+    """click's usage error on one line, without pydantic's "Value error, " inside it or a
+    full stop before the hint that follows it."""
+    return _one_line(text).replace("Value error, ", "").removesuffix(".")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return its exit code instead of exiting."""
     global _said_interrupted
@@ -205,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except typer.TyperException as exc:  # click's usage errors, vendored by typer
         hint = "; see `trilemma --help`" if exc.exit_code == 2 else ""
-        sys.stderr.write(f"trilemma: error: {_one_line(exc.format_message())}{hint}\n")
+        sys.stderr.write(f"trilemma: error: {_usage(exc.format_message())}{hint}\n")
         return 2 if exc.exit_code == 2 else exc.exit_code
     except typer.Abort:
         sys.stderr.write("trilemma: aborted\n")
