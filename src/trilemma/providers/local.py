@@ -16,6 +16,7 @@ Two models ship inside PyPI packages (nothing is fetched from a hub):
 from __future__ import annotations
 
 import contextlib
+import http.client
 import importlib
 import importlib.util
 import json
@@ -203,11 +204,49 @@ def up(name: str, *, port: int | None = None, state_dir: Path = STATE_DIR,
                 f"the {name} server exited at start (code {proc.returncode}); {log}: {tail}"
             )
         if healthy(port, timeout=1.0):
+            _first_answer(name, proc, port, log, state_dir)
             return ServerInfo(name, port, proc.pid, str(log), True)
         time.sleep(0.25)
     _stop(proc.pid)
     _state(state_dir, name).unlink(missing_ok=True)
     raise SetupError(f"the {name} server did not answer within {timeout_s:.0f}s; see {info.log}")
+
+
+#: A llama.cpp built for another CPU's instructions than this one runs.
+PORTABLE_HINT = ("rebuild llama.cpp for any x86-64 CPU: CMAKE_ARGS=-DGGML_NATIVE=OFF pip install "
+                 "--force-reinstall --no-deps --no-cache-dir llama-cpp-python")  # fmt: skip
+FIRST_ANSWER_TIMEOUT_S = 60.0
+
+
+def _first_answer(name: str, proc: subprocess.Popen[bytes], port: int, log: Path,
+                  state_dir: Path) -> None:  # fmt: skip
+    """Ask the new server for one token, so one that cannot compute here fails at start.
+
+    llama.cpp builds for the CPU it is built on (``-march=native``): in a virtual machine
+    that lists AMX or AVX-512 but does not let a process use them, the server starts and
+    answers GET /v1/models, then dies of a protection fault at its first answer.
+    """
+    body = json.dumps({"model": name, "prompt": "Say hello in one word.", "max_tokens": 1}).encode()
+    ask = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body,
+                                 {"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(ask, timeout=FIRST_ANSWER_TIMEOUT_S):
+            return
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        why = str(getattr(exc, "reason", None) or exc)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5.0)
+    code = proc.poll()
+    if code is None:
+        _stop(proc.pid)
+    _CHILDREN.pop(proc.pid, None)
+    _state(state_dir, name).unlink(missing_ok=True)
+    if code is not None and code < 0:  # killed by a signal: SIGSEGV, SIGILL
+        with contextlib.suppress(ValueError):
+            why = signal.Signals(-code).name
+        raise SetupError(f"the {name} server died ({why}) at its first answer (see {log}); "
+                         f"{PORTABLE_HINT}")  # fmt: skip
+    raise SetupError(f"the {name} server did not answer a first request ({why}); see {log}")
 
 
 def status(state_dir: Path = STATE_DIR) -> list[ServerInfo]:

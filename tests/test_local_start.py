@@ -1,0 +1,72 @@
+"""A local server that starts but cannot answer is found at start, not at a run's first step.
+
+llama.cpp built with ``-march=native`` on a CPU whose AMX a virtual machine does not let
+a process use answers GET /v1/models, then dies of a protection fault at its first
+answer. That fault needs such a machine; a small server that kills itself with SIGSEGV at
+its first POST stands in for it here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from trilemma.errors import SetupError
+from trilemma.providers import local
+
+SERVER = textwrap.dedent("""
+    import http.server, os, signal, sys
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+            self.wfile.write(b"{}")
+        def do_POST(self):
+            if sys.argv[2] == "die":
+                os.kill(os.getpid(), signal.SIGSEGV)
+            self.send_response(500); self.send_header("Content-Length", "2"); self.end_headers()
+            self.wfile.write(b"{}")
+
+    http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+""")
+
+
+def started(tmp_path: Path, how: str) -> tuple[subprocess.Popen[bytes], int]:
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    port = local.free_port()
+    proc = subprocess.Popen([sys.executable, str(script), str(port), how],
+                            start_new_session=True)  # as up() starts one: its own process group
+    deadline = time.monotonic() + 20
+    while not local.healthy(port, timeout=0.5):
+        assert proc.poll() is None and time.monotonic() < deadline, "the stand-in did not start"
+        time.sleep(0.05)
+    return proc, port
+
+
+def test_a_server_that_dies_at_its_first_answer_says_how_to_rebuild(tmp_path: Path) -> None:
+    proc, port = started(tmp_path, "die")
+    (tmp_path / "smollm2.json").write_text("{}")  # its state, as up() writes it
+    with pytest.raises(SetupError) as err:
+        local._first_answer("smollm2", proc, port, tmp_path / "smollm2.log", tmp_path)
+    said = str(err.value)
+    assert "the smollm2 server died (SIGSEGV) at its first answer" in said, said
+    assert "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --force-reinstall" in said
+    assert proc.returncode is not None and not (tmp_path / "smollm2.json").exists()
+
+
+def test_a_server_that_answers_with_an_error_is_stopped(tmp_path: Path) -> None:
+    proc, port = started(tmp_path, "500")
+    try:
+        with pytest.raises(SetupError, match="did not answer a first request"):
+            local._first_answer("smollm2", proc, port, tmp_path / "smollm2.log", tmp_path)
+        assert proc.wait(timeout=15) is not None  # stopped, not left serving
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
