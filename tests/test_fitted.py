@@ -144,3 +144,18 @@ def test_an_empty_table_too_wide_for_its_terminal_still_renders() -> None:
     lines = shown(t, 50)
     assert "…" not in "\n".join(lines) and max(map(len, lines)) <= 50
     assert "answers" in "\n".join(lines) and lines[-1].strip().startswith("empty")
+
+
+def test_the_room_goes_to_values_that_wrap_before_headers() -> None:
+    """A wrapped value costs a line in every row, a wrapped header one: optimize's frontier
+    at 80 columns gave its headers their one line and its levers five lines a row."""
+    t = FittedTable()
+    for h in ("cost worst", "cost expected", "latency", "reliability", "meets budget"):
+        t.add_column(h, justify="right")
+    t.add_column("levers")
+    for retries in range(0, 40, 5):
+        t.add_row("$0.0240", "$0.0246", "1.30s", "66.29%", "yes", f"12 small; {retries} retries; parallel")
+    lines = shown(t, 80)
+    body = lines[lines.index(next(line for line in lines if "┡" in line)) + 1:-1]
+    assert len(body) <= 2 * 8, "\n".join(lines)  # two lines a row at most
+    assert "cost expected" not in "\n".join(lines)  # the header wrapped instead

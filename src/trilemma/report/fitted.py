@@ -25,7 +25,7 @@ class FittedTable(Table):
     of ten figures shows "$0.18…" and "expec…" while its headers still have room to wrap.
     This table, when too wide, gives each column at least its longest word (of the header
     or of any value: a figure is never cut, a header or an interval wraps at its spaces),
-    then the room left to the columns that need least of it to fit on one line. If even
+    then the room left to values that wrap (a line in every row), then to headers (one). If even
     the longest words do not fit and the table has borders between its columns, it drops
     the spaces beside them, then the lines between columns (a space parts them, a rule
     under the header stays); if that is not enough either, its widest left-aligned column
@@ -98,14 +98,23 @@ class FittedTable(Table):
                 self.columns[widest].width = least[widest] + room
                 self.columns[widest].overflow = "fold"
             return  # (else the rows are stacked)
-        short = sorted(free, key=lambda i: most[i] - least[i])
-        for i in short:  # whole: a column that then fits on one line
-            if most[i] - least[i] <= room:
-                self.columns[i].width, room = most[i], room - (most[i] - least[i])
-        for i in short:  # the rest where it helps: a value of several words wraps less
+        # A wrapped value costs a line in every row, a wrapped header one line: the room goes
+        # to values first, whole where it can (the columns that need least first), then to
+        # those still wrapped, then to headers.
+        def widen(i: int, to: int) -> None:
+            nonlocal room
             width = self.columns[i].width or 0
-            grow = max(min(room, values[i] - width), 0)
+            grow = max(min(room, to - width), 0)
             self.columns[i].width, room = width + grow, room - grow
+
+        for i in sorted(free, key=lambda i: values[i] - least[i]):
+            if values[i] - least[i] <= room:
+                widen(i, values[i])
+        for i in sorted(free, key=lambda i: values[i]):  # a value of several words wraps less
+            widen(i, values[i])
+        for i in sorted(free, key=lambda i: most[i] - (self.columns[i].width or 0)):
+            if most[i] - (self.columns[i].width or 0) <= room:
+                widen(i, most[i])
 
 
 def _span(console: Console, options: ConsoleOptions, cell: RenderableType) -> tuple[int, int]:
