@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -103,13 +104,23 @@ def test_the_demo_tours_predict_run_and_measure(cli, tmp_path: Path) -> None:
         "1. The seed's Output 32.10.1",
         "2. Exercise 32.10.1",
         "3. Monte Carlo",
-        "4. Cheapest levers",
+        "4. The cheapest levers",
         "5. The chosen configuration",
         "6. A single call",
     ):
         assert part in r.out  # fmt: skip
     assert "Best quality per dollar: cascade.yaml" in r.out
     assert "routed.yaml" in r.out  # the seed's case study, measured beside the others
+    # each part names the command that does it alone, and that command prints the same
+    commands = [line[2:] for line in r.out.splitlines() if line.startswith("$ trilemma ")]
+    assert [c.split()[1] for c in commands] == ["book", "estimate", "simulate", "optimize",
+                                                "optimize", "compare"]  # fmt: skip
+    simulate = shlex.split(commands[2])[1:]
+    assert "--runs" in simulate and "20000" in simulate and f"--journal {tmp_path}" in commands[5]
+    alone = cli(*simulate)
+    assert alone.code == 0, alone.err
+    figures = [line for line in alone.out.splitlines() if line.startswith("│")]
+    assert figures and all(line in r.out for line in figures), alone.out
 
 
 def test_compare_runs_a_real_endpoint_in_real_time_and_bills_its_usage(tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -466,28 +467,30 @@ def demo(
 
     check_runs(positive("--runs", runs))
     console = stdout_console()
-    console.rule("1. The seed's Output 32.10.1, recomputed (trilemma book)")
+    _section(console, "1. The seed's Output 32.10.1, recomputed", "trilemma book")
     console.print(book_mod.book_report(), markup=False)
     ticket = example_path("ticket.yaml")
-    console.rule(f"2. Exercise 32.10.1 as a spec (trilemma estimate {ticket.name})")
+    _section(console, "2. Exercise 32.10.1 as a spec", f"trilemma estimate {_shown(ticket)}")
     console.print(tables.estimate_table(estimate_wf(load_workflow(ticket))))
-    chain = load_workflow(example_path("seed-chain.yaml"))
-    console.rule(
-        "3. Monte Carlo of the 12-step chain with a gate of recall 0.9 (trilemma simulate)"
-    )
+    chain_path = example_path("seed-chain.yaml")
+    chain = load_workflow(chain_path)
+    _section(console, "3. Monte Carlo of the 12-step chain with a gate of recall 0.9",
+             f"trilemma simulate {_shown(chain_path)} --recall 0.9 --retry-correlation 0.2 "
+             f"--seed 7 --runs {runs}")  # fmt: skip
     leaky = chain.simulation.model_copy(update={"recall": 0.9, "retry_correlation": 0.2})
     result = simulate_wf(chain, runs, seed=7, settings=leaky)
     console.print(tables.simulate_table(result, estimate_wf(chain)))
-    console.rule("4. Cheapest levers for <= $0.10 and >= 95% (trilemma optimize seed-chain.yaml)")
+    _section(console, "4. The cheapest levers for <= $0.10 and >= 95%",
+             f"trilemma optimize {_shown(chain_path)}")  # fmt: skip
     best = optimize_wf(chain)
     console.print(tables.optimize_view(best))
     if best.best is not None:
         from trilemma.journal import Journal
         from trilemma.run.session import execute
 
-        console.rule(
-            f"5. The chosen configuration, run on the simulator (trilemma run, journal {journal})"
-        )
+        _section(console, "5. The chosen configuration, run on the simulator",
+                 f"trilemma optimize {_shown(chain_path)} --out chosen.yaml && trilemma run "
+                 f"chosen.yaml --seed 7 --max-cost 0.10{tables.journal_flag(journal)}")  # fmt: skip
         ran = execute(
             best.best, journal=Journal(journal), seed=7, max_cost_usd=0.10, source="<demo>"
         )
@@ -499,6 +502,19 @@ def demo(
     return 0
 
 
+def _section(console: Console, title: str, command: str) -> None:
+    """A part of the demo: a rule with its title, then the command that does it alone."""
+    console.rule(title)
+    console.print(f"$ {command}", style="dim", soft_wrap=True)
+
+
+def _shown(path: Path) -> str:
+    """A path as a command to paste would hold it: relative to here if under it, quoted."""
+    with suppress(ValueError):
+        path = path.relative_to(Path.cwd())
+    return shlex.quote(str(path))
+
+
 def _demo_compare(console: Console, journal: Path, runs: int = 60) -> None:
     """The demo's last part: a single call against three workflows, measured on the simulator."""
     from trilemma.examples import example_path
@@ -506,8 +522,9 @@ def _demo_compare(console: Console, journal: Path, runs: int = 60) -> None:
     from trilemma.journal import Journal
 
     names = ("single.yaml", "ticket.yaml", "cascade.yaml", "routed.yaml")
-    console.rule(f"6. A single call or an agent workflow? Measured ({runs} runs each, trilemma "
-                 f"compare {' '.join(names)})")  # fmt: skip
+    _section(console, f"6. A single call or an agent workflow? Measured, {runs} runs each",
+             f"trilemma compare {' '.join(_shown(example_path(n)) for n in names)} --runs {runs} "
+             f"--seed 7{tables.journal_flag(journal)}")  # fmt: skip
     specs = [(n, load_workflow(example_path(n))) for n in names]
     with progress(sys.stderr.isatty()) as bar:
         bar_id = bar.add_task("runs", total=runs * len(specs))
