@@ -51,12 +51,17 @@ def test_at_120_columns_headers_wrap_and_keep_their_spaces() -> None:
     assert "│ triage   │" in text  # the spaces beside the borders are kept where they fit
 
 
-def test_a_name_too_long_for_the_terminal_folds_and_the_figures_stay_whole() -> None:
+def compare_like() -> FittedTable:
     t = FittedTable()
     for h in ("spec", "success", "cost", "latency", "calls", "q/$"):
         t.add_column(h, justify="left" if h == "spec" else "right")
     t.add_row("examples/a-rather-long-spec-name.yaml", "100.00% [83.89%, 100.00%]", "$0.0300",
               "2.14s", "1.00", "33.3")  # fmt: skip
+    return t
+
+
+def test_a_name_too_long_for_the_terminal_folds_and_the_figures_stay_whole() -> None:
+    t = compare_like()
     lines = shown(t, 52)
     text = "\n".join(lines)
     assert "…" not in text and max(map(len, lines)) <= 52, text
@@ -117,12 +122,7 @@ def test_figures_that_cannot_fit_side_by_side_are_shown_a_row_at_a_time() -> Non
 
 
 def test_a_name_is_not_folded_to_a_sliver_the_rows_are_stacked() -> None:
-    t = FittedTable()
-    for h in ("spec", "success", "cost", "latency", "calls", "q/$"):
-        t.add_column(h, justify="left" if h == "spec" else "right")
-    t.add_row("examples/a-rather-long-spec-name.yaml", "100.00% [83.89%, 100.00%]", "$0.0300",
-              "2.14s", "1.00", "33.3")  # fmt: skip
-    lines = shown(t, 46)  # the name would keep fewer than MIN_FOLD cells
+    lines = shown(compare_like(), 46)  # the name would keep fewer than MIN_FOLD cells
     assert lines[0] == "examples/a-rather-long-spec-name.yaml", lines
     assert lines[1].split() == ["success", "100.00%", "[83.89%,", "100.00%]"]
 
