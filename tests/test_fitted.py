@@ -159,3 +159,10 @@ def test_the_room_goes_to_values_that_wrap_before_headers() -> None:
     body = lines[lines.index(next(line for line in lines if "┡" in line)) + 1:-1]
     assert len(body) <= 2 * 8, "\n".join(lines)  # two lines a row at most
     assert "cost expected" not in "\n".join(lines)  # the header wrapped instead
+
+
+def test_a_table_drawn_narrow_then_wide_is_a_whole_table_the_second_time() -> None:
+    """The fitting is for one width: it used to stay in the table's columns."""
+    t = sweep_like()
+    assert "baseline" in shown(t, 80)  # stacked at 80 columns: the first cell heads a block
+    assert shown(t, 160) == shown(_as_table(sweep_like()), 160)

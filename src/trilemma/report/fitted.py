@@ -39,12 +39,16 @@ class FittedTable(Table):
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         spans = [[_span(console, options, c) for c in col.cells] for col in self.columns]
         values = [max((most for _, most in s), default=0) for s in spans]
-        if self._width(console, options, values) > options.max_width:
-            self._fit(console, options, spans, values)
-            if self._width(console, options, values) > options.max_width:
-                yield from self._stacked(console)
-                return
-        yield from super().__rich_console__(console, options)
+        if self._width(console, options, values) <= options.max_width:
+            yield from super().__rich_console__(console, options)
+            return
+        fitted = copy.copy(self)  # fitted for this width only: the table may be drawn again
+        fitted.columns = [copy.copy(c) for c in self.columns]
+        fitted._fit(console, options, spans, values)
+        if fitted._width(console, options, values) > options.max_width:
+            yield from fitted._stacked(console)
+        else:
+            yield from Table.__rich_console__(fitted, console, options)
 
     def _stacked(self, console: Console) -> RenderResult:
         """Each row as a block: its first cell as the heading, then a line for each column."""
