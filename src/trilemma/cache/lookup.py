@@ -3,8 +3,10 @@
 :meth:`Cache.lookup` tries the exact key, then (with a similarity rule and an
 embedder) the nearest earlier prompt of the same settings; :meth:`Cache.store`
 queues an accepted answer, and its prompt's embedding when the lookup made one,
-for the journal's next commit. With a :class:`~trilemma.cache.shared.SharedCache`,
-an exact miss in the journal asks Redis, and a stored answer goes there too.
+for the journal's next commit, and holds it in memory for :data:`RECENT_S` so that
+a lookup made before that commit lands finds it. With a
+:class:`~trilemma.cache.shared.SharedCache`, an exact miss in the journal asks
+Redis, and a stored answer goes there too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +31,12 @@ __all__ = ["Cache", "Hit", "Lookup"]
 #: Most memory the process's semantic indexes hold (about 170,000 entries of
 #: all-MiniLM-L6-v2); past it the least recently used go first, the one in use never.
 MAX_INDEX_BYTES = 256 * 2**20
+
+#: Seconds a stored answer is found in memory, well past the journal's commit window (a
+#: commit waiting on another process's lock may take longer; the entry is then read from
+#: the journal once it lands). `trilemma cache clear` from another process reaches such an
+#: entry only once it has aged out of memory.
+RECENT_S = 1.0
 
 _indexes: dict[tuple[str, str, str, int], SemanticIndex] = {}
 """This process's semantic indexes, by journal, scope, embedder and vector length: the runs
@@ -72,6 +81,10 @@ class Cache:
         self.writer = writer
         self.embedder = embedder
         self.shared = shared
+        self._recent: dict[str, tuple[float, dict[str, Any]]] = {}
+        """Exact entries stored in the last :data:`RECENT_S`, by key: a lookup finds them
+        before the journal's commit of them lands (a client repeating a request the moment
+        its answer came)."""
 
     async def lookup(
         self, settings: Settings, messages: Sequence[Message], similarity: float | None,
@@ -84,7 +97,9 @@ class Cache:
         started = time.perf_counter()
         settings = scoped(settings, tenant)
         key = exact_key(settings, messages)
-        exact = self.writer.read("cache_get", key)
+        recent = self._recent.get(key)
+        exact = recent[1] if recent is not None and time.monotonic() - recent[0] < RECENT_S \
+            else self.writer.read("cache_get", key)  # fmt: skip
         if exact is None and self.shared is not None:
             exact = await self.shared.get(key)
             if exact is not None:  # kept here too: the next lookup need not ask Redis
@@ -148,6 +163,13 @@ class Cache:
         entry = {"model": model, "response": response, "prompt_tokens": prompt_tokens,
                  "completion_tokens": completion_tokens, "created_at": now, "tenant": tenant}  # fmt: skip
         self.writer.defer("cache_put", {"key": key, **entry})
+        held = time.monotonic()
+        self._recent.pop(key, None)  # (kept in the order stored: the oldest come first)
+        self._recent[key] = (held, entry)
+        for old in list(self._recent):
+            if held - self._recent[old][0] < RECENT_S:
+                break
+            del self._recent[old]
         if self.shared is not None:
             self.shared.put(key, entry)
         if vector is not None and self.embedder is not None:
