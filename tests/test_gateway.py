@@ -217,6 +217,11 @@ REFUSED_BODIES = {
     "logprobs": ({"logprobs": True}, "logprobs are not"),
     "stop not text": ({"stop": 5}, "stop must be"),
     "stop of 0": ({"stop": 0}, "stop must be"),
+    "top_p past 1": ({"top_p": 1.5}, "top_p must be a number from 0 to 1"),
+    "seed not an integer": ({"seed": 1.5}, "seed must be an integer"),
+    "seed of true": ({"seed": True}, "seed must be an integer"),
+    "penalty past 2": ({"presence_penalty": 3}, "presence_penalty must be a number from -2 to 2"),
+    "user not text": ({"user": 7}, "user must be text"),
     "stop an object": ({"stop": {}}, "stop must be"),
     "stop of None": ({"stop": [None, 3]}, "stop must be"),
     "five stops": ({"stop": list("abcde")}, "stop must be"),
@@ -447,6 +452,25 @@ def test_a_cached_gateway_answers_repeats_free_and_keeps_tenants_apart(tmp_path:
     ledger = Journal(tmp_path / "j.db").calls(run_id_of("team-a"))
     assert [(c["role"], c["cache_hit"], c["cost_usd"] > 0) for c in ledger] == [
         ("gateway", 0, True), ("cache", 1, False), ("gateway", 0, True)]  # fmt: skip
+
+
+def test_sampling_settings_are_passed_on_and_key_the_cache(tmp_path: Path) -> None:
+    """top_p, seed, penalties and user reach the endpoint as given (they had been dropped
+    without a word); an answer cached for one seed is not served for another."""
+    ask = [{"role": "user", "content": "Pick a number."}]
+    given = {"top_p": 0.5, "seed": 42, "presence_penalty": -0.5, "frequency_penalty": 1,
+             "user": "alice"}  # fmt: skip
+    with ScriptedServer([Reply("7"), Reply("3")]) as up:
+        with serving(tmp_path, config_text(up.url) + "cache: true\n") as (url, _):
+            c = client(url)
+            first = c.chat.completions.create(model="small", messages=ask, **given)  # type: ignore[arg-type]
+            again = c.chat.completions.with_raw_response.create(model="small", messages=ask, **given)  # type: ignore[arg-type]
+            other = c.chat.completions.create(model="small", messages=ask, **{**given, "seed": 43})  # type: ignore[arg-type]
+        sent = [r["json"] for r in up.requests]
+    assert len(sent) == 2 and all(body[k] == v for body in sent[:1] for k, v in given.items())
+    assert sent[1]["seed"] == 43
+    assert first.choices[0].message.content == "7" and again.headers["x-trilemma-cache"] == "hit"
+    assert other.choices[0].message.content == "3"  # another seed, another answer
 
 
 def test_a_second_gateway_on_a_live_gateways_keys_is_refused(cli, tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -222,7 +222,8 @@ class Gateway:
         lookup = settings = None
         if self.cache is not None:  # a key is a tenant: its cache is its own
             settings = ["gateway", *profile_settings(profile, model), request.max_tokens,
-                        request.temperature, list(request.stop)]  # fmt: skip
+                        request.temperature, list(request.stop),
+                        *([dict(request.extra)] if request.extra else [])]  # fmt: skip
             lookup = await self.cache.lookup(settings, request.messages, self.config.similarity, key)
             if lookup.hit is not None:
                 return await self._served(key, model, request, lookup.hit, stream)
@@ -527,6 +528,7 @@ class Gateway:
         return model, CallRequest(
             model, msgs, max_tokens, profile.timeout_s, call_id, call_id, temperature, stop,
             profile.p_ok, f"answer from {model}", f"wrong answer from {model}",
+            extra=_passed_on(body),
         ), stream  # fmt: skip
 
 
@@ -547,12 +549,39 @@ def _text(content: Any) -> str | None:
     return content if isinstance(content, str) and not_text_at(content) is None else None
 
 
+#: Sampling settings passed on to the endpoint as the client gave them, each with its check
+#: (OpenAI's ranges) and what a wrong one is told.
+PASSED_ON: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "top_p": (lambda v: _number(v) and 0 <= v <= 1, "a number from 0 to 1"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63,
+             "an integer"),
+    "presence_penalty": (lambda v: _number(v) and -2 <= v <= 2, "a number from -2 to 2"),
+    "frequency_penalty": (lambda v: _number(v) and -2 <= v <= 2, "a number from -2 to 2"),
+    "user": (lambda v: isinstance(v, str) and len(v) <= 256 and not_text_at(v) is None,
+             "text of up to 256 characters"),
+}  # fmt: skip
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)  # NaN fails ranges
+
+
+def _passed_on(body: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The request's settings of :data:`PASSED_ON` (a null is none), each checked: a 400
+    names the first that OpenAI would refuse."""
+    given = [(name, body[name]) for name in PASSED_ON if body.get(name) is not None]
+    for name, value in given:
+        check, wanted = PASSED_ON[name]
+        if not check(value):
+            raise _Refused(error(400, f"{name} must be {wanted}", "invalid_request_error"))
+    return tuple(given)
+
+
 def _unserved(body: dict[str, Any]) -> str | None:
     """Why a request asks for what the gateway would drop without a word (None: it does not).
 
-    Sampling knobs it does not forward (top_p, seed, user...) change no contract and pass;
-    several choices, tools and forced formats would leave the client with less than it
-    asked for, and are refused.
+    Several choices, tools and forced formats would leave the client with less than it
+    asked for, and are refused; the sampling settings of :data:`PASSED_ON` are passed on.
     """
     if isinstance(body.get("n"), bool) or body.get("n") not in (None, 1):
         return "n must be 1: the gateway answers with one choice"

@@ -9,7 +9,7 @@ a transport.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from trilemma.spec import ModelProfile
 from trilemma.spec.model import BYTES_PER_TOKEN, TEMPLATE_TOKENS_PER_MESSAGE
@@ -82,6 +82,9 @@ class Request:
     verdict_key: str = ""
     """The simulator only: calls that share it are right or wrong together (the samples of
     one attempt whose majority answers, so that ``p_ok`` is the attempt's, as planned)."""
+    extra: tuple[tuple[str, Any], ...] = ()
+    """Further sampling settings a client gave the gateway (``top_p``, ``seed``, penalties,
+    ``user``), passed on as given to an OpenAI-compatible endpoint; the simulator has none."""
 
     @property
     def prompt_bytes(self) -> int:

@@ -217,6 +217,7 @@ def _options(request: Request) -> dict[str, Any]:
         kwargs["temperature"] = request.temperature
     if request.stop:
         kwargs["stop"] = list(request.stop)
+    kwargs.update(request.extra)
     return kwargs
 
 
