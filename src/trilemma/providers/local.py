@@ -212,9 +212,10 @@ def up(name: str, *, port: int | None = None, state_dir: Path = STATE_DIR,
     raise SetupError(f"the {name} server did not answer within {timeout_s:.0f}s; see {info.log}")
 
 
-#: A llama.cpp built for another CPU's instructions than this one runs.
-PORTABLE_HINT = ("rebuild llama.cpp for any x86-64 CPU: CMAKE_ARGS=-DGGML_NATIVE=OFF pip install "
-                 "--force-reinstall --no-deps --no-cache-dir llama-cpp-python")  # fmt: skip
+#: How to rebuild a llama.cpp that uses instructions this machine does not let it run.
+PORTABLE_HINT = ("rebuild llama.cpp without this CPU's own instructions (AVX2 at most): "
+                 "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --force-reinstall --no-deps "
+                 "--no-cache-dir llama-cpp-python")  # fmt: skip
 FIRST_ANSWER_TIMEOUT_S = 60.0
 
 
@@ -232,10 +233,12 @@ def _first_answer(name: str, proc: subprocess.Popen[bytes], port: int, log: Path
     try:
         with urllib.request.urlopen(ask, timeout=FIRST_ANSWER_TIMEOUT_S):
             return
+    except urllib.error.HTTPError as exc:  # it answered, with an error
+        why = f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         why = str(getattr(exc, "reason", None) or exc)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5.0)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # it may be dying
+            proc.wait(timeout=5.0)
     code = proc.poll()
     if code is None:
         _stop(proc.pid)
