@@ -25,15 +25,16 @@ class FittedTable(Table):
     of ten figures shows "$0.18…" and "expec…" while its headers still have room to wrap.
     This table, when too wide, gives each column at least its longest word (of the header
     or of any value: a figure is never cut, a header or an interval wraps at its spaces),
-    then the room left to values that wrap (a line in every row), then to headers (one). If even
-    the longest words do not fit and the table has borders between its columns, it drops
-    the spaces beside them, then the lines between columns (a space parts them, a rule
-    under the header stays); if that is not enough either, its widest left-aligned column
-    (names; figures are right-aligned, and ``no_wrap`` keeps an id whole) folds onto more
-    lines, if it keeps :data:`MIN_FOLD` cells. Where the figures still do not fit side by
-    side, each row is shown as a block of its own, a "header  value" line a column (as
-    ``psql``'s expanded display), rather than let rich cut them. On a terminal wide enough
-    it renders exactly as a :class:`Table`.
+    then the room left to values that would wrap (a line in every row), then to headers
+    (a line once). If even the longest words do not fit and the table has borders between
+    its columns, it drops the spaces beside them, then the lines between columns (a space
+    parts them, a rule under the header stays); if that is not enough either, its widest
+    left-aligned column (names; figures are right-aligned, and ``no_wrap`` keeps an id
+    whole) folds onto more lines, if it keeps :data:`MIN_FOLD` cells. Where the figures
+    still do not fit side by side, each row is shown as a block of its own, a "header
+    value" line a column (as ``psql``'s expanded display), rather than let rich cut them.
+    The fitting is made on a copy, for the width at hand. On a terminal wide enough it
+    renders exactly as a :class:`Table`.
     """
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
