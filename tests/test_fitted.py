@@ -166,3 +166,11 @@ def test_a_table_drawn_narrow_then_wide_is_a_whole_table_the_second_time() -> No
     t = sweep_like()
     assert "baseline" in shown(t, 80)  # stacked at 80 columns: the first cell heads a block
     assert shown(t, 160) == shown(_as_table(sweep_like()), 160)
+
+
+def test_stacked_values_keep_their_column_s_alignment() -> None:
+    lines = shown(estimate_like(FittedTable), 40)
+    block = lines[lines.index("triage") + 1:lines.index("diagnose")]
+    assert block[0].split() == ["model", "premium"] and block[0].endswith("premium")
+    calls = next(line for line in block if line.split()[0] == "calls")
+    assert calls.endswith(" 6") and len(calls) == len(block[0])  # a figure, to the right

@@ -59,14 +59,16 @@ class FittedTable(Table):
 
         if self.title:
             yield text(self.title, "table.title")
-        headers = [str(c.header) for c in self.columns[1:]]
-        figures = all(c.justify == "right" for c in self.columns[1:])  # aligned as they were
+        columns = self.columns[1:]
         for first, *rest in zip(*(list(c.cells) for c in self.columns), strict=True):
             grid = Table.grid(padding=(0, 2), pad_edge=False)
             grid.add_column(no_wrap=True)
-            grid.add_column(overflow="fold", justify="right" if figures else "left")
-            for header, cell in zip(headers, rest, strict=True):
-                grid.add_row(header, cell)
+            grid.add_column(overflow="fold")
+            for column, cell in zip(columns, rest, strict=True):
+                if isinstance(cell, str):  # aligned as in its column: figures to the right
+                    cell = console.render_str(cell, highlight=False)
+                    cell.justify = column.justify
+                grid.add_row(str(column.header), cell)
             yield text(first, "bold")
             yield Padding(grid, (0, 0, 0, 2), expand=False)
         if self.caption:
