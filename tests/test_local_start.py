@@ -8,10 +8,13 @@ its first POST stands in for it here.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,37 +39,38 @@ SERVER = textwrap.dedent("""
 """)
 
 
-def started(tmp_path: Path, how: str) -> tuple[subprocess.Popen[bytes], int]:
+@contextlib.contextmanager
+def started(tmp_path: Path, how: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """The stand-in on a free port, in its own process group as up() starts a server;
+    killed at the end if it still runs."""
     script = tmp_path / "server.py"
     script.write_text(SERVER)
     port = local.free_port()
-    proc = subprocess.Popen([sys.executable, str(script), str(port), how],
-                            start_new_session=True)  # as up() starts one: its own process group
-    deadline = time.monotonic() + 20
-    while not local.healthy(port, timeout=0.5):
-        assert proc.poll() is None and time.monotonic() < deadline, "the stand-in did not start"
-        time.sleep(0.05)
-    return proc, port
-
-
-def test_a_server_that_dies_at_its_first_answer_says_how_to_rebuild(tmp_path: Path) -> None:
-    proc, port = started(tmp_path, "die")
-    (tmp_path / "smollm2.json").write_text("{}")  # its state, as up() writes it
-    with pytest.raises(SetupError) as err:
-        local._first_answer("smollm2", proc, port, tmp_path / "smollm2.log", tmp_path)
-    said = str(err.value)
-    assert "the smollm2 server died (SIGSEGV) at its first answer" in said, said
-    assert "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --force-reinstall" in said, said
-    assert proc.returncode is not None and not (tmp_path / "smollm2.json").exists()
-
-
-def test_a_server_that_answers_with_an_error_is_stopped(tmp_path: Path) -> None:
-    proc, port = started(tmp_path, "500")
+    proc = subprocess.Popen([sys.executable, str(script), str(port), how], start_new_session=True)
     try:
-        with pytest.raises(SetupError, match=r"did not answer a first request \(HTTP 500\)"):
-            local._first_answer("smollm2", proc, port, tmp_path / "smollm2.log", tmp_path)
-        assert proc.wait(timeout=15) is not None  # stopped, not left serving
+        deadline = time.monotonic() + 20
+        while not local.healthy(port, timeout=0.5):
+            assert proc.poll() is None and time.monotonic() < deadline, "the stand-in did not start"
+            time.sleep(0.05)
+        yield proc, port
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_server_that_dies_at_its_first_answer_says_how_to_rebuild(tmp_path: Path) -> None:
+    (tmp_path / "smollm2.json").write_text("{}")  # its state, as up() writes it
+    with started(tmp_path, "die") as (proc, port), pytest.raises(SetupError) as err:
+        local._first_answer("smollm2", proc, port, tmp_path / "smollm2.log", tmp_path)
+    said = str(err.value)
+    assert "the smollm2 server died (SIGSEGV) at its first answer" in said, said
+    assert "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --force-reinstall" in said, said
+    assert proc.returncode == -signal.SIGSEGV and not (tmp_path / "smollm2.json").exists()
+
+
+def test_a_server_that_answers_with_an_error_is_stopped(tmp_path: Path) -> None:
+    with started(tmp_path, "500") as (proc, port):
+        with pytest.raises(SetupError, match=r"did not answer a first request \(HTTP 500\)"):
+            local._first_answer("smollm2", proc, port, tmp_path / "smollm2.log", tmp_path)
+        assert proc.wait(timeout=15) is not None  # stopped, not left serving
