@@ -23,7 +23,9 @@ from trilemma.errors import SetupError
 from trilemma.providers import local
 
 SERVER = textwrap.dedent("""
-    import http.server, os, signal, sys
+    import http.server, os, resource, signal, sys
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # its SIGSEGV leaves no core file
 
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -46,7 +48,8 @@ def started(tmp_path: Path, how: str) -> Iterator[tuple[subprocess.Popen[bytes],
     script = tmp_path / "server.py"
     script.write_text(SERVER)
     port = local.free_port()
-    proc = subprocess.Popen([sys.executable, str(script), str(port), how], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, str(script), str(port), how], cwd=tmp_path,
+                            start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 20
         while not local.healthy(port, timeout=0.5):
