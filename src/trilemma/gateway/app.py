@@ -484,9 +484,10 @@ class Gateway:
         stream = None
         if asked_stream:
             options = body.get("stream_options") or {}
-            if not isinstance(options, dict) or not isinstance(options.get("include_usage") or False, bool):  # fmt: skip
+            usage = options.get("include_usage") if isinstance(options, dict) else "not an object"
+            if not (usage is None or isinstance(usage, bool)):
                 raise _Refused(error(400, "stream_options must be an object like {include_usage: true}", "invalid_request_error"))  # fmt: skip
-            stream = _StreamAsk(bool(options.get("include_usage")))
+            stream = _StreamAsk(bool(usage))
         refused = _unserved(body)
         if refused:
             raise _Refused(error(400, refused, "invalid_request_error"))
@@ -509,9 +510,7 @@ class Gateway:
         ):
             raise _Refused(error(400, "max_tokens must be a positive integer", "invalid_request_error"))  # fmt: skip
         temperature = body.get("temperature", profile.temperature)
-        if temperature is not None and (isinstance(temperature, bool)
-                                        or not isinstance(temperature, int | float)
-                                        or not 0 <= temperature <= 2):  # fmt: skip (NaN fails too)
+        if temperature is not None and not (_number(temperature) and 0 <= temperature <= 2):
             raise _Refused(error(400, "temperature must be a number from 0 to 2", "invalid_request_error"))  # fmt: skip
         stop = body.get("stop", profile.stop)
         stop = () if stop in (None, "") else (stop,) if isinstance(stop, str) else stop

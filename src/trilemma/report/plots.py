@@ -278,7 +278,6 @@ def timeline_png(
         if c["cost_usd"]:
             spend.append((end - t0, c["cost_usd"]))
     _bars(top, bars, OUTCOME_COLOURS, 0.7)
-    seen = bars.keys()
     every = -(-len(order) // MAX_ROW_LABELS)  # past that many, every k-th step is named
     top.set_yticks(range(0, len(order), every), labels=list(order)[::every],
                    fontsize=7 if len(order) > 30 else 9)  # fmt: skip
@@ -287,7 +286,7 @@ def timeline_png(
     if run["deadline_at"]:
         for ax in (top, bottom):
             ax.axvline(run["deadline_at"] - t0, color="tab:red", linestyle="--", linewidth=1)
-    if seen:  # a run that sent no call has nothing to name
+    if bars:  # a run that sent no call has nothing to name
         top.legend(loc="lower right", fontsize=8)
     top.grid(alpha=0.3, axis="x")
     _spend(bottom, spend, run["max_cost_usd"], "spend", "seconds since the run started")
@@ -359,11 +358,10 @@ def batch_png(runs: Sequence[dict[str, Any]], ceiling: float | None) -> bytes:
         if r["cost_usd"]:
             spend.append((end - t0, r["cost_usd"]))
     _bars(top, bars, STATUS_COLOURS, 0.8)
-    seen = bars.keys()
     top.set_ylim(lines[-1] + 0.5, lines[0] - 0.5)
     top.set_ylabel("line")
     top.set_title(f"{len(runs)} runs, each from its start to its end")
-    if seen:  # no run drawn, nothing to name
+    if bars:  # no run drawn, nothing to name
         top.legend(loc="lower right", fontsize=8)
     top.grid(alpha=0.3, axis="x")
     _spend(bottom, spend, ceiling, "spend, as runs end", "seconds since the batch started")
