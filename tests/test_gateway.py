@@ -208,6 +208,8 @@ REFUSED_BODIES = {
     "stream of 1": ({"stream": 1}, "stream must be true or false"),
     "include_usage not a boolean": ({"stream": True, "stream_options": {"include_usage": "yes"}},
                                     "stream_options must be an object"),
+    "include_usage of 0": ({"stream": True, "stream_options": {"include_usage": 0}},
+                           "stream_options must be an object"),
     "temperature past 2": ({"temperature": 7}, "temperature must be a number from 0 to 2"),
     "temperature below 0": ({"temperature": -0.5}, "temperature must be a number from 0 to 2"),
     "temperature of true": ({"temperature": True}, "temperature must be a number from 0 to 2"),
