@@ -68,3 +68,10 @@ def test_exercise_tables_render(cli) -> None:
     for n in ("32.10.1", "32.10.2", "32.10.3"):
         r = cli("exercise", n)
         assert r.code == 0 and r.out.strip(), n
+
+
+def test_an_exercise_can_be_named_by_its_last_number(cli) -> None:
+    for short, full in (("1", "32.10.1"), ("2", "32.10.2"), ("3", "32.10.3")):
+        assert cli("exercise", short, "--json").out == cli("exercise", full, "--json").out
+    r = cli("exercise", "4")
+    assert r.code == 2 and "'4' is not one of" in r.err, r.err

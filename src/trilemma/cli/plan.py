@@ -401,9 +401,20 @@ class ExerciseId(StrEnum):
     tension = "32.10.3"
 
 
+def _exercise_id(value: str) -> ExerciseId:
+    """An exercise by its number in the seed (32.10.2) or alone (2)."""
+    for one in ExerciseId:
+        if value in (one.value, one.value.rsplit(".", 1)[1]):
+            return one
+    shown = ", ".join(f"'{one.value}'" for one in ExerciseId)
+    raise typer.BadParameter(f"{value!r} is not one of {shown} (or 1, 2, 3)")
+
+
 @app.command(rich_help_panel="Predict")
 def exercise(
-    number: Annotated[ExerciseId, typer.Argument(help="32.10.1, 32.10.2 or 32.10.3.")],
+    number: Annotated[ExerciseId, typer.Argument(
+        parser=_exercise_id, show_default=False,
+        help="32.10.1, 32.10.2 or 32.10.3; or 1, 2 or 3.")],
     tickets_per_day: Annotated[int, typer.Option(min=1, help="32.10.1: volume.")] = 200_000,
     router_usd: Annotated[float, dollars("32.10.2: router $ per step.")] = 0.002,
     router_s: Annotated[float, seconds("32.10.2: router s per step.")] = 0.4,
