@@ -338,7 +338,7 @@ def test_bad_flags_exit_2_with_one_line(cli, args: list[str]) -> None:
 def test_a_usage_error_reads_as_one_sentence(cli) -> None:
     r = cli("exercise", "32.10.9")
     assert r.err == ("trilemma: error: Invalid value for 'number': '32.10.9' is not one of "
-                     "'32.10.1', '32.10.2', '32.10.3'; see `trilemma --help`\n")  # fmt: skip
+                     "'32.10.1', '32.10.2', '32.10.3' (or 1, 2, 3); see `trilemma --help`\n")  # fmt: skip
     assert cli("estimate").err == "trilemma: error: Missing argument 'spec'; see `trilemma --help`\n"
 
 
@@ -352,7 +352,15 @@ def test_bounds_past_any_real_figure_are_checked_but_not_shown_in_help(cli) -> N
     assert r.code == 2 and f"{2**62 + 1} is more than 2**62; give a smaller one" in r.err, r.err
     r = cli("simulate", spec, "--max-cost", "inf")
     assert r.code == 2 and "inf is more than a million dollars" in r.err, r.err
-    assert cli("simulate", spec, "--deadline", "nan").code == 2
+    r = cli("simulate", spec, "--deadline", "nan")
+    assert r.err == ("trilemma: error: Invalid value for '--deadline': 'nan' is not a number; "
+                     "give a number such as 0.5; see `trilemma --help`\n")  # fmt: skip
+    r = cli("simulate", spec, "--recall", "NaN")  # a bound above as well as below
+    assert r.code == 2 and "'NaN' is not a number" in r.err, r.err
+    r = cli("simulate", spec, "--max-cost", "-1")  # a real figure out of range keeps its words
+    assert r.code == 2 and "greater than or equal to 0" in r.err, r.err
+    r = cli("simulate", spec, "--seed", "nan")  # not an integer at all
+    assert r.code == 2 and "valid integer" in r.err, r.err
     assert cli("simulate", spec, "--seed", str(2**62), "--runs", "10").code == 0  # the bound itself
 
 

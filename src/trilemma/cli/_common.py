@@ -8,12 +8,14 @@ runs a command in-process and returns its exit code: 0 success, 1 the run or pla
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -217,6 +219,29 @@ def _usage(text: str) -> str:
     return _one_line(text).replace("Value error, ", "").removesuffix(".")
 
 
+_BOUNDS = frozenset({"greater_than_equal", "less_than_equal", "greater_than", "less_than"})
+
+
+def _not_a_number(exc: Exception) -> str | None:
+    """The message for NaN given to a bounded number: pydantic's check of the lower bound
+    refuses it as "should be greater than or equal to 0", which misleads."""
+    cause = exc.__cause__
+    if not isinstance(cause, ValidationError) or not isinstance(exc, typer.BadParameter):
+        return None
+    for err in cause.errors():
+        given = err.get("input")
+        if err["type"] not in _BOUNDS or not isinstance(given, str):
+            continue  # NaN gets this far only as a string that parsed, then compared
+        try:
+            nan = math.isnan(float(given))
+        except ValueError:  # pydantic reads some strings float() does not
+            continue
+        if nan:
+            exc.message = f"{given!r} is not a number; give a number such as 0.5"
+            return exc.format_message()
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return its exit code instead of exiting."""
     global _said_interrupted
@@ -229,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except typer.TyperException as exc:  # click's usage errors, vendored by typer
         hint = "; see `trilemma --help`" if exc.exit_code == 2 else ""
-        sys.stderr.write(f"trilemma: error: {_usage(exc.format_message())}{hint}\n")
+        said = _not_a_number(exc) or exc.format_message()
+        sys.stderr.write(f"trilemma: error: {_usage(said)}{hint}\n")
         return 2 if exc.exit_code == 2 else exc.exit_code
     except typer.Abort:
         sys.stderr.write("trilemma: aborted\n")
