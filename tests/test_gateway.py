@@ -224,6 +224,13 @@ REFUSED_BODIES = {
     "seed of true": ({"seed": True}, "seed must be an integer"),
     "penalty past 2": ({"presence_penalty": 3}, "presence_penalty must be a number from -2 to 2"),
     "user not text": ({"user": 7}, "user must be text"),
+    "logit_bias of a word": ({"logit_bias": {"hello": 5}}, "logit_bias must be an object of token ids"),
+    "logit_bias past 100": ({"logit_bias": {"50256": -101}}, "logit_bias must be"),
+    "reasoning_effort of a number": ({"reasoning_effort": 3}, "reasoning_effort must be a word"),
+    "a pricier tier": ({"service_tier": "priority"}, "service_tier is not forwarded by this gateway"),
+    "stored upstream": ({"store": True}, "store is not forwarded"),
+    "metadata": ({"metadata": {"team": "a"}}, "metadata is not forwarded"),
+    "a field nobody reads": ({"top_k": 40}, "Unrecognized request argument supplied: top_k; this gateway reads"),
     "stop an object": ({"stop": {}}, "stop must be"),
     "stop of None": ({"stop": [None, 3]}, "stop must be"),
     "five stops": ({"stop": list("abcde")}, "stop must be"),
@@ -461,7 +468,7 @@ def test_sampling_settings_are_passed_on_and_key_the_cache(tmp_path: Path) -> No
     without a word); an answer cached for one seed is not served for another."""
     ask = [{"role": "user", "content": "Pick a number."}]
     given = {"top_p": 0.5, "seed": 42, "presence_penalty": -0.5, "frequency_penalty": 1,
-             "user": "alice"}  # fmt: skip
+             "user": "alice", "logit_bias": {"50256": -100}, "reasoning_effort": "low"}  # fmt: skip
     with ScriptedServer([Reply("7"), Reply("3")]) as up:
         with serving(tmp_path, config_text(up.url) + "cache: true\n") as (url, _):
             c = client(url)
@@ -473,6 +480,21 @@ def test_sampling_settings_are_passed_on_and_key_the_cache(tmp_path: Path) -> No
     assert sent[1]["seed"] == 43
     assert first.choices[0].message.content == "7" and again.headers["x-trilemma-cache"] == "hit"
     assert other.choices[0].message.content == "3"  # another seed, another answer
+
+
+def test_settings_that_ask_for_nothing_more_are_taken_and_not_sent(tmp_path: Path) -> None:
+    """store false, the default tier, empty metadata and a null of any field ask for what the
+    gateway does anyway: answered, and none of them reaches the endpoint."""
+    ask = [{"role": "user", "content": "q"}]
+    idle = {"store": False, "service_tier": "auto", "metadata": {}, "parallel_tool_calls": True,
+            "modalities": ["text"], "top_logprobs": 0, "function_call": "none", "top_k": None}
+    with ScriptedServer([Reply("fine")]) as up:
+        with serving(tmp_path, config_text(up.url)) as (url, _):
+            ok = client(url).chat.completions.create(model="small", messages=ask,  # type: ignore[arg-type]
+                                                     extra_body=idle)  # fmt: skip
+        (sent,) = [r["json"] for r in up.requests]
+    assert ok.choices[0].message.content == "fine"
+    assert not set(idle) & set(sent), sent
 
 
 def test_a_second_gateway_on_a_live_gateways_keys_is_refused(cli, tmp_path: Path) -> None:

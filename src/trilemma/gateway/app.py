@@ -558,7 +558,32 @@ PASSED_ON: dict[str, tuple[Callable[[Any], bool], str]] = {
     "frequency_penalty": (lambda v: _number(v) and -2 <= v <= 2, "a number from -2 to 2"),
     "user": (lambda v: isinstance(v, str) and len(v) <= 256 and not_text_at(v) is None,
              "text of up to 256 characters"),
+    "logit_bias": (lambda v: isinstance(v, dict) and all(
+        k.isascii() and k.isdigit() and _number(b) and -100 <= b <= 100 for k, b in v.items()),
+        "an object of token ids to numbers from -100 to 100"),
+    "reasoning_effort": (lambda v: isinstance(v, str) and v.isascii() and v.isalpha()
+                         and len(v) <= 16, "a word such as low, medium or high"),
 }  # fmt: skip
+"""The answer's cost stays what its usage says under each of these (reasoning tokens are
+completion tokens, bounded by ``max_tokens``), so the reservation still holds."""
+
+#: Settings the gateway does not forward but takes when they ask for nothing more than it
+#: does: the value each may have (a null is always taken).
+TAKEN_AS_DEFAULT: dict[str, Callable[[Any], bool]] = {
+    "store": lambda v: v is False,
+    "parallel_tool_calls": lambda v: isinstance(v, bool),  # no tools are forwarded
+    "service_tier": lambda v: v in ("auto", "default"),  # another tier has another price
+    "modalities": lambda v: v == ["text"],
+    "metadata": lambda v: v == {},
+    "top_logprobs": lambda v: v == 0,
+    "function_call": lambda v: v == "none",
+}
+
+#: The fields of a body the gateway reads; any other is refused, as OpenAI refuses it.
+READ = frozenset({"model", "messages", "stream", "stream_options", "n", "tools", "functions",
+                  "tool_choice", "response_format", "logprobs", "max_tokens",
+                  "max_completion_tokens", "temperature", "stop", *PASSED_ON,
+                  *TAKEN_AS_DEFAULT})  # fmt: skip
 
 
 def _number(value: Any) -> bool:
@@ -580,7 +605,9 @@ def _unserved(body: dict[str, Any]) -> str | None:
     """Why a request asks for what the gateway would drop without a word (None: it does not).
 
     Several choices, tools and forced formats would leave the client with less than it
-    asked for, and are refused; the sampling settings of :data:`PASSED_ON` are passed on.
+    asked for, and are refused; the sampling settings of :data:`PASSED_ON` are passed on;
+    the settings of :data:`TAKEN_AS_DEFAULT` are taken only at a value that asks for nothing,
+    and a field the gateway does not read is refused in OpenAI's words.
     """
     if isinstance(body.get("n"), bool) or body.get("n") not in (None, 1):
         return "n must be 1: the gateway answers with one choice"
@@ -594,6 +621,14 @@ def _unserved(body: dict[str, Any]) -> str | None:
         return "response_format is not forwarded by this gateway; ask for the format in the prompt"
     if body.get("logprobs"):
         return "logprobs are not returned by this gateway"
+    for name, takes in TAKEN_AS_DEFAULT.items():
+        if body.get(name) is not None and not takes(body[name]):
+            return f"{name} is not forwarded by this gateway; leave it out"
+    for name, value in body.items():
+        if name not in READ and value is not None:
+            shown = name if len(name) <= 40 else f"{name[:40]}..."
+            return (f"Unrecognized request argument supplied: {shown}; this gateway reads "
+                    f"{', '.join(sorted(READ - TAKEN_AS_DEFAULT.keys()))}")  # fmt: skip
     return None
 
 
