@@ -453,6 +453,13 @@ def test_cli_run_json_contract_and_ledger(cli, tmp_path: Path) -> None:
     column = [c.strip() for c in next(x for x in lines if "run_id" in x).split("┃")].index("seed")
     seeds = [x.split("│")[column].strip() for x in lines if d["run_id"][:8] in x]
     assert seeds == ["4", "4"]  # the seed that repeats each run
+    shown = cli("ledger", d["run_id"], "--journal", db).out.splitlines()
+    head = next(x for x in shown if "attempt" in x).split("┃")[1:-1]
+    row = next(x for x in shown if x.startswith("│")).split("│")[1:-1]
+    for name, cell in zip(head, row, strict=True):  # figures to the right, words to the left
+        figure = name.strip() in ("attempt", "tokens in", "tokens out", "cost", "latency")
+        aligned = str.rjust if figure else str.ljust
+        assert cell == f" {aligned(cell.strip(), len(cell) - 2)} ", (name, cell)
 
 
 def test_ledger_of_an_unknown_run_is_bad_input(cli, tmp_path: Path) -> None:

@@ -751,7 +751,8 @@ def runs_table(rows: list[dict[str, Any]], total: int | None = None) -> Table:
     tenants = any(r.get("tenant") for r in rows)  # a column only when some run has one
     for col in ("run_id", "status", "started_at", "cost", "calls", "seed", "spec",
                 *["tenant"] * tenants):  # fmt: skip
-        t.add_column(col, no_wrap=col == "run_id")  # an id to copy whole, never folded
+        t.add_column(col, no_wrap=col == "run_id",  # an id to copy whole, never folded
+                     justify="right" if col in ("cost", "calls", "seed") else "left")
     for r in rows:
         when = dt.datetime.fromtimestamp(r["started_at"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         seed = "" if r.get("seed") is None else str(r["seed"])
@@ -782,24 +783,19 @@ def ledger_row(r: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+#: The ledger's columns of words; its figures are right-aligned, as in every other table.
+TEXT_COLUMNS = ("step", "role", "model", "outcome")
+
+
 def ledger_table(run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.0) -> Table:
     """``trilemma ledger`` (``time_scale``: the run's, journaled; below 1 the caption says so)."""
     t = FittedTable(title=f"Ledger of {run_id}: {len(rows)} calls", title_justify="left")
     if time_scale != 1:
         t.caption = (f"simulated time ran {1 / time_scale:g}x faster (compare or sweep): "
                      f"latencies are {time_scale:g} of the spec's own")  # fmt: skip
-    for col in (
-        "step",
-        "attempt",
-        "role",
-        "model",
-        "tokens in",
-        "tokens out",
-        "cost",
-        "latency",
-        "outcome",
-    ):
-        t.add_column(col)
+    for col in ("step", "attempt", "role", "model", "tokens in", "tokens out", "cost", "latency",
+                "outcome"):  # fmt: skip
+        t.add_column(col, justify="left" if col in TEXT_COLUMNS else "right")
     for r in rows:
         similarity = r["cache_similarity"]
         if similarity is not None:
