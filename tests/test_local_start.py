@@ -77,3 +77,21 @@ def test_a_server_that_answers_with_an_error_is_stopped(tmp_path: Path) -> None:
         with pytest.raises(SetupError, match=r"did not answer a first request \(HTTP 500\)"):
             local._first_answer("smollm2", proc, port, tmp_path / "smollm2.log", tmp_path)
         assert proc.wait(timeout=15) is not None  # stopped, not left serving
+
+
+def test_a_port_left_in_time_wait_is_free_and_a_listening_one_is_not() -> None:
+    """`local down` then `local up` said "port 8081 is taken" for a minute: the stopped
+    server's connections lingered in TIME_WAIT, which a new server binds past."""
+    import socket
+
+    port = local.free_port()
+    server = socket.create_server(("127.0.0.1", port))
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    assert not local.port_free(port)  # listening
+    accepted.close()  # the server side closes first, as a stopped server's does: TIME_WAIT
+    client.recv(1)
+    client.close()
+    server.close()
+    assert local.port_free(port)
+

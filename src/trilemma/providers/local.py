@@ -141,8 +141,11 @@ def _require_server() -> None:
 
 
 def port_free(port: int) -> bool:
-    """Whether 127.0.0.1:port can be bound now."""
+    """Whether a server can listen on 127.0.0.1:port now. Connections of a server just
+    stopped linger in TIME_WAIT for a minute; they do not stop a new one (uvicorn binds
+    with SO_REUSEADDR, as this check does), a listening socket does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
