@@ -136,6 +136,12 @@ def test_base_model_on_the_completions_endpoint(gemma: ServerInfo, tmp_path: Pat
 def test_status_and_a_taken_port(cli, smollm2: ServerInfo, state: Path) -> None:
     listed = cli("local", "status", "--state", state, "--json").json()
     assert any(s["model"] == "smollm2" and s["healthy"] for s in listed)
+    (mine,) = [s for s in listed if s["model"] == "smollm2"]
+    args = Path(f"/proc/{mine['pid']}/cmdline").read_bytes().decode().split("\0")
+    given = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--n_threads")}
+    # llama.cpp's prompt threads default to every core whatever --n_threads says
+    assert given == {"--n_threads": str(mine["threads"]), "--n_threads_batch": str(mine["threads"])}
+    assert 1 <= mine["threads"] <= local.share_of_cores(1)
     r = cli(
         "local",
         "up",

@@ -95,3 +95,10 @@ def test_a_port_left_in_time_wait_is_free_and_a_listening_one_is_not() -> None:
     server.close()
     assert local.port_free(port)
 
+
+@pytest.mark.parametrize(("cores", "servers", "each"), [(2, 1, 2), (2, 2, 1), (2, 3, 1),
+                                                         (1, 2, 1), (8, 2, 4), (8, 3, 2)])  # fmt: skip
+def test_the_cores_are_split_among_the_servers(monkeypatch: pytest.MonkeyPatch, cores: int,
+                                               servers: int, each: int) -> None:  # fmt: skip
+    monkeypatch.setattr(local.os, "sched_getaffinity", lambda _pid: set(range(cores)), raising=False)
+    assert local.share_of_cores(servers) == each

@@ -49,6 +49,9 @@ def local_up(
         int | None, typer.Option(min=1, max=65535, help="Port (one model only).")
     ] = None,
     state: StateOpt = DEFAULT_STATE,
+    threads: Annotated[int | None, typer.Option(
+        min=1, max=1024, show_default=False,
+        help="Threads per server [default: the cores split among the servers running]")] = None,
 ) -> int:
     """Start the llama.cpp server for a model and wait until it answers.
 
@@ -59,10 +62,24 @@ def local_up(
     names = list(local.MODELS) if model == "all" else [model]
     if port is not None and len(names) > 1:
         raise UsageError("--port: give it with one --model, not all")
+    running = {s.model: s for s in local.status(state)}
+    share = threads or local.share_of_cores(len(running.keys() | set(names)))
     for name in names:
-        info = local.up(name, port=port, state_dir=state)
-        sys.stdout.write(f"{name}: {info.base_url} (pid {info.pid}, log {info.log})\n")
+        info = local.up(name, port=port, state_dir=state, threads=share)
+        sys.stdout.write(f"{name}: {info.base_url} (pid {info.pid}, {_threads(info)}, "
+                         f"log {info.log})\n")  # fmt: skip
+    crowded = [s for s in running.values() if s.model not in names and (s.threads or 0) > share]
+    if crowded and threads is None:
+        sys.stderr.write(
+            f"note: {', '.join(f'{s.model} ({_threads(s)})' for s in crowded)} started "
+            f"before, with more than its share of the cores ({share}); llama.cpp servers that "
+            f"share cores wait on each other: `trilemma local down` then `trilemma local up "
+            f"--model all` splits them\n")  # fmt: skip
     return 0
+
+
+def _threads(server: Any) -> str:
+    return "threads not recorded" if server.threads is None else tables.counted(server.threads, "thread")
 
 
 @local_app.command("status")
@@ -76,12 +93,13 @@ def local_status(state: StateOpt = DEFAULT_STATE, as_json: JsonFlag = False) -> 
     servers = local.status(state)
     if as_json:
         emit_json([{"model": s.model, "base_url": s.base_url, "pid": s.pid, "healthy": s.healthy,
-                     "log": s.log} for s in servers])  # fmt: skip
+                     "log": s.log, "threads": s.threads} for s in servers])  # fmt: skip
     elif not servers:
         sys.stdout.write("no local server is running; start one with `trilemma local up`\n")
     for s in [] if as_json else servers:
         sys.stdout.write(
-            f"{s.model}: {s.base_url} pid {s.pid} {'healthy' if s.healthy else 'NOT ANSWERING'}\n"
+            f"{s.model}: {s.base_url} pid {s.pid}, {_threads(s)}, "
+            f"{'healthy' if s.healthy else 'NOT ANSWERING'}\n"
         )
     return 0
 
