@@ -453,6 +453,11 @@ def test_cli_run_json_contract_and_ledger(cli, tmp_path: Path) -> None:
     column = [c.strip() for c in next(x for x in lines if "run_id" in x).split("┃")].index("seed")
     seeds = [x.split("│")[column].strip() for x in lines if d["run_id"][:8] in x]
     assert seeds == ["4", "4"]  # the seed that repeats each run
+    steps = table.out.splitlines()
+    head = next(x for x in steps if x.split()[:3] == ["step", "status", "attempts"])
+    for line in (x for x in steps if x.split()[:1] == ["plan"]):  # figures end under their header
+        assert line[:head.index("cost") + 4].endswith("$0.0300"), (head, line)
+        assert line[:head.index("attempts") + 8].endswith(" 1"), (head, line)
     shown = cli("ledger", d["run_id"], "--journal", db).out.splitlines()
     head = next(x for x in shown if "attempt" in x).split("┃")[1:-1]
     row = next(x for x in shown if x.startswith("│")).split("│")[1:-1]

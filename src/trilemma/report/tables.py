@@ -624,7 +624,7 @@ def run_view(r: Any, under: SimResult | None = None) -> Group:
         t.add_row("saved by stopping early", "", _usd(r.saved_usd))
     st = FittedTable(box=None)
     for col in ("step", "status", "attempts", "cost", "output"):
-        st.add_column(col)
+        st.add_column(col, justify="right" if col in ("attempts", "cost") else "left")
     for sid, s in r.steps.items():
         text = (s.output or s.error or "").replace("\n", " ")
         st.add_row(sid, s.status + (" (journal)" if s.from_journal else ""), str(s.attempts),
