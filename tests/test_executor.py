@@ -76,6 +76,24 @@ def test_forty_parallel_steps_never_spend_over_the_ceiling(tmp_path: Path, repea
     assert j.run(r.run_id)["status"] == "budget_exhausted"
 
 
+def test_nothing_held_is_exactly_nothing_after_holds_that_do_not_add_up_in_floats() -> None:
+    """0.1 + 0.2 + 0.3 held and released left 5.6e-17 held; a refusal then said "$-0.0000
+    held by calls in flight" (seen in a batch)."""
+    from trilemma.errors import BudgetExhausted
+    from trilemma.run.budget import SpendGuard
+
+    guard = SpendGuard(0.6)
+    holds = [guard.reserve(x) for x in (0.1, 0.2, 0.3)]
+    guard.release(holds[0])
+    assert guard.reserved > 0.49  # still holding two
+    guard.settle(holds[1], 0.2)
+    guard.release(holds[2])
+    guard.release(holds[2])  # twice is once
+    assert (guard.reserved, guard.holding, guard.spent) == (0.0, 0, 0.2)
+    with pytest.raises(BudgetExhausted, match=r"\(\$0\.2000 spent, \$0\.0000 held by calls in flight\)"):
+        guard.reserve(0.5)
+
+
 def test_budget_counts_retries_and_gate_rejections(tmp_path: Path) -> None:
     text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 0.3}",
                 ["{id: a, model: m, retries: 50}"])  # fmt: skip
