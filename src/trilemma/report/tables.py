@@ -700,7 +700,7 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     if bad:
         lt = FittedTable(box=None)
         for col in ("line", "status", "run", "cost", "why"):
-            lt.add_column(col)
+            lt.add_column(col, justify="right" if col in ("line", "cost") else "left")
         for r in bad[:shown]:
             why = (r.error or "").replace("\n", " ")
             lt.add_row(str(r.line), r.status, r.run_id or "", _usd(r.cost_usd),
