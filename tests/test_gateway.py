@@ -572,6 +572,23 @@ def test_a_streamed_answer_is_relayed_piece_by_piece_and_billed_from_usage(tmp_p
     assert row["cost_usd"] == pytest.approx(cost) and row["response"] == "The capital of France is Paris."
 
 
+def test_a_stream_without_usage_is_billed_at_its_reservation_and_the_ledger_says_why(
+    tmp_path: Path, cli
+) -> None:
+    """llama.cpp's server sends no usage in a stream, whatever stream_options asks: the
+    answer is billed at its worst case, and the ledger says so instead of a bare "ok"."""
+    reply = Reply("Paris.", stream_usage=False)
+    with ScriptedServer([reply]) as up, serving(tmp_path, config_text(up.url)) as (url, _):
+        pieces, usage = streamed(url)
+        row = wait_for_row(tmp_path / "j.db", "team-a")
+    assert pieces == ["Paris."] and usage is None  # nothing made up for the client either
+    assert row["outcome"] == "ok" and row["prompt_tokens"] is None
+    assert row["cost_usd"] == pytest.approx(row["reserved_usd"]) and row["cost_usd"] > 0
+    assert row["error"].startswith("the endpoint reported no usage"), row["error"]
+    shown = cli("ledger", run_id_of("team-a"), "--journal", tmp_path / "j.db").out
+    assert "no usage: billed at its reservation" in " ".join(shown.split())
+
+
 def test_a_streamed_answer_cut_at_max_tokens_ends_as_cut(tmp_path: Path) -> None:
     """The upstream's stream ends with finish_reason length: so does the relayed one, and
     the ledger keeps it."""

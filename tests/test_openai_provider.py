@@ -60,6 +60,18 @@ def test_a_bill_over_the_reservation_is_flagged_in_the_ledger(tmp_path: Path) ->
     assert "exceeds the reservation" in row["error"]
 
 
+def test_an_answer_without_usage_is_billed_at_the_reservation_with_a_note(tmp_path: Path) -> None:
+    """Some servers leave usage out; the bill is then the worst case, and the ledger says why."""
+    bare = ('{"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": '
+            '[{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}')
+    with ScriptedServer([Reply(body=bare)]) as srv:
+        r, j = go(spec_for(srv.url, "  - {id: a, model: local}"), tmp_path)
+    assert r.status == "ok", r.error
+    row = j.calls(r.run_id)[0]
+    assert row["prompt_tokens"] is None and row["cost_usd"] == pytest.approx(row["reserved_usd"])
+    assert row["error"].startswith("the endpoint reported no usage"), row["error"]
+
+
 def test_each_failure_maps_to_its_outcome_and_is_retried(tmp_path: Path) -> None:
     script = [
         Reply(status=429, headers={"Retry-After": "0"}), Reply("a"),

@@ -66,6 +66,8 @@ class Reply:
     """Streamed: close the connection after this many pieces, before the answer is finished."""
     finish_reason: str = "stop"
     """Why the answer ended: ``length`` says it was cut at ``max_tokens``."""
+    stream_usage: bool = True
+    """Streamed: send the usage when asked (llama.cpp's server never does)."""
 
 
 Script = Iterable[Reply] | Callable[[dict[str, Any]], Reply]
@@ -171,7 +173,7 @@ class ScriptedServer:
                 events = [{**head, "choices": [{"index": 0, "delta": {"content": p},
                                                 "finish_reason": None}]} for p in pieces]  # fmt: skip
                 events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]})
-                if (payload.get("stream_options") or {}).get("include_usage"):
+                if reply.stream_usage and (payload.get("stream_options") or {}).get("include_usage"):
                     events.append({**head, "choices": [], "usage": _usage(reply)})
                 try:
                     self.send_response(200)

@@ -62,7 +62,15 @@ from trilemma.gateway.health import LocalHealth, ModelHealth, RedisHealth
 from trilemma.gateway.rates import KeyRates, LocalRates, RedisRates
 from trilemma.gateway.wire import Chunks, after, completion_body, error, sse, upstream_error
 from trilemma.journal.store import GROUP_COMMIT_S, Journal, JournalWriter, messages_json
-from trilemma.providers.base import Message, Provider, StreamEnd, Usage, cost_of, worst_case_cost
+from trilemma.providers.base import (
+    Message,
+    Provider,
+    StreamEnd,
+    Usage,
+    bill_note,
+    cost_of,
+    worst_case_cost,
+)
 from trilemma.providers.base import Request as CallRequest
 from trilemma.run.budget import Reservation, SpendGuard
 from trilemma.run.routes import Route
@@ -357,6 +365,7 @@ class Gateway:
             "completion_tokens": usage.completion_tokens, "cached_tokens": usage.cached_tokens,
             "cost_usd": cost, "finish_reason": finish_reason,
             "latency_s": latency_s, "response": text,
+            "error": bill_note(profile, usage, call.hold.amount, cost),
         })  # fmt: skip
         if usage.prompt_tokens is not None and usage.completion_tokens is not None:
             unused = call.tokens - usage.prompt_tokens - usage.completion_tokens

@@ -16,12 +16,14 @@ from trilemma.spec.model import BYTES_PER_TOKEN, TEMPLATE_TOKENS_PER_MESSAGE
 
 __all__ = [
     "CUT",
+    "UNREPORTED",
     "Completion",
     "Message",
     "Provider",
     "Request",
     "StreamEnd",
     "Usage",
+    "bill_note",
     "cost_of",
     "rate_tokens",
     "worst_case_cost",
@@ -175,3 +177,19 @@ def cost_of(profile: ModelProfile, usage: Usage, reserved: float) -> float:
     if usage.prompt_tokens is None or usage.completion_tokens is None:
         return reserved
     return profile.token_cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens or 0)
+
+
+UNREPORTED = "the endpoint reported no usage"
+"""How a ledger note on a call billed at its reservation for want of token counts begins."""
+
+
+def bill_note(profile: ModelProfile, usage: Usage, reserved: float, cost: float) -> str | None:
+    """What the ledger should say about a bill that is not simply its tokens at their prices
+    (None: nothing): one made without token counts, or one past the reservation."""
+    if profile.usd_per_call is None and (usage.prompt_tokens is None or usage.completion_tokens is None):
+        return (f"{UNREPORTED} (llama.cpp's server sends none in a stream): billed at the "
+                f"reservation ${reserved:.6f}, the call's worst case")  # fmt: skip
+    if cost > reserved + 1e-12:  # only an endpoint misreporting usage can do this
+        return (f"billed ${cost:.6f} exceeds the reservation ${reserved:.6f}: the endpoint "
+                "reported more tokens than max_tokens and the prompt allow")  # fmt: skip
+    return None

@@ -20,7 +20,7 @@ from trilemma.plan.optimize import Candidate, OptimizeResult, meets
 from trilemma.plan.simulate import BudgetFor, SimResult
 from trilemma.plan.slots import over_rate
 from trilemma.plan.thresholds import Threshold
-from trilemma.providers.base import CUT
+from trilemma.providers.base import CUT, UNREPORTED
 from trilemma.report.fitted import FittedTable
 from trilemma.spec import Budget, ModelProfile, Workflow
 from trilemma.spec.model import BACKOFF_BASE_S, BACKOFF_CAP_S
@@ -804,6 +804,8 @@ def ledger_table(run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.
             outcome = r["outcome"] + (" (cache)" if r["cache_hit"] else "")
         if r["finish_reason"] == CUT:
             outcome += ", cut at max_tokens"
+        if r["outcome"] == "ok" and (r["error"] or "").startswith(UNREPORTED):
+            outcome += ", no usage: billed at its reservation"
         if r["in_flight"]:
             outcome = "IN FLIGHT at crash: may be billed"
         tokens_in = str(r["prompt_tokens"] or "-")

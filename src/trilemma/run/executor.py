@@ -59,6 +59,7 @@ from trilemma.providers.base import (
     Message,
     Provider,
     Request,
+    bill_note,
     cost_of,
     worst_case_cost,
 )
@@ -699,9 +700,7 @@ class Executor:
         u = completion.usage
         if completion.finish_reason == CUT:
             s.cut = True
-        note = None
-        if cost > hold.amount + 1e-12:  # only an endpoint misreporting usage can do this
-            note = f"billed ${cost:.6f} exceeds the reservation ${hold.amount:.6f}: the endpoint reported more tokens than max_tokens and the prompt allow"
+        note = bill_note(profile, u, hold.amount, cost)
         pending.append((key, {
             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "cached_tokens": u.cached_tokens, "cost_usd": cost, "latency_s": completion.latency_s,
