@@ -132,7 +132,11 @@ def test_a_call_is_forwarded_billed_from_usage_and_journaled(tmp_path: Path) -> 
                 model="small", messages=[{"role": "user", "content": "hello"}], max_tokens=50
             )
             answer = raw.parse()
+            wait_for_row(tmp_path / "j.db", "team-a")
+            live = Journal(tmp_path / "j.db").run(run_id_of("team-a"))  # while it serves
         sent = up.requests[0]
+    assert live is not None and live["status"] == "running"
+    assert (live["calls"], live["cost_usd"]) == (1, pytest.approx((12 * 1.0 + 20 * 2.0) / 1e6))
     assert answer.choices[0].message.content == "hi there"
     assert answer.usage is not None and answer.usage.total_tokens == 32
     cost = (12 * 1.0 + 20 * 2.0) / 1e6

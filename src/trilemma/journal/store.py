@@ -252,6 +252,9 @@ class Journal:
         )
         for row in rows:
             row["spec_json"] = row.pop("spec_text") or row["spec_json"]
+            if row["status"] == "running":  # a run's figures are written when it ends (a
+                # gateway's key ends when the gateway stops): until then, count its calls
+                row["cost_usd"], row["calls"] = self.totals(row["run_id"])
         return self._sound("runs", rows) if check else rows
 
     def runs(
