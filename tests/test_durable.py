@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import random
 import sqlite3
 import subprocess
@@ -247,6 +248,11 @@ def test_steps_done_before_the_crash_are_not_called_again(cli, tmp_path: Path) -
     d = cli("resume", run_id, "--journal", db, "--json").json()
     from_journal = {k for k, s in d["steps"].items() if s["from_journal"]}
     assert from_journal == done_before
+    before = Journal(db, create=False).steps(run_id)
+    for k in from_journal:  # what each was billed then, not $0 (the run's cost counts it)
+        assert before[k]["cost_usd"] > 0
+        assert d["steps"][k]["cost_usd"] == pytest.approx(before[k]["cost_usd"])
+    assert sum(s["cost_usd"] for s in d["steps"].values()) == pytest.approx(d["cost_usd"])
 
 
 def test_resume_counts_spend_before_the_crash_against_the_ceiling(cli, tmp_path: Path) -> None:
@@ -754,3 +760,36 @@ def test_resuming_a_run_adds_its_time_to_what_its_sessions_took(cli, tmp_path: P
     assert first["latency_s"] >= 0.3 and again["latency_s"] == pytest.approx(first["latency_s"], abs=0.05)
     (row,) = Journal(db).runs()
     assert row["latency_s"] == pytest.approx(again["latency_s"], abs=1e-5)  # not 0.0001 s
+
+
+def test_a_steps_attempts_and_cost_run_on_across_a_deadline_and_a_resume(tmp_path: Path) -> None:
+    """A step cancelled by the deadline showed 0 attempts and $0 though it had sent and been
+    billed for several; resumed, it counted only the new session's. Seed 20 draws nineteen
+    wrong answers before a right one for a, more than fit before the first deadline."""
+    from trilemma.run.session import resume
+
+    spec = """version: 1
+models:
+  m: {usd_per_call: 0.01, latency_s: 0.05, p_ok: 0.2}
+steps:
+  - {id: a, model: m, retries: 40}
+  - {id: b, model: m, after: [a], retries: 40}
+"""
+    journal = Journal(tmp_path / "j.db")
+    with fast_retries():
+        first = execute(parse_workflow(spec), journal=journal, seed=20, deadline_s=0.3)
+    a = first.steps["a"]
+    sent = [c for c in journal.calls(first.run_id) if c["step_id"] == "a" and c["outcome"] != "unsent"]
+    billed = [c for c in sent if c["cost_usd"]]  # the attempt the deadline cut is not
+    assert first.status == "deadline" and a.status == "cancelled" and billed
+    assert (a.attempts, a.cost_usd) == (max(c["attempt"] for c in sent),
+                                       pytest.approx(0.01 * len(billed)))  # fmt: skip
+    with fast_retries():
+        done = resume(journal, first.run_id, deadline_s=30)  # the first deadline holds otherwise
+    assert done.status == "ok", done.error
+    billed = [c for c in journal.calls(first.run_id) if c["step_id"] == "a" and c["cost_usd"]]
+    assert len(billed) > 12  # both sessions' (the attempt the deadline cut was not billed)
+    assert (done.steps["a"].attempts, done.steps["a"].cost_usd) == (
+        max(c["attempt"] for c in billed), pytest.approx(0.01 * len(billed)))  # fmt: skip
+    for r in (first, done):
+        assert math.fsum(s.cost_usd for s in r.steps.values()) == pytest.approx(r.cost_usd)

@@ -115,9 +115,10 @@ class StepResult:
     output: str | None = None
     """The accepted answer."""
     attempts: int = 0
-    """Attempts made in this session."""
+    """Attempts made (a step taken from the journal: those that finished it)."""
     cost_usd: float = 0.0
-    """Dollars billed to this step in this session."""
+    """Dollars billed to this step (a step taken from the journal: what it was billed when
+    it finished, so that the steps' costs add up to the run's across a resume)."""
     error: str | None = None
     """Why it failed."""
     from_journal: bool = False
@@ -331,8 +332,9 @@ class Executor:
         self.seed = seed
         """Seeds the simulated classifier of a routed step (the simulator has its own)."""
         self.predicted = predicted
-        self.resume_from: dict[str, tuple[int, int]] = {}
-        """Per step: (the attempt to start at, attempts left), for a resumed run."""
+        self.resume_from: dict[str, tuple[int, int, float]] = {}
+        """Per step: (the attempt to start at, attempts left, dollars its attempts were
+        billed in earlier sessions), for a resumed run."""
         self.latency_before = 0.0
         """Seconds a resumed run spent running in its earlier sessions: its latency adds them."""
         self.priority = remaining_path(wf, {r.id: r.latency_s for r in self.predicted.per_step})
@@ -354,7 +356,8 @@ class Executor:
             prior = done_before.get(step.id)
             if prior is not None:
                 s.results[step.id] = StepResult(
-                    "done", prior["output"], prior["attempts"], 0.0, from_journal=True
+                    "done", prior["output"], prior["attempts"], prior["cost_usd"] or 0.0,
+                    from_journal=True,
                 )
                 s.done += 1
         # A step starts when its last dependency settles: no task waits for another.
@@ -425,9 +428,13 @@ class Executor:
         return out
 
     async def _finish(self, s: Session, latency: float) -> RunResult:
-        for step in self.wf.steps:
-            if step.id not in s.results:
-                s.results[step.id] = StepResult("cancelled" if s.stop == "deadline" else "skipped")
+        unsettled = [step.id for step in self.wf.steps if step.id not in s.results]
+        if unsettled and s.stop == "deadline":  # cancelled under way: what they sent, billed
+            made = self._made_by_step(set(unsettled))
+            for sid in unsettled:
+                s.results[sid] = StepResult("cancelled", None, *made.get(sid, (0, 0.0)))
+        for sid in unsettled:
+            s.results.setdefault(sid, StepResult("skipped"))
         status = self._status(s)
         results = {st.id: s.results[st.id] for st in self.wf.steps}
         saved = 0.0
@@ -447,6 +454,14 @@ class Executor:
         )  # fmt: skip
         return RunResult(self.run_id, status, cost, latency, calls, results, self.predicted,
                          error, saved, str(self.journal.path), cut, self.seed)  # fmt: skip
+
+    def _made_by_step(self, steps: set[str]) -> dict[str, tuple[int, float]]:
+        """The attempts each of ``steps`` sent and what they were billed, from the journal
+        (a resumed run's earlier sessions too)."""
+        calls = [c for c in self.journal.calls(self.run_id)
+                 if c["step_id"] in steps and c["role"] != "cache" and c["outcome"] != "unsent"]  # fmt: skip
+        return {sid: (max(c["attempt"] for c in mine), math.fsum(c["cost_usd"] or 0.0 for c in mine))
+                for sid in steps if (mine := [c for c in calls if c["step_id"] == sid])}  # fmt: skip
 
     def _status(self, s: Session) -> str:
         if s.stop in ("budget_exhausted", "deadline", "failed"):
@@ -498,7 +513,7 @@ class Executor:
             lookup = await self.cache.lookup(settings, base, rule.similarity, self.tenant)
             if lookup.hit is not None:
                 return self._served(step, base, lookup.hit)
-        first_no, left = self.resume_from.get(step.id, (1, step.retries + 1))
+        first_no, left, state["cost"] = self.resume_from.get(step.id, (1, step.retries + 1, 0.0))
         state["attempt"] = first_no
         try:
             try:  # the first attempt directly: the common case, kept cheap

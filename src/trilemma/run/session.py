@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -433,15 +434,16 @@ def collector_spared() -> Iterator[None]:
 
 def _resume_points(
     wf: Workflow, calls: list[dict[str, Any]], done: Mapping[str, Any], changed: list[str]
-) -> dict[str, tuple[int, int]]:
-    """Per unfinished step: the attempt to start at and how many it has left.
+) -> dict[str, tuple[int, int, float]]:
+    """Per unfinished step: the attempt to start at, how many it has left, and what its
+    attempts were billed before (its cost goes on from there).
 
     An attempt with a call still in flight, or one that was never sent (cancelled
     while its record committed), is re-sent as itself (same keys, same ledger rows):
     it used none of the step's attempts, nor, in a cascade, its rung. Otherwise the
     next attempt follows the last one journaled. A step always gets at least one attempt.
     """
-    out: dict[str, tuple[int, int]] = {}
+    out: dict[str, tuple[int, int, float]] = {}
     for step in wf.steps:
         if step.id in done or step.id in changed:
             continue
@@ -452,7 +454,8 @@ def _resume_points(
             c["attempt"] for c in mine if c["state"] == "started" or c["outcome"] == "unsent"
         ]
         start = min(in_flight) if in_flight else max(c["attempt"] for c in mine) + 1
-        out[step.id] = (start, max(1, step.retries + 2 - start))
+        billed = math.fsum(c["cost_usd"] or 0.0 for c in mine)
+        out[step.id] = (start, max(1, step.retries + 2 - start), billed)
     return out
 
 
