@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -30,6 +30,9 @@ from trilemma.examples import example_path
 from trilemma.report import tables
 from trilemma.spec import ModelProfile, Workflow, load_workflow
 from trilemma.spec.model import MAX_SECONDS, MAX_USD
+
+if TYPE_CHECKING:
+    from trilemma.providers.local import ServerInfo
 
 local_app = typer.Typer(help="Serve the PyPI-packaged models with llama.cpp on 127.0.0.1.",
                         no_args_is_help=True)  # fmt: skip
@@ -78,7 +81,7 @@ def local_up(
     return 0
 
 
-def _threads(server: Any) -> str:
+def _threads(server: ServerInfo) -> str:
     return "threads not recorded" if server.threads is None else tables.counted(server.threads, "thread")
 
 

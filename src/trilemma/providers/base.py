@@ -187,8 +187,7 @@ def bill_note(profile: ModelProfile, usage: Usage, reserved: float, cost: float)
     """What the ledger should say about a bill that is not simply its tokens at their prices
     (None: nothing): one made without token counts, or one past the reservation."""
     if profile.usd_per_call is None and (usage.prompt_tokens is None or usage.completion_tokens is None):
-        return (f"{UNREPORTED} (llama.cpp's server sends none in a stream): billed at the "
-                f"reservation ${reserved:.6f}, the call's worst case")  # fmt: skip
+        return f"{UNREPORTED}: billed at the reservation ${reserved:.6f}, the call's worst case"
     if cost > reserved + 1e-12:  # only an endpoint misreporting usage can do this
         return (f"billed ${cost:.6f} exceeds the reservation ${reserved:.6f}: the endpoint "
                 "reported more tokens than max_tokens and the prompt allow")  # fmt: skip
