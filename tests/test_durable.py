@@ -64,6 +64,7 @@ def test_killed_run_resumes_billing_every_call_once(
     for c in journal.calls(run_id):  # only a call in flight at the crash is sent again
         assert c["sends"] == (2 if c["idempotency_key"] in in_flight else 1), c
     assert d["cost_usd"] == pytest.approx(sum(c[4] or 0 for c in expected_ledger))
+    assert sum(s["cost_usd"] for s in d["steps"].values()) == pytest.approx(d["cost_usd"])
     assert journal.check()["integrity"] == "ok"
     # a chain's calls go one after another: the run's latency, over both sessions, holds them
     answered = sum(c["latency_s"] or 0.0 for c in journal.calls(run_id))

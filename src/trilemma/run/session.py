@@ -454,7 +454,8 @@ def _resume_points(
             c["attempt"] for c in mine if c["state"] == "started" or c["outcome"] == "unsent"
         ]
         start = min(in_flight) if in_flight else max(c["attempt"] for c in mine) + 1
-        billed = math.fsum(c["cost_usd"] or 0.0 for c in mine)
+        # the attempt re-sent as itself bills its rows again, in this session
+        billed = math.fsum(c["cost_usd"] or 0.0 for c in mine if c["attempt"] < start)
         out[step.id] = (start, max(1, step.retries + 2 - start), billed)
     return out
 
