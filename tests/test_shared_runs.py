@@ -326,9 +326,9 @@ def test_a_shared_budget_is_shown_and_reset_from_the_command_line(
     shown = cli("budget", "show", name, *flags, "--json")
     assert shown.code == 0, shown.err
     # Ten calls at once, room for five: five sent, five refused.
-    assert shown.json() == {"name": name, "ceiling_usd": 0.055, "spent_usd": pytest.approx(0.05),
-                            "reserved_usd": 0.0, "remaining_usd": pytest.approx(0.005),
-                            "refused": 5}  # fmt: skip
+    assert shown.json() == {"name": name, "ceiling_usd": 0.055, "spent_usd": 0.05,
+                            "reserved_usd": 0.0, "remaining_usd": 0.005,
+                            "refused": 5}  # fmt: skip  (rounded: no float noise)
     assert f"{name}: $0.0500 spent, $0.0000 held by calls in flight, $0.0050 left of $0.0550" in (
         cli("budget", "show", name, *flags).out
     )
@@ -348,6 +348,10 @@ def test_a_shared_budget_is_shown_and_reset_from_the_command_line(
     again = cli("run", spec, "--journal", tmp_path / "j.db", "--shared-budget", f"{name}=0.055",
                 *flags, "--json")  # fmt: skip
     assert again.json()["cost_usd"] == pytest.approx(0.05)  # a fresh count: five more calls
+    for typo in ("show", "reset"):  # a misspelt name read as a budget with nothing spent
+        r = cli("budget", typo, name + "x", *flags)
+        assert r.code == 2 and f"shared budget '{name}x' has no record" in r.err, r.err
+        assert "its budgets: " in r.err  # (up to 20 of them: others' tests share this Redis)
     for bad in (("show", "no way"), ("show", name, "--redis", "http://x")):
         r = cli("budget", *bad)
         assert r.code == 2 and "Traceback" not in r.err

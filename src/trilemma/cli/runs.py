@@ -674,8 +674,13 @@ PrefixOpt = Annotated[
 
 
 def _budget_json(name: str, state: BudgetState) -> dict[str, Any]:
-    return {"name": name, "ceiling_usd": state.ceiling, "spent_usd": state.spent,
-            "reserved_usd": state.reserved, "remaining_usd": state.remaining,
+    """Figures rounded to 1e-12 dollars, as the gateway's /v1/budget gives them (float sums
+    carry noise past that: 0.014000000000000012)."""
+    def usd(x: float | None) -> float | None:
+        return None if x is None else round(x, 12)
+
+    return {"name": name, "ceiling_usd": state.ceiling, "spent_usd": usd(state.spent),
+            "reserved_usd": usd(state.reserved), "remaining_usd": usd(state.remaining),
             "refused": state.refused}  # fmt: skip
 
 

@@ -279,6 +279,19 @@ class RedisBudgets:
         value = await self.call(self.redis.get(self._keys(name)[4]))
         return None if value is None else float(value)
 
+    async def known(self, name: str) -> bool:
+        """Whether a run has reserved (or a gateway seeded) under ``name``."""
+        return bool(await self.call(self.redis.exists(*self._keys(name))))
+
+    async def names(self, limit: int = 20) -> list[str]:
+        """Up to ``limit`` budgets this store has counters for, sorted."""
+        found: set[str] = set()
+        async for key in self.redis.scan_iter(match=f"{self.prefix}:*:spent", count=500):
+            found.add((key.decode() if isinstance(key, bytes) else key)[len(self.prefix) + 1:-6])
+            if len(found) >= limit:
+                break
+        return sorted(found)
+
     async def clear(self, name: str) -> None:
         """Forget a budget's counters (tests, or a deliberate reset)."""
         await self.call(self.redis.delete(*self._keys(name)))
@@ -397,6 +410,18 @@ def _budgets(url: str, name: str, prefix: str) -> RedisBudgets:
     return store
 
 
+async def _known(store: RedisBudgets, name: str) -> None:
+    """UsageError unless ``name`` has counters in the store: a misspelt name would read as
+    a budget with nothing spent."""
+    if await store.known(name):
+        return
+    others = await store.names()
+    listed = f"its budgets: {', '.join(others)}" if others else "it holds no budget yet"
+    raise UsageError(f"shared budget {name!r} has no record in {store.url} under prefix "
+                     f"{store.prefix!r} ({listed}); a run starts one with --shared-budget "
+                     f"{name}=USD")  # fmt: skip
+
+
 def shared_state(url: str, name: str, prefix: str = "trilemma:budget") -> BudgetState:
     """A shared budget's figures now: spent, held by calls in flight, calls refused, and
     the ceiling its last reservation was checked against (None: none yet, or none)."""
@@ -404,6 +429,7 @@ def shared_state(url: str, name: str, prefix: str = "trilemma:budget") -> Budget
 
     async def read() -> BudgetState:
         try:
+            await _known(store, name)
             return replace(await store.state(name), ceiling=await store.last_ceiling(name))
         finally:
             await store.aclose()
@@ -424,6 +450,7 @@ def reset_shared(
 
     async def reset() -> BudgetState:
         try:
+            await _known(store, name)
             before = await store.state(name)
             if before.reserved > EPS and not force:
                 raise UsageError(
@@ -431,6 +458,7 @@ def reset_shared(
                     "reset once they end, or give --force"
                 )
             await store.clear(name)
+            await store.call(store.redis.set(store._keys(name)[0], "0"))  # known, at $0
             return before
         finally:
             await store.aclose()
