@@ -393,6 +393,9 @@ def test_a_batch_plan_says_what_the_shared_budget_has_left_for_it(
     table = cli("batch", spec, "--inputs", lines, *flags)
     assert f"shared budget {name}" in table.out and "pays for 17 of 20 runs" in table.out
     assert spent(redis_url, name) == (pytest.approx(0.93), 0)  # a plan spends nothing
+    fresh = ("--shared-budget", f"{team()}=1", "--redis", redis_url, "--plan", "--json")
+    planned = cli("batch", spec, "--inputs", lines, *fresh)  # a budget no run has used yet
+    assert planned.code == 0 and planned.json()["shared_budget"]["remaining_usd"] == 1, planned.err
 
 
 def test_hedges_hold_under_the_shared_ceiling_and_a_refused_one_stops_nothing(

@@ -207,7 +207,7 @@ def batch_cmd(
         if shared is not None:  # what the team has left now, across every process
             from trilemma.run.shared_budget import shared_state
 
-            state = shared_state(shared.redis, shared.name, shared.prefix)
+            state = shared_state(shared.redis, shared.name, shared.prefix, known=False)  # may be new
             left = (shared.name, max(0.0, shared.max_cost_usd - state.spent - state.reserved))
         planned = plan_batch(wf, len(lines), parallel=parallel, max_cost_usd=max_cost,
                              shared_left=left)  # fmt: skip

@@ -422,14 +422,21 @@ async def _known(store: RedisBudgets, name: str) -> None:
                      f"{name}=USD")  # fmt: skip
 
 
-def shared_state(url: str, name: str, prefix: str = "trilemma:budget") -> BudgetState:
+def shared_state(
+    url: str, name: str, prefix: str = "trilemma:budget", *, known: bool = True
+) -> BudgetState:
     """A shared budget's figures now: spent, held by calls in flight, calls refused, and
-    the ceiling its last reservation was checked against (None: none yet, or none)."""
+    the ceiling its last reservation was checked against (None: none yet, or none).
+
+    ``known``: refuse (UsageError) a name the store has no record of, which is likely
+    misspelt; without it, such a budget reads as new, with nothing spent.
+    """
     store = _budgets(url, check_name(name), prefix)
 
     async def read() -> BudgetState:
         try:
-            await _known(store, name)
+            if known:
+                await _known(store, name)
             return replace(await store.state(name), ceiling=await store.last_ceiling(name))
         finally:
             await store.aclose()
