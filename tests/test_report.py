@@ -215,3 +215,14 @@ def test_answers_that_look_like_rich_markup_print_as_text(cli, tmp_path: Path) -
     assert r.code == 0 and answer in r.out, r.err
     r = cli("runs", "--journal", db)
     assert r.code == 0 and "[draft].yaml" in r.out, r.err
+
+
+def test_long_text_in_a_table_is_clipped_between_words() -> None:
+    """A batch's refusal cut at 70 characters read "past the $0...." (a figure cut in two)."""
+    from trilemma.report.tables import clipped
+
+    why = "step answer: a call's worst case $0.0100 would take spend past the $0.0450 ceiling"
+    assert clipped(why) == "step answer: a call's worst case $0.0100 would take spend past the..."
+    assert clipped("one\ntwo  three") == "one two three"  # one line, whitespace as one space
+    assert clipped("x" * 100) == "x" * 67 + "..."  # no space to cut at: cut at the width
+    assert all(len(clipped(t)) <= 70 for t in (why, "y " * 60, "z" * 71))

@@ -628,12 +628,23 @@ def run_view(r: Any, under: SimResult | None = None) -> Group:
     for sid, s in r.steps.items():
         text = (s.output or s.error or "").replace("\n", " ")
         st.add_row(sid, s.status + (" (journal)" if s.from_journal else ""), str(s.attempts),
-                   _usd(s.cost_usd), text[:70] + ("..." if len(text) > 70 else ""))  # fmt: skip
+                   _usd(s.cost_usd), clipped(text))  # fmt: skip
     parts: list[Table | Text] = [t, st]
     if r.cut:
         parts.append(Text(cut_line(r.cut), style="yellow"))
     return Group(*parts, Text(f"journal: {r.journal}\n{follow_up(r.run_id, r.journal)}",
                               style="dim"))  # fmt: skip
+
+
+def clipped(text: str, width: int = 70) -> str:
+    """``text`` on one line of at most ``width`` characters, cut between words where it can
+    ("past the $0.0450 ceiling" cut at a character read "past the $0...."), with "..."."""
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    cut = text[: width - 3]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > width // 2 else cut).rstrip(" ,;:") + "..."
 
 
 def follow_up(run_id: str, journal: str) -> str:
@@ -704,7 +715,7 @@ def batch_view(b: Any, shown: int = 10) -> Group:
         for r in bad[:shown]:
             why = (r.error or "").replace("\n", " ")
             lt.add_row(str(r.line), r.status, r.run_id or "", _usd(r.cost_usd),
-                       why[:70] + ("..." if len(why) > 70 else ""))  # fmt: skip
+                       clipped(why))  # fmt: skip
         parts.append(lt)
         if len(bad) > shown:
             parts.append(Text(f"... and {len(bad) - shown} more (--json or --out lists every line)"))
