@@ -337,7 +337,9 @@ def sweep_cmd(
     ] = None,
     runs: Annotated[int, typer.Option(help="Runs per budget (and for the baseline).")] = 100,
     inputs: InputsOpt = None,
-    seed: Annotated[int, seed_option(help="Run i of every budget uses seed + i.")] = 0,
+    seed: Annotated[int, seed_option(
+        help="Run i of every budget uses seed + i, so --seed 1 repeats all but one of --seed "
+             "0's runs: move it by --runs or more for an independent repeat.")] = 0,
     time_scale: TimeScaleOpt = 0.01,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write the sweep as a PNG.")] = None,
@@ -376,7 +378,9 @@ def compare_cmd(
     ],
     runs: Annotated[int, typer.Option(help="Runs per spec.")] = 200,
     inputs: InputsOpt = None,
-    seed: Annotated[int, seed_option(help="Run i of every spec uses seed + i.")] = 0,
+    seed: Annotated[int, seed_option(
+        help="Run i of every spec uses seed + i, so --seed 1 repeats all but one of --seed "
+             "0's runs: move it by --runs or more for an independent repeat.")] = 0,
     time_scale: TimeScaleOpt = 0.01,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write success against cost as a PNG.")] = None,
