@@ -226,3 +226,29 @@ def test_long_text_in_a_table_is_clipped_between_words() -> None:
     assert clipped("one\ntwo  three") == "one two three"  # one line, whitespace as one space
     assert clipped("x" * 100) == "x" * 67 + "..."  # no space to cut at: cut at the width
     assert all(len(clipped(t)) <= 70 for t in (why, "y " * 60, "z" * 71))
+
+
+def test_a_step_stopped_under_way_shows_what_it_sent_and_expected_calls_are_rounded(
+    tmp_path: Path,
+) -> None:
+    """The deadline cut a step after several billed attempts: the page said "not run" beside
+    a ledger of its calls, and gave the expected calls as 9.990096479686."""
+    spec = """version: 1
+models:
+  m: {usd_per_call: 0.01, latency_s: 0.05, p_ok: 0.2}
+steps:
+  - {id: a, model: m, retries: 40}
+  - {id: b, model: m, after: [a]}
+"""
+    journal = Journal(tmp_path / "j.db")
+    with fast_retries():
+        r = execute(parse_workflow(spec), journal=journal, seed=20, deadline_s=0.3)
+    assert r.status == "deadline" and r.steps["a"].status == "cancelled"  # seed 20: a needs 20
+    page = run_report(journal, r.run_id)
+    steps = page.split("<h2>Steps")[1].split("<h2>")[0]
+    a = steps.split(">a<")[1].split("</tr>")[0]
+    assert "not finished" in a and f">{r.steps['a'].attempts}<" in a
+    assert f"${r.steps['a'].cost_usd:,.4f}" in a and r.steps["a"].cost_usd > 0
+    assert "not run" in steps.split(">b<")[1].split("</tr>")[0]  # b never started
+    expected = json.loads(journal.run(r.run_id)["predicted_json"])["calls"]["expected"]
+    assert f"{expected:.2f} expected" in page and repr(expected) not in page

@@ -13,6 +13,7 @@ import base64
 import datetime as dt
 import html
 import json
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -116,7 +117,7 @@ def run_report(journal: Journal, run_id: str) -> str:
         f'<img alt="timeline of the calls" src="data:image/png;base64,'
         f'{base64.b64encode(png).decode()}">',
         "<h2>Steps</h2>",
-        _steps(order, steps),
+        _steps(order, steps, calls),
         f"<h2>Ledger: {len(calls)} calls</h2>",
         _ledger(calls),
         f'<p class="dim">trilemma {__version__}, journal {_e(journal.path)}</p>',
@@ -190,6 +191,11 @@ def _slotted(latency: dict[str, Any]) -> str:
     return f" ({_s(slots)} in its slots)" if slots and path and slots > path * SLOTS_BIND else ""
 
 
+def _count(x: float | None) -> str:
+    """An expected count as the run's table shows it: 9.99, not 9.990096479686."""
+    return "-" if x is None else f"{x:.2f}"
+
+
 def _summary(run: dict[str, Any], p: dict[str, Any]) -> str:
     cost, latency, calls = p.get("cost_usd", {}), p.get("latency_s", {}), p.get("calls", {})
     ceiling = run["max_cost_usd"]
@@ -200,7 +206,7 @@ def _summary(run: dict[str, Any], p: dict[str, Any]) -> str:
         ("latency", f"{_s(latency.get('critical_path'))} critical path{_slotted(latency)}, "
          f"{_s(latency.get('worst'))} worst", _s(run["latency_s"]),
          "-" if deadline is None else f"deadline {_s(deadline)}"),
-        ("calls", f"{calls.get('expected', '-')} expected, {calls.get('worst', '-')} worst",
+        ("calls", f"{_count(calls.get('expected'))} expected, {calls.get('worst', '-')} worst",
          str(run["calls"]), ""),
         ("success", f"{p['reliability'] * 100:.2f}%" if "reliability" in p else "-",
          _e(run["status"]), ""),
@@ -208,12 +214,21 @@ def _summary(run: dict[str, Any], p: dict[str, Any]) -> str:
     return _table(("", "predicted", "measured", "budget"), rows, {1, 2})
 
 
-def _steps(order: list[str], steps: dict[str, dict[str, Any]]) -> str:
+def _steps(order: list[str], steps: dict[str, dict[str, Any]], calls: list[dict[str, Any]]) -> str:
+    """Each step as the journal ended it; one with no such row either never started or was
+    stopped under way, with its attempts and bills read from its calls."""
     rows = []
     for sid in order:
         s = steps.get(sid)
         if s is None:
-            rows.append((_e(sid), '<span class="dim">not run</span>', "", "", ""))
+            sent = [c for c in calls if c["step_id"] == sid and c["role"] != "cache"
+                    and c["outcome"] != "unsent"]  # fmt: skip
+            if not sent:
+                rows.append((_e(sid), '<span class="dim">not run</span>', "", "", ""))
+            else:
+                rows.append((_e(sid), '<span class="bad">not finished</span>',
+                             _e(max(c["attempt"] for c in sent)),
+                             _usd(math.fsum(c["cost_usd"] or 0.0 for c in sent)), ""))  # fmt: skip
             continue
         cls = "ok" if s["status"] == "done" else "bad"
         rows.append((_e(sid), f'<span class="{cls}">{_e(s["status"])}</span>', _e(s["attempts"]),
