@@ -166,10 +166,8 @@ class Cache:
         held = time.monotonic()
         self._recent.pop(key, None)  # (kept in the order stored: the oldest come first)
         self._recent[key] = (held, entry)
-        for old in list(self._recent):
-            if held - self._recent[old][0] < RECENT_S:
-                break
-            del self._recent[old]
+        while self._recent and held - next(iter(self._recent.values()))[0] >= RECENT_S:
+            del self._recent[next(iter(self._recent))]  # the oldest first, no copy of them all
         if self.shared is not None:
             self.shared.put(key, entry)
         if vector is not None and self.embedder is not None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
@@ -24,7 +25,7 @@ from trilemma._proc import pid_alive
 from trilemma.errors import JournalBusy, JournalError, NotAJournal
 from trilemma.journal.migrations import MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["DEFAULT_PATH", "Journal", "JournalWriter", "abandoned"]
+__all__ = ["DEFAULT_PATH", "Journal", "JournalWriter", "abandoned", "sent_by_step"]
 
 DEFAULT_PATH = Path(".trilemma") / "trilemma.db"
 BUSY_TIMEOUT_S = 30.0
@@ -39,6 +40,21 @@ def abandoned(run: Mapping[str, Any]) -> bool:
     a kill, Ctrl-C): ``trilemma resume`` finishes it. A damaged pid names no process."""
     pid = run["pid"]
     return run["status"] == "running" and not (isinstance(pid, int) and pid_alive(pid))
+
+
+def sent_by_step(calls: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, float]]:
+    """Per step of a run's ``calls`` rows: the last attempt that sent a call, and what its
+    calls were billed. Cache hits and calls never sent are left out, as :meth:`Journal.totals`
+    leaves them out of a run's calls."""
+    attempts: dict[str, int] = {}
+    bills: dict[str, list[float]] = {}
+    for c in calls:
+        if c["role"] == "cache" or c["outcome"] == "unsent":
+            continue
+        sid = c["step_id"]
+        attempts[sid] = max(attempts.get(sid, 0), c["attempt"])
+        bills.setdefault(sid, []).append(c["cost_usd"] or 0.0)
+    return {sid: (n, math.fsum(bills[sid])) for sid, n in attempts.items()}
 
 
 def _run_range(run_id: str) -> tuple[str, str, str]:

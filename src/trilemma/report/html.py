@@ -13,13 +13,13 @@ import base64
 import datetime as dt
 import html
 import json
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from trilemma import __version__
 from trilemma.errors import UsageError
 from trilemma.journal import Journal
+from trilemma.journal.store import sent_by_step
 from trilemma.plan.slots import SLOTS_BIND
 from trilemma.report.plots import batch_png, timeline_png
 from trilemma.report.tables import LEDGER_KEYS, ledger_row
@@ -218,17 +218,16 @@ def _steps(order: list[str], steps: dict[str, dict[str, Any]], calls: list[dict[
     """Each step as the journal ended it; one with no such row either never started or was
     stopped under way, with its attempts and bills read from its calls."""
     rows = []
+    made = sent_by_step(calls) if len(steps) < len(order) else {}
     for sid in order:
         s = steps.get(sid)
         if s is None:
-            sent = [c for c in calls if c["step_id"] == sid and c["role"] != "cache"
-                    and c["outcome"] != "unsent"]  # fmt: skip
-            if not sent:
+            if sid not in made:
                 rows.append((_e(sid), '<span class="dim">not run</span>', "", "", ""))
             else:
-                rows.append((_e(sid), '<span class="bad">not finished</span>',
-                             _e(max(c["attempt"] for c in sent)),
-                             _usd(math.fsum(c["cost_usd"] or 0.0 for c in sent)), ""))  # fmt: skip
+                attempts, billed = made[sid]
+                rows.append((_e(sid), '<span class="bad">not finished</span>', _e(attempts),
+                             _usd(billed), ""))  # fmt: skip
             continue
         cls = "ok" if s["status"] == "done" else "bad"
         rows.append((_e(sid), f'<span class="{cls}">{_e(s["status"])}</span>', _e(s["attempts"]),

@@ -50,6 +50,7 @@ from trilemma.journal.store import (
     Journal,
     JournalWriter,
     messages_json,
+    sent_by_step,
 )
 from trilemma.plan.estimate import Estimate
 from trilemma.plan.slots import remaining_path
@@ -430,7 +431,7 @@ class Executor:
     async def _finish(self, s: Session, latency: float) -> RunResult:
         unsettled = [step.id for step in self.wf.steps if step.id not in s.results]
         if unsettled and s.stop == "deadline":  # cancelled under way: what they sent, billed
-            made = self._made_by_step(set(unsettled))
+            made = sent_by_step(self.journal.calls(self.run_id))  # earlier sessions too
             for sid in unsettled:
                 s.results[sid] = StepResult("cancelled", None, *made.get(sid, (0, 0.0)))
         for sid in unsettled:
@@ -454,14 +455,6 @@ class Executor:
         )  # fmt: skip
         return RunResult(self.run_id, status, cost, latency, calls, results, self.predicted,
                          error, saved, str(self.journal.path), cut, self.seed)  # fmt: skip
-
-    def _made_by_step(self, steps: set[str]) -> dict[str, tuple[int, float]]:
-        """The attempts each of ``steps`` sent and what they were billed, from the journal
-        (a resumed run's earlier sessions too)."""
-        calls = [c for c in self.journal.calls(self.run_id)
-                 if c["step_id"] in steps and c["role"] != "cache" and c["outcome"] != "unsent"]  # fmt: skip
-        return {sid: (max(c["attempt"] for c in mine), math.fsum(c["cost_usd"] or 0.0 for c in mine))
-                for sid in steps if (mine := [c for c in calls if c["step_id"] == sid])}  # fmt: skip
 
     def _status(self, s: Session) -> str:
         if s.stop in ("budget_exhausted", "deadline", "failed"):

@@ -286,15 +286,25 @@ class RedisBudgets:
     async def names(self, limit: int = 20) -> list[str]:
         """Up to ``limit`` budgets this store has counters for, sorted."""
         found: set[str] = set()
-        async for key in self.redis.scan_iter(match=f"{self.prefix}:*:spent", count=500):
-            found.add((key.decode() if isinstance(key, bytes) else key)[len(self.prefix) + 1:-6])
-            if len(found) >= limit:
-                break
-        return sorted(found)
+        cursor = 0
+        while True:
+            cursor, keys = await self.call(
+                self.redis.scan(cursor, match=f"{self.prefix}:*:spent", count=500))
+            found.update((k.decode() if isinstance(k, bytes) else k)[len(self.prefix) + 1:-6]
+                         for k in keys)  # fmt: skip
+            if not cursor or len(found) >= limit:
+                return sorted(found)[:limit]
 
     async def clear(self, name: str) -> None:
         """Forget a budget's counters (tests, or a deliberate reset)."""
         await self.call(self.redis.delete(*self._keys(name)))
+
+    async def restart(self, name: str) -> None:
+        """Start a budget's count again at $0; it stays known (:meth:`known`)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*self._keys(name))
+            pipe.set(self._keys(name)[0], "0")
+            await self.call(pipe.execute())
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -464,8 +474,7 @@ def reset_shared(
                     f"shared budget {name!r}: calls in flight hold ${before.reserved:.4f} of it; "
                     "reset once they end, or give --force"
                 )
-            await store.clear(name)
-            await store.call(store.redis.set(store._keys(name)[0], "0"))  # known, at $0
+            await store.restart(name)
             return before
         finally:
             await store.aclose()
