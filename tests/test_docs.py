@@ -39,6 +39,22 @@ def test_help_reflows_a_docstrings_paragraphs(cli, monkeypatch) -> None:
     assert "(a crash, the ceiling, the deadline), the same command with --resume ID" in r.out
 
 
+def test_help_gives_a_flag_no_type(cli, monkeypatch, tmp_path: Path) -> None:
+    """A flag takes no value: help shows none beside it, as it does for an option's type."""
+    monkeypatch.setenv("COLUMNS", "120")
+    for args in (("--help",), ("run", "--help"), ("local", "up", "--help")):
+        r = cli(*args)
+        assert r.code == 0, r.err
+        assert "<bool>" not in r.out, args
+        help_line = next(x for x in r.out.splitlines() if "--help" in x)
+        assert help_line.split("--help", 1)[1].split()[:2] == ["Show", "this"], help_line
+    r = cli("run", "--help")
+    assert "<float range>" in r.out and "<path>" in r.out  # options that take a value keep theirs
+    spec, journal = ROOT / "examples" / "single.yaml", tmp_path / "t.db"
+    r = cli("run", spec, "--json", "--journal", journal, "--seed", "1")
+    assert r.code == 0 and '"status": "ok"' in r.out, r.err  # and a flag still parses as one
+
+
 def test_each_example_in_the_help_is_a_paragraph_of_its_own() -> None:
     # typer's markdown help joins lines that are not apart: two examples read as one command
     import itertools

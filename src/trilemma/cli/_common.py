@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     global _said_interrupted
     _said_interrupted = False
     command = typer.main.get_command(app)
+    _flags_without_type(command)
     try:
         rv = command.main(args=argv, prog_name="trilemma", standalone_mode=False)
     except TrilemmaError as exc:
@@ -275,6 +276,19 @@ def main(argv: list[str] | None = None) -> int:
     if rv == INTERRUPTED and not _said_interrupted:  # typer's silent exit on Ctrl-C
         sys.stderr.write("trilemma: interrupted\n")
     return rv if isinstance(rv, int) else 0
+
+
+def _flags_without_type(command: Any) -> None:
+    """Help lists a flag without a type: typer 0.29 shows ``--json <bool>``, ``--help <bool>``,
+    as if each took a value. An empty metavar is what its help prints in the type's place."""
+    commands = [command]
+    while commands:
+        cmd = commands.pop()
+        commands.extend(getattr(cmd, "commands", {}).values())
+        shown = cmd.get_help_option(typer.Context(cmd, info_name=cmd.name))
+        for param in [*cmd.params, *([shown] if shown is not None else [])]:
+            if getattr(param, "is_bool_flag", False):
+                param.metavar = ""
 
 
 INTERRUPTED = 130
