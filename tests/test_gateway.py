@@ -334,6 +334,22 @@ def test_an_upstream_503_with_retry_after_passes_its_advice_on(tmp_path: Path) -
     assert errors == [(503, "7"), (502, None)]
 
 
+def test_an_unreachable_upstream_is_a_502_that_does_not_name_its_url(tmp_path: Path) -> None:
+    """The client hears that the upstream could not be reached; where it is stays in the
+    operator's journal."""
+    upstream = "http://admin:hunter2@127.0.0.1:9/v1"  # port 9: nothing listens
+    with serving(tmp_path, config_text(upstream)) as (url, _), \
+            pytest.raises(openai.APIStatusError) as err:
+        client(url).chat.completions.create(model="small", messages=ASK)  # type: ignore[arg-type]
+    assert err.value.status_code == 502
+    said = json.dumps(err.value.body)
+    assert "cannot reach the model's endpoint" in said and "127.0.0.1:9" not in said
+    (call,) = Journal(tmp_path / "j.db").calls(run_id_of("team-a"))
+    assert call["outcome"] == "transient" and call["cost_usd"] == 0.0
+    assert "cannot reach http://127.0.0.1:9/v1 (" in call["error"]
+    assert "hunter2" not in call["error"] and "admin" not in call["error"]
+
+
 def test_a_restarted_gateway_starts_from_what_each_key_spent(cli, tmp_path: Path) -> None:
     msg = [{"role": "user", "content": "q"}]
     with serving(tmp_path, config_text()) as (url, _):

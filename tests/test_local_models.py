@@ -177,6 +177,8 @@ def test_a_server_that_dies_mid_run_fails_the_run_and_keeps_the_journal(tmp_path
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", info.port)) != 0
         second = execute(wf, journal=journal, seed=1)
-    assert second.status == "failed" and "cannot reach the endpoint" in (second.error or "")
+    assert second.status == "failed"
+    assert f"cannot reach http://127.0.0.1:{info.port}/v1 (" in (second.error or "")
+    assert f"`trilemma local up --model smollm2 --port {info.port}`" in (second.error or "")
     assert [r["status"] for r in journal.runs()] == ["failed", "ok"]
     assert journal.check()["integrity"] == "ok"

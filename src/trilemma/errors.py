@@ -13,7 +13,8 @@
     │   ├── TransientError        worth retrying: 5xx, connection reset; ``retry_after``
     │   │   │                     seconds when the server said (a 503's Retry-After)
     │   │   ├── RateLimited       429; ``retry_after`` seconds when the server said
-    │   │   └── ProviderTimeout   no answer within the attempt's timeout
+    │   │   ├── ProviderTimeout   no answer within the attempt's timeout
+    │   │   └── EndpointUnreachable  no connection; ``endpoint`` names the URL
     │   ├── MalformedAnswer       a 200 whose body is not a usable completion
     │   └── FatalProviderError    retrying cannot help: auth, unknown model, bad request
     │       └── QuotaExceeded     the endpoint refused for money: 402, or 429 insufficient_quota
@@ -36,6 +37,7 @@ __all__ = [
     "BudgetExhausted",
     "CycleError",
     "DeadlineExceeded",
+    "EndpointUnreachable",
     "FatalProviderError",
     "GateRejected",
     "InfeasibleError",
@@ -143,6 +145,17 @@ class ProviderTimeout(TransientError):
     """No answer within the attempt's timeout."""
 
     kind = "timeout"
+
+
+class EndpointUnreachable(TransientError):
+    """No connection to the endpoint (refused, reset, no route). The message names
+    ``endpoint``, its base URL, for the person who runs the workflow; a gateway tells its
+    clients only that the upstream could not be reached. The ledger records it as
+    ``transient``."""
+
+    def __init__(self, message: str, endpoint: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
 
 
 class MalformedAnswer(ProviderError):

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from trilemma.errors import (
+    EndpointUnreachable,
     ProviderError,
     ProviderTimeout,
     QuotaExceeded,
@@ -91,6 +92,8 @@ def sse(data: dict[str, Any]) -> str:
 def upstream_error(exc: ProviderError) -> JSONResponse:
     """A provider's failure as the HTTP error a client expects from a gateway."""
     msg = f"upstream: {exc}"
+    if isinstance(exc, EndpointUnreachable):  # its URL is the operator's business, not the client's
+        msg = "upstream: cannot reach the model's endpoint"
     advice = getattr(exc, "retry_after", None)  # the upstream's word on when to come back
     headers = {} if advice is None else {"Retry-After": f"{math.ceil(advice)}"}
     if isinstance(exc, RateLimited):

@@ -15,10 +15,12 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
 from trilemma.errors import (
+    EndpointUnreachable,
     FatalProviderError,
     MalformedAnswer,
     ProviderTimeout,
@@ -67,8 +69,9 @@ def retry_advice(headers: Mapping[str, str]) -> float | None:
 
 
 @contextlib.contextmanager
-def map_errors(model: str) -> Iterator[None]:
-    """Re-raise SDK errors as trilemma's provider errors."""
+def map_errors(model: str, endpoint: str = "the endpoint") -> Iterator[None]:
+    """Re-raise SDK errors as trilemma's provider errors; ``endpoint``, the base URL, is
+    named when it cannot be reached."""
     try:
         yield
     except openai.RateLimitError as exc:
@@ -79,7 +82,10 @@ def map_errors(model: str) -> Iterator[None]:
     except openai.APITimeoutError as exc:
         raise ProviderTimeout("the endpoint did not answer in time") from exc
     except openai.APIConnectionError as exc:
-        raise TransientError(f"cannot reach the endpoint: {exc.__cause__ or exc}") from exc
+        shown = _without_secrets(endpoint)
+        raise EndpointUnreachable(
+            f"cannot reach {shown} ({exc.__cause__ or exc}); {_start_hint(model, shown)}", shown
+        ) from exc
     except openai.NotFoundError as exc:
         raise FatalProviderError(
             f"404: the endpoint does not know model {model!r} (or the path): {_detail(exc)}"
@@ -105,6 +111,27 @@ def map_errors(model: str) -> Iterator[None]:
         raise MalformedAnswer(f"unusable response: {type(exc).__name__}: {exc}") from exc
     except ValueError as exc:  # a body that is not JSON at all
         raise MalformedAnswer(f"the response is not JSON: {exc}") from exc
+
+
+def _without_secrets(url: str) -> str:
+    """A base URL fit for a message: no user or password, no query string."""
+    parts = urlsplit(url)
+    if not parts.scheme:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _start_hint(model: str, endpoint: str) -> str:
+    """What to do about an endpoint that cannot be reached: start a packaged model's server,
+    or check the profile's base_url."""
+    from trilemma.providers.local import MODELS
+
+    where = urlsplit(endpoint)
+    if where.hostname in ("127.0.0.1", "localhost") and model in MODELS:
+        port = "" if where.port in (None, MODELS[model].port) else f" --port {where.port}"
+        return f"start it with `trilemma local up --model {model}{port}`"
+    return "check that its server is up and the profile's base_url is right"
 
 
 def _error_field(exc: openai.APIStatusError, name: str) -> str | None:
@@ -148,7 +175,7 @@ class OpenAIProvider:
         kwargs = _options(request)
         headers = {"Idempotency-Key": request.idempotency_key}
         started = time.perf_counter()
-        with map_errors(profile.model):
+        with map_errors(profile.model, profile.base_url or "the endpoint"):
             if profile.api == "completions":  # a base model: the messages become one prompt
                 prompt = "\n\n".join(m["content"] for m in request.messages)
                 raw = await self.client.completions.with_raw_response.create(
@@ -183,7 +210,7 @@ class OpenAIProvider:
         kwargs = _options(request)
         usage = Usage()
         finished: str | None = None
-        with map_errors(profile.model):
+        with map_errors(profile.model, profile.base_url or "the endpoint"):
             chunks = await self.client.chat.completions.create(  # type: ignore[call-overload]
                 model=profile.model, messages=list(request.messages),
                 max_tokens=request.max_tokens, timeout=request.timeout_s, stream=True,
