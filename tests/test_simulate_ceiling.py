@@ -200,6 +200,23 @@ def test_run_sets_the_monte_carlo_under_its_budget_beside_it(cli: Any, write: An
     assert cli("run", plain, "--journal", db, "--json").json()["predicted_under_budget"] is None
 
 
+def test_a_run_its_budget_stopped_says_how_to_choose_one(cli: Any, write: Any, tmp_path: Path) -> None:
+    """The ceiling's or the deadline's stop names the simulate command that finds one; an ok
+    run, and --json, say nothing of it."""
+    fast = write(CHAIN.read_text().replace("latency_s: 2.0", "latency_s: 0.001"), "my spec.yaml")
+    db = tmp_path / "j.db"
+    stopped = cli("run", fast, "--journal", db, "--max-cost", "0.05")
+    assert stopped.code == 1 and "budget_exhausted" in stopped.err
+    said = " ".join(stopped.out.split())
+    assert f"to choose a ceiling: trilemma simulate '{fast}' --ceiling-for 0.95" in said
+    late = cli("run", fast, "--journal", db, "--deadline", "0.002", "--max-cost", "1")
+    assert late.code == 1 and "deadline" in late.err
+    assert "--deadline-for 0.95" in late.out and "--ceiling-for" not in late.out
+    ok = cli("run", fast, "--journal", db, "--max-cost", "1", "--seed", "2")
+    assert ok.code == 0 and "to choose a" not in ok.out
+    assert "to choose" not in cli("run", fast, "--journal", db, "--max-cost", "0.05", "--json").out
+
+
 @pytest.mark.parametrize(
     ("spec", "share", "ceiling"),
     [

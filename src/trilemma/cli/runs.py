@@ -136,7 +136,7 @@ def run_cmd(
         emit_json({**result.to_json(),
                    "predicted_under_budget": None if under is None else under.brief()})
         return _exit(result, f"run {result.run_id}")
-    stdout_console().print(tables.run_view(result, under))
+    stdout_console().print(tables.run_view(result, under, str(spec)))
     return _exit(result, f"run {result.run_id}")
 
 

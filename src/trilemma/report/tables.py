@@ -599,9 +599,10 @@ def budget_check_line(checks: dict[str, SimResult]) -> str:
     return f"Monte Carlo, {first.runs:,} runs with " + " and ".join(held) + ": " + "; ".join(parts) + "."
 
 
-def run_view(r: Any, under: SimResult | None = None) -> Group:
+def run_view(r: Any, under: SimResult | None = None, spec: str | None = None) -> Group:
     """A run: predicted beside measured, then each step; ``under``: the Monte Carlo of the
-    spec under the run's ceiling and deadline, which the analytic success does not see."""
+    spec under the run's ceiling and deadline, which the analytic success does not see;
+    ``spec``: its file, named in the command that finds a budget when one stopped the run."""
     p = r.predicted
     seed = "" if r.seed is None else f" (seed {r.seed})"
     t = FittedTable(title=f"Run {r.run_id}: {r.status}{seed}", title_justify="left")
@@ -632,8 +633,26 @@ def run_view(r: Any, under: SimResult | None = None) -> Group:
     parts: list[Table | Text] = [t, st]
     if r.cut:
         parts.append(Text(cut_line(r.cut), style="yellow"))
+    budget_hint = _budget_hint(r.status, under, spec)
+    if budget_hint:
+        parts.append(Text(budget_hint, style="yellow"))
     return Group(*parts, Text(f"journal: {r.journal}\n{follow_up(r.run_id, r.journal)}",
                               style="dim"))  # fmt: skip
+
+
+def _budget_hint(status: str, under: SimResult | None, spec: str | None) -> str | None:
+    """For a run its own ceiling or deadline stopped: the command that finds one under which
+    most runs finish."""
+    if under is None or spec is None:
+        return None
+    if status == "budget_exhausted" and under.max_cost_usd is not None:
+        flag, what = "--ceiling-for", "ceiling"
+    elif status == "deadline" and under.deadline_s is not None:
+        flag, what = "--deadline-for", "deadline"
+    else:
+        return None
+    return (f"to choose a {what}: trilemma simulate {shlex.quote(spec)} {flag} 0.95 (the "
+            f"smallest under which 95% of runs finish)")
 
 
 def clipped(text: str, width: int = 70) -> str:
