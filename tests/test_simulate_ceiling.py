@@ -209,9 +209,15 @@ def test_a_run_its_budget_stopped_says_how_to_choose_one(cli: Any, write: Any, t
     assert stopped.code == 1 and "budget_exhausted" in stopped.err
     said = " ".join(stopped.out.split())
     assert f"to choose a ceiling: trilemma simulate '{fast}' --ceiling-for 0.95" in said
+    resume = said.split("to finish this run: ", 1)[1].split(" (the worst case", 1)[0].split()
+    assert resume[:2] == ["trilemma", "resume"] and resume[-2:] == ["--max-cost", "0.45"]
+    finished = cli(*resume[1:])  # the command as printed, journal flag included
+    assert finished.code == 0, finished.err
+    assert "done (journal)" in finished.out and "to finish this run" not in finished.out
     late = cli("run", fast, "--journal", db, "--deadline", "0.002", "--max-cost", "1")
     assert late.code == 1 and "deadline" in late.err
     assert "--deadline-for 0.95" in late.out and "--ceiling-for" not in late.out
+    assert "--deadline 7.515 (the worst case" in " ".join(late.out.split())
     ok = cli("run", fast, "--journal", db, "--max-cost", "1", "--seed", "2")
     assert ok.code == 0 and "to choose a" not in ok.out
     assert "to choose" not in cli("run", fast, "--journal", db, "--max-cost", "0.05", "--json").out

@@ -633,26 +633,26 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None) ->
     parts: list[Table | Text] = [t, st]
     if r.cut:
         parts.append(Text(cut_line(r.cut), style="yellow"))
-    budget_hint = _budget_hint(r.status, under, spec)
-    if budget_hint:
-        parts.append(Text(budget_hint, style="yellow"))
+    parts.extend(Text(line, style="yellow") for line in _budget_hints(r, under, spec))
     return Group(*parts, Text(f"journal: {r.journal}\n{follow_up(r.run_id, r.journal)}",
                               style="dim"))  # fmt: skip
 
 
-def _budget_hint(status: str, under: SimResult | None, spec: str | None) -> str | None:
+def _budget_hints(r: Any, under: SimResult | None, spec: str | None) -> list[str]:
     """For a run its own ceiling or deadline stopped: the command that finds one under which
-    most runs finish."""
+    most runs finish, and the resume that finishes this run under the planner's worst case."""
     if under is None or spec is None:
-        return None
-    if status == "budget_exhausted" and under.max_cost_usd is not None:
-        flag, what = "--ceiling-for", "ceiling"
-    elif status == "deadline" and under.deadline_s is not None:
-        flag, what = "--deadline-for", "deadline"
+        return []
+    if r.status == "budget_exhausted" and under.max_cost_usd is not None:
+        what, flag, resume = "ceiling", "--ceiling-for", f"--max-cost {r.predicted.cost_worst:.4g}"
+    elif r.status == "deadline" and under.deadline_s is not None:
+        what, flag, resume = "deadline", "--deadline-for", f"--deadline {r.predicted.latency_worst_s:.4g}"
     else:
-        return None
-    return (f"to choose a {what}: trilemma simulate {shlex.quote(spec)} {flag} 0.95 (the "
-            f"smallest under which 95% of runs finish)")
+        return []
+    again = f"trilemma resume {short_id(r.run_id)}{journal_flag(r.journal)} {resume}"
+    return [f"to choose a {what}: trilemma simulate {shlex.quote(spec)} {flag} 0.95 (the smallest "
+            "under which 95% of runs finish)",
+            f"to finish this run: {again} (the worst case; the steps done are not run again)"]
 
 
 def clipped(text: str, width: int = 70) -> str:
