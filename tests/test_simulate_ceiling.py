@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -205,8 +206,9 @@ def test_a_run_its_budget_stopped_says_how_to_choose_one(cli: Any, write: Any, t
     run, and --json, say nothing of it."""
     fast = write(CHAIN.read_text().replace("latency_s: 2.0", "latency_s: 0.001"), "my spec.yaml")
     db = tmp_path / "j.db"
-    stopped = cli("run", fast, "--journal", db, "--max-cost", "0.05")
+    stopped = cli("run", fast, "--journal", db, "--max-cost", "0.05", "--seed", "2")
     assert stopped.code == 1 and "budget_exhausted" in stopped.err
+    assert re.search(r"draft +done", stopped.out), stopped.out  # its first step was done
     said = " ".join(stopped.out.split())
     assert f"to choose a ceiling: trilemma simulate '{fast}' --ceiling-for 0.95" in said
     resume = said.split("to finish this run: ", 1)[1].split(" (the worst case", 1)[0].split()
