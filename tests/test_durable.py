@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +25,7 @@ from trilemma.errors import JournalError, NotAJournal
 from trilemma.journal import Journal
 from trilemma.journal.store import JournalWriter, map_sqlite_errors
 from trilemma.run.session import execute
-from trilemma.testing import fast_retries
+from trilemma.testing import Reply, ScriptedServer, fast_retries
 
 from .durable_helpers import CHAIN_SPEC, ledger_key, start_and_kill
 
@@ -254,6 +257,76 @@ def test_steps_done_before_the_crash_are_not_called_again(cli, tmp_path: Path) -
         assert before[k]["cost_usd"] > 0
         assert d["steps"][k]["cost_usd"] == pytest.approx(before[k]["cost_usd"])
     assert sum(s["cost_usd"] for s in d["steps"].values()) == pytest.approx(d["cost_usd"])
+
+
+DEBATE_ON_AN_ENDPOINT = """\
+version: 1
+models:
+  real: {{provider: openai, base_url: "{url}", model: m1, usd_per_1m_input: 1000.0,
+          usd_per_1m_output: 2000.0, latency_s: 0.1, p_ok: 0.9, timeout_s: 60}}
+steps:
+  - {{id: d, model: real, debate: {{agents: 3, rounds: 2}}, retries: 1}}
+"""
+
+
+def test_a_debates_answers_before_a_crash_are_not_asked_again_on_resume(
+    cli, tmp_path: Path
+) -> None:
+    """A real endpoint answered the debate's first round, then the process died in the
+    second: the resume asks only the second round again (its calls were in flight), uses the
+    first round's journaled answers, and bills each call once."""
+    released = threading.Event()
+    seen = [0]
+
+    def script(payload: dict[str, Any]) -> Reply:  # the server calls it under its lock
+        seen[0] += 1
+        hang = seen[0] > 3 and not released.is_set()  # the second round, until the kill
+        return Reply("the answer is 4", delay_s=5.0 if hang else 0.0)
+
+    with ScriptedServer(script) as srv:
+        spec = tmp_path / "debate.yaml"
+        spec.write_text(DEBATE_ON_AN_ENDPOINT.format(url=srv.url))
+        db = tmp_path / "j.db"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trilemma", "run", str(spec), "--journal", str(db), "--json"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while len(srv.requests) < 6:  # the second round is in flight
+                assert proc.poll() is None and time.monotonic() < deadline, "it did not get there"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        journal = Journal(db, create=False)
+        (run,) = journal.runs()
+        before = {c["call"]: c for c in journal.calls(run["run_id"])}
+        assert [before[i]["state"] for i in (1, 2, 3)] == ["finished"] * 3
+        assert {before[i]["outcome"] for i in (1, 2, 3)} == {None}  # answered, no verdict yet
+        assert [before[i]["state"] for i in (4, 5, 6)] == ["started"] * 3
+        shown = cli("ledger", run["run_id"], "--journal", db, "--json").json()
+        assert [r["outcome"] for r in shown] == ["answered"] * 3 + ["in_flight"] * 3
+        table = " ".join(cli("ledger", run["run_id"], "--journal", db).out.split())
+        assert table.count("answered before a crash: billed; a resume uses it") == 3
+        released.set()  # the endpoint answers at once from now on
+        r = cli("resume", run["run_id"], "--journal", db, "--json")
+        assert r.code == 0, r.err
+        keys = [q["headers"]["idempotency-key"] for q in srv.requests]
+    sent = {k: keys.count(k) for k in keys}
+    assert sorted(sent.values()) == [1, 1, 1, 2, 2, 2]  # the first round was asked once
+    assert {k.rsplit(":", 1)[1] for k, n in sent.items() if n == 2} == {"4", "5", "6"}
+    d = r.json()
+    after = journal.calls(run["run_id"])
+    assert [c["outcome"] for c in after] == ["ok"] * 6 and all(c["attempt"] == 1 for c in after)
+    one = (11 * 1000.0 + 7 * 2000.0) / 1e6  # every call's usage: 11 tokens in, 7 out
+    assert [c["cost_usd"] for c in after] == pytest.approx([one] * 6)
+    assert [c["sends"] for c in after] == [1, 1, 1, 2, 2, 2]
+    assert d["status"] == "ok" and d["cost_usd"] == pytest.approx(6 * one)
+    assert d["steps"]["d"]["attempts"] == 1 and d["steps"]["d"]["cost_usd"] == pytest.approx(6 * one)
 
 
 def test_resume_counts_spend_before_the_crash_against_the_ceiling(cli, tmp_path: Path) -> None:

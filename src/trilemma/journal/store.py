@@ -25,7 +25,7 @@ from trilemma._proc import pid_alive
 from trilemma.errors import JournalBusy, JournalError, NotAJournal
 from trilemma.journal.migrations import MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["DEFAULT_PATH", "Journal", "JournalWriter", "abandoned", "sent_by_step"]
+__all__ = ["DEFAULT_PATH", "Journal", "JournalWriter", "abandoned", "call_outcome", "sent_by_step"]
 
 DEFAULT_PATH = Path(".trilemma") / "trilemma.db"
 BUSY_TIMEOUT_S = 30.0
@@ -40,6 +40,16 @@ def abandoned(run: Mapping[str, Any]) -> bool:
     a kill, Ctrl-C): ``trilemma resume`` finishes it. A damaged pid names no process."""
     pid = run["pid"]
     return run["status"] == "running" and not (isinstance(pid, int) and pid_alive(pid))
+
+
+def call_outcome(call: Mapping[str, Any]) -> str:
+    """What became of a journaled call: its ``outcome``; ``in_flight`` while it is marked
+    sent and unanswered (a crash); ``answered`` when a real endpoint answered it but its
+    attempt had no verdict yet (a crash cut the attempt short: a resume uses the answer
+    rather than asking again)."""
+    if call["state"] == "started":
+        return "in_flight"
+    return call["outcome"] or "answered"
 
 
 def sent_by_step(calls: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, float]]:

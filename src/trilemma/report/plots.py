@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 from matplotlib.collections import PolyCollection
 
 from trilemma.errors import UsageError
+from trilemma.journal.store import call_outcome
 from trilemma.plan.exercises import RoutingSweep
 from trilemma.plan.optimize import OptimizeResult
 from trilemma.plan.simulate import SimResult
@@ -249,7 +250,7 @@ def plot_compare(rows: Sequence[Contender], path: str | Path) -> Path:
 #: Bar colours of the timeline, by a call's outcome.
 OUTCOME_COLOURS = {"ok": "tab:green", "rejected": "tab:orange", "cancelled": "tab:grey",
                    "unsent": "lightgrey", "in_flight": "tab:blue",
-                   "hedged": "tab:purple"}  # fmt: skip
+                   "hedged": "tab:purple", "answered": "tab:cyan"}  # fmt: skip
 
 
 #: Most step names the timeline writes beside its rows; a longer run names every k-th.
@@ -270,7 +271,7 @@ def timeline_png(
     bars: dict[str, list[tuple[int, float, float]]] = {}  # by label: (row, width, left)
     spend: list[tuple[float, float]] = []
     for c in calls:
-        outcome = c["outcome"] if c["state"] == "finished" else "in_flight"
+        outcome = call_outcome(c)
         end = c["finished_at"] if c["finished_at"] is not None else time.time()
         label = outcome if outcome in OUTCOME_COLOURS else "error"  # any provider error is red
         bars.setdefault(label, []).append(

@@ -12,7 +12,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from trilemma.journal.store import DEFAULT_PATH, abandoned
+from trilemma.journal.store import DEFAULT_PATH, abandoned, call_outcome
 from trilemma.plan.estimate import Estimate, held_worst
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
 from trilemma.plan.hedge import timeouts
@@ -806,7 +806,7 @@ def ledger_row(r: dict[str, Any]) -> dict[str, Any]:
         "model": r["model"], "prompt_tokens": r["prompt_tokens"],
         "completion_tokens": r["completion_tokens"], "cached_tokens": r["cached_tokens"],
         "cost_usd": r["cost_usd"],
-        "latency_s": r["latency_s"], "outcome": "in_flight" if in_flight else r["outcome"],
+        "latency_s": r["latency_s"], "outcome": call_outcome(r),
         "cache_hit": bool(r["cache_hit"]), "cache_similarity": r["cache_similarity"],
         "in_flight": in_flight, "finish_reason": r["finish_reason"],
         "idempotency_key": r["idempotency_key"], "error": r["error"],
@@ -838,6 +838,8 @@ def ledger_table(run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.
             outcome += ", no usage: billed at its reservation"
         if r["in_flight"]:
             outcome = "IN FLIGHT at crash: may be billed"
+        elif r["outcome"] == "answered":
+            outcome = "answered before a crash: billed; a resume uses it"
         tokens_in = str(r["prompt_tokens"] or "-")
         if r["cached_tokens"]:  # served from the endpoint's prompt cache, billed lower
             tokens_in += f" ({r['cached_tokens']} cached)"

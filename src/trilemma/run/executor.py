@@ -60,6 +60,7 @@ from trilemma.providers.base import (
     Message,
     Provider,
     Request,
+    Usage,
     bill_note,
     cost_of,
     worst_case_cost,
@@ -334,6 +335,8 @@ class Executor:
         """Seeds the simulated classifier of a routed step (the simulator has its own)."""
         self.predicted = predicted
         self.resume_from: dict[str, tuple[int, int, float]] = {}
+        self.replay: dict[str, dict[str, Any]] = {}
+        """Resumed: calls a real endpoint answered in an attempt a crash cut short, by key."""
         """Per step: (the attempt to start at, attempts left, dollars its attempts were
         billed in earlier sessions), for a resumed run."""
         self.latency_before = 0.0
@@ -667,6 +670,13 @@ class Executor:
             f"{self.run_id}:{key}", key, profile.temperature, route.stop, self.wf.p_ok(step, model),
             ok, bad, f"{step.id}:{attempt}:majority" if step.by_majority else "",
         )  # fmt: skip
+        if self.replay:  # a resumed attempt: what its endpoint answered before the crash
+            kept = self.replay.pop(request.idempotency_key, None)
+            if kept is not None:
+                if ticket is not None and ticket[0]:
+                    ticket[0] = False
+                    self.slots.release()
+                return self._replayed(kept, step.id, pending, s)
         prio = -self.priority[step.id]
         if ticket is not None and ticket[0]:
             ticket[0] = False  # the slot taken for it is its own now
@@ -709,14 +719,38 @@ class Executor:
         if completion.finish_reason == CUT:
             s.cut = True
         note = bill_note(profile, u, hold.amount, cost)
-        pending.append((key, {
+        answered = {
             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "cached_tokens": u.cached_tokens, "cost_usd": cost, "latency_s": completion.latency_s,
             "response": completion.text, "finish_reason": completion.finish_reason,
             "finished_at": time.time(), "error": note,
-        }))  # fmt: skip
+        }  # fmt: skip
+        pending.append((key, answered))
+        if route.external and key == request.idempotency_key and completion.verdict is None:
+            # A real model's billed answer rides the next commit (at the latest the
+            # write-ahead record of the next call sent), its verdict following with its
+            # attempt's, so that a crash in a debate's later rounds does not ask it, and pay
+            # for it, again. (A hedge's copy that won is kept with its attempt, as before; a
+            # simulated answer, whose verdict the journal does not keep, is sent again.)
+            self.writer.defer("call_finished", key, answered)
         self._emit("call", step.id, s)
         return completion
+
+    def _replayed(
+        self, row: dict[str, Any], step_id: str, pending: list[tuple[str, dict[str, Any]]],
+        s: Session,
+    ) -> Completion:  # fmt: skip
+        """A call of a resumed attempt that its endpoint answered before the crash: its
+        journaled answer, not sent again nor billed again (its bill is in the run's spend)."""
+        kept = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd", "latency_s",
+                "response", "finish_reason", "finished_at", "error")  # fmt: skip
+        pending.append((row["idempotency_key"], {k: row[k] for k in kept}))
+        if row["finish_reason"] == CUT:
+            s.cut = True
+        self._emit("call", step_id, s)
+        usage = Usage(row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"])
+        return Completion(row["response"], usage, row["latency_s"] or 0.0,
+                          finish_reason=row["finish_reason"])  # fmt: skip
 
     async def _send(
         self, request: Request, route: Route, hold: Reservation, s: Session

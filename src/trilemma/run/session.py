@@ -21,7 +21,7 @@ from trilemma._proc import pid_alive
 from trilemma.cache.semantic import Embedder, default_embedder
 from trilemma.cache.shared import SharedCache
 from trilemma.errors import UsageError
-from trilemma.journal.store import Journal, JournalWriter, dumps
+from trilemma.journal.store import Journal, JournalWriter, call_outcome, dumps
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.providers.base import Provider
 from trilemma.providers.sim import SimProvider
@@ -396,6 +396,8 @@ def reopen_run(
                   tenant=row["tenant"], limits=limits, writer=writer,
                   shared_cache=shared_cache)  # fmt: skip
     ex.resume_from = _resume_points(wf, calls, done, list(changed))
+    ex.replay = {c["idempotency_key"]: c for c in calls if call_outcome(c) == "answered"
+                 and ex.resume_from.get(c["step_id"], (0,))[0] == c["attempt"]}  # fmt: skip
     ex.latency_before = before
     return ex, done
 
@@ -432,16 +434,22 @@ def collector_spared() -> Iterator[None]:
         gc.unfreeze()
 
 
+#: How a call of an attempt a crash cut short ends up: that attempt is re-sent as itself.
+CUT_SHORT = ("in_flight", "unsent", "answered")
+
+
 def _resume_points(
     wf: Workflow, calls: list[dict[str, Any]], done: Mapping[str, Any], changed: list[str]
 ) -> dict[str, tuple[int, int, float]]:
     """Per unfinished step: the attempt to start at, how many it has left, and what its
     attempts were billed before (its cost goes on from there).
 
-    An attempt with a call still in flight, or one that was never sent (cancelled
-    while its record committed), is re-sent as itself (same keys, same ledger rows):
-    it used none of the step's attempts, nor, in a cascade, its rung. Otherwise the
-    next attempt follows the last one journaled. A step always gets at least one attempt.
+    An attempt with a call still in flight, one that was never sent (cancelled while its
+    record committed), or one a real endpoint answered without its attempt's verdict (a
+    crash between the two), is re-sent as itself (same keys, same ledger rows; the answered
+    calls are not asked again: the executor's ``replay``): it used none of the step's
+    attempts, nor, in a cascade, its rung. Otherwise the next attempt follows the last one
+    journaled. A step always gets at least one attempt.
     """
     out: dict[str, tuple[int, int, float]] = {}
     for step in wf.steps:
@@ -450,9 +458,7 @@ def _resume_points(
         mine = [c for c in calls if c["step_id"] == step.id and c["role"] != "cache"]
         if not mine:
             continue
-        in_flight = [
-            c["attempt"] for c in mine if c["state"] == "started" or c["outcome"] == "unsent"
-        ]
+        in_flight = [c["attempt"] for c in mine if call_outcome(c) in CUT_SHORT]
         start = min(in_flight) if in_flight else max(c["attempt"] for c in mine) + 1
         # the attempt re-sent as itself bills its rows again, in this session
         billed = math.fsum(c["cost_usd"] or 0.0 for c in mine if c["attempt"] < start)
