@@ -311,7 +311,7 @@ def test_a_debates_answers_before_a_crash_are_not_asked_again_on_resume(
         shown = cli("ledger", run["run_id"], "--journal", db, "--json").json()
         assert [r["outcome"] for r in shown] == ["answered"] * 3 + ["in_flight"] * 3
         table = " ".join(cli("ledger", run["run_id"], "--journal", db).out.split())
-        assert table.count("answered before a crash: billed; a resume uses it") == 3
+        assert table.count("answered, its attempt cut short: billed; a resume uses it") == 3
         released.set()  # the endpoint answers at once from now on
         r = cli("resume", run["run_id"], "--journal", db, "--json")
         assert r.code == 0, r.err
@@ -327,6 +327,33 @@ def test_a_debates_answers_before_a_crash_are_not_asked_again_on_resume(
     assert [c["sends"] for c in after] == [1, 1, 1, 2, 2, 2]
     assert d["status"] == "ok" and d["cost_usd"] == pytest.approx(6 * one)
     assert d["steps"]["d"]["attempts"] == 1 and d["steps"]["d"]["cost_usd"] == pytest.approx(6 * one)
+
+
+def test_a_debate_the_ceiling_stopped_mid_round_resumes_from_its_answers(
+    cli, tmp_path: Path
+) -> None:
+    """The ceiling let two of a round's three calls go: their answers are billed and kept
+    without a verdict, and a resume under a higher ceiling asks only what is left."""
+    with ScriptedServer() as srv:
+        spec = tmp_path / "debate.yaml"
+        spec.write_text(DEBATE_ON_AN_ENDPOINT.format(url=srv.url).replace(
+            "usd_per_1m_input: 1000.0,\n          usd_per_1m_output: 2000.0,", "usd_per_call: 0.01,"))
+        db = tmp_path / "j.db"
+        stopped = cli("run", spec, "--journal", db, "--max-cost", "0.025", "--json")
+        assert stopped.code == 1 and stopped.json()["status"] == "budget_exhausted"
+        run_id = stopped.json()["run_id"]
+        shown = cli("ledger", run_id, "--journal", db, "--json").json()
+        assert [r["outcome"] for r in shown] == ["answered"] * 2
+        assert cli("runs", "--journal", db, "--json").json()[0]["cost_usd"] == pytest.approx(0.02)
+        r = cli("resume", run_id, "--journal", db, "--max-cost", "1", "--json")
+        assert r.code == 0, r.err
+        keys = [q["headers"]["idempotency-key"] for q in srv.requests]
+    assert len(keys) == 6 and len(set(keys)) == 6  # two, then four: none asked twice
+    d = r.json()
+    calls = Journal(db, create=False).calls(run_id)
+    assert [(c["attempt"], c["outcome"], c["sends"]) for c in calls] == [(1, "ok", 1)] * 6
+    assert d["cost_usd"] == pytest.approx(0.06)
+    assert d["steps"]["d"]["attempts"] == 1 and d["steps"]["d"]["cost_usd"] == pytest.approx(0.06)
 
 
 def test_resume_counts_spend_before_the_crash_against_the_ceiling(cli, tmp_path: Path) -> None:

@@ -839,7 +839,7 @@ def ledger_table(run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.
         if r["in_flight"]:
             outcome = "IN FLIGHT at crash: may be billed"
         elif r["outcome"] == "answered":
-            outcome = "answered before a crash: billed; a resume uses it"
+            outcome = "answered, its attempt cut short: billed; a resume uses it"
         tokens_in = str(r["prompt_tokens"] or "-")
         if r["cached_tokens"]:  # served from the endpoint's prompt cache, billed lower
             tokens_in += f" ({r['cached_tokens']} cached)"

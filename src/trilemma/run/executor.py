@@ -336,7 +336,9 @@ class Executor:
         self.predicted = predicted
         self.resume_from: dict[str, tuple[int, int, float]] = {}
         self.replay: dict[str, dict[str, Any]] = {}
-        """Resumed: calls a real endpoint answered in an attempt a crash cut short, by key."""
+        """Resumed: calls a real endpoint answered in an attempt cut short, by key."""
+        self._unjudged: set[str] = set()
+        """Keys of real models' answers journaled ahead of their attempt's verdict."""
         """Per step: (the attempt to start at, attempts left, dollars its attempts were
         billed in earlier sessions), for a resumed run."""
         self.latency_before = 0.0
@@ -645,7 +647,13 @@ class Executor:
             if step.gate is None or step.gate.feedback:
                 state["feedback"] = (answer.text, exc.reason)
             raise
-        except BaseException:  # a call failed, the gate broke, or we were cancelled
+        except BaseException as exc:  # a call failed, the gate broke, or we were cancelled
+            if isinstance(exc, BudgetExhausted) or (isinstance(exc, _Stop) and s.stop != "early"):
+                # The run stops before this attempt could finish (its next call did not fit
+                # the ceiling, or another step stopped the run; not an early stop, which ends
+                # it ok): real models' answers stay without a verdict, for a resume to go on
+                # from rather than pay for again.
+                pending = [(k, f) for k, f in pending if k not in self._unjudged]
             if pending:
                 self.writer.defer("attempt_finished", self.run_id, step.id, pending, rejected=False)
             raise
@@ -733,6 +741,7 @@ class Executor:
             # for it, again. (A hedge's copy that won is kept with its attempt, as before; a
             # simulated answer, whose verdict the journal does not keep, is sent again.)
             self.writer.defer("call_finished", key, answered)
+            self._unjudged.add(key)
         self._emit("call", step.id, s)
         return completion
 
