@@ -45,8 +45,8 @@ def abandoned(run: Mapping[str, Any]) -> bool:
 def call_outcome(call: Mapping[str, Any]) -> str:
     """What became of a journaled call: its ``outcome``; ``in_flight`` while it is marked
     sent and unanswered (a crash); ``answered`` when a real endpoint answered it but its
-    attempt had no verdict yet (a crash cut the attempt short: a resume uses the answer
-    rather than asking again)."""
+    attempt has no verdict (a crash cut the attempt short, or the run stopped before it
+    could finish: a resume uses the answer rather than asking again)."""
     if call["state"] == "started":
         return "in_flight"
     return call["outcome"] or "answered"

@@ -335,12 +335,13 @@ class Executor:
         """Seeds the simulated classifier of a routed step (the simulator has its own)."""
         self.predicted = predicted
         self.resume_from: dict[str, tuple[int, int, float]] = {}
-        self.replay: dict[str, dict[str, Any]] = {}
-        """Resumed: calls a real endpoint answered in an attempt cut short, by key."""
-        self._unjudged: set[str] = set()
-        """Keys of real models' answers journaled ahead of their attempt's verdict."""
         """Per step: (the attempt to start at, attempts left, dollars its attempts were
         billed in earlier sessions), for a resumed run."""
+        self.replay: dict[str, dict[str, Any]] = {}
+        """Resumed: by key, the journaled calls a real endpoint answered in an attempt that
+        was cut short (a crash, or the run stopped), which are not sent again."""
+        self._unjudged: set[str] = set()
+        """Keys of real models' answers journaled ahead of their attempt's verdict."""
         self.latency_before = 0.0
         """Seconds a resumed run spent running in its earlier sessions: its latency adds them."""
         self.priority = remaining_path(wf, {r.id: r.latency_s for r in self.predicted.per_step})
@@ -678,7 +679,7 @@ class Executor:
             f"{self.run_id}:{key}", key, profile.temperature, route.stop, self.wf.p_ok(step, model),
             ok, bad, f"{step.id}:{attempt}:majority" if step.by_majority else "",
         )  # fmt: skip
-        if self.replay:  # a resumed attempt: what its endpoint answered before the crash
+        if self.replay:  # a resumed attempt: what its endpoint answered before it was cut short
             kept = self.replay.pop(request.idempotency_key, None)
             if kept is not None:
                 if ticket is not None and ticket[0]:
@@ -749,8 +750,9 @@ class Executor:
         self, row: dict[str, Any], step_id: str, pending: list[tuple[str, dict[str, Any]]],
         s: Session,
     ) -> Completion:  # fmt: skip
-        """A call of a resumed attempt that its endpoint answered before the crash: its
-        journaled answer, not sent again nor billed again (its bill is in the run's spend)."""
+        """A call of a resumed attempt that its endpoint answered before the attempt was cut
+        short: its journaled answer, not sent again nor billed again (its bill is in the
+        run's spend)."""
         kept = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd", "latency_s",
                 "response", "finish_reason", "finished_at", "error")  # fmt: skip
         pending.append((row["idempotency_key"], {k: row[k] for k in kept}))

@@ -434,7 +434,8 @@ def collector_spared() -> Iterator[None]:
         gc.unfreeze()
 
 
-#: How a call of an attempt a crash cut short ends up: that attempt is re-sent as itself.
+#: How a call of an attempt cut short (a crash, a stopped run) ends up: that attempt is
+#: re-sent as itself.
 CUT_SHORT = ("in_flight", "unsent", "answered")
 
 
@@ -446,7 +447,7 @@ def _resume_points(
 
     An attempt with a call still in flight, one that was never sent (cancelled while its
     record committed), or one a real endpoint answered without its attempt's verdict (a
-    crash between the two), is re-sent as itself (same keys, same ledger rows; the answered
+    crash between the two, or the run stopped first), is re-sent as itself (same keys, same ledger rows; the answered
     calls are not asked again: the executor's ``replay``): it used none of the step's
     attempts, nor, in a cascade, its rung. Otherwise the next attempt follows the last one
     journaled. A step always gets at least one attempt.
