@@ -328,3 +328,13 @@ def test_a_refined_call_beside_others_spends_no_more_than_the_executor(tmp_path:
                   max_cost_usd=cap)  # fmt: skip
     assert run.status == "budget_exhausted" and run.cost_usd <= cap
     assert run.calls == 6 and r.calls.mean == 6
+
+
+@pytest.mark.parametrize(
+    ("worst", "shown"), [(0.9, "0.9"), (0.12344, "0.1235"), (1234.5, "1235"), (7.515, "7.515")]
+)
+def test_the_resume_hint_rounds_the_worst_case_up(worst: float, shown: str) -> None:
+    """The resume's --max-cost (or --deadline) must not undercut the planner's worst case."""
+    from trilemma.report.tables import _up
+
+    assert _up(worst) == shown and float(shown) >= worst

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -644,15 +645,23 @@ def _budget_hints(r: Any, under: SimResult | None, spec: str | None) -> list[str
     if under is None or spec is None:
         return []
     if r.status == "budget_exhausted" and under.max_cost_usd is not None:
-        what, flag, resume = "ceiling", "--ceiling-for", f"--max-cost {r.predicted.cost_worst:.4g}"
+        what, flag, resume = "ceiling", "--ceiling-for", f"--max-cost {_up(r.predicted.cost_worst)}"
     elif r.status == "deadline" and under.deadline_s is not None:
-        what, flag, resume = "deadline", "--deadline-for", f"--deadline {r.predicted.latency_worst_s:.4g}"
+        what, flag, resume = "deadline", "--deadline-for", f"--deadline {_up(r.predicted.latency_worst_s)}"
     else:
         return []
     again = f"trilemma resume {short_id(r.run_id)}{journal_flag(r.journal)} {resume}"
     return [f"to choose a {what}: trilemma simulate {shlex.quote(spec)} {flag} 0.95 (the smallest "
             "under which 95% of runs finish)",
             f"to finish this run: {again} (the worst case; the steps done are not run again)"]
+
+
+def _up(x: float, digits: int = 4) -> str:
+    """``x`` to ``digits`` significant digits, rounded up (a bound it must not undercut)."""
+    if x <= 0 or not math.isfinite(x):
+        return f"{x:g}"
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(x)))
+    return f"{math.ceil(round(x * scale, 6)) / scale:g}"
 
 
 def clipped(text: str, width: int = 70) -> str:
