@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Any
 
 from rich import box
 from rich.cells import cell_len
-from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.console import Console, ConsoleOptions, JustifyMethod, RenderableType, RenderResult
 from rich.measure import Measurement
 from rich.padding import Padding
 from rich.table import Table
@@ -34,8 +35,13 @@ class FittedTable(Table):
     still do not fit side by side, each row is shown as a block of its own, a "header
     value" line a column (as ``psql``'s expanded display), rather than let rich cut them.
     The fitting is made on a copy, for the width at hand. On a terminal wide enough it
-    renders exactly as a :class:`Table`.
+    renders exactly as a :class:`Table`. Its caption (notes under the figures, often two
+    lines long) is left-aligned unless ``caption_justify`` says otherwise: rich centres it,
+    which sets a wrapped note's second line adrift in the middle.
     """
+
+    def __init__(self, *args: Any, caption_justify: JustifyMethod = "left", **kwargs: Any) -> None:
+        super().__init__(*args, caption_justify=caption_justify, **kwargs)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         spans = [[_span(console, options, c) for c in col.cells] for col in self.columns]
