@@ -329,6 +329,51 @@ def test_a_debates_answers_before_a_crash_are_not_asked_again_on_resume(
     assert d["steps"]["d"]["attempts"] == 1 and d["steps"]["d"]["cost_usd"] == pytest.approx(6 * one)
 
 
+def test_a_retry_resumed_after_a_crash_still_tells_the_model_why_it_was_rejected(
+    cli, tmp_path: Path
+) -> None:
+    """The gate rejected the first answer, and the process died while the retry, which told
+    the model why, was in flight: the resume sends that retry as it was, reason included."""
+    released = threading.Event()
+    seen = [0]
+
+    def script(payload: dict[str, Any]) -> Reply:  # the server calls it under its lock
+        seen[0] += 1
+        if seen[0] == 1:
+            return Reply("about forty")
+        return Reply("42", delay_s=0.0 if released.is_set() else 5.0)
+
+    with ScriptedServer(script) as srv:
+        spec = tmp_path / "gated.yaml"
+        spec.write_text(DEBATE_ON_AN_ENDPOINT.format(url=srv.url).replace(
+            "debate: {agents: 3, rounds: 2}, retries: 1", r"retries: 1, gate: {regex: '^\d+$'}"))
+        db = tmp_path / "j.db"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trilemma", "run", str(spec), "--journal", str(db), "--json"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while len(srv.requests) < 2:  # the retry is in flight
+                assert proc.poll() is None and time.monotonic() < deadline, "it did not get there"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        (run,) = Journal(db, create=False).runs()
+        released.set()
+        r = cli("resume", run["run_id"], "--journal", db, "--json")
+        assert r.code == 0, r.err
+        sent = [q["json"]["messages"] for q in srv.requests]
+    assert len(sent) == 3 and sent[2] == sent[1]  # the retry, sent again as it was
+    assert sent[2][-2] == {"role": "assistant", "content": "about forty"}
+    assert "rejected: the answer must match the regular expression" in sent[2][-1]["content"]
+    assert r.json()["outputs"] == {"d": "42"}
+
+
 def test_a_debate_the_ceiling_stopped_mid_round_resumes_from_its_answers(
     cli, tmp_path: Path
 ) -> None:

@@ -172,6 +172,19 @@ def test_schema_gate_rejects_a_real_model_answer_that_is_not_json(tmp_path: Path
     assert r.outputs == {"a": '{"name": "Ada"}'}
     assert [c["outcome"] for c in j.calls(r.run_id)] == ["rejected", "ok"]
     assert "must be JSON" in retry_messages[-1]["content"]  # the reason goes back to the model
+    rejected, ok = j.calls(r.run_id)  # and the ledger says why the gate refused it
+    assert rejected["error"].startswith("rejected: the answer must be JSON") and ok["error"] is None
+
+
+def test_the_ledger_table_says_why_the_gate_rejected_an_answer(cli, tmp_path: Path) -> None:
+    gate = r"gate: {regex: '^\d+$'}"
+    with ScriptedServer([Reply("about forty"), Reply("42")]) as srv:
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(spec_for(srv.url, f"  - {{id: a, model: local, retries: 1, {gate}}}"))
+        with fast_retries():
+            run_id = cli("run", spec, "--journal", tmp_path / "j.db", "--json").json()["run_id"]
+    table = " ".join(cli("ledger", run_id, "--journal", tmp_path / "j.db").out.split())
+    assert "rejected: the answer must match the regular expression /^\\d+$/" in table
 
 
 def test_an_answer_cut_at_max_tokens_is_marked_and_its_rejection_says_why(

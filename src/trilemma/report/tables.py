@@ -843,8 +843,10 @@ def ledger_table(run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.
             outcome = r["outcome"] + (" (cache)" if r["cache_hit"] else "")
         if r["finish_reason"] == CUT:
             outcome += ", cut at max_tokens"
-        if r["outcome"] == "ok" and (r["error"] or "").startswith(UNREPORTED):
+        if r["outcome"] in ("ok", "rejected") and (r["error"] or "").startswith(UNREPORTED):
             outcome += ", no usage: billed at its reservation"
+        if r["outcome"] == "rejected" and "rejected: " in (r["error"] or ""):  # the gate's why
+            outcome += ": " + clipped(r["error"].split("rejected: ", 1)[1], 60)
         if r["in_flight"]:
             outcome = "IN FLIGHT at crash: may be billed"
         elif r["outcome"] == "answered":

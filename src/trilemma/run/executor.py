@@ -342,6 +342,9 @@ class Executor:
         was cut short (a crash, or the run stopped), which are not sent again."""
         self._unjudged: set[str] = set()
         """Keys of real models' answers journaled ahead of their attempt's verdict."""
+        self.feedback_from: dict[str, tuple[str, str]] = {}
+        """Resumed: per step, the answer its gate last rejected and why (as the journal
+        keeps them), which its next attempt sends back to the model."""
         self.latency_before = 0.0
         """Seconds a resumed run spent running in its earlier sessions: its latency adds them."""
         self.priority = remaining_path(wf, {r.id: r.latency_s for r in self.predicted.per_step})
@@ -504,7 +507,8 @@ class Executor:
 
     async def _attempts(self, s: Session, step: Step) -> StepResult:
         base = self._messages(step, s)
-        state: dict[str, Any] = {"attempt": 0, "feedback": None, "pending": [], "cost": 0.0}
+        state: dict[str, Any] = {"attempt": 0, "feedback": self.feedback_from.get(step.id),
+                                 "pending": [], "cost": 0.0}  # fmt: skip
         lookup = settings = None
         rule = step.cache_rule
         if rule is not None:
@@ -644,6 +648,9 @@ class Executor:
             if step.extract == "number":
                 answer = _number(answer)
         except GateRejected as exc:
+            said = f"rejected: {exc.reason}"  # why, in the ledger beside each of its calls
+            for _, fields in pending:
+                fields["error"] = f"{fields['error']}; {said}" if fields.get("error") else said
             self.writer.defer("attempt_finished", self.run_id, step.id, pending, rejected=True)
             if step.gate is None or step.gate.feedback:
                 state["feedback"] = (answer.text, exc.reason)

@@ -398,8 +398,27 @@ def reopen_run(
     ex.resume_from = _resume_points(wf, calls, done, list(changed))
     ex.replay = {c["idempotency_key"]: c for c in calls if call_outcome(c) == "answered"
                  and ex.resume_from.get(c["step_id"], (0,))[0] == c["attempt"]}  # fmt: skip
+    ex.feedback_from = _feedback(wf, calls, ex.resume_from)
     ex.latency_before = before
     return ex, done
+
+
+def _feedback(
+    wf: Workflow, calls: list[dict[str, Any]], points: Mapping[str, tuple[int, int, float]]
+) -> dict[str, tuple[str, str]]:
+    """Per resumed step whose gate sends its reason back: the answer its gate last rejected
+    before the attempt the resume starts at, and why, as the ledger keeps them. Only a
+    step of plain calls (and refinements), whose answer is its last call's."""
+    out: dict[str, tuple[str, str]] = {}
+    for step in wf.steps:
+        if step.id not in points or step.kind != "call" or not (step.gate is None or step.gate.feedback):
+            continue
+        start = points[step.id][0]
+        last = [c for c in calls if c["step_id"] == step.id and c["attempt"] == start - 1]
+        if last and last[-1]["outcome"] == "rejected" and "rejected: " in (last[-1]["error"] or ""):
+            said = last[-1]["error"].split("rejected: ", 1)[1]
+            out[step.id] = ((last[-1]["response"] or "").strip(), said)
+    return out
 
 
 def time_before(journal: Journal, row: Mapping[str, Any]) -> float:
