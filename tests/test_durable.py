@@ -269,6 +269,26 @@ steps:
 """
 
 
+def kill_when_sent(srv: ScriptedServer, requests: int, spec: Path, db: Path) -> None:
+    """``trilemma run SPEC`` in a subprocess, killed with SIGKILL once ``srv`` has had
+    ``requests`` requests."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trilemma", "run", str(spec), "--journal", str(db), "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while len(srv.requests) < requests:
+            assert proc.poll() is None and time.monotonic() < deadline, "it did not get there"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_a_debates_answers_before_a_crash_are_not_asked_again_on_resume(
     cli, tmp_path: Path
 ) -> None:
@@ -287,21 +307,7 @@ def test_a_debates_answers_before_a_crash_are_not_asked_again_on_resume(
         spec = tmp_path / "debate.yaml"
         spec.write_text(DEBATE_ON_AN_ENDPOINT.format(url=srv.url))
         db = tmp_path / "j.db"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "trilemma", "run", str(spec), "--journal", str(db), "--json"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 30
-            while len(srv.requests) < 6:  # the second round is in flight
-                assert proc.poll() is None and time.monotonic() < deadline, "it did not get there"
-                time.sleep(0.01)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        kill_when_sent(srv, 6, spec, db)  # the second round is in flight
         journal = Journal(db, create=False)
         (run,) = journal.runs()
         before = {c["call"]: c for c in journal.calls(run["run_id"])}
@@ -348,21 +354,7 @@ def test_a_retry_resumed_after_a_crash_still_tells_the_model_why_it_was_rejected
         spec.write_text(DEBATE_ON_AN_ENDPOINT.format(url=srv.url).replace(
             "debate: {agents: 3, rounds: 2}, retries: 1", r"retries: 1, gate: {regex: '^\d+$'}"))
         db = tmp_path / "j.db"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "trilemma", "run", str(spec), "--journal", str(db), "--json"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 30
-            while len(srv.requests) < 2:  # the retry is in flight
-                assert proc.poll() is None and time.monotonic() < deadline, "it did not get there"
-                time.sleep(0.01)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        kill_when_sent(srv, 2, spec, db)  # the retry is in flight
         (run,) = Journal(db, create=False).runs()
         released.set()
         r = cli("resume", run["run_id"], "--journal", db, "--json")
