@@ -128,7 +128,7 @@ def test_a_name_is_not_folded_to_a_sliver_the_rows_are_stacked() -> None:
 
 
 def _as_table(t: FittedTable) -> Table:
-    plain = Table(title=t.title, caption=t.caption)
+    plain = Table(title=t.title, caption=t.caption, caption_justify=t.caption_justify)
     for c in t.columns:
         plain.add_column(c.header, justify=c.justify, no_wrap=c.no_wrap)
     for row in zip(*(list(c.cells) for c in t.columns), strict=True):
