@@ -25,7 +25,8 @@ from trilemma._proc import pid_alive
 from trilemma.errors import JournalBusy, JournalError, NotAJournal
 from trilemma.journal.migrations import MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["DEFAULT_PATH", "Journal", "JournalWriter", "abandoned", "call_outcome", "sent_by_step"]
+__all__ = ["DEFAULT_PATH", "REJECTED", "Journal", "JournalWriter", "abandoned", "call_outcome",
+           "rejection", "sent_by_step"]
 
 DEFAULT_PATH = Path(".trilemma") / "trilemma.db"
 BUSY_TIMEOUT_S = 30.0
@@ -50,6 +51,18 @@ def call_outcome(call: Mapping[str, Any]) -> str:
     if call["state"] == "started":
         return "in_flight"
     return call["outcome"] or "answered"
+
+
+#: How a call of an attempt the gate rejected starts its ``error``: then the gate's reason.
+REJECTED = "rejected: "
+
+
+def rejection(call: Mapping[str, Any]) -> str | None:
+    """Why the gate rejected a journaled call's attempt (after any bill note), or None."""
+    said = call["error"] or ""
+    if call["outcome"] != "rejected" or REJECTED not in said:
+        return None
+    return said.split(REJECTED, 1)[1]
 
 
 def sent_by_step(calls: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, float]]:

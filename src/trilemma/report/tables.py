@@ -13,7 +13,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from trilemma.journal.store import DEFAULT_PATH, abandoned, call_outcome
+from trilemma.journal.store import DEFAULT_PATH, abandoned, call_outcome, rejection
 from trilemma.plan.estimate import Estimate, held_worst
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
 from trilemma.plan.hedge import timeouts
@@ -845,8 +845,9 @@ def ledger_table(run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.
             outcome += ", cut at max_tokens"
         if r["outcome"] in ("ok", "rejected") and (r["error"] or "").startswith(UNREPORTED):
             outcome += ", no usage: billed at its reservation"
-        if r["outcome"] == "rejected" and "rejected: " in (r["error"] or ""):  # the gate's why
-            outcome += ": " + clipped(r["error"].split("rejected: ", 1)[1], 60)
+        why = rejection(r)  # the gate's reason
+        if why is not None:
+            outcome += ": " + clipped(why, 60)
         if r["in_flight"]:
             outcome = "IN FLIGHT at crash: may be billed"
         elif r["outcome"] == "answered":

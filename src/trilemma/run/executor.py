@@ -47,6 +47,7 @@ from trilemma.errors import (
 from trilemma.journal.store import (
     FREE_COMMIT_S,
     GROUP_COMMIT_S,
+    REJECTED,
     Journal,
     JournalWriter,
     messages_json,
@@ -648,7 +649,7 @@ class Executor:
             if step.extract == "number":
                 answer = _number(answer)
         except GateRejected as exc:
-            said = f"rejected: {exc.reason}"  # why, in the ledger beside each of its calls
+            said = REJECTED + exc.reason  # why, in the ledger beside each of its calls
             for _, fields in pending:
                 fields["error"] = f"{fields['error']}; {said}" if fields.get("error") else said
             self.writer.defer("attempt_finished", self.run_id, step.id, pending, rejected=True)

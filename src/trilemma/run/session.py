@@ -21,7 +21,7 @@ from trilemma._proc import pid_alive
 from trilemma.cache.semantic import Embedder, default_embedder
 from trilemma.cache.shared import SharedCache
 from trilemma.errors import UsageError
-from trilemma.journal.store import Journal, JournalWriter, call_outcome, dumps
+from trilemma.journal.store import Journal, JournalWriter, call_outcome, dumps, rejection
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.providers.base import Provider
 from trilemma.providers.sim import SimProvider
@@ -395,17 +395,22 @@ def reopen_run(
                   predicted=predicted, on_event=on_event, embedder=embedder,
                   tenant=row["tenant"], limits=limits, writer=writer,
                   shared_cache=shared_cache)  # fmt: skip
-    ex.resume_from = _resume_points(wf, calls, done, list(changed))
-    ex.replay = {c["idempotency_key"]: c for c in calls if call_outcome(c) == "answered"
-                 and ex.resume_from.get(c["step_id"], (0,))[0] == c["attempt"]}  # fmt: skip
-    ex.feedback_from = _feedback(wf, calls, ex.resume_from)
+    by_step: dict[str, list[dict[str, Any]]] = {}  # read once for what follows
+    for c in calls:
+        if c["role"] != "cache":
+            by_step.setdefault(c["step_id"], []).append(c)
+    ex.resume_from = _resume_points(wf, by_step, done, list(changed))
+    ex.replay = {c["idempotency_key"]: c for sid, (start, _, _) in ex.resume_from.items()
+                 for c in by_step[sid] if c["attempt"] == start and call_outcome(c) == "answered"}  # fmt: skip
+    ex.feedback_from = _feedback(wf, by_step, ex.resume_from)
     ex.latency_before = before
     return ex, done
 
 
 def _feedback(
-    wf: Workflow, calls: list[dict[str, Any]], points: Mapping[str, tuple[int, int, float]]
-) -> dict[str, tuple[str, str]]:
+    wf: Workflow, by_step: Mapping[str, list[dict[str, Any]]],
+    points: Mapping[str, tuple[int, int, float]],
+) -> dict[str, tuple[str, str]]:  # fmt: skip
     """Per resumed step whose gate sends its reason back: the answer its gate last rejected
     before the attempt the resume starts at, and why, as the ledger keeps them. Only a
     step of plain calls (and refinements), whose answer is its last call's."""
@@ -413,11 +418,10 @@ def _feedback(
     for step in wf.steps:
         if step.id not in points or step.kind != "call" or not (step.gate is None or step.gate.feedback):
             continue
-        start = points[step.id][0]
-        last = [c for c in calls if c["step_id"] == step.id and c["attempt"] == start - 1]
-        if last and last[-1]["outcome"] == "rejected" and "rejected: " in (last[-1]["error"] or ""):
-            said = last[-1]["error"].split("rejected: ", 1)[1]
-            out[step.id] = ((last[-1]["response"] or "").strip(), said)
+        before = [c for c in by_step[step.id] if c["attempt"] == points[step.id][0] - 1]
+        said = rejection(before[-1]) if before else None
+        if said is not None:
+            out[step.id] = ((before[-1]["response"] or "").strip(), said)
     return out
 
 
@@ -459,14 +463,16 @@ CUT_SHORT = ("in_flight", "unsent", "answered")
 
 
 def _resume_points(
-    wf: Workflow, calls: list[dict[str, Any]], done: Mapping[str, Any], changed: list[str]
-) -> dict[str, tuple[int, int, float]]:
+    wf: Workflow, by_step: Mapping[str, list[dict[str, Any]]], done: Mapping[str, Any],
+    changed: list[str],
+) -> dict[str, tuple[int, int, float]]:  # fmt: skip
     """Per unfinished step: the attempt to start at, how many it has left, and what its
     attempts were billed before (its cost goes on from there).
 
-    An attempt with a call still in flight, one that was never sent (cancelled while its
-    record committed), or one a real endpoint answered without its attempt's verdict (a
-    crash between the two, or the run stopped first), is re-sent as itself (same keys, same ledger rows; the answered
+    ``by_step``: the run's calls (cache hits left out) by step. An attempt with a call still
+    in flight, one that was never sent (cancelled while its record committed), or one a
+    real endpoint answered without its attempt's verdict (a crash between the two, or the
+    run stopped first), is re-sent as itself (same keys, same ledger rows; the answered
     calls are not asked again: the executor's ``replay``): it used none of the step's
     attempts, nor, in a cascade, its rung. Otherwise the next attempt follows the last one
     journaled. A step always gets at least one attempt.
@@ -475,7 +481,7 @@ def _resume_points(
     for step in wf.steps:
         if step.id in done or step.id in changed:
             continue
-        mine = [c for c in calls if c["step_id"] == step.id and c["role"] != "cache"]
+        mine = by_step.get(step.id)
         if not mine:
             continue
         in_flight = [c["attempt"] for c in mine if call_outcome(c) in CUT_SHORT]
