@@ -25,6 +25,8 @@ from trilemma.errors import JournalError, NotAJournal
 from trilemma.journal import Journal
 from trilemma.journal.store import JournalWriter, map_sqlite_errors
 from trilemma.run.session import execute
+from trilemma.run.steps import answer_of
+from trilemma.spec import Step
 from trilemma.testing import Reply, ScriptedServer, fast_retries
 
 from .durable_helpers import CHAIN_SPEC, ledger_key, start_and_kill
@@ -364,6 +366,68 @@ def test_a_retry_resumed_after_a_crash_still_tells_the_model_why_it_was_rejected
     assert sent[2][-2] == {"role": "assistant", "content": "about forty"}
     assert "rejected: the answer must match the regular expression" in sent[2][-1]["content"]
     assert r.json()["outputs"] == {"d": "42"}
+
+
+def test_a_gated_votes_retry_resumed_after_a_crash_still_tells_the_model_why(
+    cli, tmp_path: Path
+) -> None:
+    """As above for a vote, whose rejected answer is its samples' majority, kept by the
+    journal only as the samples: the resume picks it again and sends the retry as it was."""
+    released = threading.Event()
+    seen = [0]
+
+    def script(payload: dict[str, Any]) -> Reply:  # the server calls it under its lock
+        seen[0] += 1
+        if seen[0] <= 3:  # the first attempt's samples: "about forty" wins two to one
+            return Reply("41" if seen[0] == 2 else "About  forty ")
+        return Reply("42", delay_s=0.0 if released.is_set() else 5.0)
+
+    with ScriptedServer(script) as srv:
+        spec = tmp_path / "gated.yaml"
+        spec.write_text(DEBATE_ON_AN_ENDPOINT.format(url=srv.url).replace(
+            "debate: {agents: 3, rounds: 2}", r"vote: {samples: 3}, gate: {regex: '^\d+$'}"))
+        db = tmp_path / "j.db"
+        kill_when_sent(srv, 6, spec, db)  # the retry's three samples are in flight
+        (run,) = Journal(db, create=False).runs()
+        released.set()
+        r = cli("resume", run["run_id"], "--journal", db, "--json")
+        assert r.code == 0, r.err
+        sent = {}
+        for q in srv.requests:
+            sent.setdefault(q["headers"]["idempotency-key"], []).append(q["json"]["messages"])
+    retried = [m for m in sent.values() if len(m) == 2]
+    assert len(sent) == 6 and len(retried) == 3  # the retry's samples, each sent twice
+    for before, after in retried:
+        assert after == before  # as the killed process sent it
+        assert after[-2] == {"role": "assistant", "content": "About  forty"}
+        assert "rejected: the answer must match the regular expression" in after[-1]["content"]
+    assert r.json()["outputs"] == {"d": "42"}
+
+
+def _step(**kind: Any) -> Step:
+    return Step.model_validate({"id": "s", "model": "m", **kind})
+
+
+@pytest.mark.parametrize(("step", "calls", "answer"), [
+    (_step(), [("call", " 7 ")], "7"),
+    (_step(debate_rounds=1), [("call", "7"), ("refine 1", "8")], "8"),
+    (_step(debate={"agents": 2, "rounds": 2, "judge": True}),
+     [("agent 1 round 1", "1"), ("agent 2 round 1", "2"), ("agent 1 round 2", "2"),
+      ("agent 2 round 2", "2"), ("judge", " 3")], "3"),
+    (_step(debate={"agents": 3, "rounds": 2}),
+     [("agent 1 round 1", "1"), ("agent 2 round 1", "1"), ("agent 3 round 1", "1"),
+      ("agent 1 round 2", "5"), ("agent 2 round 2", "6"), ("agent 3 round 2", "6")], "6"),
+    (_step(vote={"samples": 2}), [("sample 1", "a"), ("sample 2", "b")], "a"),  # a tie: the first
+    (_step(route={"easy": {"model": "m", "share": 0.5},
+                  "hard": {"model": "m", "share": 0.5, "vote": {"samples": 3}}}),
+     [("route: hard", "hard"), ("sample 1", "x"), ("sample 2", "y"), ("sample 3", "y")], "y"),
+    (_step(vote={"samples": 2}), [("sample 1", "a"), ("sample 2", None)], None),
+    (_step(), [], None),
+], ids=["call", "refined", "judge", "debate majority", "vote tie", "routed", "unanswered", "none"])  # fmt: skip
+def test_the_journal_gives_back_the_answer_an_attempt_picked(
+    step: Step, calls: list[tuple[str, str | None]], answer: str | None
+) -> None:
+    assert answer_of(step, [{"role": r, "response": t} for r, t in calls]) == answer
 
 
 def test_a_debate_the_ceiling_stopped_mid_round_resumes_from_its_answers(

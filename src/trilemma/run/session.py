@@ -39,6 +39,7 @@ from trilemma.run.gates import Check, build_gate
 from trilemma.run.retry import check_time_scale
 from trilemma.run.routes import Route
 from trilemma.run.shared_budget import SharedCeiling, SharedSpend
+from trilemma.run.steps import answer_of
 from trilemma.spec import ModelProfile, Workflow, load_workflow, workflow_from_dict
 from trilemma.spec.load import not_text_at
 
@@ -412,16 +413,18 @@ def _feedback(
     points: Mapping[str, tuple[int, int, float]],
 ) -> dict[str, tuple[str, str]]:  # fmt: skip
     """Per resumed step whose gate sends its reason back: the answer its gate last rejected
-    before the attempt the resume starts at, and why, as the ledger keeps them. Only a
-    step of plain calls (and refinements), whose answer is its last call's."""
+    before the attempt the resume starts at, and why, as the ledger keeps them (the answer
+    picked from that attempt's calls as its kind picks it: the last call's, a judge's, a
+    majority)."""
     out: dict[str, tuple[str, str]] = {}
     for step in wf.steps:
-        if step.id not in points or step.kind != "call" or not (step.gate is None or step.gate.feedback):
+        if step.id not in points or not (step.gate is None or step.gate.feedback):
             continue
         before = [c for c in by_step[step.id] if c["attempt"] == points[step.id][0] - 1]
         said = rejection(before[-1]) if before else None
-        if said is not None:
-            out[step.id] = ((before[-1]["response"] or "").strip(), said)
+        answer = answer_of(step, before) if said is not None else None
+        if said is not None and answer is not None:
+            out[step.id] = (answer, said)
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from trilemma.providers.base import CUT, Completion, Message
 from trilemma.spec import Step
 
-__all__ = ["Answer", "CallFn", "pick_route", "route_prompt", "run_kind"]
+__all__ = ["Answer", "CallFn", "answer_of", "pick_route", "route_prompt", "run_kind"]
 
 CallFn = Callable[[Sequence[Message], str], Awaitable[Completion]]
 
@@ -72,14 +72,47 @@ def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower())
 
 
+def _most_common(texts: Sequence[str]) -> int:
+    """Where the most frequent text first comes (whitespace and case ignored)."""
+    normed = [_norm(t) for t in texts]
+    counts = Counter(normed)
+    best = max(counts.values())
+    return next(i for i, n in enumerate(normed) if counts[n] == best)
+
+
 def majority(answers: Sequence[Completion]) -> Answer:
     """The most frequent answer (whitespace and case ignored); ties go to the earliest."""
-    counts = Counter(_norm(a.text) for a in answers)
-    best = max(counts.values())
-    for a in answers:
-        if counts[_norm(a.text)] == best:
-            return Answer(a.text.strip(), a.verdict, a.finish_reason == CUT)
-    raise AssertionError("no answers")
+    a = answers[_most_common([a.text for a in answers])]
+    return Answer(a.text.strip(), a.verdict, a.finish_reason == CUT)
+
+
+def answer_of(step: Step, calls: Sequence[Mapping[str, Any]]) -> str | None:
+    """The answer one finished attempt of ``step`` gave, picked from its calls as the journal
+    keeps them (``role`` and ``response``, in the order they were made) by the rule its
+    kind picks by when it runs; None if a call it needs has no answer.
+
+    >>> from trilemma.spec import Step
+    >>> vote = Step.model_validate({"id": "v", "model": "m", "vote": {"samples": 3}})
+    >>> answer_of(vote, [{"role": f"sample {i}", "response": r}
+    ...                  for i, r in enumerate(["7", " 8", "8 "], 1)])
+    '8'
+    """
+    if calls and step.route is not None and calls[0]["role"].startswith("route: "):
+        label = calls[0]["role"].removeprefix("route: ")
+        if label in step.route:
+            step, calls = step.branch_step(label), calls[1:]
+    if step.debate is not None and step.debate.judge:
+        picked = [c for c in calls if c["role"] == "judge"]
+    elif step.debate is not None:
+        picked = [c for c in calls if c["role"].endswith(f" round {step.debate.rounds}")]
+    elif step.vote is not None:
+        picked = [c for c in calls if c["role"].startswith("sample ")]
+    else:
+        picked = list(calls[-1:])
+    texts = [c["response"] for c in picked]
+    if not texts or any(t is None for t in texts):
+        return None
+    return str(texts[_most_common(texts) if step.by_majority else -1]).strip()
 
 
 def run_kind(step: Step, base: list[Message], call: CallFn) -> Coroutine[Any, Any, Answer]:
