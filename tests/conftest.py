@@ -32,6 +32,13 @@ steps:
 """
 
 
+@pytest.fixture(autouse=True)
+def _piped_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables at the width a pipe gets (150 columns), whatever COLUMNS the shell exported;
+    a test that wants another width sets it."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 @dataclass
 class Result:
     """What one CLI invocation returned and printed."""

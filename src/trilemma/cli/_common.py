@@ -116,9 +116,11 @@ def _at_most(bound: float, said: str) -> Callable[[float | None], float | None]:
 
 
 def stdout_console() -> Console:
-    """Tables on stdout; wide enough to stay readable when piped to a file."""
+    """Tables on stdout: as wide as the terminal, or as ``COLUMNS`` when it is set (as help
+    is); piped with neither, 150 columns, wide enough to stay readable in a file."""
+    given = sys.stdout.isatty() or os.environ.get("COLUMNS", "").strip().isdigit()
     return Console(highlight=False, markup=False,  # cells hold model answers: "[/INST]" is text
-                   width=None if sys.stdout.isatty() else 150)
+                   width=None if given else 150)
 
 
 def emit_json(data: Any) -> None:
