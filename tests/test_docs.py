@@ -55,6 +55,17 @@ def test_help_gives_a_flag_no_type(cli, monkeypatch, tmp_path: Path) -> None:
     assert r.code == 0 and '"status": "ok"' in r.out, r.err  # and a flag still parses as one
 
 
+def test_tables_take_an_exported_width_when_piped(cli, monkeypatch, tmp_path: Path) -> None:
+    """Piped, the tables are 150 columns wide, or COLUMNS wide when the shell exports it."""
+    spec, journal = ROOT / "examples" / "ticket.yaml", tmp_path / "t.db"
+    args = ("run", spec, "--journal", journal, "--seed", "1", "--max-cost", "0.1")
+    wide = cli(*args).out.splitlines()
+    assert max(map(len, wide)) > 100  # the step table's error: one line, at the piped width
+    monkeypatch.setenv("COLUMNS", "80")
+    narrow = cli(*args).out.splitlines()
+    assert max(map(len, narrow)) <= 80 and len(narrow) > len(wide)
+
+
 def test_each_example_in_the_help_is_a_paragraph_of_its_own() -> None:
     # typer's markdown help joins lines that are not apart: two examples read as one command
     import itertools
