@@ -494,6 +494,37 @@ def test_ledger_of_an_unknown_run_is_bad_input(cli, tmp_path: Path) -> None:
     assert missing.code == 2 and "no journal" in missing.err
 
 
+def test_the_ledger_shows_one_steps_calls_or_the_calls_that_ended_one_way(
+    cli, tmp_path: Path
+) -> None:
+    """--step and --outcome narrow the ledger; under the table, what its calls were billed
+    and how they ended; a step or an outcome that cannot match is bad input."""
+    db, spec = tmp_path / "j.db", tmp_path / "faulty.yaml"
+    spec.write_text(
+        "version: 1\nmodels:\n  m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0, "
+        "faults: {transient_error_rate: 0.5}}\nsteps:\n"
+        + "".join(f"  - {{id: s{i}, model: m, retries: 20}}\n" for i in range(6)))
+    d = cli("run", spec, "--journal", db, "--seed", "2", "--json").json()
+    everything = cli("ledger", d["run_id"], "--journal", db, "--json").json()
+    failed = [r for r in everything if r["outcome"] == "transient"]
+    assert failed and len(everything) == 6 + len(failed)  # every step ok once, some retried
+    r = cli("ledger", d["run_id"], "--journal", db, "--outcome", "transient", "--json")
+    assert r.json() == failed
+    both = cli("ledger", d["run_id"], "--journal", db, "--step", "s1", "--step", "s4",
+               "--outcome", "ok", "--json").json()  # fmt: skip
+    assert sorted((x["step"], x["outcome"]) for x in both) == [("s1", "ok"), ("s4", "ok")]
+    table = " ".join(cli("ledger", d["run_id"], "--journal", db).out.split())
+    assert f"{len(everything)} calls" in table
+    assert f"billed $0.0600; 6 ok, {len(failed)} transient" in table
+    one = " ".join(cli("ledger", d["run_id"], "--journal", db, "--step", "s1",
+                       "--outcome", "ok").out.split())  # fmt: skip
+    assert ": 1 call (step s1; outcome ok)" in one and "billed $0.0100; 1 ok" in one
+    for flags, said in ((("--step", "s9"), "has no such step (its steps: s0, s1, s2, s3, s4, s5)"),
+                        (("--outcome", "failed"), "give one of ok, rejected, transient")):
+        bad = cli("ledger", d["run_id"], "--journal", db, *flags)
+        assert bad.code == 2 and said in bad.err and "Traceback" not in bad.err
+
+
 def test_same_seed_same_outcomes_across_runs(tmp_path: Path) -> None:
     text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 0.5, latency_jitter: 0.3}",
                 [f"{{id: s{i}, model: m, retries: 5}}" for i in range(10)])  # fmt: skip

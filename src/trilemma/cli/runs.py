@@ -552,6 +552,15 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
 @app.command(rich_help_panel="Run and read the journal")
 def ledger(
     run_id: Annotated[str, run_ref("The run.")],
+    step: Annotated[
+        list[str] | None,
+        typer.Option(help="Only the calls of this step (repeat it for more).", show_default=False),
+    ] = None,
+    outcome: Annotated[
+        list[str] | None,
+        typer.Option(help="Only the calls that ended so (ok, rejected, transient, rate_limited, "
+                     "timeout, ...; repeat it for more).", show_default=False),
+    ] = None,
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonFlag = False,
 ) -> int:
@@ -559,19 +568,33 @@ def ledger(
 
     Example: trilemma ledger latest --json
 
-    Example: trilemma ledger 1a2b3c4d
+    Example: trilemma ledger 1a2b3c4d --step diagnose --outcome rejected
     """
     from trilemma.journal import Journal
+    from trilemma.journal.store import OUTCOMES
 
+    for o in outcome or ():
+        if o not in OUTCOMES:
+            raise UsageError(f"--outcome {o!r}: give one of {', '.join(OUTCOMES)}")
     j = Journal(journal, create=False)
     run_id = run_id_of(j, run_id)
     run = j.run(run_id)
     assert run is not None
     rows = [tables.ledger_row(r) for r in j.calls(run_id)]
+    if step:
+        spec = json.loads(run["spec_json"] or "{}")
+        known = [s["id"] for s in spec.get("steps", [])] + [r["step"] for r in rows]
+        for s in step:
+            if s not in known:
+                raise UsageError(f"--step {s!r}: run {run_id} has no such step (its steps: "
+                                 f"{', '.join(dict.fromkeys(known)) or 'none'})")  # fmt: skip
+    rows = [r for r in rows if (not step or r["step"] in step)
+            and (not outcome or r["outcome"] in outcome)]  # fmt: skip
     if as_json:
         emit_json(rows)
     else:
-        stdout_console().print(tables.ledger_table(run_id, rows, run["time_scale"]))
+        shown = {"step": step or [], "outcome": outcome or []}
+        stdout_console().print(tables.ledger_table(run_id, rows, run["time_scale"], shown))
     return 0
 
 

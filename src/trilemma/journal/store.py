@@ -43,6 +43,12 @@ def abandoned(run: Mapping[str, Any]) -> bool:
     return run["status"] == "running" and not (isinstance(pid, int) and pid_alive(pid))
 
 
+#: What :func:`call_outcome` may say of a call: the journal's outcomes (the error classes
+#: among them), then what the ledger calls a call whose outcome is not yet known.
+OUTCOMES = ("ok", "rejected", "transient", "rate_limited", "timeout", "malformed", "fatal",
+            "cancelled", "unsent", "hedged", "answered", "in_flight")  # fmt: skip
+
+
 def call_outcome(call: Mapping[str, Any]) -> str:
     """What became of a journaled call: its ``outcome``; ``in_flight`` while it is marked
     sent and unanswered (a crash); ``answered`` when a real endpoint answered it but its

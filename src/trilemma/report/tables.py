@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 import shlex
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -826,12 +827,22 @@ def ledger_row(r: dict[str, Any]) -> dict[str, Any]:
 TEXT_COLUMNS = ("step", "role", "model", "outcome")
 
 
-def ledger_table(run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.0) -> Table:
-    """``trilemma ledger`` (``time_scale``: the run's, journaled; below 1 the caption says so)."""
-    t = FittedTable(title=f"Ledger of {run_id}: {len(rows)} calls", title_justify="left")
+def ledger_table(
+    run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.0,
+    only: Mapping[str, Sequence[str]] | None = None,
+) -> Table:  # fmt: skip
+    """``trilemma ledger``: its calls, and under them what they were billed and how they
+    ended (``time_scale``: the run's, journaled; below 1 the caption says so; ``only``: the
+    filters the rows passed, by field, named in the title)."""
+    kept = "; ".join(f"{k} {', '.join(v)}" for k, v in (only or {}).items() if v)
+    calls = f"{len(rows)} call" + ("" if len(rows) == 1 else "s")
+    t = FittedTable(title=f"Ledger of {run_id}: {calls}" + (f" ({kept})" if kept else ""),
+                    title_justify="left")  # fmt: skip
+    notes = [ledger_totals(rows)] if rows else []
     if time_scale != 1:
-        t.caption = (f"simulated time ran {1 / time_scale:g}x faster (compare or sweep): "
+        notes.append(f"simulated time ran {1 / time_scale:g}x faster (compare or sweep): "
                      f"latencies are {time_scale:g} of the spec's own")  # fmt: skip
+    t.caption = "\n".join(notes) or None
     for col in ("step", "attempt", "role", "model", "tokens in", "tokens out", "cost", "latency",
                 "outcome"):  # fmt: skip
         t.add_column(col, justify="left" if col in TEXT_COLUMNS else "right")
@@ -859,6 +870,18 @@ def ledger_table(run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.
                   str(r["completion_tokens"] or "-"), _usd(r["cost_usd"]),
                   "-" if r["latency_s"] is None else f"{r['latency_s']:.3f}s", outcome)  # fmt: skip
     return t
+
+
+def ledger_totals(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What ledger rows were billed, and how many ended each way, most first.
+
+    >>> ledger_totals([{"cost_usd": 0.01, "outcome": "ok"}, {"cost_usd": None,
+    ...                "outcome": "transient"}, {"cost_usd": 0.01, "outcome": "ok"}])
+    'billed $0.0200; 2 ok, 1 transient'
+    """
+    ends = Counter(r["outcome"] for r in rows)
+    billed = math.fsum(r["cost_usd"] for r in rows if r["cost_usd"] is not None)
+    return f"billed {_usd(billed)}; " + ", ".join(f"{n} {o}" for o, n in ends.most_common())
 
 
 def cliff_table(points: Sequence[Any], model: str) -> Table:
