@@ -41,6 +41,7 @@ from trilemma.cli._common import (
     write_atomic,
 )
 from trilemma.errors import SetupError, UsageError
+from trilemma.journal.store import GATEWAY_RUN
 from trilemma.report import tables
 from trilemma.spec import load_workflow, workflow_from_dict
 
@@ -523,7 +524,7 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
                           "it; `trilemma cache clear` forgets it now)")  # fmt: skip
         flag = tables.journal_flag(journal)  # the commands below read this journal
         for run_id in report["interrupted_runs"]:
-            if run_id.startswith("gateway-"):
+            if run_id.startswith(GATEWAY_RUN):
                 console.print(f"gateway run {run_id} stopped without closing; its calls are in "
                               "the ledger and the next `trilemma gateway` reopens it")  # fmt: skip
             else:
@@ -547,6 +548,74 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
         ):
             console.print("all good")
     return 0 if healthy else 1
+
+
+def _file_size(journal: Path) -> int:
+    """A journal's bytes on disk: the file and its write-ahead log."""
+    log = journal.with_name(journal.name + "-wal")
+    return journal.stat().st_size + (log.stat().st_size if log.exists() else 0)
+
+
+@app.command(rich_help_panel="Run and read the journal")
+def prune(
+    older_than: Annotated[
+        float, typer.Option(min=0.0, help="Forget runs started more than this many days ago.",
+                            show_default=False),
+    ],
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only runs that ended so (ok, budget_exhausted, deadline, failed).",
+                     show_default=False),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would go; keep it.")] = False,
+    vacuum: Annotated[
+        bool, typer.Option("--vacuum", help="Then shrink the file (rewrites it: needs the "
+                           "journal to itself, and free disk as large as it).")
+    ] = False,
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    as_json: JsonFlag = False,
+) -> int:
+    """Forget old runs from a journal: their calls, steps and specs (cached answers stay).
+
+    Runs still running or waiting for `trilemma resume` stay, as do a gateway's keys' runs
+    (their calls are the keys' spend) and any batch that is not old all through.
+
+    Example: trilemma prune --older-than 30 --dry-run
+
+    Example: trilemma prune --older-than 90 --vacuum
+    """
+    import time
+
+    from trilemma.journal import Journal
+
+    if status is not None and status not in RUN_STATUSES[:-1]:
+        raise UsageError(f"--status {status!r}: give one of {', '.join(RUN_STATUSES[:-1])} "
+                         "(a running run is never pruned)")  # fmt: skip
+    j = Journal(journal, create=False)
+    size = _file_size(journal)
+    before = time.time() - older_than * 86_400
+    p = j.prune(before, status=status, dry_run=dry_run)
+    if vacuum and not dry_run:
+        j.vacuum()
+    out: dict[str, Any] = {"dry_run": dry_run, "runs": len(p.run_ids), "calls": p.calls, "steps": p.steps,
+           "kept_in_batches": p.kept_in_batches, "before": iso(before), "run_ids": p.run_ids,
+           "bytes_before": size, "bytes_after": _file_size(journal)}  # fmt: skip
+    if as_json:
+        emit_json(out)
+        return 0
+    said = "would forget" if dry_run else "forgot"
+    lines = [f"{said} {tables.counted(len(p.run_ids), 'run')} started before {out['before']} "
+             f"({tables.counted(p.calls, 'call')}) from {journal}"]  # fmt: skip
+    if p.kept_in_batches:
+        lines.append(f"kept {tables.counted(p.kept_in_batches, 'run')} as old, of batches with "
+                     "newer or unfinished runs (a batch goes whole)")  # fmt: skip
+    if vacuum and not dry_run:
+        lines.append(f"the file: {size / 1e6:.1f} MB before, {out['bytes_after'] / 1e6:.1f} MB now")
+    elif p.run_ids and not dry_run:
+        lines.append("the file keeps its size and reuses the space for new rows; --vacuum "
+                     "shrinks it")  # fmt: skip
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
 
 
 @app.command(rich_help_panel="Run and read the journal")

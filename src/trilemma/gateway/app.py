@@ -61,7 +61,13 @@ from trilemma.gateway.config import GatewayConfig
 from trilemma.gateway.health import LocalHealth, ModelHealth, RedisHealth
 from trilemma.gateway.rates import KeyRates, LocalRates, RedisRates
 from trilemma.gateway.wire import Chunks, after, completion_body, error, sse, upstream_error
-from trilemma.journal.store import GROUP_COMMIT_S, Journal, JournalWriter, messages_json
+from trilemma.journal.store import (
+    GATEWAY_RUN,
+    GROUP_COMMIT_S,
+    Journal,
+    JournalWriter,
+    messages_json,
+)
 from trilemma.providers.base import (
     Message,
     Provider,
@@ -89,7 +95,7 @@ ROUTES = ("POST /v1/chat/completions", "GET /v1/models", "GET /v1/budget")
 
 def run_id_of(key: str) -> str:
     """The journal run that holds a key's calls."""
-    return f"gateway-{key}"
+    return GATEWAY_RUN + key
 
 
 class _Refused(Exception):

@@ -17,6 +17,7 @@ import sqlite3
 import time
 from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,8 @@ from trilemma._proc import pid_alive
 from trilemma.errors import JournalBusy, JournalError, NotAJournal
 from trilemma.journal.migrations import MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["DEFAULT_PATH", "REJECTED", "Journal", "JournalWriter", "abandoned", "call_outcome",
-           "rejection", "sent_by_step"]
+__all__ = ["DEFAULT_PATH", "GATEWAY_RUN", "OUTCOMES", "REJECTED", "Journal", "JournalWriter",
+           "Pruned", "abandoned", "call_outcome", "rejection", "sent_by_step"]
 
 DEFAULT_PATH = Path(".trilemma") / "trilemma.db"
 BUSY_TIMEOUT_S = 30.0
@@ -34,6 +35,10 @@ Op = tuple[str, tuple[Any, ...], dict[str, Any]]
 #: A run's calls: a range scan of the idempotency-key index (keys are run:step:attempt:call).
 RUN_CALLS = "idempotency_key >= ? AND idempotency_key < ? AND run_id = ?"
 _SQLITE_MAX_INT = 2**63 - 1
+
+
+#: How a gateway key's run id starts (``gateway-KEY``): its calls are the key's spend.
+GATEWAY_RUN = "gateway-"
 
 
 def abandoned(run: Mapping[str, Any]) -> bool:
@@ -117,6 +122,22 @@ def map_sqlite_errors(path: Path) -> Iterator[None]:
         if "not a database" in str(exc):
             raise NotAJournal(f"{path}: not a trilemma journal (not a SQLite file)") from exc
         raise NotAJournal(f"{path}: not a readable trilemma journal ({exc})") from exc
+
+
+class _Undone(Exception):
+    """Rolls a dry run's transaction back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What :meth:`Journal.prune` forgot (or, on a dry run, would have)."""
+
+    run_ids: list[str]
+    calls: int
+    steps: int
+    kept_in_batches: int
+    """Runs old enough that were kept because their batch has runs that are not."""
+    dry_run: bool
 
 
 class Journal:
@@ -477,6 +498,46 @@ class Journal:
                 f"DELETE FROM cache WHERE {' AND '.join(where)}", args
             )
         return (exact.rowcount if exact else 0), semantic.rowcount
+
+    def prune(self, before: float, *, status: str | None = None, dry_run: bool = False) -> Pruned:
+        """Forget the runs that ended (``status``, if given) and started before ``before``
+        (epoch seconds): their calls, steps and rows, and specs no run uses any more.
+
+        Never a run still ``running`` (live, or interrupted and waiting for ``trilemma
+        resume``), nor a gateway key's run (its calls are the key's spend, which its ceiling
+        counts); a batch only whole, so that its report stays complete. Cached answers stay.
+        ``dry_run`` counts what would go and keeps it.
+        """
+        ended = (f"{{0}}.status != 'running' AND {{0}}.started_at < :before "
+                 f"AND substr({{0}}.run_id, 1, {len(GATEWAY_RUN)}) != '{GATEWAY_RUN}'"
+                 + (" AND {0}.status = :status" if status is not None else ""))  # fmt: skip
+        chosen = (f"SELECT run_id FROM runs r WHERE {ended.format('r')} AND (r.batch_id IS NULL "
+                  f"OR NOT EXISTS (SELECT 1 FROM runs o WHERE o.batch_id = r.batch_id "
+                  f"AND NOT ({ended.format('o')})))")  # fmt: skip
+        args = {"before": before, "status": status}
+        ids: list[str] = []
+        calls = steps = kept = 0
+        with contextlib.suppress(_Undone), self.transaction() as db:
+            ids = [r[0] for r in db.execute(f"{chosen} ORDER BY run_id", args)]
+            kept = db.execute(f"SELECT count(*) FROM runs r WHERE {ended.format('r')} "
+                              f"AND run_id NOT IN ({chosen})", args).fetchone()[0]  # fmt: skip
+            for run_id in ids:
+                calls += db.execute(f"DELETE FROM calls WHERE {RUN_CALLS}", _run_range(run_id)).rowcount
+                steps += db.execute("DELETE FROM steps WHERE run_id = ?", (run_id,)).rowcount
+                db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM specs WHERE spec_hash NOT IN (SELECT spec_hash FROM runs)")
+            if dry_run:
+                raise _Undone  # the transaction rolls back
+        return Pruned(ids, calls, steps, int(kept), dry_run)
+
+    def vacuum(self) -> None:
+        """Rewrite the file without the space deleted rows left (SQLite's VACUUM, then a
+        checkpoint that empties the write-ahead log): it waits for no one, so another
+        process writing to the journal makes it fail, and it needs free disk as large as
+        the file."""
+        with map_sqlite_errors(self.path):
+            self.db.execute("VACUUM")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def totals(self, run_id: str) -> tuple[float, int]:
         """Dollars billed to a run so far, and calls sent (answered or not).

@@ -835,8 +835,8 @@ def ledger_table(
     ended (``time_scale``: the run's, journaled; below 1 the caption says so; ``only``: the
     filters the rows passed, by field, named in the title)."""
     kept = "; ".join(f"{k} {', '.join(v)}" for k, v in (only or {}).items() if v)
-    calls = f"{len(rows)} call" + ("" if len(rows) == 1 else "s")
-    t = FittedTable(title=f"Ledger of {run_id}: {calls}" + (f" ({kept})" if kept else ""),
+    t = FittedTable(title=f"Ledger of {run_id}: {counted(len(rows), 'call')}"
+                    + (f" ({kept})" if kept else ""),
                     title_justify="left")  # fmt: skip
     notes = [ledger_totals(rows)] if rows else []
     if time_scale != 1:
