@@ -53,6 +53,9 @@ def test_cli_compare_table_json_and_plot(cli, tmp_path: Path) -> None:
     t = cli(*args, "--plot", png)
     assert t.code == 0, t.err
     assert "Best quality per dollar:" in t.out and "single.yaml" in t.out
+    said = " ".join(t.out.split())  # the folder they share said once, each spec by its name
+    assert f"specs in {EXAMPLES}" in said and str(EXAMPLES / "single.yaml") not in said
+    assert "seed-chain.yaml: " in said and "Best quality per dollar: single.yaml," in said
     assert "stopped by the spec's own budget" in t.out
     assert png.read_bytes()[:4] == b"\x89PNG"
     d = cli(*args, "--json").json()

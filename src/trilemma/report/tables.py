@@ -1016,6 +1016,7 @@ def compare_table(
     ``journal``: where the runs are, for the command a line under the table names.
     """
     runs = rows[0].runs
+    short, folder = _short_names([r.name for r in rows])
     t = FittedTable(title=f"Measured over {runs:,} runs each, beside the planner",
                     title_justify="left")  # fmt: skip
     for col in ("spec", "success", "predicted", "cost", "predicted ", "latency", "predicted  ",
@@ -1025,7 +1026,7 @@ def compare_table(
         sim, mark = r.simulated, " *" if r.budgeted else ""
         success, cost, latency = sim.success_rate, sim.cost_usd.mean, sim.latency_s.mean
         t.add_row(
-            r.name, _with_ci(r.success_rate, r.ci95), _pct(success) + mark,
+            short[r.name], _with_ci(r.success_rate, r.ci95), _pct(success) + mark,
             _usd(r.cost_mean), _usd(cost) + mark, f"{r.latency_mean_s:.2f}s",
             f"{latency:.2f}s" + mark, f"{r.calls_mean:.2f}", _qpd(r.quality_per_dollar),
             _qpd(success / cost if cost > 0 else None) + mark,
@@ -1036,8 +1037,10 @@ def compare_table(
     if any(r.budgeted for r in rows):
         t.caption += ("; * under the spec's budget, which stops a run as the executor does "
                       "(it fails)")  # fmt: skip
+    if folder is not None:
+        t.caption = f"specs in {folder}\n{t.caption}"
     lines = [
-        f"{r.name}: {r.stopped} of {r.runs} runs stopped by the spec's own budget, which its "
+        f"{short[r.name]}: {r.stopped} of {r.runs} runs stopped by the spec's own budget, which its "
         f"worst case ({_usd(r.predicted.cost_worst)}, {r.predicted.latency_worst_s:.2f}s) "
         "does not fit."
         for r in rows
@@ -1050,10 +1053,11 @@ def compare_table(
         ranked = sorted(scored, key=lambda r: -(r.quality_per_dollar or 0.0))
         best, second = ranked[0], ranked[1]
         ratio = (best.quality_per_dollar or 0.0) / (second.quality_per_dollar or 1.0)
-        lines.append(f"Best quality per dollar: {best.name}, {ratio:.1f}x {second.name}.")
+        lines.append(f"Best quality per dollar: {short[best.name]}, {ratio:.1f}x "
+                     f"{short[second.name]}.")  # fmt: skip
         surest = max(rows, key=lambda r: r.success_rate)
         if surest is not best:
-            line = (f"Most reliable: {surest.name} ({_pct(surest.success_rate)} against "
+            line = (f"Most reliable: {short[surest.name]} ({_pct(surest.success_rate)} against "
                     f"{_pct(best.success_rate)}), at {_usd(surest.cost_mean)} a run")  # fmt: skip
             if surest.ci95[0] <= best.ci95[1]:  # what the runs measured does not separate them
                 line += (f"; but {runs:,} runs each do not tell the two apart (their 95% "
@@ -1061,6 +1065,23 @@ def compare_table(
             lines.append(line + ".")
     lines += _scaled(time_scale)
     return Group(t, Text("\n".join(lines)))
+
+
+def _short_names(names: Sequence[str]) -> tuple[dict[str, str], str | None]:
+    """Spec paths by their file names when they all sit in one folder other than the current
+    one (which a table's caption then names), else as given: an absolute path in a narrow
+    column folds in mid-name.
+
+    >>> _short_names(["/w/examples/single.yaml", "/w/examples/debate.yaml"])
+    ({'/w/examples/single.yaml': 'single.yaml', '/w/examples/debate.yaml': 'debate.yaml'}, '/w/examples')
+    >>> _short_names(["single.yaml", "/w/debate.yaml"])[1] is None
+    True
+    """
+    folders = {str(Path(n).parent) for n in names}
+    files = {Path(n).name for n in names}
+    if len(folders) != 1 or folders == {"."} or len(files) != len(set(names)):
+        return {n: n for n in names}, None
+    return {n: Path(n).name for n in names}, folders.pop()
 
 
 def _off_prediction(r: Contender, journal: str | Path) -> str:
