@@ -588,8 +588,9 @@ def prune(
 
     from trilemma.journal import Journal
 
-    if status is not None and status not in RUN_STATUSES[:-1]:
-        raise UsageError(f"--status {status!r}: give one of {', '.join(RUN_STATUSES[:-1])} "
+    ended = [s for s in RUN_STATUSES if s != "running"]
+    if status is not None and status not in ended:
+        raise UsageError(f"--status {status!r}: give one of {', '.join(ended)} "
                          "(a running run is never pruned)")  # fmt: skip
     j = Journal(journal, create=False)
     size = _file_size(journal)
@@ -597,9 +598,11 @@ def prune(
     p = j.prune(before, status=status, dry_run=dry_run)
     if vacuum and not dry_run:
         j.vacuum()
-    out: dict[str, Any] = {"dry_run": dry_run, "runs": len(p.run_ids), "calls": p.calls, "steps": p.steps,
-           "kept_in_batches": p.kept_in_batches, "before": iso(before), "run_ids": p.run_ids,
-           "bytes_before": size, "bytes_after": _file_size(journal)}  # fmt: skip
+    out: dict[str, Any] = {
+        "dry_run": dry_run, "runs": len(p.run_ids), "calls": p.calls, "steps": p.steps,
+        "kept_in_batches": p.kept_in_batches, "before": iso(before), "run_ids": p.run_ids,
+        "bytes_before": size, "bytes_after": _file_size(journal),
+    }  # fmt: skip
     if as_json:
         emit_json(out)
         return 0
