@@ -337,31 +337,41 @@ def test_a_debates_answers_before_a_crash_are_not_asked_again_on_resume(
     assert d["steps"]["d"]["attempts"] == 1 and d["steps"]["d"]["cost_usd"] == pytest.approx(6 * one)
 
 
-def test_a_retry_resumed_after_a_crash_still_tells_the_model_why_it_was_rejected(
-    cli, tmp_path: Path
-) -> None:
-    """The gate rejected the first answer, and the process died while the retry, which told
-    the model why, was in flight: the resume sends that retry as it was, reason included."""
+def resumed_after_a_crash_in_the_retry(
+    cli, tmp_path: Path, first: list[str], kind: str
+) -> tuple[list[dict[str, Any]], Any]:
+    """A gated step (``kind``: what its YAML adds to a plain call) whose first attempt the scripted server answers with
+    ``first``, rejected, killed while its retry's calls (as many) are in flight, then resumed
+    with the server answering "42" at once: every request the server saw, and the resume."""
     released = threading.Event()
     seen = [0]
 
     def script(payload: dict[str, Any]) -> Reply:  # the server calls it under its lock
         seen[0] += 1
-        if seen[0] == 1:
-            return Reply("about forty")
+        if seen[0] <= len(first):
+            return Reply(first[seen[0] - 1])
         return Reply("42", delay_s=0.0 if released.is_set() else 5.0)
 
     with ScriptedServer(script) as srv:
         spec = tmp_path / "gated.yaml"
         spec.write_text(DEBATE_ON_AN_ENDPOINT.format(url=srv.url).replace(
-            "debate: {agents: 3, rounds: 2}, retries: 1", r"retries: 1, gate: {regex: '^\d+$'}"))
+            ", debate: {agents: 3, rounds: 2}", kind + r", gate: {regex: '^\d+$'}"))
         db = tmp_path / "j.db"
-        kill_when_sent(srv, 2, spec, db)  # the retry is in flight
+        kill_when_sent(srv, 2 * len(first), spec, db)  # the retry is in flight
         (run,) = Journal(db, create=False).runs()
         released.set()
         r = cli("resume", run["run_id"], "--journal", db, "--json")
         assert r.code == 0, r.err
-        sent = [q["json"]["messages"] for q in srv.requests]
+        return list(srv.requests), r
+
+
+def test_a_retry_resumed_after_a_crash_still_tells_the_model_why_it_was_rejected(
+    cli, tmp_path: Path
+) -> None:
+    """The gate rejected the first answer, and the process died while the retry, which told
+    the model why, was in flight: the resume sends that retry as it was, reason included."""
+    requests, r = resumed_after_a_crash_in_the_retry(cli, tmp_path, ["about forty"], "")
+    sent = [q["json"]["messages"] for q in requests]
     assert len(sent) == 3 and sent[2] == sent[1]  # the retry, sent again as it was
     assert sent[2][-2] == {"role": "assistant", "content": "about forty"}
     assert "rejected: the answer must match the regular expression" in sent[2][-1]["content"]
@@ -373,28 +383,11 @@ def test_a_gated_votes_retry_resumed_after_a_crash_still_tells_the_model_why(
 ) -> None:
     """As above for a vote, whose rejected answer is its samples' majority, kept by the
     journal only as the samples: the resume picks it again and sends the retry as it was."""
-    released = threading.Event()
-    seen = [0]
-
-    def script(payload: dict[str, Any]) -> Reply:  # the server calls it under its lock
-        seen[0] += 1
-        if seen[0] <= 3:  # the first attempt's samples: "about forty" wins two to one
-            return Reply("41" if seen[0] == 2 else "About  forty ")
-        return Reply("42", delay_s=0.0 if released.is_set() else 5.0)
-
-    with ScriptedServer(script) as srv:
-        spec = tmp_path / "gated.yaml"
-        spec.write_text(DEBATE_ON_AN_ENDPOINT.format(url=srv.url).replace(
-            "debate: {agents: 3, rounds: 2}", r"vote: {samples: 3}, gate: {regex: '^\d+$'}"))
-        db = tmp_path / "j.db"
-        kill_when_sent(srv, 6, spec, db)  # the retry's three samples are in flight
-        (run,) = Journal(db, create=False).runs()
-        released.set()
-        r = cli("resume", run["run_id"], "--journal", db, "--json")
-        assert r.code == 0, r.err
-        sent = {}
-        for q in srv.requests:
-            sent.setdefault(q["headers"]["idempotency-key"], []).append(q["json"]["messages"])
+    requests, r = resumed_after_a_crash_in_the_retry(  # "about forty" wins two to one
+        cli, tmp_path, ["About  forty ", "41", "About  forty "], ", vote: {samples: 3}")
+    sent: dict[str, list[Any]] = {}
+    for q in requests:
+        sent.setdefault(q["headers"]["idempotency-key"], []).append(q["json"]["messages"])
     retried = [m for m in sent.values() if len(m) == 2]
     assert len(sent) == 6 and len(retried) == 3  # the retry's samples, each sent twice
     for before, after in retried:
