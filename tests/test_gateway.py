@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -363,6 +364,39 @@ def test_a_restarted_gateway_starts_from_what_each_key_spent(cli, tmp_path: Path
     assert [(c["model"], c["outcome"], c["cost_usd"]) for c in ledger] == [("sim", "ok", 0.01)] * 3
     r = cli("resume", "gateway-team-b", "--journal", tmp_path / "j.db")
     assert r.code == 2 and "nothing to resume" in r.err
+
+
+def test_prune_forgets_a_keys_old_calls_but_not_what_they_spent(cli, tmp_path: Path) -> None:
+    """A gateway key's ceiling counts every call it ever made: prune forgets the old calls'
+    rows and keeps their count and bill on the key's run, so the key's spend stays."""
+    msg = [{"role": "user", "content": "q"}]
+    db = tmp_path / "j.db"
+    with serving(tmp_path, config_text()) as (url, _):
+        for _ in range(3):
+            client(url, "sk-team-b-secret").chat.completions.create(model="sim", messages=msg)  # type: ignore[arg-type]
+    with sqlite3.connect(db) as raw:  # two of them ended 40 days ago
+        raw.execute("UPDATE calls SET finished_at = finished_at - 40 * 86400 WHERE id IN "
+                    "(SELECT id FROM calls WHERE run_id = 'gateway-team-b' ORDER BY id LIMIT 2)")  # fmt: skip
+    dry = cli("prune", "--older-than", "30", "--dry-run", "--journal", db, "--json").json()
+    assert dry["gateway_calls"] == 2 and dry["runs"] == 0
+    r = cli("prune", "--older-than", "30", "--journal", db)
+    assert r.code == 0, r.err
+    assert "and 2 calls of gateway keys that ended before then" in " ".join(r.out.split())
+    ledger = cli("ledger", "gateway-team-b", "--journal", db, "--json").json()
+    assert len(ledger) == 1
+    shown = " ".join(cli("ledger", "gateway-team-b", "--journal", db).out.split())
+    assert "billed $0.0100; 1 ok" in shown
+    assert "and 2 older calls, billed $0.0200, that `trilemma prune` forgot" in shown
+    (run,) = [x for x in cli("runs", "--journal", db, "--json").json()
+              if x["run_id"] == "gateway-team-b"]  # fmt: skip
+    assert run["cost_usd"] == pytest.approx(0.03) and run["calls"] == 3
+    with serving(tmp_path, config_text()) as (url, gw):  # a restart counts them too
+        budget = client(url, "sk-team-b-secret").get("/budget", cast_to=object)
+        assert gw.budgets.guards["team-b"].spent == pytest.approx(0.03)
+    assert budget["spent_usd"] == pytest.approx(0.03)  # type: ignore[index]
+    again = cli("prune", "--older-than", "30", "--journal", db, "--json").json()
+    assert again["gateway_calls"] == 0  # nothing more to forget, and nothing counted twice
+    assert Journal(db).totals("gateway-team-b") == (pytest.approx(0.03), 3)
 
 
 @pytest.mark.parametrize(

@@ -577,8 +577,9 @@ def prune(
 ) -> int:
     """Forget old runs from a journal: their calls, steps and specs (cached answers stay).
 
-    Runs still running or waiting for `trilemma resume` stay, as do a gateway's keys' runs
-    (their calls are the keys' spend) and any batch that is not old all through.
+    Runs still running or waiting for `trilemma resume` stay, as does any batch that is not
+    old all through. A gateway key's run stays, and loses its calls that ended before the
+    cutoff: their bill still counts against the key's ceiling.
 
     Example: trilemma prune --older-than 30 --dry-run
 
@@ -600,7 +601,8 @@ def prune(
         j.vacuum()
     out: dict[str, Any] = {
         "dry_run": dry_run, "runs": len(p.run_ids), "calls": p.calls, "steps": p.steps,
-        "kept_in_batches": p.kept_in_batches, "before": iso(before), "run_ids": p.run_ids,
+        "kept_in_batches": p.kept_in_batches, "gateway_calls": p.gateway_calls,
+        "before": iso(before), "run_ids": p.run_ids,
         "bytes_before": size, "bytes_after": _file_size(journal),
     }  # fmt: skip
     if as_json:
@@ -609,12 +611,15 @@ def prune(
     said = "would forget" if dry_run else "forgot"
     lines = [f"{said} {tables.counted(len(p.run_ids), 'run')} started before {out['before']} "
              f"({tables.counted(p.calls, 'call')}) from {journal}"]  # fmt: skip
+    if p.gateway_calls:
+        lines.append(f"and {tables.counted(p.gateway_calls, 'call')} of gateway keys that ended "
+                     "before then (their bill still counts against the keys' ceilings)")  # fmt: skip
     if p.kept_in_batches:
         lines.append(f"kept {tables.counted(p.kept_in_batches, 'run')} as old, of batches with "
                      "newer or unfinished runs (a batch goes whole)")  # fmt: skip
     if vacuum and not dry_run:
         lines.append(f"the file: {size / 1e6:.1f} MB before, {out['bytes_after'] / 1e6:.1f} MB now")
-    elif p.run_ids and not dry_run:
+    elif (p.run_ids or p.gateway_calls) and not dry_run:
         lines.append("the file keeps its size and reuses the space for new rows; --vacuum "
                      "shrinks it")  # fmt: skip
     sys.stdout.write("\n".join(lines) + "\n")
@@ -666,7 +671,8 @@ def ledger(
         emit_json(rows)
     else:
         shown = {"step": step or [], "outcome": outcome or []}
-        stdout_console().print(tables.ledger_table(run_id, rows, run["time_scale"], shown))
+        pruned = (run["pruned_calls"], run["pruned_usd"]) if run["pruned_calls"] else None
+        stdout_console().print(tables.ledger_table(run_id, rows, run["time_scale"], shown, pruned))
     return 0
 
 

@@ -190,6 +190,14 @@ def m011_session_start(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN session_started_at REAL")
 
 
+def m012_pruned_calls(db: sqlite3.Connection) -> None:
+    """The calls `trilemma prune` forgot of a run it keeps (a gateway key's): how many, and their bill."""
+    # A gateway key's ceiling counts every call the key ever made: the run's totals add
+    # these to the calls still journaled, so that forgetting old calls frees no budget.
+    db.execute("ALTER TABLE runs ADD COLUMN pruned_calls INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE runs ADD COLUMN pruned_usd REAL NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_call_sends", m002_call_sends),
@@ -202,6 +210,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m009_time_scale", m009_time_scale),
     ("m010_finish_reason", m010_finish_reason),
     ("m011_session_start", m011_session_start),
+    ("m012_pruned_calls", m012_pruned_calls),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

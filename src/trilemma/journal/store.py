@@ -138,6 +138,8 @@ class Pruned:
     kept_in_batches: int
     """Runs old enough that were kept because their batch has runs that are not."""
     dry_run: bool
+    gateway_calls: int = 0
+    """Calls of gateway keys' runs forgotten (their bill still counts in the runs' totals)."""
 
 
 class Journal:
@@ -504,9 +506,11 @@ class Journal:
         (epoch seconds): their calls, steps and rows, and specs no run uses any more.
 
         Never a run still ``running`` (live, or interrupted and waiting for ``trilemma
-        resume``), nor a gateway key's run (its calls are the key's spend, which its ceiling
-        counts); a batch only whole, so that its report stays complete. Cached answers stay.
-        ``dry_run`` counts what would go and keeps it.
+        resume``); a batch only whole, so that its report stays complete. A gateway key's
+        run stays (its calls are the key's spend, which its ceiling counts); without
+        ``status``, its calls that finished before ``before`` go, their count and bill kept
+        on the run (``pruned_calls``, ``pruned_usd``), which :meth:`totals` adds. Cached
+        answers stay. ``dry_run`` counts what would go and keeps it.
         """
         ended = (f"{{0}}.status != 'running' AND {{0}}.started_at < :before "
                  f"AND substr({{0}}.run_id, 1, {len(GATEWAY_RUN)}) != '{GATEWAY_RUN}'"
@@ -516,7 +520,7 @@ class Journal:
                   f"AND NOT ({ended.format('o')})))")  # fmt: skip
         args = {"before": before, "status": status}
         ids: list[str] = []
-        calls = steps = kept = 0
+        calls = steps = kept = gateway_calls = 0
         with contextlib.suppress(_Undone), self.transaction() as db:
             ids = [r[0] for r in db.execute(f"{chosen} ORDER BY run_id", args)]
             kept = db.execute(f"SELECT count(*) FROM runs r WHERE {ended.format('r')} "
@@ -526,9 +530,35 @@ class Journal:
                 steps += db.execute("DELETE FROM steps WHERE run_id = ?", (run_id,)).rowcount
                 db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM specs WHERE spec_hash NOT IN (SELECT spec_hash FROM runs)")
+            if status is None:
+                gateway_calls = self._prune_gateway_calls(db, before)
             if dry_run:
                 raise _Undone  # the transaction rolls back
-        return Pruned(ids, calls, steps, int(kept), dry_run)
+        return Pruned(ids, calls, steps, int(kept), dry_run, gateway_calls)
+
+    @staticmethod
+    def _prune_gateway_calls(db: sqlite3.Connection, before: float) -> int:
+        """Forget the calls of gateway keys' runs that finished before ``before``, their
+        count and bill added to their run's ``pruned_calls`` and ``pruned_usd``."""
+        forgotten = 0
+        keys = [r[0] for r in db.execute(
+            f"SELECT run_id FROM runs WHERE substr(run_id, 1, {len(GATEWAY_RUN)}) = ?",
+            (GATEWAY_RUN,),
+        )]  # fmt: skip
+        for run_id in keys:
+            old = f"{RUN_CALLS} AND state = 'finished' AND finished_at < ?"
+            args = (*_run_range(run_id), before)
+            usd, sent = db.execute(
+                "SELECT coalesce(sum(cost_usd), 0), "
+                f"count(*) FILTER (WHERE outcome IS NOT 'unsent' AND NOT cache_hit) FROM calls WHERE {old}",
+                args,
+            ).fetchone()  # fmt: skip
+            gone = db.execute(f"DELETE FROM calls WHERE {old}", args).rowcount
+            if gone:
+                db.execute("UPDATE runs SET pruned_calls = pruned_calls + ?, "
+                           "pruned_usd = pruned_usd + ? WHERE run_id = ?", (sent, usd, run_id))  # fmt: skip
+            forgotten += gone
+        return forgotten
 
     def vacuum(self) -> None:
         """Rewrite the file without the space deleted rows left (SQLite's VACUUM, then a
@@ -543,7 +573,8 @@ class Journal:
         """Dollars billed to a run so far, and calls sent (answered or not).
 
         Neither a call journaled but cancelled before it went out (outcome ``unsent``) nor
-        a cache hit (nothing was sent) is counted.
+        a cache hit (nothing was sent) is counted. The calls :meth:`prune` forgot of a
+        gateway key's run are.
         """
         with map_sqlite_errors(self.path):
             row = self.db.execute(
@@ -552,7 +583,10 @@ class Journal:
                 f"FROM calls WHERE {RUN_CALLS}",
                 _run_range(run_id),
             ).fetchone()
-        return float(row[0]), int(row[1])
+            pruned = self.db.execute(  # the calls prune forgot of a run it kept
+                "SELECT pruned_usd, pruned_calls FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone() or (0.0, 0)
+        return float(row[0]) + pruned[0], int(row[1]) + pruned[1]
 
     def cut_answers(self, run_id: str) -> dict[str, int]:
         """Per step of a run, the answers that stopped at ``max_tokens`` (``finish_reason``

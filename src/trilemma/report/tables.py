@@ -829,16 +829,20 @@ TEXT_COLUMNS = ("step", "role", "model", "outcome")
 
 def ledger_table(
     run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.0,
-    only: Mapping[str, Sequence[str]] | None = None,
+    only: Mapping[str, Sequence[str]] | None = None, pruned: tuple[int, float] | None = None,
 ) -> Table:  # fmt: skip
     """``trilemma ledger``: its calls, and under them what they were billed and how they
     ended (``time_scale``: the run's, journaled; below 1 the caption says so; ``only``: the
-    filters the rows passed, by field, named in the title)."""
+    filters the rows passed, by field, named in the title; ``pruned``: the calls and the
+    bill of them that ``trilemma prune`` forgot)."""
     kept = "; ".join(f"{k} {', '.join(v)}" for k, v in (only or {}).items() if v)
     t = FittedTable(title=f"Ledger of {run_id}: {counted(len(rows), 'call')}"
                     + (f" ({kept})" if kept else ""),
                     title_justify="left")  # fmt: skip
     notes = [ledger_totals(rows)] if rows else []
+    if pruned is not None:
+        notes.append(f"and {counted(pruned[0], 'older call')}, billed {_usd(pruned[1])}, that "
+                     "`trilemma prune` forgot (the run's spend still counts them)")  # fmt: skip
     if time_scale != 1:
         notes.append(f"simulated time ran {1 / time_scale:g}x faster (compare or sweep): "
                      f"latencies are {time_scale:g} of the spec's own")  # fmt: skip
