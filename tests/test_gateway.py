@@ -364,6 +364,10 @@ def test_a_restarted_gateway_starts_from_what_each_key_spent(cli, tmp_path: Path
     assert [(c["model"], c["outcome"], c["cost_usd"]) for c in ledger] == [("sim", "ok", 0.01)] * 3
     r = cli("resume", "gateway-team-b", "--journal", tmp_path / "j.db")
     assert r.code == 2 and "nothing to resume" in r.err
+    page = tmp_path / "key.html"  # its page: the models asked as the timeline's rows
+    r = cli("report", "gateway-team-b", "--journal", tmp_path / "j.db", "--out", page)
+    assert r.code == 0, r.err
+    assert "<h2>Ledger: 3 calls</h2>" in page.read_text() and "<h2>Steps</h2>" not in page.read_text()
 
 
 def test_prune_forgets_a_keys_old_calls_but_not_what_they_spent(cli, tmp_path: Path) -> None:
@@ -387,6 +391,10 @@ def test_prune_forgets_a_keys_old_calls_but_not_what_they_spent(cli, tmp_path: P
     shown = " ".join(cli("ledger", "gateway-team-b", "--journal", db).out.split())
     assert "billed $0.0100; 1 ok" in shown
     assert "and 2 older calls, billed $0.0200, that `trilemma prune` forgot" in shown
+    page = tmp_path / "b.html"
+    assert cli("report", "gateway-team-b", "--journal", db, "--out", page).code == 0
+    assert "And 2 older calls, billed $0.0200, that <code>trilemma prune</code> forgot" in (
+        page.read_text())
     (run,) = [x for x in cli("runs", "--journal", db, "--json").json()
               if x["run_id"] == "gateway-team-b"]  # fmt: skip
     assert run["cost_usd"] == pytest.approx(0.03) and run["calls"] == 3

@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from trilemma import parse_workflow
 from trilemma.journal import Journal
 from trilemma.report.html import run_report
@@ -67,6 +69,24 @@ def test_a_long_run_s_timeline_names_every_kth_step_and_draws_a_bar_set_per_outc
     assert tuple(sets["error"].get_facecolor()[0]) == to_rgba("tab:red")
     assert sum(len(c.get_paths()) for c in sets.values()) == 3000  # every call has its bar
     plots.plt.close(drawn[0])
+
+
+def test_a_thinned_runs_spend_curve_starts_from_what_its_forgotten_calls_spent(
+    monkeypatch,
+) -> None:
+    from trilemma.report import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: drawn.append(fig))
+    calls = [{"step_id": "m", "state": "finished", "outcome": "ok", "started_at": 100.0 + i,
+              "finished_at": 100.5 + i, "cost_usd": 0.01} for i in range(3)]  # fmt: skip
+    for pruned, ys in ((None, [0.0, 0.01, 0.02, 0.03]), (0.25, [0.25, 0.26, 0.27, 0.28])):
+        run = {"run_id": "gateway-k", "status": "ok", "started_at": 100.0, "deadline_at": None,
+               "max_cost_usd": 1.0, "pruned_usd": pruned}  # fmt: skip
+        plots.timeline_png(run, calls, ["m"])
+        (curve, _) = drawn[-1].axes[1].get_lines()  # the spend, then the ceiling
+        assert list(curve.get_ydata()) == pytest.approx(ys)
+        plots.plt.close(drawn[-1])
 
 
 def test_report_names_the_tenant_a_run_worked_for(tmp_path: Path) -> None:

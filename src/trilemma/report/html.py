@@ -13,7 +13,7 @@ import base64
 import datetime as dt
 import html
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from trilemma import __version__
@@ -22,7 +22,7 @@ from trilemma.journal import Journal
 from trilemma.journal.store import sent_by_step
 from trilemma.plan.slots import SLOTS_BIND
 from trilemma.report.plots import batch_png, timeline_png
-from trilemma.report.tables import LEDGER_KEYS, ledger_row
+from trilemma.report.tables import LEDGER_KEYS, counted, ledger_row
 
 __all__ = ["batch_report", "run_report"]
 
@@ -86,6 +86,8 @@ def run_report(journal: Journal, run_id: str) -> str:
     spec = json.loads(run["spec_json"])
     predicted = json.loads(run["predicted_json"] or "{}")
     order = [s["id"] for s in spec.get("steps", [])]
+    workflow = bool(order)  # else a gateway key's run: its calls' rows are the models asked
+    order = order or list(dict.fromkeys(c["step_id"] for c in calls))
     status = run["status"]
     status_cls = "ok" if status == "ok" else "bad"
     parts = [
@@ -116,9 +118,9 @@ def run_report(journal: Journal, run_id: str) -> str:
         "the spend as calls settle, against the ceiling.</p>",
         f'<img alt="timeline of the calls" src="data:image/png;base64,'
         f'{base64.b64encode(png).decode()}">',
-        "<h2>Steps</h2>",
-        _steps(order, steps, calls),
-        f"<h2>Ledger: {len(calls)} calls</h2>",
+        *(["<h2>Steps</h2>", _steps(order, steps, calls)] if workflow else []),
+        f"<h2>Ledger: {counted(len(calls), 'call')}</h2>",
+        *_forgotten(run),
         _ledger(calls),
         f'<p class="dim">trilemma {__version__}, journal {_e(journal.path)}</p>',
         "</body></html>",
@@ -233,6 +235,15 @@ def _steps(order: list[str], steps: dict[str, dict[str, Any]], calls: list[dict[
         rows.append((_e(sid), f'<span class="{cls}">{_e(s["status"])}</span>', _e(s["attempts"]),
                      _usd(s["cost_usd"]), _e(_cut(s["output"] or s["error"]))))  # fmt: skip
     return _table(("step", "status", "attempts", "cost", "output or error"), rows, {2, 3})
+
+
+def _forgotten(run: Mapping[str, Any]) -> list[str]:
+    """The note on the calls ``trilemma prune`` forgot of a run it kept (a gateway key's)."""
+    if not run["pruned_calls"]:
+        return []
+    return [f'<p class="dim">And {counted(run["pruned_calls"], "older call")}, billed '
+            f'{_usd(run["pruned_usd"])}, that <code>trilemma prune</code> forgot: the figures '
+            "above and the spend curve count them; the ledger no longer lists them.</p>"]
 
 
 def _ledger(calls: list[dict[str, Any]]) -> str:

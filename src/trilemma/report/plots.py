@@ -279,7 +279,7 @@ def timeline_png(
         if c["cost_usd"]:
             spend.append((end - t0, c["cost_usd"]))
     _bars(top, bars, OUTCOME_COLOURS, 0.7)
-    every = -(-len(order) // MAX_ROW_LABELS)  # past that many, every k-th step is named
+    every = max(1, -(-len(order) // MAX_ROW_LABELS))  # past that many, every k-th step is named
     top.set_yticks(range(0, len(order), every), labels=list(order)[::every],
                    fontsize=7 if len(order) > 30 else 9)  # fmt: skip
     top.invert_yaxis()
@@ -290,7 +290,8 @@ def timeline_png(
     if bars:  # a run that sent no call has nothing to name
         top.legend(loc="lower right", fontsize=8)
     top.grid(alpha=0.3, axis="x")
-    _spend(bottom, spend, run["max_cost_usd"], "spend", "seconds since the run started")
+    _spend(bottom, spend, run["max_cost_usd"], "spend", "seconds since the run started",
+           start=run.get("pruned_usd") or 0.0)  # what forgotten calls spent comes first
     buf = io.BytesIO()
     _save(fig, buf)
     return buf.getvalue()
@@ -318,10 +319,11 @@ def _bars_over_spend(height: float) -> tuple[Any, Any, Any]:
 
 
 def _spend(ax: Any, spend: list[tuple[float, float]], ceiling: float | None, label: str,
-           xlabel: str) -> None:  # fmt: skip
-    """Dollars spent over time, ``(seconds, cost)`` each, as a step line under the ceiling."""
+           xlabel: str, start: float = 0.0) -> None:  # fmt: skip
+    """Dollars spent over time, ``(seconds, cost)`` each, as a step line under the ceiling,
+    from ``start`` dollars."""
     spend.sort()
-    xs, total, ys = [0.0], 0.0, [0.0]
+    xs, total, ys = [0.0], start, [start]
     for x, cost in spend:
         total += cost
         xs.append(x)
