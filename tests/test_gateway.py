@@ -405,6 +405,10 @@ def test_prune_forgets_a_keys_old_calls_but_not_what_they_spent(cli, tmp_path: P
     again = cli("prune", "--older-than", "30", "--journal", db, "--json").json()
     assert again["gateway_calls"] == 0  # nothing more to forget, and nothing counted twice
     assert Journal(db).totals("gateway-team-b") == (pytest.approx(0.03), 3)
+    assert cli("prune", "--older-than", "0", "--journal", db, "--json").json()["gateway_calls"] >= 1
+    shown = " ".join(cli("ledger", "gateway-team-b", "--journal", db).out.split())
+    assert ": 0 calls" in shown and "forgot" in shown and " and " not in shown.split("┘")[-1]
+    assert Journal(db).totals("gateway-team-b") == (pytest.approx(0.03), 3)
 
 
 @pytest.mark.parametrize(

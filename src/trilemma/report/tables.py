@@ -841,7 +841,8 @@ def ledger_table(
                     title_justify="left")  # fmt: skip
     notes = [ledger_totals(rows)] if rows else []
     if pruned is not None:
-        notes.append(f"and {counted(pruned[0], 'older call')}, billed {_usd(pruned[1])}, that "
+        notes.append(f"{'and ' if rows else ''}{counted(pruned[0], 'older call')}, billed "
+                     f"{_usd(pruned[1])}, that "
                      "`trilemma prune` forgot (the run's spend still counts them)")  # fmt: skip
     if time_scale != 1:
         notes.append(f"simulated time ran {1 / time_scale:g}x faster (compare or sweep): "
