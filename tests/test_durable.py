@@ -261,6 +261,20 @@ def test_steps_done_before_the_crash_are_not_called_again(cli, tmp_path: Path) -
     assert sum(s["cost_usd"] for s in d["steps"].values()) == pytest.approx(d["cost_usd"])
 
 
+def test_resuming_a_run_that_finished_says_there_was_nothing_to_do(cli, tmp_path: Path) -> None:
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(CHAIN_SPEC.replace("p_ok: 0.7", "p_ok: 1.0"))
+    db = tmp_path / "j.db"
+    first = cli("run", spec, "--journal", db, "--json").json()
+    assert first["status"] == "ok"
+    r = cli("resume", first["run_id"], "--journal", db)
+    assert r.code == 0 and "had already finished ok" in r.err and "nothing was sent" in r.err
+    assert len(Journal(db, create=False).calls(first["run_id"])) == first["calls"]
+    failed = cli("run", spec, "--journal", db, "--max-cost", "0.05", "--json").json()
+    assert failed["status"] == "budget_exhausted"  # a run that stopped: no such note
+    assert "already finished" not in cli("resume", failed["run_id"], "--journal", db).err
+
+
 DEBATE_ON_AN_ENDPOINT = """\
 version: 1
 models:

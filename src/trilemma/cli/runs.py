@@ -465,7 +465,11 @@ def resume_cmd(
         result = resume(j, run_id, deadline_s=deadline, max_cost_usd=max_cost, force=force,
                         on_event=display.update, shared=shared, redis=redis,
                         shared_cache=tier)  # fmt: skip
-    return _report_run(result, as_json)
+    code = _report_run(result, as_json)
+    if row is not None and row["status"] == "ok" and not as_json:
+        sys.stderr.write(f"note: run {run_id} had already finished ok: every step came from "
+                         "the journal and nothing was sent\n")  # fmt: skip
+    return code
 
 
 @app.command(rich_help_panel="Run and read the journal")
