@@ -408,6 +408,9 @@ def test_prune_forgets_a_keys_old_calls_but_not_what_they_spent(cli, tmp_path: P
     assert cli("prune", "--older-than", "0", "--journal", db, "--json").json()["gateway_calls"] >= 1
     shown = " ".join(cli("ledger", "gateway-team-b", "--journal", db).out.split())
     assert ": 0 calls" in shown and "forgot" in shown and " and " not in shown.split("┘")[-1]
+    assert cli("ledger", "gateway-team-b", "--journal", db, "--step", "sim").code == 0  # a model
+    bad = cli("ledger", "gateway-team-b", "--journal", db, "--step", "simm")
+    assert bad.code == 2 and "(its models, by which a gateway files its calls: small, sim)" in bad.err
     assert Journal(db).totals("gateway-team-b") == (pytest.approx(0.03), 3)
 
 

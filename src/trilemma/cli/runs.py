@@ -664,10 +664,13 @@ def ledger(
     rows = [tables.ledger_row(r) for r in j.calls(run_id)]
     if step:
         spec = json.loads(run["spec_json"] or "{}")
-        known = [s["id"] for s in spec.get("steps", [])] + [r["step"] for r in rows]
+        # a gateway key's run files its calls under the models asked, which its config names
+        named = [s["id"] for s in spec.get("steps", [])] or list(spec.get("models", {}))
+        known = named + [r["step"] for r in rows]
         for s in step:
             if s not in known:
-                raise UsageError(f"--step {s!r}: run {run_id} has no such step (its steps: "
+                what = "steps" if spec.get("steps") else "models, by which a gateway files its calls"
+                raise UsageError(f"--step {s!r}: run {run_id} has no such step (its {what}: "
                                  f"{', '.join(dict.fromkeys(known)) or 'none'})")  # fmt: skip
     rows = [r for r in rows if (not step or r["step"] in step)
             and (not outcome or r["outcome"] in outcome)]  # fmt: skip
