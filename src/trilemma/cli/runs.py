@@ -664,12 +664,12 @@ def ledger(
     rows = [tables.ledger_row(r) for r in j.calls(run_id)]
     if step:
         spec = json.loads(run["spec_json"] or "{}")
-        # a gateway key's run files its calls under the models asked, which its config names
-        named = [s["id"] for s in spec.get("steps", [])] or list(spec.get("models", {}))
+        gateway = run_id.startswith(GATEWAY_RUN)  # its calls are filed by the model asked
+        named = list(spec.get("models", {})) if gateway else [s["id"] for s in spec.get("steps", [])]
         known = named + [r["step"] for r in rows]
         for s in step:
             if s not in known:
-                what = "steps" if spec.get("steps") else "models, by which a gateway files its calls"
+                what = "models, by which a gateway files its calls" if gateway else "steps"
                 raise UsageError(f"--step {s!r}: run {run_id} has no such step (its {what}: "
                                  f"{', '.join(dict.fromkeys(known)) or 'none'})")  # fmt: skip
     rows = [r for r in rows if (not step or r["step"] in step)

@@ -19,7 +19,7 @@ from typing import Any
 from trilemma import __version__
 from trilemma.errors import UsageError
 from trilemma.journal import Journal
-from trilemma.journal.store import sent_by_step
+from trilemma.journal.store import GATEWAY_RUN, sent_by_step
 from trilemma.plan.slots import SLOTS_BIND
 from trilemma.report.plots import batch_png, timeline_png
 from trilemma.report.tables import LEDGER_KEYS, counted, ledger_row
@@ -85,9 +85,9 @@ def run_report(journal: Journal, run_id: str) -> str:
     steps = journal.steps(run_id)
     spec = json.loads(run["spec_json"])
     predicted = json.loads(run["predicted_json"] or "{}")
-    order = [s["id"] for s in spec.get("steps", [])]
-    workflow = bool(order)  # else a gateway key's run: its calls' rows are the models asked
-    order = order or list(dict.fromkeys(c["step_id"] for c in calls))
+    workflow = not run_id.startswith(GATEWAY_RUN)  # a key's calls are filed by model asked
+    order = ([s["id"] for s in spec.get("steps", [])] if workflow
+             else list(dict.fromkeys(c["step_id"] for c in calls)))  # fmt: skip
     status = run["status"]
     status_cls = "ok" if status == "ok" else "bad"
     parts = [
