@@ -14,7 +14,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from trilemma.journal.store import DEFAULT_PATH, abandoned, call_outcome, rejection
+from trilemma.journal.store import DEFAULT_PATH, OUTCOMES, abandoned, call_outcome, rejection
 from trilemma.plan.estimate import Estimate, held_worst
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
 from trilemma.plan.hedge import timeouts
@@ -878,15 +878,18 @@ def ledger_table(
 
 
 def ledger_totals(rows: Sequence[Mapping[str, Any]]) -> str:
-    """What ledger rows were billed, and how many ended each way, most first.
+    """What ledger rows were billed, and how many ended each way, most first (ties in the
+    order of :data:`~trilemma.journal.store.OUTCOMES`, ok first).
 
-    >>> ledger_totals([{"cost_usd": 0.01, "outcome": "ok"}, {"cost_usd": None,
-    ...                "outcome": "transient"}, {"cost_usd": 0.01, "outcome": "ok"}])
-    'billed $0.0200; 2 ok, 1 transient'
+    >>> ledger_totals([{"cost_usd": None, "outcome": "transient"},
+    ...                {"cost_usd": 0.01, "outcome": "ok"}])
+    'billed $0.0100; 1 ok, 1 transient'
     """
     ends = Counter(r["outcome"] for r in rows)
     billed = math.fsum(r["cost_usd"] for r in rows if r["cost_usd"] is not None)
-    return f"billed {_usd(billed)}; " + ", ".join(f"{n} {o}" for o, n in ends.most_common())
+    rank = {o: i for i, o in enumerate(OUTCOMES)}
+    ordered = sorted(ends.items(), key=lambda e: (-e[1], rank.get(e[0], len(rank))))
+    return f"billed {_usd(billed)}; " + ", ".join(f"{n} {o}" for o, n in ordered)
 
 
 def cliff_table(points: Sequence[Any], model: str) -> Table:
