@@ -414,6 +414,49 @@ def test_prune_forgets_a_keys_old_calls_but_not_what_they_spent(cli, tmp_path: P
     assert Journal(db).totals("gateway-team-b") == (pytest.approx(0.03), 3)
 
 
+def pruned_calls(db: Path, key: str, at_least: int) -> int:
+    """The calls of ``key`` its gateway has forgotten, once they are ``at_least`` (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.closing(sqlite3.connect(db)) as raw:
+            (n,) = raw.execute("SELECT pruned_calls FROM runs WHERE run_id = ?",
+                               (run_id_of(key),)).fetchone()  # fmt: skip
+        if n >= at_least or time.monotonic() > deadline:
+            return int(n)
+        time.sleep(0.05)
+
+
+def test_a_gateway_that_keeps_calls_n_days_forgets_older_ones_and_not_their_spend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trilemma.gateway import app
+
+    msg = [{"role": "user", "content": "q"}]
+    db = tmp_path / "j.db"
+    with serving(tmp_path, config_text()) as (url, _):
+        for _ in range(3):
+            client(url, "sk-team-b-secret").chat.completions.create(model="sim", messages=msg)  # type: ignore[arg-type]
+    with sqlite3.connect(db) as raw:  # two of them ended 40 days ago
+        raw.execute("UPDATE calls SET finished_at = finished_at - 40 * 86400 WHERE id IN "
+                    "(SELECT id FROM calls WHERE run_id = 'gateway-team-b' ORDER BY id LIMIT 2)")  # fmt: skip
+    monkeypatch.setattr(app, "KEEP_EVERY_S", 0.1)
+    keeping = config_text() + "keep_calls_days: 30\n"
+    with serving(tmp_path, keeping) as (url, gw):
+        assert pruned_calls(db, "team-b", 2) == 2  # when it started
+        with sqlite3.connect(db) as raw:  # the third ages while it serves
+            raw.execute("UPDATE calls SET finished_at = finished_at - 40 * 86400 "
+                        "WHERE run_id = 'gateway-team-b'")  # fmt: skip
+        assert pruned_calls(db, "team-b", 3) == 3  # on a later round
+        budget = client(url, "sk-team-b-secret").get("/budget", cast_to=object)
+        client(url, "sk-team-b-secret").chat.completions.create(model="sim", messages=msg)  # type: ignore[arg-type]
+    assert budget["spent_usd"] == pytest.approx(0.03)  # type: ignore[index]
+    assert gw._keeping is None  # stopped with the gateway
+    assert Journal(db).totals("gateway-team-b") == (pytest.approx(0.04), 4)
+    with serving(tmp_path, config_text()) as (url, _):  # a restart starts from all of it
+        budget = client(url, "sk-team-b-secret").get("/budget", cast_to=object)
+    assert budget["spent_usd"] == pytest.approx(0.04)  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     ("change", "field", "says"),
     [
@@ -425,6 +468,7 @@ def test_prune_forgets_a_keys_old_calls_but_not_what_they_spent(cli, tmp_path: P
         (("version: 1", "version: 1\ncache: sometimes"), "cache", "or a mapping of hit_rate, similarity (got 'sometimes')"),
         (("models: [sim]}", "models: [sim], rpm: 0}"), "keys.team-b.rpm", "greater than or equal to 1"),
         (("p_ok: 1.0}", "p_ok: 1.0, hedge_after_s: 1}"), "models.sim.hedge_after_s", "sends each request once"),
+        (("version: 1", "version: 1\nkeep_calls_days: 0"), "keep_calls_days", "greater than 0"),
     ],
 )  # fmt: skip
 def test_cli_gateway_bad_config_is_one_line(cli, tmp_path: Path, change, field, says) -> None:

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import secrets
@@ -53,6 +54,7 @@ from trilemma.cache.semantic import Embedder, default_embedder
 from trilemma.cache.shared import SharedCache
 from trilemma.errors import (
     BudgetExhausted,
+    JournalError,
     ProviderError,
     SetupError,
     UsageError,
@@ -91,6 +93,11 @@ __all__ = ["Gateway", "create_app", "run_id_of"]
 MAX_BODY_BYTES = 4 * 1024 * 1024
 #: What the gateway serves, for the message a request for anything else gets.
 ROUTES = ("POST /v1/chat/completions", "GET /v1/models", "GET /v1/budget")
+
+
+#: How often a gateway with ``keep_calls_days`` forgets its keys' old calls, in seconds.
+KEEP_EVERY_S = 3600.0
+_log = logging.getLogger(__name__)
 
 
 def run_id_of(key: str) -> str:
@@ -160,6 +167,7 @@ class Gateway:
         self.routes = {n: Route.of(m, self.providers[n]) for n, m in config.models.items()}
         self.writer: JournalWriter | None = None
         self.cache: Cache | None = None
+        self._keeping: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -187,9 +195,39 @@ class Gateway:
             shared = self.config.shared
             tier = SharedCache(shared.redis, prefix=f"{shared.prefix}:cache") if shared else None
             self.cache = Cache(self.writer, self.embedder, tier)
+        if self.config.keep_calls_days is not None:
+            self._keeping = asyncio.create_task(self._keep_calls(self.config.keep_calls_days))
+
+    async def _keep_calls(self, days: float) -> None:
+        """Forget the keys' calls older than ``days`` now and every :data:`KEEP_EVERY_S`, on
+        a connection of a worker thread's own (their count and bill stay on the keys' runs).
+        A journal another process holds for longer than its busy timeout is tried again
+        next time."""
+        runs = [run_id_of(k) for k in self.config.keys]
+        path = self.journal.path
+
+        def once() -> int:
+            journal = Journal(path)
+            try:
+                return journal.forget_calls(runs, time.time() - days * 86_400)
+            finally:
+                journal.close()
+
+        while True:
+            try:
+                await asyncio.to_thread(once)
+            except JournalError as exc:
+                _log.warning("keep_calls_days: could not forget old calls (%s); trying again in "
+                             "%g s", exc, KEEP_EVERY_S)  # fmt: skip
+            await asyncio.sleep(KEEP_EVERY_S)
 
     async def stop(self) -> None:
         """Commit what is queued, close each key's run with its totals, close the providers."""
+        if self._keeping is not None:
+            self._keeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeping
+            self._keeping = None
         if self.writer is not None:
             await self.writer.aclose()
             self.writer = None

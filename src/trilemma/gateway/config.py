@@ -12,6 +12,7 @@
     shared: {redis: "redis://127.0.0.1:6379/0"}  # optional: ceilings shared by every gateway
     fallbacks: {small: [sim]}    # optional: when small fails (5xx, timeout, 429), try sim
     health: {failures: 3, cooldown_s: 30}  # then rest small for 30 s
+    keep_calls_days: 30          # optional: forget calls older than this (their spend stays)
 
 A key's secret is read from the environment variable ``key_env`` when the gateway
 starts; it is never written to the file, the journal or a log.
@@ -95,6 +96,10 @@ class GatewayConfig(BaseModel):
     health: Health = Health()
     shared: SharedConfig | None = None
     """Hold the keys' ceilings in Redis, so that several gateway processes share them."""
+    keep_calls_days: Annotated[float, Field(gt=0.0, le=36_500.0, allow_inf_nan=False)] | None = None
+    """Forget the keys' calls that ended more than this many days ago, when the gateway
+    starts and every hour after, as ``trilemma prune`` does: their count and bill stay on
+    the key's run, so its spend, and what its ceiling leaves, do not change."""
 
     @property
     def similarity(self) -> float | None:

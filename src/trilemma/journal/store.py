@@ -531,21 +531,26 @@ class Journal:
                 db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM specs WHERE spec_hash NOT IN (SELECT spec_hash FROM runs)")
             if status is None:
-                gateway_calls = self._prune_gateway_calls(db, before)
+                keys = [r[0] for r in db.execute(
+                    f"SELECT run_id FROM runs WHERE substr(run_id, 1, {len(GATEWAY_RUN)}) = ?",
+                    (GATEWAY_RUN,),
+                )]  # fmt: skip
+                gateway_calls = self._forget_calls(db, keys, before)
             if dry_run:
                 raise _Undone  # the transaction rolls back
         return Pruned(ids, calls, steps, int(kept), dry_run, gateway_calls)
 
+    def forget_calls(self, run_ids: Sequence[str], before: float) -> int:
+        """Forget the calls of these runs (gateway keys') that finished before ``before``
+        (epoch seconds), in one transaction, their count and bill added to their run's
+        ``pruned_calls`` and ``pruned_usd``; how many went."""
+        with self.transaction() as db:
+            return self._forget_calls(db, run_ids, before)
+
     @staticmethod
-    def _prune_gateway_calls(db: sqlite3.Connection, before: float) -> int:
-        """Forget the calls of gateway keys' runs that finished before ``before``, their
-        count and bill added to their run's ``pruned_calls`` and ``pruned_usd``."""
+    def _forget_calls(db: sqlite3.Connection, run_ids: Sequence[str], before: float) -> int:
         forgotten = 0
-        keys = [r[0] for r in db.execute(
-            f"SELECT run_id FROM runs WHERE substr(run_id, 1, {len(GATEWAY_RUN)}) = ?",
-            (GATEWAY_RUN,),
-        )]  # fmt: skip
-        for run_id in keys:
+        for run_id in run_ids:
             old = f"{RUN_CALLS} AND state = 'finished' AND finished_at < ?"
             args = (*_run_range(run_id), before)
             usd, sent = db.execute(
