@@ -457,6 +457,32 @@ def test_a_gateway_that_keeps_calls_n_days_forgets_older_ones_and_not_their_spen
     assert budget["spent_usd"] == pytest.approx(0.04)  # type: ignore[index]
 
 
+def test_a_gateway_that_cannot_forget_old_calls_says_so_and_tries_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trilemma.errors import JournalBusy
+    from trilemma.gateway import app
+
+    tries: list[float] = []
+
+    def busy(self: Journal, runs: Any, before: float) -> int:
+        tries.append(before)
+        raise JournalBusy(f"{self.path}: another process holds the journal; try again")
+
+    monkeypatch.setattr(Journal, "forget_calls", busy)
+    monkeypatch.setattr(app, "KEEP_EVERY_S", 0.05)
+    with serving(tmp_path, config_text() + "keep_calls_days: 7\n") as (url, _):
+        deadline = time.monotonic() + 10
+        while len(tries) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        r = client(url, "sk-team-b-secret").chat.completions.create(
+            model="sim", messages=[{"role": "user", "content": "q"}])  # still serving
+    assert len(tries) >= 3 and r.choices[0].message.content
+    assert time.time() - 7 * 86_400 - tries[0] < 60  # seven days back, as asked
+    said = [r.getMessage() for r in caplog.records if r.name == "trilemma.gateway.app"]
+    assert said and "could not forget old calls" in said[0] and "another process holds" in said[0]
+
+
 @pytest.mark.parametrize(
     ("change", "field", "says"),
     [
