@@ -370,17 +370,24 @@ def test_a_restarted_gateway_starts_from_what_each_key_spent(cli, tmp_path: Path
     assert "<h2>Ledger: 3 calls</h2>" in page.read_text() and "<h2>Steps</h2>" not in page.read_text()
 
 
-def test_prune_forgets_a_keys_old_calls_but_not_what_they_spent(cli, tmp_path: Path) -> None:
-    """A gateway key's ceiling counts every call it ever made: prune forgets the old calls'
-    rows and keeps their count and bill on the key's run, so the key's spend stays."""
+def three_calls_two_old(tmp_path: Path) -> Path:
+    """Three $0.01 calls of key team-b through a gateway, two of them ended 40 days ago: the
+    journal."""
     msg = [{"role": "user", "content": "q"}]
     db = tmp_path / "j.db"
     with serving(tmp_path, config_text()) as (url, _):
         for _ in range(3):
             client(url, "sk-team-b-secret").chat.completions.create(model="sim", messages=msg)  # type: ignore[arg-type]
-    with sqlite3.connect(db) as raw:  # two of them ended 40 days ago
+    with sqlite3.connect(db) as raw:
         raw.execute("UPDATE calls SET finished_at = finished_at - 40 * 86400 WHERE id IN "
                     "(SELECT id FROM calls WHERE run_id = 'gateway-team-b' ORDER BY id LIMIT 2)")  # fmt: skip
+    return db
+
+
+def test_prune_forgets_a_keys_old_calls_but_not_what_they_spent(cli, tmp_path: Path) -> None:
+    """A gateway key's ceiling counts every call it ever made: prune forgets the old calls'
+    rows and keeps their count and bill on the key's run, so the key's spend stays."""
+    db = three_calls_two_old(tmp_path)
     dry = cli("prune", "--older-than", "30", "--dry-run", "--journal", db, "--json").json()
     assert dry["gateway_calls"] == 2 and dry["runs"] == 0
     r = cli("prune", "--older-than", "30", "--journal", db)
@@ -432,13 +439,7 @@ def test_a_gateway_that_keeps_calls_n_days_forgets_older_ones_and_not_their_spen
     from trilemma.gateway import app
 
     msg = [{"role": "user", "content": "q"}]
-    db = tmp_path / "j.db"
-    with serving(tmp_path, config_text()) as (url, _):
-        for _ in range(3):
-            client(url, "sk-team-b-secret").chat.completions.create(model="sim", messages=msg)  # type: ignore[arg-type]
-    with sqlite3.connect(db) as raw:  # two of them ended 40 days ago
-        raw.execute("UPDATE calls SET finished_at = finished_at - 40 * 86400 WHERE id IN "
-                    "(SELECT id FROM calls WHERE run_id = 'gateway-team-b' ORDER BY id LIMIT 2)")  # fmt: skip
+    db = three_calls_two_old(tmp_path)
     monkeypatch.setattr(app, "KEEP_EVERY_S", 0.1)
     keeping = config_text() + "keep_calls_days: 30\n"
     with serving(tmp_path, keeping) as (url, gw):
