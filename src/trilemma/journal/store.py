@@ -39,6 +39,11 @@ _SQLITE_MAX_INT = 2**63 - 1
 
 #: How a gateway key's run id starts (``gateway-KEY``): its calls are the key's spend.
 GATEWAY_RUN = "gateway-"
+#: SQL true of a ``runs`` row (aliased ``{0}``) that is a gateway key's.
+_IS_GATEWAY = f"substr({{0}}.run_id, 1, {len(GATEWAY_RUN)}) = '{GATEWAY_RUN}'"
+#: SQL counting the ``calls`` rows that went out: not a call cancelled before it was sent
+#: (``unsent``), nor a cache hit.
+_SENT = "count(*) FILTER (WHERE outcome IS NOT 'unsent' AND NOT cache_hit)"
 
 
 def abandoned(run: Mapping[str, Any]) -> bool:
@@ -512,8 +517,7 @@ class Journal:
         on the run (``pruned_calls``, ``pruned_usd``), which :meth:`totals` adds. Cached
         answers stay. ``dry_run`` counts what would go and keeps it.
         """
-        ended = (f"{{0}}.status != 'running' AND {{0}}.started_at < :before "
-                 f"AND substr({{0}}.run_id, 1, {len(GATEWAY_RUN)}) != '{GATEWAY_RUN}'"
+        ended = (f"{{0}}.status != 'running' AND {{0}}.started_at < :before AND NOT {_IS_GATEWAY}"
                  + (" AND {0}.status = :status" if status is not None else ""))  # fmt: skip
         chosen = (f"SELECT run_id FROM runs r WHERE {ended.format('r')} AND (r.batch_id IS NULL "
                   f"OR NOT EXISTS (SELECT 1 FROM runs o WHERE o.batch_id = r.batch_id "
@@ -532,9 +536,7 @@ class Journal:
             db.execute("DELETE FROM specs WHERE spec_hash NOT IN (SELECT spec_hash FROM runs)")
             if status is None:
                 keys = [r[0] for r in db.execute(
-                    f"SELECT run_id FROM runs WHERE substr(run_id, 1, {len(GATEWAY_RUN)}) = ?",
-                    (GATEWAY_RUN,),
-                )]  # fmt: skip
+                    f"SELECT run_id FROM runs WHERE {_IS_GATEWAY.format('runs')}")]  # fmt: skip
                 gateway_calls = self._forget_calls(db, keys, before)
             if dry_run:
                 raise _Undone  # the transaction rolls back
@@ -550,12 +552,11 @@ class Journal:
     @staticmethod
     def _forget_calls(db: sqlite3.Connection, run_ids: Sequence[str], before: float) -> int:
         forgotten = 0
+        old = f"{RUN_CALLS} AND state = 'finished' AND finished_at < ?"
         for run_id in run_ids:
-            old = f"{RUN_CALLS} AND state = 'finished' AND finished_at < ?"
             args = (*_run_range(run_id), before)
             usd, sent = db.execute(
-                "SELECT coalesce(sum(cost_usd), 0), "
-                f"count(*) FILTER (WHERE outcome IS NOT 'unsent' AND NOT cache_hit) FROM calls WHERE {old}",
+                f"SELECT coalesce(sum(cost_usd), 0), {_SENT} FROM calls WHERE {old}",
                 args,
             ).fetchone()  # fmt: skip
             gone = db.execute(f"DELETE FROM calls WHERE {old}", args).rowcount
@@ -583,9 +584,7 @@ class Journal:
         """
         with map_sqlite_errors(self.path):
             row = self.db.execute(
-                "SELECT coalesce(sum(cost_usd), 0), "
-                "count(*) FILTER (WHERE outcome IS NOT 'unsent' AND NOT cache_hit) "
-                f"FROM calls WHERE {RUN_CALLS}",
+                f"SELECT coalesce(sum(cost_usd), 0), {_SENT} FROM calls WHERE {RUN_CALLS}",
                 _run_range(run_id),
             ).fetchone()
             pruned = self.db.execute(  # the calls prune forgot of a run it kept
