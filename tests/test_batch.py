@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -448,3 +451,37 @@ def test_runs_are_listed_by_status_batch_and_newest(tmp_path: Path, cli) -> None
     for bad in (("--status", "done"), ("--limit", "0")):
         r = cli("runs", "--journal", db, *bad)
         assert r.code == 2 and bad[0] in r.err
+
+
+def test_a_batch_beside_another_writer_of_its_journal_keeps_every_run(tmp_path: Path) -> None:
+    """Another process committing to the journal sends the batch's writer to its thread while
+    the loop starts the next line's run: the two take turns on the connection (before, the
+    second BEGIN failed and its ROLLBACK undid the other's writes: a journal error, runs lost)."""
+    spec, _ = write(tmp_path, 0, extra=", retries: 2")
+    db = tmp_path / "j.db"
+    journal = Journal(db)
+    stop = threading.Event()
+
+    def other_writer() -> None:  # as a second `trilemma run` into the same journal would
+        other = sqlite3.connect(db, isolation_level=None, timeout=30)
+        while not stop.is_set():
+            other.execute("BEGIN IMMEDIATE")
+            time.sleep(0.005)
+            other.execute("COMMIT")
+            time.sleep(0.005)  # SQLite's waiters poll: without a gap they would starve
+        other.close()
+
+    holder = threading.Thread(target=other_writer)
+    holder.start()
+    try:
+        result = run_batch(parse_workflow(spec.read_text()),
+                           [{"question": f"q{i}"} for i in range(120)], journal=journal,
+                           parallel=8, seed=1)  # fmt: skip
+    finally:
+        stop.set()
+        holder.join()
+    assert result.status == "ok" and [line.status for line in result.lines] == ["ok"] * 120
+    runs = journal.batch_runs(result.batch_id)
+    assert len(runs) == 120 and {r["status"] for r in runs.values()} == {"ok"}
+    assert all(len(journal.calls(r["run_id"])) == 1 for r in runs.values())
+    assert [row[0] for row in journal.db.execute("PRAGMA integrity_check")] == ["ok"]

@@ -820,6 +820,47 @@ def journal_r(tmp_path: Path) -> Iterator[Journal]:
     j.close()
 
 
+def test_threads_sharing_a_journal_take_turns_on_its_connection(journal_r: Journal) -> None:
+    """A writer's thread and the loop's thread use one Journal, while another process commits
+    too: before, a BEGIN inside the other thread's transaction failed (its ROLLBACK undoing
+    the other's writes), and a read left between two steps stalled a BEGIN for 30 s."""
+    j, errors, stop = journal_r, [], threading.Event()
+
+    def other_process() -> None:
+        other = sqlite3.connect(j.path, isolation_level=None, timeout=30, check_same_thread=False)
+        while not stop.is_set():
+            other.execute("BEGIN IMMEDIATE")
+            time.sleep(0.001)
+            other.execute("COMMIT")
+            time.sleep(0.004)  # SQLite's waiters poll: without a gap they would starve
+        other.close()
+
+    def thread(name: str) -> None:
+        try:
+            for i in range(150):
+                j.call_started(_call_row(f"r:{name}:{i}:1"))
+                j.totals("r")
+                j.calls("r")
+        except Exception as exc:  # collected for the assertion
+            errors.append(exc)
+
+    holder = threading.Thread(target=other_process)
+    holder.start()
+    threads = [threading.Thread(target=thread, args=(name,)) for name in ("a", "b")]
+    started = time.monotonic()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        stop.set()
+        holder.join()
+    assert errors == []
+    assert len(j.calls("r")) == 300
+    assert time.monotonic() - started < 25  # no wait for the busy timeout (30 s)
+
+
 def test_durable_writes_of_one_turn_share_a_commit_and_are_committed_when_they_return(
     journal_r: Journal,
 ) -> None:

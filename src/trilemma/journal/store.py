@@ -1,8 +1,9 @@
 """The journal: a SQLite file in WAL mode that many processes may share.
 
-:class:`Journal` is synchronous and owns one connection. The executor uses it
-through :class:`JournalWriter`, which runs every call on one dedicated thread so
-the event loop never blocks on disk. Writes are short ``BEGIN IMMEDIATE``
+:class:`Journal` is synchronous and owns one connection, which threads may share
+(they take turns). The executor writes through :class:`JournalWriter`, which commits
+on the loop's thread only when that cannot wait (no other process holds the journal)
+and otherwise on a dedicated thread, so the event loop never waits for another process. Writes are short ``BEGIN IMMEDIATE``
 transactions; a busy timeout lets concurrent processes take turns.
 """
 
@@ -14,6 +15,7 @@ import functools
 import json
 import math
 import sqlite3
+import threading
 import time
 from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -148,7 +150,11 @@ class Pruned:
 
 
 class Journal:
-    """One connection to a journal file; creates and migrates it as needed."""
+    """One connection to a journal file; creates and migrates it as needed.
+
+    Threads may share it: each use of the connection (a read, a transaction) is one
+    thread's until it ends.
+    """
 
     def __init__(
         self,
@@ -158,6 +164,8 @@ class Journal:
         busy_timeout_s: float = BUSY_TIMEOUT_S,
     ) -> None:
         self.path = Path(path)
+        self._lock = threading.RLock()
+        """Held while a thread uses the connection (:meth:`_using`)."""
         if self.path.is_dir():
             raise NotAJournal(f"{self.path}: is a directory; give a journal file path")
         # Never open the file ourselves (to check its header, say): closing any descriptor of
@@ -226,10 +234,11 @@ class Journal:
 
     def schema_problems(self) -> list[str]:
         """How the tables differ from what the migrations make (a damaged file: [] when none)."""
-        found = {
-            t: tuple(r[1] for r in self.db.execute(f"PRAGMA table_info({t})"))
-            for t in _expected_columns()
-        }
+        with self._using():
+            found = {
+                t: tuple(r[1] for r in self.db.execute(f"PRAGMA table_info({t})"))
+                for t in _expected_columns()
+            }
         return [
             f"table {t} lacks {', '.join(c for c in want if c not in found[t])}"
             if found[t] else f"table {t} missing"
@@ -240,12 +249,28 @@ class Journal:
     @property
     def schema_version(self) -> int:
         """Migrations applied."""
-        return int(self.db.execute("SELECT count(*) FROM trilemma_migrations").fetchone()[0])
+        with self._using():
+            return int(self.db.execute("SELECT count(*) FROM trilemma_migrations").fetchone()[0])
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """The connection, this thread's alone until the block ends, its errors as JournalError.
+
+        Taking turns matters beyond transactions: a thread's read left between two steps
+        holds a snapshot that another thread's BEGIN IMMEDIATE on this connection waits on
+        (for the busy timeout) while it keeps the first thread from finishing its read.
+        """
+        with self._lock, map_sqlite_errors(self.path):
+            yield self.db
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A short write transaction (BEGIN IMMEDIATE: writers queue, never deadlock)."""
-        with map_sqlite_errors(self.path):
+        """A short write transaction (BEGIN IMMEDIATE: writers queue, never deadlock).
+
+        Another thread's use of this connection finishes first (without the turn, a BEGIN
+        inside the other's transaction would fail, and its ROLLBACK undo the other's writes).
+        """
+        with self._using():
             self.db.execute("BEGIN IMMEDIATE")  # if this fails, there is nothing to roll back
             try:
                 yield self.db
@@ -256,8 +281,9 @@ class Journal:
                 raise
 
     def close(self) -> None:
-        """Close the connection."""
-        self.db.close()
+        """Close the connection (once a thread using it is done)."""
+        with self._lock:
+            self.db.close()
 
     # ------------------------------------------------------------------ writes
 
@@ -310,7 +336,7 @@ class Journal:
     # ------------------------------------------------------------------ reads
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with map_sqlite_errors(self.path):
+        with self._using():
             return [dict(r) for r in self.db.execute(sql, args)]
 
     def _runs(
@@ -439,7 +465,7 @@ class Journal:
     def semantic_since(self, scope: str, embedder: str, after: int) -> list[tuple[int, str, bytes]]:
         """``(rowid, key, vector)`` of a scope and embedder's semantic-cache entries whose
         rowid is above ``after``, in rowid order (the scope's index holds the rowid)."""
-        with map_sqlite_errors(self.path):
+        with self._using():
             return self.db.execute(
                 "SELECT rowid, key, vector FROM semantic_cache "
                 "WHERE scope = ? AND embedder = ? AND rowid > ? ORDER BY rowid",
@@ -449,7 +475,7 @@ class Journal:
     def semantic_head(self, scope: str, embedder: str) -> tuple[int, str | None]:
         """The rowid and key of a scope and embedder's newest semantic-cache entry (0, None
         when it has none)."""
-        with map_sqlite_errors(self.path):
+        with self._using():
             row = self.db.execute(
                 "SELECT rowid, key FROM semantic_cache WHERE scope = ? AND embedder = ? "
                 "ORDER BY rowid DESC LIMIT 1",
@@ -459,7 +485,7 @@ class Journal:
 
     def semantic_answer(self, rowid: int, key: str) -> str | None:
         """The answer of the semantic-cache entry at ``rowid``, if it is still ``key``'s."""
-        with map_sqlite_errors(self.path):
+        with self._using():
             row = self.db.execute(
                 "SELECT response FROM semantic_cache WHERE rowid = ? AND key = ?", (rowid, key)
             ).fetchone()
@@ -571,7 +597,7 @@ class Journal:
         checkpoint that empties the write-ahead log): it waits for no one, so another
         process writing to the journal makes it fail, and it needs free disk as large as
         the file."""
-        with map_sqlite_errors(self.path):
+        with self._using():
             self.db.execute("VACUUM")
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
@@ -582,7 +608,7 @@ class Journal:
         a cache hit (nothing was sent) is counted. The calls :meth:`prune` forgot of a
         gateway key's run are.
         """
-        with map_sqlite_errors(self.path):
+        with self._using():
             row = self.db.execute(
                 f"SELECT coalesce(sum(cost_usd), 0), {_SENT} FROM calls WHERE {RUN_CALLS}",
                 _run_range(run_id),
@@ -595,7 +621,7 @@ class Journal:
     def cut_answers(self, run_id: str) -> dict[str, int]:
         """Per step of a run, the answers that stopped at ``max_tokens`` (``finish_reason``
         length), in the order the steps first had one."""
-        with map_sqlite_errors(self.path):
+        with self._using():
             rows = self.db.execute(
                 "SELECT step_id, count(*) FROM calls "
                 f"WHERE {RUN_CALLS} AND finish_reason = 'length' GROUP BY step_id ORDER BY min(id)",
@@ -606,7 +632,7 @@ class Journal:
     def last_call_at(self, run_id: str, since: float) -> float | None:
         """When the last call a run journaled since ``since`` (epoch seconds) answered, or
         was sent if it never did; None without one."""
-        with map_sqlite_errors(self.path):
+        with self._using():
             row = self.db.execute(
                 f"SELECT max(coalesce(finished_at, started_at)) FROM calls WHERE {RUN_CALLS} "
                 "AND started_at >= ?", (*_run_range(run_id), since),
@@ -625,7 +651,7 @@ class Journal:
         ``unsettled_calls_in_ended_runs`` are calls still marked in flight in a run that
         ended: no crash explains them (an older trilemma could leave a debate's calls so).
         """
-        with map_sqlite_errors(self.path):
+        with self._using():
             integrity = [r[0] for r in self.db.execute("PRAGMA integrity_check")]
         report: dict[str, Any] = {
             "journal": str(self.path),
@@ -641,7 +667,7 @@ class Journal:
         }
         if integrity != ["ok"]:  # rows of a damaged file may read back as anything
             return report
-        with map_sqlite_errors(self.path):
+        with self._using():
             running = self._rows(
                 "SELECT run_id, status, pid, started_at, batch_id, spec_source FROM runs "
                 "WHERE status = 'running'"
@@ -660,7 +686,7 @@ class Journal:
         return {
             **report,
             "damaged_rows": self.damaged_rows(),
-            "runs": int(self.db.execute("SELECT count(*) FROM runs").fetchone()[0]),
+            "runs": self.count_runs(),
             "interrupted_runs": [r["run_id"] for r in interrupted],
             "interrupted_batches": [{"batch_id": b, "spec_source": src} for b, src in batches],
             "orphaned_in_flight_calls": [c for c in in_flight if c["run_id"] in dead],
