@@ -338,8 +338,18 @@ def test_bad_flags_exit_2_with_one_line(cli, args: list[str]) -> None:
 def test_a_usage_error_reads_as_one_sentence(cli) -> None:
     r = cli("exercise", "32.10.9")
     assert r.err == ("trilemma: error: Invalid value for 'number': '32.10.9' is not one of "
-                     "'32.10.1', '32.10.2', '32.10.3' (or 1, 2, 3); see `trilemma --help`\n")  # fmt: skip
-    assert cli("estimate").err == "trilemma: error: Missing argument 'spec'; see `trilemma --help`\n"
+                     "'32.10.1', '32.10.2', '32.10.3' (or 1, 2, 3); see `trilemma exercise --help`\n")  # fmt: skip
+    assert cli("estimate").err == (
+        "trilemma: error: Missing argument 'spec'; see `trilemma estimate --help`\n"
+    )
+    # the help of the command that was wrong, a subcommand's too
+    assert cli("cache", "list").err == (
+        "trilemma: error: No such command 'list'; see `trilemma cache --help`\n"
+    )
+    assert cli("budget", "show").err == (
+        "trilemma: error: Missing argument 'name'; see `trilemma budget show --help`\n"
+    )
+    assert cli("nope").err == "trilemma: error: No such command 'nope'; see `trilemma --help`\n"
 
 
 def test_bounds_past_any_real_figure_are_checked_but_not_shown_in_help(cli) -> None:
@@ -354,7 +364,7 @@ def test_bounds_past_any_real_figure_are_checked_but_not_shown_in_help(cli) -> N
     assert r.code == 2 and "inf is more than a million dollars" in r.err, r.err
     r = cli("simulate", spec, "--deadline", "nan")
     assert r.err == ("trilemma: error: Invalid value for '--deadline': 'nan' is not a number; "
-                     "give a number such as 0.5; see `trilemma --help`\n")  # fmt: skip
+                     "give a number such as 0.5; see `trilemma simulate --help`\n")  # fmt: skip
     r = cli("simulate", spec, "--recall", "NaN")  # a bound above as well as below
     assert r.code == 2 and "'NaN' is not a number" in r.err, r.err
     r = cli("simulate", spec, "--max-cost", "-1")  # a real figure out of range keeps its words

@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"trilemma: error: {_one_line(str(exc))}\n")
         return exc.exit_code
     except typer.TyperException as exc:  # click's usage errors, vendored by typer
-        hint = "; see `trilemma --help`" if exc.exit_code == 2 else ""
+        where = getattr(getattr(exc, "ctx", None), "command_path", None) or "trilemma"
+        hint = f"; see `{where} --help`" if exc.exit_code == 2 else ""  # the command's own
         said = _not_a_number(exc) or exc.format_message()
         sys.stderr.write(f"trilemma: error: {_usage(said)}{hint}\n")
         return 2 if exc.exit_code == 2 else exc.exit_code
