@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from trilemma.journal import Journal
+
 from .conftest import ROOT
 
 
@@ -20,15 +22,19 @@ def test_docs_command_output_is_current() -> None:
 
 
 def test_the_readme_python_example_runs(tmp_path: Path, monkeypatch, capsys) -> None:
-    """The README's "From Python" block, run as it is from the checkout's root."""
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("### From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    """The README's "From Python" blocks, run as they are from the checkout's root."""
+    section = (ROOT / "README.md").read_text().split("### From Python", 1)[1].split("\n### ", 1)[0]
+    blocks = [part.split("```", 1)[0] for part in section.split("```python\n")[1:]]
+    assert len(blocks) == 2
     monkeypatch.chdir(ROOT)
-    code = block.replace('Journal("faq.db")', f'Journal({str(tmp_path / "faq.db")!r})')
-    exec(compile(code, "README.md", "exec"), {})
+    for block in blocks:
+        code = block.replace('Journal("faq.db")', f'Journal({str(tmp_path / "faq.db")!r})')
+        exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("ok answer of answer (attempt ") and "$0.0020" in printed[0]
     assert printed[1].startswith("batch-") and " ok [" in printed[1]
+    assert printed[2] == "['ok', 'ok', 'ok']"
+    assert len(Journal(tmp_path / "faq.db").runs()) == 3 + 2 + 1
 
 
 def test_help_reflows_a_docstrings_paragraphs(cli, monkeypatch) -> None:

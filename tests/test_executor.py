@@ -319,7 +319,9 @@ def test_objects_from_before_a_run_sit_out_the_collector_until_it_ends(tmp_path:
         frozen = gc.get_freeze_count()
         seen.clear()
         r, _ = run(text.replace("{id: b, model: m, after: [a]}", "{id: c, model: m}"), tmp_path)
-        assert r.status == "ok" and gc.get_freeze_count() == frozen
+        # not unfrozen (that empties the count); a frozen object the run let go of (the
+        # thread's context variables, replaced by the run's own) leaves it as it dies
+        assert r.status == "ok" and frozen - 10 <= gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
 

@@ -42,9 +42,9 @@ from trilemma.spec import (
 
 if TYPE_CHECKING:  # loaded on first use (below), so that planning does not import the runner
     from trilemma.journal import Journal
-    from trilemma.run.batch import BatchResult, run_batch
+    from trilemma.run.batch import BatchResult, run_batch, run_batch_async
     from trilemma.run.executor import RunResult
-    from trilemma.run.session import execute, resume
+    from trilemma.run.session import execute, execute_async, resume, resume_async
     from trilemma.run.shared_budget import SharedCeiling
 
 __version__ = "0.1.0"
@@ -56,8 +56,11 @@ _RUNNER = {
     "RunResult": "trilemma.run.executor",
     "SharedCeiling": "trilemma.run.shared_budget",
     "execute": "trilemma.run.session",
+    "execute_async": "trilemma.run.session",
     "resume": "trilemma.run.session",
+    "resume_async": "trilemma.run.session",
     "run_batch": "trilemma.run.batch",
+    "run_batch_async": "trilemma.run.batch",
 }
 
 
@@ -99,11 +102,14 @@ __all__ = [
     "dump_workflow",
     "estimate",
     "execute",
+    "execute_async",
     "load_workflow",
     "optimize",
     "parse_workflow",
     "resume",
+    "resume_async",
     "run_batch",
+    "run_batch_async",
     "simulate",
     "workflow_from_dict",
 ]

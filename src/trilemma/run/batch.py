@@ -41,12 +41,12 @@ from trilemma.run.budget import Clock, SpendGuard
 from trilemma.run.executor import RunResult, Session, new_run_id, spec_json, writer_for
 from trilemma.run.routes import Route
 from trilemma.run.session import (
+    blocking,
     build_gates,
     cache_tier,
     check_inputs,
     check_tenant,
     close_parts,
-    collector_spared,
     embedder_for,
     open_run,
     providers_for,
@@ -59,7 +59,15 @@ from trilemma.run.shared_budget import SharedCeiling
 from trilemma.spec import Workflow
 from trilemma.spec.load import DuplicateKey, unique_keys
 
-__all__ = ["BatchResult", "LineResult", "plan_batch", "predicted_json", "read_inputs", "run_batch"]
+__all__ = [
+    "BatchResult",
+    "LineResult",
+    "plan_batch",
+    "predicted_json",
+    "read_inputs",
+    "run_batch",
+    "run_batch_async",
+]
 
 #: Runs at a time unless told otherwise.
 DEFAULT_PARALLEL = 4
@@ -278,7 +286,7 @@ def _json_kind(value: object) -> str:
     return repr(value)  # NaN, Infinity: json reads them, but they are no number a prompt holds
 
 
-def run_batch(
+async def run_batch_async(
     wf: Workflow,
     inputs: Mapping[int, Mapping[str, str]] | Sequence[Mapping[str, str]],
     *,
@@ -319,6 +327,10 @@ def run_batch(
     shared with other processes (as for :func:`~trilemma.run.session.execute`).
     ``skip_failed``: on a resume, a line whose run ended ``failed`` is left as it ended
     (by default it runs again, as ``trilemma resume`` runs a failed run again).
+
+    Awaited in a running event loop, as :func:`~trilemma.run.session.execute_async` is
+    (cancelling it leaves the batch to ``--resume``); :func:`run_batch` runs it in a loop
+    of its own.
     """
     if skip_failed and resume is None:
         raise UsageError("--skip-failed: it only applies with --resume BATCH_ID")
@@ -423,15 +435,17 @@ def run_batch(
         for earlier_line in results:
             if earlier_line is not None:
                 on_line(earlier_line)
-    with collector_spared():
-        try:
-            asyncio.run(main())
-        except ExceptionGroup as group:  # a run's bug: the error itself, as execute() raises it
-            raise group.exceptions[0] from None
+    try:
+        await main()
+    except ExceptionGroup as group:  # a run's bug: the error itself, as execute() raises it
+        raise group.exceptions[0] from None
     out = tuple(r if r is not None else LineResult(numbers[i], "not_started")
                 for i, r in enumerate(results))  # fmt: skip
     return BatchResult(batch_id, _status(out, guard), out, math.fsum(r.cost_usd for r in out),
                        ceiling, time.time() - started, predicted, str(journal.path), parallel)  # fmt: skip
+
+
+run_batch = blocking(run_batch_async)
 
 
 def _earlier_runs(

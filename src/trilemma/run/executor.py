@@ -23,6 +23,7 @@ reaches the caller as itself.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import math
 import random
@@ -81,6 +82,7 @@ from trilemma.spec import (
 )
 
 __all__ = [
+    "OWN_LOOP",
     "Event",
     "Executor",
     "RunResult",
@@ -93,6 +95,12 @@ __all__ = [
 ]
 
 DEFAULT_PROMPT = "Task: {step}.\n{context}"
+
+#: True while runs go on in an event loop trilemma made (``execute``, not ``execute_async``),
+#: which its process leaves only to end (Ctrl-C) or return: a run cancelled there keeps its
+#: pid, by which ``trilemma run`` names it; one cancelled in a loop that lives on (a server's)
+#: gives its pid up, so that any process may resume it.
+OWN_LOOP: contextvars.ContextVar[bool] = contextvars.ContextVar("trilemma_own_loop", default=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +401,10 @@ class Executor:
         except ExceptionGroup as group:  # not a failed call: a bug in a provider or callback
             bug = group.exceptions[0]
             s.stop, s.stop_reason = "failed", f"{type(bug).__name__} raised in the run: {bug}"
+        except asyncio.CancelledError:  # stopped from outside: Ctrl-C, a task cancelled
+            if not OWN_LOOP.get():  # left running for `resume`, by any process
+                self.journal.update_run(self.run_id, pid=None)
+            raise
         finally:
             await (self.writer.aclose() if self._own_writer else self.writer.flush())
         result = await self._finish(s, self.latency_before + time.perf_counter() - started)

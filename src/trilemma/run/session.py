@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from trilemma._proc import pid_alive
 from trilemma.cache.semantic import Embedder, default_embedder
@@ -27,6 +28,7 @@ from trilemma.providers.base import Provider
 from trilemma.providers.sim import SimProvider
 from trilemma.run.budget import Clock, SpendGuard
 from trilemma.run.executor import (
+    OWN_LOOP,
     Event,
     Executor,
     RunResult,
@@ -44,6 +46,7 @@ from trilemma.spec import ModelProfile, Workflow, load_workflow, workflow_from_d
 from trilemma.spec.load import not_text_at
 
 __all__ = [
+    "blocking",
     "build_gates",
     "build_providers",
     "cache_tier",
@@ -55,10 +58,12 @@ __all__ = [
     "collector_spared",
     "embedder_for",
     "execute",
+    "execute_async",
     "open_run",
     "providers_for",
     "reopen_run",
     "resume",
+    "resume_async",
     "shared_label",
     "shared_of",
     "shared_spend",
@@ -165,7 +170,46 @@ def embedder_for(wf: Workflow, given: Embedder | None = None) -> Embedder | None
     return given if given is not None else default_embedder()
 
 
-def execute(
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def blocking(work: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, _R]:
+    """``work`` (``execute_async``, say) as a function that runs it to the end in an event
+    loop of its own, with the heap it starts with spared the collector's passes.
+
+    Called where a loop already runs (a notebook, an async server), it raises UsageError
+    naming the coroutine to await instead; ``asyncio.run`` would fail with a RuntimeError.
+    """
+    name = work.__name__.removesuffix("_async")
+
+    @functools.wraps(work)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # none: ours to make
+            pass
+        else:
+            raise UsageError(
+                f"{name}() runs an event loop of its own, and this thread already runs one (a "
+                f"notebook, an async server): use `await trilemma.{work.__name__}(...)` there"
+            )
+        own = OWN_LOOP.set(True)  # the task asyncio.run makes sees it
+        try:
+            with collector_spared():
+                return asyncio.run(work(*args, **kwargs))
+        finally:
+            OWN_LOOP.reset(own)
+
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = (
+        f"Blocking :func:`{work.__name__}`: the same arguments and result, in an event loop "
+        f"of its own.\n\n{work.__doc__}"
+    )
+    return run
+
+
+async def execute_async(
     wf: Workflow,
     *,
     journal: Journal,
@@ -183,6 +227,13 @@ def execute(
     time_scale: float = 1.0,
 ) -> RunResult:
     """Run a workflow to the end, a budget, the deadline or an early stop.
+
+    Awaited in a running event loop (an async server's, a notebook's); :func:`execute`
+    runs it in a loop of its own. Runs awaited together in one loop may share
+    ``journal``. Cancelling the task stops the run as Ctrl-C stops ``trilemma run``: what
+    finished stays journaled, and the run is left for :func:`resume` (``trilemma runs``
+    shows it interrupted). The checks and the journaling before the first call run on
+    the loop's thread.
 
     ``tenant``: whose cached answers the run's cached steps may use and add to; a run
     without one shares the entries of the other runs without one. A resume keeps it.
@@ -216,8 +267,10 @@ def execute(
                   gates=gates, predicted=estimate(wf), on_event=on_event, embedder=embedder,
                   tenant=tenant, shared_cache=cache_tier(wf, shared_cache),
                   time_scale=time_scale)  # fmt: skip
-    with collector_spared():
-        return asyncio.run(_run_and_close(ex, session, {}, provs))
+    return await _run_and_close(ex, session, {}, provs)
+
+
+execute = blocking(execute_async)
 
 
 def shared_spend(ceiling: SharedCeiling | None) -> SharedSpend | None:
@@ -293,7 +346,7 @@ def changed_steps(old: Workflow, new: Workflow) -> list[str]:
     return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
 
-def resume(
+async def resume_async(
     journal: Journal,
     run_id: str,
     *,
@@ -313,7 +366,8 @@ def resume(
     deadline holds unless ``deadline_s`` gives a new one (from now). A run that
     shared a ceiling goes on under it (kept at ``redis``, default
     :data:`~trilemma._redis.DEFAULT_REDIS`) unless ``shared`` gives another.
-    ``shared_cache`` as for :func:`execute`.
+    ``shared_cache`` as for :func:`execute`. Awaited as :func:`execute_async` is;
+    :func:`resume` runs it in a loop of its own.
     """
     row = journal.run(run_id)
     if row is None:
@@ -360,8 +414,10 @@ def resume(
     ex, done = reopen_run(wf, journal, row, session, providers=provs, gates=gates,
                           predicted=estimate(wf), on_event=on_event, embedder=embedder,
                           changed=changed, shared_cache=cache_tier(wf, shared_cache))  # fmt: skip
-    with collector_spared():
-        return asyncio.run(_run_and_close(ex, session, done, provs))
+    return await _run_and_close(ex, session, done, provs)
+
+
+resume = blocking(resume_async)
 
 
 def still_running(row: Mapping[str, Any]) -> bool:

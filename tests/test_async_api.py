@@ -1,0 +1,117 @@
+"""The awaitable API: runs inside a loop that is already running (an async server, a notebook)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import trilemma
+from trilemma import Journal, UsageError, parse_workflow
+from trilemma.journal.store import abandoned
+from trilemma.run.executor import Event
+
+SLOW_CHAIN = """version: 1
+models:
+  m: {usd_per_call: 0.01, latency_s: 0.05, p_ok: 1.0}
+  slow: {usd_per_call: 0.02, latency_s: 3.0, p_ok: 1.0}
+steps:
+  - {id: a, model: m}
+  - {id: b, model: slow, after: [a]}
+"""
+
+PAIR = """version: 1
+models:
+  m: {usd_per_call: 0.01, latency_s: 0.2, p_ok: 1.0}
+steps:
+  - {id: a, model: m}
+  - {id: b, model: m, after: [a]}
+"""
+
+
+def test_runs_awaited_together_share_a_journal_and_overlap(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db")
+    wf = parse_workflow(PAIR)
+
+    async def main() -> list[trilemma.RunResult]:
+        return list(await asyncio.gather(
+            *(trilemma.execute_async(wf, journal=journal, seed=seed) for seed in (1, 2, 3))
+        ))  # fmt: skip
+
+    results = asyncio.run(main())
+    assert [r.status for r in results] == ["ok"] * 3
+    assert all(r.outputs == {"a": r.outputs["a"], "b": r.outputs["b"]} for r in results)
+    rows = [journal.run(r.run_id) for r in results]
+    assert all(row is not None and row["status"] == "ok" and row["calls"] == 2 for row in rows)
+    # each started before the others ended: one loop ran them side by side
+    assert max(row["started_at"] for row in rows if row) < min(row["finished_at"] for row in rows if row)
+
+
+def test_the_blocking_forms_inside_a_running_loop_name_what_to_await(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db")
+    wf = parse_workflow(PAIR)
+
+    async def main() -> list[str]:
+        errors = []
+        for call in (
+            lambda: trilemma.execute(wf, journal=journal),
+            lambda: trilemma.resume(journal, "latest"),
+            lambda: trilemma.run_batch(wf, [{}], journal=journal),
+        ):
+            with pytest.raises(UsageError) as caught:
+                call()
+            errors.append(str(caught.value))
+        return errors
+
+    errors = asyncio.run(main())
+    assert "await trilemma.execute_async(...)" in errors[0] and errors[0].startswith("execute()")
+    assert "await trilemma.resume_async(...)" in errors[1]
+    assert "await trilemma.run_batch_async(...)" in errors[2]
+    assert journal.runs() == []  # nothing was started
+
+
+def test_a_cancelled_run_is_left_for_resume_which_any_process_may_do(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db")
+    wf = parse_workflow(SLOW_CHAIN)
+    a_done = asyncio.Event()
+
+    def on_event(event: Event) -> None:
+        if event.kind == "step_done" and event.step == "a":
+            a_done.set()
+
+    async def main() -> str:
+        run = asyncio.create_task(trilemma.execute_async(wf, journal=journal, on_event=on_event))
+        await a_done.wait()
+        await asyncio.sleep(0.05)  # b is in flight
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        return journal.runs()[0]["run_id"]
+
+    run_id = asyncio.run(main())
+    row = journal.run(run_id)
+    assert row is not None and row["status"] == "running" and row["pid"] is None
+    assert abandoned(row)  # `trilemma runs` says interrupted; `trilemma resume` may go on
+    assert journal.steps(run_id)["a"]["status"] == "done"
+
+    async def finish() -> trilemma.RunResult:
+        return await trilemma.resume_async(journal, run_id)
+
+    result = asyncio.run(finish())
+    assert result.status == "ok" and result.steps["a"].from_journal
+    calls = journal.calls(run_id)
+    assert [c["step_id"] for c in calls if c["outcome"] == "ok"] == ["a", "b"]
+    assert sum(1 for c in calls if c["step_id"] == "a") == 1  # a was not called again
+
+
+def test_a_batch_awaited_in_a_running_loop(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db")
+    wf = parse_workflow(PAIR)
+
+    async def main() -> trilemma.BatchResult:
+        return await trilemma.run_batch_async(wf, [{}, {}, {}], journal=journal, parallel=3)
+
+    result = asyncio.run(main())
+    assert result.status == "ok" and [line.status for line in result.lines] == ["ok"] * 3
+    assert len(journal.batch_runs(result.batch_id)) == 3
