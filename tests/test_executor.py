@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import textwrap
 import time
 from pathlib import Path
@@ -256,6 +257,55 @@ def test_missing_and_unknown_inputs_are_bad_input(cli, tmp_path: Path) -> None:
     assert twice.code == 2 and "--input question: given twice ('x', then 'y'); give it once" in twice.err
     ok = cli("run", path, "--journal", tmp_path / "j.db", "--input", "question=why?")
     assert ok.code == 0, ok.err
+
+
+def test_an_input_can_be_read_from_a_file_or_standard_input(cli, tmp_path: Path, monkeypatch) -> None:
+    """A document too long for a command line: --input-file name=path (- for stdin)."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                         ["{id: a, model: m, prompt: 'Summarise: {doc} for {who}'}"],
+                         "inputs: {doc: null, who: null}"))  # fmt: skip
+    db = tmp_path / "j.db"
+    doc = tmp_path / "doc.txt"
+    doc.write_bytes("\ufeffLine one, caf\u00e9.\nLine \"two\".\n".encode())  # a BOM, as Notepad writes
+    r = cli("run", path, "--journal", db, "--input-file", f"doc={doc}", "-i", "who=ops", "--json")
+    assert r.code == 0, r.err
+    asked = Journal(db).calls(r.json()["run_id"])[0]["request_json"]
+    assert '"Summarise: Line one, caf\u00e9.\\nLine \\"two\\".\\n for ops"' in asked
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"piped text")))
+    r = cli("run", path, "--journal", db, "--input-file", "doc=-", "-i", "who=ops", "--json")
+    assert r.code == 0, r.err
+    assert "Summarise: piped text for ops" in Journal(db).calls(r.json()["run_id"])[0]["request_json"]
+
+
+def test_an_input_file_that_cannot_be_read_as_text_is_bad_input(cli, tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                         ["{id: a, model: m, prompt: 'Summarise: {doc}'}"], "inputs: {doc: null}"))  # fmt: skip
+    db = tmp_path / "j.db"
+    binary = tmp_path / "scan.pdf"
+    binary.write_bytes(b"%PDF-1.7\n\xe2\xe3\xcf\xd3")
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"a" * (16 * 2**20 + 1))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"piped")))
+    for args, said in [
+        (["doc"], "--input-file 'doc': write it as name=path"),
+        (["doc="], "--input-file 'doc=': write it as name=path"),
+        ([f"doc={tmp_path / 'none.txt'}"], "none.txt: no such file; give the path of a text file"),
+        ([f"doc={tmp_path}"], f"doc={tmp_path}: a folder; give the path of a text file"),
+        ([f"doc={binary}"], "scan.pdf: not UTF-8 text (byte 0xe2 at offset 9); save it as UTF-8"),
+        ([f"doc={big}"], "big.txt: more than 16 MB; an input is text for a prompt"),
+        (["doc=-", "other=-"], "--input-file other=-: standard input is already another input"),
+    ]:
+        r = cli("run", path, "--journal", db, *[a for arg in args for a in ("--input-file", arg)])
+        assert r.code == 2 and said in r.err and len(r.err.splitlines()) == 1, (args, r.err)
+    long = tmp_path / "long.txt"
+    long.write_text("a" * 1000)
+    r = cli("run", path, "--journal", db, "-i", "doc=short", "--input-file", f"doc={long}")
+    assert r.code == 2 and r.err.endswith(  # a long value is not printed whole
+        f"--input-file doc: given twice ('short', then {'a' * 37!r}...); give it once\n"
+    ), r.err
+    assert not db.exists()  # nothing ran
 
 
 def test_prompt_naming_an_undeclared_name_is_a_spec_error(cli, tmp_path: Path) -> None:

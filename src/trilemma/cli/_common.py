@@ -67,18 +67,69 @@ InputsOpt = Annotated[
 ]
 
 
-def parse_inputs(pairs: list[str] | None) -> dict[str, str]:
-    """``--input name=value`` pairs as a mapping; exit 2 on one without ``=``."""
+InputFilesOpt = Annotated[
+    list[str] | None,
+    typer.Option("--input-file", metavar="NAME=PATH", show_default=False,
+                 help="An input read from a UTF-8 text file (- for standard input), as "
+                      "name=path: a document too long for the command line."),
+]  # fmt: skip
+
+#: Largest input file: text for a prompt (a million-token context is about 4 MB of text).
+MAX_INPUT_FILE = 16 * 1024 * 1024
+
+
+def parse_inputs(pairs: list[str] | None, files: list[str] | None = None) -> dict[str, str]:
+    """``--input name=value`` pairs, and ``--input-file name=path`` read, as a mapping; a
+    UsageError (exit 2) on one without ``=``, a file that cannot be read as text, or a name
+    given twice with two values."""
     out: dict[str, str] = {}
-    for pair in pairs or []:
+    stdin_read = False
+    given = [("--input", p) for p in pairs or []] + [("--input-file", p) for p in files or []]
+    for flag, pair in given:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--input {pair!r}: write it as name=value")
+        from_file = flag == "--input-file"
+        if not sep or not key or (from_file and not value):
+            raise UsageError(f"{flag} {pair!r}: write it as name={'path' if from_file else 'value'}")
+        if from_file:
+            if value == "-" and stdin_read:
+                raise UsageError(f"{flag} {pair}: standard input is already another input; "
+                                 "give a file")  # fmt: skip
+            stdin_read = stdin_read or value == "-"
+            value = _input_file(key, value)
         if key in out and out[key] != value:
-            raise UsageError(f"--input {key}: given twice ({out[key]!r}, then {value!r}); "
-                             "give it once")  # fmt: skip
+            raise UsageError(f"{flag} {key}: given twice ({_shown(out[key])}, then "
+                             f"{_shown(value)}); give it once")  # fmt: skip
         out[key] = value
     return out
+
+
+def _shown(value: str) -> str:
+    return repr(value) if len(value) <= 40 else f"{value[:37]!r}..."
+
+
+def _input_file(name: str, path: str) -> str:
+    """The text of an input's file (``-``: standard input), a byte order mark dropped."""
+    where = f"--input-file {name}={path}"
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_INPUT_FILE + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_INPUT_FILE + 1)
+    except FileNotFoundError:
+        raise UsageError(f"{where}: no such file; give the path of a text file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{where}: a folder; give the path of a text file") from None
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    if len(data) > MAX_INPUT_FILE:
+        raise UsageError(f"{where}: more than {MAX_INPUT_FILE // 2**20} MB; an input is "
+                         "text for a prompt: give a shorter file")  # fmt: skip
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{where}: not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+                         f"{exc.start}); save it as UTF-8") from None  # fmt: skip
 
 
 DEFAULT_JOURNAL = DEFAULT_PATH

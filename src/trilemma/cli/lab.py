@@ -11,6 +11,7 @@ import typer
 
 from trilemma.cli._common import (
     DEFAULT_JOURNAL,
+    InputFilesOpt,
     InputsOpt,
     JournalOpt,
     JsonFlag,
@@ -337,6 +338,7 @@ def sweep_cmd(
     ] = None,
     runs: Annotated[int, typer.Option(help="Runs per budget (and for the baseline).")] = 100,
     inputs: InputsOpt = None,
+    input_files: InputFilesOpt = None,
     seed: Annotated[int, seed_option(
         help="Run i of every budget uses seed + i, so --seed 1 repeats all but one of --seed "
              "0's runs: move it by --runs or more for an independent repeat.")] = 0,
@@ -357,7 +359,7 @@ def sweep_cmd(
     budgets = [Limits(c, d) for c in _numbers("--max-cost", max_cost, MAX_USD)
                for d in _numbers("--deadline", deadline, MAX_SECONDS)]  # fmt: skip
     wf = load_workflow(file)
-    given = parse_inputs(inputs)
+    given = parse_inputs(inputs, input_files)
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * (len(budgets) + 1))
@@ -378,6 +380,7 @@ def compare_cmd(
     ],
     runs: Annotated[int, typer.Option(help="Runs per spec.")] = 200,
     inputs: InputsOpt = None,
+    input_files: InputFilesOpt = None,
     seed: Annotated[int, seed_option(
         help="Run i of every spec uses seed + i, so --seed 1 repeats all but one of --seed "
              "0's runs: move it by --runs or more for an independent repeat.")] = 0,
@@ -396,7 +399,7 @@ def compare_cmd(
 
     writable("--plot", plot)
     specs = [(str(f), load_workflow(f)) for f in files]
-    given = parse_inputs(inputs)
+    given = parse_inputs(inputs, input_files)
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * len(specs))

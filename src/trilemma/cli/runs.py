@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
 from trilemma.cli._common import (
     DEFAULT_JOURNAL,
+    InputFilesOpt,
     InputsOpt,
     JournalOpt,
     JsonFlag,
@@ -95,6 +96,7 @@ def _tier(shared_cache: bool, redis: str | None) -> str | None:
 def run_cmd(
     spec: SpecFile,
     inputs: InputsOpt = None,
+    input_files: InputFilesOpt = None,
     max_cost: Annotated[float | None, dollars("Hard cost ceiling, $.")] = None,
     deadline: Annotated[float | None, seconds("Deadline, seconds.")] = None,
     seed: Annotated[int | None, seed_option(help="Simulator seed (default: the spec's).")] = None,
@@ -118,7 +120,7 @@ def run_cmd(
     check_tenant(tenant)
     shared, tier = _shared(shared_budget, shared_cache, redis)
     wf = load_workflow(spec)
-    values = parse_inputs(inputs)
+    values = parse_inputs(inputs, input_files)
     check_inputs(wf, values, str(spec))  # before the journal is opened (or made)
     _load_embedder(wf, show=not as_json)
     ceiling, limit = wf.budget.resolve(max_cost, deadline)
