@@ -2,9 +2,10 @@
 
 :class:`Journal` is synchronous and owns one connection, which threads may share
 (they take turns). The executor writes through :class:`JournalWriter`, which commits
-on the loop's thread only when that cannot wait (no other process holds the journal)
-and otherwise on a dedicated thread, so the event loop never waits for another process. Writes are short ``BEGIN IMMEDIATE``
-transactions; a busy timeout lets concurrent processes take turns.
+on the loop's thread when that need not wait (no other process holds the journal) and
+otherwise on a dedicated thread, so the event loop never waits for another process.
+Writes are short ``BEGIN IMMEDIATE`` transactions; a busy timeout lets concurrent
+processes take turns.
 """
 
 from __future__ import annotations
