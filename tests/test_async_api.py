@@ -71,7 +71,7 @@ def test_the_blocking_forms_inside_a_running_loop_name_what_to_await(tmp_path: P
     assert journal.runs() == []  # nothing was started
 
 
-def test_a_cancelled_run_is_left_for_resume_which_any_process_may_do(tmp_path: Path) -> None:
+def test_a_cancelled_run_is_left_for_resume_which_any_process_may_do(tmp_path: Path, cli) -> None:
     journal = Journal(tmp_path / "j.db")
     wf = parse_workflow(SLOW_CHAIN)
     a_done = asyncio.Event()
@@ -93,6 +93,8 @@ def test_a_cancelled_run_is_left_for_resume_which_any_process_may_do(tmp_path: P
     row = journal.run(run_id)
     assert row is not None and row["status"] == "running" and row["pid"] is None
     assert abandoned(row)  # `trilemma runs` says interrupted; `trilemma resume` may go on
+    listed = cli("runs", "--journal", journal.path)
+    assert "│ interrupted │" in listed.out and "its task cancelled" in listed.out, listed.out
     assert journal.steps(run_id)["a"]["status"] == "done"
 
     async def finish() -> trilemma.RunResult:

@@ -786,8 +786,8 @@ def runs_table(rows: list[dict[str, Any]], total: int | None = None) -> Table:
     t = FittedTable(title=title, title_justify="left")
     gone = {r["run_id"] for r in rows if abandoned(r)}
     if gone:
-        t.caption = ("interrupted: its process ended before the run did (a crash, a kill, "
-                     "Ctrl-C); `trilemma resume ID` finishes it, `trilemma doctor` lists them")  # fmt: skip
+        t.caption = ("interrupted: stopped before it ended (a crash, a kill, Ctrl-C, its task "
+                     "cancelled); `trilemma resume ID` finishes it, `trilemma doctor` lists them")  # fmt: skip
     tenants = any(r.get("tenant") for r in rows)  # a column only when some run has one
     for col in ("run_id", "status", "started_at", "cost", "calls", "seed", "spec",
                 *["tenant"] * tenants):  # fmt: skip
