@@ -119,6 +119,23 @@ def test_doctor_reports_the_interrupted_run_until_it_is_resumed(cli, tmp_path: P
     assert after["interrupted_runs"] == [] and after["orphaned_in_flight_calls"] == []
 
 
+def test_the_ledger_tells_a_call_in_flight_now_from_one_a_crash_left(cli, tmp_path: Path) -> None:
+    """`trilemma ledger` of a run going on in another terminal called its call in flight
+    "IN FLIGHT at crash"."""
+    db = tmp_path / "j.db"
+    j = Journal(db)
+    j.create_run({"run_id": "r", "spec_source": "s", "spec_json": '{"steps": []}',
+                  "spec_hash": "h", "inputs_json": "{}", "status": "running",
+                  "started_at": time.time(), "pid": os.getpid()})  # live: this process  # fmt: skip
+    j.call_started(_call_row("r:a:1:1"))
+    live = cli("ledger", "r", "--journal", db)
+    assert live.code == 0 and "│ in flight" in live.out and "crash" not in live.out, live.out
+    j.update_run("r", pid=2**22 + 7)  # no such process: the run was cut short
+    crashed = cli("ledger", "r", "--journal", db)
+    assert "IN FLIGHT at crash: may be billed" in crashed.out, crashed.out
+    assert cli("ledger", "r", "--journal", db, "--json").json()[0]["in_flight"] is True
+
+
 def test_doctor_flags_a_call_left_in_flight_by_a_run_that_ended(cli, tmp_path: Path) -> None:
     # No crash explains such a call (an older trilemma left a debate's calls so): say so,
     # rather than "all good".

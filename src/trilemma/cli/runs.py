@@ -654,7 +654,7 @@ def ledger(
     Example: trilemma ledger 1a2b3c4d --step diagnose --outcome rejected
     """
     from trilemma.journal import Journal
-    from trilemma.journal.store import OUTCOMES
+    from trilemma.journal.store import OUTCOMES, abandoned
 
     for o in outcome or ():
         if o not in OUTCOMES:
@@ -681,7 +681,9 @@ def ledger(
     else:
         shown = {"step": step or [], "outcome": outcome or []}
         pruned = (run["pruned_calls"], run["pruned_usd"]) if run["pruned_calls"] else None
-        stdout_console().print(tables.ledger_table(run_id, rows, run["time_scale"], shown, pruned))
+        live = run["status"] == "running" and not abandoned(run)
+        stdout_console().print(tables.ledger_table(run_id, rows, run["time_scale"], shown, pruned,
+                                                   live))  # fmt: skip
     return 0
 
 

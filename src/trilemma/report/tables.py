@@ -830,11 +830,13 @@ TEXT_COLUMNS = ("step", "role", "model", "outcome")
 def ledger_table(
     run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.0,
     only: Mapping[str, Sequence[str]] | None = None, pruned: tuple[int, float] | None = None,
+    live: bool = False,
 ) -> Table:  # fmt: skip
     """``trilemma ledger``: its calls, and under them what they were billed and how they
     ended (``time_scale``: the run's, journaled; below 1 the caption says so; ``only``: the
     filters the rows passed, by field, named in the title; ``pruned``: the calls and the
-    bill of them that ``trilemma prune`` forgot)."""
+    bill of them that ``trilemma prune`` forgot; ``live``: the run is going on now, so a
+    call in flight is waiting for its answer, not left so by a crash)."""
     kept = "; ".join(f"{k} {', '.join(v)}" for k, v in (only or {}).items() if v)
     t = FittedTable(title=f"Ledger of {run_id}: {counted(len(rows), 'call')}"
                     + (f" ({kept})" if kept else ""),
@@ -865,7 +867,7 @@ def ledger_table(
         if why is not None:
             outcome += ": " + clipped(why, 60)
         if r["in_flight"]:
-            outcome = "IN FLIGHT at crash: may be billed"
+            outcome = "in flight" if live else "IN FLIGHT at crash: may be billed"
         elif r["outcome"] == "answered":
             outcome = "answered, its attempt cut short: billed; a resume uses it"
         tokens_in = str(r["prompt_tokens"] or "-")
