@@ -1,12 +1,17 @@
-"""Kill a run with SIGKILL at a chosen moment, for the crash tests and the stress script."""
+"""Kill a run with SIGKILL at a chosen moment, for the crash tests and the stress script;
+commit to a journal as another process would, beside a test's runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +67,29 @@ def start_and_kill(spec: Path, db: Path, kill_after: float, seed: int = 5) -> st
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def another_writer(db: Path, hold_s: float = 0.005, gap_s: float = 0.005) -> Iterator[None]:
+    """While the block runs, a connection of its own commits to ``db`` over and over (holding
+    the lock ``hold_s``), as a second `trilemma run` into the same journal would. The gap
+    between its commits lets the block's writers in: SQLite's waiters poll, and without
+    one they would starve."""
+    stop = threading.Event()
+
+    def commit_again_and_again() -> None:
+        other = sqlite3.connect(db, isolation_level=None, timeout=30)
+        while not stop.is_set():
+            other.execute("BEGIN IMMEDIATE")
+            time.sleep(hold_s)
+            other.execute("COMMIT")
+            time.sleep(gap_s)
+        other.close()
+
+    holder = threading.Thread(target=commit_again_and_again)
+    holder.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        holder.join()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ from trilemma.run.batch import read_inputs, run_batch
 from trilemma.testing import FunctionProvider
 
 from .conftest import EXAMPLES
+from .durable_helpers import another_writer
 
 SPEC = """version: 1
 inputs: {{question: null}}
@@ -460,26 +458,10 @@ def test_a_batch_beside_another_writer_of_its_journal_keeps_every_run(tmp_path: 
     spec, _ = write(tmp_path, 0, extra=", retries: 2")
     db = tmp_path / "j.db"
     journal = Journal(db)
-    stop = threading.Event()
-
-    def other_writer() -> None:  # as a second `trilemma run` into the same journal would
-        other = sqlite3.connect(db, isolation_level=None, timeout=30)
-        while not stop.is_set():
-            other.execute("BEGIN IMMEDIATE")
-            time.sleep(0.005)
-            other.execute("COMMIT")
-            time.sleep(0.005)  # SQLite's waiters poll: without a gap they would starve
-        other.close()
-
-    holder = threading.Thread(target=other_writer)
-    holder.start()
-    try:
+    with another_writer(db):
         result = run_batch(parse_workflow(spec.read_text()),
                            [{"question": f"q{i}"} for i in range(120)], journal=journal,
                            parallel=8, seed=1)  # fmt: skip
-    finally:
-        stop.set()
-        holder.join()
     assert result.status == "ok" and [line.status for line in result.lines] == ["ok"] * 120
     runs = journal.batch_runs(result.batch_id)
     assert len(runs) == 120 and {r["status"] for r in runs.values()} == {"ok"}

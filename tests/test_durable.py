@@ -29,7 +29,7 @@ from trilemma.run.steps import answer_of
 from trilemma.spec import Step
 from trilemma.testing import Reply, ScriptedServer, fast_retries
 
-from .durable_helpers import CHAIN_SPEC, ledger_key, start_and_kill
+from .durable_helpers import CHAIN_SPEC, another_writer, ledger_key, start_and_kill
 
 
 @pytest.fixture
@@ -841,16 +841,7 @@ def test_threads_sharing_a_journal_take_turns_on_its_connection(journal_r: Journ
     """A writer's thread and the loop's thread use one Journal, while another process commits
     too: before, a BEGIN inside the other thread's transaction failed (its ROLLBACK undoing
     the other's writes), and a read left between two steps stalled a BEGIN for 30 s."""
-    j, errors, stop = journal_r, [], threading.Event()
-
-    def other_process() -> None:
-        other = sqlite3.connect(j.path, isolation_level=None, timeout=30, check_same_thread=False)
-        while not stop.is_set():
-            other.execute("BEGIN IMMEDIATE")
-            time.sleep(0.001)
-            other.execute("COMMIT")
-            time.sleep(0.004)  # SQLite's waiters poll: without a gap they would starve
-        other.close()
+    j, errors = journal_r, []
 
     def thread(name: str) -> None:
         try:
@@ -861,18 +852,13 @@ def test_threads_sharing_a_journal_take_turns_on_its_connection(journal_r: Journ
         except Exception as exc:  # collected for the assertion
             errors.append(exc)
 
-    holder = threading.Thread(target=other_process)
-    holder.start()
     threads = [threading.Thread(target=thread, args=(name,)) for name in ("a", "b")]
     started = time.monotonic()
-    try:
+    with another_writer(j.path, hold_s=0.001, gap_s=0.004):
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    finally:
-        stop.set()
-        holder.join()
     assert errors == []
     assert len(j.calls("r")) == 300
     assert time.monotonic() - started < 25  # no wait for the busy timeout (30 s)
