@@ -308,6 +308,37 @@ def test_an_input_file_that_cannot_be_read_as_text_is_bad_input(cli, tmp_path: P
     assert not db.exists()  # nothing ran
 
 
+def test_a_spec_can_come_from_standard_input(cli, tmp_path: Path, monkeypatch) -> None:
+    """`trilemma run -`, as `kubectl apply -f -`: named <stdin>; a resume takes the journal's."""
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                ["{id: a, model: m}", "{id: b, model: m, after: [a]}"])  # fmt: skip
+
+    def stdin(data: str) -> None:
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data.encode())))
+
+    db = tmp_path / "j.db"
+    stdin(text)
+    assert "Estimate of <stdin>" in cli("estimate", "-").out
+    stdin(text)
+    r = cli("run", "-", "--journal", db, "--max-cost", "0.015", "--json")
+    assert r.code == 1 and r.json()["status"] == "budget_exhausted", r.err
+    run = Journal(db).run(r.json()["run_id"])
+    assert run is not None and run["spec_source"] == "<stdin>"
+    stdin("")  # nothing there now: the resume reads the spec the journal kept
+    resumed = cli("resume", "latest", "--journal", db, "--max-cost", "1", "--json")
+    assert resumed.code == 0 and resumed.json()["status"] == "ok", resumed.err
+    stdin("")
+    assert cli("run", "-", "--journal", db).err == (
+        "trilemma: error: <stdin>: empty spec; start with `version: 1`, models: and steps:\n"
+    )
+    stdin(text)
+    r = cli("batch", "-", "--inputs", "-", "--journal", db)
+    assert r.code == 2 and "--inputs -: the spec is standard input already" in r.err
+    stdin(text)
+    r = cli("compare", "-", "-", "--journal", db)
+    assert r.code == 2 and "standard input holds one spec" in r.err
+
+
 def test_prompt_naming_an_undeclared_name_is_a_spec_error(cli, tmp_path: Path) -> None:
     path = tmp_path / "spec.yaml"
     path.write_text(spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",

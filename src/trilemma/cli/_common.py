@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from trilemma.errors import TrilemmaError, UsageError
 from trilemma.journal.store import DEFAULT_PATH
+from trilemma.spec.load import STDIN
 from trilemma.spec.model import MAX_SECONDS, MAX_SEED, MAX_USD
 
 if TYPE_CHECKING:
@@ -60,7 +61,16 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
-SpecFile = Annotated[Path, typer.Argument(help="Workflow spec (YAML or JSON).", show_default=False)]
+def _stdin_named(path: Path) -> Path:
+    """``-`` as the path that names standard input wherever a spec's name is shown or kept."""
+    return Path(STDIN) if str(path) == "-" else path
+
+
+SpecFile = Annotated[
+    Path,
+    typer.Argument(help="Workflow spec (YAML or JSON; - reads it from standard input).",
+                   show_default=False, callback=_stdin_named),
+]  # fmt: skip
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 InputsOpt = Annotated[
     list[str] | None, typer.Option("--input", "-i", help="An input, as name=value.")

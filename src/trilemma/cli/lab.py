@@ -30,6 +30,7 @@ from trilemma.errors import UsageError
 from trilemma.examples import example_path
 from trilemma.report import tables
 from trilemma.spec import ModelProfile, Workflow, load_workflow
+from trilemma.spec.load import STDIN
 from trilemma.spec.model import MAX_SECONDS, MAX_USD
 
 if TYPE_CHECKING:
@@ -376,7 +377,8 @@ def sweep_cmd(
 def compare_cmd(
     files: Annotated[
         list[Path],
-        typer.Argument(help="Workflow specs to measure side by side.", show_default=False),
+        typer.Argument(help="Workflow specs to measure side by side (- reads one from standard "
+                       "input).", show_default=False),
     ],
     runs: Annotated[int, typer.Option(help="Runs per spec.")] = 200,
     inputs: InputsOpt = None,
@@ -398,6 +400,9 @@ def compare_cmd(
     from trilemma.experiments.compare import compare
 
     writable("--plot", plot)
+    files = [Path(STDIN) if str(f) == "-" else f for f in files]
+    if files.count(Path(STDIN)) > 1:
+        raise UsageError("-: standard input holds one spec; give the others as files")
     specs = [(str(f), load_workflow(f)) for f in files]
     given = parse_inputs(inputs, input_files)
     show = not as_json and sys.stderr.isatty()

@@ -45,6 +45,7 @@ from trilemma.errors import SetupError, UsageError
 from trilemma.journal.store import GATEWAY_RUN
 from trilemma.report import tables
 from trilemma.spec import load_workflow, workflow_from_dict
+from trilemma.spec.load import STDIN
 
 if TYPE_CHECKING:  # imported when a command needs it: `trilemma --help` stays quick
     from trilemma.run.batch import LineResult
@@ -203,6 +204,8 @@ def batch_cmd(
     positive("--parallel", parallel)
     check_tenant(tenant)
     shared, tier = _shared(shared_budget, shared_cache, redis)
+    if str(spec) == STDIN and str(inputs) == "-":
+        raise UsageError("--inputs -: the spec is standard input already; give the inputs' file")
     wf = load_workflow(spec)
     lines = read_inputs(inputs, wf, str(spec))
     if plan:  # before spending: the planner's figures for these lines, nothing journaled

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import sys
 import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -23,14 +24,20 @@ from trilemma.errors import CycleError, SpecError
 from trilemma.spec.model import ROUTE_LABEL_PATTERN, SPEC_VERSION, STEP_ID_PATTERN, Workflow
 from trilemma.spec.template import template_ok
 
-__all__ = ["dump_workflow", "load_workflow", "parse_workflow", "workflow_from_dict"]
+__all__ = ["STDIN", "dump_workflow", "load_workflow", "parse_workflow", "workflow_from_dict"]
 
 MAX_SPEC_BYTES = 5_000_000
 MAX_EXPANDED_NODES = 200_000
 
 
+#: The path that names standard input (as ``-`` does on a command line), and the source a
+#: spec read from it is named by in errors and in the journal.
+STDIN = "<stdin>"
+
+
 def load_workflow(path: str | Path) -> Workflow:
-    """Read, parse and validate a spec file (YAML or JSON)."""
+    """Read, parse and validate a spec file (YAML or JSON; ``-`` or :data:`STDIN` reads
+    standard input, as YAML, which JSON is too)."""
     data, source = read_document(path)
     return workflow_from_dict(data, source)
 
@@ -43,7 +50,11 @@ def read_document(path: str | Path, what: str = "spec") -> tuple[object, str]:
     p = Path(path)
     source = str(path)
     try:
-        raw = p.read_bytes()
+        if source in ("-", STDIN):
+            source = STDIN
+            raw = sys.stdin.buffer.read(MAX_SPEC_BYTES + 1)
+        else:
+            raw = p.read_bytes()
     except FileNotFoundError:
         raise SpecError(source, "", "no such file; check the path") from None
     except IsADirectoryError:
@@ -51,7 +62,8 @@ def read_document(path: str | Path, what: str = "spec") -> tuple[object, str]:
     except OSError as exc:
         raise SpecError(source, "", f"cannot read: {exc.strerror}") from None
     if len(raw) > MAX_SPEC_BYTES:
-        raise SpecError(source, "", f"file is {len(raw)} bytes; a {what} must be under 5 MB")
+        size = "more than 5,000,000" if source == STDIN else str(len(raw))  # stdin: read so far
+        raise SpecError(source, "", f"file is {size} bytes; a {what} must be under 5 MB")
     if b"\x00" in raw:
         raise SpecError(source, "", f"binary file, not a YAML or JSON {what}")
     try:
