@@ -327,6 +327,12 @@ def test_a_spec_can_come_from_standard_input(cli, tmp_path: Path, monkeypatch) -
     stdin("")  # nothing there now: the resume reads the spec the journal kept
     resumed = cli("resume", "latest", "--journal", db, "--max-cost", "1", "--json")
     assert resumed.code == 0 and resumed.json()["status"] == "ok", resumed.err
+    # a gate's module is looked for in the working folder, as beside a spec's file
+    (tmp_path / "stdingates.py").write_text("def short(text):\n    return len(text) < 99\n")
+    monkeypatch.chdir(tmp_path)
+    stdin(text.replace("{id: b, model: m,", "{id: b, model: m, gate: {python: 'stdingates:short'},"))
+    gated = cli("run", "-", "--journal", db, "--json")
+    assert gated.code == 0 and gated.json()["status"] == "ok", gated.err
     stdin("")
     assert cli("run", "-", "--journal", db).err == (
         "trilemma: error: <stdin>: empty spec; start with `version: 1`, models: and steps:\n"
