@@ -295,7 +295,7 @@ def test_an_input_file_that_cannot_be_read_as_text_is_bad_input(cli, tmp_path: P
         ([f"doc={tmp_path}"], f"doc={tmp_path}: a folder; give the path of a text file"),
         ([f"doc={binary}"], "scan.pdf: not UTF-8 text (byte 0xe2 at offset 9); save it as UTF-8"),
         ([f"doc={big}"], "big.txt: more than 16 MB; an input is text for a prompt"),
-        (["doc=-", "other=-"], "--input-file other=-: standard input is already another input"),
+        (["doc=-", "other=-"], "--input-file other=-: standard input holds another input already"),
     ]:
         r = cli("run", path, "--journal", db, *[a for arg in args for a in ("--input-file", arg)])
         assert r.code == 2 and said in r.err and len(r.err.splitlines()) == 1, (args, r.err)
@@ -337,6 +337,9 @@ def test_a_spec_can_come_from_standard_input(cli, tmp_path: Path, monkeypatch) -
     assert cli("run", "-", "--journal", db).err == (
         "trilemma: error: <stdin>: empty spec; start with `version: 1`, models: and steps:\n"
     )
+    stdin(text.replace("steps:", "inputs: {doc: null}\nsteps:"))
+    r = cli("run", "-", "--input-file", "doc=-", "--journal", db)
+    assert r.code == 2 and "--input-file doc=-: standard input holds the spec already" in r.err
     stdin(text)
     r = cli("batch", "-", "--inputs", "-", "--journal", db)
     assert r.code == 2 and "--inputs -: the spec is standard input already" in r.err

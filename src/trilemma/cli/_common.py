@@ -88,12 +88,15 @@ InputFilesOpt = Annotated[
 MAX_INPUT_FILE = 16 * 1024 * 1024
 
 
-def parse_inputs(pairs: list[str] | None, files: list[str] | None = None) -> dict[str, str]:
+def parse_inputs(
+    pairs: list[str] | None, files: list[str] | None = None, *, spec_read_stdin: bool = False
+) -> dict[str, str]:
     """``--input name=value`` pairs, and ``--input-file name=path`` read, as a mapping; a
-    UsageError (exit 2) on one without ``=``, a file that cannot be read as text, or a name
-    given twice with two values."""
+    UsageError (exit 2) on one without ``=``, a file that cannot be read as text, a name
+    given twice with two values, or standard input asked for twice (``spec_read_stdin``:
+    the spec came from it)."""
     out: dict[str, str] = {}
-    stdin_read = False
+    stdin_read = spec_read_stdin
     given = [("--input", p) for p in pairs or []] + [("--input-file", p) for p in files or []]
     for flag, pair in given:
         key, sep, value = pair.partition("=")
@@ -102,7 +105,8 @@ def parse_inputs(pairs: list[str] | None, files: list[str] | None = None) -> dic
             raise UsageError(f"{flag} {pair!r}: write it as name={'path' if from_file else 'value'}")
         if from_file:
             if value == "-" and stdin_read:
-                raise UsageError(f"{flag} {pair}: standard input is already another input; "
+                held = "the spec" if spec_read_stdin else "another input"
+                raise UsageError(f"{flag} {pair}: standard input holds {held} already; "
                                  "give a file")  # fmt: skip
             stdin_read = stdin_read or value == "-"
             value = _input_file(key, value)

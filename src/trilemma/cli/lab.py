@@ -360,7 +360,7 @@ def sweep_cmd(
     budgets = [Limits(c, d) for c in _numbers("--max-cost", max_cost, MAX_USD)
                for d in _numbers("--deadline", deadline, MAX_SECONDS)]  # fmt: skip
     wf = load_workflow(file)
-    given = parse_inputs(inputs, input_files)
+    given = parse_inputs(inputs, input_files, spec_read_stdin=str(file) == STDIN)
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * (len(budgets) + 1))
@@ -404,7 +404,7 @@ def compare_cmd(
     if files.count(Path(STDIN)) > 1:
         raise UsageError("-: standard input holds one spec; give the others as files")
     specs = [(str(f), load_workflow(f)) for f in files]
-    given = parse_inputs(inputs, input_files)
+    given = parse_inputs(inputs, input_files, spec_read_stdin=Path(STDIN) in files)
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * len(specs))

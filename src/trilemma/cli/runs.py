@@ -121,7 +121,7 @@ def run_cmd(
     check_tenant(tenant)
     shared, tier = _shared(shared_budget, shared_cache, redis)
     wf = load_workflow(spec)
-    values = parse_inputs(inputs, input_files)
+    values = parse_inputs(inputs, input_files, spec_read_stdin=str(spec) == STDIN)
     check_inputs(wf, values, str(spec))  # before the journal is opened (or made)
     _load_embedder(wf, show=not as_json)
     ceiling, limit = wf.budget.resolve(max_cost, deadline)
