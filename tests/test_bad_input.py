@@ -518,3 +518,18 @@ def test_examples_with_values_swapped_fail_in_a_yaml_writers_words(cli, tmp_path
             for words in ("Input should", "instance of", "(got None)", "String should", "[key]"):
                 assert words not in line, line
     assert refused >= 10  # the swaps do reach the checks
+
+
+def test_a_spec_over_the_size_bound_is_refused_from_a_file_or_standard_input(
+    cli, tmp_path: Path, monkeypatch
+) -> None:
+    import io
+
+    big = BASE_SPEC + "#" * 5_000_000 + "\n"
+    path = tmp_path / "big.yaml"
+    path.write_text(big)
+    r = cli("estimate", path)
+    assert r.code == 2 and r.err.endswith("big.yaml: file is over 5 MB, the most a spec may be\n"), r.err
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(big.encode())))
+    r = cli("estimate", "-")
+    assert r.err == "trilemma: error: <stdin>: file is over 5 MB, the most a spec may be\n", r.err

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from trilemma.errors import TrilemmaError, UsageError
 from trilemma.journal.store import DEFAULT_PATH
-from trilemma.spec.load import STDIN
+from trilemma.spec.load import STDIN, read_capped
 from trilemma.spec.model import MAX_SECONDS, MAX_SEED, MAX_USD
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ __all__ = [
     "run_ref",
     "seconds",
     "seed_option",
+    "stdin_named",
     "stdout_console",
     "write_atomic",
 ]
@@ -61,7 +62,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
-def _stdin_named(path: Path) -> Path:
+def stdin_named(path: Path) -> Path:
     """``-`` as the path that names standard input wherever a spec's name is shown or kept."""
     return Path(STDIN) if str(path) == "-" else path
 
@@ -69,7 +70,7 @@ def _stdin_named(path: Path) -> Path:
 SpecFile = Annotated[
     Path,
     typer.Argument(help="Workflow spec (YAML or JSON; - reads it from standard input).",
-                   show_default=False, callback=_stdin_named),
+                   show_default=False, callback=stdin_named),
 ]  # fmt: skip
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 InputsOpt = Annotated[
@@ -125,11 +126,7 @@ def _input_file(name: str, path: str) -> str:
     """The text of an input's file (``-``: standard input), a byte order mark dropped."""
     where = f"--input-file {name}={path}"
     try:
-        if path == "-":
-            data = sys.stdin.buffer.read(MAX_INPUT_FILE + 1)
-        else:
-            with open(path, "rb") as f:
-                data = f.read(MAX_INPUT_FILE + 1)
+        data = read_capped(path, MAX_INPUT_FILE)
     except FileNotFoundError:
         raise UsageError(f"{where}: no such file; give the path of a text file") from None
     except IsADirectoryError:

@@ -22,6 +22,7 @@ from trilemma.cli._common import (
     positive,
     progress,
     seed_option,
+    stdin_named,
     stdout_console,
     writable,
     write_atomic,
@@ -400,7 +401,7 @@ def compare_cmd(
     from trilemma.experiments.compare import compare
 
     writable("--plot", plot)
-    files = [Path(STDIN) if str(f) == "-" else f for f in files]
+    files = [stdin_named(f) for f in files]
     if files.count(Path(STDIN)) > 1:
         raise UsageError("-: standard input holds one spec; give the others as files")
     specs = [(str(f), load_workflow(f)) for f in files]

@@ -35,6 +35,16 @@ MAX_EXPANDED_NODES = 200_000
 STDIN = "<stdin>"
 
 
+def read_capped(path: str | Path, limit: int) -> bytes:
+    """The bytes of a file, or of standard input for ``-`` (or :data:`STDIN`): at most
+    ``limit`` + 1 of them, so that a caller can tell one over the limit without reading
+    it all. OSError as reading raises it."""
+    if str(path) in ("-", STDIN):
+        return sys.stdin.buffer.read(limit + 1)
+    with open(path, "rb") as f:
+        return f.read(limit + 1)
+
+
 def load_workflow(path: str | Path) -> Workflow:
     """Read, parse and validate a spec file (YAML or JSON; ``-`` or :data:`STDIN` reads
     standard input, as YAML, which JSON is too)."""
@@ -48,13 +58,9 @@ def read_document(path: str | Path, what: str = "spec") -> tuple[object, str]:
     Returns the data and the source name errors give; ``what`` names the file in them.
     """
     p = Path(path)
-    source = str(path)
+    source = STDIN if str(path) == "-" else str(path)
     try:
-        if source in ("-", STDIN):
-            source = STDIN
-            raw = sys.stdin.buffer.read(MAX_SPEC_BYTES + 1)
-        else:
-            raw = p.read_bytes()
+        raw = read_capped(source, MAX_SPEC_BYTES)
     except FileNotFoundError:
         raise SpecError(source, "", "no such file; check the path") from None
     except IsADirectoryError:
@@ -62,8 +68,7 @@ def read_document(path: str | Path, what: str = "spec") -> tuple[object, str]:
     except OSError as exc:
         raise SpecError(source, "", f"cannot read: {exc.strerror}") from None
     if len(raw) > MAX_SPEC_BYTES:
-        size = "more than 5,000,000" if source == STDIN else str(len(raw))  # stdin: read so far
-        raise SpecError(source, "", f"file is {size} bytes; a {what} must be under 5 MB")
+        raise SpecError(source, "", f"file is over 5 MB, the most a {what} may be")
     if b"\x00" in raw:
         raise SpecError(source, "", f"binary file, not a YAML or JSON {what}")
     try:
