@@ -467,3 +467,37 @@ def test_a_batch_beside_another_writer_of_its_journal_keeps_every_run(tmp_path: 
     assert len(runs) == 120 and {r["status"] for r in runs.values()} == {"ok"}
     assert all(len(journal.calls(r["run_id"])) == 1 for r in runs.values())
     assert [row[0] for row in journal.db.execute("PRAGMA integrity_check")] == ["ok"]
+
+
+def test_a_batch_is_named_as_a_run_is_by_latest_or_a_part_of_its_id(tmp_path: Path, cli) -> None:
+    spec, lines = write(tmp_path, 2)
+    db = tmp_path / "j.db"
+    # the first batch stops at its ceiling after one line: one to go on with
+    old = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--max-cost", "0.01",
+              "--parallel", "1").json()["batch_id"]  # fmt: skip
+    new = cli("batch", spec, "--inputs", lines, "--journal", db, "--json").json()["batch_id"]
+    hex_end, day = new.rsplit("-", 1)[1], new.removeprefix("batch-")[:8]
+
+    def listed(ref: str) -> set[str]:
+        runs = cli("runs", "--journal", db, "--json", "--batch", ref).json()
+        return {r["batch_id"] for r in runs}
+
+    assert listed("latest") == listed(hex_end) == listed(new) == {new}
+    assert listed(old.removeprefix("batch-")) == {old}  # "batch-" may be left out
+    page = cli("report", hex_end, "--journal", db, "--out", tmp_path / "b.html")
+    assert page.code == 0 and new in (tmp_path / "b.html").read_text()
+    again = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--max-cost", "1",
+                "--resume", old.rsplit("-", 1)[1]).json()  # fmt: skip
+    assert again["batch_id"] == old and again["counts"]["ok"] == 2
+    for args in (("runs", "--batch", day), ("report", f"batch-{day}"),
+                 ("batch", spec, "--inputs", lines, "--resume", day)):  # fmt: skip
+        r = cli(*args, "--journal", db)
+        assert r.code == 2 and "names more than one batch" in r.err and old in r.err, r.err
+        assert r.err.count("\n") == 1
+    r = cli("batch", spec, "--inputs", lines, "--journal", db, "--resume", "nope")
+    assert r.code == 2 and "--resume nope: no batch of that id" in r.err, r.err
+    # a journal without batches: `latest` names none
+    solo = tmp_path / "solo.db"
+    assert cli("run", spec, "--journal", solo, "-i", "question=q").code == 0
+    r = cli("batch", spec, "--inputs", lines, "--journal", solo, "--resume", "latest")
+    assert r.code == 2 and "no batch is in" in r.err, r.err

@@ -35,6 +35,7 @@ __all__ = [
     "JsonFlag",
     "SpecFile",
     "app",
+    "batch_id_of",
     "dollars",
     "emit_json",
     "interrupted",
@@ -255,6 +256,24 @@ def run_id_of(journal: Journal, ref: str) -> str:
         raise UsageError(f"run {ref!r} is not in {journal.path}; `trilemma runs` lists the runs there")
     shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
     raise UsageError(f"run {ref!r} names more than one run in {journal.path} ({shown}); "
+                     "give more of the id")  # fmt: skip
+
+
+def batch_id_of(journal: Journal, ref: str, flag: str) -> str:
+    """The id of the one batch ``ref`` names in ``journal`` (see :meth:`Journal.batch_ids`);
+    UsageError, starting with ``flag``, when it names none, or more than one."""
+    found = journal.batch_ids(ref)
+    if len(found) == 1:
+        return found[0]
+    where = f"in {journal.path}"
+    if not found and ref == "latest":
+        raise UsageError(f"{flag} latest: no batch is {where} yet; `trilemma batch SPEC "
+                         "--inputs FILE` makes one")  # fmt: skip
+    if not found:
+        raise UsageError(f"{flag} {ref}: no batch of that id {where}; a batch prints its id "
+                         "as it starts, and `trilemma runs --json` gives each run's batch_id")  # fmt: skip
+    shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+    raise UsageError(f"{flag} {ref}: names more than one batch {where} ({shown}); "
                      "give more of the id")  # fmt: skip
 
 

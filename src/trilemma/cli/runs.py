@@ -25,6 +25,7 @@ from trilemma.cli._common import (
     JsonFlag,
     SpecFile,
     app,
+    batch_id_of,
     dollars,
     emit_json,
     interrupted,
@@ -172,7 +173,8 @@ def batch_cmd(
     ] = None,
     resume: Annotated[
         str | None,
-        typer.Option(help="Go on with this batch: lines done are not run again.",
+        typer.Option(help="Go on with this batch (its id, `latest`, or a part of the id): "
+                          "lines done are not run again.",
                      show_default=False),
     ] = None,
     skip_failed: Annotated[
@@ -208,6 +210,8 @@ def batch_cmd(
         raise UsageError("--inputs -: the spec is standard input already; give the inputs' file")
     wf = load_workflow(spec)
     lines = read_inputs(inputs, wf, str(spec))
+    if resume is not None:  # its id, `latest` or a part of the id, as for runs
+        resume = batch_id_of(Journal(journal, create=False), resume, "--resume")
     if plan:  # before spending: the planner's figures for these lines, nothing journaled
         left = None
         if shared is not None:  # what the team has left now, across every process
@@ -377,7 +381,8 @@ def runs(
                      show_default=False),
     ] = None,
     batch: Annotated[
-        str | None, typer.Option(help="Only the runs of this batch.", show_default=False)
+        str | None, typer.Option(help="Only the runs of this batch (its id, `latest`, or a part of "
+                          "the id).", show_default=False)
     ] = None,
     limit: Annotated[
         int | None, typer.Option(help=f"Only the newest N (the table: {TABLE_RUNS} unless "
@@ -397,6 +402,8 @@ def runs(
     if limit is not None:
         positive("--limit", limit)
     j = Journal(journal, create=False)
+    if batch is not None and j.batch_ids(batch):  # its id, `latest` or a part of the id
+        batch = batch_id_of(j, batch, "--batch")  # (naming none, it filters out every run)
     shown = limit if limit is not None or as_json else TABLE_RUNS
     rows = j.runs(status=status, batch_id=batch, limit=shown)
     if as_json:
@@ -692,7 +699,7 @@ def ledger(
 
 @app.command(rich_help_panel="Run and read the journal")
 def report(
-    run_id: Annotated[str, run_ref("The run, or a batch's id.")],
+    run_id: Annotated[str, run_ref("The run, or a batch (by its id or a part of it).")],
     journal: JournalOpt = DEFAULT_JOURNAL,
     out: Annotated[
         Path | None, typer.Option("--out", help="The HTML file (default: report-ID.html).")
@@ -709,9 +716,8 @@ def report(
 
     writable("--out", out)
     j = Journal(journal, create=False)
-    is_batch = j.run(run_id) is None and bool(j.batch_runs(run_id))
-    if not is_batch:
-        run_id = run_id_of(j, run_id)
+    is_batch = not j.run_ids(run_id) and bool(j.batch_ids(run_id))
+    run_id = batch_id_of(j, run_id, "report") if is_batch else run_id_of(j, run_id)
     page = batch_report(j, run_id) if is_batch else run_report(j, run_id)
     path = out or Path(f"report-{run_id}.html")
     write_atomic(path, page)

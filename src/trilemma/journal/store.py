@@ -395,6 +395,28 @@ class Journal:
         )
         return [r["run_id"] for r in rows]
 
+    def batch_ids(self, ref: str, limit: int = 4) -> list[str]:
+        """The ids of the batches ``ref`` may name, newest first (at most ``limit``), as
+        :meth:`run_ids` names runs: ``latest`` the newest batch; else the batch of that id,
+        or those whose id begins or ends with it (``batch-`` may be left out)."""
+        args: tuple[str, ...] = ()
+        if ref == "latest":
+            where, limit = "batch_id IS NOT NULL", 1
+        else:
+            exact = self._rows("SELECT DISTINCT batch_id FROM runs WHERE batch_id = ?", (ref,))
+            if exact or not ref:
+                return [r["batch_id"] for r in exact]
+            where = ("batch_id IS NOT NULL AND (substr(batch_id, 1, length(?1)) = ?1 OR "
+                     "substr(batch_id, 1, length(?1) + 6) = 'batch-' || ?1 OR "
+                     "substr(batch_id, -length(?1)) = ?1)")  # fmt: skip
+            args = (ref,)
+        rows = self._rows(
+            f"SELECT batch_id FROM runs WHERE {where} GROUP BY batch_id "
+            f"ORDER BY max(started_at) DESC, batch_id DESC LIMIT {int(limit)}",
+            args,
+        )
+        return [r["batch_id"] for r in rows]
+
     def batch_runs(self, batch_id: str) -> dict[int, dict[str, Any]]:
         """A batch's runs by their line in its inputs."""
         rows = self._runs("WHERE runs.batch_id = ? ORDER BY runs.started_at", (batch_id,))
