@@ -73,6 +73,7 @@ def test_prune_forgets_old_runs_and_keeps_what_is_still_needed(cli, tmp_path: Pa
     d = dry.json()
     assert d["dry_run"] and sorted(d["run_ids"]) == sorted([ids["old ok"], ids["old failed"]])
     assert d["calls"] == 10 and d["steps"] == 10 and d["kept_in_batches"] == 1
+    assert d["kept_running"] == 1  # the interrupted one (not the gateway key's, live)
     assert counts(db) == before  # a dry run keeps everything
 
     r = cli("prune", "--older-than", "30", "--journal", db)
@@ -80,6 +81,7 @@ def test_prune_forgets_old_runs_and_keeps_what_is_still_needed(cli, tmp_path: Pa
     said = " ".join(r.out.split())
     assert said.startswith("forgot 2 runs started before ") and "(10 calls)" in said
     assert "kept 1 run as old, of batches with newer or unfinished runs" in said
+    assert "kept 1 run as old that has not ended (live, or waiting for `trilemma resume`" in said
     after = counts(db)
     assert after["runs"] == before["runs"] - 2
     assert after["calls"] == before["calls"] - 10 and after["steps"] == before["steps"] - 10
@@ -107,10 +109,12 @@ def test_prune_by_status_and_then_shrink_the_file(cli, tmp_path: Path) -> None:
     assert r.code == 0, r.err
     d = r.json()
     assert d["runs"] == 30 and d["calls"] == 150
+    assert d["kept_running"] == 0  # the interrupted run started 40 days ago, not 45
     assert d["bytes_after"] < d["bytes_before"]
     assert db.stat().st_size == d["bytes_after"]  # the log emptied into it
     shown = " ".join(cli("prune", "--older-than", "0", "--vacuum", "--journal", db).out.split())
     assert "MB before" in shown and "MB now" in shown
+    assert "kept 1 run as old that has not ended" in shown
 
 
 def test_prune_refuses_what_it_cannot_do(cli, tmp_path: Path) -> None:

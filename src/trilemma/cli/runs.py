@@ -617,7 +617,8 @@ def prune(
         j.vacuum()
     out: dict[str, Any] = {
         "dry_run": dry_run, "runs": len(p.run_ids), "calls": p.calls, "steps": p.steps,
-        "kept_in_batches": p.kept_in_batches, "gateway_calls": p.gateway_calls,
+        "kept_in_batches": p.kept_in_batches, "kept_running": p.kept_running,
+        "gateway_calls": p.gateway_calls,
         "before": iso(before), "run_ids": p.run_ids,
         "bytes_before": size, "bytes_after": _file_size(journal),
     }  # fmt: skip
@@ -633,6 +634,10 @@ def prune(
     if p.kept_in_batches:
         lines.append(f"kept {tables.counted(p.kept_in_batches, 'run')} as old, of batches with "
                      "newer or unfinished runs (a batch goes whole)")  # fmt: skip
+    if p.kept_running:
+        lines.append(f"kept {tables.counted(p.kept_running, 'run')} as old that "
+                     f"{'has' if p.kept_running == 1 else 'have'} not ended (live, or waiting "
+                     "for `trilemma resume`: `trilemma doctor` says which)")  # fmt: skip
     if vacuum and not dry_run:
         lines.append(f"the file: {size / 1e6:.1f} MB before, {out['bytes_after'] / 1e6:.1f} MB now")
     elif (p.run_ids or p.gateway_calls) and not dry_run:

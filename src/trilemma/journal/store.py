@@ -148,6 +148,9 @@ class Pruned:
     dry_run: bool
     gateway_calls: int = 0
     """Calls of gateway keys' runs forgotten (their bill still counts in the runs' totals)."""
+    kept_running: int = 0
+    """Runs old enough that were kept because they have not ended (live, or interrupted and
+    waiting for ``trilemma resume``); counted only without a ``status``."""
 
 
 class Journal:
@@ -573,7 +576,7 @@ class Journal:
                   f"AND NOT ({ended.format('o')})))")  # fmt: skip
         args = {"before": before, "status": status}
         ids: list[str] = []
-        calls = steps = kept = gateway_calls = 0
+        calls = steps = kept = gateway_calls = running = 0
         with contextlib.suppress(_Undone), self.transaction() as db:
             ids = [r[0] for r in db.execute(f"{chosen} ORDER BY run_id", args)]
             kept = db.execute(f"SELECT count(*) FROM runs r WHERE {ended.format('r')} "
@@ -584,12 +587,15 @@ class Journal:
                 db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM specs WHERE spec_hash NOT IN (SELECT spec_hash FROM runs)")
             if status is None:
+                running = db.execute(
+                    f"SELECT count(*) FROM runs WHERE status = 'running' AND started_at < ? "
+                    f"AND NOT {_IS_GATEWAY.format('runs')}", (before,)).fetchone()[0]  # fmt: skip
                 keys = [r[0] for r in db.execute(
                     f"SELECT run_id FROM runs WHERE {_IS_GATEWAY.format('runs')}")]  # fmt: skip
                 gateway_calls = self._forget_calls(db, keys, before)
             if dry_run:
                 raise _Undone  # the transaction rolls back
-        return Pruned(ids, calls, steps, int(kept), dry_run, gateway_calls)
+        return Pruned(ids, calls, steps, int(kept), dry_run, gateway_calls, int(running))
 
     def forget_calls(self, run_ids: Sequence[str], before: float) -> int:
         """Forget the calls of these runs (gateway keys') that finished before ``before``
