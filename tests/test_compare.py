@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trilemma import load_workflow
-from trilemma.errors import UsageError
+from trilemma.errors import NotAJournal, UsageError
 from trilemma.experiments.compare import compare
 from trilemma.journal import Journal
 
@@ -313,3 +313,37 @@ def test_a_simulated_spec_off_its_prediction_is_chance_and_gets_no_advice(tmp_pa
     console = Console(width=400, record=True)
     console.print(compare_table([debate], 0.001))
     assert "measured success" not in console.export_text()
+
+
+def test_ctrl_c_in_a_compare_says_where_the_runs_that_ended_are(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "c.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trilemma", "compare", str(EXAMPLES / "single.yaml"),
+         str(EXAMPLES / "ticket.yaml"), "--runs", "100000", "--journal", str(db)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline, ended = time.monotonic() + 60, 0
+        while ended < 5 and time.monotonic() < deadline:  # until some runs have ended
+            time.sleep(0.1)
+            try:
+                seen = Journal(db, create=False)
+            except NotAJournal:  # not made yet
+                continue
+            ended = seen.count_runs(status="ok")
+            seen.close()
+        assert ended >= 5, "no run ended"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130 and out == "", err
+    assert err == (f"trilemma: interrupted; the runs that ended are kept in {db}: "
+                   f"`trilemma runs --journal {db}` lists them\n")  # fmt: skip
+    assert Journal(db).count_runs(status="ok") >= ended  # what ended is kept

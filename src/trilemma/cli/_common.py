@@ -7,10 +7,12 @@ runs a command in-process and returns its exit code: 0 success, 1 the run or pla
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -47,6 +49,7 @@ __all__ = [
     "run",
     "run_id_of",
     "run_ref",
+    "runs_kept_on_interrupt",
     "seconds",
     "seed_option",
     "stdin_named",
@@ -387,6 +390,20 @@ def interrupted(said: str = "") -> NoReturn:
     _said_interrupted = True
     sys.stderr.write(f"trilemma: interrupted{said}\n")
     raise typer.Exit(INTERRUPTED)
+
+
+@contextlib.contextmanager
+def runs_kept_on_interrupt(journal: Path) -> Iterator[None]:
+    """Ctrl-C in an experiment (compare, sweep, cliff): say where the runs that ended are,
+    then exit 130 (a run cut short is left interrupted, as any run)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from trilemma.report.tables import journal_flag
+
+        flag = journal_flag(journal)
+        interrupted(f"; the runs that ended are kept in {journal}: `trilemma runs{flag}` "
+                    "lists them")  # fmt: skip
 
 
 def _not_utf8(exc: UnicodeEncodeError, argv: list[str]) -> str | None:

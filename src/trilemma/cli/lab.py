@@ -21,6 +21,7 @@ from trilemma.cli._common import (
     parse_inputs,
     positive,
     progress,
+    runs_kept_on_interrupt,
     seed_option,
     stdin_named,
     stdout_console,
@@ -285,7 +286,7 @@ def cliff_cmd(
         raise UsageError(f"--steps {steps!r}: give chain lengths like 1,2,5") from None
     wf = _spec_with(model, spec)
     show = not as_json and sys.stderr.isatty()
-    with progress(show) as bar:
+    with runs_kept_on_interrupt(journal), progress(show) as bar:
         bar_id = bar.add_task("chains", total=len(lengths) * runs)
         points = cliff(model, wf.models[model], lengths, runs, journal, task=task, seed=seed,
                        on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
@@ -363,7 +364,7 @@ def sweep_cmd(
     wf = load_workflow(file)
     given = parse_inputs(inputs, input_files, spec_read_stdin=str(file) == STDIN)
     show = not as_json and sys.stderr.isatty()
-    with progress(show) as bar:
+    with runs_kept_on_interrupt(journal), progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * (len(budgets) + 1))
         result = budget_sweep(wf, budgets, runs, journal, seed=seed, time_scale=time_scale,
                               source=str(file), inputs=given,
@@ -407,7 +408,7 @@ def compare_cmd(
     specs = [(str(f), load_workflow(f)) for f in files]
     given = parse_inputs(inputs, input_files, spec_read_stdin=Path(STDIN) in files)
     show = not as_json and sys.stderr.isatty()
-    with progress(show) as bar:
+    with runs_kept_on_interrupt(journal), progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * len(specs))
         rows = compare(specs, runs, journal, seed=seed, time_scale=time_scale,
                        inputs=given,
