@@ -255,6 +255,11 @@ def test_runs_in_scaled_time_are_fitted_in_the_spec_s_own_time(cli: Any, tmp_pat
     assert "Simulated time ran 100x faster" in (tmp_path / "r.html").read_text()
     ledger = cli("ledger", runs[0]["run_id"], "--journal", path).out.replace("\n", " ")
     assert "simulated time ran 100x faster" in ledger and "0.01 of the spec's own" in ledger
+    # the profile it starts from (the journaled spec's, scaled as the run was) in its own time too:
+    # 0.02 s beside 2 s measured was drift, and the profile kept a 0.6 s timeout
+    fitted = cli("calibrate", "--model", "m", "--from-journal", path, "--json").json()
+    assert fitted["drift"] == [], fitted["drift"]
+    assert "timeout_s" not in fitted["profile"]  # the default 60 s, as the spec has it
     again = cli("resume", runs[0]["run_id"], "--journal", path)
     assert again.code == 2 and "one trial of an experiment (compare or sweep)" in again.err
     assert "run the experiment again rather than resume it" in again.err

@@ -242,7 +242,9 @@ def _fit_ledger(
 
 
 def _base_profile(journal: Any, model: str, spec: Path | None) -> ModelProfile:
-    """The profile a fit starts from: ``spec``'s, else the newest journaled spec's."""
+    """The profile a fit starts from: ``spec``'s, else the newest journaled spec's (a
+    compare's or a sweep's with its time scaled back, as the ledger's latencies are)."""
+    from trilemma.experiments.trials import time_scaled
     from trilemma.spec import parse_workflow
 
     if spec is not None:
@@ -250,7 +252,8 @@ def _base_profile(journal: Any, model: str, spec: Path | None) -> ModelProfile:
     for run in journal.runs():
         journaled = parse_workflow(run["spec_json"], f"run {run['run_id']}", json_only=True)
         if model in journaled.models:
-            return journaled.models[model]
+            scale = run["time_scale"] or 1.0
+            return time_scaled(journaled, 1 / scale).models[model]
     raise UsageError(f"{journal.path}: no run's spec has a profile {model!r}; give --spec FILE")
 
 
