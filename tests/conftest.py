@@ -37,6 +37,7 @@ def _piped_width(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tables at the width a pipe gets (150 columns), whatever COLUMNS the shell exported;
     a test that wants another width sets it."""
     monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("TRILEMMA_JOURNAL", raising=False)  # a developer's own, for their runs
 
 
 @dataclass

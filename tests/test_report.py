@@ -15,6 +15,8 @@ from trilemma.report.html import run_report
 from trilemma.run.session import execute
 from trilemma.testing import fast_retries
 
+from .conftest import EXAMPLES
+
 SPEC = """version: 1
 models:
   m: {usd_per_call: 0.01, latency_s: 0.02, p_ok: 0.5,
@@ -210,6 +212,23 @@ def test_a_runs_filter_that_matches_nothing_says_which(cli, tmp_path: Path) -> N
 
     doctor = cli("doctor", "--journal", db).out
     assert f"(this trilemma knows {SCHEMA_VERSION}), 1 run\n" in doctor  # not "1 runs"
+
+
+def test_the_journal_may_be_named_once_for_every_command_by_trilemma_journal(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, other = tmp_path / "mine.db", tmp_path / "other.db"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRILEMMA_JOURNAL", str(db))
+    ran = cli("run", EXAMPLES / "single.yaml", "--json").json()
+    assert ran["journal"] == str(db) and not (tmp_path / ".trilemma").exists()
+    assert [r["run_id"] for r in cli("runs", "--json").json()] == [ran["run_id"]]
+    assert cli("ledger", "latest", "--json").json()[0]["step"] == "answer"
+    assert cli("run", EXAMPLES / "single.yaml", "--journal", other).code == 0  # the flag wins
+    assert len(Journal(other).runs()) == 1 and len(Journal(db).runs()) == 1
+    monkeypatch.setenv("TRILEMMA_JOURNAL", "")  # set but empty: the default
+    r = cli("runs")
+    assert r.code == 2 and ".trilemma/trilemma.db: no journal here" in r.err, r.err
 
 
 def test_commands_printed_for_pasting_quote_a_path_with_spaces() -> None:

@@ -228,8 +228,12 @@ def writable(flag: str, path: Path | None) -> None:
         raise UsageError(f"{flag} {path}: the folder {folder} is not writable; give another path")
 
 
+JOURNAL_ENV = "TRILEMMA_JOURNAL"
+"""Where --journal points when not given (else ./.trilemma/trilemma.db)."""
+
 JournalOpt = Annotated[
-    Path, typer.Option("--journal", help="The journal (SQLite) file.", show_default=True)
+    Path, typer.Option("--journal", envvar=JOURNAL_ENV, help="The journal (SQLite) file.",
+                       show_default=True)
 ]
 
 
