@@ -166,3 +166,82 @@ def test_cliff_and_calibrate_find_the_shipped_local_spec_from_any_folder(
     for args in (["cliff"], ["calibrate", "--suite", "add1", "--n", "1"]):
         r = cli(*args, "--model", "nope")
         assert r.code == 2 and "local.yaml has no such model; it has smollm2" in r.err, r.err
+
+
+def test_an_experiment_on_an_endpoint_that_is_down_stops_before_its_first_run(
+    cli, tmp_path: Path
+) -> None:
+    """A server that is down measured as a model that always fails (cliff: 0% success,
+    exit 0); now the experiment says it cannot reach it, and runs nothing. An endpoint that
+    is up runs as before, whatever its answer to the probe."""
+    from trilemma.journal import Journal
+    from trilemma.testing import ScriptedServer
+
+    def spec_at(url: str) -> Path:
+        spec = tmp_path / "real.yaml"
+        spec.write_text(f"version: 1\nmodels:\n  real: {{provider: openai, base_url: \"{url}\", "
+                        "model: m1, usd_per_call: 0.001, latency_s: 0.01, p_ok: 0.9}\n"
+                        "steps: [{id: a, model: real}]\n")  # fmt: skip
+        return spec
+
+    with ScriptedServer() as srv:
+        url = srv.url  # the port is free again once the server stops
+    spec, db = spec_at(url), tmp_path / "j.db"
+    for args in (["cliff", "--model", "real", "--spec", spec, "--steps", "1,2", "--runs", "3"],
+                 ["compare", spec, "--runs", "3", "--time-scale", "1"],
+                 ["sweep", spec, "--runs", "3", "--time-scale", "1", "--max-cost", "0.01"]):  # fmt: skip
+        r = cli(*args, "--journal", db)
+        assert r.code == 1 and f"cannot reach {url} (" in r.err, r.err
+        assert r.err.count("\n") == 1
+    assert not db.exists() or Journal(db).runs() == []  # nothing ran
+    with ScriptedServer() as up:  # lists its models, as llama.cpp's server and OpenAI do
+        r = cli("compare", spec_at(up.url), "--runs", "2", "--time-scale", "1", "--journal", db,
+                "--json")  # fmt: skip
+        assert r.code == 0 and r.json()[0]["runs"] == 2, r.err
+        r = cli("cliff", "--model", "real", "--spec", spec_at(up.url), "--steps", "1",
+                "--runs", "1", "--journal", db)  # fmt: skip
+        assert r.code == 0, r.err
+
+
+def test_the_probe_takes_any_answer_as_up_and_only_no_connection_as_down() -> None:
+    """Not every OpenAI-compatible server lists its models: a 404 (or a 500) is an answer."""
+    import asyncio
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from trilemma.errors import EndpointUnreachable
+    from trilemma.providers.openai import OpenAIProvider
+    from trilemma.spec import ModelProfile
+
+    class Refusing(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404 if self.server.status == 404 else 500)  # type: ignore[attr-defined]
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    def probe(url: str) -> None:
+        profile = ModelProfile(provider="openai", base_url=url, model="m", usd_per_call=0.0,
+                               latency_s=0.1, p_ok=1.0)  # fmt: skip
+
+        async def go() -> None:
+            provider = OpenAIProvider("m", profile)
+            try:
+                await provider.check_reachable(profile)
+            finally:
+                await provider.aclose()
+
+        asyncio.run(go())
+
+    for status in (404, 500):
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+        httpd.status = status  # type: ignore[attr-defined]
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        try:
+            probe(url)  # no error: it answered
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+    with pytest.raises(EndpointUnreachable, match=f"cannot reach {url}"):
+        probe(url)  # stopped: nothing listens there now

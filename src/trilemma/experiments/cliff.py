@@ -25,7 +25,7 @@ from trilemma.experiments.tasks import (
     chain_tasks,
     extract_sentence,
 )
-from trilemma.experiments.trials import JournalRef, check_runs, opened
+from trilemma.experiments.trials import JournalRef, check_reachable, check_runs, opened
 from trilemma.plan.estimate import estimate
 from trilemma.run.session import execute
 from trilemma.spec import ModelProfile, Workflow, workflow_from_dict
@@ -147,6 +147,7 @@ def cliff(
     """Run chains of each length ``runs`` times; compare with the planner (``journal``, given
     as a path, is opened once the lengths and run count pass)."""
     check_chains(lengths, runs)
+    check_reachable(chain_workflow(model, profile, 1, task))  # a server that is down is no cliff
     journal = opened(journal)
     points = []
     total, done = len(lengths) * runs, 0

@@ -12,6 +12,7 @@ latencies and deadlines matter more than the experiment's speed.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,8 @@ from trilemma.run.retry import check_time_scale, scaled_time
 from trilemma.run.session import execute
 from trilemma.spec import Workflow
 
-__all__ = ["MAX_TRIALS", "JournalRef", "Successes", "Tally", "Trial", "check_runs", "check_settings",
-           "opened", "repeat", "time_scaled"]  # fmt: skip
+__all__ = ["MAX_TRIALS", "JournalRef", "Successes", "Tally", "Trial", "check_reachable",
+           "check_runs", "check_settings", "opened", "repeat", "time_scaled"]  # fmt: skip
 
 
 class Successes:
@@ -138,6 +139,26 @@ def time_scaled(wf: Workflow, factor: float) -> Workflow:
     return wf.model_copy(update={"models": models, "budget": budget})
 
 
+def check_reachable(wf: Workflow) -> None:
+    """EndpointUnreachable, before any run, when a real endpoint of ``wf`` cannot be
+    reached: an experiment would otherwise measure a server that is down as a model
+    that always fails."""
+    real = {p.base_url: (n, p) for n, p in wf.models.items() if not p.runs_on_simulator}
+    if not real:
+        return
+    from trilemma.providers.openai import OpenAIProvider
+
+    async def probe() -> None:
+        for name, profile in real.values():
+            provider = OpenAIProvider(name, profile)
+            try:
+                await provider.check_reachable(profile)
+            finally:
+                await provider.aclose()
+
+    asyncio.run(probe())
+
+
 def repeat(
     wf: Workflow,
     runs: int,
@@ -158,6 +179,7 @@ def repeat(
     """
     check_settings(runs, time_scale)
     fast = time_scaled(wf, time_scale)
+    check_reachable(wf)
     deadline = deadline_s * time_scale if deadline_s is not None else None
     out = []
     for i in range(runs):

@@ -23,6 +23,7 @@ from trilemma.errors import (
     EndpointUnreachable,
     FatalProviderError,
     MalformedAnswer,
+    ProviderError,
     ProviderTimeout,
     QuotaExceeded,
     RateLimited,
@@ -232,9 +233,24 @@ class OpenAIProvider:
             raise TransientError("the stream ended before the endpoint finished the answer")
         yield StreamEnd(usage, finished)
 
+    async def check_reachable(self, profile: ModelProfile) -> None:
+        """EndpointUnreachable if no connection to the endpoint can be made; any answer (a
+        list of its models, or an error status: not every endpoint serves one) will do."""
+        try:
+            with map_errors(profile.model or "", profile.base_url or "the endpoint"):
+                await self.client.models.list(timeout=min(profile.timeout_s, PROBE_TIMEOUT_S))
+        except EndpointUnreachable:
+            raise
+        except ProviderError:  # it answered
+            pass
+
     async def aclose(self) -> None:
         """Close the HTTP connections."""
         await self.client.close()
+
+
+PROBE_TIMEOUT_S = 10.0
+"""Longest :meth:`OpenAIProvider.check_reachable` waits for an answer."""
 
 
 def _options(request: Request) -> dict[str, Any]:
