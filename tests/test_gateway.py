@@ -156,6 +156,24 @@ def test_a_call_is_forwarded_billed_from_usage_and_journaled(tmp_path: Path) -> 
         assert SECRET.encode() not in f.read_bytes()
 
 
+def test_the_ledger_a_gateway_keeps_calibrates_its_models(cli, tmp_path: Path) -> None:
+    """`calibrate --from-journal` of a gateway's journal starts from the gateway's own profile
+    (a key's run keeps the gateway's config, not a workflow: it was refused as one)."""
+    with serving(tmp_path, config_text()) as (url, _):
+        for i in range(3):
+            client(url).chat.completions.create(
+                model="sim", messages=[{"role": "user", "content": f"q{i}"}]
+            )
+    r = cli("calibrate", "--model", "sim", "--from-journal", tmp_path / "j.db", "--json")
+    assert r.code == 0, r.err
+    fitted = r.json()
+    assert fitted["calls"] == 3 and fitted["profile"]["usd_per_call"] == 0.01
+    assert fitted["profile"]["latency_s"] == pytest.approx(0.2, rel=0.5)
+    assert fitted["drift"] == []  # its 0.2 s beside the 0.2 s the config gives
+    r = cli("calibrate", "--model", "nope", "--from-journal", tmp_path / "j.db")
+    assert r.code == 2 and "no calls of model 'nope'" in r.err, r.err
+
+
 def test_an_answer_cut_at_max_tokens_reaches_the_client_as_cut(tmp_path: Path) -> None:
     """The upstream stopped at max_tokens: the client hears finish_reason length (not stop),
     and the ledger keeps it; a whole answer is 'stop' as before."""

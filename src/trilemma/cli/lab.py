@@ -243,14 +243,26 @@ def _fit_ledger(
 
 def _base_profile(journal: Any, model: str, spec: Path | None) -> ModelProfile:
     """The profile a fit starts from: ``spec``'s, else the newest journaled spec's (a
-    compare's or a sweep's with its time scaled back, as the ledger's latencies are)."""
+    compare's or a sweep's with its time scaled back, as the ledger's latencies are; a
+    gateway key's run keeps the gateway's config, whose models are profiles too)."""
+    import json
+
     from trilemma.experiments.trials import time_scaled
+    from trilemma.gateway.config import GatewayConfig
+    from trilemma.journal.store import GATEWAY_RUN
     from trilemma.spec import parse_workflow
+    from trilemma.spec.load import validate_document
 
     if spec is not None:
         return _spec_with(model, spec).models[model]
     for run in journal.runs():
-        journaled = parse_workflow(run["spec_json"], f"run {run['run_id']}", json_only=True)
+        source = f"run {run['run_id']}"
+        if run["run_id"].startswith(GATEWAY_RUN):
+            served = validate_document(GatewayConfig, json.loads(run["spec_json"]), source)
+            if model in served.models:
+                return served.models[model]
+            continue
+        journaled = parse_workflow(run["spec_json"], source, json_only=True)
         if model in journaled.models:
             scale = run["time_scale"] or 1.0
             return time_scaled(journaled, 1 / scale).models[model]
