@@ -499,5 +499,7 @@ def test_a_batch_is_named_as_a_run_is_by_latest_or_a_part_of_its_id(tmp_path: Pa
     # a journal without batches: `latest` names none
     solo = tmp_path / "solo.db"
     assert cli("run", spec, "--journal", solo, "-i", "question=q").code == 0
-    r = cli("batch", spec, "--inputs", lines, "--journal", solo, "--resume", "latest")
-    assert r.code == 2 and "no batch is in" in r.err, r.err
+    for args in (("batch", spec, "--inputs", lines, "--resume", "latest"),
+                 ("runs", "--batch", "latest")):  # fmt: skip
+        r = cli(*args, "--journal", solo)
+        assert r.code == 2 and "latest: no batch is in" in r.err, r.err

@@ -402,8 +402,8 @@ def runs(
     if limit is not None:
         positive("--limit", limit)
     j = Journal(journal, create=False)
-    if batch is not None and j.batch_ids(batch):  # its id, `latest` or a part of the id
-        batch = batch_id_of(j, batch, "--batch")  # (naming none, it filters out every run)
+    if batch is not None and (batch == "latest" or j.batch_ids(batch)):  # id, latest or part
+        batch = batch_id_of(j, batch, "--batch")  # (an id naming none filters out every run)
     shown = limit if limit is not None or as_json else TABLE_RUNS
     rows = j.runs(status=status, batch_id=batch, limit=shown)
     if as_json:
