@@ -533,3 +533,15 @@ def test_a_spec_over_the_size_bound_is_refused_from_a_file_or_standard_input(
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(big.encode())))
     r = cli("estimate", "-")
     assert r.err == "trilemma: error: <stdin>: file is over 5 MB, the most a spec may be\n", r.err
+
+
+def test_a_gateway_config_and_a_workflow_spec_given_to_the_other_s_command_say_so(cli) -> None:
+    for command in ("estimate", "run", "simulate"):
+        r = cli(command, EXAMPLES / "gateway.yaml", *(["--runs", "10"] if command == "simulate" else []))
+        assert r.code == 2 and r.err.count("\n") == 1, r.err
+        assert "gateway.yaml: keys: this is a gateway's config, not a workflow spec: " \
+               "`trilemma gateway FILE` serves it" in r.err  # fmt: skip
+    r = cli("gateway", EXAMPLES / "single.yaml")
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "single.yaml: steps: this is a workflow spec, not a gateway's config: " \
+           "`trilemma run FILE` runs it" in r.err  # fmt: skip

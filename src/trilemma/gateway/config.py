@@ -115,6 +115,9 @@ class GatewayConfig(BaseModel):
 def load_gateway_config(path: str | Path) -> GatewayConfig:
     """Read and check a gateway file; every mistake one SpecError naming the field."""
     data, source = read_document(path, what="gateway config")
+    if isinstance(data, dict) and "steps" in data and "keys" not in data:
+        raise SpecError(source, "steps", "this is a workflow spec, not a gateway's config: "
+                        "`trilemma run FILE` runs it (a gateway's config names its keys:)")  # fmt: skip
     config = validate_document(GatewayConfig, data, source)
     if not config.models:
         raise SpecError(source, "models", "no models; name at least one model profile to serve")

@@ -108,6 +108,9 @@ def workflow_from_dict(data: object, source: str = "<dict>") -> Workflow:
         kind = type(data).__name__
         raise SpecError(source, "", f"the top level is a {kind}, not a mapping of spec fields")
     _check_version(data, source)
+    if "keys" in data and "steps" not in data:
+        raise SpecError(source, "keys", "this is a gateway's config, not a workflow spec: "
+                        "`trilemma gateway FILE` serves it (a workflow names its steps:)")  # fmt: skip
     try:
         wf = Workflow.model_validate(dict(data))
     except ValidationError as exc:
