@@ -338,3 +338,26 @@ def test_the_resume_hint_rounds_the_worst_case_up(worst: float, shown: str) -> N
     from trilemma.report.tables import _up
 
     assert _up(worst) == shown and float(shown) >= worst
+
+
+def test_the_deadline_it_advises_holds_a_real_run_whose_latencies_meet_the_search_exactly(
+    cli: Any, tmp_path: Path
+) -> None:
+    """Two 0.3 s steps in a row: every trajectory ends at 0.6 s, the smallest deadline the
+    Monte Carlo finds. The executor's runs end a few ms later (the event loop wakes after each
+    wait), so `--deadline 0.6` failed every run; what it advises has room for that."""
+    spec = tmp_path / "two.yaml"
+    spec.write_text("version: 1\nmodels: {m: {usd_per_call: 0.01, latency_s: 0.3, p_ok: 1.0}}\n"
+                    "steps: [{id: a, model: m}, {id: b, model: m, after: [a]}]\n")  # fmt: skip
+    r = cli("simulate", spec, "--deadline-for", "0.9", "--runs", "1000", "--json")
+    found = r.json()
+    assert found["deadline_s"] == 0.6 and found["run_with"] == pytest.approx(0.6 + 3 * 0.01)
+    said = cli("simulate", spec, "--deadline-for", "0.9", "--runs", "1000").out.replace("\n", " ")
+    assert "run it with --deadline 0.63 (0.600s and 30 ms for the executor" in said
+    db = tmp_path / "j.db"
+    exact = cli("run", spec, "--deadline", "0.6", "--journal", db, "--json")
+    assert exact.code == 1 and exact.json()["status"] == "deadline"  # why the advice has room
+    advised = cli("run", spec, "--deadline", str(found["run_with"]), "--journal", db, "--json")
+    assert advised.code == 0 and advised.json()["status"] == "ok", advised.err
+    cost = cli("simulate", spec, "--ceiling-for", "0.9", "--runs", "1000", "--json").json()
+    assert cost["run_with"] == cost["max_cost_usd"] == 0.02  # a ceiling is held exactly

@@ -391,7 +391,12 @@ def budget_for_lines(f: BudgetFor, e: Estimate) -> list[str]:
     figures = (f"expected cost {_usd(e.cost_expected)}, worst case {_usd(e.cost_worst)}" if cost
                else f"critical path {e.latency_critical_s:.2f}s, expected "
                     f"{e.latency_expected_s:.2f}s, worst {e.latency_worst_s:.2f}s")  # fmt: skip
-    lines.append(f"Planner: {figures}; run it with {flag} {f.value:g}.")
+    advice = f"run it with {flag} {f.run_with:g}"
+    if not cost and f.run_with is not None and f.run_with != f.value:
+        advice += (f" ({show(f.value)} and {round((f.run_with - f.value) * 1e3)} ms for the executor: "
+                   "the event loop wakes a few ms after each wait, so a deadline met to the "
+                   "millisecond is missed)")  # fmt: skip
+    lines.append(f"Planner: {figures}; {advice}.")
     return lines
 
 
