@@ -174,7 +174,6 @@ def test_an_experiment_on_an_endpoint_that_is_down_stops_before_its_first_run(
     """A server that is down measured as a model that always fails (cliff: 0% success,
     exit 0); now the experiment says it cannot reach it, and runs nothing. An endpoint that
     is up runs as before, whatever its answer to the probe."""
-    from trilemma.journal import Journal
     from trilemma.testing import ScriptedServer
 
     def spec_at(url: str) -> Path:
@@ -193,7 +192,7 @@ def test_an_experiment_on_an_endpoint_that_is_down_stops_before_its_first_run(
         r = cli(*args, "--journal", db)
         assert r.code == 1 and f"cannot reach {url} (" in r.err, r.err
         assert r.err.count("\n") == 1
-    assert not db.exists() or Journal(db).runs() == []  # nothing ran
+    assert not db.exists()  # nothing ran, and no journal was made
     with ScriptedServer() as up:  # lists its models, as llama.cpp's server and OpenAI do
         r = cli("compare", spec_at(up.url), "--runs", "2", "--time-scale", "1", "--journal", db,
                 "--json")  # fmt: skip

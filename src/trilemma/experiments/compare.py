@@ -32,6 +32,7 @@ from trilemma.experiments.trials import (
     Successes,
     Tally,
     Trial,
+    check_runnable,
     check_settings,
     opened,
     repeat,
@@ -168,6 +169,8 @@ def compare(
     if len(specs) < 1:
         raise UsageError("give at least one spec to measure (two or more to compare)")
     own = inputs_of(specs, inputs)
+    for _, wf in specs:
+        check_runnable(wf, time_scale)
     journal = opened(journal)
     tick = Tally(runs * len(specs), on_progress)
     out = []

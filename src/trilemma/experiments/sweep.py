@@ -33,6 +33,7 @@ from trilemma.experiments.trials import (
     Successes,
     Tally,
     Trial,
+    check_runnable,
     check_settings,
     opened,
     repeat,
@@ -184,6 +185,7 @@ def budget_sweep(
     check_inputs(wf, inputs or {}, source)
     if not budgets:
         raise UsageError("give at least one budget: --max-cost 0.1,0.2 or --deadline 5,10")
+    check_runnable(wf, time_scale)
     journal = opened(journal)
     unbudgeted = wf.with_budget(max_cost_usd=None, deadline_s=None)
     tick = Tally(runs * (len(budgets) + 1), on_progress)

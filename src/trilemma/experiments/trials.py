@@ -27,7 +27,7 @@ from trilemma.run.session import execute
 from trilemma.spec import Workflow
 
 __all__ = ["MAX_TRIALS", "JournalRef", "Successes", "Tally", "Trial", "check_reachable",
-           "check_runs", "check_settings", "opened", "repeat", "time_scaled"]  # fmt: skip
+           "check_runnable", "check_runs", "check_settings", "opened", "repeat", "time_scaled"]  # fmt: skip
 
 
 class Successes:
@@ -139,6 +139,13 @@ def time_scaled(wf: Workflow, factor: float) -> Workflow:
     return wf.model_copy(update={"models": models, "budget": budget})
 
 
+def check_runnable(wf: Workflow, time_scale: float) -> None:
+    """What an experiment checks of a spec before its journal is opened: that its time can
+    be scaled so (UsageError) and that its real endpoints answer (:func:`check_reachable`)."""
+    time_scaled(wf, time_scale)
+    check_reachable(wf)
+
+
 def check_reachable(wf: Workflow) -> None:
     """EndpointUnreachable, before any run, when a real endpoint of ``wf`` cannot be
     reached: an experiment would otherwise measure a server that is down as a model
@@ -179,7 +186,6 @@ def repeat(
     """
     check_settings(runs, time_scale)
     fast = time_scaled(wf, time_scale)
-    check_reachable(wf)
     deadline = deadline_s * time_scale if deadline_s is not None else None
     out = []
     for i in range(runs):
