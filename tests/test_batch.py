@@ -277,7 +277,8 @@ def test_resuming_after_the_deadline_says_what_to_give(tmp_path: Path, cli) -> N
                 "--deadline", "0.45").json()  # fmt: skip
     assert first["status"] == "deadline" and first["counts"]["ok"] == 1
     late = cli("batch", spec, "--inputs", lines, "--journal", db, "--resume", first["batch_id"])
-    assert late.code == 1 and "5 lines did not start: the deadline had passed" in late.err
+    assert late.code == 1 and "5 lines did not start: the deadline had passed (with --resume, " \
+        "--deadline SECONDS gives a new one)" in late.err  # fmt: skip
     again = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--resume",
                 first["batch_id"], "--deadline", "30").json()  # fmt: skip
     assert (again["status"], again["counts"]["ok"]) == ("ok", 6)

@@ -508,6 +508,9 @@ def test_resume_keeps_the_original_deadline_unless_given_a_new_one(cli, tmp_path
     assert first["status"] == "deadline" and list(first["outputs"]) == ["a"]
     again = cli("resume", first["run_id"], "--journal", db, "--json").json()
     assert again["status"] == "deadline" and again["calls"] == first["calls"]
+    # it says that nothing was sent, not that calls in flight were cancelled, and what to give
+    assert again["error"] == ("the run's deadline had passed before anything was sent; a resume "
+                              "takes a new one with --deadline SECONDS")  # fmt: skip
     finished = cli("resume", first["run_id"], "--journal", db, "--deadline", "5", "--json").json()
     assert finished["status"] == "ok"
     assert finished["steps"]["a"]["from_journal"] and set(finished["outputs"]) == {"a", "b", "c"}

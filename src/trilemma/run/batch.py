@@ -156,7 +156,8 @@ class BatchResult:
         first = next((r for r in self.lines if r.status == self.status), None)
         if first is not None:
             return f"line {first.line}: {first.error}"
-        why = "the deadline had passed" if self.status == "deadline" else "the ceiling was reached"
+        why = ("the deadline had passed (with --resume, --deadline SECONDS gives a new one)"
+               if self.status == "deadline" else "the ceiling was reached")  # fmt: skip
         return f"{self.count('not_started')} lines did not start: {why}"
 
     def to_json(self) -> dict[str, Any]:

@@ -394,10 +394,11 @@ class Executor:
                     self._group = tg
                     self._start(s, ready)
         except TimeoutError:
-            s.stop, s.stop_reason = (
-                "deadline",
-                "the run's deadline passed; in-flight calls were cancelled",
-            )
+            s.stop, s.stop_reason = "deadline", (
+                "the run's deadline passed; in-flight calls were cancelled" if s.calls else
+                "the run's deadline had passed before anything was sent; a resume takes a new "
+                "one with --deadline SECONDS"
+            )  # fmt: skip
         except ExceptionGroup as group:  # not a failed call: a bug in a provider or callback
             bug = group.exceptions[0]
             s.stop, s.stop_reason = "failed", f"{type(bug).__name__} raised in the run: {bug}"
