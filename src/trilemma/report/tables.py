@@ -528,7 +528,8 @@ def describe(c: Candidate) -> str:
         key = "cache" if ch.cached else " > ".join((ch.model, *(ch.escalate or ())))
         models[key] = models.get(key, 0) + 1
     retries = sum(ch.retries for ch in c.choices if not (ch.cached or ch.cut))
-    parts = [", ".join(f"{n} {m}" for m, n in models.items()), "1 retry" if retries == 1 else f"{retries} retries"]
+    parts = [", ".join(f"{n} {m}" for m, n in models.items()),
+             "1 retry" if retries == 1 else f"{retries} retries"]  # fmt: skip
     if c.parallel:
         parts.append("parallel")
     if c.cuts:
