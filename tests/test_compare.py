@@ -315,7 +315,7 @@ def test_a_simulated_spec_off_its_prediction_is_chance_and_gets_no_advice(tmp_pa
     assert "measured success" not in console.export_text()
 
 
-def test_ctrl_c_in_a_compare_says_where_the_runs_that_ended_are(tmp_path: Path) -> None:
+def test_ctrl_c_in_a_compare_says_where_the_runs_that_ended_are(cli, tmp_path: Path) -> None:
     import signal
     import subprocess
     import sys
@@ -346,4 +346,28 @@ def test_ctrl_c_in_a_compare_says_where_the_runs_that_ended_are(tmp_path: Path) 
     assert proc.returncode == 130 and out == "", err
     assert err == (f"trilemma: interrupted; the runs that ended are kept in {db}: "
                    f"`trilemma runs --journal {db}` lists them\n")  # fmt: skip
-    assert Journal(db).count_runs(status="ok") >= ended  # what ended is kept
+    journal = Journal(db)
+    assert journal.count_runs(status="ok") >= ended  # what ended is kept
+    # the trial it cut short is closed, not left for a resume that would refuse it
+    assert journal.runs(status="running") == []
+    cut = [r for r in journal.runs(status="failed") if "interrupted (Ctrl-C)" in (r["error"] or "")]
+    assert len(cut) == 1 and cut[0]["pid"] is None
+    assert cli("doctor", "--journal", db).out.endswith("all good\n")
+
+
+def test_a_trial_a_crash_left_running_is_explained_and_pruned(cli, tmp_path: Path) -> None:
+    """A compare killed outright leaves its trial `running`; resume refuses trials, and prune
+    never took a running run: doctor listed it forever as a run to resume."""
+    db = tmp_path / "c.db"
+    assert cli("compare", EXAMPLES / "single.yaml", "--runs", "3", "--journal", db).code == 0
+    journal = Journal(db)
+    killed = journal.runs()[0]["run_id"]
+    journal.update_run(killed, status="running", pid=2**22 + 7, finished_at=None)  # no such pid
+    said = cli("doctor", "--journal", db).out.replace("\n", " ")
+    assert f"interrupted trial {killed} of an experiment (compare or sweep)" in said
+    assert f"`trilemma prune --older-than 0 --journal {db}` forgets it" in said
+    assert cli("doctor", "--journal", db, "--json").json()["interrupted_trials"] == [killed]
+    assert cli("resume", killed, "--journal", db).code == 2
+    gone = cli("prune", "--older-than", "0", "--journal", db, "--json").json()
+    assert killed in gone["run_ids"] and gone["kept_running"] == 0
+    assert cli("doctor", "--journal", db).out.endswith("all good\n")

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -403,8 +404,17 @@ def runs_kept_on_interrupt(journal: Path) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
+        from trilemma.journal import Journal
         from trilemma.report.tables import journal_flag
 
+        with contextlib.suppress(Exception):  # no journal yet, or one that cannot be written
+            j = Journal(journal, create=False)
+            for row in j.runs(status="running"):  # the trial cut short: never resumed
+                if row["pid"] == os.getpid():
+                    j.update_run(row["run_id"], status="failed", pid=None, finished_at=time.time(),
+                                 error="interrupted (Ctrl-C): a trial of an experiment, which "
+                                       "is not resumed")  # fmt: skip
+            j.close()
         flag = journal_flag(journal)
         interrupted(f"; the runs that ended are kept in {journal}: `trilemma runs{flag}` "
                     "lists them")  # fmt: skip

@@ -539,8 +539,13 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
                           "damaged cache entry is only missed, and the next answer replaces "
                           "it; `trilemma cache clear` forgets it now)")  # fmt: skip
         flag = tables.journal_flag(journal)  # the commands below read this journal
+        trials = set(report["interrupted_trials"])
         for run_id in report["interrupted_runs"]:
-            if run_id.startswith(GATEWAY_RUN):
+            if run_id in trials:
+                console.print(f"interrupted trial {run_id} of an experiment (compare or sweep): "
+                              "a trial is not resumed; run the experiment again, and `trilemma "
+                              f"prune --older-than 0{flag}` forgets it")  # fmt: skip
+            elif run_id.startswith(GATEWAY_RUN):
                 console.print(f"gateway run {run_id} stopped without closing; its calls are in "
                               "the ledger and the next `trilemma gateway` reopens it")  # fmt: skip
             else:

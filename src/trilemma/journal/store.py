@@ -563,18 +563,24 @@ class Journal:
         (epoch seconds): their calls, steps and rows, and specs no run uses any more.
 
         Never a run still ``running`` (live, or interrupted and waiting for ``trilemma
-        resume``); a batch only whole, so that its report stays complete. A gateway key's
+        resume``; but a trial of an experiment that a crash left so, which is never resumed,
+        counts as ended); a batch only whole, so that its report stays complete. A gateway key's
         run stays (its calls are the key's spend, which its ceiling counts); without
         ``status``, its calls that finished before ``before`` go, their count and bill kept
         on the run (``pruned_calls``, ``pruned_usd``), which :meth:`totals` adds. Cached
         answers stay. ``dry_run`` counts what would go and keeps it.
         """
-        ended = (f"{{0}}.status != 'running' AND {{0}}.started_at < :before AND NOT {_IS_GATEWAY}"
+        # an experiment's trial left running by a crash is never resumed: it counts as ended
+        trials = [r["run_id"] for r in self._rows(
+            "SELECT run_id, status, pid FROM runs WHERE status = 'running' AND time_scale != 1"
+        ) if abandoned(r)] if status is None else []  # fmt: skip
+        left = "({0}.status != 'running' OR {0}.run_id IN (SELECT value FROM json_each(:trials)))"
+        ended = (f"{left} AND {{0}}.started_at < :before AND NOT {_IS_GATEWAY}"
                  + (" AND {0}.status = :status" if status is not None else ""))  # fmt: skip
         chosen = (f"SELECT run_id FROM runs r WHERE {ended.format('r')} AND (r.batch_id IS NULL "
                   f"OR NOT EXISTS (SELECT 1 FROM runs o WHERE o.batch_id = r.batch_id "
                   f"AND NOT ({ended.format('o')})))")  # fmt: skip
-        args = {"before": before, "status": status}
+        args = {"before": before, "status": status, "trials": json.dumps(trials)}
         ids: list[str] = []
         calls = steps = kept = gateway_calls = running = 0
         with contextlib.suppress(_Undone), self.transaction() as db:
@@ -689,6 +695,7 @@ class Journal:
             "integrity": "ok" if integrity == ["ok"] else integrity,
             "runs": None,
             "interrupted_runs": [],
+            "interrupted_trials": [],
             "interrupted_batches": [],
             "orphaned_in_flight_calls": [],
             "unsettled_calls_in_ended_runs": [],
@@ -698,8 +705,8 @@ class Journal:
             return report
         with self._using():
             running = self._rows(
-                "SELECT run_id, status, pid, started_at, batch_id, spec_source FROM runs "
-                "WHERE status = 'running'"
+                "SELECT run_id, status, pid, started_at, batch_id, spec_source, time_scale "
+                "FROM runs WHERE status = 'running'"
             )
             in_flight = self._rows(
                 "SELECT c.run_id, c.step_id, c.attempt, c.call, c.model, c.reserved_usd, "
@@ -717,6 +724,7 @@ class Journal:
             "damaged_rows": self.damaged_rows(),
             "runs": self.count_runs(),
             "interrupted_runs": [r["run_id"] for r in interrupted],
+            "interrupted_trials": [r["run_id"] for r in interrupted if r["time_scale"] != 1],
             "interrupted_batches": [{"batch_id": b, "spec_source": src} for b, src in batches],
             "orphaned_in_flight_calls": [c for c in in_flight if c["run_id"] in dead],
             "unsettled_calls_in_ended_runs": ended,
