@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -351,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"trilemma: error: {_usage(said)}{hint}\n")
         return 2 if exc.exit_code == 2 else exc.exit_code
     except typer.Abort:
+        if _terminated:
+            sys.stderr.write("trilemma: terminated\n")
+            return TERMINATED
         sys.stderr.write("trilemma: aborted\n")
         return 130
     except UnicodeEncodeError as exc:
@@ -366,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"trilemma: error: input too large or deep ({type(exc).__name__})\n")
         return 2
     if rv == INTERRUPTED and not _said_interrupted:  # typer's silent exit on Ctrl-C
-        sys.stderr.write("trilemma: interrupted\n")
+        sys.stderr.write(f"trilemma: {_stopped()}\n")
+        return TERMINATED if _terminated else rv
     return rv if isinstance(rv, int) else 0
 
 
@@ -393,8 +398,13 @@ def interrupted(said: str = "") -> NoReturn:
     stopped and how to go on) on stderr, exit 130."""
     global _said_interrupted
     _said_interrupted = True
-    sys.stderr.write(f"trilemma: interrupted{said}\n")
-    raise typer.Exit(INTERRUPTED)
+    sys.stderr.write(f"trilemma: {_stopped()}{said}\n")
+    raise typer.Exit(TERMINATED if _terminated else INTERRUPTED)
+
+
+def _stopped() -> str:
+    """How the command was stopped: Ctrl-C, or SIGTERM (:func:`run`)."""
+    return "terminated" if _terminated else "interrupted"
 
 
 @contextlib.contextmanager
@@ -407,13 +417,14 @@ def runs_kept_on_interrupt(journal: Path) -> Iterator[None]:
         from trilemma.journal import Journal
         from trilemma.report.tables import journal_flag
 
+        how = "terminated (SIGTERM)" if _terminated else "interrupted (Ctrl-C)"
         with contextlib.suppress(Exception):  # no journal yet, or one that cannot be written
             j = Journal(journal, create=False)
             for row in j.runs(status="running"):  # the trial cut short: never resumed
                 if row["pid"] == os.getpid():
                     j.update_run(row["run_id"], status="failed", pid=None, finished_at=time.time(),
-                                 error="interrupted (Ctrl-C): a trial of an experiment, which "
-                                       "is not resumed")  # fmt: skip
+                                 error=f"{how}: a trial of an experiment, which is not "
+                                       "resumed")  # fmt: skip
             j.close()
         flag = journal_flag(journal)
         interrupted(f"; the runs that ended are kept in {journal}: `trilemma runs{flag}` "
@@ -429,5 +440,25 @@ def _not_utf8(exc: UnicodeEncodeError, argv: list[str]) -> str | None:
 
 
 def run() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. SIGTERM (a container stopping, ``timeout``, systemd)
+    stops a command as Ctrl-C does: what finished is journaled (the answers a real endpoint
+    gave included, which a kill may leave to be paid for again), and it says how to go on."""
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())
+
+
+TERMINATED = 143
+"""The exit code after SIGTERM (128 + 15)."""
+_terminated = False
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM, taken as SIGINT, whose handler (asyncio's, in a run) unwinds gracefully; where
+    SIGINT is ignored (a background job of a shell), the default: the process ends now."""
+    global _terminated
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    _terminated = True
+    signal.raise_signal(signal.SIGINT)
