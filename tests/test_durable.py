@@ -969,16 +969,20 @@ def test_a_shared_commit_waits_for_the_commit_that_took_its_records(journal_r: J
     assert len(journal_r.calls("r")) == 3
 
 
-def test_ctrl_c_names_the_run_and_the_command_that_finishes_it(cli, tmp_path: Path) -> None:
-    import signal
-
+def _started_then(signum: int, tmp_path: Path, ignore_sigint: bool = False) -> tuple[Any, str, str, Path]:
+    """``trilemma run`` of a two-step spec, sent ``signum`` once its first step is journaled."""
     spec = tmp_path / "two.yaml"
     spec.write_text("version: 1\nmodels:\n  quick: {usd_per_call: 0.01, latency_s: 0.05, p_ok: 1.0}\n"
                     "  slow: {usd_per_call: 0.01, latency_s: 5, p_ok: 1.0}\n"
                     "steps: [{id: a, model: quick}, {id: b, model: slow, after: [a]}]\n")  # fmt: skip
     db = tmp_path / "j.db"
+
+    def shell_background() -> None:  # as a non-interactive shell starts a job with `&`
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     proc = subprocess.Popen([sys.executable, "-m", "trilemma", "run", str(spec), "--journal", str(db)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=shell_background if ignore_sigint else None)  # fmt: skip
     try:
         deadline, done = time.monotonic() + 30, False
         while not done and time.monotonic() < deadline:  # until step a is in the journal
@@ -988,11 +992,16 @@ def test_ctrl_c_names_the_run_and_the_command_that_finishes_it(cli, tmp_path: Pa
                 done = any(seen.steps(r["run_id"]).get("a") for r in seen.runs())
                 seen.close()
         assert done, "step a never reached the journal"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
         proc.wait()
+    return proc, out, err, db
+
+
+def test_ctrl_c_names_the_run_and_the_command_that_finishes_it(cli, tmp_path: Path) -> None:
+    proc, out, err, db = _started_then(signal.SIGINT, tmp_path)
     (run,) = Journal(db).runs()
     short = run["run_id"].rsplit("-", 1)[-1]
     assert proc.returncode == 130 and out == ""  # no table for a run that did not end
@@ -1051,41 +1060,10 @@ steps:
         assert math.fsum(s.cost_usd for s in r.steps.values()) == pytest.approx(r.cost_usd)
 
 
-def _started_then(signum: int, tmp_path: Path, ignore_sigint: bool = False) -> tuple[Any, str, Path]:
-    """``trilemma run`` of a two-step spec, sent ``signum`` once its first step is journaled."""
-    spec = tmp_path / "two.yaml"
-    spec.write_text("version: 1\nmodels:\n  quick: {usd_per_call: 0.01, latency_s: 0.05, p_ok: 1.0}\n"
-                    "  slow: {usd_per_call: 0.01, latency_s: 5, p_ok: 1.0}\n"
-                    "steps: [{id: a, model: quick}, {id: b, model: slow, after: [a]}]\n")  # fmt: skip
-    db = tmp_path / "j.db"
-
-    def shell_background() -> None:  # as a non-interactive shell starts a job with `&`
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    proc = subprocess.Popen([sys.executable, "-m", "trilemma", "run", str(spec), "--journal", str(db)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=shell_background if ignore_sigint else None)  # fmt: skip
-    try:
-        deadline, done = time.monotonic() + 30, False
-        while not done and time.monotonic() < deadline:  # until step a is in the journal
-            time.sleep(0.05)
-            with contextlib.suppress(NotAJournal, JournalError):
-                seen = Journal(db, create=False)
-                done = any(seen.steps(r["run_id"]).get("a") for r in seen.runs())
-                seen.close()
-        assert done, "step a never reached the journal"
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-        proc.wait()
-    return proc, err, db
-
-
 def test_sigterm_stops_a_run_as_ctrl_c_does(cli, tmp_path: Path) -> None:
     """A container stopping, `timeout` or systemd send SIGTERM: the run ended as if killed
     (exit -15, its call left in flight, nothing said); now it unwinds as on Ctrl-C."""
-    proc, err, db = _started_then(signal.SIGTERM, tmp_path)
+    proc, _, err, db = _started_then(signal.SIGTERM, tmp_path)
     (run,) = Journal(db).runs()
     short = run["run_id"].rsplit("-", 1)[-1]
     assert proc.returncode == 143, err
@@ -1101,7 +1079,7 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(cli, tmp_path: Path) -> None:
 def test_sigterm_still_ends_a_run_whose_shell_ignores_ctrl_c(tmp_path: Path) -> None:
     """A background job of a shell ignores SIGINT: SIGTERM, taken as SIGINT, would have done
     nothing, so there it ends the process as it always did (resumable, as after a kill)."""
-    proc, _, db = _started_then(signal.SIGTERM, tmp_path, ignore_sigint=True)
+    proc, _, _, db = _started_then(signal.SIGTERM, tmp_path, ignore_sigint=True)
     assert proc.returncode == -signal.SIGTERM
     (run,) = Journal(db).runs()
     assert run["status"] == "running"  # as a kill leaves it: `trilemma resume` finishes it
