@@ -287,6 +287,8 @@ def test_an_input_file_that_cannot_be_read_as_text_is_bad_input(cli, tmp_path: P
     binary.write_bytes(b"%PDF-1.7\n\xe2\xe3\xcf\xd3")
     big = tmp_path / "big.txt"
     big.write_bytes(b"a" * (16 * 2**20 + 1))
+    long = tmp_path / "long.txt"
+    long.write_text("a" * 1000)
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"piped")))
     for args, said in [
         (["doc"], "--input-file 'doc': write it as name=path"),
@@ -296,16 +298,24 @@ def test_an_input_file_that_cannot_be_read_as_text_is_bad_input(cli, tmp_path: P
         ([f"doc={binary}"], "scan.pdf: not UTF-8 text (byte 0xe2 at offset 9); save it as UTF-8"),
         ([f"doc={big}"], "big.txt: more than 16 MB; an input is text for a prompt"),
         (["doc=-", "other=-"], "--input-file other=-: standard input holds another input already"),
+        ([f"memo={long}"], f"--input-file memo: {path} declares no input 'memo' (declared: doc)"),
     ]:
         r = cli("run", path, "--journal", db, *[a for arg in args for a in ("--input-file", arg)])
         assert r.code == 2 and said in r.err and len(r.err.splitlines()) == 1, (args, r.err)
-    long = tmp_path / "long.txt"
-    long.write_text("a" * 1000)
     r = cli("run", path, "--journal", db, "-i", "doc=short", "--input-file", f"doc={long}")
     assert r.code == 2 and r.err.endswith(  # a long value is not printed whole
         f"--input-file doc: given twice ('short', then {'a' * 37!r}...); give it once\n"
     ), r.err
     assert not db.exists()  # nothing ran
+    from .conftest import EXAMPLES
+
+    for command, extra in (("sweep", ["--max-cost", "1", "--runs", "2"]),
+                           ("compare", [EXAMPLES / "single.yaml", "--runs", "2"])):  # fmt: skip
+        r = cli(command, path, *extra, "--input-file", f"memo={long}", "--journal", db)
+        said = ("no spec declares an input 'memo'" if command == "compare"
+                else f"{path} declares no input 'memo'")  # fmt: skip
+        assert r.code == 2 and f"--input-file memo: {said}" in r.err, r.err
+    assert not db.exists()
 
 
 def test_a_spec_can_come_from_standard_input(cli, tmp_path: Path, monkeypatch) -> None:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from trilemma.journal import Journal
+    from trilemma.spec import Workflow
 
 __all__ = [
     "DEFAULT_JOURNAL",
@@ -40,6 +41,7 @@ __all__ = [
     "SpecFile",
     "app",
     "batch_id_of",
+    "declared_for_files",
     "dollars",
     "emit_json",
     "interrupted",
@@ -122,6 +124,21 @@ def parse_inputs(
                              f"{_shown(value)}); give it once")  # fmt: skip
         out[key] = value
     return out
+
+
+def declared_for_files(files: list[str] | None, specs: list[tuple[str, Workflow]]) -> None:
+    """Refuse an input ``--input-file`` gives that no spec declares, naming that flag (the
+    library's check, which the rest meet later, calls every given input ``--input``)."""
+    declared = {name for _, wf in specs for name in wf.inputs}
+    for pair in files or []:
+        key = pair.partition("=")[0]
+        if key in declared:
+            continue
+        if len(specs) > 1:
+            raise UsageError(f"--input-file {key}: no spec declares an input {key!r}")
+        names = ", ".join(sorted(declared)) or "none"
+        raise UsageError(f"--input-file {key}: {specs[0][0]} declares no input {key!r} "
+                         f"(declared: {names})")  # fmt: skip
 
 
 def _shown(value: str) -> str:

@@ -17,6 +17,7 @@ from trilemma.cli._common import (
     JsonFlag,
     SpecFile,
     app,
+    declared_for_files,
     emit_json,
     parse_inputs,
     positive,
@@ -378,6 +379,7 @@ def sweep_cmd(
                for d in _numbers("--deadline", deadline, MAX_SECONDS)]  # fmt: skip
     wf = load_workflow(file)
     given = parse_inputs(inputs, input_files, spec_read_stdin=str(file) == STDIN)
+    declared_for_files(input_files, [(str(file), wf)])
     show = not as_json and sys.stderr.isatty()
     with runs_kept_on_interrupt(journal), progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * (len(budgets) + 1))
@@ -422,6 +424,7 @@ def compare_cmd(
         raise UsageError("-: standard input holds one spec; give the others as files")
     specs = [(str(f), load_workflow(f)) for f in files]
     given = parse_inputs(inputs, input_files, spec_read_stdin=Path(STDIN) in files)
+    declared_for_files(input_files, specs)
     show = not as_json and sys.stderr.isatty()
     with runs_kept_on_interrupt(journal), progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * len(specs))

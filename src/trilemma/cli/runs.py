@@ -26,6 +26,7 @@ from trilemma.cli._common import (
     SpecFile,
     app,
     batch_id_of,
+    declared_for_files,
     dollars,
     emit_json,
     interrupted,
@@ -123,6 +124,7 @@ def run_cmd(
     shared, tier = _shared(shared_budget, shared_cache, redis)
     wf = load_workflow(spec)
     values = parse_inputs(inputs, input_files, spec_read_stdin=str(spec) == STDIN)
+    declared_for_files(input_files, [(str(spec), wf)])
     check_inputs(wf, values, str(spec))  # before the journal is opened (or made)
     _load_embedder(wf, show=not as_json)
     ceiling, limit = wf.budget.resolve(max_cost, deadline)
