@@ -129,16 +129,14 @@ def parse_inputs(
 def declared_for_files(files: list[str] | None, specs: list[tuple[str, Workflow]]) -> None:
     """Refuse an input ``--input-file`` gives that no spec declares, naming that flag (the
     library's check, which the rest meet later, calls every given input ``--input``)."""
-    declared = {name for _, wf in specs for name in wf.inputs}
-    for pair in files or []:
-        key = pair.partition("=")[0]
-        if key in declared:
-            continue
-        if len(specs) > 1:
-            raise UsageError(f"--input-file {key}: no spec declares an input {key!r}")
-        names = ", ".join(sorted(declared)) or "none"
-        raise UsageError(f"--input-file {key}: {specs[0][0]} declares no input {key!r} "
-                         f"(declared: {names})")  # fmt: skip
+    from trilemma.experiments.compare import refuse_unread
+    from trilemma.run.session import refuse_undeclared
+
+    names = [pair.partition("=")[0] for pair in files or []]
+    if len(specs) == 1:
+        refuse_undeclared(names, specs[0][1], specs[0][0], "--input-file ")
+    else:
+        refuse_unread(names, specs, "--input-file ")
 
 
 def _shown(value: str) -> str:

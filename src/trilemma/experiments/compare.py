@@ -21,7 +21,7 @@ itself.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
@@ -42,7 +42,7 @@ from trilemma.plan.simulate import SimResult, under_budget
 from trilemma.run.session import check_inputs
 from trilemma.spec import Workflow
 
-__all__ = ["Contender", "compare", "inputs_of", "runs_to_tell_apart"]
+__all__ = ["Contender", "compare", "inputs_of", "refuse_unread", "runs_to_tell_apart"]
 
 ALIKE = 1e-4
 """Success rates predicted closer than this are alike: no number of runs is worth it."""
@@ -181,15 +181,22 @@ def compare(
     return out
 
 
+def refuse_unread(
+    names: Iterable[str], specs: Sequence[tuple[str, Workflow]], given_as: str = "--input "
+) -> None:
+    """UsageError for the first of ``names`` that no spec declares an input of."""
+    unread = next((k for k in names if not any(k in wf.inputs for _, wf in specs)), None)
+    if unread is not None:
+        raise UsageError(f"{given_as}{unread}: no spec declares an input {unread!r}")
+
+
 def inputs_of(
     specs: Sequence[tuple[str, Workflow]], inputs: Mapping[str, str] | None
 ) -> dict[str, dict[str, str]]:
     """Each spec's share of ``inputs`` (those it declares), by name; an input no spec
     declares, or one a spec needs and was not given, is refused before anything is spent."""
     given = dict(inputs or {})
-    unread = [k for k in given if not any(k in wf.inputs for _, wf in specs)]
-    if unread:
-        raise UsageError(f"--input {unread[0]}: no spec declares an input {unread[0]!r}")
+    refuse_unread(given, specs)
     own = {name: {k: v for k, v in given.items() if k in wf.inputs} for name, wf in specs}
     for name, wf in specs:
         check_inputs(wf, own[name], name)

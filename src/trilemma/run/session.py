@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -61,6 +61,7 @@ __all__ = [
     "execute_async",
     "open_run",
     "providers_for",
+    "refuse_undeclared",
     "reopen_run",
     "resume",
     "resume_async",
@@ -72,6 +73,19 @@ __all__ = [
 ]
 
 
+def refuse_undeclared(
+    names: Iterable[str], wf: Workflow, source: str, given_as: str = "--input "
+) -> None:
+    """UsageError for the first of ``names`` that ``wf`` declares no input of; ``given_as``
+    starts the message (a flag, a file's line)."""
+    unknown = next((k for k in names if k not in wf.inputs), None)
+    if unknown is not None:
+        declared = ", ".join(sorted(wf.inputs)) or "none"
+        raise UsageError(
+            f"{given_as}{unknown}: {source} declares no input {unknown!r} (declared: {declared})"
+        )
+
+
 def check_inputs(
     wf: Workflow, given: Mapping[str, str], source: str, given_as: str = "--input "
 ) -> dict[str, str]:
@@ -79,13 +93,7 @@ def check_inputs(
 
     ``given_as`` starts an error message: where the inputs came from (a flag, a file's line).
     """
-    unknown = [k for k in given if k not in wf.inputs]
-    if unknown:
-        declared = ", ".join(sorted(wf.inputs)) or "none"
-        raise UsageError(
-            f"{given_as}{unknown[0]}: {source} declares no input {unknown[0]!r} "
-            f"(declared: {declared})"
-        )
+    refuse_undeclared(given, wf, source, given_as)
     for key, value in given.items():
         at = not_text_at(value)
         if at is not None:  # bytes that were not UTF-8, or a \ud800 escape
