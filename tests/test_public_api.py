@@ -68,3 +68,34 @@ def test_the_runner_loads_on_first_use_and_unknown_names_still_fail() -> None:
         assert "no attribute 'no_such_name'" in str(exc)
     else:
         raise AssertionError("an unknown name must raise AttributeError")
+
+
+def test_a_users_type_checker_reads_the_public_api(tmp_path: Path) -> None:
+    """The package says it is typed (PEP 561's py.typed): mypy in a user's project sees the
+    API's types, not Any, and flags a misuse."""
+    import re
+    import subprocess
+    import sys
+
+    (tmp_path / "user.py").write_text(
+        "import trilemma\n"
+        "wf = trilemma.load_workflow('spec.yaml')\n"
+        "reveal_type(trilemma.estimate(wf).cost_worst)\n"
+        "reveal_type(trilemma.execute(wf, journal=trilemma.Journal('j.db')).status)\n"
+        "cost: str = trilemma.estimate(wf).cost_worst\n"
+    )
+    (tmp_path / "mypy.ini").write_text(  # trilemma's modules only, not its dependencies'
+        "[mypy]\nfollow_imports = skip\n[mypy-trilemma.*]\nfollow_imports = silent\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", "mypy.ini", "--no-incremental",
+         "--cache-dir", str(tmp_path / "cache"), "user.py"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    out = r.stdout + r.stderr
+    assert "py.typed" not in out and "import-untyped" not in out, out
+    revealed = re.findall(r'user\.py:(\d): note: Revealed type is "(?:builtins\.)?(\w+)"', out)
+    assert revealed == [("3", "float"), ("4", "str")], out
+    errors = re.findall(r"user\.py:(\d): error: (.*)", out)
+    assert [(line, text.split(" (")[0]) for line, text in errors] == [
+        ("5", "Incompatible types in assignment")], out
