@@ -144,11 +144,13 @@ def plot_hedge(rows: Sequence[Threshold], model: str, path: str | Path) -> Path:
         ys = [getattr(r.sim.latency_s, name) for r in rows]
         ax.plot(xs, ys, marker="o", color=colour, label=f"{name} latency")
         if name == "p99":
-            for r, x, y in zip(rows, xs, ys, strict=True):
-                ax.annotate(r.label, (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8)
+            for i, (r, x, y) in enumerate(zip(rows, xs, ys, strict=True)):  # above, below, ...
+                ax.annotate(r.label, (x, y), textcoords="offset points", fontsize=8,
+                            xytext=(4, 6) if i % 2 == 0 else (4, -13))  # close costs stay apart
     ax.set_xlabel("expected cost per run ($)")
     ax.set_ylabel("run latency (s)")
     ax.set_title(f"Hedge thresholds for {model}: cost against the tail")
+    ax.margins(x=0.08, y=0.1)  # room for the labels of the first and last points
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend()
