@@ -291,3 +291,29 @@ steps:
     assert "not run" in steps.split(">b<")[1].split("</tr>")[0]  # b never started
     expected = json.loads(journal.run(r.run_id)["predicted_json"])["calls"]["expected"]
     assert f"{expected:.2f} expected" in page and repr(expected) not in page
+
+
+def test_the_plots_legends_sit_beside_their_panels_not_on_the_last_bars(monkeypatch) -> None:
+    """The last step (a batch's last line) ends at the lower right, where a legend inside the
+    panel hid its bar: every legend is right of its panel and inside the figure."""
+    from trilemma.report import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: drawn.append(fig))
+    calls = [{"step_id": sid, "state": "finished", "outcome": "ok", "started_at": 100.0 + i,
+              "finished_at": 101.0 + i, "cost_usd": 0.01} for i, sid in enumerate("abc")]  # fmt: skip
+    run = {"run_id": "r", "status": "ok", "started_at": 100.0, "deadline_at": None,
+           "max_cost_usd": 0.05}  # fmt: skip
+    plots.timeline_png(run, calls, list("abc"))
+    runs = [{"batch_line": i + 1, "status": "ok", "started_at": 100.0 + i,
+             "finished_at": 101.0 + i, "cost_usd": 0.01} for i in range(3)]  # fmt: skip
+    plots.batch_png(runs, 0.05)
+    for fig in drawn:
+        fig.tight_layout()
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            box, panel = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+            assert box.x0 >= panel.x1 and box.x1 <= fig.bbox.x1, (box, panel)
+        plots.plt.close(fig)
+    assert len(drawn) == 2

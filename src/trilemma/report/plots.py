@@ -290,7 +290,7 @@ def timeline_png(
         for ax in (top, bottom):
             ax.axvline(run["deadline_at"] - t0, color="tab:red", linestyle="--", linewidth=1)
     if bars:  # a run that sent no call has nothing to name
-        top.legend(loc="lower right", fontsize=8)
+        _legend_beside(top)
     top.grid(alpha=0.3, axis="x")
     _spend(bottom, spend, run["max_cost_usd"], "spend", "seconds since the run started",
            start=run.get("pruned_usd") or 0.0)  # what forgotten calls spent comes first
@@ -311,6 +311,12 @@ def _bars(ax: Any, bars: dict[str, list[tuple[int, float, float]]], colours: dic
         ax.add_collection(PolyCollection(boxes, facecolors=colours.get(label, "tab:red"),
                                          label=label))  # fmt: skip
     ax.autoscale_view()
+
+
+def _legend_beside(ax: Any) -> None:
+    """A panel's legend right of it: inside, the lower right is where the last steps (or
+    lines) end, and a legend there hid their bars."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)
 
 
 def _bars_over_spend(height: float) -> tuple[Any, Any, Any]:
@@ -335,7 +341,7 @@ def _spend(ax: Any, spend: list[tuple[float, float]], ceiling: float | None, lab
         ax.axhline(ceiling, color="tab:red", linestyle="--", label="ceiling")
     ax.set_ylabel("dollars")
     ax.set_xlabel(xlabel)
-    ax.legend(loc="upper left", fontsize=8)
+    _legend_beside(ax)  # inside, it sat on the ceiling's line
     ax.grid(alpha=0.3)
 
 
@@ -367,7 +373,7 @@ def batch_png(runs: Sequence[dict[str, Any]], ceiling: float | None) -> bytes:
     top.set_ylabel("line")
     top.set_title(f"{len(runs)} runs, each from its start to its end")
     if bars:  # no run drawn, nothing to name
-        top.legend(loc="lower right", fontsize=8)
+        _legend_beside(top)
     top.grid(alpha=0.3, axis="x")
     _spend(bottom, spend, ceiling, "spend, as runs end", "seconds since the batch started")
     buf = io.BytesIO()
