@@ -511,8 +511,12 @@ def collector_spared() -> Iterator[None]:
 
     A full collection walks every object the process holds (imported SDKs, the spec's
     models): about 0.1 s, stalling the event loop, once in a few runs of a 2,000-step spec.
-    What the run itself creates is still collected; the rest is handed back afterwards.
-    A program that froze its objects itself (a server before it forks) is left as it is.
+    What the run itself creates is still collected, and once more at its end, while the
+    rest is still set aside (a pass over the run's own objects only): the reference
+    cycles a run leaves (its finished tasks, say) would otherwise be frozen by the next
+    run, and the next, and never freed in a process that runs many. The rest is handed
+    back afterwards. A program that froze its objects itself (a server before it forks)
+    is left as it is.
     """
     if gc.get_freeze_count():
         yield
@@ -521,6 +525,7 @@ def collector_spared() -> Iterator[None]:
     try:
         yield
     finally:
+        gc.collect()
         gc.unfreeze()
 
 
