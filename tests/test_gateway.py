@@ -543,6 +543,33 @@ def test_cli_gateway_on_a_taken_port_or_a_foreign_address_says_so_in_one_line(
     assert len(r.err.strip().splitlines()) == 1
 
 
+def test_the_gateway_s_socket_gives_its_connections_no_nagle() -> None:
+    """uvicorn writes a response's head and body apart: with Nagle's algorithm on, the body
+    waited for the client's delayed ACK, 40 ms a request on a kept-alive connection (measured:
+    +50 ms a request through the gateway, against +3 ms with it off). asyncio turns it off on
+    the connections of a socket that says it is TCP, as the one the gateway binds now does."""
+    from trilemma.cli.runs import _listening
+
+    listener = _listening("127.0.0.1", 0)
+
+    async def main() -> int:
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def on_connection(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connection, sock=listener)  # as uvicorn serves it
+        async with server:
+            _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+            nodelay = await asyncio.wait_for(accepted, 10)
+            writer.close()
+            return nodelay
+
+    assert asyncio.run(main()) != 0
+
+
 def test_cli_gateway_serves_until_interrupted_and_closes_its_runs(tmp_path: Path) -> None:
     path = tmp_path / "gw.yaml"
     path.write_text(config_text())

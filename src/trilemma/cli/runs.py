@@ -783,7 +783,12 @@ def gateway(
 
 def _listening(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` for the gateway, or one line saying why there is none."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on connections whose
+    # socket says it is TCP, and uvicorn writes a response's head and body apart; with
+    # Nagle on, the body waited for the client's delayed ACK, 40 ms a request on a kept-alive
+    # connection (every request of an SDK client after its first).
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
+                         socket.IPPROTO_TCP)  # fmt: skip
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
