@@ -383,3 +383,25 @@ def test_a_plain_429_is_still_retried(tmp_path: Path) -> None:
     with ScriptedServer([Reply(status=429, headers={"Retry-After": "0"}), Reply("fine")]) as srv:
         r, _ = go(spec_for(srv.url, "  - {id: a, model: local, retries: 1}"), tmp_path)
     assert r.status == "ok" and r.outputs == {"a": "fine"}
+
+
+def test_the_sdk_loads_what_a_call_needs_before_the_run_not_in_its_first_call() -> None:
+    """The openai SDK imports a resource's modules when it is first touched (~40 ms for chat,
+    measured inside the first call's latency and stalling the loop): a provider touches its
+    resource when it is made, before the run. Checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from trilemma.providers.openai import OpenAIProvider\n"
+        "from trilemma.spec.model import ModelProfile\n"
+        "for api, module in (('chat', 'openai.resources.chat.completions.completions'),\n"
+        "                    ('completions', 'openai.resources.completions')):\n"
+        "    assert module not in sys.modules, module\n"
+        "    OpenAIProvider('m', ModelProfile(provider='openai', base_url='http://127.0.0.1:9/v1',\n"
+        "                   model='m', api=api, usd_per_call=0.01, latency_s=1, p_ok=0.9))\n"
+        "    assert module in sys.modules, module\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

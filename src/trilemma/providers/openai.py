@@ -169,6 +169,9 @@ class OpenAIProvider:
         self.client = openai.AsyncOpenAI(
             base_url=profile.base_url, api_key=key, max_retries=0, timeout=profile.timeout_s
         )
+        # The SDK imports a resource's modules when it is first used (~40 ms for chat): here,
+        # before the run, not inside the first call's measured latency, stalling the loop.
+        _ = self.client.completions if profile.api == "completions" else self.client.chat.completions
 
     async def complete(self, request: Request, profile: ModelProfile) -> Completion:
         """One chat completion; usage and latency as the endpoint reported them."""
