@@ -592,36 +592,6 @@ def test_a_file_that_is_not_a_journal_is_refused_and_left_alone(cli, tmp_path: P
     assert r.code == 2 and "not a trilemma journal" in r.err
 
 
-def test_a_journal_closes_its_connection_when_closed_left_or_dropped(tmp_path: Path) -> None:
-    """close(), a with block, or the Journal collected while open (a script that never closes
-    it, as the README's does; Python 3.13's sqlite3 warns of every connection left to the
-    collector): the connection is closed each way, and once."""
-    import gc
-    import warnings
-
-    path = tmp_path / "j.db"
-    with Journal(path) as journal:
-        assert journal.runs() == []
-    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
-        journal.db.execute("SELECT 1")
-    journal.close()  # a second close is harmless
-    dropped = Journal(path)
-    db = dropped.db
-    del dropped
-    gc.collect()
-    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
-        db.execute("SELECT 1")
-    not_one = tmp_path / "other.db"
-    with contextlib.closing(sqlite3.connect(not_one)) as raw:
-        raw.execute("CREATE TABLE x (a)")
-        raw.commit()
-    with warnings.catch_warnings():  # its refusal closes what it opened
-        warnings.simplefilter("error")
-        with pytest.raises(NotAJournal):
-            Journal(not_one)
-        gc.collect()
-
-
 def test_a_corrupted_journal_is_refused(cli, tmp_path: Path) -> None:
     db = tmp_path / "j.db"
     Journal(db).close()

@@ -18,7 +18,6 @@ import math
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -158,9 +157,7 @@ class Journal:
     """One connection to a journal file; creates and migrates it as needed.
 
     Threads may share it: each use of the connection (a read, a transaction) is one
-    thread's until it ends. :meth:`close` it, or use it as a context manager; one that is
-    dropped open closes its connection when it is collected (Python 3.13's sqlite3 would
-    otherwise warn of an unclosed database).
+    thread's until it ends.
     """
 
     def __init__(
@@ -194,7 +191,6 @@ class Journal:
             self.db = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
-            self._closer = weakref.finalize(self, self.db.close)  # also when __init__ fails
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -291,13 +287,7 @@ class Journal:
     def close(self) -> None:
         """Close the connection (once a thread using it is done)."""
         with self._lock:
-            self._closer()
-
-    def __enter__(self) -> Journal:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
+            self.db.close()
 
     # ------------------------------------------------------------------ writes
 
