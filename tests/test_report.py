@@ -224,7 +224,8 @@ def test_the_journal_may_be_named_once_for_every_command_by_trilemma_journal(
     assert ran["journal"] == str(db) and not (tmp_path / ".trilemma").exists()
     assert [r["run_id"] for r in cli("runs", "--json").json()] == [ran["run_id"]]
     assert cli("ledger", "latest", "--json").json()[0]["step"] == "answer"
-    assert cli("run", EXAMPLES / "single.yaml", "--journal", other).code == 0  # the flag wins
+    # the flag wins (seeded: an unseeded run fails its 1.5% of the time)
+    assert cli("run", EXAMPLES / "single.yaml", "--seed", "1", "--journal", other).code == 0
     assert len(Journal(other).runs()) == 1 and len(Journal(db).runs()) == 1
     monkeypatch.setenv("TRILEMMA_JOURNAL", "")  # set but empty: the default
     r = cli("runs")
