@@ -433,14 +433,13 @@ def runs_kept_on_interrupt(journal: Path) -> Iterator[None]:
         from trilemma.report.tables import journal_flag
 
         how = "terminated (SIGTERM)" if _terminated else "interrupted (Ctrl-C)"
-        with contextlib.suppress(Exception):  # no journal yet, or one that cannot be written
-            j = Journal(journal, create=False)
+        # (no journal yet, or one that cannot be written: nothing to mark)
+        with contextlib.suppress(Exception), Journal(journal, create=False) as j:
             for row in j.runs(status="running"):  # the trial cut short: never resumed
                 if row["pid"] == os.getpid():
                     j.update_run(row["run_id"], status="failed", pid=None, finished_at=time.time(),
                                  error=f"{how}: a trial of an experiment, which is not "
                                        "resumed")  # fmt: skip
-            j.close()
         flag = journal_flag(journal)
         interrupted(f"; the runs that ended are kept in {journal}: `trilemma runs{flag}` "
                     "lists them")  # fmt: skip

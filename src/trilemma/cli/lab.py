@@ -223,9 +223,9 @@ def _fit_ledger(
     if not path.is_file():
         raise UsageError(f"--from-journal {path}: no such file; give the journal your runs wrote "
                          "(trilemma runs --journal PATH lists them)")  # fmt: skip
-    journal = Journal(path)
-    result = fit_from_journal(journal, model)
-    base = _base_profile(journal, model, spec)
+    with Journal(path) as journal:
+        result = fit_from_journal(journal, model)
+        base = _base_profile(journal, model, spec)
     profile = result.profile(base)
     text = _profile_yaml(model, profile, out)
     drift = result.drift(base)

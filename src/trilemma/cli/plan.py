@@ -502,9 +502,8 @@ def demo(
         _section(console, "5. The chosen configuration, run on the simulator",
                  f"trilemma optimize {_shown(chain_path)} --out chosen.yaml && trilemma run "
                  f"chosen.yaml --seed 7 --max-cost 0.10{tables.journal_flag(journal)}")  # fmt: skip
-        ran = execute(
-            best.best, journal=Journal(journal), seed=7, max_cost_usd=0.10, source="<demo>"
-        )
+        with Journal(journal) as j:
+            ran = execute(best.best, journal=j, seed=7, max_cost_usd=0.10, source="<demo>")
         console.print(tables.run_view(ran))
     _demo_compare(console, journal)
     console.print(
@@ -537,8 +536,8 @@ def _demo_compare(console: Console, journal: Path, runs: int = 60) -> None:
              f"trilemma compare {' '.join(_shown(example_path(n)) for n in names)} --runs {runs} "
              f"--seed 7{tables.journal_flag(journal)}")  # fmt: skip
     specs = [(n, load_workflow(example_path(n))) for n in names]
-    with progress(sys.stderr.isatty()) as bar:
+    with progress(sys.stderr.isatty()) as bar, Journal(journal) as j:
         bar_id = bar.add_task("runs", total=runs * len(specs))
-        rows = compare(specs, runs, Journal(journal), seed=7,
+        rows = compare(specs, runs, j, seed=7,
                        on_progress=lambda done, _: bar.update(bar_id, completed=done))  # fmt: skip
     console.print(tables.compare_table(rows, 0.01))

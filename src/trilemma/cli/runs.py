@@ -128,9 +128,10 @@ def run_cmd(
     check_inputs(wf, values, str(spec))  # before the journal is opened (or made)
     _load_embedder(wf, show=not as_json)
     ceiling, limit = wf.budget.resolve(max_cost, deadline)
-    with _on_interrupt(journal), _RunDisplay(len(wf.steps), ceiling, limit,
-                                             enabled=not as_json) as display:  # fmt: skip
-        result = execute(wf, journal=Journal(journal), inputs=values, max_cost_usd=max_cost,
+    with _on_interrupt(journal), Journal(journal) as j, _RunDisplay(
+        len(wf.steps), ceiling, limit, enabled=not as_json
+    ) as display:
+        result = execute(wf, journal=j, inputs=values, max_cost_usd=max_cost,
                          deadline_s=deadline, seed=seed, source=str(spec),
                          on_event=display.update, tenant=tenant, shared=shared,
                          shared_cache=tier)  # fmt: skip
@@ -213,7 +214,8 @@ def batch_cmd(
     wf = load_workflow(spec)
     lines = read_inputs(inputs, wf, str(spec))
     if resume is not None:  # its id, `latest` or a part of the id, as for runs
-        resume = batch_id_of(Journal(journal, create=False), resume, "--resume")
+        with Journal(journal, create=False) as j:
+            resume = batch_id_of(j, resume, "--resume")
     if plan:  # before spending: the planner's figures for these lines, nothing journaled
         left = None
         if shared is not None:  # what the team has left now, across every process
@@ -258,7 +260,8 @@ def batch_cmd(
             sink.write(_json_line(line))
             sink.flush()
 
-        result = run_batch(wf, lines, journal=Journal(journal), max_cost_usd=max_cost,
+        result = run_batch(wf, lines, journal=stack.enter_context(Journal(journal)),
+                           max_cost_usd=max_cost,
                            deadline_s=deadline, parallel=parallel, seed=seed, source=str(spec),
                            tenant=tenant, on_progress=tick, on_start=started, on_line=landed,
                            resume=resume, shared=shared, redis=redis,
@@ -309,9 +312,9 @@ def _on_interrupt(journal: Path) -> Iterator[None]:
         from trilemma.journal import Journal
 
         mine: list[dict[str, Any]] = []
-        with contextlib.suppress(Exception):  # no journal yet, or one that cannot be read
-            mine = [r for r in Journal(journal, create=False).runs(status="running")
-                    if r["pid"] == os.getpid()]  # fmt: skip
+        # (no journal yet, or one that cannot be read: none of them)
+        with contextlib.suppress(Exception), Journal(journal, create=False) as j:
+            mine = [r for r in j.runs(status="running") if r["pid"] == os.getpid()]
         flag = tables.journal_flag(journal)
         batch = mine[0]["batch_id"] if mine else None
         if batch:
@@ -403,19 +406,19 @@ def runs(
         raise UsageError(f"--status {status!r}: give one of {', '.join(RUN_STATUSES)}")
     if limit is not None:
         positive("--limit", limit)
-    j = Journal(journal, create=False)
-    if batch is not None and (batch == "latest" or j.batch_ids(batch)):  # id, latest or part
-        batch = batch_id_of(j, batch, "--batch")  # (an id naming none filters out every run)
     shown = limit if limit is not None or as_json else TABLE_RUNS
-    rows = j.runs(status=status, batch_id=batch, limit=shown)
+    with Journal(journal, create=False) as j:
+        if batch is not None and (batch == "latest" or j.batch_ids(batch)):  # id, latest, part
+            batch = batch_id_of(j, batch, "--batch")  # (an id naming none filters out every run)
+        rows = j.runs(status=status, batch_id=batch, limit=shown)
+        total = len(rows) if shown is None or len(rows) < shown else j.count_runs(
+            status=status, batch_id=batch)  # fmt: skip
     if as_json:
         keys = ("run_id", "status", "cost_usd", "calls", "latency_s", "spec_source", "error",
                 "tenant", "batch_id", "batch_line", "shared_budget", "time_scale", "seed")  # fmt: skip
         emit_json([{**{k: r[k] for k in keys}, "started_at": iso(r["started_at"]),
                      "finished_at": iso(r["finished_at"])} for r in rows])  # fmt: skip
     else:
-        total = len(rows) if shown is None or len(rows) < shown else j.count_runs(
-            status=status, batch_id=batch)  # fmt: skip
         if not rows:  # an empty table would say neither why nor what next
             sys.stdout.write(_no_runs(journal, status, batch) + "\n")
         else:
@@ -466,19 +469,19 @@ def resume_cmd(
     from trilemma.run.session import resume
 
     shared, tier = _shared(shared_budget, shared_cache, redis)
-    j = Journal(journal, create=False)
-    run_id = run_id_of(j, run_id)
-    row = j.run(run_id)
-    spec = json.loads(row["spec_json"]) if row else {}
-    steps = len(spec.get("steps", []))
-    if steps:  # a workflow's run (not a gateway key's)
-        _load_embedder(workflow_from_dict(spec, run_id), show=not as_json)
-    with _on_interrupt(journal), _RunDisplay(
-        steps, max_cost or (row or {}).get("max_cost_usd"), deadline, enabled=not as_json
-    ) as display:
-        result = resume(j, run_id, deadline_s=deadline, max_cost_usd=max_cost, force=force,
-                        on_event=display.update, shared=shared, redis=redis,
-                        shared_cache=tier)  # fmt: skip
+    with Journal(journal, create=False) as j:
+        run_id = run_id_of(j, run_id)
+        row = j.run(run_id)
+        spec = json.loads(row["spec_json"]) if row else {}
+        steps = len(spec.get("steps", []))
+        if steps:  # a workflow's run (not a gateway key's)
+            _load_embedder(workflow_from_dict(spec, run_id), show=not as_json)
+        with _on_interrupt(journal), _RunDisplay(
+            steps, max_cost or (row or {}).get("max_cost_usd"), deadline, enabled=not as_json
+        ) as display:
+            result = resume(j, run_id, deadline_s=deadline, max_cost_usd=max_cost, force=force,
+                            on_event=display.update, shared=shared, redis=redis,
+                            shared_cache=tier)  # fmt: skip
     code = _report_run(result, as_json)
     if row is not None and row["status"] == "ok" and not as_json:
         sys.stderr.write(f"note: run {run_id} had already finished ok: every step came from "
@@ -499,9 +502,9 @@ def export(
     from trilemma.journal import Journal
 
     writable("--out", out)
-    j = Journal(journal, create=False)
-    run_id = run_id_of(j, run_id)
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in j.export(run_id))
+    with Journal(journal, create=False) as j:
+        run_id = run_id_of(j, run_id)
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in j.export(run_id))
     if out is None:
         sys.stdout.write(lines)
     else:
@@ -517,7 +520,8 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
     """
     from trilemma.journal import Journal
 
-    report = Journal(journal, create=False).check()
+    with Journal(journal, create=False) as j:
+        report = j.check()
     healthy = report["integrity"] == "ok" and not report["damaged_rows"]
     if as_json:
         emit_json({**report, "healthy": healthy})
@@ -616,12 +620,12 @@ def prune(
     if status is not None and status not in ended:
         raise UsageError(f"--status {status!r}: give one of {', '.join(ended)} "
                          "(a running run is never pruned)")  # fmt: skip
-    j = Journal(journal, create=False)
-    size = _file_size(journal)
-    before = time.time() - older_than * 86_400
-    p = j.prune(before, status=status, dry_run=dry_run)
-    if vacuum and not dry_run:
-        j.vacuum()
+    with Journal(journal, create=False) as j:  # opened first: it may migrate an old journal
+        size = _file_size(journal)
+        before = time.time() - older_than * 86_400
+        p = j.prune(before, status=status, dry_run=dry_run)
+        if vacuum and not dry_run:
+            j.vacuum()
     out: dict[str, Any] = {
         "dry_run": dry_run, "runs": len(p.run_ids), "calls": p.calls, "steps": p.steps,
         "kept_in_batches": p.kept_in_batches, "kept_running": p.kept_running,
@@ -681,11 +685,11 @@ def ledger(
     for o in outcome or ():
         if o not in OUTCOMES:
             raise UsageError(f"--outcome {o!r}: give one of {', '.join(OUTCOMES)}")
-    j = Journal(journal, create=False)
-    run_id = run_id_of(j, run_id)
-    run = j.run(run_id)
-    assert run is not None
-    rows = [tables.ledger_row(r) for r in j.calls(run_id)]
+    with Journal(journal, create=False) as j:
+        run_id = run_id_of(j, run_id)
+        run = j.run(run_id)
+        assert run is not None
+        rows = [tables.ledger_row(r) for r in j.calls(run_id)]
     if step:
         spec = json.loads(run["spec_json"] or "{}")
         gateway = run_id.startswith(GATEWAY_RUN)  # its calls are filed by the model asked
@@ -727,10 +731,10 @@ def report(
     from trilemma.report.html import batch_report, run_report
 
     writable("--out", out)
-    j = Journal(journal, create=False)
-    is_batch = not j.run_ids(run_id) and bool(j.batch_ids(run_id))
-    run_id = batch_id_of(j, run_id, "report") if is_batch else run_id_of(j, run_id)
-    page = batch_report(j, run_id) if is_batch else run_report(j, run_id)
+    with Journal(journal, create=False) as j:
+        is_batch = not j.run_ids(run_id) and bool(j.batch_ids(run_id))
+        run_id = batch_id_of(j, run_id, "report") if is_batch else run_id_of(j, run_id)
+        page = batch_report(j, run_id) if is_batch else run_report(j, run_id)
     path = out or Path(f"report-{run_id}.html")
     write_atomic(path, page)
     sys.stdout.write(f"report: {path}\n")
@@ -765,19 +769,20 @@ def gateway(
 
     conf = load_gateway_config(config)
     keys = secrets_of(conf, str(config))
-    gw = Gateway(conf, keys, Journal(journal), source=str(config), force=force)
-    if isinstance(gw.budgets, RedisBudgets):
-        gw.budgets.check()  # a store that does not answer: say so now, not at the first request
-    with _listening(host, port) as sock:  # bound before the gateway says it serves
-        sys.stdout.write(
-            f"trilemma gateway: http://{host}:{port}/v1 serving {', '.join(conf.models)} to keys "
-            f"{', '.join(conf.keys)}; ledger in {journal} (runs gateway-KEY)\n"
-        )
-        sys.stdout.flush()
-        server = uvicorn.Server(uvicorn.Config(create_app(gw), host=host, port=port,
-                                               log_level="warning"))  # fmt: skip
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a gateway stops: exit 0
-            server.run(sockets=[sock])  # (uvicorn raises it again after its graceful shutdown)
+    with Journal(journal) as j:
+        gw = Gateway(conf, keys, j, source=str(config), force=force)
+        if isinstance(gw.budgets, RedisBudgets):
+            gw.budgets.check()  # a store that does not answer: say so now, not at the first call
+        with _listening(host, port) as sock:  # bound before the gateway says it serves
+            sys.stdout.write(
+                f"trilemma gateway: http://{host}:{port}/v1 serving {', '.join(conf.models)} to "
+                f"keys {', '.join(conf.keys)}; ledger in {journal} (runs gateway-KEY)\n"
+            )
+            sys.stdout.flush()
+            server = uvicorn.Server(uvicorn.Config(create_app(gw), host=host, port=port,
+                                                   log_level="warning"))  # fmt: skip
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a gateway stops: exit 0
+                server.run(sockets=[sock])  # (uvicorn raises it again after its graceful stop)
     return 0 if server.started else 1  # not started: uvicorn has said why
 
 
@@ -885,7 +890,8 @@ def cache_stats(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False
     """
     from trilemma.journal import Journal
 
-    rows = Journal(journal, create=False).cache_stats()
+    with Journal(journal, create=False) as j:
+        rows = j.cache_stats()
     if as_json:
         emit_json([{**r, "oldest": iso(r["oldest"]), "newest": iso(r["newest"])} for r in rows])
     else:
@@ -927,9 +933,10 @@ def cache_clear(
 
     url = _tier(shared, redis)
     before = None if older_than is None else time.time() - older_than * 86_400
-    exact, semantic = Journal(journal, create=False).cache_clear(
-        model=model, before=before, semantic_only=semantic_only, tenant=tenant
-    )
+    with Journal(journal, create=False) as j:
+        exact, semantic = j.cache_clear(
+            model=model, before=before, semantic_only=semantic_only, tenant=tenant
+        )
     removed: dict[str, int] = {"exact_removed": exact, "semantic_removed": semantic}
     if url is not None and not semantic_only:  # the shared tier holds no embeddings
         tier = SharedCache(url)

@@ -148,31 +148,31 @@ def cliff(
     as a path, is opened once the lengths and run count pass)."""
     check_chains(lengths, runs)
     check_reachable(chain_workflow(model, profile, 1, task))  # a server that is down is no cliff
-    journal = opened(journal)
     points = []
     total, done = len(lengths) * runs, 0
-    for steps in lengths:
-        wf = chain_workflow(model, profile, steps, task)
-        e = estimate(wf)
-        ok, costs, latencies = 0, [], []
-        for r in range(runs):
-            start, adds = chain_tasks(steps, seed=seed * 100_003 + steps * 1_009 + r)
-            if task == "relay":
-                start, adds = start * 37 + r % 97, [0] * steps  # a number to carry, unchanged
-                inputs = {"start": str(start)}
-            else:
-                inputs = {"start": str(start), **{f"d{i}": str(a) for i, a in enumerate(adds, 1)}}
-            result = execute(
-                wf, journal=journal, inputs=inputs, seed=seed + r, source=f"<cliff {steps}>"
-            )
-            simulated = profile.runs_on_simulator
-            right = result.outputs.get(f"s{steps}") == str(start + sum(adds))
-            ok += result.status == "ok" and (simulated or right)
-            costs.append(result.cost_usd)
-            latencies.append(result.latency_s)
-            done += 1
-            if on_progress is not None:
-                on_progress(done, total)
-        points.append(CliffPoint(steps, runs, ok, e.reliability, e.cost_expected, statistics.fmean(costs),
-                                 e.latency_critical_s, statistics.fmean(latencies)))  # fmt: skip
+    with opened(journal) as j:
+        for steps in lengths:
+            wf = chain_workflow(model, profile, steps, task)
+            e = estimate(wf)
+            ok, costs, latencies = 0, [], []
+            for r in range(runs):
+                start, adds = chain_tasks(steps, seed=seed * 100_003 + steps * 1_009 + r)
+                if task == "relay":
+                    start, adds = start * 37 + r % 97, [0] * steps  # a number to carry, unchanged
+                    inputs = {"start": str(start)}
+                else:
+                    inputs = {"start": str(start), **{f"d{i}": str(a) for i, a in enumerate(adds, 1)}}
+                result = execute(
+                    wf, journal=j, inputs=inputs, seed=seed + r, source=f"<cliff {steps}>"
+                )
+                simulated = profile.runs_on_simulator
+                right = result.outputs.get(f"s{steps}") == str(start + sum(adds))
+                ok += result.status == "ok" and (simulated or right)
+                costs.append(result.cost_usd)
+                latencies.append(result.latency_s)
+                done += 1
+                if on_progress is not None:
+                    on_progress(done, total)
+            points.append(CliffPoint(steps, runs, ok, e.reliability, e.cost_expected, statistics.fmean(costs),
+                                     e.latency_critical_s, statistics.fmean(latencies)))  # fmt: skip
     return points

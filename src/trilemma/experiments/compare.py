@@ -171,13 +171,13 @@ def compare(
     own = inputs_of(specs, inputs)
     for _, wf in specs:
         check_runnable(wf, time_scale)
-    journal = opened(journal)
     tick = Tally(runs * len(specs), on_progress)
     out = []
-    for name, wf in specs:
-        got = repeat(wf, runs, journal, seed=seed, time_scale=time_scale, source=name, tick=tick,
-                     inputs=own[name])  # fmt: skip
-        out.append(_contender(name, wf, got))
+    with opened(journal) as j:
+        for name, wf in specs:
+            got = repeat(wf, runs, j, seed=seed, time_scale=time_scale, source=name, tick=tick,
+                         inputs=own[name])  # fmt: skip
+            out.append(_contender(name, wf, got))
     return out
 
 

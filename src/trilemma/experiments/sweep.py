@@ -38,6 +38,7 @@ from trilemma.experiments.trials import (
     opened,
     repeat,
 )
+from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.plan.simulate import under_budget
 from trilemma.run.session import check_inputs
@@ -186,12 +187,11 @@ def budget_sweep(
     if not budgets:
         raise UsageError("give at least one budget: --max-cost 0.1,0.2 or --deadline 5,10")
     check_runnable(wf, time_scale)
-    journal = opened(journal)
     unbudgeted = wf.with_budget(max_cost_usd=None, deadline_s=None)
     tick = Tally(runs * (len(budgets) + 1), on_progress)
 
-    def trials(b: Limits) -> list[Trial]:
-        return repeat(unbudgeted, runs, journal, seed=seed, time_scale=time_scale,
+    def trials(b: Limits, j: Journal) -> list[Trial]:
+        return repeat(unbudgeted, runs, j, seed=seed, time_scale=time_scale,
                       max_cost_usd=b.max_cost_usd, deadline_s=b.deadline_s, source=source,
                       tick=tick, inputs=inputs)  # fmt: skip
 
@@ -200,9 +200,10 @@ def budget_sweep(
         sim = under_budget(unbudgeted, b.deadline_s, b.max_cost_usd, seed)
         return replace(row, predicted_success=sim.success_rate, predicted_cost=sim.cost_usd.mean)
 
-    base = trials(Limits())
-    baseline = predicted(_row(Limits(), base, base))
-    rows = tuple(predicted(_row(b, trials(b), base)) for b in budgets)
+    with opened(journal) as j:
+        base = trials(Limits(), j)
+        baseline = predicted(_row(Limits(), base, base))
+        rows = tuple(predicted(_row(b, trials(b, j), base)) for b in budgets)
     return Sweep(baseline, rows, estimate(wf), seed, time_scale)
 
 

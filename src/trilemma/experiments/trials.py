@@ -13,7 +13,8 @@ latencies and deadlines matter more than the experiment's speed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,10 +72,16 @@ JournalRef = Journal | str | Path
 """A journal, or the path of one an experiment opens after its checks pass."""
 
 
-def opened(journal: JournalRef) -> Journal:
-    """``journal`` itself, or the journal at that path, created if need be: an experiment
-    calls this once its flags and inputs are checked, so a refused one leaves no file."""
-    return journal if isinstance(journal, Journal) else Journal(journal)
+@contextlib.contextmanager
+def opened(journal: JournalRef) -> Iterator[Journal]:
+    """``journal`` itself, or the journal at that path, created if need be and closed when
+    the block ends: an experiment enters this once its flags and inputs are checked, so a
+    refused one leaves no file."""
+    if isinstance(journal, Journal):
+        yield journal
+        return
+    with Journal(journal) as own:
+        yield own
 
 
 def check_runs(runs: int) -> None:

@@ -157,7 +157,8 @@ class Journal:
     """One connection to a journal file; creates and migrates it as needed.
 
     Threads may share it: each use of the connection (a read, a transaction) is one
-    thread's until it ends.
+    thread's until it ends. Use it as a context manager, or :meth:`close` it, when done:
+    Python 3.13's sqlite3 warns of a connection left open to the garbage collector.
     """
 
     def __init__(
@@ -191,13 +192,18 @@ class Journal:
             self.db = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-            # Opening waits its turn like any writer; only then may a connection refuse to wait.
-            self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            try:
+                self.db.row_factory = sqlite3.Row
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute("PRAGMA foreign_keys=ON")
+                self._migrate()
+                # Opening waits its turn like any writer; only then may a connection refuse
+                # to wait.
+                self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            except BaseException:  # a file refused: nobody else will close its connection
+                self.db.close()
+                raise
 
     # ------------------------------------------------------------------ schema
 
@@ -285,9 +291,15 @@ class Journal:
                 raise
 
     def close(self) -> None:
-        """Close the connection (once a thread using it is done)."""
+        """Close the connection (once a thread using it is done); a second close does nothing."""
         with self._lock:
             self.db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ writes
 
