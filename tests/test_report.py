@@ -318,3 +318,22 @@ def test_the_plots_legends_sit_beside_their_panels_not_on_the_last_bars(monkeypa
             assert box.x0 >= panel.x1 and box.x1 <= fig.bbox.x1, (box, panel)
         plots.plt.close(fig)
     assert len(drawn) == 2
+
+
+def test_a_cost_too_small_for_four_decimals_is_not_printed_as_nothing(cli, write, tmp_path: Path) -> None:
+    # 400 prompt and 200 completion tokens at $0.05 a million: $0.00003 a call
+    spec = write("version: 1\nmodels:\n  tiny: {usd_per_1m_input: 0.05, usd_per_1m_output: 0.05, "
+                 "latency_s: 0.01, p_ok: 1.0}\nsteps:\n  - {id: answer, model: tiny}\n")  # fmt: skip
+    db = tmp_path / "j.db"
+    ran = cli("run", spec, "--journal", db)
+    assert ran.code == 0 and "$0.000030" in ran.out, ran.out
+    assert "$0.000030" in cli("runs", "--journal", db).out
+    ledger = cli("ledger", "latest", "--journal", db).out
+    assert "│ $0.000030 │" in ledger and "billed $0.000030; 1 ok" in ledger, ledger
+    assert cli("report", "latest", "--journal", db, "--out", tmp_path / "r.html").code == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "$0.000030" in page and "$0.0000<" not in page
+    from trilemma.report.tables import usd
+
+    assert [usd(x) for x in (None, 0.0, 0.304, 0.00005, 123.4)] == [
+        "-", "$0.0000", "$0.3040", "$0.0001", "$123"]  # fmt: skip

@@ -845,9 +845,10 @@ def budget_show(
     if as_json:
         emit_json(_budget_json(name, state))
     else:
+        usd = tables.usd
         left = ("" if state.remaining is None else
-                f", ${state.remaining:.4f} left of ${state.ceiling:.4f}")  # fmt: skip
-        sys.stdout.write(f"{name}: ${state.spent:.4f} spent, ${state.reserved:.4f} held by calls "
+                f", {usd(state.remaining)} left of {usd(state.ceiling)}")  # fmt: skip
+        sys.stdout.write(f"{name}: {usd(state.spent)} spent, {usd(state.reserved)} held by calls "
                          f"in flight{left}, {state.refused} calls refused\n")  # fmt: skip
     return 0
 
@@ -873,7 +874,7 @@ def budget_reset(
     if as_json:
         emit_json({**_budget_json(name, before), "reset": True})
     else:
-        sys.stdout.write(f"{name}: reset (it had spent ${before.spent:.4f})\n")
+        sys.stdout.write(f"{name}: reset (it had spent {tables.usd(before.spent)})\n")
     return 0
 
 

@@ -22,7 +22,7 @@ from trilemma.journal import Journal
 from trilemma.journal.store import GATEWAY_RUN, sent_by_step
 from trilemma.plan.slots import SLOTS_BIND
 from trilemma.report.plots import batch_png, timeline_png
-from trilemma.report.tables import LEDGER_KEYS, counted, ledger_row
+from trilemma.report.tables import LEDGER_KEYS, counted, ledger_row, usd
 
 __all__ = ["batch_report", "run_report"]
 
@@ -42,10 +42,6 @@ img { max-width: 100%; }
 
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value))
-
-
-def _usd(x: float | None) -> str:
-    return "-" if x is None else f"${x:,.4f}"
 
 
 def _s(x: float | None) -> str:
@@ -146,16 +142,16 @@ def batch_report(journal: Journal, batch_id: str) -> str:
     ended = max((r["finished_at"] for r in runs if r["finished_at"]), default=None)
     ceiling = first["max_cost_usd"]
     rows = [
-        ("cost", f"{_usd(cost_p.get('expected', 0) * n)} expected, "
-                 f"{_usd(cost_p.get('worst', 0) * n)} worst",
-         _usd(cost), "-" if ceiling is None else f"ceiling {_usd(ceiling)}"),
+        ("cost", f"{usd(cost_p.get('expected', 0) * n)} expected, "
+                 f"{usd(cost_p.get('worst', 0) * n)} worst",
+         usd(cost), "-" if ceiling is None else f"ceiling {usd(ceiling)}"),
         ("runs ok", f"{p.get('reliability', 0) * n:.1f} of {n}", f"{ok} of {n}", ""),
         ("critical path per run", _s(p.get("latency_s", {}).get("critical_path")),
          _s(sum((r["latency_s"] or 0) for r in runs) / n) + " on average", ""),
     ]  # fmt: skip
     lines = [
         (_e(r["batch_line"]), f'<span class="{"ok" if r["status"] == "ok" else "bad"}">'
-         f'{_e(r["status"])}</span>', _e(r["run_id"]), _usd(r["cost_usd"]), _s(r["latency_s"]),
+         f'{_e(r["status"])}</span>', _e(r["run_id"]), usd(r["cost_usd"]), _s(r["latency_s"]),
          _e(_cut(r["error"])))
         for r in runs
     ]  # fmt: skip
@@ -203,8 +199,8 @@ def _summary(run: dict[str, Any], p: dict[str, Any]) -> str:
     ceiling = run["max_cost_usd"]
     deadline = run["deadline_at"] - run["started_at"] if run["deadline_at"] else None
     rows = [
-        ("cost", f"{_usd(cost.get('expected'))} expected, {_usd(cost.get('worst'))} worst",
-         _usd(run["cost_usd"]), "-" if ceiling is None else f"ceiling {_usd(ceiling)}"),
+        ("cost", f"{usd(cost.get('expected'))} expected, {usd(cost.get('worst'))} worst",
+         usd(run["cost_usd"]), "-" if ceiling is None else f"ceiling {usd(ceiling)}"),
         ("latency", f"{_s(latency.get('critical_path'))} critical path{_slotted(latency)}, "
          f"{_s(latency.get('worst'))} worst", _s(run["latency_s"]),
          "-" if deadline is None else f"deadline {_s(deadline)}"),
@@ -229,11 +225,11 @@ def _steps(order: list[str], steps: dict[str, dict[str, Any]], calls: list[dict[
             else:
                 attempts, billed = made[sid]
                 rows.append((_e(sid), '<span class="bad">not finished</span>', _e(attempts),
-                             _usd(billed), ""))  # fmt: skip
+                             usd(billed), ""))  # fmt: skip
             continue
         cls = "ok" if s["status"] == "done" else "bad"
         rows.append((_e(sid), f'<span class="{cls}">{_e(s["status"])}</span>', _e(s["attempts"]),
-                     _usd(s["cost_usd"]), _e(_cut(s["output"] or s["error"]))))  # fmt: skip
+                     usd(s["cost_usd"]), _e(_cut(s["output"] or s["error"]))))  # fmt: skip
     return _table(("step", "status", "attempts", "cost", "output or error"), rows, {2, 3})
 
 
@@ -242,7 +238,7 @@ def _forgotten(run: Mapping[str, Any]) -> list[str]:
     if not run["pruned_calls"]:
         return []
     return [f'<p class="dim">And {counted(run["pruned_calls"], "older call")}, billed '
-            f'{_usd(run["pruned_usd"])}, that <code>trilemma prune</code> forgot: the figures '
+            f'{usd(run["pruned_usd"])}, that <code>trilemma prune</code> forgot: the figures '
             "above and the spend curve count them; the ledger no longer lists them.</p>"]
 
 
@@ -257,7 +253,7 @@ def _ledger(calls: list[dict[str, Any]]) -> str:
         for k in keys:
             v = r[k]
             if k == "cost_usd":
-                cells.append(_usd(v))
+                cells.append(usd(v))
             elif k == "latency_s":
                 cells.append(_s(v))
             elif k == "outcome":

@@ -47,11 +47,22 @@ __all__ = [
     "simulate_table",
     "sweep_table",
     "ticket_table",
+    "usd",
 ]
 
 
-def _usd(x: float | None) -> str:
-    return "-" if x is None else f"${x:,.4f}" if x < 100 else f"${x:,.0f}"
+def usd(x: float | None) -> str:
+    """Dollars as tables and reports print them: four decimals, whole dollars from $100, and
+    two significant digits where four decimals would print a cost as $0.0000 (a call to a
+    cheap model at token prices: 200 tokens at $0.10 a million is $0.000020)."""
+    if x is None:
+        return "-"
+    if abs(x) >= 100:
+        return f"${x:,.0f}"
+    if 0 < abs(x) < 0.00005:
+        return f"${x:.{1 - math.floor(math.log10(abs(x)))}f}"
+    return f"${x:,.4f}"
+
 
 
 def _with_ci(rate: float, ci: tuple[float, float] | list[float]) -> str:
@@ -78,7 +89,7 @@ def estimate_table(e: Estimate, title: str = "Estimate") -> Group:
         t.add_row(
             s.id + ("*" if s.critical else ""), _models_cell(s) + _cached_note(s.hit_rate),
             str(s.calls), str(s.retries),
-            _usd(s.cost_book), _usd(s.cost_expected), _usd(s.cost_worst),
+            usd(s.cost_book), usd(s.cost_expected), usd(s.cost_worst),
             f"{s.latency_s:.2f}s", f"{s.p_attempt:.4f}", f"{s.p_step:.4f}",
         )  # fmt: skip
     if e.stop is None:
@@ -95,7 +106,7 @@ def early_stop_line(e: Estimate) -> str:
                "cancelled" if st.skipped else "every other step has finished")
     line = (f"stop_when {st.step}: it passes {_pct(st.chance)} of the time, at {st.at_s:.2f}s "
             f"on the expected schedule; then {skipped}. The expected "
-            f"figures count it (saving {_usd(saved)} on average); the worst case does not.")  # fmt: skip
+            f"figures count it (saving {usd(saved)} on average); the worst case does not.")  # fmt: skip
     if st.races:
         line += (f" With retries, {', '.join(st.races)} may finish on the other side of "
                  f"{st.step} than this schedule puts {'it' if len(st.races) == 1 else 'them'}, "
@@ -235,25 +246,25 @@ def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
     b, lines = wf.budget, []
     floor = f"{b.min_reliability:g}" if b.min_reliability is not None else "0.95"
     if b.max_cost_usd is not None:
-        cap = _usd(b.max_cost_usd)
+        cap = usd(b.max_cost_usd)
         held = held_worst(wf)
         if e.cost_worst <= b.max_cost_usd + 1e-12 and held <= b.max_cost_usd + 1e-12:
-            lines.append(f"budget: the worst case ({_usd(e.cost_worst)}) fits the {cap} "
+            lines.append(f"budget: the worst case ({usd(e.cost_worst)}) fits the {cap} "
                          "ceiling, so no run stops for money")  # fmt: skip
         elif e.cost_worst <= b.max_cost_usd + 1e-12:
-            lines.append(f"budget: the worst case ({_usd(e.cost_worst)}) fits the {cap} "
-                         f"ceiling, but its calls may hold up to {_usd(held)} (the executor "
+            lines.append(f"budget: the worst case ({usd(e.cost_worst)}) fits the {cap} "
+                         f"ceiling, but its calls may hold up to {usd(held)} (the executor "
                          "reserves every token max_tokens allows, and a real endpoint's prompt "
                          "at its bytes, before it sends a call), so a run may stop "
                          "budget_exhausted; `trilemma simulate --ceiling` says how often, and "
                          f"`--ceiling-for {floor}` which ceiling lets that share "
                          "finish")  # fmt: skip
         elif e.cost_book > b.max_cost_usd + 1e-12:
-            lines.append(f"budget: even without a retry a run costs {_usd(e.cost_book)}, over the "
+            lines.append(f"budget: even without a retry a run costs {usd(e.cost_book)}, over the "
                          f"{cap} ceiling, so every run stops budget_exhausted before the end; "
                          "`trilemma optimize` looks for levers that fit")  # fmt: skip
         else:
-            lines.append(f"budget: the worst case ({_usd(e.cost_worst)}) does not fit the {cap} "
+            lines.append(f"budget: the worst case ({usd(e.cost_worst)}) does not fit the {cap} "
                          "ceiling: a run whose retries pile up stops budget_exhausted (the "
                          "executor reserves each call's worst case before sending it); "
                          "`trilemma simulate --ceiling` says how many, and `--ceiling-for "
@@ -284,7 +295,7 @@ def totals_table(e: Estimate) -> Table:
     for col in ("", "book", "expected", "worst"):
         t.add_column(col, justify="right")
     t.add_row("calls", str(e.calls_book), f"{e.calls_expected:.2f}", str(e.calls_worst))
-    t.add_row("cost", _usd(e.cost_book), _usd(e.cost_expected), _usd(e.cost_worst))
+    t.add_row("cost", usd(e.cost_book), usd(e.cost_expected), usd(e.cost_worst))
     t.add_row("latency (critical path)", f"{e.latency_critical_s:.2f}s",
               f"{e.latency_expected_s:.2f}s", f"{e.latency_worst_s:.2f}s")  # fmt: skip
     t.add_row("reliability", _pct(e.reliability), "", "")
@@ -301,7 +312,7 @@ def simulate_table(r: SimResult, e: Estimate) -> Table:
         t.add_column(col, justify="right")
     t.add_row("success", _pct(e.reliability), f"{_pct(r.success_rate)}  [{_pct(lo)}, {_pct(hi)}]",
               "", "", "")  # fmt: skip
-    t.add_row("cost", _usd(e.cost_expected), *(_usd(v) for v in _four(r.cost_usd)))
+    t.add_row("cost", usd(e.cost_expected), *(usd(v) for v in _four(r.cost_usd)))
     t.add_row("latency", f"{e.latency_expected_s:.2f}s", *(f"{v:.2f}s" for v in _four(r.latency_s)))
     t.add_row("calls", f"{e.calls_expected:.2f}", *(f"{v:.2f}" for v in _four(r.calls)))
     s = r.settings
@@ -314,7 +325,7 @@ def simulate_table(r: SimResult, e: Estimate) -> Table:
         t.caption += (f"; the {r.deadline_s:g}s deadline cut {_pct(r.deadline_hits / r.runs)} "
                       "of runs (cancelled: failed)")  # fmt: skip
     if r.max_cost_usd is not None:
-        t.caption += (f"; the {_usd(r.max_cost_usd)} ceiling stopped "
+        t.caption += (f"; the {usd(r.max_cost_usd)} ceiling stopped "
                       f"{_pct(r.ceiling_hits / r.runs)} of runs (budget_exhausted: failed)")  # fmt: skip
     if e.slots_bind:
         t.caption += ("; the run's limits (its concurrency slots, a model's own slots and rate "
@@ -352,7 +363,7 @@ def fit_table(f: LedgerFit, base: ModelProfile) -> Table:
                   f"{f.prompt_tokens:.0f}, {f.completion_tokens:.0f}",
                   "means reported" + (f"; {cut:.1%} of answers cut at max_tokens" if cut else ""))  # fmt: skip
     if f.cost_usd is not None:
-        t.add_row("$ per answer", _usd(base.price_per_call), _usd(f.cost_usd), "billed")
+        t.add_row("$ per answer", usd(base.price_per_call), usd(f.cost_usd), "billed")
     notes = []
     if not f.judged:
         notes.append("no single-call attempt was judged, so p_ok keeps the profile's: only a "
@@ -378,7 +389,7 @@ def budget_for_lines(f: BudgetFor, e: Estimate) -> list[str]:
                 "(`trilemma optimize`)."]  # fmt: skip
 
     def show(v: float) -> str:
-        return _usd(v) if cost else f"{v:.3f}s"
+        return usd(v) if cost else f"{v:.3f}s"
 
     lost = (f.at.ceiling_hits if cost else f.at.deadline_hits) / f.at.runs
     lines = [f"Smallest {name} under which {_pct(f.target)} of runs finish: {show(f.value)} "
@@ -388,7 +399,7 @@ def budget_for_lines(f: BudgetFor, e: Estimate) -> list[str]:
         unit = "a millionth of a dollar" if cost else "a millisecond"
         lines.append(f"{unit.capitalize()} less, {_pct(f.below.success_rate)} finish "
                      f"({f.below.successes:,} runs against {f.at.successes:,}).")  # fmt: skip
-    figures = (f"expected cost {_usd(e.cost_expected)}, worst case {_usd(e.cost_worst)}" if cost
+    figures = (f"expected cost {usd(e.cost_expected)}, worst case {usd(e.cost_worst)}" if cost
                else f"critical path {e.latency_critical_s:.2f}s, expected "
                     f"{e.latency_expected_s:.2f}s, worst {e.latency_worst_s:.2f}s")  # fmt: skip
     advice = f"run it with {flag} {f.run_with:g}"
@@ -430,7 +441,7 @@ def hedge_table(rows: Sequence[Threshold], model: str) -> Table:
             after += f" ({r.label})"
         lat = r.sim.latency_s
         t.add_row(
-            after, _pct(r.copy_rate), _usd(cost(r)), _change(cost(r), cost(base)),
+            after, _pct(r.copy_rate), usd(cost(r)), _change(cost(r), cost(base)),
             f"{r.sim.calls.mean:.2f}", _pct(r.sim.success_rate),
             f"{lat.p50:.2f}s", f"{lat.p95:.2f}s", f"{lat.p99:.2f}s",
             _change(lat.p99, first.latency_s.p99),
@@ -480,7 +491,7 @@ def frontier_table(frontier: Sequence[Candidate], r: OptimizeResult, limit: int 
             meets_budget, slotted = "not in slots", True
         if chosen:
             meets_budget = f"{meets_budget}, chosen" if meets_budget else "chosen"
-        t.add_row(_usd(c.cost_worst), _usd(c.cost_expected), f"{c.latency_s:.2f}s",
+        t.add_row(usd(c.cost_worst), usd(c.cost_expected), f"{c.latency_s:.2f}s",
                   _pct(c.reliability), meets_budget, describe(c),
                   style="bold" if chosen else None)  # fmt: skip
     notes = []
@@ -548,8 +559,8 @@ def optimize_view(r: OptimizeResult) -> Group:
     t.add_column("chosen", justify="right")
     o, b = r.original, r.best_estimate
     rows = [
-        ("cost worst", _usd(o.cost_worst), _usd(b.cost_worst) if b else "-"),
-        ("cost expected", _usd(o.cost_expected), _usd(b.cost_expected) if b else "-"),
+        ("cost worst", usd(o.cost_worst), usd(b.cost_worst) if b else "-"),
+        ("cost expected", usd(o.cost_expected), usd(b.cost_expected) if b else "-"),
         ("latency worst", f"{o.latency_worst_s:.2f}s", f"{b.latency_worst_s:.2f}s" if b else "-"),
         ("latency critical path", f"{o.latency_critical_s:.2f}s",
          f"{b.latency_critical_s:.2f}s" if b else "-"),
@@ -565,7 +576,7 @@ def optimize_view(r: OptimizeResult) -> Group:
     bud = r.budget
     if r.judged is not None:  # a stop: the estimate of the chosen spec flatters it
         t.add_row("success, Monte Carlo", "", _with_ci(r.judged.success_rate, r.judged.ci95))
-        t.add_row("cost expected, Monte Carlo", "", _usd(r.judged.cost_usd.mean))
+        t.add_row("cost expected, Monte Carlo", "", usd(r.judged.cost_usd.mean))
     if r.enforced is not None:
         t.add_row("success, budgets enforced", "",
                   _with_ci(r.enforced.success_rate, r.enforced.ci95))
@@ -579,7 +590,7 @@ def optimize_view(r: OptimizeResult) -> Group:
 def _budget_terms(b: Budget) -> str:
     """The budgets set, in words (``no budget`` when none is)."""
     terms = [
-        *([f"cost <= {_usd(b.max_cost_usd)}"] if b.max_cost_usd is not None else []),
+        *([f"cost <= {usd(b.max_cost_usd)}"] if b.max_cost_usd is not None else []),
         *([f"latency <= {b.deadline_s:g}s"] if b.deadline_s is not None else []),
         *([f"reliability >= {_pct(b.min_reliability)}"] if b.min_reliability else []),
     ]
@@ -596,7 +607,7 @@ def budget_check_line(checks: dict[str, SimResult]) -> str:
         held.append(f"the {deadline:g}s latency budget as the run's deadline (a run still going "
                     "is cancelled)")  # fmt: skip
     if ceiling is not None:
-        held.append(f"the {_usd(ceiling)} cost budget as its ceiling (a call whose worst case "
+        held.append(f"the {usd(ceiling)} cost budget as its ceiling (a call whose worst case "
                     "does not fit is not sent; the run stops)")  # fmt: skip
 
     def lost(r: SimResult) -> str:
@@ -617,7 +628,7 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None) ->
     for col in ("", "predicted", "measured"):
         t.add_column(col, justify="right")
     t.add_row(
-        "cost", f"{_usd(p.cost_expected)} expected, {_usd(p.cost_worst)} worst", _usd(r.cost_usd)
+        "cost", f"{usd(p.cost_expected)} expected, {usd(p.cost_worst)} worst", usd(r.cost_usd)
     )
     slotted = f" ({p.latency_scheduled_s:.2f}s in its slots)" if p.slots_bind else ""
     t.add_row("latency", f"{p.latency_critical_s:.2f}s critical path{slotted}, "
@@ -625,19 +636,19 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None) ->
     t.add_row("calls", f"{p.calls_expected:.2f} expected, {p.calls_worst} worst", str(r.calls))
     t.add_row("success", _pct(p.reliability), r.status)
     if under is not None:
-        held = [f"{_usd(under.max_cost_usd)} ceiling" if under.max_cost_usd is not None else "",
+        held = [f"{usd(under.max_cost_usd)} ceiling" if under.max_cost_usd is not None else "",
                 f"{under.deadline_s:g}s deadline" if under.deadline_s is not None else ""]
         t.add_row("  under its budget", f"{_pct(under.success_rate)} (Monte Carlo, "
                   f"{' and '.join(h for h in held if h)})", "")  # fmt: skip
     if r.saved_usd:
-        t.add_row("saved by stopping early", "", _usd(r.saved_usd))
+        t.add_row("saved by stopping early", "", usd(r.saved_usd))
     st = FittedTable(box=None)
     for col in ("step", "status", "attempts", "cost", "output"):
         st.add_column(col, justify="right" if col in ("attempts", "cost") else "left")
     for sid, s in r.steps.items():
         text = (s.output or s.error or "").replace("\n", " ")
         st.add_row(sid, s.status + (" (journal)" if s.from_journal else ""), str(s.attempts),
-                   _usd(s.cost_usd), clipped(text))  # fmt: skip
+                   usd(s.cost_usd), clipped(text))  # fmt: skip
     parts: list[Table | Text] = [t, st]
     if r.cut:
         parts.append(Text(cut_line(r.cut), style="yellow"))
@@ -717,7 +728,7 @@ def _planned_rows(plan: dict[str, Any], n: int, parallel: int) -> list[tuple[str
     """The planner's figures for a batch (``predicted_json``), a row each."""
     cost, latency = plan["cost_usd"], plan["latency_s"]
     return [
-        ("cost", f"{_usd(cost['expected'])} expected, {_usd(cost['worst'])} worst"),
+        ("cost", f"{usd(cost['expected'])} expected, {usd(cost['worst'])} worst"),
         ("runs ok", f"{plan['ok_lines']:.1f} of {n}" + (f" ({_pct(plan['ok_lines'] / n)})" if n else "")),
         ("latency", f"{latency['batch']:.2f}s ({parallel} at a time, "
                     f"{latency['critical_path_per_run']:.2f}s critical path each)"),
@@ -728,8 +739,8 @@ def _planned_rows(plan: dict[str, Any], n: int, parallel: int) -> list[tuple[str
 def batch_view(b: Any, shown: int = 10) -> Group:
     """A batch: predicted beside measured over its lines, then the lines that did not finish ok."""
     n = len(b.lines)
-    ceiling = f" (ceiling {_usd(b.max_cost_usd)})" if b.max_cost_usd is not None else ""
-    measured = [_usd(b.cost_usd) + ceiling, f"{b.count('ok')} of {n}", f"{b.latency_s:.2f}s",
+    ceiling = f" (ceiling {usd(b.max_cost_usd)})" if b.max_cost_usd is not None else ""
+    measured = [usd(b.cost_usd) + ceiling, f"{b.count('ok')} of {n}", f"{b.latency_s:.2f}s",
                 _qpd(b.quality_per_dollar)]  # fmt: skip
     t = FittedTable(title=f"{b.batch_id}: {n} runs, {b.status}", title_justify="left")
     for col in ("", "predicted", "measured"):
@@ -749,7 +760,7 @@ def batch_view(b: Any, shown: int = 10) -> Group:
             lt.add_column(col, justify="right" if col in ("line", "cost") else "left")
         for r in bad[:shown]:
             why = (r.error or "").replace("\n", " ")
-            lt.add_row(str(r.line), r.status, r.run_id or "", _usd(r.cost_usd),
+            lt.add_row(str(r.line), r.status, r.run_id or "", usd(r.cost_usd),
                        clipped(why))  # fmt: skip
         parts.append(lt)
         if len(bad) > shown:
@@ -774,11 +785,11 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
                 else f"pays for {covered} of {n} runs even at their worst")  # fmt: skip
 
     if plan["max_cost_usd"] is not None:
-        t.add_row("ceiling", f"{_usd(plan['max_cost_usd'])}: {pays(plan['runs_covered_at_worst'])}")
+        t.add_row("ceiling", f"{usd(plan['max_cost_usd'])}: {pays(plan['runs_covered_at_worst'])}")
     shared = plan.get("shared_budget")
     if shared is not None:
         t.add_row(f"shared budget {shared['name']}",
-                  f"{_usd(shared['remaining_usd'])} left: {pays(shared['runs_covered_at_worst'])}")  # fmt: skip
+                  f"{usd(shared['remaining_usd'])} left: {pays(shared['runs_covered_at_worst'])}")  # fmt: skip
     return t
 
 
@@ -803,7 +814,7 @@ def runs_table(rows: list[dict[str, Any]], total: int | None = None) -> Table:
         when = dt.datetime.fromtimestamp(r["started_at"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         seed = "" if r.get("seed") is None else str(r["seed"])
         status = "interrupted" if r["run_id"] in gone else r["status"]
-        cells = [r["run_id"], status, when, _usd(r["cost_usd"]), str(r["calls"]), seed,
+        cells = [r["run_id"], status, when, usd(r["cost_usd"]), str(r["calls"]), seed,
                  r["spec_source"]]  # fmt: skip
         t.add_row(*cells, *[r.get("tenant") or ""] * tenants)
     return t
@@ -850,7 +861,7 @@ def ledger_table(
     notes = [ledger_totals(rows)] if rows else []
     if pruned is not None:
         notes.append(f"{'and ' if rows else ''}{counted(pruned[0], 'older call')}, billed "
-                     f"{_usd(pruned[1])}, that "
+                     f"{usd(pruned[1])}, that "
                      "`trilemma prune` forgot (the run's spend still counts them)")  # fmt: skip
     if time_scale != 1:
         notes.append(f"simulated time ran {1 / time_scale:g}x faster (compare or sweep): "
@@ -880,7 +891,7 @@ def ledger_table(
         if r["cached_tokens"]:  # served from the endpoint's prompt cache, billed lower
             tokens_in += f" ({r['cached_tokens']} cached)"
         t.add_row(r["step"], str(r["attempt"]), r["role"], r["model"], tokens_in,
-                  str(r["completion_tokens"] or "-"), _usd(r["cost_usd"]),
+                  str(r["completion_tokens"] or "-"), usd(r["cost_usd"]),
                   "-" if r["latency_s"] is None else f"{r['latency_s']:.3f}s", outcome)  # fmt: skip
     return t
 
@@ -897,7 +908,7 @@ def ledger_totals(rows: Sequence[Mapping[str, Any]]) -> str:
     billed = math.fsum(r["cost_usd"] for r in rows if r["cost_usd"] is not None)
     rank = {o: i for i, o in enumerate(OUTCOMES)}
     ordered = sorted(ends.items(), key=lambda e: (-e[1], rank.get(e[0], len(rank))))
-    return f"billed {_usd(billed)}; " + ", ".join(f"{n} {o}" for o, n in ordered)
+    return f"billed {usd(billed)}; " + ", ".join(f"{n} {o}" for o, n in ordered)
 
 
 def cliff_table(points: Sequence[Any], model: str) -> Table:
@@ -922,16 +933,16 @@ def ticket_table(a: TicketAnswer) -> Group:
     e = a.estimate
     head = Text(
         f"Per ticket: {e.calls_book} calls without retries, {e.calls_worst} in the worst case; "
-        f"{_usd(e.cost_book)} by the book formula, {_usd(e.cost_expected)} expected, "
-        f"{_usd(e.cost_worst)} worst.\nAt {a.tickets_per_day:,} tickets a day: "
-        f"{_usd(e.cost_worst * a.tickets_per_day)} worst, {_usd(e.cost_expected * a.tickets_per_day)}"
-        f" expected, {_usd(e.cost_book * a.tickets_per_day)} by the book."
+        f"{usd(e.cost_book)} by the book formula, {usd(e.cost_expected)} expected, "
+        f"{usd(e.cost_worst)} worst.\nAt {a.tickets_per_day:,} tickets a day: "
+        f"{usd(e.cost_worst * a.tickets_per_day)} worst, {usd(e.cost_expected * a.tickets_per_day)}"
+        f" expected, {usd(e.cost_book * a.tickets_per_day)} by the book."
     )
     t = FittedTable(title="One lever at a time (worst case)", title_justify="left")
     for col in ("lever", "calls", "daily spend", "reliability"):
         t.add_column(col, justify="left" if col == "lever" else "right")
     for lv in a.levers:
-        t.add_row(lv.lever, str(lv.calls_worst), _usd(lv.daily_usd_worst), _pct(lv.reliability))
+        t.add_row(lv.lever, str(lv.calls_worst), usd(lv.daily_usd_worst), _pct(lv.reliability))
     debate_calls = sum(s.calls_worst for s in e.per_step if s.calls > 1)
     tail = Text(
         f"The two debates make {debate_calls} of the {e.calls_worst} worst-case calls, so "
@@ -948,7 +959,7 @@ def routing_table(r: RoutingSweep) -> Group:
     base = r.baseline
     for p in r.points:
         e = p.routed
-        t.add_row(f"{p.hard_fraction:.2f}", _usd(e.cost_book), f"{e.latency_critical_s:.1f}s",
+        t.add_row(f"{p.hard_fraction:.2f}", usd(e.cost_book), f"{e.latency_critical_s:.1f}s",
                   _pct(e.reliability), _qpd(e.quality_per_dollar),
                   _qpd(base.quality_per_dollar))  # fmt: skip
     ro = r.router
@@ -995,17 +1006,17 @@ def sweep_table(sw: Sweep, source: str) -> Group:
                      no_wrap=col == "budget")  # fmt: skip
     for r in (base, *sw.rows):
         predicted = "-" if r.predicted_success is None else _pct(r.predicted_success)
-        spend = "-" if r.predicted_cost is None else _usd(r.predicted_cost)
+        spend = "-" if r.predicted_cost is None else usd(r.predicted_cost)
         t.add_row(
             r.budget.label() if r is not base else "baseline",
             _pct(r.success_rate), *([predicted] if simulated else []),
-            str(r.stopped), _usd(r.cost_mean), *([spend] if simulated else []), _usd(r.cost_max),
+            str(r.stopped), usd(r.cost_mean), *([spend] if simulated else []), usd(r.cost_max),
             _pct(r.steps_returned), f"{r.latency_mean_s:.2f}s",
             "-" if r is base else _pct(r.baseline_over / r.runs),
             "-" if r is base else _pct(r.baseline_ok_within / r.runs),
         )  # fmt: skip
     t.caption = (
-        f"planner: {_usd(p.cost_expected)} expected, {_usd(p.cost_worst)} worst; "
+        f"planner: {usd(p.cost_expected)} expected, {usd(p.cost_worst)} worst; "
         f"{p.latency_critical_s:.2f}s critical path; reliability {_pct(p.reliability)}"
     )
     if simulated:
@@ -1043,7 +1054,7 @@ def compare_table(
         success, cost, latency = sim.success_rate, sim.cost_usd.mean, sim.latency_s.mean
         t.add_row(
             short[r.name], _with_ci(r.success_rate, r.ci95), _pct(success) + mark,
-            _usd(r.cost_mean), _usd(cost) + mark, f"{r.latency_mean_s:.2f}s",
+            usd(r.cost_mean), usd(cost) + mark, f"{r.latency_mean_s:.2f}s",
             f"{latency:.2f}s" + mark, f"{r.calls_mean:.2f}", _qpd(r.quality_per_dollar),
             _qpd(success / cost if cost > 0 else None) + mark,
         )  # fmt: skip
@@ -1057,7 +1068,7 @@ def compare_table(
         t.caption = f"specs in {folder}\n{t.caption}"
     lines = [
         f"{short[r.name]}: {r.stopped} of {r.runs} runs stopped by the spec's own budget, which its "
-        f"worst case ({_usd(r.predicted.cost_worst)}, {r.predicted.latency_worst_s:.2f}s) "
+        f"worst case ({usd(r.predicted.cost_worst)}, {r.predicted.latency_worst_s:.2f}s) "
         "does not fit."
         for r in rows
         if r.stopped
@@ -1074,7 +1085,7 @@ def compare_table(
         surest = max(rows, key=lambda r: r.success_rate)
         if surest is not best:
             line = (f"Most reliable: {short[surest.name]} ({_pct(surest.success_rate)} against "
-                    f"{_pct(best.success_rate)}), at {_usd(surest.cost_mean)} a run")  # fmt: skip
+                    f"{_pct(best.success_rate)}), at {usd(surest.cost_mean)} a run")  # fmt: skip
             if surest.ci95[0] <= best.ci95[1]:  # what the runs measured does not separate them
                 line += (f"; but {runs:,} runs each do not tell the two apart (their 95% "
                          f"intervals overlap). {_to_tell_apart(surest, best)}")  # fmt: skip
