@@ -1083,3 +1083,42 @@ def test_sigterm_still_ends_a_run_whose_shell_ignores_ctrl_c(tmp_path: Path) -> 
     assert proc.returncode == -signal.SIGTERM
     (run,) = Journal(db).runs()
     assert run["status"] == "running"  # as a kill leaves it: `trilemma resume` finishes it
+
+
+# A commit that ended in the very turn of the loop in which the writer is closed (its done
+# callback still to run): Python 3.12's gather returns at once on tasks already done, and a
+# drain that waited on them again spun forever without letting the loop turn (found as a
+# compare that hung under python3.13 -X dev and did not stop at SIGTERM). In a process of its
+# own, so that a hang fails the test instead of the suite.
+_DRAIN_SCRIPT = """
+import asyncio, sys
+from trilemma._redis import Background
+from trilemma.journal.store import Journal, JournalWriter
+
+async def ends_at_once():
+    pass
+
+async def fails_at_once():
+    raise OSError("gone")
+
+async def main():
+    with Journal(sys.argv[1]) as journal:
+        writer = JournalWriter(journal)
+        writer._track(ends_at_once())
+        await asyncio.sleep(0)  # the commit ends in the next turn, its callback on the one after
+        await writer.aclose()
+    background = Background()
+    background.add(fails_at_once())
+    await asyncio.sleep(0)
+    await background.drain()
+    await asyncio.sleep(0)  # the task's own callback runs now: the failure counts once
+    print("drained", background.failed)
+
+asyncio.run(main())
+"""
+
+
+def test_writes_that_ended_this_turn_of_the_loop_are_drained_without_spinning(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _DRAIN_SCRIPT, str(tmp_path / "j.db")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0 and done.stdout == "drained 1\n", done.stderr

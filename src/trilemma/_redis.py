@@ -8,6 +8,7 @@ import re
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+from trilemma._tasks import drain_tasks
 from trilemma.errors import SetupError, UsageError
 
 if TYPE_CHECKING:  # the shared extra
@@ -86,11 +87,12 @@ class Background:
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
+        if task not in self._pending:  # settled already, by drain_tasks
+            return
         self._pending.discard(task)
         if task.cancelled() or task.exception() is not None:
             self.failed += 1
 
     async def drain(self) -> None:
         """Wait until every write started has ended (writes may start more)."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        await drain_tasks(self._pending, self._done)

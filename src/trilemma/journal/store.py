@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trilemma._proc import pid_alive
+from trilemma._tasks import drain_tasks
 from trilemma.errors import JournalBusy, JournalError, NotAJournal
 from trilemma.journal.migrations import MIGRATIONS, SCHEMA_VERSION
 
@@ -1022,7 +1023,7 @@ class JournalWriter:
         self._queued = 0
         self._buffer: list[Op] = []
         self._timer: asyncio.Handle | None = None
-        self._flushes: set[asyncio.Future[Any]] = set()
+        self._flushes: set[asyncio.Task[None]] = set()
         self._failed: BaseException | None = None
         """The error of the first commit that failed in the background."""
         self._turn_wrote = False
@@ -1113,8 +1114,7 @@ class JournalWriter:
 
         Raises the error of the first commit that failed (a journal error).
         """
-        while self._flushes:  # first, so that transactions land in the order they were made
-            await asyncio.gather(*self._flushes, return_exceptions=True)
+        await drain_tasks(self._flushes, self._settled)  # first: commits land in the order made
         ops = self._take()
         if ops:
             await self._commit(ops)
