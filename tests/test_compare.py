@@ -324,7 +324,8 @@ def test_ctrl_c_in_a_compare_says_where_the_runs_that_ended_are(cli, tmp_path: P
     db = tmp_path / "c.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "trilemma", "compare", str(EXAMPLES / "single.yaml"),
-         str(EXAMPLES / "ticket.yaml"), "--runs", "100000", "--journal", str(db)],
+         str(EXAMPLES / "ticket.yaml"), "--runs", "100000", "--journal", str(db),
+         "--time-scale", "0.05"],  # runs of 0.1 s: Ctrl-C seldom lands between two
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -351,7 +352,9 @@ def test_ctrl_c_in_a_compare_says_where_the_runs_that_ended_are(cli, tmp_path: P
     # the trial it cut short is closed, not left for a resume that would refuse it
     assert journal.runs(status="running") == []
     cut = [r for r in journal.runs(status="failed") if "interrupted (Ctrl-C)" in (r["error"] or "")]
-    assert len(cut) == 1 and cut[0]["pid"] is None
+    # one trial cut short, or none where Ctrl-C came between two trials (seen once on a busy
+    # machine: the run before had ended ok and the next had not started)
+    assert len(cut) <= 1 and all(r["pid"] is None for r in cut)
     assert cli("doctor", "--journal", db).out.endswith("all good\n")
 
 
