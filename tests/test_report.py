@@ -320,6 +320,34 @@ def test_the_plots_legends_sit_beside_their_panels_not_on_the_last_bars(monkeypa
     assert len(drawn) == 2
 
 
+def test_the_sweep_and_compare_legends_lie_outside_their_panels(monkeypatch, tmp_path: Path) -> None:
+    """matplotlib's "best" place for a legend inside a panel still lay across a sweep's lines
+    (examples/ceiling.yaml at 0.05,0.1,0.2): every legend is outside its panel, in the figure."""
+    from trilemma import load_workflow
+    from trilemma.experiments.compare import compare
+    from trilemma.experiments.sweep import Limits, budget_sweep
+    from trilemma.report import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: drawn.append(fig))
+    wf = load_workflow(EXAMPLES / "ceiling.yaml")
+    with Journal(tmp_path / "j.db") as journal:
+        plots.plot_sweep(budget_sweep(wf, [Limits(max_cost_usd=c) for c in (0.05, 0.1, 0.2)], 3,
+                                      journal), tmp_path / "s.png")  # fmt: skip
+        plots.plot_compare(compare([("ceiling", wf), ("single", load_workflow(EXAMPLES / "single.yaml"))],
+                                   3, journal), tmp_path / "c.png")  # fmt: skip
+    for fig in drawn:
+        fig.tight_layout()
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            box, panel = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+            assert not box.overlaps(panel), (box, panel)
+            assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.x1, (box, fig.bbox)
+        plots.plt.close(fig)
+    assert len(drawn) == 2
+
+
 def test_a_cost_too_small_for_four_decimals_is_not_printed_as_nothing(cli, write, tmp_path: Path) -> None:
     # 400 prompt and 200 completion tokens at $0.05 a million: $0.00003 a call
     spec = write("version: 1\nmodels:\n  tiny: {usd_per_1m_input: 0.05, usd_per_1m_output: 0.05, "

@@ -187,7 +187,7 @@ def plot_sweep(sw: Sweep, path: str | Path) -> Path:
     by_cost = all(r.budget.max_cost_usd is not None for r in rows)
     xs = [(r.budget.max_cost_usd if by_cost else r.budget.deadline_s) or 0.0 for r in rows]
     unit = "cost ceiling ($)" if by_cost else "deadline (s)"
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.2))
     left.plot(xs, [r.success_rate for r in rows], marker="o", label="succeeded, budget enforced")
     left.plot(xs, [r.baseline_ok_within / r.runs for r in rows], marker="s", linestyle="--",
               label="no budget: succeeded within it")  # fmt: skip
@@ -202,7 +202,7 @@ def plot_sweep(sw: Sweep, path: str | Path) -> Path:
     left.set_ylabel("share of runs")
     left.set_ylim(-0.02, 1.02)
     left.set_title("Quality as the budget tightens")
-    left.legend(fontsize=8)
+    _legend_below(left)
     left.grid(alpha=0.3)
     if by_cost:
         right.plot(xs, [r.cost_mean for r in rows], marker="o", label="mean spend")
@@ -222,7 +222,7 @@ def plot_sweep(sw: Sweep, path: str | Path) -> Path:
         right.set_ylabel("seconds per run")
         right.set_title("Latency against the deadline")
     right.set_xlabel(unit)
-    right.legend(fontsize=8)
+    _legend_below(right)
     right.grid(alpha=0.3)
     _save(fig, path)
     return Path(path)
@@ -244,7 +244,7 @@ def plot_compare(rows: Sequence[Contender], path: str | Path) -> Path:
     ax.set_ylabel("end-to-end success")
     ax.set_title("Quality against cost: up and to the left is better")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    _legend_beside(ax)  # inside, it could hide a costly workflow that often fails
     _save(fig, path)
     return Path(path)
 
@@ -317,6 +317,12 @@ def _legend_beside(ax: Any) -> None:
     """A panel's legend right of it: inside, the lower right is where the last steps (or
     lines) end, and a legend there hid their bars."""
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)
+
+
+def _legend_below(ax: Any) -> None:
+    """A panel's legend under its axis label, in two columns: inside, matplotlib's "best"
+    place still lay across a sweep's lines."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8)
 
 
 def _bars_over_spend(height: float) -> tuple[Any, Any, Any]:
