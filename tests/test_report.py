@@ -365,3 +365,9 @@ def test_a_cost_too_small_for_four_decimals_is_not_printed_as_nothing(cli, write
 
     assert [usd(x) for x in (None, 0.0, 0.304, 0.00005, 123.4)] == [
         "-", "$0.0000", "$0.3040", "$0.0001", "$123"]  # fmt: skip
+    # and a ceiling's refusal says its figures (the second call's worst case: 256 tokens
+    # out, its prompt in)
+    spec.write_text(spec.read_text() + "  - {id: check, model: tiny, after: [answer]}\n")
+    refused = cli("run", spec, "--journal", db, "--max-cost", "0.00004")
+    assert refused.code == 1 and ("a call's worst case $0.000033 would take spend past the "
+                                  "$0.000040 ceiling ($0.000030 spent") in refused.err, refused.err

@@ -14,6 +14,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from trilemma._format import dollars
 from trilemma.journal.store import DEFAULT_PATH, OUTCOMES, abandoned, call_outcome, rejection
 from trilemma.plan.estimate import Estimate, held_worst
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
@@ -52,16 +53,12 @@ __all__ = [
 
 
 def usd(x: float | None) -> str:
-    """Dollars as tables and reports print them: four decimals, whole dollars from $100, and
-    two significant digits where four decimals would print a cost as $0.0000 (a call to a
-    cheap model at token prices: 200 tokens at $0.10 a million is $0.000020)."""
+    """Dollars as tables and reports print them: whole dollars from $100 (a column stays
+    narrow), else as messages do (:func:`trilemma._format.dollars`: four decimals, two
+    significant digits where those would print $0.0000)."""
     if x is None:
         return "-"
-    if abs(x) >= 100:
-        return f"${x:,.0f}"
-    if 0 < abs(x) < 0.00005:
-        return f"${x:.{1 - math.floor(math.log10(abs(x)))}f}"
-    return f"${x:,.4f}"
+    return f"${x:,.0f}" if abs(x) >= 100 else dollars(x)
 
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from trilemma._format import dollars
 from trilemma.errors import BudgetExhausted, DeadlineExceeded
 
 __all__ = ["Clock", "Reservation", "SpendGuard"]
@@ -45,8 +46,9 @@ class SpendGuard:
         if self.ceiling is not None and self.spent + self.reserved + amount > self.ceiling + EPS:
             self.refused += 1
             raise BudgetExhausted(
-                f"a call's worst case ${amount:.4f} would take spend past the ${self.ceiling:.4f} "
-                f"ceiling (${self.spent:.4f} spent, ${self.reserved:.4f} held by calls in flight)"
+                f"a call's worst case {dollars(amount)} would take spend past the "
+                f"{dollars(self.ceiling)} ceiling ({dollars(self.spent)} spent, "
+                f"{dollars(self.reserved)} held by calls in flight)"
             )
         self.reserved += amount
         self.holding += 1

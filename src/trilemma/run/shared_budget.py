@@ -32,6 +32,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from trilemma._format import dollars
 from trilemma._redis import DEFAULT_REDIS, Background, check_url, gone, ping
 from trilemma._redis import client as redis_client
 from trilemma.errors import BudgetExhausted, SetupError, UsageError
@@ -244,11 +245,12 @@ class RedisBudgets:
                   self.hold_ttl_s, EPS],
         ))  # fmt: skip
         if int(out[0]) != 1:
+            assert ceiling is not None  # the store refuses only under a ceiling
             spent, reserved = float(out[1]), float(out[2])
             raise BudgetExhausted(
-                f"a call's worst case ${amount:.4f} would take spend past the ${ceiling:.4f} "
-                f"ceiling (${spent:.4f} spent, ${reserved:.4f} held by calls in flight, "
-                "counted across every process sharing it)"
+                f"a call's worst case {dollars(amount)} would take spend past the "
+                f"{dollars(ceiling)} ceiling ({dollars(spent)} spent, {dollars(reserved)} held "
+                "by calls in flight, counted across every process sharing it)"
             )
         return SharedHold(amount, hold_id=hold_id)
 
@@ -471,7 +473,7 @@ def reset_shared(
             before = await store.state(name)
             if before.reserved > EPS and not force:
                 raise UsageError(
-                    f"shared budget {name!r}: calls in flight hold ${before.reserved:.4f} of it; "
+                    f"shared budget {name!r}: calls in flight hold {dollars(before.reserved)} of it; "
                     "reset once they end, or give --force"
                 )
             await store.restart(name)

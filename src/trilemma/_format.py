@@ -1,0 +1,16 @@
+"""Figures as messages print them, for every layer (the tables add their own widths)."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["dollars"]
+
+
+def dollars(x: float) -> str:
+    """Dollars to four decimals, or to two significant digits where four decimals would print
+    a cost as $0.0000 (a call to a cheap model at token prices: 200 tokens at $0.10 a million
+    is $0.000020)."""
+    if 0 < abs(x) < 0.00005:
+        return f"${x:.{1 - math.floor(math.log10(abs(x)))}f}"
+    return f"${x:,.4f}"
