@@ -92,3 +92,14 @@ def test_each_example_in_the_help_is_a_paragraph_of_its_own() -> None:
         joined = [a for a, b in itertools.pairwise(lines)
                   if a.startswith("Example:") and b.startswith("Example:")]  # fmt: skip
         assert not joined, f"{path}: {joined}"
+
+
+def test_version_prints_the_installed_version(cli) -> None:
+    from importlib.metadata import version
+
+    from trilemma import __version__
+
+    r = cli("--version")
+    assert (r.code, r.out, r.err) == (0, f"trilemma {__version__}\n", "")
+    assert __version__ == version("trilemma")  # pyproject.toml and the package agree
+    assert "--version" in cli("--help").out

@@ -70,6 +70,26 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
+
+def _version(shown: bool) -> None:
+    if shown:
+        from trilemma import __version__
+
+        sys.stdout.write(f"trilemma {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True,
+                     help="Print trilemma's version and exit."),
+    ] = False,
+) -> None:
+    """Plan, run and measure LLM agent workflows under cost, latency and reliability budgets."""
+
+
 def stdin_named(path: Path) -> Path:
     """``-`` as the path that names standard input wherever a spec's name is shown or kept."""
     return Path(STDIN) if str(path) == "-" else path
