@@ -202,6 +202,12 @@ def _gate_module(tmp_path: Path) -> None:
 
         def broken(text):
             raise ValueError("bug in the gate")
+
+        def slow(text):
+            import time
+
+            time.sleep(1.5)  # asks a service, synchronously
+            return True
     """)
     )
 
@@ -239,6 +245,29 @@ def test_gate_that_raises_fails_the_run_naming_the_step(cli, tmp_path: Path) -> 
     assert "step a" in r.err and "bug in the gate" in r.err
     assert r.json()["status"] == "failed"
     assert r.json()["steps"]["a"]["attempts"] == 1  # a broken gate is not retried
+
+
+def test_a_slow_python_gate_holds_up_neither_the_deadline_nor_the_other_steps(
+    cli, tmp_path: Path
+) -> None:
+    """A Python gate is the user's code: one that took 1.5 s blocked the event loop, so a
+    0.5 s deadline fired after it (the run took 1.5 s) and a parallel step waited too."""
+    import time
+
+    _gate_module(tmp_path)
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec("m: {usd_per_call: 0.01, latency_s: 0.05, p_ok: 1.0}",
+                         ["{id: a, model: m, gate: {python: 'mygates:slow'}}",
+                          "{id: b, model: m}", "{id: c, model: m, after: [b]}"]))  # fmt: skip
+    began = time.perf_counter()
+    r = cli("run", path, "--journal", tmp_path / "j.db", "--json", "--deadline", "0.5")
+    took = time.perf_counter() - began
+    assert r.code == 1 and r.json()["status"] == "deadline", r.err
+    assert took < 1.2, took  # the deadline, not the gate, ended it
+    steps = r.json()["steps"]
+    assert steps["c"]["status"] == "done" and steps["a"]["status"] != "done"  # b, c went on
+    r = cli("run", path, "--journal", tmp_path / "j.db", "--json")  # no deadline: it waits
+    assert r.code == 0 and r.json()["outputs"]["a"], r.err
 
 
 def test_missing_and_unknown_inputs_are_bad_input(cli, tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ from trilemma.providers.base import (
 )
 from trilemma.providers.sim import simulated_pick
 from trilemma.run.budget import Clock, Reservation, SpendGuard
-from trilemma.run.gates import Check
+from trilemma.run.gates import Check, GateThread
 from trilemma.run.limits import PriorityLimiter
 from trilemma.run.retry import retrying
 from trilemma.run.routes import Route
@@ -338,6 +338,8 @@ class Executor:
         self._input_lines = [f"{k}: {v}" for k, v in self.inputs.items()]
         self.source = source
         self.gates = gates
+        self._gate_thread = GateThread()
+        """Where the spec's Python gates run."""
         self.on_event = on_event
         self.rng = random.Random(seed)
         self.seed = seed
@@ -651,7 +653,7 @@ class Executor:
             gate = self.gates.get(step.id)
             if gate is not None:
                 try:
-                    gate(answer.text)
+                    await self._judge(step, gate, answer.text)
                 except GateRejected as exc:
                     if not answer.cut:
                         raise
@@ -681,6 +683,14 @@ class Executor:
             raise
         state["pending"] = pending
         return answer
+
+    async def _judge(self, step: Step, gate: Check, text: str) -> None:
+        """Run ``step``'s gate on an answer: a regex, schema or pydantic gate here, a Python
+        gate (the user's code, which may take its time) in :class:`GateThread`."""
+        if step.gate is None or step.gate.python is None:
+            gate(text)
+        else:
+            await self._gate_thread.check(gate, text)
 
     # ------------------------------------------------------------------ a call
 

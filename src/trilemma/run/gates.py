@@ -8,10 +8,13 @@ the run starts, so a typo fails before anything is spent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import json
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +26,7 @@ import pydantic
 from trilemma.errors import GateRejected, RunError, SpecError
 from trilemma.spec import Gate
 
-__all__ = ["Check", "build_gate", "strip_fences"]
+__all__ = ["Check", "GateThread", "build_gate", "strip_fences"]
 
 Check = Callable[[str], None]
 
@@ -92,6 +95,45 @@ def build_gate(gate: Gate, source: str, field: str, folder: Path | None = None) 
     if not callable(fn):
         raise SpecError(source, f"{field}.python", f"{gate.python!r} is not callable")
     return _callable(fn, gate.python)
+
+
+class GateThread:
+    """Runs a run's Python gates (``python: module:function``: the user's code, which may
+    take its time asking a service or running a test) off the event loop, one at a time, so
+    that the deadline, Ctrl-C and the other steps go on meanwhile.
+
+    Each check runs in a daemon thread: a gate still running when the run ends (its deadline
+    passed) is left to finish, or hang, without holding the process open.
+    """
+
+    def __init__(self) -> None:
+        self._turn = threading.Lock()
+
+    async def check(self, gate: Check, text: str) -> None:
+        """``gate(text)`` in a thread of its own; its rejection or error raised here."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if done.done():  # cancelled: the deadline passed, or Ctrl-C
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        def work() -> None:
+            error: BaseException | None = None
+            with self._turn:
+                try:
+                    gate(text)
+                except BaseException as exc:  # handed to the run, which sorts it
+                    error = exc
+            with contextlib.suppress(RuntimeError):  # the run's loop closed: nobody waits
+                loop.call_soon_threadsafe(settle, error)
+
+        threading.Thread(target=work, name="trilemma-gate", daemon=True).start()
+        await done
 
 
 def _regex(pattern: re.Pattern[str]) -> Check:
