@@ -371,3 +371,11 @@ def test_a_cost_too_small_for_four_decimals_is_not_printed_as_nothing(cli, write
     refused = cli("run", spec, "--journal", db, "--max-cost", "0.00004")
     assert refused.code == 1 and ("a call's worst case $0.000033 would take spend past the "
                                   "$0.000040 ceiling ($0.000030 spent") in refused.err, refused.err
+    # and so does the live display on a terminal
+    from types import SimpleNamespace
+
+    from trilemma.cli.runs import _RunDisplay
+
+    with _RunDisplay(2, 0.00004, 5.0, enabled=False) as display:
+        display.update(SimpleNamespace(done=1, spent=0.00003))
+    assert display.progress.tasks[0].fields["spend"] == "$0.000030 / $0.000040"

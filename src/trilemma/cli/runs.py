@@ -232,7 +232,7 @@ def batch_cmd(
         return 0
     _load_embedder(wf, show=not as_json)
     ceiling, _ = wf.budget.resolve(max_cost)
-    cap = f" / ${ceiling:.4f}" if ceiling is not None else ""
+    cap = f" / {tables.usd(ceiling)}" if ceiling is not None else ""
     if out is not None:  # checked before anything is spent (and left as it is until a line lands)
         try:
             out.open("a", encoding="utf-8").close()
@@ -244,7 +244,7 @@ def batch_cmd(
         task = bar.add_task("runs", total=len(lines))
 
         def tick(done: int, total: int, spent: float) -> None:
-            bar.update(task, completed=done, description=f"runs, ${spent:.4f}{cap}")
+            bar.update(task, completed=done, description=f"runs, {tables.usd(spent)}{cap}")
 
         def started(batch_id: str) -> None:
             again = "goes on with" if resume else "is resumed by the same command with"
@@ -371,10 +371,10 @@ class _RunDisplay:
     def update(self, event: Any) -> None:
         import time
 
-        cap = f" / ${self.ceiling:.4f}" if self.ceiling is not None else ""
+        cap = f" / {tables.usd(self.ceiling)}" if self.ceiling is not None else ""
         left = f" / {self.deadline:.0f}s" if self.deadline is not None else ""
         elapsed = time.monotonic() - self.started
-        self.progress.update(self.task, completed=event.done, spend=f"${event.spent:.4f}{cap}",
+        self.progress.update(self.task, completed=event.done, spend=f"{tables.usd(event.spent)}{cap}",
                              clock=f"{elapsed:.1f}s{left}")  # fmt: skip
 
 
