@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -309,15 +311,22 @@ def test_the_plots_legends_sit_beside_their_panels_not_on_the_last_bars(monkeypa
     runs = [{"batch_line": i + 1, "status": "ok", "started_at": 100.0 + i,
              "finished_at": 101.0 + i, "cost_usd": 0.01} for i in range(3)]  # fmt: skip
     plots.batch_png(runs, 0.05)
-    for fig in drawn:
+    for fig, box, panel in _legends(drawn):
+        assert box.x0 >= panel.x1 and box.x1 <= fig.bbox.x1, (box, panel)
+    assert len(drawn) == 2
+
+
+def _legends(figures: list[Any]) -> Iterator[tuple[Any, Any, Any]]:
+    """Each figure with each of its panels' legend and panel boxes, laid out as when saved."""
+    from trilemma.report import plots
+
+    for fig in figures:
         fig.tight_layout()
         fig.canvas.draw()
         renderer = fig.canvas.get_renderer()
         for ax in fig.axes:
-            box, panel = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
-            assert box.x0 >= panel.x1 and box.x1 <= fig.bbox.x1, (box, panel)
+            yield fig, ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
         plots.plt.close(fig)
-    assert len(drawn) == 2
 
 
 def test_the_sweep_and_compare_legends_lie_outside_their_panels(monkeypatch, tmp_path: Path) -> None:
@@ -336,15 +345,9 @@ def test_the_sweep_and_compare_legends_lie_outside_their_panels(monkeypatch, tmp
                                       journal), tmp_path / "s.png")  # fmt: skip
         plots.plot_compare(compare([("ceiling", wf), ("single", load_workflow(EXAMPLES / "single.yaml"))],
                                    3, journal), tmp_path / "c.png")  # fmt: skip
-    for fig in drawn:
-        fig.tight_layout()
-        fig.canvas.draw()
-        renderer = fig.canvas.get_renderer()
-        for ax in fig.axes:
-            box, panel = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
-            assert not box.overlaps(panel), (box, panel)
-            assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.x1, (box, fig.bbox)
-        plots.plt.close(fig)
+    for fig, box, panel in _legends(drawn):
+        assert not box.overlaps(panel), (box, panel)
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.x1, (box, fig.bbox)
     assert len(drawn) == 2
 
 
