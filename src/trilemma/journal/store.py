@@ -352,7 +352,9 @@ class Journal:
 
     # ------------------------------------------------------------------ reads
 
-    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    def _rows(
+        self, sql: str, args: tuple[Any, ...] | dict[str, Any] = ()
+    ) -> list[dict[str, Any]]:
         with self._using():
             return [dict(r) for r in self.db.execute(sql, args)]
 
@@ -405,9 +407,9 @@ class Journal:
         if exact or not ref:
             return [r["run_id"] for r in exact]
         rows = self._rows(
-            "SELECT run_id FROM runs WHERE substr(run_id, 1, length(?1)) = ?1 "
-            "OR substr(run_id, -length(?1)) = ?1 ORDER BY started_at DESC, run_id DESC LIMIT ?2",
-            (ref, limit),
+            "SELECT run_id FROM runs WHERE substr(run_id, 1, length(:ref)) = :ref OR "
+            "substr(run_id, -length(:ref)) = :ref ORDER BY started_at DESC, run_id DESC LIMIT :n",
+            {"ref": ref, "n": limit},
         )
         return [r["run_id"] for r in rows]
 
@@ -415,17 +417,17 @@ class Journal:
         """The ids of the batches ``ref`` may name, newest first (at most ``limit``), as
         :meth:`run_ids` names runs: ``latest`` the newest batch; else the batch of that id,
         or those whose id begins or ends with it (``batch-`` may be left out)."""
-        args: tuple[str, ...] = ()
+        args: dict[str, str] = {}
         if ref == "latest":
             where, limit = "batch_id IS NOT NULL", 1
         else:
             exact = self._rows("SELECT DISTINCT batch_id FROM runs WHERE batch_id = ?", (ref,))
             if exact or not ref:
                 return [r["batch_id"] for r in exact]
-            where = ("batch_id IS NOT NULL AND (substr(batch_id, 1, length(?1)) = ?1 OR "
-                     "substr(batch_id, 1, length(?1) + 6) = 'batch-' || ?1 OR "
-                     "substr(batch_id, -length(?1)) = ?1)")  # fmt: skip
-            args = (ref,)
+            where = ("batch_id IS NOT NULL AND (substr(batch_id, 1, length(:ref)) = :ref OR "
+                     "substr(batch_id, 1, length(:ref) + 6) = 'batch-' || :ref OR "
+                     "substr(batch_id, -length(:ref)) = :ref)")  # fmt: skip
+            args = {"ref": ref}
         rows = self._rows(
             f"SELECT batch_id FROM runs WHERE {where} GROUP BY batch_id "
             f"ORDER BY max(started_at) DESC, batch_id DESC LIMIT {int(limit)}",
