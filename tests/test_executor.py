@@ -435,12 +435,15 @@ def test_objects_from_before_a_run_sit_out_the_collector_until_it_ends(tmp_path:
             raise RuntimeError("the provider broke")  # the collector is restored all the same
         return "ok"
 
+    from trilemma.run.session import FROZEN_AT_IMPORT
+
     text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
                 ["{id: a, model: m}", "{id: b, model: m, after: [a]}"])  # fmt: skip
-    before = gc.get_freeze_count()
+    before = gc.get_freeze_count()  # 0, or Python 3.12's own few hundred at its start
+    assert before <= FROZEN_AT_IMPORT
     with pytest.raises(RuntimeError, match="broke"):
         run(text, tmp_path, providers={"m": FunctionProvider(fn)})
-    assert min(seen) > before == 0
+    assert min(seen) > before
     assert gc.get_freeze_count() == 0
     # A program that froze its own objects (before forking, say) finds them still frozen.
     gc.freeze()
