@@ -435,12 +435,12 @@ def test_objects_from_before_a_run_sit_out_the_collector_until_it_ends(tmp_path:
             raise RuntimeError("the provider broke")  # the collector is restored all the same
         return "ok"
 
-    from trilemma.run.session import FROZEN_AT_IMPORT
+    from trilemma import _FROZEN_AT_IMPORT
 
     text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
                 ["{id: a, model: m}", "{id: b, model: m, after: [a]}"])  # fmt: skip
     before = gc.get_freeze_count()  # 0, or Python 3.12's own few hundred at its start
-    assert before <= FROZEN_AT_IMPORT
+    assert before <= _FROZEN_AT_IMPORT
     with pytest.raises(RuntimeError, match="broke"):
         run(text, tmp_path, providers={"m": FunctionProvider(fn)})
     assert min(seen) > before
@@ -456,6 +456,28 @@ def test_objects_from_before_a_run_sit_out_the_collector_until_it_ends(tmp_path:
         assert r.status == "ok" and frozen - 10 <= gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
+
+
+def test_a_program_that_froze_its_heap_before_the_runner_loaded_keeps_it_frozen(
+    tmp_path: Path,
+) -> None:
+    """A server imports trilemma, freezes its heap and forks; the runner loads at the first
+    run, after the freeze: what the run finds frozen then is still the program's."""
+    import subprocess
+    import sys
+
+    code = textwrap.dedent(f"""
+        import gc, trilemma
+        gc.freeze()
+        frozen = gc.get_freeze_count()
+        wf = trilemma.parse_workflow("version: 1\\nmodels: {{m: {{usd_per_call: 0.01, "
+                                     "latency_s: 0.001, p_ok: 1.0}}}}\\nsteps: [{{id: a, model: m}}]")
+        with trilemma.Journal({str(tmp_path / "j.db")!r}) as journal:
+            assert trilemma.execute(wf, journal=journal, seed=1).status == "ok"
+        print(gc.get_freeze_count() > 0.9 * frozen, frozen > 1000)  # not unfrozen: 0
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "True True\n", (done.stdout, done.stderr)
 
 
 def test_a_providers_own_bug_reaches_the_caller_and_the_journal_says_failed(

@@ -10,6 +10,7 @@
 0.09
 """
 
+import gc
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,12 @@ from trilemma.spec import (
     parse_workflow,
     workflow_from_dict,
 )
+
+#: Objects in the garbage collector's permanent generation when trilemma is first imported:
+#: Python's own (3.12 starts with a few hundred there, 3.11 and 3.13 with none), not those of
+#: a program that froze its heap since (a server before it forks), which a run leaves frozen
+#: (``trilemma.run.session.collector_spared``). Taken here, as the runner loads on first use.
+_FROZEN_AT_IMPORT = gc.get_freeze_count()
 
 if TYPE_CHECKING:  # loaded on first use (below), so that planning does not import the runner
     from trilemma.journal import Journal

@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Se
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from trilemma import _FROZEN_AT_IMPORT
 from trilemma._proc import pid_alive
 from trilemma.cache.semantic import Embedder, default_embedder
 from trilemma.cache.shared import SharedCache
@@ -505,10 +506,6 @@ def time_before(journal: Journal, row: Mapping[str, Any]) -> float:
     return held + (max(0.0, last - begun) if last is not None else 0.0)
 
 
-FROZEN_AT_IMPORT = gc.get_freeze_count()
-"""Objects in the collector's permanent generation when trilemma was imported."""
-
-
 @contextlib.contextmanager
 def collector_spared() -> Iterator[None]:
     """Leave the objects that exist before a run out of the garbage collector's passes during it.
@@ -523,7 +520,7 @@ def collector_spared() -> Iterator[None]:
     is left as it is: more objects frozen than when trilemma was imported (Python 3.12
     starts with a few hundred of its own there, 3.11 and 3.13 with none).
     """
-    if gc.get_freeze_count() > FROZEN_AT_IMPORT:
+    if gc.get_freeze_count() > _FROZEN_AT_IMPORT:
         yield
         return
     gc.freeze()
