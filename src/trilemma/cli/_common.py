@@ -87,7 +87,7 @@ def _root(
                      help="Print trilemma's version and exit."),
     ] = False,
 ) -> None:
-    """Plan, run and measure LLM agent workflows under cost, latency and reliability budgets."""
+    pass  # the app's help is the Typer's own; this only carries --version
 
 
 def stdin_named(path: Path) -> Path:

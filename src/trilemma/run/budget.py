@@ -12,9 +12,20 @@ from dataclasses import dataclass
 from trilemma._format import dollars
 from trilemma.errors import BudgetExhausted, DeadlineExceeded
 
-__all__ = ["Clock", "Reservation", "SpendGuard"]
+__all__ = ["Clock", "Reservation", "SpendGuard", "over_ceiling"]
 
 EPS = 1e-12
+
+
+def over_ceiling(
+    amount: float, ceiling: float, spent: float, reserved: float, scope: str = ""
+) -> BudgetExhausted:
+    """The refusal of a call whose worst case ``amount`` would cross ``ceiling``; ``scope``
+    says whose spend the figures count."""
+    return BudgetExhausted(
+        f"a call's worst case {dollars(amount)} would take spend past the {dollars(ceiling)} "
+        f"ceiling ({dollars(spent)} spent, {dollars(reserved)} held by calls in flight{scope})"
+    )
 
 
 @dataclass(slots=True)
@@ -45,11 +56,7 @@ class SpendGuard:
         """Hold ``amount``, or raise BudgetExhausted and send nothing."""
         if self.ceiling is not None and self.spent + self.reserved + amount > self.ceiling + EPS:
             self.refused += 1
-            raise BudgetExhausted(
-                f"a call's worst case {dollars(amount)} would take spend past the "
-                f"{dollars(self.ceiling)} ceiling ({dollars(self.spent)} spent, "
-                f"{dollars(self.reserved)} held by calls in flight)"
-            )
+            raise over_ceiling(amount, self.ceiling, self.spent, self.reserved)
         self.reserved += amount
         self.holding += 1
         return Reservation(amount)

@@ -36,7 +36,7 @@ from trilemma._format import dollars
 from trilemma._redis import DEFAULT_REDIS, Background, check_url, gone, ping
 from trilemma._redis import client as redis_client
 from trilemma.errors import BudgetExhausted, SetupError, UsageError
-from trilemma.run.budget import EPS, Reservation, SpendGuard
+from trilemma.run.budget import EPS, Reservation, SpendGuard, over_ceiling
 
 if TYPE_CHECKING:  # the shared extra
     from redis.asyncio import Redis
@@ -246,12 +246,8 @@ class RedisBudgets:
         ))  # fmt: skip
         if int(out[0]) != 1:
             assert ceiling is not None  # the store refuses only under a ceiling
-            spent, reserved = float(out[1]), float(out[2])
-            raise BudgetExhausted(
-                f"a call's worst case {dollars(amount)} would take spend past the "
-                f"{dollars(ceiling)} ceiling ({dollars(spent)} spent, {dollars(reserved)} held "
-                "by calls in flight, counted across every process sharing it)"
-            )
+            raise over_ceiling(amount, ceiling, float(out[1]), float(out[2]),
+                               ", counted across every process sharing it")  # fmt: skip
         return SharedHold(amount, hold_id=hold_id)
 
     async def settle(self, name: str, hold: Reservation, cost: float) -> BudgetState:
