@@ -193,6 +193,54 @@ steps: [{id: a, model: p}]
     assert any("only retries were searched" in n for n in r.notes)
 
 
+def test_a_cost_budget_without_a_floor_says_what_reliability_it_gave_away(cli, write) -> None:
+    """Under a cost budget alone the cheapest answer drops every retry: 81% against the
+    original's 99.80%. The note says so and names the flag that keeps it; with a floor, or
+    when the answer loses nothing, there is no such note."""
+    spec = write("""
+version: 1
+models: {small: {usd_per_call: 0.01, latency_s: 0.5, p_ok: 0.9}}
+steps:
+  - {id: a, model: small, retries: 2}
+  - {id: b, model: small, retries: 2, after: [a]}
+""")
+    doc = cli("optimize", spec, "--max-cost", "1", "--json").json()
+    assert doc["chosen"]["reliability"] == pytest.approx(0.81)
+    floor = [n for n in doc["notes"] if n.startswith("no reliability floor")]
+    assert len(floor) == 1 and "81.00%" in floor[0] and "99.80%" in floor[0]
+    assert "--min-reliability" in floor[0]
+    held = cli("optimize", spec, "--max-cost", "1", "--min-reliability", "0.95", "--json").json()
+    assert not any(n.startswith("no reliability floor") for n in held["notes"])
+    tight = cli("optimize", spec, "--max-cost", "1", "--min-reliability", "0.998", "--json").json()
+    assert tight["chosen"]["reliability"] >= doc["original"]["reliability"]
+    assert not any(n.startswith("no reliability floor") for n in tight["notes"])
+
+
+def test_a_search_space_too_large_to_read_is_counted_in_scientific_notation(cli, write) -> None:
+    """Twenty steps with two candidates and up to three retries each: 8^20 = 1.2e18
+    configurations, which the title used to print as a run of digits (a 300-step spec
+    printed 297 of them)."""
+    from trilemma.report.tables import count
+
+    assert count(999_999_999_999_999) == "999,999,999,999,999" and count(10**15) == "1.0e15"
+    assert count(846 * 10**294) == "8.5e296" and count(10**1000) == "1.0e1000"  # past a float
+    steps = "\n".join(f"  - {{id: s{i}, model: small, candidates: [small, large]}}"
+                      for i in range(20))  # fmt: skip
+    spec = write(f"""
+version: 1
+models:
+  small: {{usd_per_call: 0.002, latency_s: 0.5, p_ok: 0.97}}
+  large: {{usd_per_call: 0.020, latency_s: 0.8, p_ok: 0.99}}
+steps:
+{steps}
+""")
+    r = cli("optimize", spec, "--max-cost", "1")
+    assert r.code == 0, r.err
+    title = " ".join(r.out.split("┏", 1)[0].split())
+    assert title.startswith("Optimized by beam") and "1.2e18 configurations in the space" in title
+    assert cli("optimize", spec, "--max-cost", "1", "--json").json()["space"] == 8**20
+
+
 # ---------------------------------------------------------------------- cutting steps
 
 

@@ -218,7 +218,23 @@ def optimize(
         found = _search(wf, budget, budget_on, max_retries, method, beam_width)
         if budget_on == "expected" and _stops(wf):
             found = _with_stops(wf, found)
-    return _slots_noted(found)
+    return _floor_noted(_slots_noted(found))
+
+
+def _floor_noted(found: OptimizeResult) -> OptimizeResult:
+    """The result, with a note when no reliability floor was set and the cheapest answer
+    within the other budgets succeeds less often than the original: the search gave
+    reliability away for the savings, which nothing asked it to keep."""
+    e, budget = found.best_estimate, found.budget
+    if e is None or budget.min_reliability or budget == Budget():
+        return found
+    before, after = found.original.reliability, e.reliability
+    if after >= before - 1e-12:
+        return found
+    note = (f"no reliability floor: the cheapest answer within the budgets succeeds "
+            f"{after:.2%} of the time, the original {before:.2%}; --min-reliability (or "
+            "the spec's budget: min_reliability) keeps it")
+    return replace(found, notes=(*found.notes, note))
 
 
 def _slots_noted(found: OptimizeResult) -> OptimizeResult:

@@ -7,6 +7,7 @@ import math
 import shlex
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -547,9 +548,17 @@ def describe(c: Candidate) -> str:
     return "; ".join(parts)
 
 
+def count(n: int) -> str:
+    """A count with thousands separators, or in scientific notation past a quadrillion
+    (a search space of 300 steps has a few hundred digits)."""
+    if n < 10**15:
+        return f"{n:,}"
+    return f"{Decimal(n):.1e}".replace("+", "")  # a float would overflow past 1e308
+
+
 def optimize_view(r: OptimizeResult) -> Group:
     """Original beside chosen, and the frontier."""
-    t = FittedTable(title=f"Optimized by {r.method}: {r.space:,} configurations in the space, "
+    t = FittedTable(title=f"Optimized by {r.method}: {count(r.space)} configurations in the space, "
                           f"{r.evaluated:,} evaluated", title_justify="left")  # fmt: skip
     t.add_column("")
     t.add_column("original", justify="right")
