@@ -7,9 +7,10 @@ import sys
 from contextlib import nullcontext, suppress
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import typer
+from rich.console import Console
 
 from trilemma.cli._common import (
     DEFAULT_JOURNAL,
@@ -36,9 +37,6 @@ from trilemma.plan.simulate import simulate as simulate_wf
 from trilemma.plan.thresholds import hedge_thresholds, parse_thresholds
 from trilemma.report import tables
 from trilemma.spec import Budget, Simulation, Workflow, dump_workflow, load_workflow
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 
 @app.command(rich_help_panel="Predict")
