@@ -300,8 +300,13 @@ def optimize(
     budget = Budget(
         **{**wf.budget.model_dump(), **{k: v for k, v in flags.items() if v is not None}}
     )
-    r = optimize_wf(wf, budget, budget_on=budget_on.value, max_retries=max_retries,
-                    method=method.value, beam_width=beam_width)  # fmt: skip
+    show = not as_json and sys.stderr.isatty()  # a search of hundreds of steps takes a minute
+    with Console(stderr=True).status("searching the levers") if show else nullcontext() as status:
+        r = optimize_wf(wf, budget, budget_on=budget_on.value, max_retries=max_retries,
+                        method=method.value, beam_width=beam_width)  # fmt: skip
+        if status is not None:
+            status.update("checking the budgets by Monte Carlo")
+        checks = _budget_checks(wf, r)
     chosen = dump_workflow(r.best) if r.best else None
     if out and chosen:
         write_atomic(out, chosen)
@@ -309,7 +314,6 @@ def optimize(
         from trilemma.report.plots import plot_frontier
 
         plot_frontier(r, plot)
-    checks = _budget_checks(wf, r)
     if as_json:
         check = {k: v.brief() for k, v in checks.items()} or None
         emit_json({**_optimize_json(r, chosen), "budget_check": check,
