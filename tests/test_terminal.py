@@ -32,6 +32,12 @@ models:
 steps: [{id: a, model: sim}]
 """
 
+LONG_SPEC = (  # 300 steps in a chain: 100,000 runs are 30 million trajectory-steps
+    "version: 1\nmodels: {small: {usd_per_call: 0.002, latency_s: 0.5, p_ok: 0.99}}\nsteps:\n"
+    + "".join(f"  - {{id: s{i}, model: small{f', after: [s{i - 1}]' if i else ''}}}\n"
+              for i in range(300))
+)  # fmt: skip
+
 
 def on_terminal(args: list[str], cwd: Path, timeout: float = 240) -> tuple[int, str, str]:
     """``python -m trilemma ARGS`` with standard error on a 120-column pseudo-terminal:
@@ -83,6 +89,8 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str, int]]:
                                      "--seed", "1"], "bisecting (--deadline-for)", 0),
         "simulate, 2M runs": (["simulate", ex["seed-chain"], "--runs", "2000000", "--seed", "1"],
                               "simulating", 0),
+        "simulate, 300 steps": (["simulate", str(tmp / "long.yaml"), "--runs", "100000",
+                                 "--seed", "1"], "simulating", 0),
         "simulate --hedge": (["simulate", ex["jittery"], "--hedge", "premium=6,3",
                               "--runs", "400000", "--seed", "1"], "simulating thresholds", 0),
         "optimize": (["optimize", ex["seed-chain"]], "the budgets by Monte Carlo", 0),
@@ -111,6 +119,7 @@ def test_a_command_draws_its_display_on_a_terminal_and_ends_as_it_should(
     if name == "run, a semantic cache" and MISSING:
         pytest.skip(f"semantic extra missing ({', '.join(MISSING)})")
     (tmp_path / "sim.yaml").write_text(SIM_SPEC, encoding="utf-8")
+    (tmp_path / "long.yaml").write_text(LONG_SPEC, encoding="utf-8")
     args, shown, code = _cases(tmp_path)[name]
     rc, out, drawn = on_terminal(args, tmp_path)
     assert "Traceback" not in drawn and "Error" not in drawn, drawn[-2000:]

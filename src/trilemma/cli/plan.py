@@ -161,7 +161,8 @@ def simulate(
                            cap is not None or hedge is not None or deadline is not None, as_json)  # fmt: skip
     if hedge is not None:
         return _hedge_thresholds(wf, hedge, runs, seed, settings, halt, plot, as_json, cap)
-    show = not as_json and sys.stderr.isatty() and runs >= 2_000_000
+    work = runs * max(10, len(wf.steps))  # trajectory-steps: a 1,000-step spec's 100,000 runs take 25 s
+    show = not as_json and sys.stderr.isatty() and work >= 20_000_000
     with progress(show) as bar:
         task = bar.add_task("simulating", total=runs)
         result = simulate_wf(wf, runs, seed, settings, halt=halt, max_cost_usd=cap,
