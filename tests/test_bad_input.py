@@ -224,6 +224,23 @@ CASES: dict[str, tuple[str | bytes, str, str]] = {
         "steps[0].prompt",
         "surrogate",
     ),
+    # a JSON example in a prompt: Python's format syntax reads {"answer": ...} as a field
+    "literal braces in a prompt": (
+        MODELS + """  - {id: a, model: premium, prompt: 'Reply as {"answer": "..."}'}\n""",
+        "steps[0].prompt",
+        '{"answer"...} is not a name: for literal braces (a JSON example, say) write them doubled',
+    ),
+    # "{}" was no field at all to the checks, and the run raised KeyError('') at its first call
+    "empty braces in a prompt": (
+        MODELS + """  - {id: a, model: premium, prompt: 'Return {} when unsure'}\n""",
+        "steps[0].prompt",
+        "{} is not a name",
+    ),
+    "unknown name in a system prompt": (
+        MODELS + """  - {id: a, model: premium, prompt: 'Hi', system: 'You are {persona}'}\n""",
+        "steps[0].system",
+        "{persona} names neither an input nor a step this one runs after",
+    ),
     "negative seed": (BASE_SPEC + "seed: -5\n", "seed", "greater than or equal to 0"),
     "tokens past a float": (
         "version: 1\nmodels: {p: {usd_per_1m_input: 1, usd_per_1m_output: 1, latency_s: 1, "

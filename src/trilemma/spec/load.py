@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import re
 import sys
 import typing
 from collections.abc import Iterator, Mapping
@@ -21,8 +22,8 @@ from pydantic import BaseModel, ValidationError
 
 from trilemma import dag
 from trilemma.errors import CycleError, SpecError
-from trilemma.spec.model import ROUTE_LABEL_PATTERN, SPEC_VERSION, STEP_ID_PATTERN, Workflow
-from trilemma.spec.template import template_ok
+from trilemma.spec.model import ROUTE_LABEL_PATTERN, SPEC_VERSION, STEP_ID_PATTERN, Step, Workflow
+from trilemma.spec.template import template_fields, template_ok
 
 __all__ = ["STDIN", "dump_workflow", "load_workflow", "parse_workflow", "workflow_from_dict"]
 
@@ -183,15 +184,33 @@ def _check_references(wf: Workflow, source: str) -> None:
                     f"steps[{i}].{field}",
                     "unbalanced { or } in the template; write {{ and }} for literal braces",
                 )
-        names = [n for n in step.placeholders() if n not in wf.inputs]
-        if not names:
-            continue
-        known = set(wf.inputs) | dag.ancestors(graph, step.id)  # only when a step is named
-        for name in names:
+        _check_placeholders(wf, graph, i, step, source)
+
+
+def _check_placeholders(
+    wf: Workflow, graph: dict[str, list[str]], i: int, step: Step, source: str
+) -> None:
+    """Every ``{name}`` of a step's prompt and system prompt is an input or a step it runs
+    after; one that cannot be a name at all is taken for the literal braces it likely is."""
+    known: set[str] | None = None  # only when a step is named
+    for field in ("prompt", "system"):
+        text = getattr(step, field)
+        for name in template_fields(text) if text else ():
+            if name in wf.inputs:
+                continue
+            if not re.fullmatch(STEP_ID_PATTERN, name):
+                raise SpecError(
+                    source,
+                    f"steps[{i}].{field}",
+                    f"{{{name[:30]}{'...' if name else ''}}} is not a name: for literal braces (a JSON example, "
+                    "say) write them doubled, {{ and }}; a placeholder is {name} with the name "
+                    "of an input or of a step this one runs after",
+                )
+            known = known if known is not None else set(wf.inputs) | dag.ancestors(graph, step.id)
             if name not in known:
                 raise SpecError(
                     source,
-                    f"steps[{i}].prompt",
+                    f"steps[{i}].{field}",
                     f"{{{name}}} names neither an input nor a step this one runs after"
                     f"{_did_you_mean(name, known)}; declare it under inputs: or add it to after:",
                 )

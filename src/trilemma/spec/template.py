@@ -22,8 +22,9 @@ def _parse_template(text: str) -> tuple[tuple[str, str | None], ...] | None:
 
 
 def template_fields(text: str) -> list[str]:
-    """The ``{name}`` fields of a prompt template (``{{`` and ``}}`` are literal braces)."""
-    return [f for _, f in _parse_template(text) or () if f]
+    """The ``{name}`` fields of a prompt template (``{{`` and ``}}`` are literal braces); an
+    empty ``{}`` is one too, named ``""``."""
+    return [f for _, f in _parse_template(text) or () if f is not None]
 
 
 def template_ok(text: str) -> bool:
