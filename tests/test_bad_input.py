@@ -433,6 +433,14 @@ def test_a_lone_surrogate_in_a_json_spec_names_its_field(cli, write) -> None:
 NOT_UTF8 = "caf\udce9"  # b"caf\xe9" (Latin-1) on a UTF-8 command line, as Python decodes argv
 
 
+def test_an_input_a_system_prompt_needs_is_asked_for_by_its_field(cli, write, tmp_path) -> None:
+    spec = write(MODELS.replace("steps:", "inputs: {persona: null}\nsteps:")
+                 + "  - {id: a, model: premium, prompt: hi, system: 'You are {persona}'}\n")  # fmt: skip
+    r = cli("run", spec, "--journal", tmp_path / "j.db")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1
+    assert "--input persona=...:" in r.err and "steps[0].system uses input 'persona'" in r.err
+
+
 def test_inputs_that_are_not_utf8_are_refused_before_the_run(cli, tmp_path: Path) -> None:
     journal = tmp_path / "j.db"
     r = cli("run", EXAMPLES / "faq.yaml", "-i", f"question={NOT_UTF8}", "--journal", journal)
