@@ -43,7 +43,8 @@ def test_every_line_is_a_journaled_run_of_its_own_inputs(tmp_path: Path, cli) ->
     assert (got["status"], got["lines"], got["counts"]["ok"]) == ("ok", 6, 6)
     assert got["cost_usd"] == pytest.approx(0.06)
     assert got["predicted"]["cost_usd"]["expected"] == pytest.approx(0.06)
-    assert got["predicted"]["latency_s"] == {"batch": 0.002, "critical_path_per_run": 0.001}
+    assert got["predicted"]["latency_s"] == {"batch": 0.002, "critical_path_per_run": 0.001,
+                                             "expected_per_run": 0.001}  # never retried
     assert got["quality_per_dollar"] == pytest.approx(100.0)  # every line ok at $0.01 a line
     assert got["predicted"]["quality_per_dollar"] == pytest.approx(100.0)
     written = [json.loads(x) for x in out.read_text().splitlines()]
@@ -196,7 +197,27 @@ def test_the_readme_batch_runs_as_shown(tmp_path: Path, cli) -> None:
     got = r.json()
     assert r.code == 0 and got["counts"]["ok"] == got["lines"] == 12
     assert got["cost_usd"] == pytest.approx(0.026)  # the README's figure: one retry
-    assert got["predicted"]["latency_s"]["batch"] == pytest.approx(1.8)
+    latency = got["predicted"]["latency_s"]  # three rounds of four runs of 0.66 s expected
+    assert latency["batch"] == pytest.approx(3 * latency["expected_per_run"])
+    assert latency["expected_per_run"] == pytest.approx(0.66489)
+    assert latency["critical_path_per_run"] == 0.6
+    table = cli("batch", EXAMPLES / "faq.yaml", "--inputs", EXAMPLES / "questions.jsonl",
+                "--max-cost", "0.05", "--seed", "1", "--journal", tmp_path / "k.db").out  # fmt: skip
+    assert "1.99s (4 at a time, 0.66s expected each, 0.60s critical path)" in table
+
+
+def test_a_batch_is_planned_with_its_retries_and_their_backoff(tmp_path: Path, cli) -> None:
+    """300 lines of one 1 ms call at p 0.7, two retries, 30 at a time: the calls that fail wait
+    out a backoff (below 1 s, uniform) holding their run's slot, which is nearly all of the
+    batch's time. Rounds of critical paths planned 0.01 s for it; rounds of expected
+    latencies plan what it measures, give or take the draws and the executor's overhead."""
+    spec, lines = write(tmp_path, 300, p_ok=0.7, extra=", retries: 2")
+    got = cli("batch", spec, "--inputs", lines, "--parallel", "30", "--seed", "3",
+              "--journal", tmp_path / "j.db", "--json").json()  # fmt: skip
+    planned, measured = got["predicted"]["latency_s"], got["latency_s"]
+    assert planned["batch"] == pytest.approx(10 * planned["expected_per_run"])
+    assert planned["batch"] > 50 * 10 * planned["critical_path_per_run"]
+    assert 0.5 < measured / planned["batch"] < 2.5, (measured, planned)
 
 
 def test_a_batch_stopped_by_its_ceiling_goes_on_where_it_stopped(tmp_path: Path, cli) -> None:
@@ -385,7 +406,7 @@ def test_plan_says_what_a_batch_should_cost_and_sends_nothing(tmp_path: Path, cl
     assert (plan["lines"], plan["parallel"], plan["max_cost_usd"]) == (12, 4, 0.05)
     assert plan["predicted"]["cost_usd"]["worst"] == pytest.approx(12 * 3 * 0.002)
     assert plan["runs_covered_at_worst"] == 8  # $0.05 over $0.006 a run at worst
-    assert plan["predicted"]["latency_s"]["batch"] == pytest.approx(3 * 0.6)
+    assert plan["predicted"]["latency_s"]["batch"] == pytest.approx(3 * 0.66489)
     assert cli(*args, "--json").json()["runs_covered_at_worst"] is None  # no ceiling
     table = cli(*args, "--max-cost", "0.05")
     assert table.code == 0 and "pays for 8 of 12 runs even at their worst" in table.out

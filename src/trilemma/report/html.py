@@ -146,7 +146,8 @@ def batch_report(journal: Journal, batch_id: str) -> str:
                  f"{usd(cost_p.get('worst', 0) * n)} worst",
          usd(cost), "-" if ceiling is None else f"ceiling {usd(ceiling)}"),
         ("runs ok", f"{p.get('reliability', 0) * n:.1f} of {n}", f"{ok} of {n}", ""),
-        ("critical path per run", _s(p.get("latency_s", {}).get("critical_path")),
+        ("latency per run", f"{_s(p.get('latency_s', {}).get('expected'))} expected, "
+                            f"{_s(p.get('latency_s', {}).get('critical_path'))} critical path",
          _s(sum((r["latency_s"] or 0) for r in runs) / n) + " on average", ""),
     ]  # fmt: skip
     lines = [

@@ -737,7 +737,8 @@ def _planned_rows(plan: dict[str, Any], n: int, parallel: int) -> list[tuple[str
         ("cost", f"{usd(cost['expected'])} expected, {usd(cost['worst'])} worst"),
         ("runs ok", f"{plan['ok_lines']:.1f} of {n}" + (f" ({_pct(plan['ok_lines'] / n)})" if n else "")),
         ("latency", f"{latency['batch']:.2f}s ({parallel} at a time, "
-                    f"{latency['critical_path_per_run']:.2f}s critical path each)"),
+                    f"{latency['expected_per_run']:.2f}s expected each, "
+                    f"{latency['critical_path_per_run']:.2f}s critical path)"),
         ("quality per dollar", _qpd(plan["quality_per_dollar"])),
     ]  # fmt: skip
 
