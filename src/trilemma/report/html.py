@@ -202,8 +202,8 @@ def _summary(run: dict[str, Any], p: dict[str, Any]) -> str:
     rows = [
         ("cost", f"{usd(cost.get('expected'))} expected, {usd(cost.get('worst'))} worst",
          usd(run["cost_usd"]), "-" if ceiling is None else f"ceiling {usd(ceiling)}"),
-        ("latency", f"{_s(latency.get('critical_path'))} critical path{_slotted(latency)}, "
-         f"{_s(latency.get('worst'))} worst", _s(run["latency_s"]),
+        ("latency", f"{_s(latency.get('expected'))} expected, {_s(latency.get('critical_path'))} "
+         f"critical path{_slotted(latency)}, {_s(latency.get('worst'))} worst", _s(run["latency_s"]),
          "-" if deadline is None else f"deadline {_s(deadline)}"),
         ("calls", f"{_count(calls.get('expected'))} expected, {calls.get('worst', '-')} worst",
          str(run["calls"]), ""),

@@ -637,8 +637,8 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None) ->
         "cost", f"{usd(p.cost_expected)} expected, {usd(p.cost_worst)} worst", usd(r.cost_usd)
     )
     slotted = f" ({p.latency_scheduled_s:.2f}s in its slots)" if p.slots_bind else ""
-    t.add_row("latency", f"{p.latency_critical_s:.2f}s critical path{slotted}, "
-              f"{p.latency_worst_s:.2f}s worst", f"{r.latency_s:.2f}s")  # fmt: skip
+    t.add_row("latency", f"{p.latency_expected_s:.2f}s expected, {p.latency_critical_s:.2f}s "
+              f"critical path{slotted}, {p.latency_worst_s:.2f}s worst", f"{r.latency_s:.2f}s")  # fmt: skip
     t.add_row("calls", f"{p.calls_expected:.2f} expected, {p.calls_worst} worst", str(r.calls))
     t.add_row("success", _pct(p.reliability), r.status)
     if under is not None:
