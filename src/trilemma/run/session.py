@@ -43,7 +43,7 @@ from trilemma.run.retry import check_time_scale
 from trilemma.run.routes import Route
 from trilemma.run.shared_budget import SharedCeiling, SharedSpend
 from trilemma.run.steps import answer_of
-from trilemma.spec import ModelProfile, Workflow, load_workflow, template_fields, workflow_from_dict
+from trilemma.spec import ModelProfile, Workflow, load_workflow, workflow_from_dict
 from trilemma.spec.load import not_text_at
 
 __all__ = [
@@ -104,14 +104,12 @@ def check_inputs(
             )
     values = {k: v for k, v in wf.inputs.items() if v is not None} | dict(given)
     for i, step in enumerate(wf.steps):
-        for field in ("prompt", "system"):
-            text = getattr(step, field)
-            for name in template_fields(text) if text else ():
-                if name in wf.inputs and name not in values:
-                    raise UsageError(
-                        f"{given_as}{name}=...: {source}: steps[{i}].{field} uses input "
-                        f"{name!r}, which was not given and has no default"
-                    )
+        for field, name in step.placeholder_fields():
+            if name in wf.inputs and name not in values:
+                raise UsageError(
+                    f"{given_as}{name}=...: {source}: steps[{i}].{field} uses input {name!r}, "
+                    "which was not given and has no default"
+                )
     return values
 
 

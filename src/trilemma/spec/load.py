@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from trilemma import dag
 from trilemma.errors import CycleError, SpecError
 from trilemma.spec.model import ROUTE_LABEL_PATTERN, SPEC_VERSION, STEP_ID_PATTERN, Step, Workflow
-from trilemma.spec.template import template_fields, template_ok
+from trilemma.spec.template import template_ok
 
 __all__ = ["STDIN", "dump_workflow", "load_workflow", "parse_workflow", "workflow_from_dict"]
 
@@ -193,27 +193,26 @@ def _check_placeholders(
     """Every ``{name}`` of a step's prompt and system prompt is an input or a step it runs
     after; one that cannot be a name at all is taken for the literal braces it likely is."""
     known: set[str] | None = None  # only when a step is named
-    for field in ("prompt", "system"):
-        text = getattr(step, field)
-        for name in template_fields(text) if text else ():
-            if name in wf.inputs:
-                continue
-            if not re.fullmatch(STEP_ID_PATTERN, name):
-                raise SpecError(
-                    source,
-                    f"steps[{i}].{field}",
-                    f"{{{name[:30]}{'...' if name else ''}}} is not a name: for literal braces (a JSON example, "
-                    "say) write them doubled, {{ and }}; a placeholder is {name} with the name "
-                    "of an input or of a step this one runs after",
-                )
-            known = known if known is not None else set(wf.inputs) | dag.ancestors(graph, step.id)
-            if name not in known:
-                raise SpecError(
-                    source,
-                    f"steps[{i}].{field}",
-                    f"{{{name}}} names neither an input nor a step this one runs after"
-                    f"{_did_you_mean(name, known)}; declare it under inputs: or add it to after:",
-                )
+    for field, name in step.placeholder_fields():
+        if name in wf.inputs:
+            continue
+        if not re.fullmatch(STEP_ID_PATTERN, name):
+            shown = f"{{{name[:30]}...}}" if name else "{}"
+            raise SpecError(
+                source,
+                f"steps[{i}].{field}",
+                f"{shown} is not a name: for literal braces (a JSON example, say) write them "
+                "doubled, {{ and }}; a placeholder is {name} with the name of an input or of a "
+                "step this one runs after",
+            )
+        known = known if known is not None else set(wf.inputs) | dag.ancestors(graph, step.id)
+        if name not in known:
+            raise SpecError(
+                source,
+                f"steps[{i}].{field}",
+                f"{{{name}}} names neither an input nor a step this one runs after"
+                f"{_did_you_mean(name, known)}; declare it under inputs: or add it to after:",
+            )
 
 
 def _check_cuttable(wf: Workflow, source: str) -> None:

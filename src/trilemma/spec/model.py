@@ -511,7 +511,12 @@ class Step(_Strict):
 
     def placeholders(self) -> list[str]:
         """The ``{names}`` its prompt and system prompt use."""
-        return [n for text in (self.prompt, self.system) if text for n in template_fields(text)]
+        return [name for _, name in self.placeholder_fields()]
+
+    def placeholder_fields(self) -> list[tuple[str, str]]:
+        """Each ``{name}`` of its prompt and system prompt, with the field that uses it."""
+        return [(field, name) for field, text in (("prompt", self.prompt), ("system", self.system))
+                if text for name in template_fields(text)]  # fmt: skip
 
 
 class Budget(_Strict):
