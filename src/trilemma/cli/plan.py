@@ -161,8 +161,7 @@ def simulate(
                            cap is not None or hedge is not None or deadline is not None, as_json)  # fmt: skip
     if hedge is not None:
         return _hedge_thresholds(wf, hedge, runs, seed, settings, halt, plot, as_json, cap)
-    work = runs * max(10, len(wf.steps))  # trajectory-steps: a 1,000-step spec's 100,000 runs take 25 s
-    show = not as_json and sys.stderr.isatty() and work >= 20_000_000
+    show = not as_json and sys.stderr.isatty() and _long(runs, wf, 20_000_000)
     with progress(show) as bar:
         task = bar.add_task("simulating", total=runs)
         result = simulate_wf(wf, runs, seed, settings, halt=halt, max_cost_usd=cap,
@@ -176,6 +175,12 @@ def simulate(
     else:
         stdout_console().print(tables.simulate_table(result, estimate_wf(wf)))
     return 0
+
+
+def _long(trajectories: int, wf: Workflow, steps: int) -> bool:
+    """A Monte Carlo worth a progress bar: at least ``steps`` trajectory-steps (a spec of
+    under ten steps counted as ten; a 1,000-step spec's 100,000 runs take 25 s)."""
+    return trajectories * max(10, len(wf.steps)) >= steps
 
 
 def _budget_for(
@@ -231,7 +236,7 @@ def _hedge_thresholds(
     """``simulate --hedge``: each threshold's cost beside its latency tail."""
     model, labels = parse_thresholds(text, wf)
     total = runs * (len(labels) + 1)
-    with progress(not as_json and sys.stderr.isatty() and total >= 1_000_000) as bar:
+    with progress(not as_json and sys.stderr.isatty() and _long(total, wf, 10_000_000)) as bar:
         task = bar.add_task("simulating thresholds", total=total)
         rows = hedge_thresholds(wf, model, labels, runs, seed, settings, halt=halt,
                                 max_cost_usd=max_cost_usd,
