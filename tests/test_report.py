@@ -403,3 +403,24 @@ def test_a_run_s_predicted_latency_names_the_expected_one_beside_the_critical_pa
     assert r.code in (0, 1) and said in " ".join(r.out.split()), r.out
     assert cli("report", "latest", "--journal", db, "--out", page).code == 0
     assert said in page.read_text()
+
+
+def test_a_long_run_s_table_shows_forty_steps_those_not_done_first(cli, write, tmp_path) -> None:
+    """A 1,000-step run printed 1,000 rows. The table keeps forty: every step not done
+    first, then the first done ones, and says what it left out and where to read it all."""
+    from types import SimpleNamespace
+
+    from trilemma.report.tables import STEPS_SHOWN, _steps_shown
+
+    steps = {f"s{i}": SimpleNamespace(status="failed" if i in (7, 55) else "done") for i in range(60)}
+    shown = _steps_shown(steps)
+    assert len(shown) == STEPS_SHOWN == 40 and {"s7", "s55"} <= shown
+    assert shown - {"s55"} == {f"s{i}" for i in range(39)}  # then the first done ones
+    assert _steps_shown(dict(list(steps.items())[:40])) == set(list(steps)[:40])  # all fit
+    body = "\n".join(f"  - {{id: s{i}, model: m}}" for i in range(45))
+    spec = write(f"version: 1\nmodels: {{m: {{usd_per_call: 0.001, latency_s: 0.001, p_ok: 1}}}}\n"
+                 f"steps:\n{body}\n")  # fmt: skip
+    out = cli("run", spec, "--seed", "1", "--journal", tmp_path / "j.db").out
+    rows = [line for line in out.splitlines() if line.lstrip().startswith("s") and " done " in line]
+    assert len(rows) == 40 and "s44 " not in out
+    assert re.search(r"5 more steps \(all done\) not shown: trilemma report \w+ --journal", out)

@@ -651,16 +651,40 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None) ->
     st = FittedTable(box=None)
     for col in ("step", "status", "attempts", "cost", "output"):
         st.add_column(col, justify="right" if col in ("attempts", "cost") else "left")
+    shown = _steps_shown(r.steps)
     for sid, s in r.steps.items():
+        if sid not in shown:
+            continue
         text = (s.output or s.error or "").replace("\n", " ")
         st.add_row(sid, s.status + (" (journal)" if s.from_journal else ""), str(s.attempts),
                    usd(s.cost_usd), clipped(text))  # fmt: skip
     parts: list[Table | Text] = [t, st]
+    if len(shown) < len(r.steps):
+        hidden = Counter(s.status for sid, s in r.steps.items() if sid not in shown)
+        which = (f"all {next(iter(hidden))}" if len(hidden) == 1 else
+                 ", ".join(f"{n:,} {status}" for status, n in hidden.most_common()))
+        parts.append(Text(f"{counted(sum(hidden.values()), 'more step')} ({which}) not shown: "
+                          f"trilemma report {short_id(r.run_id)}{journal_flag(r.journal)} lists "
+                          "every one", style="dim"))  # fmt: skip
     if r.cut:
         parts.append(Text(cut_line(r.cut), style="yellow"))
     parts.extend(Text(line, style="yellow") for line in _budget_hints(r, under, spec))
     return Group(*parts, Text(f"journal: {r.journal}\n{follow_up(r.run_id, r.journal)}",
                               style="dim"))  # fmt: skip
+
+
+STEPS_SHOWN = 40
+"""A run's table shows at most this many steps: every one not done first, in spec order."""
+
+
+def _steps_shown(steps: Mapping[str, Any], limit: int = STEPS_SHOWN) -> set[str]:
+    """The steps a run's table shows: all when they fit, else those not done (what went
+    wrong, what was cut or never ran) and then the first done ones, ``limit`` in all."""
+    if len(steps) <= limit:
+        return set(steps)
+    first = [sid for sid, s in steps.items() if s.status != "done"]
+    rest = [sid for sid, s in steps.items() if s.status == "done"]
+    return set((first + rest)[:limit])
 
 
 def _budget_hints(r: Any, under: SimResult | None, spec: str | None) -> list[str]:
