@@ -189,6 +189,27 @@ def test_json_schema_gate_accepts_fenced_json(tmp_path: Path) -> None:
     assert r.status == "ok"
 
 
+@pytest.mark.parametrize(
+    ("answer", "status", "said"),
+    [  # a real SmolLM2 answer opened a ```json fence and stopped without closing it
+        ('"```json\\n{\\"a\\": 1}"', "ok", None),
+        ('"```json\\n{\\n  \\"a\\": 1,\\n}"', "failed",
+         "the answer must be JSON: Expecting property name enclosed in double quotes: line 3"),
+    ],
+)
+def test_a_json_gate_reads_a_fence_left_open(
+    tmp_path: Path, answer: str, status: str, said: str | None
+) -> None:
+    """The fence was taken for the JSON: "Expecting value: line 1 column 1", whatever the
+    body held, and a retry told the model nothing it could mend."""
+    gate = "{json_schema: {type: object, required: [a]}}"
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                [f"{{id: a, model: m, gate: {gate}, sim: {{ok: {answer}}}}}"])  # fmt: skip
+    r, _ = run(text, tmp_path)
+    assert r.status == status, r.error
+    assert said is None or said in (r.error or "")
+
+
 def _gate_module(tmp_path: Path) -> None:
     (tmp_path / "mygates.py").write_text(
         textwrap.dedent("""

@@ -30,11 +30,13 @@ __all__ = ["Check", "GateThread", "build_gate", "strip_fences"]
 
 Check = Callable[[str], None]
 
-_FENCE = re.compile(r"^\s*```[\w-]*\s*\n(.*?)\n\s*```\s*$", re.S)
+_FENCE = re.compile(r"^\s*```[\w-]*[ \t]*\n(.*?)(?:\n\s*```)?\s*$", re.S)
 
 
 def strip_fences(text: str) -> str:
-    """The body of a Markdown code fence, or the text itself."""
+    """The body of a Markdown code fence, or the text itself. A fence left open counts: a
+    model that stopped (or was cut at ``max_tokens``) before closing it wrote the body all
+    the same, and the JSON gates then name what is wrong with the body, not with the fence."""
     m = _FENCE.match(text)
     return m.group(1) if m else text.strip()
 
