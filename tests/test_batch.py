@@ -411,6 +411,27 @@ def test_plan_says_what_a_batch_should_cost_and_sends_nothing(tmp_path: Path, cl
     table = cli(*args, "--max-cost", "0.05")
     assert table.code == 0 and "pays for 8 of 12 runs even at their worst" in table.out
     assert not db.exists()  # nothing was run or journaled
+    assert plan["deadline_s"] is None and plan["runs_done_by_deadline"] is None
+
+
+@pytest.mark.parametrize(("deadline", "done"), [(1, 4), (1.5, 8), (3, 12)])
+def test_plan_says_how_many_runs_end_before_the_deadline(
+    tmp_path: Path, cli, deadline: float, done: int
+) -> None:
+    """Rounds of four runs of 0.66 s expected: one round by 1 s, two by 1.5 s, all three by
+    3 s; a batch under --deadline 1 (seed 1) ends four runs ok, the plan's figure."""
+    db = tmp_path / "j.db"
+    args = ("batch", EXAMPLES / "faq.yaml", "--inputs", EXAMPLES / "questions.jsonl",
+            "--deadline", str(deadline), "--journal", db)  # fmt: skip
+    plan = cli(*args, "--plan", "--json").json()
+    assert (plan["deadline_s"], plan["runs_done_by_deadline"]) == (deadline, done)
+    row = " ".join(cli(*args, "--plan").out.split())
+    said = ("every run ends before it" if done == 12 else
+            f"about {done} of 12 runs end before it; the batch takes about 1.99s")  # fmt: skip
+    assert f"deadline │ {deadline:g}s: {said}" in row
+    if deadline == 1:
+        got = cli(*args, "--seed", "1", "--json").json()
+        assert got["status"] == "deadline" and got["counts"]["ok"] == done
 
 
 def test_an_out_file_that_cannot_be_written_is_refused_before_anything_runs(

@@ -224,7 +224,7 @@ def batch_cmd(
             state = shared_state(shared.redis, shared.name, shared.prefix, known=False)  # may be new
             left = (shared.name, max(0.0, shared.max_cost_usd - state.spent - state.reserved))
         planned = plan_batch(wf, len(lines), parallel=parallel, max_cost_usd=max_cost,
-                             shared_left=left)  # fmt: skip
+                             shared_left=left, deadline_s=deadline)  # fmt: skip
         if as_json:
             emit_json(planned)
         else:

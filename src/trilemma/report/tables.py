@@ -817,6 +817,12 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
 
     if plan["max_cost_usd"] is not None:
         t.add_row("ceiling", f"{usd(plan['max_cost_usd'])}: {pays(plan['runs_covered_at_worst'])}")
+    if plan.get("deadline_s") is not None:
+        done, planned = plan["runs_done_by_deadline"], plan["predicted"]["latency_s"]["batch"]
+        t.add_row("deadline", f"{plan['deadline_s']:g}s: " + (
+            f"every run ends before it (about {planned:.2f}s)" if done >= n else
+            f"about {done} of {n} runs end before it; the batch takes about {planned:.2f}s "
+            "(--parallel or the deadline up for more)"))  # fmt: skip
     shared = plan.get("shared_budget")
     if shared is not None:
         t.add_row(f"shared budget {shared['name']}",

@@ -209,19 +209,23 @@ def batch_latency(p: Estimate, runs: int, parallel: int) -> float:
 def plan_batch(
     wf: Workflow, lines: int, *, parallel: int = DEFAULT_PARALLEL,
     max_cost_usd: float | None = None, shared_left: tuple[str, float] | None = None,
+    deadline_s: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """What a batch of ``lines`` runs should cost and take, before anything is spent.
 
     ``runs_covered_at_worst``: how many runs the ceiling pays for even if every one uses
     every retry (None without a ceiling, or when a run costs nothing at worst).
+    ``runs_done_by_deadline``: how many runs end before the deadline (``deadline_s``, else
+    the spec's), rounds of ``parallel`` at their expected latency (None without one).
     ``shared_left``: a shared budget's name and the dollars left in it now; the plan then
     says how many runs those pay for at their worst too.
     """
     p = estimate(wf)
-    ceiling, _ = wf.budget.resolve(max_cost_usd)
+    ceiling, deadline = wf.budget.resolve(max_cost_usd, deadline_s)
     out = {
         "lines": lines, "parallel": parallel, "max_cost_usd": ceiling,
         "runs_covered_at_worst": _covered(ceiling, p.cost_worst, lines),
+        "deadline_s": deadline, "runs_done_by_deadline": _in_time(deadline, p, lines, parallel),
         "predicted": predicted_json(p, lines, batch_latency(p, lines, parallel)),
     }  # fmt: skip
     if shared_left is not None:
@@ -236,6 +240,16 @@ def _covered(dollars: float | None, worst: float, lines: int) -> int | None:
     if dollars is None or worst <= 0:
         return None
     return min(lines, math.floor(dollars / worst + 1e-9))
+
+
+def _in_time(deadline: float | None, p: Estimate, lines: int, parallel: int) -> int | None:
+    """How many of ``lines`` runs end before ``deadline``: whole rounds of ``parallel`` runs
+    at their expected latency (None: no deadline)."""
+    if deadline is None:
+        return None
+    if p.latency_expected_s <= 0:
+        return lines
+    return min(lines, math.floor(deadline / p.latency_expected_s + 1e-9) * parallel)
 
 
 def _rounds(runs: int, parallel: int) -> int:
