@@ -945,3 +945,22 @@ def test_cache_stats_and_clear(tmp_path: Path, cli) -> None:
     assert r.code == 0 and "removed 2 cached answers" in r.out  # m's new answer and n's
     missing = cli("cache", "stats", "--journal", tmp_path / "none.db")
     assert missing.code == 2 and "no journal here" in missing.err
+
+
+def test_a_run_its_budget_stops_at_every_try_says_so_before_it_starts(cli, write, tmp_path) -> None:
+    """A deadline under the critical path, or a ceiling under the cost of a run without a
+    retry, stops every run that goes to the end: the run says so on standard error before it
+    spends anything (and still runs: a stop_when may end it sooner); a budget that fits says
+    nothing."""
+    spec = write("version: 1\nmodels: {m: {usd_per_call: 0.01, latency_s: 0.2, p_ok: 1}}\n"
+                 "steps: [{id: a, model: m}, {id: b, model: m, after: [a]}]\n")  # fmt: skip
+    db = tmp_path / "j.db"
+    late = cli("run", spec, "--deadline", "0.3", "--journal", db)
+    note = "trilemma: note: deadline: the critical path (0.40s) is over 0.3s, so every run that goes to the end is cut"
+    assert late.code == 1 and late.err.startswith(note + "\n") and "deadline" in late.err
+    poor = cli("run", spec, "--max-cost", "0.015", "--journal", db, "--json")
+    assert poor.code == 1 and poor.json()["status"] == "budget_exhausted"
+    assert poor.err.startswith("trilemma: note: budget: even without a retry a run costs $0.0200, "
+                               "over the $0.0150 ceiling")  # fmt: skip
+    fits = cli("run", spec, "--deadline", "5", "--max-cost", "1", "--journal", db)
+    assert fits.code == 0 and "note:" not in fits.err

@@ -45,6 +45,7 @@ from trilemma.cli._common import (
 )
 from trilemma.errors import SetupError, UsageError
 from trilemma.journal.store import GATEWAY_RUN
+from trilemma.plan.estimate import estimate
 from trilemma.report import tables
 from trilemma.spec import load_workflow, workflow_from_dict
 from trilemma.spec.load import STDIN
@@ -128,6 +129,10 @@ def run_cmd(
     check_inputs(wf, values, str(spec))  # before the journal is opened (or made)
     _load_embedder(wf, show=not as_json)
     ceiling, limit = wf.budget.resolve(max_cost, deadline)
+    if ceiling is not None or limit is not None:  # a budget no run can finish under: say so first
+        held = wf.with_budget(max_cost_usd=ceiling, deadline_s=limit)
+        for line in tables.before_a_run(held, estimate(held)):
+            sys.stderr.write(f"trilemma: note: {line}\n")
     with _on_interrupt(journal), Journal(journal) as j, _RunDisplay(
         len(wf.steps), ceiling, limit, enabled=not as_json
     ) as display:

@@ -239,14 +239,45 @@ def retry_assumptions(wf: Workflow) -> list[str]:
             f"doubling with each, at most {BACKOFF_CAP_S:g}s; after a 429, its Retry-After)"]
 
 
+def _stops_every_run(wf: Workflow, e: Estimate) -> dict[str, str]:
+    """The spec's budgets that stop every run that goes to the end, each with why: a ceiling
+    under the cost of a run without a retry, a deadline under the critical path (in the
+    run's slots where they bind)."""
+    b, out = wf.budget, {}
+    if b.max_cost_usd is not None and e.cost_book > b.max_cost_usd + 1e-12:
+        out["cost"] = (f"budget: even without a retry a run costs {usd(e.cost_book)}, over the "
+                       f"{usd(b.max_cost_usd)} ceiling, so every run stops budget_exhausted "
+                       "before the end; `trilemma optimize` looks for levers that fit")  # fmt: skip
+    if b.deadline_s is not None:
+        d = f"{b.deadline_s:g}s"
+        if e.latency_critical_s > b.deadline_s:
+            out["deadline"] = (f"deadline: the critical path ({e.latency_critical_s:.2f}s) is "
+                               f"over {d}, so every run that goes to the end is cut")  # fmt: skip
+        elif e.slots_bind and (e.latency_scheduled_s or 0.0) > b.deadline_s:
+            limits = "concurrency slots and rate limits" if over_rate(wf) else "concurrency slots"
+            out["deadline"] = (f"deadline: in the run's {limits} the critical path takes "
+                               f"{e.latency_scheduled_s:.2f}s, over {d}, so every run that goes "
+                               "to the end is cut")  # fmt: skip
+    return out
+
+
+def before_a_run(wf: Workflow, e: Estimate) -> list[str]:
+    """What ``trilemma run`` says before it starts a run its budgets stop at every try
+    (``wf`` holds the run's budgets, flags applied)."""
+    return list(_stops_every_run(wf, e).values())
+
+
 def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
     """A line per budget of the spec: whether a run under it can be stopped, before any is."""
     b, lines = wf.budget, []
     floor = f"{b.min_reliability:g}" if b.min_reliability is not None else "0.95"
+    stops = _stops_every_run(wf, e)
     if b.max_cost_usd is not None:
         cap = usd(b.max_cost_usd)
         held = held_worst(wf)
-        if e.cost_worst <= b.max_cost_usd + 1e-12 and held <= b.max_cost_usd + 1e-12:
+        if stops.get("cost"):
+            lines.append(stops["cost"])
+        elif e.cost_worst <= b.max_cost_usd + 1e-12 and held <= b.max_cost_usd + 1e-12:
             lines.append(f"budget: the worst case ({usd(e.cost_worst)}) fits the {cap} "
                          "ceiling, so no run stops for money")  # fmt: skip
         elif e.cost_worst <= b.max_cost_usd + 1e-12:
@@ -257,10 +288,6 @@ def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
                          "budget_exhausted; `trilemma simulate --ceiling` says how often, and "
                          f"`--ceiling-for {floor}` which ceiling lets that share "
                          "finish")  # fmt: skip
-        elif e.cost_book > b.max_cost_usd + 1e-12:
-            lines.append(f"budget: even without a retry a run costs {usd(e.cost_book)}, over the "
-                         f"{cap} ceiling, so every run stops budget_exhausted before the end; "
-                         "`trilemma optimize` looks for levers that fit")  # fmt: skip
         else:
             lines.append(f"budget: the worst case ({usd(e.cost_worst)}) does not fit the {cap} "
                          "ceiling: a run whose retries pile up stops budget_exhausted (the "
@@ -269,17 +296,11 @@ def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
                          f"{floor}` which ceiling lets that share finish")  # fmt: skip
     if b.deadline_s is not None:
         d = f"{b.deadline_s:g}s"
-        if e.latency_worst_s <= b.deadline_s:
+        if stops.get("deadline"):
+            lines.append(stops["deadline"])
+        elif e.latency_worst_s <= b.deadline_s:
             lines.append(f"deadline: the worst path ({e.latency_worst_s:.2f}s) fits {d}, so no "
                          "run is cut (latency jitter aside)")  # fmt: skip
-        elif e.latency_critical_s > b.deadline_s:
-            lines.append(f"deadline: the critical path ({e.latency_critical_s:.2f}s) is over "
-                         f"{d}, so every run that goes to the end is cut")  # fmt: skip
-        elif e.slots_bind and (e.latency_scheduled_s or 0.0) > b.deadline_s:
-            limits = "concurrency slots and rate limits" if over_rate(wf) else "concurrency slots"
-            lines.append(f"deadline: in the run's {limits} the critical path takes "
-                         f"{e.latency_scheduled_s:.2f}s, over {d}, so every run that goes to the "
-                         "end is cut")  # fmt: skip
         else:
             lines.append(f"deadline: the worst path ({e.latency_worst_s:.2f}s) does not fit "
                          f"{d}: slow or retried runs are cut; `trilemma simulate` says how many, "
