@@ -546,3 +546,13 @@ def test_a_batch_is_named_as_a_run_is_by_latest_or_a_part_of_its_id(tmp_path: Pa
                  ("runs", "--batch", "latest")):  # fmt: skip
         r = cli(*args, "--journal", solo)
         assert r.code == 2 and "latest: no batch is in" in r.err, r.err
+
+
+def test_a_batch_whose_deadline_cuts_every_run_says_so_before_it_starts(tmp_path: Path, cli) -> None:
+    spec, lines = write(tmp_path, 4, latency=0.2)
+    r = cli("batch", spec, "--inputs", lines, "--deadline", "0.1", "--journal", tmp_path / "j.db")
+    assert r.code == 1 and r.err.startswith(
+        "trilemma: note: deadline: the critical path (0.20s) is over 0.1s, so every run that "
+        "goes to the end is cut\n")  # fmt: skip
+    fits = cli("batch", spec, "--inputs", lines, "--deadline", "5", "--journal", tmp_path / "k.db")
+    assert fits.code == 0 and "note:" not in fits.err

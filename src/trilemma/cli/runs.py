@@ -129,10 +129,7 @@ def run_cmd(
     check_inputs(wf, values, str(spec))  # before the journal is opened (or made)
     _load_embedder(wf, show=not as_json)
     ceiling, limit = wf.budget.resolve(max_cost, deadline)
-    if ceiling is not None or limit is not None:  # a budget no run can finish under: say so first
-        held = wf.with_budget(max_cost_usd=ceiling, deadline_s=limit)
-        for line in tables.before_a_run(held, estimate(held)):
-            sys.stderr.write(f"trilemma: note: {line}\n")
+    _note_budgets_that_stop_every_run(wf, ceiling, limit)
     with _on_interrupt(journal), Journal(journal) as j, _RunDisplay(
         len(wf.steps), ceiling, limit, enabled=not as_json
     ) as display:
@@ -236,7 +233,9 @@ def batch_cmd(
             stdout_console().print(tables.batch_plan_view(planned))
         return 0
     _load_embedder(wf, show=not as_json)
-    ceiling, _ = wf.budget.resolve(max_cost)
+    ceiling, limit = wf.budget.resolve(max_cost, deadline)
+    if resume is None:  # a resumed batch holds the deadline it began with
+        _note_budgets_that_stop_every_run(wf, ceiling, limit)
     cap = f" / {tables.usd(ceiling)}" if ceiling is not None else ""
     if out is not None:  # checked before anything is spent (and left as it is until a line lands)
         try:
@@ -332,6 +331,17 @@ def _on_interrupt(journal: Path) -> Iterator[None]:
         else:
             said = ""
         interrupted(said)
+
+
+def _note_budgets_that_stop_every_run(wf: Any, ceiling: float | None, limit: float | None) -> None:
+    """Before a run or a batch starts: the budgets under which every run that goes to the
+    end stops (a deadline under the critical path, a ceiling under a run without a retry),
+    on stderr. The work still starts: a stop_when may end a run sooner."""
+    if ceiling is None and limit is None:
+        return
+    held = wf.with_budget(max_cost_usd=ceiling, deadline_s=limit)
+    for line in tables.before_a_run(held, estimate(held)):
+        sys.stderr.write(f"trilemma: note: {line}\n")
 
 
 def _load_embedder(wf: Any, show: bool) -> None:

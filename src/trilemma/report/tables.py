@@ -262,8 +262,8 @@ def _stops_every_run(wf: Workflow, e: Estimate) -> dict[str, str]:
 
 
 def before_a_run(wf: Workflow, e: Estimate) -> list[str]:
-    """What ``trilemma run`` says before it starts a run its budgets stop at every try
-    (``wf`` holds the run's budgets, flags applied)."""
+    """What ``trilemma run`` (and ``batch``) says before it starts runs its budgets stop at
+    every try (``wf`` holds the budgets, flags applied)."""
     return list(_stops_every_run(wf, e).values())
 
 
