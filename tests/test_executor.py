@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -190,24 +191,23 @@ def test_json_schema_gate_accepts_fenced_json(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("answer", "status", "said"),
+    ("answer", "status"),
     [  # a real SmolLM2 answer opened a ```json fence and stopped without closing it
-        ('"```json\\n{\\"a\\": 1}"', "ok", None),
-        ('"```json\\n{\\n  \\"a\\": 1,\\n}"', "failed",
-         "the answer must be JSON: Expecting property name enclosed in double quotes: line 3"),
+        ('"```json\\n{\\"a\\": 1}"', "ok"),
+        ('"```json\\n{\\n  \\"a\\": 1,\\n}"', "failed"),  # and left a trailing comma
     ],
 )
-def test_a_json_gate_reads_a_fence_left_open(
-    tmp_path: Path, answer: str, status: str, said: str | None
-) -> None:
+def test_a_json_gate_reads_a_fence_left_open(tmp_path: Path, answer: str, status: str) -> None:
     """The fence was taken for the JSON: "Expecting value: line 1 column 1", whatever the
-    body held, and a retry told the model nothing it could mend."""
+    body held, and a retry told the model nothing it could mend. Now the body's own fault is
+    named, on line 2 or 3 (json's words for a trailing comma differ by Python version)."""
     gate = "{json_schema: {type: object, required: [a]}}"
     text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
                 [f"{{id: a, model: m, gate: {gate}, sim: {{ok: {answer}}}}}"])  # fmt: skip
     r, _ = run(text, tmp_path)
     assert r.status == status, r.error
-    assert said is None or said in (r.error or "")
+    if status == "failed":
+        assert re.search(r"the answer must be JSON: .+: line [23] column", r.error or ""), r.error
 
 
 def _gate_module(tmp_path: Path) -> None:
