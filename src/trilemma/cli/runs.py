@@ -340,7 +340,7 @@ def _note_budgets_that_stop_every_run(wf: Any, ceiling: float | None, limit: flo
     if ceiling is None and limit is None:
         return
     held = wf.with_budget(max_cost_usd=ceiling, deadline_s=limit)
-    for line in tables.before_a_run(held, estimate(held)):
+    for line in tables.stops_every_run(held, estimate(held)).values():
         sys.stderr.write(f"trilemma: note: {line}\n")
 
 

@@ -137,7 +137,7 @@ def batch_report(journal: Journal, batch_id: str) -> str:
     p = json.loads(first["predicted_json"] or "{}")
     ok = sum(1 for r in runs if r["status"] == "ok")
     cost = sum(r["cost_usd"] for r in runs)
-    cost_p = p.get("cost_usd", {})
+    cost_p, latency_p = p.get("cost_usd", {}), p.get("latency_s", {})
     started = min(r["started_at"] for r in runs)
     ended = max((r["finished_at"] for r in runs if r["finished_at"]), default=None)
     ceiling = first["max_cost_usd"]
@@ -146,8 +146,8 @@ def batch_report(journal: Journal, batch_id: str) -> str:
                  f"{usd(cost_p.get('worst', 0) * n)} worst",
          usd(cost), "-" if ceiling is None else f"ceiling {usd(ceiling)}"),
         ("runs ok", f"{p.get('reliability', 0) * n:.1f} of {n}", f"{ok} of {n}", ""),
-        ("latency per run", f"{_s(p.get('latency_s', {}).get('expected'))} expected, "
-                            f"{_s(p.get('latency_s', {}).get('critical_path'))} critical path",
+        ("latency per run", f"{_s(latency_p.get('expected'))} expected, "
+                            f"{_s(latency_p.get('critical_path'))} critical path",
          _s(sum((r["latency_s"] or 0) for r in runs) / n) + " on average", ""),
     ]  # fmt: skip
     lines = [

@@ -239,10 +239,11 @@ def retry_assumptions(wf: Workflow) -> list[str]:
             f"doubling with each, at most {BACKOFF_CAP_S:g}s; after a 429, its Retry-After)"]
 
 
-def _stops_every_run(wf: Workflow, e: Estimate) -> dict[str, str]:
+def stops_every_run(wf: Workflow, e: Estimate) -> dict[str, str]:
     """The spec's budgets that stop every run that goes to the end, each with why: a ceiling
     under the cost of a run without a retry, a deadline under the critical path (in the
-    run's slots where they bind)."""
+    run's slots where they bind). ``estimate`` prints them among its budget lines; ``run``
+    and ``batch`` on stderr before they start."""
     b, out = wf.budget, {}
     if b.max_cost_usd is not None and e.cost_book > b.max_cost_usd + 1e-12:
         out["cost"] = (f"budget: even without a retry a run costs {usd(e.cost_book)}, over the "
@@ -261,17 +262,11 @@ def _stops_every_run(wf: Workflow, e: Estimate) -> dict[str, str]:
     return out
 
 
-def before_a_run(wf: Workflow, e: Estimate) -> list[str]:
-    """What ``trilemma run`` (and ``batch``) says before it starts runs its budgets stop at
-    every try (``wf`` holds the budgets, flags applied)."""
-    return list(_stops_every_run(wf, e).values())
-
-
 def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
     """A line per budget of the spec: whether a run under it can be stopped, before any is."""
     b, lines = wf.budget, []
     floor = f"{b.min_reliability:g}" if b.min_reliability is not None else "0.95"
-    stops = _stops_every_run(wf, e)
+    stops = stops_every_run(wf, e)
     if b.max_cost_usd is not None:
         cap = usd(b.max_cost_usd)
         held = held_worst(wf)
