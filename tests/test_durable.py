@@ -516,6 +516,29 @@ def test_resume_keeps_the_original_deadline_unless_given_a_new_one(cli, tmp_path
     assert finished["steps"]["a"]["from_journal"] and set(finished["outputs"]) == {"a", "b", "c"}
 
 
+def test_resume_says_before_it_goes_on_when_its_budgets_stop_it(cli, tmp_path: Path) -> None:
+    spec = tmp_path / "slow.yaml"
+    spec.write_text("version: 1\nmodels:\n  m: {usd_per_call: 0.01, latency_s: 0.2, p_ok: 1.0}\nsteps:\n"
+                    "  - {id: a, model: m}\n  - {id: b, model: m, after: [a]}\n  - {id: c, model: m, after: [b]}\n")  # fmt: skip
+    db = tmp_path / "j.db"
+    first = cli("run", spec, "--journal", db, "--deadline", "0.3", "--json").json()
+    assert first["status"] == "deadline" and list(first["outputs"]) == ["a"]  # b cut in flight
+    # the steps left that sent no call are c alone (b may replay what it was sent): 0.20s, $0.01
+    short = cli("resume", first["run_id"], "--journal", db, "--deadline", "0.1", "--max-cost", "0.015")
+    assert short.code == 1
+    assert short.err.splitlines()[:2] == [
+        "trilemma: note: budget: even without a retry the steps left cost $0.0100, over the "
+        "$0.0050 left of the $0.0150 ceiling, so the run stops budget_exhausted before the end; "
+        "--max-cost gives the run a higher one",
+        "trilemma: note: deadline: the critical path of the steps left (0.20s) is over 0.1s, so "
+        "the run is cut before the end",
+    ]  # fmt: skip
+    fits = cli("resume", first["run_id"], "--journal", db, "--deadline", "5", "--max-cost", "1")
+    assert fits.code == 0 and "note:" not in fits.err
+    done = cli("resume", first["run_id"], "--journal", db, "--deadline", "0.01", "--max-cost", "0")
+    assert "trilemma: note: budget" not in done.err and "trilemma: note: deadline" not in done.err
+
+
 def test_changed_spec_is_refused_unless_forced(cli, tmp_path: Path) -> None:
     spec = tmp_path / "chain.yaml"
     spec.write_text(CHAIN_SPEC)

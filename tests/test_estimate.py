@@ -232,3 +232,14 @@ def test_estimate_says_whether_the_spec_s_budget_can_stop_a_run(cli, write, budg
     out = cli("estimate", path)
     assert out.code == 0, out.err
     assert says in " ".join(out.out.split())
+
+
+def test_what_is_left_of_a_run_is_planned_as_if_the_rest_had_finished() -> None:
+    wf = load_workflow(EXAMPLES / "diamond.yaml")
+    left = wf.only({"search", "join"})  # plan and debate finished
+    assert [(s.id, s.after) for s in left.steps] == [("search", []), ("join", ["search"])]
+    assert estimate(left).latency_critical_s == pytest.approx(0.8)
+    assert estimate(wf).latency_critical_s > 8  # the debate's rounds are off the rest's path
+    stop = load_workflow(EXAMPLES / "early-stop.yaml")
+    assert stop.only({"research", "answer"}).stop_when is None  # its step is not left
+    assert stop.only({"guess", "answer"}).stop_when == "guess"

@@ -9,7 +9,8 @@ import os
 import shlex
 import socket
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -333,15 +334,39 @@ def _on_interrupt(journal: Path) -> Iterator[None]:
         interrupted(said)
 
 
-def _note_budgets_that_stop_every_run(wf: Any, ceiling: float | None, limit: float | None) -> None:
+def _note_budgets_that_stop_every_run(
+    wf: Any, ceiling: float | None, limit: float | None, spent: float | None = None
+) -> None:
     """Before a run or a batch starts: the budgets under which every run that goes to the
     end stops (a deadline under the critical path, a ceiling under a run without a retry),
-    on stderr. The work still starts: a stop_when may end a run sooner."""
+    on stderr. The work still starts: a stop_when may end a run sooner. With ``spent``,
+    ``wf`` is what a resume has left to run (see :func:`tables.stops_every_run`)."""
     if ceiling is None and limit is None:
         return
     held = wf.with_budget(max_cost_usd=ceiling, deadline_s=limit)
-    for line in tables.stops_every_run(held, estimate(held)).values():
+    for line in tables.stops_every_run(held, estimate(held), spent=spent).values():
         sys.stderr.write(f"trilemma: note: {line}\n")
+
+
+def _note_budgets_that_stop_a_resume(
+    j: Any, row: Mapping[str, Any], wf: Any, max_cost: float | None, deadline: float | None
+) -> None:
+    """Before a resume goes on: the budgets that stop it before its end, reckoned on the
+    steps it has left that sent no call yet (a step begun may replay answered calls from
+    the journal for nothing), so the note errs on the side of silence. A deadline already
+    passed is said after the resume, by the run itself."""
+    run_id = row["run_id"]
+    done = {k for k, v in j.steps(run_id).items() if v["status"] == "done"}
+    begun = {c["step_id"] for c in j.calls(run_id)}
+    left = [s.id for s in wf.steps if s.id not in done | begun]
+    ceiling = max_cost if max_cost is not None else row["max_cost_usd"]
+    limit = deadline
+    if limit is None and row["deadline_at"] is not None:
+        limit = row["deadline_at"] - time.time()
+        if limit <= 0:
+            return
+    if left:
+        _note_budgets_that_stop_every_run(wf.only(left), ceiling, limit, j.spent(run_id))
 
 
 def _load_embedder(wf: Any, show: bool) -> None:
@@ -374,8 +399,6 @@ class _RunDisplay:
         self.started = 0.0
 
     def __enter__(self) -> _RunDisplay:
-        import time
-
         self.started = time.monotonic()
         self.progress.__enter__()
         return self
@@ -481,7 +504,7 @@ def resume_cmd(
     Example: trilemma resume latest
     """
     from trilemma.journal import Journal
-    from trilemma.run.session import resume
+    from trilemma.run.session import resume, still_running
 
     shared, tier = _shared(shared_budget, shared_cache, redis)
     with Journal(journal, create=False) as j:
@@ -490,7 +513,10 @@ def resume_cmd(
         spec = json.loads(row["spec_json"]) if row else {}
         steps = len(spec.get("steps", []))
         if steps:  # a workflow's run (not a gateway key's)
-            _load_embedder(workflow_from_dict(spec, run_id), show=not as_json)
+            wf = workflow_from_dict(spec, run_id)
+            if row and row["status"] != "ok" and row["time_scale"] == 1 and not still_running(row):
+                _note_budgets_that_stop_a_resume(j, row, wf, max_cost, deadline)
+            _load_embedder(wf, show=not as_json)
         with _on_interrupt(journal), _RunDisplay(
             steps, max_cost or (row or {}).get("max_cost_usd"), deadline, enabled=not as_json
         ) as display:

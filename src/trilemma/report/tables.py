@@ -239,26 +239,38 @@ def retry_assumptions(wf: Workflow) -> list[str]:
             f"doubling with each, at most {BACKOFF_CAP_S:g}s; after a 429, its Retry-After)"]
 
 
-def stops_every_run(wf: Workflow, e: Estimate) -> dict[str, str]:
+def stops_every_run(wf: Workflow, e: Estimate, *, spent: float | None = None) -> dict[str, str]:
     """The spec's budgets that stop every run that goes to the end, each with why: a ceiling
     under the cost of a run without a retry, a deadline under the critical path (in the
     run's slots where they bind). ``estimate`` prints them among its budget lines; ``run``
-    and ``batch`` on stderr before they start."""
+    and ``batch`` on stderr before they start.
+
+    With ``spent``, ``wf`` is what is left of a resumed run (:meth:`Workflow.only`) under the
+    run's whole ceiling and the deadline from now, and ``spent`` what the run paid already:
+    ``resume`` says so before it goes on."""
     b, out = wf.budget, {}
-    if b.max_cost_usd is not None and e.cost_book > b.max_cost_usd + 1e-12:
-        out["cost"] = (f"budget: even without a retry a run costs {usd(e.cost_book)}, over the "
-                       f"{usd(b.max_cost_usd)} ceiling, so every run stops budget_exhausted "
-                       "before the end; `trilemma optimize` looks for levers that fit")  # fmt: skip
+    left, paid = spent is not None, spent or 0.0
+    if b.max_cost_usd is not None and paid + e.cost_book > b.max_cost_usd + 1e-12:
+        cap = usd(b.max_cost_usd)
+        out["cost"] = (
+            f"budget: even without a retry the steps left cost {usd(e.cost_book)}, over the "
+            f"{usd(max(b.max_cost_usd - paid, 0.0))} left of the {cap} ceiling, so the run stops "
+            "budget_exhausted before the end; --max-cost gives the run a higher one"
+            if left else
+            f"budget: even without a retry a run costs {usd(e.cost_book)}, over the {cap} "
+            "ceiling, so every run stops budget_exhausted before the end; `trilemma optimize` "
+            "looks for levers that fit"
+        )  # fmt: skip
     if b.deadline_s is not None:
-        d = f"{b.deadline_s:g}s"
+        path = "the critical path of the steps left" if left else "the critical path"
+        cut = "the run is cut before the end" if left else "every run that goes to the end is cut"
         if e.latency_critical_s > b.deadline_s:
-            out["deadline"] = (f"deadline: the critical path ({e.latency_critical_s:.2f}s) is "
-                               f"over {d}, so every run that goes to the end is cut")  # fmt: skip
+            out["deadline"] = (f"deadline: {path} ({e.latency_critical_s:.2f}s) is over "
+                               f"{b.deadline_s:g}s, so {cut}")  # fmt: skip
         elif e.slots_bind and (e.latency_scheduled_s or 0.0) > b.deadline_s:
             limits = "concurrency slots and rate limits" if over_rate(wf) else "concurrency slots"
-            out["deadline"] = (f"deadline: in the run's {limits} the critical path takes "
-                               f"{e.latency_scheduled_s:.2f}s, over {d}, so every run that goes "
-                               "to the end is cut")  # fmt: skip
+            out["deadline"] = (f"deadline: in the run's {limits} {path} takes "
+                               f"{e.latency_scheduled_s:.2f}s, over {b.deadline_s:g}s, so {cut}")  # fmt: skip
     return out
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -20,6 +20,9 @@ from pydantic import (
 
 from trilemma.spec.prices import hosted_prices
 from trilemma.spec.template import template_fields
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 SPEC_VERSION = 1
 STEP_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
@@ -573,6 +576,15 @@ class Workflow(_Strict):
     def with_budget(self, **fields: Any) -> Workflow:
         """The workflow with these budget fields changed (``deadline_s=10``, ...)."""
         return self.model_copy(update={"budget": self.budget.model_copy(update=fields)})
+
+    def only(self, ids: Collection[str]) -> Workflow:
+        """The workflow of the steps in ``ids`` alone, in spec order, their dependencies on the
+        other steps dropped (as if those had finished), and ``stop_when`` kept only if its
+        step is among them: what is left of a run, for the planner. Not validated again."""
+        keep = [s.model_copy(update={"after": [a for a in s.after if a in ids]})
+                for s in self.steps if s.id in ids]  # fmt: skip
+        stop = self.stop_when if self.stop_when in ids else None
+        return self.model_copy(update={"steps": keep, "stop_when": stop})
 
     def step(self, step_id: str) -> Step:
         """The step with this id (``KeyError`` if there is none)."""
