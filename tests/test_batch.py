@@ -363,6 +363,47 @@ steps:
     assert r.cost_usd == pytest.approx(5 * (10 * 1000 + 5 * 2000) / 1e6)
 
 
+def test_a_batch_runs_row_and_call_are_journaled_before_the_endpoint_sees_the_call(
+    tmp_path: Path,
+) -> None:
+    """The runs of a batch share one journal writer, which group-commits their writes: a
+    run's row must still be in the journal, with its call's record, before the call is sent."""
+    import contextlib
+    import sqlite3
+
+    from trilemma.testing import Reply, ScriptedServer
+
+    db, seen = tmp_path / "j.db", {}
+
+    def answer(payload: dict[str, Any]) -> Reply:  # on the server's thread, as a call arrives
+        line = int(payload["messages"][-1]["content"].removeprefix("Answer: q"))
+        with contextlib.closing(sqlite3.connect(db)) as raw:
+            seen[line] = raw.execute(
+                "SELECT r.status, count(c.idempotency_key) FROM runs r LEFT JOIN calls c "
+                "ON c.run_id = r.run_id WHERE r.batch_line = ? GROUP BY r.run_id", (line,)
+            ).fetchall()  # fmt: skip
+        return Reply(f"about q{line}", delay_s=0.01)
+
+    _, lines = write(tmp_path, 30)
+    with ScriptedServer(answer) as srv:
+        wf = parse_workflow(f"""version: 1
+inputs: {{question: null}}
+models:
+  api: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_call: 0.001,
+         latency_s: 0.01, p_ok: 0.99}}
+steps:
+  - {{id: answer, model: api, prompt: "Answer: {{question}}"}}
+""")  # fmt: skip
+        with Journal(db) as journal:
+            r = run_batch(wf, read_inputs(lines, wf), journal=journal, parallel=8)
+    assert r.status == "ok"
+    assert seen == {n: [("running", 1)] for n in range(1, 31)}  # its row, and the call's record
+    with Journal(db, create=False) as journal:  # and every row ended as its run did
+        assert sorted((x["batch_line"], x["status"], x["calls"]) for x in journal.runs()) == [
+            (n, "ok", 1) for n in range(1, 31)
+        ]
+
+
 def test_inputs_can_come_from_standard_input(
     tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
