@@ -291,6 +291,50 @@ def test_a_slow_python_gate_holds_up_neither_the_deadline_nor_the_other_steps(
     assert r.code == 0 and r.json()["outputs"]["a"], r.err
 
 
+def test_a_regex_gate_that_backtracks_holds_up_neither_the_deadline_nor_the_run(
+    tmp_path: Path,
+) -> None:
+    """Python's ``re`` keeps the GIL while it matches: ``^(\\w+\\s?)*$`` on a 26-word answer
+    ending in "!" backtracked for hours, deaf to the deadline, Ctrl-C and SIGTERM. Gates
+    match with ``regex`` now, off the loop, and give up after REGEX_TIMEOUT_S. Run in a
+    process of its own, so that a gate that hangs fails the test rather than the suite."""
+    import json
+    import subprocess
+    import sys
+
+    def trilemma(pattern: str, answer: str, *flags: str) -> tuple[dict[str, Any], float]:
+        path = tmp_path / "spec.yaml"
+        path.write_text(spec(
+            "m: {usd_per_call: 0.01, latency_s: 0.05, p_ok: 1.0}",
+            [f"{{id: a, model: m, retries: 2, gate: {{regex: '{pattern}'}}, sim: {{ok: '{answer}'}}}}",
+             "{id: b, model: m}", "{id: c, model: m, after: [b]}"],
+        ))  # fmt: skip
+        began = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "trilemma", "run", str(path), "--journal",
+             str(tmp_path / "j.db"), "--json", *flags],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        return json.loads(done.stdout), time.perf_counter() - began
+
+    words = " ".join(["word"] * 26) + "!"
+    r, _ = trilemma(r"^(\w+\s?)*$", words)  # matched at once: the answer is rejected
+    assert r["status"] == "failed" and r["steps"]["a"]["attempts"] == 3
+    assert "the answer must match the regular expression /^(\\w+\\s?)*$/" in r["error"]
+    exponential = "^(a|a)*$"  # beyond what regex can spare: it gives up, the step fails
+    r, _ = trilemma(exponential, "a" * 40 + "!")
+    assert r["status"] == "failed" and r["steps"]["a"]["attempts"] == 1  # not the model's fault
+    assert r["error"].startswith(
+        "step a: RunError: the regex gate /^(a|a)*$/ gave no verdict within 1s on a "
+        "41-character answer"
+    ), r["error"]
+    assert r["outputs"].keys() == {"b", "c"}  # the other steps went on meanwhile
+    r, took = trilemma(exponential, "a" * 40 + "!", "--deadline", "0.4")
+    assert r["status"] == "deadline" and r["latency_s"] < 0.6, r["latency_s"]
+    assert r["outputs"].keys() == {"b", "c"} and took < 10
+
+
 def test_missing_and_unknown_inputs_are_bad_input(cli, tmp_path: Path) -> None:
     path = tmp_path / "spec.yaml"
     path.write_text(spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",

@@ -22,13 +22,20 @@ from typing import Any
 
 import jsonschema
 import pydantic
+import regex
 
 from trilemma.errors import GateRejected, RunError, SpecError
 from trilemma.spec import Gate
 
-__all__ = ["Check", "GateThread", "build_gate", "strip_fences"]
+__all__ = ["REGEX_TIMEOUT_S", "Check", "GateThread", "build_gate", "strip_fences"]
 
 Check = Callable[[str], None]
+
+REGEX_TIMEOUT_S = 1.0
+"""Longest a regex gate may match one answer. The ``regex`` module (``re``'s syntax) avoids
+the exponential backtracking of most patterns that nest a repetition, and gives up past this
+on the rest; the executor runs the match off the event loop (``regex`` lets go of the GIL),
+so the deadline and Ctrl-C hold meanwhile."""
 
 _FENCE = re.compile(r"^\s*```[\w-]*[ \t]*\n(.*?)(?:\n\s*```)?\s*$", re.S)
 
@@ -73,8 +80,8 @@ def build_gate(gate: Gate, source: str, field: str, folder: Path | None = None) 
     """Turn a spec's gate into a check; imports happen here, at the start of a run."""
     if gate.regex is not None:
         try:
-            pattern = re.compile(gate.regex)
-        except re.error as exc:
+            pattern = regex.compile(gate.regex)
+        except regex.error as exc:
             raise SpecError(source, f"{field}.regex", f"not a regular expression: {exc}") from None
         return _regex(pattern)
     if gate.json_schema is not None:
@@ -140,9 +147,19 @@ class GateThread:
         await done
 
 
-def _regex(pattern: re.Pattern[str]) -> Check:
+def _regex(pattern: regex.Pattern[str]) -> Check:
     def check(text: str) -> None:
-        if not pattern.search(text):
+        try:
+            found = pattern.search(text, timeout=REGEX_TIMEOUT_S)
+        except TimeoutError:  # the spec's pattern, not the model's answer
+            raise RunError(
+                f"the regex gate /{pattern.pattern}/ gave no verdict within "
+                f"{REGEX_TIMEOUT_S:g}s on a {len(text):,}-character answer: a repetition whose "
+                "parts can match the same text in more than one way (such as (a|a)*) tries "
+                "them all on an answer it does not match; rewrite the pattern so that each "
+                "part of an answer matches one way"
+            ) from None
+        if not found:
             raise GateRejected(f"the answer must match the regular expression /{pattern.pattern}/")
 
     return check
