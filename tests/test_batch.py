@@ -337,6 +337,17 @@ def test_a_models_limits_hold_for_the_batch_not_per_run(tmp_path: Path) -> None:
     assert r.status == "ok" and r.latency_s < 2 * 0.2  # together
 
 
+def _on_endpoint(url: str, profile: str) -> Any:
+    """The one-step FAQ spec on an OpenAI-compatible endpoint at ``url``, priced by ``profile``."""
+    return parse_workflow(f"""version: 1
+inputs: {{question: null}}
+models:
+  api: {{provider: openai, base_url: "{url}", model: m1, {profile}}}
+steps:
+  - {{id: answer, model: api, prompt: "Answer: {{question}}"}}
+""")
+
+
 def test_a_batch_on_a_real_endpoint_bills_each_line_from_its_usage(tmp_path: Path) -> None:
     """An OpenAI-compatible server on 127.0.0.1: each line's question, each line's answer."""
     from trilemma.testing import Reply, ScriptedServer
@@ -347,14 +358,8 @@ def test_a_batch_on_a_real_endpoint_bills_each_line_from_its_usage(tmp_path: Pat
 
     _, lines = write(tmp_path, 5)
     with ScriptedServer(answer) as srv:
-        wf = parse_workflow(f"""version: 1
-inputs: {{question: null}}
-models:
-  api: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_1m_input: 1000,
-         usd_per_1m_output: 2000, max_tokens: 20, latency_s: 0.05, p_ok: 0.9}}
-steps:
-  - {{id: answer, model: api, prompt: "Answer: {{question}}"}}
-""")  # fmt: skip
+        wf = _on_endpoint(srv.url, "usd_per_1m_input: 1000, usd_per_1m_output: 2000, "
+                                   "max_tokens: 20, latency_s: 0.05, p_ok: 0.9")  # fmt: skip
         r = run_batch(wf, read_inputs(lines, wf), journal=Journal(tmp_path / "j.db"),
                       max_cost_usd=1.0, parallel=3)  # fmt: skip
         assert len(srv.requests) == 5
@@ -386,14 +391,7 @@ def test_a_batch_runs_row_and_call_are_journaled_before_the_endpoint_sees_the_ca
 
     _, lines = write(tmp_path, 30)
     with ScriptedServer(answer) as srv:
-        wf = parse_workflow(f"""version: 1
-inputs: {{question: null}}
-models:
-  api: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_call: 0.001,
-         latency_s: 0.01, p_ok: 0.99}}
-steps:
-  - {{id: answer, model: api, prompt: "Answer: {{question}}"}}
-""")  # fmt: skip
+        wf = _on_endpoint(srv.url, "usd_per_call: 0.001, latency_s: 0.01, p_ok: 0.99")
         with Journal(db) as journal:
             r = run_batch(wf, read_inputs(lines, wf), journal=journal, parallel=8)
     assert r.status == "ok"

@@ -499,12 +499,17 @@ def test_resume_counts_spend_before_the_crash_against_the_ceiling(cli, tmp_path:
     assert more["status"] == "ok" and more["cost_usd"] == pytest.approx(0.30)
 
 
-def test_resume_keeps_the_original_deadline_unless_given_a_new_one(cli, tmp_path: Path) -> None:
+def _cut_after_a(cli, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A chain a -> b -> c of 0.2 s calls run under a 0.3 s deadline: a done, b cut in flight."""
     spec = tmp_path / "slow.yaml"
     spec.write_text("version: 1\nmodels:\n  m: {usd_per_call: 0.01, latency_s: 0.2, p_ok: 1.0}\nsteps:\n"
                     "  - {id: a, model: m}\n  - {id: b, model: m, after: [a]}\n  - {id: c, model: m, after: [b]}\n")  # fmt: skip
     db = tmp_path / "j.db"
-    first = cli("run", spec, "--journal", db, "--deadline", "0.3", "--json").json()
+    return db, cli("run", spec, "--journal", db, "--deadline", "0.3", "--json").json()
+
+
+def test_resume_keeps_the_original_deadline_unless_given_a_new_one(cli, tmp_path: Path) -> None:
+    db, first = _cut_after_a(cli, tmp_path)
     assert first["status"] == "deadline" and list(first["outputs"]) == ["a"]
     again = cli("resume", first["run_id"], "--journal", db, "--json").json()
     assert again["status"] == "deadline" and again["calls"] == first["calls"]
@@ -517,11 +522,7 @@ def test_resume_keeps_the_original_deadline_unless_given_a_new_one(cli, tmp_path
 
 
 def test_resume_says_before_it_goes_on_when_its_budgets_stop_it(cli, tmp_path: Path) -> None:
-    spec = tmp_path / "slow.yaml"
-    spec.write_text("version: 1\nmodels:\n  m: {usd_per_call: 0.01, latency_s: 0.2, p_ok: 1.0}\nsteps:\n"
-                    "  - {id: a, model: m}\n  - {id: b, model: m, after: [a]}\n  - {id: c, model: m, after: [b]}\n")  # fmt: skip
-    db = tmp_path / "j.db"
-    first = cli("run", spec, "--journal", db, "--deadline", "0.3", "--json").json()
+    db, first = _cut_after_a(cli, tmp_path)
     assert first["status"] == "deadline" and list(first["outputs"]) == ["a"]  # b cut in flight
     # the steps left that sent no call are c alone (b may replay what it was sent): 0.20s, $0.01
     short = cli("resume", first["run_id"], "--journal", db, "--deadline", "0.1", "--max-cost", "0.015")
