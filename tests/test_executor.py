@@ -302,11 +302,12 @@ def test_a_regex_gate_that_backtracks_holds_up_neither_the_deadline_nor_the_run(
     import subprocess
     import sys
 
-    def trilemma(pattern: str, answer: str, *flags: str) -> tuple[dict[str, Any], float]:
+    def trilemma(pattern: str, answer: str, *flags: str, gate: str = "") -> tuple[dict[str, Any], float]:
         path = tmp_path / "spec.yaml"
+        gate = gate or f"{{regex: '{pattern}'}}"
         path.write_text(spec(
             "m: {usd_per_call: 0.01, latency_s: 0.05, p_ok: 1.0}",
-            [f"{{id: a, model: m, retries: 2, gate: {{regex: '{pattern}'}}, sim: {{ok: '{answer}'}}}}",
+            [f"{{id: a, model: m, retries: 2, gate: {gate}, sim: {{ok: '{answer}'}}}}",
              "{id: b, model: m}", "{id: c, model: m, after: [b]}"],
         ))  # fmt: skip
         began = time.perf_counter()
@@ -315,8 +316,9 @@ def test_a_regex_gate_that_backtracks_holds_up_neither_the_deadline_nor_the_run(
              str(tmp_path / "j.db"), "--json", *flags],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
-        assert done.returncode == 1, done.stderr
-        return json.loads(done.stdout), time.perf_counter() - began
+        r = json.loads(done.stdout)
+        assert done.returncode == (0 if r["status"] == "ok" else 1), done.stderr
+        return r, time.perf_counter() - began
 
     words = " ".join(["word"] * 26) + "!"
     r, _ = trilemma(r"^(\w+\s?)*$", words)  # matched at once: the answer is rejected
@@ -333,6 +335,16 @@ def test_a_regex_gate_that_backtracks_holds_up_neither_the_deadline_nor_the_run(
     r, took = trilemma(exponential, "a" * 40 + "!", "--deadline", "0.4")
     assert r["status"] == "deadline" and r["latency_s"] < 0.6, r["latency_s"]
     assert r["outputs"].keys() == {"b", "c"} and took < 10
+    # a JSON schema gate's pattern likewise (jsonschema's own matched with re, on the loop)
+    schema = f"{{json_schema: {{properties: {{name: {{type: string, pattern: '{exponential}'}}}}}}}}"
+    r, _ = trilemma("", '{"name": "' + "a" * 40 + '!"}', gate=schema)
+    assert r["status"] == "failed" and r["steps"]["a"]["attempts"] == 1
+    assert r["error"].startswith(
+        "step a: RunError: the JSON schema gate's pattern /^(a|a)*$/ gave no verdict within 1s "
+        "on a 41-character string in the answer"
+    ), r["error"]
+    r, _ = trilemma("", '{"name": "' + "a" * 40 + '"}', gate=schema)
+    assert r["status"] == "ok", r["error"]
 
 
 def test_missing_and_unknown_inputs_are_bad_input(cli, tmp_path: Path) -> None:

@@ -685,13 +685,14 @@ class Executor:
         return answer
 
     async def _judge(self, step: Step, gate: Check, text: str) -> None:
-        """Run ``step``'s gate on an answer: a schema or pydantic gate here; a regex gate in a
-        worker thread (its match lets go of the GIL, and gives up after
+        """Run ``step``'s gate on an answer: a pydantic gate here; a regex or JSON schema gate
+        in a worker thread (a regex's match lets go of the GIL, and gives up after
         :data:`~trilemma.run.gates.REGEX_TIMEOUT_S`); a Python gate (the user's code, which
         may take its time) in :class:`GateThread`."""
-        if step.gate is None or (step.gate.python is None and step.gate.regex is None):
+        g = step.gate
+        if g is None or g.pydantic is not None:
             gate(text)
-        elif step.gate.regex is not None:
+        elif g.python is None:
             await asyncio.to_thread(gate, text)
         else:
             await self._gate_thread.check(gate, text)

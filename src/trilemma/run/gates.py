@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import json
 import re
@@ -32,7 +33,7 @@ __all__ = ["REGEX_TIMEOUT_S", "Check", "GateThread", "build_gate", "strip_fences
 Check = Callable[[str], None]
 
 REGEX_TIMEOUT_S = 1.0
-"""Longest a regex gate may match one answer. The ``regex`` module (``re``'s syntax) avoids
+"""Longest a regex gate (or a JSON schema gate's ``pattern``) may match one answer. The ``regex`` module (``re``'s syntax) avoids
 the exponential backtracking of most patterns that nest a repetition, and gives up past this
 on the rest; the executor runs the match off the event loop (``regex`` lets go of the GIL),
 so the deadline and Ctrl-C hold meanwhile."""
@@ -91,7 +92,7 @@ def build_gate(gate: Gate, source: str, field: str, folder: Path | None = None) 
             raise SpecError(
                 source, f"{field}.json_schema", f"not a JSON Schema: {exc.message}"
             ) from None
-        return _schema(jsonschema.Draft202012Validator(gate.json_schema))
+        return _schema(_SchemaValidator(gate.json_schema))
     if gate.pydantic is not None:
         model = _load(gate.pydantic, source, f"{field}.pydantic", folder)
         if not (isinstance(model, type) and issubclass(model, pydantic.BaseModel)):
@@ -147,22 +148,50 @@ class GateThread:
         await done
 
 
+def _found(pattern: regex.Pattern[str], text: str, gate: str, what: str = "answer") -> bool:
+    """Whether ``pattern`` occurs in ``text``, decided within :data:`REGEX_TIMEOUT_S`; past
+    it, a :class:`RunError` that names the ``gate`` (the spec's pattern is at fault, not the
+    model's answer)."""
+    try:
+        return pattern.search(text, timeout=REGEX_TIMEOUT_S) is not None
+    except TimeoutError:
+        raise RunError(
+            f"{gate} /{pattern.pattern}/ gave no verdict within {REGEX_TIMEOUT_S:g}s on a "
+            f"{len(text):,}-character {what}: a repetition whose parts can match the same text "
+            "in more than one way (such as (a|a)*) tries them all on an answer it does not "
+            "match; rewrite the pattern so that each part of an answer matches one way"
+        ) from None
+
+
 def _regex(pattern: regex.Pattern[str]) -> Check:
     def check(text: str) -> None:
-        try:
-            found = pattern.search(text, timeout=REGEX_TIMEOUT_S)
-        except TimeoutError:  # the spec's pattern, not the model's answer
-            raise RunError(
-                f"the regex gate /{pattern.pattern}/ gave no verdict within "
-                f"{REGEX_TIMEOUT_S:g}s on a {len(text):,}-character answer: a repetition whose "
-                "parts can match the same text in more than one way (such as (a|a)*) tries "
-                "them all on an answer it does not match; rewrite the pattern so that each "
-                "part of an answer matches one way"
-            ) from None
-        if not found:
+        if not _found(pattern, text, "the regex gate"):
             raise GateRejected(f"the answer must match the regular expression /{pattern.pattern}/")
 
     return check
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> regex.Pattern[str]:
+    return regex.compile(pattern)
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: Any
+) -> Iterator[jsonschema.ValidationError]:
+    """JSON Schema's ``pattern`` as jsonschema words it, matched as a regex gate is."""
+    if validator.is_type(instance, "string") and not _found(
+        _compiled(pattern), instance, "the JSON schema gate's pattern", "string in the answer"
+    ):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_SchemaValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    jsonschema.Draft202012Validator, {"pattern": _pattern}
+)
+"""Draft 2020-12 whose ``pattern`` keyword neither backtracks for hours nor holds the GIL
+(jsonschema's own uses ``re``); property names (``patternProperties``) are short, and keep
+``re``."""
 
 
 def _json(text: str) -> Any:
@@ -172,7 +201,7 @@ def _json(text: str) -> Any:
         raise GateRejected(f"the answer must be JSON: {exc}") from None
 
 
-def _schema(validator: jsonschema.Draft202012Validator) -> Check:
+def _schema(validator: jsonschema.protocols.Validator) -> Check:
     def check(text: str) -> None:
         errors = sorted(validator.iter_errors(_json(text)), key=lambda e: list(e.path))
         if errors:
