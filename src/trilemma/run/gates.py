@@ -33,10 +33,10 @@ __all__ = ["REGEX_TIMEOUT_S", "Check", "GateThread", "build_gate", "strip_fences
 Check = Callable[[str], None]
 
 REGEX_TIMEOUT_S = 1.0
-"""Longest a regex gate (or a JSON schema gate's ``pattern``) may match one answer. The ``regex`` module (``re``'s syntax) avoids
-the exponential backtracking of most patterns that nest a repetition, and gives up past this
-on the rest; the executor runs the match off the event loop (``regex`` lets go of the GIL),
-so the deadline and Ctrl-C hold meanwhile."""
+"""Longest a regex gate (or a JSON schema gate's ``pattern``) may match one answer. The
+``regex`` module (``re``'s syntax) avoids the exponential backtracking of most patterns that
+nest a repetition, and gives up past this on the rest; the executor runs the match off the
+event loop (``regex`` lets go of the GIL), so the deadline and Ctrl-C hold meanwhile."""
 
 _FENCE = re.compile(r"^\s*```[\w-]*[ \t]*\n(.*?)(?:\n\s*```)?\s*$", re.S)
 
