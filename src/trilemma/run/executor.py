@@ -685,17 +685,12 @@ class Executor:
         return answer
 
     async def _judge(self, step: Step, gate: Check, text: str) -> None:
-        """Run ``step``'s gate on an answer: a pydantic gate here; a regex or JSON schema gate
-        in a worker thread (a regex's match lets go of the GIL, and gives up after
-        :data:`~trilemma.run.gates.REGEX_TIMEOUT_S`); a Python gate (the user's code, which
-        may take its time) in :class:`GateThread`."""
-        g = step.gate
-        if g is None or g.pydantic is not None:
-            gate(text)
-        elif g.python is None:
-            await asyncio.to_thread(gate, text)
-        else:
-            await self._gate_thread.check(gate, text)
+        """Run ``step``'s gate on an answer off the event loop, in the run's
+        :class:`GateThread`, so that the deadline, Ctrl-C and the other steps go on meanwhile:
+        a Python gate and a pydantic model's validators are the user's code, which may take
+        its time, and a regex's match (a JSON schema's ``pattern`` too) lets go of the GIL
+        and gives up after :data:`~trilemma.run.gates.REGEX_TIMEOUT_S`."""
+        await self._gate_thread.check(gate, text)
 
     # ------------------------------------------------------------------ a call
 

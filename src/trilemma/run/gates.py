@@ -108,11 +108,13 @@ def build_gate(gate: Gate, source: str, field: str, folder: Path | None = None) 
 
 
 class GateThread:
-    """Runs a run's Python gates (``python: module:function``: the user's code, which may
-    take its time asking a service or running a test) off the event loop, one at a time, so
-    that the deadline, Ctrl-C and the other steps go on meanwhile. Each run has its own: the
-    runs of a batch (or of a server awaiting several) may check at once, so a gate they share
-    must be safe to call from two threads, and one that hangs holds up only its own run.
+    """Runs a run's gates off the event loop, one at a time, so that the deadline, Ctrl-C
+    and the other steps go on meanwhile: a Python gate (``python: module:function``) or a
+    pydantic model's validators are the user's code, which may take its time asking a
+    service or running a test, and a regex may backtrack up to :data:`REGEX_TIMEOUT_S`.
+    Each run has its own: the runs of a batch (or of a server awaiting several) may check at
+    once, so a gate they share must be safe to call from two threads, and one that hangs
+    holds up only its own run.
 
     Each check runs in a daemon thread: a gate still running when the run ends (its deadline
     passed) is left to finish, or hang, without holding the process open.
