@@ -481,9 +481,11 @@ def test_ctrl_c_in_a_long_command_says_so_and_exits_130(tmp_path: Path) -> None:
     import sys
     import time
 
+    from trilemma.testing import interruptible
+
     proc = subprocess.Popen([sys.executable, "-m", "trilemma", "simulate", str(EXAMPLES / "ticket.yaml"),
                              "--runs", "20000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True, preexec_fn=interruptible)  # fmt: skip
     def cpu_s() -> float:  # the process's CPU time: imports take under 1 s, the Monte Carlo ~8
         fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -321,12 +321,14 @@ def test_ctrl_c_in_a_compare_says_where_the_runs_that_ended_are(cli, tmp_path: P
     import sys
     import time
 
+    from trilemma.testing import interruptible
+
     db = tmp_path / "c.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "trilemma", "compare", str(EXAMPLES / "single.yaml"),
          str(EXAMPLES / "ticket.yaml"), "--runs", "100000", "--journal", str(db),
          "--time-scale", "0.05"],  # runs of 0.1 s: Ctrl-C seldom lands between two
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
     )  # fmt: skip
     try:
         deadline, ended = time.monotonic() + 60, 0

@@ -27,7 +27,7 @@ from trilemma.journal.store import JournalWriter, map_sqlite_errors
 from trilemma.run.session import execute
 from trilemma.run.steps import answer_of
 from trilemma.spec import Step
-from trilemma.testing import Reply, ScriptedServer, fast_retries
+from trilemma.testing import Reply, ScriptedServer, fast_retries, interruptible
 
 from .durable_helpers import CHAIN_SPEC, another_writer, ledger_key, start_and_kill
 
@@ -1006,7 +1006,7 @@ def _started_then(signum: int, tmp_path: Path, ignore_sigint: bool = False) -> t
 
     proc = subprocess.Popen([sys.executable, "-m", "trilemma", "run", str(spec), "--journal", str(db)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=shell_background if ignore_sigint else None)  # fmt: skip
+                            preexec_fn=shell_background if ignore_sigint else interruptible)  # fmt: skip
     try:
         deadline, done = time.monotonic() + 30, False
         while not done and time.monotonic() < deadline:  # until step a is in the journal

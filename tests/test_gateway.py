@@ -27,7 +27,7 @@ from trilemma.errors import UsageError
 from trilemma.gateway.app import Gateway, create_app, run_id_of
 from trilemma.gateway.config import load_gateway_config, secrets_of
 from trilemma.journal import Journal
-from trilemma.testing import Reply, ScriptedServer
+from trilemma.testing import Reply, ScriptedServer, interruptible
 
 SECRET = "sk-team-a-secret"
 
@@ -581,6 +581,7 @@ def test_cli_gateway_serves_until_interrupted_and_closes_its_runs(tmp_path: Path
         [sys.executable, "-m", "trilemma", "gateway", str(path), "--port", str(port),
          "--journal", str(db)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        preexec_fn=interruptible,
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}/v1"

@@ -37,7 +37,10 @@ from trilemma.providers.openai import usage_json
 from trilemma.run.retry import fast_retries
 from trilemma.spec import ModelProfile
 
-__all__ = ["FunctionProvider", "Reply", "ScriptedServer", "fast_retries", "gateway_process"]
+__all__ = [
+    "FunctionProvider", "Reply", "ScriptedServer", "fast_retries", "gateway_process",
+    "interruptible",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +245,14 @@ def _usage(reply: Reply) -> dict[str, Any] | None:
     return usage_json(Usage(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens))
 
 
+def interruptible() -> None:
+    """A ``preexec_fn`` for a child that a test will interrupt: it gets Python's Ctrl-C
+    (KeyboardInterrupt) even where this process ignores SIGINT, as a background job of a
+    non-interactive shell does (``pytest &``, ``nohup``) and its children inherit. Without
+    it, ``proc.send_signal(SIGINT)`` is lost there and the child runs on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def gateway_process(
     config: str | Path, journal: str | Path, env: Mapping[str, str] | None = None
@@ -258,7 +269,7 @@ def gateway_process(
         [sys.executable, "-m", "trilemma", "gateway", str(config), "--port", str(port),
          "--journal", str(journal)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **(env or {})}, preexec_fn=interruptible,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"
     try:
