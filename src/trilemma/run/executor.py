@@ -339,7 +339,7 @@ class Executor:
         self.source = source
         self.gates = gates
         self._gate_thread = GateThread()
-        """Where the spec's Python gates run."""
+        """Where the spec's gates run."""
         self.on_event = on_event
         self.rng = random.Random(seed)
         self.seed = seed
@@ -409,6 +409,7 @@ class Executor:
                 self.journal.update_run(self.run_id, pid=None)
             raise
         finally:
+            self._gate_thread.close()
             await (self.writer.aclose() if self._own_writer else self.writer.flush())
         result = await self._finish(s, self.latency_before + time.perf_counter() - started)
         if bug is not None:  # the journal says failed and why; the caller gets the error itself

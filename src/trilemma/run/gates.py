@@ -13,6 +13,7 @@ import contextlib
 import functools
 import importlib
 import json
+import queue
 import re
 import sys
 import threading
@@ -107,6 +108,9 @@ def build_gate(gate: Gate, source: str, field: str, folder: Path | None = None) 
     return _callable(fn, gate.python)
 
 
+_Job = tuple[Check, str, asyncio.AbstractEventLoop, Callable[[BaseException | None], None]]
+
+
 class GateThread:
     """Runs a run's gates off the event loop, one at a time, so that the deadline, Ctrl-C
     and the other steps go on meanwhile: a Python gate (``python: module:function``) or a
@@ -116,15 +120,25 @@ class GateThread:
     once, so a gate they share must be safe to call from two threads, and one that hangs
     holds up only its own run.
 
-    Each check runs in a daemon thread: a gate still running when the run ends (its deadline
-    passed) is left to finish, or hang, without holding the process open.
+    One daemon thread does the checks in turn, started by the first and let go by
+    :meth:`close` (or after :attr:`IDLE_S` with nothing to check), so that a gated attempt
+    pays for a hand-off through a queue rather than a thread's start. A gate still running
+    when the run ends (its deadline passed) is left to finish, or hang, without holding the
+    process open.
     """
 
+    IDLE_S = 1.0
+    """Seconds the thread waits for another check before it ends (a new one starts then)."""
+
     def __init__(self) -> None:
-        self._turn = threading.Lock()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._working = False
+        """Whether a thread takes the jobs: set and cleared under ``_lock``, and cleared only
+        with no job left, so that every job put finds a thread."""
 
     async def check(self, gate: Check, text: str) -> None:
-        """``gate(text)`` in a thread of its own; its rejection or error raised here."""
+        """``gate(text)`` in the run's gate thread; its rejection or error raised here."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
@@ -136,18 +150,40 @@ class GateThread:
             else:
                 done.set_exception(error)
 
-        def work() -> None:
+        with self._lock:
+            self._jobs.put((gate, text, loop, settle))
+            if not self._working:
+                self._working = True
+                threading.Thread(target=self._work, name="trilemma-gate", daemon=True).start()
+        await done
+
+    def close(self) -> None:
+        """Let the thread end once the checks handed to it are done (the run has ended)."""
+        with self._lock:
+            if self._working:
+                self._jobs.put(None)
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=self.IDLE_S)
+            except queue.Empty:
+                job = None
+            if job is None:  # closed, or idle
+                with self._lock:
+                    if self._jobs.empty():
+                        self._working = False
+                        return
+                continue
+            gate, text, loop, settle = job
             error: BaseException | None = None
-            with self._turn:
-                try:
-                    gate(text)
-                except BaseException as exc:  # handed to the run, which sorts it
-                    error = exc
+            try:
+                gate(text)
+            except BaseException as exc:  # handed to the run, which sorts it
+                error = exc
             with contextlib.suppress(RuntimeError):  # the run's loop closed: nobody waits
                 loop.call_soon_threadsafe(settle, error)
-
-        threading.Thread(target=work, name="trilemma-gate", daemon=True).start()
-        await done
+            del job, gate, text, loop, settle, error  # nothing of a run kept while idle
 
 
 def _found(pattern: regex.Pattern[str], text: str, gate: str, what: str = "answer") -> bool:
