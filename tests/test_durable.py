@@ -524,6 +524,9 @@ def test_resume_keeps_the_original_deadline_unless_given_a_new_one(cli, tmp_path
 def test_resume_says_before_it_goes_on_when_its_budgets_stop_it(cli, tmp_path: Path) -> None:
     db, first = _cut_after_a(cli, tmp_path)
     assert first["status"] == "deadline" and list(first["outputs"]) == ["a"]  # b cut in flight
+    with Journal(db) as j:
+        assert j.called_steps(first["run_id"]) == {"a", "b"}
+        assert j.called_steps(first["run_id"] + "0") == j.called_steps("nope") == set()
     # the steps left that sent no call are c alone (b may replay what it was sent): 0.20s, $0.01
     short = cli("resume", first["run_id"], "--journal", db, "--deadline", "0.1", "--max-cost", "0.015")
     assert short.code == 1

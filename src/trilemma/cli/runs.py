@@ -357,7 +357,7 @@ def _note_budgets_that_stop_a_resume(
     passed is said after the resume, by the run itself."""
     run_id = row["run_id"]
     done = {k for k, v in j.steps(run_id).items() if v["status"] == "done"}
-    begun = {c["step_id"] for c in j.calls(run_id)}
+    begun = j.called_steps(run_id)
     left = [s.id for s in wf.steps if s.id not in done | begun]
     ceiling = max_cost if max_cost is not None else row["max_cost_usd"]
     limit = deadline

@@ -451,6 +451,15 @@ class Journal:
         self._refuse_damaged("calls", RUN_CALLS, _run_range(run_id))
         return self._rows(f"SELECT * FROM calls WHERE {RUN_CALLS} ORDER BY id", _run_range(run_id))
 
+    def called_steps(self, run_id: str) -> set[str]:
+        """The ids of a run's steps that journaled a call (what :meth:`calls` would name,
+        without reading the calls)."""
+        with self._using():
+            rows = self.db.execute(
+                f"SELECT DISTINCT step_id FROM calls WHERE {RUN_CALLS}", _run_range(run_id)
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
     def _refuse_damaged(self, table: str, where: str, args: tuple[Any, ...]) -> None:
         """NotAJournal naming the first row of ``table`` matching ``where`` whose values are
         not of their columns' kinds (SQLite keeps whatever another tool wrote); SQLite
