@@ -358,6 +358,53 @@ def test_a_regex_gate_that_backtracks_holds_up_neither_the_deadline_nor_the_run(
     ), r["error"]
     r, _ = trilemma("", '{"name": "' + "a" * 40 + '"}', gate=schema)
     assert r["status"] == "ok", r["error"]
+    # and its patternProperties, over property names, alone or to tell additional ones
+    for keyword in ("patternProperties: {'%s': {type: integer}}",
+                    "patternProperties: {'%s': {}}, additionalProperties: false"):  # fmt: skip
+        schema = f"{{json_schema: {{{keyword % exponential}}}}}"
+        r, _ = trilemma("", '{"' + "a" * 40 + '!": 1}', gate=schema)
+        assert r["status"] == "failed" and r["steps"]["a"]["attempts"] == 1
+        assert r["error"].startswith(
+            "step a: RunError: the JSON schema gate's patternProperties /^(a|a)*$/ gave no "
+            "verdict within 1s on a 41-character property name"
+        ), r["error"]
+        r, _ = trilemma("", '{"' + "a" * 40 + '": 1}', gate=schema)
+        assert r["status"] == "ok", r["error"]
+
+
+@pytest.mark.parametrize(
+    ("schema", "instances"),
+    [
+        ({"patternProperties": {"^x_": {"type": "integer"}, "n$": {"minimum": 2}}},
+         [{"x_a": 1}, {"x_a": "one", "x_n": 1}, {"y": "any"}, [], "text"]),
+        ({"patternProperties": {"^x_": {}}, "additionalProperties": False},
+         [{"x_a": 1}, {"y": 1}, {"y": 1, "z": 2, "x_b": 3}, {}]),
+        ({"properties": {"a": {}}, "additionalProperties": False},
+         [{"a": 1}, {"a": 1, "b": 2}, {"c": 1, "b": 2}]),
+        ({"properties": {"a": {}}, "patternProperties": {"^x": {}},
+          "additionalProperties": {"type": "string"}},
+         [{"a": 1, "x1": 2, "z": "s"}, {"z": 3, "w": [], "a": 0}]),
+        ({"type": "object", "properties": {"inner": {"patternProperties": {"^[0-9]+$": {"type": "boolean"}},
+          "additionalProperties": False}}},
+         [{"inner": {"1": True}}, {"inner": {"1": 1, "k": True}}]),
+    ],
+)  # fmt: skip
+def test_schema_gates_read_patterns_over_property_names_as_jsonschema_does(
+    schema: dict[str, Any], instances: list[Any]
+) -> None:
+    """The gate's patternProperties and additionalProperties match with ``regex`` (under its
+    timeout), and find what jsonschema's own find, in the same words."""
+    import jsonschema
+
+    from trilemma.run.gates import _SchemaValidator
+
+    def errors(validator: Any, instance: Any) -> list[tuple[list[Any], str]]:
+        return sorted((list(e.path), e.message) for e in validator.iter_errors(instance))
+
+    for instance in instances:
+        theirs = errors(jsonschema.Draft202012Validator(schema), instance)
+        assert errors(_SchemaValidator(schema), instance) == theirs, instance
+    assert any(errors(jsonschema.Draft202012Validator(schema), i) for i in instances)
 
 
 def test_missing_and_unknown_inputs_are_bad_input(cli, tmp_path: Path) -> None:

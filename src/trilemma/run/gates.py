@@ -224,12 +224,64 @@ def _pattern(
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
+def _named(pattern: str, name: str) -> bool:
+    """Whether a ``patternProperties`` pattern finds a property's ``name``."""
+    return _found(
+        _compiled(pattern), name, "the JSON schema gate's patternProperties", "property name"
+    )
+
+
+def _pattern_properties(
+    validator: Any, patterns: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[jsonschema.ValidationError]:
+    """``patternProperties``: each property checked against the schemas of the patterns
+    that find its name."""
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for name, value in instance.items():
+            if _named(pattern, name):
+                yield from validator.descend(value, subschema, path=name, schema_path=pattern)
+
+
+def _additional_properties(
+    validator: Any, allowed: Any, instance: Any, schema: Any
+) -> Iterator[jsonschema.ValidationError]:
+    """``additionalProperties``: the properties that ``properties`` does not name and no
+    ``patternProperties`` pattern finds, in jsonschema's words."""
+    if not validator.is_type(instance, "object"):
+        return
+    named, patterns = schema.get("properties", {}), schema.get("patternProperties", {})
+    extras = [k for k in instance if k not in named and not any(_named(p, k) for p in patterns)]
+    if validator.is_type(allowed, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], allowed, path=extra)
+    elif not allowed and extras:
+        listed, one = ", ".join(repr(k) for k in sorted(extras)), len(extras) == 1
+        if patterns:
+            yield jsonschema.ValidationError(
+                f"{listed} {'does' if one else 'do'} not match any of the regexes: "
+                + ", ".join(repr(p) for p in sorted(patterns))
+            )
+        else:
+            yield jsonschema.ValidationError(
+                f"Additional properties are not allowed ({listed} {'was' if one else 'were'} "
+                "unexpected)"
+            )
+
+
 _SchemaValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
-    jsonschema.Draft202012Validator, {"pattern": _pattern}
+    jsonschema.Draft202012Validator,
+    {
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+    },
 )
-"""Draft 2020-12 whose ``pattern`` keyword neither backtracks for hours nor holds the GIL
-(jsonschema's own uses ``re``); property names (``patternProperties``) are short, and keep
-``re``."""
+"""Draft 2020-12 whose patterns neither backtrack for hours nor hold the GIL: jsonschema's
+own match with ``re``, which keeps the GIL (so the loop, the deadline and SIGTERM wait)
+for as long as a nested repetition takes. ``unevaluatedProperties`` beside
+``patternProperties`` still matches property names with ``re``."""
 
 
 def _json(text: str) -> Any:
