@@ -41,18 +41,41 @@ OPTIMIZE_CASES = {  # the spec, the budget, and what to give every vote step's `
                               None),
     "fan-out in its slots, its budget": ("fan-out.yaml", None, None),
     "16 votes under rpm 60, two models each": ("rate-limited.yaml", None, ["small", "large"]),
+    "100-step random DAG, 3 models, cascades, 50%": ("random DAG", {"min_reliability": 0.5},
+                                                    None),
 }  # fmt: skip
+
+
+def random_dag(steps: int, seed: int = 3) -> dict[str, object]:
+    """A spec of ``steps`` steps, each after one or two of the eight before it, each free to
+    run on any of three models or as a cascade: a search the beam must prune hard."""
+    import random
+
+    rng = random.Random(seed)
+    models = {"premium": {"usd_per_call": 0.030, "latency_s": 2.0, "p_ok": 0.985},
+              "mid": {"usd_per_call": 0.010, "latency_s": 1.0, "p_ok": 0.90},
+              "small": {"usd_per_call": 0.002, "latency_s": 0.4, "p_ok": 0.60}}  # fmt: skip
+    out = []
+    for i in range(steps):
+        before = range(max(0, i - 8), i)
+        after = rng.sample(before, min(i, rng.choice([1, 1, 2])))
+        out.append({"id": f"s{i}", "model": "premium", "candidates": list(models),
+                    "cascadable": True, "after": [f"s{d}" for d in sorted(after)]})  # fmt: skip
+    return {"version": 1, "models": models, "steps": out}
 
 
 def one(kind: str, runs: int) -> None:
     """In the child: seconds for each case (``runs`` trajectories after a warm-up, or one
     search)."""
-    from trilemma import Budget, Simulation, load_workflow, optimize, simulate
+    from trilemma import Budget, Simulation, load_workflow, optimize, simulate, workflow_from_dict
 
     out = {}
     if kind == "optimize":
         for name, (spec, budget, candidates) in OPTIMIZE_CASES.items():
-            wf = load_workflow(ROOT / "examples" / spec)
+            if spec == "random DAG":
+                wf = workflow_from_dict(random_dag(100))
+            else:
+                wf = load_workflow(ROOT / "examples" / spec)
             if candidates:
                 steps = [s.model_copy(update={"candidates": candidates}) if s.vote else s
                          for s in wf.steps]  # fmt: skip

@@ -873,25 +873,39 @@ def _prune(parts: list[_Partial], open_nodes: list[int]) -> list[_Partial]:
     finish times.
 
     In key order a configuration can only be beaten by one before it, so each is checked
-    against those kept so far, all of them at once (a beam's step holds thousands).
+    against those kept so far (a beam's step holds thousands, and keeps most of them). The
+    kept are stored by column: the first few columns, reliability and the finish times
+    (cuts and cost, the sort's own columns, rule out few), are compared over all the kept,
+    and the rest only over the rivals those leave, all at once (a wide DAG's many open
+    finish times would cost a pass each).
     """
 
     def key(p: _Partial) -> tuple[float, ...]:
         return (p.cuts, p.cost, -p.log_p, *(p.finish[i] for i in open_nodes))
 
-    keyed = sorted(((key(p), p) for p in parts), key=lambda kp: kp[0])
-    if not keyed:
+    if not parts:
         return []
-    keys = np.array([k for k, _ in keyed], dtype=float)
-    kept = np.empty_like(keys)
+    unsorted = np.array([key(p) for p in parts], dtype=float)
+    order = np.lexsort(unsorted.T[::-1])  # by the first column, then the next...; stable
+    keys = unsorted[order]
+    limits = keys + 1e-12
+    columns = [2, *range(3, keys.shape[1]), 1, 0]
+    whole, rest = columns[:4], np.array(columns[4:], dtype=np.intp)[:, None]
+    kept = np.empty((keys.shape[1], len(keys)))
     n = 0
     out = []
-    for row, (_, p) in zip(keys, keyed, strict=True):
-        if n and (kept[:n] <= row + 1e-12).all(axis=1).any():
-            continue
-        kept[n] = row
+    for r, i in enumerate(order.tolist()):
+        if n:
+            row = limits[r]
+            beats = kept[whole[0], :n] <= row[whole[0]]
+            for c in whole[1:]:
+                beats &= kept[c, :n] <= row[c]
+            rivals = beats.nonzero()[0]
+            if rivals.size and (not rest.size or (kept[rest, rivals] <= row[rest]).all(0).any()):
+                continue
+        kept[:, n] = keys[r]
         n += 1
-        out.append(p)
+        out.append(parts[i])
     return out
 
 
