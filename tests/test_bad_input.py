@@ -369,6 +369,24 @@ def test_a_usage_error_reads_as_one_sentence(cli) -> None:
     assert cli("nope").err == "trilemma: error: No such command 'nope'; see `trilemma --help`\n"
 
 
+def test_an_option_s_value_given_without_it_is_named_with_the_option(cli) -> None:
+    """`batch spec rows.jsonl` said only that --inputs was missing: click checks options
+    before it reports an argument too many."""
+    hint = "; see `trilemma batch --help`\n"
+    assert cli("batch", EXAMPLES / "faq.yaml", "examples/questions.jsonl").err == (
+        "trilemma: error: Missing option '--inputs'; was examples/questions.jsonl meant as "
+        "--inputs examples/questions.jsonl?" + hint
+    )
+    r = cli("batch", "--parallel", "3", EXAMPLES / "faq.yaml", "my rows.jsonl", "--json")
+    assert r.code == 2 and r.out == ""
+    assert r.err == ("trilemma: error: Missing option '--inputs'; was my rows.jsonl meant as "
+                     "--inputs 'my rows.jsonl'?" + hint)  # fmt: skip
+    # no stray argument, or more than one: no guess
+    for args in ([], ["a.jsonl", "b.jsonl"]):
+        r = cli("batch", EXAMPLES / "faq.yaml", *args)
+        assert r.code == 2 and r.err == "trilemma: error: Missing option '--inputs'" + hint
+
+
 def test_bounds_past_any_real_figure_are_checked_but_not_shown_in_help(cli) -> None:
     """Help showed "[0<=x<=4611686018427387904]" beside --seed, broken over two lines."""
     r = cli("simulate", "--help")

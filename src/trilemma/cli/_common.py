@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -369,6 +370,27 @@ def _not_a_number(exc: Exception) -> str | None:
     return None
 
 
+def _value_without_its_option(exc: Exception, args: list[str]) -> str | None:
+    """The message for a missing option whose value was given on its own, as an argument
+    the command has no room for (``trilemma batch spec.yaml rows.jsonl``): click says the
+    option is missing and never gets to the stray argument."""
+    param, ctx = getattr(exc, "param", None), getattr(exc, "ctx", None)
+    if not isinstance(exc, typer.BadParameter) or param is None or ctx is None:
+        return None
+    if getattr(param, "param_type_name", None) != "option" or ctx.info_name not in args:
+        return None
+    try:  # what the command's own parser leaves over once its arguments are filled
+        _, extra, _ = ctx.command.make_parser(ctx).parse_args(
+            args[args.index(ctx.info_name) + 1 :]
+        )
+    except typer.TyperException:
+        return None
+    if len(extra) != 1:
+        return None
+    flag = max(param.opts, key=len)
+    return f"Missing option '{flag}'; was {extra[0]} meant as {flag} {shlex.quote(extra[0])}?"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return its exit code instead of exiting."""
     global _said_interrupted
@@ -383,7 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as exc:  # click's usage errors, vendored by typer
         where = getattr(getattr(exc, "ctx", None), "command_path", None) or "trilemma"
         hint = f"; see `{where} --help`" if exc.exit_code == 2 else ""  # the command's own
-        said = _not_a_number(exc) or exc.format_message()
+        said = (
+            _not_a_number(exc)
+            or _value_without_its_option(exc, sys.argv[1:] if argv is None else argv)
+            or exc.format_message()
+        )
         sys.stderr.write(f"trilemma: error: {_usage(said)}{hint}\n")
         return 2 if exc.exit_code == 2 else exc.exit_code
     except typer.Abort:
