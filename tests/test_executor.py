@@ -379,6 +379,7 @@ def test_a_regex_gate_that_backtracks_holds_up_neither_the_deadline_nor_the_run(
          [{"x_a": 1}, {"y": 1}, {"y": 1, "z": 2, "x_b": 3}, {}]),
         ({"properties": {"a": {}}, "additionalProperties": False},
          [{"a": 1}, {"a": 1, "b": 2}, {"c": 1, "b": 2}]),
+        ({"patternProperties": {}, "additionalProperties": False}, [{}, {"b": 2}]),
         ({"properties": {"a": {}}, "patternProperties": {"^x": {}},
           "additionalProperties": {"type": "string"}},
          [{"a": 1, "x1": 2, "z": "s"}, {"z": 3, "w": [], "a": 0}]),

@@ -258,7 +258,7 @@ def _additional_properties(
             yield from validator.descend(instance[extra], allowed, path=extra)
     elif not allowed and extras:
         listed, one = ", ".join(repr(k) for k in sorted(extras)), len(extras) == 1
-        if patterns:
+        if "patternProperties" in schema:
             yield jsonschema.ValidationError(
                 f"{listed} {'does' if one else 'do'} not match any of the regexes: "
                 + ", ".join(repr(p) for p in sorted(patterns))
