@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,3 +138,42 @@ def test_a_batch_awaited_in_a_running_loop(tmp_path: Path) -> None:
     result = asyncio.run(main())
     assert result.status == "ok" and [line.status for line in result.lines] == ["ok"] * 3
     assert len(journal.batch_runs(result.batch_id)) == 3
+
+
+def test_a_ctrl_c_while_a_run_s_loop_is_made_leaves_no_debris(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or SIGTERM, taken as one) landing while ``execute`` made its event loop cut the
+    loop's ``__init__`` short: Python then printed an "Exception ignored in BaseEventLoop.__del__"
+    traceback (AttributeError: no attribute '_debug') and "coroutine 'execute_async' was
+    never awaited", seen when `trilemma demo` was stopped during its compare. The loop is now
+    made whole first and the interrupt raised after; the run's coroutine is closed."""
+    import gc
+    import signal
+    import sys
+    import warnings
+    from asyncio import coroutines
+
+    made = []
+
+    def ctrl_c_now() -> bool:  # called early in BaseEventLoop.__init__, before _debug is set
+        made.append(True)
+        signal.raise_signal(signal.SIGINT)
+        return False
+
+    ignored: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # (a background job
+    try:  # ignores it)
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+                patched.setattr(coroutines, "_is_debug_mode", ctrl_c_now)
+                trilemma.execute(parse_workflow(PAIR), journal=Journal(tmp_path / "j.db"), seed=1)
+            gc.collect()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert made and ignored == [], [(u.exc_type, u.exc_value) for u in ignored]
+    assert not [w for w in warned if "never awaited" in str(w.message)], warned
+    # and a run after it goes as ever
+    assert trilemma.execute(parse_workflow(PAIR), journal=Journal(tmp_path / "j.db")).status == "ok"
