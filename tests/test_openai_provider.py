@@ -405,3 +405,32 @@ def test_the_sdk_loads_what_a_call_needs_before_the_run_not_in_its_first_call() 
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_scripted_server_takes_a_client_that_resets_its_connection_quietly(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A client killed mid-run resets its kept-alive connection: http.server printed a
+    ConnectionResetError traceback for each (`benchmarks/crash_stress.py --endpoint` printed
+    dozens). The server goes on serving."""
+    import json
+    import socket
+    import struct
+    import urllib.request
+
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with ScriptedServer([Reply("one"), Reply("two")]) as server:
+        host, port = server.url.removeprefix("http://").removesuffix("/v1").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            assert sock.recv(65536).startswith(b"HTTP/1.")  # answered; the server reads on
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # closed with a reset; the next request is served as ever
+        request = urllib.request.Request(server.url + "/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as answered:
+            assert json.loads(answered.read())["choices"][0]["message"]["content"] == "two"
+        time.sleep(0.2)  # the reset connection's thread has met it by now
+    assert "Traceback" not in capfd.readouterr().err

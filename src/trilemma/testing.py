@@ -76,6 +76,18 @@ class Reply:
 Script = Iterable[Reply] | Callable[[dict[str, Any]], Reply]
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    """A client that goes away (killed mid-run, or timed out) is no error of the server's:
+    http.server prints the traceback of every one, a reset connection's included."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class ScriptedServer:
     """An OpenAI-compatible ``/v1/chat/completions`` on 127.0.0.1; use as a context manager."""
 
@@ -207,8 +219,7 @@ class ScriptedServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _HTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="scripted-llm", daemon=True
         )
