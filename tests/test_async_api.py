@@ -177,3 +177,15 @@ def test_a_ctrl_c_while_a_run_s_loop_is_made_leaves_no_debris(
     assert not [w for w in warned if "never awaited" in str(w.message)], warned
     # and a run after it goes as ever
     assert trilemma.execute(parse_workflow(PAIR), journal=Journal(tmp_path / "j.db")).status == "ok"
+
+
+def test_a_blocking_call_with_arguments_it_does_not_take_leaves_nothing_set(
+    tmp_path: Path,
+) -> None:
+    """``execute(..., nope=1)`` raises TypeError as the coroutine function would, and the
+    flag that tells a run it has a loop of its own is not left set for later awaited runs."""
+    from trilemma.run.executor import OWN_LOOP
+
+    with pytest.raises(TypeError, match="nope"):
+        trilemma.execute(parse_workflow(PAIR), journal=Journal(tmp_path / "j.db"), nope=1)  # type: ignore[call-arg]
+    assert OWN_LOOP.get() is False

@@ -227,8 +227,8 @@ def blocking(work: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, _R]:
                 f"{name}() runs an event loop of its own, and this thread already runs one (a "
                 f"notebook, an async server): use `await trilemma.{work.__name__}(...)` there"
             )
+        coro = work(*args, **kwargs)  # (a TypeError for arguments it does not take)
         own = OWN_LOOP.set(True)  # the task the runner makes sees it
-        coro = work(*args, **kwargs)
         try:
             with collector_spared(), asyncio.Runner(loop_factory=whole_loop) as runner:
                 return runner.run(coro)
