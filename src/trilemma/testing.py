@@ -77,8 +77,9 @@ Script = Iterable[Reply] | Callable[[dict[str, Any]], Reply]
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    """A client that goes away (killed mid-run, or timed out) is no error of the server's:
-    http.server prints the traceback of every one, a reset connection's included."""
+    """A client that goes away (killed mid-run, or timed out) is no error of the server's,
+    whether the server was reading its next request or writing an answer: http.server
+    prints the traceback of every one."""
 
     daemon_threads = True
 
@@ -190,34 +191,28 @@ class ScriptedServer:
                 events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]})
                 if reply.stream_usage and (payload.get("stream_options") or {}).get("include_usage"):
                     events.append({**head, "choices": [], "usage": _usage(reply)})
-                try:
-                    self.send_response(200)
-                    self.send_header("content-type", "text/event-stream")
-                    self.send_header("connection", "close")
-                    self.end_headers()
-                    for i, event in enumerate(events):
-                        if reply.cut_after is not None and i >= reply.cut_after:
-                            return  # the connection closes mid-answer
-                        if i and reply.piece_delay_s:
-                            time.sleep(reply.piece_delay_s)
-                        self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                        self.wfile.flush()
-                    self.wfile.write(b"data: [DONE]\n\n")
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client went away
+                self.send_response(200)  # (a client gone away: see _HTTPServer.handle_error)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("connection", "close")
+                self.end_headers()
+                for i, event in enumerate(events):
+                    if reply.cut_after is not None and i >= reply.cut_after:
+                        return  # the connection closes mid-answer
+                    if i and reply.piece_delay_s:
+                        time.sleep(reply.piece_delay_s)
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
 
             def _send(self, status: int, body: str, headers: dict[str, str] | None = None) -> None:
                 data = body.encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(data)))
-                    for k, v in (headers or {}).items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (a timeout test)
+                self.send_response(status)  # (a client gone away: see _HTTPServer.handle_error)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
 
         self._httpd = _HTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(

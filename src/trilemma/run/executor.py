@@ -653,8 +653,8 @@ class Executor:
                 raise GateRejected("the answer is wrong (the simulator's check)")
             gate = self.gates.get(step.id)
             if gate is not None:
-                try:
-                    await self._judge(step, gate, answer.text)
+                try:  # off the loop: the user's code may take its time (see GateThread)
+                    await self._gate_thread.check(gate, answer.text)
                 except GateRejected as exc:
                     if not answer.cut:
                         raise
@@ -684,14 +684,6 @@ class Executor:
             raise
         state["pending"] = pending
         return answer
-
-    async def _judge(self, step: Step, gate: Check, text: str) -> None:
-        """Run ``step``'s gate on an answer off the event loop, in the run's
-        :class:`GateThread`, so that the deadline, Ctrl-C and the other steps go on meanwhile:
-        a Python gate and a pydantic model's validators are the user's code, which may take
-        its time, and a regex's match (a JSON schema's ``pattern`` too) lets go of the GIL
-        and gives up after :data:`~trilemma.run.gates.REGEX_TIMEOUT_S`."""
-        await self._gate_thread.check(gate, text)
 
     # ------------------------------------------------------------------ a call
 

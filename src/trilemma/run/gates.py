@@ -82,7 +82,7 @@ def build_gate(gate: Gate, source: str, field: str, folder: Path | None = None) 
     """Turn a spec's gate into a check; imports happen here, at the start of a run."""
     if gate.regex is not None:
         try:
-            pattern = regex.compile(gate.regex)
+            pattern = _compiled(gate.regex)
         except regex.error as exc:
             raise SpecError(source, f"{field}.regex", f"not a regular expression: {exc}") from None
         return _regex(pattern)
