@@ -6,6 +6,7 @@ import json
 import random
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -461,30 +462,31 @@ def test_a_spec_s_own_stop_stays_when_the_optimizer_chooses_no_other() -> None:
 def test_the_beam_keeps_exactly_the_partial_configurations_none_beats() -> None:
     """The pruning against a brute-force check: a partial configuration is dropped iff one
     kept before it is no worse on cuts, cost, reliability and every open finish time (within
-    1e-12); equal keys keep the first. Values on a coarse grid make ties common."""
-    from trilemma.plan.optimize import _Partial, _prune
-
-    def key(p: _Partial, open_nodes: list[int]) -> tuple[float, ...]:
-        return (p.cuts, p.cost, -p.log_p, *(p.finish[i] for i in open_nodes))
+    1e-12); equal keys keep the first. Values on a coarse grid make ties common; sizes cross
+    the bitsets' words and blocks."""
+    from trilemma.plan.optimize import _BLOCK_BITS, _prune
 
     def beats(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
         return all(x <= y + 1e-12 for x, y in zip(a, b, strict=True))
 
     rng = random.Random(5)
     dropped = 0
-    for _ in range(300):
-        width = rng.randint(1, 4)
-        parts = [_Partial((rng.randint(0, 3),) * width, rng.randint(0, 1), rng.randint(0, 3) / 3,
-                          -rng.randint(0, 3) / 3, tuple(rng.randint(0, 3) / 3 for _ in range(width)))
-                 for _ in range(rng.randint(0, 40))]  # fmt: skip
-        open_nodes = sorted(rng.sample(range(width), rng.randint(0, width)))
-        kept = _prune(parts, open_nodes)
-        keys = [key(p, open_nodes) for p in kept]
-        assert keys == sorted(keys)
-        for i, k in enumerate(keys):  # none of the kept beats another kept
-            assert not any(beats(o, k) for o in keys[:i])
-        for p in parts:  # every dropped one is beaten by a kept one
-            if p not in kept:
+    sizes = [0, 1, 2, 40, 63, 64, 65, _BLOCK_BITS + 1, 2 * _BLOCK_BITS + 70]
+    for trial in range(300):
+        n = rng.choice(sizes) if trial % 10 == 0 else rng.randint(0, 40)
+        grid = rng.choice([3, 3, 3, 40]) if n > 100 else 3
+        keys = [(rng.randint(0, 1), *(rng.randint(0, grid) / grid for _ in range(rng.randint(2, 6))))
+                for _ in range(n)]  # fmt: skip
+        width = min((len(k) for k in keys), default=3)
+        keys = [k[:width] for k in keys]
+        kept = _prune(np.array(keys, dtype=float).reshape(n, width)).tolist()
+        ordered = [keys[i] for i in kept]
+        assert ordered == sorted(ordered)
+        assert kept == sorted(kept, key=lambda i: (keys[i], i))  # of equal keys, the first
+        for i, k in enumerate(ordered):  # none of the kept beats another kept
+            assert not any(beats(o, k) for o in ordered[:i])
+        for i, k in enumerate(keys):  # every dropped one is beaten by a kept one
+            if i not in kept:
                 dropped += 1
-                assert any(beats(o, key(p, open_nodes)) for o in keys)
+                assert any(beats(o, k) for o in ordered)
     assert dropped > 1000

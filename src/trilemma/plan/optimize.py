@@ -796,15 +796,6 @@ def _picked(
     return _candidate(graph, ids, choices, [metrics[i][j] for i, j in enumerate(picks)], parallel)
 
 
-@dataclass(frozen=True, slots=True)
-class _Partial:
-    picks: tuple[int, ...]  # option index per step, in topological order
-    cuts: int
-    cost: float
-    log_p: float
-    finish: tuple[float, ...]  # finish time per placed step, in topological order
-
-
 def _beam(
     wf: Workflow,
     graph: dict[str, list[str]],
@@ -815,6 +806,9 @@ def _beam(
     parallel: bool,
     beam_width: int,
 ) -> list[Candidate]:
+    """Place the steps in topological order, each time every partial configuration in the
+    beam with every option of the next step, as arrays: a row per partial configuration,
+    its picks and finish times a column per step placed."""
     ids = [s.id for s in wf.steps]
     order = dag.topo_order(graph)
     pos = {sid: k for k, sid in enumerate(order)}
@@ -824,34 +818,47 @@ def _beam(
         return m.cost_worst if on == "worst" else m.cost_expected
 
     step_ms = [metrics[spec_index[sid]] for sid in order]
-    step_cut = [[c.cut for c in options[spec_index[sid]]] for sid in order]
     min_cost_after = _suffix([min(cost_of(m) for m in ms) for ms in step_ms])
     max_logp_after = _suffix([max(m.log_p for m in ms) for ms in step_ms])
     cap = budget.max_cost_usd if budget.max_cost_usd is not None else math.inf
     floor = math.log(budget.min_reliability) if budget.min_reliability else -math.inf
     deadline = budget.deadline_s if budget.deadline_s is not None else math.inf
-    beam = [_Partial((), 0, 0.0, 0.0, ())]
+    picks = np.zeros((1, 0), dtype=np.intp)  # option index, a column per step placed
+    finish = np.zeros((1, 0))  # finish time, likewise
+    cuts, cost, log_p = np.zeros(1, dtype=np.int64), np.zeros(1), np.zeros(1)
     for k, sid in enumerate(order):
+        ms = step_ms[k]
         parents = [pos[d] for d in graph[sid]]
-        nxt = []
-        for part in beam:
-            start = max((part.finish[j] for j in parents), default=0.0)
-            for j, m in enumerate(step_ms[k]):
-                cost, log_p, end = part.cost + cost_of(m), part.log_p + m.log_p, start + m.latency
-                if (
-                    cost + min_cost_after[k + 1] > cap + 1e-12
-                    or log_p + max_logp_after[k + 1] < floor - 1e-12
-                    or end > deadline + 1e-12
-                ):
-                    continue
-                cuts = part.cuts + step_cut[k][j]
-                nxt.append(_Partial((*part.picks, j), cuts, cost, log_p, (*part.finish, end)))
-        beam = _thin(_prune(nxt, _open_nodes(graph, order, k)), beam_width)
-    out = []
-    for part in beam:
-        by_spec = {order[k]: part.picks[k] for k in range(len(order))}
-        out.append(_picked(graph, ids, options, metrics, [by_spec[sid] for sid in ids], parallel))
-    return out
+        start = finish[:, parents].max(axis=1) if parents else np.zeros(len(cost))
+        each_cost = cost[:, None] + np.array([cost_of(m) for m in ms])  # parent x option
+        each_logp = log_p[:, None] + np.array([m.log_p for m in ms])
+        each_end = start[:, None] + np.array([m.latency for m in ms])
+        fits = (
+            (each_cost + min_cost_after[k + 1] <= cap + 1e-12)
+            & (each_logp + max_logp_after[k + 1] >= floor - 1e-12)
+            & (each_end <= deadline + 1e-12)
+        )
+        parent, pick = np.nonzero(fits)  # parent by parent, option by option
+        if not parent.size:
+            return []
+        child_cost, child_logp = each_cost[parent, pick], each_logp[parent, pick]
+        child_end = each_end[parent, pick]
+        child_cuts = cuts[parent] + np.array([c.cut for c in options[spec_index[sid]]])[pick]
+        open_nodes = _open_nodes(graph, order, k)
+        key = np.column_stack(
+            [child_cuts, child_cost, -child_logp]
+            + [finish[parent, i] if i < k else child_end for i in open_nodes]
+        )
+        kept = _prune(key)
+        kept = kept[_thin(child_cuts[kept], beam_width)]
+        parent, pick = parent[kept], pick[kept]
+        picks = np.column_stack([picks[parent], pick])
+        finish = np.column_stack([finish[parent], child_end[kept]])
+        cuts, cost, log_p = child_cuts[kept], child_cost[kept], child_logp[kept]
+    at = [pos[sid] for sid in ids]
+    return [
+        _picked(graph, ids, options, metrics, row, parallel) for row in picks[:, at].tolist()
+    ]
 
 
 def _suffix(values: list[float]) -> list[float]:
@@ -868,64 +875,76 @@ def _open_nodes(graph: dict[str, list[str]], order: list[str], k: int) -> list[i
     return [i for i, sid in enumerate(order[: k + 1]) if sid in needed]
 
 
-def _prune(parts: list[_Partial], open_nodes: list[int]) -> list[_Partial]:
-    """Drop partial configurations another beats on steps cut, cost, reliability and open
-    finish times.
+def _prune(keys: np.ndarray) -> np.ndarray:
+    """The rows of ``keys`` (steps cut, cost, -log reliability, open finish times) no other
+    row beats (no worse on each, within 1e-12; of equal rows the first stays), in key order.
 
-    In key order a configuration can only be beaten by one before it, so each is checked
-    against those kept so far (a beam's step holds thousands, and keeps most of them). The
-    kept are stored by column: the first few columns, reliability and the finish times
-    (cuts and cost, the sort's own columns, rule out few), are compared over all the kept,
-    and the rest only over the rivals those leave, all at once (a wide DAG's many open
-    finish times would cost a pass each).
+    In key order a row can only be beaten by one before it, and a row beaten by one that was
+    itself dropped is beaten by that one's own beater (within 2e-12), so no pass in order is
+    needed: a beam's step holds thousands of rows and keeps most of them, and comparing each
+    with all those before it was most of a large search. `_beaten` finds them all at once.
     """
+    order = np.lexsort(keys.T[::-1])  # by the first column, then the next...; stable
+    beaten = _beaten(keys[order], skip=(0,))  # rows before have no more cuts
+    kept: np.ndarray = order[~beaten]
+    return kept
 
-    def key(p: _Partial) -> tuple[float, ...]:
-        return (p.cuts, p.cost, -p.log_p, *(p.finish[i] for i in open_nodes))
 
-    if not parts:
-        return []
-    unsorted = np.array([key(p) for p in parts], dtype=float)
-    order = np.lexsort(unsorted.T[::-1])  # by the first column, then the next...; stable
-    keys = unsorted[order]
-    limits = keys + 1e-12
-    columns = [2, *range(3, keys.shape[1]), 1, 0]
-    whole, rest = columns[:4], np.array(columns[4:], dtype=np.intp)[:, None]
-    kept = np.empty((keys.shape[1], len(keys)))
-    n = 0
-    out = []
-    for r, i in enumerate(order.tolist()):
-        if n:
-            row = limits[r]
-            beats = kept[whole[0], :n] <= row[whole[0]]
-            for c in whole[1:]:
-                beats &= kept[c, :n] <= row[c]
-            rivals = beats.nonzero()[0]
-            if rivals.size and (not rest.size or (kept[rest, rivals] <= row[rest]).all(0).any()):
-                continue
-        kept[:, n] = keys[r]
-        n += 1
-        out.append(parts[i])
+_BLOCK_BITS = 1024  # rows of bitsets at a time: 16 words a row stay in cache
+
+
+def _beaten(keys: np.ndarray, skip: tuple[int, ...] = ()) -> np.ndarray:
+    """Which rows of ``keys`` (n x d) some earlier row is no worse than on every column but
+    those in ``skip`` (within 1e-12).
+
+    For each column the rows no worse than a given one are a prefix of that column's sorted
+    order, so one running OR over the sorted rows gives every row its set as a bitset; a row
+    is beaten when the AND of its sets and of the rows before it is not empty: n^2 d / 64
+    word operations, done ``_BLOCK_BITS`` of the rows' bits at a time.
+    """
+    n, d = keys.shape
+    out = np.zeros(n, dtype=bool)
+    columns = [c for c in range(d) if c not in skip]
+    orders = [np.argsort(keys[:, c], kind="stable") for c in columns]
+    reach = [
+        np.searchsorted(keys[o, c], keys[:, c] + 1e-12, side="right")
+        for c, o in zip(columns, orders, strict=True)
+    ]
+    rows = np.arange(n)
+    for lo in range(0, n - 1, _BLOCK_BITS):
+        hi = min(n, lo + _BLOCK_BITS)
+
+        def prefixes(order: np.ndarray, lo: int = lo, hi: int = hi) -> np.ndarray:
+            """Row t: the bits (lo..hi) of the first t rows in ``order``."""
+            sets = np.zeros((n + 1, (hi - lo + 63) // 64), dtype=np.uint64)
+            at = np.nonzero((order >= lo) & (order < hi))[0]
+            bit = order[at] - lo
+            sets[at + 1, bit >> 6] = np.left_shift(np.uint64(1), (bit & 63).astype(np.uint64))
+            return np.bitwise_or.accumulate(sets, axis=0, out=sets)
+
+        later = rows[lo + 1 :]  # only rows after lo have earlier rows among these bits
+        both = prefixes(rows)[later]
+        for order, r in zip(orders, reach, strict=True):
+            both &= prefixes(order)[r[later]]
+        out[lo + 1 :] |= both.any(axis=1)
     return out
 
 
-def _thin(parts: list[_Partial], width: int) -> list[_Partial]:
-    """Keep ``width`` partial configurations spread evenly along cost, ends included; as
-    many for each number of cuts (fewer cuts cost more, and must not be thinned away)."""
-    if len(parts) <= width:
-        return parts
-    groups: dict[int, list[_Partial]] = {}
-    for p in parts:
-        groups.setdefault(p.cuts, []).append(p)
-    share = max(2, width // len(groups))
-    out = []
-    for group in groups.values():
-        group.sort(key=lambda p: p.cost)
-        if len(group) <= share:
-            out.extend(group)
+def _thin(cuts: np.ndarray, width: int) -> list[int]:
+    """Of rows in key order (``cuts`` ascending, then cost), keep ``width`` spread evenly
+    along cost, ends included; as many for each number of cuts (fewer cuts cost more, and
+    must not be thinned away). Positions, in order."""
+    if len(cuts) <= width:
+        return list(range(len(cuts)))
+    firsts = [0, *(np.flatnonzero(np.diff(cuts)) + 1).tolist(), len(cuts)]
+    share = max(2, width // (len(firsts) - 1))
+    out: list[int] = []
+    for lo, hi in itertools.pairwise(firsts):
+        if hi - lo <= share:
+            out.extend(range(lo, hi))
             continue
-        step = (len(group) - 1) / (share - 1)
-        out.extend(group[round(i * step)] for i in range(share))
+        step = (hi - lo - 1) / (share - 1)
+        out.extend(lo + round(i * step) for i in range(share))
     return out
 
 
