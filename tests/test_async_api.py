@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,14 +142,10 @@ def test_a_batch_awaited_in_a_running_loop(tmp_path: Path) -> None:
     assert len(journal.batch_runs(result.batch_id)) == 3
 
 
-def test_a_ctrl_c_while_a_run_s_loop_is_made_leaves_no_debris(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Ctrl-C (or SIGTERM, taken as one) landing while ``execute`` made its event loop cut the
-    loop's ``__init__`` short: Python then printed an "Exception ignored in BaseEventLoop.__del__"
-    traceback (AttributeError: no attribute '_debug') and "coroutine 'execute_async' was
-    never awaited", seen when `trilemma demo` was stopped during its compare. The loop is now
-    made whole first and the interrupt raised after; the run's coroutine is closed."""
+def _ctrl_c_while_its_loop_is_made(call: Callable[[], object], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``call`` (which makes an event loop) with a Ctrl-C landing inside the loop's
+    ``__init__``: it raises KeyboardInterrupt and leaves no "Exception ignored" traceback
+    (the loop's ``__del__`` failing on a half-made loop) and no "never awaited" warning."""
     import gc
     import signal
     import sys
@@ -169,14 +167,46 @@ def test_a_ctrl_c_while_a_run_s_loop_is_made_leaves_no_debris(
             warnings.simplefilter("always")
             with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
                 patched.setattr(coroutines, "_is_debug_mode", ctrl_c_now)
-                trilemma.execute(parse_workflow(PAIR), journal=Journal(tmp_path / "j.db"), seed=1)
+                call()
             gc.collect()
     finally:
         signal.signal(signal.SIGINT, previous)
     assert made and ignored == [], [(u.exc_type, u.exc_value) for u in ignored]
     assert not [w for w in warned if "never awaited" in str(w.message)], warned
+
+
+def test_a_ctrl_c_while_a_run_s_loop_is_made_leaves_no_debris(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or SIGTERM, taken as one) landing while ``execute`` made its event loop cut the
+    loop's ``__init__`` short: Python then printed an "Exception ignored in BaseEventLoop.__del__"
+    traceback (AttributeError: no attribute '_debug') and "coroutine 'execute_async' was
+    never awaited", seen when `trilemma demo` was stopped during its compare. The loop is now
+    made whole first and the interrupt raised after; the run's coroutine is closed."""
+    journal = Journal(tmp_path / "j.db")
+    _ctrl_c_while_its_loop_is_made(
+        lambda: trilemma.execute(parse_workflow(PAIR), journal=journal, seed=1), monkeypatch
+    )
     # and a run after it goes as ever
-    assert trilemma.execute(parse_workflow(PAIR), journal=Journal(tmp_path / "j.db")).status == "ok"
+    assert trilemma.execute(parse_workflow(PAIR), journal=journal).status == "ok"
+
+
+def test_every_command_that_makes_a_loop_makes_it_whole(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only runs: `budget show` (here against a real Redis), `budget reset`, `cache
+    clear`'s shared tier, calibrate and compare's probe each make a loop too, and none of them
+    may leave the debris above; trilemma's code makes no loop but through ``run_whole``."""
+    from trilemma.run.shared_budget import shared_state
+
+    _ctrl_c_while_its_loop_is_made(
+        lambda: shared_state(redis_url, "whole-loop", known=False), monkeypatch
+    )
+    assert shared_state(redis_url, "whole-loop", known=False).spent == 0  # and after, as ever
+    src = Path(trilemma.__file__).parent
+    makers = {str(path.relative_to(src)) for path in src.rglob("*.py")
+              if re.search(r"asyncio\.run\(|new_event_loop\(|Runner\(", path.read_text())}  # fmt: skip
+    assert makers == {"_tasks.py"}
 
 
 def test_a_blocking_call_with_arguments_it_does_not_take_leaves_nothing_set(

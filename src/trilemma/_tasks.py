@@ -1,14 +1,50 @@
-"""Waiting for background tasks, shared by the journal's writer and the shared cache's writes."""
+"""Event loop helpers: waiting for background tasks (the journal's writer, the shared cache's
+writes), and an event loop made whole for every blocking call that runs one."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["drain_tasks"]
+__all__ = ["drain_tasks", "run_whole", "whole_loop"]
 
 F = TypeVar("F", bound="asyncio.Future[Any]")
+R = TypeVar("R")
+
+
+def whole_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop, built whole: a Ctrl-C (or a SIGTERM, which trilemma takes as one)
+    that lands while it is made is held until it is, then raised with the loop closed. An
+    event loop cut short in its ``__init__`` fails in its ``__del__``, and Python prints that
+    as an "Exception ignored" traceback; ``compare`` makes one for every run."""
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        # ignored (a background job: SIGTERM then ends the process at once), set outside
+        # Python, or not this thread's to handle (signals go to the main thread)
+        return asyncio.new_event_loop()
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+    try:
+        loop = asyncio.new_event_loop()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        loop.close()
+        signal.raise_signal(signal.SIGINT)  # now, through the handler there was
+    return loop
+
+
+def run_whole(coro: Coroutine[Any, Any, R]) -> R:
+    """``asyncio.run(coro)`` in a loop from `whole_loop`; ``coro`` is closed if it never
+    started (no "coroutine ... was never awaited" when the interrupt came first)."""
+    try:
+        with asyncio.Runner(loop_factory=whole_loop) as runner:
+            return runner.run(coro)
+    finally:
+        coro.close()
 
 
 async def drain_tasks(tasks: set[F], settled: Callable[[F], None]) -> None:

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
+from trilemma._tasks import run_whole
 from trilemma.cli._common import (
     DEFAULT_JOURNAL,
     InputFilesOpt,
@@ -967,7 +968,6 @@ def cache_clear(
 
     Example: trilemma cache clear --tenant acme --shared
     """
-    import asyncio
     import time
 
     from trilemma.cache.shared import SharedCache
@@ -990,7 +990,7 @@ def cache_clear(
             finally:
                 await tier.aclose()
 
-        removed["shared_removed"] = asyncio.run(clear())
+        removed["shared_removed"] = run_whole(clear())
     if as_json:
         emit_json(removed)
     else:

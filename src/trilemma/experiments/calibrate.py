@@ -10,7 +10,6 @@ machine costs (about $0.10 an hour), so that "cheap" and "premium" mean somethin
 
 from __future__ import annotations
 
-import asyncio
 import math
 import statistics
 import time
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from trilemma._tasks import run_whole
 from trilemma.errors import UsageError
 from trilemma.experiments.tasks import SUITES, Task
 from trilemma.providers.base import Request, cost_of, worst_case_cost
@@ -143,7 +143,7 @@ def calibrate(
     local = profile.base_url is not None and (
         "127.0.0.1" in profile.base_url or "localhost" in profile.base_url
     )
-    return asyncio.run(_run(model, suite, tasks, profile, provider, local, on_progress))
+    return run_whole(_run(model, suite, tasks, profile, provider, local, on_progress))
 
 
 async def _run(

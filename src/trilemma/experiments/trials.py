@@ -12,13 +12,13 @@ latencies and deadlines matter more than the experiment's speed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trilemma._tasks import run_whole
 from trilemma.errors import UsageError
 from trilemma.experiments.calibrate import wilson
 from trilemma.experiments.tasks import MAX_TRIALS
@@ -170,7 +170,7 @@ def check_reachable(wf: Workflow) -> None:
             finally:
                 await provider.aclose()
 
-    asyncio.run(probe())
+    run_whole(probe())
 
 
 def repeat(

@@ -13,8 +13,6 @@ import gc
 import json
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from trilemma import _FROZEN_AT_IMPORT
 from trilemma._proc import pid_alive
+from trilemma._tasks import run_whole
 from trilemma.cache.semantic import Embedder, default_embedder
 from trilemma.cache.shared import SharedCache
 from trilemma.errors import UsageError
@@ -181,28 +180,6 @@ def embedder_for(wf: Workflow, given: Embedder | None = None) -> Embedder | None
     return given if given is not None else default_embedder()
 
 
-def whole_loop() -> asyncio.AbstractEventLoop:
-    """A new event loop, built whole: a Ctrl-C (or a SIGTERM, which trilemma takes as one)
-    that lands while it is made is held until it is, then raised with the loop closed. An
-    event loop cut short in its ``__init__`` fails in its ``__del__``, and Python prints that
-    as an "Exception ignored" traceback; ``compare`` makes one for every run."""
-    previous = signal.getsignal(signal.SIGINT)
-    if not callable(previous) or threading.current_thread() is not threading.main_thread():
-        # ignored (a background job: SIGTERM then ends the process at once), set outside
-        # Python, or not this thread's to handle (signals go to the main thread)
-        return asyncio.new_event_loop()
-    held: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
-    try:
-        loop = asyncio.new_event_loop()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if held:
-        loop.close()
-        signal.raise_signal(signal.SIGINT)  # now, through the handler there was
-    return loop
-
-
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -230,10 +207,9 @@ def blocking(work: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, _R]:
         coro = work(*args, **kwargs)  # (a TypeError for arguments it does not take)
         own = OWN_LOOP.set(True)  # the task the runner makes sees it
         try:
-            with collector_spared(), asyncio.Runner(loop_factory=whole_loop) as runner:
-                return runner.run(coro)
+            with collector_spared():
+                return run_whole(coro)
         finally:
-            coro.close()  # stopped before it started: no "coroutine ... was never awaited"
             OWN_LOOP.reset(own)
 
     run.__name__ = run.__qualname__ = name

@@ -24,7 +24,6 @@ under the run's own ceiling and under the shared one before it is sent.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import uuid
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from trilemma._format import dollars
 from trilemma._redis import DEFAULT_REDIS, Background, check_url, gone, ping
 from trilemma._redis import client as redis_client
+from trilemma._tasks import run_whole
 from trilemma.errors import BudgetExhausted, SetupError, UsageError
 from trilemma.run.budget import EPS, Reservation, SpendGuard, over_ceiling
 
@@ -449,7 +449,7 @@ def shared_state(
         finally:
             await store.aclose()
 
-    return asyncio.run(read())
+    return run_whole(read())
 
 
 def reset_shared(
@@ -477,4 +477,4 @@ def reset_shared(
         finally:
             await store.aclose()
 
-    return asyncio.run(reset())
+    return run_whole(reset())
