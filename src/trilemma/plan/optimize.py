@@ -745,8 +745,12 @@ def _candidate(
     choices: tuple[Choice, ...],
     ms: Sequence[_Metrics],
     parallel: bool,
+    order: Sequence[str] | None = None,
 ) -> Candidate:
-    latency, _ = dag.longest_path(graph, {i: m.latency for i, m in zip(ids, ms, strict=True)})
+    """``order``: a topological order of ``graph``, when the caller has one."""
+    latency, _ = dag.longest_path(
+        graph, {i: m.latency for i, m in zip(ids, ms, strict=True)}, order
+    )
     return Candidate(
         choices,
         parallel,
@@ -780,20 +784,21 @@ def _exhaustive(
     parallel: bool,
 ) -> list[Candidate]:
     """Every configuration (the budgets are applied to the result)."""
-    ids = [s.id for s in wf.steps]
+    ids, order = [s.id for s in wf.steps], dag.topo_order(graph)
     return [
-        _picked(graph, ids, options, metrics, picks, parallel)
+        _picked(graph, ids, options, metrics, picks, parallel, order)
         for picks in itertools.product(*(range(len(o)) for o in options))
     ]
 
 
 def _picked(
     graph: dict[str, list[str]], ids: list[str], options: list[list[Choice]],
-    metrics: list[list[_Metrics]], picks: Sequence[int], parallel: bool,
+    metrics: list[list[_Metrics]], picks: Sequence[int], parallel: bool, order: Sequence[str],
 ) -> Candidate:  # fmt: skip
     """The candidate made of option ``picks[i]`` for step ``i`` (spec order)."""
     choices = tuple(options[i][j] for i, j in enumerate(picks))
-    return _candidate(graph, ids, choices, [metrics[i][j] for i, j in enumerate(picks)], parallel)
+    ms = [metrics[i][j] for i, j in enumerate(picks)]
+    return _candidate(graph, ids, choices, ms, parallel, order)
 
 
 def _beam(
@@ -857,7 +862,8 @@ def _beam(
         cuts, cost, log_p = child_cuts[kept], child_cost[kept], child_logp[kept]
     at = [pos[sid] for sid in ids]
     return [
-        _picked(graph, ids, options, metrics, row, parallel) for row in picks[:, at].tolist()
+        _picked(graph, ids, options, metrics, row, parallel, order)
+        for row in picks[:, at].tolist()
     ]
 
 
@@ -975,13 +981,14 @@ def _exchanges(
     """The configurations that differ from ``c`` in step ``i``'s choice alone, each with its
     step ``i``'s figures (``kept``: each step's figures under ``c``, read, not changed)."""
     graph = _graph(wf, c.parallel)
-    ids = [s.id for s in wf.steps]
+    ids, order = [s.id for s in wf.steps], dag.topo_order(graph)
     others = (kept[:i], kept[i + 1 :])
     for choice in options[i]:
         if choice != c.choices[i]:
             choices = (*c.choices[:i], choice, *c.choices[i + 1 :])
             mine = _metrics(wf, wf.steps[i], choice, on)
-            yield _candidate(graph, ids, choices, [*others[0], mine, *others[1]], c.parallel), mine
+            ms = [*others[0], mine, *others[1]]
+            yield _candidate(graph, ids, choices, ms, c.parallel, order), mine
 
 
 def _pareto(cands: list[Candidate]) -> list[Candidate]:
