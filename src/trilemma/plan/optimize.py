@@ -882,16 +882,26 @@ def _open_nodes(graph: dict[str, list[str]], order: list[str], k: int) -> list[i
 
 
 def _prune(keys: np.ndarray) -> np.ndarray:
-    """The rows of ``keys`` (steps cut, cost, -log reliability, open finish times) no other
-    row beats (no worse on each, within 1e-12; of equal rows the first stays), in key order.
+    """The rows of ``keys`` (steps cut, cost, -log reliability, open finish times) that no
+    row kept before them in key order beats (no worse on each, within 1e-12; of equal rows
+    the first stays), in key order.
 
-    In key order a row can only be beaten by one before it, and a row beaten by one that was
-    itself dropped is beaten by that one's own beater (within 2e-12), so no pass in order is
-    needed: a beam's step holds thousands of rows and keeps most of them, and comparing each
-    with all those before it was most of a large search. `_beaten` finds them all at once.
+    A beam's step holds thousands of rows and keeps most of them, and comparing each with all
+    those kept before it, in turn, was most of a large search. `_beaten` compares all at
+    once; the pass in turn is left only for the few rows beaten by dropped rows alone.
     """
     order = np.lexsort(keys.T[::-1])  # by the first column, then the next...; stable
-    beaten = _beaten(keys[order], skip=(0,))  # rows before have no more cuts
+    ordered = keys[order]
+    beaten, by_clear = _beaten(ordered, skip=(0,))  # rows before have no more cuts
+    # Beaten only by rows that were themselves dropped: within the tolerance, beaten-by is
+    # not transitive (-log reliability is itself near 1e-12 after many retries), so whether
+    # such a row stays depends on the rows kept so, in turn. Few rows are.
+    limits = ordered + 1e-12
+    kept_too: list[int] = []
+    for r in np.flatnonzero(beaten & ~by_clear).tolist():
+        if not kept_too or not (ordered[kept_too] <= limits[r]).all(axis=1).any():
+            kept_too.append(r)
+    beaten[kept_too] = False
     kept: np.ndarray = order[~beaten]
     return kept
 
@@ -899,17 +909,19 @@ def _prune(keys: np.ndarray) -> np.ndarray:
 _BLOCK_BITS = 1024  # rows of bitsets at a time: 16 words a row stay in cache
 
 
-def _beaten(keys: np.ndarray, skip: tuple[int, ...] = ()) -> np.ndarray:
+def _beaten(keys: np.ndarray, skip: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Which rows of ``keys`` (n x d) some earlier row is no worse than on every column but
-    those in ``skip`` (within 1e-12).
+    those in ``skip`` (within 1e-12); and which some earlier row beats that no row before it
+    beats.
 
     For each column the rows no worse than a given one are a prefix of that column's sorted
     order, so one running OR over the sorted rows gives every row its set as a bitset; a row
     is beaten when the AND of its sets and of the rows before it is not empty: n^2 d / 64
-    word operations, done ``_BLOCK_BITS`` of the rows' bits at a time.
+    word operations, done ``_BLOCK_BITS`` of the rows' bits at a time, in order, so that the
+    rows of a block are settled before their bits are read as beaters no one beats.
     """
     n, d = keys.shape
-    out = np.zeros(n, dtype=bool)
+    beaten, by_clear = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     columns = [c for c in range(d) if c not in skip]
     orders = [np.argsort(keys[:, c], kind="stable") for c in columns]
     reach = [
@@ -919,10 +931,12 @@ def _beaten(keys: np.ndarray, skip: tuple[int, ...] = ()) -> np.ndarray:
     rows = np.arange(n)
     for lo in range(0, n - 1, _BLOCK_BITS):
         hi = min(n, lo + _BLOCK_BITS)
+        words = (hi - lo + 63) // 64
 
-        def prefixes(order: np.ndarray, lo: int = lo, hi: int = hi) -> np.ndarray:
+        def prefixes(order: np.ndarray, lo: int = lo, hi: int = hi, words: int = words
+                     ) -> np.ndarray:  # fmt: skip
             """Row t: the bits (lo..hi) of the first t rows in ``order``."""
-            sets = np.zeros((n + 1, (hi - lo + 63) // 64), dtype=np.uint64)
+            sets = np.zeros((n + 1, words), dtype=np.uint64)
             at = np.nonzero((order >= lo) & (order < hi))[0]
             bit = order[at] - lo
             sets[at + 1, bit >> 6] = np.left_shift(np.uint64(1), (bit & 63).astype(np.uint64))
@@ -932,8 +946,13 @@ def _beaten(keys: np.ndarray, skip: tuple[int, ...] = ()) -> np.ndarray:
         both = prefixes(rows)[later]
         for order, r in zip(orders, reach, strict=True):
             both &= prefixes(order)[r[later]]
-        out[lo + 1 :] |= both.any(axis=1)
-    return out
+        hit = np.flatnonzero(both.any(axis=1))
+        beaten[lo + 1 + hit] = True
+        clear = np.zeros(words * 64, dtype=bool)  # this block's rows no row beats: settled
+        clear[: hi - lo] = ~beaten[lo:hi]
+        clear_bits = np.packbits(clear, bitorder="little").view("<u8")
+        by_clear[lo + 1 + hit] |= (both[hit] & clear_bits).any(axis=1)
+    return beaten, by_clear
 
 
 def _thin(cuts: np.ndarray, width: int) -> list[int]:
