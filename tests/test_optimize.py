@@ -493,3 +493,31 @@ def test_the_beam_keeps_exactly_the_partial_configurations_none_beats() -> None:
             for i in expected
         )
     assert dropped > 1000 and chained > 5, (dropped, chained)
+
+
+def test_the_search_says_what_it_is_doing() -> None:
+    """``on_progress`` hears each beam pass step by step (a search within a budget makes a
+    second pass without it, for the frontier beyond), then the exchanges; an exhaustive
+    search says so once; an enforced one each candidate its Monte Carlo judges. Being told
+    changes nothing found."""
+    steps = [{"id": f"s{i}", "model": "small", **({"after": [f"s{i - 1}"]} if i else {})}
+             for i in range(30)]  # fmt: skip
+    wf = workflow_from_dict({"version": 1, "steps": steps, "models": {
+        "small": {"usd_per_call": 0.002, "latency_s": 0.5, "p_ok": 0.99}}})  # fmt: skip
+    heard: list[str] = []
+    told = optimize(wf, Budget(min_reliability=0.9), on_progress=heard.append)
+    assert told.method.startswith("beam")
+    beam = [f"beam pass {p} of 2: step {k} of 30" for p in (1, 2) for k in range(1, 31)]
+    assert heard == [*beam, "single-step exchanges from the best"]
+    assert told == optimize(wf, Budget(min_reliability=0.9))
+
+    heard.clear()
+    small = wf.model_copy(update={"steps": wf.steps[:3]})  # 4 x 4 x 4 configurations
+    optimize(small, method="exhaustive", on_progress=heard.append)
+    assert heard == ["every configuration (64)"]
+
+    heard.clear()
+    optimize(small, Budget(min_reliability=0.9, max_cost_usd=0.02), budget_on="enforced",
+             on_progress=heard.append)  # fmt: skip
+    assert heard == ["every configuration (64)", "Monte Carlo of candidate 1 under the "
+                     "enforced budgets"]  # fmt: skip

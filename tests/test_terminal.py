@@ -94,6 +94,8 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str, int]]:
         "simulate --hedge": (["simulate", ex["jittery"], "--hedge", "premium=6,3",
                               "--runs", "400000", "--seed", "1"], "simulating thresholds", 0),
         "optimize": (["optimize", ex["seed-chain"]], "the budgets by Monte Carlo", 0),
+        "optimize, 300 steps": (["optimize", str(tmp / "long.yaml"), "--min-reliability", "0.9"],
+                                "searching the levers: beam pass", 0),
         "run": (["run", ex["single"], "--seed", "1", *j], "steps", 0),
         "batch": (["batch", ex["faq"], "--inputs", str(EXAMPLES / "questions.jsonl"),
                    "--seed", "1", "--parallel", "6", *j], "runs", 0),

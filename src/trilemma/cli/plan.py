@@ -308,8 +308,13 @@ def optimize(
     )
     show = not as_json and sys.stderr.isatty()  # a search of hundreds of steps takes a minute
     with Console(stderr=True).status("searching the levers") if show else nullcontext() as status:
+
+        def searching(doing: str) -> None:
+            if status is not None:
+                status.update(f"searching the levers: {doing}")
+
         r = optimize_wf(wf, budget, budget_on=budget_on.value, max_retries=max_retries,
-                        method=method.value, beam_width=beam_width)  # fmt: skip
+                        method=method.value, beam_width=beam_width, on_progress=searching)  # fmt: skip
         if status is not None:
             status.update("checking the budgets by Monte Carlo")
         checks = _budget_checks(wf, r)

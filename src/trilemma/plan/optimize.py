@@ -207,18 +207,29 @@ def optimize(
     max_retries: int = 3,
     method: Literal["auto", "exhaustive", "beam"] = "auto",
     beam_width: int = 256,
+    on_progress: Callable[[str], None] | None = None,
 ) -> OptimizeResult:
-    """Search the levers of ``wf`` for the cheapest configuration within ``budget``."""
+    """Search the levers of ``wf`` for the cheapest configuration within ``budget``.
+
+    ``on_progress`` is told, now and then, what the search is doing ("beam pass 1 of 2: step
+    40 of 300"), for a spinner's text: a beam search of hundreds of steps takes seconds, and
+    a wide beam minutes.
+    """
     if max_retries < 0:
         raise UsageError("--max-retries: must be 0 or more")
     budget = budget or wf.budget
+    say = on_progress or _silent
     if budget_on == "enforced":
-        found = _enforced(wf, budget, max_retries, method, beam_width)
+        found = _enforced(wf, budget, max_retries, method, beam_width, say)
     else:
-        found = _search(wf, budget, budget_on, max_retries, method, beam_width)
+        found = _search(wf, budget, budget_on, max_retries, method, beam_width, say)
         if budget_on == "expected" and _stops(wf):
             found = _with_stops(wf, found)
     return _floor_noted(_slots_noted(found))
+
+
+def _silent(_: str) -> None:
+    """No one to tell."""
 
 
 def _floor_noted(found: OptimizeResult) -> OptimizeResult:
@@ -262,6 +273,7 @@ def _search(
     max_retries: int,
     method: Literal["auto", "exhaustive", "beam"],
     beam_width: int,
+    say: Callable[[str], None],
 ) -> OptimizeResult:
     """The search proper: every figure adds up over steps (a stop is not counted)."""
     options = [_options(wf, s, max_retries) for s in wf.steps]
@@ -271,23 +283,30 @@ def _search(
         method == "auto" and space <= EXHAUSTIVE_LIMIT * len(structures)
     )
     seen: list[Candidate] = []
-    for parallel in structures:
+    budgets = [budget] if budget == Budget() else [budget, Budget()]  # the frontier beyond too
+    passes = len(structures) * len(budgets)
+    for s_i, parallel in enumerate(structures):
         graph = _graph(wf, parallel)
         metrics = [
             [_metrics(wf, s, c, budget_on) for c in opts]
             for s, opts in zip(wf.steps, options, strict=True)
         ]
         if use_exhaustive:
+            say(f"every configuration ({space:,})")
             seen.extend(_exhaustive(wf, graph, options, metrics, parallel))
-        else:
-            seen.extend(_beam(wf, graph, options, metrics, budget, budget_on, parallel, beam_width))
-        if not use_exhaustive and budget != Budget():  # the frontier beyond the budgets too
-            seen.extend(
-                _beam(wf, graph, options, metrics, Budget(), budget_on, parallel, beam_width)
-            )
+            continue
+        for b_i, within in enumerate(budgets):
+            at = f"beam pass {s_i * len(budgets) + b_i + 1} of {passes}"
+
+            def placing(k: int, n: int, at: str = at) -> None:
+                say(f"{at}: step {k} of {n}")
+
+            seen.extend(_beam(wf, graph, options, metrics, within, budget_on, parallel,
+                              beam_width, placing))  # fmt: skip
     feasible = [c for c in seen if meets(c, budget, budget_on)]
     best = min(feasible, key=lambda c: _rank(c, budget_on), default=None)
     if best is not None and not use_exhaustive:
+        say("single-step exchanges from the best")
         best = _polish(wf, best, options, budget, budget_on)
         seen.append(best)
         feasible.append(best)
@@ -467,6 +486,7 @@ def _enforced(
     max_retries: int,
     method: Literal["auto", "exhaustive", "beam"],
     beam_width: int,
+    say: Callable[[str], None],
 ) -> OptimizeResult:
     """``budget_on="enforced"``: search on expected figures with only the reliability floor,
     then simulate the candidates, cheapest first, under the ceiling and deadline."""
@@ -475,7 +495,7 @@ def _enforced(
         raise UsageError("--budget-on enforced: give --min-reliability (or budget.min_reliability): "
                          "the success the Monte Carlo must find under the enforced budgets")  # fmt: skip
     on_paper = Budget(min_reliability=floor)  # enforcement can only turn a success into a failure
-    found = _search(wf, on_paper, "expected", max_retries, method, beam_width)
+    found = _search(wf, on_paper, "expected", max_retries, method, beam_width, say)
     pool = [*found.frontier, *found.candidates]
     stops = _stops(wf)
     if stops:  # each configuration again with each stop, ordered by the estimate counting it
@@ -488,6 +508,7 @@ def _enforced(
     tried = 0
     for c in order[:ENFORCED_TRIES]:
         tried += 1
+        say(f"Monte Carlo of candidate {tried} under the enforced budgets")
         run = _judged(apply(wf, c), floor, seed, budget.deadline_s, budget.max_cost_usd)
         if run.success_rate >= floor:
             best, sim = c, run
@@ -810,10 +831,12 @@ def _beam(
     on: BudgetOn,
     parallel: bool,
     beam_width: int,
+    placing: Callable[[int, int], None],
 ) -> list[Candidate]:
     """Place the steps in topological order, each time every partial configuration in the
     beam with every option of the next step, as arrays: a row per partial configuration,
-    its picks and finish times a column per step placed."""
+    its picks and finish times a column per step placed. ``placing(k, n)``: step k of n is
+    next (from 1)."""
     ids = [s.id for s in wf.steps]
     order = dag.topo_order(graph)
     pos = {sid: k for k, sid in enumerate(order)}
@@ -832,6 +855,7 @@ def _beam(
     finish = np.zeros((1, 0))  # finish time, likewise
     cuts, cost, log_p = np.zeros(1, dtype=np.int64), np.zeros(1), np.zeros(1)
     for k, sid in enumerate(order):
+        placing(k + 1, len(order))
         ms = step_ms[k]
         parents = [pos[d] for d in graph[sid]]
         start = finish[:, parents].max(axis=1) if parents else np.zeros(len(cost))
