@@ -521,3 +521,27 @@ def test_the_search_says_what_it_is_doing() -> None:
              on_progress=heard.append)  # fmt: skip
     assert heard == ["every configuration (64)", "Monte Carlo of candidate 1 under the "
                      "enforced budgets"]  # fmt: skip
+
+
+def test_an_exhaustive_search_too_large_to_hold_is_refused(cli) -> None:
+    """`--method exhaustive` holds every configuration in memory at once: on seed-chain.yaml
+    (about 10^11) it grew past 17 GB before it was stopped. Past EXHAUSTIVE_MAX it is refused
+    before anything is built, naming the size and the methods that do not hold them all."""
+    from trilemma import UsageError
+    from trilemma.plan.optimize import EXHAUSTIVE_MAX
+
+    r = cli("optimize", str(EXAMPLES / "seed-chain.yaml"), "--method", "exhaustive")
+    assert r.code == 2
+    assert r.err.strip().splitlines() == [
+        "trilemma: error: --method exhaustive: 137,438,953,472 configurations, more than the "
+        "1,000,000 it holds in memory at once; give --method beam, or auto (exhaustive up to "
+        "20,000 per structure)"
+    ]
+    steps = [{"id": f"s{i}", "model": "m"} for i in range(10)]  # 4^10 = 1,048,576 with retries
+    wf = workflow_from_dict({"version": 1, "steps": steps, "models": {
+        "m": {"usd_per_call": 0.01, "latency_s": 1.0, "p_ok": 0.9}}})  # fmt: skip
+    assert 4**10 > EXHAUSTIVE_MAX >= 4**9
+    with pytest.raises(UsageError, match="1,048,576 configurations"):
+        optimize(wf, method="exhaustive")
+    fewer = optimize(wf, method="exhaustive", max_retries=1)  # 2^10: held, and searched
+    assert fewer.space == 2**10 and fewer.method == "exhaustive" and fewer.best is not None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 
-__all__ = ["dollars"]
+__all__ = ["count", "dollars"]
 
 
 def dollars(x: float) -> str:
@@ -14,3 +15,11 @@ def dollars(x: float) -> str:
     if 0 < abs(x) < 0.00005:
         return f"${x:.{1 - math.floor(math.log10(abs(x)))}f}"
     return f"${x:,.4f}"
+
+
+def count(n: int) -> str:
+    """A count with thousands separators, or in scientific notation past a quadrillion
+    (a search space of 300 steps has a few hundred digits)."""
+    if n < 10**15:
+        return f"{n:,}"
+    return f"{Decimal(n):.1e}".replace("+", "")  # a float would overflow past 1e308

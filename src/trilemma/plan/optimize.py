@@ -49,6 +49,7 @@ from typing import Literal
 import numpy as np
 
 from trilemma import dag
+from trilemma._format import count
 from trilemma.errors import UsageError
 from trilemma.plan.estimate import (
     Estimate,
@@ -64,6 +65,7 @@ from trilemma.spec import Budget, Debate, Step, Workflow, workflow_from_dict
 
 __all__ = [
     "EXHAUSTIVE_LIMIT",
+    "EXHAUSTIVE_MAX",
     "Candidate",
     "Choice",
     "OptimizeResult",
@@ -73,6 +75,9 @@ __all__ = [
 ]
 
 EXHAUSTIVE_LIMIT = 20_000
+EXHAUSTIVE_MAX = 1_000_000
+"""The most configurations ``method="exhaustive"`` takes on: it holds each in memory at once
+(about 0.4 KB and 15 us each; a million is 16 s and 400 MB here)."""
 ENFORCED_RUNS = 20_000
 """Trajectories per candidate screened under ``enforced`` budgets; one within three standard
 errors of the floor, or over it, is simulated again with PREDICTION_RUNS."""
@@ -279,6 +284,12 @@ def _search(
     options = [_options(wf, s, max_retries) for s in wf.steps]
     structures = [False, True] if any(s.independent for s in wf.steps) else [False]
     space = math.prod(len(o) for o in options) * len(structures)
+    if method == "exhaustive" and space > EXHAUSTIVE_MAX:
+        raise UsageError(
+            f"--method exhaustive: {count(space)} configurations, more than the "
+            f"{EXHAUSTIVE_MAX:,} it holds in memory at once; give --method beam, or auto "
+            f"(exhaustive up to {EXHAUSTIVE_LIMIT:,} per structure)"
+        )
     use_exhaustive = method == "exhaustive" or (
         method == "auto" and space <= EXHAUSTIVE_LIMIT * len(structures)
     )

@@ -7,7 +7,6 @@ import math
 import shlex
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +14,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from trilemma._format import dollars
+from trilemma._format import count, dollars
 from trilemma.journal.store import DEFAULT_PATH, OUTCOMES, abandoned, call_outcome, rejection
 from trilemma.plan.estimate import Estimate, held_worst
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
@@ -574,14 +573,6 @@ def describe(c: Candidate) -> str:
     if c.stop_when is not None:
         parts.append(f"stop on {c.stop_when}")
     return "; ".join(parts)
-
-
-def count(n: int) -> str:
-    """A count with thousands separators, or in scientific notation past a quadrillion
-    (a search space of 300 steps has a few hundred digits)."""
-    if n < 10**15:
-        return f"{n:,}"
-    return f"{Decimal(n):.1e}".replace("+", "")  # a float would overflow past 1e308
 
 
 def optimize_view(r: OptimizeResult) -> Group:
