@@ -221,7 +221,7 @@ def test_a_search_space_too_large_to_read_is_counted_in_scientific_notation(cli,
     """Twenty steps with two candidates and up to three retries each: 8^20 = 1.2e18
     configurations, which the title used to print as a run of digits (a 300-step spec
     printed 297 of them)."""
-    from trilemma.report.tables import count
+    from trilemma._format import count
 
     assert count(999_999_999_999_999) == "999,999,999,999,999" and count(10**15) == "1.0e15"
     assert count(846 * 10**294) == "8.5e296" and count(10**1000) == "1.0e1000"  # past a float

@@ -303,7 +303,7 @@ def _search(
             for s, opts in zip(wf.steps, options, strict=True)
         ]
         if use_exhaustive:
-            say(f"every configuration ({space:,})")
+            say(f"every configuration ({count(space)})")
             seen.extend(_exhaustive(wf, graph, options, metrics, parallel))
             continue
         for b_i, within in enumerate(budgets):
@@ -931,10 +931,9 @@ def _prune(keys: np.ndarray) -> np.ndarray:
     # Beaten only by rows that were themselves dropped: within the tolerance, beaten-by is
     # not transitive (-log reliability is itself near 1e-12 after many retries), so whether
     # such a row stays depends on the rows kept so, in turn. Few rows are.
-    limits = ordered + 1e-12
     kept_too: list[int] = []
     for r in np.flatnonzero(beaten & ~by_clear).tolist():
-        if not kept_too or not (ordered[kept_too] <= limits[r]).all(axis=1).any():
+        if not kept_too or not (ordered[kept_too] <= ordered[r] + 1e-12).all(axis=1).any():
             kept_too.append(r)
     beaten[kept_too] = False
     kept: np.ndarray = order[~beaten]
