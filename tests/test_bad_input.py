@@ -198,12 +198,18 @@ CASES: dict[str, tuple[str | bytes, str, str]] = {
     "route label starting with a digit": (
         MODELS + "  - {id: a, model: premium, route: {1st: {share: 1, model: premium}}}\n",
         "steps[0].route.1st:",
-        "should start with a letter and hold only letters, digits, _ and - (got '1st')",
+        "should start with a letter A-Z or a-z and hold only those, digits, _ and - (got '1st')",
     ),
     "step id with a space": (
         MODELS + "  - {id: 'a b', model: premium}\n",
         "steps[0].id",
-        "should hold only letters, digits, _ and - (got 'a b')",
+        "should hold only letters A-Z or a-z, digits, _ and - (got 'a b')",
+    ),
+    # "letters" alone reads as any letter; é is one
+    "step id with an accented letter": (
+        MODELS + "  - {id: étape, model: premium}\n",
+        "steps[0].id",
+        "should hold only letters A-Z or a-z, digits, _ and - (got 'étape')",
     ),
     # finite, but a sum or a product of them is not: the JSON and the Monte Carlo overflowed
     "price past any real one": (

@@ -449,8 +449,8 @@ _WANTED = {
 """What a spec field of each pydantic type error wants, in a YAML writer's words."""
 
 _PATTERNS = {
-    STEP_ID_PATTERN: "should hold only letters, digits, _ and -",
-    ROUTE_LABEL_PATTERN: "should start with a letter and hold only letters, digits, _ and -",
+    STEP_ID_PATTERN: "should hold only letters A-Z or a-z, digits, _ and -",
+    ROUTE_LABEL_PATTERN: "should start with a letter A-Z or a-z and hold only those, digits, _ and -",
 }
 """The spec's name patterns, in words."""
 
