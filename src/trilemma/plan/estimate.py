@@ -47,6 +47,10 @@ doubling with each failure, at most 20 s; after a rate limit, the Retry-After): 
 expected latency counts each wait with the chance its retry happens (a quarter second
 after a first failure), the worst case every wait at its longest (:func:`retry_waits`).
 
+Where branches whose times vary join, a run waits for the slowest of them, which on
+average is later than the slowest of their means: the expected latency is the mean of the
+longest path there, each step's attempts and backoffs drawn (:mod:`trilemma.plan.fanin`).
+
 An early stop (``stop_when: S``) ends the run when ``S`` passes: what has not
 finished by then is cancelled or never started, and billed nothing, but for calls in
 flight on a real endpoint, billed at their reservation (:func:`cancel_cost`). On the schedule
@@ -60,12 +64,14 @@ case and the critical path do not count the stop: ``S`` may fail.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from trilemma import dag
+from trilemma.plan.fanin import Spread, mean_longest, retry_spread
 from trilemma.plan.hedge import (
     call_price,
     hedge_rate,
@@ -141,6 +147,9 @@ class StepEstimate:
     """Its calls may be hedged: the worst case counts each one twice."""
     routes: tuple[str, ...] = ()
     """A routed step's branch labels (``models``: its classifier's, then the branches')."""
+    spread: Spread = ()
+    """How its time varies, for the mean of a join (:mod:`trilemma.plan.fanin`): empty
+    when it always takes ``latency_expected_s``."""
 
     @property
     def calls_expected(self) -> float:
@@ -224,9 +233,10 @@ class Estimate:
     latency_critical_s: float
     """Longest path, no retries."""
     latency_expected_s: float
-    """Longest path of expected step latencies (a lower bound on the expected latency); from
-    :func:`estimate`, replayed in the run's concurrency slots where they may bind (without a
-    ``stop_when``)."""
+    """The mean latency. From :func:`assemble`, the longest path of expected step latencies
+    (a lower bound on it); from :func:`estimate`, the mean of the longest path where
+    branches whose times vary join (:mod:`trilemma.plan.fanin`), and replayed in the run's
+    concurrency slots where they may bind (both without a ``stop_when``)."""
     latency_worst_s: float
     """Longest path with every retry taken (replayed in the slots as the expected one is)."""
     stop: EarlyStop | None = None
@@ -235,6 +245,10 @@ class Estimate:
     """The critical path when each call holds one of the run's concurrency slots
     (:func:`trilemma.plan.slots.scheduled`); None where not worked out (the optimizer's
     configurations)."""
+    latency_joined_s: float | None = None
+    """The mean of the longest path where branches whose times vary join, when it is above
+    the longest path of the steps' mean latencies (:mod:`trilemma.plan.fanin`); None
+    otherwise, and where not worked out (the optimizer's configurations)."""
 
     def _expected(
         self, figure: Callable[[StepEstimate], float],
@@ -445,6 +459,8 @@ def _independent_attempts(
     k = step.retries
     attempts = 1.0 if k == 0 else math.fsum([(1.0 - p) ** i for i in range(k + 1)])
     waited, most = (0.0, 0.0) if k == 0 else retry_waits([1.0 - p] * k, [limited] * k)
+    if k:
+        extra.setdefault("spread", _alike_retries(latency, 1.0 - p, limited, k))
     return StepEstimate(
         id=step.id,
         model=step.model,
@@ -482,6 +498,18 @@ def retry_waits(fails: Sequence[float], limited: Sequence[float]) -> tuple[float
     return math.fsum(waited), math.fsum(most)
 
 
+@functools.lru_cache(maxsize=4096)  # the optimizer weighs each step's options many times
+def _alike_retries(latency: float, fail: float, limited: float, retries: int) -> Spread:
+    """The spread of a step whose attempts are alike (see :func:`_retried`)."""
+    return _retried([latency] * (retries + 1), [fail] * retries, [limited] * retries)
+
+
+def _retried(times: Sequence[float], fails: Sequence[float], limited: Sequence[float]) -> Spread:
+    """The spread of a step's time over its attempts (see :func:`retry_waits`)."""
+    waits = [backoff_ceiling(i) for i in range(1, len(fails) + 1)]
+    return retry_spread(times, fails, limited, waits, SIM_RETRY_AFTER_S)
+
+
 def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:
     """A step found in the cache ``hit_rate`` of the time, and sent as ``e`` otherwise.
 
@@ -498,7 +526,9 @@ def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:
         cost_expected=miss * e.cost_expected,
         p_step=hit_rate + miss * e.p_step,
         latency_expected_s=hit_rate * CACHE_HIT_LATENCY_S + miss * e.latency_expected_s,
-    )
+        spread=((hit_rate, CACHE_HIT_LATENCY_S, 0.0),
+                *((miss * c, lo, w) for c, lo, w in e.spread or ((1.0, e.latency_expected_s, 0.0),))),
+    )  # fmt: skip
 
 
 def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
@@ -685,6 +715,7 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
         p_step=1.0 - fail_all,
         latency_expected_s=math.fsum([t * r for t, r in zip(expected, reach, strict=True)])
         + waited,
+        spread=_retried(expected, [1.0 - p for p in p_ok[:-1]], [a.limited for a in tries[:-1]]),
         models=tuple(wf.ladder(step)),
         calls_per_attempt=math.fsum([r * a.sent * (1.0 + hedge_rate(p))
                                      for r, a, p in zip(reach, tries, profiles, strict=True)])
@@ -735,7 +766,10 @@ def estimate(wf: Workflow) -> Estimate:
     """Analytic cost, latency and reliability of a workflow."""
     rows = {s.id: step_estimate(wf, s) for s in wf.steps}
     cancel = {s.id: cancel_cost(wf, s) for s in wf.steps} if wf.stop_when is not None else None
-    e = assemble(rows, wf.edges(), wf.stop_when, cancel)
+    graph = wf.edges()
+    e = assemble(rows, graph, wf.stop_when, cancel)
+    if e.stop is None:  # a stop's schedule is the expected one (see the module's note)
+        e = _joined(e, graph, rows)
     for sid in e.critical_path:
         rows[sid].critical = True
     latency = {i: r.latency_s for i, r in rows.items()}
@@ -750,6 +784,19 @@ def estimate(wf: Workflow) -> Estimate:
     worst = scheduled(wf, latency, {i: 1.0 + r.retries for i, r in rows.items()})
     return replace(e, latency_expected_s=max(e.latency_expected_s, expected),
                    latency_worst_s=max(e.latency_worst_s, worst))
+
+
+def _joined(e: Estimate, graph: dict[str, list[str]], rows: dict[str, StepEstimate]) -> Estimate:
+    """``e`` with the mean of its longest path where branches whose times vary join, when
+    that is clearly (by three standard errors of its draws) above the longest path of the
+    means (:func:`trilemma.plan.fanin.mean_longest`)."""
+    if not any(r.spread for r in rows.values()):  # every step always takes its time
+        return e
+    drawn = mean_longest(graph, dag.topo_order(graph), {i: r.latency_expected_s for i, r in rows.items()},
+                         {i: r.spread for i, r in rows.items()})  # fmt: skip
+    if drawn is None or drawn[0] - 3.0 * drawn[1] <= e.latency_expected_s:
+        return e
+    return replace(e, latency_expected_s=drawn[0], latency_joined_s=drawn[0])
 
 
 def assemble(

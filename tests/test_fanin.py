@@ -1,0 +1,142 @@
+"""The expected latency where branches whose times vary join: the mean of the slowest.
+
+The longest path of mean step times is a lower bound on a run's mean latency; on a
+fan-out of retried steps it is far below it. The estimate's expected latency must come
+near the Monte Carlo's mean there, stay the sum of means on a chain, and not take two
+paths through one step for independent ones.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from trilemma.plan.estimate import estimate, step_estimate
+from trilemma.plan.fanin import mean_longest, retry_spread
+from trilemma.plan.simulate import simulate
+from trilemma.spec import workflow_from_dict
+
+
+def spec(steps: list[dict[str, Any]], other: dict[str, Any] | None = None, **model: Any) -> Any:
+    """Steps on ``m`` (1 s, p_ok 0.9, and ``model``) or ``other`` (2 s, and ``other``)."""
+    profile = {"usd_per_call": 0.001, "latency_s": 1.0, "p_ok": 0.9, **model}
+    return workflow_from_dict({"version": 1, "concurrency": 1000,
+                               "models": {"m": profile,
+                                          "other": {**profile, "latency_s": 2.0, **(other or {})}},
+                               "steps": steps})  # fmt: skip
+
+
+def fan(
+    n: int, retries: int = 2, head: dict[str, Any] | None = None, other: dict[str, Any] | None = None,
+    **model: Any,
+) -> Any:  # fmt: skip
+    """``n`` steps side by side (after ``head`` when given), then one after them all."""
+    first = [head] if head else []
+    after = [head["id"]] if head else []
+    workers = [{"id": f"w{i}", "model": "m", "retries": retries, "after": after} for i in range(n)]
+    return spec([*first, *workers, {"id": "reduce", "model": "m", "after": [w["id"] for w in workers]}],
+                other, **model)  # fmt: skip
+
+
+def mc_mean(wf: Any) -> float:
+    """The Monte Carlo's mean latency, every run going to its end."""
+    return simulate(wf, 40_000, seed=3, halt=False).latency_s.mean
+
+
+def spread_mean(spread: Any) -> float:
+    return math.fsum(c * (lo + w / 2.0) for c, lo, w in spread)
+
+
+def test_a_fan_in_of_retried_steps_is_predicted_near_the_monte_carlo_mean() -> None:
+    wf = fan(50)
+    e = estimate(wf)
+    longest_of_means = step_estimate(wf, wf.steps[0]).latency_expected_s + 1.0
+    # the old figure: the longest path of means, 2.14 s; the runs take 3.9 s on average
+    assert longest_of_means == pytest.approx(2.14, abs=0.01)
+    assert e.latency_expected_s > 1.7 * longest_of_means
+    assert e.latency_expected_s == pytest.approx(mc_mean(wf), rel=0.03)
+    assert e.latency_critical_s == 2.0  # the critical path takes no retry, as before
+    assert e.latency_worst_s == pytest.approx(5.5)
+
+
+def test_branches_after_one_varying_step_are_not_taken_for_independent() -> None:
+    """A planner step that retries, then 20 workers that never fail: every path goes through
+    the planner, so its draws are shared; as independent copies, the slowest of 20 would
+    be far above the mean."""
+    head = {"id": "plan", "model": "other", "retries": 3}
+    wf = fan(20, retries=0, head=head, other={"p_ok": 0.5}, p_ok=1.0)
+    e = estimate(wf)
+    plan = step_estimate(wf, wf.steps[0]).latency_expected_s
+    assert e.latency_expected_s == pytest.approx(plan + 2.0)  # one path: the sum of means
+    assert e.latency_expected_s == pytest.approx(mc_mean(wf), rel=0.03)
+
+
+def test_a_random_dag_of_retried_steps_is_near_the_monte_carlo_mean() -> None:
+    import random
+
+    rng = random.Random(7)
+    steps = [{"id": f"s{i}", "model": "m", "retries": 2,
+              "after": sorted({f"s{rng.randrange(i)}" for _ in range(rng.randint(0, 3))}) if i else []}
+             for i in range(200)]  # fmt: skip
+    wf = spec(steps, latency_s=0.2, p_ok=0.95)
+    e = estimate(wf)
+    assert e.latency_expected_s == pytest.approx(mc_mean(wf), rel=0.05)
+
+
+def test_a_chain_keeps_the_sum_of_its_means() -> None:
+    wf = spec([{"id": f"s{i}", "model": "m", "retries": 2, "after": [f"s{i - 1}"] if i else []}
+               for i in range(10)])  # fmt: skip
+    one = step_estimate(wf, wf.steps[0]).latency_expected_s
+    assert estimate(wf).latency_expected_s == pytest.approx(10 * one, rel=1e-12)
+    graph = wf.edges()
+    rows = {s.id: step_estimate(wf, s) for s in wf.steps}
+    assert mean_longest(graph, list(graph), {k: r.latency_expected_s for k, r in rows.items()},
+                        {k: r.spread for k, r in rows.items()}) is None  # fmt: skip
+
+
+def test_steps_that_always_take_their_time_join_as_before() -> None:
+    wf = fan(30, retries=0, p_ok=0.5)  # no retry: each takes its second, pass or fail
+    assert estimate(wf).latency_expected_s == 2.0
+
+
+def test_the_figure_is_the_same_each_time() -> None:
+    wf = fan(12)
+    assert estimate(wf).latency_expected_s == estimate(wf).latency_expected_s
+
+
+@pytest.mark.parametrize(
+    ("model", "step"),
+    [
+        ({}, {"retries": 3}),
+        ({"faults": {"rate_limit_rate": 0.2, "transient_error_rate": 0.1, "timeout_rate": 0.05}}, {"retries": 4}),
+        ({"timeout_s": 1.5, "latency_jitter": 0.5}, {"retries": 2}),
+        ({}, {"retries": 2, "escalate": ["other"]}),
+        ({}, {"retries": 2, "cached": {"hit_rate": 0.4}}),
+        ({}, {"retries": 1, "route": {"easy": {"share": 0.7, "model": "m"},
+                                      "hard": {"share": 0.3, "model": "other"}}}),
+    ],
+    ids=["retries", "faults", "timeouts", "cascade", "partly-cached", "routed"],
+)
+def test_a_steps_spread_has_its_expected_latency_as_its_mean(
+    model: dict[str, Any], step: dict[str, Any]
+) -> None:
+    wf = spec([{"id": "a", "model": "m", **step}], **model)
+    e = step_estimate(wf, wf.steps[0])
+    assert e.spread, "a step that may retry varies"
+    assert math.fsum(c for c, _, _ in e.spread) == pytest.approx(1.0)
+    assert spread_mean(e.spread) == pytest.approx(e.latency_expected_s, rel=1e-12)
+    assert all(lo >= 0.0 and w >= 0.0 for _, lo, w in e.spread)
+    assert max(lo + w for _, lo, w in e.spread) <= e.latency_worst_s + 1e-9
+
+
+def test_retry_spread_waits_a_rate_limits_retry_after_and_the_backoff_otherwise() -> None:
+    # two attempts of 1 s; the first fails half the time, a fifth of the time on a 429
+    spread = retry_spread([1.0, 1.0], [0.5], [0.1], [0.5], after=1.0)
+    assert spread[0] == (0.5, 1.0, 0.0)
+    chance, least, width = spread[1]
+    assert chance == 0.5
+    assert least == pytest.approx(2.0 + 0.2 * 1.0)  # the 429's share of the wait is fixed
+    assert width == pytest.approx(0.8 * 0.5)  # the backoff's share is uniform
+    assert retry_spread([1.0, 1.0], [0.0], [0.0], [0.5], after=1.0) == ((1.0, 1.0, 0.0),)
