@@ -396,6 +396,7 @@ def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
             }
             for k, c in enumerate(r.frontier)
         ],
+        "over_on_average": r.over_on_average,  # what put those over_in_slots over
         "notes": list(r.notes),
         "judged": None if r.judged is None else {
             **r.judged.brief(), "stops_simulated": r.simulated,

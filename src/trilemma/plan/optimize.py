@@ -190,15 +190,20 @@ class OptimizeResult:
     (the estimate of the chosen spec flatters a stop)."""
     chosen: Candidate | None = None
     """The configuration :attr:`best` applies, with the figures the search weighed it on."""
+    over_on_average: bool = False
+    """The configurations :meth:`over_in_slots` finds were over the latency budget on average
+    (a run waits for the slowest of the branches that join: the expected latency's
+    :attr:`~trilemma.plan.estimate.Estimate.latency_joined_s`), not in the slots."""
     _held: frozenset[tuple[float, float, float, int]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_held", frozenset(k.figures for k in self.candidates))
 
     def over_in_slots(self, c: Candidate) -> bool:
-        """``c`` meets the budgets on paper (every ready call at once) but was found over
-        the latency budget in the run's concurrency slots and rate limits, so it is not
-        among :attr:`candidates` (with ``enforced`` budgets: never, as those are simulated)."""
+        """``c`` meets the budgets on paper (every ready call at once, the sum of mean step
+        times) but was found over the latency budget in the run's concurrency slots and rate
+        limits, or on average (:attr:`over_on_average`), so it is not among
+        :attr:`candidates` (with ``enforced`` budgets: never, as those are simulated)."""
         if self.budget_on == "enforced" or not meets(c, self.budget, self.budget_on):
             return False
         return c.figures not in self._held
@@ -324,8 +329,9 @@ def _search(
     method_name = "exhaustive" if use_exhaustive else f"beam (width {beam_width}) + exchange"
     notes = _notes(wf, budget, budget_on)
     best_estimate = None
+    on_average = False
     if best is not None:
-        best, best_estimate, feasible, held = _in_slots(
+        best, best_estimate, feasible, held, on_average = _in_slots(
             wf, best, feasible, budget, budget_on, options
         )
         notes += held
@@ -341,6 +347,7 @@ def _search(
         budget=budget,
         budget_on=budget_on,
         notes=notes,
+        over_on_average=on_average,
         candidates=tuple(feasible),
         chosen=best,
     )
@@ -349,13 +356,15 @@ def _search(
 def _in_slots(
     wf: Workflow, best: Candidate, feasible: list[Candidate], budget: Budget, on: BudgetOn,
     options: list[list[Choice]],
-) -> tuple[Candidate | None, Estimate | None, list[Candidate], tuple[str, ...]]:  # fmt: skip
-    """The answer held to the latency budget in the run's concurrency slots.
+) -> tuple[Candidate | None, Estimate | None, list[Candidate], tuple[str, ...], bool]:  # fmt: skip
+    """The answer held to the latency budget in the run's concurrency slots, and on average.
 
     The search weighs latencies as if every ready call could go at once (a longest path
-    adds up step by step; a schedule in slots does not). So the answer's estimate, which
-    replays the slots (:mod:`trilemma.plan.slots`), is checked against the latency budget;
-    when the slots put it over, the other configurations that meet the budgets are
+    adds up step by step; a schedule in slots does not), and on expected figures, as the
+    sum of mean step times (a run waits for the slowest of branches that join, whose mean
+    is later). So the answer's estimate, which replays the slots
+    (:mod:`trilemma.plan.slots`) and draws the joins (:mod:`trilemma.plan.fanin`), is
+    checked against the latency budget; when the slots or the joins put it over, the other configurations that meet the budgets are
     checked the same way, best ranked first, at most :data:`SLOT_TRIES`. Configurations
     that differ only in which of two alike steps (the same in all but their id, with the
     same dependencies and dependents) gets which setting take the same time (ties in
@@ -364,7 +373,8 @@ def _in_slots(
     budgets, until it fits in the limits (:func:`_exchanged`): the search ranked by cost
     alone, and the configurations that move calls off a rate-bound model may not be among
     those it kept. Returns the answer (None if none fits), its estimate, the configurations
-    meeting the budgets without those found over it, and a note when any was passed over."""
+    meeting the budgets without those found over it, a note when any was passed over, and
+    whether the joins rather than the slots put the first answer over."""
     deadline = budget.deadline_s
 
     def checked(c: Candidate) -> tuple[Estimate, bool]:
@@ -374,7 +384,10 @@ def _in_slots(
 
     e, fits = checked(best)
     if fits:
-        return best, e, feasible, ()
+        return best, e, feasible, (), False
+    # the search's figure fits in slots: the mean of the joins alone puts it over
+    joins = (on == "expected" and deadline is not None and e.latency_joined_s is not None
+             and e.latency_joined_s > deadline)  # fmt: skip
     key = _alike(wf)
     over = {key(best)}
     found: Candidate | None = None
@@ -394,29 +407,39 @@ def _in_slots(
     rated = over_rate(wf)
     if rated:
         slots += " and rate limits (" + "; ".join(f"{m}'s {w}" for m, w in rated.items()) + ")"
+    topic, paper, where = "concurrency", "as if every ready call could go at once", f"in {slots}"
+    there = "in them"
+    if joins:
+        topic, paper, there = "joins", "on the sum of mean step times", "so"
+        where = "on average, a run waiting for the slowest of the branches that join"
     if found is None:
         exchanged = _exchanged(wf, best, options, budget, on, checked, key)
         if exchanged is not None:
             found, e = exchanged
-            note = (f"concurrency: none of the {passed} best configuration(s) that meet the "
-                    f"budgets as if every ready call could go at once fits the {deadline:g}s "
-                    f"latency budget in {slots}; the answer is the best of them with single-step "
-                    "exchanges that shorten its time in them, made until it fits")  # fmt: skip
-            return found, e, kept, (note,)
+            note = (f"{topic}: none of the {passed} best configuration(s) that meet the budgets "
+                    f"{paper} fits the {deadline:g}s latency budget {where}; the answer is the "
+                    f"best of them with single-step exchanges that shorten its time {there}, "
+                    "made until it fits")  # fmt: skip
+            return found, e, kept, (note,), joins
     if found is None:
-        raise_ = ("raise `concurrency:` (or a model's max_concurrency) if the endpoint allows"
-                  if not rated else "raise the rate limits (or `concurrency:`) if the endpoints "
-                  "allow, give the steps on a rate-bound model other candidates")
-        note = (f"concurrency: none of the {passed} best configuration(s) that meet the budgets "
-                f"as if every ready call could go at once fits the {deadline:g}s latency budget "
-                f"in {slots} (their calls wait for them; {len(over)} checked, alike steps "
-                f"once; single-step exchanges from the best found none); {raise_}, or the "
-                "latency budget")  # fmt: skip
-        return None, None, kept, (note,)
-    note = (f"concurrency: {passed} configuration(s) ranked above the answer meet the "
-            f"{deadline:g}s latency budget only as if every ready call could go at once, not in "
-            f"{slots}; the answer is the best that meets it in them")
-    return found, e, kept, (note,)
+        if joins:
+            raise_ = (f"the best's mean is {e.latency_joined_s:.2f}s; give the steps side by "
+                      "side surer candidates (fewer of them retry)")  # fmt: skip
+        elif rated:
+            raise_ = ("raise the rate limits (or `concurrency:`) if the endpoints allow, give the "
+                      "steps on a rate-bound model other candidates")  # fmt: skip
+        else:
+            raise_ = "raise `concurrency:` (or a model's max_concurrency) if the endpoint allows"
+        held = "" if joins else "their calls wait for them; "
+        note = (f"{topic}: none of the {passed} best configuration(s) that meet the budgets "
+                f"{paper} fits the {deadline:g}s latency budget {where} ({held}{len(over)} "
+                f"checked, alike steps once; single-step exchanges from the best found none); "
+                f"{raise_}, or the latency budget")  # fmt: skip
+        return None, None, kept, (note,), joins
+    note = (f"{topic}: {passed} configuration(s) ranked above the answer meet the {deadline:g}s "
+            f"latency budget only {paper}, not {where}; the answer is the best that meets it "
+            f"{there}")
+    return found, e, kept, (note,), joins
 
 
 def _exchanged(

@@ -510,10 +510,11 @@ def frontier_table(frontier: Sequence[Candidate], r: OptimizeResult, limit: int 
     if on == "enforced":  # on paper only the floor binds; the answer was simulated
         budget, on = Budget(min_reliability=r.budget.min_reliability), "expected"
     slotted = False
+    over = "not on average" if r.over_on_average else "not in slots"
     for c, chosen in rows:
         meets_budget = "yes" if meets(c, budget, on) else ""
         if meets_budget and not chosen and r.over_in_slots(c):
-            meets_budget, slotted = "not in slots", True
+            meets_budget, slotted = over, True
         if chosen:
             meets_budget = f"{meets_budget}, chosen" if meets_budget else "chosen"
         t.add_row(usd(c.cost_worst), usd(c.cost_expected), f"{c.latency_s:.2f}s",
@@ -523,6 +524,10 @@ def frontier_table(frontier: Sequence[Candidate], r: OptimizeResult, limit: int 
     if r.budget_on == "enforced":
         notes.append("meets budget: the reliability floor on paper (the rest is enforced); "
                      "chosen: the cheapest that met it under the enforced budgets")  # fmt: skip
+    elif slotted and r.over_on_average:
+        notes.append("not on average: meets the budgets on the sum of mean step times (the "
+                     "latency column), but a run waits for the slowest of the branches that "
+                     "join, later on average (see the note)")  # fmt: skip
     elif slotted:
         notes.append("not in slots: meets the budgets as if every ready call could go at once "
                      "(the latency column), but not in the run's limits (its concurrency slots "
