@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from trilemma.plan.estimate import estimate, step_estimate
-from trilemma.plan.fanin import mean_longest, retry_spread
+from trilemma.plan.fanin import mean_longest, retry_spread, spread_mean
 from trilemma.plan.simulate import simulate
 from trilemma.spec import workflow_from_dict
 
@@ -45,10 +45,6 @@ def mc_mean(wf: Any) -> float:
     return simulate(wf, 40_000, seed=3, halt=False).latency_s.mean
 
 
-def spread_mean(spread: Any) -> float:
-    return math.fsum(c * (lo + w / 2.0) for c, lo, w in spread)
-
-
 def test_a_fan_in_of_retried_steps_is_predicted_near_the_monte_carlo_mean() -> None:
     wf = fan(50)
     e = estimate(wf)
@@ -59,6 +55,16 @@ def test_a_fan_in_of_retried_steps_is_predicted_near_the_monte_carlo_mean() -> N
     assert e.latency_expected_s == pytest.approx(mc_mean(wf), rel=0.03)
     assert e.latency_critical_s == 2.0  # the critical path takes no retry, as before
     assert e.latency_worst_s == pytest.approx(5.5)
+
+
+@pytest.mark.parametrize(("jitter", "retries"), [(0.5, 0), (1.0, 0), (0.5, 2)])
+def test_a_fan_in_of_jittery_calls_waits_for_the_slowest(jitter: float, retries: int) -> None:
+    """20 calls whose latency is lognormal (mean 1 s) joined: the slowest of them takes
+    1.3 s more than the mean at jitter 0.5, 3.6 s at 1.0; the sum of means said 2.0 s."""
+    wf = fan(20, retries=retries, latency_jitter=jitter)
+    e = estimate(wf)
+    assert e.latency_expected_s > 1.5 * e.latency_critical_s
+    assert e.latency_expected_s == pytest.approx(mc_mean(wf), rel=0.03)
 
 
 def test_branches_after_one_varying_step_are_not_taken_for_independent() -> None:
@@ -125,21 +131,26 @@ def test_a_steps_spread_has_its_expected_latency_as_its_mean(
     wf = spec([{"id": "a", "model": "m", **step}], **model)
     e = step_estimate(wf, wf.steps[0])
     assert e.spread, "a step that may retry varies"
-    assert math.fsum(c for c, _, _ in e.spread) == pytest.approx(1.0)
+    assert math.fsum(t[0] for t in e.spread) == pytest.approx(1.0)
     assert spread_mean(e.spread) == pytest.approx(e.latency_expected_s, rel=1e-12)
-    assert all(lo >= 0.0 and w >= 0.0 for _, lo, w in e.spread)
-    assert max(lo + w for _, lo, w in e.spread) <= e.latency_worst_s + 1e-9
+    assert all(min(t) >= 0.0 for t in e.spread)
+    if not model.get("latency_jitter"):  # a lognormal has no top
+        assert max(busy + wait + w for _, busy, wait, w, _ in e.spread) <= e.latency_worst_s + 1e-9
 
 
 def test_retry_spread_waits_a_rate_limits_retry_after_and_the_backoff_otherwise() -> None:
     # two attempts of 1 s; the first fails half the time, a fifth of the time on a 429
     spread = retry_spread([1.0, 1.0], [0.5], [0.1], [0.5], after=1.0)
-    assert spread[0] == (0.5, 1.0, 0.0)
-    chance, least, width = spread[1]
-    assert chance == 0.5
-    assert least == pytest.approx(2.0 + 0.2 * 1.0)  # the 429's share of the wait is fixed
+    assert spread[0] == (0.5, 1.0, 0.0, 0.0, 0.0)
+    chance, busy, wait, width, sigma = spread[1]
+    assert (chance, busy, sigma) == (0.5, 2.0, 0.0)
+    assert wait == pytest.approx(0.2 * 1.0)  # the 429's share of the wait is fixed
     assert width == pytest.approx(0.8 * 0.5)  # the backoff's share is uniform
-    assert retry_spread([1.0, 1.0], [0.0], [0.0], [0.5], after=1.0) == ((1.0, 1.0, 0.0),)
+    assert retry_spread([1.0, 1.0], [0.0], [0.0], [0.5], after=1.0) == ((1.0, 1.0, 0.0, 0.0, 0.0),)
+    # two attempts' calls vary less together than one's: the same mean, half the variance
+    one, two = retry_spread([1.0, 1.0], [0.5], [0.0], [0.5], after=1.0, jitter=0.5)
+    assert one[4] == 0.5
+    assert math.expm1(two[4] ** 2) == pytest.approx(math.expm1(0.25) / 2)
 
 
 def test_optimize_holds_an_expected_latency_budget_on_average() -> None:

@@ -446,7 +446,7 @@ def _routed_estimate(wf: Workflow, step: Step) -> StepEstimate:
 
 def _independent_attempts(
     step: Step, p: float, price: float, dearest: float, latency: float, slowest: float,
-    longest: float | None = None, limited: float = 0.0, **extra: Any,
+    longest: float | None = None, limited: float = 0.0, jitter: float = 0.0, **extra: Any,
 ) -> StepEstimate:  # fmt: skip
     """A step whose attempts are alike and independent: each succeeds with ``p``.
 
@@ -454,13 +454,15 @@ def _independent_attempts(
     worst (the worst case and the critical path take those); ``longest``, when an attempt
     that fails may take longer than one that answers (a timeout), the worst case's.
     ``limited``: the chance an attempt fails on a rate limit (it waits the Retry-After
-    rather than the backoff before its retry).
+    rather than the backoff before its retry). ``jitter``: the log-sigma of each of an
+    attempt's calls, sent one after another, for the spread of its time.
     """
     k = step.retries
     attempts = 1.0 if k == 0 else math.fsum([(1.0 - p) ** i for i in range(k + 1)])
     waited, most = (0.0, 0.0) if k == 0 else retry_waits([1.0 - p] * k, [limited] * k)
-    if k:
-        extra.setdefault("spread", _alike_retries(latency, 1.0 - p, limited, k))
+    if k or jitter:
+        extra.setdefault("spread", _alike_retries(latency, 1.0 - p, limited, k, jitter,
+                                                  step.sequential_calls))  # fmt: skip
     return StepEstimate(
         id=step.id,
         model=step.model,
@@ -499,15 +501,21 @@ def retry_waits(fails: Sequence[float], limited: Sequence[float]) -> tuple[float
 
 
 @functools.lru_cache(maxsize=4096)  # the optimizer weighs each step's options many times
-def _alike_retries(latency: float, fail: float, limited: float, retries: int) -> Spread:
+def _alike_retries(
+    latency: float, fail: float, limited: float, retries: int, jitter: float, calls: int
+) -> Spread:
     """The spread of a step whose attempts are alike (see :func:`_retried`)."""
-    return _retried([latency] * (retries + 1), [fail] * retries, [limited] * retries)
+    return _retried([latency] * (retries + 1), [fail] * retries, [limited] * retries, jitter,
+                    calls)  # fmt: skip
 
 
-def _retried(times: Sequence[float], fails: Sequence[float], limited: Sequence[float]) -> Spread:
+def _retried(
+    times: Sequence[float], fails: Sequence[float], limited: Sequence[float], jitter: float = 0.0,
+    calls: int = 1,
+) -> Spread:  # fmt: skip
     """The spread of a step's time over its attempts (see :func:`retry_waits`)."""
     waits = [backoff_ceiling(i) for i in range(1, len(fails) + 1)]
-    return retry_spread(times, fails, limited, waits, SIM_RETRY_AFTER_S)
+    return retry_spread(times, fails, limited, waits, SIM_RETRY_AFTER_S, jitter, calls)
 
 
 def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:
@@ -526,8 +534,9 @@ def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:
         cost_expected=miss * e.cost_expected,
         p_step=hit_rate + miss * e.p_step,
         latency_expected_s=hit_rate * CACHE_HIT_LATENCY_S + miss * e.latency_expected_s,
-        spread=((hit_rate, CACHE_HIT_LATENCY_S, 0.0),
-                *((miss * c, lo, w) for c, lo, w in e.spread or ((1.0, e.latency_expected_s, 0.0),))),
+        spread=((hit_rate, CACHE_HIT_LATENCY_S, 0.0, 0.0, 0.0),
+                *((miss * c, busy, wait, width, sigma) for c, busy, wait, width, sigma
+                  in e.spread or ((1.0, e.latency_expected_s, 0.0, 0.0, 0.0),))),
     )  # fmt: skip
 
 
@@ -547,10 +556,13 @@ def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
         extra = {"calls_per_attempt": a.sent}
     one, worst = call_price(m, step.max_tokens), worst_call_price(m, step.max_tokens)
     price = one * step.calls
+    # a lone call's jitter spreads its time; a wave's slowest call and a hedge's race are
+    # their own laws (plan/hedge.py), left at their means
+    jitter = m.latency_jitter if m.hedge_after_s is None and max(step.waves) == 1 else 0.0
     e = _independent_attempts(
         step, a.clean * wf.p_ok(step), a.billed * one, worst * step.calls,
         a.clean * a.answered_s + (1.0 - a.clean) * a.failed_s, m.latency_s * seq, a.slowest,
-        a.limited, **extra,
+        a.limited, jitter, **extra,
     )  # fmt: skip
     return e if a.clean == 1.0 else replace(e, cost_book=price)  # the book bills every call
 
