@@ -59,11 +59,11 @@ def retry_spread(
     out: list[tuple[float, float, float, float, float]] = []
     reach, spent, least, width = 1.0, 0.0, 0.0, 0.0
     last = len(times) - 1
-    spread = math.expm1(jitter * jitter)
+    variance = math.expm1(jitter * jitter)  # of one call's time, relative to its mean squared
     for i, t in enumerate(times):
         spent += t
         fail = fails[i] if i < last else 0.0
-        sigma = math.sqrt(math.log1p(spread / ((i + 1) * calls))) if jitter else 0.0
+        sigma = math.sqrt(math.log1p(variance / ((i + 1) * calls))) if jitter else 0.0
         out.append((reach * (1.0 - fail), spent, least, width, sigma))
         if i == last or fail <= 0.0:
             break

@@ -359,13 +359,13 @@ def _in_slots(
 ) -> tuple[Candidate | None, Estimate | None, list[Candidate], tuple[str, ...], bool]:  # fmt: skip
     """The answer held to the latency budget in the run's concurrency slots, and on average.
 
-    The search weighs latencies as if every ready call could go at once (a longest path
-    adds up step by step; a schedule in slots does not), and on expected figures, as the
-    sum of mean step times (a run waits for the slowest of branches that join, whose mean
-    is later). So the answer's estimate, which replays the slots
-    (:mod:`trilemma.plan.slots`) and draws the joins (:mod:`trilemma.plan.fanin`), is
-    checked against the latency budget; when the slots or the joins put it over, the other configurations that meet the budgets are
-    checked the same way, best ranked first, at most :data:`SLOT_TRIES`. Configurations
+    The search weighs latencies as if every ready call could go at once (a longest path adds
+    up step by step; a schedule in slots does not), and on expected figures, as the sum of
+    mean step times (a run waits for the slowest of branches that join, whose mean is
+    later). So the answer's estimate, which replays the slots (:mod:`trilemma.plan.slots`)
+    and draws the joins (:mod:`trilemma.plan.fanin`), is checked against the latency budget;
+    when the slots or the joins put it over, the other configurations that meet the budgets
+    are checked the same way, best ranked first, at most :data:`SLOT_TRIES`. Configurations
     that differ only in which of two alike steps (the same in all but their id, with the
     same dependencies and dependents) gets which setting take the same time (ties in
     priority aside), and are checked once: a fan-out of alike steps has many. When none
@@ -385,7 +385,7 @@ def _in_slots(
     e, fits = checked(best)
     if fits:
         return best, e, feasible, (), False
-    # the search's figure fits in slots: the mean of the joins alone puts it over
+    # the joins' mean alone, without the slots, puts it over: say so, not the slots
     joins = (on == "expected" and deadline is not None and e.latency_joined_s is not None
              and e.latency_joined_s > deadline)  # fmt: skip
     key = _alike(wf)
