@@ -74,6 +74,7 @@ from trilemma import dag
 from trilemma.plan.fanin import Spread, mean_longest, retry_spread
 from trilemma.plan.hedge import (
     call_price,
+    cut_sigma,
     hedge_rate,
     timeouts,
     worst_call_price,
@@ -446,7 +447,8 @@ def _routed_estimate(wf: Workflow, step: Step) -> StepEstimate:
 
 def _independent_attempts(
     step: Step, p: float, price: float, dearest: float, latency: float, slowest: float,
-    longest: float | None = None, limited: float = 0.0, jitter: float = 0.0, **extra: Any,
+    longest: float | None = None, limited: float = 0.0, jitter: float = 0.0,
+    outcome: tuple[float, float, float] | None = None, **extra: Any,
 ) -> StepEstimate:  # fmt: skip
     """A step whose attempts are alike and independent: each succeeds with ``p``.
 
@@ -455,14 +457,17 @@ def _independent_attempts(
     that fails may take longer than one that answers (a timeout), the worst case's.
     ``limited``: the chance an attempt fails on a rate limit (it waits the Retry-After
     rather than the backoff before its retry). ``jitter``: the log-sigma of each of an
-    attempt's calls, sent one after another, for the spread of its time.
+    attempt's calls, sent one after another, for the spread of its time;
+    ``outcome``: an attempt's chance to meet no fault and no timeout, and its seconds then
+    and otherwise, whose mean is ``latency`` (default: clean, in ``latency``).
     """
     k = step.retries
     attempts = 1.0 if k == 0 else math.fsum([(1.0 - p) ** i for i in range(k + 1)])
     waited, most = (0.0, 0.0) if k == 0 else retry_waits([1.0 - p] * k, [limited] * k)
     if k or jitter:
         extra.setdefault("spread", _alike_retries(latency, 1.0 - p, limited, k, jitter,
-                                                  step.sequential_calls))  # fmt: skip
+                                                  step.sequential_calls,
+                                                  outcome or (1.0, latency, latency)))  # fmt: skip
     return StepEstimate(
         id=step.id,
         model=step.model,
@@ -502,20 +507,22 @@ def retry_waits(fails: Sequence[float], limited: Sequence[float]) -> tuple[float
 
 @functools.lru_cache(maxsize=4096)  # the optimizer weighs each step's options many times
 def _alike_retries(
-    latency: float, fail: float, limited: float, retries: int, jitter: float, calls: int
-) -> Spread:
+    latency: float, fail: float, limited: float, retries: int, jitter: float, calls: int,
+    outcome: tuple[float, float, float],
+) -> Spread:  # fmt: skip
     """The spread of a step whose attempts are alike (see :func:`_retried`)."""
-    return _retried([latency] * (retries + 1), [fail] * retries, [limited] * retries, jitter,
-                    calls)  # fmt: skip
+    n = retries + 1
+    return _retried([latency] * n, [fail] * retries, [limited] * retries, jitter, calls,
+                    [outcome] * n)  # fmt: skip
 
 
 def _retried(
     times: Sequence[float], fails: Sequence[float], limited: Sequence[float], jitter: float = 0.0,
-    calls: int = 1,
+    calls: int = 1, outcomes: Sequence[tuple[float, float, float]] | None = None,
 ) -> Spread:  # fmt: skip
     """The spread of a step's time over its attempts (see :func:`retry_waits`)."""
     waits = [backoff_ceiling(i) for i in range(1, len(fails) + 1)]
-    return retry_spread(times, fails, limited, waits, SIM_RETRY_AFTER_S, jitter, calls)
+    return retry_spread(times, fails, limited, waits, SIM_RETRY_AFTER_S, jitter, calls, outcomes)
 
 
 def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:
@@ -558,11 +565,13 @@ def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
     price = one * step.calls
     # a lone call's jitter spreads its time; a wave's slowest call and a hedge's race are
     # their own laws (plan/hedge.py), left at their means
-    jitter = m.latency_jitter if m.hedge_after_s is None and max(step.waves) == 1 else 0.0
+    jitter = 0.0
+    if m.hedge_after_s is None and max(step.waves) == 1:  # the calls that answer, cut
+        jitter = cut_sigma(m.latency_s, m.latency_jitter, m.timeout_s)
     e = _independent_attempts(
         step, a.clean * wf.p_ok(step), a.billed * one, worst * step.calls,
         a.clean * a.answered_s + (1.0 - a.clean) * a.failed_s, m.latency_s * seq, a.slowest,
-        a.limited, jitter, **extra,
+        a.limited, jitter, (a.clean, a.answered_s, a.failed_s), **extra,
     )  # fmt: skip
     return e if a.clean == 1.0 else replace(e, cost_book=price)  # the book bills every call
 
@@ -727,7 +736,8 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
         p_step=1.0 - fail_all,
         latency_expected_s=math.fsum([t * r for t, r in zip(expected, reach, strict=True)])
         + waited,
-        spread=_retried(expected, [1.0 - p for p in p_ok[:-1]], [a.limited for a in tries[:-1]]),
+        spread=_retried(expected, [1.0 - p for p in p_ok[:-1]], [a.limited for a in tries[:-1]],
+                        outcomes=[(a.clean, a.answered_s, a.failed_s) for a in tries]),
         models=tuple(wf.ladder(step)),
         calls_per_attempt=math.fsum([r * a.sent * (1.0 + hedge_rate(p))
                                      for r, a, p in zip(reach, tries, profiles, strict=True)])

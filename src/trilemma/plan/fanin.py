@@ -6,10 +6,11 @@ that each retry one time in ten is almost always one that retried. On a fan-out 
 of 1 s at ``p_ok: 0.9`` with two retries each, and a step after them, the longest path of
 the means is 2.14 s; the runs take 3.94 s on average.
 
-:func:`mean_longest` draws each step's time from its :data:`Spread` (how many attempts it
-makes, each at its mean time, spread by its calls' lognormal jitter where they go one at a
-time, and the backoff between them) for :data:`SAMPLES` runs with a fixed seed, and
-averages their longest paths: a deterministic figure for a given spec, each branch's draws
+:func:`mean_longest` draws each step's time from its :data:`Spread` (each way its attempts
+can end, an answer, a fault or a timeout, each at its mean time; the answers spread by
+their calls' lognormal jitter, as the timeout leaves it, where they go one at a time; the
+backoff between attempts) for :data:`SAMPLES` runs with a fixed seed, and averages their
+longest paths: a deterministic figure for a given spec, each branch's draws
 shared by all that follow it (so two paths through one step are not taken for independent
 ones). What else varies in a run (a wave's slowest call and a hedge's race beyond their
 means, a deadline, a failed step ending the run, the concurrency slots) is the Monte
@@ -29,8 +30,9 @@ __all__ = ["SAMPLES", "Spread", "mean_longest", "retry_spread", "spread_mean", "
 
 Spread = tuple[tuple[float, float, float, float, float], ...]
 """A step's time as a mixture of (chance, busy, wait, width, sigma) terms: ``busy``
-seconds of calls, times a lognormal of mean 1 and log-sigma ``sigma`` (0: exactly), plus
-``wait`` seconds and a uniform wait below ``width``. Empty: always its mean."""
+seconds of answered calls, times a lognormal of mean 1 and log-sigma ``sigma`` (0:
+exactly), plus ``wait`` seconds (faults, timeouts, Retry-After) and a uniform wait below
+``width``. Empty: always its mean."""
 
 SAMPLES = 2048
 """Runs drawn: the mean's standard error is a 45th of the longest path's standard deviation."""
@@ -41,10 +43,17 @@ _SEED = 20261205
 def retry_spread(
     times: Sequence[float], fails: Sequence[float], limited: Sequence[float], waits: Sequence[float],
     after: float, jitter: float = 0.0, calls: int = 1,
+    outcomes: Sequence[tuple[float, float, float]] | None = None,
 ) -> Spread:  # fmt: skip
     """The time of a step of ``len(times)`` attempts at most, attempt ``i`` taking
     ``times[i]`` on average and failing with ``fails[i]`` (a retry follows it; the last
     attempt ends the step either way), ``limited[i]`` of that on a rate limit.
+
+    ``outcomes[i]``: attempt ``i``'s chance to meet no fault and no timeout, and its seconds
+    then and otherwise (a fault ends it sooner, a timeout later); ``times[i]`` is their mean
+    (default: clean, in ``times[i]``). A clean attempt succeeds with the chance that leaves
+    it failing ``fails[i]`` of the time, and takes as long either way. The terms follow
+    each way an attempt can end, those of equal seconds merged.
 
     Before retry ``i`` the step waits a uniform backoff below ``waits[i]``, or ``after``
     seconds after a rate limit: taken as one uniform term of the same mean, from the rate
@@ -56,22 +65,43 @@ def retry_spread(
     lognormal of the same mean and variance (log-sigma ``sqrt(log(1 + (e^(s^2) - 1) /
     (n calls)))``).
     """
-    out: list[tuple[float, float, float, float, float]] = []
-    reach, spent, least, width = 1.0, 0.0, 0.0, 0.0
+    out: dict[tuple[float, ...], float] = {}
+    # (seconds of answers, of faults and timeouts, answers) -> the chance the step reaches
+    # the next attempt so; only answers vary with the jitter
+    going: dict[tuple[float, float, int], float] = {(0.0, 0.0, 0): 1.0}
+    least, width = 0.0, 0.0
     last = len(times) - 1
     variance = math.expm1(jitter * jitter)  # of one call's time, relative to its mean squared
+
+    def sigma(answers: int) -> float:
+        return math.sqrt(math.log1p(variance / (answers * calls))) if jitter and answers else 0.0
+
+    def add(into: dict[Any, float], key: Any, c: float) -> None:
+        if c > 0.0:
+            into[key] = into.get(key, 0.0) + c
+
     for i, t in enumerate(times):
-        spent += t
+        clean, answered, failed = outcomes[i] if outcomes is not None else (1.0, t, t)
         fail = fails[i] if i < last else 0.0
-        sigma = math.sqrt(math.log1p(variance / ((i + 1) * calls))) if jitter else 0.0
-        out.append((reach * (1.0 - fail), spent, least, width, sigma))
+        ahead: dict[tuple[float, float, int], float] = {}
+        for (said, lost, n), chance in going.items():
+            answer = (round(said + answered, 12), lost, n + 1)
+            broke = (said, round(lost + failed, 12), n)
+            if i == last:  # it ends the step whatever it gets
+                for (a, f, m), c in ((answer, chance * clean), (broke, chance * (1.0 - clean))):
+                    add(out, (a, least + f, width, sigma(m)), c)
+                continue
+            a, f, m = answer
+            add(out, (a, least + f, width, sigma(m)), chance * (1.0 - fail))  # it succeeds
+            add(ahead, answer, chance * (clean - (1.0 - fail)))  # a wrong answer
+            add(ahead, broke, chance * (1.0 - clean))  # a fault or a timeout
         if i == last or fail <= 0.0:
             break
         lim = min(limited[i], fail)
         least += lim * after / fail
         width += (fail - lim) * waits[i] / fail
-        reach *= fail
-    return tuple(term for term in out if term[0] > 0.0)
+        going = ahead
+    return tuple((c, busy, lo, w, sig) for (busy, lo, w, sig), c in out.items())
 
 
 def varies(spread: Spread) -> bool:

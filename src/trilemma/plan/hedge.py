@@ -138,6 +138,22 @@ def cut(mean: float, sigma: float, timeout: float) -> tuple[float, float]:
 
 
 @lru_cache(maxsize=256)
+def cut_sigma(mean: float, sigma: float, timeout: float) -> float:
+    """The log-sigma of the lognormal with the mean and variance of a call that does not
+    outlast ``timeout`` (latency mean ``mean``, lognormal sigma ``sigma``): a timeout near
+    the mean leaves the calls that answer far less spread than the profile's jitter."""
+    late, kept = cut(mean, sigma, timeout)
+    if sigma == 0.0 or late >= 1.0 or kept <= 0.0:
+        return 0.0
+    z = math.log(timeout / mean)
+    # E[L^2; L <= T] = mean^2 e^(sigma^2) Phi((z - 3 sigma^2 / 2) / sigma)
+    square = mean * mean * math.exp(sigma * sigma) * 0.5 * math.erfc(
+        -(z - 1.5 * sigma * sigma) / (sigma * math.sqrt(2.0)))
+    spread = max(square / (1.0 - late) / (kept * kept) - 1.0, 0.0)  # variance / mean^2
+    return math.sqrt(math.log1p(spread))
+
+
+@lru_cache(maxsize=256)
 def wave(mean: float, sigma: float, timeout: float, calls: int) -> tuple[float, float]:
     """(chance a wave of ``calls`` calls sent together outlasts ``timeout``, mean seconds of
     one that does not): the slowest of its calls' independent lognormal latencies, each
