@@ -239,7 +239,9 @@ class Estimate:
     branches whose times vary join (:mod:`trilemma.plan.fanin`), and replayed in the run's
     concurrency slots where they may bind (both without a ``stop_when``)."""
     latency_worst_s: float
-    """Longest path with every retry taken (replayed in the slots as the expected one is)."""
+    """Longest path with every retry taken (replayed in the slots as the expected one is;
+    from :func:`estimate`, at least the expected latency, which a join of jittery calls may
+    put above the calls' profile times)."""
     stop: EarlyStop | None = None
     """The spec's early stop, when it has one (the expected figures count it)."""
     latency_scheduled_s: float | None = None
@@ -818,7 +820,9 @@ def _joined(e: Estimate, graph: dict[str, list[str]], rows: dict[str, StepEstima
                          {i: r.spread for i, r in rows.items()})  # fmt: skip
     if drawn is None or drawn[0] - 3.0 * drawn[1] <= e.latency_expected_s:
         return e
-    return replace(e, latency_expected_s=drawn[0], latency_joined_s=drawn[0])
+    # the worst case, whose calls take their profile's time, is no shorter than the mean
+    return replace(e, latency_expected_s=drawn[0], latency_joined_s=drawn[0],
+                   latency_worst_s=max(e.latency_worst_s, drawn[0]))
 
 
 def assemble(

@@ -386,8 +386,7 @@ def _in_slots(
     if fits:
         return best, e, feasible, (), False
     # the joins' mean alone, without the slots, puts it over: say so, not the slots
-    joins = (on == "expected" and deadline is not None and e.latency_joined_s is not None
-             and e.latency_joined_s > deadline)  # fmt: skip
+    joins = deadline is not None and e.latency_joined_s is not None and e.latency_joined_s > deadline
     key = _alike(wf)
     over = {key(best)}
     found: Candidate | None = None
