@@ -82,14 +82,51 @@ def test_a_fan_in_follows_each_way_an_attempt_ends(faults: dict[str, float], ret
     assert estimate(wf).latency_expected_s == pytest.approx(mc_mean(wf), rel=0.03)
 
 
-def test_a_timeout_near_the_mean_spreads_the_answers_less() -> None:
-    from trilemma.plan.hedge import cut_sigma
+@pytest.mark.parametrize(
+    ("profile", "calls"),
+    [({"latency_jitter": 0.5}, 1), ({"latency_jitter": 0.92, "timeout_s": 1.12, "latency_s": 0.68}, 1),
+     ({"latency_jitter": 0.8, "timeout_s": 2.5}, 4), ({"latency_jitter": 0.6, "hedge_after_s": 1.3}, 1),
+     ({"latency_jitter": 0.6, "hedge_after_s": 1.3}, 3)],
+    ids=["lone", "cut", "wave", "hedged", "hedged-wave"],
+)  # fmt: skip
+def test_wave_variance_is_that_of_the_calls_that_answer(profile: dict[str, Any], calls: int) -> None:
+    """The slowest of ``calls`` lognormal calls (each racing a copy sent after
+    ``hedge_after_s``, where hedged), given none outlasts the timeout: its variance over
+    its mean squared, against numpy's draws."""
+    import numpy as np
 
-    assert cut_sigma(1.0, 0.5, 60.0) == pytest.approx(0.5, abs=1e-6)  # nothing cut
-    assert cut_sigma(0.68, 0.92, 1.12) == pytest.approx(0.574, abs=0.002)  # numpy: 0.574
-    assert cut_sigma(1.0, 0.0, 2.0) == 0.0
+    from trilemma.plan.hedge import wave_variance
+
+    m = spec([{"id": "a", "model": "m"}], **{"p_ok": 1.0, **profile}).models["m"]
+    rng = np.random.default_rng(5)
+    n, sigma = 400_000, m.latency_jitter
+
+    def draw() -> Any:
+        return m.latency_s * np.exp(sigma * rng.standard_normal((n, calls)) - sigma * sigma / 2)
+
+    first = draw()
+    took = np.where(first <= m.timeout_s, first, np.inf)  # given up at the timeout
+    if m.hedge_after_s is not None:  # a copy goes at hedge_after_s if none answered; first wins
+        copy = draw()
+        raced = np.where(copy <= m.timeout_s, m.hedge_after_s + copy, np.inf)
+        took = np.where(first > m.hedge_after_s, np.minimum(took, raced), took)
+    slowest = took.max(axis=1)
+    answered = slowest[np.isfinite(slowest)]
+    assert wave_variance(m, calls) == pytest.approx(answered.var() / answered.mean() ** 2, rel=0.03)
+
+
+def test_a_timeout_near_the_mean_spreads_the_answers_less() -> None:
     wf = fan(5, retries=0, latency_jitter=0.92, timeout_s=1.12, latency_s=0.68, p_ok=1.0)
     assert estimate(wf).latency_expected_s == pytest.approx(mc_mean(wf), rel=0.03)
+
+
+@pytest.mark.parametrize("step", [{"vote": {"samples": 5}}, {"debate": {"agents": 3, "rounds": 2}}])
+def test_a_fan_in_of_waves_and_hedges_waits_for_the_slowest(step: dict[str, Any]) -> None:
+    for model in ({"latency_jitter": 0.6}, {"latency_jitter": 0.6, "hedge_after_s": 1.3}):
+        workers = [{"id": f"w{i}", "model": "m", "retries": 1, **step} for i in range(12)]
+        wf = spec([*workers, {"id": "end", "model": "m", "after": [w["id"] for w in workers]}],
+                  **model)  # fmt: skip
+        assert estimate(wf).latency_expected_s == pytest.approx(mc_mean(wf), rel=0.03), model
 
 
 def test_branches_after_one_varying_step_are_not_taken_for_independent() -> None:
@@ -173,8 +210,8 @@ def test_retry_spread_waits_a_rate_limits_retry_after_and_the_backoff_otherwise(
     assert width == pytest.approx(0.8 * 0.5)  # the backoff's share is uniform
     assert retry_spread([1.0, 1.0], [0.0], [0.0], [0.5], after=1.0) == ((1.0, 1.0, 0.0, 0.0, 0.0),)
     # two attempts' calls vary less together than one's: the same mean, half the variance
-    one, two = retry_spread([1.0, 1.0], [0.5], [0.0], [0.5], after=1.0, jitter=0.5)
-    assert one[4] == 0.5
+    one, two = retry_spread([1.0, 1.0], [0.5], [0.0], [0.5], after=1.0, variance=math.expm1(0.25))
+    assert one[4] == pytest.approx(0.5)
     assert math.expm1(two[4] ** 2) == pytest.approx(math.expm1(0.25) / 2)
 
 

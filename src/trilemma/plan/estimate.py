@@ -74,9 +74,9 @@ from trilemma import dag
 from trilemma.plan.fanin import Spread, mean_longest, retry_spread
 from trilemma.plan.hedge import (
     call_price,
-    cut_sigma,
     hedge_rate,
     timeouts,
+    wave_variance,
     worst_call_price,
 )
 from trilemma.plan.slots import SLOTS_BIND, may_bind, scheduled
@@ -449,7 +449,7 @@ def _routed_estimate(wf: Workflow, step: Step) -> StepEstimate:
 
 def _independent_attempts(
     step: Step, p: float, price: float, dearest: float, latency: float, slowest: float,
-    longest: float | None = None, limited: float = 0.0, jitter: float = 0.0,
+    longest: float | None = None, limited: float = 0.0, variance: float = 0.0,
     outcome: tuple[float, float, float] | None = None, **extra: Any,
 ) -> StepEstimate:  # fmt: skip
     """A step whose attempts are alike and independent: each succeeds with ``p``.
@@ -458,17 +458,16 @@ def _independent_attempts(
     worst (the worst case and the critical path take those); ``longest``, when an attempt
     that fails may take longer than one that answers (a timeout), the worst case's.
     ``limited``: the chance an attempt fails on a rate limit (it waits the Retry-After
-    rather than the backoff before its retry). ``jitter``: the log-sigma of each of an
-    attempt's calls, sent one after another, for the spread of its time;
+    rather than the backoff before its retry). ``variance``: that of an answered attempt's
+    seconds over their mean squared, for the spread of its time;
     ``outcome``: an attempt's chance to meet no fault and no timeout, and its seconds then
     and otherwise, whose mean is ``latency`` (default: clean, in ``latency``).
     """
     k = step.retries
     attempts = 1.0 if k == 0 else math.fsum([(1.0 - p) ** i for i in range(k + 1)])
     waited, most = (0.0, 0.0) if k == 0 else retry_waits([1.0 - p] * k, [limited] * k)
-    if k or jitter:
-        extra.setdefault("spread", _alike_retries(latency, 1.0 - p, limited, k, jitter,
-                                                  step.sequential_calls,
+    if k or variance:
+        extra.setdefault("spread", _alike_retries(latency, 1.0 - p, limited, k, variance,
                                                   outcome or (1.0, latency, latency)))  # fmt: skip
     return StepEstimate(
         id=step.id,
@@ -509,22 +508,34 @@ def retry_waits(fails: Sequence[float], limited: Sequence[float]) -> tuple[float
 
 @functools.lru_cache(maxsize=4096)  # the optimizer weighs each step's options many times
 def _alike_retries(
-    latency: float, fail: float, limited: float, retries: int, jitter: float, calls: int,
+    latency: float, fail: float, limited: float, retries: int, variance: float,
     outcome: tuple[float, float, float],
 ) -> Spread:  # fmt: skip
     """The spread of a step whose attempts are alike (see :func:`_retried`)."""
     n = retries + 1
-    return _retried([latency] * n, [fail] * retries, [limited] * retries, jitter, calls,
+    return _retried([latency] * n, [fail] * retries, [limited] * retries, variance,
                     [outcome] * n)  # fmt: skip
 
 
 def _retried(
-    times: Sequence[float], fails: Sequence[float], limited: Sequence[float], jitter: float = 0.0,
-    calls: int = 1, outcomes: Sequence[tuple[float, float, float]] | None = None,
+    times: Sequence[float], fails: Sequence[float], limited: Sequence[float],
+    variance: float = 0.0, outcomes: Sequence[tuple[float, float, float]] | None = None,
 ) -> Spread:  # fmt: skip
     """The spread of a step's time over its attempts (see :func:`retry_waits`)."""
     waits = [backoff_ceiling(i) for i in range(1, len(fails) + 1)]
-    return retry_spread(times, fails, limited, waits, SIM_RETRY_AFTER_S, jitter, calls, outcomes)
+    return retry_spread(times, fails, limited, waits, SIM_RETRY_AFTER_S, variance, outcomes)
+
+
+def answer_variance(m: ModelProfile, waves: Sequence[int]) -> float:
+    """The variance of an answered attempt's seconds over their mean squared: its waves, one
+    after another, each the slowest of its calls (:func:`~trilemma.plan.hedge.wave_variance`)."""
+    if m.latency_jitter == 0.0:
+        return 0.0
+    means = [timeouts(m, w)[1] for w in waves]
+    total = math.fsum(means)
+    if total <= 0.0:
+        return 0.0
+    return math.fsum(wave_variance(m, w) * t * t for w, t in zip(waves, means, strict=True)) / total**2
 
 
 def _partly_cached(e: StepEstimate, hit_rate: float) -> StepEstimate:
@@ -567,13 +578,10 @@ def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
     price = one * step.calls
     # a lone call's jitter spreads its time; a wave's slowest call and a hedge's race are
     # their own laws (plan/hedge.py), left at their means
-    jitter = 0.0
-    if m.hedge_after_s is None and max(step.waves) == 1:  # the calls that answer, cut
-        jitter = cut_sigma(m.latency_s, m.latency_jitter, m.timeout_s)
     e = _independent_attempts(
         step, a.clean * wf.p_ok(step), a.billed * one, worst * step.calls,
         a.clean * a.answered_s + (1.0 - a.clean) * a.failed_s, m.latency_s * seq, a.slowest,
-        a.limited, jitter, (a.clean, a.answered_s, a.failed_s), **extra,
+        a.limited, answer_variance(m, step.waves), (a.clean, a.answered_s, a.failed_s), **extra,
     )  # fmt: skip
     return e if a.clean == 1.0 else replace(e, cost_book=price)  # the book bills every call
 

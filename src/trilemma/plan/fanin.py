@@ -8,13 +8,13 @@ the means is 2.14 s; the runs take 3.94 s on average.
 
 :func:`mean_longest` draws each step's time from its :data:`Spread` (each way its attempts
 can end, an answer, a fault or a timeout, each at its mean time; the answers spread by
-their calls' lognormal jitter, as the timeout leaves it, where they go one at a time; the
-backoff between attempts) for :data:`SAMPLES` runs with a fixed seed, and averages their
+their calls' jitter, as the timeout and the waves of calls sent together and the hedges
+leave it; the backoff between attempts) for :data:`SAMPLES` runs with a fixed seed, and averages their
 longest paths: a deterministic figure for a given spec, each branch's draws
 shared by all that follow it (so two paths through one step are not taken for independent
-ones). What else varies in a run (a wave's slowest call and a hedge's race beyond their
-means, a deadline, a failed step ending the run, the concurrency slots) is the Monte
-Carlo's (:mod:`trilemma.plan.simulate`). Twenty 1 s calls at ``latency_jitter: 0.5``, then
+ones). What else varies in a run (a deadline, a failed step ending the run, the
+concurrency slots; a routed step's branches and a cascade's rungs vary at their means) is
+the Monte Carlo's (:mod:`trilemma.plan.simulate`). Twenty 1 s calls at ``latency_jitter: 0.5``, then
 one after them: 3.32 s (the Monte Carlo 3.33 s), where the longest path of means is 2 s.
 """
 
@@ -42,7 +42,7 @@ _SEED = 20261205
 
 def retry_spread(
     times: Sequence[float], fails: Sequence[float], limited: Sequence[float], waits: Sequence[float],
-    after: float, jitter: float = 0.0, calls: int = 1,
+    after: float, variance: float = 0.0,
     outcomes: Sequence[tuple[float, float, float]] | None = None,
 ) -> Spread:  # fmt: skip
     """The time of a step of ``len(times)`` attempts at most, attempt ``i`` taking
@@ -60,10 +60,9 @@ def retry_spread(
     limits' wait up, whose width is the backoff's share. The mixture's mean is the
     expected latency :func:`trilemma.plan.estimate.retry_waits` gives the step.
 
-    ``jitter``: each of an attempt's ``calls`` (sent one after another) takes a lognormal
-    time of log-sigma ``jitter``; the ``n`` attempts' calls together are taken as one
-    lognormal of the same mean and variance (log-sigma ``sqrt(log(1 + (e^(s^2) - 1) /
-    (n calls)))``).
+    ``variance``: that of an answer's seconds over their mean squared (its calls' jitter;
+    :func:`trilemma.plan.hedge.wave_variance`); ``n`` answers together are taken as one
+    lognormal of the same mean and variance (log-sigma ``sqrt(log(1 + variance / n))``).
     """
     out: dict[tuple[float, ...], float] = {}
     # (seconds of answers, of faults and timeouts, answers) -> the chance the step reaches
@@ -71,10 +70,8 @@ def retry_spread(
     going: dict[tuple[float, float, int], float] = {(0.0, 0.0, 0): 1.0}
     least, width = 0.0, 0.0
     last = len(times) - 1
-    variance = math.expm1(jitter * jitter)  # of one call's time, relative to its mean squared
-
     def sigma(answers: int) -> float:
-        return math.sqrt(math.log1p(variance / (answers * calls))) if jitter and answers else 0.0
+        return math.sqrt(math.log1p(variance / answers)) if variance > 0.0 and answers else 0.0
 
     def add(into: dict[Any, float], key: Any, c: float) -> None:
         if c > 0.0:

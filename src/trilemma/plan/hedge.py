@@ -138,22 +138,6 @@ def cut(mean: float, sigma: float, timeout: float) -> tuple[float, float]:
 
 
 @lru_cache(maxsize=256)
-def cut_sigma(mean: float, sigma: float, timeout: float) -> float:
-    """The log-sigma of the lognormal with the mean and variance of a call that does not
-    outlast ``timeout`` (latency mean ``mean``, lognormal sigma ``sigma``): a timeout near
-    the mean leaves the calls that answer far less spread than the profile's jitter."""
-    late, kept = cut(mean, sigma, timeout)
-    if sigma == 0.0 or late >= 1.0 or kept <= 0.0:
-        return 0.0
-    z = math.log(timeout / mean)
-    # E[L^2; L <= T] = mean^2 e^(sigma^2) Phi((z - 3 sigma^2 / 2) / sigma)
-    square = mean * mean * math.exp(sigma * sigma) * 0.5 * math.erfc(
-        -(z - 1.5 * sigma * sigma) / (sigma * math.sqrt(2.0)))
-    spread = max(square / (1.0 - late) / (kept * kept) - 1.0, 0.0)  # variance / mean^2
-    return math.sqrt(math.log1p(spread))
-
-
-@lru_cache(maxsize=256)
 def wave(mean: float, sigma: float, timeout: float, calls: int) -> tuple[float, float]:
     """(chance a wave of ``calls`` calls sent together outlasts ``timeout``, mean seconds of
     one that does not): the slowest of its calls' independent lognormal latencies, each
@@ -207,6 +191,47 @@ def hedged_wave(
         return 1.0, 0.0
     # E[max; max <= end] = integral_0^end P(t < max <= end) dt
     return 1.0 - kept, min(_area(kept - all_in, t) / kept, float(t[-1]))
+
+
+def wave_variance(m: ModelProfile, calls: int = 1) -> float:
+    """The variance of a wave of ``calls`` of ``m``'s calls that answers in time, over its
+    mean squared (:func:`timeouts` gives the mean): the slowest of their lognormal
+    latencies, each cut at the timeout, or of their races (hedged). 0 without jitter."""
+    if m.latency_jitter == 0.0:
+        return 0.0
+    if m.hedge_after_s is None:
+        return _wave_variance(m.latency_s, m.latency_jitter, m.timeout_s, calls)
+    return _hedged_variance(m.latency_s, m.latency_jitter, m.hedge_after_s, m.timeout_s, calls)
+
+
+@lru_cache(maxsize=256)
+def _wave_variance(mean: float, sigma: float, timeout: float, calls: int) -> float:
+    late, kept = wave(mean, sigma, timeout, calls)
+    if late >= 1.0 or kept <= 0.0:
+        return 0.0
+    half = sigma * sigma / 2
+    z_top = (math.log(timeout / mean) + half) / sigma
+    if calls == 1:  # E[L^2; L <= T] = mean^2 e^(sigma^2) Phi(z_T - 2 sigma), closed
+        square = mean * mean * math.exp(sigma * sigma) * 0.5 * math.erfc(
+            -(z_top - 2.0 * sigma) / math.sqrt(2.0))
+    else:  # as wave() takes E[max; max <= T], with L(z)^2
+        z = np.linspace(-_TAIL_Z, min(z_top, _TAIL_Z + 2.0), _GRID)
+        below = np.asarray(0.5 * np.vectorize(math.erfc, otypes=[float])(-z / math.sqrt(2.0)))
+        density = calls * below ** (calls - 1) * np.exp(-z * z / 2) / math.sqrt(2.0 * math.pi)
+        square = _area((mean * np.exp(sigma * z - half)) ** 2 * density, z)
+    return max(square / (1.0 - late) / (kept * kept) - 1.0, 0.0)
+
+
+@lru_cache(maxsize=256)
+def _hedged_variance(mean: float, sigma: float, after: float, timeout: float, calls: int) -> float:
+    t, answered = hedged_answers(mean, sigma, after, timeout)
+    all_in = answered**calls
+    kept = float(all_in[-1])
+    if kept <= 0.0:
+        return 0.0
+    first = _area(kept - all_in, t) / kept  # E[X; X <= end] = integral P(t < X <= end) dt
+    square = _area(2.0 * t * (kept - all_in), t) / kept  # E[X^2; ...], 2t P(t < X <= end)
+    return max(square / (first * first) - 1.0, 0.0) if first > 0.0 else 0.0
 
 
 def timeouts(m: ModelProfile, calls: int = 1) -> tuple[float, float]:
