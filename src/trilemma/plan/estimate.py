@@ -49,7 +49,8 @@ after a first failure), the worst case every wait at its longest (:func:`retry_w
 
 Where branches whose times vary join, a run waits for the slowest of them, which on
 average is later than the slowest of their means: the expected latency is the mean of the
-longest path there, each step's attempts and backoffs drawn (:mod:`trilemma.plan.fanin`).
+longest path there, each step's attempts, answers and backoffs drawn
+(:mod:`trilemma.plan.fanin`).
 
 An early stop (``stop_when: S``) ends the run when ``S`` passes: what has not
 finished by then is cancelled or never started, and billed nothing, but for calls in
@@ -458,10 +459,10 @@ def _independent_attempts(
     worst (the worst case and the critical path take those); ``longest``, when an attempt
     that fails may take longer than one that answers (a timeout), the worst case's.
     ``limited``: the chance an attempt fails on a rate limit (it waits the Retry-After
-    rather than the backoff before its retry). ``variance``: that of an answered attempt's
-    seconds over their mean squared, for the spread of its time;
-    ``outcome``: an attempt's chance to meet no fault and no timeout, and its seconds then
-    and otherwise, whose mean is ``latency`` (default: clean, in ``latency``).
+    rather than the backoff before its retry). For the spread of its time: ``variance``,
+    that of an answered attempt's seconds over their mean squared; ``outcome``, an
+    attempt's chance to meet no fault and no timeout, and its seconds then and otherwise,
+    whose mean is ``latency`` (default: clean, in ``latency``).
     """
     k = step.retries
     attempts = 1.0 if k == 0 else math.fsum([(1.0 - p) ** i for i in range(k + 1)])
@@ -576,8 +577,7 @@ def _call_estimate(wf: Workflow, step: Step) -> StepEstimate:
         extra = {"calls_per_attempt": a.sent}
     one, worst = call_price(m, step.max_tokens), worst_call_price(m, step.max_tokens)
     price = one * step.calls
-    # a lone call's jitter spreads its time; a wave's slowest call and a hedge's race are
-    # their own laws (plan/hedge.py), left at their means
+    # its answers spread as its waves' slowest calls do (raced where hedged, cut at the timeout)
     e = _independent_attempts(
         step, a.clean * wf.p_ok(step), a.billed * one, worst * step.calls,
         a.clean * a.answered_s + (1.0 - a.clean) * a.failed_s, m.latency_s * seq, a.slowest,

@@ -137,6 +137,14 @@ def cut(mean: float, sigma: float, timeout: float) -> tuple[float, float]:
     return late, min(within / (1.0 - late), timeout)  # rounding aside, E[L | L <= T] <= T
 
 
+def _slowest(top: float, calls: int) -> tuple[np.ndarray, np.ndarray]:
+    """A grid of standard normal ``z`` up to ``top`` (the timeout's), and the density there
+    of the largest of ``calls`` independent draws: ``calls Phi(z)^(calls - 1) phi(z)``."""
+    z = np.linspace(-_TAIL_Z, min(top, _TAIL_Z + 2.0), _GRID)
+    below = np.asarray(0.5 * np.vectorize(math.erfc, otypes=[float])(-z / math.sqrt(2.0)))
+    return z, calls * below ** (calls - 1) * np.exp(-z * z / 2) / math.sqrt(2.0 * math.pi)
+
+
 @lru_cache(maxsize=256)
 def wave(mean: float, sigma: float, timeout: float, calls: int) -> tuple[float, float]:
     """(chance a wave of ``calls`` calls sent together outlasts ``timeout``, mean seconds of
@@ -150,10 +158,7 @@ def wave(mean: float, sigma: float, timeout: float, calls: int) -> tuple[float, 
         return 1.0, 0.0
     # E[max; max <= T] = integral of L(z) dP(max <= L(z)), L(z) = mean e^(sigma z - half),
     # P(max <= L(z)) = Phi(z)^calls; z runs up to the timeout's
-    top = min((math.log(timeout / mean) + half) / sigma, _TAIL_Z + 2.0)
-    z = np.linspace(-_TAIL_Z, top, _GRID)
-    below = np.asarray(0.5 * np.vectorize(math.erfc, otypes=[float])(-z / math.sqrt(2.0)))
-    density = calls * below ** (calls - 1) * np.exp(-z * z / 2) / math.sqrt(2.0 * math.pi)
+    z, density = _slowest((math.log(timeout / mean) + half) / sigma, calls)
     within = _area(mean * np.exp(sigma * z - half) * density, z)
     return late, min(within / (1.0 - late), timeout)
 
@@ -215,9 +220,7 @@ def _wave_variance(mean: float, sigma: float, timeout: float, calls: int) -> flo
         square = mean * mean * math.exp(sigma * sigma) * 0.5 * math.erfc(
             -(z_top - 2.0 * sigma) / math.sqrt(2.0))
     else:  # as wave() takes E[max; max <= T], with L(z)^2
-        z = np.linspace(-_TAIL_Z, min(z_top, _TAIL_Z + 2.0), _GRID)
-        below = np.asarray(0.5 * np.vectorize(math.erfc, otypes=[float])(-z / math.sqrt(2.0)))
-        density = calls * below ** (calls - 1) * np.exp(-z * z / 2) / math.sqrt(2.0 * math.pi)
+        z, density = _slowest(z_top, calls)
         square = _area((mean * np.exp(sigma * z - half)) ** 2 * density, z)
     return max(square / (1.0 - late) / (kept * kept) - 1.0, 0.0)
 
