@@ -279,3 +279,18 @@ def test_optimize_json_says_the_joins_put_them_over(cli: Any, tmp_path: Any) -> 
     assert doc["over_on_average"] is True and not doc["feasible"]
     assert any(f["over_in_slots"] for f in doc["frontier"])
     assert any(n.startswith("joins: none of the") for n in doc["notes"])
+
+
+def test_estimate_says_when_joins_set_the_expected_latency(cli: Any, tmp_path: Any) -> None:
+    import yaml
+
+    joined, chain = tmp_path / "map.yaml", tmp_path / "chain.yaml"
+    joined.write_text(yaml.safe_dump(fan(50).model_dump(mode="json", exclude_defaults=True)))
+    steps = [{"id": f"s{i}", "model": "m", "retries": 2, "after": [f"s{i - 1}"] if i else []}
+             for i in range(5)]  # fmt: skip
+    chain.write_text(yaml.safe_dump(spec(steps).model_dump(mode="json", exclude_defaults=True)))
+    said = " ".join(cli("estimate", joined).out.split())
+    assert "joins: a run waits for the slowest of the branches that join" in said
+    assert "the mean of the longest path over 2,048 drawn runs" in said
+    assert "is 3.94s, the expected latency;" in said
+    assert "joins:" not in cli("estimate", chain).out  # a chain's mean is the sum of means

@@ -71,7 +71,8 @@ def estimate(spec: SpecFile, as_json: JsonFlag = False) -> int:
         for line in [*tables.price_sources(wf), *tables.answer_caps(wf),
                      *tables.cache_assumptions(wf),
                      *tables.fault_assumptions(wf), *tables.wave_assumptions(wf),
-                     *tables.retry_assumptions(wf), *tables.slot_assumptions(wf, e),
+                     *tables.retry_assumptions(wf), *tables.join_assumptions(e),
+                     *tables.slot_assumptions(wf, e),
                      *tables.budget_fit(wf, e)]:
             console.print(line, highlight=False)
     return 0

@@ -18,6 +18,7 @@ from trilemma._format import count, dollars
 from trilemma.journal.store import DEFAULT_PATH, OUTCOMES, abandoned, call_outcome, rejection
 from trilemma.plan.estimate import Estimate, held_worst
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
+from trilemma.plan.fanin import SAMPLES
 from trilemma.plan.hedge import timeouts
 from trilemma.plan.optimize import Candidate, OptimizeResult, meets
 from trilemma.plan.simulate import BudgetFor, SimResult
@@ -227,6 +228,19 @@ def slot_assumptions(wf: Workflow, e: Estimate) -> list[str]:
             f"{e.latency_critical_s:.2f}s (the longest remaining path goes first; the expected "
             "and worst latencies are replayed in them too, and the Monte Carlo's calls wait for "
             "them); raise `concurrency:` where the endpoints allow"]  # fmt: skip
+
+
+def join_assumptions(e: Estimate) -> list[str]:
+    """A line when branches whose times vary join: the expected latency is their drawn mean."""
+    if e.latency_joined_s is None:
+        return []
+    held = e.latency_expected_s > e.latency_joined_s + 1e-9  # the slots' replay is longer
+    said = (f"; in the run's limits the expected latency is longer still, "
+            f"{e.latency_expected_s:.2f}s" if held else ", the expected latency")
+    return [f"joins: a run waits for the slowest of the branches that join, later on average "
+            f"than the slowest of their means: the mean of the longest path over {SAMPLES:,} "
+            f"drawn runs (each step's attempts, answers and backoffs) is "
+            f"{e.latency_joined_s:.2f}s{said}; `trilemma simulate` draws the rest"]
 
 
 def retry_assumptions(wf: Workflow) -> list[str]:
