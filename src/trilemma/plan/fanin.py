@@ -154,31 +154,24 @@ def mean_longest(
     ``mean``: each step's mean seconds, its time where its ``spread`` is empty or does not
     vary. ``order``: the steps, each after its dependencies.
     """
-    dependents = {k: 0 for k in order}
+    after: dict[str, list[str]] = {k: [] for k in order}  # each step's dependents
     for k in order:
         for d in graph[k]:
-            dependents[d] += 1
-    if not _joined(graph, order, spread, dependents):
+            after[d].append(k)
+    if not _joined(graph, order, spread, {k: len(v) for k, v in after.items()}):
         return None
     draw = _Draws()
-    left = dict(dependents)  # those not yet worked out: a step's draws go after the last
-    finish: dict[str, np.ndarray | float] = {}
+    # each step's start over the draws: the latest finish of its dependencies so far, taken
+    # in as each finishes (a fan of thousands holds one array, not thousands)
+    start: dict[str, np.ndarray | float] = {}
     end: np.ndarray | float = 0.0
     for k in order:
-        deps = graph[k]
-        start: np.ndarray | float = 0.0
-        if len(deps) == 1:
-            start = finish[deps[0]]
-        elif deps:
-            start = _latest([finish[d] for d in deps])
         own = spread.get(k, ())
-        finish[k] = start + (draw(own) if varies(own) else mean[k])
-        for d in deps:
-            left[d] -= 1
-            if left[d] == 0:
-                del finish[d]
-        if left[k] == 0:  # a last step: the run ends with the latest of them
-            end = _latest([end, finish.pop(k)])
+        finish = start.pop(k, 0.0) + (draw(own) if varies(own) else mean[k])
+        for d in after[k]:
+            start[d] = _latest([start[d], finish]) if d in start else finish
+        if not after[k]:  # a last step: the run ends with the latest of them
+            end = _latest([end, finish])
     if not isinstance(end, np.ndarray):
         return float(end), 0.0
     return float(end.mean()), float(end.std() / math.sqrt(SAMPLES))
