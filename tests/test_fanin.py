@@ -202,15 +202,16 @@ def test_a_steps_spread_has_its_expected_latency_as_its_mean(
 
 def test_retry_spread_waits_a_rate_limits_retry_after_and_the_backoff_otherwise() -> None:
     # two attempts of 1 s; the first fails half the time, a fifth of the time on a 429
-    spread = retry_spread([1.0, 1.0], [0.5], [0.1], [0.5], after=1.0)
+    both = [(1.0, 1.0, 1.0)] * 2  # clean attempts of 1 s
+    spread = retry_spread(both, [0.5], [0.1], [0.5], after=1.0)
     assert spread[0] == (0.5, 1.0, 0.0, 0.0, 0.0)
     chance, busy, wait, width, sigma = spread[1]
     assert (chance, busy, sigma) == (0.5, 2.0, 0.0)
     assert wait == pytest.approx(0.2 * 1.0)  # the 429's share of the wait is fixed
     assert width == pytest.approx(0.8 * 0.5)  # the backoff's share is uniform
-    assert retry_spread([1.0, 1.0], [0.0], [0.0], [0.5], after=1.0) == ((1.0, 1.0, 0.0, 0.0, 0.0),)
+    assert retry_spread(both, [0.0], [0.0], [0.5], after=1.0) == ((1.0, 1.0, 0.0, 0.0, 0.0),)
     # two attempts' calls vary less together than one's: the same mean, half the variance
-    one, two = retry_spread([1.0, 1.0], [0.5], [0.0], [0.5], after=1.0, variance=math.expm1(0.25))
+    one, two = retry_spread(both, [0.5], [0.0], [0.5], after=1.0, variance=math.expm1(0.25))
     assert one[4] == pytest.approx(0.5)
     assert math.expm1(two[4] ** 2) == pytest.approx(math.expm1(0.25) / 2)
 

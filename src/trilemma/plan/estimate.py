@@ -468,8 +468,8 @@ def _independent_attempts(
     attempts = 1.0 if k == 0 else math.fsum([(1.0 - p) ** i for i in range(k + 1)])
     waited, most = (0.0, 0.0) if k == 0 else retry_waits([1.0 - p] * k, [limited] * k)
     if k or variance:
-        extra.setdefault("spread", _alike_retries(latency, 1.0 - p, limited, k, variance,
-                                                  outcome or (1.0, latency, latency)))  # fmt: skip
+        extra.setdefault("spread", _alike_retries(outcome or (1.0, latency, latency), 1.0 - p,
+                                                  limited, k, variance))  # fmt: skip
     return StepEstimate(
         id=step.id,
         model=step.model,
@@ -509,22 +509,20 @@ def retry_waits(fails: Sequence[float], limited: Sequence[float]) -> tuple[float
 
 @functools.lru_cache(maxsize=4096)  # the optimizer weighs each step's options many times
 def _alike_retries(
-    latency: float, fail: float, limited: float, retries: int, variance: float,
-    outcome: tuple[float, float, float],
+    outcome: tuple[float, float, float], fail: float, limited: float, retries: int,
+    variance: float,
 ) -> Spread:  # fmt: skip
     """The spread of a step whose attempts are alike (see :func:`_retried`)."""
-    n = retries + 1
-    return _retried([latency] * n, [fail] * retries, [limited] * retries, variance,
-                    [outcome] * n)  # fmt: skip
+    return _retried([outcome] * (retries + 1), [fail] * retries, [limited] * retries, variance)
 
 
 def _retried(
-    times: Sequence[float], fails: Sequence[float], limited: Sequence[float],
-    variance: float = 0.0, outcomes: Sequence[tuple[float, float, float]] | None = None,
+    outcomes: Sequence[tuple[float, float, float]], fails: Sequence[float],
+    limited: Sequence[float], variance: float = 0.0,
 ) -> Spread:  # fmt: skip
     """The spread of a step's time over its attempts (see :func:`retry_waits`)."""
     waits = [backoff_ceiling(i) for i in range(1, len(fails) + 1)]
-    return retry_spread(times, fails, limited, waits, SIM_RETRY_AFTER_S, variance, outcomes)
+    return retry_spread(outcomes, fails, limited, waits, SIM_RETRY_AFTER_S, variance)
 
 
 def answer_variance(m: ModelProfile, waves: Sequence[int]) -> float:
@@ -746,8 +744,8 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
         p_step=1.0 - fail_all,
         latency_expected_s=math.fsum([t * r for t, r in zip(expected, reach, strict=True)])
         + waited,
-        spread=_retried(expected, [1.0 - p for p in p_ok[:-1]], [a.limited for a in tries[:-1]],
-                        outcomes=[(a.clean, a.answered_s, a.failed_s) for a in tries]),
+        spread=_retried([(a.clean, a.answered_s, a.failed_s) for a in tries],
+                        [1.0 - p for p in p_ok[:-1]], [a.limited for a in tries[:-1]]),
         models=tuple(wf.ladder(step)),
         calls_per_attempt=math.fsum([r * a.sent * (1.0 + hedge_rate(p))
                                      for r, a, p in zip(reach, tries, profiles, strict=True)])
@@ -801,7 +799,7 @@ def estimate(wf: Workflow) -> Estimate:
     graph = wf.edges()
     e = assemble(rows, graph, wf.stop_when, cancel)
     if e.stop is None:  # a stop's schedule is the expected one (see the module's note)
-        e = _joined(e, graph, rows)
+        e = _with_joins(e, graph, rows)
     for sid in e.critical_path:
         rows[sid].critical = True
     latency = {i: r.latency_s for i, r in rows.items()}
@@ -818,7 +816,7 @@ def estimate(wf: Workflow) -> Estimate:
                    latency_worst_s=max(e.latency_worst_s, worst))
 
 
-def _joined(e: Estimate, graph: dict[str, list[str]], rows: dict[str, StepEstimate]) -> Estimate:
+def _with_joins(e: Estimate, graph: dict[str, list[str]], rows: dict[str, StepEstimate]) -> Estimate:
     """``e`` with the mean of its longest path where branches whose times vary join, when
     that is clearly (by three standard errors of its draws) above the longest path of the
     means (:func:`trilemma.plan.fanin.mean_longest`)."""

@@ -41,19 +41,17 @@ _SEED = 20261205
 
 
 def retry_spread(
-    times: Sequence[float], fails: Sequence[float], limited: Sequence[float], waits: Sequence[float],
-    after: float, variance: float = 0.0,
-    outcomes: Sequence[tuple[float, float, float]] | None = None,
+    outcomes: Sequence[tuple[float, float, float]], fails: Sequence[float],
+    limited: Sequence[float], waits: Sequence[float], after: float, variance: float = 0.0,
 ) -> Spread:  # fmt: skip
-    """The time of a step of ``len(times)`` attempts at most, attempt ``i`` taking
-    ``times[i]`` on average and failing with ``fails[i]`` (a retry follows it; the last
-    attempt ends the step either way), ``limited[i]`` of that on a rate limit.
+    """The time of a step of ``len(outcomes)`` attempts at most, attempt ``i`` failing with
+    ``fails[i]`` (a retry follows it; the last attempt ends the step either way),
+    ``limited[i]`` of that on a rate limit.
 
     ``outcomes[i]``: attempt ``i``'s chance to meet no fault and no timeout, and its seconds
-    then and otherwise (a fault ends it sooner, a timeout later); ``times[i]`` is their mean
-    (default: clean, in ``times[i]``). A clean attempt succeeds with the chance that leaves
-    it failing ``fails[i]`` of the time, and takes as long either way. The terms follow
-    each way an attempt can end, those of equal seconds merged.
+    then and otherwise (a fault ends it sooner, a timeout later). A clean attempt succeeds
+    with the chance that leaves it failing ``fails[i]`` of the time, and takes as long
+    either way. The terms follow each way an attempt can end, those of equal seconds merged.
 
     Before retry ``i`` the step waits a uniform backoff below ``waits[i]``, or ``after``
     seconds after a rate limit: taken as one uniform term of the same mean, from the rate
@@ -69,7 +67,8 @@ def retry_spread(
     # the next attempt so; only answers vary with the jitter
     going: dict[tuple[float, float, int], float] = {(0.0, 0.0, 0): 1.0}
     least, width = 0.0, 0.0
-    last = len(times) - 1
+    last = len(outcomes) - 1
+
     def sigma(answers: int) -> float:
         return math.sqrt(math.log1p(variance / answers)) if variance > 0.0 and answers else 0.0
 
@@ -77,8 +76,7 @@ def retry_spread(
         if c > 0.0:
             into[key] = into.get(key, 0.0) + c
 
-    for i, t in enumerate(times):
-        clean, answered, failed = outcomes[i] if outcomes is not None else (1.0, t, t)
+    for i, (clean, answered, failed) in enumerate(outcomes):
         fail = fails[i] if i < last else 0.0
         ahead: dict[tuple[float, float, int], float] = {}
         for (said, lost, n), chance in going.items():

@@ -227,14 +227,14 @@ def _wave_variance(mean: float, sigma: float, timeout: float, calls: int) -> flo
 
 @lru_cache(maxsize=256)
 def _hedged_variance(mean: float, sigma: float, after: float, timeout: float, calls: int) -> float:
-    t, answered = hedged_answers(mean, sigma, after, timeout)
-    all_in = answered**calls
-    kept = float(all_in[-1])
-    if kept <= 0.0:
+    given_up, first = hedged_wave(mean, sigma, after, timeout, calls)
+    if given_up >= 1.0 or first <= 0.0:
         return 0.0
-    first = _area(kept - all_in, t) / kept  # E[X; X <= end] = integral P(t < X <= end) dt
-    square = _area(2.0 * t * (kept - all_in), t) / kept  # E[X^2; ...], 2t P(t < X <= end)
-    return max(square / (first * first) - 1.0, 0.0) if first > 0.0 else 0.0
+    t, answered = hedged_answers(mean, sigma, after, timeout)
+    all_in = answered**calls  # as hedged_wave() takes the mean: E[X^2; ...], 2t P(t < X <= end)
+    kept = float(all_in[-1])
+    square = _area(2.0 * t * (kept - all_in), t) / kept
+    return max(square / (first * first) - 1.0, 0.0)
 
 
 def timeouts(m: ModelProfile, calls: int = 1) -> tuple[float, float]:
