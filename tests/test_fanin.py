@@ -295,6 +295,10 @@ def test_estimate_says_when_joins_set_the_expected_latency(cli: Any, tmp_path: A
     assert "the mean of the longest path over 2,048 drawn runs" in said
     assert "is 3.94s, the expected latency;" in said
     assert "joins:" not in cli("estimate", chain).out  # a chain's mean is the sum of means
+    latency = cli("estimate", joined, "--json").json()["latency_s"]
+    assert latency["joined"] == pytest.approx(3.94, abs=0.01) == latency["expected"]
+    assert latency["critical_path"] < 2.2  # the longest path of means stays beside it
+    assert "joined" not in cli("estimate", chain, "--json").json()["latency_s"]
 
 
 def test_a_wide_fan_holds_one_array_of_draws_not_one_per_branch() -> None:

@@ -349,9 +349,10 @@ class Estimate:
         slotted = self.latency_scheduled_s
         return slotted is not None and slotted > self.latency_critical_s * SLOTS_BIND
 
-    def _scheduled(self) -> dict[str, float]:
-        return {} if self.latency_scheduled_s is None else {
-            "scheduled": _r(self.latency_scheduled_s)}  # fmt: skip
+    def _beyond_path(self) -> dict[str, float]:
+        """The latencies worked out past the longest path of means, where they were."""
+        extra = {"joined": self.latency_joined_s, "scheduled": self.latency_scheduled_s}
+        return {k: _r(v) for k, v in extra.items() if v is not None}
 
     def headline(self) -> dict[str, Any]:
         """The figures a run is judged against: cost, latency and reliability (JSON)."""
@@ -360,7 +361,7 @@ class Estimate:
             "latency_s": {
                 "critical_path": _r(self.latency_critical_s),
                 "worst": _r(self.latency_worst_s),
-                **self._scheduled(),
+                **self._beyond_path(),
             },
             "reliability": self.reliability,
         }
@@ -383,7 +384,7 @@ class Estimate:
                 "critical_path": _r(self.latency_critical_s),
                 "expected": _r(self.latency_expected_s),
                 "worst": _r(self.latency_worst_s),
-                **self._scheduled(),
+                **self._beyond_path(),
             },
             "critical_path": list(self.critical_path),
             "reliability": _r(self.reliability),
