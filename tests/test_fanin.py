@@ -141,6 +141,17 @@ def test_branches_after_one_varying_step_are_not_taken_for_independent() -> None
     assert e.latency_expected_s == pytest.approx(mc_mean(wf), rel=0.03)
 
 
+def test_a_fan_in_of_steps_a_fault_may_cut_short_waits_for_the_slowest() -> None:
+    """No retries, no jitter: a transient fault ends an attempt in a tenth of its time, so
+    the mean of one branch is 0.73 s, but twenty of them side by side almost always hold
+    one that answered in 1 s: 1.73 s (the old figure, with no spread for a lone attempt:
+    1.46 s)."""
+    wf = fan(20, retries=0, faults={"transient_error_rate": 0.3})
+    e = estimate(wf)
+    assert e.latency_expected_s > 1.15 * 2 * step_estimate(wf, wf.steps[0]).latency_expected_s
+    assert e.latency_expected_s == pytest.approx(mc_mean(wf), rel=0.03)
+
+
 def test_a_random_dag_of_retried_steps_is_near_the_monte_carlo_mean() -> None:
     import random
 

@@ -468,7 +468,7 @@ def _independent_attempts(
     k = step.retries
     attempts = 1.0 if k == 0 else math.fsum([(1.0 - p) ** i for i in range(k + 1)])
     waited, most = (0.0, 0.0) if k == 0 else retry_waits([1.0 - p] * k, [limited] * k)
-    if k or variance:
+    if k or variance or (outcome is not None and outcome[0] < 1.0):  # a fault ends it early
         extra.setdefault("spread", _alike_retries(outcome or (1.0, latency, latency), 1.0 - p,
                                                   limited, k, variance))  # fmt: skip
     return StepEstimate(
