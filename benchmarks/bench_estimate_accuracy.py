@@ -2,7 +2,8 @@
 
 Specs of 3-25 steps (fan-ins, random DAGs and chains) on three models drawn with jitter,
 faults, timeouts and hedges, their steps with retries, votes, debates, cascades and cache
-hit rates. Each is estimated, and simulated (runs go to their end: ``halt=False``, no
+hit rates; with ``--stop``, each with a ``stop_when`` on a random step (that is not a
+first one). Each is estimated, and simulated (runs go to their end: ``halt=False``, no
 deadline); the ratio estimate / Monte Carlo is reported, and how many are 5% or more
 off. ``--base REV`` runs the same specs through another revision's planner beside it
 (a git worktree, removed after).
@@ -65,13 +66,18 @@ def random_spec(rng: random.Random) -> dict[str, Any]:
     return {"version": 1, "concurrency": 1000, "models": models, "steps": steps}
 
 
-def specs(n: int, seed: int) -> list[dict[str, Any]]:
+def specs(n: int, seed: int, stop: bool = False) -> list[dict[str, Any]]:
     from trilemma import workflow_from_dict
     from trilemma.errors import TrilemmaError
 
     rng, out = random.Random(seed), []
     while len(out) < n:
         spec = random_spec(rng)
+        if stop:  # the step whose passing ends the run: one after others, so it may wait
+            waits = [s["id"] for s in spec["steps"] if s["after"]]
+            if not waits:
+                continue
+            spec["stop_when"] = rng.choice(waits)
         try:
             workflow_from_dict(spec)
         except TrilemmaError:  # an escalation to its own model, say
@@ -103,6 +109,7 @@ def main() -> None:
     parser.add_argument("--specs", type=int, default=80)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=20_000)
+    parser.add_argument("--stop", action="store_true", help="give each spec a stop_when")
     parser.add_argument("--base", help="another revision to run the same specs through")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -111,7 +118,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "specs.json"
-        path.write_text(json.dumps(specs(args.specs, args.seed)))
+        path.write_text(json.dumps(specs(args.specs, args.seed, args.stop)))
         trees = [("working tree", ROOT)]
         if args.base:
             base = Path(tmp) / "base"

@@ -152,6 +152,45 @@ def test_a_fan_in_of_steps_a_fault_may_cut_short_waits_for_the_slowest() -> None
     assert e.latency_expected_s == pytest.approx(mc_mean(wf), rel=0.03)
 
 
+def stopped_map(n: int, then: bool) -> Any:
+    """``fan(n)`` whose ``reduce`` passing ends the run, with one more step after it (or not)."""
+    doc = {"version": 1, "concurrency": 1000, "stop_when": "reduce",
+           "models": {"m": {"usd_per_call": 0.001, "latency_s": 1.0, "p_ok": 0.9}},
+           "steps": [*({"id": f"w{i}", "model": "m", "retries": 2} for i in range(n)),
+                     {"id": "reduce", "model": "m", "after": [f"w{i}" for i in range(n)]},
+                     *([{"id": "polish", "model": "m", "after": ["reduce"]}] if then else [])]}
+    return workflow_from_dict(doc)
+
+
+@pytest.mark.parametrize("then", [True, False])
+def test_an_early_stop_after_a_fan_in_waits_for_the_slowest_too(then: bool) -> None:
+    """The stop passes when ``reduce`` does, after the slowest of 50 retried branches: 3.94
+    s on average, not the 2.14 s of the schedule of means, which still says what is
+    skipped; when it fails, the whole run's joins. The old figure was 2.28 s."""
+    wf = stopped_map(50, then)
+    e = estimate(wf)
+    assert e.stop is not None and e.stop.at_s == pytest.approx(2.14, abs=0.01)
+    assert e.stop.at_joined_s == pytest.approx(3.94, abs=0.03)
+    assert e.stop.skipped == (("polish",) if then else ())
+    assert e.latency_expected_s > 1.6 * (e.stop.chance * e.stop.at_s + (1 - e.stop.chance) * 3.14)
+    assert e.latency_expected_s == pytest.approx(mc_mean(wf), rel=0.03)
+    assert e.latency_joined_s == e.latency_expected_s <= e.latency_worst_s
+
+
+def test_an_early_stop_before_the_joins_keeps_its_schedule() -> None:
+    """A stop on one lone branch: nothing varying joins before it, so it passes at its
+    schedule's time, and the run's joins count only when it fails."""
+    doc = {"version": 1, "concurrency": 1000, "stop_when": "first",
+           "models": {"m": {"usd_per_call": 0.001, "latency_s": 1.0, "p_ok": 0.9}},
+           "steps": [{"id": "first", "model": "m"},
+                     *({"id": f"w{i}", "model": "m", "retries": 2} for i in range(30)),
+                     {"id": "reduce", "model": "m", "after": [f"w{i}" for i in range(30)]}]}
+    wf = workflow_from_dict(doc)
+    e = estimate(wf)
+    assert e.stop is not None and e.stop.at_joined_s is None and e.stop.at_s == 1.0
+    assert e.latency_expected_s == pytest.approx(mc_mean(wf), rel=0.03)
+
+
 def test_a_random_dag_of_retried_steps_is_near_the_monte_carlo_mean() -> None:
     import random
 
@@ -310,6 +349,19 @@ def test_estimate_says_when_joins_set_the_expected_latency(cli: Any, tmp_path: A
     assert latency["joined"] == pytest.approx(3.94, abs=0.01) == latency["expected"]
     assert latency["critical_path"] < 2.2  # the longest path of means stays beside it
     assert "joined" not in cli("estimate", chain, "--json").json()["latency_s"]
+
+
+def test_estimate_says_when_joins_set_an_early_stops_time(cli: Any, tmp_path: Any) -> None:
+    import yaml
+
+    path = tmp_path / "stop.yaml"
+    path.write_text(yaml.safe_dump(stopped_map(50, True).model_dump(mode="json", exclude_defaults=True)))
+    said = " ".join(cli("estimate", path).out.split())
+    assert "at 2.14s on the expected schedule (3.94s on average: the branches that join" in said
+    assert "the mean of when reduce passes (3.94s) and, when it does not, of the whole run's" in said
+    doc = cli("estimate", path, "--json").json()
+    assert doc["stop_when"]["at_joined_s"] == pytest.approx(3.94, abs=0.01)
+    assert doc["latency_s"]["joined"] == doc["latency_s"]["expected"] == pytest.approx(4.09, abs=0.02)
 
 
 def test_a_wide_fan_holds_one_array_of_draws_not_one_per_branch() -> None:

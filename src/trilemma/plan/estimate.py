@@ -50,7 +50,8 @@ after a first failure), the worst case every wait at its longest (:func:`retry_w
 Where branches whose times vary join, a run waits for the slowest of them, which on
 average is later than the slowest of their means: the expected latency is the mean of the
 longest path there, each step's attempts, answers and backoffs drawn
-(:mod:`trilemma.plan.fanin`).
+(:mod:`trilemma.plan.fanin`); an early stop's step finishes at the mean of the longest path
+up to it, drawn likewise.
 
 An early stop (``stop_when: S``) ends the run when ``S`` passes: what has not
 finished by then is cancelled or never started, and billed nothing, but for calls in
@@ -214,6 +215,9 @@ class EarlyStop:
     cancelled_usd: float = 0.0
     """What the ``in_flight`` steps' cancelled calls bill when it passes (see
     :func:`cancel_cost`)."""
+    at_joined_s: float | None = None
+    """When it finishes on average where branches whose times vary join before it, above
+    ``at_s`` (:mod:`trilemma.plan.fanin`); None otherwise."""
 
     def to_json(self, rows: tuple[StepEstimate, ...]) -> dict[str, Any]:
         """The ``stop_when`` block of ``estimate --json``."""
@@ -221,7 +225,8 @@ class EarlyStop:
         saved -= self.cancelled_usd
         return {"step": self.step, "chance": _r(self.chance), "at_s": _r(self.at_s),
                 "skipped": list(self.skipped), "saved_usd_expected": _r(self.chance * saved),
-                "races": list(self.races)}  # fmt: skip
+                "races": list(self.races),
+                **({} if self.at_joined_s is None else {"at_joined_s": _r(self.at_joined_s)})}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,8 +242,9 @@ class Estimate:
     latency_expected_s: float
     """The mean latency. From :func:`assemble`, the longest path of expected step latencies
     (a lower bound on it); from :func:`estimate`, the mean of the longest path where
-    branches whose times vary join (:mod:`trilemma.plan.fanin`), and replayed in the run's
-    concurrency slots where they may bind (both without a ``stop_when``)."""
+    branches whose times vary join (:mod:`trilemma.plan.fanin`; with a ``stop_when``, its
+    step's mean finish too), and replayed in the run's concurrency slots where they may
+    bind (without a ``stop_when``)."""
     latency_worst_s: float
     """Longest path with every retry taken (replayed in the slots as the expected one is;
     from :func:`estimate`, at least the expected latency, which a join of jittery calls may
@@ -251,7 +257,9 @@ class Estimate:
     configurations)."""
     latency_joined_s: float | None = None
     """The mean of the longest path where branches whose times vary join, when it is above
-    the longest path of the steps' mean latencies (:mod:`trilemma.plan.fanin`); None
+    the longest path of the steps' mean latencies (:mod:`trilemma.plan.fanin`); with a
+    ``stop_when``, the stop's finish and the whole run's, each drawn so where that is above
+    its schedule, weighed by the chance the stop passes (the expected latency then). None
     otherwise, and where not worked out (the optimizer's configurations)."""
 
     def _expected(
@@ -798,9 +806,7 @@ def estimate(wf: Workflow) -> Estimate:
     rows = {s.id: step_estimate(wf, s) for s in wf.steps}
     cancel = {s.id: cancel_cost(wf, s) for s in wf.steps} if wf.stop_when is not None else None
     graph = wf.edges()
-    e = assemble(rows, graph, wf.stop_when, cancel)
-    if e.stop is None:  # a stop's schedule is the expected one (see the module's note)
-        e = _with_joins(e, graph, rows)
+    e = _with_joins(assemble(rows, graph, wf.stop_when, cancel), graph, rows)
     for sid in e.critical_path:
         rows[sid].critical = True
     latency = {i: r.latency_s for i, r in rows.items()}
@@ -820,16 +826,34 @@ def estimate(wf: Workflow) -> Estimate:
 def _with_joins(e: Estimate, graph: dict[str, list[str]], rows: dict[str, StepEstimate]) -> Estimate:
     """``e`` with the mean of its longest path where branches whose times vary join, when
     that is clearly (by three standard errors of its draws) above the longest path of the
-    means (:func:`trilemma.plan.fanin.mean_longest`)."""
+    means (:func:`trilemma.plan.fanin.mean_longest`). With a ``stop_when``, the stop's
+    finish likewise (the longest path up to it), the two weighed by the chance it passes
+    as :func:`assemble` weighs their schedules' (the schedule still says what is skipped)."""
     if not any(r.spread for r in rows.values()):  # every step always takes its time
         return e
-    drawn = mean_longest(graph, dag.topo_order(graph), {i: r.latency_expected_s for i, r in rows.items()},
-                         {i: r.spread for i, r in rows.items()})  # fmt: skip
-    if drawn is None or drawn[0] - 3.0 * drawn[1] <= e.latency_expected_s:
+    mean = {i: r.latency_expected_s for i, r in rows.items()}
+    spread = {i: r.spread for i, r in rows.items()}
+    order = dag.topo_order(graph)
+
+    def joined(graph: dict[str, list[str]], order: list[str], path_s: float) -> float | None:
+        drawn = mean_longest(graph, order, mean, spread)
+        return None if drawn is None or drawn[0] - 3.0 * drawn[1] <= path_s else drawn[0]
+
+    of_means = dag.longest_path(graph, mean, order)[0]
+    whole = joined(graph, order, of_means)
+    st, at = e.stop, None
+    if st is not None:
+        line = dag.ancestors(graph, st.step) | {st.step}
+        at = joined({k: graph[k] for k in line}, [k for k in order if k in line], st.at_s)
+    if whole is None and at is None:
         return e
+    full = expected = whole if whole is not None else of_means
+    if st is not None:
+        expected = st.chance * (at if at is not None else st.at_s) + (1.0 - st.chance) * full
+        st = replace(st, at_joined_s=at)
     # the worst case, whose calls take their profile's time, is no shorter than the mean
-    return replace(e, latency_expected_s=drawn[0], latency_joined_s=drawn[0],
-                   latency_worst_s=max(e.latency_worst_s, drawn[0]))
+    return replace(e, latency_expected_s=expected, latency_joined_s=expected, stop=st,
+                   latency_worst_s=max(e.latency_worst_s, full))
 
 
 def assemble(

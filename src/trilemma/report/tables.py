@@ -102,8 +102,10 @@ def early_stop_line(e: Estimate) -> str:
     saved = st.to_json(e.per_step)["saved_usd_expected"]
     skipped = (f"{', '.join(st.skipped)} {'is' if len(st.skipped) == 1 else 'are'} skipped or "
                "cancelled" if st.skipped else "every other step has finished")
+    waits = ("" if st.at_joined_s is None else f" ({st.at_joined_s:.2f}s on average: the "
+             "branches that join before it wait for the slowest)")
     line = (f"stop_when {st.step}: it passes {_pct(st.chance)} of the time, at {st.at_s:.2f}s "
-            f"on the expected schedule; then {skipped}. The expected "
+            f"on the expected schedule{waits}; then {skipped}. The expected "
             f"figures count it (saving {usd(saved)} on average); the worst case does not.")  # fmt: skip
     if st.races:
         line += (f" With retries, {', '.join(st.races)} may finish on the other side of "
@@ -237,10 +239,16 @@ def join_assumptions(e: Estimate) -> list[str]:
     held = e.latency_expected_s > e.latency_joined_s + 1e-9  # the slots' replay is longer
     said = (f"; in the run's limits the expected latency is longer still, "
             f"{e.latency_expected_s:.2f}s" if held else ", the expected latency")
+    drawn = f"over {SAMPLES:,} drawn runs (each step's attempts, answers and backoffs)"
+    figure = f"the mean of the longest path {drawn} is"
+    if e.stop is not None:
+        at = e.stop.at_joined_s if e.stop.at_joined_s is not None else e.stop.at_s
+        figure = (f"{drawn}, the mean of when {e.stop.step} passes ({at:.2f}s) and, when it "
+                  "does not, of the whole run's longest path, weighed by the chance it passes, "
+                  "is")  # fmt: skip
     return [f"joins: a run waits for the slowest of the branches that join, later on average "
-            f"than the slowest of their means: the mean of the longest path over {SAMPLES:,} "
-            f"drawn runs (each step's attempts, answers and backoffs) is "
-            f"{e.latency_joined_s:.2f}s{said}; `trilemma simulate` draws the rest"]
+            f"than the slowest of their means: {figure} {e.latency_joined_s:.2f}s{said}; "
+            "`trilemma simulate` draws the rest"]
 
 
 def retry_assumptions(wf: Workflow) -> list[str]:
