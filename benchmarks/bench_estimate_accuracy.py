@@ -1,8 +1,8 @@
 """The estimate's expected latency beside the Monte Carlo's mean, on random specs.
 
 Specs of 3-25 steps (fan-ins, random DAGs and chains) on three models drawn with jitter,
-faults, timeouts and hedges, their steps with retries, votes, debates, cascades and cache
-hit rates; with ``--stop``, each with a ``stop_when`` on a random step (that is not a
+faults, timeouts and hedges, their steps with retries, votes, debates, cascades, routes
+and cache hit rates; with ``--stop``, each with a ``stop_when`` on a random step (that is not a
 first one). Each is estimated, and simulated (runs go to their end: ``halt=False``, no
 deadline); the ratio estimate / Monte Carlo is reported, and how many are 5% or more
 off. ``--base REV`` runs the same specs through another revision's planner beside it
@@ -62,6 +62,9 @@ def random_spec(rng: random.Random) -> dict[str, Any]:
             s["escalate"] = [rng.choice("abc")]
         elif r < 0.32:
             s["cached"] = {"hit_rate": round(rng.uniform(0.1, 0.9), 2)}
+        elif r < 0.38:  # a classifier, then a lone call or a vote
+            s["route"] = {"easy": {"share": 0.8, "model": rng.choice("abc")},
+                          "hard": {"share": 0.2, "model": rng.choice("abc"), "vote": {"samples": 3}}}
         steps.append(s)
     return {"version": 1, "concurrency": 1000, "models": models, "steps": steps}
 

@@ -191,6 +191,31 @@ def test_an_early_stop_before_the_joins_keeps_its_schedule() -> None:
     assert e.latency_expected_s == pytest.approx(mc_mean(wf), rel=0.03)
 
 
+@pytest.mark.parametrize("jitter", [0.5, 1.0])
+def test_a_fan_in_of_cascades_waits_for_each_rungs_jitter(jitter: float) -> None:
+    """Twenty steps that escalate from a 1 s model to a 2 s one, both jittery: the old
+    figure took each rung's answer at its mean (0.80 and 0.56 of the Monte Carlo's)."""
+    wf = fan(20, retries=1, latency_jitter=jitter, p_ok=0.8)
+    wf = wf.model_copy(update={"steps": [s.model_copy(update={"escalate": ["other"]}) if s.retries else s
+                                         for s in wf.steps]})  # fmt: skip
+    assert estimate(wf).latency_expected_s == pytest.approx(mc_mean(wf), rel=0.03)
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.5])
+def test_a_fan_in_of_routed_steps_waits_for_the_slowest_branch(jitter: float) -> None:
+    """Twenty routed steps, 15% of them to a debate of two rounds: one of twenty almost
+    always goes the slow way. The old figure took every attempt at the branches' mean
+    (0.66 of the Monte Carlo's without jitter)."""
+    route = {"easy": {"share": 0.85, "model": "other"},
+             "hard": {"share": 0.15, "model": "other", "debate": {"agents": 3, "rounds": 2}}}
+    wf = spec([*({"id": f"w{i}", "model": "m", "route": route} for i in range(20)),
+               {"id": "reduce", "model": "m", "after": [f"w{i}" for i in range(20)]}],
+              latency_jitter=jitter, latency_s=0.4)  # fmt: skip
+    e = estimate(wf)
+    assert e.latency_expected_s > 1.3 * e.per_step[0].latency_expected_s + 0.4
+    assert e.latency_expected_s == pytest.approx(mc_mean(wf), rel=0.03)
+
+
 def test_a_random_dag_of_retried_steps_is_near_the_monte_carlo_mean() -> None:
     import random
 
@@ -234,8 +259,14 @@ def test_the_figure_is_the_same_each_time() -> None:
         ({}, {"retries": 2, "cached": {"hit_rate": 0.4}}),
         ({}, {"retries": 1, "route": {"easy": {"share": 0.7, "model": "m"},
                                       "hard": {"share": 0.3, "model": "other"}}}),
+        ({"latency_jitter": 0.5, "timeout_s": 2.5}, {"retries": 2, "escalate": ["other"]}),
+        ({"latency_jitter": 0.5, "faults": {"transient_error_rate": 0.2}},
+         {"retries": 2, "route": {"easy": {"share": 0.7, "model": "m"},
+                                  "hard": {"share": 0.3, "model": "other", "debate": {"agents": 3, "rounds": 1}}}}),
+        ({}, {"route": {"easy": {"share": 0.7, "model": "m"}, "hard": {"share": 0.3, "model": "other"}}}),
     ],
-    ids=["retries", "faults", "timeouts", "cascade", "partly-cached", "routed"],
+    ids=["retries", "faults", "timeouts", "cascade", "partly-cached", "routed", "jittery-cascade",
+         "jittery-routed-faults", "routed-once"],
 )
 def test_a_steps_spread_has_its_expected_latency_as_its_mean(
     model: dict[str, Any], step: dict[str, Any]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +71,30 @@ def test_runs_on_the_simulator_follow_the_planned_shares(tmp_path: Path) -> None
         picked[label] += 1
     assert picked["hard"] / 300 == pytest.approx(0.19, abs=0.07)  # 4.4 standard errors
     assert cost / 300 == pytest.approx(estimate(wf).cost_expected, rel=0.15)
+
+
+def test_the_monte_carlo_draws_the_classifiers_and_the_branchs_time_apart() -> None:
+    """The executor sends the classifier's call, then the branch's: their jitters are
+    apart, so the variance of the step's time is the sum of theirs (a 0.4 s and a 2 s call
+    at jitter 0.5: a standard deviation of 1.09 s), not one draw over both (1.28 s)."""
+    from trilemma.plan.simulate import simulate
+
+    wf = parse_workflow("""\
+version: 1
+models:
+  small:   {usd_per_call: 0.002, latency_s: 0.4, p_ok: 1.0, latency_jitter: 0.5}
+  premium: {usd_per_call: 0.030, latency_s: 2.0, p_ok: 1.0, latency_jitter: 0.5}
+steps:
+  - id: answer
+    model: small
+    route: {easy: {share: 0.5, model: premium}, also: {share: 0.5, model: premium}}
+""")
+    got = simulate(wf, 200_000, seed=3, keep=True)
+    assert got.samples is not None
+    latency = got.samples["latency"]
+    apart = (0.4**2 + 2.0**2) * (math.exp(0.25) - 1.0)
+    assert latency.mean() == pytest.approx(2.4, rel=0.01)
+    assert latency.std() == pytest.approx(math.sqrt(apart), rel=0.03)
 
 
 def _endpoint(url: str) -> str:

@@ -73,7 +73,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from trilemma import dag
-from trilemma.plan.fanin import Spread, mean_longest, retry_spread
+from trilemma.plan.fanin import Spread, Way, mean_longest, retry_spread, ways_spread
 from trilemma.plan.hedge import (
     call_price,
     hedge_rate,
@@ -453,8 +453,28 @@ def _routed_estimate(wf: Workflow, step: Step) -> StepEstimate:
         calls_per_attempt=1 + hedge_rate(classifier) + head.clean * mean("calls_expected"),
         hedged=classifier.hedge_after_s is not None or any(b.hedged for b in one.values()),
         routes=tuple(step.route),
+        spread=_routed_spread(wf, step, head, shares),
     )  # fmt: skip
     return e if book == price else replace(e, cost_book=book)  # the book bills every call
+
+
+def _routed_spread(wf: Workflow, step: Step, head: Attempt, shares: Mapping[str, float]) -> Spread:
+    """The spread of a routed step's time: each attempt its classifier's call, then one
+    branch's with its share (each attempt classifies afresh), each way either ends."""
+    classifier = wf.models[step.model]
+    classified = answer_variance(classifier, (1,)) * head.answered_s**2
+    ways: list[Way] = [(1.0 - head.clean, head.failed_s, 0.0, 0.0, 0.0)]
+    for label, share in shares.items():
+        branch = step.branch_step(label)
+        m = wf.models[branch.model]
+        a = attempt_of(m, branch.waves)
+        answered = answer_variance(m, branch.waves) * a.answered_s**2
+        ways += [(head.clean * share * a.clean, 0.0, head.answered_s + a.answered_s,
+                  classified + answered, wf.p_ok(branch)),
+                 (head.clean * share * (1.0 - a.clean), a.failed_s, head.answered_s, classified, 0.0)]  # fmt: skip
+    k = step.retries
+    waits = [backoff_ceiling(i) for i in range(1, k + 1)]
+    return ways_spread([ways] * (k + 1), [0.0] * k, waits, SIM_RETRY_AFTER_S)
 
 
 def _independent_attempts(
@@ -527,7 +547,7 @@ def _alike_retries(
 
 def _retried(
     outcomes: Sequence[tuple[float, float, float]], fails: Sequence[float],
-    limited: Sequence[float], variance: float = 0.0,
+    limited: Sequence[float], variance: float | Sequence[float] = 0.0,
 ) -> Spread:  # fmt: skip
     """The spread of a step's time over its attempts (see :func:`retry_waits`)."""
     waits = [backoff_ceiling(i) for i in range(1, len(fails) + 1)]
@@ -754,7 +774,8 @@ def _cascade_estimate(wf: Workflow, step: Step) -> StepEstimate:
         latency_expected_s=math.fsum([t * r for t, r in zip(expected, reach, strict=True)])
         + waited,
         spread=_retried([(a.clean, a.answered_s, a.failed_s) for a in tries],
-                        [1.0 - p for p in p_ok[:-1]], [a.limited for a in tries[:-1]]),
+                        [1.0 - p for p in p_ok[:-1]], [a.limited for a in tries[:-1]],
+                        [answer_variance(p, step.waves) for p in profiles]),
         models=tuple(wf.ladder(step)),
         calls_per_attempt=math.fsum([r * a.sent * (1.0 + hedge_rate(p))
                                      for r, a, p in zip(reach, tries, profiles, strict=True)])

@@ -7,14 +7,14 @@ of 1 s at ``p_ok: 0.9`` with two retries each, and a step after them, the longes
 the means is 2.14 s; the runs take 3.94 s on average.
 
 :func:`mean_longest` draws each step's time from its :data:`Spread` (each way its attempts
-can end, an answer, a fault or a timeout, each at its mean time; the answers spread by
-their calls' jitter, as the timeout and the waves of calls sent together and the hedges
-leave it; the backoff between attempts) for :data:`SAMPLES` runs with a fixed seed, and averages their
-longest paths: a deterministic figure for a given spec, each branch's draws
-shared by all that follow it (so two paths through one step are not taken for independent
-ones). What else varies in a run (a deadline, a failed step ending the run, the
-concurrency slots; a routed step's branches and a cascade's rungs vary at their means) is
-the Monte Carlo's (:mod:`trilemma.plan.simulate`). Twenty 1 s calls at ``latency_jitter: 0.5``, then
+can end, an answer, a fault or a timeout, each at its mean time, a cascade's rungs and a
+routed step's branches each at theirs; the answers spread by their calls' jitter, as the
+timeout and the waves of calls sent together and the hedges leave it; the backoff between
+attempts) for :data:`SAMPLES` runs with a fixed seed, and averages their longest paths: a
+deterministic figure for a given spec, each branch's draws shared by all that follow it (so
+two paths through one step are not taken for independent ones). What else varies in a run
+(a deadline, a failed step ending the run, the concurrency slots) is the Monte Carlo's
+(:mod:`trilemma.plan.simulate`). Twenty 1 s calls at ``latency_jitter: 0.5``, then
 one after them: 3.32 s (the Monte Carlo 3.33 s), where the longest path of means is 2 s.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SAMPLES", "Spread", "mean_longest", "retry_spread", "spread_mean", "varies"]
+__all__ = ["SAMPLES", "Spread", "Way", "mean_longest", "retry_spread", "spread_mean", "varies", "ways_spread"]
 
 Spread = tuple[tuple[float, float, float, float, float], ...]
 """A step's time as a mixture of (chance, busy, wait, width, sigma) terms: ``busy``
@@ -40,57 +40,83 @@ SAMPLES = 2048
 _SEED = 20261205
 
 
+Way = tuple[float, float, float, float, float]
+"""One way an attempt can end: (chance, wait, answered, variance, ok): ``wait`` seconds
+that do not vary (a fault's, a timeout's), ``answered`` seconds of answers that do, with
+``variance`` seconds squared, and the chance the step succeeds then (0 for a fault)."""
+
+
 def retry_spread(
     outcomes: Sequence[tuple[float, float, float]], fails: Sequence[float],
-    limited: Sequence[float], waits: Sequence[float], after: float, variance: float = 0.0,
+    limited: Sequence[float], waits: Sequence[float], after: float,
+    variance: float | Sequence[float] = 0.0,
 ) -> Spread:  # fmt: skip
     """The time of a step of ``len(outcomes)`` attempts at most, attempt ``i`` failing with
     ``fails[i]`` (a retry follows it; the last attempt ends the step either way),
-    ``limited[i]`` of that on a rate limit.
+    ``limited[i]`` of that on a rate limit (see :func:`ways_spread`).
 
     ``outcomes[i]``: attempt ``i``'s chance to meet no fault and no timeout, and its seconds
     then and otherwise (a fault ends it sooner, a timeout later). A clean attempt succeeds
     with the chance that leaves it failing ``fails[i]`` of the time, and takes as long
-    either way. The terms follow each way an attempt can end, those of equal seconds merged.
+    either way.
+
+    ``variance``: that of an answer's seconds over their mean squared (its calls' jitter;
+    :func:`trilemma.plan.hedge.wave_variance`), one for every attempt or one per attempt (a
+    cascade's rungs).
+    """
+    relative = [variance] * len(outcomes) if isinstance(variance, (int, float)) else list(variance)
+    ways = []
+    for i, (clean, answered, failed) in enumerate(outcomes):
+        ok = (1.0 - fails[i]) / clean if i < len(fails) and clean > 0.0 else 0.0
+        ways.append(((clean, 0.0, answered, relative[i] * answered * answered, ok),
+                     (1.0 - clean, failed, 0.0, 0.0, 0.0)))  # fmt: skip
+    return ways_spread(ways, limited, waits, after)
+
+
+def ways_spread(
+    ways: Sequence[Sequence[Way]], limited: Sequence[float], waits: Sequence[float], after: float
+) -> Spread:
+    """The time of a step of ``len(ways)`` attempts at most, attempt ``i`` ending one of the
+    ``ways[i]`` (see :data:`Way`; a retry follows it unless the step succeeds, and the last
+    attempt ends the step either way), ``limited[i]`` of it on a rate limit. The terms
+    follow each way an attempt can end, those of equal seconds merged.
 
     Before retry ``i`` the step waits a uniform backoff below ``waits[i]``, or ``after``
     seconds after a rate limit: taken as one uniform term of the same mean, from the rate
     limits' wait up, whose width is the backoff's share. The mixture's mean is the
     expected latency :func:`trilemma.plan.estimate.retry_waits` gives the step.
 
-    ``variance``: that of an answer's seconds over their mean squared (its calls' jitter;
-    :func:`trilemma.plan.hedge.wave_variance`); ``n`` answers together are taken as one
-    lognormal of the same mean and variance (log-sigma ``sqrt(log(1 + variance / n))``).
+    The answers a way of ending holds are taken as one lognormal of their seconds' mean and
+    variance (``n`` alike answers of relative variance ``v``: log-sigma ``sqrt(log(1 + v /
+    n))``).
     """
     out: dict[tuple[float, ...], float] = {}
-    # (seconds of answers, of faults and timeouts, answers) -> the chance the step reaches
-    # the next attempt so; only answers vary with the jitter
-    going: dict[tuple[float, float, int], float] = {(0.0, 0.0, 0): 1.0}
+    # (seconds of answers, of faults and timeouts, the answers' variance) -> the chance the
+    # step reaches the next attempt so; only answers vary with the jitter
+    going: dict[tuple[float, float, float], float] = {(0.0, 0.0, 0.0): 1.0}
     least, width = 0.0, 0.0
-    last = len(outcomes) - 1
+    last = len(ways) - 1
 
-    def sigma(answers: int) -> float:
-        return math.sqrt(math.log1p(variance / answers)) if variance > 0.0 and answers else 0.0
+    def sigma(answered: float, spread: float) -> float:
+        return math.sqrt(math.log1p(spread / answered**2)) if spread > 0.0 and answered else 0.0
 
     def add(into: dict[Any, float], key: Any, c: float) -> None:
         if c > 0.0:
             into[key] = into.get(key, 0.0) + c
 
-    for i, (clean, answered, failed) in enumerate(outcomes):
-        fail = fails[i] if i < last else 0.0
-        ahead: dict[tuple[float, float, int], float] = {}
-        for (said, lost, n), chance in going.items():
-            answer = (round(said + answered, 12), lost, n + 1)
-            broke = (said, round(lost + failed, 12), n)
-            if i == last:  # it ends the step whatever it gets
-                for (a, f, m), c in ((answer, chance * clean), (broke, chance * (1.0 - clean))):
-                    add(out, (a, least + f, width, sigma(m)), c)
-                continue
-            a, f, m = answer
-            add(out, (a, least + f, width, sigma(m)), chance * (1.0 - fail))  # it succeeds
-            add(ahead, answer, chance * (clean - (1.0 - fail)))  # a wrong answer
-            add(ahead, broke, chance * (1.0 - clean))  # a fault or a timeout
-        if i == last or fail <= 0.0:
+    for i, attempt in enumerate(ways):
+        ahead: dict[tuple[float, float, float], float] = {}
+        for (said, lost, var), chance in going.items():
+            for c, wait, answered, spread, ok in attempt:
+                a, f = round(said + answered, 12), round(lost + wait, 12)
+                v = round(var + spread, 12)
+                if i == last:  # it ends the step whatever it gets
+                    add(out, (a, least + f, width, sigma(a, v)), chance * c)
+                    continue
+                add(out, (a, least + f, width, sigma(a, v)), chance * c * ok)  # it succeeds
+                add(ahead, (a, f, v), chance * c * (1.0 - ok))  # a wrong answer, or a fault
+        fail = 1.0 - math.fsum(c * ok for c, *_, ok in attempt)
+        if i == last or fail <= 1e-12:
             break
         lim = min(limited[i], fail)
         least += lim * after / fail

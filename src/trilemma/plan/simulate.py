@@ -22,7 +22,9 @@ Before each retry a trajectory waits the executor's backoff: a uniform draw belo
 generator of its own so that every other draw is what it would be without it.
 
 A cascade (``escalate``) draws each attempt with its own model's ``p``, price and
-latency. A model with ``hedge_after_s`` sends an attempt again when its drawn time passes
+latency. A routed step's attempt draws its branch by its share, then the classifier's
+answer and the branch's apart, each a lognormal of its own jitter (the branch's as its
+waves' slowest calls leave it: :func:`~trilemma.plan.estimate.answer_variance`). A model with ``hedge_after_s`` sends an attempt again when its drawn time passes
 ``hedge_after_s`` x its sequential calls, takes the faster copy and pays for both (a routed
 step's branches count the hedges' expected price only); when the attempt's jittery calls go
 in waves, each call races a copy of its own, and the copies are paid for on average. A step
@@ -83,6 +85,7 @@ from trilemma.plan import hedge
 from trilemma.plan.estimate import (
     CACHE_HIT_LATENCY_S,
     Estimate,
+    answer_variance,
     attempt_of,
     breaks,
     cancel_cost,
@@ -302,7 +305,16 @@ class _Route:
     """The classifier's price plus the branch's."""
     latency: np.ndarray
     """The classifier's latency plus the branch's."""
-    jitter: np.ndarray
+    head_s: float
+    """The classifier's answer's mean seconds."""
+    head_sigma: float
+    """Its log-sigma (its jitter, as a timeout cuts it)."""
+    body_s: np.ndarray
+    """Per branch, its answer's mean seconds."""
+    body_sigma: np.ndarray
+    """Per branch, its answer's log-sigma: a lognormal of the variance of its waves' slowest
+    calls (:func:`~trilemma.plan.estimate.answer_variance`), drawn apart from the
+    classifier's, as the executor sends them."""
     calls: np.ndarray
     """The classifier's call plus the branch's."""
     reserve: np.ndarray
@@ -526,6 +538,11 @@ def _try_of(wf: Workflow, s: Step, name: str) -> _Try:
                    fault_calls=a.fault_sent, waves=waves, late_calls=late_calls)  # fmt: skip
 
 
+def _log_sigma(variance: float) -> float:
+    """The log-sigma of a lognormal whose variance over its mean squared is ``variance``."""
+    return math.sqrt(math.log1p(variance))
+
+
 def _route(wf: Workflow, s: Step) -> _Route:
     shares = wf.route_shares(s)
     classifier = wf.models[s.model]
@@ -540,7 +557,11 @@ def _route(wf: Workflow, s: Step) -> _Route:
         price=np.array([head_price + call_price(m, b.max_tokens) * b.calls
                         for b, m in zip(branches, models, strict=True)]),
         latency=np.array([head.answered_s + a.answered_s for a in tries]),
-        jitter=np.array([m.latency_jitter for m in models]),
+        head_s=head.answered_s,
+        head_sigma=_log_sigma(answer_variance(classifier, (1,))),
+        body_s=np.array([a.answered_s for a in tries]),
+        body_sigma=np.array([_log_sigma(answer_variance(m, b.waves))
+                             for b, m in zip(branches, models, strict=True)]),
         calls=np.array([1 + b.calls for b in branches]),
         reserve=np.array([m.reserved_per_call(b.max_tokens) for b, m in zip(branches, models, strict=True)]),
         head_price=head_price,
@@ -1244,8 +1265,11 @@ def _attempts(
         else:
             b = rng.choice(len(r.shares), size=n, p=r.shares)
             p, price, latency = r.p[b], r.price[b], r.latency[b]
-            sigma = r.jitter[b]
-            jitter = np.exp(sigma * rng.standard_normal(n) - sigma * sigma / 2) if r.jitter.any() else 1.0
+            jitter = 1.0  # the classifier's answer, then the branch's, each with its own jitter
+            if r.head_sigma > 0.0 or r.body_sigma.any():
+                sigma = r.body_sigma[b]
+                body = r.body_s[b] * np.exp(sigma * rng.standard_normal(n) - sigma * sigma / 2)
+                jitter = (r.head_s * _jitter(r.head_sigma, n, rng) + body) / latency
             bill = trying * price
             if room is not None:  # the classifier's call, then the branch's calls
                 body = r.calls[b] - 1
@@ -1508,7 +1532,7 @@ def simulate_loop(
                 if sp.route is not None:  # this attempt's branch: the classifier, then it
                     r = sp.route
                     b = _branch_one(r, rnd)
-                    tr = _Try(float(r.p[b]), float(r.price[b]), float(r.latency[b]), float(r.jitter[b]))
+                    tr = _Try(float(r.p[b]), float(r.price[b]), float(r.latency[b]), 0.0)
                     calls, head_price, head_reserve = int(r.calls[b]), r.head_price, r.head_reserve
                     reserve, each = float(r.reserve[b]), (tr.price - head_price) / (calls - 1)
                 elif room < math.inf:
@@ -1527,6 +1551,10 @@ def simulate_loop(
                     late_bill = max(given_up, 0.0) * each
                 else:
                     first = tr.latency * _jitter_one(tr.jitter, rnd)
+                    if sp.route is not None and (sp.route.head_sigma > 0.0 or sp.route.body_sigma.any()):
+                        r = sp.route  # the classifier's answer, then the branch's
+                        body = float(r.body_s[b]) * _jitter_one(float(r.body_sigma[b]), rnd)
+                        first = r.head_s * _jitter_one(r.head_sigma, rnd) + body
                     first_in = first <= tr.timeout  # else given up at its timeout
                     took, slow = (first, False) if first_in else (tr.given_up_s, True)
                 if first > tr.hedge and room >= 2 * tr.reserve * calls:  # a copy races it
