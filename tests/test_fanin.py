@@ -244,6 +244,18 @@ def test_steps_that_always_take_their_time_join_as_before() -> None:
     assert estimate(wf).latency_expected_s == 2.0
 
 
+def test_a_branch_that_is_always_the_slowest_sets_the_figure_alone() -> None:
+    """A retried 0.4 s step beside a fixed 6 s one (examples/diamond.yaml): every draw's
+    longest path is the fixed branch's, so the joins say nothing (their sum, 8.4 s, was
+    8.400000000000002 there, and "joins: ... is 8.40s" was printed)."""
+    from trilemma import load_workflow
+
+    from .conftest import EXAMPLES
+
+    e = estimate(load_workflow(EXAMPLES / "diamond.yaml"))
+    assert e.latency_joined_s is None and e.latency_expected_s == pytest.approx(8.4)
+
+
 def test_the_figure_is_the_same_each_time() -> None:
     wf = fan(12)
     assert estimate(wf).latency_expected_s == estimate(wf).latency_expected_s

@@ -858,7 +858,9 @@ def _with_joins(e: Estimate, graph: dict[str, list[str]], rows: dict[str, StepEs
 
     def joined(graph: dict[str, list[str]], order: list[str], path_s: float) -> float | None:
         drawn = mean_longest(graph, order, mean, spread)
-        return None if drawn is None or drawn[0] - 3.0 * drawn[1] <= path_s else drawn[0]
+        if drawn is None or drawn[0] - 3.0 * drawn[1] <= path_s * (1.0 + 1e-9):  # sums' rounding
+            return None
+        return drawn[0]
 
     of_means = dag.longest_path(graph, mean, order)[0]
     whole = joined(graph, order, of_means)
