@@ -426,3 +426,30 @@ def test_a_wide_fan_holds_one_array_of_draws_not_one_per_branch() -> None:
         tracemalloc.stop()
     assert drawn is not None and drawn[0] > 4.0
     assert peak < 10_000_000  # 1.7 MB: the graph's own and a few arrays; 166 MB branch by branch
+
+
+def routed_fan(retries: int, branches: int = 5, n: int = 10) -> Any:
+    """``n`` routed steps of ``branches`` branches on models of distinct latencies, then one."""
+    models = {f"m{i}": {"usd_per_call": 0.001, "latency_s": 0.3 + 0.37 * i, "p_ok": 0.5,
+                        "latency_jitter": 0.3, "faults": {"transient_error_rate": 0.1}}
+              for i in range(branches + 1)}  # fmt: skip
+    route = {f"b{i}": {"share": 1 / branches, "model": f"m{i + 1}"} for i in range(branches)}
+    steps = [{"id": f"w{j}", "model": "m0", "retries": retries, "route": route} for j in range(n)]
+    steps.append({"id": "r", "model": "m0", "after": [f"w{j}" for j in range(n)]})
+    return workflow_from_dict({"version": 1, "concurrency": 1000, "models": models, "steps": steps})
+
+
+def test_a_routed_steps_ways_are_merged_past_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five branches and ten retries make 174,000 ways of ending (2.5 s to list); past
+    MAX_STATES neighbours in time merge, keeping the step's mean and the joins' figure."""
+    from trilemma.plan import fanin
+
+    wf = routed_fan(10, n=1)
+    e = step_estimate(wf, wf.steps[0])
+    assert len(e.spread) <= 11 * fanin.MAX_STATES // 2
+    assert spread_mean(e.spread) == pytest.approx(e.latency_expected_s, rel=1e-9)
+    wf = routed_fan(5)
+    capped = estimate(wf).latency_expected_s
+    monkeypatch.setattr(fanin, "MAX_STATES", 10**9)
+    assert len(step_estimate(wf, wf.steps[0]).spread) > 2_000  # every way apart
+    assert estimate(wf).latency_expected_s == pytest.approx(capped, rel=0.005)

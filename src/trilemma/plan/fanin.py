@@ -93,7 +93,7 @@ def ways_spread(
     out: dict[tuple[float, ...], float] = {}
     # (seconds of answers, of faults and timeouts, the answers' variance) -> the chance the
     # step reaches the next attempt so; only answers vary with the jitter
-    going: dict[tuple[float, float, float], float] = {(0.0, 0.0, 0.0): 1.0}
+    going: dict[_State, float] = {(0.0, 0.0, 0.0): 1.0}
     least, width = 0.0, 0.0
     last = len(ways) - 1
 
@@ -105,24 +105,56 @@ def ways_spread(
             into[key] = into.get(key, 0.0) + c
 
     for i, attempt in enumerate(ways):
-        ahead: dict[tuple[float, float, float], float] = {}
+        ahead: dict[_State, float] = {}
+        done: dict[_State, float] = {}  # the step ends with this attempt
         for (said, lost, var), chance in going.items():
             for c, wait, answered, spread, ok in attempt:
-                a, f = round(said + answered, 12), round(lost + wait, 12)
-                v = round(var + spread, 12)
+                key = (round(said + answered, 12), round(lost + wait, 12), round(var + spread, 12))
                 if i == last:  # it ends the step whatever it gets
-                    add(out, (a, least + f, width, sigma(a, v)), chance * c)
+                    add(done, key, chance * c)
                     continue
-                add(out, (a, least + f, width, sigma(a, v)), chance * c * ok)  # it succeeds
-                add(ahead, (a, f, v), chance * c * (1.0 - ok))  # a wrong answer, or a fault
+                add(done, key, chance * c * ok)  # it succeeds
+                add(ahead, key, chance * c * (1.0 - ok))  # a wrong answer, or a fault
+        for (a, f, v), c in _fewer(done).items():
+            add(out, (a, least + f, width, sigma(a, v)), c)
         fail = 1.0 - math.fsum(c * ok for c, *_, ok in attempt)
         if i == last or fail <= 1e-12:
             break
         lim = min(limited[i], fail)
         least += lim * after / fail
         width += (fail - lim) * waits[i] / fail
-        going = ahead
+        going = _fewer(ahead)
     return tuple((c, busy, lo, w, sig) for (busy, lo, w, sig), c in out.items())
+
+
+_State = tuple[float, float, float]
+
+MAX_STATES = 128
+"""The most ways a step's attempts so far are told apart (seconds of answers, of faults,
+the answers' variance). Alike attempts stay far under it (ten retries: 66); a routed
+step's branches multiply with its retries (five branches, ten retries: 174,000), so past it
+neighbours in time are merged."""
+
+
+def _fewer(states: dict[_State, float]) -> dict[_State, float]:
+    """``states`` in at most :data:`MAX_STATES` // 2 groups of neighbours in time when there
+    are more than :data:`MAX_STATES`: each group's chance, mean seconds of answers and of
+    faults, and its answers' variance with the spread of the group's times (their mean and
+    variance kept)."""
+    if len(states) <= MAX_STATES:
+        return states
+    ranked = sorted(states.items(), key=lambda kv: kv[0][0] + kv[0][1])
+    groups = MAX_STATES // 2
+    out: dict[_State, float] = {}
+    for g in range(groups):
+        part = ranked[g * len(ranked) // groups:(g + 1) * len(ranked) // groups]
+        c = math.fsum(p for _, p in part)
+        said = math.fsum(p * k[0] for k, p in part) / c
+        lost = math.fsum(p * k[1] for k, p in part) / c
+        var = math.fsum(p * (k[2] + (k[0] + k[1] - said - lost) ** 2) for k, p in part) / c
+        key = (round(said, 12), round(lost, 12), round(var, 12))
+        out[key] = out.get(key, 0.0) + c
+    return out
 
 
 def varies(spread: Spread) -> bool:
