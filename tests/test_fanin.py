@@ -300,8 +300,17 @@ def test_retry_spread_waits_a_rate_limits_retry_after_and_the_backoff_otherwise(
     assert spread[0] == (0.5, 1.0, 0.0, 0.0, 0.0)
     chance, busy, wait, width, sigma = spread[1]
     assert (chance, busy, sigma) == (0.5, 2.0, 0.0)
-    assert wait == pytest.approx(0.2 * 1.0)  # the 429's share of the wait is fixed
-    assert width == pytest.approx(0.8 * 0.5)  # the backoff's share is uniform
+    # a fifth of the failures wait the 429's 1 s, the rest a uniform wait below 0.5 s: a
+    # mean of 0.4 s, the most 1 s, taken as a uniform wait of that mean within them
+    assert wait + width / 2 == pytest.approx(0.2 * 1.0 + 0.8 * 0.25)
+    assert wait >= 0.0 and wait + width <= 1.0 + 1e-12
+    # the backoffs before a third attempt add up with their variances, not their widths
+    three = [(1.0, 1.0, 1.0)] * 3
+    *_, (chance, busy, wait, width, sigma) = retry_spread(three, [0.5, 0.5], [0.0, 0.0], [0.5, 1.0],
+                                                           after=1.0)  # fmt: skip
+    assert (chance, busy) == (0.25, 3.0)
+    assert wait + width / 2 == pytest.approx(0.75)
+    assert width**2 / 12 == pytest.approx((0.5**2 + 1.0**2) / 12)  # not (0.5 + 1.0)^2 / 12
     assert retry_spread(both, [0.0], [0.0], [0.5], after=1.0) == ((1.0, 1.0, 0.0, 0.0, 0.0),)
     # two attempts' calls vary less together than one's: the same mean, half the variance
     one, two = retry_spread(both, [0.5], [0.0], [0.5], after=1.0, variance=math.expm1(0.25))

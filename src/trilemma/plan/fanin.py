@@ -82,9 +82,9 @@ def ways_spread(
     follow each way an attempt can end, those of equal seconds merged.
 
     Before retry ``i`` the step waits a uniform backoff below ``waits[i]``, or ``after``
-    seconds after a rate limit: taken as one uniform term of the same mean, from the rate
-    limits' wait up, whose width is the backoff's share. The mixture's mean is the
-    expected latency :func:`trilemma.plan.estimate.retry_waits` gives the step.
+    seconds after a rate limit: the waits before an attempt are taken as one uniform term
+    of their sum's mean and variance (within nothing and their longest). The mixture's mean
+    is the expected latency :func:`trilemma.plan.estimate.retry_waits` gives the step.
 
     The answers a way of ending holds are taken as one lognormal of their seconds' mean and
     variance (``n`` alike answers of relative variance ``v``: log-sigma ``sqrt(log(1 + v /
@@ -95,6 +95,7 @@ def ways_spread(
     # step reaches the next attempt so; only answers vary with the jitter
     going: dict[_State, float] = {(0.0, 0.0, 0.0): 1.0}
     least, width = 0.0, 0.0
+    waited = spread_of_waits = most = 0.0  # the waits' mean, variance and top so far
     last = len(ways) - 1
 
     def sigma(answered: float, spread: float) -> float:
@@ -120,9 +121,13 @@ def ways_spread(
         fail = 1.0 - math.fsum(c * ok for c, *_, ok in attempt)
         if i == last or fail <= 1e-12:
             break
-        lim = min(limited[i], fail)
-        least += lim * after / fail
-        width += (fail - lim) * waits[i] / fail
+        lim = min(limited[i], fail) / fail  # of the failures, the share on a rate limit
+        mean = lim * after + (1.0 - lim) * waits[i] / 2.0
+        spread_of_waits += lim * after**2 + (1.0 - lim) * waits[i] ** 2 / 3.0 - mean**2
+        waited += mean
+        most += max(after if lim > 0.0 else 0.0, waits[i])
+        half = min(math.sqrt(3.0 * max(spread_of_waits, 0.0)), waited, most - waited)
+        least, width = waited - half, 2.0 * half
         going = _fewer(ahead)
     return tuple((c, busy, lo, w, sig) for (busy, lo, w, sig), c in out.items())
 
