@@ -127,6 +127,8 @@ def ways_spread(
         waited += mean
         most += max(after if lim > 0.0 else 0.0, waits[i])
         half = min(math.sqrt(3.0 * max(spread_of_waits, 0.0)), waited, most - waited)
+        if waited - half <= 1e-12 * waited:  # one uniform wait from nothing: exactly so
+            half = waited
         least, width = waited - half, 2.0 * half
         going = _fewer(ahead)
     return tuple((c, busy, lo, w, sig) for (busy, lo, w, sig), c in out.items())
