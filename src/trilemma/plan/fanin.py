@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SAMPLES", "Spread", "Way", "mean_longest", "retry_spread", "spread_mean", "varies", "ways_spread"]
+__all__ = [
+    "SAMPLES", "Spread", "Way", "mean_longest", "retry_spread", "spread_mean", "varies", "ways_spread",
+]
 
 Spread = tuple[tuple[float, float, float, float, float], ...]
 """A step's time as a mixture of (chance, busy, wait, width, sigma) terms: ``busy``

@@ -24,7 +24,8 @@ generator of its own so that every other draw is what it would be without it.
 A cascade (``escalate``) draws each attempt with its own model's ``p``, price and
 latency. A routed step's attempt draws its branch by its share, then the classifier's
 answer and the branch's apart, each a lognormal of its own jitter (the branch's as its
-waves' slowest calls leave it: :func:`~trilemma.plan.estimate.answer_variance`). A model with ``hedge_after_s`` sends an attempt again when its drawn time passes
+waves' slowest calls leave it: :func:`~trilemma.plan.estimate.answer_variance`). A model
+with ``hedge_after_s`` sends an attempt again when its drawn time passes
 ``hedge_after_s`` x its sequential calls, takes the faster copy and pays for both (a routed
 step's branches count the hedges' expected price only); when the attempt's jittery calls go
 in waves, each call races a copy of its own, and the copies are paid for on average. A step
@@ -1268,8 +1269,8 @@ def _attempts(
             jitter = 1.0  # the classifier's answer, then the branch's, each with its own jitter
             if r.head_sigma > 0.0 or r.body_sigma.any():
                 sigma = r.body_sigma[b]
-                body = r.body_s[b] * np.exp(sigma * rng.standard_normal(n) - sigma * sigma / 2)
-                jitter = (r.head_s * _jitter(r.head_sigma, n, rng) + body) / latency
+                branch_s = r.body_s[b] * np.exp(sigma * rng.standard_normal(n) - sigma * sigma / 2)
+                jitter = (r.head_s * _jitter(r.head_sigma, n, rng) + branch_s) / latency
             bill = trying * price
             if room is not None:  # the classifier's call, then the branch's calls
                 body = r.calls[b] - 1
@@ -1553,8 +1554,8 @@ def simulate_loop(
                     first = tr.latency * _jitter_one(tr.jitter, rnd)
                     if sp.route is not None and (sp.route.head_sigma > 0.0 or sp.route.body_sigma.any()):
                         r = sp.route  # the classifier's answer, then the branch's
-                        body = float(r.body_s[b]) * _jitter_one(float(r.body_sigma[b]), rnd)
-                        first = r.head_s * _jitter_one(r.head_sigma, rnd) + body
+                        branch_s = float(r.body_s[b]) * _jitter_one(float(r.body_sigma[b]), rnd)
+                        first = r.head_s * _jitter_one(r.head_sigma, rnd) + branch_s
                     first_in = first <= tr.timeout  # else given up at its timeout
                     took, slow = (first, False) if first_in else (tr.given_up_s, True)
                 if first > tr.hedge and room >= 2 * tr.reserve * calls:  # a copy races it
