@@ -73,7 +73,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from trilemma import dag
-from trilemma.plan.fanin import Spread, Way, mean_longest, retry_spread, ways_spread
+from trilemma.plan.fanin import (
+    SAMPLES,
+    Spread,
+    Way,
+    mean_longest,
+    retry_spread,
+    varies,
+    ways_spread,
+)
 from trilemma.plan.hedge import (
     call_price,
     hedge_rate,
@@ -82,7 +90,7 @@ from trilemma.plan.hedge import (
     worst_call_price,
 )
 from trilemma.plan.slots import SLOTS_BIND, may_bind, scheduled
-from trilemma.spec import ModelProfile, Step, Workflow
+from trilemma.spec import ModelProfile, Simulation, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
 
 __all__ = [
@@ -261,6 +269,11 @@ class Estimate:
     ``stop_when``, the stop's finish and the whole run's, each drawn so where that is above
     its schedule, weighed by the chance the stop passes (the expected latency then). None
     otherwise, and where not worked out (the optimizer's configurations)."""
+    latency_in_slots_s: float | None = None
+    """Where the run's slots or rate limits bind and step times vary, the mean latency of
+    :data:`~trilemma.plan.fanin.SAMPLES` runs drawn in them by the Monte Carlo (a fixed
+    seed, runs going to their end, no deadline); the expected latency is at least it. None
+    otherwise."""
 
     def _expected(
         self, figure: Callable[[StepEstimate], float],
@@ -359,7 +372,8 @@ class Estimate:
 
     def _beyond_path(self) -> dict[str, float]:
         """The latencies worked out past the longest path of means, where they were."""
-        extra = {"joined": self.latency_joined_s, "scheduled": self.latency_scheduled_s}
+        extra = {"joined": self.latency_joined_s, "scheduled": self.latency_scheduled_s,
+                 "in_slots": self.latency_in_slots_s}
         return {k: _r(v) for k, v in extra.items() if v is not None}
 
     def headline(self) -> dict[str, Any]:
@@ -822,8 +836,13 @@ def cancel_cost(wf: Workflow, step: Step) -> float:
     return 0.0 if m.runs_on_simulator else m.reserved_per_call(step.max_tokens) * step.calls
 
 
-def estimate(wf: Workflow) -> Estimate:
-    """Analytic cost, latency and reliability of a workflow."""
+def estimate(wf: Workflow, *, draw_slots: bool = True) -> Estimate:
+    """Analytic cost, latency and reliability of a workflow.
+
+    ``draw_slots``: where the run's slots or rate limits bind and step times vary, draw the
+    expected latency in them (:func:`in_slots`, milliseconds to a second on a large DAG);
+    False keeps the replay of mean times there (a lower bound), for a search that weighs
+    many configurations on their worst figures."""
     rows = {s.id: step_estimate(wf, s) for s in wf.steps}
     cancel = {s.id: cancel_cost(wf, s) for s in wf.steps} if wf.stop_when is not None else None
     graph = wf.edges()
@@ -837,11 +856,30 @@ def estimate(wf: Workflow) -> Estimate:
     if e.stop is not None or not e.slots_bind:  # a stop's races are the estimate's own
         return e
 
-    # each step's calls held as often as its attempts are sent: on average, and every retry
-    expected = scheduled(wf, latency, {i: max(r.attempts_expected, 1.0) for i, r in rows.items()})
+    # each step's calls held as often as its attempts are sent (every retry at worst); where
+    # step times vary, their draws in the slots (the replay of mean times is a lower bound)
     worst = scheduled(wf, latency, {i: 1.0 + r.retries for i, r in rows.items()})
+    if draw_slots and any(varies(r.spread) for r in rows.values()):
+        drawn = in_slots(wf)
+        return replace(e, latency_expected_s=max(e.latency_expected_s, drawn),
+                       latency_in_slots_s=drawn, latency_worst_s=max(e.latency_worst_s, worst, drawn))
+    expected = scheduled(wf, latency, {i: max(r.attempts_expected, 1.0) for i, r in rows.items()})
     return replace(e, latency_expected_s=max(e.latency_expected_s, expected),
                    latency_worst_s=max(e.latency_worst_s, worst))
+
+
+def in_slots(wf: Workflow) -> float:
+    """The mean latency of :data:`~trilemma.plan.fanin.SAMPLES` runs drawn in the run's
+    slots and rate limits (:func:`trilemma.plan.simulate.simulate`, a fixed seed, runs going
+    to their end, no deadline, the analytic model's settings): the waits for a slot that
+    each run's own retries and jitter make, which no replay of mean times has."""
+    from trilemma.plan.simulate import simulate  # it builds on this module
+
+    free = wf.with_budget(deadline_s=None)
+    return simulate(free, SAMPLES, seed=_SLOTS_SEED, settings=Simulation(), halt=False).latency_s.mean
+
+
+_SLOTS_SEED = 20261206
 
 
 def _with_joins(e: Estimate, graph: dict[str, list[str]], rows: dict[str, StepEstimate]) -> Estimate:

@@ -334,6 +334,8 @@ def _search(
         best, best_estimate, feasible, held, on_average = _in_slots(
             wf, best, feasible, budget, budget_on, options
         )
+        if best is not None and budget_on == "worst":  # its expected latency drawn in the slots
+            best_estimate = estimate(apply(wf, best))
         notes += held
     spec = apply(wf, best) if best else None
     return OptimizeResult(
@@ -378,7 +380,7 @@ def _in_slots(
     deadline = budget.deadline_s
 
     def checked(c: Candidate) -> tuple[Estimate, bool]:
-        e = estimate(apply(wf, c))
+        e = estimate(apply(wf, c), draw_slots=on == "expected")  # worst figures are replayed
         latency = e.latency_worst_s if on == "worst" else e.latency_expected_s
         return e, deadline is None or latency <= deadline + 1e-12
 

@@ -217,19 +217,23 @@ def slot_assumptions(wf: Workflow, e: Estimate) -> list[str]:
         f"{m.max_concurrency} for {name}" for name, m in wf.models.items() if m.max_concurrency
     ]
     rated = over_rate(wf)
+    figures = "the expected and worst latencies are replayed in them too"
+    if e.latency_in_slots_s is not None:
+        figures = (f"the expected latency is the mean of {SAMPLES:,} runs drawn in them, "
+                   f"{e.latency_in_slots_s:.2f}s, the worst replayed in them")
     if rated:  # the rate limits may be what holds the calls up, not the slots
         over = "; ".join(f"{name}'s {what}" for name, what in rated.items())
         return [f"concurrency: the run's limits ({', '.join(limits)}; {over}) hold calls up, "
                 f"so the critical path takes {e.latency_scheduled_s:.2f}s in them, not "
                 f"{e.latency_critical_s:.2f}s (a rate limit's bucket starts a minute's worth "
-                "full, then lets calls go as it refills; the expected and worst latencies are "
-                "replayed in them too, and the Monte Carlo's calls wait for them); raise "
-                "`concurrency:` or the rate limits where the endpoints allow"]  # fmt: skip
+                f"full, then lets calls go as it refills; {figures}, and the Monte Carlo's "
+                "calls wait for them); raise `concurrency:` or the rate limits where the "
+                "endpoints allow"]  # fmt: skip
     return [f"concurrency: more calls are ready at once than the run's {', '.join(limits)}, so "
             f"the critical path takes {e.latency_scheduled_s:.2f}s in them, not "
-            f"{e.latency_critical_s:.2f}s (the longest remaining path goes first; the expected "
-            "and worst latencies are replayed in them too, and the Monte Carlo's calls wait for "
-            "them); raise `concurrency:` where the endpoints allow"]  # fmt: skip
+            f"{e.latency_critical_s:.2f}s (the longest remaining path goes first; {figures}, "
+            "and the Monte Carlo's calls wait for them); raise `concurrency:` where the "
+            "endpoints allow"]  # fmt: skip
 
 
 def join_assumptions(e: Estimate) -> list[str]:
