@@ -528,3 +528,22 @@ def test_the_expected_latency_in_the_slots_is_drawn_where_times_vary(cli: Any) -
     assert got["in_slots"] == got["expected"] == pytest.approx(e.latency_in_slots_s, abs=1e-6)
     said = " ".join(cli("estimate", EXAMPLES / "fan-out.yaml").out.split())
     assert "the expected latency is the mean of 2,048 runs drawn in them" in said
+
+
+def test_the_slots_draws_are_kept_per_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch or compare's runs estimate one spec many times: it is drawn once."""
+    import trilemma.plan.simulate as sim
+    from trilemma.plan import estimate as est
+
+    from .conftest import EXAMPLES
+
+    drawn: list[int] = []
+    real = sim.simulate
+    monkeypatch.setattr(sim, "simulate", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    monkeypatch.setattr(est, "_DRAWN_IN_SLOTS", {})
+    wf = parse_workflow((EXAMPLES / "fan-out.yaml").read_text())
+    first = estimate(wf).latency_expected_s
+    assert estimate(wf).latency_expected_s == first and len(drawn) == 1
+    assert estimate(wf.with_budget(max_cost_usd=1.0)).latency_expected_s == first  # drawn alike (no ceiling)
+    estimate(wf.model_copy(update={"concurrency": 3}))
+    assert len(drawn) == 3  # each other spec draws its own
