@@ -101,6 +101,7 @@ __all__ = [
     "cancel_cost",
     "estimate",
     "held_worst",
+    "in_slots",
     "most_held",
     "step_estimate",
 ]
@@ -251,8 +252,9 @@ class Estimate:
     """The mean latency. From :func:`assemble`, the longest path of expected step latencies
     (a lower bound on it); from :func:`estimate`, the mean of the longest path where
     branches whose times vary join (:mod:`trilemma.plan.fanin`; with a ``stop_when``, its
-    step's mean finish too), and replayed in the run's concurrency slots where they may
-    bind (without a ``stop_when``)."""
+    step's mean finish too), and where the run's concurrency slots bind (without a
+    ``stop_when``), replayed in them, or drawn in them where step times vary
+    (:func:`in_slots`)."""
     latency_worst_s: float
     """Longest path with every retry taken (replayed in the slots as the expected one is;
     from :func:`estimate`, at least the expected latency, which a join of jittery calls may
