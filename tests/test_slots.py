@@ -547,3 +547,19 @@ def test_the_slots_draws_are_kept_per_spec(monkeypatch: pytest.MonkeyPatch) -> N
     assert estimate(wf.with_budget(max_cost_usd=1.0)).latency_expected_s == first  # drawn alike (no ceiling)
     estimate(wf.model_copy(update={"concurrency": 3}))
     assert len(drawn) == 3  # each other spec draws its own
+
+
+def test_an_early_stop_in_the_slots_is_drawn_in_them() -> None:
+    """fan-out.yaml's merge as the stop, one step after it, no deadline: the stop's
+    schedule left the four slots out (3.55 s expected) where the runs take 6.23 s."""
+    from .conftest import EXAMPLES
+
+    doc = (EXAMPLES / "fan-out.yaml").read_text().replace("budget: {deadline_s: 4.5}", "")
+    doc += "  - {id: polish, model: large, after: [merge]}\nstop_when: merge\n"
+    wf = parse_workflow(doc)
+    e = estimate(wf)
+    assert e.stop is not None and e.latency_in_slots_s is not None
+    assert e.latency_expected_s == pytest.approx(simulate(wf, 40_000, seed=2, halt=False).latency_s.mean,
+                                                 rel=0.02)  # fmt: skip
+    assert e.latency_worst_s >= e.latency_scheduled_s + 0.8  # replayed in the slots too
+    assert estimate(wf, draw_slots=False).latency_expected_s < 4.0  # the stop's own schedule

@@ -252,9 +252,9 @@ class Estimate:
     """The mean latency. From :func:`assemble`, the longest path of expected step latencies
     (a lower bound on it); from :func:`estimate`, the mean of the longest path where
     branches whose times vary join (:mod:`trilemma.plan.fanin`; with a ``stop_when``, its
-    step's mean finish too), and where the run's concurrency slots bind (without a
-    ``stop_when``), replayed in them, or drawn in them where step times vary
-    (:func:`in_slots`)."""
+    step's mean finish too), and where the run's concurrency slots bind, replayed in them
+    (without a ``stop_when``), or drawn in them where step times vary or a stop races the
+    steps beside it (:func:`in_slots`)."""
     latency_worst_s: float
     """Longest path with every retry taken (replayed in the slots as the expected one is;
     from :func:`estimate`, at least the expected latency, which a join of jittery calls may
@@ -855,16 +855,19 @@ def estimate(wf: Workflow, *, draw_slots: bool = True) -> Estimate:
     if not may_bind(wf, latency):  # no call of the critical path's schedule waits for a slot
         return replace(e, latency_scheduled_s=e.latency_critical_s)
     e = replace(e, latency_scheduled_s=scheduled(wf, latency))
-    if e.stop is not None or not e.slots_bind:  # a stop's races are the estimate's own
+    if not e.slots_bind:
         return e
 
     # each step's calls held as often as its attempts are sent (every retry at worst); where
-    # step times vary, their draws in the slots (the replay of mean times is a lower bound)
+    # step times vary, or a stop races the steps beside it, their draws in the slots (the
+    # replay of mean times is a lower bound)
     worst = scheduled(wf, latency, {i: 1.0 + r.retries for i, r in rows.items()})
-    if draw_slots and any(varies(r.spread) for r in rows.values()):
+    if draw_slots and (e.stop is not None or any(varies(r.spread) for r in rows.values())):
         drawn = in_slots(wf)
         return replace(e, latency_expected_s=max(e.latency_expected_s, drawn),
                        latency_in_slots_s=drawn, latency_worst_s=max(e.latency_worst_s, worst, drawn))
+    if e.stop is not None:  # undrawn, a stop's schedule is the estimate's own
+        return replace(e, latency_worst_s=max(e.latency_worst_s, worst))
     expected = scheduled(wf, latency, {i: max(r.attempts_expected, 1.0) for i, r in rows.items()})
     return replace(e, latency_expected_s=max(e.latency_expected_s, expected),
                    latency_worst_s=max(e.latency_worst_s, worst))
