@@ -272,7 +272,8 @@ class Estimate:
     its schedule, weighed by the chance the stop passes (the expected latency then). None
     otherwise, and where not worked out (the optimizer's configurations)."""
     latency_in_slots_s: float | None = None
-    """Where the run's slots or rate limits bind and step times vary, the mean latency of
+    """Where the run's slots or rate limits bind and step times vary (or a ``stop_when``
+    races the steps beside its step), the mean latency of
     :data:`~trilemma.plan.fanin.SAMPLES` runs drawn in them by the Monte Carlo (a fixed
     seed, runs going to their end, no deadline); the expected latency is at least it. None
     otherwise."""
