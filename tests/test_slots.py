@@ -540,7 +540,7 @@ def test_the_slots_draws_are_kept_per_spec(monkeypatch: pytest.MonkeyPatch) -> N
     drawn: list[int] = []
     real = sim.simulate
     monkeypatch.setattr(sim, "simulate", lambda *a, **k: drawn.append(1) or real(*a, **k))
-    monkeypatch.setattr(est, "_DRAWN_IN_SLOTS", {})
+    est._drawn_in_slots.cache_clear()
     wf = parse_workflow((EXAMPLES / "fan-out.yaml").read_text())
     first = estimate(wf).latency_expected_s
     assert estimate(wf).latency_expected_s == first and len(drawn) == 1

@@ -880,20 +880,31 @@ def in_slots(wf: Workflow) -> float:
     to their end, no deadline, the analytic model's settings): the waits for a slot that
     each run's own retries and jitter make, which no replay of mean times has. Kept per
     spec (a batch, or `compare`'s runs, estimate one spec many times)."""
-    from trilemma.plan.simulate import simulate  # it builds on this module
-
-    free = wf.with_budget(deadline_s=None)
-    key = free.model_dump_json()
-    if key not in _DRAWN_IN_SLOTS:
-        if len(_DRAWN_IN_SLOTS) >= 64:
-            _DRAWN_IN_SLOTS.pop(next(iter(_DRAWN_IN_SLOTS)))  # the oldest
-        runs = simulate(free, SAMPLES, seed=_SLOTS_SEED, settings=Simulation(), halt=False)
-        _DRAWN_IN_SLOTS[key] = runs.latency_s.mean
-    return _DRAWN_IN_SLOTS[key]
+    return _drawn_in_slots(_BySpec(wf.with_budget(deadline_s=None)))
 
 
 _SLOTS_SEED = 20261206
-_DRAWN_IN_SLOTS: dict[str, float] = {}
+
+
+class _BySpec:
+    """A workflow that hashes and compares by its spec (a pydantic model does neither)."""
+
+    def __init__(self, wf: Workflow) -> None:
+        self.wf, self.key = wf, wf.model_dump_json()
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _BySpec) and other.key == self.key
+
+
+@functools.lru_cache(maxsize=64)
+def _drawn_in_slots(spec: _BySpec) -> float:
+    from trilemma.plan.simulate import simulate  # it builds on this module
+
+    runs = simulate(spec.wf, SAMPLES, seed=_SLOTS_SEED, settings=Simulation(), halt=False)
+    return runs.latency_s.mean
 
 
 def _with_joins(e: Estimate, graph: dict[str, list[str]], rows: dict[str, StepEstimate]) -> Estimate:

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "SAMPLES", "Spread", "Way", "mean_longest", "retry_spread", "spread_mean", "varies", "ways_spread",
+    "SAMPLES", "Spread", "Way", "log_sigma", "mean_longest", "retry_spread", "spread_mean", "varies",
+    "ways_spread",
 ]
 
 Spread = tuple[tuple[float, float, float, float, float], ...]
@@ -101,7 +102,7 @@ def ways_spread(
     last = len(ways) - 1
 
     def sigma(answered: float, spread: float) -> float:
-        return math.sqrt(math.log1p(spread / answered**2)) if spread > 0.0 and answered else 0.0
+        return log_sigma(spread / answered**2) if spread > 0.0 and answered else 0.0
 
     def add(into: dict[Any, float], key: Any, c: float) -> None:
         if c > 0.0:
@@ -164,6 +165,11 @@ def _fewer(states: dict[_State, float]) -> dict[_State, float]:
         key = (round(said, 12), round(lost, 12), round(var, 12))
         out[key] = out.get(key, 0.0) + c
     return out
+
+
+def log_sigma(variance: float) -> float:
+    """The log-sigma of a lognormal whose variance over its mean squared is ``variance``."""
+    return math.sqrt(math.log1p(variance))
 
 
 def varies(spread: Spread) -> bool:

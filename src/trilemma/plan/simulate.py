@@ -94,6 +94,7 @@ from trilemma.plan.estimate import (
     most_held,
     step_estimate,
 )
+from trilemma.plan.fanin import log_sigma
 from trilemma.plan.hedge import call_price, hedge_rate, hedged_answers, timeouts
 from trilemma.plan.slots import (
     Bucket,
@@ -539,11 +540,6 @@ def _try_of(wf: Workflow, s: Step, name: str) -> _Try:
                    fault_calls=a.fault_sent, waves=waves, late_calls=late_calls)  # fmt: skip
 
 
-def _log_sigma(variance: float) -> float:
-    """The log-sigma of a lognormal whose variance over its mean squared is ``variance``."""
-    return math.sqrt(math.log1p(variance))
-
-
 def _route(wf: Workflow, s: Step) -> _Route:
     shares = wf.route_shares(s)
     classifier = wf.models[s.model]
@@ -559,9 +555,9 @@ def _route(wf: Workflow, s: Step) -> _Route:
                         for b, m in zip(branches, models, strict=True)]),
         latency=np.array([head.answered_s + a.answered_s for a in tries]),
         head_s=head.answered_s,
-        head_sigma=_log_sigma(answer_variance(classifier, (1,))),
+        head_sigma=log_sigma(answer_variance(classifier, (1,))),
         body_s=np.array([a.answered_s for a in tries]),
-        body_sigma=np.array([_log_sigma(answer_variance(m, b.waves))
+        body_sigma=np.array([log_sigma(answer_variance(m, b.waves))
                              for b, m in zip(branches, models, strict=True)]),
         calls=np.array([1 + b.calls for b in branches]),
         reserve=np.array([m.reserved_per_call(b.max_tokens) for b, m in zip(branches, models, strict=True)]),
