@@ -5,7 +5,9 @@ faults, timeouts and hedges, their steps with retries, votes, debates, cascades,
 and cache hit rates; with ``--stop``, each with a ``stop_when`` on a random step (that is not a
 first one). Each is estimated, and simulated (runs go to their end: ``halt=False``, no
 deadline); the ratio estimate / Monte Carlo is reported, and how many are 5% or more
-off. ``--base REV`` runs the same specs through another revision's planner beside it
+off. With ``--halt``, the runs halt at a failed step as the executor's do, and the estimate's
+figures for such runs (``halting``, where it drew them; else the expected ones) are set
+beside the Monte Carlo's mean cost and latency. ``--base REV`` runs the same specs through another revision's planner beside it
 (a git worktree, removed after).
 
     python benchmarks/bench_estimate_accuracy.py --specs 80 --seed 1 --base f8973ce
@@ -89,21 +91,26 @@ def specs(n: int, seed: int, stop: bool = False) -> list[dict[str, Any]]:
     return out
 
 
-def ratios(path: str, runs: int) -> None:
-    """In the child: estimate / Monte Carlo for each spec in the JSON file at ``path``."""
+def ratios(path: str, runs: int, halt: bool) -> None:
+    """In the child: estimate / Monte Carlo for each spec in the JSON file at ``path``: the
+    expected latency, or with ``halt`` the halting runs' latency and cost."""
     from trilemma import estimate, simulate, workflow_from_dict
 
-    out = []
+    out: dict[str, list[float]] = {"latency": [], "cost": []}
     for spec in json.loads(Path(path).read_text()):
         wf = workflow_from_dict(spec)
-        mc = simulate(wf, runs, seed=1, halt=False).latency_s.mean
-        out.append(estimate(wf).latency_expected_s / mc)
+        mc = simulate(wf, runs, seed=1, halt=halt)
+        e = estimate(wf)
+        h = getattr(e, "halting", None) if halt else None  # a revision before it has none
+        out["latency"].append((e.latency_expected_s if h is None else h.latency_s) / mc.latency_s.mean)
+        if halt:
+            out["cost"].append((e.cost_expected if h is None else h.cost_usd) / mc.cost_usd.mean)
     print(json.dumps(out))
 
 
 def summary(name: str, got: list[float]) -> str:
     off = sum(abs(r - 1.0) >= 0.05 for r in got)
-    return (f"{name:>14}: {off} of {len(got)} off by 5% or more; ratio {min(got):.3f}-{max(got):.3f}, "
+    return (f"{name:>24}: {off} of {len(got)} off by 5% or more; ratio {min(got):.3f}-{max(got):.3f}, "
             f"median {sorted(got)[len(got) // 2]:.3f}")  # fmt: skip
 
 
@@ -113,11 +120,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=20_000)
     parser.add_argument("--stop", action="store_true", help="give each spec a stop_when")
+    parser.add_argument("--halt", action="store_true",
+                        help="runs halt at a failed step: the halting figures, cost and latency")
     parser.add_argument("--base", help="another revision to run the same specs through")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        ratios(args.child, args.runs)
+        ratios(args.child, args.runs, args.halt)
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "specs.json"
@@ -132,11 +141,13 @@ def main() -> None:
             for name, tree in trees:
                 got = subprocess.run(
                     [sys.executable, str(ROOT / "benchmarks" / Path(__file__).name), "--child",
-                     str(path), "--runs", str(args.runs)],
+                     str(path), "--runs", str(args.runs), *(["--halt"] if args.halt else [])],
                     env={"PYTHONPATH": str(tree / "src"), "PATH": "/usr/bin:/bin"},
                     check=True, capture_output=True, text=True,
                 )  # fmt: skip
-                print(summary(name, json.loads(got.stdout)), flush=True)
+                for figure, got_ratios in json.loads(got.stdout).items():
+                    if got_ratios:
+                        print(summary(f"{name}, {figure}", got_ratios), flush=True)
         finally:
             if args.base:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],

@@ -7,13 +7,16 @@ ends, as its retry would not be sent. Both Monte Carlos bill and time a failed r
 
 from __future__ import annotations
 
+import json
+import math
 import statistics
 from pathlib import Path
 
 import pytest
 
-from trilemma import parse_workflow
+from trilemma import estimate, parse_workflow
 from trilemma.journal import Journal
+from trilemma.plan.estimate import HALTS_SHOWN
 from trilemma.plan.simulate import simulate, simulate_loop
 from trilemma.run.session import execute
 from trilemma.spec import Workflow
@@ -109,3 +112,87 @@ def test_a_step_under_way_sends_no_retry_after_a_failure(tmp_path: Path) -> None
         run = execute(under_way(0.05), journal=Journal(tmp_path / "j.db"), seed=seed)
         assert run.status == "failed" and run.calls == 2 and run.cost_usd == pytest.approx(0.02)
         assert run.steps["y"].attempts == 1
+
+
+def chain_text(n: int, p: float, latency: float = 1.0) -> str:
+    """``n`` $0.01 steps of ``latency`` in a chain, each passing with ``p``, no retries."""
+    return (
+        "version: 1\nmodels:\n"
+        f"  m: {{usd_per_call: 0.01, latency_s: {latency}, p_ok: {p}}}\n"
+        "steps:\n" + "\n".join(
+            f"  - {{id: s{i}, model: m{f', after: [s{i - 1}]' if i else ''}}}"
+            for i in range(n)
+        ) + "\n"
+    )  # fmt: skip
+
+
+def chain_of(n: int, p: float) -> Workflow:
+    return parse_workflow(chain_text(n, p))
+
+
+def test_the_estimate_says_what_runs_that_halt_cost_and_take() -> None:
+    """Ten steps at p 0.8: the expected figures ($0.10, 10 s, 10 calls) are of runs going to
+    their end; nine runs in ten stop at a failed step, and a run reaches step k+1 with 0.8^k,
+    so runs cost $0.01 x sum(0.8^k) = $0.0446 on average and take 4.46 s."""
+    e = estimate(chain_of(10, 0.8))
+    reached = math.fsum(0.8**k for k in range(10))  # 4.4631
+    assert e.cost_expected == pytest.approx(0.10) and e.latency_expected_s == pytest.approx(10.0)
+    h = e.halting
+    assert h is not None
+    assert h.failed == pytest.approx(1 - 0.8**10)
+    assert h.calls == pytest.approx(reached, rel=0.04)
+    assert h.cost_usd == pytest.approx(0.01 * reached, rel=0.04)
+    assert h.latency_s == pytest.approx(reached, rel=0.04)
+    assert estimate(chain_of(10, 0.8)) == e  # a fixed seed: the same figures again
+    assert estimate(chain_of(10, 0.8), draw_runs=False).halting is None
+    summary = e.to_json()
+    assert summary["cost_usd"]["halting"] == pytest.approx(h.cost_usd)
+    assert summary["latency_s"]["halting"] == pytest.approx(h.latency_s)
+    assert summary["calls"]["halting"] == pytest.approx(h.calls)
+    assert e.headline()["cost_usd"]["halting"] == pytest.approx(h.cost_usd)
+
+
+def test_reliable_specs_draw_no_halting_runs() -> None:
+    """At or above HALTS_SHOWN the figures differ by a hundredth at most: nothing drawn,
+    and the JSON keeps its keys."""
+    e = estimate(chain_of(10, 0.9995))
+    assert e.reliability > HALTS_SHOWN and e.halting is None
+    assert "halting" not in e.to_json()["cost_usd"] and "halting" not in e.headline()["latency_s"]
+    assert estimate(chain_of(10, 0.99)).halting is not None  # 90% reliable
+
+
+def test_the_estimate_and_the_run_say_so_where_it_matters(cli, write, tmp_path: Path) -> None:
+    spec = write(chain_text(10, 0.8, latency=0.005))
+    out = cli("estimate", spec).out
+    assert "failures: " in out and "of runs fail, and a run sends nothing more" in out
+    said = estimate(parse_workflow(chain_text(10, 0.8, latency=0.005))).halting
+    assert said is not None and f"costs ${said.cost_usd:.4f}, takes {said.latency_s:.2f}s" in out
+    j = tmp_path / "j.db"
+    ran = cli("run", spec, "--journal", j, "--seed", "1")
+    assert "stopping at a failure" in ran.out and f"${said.cost_usd:.4f}" in ran.out
+    as_json = cli("run", spec, "--journal", j, "--seed", "1", "--json")
+    assert json.loads(as_json.out)["predicted"]["cost_usd"]["halting"] == pytest.approx(
+        said.cost_usd
+    )
+    page = tmp_path / "r.html"
+    assert cli("report", "latest", "--journal", j, "--out", page).code == 0
+    assert "stopping at a failure" in page.read_text()
+    # a spec that fails a run in a hundred: drawn, but too close to the expected to say
+    near = write(chain_text(1, 0.985), name="near.yaml")
+    assert "failures: " not in cli("estimate", near).out
+
+
+def test_a_batch_plan_counts_the_runs_that_halt(cli, write, tmp_path: Path) -> None:
+    spec = write(chain_text(10, 0.8, latency=0.005))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("{}\n" * 40)
+    plan = json.loads(cli("batch", spec, "--inputs", rows, "--plan", "--json").out)["predicted"]
+    said = estimate(parse_workflow(chain_text(10, 0.8, latency=0.005))).halting
+    assert said is not None
+    assert plan["cost_usd"]["expected"] == pytest.approx(4.0)
+    assert plan["cost_usd"]["halting"] == pytest.approx(40 * said.cost_usd)
+    assert plan["latency_s"]["halting_per_run"] == pytest.approx(said.latency_s)
+    # ten rounds of four: a failed run frees its place early (it said 10 x 0.05 s)
+    assert plan["latency_s"]["batch"] == pytest.approx(10 * said.latency_s)
+    shown = cli("batch", spec, "--inputs", rows, "--plan").out
+    assert f"$4.0000 expected (${40 * said.cost_usd:.4f} as failed runs stop)" in shown

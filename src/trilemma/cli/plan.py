@@ -72,7 +72,7 @@ def estimate(spec: SpecFile, as_json: JsonFlag = False) -> int:
                      *tables.cache_assumptions(wf),
                      *tables.fault_assumptions(wf), *tables.wave_assumptions(wf),
                      *tables.retry_assumptions(wf), *tables.join_assumptions(e),
-                     *tables.slot_assumptions(wf, e),
+                     *tables.slot_assumptions(wf, e), *tables.halt_assumptions(e),
                      *tables.budget_fit(wf, e)]:
             console.print(line, highlight=False)
     return 0

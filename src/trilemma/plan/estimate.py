@@ -62,6 +62,12 @@ cost, calls and latency count that, and the run succeeds when every step finishe
 by then does. When nothing runs after ``S`` and it fails, the run goes on without
 the stop (the executor's rule), and succeeds if every other step does. The worst
 case and the critical path do not count the stop: ``S`` may fail.
+
+The expected figures are of runs that go to their end. The executor sends nothing more once
+a step has failed (its retries spent), so where runs fail often they cost and take less:
+where every step succeeds with less than :data:`HALTS_SHOWN`, :attr:`Estimate.halting` has
+them: the expected figures times what halting leaves of them in runs the Monte Carlo draws
+(:func:`halting`).
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trilemma import dag
 from trilemma.plan.fanin import (
@@ -93,13 +99,19 @@ from trilemma.plan.slots import SLOTS_BIND, may_bind, scheduled
 from trilemma.spec import ModelProfile, Simulation, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
 
+if TYPE_CHECKING:
+    from trilemma.plan.simulate import SimResult
+
 __all__ = [
     "CACHE_HIT_LATENCY_S",
+    "HALTS_SHOWN",
     "Estimate",
+    "Halting",
     "StepEstimate",
     "assemble",
     "cancel_cost",
     "estimate",
+    "halting",
     "held_worst",
     "in_slots",
     "most_held",
@@ -238,6 +250,26 @@ class EarlyStop:
                 **({} if self.at_joined_s is None else {"at_joined_s": _r(self.at_joined_s)})}  # fmt: skip
 
 
+HALTS_SHOWN = 0.99
+"""Where the chance that every step succeeds is below this, :func:`estimate` draws what runs
+that stop at a failed step cost and take (:attr:`Estimate.halting`): above it, they differ
+from the expected figures by about a hundredth at most (with a ``stop_when``, the
+reliability counts only the steps that finish before the stop; any step's failure halts)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Halting:
+    """What runs cost, take and call on average when a failed step stops them, as the
+    executor's do (:func:`halting`: the expected figures, times what halting leaves of them
+    in runs drawn by the Monte Carlo)."""
+
+    cost_usd: float
+    latency_s: float
+    calls: float
+    failed: float
+    """The share of runs that fail (one less the reliability)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Estimate:
     """The planner's figures for a whole workflow."""
@@ -277,6 +309,10 @@ class Estimate:
     :data:`~trilemma.plan.fanin.SAMPLES` runs drawn in them by the Monte Carlo (a fixed
     seed, runs going to their end, no deadline); the expected latency is at least it. None
     otherwise."""
+    halting: Halting | None = None
+    """Where every step succeeds with less than :data:`HALTS_SHOWN`, the means of runs that
+    stop at a failed step, as the executor's do (the expected figures are of runs going to
+    their end); None otherwise, and where not worked out (the optimizer's configurations)."""
 
     def _expected(
         self, figure: Callable[[StepEstimate], float],
@@ -379,14 +415,21 @@ class Estimate:
                  "in_slots": self.latency_in_slots_s}
         return {k: _r(v) for k, v in extra.items() if v is not None}
 
+    def _halting(self, figure: str) -> dict[str, float]:
+        """``{"halting": ...}`` of that figure where runs that halt were drawn, else nothing."""
+        h = self.halting
+        return {} if h is None else {"halting": _r(getattr(h, figure))}
+
     def headline(self) -> dict[str, Any]:
         """The figures a run is judged against: cost, latency and reliability (JSON)."""
         return {
-            "cost_usd": {"expected": _r(self.cost_expected), "worst": _r(self.cost_worst)},
+            "cost_usd": {"expected": _r(self.cost_expected), "worst": _r(self.cost_worst),
+                         **self._halting("cost_usd")},
             "latency_s": {
                 "critical_path": _r(self.latency_critical_s),
                 "worst": _r(self.latency_worst_s),
                 **self._beyond_path(),
+                **self._halting("latency_s"),
             },
             "reliability": self.reliability,
         }
@@ -399,17 +442,20 @@ class Estimate:
                 "book": self.calls_book,
                 "expected": _r(self.calls_expected),
                 "worst": self.calls_worst,
+                **self._halting("calls"),
             },
             "cost_usd": {
                 "book": _r(self.cost_book),
                 "expected": _r(self.cost_expected),
                 "worst": _r(self.cost_worst),
+                **self._halting("cost_usd"),
             },
             "latency_s": {
                 "critical_path": _r(self.latency_critical_s),
                 "expected": _r(self.latency_expected_s),
                 "worst": _r(self.latency_worst_s),
                 **self._beyond_path(),
+                **self._halting("latency_s"),
             },
             "critical_path": list(self.critical_path),
             "reliability": _r(self.reliability),
@@ -839,13 +885,24 @@ def cancel_cost(wf: Workflow, step: Step) -> float:
     return 0.0 if m.runs_on_simulator else m.reserved_per_call(step.max_tokens) * step.calls
 
 
-def estimate(wf: Workflow, *, draw_slots: bool = True) -> Estimate:
+def estimate(wf: Workflow, *, draw_slots: bool = True, draw_runs: bool = True) -> Estimate:
     """Analytic cost, latency and reliability of a workflow.
 
     ``draw_slots``: where the run's slots or rate limits bind and step times vary, draw the
     expected latency in them (:func:`in_slots`, milliseconds to a second on a large DAG);
     False keeps the replay of mean times there (a lower bound), for a search that weighs
-    many configurations on their worst figures."""
+    many configurations on their worst figures. ``draw_runs``: where every step succeeds
+    with less than :data:`HALTS_SHOWN`, draw what runs that stop at a failure cost and take
+    (:func:`halting`); False leaves :attr:`Estimate.halting` None."""
+    e = _laid(wf, draw_slots)
+    # any step's failure stops a run, where a stop's reliability counts those before it only
+    if draw_runs and math.prod(s.p_step for s in e.per_step) < HALTS_SHOWN:
+        e = replace(e, halting=halting(wf, e))
+    return e
+
+
+def _laid(wf: Workflow, draw_slots: bool) -> Estimate:
+    """:func:`estimate` but for the runs that halt."""
     rows = {s.id: step_estimate(wf, s) for s in wf.steps}
     cancel = {s.id: cancel_cost(wf, s) for s in wf.steps} if wf.stop_when is not None else None
     graph = wf.edges()
@@ -880,7 +937,27 @@ def in_slots(wf: Workflow) -> float:
     to their end, no deadline, the analytic model's settings): the waits for a slot that
     each run's own retries and jitter make, which no replay of mean times has. Kept per
     spec (a batch, or `compare`'s runs, estimate one spec many times)."""
-    return _drawn_in_slots(_BySpec(wf.with_budget(deadline_s=None)))
+    return _drawn(_BySpec(wf.with_budget(deadline_s=None)), halt=False).latency_s.mean
+
+
+def halting(wf: Workflow, e: Estimate) -> Halting:
+    """What runs that stop at a failed step (the executor's rule) cost, take and call on
+    average, ``e`` being the workflow's estimate: each expected figure times what halting
+    leaves of it in :data:`~trilemma.plan.fanin.SAMPLES` runs drawn by
+    :func:`trilemma.plan.simulate.simulate` (a fixed seed, no deadline or ceiling, the
+    analytic model's settings), halting and not. The two draw alike (the same runs fail),
+    so the ratio carries little of their noise: where no failure cuts a run short (one
+    step, or its last) it is exactly 1. Kept per spec, as :func:`in_slots` is."""
+    spec = _BySpec(wf.with_budget(deadline_s=None))
+    stopped, whole = _drawn(spec, halt=True), _drawn(spec, halt=False)
+
+    def left(halted: float, drawn: float, expected: float) -> float:
+        return expected * halted / drawn if drawn > 0 else halted
+
+    return Halting(left(stopped.cost_usd.mean, whole.cost_usd.mean, e.cost_expected),
+                   left(stopped.latency_s.mean, whole.latency_s.mean, e.latency_expected_s),
+                   left(stopped.calls.mean, whole.calls.mean, e.calls_expected),
+                   1.0 - e.reliability)  # fmt: skip
 
 
 _SLOTS_SEED = 20261206
@@ -900,11 +977,10 @@ class _BySpec:
 
 
 @functools.lru_cache(maxsize=64)
-def _drawn_in_slots(spec: _BySpec) -> float:
+def _drawn(spec: _BySpec, halt: bool) -> SimResult:
     from trilemma.plan.simulate import simulate  # it builds on this module
 
-    runs = simulate(spec.wf, SAMPLES, seed=_SLOTS_SEED, settings=Simulation(), halt=False)
-    return runs.latency_s.mean
+    return simulate(spec.wf, SAMPLES, seed=_SLOTS_SEED, settings=Simulation(), halt=halt)
 
 
 def _with_joins(e: Estimate, graph: dict[str, list[str]], rows: dict[str, StepEstimate]) -> Estimate:

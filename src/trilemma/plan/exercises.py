@@ -109,7 +109,7 @@ def ticket_spend(tickets_per_day: int = 200_000) -> TicketAnswer:
     }
     levers = []
     for name, wf in variants.items():
-        e = estimate(wf)
+        e = estimate(wf, draw_runs=False)  # the chapter's figures: runs to their end
         levers.append(
             LeverSaving(name, e.calls_worst, e.cost_worst * tickets_per_day, e.reliability)
         )
@@ -212,7 +212,8 @@ def routing_sweep(
             {"premium": PREMIUM},
             _chain([{"id": f"s{i:02d}", "model": "premium"} for i in range(steps)]),
             "all premium",
-        )
+        ),
+        draw_runs=False,
     )
     points = []
     for k in range(steps + 1):
@@ -220,7 +221,7 @@ def routing_sweep(
         wf = _spec(profiles, _chain(
             [{"id": f"s{i:02d}", "model": kind, "difficulty": kind} for i, kind in enumerate(kinds)]
         ), f"routed, {k} hard")  # fmt: skip
-        points.append(RoutingPoint(k / steps, estimate(wf)))
+        points.append(RoutingPoint(k / steps, estimate(wf, draw_runs=False)))
     crossover = _crossover(profiles, baseline, steps)
     router = {"usd_per_step": router_usd, "latency_s_per_step": router_s,
               "misroute_rate": misroute, "p_small_on_hard": p_hard}  # fmt: skip
@@ -317,7 +318,7 @@ def debate_vs_retry(
         "retry once": {"p_ok": p_cheap, "retries": 1},
         "debate + retry": {**debate, "retries": 1},
     }
-    options = tuple(Option(n, estimate(chain(v))) for n, v in variants.items())
+    options = tuple(Option(n, estimate(chain(v), draw_runs=False)) for n, v in variants.items())
     return DebateVsRetry(
         options,
         _flips(options, lambda e: e.latency_worst_s),

@@ -380,7 +380,7 @@ def _in_slots(
     deadline = budget.deadline_s
 
     def checked(c: Candidate) -> tuple[Estimate, bool]:
-        e = estimate(apply(wf, c), draw_slots=on == "expected")  # worst figures are replayed
+        e = estimate(apply(wf, c), draw_slots=on == "expected", draw_runs=False)  # worst: replayed
         latency = e.latency_worst_s if on == "worst" else e.latency_expected_s
         return e, deadline is None or latency <= deadline + 1e-12
 

@@ -755,7 +755,7 @@ def smallest_budget(
     if free.success_rate < target:  # no such budget at all gets there
         return BudgetFor(kind, target, None, free, None)
     if cost:
-        hi = max(estimate(wf).cost_worst, unit)
+        hi = max(estimate(wf, draw_runs=False).cost_worst, unit)
         while run(hi).ceiling_hits:  # reservations above the prices: the worst case is short
             hi *= 2
     else:
@@ -772,7 +772,7 @@ def smallest_budget(
         if below.success_rate < target:
             break
         value, at, below = round(value - unit, digits), below, None
-    run_with = value if cost else round(value + deadline_headroom(estimate(wf)), digits)
+    run_with = value if cost else round(value + deadline_headroom(estimate(wf, draw_runs=False)), digits)
     return BudgetFor(kind, target, value, at, below, run_with)
 
 

@@ -255,6 +255,25 @@ def join_assumptions(e: Estimate) -> list[str]:
             "`trilemma simulate` draws the rest"]
 
 
+HALTS_NOTED = 0.02
+"""``estimate`` says what runs that halt at a failure cost and take when it is at least this
+share under the expected cost or latency (:attr:`Estimate.halting`)."""
+
+
+def halt_assumptions(e: Estimate) -> list[str]:
+    """A line when failed runs stop early enough to matter: the expected figures are of runs
+    going to their end, the executor's stop at the first failed step."""
+    h = e.halting
+    if h is None or (h.cost_usd > e.cost_expected * (1.0 - HALTS_NOTED)
+                     and h.latency_s > e.latency_expected_s * (1.0 - HALTS_NOTED)):
+        return []
+    return [f"failures: {_pct(h.failed)} of runs fail, and a run sends nothing more once a step "
+            f"has failed, so on average a run costs {usd(h.cost_usd)}, takes {h.latency_s:.2f}s "
+            f"and makes {h.calls:.2f} calls (the expected figures times what halting leaves "
+            f"of them in {SAMPLES:,} drawn runs); the expected figures are of runs that go to "
+            "their end"]
+
+
 def retry_assumptions(wf: Workflow) -> list[str]:
     """A line when a step retries: the expected and worst latencies count the backoff waits."""
     if not any(st.retries for st in wf.steps):
@@ -691,6 +710,10 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None) ->
               f"critical path{slotted}, {p.latency_worst_s:.2f}s worst", f"{r.latency_s:.2f}s")  # fmt: skip
     t.add_row("calls", f"{p.calls_expected:.2f} expected, {p.calls_worst} worst", str(r.calls))
     t.add_row("success", _pct(p.reliability), r.status)
+    h = p.halting
+    if h is not None and halt_assumptions(p):
+        t.add_row("  stopping at a failure", f"{usd(h.cost_usd)}, {h.latency_s:.2f}s, "
+                  f"{h.calls:.2f} calls on average ({_pct(h.failed)} fail)", "")  # fmt: skip
     if under is not None:
         held = [f"{usd(under.max_cost_usd)} ceiling" if under.max_cost_usd is not None else "",
                 f"{under.deadline_s:g}s deadline" if under.deadline_s is not None else ""]
@@ -807,12 +830,17 @@ def cut_line(cut: dict[str, int]) -> str:
 def _planned_rows(plan: dict[str, Any], n: int, parallel: int) -> list[tuple[str, str]]:
     """The planner's figures for a batch (``predicted_json``), a row each."""
     cost, latency = plan["cost_usd"], plan["latency_s"]
+    halts = cost.get("halting")
+    halting = (f" ({usd(halts)} as failed runs stop)"
+               if halts is not None and halts < cost["expected"] * (1.0 - HALTS_NOTED) else "")
     return [
-        ("cost", f"{usd(cost['expected'])} expected, {usd(cost['worst'])} worst"),
+        ("cost", f"{usd(cost['expected'])} expected{halting}, {usd(cost['worst'])} worst"),
         ("runs ok", f"{plan['ok_lines']:.1f} of {n}" + (f" ({_pct(plan['ok_lines'] / n)})" if n else "")),
-        ("latency", f"{latency['batch']:.2f}s ({parallel} at a time, "
-                    f"{latency['expected_per_run']:.2f}s expected each, "
-                    f"{latency['critical_path_per_run']:.2f}s critical path)"),
+        ("latency", f"{latency['batch']:.2f}s ({parallel} at a time, " + (
+            f"{latency['halting_per_run']:.2f}s each as failed runs stop, "
+            if "halting_per_run" in latency else "")
+         + f"{latency['expected_per_run']:.2f}s expected each, "
+         f"{latency['critical_path_per_run']:.2f}s critical path)"),
         ("quality per dollar", _qpd(plan["quality_per_dollar"])),
     ]  # fmt: skip
 
