@@ -4,8 +4,8 @@ Specs of 3-25 steps (fan-ins, random DAGs and chains) on three models drawn with
 faults, timeouts and hedges, their steps with retries, votes, debates, cascades, routes
 and cache hit rates; with ``--stop``, each with a ``stop_when`` on a random step (that is not a
 first one). Each is estimated, and simulated (runs go to their end: ``halt=False``, no
-deadline); the ratio estimate / Monte Carlo is reported, and how many are 5% or more
-off. With ``--halt``, the runs halt at a failed step as the executor's do, and the estimate's
+deadline); the ratios estimate / Monte Carlo of the expected latency and cost are
+reported, and how many are 5% or more off. With ``--halt``, the runs halt at a failed step as the executor's do, and the estimate's
 figures for such runs (``halting``, where it drew them; else the expected ones) are set
 beside the Monte Carlo's mean cost and latency. ``--base REV`` runs the same specs through another revision's planner beside it
 (a git worktree, removed after).
@@ -93,7 +93,7 @@ def specs(n: int, seed: int, stop: bool = False) -> list[dict[str, Any]]:
 
 def ratios(path: str, runs: int, halt: bool) -> None:
     """In the child: estimate / Monte Carlo for each spec in the JSON file at ``path``: the
-    expected latency, or with ``halt`` the halting runs' latency and cost."""
+    expected latency and cost, or with ``halt`` the halting runs'."""
     from trilemma import estimate, simulate, workflow_from_dict
 
     out: dict[str, list[float]] = {"latency": [], "cost": []}
@@ -103,8 +103,7 @@ def ratios(path: str, runs: int, halt: bool) -> None:
         e = estimate(wf)
         h = getattr(e, "halting", None) if halt else None  # a revision before it has none
         out["latency"].append((e.latency_expected_s if h is None else h.latency_s) / mc.latency_s.mean)
-        if halt:
-            out["cost"].append((e.cost_expected if h is None else h.cost_usd) / mc.cost_usd.mean)
+        out["cost"].append((e.cost_expected if h is None else h.cost_usd) / mc.cost_usd.mean)
     print(json.dumps(out))
 
 

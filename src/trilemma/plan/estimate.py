@@ -105,6 +105,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_HIT_LATENCY_S",
     "HALTS_SHOWN",
+    "Drawn",
     "Estimate",
     "Halting",
     "StepEstimate",
@@ -239,13 +240,21 @@ class EarlyStop:
     at_joined_s: float | None = None
     """When it finishes on average where branches whose times vary join before it, above
     ``at_s`` (:mod:`trilemma.plan.fanin`); None otherwise."""
+    saved_drawn_usd: float | None = None
+    """Where steps race it (:attr:`Estimate.drawn`), what it saves on average in the drawn
+    runs: the steps' expected cost less the runs' mean; None otherwise."""
+
+    def saved_usd(self, rows: tuple[StepEstimate, ...]) -> float:
+        """What it saves on average: drawn where steps race it, else on the schedule."""
+        if self.saved_drawn_usd is not None:
+            return self.saved_drawn_usd
+        saved = math.fsum(r.cost_expected for r in rows if r.id in self.skipped)
+        return self.chance * (saved - self.cancelled_usd)
 
     def to_json(self, rows: tuple[StepEstimate, ...]) -> dict[str, Any]:
         """The ``stop_when`` block of ``estimate --json``."""
-        saved = math.fsum(r.cost_expected for r in rows if r.id in self.skipped)
-        saved -= self.cancelled_usd
         return {"step": self.step, "chance": _r(self.chance), "at_s": _r(self.at_s),
-                "skipped": list(self.skipped), "saved_usd_expected": _r(self.chance * saved),
+                "skipped": list(self.skipped), "saved_usd_expected": _r(self.saved_usd(rows)),
                 "races": list(self.races),
                 **({} if self.at_joined_s is None else {"at_joined_s": _r(self.at_joined_s)})}  # fmt: skip
 
@@ -268,6 +277,17 @@ class Halting:
     calls: float
     failed: float
     """The share of runs that fail (one less the reliability)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drawn:
+    """The figures a ``stop_when`` that other steps race leaves to the Monte Carlo: the means
+    of :data:`~trilemma.plan.fanin.SAMPLES` runs going to their end (a fixed seed, no
+    deadline or ceiling, the analytic model's settings), each race decided run by run."""
+
+    cost_usd: float
+    calls: float
+    reliability: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +329,11 @@ class Estimate:
     :data:`~trilemma.plan.fanin.SAMPLES` runs drawn in them by the Monte Carlo (a fixed
     seed, runs going to their end, no deadline); the expected latency is at least it. None
     otherwise."""
+    drawn: Drawn | None = None
+    """With a ``stop_when`` that other steps race (:attr:`EarlyStop.races`: retries or
+    jitter may put them on the other side of it than the schedule of means does), the
+    expected cost and calls and the reliability drawn (:func:`estimate`); None otherwise,
+    and where not worked out (the optimizer's configurations)."""
     halting: Halting | None = None
     """Where every step succeeds with less than :data:`HALTS_SHOWN`, the means of runs that
     stop at a failed step, as the executor's do (the expected figures are of runs going to
@@ -338,7 +363,10 @@ class Estimate:
 
     @property
     def cost_expected(self) -> float:
-        """Each retry counted with the chance it happens (and an early stop with its own)."""
+        """Each retry counted with the chance it happens (and an early stop with its own;
+        drawn where steps race it, :attr:`drawn`)."""
+        if self.drawn is not None:
+            return self.drawn.cost_usd
         billed = self.stop.chance * self.stop.cancelled_usd if self.stop is not None else 0.0
         return self._expected(lambda s: s.cost_expected) + billed
 
@@ -349,7 +377,10 @@ class Estimate:
 
     @property
     def calls_expected(self) -> float:
-        """LLM calls made on average (a call an early stop cancels was sent)."""
+        """LLM calls made on average (a call an early stop cancels was sent; drawn where
+        steps race the stop)."""
+        if self.drawn is not None:
+            return self.drawn.calls
         return self._expected(lambda s: s.calls_expected, _one_attempt_calls)
 
     @property
@@ -368,8 +399,11 @@ class Estimate:
 
         With an early stop: the run stops ok when the steps finished by then all pass
         (the others' failures never happen); when nothing runs after the stop step and it
-        fails, the run also succeeds if every other step does.
+        fails, the run also succeeds if every other step does. Drawn where steps race the
+        stop (:attr:`drawn`).
         """
+        if self.drawn is not None:
+            return self.drawn.reliability
         st = self.stop
         if st is None:
             return math.prod(s.p_step for s in self.per_step)
@@ -891,10 +925,17 @@ def estimate(wf: Workflow, *, draw_slots: bool = True, draw_runs: bool = True) -
     ``draw_slots``: where the run's slots or rate limits bind and step times vary, draw the
     expected latency in them (:func:`in_slots`, milliseconds to a second on a large DAG);
     False keeps the replay of mean times there (a lower bound), for a search that weighs
-    many configurations on their worst figures. ``draw_runs``: where every step succeeds
-    with less than :data:`HALTS_SHOWN`, draw what runs that stop at a failure cost and take
-    (:func:`halting`); False leaves :attr:`Estimate.halting` None."""
+    many configurations on their worst figures. ``draw_runs``: where steps race a
+    ``stop_when``, draw the expected cost and calls and the reliability
+    (:attr:`Estimate.drawn`), and where every step succeeds with less than
+    :data:`HALTS_SHOWN`, what runs that stop at a failure cost and take (:func:`halting`);
+    False leaves both None (the analytic figures alone)."""
     e = _laid(wf, draw_slots)
+    if draw_runs and e.stop is not None and e.stop.races:  # only the draws decide races
+        runs = _drawn(_BySpec(wf.with_budget(deadline_s=None)), halt=False)
+        steps = math.fsum(s.cost_expected for s in e.per_step)
+        e = replace(e, drawn=Drawn(runs.cost_usd.mean, runs.calls.mean, runs.success_rate),
+                    stop=replace(e.stop, saved_drawn_usd=steps - runs.cost_usd.mean))
     # any step's failure stops a run, where a stop's reliability counts those before it only
     if draw_runs and math.prod(s.p_step for s in e.per_step) < HALTS_SHOWN:
         e = replace(e, halting=halting(wf, e))

@@ -99,7 +99,7 @@ def early_stop_line(e: Estimate) -> str:
     """What the spec's ``stop_when`` saves, in a sentence."""
     assert e.stop is not None
     st = e.stop
-    saved = st.to_json(e.per_step)["saved_usd_expected"]
+    saved = st.saved_usd(e.per_step)
     skipped = (f"{', '.join(st.skipped)} {'is' if len(st.skipped) == 1 else 'are'} skipped or "
                "cancelled" if st.skipped else "every other step has finished")
     waits = ("" if st.at_joined_s is None else f" ({st.at_joined_s:.2f}s on average: the "
@@ -108,10 +108,13 @@ def early_stop_line(e: Estimate) -> str:
             f"on the expected schedule{waits}; then {skipped}. The expected "
             f"figures count it (saving {usd(saved)} on average); the worst case does not.")  # fmt: skip
     if st.races:
-        line += (f" With retries, {', '.join(st.races)} may finish on the other side of "
-                 f"{st.step} than this schedule puts {'it' if len(st.races) == 1 else 'them'}, "
-                 "and a step that fails before the stop passes fails the run: these figures "
-                 "are approximate; `trilemma simulate` decides each race.")  # fmt: skip
+        them = "it" if len(st.races) == 1 else "them"
+        line += (f" With retries, {', '.join(st.races)} may finish on the other side "
+                 f"of {st.step} than this schedule puts {them}, and a step that fails before "
+                 "the stop passes fails the run: ")  # fmt: skip
+        line += (f"the expected cost and calls and the reliability are the means of {SAMPLES:,} "
+                 "runs drawn, each race decided." if e.drawn is not None else
+                 "these figures are approximate; `trilemma simulate` decides each race.")  # fmt: skip
     return line
 
 
