@@ -174,7 +174,7 @@ def simulate(
     if as_json:
         emit_json(result.to_json())
     else:
-        stdout_console().print(tables.simulate_table(result, estimate_wf(wf)))
+        stdout_console().print(tables.simulate_table(result, estimate_wf(wf), halted=halt))
     return 0
 
 

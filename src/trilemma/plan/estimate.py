@@ -73,6 +73,7 @@ them: the expected figures times what halting leaves of them in runs the Monte C
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -988,7 +989,12 @@ def halting(wf: Workflow, e: Estimate) -> Halting:
     :func:`trilemma.plan.simulate.simulate` (a fixed seed, no deadline or ceiling, the
     analytic model's settings), halting and not. The two draw alike (the same runs fail),
     so the ratio carries little of their noise: where no failure cuts a run short (one
-    step, or its last) it is exactly 1. Kept per spec, as :func:`in_slots` is."""
+    step, or its last) it is exactly 1. A chain without a stop is worked out exactly (each
+    step reached when every one before it succeeded). Kept per spec, as :func:`in_slots`
+    is."""
+    chained = _chain_halting(wf, e)
+    if chained is not None:
+        return chained
     spec = _BySpec(wf.with_budget(deadline_s=None))
     stopped, whole = _drawn(spec, halt=True), _drawn(spec, halt=False)
 
@@ -999,6 +1005,26 @@ def halting(wf: Workflow, e: Estimate) -> Halting:
                    left(stopped.latency_s.mean, whole.latency_s.mean, e.latency_expected_s),
                    left(stopped.calls.mean, whole.calls.mean, e.calls_expected),
                    1.0 - e.reliability)  # fmt: skip
+
+
+def _chain_halting(wf: Workflow, e: Estimate) -> Halting | None:
+    """Exactly, for a chain without a stop whose slots do not hold it up: a step is reached
+    when every step before it succeeded, and takes and bills then what it does alone."""
+    graph = wf.edges()
+    order = dag.topo_order(graph)
+    if wf.stop_when is not None or e.latency_in_slots_s is not None or not all(
+        a in graph[b] for a, b in itertools.pairwise(order)
+    ):
+        return None
+    rows = {s.id: s for s in e.per_step}
+    reach, cost, latency, calls = 1.0, [], [], []
+    for sid in order:
+        r = rows[sid]
+        cost.append(reach * r.cost_expected)
+        latency.append(reach * r.latency_expected_s)
+        calls.append(reach * r.calls_expected)
+        reach *= r.p_step
+    return Halting(math.fsum(cost), math.fsum(latency), math.fsum(calls), 1.0 - e.reliability)
 
 
 _SLOTS_SEED = 20261206

@@ -377,8 +377,9 @@ def totals_table(e: Estimate) -> Table:
     return t
 
 
-def simulate_table(r: SimResult, e: Estimate) -> Table:
-    """Monte Carlo figures beside the analytic ones."""
+def simulate_table(r: SimResult, e: Estimate, *, halted: bool = True) -> Table:
+    """Monte Carlo figures beside the analytic ones; ``halted``: its failed runs stopped
+    sending, as the executor's do (the analytic expected figures go to the end)."""
     lo, hi = r.ci95
     t = FittedTable(title=f"Monte Carlo, {r.runs:,} runs (seed {r.seed})", title_justify="left")
     for col in ("", "analytic", "mean", "p50", "p95", "p99"):
@@ -400,6 +401,11 @@ def simulate_table(r: SimResult, e: Estimate) -> Table:
     if r.max_cost_usd is not None:
         t.caption += (f"; the {usd(r.max_cost_usd)} ceiling stopped "
                       f"{_pct(r.ceiling_hits / r.runs)} of runs (budget_exhausted: failed)")  # fmt: skip
+    h = e.halting
+    if halted and h is not None and halt_assumptions(e):
+        t.caption += (f"; the analytic figures are of runs that go to their end, and failed runs "
+                      f"stop here: the estimate's for them {usd(h.cost_usd)}, {h.latency_s:.2f}s, "
+                      f"{h.calls:.2f} calls (--no-halt runs them all)")  # fmt: skip
     if e.slots_bind:
         t.caption += ("; the run's limits (its concurrency slots, a model's own slots and rate "
                       "limits) hold calls up, and each trajectory's calls wait for them (see "
