@@ -66,8 +66,9 @@ case and the critical path do not count the stop: ``S`` may fail.
 The expected figures are of runs that go to their end. The executor sends nothing more once
 a step has failed (its retries spent), so where runs fail often they cost and take less:
 where every step succeeds with less than :data:`HALTS_SHOWN`, :attr:`Estimate.halting` has
-them: the expected figures times what halting leaves of them in runs the Monte Carlo draws
-(:func:`halting`).
+them (:func:`halting`: a chain's exactly, else the expected figures times what halting
+leaves of them in runs the Monte Carlo draws). Where steps race a ``stop_when``, the
+expected cost and calls and the reliability are the Monte Carlo's (:attr:`Estimate.drawn`).
 """
 
 from __future__ import annotations
@@ -261,8 +262,8 @@ class EarlyStop:
 
 
 HALTS_SHOWN = 0.99
-"""Where the chance that every step succeeds is below this, :func:`estimate` draws what runs
-that stop at a failed step cost and take (:attr:`Estimate.halting`): above it, they differ
+"""Where the chance that every step succeeds is below this, :func:`estimate` works out what
+runs that stop at a failed step cost and take (:attr:`Estimate.halting`): above it, they differ
 from the expected figures by about a hundredth at most (with a ``stop_when``, the
 reliability counts only the steps that finish before the stop; any step's failure halts)."""
 
@@ -270,8 +271,8 @@ reliability counts only the steps that finish before the stop; any step's failur
 @dataclass(frozen=True, slots=True)
 class Halting:
     """What runs cost, take and call on average when a failed step stops them, as the
-    executor's do (:func:`halting`: the expected figures, times what halting leaves of them
-    in runs drawn by the Monte Carlo)."""
+    executor's do (:func:`halting`: a chain's exactly, else the expected figures times what
+    halting leaves of them in runs drawn by the Monte Carlo)."""
 
     cost_usd: float
     latency_s: float
@@ -944,7 +945,7 @@ def estimate(wf: Workflow, *, draw_slots: bool = True, draw_runs: bool = True) -
 
 
 def _laid(wf: Workflow, draw_slots: bool) -> Estimate:
-    """:func:`estimate` but for the runs that halt."""
+    """:func:`estimate` without its draws of whole runs (a stop's races, the runs that halt)."""
     rows = {s.id: step_estimate(wf, s) for s in wf.steps}
     cancel = {s.id: cancel_cost(wf, s) for s in wf.steps} if wf.stop_when is not None else None
     graph = wf.edges()

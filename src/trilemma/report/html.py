@@ -22,7 +22,7 @@ from trilemma.journal import Journal
 from trilemma.journal.store import GATEWAY_RUN, sent_by_step
 from trilemma.plan.slots import SLOTS_BIND
 from trilemma.report.plots import batch_png, timeline_png
-from trilemma.report.tables import HALTS_NOTED, LEDGER_KEYS, counted, ledger_row, usd
+from trilemma.report.tables import LEDGER_KEYS, counted, ledger_row, usd, well_under
 
 __all__ = ["batch_report", "run_report"]
 
@@ -210,17 +210,12 @@ def _summary(run: dict[str, Any], p: dict[str, Any]) -> str:
         ("success", f"{p['reliability'] * 100:.2f}%" if "reliability" in p else "-",
          _e(run["status"]), ""),
     ]  # fmt: skip
-    if _halts(cost) or _halts(latency):  # the planner drew runs that stop at a failure
+    if (well_under(cost.get("halting"), cost.get("expected"))
+            or well_under(latency.get("halting"), latency.get("expected"))):  # fmt: skip
         rows.append(("stopping at a failure", f"{usd(cost['halting'])}, "
                      f"{_s(latency['halting'])}, {_count(calls.get('halting'))} calls on average",
                      "", ""))  # fmt: skip
     return _table(("", "predicted", "measured", "budget"), rows, {1, 2})
-
-
-def _halts(figures: dict[str, Any]) -> bool:
-    """Whether runs that stop at a failure were drawn well under this figure's expected."""
-    h, e = figures.get("halting"), figures.get("expected")
-    return h is not None and e is not None and h < e * (1.0 - HALTS_NOTED)
 
 
 def _steps(order: list[str], steps: dict[str, dict[str, Any]], calls: list[dict[str, Any]]) -> str:

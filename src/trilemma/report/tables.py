@@ -259,22 +259,27 @@ def join_assumptions(e: Estimate) -> list[str]:
 
 
 HALTS_NOTED = 0.02
-"""``estimate`` says what runs that halt at a failure cost and take when it is at least this
-share under the expected cost or latency (:attr:`Estimate.halting`)."""
+"""What runs that halt at a failure cost and take is shown where it is at least this share
+under the expected cost or latency (:attr:`Estimate.halting`)."""
+
+
+def well_under(halting: float | None, expected: float | None) -> bool:
+    """Whether a figure of the runs that halt is :data:`HALTS_NOTED` or more under the
+    expected one (None: not worked out)."""
+    return halting is not None and expected is not None and halting < expected * (1.0 - HALTS_NOTED)
 
 
 def halt_assumptions(e: Estimate) -> list[str]:
     """A line when failed runs stop early enough to matter: the expected figures are of runs
     going to their end, the executor's stop at the first failed step."""
     h = e.halting
-    if h is None or (h.cost_usd > e.cost_expected * (1.0 - HALTS_NOTED)
-                     and h.latency_s > e.latency_expected_s * (1.0 - HALTS_NOTED)):
+    if h is None or not (well_under(h.cost_usd, e.cost_expected)
+                         or well_under(h.latency_s, e.latency_expected_s)):
         return []
     return [f"failures: {_pct(h.failed)} of runs fail, and a run sends nothing more once a step "
             f"has failed, so on average a run costs {usd(h.cost_usd)}, takes {h.latency_s:.2f}s "
-            f"and makes {h.calls:.2f} calls (the expected figures times what halting leaves "
-            f"of them in {SAMPLES:,} drawn runs); the expected figures are of runs that go to "
-            "their end"]
+            f"and makes {h.calls:.2f} calls; the expected figures are of runs that go to their "
+            "end"]
 
 
 def retry_assumptions(wf: Workflow) -> list[str]:
@@ -839,17 +844,16 @@ def cut_line(cut: dict[str, int]) -> str:
 def _planned_rows(plan: dict[str, Any], n: int, parallel: int) -> list[tuple[str, str]]:
     """The planner's figures for a batch (``predicted_json``), a row each."""
     cost, latency = plan["cost_usd"], plan["latency_s"]
-    halts = cost.get("halting")
-    halting = (f" ({usd(halts)} as failed runs stop)"
-               if halts is not None and halts < cost["expected"] * (1.0 - HALTS_NOTED) else "")
+    halts, each = cost.get("halting"), latency.get("halting_per_run")
+    halting = f" ({usd(halts)} as failed runs stop)" if well_under(halts, cost["expected"]) else ""
+    stopped = (f"{each:.2f}s each as failed runs stop, "
+               if well_under(each, latency["expected_per_run"]) else "")
     return [
         ("cost", f"{usd(cost['expected'])} expected{halting}, {usd(cost['worst'])} worst"),
         ("runs ok", f"{plan['ok_lines']:.1f} of {n}" + (f" ({_pct(plan['ok_lines'] / n)})" if n else "")),
-        ("latency", f"{latency['batch']:.2f}s ({parallel} at a time, " + (
-            f"{latency['halting_per_run']:.2f}s each as failed runs stop, "
-            if "halting_per_run" in latency else "")
-         + f"{latency['expected_per_run']:.2f}s expected each, "
-         f"{latency['critical_path_per_run']:.2f}s critical path)"),
+        ("latency", f"{latency['batch']:.2f}s ({parallel} at a time, {stopped}"
+                    f"{latency['expected_per_run']:.2f}s expected each, "
+                    f"{latency['critical_path_per_run']:.2f}s critical path)"),
         ("quality per dollar", _qpd(plan["quality_per_dollar"])),
     ]  # fmt: skip
 
