@@ -196,6 +196,10 @@ def test_a_batch_plan_counts_the_runs_that_halt(cli, write, tmp_path: Path) -> N
     assert plan["latency_s"]["batch"] == pytest.approx(10 * said.latency_s)
     shown = cli("batch", spec, "--inputs", rows, "--plan").out
     assert f"$4.0000 expected (${40 * said.cost_usd:.4f} as failed runs stop)" in shown
+    j, page = tmp_path / "j.db", tmp_path / "b.html"
+    ran = json.loads(cli("batch", spec, "--inputs", rows, "--journal", j, "--json").out)
+    assert cli("report", ran["batch_id"], "--journal", j, "--out", page).code == 0
+    assert f"$4.0000 expected (${40 * said.cost_usd:.4f} as failed runs stop)" in page.read_text()
 
 
 def test_simulate_sets_the_halting_figures_beside_its_halting_runs(cli, write) -> None:

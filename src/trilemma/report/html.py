@@ -141,12 +141,17 @@ def batch_report(journal: Journal, batch_id: str) -> str:
     started = min(r["started_at"] for r in runs)
     ended = max((r["finished_at"] for r in runs if r["finished_at"]), default=None)
     ceiling = first["max_cost_usd"]
+    halts, each = cost_p.get("halting"), latency_p.get("halting")
+    stop_usd = (f" ({usd(halts * n)} as failed runs stop)"
+                if well_under(halts, cost_p.get("expected")) else "")
+    stop_s = (f" ({_s(each)} as failed runs stop)"
+              if well_under(each, latency_p.get("expected")) else "")
     rows = [
-        ("cost", f"{usd(cost_p.get('expected', 0) * n)} expected, "
+        ("cost", f"{usd(cost_p.get('expected', 0) * n)} expected{stop_usd}, "
                  f"{usd(cost_p.get('worst', 0) * n)} worst",
          usd(cost), "-" if ceiling is None else f"ceiling {usd(ceiling)}"),
         ("runs ok", f"{p.get('reliability', 0) * n:.1f} of {n}", f"{ok} of {n}", ""),
-        ("latency per run", f"{_s(latency_p.get('expected'))} expected, "
+        ("latency per run", f"{_s(latency_p.get('expected'))} expected{stop_s}, "
                             f"{_s(latency_p.get('critical_path'))} critical path",
          _s(sum((r["latency_s"] or 0) for r in runs) / n) + " on average", ""),
     ]  # fmt: skip
