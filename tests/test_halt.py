@@ -210,3 +210,11 @@ def test_simulate_sets_the_halting_figures_beside_its_halting_runs(cli, write) -
     assert "failed runs stop here: the estimate's for them $0.0446, 4.46s, 4.46 calls" in said
     whole = " ".join(cli("simulate", spec, "--runs", "20000", "--seed", "1", "--no-halt").out.split())
     assert "failed runs stop here" not in whole
+
+
+def test_optimize_sets_the_halting_cost_beside_the_expected(cli) -> None:
+    """seed-chain.yaml fails one run in six: its runs cost $0.3317 on average, not $0.36."""
+    from .conftest import EXAMPLES
+
+    out = " ".join(cli("optimize", EXAMPLES / "seed-chain.yaml").out.split())
+    assert "cost as failed runs stop │ $0.3317 │" in out

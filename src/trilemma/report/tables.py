@@ -656,6 +656,12 @@ def optimize_view(r: OptimizeResult) -> Group:
         ("reliability", _pct(o.reliability), _pct(b.reliability) if b else "-"),
         ("steps", str(len(o.per_step)), str(len(b.per_step)) if b else "-"),
     ]  # fmt: skip
+    if halt_assumptions(o) or (b is not None and halt_assumptions(b)):  # runs that fail often
+
+        def halted(e: Estimate) -> str:
+            return usd(e.halting.cost_usd if e.halting is not None else e.cost_expected)
+
+        rows.insert(2, ("cost as failed runs stop", halted(o), halted(b) if b else "-"))
     for row in rows:
         t.add_row(*row)
     if b is not None and len(b.per_step) < len(o.per_step):
