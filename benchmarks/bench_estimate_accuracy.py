@@ -5,7 +5,7 @@ faults, timeouts and hedges, their steps with retries, votes, debates, cascades,
 and cache hit rates; with ``--stop``, each with a ``stop_when`` on a random step (that is not a
 first one). Each is estimated, and simulated (runs go to their end: ``halt=False``, no
 deadline); the ratios estimate / Monte Carlo of the expected latency and cost are
-reported, and how many are 5% or more off. With ``--halt``, the runs halt at a failed step as the executor's do, and the estimate's
+reported, and how many are 5% or more off, and the reliability's difference in points. With ``--halt``, the runs halt at a failed step as the executor's do, and the estimate's
 figures for such runs (``halting``, where it drew them; else the expected ones) are set
 beside the Monte Carlo's mean cost and latency. ``--base REV`` runs the same specs through another revision's planner beside it
 (a git worktree, removed after).
@@ -96,7 +96,7 @@ def ratios(path: str, runs: int, halt: bool) -> None:
     expected latency and cost, or with ``halt`` the halting runs'."""
     from trilemma import estimate, simulate, workflow_from_dict
 
-    out: dict[str, list[float]] = {"latency": [], "cost": []}
+    out: dict[str, list[float]] = {"latency": [], "cost": [], "reliability": []}
     for spec in json.loads(Path(path).read_text()):
         wf = workflow_from_dict(spec)
         mc = simulate(wf, runs, seed=1, halt=halt)
@@ -104,7 +104,15 @@ def ratios(path: str, runs: int, halt: bool) -> None:
         h = getattr(e, "halting", None) if halt else None  # a revision before it has none
         out["latency"].append((e.latency_expected_s if h is None else h.latency_s) / mc.latency_s.mean)
         out["cost"].append((e.cost_expected if h is None else h.cost_usd) / mc.cost_usd.mean)
+        out["reliability"].append(e.reliability - mc.success_rate)  # points, not a ratio
     print(json.dumps(out))
+
+
+def points(name: str, got: list[float]) -> str:
+    """The reliability's differences, estimate less Monte Carlo."""
+    off = sum(abs(d) >= 0.02 for d in got)
+    return (f"{name:>24}: {off} of {len(got)} off by 2 points or more; difference "
+            f"{min(got) * 100:+.1f} to {max(got) * 100:+.1f} points")
 
 
 def summary(name: str, got: list[float]) -> str:
@@ -144,9 +152,9 @@ def main() -> None:
                     env={"PYTHONPATH": str(tree / "src"), "PATH": "/usr/bin:/bin"},
                     check=True, capture_output=True, text=True,
                 )  # fmt: skip
-                for figure, got_ratios in json.loads(got.stdout).items():
-                    if got_ratios:
-                        print(summary(f"{name}, {figure}", got_ratios), flush=True)
+                for figure, found in json.loads(got.stdout).items():
+                    shown = points if figure == "reliability" else summary
+                    print(shown(f"{name}, {figure}", found), flush=True)
         finally:
             if args.base:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
