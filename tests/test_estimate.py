@@ -191,6 +191,18 @@ def test_topological_order_keeps_a_sorted_spec_and_sorts_an_unsorted_one() -> No
         dag.topo_order({"a": ["a"]})
 
 
+def test_a_chain_is_one_path_through_every_node() -> None:
+    from trilemma import dag
+
+    def chain(graph: dict[str, list[str]]) -> bool:
+        return dag.is_chain(graph, dag.topo_order(graph))
+
+    assert chain({"a": [], "b": ["a"], "c": ["b", "a"]})  # an edge may skip along it
+    assert chain({"a": []})
+    assert not chain({"a": [], "b": ["a"], "c": ["a"]})  # b and c side by side
+    assert not chain({"a": [], "b": []})
+
+
 def test_remaining_path_priorities_do_not_depend_on_the_order_steps_are_listed() -> None:
     from trilemma.plan.slots import remaining_path
 

@@ -8,9 +8,13 @@ a choice is free, so results are deterministic.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Mapping, Sequence
 
-__all__ = ["ancestors", "critical_path", "find_cycle", "finish_times", "longest_path", "topo_order"]
+__all__ = [
+    "ancestors", "critical_path", "find_cycle", "finish_times", "is_chain", "longest_path",
+    "topo_order",
+]
 
 Graph = Mapping[str, Sequence[str]]
 
@@ -121,3 +125,9 @@ def ancestors(graph: Graph, node: str) -> set[str]:
             seen.add(dep)
             stack.extend(graph[dep])
     return seen
+
+
+def is_chain(graph: Graph, order: Sequence[str]) -> bool:
+    """Whether each node of the topological ``order`` depends on the one before it: one
+    path through every node (more edges may skip along it)."""
+    return all(a in graph[b] for a, b in itertools.pairwise(order))

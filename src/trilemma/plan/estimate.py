@@ -74,7 +74,6 @@ expected cost and calls and the reliability are the Monte Carlo's (:attr:`Estima
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -934,7 +933,7 @@ def estimate(wf: Workflow, *, draw_slots: bool = True, draw_runs: bool = True) -
     False leaves both None (the analytic figures alone)."""
     e = _laid(wf, draw_slots)
     if draw_runs and e.stop is not None and e.stop.races:  # only the draws decide races
-        runs = _drawn(_BySpec(wf.with_budget(deadline_s=None)), halt=False)
+        runs = _runs(wf, halt=False)
         steps = math.fsum(s.cost_expected for s in e.per_step)
         e = replace(e, drawn=Drawn(runs.cost_usd.mean, runs.calls.mean, runs.success_rate),
                     stop=replace(e.stop, saved_drawn_usd=steps - runs.cost_usd.mean))
@@ -980,7 +979,7 @@ def in_slots(wf: Workflow) -> float:
     to their end, no deadline, the analytic model's settings): the waits for a slot that
     each run's own retries and jitter make, which no replay of mean times has. Kept per
     spec (a batch, or `compare`'s runs, estimate one spec many times)."""
-    return _drawn(_BySpec(wf.with_budget(deadline_s=None)), halt=False).latency_s.mean
+    return _runs(wf, halt=False).latency_s.mean
 
 
 def halting(wf: Workflow, e: Estimate) -> Halting:
@@ -996,8 +995,7 @@ def halting(wf: Workflow, e: Estimate) -> Halting:
     chained = _chain_halting(wf, e)
     if chained is not None:
         return chained
-    spec = _BySpec(wf.with_budget(deadline_s=None))
-    stopped, whole = _drawn(spec, halt=True), _drawn(spec, halt=False)
+    stopped, whole = _runs(wf, halt=True), _runs(wf, halt=False)
 
     def left(halted: float, drawn: float, expected: float) -> float:
         return expected * halted / drawn if drawn > 0 else halted
@@ -1013,9 +1011,7 @@ def _chain_halting(wf: Workflow, e: Estimate) -> Halting | None:
     when every step before it succeeded, and takes and bills then what it does alone."""
     graph = wf.edges()
     order = dag.topo_order(graph)
-    if wf.stop_when is not None or e.latency_in_slots_s is not None or not all(
-        a in graph[b] for a, b in itertools.pairwise(order)
-    ):
+    if wf.stop_when is not None or e.latency_in_slots_s is not None or not dag.is_chain(graph, order):
         return None
     rows = {s.id: s for s in e.per_step}
     reach, cost, latency, calls = 1.0, [], [], []
@@ -1042,6 +1038,13 @@ class _BySpec:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _BySpec) and other.key == self.key
+
+
+def _runs(wf: Workflow, *, halt: bool) -> SimResult:
+    """:data:`~trilemma.plan.fanin.SAMPLES` runs of ``wf`` drawn by the Monte Carlo for the
+    estimate: a fixed seed, no deadline or ceiling, the analytic model's settings; kept per
+    spec (a batch, or `compare`'s runs, estimate one spec many times)."""
+    return _drawn(_BySpec(wf.with_budget(deadline_s=None)), halt)
 
 
 @functools.lru_cache(maxsize=64)

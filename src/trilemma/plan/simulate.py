@@ -796,8 +796,7 @@ def _chain(wf: Workflow) -> bool:
     """Each step depends on the one before it: a failed step's halt stops only the steps
     that depend on it, which never run anyway."""
     graph = wf.edges()
-    order = dag.topo_order(graph)
-    return all(a in graph[b] for a, b in itertools.pairwise(order))
+    return dag.is_chain(graph, dag.topo_order(graph))
 
 
 def _cut_of(wf: Workflow, order: list[str]) -> _Cut | None:
