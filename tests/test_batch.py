@@ -197,25 +197,28 @@ def test_the_readme_batch_runs_as_shown(tmp_path: Path, cli) -> None:
     got = r.json()
     assert r.code == 0 and got["counts"]["ok"] == got["lines"] == 12
     assert got["cost_usd"] == pytest.approx(0.026)  # the README's figure: one retry
-    latency = got["predicted"]["latency_s"]  # three rounds of four runs of 0.66 s expected
-    assert latency["batch"] == pytest.approx(3 * latency["expected_per_run"])
+    latency = got["predicted"]["latency_s"]  # twelve runs of 0.66 s expected, four at a time
     assert latency["expected_per_run"] == pytest.approx(0.66489)
     assert latency["critical_path_per_run"] == 0.6
+    # the pool waits for its slowest: above three runs' mean, below a retry (1 s) more
+    assert 3 * 0.66489 + 0.1 < latency["batch"] < 3 * 0.66489 + 1.0
     table = cli("batch", EXAMPLES / "faq.yaml", "--inputs", EXAMPLES / "questions.jsonl",
                 "--max-cost", "0.05", "--seed", "1", "--journal", tmp_path / "k.db").out  # fmt: skip
-    assert "1.99s (4 at a time, 0.66s expected each, 0.60s critical path)" in table
+    said = f"{latency['batch']:.2f}s (4 at a time, 0.66s expected each, 0.60s critical path)"
+    assert said in table
 
 
 def test_a_batch_is_planned_with_its_retries_and_their_backoff(tmp_path: Path, cli) -> None:
     """300 lines of one 1 ms call at p 0.7, two retries, 30 at a time: the calls that fail wait
     out a backoff (below 1 s, uniform) holding their run's slot, which is nearly all of the
-    batch's time. Rounds of critical paths planned 0.01 s for it; rounds of expected
-    latencies plan what it measures, give or take the draws and the executor's overhead."""
+    batch's time. Rounds of critical paths planned 0.01 s for it, rounds of expected
+    latencies 1.21 s; it measured 1.70-1.92 s (four seeds), as the pool's slowest runs end
+    late. The pool's plan says 1.93 s."""
     spec, lines = write(tmp_path, 300, p_ok=0.7, extra=", retries: 2")
     got = cli("batch", spec, "--inputs", lines, "--parallel", "30", "--seed", "3",
               "--journal", tmp_path / "j.db", "--json").json()  # fmt: skip
     planned, measured = got["predicted"]["latency_s"], got["latency_s"]
-    assert planned["batch"] == pytest.approx(10 * planned["expected_per_run"])
+    assert planned["batch"] > 1.4 * 10 * planned["expected_per_run"]
     assert planned["batch"] > 50 * 10 * planned["critical_path_per_run"]
     assert 0.5 < measured / planned["batch"] < 2.5, (measured, planned)
 
@@ -445,7 +448,8 @@ def test_plan_says_what_a_batch_should_cost_and_sends_nothing(tmp_path: Path, cl
     assert (plan["lines"], plan["parallel"], plan["max_cost_usd"]) == (12, 4, 0.05)
     assert plan["predicted"]["cost_usd"]["worst"] == pytest.approx(12 * 3 * 0.002)
     assert plan["runs_covered_at_worst"] == 8  # $0.05 over $0.006 a run at worst
-    assert plan["predicted"]["latency_s"]["batch"] == pytest.approx(3 * 0.66489)
+    again = cli(*args, "--max-cost", "0.05", "--json").json()  # drawn with a fixed seed
+    assert again["predicted"]["latency_s"]["batch"] == plan["predicted"]["latency_s"]["batch"]
     assert cli(*args, "--json").json()["runs_covered_at_worst"] is None  # no ceiling
     table = cli(*args, "--max-cost", "0.05")
     assert table.code == 0 and "pays for 8 of 12 runs even at their worst" in table.out
@@ -453,22 +457,25 @@ def test_plan_says_what_a_batch_should_cost_and_sends_nothing(tmp_path: Path, cl
     assert plan["deadline_s"] is None and plan["runs_done_by_deadline"] is None
 
 
-@pytest.mark.parametrize(("deadline", "done"), [(1, 4), (1.5, 8), (3, 12)])
+@pytest.mark.parametrize(("deadline", "done"), [(1, 4), (1.5, 7), (3, 12)])
 def test_plan_says_how_many_runs_end_before_the_deadline(
     tmp_path: Path, cli, deadline: float, done: int
 ) -> None:
-    """Rounds of four runs of 0.66 s expected: one round by 1 s, two by 1.5 s, all three by
-    3 s; a batch under --deadline 1 (seed 1) ends four runs ok, the plan's figure."""
+    """Four runs at a time of 0.6 s, or 1.6 s where a call is retried (7%): about four end by
+    1 s, seven by 1.5 s (eight, less the one in fourteen retried; rounds of runs at their
+    mean said eight), all twelve by 3 s. Under --deadline 1 and 1.5 a batch (seed 1, whose
+    line 6 retries) ends four and seven runs ok, the plan's figures."""
     db = tmp_path / "j.db"
     args = ("batch", EXAMPLES / "faq.yaml", "--inputs", EXAMPLES / "questions.jsonl",
             "--deadline", str(deadline), "--journal", db)  # fmt: skip
     plan = cli(*args, "--plan", "--json").json()
     assert (plan["deadline_s"], plan["runs_done_by_deadline"]) == (deadline, done)
     row = " ".join(cli(*args, "--plan").out.split())
+    took = plan["predicted"]["latency_s"]["batch"]
     said = ("every run ends before it" if done == 12 else
-            f"about {done} of 12 runs end before it; the batch takes about 1.99s")  # fmt: skip
+            f"about {done} of 12 runs end before it; the batch takes about {took:.2f}s")  # fmt: skip
     assert f"deadline │ {deadline:g}s: {said}" in row
-    if deadline == 1:
+    if deadline < 3:
         got = cli(*args, "--seed", "1", "--json").json()
         assert got["status"] == "deadline" and got["counts"]["ok"] == done
 
@@ -595,3 +602,15 @@ def test_a_batch_whose_deadline_cuts_every_run_says_so_before_it_starts(tmp_path
         "goes to the end is cut\n")  # fmt: skip
     fits = cli("batch", spec, "--inputs", lines, "--deadline", "5", "--journal", tmp_path / "k.db")
     assert fits.code == 0 and "note:" not in fits.err
+
+
+def test_a_pool_of_runs_that_always_take_their_time_ends_in_rounds(tmp_path: Path) -> None:
+    """Runs of a fixed time end in whole rounds of --parallel, exactly; none take none."""
+    from trilemma.plan.estimate import estimate
+    from trilemma.run.batch import batch_latency
+
+    spec, _ = write(tmp_path, 1, latency=0.25)
+    wf = parse_workflow(spec.read_text())
+    p = estimate(wf)
+    assert [batch_latency(wf, p, n, 4) for n in (0, 1, 4, 5, 12)] == [0.0, 0.25, 0.25, 0.5, 0.75]
+    assert batch_latency(wf, p, 3, 10) == 0.25  # fewer lines than places: one round

@@ -192,8 +192,10 @@ def test_a_batch_plan_counts_the_runs_that_halt(cli, write, tmp_path: Path) -> N
     assert plan["cost_usd"]["expected"] == pytest.approx(4.0)
     assert plan["cost_usd"]["halting"] == pytest.approx(40 * said.cost_usd)
     assert plan["latency_s"]["halting_per_run"] == pytest.approx(said.latency_s)
-    # ten rounds of four: a failed run frees its place early (it said 10 x 0.05 s)
-    assert plan["latency_s"]["batch"] == pytest.approx(10 * said.latency_s)
+    # forty runs four at a time: a failed run frees its place early (ten rounds of whole runs
+    # would take 10 x 0.05 s), and the pool waits for its slowest (ten of halting runs' mean
+    # would be 10 x 0.022 s)
+    assert 10 * said.latency_s * 1.03 < plan["latency_s"]["batch"] < 10 * 0.05 * 0.6
     shown = cli("batch", spec, "--inputs", rows, "--plan").out
     assert f"$4.0000 expected (${40 * said.cost_usd:.4f} as failed runs stop)" in shown
     j, page = tmp_path / "j.db", tmp_path / "b.html"

@@ -101,6 +101,8 @@ from trilemma.spec import ModelProfile, Simulation, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from trilemma.plan.simulate import SimResult
 
 __all__ = [
@@ -117,6 +119,7 @@ __all__ = [
     "held_worst",
     "in_slots",
     "most_held",
+    "run_times",
     "step_estimate",
 ]
 
@@ -1047,11 +1050,21 @@ def _runs(wf: Workflow, *, halt: bool) -> SimResult:
     return _drawn(_BySpec(wf.with_budget(deadline_s=None)), halt)
 
 
+def run_times(wf: Workflow) -> np.ndarray:
+    """The latencies of :data:`~trilemma.plan.fanin.SAMPLES` whole runs of ``wf``, halting
+    at a failed step as the executor does (the estimate's draws: a fixed seed, no deadline
+    or ceiling, kept per spec). A batch's plan takes its runs' spread from them."""
+    samples = _runs(wf, halt=True).samples
+    assert samples is not None  # _drawn keeps them
+    return samples["latency"]
+
+
 @functools.lru_cache(maxsize=64)
 def _drawn(spec: _BySpec, halt: bool) -> SimResult:
     from trilemma.plan.simulate import simulate  # it builds on this module
 
-    return simulate(spec.wf, SAMPLES, seed=_SLOTS_SEED, settings=Simulation(), halt=halt)
+    return simulate(spec.wf, SAMPLES, seed=_SLOTS_SEED, settings=Simulation(), halt=halt,
+                    keep=True)  # fmt: skip
 
 
 def _with_joins(e: Estimate, graph: dict[str, list[str]], rows: dict[str, StepEstimate]) -> Estimate:
