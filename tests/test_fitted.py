@@ -174,3 +174,27 @@ def test_stacked_values_keep_their_column_s_alignment() -> None:
     assert block[0].split() == ["model", "premium"] and block[0].endswith("premium")
     calls = next(line for line in block if line.split()[0] == "calls")
     assert calls.endswith(" 6") and len(calls) == len(block[0])  # a figure, to the right
+
+
+def test_a_title_or_caption_wider_than_the_table_takes_the_terminal_s_width() -> None:
+    """rich wraps them at the table's width: optimize's title took three lines above its
+    three narrow columns on a 150-column terminal."""
+    title = "Optimized by beam (width 256) + exchange: 137,438,953,472 configurations, 227 evaluated"
+    note = "budget on worst figures: cost <= $0.1000, reliability >= 95.00%"
+
+    def narrow(kind: type[Table], **kw: object) -> Table:
+        t = kind(title=title, title_justify="left", caption=note, caption_justify="left", **kw)
+        for h in ("", "original", "chosen"):
+            t.add_column(h)
+        t.add_row("cost worst", "$0.3600", "$0.0480")
+        return t
+
+    assert shown(narrow(Table), 150)[0] != title  # rich alone wraps it
+    lines = shown(narrow(FittedTable), 150)
+    assert lines[0] == title and lines[-1] == note
+    assert lines[1].startswith("┏") and lines[-2].startswith("└")
+    at60 = [line.rstrip() for line in shown(narrow(FittedTable), 60)]  # wrapped at the terminal's
+    assert " ".join(at60[:2]) == title and max(map(len, at60)) <= 60
+    centred = narrow(FittedTable, title_style="bold")
+    centred.title_justify = "center"  # stays on the table, as rich has it
+    assert shown(centred, 150)[0] != title

@@ -11,7 +11,9 @@ from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, JustifyMethod, RenderableType, RenderResult
 from rich.measure import Measurement
 from rich.padding import Padding
+from rich.style import StyleType
 from rich.table import Table
+from rich.text import Text
 
 __all__ = ["MIN_FOLD", "FittedTable"]
 
@@ -35,9 +37,12 @@ class FittedTable(Table):
     still do not fit side by side, each row is shown as a block of its own, a "header
     value" line a column (as ``psql``'s expanded display), rather than let rich cut them.
     The fitting is made on a copy, for the width at hand. On a terminal wide enough it
-    renders exactly as a :class:`Table`. Its caption (notes under the figures, often two
-    lines long) is left-aligned unless ``caption_justify`` says otherwise: rich centres it,
-    which sets a wrapped note's second line adrift in the middle.
+    renders exactly as a :class:`Table`, but for a left-aligned title or caption wider than
+    the table: rich wraps those at the table's width (optimize's title took three lines above
+    a 48-column table on a 150-column terminal); here they take the terminal's. Its caption
+    (notes under the figures, often two lines long) is left-aligned unless
+    ``caption_justify`` says otherwise: rich centres it, which sets a wrapped note's second
+    line adrift in the middle.
     """
 
     def __init__(self, *args: Any, caption_justify: JustifyMethod = "left", **kwargs: Any) -> None:
@@ -46,16 +51,44 @@ class FittedTable(Table):
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         spans = [[_span(console, options, c) for c in col.cells] for col in self.columns]
         values = [max((most for _, most in s), default=0) for s in spans]
-        if self._width(console, options, values) <= options.max_width:
-            yield from super().__rich_console__(console, options)
+        width = self._width(console, options, values)
+        if width <= options.max_width:
+            yield from self._annotated(self, console, options, width)
             return
         fitted = copy.copy(self)  # fitted for this width only: the table may be drawn again
         fitted.columns = [copy.copy(c) for c in self.columns]
         fitted._fit(console, options, spans, values)
-        if fitted._width(console, options, values) > options.max_width:
+        width = fitted._width(console, options, values)
+        if width > options.max_width:
             yield from fitted._stacked(console)
         else:
-            yield from Table.__rich_console__(fitted, console, options)
+            yield from self._annotated(fitted, console, options, width)
+
+    def _annotated(
+        self, table: Table, console: Console, options: ConsoleOptions, width: int
+    ) -> RenderResult:
+        """``table`` (this one or its fitted copy, ``width`` wide) drawn by rich, with a
+        left-aligned title or caption wider than it drawn apart, at the terminal's width."""
+        def wide(text: RenderableType | None, justify: JustifyMethod, style: StyleType) -> Text | None:
+            if text is None or justify != "left":
+                return None  # (a centred one stays centred on the table)
+            shown = console.render_str(text, style=style, highlight=False) if isinstance(
+                text, str) else text  # as rich draws them  # fmt: skip
+            return shown if isinstance(shown, Text) and shown.cell_len > width else None
+
+        title = wide(table.title, table.title_justify, table.title_style or "table.title")
+        caption = wide(table.caption, table.caption_justify, table.caption_style or "table.caption")
+        if title is None and caption is None:
+            yield from Table.__rich_console__(table, console, options)
+            return
+        drawn = copy.copy(table)
+        drawn.title = None if title is not None else table.title
+        drawn.caption = None if caption is not None else table.caption
+        if title is not None:
+            yield title
+        yield from Table.__rich_console__(drawn, console, options)
+        if caption is not None:
+            yield caption
 
     def _stacked(self, console: Console) -> RenderResult:
         """Each row as a block: its first cell as the heading, then a line for each column."""
