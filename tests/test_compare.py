@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -249,6 +250,36 @@ def test_most_reliable_says_when_its_runs_cannot_tell_the_two_apart(write, tmp_p
                                 "80% power).")  # fmt: skip
     separate = verdict(200)  # about half against all: the intervals part
     assert separate.startswith("Most reliable: b.yaml (100.00% against ") and "apart" not in separate
+
+
+def test_best_quality_per_dollar_says_when_its_runs_cannot_rank_the_two(
+    write, tmp_path: Path
+) -> None:
+    """Two specs at one price, p 0.9 and 0.8: ten runs each leave their q/$ intervals
+    overlapping, 400 part them; the JSON carries each interval."""
+    from rich.console import Console
+
+    from trilemma.report.tables import compare_table
+
+    model = "models: {m: {usd_per_call: 0.01, latency_s: 0.1, p_ok: %s}}\n"
+    better = write("version: 1\n" + model % 0.9 + "steps: [{id: a, model: m}]\n", "a.yaml")
+    worse = write("version: 1\n" + model % 0.8 + "steps: [{id: b, model: m}]\n", "b.yaml")
+    specs = [(p.name, load_workflow(p)) for p in (better, worse)]
+
+    def verdict(runs: int) -> tuple[str, list[dict[str, Any]]]:
+        rows = compare(specs, runs, Journal(tmp_path / f"{runs}.db"), time_scale=0.001)
+        console = Console(width=400, record=True)
+        console.print(compare_table(rows, 0.001))
+        line = next(x for x in console.export_text().splitlines() if x.startswith("Best"))
+        return line, [r.to_json()["measured"] for r in rows]
+
+    line, measured = verdict(10)
+    lo, hi = measured[0]["quality_per_dollar_ci95"]
+    assert lo < measured[0]["quality_per_dollar"] < hi and hi <= 100.0  # at most 100% per cent
+    assert "but 10 runs each do not rank the two: their q/$ 95% intervals overlap (" in line
+    line, measured = verdict(400)
+    assert line.startswith("Best quality per dollar: a.yaml, 1.") and "rank" not in line
+    assert measured[0]["quality_per_dollar_ci95"][0] > measured[1]["quality_per_dollar_ci95"][1]
 
 
 def test_runs_to_tell_two_success_rates_apart() -> None:

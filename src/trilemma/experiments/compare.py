@@ -90,6 +90,16 @@ class Contender(Successes):
         return self.success_rate / self.cost_mean if self.cost_mean > 0 else None
 
     @property
+    def quality_per_dollar_ci95(self) -> tuple[float, float] | None:
+        """The measured q/$'s 95% interval: the success's (Wilson) over the mean dollars a run
+        cost (the cost's own noise left out: most of a spec's runs cost alike). None when
+        nothing was spent."""
+        if self.cost_mean <= 0:
+            return None
+        lo, hi = self.ci95
+        return lo / self.cost_mean, hi / self.cost_mean
+
+    @property
     def off_prediction(self) -> str | None:
         """``"below"`` or ``"above"`` where the measured success's 95% interval lies below or
         above the predicted success (the Monte Carlo's); None where it holds it.
@@ -126,6 +136,8 @@ class Contender(Successes):
                 },
                 "calls": round(self.calls_mean, 12),
                 "quality_per_dollar": self.quality_per_dollar,
+                "quality_per_dollar_ci95": None if (q := self.quality_per_dollar_ci95) is None
+                else [round(q[0], 12), round(q[1], 12)],
                 "success_vs_predicted": self.off_prediction or "within",
             },
             "predicted": {

@@ -1214,8 +1214,13 @@ def compare_table(
         ranked = sorted(scored, key=lambda r: -(r.quality_per_dollar or 0.0))
         best, second = ranked[0], ranked[1]
         ratio = (best.quality_per_dollar or 0.0) / (second.quality_per_dollar or 1.0)
-        lines.append(f"Best quality per dollar: {short[best.name]}, {ratio:.1f}x "
-                     f"{short[second.name]}.")  # fmt: skip
+        line = f"Best quality per dollar: {short[best.name]}, {ratio:.1f}x {short[second.name]}"
+        qb, qs = best.quality_per_dollar_ci95, second.quality_per_dollar_ci95
+        if qb is not None and qs is not None and qb[0] <= qs[1]:
+            line += (f"; but {runs:,} runs each do not rank the two: their q/$ 95% intervals "
+                     f"overlap ({qb[0]:.1f}-{qb[1]:.1f} against "
+                     f"{qs[0]:.1f}-{qs[1]:.1f}; more --runs narrow them)")  # fmt: skip
+        lines.append(line + ".")
         surest = max(rows, key=lambda r: r.success_rate)
         if surest is not best:
             line = (f"Most reliable: {short[surest.name]} ({_pct(surest.success_rate)} against "
