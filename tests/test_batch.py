@@ -614,3 +614,36 @@ def test_a_pool_of_runs_that_always_take_their_time_ends_in_rounds(tmp_path: Pat
     p = estimate(wf)
     assert [batch_latency(wf, p, n, 4) for n in (0, 1, 4, 5, 12)] == [0.0, 0.25, 0.25, 0.5, 0.75]
     assert batch_latency(wf, p, 3, 10) == 0.25  # fewer lines than places: one round
+
+
+def test_a_model_s_limits_hold_the_whole_batch_and_its_plan(tmp_path: Path, cli) -> None:
+    """A model's rpm and max_concurrency are its endpoint's, shared by every run: 700 lines
+    of one 50 ms call under rpm 600 take ten seconds however many run at a time (the
+    pool's 70 rounds of 50 ms said 3.5 s); forty 20 ms calls one at a time take 0.8 s."""
+    rated = tmp_path / "rated.yaml"
+    rated.write_text("version: 1\nmodels: {m: {usd_per_call: 0.001, latency_s: 0.05, "
+                     "p_ok: 1, rpm: 600}}\nsteps: [{id: a, model: m}]\n")  # fmt: skip
+    lines = tmp_path / "700.jsonl"
+    lines.write_text("{}\n" * 700)
+    plan = cli("batch", rated, "--inputs", lines, "--parallel", "10", "--deadline", "5",
+               "--plan", "--json").json()  # fmt: skip
+    assert plan["predicted"]["latency_s"]["batch"] == pytest.approx(100 / 10 + 0.05)
+    assert plan["predicted"]["limited_by"] == {"model": "m", "limit": "rpm", "value": 600}
+    assert plan["runs_done_by_deadline"] == 649  # a minute's worth, then ten a second
+    shown = " ".join(cli("batch", rated, "--inputs", lines, "--plan").out.split())
+    assert "10.05s (m's rpm 600 holds it; 4 at a time," in shown
+    forty = tmp_path / "40.jsonl"
+    forty.write_text("{}\n" * 40)
+    few = cli("batch", rated, "--inputs", forty, "--plan", "--parallel", "10", "--json").json()
+    assert few["predicted"]["limited_by"] is None  # forty calls: within the minute's worth
+    assert few["predicted"]["latency_s"]["batch"] == pytest.approx(4 * 0.05)
+
+    one = tmp_path / "one.yaml"
+    one.write_text("version: 1\nmodels: {m: {usd_per_call: 0.001, latency_s: 0.02, "
+                   "p_ok: 1, max_concurrency: 1}}\nsteps: [{id: a, model: m}]\n")  # fmt: skip
+    got = cli("batch", one, "--inputs", forty, "--parallel", "8", "--journal", tmp_path / "j.db",
+              "--json").json()  # fmt: skip
+    planned = got["predicted"]["latency_s"]["batch"]
+    assert planned == pytest.approx(40 * 0.02)  # five rounds of eight would be 0.1 s
+    assert got["predicted"]["limited_by"]["limit"] == "max_concurrency"
+    assert 0.9 < got["latency_s"] / planned < 2.0, (got["latency_s"], planned)

@@ -854,10 +854,13 @@ def _planned_rows(plan: dict[str, Any], n: int, parallel: int) -> list[tuple[str
     halting = f" ({usd(halts)} as failed runs stop)" if well_under(halts, cost["expected"]) else ""
     stopped = (f"{each:.2f}s each as failed runs stop, "
                if well_under(each, latency["expected_per_run"]) else "")
+    limit = plan.get("limited_by")
+    held = ("" if limit is None else
+            f"{limit['model']}'s {limit['limit']} {limit['value']:,} holds it; ")  # fmt: skip
     return [
         ("cost", f"{usd(cost['expected'])} expected{halting}, {usd(cost['worst'])} worst"),
         ("runs ok", f"{plan['ok_lines']:.1f} of {n}" + (f" ({_pct(plan['ok_lines'] / n)})" if n else "")),
-        ("latency", f"{latency['batch']:.2f}s ({parallel} at a time, {stopped}"
+        ("latency", f"{latency['batch']:.2f}s ({held}{parallel} at a time, {stopped}"
                     f"{latency['expected_per_run']:.2f}s expected each, "
                     f"{latency['critical_path_per_run']:.2f}s critical path)"),
         ("quality per dollar", _qpd(plan["quality_per_dollar"])),

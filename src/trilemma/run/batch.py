@@ -38,6 +38,7 @@ from trilemma.cache.semantic import Embedder
 from trilemma.errors import UsageError
 from trilemma.journal.store import Journal, JournalWriter
 from trilemma.plan.estimate import Estimate, estimate, run_times
+from trilemma.plan.slots import waves_of
 from trilemma.providers.base import Provider
 from trilemma.run.budget import Clock, SpendGuard
 from trilemma.run.executor import RunResult, Session, new_run_id, spec_json, writer_for
@@ -63,7 +64,11 @@ from trilemma.spec.load import DuplicateKey, unique_keys
 
 __all__ = [
     "BatchResult",
+    "BatchTime",
     "LineResult",
+    "ModelLimit",
+    "batch_time",
+    "model_limits",
     "plan_batch",
     "predicted_json",
     "read_inputs",
@@ -128,13 +133,19 @@ class BatchResult:
     parallel: int = DEFAULT_PARALLEL
     """Runs at a time."""
 
-    latency_planned_s: float = 0.0
-    """This session's wall-clock time by the planner (:func:`batch_latency`): lines an
+    planned_time: BatchTime | None = None
+    """This session's wall-clock time by the planner (:func:`batch_time`): lines an
     earlier session finished are not run, so they take no time."""
+
+    @property
+    def latency_planned_s(self) -> float:
+        """This session's wall-clock time by the planner (:attr:`planned_time`)."""
+        return 0.0 if self.planned_time is None else self.planned_time.latency_s
 
     def planned(self) -> dict[str, Any]:
         """The planner's figures for the batch (as ``--plan`` gives them before it runs)."""
-        return predicted_json(self.predicted, len(self.lines), self.latency_planned_s)
+        limit = None if self.planned_time is None else self.planned_time.limit
+        return predicted_json(self.predicted, len(self.lines), self.latency_planned_s, limit)
 
     def count(self, status: str) -> int:
         """Lines that ended with ``status``."""
@@ -178,11 +189,15 @@ class BatchResult:
         }  # fmt: skip
 
 
-def predicted_json(p: Estimate, lines: int, latency_s: float) -> dict[str, Any]:
+def predicted_json(
+    p: Estimate, lines: int, latency_s: float, limit: ModelLimit | None = None
+) -> dict[str, Any]:
     """The planner's figures for ``lines`` runs of a spec estimated as ``p``, taking ``latency_s``
-    (with the halting runs' cost and latency, where the estimate drew them)."""
+    (with the halting runs' cost and latency, where the estimate drew them); ``limit``: the
+    model's limit that sets that time, if one does (``limited_by``)."""
     h = p.halting
     return {
+        "limited_by": None if limit is None else limit.to_json(),
         "cost_usd": {"expected": round(p.cost_expected * lines, 12),
                      "worst": round(p.cost_worst * lines, 12),
                      **({} if h is None else {"halting": round(h.cost_usd * lines, 12)})},
@@ -195,10 +210,109 @@ def predicted_json(p: Estimate, lines: int, latency_s: float) -> dict[str, Any]:
     }  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class ModelLimit:
+    """A model's limit as it holds a whole batch (its endpoint's, shared by every run): the
+    runs it lets through. ``rpm`` and ``tpm`` are buckets a minute's worth full at the start
+    and refilled evenly; ``max_concurrency`` slots held for a call's time."""
+
+    model: str
+    kind: str
+    """``rpm``, ``tpm`` or ``max_concurrency``."""
+    value: int
+    per_run: float
+    """What a run takes of it on average: requests, tokens, or seconds of calls."""
+    burst: float
+    """What goes at once: a minute's worth (0 for ``max_concurrency``)."""
+    rate: float
+    """What comes back a second after (the slots, for ``max_concurrency``)."""
+    call_s: float
+    """A call's mean seconds: the last one's time after its turn."""
+
+    def least_s(self, runs: int) -> float:
+        """The least time ``runs`` runs take under it."""
+        need = runs * self.per_run
+        if self.kind == "max_concurrency":
+            return need / self.rate
+        return max(0.0, need - self.burst) / self.rate + self.call_s
+
+    def runs_by(self, t: float) -> float:
+        """How many runs it lets end by ``t`` seconds."""
+        if self.kind == "max_concurrency":
+            return t * self.rate / self.per_run
+        return (self.burst + max(0.0, t - self.call_s) * self.rate) / self.per_run
+
+    def to_json(self) -> dict[str, Any]:
+        """``limited_by`` in a batch's plan."""
+        return {"model": self.model, "limit": self.kind, "value": self.value}
+
+    def __str__(self) -> str:
+        return f"{self.model}'s {self.kind} {self.value:,}"
+
+
+def model_limits(wf: Workflow, p: Estimate) -> list[ModelLimit]:
+    """The limits of ``wf``'s models that a batch of its runs shares, with what a run takes of
+    each: every call of a step's first attempt (a routed step's classifier and slowest branch,
+    as the slots' replay counts them) times the attempts it makes on average, less its cache
+    hits, and as many fewer as failed runs stop early (:attr:`Estimate.halting`)."""
+    rows = {r.id: r for r in p.per_step}
+    halts = (p.halting.calls / p.calls_expected
+             if p.halting is not None and p.calls_expected > 0 else 1.0)  # fmt: skip
+    need = {n: [0.0, 0.0, 0.0] for n in wf.models}  # requests, tokens, call-seconds a run
+    for st in wf.steps:
+        r = rows[st.id]
+        share = r.attempts_expected * (1.0 - r.hit_rate) * halts
+        for model, width, seconds, tokens in waves_of(wf, st):
+            got = need[model]
+            got[0] += width * share
+            got[1] += width * tokens * share
+            got[2] += width * seconds * share
+    out: list[ModelLimit] = []
+    for name, m in wf.models.items():
+        calls, tokens, busy = need[name]
+        if calls <= 0:
+            continue
+        call_s = busy / calls
+        if m.rpm:
+            out.append(ModelLimit(name, "rpm", m.rpm, calls, m.rpm, m.rpm / m.minute_s, call_s))
+        if m.tpm:
+            out.append(ModelLimit(name, "tpm", m.tpm, tokens, m.tpm, m.tpm / m.minute_s, call_s))
+        if m.max_concurrency and busy > 0:
+            out.append(ModelLimit(name, "max_concurrency", m.max_concurrency, busy, 0.0,
+                                  float(m.max_concurrency), call_s))  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTime:
+    """The planner's time for a batch: its pool's (:func:`_pool`), or the least a model's
+    limit lets the runs take (``limit``), whichever is longer."""
+
+    latency_s: float
+    limit: ModelLimit | None = None
+
+
+def batch_time(wf: Workflow, p: Estimate, runs: int, parallel: int) -> BatchTime:
+    """:func:`batch_latency`, with the model's limit that sets it, if one does."""
+    return _timed(_pool(wf, p, runs, parallel), model_limits(wf, p), runs)
+
+
+def _timed(ends: np.ndarray, limits: Sequence[ModelLimit], runs: int) -> BatchTime:
+    pool = _took(ends)
+    slowest = max(limits, key=lambda lim: lim.least_s(runs), default=None)
+    if runs and slowest is not None and slowest.least_s(runs) > pool * (1 + 1e-9):
+        return BatchTime(slowest.least_s(runs), slowest)
+    return BatchTime(pool)
+
+
 def batch_latency(wf: Workflow, p: Estimate, runs: int, parallel: int) -> float:
     """The planner's wall-clock time for ``runs`` runs of ``wf`` (estimated as ``p``),
     ``parallel`` at a time: the mean time the batch's pool takes to run them, each run
-    taking its mean latency with the spread of the estimate's drawn runs (:func:`_pool`).
+    taking its mean latency with the spread of the estimate's drawn runs (:func:`_pool`),
+    or where a model's ``rpm``, ``tpm`` or ``max_concurrency`` (its endpoint's, which every
+    run shares) holds the batch longer, the least time it lets the runs take
+    (:class:`ModelLimit`). 700 one-call lines at rpm 600 take over ten seconds, whatever
+    ``parallel``.
 
     Rounds of critical paths counted no retry at all: a batch of 5,000 lines of a retried
     one-call spec (p 0.93, 1 ms calls) was planned at 0.10 s and took 3.1 s, nearly all of it
@@ -210,7 +324,7 @@ def batch_latency(wf: Workflow, p: Estimate, runs: int, parallel: int) -> float:
     (six seeds), now planned at 0.49 s; twelve lines of examples/faq.yaml, four at a time,
     at 1.99 s, where 24 seeds took 2.26 s on average, now planned at 2.26 s.
     """
-    return _took(_pool(wf, p, runs, parallel))
+    return batch_time(wf, p, runs, parallel).latency_s
 
 
 def _took(ends: np.ndarray) -> float:
@@ -275,12 +389,14 @@ def plan_batch(
     """
     p = estimate(wf)
     ceiling, deadline = wf.budget.resolve(max_cost_usd, deadline_s)
-    ends = _pool(wf, p, lines, parallel)
+    ends, limits = _pool(wf, p, lines, parallel), model_limits(wf, p)
+    took = _timed(ends, limits, lines)
     out = {
         "lines": lines, "parallel": parallel, "max_cost_usd": ceiling,
         "runs_covered_at_worst": _covered(ceiling, p.cost_worst, lines),
-        "deadline_s": deadline, "runs_done_by_deadline": _in_time(deadline, ends, lines),
-        "predicted": predicted_json(p, lines, _took(ends)),
+        "deadline_s": deadline,
+        "runs_done_by_deadline": _in_time(deadline, ends, limits, lines),
+        "predicted": predicted_json(p, lines, took.latency_s, took.limit),
     }  # fmt: skip
     if shared_left is not None:
         name, left = shared_left
@@ -296,12 +412,16 @@ def _covered(dollars: float | None, worst: float, lines: int) -> int | None:
     return min(lines, math.floor(dollars / worst + 1e-9))
 
 
-def _in_time(deadline: float | None, ends: np.ndarray, lines: int) -> int | None:
+def _in_time(
+    deadline: float | None, ends: np.ndarray, limits: Sequence[ModelLimit], lines: int
+) -> int | None:
     """How many of ``lines`` runs end before ``deadline`` as the pool runs them (``ends``,
-    :func:`_pool`'s), on average over its repetitions, to the nearest run (None: no deadline)."""
+    :func:`_pool`'s), on average over its repetitions, to the nearest run, and as many as
+    the models' ``limits`` let through by then (None: no deadline)."""
     if deadline is None:
         return None
-    return min(lines, round(float((ends <= deadline * (1 + 1e-9)).sum(axis=1).mean())))
+    pool = round(float((ends <= deadline * (1 + 1e-9)).sum(axis=1).mean()))
+    return min(lines, pool, *(math.floor(lim.runs_by(deadline) + 1e-9) for lim in limits))
 
 
 def read_inputs(path: Path, wf: Workflow, source: str = "<spec>") -> dict[int, dict[str, str]]:
@@ -520,7 +640,7 @@ async def run_batch_async(
     to_run = sum(1 for r in out if not r.from_journal)
     return BatchResult(batch_id, _status(out, guard), out, math.fsum(r.cost_usd for r in out),
                        ceiling, time.time() - started, predicted, str(journal.path), parallel,
-                       batch_latency(wf, predicted, to_run, parallel))  # fmt: skip
+                       batch_time(wf, predicted, to_run, parallel))  # fmt: skip
 
 
 run_batch = blocking(run_batch_async)
