@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -647,3 +649,33 @@ def test_a_model_s_limits_hold_the_whole_batch_and_its_plan(tmp_path: Path, cli)
     assert planned == pytest.approx(40 * 0.02)  # five rounds of eight would be 0.1 s
     assert got["predicted"]["limited_by"]["limit"] == "max_concurrency"
     assert 0.9 < got["latency_s"] / planned < 2.0, (got["latency_s"], planned)
+
+
+def test_what_a_run_takes_of_a_model_counts_the_runs_failed_before_its_retries(
+    tmp_path: Path, cli
+) -> None:
+    """A 10 ms step beside a 20 ms one with two retries, each right half the time: a retry
+    waits out a backoff (0.25 s on average), and by then half the runs have failed on the
+    fast step and send nothing more. The slow model's calls a run: 1 + 0.5 x 0.5 + 0.25 x
+    0.5 = 1.375 (the attempts' 1.75 times the share of calls halting runs make said 1.53);
+    400 lines measured 1.3625."""
+    from trilemma.plan.estimate import estimate
+    from trilemma.run.batch import model_limits
+
+    spec = tmp_path / "dem.yaml"
+    spec.write_text("version: 1\nmodels:\n"
+                    "  f: {usd_per_call: 0.001, latency_s: 0.01, p_ok: 0.5}\n"
+                    "  m: {usd_per_call: 0.001, latency_s: 0.02, p_ok: 0.5, rpm: 100000}\n"
+                    "steps: [{id: fast, model: f}, {id: slow, model: m, retries: 2}]\n")  # fmt: skip
+    wf = parse_workflow(spec.read_text())
+    (limit,) = model_limits(wf, estimate(wf))
+    assert (limit.model, limit.kind) == ("m", "rpm")
+    assert limit.per_run == pytest.approx(1.375, abs=0.02)
+    lines = tmp_path / "400.jsonl"
+    lines.write_text("{}\n" * 400)
+    db = tmp_path / "j.db"
+    got = cli("batch", spec, "--inputs", lines, "--parallel", "50", "--seed", "7", "--journal", db)
+    assert got.code == 1  # some lines failed
+    with closing(sqlite3.connect(db)) as conn:
+        (n,) = conn.execute("select count(*) from calls where model = 'm'").fetchone()
+    assert abs(n / 400 - limit.per_run) < 0.06, (n / 400, limit.per_run)

@@ -119,7 +119,7 @@ __all__ = [
     "held_worst",
     "in_slots",
     "most_held",
-    "run_times",
+    "run_draws",
     "step_estimate",
 ]
 
@@ -1050,13 +1050,14 @@ def _runs(wf: Workflow, *, halt: bool) -> SimResult:
     return _drawn(_BySpec(wf.with_budget(deadline_s=None)), halt)
 
 
-def run_times(wf: Workflow) -> np.ndarray:
-    """The latencies of :data:`~trilemma.plan.fanin.SAMPLES` whole runs of ``wf``, halting
-    at a failed step as the executor does (the estimate's draws: a fixed seed, no deadline
-    or ceiling, kept per spec). A batch's plan takes its runs' spread from them."""
+def run_draws(wf: Workflow) -> dict[str, np.ndarray]:
+    """:data:`~trilemma.plan.fanin.SAMPLES` whole runs of ``wf``, halting at a failed step as
+    the executor does (the estimate's draws: a fixed seed, no deadline or ceiling, kept per
+    spec): each one's ``latency``, ``cost`` and whether it was ``ok``. A batch's plan takes
+    its runs' spread from them, and when their failures stop them."""
     samples = _runs(wf, halt=True).samples
     assert samples is not None  # _drawn keeps them
-    return samples["latency"]
+    return samples
 
 
 @functools.lru_cache(maxsize=64)

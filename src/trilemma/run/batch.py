@@ -34,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from trilemma import dag
 from trilemma.cache.semantic import Embedder
 from trilemma.errors import UsageError
 from trilemma.journal.store import Journal, JournalWriter
-from trilemma.plan.estimate import Estimate, estimate, run_times
+from trilemma.plan.estimate import Estimate, estimate, run_draws
 from trilemma.plan.slots import waves_of
 from trilemma.providers.base import Provider
 from trilemma.run.budget import Clock, SpendGuard
@@ -61,6 +62,7 @@ from trilemma.run.session import (
 from trilemma.run.shared_budget import SharedCeiling
 from trilemma.spec import Workflow
 from trilemma.spec.load import DuplicateKey, unique_keys
+from trilemma.spec.model import backoff_ceiling
 
 __all__ = [
     "BatchResult",
@@ -252,16 +254,29 @@ class ModelLimit:
 
 def model_limits(wf: Workflow, p: Estimate) -> list[ModelLimit]:
     """The limits of ``wf``'s models that a batch of its runs shares, with what a run takes of
-    each: every call of a step's first attempt (a routed step's classifier and slowest branch,
-    as the slots' replay counts them) times the attempts it makes on average, less its cache
-    hits, and as many fewer as failed runs stop early (:attr:`Estimate.halting`)."""
+    each: every call of each attempt a step may make (its first attempt's, a routed step's
+    classifier and slowest branch as the slots' replay counts them), less its cache hits,
+    weighed by the chance the attempt is made: that the attempts before it failed, and that
+    the run is still going when it would start (a failed run sends nothing more), as many
+    of the estimate's drawn runs (:func:`~trilemma.plan.estimate.run_draws`) are then.
+    An attempt starts when the step's dependencies end on average, after the attempts
+    before it and their mean backoffs."""
     rows = {r.id: r for r in p.per_step}
-    halts = (p.halting.calls / p.calls_expected
-             if p.halting is not None and p.calls_expected > 0 else 1.0)  # fmt: skip
+    draws = run_draws(wf)
+    failed_at = np.sort(draws["latency"][~draws["ok"]])
+    graph = wf.edges()
+    ends = dag.finish_times(graph, {i: r.latency_expected_s for i, r in rows.items()})
     need = {n: [0.0, 0.0, 0.0] for n in wf.models}  # requests, tokens, call-seconds a run
     for st in wf.steps:
         r = rows[st.id]
-        share = r.attempts_expected * (1.0 - r.hit_rate) * halts
+        at, made = ends[st.id] - r.latency_expected_s, 1.0 - r.hit_rate
+        share = 0.0
+        for k in range(r.retries + 1):
+            if k:
+                made *= 1.0 - r.p_attempt
+                at += r.latency_s + backoff_ceiling(k) / 2.0
+            gone = int(np.searchsorted(failed_at, at, side="right"))  # runs failed by then
+            share += made * (1.0 - gone / len(draws["ok"]))
         for model, width, seconds, tokens in waves_of(wf, st):
             got = need[model]
             got[0] += width * share
@@ -340,7 +355,7 @@ def _per_run_s(p: Estimate) -> float:
 #: The pool's draws: batches of this many runs in all (repetitions x lines), at least
 #: ``POOL_REPS_MIN`` repetitions and at most ``POOL_REPS``.
 POOL_CELLS = 1_000_000
-POOL_REPS, POOL_REPS_MIN = 64, 4
+POOL_REPS, POOL_REPS_MIN = 1024, 4
 _POOL_SEED = 20261206
 
 
@@ -348,12 +363,12 @@ def _pool(wf: Workflow, p: Estimate, runs: int, parallel: int) -> np.ndarray:
     """When the batch's runs end, as its pool runs them: ``parallel`` at a time, the next
     line starting as soon as any run ends. One row per repetition (a fixed seed), the
     columns sorted: each run's time drawn from the estimate's whole runs
-    (:func:`~trilemma.plan.estimate.run_times`) scaled to the estimate's mean
+    (:func:`~trilemma.plan.estimate.run_draws`) scaled to the estimate's mean
     (:func:`_per_run_s`). Runs that always take the same time end in rounds, exactly."""
     each = _per_run_s(p)
     if runs <= 0:
         return np.zeros((1, 0))
-    drawn = run_times(wf)
+    drawn = run_draws(wf)["latency"]
     mean = float(drawn.mean())
     if each <= 0 or mean <= 0 or float(drawn.max() - drawn.min()) <= 1e-9 * mean:
         rounds = np.arange(runs) // parallel + 1
