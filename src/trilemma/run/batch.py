@@ -336,8 +336,8 @@ def batch_latency(wf: Workflow, p: Estimate, runs: int, parallel: int) -> float:
     failed run frees its place early. Rounds of runs at their mean then left out that the
     pool starts a run as another ends, and waits for its slowest at the end: forty lines of
     ten 10 ms steps at p 0.8, four at a time, were planned at 0.45 s and took 0.47-0.51 s
-    (six seeds), now planned at 0.49 s; twelve lines of examples/faq.yaml, four at a time,
-    at 1.99 s, where 24 seeds took 2.26 s on average, now planned at 2.26 s.
+    (six seeds), now planned at 0.48 s; twelve lines of examples/faq.yaml, four at a time,
+    at 1.99 s, where 24 seeds took 2.26 s on average, now planned at 2.28 s.
     """
     return batch_time(wf, p, runs, parallel).latency_s
 
