@@ -199,7 +199,6 @@ def predicted_json(
     model's limit that sets that time, if one does (``limited_by``)."""
     h = p.halting
     return {
-        "limited_by": None if limit is None else limit.to_json(),
         "cost_usd": {"expected": round(p.cost_expected * lines, 12),
                      "worst": round(p.cost_worst * lines, 12),
                      **({} if h is None else {"halting": round(h.cost_usd * lines, 12)})},
@@ -209,6 +208,7 @@ def predicted_json(
                       "critical_path_per_run": round(p.latency_critical_s, 12),
                       "expected_per_run": round(p.latency_expected_s, 12),
                       **({} if h is None else {"halting_per_run": round(h.latency_s, 12)})},
+        "limited_by": None if limit is None else limit.to_json(),
     }  # fmt: skip
 
 
@@ -248,9 +248,6 @@ class ModelLimit:
         """``limited_by`` in a batch's plan."""
         return {"model": self.model, "limit": self.kind, "value": self.value}
 
-    def __str__(self) -> str:
-        return f"{self.model}'s {self.kind} {self.value:,}"
-
 
 def model_limits(wf: Workflow, p: Estimate) -> list[ModelLimit]:
     """The limits of ``wf``'s models that a batch of its runs shares, with what a run takes of
@@ -261,6 +258,8 @@ def model_limits(wf: Workflow, p: Estimate) -> list[ModelLimit]:
     of the estimate's drawn runs (:func:`~trilemma.plan.estimate.run_draws`) are then.
     An attempt starts when the step's dependencies end on average, after the attempts
     before it and their mean backoffs."""
+    if not any(m.rpm or m.tpm or m.max_concurrency for m in wf.models.values()):
+        return []
     rows = {r.id: r for r in p.per_step}
     draws = run_draws(wf)
     failed_at = np.sort(draws["latency"][~draws["ok"]])
@@ -290,7 +289,7 @@ def model_limits(wf: Workflow, p: Estimate) -> list[ModelLimit]:
         call_s = busy / calls
         if m.rpm:
             out.append(ModelLimit(name, "rpm", m.rpm, calls, m.rpm, m.rpm / m.minute_s, call_s))
-        if m.tpm:
+        if m.tpm and tokens > 0:
             out.append(ModelLimit(name, "tpm", m.tpm, tokens, m.tpm, m.tpm / m.minute_s, call_s))
         if m.max_concurrency and busy > 0:
             out.append(ModelLimit(name, "max_concurrency", m.max_concurrency, busy, 0.0,
