@@ -174,7 +174,7 @@ def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path: Path, cli) ->
     assert read_inputs(lines, parse_workflow(spec.read_text())) == {1: {"question": "a"}}
     r = cli("batch", spec, "--inputs", lines, "--journal", tmp_path / "j.db")
     assert r.code == 0, r.err
-    assert ": 1 line, 4 at a time; if it stops" in r.err  # not "1 lines"
+    assert ": 1 line, 4 at a time, about 0.00s planned; if it stops" in r.err  # not "1 lines"
 
 
 def test_numbers_and_booleans_are_taken_as_text(tmp_path: Path) -> None:
@@ -643,8 +643,10 @@ def test_a_model_s_limits_hold_the_whole_batch_and_its_plan(tmp_path: Path, cli)
     one = tmp_path / "one.yaml"
     one.write_text("version: 1\nmodels: {m: {usd_per_call: 0.001, latency_s: 0.02, "
                    "p_ok: 1, max_concurrency: 1}}\nsteps: [{id: a, model: m}]\n")  # fmt: skip
-    got = cli("batch", one, "--inputs", forty, "--parallel", "8", "--journal", tmp_path / "j.db",
-              "--json").json()  # fmt: skip
+    ran = cli("batch", one, "--inputs", forty, "--parallel", "8", "--journal", tmp_path / "j.db",
+              "--json")  # fmt: skip
+    assert "40 lines, 8 at a time, about 0.80s planned (m's max_concurrency 1 holds it);" in ran.err
+    got = ran.json()
     planned = got["predicted"]["latency_s"]["batch"]
     assert planned == pytest.approx(40 * 0.02)  # five rounds of eight would be 0.1 s
     assert got["predicted"]["limited_by"]["limit"] == "max_concurrency"

@@ -207,7 +207,8 @@ def batch_cmd(
     Example: trilemma batch examples/faq.yaml --inputs examples/questions.jsonl --max-cost 0.05
     """
     from trilemma.journal import Journal
-    from trilemma.run.batch import plan_batch, read_inputs, run_batch
+    from trilemma.plan.estimate import estimate
+    from trilemma.run.batch import batch_time, plan_batch, read_inputs, run_batch
     from trilemma.run.session import check_tenant
 
     positive("--parallel", parallel)
@@ -255,7 +256,14 @@ def batch_cmd(
         def started(batch_id: str) -> None:
             again = "goes on with" if resume else "is resumed by the same command with"
             sys.stderr.write(f"trilemma: {batch_id}: {tables.counted(len(lines), 'line')}, {parallel} at a "
-                             f"time; if it stops, it {again} --resume {batch_id}\n")  # fmt: skip
+                             f"time{said}; if it stops, it {again} --resume {batch_id}\n")  # fmt: skip
+
+        said = ""  # a new batch's time by the planner (a resumed one's lines are known later)
+        if resume is None:
+            took = batch_time(wf, estimate(wf), len(lines), parallel)
+            held = "" if took.limit is None else (
+                f" ({took.limit.model}'s {took.limit.kind} {took.limit.value:,} holds it)")  # fmt: skip
+            said = f", about {took.latency_s:.2f}s planned{held}"
 
         def landed(line: LineResult) -> None:  # in the order runs end: a crash keeps what finished
             nonlocal sink
