@@ -261,9 +261,8 @@ def batch_cmd(
         said = ""  # a new batch's time by the planner (a resumed one's lines are known later)
         if resume is None:
             took = batch_time(wf, estimate(wf), len(lines), parallel)
-            held = "" if took.limit is None else (
-                f" ({took.limit.model}'s {took.limit.kind} {took.limit.value:,} holds it)")  # fmt: skip
-            said = f", about {took.latency_s:.2f}s planned{held}"
+            held = tables.limit_held(None if took.limit is None else took.limit.to_json())
+            said = f", about {took.latency_s:.2f}s planned" + (f" ({held})" if held else "")
 
         def landed(line: LineResult) -> None:  # in the order runs end: a crash keeps what finished
             nonlocal sink

@@ -847,6 +847,11 @@ def cut_line(cut: dict[str, int]) -> str:
             "(or the model's profile), or ask for shorter answers (`trilemma ledger` marks them)")
 
 
+def limit_held(limit: Mapping[str, Any] | None) -> str:
+    """A batch plan's ``limited_by``, said: "m's rpm 600 holds it" ("" where none does)."""
+    return "" if limit is None else f"{limit['model']}'s {limit['limit']} {limit['value']:,} holds it"
+
+
 def _planned_rows(plan: dict[str, Any], n: int, parallel: int) -> list[tuple[str, str]]:
     """The planner's figures for a batch (``predicted_json``), a row each."""
     cost, latency = plan["cost_usd"], plan["latency_s"]
@@ -854,9 +859,7 @@ def _planned_rows(plan: dict[str, Any], n: int, parallel: int) -> list[tuple[str
     halting = f" ({usd(halts)} as failed runs stop)" if well_under(halts, cost["expected"]) else ""
     stopped = (f"{each:.2f}s each as failed runs stop, "
                if well_under(each, latency["expected_per_run"]) else "")
-    limit = plan.get("limited_by")
-    held = ("" if limit is None else
-            f"{limit['model']}'s {limit['limit']} {limit['value']:,} holds it; ")  # fmt: skip
+    held = f"{said}; " if (said := limit_held(plan.get("limited_by"))) else ""
     return [
         ("cost", f"{usd(cost['expected'])} expected{halting}, {usd(cost['worst'])} worst"),
         ("runs ok", f"{plan['ok_lines']:.1f} of {n}" + (f" ({_pct(plan['ok_lines'] / n)})" if n else "")),
