@@ -239,7 +239,10 @@ def test_a_batch_stopped_by_its_ceiling_goes_on_where_it_stopped(tmp_path: Path,
     more = batch("--resume", first["batch_id"], "--max-cost", "0.07")  # earlier spend counts
     assert more["status"] == "budget_exhausted" and more["cost_usd"] <= 0.07 + 1e-12
     assert (more["counts"]["ok"], more["from_journal"]) == (7, 4)
-    rest = batch("--resume", first["batch_id"], "--max-cost", "1")
+    ran = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--resume",
+              first["batch_id"], "--max-cost", "1")  # fmt: skip
+    assert "10 lines, 4 at a time, about 0.00s planned; if it stops, it goes on with" in ran.err
+    rest = ran.json()
     assert (rest["status"], rest["counts"]["ok"], rest["from_journal"]) == ("ok", 10, 7)
     assert rest["predicted"]["latency_s"]["batch"] == pytest.approx(0.001)  # 3 lines ran, at once
     assert rest["cost_usd"] == pytest.approx(0.10)  # each line paid for once

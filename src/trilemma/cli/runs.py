@@ -207,8 +207,7 @@ def batch_cmd(
     Example: trilemma batch examples/faq.yaml --inputs examples/questions.jsonl --max-cost 0.05
     """
     from trilemma.journal import Journal
-    from trilemma.plan.estimate import estimate
-    from trilemma.run.batch import batch_time, plan_batch, read_inputs, run_batch
+    from trilemma.run.batch import BatchTime, plan_batch, read_inputs, run_batch
     from trilemma.run.session import check_tenant
 
     positive("--parallel", parallel)
@@ -253,16 +252,17 @@ def batch_cmd(
         def tick(done: int, total: int, spent: float) -> None:
             bar.update(task, completed=done, description=f"runs, {tables.usd(spent)}{cap}")
 
+        said = ""  # the planner's time for the lines this session runs
+
+        def plan_said(took: BatchTime) -> None:
+            nonlocal said
+            held = tables.limit_held(None if took.limit is None else took.limit.to_json())
+            said = f", about {took.latency_s:.2f}s planned" + (f" ({held})" if held else "")
+
         def started(batch_id: str) -> None:
             again = "goes on with" if resume else "is resumed by the same command with"
             sys.stderr.write(f"trilemma: {batch_id}: {tables.counted(len(lines), 'line')}, {parallel} at a "
                              f"time{said}; if it stops, it {again} --resume {batch_id}\n")  # fmt: skip
-
-        said = ""  # a new batch's time by the planner (a resumed one's lines are known later)
-        if resume is None:
-            took = batch_time(wf, estimate(wf), len(lines), parallel)
-            held = tables.limit_held(None if took.limit is None else took.limit.to_json())
-            said = f", about {took.latency_s:.2f}s planned" + (f" ({held})" if held else "")
 
         def landed(line: LineResult) -> None:  # in the order runs end: a crash keeps what finished
             nonlocal sink
@@ -276,7 +276,8 @@ def batch_cmd(
         result = run_batch(wf, lines, journal=stack.enter_context(Journal(journal)),
                            max_cost_usd=max_cost,
                            deadline_s=deadline, parallel=parallel, seed=seed, source=str(spec),
-                           tenant=tenant, on_progress=tick, on_start=started, on_line=landed,
+                           tenant=tenant, on_progress=tick, on_start=started, on_plan=plan_said,
+                           on_line=landed,
                            resume=resume, shared=shared, redis=redis,
                            shared_cache=tier, skip_failed=skip_failed)  # fmt: skip
     if out is not None:  # the whole batch, in line order, lines that never started included

@@ -511,6 +511,7 @@ async def run_batch_async(
     embedder: Embedder | None = None,
     on_progress: Callable[[int, int, float], None] | None = None,
     on_start: Callable[[str], None] | None = None,
+    on_plan: Callable[[BatchTime], None] | None = None,
     on_line: Callable[[LineResult], None] | None = None,
     resume: str | None = None,
     shared: SharedCeiling | None = None,
@@ -522,7 +523,8 @@ async def run_batch_async(
 
     ``inputs``: by line number (as :func:`read_inputs` gives them), or a list (numbered
     from 1). ``max_cost_usd`` and ``deadline_s`` hold for the whole batch (the spec's
-    budget when not given). ``on_start(batch_id)`` is called before the first run, and
+    budget when not given). ``on_plan(time)`` is called with the planner's time for the lines
+    this session runs (:func:`batch_time`), then ``on_start(batch_id)``, before the first run;
     ``on_progress(lines_done, lines, dollars_spent)`` after each run's end, and
     ``on_line(result)`` with its line's result (on a resume, first with each line an
     earlier session ended: ok, or failed with ``skip_failed``).
@@ -639,6 +641,9 @@ async def run_batch_async(
             finally:
                 await close_parts(endpoints, spend, tier)
 
+    planned = batch_time(wf, predicted, sum(1 for r in results if r is None), parallel)
+    if on_plan is not None:
+        on_plan(planned)
     if on_start is not None:
         on_start(batch_id)
     if on_line is not None:
@@ -651,10 +656,9 @@ async def run_batch_async(
         raise group.exceptions[0] from None
     out = tuple(r if r is not None else LineResult(numbers[i], "not_started")
                 for i, r in enumerate(results))  # fmt: skip
-    to_run = sum(1 for r in out if not r.from_journal)
     return BatchResult(batch_id, _status(out, guard), out, math.fsum(r.cost_usd for r in out),
                        ceiling, time.time() - started, predicted, str(journal.path), parallel,
-                       batch_time(wf, predicted, to_run, parallel))  # fmt: skip
+                       planned)  # fmt: skip
 
 
 run_batch = blocking(run_batch_async)
