@@ -619,6 +619,20 @@ def test_a_file_that_is_not_a_journal_is_refused_and_left_alone(cli, tmp_path: P
     assert r.code == 2 and "not a trilemma journal" in r.err
 
 
+def test_a_journal_path_that_cannot_be_opened_is_bad_input(cli, tmp_path: Path) -> None:
+    """A --journal in a folder that cannot be made, or a file SQLite cannot open: exit 2."""
+    spec = Path(__file__).parents[1] / "examples" / "single.yaml"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    r = cli("run", spec, "--journal", blocker / "j.db")
+    assert r.code == 2 and "cannot create its folder" in r.err and "--journal" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+    if Path("/proc/self").is_dir():  # a folder where no file can be made, even by root
+        r = cli("run", spec, "--journal", "/proc/j.db")
+        assert r.code == 2 and "unable to open" in r.err and "folder exists" in r.err
+        assert len(r.err.strip().splitlines()) == 1
+
+
 def test_a_corrupted_journal_is_refused(cli, tmp_path: Path) -> None:
     db = tmp_path / "j.db"
     Journal(db).close()

@@ -25,6 +25,7 @@
     │   └── DeadlineExceeded      the run's deadline passed
     └── JournalError              the journal cannot be read or written (exit code 1)
         ├── JournalBusy           another process holds the write lock (retried internally)
+        ├── JournalPathError      the --journal path cannot be opened or created (exit code 2)
         └── NotAJournal           the file is not a trilemma journal, or is newer (exit code 2)
 
 Messages are written for the person at the terminal: they name the file, the
@@ -44,6 +45,7 @@ __all__ = [
     "InputError",
     "JournalBusy",
     "JournalError",
+    "JournalPathError",
     "MalformedAnswer",
     "NotAJournal",
     "PlanError",
@@ -212,6 +214,12 @@ class JournalError(TrilemmaError):
 
 class JournalBusy(JournalError):
     """Another process holds the journal's write lock."""
+
+
+class JournalPathError(JournalError):
+    """The journal's path cannot be opened or created: a wrong ``--journal``, not a failed run."""
+
+    exit_code = 2
 
 
 class NotAJournal(JournalError):

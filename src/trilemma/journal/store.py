@@ -27,7 +27,7 @@ from typing import Any
 
 from trilemma._proc import pid_alive
 from trilemma._tasks import drain_tasks
-from trilemma.errors import JournalBusy, JournalError, NotAJournal
+from trilemma.errors import JournalBusy, JournalError, JournalPathError, NotAJournal
 from trilemma.journal.migrations import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["DEFAULT_PATH", "GATEWAY_RUN", "OUTCOMES", "REJECTED", "Journal", "JournalWriter",
@@ -105,8 +105,13 @@ def _run_range(run_id: str) -> tuple[str, str, str]:
 
 
 @contextlib.contextmanager
-def map_sqlite_errors(path: Path) -> Iterator[None]:
-    """sqlite3 errors as JournalError, with what to do about them."""
+def map_sqlite_errors(path: Path, *, opening: bool = False) -> Iterator[None]:
+    """sqlite3 errors as JournalError, with what to do about them.
+
+    ``opening``: the journal is being opened, so a file that cannot be opened or written is the
+    path's fault (:class:`JournalPathError`, exit code 2), not a run's.
+    """
+    error = JournalPathError if opening else JournalError
     try:
         yield
     except sqlite3.OperationalError as exc:
@@ -121,7 +126,7 @@ def map_sqlite_errors(path: Path) -> Iterator[None]:
             hint = "cannot open the file; check the folder exists and is writable"
         else:
             hint = "check the file and try again"
-        raise JournalError(f"{path}: journal error: {msg}; {hint}") from exc
+        raise error(f"{path}: journal error: {msg}; {hint}") from exc
     except UnicodeDecodeError as exc:  # SQLite's own message quoted bytes of a damaged schema
         raise NotAJournal(
             f"{path}: not a readable trilemma journal (damaged: {exc.reason} in what SQLite "
@@ -186,10 +191,11 @@ class Journal:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise JournalError(
-                    f"{self.path}: cannot create its folder: {exc.strerror}"
+                raise JournalPathError(
+                    f"{self.path}: cannot create its folder: {exc.strerror}; give a --journal "
+                    "path in a writable folder"
                 ) from None
-        with map_sqlite_errors(self.path):
+        with map_sqlite_errors(self.path, opening=True):
             self.db = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
