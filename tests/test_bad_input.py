@@ -44,6 +44,11 @@ CASES: dict[str, tuple[str | bytes, str, str]] = {
         "steps[0].retires",
         "did you mean 'retries'",
     ),
+    "another tool's name for after": (
+        MODELS + "  - {id: a, model: premium}\n  - {id: b, model: premium, depends_on: [a]}\n",
+        "steps[1].depends_on",
+        "did you mean 'after'",
+    ),
     "misspelt model field": (
         "version: 1\nmodels: {p: {usd_per_call: 1, latency: 2, p_ok: 0.5}}\n"
         "steps: [{id: a, model: p}]\n",

@@ -247,8 +247,25 @@ def _check_name(source: str, field: str, name: str, known: Mapping[str, object],
     raise SpecError(source, field, f"unknown {what} {name!r}{hint}; known: {names}")
 
 
+# What other workflow tools call a field of ours: spelling alone would not lead there
+# (difflib offers 'independent' for 'depends_on').
+_OTHER_NAMES = {
+    "depends_on": "after",
+    "dependencies": "after",
+    "deps": "after",
+    "needs": "after",
+    "requires": "after",
+    "parents": "after",
+    "upstream": "after",
+}
+
+
 def _did_you_mean(name: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    options = list(options)
+    other = _OTHER_NAMES.get(name.lower())
+    if other is not None and other in options:
+        return f" (did you mean {other!r}?)"
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
