@@ -49,6 +49,18 @@ CASES: dict[str, tuple[str | bytes, str, str]] = {
         "steps[1].depends_on",
         "did you mean 'after'",
     ),
+    "a choice written out in full": (
+        "version: 1\nmodels: {p: {usd_per_call: 1, latency_s: 1, p_ok: 0.9, provider: simulator}}\n"
+        "steps: [{id: a, model: p}]\n",
+        "models.p.provider",
+        "did you mean 'sim'",
+    ),
+    "a misspelt choice": (
+        "version: 1\nmodels: {p: {usd_per_call: 1, latency_s: 1, p_ok: 0.9, provider: opanai}}\n"
+        "steps: [{id: a, model: p}]\n",
+        "models.p.provider",
+        "did you mean 'openai'",
+    ),
     "misspelt model field": (
         "version: 1\nmodels: {p: {usd_per_call: 1, latency: 2, p_ok: 0.5}}\n"
         "steps: [{id: a, model: p}]\n",

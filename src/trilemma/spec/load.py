@@ -445,7 +445,18 @@ def _spec_error(
     msg = _plain(err, wanted, root)
     if alternatives:
         msg += f", or a mapping of {alternatives}"
-    return SpecError(source, field, f"{msg} (got {shown})")
+    return SpecError(source, field, f"{msg} (got {shown}){_closest_choice(err, value)}")
+
+
+def _closest_choice(err: Any, value: object) -> str:
+    """For a value outside a field's choices: the choice it starts with or is spelt nearest."""
+    if err["type"] != "literal_error" or not isinstance(value, str) or not value:
+        return ""
+    choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+    prefixed = [c for c in choices if c and value.lower().startswith(c.lower())]
+    if prefixed:  # 'simulator' for 'sim'
+        return f"; did you mean {max(prefixed, key=len)!r}?"
+    return _did_you_mean(value.lower(), choices).replace(" (", "; ").rstrip(")")
 
 
 _WANTED = {
