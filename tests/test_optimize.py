@@ -156,6 +156,47 @@ def test_optimize_table_and_yaml_output(cli, tmp_path) -> None:
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
+def test_a_long_chosen_spec_is_printed_as_what_it_changes(cli, write, tmp_path) -> None:
+    """A 60-step chain's chosen spec would print hundreds of lines: the terminal gets its
+    changes, grouped, and --out the whole spec."""
+    steps = "".join(
+        f"  - {{id: s{i:02}, model: premium, candidates: [premium, small]"
+        + (f", after: [s{i - 1:02}]" if i else "") + "}\n"
+        for i in range(60)
+    )
+    spec = write("version: 1\nmodels:\n  premium: {usd_per_call: 0.03, latency_s: 2, p_ok: 0.985}"
+                 "\n  small: {usd_per_call: 0.002, latency_s: 0.4, p_ok: 0.945}\nsteps:\n" + steps)
+    out = tmp_path / "chosen.yaml"
+    r = cli("optimize", spec, "--min-reliability", "0.9", "--out", out)
+    assert r.code == 0, r.err
+    changes = r.out.split("# chosen configuration: ", 1)[1]
+    lines = changes.strip().splitlines()
+    assert lines[0].startswith(f"{out.read_text().count(chr(10)):,} lines (written to {out})")
+    assert 2 <= len(lines) <= 5 and "model premium -> small" in changes and "retries 0 -> " in changes
+    assert "version: 1" not in r.out
+    assert len(yaml.safe_load(out.read_text())["steps"]) == 60
+
+
+def test_spec_changes_name_each_lever_once_per_set_of_steps() -> None:
+    from trilemma.report.tables import spec_changes
+
+    wf = load_workflow(EXAMPLES / "seed-chain.yaml")
+    assert spec_changes(wf, wf) == ["nothing: it is the original"]
+    chosen = wf.model_copy(update={
+        "steps": [s.model_copy(update={"model": "small", "retries": 2, "after": []})
+                  for s in wf.steps[1:]],
+        "stop_when": "s05",
+    })  # fmt: skip
+    assert spec_changes(wf, chosen) == [
+        "cut: step s01",
+        "model premium -> small, after: none (starts at once), retries 0 -> 2: "
+        "steps s02, s03, s04 and 8 more",
+        "stop_when none -> s05",
+    ]
+    assert spec_changes(wf, chosen, most=1)[-1] == "and 2 more changes"
+    assert spec_changes(wf, chosen, most=2)[-1] == "and 1 more change"
+
+
 def test_the_chosen_configuration_is_shown_and_marked_on_the_frontier(cli) -> None:
     """seed-chain.yaml under $0.10 and 95%: the answer (12 small calls, one retry each,
     $0.048 at worst) is the frontier's third of 72 configurations, which evenly spread rows

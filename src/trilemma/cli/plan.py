@@ -335,7 +335,13 @@ def optimize(
         console.print(tables.optimize_view(r))
         if checks:
             console.print(tables.budget_check_line(checks), style="dim")
-        if chosen:
+        if chosen and r.best is not None and chosen.count("\n") > CHOSEN_LINES_SHOWN:
+            written = f"written to {out}" if out else "--out FILE writes it, --json holds it"
+            console.print(f"\n# chosen configuration: {chosen.count(chr(10)):,} lines ({written});"
+                          " what it changes:", markup=False, soft_wrap=True)  # fmt: skip
+            for line in tables.spec_changes(wf, r.best):  # each line whole, so each stays a comment
+                console.print(f"#   {line}", markup=False, soft_wrap=True)
+        elif chosen:
             console.print(f"\n# chosen configuration{f' (written to {out})' if out else ''}")
             console.print(chosen, markup=False)
     if r.best is None:
@@ -345,6 +351,10 @@ def optimize(
         )
         return 1
     return 0
+
+
+CHOSEN_LINES_SHOWN = 100
+"""``optimize`` prints a chosen spec this long whole; a longer one as what it changes."""
 
 
 def _budget_checks(wf: Workflow, r: Any) -> dict[str, SimResult]:

@@ -639,6 +639,50 @@ def describe(c: Candidate) -> str:
     return "; ".join(parts)
 
 
+def spec_changes(original: Workflow, chosen: Workflow, most: int = 30) -> list[str]:
+    """What a chosen spec changes from the original, one line per change shared by a set of
+    steps (``model premium -> small, retries 0 -> 1: steps s01, s02, s03 and 9 more``)."""
+    kept = {s.id: s for s in chosen.steps}
+    groups: dict[str, list[str]] = {}
+    for s in original.steps:
+        new = kept.get(s.id)
+        if new is None:
+            groups.setdefault("cut", []).append(s.id)
+            continue
+        was, now = s.model_dump(), new.model_dump()
+        fields = [f for f in was if was[f] != now.get(f)]
+        if fields:
+            change = ", ".join(_field_change(f, was.get(f), now.get(f)) for f in fields)
+            groups.setdefault(change, []).append(s.id)
+    lines = [f"{change}: {_listed(ids)}" for change, ids in groups.items()]
+    for name in ("stop_when", "concurrency"):
+        was, now = getattr(original, name), getattr(chosen, name)
+        if was != now:
+            lines.append(_field_change(name, was, now))
+    if len(lines) > most:
+        lines[most:] = [f"and {counted(len(lines) - most, 'more change')}"]
+    return lines or ["nothing: it is the original"]
+
+
+def _field_change(name: str, was: object, now: object) -> str:
+    if name == "after" and not now:
+        return "after: none (starts at once)"
+    if isinstance(was, list) or isinstance(now, list):
+        return f"{name}: {_flow(was or [])} -> {_flow(now or [])}"
+    return f"{name} {_flow(was)} -> {_flow(now)}"
+
+
+def _flow(value: object) -> str:
+    """A spec value as YAML's flow style writes it: ``[a, b]``, ``{ttl_s: 60}``, ``none``."""
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items() if v is not None) + "}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def optimize_view(r: OptimizeResult) -> Group:
     """Original beside chosen, and the frontier."""
     t = FittedTable(title=f"Optimized by {r.method}: {count(r.space)} configurations in the space, "
