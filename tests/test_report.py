@@ -424,3 +424,29 @@ def test_a_long_run_s_table_shows_forty_steps_those_not_done_first(cli, write, t
     rows = [line for line in out.splitlines() if line.lstrip().startswith("s") and " done " in line]
     assert len(rows) == 40 and "s44 " not in out
     assert re.search(r"5 more steps \(all done\) not shown: trilemma report \w+ --journal", out)
+
+
+def test_an_estimate_of_many_steps_shows_those_that_weigh_most(cli, write) -> None:
+    """300 steps: the table shows 40, the critical path's and the costliest, least reliable
+    and slowest of the rest (each far down the spec), and says what the others are at most."""
+    rows = [f"  - {{id: s{i:03}, model: m, prompt: hi}}" for i in range(300)]
+    rows[150] = "  - {id: s150, model: dear, prompt: hi}"
+    rows[200] = "  - {id: s200, model: shaky, prompt: hi}"
+    rows[250] = "  - {id: s250, model: slow, prompt: hi}"
+    rows[11] = "  - {id: s011, model: m, prompt: hi, after: [s010]}"
+    spec = write(
+        "version: 1\nmodels:\n  m: {usd_per_call: 0.001, latency_s: 0.01, p_ok: 0.999}\n"
+        "  dear: {usd_per_call: 0.5, latency_s: 0.01, p_ok: 0.999}\n"
+        "  shaky: {usd_per_call: 0.001, latency_s: 0.01, p_ok: 0.5}\n"
+        "  slow: {usd_per_call: 0.001, latency_s: 0.02, p_ok: 0.999}\n"
+        "concurrency: 1000\nsteps:\n" + "\n".join(rows) + "\n"
+    )
+    r = cli("estimate", spec)
+    assert r.code == 0, r.err
+    shown = re.findall(r"^│ (s\d{3})", r.out, flags=re.M)
+    assert len(shown) == 40 and shown == sorted(shown)
+    assert {"s010", "s011", "s150", "s200", "s250"} <= set(shown)
+    caption = " ".join(r.out.split("*: on the critical path.", 1)[1].split())
+    assert caption.startswith("40 steps shown") and "260 more, each at most $0.0010 expected" in caption
+    assert "0.01s, p step at least 0.9990: --json lists every one" in caption
+    assert len(cli("estimate", spec, "--json").json()["per_step"]) == 300

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 import shlex
 from collections import Counter
@@ -76,6 +77,11 @@ def _qpd(x: float | None) -> str:
     return "inf" if x is None else f"{x:.1f}"
 
 
+STEPS_SHOWN = 40
+"""A table shows at most this many steps: a run's, every one not done first, in spec order;
+an estimate's, the critical path and the steps that weigh most."""
+
+
 def estimate_table(e: Estimate, title: str = "Estimate") -> Group:
     """Per-step rows and the workflow's totals."""
     t = FittedTable(title=title, title_justify="left", caption="*: on the critical path",
@@ -83,16 +89,50 @@ def estimate_table(e: Estimate, title: str = "Estimate") -> Group:
     for col in ("step", "model", "calls", "retries", "cost book", "cost expected", "cost worst",
                 "latency", "p attempt", "p step"):  # fmt: skip
         t.add_column(col, justify="left" if col in ("step", "model") else "right")
+    shown = _estimate_rows_shown(e.per_step)
     for s in e.per_step:
+        if s.id not in shown:
+            continue
         t.add_row(
             s.id + ("*" if s.critical else ""), _models_cell(s) + _cached_note(s.hit_rate),
             str(s.calls), str(s.retries),
             usd(s.cost_book), usd(s.cost_expected), usd(s.cost_worst),
             f"{s.latency_s:.2f}s", f"{s.p_attempt:.4f}", f"{s.p_step:.4f}",
         )  # fmt: skip
-    if e.stop is None:
-        return Group(t, totals_table(e))
-    return Group(t, totals_table(e), Text(early_stop_line(e), style="dim"))
+    parts: list[Table | Text] = [t]
+    if len(shown) < len(e.per_step):
+        rest = [s for s in e.per_step if s.id not in shown]
+        t.caption = (f"*: on the critical path. {counted(len(shown), 'step')} shown (the critical "
+                     f"path, then the costliest, least reliable and slowest); "
+                     f"{len(rest):,} more, each at most {usd(max(s.cost_expected for s in rest))} "
+                     f"expected, {max(s.latency_s for s in rest):.2f}s, p step at least "
+                     f"{min(s.p_step for s in rest):.4f}: --json lists every one")  # fmt: skip
+    parts.append(totals_table(e))
+    if e.stop is not None:
+        parts.append(Text(early_stop_line(e), style="dim"))
+    return Group(*parts)
+
+
+def _estimate_rows_shown(per_step: Sequence[Any], limit: int = STEPS_SHOWN) -> set[str]:
+    """The steps an estimate's table shows: all when they fit, else the critical path's and
+    then, in turn, the costliest, the least reliable and the slowest, ``limit`` in all."""
+    if len(per_step) <= limit:
+        return {s.id for s in per_step}
+    orders = [
+        [s for s in per_step if s.critical],
+        sorted(per_step, key=lambda s: -s.cost_expected),
+        sorted(per_step, key=lambda s: s.p_step),
+        sorted(per_step, key=lambda s: -s.latency_s),
+    ]
+    shown: dict[str, None] = {}
+    for s in orders[0][: limit // 2]:
+        shown[s.id] = None
+    ranked = [iter(o) for o in orders[1:]]
+    for it in itertools.cycle(ranked):  # each order holds every step, so this ends
+        if len(shown) >= limit:
+            break
+        shown.setdefault(next(s.id for s in it if s.id not in shown))
+    return set(shown)
 
 
 def early_stop_line(e: Estimate) -> str:
@@ -808,10 +848,6 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None) ->
     parts.extend(Text(line, style="yellow") for line in _budget_hints(r, under, spec))
     return Group(*parts, Text(f"journal: {r.journal}\n{follow_up(r.run_id, r.journal)}",
                               style="dim"))  # fmt: skip
-
-
-STEPS_SHOWN = 40
-"""A run's table shows at most this many steps: every one not done first, in spec order."""
 
 
 def _steps_shown(steps: Mapping[str, Any], limit: int = STEPS_SHOWN) -> set[str]:
