@@ -417,6 +417,11 @@ def test_a_long_run_s_table_shows_forty_steps_those_not_done_first(cli, write, t
     assert len(shown) == STEPS_SHOWN == 40 and {"s7", "s55"} <= shown
     assert shown - {"s55"} == {f"s{i}" for i in range(39)}  # then the first done ones
     assert _steps_shown(dict(list(steps.items())[:40])) == set(list(steps)[:40])  # all fit
+    # A failure after many skipped steps is still shown: 50 skipped come first in the spec.
+    steps = {f"s{i}": SimpleNamespace(status="skipped" if i < 50 else "done") for i in range(60)}
+    steps["s58"] = SimpleNamespace(status="failed")
+    shown = _steps_shown(steps)
+    assert "s58" in shown and shown - {"s58"} == {f"s{i}" for i in range(39)}
     body = "\n".join(f"  - {{id: s{i}, model: m}}" for i in range(45))
     spec = write(f"version: 1\nmodels: {{m: {{usd_per_call: 0.001, latency_s: 0.001, p_ok: 1}}}}\n"
                  f"steps:\n{body}\n")  # fmt: skip

@@ -850,14 +850,17 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None) ->
                               style="dim"))  # fmt: skip
 
 
+_SHOWN_FIRST = {"failed": 0, "cancelled": 1, "skipped": 3, "done": 4}
+"""The order a run's table takes steps in when it cannot show them all (others: 2)."""
+
+
 def _steps_shown(steps: Mapping[str, Any], limit: int = STEPS_SHOWN) -> set[str]:
-    """The steps a run's table shows: all when they fit, else those not done (what went
-    wrong, what was cut or never ran) and then the first done ones, ``limit`` in all."""
+    """The steps a run's table shows: all when they fit, else what went wrong first (failed,
+    then cancelled or cut), then what never ran, then the first done ones, ``limit`` in all."""
     if len(steps) <= limit:
         return set(steps)
-    first = [sid for sid, s in steps.items() if s.status != "done"]
-    rest = [sid for sid, s in steps.items() if s.status == "done"]
-    return set((first + rest)[:limit])
+    ranked = sorted(steps, key=lambda sid: _SHOWN_FIRST.get(steps[sid].status, 2))  # stable
+    return set(ranked[:limit])
 
 
 def _budget_hints(r: Any, under: SimResult | None, spec: str | None) -> list[str]:
