@@ -326,6 +326,23 @@ def test_runs_must_be_a_positive_integer(cli, runs: str) -> None:
     assert "--runs" in r.err
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "said"),
+    [
+        ("--max-cost", "abc", "--max-cost': 'abc' is not a number; give one such as 0.5"),
+        ("--runs", "1e3", "'1e3': write the whole number in digits, as 1000"),
+        ("--runs", "2.5", "'2.5' is not a whole number; give one such as 10"),
+        ("--runs", "many", "'many' is not a whole number; give one such as 10"),
+    ],
+)
+def test_a_value_that_is_not_the_number_an_option_takes_is_named(
+    cli, flag: str, value: str, said: str
+) -> None:
+    r = cli("simulate", EXAMPLES / "diamond.yaml", flag, value)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1
+    assert said in r.err and "Input should" not in r.err
+
+
 @pytest.mark.parametrize("command", ["simulate", "demo"])
 def test_a_monte_carlo_too_big_for_memory_is_refused_before_it_starts(cli, command: str) -> None:
     # 1e9 trajectories would take ~70 GB: the OOM killer ended such a run, with no message

@@ -351,14 +351,24 @@ _BOUNDS = frozenset({"greater_than_equal", "less_than_equal", "greater_than", "l
 
 
 def _not_a_number(exc: Exception) -> str | None:
-    """The message for NaN given to a bounded number: pydantic's check of the lower bound
-    refuses it as "should be greater than or equal to 0", which misleads."""
+    """The message for a value that is not the number an option takes: pydantic's words
+    ("Input should be a valid integer, unable to parse string as an integer") do not name
+    the value, and its check of a lower bound refuses NaN as "should be greater than or
+    equal to 0", which misleads."""
     cause = exc.__cause__
     if not isinstance(cause, ValidationError) or not isinstance(exc, typer.BadParameter):
         return None
     for err in cause.errors():
         given = err.get("input")
-        if err["type"] not in _BOUNDS or not isinstance(given, str):
+        if not isinstance(given, str):
+            continue
+        if err["type"] == "float_parsing":
+            exc.message = f"{given!r} is not a number; give one such as 0.5"
+            return exc.format_message()
+        if err["type"] == "int_parsing":
+            exc.message = _whole(given)
+            return exc.format_message()
+        if err["type"] not in _BOUNDS:
             continue  # NaN gets this far only as a string that parsed, then compared
         try:
             nan = math.isnan(float(given))
@@ -368,6 +378,17 @@ def _not_a_number(exc: Exception) -> str | None:
             exc.message = f"{given!r} is not a number; give a number such as 0.5"
             return exc.format_message()
     return None
+
+
+def _whole(given: str) -> str:
+    """What is wrong with ``given`` where a whole number goes: ``1e3`` is 1000 written so."""
+    try:
+        value = float(given)
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value) and value == int(value):
+        return f"{given!r}: write the whole number in digits, as {int(value)}"
+    return f"{given!r} is not a whole number; give one such as 10"
 
 
 def _value_without_its_option(exc: Exception, args: list[str]) -> str | None:
