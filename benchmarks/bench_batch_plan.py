@@ -5,10 +5,11 @@ timeouts, retries, votes, debates, routes, cache hit rates), their latencies cut
 batch takes seconds, and three in ten of their models given a ``max_concurrency`` of 1-3
 (an endpoint's limit, which the batch's runs share). Each spec's batch of ``--lines`` lines
 runs ``--parallel`` at a time, ``--repeats`` times at seeds far apart (a line's seed is the
-batch's plus its number, so near seeds share runs). Beside the mean time measured, three
+batch's plus its number, so near seeds share runs). Beside the mean time measured, four
 plans: rounds of ``--parallel`` runs at their mean latency (the plan until the thirty-seventh
 stop), the pool alone (runs drawn from the estimate's whole runs, the next line starting as
-one ends), and the pool or the models' limits, whichever is longer (the plan now). For each,
+one ends), the pool or the models' limits, whichever is longer (the thirty-seventh stop's),
+and the runs replayed together where a model is limited (the plan now). For each,
 the ratios measured / planned, how many lie within 20%, and the median of their logs'
 absolute values.
 
@@ -77,10 +78,12 @@ def measured(wf: Workflow, lines: int, parallel: int, seed: int, folder: Path) -
 
 def plans(wf: Workflow, lines: int, parallel: int) -> dict[str, float]:
     p = estimate(wf)
+    ends = batch._Ends.of(wf, p, lines, parallel)
     return {
         "rounds": math.ceil(lines / parallel) * batch._per_run_s(p),
-        "pool": batch._took(batch._pool(wf, p, lines, parallel)),
-        "pool or limits": batch.batch_time(wf, p, lines, parallel).latency_s,
+        "pool": batch._took(ends.pool),
+        "pool or limits": batch._Ends(ends.pool, None, ends.limits, lines).time().latency_s,
+        "replayed": ends.time().latency_s,
     }
 
 

@@ -684,3 +684,48 @@ def test_what_a_run_takes_of_a_model_counts_the_runs_failed_before_its_retries(
     with closing(sqlite3.connect(db)) as conn:
         (n,) = conn.execute("select count(*) from calls where model = 'm'").fetchone()
     assert abs(n / 400 - limit.per_run) < 0.06, (n / 400, limit.per_run)
+
+
+def test_calls_waiting_for_a_busy_model_are_not_sent_once_their_run_has_failed(
+    tmp_path: Path, cli
+) -> None:
+    """A 10 ms step that fails 80% of the time beside a 20 ms one on a model that takes one
+    call at a time, forty lines eight at a time: most runs fail while their slow call
+    waits, and it is never sent. The limit alone said forty calls one after another, 0.8 s;
+    the runs replayed together send about eight, and the batch takes about 0.2 s."""
+    spec = tmp_path / "waits.yaml"
+    spec.write_text("version: 1\nmodels:\n"
+                    "  f: {usd_per_call: 0.001, latency_s: 0.01, p_ok: 0.2}\n"
+                    "  m: {usd_per_call: 0.001, latency_s: 0.02, p_ok: 1, max_concurrency: 1}\n"
+                    "steps: [{id: fast, model: f}, {id: slow, model: m}]\n")  # fmt: skip
+    lines = tmp_path / "40.jsonl"
+    lines.write_text("{}\n" * 40)
+    plan = cli("batch", spec, "--inputs", lines, "--parallel", "8", "--plan", "--json").json()
+    planned = plan["predicted"]["latency_s"]["batch"]
+    assert 0.12 < planned < 0.3, planned
+    assert plan["predicted"]["limited_by"] == {"model": "m", "limit": "max_concurrency", "value": 1}
+    db = tmp_path / "j.db"
+    got = cli("batch", spec, "--inputs", lines, "--parallel", "8", "--seed", "1000",
+              "--journal", db, "--json").json()  # fmt: skip
+    with closing(sqlite3.connect(db)) as conn:
+        (sent,) = conn.execute("select count(*) from calls where model = 'm'").fetchone()
+    assert sent <= 16, sent
+    assert 0.8 < got["latency_s"] / planned < 2.0, (got["latency_s"], planned)
+
+
+def test_a_batch_is_replayed_only_where_a_limit_may_hold_it_and_it_is_small_enough() -> None:
+    """The replay sends every call of every run in Python: a spec without limited models is
+    left to the pool (its runs are independent), and so is a batch past REPLAY_CALLS."""
+    from trilemma.plan.batchsim import REPLAY_CALLS, REPLAY_REPS_MIN, replay_batch
+
+    free = parse_workflow("version: 1\nmodels: {m: {usd_per_call: 0.001, latency_s: 0.02, "
+                          "p_ok: 1}}\nsteps: [{id: a, model: m}]\n")  # fmt: skip
+    assert replay_batch(free, 40, 8, 1.0) is None
+    one = parse_workflow("version: 1\nmodels: {m: {usd_per_call: 0.001, latency_s: 0.02, "
+                         "p_ok: 1, max_concurrency: 1}}\nsteps: [{id: a, model: m}]\n")  # fmt: skip
+    got = replay_batch(one, 40, 8, 1.0)
+    assert got is not None and got.ends.shape[1] == 40
+    assert got.ends[:, -1] == pytest.approx(0.8)  # one call at a time, each 20 ms
+    assert list(got.ends[0]) == pytest.approx([0.02 * (i + 1) for i in range(40)])
+    too_many = REPLAY_CALLS // REPLAY_REPS_MIN + 1
+    assert replay_batch(one, too_many, 8, 1.0) is None

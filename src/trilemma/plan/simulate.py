@@ -100,6 +100,7 @@ from trilemma.plan.slots import (
     Bucket,
     Held,
     dispatch_order,
+    held_by,
     holds,
     over_rate,
     rate_limits,
@@ -112,6 +113,7 @@ __all__ = [
     "PREDICTION_RUNS",
     "BudgetFor",
     "SimResult",
+    "StepDraws",
     "Summary",
     "check_runs",
     "check_seed",
@@ -119,6 +121,7 @@ __all__ = [
     "simulate",
     "simulate_loop",
     "smallest_budget",
+    "step_draws",
     "under_budget",
 ]
 
@@ -633,6 +636,45 @@ def simulate(
 
 
 @dataclass(frozen=True, slots=True)
+class StepDraws:
+    """Whole runs of a spec drawn step by step, for replaying many of them together
+    (:mod:`trilemma.plan.batchsim`): per step, in ``order``, and per run (columns), the
+    seconds it took (``seconds``), of which the backoff waits between attempts
+    (``paused``), whether it sent calls (``sends``: not a cache hit, and reached: a run
+    halts at a failed step) and whether its own retries ran out (``dead``); per step its
+    dependencies (places in ``order``), how its calls hold the slots (``held``) and its
+    waves' shares of an attempt's time (``parts``, as :class:`_Pool` takes them); and for a
+    step that may retry, per attempt, whether it was made and when it was sent and answered,
+    in seconds from the step's start (``attempts``; empty: the step makes one attempt)."""
+
+    order: list[str]
+    parents: list[tuple[int, ...]]
+    held: list[Held]
+    parts: list[tuple[tuple[float, float], ...]]
+    seconds: np.ndarray
+    paused: np.ndarray
+    sends: np.ndarray
+    dead: np.ndarray
+    attempts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+
+
+def step_draws(wf: Workflow, runs: int, seed: int) -> StepDraws:
+    """``runs`` whole runs of ``wf`` drawn as the Monte Carlo draws them (default settings,
+    halting at a failed step, no ceiling), step by step."""
+    settings = Simulation()
+    order = _order(wf, False)
+    held = {s.id: held_by(wf, s) for s in wf.steps}
+    params = _params(wf, settings, order, held)
+    rng = np.random.default_rng(seed)
+    trace: list[tuple[Any, ...]] = []
+    _chunk(params, settings, runs, (rng, rng.spawn(1)[0]), True, NO_CUT, trace=trace)
+    seconds, paused, sends, dead = (np.array([t[i] for t in trace]) for i in range(4))
+    return StepDraws(order, [sp.parents for sp in params], [held[i] for i in order],
+                     [sp.parts for sp in params], seconds, paused, sends, dead,
+                     [t[4] for t in trace])  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class _Cut:
     """What may end a run before every step has: an early stop, the deadline (and, cut or
     not, a failed step or the ceiling's refusal, which stop new calls)."""
@@ -820,8 +862,12 @@ def _chunk(
     cut: _Cut | None = None,
     cap: float = math.inf,
     slots: _Slots | None = None,
+    trace: list[tuple[Any, ...]] | None = None,
 ) -> tuple[np.ndarray, ...]:
-    """``rngs``: the generator of every draw, and the one of the backoff waits."""
+    """``rngs``: the generator of every draw, and the one of the backoff waits. ``trace``,
+    where given, gets per step its drawn seconds, of which the backoff waits, whether it
+    sends calls, whether its own retries ran out and, for a step that may retry, its
+    attempts (:func:`step_draws`)."""
     rng = rngs[0]
     pool = _Pool(slots, n) if slots is not None else None
     zeros = np.zeros(n)
@@ -851,6 +897,8 @@ def _chunk(
             runs &= ~broke
         if sp.hit_rate >= 1.0:
             dur = np.where(runs, CACHE_HIT_LATENCY_S, 0.0)
+            if trace is not None:
+                trace.append((dur, zeros, false, false, []))
             if pool is not None:
                 durs.append(dur)
                 busy.append(false)
@@ -876,6 +924,9 @@ def _chunk(
         )
         if sp.hit_rate > 0.0:
             dur = np.where(hit, CACHE_HIT_LATENCY_S, dur)
+        if trace is not None:
+            trace.append((dur, zeros if paused is None else paused, runs & ~hit, step_dead,
+                          [m[:3] for m in marks or ()]))  # fmt: skip
         if pool is not None:  # timed once every step is drawn: their calls wait for slots
             durs.append(dur)
             busy.append(runs & ~hit)

@@ -47,6 +47,7 @@ __all__ = [
     "Bucket",
     "Held",
     "dispatch_order",
+    "held_by",
     "holds",
     "may_bind",
     "over_rate",
@@ -227,15 +228,18 @@ def holds(wf: Workflow, latency: Mapping[str, float]) -> dict[str, Held] | None:
     trajectory's jitter may still make a call wait there: rarely, and briefly)."""
     if not may_bind(wf, latency):
         return None
-    out: dict[str, Held] = {}
-    for st in wf.steps:
-        model = st.model if st.route is None and not st.escalate else None
-        m = wf.models[st.model]
-        if model is not None and not (m.max_concurrency or m.rpm or m.tpm):
-            model = None
-        waves = waves_of(wf, st)
-        out[st.id] = Held(tuple(w for _, w, _, _ in waves), model, waves[0][3] if waves else 0.0)
-    return out
+    return {st.id: held_by(wf, st) for st in wf.steps}
+
+
+def held_by(wf: Workflow, st: Step) -> Held:
+    """How ``st``'s calls hold the slots (:class:`Held`): its model's own limits hold them
+    where it has some and the step is neither routed nor escalated."""
+    model = st.model if st.route is None and not st.escalate else None
+    m = wf.models[st.model]
+    if model is not None and not (m.max_concurrency or m.rpm or m.tpm):
+        model = None
+    waves = waves_of(wf, st)
+    return Held(tuple(w for _, w, _, _ in waves), model, waves[0][3] if waves else 0.0)
 
 
 def _replay(

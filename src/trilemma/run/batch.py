@@ -38,6 +38,7 @@ from trilemma import dag
 from trilemma.cache.semantic import Embedder
 from trilemma.errors import UsageError
 from trilemma.journal.store import Journal, JournalWriter
+from trilemma.plan.batchsim import replay_batch
 from trilemma.plan.estimate import Estimate, estimate, run_draws
 from trilemma.plan.slots import waves_of
 from trilemma.providers.base import Provider
@@ -308,23 +309,71 @@ class BatchTime:
 
 def batch_time(wf: Workflow, p: Estimate, runs: int, parallel: int) -> BatchTime:
     """:func:`batch_latency`, with the model's limit that sets it, if one does."""
-    return _timed(_pool(wf, p, runs, parallel), model_limits(wf, p), runs)
+    return _Ends.of(wf, p, runs, parallel).time()
 
 
-def _timed(ends: np.ndarray, limits: Sequence[ModelLimit], runs: int) -> BatchTime:
-    pool = _took(ends)
-    slowest = max(limits, key=lambda lim: lim.least_s(runs), default=None)
-    if runs and slowest is not None and slowest.least_s(runs) > pool * (1 + 1e-9):
-        return BatchTime(slowest.least_s(runs), slowest)
-    return BatchTime(pool)
+#: A replay holds the batch up by a model's limits where it takes this much longer than
+#: the pool alone.
+HELD_UP = 1.05
+
+
+@dataclass(frozen=True, slots=True)
+class _Ends:
+    """When a batch's runs end, repetition by repetition (rows, columns sorted): replayed
+    together where a model's limits may hold them up (:mod:`trilemma.plan.batchsim`), else
+    as the pool runs them (:func:`_pool`), with the models' ``limits``."""
+
+    pool: np.ndarray
+    replayed: np.ndarray | None
+    limits: Sequence[ModelLimit]
+    runs: int
+
+    @classmethod
+    def of(cls, wf: Workflow, p: Estimate, runs: int, parallel: int) -> _Ends:
+        limits = model_limits(wf, p)
+        got = None
+        if limits:
+            calls = p.halting.calls if p.halting is not None else p.calls_expected
+            got = replay_batch(wf, runs, parallel, calls)
+        return cls(_pool(wf, p, runs, parallel), None if got is None else got.ends, limits, runs)
+
+    def time(self) -> BatchTime:
+        """The batch's mean time, and the limit that holds it up, if one does: the replay's
+        (where it is longer than the pool's by :data:`HELD_UP`, the limit that lets the runs
+        through slowest), else the longer of the pool's and the least a limit lets the runs
+        take (:class:`ModelLimit`)."""
+        pool = _took(self.pool)
+        slowest = max(self.limits, key=lambda lim: lim.least_s(self.runs), default=None)
+        if self.replayed is not None:
+            took = _took(self.replayed)
+            return BatchTime(took, slowest if took > pool * HELD_UP else None)
+        if self.runs and slowest is not None and slowest.least_s(self.runs) > pool * (1 + 1e-9):
+            return BatchTime(slowest.least_s(self.runs), slowest)
+        return BatchTime(pool)
+
+    def in_time(self, deadline: float | None) -> int | None:
+        """How many runs end before ``deadline``, on average over the repetitions, to the
+        nearest run: the replay's, or the pool's and as many as the limits let through by
+        then (None: no deadline)."""
+        if deadline is None:
+            return None
+        ends = self.pool if self.replayed is None else self.replayed
+        got = round(float((ends <= deadline * (1 + 1e-9)).sum(axis=1).mean()))
+        if self.replayed is not None:
+            return min(self.runs, got)
+        through = (math.floor(lim.runs_by(deadline) + 1e-9) for lim in self.limits)
+        return min(self.runs, got, *through)
 
 
 def batch_latency(wf: Workflow, p: Estimate, runs: int, parallel: int) -> float:
     """The planner's wall-clock time for ``runs`` runs of ``wf`` (estimated as ``p``),
     ``parallel`` at a time: the mean time the batch's pool takes to run them, each run
-    taking its mean latency with the spread of the estimate's drawn runs (:func:`_pool`),
-    or where a model's ``rpm``, ``tpm`` or ``max_concurrency`` (its endpoint's, which every
-    run shares) holds the batch longer, the least time it lets the runs take
+    taking its mean latency with the spread of the estimate's drawn runs (:func:`_pool`).
+    Where a model has an ``rpm``, ``tpm`` or ``max_concurrency`` (its endpoint's, which
+    every run shares), the runs are replayed together, call by call
+    (:mod:`trilemma.plan.batchsim`): they wait for the model where it is busy, and a run
+    that fails sends none of the calls it had waiting. A batch too big to replay takes the
+    longer of the pool's time and the least a limit lets the runs take
     (:class:`ModelLimit`). 700 one-call lines at rpm 600 take over ten seconds, whatever
     ``parallel``.
 
@@ -403,13 +452,13 @@ def plan_batch(
     """
     p = estimate(wf)
     ceiling, deadline = wf.budget.resolve(max_cost_usd, deadline_s)
-    ends, limits = _pool(wf, p, lines, parallel), model_limits(wf, p)
-    took = _timed(ends, limits, lines)
+    ends = _Ends.of(wf, p, lines, parallel)
+    took = ends.time()
     out = {
         "lines": lines, "parallel": parallel, "max_cost_usd": ceiling,
         "runs_covered_at_worst": _covered(ceiling, p.cost_worst, lines),
         "deadline_s": deadline,
-        "runs_done_by_deadline": _in_time(deadline, ends, limits, lines),
+        "runs_done_by_deadline": ends.in_time(deadline),
         "predicted": predicted_json(p, lines, took.latency_s, took.limit),
     }  # fmt: skip
     if shared_left is not None:
@@ -424,18 +473,6 @@ def _covered(dollars: float | None, worst: float, lines: int) -> int | None:
     if dollars is None or worst <= 0:
         return None
     return min(lines, math.floor(dollars / worst + 1e-9))
-
-
-def _in_time(
-    deadline: float | None, ends: np.ndarray, limits: Sequence[ModelLimit], lines: int
-) -> int | None:
-    """How many of ``lines`` runs end before ``deadline`` as the pool runs them (``ends``,
-    :func:`_pool`'s), on average over its repetitions, to the nearest run, and as many as
-    the models' ``limits`` let through by then (None: no deadline)."""
-    if deadline is None:
-        return None
-    pool = round(float((ends <= deadline * (1 + 1e-9)).sum(axis=1).mean()))
-    return min(lines, pool, *(math.floor(lim.runs_by(deadline) + 1e-9) for lim in limits))
 
 
 def read_inputs(path: Path, wf: Workflow, source: str = "<spec>") -> dict[int, dict[str, str]]:

@@ -1,0 +1,248 @@
+"""A batch's runs replayed together, where a model's limits that they share hold them up.
+
+A model's ``max_concurrency``, ``rpm`` and ``tpm`` are its endpoint's, so every run of a
+batch shares them. The least time such a limit lets the runs take
+(:class:`~trilemma.run.batch.ModelLimit`) says how long a batch it binds takes; it cannot
+say what the runs wait where a limit holds them up only now and then, nor that a run that
+fails sends none of the calls it still had waiting. Here the runs are replayed together:
+each line's run is one of the Monte Carlo's drawn step by step
+(:func:`~trilemma.plan.simulate.step_draws`), ``parallel`` go at a time, the next line
+starting as one ends, and each call goes as the executor sends it: it takes one of its run's
+``concurrency`` slots, then, holding that, one of its model's (the calls waiting for a
+model's slot are served first come, first served, whatever their run), then its model's
+``rpm`` and ``tpm`` buckets. A step's calls hold their slots for its drawn time but its
+backoff waits, a wave's first call for the wave's whole share and the others for what a
+call takes against the wave, as within one run (:class:`~trilemma.plan.simulate._Pool`).
+A run whose step's retries run out sends nothing more: its calls still waiting are never
+sent, a step waiting out a backoff stops there, and the run ends when the calls it has in
+flight answer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from trilemma.plan.simulate import StepDraws, step_draws
+from trilemma.plan.slots import Bucket, buckets, remaining_path, through
+from trilemma.spec import Workflow
+
+__all__ = ["REPLAY_CALLS", "replay_batch"]
+
+REPLAY_CALLS = 120_000
+"""The most calls the replays of one batch send in all (each is a few heap operations in
+Python: about two seconds); a batch that sends more is not replayed."""
+REPLAY_REPS, REPLAY_REPS_MIN = 64, 4
+"""Replays of a batch: as many as :data:`REPLAY_CALLS` allows, within these."""
+_RUNS_DRAWN = 2048
+_SEED = 20261206
+
+_ANSWER, _TIMER, _RETRY = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """When each line's run ended, replay by replay (rows; columns sorted)."""
+
+    ends: np.ndarray
+
+
+def replay_batch(
+    wf: Workflow, lines: int, parallel: int, calls_per_run: float
+) -> Replayed | None:
+    """``lines`` runs of ``wf``, ``parallel`` at a time, replayed together (see the module);
+    None where the replays would send more than :data:`REPLAY_CALLS` calls
+    (``calls_per_run``: a run's calls on average) or no step's model has a limit."""
+    limited = {n for n, m in wf.models.items() if m.max_concurrency or m.rpm or m.tpm}
+    if lines <= 0 or not limited:
+        return None
+    reps = int(REPLAY_CALLS // max(1.0, lines * max(calls_per_run, 1.0)))
+    if reps < REPLAY_REPS_MIN:
+        return None
+    reps = min(REPLAY_REPS, reps)
+    d = step_draws(wf, _RUNS_DRAWN, _SEED)
+    if not any(h.model in limited for h in d.held):
+        return None
+    rng = np.random.default_rng(_SEED)
+    ends = np.array([_one(wf, d, lines, parallel, rng) for _ in range(reps)])
+    ends.sort(axis=1)
+    return Replayed(ends)
+
+
+def _one(
+    wf: Workflow, d: StepDraws, lines: int, parallel: int, rng: np.random.Generator
+) -> list[float]:
+    """One replay: when each line's run ends."""
+    n_steps = len(d.order)
+    runs_of = rng.integers(0, d.seconds.shape[1], size=lines)  # each line's drawn run
+    children: list[list[int]] = [[] for _ in range(n_steps)]
+    for i, ps in enumerate(d.parents):
+        for p in ps:
+            children[p].append(i)
+    latency = {sid: float(d.seconds[i].mean()) for i, sid in enumerate(d.order)}
+    priority = remaining_path(wf, latency)
+    prio = [-priority[sid] for sid in d.order]  # the longest remaining path goes first
+    model_free = {m: (p.max_concurrency or 1 << 30) for m, p in wf.models.items()}
+    waiting_for: dict[str, list[tuple[float, int, int, int]]] = {m: [] for m in wf.models}
+    rates: dict[str, list[tuple[Bucket, bool]]] = buckets(wf)
+    seq = itertools.count()
+    events: list[tuple[float, int, int, int, int]] = []  # (time, order, kind, run, step)
+
+    k = [0] * lines  # the run's drawn column
+    free = [0] * lines  # the run's own slots free
+    queue: list[list[tuple[float, int, int]]] = [[] for _ in range(lines)]
+    failed = [False] * lines
+    active = [0] * lines  # steps begun, not done
+    done_n = [0] * lines
+    end = [0.0] * lines
+    wait = [[0] * n_steps for _ in range(lines)]
+    plan: list[list[list[tuple[float, float]]]] = [[[] for _ in range(n_steps)] for _ in range(lines)]
+    att = [[0] * n_steps for _ in range(lines)]  # the attempt under way
+    wave = [[0] * n_steps for _ in range(lines)]
+    left = [[0] * n_steps for _ in range(lines)]  # calls of the wave not yet answered
+    sent = [[0] * n_steps for _ in range(lines)]  # calls of the wave given their slots
+    flying = [[0] * n_steps for _ in range(lines)]
+    done = [[False] * n_steps for _ in range(lines)]
+    ended: list[float] = []
+    next_line = 0
+
+    def start_run(r: int, now: float) -> None:
+        k[r], free[r] = int(runs_of[r]), wf.concurrency
+        wait[r] = [len(ps) for ps in d.parents]
+        for i in range(n_steps):
+            if not d.parents[i]:
+                begin(r, i, now)
+        dispatch(r, now)
+
+    def begin(r: int, i: int, now: float) -> None:
+        active[r] += 1
+        c = k[r]
+        if not d.sends[i, c] or not d.held[i].waves:  # a cache hit, or never reached
+            heapq.heappush(events, (now + float(d.seconds[i, c]), next(seq), _TIMER, r, i))
+            return
+        tries = d.attempts[i]
+        if tries:  # each attempt made: when it went and answered, from the step's start
+            plan[r][i] = [(float(t0[c]), float(t1[c])) for made, t0, t1 in tries if made[c]]
+        else:
+            plan[r][i] = [(0.0, float(d.seconds[i, c]))]
+        att[r][i] = 0
+        start_attempt(r, i)
+
+    def start_attempt(r: int, i: int) -> None:
+        wave[r][i] = 0
+        start_wave(r, i)
+
+    def start_wave(r: int, i: int) -> None:
+        w = d.held[i].waves[wave[r][i]]
+        left[r][i], sent[r][i] = w, 0
+        for _ in range(w):
+            heapq.heappush(queue[r], (prio[i], next(seq), i))
+
+    def dispatch(r: int, now: float) -> None:
+        q = queue[r]
+        while free[r] > 0 and q and not failed[r]:
+            _, _, i = heapq.heappop(q)
+            free[r] -= 1
+            m = d.held[i].model
+            if m is None or model_free[m] > 0:
+                if m is not None:
+                    model_free[m] -= 1
+                send(r, i, now)
+            else:  # it waits for its model, holding its run's slot
+                heapq.heappush(waiting_for[m], (prio[i], next(seq), r, i))
+
+    def send(r: int, i: int, now: float) -> None:
+        h = d.held[i]
+        go = through(rates[h.model], now, h.tokens) if h.model in rates else now
+        part, each = d.parts[i][wave[r][i]]
+        t0, t1 = plan[r][i][att[r][i]]
+        took = (t1 - t0) * part
+        if sent[r][i]:  # a wave's first call is its slowest
+            took *= each
+        sent[r][i] += 1
+        flying[r][i] += 1
+        heapq.heappush(events, (go + took, next(seq), _ANSWER, r, i))
+
+    def answered(r: int, i: int, now: float) -> None:
+        free[r] += 1
+        flying[r][i] -= 1
+        m = d.held[i].model
+        if m is not None:  # its model's slot passes to the first call still wanted
+            q = waiting_for[m]
+            while q:
+                _, _, r2, i2 = heapq.heappop(q)
+                if not failed[r2]:
+                    send(r2, i2, now)
+                    break
+            else:
+                model_free[m] += 1
+        if done[r][i]:
+            return
+        left[r][i] -= 1
+        if failed[r]:
+            if flying[r][i] == 0:
+                step_done(r, i, now)
+        elif left[r][i] == 0:  # the wave answered: the next goes, or the next attempt, or done
+            wave[r][i] += 1
+            a = att[r][i]
+            if wave[r][i] < len(d.held[i].waves):
+                start_wave(r, i)
+            elif a + 1 < len(plan[r][i]):  # its backoff, then the retry
+                wait_s = max(0.0, plan[r][i][a + 1][0] - plan[r][i][a][1])
+                heapq.heappush(events, (now + wait_s, next(seq), _RETRY, r, i))
+            else:
+                step_done(r, i, now)
+
+    def step_done(r: int, i: int, now: float) -> None:
+        done[r][i] = True
+        active[r] -= 1
+        done_n[r] += 1
+        end[r] = max(end[r], now)
+        if not failed[r] and d.dead[i, k[r]]:
+            fail(r, now)
+        if not failed[r]:
+            for ch in children[i]:
+                wait[r][ch] -= 1
+                if wait[r][ch] == 0:
+                    begin(r, ch, now)
+        if active[r] == 0 and (failed[r] or done_n[r] == n_steps):
+            run_ended(r, now)
+
+    def fail(r: int, now: float) -> None:
+        """Nothing more is sent: the calls waiting go unsent, a retry waiting out its backoff
+        is not made, and what is in flight answers."""
+        failed[r] = True
+        queue[r].clear()
+        for i in range(n_steps):
+            if not done[r][i] and wait[r][i] == 0 and flying[r][i] == 0:  # begun, idle
+                done[r][i] = True
+                active[r] -= 1
+                done_n[r] += 1
+
+    def run_ended(r: int, now: float) -> None:
+        nonlocal next_line
+        end[r] = max(end[r], now)
+        ended.append(end[r])
+        if next_line < lines:
+            next_line += 1
+            start_run(next_line - 1, end[r])
+
+    for _ in range(min(parallel, lines)):
+        next_line += 1
+        start_run(next_line - 1, 0.0)
+    while events:
+        now, _, kind, r, i = heapq.heappop(events)
+        if kind == _ANSWER:
+            answered(r, i, now)
+        elif done[r][i]:  # the run failed meanwhile: the retry is not sent
+            pass
+        elif kind == _RETRY:
+            att[r][i] += 1
+            start_attempt(r, i)
+        else:  # a cache hit's lookup, or a step the draw never reached
+            step_done(r, i, now)
+        dispatch(r, now)
+    return ended
