@@ -724,8 +724,8 @@ def test_a_batch_is_replayed_only_where_a_limit_may_hold_it_and_it_is_small_enou
     one = parse_workflow("version: 1\nmodels: {m: {usd_per_call: 0.001, latency_s: 0.02, "
                          "p_ok: 1, max_concurrency: 1}}\nsteps: [{id: a, model: m}]\n")  # fmt: skip
     got = replay_batch(one, 40, 8, 1.0)
-    assert got is not None and got.ends.shape[1] == 40
-    assert got.ends[:, -1] == pytest.approx(0.8)  # one call at a time, each 20 ms
-    assert list(got.ends[0]) == pytest.approx([0.02 * (i + 1) for i in range(40)])
+    assert got is not None and got.shape[1] == 40
+    assert got[:, -1] == pytest.approx(0.8)  # one call at a time, each 20 ms
+    assert list(got[0]) == pytest.approx([0.02 * (i + 1) for i in range(40)])
     too_many = REPLAY_CALLS // REPLAY_REPS_MIN + 1
     assert replay_batch(one, too_many, 8, 1.0) is None

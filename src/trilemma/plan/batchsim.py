@@ -9,20 +9,19 @@ each line's run is one of the Monte Carlo's drawn step by step
 (:func:`~trilemma.plan.simulate.step_draws`), ``parallel`` go at a time, the next line
 starting as one ends, and each call goes as the executor sends it: it takes one of its run's
 ``concurrency`` slots, then, holding that, one of its model's (the calls waiting for a
-model's slot are served first come, first served, whatever their run), then its model's
-``rpm`` and ``tpm`` buckets. A step's calls hold their slots for its drawn time but its
-backoff waits, a wave's first call for the wave's whole share and the others for what a
-call takes against the wave, as within one run (:class:`~trilemma.plan.simulate._Pool`).
-A run whose step's retries run out sends nothing more: its calls still waiting are never
-sent, a step waiting out a backoff stops there, and the run ends when the calls it has in
-flight answer.
+model's slot are served by their step's longest remaining path, whatever their run, as
+the executor's limiter serves them), then its model's ``rpm`` and ``tpm`` buckets. An
+attempt's calls hold their slots for its drawn time, a wave's first call for the wave's
+share of it and the others for what a call takes against the wave, as within one run
+(:class:`~trilemma.plan.simulate._Pool`); the backoff before a retry holds none. A run whose step's retries run out sends nothing more: its calls still
+waiting are never sent, a retry waiting out its backoff is not made, and the run ends when
+the calls it has in flight answer.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,8 +32,8 @@ from trilemma.spec import Workflow
 __all__ = ["REPLAY_CALLS", "replay_batch"]
 
 REPLAY_CALLS = 120_000
-"""The most calls the replays of one batch send in all (each is a few heap operations in
-Python: about two seconds); a batch that sends more is not replayed."""
+"""The most calls the replays of one batch send in all (each a few heap operations in
+Python: about half a second on two cores); a batch that would send more is not replayed."""
 REPLAY_REPS, REPLAY_REPS_MIN = 64, 4
 """Replays of a batch: as many as :data:`REPLAY_CALLS` allows, within these."""
 _RUNS_DRAWN = 2048
@@ -43,19 +42,13 @@ _SEED = 20261206
 _ANSWER, _TIMER, _RETRY = 0, 1, 2
 
 
-@dataclass(frozen=True, slots=True)
-class Replayed:
-    """When each line's run ended, replay by replay (rows; columns sorted)."""
-
-    ends: np.ndarray
-
-
 def replay_batch(
     wf: Workflow, lines: int, parallel: int, calls_per_run: float
-) -> Replayed | None:
-    """``lines`` runs of ``wf``, ``parallel`` at a time, replayed together (see the module);
-    None where the replays would send more than :data:`REPLAY_CALLS` calls
-    (``calls_per_run``: a run's calls on average) or no step's model has a limit."""
+) -> np.ndarray | None:
+    """When each of ``lines`` runs of ``wf``, ``parallel`` at a time, replayed together (see
+    the module), ends: one row per replay, its columns sorted. None where the replays would
+    send more than :data:`REPLAY_CALLS` calls (``calls_per_run``: a run's calls on
+    average), or no step's model has a limit."""
     limited = {n for n, m in wf.models.items() if m.max_concurrency or m.rpm or m.tpm}
     if lines <= 0 or not limited:
         return None
@@ -69,7 +62,7 @@ def replay_batch(
     rng = np.random.default_rng(_SEED)
     ends = np.array([_one(wf, d, lines, parallel, rng) for _ in range(reps)])
     ends.sort(axis=1)
-    return Replayed(ends)
+    return ends
 
 
 def _one(
@@ -99,7 +92,9 @@ def _one(
     done_n = [0] * lines
     end = [0.0] * lines
     wait = [[0] * n_steps for _ in range(lines)]
-    plan: list[list[list[tuple[float, float]]]] = [[[] for _ in range(n_steps)] for _ in range(lines)]
+    tries_of: list[list[list[tuple[float, float]]]] = [  # each attempt's start and end
+        [[] for _ in range(n_steps)] for _ in range(lines)
+    ]
     att = [[0] * n_steps for _ in range(lines)]  # the attempt under way
     wave = [[0] * n_steps for _ in range(lines)]
     left = [[0] * n_steps for _ in range(lines)]  # calls of the wave not yet answered
@@ -125,9 +120,9 @@ def _one(
             return
         tries = d.attempts[i]
         if tries:  # each attempt made: when it went and answered, from the step's start
-            plan[r][i] = [(float(t0[c]), float(t1[c])) for made, t0, t1 in tries if made[c]]
+            tries_of[r][i] = [(float(t0[c]), float(t1[c])) for made, t0, t1 in tries if made[c]]
         else:
-            plan[r][i] = [(0.0, float(d.seconds[i, c]))]
+            tries_of[r][i] = [(0.0, float(d.seconds[i, c]))]
         att[r][i] = 0
         start_attempt(r, i)
 
@@ -158,7 +153,7 @@ def _one(
         h = d.held[i]
         go = through(rates[h.model], now, h.tokens) if h.model in rates else now
         part, each = d.parts[i][wave[r][i]]
-        t0, t1 = plan[r][i][att[r][i]]
+        t0, t1 = tries_of[r][i][att[r][i]]
         took = (t1 - t0) * part
         if sent[r][i]:  # a wave's first call is its slowest
             took *= each
@@ -190,8 +185,8 @@ def _one(
             a = att[r][i]
             if wave[r][i] < len(d.held[i].waves):
                 start_wave(r, i)
-            elif a + 1 < len(plan[r][i]):  # its backoff, then the retry
-                wait_s = max(0.0, plan[r][i][a + 1][0] - plan[r][i][a][1])
+            elif a + 1 < len(tries_of[r][i]):  # its backoff, then the retry
+                wait_s = max(0.0, tries_of[r][i][a + 1][0] - tries_of[r][i][a][1])
                 heapq.heappush(events, (now + wait_s, next(seq), _RETRY, r, i))
             else:
                 step_done(r, i, now)

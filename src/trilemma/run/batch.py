@@ -335,7 +335,7 @@ class _Ends:
         if limits:
             calls = p.halting.calls if p.halting is not None else p.calls_expected
             got = replay_batch(wf, runs, parallel, calls)
-        return cls(_pool(wf, p, runs, parallel), None if got is None else got.ends, limits, runs)
+        return cls(_pool(wf, p, runs, parallel), got, limits, runs)
 
     def time(self) -> BatchTime:
         """The batch's mean time, and the limit that holds it up, if one does: the replay's
