@@ -715,7 +715,8 @@ def test_calls_waiting_for_a_busy_model_are_not_sent_once_their_run_has_failed(
 
 def test_a_batch_is_replayed_only_where_a_limit_may_hold_it_and_it_is_small_enough() -> None:
     """The replay sends every call of every run in Python: a spec without limited models is
-    left to the pool (its runs are independent), and so is a batch past REPLAY_CALLS."""
+    left to the pool (its runs are independent), and so are a batch past REPLAY_CALLS and a
+    spec that stops early."""
     from trilemma.plan.batchsim import REPLAY_CALLS, REPLAY_REPS_MIN, replay_batch
 
     free = parse_workflow("version: 1\nmodels: {m: {usd_per_call: 0.001, latency_s: 0.02, "
@@ -729,3 +730,7 @@ def test_a_batch_is_replayed_only_where_a_limit_may_hold_it_and_it_is_small_enou
     assert list(got[0]) == pytest.approx([0.02 * (i + 1) for i in range(40)])
     too_many = REPLAY_CALLS // REPLAY_REPS_MIN + 1
     assert replay_batch(one, too_many, 8, 1.0) is None
+    stops = parse_workflow("version: 1\nmodels: {m: {usd_per_call: 0.001, latency_s: 0.02, "
+                           "p_ok: 1, max_concurrency: 1}}\nsteps: [{id: a, model: m}, "
+                           "{id: b, model: m, after: [a]}]\nstop_when: a\n")  # fmt: skip
+    assert replay_batch(stops, 40, 8, 2.0) is None  # it has no early stop to follow

@@ -46,11 +46,12 @@ def replay_batch(
     wf: Workflow, lines: int, parallel: int, calls_per_run: float
 ) -> np.ndarray | None:
     """When each of ``lines`` runs of ``wf``, ``parallel`` at a time, replayed together (see
-    the module), ends: one row per replay, its columns sorted. None where the replays would
-    send more than :data:`REPLAY_CALLS` calls (``calls_per_run``: a run's calls on
-    average), or no step's model has a limit."""
+    the module), ends: one row per replay, its columns sorted. None where the replays could
+    send more than :data:`REPLAY_CALLS` calls (``calls_per_run``: a run's calls on average
+    when it goes to its end), no step's model has a limit, or the spec stops early
+    (``stop_when``, which the replay does not follow)."""
     limited = {n for n, m in wf.models.items() if m.max_concurrency or m.rpm or m.tpm}
-    if lines <= 0 or not limited:
+    if lines <= 0 or not limited or wf.stop_when is not None:
         return None
     reps = int(REPLAY_CALLS // max(1.0, lines * max(calls_per_run, 1.0)))
     if reps < REPLAY_REPS_MIN:

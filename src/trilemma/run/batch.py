@@ -333,8 +333,7 @@ class _Ends:
         limits = model_limits(wf, p)
         got = None
         if limits:
-            calls = p.halting.calls if p.halting is not None else p.calls_expected
-            got = replay_batch(wf, runs, parallel, calls)
+            got = replay_batch(wf, runs, parallel, p.calls_expected)
         return cls(_pool(wf, p, runs, parallel), got, limits, runs)
 
     def time(self) -> BatchTime:
