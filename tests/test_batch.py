@@ -718,19 +718,20 @@ def test_a_batch_is_replayed_only_where_a_limit_may_hold_it_and_it_is_small_enou
     left to the pool (its runs are independent), and so are a batch past REPLAY_CALLS and a
     spec that stops early."""
     from trilemma.plan.batchsim import REPLAY_CALLS, REPLAY_REPS_MIN, replay_batch
+    from trilemma.plan.estimate import estimate
 
     free = parse_workflow("version: 1\nmodels: {m: {usd_per_call: 0.001, latency_s: 0.02, "
                           "p_ok: 1}}\nsteps: [{id: a, model: m}]\n")  # fmt: skip
-    assert replay_batch(free, 40, 8, 1.0) is None
+    assert replay_batch(free, estimate(free), 40, 8) is None
     one = parse_workflow("version: 1\nmodels: {m: {usd_per_call: 0.001, latency_s: 0.02, "
                          "p_ok: 1, max_concurrency: 1}}\nsteps: [{id: a, model: m}]\n")  # fmt: skip
-    got = replay_batch(one, 40, 8, 1.0)
+    got = replay_batch(one, estimate(one), 40, 8)
     assert got is not None and got.shape[1] == 40
     assert got[:, -1] == pytest.approx(0.8)  # one call at a time, each 20 ms
     assert list(got[0]) == pytest.approx([0.02 * (i + 1) for i in range(40)])
     too_many = REPLAY_CALLS // REPLAY_REPS_MIN + 1
-    assert replay_batch(one, too_many, 8, 1.0) is None
+    assert replay_batch(one, estimate(one), too_many, 8) is None
     stops = parse_workflow("version: 1\nmodels: {m: {usd_per_call: 0.001, latency_s: 0.02, "
                            "p_ok: 1, max_concurrency: 1}}\nsteps: [{id: a, model: m}, "
                            "{id: b, model: m, after: [a]}]\nstop_when: a\n")  # fmt: skip
-    assert replay_batch(stops, 40, 8, 2.0) is None  # it has no early stop to follow
+    assert replay_batch(stops, estimate(stops), 40, 8) is None  # it follows no early stop

@@ -25,6 +25,7 @@ import itertools
 
 import numpy as np
 
+from trilemma.plan.estimate import Estimate
 from trilemma.plan.simulate import StepDraws, step_draws
 from trilemma.plan.slots import Bucket, buckets, remaining_path, through
 from trilemma.spec import Workflow
@@ -42,18 +43,16 @@ _SEED = 20261206
 _ANSWER, _TIMER, _RETRY = 0, 1, 2
 
 
-def replay_batch(
-    wf: Workflow, lines: int, parallel: int, calls_per_run: float
-) -> np.ndarray | None:
-    """When each of ``lines`` runs of ``wf``, ``parallel`` at a time, replayed together (see
-    the module), ends: one row per replay, its columns sorted. None where the replays could
-    send more than :data:`REPLAY_CALLS` calls (``calls_per_run``: a run's calls on average
-    when it goes to its end), no step's model has a limit, or the spec stops early
+def replay_batch(wf: Workflow, p: Estimate, lines: int, parallel: int) -> np.ndarray | None:
+    """When each of ``lines`` runs of ``wf`` (estimated as ``p``), ``parallel`` at a time,
+    replayed together (see the module), ends: one row per replay, its columns sorted. None
+    where the replays could send more than :data:`REPLAY_CALLS` calls (a run's expected
+    calls when it goes to its end), no step's model has a limit, or the spec stops early
     (``stop_when``, which the replay does not follow)."""
     limited = {n for n, m in wf.models.items() if m.max_concurrency or m.rpm or m.tpm}
     if lines <= 0 or not limited or wf.stop_when is not None:
         return None
-    reps = int(REPLAY_CALLS // max(1.0, lines * max(calls_per_run, 1.0)))
+    reps = int(REPLAY_CALLS // max(1.0, lines * max(p.calls_expected, 1.0)))
     if reps < REPLAY_REPS_MIN:
         return None
     reps = min(REPLAY_REPS, reps)
@@ -61,24 +60,25 @@ def replay_batch(
     if not any(h.model in limited for h in d.held):
         return None
     rng = np.random.default_rng(_SEED)
-    ends = np.array([_one(wf, d, lines, parallel, rng) for _ in range(reps)])
+    priority = remaining_path(wf, {r.id: r.latency_s for r in p.per_step})  # the executor's
+    prio = [-priority[sid] for sid in d.order]  # the longest remaining path goes first
+    ends = np.array([_one(wf, d, prio, lines, parallel, rng) for _ in range(reps)])
     ends.sort(axis=1)
     return ends
 
 
 def _one(
-    wf: Workflow, d: StepDraws, lines: int, parallel: int, rng: np.random.Generator
-) -> list[float]:
-    """One replay: when each line's run ends."""
+    wf: Workflow, d: StepDraws, prio: list[float], lines: int, parallel: int,
+    rng: np.random.Generator,
+) -> list[float]:  # fmt: skip
+    """One replay: when each line's run ends (``prio``: each step's place among the calls
+    waiting for a slot, lowest first)."""
     n_steps = len(d.order)
     runs_of = rng.integers(0, d.seconds.shape[1], size=lines)  # each line's drawn run
     children: list[list[int]] = [[] for _ in range(n_steps)]
     for i, ps in enumerate(d.parents):
         for p in ps:
             children[p].append(i)
-    latency = {sid: float(d.seconds[i].mean()) for i, sid in enumerate(d.order)}
-    priority = remaining_path(wf, latency)
-    prio = [-priority[sid] for sid in d.order]  # the longest remaining path goes first
     model_free = {m: (p.max_concurrency or 1 << 30) for m, p in wf.models.items()}
     waiting_for: dict[str, list[tuple[float, int, int, int]]] = {m: [] for m in wf.models}
     rates: dict[str, list[tuple[Bucket, bool]]] = buckets(wf)

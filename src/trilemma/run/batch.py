@@ -333,7 +333,7 @@ class _Ends:
         limits = model_limits(wf, p)
         got = None
         if limits:
-            got = replay_batch(wf, runs, parallel, p.calls_expected)
+            got = replay_batch(wf, p, runs, parallel)
         return cls(_pool(wf, p, runs, parallel), got, limits, runs)
 
     def time(self) -> BatchTime:
