@@ -363,7 +363,7 @@ def _not_a_number(exc: Exception) -> str | None:
         if not isinstance(given, str):
             continue
         if err["type"] == "float_parsing":
-            exc.message = f"{given!r} is not a number; give one such as 0.5"
+            exc.message = f"{given!r} is not a number; give a number such as 0.5"
             return exc.format_message()
         if err["type"] == "int_parsing":
             exc.message = _whole(given)
