@@ -78,8 +78,9 @@ def _qpd(x: float | None) -> str:
 
 
 STEPS_SHOWN = 40
-"""A table shows at most this many steps: a run's, every one not done first, in spec order;
-an estimate's, the critical path and the steps that weigh most."""
+"""A table shows at most this many steps, in spec order: a run's, what went wrong first
+(:func:`_steps_shown`); an estimate's, the critical path and the steps that weigh most
+(:func:`_estimate_rows_shown`)."""
 
 
 def estimate_table(e: Estimate, title: str = "Estimate") -> Group:

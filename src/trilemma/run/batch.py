@@ -445,7 +445,8 @@ def plan_batch(
     ``runs_covered_at_worst``: how many runs the ceiling pays for even if every one uses
     every retry (None without a ceiling, or when a run costs nothing at worst).
     ``runs_done_by_deadline``: how many runs end before the deadline (``deadline_s``, else
-    the spec's), rounds of ``parallel`` at their mean latency (None without one).
+    the spec's) on average, as the pool or the replay runs them (:class:`_Ends`; None
+    without one).
     ``shared_left``: a shared budget's name and the dollars left in it now; the plan then
     says how many runs those pay for at their worst too.
     """
