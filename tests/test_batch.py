@@ -711,6 +711,12 @@ def test_calls_waiting_for_a_busy_model_are_not_sent_once_their_run_has_failed(
         (sent,) = conn.execute("select count(*) from calls where model = 'm'").fetchone()
     assert sent <= 16, sent
     assert 0.8 < got["latency_s"] / planned < 2.0, (got["latency_s"], planned)
+    # and what they bill: forty fast calls and the slow ones sent, not forty of each
+    cost = plan["predicted"]["cost_usd"]
+    assert cost["expected"] == pytest.approx(0.08) and cost["replayed"] < 0.06
+    assert got["cost_usd"] == pytest.approx(cost["replayed"], rel=0.2), (got["cost_usd"], cost)
+    shown = " ".join(cli("batch", spec, "--inputs", lines, "--parallel", "8", "--plan").out.split())
+    assert f"$0.0800 expected (${cost['replayed']:.4f} as failed runs stop, their calls in" in shown
 
 
 def test_a_batch_is_replayed_only_where_a_limit_may_hold_it_and_it_is_small_enough() -> None:
@@ -726,9 +732,10 @@ def test_a_batch_is_replayed_only_where_a_limit_may_hold_it_and_it_is_small_enou
     one = parse_workflow("version: 1\nmodels: {m: {usd_per_call: 0.001, latency_s: 0.02, "
                          "p_ok: 1, max_concurrency: 1}}\nsteps: [{id: a, model: m}]\n")  # fmt: skip
     got = replay_batch(one, estimate(one), 40, 8)
-    assert got is not None and got.shape[1] == 40
-    assert got[:, -1] == pytest.approx(0.8)  # one call at a time, each 20 ms
-    assert list(got[0]) == pytest.approx([0.02 * (i + 1) for i in range(40)])
+    assert got is not None and got.ends.shape[1] == 40
+    assert got.ends[:, -1] == pytest.approx(0.8)  # one call at a time, each 20 ms
+    assert list(got.ends[0]) == pytest.approx([0.02 * (i + 1) for i in range(40)])
+    assert got.cost_usd == pytest.approx(40 * 0.001)
     too_many = REPLAY_CALLS // REPLAY_REPS_MIN + 1
     assert replay_batch(one, estimate(one), too_many, 8) is None
     stops = parse_workflow("version: 1\nmodels: {m: {usd_per_call: 0.001, latency_s: 0.02, "

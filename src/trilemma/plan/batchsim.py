@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from trilemma.plan.simulate import StepDraws, step_draws
 from trilemma.plan.slots import Bucket, buckets, remaining_path, through
 from trilemma.spec import Workflow
 
-__all__ = ["REPLAY_CALLS", "replay_batch"]
+__all__ = ["REPLAY_CALLS", "Replayed", "replay_batch"]
 
 REPLAY_CALLS = 120_000
 """The most calls the replays of one batch send in all (each a few heap operations in
@@ -43,9 +44,19 @@ _SEED = 20261206
 _ANSWER, _TIMER, _RETRY = 0, 1, 2
 
 
-def replay_batch(wf: Workflow, p: Estimate, lines: int, parallel: int) -> np.ndarray | None:
-    """When each of ``lines`` runs of ``wf`` (estimated as ``p``), ``parallel`` at a time,
-    replayed together (see the module), ends: one row per replay, its columns sorted. None
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """A batch replayed: when each line's run ended, replay by replay (rows, columns
+    sorted), and the batch's bills on average (the calls a failed run never sent bill
+    nothing)."""
+
+    ends: np.ndarray
+    cost_usd: float
+
+
+def replay_batch(wf: Workflow, p: Estimate, lines: int, parallel: int) -> Replayed | None:
+    """``lines`` runs of ``wf`` (estimated as ``p``), ``parallel`` at a time, replayed
+    together (see the module). None
     where the replays could send more than :data:`REPLAY_CALLS` calls (a run's expected
     calls when it goes to its end), no step's model has a limit, or the spec stops early
     (``stop_when``, which the replay does not follow)."""
@@ -62,17 +73,18 @@ def replay_batch(wf: Workflow, p: Estimate, lines: int, parallel: int) -> np.nda
     rng = np.random.default_rng(_SEED)
     priority = remaining_path(wf, {r.id: r.latency_s for r in p.per_step})  # the executor's
     prio = [-priority[sid] for sid in d.order]  # the longest remaining path goes first
-    ends = np.array([_one(wf, d, prio, lines, parallel, rng) for _ in range(reps)])
+    got = [_one(wf, d, prio, lines, parallel, rng) for _ in range(reps)]
+    ends = np.array([e for e, _ in got])
     ends.sort(axis=1)
-    return ends
+    return Replayed(ends, float(np.mean([c for _, c in got])))
 
 
 def _one(
     wf: Workflow, d: StepDraws, prio: list[float], lines: int, parallel: int,
     rng: np.random.Generator,
-) -> list[float]:  # fmt: skip
-    """One replay: when each line's run ends (``prio``: each step's place among the calls
-    waiting for a slot, lowest first)."""
+) -> tuple[list[float], float]:  # fmt: skip
+    """One replay: when each line's run ends, and what the calls sent bill (``prio``: each
+    step's place among the calls waiting for a slot, lowest first)."""
     n_steps = len(d.order)
     runs_of = rng.integers(0, d.seconds.shape[1], size=lines)  # each line's drawn run
     children: list[list[int]] = [[] for _ in range(n_steps)]
@@ -93,7 +105,9 @@ def _one(
     done_n = [0] * lines
     end = [0.0] * lines
     wait = [[0] * n_steps for _ in range(lines)]
-    tries_of: list[list[list[tuple[float, float]]]] = [  # each attempt's start and end
+    spent = 0.0  # the bills of the calls sent
+    tries_of: list[list[list[tuple[float, float, float]]]] = [  # each attempt's start, end
+        # and what each of its calls bills
         [[] for _ in range(n_steps)] for _ in range(lines)
     ]
     att = [[0] * n_steps for _ in range(lines)]  # the attempt under way
@@ -119,11 +133,17 @@ def _one(
         if not d.sends[i, c] or not d.held[i].waves:  # a cache hit, or never reached
             heapq.heappush(events, (now + float(d.seconds[i, c]), next(seq), _TIMER, r, i))
             return
-        tries = d.attempts[i]
-        if tries:  # each attempt made: when it went and answered, from the step's start
-            tries_of[r][i] = [(float(t0[c]), float(t1[c])) for made, t0, t1 in tries if made[c]]
+        tries, calls = d.attempts[i], sum(d.held[i].waves)
+        if tries:  # each attempt made: when it went and answered, from the step's start,
+            # and what each of its calls bills (its share of the attempt's bills)
+            got, before = [], 0.0
+            for made, t0, t1, by in tries:
+                if made[c]:
+                    got.append((float(t0[c]), float(t1[c]), (float(by[c]) - before) / calls))
+                    before = float(by[c])
+            tries_of[r][i] = got
         else:
-            tries_of[r][i] = [(0.0, float(d.seconds[i, c]))]
+            tries_of[r][i] = [(0.0, float(d.seconds[i, c]), float(d.paid[i, c]) / calls)]
         att[r][i] = 0
         start_attempt(r, i)
 
@@ -154,7 +174,9 @@ def _one(
         h = d.held[i]
         go = through(rates[h.model], now, h.tokens) if h.model in rates else now
         part, each = d.parts[i][wave[r][i]]
-        t0, t1 = tries_of[r][i][att[r][i]]
+        nonlocal spent
+        t0, t1, bill = tries_of[r][i][att[r][i]]
+        spent += bill
         took = (t1 - t0) * part
         if sent[r][i]:  # a wave's first call is its slowest
             took *= each
@@ -241,4 +263,4 @@ def _one(
         else:  # a cache hit's lookup, or a step the draw never reached
             step_done(r, i, now)
         dispatch(r, now)
-    return ended
+    return ended, spent

@@ -643,9 +643,10 @@ class StepDraws:
     (``paused``), whether it sent calls (``sends``: not a cache hit, and reached: a run
     halts at a failed step) and whether its own retries ran out (``dead``); per step its
     dependencies (places in ``order``), how its calls hold the slots (``held``) and its
-    waves' shares of an attempt's time (``parts``, as :class:`_Pool` takes them); and for a
-    step that may retry, per attempt, whether it was made and when it was sent and answered,
-    in seconds from the step's start (``attempts``; empty: the step makes one attempt)."""
+    waves' shares of an attempt's time (``parts``, as :class:`_Pool` takes them); what it
+    paid (``paid``, every attempt's bills); and for a step that may retry, per attempt,
+    whether it was made, when it was sent and answered, in seconds from the step's start,
+    and what the step had paid by then (``attempts``; empty: the step makes one attempt)."""
 
     order: list[str]
     parents: list[tuple[int, ...]]
@@ -655,7 +656,8 @@ class StepDraws:
     paused: np.ndarray
     sends: np.ndarray
     dead: np.ndarray
-    attempts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+    attempts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]
+    paid: np.ndarray
 
 
 def step_draws(wf: Workflow, runs: int, seed: int) -> StepDraws:
@@ -671,7 +673,7 @@ def step_draws(wf: Workflow, runs: int, seed: int) -> StepDraws:
     seconds, paused, sends, dead = (np.array([t[i] for t in trace]) for i in range(4))
     return StepDraws(order, [sp.parents for sp in params], [held[i] for i in order],
                      [sp.parts for sp in params], seconds, paused, sends, dead,
-                     [t[4] for t in trace])  # fmt: skip
+                     [t[4] for t in trace], np.array([t[5] for t in trace]))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -866,8 +868,8 @@ def _chunk(
 ) -> tuple[np.ndarray, ...]:
     """``rngs``: the generator of every draw, and the one of the backoff waits. ``trace``,
     where given, gets per step its drawn seconds, of which the backoff waits, whether it
-    sends calls, whether its own retries ran out and, for a step that may retry, its
-    attempts (:func:`step_draws`)."""
+    sends calls, whether its own retries ran out, for a step that may retry its attempts,
+    and what it paid (:func:`step_draws`)."""
     rng = rngs[0]
     pool = _Pool(slots, n) if slots is not None else None
     zeros = np.zeros(n)
@@ -898,7 +900,7 @@ def _chunk(
         if sp.hit_rate >= 1.0:
             dur = np.where(runs, CACHE_HIT_LATENCY_S, 0.0)
             if trace is not None:
-                trace.append((dur, zeros, false, false, []))
+                trace.append((dur, zeros, false, false, [], zeros))
             if pool is not None:
                 durs.append(dur)
                 busy.append(false)
@@ -926,7 +928,7 @@ def _chunk(
             dur = np.where(hit, CACHE_HIT_LATENCY_S, dur)
         if trace is not None:
             trace.append((dur, zeros if paused is None else paused, runs & ~hit, step_dead,
-                          [m[:3] for m in marks or ()]))  # fmt: skip
+                          [m[:4] for m in marks or ()], paid))  # fmt: skip
         if pool is not None:  # timed once every step is drawn: their calls wait for slots
             durs.append(dur)
             busy.append(runs & ~hit)

@@ -939,8 +939,10 @@ def limit_held(limit: Mapping[str, Any] | None) -> str:
 def _planned_rows(plan: dict[str, Any], n: int, parallel: int) -> list[tuple[str, str]]:
     """The planner's figures for a batch (``predicted_json``), a row each."""
     cost, latency = plan["cost_usd"], plan["latency_s"]
-    halts, each = cost.get("halting"), latency.get("halting_per_run")
+    halts, each, shared = cost.get("halting"), latency.get("halting_per_run"), cost.get("replayed")
     halting = f" ({usd(halts)} as failed runs stop)" if well_under(halts, cost["expected"]) else ""
+    if well_under(shared, cost["expected"]):
+        halting = f" ({usd(shared)} as failed runs stop, their calls in the models' queues unsent)"
     stopped = (f"{each:.2f}s each as failed runs stop, "
                if well_under(each, latency["expected_per_run"]) else "")
     held = f"{said}; " if (said := limit_held(plan.get("limited_by"))) else ""

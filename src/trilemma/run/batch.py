@@ -38,7 +38,7 @@ from trilemma import dag
 from trilemma.cache.semantic import Embedder
 from trilemma.errors import UsageError
 from trilemma.journal.store import Journal, JournalWriter
-from trilemma.plan.batchsim import replay_batch
+from trilemma.plan.batchsim import Replayed, replay_batch
 from trilemma.plan.estimate import Estimate, estimate, run_draws
 from trilemma.plan.slots import waves_of
 from trilemma.providers.base import Provider
@@ -147,8 +147,10 @@ class BatchResult:
 
     def planned(self) -> dict[str, Any]:
         """The planner's figures for the batch (as ``--plan`` gives them before it runs)."""
-        limit = None if self.planned_time is None else self.planned_time.limit
-        return predicted_json(self.predicted, len(self.lines), self.latency_planned_s, limit)
+        t, n = self.planned_time, len(self.lines)
+        limit = None if t is None else t.limit
+        replayed = t.cost_usd if t is not None and t.runs == n else None  # lines of a session
+        return predicted_json(self.predicted, n, self.latency_planned_s, limit, replayed)
 
     def count(self, status: str) -> int:
         """Lines that ended with ``status``."""
@@ -193,16 +195,19 @@ class BatchResult:
 
 
 def predicted_json(
-    p: Estimate, lines: int, latency_s: float, limit: ModelLimit | None = None
-) -> dict[str, Any]:
+    p: Estimate, lines: int, latency_s: float, limit: ModelLimit | None = None,
+    replayed_usd: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """The planner's figures for ``lines`` runs of a spec estimated as ``p``, taking ``latency_s``
     (with the halting runs' cost and latency, where the estimate drew them); ``limit``: the
-    model's limit that sets that time, if one does (``limited_by``)."""
+    model's limit that sets that time, if one does (``limited_by``); ``replayed_usd``: what
+    the runs bill replayed together, where they were (``cost_usd.replayed``)."""
     h = p.halting
     return {
         "cost_usd": {"expected": round(p.cost_expected * lines, 12),
                      "worst": round(p.cost_worst * lines, 12),
-                     **({} if h is None else {"halting": round(h.cost_usd * lines, 12)})},
+                     **({} if h is None else {"halting": round(h.cost_usd * lines, 12)}),
+                     **({} if replayed_usd is None else {"replayed": round(replayed_usd, 12)})},
         "ok_lines": round(p.reliability * lines, 6),
         "quality_per_dollar": p.quality_per_expected_dollar,
         "latency_s": {"batch": round(latency_s, 12),
@@ -300,11 +305,14 @@ def model_limits(wf: Workflow, p: Estimate) -> list[ModelLimit]:
 
 @dataclass(frozen=True, slots=True)
 class BatchTime:
-    """The planner's time for a batch: its pool's (:func:`_pool`), or the least a model's
-    limit lets the runs take (``limit``), whichever is longer."""
+    """The planner's time for a batch of ``runs`` runs (:class:`_Ends`), the model's limit
+    that holds it up (``limit``), and where the runs were replayed together, what they
+    bill (``cost_usd``: calls a failed run never sent bill nothing)."""
 
     latency_s: float
     limit: ModelLimit | None = None
+    cost_usd: float | None = None
+    runs: int = 0
 
 
 def batch_time(wf: Workflow, p: Estimate, runs: int, parallel: int) -> BatchTime:
@@ -324,7 +332,7 @@ class _Ends:
     as the pool runs them (:func:`_pool`), with the models' ``limits``."""
 
     pool: np.ndarray
-    replayed: np.ndarray | None
+    replayed: Replayed | None
     limits: Sequence[ModelLimit]
     runs: int
 
@@ -344,8 +352,9 @@ class _Ends:
         pool = _took(self.pool)
         slowest = max(self.limits, key=lambda lim: lim.least_s(self.runs), default=None)
         if self.replayed is not None:
-            took = _took(self.replayed)
-            return BatchTime(took, slowest if took > pool * HELD_UP else None)
+            took = _took(self.replayed.ends)
+            held = slowest if took > pool * HELD_UP else None
+            return BatchTime(took, held, self.replayed.cost_usd, self.runs)
         if self.runs and slowest is not None and slowest.least_s(self.runs) > pool * (1 + 1e-9):
             return BatchTime(slowest.least_s(self.runs), slowest)
         return BatchTime(pool)
@@ -356,7 +365,7 @@ class _Ends:
         then (None: no deadline)."""
         if deadline is None:
             return None
-        ends = self.pool if self.replayed is None else self.replayed
+        ends = self.pool if self.replayed is None else self.replayed.ends
         got = round(float((ends <= deadline * (1 + 1e-9)).sum(axis=1).mean()))
         if self.replayed is not None:
             return min(self.runs, got)
@@ -459,7 +468,7 @@ def plan_batch(
         "runs_covered_at_worst": _covered(ceiling, p.cost_worst, lines),
         "deadline_s": deadline,
         "runs_done_by_deadline": ends.in_time(deadline),
-        "predicted": predicted_json(p, lines, took.latency_s, took.limit),
+        "predicted": predicted_json(p, lines, took.latency_s, took.limit, took.cost_usd),
     }  # fmt: skip
     if shared_left is not None:
         name, left = shared_left
