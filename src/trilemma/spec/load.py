@@ -456,7 +456,8 @@ def _closest_choice(err: Any, value: object) -> str:
     prefixed = [c for c in choices if c and value.lower().startswith(c.lower())]
     if prefixed:  # 'simulator' for 'sim'
         return f"; did you mean {max(prefixed, key=len)!r}?"
-    return _did_you_mean(value.lower(), choices).replace(" (", "; ").rstrip(")")
+    close = difflib.get_close_matches(value.lower(), choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 _WANTED = {
