@@ -335,9 +335,10 @@ def optimize(
         console.print(tables.optimize_view(r))
         if checks:
             console.print(tables.budget_check_line(checks), style="dim")
-        if chosen and r.best is not None and chosen.count("\n") > CHOSEN_LINES_SHOWN:
+        long = chosen.count("\n") if chosen else 0
+        if chosen and r.best is not None and long > CHOSEN_LINES_SHOWN:
             written = f"written to {out}" if out else "--out FILE writes it, --json holds it"
-            console.print(f"\n# chosen configuration: {chosen.count(chr(10)):,} lines ({written});"
+            console.print(f"\n# chosen configuration: {long:,} lines ({written});"
                           " what it changes:", markup=False, soft_wrap=True)  # fmt: skip
             for line in tables.spec_changes(wf, r.best):  # each line whole, so each stays a comment
                 console.print(f"#   {line}", markup=False, soft_wrap=True)

@@ -28,7 +28,7 @@ import numpy as np
 
 from trilemma.plan.estimate import Estimate
 from trilemma.plan.simulate import StepDraws, step_draws
-from trilemma.plan.slots import Bucket, buckets, remaining_path, through
+from trilemma.plan.slots import Bucket, buckets, held_by, remaining_path, through
 from trilemma.spec import Workflow
 
 __all__ = ["REPLAY_CALLS", "Replayed", "replay_batch"]
@@ -56,41 +56,41 @@ class Replayed:
 
 def replay_batch(wf: Workflow, p: Estimate, lines: int, parallel: int) -> Replayed | None:
     """``lines`` runs of ``wf`` (estimated as ``p``), ``parallel`` at a time, replayed
-    together (see the module). None
-    where the replays could send more than :data:`REPLAY_CALLS` calls (a run's expected
-    calls when it goes to its end), no step's model has a limit, or the spec stops early
-    (``stop_when``, which the replay does not follow)."""
-    limited = {n for n, m in wf.models.items() if m.max_concurrency or m.rpm or m.tpm}
-    if lines <= 0 or not limited or wf.stop_when is not None:
+    together (see the module). None where no step's calls are held by their model's limits
+    (:func:`~trilemma.plan.slots.held_by`), the replays could send more than
+    :data:`REPLAY_CALLS` calls (a run's expected calls when it goes to its end), or the spec
+    stops early (``stop_when``, which the replay does not follow)."""
+    if lines <= 0 or wf.stop_when is not None:
+        return None
+    if all(held_by(wf, s).model is None for s in wf.steps):  # decided before any draw
         return None
     reps = int(REPLAY_CALLS // max(1.0, lines * max(p.calls_expected, 1.0)))
     if reps < REPLAY_REPS_MIN:
         return None
-    reps = min(REPLAY_REPS, reps)
     d = step_draws(wf, _RUNS_DRAWN, _SEED)
-    if not any(h.model in limited for h in d.held):
-        return None
-    rng = np.random.default_rng(_SEED)
     priority = remaining_path(wf, {r.id: r.latency_s for r in p.per_step})  # the executor's
     prio = [-priority[sid] for sid in d.order]  # the longest remaining path goes first
-    got = [_one(wf, d, prio, lines, parallel, rng) for _ in range(reps)]
+    children: list[list[int]] = [[] for _ in d.order]
+    for i, ps in enumerate(d.parents):
+        for parent in ps:
+            children[parent].append(i)
+    rng = np.random.default_rng(_SEED)
+    got = [_one(wf, d, prio, children, lines, parallel, rng)
+           for _ in range(min(REPLAY_REPS, reps))]  # fmt: skip
     ends = np.array([e for e, _ in got])
     ends.sort(axis=1)
     return Replayed(ends, float(np.mean([c for _, c in got])))
 
 
 def _one(
-    wf: Workflow, d: StepDraws, prio: list[float], lines: int, parallel: int,
-    rng: np.random.Generator,
+    wf: Workflow, d: StepDraws, prio: list[float], children: list[list[int]], lines: int,
+    parallel: int, rng: np.random.Generator,
 ) -> tuple[list[float], float]:  # fmt: skip
     """One replay: when each line's run ends, and what the calls sent bill (``prio``: each
-    step's place among the calls waiting for a slot, lowest first)."""
+    step's place among the calls waiting for a slot, lowest first; ``children``: the steps
+    that wait for each)."""
     n_steps = len(d.order)
     runs_of = rng.integers(0, d.seconds.shape[1], size=lines)  # each line's drawn run
-    children: list[list[int]] = [[] for _ in range(n_steps)]
-    for i, ps in enumerate(d.parents):
-        for p in ps:
-            children[p].append(i)
     model_free = {m: (p.max_concurrency or 1 << 30) for m, p in wf.models.items()}
     waiting_for: dict[str, list[tuple[float, int, int, int]]] = {m: [] for m in wf.models}
     rates: dict[str, list[tuple[Bucket, bool]]] = buckets(wf)

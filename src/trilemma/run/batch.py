@@ -338,11 +338,8 @@ class _Ends:
 
     @classmethod
     def of(cls, wf: Workflow, p: Estimate, runs: int, parallel: int) -> _Ends:
-        limits = model_limits(wf, p)
-        got = None
-        if limits:
-            got = replay_batch(wf, p, runs, parallel)
-        return cls(_pool(wf, p, runs, parallel), got, limits, runs)
+        got = replay_batch(wf, p, runs, parallel)  # None where no model's limit holds a call
+        return cls(_pool(wf, p, runs, parallel), got, model_limits(wf, p), runs)
 
     def time(self) -> BatchTime:
         """The batch's mean time, and the limit that holds it up, if one does: the replay's
