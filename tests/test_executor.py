@@ -1051,6 +1051,9 @@ def test_cache_stats_and_clear(tmp_path: Path, cli) -> None:
         "m": (1, 1, 0), "n": (1, 1, 0)}  # fmt: skip
     assert stats["m"]["oldest"] is not None
     assert "Cache of" in cli("cache", "stats", "--journal", db).out
+    typo = cli("cache", "clear", "--model", "M", "--journal", db)
+    assert typo.code == 0 and "removed 0 cached answers" in typo.out
+    assert "no cached answer" in typo.err and "for model 'M'; it holds answers for 'm', 'n'" in typo.err
     old = cli("cache", "clear", "--older-than", "1", "--journal", db, "--json").json()
     assert old == {"exact_removed": 0, "semantic_removed": 0}  # nothing is a day old
     assert cli("cache", "clear", "--model", "m", "--journal", db, "--json").json()["exact_removed"] == 1
@@ -1058,6 +1061,9 @@ def test_cache_stats_and_clear(tmp_path: Path, cli) -> None:
     assert third.cost_usd == pytest.approx(0.01)  # m asked again, n still cached
     r = cli("cache", "clear", "--journal", db)
     assert r.code == 0 and "removed 2 cached answers" in r.out  # m's new answer and n's
+    assert r.err == ""
+    gone = cli("cache", "clear", "--model", "m", "--journal", db)
+    assert "removed 0" in gone.out and "it is empty" in gone.err
     missing = cli("cache", "stats", "--journal", tmp_path / "none.db")
     assert missing.code == 2 and "no journal here" in missing.err
 

@@ -987,6 +987,7 @@ def cache_clear(
         exact, semantic = j.cache_clear(
             model=model, before=before, semantic_only=semantic_only, tenant=tenant
         )
+        cached = [r["model"] for r in j.cache_stats() if r["entries"]]
     removed: dict[str, int] = {"exact_removed": exact, "semantic_removed": semantic}
     if url is not None and not semantic_only:  # the shared tier holds no embeddings
         tier = SharedCache(url)
@@ -1006,5 +1007,9 @@ def cache_clear(
                 if "shared_removed" in removed else "")  # fmt: skip
         sys.stdout.write(f"removed {exact} cached answers and {semantic} prompt embeddings "
                          f"from {journal}{also}\n")  # fmt: skip
+        if model is not None and not exact + semantic and model not in cached:
+            held = f"it holds answers for {', '.join(map(repr, cached))}" if cached else "it is empty"
+            sys.stderr.write(f"trilemma: no cached answer in {journal} is for model {model!r}; "
+                             f"{held} (see `trilemma cache stats`)\n")  # fmt: skip
     return 0
 
