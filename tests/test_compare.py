@@ -100,10 +100,14 @@ def test_the_figures_in_docs_compare_hold(tmp_path: Path) -> None:
     assert got == [(198, 0.03, 1.0), (200, 0.4562, 15.21), (199, 0.0115, 3.17)]
 
 
-def test_the_demo_tours_predict_run_and_measure(cli, tmp_path: Path) -> None:
+def test_the_demo_tours_predict_run_and_measure(cli, tmp_path: Path, monkeypatch) -> None:
     # The README's main job: every part prints, nothing needs the network.
+    monkeypatch.setenv("COLUMNS", "80")  # a terminal narrower than the seed's lines
     r = cli("demo", "--runs", "20000", "--journal", tmp_path / "j.db")
     assert r.code == 0, r.err
+    book = cli("book").out.split("\nNotes")[0].splitlines()  # the demo leaves the notes out
+    assert max(map(len, book)) > 80  # printed unbroken, as `trilemma book` prints them
+    assert all(line in r.out.splitlines() for line in book if line.strip())
     for part in (
         "1. The seed's Output 32.10.1",
         "2. Exercise 32.10.1",

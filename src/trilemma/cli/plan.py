@@ -505,7 +505,7 @@ def demo(
     check_runs(positive("--runs", runs))
     console = stdout_console()
     _section(console, "1. The seed's Output 32.10.1, recomputed", "trilemma book")
-    console.print(book_mod.book_report(), markup=False)
+    console.print(book_mod.book_report(), markup=False, soft_wrap=True)  # the seed's lines, unbroken
     ticket = example_path("ticket.yaml")
     _section(console, "2. Exercise 32.10.1 as a spec", f"trilemma estimate {_shown(ticket)}")
     console.print(tables.estimate_table(estimate_wf(load_workflow(ticket))))
