@@ -538,6 +538,34 @@ def demo(
     return 0
 
 
+@app.command(rich_help_panel="Predict")
+def schema(
+    out: Annotated[Path | None, typer.Option(help="Write it here instead of stdout.")] = None,
+) -> int:
+    """The JSON Schema of a workflow spec, for editors: completion and checks as you type.
+
+    With the YAML language server (VS Code's YAML extension, and others), a spec's first
+    line `# yaml-language-server: $schema=trilemma.schema.json` points it at the file.
+    Fields, types, choices and bounds are checked as you type; `trilemma estimate FILE`
+    is the full check (steps and models named, no cycle, a price given).
+
+    Example: trilemma schema --out trilemma.schema.json
+    """
+    import json
+
+    from trilemma.spec.schema import spec_json_schema
+
+    writable("--out", out)
+    text = json.dumps(spec_json_schema(), indent=2) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+        return 0
+    write_atomic(out, text)
+    sys.stdout.write(f"written to {out}; a spec's first line `# yaml-language-server: "
+                     f"$schema={out.name}` points an editor at it\n")  # fmt: skip
+    return 0
+
+
 def _section(console: Console, title: str, command: str) -> None:
     """A part of the demo: a rule with its title, then the command that does it alone."""
     console.rule(title)

@@ -29,6 +29,7 @@ from trilemma.spec.model import (
     Vote,
     Workflow,
 )
+from trilemma.spec.schema import spec_json_schema
 from trilemma.spec.template import render_template, template_fields
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "load_workflow",
     "parse_workflow",
     "render_template",
+    "spec_json_schema",
     "template_fields",
     "workflow_from_dict",
 ]

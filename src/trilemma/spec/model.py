@@ -17,6 +17,7 @@ from pydantic import (
     PrivateAttr,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from trilemma.spec.prices import hosted_prices
 from trilemma.spec.template import template_fields
@@ -85,8 +86,11 @@ class Faults(_Strict):
     """
 
     transient_error_rate: Rate = 0.0
+    """Chance a call fails with a transient error (a 5xx, a dropped connection)."""
     rate_limit_rate: Rate = 0.0
+    """Chance a call is refused with a rate limit (a 429 with Retry-After)."""
     timeout_rate: Rate = 0.0
+    """Chance a call hangs until its ``timeout_s``."""
 
     @property
     def any(self) -> bool:
@@ -139,39 +143,61 @@ class ModelProfile(_Strict):
     """
 
     usd_per_call: Price | None = None
+    """Dollars a call costs, whatever its tokens; or give token prices."""
     usd_per_1m_input: Price | None = None
+    """Dollars per million prompt tokens (with ``usd_per_1m_output``)."""
     usd_per_1m_output: Price | None = None
+    """Dollars per million completion tokens (with ``usd_per_1m_input``)."""
     usd_per_1m_cached_input: Price | None = None
     """Prompt tokens the endpoint serves from its prompt (prefix) cache, per million; without
     it they are billed at ``usd_per_1m_input``."""
     prompt_tokens: Tokens = 400
+    """Prompt tokens the planner expects a call to send, at token prices."""
     cached_prompt_tokens: Tokens = 0
     """Of a call's ``prompt_tokens``, how many the planner expects the endpoint to serve from
     its prompt cache (a system prompt every call shares, say)."""
     completion_tokens: Tokens = 200
+    """Completion tokens the planner expects a call to get back (priced up to ``max_tokens``)."""
     latency_s: Seconds
+    """Seconds a call takes: the planner's figure, and the simulator's wait."""
     p_ok: Probability
+    """Chance a call's answer passes its step's check (the simulator draws it)."""
     latency_jitter: Annotated[float, Field(ge=0.0, le=3.0, allow_inf_nan=False)] = 0.0
+    """Lognormal sigma of a call's latency around ``latency_s`` (0: always the same)."""
     faults: Faults = Faults()
+    """Provider errors the simulator injects (see :class:`Faults`)."""
     provider: Literal["sim", "openai"] | None = None
+    """``openai`` for an OpenAI-compatible endpoint; none (or ``sim``) for the simulator."""
     base_url: str | None = None
+    """The endpoint's base URL, such as ``http://127.0.0.1:8081/v1`` (``provider: openai``)."""
     model: str | None = None
+    """The model name the endpoint knows (``provider: openai``)."""
     api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    """The environment variable holding the API key; the key itself is never written anywhere."""
     max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    """The most tokens a call may generate (sent to the endpoint; bounds the reservation)."""
     temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] | None = None
+    """Sampling temperature sent to the endpoint."""
     timeout_s: Seconds = 60.0
+    """Seconds a call may take before it is given up as a timeout (a failed attempt)."""
     hedge_after_s: Seconds | None = None
     """Send a second copy of a call still unanswered after this many seconds; the first
     answer wins, the other copy is cancelled and billed at its reservation. Pays off only
     when latency varies (``latency_jitter`` in the planner): see docs/hedging.md."""
     max_concurrency: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    """The most calls to this model in flight at once, across the run (or the batch)."""
     rpm: PerMinute | None = None
+    """The most requests a minute this model takes."""
     tpm: PerMinute | None = None
+    """The most tokens a minute this model takes: a call holds its prompt and its ``max_tokens``."""
     _minute_s: float = PrivateAttr(default=60.0)
     api: Literal["chat", "completions"] = "chat"
+    """``chat`` (chat completions) or ``completions`` (the legacy text endpoint)."""
     stop: list[str] | None = None
+    """Stop sequences sent with each call."""
     calibration: dict[str, Any] | None = None
-    prices_from: str | None = None
+    """What ``trilemma calibrate`` measured to fit this profile (kept for the record)."""
+    prices_from: SkipJsonSchema[str | None] = None
     """Where the token prices came from when the spec gave none (set on loading)."""
 
     @model_validator(mode="before")
@@ -282,14 +308,18 @@ class Debate(_Strict):
     """
 
     agents: Annotated[int, Field(ge=1, le=1000)]
+    """Agents answering in parallel each round."""
     rounds: Annotated[int, Field(ge=1, le=1000)]
+    """Rounds in sequence: the first proposes, each later one critiques and revises."""
     judge: bool = False
+    """A judge call picks the answer; without one the final answers vote."""
 
 
 class Vote(_Strict):
     """Self-consistency: ``samples`` answers in parallel, the majority wins."""
 
     samples: Annotated[int, Field(ge=1, le=1000)]
+    """Answers sampled in parallel; the majority wins."""
 
 
 class Gate(_Strict):
@@ -299,10 +329,15 @@ class Gate(_Strict):
     """
 
     regex: str | None = None
+    """The answer must match this regular expression."""
     json_schema: dict[str, Any] | None = None
+    """The answer must be JSON valid under this JSON Schema."""
     pydantic: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")] | None = None
+    """The answer must validate as this pydantic model, named ``module:Model``."""
     python: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")] | None = None
+    """This callable, named ``module:function``, must accept the answer."""
     feedback: bool = True
+    """Send the rejection reason back to the model on the retry."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Gate:
@@ -319,7 +354,9 @@ class SimAnswers(_Strict):
     """What the simulator answers for a step; ``{step}`` and ``{attempt}`` are filled in."""
 
     ok: str = "answer of {step} (attempt {attempt})"
+    """The answer of an attempt that succeeds."""
     bad: str = "WRONG answer of {step} (attempt {attempt})"
+    """The answer of an attempt that fails its check."""
 
 
 _F = TypeVar("_F", "Step", "Branch")
@@ -342,11 +379,17 @@ class Branch(_Strict):
     """
 
     share: Probability
+    """How often the classifier picks this branch (planning only; the shares add up to 1)."""
     model: str
+    """The model profile this branch runs on."""
     debate_rounds: Annotated[int, Field(ge=0, le=1000)] = 0
+    """The seed's sequential refinement rounds: calls = 1 + debate_rounds."""
     debate: Debate | None = None
+    """Ask as a debate (see :class:`Debate`)."""
     vote: Vote | None = None
+    """Ask as a vote (see :class:`Vote`)."""
     p_ok: Probability | None = None
+    """This branch's chance of success, in place of its model's ``p_ok``."""
 
     @model_validator(mode="after")
     def _one_debate_form(self) -> Branch:
@@ -367,19 +410,28 @@ class CacheRule(_Strict):
     """
 
     similarity: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    """Also serve the answer to an earlier prompt at least this similar (cosine, 0-1)."""
     hit_rate: Fraction = 1.0
+    """Planning: the chance a run finds the answer cached."""
 
 
 class Step(_Strict):
     """One node of the workflow DAG."""
 
     id: Annotated[str, Field(pattern=STEP_ID_PATTERN, max_length=128)]
+    """Unique name of the step: letters, digits, ``_`` and ``-``."""
     model: str
+    """The model profile the step runs on (a key of ``models``)."""
     after: list[str] = []
+    """Steps this one waits for; steps with no path between them may run in parallel."""
     retries: Annotated[int, Field(ge=0, le=100)] = 0
+    """Extra attempts after a failed one, whatever failed (default 0)."""
     debate_rounds: Annotated[int, Field(ge=0, le=1000)] = 0
+    """The seed's sequential refinement rounds: calls = 1 + debate_rounds."""
     debate: Debate | None = None
+    """Ask as a debate: agents x rounds, then a judge or a vote (see :class:`Debate`)."""
     vote: Vote | None = None
+    """Self-consistency: samples in parallel, the majority answer (see :class:`Vote`)."""
     escalate: list[str] | None = None
     """A cascade: the models a failed attempt moves up to, in order (see :meth:`Workflow.ladder`)."""
     route: dict[Annotated[str, Field(pattern=ROUTE_LABEL_PATTERN, max_length=64)], Branch] | None = None
@@ -390,21 +442,36 @@ class Step(_Strict):
     ``{similarity: S, hit_rate: H}`` also on a similar prompt, planned as a hit ``H`` of the
     time (see :class:`CacheRule`)."""
     p_ok: Probability | None = None
+    """This step's chance of success per attempt, in place of its model's ``p_ok`` (a debate's
+    or a gate's effect)."""
     recall: Fraction | None = None
+    """The Monte Carlo's chance this step's gate catches a wrong answer, in place of
+    ``simulation.recall``."""
     # What the executor sends and checks.
     prompt: str | None = None
+    """The prompt template: ``{name}`` reads a run input or the output of a step it depends on."""
     system: str | None = None
+    """The system prompt template, read as ``prompt`` is."""
     max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    """The most tokens this step's calls may generate, in place of the profile's."""
     gate: Gate | None = None
+    """The check an answer must pass before any later step sees it (see :class:`Gate`)."""
     extract: Literal["number"] | None = None
+    """``number``: what goes downstream is the number the answer gives (an answer without one
+    is rejected)."""
     sim: SimAnswers = SimAnswers()
+    """What the simulator answers for this step (see :class:`SimAnswers`)."""
     # Levers the optimizer may pull, each opted into by the user.
     candidates: list[str] | None = None
+    """Models the optimizer may run this step on."""
     cacheable: bool = False
+    """The optimizer may serve this step from the cache."""
     cascadable: bool = False
     """The optimizer may make this step a cascade over its candidates, cheapest first."""
     independent: bool = False
+    """The optimizer may run this step beside the other independent steps."""
     debate_round_options: list[Annotated[int, Field(ge=0, le=1000)]] | None = None
+    """The ``debate_rounds`` values the optimizer may choose from."""
     cuttable: bool = False
     """The optimizer may cut this step when the budgets cannot be met with it; the steps
     after it then run after its own dependencies."""
@@ -412,6 +479,7 @@ class Step(_Strict):
     """The optimizer may end the run when this step passes (``stop_when``), where that
     stop is cheaper within the budgets than none."""
     difficulty: Literal["easy", "hard"] | None = None
+    """A label, ``easy`` or ``hard``, that the seed's routing exercise gives its steps."""
 
     @model_validator(mode="after")
     def _one_debate_form(self) -> Step:
@@ -526,8 +594,11 @@ class Budget(_Strict):
     """The user's budgets; every one is optional."""
 
     max_cost_usd: Price | None = None
+    """The spend ceiling of a run, in dollars (``--max-cost`` overrides it)."""
     deadline_s: Seconds | None = None
+    """The deadline of a run, in seconds (``--deadline`` overrides it)."""
     min_reliability: Probability | None = None
+    """The least end-to-end success the optimizer may accept."""
 
     def resolve(
         self, max_cost_usd: float | None = None, deadline_s: float | None = None
@@ -547,24 +618,40 @@ class Simulation(_Strict):
     """
 
     recall: Fraction = 1.0
+    """Chance a gate catches a failed answer; an uncaught one passes downstream."""
     retry_correlation: Fraction = 0.0
+    """Chance a retry fails the same way as the attempt it retries."""
     compounding: Fraction = 1.0
+    """A step's p is multiplied by this after an uncaught failure upstream of it."""
 
 
 class Workflow(_Strict):
     """A validated workflow: models, a DAG of steps and optional budgets."""
 
     version: int
+    """The spec format's version: 1."""
     name: str | None = None
+    """A name for the workflow, shown in reports."""
     description: str | None = None
+    """What the workflow is for."""
     models: dict[str, ModelProfile]
+    """Named model profiles the steps run on (see :class:`ModelProfile`)."""
     steps: list[Step]
+    """The steps, a DAG through their ``after`` (see :class:`Step`)."""
     budget: Budget = Budget()
+    """Cost, deadline and reliability budgets, all optional (see :class:`Budget`)."""
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    """Seed of the simulator and the Monte Carlo, so that a run repeats (``--seed`` overrides it).
+"""
     simulation: Simulation = Simulation()
+    """How the Monte Carlo departs from the analytic model (see :class:`Simulation`)."""
     inputs: dict[Annotated[str, Field(pattern=STEP_ID_PATTERN)], str | None] = {}
+    """The run inputs the prompts read, each with a default or none (then ``--input`` must give
+    it)."""
     stop_when: str | None = None
+    """End the run as soon as this step passes its gate."""
     concurrency: Annotated[int, Field(ge=1, le=10_000)] = 16
+    """The most calls a run has in flight at once (default 16)."""
 
     def seed_for(self, seed: int | None = None) -> int:
         """The seed a run or a Monte Carlo draws with: ``seed`` if given, else the spec's,

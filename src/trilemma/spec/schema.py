@@ -1,0 +1,58 @@
+"""The workflow spec as a JSON Schema, for editors and other tools.
+
+Generated from the pydantic models the loader validates with, so that field names, types,
+choices and bounds cannot drift from it. What no schema says stays the loader's: that a
+step's ``after`` and ``model`` name things that exist, that the steps form no cycle, that a
+profile has a price one way or the other. ``trilemma estimate FILE`` is the full check.
+
+>>> schema = spec_json_schema()
+>>> schema["properties"]["version"]["const"], "steps" in schema["required"]
+(1, True)
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import itertools
+from typing import Any
+
+from trilemma.spec import model
+from trilemma.spec.model import SPEC_VERSION, Workflow
+
+__all__ = ["DIALECT", "spec_json_schema"]
+
+#: Draft 7, the newest the YAML language server (VS Code's YAML extension) checks with;
+#: pydantic's schema uses nothing later (its ``$defs`` are reached by JSON pointers).
+DIALECT = "http://json-schema.org/draft-07/schema#"
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a version-1 workflow spec, field docstrings as descriptions."""
+    schema = Workflow.model_json_schema()
+    notes = _attribute_docstrings()
+    for name, definition in [("Workflow", schema), *schema.get("$defs", {}).items()]:
+        for field, prop in definition.get("properties", {}).items():
+            if field in notes.get(name, {}):
+                prop.setdefault("description", notes[name][field])
+    schema["properties"]["version"] = {
+        "const": SPEC_VERSION, "description": "The spec format's version: 1."}  # fmt: skip
+    title = f"trilemma workflow spec, version {SPEC_VERSION}"
+    return {"$schema": DIALECT, "title": title, **{k: v for k, v in schema.items() if k != "title"}}
+
+
+def _attribute_docstrings() -> dict[str, dict[str, str]]:
+    """Per class of :mod:`trilemma.spec.model`, the docstring under each field, read from
+    the source only when a schema is asked for (pydantic's ``use_attribute_docstrings``
+    would read it at every import)."""
+    found: dict[str, dict[str, str]] = {}
+    for node in ast.parse(inspect.getsource(model)).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        body = node.body
+        for field, doc in itertools.pairwise(body):
+            if (isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
+                    and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+                    and isinstance(doc.value.value, str)):  # fmt: skip
+                found.setdefault(node.name, {})[field.target.id] = inspect.cleandoc(doc.value.value)
+    return found

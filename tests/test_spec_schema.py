@@ -1,0 +1,108 @@
+"""The spec's JSON Schema (``trilemma schema``) agrees with the loader field by field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from hypothesis import given, settings
+
+from trilemma import SpecError, workflow_from_dict
+from trilemma.spec.schema import spec_json_schema
+
+from .test_laws import workflows
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+WORKFLOWS = sorted(p for p in EXAMPLES.glob("*.yaml") if p.name != "gateway.yaml")
+VALIDATORS = [jsonschema.Draft7Validator, jsonschema.Draft202012Validator]
+
+
+@pytest.fixture(scope="module", params=VALIDATORS, ids=["draft-07", "2020-12"])
+def validator(request: pytest.FixtureRequest) -> jsonschema.protocols.Validator:
+    schema = spec_json_schema()
+    request.param.check_schema(schema)
+    return request.param(schema)
+
+
+def test_every_example_workflow_is_valid_under_the_schema(validator) -> None:
+    assert len(WORKFLOWS) > 20
+    for path in WORKFLOWS:
+        errors = [e.message for e in validator.iter_errors(yaml.safe_load(path.read_text()))]
+        assert errors == [], path.name
+    gateway = yaml.safe_load((EXAMPLES / "gateway.yaml").read_text())
+    assert not validator.is_valid(gateway)  # a gateway's config is not a workflow
+
+
+def _set(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+    *parents, last = path.split(".")
+    node: Any = out
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return out
+
+
+TICKET = yaml.safe_load((EXAMPLES / "ticket.yaml").read_text())
+MUTATIONS = {
+    "an unknown step field": ("steps.0.retires", 1),
+    "an unknown top-level field": ("budgets", {"max_cost_usd": 1}),
+    "p_ok over 1": ("models.premium.p_ok", 1.5),
+    "a negative price": ("models.premium.usd_per_call", -0.01),
+    "a provider outside the choices": ("models.premium.provider", "simulator"),
+    "a step id with a space": ("steps.0.id", "tri age"),
+    "retries as text": ("steps.0.retries", "one"),
+    "a missing model": ("steps.0.model", KeyError),
+    "a missing latency": ("models.premium.latency_s", KeyError),
+    "version 2": ("version", 2),
+    "a debate of no agents": ("steps.1.debate", {"agents": 0, "rounds": 1}),
+    "an unknown budget": ("budget", {"max_spend": 1.0}),
+    "zero concurrency": ("concurrency", 0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MUTATIONS))
+def test_what_the_schema_rejects_the_loader_rejects(validator, case: str) -> None:
+    path, value = MUTATIONS[case]
+    data = _set(TICKET, path, value)
+    assert not validator.is_valid(data)
+    with pytest.raises(SpecError):
+        workflow_from_dict(data, "mutated.yaml")
+
+
+@settings(max_examples=60, deadline=None)
+@given(workflows())
+def test_random_valid_workflows_pass_the_schema(data: dict[str, Any]) -> None:
+    workflow_from_dict(data)  # the loader takes it
+    assert jsonschema.Draft7Validator(spec_json_schema()).is_valid(data)
+
+
+def test_every_field_has_a_description_and_loading_internals_stay_out() -> None:
+    schema = spec_json_schema()
+    missing = [f"{name}.{field}"
+               for name, definition in [("Workflow", schema), *schema["$defs"].items()]
+               for field, prop in definition.get("properties", {}).items()
+               if not prop.get("description")]  # fmt: skip
+    assert missing == []  # a new field needs a docstring: it is what an editor shows
+    assert "prices_from" not in json.dumps(schema)  # set on loading, never written in a spec
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert schema["properties"]["version"]["const"] == 1
+
+
+def test_the_schema_command_prints_or_writes_it(cli, tmp_path: Path) -> None:
+    printed = cli("schema")
+    assert printed.code == 0 and json.loads(printed.out) == spec_json_schema()
+    out = tmp_path / "trilemma.schema.json"
+    written = cli("schema", "--out", out)
+    assert written.code == 0 and json.loads(out.read_text()) == spec_json_schema()
+    assert "yaml-language-server: $schema=trilemma.schema.json" in written.out
+    nowhere = cli("schema", "--out", tmp_path / "missing" / "s.json")
+    assert nowhere.code == 2 and nowhere.err.count("\n") == 1 and "--out" in nowhere.err
