@@ -264,6 +264,22 @@ CASES: dict[str, tuple[str | bytes, str, str]] = {
         "steps[0].system",
         "{persona} names neither an input nor a step this one runs after",
     ),
+    # a gate's syntax is the spec's: estimate names it, not only run (which compiles it)
+    "a regex gate that does not compile": (
+        MODELS + """  - {id: a, model: premium, gate: {regex: '[a-'}}\n""",
+        "steps[0].gate.regex",
+        "not a regular expression: unterminated character set",
+    ),
+    "a JSON schema gate of a type that does not exist": (
+        MODELS + "  - {id: a, model: premium, gate: {json_schema: {type: objec}}}\n",
+        "steps[0].gate.json_schema",
+        "not a JSON Schema at type: 'objec' is not valid",
+    ),
+    "a JSON schema gate wrong deep inside": (
+        MODELS + "  - {id: a, model: premium, gate: {json_schema: {properties: {n: {minimum: x}}}}}\n",
+        "steps[0].gate.json_schema",
+        "not a JSON Schema at properties.n.minimum: 'x' is not of type 'number'",
+    ),
     "negative seed": (BASE_SPEC + "seed: -5\n", "seed", "greater than or equal to 0"),
     "tokens past a float": (
         "version: 1\nmodels: {p: {usd_per_1m_input: 1, usd_per_1m_output: 1, latency_s: 1, "

@@ -445,6 +445,8 @@ def _spec_error(
     msg = _plain(err, wanted, root)
     if alternatives:
         msg += f", or a mapping of {alternatives}"
+    if kind == "value_error" and isinstance(value, (dict, list)):  # the message says what is wrong
+        return SpecError(source, field, msg)
     return SpecError(source, field, f"{msg} (got {shown}){_closest_choice(err, value)}")
 
 

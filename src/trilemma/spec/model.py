@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    field_validator,
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
@@ -338,6 +339,35 @@ class Gate(_Strict):
     """This callable, named ``module:function``, must accept the answer."""
     feedback: bool = True
     """Send the rejection reason back to the model on the retry."""
+
+    @field_validator("regex")
+    @classmethod
+    def _a_regex(cls, value: str | None) -> str | None:
+        """Compiled as the executor compiles it (the ``regex`` module), so that ``estimate``
+        names a broken pattern, not only ``run``."""
+        if value is not None:
+            import regex  # imported only for a spec with a regex gate
+
+            try:
+                regex.compile(value)
+            except regex.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("json_schema")
+    @classmethod
+    def _a_json_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Checked against JSON Schema 2020-12's metaschema, as the executor's gate reads it."""
+        if value is not None:
+            import jsonschema  # imported only for a spec with a JSON schema gate
+
+            try:
+                jsonschema.Draft202012Validator.check_schema(value)
+            except jsonschema.SchemaError as exc:
+                at = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.path)
+                where = f" at {at.removeprefix('.')}" if at else ""
+                raise ValueError(f"not a JSON Schema{where}: {exc.message}") from None
+        return value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Gate:
