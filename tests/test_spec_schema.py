@@ -106,3 +106,23 @@ def test_the_schema_command_prints_or_writes_it(cli, tmp_path: Path) -> None:
     assert "yaml-language-server: $schema=trilemma.schema.json" in written.out
     nowhere = cli("schema", "--out", tmp_path / "missing" / "s.json")
     assert nowhere.code == 2 and nowhere.err.count("\n") == 1 and "--out" in nowhere.err
+
+
+def test_installed_without_sources_the_schema_is_still_whole(monkeypatch) -> None:
+    import inspect
+
+    def no_source(obj: object) -> str:
+        raise OSError("could not get source code")
+
+    monkeypatch.setattr(inspect, "getsource", no_source)
+    bare = spec_json_schema()
+    assert bare["$defs"]["Step"]["properties"]["retries"].get("description") is None
+    assert all(validator.is_valid(yaml.safe_load(p.read_text())) for p in WORKFLOWS
+               for validator in [jsonschema.Draft7Validator(bare)])  # fmt: skip
+
+
+def test_descriptions_read_as_markdown_not_sphinx() -> None:
+    text = json.dumps(spec_json_schema())
+    assert ":class:" not in text and ":meth:" not in text and "``" not in text
+    faults = spec_json_schema()["$defs"]["ModelProfile"]["properties"]["faults"]
+    assert faults["description"] == "Provider errors the simulator injects (see `Faults`)."

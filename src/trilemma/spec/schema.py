@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import inspect
 import itertools
+import re
 from typing import Any
 
 from trilemma.spec import model
@@ -35,8 +36,9 @@ def spec_json_schema() -> dict[str, Any]:
         for field, prop in definition.get("properties", {}).items():
             if field in notes.get(name, {}):
                 prop.setdefault("description", notes[name][field])
-    schema["properties"]["version"] = {
-        "const": SPEC_VERSION, "description": "The spec format's version: 1."}  # fmt: skip
+    version = schema["properties"]["version"]
+    schema["properties"]["version"] = {"const": SPEC_VERSION, **_only(version, "description")}
+    _as_markdown(schema)
     title = f"trilemma workflow spec, version {SPEC_VERSION}"
     return {"$schema": DIALECT, "title": title, **{k: v for k, v in schema.items() if k != "title"}}
 
@@ -46,7 +48,11 @@ def _attribute_docstrings() -> dict[str, dict[str, str]]:
     the source only when a schema is asked for (pydantic's ``use_attribute_docstrings``
     would read it at every import)."""
     found: dict[str, dict[str, str]] = {}
-    for node in ast.parse(inspect.getsource(model)).body:
+    try:
+        source = inspect.getsource(model)
+    except OSError:  # installed without its sources: a schema without descriptions
+        return found
+    for node in ast.parse(source).body:
         if not isinstance(node, ast.ClassDef):
             continue
         body = node.body
@@ -56,3 +62,24 @@ def _attribute_docstrings() -> dict[str, dict[str, str]]:
                     and isinstance(doc.value.value, str)):  # fmt: skip
                 found.setdefault(node.name, {})[field.target.id] = inspect.cleandoc(doc.value.value)
     return found
+
+
+def _only(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: mapping[k] for k in keys if k in mapping}
+
+
+def _as_markdown(node: Any) -> None:
+    """Every description as an editor's hover shows it: Markdown, not Sphinx's roles."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "description" and isinstance(value, str):
+                node[key] = _ROLE.sub(r"`\1`", value).replace("``", "`")
+            else:
+                _as_markdown(value)
+    elif isinstance(node, list):
+        for item in node:
+            _as_markdown(item)
+
+
+#: A Sphinx role (:class:`Faults`), shown in an editor's hover as Markdown code.
+_ROLE = re.compile(r":\w+:`([^`]+)`")
