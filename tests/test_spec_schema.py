@@ -126,3 +126,14 @@ def test_descriptions_read_as_markdown_not_sphinx() -> None:
     assert ":class:" not in text and ":meth:" not in text and "``" not in text
     faults = spec_json_schema()["$defs"]["ModelProfile"]["properties"]["faults"]
     assert faults["description"] == "Provider errors the simulator injects (see `Faults`)."
+
+
+def test_a_json_spec_names_its_schema_with_a_schema_key_the_loader_passes_over(cli, write) -> None:
+    data = yaml.safe_load((EXAMPLES / "single.yaml").read_text())
+    pointed = {"$schema": "trilemma.schema.json", **data}
+    assert workflow_from_dict(pointed) == workflow_from_dict(data)
+    assert jsonschema.Draft7Validator(spec_json_schema()).is_valid(pointed)
+    assert cli("estimate", write(json.dumps(pointed), name="spec.json")).code == 0
+    bad = cli("estimate", write(json.dumps({**pointed, "$schema": 3}), name="bad.json"))
+    assert bad.code == 2 and bad.err.count("\n") == 1
+    assert "bad.json: $schema: should be the path or URL" in bad.err

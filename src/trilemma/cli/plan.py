@@ -545,7 +545,8 @@ def schema(
     """The JSON Schema of a workflow spec, for editors: completion and checks as you type.
 
     With the YAML language server (VS Code's YAML extension, and others), a spec's first
-    line `# yaml-language-server: $schema=trilemma.schema.json` points it at the file.
+    line `# yaml-language-server: $schema=trilemma.schema.json` points it at the file (a
+    JSON spec: a top-level "$schema" key, which the loader passes over).
     Fields, types, choices and bounds are checked as you type; `trilemma estimate FILE`
     is the full check (steps and models named, no cycle, a price given).
 

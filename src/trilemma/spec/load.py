@@ -101,6 +101,11 @@ def parse_workflow(text: str, source: str = "<string>", *, json_only: bool = Fal
     return workflow_from_dict(data, source)
 
 
+#: A top-level key the loader passes over: where an editor finds the spec's JSON Schema (a
+#: JSON spec has no comment to hold a ``yaml-language-server`` modeline).
+SCHEMA_KEY = "$schema"
+
+
 def workflow_from_dict(data: object, source: str = "<dict>") -> Workflow:
     """Validate already-parsed spec data; the one door every spec goes through."""
     if data is None:
@@ -109,6 +114,11 @@ def workflow_from_dict(data: object, source: str = "<dict>") -> Workflow:
         kind = type(data).__name__
         raise SpecError(source, "", f"the top level is a {kind}, not a mapping of spec fields")
     _check_version(data, source)
+    if SCHEMA_KEY in data:  # an editor's pointer to `trilemma schema`, not a field of the spec
+        if not isinstance(data[SCHEMA_KEY], str):
+            raise SpecError(source, SCHEMA_KEY, "should be the path or URL of the spec's JSON "
+                            "Schema, in quotes (`trilemma schema --out FILE` writes one)")  # fmt: skip
+        data = {k: v for k, v in data.items() if k != SCHEMA_KEY}
     if "keys" in data and "steps" not in data:
         raise SpecError(source, "keys", "this is a gateway's config, not a workflow spec: "
                         "`trilemma gateway FILE` serves it (a workflow names its steps:)")  # fmt: skip

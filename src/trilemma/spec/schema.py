@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from trilemma.spec import model
+from trilemma.spec.load import SCHEMA_KEY
 from trilemma.spec.model import SPEC_VERSION, Workflow
 
 __all__ = ["DIALECT", "spec_json_schema"]
@@ -38,6 +39,8 @@ def spec_json_schema() -> dict[str, Any]:
                 prop.setdefault("description", notes[name][field])
     version = schema["properties"]["version"]
     schema["properties"]["version"] = {"const": SPEC_VERSION, **_only(version, "description")}
+    schema["properties"][SCHEMA_KEY] = {
+        "type": "string", "description": "Where editors find this schema (the loader skips it)."}  # fmt: skip
     _as_markdown(schema)
     title = f"trilemma workflow spec, version {SPEC_VERSION}"
     return {"$schema": DIALECT, "title": title, **{k: v for k, v in schema.items() if k != "title"}}
