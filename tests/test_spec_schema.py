@@ -137,3 +137,41 @@ def test_a_json_spec_names_its_schema_with_a_schema_key_the_loader_passes_over(c
     bad = cli("estimate", write(json.dumps({**pointed, "$schema": 3}), name="bad.json"))
     assert bad.code == 2 and bad.err.count("\n") == 1
     assert "bad.json: $schema: should be the path or URL" in bad.err
+
+
+def test_init_writes_the_starter_and_the_schema_and_the_starter_runs(cli, tmp_path: Path,
+                                                                     monkeypatch) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    r = cli("init")
+    assert r.code == 0, r.err
+    assert "next: trilemma estimate workflow.yaml, then trilemma run workflow.yaml --input question=..." in r.out
+    spec = (tmp_path / "workflow.yaml").read_text()
+    assert spec.splitlines()[0] == "# yaml-language-server: $schema=trilemma.schema.json"
+    assert spec.endswith((EXAMPLES / "starter.yaml").read_text())
+    assert json.loads((tmp_path / "trilemma.schema.json").read_text()) == spec_json_schema()
+    assert jsonschema.Draft7Validator(spec_json_schema()).is_valid(yaml.safe_load(spec))
+    ran = cli("run", "workflow.yaml", "--input", "question=why?", "--seed", "3", "--journal", "j.db", "--json")
+    assert ran.code == 0 and ran.json()["status"] == "ok" and ran.json()["outputs"]["check"] == "yes"
+
+
+def test_init_keeps_what_is_there_and_names_the_examples(cli, tmp_path: Path) -> None:
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("my own work\n")
+    kept = cli("init", spec)
+    assert kept.code == 2 and "exists; give another name, or --force" in kept.err
+    assert spec.read_text() == "my own work\n" and not (tmp_path / "trilemma.schema.json").exists()
+    assert cli("init", spec, "--example", "ticket", "--force").code == 0
+    assert spec.read_text().endswith((EXAMPLES / "ticket.yaml").read_text())
+    typo = cli("init", tmp_path / "t.yaml", "--example", "tiket")
+    assert typo.code == 2 and "did you mean 'ticket'?" in typo.err and "starter" in typo.err
+    assert "gateway" not in typo.err  # a gateway's config is not a workflow to start from
+    nowhere = cli("init", tmp_path / "missing" / "a.yaml")
+    assert nowhere.code == 2 and "does not exist" in nowhere.err
+
+
+def test_init_writes_a_json_spec_with_its_schema_as_a_key(cli, tmp_path: Path) -> None:
+    spec = tmp_path / "flow.json"
+    assert cli("init", spec, "--example", "faq").code == 0
+    data = json.loads(spec.read_text())
+    assert data["$schema"] == "trilemma.schema.json"
+    assert workflow_from_dict(data) == workflow_from_dict(yaml.safe_load((EXAMPLES / "faq.yaml").read_text()))

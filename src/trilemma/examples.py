@@ -6,7 +6,7 @@ from pathlib import Path
 
 from trilemma.errors import UsageError
 
-__all__ = ["example_path"]
+__all__ = ["STARTER", "example_path", "workflow_examples"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -17,3 +17,14 @@ def example_path(name: str) -> Path:
         if (folder / name).is_file():
             return folder / name
     raise UsageError(f"example {name!r} is not installed; run from a trilemma checkout")
+
+
+#: The example ``trilemma init`` starts from unless told otherwise.
+STARTER = "starter"
+
+
+def workflow_examples() -> dict[str, Path]:
+    """The shipped example workflows by name (``ticket`` for ``ticket.yaml``); the
+    gateway's config, not a workflow, left out."""
+    folder = example_path(f"{STARTER}.yaml").parent
+    return {p.stem: p for p in sorted(folder.glob("*.yaml")) if p.stem != "gateway"}

@@ -28,6 +28,7 @@ from trilemma.cli._common import (
     write_atomic,
 )
 from trilemma.errors import UsageError
+from trilemma.examples import STARTER, workflow_examples
 from trilemma.plan import book as book_mod
 from trilemma.plan.estimate import estimate as estimate_wf
 from trilemma.plan.exercises import debate_vs_retry, routing_sweep, ticket_spend
@@ -37,6 +38,7 @@ from trilemma.plan.simulate import simulate as simulate_wf
 from trilemma.plan.thresholds import hedge_thresholds, parse_thresholds
 from trilemma.report import tables
 from trilemma.spec import Budget, Simulation, Workflow, dump_workflow, load_workflow
+from trilemma.spec.load import SCHEMA_KEY
 
 
 @app.command(rich_help_panel="Predict")
@@ -536,6 +538,62 @@ def demo(
         "\nNext: trilemma --help, the specs in examples/, and `trilemma runs` for the journal."
     )
     return 0
+
+
+@app.command(rich_help_panel="Predict")
+def init(
+    file: Annotated[
+        Path, typer.Argument(help="The spec to write (.yaml, or .json).")
+    ] = Path("workflow.yaml"),
+    example: Annotated[
+        str, typer.Option(help="The shipped example to start from (ticket, faq, cascade, ...).")
+    ] = STARTER,
+    force: Annotated[bool, typer.Option(help="Overwrite FILE if it exists.")] = False,
+) -> int:
+    """Start a workflow of your own: an example spec to edit, the JSON Schema beside it.
+
+    The starter has two models, three steps, a gate and a budget, with a comment on each
+    part; it runs as it is on the simulator. The spec's first line points an editor at
+    trilemma.schema.json (`trilemma schema`), written in the same folder.
+
+    Example: trilemma init support.yaml
+
+    Example: trilemma init --example ticket ticket.yaml
+    """
+    import difflib
+    import json
+
+    import yaml
+
+    from trilemma.spec.schema import spec_json_schema
+
+    examples = workflow_examples()
+    if example not in examples:
+        close = difflib.get_close_matches(example, examples, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UsageError(f"--example {example!r}: no such example; {hint}"
+                         f"choose one of {', '.join(examples)}")  # fmt: skip
+    if file.exists() and not force:
+        raise UsageError(f"{file} exists; give another name, or --force to overwrite it")
+    writable("FILE", file)
+    text = examples[example].read_text(encoding="utf-8")
+    schema_path = file.parent / SCHEMA_FILE
+    if file.suffix.lower() == ".json":  # no comments in JSON: the schema is a key
+        text = json.dumps({SCHEMA_KEY: SCHEMA_FILE, **yaml.safe_load(text)}, indent=2) + "\n"
+    else:
+        text = f"# yaml-language-server: $schema={SCHEMA_FILE}\n{text}"
+    write_atomic(file, text)
+    write_atomic(schema_path, json.dumps(spec_json_schema(), indent=2) + "\n")
+    wf = load_workflow(file)
+    needed = " ".join(f"--input {k}=..." for k, v in wf.inputs.items() if v is None)
+    sys.stdout.write(f"wrote {file} (the {example} example) and {schema_path} beside it\n"
+                     f"next: trilemma estimate {_shown(file)}, then trilemma run "
+                     f"{_shown(file)}{' ' + needed if needed else ''}\n")  # fmt: skip
+    return 0
+
+
+#: The file ``trilemma init`` writes the spec's JSON Schema to, beside the spec.
+SCHEMA_FILE = "trilemma.schema.json"
 
 
 @app.command(rich_help_panel="Predict")
