@@ -535,7 +535,8 @@ def demo(
         console.print(tables.run_view(ran))
     _demo_compare(console, journal)
     console.print(
-        "\nNext: trilemma --help, the specs in examples/, and `trilemma runs` for the journal."
+        "\nNext: `trilemma init` for a spec of your own to edit, `trilemma runs` for the journal, "
+        "and trilemma --help."
     )
     return 0
 
