@@ -307,6 +307,25 @@ def test_bad_spec_exits_2_with_one_line(cli, write, name: str, command: str) -> 
     assert words in line
 
 
+def test_the_other_fields_wrong_are_named_after_the_first_so_one_edit_mends_them(cli, write) -> None:
+    two = write("version: 1\nmodels: {m: {provider: simulator, usd_per_call: 0.01, latency_s: 1}}\n"
+                "steps: [{id: a, model: m}]\n")  # fmt: skip
+    r = cli("estimate", two)
+    assert r.code == 2 and r.err.count("\n") == 1
+    assert r.err.rstrip().endswith("models.m.p_ok: missing; this field is required: add `p_ok:` here; "
+                                   "also wrong: models.m.provider")  # fmt: skip
+    many = write("version: 1\nmodels: {m: {usd_per_call: -1, latency_s: 0}}\n"
+                 "steps: [{id: a, model: m, retries: -1, retires: 2}, {id: b c, model: m}]\n")  # fmt: skip
+    r = cli("estimate", many)
+    assert r.code == 2 and r.err.count("\n") == 1
+    assert "steps[0].retires: unknown field 'retires' (did you mean 'retries'?)" in r.err
+    assert r.err.rstrip().endswith("also wrong: models.m.usd_per_call, models.m.latency_s, "
+                                   "models.m.p_ok and 2 more")  # fmt: skip
+    one = cli("estimate", write("version: 1\nmodels: {m: {usd_per_call: 1, latency_s: 1, p_ok: 2}}\n"
+                                "steps: [{id: a, model: m}]\n"))  # fmt: skip
+    assert "also wrong" not in one.err  # nothing else to name
+
+
 def test_json_file_errors_name_line_and_column(cli, write) -> None:
     r = cli("estimate", write('{"version": 1,, }', name="spec.json"))
     assert r.code == 2

@@ -423,13 +423,35 @@ def _check_expansion(root: yaml.Node, source: str) -> None:
 # --------------------------------------------------------------------- error paths
 
 
+#: Other fields wrong beside the one explained, named at the end of the line (at most this many).
+ALSO_NAMED = 3
+
+
 def _spec_error(
     exc: ValidationError, source: str, root: type[BaseModel] = Workflow
 ) -> SpecError:
+    """One line: the first problem explained, with the other fields that are wrong named
+    after it, so that one edit can mend them all."""
     # An unknown field usually explains a 'missing' one beside it (a misspelling): name it first.
     errors, alternatives = _union_branches(exc.errors(include_url=False), root)
     err = min(errors, key=lambda e: e["type"] != "extra_forbidden")
-    loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+    first = _explained(err, alternatives, source, root)
+    others = list(dict.fromkeys(_render_loc(_field_loc(e)) for e in errors))
+    others = [f for f in others if f != first.field]
+    if not others:
+        return first
+    more = f" and {len(others) - ALSO_NAMED} more" if len(others) > ALSO_NAMED else ""
+    return SpecError(source, first.field, f"{first.problem}; also wrong: "
+                     f"{', '.join(others[:ALSO_NAMED])}{more}")  # fmt: skip
+
+
+def _field_loc(err: Any) -> tuple[Any, ...]:
+    return tuple(p for p in err["loc"] if not _is_union_tag(p))
+
+
+def _explained(err: Any, alternatives: str, source: str, root: type[BaseModel]) -> SpecError:
+    """What is wrong with one field, and how to mend it."""
+    loc = _field_loc(err)
     field = _render_loc(loc)
     kind = err["type"]
     value = err.get("input")
