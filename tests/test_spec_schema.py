@@ -165,6 +165,8 @@ def test_init_keeps_what_is_there_and_names_the_examples(cli, tmp_path: Path) ->
     typo = cli("init", tmp_path / "t.yaml", "--example", "tiket")
     assert typo.code == 2 and "did you mean 'ticket'?" in typo.err and "starter" in typo.err
     assert "gateway" not in typo.err  # a gateway's config is not a workflow to start from
+    folder = cli("init", tmp_path, "--force")
+    assert folder.code == 2 and "is a folder; give a file name, such as" in folder.err
     nowhere = cli("init", tmp_path / "missing" / "a.yaml")
     assert nowhere.code == 2 and "does not exist" in nowhere.err
 

@@ -574,6 +574,8 @@ def init(
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UsageError(f"--example {example!r}: no such example; {hint}"
                          f"choose one of {', '.join(examples)}")  # fmt: skip
+    if file.is_dir():
+        raise UsageError(f"{file} is a folder; give a file name, such as {file / 'workflow.yaml'}")
     if file.exists() and not force:
         raise UsageError(f"{file} exists; give another name, or --force to overwrite it")
     writable("FILE", file)
