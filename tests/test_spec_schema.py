@@ -66,6 +66,7 @@ MUTATIONS = {
     "a debate of no agents": ("steps.1.debate", {"agents": 0, "rounds": 1}),
     "an unknown budget": ("budget", {"max_spend": 1.0}),
     "zero concurrency": ("concurrency", 0),
+    "an input named with a space": ("inputs", {"the question": None}),
 }
 
 

@@ -42,6 +42,7 @@ def spec_json_schema() -> dict[str, Any]:
     schema["properties"][SCHEMA_KEY] = {
         "type": "string", "description": "Where editors find this schema (the loader skips it)."}  # fmt: skip
     _as_markdown(schema)
+    _keys_by_pattern_only(schema)
     title = f"trilemma workflow spec, version {SPEC_VERSION}"
     return {"$schema": DIALECT, "title": title, **{k: v for k, v in schema.items() if k != "title"}}
 
@@ -65,6 +66,19 @@ def _attribute_docstrings() -> dict[str, dict[str, str]]:
                     and isinstance(doc.value.value, str)):  # fmt: skip
                 found.setdefault(node.name, {})[field.target.id] = inspect.cleandoc(doc.value.value)
     return found
+
+
+def _keys_by_pattern_only(node: Any) -> None:
+    """A mapping whose keys pydantic checks by pattern (inputs, route labels) takes no key
+    outside it: pydantic says ``patternProperties``, which lets any other key through."""
+    if isinstance(node, dict):
+        if "patternProperties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        for value in node.values():
+            _keys_by_pattern_only(value)
+    elif isinstance(node, list):
+        for item in node:
+            _keys_by_pattern_only(item)
 
 
 def _only(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
