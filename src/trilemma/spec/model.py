@@ -463,7 +463,8 @@ class Step(_Strict):
     vote: Vote | None = None
     """Self-consistency: samples in parallel, the majority answer (see :class:`Vote`)."""
     escalate: list[str] | None = None
-    """A cascade: the models a failed attempt moves up to, in order (see :meth:`Workflow.ladder`)."""
+    """A cascade: the models a failed attempt moves up to, in order; ``retries`` must reach
+    the last."""
     route: dict[Annotated[str, Field(pattern=ROUTE_LABEL_PATTERN, max_length=64)], Branch] | None = None
     """A routed step: its own model classifies the task by these labels, then the chosen
     branch answers (see :class:`Branch`)."""
