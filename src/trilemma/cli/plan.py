@@ -15,6 +15,7 @@ from rich.console import Console
 from trilemma.cli._common import (
     DEFAULT_JOURNAL,
     JsonFlag,
+    SetOpt,
     SpecFile,
     app,
     dollars,
@@ -23,6 +24,7 @@ from trilemma.cli._common import (
     progress,
     seconds,
     seed_option,
+    set_note,
     stdout_console,
     writable,
     write_atomic,
@@ -58,17 +60,20 @@ def book(
 
 
 @app.command(rich_help_panel="Predict")
-def estimate(spec: SpecFile, as_json: JsonFlag = False) -> int:
+def estimate(spec: SpecFile, sets: SetOpt = None, as_json: JsonFlag = False) -> int:
     """Analytic cost, critical-path latency and reliability of a workflow.
 
     Example: trilemma estimate examples/ticket.yaml --json
+
+    Example: trilemma estimate examples/starter.yaml --set models.cheap.p_ok=0.8
     """
-    wf = load_workflow(spec)
+    wf = load_workflow(spec, sets or ())
     e = estimate_wf(wf)
     if as_json:
         emit_json(e.to_json())
     else:
         console = stdout_console()
+        _print_set(console, sets)
         console.print(tables.estimate_table(e, title=f"Estimate of {spec}"))
         for line in [*tables.price_sources(wf), *tables.answer_caps(wf),
                      *tables.cache_assumptions(wf),
@@ -128,6 +133,7 @@ def simulate(
         help="Write cost and latency per run as histograms (PNG); with --hedge, each "
              "threshold's cost against p50/p95/p99.",
     )] = None,
+    sets: SetOpt = None,
     as_json: JsonFlag = False,
 ) -> int:
     """Monte Carlo of a workflow: success rate with a 95% interval, cost and latency tails.
@@ -144,7 +150,9 @@ def simulate(
     """  # fmt: skip
     check_runs(positive("--runs", runs))
     writable("--plot", plot)
-    wf = load_workflow(spec)
+    wf = load_workflow(spec, sets or ())
+    if not as_json:
+        _print_set(stdout_console(), sets)
     overrides = {
         k: v
         for k, v in dict(
@@ -291,6 +299,7 @@ def optimize(
     beam_width: Annotated[int, typer.Option(min=2, help="Beam width.")] = 256,
     out: Annotated[Path | None, typer.Option(help="Write the chosen spec here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the frontier as a PNG.")] = None,
+    sets: SetOpt = None,
     as_json: JsonFlag = False,
 ) -> int:
     """The cheapest choice of levers that meets the budgets, and the Pareto frontier.
@@ -301,7 +310,9 @@ def optimize(
     """
     writable("--out", out)
     writable("--plot", plot)
-    wf = load_workflow(spec)
+    wf = load_workflow(spec, sets or ())
+    if not as_json:
+        _print_set(stdout_console(), sets)
     for flag, value in (("--max-latency", max_latency), ("--min-reliability", min_reliability)):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} {value:g}: give a number above 0")
@@ -626,6 +637,13 @@ def schema(
     sys.stdout.write(f"written to {out}; a spec's first line `# yaml-language-server: "
                      f"$schema={out.name}` points an editor at it\n")  # fmt: skip
     return 0
+
+
+def _print_set(console: Console, sets: list[str] | None) -> None:
+    """Say first what ``--set`` changed, so that no figure is taken for the file's own."""
+    note = set_note(sets)
+    if note is not None:
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
 
 
 def _section(console: Console, title: str, command: str) -> None:

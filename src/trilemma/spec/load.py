@@ -13,7 +13,7 @@ import json
 import re
 import sys
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from trilemma import dag
-from trilemma.errors import CycleError, SpecError
+from trilemma.errors import CycleError, SpecError, UsageError
 from trilemma.spec.model import ROUTE_LABEL_PATTERN, SPEC_VERSION, STEP_ID_PATTERN, Step, Workflow
+from trilemma.spec.overrides import with_overrides
 from trilemma.spec.template import template_ok
 
 __all__ = ["STDIN", "dump_workflow", "load_workflow", "parse_workflow", "workflow_from_dict"]
@@ -46,11 +47,22 @@ def read_capped(path: str | Path, limit: int) -> bytes:
         return f.read(limit + 1)
 
 
-def load_workflow(path: str | Path) -> Workflow:
+def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> Workflow:
     """Read, parse and validate a spec file (YAML or JSON; ``-`` or :data:`STDIN` reads
-    standard input, as YAML, which JSON is too)."""
+    standard input, as YAML, which JSON is too), with ``overrides`` (``PATH=VALUE``, as
+    ``--set`` gives them: :func:`trilemma.spec.overrides.with_overrides`) set first."""
     data, source = read_document(path)
-    return workflow_from_dict(data, source)
+    try:
+        return workflow_from_dict(with_overrides(data, overrides), source)
+    except SpecError as exc:
+        if not overrides:
+            raise
+        try:
+            workflow_from_dict(data, source)
+        except SpecError:
+            raise exc from None  # the file itself is wrong: say so, as without --set
+        where = f"{exc.field}: " if exc.field else ""
+        raise UsageError(f"--set {', '.join(overrides)}: {where}{exc.problem}") from None
 
 
 def read_document(path: str | Path, what: str = "spec") -> tuple[object, str]:
