@@ -27,7 +27,7 @@ def test_paths_reach_steps_by_id_or_place_and_models_named_with_dots() -> None:
         "steps.b.retries=2", "steps[0].debate={agents: 3, rounds: 2}", "models.gpt-4.1.p_ok=0.99",
         "budget.max_cost_usd=0.5", "concurrency=4", "steps.a.prompt=",
     ])  # fmt: skip
-    assert DOC == before  # the parsed document is copied, not changed
+    assert before == DOC  # the parsed document is copied, not changed
     assert got["steps"][1]["retries"] == 2
     assert got["steps"][0]["debate"] == {"agents": 3, "rounds": 2}
     assert got["steps"][0]["prompt"] is None  # an empty value is null
