@@ -26,6 +26,7 @@ from trilemma.errors import (
 )
 from trilemma.plan.estimate import Estimate, StepEstimate, estimate
 from trilemma.plan.optimize import Candidate, OptimizeResult, optimize
+from trilemma.plan.sensitivity import Sensitivity, sensitivity
 from trilemma.plan.simulate import SimResult, simulate
 from trilemma.spec import (
     Budget,
@@ -96,6 +97,7 @@ __all__ = [
     "PlanError",
     "RunError",
     "RunResult",
+    "Sensitivity",
     "SharedCeiling",
     "SimResult",
     "Simulation",
@@ -117,6 +119,7 @@ __all__ = [
     "resume_async",
     "run_batch",
     "run_batch_async",
+    "sensitivity",
     "simulate",
     "workflow_from_dict",
 ]

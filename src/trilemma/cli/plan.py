@@ -35,6 +35,7 @@ from trilemma.plan import book as book_mod
 from trilemma.plan.estimate import estimate as estimate_wf
 from trilemma.plan.exercises import debate_vs_retry, routing_sweep, ticket_spend
 from trilemma.plan.optimize import optimize as optimize_wf
+from trilemma.plan.sensitivity import FACTOR
 from trilemma.plan.simulate import SimResult, check_runs, check_seed, under_budget
 from trilemma.plan.simulate import simulate as simulate_wf
 from trilemma.plan.thresholds import hedge_thresholds, parse_thresholds
@@ -549,6 +550,45 @@ def demo(
         "\nNext: `trilemma init` for a spec of your own to edit, `trilemma runs` for the journal, "
         "and trilemma --help."
     )
+    return 0
+
+
+@app.command(rich_help_panel="Predict")
+def sensitivity(
+    spec: SpecFile,
+    factor: Annotated[float, typer.Option(
+        min=1.01, max=100.0, help="Divide and multiply each guess by this (p_ok: its failure rate).",
+    )] = FACTOR,
+    plot: Annotated[Path | None, typer.Option(
+        help="Write a tornado a budget (cost, latency, runs that fail) as a PNG.")] = None,
+    sets: SetOpt = None,
+    as_json: JsonFlag = False,
+) -> int:
+    """Which guess the figures hang on: each model's p_ok, latency and price halved and doubled.
+
+    A profile's figures are guesses until `trilemma calibrate` measures them. Each one
+    (and each step's own p_ok) is moved in turn, the spec estimated again, and the guesses
+    that move the expected cost, the expected latency or the reliability most come first:
+    measure those first.
+
+    Example: trilemma sensitivity examples/starter.yaml --plot sensitivity.png
+    """  # fmt: skip
+    from trilemma.plan.sensitivity import sensitivity as sensitivity_of
+
+    writable("--plot", plot)
+    wf = load_workflow(spec, sets or ())
+    s = sensitivity_of(wf, factor)
+    title = f"Sensitivity of {spec}: each guess /{factor:g} and x{factor:g} (p_ok: its failure rate)"
+    if plot is not None:
+        from trilemma.report.plots import plot_sensitivity
+
+        plot_sensitivity(s, plot, title)
+    if as_json:
+        emit_json(s.to_json())
+        return 0
+    console = stdout_console()
+    _print_set(console, sets)
+    console.print(tables.sensitivity_table(s, title))
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from trilemma.errors import UsageError
 from trilemma.journal.store import call_outcome
 from trilemma.plan.exercises import RoutingSweep
 from trilemma.plan.optimize import OptimizeResult
+from trilemma.plan.sensitivity import Figures, Sensitivity
 from trilemma.plan.simulate import SimResult
 from trilemma.plan.thresholds import Threshold
 
@@ -32,6 +33,7 @@ __all__ = [
     "plot_frontier",
     "plot_hedge",
     "plot_routing",
+    "plot_sensitivity",
     "plot_simulation",
     "plot_sweep",
     "timeline_png",
@@ -132,6 +134,44 @@ def plot_frontier(r: OptimizeResult, path: str | Path) -> Path:
     ax.set_title("Pareto frontier")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
+    _save(fig, path)
+    return Path(path)
+
+
+#: Guesses a panel of the sensitivity plot shows at most (those that move its figure most).
+TORNADO_BARS = 10
+
+
+def plot_sensitivity(s: Sensitivity, path: str | Path, title: str = "Sensitivity") -> Path:
+    """A tornado a budget: for expected cost, expected latency and the failure rate, the
+    change each guess divided and multiplied by the factor makes, the largest on top."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 0.9 + 0.42 * min(TORNADO_BARS, max(
+        1, len(s.guesses)))))  # fmt: skip
+    panels: tuple[tuple[str, Callable[[Figures], float]], ...] = (
+        ("expected cost", lambda f: f.cost_usd), ("expected latency", lambda f: f.latency_s),
+        ("runs that fail", lambda f: 1.0 - f.reliability))  # fmt: skip
+    by = f"{s.factor:g}"
+    for ax, (label, figure) in zip(axes, panels, strict=True):
+        base = figure(s.base)
+        moves = [(g.name, figure(g.low), figure(g.high)) for g in s.guesses]
+        moves = [m for m in moves if base > 0 and (m[1] != base or m[2] != base)]
+        moves.sort(key=lambda m: abs(m[2] - m[1]))
+        moves = moves[-TORNADO_BARS:]
+        for y, (_, low, high) in enumerate(moves):
+            for value, colour, tag in ((low, "tab:blue", f"/{by}"), (high, "tab:red", f"x{by}")):
+                change = (value - base) / base * 100
+                ax.barh(y, change, color=colour, alpha=0.75,
+                        label=tag if y == len(moves) - 1 else None)  # fmt: skip
+        ax.set_yticks(range(len(moves)), [m[0] for m in moves], fontsize=8)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_xlabel(f"{label}: change from the spec's (%)")
+        ax.grid(axis="x", alpha=0.3)
+        if not moves:
+            ax.text(0.5, 0.5, "no guess moves it", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=9)  # fmt: skip
+        elif ax is axes[0]:
+            ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(title)
     _save(fig, path)
     return Path(path)
 

@@ -22,6 +22,7 @@ from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
 from trilemma.plan.fanin import SAMPLES
 from trilemma.plan.hedge import timeouts
 from trilemma.plan.optimize import Candidate, OptimizeResult, meets
+from trilemma.plan.sensitivity import Sensitivity
 from trilemma.plan.simulate import BudgetFor, SimResult
 from trilemma.plan.slots import over_rate
 from trilemma.plan.thresholds import Threshold
@@ -580,6 +581,46 @@ def hedge_table(rows: Sequence[Threshold], model: str) -> Table:
                      "deadline cancels a run still going (it fails), which cuts its cost and "
                      "caps its latency")  # fmt: skip
     return t
+
+
+def sensitivity_table(s: Sensitivity, title: str = "Sensitivity") -> Table:
+    """Each guess of a spec divided and multiplied by the factor, the figures it gives
+    beside the spec's own, the guess that moves them most first."""
+    t = FittedTable(title=title, title_justify="left")
+    by = f"{s.factor:g}"
+    for col, justify in (("guess", "left"), ("as written", "right"),
+                         (f"/{by} -> x{by}", "right"), ("expected cost", "right"),
+                         ("expected latency", "right"), ("reliability", "right")):  # fmt: skip
+        t.add_column(col, justify=justify)  # type: ignore[arg-type]
+    b = s.base
+    t.add_row("(the spec)", "", "", usd(b.cost_usd), f"{b.latency_s:.2f}s", _pct(b.reliability))
+    for g in s.guesses:
+        shown = _guess_value if g.knob != "price" else usd
+        t.add_row(
+            g.name, shown(g.value), f"{shown(g.low_value)} -> {shown(g.high_value)}",
+            _span(g.low.cost_usd, g.high.cost_usd, b.cost_usd, usd),
+            _span(g.low.latency_s, g.high.latency_s, b.latency_s, lambda x: f"{x:.2f}s"),
+            _span(g.low.reliability, g.high.reliability, b.reliability, _pct),
+        )  # fmt: skip
+    t.caption = (f"each guess divided and multiplied by {by} in turn, the others as written "
+                 f"(p_ok: its failure rate, so /{by} fails {by}x less often); the guesses that "
+                 "move a figure most come first (reliability counted by the runs that fail). "
+                 "Measure those first: `trilemma calibrate` for a model's p_ok and latency, "
+                 "its price list for a price")  # fmt: skip
+    return t
+
+
+def _guess_value(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _span(low: float, high: float, base: float, shown: Any) -> str:
+    """A figure at the guess divided and multiplied, or '-' where it does not move."""
+    if math.isclose(low, base, rel_tol=1e-9, abs_tol=1e-12) and math.isclose(
+        high, base, rel_tol=1e-9, abs_tol=1e-12
+    ):
+        return "-"
+    return f"{shown(low)} -> {shown(high)}"
 
 
 def _change(value: float, base: float) -> str:

@@ -1,0 +1,82 @@
+"""Sensitivity: each guess of a spec halved and doubled, the estimate worked out again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trilemma import estimate, parse_workflow
+from trilemma.plan.sensitivity import sensitivity
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+SPEC = """
+version: 1
+models:
+  big: {usd_per_call: 0.03, latency_s: 2.0, p_ok: 0.99}
+  small: {usd_per_call: 0.002, latency_s: 0.5, p_ok: 0.9}
+  tokens: {usd_per_1m_input: 1.0, usd_per_1m_output: 4.0, prompt_tokens: 1000,
+           completion_tokens: 250, latency_s: 0.1, p_ok: 1.0}
+  unused: {usd_per_call: 9, latency_s: 9, p_ok: 0.5}
+steps:
+  - {id: draft, model: small, retries: 1}
+  - {id: write, model: big, after: [draft]}
+  - {id: tidy, model: tokens, after: [write]}
+  - {id: judged, model: small, p_ok: 0.8, after: [draft]}
+"""
+
+
+def test_each_guess_moves_what_it_should_and_nothing_else() -> None:
+    wf = parse_workflow(SPEC)
+    s = sensitivity(wf)
+    guesses = {g.name: g for g in s.guesses}
+    assert "unused.p_ok" not in guesses and "tokens.p_ok" not in guesses  # unused; never fails
+    assert set(guesses) == {"big.p_ok", "big.latency_s", "big.price", "small.p_ok",
+                            "small.latency_s", "small.price", "tokens.latency_s", "tokens.price",
+                            "steps.judged.p_ok"}  # fmt: skip
+    base = estimate(wf, draw_runs=False)
+    assert s.base.cost_usd == pytest.approx(base.cost_expected)
+    small = guesses["small.p_ok"]
+    assert (small.low_value, small.high_value) == pytest.approx((0.95, 0.8))
+    # the draft's retried step is the one that reads small's p_ok; judged has its own
+    assert small.low.reliability == pytest.approx(0.99 * (1 - 0.05**2) * 0.8)
+    assert small.high.reliability == pytest.approx(0.99 * (1 - 0.2**2) * 0.8)
+    judged = guesses["steps.judged.p_ok"]
+    assert judged.high.reliability == pytest.approx(0.99 * (1 - 0.1**2) * 0.6)
+    price = guesses["big.price"]
+    assert price.high.cost_usd - s.base.cost_usd == pytest.approx(0.03)
+    assert price.high.reliability == s.base.reliability and price.high.latency_s == s.base.latency_s
+    tokens = guesses["tokens.price"]  # token prices scaled together: the call costs twice as much
+    assert tokens.value == pytest.approx(0.002) and tokens.high_value == pytest.approx(0.004)
+    assert tokens.high.cost_usd - s.base.cost_usd == pytest.approx(0.002)
+    late = guesses["big.latency_s"]
+    assert late.high.latency_s - s.base.latency_s == pytest.approx(2.0)
+    swings = [g.swing(s.base) for g in s.guesses]
+    assert swings == sorted(swings, reverse=True)
+
+
+def test_models_a_cascade_or_a_route_calls_count_and_the_factor_is_checked() -> None:
+    cascade = parse_workflow((EXAMPLES / "cascade.yaml").read_text())
+    names = {g.name.split(".")[0] for g in sensitivity(cascade).guesses}
+    assert names == set(cascade.models)
+    routed = parse_workflow((EXAMPLES / "routed.yaml").read_text())
+    assert {g.name.split(".")[0] for g in sensitivity(routed).guesses} == set(routed.models)
+    three = {g.name: g for g in sensitivity(routed, 3.0).guesses}["premium.latency_s"]
+    assert (three.low_value, three.high_value) == pytest.approx((2 / 3, 6.0))
+    with pytest.raises(ValueError, match="above 1"):
+        sensitivity(routed, 1.0)
+
+
+def test_the_command_prints_writes_a_tornado_and_takes_set(cli, tmp_path: Path) -> None:
+    starter = EXAMPLES / "starter.yaml"
+    r = cli("sensitivity", starter, "--plot", tmp_path / "s.png")
+    assert r.code == 0, r.err
+    rows = [line for line in r.out.splitlines() if line.startswith("│")]
+    assert rows[0].split("│")[1].strip() == "(the spec)" and "cheap.p_ok" in rows[1]
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = cli("sensitivity", starter, "--json", "--set", "models.cheap.p_ok=1").json()
+    assert data["factor"] == 2 and "cheap.p_ok" not in [g["name"] for g in data["guesses"]]
+    assert set(data["guesses"][0]) == {"name", "knob", "value", "low", "high"}
+    bad = cli("sensitivity", starter, "--factor", "1")
+    assert bad.code == 2 and "--factor" in bad.err
