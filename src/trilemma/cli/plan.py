@@ -36,6 +36,7 @@ from trilemma.plan.estimate import estimate as estimate_wf
 from trilemma.plan.exercises import debate_vs_retry, routing_sweep, ticket_spend
 from trilemma.plan.optimize import optimize as optimize_wf
 from trilemma.plan.sensitivity import FACTOR
+from trilemma.plan.sensitivity import sensitivity as sensitivity_of  # the command's name
 from trilemma.plan.simulate import SimResult, check_runs, check_seed, under_budget
 from trilemma.plan.simulate import simulate as simulate_wf
 from trilemma.plan.thresholds import hedge_thresholds, parse_thresholds
@@ -573,8 +574,6 @@ def sensitivity(
 
     Example: trilemma sensitivity examples/starter.yaml --plot sensitivity.png
     """  # fmt: skip
-    from trilemma.plan.sensitivity import sensitivity as sensitivity_of
-
     writable("--plot", plot)
     wf = load_workflow(spec, sets or ())
     s = sensitivity_of(wf, factor)
@@ -590,6 +589,10 @@ def sensitivity(
     _print_set(console, sets)
     console.print(tables.sensitivity_table(s, title))
     return 0
+
+
+#: The file ``trilemma init`` writes the spec's JSON Schema to, beside the spec.
+SCHEMA_FILE = "trilemma.schema.json"
 
 
 @app.command(rich_help_panel="Predict")
@@ -644,10 +647,6 @@ def init(
                      f"next: trilemma estimate {_shown(file)}, then trilemma run "
                      f"{_shown(file)}{' ' + needed if needed else ''}\n")  # fmt: skip
     return 0
-
-
-#: The file ``trilemma init`` writes the spec's JSON Schema to, beside the spec.
-SCHEMA_FILE = "trilemma.schema.json"
 
 
 @app.command(rich_help_panel="Predict")
