@@ -61,7 +61,8 @@ def test_models_a_cascade_or_a_route_calls_count_and_the_factor_is_checked() -> 
     names = {g.name.split(".")[0] for g in sensitivity(cascade).guesses}
     assert names == set(cascade.models)
     routed = parse_workflow((EXAMPLES / "routed.yaml").read_text())
-    assert {g.name.split(".")[0] for g in sensitivity(routed).guesses} == set(routed.models)
+    models = {g.name.split(".")[0] for g in sensitivity(routed).guesses if g.knob != "share"}
+    assert models == set(routed.models)
     three = {g.name: g for g in sensitivity(routed, 3.0).guesses}["premium.latency_s"]
     assert (three.low_value, three.high_value) == pytest.approx((2 / 3, 6.0))
     with pytest.raises(ValueError, match="above 1"):
@@ -80,3 +81,19 @@ def test_the_command_prints_writes_a_tornado_and_takes_set(cli, tmp_path: Path) 
     assert set(data["guesses"][0]) == {"name", "knob", "value", "low", "high"}
     bad = cli("sensitivity", starter, "--factor", "1")
     assert bad.code == 2 and "--factor" in bad.err
+
+
+def test_a_routes_shares_and_a_caches_hit_rate_are_guesses_too() -> None:
+    routed = parse_workflow((EXAMPLES / "routed.yaml").read_text())
+    guesses = {g.name: g for g in sensitivity(routed).guesses}
+    assert "steps.answer.route.simple.share" not in guesses  # the likeliest: the rest set it
+    hard = guesses["steps.answer.route.hard.share"]
+    assert (hard.low_value, hard.high_value) == pytest.approx((0.075, 0.30))
+    doubled = routed.model_copy(update={"steps": [routed.steps[0].model_copy(update={"route": {
+        "simple": routed.steps[0].route["simple"].model_copy(update={"share": 0.70}),
+        "hard": routed.steps[0].route["hard"].model_copy(update={"share": 0.30})}})]})  # fmt: skip
+    assert hard.high.cost_usd == pytest.approx(estimate(doubled, draw_runs=False).cost_expected)
+    cached = parse_workflow((EXAMPLES / "semantic-cache.yaml").read_text())
+    hits = {g.name: g for g in sensitivity(cached).guesses}["steps.answer.cached.hit_rate"]
+    assert (hits.low_value, hits.high_value) == pytest.approx((0.695, 0.0))  # misses /2 and x2
+    assert hits.high.cost_usd == pytest.approx(0.03)  # every run asks the model

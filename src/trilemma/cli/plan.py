@@ -567,17 +567,18 @@ def sensitivity(
 ) -> int:
     """Which guess the figures hang on: each model's p_ok, latency and price halved and doubled.
 
-    A profile's figures are guesses until `trilemma calibrate` measures them. Each one
-    (and each step's own p_ok) is moved in turn, the spec estimated again, and the guesses
-    that move the expected cost, the expected latency or the reliability most come first:
-    measure those first.
+    A profile's figures are guesses until `trilemma calibrate` measures them. Each one (and
+    each step's own p_ok, a route's branch shares, a cache's planned hit rate) is moved in
+    turn, the spec estimated again, and the guesses that move the expected cost, the
+    expected latency or the reliability most come first: measure those first.
 
     Example: trilemma sensitivity examples/starter.yaml --plot sensitivity.png
     """  # fmt: skip
     writable("--plot", plot)
     wf = load_workflow(spec, sets or ())
     s = sensitivity_of(wf, factor)
-    title = f"Sensitivity of {spec}: each guess /{factor:g} and x{factor:g} (p_ok: its failure rate)"
+    title = (f"Sensitivity of {spec}: each guess /{factor:g} and x{factor:g} (p_ok and "
+             "hit_rate: their failure and miss rates)")  # fmt: skip
     if plot is not None:
         from trilemma.report.plots import plot_sensitivity
 

@@ -1,10 +1,12 @@
 """Which of a spec's guesses its figures hang on.
 
 A model profile's ``p_ok``, ``latency_s`` and price are guesses until ``trilemma calibrate``
-measures them (or a price list is read), as is a step's own ``p_ok``. Here each is halved
-and doubled in turn (``p_ok`` by its failure rate: a model that fails half as often, or
-twice as often) and the estimate worked out again, so that the guess to measure first is
-the one that moves the cost, the latency or the reliability most.
+measures them (or a price list is read), as are a step's own ``p_ok``, a route's branch
+shares and a cache's planned ``hit_rate``. Here each is halved and doubled in turn
+(``p_ok`` by its failure rate: a model that fails half as often, or twice as often;
+``hit_rate`` by its miss rate; a branch's share with the other branches taking the rest)
+and the estimate worked out again, so that the guess to measure first is the one that
+moves the cost, the latency or the reliability most.
 
 >>> from trilemma.spec import parse_workflow
 >>> wf = parse_workflow('''
@@ -32,7 +34,7 @@ __all__ = ["FACTOR", "Figures", "Guess", "Sensitivity", "sensitivity"]
 FACTOR = 2.0
 """How far each guess is moved, down and up: halved and doubled."""
 
-Knob = Literal["p_ok", "latency_s", "price"]
+Knob = Literal["p_ok", "latency_s", "price", "share", "hit_rate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +62,8 @@ class Guess:
     """One guess of the spec, moved down and up."""
 
     name: str
-    """``MODEL.p_ok``, ``MODEL.latency_s``, ``MODEL.price`` or ``steps.ID.p_ok``."""
+    """``MODEL.p_ok``, ``MODEL.latency_s``, ``MODEL.price``, ``steps.ID.p_ok``,
+    ``steps.ID.route.LABEL.share`` or ``steps.ID.cached.hit_rate``."""
     knob: Knob
     value: float
     """As the spec has it (a price: dollars per call)."""
@@ -103,9 +106,10 @@ class Sensitivity:
 
 
 def sensitivity(wf: Workflow, factor: float = FACTOR) -> Sensitivity:
-    """Each model's ``p_ok``, latency and price, and each step's own ``p_ok``, divided and
-    multiplied by ``factor`` in turn (``p_ok`` by its failure rate), the spec estimated
-    again for each; sorted by :meth:`Guess.swing`, the largest first."""
+    """Each used model's ``p_ok``, latency and price, each step's own ``p_ok``, the share of
+    each of a route's branches but its likeliest, and each cache's planned hit rate under 1,
+    divided and multiplied by ``factor`` in turn (see the module's docstring), the spec
+    estimated again for each; sorted by :meth:`Guess.swing`, the largest first."""
     if not factor > 1.0 or not math.isfinite(factor):
         raise ValueError(f"factor must be a finite number above 1, not {factor!r}")
     races = wf.stop_when is not None  # a stop's reliability is drawn where steps race it
@@ -122,9 +126,15 @@ def sensitivity(wf: Workflow, factor: float = FACTOR) -> Sensitivity:
 
 
 def _moved(knob: Knob, value: float, by: float) -> float:
-    if knob != "p_ok":
-        return value * by
-    return max(1.0 - (1.0 - value) * by, 1e-6)  # the failure rate scaled; some calls succeed
+    if knob in ("p_ok", "hit_rate"):  # the failure (miss) rate scaled; some calls succeed
+        return max(1.0 - (1.0 - value) * by, 1e-6 if knob == "p_ok" else 0.0)
+    if knob == "share":  # a branch taken more or less often; the others take the rest
+        return min(value * by, 1.0 - SHARE_LEFT)
+    return value * by
+
+
+#: The least share a route's other branches keep when one branch's share is multiplied.
+SHARE_LEFT = 0.01
 
 
 def _knobs(wf: Workflow) -> list[tuple[str, Knob, float, Callable[[float], Workflow]]]:
@@ -142,7 +152,48 @@ def _knobs(wf: Workflow) -> list[tuple[str, Knob, float, Callable[[float], Workf
     for i, s in enumerate(wf.steps):
         if s.p_ok is not None:
             out.append((f"steps.{s.id}.p_ok", "p_ok", s.p_ok, _step_p(wf, i)))
+        if s.route is not None:  # every branch but the likeliest, whose share the rest set
+            likeliest = max(s.route, key=lambda k: s.route[k].share)  # type: ignore[index]
+            for label, b in s.route.items():
+                if label != likeliest:
+                    out.append((f"steps.{s.id}.route.{label}.share", "share", b.share,
+                                _share(wf, i, label)))  # fmt: skip
+        rule = s.cache_rule
+        if rule is not None and rule.hit_rate < 1.0:
+            out.append((f"steps.{s.id}.cached.hit_rate", "hit_rate", rule.hit_rate,
+                        _hit_rate(wf, i)))  # fmt: skip
     return out
+
+
+def _share(wf: Workflow, i: int, label: str) -> Callable[[float], Workflow]:
+    """A route whose branch ``label`` is taken with another share, the others scaled to the
+    rest in proportion."""
+
+    def change(v: float) -> Workflow:
+        step = wf.steps[i]
+        assert step.route is not None
+        rest = 1.0 - step.route[label].share
+        route = {k: b.model_copy(update={
+            "share": v if k == label else b.share * (1.0 - v) / rest}) for k, b in step.route.items()}  # fmt: skip
+        return _with_step(wf, i, step.model_copy(update={"route": route}))
+
+    return change
+
+
+def _hit_rate(wf: Workflow, i: int) -> Callable[[float], Workflow]:
+    def change(v: float) -> Workflow:
+        step = wf.steps[i]
+        assert step.cache_rule is not None
+        return _with_step(wf, i, step.model_copy(update={
+            "cached": step.cache_rule.model_copy(update={"hit_rate": v})}))  # fmt: skip
+
+    return change
+
+
+def _with_step(wf: Workflow, i: int, step: Step) -> Workflow:
+    steps = list(wf.steps)
+    steps[i] = step
+    return wf.model_copy(update={"steps": steps})
 
 
 def _models_of(wf: Workflow, s: Step) -> list[str]:
@@ -170,8 +221,6 @@ def _profile(
 
 def _step_p(wf: Workflow, i: int) -> Callable[[float], Workflow]:
     def change(v: float) -> Workflow:
-        steps = list(wf.steps)
-        steps[i] = steps[i].model_copy(update={"p_ok": v})
-        return wf.model_copy(update={"steps": steps})
+        return _with_step(wf, i, wf.steps[i].model_copy(update={"p_ok": v}))
 
     return change

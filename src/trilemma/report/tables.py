@@ -603,7 +603,8 @@ def sensitivity_table(s: Sensitivity, title: str = "Sensitivity") -> Table:
             _span(g.low.reliability, g.high.reliability, b.reliability, _pct),
         )  # fmt: skip
     t.caption = (f"each guess divided and multiplied by {by} in turn, the others as written "
-                 f"(p_ok: its failure rate, so /{by} fails {by}x less often); the guesses that "
+                 f"(p_ok: its failure rate, so /{by} fails {by}x less often; hit_rate: its miss "
+                 "rate; a route's share: the other branches take the rest); the guesses that "
                  "move a figure most come first (reliability counted by the runs that fail). "
                  "Measure those first: `trilemma calibrate` for a model's p_ok and latency, "
                  "its price list for a price")  # fmt: skip
