@@ -178,3 +178,28 @@ def test_init_writes_a_json_spec_with_its_schema_as_a_key(cli, tmp_path: Path) -
     data = json.loads(spec.read_text())
     assert data["$schema"] == "trilemma.schema.json"
     assert workflow_from_dict(data) == workflow_from_dict(yaml.safe_load((EXAMPLES / "faq.yaml").read_text()))
+
+
+def test_a_gateways_config_has_its_schema_too(cli, write) -> None:
+    from trilemma.gateway.config import gateway_json_schema, load_gateway_config
+
+    printed = cli("schema", "--gateway")
+    assert printed.code == 0 and json.loads(printed.out) == gateway_json_schema()
+    schema = gateway_json_schema()
+    validator = jsonschema.Draft7Validator(schema)
+    config = yaml.safe_load((EXAMPLES / "gateway.yaml").read_text())
+    assert validator.is_valid(config)
+    assert not validator.is_valid(yaml.safe_load((EXAMPLES / "ticket.yaml").read_text()))
+    missing = [f"{name}.{field}"
+               for name, definition in [("GatewayConfig", schema), *schema["$defs"].items()]
+               for field, prop in definition.get("properties", {}).items()
+               if not prop.get("description")]  # fmt: skip
+    assert missing == []
+    for path, value in (("keys.team-a.max_cost_usd", -1), ("keys.team-a.key_env", "1BAD"),
+                        ("keys.team-a.budget", 5), ("health", {"failures": 0})):  # fmt: skip
+        bad = _set(config, path, value)
+        assert not validator.is_valid(bad), path
+        with pytest.raises(SpecError):
+            load_gateway_config(write(yaml.safe_dump(bad), name="gw.yaml"))
+    pointed = write(json.dumps({"$schema": "gateway.schema.json", **config}), name="gw.json")
+    assert load_gateway_config(pointed).keys.keys() == {"team-a", "team-b"}

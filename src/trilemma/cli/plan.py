@@ -653,6 +653,9 @@ def init(
 @app.command(rich_help_panel="Predict")
 def schema(
     out: Annotated[Path | None, typer.Option(help="Write it here instead of stdout.")] = None,
+    gateway: Annotated[bool, typer.Option(
+        "--gateway", help="The schema of a gateway's config (trilemma gateway FILE) instead.",
+    )] = False,
 ) -> int:
     """The JSON Schema of a workflow spec, for editors: completion and checks as you type.
 
@@ -663,13 +666,16 @@ def schema(
     is the full check (steps and models named, no cycle, a price given).
 
     Example: trilemma schema --out trilemma.schema.json
+
+    Example: trilemma schema --gateway --out gateway.schema.json
     """
     import json
 
+    from trilemma.gateway.config import gateway_json_schema
     from trilemma.spec.schema import spec_json_schema
 
     writable("--out", out)
-    text = json.dumps(spec_json_schema(), indent=2) + "\n"
+    text = json.dumps(gateway_json_schema() if gateway else spec_json_schema(), indent=2) + "\n"
     if out is None:
         sys.stdout.write(text)
         return 0

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -33,7 +34,8 @@ from trilemma.spec.load import read_document, validate_document
 from trilemma.spec.model import STEP_ID_PATTERN, Price
 
 __all__ = [
-    "GatewayConfig", "Health", "KeyConfig", "SharedConfig", "load_gateway_config", "secrets_of",
+    "GatewayConfig", "Health", "KeyConfig", "SharedConfig", "gateway_json_schema",
+    "load_gateway_config", "secrets_of",
 ]  # fmt: skip
 
 
@@ -43,9 +45,11 @@ class KeyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    """The environment variable holding the key's secret, read when the gateway starts."""
     max_cost_usd: Price | None = None
+    """The key's spend ceiling in dollars, which no request can take it over; none: no ceiling."""
     models: list[str] | None = None
-    """None: every model of the gateway."""
+    """The models the key may call; none: every model of the gateway."""
     rpm: Annotated[int, Field(ge=1)] | None = None
     """Requests a minute; past it a request gets a 429 with Retry-After."""
     tpm: Annotated[int, Field(ge=1)] | None = None
@@ -75,6 +79,7 @@ class Health(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     failures: Annotated[int, Field(ge=1)] = 3
+    """Retryable failures in a row after which a model with fallbacks is rested."""
     cooldown_s: Annotated[float, Field(ge=0.0, le=86_400.0)] = 30.0
     """Seconds its requests go straight to its fallbacks."""
 
@@ -85,8 +90,11 @@ class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: int
+    """The config format's version: 1."""
     models: dict[str, ModelProfile]
+    """The models served, by the name clients ask for: profiles as in a workflow spec."""
     keys: dict[Annotated[str, Field(pattern=STEP_ID_PATTERN, max_length=64)], KeyConfig]
+    """The client keys, by name (see `KeyConfig`)."""
     cache: bool | CacheRule = False
     """Answer a repeated request (``true``), or also a similar one (``{similarity: S}``), from
     the journal's cache, billed nothing. Each key sees only its own answers."""
@@ -94,6 +102,7 @@ class GatewayConfig(BaseModel):
     """Per model, the models to try in turn when it fails in a way worth retrying (5xx,
     timeout, 429, no connection); each try is reserved and billed on its own."""
     health: Health = Health()
+    """When a model with fallbacks is rested, and for how long (see `Health`)."""
     shared: SharedConfig | None = None
     """Hold the keys' ceilings in Redis, so that several gateway processes share them."""
     keep_calls_days: Annotated[float, Field(gt=0.0, le=36_500.0, allow_inf_nan=False)] | None = None
@@ -110,6 +119,15 @@ class GatewayConfig(BaseModel):
         """The models a key may call."""
         chosen = self.keys[key].models
         return list(self.models) if chosen is None else chosen
+
+
+def gateway_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a gateway's config (``trilemma schema --gateway``), for editors."""
+    from trilemma.spec import model
+    from trilemma.spec.schema import json_schema
+
+    return json_schema(GatewayConfig, "trilemma gateway config, version 1", model,
+                       sys.modules[__name__])  # fmt: skip
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:

@@ -101,6 +101,7 @@ def validate_document(model: type[M], data: object, source: str) -> M:
         kind = "empty file" if data is None else f"a {type(data).__name__}"
         raise SpecError(source, "", f"the top level is {kind}, not a mapping of fields")
     _check_version(data, source)
+    data = _without_schema_key(data, source)
     try:
         return model.model_validate(dict(data))
     except ValidationError as exc:
@@ -126,11 +127,7 @@ def workflow_from_dict(data: object, source: str = "<dict>") -> Workflow:
         kind = type(data).__name__
         raise SpecError(source, "", f"the top level is a {kind}, not a mapping of spec fields")
     _check_version(data, source)
-    if SCHEMA_KEY in data:  # an editor's pointer to `trilemma schema`, not a field of the spec
-        if not isinstance(data[SCHEMA_KEY], str):
-            raise SpecError(source, SCHEMA_KEY, "should be the path or URL of the spec's JSON "
-                            "Schema, in quotes (`trilemma schema --out FILE` writes one)")  # fmt: skip
-        data = {k: v for k, v in data.items() if k != SCHEMA_KEY}
+    data = _without_schema_key(data, source)
     if "keys" in data and "steps" not in data:
         raise SpecError(source, "keys", "this is a gateway's config, not a workflow spec: "
                         "`trilemma gateway FILE` serves it (a workflow names its steps:)")  # fmt: skip
@@ -147,6 +144,17 @@ def dump_workflow(wf: Workflow) -> str:
     data = wf.model_dump(mode="json", exclude_defaults=True)
     data = {"version": wf.version, **{k: v for k, v in data.items() if k != "version"}}
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+
+
+def _without_schema_key(data: Mapping[Any, Any], source: str) -> Mapping[Any, Any]:
+    """The document without its ``$schema`` (an editor's pointer to ``trilemma schema``, not
+    a field of it), which must be text."""
+    if SCHEMA_KEY not in data:
+        return data
+    if not isinstance(data[SCHEMA_KEY], str):
+        raise SpecError(source, SCHEMA_KEY, "should be the path or URL of the document's JSON "
+                        "Schema, in quotes (`trilemma schema --out FILE` writes one)")  # fmt: skip
+    return {k: v for k, v in data.items() if k != SCHEMA_KEY}
 
 
 def _check_version(data: Mapping[Any, Any], source: str) -> None:

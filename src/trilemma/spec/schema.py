@@ -16,13 +16,16 @@ import ast
 import inspect
 import itertools
 import re
+from types import ModuleType
 from typing import Any
+
+from pydantic import BaseModel
 
 from trilemma.spec import model
 from trilemma.spec.load import SCHEMA_KEY
 from trilemma.spec.model import SPEC_VERSION, Workflow
 
-__all__ = ["DIALECT", "spec_json_schema"]
+__all__ = ["DIALECT", "json_schema", "spec_json_schema"]
 
 #: Draft 7, the newest the YAML language server (VS Code's YAML extension) checks with;
 #: pydantic's schema uses nothing later (its ``$defs`` are reached by JSON pointers).
@@ -31,9 +34,19 @@ DIALECT = "http://json-schema.org/draft-07/schema#"
 
 def spec_json_schema() -> dict[str, Any]:
     """The JSON Schema of a version-1 workflow spec, field docstrings as descriptions."""
-    schema = Workflow.model_json_schema()
-    notes = _attribute_docstrings()
-    for name, definition in [("Workflow", schema), *schema.get("$defs", {}).items()]:
+    return json_schema(Workflow, f"trilemma workflow spec, version {SPEC_VERSION}", model)
+
+
+def json_schema(root: type[BaseModel], title: str, *sources: ModuleType) -> dict[str, Any]:
+    """The JSON Schema of a document ``root`` validates (a workflow spec, a gateway's
+    config), the docstrings under the fields of the classes in ``sources`` as descriptions;
+    its ``version`` held to :data:`SPEC_VERSION` and a ``$schema`` key allowed, as the
+    loader has them."""
+    schema = root.model_json_schema()
+    notes: dict[str, dict[str, str]] = {}
+    for module in sources:
+        notes.update(_attribute_docstrings(module))
+    for name, definition in [(root.__name__, schema), *schema.get("$defs", {}).items()]:
         for field, prop in definition.get("properties", {}).items():
             if field in notes.get(name, {}):
                 prop.setdefault("description", notes[name][field])
@@ -43,17 +56,16 @@ def spec_json_schema() -> dict[str, Any]:
         "type": "string", "description": "Where editors find this schema (the loader skips it)."}  # fmt: skip
     _as_markdown(schema)
     _keys_by_pattern_only(schema)
-    title = f"trilemma workflow spec, version {SPEC_VERSION}"
     return {"$schema": DIALECT, "title": title, **{k: v for k, v in schema.items() if k != "title"}}
 
 
-def _attribute_docstrings() -> dict[str, dict[str, str]]:
-    """Per class of :mod:`trilemma.spec.model`, the docstring under each field, read from
-    the source only when a schema is asked for (pydantic's ``use_attribute_docstrings``
-    would read it at every import)."""
+def _attribute_docstrings(module: ModuleType) -> dict[str, dict[str, str]]:
+    """Per class of ``module``, the docstring under each field, read from the source only
+    when a schema is asked for (pydantic's ``use_attribute_docstrings`` would read it at
+    every import)."""
     found: dict[str, dict[str, str]] = {}
     try:
-        source = inspect.getsource(model)
+        source = inspect.getsource(module)
     except OSError:  # installed without its sources: a schema without descriptions
         return found
     for node in ast.parse(source).body:
