@@ -46,6 +46,7 @@ def test_paths_reach_steps_by_id_or_place_and_models_named_with_dots() -> None:
     ("steps.a=1", "a whole entry of steps is not set here"),
     ("version.x=1", "version is not a mapping of fields here, so it has no 'x'"),
     ("steps.a.debate={agents: 3", "is not a YAML value"),
+    ("steps.a.prompt=[&a [x, x], [*a, *a]]", "YAML aliases (*name) are not taken here"),
 ])  # fmt: skip
 def test_a_set_that_cannot_apply_names_itself_and_the_fix(given: str, words: str) -> None:
     with pytest.raises(UsageError) as err:

@@ -40,6 +40,9 @@ def with_overrides(data: object, overrides: Sequence[str]) -> object:
             raise UsageError(f"--set {given!r}: write it as PATH=VALUE, such as "
                              "models.small.p_ok=0.9 or steps.answer.retries=2")  # fmt: skip
         try:
+            if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text)):
+                raise UsageError(f"--set {path}: write the value out; YAML aliases (*name) are "
+                                 "not taken here")  # fmt: skip
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem", None) or "not YAML"
