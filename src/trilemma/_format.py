@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Iterable
 from decimal import Decimal
 
-__all__ = ["count", "dollars"]
+__all__ = ["count", "did_you_mean", "dollars"]
 
 
 def dollars(x: float) -> str:
@@ -23,3 +25,10 @@ def count(n: int) -> str:
     if n < 10**15:
         return f"{n:,}"
     return f"{Decimal(n):.1e}".replace("+", "")  # a float would overflow past 1e308
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the option spelt nearest ``name``, or nothing: the hint
+    every message about an unknown name gives."""
+    close = difflib.get_close_matches(name, [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

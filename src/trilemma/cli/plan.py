@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.console import Console
 
+from trilemma._format import did_you_mean
 from trilemma.cli._common import (
     DEFAULT_JOURNAL,
     JsonFlag,
@@ -616,7 +617,6 @@ def init(
 
     Example: trilemma init --example ticket ticket.yaml
     """
-    import difflib
     import json
 
     import yaml
@@ -625,10 +625,9 @@ def init(
 
     examples = workflow_examples()
     if example not in examples:
-        close = difflib.get_close_matches(example, examples, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UsageError(f"--example {example!r}: no such example; {hint}"
-                         f"choose one of {', '.join(examples)}")  # fmt: skip
+        raise UsageError(f"--example {example!r}: no such example"
+                         f"{did_you_mean(example, examples)}; choose one of "
+                         f"{', '.join(examples)}")  # fmt: skip
     if file.is_dir():
         raise UsageError(f"{file} is a folder; give a file name, such as {file / 'workflow.yaml'}")
     if file.exists() and not force:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from trilemma._format import did_you_mean
 from trilemma._tasks import run_whole
 from trilemma.errors import UsageError
 from trilemma.experiments.tasks import SUITES, Task
@@ -128,11 +129,8 @@ def calibrate(
     from trilemma.run.session import build_providers
 
     if suite not in SUITES:
-        import difflib
-
-        close = difflib.get_close_matches(suite, SUITES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UsageError(f"--suite {suite!r}: no such suite{hint}; choose from {', '.join(SUITES)}")
+        raise UsageError(f"--suite {suite!r}: no such suite{did_you_mean(suite, SUITES)}; "
+                         f"choose from {', '.join(SUITES)}")
     if model not in wf.models:
         raise UsageError(
             f"--model {model!r}: the spec has no such model; it has {', '.join(wf.models)}"

@@ -197,9 +197,8 @@ def _with_step(wf: Workflow, i: int, step: Step) -> Workflow:
 
 
 def _models_of(wf: Workflow, s: Step) -> list[str]:
-    """The models a step may call: its own, a cascade's rungs, a route's branches."""
-    branches = [b.model for b in s.route.values()] if s.route else []
-    return [s.model, *(s.escalate or []), *branches]
+    """The models a step may call: its ladder (its own, a cascade's rungs), a route's branches."""
+    return [*wf.ladder(s), *(b.model for b in (s.route or {}).values())]
 
 
 def _priced(m: ModelProfile, per_call: float) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from trilemma import dag
+from trilemma._format import did_you_mean
 from trilemma.errors import CycleError, SpecError, UsageError
 from trilemma.spec.model import ROUTE_LABEL_PATTERN, SPEC_VERSION, STEP_ID_PATTERN, Step, Workflow
 from trilemma.spec.overrides import with_overrides
@@ -295,8 +296,7 @@ def _did_you_mean(name: str, options: typing.Iterable[str]) -> str:
     other = _OTHER_NAMES.get(name.lower())
     if other is not None and other in options:
         return f" (did you mean {other!r}?)"
-    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(name, options)
 
 
 # --------------------------------------------------------------------- parse helpers

@@ -13,13 +13,13 @@ document is then validated as any spec is, so a value out of bounds is named by 
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
+from trilemma._format import did_you_mean
 from trilemma.errors import UsageError
 
 __all__ = ["with_overrides"]
@@ -94,7 +94,7 @@ def _set(doc: dict[str, Any], path: str, value: Any, given: str) -> None:
         if key not in node:
             if walked == "models":  # a profile is named in the spec, never made up here
                 raise UsageError(f"--set {given!r}: no model {key!r}"
-                                 f"{_close(key, node)}; known: {', '.join(node)}")  # fmt: skip
+                                 f"{did_you_mean(key, node)}; known: {', '.join(node)}")  # fmt: skip
             node[key] = {}
         node = node[key]
         walked = f"{walked}.{key}" if walked else key
@@ -111,15 +111,9 @@ def _key(node: dict[str, Any], parts: list[str | int], i: int) -> tuple[str, int
 
 
 def _step_index(steps: list[Any], step_id: str, walked: str, given: str) -> int:
-    ids = [s.get("id") for s in steps if isinstance(s, dict)]
     for i, s in enumerate(steps):
         if isinstance(s, dict) and s.get("id") == step_id:
             return i
-    known = ", ".join(str(x) for x in ids)
+    ids = [str(s.get("id")) for s in steps if isinstance(s, dict)]
     raise UsageError(f"--set {given!r}: no step {step_id!r} in {walked}"
-                     f"{_close(step_id, [str(x) for x in ids])}; known: {known}")  # fmt: skip
-
-
-def _close(name: str, options: Any) -> str:
-    close = difflib.get_close_matches(name, [str(o) for o in options], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+                     f"{did_you_mean(step_id, ids)}; known: {', '.join(ids)}")  # fmt: skip
