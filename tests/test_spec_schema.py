@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import yaml
 from hypothesis import given, settings
 
 from trilemma import SpecError, workflow_from_dict
+from trilemma.spec.overrides import with_overrides
 from trilemma.spec.schema import spec_json_schema
 
 from .test_laws import workflows
@@ -38,44 +38,37 @@ def test_every_example_workflow_is_valid_under_the_schema(validator) -> None:
     assert not validator.is_valid(gateway)  # a gateway's config is not a workflow
 
 
-def _set(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    out = copy.deepcopy(data)
-    *parents, last = path.split(".")
-    node: Any = out
-    for key in parents:
-        node = node[int(key)] if isinstance(node, list) else node[key]
-    if value is KeyError:
-        del node[last]
-    else:
-        node[last] = value
-    return out
-
-
 TICKET = yaml.safe_load((EXAMPLES / "ticket.yaml").read_text())
-MUTATIONS = {
-    "an unknown step field": ("steps.0.retires", 1),
-    "an unknown top-level field": ("budgets", {"max_cost_usd": 1}),
-    "p_ok over 1": ("models.premium.p_ok", 1.5),
-    "a negative price": ("models.premium.usd_per_call", -0.01),
-    "a provider outside the choices": ("models.premium.provider", "simulator"),
-    "a step id with a space": ("steps.0.id", "tri age"),
-    "retries as text": ("steps.0.retries", "one"),
-    "a missing model": ("steps.0.model", KeyError),
-    "a missing latency": ("models.premium.latency_s", KeyError),
-    "version 2": ("version", 2),
-    "a debate of no agents": ("steps.1.debate", {"agents": 0, "rounds": 1}),
-    "an unknown budget": ("budget", {"max_spend": 1.0}),
-    "zero concurrency": ("concurrency", 0),
-    "an input named with a space": ("inputs", {"the question": None}),
+MUTATIONS = {  # each one --set away from examples/ticket.yaml
+    "an unknown step field": "steps[0].retires=1",
+    "an unknown top-level field": "budgets={max_cost_usd: 1}",
+    "p_ok over 1": "models.premium.p_ok=1.5",
+    "a negative price": "models.premium.usd_per_call=-0.01",
+    "a provider outside the choices": "models.premium.provider=simulator",
+    "a step id with a space": "steps[0].id=tri age",
+    "retries as text": "steps[0].retries=one",
+    "a null model": "steps[0].model=null",
+    "version 2": "version=2",
+    "a debate of no agents": "steps[1].debate={agents: 0, rounds: 1}",
+    "an unknown budget": "budget={max_spend: 1.0}",
+    "zero concurrency": "concurrency=0",
+    "an input named with a space": "inputs={the question: null}",
 }
 
 
 @pytest.mark.parametrize("case", sorted(MUTATIONS))
 def test_what_the_schema_rejects_the_loader_rejects(validator, case: str) -> None:
-    path, value = MUTATIONS[case]
-    data = _set(TICKET, path, value)
+    data = with_overrides(TICKET, [MUTATIONS[case]])
     assert not validator.is_valid(data)
     with pytest.raises(SpecError):
+        workflow_from_dict(data, "mutated.yaml")
+
+
+def test_a_field_left_out_that_is_required_fails_both(validator) -> None:
+    premium = {k: v for k, v in TICKET["models"]["premium"].items() if k != "latency_s"}
+    data = {**TICKET, "models": {"premium": premium}}
+    assert not validator.is_valid(data)
+    with pytest.raises(SpecError, match="latency_s: missing"):
         workflow_from_dict(data, "mutated.yaml")
 
 
@@ -195,10 +188,10 @@ def test_a_gateways_config_has_its_schema_too(cli, write) -> None:
                for field, prop in definition.get("properties", {}).items()
                if not prop.get("description")]  # fmt: skip
     assert missing == []
-    for path, value in (("keys.team-a.max_cost_usd", -1), ("keys.team-a.key_env", "1BAD"),
-                        ("keys.team-a.budget", 5), ("health", {"failures": 0})):  # fmt: skip
-        bad = _set(config, path, value)
-        assert not validator.is_valid(bad), path
+    for change in ("keys.team-a.max_cost_usd=-1", "keys.team-a.key_env=1BAD",
+                  "keys.team-a.budget=5", "health.failures=0"):  # fmt: skip
+        bad = with_overrides(config, [change])
+        assert not validator.is_valid(bad), change
         with pytest.raises(SpecError):
             load_gateway_config(write(yaml.safe_dump(bad), name="gw.yaml"))
     pointed = write(json.dumps({"$schema": "gateway.schema.json", **config}), name="gw.json")
