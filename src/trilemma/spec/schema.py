@@ -54,8 +54,7 @@ def json_schema(root: type[BaseModel], title: str, *sources: ModuleType) -> dict
     schema["properties"]["version"] = {"const": SPEC_VERSION, **_only(version, "description")}
     schema["properties"][SCHEMA_KEY] = {
         "type": "string", "description": "Where editors find this schema (the loader skips it)."}  # fmt: skip
-    _as_markdown(schema)
-    _keys_by_pattern_only(schema)
+    _tidy(schema)
     return {"$schema": DIALECT, "title": title, **{k: v for k, v in schema.items() if k != "title"}}
 
 
@@ -80,34 +79,27 @@ def _attribute_docstrings(module: ModuleType) -> dict[str, dict[str, str]]:
     return found
 
 
-def _keys_by_pattern_only(node: Any) -> None:
-    """A mapping whose keys pydantic checks by pattern (inputs, route labels) takes no key
-    outside it: pydantic says ``patternProperties``, which lets any other key through."""
-    if isinstance(node, dict):
-        if "patternProperties" in node and "additionalProperties" not in node:
-            node["additionalProperties"] = False
-        for value in node.values():
-            _keys_by_pattern_only(value)
-    elif isinstance(node, list):
-        for item in node:
-            _keys_by_pattern_only(item)
-
-
 def _only(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: mapping[k] for k in keys if k in mapping}
 
 
-def _as_markdown(node: Any) -> None:
-    """Every description as an editor's hover shows it: Markdown, not Sphinx's roles."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "description" and isinstance(value, str):
-                node[key] = _ROLE.sub(r"`\1`", value).replace("``", "`")
-            else:
-                _as_markdown(value)
-    elif isinstance(node, list):
+def _tidy(node: Any) -> None:
+    """What pydantic writes, as editors and the loader read it: every description in
+    Markdown, not Sphinx's roles; and a mapping whose keys pydantic checks by pattern
+    (inputs, route labels) taking no key outside it (its ``patternProperties`` alone let
+    any other key through)."""
+    if isinstance(node, list):
         for item in node:
-            _as_markdown(item)
+            _tidy(item)
+    if not isinstance(node, dict):
+        return
+    if "patternProperties" in node and "additionalProperties" not in node:
+        node["additionalProperties"] = False
+    for key, value in node.items():
+        if key == "description" and isinstance(value, str):
+            node[key] = _ROLE.sub(r"`\1`", value).replace("``", "`")
+        else:
+            _tidy(value)
 
 
 #: A Sphinx role (:class:`Faults`), shown in an editor's hover as Markdown code.
