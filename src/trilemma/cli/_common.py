@@ -107,11 +107,6 @@ SetOpt = Annotated[list[str] | None, typer.Option(
     help="What if: change a field of the spec for this command, the file left as it is "
          "(models.small.p_ok=0.9, steps.answer.retries=2; repeatable).",
 )]  # fmt: skip
-
-
-def set_note(sets: list[str] | None) -> str | None:
-    """The line a table's output starts with when ``--set`` changed the spec it reads."""
-    return f"with {', '.join(sets)} (--set; the file is unchanged)" if sets else None
 InputsOpt = Annotated[
     list[str] | None, typer.Option("--input", "-i", help="An input, as name=value.")
 ]

@@ -25,7 +25,6 @@ from trilemma.cli._common import (
     progress,
     seconds,
     seed_option,
-    set_note,
     stdout_console,
     writable,
     write_atomic,
@@ -686,9 +685,9 @@ def schema(
 
 def _print_set(console: Console, sets: list[str] | None) -> None:
     """Say first what ``--set`` changed, so that no figure is taken for the file's own."""
-    note = set_note(sets)
-    if note is not None:
-        console.print(note, markup=False, highlight=False, soft_wrap=True)
+    if sets:
+        console.print(f"with {', '.join(sets)} (--set; the file is unchanged)", markup=False,
+                      highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def _section(console: Console, title: str, command: str) -> None:
