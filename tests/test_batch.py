@@ -282,7 +282,9 @@ def test_a_killed_batch_resumes_without_paying_twice(tmp_path: Path, cli) -> Non
     partial = [json.loads(x) for x in out.read_text().splitlines()]
     assert {x["run_id"] for x in partial} == {r["run_id"] for r in before if r["status"] == "ok"}
     doctor = cli("doctor", "--journal", db, "--json").json()
-    assert doctor["interrupted_batches"] == [{"batch_id": batch_id, "spec_source": str(spec)}]
+    assert doctor["interrupted_batches"] == [
+        {"batch_id": batch_id, "spec_source": str(spec), "overrides": []}
+    ]
     assert f"--resume {batch_id} --journal {db}`" in " ".join(cli("doctor", "--journal", db).out.split())
     r = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--resume", batch_id,
             "--out", out)  # fmt: skip

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import sqlite3
 from pathlib import Path
 
 import pytest
 import yaml
 
 from trilemma.errors import UsageError
+from trilemma.journal import Journal
 from trilemma.spec.overrides import with_overrides
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -86,3 +88,89 @@ def test_a_value_out_of_bounds_names_the_set_and_a_broken_file_names_the_file(cl
                    "steps: [{id: a, model: m, retires: 1}]\n")  # fmt: skip
     r = cli("estimate", broken, "--set", "models.m.p_ok=0.5")
     assert r.code == 2 and f"{broken}: steps[0].retires: unknown field" in r.err
+
+
+CHAIN = """\
+version: 1
+models: {m: {usd_per_call: 0.01, latency_s: 0.01, p_ok: 1.0}}
+steps:
+  - {id: a, model: m}
+  - {id: b, model: m, after: [a]}
+  - {id: c, model: m, after: [b]}
+"""
+
+
+def test_a_run_keeps_its_set_and_a_resume_sets_it_again(
+    cli, write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "300")  # the runs table's spec column unfolded
+    spec, db = write(CHAIN), tmp_path / "j.db"
+    dear = ["--set", "models.m.usd_per_call=0.02"]
+    cut = cli("run", spec, *dear, "--max-cost", "0.03", "--journal", db, "--json")
+    assert cut.code == 1 and cut.json()["status"] == "budget_exhausted"
+    assert cut.json()["cost_usd"] == pytest.approx(0.02)  # a, at the price --set gave
+    run_id = cut.json()["run_id"]
+    (row,) = cli("runs", "--journal", db, "--json").json()
+    assert row["overrides"] == ["models.m.usd_per_call=0.02"]
+    assert f"{spec} --set models.m.usd_per_call=0.02" in cli("runs", "--journal", db).out
+    # the file is the run's spec with its --set: the resume goes on, at the price it began with
+    done = cli("resume", run_id, "--journal", db, "--max-cost", "1")
+    assert done.code == 0, done.err
+    assert done.out.splitlines()[0] == ("with models.m.usd_per_call=0.02 (--set; the file is "
+                                        "unchanged)")  # fmt: skip
+    with Journal(db) as j:
+        assert j.spent(run_id) == pytest.approx(0.06)
+    plain = cli("run", spec, "--journal", db, "--json").json()
+    assert plain["cost_usd"] == pytest.approx(0.03)
+    assert cli("runs", "--journal", db, "--json").json()[0]["overrides"] == []
+
+
+def test_a_resume_still_refuses_a_file_changed_under_its_set(cli, write, tmp_path: Path) -> None:
+    spec, db = write(CHAIN), tmp_path / "j.db"
+    first = cli("run", spec, "--set", "steps.c.retries=1", "--max-cost", "0.015", "--journal", db,
+                "--json").json()  # fmt: skip
+    second = cli("run", spec, "--set", "steps.c.retries=1", "--max-cost", "0.015", "--journal", db,
+                 "--json").json()  # fmt: skip
+    spec.write_text(CHAIN.replace("{id: b, model: m,", "{id: b, model: m, retries: 2,"))
+    changed = cli("resume", first["run_id"], "--journal", db, "--max-cost", "1")
+    assert changed.code == 2 and "changed since run" in changed.err and "steps: b" in changed.err
+    spec.write_text(CHAIN.replace("id: c", "id: last"))
+    gone = cli("resume", second["run_id"], "--journal", db, "--max-cost", "1")
+    assert gone.code == 2 and gone.err.count("\n") == 1
+    assert (f"{spec} changed since run {second['run_id']} started: the run's --set "
+            "'steps.c.retries=1': no step 'c' in steps") in gone.err  # fmt: skip
+    assert "restore the file to resume it" in gone.err
+
+
+def test_a_batch_keeps_its_set_and_its_resume_asks_for_the_same(cli, write, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    spec, db = write(CHAIN), tmp_path / "j.db"
+    lines = write("{}\n{}\n{}\n", "lines.jsonl")
+    dear = ["--set", "models.m.usd_per_call=0.02"]
+    cut = cli("batch", spec, "--inputs", lines, *dear, "--max-cost", "0.1", "--parallel", "1",
+              "--journal", db, "--json")  # fmt: skip
+    assert cut.code == 1 and cut.json()["cost_usd"] == pytest.approx(0.1)
+    batch_id = cut.json()["batch_id"]
+    bare = cli("batch", spec, "--inputs", lines, "--resume", batch_id, "--journal", db)
+    assert bare.code == 2 and bare.err.count("\n") == 1
+    assert (f"--resume {batch_id}: the batch ran with --set models.m.usd_per_call=0.02, not no "
+            "--set; give the same --set") in bare.err  # fmt: skip
+    # doctor's command for an interrupted batch carries its --set
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with Journal(db) as j:
+        unfinished = next(r["run_id"] for r in j.runs() if r["status"] != "ok")
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE runs SET status = 'running', pid = ? WHERE run_id = ?",
+                    (dead.pid, unfinished))  # fmt: skip
+    raw.close()
+    doctor = cli("doctor", "--journal", db, "--json").json()
+    assert doctor["interrupted_batches"][0]["overrides"] == ["models.m.usd_per_call=0.02"]
+    said = " ".join(cli("doctor", "--journal", db).out.split())
+    assert f"--set models.m.usd_per_call=0.02 --resume {batch_id}" in said
+    done = cli("batch", spec, "--inputs", lines, *dear, "--resume", batch_id, "--max-cost", "1",
+               "--journal", db, "--json")  # fmt: skip
+    assert done.code == 0, done.err
+    assert done.json()["cost_usd"] == pytest.approx(0.18)  # 3 lines x 3 calls at $0.02

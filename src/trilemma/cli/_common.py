@@ -107,6 +107,15 @@ SetOpt = Annotated[list[str] | None, typer.Option(
     help="What if: change a field of the spec for this command, the file left as it is "
          "(models.small.p_ok=0.9, steps.answer.retries=2; repeatable).",
 )]  # fmt: skip
+
+
+def print_set(console: Console, sets: list[str] | None) -> None:
+    """Say first what ``--set`` changed, so that no figure is taken for the file's own."""
+    if sets:
+        console.print(f"with {', '.join(sets)} (--set; the file is unchanged)", markup=False,
+                      highlight=False, soft_wrap=True)  # fmt: skip
+
+
 InputsOpt = Annotated[
     list[str] | None, typer.Option("--input", "-i", help="An input, as name=value.")
 ]

@@ -22,6 +22,7 @@ from trilemma.cli._common import (
     dollars,
     emit_json,
     positive,
+    print_set,
     progress,
     seconds,
     seed_option,
@@ -75,7 +76,7 @@ def estimate(spec: SpecFile, sets: SetOpt = None, as_json: JsonFlag = False) -> 
         emit_json(e.to_json())
     else:
         console = stdout_console()
-        _print_set(console, sets)
+        print_set(console, sets)
         console.print(tables.estimate_table(e, title=f"Estimate of {spec}"))
         for line in [*tables.price_sources(wf), *tables.answer_caps(wf),
                      *tables.cache_assumptions(wf),
@@ -154,7 +155,7 @@ def simulate(
     writable("--plot", plot)
     wf = load_workflow(spec, sets or ())
     if not as_json:
-        _print_set(stdout_console(), sets)
+        print_set(stdout_console(), sets)
     overrides = {
         k: v
         for k, v in dict(
@@ -314,7 +315,7 @@ def optimize(
     writable("--plot", plot)
     wf = load_workflow(spec, sets or ())
     if not as_json:
-        _print_set(stdout_console(), sets)
+        print_set(stdout_console(), sets)
     for flag, value in (("--max-latency", max_latency), ("--min-reliability", min_reliability)):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} {value:g}: give a number above 0")
@@ -587,7 +588,7 @@ def sensitivity(
         emit_json(s.to_json())
         return 0
     console = stdout_console()
-    _print_set(console, sets)
+    print_set(console, sets)
     console.print(tables.sensitivity_table(s, title))
     return 0
 
@@ -681,13 +682,6 @@ def schema(
     sys.stdout.write(f"written to {out}; a spec's first line `# yaml-language-server: "
                      f"$schema={out.name}` points an editor at it\n")  # fmt: skip
     return 0
-
-
-def _print_set(console: Console, sets: list[str] | None) -> None:
-    """Say first what ``--set`` changed, so that no figure is taken for the file's own."""
-    if sets:
-        console.print(f"with {', '.join(sets)} (--set; the file is unchanged)", markup=False,
-                      highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def _section(console: Console, title: str, command: str) -> None:

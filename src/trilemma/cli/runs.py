@@ -25,6 +25,7 @@ from trilemma.cli._common import (
     InputsOpt,
     JournalOpt,
     JsonFlag,
+    SetOpt,
     SpecFile,
     app,
     batch_id_of,
@@ -36,6 +37,7 @@ from trilemma.cli._common import (
     no_runs_yet,
     parse_inputs,
     positive,
+    print_set,
     progress,
     run_id_of,
     run_ref,
@@ -46,7 +48,7 @@ from trilemma.cli._common import (
     write_atomic,
 )
 from trilemma.errors import SetupError, UsageError
-from trilemma.journal.store import GATEWAY_RUN
+from trilemma.journal.store import GATEWAY_RUN, overrides_of
 from trilemma.plan.estimate import estimate
 from trilemma.report import tables
 from trilemma.spec import load_workflow, workflow_from_dict
@@ -113,19 +115,24 @@ def run_cmd(
     shared_budget: SharedBudgetOpt = None,
     shared_cache: SharedCacheFlag = False,
     redis: RedisOpt = None,
+    sets: SetOpt = None,
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonFlag = False,
 ) -> int:
     """Execute a workflow: simulator by default, real endpoints where the spec names them.
 
+    A run with --set keeps them in the journal: `trilemma resume` sets them again.
+
     Example: trilemma run examples/ticket.yaml --max-cost 0.50 --deadline 30 --seed 1
+
+    Example: trilemma run examples/starter.yaml --set models.cheap.p_ok=0.8 -i question=Hi
     """
     from trilemma.journal import Journal
     from trilemma.run.session import check_inputs, check_tenant, execute
 
     check_tenant(tenant)
     shared, tier = _shared(shared_budget, shared_cache, redis)
-    wf = load_workflow(spec)
+    wf = load_workflow(spec, sets or ())
     values = parse_inputs(inputs, input_files, spec_read_stdin=str(spec) == STDIN)
     declared_for_files(input_files, [(str(spec), wf)])
     check_inputs(wf, values, str(spec))  # before the journal is opened (or made)
@@ -138,7 +145,7 @@ def run_cmd(
         result = execute(wf, journal=j, inputs=values, max_cost_usd=max_cost,
                          deadline_s=deadline, seed=seed, source=str(spec),
                          on_event=display.update, tenant=tenant, shared=shared,
-                         shared_cache=tier)  # fmt: skip
+                         shared_cache=tier, overrides=sets or ())  # fmt: skip
     under = None
     if ceiling is not None or limit is not None:  # what the analytic figures cannot say
         from trilemma.plan.simulate import under_budget
@@ -148,7 +155,9 @@ def run_cmd(
         emit_json({**result.to_json(),
                    "predicted_under_budget": None if under is None else under.brief()})
         return _exit(result, f"run {result.run_id}")
-    stdout_console().print(tables.run_view(result, under, str(spec)))
+    console = stdout_console()
+    print_set(console, sets)
+    console.print(tables.run_view(result, under, str(spec)))
     return _exit(result, f"run {result.run_id}")
 
 
@@ -196,13 +205,15 @@ def batch_cmd(
     shared_budget: SharedBudgetOpt = None,
     shared_cache: SharedCacheFlag = False,
     redis: RedisOpt = None,
+    sets: SetOpt = None,
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonFlag = False,
 ) -> int:
     """Run a workflow once per line of a JSON Lines file, under one ceiling and one deadline.
 
     A batch prints its id as it starts; if it stops (a crash, the ceiling, the deadline),
-    the same command with --resume ID goes on without running again what finished.
+    the same command with --resume ID (and the same --set, if any) goes on without running
+    again what finished.
 
     Example: trilemma batch examples/faq.yaml --inputs examples/questions.jsonl --max-cost 0.05
     """
@@ -215,7 +226,7 @@ def batch_cmd(
     shared, tier = _shared(shared_budget, shared_cache, redis)
     if str(spec) == STDIN and str(inputs) == "-":
         raise UsageError("--inputs -: the spec is standard input already; give the inputs' file")
-    wf = load_workflow(spec)
+    wf = load_workflow(spec, sets or ())
     lines = read_inputs(inputs, wf, str(spec))
     if resume is not None:  # its id, `latest` or a part of the id, as for runs
         with Journal(journal, create=False) as j:
@@ -232,7 +243,9 @@ def batch_cmd(
         if as_json:
             emit_json(planned)
         else:
-            stdout_console().print(tables.batch_plan_view(planned))
+            console = stdout_console()
+            print_set(console, sets)
+            console.print(tables.batch_plan_view(planned))
         return 0
     _load_embedder(wf, show=not as_json)
     ceiling, limit = wf.budget.resolve(max_cost, deadline)
@@ -279,10 +292,11 @@ def batch_cmd(
                            tenant=tenant, on_progress=tick, on_start=started, on_plan=plan_said,
                            on_line=landed,
                            resume=resume, shared=shared, redis=redis,
-                           shared_cache=tier, skip_failed=skip_failed)  # fmt: skip
+                           shared_cache=tier, skip_failed=skip_failed,
+                           overrides=sets or ())  # fmt: skip
     if out is not None:  # the whole batch, in line order, lines that never started included
         write_atomic(out, "".join(_json_line(r) for r in result.lines))
-    return _report(result, as_json, tables.batch_view, result.batch_id)
+    return _report(result, as_json, tables.batch_view, result.batch_id, sets)
 
 
 RUN_STATUSES = ("ok", "budget_exhausted", "deadline", "failed", "running")
@@ -293,16 +307,21 @@ def _json_line(line: LineResult) -> str:
     return json.dumps(line.to_json(), ensure_ascii=False) + "\n"
 
 
-def _report_run(result: Any, as_json: bool) -> int:
-    return _report(result, as_json, tables.run_view, f"run {result.run_id}")
+def _report_run(result: Any, as_json: bool, sets: list[str] | None = None) -> int:
+    return _report(result, as_json, tables.run_view, f"run {result.run_id}", sets)
 
 
-def _report(result: Any, as_json: bool, view: Callable[[Any], Any], name: str) -> int:
-    """Print a run's or a batch's JSON or tables; one line on stderr and 1 unless it is ok."""
+def _report(
+    result: Any, as_json: bool, view: Callable[[Any], Any], name: str, sets: list[str] | None = None
+) -> int:
+    """Print a run's or a batch's JSON or tables (after what ``sets`` changed); one line on
+    stderr and 1 unless it is ok."""
     if as_json:
         emit_json(result.to_json())
     else:
-        stdout_console().print(view(result))
+        console = stdout_console()
+        print_set(console, sets)
+        console.print(view(result))
     return _exit(result, name)
 
 
@@ -463,8 +482,9 @@ def runs(
     if as_json:
         keys = ("run_id", "status", "cost_usd", "calls", "latency_s", "spec_source", "error",
                 "tenant", "batch_id", "batch_line", "shared_budget", "time_scale", "seed")  # fmt: skip
-        emit_json([{**{k: r[k] for k in keys}, "started_at": iso(r["started_at"]),
-                     "finished_at": iso(r["finished_at"])} for r in rows])  # fmt: skip
+        emit_json([{**{k: r[k] for k in keys}, "overrides": overrides_of(r),
+                    "started_at": iso(r["started_at"]), "finished_at": iso(r["finished_at"])}
+                   for r in rows])  # fmt: skip
     else:
         if not rows:  # an empty table would say neither why nor what next
             sys.stdout.write(_no_runs(journal, status, batch) + "\n")
@@ -532,7 +552,7 @@ def resume_cmd(
             result = resume(j, run_id, deadline_s=deadline, max_cost_usd=max_cost, force=force,
                             on_event=display.update, shared=shared, redis=redis,
                             shared_cache=tier)  # fmt: skip
-    code = _report_run(result, as_json)
+    code = _report_run(result, as_json, overrides_of(row) if row else None)
     if row is not None and row["status"] == "ok" and not as_json:
         sys.stderr.write(f"note: run {run_id} had already finished ok: every step came from "
                          "the journal and nothing was sent\n")  # fmt: skip
@@ -608,9 +628,10 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
                 console.print(f"interrupted run {run_id}: finish it with `trilemma resume "
                               f"{run_id}{flag}`")  # fmt: skip
         for b in report["interrupted_batches"]:
+            sets = "".join(f" --set {shlex.quote(o)}" for o in b["overrides"])
             console.print(f"interrupted batch {b['batch_id']}: go on with `trilemma batch "
-                          f"{shlex.quote(b['spec_source'])} --inputs <the same file> --resume "
-                          f"{b['batch_id']}{flag}`")  # fmt: skip
+                          f"{shlex.quote(b['spec_source'])} --inputs <the same file>{sets} "
+                          f"--resume {b['batch_id']}{flag}`")  # fmt: skip
         for c in report["orphaned_in_flight_calls"]:
             console.print(f"in flight at the crash (may have been billed): run {c['run_id']} step "
                           f"{c['step_id']} attempt {c['attempt']} call {c['call']} ({c['model']})")  # fmt: skip

@@ -198,6 +198,13 @@ def m012_pruned_calls(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN pruned_usd REAL NOT NULL DEFAULT 0")
 
 
+def m013_overrides(db: sqlite3.Connection) -> None:
+    """The --set PATH=VALUE a run was started with, as a JSON list (NULL: none)."""
+    # A run's spec_json is the file with these set; a resume sets them on the file again
+    # before it compares the two, so that only a change to the file itself counts.
+    db.execute("ALTER TABLE runs ADD COLUMN overrides_json TEXT")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_call_sends", m002_call_sends),
@@ -211,6 +218,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m010_finish_reason", m010_finish_reason),
     ("m011_session_start", m011_session_start),
     ("m012_pruned_calls", m012_pruned_calls),
+    ("m013_overrides", m013_overrides),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -31,7 +31,7 @@ from trilemma.errors import JournalBusy, JournalError, JournalPathError, NotAJou
 from trilemma.journal.migrations import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["DEFAULT_PATH", "GATEWAY_RUN", "OUTCOMES", "REJECTED", "Journal", "JournalWriter",
-           "Pruned", "abandoned", "call_outcome", "rejection", "sent_by_step"]
+           "Pruned", "abandoned", "call_outcome", "overrides_of", "rejection", "sent_by_step"]
 
 DEFAULT_PATH = Path(".trilemma") / "trilemma.db"
 BUSY_TIMEOUT_S = 30.0
@@ -102,6 +102,12 @@ def sent_by_step(calls: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, flo
 
 def _run_range(run_id: str) -> tuple[str, str, str]:
     return run_id + ":", run_id + ";", run_id  # ';' is the character after ':'
+
+
+def overrides_of(run: Mapping[str, Any]) -> list[str]:
+    """The ``--set PATH=VALUE`` a run's row says it was started with (none before they were kept)."""
+    text = run.get("overrides_json")
+    return json.loads(text) if text else []
 
 
 @contextlib.contextmanager
@@ -735,8 +741,8 @@ class Journal:
             return report
         with self._using():
             running = self._rows(
-                "SELECT run_id, status, pid, started_at, batch_id, spec_source, time_scale "
-                "FROM runs WHERE status = 'running'"
+                "SELECT run_id, status, pid, started_at, batch_id, spec_source, time_scale, "
+                "overrides_json FROM runs WHERE status = 'running'"
             )
             in_flight = self._rows(
                 "SELECT c.run_id, c.step_id, c.attempt, c.call, c.model, c.reserved_usd, "
@@ -748,14 +754,18 @@ class Journal:
         dead = {r["run_id"] for r in interrupted}
         run_status = [c.pop("status") for c in in_flight]  # not part of a call's report
         ended = [c for c, st in zip(in_flight, run_status, strict=True) if st != "running"]
-        batches = dict.fromkeys((r["batch_id"], r["spec_source"]) for r in interrupted if r["batch_id"])
+        batches = dict.fromkeys((r["batch_id"], r["spec_source"], r["overrides_json"])
+                                for r in interrupted if r["batch_id"])  # fmt: skip
         return {
             **report,
             "damaged_rows": self.damaged_rows(),
             "runs": self.count_runs(),
             "interrupted_runs": [r["run_id"] for r in interrupted],
             "interrupted_trials": [r["run_id"] for r in interrupted if r["time_scale"] != 1],
-            "interrupted_batches": [{"batch_id": b, "spec_source": src} for b, src in batches],
+            "interrupted_batches": [
+                {"batch_id": b, "spec_source": src, "overrides": _parsed(sets) if sets else []}
+                for b, src, sets in batches
+            ],
             "orphaned_in_flight_calls": [c for c in in_flight if c["run_id"] in dead],
             "unsettled_calls_in_ended_runs": ended,
         }
@@ -802,6 +812,7 @@ _STORED = {"INTEGER": "'integer'", "REAL": "'integer', 'real'", "TEXT": "'text'"
 #: The JSON each ``*_json`` column holds.
 _JSON_KINDS: dict[str, type] = {
     "spec_json": dict, "inputs_json": dict, "predicted_json": dict, "request_json": list,
+    "overrides_json": list,
 }  # fmt: skip
 _NOUNS = {int: "an integer", float: "a number", str: "text", bytes: "bytes", dict: "a JSON object",
           list: "a JSON array"}  # fmt: skip

@@ -22,7 +22,7 @@ from trilemma.journal import Journal
 from trilemma.journal.store import GATEWAY_RUN, sent_by_step
 from trilemma.plan.slots import SLOTS_BIND
 from trilemma.report.plots import batch_png, timeline_png
-from trilemma.report.tables import LEDGER_KEYS, counted, ledger_row, usd, well_under
+from trilemma.report.tables import LEDGER_KEYS, counted, ledger_row, spec_of, usd, well_under
 
 __all__ = ["batch_report", "run_report"]
 
@@ -91,7 +91,7 @@ def run_report(journal: Journal, run_id: str) -> str:
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>trilemma run {_e(run_id)}</title><style>{_STYLE}</style></head><body>",
         f'<h1>Run {_e(run_id)}: <span class="{status_cls}">{_e(status)}</span></h1>',
-        f'<p class="dim">spec {_e(run["spec_source"])}, started {_when(run["started_at"])}, '
+        f'<p class="dim">spec {_e(spec_of(run))}, started {_when(run["started_at"])}, '
         f"finished {_when(run['finished_at'])}, seed {_e(run['seed'])}"
         + (f", for tenant {_e(run['tenant'])}" if run.get("tenant") else "")
         + (f", under shared budget {_e(run['shared_budget'])}" if run.get("shared_budget") else "")
@@ -167,7 +167,7 @@ def batch_report(journal: Journal, batch_id: str) -> str:
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>trilemma {_e(batch_id)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{_e(batch_id)}: {ok} of {n} runs ok</h1>",
-        f'<p class="dim">spec {_e(first["spec_source"])}, started {_when(started)}, '
+        f'<p class="dim">spec {_e(spec_of(first))}, started {_when(started)}, '
         f"last run ended {_when(ended)}"
         + (f", for tenant {_e(first['tenant'])}" if first["tenant"] else "")
         + (f", under shared budget {_e(first['shared_budget'])}" if first.get("shared_budget") else "")

@@ -16,7 +16,14 @@ from rich.table import Table
 from rich.text import Text
 
 from trilemma._format import count, dollars
-from trilemma.journal.store import DEFAULT_PATH, OUTCOMES, abandoned, call_outcome, rejection
+from trilemma.journal.store import (
+    DEFAULT_PATH,
+    OUTCOMES,
+    abandoned,
+    call_outcome,
+    overrides_of,
+    rejection,
+)
 from trilemma.plan.estimate import Estimate, held_worst
 from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
 from trilemma.plan.fanin import SAMPLES
@@ -1083,9 +1090,14 @@ def runs_table(rows: list[dict[str, Any]], total: int | None = None) -> Table:
         seed = "" if r.get("seed") is None else str(r["seed"])
         status = "interrupted" if r["run_id"] in gone else r["status"]
         cells = [r["run_id"], status, when, usd(r["cost_usd"]), str(r["calls"]), seed,
-                 r["spec_source"]]  # fmt: skip
+                 spec_of(r)]  # fmt: skip
         t.add_row(*cells, *[r.get("tenant") or ""] * tenants)
     return t
+
+
+def spec_of(run: Mapping[str, Any]) -> str:
+    """A run's spec as given: its file, and the ``--set`` it was run with."""
+    return " ".join([run["spec_source"], *(f"--set {shlex.quote(o)}" for o in overrides_of(run))])
 
 
 LEDGER_KEYS = ("step", "attempt", "call", "role", "model", "prompt_tokens", "completion_tokens",

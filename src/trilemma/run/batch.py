@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import shlex
 import sys
 import time
 from collections import deque
@@ -37,7 +38,7 @@ import numpy as np
 from trilemma import dag
 from trilemma.cache.semantic import Embedder
 from trilemma.errors import UsageError
-from trilemma.journal.store import Journal, JournalWriter
+from trilemma.journal.store import Journal, JournalWriter, overrides_of
 from trilemma.plan.batchsim import Replayed, replay_batch
 from trilemma.plan.estimate import Estimate, estimate, run_draws
 from trilemma.plan.slots import waves_of
@@ -561,6 +562,7 @@ async def run_batch_async(
     redis: str | None = None,
     shared_cache: str | None = None,
     skip_failed: bool = False,
+    overrides: Sequence[str] = (),
 ) -> BatchResult:
     """Run ``wf`` once per set of ``inputs``, ``parallel`` at a time, under one ceiling.
 
@@ -582,6 +584,8 @@ async def run_batch_async(
     shared with other processes (as for :func:`~trilemma.run.session.execute`).
     ``skip_failed``: on a resume, a line whose run ended ``failed`` is left as it ended
     (by default it runs again, as ``trilemma resume`` runs a failed run again).
+    ``overrides``: the ``--set PATH=VALUE`` ``wf`` was loaded with, journaled with each
+    run (a resume is given the same, or is told which the batch ran with).
 
     Awaited in a running event loop, as :func:`~trilemma.run.session.execute_async` is
     (cancelling it leaves the batch to ``--resume``); :func:`run_batch` runs it in a loop
@@ -598,7 +602,8 @@ async def run_batch_async(
               for no, given in by_line.items()]  # fmt: skip
     earlier: dict[int, dict[str, Any]] = {}
     if resume is not None:
-        earlier = _earlier_runs(journal, resume, wf, dict(zip(numbers, values, strict=True)))
+        earlier = _earlier_runs(journal, resume, wf, dict(zip(numbers, values, strict=True)),
+                                overrides)  # fmt: skip
         first = next(iter(earlier.values()))
         max_cost_usd = max_cost_usd if max_cost_usd is not None else first["max_cost_usd"]
         seed = seed if seed is not None else first["seed"] - first["batch_line"] + 1
@@ -646,7 +651,8 @@ async def run_batch_async(
             ex = open_run(wf, journal, session, values=values[i], seed=seed_i, source=source,
                           providers=provs, gates=gates, predicted=predicted, on_event=None,
                           embedder=embedder, tenant=tenant, batch=(batch_id, no),
-                          limits=limits, writer=writer, shared_cache=tier)  # fmt: skip
+                          limits=limits, writer=writer, shared_cache=tier,
+                          overrides=overrides)  # fmt: skip
         else:  # stopped in an earlier session: on from where it stopped
             ex, done = reopen_run(wf, journal, row, session, providers=provs, gates=gates,
                                   predicted=predicted, on_event=None, embedder=embedder,
@@ -708,9 +714,11 @@ run_batch = blocking(run_batch_async)
 
 
 def _earlier_runs(
-    journal: Journal, batch_id: str, wf: Workflow, values: Mapping[int, Mapping[str, str]]
+    journal: Journal, batch_id: str, wf: Workflow, values: Mapping[int, Mapping[str, str]],
+    overrides: Sequence[str] = (),
 ) -> dict[int, dict[str, Any]]:
-    """The runs of an earlier session of ``batch_id``, checked against this spec and these lines."""
+    """The runs of an earlier session of ``batch_id``, checked against this spec (loaded
+    with these ``overrides``) and these lines."""
     rows = journal.batch_runs(batch_id)
     if not rows:
         raise UsageError(
@@ -720,6 +728,12 @@ def _earlier_runs(
     text = spec_json(wf)
     for no, row in rows.items():
         if row["spec_json"] != text:
+            ran = overrides_of(row)
+            if ran != list(overrides):  # the same file, likely: name the --set that differ
+                raise UsageError(
+                    f"--resume {batch_id}: the batch ran with {_sets(ran)}, not {_sets(overrides)}; "
+                    "give the same --set, or start a new batch"
+                )
             raise UsageError(
                 f"--resume {batch_id}: the spec is not the one the batch ran (line {no}'s run "
                 f"{row['run_id']}); give the same spec, or start a new batch"
@@ -735,6 +749,10 @@ def _earlier_runs(
                 f"{row['pid']}); wait for that batch to end or stop it first"
             )
     return rows
+
+
+def _sets(overrides: Sequence[str]) -> str:
+    return " ".join(f"--set {shlex.quote(o)}" for o in overrides) if overrides else "no --set"
 
 
 def _same_tenant(given: str | None, was: str | None, batch_id: str) -> str | None:

@@ -24,7 +24,14 @@ from trilemma._tasks import run_whole
 from trilemma.cache.semantic import Embedder, default_embedder
 from trilemma.cache.shared import SharedCache
 from trilemma.errors import UsageError
-from trilemma.journal.store import Journal, JournalWriter, call_outcome, dumps, rejection
+from trilemma.journal.store import (
+    Journal,
+    JournalWriter,
+    call_outcome,
+    dumps,
+    overrides_of,
+    rejection,
+)
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.providers.base import Provider
 from trilemma.providers.sim import SimProvider
@@ -236,6 +243,7 @@ async def execute_async(
     shared: SharedCeiling | None = None,
     shared_cache: str | None = None,
     time_scale: float = 1.0,
+    overrides: Sequence[str] = (),
 ) -> RunResult:
     """Run a workflow to the end, a budget, the deadline or an early stop.
 
@@ -261,6 +269,10 @@ async def execute_async(
     ``time_scaled`` copy, as compare and sweep run); it scales nothing here, it is
     journaled with the run so that its latencies can be read in the spec's own time.
 
+    ``overrides``: the ``PATH=VALUE`` ``wf`` was loaded with from ``source`` (``--set``:
+    :func:`~trilemma.spec.load.load_workflow`); journaled with the run, so that a resume
+    sets them on the file again before it judges whether the file changed.
+
     A provider that raises something other than a ProviderError (a bug) ends the run:
     the journal marks it failed, and the error is raised here as itself.
     """
@@ -277,7 +289,7 @@ async def execute_async(
     ex = open_run(wf, journal, session, values=values, seed=seed, source=source, providers=provs,
                   gates=gates, predicted=estimate(wf), on_event=on_event, embedder=embedder,
                   tenant=tenant, shared_cache=cache_tier(wf, shared_cache),
-                  time_scale=time_scale)  # fmt: skip
+                  time_scale=time_scale, overrides=overrides)  # fmt: skip
     return await _run_and_close(ex, session, {}, provs)
 
 
@@ -309,12 +321,12 @@ def open_run(
     on_event: Callable[[Event], None] | None, embedder: Embedder | None, tenant: str | None,
     batch: tuple[str, int] | None = None, limits: Mapping[str, Route] | None = None,
     writer: JournalWriter | None = None, shared_cache: SharedCache | None = None,
-    time_scale: float = 1.0,
+    time_scale: float = 1.0, overrides: Sequence[str] = (),
 ) -> Executor:  # fmt: skip
     """A new run in the journal (status running) and its executor, under ``session``'s budgets.
 
-    Its row records the session's ceiling and deadline and the ``time_scale`` ``wf`` runs
-    in; sessions may share them, the per-model ``limits`` and the journal's ``writer`` (a
+    Its row records the session's ceiling and deadline, the ``time_scale`` ``wf`` runs
+    in and the ``overrides`` it was loaded with (as :func:`execute_async`); sessions may share them, the per-model ``limits`` and the journal's ``writer`` (a
     batch, whose id and the run's line ``batch`` gives).
     """
     run_id = new_run_id()
@@ -327,7 +339,7 @@ def open_run(
         "status": "running", "started_at": time.time(),
         "predicted_json": dumps(predicted.summary()), "pid": os.getpid(), "tenant": tenant,
         "batch_id": batch_id, "batch_line": line, "shared_budget": shared_label(session),
-        "time_scale": time_scale,
+        "time_scale": time_scale, "overrides_json": dumps(list(overrides)) if overrides else None,
     })  # fmt: skip
     return Executor(wf, journal=journal, run_id=run_id, inputs=values, providers=providers,
                     source=source, gates=gates, seed=seed, predicted=predicted,
@@ -405,7 +417,7 @@ async def resume_async(
     source = row["spec_source"]
     changed: list[str] = []
     if Path(source).is_file():
-        current = load_workflow(source)
+        current = _current_spec(source, overrides_of(row), run_id)
         if spec_json(current) != spec_json(wf):  # both as this trilemma writes them
             changed = changed_steps(wf, current)
             if not force:
@@ -429,6 +441,17 @@ async def resume_async(
 
 
 resume = blocking(resume_async)
+
+
+def _current_spec(source: str, overrides: Sequence[str], run_id: str) -> Workflow:
+    """The spec file a run was started from, as it is now, with the run's ``--set`` on it."""
+    try:
+        return load_workflow(source, overrides)
+    except UsageError as exc:  # a --set the file no longer takes (its step renamed, ...)
+        raise UsageError(
+            f"{source} changed since run {run_id} started: the run's {exc}; restore the file "
+            "to resume it"
+        ) from None
 
 
 def still_running(row: Mapping[str, Any]) -> bool:
