@@ -533,7 +533,7 @@ def resume_cmd(
     Example: trilemma resume latest
     """
     from trilemma.journal import Journal
-    from trilemma.run.session import resume, still_running
+    from trilemma.run.session import resume, spec_to_resume, still_running
 
     shared, tier = _shared(shared_budget, shared_cache, redis)
     with Journal(journal, create=False) as j:
@@ -543,8 +543,10 @@ def resume_cmd(
         steps = len(spec.get("steps", []))
         if steps:  # a workflow's run (not a gateway key's)
             wf = workflow_from_dict(spec, run_id)
-            if row and row["status"] != "ok" and row["time_scale"] == 1 and not still_running(row):
-                _note_budgets_that_stop_a_resume(j, row, wf, max_cost, deadline)
+            if row and row["time_scale"] == 1 and not still_running(row):
+                wf, _ = spec_to_resume(j, row, force=force)  # a changed file: refused first
+                if row["status"] != "ok":
+                    _note_budgets_that_stop_a_resume(j, row, wf, max_cost, deadline)
             _load_embedder(wf, show=not as_json)
         with _on_interrupt(journal), _RunDisplay(
             steps, max_cost or (row or {}).get("max_cost_usd"), deadline, enabled=not as_json

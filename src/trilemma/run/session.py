@@ -413,20 +413,8 @@ async def resume_async(
             f"run {run_id} is still running (process {row['pid']}); wait for it to end or stop "
             "that process before resuming (--force if that pid is no longer trilemma)"
         )
-    wf = workflow_from_dict(json.loads(row["spec_json"]), f"{journal.path}:{run_id}")
+    wf, changed = spec_to_resume(journal, row, force=force)
     source = row["spec_source"]
-    changed: list[str] = []
-    if Path(source).is_file():
-        current = _current_spec(source, overrides_of(row), run_id)
-        if spec_json(current) != spec_json(wf):  # both as this trilemma writes them
-            changed = changed_steps(wf, current)
-            if not force:
-                names = ", ".join(changed) or "models or settings"
-                raise UsageError(
-                    f"{source} changed since run {run_id} started (steps: {names}); restore it, "
-                    "or resume with --force to run the new spec (changed steps run again)"
-                )
-            wf = current
     gates = build_gates(wf, source)
     embedder = embedder_for(wf, embedder)
     provs = build_providers(wf, row["seed"], providers)
@@ -441,6 +429,32 @@ async def resume_async(
 
 
 resume = blocking(resume_async)
+
+
+def spec_to_resume(
+    journal: Journal, row: Mapping[str, Any], *, force: bool = False
+) -> tuple[Workflow, list[str]]:
+    """The spec a workflow run's ``row`` goes on with, and the steps changed in it.
+
+    The journal's, unless the file it was run from (with the run's ``--set``) now differs:
+    then UsageError naming the changed steps, or with ``force`` the file's spec.
+    """
+    run_id = row["run_id"]
+    wf = workflow_from_dict(json.loads(row["spec_json"]), f"{journal.path}:{run_id}")
+    source = row["spec_source"]
+    if not Path(source).is_file():
+        return wf, []
+    current = _current_spec(source, overrides_of(row), run_id)
+    if spec_json(current) == spec_json(wf):  # both as this trilemma writes them
+        return wf, []
+    changed = changed_steps(wf, current)
+    if not force:
+        names = ", ".join(changed) or "models or settings"
+        raise UsageError(
+            f"{source} changed since run {run_id} started (steps: {names}); restore it, "
+            "or resume with --force to run the new spec (changed steps run again)"
+        )
+    return current, changed
 
 
 def _current_spec(source: str, overrides: Sequence[str], run_id: str) -> Workflow:
