@@ -55,13 +55,22 @@ def test_docstring_examples_run() -> None:
         assert failures == 0
 
 
-def test_the_runner_loads_on_first_use_and_unknown_names_still_fail() -> None:
+def test_the_planner_and_runner_load_on_first_use_and_unknown_names_still_fail() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, trilemma; assert 'trilemma.run.session' not in sys.modules; "
-            "trilemma.execute; assert 'trilemma.run.session' in sys.modules")  # fmt: skip
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    heavy = {"numpy", "pydantic", "sqlite3", "asyncio", "trilemma.run.session", "trilemma.spec"}
+    code = "\n".join([
+        "import sys, trilemma",
+        f"loaded = {sorted(heavy)!r} & sys.modules.keys()",
+        "assert not loaded, sorted(loaded)",  # `import trilemma` alone loads none of them
+        "trilemma.execute",
+        "assert 'trilemma.run.session' in sys.modules",
+        "from trilemma import estimate, Workflow",
+        "assert callable(estimate) and {'estimate', 'execute', 'Journal'} <= set(dir(trilemma))",
+    ])  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     try:
         trilemma.no_such_name  # noqa: B018
     except AttributeError as exc:

@@ -24,23 +24,6 @@ from trilemma.errors import (
     TrilemmaError,
     UsageError,
 )
-from trilemma.plan.estimate import Estimate, StepEstimate, estimate
-from trilemma.plan.optimize import Candidate, OptimizeResult, optimize
-from trilemma.plan.sensitivity import Sensitivity, sensitivity
-from trilemma.plan.simulate import SimResult, simulate
-from trilemma.spec import (
-    Budget,
-    Debate,
-    Faults,
-    ModelProfile,
-    Simulation,
-    Step,
-    Workflow,
-    dump_workflow,
-    load_workflow,
-    parse_workflow,
-    workflow_from_dict,
-)
 
 #: Objects in the garbage collector's permanent generation when trilemma is first imported:
 #: Python's own (3.12 starts with a few hundred there, 3.11 and 3.13 with none), not those of
@@ -48,17 +31,42 @@ from trilemma.spec import (
 #: (``trilemma.run.session.collector_spared``). Taken here, as the runner loads on first use.
 _FROZEN_AT_IMPORT = gc.get_freeze_count()
 
-if TYPE_CHECKING:  # loaded on first use (below), so that planning does not import the runner
+if TYPE_CHECKING:  # each loaded on first use (below): `import trilemma` and the CLI stay quick
     from trilemma.journal import Journal
+    from trilemma.plan.estimate import Estimate, StepEstimate, estimate
+    from trilemma.plan.optimize import Candidate, OptimizeResult, optimize
+    from trilemma.plan.sensitivity import Sensitivity, sensitivity
+    from trilemma.plan.simulate import SimResult, simulate
     from trilemma.run.batch import BatchResult, run_batch, run_batch_async
     from trilemma.run.executor import RunResult
     from trilemma.run.session import execute, execute_async, resume, resume_async
     from trilemma.run.shared_budget import SharedCeiling
+    from trilemma.spec import (
+        Budget,
+        Debate,
+        Faults,
+        ModelProfile,
+        Simulation,
+        Step,
+        Workflow,
+        dump_workflow,
+        load_workflow,
+        parse_workflow,
+        workflow_from_dict,
+    )
 
 __version__ = "0.1.0"
 
-#: Names the runner provides, imported when first asked for (``import trilemma`` stays quick).
-_RUNNER = {
+#: Where each public name lives, imported when first asked for: the planner needs numpy and
+#: pydantic, the runner asyncio and SQLite, and a command uses only some of them.
+_SPEC = ("Budget", "Debate", "Faults", "ModelProfile", "Simulation", "Step", "Workflow",
+         "dump_workflow", "load_workflow", "parse_workflow", "workflow_from_dict")
+_LAZY = {
+    **dict.fromkeys(("Estimate", "StepEstimate", "estimate"), "trilemma.plan.estimate"),
+    **dict.fromkeys(("Candidate", "OptimizeResult", "optimize"), "trilemma.plan.optimize"),
+    **dict.fromkeys(("Sensitivity", "sensitivity"), "trilemma.plan.sensitivity"),
+    **dict.fromkeys(("SimResult", "simulate"), "trilemma.plan.simulate"),
+    **dict.fromkeys(_SPEC, "trilemma.spec"),
     "BatchResult": "trilemma.run.batch",
     "Journal": "trilemma.journal",
     "RunResult": "trilemma.run.executor",
@@ -73,12 +81,16 @@ _RUNNER = {
 
 
 def __getattr__(name: str) -> Any:
-    module = _RUNNER.get(name)
+    module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'trilemma' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [
