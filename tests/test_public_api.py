@@ -108,3 +108,26 @@ def test_a_users_type_checker_reads_the_public_api(tmp_path: Path) -> None:
     errors = re.findall(r"user\.py:(\d): error: (.*)", out)
     assert [(line, text.split(" (")[0]) for line, text in errors] == [
         ("5", "Incompatible types in assignment")], out
+
+
+def test_the_cli_loads_the_planner_only_for_commands_that_use_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from trilemma.journal import Journal
+
+    db = tmp_path / "j.db"
+    with Journal(db):
+        pass
+    code = "\n".join([
+        "import sys",
+        "from trilemma.cli import main",
+        "assert main(['--version']) == 0",
+        "loaded = ['numpy', 'pydantic', 'yaml', 'trilemma.spec.model'] & sys.modules.keys()",
+        "assert not loaded, ('--version', sorted(loaded))",
+        f"assert main(['runs', '--journal', {str(db)!r}]) == 0",
+        "loaded = ['numpy', 'yaml', 'trilemma.plan.estimate', 'trilemma.spec.model'] & sys.modules.keys()",
+        "assert not loaded, ('runs', sorted(loaded))",
+    ])  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -20,17 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from trilemma.errors import TrilemmaError, UsageError
 from trilemma.journal.store import DEFAULT_PATH
-from trilemma.spec.load import STDIN, read_capped
-from trilemma.spec.model import MAX_SECONDS, MAX_SEED, MAX_USD
+from trilemma.spec.bounds import MAX_SECONDS, MAX_SEED, MAX_USD, STDIN, read_capped
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from rich.progress import Progress
 
     from trilemma.journal import Journal
     from trilemma.spec import Workflow
@@ -247,6 +246,8 @@ def emit_json(data: Any) -> None:
 
 def progress(show: bool) -> Progress:
     """A progress bar on stderr, shown only on a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
     return Progress(
         "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
         TimeRemainingColumn(), console=Console(stderr=True), disable=not show, transient=True,
@@ -369,6 +370,8 @@ def _not_a_number(exc: Exception) -> str | None:
     ("Input should be a valid integer, unable to parse string as an integer") do not name
     the value, and its check of a lower bound refuses NaN as "should be greater than or
     equal to 0", which misleads."""
+    from pydantic import ValidationError  # typer's coercion raised it: pydantic is loaded
+
     cause = exc.__cause__
     if not isinstance(cause, ValidationError) or not isinstance(exc, typer.BadParameter):
         return None

@@ -31,13 +31,11 @@ from trilemma.cli._common import (
 )
 from trilemma.errors import UsageError
 from trilemma.examples import example_path
-from trilemma.report import tables
-from trilemma.spec import ModelProfile, Workflow, load_workflow
-from trilemma.spec.load import STDIN
-from trilemma.spec.model import MAX_SECONDS, MAX_USD
+from trilemma.spec.bounds import MAX_SECONDS, MAX_USD, STDIN
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # each command imports what it uses: `trilemma --help` loads none of it
     from trilemma.providers.local import ServerInfo
+    from trilemma.spec import ModelProfile, Workflow
 
 local_app = typer.Typer(help="Serve the PyPI-packaged models with llama.cpp on 127.0.0.1.",
                         no_args_is_help=True)  # fmt: skip
@@ -87,6 +85,8 @@ def local_up(
 
 
 def _threads(server: ServerInfo) -> str:
+    from trilemma.report import tables
+
     return "threads not recorded" if server.threads is None else tables.counted(server.threads, "thread")
 
 
@@ -192,6 +192,8 @@ def calibrate_cmd(
 
 def _spec_with(model: str, spec: Path | None) -> Workflow:
     """The spec holding ``model`` (``spec``, else the shipped examples/local.yaml)."""
+    from trilemma.spec import load_workflow
+
     path = spec or example_path("local.yaml")
     wf = load_workflow(path)
     if model not in wf.models:
@@ -219,6 +221,7 @@ def _fit_ledger(
     """``calibrate --from-journal``: the profile fitted to the calls the journal holds."""
     from trilemma.experiments.fit import fit_from_journal
     from trilemma.journal import Journal
+    from trilemma.report import tables
 
     if not path.is_file():
         raise UsageError(f"--from-journal {path}: no such file; give the journal your runs wrote "
@@ -294,6 +297,7 @@ def cliff_cmd(
     Example: trilemma cliff --model smollm2 --steps 1,2,5 --runs 100 --plot cliff.png
     """
     from trilemma.experiments.cliff import cliff
+    from trilemma.report import tables
 
     writable("--plot", plot)
     try:
@@ -371,6 +375,8 @@ def sweep_cmd(
     Example: trilemma sweep examples/ticket.yaml --max-cost 0.3,0.45,0.6,0.9 --runs 100 --plot sweep.png
     """
     from trilemma.experiments.sweep import Limits, budget_sweep
+    from trilemma.report import tables
+    from trilemma.spec import load_workflow
 
     if max_cost is None and deadline is None:
         raise UsageError("give the budgets to sweep: --max-cost 0.1,0.2 and/or --deadline 5,10")
@@ -417,6 +423,8 @@ def compare_cmd(
     Example: trilemma compare examples/single.yaml examples/ticket.yaml examples/cascade.yaml
     """
     from trilemma.experiments.compare import compare
+    from trilemma.report import tables
+    from trilemma.spec import load_workflow
 
     writable("--plot", plot)
     files = [stdin_named(f) for f in files]

@@ -7,7 +7,7 @@ import sys
 from contextlib import nullcontext, suppress
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -32,18 +32,11 @@ from trilemma.cli._common import (
 )
 from trilemma.errors import UsageError
 from trilemma.examples import STARTER, workflow_examples
-from trilemma.plan import book as book_mod
-from trilemma.plan.estimate import estimate as estimate_wf
-from trilemma.plan.exercises import debate_vs_retry, routing_sweep, ticket_spend
-from trilemma.plan.optimize import optimize as optimize_wf
 from trilemma.plan.sensitivity import FACTOR
-from trilemma.plan.sensitivity import sensitivity as sensitivity_of  # the command's name
-from trilemma.plan.simulate import SimResult, check_runs, check_seed, under_budget
-from trilemma.plan.simulate import simulate as simulate_wf
-from trilemma.plan.thresholds import hedge_thresholds, parse_thresholds
-from trilemma.report import tables
-from trilemma.spec import Budget, Simulation, Workflow, dump_workflow, load_workflow
-from trilemma.spec.load import SCHEMA_KEY
+
+if TYPE_CHECKING:  # each command imports what it uses: `trilemma --help` loads none of it
+    from trilemma.plan.simulate import SimResult
+    from trilemma.spec import Simulation, Workflow
 
 
 @app.command(rich_help_panel="Predict")
@@ -54,6 +47,8 @@ def book(
 
     Example: trilemma book
     """
+    from trilemma.plan import book as book_mod
+
     sys.stdout.write(book_mod.book_report() + "\n")
     if notes:
         sys.stdout.write("\nNotes (quirks of the seed's code that these figures keep):\n")
@@ -70,6 +65,10 @@ def estimate(spec: SpecFile, sets: SetOpt = None, as_json: JsonFlag = False) -> 
 
     Example: trilemma estimate examples/starter.yaml --set models.cheap.p_ok=0.8
     """
+    from trilemma.plan.estimate import estimate as estimate_wf
+    from trilemma.report import tables
+    from trilemma.spec import load_workflow
+
     wf = load_workflow(spec, sets or ())
     e = estimate_wf(wf)
     if as_json:
@@ -151,6 +150,12 @@ def simulate(
 
     Example: trilemma simulate examples/jittery.yaml --deadline-for 0.95
     """  # fmt: skip
+    from trilemma.plan.estimate import estimate as estimate_wf
+    from trilemma.plan.simulate import check_runs
+    from trilemma.plan.simulate import simulate as simulate_wf
+    from trilemma.report import tables
+    from trilemma.spec import Simulation, load_workflow
+
     check_runs(positive("--runs", runs))
     writable("--plot", plot)
     wf = load_workflow(spec, sets or ())
@@ -203,7 +208,9 @@ def _budget_for(
 ) -> int:  # fmt: skip
     """``simulate --ceiling-for`` / ``--deadline-for``: 0 with the budget found, 1 when none
     reaches the share."""
+    from trilemma.plan.estimate import estimate as estimate_wf
     from trilemma.plan.simulate import smallest_budget
+    from trilemma.report import tables
 
     if ceiling_for is not None and deadline_for is not None:
         raise UsageError("give --ceiling-for or --deadline-for, one search at a time")
@@ -248,6 +255,9 @@ def _hedge_thresholds(
     plot: Path | None, as_json: bool, max_cost_usd: float | None,
 ) -> int:  # fmt: skip
     """``simulate --hedge``: each threshold's cost beside its latency tail."""
+    from trilemma.plan.thresholds import hedge_thresholds, parse_thresholds
+    from trilemma.report import tables
+
     model, labels = parse_thresholds(text, wf)
     total = runs * (len(labels) + 1)
     with progress(not as_json and sys.stderr.isatty() and _long(total, wf, 10_000_000)) as bar:
@@ -311,6 +321,10 @@ def optimize(
 
     Example: trilemma optimize examples/seed-chain.yaml --max-cost 0.10 --min-reliability 0.95
     """
+    from trilemma.plan.optimize import optimize as optimize_wf
+    from trilemma.report import tables
+    from trilemma.spec import Budget, dump_workflow, load_workflow
+
     writable("--out", out)
     writable("--plot", plot)
     wf = load_workflow(spec, sets or ())
@@ -378,6 +392,8 @@ def _budget_checks(wf: Workflow, r: Any) -> dict[str, SimResult]:
     """The original and the chosen spec simulated with the budgets as a run's own: the
     latency budget binds a path's latency, the cost budget expected or worst figures, but a
     run's deadline cancels it and its ceiling refuses a call whose worst case does not fit."""
+    from trilemma.plan.simulate import check_seed, under_budget
+
     b = r.budget
     if b.deadline_s is None and b.max_cost_usd is None:
         return {}
@@ -396,6 +412,8 @@ def _cut_steps(r: Any) -> list[str]:
 
 
 def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
+    from trilemma.report import tables
+
     at = tables.chosen_at(r.frontier, r.chosen)
     return {
         "method": r.method,
@@ -476,6 +494,9 @@ def exercise(
 
     Example: trilemma exercise 32.10.2 --plot routing.png
     """
+    from trilemma.plan.exercises import debate_vs_retry, routing_sweep, ticket_spend
+    from trilemma.report import tables
+
     writable("--plot", plot)
     console = stdout_console()
     if number is ExerciseId.sizing:
@@ -517,6 +538,13 @@ def demo(
     Example: trilemma demo
     """
     from trilemma.examples import example_path
+    from trilemma.plan import book as book_mod
+    from trilemma.plan.estimate import estimate as estimate_wf
+    from trilemma.plan.optimize import optimize as optimize_wf
+    from trilemma.plan.simulate import check_runs
+    from trilemma.plan.simulate import simulate as simulate_wf
+    from trilemma.report import tables
+    from trilemma.spec import load_workflow
 
     check_runs(positive("--runs", runs))
     console = stdout_console()
@@ -575,6 +603,10 @@ def sensitivity(
 
     Example: trilemma sensitivity examples/starter.yaml --plot sensitivity.png
     """  # fmt: skip
+    from trilemma.plan.sensitivity import sensitivity as sensitivity_of
+    from trilemma.report import tables
+    from trilemma.spec import load_workflow
+
     writable("--plot", plot)
     wf = load_workflow(spec, sets or ())
     s = sensitivity_of(wf, factor)
@@ -621,6 +653,8 @@ def init(
 
     import yaml
 
+    from trilemma.spec import load_workflow
+    from trilemma.spec.load import SCHEMA_KEY
     from trilemma.spec.schema import spec_json_schema
 
     examples = workflow_examples()
@@ -702,6 +736,8 @@ def _demo_compare(console: Console, journal: Path, runs: int = 60) -> None:
     from trilemma.examples import example_path
     from trilemma.experiments.compare import compare
     from trilemma.journal import Journal
+    from trilemma.report import tables
+    from trilemma.spec import load_workflow
 
     names = ("single.yaml", "ticket.yaml", "cascade.yaml", "routed.yaml")
     _section(console, f"6. A single call or an agent workflow? Measured, {runs} runs each",

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
 from trilemma._tasks import run_whole
 from trilemma.cli._common import (
@@ -49,10 +48,7 @@ from trilemma.cli._common import (
 )
 from trilemma.errors import SetupError, UsageError
 from trilemma.journal.store import GATEWAY_RUN, overrides_of
-from trilemma.plan.estimate import estimate
-from trilemma.report import tables
-from trilemma.spec import load_workflow, workflow_from_dict
-from trilemma.spec.load import STDIN
+from trilemma.spec.bounds import STDIN
 
 if TYPE_CHECKING:  # imported when a command needs it: `trilemma --help` stays quick
     from trilemma.run.batch import LineResult
@@ -128,7 +124,9 @@ def run_cmd(
     Example: trilemma run examples/starter.yaml --set models.cheap.p_ok=0.8 -i question=Hi
     """
     from trilemma.journal import Journal
+    from trilemma.report import tables
     from trilemma.run.session import check_inputs, check_tenant, execute
+    from trilemma.spec import load_workflow
 
     check_tenant(tenant)
     shared, tier = _shared(shared_budget, shared_cache, redis)
@@ -218,8 +216,10 @@ def batch_cmd(
     Example: trilemma batch examples/faq.yaml --inputs examples/questions.jsonl --max-cost 0.05
     """
     from trilemma.journal import Journal
+    from trilemma.report import tables
     from trilemma.run.batch import BatchTime, plan_batch, read_inputs, run_batch
     from trilemma.run.session import check_tenant
+    from trilemma.spec import load_workflow
 
     positive("--parallel", parallel)
     check_tenant(tenant)
@@ -308,6 +308,8 @@ def _json_line(line: LineResult) -> str:
 
 
 def _report_run(result: Any, as_json: bool, sets: list[str] | None = None) -> int:
+    from trilemma.report import tables
+
     return _report(result, as_json, tables.run_view, f"run {result.run_id}", sets)
 
 
@@ -339,6 +341,8 @@ def _on_interrupt(journal: Path) -> Iterator[None]:
     command that goes on with it, then exit 130. The executor's journal writer commits as
     the run unwinds, so the journal keeps every step that finished; the run's row says
     ``running`` until it is resumed (``trilemma doctor`` lists it as interrupted)."""
+    from trilemma.report import tables
+
     try:
         yield
     except KeyboardInterrupt:
@@ -369,6 +373,9 @@ def _note_budgets_that_stop_every_run(
     end stops (a deadline under the critical path, a ceiling under a run without a retry),
     on stderr. The work still starts: a stop_when may end a run sooner. With ``spent``,
     ``wf`` is what a resume has left to run (see :func:`tables.stops_every_run`)."""
+    from trilemma.plan.estimate import estimate
+    from trilemma.report import tables
+
     if ceiling is None and limit is None:
         return
     held = wf.with_budget(max_cost_usd=ceiling, deadline_s=limit)
@@ -416,7 +423,11 @@ class _RunDisplay:
     def __init__(
         self, steps: int, ceiling: float | None, deadline: float | None, enabled: bool
     ) -> None:
-        self.ceiling, self.deadline = ceiling, deadline
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+        from trilemma.report.tables import usd
+
+        self.ceiling, self.deadline, self.usd = ceiling, deadline, usd
         self.progress = Progress(
             "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
             "{task.fields[spend]}", "{task.fields[clock]}",
@@ -435,12 +446,10 @@ class _RunDisplay:
         self.progress.__exit__(None, None, None)
 
     def update(self, event: Any) -> None:
-        import time
-
-        cap = f" / {tables.usd(self.ceiling)}" if self.ceiling is not None else ""
+        cap = f" / {self.usd(self.ceiling)}" if self.ceiling is not None else ""
         left = f" / {self.deadline:.0f}s" if self.deadline is not None else ""
         elapsed = time.monotonic() - self.started
-        self.progress.update(self.task, completed=event.done, spend=f"{tables.usd(event.spent)}{cap}",
+        self.progress.update(self.task, completed=event.done, spend=f"{self.usd(event.spent)}{cap}",
                              clock=f"{elapsed:.1f}s{left}")  # fmt: skip
 
 
@@ -467,6 +476,7 @@ def runs(
     Example: trilemma runs --status failed --limit 20
     """
     from trilemma.journal import Journal
+    from trilemma.report import tables
 
     if status is not None and status not in RUN_STATUSES:
         raise UsageError(f"--status {status!r}: give one of {', '.join(RUN_STATUSES)}")
@@ -534,6 +544,7 @@ def resume_cmd(
     """
     from trilemma.journal import Journal
     from trilemma.run.session import resume, spec_to_resume, still_running
+    from trilemma.spec import workflow_from_dict
 
     shared, tier = _shared(shared_budget, shared_cache, redis)
     with Journal(journal, create=False) as j:
@@ -591,6 +602,7 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
     Example: trilemma doctor --journal .trilemma/trilemma.db
     """
     from trilemma.journal import Journal
+    from trilemma.report import tables
 
     with Journal(journal, create=False) as j:
         report = j.check()
@@ -688,6 +700,7 @@ def prune(
     import time
 
     from trilemma.journal import Journal
+    from trilemma.report import tables
 
     ended = [s for s in RUN_STATUSES if s != "running"]
     if status is not None and status not in ended:
@@ -754,6 +767,7 @@ def ledger(
     """
     from trilemma.journal import Journal
     from trilemma.journal.store import OUTCOMES, abandoned
+    from trilemma.report import tables
 
     for o in outcome or ():
         if o not in OUTCOMES:
@@ -912,6 +926,7 @@ def budget_show(
     Example: trilemma budget show team-a --redis redis://127.0.0.1:6379/0
     """
     from trilemma._redis import check_url
+    from trilemma.report import tables
     from trilemma.run.shared_budget import shared_state
 
     state = shared_state(check_url(redis), name, prefix)
@@ -941,6 +956,7 @@ def budget_reset(
     Example: trilemma budget reset team-a
     """
     from trilemma._redis import check_url
+    from trilemma.report import tables
     from trilemma.run.shared_budget import reset_shared
 
     before = reset_shared(check_url(redis), name, prefix, force=force)
@@ -963,6 +979,7 @@ def cache_stats(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False
     Example: trilemma cache stats --json
     """
     from trilemma.journal import Journal
+    from trilemma.report import tables
 
     with Journal(journal, create=False) as j:
         rows = j.cache_stats()

@@ -24,10 +24,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from trilemma.plan.estimate import Estimate, estimate
-from trilemma.spec import ModelProfile, Step, Workflow
+if TYPE_CHECKING:  # loaded by sensitivity(): the command line reads FACTOR without them
+    from trilemma.plan.estimate import Estimate
+    from trilemma.spec import ModelProfile, Step, Workflow
 
 __all__ = ["FACTOR", "Figures", "Guess", "Sensitivity", "sensitivity"]
 
@@ -110,6 +111,8 @@ def sensitivity(wf: Workflow, factor: float = FACTOR) -> Sensitivity:
     each of a route's branches but its likeliest, and each cache's planned hit rate under 1,
     divided and multiplied by ``factor`` in turn (see the module's docstring), the spec
     estimated again for each; sorted by :meth:`Guess.swing`, the largest first."""
+    from trilemma.plan.estimate import estimate
+
     if not factor > 1.0 or not math.isfinite(factor):
         raise ValueError(f"factor must be a finite number above 1, not {factor!r}")
     races = wf.stop_when is not None  # a stop's reliability is drawn where steps race it

@@ -24,24 +24,19 @@ from trilemma.journal.store import (
     overrides_of,
     rejection,
 )
-from trilemma.plan.estimate import Estimate, held_worst
-from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
-from trilemma.plan.fanin import SAMPLES
-from trilemma.plan.hedge import timeouts
-from trilemma.plan.optimize import Candidate, OptimizeResult, meets
-from trilemma.plan.sensitivity import Sensitivity
-from trilemma.plan.simulate import BudgetFor, SimResult
-from trilemma.plan.slots import over_rate
-from trilemma.plan.thresholds import Threshold
-from trilemma.providers.base import CUT, UNREPORTED
 from trilemma.report.fitted import FittedTable
-from trilemma.spec import Budget, ModelProfile, Workflow
-from trilemma.spec.model import BACKOFF_BASE_S, BACKOFF_CAP_S
 
-if TYPE_CHECKING:  # the executor loads only for the commands that run it
+if TYPE_CHECKING:  # types only: `trilemma runs` reads a journal without the planner or experiments
     from trilemma.experiments.compare import Contender
     from trilemma.experiments.fit import Drift, LedgerFit
     from trilemma.experiments.sweep import Sweep
+    from trilemma.plan.estimate import Estimate
+    from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
+    from trilemma.plan.optimize import Candidate, OptimizeResult
+    from trilemma.plan.sensitivity import Sensitivity
+    from trilemma.plan.simulate import BudgetFor, SimResult
+    from trilemma.plan.thresholds import Threshold
+    from trilemma.spec import Budget, ModelProfile, Workflow
 
 __all__ = [
     "budget_fit",
@@ -146,6 +141,8 @@ def _estimate_rows_shown(per_step: Sequence[Any], limit: int = STEPS_SHOWN) -> s
 
 def early_stop_line(e: Estimate) -> str:
     """What the spec's ``stop_when`` saves, in a sentence."""
+    from trilemma.plan.fanin import SAMPLES
+
     assert e.stop is not None
     st = e.stop
     saved = st.saved_usd(e.per_step)
@@ -224,6 +221,8 @@ NOTED_TIMEOUTS = 0.001
 def fault_assumptions(wf: Workflow) -> list[str]:
     """A line per model with faults, and per model whose calls may outlast its ``timeout_s``
     (one in a thousand or more): the estimate's p attempt counts them, below its p_ok."""
+    from trilemma.plan.hedge import timeouts
+
     used = {m for st in wf.steps
             for m in (st.model, *(st.escalate or ()), *(b.model for b in (st.route or {}).values()))}  # fmt: skip
     lines = [
@@ -246,6 +245,8 @@ def fault_assumptions(wf: Workflow) -> list[str]:
 def wave_assumptions(wf: Workflow) -> list[str]:
     """A line per step whose jittery calls are sent together (a vote's samples, a debate's
     agents): the expected latency waits for the slowest of them."""
+    from trilemma.plan.hedge import timeouts
+
     lines = []
     for st in wf.steps:
         m = wf.models[st.model]
@@ -263,6 +264,9 @@ def wave_assumptions(wf: Workflow) -> list[str]:
 def slot_assumptions(wf: Workflow, e: Estimate) -> list[str]:
     """A line when more calls are ready at once than the run's slots: the critical path
     takes longer in them (:mod:`trilemma.plan.slots`)."""
+    from trilemma.plan.fanin import SAMPLES
+    from trilemma.plan.slots import over_rate
+
     if not e.slots_bind:
         return []
     limits = [f"{wf.concurrency} slots"] + [
@@ -290,6 +294,8 @@ def slot_assumptions(wf: Workflow, e: Estimate) -> list[str]:
 
 def join_assumptions(e: Estimate) -> list[str]:
     """A line when branches whose times vary join: the expected latency is their drawn mean."""
+    from trilemma.plan.fanin import SAMPLES
+
     if e.latency_joined_s is None:
         return []
     held = e.latency_expected_s > e.latency_joined_s + 1e-9  # the slots' replay is longer
@@ -333,6 +339,8 @@ def halt_assumptions(e: Estimate) -> list[str]:
 
 def retry_assumptions(wf: Workflow) -> list[str]:
     """A line when a step retries: the expected and worst latencies count the backoff waits."""
+    from trilemma.spec.model import BACKOFF_BASE_S, BACKOFF_CAP_S
+
     if not any(st.retries for st in wf.steps):
         return []
     return [f"retries: the expected and worst latency count the executor's backoff before each "
@@ -349,6 +357,8 @@ def stops_every_run(wf: Workflow, e: Estimate, *, spent: float | None = None) ->
     With ``spent``, ``wf`` is what is left of a resumed run (:meth:`Workflow.only`) under the
     run's whole ceiling and the deadline from now, and ``spent`` what the run paid already:
     ``resume`` says so before it goes on."""
+    from trilemma.plan.slots import over_rate
+
     b, out = wf.budget, {}
     left, paid = spent is not None, spent or 0.0
     if b.max_cost_usd is not None and paid + e.cost_book > b.max_cost_usd + 1e-12:
@@ -377,6 +387,8 @@ def stops_every_run(wf: Workflow, e: Estimate, *, spent: float | None = None) ->
 
 def budget_fit(wf: Workflow, e: Estimate) -> list[str]:
     """A line per budget of the spec: whether a run under it can be stopped, before any is."""
+    from trilemma.plan.estimate import held_worst
+
     b, lines = wf.budget, []
     floor = f"{b.min_reliability:g}" if b.min_reliability is not None else "0.95"
     stops = stops_every_run(wf, e)
@@ -643,6 +655,9 @@ def frontier_table(frontier: Sequence[Candidate], r: OptimizeResult, limit: int 
     """The Pareto frontier, evenly thinned to ``limit`` rows, the chosen configuration
     among them and marked (in its place by cost where the frontier's figures pass it over:
     the run's slots, or the enforced budgets, chose it)."""
+    from trilemma.plan.optimize import meets
+    from trilemma.spec import Budget
+
     at = chosen_at(frontier, r.chosen)
     shown = _thinned(len(frontier), limit, at)
     rows: list[tuple[Candidate, bool]] = [(frontier[k], k == at) for k in shown]
@@ -1134,6 +1149,8 @@ def ledger_table(
     filters the rows passed, by field, named in the title; ``pruned``: the calls and the
     bill of them that ``trilemma prune`` forgot; ``live``: the run is going on now, so a
     call in flight is waiting for its answer, not left so by a crash)."""
+    from trilemma.providers.base import CUT, UNREPORTED
+
     kept = "; ".join(f"{k} {', '.join(v)}" for k, v in (only or {}).items() if v)
     t = FittedTable(title=f"Ledger of {run_id}: {counted(len(rows), 'call')}"
                     + (f" ({kept})" if kept else ""),

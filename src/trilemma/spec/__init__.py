@@ -13,24 +13,54 @@ names the file, the field path (``steps[2].retries``) and the fix.
 'plan'
 """
 
-from trilemma.spec.load import dump_workflow, load_workflow, parse_workflow, workflow_from_dict
-from trilemma.spec.model import (
-    SPEC_VERSION,
-    Branch,
-    Budget,
-    CacheRule,
-    Debate,
-    Faults,
-    Gate,
-    ModelProfile,
-    SimAnswers,
-    Simulation,
-    Step,
-    Vote,
-    Workflow,
-)
-from trilemma.spec.schema import spec_json_schema
-from trilemma.spec.template import render_template, template_fields
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # each loaded on first use (below): the command line reads its bounds
+    from trilemma.spec.load import dump_workflow, load_workflow, parse_workflow, workflow_from_dict
+    from trilemma.spec.model import (
+        SPEC_VERSION,
+        Branch,
+        Budget,
+        CacheRule,
+        Debate,
+        Faults,
+        Gate,
+        ModelProfile,
+        SimAnswers,
+        Simulation,
+        Step,
+        Vote,
+        Workflow,
+    )
+    from trilemma.spec.schema import spec_json_schema
+    from trilemma.spec.template import render_template, template_fields
+
+#: Where each name lives: the models need pydantic, loading YAML too; ``trilemma.spec.bounds``
+#: (the bounds the command line checks its flags against) needs neither.
+_LAZY = {
+    **dict.fromkeys(("dump_workflow", "load_workflow", "parse_workflow", "workflow_from_dict"),
+                    "trilemma.spec.load"),
+    **dict.fromkeys(("SPEC_VERSION", "Branch", "Budget", "CacheRule", "Debate", "Faults", "Gate",
+                     "ModelProfile", "SimAnswers", "Simulation", "Step", "Vote", "Workflow"),
+                    "trilemma.spec.model"),
+    "spec_json_schema": "trilemma.spec.schema",
+    **dict.fromkeys(("render_template", "template_fields"), "trilemma.spec.template"),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trilemma.spec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "SPEC_VERSION",

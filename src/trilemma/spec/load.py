@@ -11,7 +11,6 @@ import difflib
 import functools
 import json
 import re
-import sys
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from trilemma import dag
 from trilemma._format import did_you_mean
 from trilemma.errors import CycleError, SpecError, UsageError
+from trilemma.spec.bounds import STDIN, read_capped
 from trilemma.spec.model import ROUTE_LABEL_PATTERN, SPEC_VERSION, STEP_ID_PATTERN, Step, Workflow
 from trilemma.spec.overrides import with_overrides
 from trilemma.spec.template import template_ok
@@ -31,21 +31,6 @@ __all__ = ["STDIN", "dump_workflow", "load_workflow", "parse_workflow", "workflo
 
 MAX_SPEC_BYTES = 5_000_000
 MAX_EXPANDED_NODES = 200_000
-
-
-#: The path that names standard input (as ``-`` does on a command line), and the source a
-#: spec read from it is named by in errors and in the journal.
-STDIN = "<stdin>"
-
-
-def read_capped(path: str | Path, limit: int) -> bytes:
-    """The bytes of a file, or of standard input for ``-`` (or :data:`STDIN`): at most
-    ``limit`` + 1 of them, so that a caller can tell one over the limit without reading
-    it all. OSError as reading raises it."""
-    if str(path) in ("-", STDIN):
-        return sys.stdin.buffer.read(limit + 1)
-    with open(path, "rb") as f:
-        return f.read(limit + 1)
 
 
 def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> Workflow:

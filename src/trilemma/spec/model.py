@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from trilemma.spec.bounds import MAX_RATE, MAX_SECONDS, MAX_SEED, MAX_TOKENS, MAX_USD
 from trilemma.spec.prices import hosted_prices
 from trilemma.spec.template import template_fields
 
@@ -30,15 +31,6 @@ SPEC_VERSION = 1
 STEP_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 
 
-#: Upper bounds far past any real workflow, so that no sum or product of a spec's figures
-#: overflows a float (a price of 1e308 dollars is finite; twice it is not).
-MAX_USD = 1e6
-MAX_SECONDS = 1e7
-MAX_TOKENS = 10**9
-MAX_RATE = 10**9
-#: Seeds are 0 up to this: numpy takes no negative one, SQLite no integer of 2**63 or more,
-#: and experiments add a run's number to it.
-MAX_SEED = 2**62
 
 Probability = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
 Rate = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
