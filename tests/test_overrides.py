@@ -175,3 +175,17 @@ def test_a_batch_keeps_its_set_and_its_resume_asks_for_the_same(cli, write, tmp_
                "--journal", db, "--json")  # fmt: skip
     assert done.code == 0, done.err
     assert done.json()["cost_usd"] == pytest.approx(0.18)  # 3 lines x 3 calls at $0.02
+
+
+def test_a_damaged_overrides_column_is_named_not_a_traceback(cli, write, tmp_path: Path) -> None:
+    spec, db = write(CHAIN), tmp_path / "j.db"
+    run_id = cli("run", spec, "--set", "steps.c.retries=1", "--journal", db, "--json").json()["run_id"]
+    with sqlite3.connect(db) as raw:  # another tool wrote over it
+        raw.execute("UPDATE runs SET overrides_json = '{\"steps.c.retries\": 1}'")
+    raw.close()
+    listed = cli("runs", "--journal", db)
+    assert listed.code == 2 and listed.err.count("\n") == 1
+    assert "overrides_json holds" in listed.err and "not a JSON array" in listed.err
+    doctor = cli("doctor", "--journal", db, "--json")
+    assert doctor.code == 1
+    assert any("overrides_json" in d and run_id in d for d in doctor.json()["damaged_rows"])

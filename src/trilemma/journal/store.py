@@ -105,9 +105,10 @@ def _run_range(run_id: str) -> tuple[str, str, str]:
 
 
 def overrides_of(run: Mapping[str, Any]) -> list[str]:
-    """The ``--set PATH=VALUE`` a run's row says it was started with (none before they were kept)."""
-    text = run.get("overrides_json")
-    return json.loads(text) if text else []
+    """The ``--set PATH=VALUE`` a run's row says it was started with (none before they were
+    kept, or where another tool left the column holding something else)."""
+    given = _parsed(run.get("overrides_json") or "[]")
+    return [o for o in given if isinstance(o, str)] if isinstance(given, list) else []
 
 
 @contextlib.contextmanager
@@ -754,7 +755,7 @@ class Journal:
         dead = {r["run_id"] for r in interrupted}
         run_status = [c.pop("status") for c in in_flight]  # not part of a call's report
         ended = [c for c, st in zip(in_flight, run_status, strict=True) if st != "running"]
-        batches = dict.fromkeys((r["batch_id"], r["spec_source"], r["overrides_json"])
+        batches = dict.fromkeys((r["batch_id"], r["spec_source"], tuple(overrides_of(r)))
                                 for r in interrupted if r["batch_id"])  # fmt: skip
         return {
             **report,
@@ -763,7 +764,7 @@ class Journal:
             "interrupted_runs": [r["run_id"] for r in interrupted],
             "interrupted_trials": [r["run_id"] for r in interrupted if r["time_scale"] != 1],
             "interrupted_batches": [
-                {"batch_id": b, "spec_source": src, "overrides": _parsed(sets) if sets else []}
+                {"batch_id": b, "spec_source": src, "overrides": list(sets)}
                 for b, src, sets in batches
             ],
             "orphaned_in_flight_calls": [c for c in in_flight if c["run_id"] in dead],

@@ -326,8 +326,9 @@ def open_run(
     """A new run in the journal (status running) and its executor, under ``session``'s budgets.
 
     Its row records the session's ceiling and deadline, the ``time_scale`` ``wf`` runs
-    in and the ``overrides`` it was loaded with (as :func:`execute_async`); sessions may share them, the per-model ``limits`` and the journal's ``writer`` (a
-    batch, whose id and the run's line ``batch`` gives).
+    in and the ``overrides`` it was loaded with (as for :func:`execute_async`); sessions
+    may share them, the per-model ``limits`` and the journal's ``writer`` (a batch, whose
+    id and the run's line ``batch`` gives).
     """
     run_id = new_run_id()
     text = spec_json(wf)
