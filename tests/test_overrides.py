@@ -189,3 +189,17 @@ def test_a_damaged_overrides_column_is_named_not_a_traceback(cli, write, tmp_pat
     doctor = cli("doctor", "--journal", db, "--json")
     assert doctor.code == 1
     assert any("overrides_json" in d and run_id in d for d in doctor.json()["damaged_rows"])
+
+
+def test_sweep_takes_it_and_journals_it_with_each_trial(cli, write, tmp_path: Path) -> None:
+    spec, db = write(CHAIN), tmp_path / "j.db"
+    dear = ["--set", "models.m.usd_per_call=0.02"]
+    args = ["--max-cost", "0.05", "--runs", "3", "--journal", db]
+    got = cli("sweep", spec, *dear, *args, "--json").json()
+    plain = cli("sweep", spec, *args, "--json").json()
+    # at $0.02 a call the $0.05 ceiling stops every run after two steps; at $0.01 none
+    assert got["rows"][0]["success_rate"] == 0.0 and plain["rows"][0]["success_rate"] == 1.0
+    kept = [r["overrides"] for r in cli("runs", "--journal", db, "--json").json()]
+    assert kept.count(["models.m.usd_per_call=0.02"]) == 6 and kept.count([]) == 6
+    shown = cli("sweep", spec, *dear, *args)
+    assert shown.out.splitlines()[0] == "with models.m.usd_per_call=0.02 (--set; the file is unchanged)"

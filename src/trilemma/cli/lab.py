@@ -15,12 +15,14 @@ from trilemma.cli._common import (
     InputsOpt,
     JournalOpt,
     JsonFlag,
+    SetOpt,
     SpecFile,
     app,
     declared_for_files,
     emit_json,
     parse_inputs,
     positive,
+    print_set,
     progress,
     runs_kept_on_interrupt,
     seed_option,
@@ -368,6 +370,7 @@ def sweep_cmd(
     time_scale: TimeScaleOpt = 0.01,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write the sweep as a PNG.")] = None,
+    sets: SetOpt = None,
     as_json: JsonFlag = False,
 ) -> int:
     """A budget sweep: success, spend and outputs as the budget tightens, beside runs without one.
@@ -383,17 +386,19 @@ def sweep_cmd(
     writable("--plot", plot)
     budgets = [Limits(c, d) for c in _numbers("--max-cost", max_cost, MAX_USD)
                for d in _numbers("--deadline", deadline, MAX_SECONDS)]  # fmt: skip
-    wf = load_workflow(file)
+    wf = load_workflow(file, sets or ())
     given = parse_inputs(inputs, input_files, spec_read_stdin=str(file) == STDIN)
     declared_for_files(input_files, [(str(file), wf)])
     show = not as_json and sys.stderr.isatty()
     with runs_kept_on_interrupt(journal), progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * (len(budgets) + 1))
         result = budget_sweep(wf, budgets, runs, journal, seed=seed, time_scale=time_scale,
-                              source=str(file), inputs=given,
+                              source=str(file), inputs=given, overrides=sets or (),
                               on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
     from trilemma.report.plots import plot_sweep
 
+    if not as_json:
+        print_set(stdout_console(), sets)
     return _show(result.to_json(), tables.sweep_table(result, str(file)), as_json, plot,
                  lambda path: plot_sweep(result, path))  # fmt: skip
 

@@ -174,10 +174,11 @@ def budget_sweep(
     source: str = "<spec>",
     on_progress: Callable[[int, int], object] | None = None,
     inputs: Mapping[str, str] | None = None,
+    overrides: Sequence[str] = (),
 ) -> Sweep:
     """Run ``wf`` ``runs`` times with no budget, then ``runs`` times under each budget, each
     run with ``inputs`` (checked before any run, and before a ``journal`` given as a path is
-    opened).
+    opened), and journaled with the ``overrides`` ``wf`` was loaded with (``--set``).
 
     The spec's own ceiling and deadline are set aside: the baseline has none, and each
     budget of the sweep is the only one its runs obey.
@@ -193,7 +194,7 @@ def budget_sweep(
     def trials(b: Limits, j: Journal) -> list[Trial]:
         return repeat(unbudgeted, runs, j, seed=seed, time_scale=time_scale,
                       max_cost_usd=b.max_cost_usd, deadline_s=b.deadline_s, source=source,
-                      tick=tick, inputs=inputs)  # fmt: skip
+                      tick=tick, inputs=inputs, overrides=overrides)  # fmt: skip
 
     def predicted(row: SweepRow) -> SweepRow:
         b = row.budget

@@ -13,7 +13,7 @@ latencies and deadlines matter more than the experiment's speed.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,11 +185,13 @@ def repeat(
     source: str = "<spec>",
     tick: Callable[[], object] | None = None,
     inputs: Mapping[str, str] | None = None,
+    overrides: Sequence[str] = (),
 ) -> list[Trial]:
     """Run ``wf`` ``runs`` times, run ``i`` with seed ``seed + i``, each with ``inputs``;
     ``tick`` after each run.
 
-    ``wf`` is the spec as written: it is scaled here, and so is ``deadline_s``.
+    ``wf`` is the spec as written: it is scaled here, and so is ``deadline_s``. Each run is
+    journaled with the ``overrides`` (``--set``) ``wf`` was loaded with from ``source``.
     """
     check_settings(runs, time_scale)
     fast = time_scaled(wf, time_scale)
@@ -199,7 +201,7 @@ def repeat(
         with scaled_time(time_scale):
             r = execute(fast, journal=journal, inputs=inputs, seed=seed + i,
                         max_cost_usd=max_cost_usd, deadline_s=deadline, source=source,
-                        time_scale=time_scale)  # fmt: skip
+                        time_scale=time_scale, overrides=overrides)  # fmt: skip
         out.append(Trial(r.status, r.cost_usd, r.latency_s / time_scale, r.calls,
                          len(r.outputs), len(r.steps)))  # fmt: skip
         if tick is not None:
