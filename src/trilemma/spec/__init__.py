@@ -13,8 +13,9 @@ names the file, the field path (``steps[2].retries``) and the fix.
 'plan'
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from trilemma._lazy import lazy_names
 
 if TYPE_CHECKING:  # each loaded on first use (below): the command line reads its bounds
     from trilemma.spec.load import dump_workflow, load_workflow, parse_workflow, workflow_from_dict
@@ -49,17 +50,7 @@ _LAZY = {
 }  # fmt: skip
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'trilemma.spec' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
 
 __all__ = [
