@@ -165,6 +165,21 @@ def test_init_keeps_what_is_there_and_names_the_examples(cli, tmp_path: Path) ->
     assert nowhere.code == 2 and "does not exist" in nowhere.err
 
 
+def test_init_replaces_its_own_schema_but_not_a_file_of_the_users(cli, tmp_path: Path) -> None:
+    schema = tmp_path / "trilemma.schema.json"
+    assert cli("init", tmp_path / "a.yaml").code == 0
+    schema.write_text(json.dumps({**spec_json_schema(), "title": "trilemma workflow spec, version 0"}))
+    assert cli("init", tmp_path / "b.yaml").code == 0  # an older trilemma's: brought up to date
+    assert json.loads(schema.read_text()) == spec_json_schema()
+    schema.write_text('{"title": "my own schema"}')
+    kept = cli("init", tmp_path / "c.yaml")
+    assert kept.code == 2 and kept.err.count("\n") == 1
+    assert f"{schema} exists and is not a trilemma spec schema; move it, or --force" in kept.err
+    assert schema.read_text() == '{"title": "my own schema"}' and not (tmp_path / "c.yaml").exists()
+    assert cli("init", tmp_path / "c.yaml", "--force").code == 0
+    assert json.loads(schema.read_text()) == spec_json_schema()
+
+
 def test_init_writes_a_json_spec_with_its_schema_as_a_key(cli, tmp_path: Path) -> None:
     spec = tmp_path / "flow.json"
     assert cli("init", spec, "--example", "faq").code == 0

@@ -629,6 +629,19 @@ def sensitivity(
 SCHEMA_FILE = "trilemma.schema.json"
 
 
+def _ours(path: Path, title: str) -> bool:
+    """Whether ``path`` holds a schema trilemma wrote (of any version of the spec), which
+    ``init`` may replace: a JSON object whose title begins as ``title``'s does."""
+    import json
+
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    head = title.split(",")[0]  # "trilemma workflow spec"
+    return isinstance(found, dict) and str(found.get("title", "")).startswith(head)
+
+
 @app.command(rich_help_panel="Predict")
 def init(
     file: Annotated[
@@ -669,12 +682,16 @@ def init(
     writable("FILE", file)
     text = examples[example].read_text(encoding="utf-8")
     schema_path = file.parent / SCHEMA_FILE
+    schema = spec_json_schema()
+    if schema_path.exists() and not force and not _ours(schema_path, schema["title"]):
+        raise UsageError(f"{schema_path} exists and is not a trilemma spec schema; move it, or "
+                         "--force to replace it (init writes the schema beside the spec)")  # fmt: skip
     if file.suffix.lower() == ".json":  # no comments in JSON: the schema is a key
         text = json.dumps({SCHEMA_KEY: SCHEMA_FILE, **yaml.safe_load(text)}, indent=2) + "\n"
     else:
         text = f"# yaml-language-server: $schema={SCHEMA_FILE}\n{text}"
     write_atomic(file, text)
-    write_atomic(schema_path, json.dumps(spec_json_schema(), indent=2) + "\n")
+    write_atomic(schema_path, json.dumps(schema, indent=2) + "\n")
     wf = load_workflow(file)
     needed = " ".join(f"--input {k}=..." for k, v in wf.inputs.items() if v is None)
     sys.stdout.write(f"wrote {file} (the {example} example) and {schema_path} beside it\n"
