@@ -109,6 +109,7 @@ def test_a_run_keeps_its_set_and_a_resume_sets_it_again(
     cut = cli("run", spec, *dear, "--max-cost", "0.03", "--journal", db, "--json")
     assert cut.code == 1 and cut.json()["status"] == "budget_exhausted"
     assert cut.json()["cost_usd"] == pytest.approx(0.02)  # a, at the price --set gave
+    assert cut.json()["overrides"] == ["models.m.usd_per_call=0.02"]
     run_id = cut.json()["run_id"]
     (row,) = cli("runs", "--journal", db, "--json").json()
     assert row["overrides"] == ["models.m.usd_per_call=0.02"]
@@ -120,8 +121,10 @@ def test_a_run_keeps_its_set_and_a_resume_sets_it_again(
                                         "unchanged)")  # fmt: skip
     with Journal(db) as j:
         assert j.spent(run_id) == pytest.approx(0.06)
+    again = cli("resume", run_id, "--journal", db, "--json").json()  # done: from the journal
+    assert again["status"] == "ok" and again["overrides"] == ["models.m.usd_per_call=0.02"]
     plain = cli("run", spec, "--journal", db, "--json").json()
-    assert plain["cost_usd"] == pytest.approx(0.03)
+    assert plain["cost_usd"] == pytest.approx(0.03) and plain["overrides"] == []
     assert cli("runs", "--journal", db, "--json").json()[0]["overrides"] == []
 
 
@@ -175,6 +178,7 @@ def test_a_batch_keeps_its_set_and_its_resume_asks_for_the_same(cli, write, tmp_
                "--journal", db, "--json")  # fmt: skip
     assert done.code == 0, done.err
     assert done.json()["cost_usd"] == pytest.approx(0.18)  # 3 lines x 3 calls at $0.02
+    assert done.json()["overrides"] == ["models.m.usd_per_call=0.02"]
 
 
 def test_a_damaged_overrides_column_is_named_not_a_traceback(cli, write, tmp_path: Path) -> None:

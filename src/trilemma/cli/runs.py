@@ -150,7 +150,7 @@ def run_cmd(
 
         under = under_budget(wf, limit, ceiling, result.seed, RUN_PREDICTION_RUNS)
     if as_json:
-        emit_json({**result.to_json(),
+        emit_json({**result.to_json(), "overrides": list(sets or ()),
                    "predicted_under_budget": None if under is None else under.brief()})
         return _exit(result, f"run {result.run_id}")
     console = stdout_console()
@@ -319,7 +319,7 @@ def _report(
     """Print a run's or a batch's JSON or tables (after what ``sets`` changed); one line on
     stderr and 1 unless it is ok."""
     if as_json:
-        emit_json(result.to_json())
+        emit_json({**result.to_json(), "overrides": list(sets or ())})
     else:
         console = stdout_console()
         print_set(console, sets)
