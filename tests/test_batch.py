@@ -462,6 +462,9 @@ def test_plan_says_what_a_batch_should_cost_and_sends_nothing(tmp_path: Path, cl
     assert table.code == 0 and "pays for 8 of 12 runs even at their worst" in table.out
     assert not db.exists()  # nothing was run or journaled
     assert plan["deadline_s"] is None and plan["runs_done_by_deadline"] is None
+    spec, one = write(tmp_path, 1)
+    alone = cli("batch", spec, "--inputs", one, "--plan", "--journal", db)
+    assert alone.code == 0 and "Plan for 1 run, 4 at a time" in alone.out  # not "1 runs"
 
 
 @pytest.mark.parametrize(("deadline", "done"), [(1, 4), (1.5, 7), (3, 12)])

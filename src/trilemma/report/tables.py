@@ -1058,7 +1058,7 @@ def batch_view(b: Any, shown: int = 10) -> Group:
 def batch_plan_view(plan: dict[str, Any]) -> Table:
     """``trilemma batch --plan``: what the batch should cost and take, before it runs."""
     n = plan["lines"]
-    t = FittedTable(title=f"Plan for {n} runs, {plan['parallel']} at a time (nothing sent)",
+    t = FittedTable(title=f"Plan for {counted(n, 'run')}, {plan['parallel']} at a time (nothing sent)",
                     title_justify="left")  # fmt: skip
     t.add_column("")
     t.add_column("predicted", justify="right")
