@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable
+import shlex
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
-__all__ = ["count", "did_you_mean", "dollars"]
+__all__ = ["count", "did_you_mean", "dollars", "set_flags"]
 
 
 def dollars(x: float) -> str:
@@ -32,3 +33,9 @@ def did_you_mean(name: str, options: Iterable[str]) -> str:
     every message about an unknown name gives."""
     close = difflib.get_close_matches(name, [str(o) for o in options], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def set_flags(overrides: Sequence[str]) -> str:
+    """``--set PATH=VALUE`` as a command line gives them again, each quoted for the shell
+    ("" for none)."""
+    return " ".join(f"--set {shlex.quote(o)}" for o in overrides)

@@ -629,17 +629,18 @@ def sensitivity(
 SCHEMA_FILE = "trilemma.schema.json"
 
 
-def _ours(path: Path, title: str) -> bool:
-    """Whether ``path`` holds a schema trilemma wrote (of any version of the spec), which
-    ``init`` may replace: a JSON object whose title begins as ``title``'s does."""
+def _ours(path: Path) -> bool:
+    """Whether ``path`` holds a spec schema trilemma wrote (of any version of the spec),
+    which ``init`` may replace."""
     import json
+
+    from trilemma.spec.schema import SPEC_TITLE
 
     try:
         found = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    head = title.split(",")[0]  # "trilemma workflow spec"
-    return isinstance(found, dict) and str(found.get("title", "")).startswith(head)
+    return isinstance(found, dict) and str(found.get("title", "")).startswith(SPEC_TITLE)
 
 
 @app.command(rich_help_panel="Predict")
@@ -683,7 +684,7 @@ def init(
     text = examples[example].read_text(encoding="utf-8")
     schema_path = file.parent / SCHEMA_FILE
     schema = spec_json_schema()
-    if schema_path.exists() and not force and not _ours(schema_path, schema["title"]):
+    if schema_path.exists() and not force and not _ours(schema_path):
         raise UsageError(f"{schema_path} exists and is not a trilemma spec schema; move it, or "
                          "--force to replace it (init writes the schema beside the spec)")  # fmt: skip
     if file.suffix.lower() == ".json":  # no comments in JSON: the schema is a key

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from trilemma._format import set_flags
 from trilemma._tasks import run_whole
 from trilemma.cli._common import (
     DEFAULT_JOURNAL,
@@ -553,11 +554,12 @@ def resume_cmd(
         spec = json.loads(row["spec_json"]) if row else {}
         steps = len(spec.get("steps", []))
         if steps:  # a workflow's run (not a gateway key's)
-            wf = workflow_from_dict(spec, run_id)
             if row and row["time_scale"] == 1 and not still_running(row):
                 wf, _ = spec_to_resume(j, row, force=force)  # a changed file: refused first
                 if row["status"] != "ok":
                     _note_budgets_that_stop_a_resume(j, row, wf, max_cost, deadline)
+            else:  # resume() says why it will not, or goes on with --force
+                wf = workflow_from_dict(spec, run_id)
             _load_embedder(wf, show=not as_json)
         with _on_interrupt(journal), _RunDisplay(
             steps, max_cost or (row or {}).get("max_cost_usd"), deadline, enabled=not as_json
@@ -642,10 +644,10 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
                 console.print(f"interrupted run {run_id}: finish it with `trilemma resume "
                               f"{run_id}{flag}`")  # fmt: skip
         for b in report["interrupted_batches"]:
-            sets = "".join(f" --set {shlex.quote(o)}" for o in b["overrides"])
+            sets = set_flags(b["overrides"])
             console.print(f"interrupted batch {b['batch_id']}: go on with `trilemma batch "
-                          f"{shlex.quote(b['spec_source'])} --inputs <the same file>{sets} "
-                          f"--resume {b['batch_id']}{flag}`")  # fmt: skip
+                          f"{shlex.quote(b['spec_source'])} --inputs <the same file> "
+                          f"{sets + ' ' if sets else ''}--resume {b['batch_id']}{flag}`")  # fmt: skip
         for c in report["orphaned_in_flight_calls"]:
             console.print(f"in flight at the crash (may have been billed): run {c['run_id']} step "
                           f"{c['step_id']} attempt {c['attempt']} call {c['call']} ({c['model']})")  # fmt: skip

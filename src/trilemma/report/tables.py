@@ -15,7 +15,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from trilemma._format import count, dollars
+from trilemma._format import count, dollars, set_flags
 from trilemma.journal.store import (
     DEFAULT_PATH,
     OUTCOMES,
@@ -1112,7 +1112,7 @@ def runs_table(rows: list[dict[str, Any]], total: int | None = None) -> Table:
 
 def spec_of(run: Mapping[str, Any]) -> str:
     """A run's spec as given: its file, and the ``--set`` it was run with."""
-    return " ".join([run["spec_source"], *(f"--set {shlex.quote(o)}" for o in overrides_of(run))])
+    return " ".join(filter(None, [run["spec_source"], set_flags(overrides_of(run))]))
 
 
 LEDGER_KEYS = ("step", "attempt", "call", "role", "model", "prompt_tokens", "completion_tokens",

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import shlex
 import sys
 import time
 from collections import deque
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from trilemma import dag
+from trilemma._format import set_flags
 from trilemma.cache.semantic import Embedder
 from trilemma.errors import UsageError
 from trilemma.journal.store import Journal, JournalWriter, overrides_of
@@ -752,7 +752,7 @@ def _earlier_runs(
 
 
 def _sets(overrides: Sequence[str]) -> str:
-    return " ".join(f"--set {shlex.quote(o)}" for o in overrides) if overrides else "no --set"
+    return set_flags(overrides) or "no --set"
 
 
 def _same_tenant(given: str | None, was: str | None, batch_id: str) -> str | None:

@@ -25,16 +25,18 @@ from trilemma.spec import model
 from trilemma.spec.load import SCHEMA_KEY
 from trilemma.spec.model import SPEC_VERSION, Workflow
 
-__all__ = ["DIALECT", "json_schema", "spec_json_schema"]
+__all__ = ["DIALECT", "SPEC_TITLE", "json_schema", "spec_json_schema"]
 
 #: Draft 7, the newest the YAML language server (VS Code's YAML extension) checks with;
 #: pydantic's schema uses nothing later (its ``$defs`` are reached by JSON pointers).
 DIALECT = "http://json-schema.org/draft-07/schema#"
+#: How a spec schema's title begins, whatever the spec's version.
+SPEC_TITLE = "trilemma workflow spec"
 
 
 def spec_json_schema() -> dict[str, Any]:
     """The JSON Schema of a version-1 workflow spec, field docstrings as descriptions."""
-    return json_schema(Workflow, f"trilemma workflow spec, version {SPEC_VERSION}", model)
+    return json_schema(Workflow, f"{SPEC_TITLE}, version {SPEC_VERSION}", model)
 
 
 def json_schema(root: type[BaseModel], title: str, *sources: ModuleType) -> dict[str, Any]:
