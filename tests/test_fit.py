@@ -11,7 +11,7 @@ import yaml
 
 from trilemma import parse_workflow
 from trilemma.errors import UsageError
-from trilemma.experiments.fit import fit_from_journal
+from trilemma.experiments.fit import RouteFit, fit_from_journal, fit_routes
 from trilemma.journal import Journal
 from trilemma.plan.hedge import cut
 from trilemma.run.session import execute
@@ -320,3 +320,93 @@ def test_a_latency_interval_does_not_reach_below_zero(sim_journal: Path) -> None
     slow = parse_workflow(SIM).models["m"].model_copy(update={"latency_s": 0.5})
     (d,) = [d for d in spread.drift(slow) if d.field == "latency_s"]
     assert d.ci95[0] == 0.0 and d.ci95[1] > d.measured > 0
+
+
+ROUTED = """
+version: 1
+models:
+  small: {usd_per_call: 0.001, latency_s: 0.001, p_ok: 0.5}
+  big: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}
+steps:
+  - id: answer
+    model: small
+    route:
+      simple: {share: 0.2, model: big}
+      hard: {share: 0.8, model: big, vote: {samples: 3}}
+"""
+
+
+@pytest.fixture(scope="module")
+def routed_journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 runs of ROUTED: a classifier right half the time, its misses sent down 'simple'."""
+    path = tmp_path_factory.mktemp("routes") / "j.db"
+    journal = Journal(path)
+    for seed in range(300):
+        execute(parse_workflow(ROUTED), journal=journal, seed=seed)
+    return path
+
+
+def test_a_classifier_s_decisions_give_back_the_spec_s_shares(routed_journal: Path) -> None:
+    """Picked 'simple' 60% of the time (0.5 x 0.2 + the misses' 0.5): share 0.2, not 0.6."""
+    (r,) = fit_routes(Journal(routed_journal), parse_workflow(ROUTED), "small")
+    assert r.step == "answer" and r.total == 300 and r.other == 0
+    assert r.measured("simple") == pytest.approx(0.6, abs=0.09)
+    for label, share in (("simple", 0.2), ("hard", 0.8)):
+        lo, hi = r.ci95(label)
+        assert lo <= share <= hi and hi - lo < 0.25, (label, lo, hi)
+        assert r.share(label) == pytest.approx(share, abs=0.12)
+    assert r.drift() == []
+    shares = r.shares()
+    assert shares is not None and math.fsum(shares.values()) == 1.0
+
+
+def test_shares_the_ledger_contradicts_are_drift_with_the_set_that_plans_them(
+    cli: Any, routed_journal: Path, write: Any
+) -> None:
+    drifted = write(ROUTED.replace("share: 0.2", "share: 0.7").replace("share: 0.8", "share: 0.3"))
+    r = cli("calibrate", "--model", "small", "--from-journal", routed_journal, "--spec", drifted,
+            "--check", "--json")  # fmt: skip
+    assert r.code == 1, r.err
+    doc = r.json()
+    assert {d["field"] for d in doc["drift"]} == {"steps.answer.route.simple.share",
+                                                   "steps.answer.route.hard.share"}  # fmt: skip
+    (route,) = doc["routes"]
+    assert route["decisions"] == 300 and route["classifier_p_ok"] == 0.5
+    assert [b["branch"] for b in route["branches"]] == ["simple", "hard"]
+    assert route["set"]["simple"] + route["set"]["hard"] == 1.0
+    text = cli("calibrate", "--model", "small", "--from-journal", routed_journal, "--spec", drifted)
+    assert text.code == 0 and "Routes 'small' classifies for (p_ok 0.5)" in text.out
+    assert "drift: steps.answer.route.simple.share is 0.7 in the spec" in text.out
+    hint = next(line for line in text.out.splitlines() if line.startswith("to plan with"))
+    flags = hint.split(str(drifted), 1)[1].split(" (or edit")[0].split()
+    planned = cli("estimate", drifted, *flags, "--json")  # the --set it prints is taken
+    assert planned.code == 0, planned.err
+    kept = cli("calibrate", "--model", "small", "--from-journal", routed_journal, "--spec", drifted,
+               "--check")  # fmt: skip
+    assert kept.code == 1 and "to plan with the shares measured" in kept.out
+
+
+def test_a_branch_the_spec_no_longer_has_is_counted_apart(routed_journal: Path) -> None:
+    renamed = parse_workflow(ROUTED.replace("hard:", "tricky:"))
+    (r,) = fit_routes(Journal(routed_journal), renamed, "small")
+    assert r.decisions["tricky"] == 0 and r.other + r.decisions["simple"] == 300 and r.other > 0
+
+
+def test_a_model_that_routes_nothing_has_no_routes(cli: Any, routed_journal: Path) -> None:
+    assert fit_routes(Journal(routed_journal), parse_workflow(ROUTED), "big") == []
+    doc = cli("calibrate", "--model", "big", "--from-journal", routed_journal, "--json").json()
+    assert doc["routes"] == []
+    text = cli("calibrate", "--model", "big", "--from-journal", routed_journal)
+    assert "Routes" not in text.out
+
+
+def test_fitted_shares_clamp_at_0_and_1_and_still_add_up_to_1() -> None:
+    """1 decision of 100 for the first branch, under the 10% the misses alone send there."""
+    r = RouteFit("s", 0.9, {"a": 0.5, "b": 0.5}, {"a": 1, "b": 99})
+    assert r.share("a") == 0.0 and r.share("b") == 1.0
+    assert r.shares() == {"a": 0.0, "b": 1.0}
+    assert {d.field for d in r.drift()} == {"steps.s.route.a.share", "steps.s.route.b.share"}
+    assert RouteFit("s", 0.9, {"a": 0.5, "b": 0.5}, {"a": 0, "b": 0}).shares() is None
+    odd = RouteFit("s", 0.7, {"a": 0.3, "b": 0.3, "c": 0.4}, {"a": 37, "b": 29, "c": 41})
+    shares = odd.shares()
+    assert shares is not None and math.fsum(shares.values()) == 1.0

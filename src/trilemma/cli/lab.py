@@ -148,7 +148,8 @@ def calibrate_cmd(
     ] = None,
     check: Annotated[bool, typer.Option(
         "--check", help="With --from-journal: exit 1 when the ledger contradicts the profile "
-                        "(a figure outside its measured 95% interval).",
+                        "(a figure outside its measured 95% interval) or the share of a "
+                        "routed step the model classifies for.",
     )] = False,
     as_json: JsonFlag = False,
 ) -> int:
@@ -220,8 +221,9 @@ def _profile_yaml(model: str, profile: dict[str, Any], out: Path | None) -> str:
 def _fit_ledger(
     model: str, path: Path, spec: Path | None, out: Path | None, as_json: bool, check: bool
 ) -> int:
-    """``calibrate --from-journal``: the profile fitted to the calls the journal holds."""
-    from trilemma.experiments.fit import fit_from_journal
+    """``calibrate --from-journal``: the profile fitted to the calls the journal holds, and
+    the shares of the routed steps the model classifies for."""
+    from trilemma.experiments.fit import fit_from_journal, fit_routes
     from trilemma.journal import Journal
     from trilemma.report import tables
 
@@ -230,27 +232,37 @@ def _fit_ledger(
                          "(trilemma runs --journal PATH lists them)")  # fmt: skip
     with Journal(path) as journal:
         result = fit_from_journal(journal, model)
-        base = _base_profile(journal, model, spec)
+        base, wf, source = _base_profile(journal, model, spec)
+        routes = fit_routes(journal, wf, model) if wf is not None else []
     profile = result.profile(base)
     text = _profile_yaml(model, profile, out)
-    drift = result.drift(base)
+    drift = result.drift(base) + [d for r in routes for d in r.drift()]
     if as_json:
         emit_json({"model": model, **result.summary(), "profile": profile,
+                   "routes": [r.to_json() for r in routes],
                    "drift": [d.to_json() for d in drift]})  # fmt: skip
     else:
         console = stdout_console()
         console.print(tables.fit_table(result, base))
+        if routes:
+            console.print(tables.route_fit_table(routes, model))
         for line in tables.drift_lines(drift, model):
             console.print(line, markup=False, highlight=False)
+        hint = tables.route_set_line(routes, source)
+        if hint is not None:  # one line, to copy whole: the terminal folds it, not rich
+            console.print(hint, markup=False, highlight=False, soft_wrap=True)
         if not check:
             sys.stdout.write(text)
     return 1 if check and drift else 0
 
 
-def _base_profile(journal: Any, model: str, spec: Path | None) -> ModelProfile:
-    """The profile a fit starts from: ``spec``'s, else the newest journaled spec's (a
-    compare's or a sweep's with its time scaled back, as the ledger's latencies are; a
-    gateway key's run keeps the gateway's config, whose models are profiles too)."""
+def _base_profile(
+    journal: Any, model: str, spec: Path | None
+) -> tuple[ModelProfile, Workflow | None, str]:
+    """The profile a fit starts from, the spec holding it and where that spec came from:
+    ``spec``, else the newest journaled spec with ``model`` (a compare's or a sweep's with
+    its time scaled back, as the ledger's latencies are; a gateway key's run keeps the
+    gateway's config, whose models are profiles too, and which has no steps: None)."""
     import json
 
     from trilemma.experiments.trials import time_scaled
@@ -260,18 +272,20 @@ def _base_profile(journal: Any, model: str, spec: Path | None) -> ModelProfile:
     from trilemma.spec.load import validate_document
 
     if spec is not None:
-        return _spec_with(model, spec).models[model]
+        wf = _spec_with(model, spec)
+        return wf.models[model], wf, str(spec)
     for run in journal.runs():
         source = f"run {run['run_id']}"
         if run["run_id"].startswith(GATEWAY_RUN):
             served = validate_document(GatewayConfig, json.loads(run["spec_json"]), source)
             if model in served.models:
-                return served.models[model]
+                return served.models[model], None, run["spec_source"]
             continue
         journaled = parse_workflow(run["spec_json"], source, json_only=True)
         if model in journaled.models:
             scale = run["time_scale"] or 1.0
-            return time_scaled(journaled, 1 / scale).models[model]
+            wf = time_scaled(journaled, 1 / scale)
+            return wf.models[model], wf, run["spec_source"]
     raise UsageError(f"{journal.path}: no run's spec has a profile {model!r}; give --spec FILE")
 
 

@@ -19,6 +19,10 @@ a profile's name counts, from any run:
   of such answers is reported beside the mean, which is what the calls cost under that cap
   and less than they would generate under a higher one.
 
+A model that classifies for routed steps (a step whose ``model`` it is, with ``route:``) is
+fitted there too (:func:`fit_routes`): each branch's ``share`` that gives the classifier's
+decisions the ledger holds (its ``route: LABEL`` rows), with their Wilson interval.
+
 Cache hits, calls never sent and a hedge's cancelled copies are left out. Runs made in scaled
 time (``compare`` and ``sweep`` on the simulator) journal their time scale, and their latencies
 are read back in the spec's own time.
@@ -36,9 +40,9 @@ from trilemma.experiments.calibrate import wilson
 from trilemma.journal import Journal
 from trilemma.plan.hedge import cut
 from trilemma.providers.base import CUT
-from trilemma.spec import ModelProfile
+from trilemma.spec import ModelProfile, Workflow
 
-__all__ = ["Drift", "LedgerFit", "fit_from_journal"]
+__all__ = ["Drift", "LedgerFit", "RouteFit", "fit_from_journal", "fit_routes"]
 
 ANSWERED = ("ok", "rejected")
 LATENCY_TOLERANCE = 0.10
@@ -259,3 +263,119 @@ def fit_from_journal(journal: Journal, model: str) -> LedgerFit:
         cost_usd=mean("cost_usd"),
         cut=sum(r["finish_reason"] == CUT for r in answered),
     )
+
+
+ROUTED = "route: "
+"""The role prefix of a classifier's call, before the branch it picked (``route: hard``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFit:
+    """What the ledger measured of one routed step's classifier: how often it picked each way.
+
+    The planner sends an attempt down branch ``b`` with chance ``p * share_b`` (the
+    classifier names the planned branch with its model's ``p_ok``), plus ``1 - p`` for the
+    first branch (a reply naming none goes there). A measured decision share ``m_b`` is
+    met by ``share_b = (m_b - (1 - p) [b is first]) / p``: the figures here are in those
+    terms, the ``share`` a spec would give, so that ``--set`` can take them as they are.
+    """
+
+    step: str
+    """The routed step's id."""
+    p_ok: float
+    """The classifier's ``p_ok`` in the spec (how the planner reads its decisions)."""
+    spec_shares: dict[str, float]
+    """Each branch's ``share`` in the spec, in the spec's order (the first takes the misses)."""
+    decisions: dict[str, int]
+    """The classifier's answered calls per branch it picked, from every run journaled."""
+    other: int = 0
+    """Decisions for a branch the spec does not have (runs of an older spec)."""
+
+    @property
+    def total(self) -> int:
+        """Decisions counted (those for the spec's branches)."""
+        return sum(self.decisions.values())
+
+    def _share_of(self, label: str, measured: float) -> float:
+        first = 1.0 if label == next(iter(self.spec_shares)) else 0.0
+        return min(1.0, max(0.0, (measured - (1.0 - self.p_ok) * first) / self.p_ok))
+
+    def measured(self, label: str) -> float | None:
+        """The share of decisions that picked ``label`` (None: no decision counted)."""
+        return self.decisions[label] / self.total if self.total else None
+
+    def share(self, label: str) -> float | None:
+        """The ``share`` of ``label`` that gives the measured decisions (clamped to [0, 1])."""
+        m = self.measured(label)
+        return None if m is None else self._share_of(label, m)
+
+    def ci95(self, label: str) -> tuple[float, float]:
+        """The 95% interval of :meth:`share`: the Wilson interval of the decisions, mapped."""
+        lo, hi = wilson(self.decisions[label], self.total)
+        return self._share_of(label, lo), self._share_of(label, hi)
+
+    def shares(self) -> dict[str, float] | None:
+        """Every branch's measured :meth:`share`, rounded to 4 places and adding up to 1 (a
+        spec's check), for ``--set``; None with no decision counted."""
+        if not self.total:
+            return None
+        raw = {label: self.share(label) or 0.0 for label in self.spec_shares}
+        total = math.fsum(raw.values())  # over 1 only where a share was clamped at 0
+        out = {label: round(v / total, 4) for label, v in raw.items()}
+        top = max(out, key=out.__getitem__)  # the largest takes what rounding left
+        out[top] = round(1.0 - math.fsum(v for k, v in out.items() if k != top), 4)
+        return out
+
+    def drift(self) -> list[Drift]:
+        """The branches whose spec ``share`` lies outside the measured interval."""
+        out = []
+        for label, given in self.spec_shares.items():
+            share = self.share(label)
+            if share is None:
+                continue
+            lo, hi = self.ci95(label)
+            if not lo <= given <= hi:
+                out.append(Drift(f"steps.{self.step}.route.{label}.share", given, share, (lo, hi)))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """An entry of ``routes`` in ``calibrate --from-journal --json``."""
+        branches = []
+        for label, given in self.spec_shares.items():
+            m, share = self.measured(label), self.share(label)
+            lo, hi = self.ci95(label)
+            branches.append({
+                "branch": label, "share": given, "decisions": self.decisions[label],
+                "measured": None if m is None else round(m, 6),
+                "fitted_share": None if share is None else round(share, 6),
+                "fitted_share_ci95": None if share is None else [round(lo, 6), round(hi, 6)],
+            })  # fmt: skip
+        return {"step": self.step, "classifier_p_ok": self.p_ok, "decisions": self.total,
+                "other_decisions": self.other, "branches": branches, "set": self.shares()}  # fmt: skip
+
+
+def fit_routes(journal: Journal, wf: Workflow, model: str) -> list[RouteFit]:
+    """The routed steps of ``wf`` that ``model`` classifies for, each fitted to the decisions
+    the journal holds of it (a step's ``route: LABEL`` rows under ``model``, from any run: a
+    label the step no longer has is counted apart). Empty where ``model`` routes nothing, or
+    its ``p_ok`` is 0 (every decision then goes to the first branch, whatever the shares)."""
+    steps = [s for s in wf.steps if s.route is not None and s.model == model]
+    p = wf.models[model].p_ok if model in wf.models else 0.0
+    if not steps or p <= 0.0:
+        return []
+    picked: dict[str, dict[str, int]] = {s.id: {} for s in steps}
+    for r in journal.model_calls(model):
+        counts = picked.get(r["step_id"])
+        if counts is not None and r["role"].startswith(ROUTED) and not r["cache_hit"]:
+            label = r["role"].removeprefix(ROUTED)
+            counts[label] = counts.get(label, 0) + 1
+    out = []
+    for s in steps:
+        assert s.route is not None
+        counts = picked[s.id]
+        out.append(RouteFit(
+            step=s.id, p_ok=p, spec_shares={k: b.share for k, b in s.route.items()},
+            decisions={k: counts.get(k, 0) for k in s.route},
+            other=sum(n for k, n in counts.items() if k not in s.route),
+        ))  # fmt: skip
+    return out

@@ -28,7 +28,7 @@ from trilemma.report.fitted import FittedTable
 
 if TYPE_CHECKING:  # types only: `trilemma runs` reads a journal without the planner or experiments
     from trilemma.experiments.compare import Contender
-    from trilemma.experiments.fit import Drift, LedgerFit
+    from trilemma.experiments.fit import Drift, LedgerFit, RouteFit
     from trilemma.experiments.sweep import Sweep
     from trilemma.plan.estimate import Estimate
     from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
@@ -554,6 +554,44 @@ def budget_for_lines(f: BudgetFor, e: Estimate) -> list[str]:
                    "millisecond is missed)")  # fmt: skip
     lines.append(f"Planner: {figures}; {advice}.")
     return lines
+
+
+def route_fit_table(routes: Sequence[RouteFit], model: str) -> Table:
+    """``calibrate --from-journal`` of a classifier: each routed step's branches, the spec's
+    ``share`` beside the share its decisions in the ledger call for."""
+    t = FittedTable(title=f"Routes {model!r} classifies for (p_ok {routes[0].p_ok:g}): the "
+                          "decisions journaled", title_justify="left")  # fmt: skip
+    for col in ("step", "branch", "share", "decisions", "picked", "fitted share [95%]"):
+        t.add_column(col, justify="left" if col in ("step", "branch") else "right")
+    for r in routes:
+        for i, (label, given) in enumerate(r.spec_shares.items()):
+            m, share = r.measured(label), r.share(label)
+            lo, hi = r.ci95(label)
+            t.add_row(r.step if i == 0 else "", label, f"{given:g}", f"{r.decisions[label]:,}",
+                      "-" if m is None else _pct(m),
+                      "-" if share is None else f"{share:.4f} [{lo:.4f}, {hi:.4f}]")  # fmt: skip
+    notes = ["share: the spec's; picked: of the decisions; fitted share: the share that gives "
+             "those decisions once the classifier's misses (1 - p_ok) go to the first branch"]
+    other = sum(r.other for r in routes)
+    if other:
+        notes.append(f"{counted(other, 'decision')} for a branch the spec does not have (runs of "
+                     "another spec) left out")  # fmt: skip
+    t.caption = "; ".join(notes)
+    return t
+
+
+def route_set_line(routes: Sequence[RouteFit], spec: str) -> str | None:
+    """The command that plans ``spec`` with each routed step's measured shares, where the
+    spec's shares lie outside them (None: no such step)."""
+    flags = []
+    for r in routes:
+        shares = r.shares()
+        if shares is not None and r.drift():
+            flags += [f"steps.{r.step}.route.{label}.share={v:g}" for label, v in shares.items()]
+    if not flags:
+        return None
+    return (f"to plan with the shares measured: trilemma estimate {shlex.quote(spec)} "
+            f"{set_flags(flags)} (or edit them into the spec)")
 
 
 def drift_lines(drift: Sequence[Drift], model: str) -> list[str]:
