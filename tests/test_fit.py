@@ -11,7 +11,7 @@ import yaml
 
 from trilemma import parse_workflow
 from trilemma.errors import UsageError
-from trilemma.experiments.fit import RouteFit, fit_from_journal, fit_routes
+from trilemma.experiments.fit import RouteFit, fit_cached, fit_from_journal, fit_routes
 from trilemma.journal import Journal
 from trilemma.plan.hedge import cut
 from trilemma.run.session import execute
@@ -383,7 +383,7 @@ def test_shares_the_ledger_contradicts_are_drift_with_the_set_that_plans_them(
     assert planned.code == 0, planned.err
     kept = cli("calibrate", "--model", "small", "--from-journal", routed_journal, "--spec", drifted,
                "--check")  # fmt: skip
-    assert kept.code == 1 and "to plan with the shares measured" in kept.out
+    assert kept.code == 1 and "to plan with what was measured" in kept.out
 
 
 def test_a_branch_the_spec_no_longer_has_is_counted_apart(routed_journal: Path) -> None:
@@ -404,9 +404,64 @@ def test_fitted_shares_clamp_at_0_and_1_and_still_add_up_to_1() -> None:
     """1 decision of 100 for the first branch, under the 10% the misses alone send there."""
     r = RouteFit("s", 0.9, {"a": 0.5, "b": 0.5}, {"a": 1, "b": 99})
     assert r.share("a") == 0.0 and r.share("b") == 1.0
-    assert r.shares() == {"a": 0.0, "b": 1.0}
+    assert r.shares() == {"a": 0.0001, "b": 0.9999}  # a spec's share is above 0
+    parse_workflow(ROUTED.replace("share: 0.2", "share: 0.0001").replace("share: 0.8", "share: 0.9999"))
     assert {d.field for d in r.drift()} == {"steps.s.route.a.share", "steps.s.route.b.share"}
     assert RouteFit("s", 0.9, {"a": 0.5, "b": 0.5}, {"a": 0, "b": 0}).shares() is None
     odd = RouteFit("s", 0.7, {"a": 0.3, "b": 0.3, "c": 0.4}, {"a": 37, "b": 29, "c": 41})
     shares = odd.shares()
     assert shares is not None and math.fsum(shares.values()) == 1.0
+
+
+CACHED = """
+version: 1
+inputs: {question: null}
+models:
+  small: {usd_per_call: 0.002, latency_s: 0.001, p_ok: 1.0}
+steps:
+  - {id: answer, model: small, prompt: "Answer: {question}", cached: {hit_rate: 0.9}}
+  - {id: polish, model: small, after: [answer], prompt: "Polish: {answer}"}
+"""
+
+
+@pytest.fixture(scope="module")
+def cached_journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 runs of CACHED: ten questions asked three times each, so 20 answers come cached."""
+    path = tmp_path_factory.mktemp("cached") / "j.db"
+    journal = Journal(path)
+    for rnd in range(3):
+        for q in range(10):
+            execute(parse_workflow(CACHED), journal=journal, seed=rnd, inputs={"question": f"q{q}"})
+    return path
+
+
+def test_a_cached_step_s_hit_rate_is_the_share_of_runs_the_cache_served(cached_journal: Path) -> None:
+    (c,) = fit_cached(Journal(cached_journal), parse_workflow(CACHED), "small")
+    assert (c.step, c.runs, c.hits, c.hit_rate) == ("answer", 30, 20, 0.9)
+    lo, hi = c.ci95
+    assert c.measured == pytest.approx(2 / 3) and lo < 2 / 3 < hi < 0.9
+    assert [d.field for d in c.drift()] == ["steps.answer.cached.hit_rate"]
+    assert c.set_flag() == "steps.answer.cached.hit_rate=0.6667"
+    near = parse_workflow(CACHED.replace("hit_rate: 0.9", "hit_rate: 0.7"))
+    assert fit_cached(Journal(cached_journal), near, "small")[0].drift() == []
+
+
+def test_cli_names_a_hit_rate_the_ledger_contradicts_and_the_set_that_plans_it(
+    cli: Any, cached_journal: Path, write: Any
+) -> None:
+    spec = write(CACHED.replace("cached: {hit_rate: 0.9}", "cached: true"))  # plans every run a hit
+    r = cli("calibrate", "--model", "small", "--from-journal", cached_journal, "--spec", spec,
+            "--check", "--json")  # fmt: skip
+    assert r.code == 1, r.err
+    doc = r.json()
+    assert [d["field"] for d in doc["drift"]] == ["steps.answer.cached.hit_rate"]
+    assert doc["cached"] == [{"step": "answer", "hit_rate": 1.0, "runs": 30, "hits": 20,
+                              "measured": 0.666667, "ci95": doc["cached"][0]["ci95"]}]  # fmt: skip
+    assert doc["routes"] == []
+    text = cli("calibrate", "--model", "small", "--from-journal", cached_journal, "--spec", spec)
+    assert "Cached steps on 'small'" in text.out
+    hint = next(line for line in text.out.splitlines() if line.startswith("to plan with"))
+    assert "--set 'steps.answer.cached={hit_rate: 0.6667}'" in hint  # a mapping for cached: true
+    planned = cli("estimate", spec, "--set", "steps.answer.cached={hit_rate: 0.6667}", "--json")
+    assert planned.code == 0 and planned.json()["cost_usd"]["expected"] == pytest.approx(
+        0.002 + 0.002 / 3, rel=1e-3)  # polish always, answer on a third of the runs

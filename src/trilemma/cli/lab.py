@@ -148,8 +148,8 @@ def calibrate_cmd(
     ] = None,
     check: Annotated[bool, typer.Option(
         "--check", help="With --from-journal: exit 1 when the ledger contradicts the profile "
-                        "(a figure outside its measured 95% interval) or the share of a "
-                        "routed step the model classifies for.",
+                        "(a figure outside its measured 95% interval), the share of a routed "
+                        "step it classifies for or the hit_rate of a cached step it answers.",
     )] = False,
     as_json: JsonFlag = False,
 ) -> int:
@@ -221,9 +221,9 @@ def _profile_yaml(model: str, profile: dict[str, Any], out: Path | None) -> str:
 def _fit_ledger(
     model: str, path: Path, spec: Path | None, out: Path | None, as_json: bool, check: bool
 ) -> int:
-    """``calibrate --from-journal``: the profile fitted to the calls the journal holds, and
-    the shares of the routed steps the model classifies for."""
-    from trilemma.experiments.fit import fit_from_journal, fit_routes
+    """``calibrate --from-journal``: the profile fitted to the calls the journal holds, the
+    shares of the routed steps the model classifies for and the hit rates of its cached steps."""
+    from trilemma.experiments.fit import fit_cached, fit_from_journal, fit_routes
     from trilemma.journal import Journal
     from trilemma.report import tables
 
@@ -234,21 +234,26 @@ def _fit_ledger(
         result = fit_from_journal(journal, model)
         base, wf, source = _base_profile(journal, model, spec)
         routes = fit_routes(journal, wf, model) if wf is not None else []
+        cached = fit_cached(journal, wf, model) if wf is not None else []
     profile = result.profile(base)
     text = _profile_yaml(model, profile, out)
-    drift = result.drift(base) + [d for r in routes for d in r.drift()]
+    drift = [*result.drift(base), *(d for r in routes for d in r.drift()),
+             *(d for c in cached for d in c.drift())]
     if as_json:
         emit_json({"model": model, **result.summary(), "profile": profile,
                    "routes": [r.to_json() for r in routes],
+                   "cached": [c.to_json() for c in cached],
                    "drift": [d.to_json() for d in drift]})  # fmt: skip
     else:
         console = stdout_console()
         console.print(tables.fit_table(result, base))
         if routes:
             console.print(tables.route_fit_table(routes, model))
+        if cached:
+            console.print(tables.cache_fit_table(cached, model))
         for line in tables.drift_lines(drift, model):
             console.print(line, markup=False, highlight=False)
-        hint = tables.route_set_line(routes, source)
+        hint = tables.plan_set_line(routes, cached, source)
         if hint is not None:  # one line, to copy whole: the terminal folds it, not rich
             console.print(hint, markup=False, highlight=False, soft_wrap=True)
         if not check:

@@ -21,7 +21,8 @@ a profile's name counts, from any run:
 
 A model that classifies for routed steps (a step whose ``model`` it is, with ``route:``) is
 fitted there too (:func:`fit_routes`): each branch's ``share`` that gives the classifier's
-decisions the ledger holds (its ``route: LABEL`` rows), with their Wilson interval.
+decisions the ledger holds (its ``route: LABEL`` rows), with their Wilson interval; and so
+is each cached step it answers (:func:`fit_cached`): the share of runs the cache served.
 
 Cache hits, calls never sent and a hedge's cancelled copies are left out. Runs made in scaled
 time (``compare`` and ``sweep`` on the simulator) journal their time scale, and their latencies
@@ -42,7 +43,7 @@ from trilemma.plan.hedge import cut
 from trilemma.providers.base import CUT
 from trilemma.spec import ModelProfile, Workflow
 
-__all__ = ["Drift", "LedgerFit", "RouteFit", "fit_from_journal", "fit_routes"]
+__all__ = ["CacheFit", "Drift", "LedgerFit", "RouteFit", "fit_cached", "fit_from_journal", "fit_routes"]
 
 ANSWERED = ("ok", "rejected")
 LATENCY_TOLERANCE = 0.10
@@ -267,6 +268,8 @@ def fit_from_journal(journal: Journal, model: str) -> LedgerFit:
 
 ROUTED = "route: "
 """The role prefix of a classifier's call, before the branch it picked (``route: hard``)."""
+MIN_SHARE = 0.0001
+"""The least share a fitted branch is given (a spec's shares are above 0)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +324,8 @@ class RouteFit:
             return None
         raw = {label: self.share(label) or 0.0 for label in self.spec_shares}
         total = math.fsum(raw.values())  # over 1 only where a share was clamped at 0
-        out = {label: round(v / total, 4) for label, v in raw.items()}
+        # a spec's share is above 0: a branch never picked keeps the least it can say
+        out = {label: max(round(v / total, 4), MIN_SHARE) for label, v in raw.items()}
         top = max(out, key=out.__getitem__)  # the largest takes what rounding left
         out[top] = round(1.0 - math.fsum(v for k, v in out.items() if k != top), 4)
         return out
@@ -378,4 +382,84 @@ def fit_routes(journal: Journal, wf: Workflow, model: str) -> list[RouteFit]:
             decisions={k: counts.get(k, 0) for k in s.route},
             other=sum(n for k, n in counts.items() if k not in s.route),
         ))  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class CacheFit:
+    """What the ledger measured of one cached step: how often a run found its answer cached."""
+
+    step: str
+    """The cached step's id."""
+    hit_rate: float
+    """The spec's planned ``hit_rate`` (``cached: true`` plans 1, every run a hit)."""
+    rule_is_mapping: bool
+    """The spec writes ``cached: {...}`` (else ``cached: true``): how ``--set`` names the rate."""
+    runs: int
+    """Runs journaled that reached the step (a call or a hit of it under the model)."""
+    hits: int
+    """Of those, the runs the cache served."""
+
+    @property
+    def measured(self) -> float | None:
+        """The share of runs served from the cache (None: no run reached the step)."""
+        return self.hits / self.runs if self.runs else None
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """Wilson interval of :attr:`measured`."""
+        return wilson(self.hits, self.runs)
+
+    @property
+    def field(self) -> str:
+        """The spec's path of the planned rate."""
+        return f"steps.{self.step}.cached.hit_rate"
+
+    def set_flag(self) -> str | None:
+        """``--set`` to plan with the measured rate (None: no run reached the step)."""
+        m = self.measured
+        if m is None:
+            return None
+        if self.rule_is_mapping:
+            return f"{self.field}={round(m, 4):g}"
+        return f"steps.{self.step}.cached={{hit_rate: {round(m, 4):g}}}"
+
+    def drift(self) -> list[Drift]:
+        """The planned rate, where it lies outside the measured interval."""
+        m = self.measured
+        if m is None:
+            return []
+        lo, hi = self.ci95
+        return [] if lo <= self.hit_rate <= hi else [Drift(self.field, self.hit_rate, m, (lo, hi))]
+
+    def to_json(self) -> dict[str, Any]:
+        """An entry of ``cached`` in ``calibrate --from-journal --json``."""
+        m = self.measured
+        return {"step": self.step, "hit_rate": self.hit_rate, "runs": self.runs,
+                "hits": self.hits, "measured": None if m is None else round(m, 6),
+                "ci95": None if m is None else [round(x, 6) for x in self.ci95]}  # fmt: skip
+
+
+def fit_cached(journal: Journal, wf: Workflow, model: str) -> list[CacheFit]:
+    """The cached steps of ``wf`` on ``model``, each with the share of runs the journal holds
+    that found its answer cached: of the runs with a call or a hit of the step under
+    ``model`` (its first attempt's; a call never sent counts neither way), those whose
+    ledger has a hit of it. Empty where ``model`` answers no cached step."""
+    steps = [s for s in wf.steps if s.cache_rule is not None and s.model == model]
+    if not steps:
+        return []
+    reached: dict[str, set[str]] = {s.id: set() for s in steps}
+    served: dict[str, set[str]] = {s.id: set() for s in steps}
+    for r in journal.model_calls(model):
+        if r["step_id"] in reached and r["outcome"] not in NOT_SENT:
+            reached[r["step_id"]].add(r["run_id"])
+            if r["cache_hit"]:
+                served[r["step_id"]].add(r["run_id"])
+    out = []
+    for s in steps:
+        rule = s.cache_rule
+        assert rule is not None
+        out.append(CacheFit(step=s.id, hit_rate=rule.hit_rate,
+                            rule_is_mapping=not isinstance(s.cached, bool),
+                            runs=len(reached[s.id]), hits=len(served[s.id])))  # fmt: skip
     return out

@@ -28,7 +28,7 @@ from trilemma.report.fitted import FittedTable
 
 if TYPE_CHECKING:  # types only: `trilemma runs` reads a journal without the planner or experiments
     from trilemma.experiments.compare import Contender
-    from trilemma.experiments.fit import Drift, LedgerFit, RouteFit
+    from trilemma.experiments.fit import CacheFit, Drift, LedgerFit, RouteFit
     from trilemma.experiments.sweep import Sweep
     from trilemma.plan.estimate import Estimate
     from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
@@ -580,18 +580,35 @@ def route_fit_table(routes: Sequence[RouteFit], model: str) -> Table:
     return t
 
 
-def route_set_line(routes: Sequence[RouteFit], spec: str) -> str | None:
-    """The command that plans ``spec`` with each routed step's measured shares, where the
-    spec's shares lie outside them (None: no such step)."""
+def cache_fit_table(cached: Sequence[CacheFit], model: str) -> Table:
+    """``calibrate --from-journal``: each cached step on the model, its planned ``hit_rate``
+    beside the share of runs the cache served."""
+    t = FittedTable(title=f"Cached steps on {model!r}: the runs journaled", title_justify="left")
+    for col in ("step", "hit_rate", "runs", "served", "measured [95%]"):
+        t.add_column(col, justify="left" if col == "step" else "right")
+    for c in cached:
+        m = c.measured
+        lo, hi = c.ci95
+        t.add_row(c.step, f"{c.hit_rate:g}", f"{c.runs:,}", f"{c.hits:,}",
+                  "-" if m is None else f"{m:.4f} [{lo:.4f}, {hi:.4f}]")  # fmt: skip
+    t.caption = ("hit_rate: the spec's (cached: true plans 1, every run a hit); runs: those that "
+                 "reached the step; served: those the cache answered")  # fmt: skip
+    return t
+
+
+def plan_set_line(routes: Sequence[RouteFit], cached: Sequence[CacheFit], spec: str) -> str | None:
+    """The command that plans ``spec`` with the routed steps' measured shares and the cached
+    steps' measured hit rates, where the spec's lie outside them (None: no such step)."""
     flags = []
     for r in routes:
         shares = r.shares()
         if shares is not None and r.drift():
             flags += [f"steps.{r.step}.route.{label}.share={v:g}" for label, v in shares.items()]
+    flags += [flag for c in cached if c.drift() and (flag := c.set_flag()) is not None]
     if not flags:
         return None
-    return (f"to plan with the shares measured: trilemma estimate {shlex.quote(spec)} "
-            f"{set_flags(flags)} (or edit them into the spec)")
+    return (f"to plan with what was measured: trilemma estimate {shlex.quote(spec)} "
+            f"{set_flags(flags)} (or edit it into the spec)")
 
 
 def drift_lines(drift: Sequence[Drift], model: str) -> list[str]:
