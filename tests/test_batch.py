@@ -349,13 +349,7 @@ def test_a_models_limits_hold_for_the_batch_not_per_run(tmp_path: Path) -> None:
 
 def _on_endpoint(url: str, profile: str) -> Any:
     """The one-step FAQ spec on an OpenAI-compatible endpoint at ``url``, priced by ``profile``."""
-    return parse_workflow(f"""version: 1
-inputs: {{question: null}}
-models:
-  api: {{provider: openai, base_url: "{url}", model: m1, {profile}}}
-steps:
-  - {{id: answer, model: api, prompt: "Answer: {{question}}"}}
-""")
+    return parse_workflow(_on_endpoint_text(url, profile))
 
 
 def test_a_batch_on_a_real_endpoint_bills_each_line_from_its_usage(tmp_path: Path) -> None:
@@ -747,3 +741,80 @@ def test_a_batch_is_replayed_only_where_a_limit_may_hold_it_and_it_is_small_enou
                            "p_ok: 1, max_concurrency: 1}}\nsteps: [{id: a, model: m}, "
                            "{id: b, model: m, after: [a]}]\nstop_when: a\n")  # fmt: skip
     assert replay_batch(stops, estimate(stops), 40, 8) is None  # it follows no early stop
+
+
+def test_runs_that_cost_other_than_planned_say_which_guess_to_check(tmp_path: Path, cli) -> None:
+    """A profile guessing 100 prompt and 50 completion tokens where the endpoint reports
+    about 1,000 and 400: twenty runs cost ~8.5x the plan, and the batch says what to run."""
+    from trilemma.testing import Reply, ScriptedServer
+
+    def answer(payload: dict[str, Any]) -> Reply:
+        line = int(payload["messages"][-1]["content"].removeprefix("Answer: q"))
+        return Reply(f"about q{line}", prompt_tokens=950 + 5 * line, completion_tokens=400)
+
+    _, lines = write(tmp_path, 20)
+    db = tmp_path / "j.db"
+    with ScriptedServer(answer) as srv:
+        spec = tmp_path / "api.yaml"
+        spec.write_text(_on_endpoint_text(srv.url, "usd_per_1m_input: 1.0, usd_per_1m_output: 2.0, "
+                                          "prompt_tokens: 100, completion_tokens: 50, latency_s: 0.01, "
+                                          "p_ok: 1.0"))  # fmt: skip
+        r = cli("batch", spec, "--inputs", lines, "--journal", db)
+    assert r.code == 0, r.err
+    out = " ".join(r.out.split())
+    planned, paid = (100 * 1 + 50 * 2) / 1e6, (1002.5 * 1 + 400 * 2) / 1e6
+    assert f"The runs cost ${paid:.4f} each against ${planned:.4f} planned (9.01x)" in out
+    assert f"`trilemma calibrate --model api --from-journal {db} --check` names" in out
+    check = cli("calibrate", "--model", "api", "--from-journal", db, "--check", "--json")
+    assert check.code == 1  # and it does: both token counts
+    fields = {d["field"] for d in check.json()["drift"]}  # (latency_s too, as HTTP runs it)
+    assert {"prompt_tokens", "completion_tokens"} <= fields and "p_ok" not in fields
+
+
+def test_runs_that_cost_what_was_planned_say_nothing_more(tmp_path: Path) -> None:
+    """On the simulator the runs draw what the planner reckons: retried, routed, failing."""
+    from trilemma.experiments.trials import time_scaled
+
+    for name, n in (("faq.yaml", 60), ("routed.yaml", 40), ("starter.yaml", 40)):
+        wf = time_scaled(parse_workflow((EXAMPLES / name).read_text()), 0.01)
+        inputs = [{"question": f"q{i}"} if wf.inputs else {} for i in range(n)]
+        r = run_batch(wf, inputs, journal=Journal(tmp_path / f"{name}.db"), seed=1, parallel=20)
+        assert r.cost_off_plan() is None, (name, r.cost_usd / n, r.predicted.cost_expected)
+
+
+def test_only_runs_that_went_to_their_end_are_weighed_against_the_plan(tmp_path: Path) -> None:
+    """Twenty runs at twice the planned $0.01 are off the plan; not where one stopped on the
+    ceiling, nor with nineteen, nor counting the lines an earlier session ran."""
+    from trilemma import estimate
+    from trilemma.run.batch import BatchResult, LineResult
+
+    spec, _ = write(tmp_path, 1)
+    predicted = estimate(parse_workflow(spec.read_text()))
+
+    def batch(*lines: LineResult) -> BatchResult:
+        return BatchResult("b", "ok", lines, sum(x.cost_usd for x in lines), None, 1.0,
+                           predicted, "j.db")  # fmt: skip
+
+    dear = [LineResult(i, "ok", f"r{i}", 0.02) for i in range(1, 21)]
+    assert batch(*dear).cost_off_plan() == (pytest.approx(0.02), 0.01)
+    assert batch(*dear[:19]).cost_off_plan() is None
+    stopped = LineResult(21, "budget_exhausted", "r21", 0.02)
+    assert batch(*dear, stopped).cost_off_plan() is None
+    earlier = [LineResult(i, "ok", f"e{i}", 0.02, from_journal=True) for i in range(21, 30)]
+    assert batch(*dear[:19], *earlier).cost_off_plan() is None
+    near = [LineResult(i, "ok", f"r{i}", 0.0105) for i in range(1, 21)]  # 5% over: not off
+    assert batch(*near).cost_off_plan() is None
+    assert batch(*dear).to_json()["cost_off_plan"] == {"measured_per_run": pytest.approx(0.02),
+                                                       "planned_per_run": 0.01}  # fmt: skip
+    assert batch(*near).to_json()["cost_off_plan"] is None
+
+
+def _on_endpoint_text(url: str, profile: str) -> str:
+    """:func:`_on_endpoint`'s spec, as a file would hold it."""
+    return f"""version: 1
+inputs: {{question: null}}
+models:
+  api: {{provider: openai, base_url: "{url}", model: m1, {profile}}}
+steps:
+  - {{id: answer, model: api, prompt: "Answer: {{question}}"}}
+"""

@@ -11,7 +11,7 @@ import yaml
 
 from trilemma import parse_workflow
 from trilemma.errors import UsageError
-from trilemma.experiments.fit import RouteFit, fit_cached, fit_from_journal, fit_routes
+from trilemma.experiments.fit import LedgerFit, RouteFit, fit_cached, fit_from_journal, fit_routes
 from trilemma.journal import Journal
 from trilemma.plan.hedge import cut
 from trilemma.run.session import execute
@@ -465,3 +465,17 @@ def test_cli_names_a_hit_rate_the_ledger_contradicts_and_the_set_that_plans_it(
     planned = cli("estimate", spec, "--set", "steps.answer.cached={hit_rate: 0.6667}", "--json")
     assert planned.code == 0 and planned.json()["cost_usd"]["expected"] == pytest.approx(
         0.002 + 0.002 / 3, rel=1e-3)  # polish always, answer on a third of the runs
+
+
+def test_token_counts_are_drift_only_where_token_prices_read_them() -> None:
+    """Calls of about 1,000 prompt tokens against a guess of 100: drift under token prices,
+    nothing under a price per call (the counts then bill nothing); 5% off is not drift."""
+    counts = tuple((990 + i % 21, 40) for i in range(30))
+    f = LedgerFit("m", "j.db", 1, 30, (0.1,) * 30, 0, 0, {"ok": 30}, 1000.0, 40.0, 0.001,
+                  token_counts=counts)  # fmt: skip
+    tokens = ModelProfile(usd_per_1m_input=1.0, usd_per_1m_output=2.0, latency_s=0.1, p_ok=0.9,
+                          prompt_tokens=100, completion_tokens=42)  # fmt: skip
+    assert [d.field for d in f.drift(tokens)] == ["prompt_tokens"]  # 42 is within 10% of 40
+    per_call = tokens.model_copy(update={"usd_per_call": 0.001, "usd_per_1m_input": None,
+                                         "usd_per_1m_output": None})  # fmt: skip
+    assert f.drift(per_call) == []

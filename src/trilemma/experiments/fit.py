@@ -47,7 +47,8 @@ __all__ = ["CacheFit", "Drift", "LedgerFit", "RouteFit", "fit_cached", "fit_from
 
 ANSWERED = ("ok", "rejected")
 LATENCY_TOLERANCE = 0.10
-"""A latency off by less than this share of the profile's is not drift, however sure."""
+"""A latency (or, for token prices, a token count) off by less than this share of the
+profile's is not drift, however sure."""
 FAULTS = {"transient": "transient_error_rate", "rate_limited": "rate_limit_rate",
           "timeout": "timeout_rate"}  # fmt: skip
 """Ledger outcomes and the simulator's fault rate each one measures."""
@@ -105,6 +106,8 @@ class LedgerFit:
     """Mean dollars billed per answered call."""
     cut: int = 0
     """Answered calls that stopped at ``max_tokens`` (``finish_reason`` length)."""
+    token_counts: tuple[tuple[int, int], ...] = ()
+    """Per answered call that reported both, its prompt and completion tokens."""
 
     @property
     def cut_share(self) -> float | None:
@@ -154,7 +157,8 @@ class LedgerFit:
     def drift(self, base: ModelProfile) -> list[Drift]:
         """The figures of ``base`` the ledger contradicts: ``p_ok`` or a fault rate outside
         its measured Wilson interval; ``latency_s`` outside the measured mean's 95% interval
-        and more than :data:`LATENCY_TOLERANCE` off it."""
+        and more than :data:`LATENCY_TOLERANCE` off it; for a profile with token prices,
+        ``prompt_tokens`` and ``completion_tokens`` likewise."""
         out = []
         if self.p_ok is not None:
             lo, hi = self.ci95
@@ -166,6 +170,8 @@ class LedgerFit:
             off = abs(base.latency_s - mean) > max(half, LATENCY_TOLERANCE * base.latency_s)
             if off:
                 out.append(Drift("latency_s", base.latency_s, mean, (max(mean - half, 0.0), mean + half)))
+        if base.usd_per_call is None:  # token prices: the counts set what a call costs
+            out += self._token_drift(base)
         late = cut(base.latency_s, base.latency_jitter, base.timeout_s)[0]
         for kind, field in FAULTS.items():
             if not self.sent:
@@ -177,6 +183,22 @@ class LedgerFit:
             share = late + (1.0 - late) * given if kind == "timeout" else (1.0 - late) * given
             if not lo <= share <= hi:
                 out.append(Drift(f"faults.{field}", given, seen / self.sent, (lo, hi)))
+        return out
+
+    def _token_drift(self, base: ModelProfile) -> list[Drift]:
+        """``prompt_tokens`` or ``completion_tokens`` outside the measured mean's 95% interval
+        and more than :data:`LATENCY_TOLERANCE` off it (a prompt's length varies with its
+        inputs: a profile a few percent off is fine)."""
+        out: list[Drift] = []
+        n = len(self.token_counts)
+        if n < 2:
+            return out
+        for i, field in enumerate(("prompt_tokens", "completion_tokens")):
+            counts = [c[i] for c in self.token_counts]
+            mean, given = statistics.fmean(counts), getattr(base, field)
+            half = 1.959964 * statistics.stdev(counts) / math.sqrt(n)
+            if abs(given - mean) > max(half, LATENCY_TOLERANCE * given):
+                out.append(Drift(field, given, mean, (max(mean - half, 0.0), mean + half)))
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -263,7 +285,9 @@ def fit_from_journal(journal: Journal, model: str) -> LedgerFit:
         completion_tokens=mean("completion_tokens"),
         cost_usd=mean("cost_usd"),
         cut=sum(r["finish_reason"] == CUT for r in answered),
-    )
+        token_counts=tuple((r["prompt_tokens"], r["completion_tokens"]) for r in answered
+                           if r["prompt_tokens"] is not None and r["completion_tokens"] is not None),
+    )  # fmt: skip
 
 
 ROUTED = "route: "

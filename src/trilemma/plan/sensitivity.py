@@ -141,7 +141,7 @@ SHARE_LEFT = 0.01
 
 
 def _knobs(wf: Workflow) -> list[tuple[str, Knob, float, Callable[[float], Workflow]]]:
-    used = {m for s in wf.steps for m in _models_of(wf, s)}
+    used = {m for s in wf.steps for m in wf.step_models(s)}
     out: list[tuple[str, Knob, float, Callable[[float], Workflow]]] = []
     for name, m in wf.models.items():
         if name not in used:
@@ -197,11 +197,6 @@ def _with_step(wf: Workflow, i: int, step: Step) -> Workflow:
     steps = list(wf.steps)
     steps[i] = step
     return wf.model_copy(update={"steps": steps})
-
-
-def _models_of(wf: Workflow, s: Step) -> list[str]:
-    """The models a step may call: its ladder (its own, a cascade's rungs), a route's branches."""
-    return [*wf.ladder(s), *(b.model for b in (s.route or {}).values())]
 
 
 def _priced(m: ModelProfile, per_call: float) -> dict[str, Any]:

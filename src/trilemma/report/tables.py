@@ -1104,10 +1104,26 @@ def batch_view(b: Any, shown: int = 10) -> Group:
         parts.append(lt)
         if len(bad) > shown:
             parts.append(Text(f"... and {len(bad) - shown} more (--json or --out lists every line)"))
+    off = b.cost_off_plan()
+    if off is not None:
+        measured, planned = off
+        parts.append(Text(off_plan_line(measured, planned, b.models, b.journal)))
     flag = journal_flag(b.journal)
     parts.append(Text(f"journal: {b.journal}\nnext: trilemma report {b.batch_id}{flag} (a page), "
                       f"trilemma runs --batch {b.batch_id}{flag} (its runs)", style="dim"))  # fmt: skip
     return Group(*parts)
+
+
+def off_plan_line(measured: float, planned: float, models: Sequence[str], journal: str | Path) -> str:
+    """A batch whose runs cost other than planned, beyond their spread: what to do."""
+    ratio = f" ({measured / planned:.2f}x)" if planned > 0 else ""
+    line = (f"The runs cost {usd(measured)} each against {usd(planned)} planned{ratio}, more than "
+            "their spread explains: a guess of the spec is off.")  # fmt: skip
+    if not models:
+        return line
+    rest = f" (and likewise for {', '.join(models[1:])})" if len(models) > 1 else ""
+    return (f"{line} `trilemma calibrate --model {models[0]} --from-journal "
+            f"{shlex.quote(str(journal))} --check`{rest} names those the ledger contradicts.")
 
 
 def batch_plan_view(plan: dict[str, Any]) -> Table:

@@ -140,6 +140,8 @@ class BatchResult:
     planned_time: BatchTime | None = None
     """This session's wall-clock time by the planner (:func:`batch_time`): lines an
     earlier session finished are not run, so they take no time."""
+    models: tuple[str, ...] = ()
+    """The model profiles the spec's steps may call, in the order they first appear."""
 
     @property
     def latency_planned_s(self) -> float:
@@ -161,6 +163,27 @@ class BatchResult:
     def quality_per_dollar(self) -> float | None:
         """The seed's q/$, measured: the share of lines ok per dollar a line cost (None: free)."""
         return self.count("ok") / self.cost_usd if self.cost_usd > 0 else None
+
+    def cost_off_plan(self) -> tuple[float, float] | None:
+        """``(measured, planned)`` dollars a run where the runs of this session that went to
+        their end (ok or failed) cost more or less than the planner said, by more than
+        :data:`OFF_PLAN_SHARE` and more than their spread explains (outside the 95% interval
+        of their mean); None where they did not, or where fewer than :data:`OFF_PLAN_RUNS`
+        ran, or some stopped on a ceiling or a deadline (their bill says nothing of the
+        guesses). The plan is the runs replayed together where the estimate drew them so
+        (calls queued behind a failed run's model unsent), else runs stopping at a failed
+        step where it drew those, else the expected figure."""
+        ran = [r.cost_usd for r in self.lines if not r.from_journal]
+        stopped = any(r.status not in ("ok", "failed") for r in self.lines)
+        if stopped or len(ran) < OFF_PLAN_RUNS:
+            return None
+        plan = self.planned()["cost_usd"]
+        each = (plan["replayed"] / len(self.lines) if "replayed" in plan
+                else self.predicted.halting.cost_usd if self.predicted.halting is not None
+                else self.predicted.cost_expected)  # fmt: skip
+        mean = math.fsum(ran) / len(ran)
+        spread = 1.959964 * float(np.std(ran, ddof=1)) / math.sqrt(len(ran))
+        return (mean, each) if abs(mean - each) > max(spread, OFF_PLAN_SHARE * each) else None
 
     @property
     def error(self) -> str | None:
@@ -189,10 +212,18 @@ class BatchResult:
             "latency_s": round(self.latency_s, 6),
             "predicted": self.planned(),
             "quality_per_dollar": self.quality_per_dollar,
+            "cost_off_plan": None if (off := self.cost_off_plan()) is None else
+                             {"measured_per_run": round(off[0], 12), "planned_per_run": round(off[1], 12)},
             "error": self.error,
             "runs": [r.to_json() for r in self.lines],
             "journal": self.journal,
         }  # fmt: skip
+
+
+OFF_PLAN_RUNS = 20
+"""The fewest runs whose mean cost :meth:`BatchResult.cost_off_plan` weighs against the plan."""
+OFF_PLAN_SHARE = 0.10
+"""A mean cost a run off the plan by less than this share of it is not called off."""
 
 
 def predicted_json(
@@ -705,9 +736,10 @@ async def run_batch_async(
         raise group.exceptions[0] from None
     out = tuple(r if r is not None else LineResult(numbers[i], "not_started")
                 for i, r in enumerate(results))  # fmt: skip
+    models = tuple(dict.fromkeys(m for s in wf.steps for m in wf.step_models(s)))
     return BatchResult(batch_id, _status(out, guard), out, math.fsum(r.cost_usd for r in out),
                        ceiling, time.time() - started, predicted, str(journal.path), parallel,
-                       planned)  # fmt: skip
+                       planned, models)  # fmt: skip
 
 
 run_batch = blocking(run_batch_async)

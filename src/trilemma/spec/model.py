@@ -726,6 +726,11 @@ class Workflow(_Strict):
         shares[next(iter(step.route))] += 1.0 - p
         return shares
 
+    def step_models(self, step: Step) -> list[str]:
+        """The models a step may call: its ladder (its own, a cascade's rungs), a route's
+        branches' (its own model classifies)."""
+        return [*self.ladder(step), *(b.model for b in (step.route or {}).values())]
+
     def ladder(self, step: Step) -> list[str]:
         """The models a step's attempts run on: its model, then each of ``escalate``.
 
