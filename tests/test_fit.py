@@ -11,7 +11,15 @@ import yaml
 
 from trilemma import parse_workflow
 from trilemma.errors import UsageError
-from trilemma.experiments.fit import LedgerFit, RouteFit, fit_cached, fit_from_journal, fit_routes
+from trilemma.experiments.fit import (
+    LedgerFit,
+    RouteFit,
+    fit_cached,
+    fit_from_journal,
+    fit_routes,
+    fit_steps,
+    own_p_ok_steps,
+)
 from trilemma.journal import Journal
 from trilemma.plan.hedge import cut
 from trilemma.run.session import execute
@@ -202,7 +210,9 @@ def test_check_exits_1_when_the_ledger_contradicts_the_profile(
     r = cli("calibrate", "--model", "m", "--from-journal", sim_journal, "--spec", drifted,
             "--check", "--json")  # fmt: skip
     assert r.code == 1
-    assert {d["field"] for d in r.json()["drift"]} == {"p_ok", "latency_s", "faults.rate_limit_rate"}
+    # the debate (e) and the refined call (f) plan with the model's p_ok, so theirs drift too
+    assert {d["field"] for d in r.json()["drift"]} == {"p_ok", "latency_s", "faults.rate_limit_rate",
+                                                       "steps.e.p_ok", "steps.f.p_ok"}  # fmt: skip
     for d in r.json()["drift"]:
         lo, hi = d["ci95"]
         assert lo <= d["measured"] <= hi and not lo <= d["profile"] <= hi
@@ -479,3 +489,99 @@ def test_token_counts_are_drift_only_where_token_prices_read_them() -> None:
     per_call = tokens.model_copy(update={"usd_per_call": 0.001, "usd_per_1m_input": None,
                                          "usd_per_1m_output": None})  # fmt: skip
     assert f.drift(per_call) == []
+
+
+STEPS = """
+version: 1
+models:
+  m: {usd_per_call: 0.001, latency_s: 0.001, p_ok: 0.6}
+  other: {usd_per_call: 0.001, latency_s: 0.001, p_ok: 1.0}
+steps:
+  - {id: plain, model: m}
+  - {id: d, model: m, retries: 2, debate: {agents: 2, rounds: 2}, p_ok: 0.9}
+  - {id: v, model: m, retries: 2, vote: {samples: 3}}
+  - {id: own, model: m, retries: 2, p_ok: 0.3}
+  - id: r
+    model: other
+    retries: 2
+    route:
+      a: {share: 0.5, model: m, p_ok: 0.8}
+      b: {share: 0.5, model: other}
+"""
+
+
+@pytest.fixture(scope="module")
+def steps_journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """150 runs of STEPS on the simulator (each step's attempts judged by its check)."""
+    path = tmp_path_factory.mktemp("steps") / "j.db"
+    journal = Journal(path)
+    with fast_retries():
+        for seed in range(150):
+            execute(parse_workflow(STEPS), journal=journal, seed=seed)
+    return path
+
+
+def test_a_debate_s_a_vote_s_and_a_step_s_own_p_ok_are_fitted_to_their_attempts(
+    steps_journal: Path,
+) -> None:
+    fits = {(f.step, f.branch): f for f in fit_steps(Journal(steps_journal), parse_workflow(STEPS), "m")}
+    assert set(fits) == {("d", None), ("v", None), ("own", None), ("r", "a")}  # not plain, nor b
+    assert (fits["d", None].kind, fits["v", None].kind) == ("debate", "vote")
+    for f in fits.values():
+        lo, hi = f.ci95
+        assert f.judged > 70 and lo <= f.p_ok <= hi, f
+    assert fits["v", None].own is False and fits["v", None].p_ok == 0.6  # its model's
+    assert fits["r", "a"].field == "steps.r.route.a.p_ok" and fits["own", None].field == "steps.own.p_ok"
+    assert fits["r", "a"].judged < 150  # only the attempts that went down 'a'
+
+
+def test_a_step_s_p_ok_the_ledger_contradicts_is_drift_with_its_set(
+    cli: Any, steps_journal: Path, write: Any
+) -> None:
+    spec = write(STEPS.replace("p_ok: 0.9}", "p_ok: 0.995}"))  # the debate's guess, too rosy
+    r = cli("calibrate", "--model", "m", "--from-journal", steps_journal, "--spec", spec, "--check",
+            "--json")  # fmt: skip
+    assert r.code == 1
+    assert [d["field"] for d in r.json()["drift"]] == ["steps.d.p_ok"]
+    assert {(s["step"], s["branch"]) for s in r.json()["steps"]} == {("d", None), ("v", None),
+                                                                      ("own", None), ("r", "a")}  # fmt: skip
+    text = cli("calibrate", "--model", "m", "--from-journal", steps_journal, "--spec", spec)
+    hint = next(line for line in text.out.splitlines() if line.startswith("to plan with"))
+    flag = hint.split("--set ")[1].split()[0]
+    assert flag.startswith("steps.d.p_ok=0.")
+    assert cli("estimate", spec, "--set", flag).code == 0
+
+
+def test_an_endpoint_s_answers_no_gate_reads_are_not_judged(tmp_path: Path) -> None:
+    """Two debates on an endpoint: the ungated one's attempts say nothing of its p_ok; the
+    gated one's do (a 'no' fails the gate: one of its two attempts)."""
+    script = [Reply("yes"), Reply("yes"), Reply("no"), Reply("no"), Reply("yes"), Reply("yes")]
+    with ScriptedServer(script) as srv:
+        wf = parse_workflow(f"""
+version: 1
+models:
+  e: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_call: 0.001, latency_s: 0.1,
+      p_ok: 0.9, timeout_s: 5}}
+steps:
+  - {{id: free, model: e, debate: {{agents: 2, rounds: 1}}}}
+  - {{id: gated, model: e, after: [free], retries: 1, debate: {{agents: 2, rounds: 1}},
+      gate: {{regex: '^yes$'}}}}
+concurrency: 1
+""")
+        journal = Journal(tmp_path / "j.db")
+        with fast_retries():
+            execute(wf, journal=journal)
+    fits = {f.step: f for f in fit_steps(journal, wf, "e")}
+    assert (fits["free"].judged, fits["gated"].judged, fits["gated"].accepted) == (0, 2, 1)
+
+
+def test_the_model_s_p_ok_leaves_out_the_steps_with_their_own(steps_journal: Path) -> None:
+    """'own' (p_ok 0.3) and branch 'a' (0.8) answer on m by their own figures: m's p_ok (0.6)
+    is fitted to 'plain' alone; counted in, the 0.3 would drag it below its interval."""
+    wf, journal = parse_workflow(STEPS), Journal(steps_journal)
+    assert own_p_ok_steps(wf, "m") == {"d", "own", "r"}
+    kept = fit_from_journal(journal, "m", own_p_ok_steps(wf, "m"))
+    lo, hi = kept.ci95
+    assert kept.judged == 150 and lo <= 0.6 <= hi
+    mixed = fit_from_journal(journal, "m")
+    assert mixed.judged > 250 and not mixed.ci95[0] <= 0.6 <= mixed.ci95[1]

@@ -149,7 +149,7 @@ def calibrate_cmd(
     check: Annotated[bool, typer.Option(
         "--check", help="With --from-journal: exit 1 when the ledger contradicts the profile "
                         "(a figure outside its measured 95% interval), the share of a routed "
-                        "step it classifies for or the hit_rate of a cached step it answers.",
+                        "step it classifies for, or the hit_rate or p_ok of a step on it.",
     )] = False,
     as_json: JsonFlag = False,
 ) -> int:
@@ -222,8 +222,16 @@ def _fit_ledger(
     model: str, path: Path, spec: Path | None, out: Path | None, as_json: bool, check: bool
 ) -> int:
     """``calibrate --from-journal``: the profile fitted to the calls the journal holds, the
-    shares of the routed steps the model classifies for and the hit rates of its cached steps."""
-    from trilemma.experiments.fit import fit_cached, fit_from_journal, fit_routes
+    shares of the routed steps the model classifies for, the hit rates of its cached steps
+    and the ``p_ok`` of its steps that are not one call an attempt or have their own."""
+    from trilemma.experiments.fit import (
+        fit_cached,
+        fit_from_journal,
+        fit_routes,
+        fit_steps,
+        own_p_ok_steps,
+        require_calls,
+    )
     from trilemma.journal import Journal
     from trilemma.report import tables
 
@@ -231,18 +239,21 @@ def _fit_ledger(
         raise UsageError(f"--from-journal {path}: no such file; give the journal your runs wrote "
                          "(trilemma runs --journal PATH lists them)")  # fmt: skip
     with Journal(path) as journal:
-        result = fit_from_journal(journal, model)
+        require_calls(journal, model)  # before the spec: the journal's models are the news
         base, wf, source = _base_profile(journal, model, spec)
+        result = fit_from_journal(journal, model, own_p_ok_steps(wf, model) if wf is not None else ())
         routes = fit_routes(journal, wf, model) if wf is not None else []
         cached = fit_cached(journal, wf, model) if wf is not None else []
+        steps = fit_steps(journal, wf, model) if wf is not None else []
     profile = result.profile(base)
     text = _profile_yaml(model, profile, out)
     drift = [*result.drift(base), *(d for r in routes for d in r.drift()),
-             *(d for c in cached for d in c.drift())]
+             *(d for c in cached for d in c.drift()), *(d for f in steps for d in f.drift())]
     if as_json:
         emit_json({"model": model, **result.summary(), "profile": profile,
                    "routes": [r.to_json() for r in routes],
                    "cached": [c.to_json() for c in cached],
+                   "steps": [f.to_json() for f in steps],
                    "drift": [d.to_json() for d in drift]})  # fmt: skip
     else:
         console = stdout_console()
@@ -251,9 +262,11 @@ def _fit_ledger(
             console.print(tables.route_fit_table(routes, model))
         if cached:
             console.print(tables.cache_fit_table(cached, model))
+        if steps:
+            console.print(tables.step_fit_table(steps, model))
         for line in tables.drift_lines(drift, model):
             console.print(line, markup=False, highlight=False)
-        hint = tables.plan_set_line(routes, cached, source)
+        hint = tables.plan_set_line(routes, cached, steps, source)
         if hint is not None:  # one line, to copy whole: the terminal folds it, not rich
             console.print(hint, markup=False, highlight=False, soft_wrap=True)
         if not check:

@@ -22,7 +22,9 @@ a profile's name counts, from any run:
 A model that classifies for routed steps (a step whose ``model`` it is, with ``route:``) is
 fitted there too (:func:`fit_routes`): each branch's ``share`` that gives the classifier's
 decisions the ledger holds (its ``route: LABEL`` rows), with their Wilson interval; and so
-is each cached step it answers (:func:`fit_cached`): the share of runs the cache served.
+is each cached step it answers (:func:`fit_cached`): the share of runs the cache served; and
+each step (or branch) on it whose attempt is more than one call, or that has a ``p_ok`` of its
+own (:func:`fit_steps`): the share of its judged attempts accepted.
 
 Cache hits, calls never sent and a hedge's cancelled copies are left out. Runs made in scaled
 time (``compare`` and ``sweep`` on the simulator) journal their time scale, and their latencies
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +44,10 @@ from trilemma.experiments.calibrate import wilson
 from trilemma.journal import Journal
 from trilemma.plan.hedge import cut
 from trilemma.providers.base import CUT
-from trilemma.spec import ModelProfile, Workflow
+from trilemma.spec import ModelProfile, Step, Workflow
 
-__all__ = ["CacheFit", "Drift", "LedgerFit", "RouteFit", "fit_cached", "fit_from_journal", "fit_routes"]
+__all__ = ["CacheFit", "Drift", "LedgerFit", "RouteFit", "StepFit", "fit_cached", "fit_from_journal",
+           "fit_routes", "fit_steps", "own_p_ok_steps", "require_calls"]
 
 ANSWERED = ("ok", "rejected")
 LATENCY_TOLERANCE = 0.10
@@ -249,13 +253,23 @@ def _round(x: float | None, digits: int = 4) -> float | None:
     return None if x is None else round(x, digits)
 
 
-def fit_from_journal(journal: Journal, model: str) -> LedgerFit:
-    """Fit ``model``'s figures to every call the journal holds under that name."""
-    rows = journal.model_calls(model)
-    if not rows:
-        known = journal.models_called()
+def require_calls(journal: Journal, model: str) -> None:
+    """UsageError, naming the models it has, where the journal holds no call of ``model``."""
+    known = journal.models_called()
+    if model not in known:
         have = f"it has calls of {', '.join(known)}" if known else "it holds no calls yet"
         raise UsageError(f"{journal.path}: no calls of model {model!r} in this journal; {have}")
+
+
+def fit_from_journal(journal: Journal, model: str, own_p_ok: Collection[str] = ()) -> LedgerFit:
+    """Fit ``model``'s figures to every call the journal holds under that name; the attempts
+    of the steps ``own_p_ok`` names (:func:`own_p_ok_steps`) judge a ``p_ok`` of their own,
+    not the model's, and are not counted in it."""
+    rows = journal.model_calls(model)
+    if not rows:
+        require_calls(journal, model)
+        raise UsageError(f"{journal.path}: no call of model {model!r} in this journal has finished "
+                         "(each was cut off in flight); run the spec again, then fit")  # fmt: skip
     sent = [r for r in rows if r["outcome"] not in NOT_SENT and not r["cache_hit"]]
     answered = [r for r in sent if r["outcome"] in ANSWERED]
     outcomes: dict[str, int] = {}
@@ -265,7 +279,7 @@ def fit_from_journal(journal: Journal, model: str) -> LedgerFit:
     for r in rows:  # a hedge's copy shares its call's number; a router's call is its own
         if not r["role"].startswith("route"):
             calls.setdefault((r["run_id"], r["step_id"], r["attempt"]), set()).add(r["call"])
-    judged = [r for r in answered if r["role"] in JUDGED
+    judged = [r for r in answered if r["role"] in JUDGED and r["step_id"] not in own_p_ok
               and len(calls[(r["run_id"], r["step_id"], r["attempt"])]) == 1]  # fmt: skip
 
     def mean(field: str) -> float | None:
@@ -486,4 +500,118 @@ def fit_cached(journal: Journal, wf: Workflow, model: str) -> list[CacheFit]:
         out.append(CacheFit(step=s.id, hit_rate=rule.hit_rate,
                             rule_is_mapping=not isinstance(s.cached, bool),
                             runs=len(reached[s.id]), hits=len(served[s.id])))  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class StepFit:
+    """What the ledger measured of one step's (or one routed step's branch's) attempts: the
+    share a gate (or the simulator's check) accepted, for a ``p_ok`` the model's fit does not
+    give (a debate's, a vote's, a refined call's, or the step's own)."""
+
+    step: str
+    """The step's id."""
+    branch: str | None
+    """The branch of a routed step (None: the step itself)."""
+    kind: str
+    """How an attempt asks: call, refined call, debate or vote."""
+    p_ok: float
+    """The planner's chance an attempt succeeds (the step's or branch's own, else its model's)."""
+    own: bool
+    """The spec gives the step (or branch) a ``p_ok`` of its own."""
+    judged: int
+    """Attempts whose every call was answered and judged."""
+    accepted: int
+    """Of those, the attempts accepted."""
+
+    @property
+    def field(self) -> str:
+        """The spec's path of the step's (or branch's) ``p_ok``."""
+        at = f"steps.{self.step}" + (f".route.{self.branch}" if self.branch else "")
+        return f"{at}.p_ok"
+
+    @property
+    def measured(self) -> float | None:
+        """The share of judged attempts accepted (None: none judged)."""
+        return self.accepted / self.judged if self.judged else None
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """Wilson interval of :attr:`measured`."""
+        return wilson(self.accepted, self.judged)
+
+    def set_flag(self) -> str | None:
+        """``--set`` to plan with the measured rate (a spec's ``p_ok`` is above 0)."""
+        m = self.measured
+        return None if m is None else f"{self.field}={max(round(m, 4), MIN_SHARE):g}"
+
+    def drift(self) -> list[Drift]:
+        """The planned ``p_ok``, where it lies outside the measured interval."""
+        m = self.measured
+        if m is None:
+            return []
+        lo, hi = self.ci95
+        return [] if lo <= self.p_ok <= hi else [Drift(self.field, self.p_ok, m, (lo, hi))]
+
+    def to_json(self) -> dict[str, Any]:
+        """An entry of ``steps`` in ``calibrate --from-journal --json``."""
+        m = self.measured
+        return {"step": self.step, "branch": self.branch, "kind": self.kind, "p_ok": self.p_ok,
+                "own": self.own, "attempts_judged": self.judged, "accepted": self.accepted,
+                "measured": None if m is None else round(m, 6),
+                "ci95": None if m is None else [round(x, 6) for x in self.ci95]}  # fmt: skip
+
+
+def own_p_ok_steps(wf: Workflow, model: str) -> set[str]:
+    """The ids of ``wf``'s steps whose attempts on ``model`` succeed by a ``p_ok`` of their own
+    (the step's, or one of its branches' on ``model``: the ledger's rows of a branch call do
+    not say which branch they were)."""
+    return {s.id for s in wf.steps
+            if (s.p_ok is not None and s.model == model)
+            or any(b.model == model and b.p_ok is not None for b in (s.route or {}).values())}  # fmt: skip
+
+
+def _kind(step: Step) -> str:
+    return "refined call" if step.kind == "call" and step.debate_rounds else step.kind
+
+
+def fit_steps(journal: Journal, wf: Workflow, model: str) -> list[StepFit]:
+    """The steps (and routed steps' branches) on ``model`` whose attempt is more than one call
+    or that have a ``p_ok`` of their own, each fitted to its attempts the journal holds (from
+    any run, under its step id): an attempt is judged when its calls (a classifier's aside)
+    were all answered and the step has a gate or runs on the simulator (whose check judges
+    every answer; an endpoint's answer with no gate is accepted unread, which says nothing),
+    and accepted when none was rejected. A step whose later attempts escalate to other models
+    is left out (its attempts are not all this model's); cache hits are left out."""
+    wanted: list[tuple[Step, str | None, Step]] = []  # (step, branch, the step as it answers)
+    for s in wf.steps:
+        if s.route is not None:
+            wanted += [(s, label, s.branch_step(label)) for label, b in s.route.items()
+                       if b.model == model and (b.p_ok is not None or s.branch_step(label).calls > 1)]  # fmt: skip
+        elif s.model == model and not s.escalate and (s.p_ok is not None or s.calls > 1):
+            wanted.append((s, None, s))
+    out = []
+    for step, branch, runs in wanted:
+        judges = runs.gate is not None or step.gate is not None or wf.models[model].runs_on_simulator
+        verdicts: dict[tuple[str, int], list[str]] = {}
+        took: dict[tuple[str, int], str] = {}  # a routed attempt's branch
+        for r in journal.step_attempt_calls(step.id):
+            key = (r["run_id"], r["attempt"])
+            if r["cache_hit"]:
+                verdicts[key] = ["cached"]
+            elif r["role"].startswith("route"):
+                took[key] = r["role"].removeprefix(ROUTED)
+            elif r["outcome"] not in NOT_SENT:
+                verdicts.setdefault(key, []).append(r["outcome"])
+        judged = accepted = 0
+        for key, outcomes in verdicts.items():
+            if (branch is not None and took.get(key) != branch) or not judges:
+                continue
+            if "rejected" in outcomes and all(o in ANSWERED for o in outcomes):
+                judged += 1
+            elif all(o == "ok" for o in outcomes):
+                judged += 1
+                accepted += 1
+        out.append(StepFit(step=step.id, branch=branch, kind=_kind(runs), p_ok=wf.p_ok(runs),
+                           own=runs.p_ok is not None, judged=judged, accepted=accepted))  # fmt: skip
     return out

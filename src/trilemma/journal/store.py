@@ -514,6 +514,15 @@ class Journal:
             (model,),
         )
 
+    def step_attempt_calls(self, step_id: str) -> list[dict[str, Any]]:
+        """Every finished call journaled under the step id ``step_id``, from any run: its run,
+        attempt, role, outcome and whether the cache served it, in the order sent."""
+        return self._rows(
+            "SELECT run_id, attempt, role, outcome, cache_hit FROM calls "
+            "WHERE step_id = ? AND state = 'finished' ORDER BY id",
+            (step_id,),
+        )
+
     def models_called(self) -> list[str]:
         """The profile names the journal holds calls of."""
         return [r["model"] for r in self._rows("SELECT DISTINCT model FROM calls ORDER BY model")]

@@ -28,7 +28,7 @@ from trilemma.report.fitted import FittedTable
 
 if TYPE_CHECKING:  # types only: `trilemma runs` reads a journal without the planner or experiments
     from trilemma.experiments.compare import Contender
-    from trilemma.experiments.fit import CacheFit, Drift, LedgerFit, RouteFit
+    from trilemma.experiments.fit import CacheFit, Drift, LedgerFit, RouteFit, StepFit
     from trilemma.experiments.sweep import Sweep
     from trilemma.plan.estimate import Estimate
     from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
@@ -596,15 +596,39 @@ def cache_fit_table(cached: Sequence[CacheFit], model: str) -> Table:
     return t
 
 
-def plan_set_line(routes: Sequence[RouteFit], cached: Sequence[CacheFit], spec: str) -> str | None:
-    """The command that plans ``spec`` with the routed steps' measured shares and the cached
-    steps' measured hit rates, where the spec's lie outside them (None: no such step)."""
+def step_fit_table(steps: Sequence[StepFit], model: str) -> Table:
+    """``calibrate --from-journal``: the steps (and branches) on the model whose attempt is not
+    one call, or that have a ``p_ok`` of their own, the planned ``p_ok`` beside the share of
+    their judged attempts accepted."""
+    t = FittedTable(title=f"Steps on {model!r} with a p_ok of their own or more than one call "
+                          "an attempt: their attempts journaled", title_justify="left")  # fmt: skip
+    for col in ("step", "asked", "p_ok", "judged", "accepted", "measured [95%]"):
+        t.add_column(col, justify="left" if col in ("step", "asked") else "right")
+    for f in steps:
+        m = f.measured
+        lo, hi = f.ci95
+        name = f.step + (f" ({f.branch})" if f.branch else "")
+        t.add_row(name, f.kind, f"{f.p_ok:g}" + ("" if f.own else " (model's)"), f"{f.judged:,}",
+                  f"{f.accepted:,}", "-" if m is None else f"{m:.4f} [{lo:.4f}, {hi:.4f}]")  # fmt: skip
+    t.caption = ("judged: attempts whose calls were all answered, on a step with a gate or on the "
+                 "simulator (an endpoint's answer no gate reads is accepted unread); a debate's or "
+                 "a vote's attempt is accepted or rejected whole")  # fmt: skip
+    return t
+
+
+def plan_set_line(
+    routes: Sequence[RouteFit], cached: Sequence[CacheFit], steps: Sequence[StepFit], spec: str
+) -> str | None:
+    """The command that plans ``spec`` with the routed steps' measured shares, the cached
+    steps' measured hit rates and the steps' measured ``p_ok``, where the spec's lie outside
+    them (None: no such step)."""
     flags = []
     for r in routes:
         shares = r.shares()
         if shares is not None and r.drift():
             flags += [f"steps.{r.step}.route.{label}.share={v:g}" for label, v in shares.items()]
     flags += [flag for c in cached if c.drift() and (flag := c.set_flag()) is not None]
+    flags += [flag for f in steps if f.drift() and (flag := f.set_flag()) is not None]
     if not flags:
         return None
     return (f"to plan with what was measured: trilemma estimate {shlex.quote(spec)} "
