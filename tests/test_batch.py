@@ -765,6 +765,10 @@ def test_runs_that_cost_other_than_planned_say_which_guess_to_check(tmp_path: Pa
     planned, paid = (100 * 1 + 50 * 2) / 1e6, (1002.5 * 1 + 400 * 2) / 1e6
     assert f"The runs cost ${paid:.4f} each against ${planned:.4f} planned (9.01x)" in out
     assert f"`trilemma calibrate --model api --from-journal {db} --check` names" in out
+    batch_id = Journal(db).runs()[0]["batch_id"]
+    page = tmp_path / "batch.html"
+    assert cli("report", batch_id, "--journal", db, "--out", page).code == 0
+    assert f"The runs cost ${paid:.4f} each against ${planned:.4f} planned (9.01x)" in page.read_text()
     check = cli("calibrate", "--model", "api", "--from-journal", db, "--check", "--json")
     assert check.code == 1  # and it does: both token counts
     fields = {d["field"] for d in check.json()["drift"]}  # (latency_s too, as HTTP runs it)
@@ -774,12 +778,15 @@ def test_runs_that_cost_other_than_planned_say_which_guess_to_check(tmp_path: Pa
 def test_runs_that_cost_what_was_planned_say_nothing_more(tmp_path: Path) -> None:
     """On the simulator the runs draw what the planner reckons: retried, routed, failing."""
     from trilemma.experiments.trials import time_scaled
+    from trilemma.report.html import batch_report
 
     for name, n in (("faq.yaml", 60), ("routed.yaml", 40), ("starter.yaml", 40)):
         wf = time_scaled(parse_workflow((EXAMPLES / name).read_text()), 0.01)
         inputs = [{"question": f"q{i}"} if wf.inputs else {} for i in range(n)]
-        r = run_batch(wf, inputs, journal=Journal(tmp_path / f"{name}.db"), seed=1, parallel=20)
+        journal = Journal(tmp_path / f"{name}.db")
+        r = run_batch(wf, inputs, journal=journal, seed=1, parallel=20)
         assert r.cost_off_plan() is None, (name, r.cost_usd / n, r.predicted.cost_expected)
+        assert "The runs cost" not in batch_report(journal, r.batch_id)  # nor its page
 
 
 def test_only_runs_that_went_to_their_end_are_weighed_against_the_plan(tmp_path: Path) -> None:

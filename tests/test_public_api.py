@@ -8,6 +8,7 @@ from pathlib import Path
 
 import trilemma
 import trilemma.cache.semantic
+import trilemma.plan.agreement
 import trilemma.report.tables
 import trilemma.run.steps
 import trilemma.spec
@@ -50,7 +51,7 @@ def test_nothing_imports_the_cli() -> None:
 
 def test_docstring_examples_run() -> None:
     for module in (trilemma, trilemma.spec, trilemma.cache.semantic, trilemma.run.steps,
-                   trilemma.report.tables):
+                   trilemma.report.tables, trilemma.plan.agreement):
         failures, _ = doctest.testmod(module)
         assert failures == 0
 

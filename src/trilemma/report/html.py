@@ -20,9 +20,18 @@ from trilemma import __version__
 from trilemma.errors import UsageError
 from trilemma.journal import Journal
 from trilemma.journal.store import GATEWAY_RUN, sent_by_step
+from trilemma.plan.agreement import off_plan
 from trilemma.plan.slots import SLOTS_BIND
 from trilemma.report.plots import batch_png, timeline_png
-from trilemma.report.tables import LEDGER_KEYS, counted, ledger_row, spec_of, usd, well_under
+from trilemma.report.tables import (
+    LEDGER_KEYS,
+    counted,
+    ledger_row,
+    off_plan_line,
+    spec_of,
+    usd,
+    well_under,
+)
 
 __all__ = ["batch_report", "run_report"]
 
@@ -161,6 +170,11 @@ def batch_report(journal: Journal, batch_id: str) -> str:
          _e(_cut(r["error"])))
         for r in runs
     ]  # fmt: skip
+    ended_all = all(r["status"] in ("ok", "failed") for r in runs)  # none cut by a budget
+    planned = halts if halts is not None else cost_p.get("expected")
+    off = off_plan([r["cost_usd"] for r in runs], planned) if ended_all and planned is not None else None
+    off_p = ("" if off is None else
+             f'<p class="bad">{_e(off_plan_line(*off, journal.batch_models(batch_id), journal.path))}</p>')  # fmt: skip
     png = batch_png(runs, ceiling)
     parts = [
         "<!doctype html>",
@@ -174,6 +188,7 @@ def batch_report(journal: Journal, batch_id: str) -> str:
         + "</p>",
         "<h2>Predicted beside measured</h2>",
         _table(("", "predicted", "measured", "budget"), rows, {1, 2}),
+        off_p,
         "<h2>Runs over time</h2>",
         '<p class="dim">Each bar is one line\'s run, coloured by how it ended; below, the spend '
         "as runs end, against the batch's ceiling.</p>",

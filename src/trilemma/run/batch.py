@@ -39,6 +39,7 @@ from trilemma._format import set_flags
 from trilemma.cache.semantic import Embedder
 from trilemma.errors import UsageError
 from trilemma.journal.store import Journal, JournalWriter, overrides_of
+from trilemma.plan.agreement import off_plan
 from trilemma.plan.batchsim import Replayed, replay_batch
 from trilemma.plan.estimate import Estimate, estimate, run_draws
 from trilemma.plan.slots import waves_of
@@ -167,23 +168,19 @@ class BatchResult:
     def cost_off_plan(self) -> tuple[float, float] | None:
         """``(measured, planned)`` dollars a run where the runs of this session that went to
         their end (ok or failed) cost more or less than the planner said, by more than
-        :data:`OFF_PLAN_SHARE` and more than their spread explains (outside the 95% interval
-        of their mean); None where they did not, or where fewer than :data:`OFF_PLAN_RUNS`
+        :data:`~trilemma.plan.agreement.OFF_PLAN_SHARE` and more than their spread explains
+        (:func:`~trilemma.plan.agreement.off_plan`); None where they did not, or where too few
         ran, or some stopped on a ceiling or a deadline (their bill says nothing of the
         guesses). The plan is the runs replayed together where the estimate drew them so
         (calls queued behind a failed run's model unsent), else runs stopping at a failed
         step where it drew those, else the expected figure."""
-        ran = [r.cost_usd for r in self.lines if not r.from_journal]
-        stopped = any(r.status not in ("ok", "failed") for r in self.lines)
-        if stopped or len(ran) < OFF_PLAN_RUNS:
+        if any(r.status not in ("ok", "failed") for r in self.lines):
             return None
         plan = self.planned()["cost_usd"]
         each = (plan["replayed"] / len(self.lines) if "replayed" in plan
                 else self.predicted.halting.cost_usd if self.predicted.halting is not None
                 else self.predicted.cost_expected)  # fmt: skip
-        mean = math.fsum(ran) / len(ran)
-        spread = 1.959964 * float(np.std(ran, ddof=1)) / math.sqrt(len(ran))
-        return (mean, each) if abs(mean - each) > max(spread, OFF_PLAN_SHARE * each) else None
+        return off_plan([r.cost_usd for r in self.lines if not r.from_journal], each)
 
     @property
     def error(self) -> str | None:
@@ -218,12 +215,6 @@ class BatchResult:
             "runs": [r.to_json() for r in self.lines],
             "journal": self.journal,
         }  # fmt: skip
-
-
-OFF_PLAN_RUNS = 20
-"""The fewest runs whose mean cost :meth:`BatchResult.cost_off_plan` weighs against the plan."""
-OFF_PLAN_SHARE = 0.10
-"""A mean cost a run off the plan by less than this share of it is not called off."""
 
 
 def predicted_json(
