@@ -786,6 +786,7 @@ def test_runs_that_cost_what_was_planned_say_nothing_more(tmp_path: Path) -> Non
         journal = Journal(tmp_path / f"{name}.db")
         r = run_batch(wf, inputs, journal=journal, seed=1, parallel=20)
         assert r.cost_off_plan() is None, (name, r.cost_usd / n, r.predicted.cost_expected)
+        assert r.success_off_plan() is None, (name, r.count("ok"), r.predicted.reliability)
         assert "The runs cost" not in batch_report(journal, r.batch_id)  # nor its page
 
 
@@ -814,6 +815,35 @@ def test_only_runs_that_went_to_their_end_are_weighed_against_the_plan(tmp_path:
     assert batch(*dear).to_json()["cost_off_plan"] == {"measured_per_run": pytest.approx(0.02),
                                                        "planned_per_run": 0.01}  # fmt: skip
     assert batch(*near).to_json()["cost_off_plan"] is None
+    failing = [LineResult(i, "ok" if i % 2 else "failed", f"r{i}", 0.01) for i in range(1, 21)]
+    assert batch(*failing).success_off_plan() == (0.5, 1.0)  # planned: every run ok
+    assert batch(*failing).to_json()["success_off_plan"] == {"measured": 0.5, "planned": 1.0}
+    assert batch(*failing, stopped).success_off_plan() is None
+    assert batch(*dear).success_off_plan() is None and batch(*dear).to_json()["success_off_plan"] is None
+
+
+def test_runs_that_fail_more_than_planned_say_which_guess_to_check(tmp_path: Path, cli) -> None:
+    """A gate rejecting every other answer, on a profile guessing p_ok 0.99: 20 runs, half ok."""
+    from trilemma.testing import Reply, ScriptedServer
+
+    def answer(payload: dict[str, Any]) -> Reply:
+        line = int(payload["messages"][-1]["content"].removeprefix("Answer: q"))
+        return Reply("yes" if line % 2 else "no")
+
+    _, lines = write(tmp_path, 20)
+    db = tmp_path / "j.db"
+    with ScriptedServer(answer) as srv:
+        spec = tmp_path / "api.yaml"
+        spec.write_text(_on_endpoint_text(srv.url, "usd_per_call: 0.001, latency_s: 0.01, p_ok: 0.99")
+                        .replace('"Answer: {question}"}', '"Answer: {question}", gate: {regex: "^yes$"}}'))  # fmt: skip
+        r = cli("batch", spec, "--inputs", lines, "--journal", db)
+    assert r.code == 1
+    out = " ".join(r.out.split())
+    assert ("50.00% of them ended ok against 99.00% planned, outside the 99% interval of what "
+            "they measured: a guess of the spec is off.") in out  # fmt: skip
+    assert "The runs cost" not in out  # each run made its one call, as planned
+    check = cli("calibrate", "--model", "api", "--from-journal", db, "--check", "--json")
+    assert check.code == 1 and "p_ok" in {d["field"] for d in check.json()["drift"]}
 
 
 def _on_endpoint_text(url: str, profile: str) -> str:

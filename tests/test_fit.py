@@ -314,7 +314,7 @@ def test_timeouts_its_fitted_latency_explains_are_not_counted_twice(tmp_path: Pa
 
 
 def test_a_rate_never_seen_has_an_interval_from_exactly_zero() -> None:
-    from trilemma.experiments.calibrate import wilson
+    from trilemma.plan.agreement import wilson
 
     assert wilson(0, 500)[0] == 0.0 and wilson(500, 500)[1] == 1.0
     lo, hi = wilson(1, 500)

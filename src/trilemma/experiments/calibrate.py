@@ -10,7 +10,6 @@ machine costs (about $0.10 an hour), so that "cheap" and "premium" mean somethin
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from trilemma._format import did_you_mean
 from trilemma._tasks import run_whole
 from trilemma.errors import UsageError
 from trilemma.experiments.tasks import SUITES, Task
+from trilemma.plan.agreement import wilson
 from trilemma.providers.base import Request, cost_of, worst_case_cost
 from trilemma.spec import ModelProfile, Workflow
 
@@ -28,20 +28,6 @@ __all__ = ["LOCAL_USD_PER_SECOND", "Calibration", "calibrate", "wilson"]
 
 LOCAL_USD_PER_SECOND = 0.10 / 3600
 MAX_TOKENS = 48
-
-
-def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The Wilson 95% interval of a proportion."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    # At 0 (or n) the bound is 0 (or 1) exactly; float rounding left 4e-19, which a rate of
-    # 0 then fell outside.
-    lo = 0.0 if successes == 0 else max(0.0, centre - half)
-    hi = 1.0 if successes == n else min(1.0, centre + half)
-    return lo, hi
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from trilemma.errors import UsageError
-from trilemma.experiments.calibrate import wilson
 from trilemma.experiments.tasks import (
     CHAIN_PROMPT,
     CHAIN_SHOTS,
@@ -26,6 +25,7 @@ from trilemma.experiments.tasks import (
     extract_sentence,
 )
 from trilemma.experiments.trials import JournalRef, check_reachable, check_runs, opened
+from trilemma.plan.agreement import wilson
 from trilemma.plan.estimate import estimate
 from trilemma.run.session import execute
 from trilemma.spec import ModelProfile, Workflow, workflow_from_dict

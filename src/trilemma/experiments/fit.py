@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from trilemma.errors import UsageError
-from trilemma.experiments.calibrate import wilson
 from trilemma.journal import Journal
+from trilemma.plan.agreement import wilson
 from trilemma.plan.hedge import cut
 from trilemma.providers.base import CUT
 from trilemma.spec import ModelProfile, Step, Workflow

@@ -20,9 +20,9 @@ from typing import Any
 
 from trilemma._tasks import run_whole
 from trilemma.errors import UsageError
-from trilemma.experiments.calibrate import wilson
 from trilemma.experiments.tasks import MAX_TRIALS
 from trilemma.journal import Journal
+from trilemma.plan.agreement import wilson
 from trilemma.run.retry import check_time_scale, scaled_time
 from trilemma.run.session import execute
 from trilemma.spec import Workflow

@@ -1,5 +1,6 @@
-"""Whether what runs measured agrees with what the planner said: the test a batch's table and
-its HTML report apply to the runs' cost before they tell the user a guess is off."""
+"""Whether what runs measured agrees with what the planner said: the intervals the experiments
+and the ledger's fit give, and the tests a batch's table and its HTML report apply to the
+runs' cost and success before they tell the user a guess is off."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import statistics
 from collections.abc import Sequence
 
-__all__ = ["OFF_PLAN_RUNS", "OFF_PLAN_SHARE", "off_plan"]
+__all__ = ["OFF_PLAN_RUNS", "OFF_PLAN_SHARE", "Z99", "off_plan", "success_off_plan", "wilson"]
 
 OFF_PLAN_RUNS = 20
 """The fewest runs whose mean :func:`off_plan` weighs against the plan."""
@@ -30,3 +31,39 @@ def off_plan(costs: Sequence[float], planned: float) -> tuple[float, float] | No
     mean = math.fsum(costs) / len(costs)
     spread = 1.959964 * statistics.stdev(costs) / math.sqrt(len(costs))
     return (mean, planned) if abs(mean - planned) > max(spread, OFF_PLAN_SHARE * planned) else None
+
+
+Z99 = 2.575829
+"""The normal quantile of a two-sided 99% interval."""
+
+
+def success_off_plan(ok: int, runs: int, planned: float) -> tuple[float, float] | None:
+    """``(share ok, planned)`` where ``ok`` of ``runs`` that went to their end succeeded and
+    the planned chance lies outside the 99% Wilson interval of that share (a plan that holds
+    is called off one batch in a hundred, not one in twenty); None where it does not, or with
+    fewer than :data:`OFF_PLAN_RUNS` runs.
+
+    >>> success_off_plan(12, 20, 0.99)
+    (0.6, 0.99)
+    >>> success_off_plan(19, 20, 0.99) is None
+    True
+    """
+    if runs < OFF_PLAN_RUNS:
+        return None
+    lo, hi = wilson(ok, runs, Z99)
+    return None if lo <= planned <= hi else (ok / runs, planned)
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson interval of a proportion: 95% (``z`` the 97.5% normal quantile) unless
+    ``z`` says otherwise."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    # At 0 (or n) the bound is 0 (or 1) exactly; float rounding left 4e-19, which a rate of
+    # 0 then fell outside.
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi

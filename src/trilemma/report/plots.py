@@ -200,7 +200,7 @@ def plot_hedge(rows: Sequence[Threshold], model: str, path: str | Path) -> Path:
 
 def plot_cliff(points: list[Any], model: str, path: str | Path) -> Path:
     """Measured end-to-end success (with 95% intervals) against the predicted p^S."""
-    from trilemma.experiments.calibrate import wilson
+    from trilemma.plan.agreement import wilson
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs = [p.steps for p in points]

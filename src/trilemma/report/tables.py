@@ -1128,21 +1128,33 @@ def batch_view(b: Any, shown: int = 10) -> Group:
         parts.append(lt)
         if len(bad) > shown:
             parts.append(Text(f"... and {len(bad) - shown} more (--json or --out lists every line)"))
-    off = b.cost_off_plan()
-    if off is not None:
-        measured, planned = off
-        parts.append(Text(off_plan_line(measured, planned, b.models, b.journal)))
+    off, bad = b.cost_off_plan(), b.success_off_plan()
+    if off is not None or bad is not None:
+        parts.append(Text(off_plan_line(off, bad, b.models, b.journal)))
     flag = journal_flag(b.journal)
     parts.append(Text(f"journal: {b.journal}\nnext: trilemma report {b.batch_id}{flag} (a page), "
                       f"trilemma runs --batch {b.batch_id}{flag} (its runs)", style="dim"))  # fmt: skip
     return Group(*parts)
 
 
-def off_plan_line(measured: float, planned: float, models: Sequence[str], journal: str | Path) -> str:
-    """A batch whose runs cost other than planned, beyond their spread: what to do."""
-    ratio = f" ({measured / planned:.2f}x)" if planned > 0 else ""
-    line = (f"The runs cost {usd(measured)} each against {usd(planned)} planned{ratio}, more than "
-            "their spread explains: a guess of the spec is off.")  # fmt: skip
+def off_plan_line(
+    cost: tuple[float, float] | None, success: tuple[float, float] | None,
+    models: Sequence[str], journal: str | Path,
+) -> str:  # fmt: skip
+    """Runs whose cost or success the plan does not explain: what they measured, and the
+    command that finds the guess that is off."""
+    said = []
+    if cost is not None:
+        measured, planned = cost
+        ratio = f" ({measured / planned:.2f}x)" if planned > 0 else ""
+        said.append(f"the runs cost {usd(measured)} each against {usd(planned)} planned{ratio}, "
+                    "more than their spread explains")  # fmt: skip
+    if success is not None:
+        share, planned = success
+        said.append(f"{_pct(share)} of them ended ok against {_pct(planned)} planned, outside "
+                    "the 99% interval of what they measured")  # fmt: skip
+    line = "; ".join(said)
+    line = f"{line[0].upper()}{line[1:]}: a guess of the spec is off."
     if not models:
         return line
     rest = f" (and likewise for {', '.join(models[1:])})" if len(models) > 1 else ""

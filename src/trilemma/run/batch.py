@@ -39,7 +39,7 @@ from trilemma._format import set_flags
 from trilemma.cache.semantic import Embedder
 from trilemma.errors import UsageError
 from trilemma.journal.store import Journal, JournalWriter, overrides_of
-from trilemma.plan.agreement import off_plan
+from trilemma.plan.agreement import off_plan, success_off_plan
 from trilemma.plan.batchsim import Replayed, replay_batch
 from trilemma.plan.estimate import Estimate, estimate, run_draws
 from trilemma.plan.slots import waves_of
@@ -182,6 +182,17 @@ class BatchResult:
                 else self.predicted.cost_expected)  # fmt: skip
         return off_plan([r.cost_usd for r in self.lines if not r.from_journal], each)
 
+    def success_off_plan(self) -> tuple[float, float] | None:
+        """``(share ok, planned)`` where the runs of this session that went to their end (ok
+        or failed) succeeded at a share whose 99% interval does not hold the planner's
+        reliability (:func:`~trilemma.plan.agreement.success_off_plan`); None where it
+        does, where too few ran, or where some stopped on a ceiling or a deadline."""
+        if any(r.status not in ("ok", "failed") for r in self.lines):
+            return None
+        ran = [r for r in self.lines if not r.from_journal]
+        ok = sum(r.status == "ok" for r in ran)
+        return success_off_plan(ok, len(ran), self.predicted.reliability)
+
     @property
     def error(self) -> str | None:
         """Why the batch is not ok: the first line's reason that says so."""
@@ -211,6 +222,8 @@ class BatchResult:
             "quality_per_dollar": self.quality_per_dollar,
             "cost_off_plan": None if (off := self.cost_off_plan()) is None else
                              {"measured_per_run": round(off[0], 12), "planned_per_run": round(off[1], 12)},
+            "success_off_plan": None if (bad := self.success_off_plan()) is None else
+                                {"measured": round(bad[0], 6), "planned": round(bad[1], 6)},
             "error": self.error,
             "runs": [r.to_json() for r in self.lines],
             "journal": self.journal,
