@@ -585,3 +585,28 @@ def test_the_model_s_p_ok_leaves_out_the_steps_with_their_own(steps_journal: Pat
     assert kept.judged == 150 and lo <= 0.6 <= hi
     mixed = fit_from_journal(journal, "m")
     assert mixed.judged > 250 and not mixed.ci95[0] <= 0.6 <= mixed.ci95[1]
+
+
+def test_an_attempt_cut_off_in_flight_is_not_judged(tmp_path: Path) -> None:
+    """A two-round debate whose first round answered and whose second is in flight at the
+    deadline: the attempt was never judged, so it counts neither way (its first round's
+    answers are 'ok' in the ledger, its second's 'cancelled')."""
+    spec = """
+version: 1
+models:
+  m: {usd_per_call: 0.001, latency_s: LATENCY, p_ok: 0.9}
+steps:
+  - {id: d, model: m, debate: {agents: 2, rounds: 2}}
+"""
+    whole = parse_workflow(spec.replace("LATENCY", "0.01"))
+    journal = Journal(tmp_path / "j.db")
+    execute(whole, journal=journal, seed=1, deadline_s=0.5)
+    (d,) = fit_steps(journal, whole, "m")
+    assert (d.judged, d.accepted) == (1, 1)  # the debate ended well before the deadline
+    cut = parse_workflow(spec.replace("LATENCY", "0.3"))
+    journal = Journal(tmp_path / "k.db")
+    assert execute(cut, journal=journal, seed=1, deadline_s=0.45).status == "deadline"
+    outcomes = sorted(c["outcome"] for c in journal.step_attempt_calls("d"))
+    assert outcomes == ["cancelled", "cancelled", "ok", "ok"]
+    (d,) = fit_steps(journal, cut, "m")
+    assert d.judged == 0

@@ -578,11 +578,14 @@ def _kind(step: Step) -> str:
 def fit_steps(journal: Journal, wf: Workflow, model: str) -> list[StepFit]:
     """The steps (and routed steps' branches) on ``model`` whose attempt is more than one call
     or that have a ``p_ok`` of their own, each fitted to its attempts the journal holds (from
-    any run, under its step id): an attempt is judged when its calls (a classifier's aside)
-    were all answered and the step has a gate or runs on the simulator (whose check judges
-    every answer; an endpoint's answer with no gate is accepted unread, which says nothing),
-    and accepted when none was rejected. A step whose later attempts escalate to other models
-    is left out (its attempts are not all this model's); cache hits are left out."""
+    any run, under its step id).
+
+    An attempt is judged when its calls (a classifier's and a hedge's other copy aside) were
+    all answered (none cut off, or left unsent, by a deadline, a ceiling or an error beside
+    it) and the step has a gate or runs on the simulator, whose check judges every answer (an
+    endpoint's answer with no gate is accepted unread, which says nothing); it is accepted
+    when none was rejected. A step whose later attempts escalate to other models is left out
+    (its attempts are not all this model's); cache hits are left out."""
     wanted: list[tuple[Step, str | None, Step]] = []  # (step, branch, the step as it answers)
     for s in wf.steps:
         if s.route is not None:
@@ -601,7 +604,7 @@ def fit_steps(journal: Journal, wf: Workflow, model: str) -> list[StepFit]:
                 verdicts[key] = ["cached"]
             elif r["role"].startswith("route"):
                 took[key] = r["role"].removeprefix(ROUTED)
-            elif r["outcome"] not in NOT_SENT:
+            elif r["outcome"] != "hedged":  # a hedge's other copy says nothing of the answer
                 verdicts.setdefault(key, []).append(r["outcome"])
         judged = accepted = 0
         for key, outcomes in verdicts.items():
