@@ -224,14 +224,7 @@ def _fit_ledger(
     """``calibrate --from-journal``: the profile fitted to the calls the journal holds, the
     shares of the routed steps the model classifies for, the hit rates of its cached steps
     and the ``p_ok`` of its steps that are not one call an attempt or have their own."""
-    from trilemma.experiments.fit import (
-        fit_cached,
-        fit_from_journal,
-        fit_routes,
-        fit_steps,
-        own_p_ok_steps,
-        require_calls,
-    )
+    from trilemma.experiments.fit import fit_model, require_calls
     from trilemma.journal import Journal
     from trilemma.report import tables
 
@@ -241,34 +234,26 @@ def _fit_ledger(
     with Journal(path) as journal:
         require_calls(journal, model)  # before the spec: the journal's models are the news
         base, wf, source = _base_profile(journal, model, spec)
-        result = fit_from_journal(journal, model, own_p_ok_steps(wf, model) if wf is not None else ())
-        routes = fit_routes(journal, wf, model) if wf is not None else []
-        cached = fit_cached(journal, wf, model) if wf is not None else []
-        steps = fit_steps(journal, wf, model) if wf is not None else []
-    profile = result.profile(base)
+        fitted = fit_model(journal, model, base, wf)
+    profile = fitted.fit.profile(base)
     text = _profile_yaml(model, profile, out)
-    drift = [*result.drift(base), *(d for r in routes for d in r.drift()),
-             *(d for c in cached for d in c.drift()), *(d for f in steps for d in f.drift())]
+    drift = fitted.drift()
     if as_json:
-        emit_json({"model": model, **result.summary(), "profile": profile,
-                   "routes": [r.to_json() for r in routes],
-                   "cached": [c.to_json() for c in cached],
-                   "steps": [f.to_json() for f in steps],
-                   "drift": [d.to_json() for d in drift]})  # fmt: skip
+        emit_json({"model": model, **fitted.to_json(), "profile": profile})
     else:
         console = stdout_console()
-        console.print(tables.fit_table(result, base))
-        if routes:
-            console.print(tables.route_fit_table(routes, model))
-        if cached:
-            console.print(tables.cache_fit_table(cached, model))
-        if steps:
-            console.print(tables.step_fit_table(steps, model))
+        console.print(tables.fit_table(fitted.fit, base))
+        if fitted.routes:
+            console.print(tables.route_fit_table(fitted.routes, model))
+        if fitted.cached:
+            console.print(tables.cache_fit_table(fitted.cached, model))
+        if fitted.steps:
+            console.print(tables.step_fit_table(fitted.steps, model))
         for line in tables.drift_lines(drift, model):
             console.print(line, markup=False, highlight=False)
-        hint = tables.plan_set_line(routes, cached, steps, source)
-        if hint is not None:  # one line, to copy whole: the terminal folds it, not rich
-            console.print(hint, markup=False, highlight=False, soft_wrap=True)
+        if flags := fitted.set_flags():  # one line, to copy whole: the terminal folds it, not rich
+            console.print(tables.plan_set_line(flags, source), markup=False, highlight=False,
+                          soft_wrap=True)  # fmt: skip
         if not check:
             sys.stdout.write(text)
     return 1 if check and drift else 0

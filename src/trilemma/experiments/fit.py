@@ -46,8 +46,9 @@ from trilemma.plan.hedge import cut
 from trilemma.providers.base import CUT
 from trilemma.spec import ModelProfile, Step, Workflow
 
-__all__ = ["CacheFit", "Drift", "LedgerFit", "RouteFit", "StepFit", "fit_cached", "fit_from_journal",
-           "fit_routes", "fit_steps", "own_p_ok_steps", "require_calls"]
+__all__ = ["CacheFit", "Drift", "LedgerFit", "ModelFit", "RouteFit", "StepFit", "fit_cached",
+           "fit_from_journal", "fit_model", "fit_routes", "fit_steps", "own_p_ok_steps",
+           "require_calls"]
 
 ANSWERED = ("ok", "rejected")
 LATENCY_TOLERANCE = 0.10
@@ -618,3 +619,57 @@ def fit_steps(journal: Journal, wf: Workflow, model: str) -> list[StepFit]:
         out.append(StepFit(step=step.id, branch=branch, kind=_kind(runs), p_ok=wf.p_ok(runs),
                            own=runs.p_ok is not None, judged=judged, accepted=accepted))  # fmt: skip
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFit:
+    """All the ledger measured of one model: its profile's figures, and the guesses of the
+    spec's steps on it (routes it classifies for, cached steps, steps' own ``p_ok``)."""
+
+    fit: LedgerFit
+    """The profile's figures, as measured."""
+    base: ModelProfile
+    """The profile the spec gives."""
+    routes: tuple[RouteFit, ...] = ()
+    """The routed steps the model classifies for."""
+    cached: tuple[CacheFit, ...] = ()
+    """The cached steps on the model."""
+    steps: tuple[StepFit, ...] = ()
+    """The steps (and branches) on the model with a ``p_ok`` the profile's does not give."""
+
+    def drift(self) -> list[Drift]:
+        """Every figure, the profile's and the steps', the ledger contradicts."""
+        return [*self.fit.drift(self.base), *(d for r in self.routes for d in r.drift()),
+                *(d for c in self.cached for d in c.drift()),
+                *(d for f in self.steps for d in f.drift())]  # fmt: skip
+
+    def set_flags(self) -> list[str]:
+        """``--set PATH=VALUE`` that plan the spec with the steps' measured figures, where
+        the spec's lie outside them (a route's shares all together, so they add up to 1)."""
+        flags = []
+        for r in self.routes:
+            shares = r.shares()
+            if shares is not None and r.drift():
+                flags += [f"steps.{r.step}.route.{label}.share={v:g}" for label, v in shares.items()]
+        guesses: list[CacheFit | StepFit] = [*self.cached, *self.steps]
+        for one in guesses:
+            if one.drift() and (flag := one.set_flag()) is not None:
+                flags.append(flag)
+        return flags
+
+    def to_json(self) -> dict[str, Any]:
+        """``calibrate --from-journal --json``, less the profile written."""
+        return {**self.fit.summary(), "routes": [r.to_json() for r in self.routes],
+                "cached": [c.to_json() for c in self.cached],
+                "steps": [f.to_json() for f in self.steps],
+                "drift": [d.to_json() for d in self.drift()]}  # fmt: skip
+
+
+def fit_model(journal: Journal, model: str, base: ModelProfile, wf: Workflow | None) -> ModelFit:
+    """``model`` fitted to the journal (:func:`fit_from_journal`), and, where the spec is
+    known (``wf``; a gateway's config has no steps), its steps' guesses on it."""
+    if wf is None:
+        return ModelFit(fit_from_journal(journal, model), base)
+    return ModelFit(fit_from_journal(journal, model, own_p_ok_steps(wf, model)), base,
+                    tuple(fit_routes(journal, wf, model)), tuple(fit_cached(journal, wf, model)),
+                    tuple(fit_steps(journal, wf, model)))  # fmt: skip

@@ -616,21 +616,8 @@ def step_fit_table(steps: Sequence[StepFit], model: str) -> Table:
     return t
 
 
-def plan_set_line(
-    routes: Sequence[RouteFit], cached: Sequence[CacheFit], steps: Sequence[StepFit], spec: str
-) -> str | None:
-    """The command that plans ``spec`` with the routed steps' measured shares, the cached
-    steps' measured hit rates and the steps' measured ``p_ok``, where the spec's lie outside
-    them (None: no such step)."""
-    flags = []
-    for r in routes:
-        shares = r.shares()
-        if shares is not None and r.drift():
-            flags += [f"steps.{r.step}.route.{label}.share={v:g}" for label, v in shares.items()]
-    flags += [flag for c in cached if c.drift() and (flag := c.set_flag()) is not None]
-    flags += [flag for f in steps if f.drift() and (flag := f.set_flag()) is not None]
-    if not flags:
-        return None
+def plan_set_line(flags: Sequence[str], spec: str) -> str:
+    """The command that plans ``spec`` with what the ledger measured (``--set`` ``flags``)."""
     return (f"to plan with what was measured: trilemma estimate {shlex.quote(spec)} "
             f"{set_flags(flags)} (or edit it into the spec)")
 
