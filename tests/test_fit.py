@@ -43,15 +43,20 @@ steps:
 """
 
 
+def simulated(folder: Path, spec: str, runs: int, **inputs: str) -> Path:
+    """A journal of ``runs`` runs of ``spec`` on the simulator, seeds 0 up, retries fast."""
+    path = folder / "j.db"
+    journal = Journal(path)
+    with fast_retries():
+        for seed in range(runs):
+            execute(parse_workflow(spec), journal=journal, seed=seed, inputs=inputs or None)
+    return path
+
+
 @pytest.fixture(scope="module")
 def sim_journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60 runs of SIM on the simulator: a ledger of about 500 calls."""
-    path = tmp_path_factory.mktemp("fit") / "j.db"
-    journal = Journal(path)
-    with fast_retries():
-        for seed in range(60):
-            execute(parse_workflow(SIM), journal=journal, seed=seed)
-    return path
+    return simulated(tmp_path_factory.mktemp("fit"), SIM, 60)
 
 
 def test_the_fit_recovers_the_simulated_profile(sim_journal: Path) -> None:
@@ -349,11 +354,7 @@ steps:
 @pytest.fixture(scope="module")
 def routed_journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """300 runs of ROUTED: a classifier right half the time, its misses sent down 'simple'."""
-    path = tmp_path_factory.mktemp("routes") / "j.db"
-    journal = Journal(path)
-    for seed in range(300):
-        execute(parse_workflow(ROUTED), journal=journal, seed=seed)
-    return path
+    return simulated(tmp_path_factory.mktemp("routes"), ROUTED, 300)
 
 
 def test_a_classifier_s_decisions_give_back_the_spec_s_shares(routed_journal: Path) -> None:
@@ -513,12 +514,7 @@ steps:
 @pytest.fixture(scope="module")
 def steps_journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """150 runs of STEPS on the simulator (each step's attempts judged by its check)."""
-    path = tmp_path_factory.mktemp("steps") / "j.db"
-    journal = Journal(path)
-    with fast_retries():
-        for seed in range(150):
-            execute(parse_workflow(STEPS), journal=journal, seed=seed)
-    return path
+    return simulated(tmp_path_factory.mktemp("steps"), STEPS, 150)
 
 
 def test_a_debate_s_a_vote_s_and_a_step_s_own_p_ok_are_fitted_to_their_attempts(

@@ -424,6 +424,15 @@ def fit_routes(journal: Journal, wf: Workflow, model: str) -> list[RouteFit]:
     return out
 
 
+def _share_drift(field: str, planned: float, k: int, n: int) -> list[Drift]:
+    """``planned`` as drift where it lies outside the Wilson interval of ``k`` in ``n`` (none
+    with ``n`` 0: nothing measured)."""
+    if not n:
+        return []
+    lo, hi = wilson(k, n)
+    return [] if lo <= planned <= hi else [Drift(field, planned, k / n, (lo, hi))]
+
+
 @dataclass(frozen=True, slots=True)
 class CacheFit:
     """What the ledger measured of one cached step: how often a run found its answer cached."""
@@ -465,11 +474,7 @@ class CacheFit:
 
     def drift(self) -> list[Drift]:
         """The planned rate, where it lies outside the measured interval."""
-        m = self.measured
-        if m is None:
-            return []
-        lo, hi = self.ci95
-        return [] if lo <= self.hit_rate <= hi else [Drift(self.field, self.hit_rate, m, (lo, hi))]
+        return _share_drift(self.field, self.hit_rate, self.hits, self.runs)
 
     def to_json(self) -> dict[str, Any]:
         """An entry of ``cached`` in ``calibrate --from-journal --json``."""
@@ -548,11 +553,7 @@ class StepFit:
 
     def drift(self) -> list[Drift]:
         """The planned ``p_ok``, where it lies outside the measured interval."""
-        m = self.measured
-        if m is None:
-            return []
-        lo, hi = self.ci95
-        return [] if lo <= self.p_ok <= hi else [Drift(self.field, self.p_ok, m, (lo, hi))]
+        return _share_drift(self.field, self.p_ok, self.accepted, self.judged)
 
     def to_json(self) -> dict[str, Any]:
         """An entry of ``steps`` in ``calibrate --from-journal --json``."""
