@@ -606,3 +606,12 @@ steps:
     assert outcomes == ["cancelled", "cancelled", "ok", "ok"]
     (d,) = fit_steps(journal, cut, "m")
     assert d.judged == 0
+
+
+def test_a_latency_within_ten_percent_holds_as_its_drift_is_judged() -> None:
+    from trilemma.experiments.fit import Measured
+
+    m = Measured(1.0, (0.99, 1.01), 500, tolerance=0.10)
+    assert m.holds(1.05) and m.holds(0.95) and not m.holds(1.2)
+    assert not Measured(1.0, (0.99, 1.01), 500).holds(1.05)  # no tolerance: the interval alone
+    assert Measured(0.002, None, 10).holds(0.5)  # nothing to hold it against

@@ -97,3 +97,48 @@ def test_a_routes_shares_and_a_caches_hit_rate_are_guesses_too() -> None:
     hits = {g.name: g for g in sensitivity(cached).guesses}["steps.answer.cached.hit_rate"]
     assert (hits.low_value, hits.high_value) == pytest.approx((0.695, 0.0))  # misses /2 and x2
     assert hits.high.cost_usd == pytest.approx(0.03)  # every run asks the model
+
+
+MEASURED = """
+version: 1
+models:
+  small: {usd_per_call: 0.001, latency_s: 0.001, p_ok: 0.9}
+  big: {usd_per_call: 0.01, latency_s: 0.002, p_ok: 0.95}
+steps:
+  - id: answer
+    model: small
+    retries: 1
+    route:
+      easy: {share: 0.8, model: big}
+      hard: {share: 0.2, model: big, vote: {samples: 3}}
+"""
+
+
+def test_from_journal_sets_what_the_ledger_measured_beside_each_guess(cli, tmp_path: Path) -> None:
+    """Runs whose classifier sends half the questions the hard way, against a spec planning
+    a fifth: the share is contradicted ('!', holds false); small's p_ok, whose calls no gate
+    or check judges alone (a classifier's), is not measured."""
+    from trilemma.journal import Journal
+    from trilemma.run.session import execute
+
+    spec = tmp_path / "routed.yaml"
+    spec.write_text(MEASURED)
+    db = tmp_path / "j.db"
+    real = parse_workflow(MEASURED.replace("share: 0.8", "share: 0.5").replace("share: 0.2", "share: 0.5"))
+    with Journal(db) as journal:
+        for seed in range(80):
+            execute(real, journal=journal, seed=seed)
+    r = cli("sensitivity", spec, "--from-journal", db, "--json")
+    assert r.code == 0, r.err
+    by = {g["name"]: g for g in r.json()["guesses"]}
+    share = by["steps.answer.route.hard.share"]["measured"]
+    assert share["holds"] is False and 0.3 < share["value"] < 0.7 and share["n"] >= 80
+    assert by["small.p_ok"]["measured"] is None  # a classifier's calls say nothing of its p_ok
+    assert by["small.price"]["measured"] == {"value": 0.001, "n": by["small.price"]["measured"]["n"],
+                                            "ci95": None, "holds": True}  # fmt: skip
+    text = cli("sensitivity", spec, "--from-journal", db)
+    assert "measured [95%]" in text.out and "'!': 1 guess the ledger contradicts" in " ".join(text.out.split())
+    plain = cli("sensitivity", spec)
+    assert "measured" not in plain.out  # without a journal, the table as before
+    missing = cli("sensitivity", spec, "--from-journal", tmp_path / "none.db")
+    assert missing.code == 2 and "--from-journal" in missing.err and "no such file" in missing.err

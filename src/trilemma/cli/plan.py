@@ -591,6 +591,10 @@ def sensitivity(
     )] = FACTOR,
     plot: Annotated[Path | None, typer.Option(
         help="Write a tornado a budget (cost, latency, runs that fail) as a PNG.")] = None,
+    from_journal: Annotated[Path | None, typer.Option(
+        "--from-journal", help="Beside each guess, what this journal's ledger measured of it "
+                               "(as calibrate --from-journal fits it).",
+    )] = None,
     sets: SetOpt = None,
     as_json: JsonFlag = False,
 ) -> int:
@@ -602,6 +606,8 @@ def sensitivity(
     expected latency or the reliability most come first: measure those first.
 
     Example: trilemma sensitivity examples/starter.yaml --plot sensitivity.png
+
+    Example: trilemma sensitivity app.yaml --from-journal prod.db
     """  # fmt: skip
     from trilemma.plan.sensitivity import sensitivity as sensitivity_of
     from trilemma.report import tables
@@ -609,6 +615,16 @@ def sensitivity(
 
     writable("--plot", plot)
     wf = load_workflow(spec, sets or ())
+    measured = None
+    if from_journal is not None:
+        from trilemma.experiments.fit import measured_guesses
+        from trilemma.journal import Journal
+
+        if not from_journal.is_file():
+            raise UsageError(f"--from-journal {from_journal}: no such file; give the journal "
+                             "your runs wrote (trilemma runs --journal PATH lists them)")  # fmt: skip
+        with Journal(from_journal) as journal:
+            measured = measured_guesses(journal, wf)
     s = sensitivity_of(wf, factor)
     title = (f"Sensitivity of {spec}: each guess /{factor:g} and x{factor:g} (p_ok and "
              "hit_rate: their failure and miss rates)")  # fmt: skip
@@ -617,11 +633,16 @@ def sensitivity(
 
         plot_sensitivity(s, plot, title)
     if as_json:
-        emit_json(s.to_json())
+        doc = s.to_json()
+        if measured is not None:
+            for g in doc["guesses"]:
+                m = measured.get(g["name"])
+                g["measured"] = None if m is None else {**m.to_json(), "holds": m.holds(g["value"])}
+        emit_json(doc)
         return 0
     console = stdout_console()
     print_set(console, sets)
-    console.print(tables.sensitivity_table(s, title))
+    console.print(tables.sensitivity_table(s, title, measured, str(from_journal)))
     return 0
 
 

@@ -46,9 +46,9 @@ from trilemma.plan.hedge import cut
 from trilemma.providers.base import CUT
 from trilemma.spec import ModelProfile, Step, Workflow
 
-__all__ = ["CacheFit", "Drift", "LedgerFit", "ModelFit", "RouteFit", "StepFit", "fit_cached",
-           "fit_from_journal", "fit_model", "fit_routes", "fit_steps", "own_p_ok_steps",
-           "require_calls"]
+__all__ = ["CacheFit", "Drift", "LedgerFit", "Measured", "ModelFit", "RouteFit", "StepFit",
+           "fit_cached", "fit_from_journal", "fit_model", "fit_routes", "fit_steps",
+           "measured_guesses", "own_p_ok_steps", "require_calls"]
 
 ANSWERED = ("ok", "rejected")
 LATENCY_TOLERANCE = 0.10
@@ -674,3 +674,66 @@ def fit_model(journal: Journal, model: str, base: ModelProfile, wf: Workflow | N
     return ModelFit(fit_from_journal(journal, model, own_p_ok_steps(wf, model)), base,
                     tuple(fit_routes(journal, wf, model)), tuple(fit_cached(journal, wf, model)),
                     tuple(fit_steps(journal, wf, model)))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """What the ledger says of one guess of a spec."""
+
+    value: float
+    """As measured (a price: dollars per answered call)."""
+    ci95: tuple[float, float] | None
+    """Its 95% interval (None: a price, whose calls bill what their tokens say)."""
+    n: int
+    """How many calls, attempts, decisions or runs it is measured over."""
+    tolerance: float = 0.0
+    """A value this share of itself off :attr:`value` holds however sure the interval (a
+    latency's: :data:`LATENCY_TOLERANCE`, as its drift is judged)."""
+
+    def holds(self, value: float) -> bool:
+        """``value`` lies inside the interval (always, where there is none), or within
+        :attr:`tolerance` of the value measured: the ledger does not contradict it."""
+        if self.ci95 is None or abs(value - self.value) <= self.tolerance * value:
+            return True
+        return self.ci95[0] <= value <= self.ci95[1]
+
+    def to_json(self) -> dict[str, Any]:
+        """``measured`` of a guess in ``trilemma sensitivity --from-journal --json``."""
+        return {"value": round(self.value, 9), "n": self.n,
+                "ci95": None if self.ci95 is None else [round(x, 9) for x in self.ci95]}  # fmt: skip
+
+
+def measured_guesses(journal: Journal, wf: Workflow) -> dict[str, Measured]:
+    """What the journal measured of ``wf``'s guesses, by the names ``trilemma sensitivity``
+    gives them (``MODEL.p_ok``, ``MODEL.latency_s``, ``MODEL.price``, ``steps.ID.p_ok``,
+    ``steps.ID.route.LABEL.share``, ``steps.ID.route.LABEL.p_ok``,
+    ``steps.ID.cached.hit_rate``): each model the journal holds calls of fitted as
+    :func:`fit_model` fits it. A guess the ledger cannot tell is left out."""
+    called = set(journal.models_called())
+    out: dict[str, Measured] = {}
+    for name, profile in wf.models.items():
+        if name not in called:
+            continue
+        m = fit_model(journal, name, profile, wf)
+        f = m.fit
+        if f.p_ok is not None:
+            out[f"{name}.p_ok"] = Measured(f.p_ok, f.ci95, f.judged)
+        mean, n = f.latency_mean_s, len(f.latency_s)
+        if mean is not None:
+            half = 1.959964 * statistics.stdev(f.latency_s) / math.sqrt(n) if n > 1 else None
+            ci = None if half is None else (max(mean - half, 0.0), mean + half)
+            out[f"{name}.latency_s"] = Measured(mean, ci, n, LATENCY_TOLERANCE)
+        if f.cost_usd is not None:
+            out[f"{name}.price"] = Measured(f.cost_usd, None, n)
+        for r in m.routes:
+            for label in r.spec_shares:
+                share = r.share(label)
+                if share is not None:
+                    out[f"steps.{r.step}.route.{label}.share"] = Measured(share, r.ci95(label), r.total)
+        for c in m.cached:
+            if c.measured is not None:
+                out[c.field] = Measured(c.measured, c.ci95, c.runs)
+        for s in m.steps:
+            if s.measured is not None:
+                out[s.field] = Measured(s.measured, s.ci95, s.judged)
+    return out

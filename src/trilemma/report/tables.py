@@ -28,7 +28,7 @@ from trilemma.report.fitted import FittedTable
 
 if TYPE_CHECKING:  # types only: `trilemma runs` reads a journal without the planner or experiments
     from trilemma.experiments.compare import Contender
-    from trilemma.experiments.fit import CacheFit, Drift, LedgerFit, RouteFit, StepFit
+    from trilemma.experiments.fit import CacheFit, Drift, LedgerFit, Measured, RouteFit, StepFit
     from trilemma.experiments.sweep import Sweep
     from trilemma.plan.estimate import Estimate
     from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
@@ -668,31 +668,54 @@ def hedge_table(rows: Sequence[Threshold], model: str) -> Table:
     return t
 
 
-def sensitivity_table(s: Sensitivity, title: str = "Sensitivity") -> Table:
+def sensitivity_table(
+    s: Sensitivity, title: str = "Sensitivity", measured: Mapping[str, Measured] | None = None,
+    journal: str | None = None,
+) -> Table:  # fmt: skip
     """Each guess of a spec divided and multiplied by the factor, the figures it gives
-    beside the spec's own, the guess that moves them most first."""
+    beside the spec's own, the guess that moves them most first; with ``measured`` (read
+    from ``journal``), what the ledger says of each guess beside it."""
     t = FittedTable(title=title, title_justify="left")
     by = f"{s.factor:g}"
-    for col, justify in (("guess", "left"), ("as written", "right"),
-                         (f"/{by} -> x{by}", "right"), ("expected cost", "right"),
-                         ("expected latency", "right"), ("reliability", "right")):  # fmt: skip
+    cols = [("guess", "left"), ("as written", "right")]
+    if measured is not None:
+        cols.append(("measured [95%]", "right"))
+    cols += [(f"/{by} -> x{by}", "right"), ("expected cost", "right"),
+             ("expected latency", "right"), ("reliability", "right")]  # fmt: skip
+    for col, justify in cols:
         t.add_column(col, justify=justify)  # type: ignore[arg-type]
     b = s.base
-    t.add_row("(the spec)", "", "", usd(b.cost_usd), f"{b.latency_s:.2f}s", _pct(b.reliability))
+    lead = ["(the spec)", ""] + ([""] if measured is not None else [])
+    t.add_row(*lead, "", usd(b.cost_usd), f"{b.latency_s:.2f}s", _pct(b.reliability))
+    off = 0
     for g in s.guesses:
         shown = _guess_value if g.knob != "price" else usd
+        row: list[str | Text] = [g.name, shown(g.value)]
+        if measured is not None:
+            m = measured.get(g.name)
+            cell = "-" if m is None else shown(m.value) + (
+                "" if m.ci95 is None else f" [{shown(m.ci95[0])}, {shown(m.ci95[1])}]")
+            outside = m is not None and not m.holds(g.value)
+            off += outside
+            row.append(Text(cell + (" !" if outside else ""), style="red" if outside else ""))
         t.add_row(
-            g.name, shown(g.value), f"{shown(g.low_value)} -> {shown(g.high_value)}",
+            *row, f"{shown(g.low_value)} -> {shown(g.high_value)}",
             _span(g.low.cost_usd, g.high.cost_usd, b.cost_usd, usd),
             _span(g.low.latency_s, g.high.latency_s, b.latency_s, lambda x: f"{x:.2f}s"),
             _span(g.low.reliability, g.high.reliability, b.reliability, _pct),
         )  # fmt: skip
-    t.caption = (f"each guess divided and multiplied by {by} in turn, the others as written "
-                 f"(p_ok: its failure rate, so /{by} fails {by}x less often; hit_rate: its miss "
-                 "rate; a route's share: the other branches take the rest); the guesses that "
-                 "move a figure most come first (reliability counted by the runs that fail). "
-                 "Measure those first: `trilemma calibrate` for a model's p_ok and latency, "
-                 "its price list for a price")  # fmt: skip
+    caption = (f"each guess divided and multiplied by {by} in turn, the others as written "
+               f"(p_ok: its failure rate, so /{by} fails {by}x less often; hit_rate: its miss "
+               "rate; a route's share: the other branches take the rest); the guesses that "
+               "move a figure most come first (reliability counted by the runs that fail). ")  # fmt: skip
+    if measured is None:
+        caption += ("Measure those first: `trilemma calibrate` for a model's p_ok and latency, "
+                    "its price list for a price")  # fmt: skip
+    else:
+        caption += (f"measured: what the ledger of {journal} says (as `trilemma calibrate "
+                    "--from-journal` fits it; '-': nothing it can tell, so measure that one)"
+                    + (f"; '!': {counted(off, 'guess')} the ledger contradicts" if off else ""))  # fmt: skip
+    t.caption = caption
     return t
 
 
