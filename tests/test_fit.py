@@ -16,9 +16,11 @@ from trilemma.experiments.fit import (
     RouteFit,
     fit_cached,
     fit_from_journal,
+    fit_model,
     fit_routes,
     fit_steps,
     own_p_ok_steps,
+    runs_alike,
 )
 from trilemma.journal import Journal
 from trilemma.plan.hedge import cut
@@ -360,7 +362,7 @@ def routed_journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_classifier_s_decisions_give_back_the_spec_s_shares(routed_journal: Path) -> None:
     """Picked 'simple' 60% of the time (0.5 x 0.2 + the misses' 0.5): share 0.2, not 0.6."""
     (r,) = fit_routes(Journal(routed_journal), parse_workflow(ROUTED), "small")
-    assert r.step == "answer" and r.total == 300 and r.other == 0
+    assert r.step == "answer" and r.total == 300
     assert r.measured("simple") == pytest.approx(0.6, abs=0.09)
     for label, share in (("simple", 0.2), ("hard", 0.8)):
         lo, hi = r.ci95(label)
@@ -397,10 +399,16 @@ def test_shares_the_ledger_contradicts_are_drift_with_the_set_that_plans_them(
     assert kept.code == 1 and "to plan with what was measured" in kept.out
 
 
-def test_a_branch_the_spec_no_longer_has_is_counted_apart(routed_journal: Path) -> None:
+def test_a_step_asked_otherwise_in_another_spec_is_another_step(routed_journal: Path) -> None:
+    """A spec whose 'answer' routes to other branches, or is one call, is not fitted to the
+    runs of ROUTED's 'answer' (one compare's journal holds both: the examples share ids)."""
     renamed = parse_workflow(ROUTED.replace("hard:", "tricky:"))
     (r,) = fit_routes(Journal(routed_journal), renamed, "small")
-    assert r.decisions["tricky"] == 0 and r.other + r.decisions["simple"] == 300 and r.other > 0
+    assert r.total == 0 and r.shares() is None and r.drift() == []
+    voting = parse_workflow(ROUTED.replace("vote: {samples: 3}", "vote: {samples: 5}"))
+    assert fit_routes(Journal(routed_journal), voting, "small")[0].total == 0
+    shares = parse_workflow(ROUTED.replace("share: 0.2", "share: 0.6").replace("share: 0.8", "share: 0.4"))
+    assert fit_routes(Journal(routed_journal), shares, "small")[0].total == 300  # guesses differ only
 
 
 def test_a_model_that_routes_nothing_has_no_routes(cli: Any, routed_journal: Path) -> None:
@@ -576,7 +584,7 @@ def test_the_model_s_p_ok_leaves_out_the_steps_with_their_own(steps_journal: Pat
     is fitted to 'plain' alone; counted in, the 0.3 would drag it below its interval."""
     wf, journal = parse_workflow(STEPS), Journal(steps_journal)
     assert own_p_ok_steps(wf, "m") == {"d", "own", "r"}
-    kept = fit_from_journal(journal, "m", own_p_ok_steps(wf, "m"))
+    kept = fit_from_journal(journal, "m", runs_alike(journal, wf, own_p_ok_steps(wf, "m")))
     lo, hi = kept.ci95
     assert kept.judged == 150 and lo <= 0.6 <= hi
     mixed = fit_from_journal(journal, "m")
@@ -615,3 +623,25 @@ def test_a_latency_within_ten_percent_holds_as_its_drift_is_judged() -> None:
     assert m.holds(1.05) and m.holds(0.95) and not m.holds(1.2)
     assert not Measured(1.0, (0.99, 1.01), 500).holds(1.05)  # no tolerance: the interval alone
     assert Measured(0.002, None, 10).holds(0.5)  # nothing to hold it against
+
+
+def test_one_compare_s_journal_keeps_the_examples_answer_steps_apart(tmp_path: Path) -> None:
+    """single.yaml's 'answer' is one call, debate.yaml's a debate, both on premium: the
+    debate's p_ok is fitted to the debate's attempts alone."""
+    from trilemma.experiments.trials import time_scaled
+
+    from .conftest import EXAMPLES
+
+    single, debate = (time_scaled(parse_workflow((EXAMPLES / f).read_text()), 0.001)
+                      for f in ("single.yaml", "debate.yaml"))  # fmt: skip
+    journal = Journal(tmp_path / "j.db")
+    for seed in range(12):
+        execute(single, journal=journal, seed=seed)
+    for seed in range(5):
+        execute(debate, journal=journal, seed=seed)
+    (d,) = fit_steps(journal, debate, "premium")
+    attempts = {(c["run_id"], c["attempt"]) for run in journal.runs()
+                for c in journal.calls(run["run_id"]) if c["role"].startswith("agent")}  # fmt: skip
+    assert d.judged == len(attempts) and 5 <= d.judged < 12
+    # and premium's own p_ok keeps single.yaml's calls: only the debate plans by its own
+    assert fit_model(journal, "premium", debate.models["premium"], debate).fit.judged == 12

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,7 @@ from trilemma.spec import ModelProfile, Step, Workflow
 
 __all__ = ["CacheFit", "Drift", "LedgerFit", "Measured", "ModelFit", "RouteFit", "StepFit",
            "fit_cached", "fit_from_journal", "fit_model", "fit_routes", "fit_steps",
-           "measured_guesses", "own_p_ok_steps", "require_calls"]
+           "measured_guesses", "own_p_ok_steps", "require_calls", "runs_alike"]
 
 ANSWERED = ("ok", "rejected")
 LATENCY_TOLERANCE = 0.10
@@ -262,10 +262,14 @@ def require_calls(journal: Journal, model: str) -> None:
         raise UsageError(f"{journal.path}: no calls of model {model!r} in this journal; {have}")
 
 
-def fit_from_journal(journal: Journal, model: str, own_p_ok: Collection[str] = ()) -> LedgerFit:
-    """Fit ``model``'s figures to every call the journal holds under that name; the attempts
-    of the steps ``own_p_ok`` names (:func:`own_p_ok_steps`) judge a ``p_ok`` of their own,
-    not the model's, and are not counted in it."""
+def fit_from_journal(
+    journal: Journal, model: str, own_p_ok: Mapping[str, Collection[str]] | None = None
+) -> LedgerFit:
+    """Fit ``model``'s figures to every call the journal holds under that name. ``own_p_ok``:
+    by step id, the runs in which that step judges a ``p_ok`` of its own, not the model's
+    (:func:`own_p_ok_steps`, :func:`runs_alike`): its attempts there are not counted in the
+    model's."""
+    own = own_p_ok or {}
     rows = journal.model_calls(model)
     if not rows:
         require_calls(journal, model)
@@ -280,7 +284,7 @@ def fit_from_journal(journal: Journal, model: str, own_p_ok: Collection[str] = (
     for r in rows:  # a hedge's copy shares its call's number; a router's call is its own
         if not r["role"].startswith("route"):
             calls.setdefault((r["run_id"], r["step_id"], r["attempt"]), set()).add(r["call"])
-    judged = [r for r in answered if r["role"] in JUDGED and r["step_id"] not in own_p_ok
+    judged = [r for r in answered if r["role"] in JUDGED and r["run_id"] not in own.get(r["step_id"], ())
               and len(calls[(r["run_id"], r["step_id"], r["attempt"])]) == 1]  # fmt: skip
 
     def mean(field: str) -> float | None:
@@ -329,9 +333,8 @@ class RouteFit:
     spec_shares: dict[str, float]
     """Each branch's ``share`` in the spec, in the spec's order (the first takes the misses)."""
     decisions: dict[str, int]
-    """The classifier's answered calls per branch it picked, from every run journaled."""
-    other: int = 0
-    """Decisions for a branch the spec does not have (runs of an older spec)."""
+    """The classifier's answered calls per branch it picked, from the runs journaled whose
+    spec asks the step alike (:func:`runs_alike`)."""
 
     @property
     def total(self) -> int:
@@ -394,33 +397,66 @@ class RouteFit:
                 "fitted_share_ci95": None if share is None else [round(lo, 6), round(hi, 6)],
             })  # fmt: skip
         return {"step": self.step, "classifier_p_ok": self.p_ok, "decisions": self.total,
-                "other_decisions": self.other, "branches": branches, "set": self.shares()}  # fmt: skip
+                "branches": branches, "set": self.shares()}  # fmt: skip
+
+
+def _asked(step: Step) -> tuple[Any, ...]:
+    """How a step is asked, whatever its guesses (shares, ``p_ok``, hit rate): its model, kind
+    and calls, its branches' labels, models and calls, whether it is cached."""
+    branches = None if step.route is None else tuple(
+        (k, b.model, step.branch_step(k).calls) for k, b in step.route.items())  # fmt: skip
+    calls = step.calls if step.route is None else None
+    return step.model, step.kind, calls, branches, step.cache_rule is not None
+
+
+def runs_alike(journal: Journal, wf: Workflow, step_ids: Collection[str]) -> dict[str, set[str]]:
+    """For each of ``step_ids``, the journal's runs whose spec asks a step of that id as
+    ``wf`` does (:func:`_asked`; its guesses may differ, as a run's ``--set`` makes them): a
+    step of the same id in another spec (the examples' ``answer``, in one compare's journal)
+    is another step. A journaled spec this version no longer reads is passed over."""
+    from trilemma.errors import SpecError
+    from trilemma.spec import parse_workflow
+
+    want = {s.id: _asked(s) for s in wf.steps if s.id in step_ids}
+    out: dict[str, set[str]] = {i: set() for i in want}
+    if not want:
+        return out
+    for text, ids in journal.spec_runs():
+        try:
+            steps = {s.id: s for s in parse_workflow(text, "<journal>", json_only=True).steps}
+        except SpecError:
+            continue
+        for i, asked in want.items():
+            if i in steps and _asked(steps[i]) == asked:
+                out[i].update(ids)
+    return out
 
 
 def fit_routes(journal: Journal, wf: Workflow, model: str) -> list[RouteFit]:
     """The routed steps of ``wf`` that ``model`` classifies for, each fitted to the decisions
-    the journal holds of it (a step's ``route: LABEL`` rows under ``model``, from any run: a
-    label the step no longer has is counted apart). Empty where ``model`` routes nothing, or
-    its ``p_ok`` is 0 (every decision then goes to the first branch, whatever the shares)."""
+    the journal holds of it (a step's ``route: LABEL`` rows under ``model``, from the runs
+    whose spec routes the step alike: :func:`runs_alike`). Empty where ``model`` routes
+    nothing, or its ``p_ok`` is 0 (every decision then goes to the first branch, whatever
+    the shares)."""
     steps = [s for s in wf.steps if s.route is not None and s.model == model]
     p = wf.models[model].p_ok if model in wf.models else 0.0
     if not steps or p <= 0.0:
         return []
     picked: dict[str, dict[str, int]] = {s.id: {} for s in steps}
+    alike = runs_alike(journal, wf, picked)
     for r in journal.model_calls(model):
         counts = picked.get(r["step_id"])
-        if counts is not None and r["role"].startswith(ROUTED) and not r["cache_hit"]:
+        if counts is None or r["run_id"] not in alike[r["step_id"]]:
+            continue
+        if r["role"].startswith(ROUTED) and not r["cache_hit"]:
             label = r["role"].removeprefix(ROUTED)
             counts[label] = counts.get(label, 0) + 1
     out = []
     for s in steps:
         assert s.route is not None
         counts = picked[s.id]
-        out.append(RouteFit(
-            step=s.id, p_ok=p, spec_shares={k: b.share for k, b in s.route.items()},
-            decisions={k: counts.get(k, 0) for k in s.route},
-            other=sum(n for k, n in counts.items() if k not in s.route),
-        ))  # fmt: skip
+        out.append(RouteFit(step=s.id, p_ok=p, spec_shares={k: b.share for k, b in s.route.items()},
+                            decisions={k: counts.get(k, 0) for k in s.route}))  # fmt: skip
     return out
 
 
@@ -486,7 +522,8 @@ class CacheFit:
 
 def fit_cached(journal: Journal, wf: Workflow, model: str) -> list[CacheFit]:
     """The cached steps of ``wf`` on ``model``, each with the share of runs the journal holds
-    that found its answer cached: of the runs with a call or a hit of the step under
+    (those whose spec asks the step alike: :func:`runs_alike`) that found its answer cached:
+    of the runs with a call or a hit of the step under
     ``model`` (its first attempt's; a call never sent counts neither way), those whose
     ledger has a hit of it. Empty where ``model`` answers no cached step."""
     steps = [s for s in wf.steps if s.cache_rule is not None and s.model == model]
@@ -494,8 +531,9 @@ def fit_cached(journal: Journal, wf: Workflow, model: str) -> list[CacheFit]:
         return []
     reached: dict[str, set[str]] = {s.id: set() for s in steps}
     served: dict[str, set[str]] = {s.id: set() for s in steps}
+    alike = runs_alike(journal, wf, reached)
     for r in journal.model_calls(model):
-        if r["step_id"] in reached and r["outcome"] not in NOT_SENT:
+        if r["step_id"] in reached and r["outcome"] not in NOT_SENT and r["run_id"] in alike[r["step_id"]]:
             reached[r["step_id"]].add(r["run_id"])
             if r["cache_hit"]:
                 served[r["step_id"]].add(r["run_id"])
@@ -580,7 +618,7 @@ def _kind(step: Step) -> str:
 def fit_steps(journal: Journal, wf: Workflow, model: str) -> list[StepFit]:
     """The steps (and routed steps' branches) on ``model`` whose attempt is more than one call
     or that have a ``p_ok`` of their own, each fitted to its attempts the journal holds (from
-    any run, under its step id).
+    the runs whose spec asks the step alike: :func:`runs_alike`).
 
     An attempt is judged when its calls (a classifier's and a hedge's other copy aside) were
     all answered (none cut off, or left unsent, by a deadline, a ceiling or an error beside
@@ -596,11 +634,14 @@ def fit_steps(journal: Journal, wf: Workflow, model: str) -> list[StepFit]:
         elif s.model == model and not s.escalate and (s.p_ok is not None or s.calls > 1):
             wanted.append((s, None, s))
     out = []
+    alike = runs_alike(journal, wf, {step.id for step, _, _ in wanted})
     for step, branch, runs in wanted:
         judges = runs.gate is not None or step.gate is not None or wf.models[model].runs_on_simulator
         verdicts: dict[tuple[str, int], list[str]] = {}
         took: dict[tuple[str, int], str] = {}  # a routed attempt's branch
         for r in journal.step_attempt_calls(step.id):
+            if r["run_id"] not in alike[step.id]:
+                continue
             key = (r["run_id"], r["attempt"])
             if r["cache_hit"]:
                 verdicts[key] = ["cached"]
@@ -671,7 +712,8 @@ def fit_model(journal: Journal, model: str, base: ModelProfile, wf: Workflow | N
     known (``wf``; a gateway's config has no steps), its steps' guesses on it."""
     if wf is None:
         return ModelFit(fit_from_journal(journal, model), base)
-    return ModelFit(fit_from_journal(journal, model, own_p_ok_steps(wf, model)), base,
+    own = runs_alike(journal, wf, own_p_ok_steps(wf, model))
+    return ModelFit(fit_from_journal(journal, model, own), base,
                     tuple(fit_routes(journal, wf, model)), tuple(fit_cached(journal, wf, model)),
                     tuple(fit_steps(journal, wf, model)))  # fmt: skip
 

@@ -521,6 +521,17 @@ class Journal:
             (model,),
         )
 
+    def spec_runs(self) -> list[tuple[str, list[str]]]:
+        """Each journaled spec's text with the ids of the runs made of it (a gateway key's
+        runs, which keep the gateway's config, left out)."""
+        rows = self._rows(
+            "SELECT COALESCE(specs.spec_json, runs.spec_json) AS text, "
+            "group_concat(runs.run_id, ' ') AS ids FROM runs "
+            "LEFT JOIN specs ON specs.spec_hash = runs.spec_hash "
+            f"WHERE NOT {_IS_GATEWAY.format('runs')} GROUP BY runs.spec_hash"
+        )
+        return [(r["text"], r["ids"].split(" ")) for r in rows]
+
     def step_attempt_calls(self, step_id: str) -> list[dict[str, Any]]:
         """Every finished call journaled under the step id ``step_id``, from any run: its run,
         attempt, role, outcome and whether the cache served it, in the order sent."""

@@ -570,13 +570,9 @@ def route_fit_table(routes: Sequence[RouteFit], model: str) -> Table:
             t.add_row(r.step if i == 0 else "", label, f"{given:g}", f"{r.decisions[label]:,}",
                       "-" if m is None else _pct(m),
                       "-" if share is None else f"{share:.4f} [{lo:.4f}, {hi:.4f}]")  # fmt: skip
-    notes = ["share: the spec's; picked: of the decisions; fitted share: the share that gives "
-             "those decisions once the classifier's misses (1 - p_ok) go to the first branch"]
-    other = sum(r.other for r in routes)
-    if other:
-        notes.append(f"{counted(other, 'decision')} for a branch the spec does not have (runs of "
-                     "another spec) left out")  # fmt: skip
-    t.caption = "; ".join(notes)
+    t.caption = ("share: the spec's; picked: of the decisions (in the runs of specs that route "
+                 "the step alike); fitted share: the share that gives those decisions once the "
+                 "classifier's misses (1 - p_ok) go to the first branch")  # fmt: skip
     return t
 
 
