@@ -839,8 +839,8 @@ def test_runs_that_fail_more_than_planned_say_which_guess_to_check(tmp_path: Pat
         r = cli("batch", spec, "--inputs", lines, "--journal", db)
     assert r.code == 1
     out = " ".join(r.out.split())
-    assert ("50.00% of them ended ok against 99.00% planned, outside the 99% interval of what "
-            "they measured: a guess of the spec is off.") in out  # fmt: skip
+    assert ("50.00% of the runs ended ok against 99.00% planned, outside the 99% interval of "
+            "what they measured: a guess of the spec is off.") in out  # fmt: skip
     assert "The runs cost" not in out  # each run made its one call, as planned
     check = cli("calibrate", "--model", "api", "--from-journal", db, "--check", "--json")
     assert check.code == 1 and "p_ok" in {d["field"] for d in check.json()["drift"]}
@@ -855,3 +855,14 @@ models:
 steps:
   - {{id: answer, model: api, prompt: "Answer: {{question}}"}}
 """
+
+
+def test_a_batch_off_in_cost_and_success_says_both_in_one_line() -> None:
+    from trilemma.report.tables import off_plan_line
+
+    line = off_plan_line((0.02, 0.01), (0.5, 0.99), ["a", "b"], "j.db")
+    assert line.startswith("The runs cost $0.0200 each against $0.0100 planned (2.00x), more than "
+                           "their spread explains; 50.00% of them ended ok")  # fmt: skip
+    assert line.endswith("`trilemma calibrate --model a --from-journal j.db --check` (and likewise "
+                         "for b) names those the ledger contradicts.")  # fmt: skip
+    assert off_plan_line(None, (0.5, 0.99), [], "j.db").startswith("50.00% of the runs ended ok")

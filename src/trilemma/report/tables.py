@@ -1157,7 +1157,8 @@ def off_plan_line(
                     "more than their spread explains")  # fmt: skip
     if success is not None:
         share, planned = success
-        said.append(f"{_pct(share)} of them ended ok against {_pct(planned)} planned, outside "
+        runs = "them" if said else "the runs"
+        said.append(f"{_pct(share)} of {runs} ended ok against {_pct(planned)} planned, outside "
                     "the 99% interval of what they measured")  # fmt: skip
     line = "; ".join(said)
     line = f"{line[0].upper()}{line[1:]}: a guess of the spec is off."
