@@ -61,7 +61,8 @@ def test_models_a_cascade_or_a_route_calls_count_and_the_factor_is_checked() -> 
     names = {g.name.split(".")[0] for g in sensitivity(cascade).guesses}
     assert names == set(cascade.models)
     routed = parse_workflow((EXAMPLES / "routed.yaml").read_text())
-    models = {g.name.split(".")[0] for g in sensitivity(routed).guesses if g.knob != "share"}
+    models = {g.name.split(".")[0] for g in sensitivity(routed).guesses
+              if not g.name.startswith("steps.")}  # fmt: skip
     assert models == set(routed.models)
     three = {g.name: g for g in sensitivity(routed, 3.0).guesses}["premium.latency_s"]
     assert (three.low_value, three.high_value) == pytest.approx((2 / 3, 6.0))
@@ -142,3 +143,16 @@ def test_from_journal_sets_what_the_ledger_measured_beside_each_guess(cli, tmp_p
     assert "measured" not in plain.out  # without a journal, the table as before
     missing = cli("sensitivity", spec, "--from-journal", tmp_path / "none.db")
     assert missing.code == 2 and "--from-journal" in missing.err and "no such file" in missing.err
+
+
+def test_a_route_branch_s_own_p_ok_is_a_guess_too() -> None:
+    """routed.yaml's debate branch plans with p_ok 0.995, 'an assumption': moving it moves
+    the reliability alone (the branch is taken 15% of the time)."""
+    from .conftest import EXAMPLES
+
+    wf = parse_workflow((EXAMPLES / "routed.yaml").read_text())
+    (g,) = [g for g in sensitivity(wf).guesses if g.name == "steps.answer.route.hard.p_ok"]
+    assert (g.knob, g.value, g.low_value) == ("p_ok", 0.995, pytest.approx(0.9975))
+    assert g.high_value == pytest.approx(0.99)
+    assert g.low.reliability > sensitivity(wf).base.reliability > g.high.reliability
+    assert g.low.cost_usd == pytest.approx(g.high.cost_usd, rel=0.01)

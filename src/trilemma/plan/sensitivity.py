@@ -1,8 +1,8 @@
 """Which of a spec's guesses its figures hang on.
 
 A model profile's ``p_ok``, ``latency_s`` and price are guesses until ``trilemma calibrate``
-measures them (or a price list is read), as are a step's own ``p_ok``, a route's branch
-shares and a cache's planned ``hit_rate``. Here each is halved and doubled in turn
+measures them (or a price list is read), as are a step's (or a route branch's) own ``p_ok``,
+a route's branch shares and a cache's planned ``hit_rate``. Here each is halved and doubled in turn
 (``p_ok`` by its failure rate: a model that fails half as often, or twice as often;
 ``hit_rate`` by its miss rate; a branch's share with the other branches taking the rest)
 and the estimate worked out again, so that the guess to measure first is the one that
@@ -64,7 +64,8 @@ class Guess:
 
     name: str
     """``MODEL.p_ok``, ``MODEL.latency_s``, ``MODEL.price``, ``steps.ID.p_ok``,
-    ``steps.ID.route.LABEL.share`` or ``steps.ID.cached.hit_rate``."""
+    ``steps.ID.route.LABEL.share``, ``steps.ID.route.LABEL.p_ok`` or
+    ``steps.ID.cached.hit_rate``."""
     knob: Knob
     value: float
     """As the spec has it (a price: dollars per call)."""
@@ -107,8 +108,9 @@ class Sensitivity:
 
 
 def sensitivity(wf: Workflow, factor: float = FACTOR) -> Sensitivity:
-    """Each used model's ``p_ok``, latency and price, each step's own ``p_ok``, the share of
-    each of a route's branches but its likeliest, and each cache's planned hit rate under 1,
+    """Each used model's ``p_ok``, latency and price, each step's (and route branch's) own
+    ``p_ok``, the share of each of a route's branches but its likeliest, and each cache's
+    planned hit rate under 1,
     divided and multiplied by ``factor`` in turn (see the module's docstring), the spec
     estimated again for each; sorted by :meth:`Guess.swing`, the largest first."""
     from trilemma.plan.estimate import estimate
@@ -161,6 +163,9 @@ def _knobs(wf: Workflow) -> list[tuple[str, Knob, float, Callable[[float], Workf
                 if label != likeliest:
                     out.append((f"steps.{s.id}.route.{label}.share", "share", b.share,
                                 _share(wf, i, label)))  # fmt: skip
+                if b.p_ok is not None:  # a branch's own success (a debate's, say)
+                    out.append((f"steps.{s.id}.route.{label}.p_ok", "p_ok", b.p_ok,
+                                _branch_p(wf, i, label)))  # fmt: skip
         rule = s.cache_rule
         if rule is not None and rule.hit_rate < 1.0:
             out.append((f"steps.{s.id}.cached.hit_rate", "hit_rate", rule.hit_rate,
@@ -178,6 +183,19 @@ def _share(wf: Workflow, i: int, label: str) -> Callable[[float], Workflow]:
         rest = 1.0 - step.route[label].share
         route = {k: b.model_copy(update={
             "share": v if k == label else b.share * (1.0 - v) / rest}) for k, b in step.route.items()}  # fmt: skip
+        return _with_step(wf, i, step.model_copy(update={"route": route}))
+
+    return change
+
+
+def _branch_p(wf: Workflow, i: int, label: str) -> Callable[[float], Workflow]:
+    """A route whose branch ``label`` succeeds with another ``p_ok`` of its own."""
+
+    def change(v: float) -> Workflow:
+        step = wf.steps[i]
+        assert step.route is not None
+        route = {k: b.model_copy(update={"p_ok": v}) if k == label else b
+                 for k, b in step.route.items()}  # fmt: skip
         return _with_step(wf, i, step.model_copy(update={"route": route}))
 
     return change
