@@ -19,8 +19,7 @@ from trilemma.experiments.fit import (
     fit_model,
     fit_routes,
     fit_steps,
-    own_p_ok_steps,
-    runs_alike,
+    own_p_ok_calls,
 )
 from trilemma.journal import Journal
 from trilemma.plan.hedge import cut
@@ -583,8 +582,13 @@ def test_the_model_s_p_ok_leaves_out_the_steps_with_their_own(steps_journal: Pat
     """'own' (p_ok 0.3) and branch 'a' (0.8) answer on m by their own figures: m's p_ok (0.6)
     is fitted to 'plain' alone; counted in, the 0.3 would drag it below its interval."""
     wf, journal = parse_workflow(STEPS), Journal(steps_journal)
-    assert own_p_ok_steps(wf, "m") == {"d", "own", "r"}
-    kept = fit_from_journal(journal, "m", runs_alike(journal, wf, own_p_ok_steps(wf, "m")))
+    own = own_p_ok_calls(journal, wf, "m")
+    by_step = {}
+    for r in journal.model_calls("m"):
+        by_step.setdefault(r["step_id"], set()).add(own(r))
+    assert by_step["own"] == {True} and by_step["plain"] == {False}  # d and v: not single calls
+    assert by_step["r"] == {True}  # branch a's calls (b is on another model)
+    kept = fit_from_journal(journal, "m", own)
     lo, hi = kept.ci95
     assert kept.judged == 150 and lo <= 0.6 <= hi
     mixed = fit_from_journal(journal, "m")
@@ -645,3 +649,29 @@ def test_one_compare_s_journal_keeps_the_examples_answer_steps_apart(tmp_path: P
     assert d.judged == len(attempts) and 5 <= d.judged < 12
     # and premium's own p_ok keeps single.yaml's calls: only the debate plans by its own
     assert fit_model(journal, "premium", debate.models["premium"], debate).fit.judged == 12
+
+
+def test_a_model_s_p_ok_keeps_the_branches_that_plan_with_it(tmp_path: Path) -> None:
+    """Two one-call branches on 'big' (p_ok 0.9), one planned at 0.5 of its own: big's p_ok
+    is fitted to the other branch's attempts, told apart by the classifier's rows."""
+    text = """
+version: 1
+models:
+  small: {usd_per_call: 0.001, latency_s: 0.001, p_ok: 1.0}
+  big: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 0.9}
+steps:
+  - id: answer
+    model: small
+    route:
+      weak: {share: 0.5, model: big, p_ok: 0.5}
+      strong: {share: 0.5, model: big}
+"""
+    wf = parse_workflow(text)
+    journal = Journal(simulated(tmp_path, text, 200))
+    fitted = fit_model(journal, "big", wf.models["big"], wf).fit
+    strong = sum(c["role"] == "route: strong" for c in journal.model_calls("small"))
+    assert fitted.judged == strong and 60 < strong < 140
+    lo, hi = fitted.ci95
+    assert lo <= 0.9 <= hi  # the weak branch's 0.5 would drag it far below
+    (weak,) = [f for f in fit_steps(journal, wf, "big") if f.branch == "weak"]
+    assert weak.judged == 200 - strong and weak.ci95[0] <= 0.5 <= weak.ci95[1]

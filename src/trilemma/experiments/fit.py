@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,7 @@ from trilemma.spec import ModelProfile, Step, Workflow
 
 __all__ = ["CacheFit", "Drift", "LedgerFit", "Measured", "ModelFit", "RouteFit", "StepFit",
            "fit_cached", "fit_from_journal", "fit_model", "fit_routes", "fit_steps",
-           "measured_guesses", "own_p_ok_steps", "require_calls", "runs_alike"]
+           "measured_guesses", "own_p_ok_calls", "require_calls", "runs_alike"]
 
 ANSWERED = ("ok", "rejected")
 LATENCY_TOLERANCE = 0.10
@@ -263,13 +263,11 @@ def require_calls(journal: Journal, model: str) -> None:
 
 
 def fit_from_journal(
-    journal: Journal, model: str, own_p_ok: Mapping[str, Collection[str]] | None = None
+    journal: Journal, model: str, own_p_ok: Callable[[Mapping[str, Any]], bool] | None = None
 ) -> LedgerFit:
     """Fit ``model``'s figures to every call the journal holds under that name. ``own_p_ok``:
-    by step id, the runs in which that step judges a ``p_ok`` of its own, not the model's
-    (:func:`own_p_ok_steps`, :func:`runs_alike`): its attempts there are not counted in the
-    model's."""
-    own = own_p_ok or {}
+    true of a call whose attempt is judged by a ``p_ok`` of its own, not the model's
+    (:func:`own_p_ok_calls`): it is not counted in the model's."""
     rows = journal.model_calls(model)
     if not rows:
         require_calls(journal, model)
@@ -284,8 +282,9 @@ def fit_from_journal(
     for r in rows:  # a hedge's copy shares its call's number; a router's call is its own
         if not r["role"].startswith("route"):
             calls.setdefault((r["run_id"], r["step_id"], r["attempt"]), set()).add(r["call"])
-    judged = [r for r in answered if r["role"] in JUDGED and r["run_id"] not in own.get(r["step_id"], ())
-              and len(calls[(r["run_id"], r["step_id"], r["attempt"])]) == 1]  # fmt: skip
+    judged = [r for r in answered if r["role"] in JUDGED
+              and len(calls[(r["run_id"], r["step_id"], r["attempt"])]) == 1
+              and (own_p_ok is None or not own_p_ok(r))]  # fmt: skip
 
     def mean(field: str) -> float | None:
         known = [r[field] for r in answered if r[field] is not None]
@@ -602,13 +601,33 @@ class StepFit:
                 "ci95": None if m is None else [round(x, 6) for x in self.ci95]}  # fmt: skip
 
 
-def own_p_ok_steps(wf: Workflow, model: str) -> set[str]:
-    """The ids of ``wf``'s steps whose attempts on ``model`` succeed by a ``p_ok`` of their own
-    (the step's, or one of its branches' on ``model``: the ledger's rows of a branch call do
-    not say which branch they were)."""
-    return {s.id for s in wf.steps
-            if (s.p_ok is not None and s.model == model)
-            or any(b.model == model and b.p_ok is not None for b in (s.route or {}).values())}  # fmt: skip
+def own_p_ok_calls(journal: Journal, wf: Workflow, model: str) -> Callable[[Mapping[str, Any]], bool]:
+    """True of a call of ``model`` (a ledger row) whose attempt ``wf`` judges by a ``p_ok`` of
+    its own: a step's on ``model`` that has one, or a routed step's branch on ``model`` that
+    has one, in the runs whose spec asks that step alike (:func:`runs_alike`). A routed
+    attempt's branch is its classifier's ``route: LABEL`` row; one whose row is missing is
+    counted as the step's own, to be safe."""
+    plain = {s.id for s in wf.steps if s.route is None and s.model == model and s.p_ok is not None}
+    routed = {s.id: {k for k, b in s.route.items() if b.model == model and b.p_ok is not None}
+              for s in wf.steps if s.route is not None}  # fmt: skip
+    routed = {sid: labels for sid, labels in routed.items() if labels}
+    alike = runs_alike(journal, wf, plain | set(routed))
+    took: dict[tuple[str, str, int], str] = {}  # a routed attempt's branch
+    for sid in routed:
+        for r in journal.step_attempt_calls(sid):
+            if r["role"].startswith(ROUTED) and r["run_id"] in alike[sid]:
+                took[(r["run_id"], sid, r["attempt"])] = r["role"].removeprefix(ROUTED)
+
+    def own(r: Mapping[str, Any]) -> bool:
+        sid = r["step_id"]
+        if sid not in alike or r["run_id"] not in alike[sid]:
+            return False
+        if sid in plain:
+            return True
+        label = took.get((r["run_id"], sid, r["attempt"]))
+        return label is None or label in routed[sid]
+
+    return own
 
 
 def _kind(step: Step) -> str:
@@ -712,8 +731,7 @@ def fit_model(journal: Journal, model: str, base: ModelProfile, wf: Workflow | N
     known (``wf``; a gateway's config has no steps), its steps' guesses on it."""
     if wf is None:
         return ModelFit(fit_from_journal(journal, model), base)
-    own = runs_alike(journal, wf, own_p_ok_steps(wf, model))
-    return ModelFit(fit_from_journal(journal, model, own), base,
+    return ModelFit(fit_from_journal(journal, model, own_p_ok_calls(journal, wf, model)), base,
                     tuple(fit_routes(journal, wf, model)), tuple(fit_cached(journal, wf, model)),
                     tuple(fit_steps(journal, wf, model)))  # fmt: skip
 
