@@ -156,3 +156,12 @@ def test_a_route_branch_s_own_p_ok_is_a_guess_too() -> None:
     assert g.high_value == pytest.approx(0.99)
     assert g.low.reliability > sensitivity(wf).base.reliability > g.high.reliability
     assert g.low.cost_usd == pytest.approx(g.high.cost_usd, rel=0.01)
+
+
+def test_from_journal_refuses_a_folder_in_one_line(cli, tmp_path: Path) -> None:
+    from .conftest import EXAMPLES
+
+    for command in (["sensitivity", EXAMPLES / "starter.yaml"], ["calibrate", "--model", "m"]):
+        r = cli(*command, "--from-journal", tmp_path)
+        assert r.code == 2 and f"--from-journal {tmp_path}: a folder, not a journal" in r.err
+        assert r.err.count("\n") == 1

@@ -281,6 +281,18 @@ def writable(flag: str, path: Path | None) -> None:
         raise UsageError(f"{flag} {path}: the folder {folder} is not writable; give another path")
 
 
+def journal_to_read(flag: str, path: Path) -> Path:
+    """``path``, a journal a command only reads (``--from-journal``): refused in one line
+    where there is no such file (a folder, a typo), rather than created empty."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: a folder, not a journal; give the journal file "
+                         "(trilemma runs --journal PATH lists its runs)")  # fmt: skip
+    if not path.is_file():
+        raise UsageError(f"{flag} {path}: no such file; give the journal your runs wrote "
+                         "(trilemma runs --journal PATH lists them)")  # fmt: skip
+    return path
+
+
 JOURNAL_ENV = "TRILEMMA_JOURNAL"
 """Where --journal points when not given (else ./.trilemma/trilemma.db)."""
 

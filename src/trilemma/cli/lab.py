@@ -20,6 +20,7 @@ from trilemma.cli._common import (
     app,
     declared_for_files,
     emit_json,
+    journal_to_read,
     parse_inputs,
     positive,
     print_set,
@@ -228,10 +229,7 @@ def _fit_ledger(
     from trilemma.journal import Journal
     from trilemma.report import tables
 
-    if not path.is_file():
-        raise UsageError(f"--from-journal {path}: no such file; give the journal your runs wrote "
-                         "(trilemma runs --journal PATH lists them)")  # fmt: skip
-    with Journal(path) as journal:
+    with Journal(journal_to_read("--from-journal", path)) as journal:
         require_calls(journal, model)  # before the spec: the journal's models are the news
         base, wf, source = _base_profile(journal, model, spec)
         fitted = fit_model(journal, model, base, wf)

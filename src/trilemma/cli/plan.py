@@ -21,6 +21,7 @@ from trilemma.cli._common import (
     app,
     dollars,
     emit_json,
+    journal_to_read,
     positive,
     print_set,
     progress,
@@ -620,10 +621,7 @@ def sensitivity(
         from trilemma.experiments.fit import measured_guesses
         from trilemma.journal import Journal
 
-        if not from_journal.is_file():
-            raise UsageError(f"--from-journal {from_journal}: no such file; give the journal "
-                             "your runs wrote (trilemma runs --journal PATH lists them)")  # fmt: skip
-        with Journal(from_journal) as journal:
+        with Journal(journal_to_read("--from-journal", from_journal)) as journal:
             measured = measured_guesses(journal, wf)
     s = sensitivity_of(wf, factor)
     title = (f"Sensitivity of {spec}: each guess /{factor:g} and x{factor:g} (p_ok and "
