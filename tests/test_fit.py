@@ -675,3 +675,15 @@ steps:
     assert lo <= 0.9 <= hi  # the weak branch's 0.5 would drag it far below
     (weak,) = [f for f in fit_steps(journal, wf, "big") if f.branch == "weak"]
     assert weak.judged == 200 - strong and weak.ci95[0] <= 0.5 <= weak.ci95[1]
+
+
+def test_a_model_s_fit_parses_the_journal_s_specs_once(steps_journal: Path, monkeypatch: Any) -> None:
+    import trilemma.spec
+
+    parsed = []
+    real = trilemma.spec.parse_workflow
+    monkeypatch.setattr(trilemma.spec, "parse_workflow",
+                        lambda *a, **k: parsed.append(1) or real(*a, **k))  # fmt: skip
+    wf = parse_workflow(STEPS)
+    fit_model(Journal(steps_journal), "m", wf.models["m"], wf)
+    assert len(parsed) == 1  # one spec journaled, read once for the four fits

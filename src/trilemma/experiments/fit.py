@@ -46,8 +46,8 @@ from trilemma.plan.hedge import cut
 from trilemma.providers.base import CUT
 from trilemma.spec import ModelProfile, Step, Workflow
 
-__all__ = ["CacheFit", "Drift", "LedgerFit", "Measured", "ModelFit", "RouteFit", "StepFit",
-           "fit_cached", "fit_from_journal", "fit_model", "fit_routes", "fit_steps",
+__all__ = ["CacheFit", "Drift", "JournalSpecs", "LedgerFit", "Measured", "ModelFit", "RouteFit",
+           "StepFit", "fit_cached", "fit_from_journal", "fit_model", "fit_routes", "fit_steps",
            "measured_guesses", "own_p_ok_calls", "require_calls", "runs_alike"]
 
 ANSWERED = ("ok", "rejected")
@@ -408,30 +408,51 @@ def _asked(step: Step) -> tuple[Any, ...]:
     return step.model, step.kind, calls, branches, step.cache_rule is not None
 
 
-def runs_alike(journal: Journal, wf: Workflow, step_ids: Collection[str]) -> dict[str, set[str]]:
+class JournalSpecs:
+    """A journal's specs, each parsed once however many fits ask (:func:`runs_alike`)."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._parsed: list[tuple[dict[str, Step], list[str]]] | None = None
+
+    def parsed(self) -> list[tuple[dict[str, Step], list[str]]]:
+        """Each journaled spec's steps by id, with the runs made of it; a spec this version
+        no longer reads is passed over."""
+        if self._parsed is None:
+            from trilemma.errors import SpecError
+            from trilemma.spec import parse_workflow
+
+            self._parsed = []
+            for text, ids in self.journal.spec_runs():
+                try:
+                    wf = parse_workflow(text, "<journal>", json_only=True)
+                except SpecError:
+                    continue
+                self._parsed.append(({s.id: s for s in wf.steps}, ids))
+        return self._parsed
+
+
+def runs_alike(
+    journal: Journal, wf: Workflow, step_ids: Collection[str], specs: JournalSpecs | None = None
+) -> dict[str, set[str]]:
     """For each of ``step_ids``, the journal's runs whose spec asks a step of that id as
     ``wf`` does (:func:`_asked`; its guesses may differ, as a run's ``--set`` makes them): a
     step of the same id in another spec (the examples' ``answer``, in one compare's journal)
-    is another step. A journaled spec this version no longer reads is passed over."""
-    from trilemma.errors import SpecError
-    from trilemma.spec import parse_workflow
-
+    is another step. ``specs``: the journal's, parsed (one for several calls)."""
     want = {s.id: _asked(s) for s in wf.steps if s.id in step_ids}
     out: dict[str, set[str]] = {i: set() for i in want}
     if not want:
         return out
-    for text, ids in journal.spec_runs():
-        try:
-            steps = {s.id: s for s in parse_workflow(text, "<journal>", json_only=True).steps}
-        except SpecError:
-            continue
+    for steps, ids in (specs or JournalSpecs(journal)).parsed():
         for i, asked in want.items():
             if i in steps and _asked(steps[i]) == asked:
                 out[i].update(ids)
     return out
 
 
-def fit_routes(journal: Journal, wf: Workflow, model: str) -> list[RouteFit]:
+def fit_routes(
+    journal: Journal, wf: Workflow, model: str, specs: JournalSpecs | None = None
+) -> list[RouteFit]:
     """The routed steps of ``wf`` that ``model`` classifies for, each fitted to the decisions
     the journal holds of it (a step's ``route: LABEL`` rows under ``model``, from the runs
     whose spec routes the step alike: :func:`runs_alike`). Empty where ``model`` routes
@@ -442,7 +463,7 @@ def fit_routes(journal: Journal, wf: Workflow, model: str) -> list[RouteFit]:
     if not steps or p <= 0.0:
         return []
     picked: dict[str, dict[str, int]] = {s.id: {} for s in steps}
-    alike = runs_alike(journal, wf, picked)
+    alike = runs_alike(journal, wf, picked, specs)
     for r in journal.model_calls(model):
         counts = picked.get(r["step_id"])
         if counts is None or r["run_id"] not in alike[r["step_id"]]:
@@ -519,7 +540,9 @@ class CacheFit:
                 "ci95": None if m is None else [round(x, 6) for x in self.ci95]}  # fmt: skip
 
 
-def fit_cached(journal: Journal, wf: Workflow, model: str) -> list[CacheFit]:
+def fit_cached(
+    journal: Journal, wf: Workflow, model: str, specs: JournalSpecs | None = None
+) -> list[CacheFit]:
     """The cached steps of ``wf`` on ``model``, each with the share of runs the journal holds
     (those whose spec asks the step alike: :func:`runs_alike`) that found its answer cached:
     of the runs with a call or a hit of the step under
@@ -530,7 +553,7 @@ def fit_cached(journal: Journal, wf: Workflow, model: str) -> list[CacheFit]:
         return []
     reached: dict[str, set[str]] = {s.id: set() for s in steps}
     served: dict[str, set[str]] = {s.id: set() for s in steps}
-    alike = runs_alike(journal, wf, reached)
+    alike = runs_alike(journal, wf, reached, specs)
     for r in journal.model_calls(model):
         if r["step_id"] in reached and r["outcome"] not in NOT_SENT and r["run_id"] in alike[r["step_id"]]:
             reached[r["step_id"]].add(r["run_id"])
@@ -601,7 +624,9 @@ class StepFit:
                 "ci95": None if m is None else [round(x, 6) for x in self.ci95]}  # fmt: skip
 
 
-def own_p_ok_calls(journal: Journal, wf: Workflow, model: str) -> Callable[[Mapping[str, Any]], bool]:
+def own_p_ok_calls(
+    journal: Journal, wf: Workflow, model: str, specs: JournalSpecs | None = None
+) -> Callable[[Mapping[str, Any]], bool]:
     """True of a call of ``model`` (a ledger row) whose attempt ``wf`` judges by a ``p_ok`` of
     its own: a step's on ``model`` that has one, or a routed step's branch on ``model`` that
     has one, in the runs whose spec asks that step alike (:func:`runs_alike`). A routed
@@ -611,7 +636,7 @@ def own_p_ok_calls(journal: Journal, wf: Workflow, model: str) -> Callable[[Mapp
     routed = {s.id: {k for k, b in s.route.items() if b.model == model and b.p_ok is not None}
               for s in wf.steps if s.route is not None}  # fmt: skip
     routed = {sid: labels for sid, labels in routed.items() if labels}
-    alike = runs_alike(journal, wf, plain | set(routed))
+    alike = runs_alike(journal, wf, plain | set(routed), specs)
     took: dict[tuple[str, str, int], str] = {}  # a routed attempt's branch
     for sid in routed:
         for r in journal.step_attempt_calls(sid):
@@ -634,7 +659,9 @@ def _kind(step: Step) -> str:
     return "refined call" if step.kind == "call" and step.debate_rounds else step.kind
 
 
-def fit_steps(journal: Journal, wf: Workflow, model: str) -> list[StepFit]:
+def fit_steps(
+    journal: Journal, wf: Workflow, model: str, specs: JournalSpecs | None = None
+) -> list[StepFit]:
     """The steps (and routed steps' branches) on ``model`` whose attempt is more than one call
     or that have a ``p_ok`` of their own, each fitted to its attempts the journal holds (from
     the runs whose spec asks the step alike: :func:`runs_alike`).
@@ -653,7 +680,7 @@ def fit_steps(journal: Journal, wf: Workflow, model: str) -> list[StepFit]:
         elif s.model == model and not s.escalate and (s.p_ok is not None or s.calls > 1):
             wanted.append((s, None, s))
     out = []
-    alike = runs_alike(journal, wf, {step.id for step, _, _ in wanted})
+    alike = runs_alike(journal, wf, {step.id for step, _, _ in wanted}, specs)
     for step, branch, runs in wanted:
         judges = runs.gate is not None or step.gate is not None or wf.models[model].runs_on_simulator
         verdicts: dict[tuple[str, int], list[str]] = {}
@@ -726,14 +753,20 @@ class ModelFit:
                 "drift": [d.to_json() for d in self.drift()]}  # fmt: skip
 
 
-def fit_model(journal: Journal, model: str, base: ModelProfile, wf: Workflow | None) -> ModelFit:
+def fit_model(
+    journal: Journal, model: str, base: ModelProfile, wf: Workflow | None,
+    specs: JournalSpecs | None = None,
+) -> ModelFit:  # fmt: skip
     """``model`` fitted to the journal (:func:`fit_from_journal`), and, where the spec is
     known (``wf``; a gateway's config has no steps), its steps' guesses on it."""
     if wf is None:
         return ModelFit(fit_from_journal(journal, model), base)
-    return ModelFit(fit_from_journal(journal, model, own_p_ok_calls(journal, wf, model)), base,
-                    tuple(fit_routes(journal, wf, model)), tuple(fit_cached(journal, wf, model)),
-                    tuple(fit_steps(journal, wf, model)))  # fmt: skip
+    specs = specs or JournalSpecs(journal)
+    own = own_p_ok_calls(journal, wf, model, specs)
+    return ModelFit(fit_from_journal(journal, model, own), base,
+                    tuple(fit_routes(journal, wf, model, specs)),
+                    tuple(fit_cached(journal, wf, model, specs)),
+                    tuple(fit_steps(journal, wf, model, specs)))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -770,11 +803,12 @@ def measured_guesses(journal: Journal, wf: Workflow) -> dict[str, Measured]:
     ``steps.ID.cached.hit_rate``): each model the journal holds calls of fitted as
     :func:`fit_model` fits it. A guess the ledger cannot tell is left out."""
     called = set(journal.models_called())
+    specs = JournalSpecs(journal)
     out: dict[str, Measured] = {}
     for name, profile in wf.models.items():
         if name not in called:
             continue
-        m = fit_model(journal, name, profile, wf)
+        m = fit_model(journal, name, profile, wf, specs)
         f = m.fit
         if f.p_ok is not None:
             out[f"{name}.p_ok"] = Measured(f.p_ok, f.ci95, f.judged)
