@@ -764,12 +764,12 @@ def test_runs_that_cost_other_than_planned_say_which_guess_to_check(tmp_path: Pa
     out = " ".join(r.out.split())
     planned, paid = (100 * 1 + 50 * 2) / 1e6, (1002.5 * 1 + 400 * 2) / 1e6
     assert f"The runs cost ${paid:.4f} each against ${planned:.4f} planned (9.01x)" in out
-    assert f"`trilemma calibrate --model api --from-journal {db} --check` names" in out
+    assert f"`trilemma calibrate --from-journal {db} --check` names" in out
     batch_id = Journal(db).runs()[0]["batch_id"]
     page = tmp_path / "batch.html"
     assert cli("report", batch_id, "--journal", db, "--out", page).code == 0
     assert f"The runs cost ${paid:.4f} each against ${planned:.4f} planned (9.01x)" in page.read_text()
-    check = cli("calibrate", "--model", "api", "--from-journal", db, "--check", "--json")
+    check = cli("calibrate", "--from-journal", db, "--check", "--json")  # the command it names
     assert check.code == 1  # and it does: both token counts
     fields = {d["field"] for d in check.json()["drift"]}  # (latency_s too, as HTTP runs it)
     assert {"prompt_tokens", "completion_tokens"} <= fields and "p_ok" not in fields
@@ -842,7 +842,7 @@ def test_runs_that_fail_more_than_planned_say_which_guess_to_check(tmp_path: Pat
     assert ("50.00% of the runs ended ok against 99.00% planned, outside the 99% interval of "
             "what they measured: a guess of the spec is off.") in out  # fmt: skip
     assert "The runs cost" not in out  # each run made its one call, as planned
-    check = cli("calibrate", "--model", "api", "--from-journal", db, "--check", "--json")
+    check = cli("calibrate", "--from-journal", db, "--check", "--json")  # the command it names
     assert check.code == 1 and "p_ok" in {d["field"] for d in check.json()["drift"]}
 
 
@@ -860,9 +860,9 @@ steps:
 def test_a_batch_off_in_cost_and_success_says_both_in_one_line() -> None:
     from trilemma.report.tables import off_plan_line
 
-    line = off_plan_line((0.02, 0.01), (0.5, 0.99), ["a", "b"], "j.db")
+    line = off_plan_line((0.02, 0.01), (0.5, 0.99), "j.db")
     assert line.startswith("The runs cost $0.0200 each against $0.0100 planned (2.00x), more than "
                            "their spread explains; 50.00% of them ended ok")  # fmt: skip
-    assert line.endswith("`trilemma calibrate --model a --from-journal j.db --check` (and likewise "
-                         "for b) names those the ledger contradicts.")  # fmt: skip
-    assert off_plan_line(None, (0.5, 0.99), [], "j.db").startswith("50.00% of the runs ended ok")
+    assert line.endswith("`trilemma calibrate --from-journal j.db --check` names those the ledger "
+                         "contradicts.")  # fmt: skip
+    assert off_plan_line(None, (0.5, 0.99), "j.db").startswith("50.00% of the runs ended ok")

@@ -687,3 +687,31 @@ def test_a_model_s_fit_parses_the_journal_s_specs_once(steps_journal: Path, monk
     wf = parse_workflow(STEPS)
     fit_model(Journal(steps_journal), "m", wf.models["m"], wf)
     assert len(parsed) == 1  # one spec journaled, read once for the four fits
+
+
+def test_without_model_every_model_of_the_spec_is_fitted_and_checked(
+    cli: Any, steps_journal: Path, write: Any
+) -> None:
+    spec = write(STEPS.replace("p_ok: 0.9}", "p_ok: 0.995}"))  # the debate's guess, too rosy
+    r = cli("calibrate", "--from-journal", steps_journal, "--spec", spec, "--check", "--json")
+    assert r.code == 1, r.err
+    doc = r.json()
+    assert doc["spec"] == str(spec) and [m["model"] for m in doc["models"]] == ["m", "other"]
+    assert [(d["model"], d["field"]) for d in doc["drift"]] == [("m", "steps.d.p_ok")]
+    assert doc["models"][0]["steps"] and doc["models"][0]["profile"]["p_ok"] > 0
+    text = cli("calibrate", "--from-journal", steps_journal, "--spec", spec, "--out", spec.parent / "p.yaml")
+    assert text.code == 0 and "Model 'm'" in text.out and "Model 'other'" in text.out
+    assert set(yaml.safe_load((spec.parent / "p.yaml").read_text())["models"]) == {"m", "other"}
+    journaled = cli("calibrate", "--from-journal", steps_journal, "--check", "--json")  # its own spec
+    assert journaled.code == 0 and journaled.json()["drift"] == []
+
+
+def test_without_model_a_spec_none_of_whose_models_ran_is_refused(
+    cli: Any, steps_journal: Path, write: Any
+) -> None:
+    spec = write("version: 1\nmodels: {x: {usd_per_call: 0.01, latency_s: 1, p_ok: 0.9}}\n"
+                 "steps: [{id: a, model: x}]\n")  # fmt: skip
+    r = cli("calibrate", "--from-journal", steps_journal, "--spec", spec)
+    assert r.code == 2 and "no calls of any model of" in r.err and "it has calls of m, other" in r.err
+    suite = cli("calibrate", "--suite", "add1")
+    assert suite.code == 2 and "give --model NAME" in suite.err

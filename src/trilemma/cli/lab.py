@@ -130,7 +130,10 @@ def local_down(model: LocalModelOpt = "all", state: StateOpt = DEFAULT_STATE) ->
 
 @app.command("calibrate", rich_help_panel="Real models and experiments")
 def calibrate_cmd(
-    model: Annotated[str, typer.Option("--model", help="A model profile of the spec.")],
+    model: Annotated[str | None, typer.Option(
+        "--model", help="A model profile of the spec (with --from-journal, none: every model of "
+                        "the spec the journal has calls of).",
+    )] = None,
     suite: Annotated[
         str | None, typer.Option("--suite", help="A task suite (see trilemma.experiments.tasks).")
     ] = None,
@@ -161,6 +164,8 @@ def calibrate_cmd(
     Example: trilemma calibrate --model premium --from-journal .trilemma/trilemma.db
 
     Example: trilemma calibrate --model premium --from-journal prod.db --spec app.yaml --check
+
+    Example: trilemma calibrate --from-journal prod.db --spec app.yaml --check
     """
     if (suite is None) == (from_journal is None):
         raise UsageError("give --suite (run a task suite) or --from-journal PATH (fit the "
@@ -170,6 +175,8 @@ def calibrate_cmd(
     writable("--out", out)
     if from_journal is not None:
         return _fit_ledger(model, from_journal, spec, out, as_json, check)
+    if model is None:
+        raise UsageError("--suite runs one model's tasks: give --model NAME (a profile of the spec)")
     assert suite is not None
     from trilemma.experiments.calibrate import calibrate
 
@@ -181,7 +188,7 @@ def calibrate_cmd(
         result = calibrate(wf, model, suite, n, seed=seed,
                            on_progress=lambda done, total: bar.update(task, completed=done))  # fmt: skip
     profile = result.profile(wf.models[model])
-    text = _profile_yaml(model, profile, out)
+    text = _profile_yaml({model: profile}, out)
     if as_json:
         emit_json({"model": model, **result.summary(), "profile": profile})
     else:
@@ -207,12 +214,12 @@ def _spec_with(model: str, spec: Path | None) -> Workflow:
     return wf
 
 
-def _profile_yaml(model: str, profile: dict[str, Any], out: Path | None) -> str:
-    """A spec's ``models:`` block holding ``profile``, written to ``out`` too if given."""
+def _profile_yaml(profiles: dict[str, dict[str, Any]], out: Path | None) -> str:
+    """A spec's ``models:`` block holding ``profiles``, written to ``out`` too if given."""
     import yaml
 
     text = yaml.safe_dump(
-        {"models": {model: profile}}, sort_keys=False, default_flow_style=None, width=100
+        {"models": profiles}, sort_keys=False, default_flow_style=None, width=100
     )
     if out is not None:
         write_atomic(out, text)
@@ -220,41 +227,76 @@ def _profile_yaml(model: str, profile: dict[str, Any], out: Path | None) -> str:
 
 
 def _fit_ledger(
-    model: str, path: Path, spec: Path | None, out: Path | None, as_json: bool, check: bool
+    model: str | None, path: Path, spec: Path | None, out: Path | None, as_json: bool, check: bool
 ) -> int:
     """``calibrate --from-journal``: the profile fitted to the calls the journal holds, the
     shares of the routed steps the model classifies for, the hit rates of its cached steps
-    and the ``p_ok`` of its steps that are not one call an attempt or have their own."""
-    from trilemma.experiments.fit import fit_model, require_calls
+    and the ``p_ok`` of its steps that are not one call an attempt or have their own; for
+    every model of the spec the journal has calls of where no ``model`` is given."""
+    from trilemma.experiments.fit import JournalSpecs, fit_model, require_calls
     from trilemma.journal import Journal
     from trilemma.report import tables
 
     with Journal(journal_to_read("--from-journal", path)) as journal:
-        require_calls(journal, model)  # before the spec: the journal's models are the news
-        base, wf, source = _base_profile(journal, model, spec)
-        fitted = fit_model(journal, model, base, wf)
-    profile = fitted.fit.profile(base)
-    text = _profile_yaml(model, profile, out)
-    drift = fitted.drift()
+        if model is not None:
+            require_calls(journal, model)  # before the spec: the journal's models are the news
+            base, wf, source = _base_profile(journal, model, spec)
+            fits = {model: fit_model(journal, model, base, wf)}
+        else:
+            wf, source = _spec_of_all(journal, spec)
+            called = set(journal.models_called())
+            names = [m for m in wf.models if m in called]
+            if not names:
+                have = ", ".join(sorted(called)) or "none"
+                raise UsageError(f"{path}: no calls of any model of {source} in this journal (it "
+                                 f"has calls of {have}); give --spec FILE or --model NAME")  # fmt: skip
+            specs = JournalSpecs(journal)
+            fits = {m: fit_model(journal, m, wf.models[m], wf, specs) for m in names}
+    profiles = {m: f.fit.profile(f.base) for m, f in fits.items()}
+    text = _profile_yaml(profiles, out)
+    drift = {m: f.drift() for m, f in fits.items()}
     if as_json:
-        emit_json({"model": model, **fitted.to_json(), "profile": profile})
+        if model is not None:
+            emit_json({"model": model, **fits[model].to_json(), "profile": profiles[model]})
+        else:
+            emit_json({"spec": source, "models": [{"model": m, **f.to_json(), "profile": profiles[m]}
+                                                  for m, f in fits.items()],
+                       "drift": [{"model": m, **d.to_json()} for m, ds in drift.items() for d in ds]})  # fmt: skip
     else:
         console = stdout_console()
-        console.print(tables.fit_table(fitted.fit, base))
-        if fitted.routes:
-            console.print(tables.route_fit_table(fitted.routes, model))
-        if fitted.cached:
-            console.print(tables.cache_fit_table(fitted.cached, model))
-        if fitted.steps:
-            console.print(tables.step_fit_table(fitted.steps, model))
-        for line in tables.drift_lines(drift, model):
-            console.print(line, markup=False, highlight=False)
-        if flags := fitted.set_flags():  # one line, to copy whole: the terminal folds it, not rich
+        for m, fitted in fits.items():
+            console.print(tables.fit_table(fitted.fit, fitted.base))
+            if fitted.routes:
+                console.print(tables.route_fit_table(fitted.routes, m))
+            if fitted.cached:
+                console.print(tables.cache_fit_table(fitted.cached, m))
+            if fitted.steps:
+                console.print(tables.step_fit_table(fitted.steps, m))
+            for line in tables.drift_lines(drift[m], m):
+                console.print(line, markup=False, highlight=False)
+        flags = [flag for f in fits.values() for flag in f.set_flags()]
+        if flags:  # one line, to copy whole: the terminal folds it, not rich
             console.print(tables.plan_set_line(flags, source), markup=False, highlight=False,
                           soft_wrap=True)  # fmt: skip
         if not check:
             sys.stdout.write(text)
-    return 1 if check and drift else 0
+    return 1 if check and any(drift.values()) else 0
+
+
+def _spec_of_all(journal: Any, spec: Path | None) -> tuple[Workflow, str]:
+    """The spec whose models a fit of them all reads: ``spec``, else the newest journaled
+    (its time scaled back, as the ledger's latencies are; a gateway key's run passed over)."""
+    from trilemma.experiments.trials import time_scaled
+    from trilemma.journal.store import GATEWAY_RUN
+    from trilemma.spec import load_workflow, parse_workflow
+
+    if spec is not None:
+        return load_workflow(spec), str(spec)
+    for run in journal.runs():
+        if not run["run_id"].startswith(GATEWAY_RUN):
+            journaled = parse_workflow(run["spec_json"], f"run {run['run_id']}", json_only=True)
+            return time_scaled(journaled, 1 / (run["time_scale"] or 1.0)), run["spec_source"]
+    raise UsageError(f"{journal.path}: no run of a spec in this journal; give --spec FILE")
 
 
 def _base_profile(

@@ -453,13 +453,6 @@ class Journal:
         rows = self._runs("WHERE runs.batch_id = ? ORDER BY runs.started_at", (batch_id,))
         return {r["batch_line"]: r for r in rows}
 
-    def batch_models(self, batch_id: str) -> list[str]:
-        """The model profiles a batch's runs journaled calls of, in the order first called."""
-        rows = self._rows(
-            "SELECT c.model FROM calls c JOIN runs r ON r.run_id = c.run_id WHERE r.batch_id = ? "
-            "GROUP BY c.model ORDER BY min(c.id)", (batch_id,))  # fmt: skip
-        return [r["model"] for r in rows]
-
     def steps(self, run_id: str) -> dict[str, dict[str, Any]]:
         """A run's finished steps by id."""
         self._refuse_damaged("steps", "run_id = ?", (run_id,))

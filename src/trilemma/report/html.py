@@ -175,8 +175,7 @@ def batch_report(journal: Journal, batch_id: str) -> str:
         planned = halts if halts is not None else cost_p.get("expected")
         off = off_plan([r["cost_usd"] for r in runs], planned) if planned is not None else None
         bad = success_off_plan(ok, n, p["reliability"]) if "reliability" in p else None
-    said = (off_plan_line(off, bad, journal.batch_models(batch_id), journal.path)
-            if off is not None or bad is not None else None)  # fmt: skip
+    said = off_plan_line(off, bad, journal.path) if off is not None or bad is not None else None
     off_p = "" if said is None else f'<p class="bad">{_e(said)}</p>'
     png = batch_png(runs, ceiling)
     parts = [

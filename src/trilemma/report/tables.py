@@ -1136,7 +1136,7 @@ def batch_view(b: Any, shown: int = 10) -> Group:
             parts.append(Text(f"... and {len(bad) - shown} more (--json or --out lists every line)"))
     off, bad = b.cost_off_plan(), b.success_off_plan()
     if off is not None or bad is not None:
-        parts.append(Text(off_plan_line(off, bad, b.models, b.journal)))
+        parts.append(Text(off_plan_line(off, bad, b.journal)))
     flag = journal_flag(b.journal)
     parts.append(Text(f"journal: {b.journal}\nnext: trilemma report {b.batch_id}{flag} (a page), "
                       f"trilemma runs --batch {b.batch_id}{flag} (its runs)", style="dim"))  # fmt: skip
@@ -1144,11 +1144,11 @@ def batch_view(b: Any, shown: int = 10) -> Group:
 
 
 def off_plan_line(
-    cost: tuple[float, float] | None, success: tuple[float, float] | None,
-    models: Sequence[str], journal: str | Path,
-) -> str:  # fmt: skip
+    cost: tuple[float, float] | None, success: tuple[float, float] | None, journal: str | Path
+) -> str:
     """Runs whose cost or success the plan does not explain: what they measured, and the
-    command that finds the guess that is off."""
+    command that finds the guess that is off (every model of the newest spec journaled:
+    theirs)."""
     said = []
     if cost is not None:
         measured, planned = cost
@@ -1161,12 +1161,9 @@ def off_plan_line(
         said.append(f"{_pct(share)} of {runs} ended ok against {_pct(planned)} planned, outside "
                     "the 99% interval of what they measured")  # fmt: skip
     line = "; ".join(said)
-    line = f"{line[0].upper()}{line[1:]}: a guess of the spec is off."
-    if not models:
-        return line
-    rest = f" (and likewise for {', '.join(models[1:])})" if len(models) > 1 else ""
-    return (f"{line} `trilemma calibrate --model {models[0]} --from-journal "
-            f"{shlex.quote(str(journal))} --check`{rest} names those the ledger contradicts.")
+    return (f"{line[0].upper()}{line[1:]}: a guess of the spec is off. `trilemma calibrate "
+            f"--from-journal {shlex.quote(str(journal))} --check` names those the ledger "
+            "contradicts.")
 
 
 def batch_plan_view(plan: dict[str, Any]) -> Table:

@@ -141,8 +141,6 @@ class BatchResult:
     planned_time: BatchTime | None = None
     """This session's wall-clock time by the planner (:func:`batch_time`): lines an
     earlier session finished are not run, so they take no time."""
-    models: tuple[str, ...] = ()
-    """The model profiles the spec's steps may call, in the order they first appear."""
 
     @property
     def latency_planned_s(self) -> float:
@@ -740,10 +738,9 @@ async def run_batch_async(
         raise group.exceptions[0] from None
     out = tuple(r if r is not None else LineResult(numbers[i], "not_started")
                 for i, r in enumerate(results))  # fmt: skip
-    models = tuple(dict.fromkeys(m for s in wf.steps for m in wf.step_models(s)))
     return BatchResult(batch_id, _status(out, guard), out, math.fsum(r.cost_usd for r in out),
                        ceiling, time.time() - started, predicted, str(journal.path), parallel,
-                       planned, models)  # fmt: skip
+                       planned)  # fmt: skip
 
 
 run_batch = blocking(run_batch_async)
