@@ -713,5 +713,6 @@ def test_without_model_a_spec_none_of_whose_models_ran_is_refused(
                  "steps: [{id: a, model: x}]\n")  # fmt: skip
     r = cli("calibrate", "--from-journal", steps_journal, "--spec", spec)
     assert r.code == 2 and "no calls of any model of" in r.err and "it has calls of m, other" in r.err
+    assert "give the spec its runs ran (--spec FILE) or --model NAME" in r.err
     suite = cli("calibrate", "--suite", "add1")
     assert suite.code == 2 and "give --model NAME" in suite.err

@@ -249,7 +249,8 @@ def _fit_ledger(
             if not names:
                 have = ", ".join(sorted(called)) or "none"
                 raise UsageError(f"{path}: no calls of any model of {source} in this journal (it "
-                                 f"has calls of {have}); give --spec FILE or --model NAME")  # fmt: skip
+                                 f"has calls of {have}); give the spec its runs ran (--spec FILE) "
+                                 "or --model NAME")  # fmt: skip
             specs = JournalSpecs(journal)
             fits = {m: fit_model(journal, m, wf.models[m], wf, specs) for m in names}
     profiles = {m: f.fit.profile(f.base) for m, f in fits.items()}
