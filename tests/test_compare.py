@@ -331,7 +331,7 @@ steps:
     line = next(x for x in console.export_text().splitlines() if x.startswith("real.yaml:"))
     assert line == (f"real.yaml: measured success 0.00% [0.00%, 43.45%] is below the planner's "
                     f"100.00%, which the 95% interval does not hold: the spec's figures for r are "
-                    f"off; `trilemma calibrate --model r --from-journal {db} --spec real.yaml "
+                    f"off; `trilemma calibrate --from-journal {db} --spec real.yaml "
                     "--check` names those the ledger contradicts.")  # fmt: skip
 
 
@@ -411,3 +411,32 @@ def test_a_trial_a_crash_left_running_is_explained_and_pruned(cli, tmp_path: Pat
     gone = cli("prune", "--older-than", "0", "--journal", db, "--json").json()
     assert killed in gone["run_ids"] and gone["kept_running"] == 0
     assert cli("doctor", "--journal", db).out.endswith("all good\n")
+
+
+def test_a_real_endpoint_costing_other_than_planned_says_so(cli, tmp_path: Path) -> None:
+    """A profile guessing 100 prompt tokens where the endpoint reports 1,000: 20 runs cost
+    about 5.5x the plan, and the line under the table says it with the command to run."""
+    from trilemma.testing import Reply, ScriptedServer
+
+    db = tmp_path / "j.db"
+    with ScriptedServer(lambda payload: Reply("ok", prompt_tokens=1000, completion_tokens=10)) as srv:
+        spec = tmp_path / "dear.yaml"
+        spec.write_text(f"""version: 1
+models:
+  r: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_1m_input: 1.0,
+      usd_per_1m_output: 1.0, prompt_tokens: 100, completion_tokens: 100, latency_s: 0.05, p_ok: 1.0}}
+steps:
+  - {{id: a, model: r}}
+""")
+        r = cli("compare", spec, "--runs", "20", "--time-scale", "1", "--journal", db, "--json")
+        assert r.code == 0, r.err
+        (row,) = r.json()
+        assert row["measured"]["cost_vs_predicted"] == "above"
+        assert row["measured"]["success_vs_predicted"] == "within"
+        text = cli("compare", spec, "--runs", "20", "--time-scale", "1", "--journal", db)
+    line = " ".join(text.out.split())
+    assert ("dear.yaml: the runs cost $0.0010 each against $0.0002 planned (5.05x), more than "
+            "their spread explains: the spec's figures for r are off; `trilemma calibrate "
+            f"--from-journal {db} --spec {spec} --check`") in line  # fmt: skip
+    check = cli("calibrate", "--from-journal", db, "--spec", spec, "--check", "--json")
+    assert check.code == 1 and "prompt_tokens" in {d["field"] for d in check.json()["drift"]}

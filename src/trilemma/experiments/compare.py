@@ -37,6 +37,7 @@ from trilemma.experiments.trials import (
     opened,
     repeat,
 )
+from trilemma.plan.agreement import off_plan
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.plan.simulate import SimResult, under_budget
 from trilemma.run.session import check_inputs
@@ -78,6 +79,8 @@ class Contender(Successes):
     up expected latencies."""
     endpoints: tuple[str, ...] = ()
     """The spec's models served by real endpoints (the others are simulated)."""
+    costs: tuple[float, ...] = ()
+    """Each run's dollars, in the order run."""
 
     @property
     def budgeted(self) -> bool:
@@ -113,6 +116,15 @@ class Contender(Successes):
         predicted = self.simulated.success_rate
         return "below" if hi < predicted else "above" if lo > predicted else None
 
+    @property
+    def cost_off_prediction(self) -> str | None:
+        """``"above"`` or ``"below"`` where the runs' mean cost is more than 10% off the
+        predicted (the Monte Carlo's mean, whose runs halt and stop as the executor's do) and
+        outside its own 95% interval (:func:`~trilemma.plan.agreement.off_plan`; 20 runs at
+        least); None where it is not. As with success, a miss on the simulator is chance."""
+        off = off_plan(self.costs, self.simulated.cost_usd.mean)
+        return None if off is None else "above" if off[0] > off[1] else "below"
+
     def runs_against(self, other: Contender) -> int | None:
         """Runs of each that would tell this spec's success from ``other``'s, at the
         rates the Monte Carlo predicts (:func:`runs_to_tell_apart`)."""
@@ -139,6 +151,7 @@ class Contender(Successes):
                 "quality_per_dollar_ci95": None if (q := self.quality_per_dollar_ci95) is None
                 else [round(q[0], 12), round(q[1], 12)],
                 "success_vs_predicted": self.off_prediction or "within",
+                "cost_vs_predicted": self.cost_off_prediction or "within",
             },
             "predicted": {
                 "reliability": p.reliability,
@@ -230,6 +243,7 @@ def _contender(name: str, wf: Workflow, got: list[Trial]) -> Contender:
         calls_mean=sum(t.calls for t in got) / n,
         simulated=under_budget(wf, wf.budget.deadline_s, wf.budget.max_cost_usd),
         endpoints=tuple(sorted(m for m, p in wf.models.items() if not p.runs_on_simulator)),
+        costs=tuple(t.cost_usd for t in got),
     )
 
 

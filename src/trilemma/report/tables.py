@@ -1482,7 +1482,8 @@ def compare_table(
         if r.stopped
     ]
     # On the simulator the runs draw from the spec's own figures: a miss there is chance.
-    lines += [_off_prediction(r, journal) for r in rows if r.off_prediction and r.endpoints]
+    lines += [_off_prediction(r, journal) for r in rows
+              if (r.off_prediction or r.cost_off_prediction) and r.endpoints]  # fmt: skip
     scored = [r for r in rows if r.quality_per_dollar is not None]
     if len(scored) > 1:
         ranked = sorted(scored, key=lambda r: -(r.quality_per_dollar or 0.0))
@@ -1525,13 +1526,21 @@ def _short_names(names: Sequence[str]) -> tuple[dict[str, str], str | None]:
 
 
 def _off_prediction(r: Contender, journal: str | Path) -> str:
-    """A spec on real endpoints whose measured success the prediction misses: what to do."""
-    return (f"{r.name}: measured success {_with_ci(r.success_rate, r.ci95)} is "
-            f"{r.off_prediction} the planner's {_pct(r.simulated.success_rate)}, which the 95% "
-            f"interval does not hold: the spec's figures for {', '.join(r.endpoints)} are off; "
-            f"`trilemma calibrate --model {r.endpoints[0]} --from-journal "
-            f"{shlex.quote(str(journal))} --spec {shlex.quote(r.name)} --check` names those the "
-            "ledger contradicts.")  # fmt: skip
+    """A spec on real endpoints whose measured success or cost the prediction misses: what
+    to do."""
+    said = []
+    if r.off_prediction:
+        said.append(f"measured success {_with_ci(r.success_rate, r.ci95)} is {r.off_prediction} "
+                    f"the planner's {_pct(r.simulated.success_rate)}, which the 95% interval "
+                    "does not hold")  # fmt: skip
+    if r.cost_off_prediction:
+        planned = r.simulated.cost_usd.mean
+        ratio = f" ({r.cost_mean / planned:.2f}x)" if planned > 0 else ""
+        said.append(f"the runs cost {usd(r.cost_mean)} each against {usd(planned)} planned{ratio}, "
+                    "more than their spread explains")  # fmt: skip
+    return (f"{r.name}: {'; '.join(said)}: the spec's figures for {', '.join(r.endpoints)} are "
+            f"off; `trilemma calibrate --from-journal {shlex.quote(str(journal))} --spec "
+            f"{shlex.quote(r.name)} --check` names those the ledger contradicts.")  # fmt: skip
 
 
 def _to_tell_apart(a: Contender, b: Contender) -> str:
