@@ -233,7 +233,7 @@ def _fit_ledger(
     shares of the routed steps the model classifies for, the hit rates of its cached steps
     and the ``p_ok`` of its steps that are not one call an attempt or have their own; for
     every model of the spec the journal has calls of where no ``model`` is given."""
-    from trilemma.experiments.fit import JournalSpecs, fit_model, require_calls
+    from trilemma.experiments.fit import JournalCache, fit_model, require_calls
     from trilemma.journal import Journal
     from trilemma.report import tables
 
@@ -251,7 +251,7 @@ def _fit_ledger(
                 raise UsageError(f"{path}: no calls of any model of {source} in this journal (it "
                                  f"has calls of {have}); give the spec its runs ran (--spec FILE) "
                                  "or --model NAME")  # fmt: skip
-            specs = JournalSpecs(journal)
+            specs = JournalCache(journal)
             fits = {m: fit_model(journal, m, wf.models[m], wf, specs) for m in names}
     profiles = {m: f.fit.profile(f.base) for m, f in fits.items()}
     text = _profile_yaml(profiles, out)

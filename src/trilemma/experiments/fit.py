@@ -35,18 +35,18 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from trilemma.errors import UsageError
 from trilemma.journal import Journal
-from trilemma.plan.agreement import wilson
+from trilemma.plan.agreement import Z95, wilson
 from trilemma.plan.hedge import cut
 from trilemma.providers.base import CUT
 from trilemma.spec import ModelProfile, Step, Workflow
 
-__all__ = ["CacheFit", "Drift", "JournalSpecs", "LedgerFit", "Measured", "ModelFit", "RouteFit",
+__all__ = ["CacheFit", "Drift", "JournalCache", "LedgerFit", "Measured", "ModelFit", "RouteFit",
            "StepFit", "fit_cached", "fit_from_journal", "fit_model", "fit_routes", "fit_steps",
            "measured_guesses", "own_p_ok_calls", "require_calls", "runs_alike"]
 
@@ -169,14 +169,10 @@ class LedgerFit:
             lo, hi = self.ci95
             if not lo <= base.p_ok <= hi:
                 out.append(Drift("p_ok", base.p_ok, self.p_ok, (lo, hi)))
-        mean = self.latency_mean_s
-        if mean is not None and len(self.latency_s) > 1:
-            half = 1.959964 * statistics.stdev(self.latency_s) / math.sqrt(len(self.latency_s))
-            off = abs(base.latency_s - mean) > max(half, LATENCY_TOLERANCE * base.latency_s)
-            if off:
-                out.append(Drift("latency_s", base.latency_s, mean, (max(mean - half, 0.0), mean + half)))
+        out += _mean_drift("latency_s", base.latency_s, self.latency_s)
         if base.usd_per_call is None:  # token prices: the counts set what a call costs
-            out += self._token_drift(base)
+            for i, field in enumerate(("prompt_tokens", "completion_tokens")):
+                out += _mean_drift(field, getattr(base, field), [c[i] for c in self.token_counts])
         late = cut(base.latency_s, base.latency_jitter, base.timeout_s)[0]
         for kind, field in FAULTS.items():
             if not self.sent:
@@ -188,22 +184,6 @@ class LedgerFit:
             share = late + (1.0 - late) * given if kind == "timeout" else (1.0 - late) * given
             if not lo <= share <= hi:
                 out.append(Drift(f"faults.{field}", given, seen / self.sent, (lo, hi)))
-        return out
-
-    def _token_drift(self, base: ModelProfile) -> list[Drift]:
-        """``prompt_tokens`` or ``completion_tokens`` outside the measured mean's 95% interval
-        and more than :data:`LATENCY_TOLERANCE` off it (a prompt's length varies with its
-        inputs: a profile a few percent off is fine)."""
-        out: list[Drift] = []
-        n = len(self.token_counts)
-        if n < 2:
-            return out
-        for i, field in enumerate(("prompt_tokens", "completion_tokens")):
-            counts = [c[i] for c in self.token_counts]
-            mean, given = statistics.fmean(counts), getattr(base, field)
-            half = 1.959964 * statistics.stdev(counts) / math.sqrt(n)
-            if abs(given - mean) > max(half, LATENCY_TOLERANCE * given):
-                out.append(Drift(field, given, mean, (max(mean - half, 0.0), mean + half)))
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -248,6 +228,26 @@ class LedgerFit:
                 data["cached_prompt_tokens"] = min(data["cached_prompt_tokens"], data["prompt_tokens"])
         data["calibration"] = self.summary()
         return data
+
+
+def _mean_ci(values: Sequence[float]) -> tuple[float, float] | None:
+    """The 95% interval of the mean of ``values``, not below 0 (None: fewer than two)."""
+    if len(values) < 2:
+        return None
+    mean = statistics.fmean(values)
+    half = Z95 * statistics.stdev(values) / math.sqrt(len(values))
+    return max(mean - half, 0.0), mean + half
+
+
+def _mean_drift(field: str, given: float, values: Sequence[float]) -> list[Drift]:
+    """``given`` as drift where it lies outside the 95% interval of the mean of ``values``
+    and more than :data:`LATENCY_TOLERANCE` off that mean."""
+    ci = _mean_ci(values)
+    if ci is None:
+        return []
+    mean = statistics.fmean(values)
+    off = abs(given - mean) > max(ci[1] - mean, LATENCY_TOLERANCE * given)
+    return [Drift(field, given, mean, ci)] if off else []
 
 
 def _round(x: float | None, digits: int = 4) -> float | None:
@@ -408,12 +408,14 @@ def _asked(step: Step) -> tuple[Any, ...]:
     return step.model, step.kind, calls, branches, step.cache_rule is not None
 
 
-class JournalSpecs:
-    """A journal's specs, each parsed once however many fits ask (:func:`runs_alike`)."""
+class JournalCache:
+    """What the fits of one command read from a journal, each read once: its specs, parsed
+    (:func:`runs_alike`), and each step's calls (:func:`fit_steps`, :func:`own_p_ok_calls`)."""
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self._parsed: list[tuple[dict[str, Step], list[str]]] | None = None
+        self._calls: dict[str, list[dict[str, Any]]] = {}
 
     def parsed(self) -> list[tuple[dict[str, Step], list[str]]]:
         """Each journaled spec's steps by id, with the runs made of it; a spec this version
@@ -431,19 +433,25 @@ class JournalSpecs:
                 self._parsed.append(({s.id: s for s in wf.steps}, ids))
         return self._parsed
 
+    def step_calls(self, step_id: str) -> list[dict[str, Any]]:
+        """:meth:`~trilemma.journal.Journal.step_attempt_calls` of ``step_id``."""
+        if step_id not in self._calls:
+            self._calls[step_id] = self.journal.step_attempt_calls(step_id)
+        return self._calls[step_id]
+
 
 def runs_alike(
-    journal: Journal, wf: Workflow, step_ids: Collection[str], specs: JournalSpecs | None = None
+    journal: Journal, wf: Workflow, step_ids: Collection[str], specs: JournalCache | None = None
 ) -> dict[str, set[str]]:
     """For each of ``step_ids``, the journal's runs whose spec asks a step of that id as
     ``wf`` does (:func:`_asked`; its guesses may differ, as a run's ``--set`` makes them): a
     step of the same id in another spec (the examples' ``answer``, in one compare's journal)
-    is another step. ``specs``: the journal's, parsed (one for several calls)."""
+    is another step. ``specs``: the journal's, read once for several calls."""
     want = {s.id: _asked(s) for s in wf.steps if s.id in step_ids}
     out: dict[str, set[str]] = {i: set() for i in want}
     if not want:
         return out
-    for steps, ids in (specs or JournalSpecs(journal)).parsed():
+    for steps, ids in (specs or JournalCache(journal)).parsed():
         for i, asked in want.items():
             if i in steps and _asked(steps[i]) == asked:
                 out[i].update(ids)
@@ -451,7 +459,7 @@ def runs_alike(
 
 
 def fit_routes(
-    journal: Journal, wf: Workflow, model: str, specs: JournalSpecs | None = None
+    journal: Journal, wf: Workflow, model: str, specs: JournalCache | None = None
 ) -> list[RouteFit]:
     """The routed steps of ``wf`` that ``model`` classifies for, each fitted to the decisions
     the journal holds of it (a step's ``route: LABEL`` rows under ``model``, from the runs
@@ -541,7 +549,7 @@ class CacheFit:
 
 
 def fit_cached(
-    journal: Journal, wf: Workflow, model: str, specs: JournalSpecs | None = None
+    journal: Journal, wf: Workflow, model: str, specs: JournalCache | None = None
 ) -> list[CacheFit]:
     """The cached steps of ``wf`` on ``model``, each with the share of runs the journal holds
     (those whose spec asks the step alike: :func:`runs_alike`) that found its answer cached:
@@ -624,8 +632,31 @@ class StepFit:
                 "ci95": None if m is None else [round(x, 6) for x in self.ci95]}  # fmt: skip
 
 
+def _attempts(
+    rows: Sequence[Mapping[str, Any]], runs: Collection[str]
+) -> tuple[dict[tuple[str, int], list[str]], dict[tuple[str, int], str]]:
+    """A step's calls (:meth:`JournalCache.step_calls`) in ``runs``, by attempt: the outcomes
+    of its answering calls (``["cached"]`` for a hit; a hedge's other copy left aside), and
+    for a routed attempt the branch its classifier picked."""
+    verdicts: dict[tuple[str, int], list[str]] = {}
+    took: dict[tuple[str, int], str] = {}
+    for r in rows:
+        if r["run_id"] not in runs:
+            continue
+        key = (r["run_id"], r["attempt"])
+        if r["cache_hit"]:
+            verdicts[key] = ["cached"]
+        elif r["role"].startswith(ROUTED):
+            took[key] = r["role"].removeprefix(ROUTED)
+        elif r["role"].startswith("route"):
+            continue  # a classifier's call that never picked (an error)
+        elif r["outcome"] != "hedged":  # a hedge's other copy says nothing of the answer
+            verdicts.setdefault(key, []).append(r["outcome"])
+    return verdicts, took
+
+
 def own_p_ok_calls(
-    journal: Journal, wf: Workflow, model: str, specs: JournalSpecs | None = None
+    journal: Journal, wf: Workflow, model: str, specs: JournalCache | None = None
 ) -> Callable[[Mapping[str, Any]], bool]:
     """True of a call of ``model`` (a ledger row) whose attempt ``wf`` judges by a ``p_ok`` of
     its own: a step's on ``model`` that has one, or a routed step's branch on ``model`` that
@@ -636,12 +667,9 @@ def own_p_ok_calls(
     routed = {s.id: {k for k, b in s.route.items() if b.model == model and b.p_ok is not None}
               for s in wf.steps if s.route is not None}  # fmt: skip
     routed = {sid: labels for sid, labels in routed.items() if labels}
-    alike = runs_alike(journal, wf, plain | set(routed), specs)
-    took: dict[tuple[str, str, int], str] = {}  # a routed attempt's branch
-    for sid in routed:
-        for r in journal.step_attempt_calls(sid):
-            if r["role"].startswith(ROUTED) and r["run_id"] in alike[sid]:
-                took[(r["run_id"], sid, r["attempt"])] = r["role"].removeprefix(ROUTED)
+    cache = specs or JournalCache(journal)
+    alike = runs_alike(journal, wf, plain | set(routed), cache)
+    took = {sid: _attempts(cache.step_calls(sid), alike[sid])[1] for sid in routed}
 
     def own(r: Mapping[str, Any]) -> bool:
         sid = r["step_id"]
@@ -649,7 +677,7 @@ def own_p_ok_calls(
             return False
         if sid in plain:
             return True
-        label = took.get((r["run_id"], sid, r["attempt"]))
+        label = took[sid].get((r["run_id"], r["attempt"]))
         return label is None or label in routed[sid]
 
     return own
@@ -660,7 +688,7 @@ def _kind(step: Step) -> str:
 
 
 def fit_steps(
-    journal: Journal, wf: Workflow, model: str, specs: JournalSpecs | None = None
+    journal: Journal, wf: Workflow, model: str, specs: JournalCache | None = None
 ) -> list[StepFit]:
     """The steps (and routed steps' branches) on ``model`` whose attempt is more than one call
     or that have a ``p_ok`` of their own, each fitted to its attempts the journal holds (from
@@ -680,21 +708,12 @@ def fit_steps(
         elif s.model == model and not s.escalate and (s.p_ok is not None or s.calls > 1):
             wanted.append((s, None, s))
     out = []
-    alike = runs_alike(journal, wf, {step.id for step, _, _ in wanted}, specs)
+    cache = specs or JournalCache(journal)
+    alike = runs_alike(journal, wf, {step.id for step, _, _ in wanted}, cache)
+    read = {sid: _attempts(cache.step_calls(sid), alike[sid]) for sid in alike}  # once a step
     for step, branch, runs in wanted:
         judges = runs.gate is not None or step.gate is not None or wf.models[model].runs_on_simulator
-        verdicts: dict[tuple[str, int], list[str]] = {}
-        took: dict[tuple[str, int], str] = {}  # a routed attempt's branch
-        for r in journal.step_attempt_calls(step.id):
-            if r["run_id"] not in alike[step.id]:
-                continue
-            key = (r["run_id"], r["attempt"])
-            if r["cache_hit"]:
-                verdicts[key] = ["cached"]
-            elif r["role"].startswith("route"):
-                took[key] = r["role"].removeprefix(ROUTED)
-            elif r["outcome"] != "hedged":  # a hedge's other copy says nothing of the answer
-                verdicts.setdefault(key, []).append(r["outcome"])
+        verdicts, took = read[step.id]
         judged = accepted = 0
         for key, outcomes in verdicts.items():
             if (branch is not None and took.get(key) != branch) or not judges:
@@ -755,13 +774,13 @@ class ModelFit:
 
 def fit_model(
     journal: Journal, model: str, base: ModelProfile, wf: Workflow | None,
-    specs: JournalSpecs | None = None,
+    specs: JournalCache | None = None,
 ) -> ModelFit:  # fmt: skip
     """``model`` fitted to the journal (:func:`fit_from_journal`), and, where the spec is
     known (``wf``; a gateway's config has no steps), its steps' guesses on it."""
     if wf is None:
         return ModelFit(fit_from_journal(journal, model), base)
-    specs = specs or JournalSpecs(journal)
+    specs = specs or JournalCache(journal)
     own = own_p_ok_calls(journal, wf, model, specs)
     return ModelFit(fit_from_journal(journal, model, own), base,
                     tuple(fit_routes(journal, wf, model, specs)),
@@ -803,7 +822,7 @@ def measured_guesses(journal: Journal, wf: Workflow) -> dict[str, Measured]:
     ``steps.ID.cached.hit_rate``): each model the journal holds calls of fitted as
     :func:`fit_model` fits it. A guess the ledger cannot tell is left out."""
     called = set(journal.models_called())
-    specs = JournalSpecs(journal)
+    specs = JournalCache(journal)
     out: dict[str, Measured] = {}
     for name, profile in wf.models.items():
         if name not in called:
@@ -814,9 +833,7 @@ def measured_guesses(journal: Journal, wf: Workflow) -> dict[str, Measured]:
             out[f"{name}.p_ok"] = Measured(f.p_ok, f.ci95, f.judged)
         mean, n = f.latency_mean_s, len(f.latency_s)
         if mean is not None:
-            half = 1.959964 * statistics.stdev(f.latency_s) / math.sqrt(n) if n > 1 else None
-            ci = None if half is None else (max(mean - half, 0.0), mean + half)
-            out[f"{name}.latency_s"] = Measured(mean, ci, n, LATENCY_TOLERANCE)
+            out[f"{name}.latency_s"] = Measured(mean, _mean_ci(f.latency_s), n, LATENCY_TOLERANCE)
         if f.cost_usd is not None:
             out[f"{name}.price"] = Measured(f.cost_usd, None, n)
         for r in m.routes:

@@ -8,8 +8,12 @@ import math
 import statistics
 from collections.abc import Sequence
 
-__all__ = ["OFF_PLAN_RUNS", "OFF_PLAN_SHARE", "Z99", "off_plan", "success_off_plan", "wilson"]
+__all__ = ["OFF_PLAN_RUNS", "OFF_PLAN_SHARE", "Z95", "Z99", "off_plan", "success_off_plan", "wilson"]
 
+Z95 = 1.959964
+"""The normal quantile of a two-sided 95% interval."""
+Z99 = 2.575829
+"""The normal quantile of a two-sided 99% interval."""
 OFF_PLAN_RUNS = 20
 """The fewest runs whose mean :func:`off_plan` weighs against the plan."""
 OFF_PLAN_SHARE = 0.10
@@ -29,12 +33,8 @@ def off_plan(costs: Sequence[float], planned: float) -> tuple[float, float] | No
     if len(costs) < OFF_PLAN_RUNS:
         return None
     mean = math.fsum(costs) / len(costs)
-    spread = 1.959964 * statistics.stdev(costs) / math.sqrt(len(costs))
+    spread = Z95 * statistics.stdev(costs) / math.sqrt(len(costs))
     return (mean, planned) if abs(mean - planned) > max(spread, OFF_PLAN_SHARE * planned) else None
-
-
-Z99 = 2.575829
-"""The normal quantile of a two-sided 99% interval."""
 
 
 def success_off_plan(ok: int, runs: int, planned: float) -> tuple[float, float] | None:
@@ -54,7 +54,7 @@ def success_off_plan(ok: int, runs: int, planned: float) -> tuple[float, float] 
     return None if lo <= planned <= hi else (ok / runs, planned)
 
 
-def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     """The Wilson interval of a proportion: 95% (``z`` the 97.5% normal quantile) unless
     ``z`` says otherwise."""
     if n == 0:

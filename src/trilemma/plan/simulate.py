@@ -83,6 +83,7 @@ import numpy as np
 from trilemma import dag
 from trilemma.errors import UsageError
 from trilemma.plan import hedge
+from trilemma.plan.agreement import wilson
 from trilemma.plan.estimate import (
     CACHE_HIT_LATENCY_S,
     Estimate,
@@ -217,10 +218,7 @@ class SimResult:
     @property
     def ci95(self) -> tuple[float, float]:
         """Wilson 95% interval of the success rate."""
-        z, n, p = 1.959964, self.runs, self.success_rate
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return max(0.0, centre - half), min(1.0, centre + half)
+        return wilson(self.successes, self.runs)
 
     def brief(self) -> dict[str, Any]:
         """Success and what the budgets cost it, for a prediction shown beside other figures

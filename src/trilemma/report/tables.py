@@ -72,6 +72,11 @@ def _with_ci(rate: float, ci: tuple[float, float] | list[float]) -> str:
     return f"{_pct(rate)} [{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
+def _fixed_ci(value: float | None, ci: tuple[float, float]) -> str:
+    """A measured figure and its 95% interval to four places, "-" where none was measured."""
+    return "-" if value is None else f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
 def _pct(x: float) -> str:
     return f"{x * 100:.2f}%"
 
@@ -488,7 +493,7 @@ def fit_table(f: LedgerFit, base: ModelProfile) -> Table:
         t.add_column(col, justify="left" if col == "" else "right")
     lo, hi = f.ci95
     t.add_row("p_ok", f"{base.p_ok:.4f}",
-              "-" if f.p_ok is None else f"{f.p_ok:.4f} [{lo:.4f}, {hi:.4f}]",
+              _fixed_ci(f.p_ok, (lo, hi)),
               f"{f.judged:,} single-call attempts answered")  # fmt: skip
     t.add_row("latency_s", f"{base.latency_s:g}",
               "-" if f.latency_mean_s is None else f"{f.latency_mean_s:.4f}",
@@ -565,11 +570,10 @@ def route_fit_table(routes: Sequence[RouteFit], model: str) -> Table:
         t.add_column(col, justify="left" if col in ("step", "branch") else "right")
     for r in routes:
         for i, (label, given) in enumerate(r.spec_shares.items()):
-            m, share = r.measured(label), r.share(label)
-            lo, hi = r.ci95(label)
+            m = r.measured(label)
             t.add_row(r.step if i == 0 else "", label, f"{given:g}", f"{r.decisions[label]:,}",
                       "-" if m is None else _pct(m),
-                      "-" if share is None else f"{share:.4f} [{lo:.4f}, {hi:.4f}]")  # fmt: skip
+                      _fixed_ci(r.share(label), r.ci95(label)))  # fmt: skip
     t.caption = ("share: the spec's; picked: of the decisions (in the runs of specs that route "
                  "the step alike); fitted share: the share that gives those decisions once the "
                  "classifier's misses (1 - p_ok) go to the first branch")  # fmt: skip
@@ -583,10 +587,8 @@ def cache_fit_table(cached: Sequence[CacheFit], model: str) -> Table:
     for col in ("step", "hit_rate", "runs", "served", "measured [95%]"):
         t.add_column(col, justify="left" if col == "step" else "right")
     for c in cached:
-        m = c.measured
-        lo, hi = c.ci95
         t.add_row(c.step, f"{c.hit_rate:g}", f"{c.runs:,}", f"{c.hits:,}",
-                  "-" if m is None else f"{m:.4f} [{lo:.4f}, {hi:.4f}]")  # fmt: skip
+                  _fixed_ci(c.measured, c.ci95))  # fmt: skip
     t.caption = ("hit_rate: the spec's (cached: true plans 1, every run a hit); runs: those that "
                  "reached the step; served: those the cache answered")  # fmt: skip
     return t
@@ -601,11 +603,9 @@ def step_fit_table(steps: Sequence[StepFit], model: str) -> Table:
     for col in ("step", "asked", "p_ok", "judged", "accepted", "measured [95%]"):
         t.add_column(col, justify="left" if col in ("step", "asked") else "right")
     for f in steps:
-        m = f.measured
-        lo, hi = f.ci95
         name = f.step + (f" ({f.branch})" if f.branch else "")
         t.add_row(name, f.kind, f"{f.p_ok:g}" + ("" if f.own else " (model's)"), f"{f.judged:,}",
-                  f"{f.accepted:,}", "-" if m is None else f"{m:.4f} [{lo:.4f}, {hi:.4f}]")  # fmt: skip
+                  f"{f.accepted:,}", _fixed_ci(f.measured, f.ci95))  # fmt: skip
     t.caption = ("judged: attempts whose calls were all answered, on a step with a gate or on the "
                  "simulator (an endpoint's answer no gate reads is accepted unread); a debate's or "
                  "a vote's attempt is accepted or rejected whole")  # fmt: skip
