@@ -684,9 +684,14 @@ def test_a_model_s_fit_parses_the_journal_s_specs_once(steps_journal: Path, monk
     real = trilemma.spec.parse_workflow
     monkeypatch.setattr(trilemma.spec, "parse_workflow",
                         lambda *a, **k: parsed.append(1) or real(*a, **k))  # fmt: skip
+    reads: list[str] = []
+    real_calls = Journal.step_attempt_calls
+    monkeypatch.setattr(Journal, "step_attempt_calls",
+                        lambda self, sid: reads.append(sid) or real_calls(self, sid))  # fmt: skip
     wf = parse_workflow(STEPS)
     fit_model(Journal(steps_journal), "m", wf.models["m"], wf)
     assert len(parsed) == 1  # one spec journaled, read once for the four fits
+    assert sorted(reads) == ["d", "own", "r", "v"]  # each step's calls once (r: own p_ok and its branch)
 
 
 def test_without_model_every_model_of_the_spec_is_fitted_and_checked(
