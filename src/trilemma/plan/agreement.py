@@ -8,12 +8,15 @@ import math
 import statistics
 from collections.abc import Sequence
 
-__all__ = ["OFF_PLAN_RUNS", "OFF_PLAN_SHARE", "Z95", "Z99", "off_plan", "success_off_plan", "wilson"]
+__all__ = ["ALPHA", "OFF_PLAN_RUNS", "OFF_PLAN_SHARE", "Z95", "Z99", "binomial_p", "holm", "mean_p",
+           "off_plan", "success_off_plan", "wilson"]  # fmt: skip
 
 Z95 = 1.959964
 """The normal quantile of a two-sided 95% interval."""
 Z99 = 2.575829
 """The normal quantile of a two-sided 99% interval."""
+ALPHA = 0.05
+"""The chance, when every figure weighed holds, that :func:`holm` calls any of them off."""
 OFF_PLAN_RUNS = 20
 """The fewest runs whose mean :func:`off_plan` weighs against the plan."""
 OFF_PLAN_SHARE = 0.10
@@ -67,3 +70,77 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     lo = 0.0 if successes == 0 else max(0.0, centre - half)
     hi = 1.0 if successes == n else min(1.0, centre + half)
     return lo, hi
+
+
+def binomial_p(k: int, n: int, p: float) -> float:
+    """The two-sided exact p-value of ``k`` successes in ``n`` trials where each succeeds with
+    chance ``p``: twice the tail on ``k``'s side of the mean, at most 1 (the test the
+    Clopper-Pearson interval inverts; unlike the Wilson interval's, its false alarms never
+    pass its level, near 0 or 1 included). 1 with ``n`` 0: nothing measured.
+
+    >>> round(binomial_p(9, 10, 0.995), 4)  # one miss in ten at 0.995: chance, 1 in 20
+    0.0978
+    >>> binomial_p(3, 10, 0.0)  # never, says the guess; three times, says the ledger
+    0.0
+    """
+    if n == 0:
+        return 1.0
+    if p <= 0.0 or p >= 1.0:
+        return 1.0 if k == (0 if p <= 0.0 else n) else 0.0
+    lower = k < n * p  # the tail on k's side: its terms shrink away from the mean
+    log_pmf = (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+               + k * math.log(p) + (n - k) * math.log1p(-p))  # fmt: skip
+    term, total, i = math.exp(log_pmf), 0.0, k
+    odds = p / (1.0 - p)
+    while term > 0.0:
+        total += term
+        if term <= total * 1e-17 and (i < n * p if lower else i > n * p):
+            break  # past the mean the terms only shrink: the rest cannot count
+        if lower:
+            if i == 0:
+                break
+            term *= i / ((n - i + 1) * odds)
+            i -= 1
+        else:
+            if i == n:
+                break
+            term *= (n - i) * odds / (i + 1)
+            i += 1
+    return min(1.0, 2.0 * total)
+
+
+def mean_p(values: Sequence[float], given: float) -> float:
+    """The two-sided p-value of ``values``' mean against ``given`` (the normal test of the
+    mean, as the 95% interval of it reads): 1 with fewer than two values.
+
+    >>> round(mean_p([1.0, 1.2, 0.8, 1.1, 0.9], 1.0), 4)
+    1.0
+    """
+    if len(values) < 2:
+        return 1.0
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values))
+    if se == 0.0:
+        return 1.0 if mean == given else 0.0
+    return math.erfc(abs(mean - given) / se / math.sqrt(2.0))
+
+
+def holm(p_values: Sequence[float], alpha: float = ALPHA) -> list[bool]:
+    """Which of several tests to call off, all weighed together, so that when every one holds
+    the chance of calling any off stays at most ``alpha`` (Holm's step-down test): the
+    smallest p-value against ``alpha / m``, the next against ``alpha / (m - 1)``, and so on
+    until one passes its mark. One test at 95% calls a true guess off one time in twenty;
+    ten of them, each at 95%, four times in ten.
+
+    >>> holm([0.001, 0.04, 0.3])
+    [True, False, False]
+    >>> holm([0.04])
+    [True]
+    """
+    m = len(p_values)
+    out = [False] * m
+    for rank, i in enumerate(sorted(range(m), key=p_values.__getitem__)):
+        if p_values[i] > alpha / (m - rank):
+            break
+        out[i] = True
+    return out

@@ -1,0 +1,68 @@
+"""The tests that say whether what runs measured agrees with the plan (plan/agreement.py)."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+import pytest
+
+from trilemma.plan.agreement import binomial_p, holm, mean_p
+
+
+def _brute(k: int, n: int, p: float) -> float:
+    pmf = [math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(n + 1)]
+    return min(1.0, 2 * min(math.fsum(pmf[: k + 1]), math.fsum(pmf[k:])))
+
+
+def test_the_exact_binomial_p_value_is_twice_the_smaller_tail() -> None:
+    rng = random.Random(7)
+    for _ in range(2_000):
+        n = rng.randint(1, 150)
+        p, k = rng.uniform(0.001, 0.999), rng.randint(0, n)
+        assert binomial_p(k, n, p) == pytest.approx(_brute(k, n, p), abs=1e-12), (k, n, p)
+
+
+def test_the_exact_binomial_p_value_at_the_edges() -> None:
+    assert binomial_p(0, 0, 0.5) == 1.0  # nothing measured: nothing contradicted
+    assert binomial_p(0, 50, 0.0) == 1.0 and binomial_p(1, 50, 0.0) == 0.0
+    assert binomial_p(50, 50, 1.0) == 1.0 and binomial_p(49, 50, 1.0) == 0.0
+    assert binomial_p(0, 10**6, 0.01) == 0.0  # its first term underflows: far beyond chance
+    # a million trials sums only the tail's few thousand terms, and agrees with the normal
+    z = (400_000 - 10**6 * 0.4003) / math.sqrt(10**6 * 0.4003 * 0.5997)
+    assert binomial_p(400_000, 10**6, 0.4003) == pytest.approx(math.erfc(abs(z) / math.sqrt(2)), rel=0.02)
+
+
+def test_the_exact_test_never_alarms_more_often_than_its_level() -> None:
+    """Where the Wilson interval's coverage dips (p near 1, a few trials), the exact test
+    keeps its false alarms under 5%: summed over every outcome k of n trials."""
+    for n in (10, 15, 30, 60):
+        for p in (0.9, 0.985, 0.995):
+            alarms = math.fsum(math.comb(n, k) * p**k * (1 - p) ** (n - k)
+                               for k in range(n + 1) if binomial_p(k, n, p) <= 0.05)  # fmt: skip
+            assert alarms <= 0.05, (n, p, alarms)
+
+
+def test_the_mean_s_p_value() -> None:
+    values = [1.0, 1.1, 0.9, 1.05, 0.95] * 20
+    se = statistics.stdev(values) / math.sqrt(len(values))
+    assert mean_p(values, 1.0) == pytest.approx(1.0)
+    assert mean_p(values, 1.0 + 1.959964 * se) == pytest.approx(0.05, abs=1e-6)
+    assert mean_p([2.0], 1.0) == 1.0  # one value: no spread to weigh it by
+    assert mean_p([2.0, 2.0], 2.0) == 1.0 and mean_p([2.0, 2.0], 1.0) == 0.0
+
+
+def test_holm_keeps_the_chance_of_any_false_alarm_at_its_level() -> None:
+    """Ten true figures, each p uniform: at 95% each, some alarm in ~40% of checks; weighed
+    together, in at most 5%."""
+    rng = random.Random(3)
+    checks = 4_000
+    apart = together = 0
+    for _ in range(checks):
+        ps = [rng.random() for _ in range(10)]
+        apart += any(p <= 0.05 for p in ps)
+        together += any(holm(ps))
+    assert apart / checks > 0.35 and together / checks <= 0.06
+    assert holm([]) == [] and holm([0.0, 1.0]) == [True, False]
+    assert holm([0.01, 0.02, 0.04]) == [True, True, True]  # 0.01<=0.0167, 0.02<=0.025, 0.04<=0.05
