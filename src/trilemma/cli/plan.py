@@ -635,7 +635,7 @@ def sensitivity(
         if measured is not None:
             for g in doc["guesses"]:
                 m = measured.get(g["name"])
-                g["measured"] = None if m is None else {**m.to_json(), "holds": m.holds(g["value"])}
+                g["measured"] = None if m is None else {**m.to_json(), "holds": not m.contradicted}
         emit_json(doc)
         return 0
     console = stdout_console()

@@ -41,14 +41,15 @@ from typing import Any
 
 from trilemma.errors import UsageError
 from trilemma.journal import Journal
-from trilemma.plan.agreement import Z95, wilson
+from trilemma.plan.agreement import ALPHA, Z95, binomial_p, holm, mean_p, wilson
 from trilemma.plan.hedge import cut
 from trilemma.providers.base import CUT
 from trilemma.spec import ModelProfile, Step, Workflow
 
-__all__ = ["CacheFit", "Drift", "JournalCache", "LedgerFit", "Measured", "ModelFit", "RouteFit",
-           "StepFit", "fit_cached", "fit_from_journal", "fit_model", "fit_routes", "fit_steps",
-           "measured_guesses", "own_p_ok_calls", "require_calls", "runs_alike"]
+__all__ = ["CacheFit", "Drift", "Figure", "JournalCache", "LedgerFit", "Measured", "ModelFit",
+           "RouteFit", "StepFit", "fit_cached", "fit_from_journal", "fit_model", "fit_routes",
+           "fit_steps", "judge", "judge_models", "measured_guesses", "own_p_ok_calls",
+           "require_calls", "runs_alike", "weighed"]
 
 ANSWERED = ("ok", "rejected")
 LATENCY_TOLERANCE = 0.10
@@ -65,22 +66,69 @@ NOT_SENT = ("unsent", "hedged", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)
-class Drift:
-    """A figure of the profile the ledger contradicts: outside the measured 95% interval."""
+class Figure:
+    """A figure of the spec weighed against what the ledger measured of it.
+
+    It is drift when :func:`judge`, weighing it with every other figure of the same check,
+    finds the ledger contradicts it: its p-value passes Holm's mark among them, and (a
+    latency, a token count) it is more than :data:`LATENCY_TOLERANCE` off.
+    """
 
     field: str
-    """The profile's field (``p_ok``, ``latency_s``, ``faults.rate_limit_rate``, ...)."""
+    """The profile's field (``p_ok``, ``latency_s``, ``faults.rate_limit_rate``, ...) or the
+    spec's path of a step's guess (``steps.answer.route.hard.p_ok``)."""
     profile: float
     """What the spec says."""
     measured: float
     """What the ledger says."""
     ci95: tuple[float, float]
     """The measured figure's 95% interval."""
+    p_value: float = 1.0
+    """The chance of a measure at least this far off were the spec's figure right (the exact
+    binomial test for a share, the normal test of the mean for a latency or token count)."""
+    material: bool = True
+    """Off by enough to matter: a latency or token count more than :data:`LATENCY_TOLERANCE`
+    off (a share: always)."""
+    expected: float | None = None
+    """What the spec's figure leads the ledger to measure, where that differs from it (a
+    fault rate, once the calls the latency puts past ``timeout_s`` time out first)."""
+    certain: bool = False
+    """A share the spec plans at 0 or 1 (no fault, every run a cache hit): the ledger either
+    agrees or contradicts it outright (``p_value`` 1 or 0), with no chance to weigh."""
+
+    @property
+    def outside(self) -> bool:
+        """The spec's figure lies outside the measured 95% interval (one figure on its own,
+        weighed at 95%: with many, some lie outside by chance)."""
+        planned = self.profile if self.expected is None else self.expected
+        return self.material and not self.ci95[0] <= planned <= self.ci95[1]
 
     def to_json(self) -> dict[str, Any]:
         """A row of ``drift`` in ``calibrate --from-journal --check --json``."""
         return {"field": self.field, "profile": self.profile, "measured": round(self.measured, 6),
-                "ci95": [round(self.ci95[0], 6), round(self.ci95[1], 6)]}  # fmt: skip
+                "ci95": [round(self.ci95[0], 6), round(self.ci95[1], 6)],
+                "p_value": float(f"{self.p_value:.4g}")}  # fmt: skip
+
+
+Drift = Figure
+"""A :class:`Figure` the ledger contradicts (:func:`judge`)."""
+
+
+def judge(figures: Sequence[Figure], alpha: float = ALPHA) -> list[Figure]:
+    """The ``figures`` the ledger contradicts, all weighed together: those whose p-value
+    passes Holm's step-down test (:func:`~trilemma.plan.agreement.holm`) among the figures
+    left to chance (:func:`weighed`), or that it contradicts outright (a :attr:`~Figure.certain`
+    figure at p 0), and that are off by enough to matter. When every figure is right, the
+    chance that any is called drift is at most ``alpha``, however many are weighed (each at
+    95% on its own, a spec of ten guesses would be called off four times in ten)."""
+    chance = weighed(figures)
+    off = {id(f) for f, o in zip(chance, holm([f.p_value for f in chance], alpha), strict=True) if o}
+    return [f for f in figures if f.material and (id(f) in off or (f.certain and f.p_value == 0.0))]
+
+
+def weighed(figures: Sequence[Figure]) -> list[Figure]:
+    """The ``figures`` a measure could miss by chance: all but the :attr:`~Figure.certain`."""
+    return [f for f in figures if not f.certain]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,32 +207,36 @@ class LedgerFit:
         kept["timeout_rate"] = max(0.0, shares["timeout_rate"] - late) / (1.0 - late)
         return {field: min(rate, 0.999) for field, rate in kept.items()}
 
-    def drift(self, base: ModelProfile) -> list[Drift]:
-        """The figures of ``base`` the ledger contradicts: ``p_ok`` or a fault rate outside
-        its measured Wilson interval; ``latency_s`` outside the measured mean's 95% interval
-        and more than :data:`LATENCY_TOLERANCE` off it; for a profile with token prices,
-        ``prompt_tokens`` and ``completion_tokens`` likewise."""
+    def figures(self, base: ModelProfile) -> list[Figure]:
+        """The figures of ``base`` the ledger measures, each weighed against it: ``p_ok`` and
+        the fault rates (exact binomial tests, Wilson intervals); ``latency_s`` and, for a
+        profile with token prices, ``prompt_tokens`` and ``completion_tokens`` (the mean's
+        normal test and 95% interval; material past :data:`LATENCY_TOLERANCE`)."""
         out = []
         if self.p_ok is not None:
-            lo, hi = self.ci95
-            if not lo <= base.p_ok <= hi:
-                out.append(Drift("p_ok", base.p_ok, self.p_ok, (lo, hi)))
-        out += _mean_drift("latency_s", base.latency_s, self.latency_s)
+            out.append(Figure("p_ok", base.p_ok, self.p_ok, self.ci95,
+                              binomial_p(self.accepted, self.judged, base.p_ok),
+                              certain=base.p_ok == 1.0))  # fmt: skip
+        out += _mean_figure("latency_s", base.latency_s, self.latency_s)
         if base.usd_per_call is None:  # token prices: the counts set what a call costs
             for i, field in enumerate(("prompt_tokens", "completion_tokens")):
-                out += _mean_drift(field, getattr(base, field), [c[i] for c in self.token_counts])
+                out += _mean_figure(field, getattr(base, field), [c[i] for c in self.token_counts])
         late = cut(base.latency_s, base.latency_jitter, base.timeout_s)[0]
         for kind, field in FAULTS.items():
             if not self.sent:
                 break
             seen = self.outcomes.get(kind, 0)
-            lo, hi = wilson(seen, self.sent)
             given = getattr(base.faults, field)
             # the share the planner expects: the calls past timeout_s time out, before any fault
             share = late + (1.0 - late) * given if kind == "timeout" else (1.0 - late) * given
-            if not lo <= share <= hi:
-                out.append(Drift(f"faults.{field}", given, seen / self.sent, (lo, hi)))
+            out.append(Figure(f"faults.{field}", given, seen / self.sent, wilson(seen, self.sent),
+                              binomial_p(seen, self.sent, share), expected=share,
+                              certain=share in (0.0, 1.0)))  # fmt: skip
         return out
+
+    def drift(self, base: ModelProfile) -> list[Figure]:
+        """The figures of ``base`` the ledger contradicts (:meth:`figures`, :func:`judge`)."""
+        return judge(self.figures(base))
 
     def summary(self) -> dict[str, Any]:
         """The figures, for JSON and for the profile's ``calibration:`` block."""
@@ -239,15 +291,15 @@ def _mean_ci(values: Sequence[float]) -> tuple[float, float] | None:
     return max(mean - half, 0.0), mean + half
 
 
-def _mean_drift(field: str, given: float, values: Sequence[float]) -> list[Drift]:
-    """``given`` as drift where it lies outside the 95% interval of the mean of ``values``
-    and more than :data:`LATENCY_TOLERANCE` off that mean."""
+def _mean_figure(field: str, given: float, values: Sequence[float]) -> list[Figure]:
+    """``given`` weighed against the mean of ``values`` (none with fewer than two): material
+    where it is more than :data:`LATENCY_TOLERANCE` off that mean."""
     ci = _mean_ci(values)
     if ci is None:
         return []
     mean = statistics.fmean(values)
-    off = abs(given - mean) > max(ci[1] - mean, LATENCY_TOLERANCE * given)
-    return [Drift(field, given, mean, ci)] if off else []
+    return [Figure(field, given, mean, ci, mean_p(values, given),
+                   abs(given - mean) > LATENCY_TOLERANCE * given)]  # fmt: skip
 
 
 def _round(x: float | None, digits: int = 4) -> float | None:
@@ -371,17 +423,26 @@ class RouteFit:
         out[top] = round(1.0 - math.fsum(v for k, v in out.items() if k != top), 4)
         return out
 
-    def drift(self) -> list[Drift]:
-        """The branches whose spec ``share`` lies outside the measured interval."""
+    def figures(self) -> list[Figure]:
+        """Each branch's spec ``share`` weighed against the decisions: the exact binomial test
+        of the share of decisions the spec plans (its share of the classifier's right answers,
+        the first branch its misses too). Two branches are one test, weighed once, under the
+        second's name (the first's is what the second leaves)."""
+        if not self.total:
+            return []
+        first = next(iter(self.spec_shares))
         out = []
-        for label, given in self.spec_shares.items():
-            share = self.share(label)
-            if share is None:
-                continue
-            lo, hi = self.ci95(label)
-            if not lo <= given <= hi:
-                out.append(Drift(f"steps.{self.step}.route.{label}.share", given, share, (lo, hi)))
+        for label, given in list(self.spec_shares.items())[1 if len(self.spec_shares) == 2 else 0:]:
+            planned = self.p_ok * given + (1.0 - self.p_ok) * (label == first)
+            out.append(Figure(f"steps.{self.step}.route.{label}.share", given,
+                              self.share(label) or 0.0, self.ci95(label),
+                              binomial_p(self.decisions[label], self.total, planned),
+                              certain=planned in (0.0, 1.0)))  # fmt: skip
         return out
+
+    def drift(self) -> list[Figure]:
+        """The branches whose spec ``share`` the decisions contradict (:func:`judge`)."""
+        return judge(self.figures())
 
     def to_json(self) -> dict[str, Any]:
         """An entry of ``routes`` in ``calibrate --from-journal --json``."""
@@ -488,13 +549,13 @@ def fit_routes(
     return out
 
 
-def _share_drift(field: str, planned: float, k: int, n: int) -> list[Drift]:
-    """``planned`` as drift where it lies outside the Wilson interval of ``k`` in ``n`` (none
+def _share_figure(field: str, planned: float, k: int, n: int) -> list[Figure]:
+    """``planned`` weighed against ``k`` in ``n`` (exact binomial test, Wilson interval; none
     with ``n`` 0: nothing measured)."""
     if not n:
         return []
-    lo, hi = wilson(k, n)
-    return [] if lo <= planned <= hi else [Drift(field, planned, k / n, (lo, hi))]
+    return [Figure(field, planned, k / n, wilson(k, n), binomial_p(k, n, planned),
+                   certain=planned in (0.0, 1.0))]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,9 +597,13 @@ class CacheFit:
             return f"{self.field}={round(m, 4):g}"
         return f"steps.{self.step}.cached={{hit_rate: {round(m, 4):g}}}"
 
-    def drift(self) -> list[Drift]:
-        """The planned rate, where it lies outside the measured interval."""
-        return _share_drift(self.field, self.hit_rate, self.hits, self.runs)
+    def figures(self) -> list[Figure]:
+        """The planned rate weighed against the runs (none where no run reached the step)."""
+        return _share_figure(self.field, self.hit_rate, self.hits, self.runs)
+
+    def drift(self) -> list[Figure]:
+        """The planned rate, where the runs contradict it (:func:`judge`)."""
+        return judge(self.figures())
 
     def to_json(self) -> dict[str, Any]:
         """An entry of ``cached`` in ``calibrate --from-journal --json``."""
@@ -619,9 +684,13 @@ class StepFit:
         m = self.measured
         return None if m is None else f"{self.field}={max(round(m, 4), MIN_SHARE):g}"
 
-    def drift(self) -> list[Drift]:
-        """The planned ``p_ok``, where it lies outside the measured interval."""
-        return _share_drift(self.field, self.p_ok, self.accepted, self.judged)
+    def figures(self) -> list[Figure]:
+        """The planned ``p_ok`` weighed against the judged attempts (none where none was)."""
+        return _share_figure(self.field, self.p_ok, self.accepted, self.judged)
+
+    def drift(self) -> list[Figure]:
+        """The planned ``p_ok``, where the attempts contradict it (:func:`judge`)."""
+        return judge(self.figures())
 
     def to_json(self) -> dict[str, Any]:
         """An entry of ``steps`` in ``calibrate --from-journal --json``."""
@@ -744,32 +813,50 @@ class ModelFit:
     steps: tuple[StepFit, ...] = ()
     """The steps (and branches) on the model with a ``p_ok`` the profile's does not give."""
 
-    def drift(self) -> list[Drift]:
-        """Every figure, the profile's and the steps', the ledger contradicts."""
-        return [*self.fit.drift(self.base), *(d for r in self.routes for d in r.drift()),
-                *(d for c in self.cached for d in c.drift()),
-                *(d for f in self.steps for d in f.drift())]  # fmt: skip
+    def figures(self) -> list[Figure]:
+        """Every figure the ledger measures, the profile's and the steps'."""
+        return [*self.fit.figures(self.base), *(d for r in self.routes for d in r.figures()),
+                *(d for c in self.cached for d in c.figures()),
+                *(d for f in self.steps for d in f.figures())]  # fmt: skip
 
-    def set_flags(self) -> list[str]:
+    def drift(self) -> list[Figure]:
+        """The figures the ledger contradicts, all of this model's weighed together
+        (:func:`judge`; :func:`judge_models` weighs several models' at once)."""
+        return judge(self.figures())
+
+    def set_flags(self, drift: Sequence[Figure] | None = None) -> list[str]:
         """``--set PATH=VALUE`` that plan the spec with the steps' measured figures, where
-        the spec's lie outside them (a route's shares all together, so they add up to 1)."""
+        the ledger contradicts the spec's (``drift``, by default :meth:`drift`; a route's
+        shares all together, so they add up to 1)."""
+        off = {d.field for d in (self.drift() if drift is None else drift)}
         flags = []
         for r in self.routes:
             shares = r.shares()
-            if shares is not None and r.drift():
+            if shares is not None and any(f"steps.{r.step}.route.{label}.share" in off
+                                          for label in shares):  # fmt: skip
                 flags += [f"steps.{r.step}.route.{label}.share={v:g}" for label, v in shares.items()]
         guesses: list[CacheFit | StepFit] = [*self.cached, *self.steps]
         for one in guesses:
-            if one.drift() and (flag := one.set_flag()) is not None:
+            if one.field in off and (flag := one.set_flag()) is not None:
                 flags.append(flag)
         return flags
 
-    def to_json(self) -> dict[str, Any]:
-        """``calibrate --from-journal --json``, less the profile written."""
+    def to_json(self, drift: Sequence[Figure] | None = None) -> dict[str, Any]:
+        """``calibrate --from-journal --json``, less the profile written; ``drift``: this
+        model's, as the check weighed it (by default :meth:`drift`)."""
         return {**self.fit.summary(), "routes": [r.to_json() for r in self.routes],
                 "cached": [c.to_json() for c in self.cached],
                 "steps": [f.to_json() for f in self.steps],
-                "drift": [d.to_json() for d in self.drift()]}  # fmt: skip
+                "figures_weighed": len(weighed(self.figures())),
+                "drift": [d.to_json() for d in (self.drift() if drift is None else drift)]}  # fmt: skip
+
+
+def judge_models(fits: Mapping[str, ModelFit], alpha: float = ALPHA) -> dict[str, list[Figure]]:
+    """Each model's figures the ledger contradicts, every figure of every model weighed
+    together (:func:`judge`): one check, one chance ``alpha`` of a false alarm."""
+    pairs = [(m, f) for m, fit in fits.items() for f in fit.figures()]
+    off = set(map(id, judge([f for _, f in pairs], alpha)))
+    return {m: [f for name, f in pairs if name == m and id(f) in off] for m in fits}
 
 
 def fit_model(
@@ -798,16 +885,9 @@ class Measured:
     """Its 95% interval (None: a price, whose calls bill what their tokens say)."""
     n: int
     """How many calls, attempts, decisions or runs it is measured over."""
-    tolerance: float = 0.0
-    """A value this share of itself off :attr:`value` holds however sure the interval (a
-    latency's: :data:`LATENCY_TOLERANCE`, as its drift is judged)."""
-
-    def holds(self, value: float) -> bool:
-        """``value`` lies inside the interval (always, where there is none), or within
-        :attr:`tolerance` of the value measured: the ledger does not contradict it."""
-        if self.ci95 is None or abs(value - self.value) <= self.tolerance * value:
-            return True
-        return self.ci95[0] <= value <= self.ci95[1]
+    contradicted: bool = False
+    """The ledger contradicts the spec's guess: drift, as ``calibrate --from-journal
+    --check`` judges it (every figure of the spec's models weighed together)."""
 
     def to_json(self) -> dict[str, Any]:
         """``measured`` of a guess in ``trilemma sensitivity --from-journal --json``."""
@@ -820,31 +900,35 @@ def measured_guesses(journal: Journal, wf: Workflow) -> dict[str, Measured]:
     gives them (``MODEL.p_ok``, ``MODEL.latency_s``, ``MODEL.price``, ``steps.ID.p_ok``,
     ``steps.ID.route.LABEL.share``, ``steps.ID.route.LABEL.p_ok``,
     ``steps.ID.cached.hit_rate``): each model the journal holds calls of fitted as
-    :func:`fit_model` fits it. A guess the ledger cannot tell is left out."""
+    :func:`fit_model` fits it, and judged as :func:`judge_models` judges them all. A guess
+    the ledger cannot tell is left out."""
     called = set(journal.models_called())
     specs = JournalCache(journal)
+    fits = {name: fit_model(journal, name, profile, wf, specs)
+            for name, profile in wf.models.items() if name in called}  # fmt: skip
+    off = {(name, d.field) for name, ds in judge_models(fits).items() for d in ds}
     out: dict[str, Measured] = {}
-    for name, profile in wf.models.items():
-        if name not in called:
-            continue
-        m = fit_model(journal, name, profile, wf, specs)
+    for name, m in fits.items():
         f = m.fit
         if f.p_ok is not None:
-            out[f"{name}.p_ok"] = Measured(f.p_ok, f.ci95, f.judged)
+            out[f"{name}.p_ok"] = Measured(f.p_ok, f.ci95, f.judged, (name, "p_ok") in off)
         mean, n = f.latency_mean_s, len(f.latency_s)
         if mean is not None:
-            out[f"{name}.latency_s"] = Measured(mean, _mean_ci(f.latency_s), n, LATENCY_TOLERANCE)
+            out[f"{name}.latency_s"] = Measured(mean, _mean_ci(f.latency_s), n,
+                                                (name, "latency_s") in off)  # fmt: skip
         if f.cost_usd is not None:
             out[f"{name}.price"] = Measured(f.cost_usd, None, n)
-        for r in m.routes:
+        for r in m.routes:  # a route drifts whole: its shares add up to 1
+            drifted = any((name, x.field) in off for x in r.figures())
             for label in r.spec_shares:
                 share = r.share(label)
                 if share is not None:
-                    out[f"steps.{r.step}.route.{label}.share"] = Measured(share, r.ci95(label), r.total)
+                    out[f"steps.{r.step}.route.{label}.share"] = Measured(
+                        share, r.ci95(label), r.total, drifted)  # fmt: skip
         for c in m.cached:
             if c.measured is not None:
-                out[c.field] = Measured(c.measured, c.ci95, c.runs)
+                out[c.field] = Measured(c.measured, c.ci95, c.runs, (name, c.field) in off)
         for s in m.steps:
             if s.measured is not None:
-                out[s.field] = Measured(s.measured, s.ci95, s.judged)
+                out[s.field] = Measured(s.measured, s.ci95, s.judged, (name, s.field) in off)
     return out

@@ -28,7 +28,15 @@ from trilemma.report.fitted import FittedTable
 
 if TYPE_CHECKING:  # types only: `trilemma runs` reads a journal without the planner or experiments
     from trilemma.experiments.compare import Contender
-    from trilemma.experiments.fit import CacheFit, Drift, LedgerFit, Measured, RouteFit, StepFit
+    from trilemma.experiments.fit import (
+        CacheFit,
+        Drift,
+        Figure,
+        LedgerFit,
+        Measured,
+        RouteFit,
+        StepFit,
+    )
     from trilemma.experiments.sweep import Sweep
     from trilemma.plan.estimate import Estimate
     from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
@@ -618,12 +626,23 @@ def plan_set_line(flags: Sequence[str], spec: str) -> str:
             f"{set_flags(flags)} (or edit it into the spec)")
 
 
-def drift_lines(drift: Sequence[Drift], model: str) -> list[str]:
-    """What the ledger contradicts in a profile, a line each; or that it contradicts nothing."""
+def drift_lines(
+    drift: Sequence[Drift], model: str, figures: Sequence[Figure] = (), weighed: int = 0
+) -> list[str]:
+    """What the ledger contradicts in a profile, a line each; or that it contradicts nothing.
+    ``figures``: the model's figures weighed, of ``weighed`` in the check: those outside their
+    own 95% interval that are not drift are named, as chance."""
+    off = {d.field for d in drift}
+    lines = [f"drift: {d.field} is {d.profile:g} in the spec; the ledger measured "
+             f"{d.measured:.4g} [{d.ci95[0]:.4g}, {d.ci95[1]:.4g}] (p = {d.p_value:.2g})"
+             for d in drift]  # fmt: skip
     if not drift:
-        return [f"no drift: every figure of {model!r} lies inside what the ledger measured"]
-    return [f"drift: {d.field} is {d.profile:g} in the spec; the ledger measured "
-            f"{d.measured:.4g} [{d.ci95[0]:.4g}, {d.ci95[1]:.4g}]" for d in drift]  # fmt: skip
+        lines.append(f"no drift: the ledger contradicts no figure of {model!r}")
+    lines += [f"{f.field}: {f.profile:g} lies outside the 95% interval [{f.ci95[0]:.4g}, "
+              f"{f.ci95[1]:.4g}] (p = {f.p_value:.2g}), which chance explains: not drift "
+              f"({counted(weighed, 'figure')} weighed at once by Holm's test, 5% in all)"
+              for f in figures if f.outside and f.field not in off]  # fmt: skip
+    return lines
 
 
 def hedge_table(rows: Sequence[Threshold], model: str) -> Table:
@@ -691,7 +710,7 @@ def sensitivity_table(
             m = measured.get(g.name)
             cell = "-" if m is None else shown(m.value) + (
                 "" if m.ci95 is None else f" [{shown(m.ci95[0])}, {shown(m.ci95[1])}]")
-            outside = m is not None and not m.holds(g.value)
+            outside = m is not None and m.contradicted
             off += outside
             row.append(Text(cell + (" !" if outside else ""), style="red" if outside else ""))
         t.add_row(
