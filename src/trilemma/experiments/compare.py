@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from statistics import NormalDist
+from dataclasses import dataclass, replace
+from statistics import NormalDist, stdev
 from typing import Any
 
 from trilemma.errors import UsageError
+from trilemma.experiments.fit import Figure, judge
 from trilemma.experiments.trials import (
     JournalRef,
     Successes,
@@ -37,13 +38,14 @@ from trilemma.experiments.trials import (
     opened,
     repeat,
 )
-from trilemma.plan.agreement import off_plan
+from trilemma.plan.agreement import OFF_PLAN_RUNS, OFF_PLAN_SHARE, Z95, binomial_p, mean_p
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.plan.simulate import SimResult, under_budget
 from trilemma.run.session import check_inputs
 from trilemma.spec import Workflow
 
-__all__ = ["Contender", "compare", "inputs_of", "refuse_unread", "runs_to_tell_apart"]
+__all__ = ["Contender", "compare", "inputs_of", "judge_contenders", "refuse_unread",
+           "runs_to_tell_apart"]  # fmt: skip
 
 ALIKE = 1e-4
 """Success rates predicted closer than this are alike: no number of runs is worth it."""
@@ -81,6 +83,10 @@ class Contender(Successes):
     """The spec's models served by real endpoints (the others are simulated)."""
     costs: tuple[float, ...] = ()
     """Each run's dollars, in the order run."""
+    off: tuple[str, ...] | None = None
+    """The figures (``success``, ``cost``) the runs contradict, every figure of one compare
+    weighed together (:func:`judge_contenders`); None: not judged with others, so
+    :attr:`off_prediction` and :attr:`cost_off_prediction` weigh this one's alone."""
 
     @property
     def budgeted(self) -> bool:
@@ -102,28 +108,47 @@ class Contender(Successes):
         lo, hi = self.ci95
         return lo / self.cost_mean, hi / self.cost_mean
 
+    def figures(self) -> list[Figure]:
+        """The runs' success (the exact binomial test of ``ok`` in ``runs`` against the
+        predicted success, the Monte Carlo's) and, over :data:`OFF_PLAN_RUNS` runs or more,
+        their mean cost (the normal test of the mean against the Monte Carlo's, whose runs halt
+        and stop as the executor's do; material more than :data:`OFF_PLAN_SHARE` off), each
+        weighed against the prediction.
+
+        On the simulator the runs draw from the spec's own figures, so a miss is chance (the
+        specs of one compare share their draws where their steps' names agree, so they miss
+        together); on a real endpoint it says the spec's figures are off.
+        """
+        predicted = self.simulated.success_rate
+        out = [Figure("success", predicted, self.success_rate, self.ci95,
+                      binomial_p(self.ok, self.runs, predicted), certain=predicted in (0.0, 1.0))]  # fmt: skip
+        planned = self.simulated.cost_usd.mean
+        if len(self.costs) >= OFF_PLAN_RUNS:
+            spread = Z95 * stdev(self.costs) / math.sqrt(len(self.costs))
+            out.append(Figure("cost", planned, self.cost_mean,
+                              (self.cost_mean - spread, self.cost_mean + spread),
+                              mean_p(self.costs, planned),
+                              abs(self.cost_mean - planned) > OFF_PLAN_SHARE * planned))  # fmt: skip
+        return out
+
+    def _off(self, field: str) -> str | None:
+        off = self.off if self.off is not None else tuple(f.field for f in judge(self.figures()))
+        if field not in off:
+            return None
+        f = next(f for f in self.figures() if f.field == field)
+        return "below" if f.measured < f.profile else "above"
+
     @property
     def off_prediction(self) -> str | None:
-        """``"below"`` or ``"above"`` where the measured success's 95% interval lies below or
-        above the predicted success (the Monte Carlo's); None where it holds it.
-
-        On the simulator the runs draw from the spec's own figures, so a miss is chance
-        (about one time in 20; the specs of one compare share their draws where their steps'
-        names agree, so they miss together); on a real endpoint it says the spec's figures
-        are off.
-        """
-        lo, hi = self.ci95
-        predicted = self.simulated.success_rate
-        return "below" if hi < predicted else "above" if lo > predicted else None
+        """``"below"`` or ``"above"`` where the runs' success contradicts the predicted
+        (:meth:`figures`, weighed as :attr:`off` says); None where it does not."""
+        return self._off("success")
 
     @property
     def cost_off_prediction(self) -> str | None:
-        """``"above"`` or ``"below"`` where the runs' mean cost is more than 10% off the
-        predicted (the Monte Carlo's mean, whose runs halt and stop as the executor's do) and
-        outside its own 95% interval (:func:`~trilemma.plan.agreement.off_plan`; 20 runs at
-        least); None where it is not. As with success, a miss on the simulator is chance."""
-        off = off_plan(self.costs, self.simulated.cost_usd.mean)
-        return None if off is None else "above" if off[0] > off[1] else "below"
+        """``"above"`` or ``"below"`` where the runs' mean cost contradicts the predicted
+        (:meth:`figures`, weighed as :attr:`off` says); None where it does not."""
+        return self._off("cost")
 
     def runs_against(self, other: Contender) -> int | None:
         """Runs of each that would tell this spec's success from ``other``'s, at the
@@ -152,6 +177,7 @@ class Contender(Successes):
                 else [round(q[0], 12), round(q[1], 12)],
                 "success_vs_predicted": self.off_prediction or "within",
                 "cost_vs_predicted": self.cost_off_prediction or "within",
+                **{f"{f.field}_p_value": float(f"{f.p_value:.4g}") for f in self.figures()},
             },
             "predicted": {
                 "reliability": p.reliability,
@@ -203,7 +229,18 @@ def compare(
             got = repeat(wf, runs, j, seed=seed, time_scale=time_scale, source=name, tick=tick,
                          inputs=own[name])  # fmt: skip
             out.append(_contender(name, wf, got))
-    return out
+    return judge_contenders(out)
+
+
+def judge_contenders(rows: Sequence[Contender]) -> list[Contender]:
+    """``rows`` with :attr:`~Contender.off` set: every contender's success and cost weighed
+    together (:func:`~trilemma.experiments.fit.judge`, Holm's test at 5%), so that when the
+    planner is right about every spec of a compare, the chance that any is called off stays
+    at 5%, however many specs it measures."""
+    pairs = [(i, f) for i, r in enumerate(rows) for f in r.figures()]
+    off = set(map(id, judge([f for _, f in pairs])))
+    return [replace(r, off=tuple(f.field for j, f in pairs if j == i and id(f) in off))
+            for i, r in enumerate(rows)]  # fmt: skip
 
 
 def refuse_unread(

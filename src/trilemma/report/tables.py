@@ -1550,8 +1550,8 @@ def _off_prediction(r: Contender, journal: str | Path) -> str:
     said = []
     if r.off_prediction:
         said.append(f"measured success {_with_ci(r.success_rate, r.ci95)} is {r.off_prediction} "
-                    f"the planner's {_pct(r.simulated.success_rate)}, which the 95% interval "
-                    "does not hold")  # fmt: skip
+                    f"the planner's {_pct(r.simulated.success_rate)}, more than chance "
+                    "explains")  # fmt: skip
     if r.cost_off_prediction:
         planned = r.simulated.cost_usd.mean
         ratio = f" ({r.cost_mean / planned:.2f}x)" if planned > 0 else ""
