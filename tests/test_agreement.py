@@ -51,6 +51,8 @@ def test_the_mean_s_p_value() -> None:
     assert mean_p(values, 1.0 + 1.959964 * se) == pytest.approx(0.05, abs=1e-6)
     assert mean_p([2.0], 1.0) == 1.0  # one value: no spread to weigh it by
     assert mean_p([2.0, 2.0], 2.0) == 1.0 and mean_p([2.0, 2.0], 1.0) == 0.0
+    # a Monte Carlo's mean of calls that all cost $0.03 is 0.03000000000000001
+    assert mean_p([0.03] * 40, 0.03000000000000001) == 1.0
 
 
 def test_holm_keeps_the_chance_of_any_false_alarm_at_its_level() -> None:

@@ -120,8 +120,8 @@ def mean_p(values: Sequence[float], given: float) -> float:
         return 1.0
     mean = statistics.fmean(values)
     se = statistics.stdev(values) / math.sqrt(len(values))
-    if se == 0.0:
-        return 1.0 if mean == given else 0.0
+    if se == 0.0:  # every value alike: agreement up to float rounding, or none
+        return 1.0 if math.isclose(mean, given, rel_tol=1e-9, abs_tol=1e-15) else 0.0
     return math.erfc(abs(mean - given) / se / math.sqrt(2.0))
 
 
