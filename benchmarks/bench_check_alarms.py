@@ -62,9 +62,10 @@ def trial(truth: Workflow, claimed: Workflow, runs: int, seed: int) -> tuple[set
         called = set(journal.models_called())
         fits = {m: fit_model(journal, m, p, claimed, cache)
                 for m, p in claimed.models.items() if m in called}  # fmt: skip
-        figures = [f for fit in fits.values() for f in fit.figures()]
+        by_model = {m: fit.figures() for m, fit in fits.items()}
+        figures = [f for figs in by_model.values() for f in figs]
         apart = {f.field for f in figures if f.outside}
-        together = {d.field for ds in judge_models(fits).values() for d in ds}
+        together = {d.field for ds in judge_models(by_model).values() for d in ds}
         journal.close()
     return apart, together, sum(not f.certain for f in figures)
 

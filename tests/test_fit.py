@@ -666,8 +666,8 @@ def test_one_check_weighs_every_model_s_figures_together() -> None:
     assert [(f.p_value, f.certain) for f in faults] == [(1.0, True)] * 3
     one = ModelFit(fit, base)
     assert [d.field for d in one.drift()] == ["p_ok"]
-    assert judge_models({"a": one, "b": one}) == {"a": [], "b": []}
-    assert judge_models({"a": one}) == {"a": one.drift()}
+    assert judge_models({"a": one.figures(), "b": one.figures()}) == {"a": [], "b": []}
+    assert judge_models({"a": one.figures()}) == {"a": one.drift()}
 
 
 def test_a_figure_outside_its_interval_but_not_drift_is_named_as_chance() -> None:

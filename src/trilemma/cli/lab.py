@@ -262,8 +262,8 @@ def _fit_ledger(
             fits = {m: fit_model(journal, m, wf.models[m], wf, specs) for m in names}
     profiles = {m: f.fit.profile(f.base) for m, f in fits.items()}
     text = _profile_yaml(profiles, out)
-    drift = judge_models(fits)  # one check: every figure of every model weighed together
     figures = {m: f.figures() for m, f in fits.items()}
+    drift = judge_models(figures)  # one check: every figure of every model weighed together
     chance = sum(len(weighed(f)) for f in figures.values())
     if as_json:
         if model is not None:

@@ -23,11 +23,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from statistics import NormalDist, stdev
+from statistics import NormalDist
 from typing import Any
 
 from trilemma.errors import UsageError
-from trilemma.experiments.fit import Figure, judge
+from trilemma.experiments.fit import Figure, judge, mean_figure
 from trilemma.experiments.trials import (
     JournalRef,
     Successes,
@@ -38,7 +38,7 @@ from trilemma.experiments.trials import (
     opened,
     repeat,
 )
-from trilemma.plan.agreement import OFF_PLAN_RUNS, OFF_PLAN_SHARE, Z95, binomial_p, mean_p
+from trilemma.plan.agreement import OFF_PLAN_RUNS, OFF_PLAN_SHARE, binomial_p
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.plan.simulate import SimResult, under_budget
 from trilemma.run.session import check_inputs
@@ -122,21 +122,15 @@ class Contender(Successes):
         predicted = self.simulated.success_rate
         out = [Figure("success", predicted, self.success_rate, self.ci95,
                       binomial_p(self.ok, self.runs, predicted), certain=predicted in (0.0, 1.0))]  # fmt: skip
-        planned = self.simulated.cost_usd.mean
         if len(self.costs) >= OFF_PLAN_RUNS:
-            spread = Z95 * stdev(self.costs) / math.sqrt(len(self.costs))
-            out.append(Figure("cost", planned, self.cost_mean,
-                              (self.cost_mean - spread, self.cost_mean + spread),
-                              mean_p(self.costs, planned),
-                              abs(self.cost_mean - planned) > OFF_PLAN_SHARE * planned))  # fmt: skip
+            out += mean_figure("cost", self.simulated.cost_usd.mean, self.costs, OFF_PLAN_SHARE)
         return out
 
     def _off(self, field: str) -> str | None:
-        off = self.off if self.off is not None else tuple(f.field for f in judge(self.figures()))
-        if field not in off:
-            return None
-        f = next(f for f in self.figures() if f.field == field)
-        return "below" if f.measured < f.profile else "above"
+        figures = self.figures()
+        off = self.off if self.off is not None else tuple(f.field for f in judge(figures))
+        f = next((f for f in figures if f.field == field and field in off), None)
+        return None if f is None else "below" if f.measured < f.profile else "above"
 
     @property
     def off_prediction(self) -> str | None:

@@ -48,8 +48,8 @@ from trilemma.spec import ModelProfile, Step, Workflow
 
 __all__ = ["CacheFit", "Drift", "Figure", "JournalCache", "LedgerFit", "Measured", "ModelFit",
            "RouteFit", "StepFit", "fit_cached", "fit_from_journal", "fit_model", "fit_routes",
-           "fit_steps", "judge", "judge_models", "measured_guesses", "own_p_ok_calls",
-           "require_calls", "runs_alike", "weighed"]
+           "fit_steps", "judge", "judge_models", "mean_figure", "measured_guesses",
+           "own_p_ok_calls", "require_calls", "runs_alike", "weighed"]
 
 ANSWERED = ("ok", "rejected")
 LATENCY_TOLERANCE = 0.10
@@ -217,10 +217,10 @@ class LedgerFit:
             out.append(Figure("p_ok", base.p_ok, self.p_ok, self.ci95,
                               binomial_p(self.accepted, self.judged, base.p_ok),
                               certain=base.p_ok == 1.0))  # fmt: skip
-        out += _mean_figure("latency_s", base.latency_s, self.latency_s)
+        out += mean_figure("latency_s", base.latency_s, self.latency_s)
         if base.usd_per_call is None:  # token prices: the counts set what a call costs
             for i, field in enumerate(("prompt_tokens", "completion_tokens")):
-                out += _mean_figure(field, getattr(base, field), [c[i] for c in self.token_counts])
+                out += mean_figure(field, getattr(base, field), [c[i] for c in self.token_counts])
         late = cut(base.latency_s, base.latency_jitter, base.timeout_s)[0]
         for kind, field in FAULTS.items():
             if not self.sent:
@@ -291,15 +291,18 @@ def _mean_ci(values: Sequence[float]) -> tuple[float, float] | None:
     return max(mean - half, 0.0), mean + half
 
 
-def _mean_figure(field: str, given: float, values: Sequence[float]) -> list[Figure]:
-    """``given`` weighed against the mean of ``values`` (none with fewer than two): material
-    where it is more than :data:`LATENCY_TOLERANCE` off that mean."""
+def mean_figure(
+    field: str, given: float, values: Sequence[float], tolerance: float = LATENCY_TOLERANCE
+) -> list[Figure]:
+    """``given`` weighed against the mean of ``values`` (the normal test of the mean, its 95%
+    interval; none with fewer than two): material where it is more than ``tolerance`` of
+    itself off that mean."""
     ci = _mean_ci(values)
     if ci is None:
         return []
     mean = statistics.fmean(values)
     return [Figure(field, given, mean, ci, mean_p(values, given),
-                   abs(given - mean) > LATENCY_TOLERANCE * given)]  # fmt: skip
+                   abs(given - mean) > tolerance * given)]  # fmt: skip
 
 
 def _round(x: float | None, digits: int = 4) -> float | None:
@@ -851,12 +854,15 @@ class ModelFit:
                 "drift": [d.to_json() for d in (self.drift() if drift is None else drift)]}  # fmt: skip
 
 
-def judge_models(fits: Mapping[str, ModelFit], alpha: float = ALPHA) -> dict[str, list[Figure]]:
-    """Each model's figures the ledger contradicts, every figure of every model weighed
-    together (:func:`judge`): one check, one chance ``alpha`` of a false alarm."""
-    pairs = [(m, f) for m, fit in fits.items() for f in fit.figures()]
+def judge_models(
+    figures: Mapping[str, Sequence[Figure]], alpha: float = ALPHA
+) -> dict[str, list[Figure]]:
+    """Of each model's ``figures`` (:meth:`ModelFit.figures`), those the ledger contradicts,
+    every figure of every model weighed together (:func:`judge`): one check, one chance
+    ``alpha`` of a false alarm."""
+    pairs = [(m, f) for m, figs in figures.items() for f in figs]
     off = set(map(id, judge([f for _, f in pairs], alpha)))
-    return {m: [f for name, f in pairs if name == m and id(f) in off] for m in fits}
+    return {m: [f for name, f in pairs if name == m and id(f) in off] for m in figures}
 
 
 def fit_model(
@@ -906,7 +912,8 @@ def measured_guesses(journal: Journal, wf: Workflow) -> dict[str, Measured]:
     specs = JournalCache(journal)
     fits = {name: fit_model(journal, name, profile, wf, specs)
             for name, profile in wf.models.items() if name in called}  # fmt: skip
-    off = {(name, d.field) for name, ds in judge_models(fits).items() for d in ds}
+    judged = judge_models({name: m.figures() for name, m in fits.items()})
+    off = {(name, d.field) for name, ds in judged.items() for d in ds}
     out: dict[str, Measured] = {}
     for name, m in fits.items():
         f = m.fit
