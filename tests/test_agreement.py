@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from trilemma.plan.agreement import binomial_p, holm, mean_p
+from trilemma.plan.agreement import binomial_p, holm, mean_p, off_plan
 
 
 def _brute(k: int, n: int, p: float) -> float:
@@ -68,3 +68,35 @@ def test_holm_keeps_the_chance_of_any_false_alarm_at_its_level() -> None:
     assert apart / checks > 0.35 and together / checks <= 0.06
     assert holm([]) == [] and holm([0.0, 1.0]) == [True, False]
     assert holm([0.01, 0.02, 0.04]) == [True, True, True]  # 0.01<=0.0167, 0.02<=0.025, 0.04<=0.05
+
+
+def test_a_batch_s_success_is_off_the_plan_no_more_often_than_chance_says() -> None:
+    """Summed over every count of runs ok: the 99% Wilson interval a batch used to read called
+    one miss in twenty runs of a debate planned at 0.995 off, which 9.5% of honest batches
+    see; the exact test, at most 5% of them, at any size and plan."""
+    assert off_plan([0.01] * 20, 19, None, 0.995) == (None, None)
+    for n in (20, 30, 60, 100):
+        for p in (0.9, 0.99, 0.995):
+            alarms = math.fsum(math.comb(n, k) * p**k * (1 - p) ** (n - k)
+                               for k in range(n + 1) if off_plan([0.01] * n, k, None, p)[1])  # fmt: skip
+            assert alarms <= 0.05, (n, p, alarms)
+
+
+def test_a_batch_s_cost_and_success_are_weighed_together() -> None:
+    """18 of 20 runs ok at 0.99 planned (p 0.034) is off weighed alone, not beside the cost
+    (Holm's first mark: 2.5%); 17 of 20 (p 0.0021) is off either way. Honest batches whose
+    runs' costs are skewed (a retry doubles a bill) called one of the two off 8.5% of the
+    time, each test apart; together, 5%."""
+    alone = off_plan([0.01] * 20, 18, None, 0.99)[1]
+    assert alone is not None and alone.p_value == pytest.approx(0.0338, abs=1e-4)
+    assert off_plan([0.01] * 20, 18, 0.01, 0.99) == (None, None)
+    assert off_plan([0.01] * 20, 17, 0.01, 0.99)[1] == (0.85, 0.99, pytest.approx(0.0021, abs=1e-4))
+    assert off_plan([0.01] * 19, 5, 0.02, 0.99) == (None, None)  # too few runs to weigh
+    assert off_plan([0.01] * 20, 19, 0.01, 1.0)[1] == (0.95, 1.0, 0.0)  # planned never to fail
+    rng = random.Random(3)
+    batches, alarms = 4_000, 0
+    for _ in range(batches):
+        costs = [rng.expovariate(100.0) for _ in range(40)]  # $0.01 a run on average
+        ok = sum(rng.random() < 0.9 for _ in range(40))
+        alarms += off_plan(costs, ok, 0.01, 0.9) != (None, None)
+    assert alarms / batches <= 0.055

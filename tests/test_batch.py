@@ -785,8 +785,7 @@ def test_runs_that_cost_what_was_planned_say_nothing_more(tmp_path: Path) -> Non
         inputs = [{"question": f"q{i}"} if wf.inputs else {} for i in range(n)]
         journal = Journal(tmp_path / f"{name}.db")
         r = run_batch(wf, inputs, journal=journal, seed=1, parallel=20)
-        assert r.cost_off_plan() is None, (name, r.cost_usd / n, r.predicted.cost_expected)
-        assert r.success_off_plan() is None, (name, r.count("ok"), r.predicted.reliability)
+        assert r.off_plan() == (None, None), (name, r.cost_usd / n, r.count("ok"), r.predicted)
         assert "The runs cost" not in batch_report(journal, r.batch_id)  # nor its page
 
 
@@ -804,22 +803,23 @@ def test_only_runs_that_went_to_their_end_are_weighed_against_the_plan(tmp_path:
                            predicted, "j.db")  # fmt: skip
 
     dear = [LineResult(i, "ok", f"r{i}", 0.02) for i in range(1, 21)]
-    assert batch(*dear).cost_off_plan() == (pytest.approx(0.02), 0.01)
-    assert batch(*dear[:19]).cost_off_plan() is None
+    assert batch(*dear).off_plan() == ((pytest.approx(0.02), 0.01, 0.0), None)
+    assert batch(*dear[:19]).off_plan() == (None, None)
     stopped = LineResult(21, "budget_exhausted", "r21", 0.02)
-    assert batch(*dear, stopped).cost_off_plan() is None
+    assert batch(*dear, stopped).off_plan() == (None, None)
     earlier = [LineResult(i, "ok", f"e{i}", 0.02, from_journal=True) for i in range(21, 30)]
-    assert batch(*dear[:19], *earlier).cost_off_plan() is None
+    assert batch(*dear[:19], *earlier).off_plan() == (None, None)
     near = [LineResult(i, "ok", f"r{i}", 0.0105) for i in range(1, 21)]  # 5% over: not off
-    assert batch(*near).cost_off_plan() is None
+    assert batch(*near).off_plan() == (None, None)
     assert batch(*dear).to_json()["cost_off_plan"] == {"measured_per_run": pytest.approx(0.02),
-                                                       "planned_per_run": 0.01}  # fmt: skip
+                                                       "planned_per_run": 0.01, "p_value": 0.0}  # fmt: skip
     assert batch(*near).to_json()["cost_off_plan"] is None
     failing = [LineResult(i, "ok" if i % 2 else "failed", f"r{i}", 0.01) for i in range(1, 21)]
-    assert batch(*failing).success_off_plan() == (0.5, 1.0)  # planned: every run ok
-    assert batch(*failing).to_json()["success_off_plan"] == {"measured": 0.5, "planned": 1.0}
-    assert batch(*failing, stopped).success_off_plan() is None
-    assert batch(*dear).success_off_plan() is None and batch(*dear).to_json()["success_off_plan"] is None
+    assert batch(*failing).off_plan() == (None, (0.5, 1.0, 0.0))  # planned: every run ok
+    assert batch(*failing).to_json()["success_off_plan"] == {"measured": 0.5, "planned": 1.0,
+                                                             "p_value": 0.0}  # fmt: skip
+    assert batch(*failing, stopped).off_plan() == (None, None)
+    assert batch(*dear).to_json()["success_off_plan"] is None
 
 
 def test_runs_that_fail_more_than_planned_say_which_guess_to_check(tmp_path: Path, cli) -> None:
@@ -839,8 +839,8 @@ def test_runs_that_fail_more_than_planned_say_which_guess_to_check(tmp_path: Pat
         r = cli("batch", spec, "--inputs", lines, "--journal", db)
     assert r.code == 1
     out = " ".join(r.out.split())
-    assert ("50.00% of the runs ended ok against 99.00% planned, outside the 99% interval of "
-            "what they measured: a guess of the spec is off.") in out  # fmt: skip
+    assert ("50.00% of the runs ended ok against 99.00% planned, more than chance explains "
+            "(p = 3.4e-15): a guess of the spec is off.") in out  # fmt: skip
     assert "The runs cost" not in out  # each run made its one call, as planned
     check = cli("calibrate", "--from-journal", db, "--check", "--json")  # the command it names
     assert check.code == 1 and "p_ok" in {d["field"] for d in check.json()["drift"]}
@@ -858,11 +858,13 @@ steps:
 
 
 def test_a_batch_off_in_cost_and_success_says_both_in_one_line() -> None:
+    from trilemma.plan.agreement import OffPlan
     from trilemma.report.tables import off_plan_line
 
-    line = off_plan_line((0.02, 0.01), (0.5, 0.99), "j.db")
+    line = off_plan_line(OffPlan(0.02, 0.01, 0.0), OffPlan(0.5, 0.99, 1.7e-25), "j.db")
     assert line.startswith("The runs cost $0.0200 each against $0.0100 planned (2.00x), more than "
                            "their spread explains; 50.00% of them ended ok")  # fmt: skip
     assert line.endswith("`trilemma calibrate --from-journal j.db --check` names those the ledger "
                          "contradicts.")  # fmt: skip
-    assert off_plan_line(None, (0.5, 0.99), "j.db").startswith("50.00% of the runs ended ok")
+    assert off_plan_line(None, OffPlan(0.5, 0.99, 1.7e-25), "j.db").startswith(
+        "50.00% of the runs ended ok against 99.00% planned, more than chance explains (p = 1.7e-25)")

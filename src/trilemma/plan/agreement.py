@@ -7,14 +7,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from typing import NamedTuple
 
-__all__ = ["ALPHA", "OFF_PLAN_RUNS", "OFF_PLAN_SHARE", "Z95", "Z99", "binomial_p", "holm", "mean_p",
-           "off_plan", "success_off_plan", "wilson"]  # fmt: skip
+__all__ = ["ALPHA", "OFF_PLAN_RUNS", "OFF_PLAN_SHARE", "Z95", "OffPlan", "binomial_p", "holm",
+           "mean_p", "off_plan", "wilson"]  # fmt: skip
 
 Z95 = 1.959964
 """The normal quantile of a two-sided 95% interval."""
-Z99 = 2.575829
-"""The normal quantile of a two-sided 99% interval."""
 ALPHA = 0.05
 """The chance, when every figure weighed holds, that :func:`holm` calls any of them off."""
 OFF_PLAN_RUNS = 20
@@ -23,38 +22,56 @@ OFF_PLAN_SHARE = 0.10
 """A mean off the plan by less than this share of it is not called off, however sure."""
 
 
-def off_plan(costs: Sequence[float], planned: float) -> tuple[float, float] | None:
-    """``(mean, planned)`` where runs that went to their end measured ``costs`` and their
-    mean is more than :data:`OFF_PLAN_SHARE` off ``planned`` and outside its own 95%
-    interval; None where it is not, or with fewer than :data:`OFF_PLAN_RUNS` runs.
+class OffPlan(NamedTuple):
+    """A figure of runs that the plan does not explain."""
 
-    >>> off_plan([0.02] * 20, 0.01)
-    (0.02, 0.01)
-    >>> off_plan([0.0105] * 20, 0.01) is None  # 5% over
-    True
+    measured: float
+    """What the runs measured: their mean cost, or the share of them ok."""
+    planned: float
+    """What the planner said of it."""
+    p_value: float
+    """The chance of runs at least this far off were the plan right (0: it cannot be)."""
+
+
+def off_plan(
+    costs: Sequence[float], ok: int, cost_planned: float | None, success_planned: float | None,
+    alpha: float = ALPHA,
+) -> tuple[OffPlan | None, OffPlan | None]:  # fmt: skip
+    """``(cost, success)`` of runs that went to their end, each where the plan does not
+    explain it, else None: ``costs`` their bills, ``ok`` how many succeeded. Both are weighed
+    at once by Holm's test (:func:`holm`), so when the plan is right about both the chance
+    that either is called off stays at most ``alpha``. The cost is the normal test of the
+    runs' mean against ``cost_planned`` a run, called off only where it is also more than
+    :data:`OFF_PLAN_SHARE` off; the success the exact binomial test against
+    ``success_planned`` (planned at 0 or 1, any run against it contradicts it outright and
+    it is not weighed). Neither with fewer than :data:`OFF_PLAN_RUNS` runs; a figure
+    planned as None is not weighed.
+
+    >>> off_plan([0.02] * 20, 20, 0.01, 1.0)[0]
+    OffPlan(measured=0.02, planned=0.01, p_value=0.0)
+    >>> off_plan([0.0105] * 20, 20, 0.01, 1.0)  # 5% over, every run ok
+    (None, None)
+    >>> off_plan([0.01] * 20, 12, 0.01, 0.99)[1].measured
+    0.6
     """
-    if len(costs) < OFF_PLAN_RUNS:
-        return None
-    mean = math.fsum(costs) / len(costs)
-    spread = Z95 * statistics.stdev(costs) / math.sqrt(len(costs))
-    return (mean, planned) if abs(mean - planned) > max(spread, OFF_PLAN_SHARE * planned) else None
-
-
-def success_off_plan(ok: int, runs: int, planned: float) -> tuple[float, float] | None:
-    """``(share ok, planned)`` where ``ok`` of ``runs`` that went to their end succeeded and
-    the planned chance lies outside the 99% Wilson interval of that share (a plan that holds
-    is called off one batch in a hundred, not one in twenty); None where it does not, or with
-    fewer than :data:`OFF_PLAN_RUNS` runs.
-
-    >>> success_off_plan(12, 20, 0.99)
-    (0.6, 0.99)
-    >>> success_off_plan(19, 20, 0.99) is None
-    True
-    """
+    runs = len(costs)
     if runs < OFF_PLAN_RUNS:
-        return None
-    lo, hi = wilson(ok, runs, Z99)
-    return None if lo <= planned <= hi else (ok / runs, planned)
+        return None, None
+    cost = success = None
+    if cost_planned is not None:
+        mean = math.fsum(costs) / runs
+        cost = OffPlan(mean, cost_planned, mean_p(costs, cost_planned))
+    if success_planned is not None:
+        success = OffPlan(ok / runs, success_planned, binomial_p(ok, runs, success_planned))
+    certain = success is not None and success_planned in (0.0, 1.0)
+    chance = [f for f in (cost, None if certain else success) if f is not None]
+    off = {id(f) for f, o in zip(chance, holm([f.p_value for f in chance], alpha), strict=True) if o}
+    if cost is not None and (id(cost) not in off
+                             or abs(cost.measured - cost.planned) <= OFF_PLAN_SHARE * cost.planned):
+        cost = None
+    if success is not None and not (id(success) in off or (certain and success.p_value == 0.0)):
+        success = None
+    return cost, success  # fmt: skip
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:

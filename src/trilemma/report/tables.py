@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # types only: `trilemma runs` reads a journal without the pla
         StepFit,
     )
     from trilemma.experiments.sweep import Sweep
+    from trilemma.plan.agreement import OffPlan
     from trilemma.plan.estimate import Estimate
     from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
     from trilemma.plan.optimize import Candidate, OptimizeResult
@@ -1153,7 +1154,7 @@ def batch_view(b: Any, shown: int = 10) -> Group:
         parts.append(lt)
         if len(bad) > shown:
             parts.append(Text(f"... and {len(bad) - shown} more (--json or --out lists every line)"))
-    off, bad = b.cost_off_plan(), b.success_off_plan()
+    off, bad = b.off_plan()
     if off is not None or bad is not None:
         parts.append(Text(off_plan_line(off, bad, b.journal)))
     flag = journal_flag(b.journal)
@@ -1162,23 +1163,20 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     return Group(*parts)
 
 
-def off_plan_line(
-    cost: tuple[float, float] | None, success: tuple[float, float] | None, journal: str | Path
-) -> str:
-    """Runs whose cost or success the plan does not explain: what they measured, and the
-    command that finds the guess that is off (every model of the newest spec journaled:
-    theirs)."""
+def off_plan_line(cost: OffPlan | None, success: OffPlan | None, journal: str | Path) -> str:
+    """Runs whose cost or success the plan does not explain (both weighed at once by
+    :func:`~trilemma.plan.agreement.off_plan`): what they measured, and the command that finds
+    the guess that is off (every model of the newest spec journaled: theirs)."""
     said = []
     if cost is not None:
-        measured, planned = cost
-        ratio = f" ({measured / planned:.2f}x)" if planned > 0 else ""
-        said.append(f"the runs cost {usd(measured)} each against {usd(planned)} planned{ratio}, "
-                    "more than their spread explains")  # fmt: skip
+        ratio = f" ({cost.measured / cost.planned:.2f}x)" if cost.planned > 0 else ""
+        said.append(f"the runs cost {usd(cost.measured)} each against {usd(cost.planned)} "
+                    f"planned{ratio}, more than their spread explains")  # fmt: skip
     if success is not None:
-        share, planned = success
         runs = "them" if said else "the runs"
-        said.append(f"{_pct(share)} of {runs} ended ok against {_pct(planned)} planned, outside "
-                    "the 99% interval of what they measured")  # fmt: skip
+        said.append(f"{_pct(success.measured)} of {runs} ended ok against "
+                    f"{_pct(success.planned)} planned, more than chance explains "
+                    f"(p = {success.p_value:.2g})")  # fmt: skip
     line = "; ".join(said)
     return (f"{line[0].upper()}{line[1:]}: a guess of the spec is off. `trilemma calibrate "
             f"--from-journal {shlex.quote(str(journal))} --check` names those the ledger "

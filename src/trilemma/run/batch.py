@@ -39,7 +39,7 @@ from trilemma._format import set_flags
 from trilemma.cache.semantic import Embedder
 from trilemma.errors import UsageError
 from trilemma.journal.store import Journal, JournalWriter, overrides_of
-from trilemma.plan.agreement import off_plan, success_off_plan
+from trilemma.plan.agreement import OffPlan, off_plan
 from trilemma.plan.batchsim import Replayed, replay_batch
 from trilemma.plan.estimate import Estimate, estimate, run_draws
 from trilemma.plan.slots import waves_of
@@ -163,33 +163,31 @@ class BatchResult:
         """The seed's q/$, measured: the share of lines ok per dollar a line cost (None: free)."""
         return self.count("ok") / self.cost_usd if self.cost_usd > 0 else None
 
-    def cost_off_plan(self) -> tuple[float, float] | None:
-        """``(measured, planned)`` dollars a run where the runs of this session that went to
-        their end (ok or failed) cost more or less than the planner said, by more than
-        :data:`~trilemma.plan.agreement.OFF_PLAN_SHARE` and more than their spread explains
-        (:func:`~trilemma.plan.agreement.off_plan`); None where they did not, or where too few
-        ran, or some stopped on a ceiling or a deadline (their bill says nothing of the
-        guesses). The plan is the runs replayed together where the estimate drew them so
-        (calls queued behind a failed run's model unsent), else runs stopping at a failed
-        step where it drew those, else the expected figure."""
-        if any(r.status not in ("ok", "failed") for r in self.lines):
-            return None
+    @property
+    def cost_planned_per_run(self) -> float:
+        """Dollars a run, by the planner, that :meth:`off_plan` weighs the runs' bills against:
+        the runs replayed together where the estimate drew them so (calls queued behind a
+        failed run's model unsent), else runs stopping at a failed step where it drew those,
+        else the expected figure."""
         plan = self.planned()["cost_usd"]
-        each = (plan["replayed"] / len(self.lines) if "replayed" in plan
+        return (plan["replayed"] / len(self.lines) if "replayed" in plan
                 else self.predicted.halting.cost_usd if self.predicted.halting is not None
                 else self.predicted.cost_expected)  # fmt: skip
-        return off_plan([r.cost_usd for r in self.lines if not r.from_journal], each)
 
-    def success_off_plan(self) -> tuple[float, float] | None:
-        """``(share ok, planned)`` where the runs of this session that went to their end (ok
-        or failed) succeeded at a share whose 99% interval does not hold the planner's
-        reliability (:func:`~trilemma.plan.agreement.success_off_plan`); None where it
-        does, where too few ran, or where some stopped on a ceiling or a deadline."""
+    def off_plan(self) -> tuple[OffPlan | None, OffPlan | None]:
+        """``(cost, success)`` of the runs of this session that went to their end (ok or
+        failed), each where the plan does not explain it, else None: their mean cost a run
+        more than :data:`~trilemma.plan.agreement.OFF_PLAN_SHARE` off
+        :attr:`cost_planned_per_run` and more than their spread explains, their share ok more
+        than chance explains against the planned reliability, both weighed at once
+        (:func:`~trilemma.plan.agreement.off_plan`). Neither where too few ran, or some
+        stopped on a ceiling or a deadline (their bill says nothing of the guesses)."""
         if any(r.status not in ("ok", "failed") for r in self.lines):
-            return None
+            return None, None
         ran = [r for r in self.lines if not r.from_journal]
         ok = sum(r.status == "ok" for r in ran)
-        return success_off_plan(ok, len(ran), self.predicted.reliability)
+        return off_plan([r.cost_usd for r in ran], ok, self.cost_planned_per_run,
+                        self.predicted.reliability)  # fmt: skip
 
     @property
     def error(self) -> str | None:
@@ -206,6 +204,7 @@ class BatchResult:
     def to_json(self) -> dict[str, Any]:
         """The contract of ``trilemma batch --json``."""
         n = len(self.lines)
+        off, bad = self.off_plan()
         return {
             "batch_id": self.batch_id,
             "status": self.status,
@@ -218,10 +217,12 @@ class BatchResult:
             "latency_s": round(self.latency_s, 6),
             "predicted": self.planned(),
             "quality_per_dollar": self.quality_per_dollar,
-            "cost_off_plan": None if (off := self.cost_off_plan()) is None else
-                             {"measured_per_run": round(off[0], 12), "planned_per_run": round(off[1], 12)},
-            "success_off_plan": None if (bad := self.success_off_plan()) is None else
-                                {"measured": round(bad[0], 6), "planned": round(bad[1], 6)},
+            "cost_off_plan": None if off is None else
+                             {"measured_per_run": round(off.measured, 12),
+                              "planned_per_run": round(off.planned, 12), "p_value": off.p_value},
+            "success_off_plan": None if bad is None else
+                                {"measured": round(bad.measured, 6), "planned": round(bad.planned, 6),
+                                 "p_value": bad.p_value},
             "error": self.error,
             "runs": [r.to_json() for r in self.lines],
             "journal": self.journal,
