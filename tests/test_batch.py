@@ -840,7 +840,7 @@ def test_runs_that_fail_more_than_planned_say_which_guess_to_check(tmp_path: Pat
     assert r.code == 1
     out = " ".join(r.out.split())
     assert ("50.00% of the runs ended ok against 99.00% planned, more than chance explains "
-            "(p = 3.4e-15): a guess of the spec is off.") in out  # fmt: skip
+            "(p = 1.7e-15): a guess of the spec is off.") in out  # fmt: skip
     assert "The runs cost" not in out  # each run made its one call, as planned
     check = cli("calibrate", "--from-journal", db, "--check", "--json")  # the command it names
     assert check.code == 1 and "p_ok" in {d["field"] for d in check.json()["drift"]}
