@@ -9,7 +9,7 @@ side by side on the same batches:
 - apart: the runs' mean cost outside its 95% interval (and 10% off), or their share ok
   outside its 99% Wilson interval, each on its own, as the batch judged until the
   forty-third stop;
-- together: the normal test of the mean cost and the exact binomial test of the share ok,
+- together: Student's t test of the mean cost and the exact binomial test of the share ok,
   both weighed at once by Holm's test at 5% (:func:`trilemma.plan.agreement.off_plan`), as
   it judges now.
 
@@ -133,7 +133,7 @@ def main() -> None:
             "-" if honest else f"{r['caught_together'] / n:.1%}",
         )  # fmt: skip
     table.caption = ("apart: cost at 95% and success at 99% (Wilson), each on its own; together: "
-                     "the normal test of the mean cost and the exact test of the share ok, Holm's "
+                     "the t test of the mean cost and the exact test of the share ok, Holm's "
                      f"test at 5% over both; {time.perf_counter() - started:.0f} s")  # fmt: skip
     Console().print(table)
     if args.out is not None:

@@ -111,7 +111,7 @@ class Contender(Successes):
     def figures(self) -> list[Figure]:
         """The runs' success (the exact binomial test of ``ok`` in ``runs`` against the
         predicted success, the Monte Carlo's) and, over :data:`OFF_PLAN_RUNS` runs or more,
-        their mean cost (the normal test of the mean against the Monte Carlo's, whose runs halt
+        their mean cost (Student's t test of the mean against the Monte Carlo's, whose runs halt
         and stop as the executor's do; material more than :data:`OFF_PLAN_SHARE` off), each
         weighed against the prediction.
 

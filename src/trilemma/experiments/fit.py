@@ -41,7 +41,7 @@ from typing import Any
 
 from trilemma.errors import UsageError
 from trilemma.journal import Journal
-from trilemma.plan.agreement import ALPHA, Z95, binomial_p, holm, mean_p, wilson
+from trilemma.plan.agreement import ALPHA, binomial_p, holm, mean_interval, mean_p, wilson
 from trilemma.plan.hedge import cut
 from trilemma.providers.base import CUT
 from trilemma.spec import ModelProfile, Step, Workflow
@@ -85,7 +85,7 @@ class Figure:
     """The measured figure's 95% interval."""
     p_value: float = 1.0
     """The chance of a measure at least this far off were the spec's figure right (the exact
-    binomial test for a share, the normal test of the mean for a latency or token count)."""
+    binomial test for a share, Student's t test of the mean for a latency or token count)."""
     material: bool = True
     """Off by enough to matter: a latency or token count more than :data:`LATENCY_TOLERANCE`
     off (a share: always)."""
@@ -211,7 +211,7 @@ class LedgerFit:
         """The figures of ``base`` the ledger measures, each weighed against it: ``p_ok`` and
         the fault rates (exact binomial tests, Wilson intervals); ``latency_s`` and, for a
         profile with token prices, ``prompt_tokens`` and ``completion_tokens`` (the mean's
-        normal test and 95% interval; material past :data:`LATENCY_TOLERANCE`)."""
+        t test and 95% interval; material past :data:`LATENCY_TOLERANCE`)."""
         out = []
         if self.p_ok is not None:
             out.append(Figure("p_ok", base.p_ok, self.p_ok, self.ci95,
@@ -284,17 +284,14 @@ class LedgerFit:
 
 def _mean_ci(values: Sequence[float]) -> tuple[float, float] | None:
     """The 95% interval of the mean of ``values``, not below 0 (None: fewer than two)."""
-    if len(values) < 2:
-        return None
-    mean = statistics.fmean(values)
-    half = Z95 * statistics.stdev(values) / math.sqrt(len(values))
-    return max(mean - half, 0.0), mean + half
+    ci = mean_interval(values)
+    return None if ci is None else (max(ci[0], 0.0), ci[1])
 
 
 def mean_figure(
     field: str, given: float, values: Sequence[float], tolerance: float = LATENCY_TOLERANCE
 ) -> list[Figure]:
-    """``given`` weighed against the mean of ``values`` (the normal test of the mean, its 95%
+    """``given`` weighed against the mean of ``values`` (Student's t test of the mean, its 95%
     interval; none with fewer than two): material where it is more than ``tolerance`` of
     itself off that mean."""
     ci = _mean_ci(values)
