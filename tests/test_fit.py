@@ -404,6 +404,43 @@ def test_shares_the_ledger_contradicts_are_drift_with_the_set_that_plans_them(
     assert kept.code == 1 and "to plan with what was measured" in kept.out
 
 
+def test_the_set_a_check_prints_passes_the_check_it_is_given_to(
+    cli: Any, routed_journal: Path, write: Any
+) -> None:
+    """calibrate takes --set as estimate does: the drift's own --set, given back, is no
+    drift; a user's --set the ledger contradicts is drift, and is not in the line to copy;
+    one it does not stays there. On the newest journaled spec too (no --spec)."""
+    drifted = write(ROUTED.replace("share: 0.2", "share: 0.7").replace("share: 0.8", "share: 0.3"))
+    first = cli("calibrate", "--from-journal", routed_journal, "--spec", drifted, "--check")
+    hint = next(line for line in first.out.splitlines() if line.startswith("to plan with"))
+    flags = hint.split(str(drifted), 1)[1].split(" (or edit")[0].split()
+    again = cli("calibrate", "--from-journal", routed_journal, "--spec", drifted, *flags, "--check",
+                "--json")  # fmt: skip
+    assert first.code == 1 and again.code == 0, again.out + again.err
+    assert again.json()["drift"] == [] and again.json()["overrides"] == flags[1::2]
+    mixed = cli("calibrate", "--from-journal", routed_journal, "--spec", drifted, "--check",
+                "--set", "models.small.latency_s=0.5", "--set", "models.big.usd_per_call=0.01")  # fmt: skip
+    assert mixed.code == 1
+    out = mixed.out.splitlines()
+    assert out[0] == ("with models.small.latency_s=0.5, models.big.usd_per_call=0.01 (--set; the "
+                      "file is unchanged)")  # fmt: skip
+    assert any(line.startswith("drift: latency_s is 0.5 in the spec") for line in out)
+    line = next(line for line in out if line.startswith("to plan with"))
+    assert "--set models.big.usd_per_call=0.01 --set steps.answer.route.simple.share=" in line
+    assert "latency_s" not in line
+    journaled = cli("calibrate", "--from-journal", routed_journal, "--check", "--json",
+                    "--set", "steps.answer.route.simple.share=0.7",
+                    "--set", "steps.answer.route.hard.share=0.3")  # fmt: skip
+    assert journaled.code == 1
+    assert [d["field"] for d in journaled.json()["drift"]] == ["steps.answer.route.hard.share"]
+    bad = cli("calibrate", "--from-journal", routed_journal, "--set", "models.nope.p_ok=0.5")
+    assert bad.code == 2 and "--set 'models.nope.p_ok=0.5': no model 'nope'" in bad.err
+    bad = cli("calibrate", "--from-journal", routed_journal, "--set", "steps.answer.route.hard.share=0.9")
+    assert bad.code == 2 and "the branches' shares add up to 1.1; make them add up to 1" in bad.err
+    suite = cli("calibrate", "--model", "m", "--suite", "add1", "--set", "models.nope.p_ok=0.5")
+    assert suite.code == 2 and "no model 'nope'" in suite.err  # before anything is sent
+
+
 def test_a_step_asked_otherwise_in_another_spec_is_another_step(routed_journal: Path) -> None:
     """A spec whose 'answer' routes to other branches, or is one call, is not fitted to the
     runs of ROUTED's 'answer' (one compare's journal holds both: the examples share ids)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -32,7 +32,7 @@ from trilemma.cli._common import (
     writable,
     write_atomic,
 )
-from trilemma.errors import UsageError
+from trilemma.errors import SpecError, UsageError
 from trilemma.examples import example_path
 from trilemma.spec.bounds import MAX_SECONDS, MAX_USD, STDIN
 
@@ -156,6 +156,7 @@ def calibrate_cmd(
                         "of a step on it (every figure weighed together: when all hold, a false "
                         "alarm 5% of the time at most).",
     )] = False,
+    sets: SetOpt = None,
     as_json: JsonFlag = False,
 ) -> int:
     """Measure a model on a task suite, or fit it to the ledger: the profile the planner needs.
@@ -167,6 +168,8 @@ def calibrate_cmd(
     Example: trilemma calibrate --model premium --from-journal prod.db --spec app.yaml --check
 
     Example: trilemma calibrate --from-journal prod.db --spec app.yaml --check
+
+    Example: trilemma calibrate --from-journal prod.db --check --set models.premium.p_ok=0.9
     """
     if (suite is None) == (from_journal is None):
         raise UsageError("give --suite (run a task suite) or --from-journal PATH (fit the "
@@ -175,14 +178,16 @@ def calibrate_cmd(
         raise UsageError("--check compares a profile with the ledger: give --from-journal PATH")
     writable("--out", out)
     if from_journal is not None:
-        return _fit_ledger(model, from_journal, spec, out, as_json, check)
+        return _fit_ledger(model, from_journal, spec, out, as_json, check, sets or [])
     if model is None:
         raise UsageError("--suite runs one model's tasks: give --model NAME (a profile of the spec)")
     assert suite is not None
     from trilemma.experiments.calibrate import calibrate
 
     positive("--n", n)
-    wf = _spec_with(model, spec)
+    wf = _spec_with(model, spec, sets or [])
+    if not as_json:
+        print_set(stdout_console(), sets)
     show = not as_json and sys.stderr.isatty()
     with progress(show) as bar:
         task = bar.add_task(f"{model} on {suite}", total=n)
@@ -202,12 +207,13 @@ def calibrate_cmd(
     return 0
 
 
-def _spec_with(model: str, spec: Path | None) -> Workflow:
-    """The spec holding ``model`` (``spec``, else the shipped examples/local.yaml)."""
+def _spec_with(model: str, spec: Path | None, sets: Sequence[str] = ()) -> Workflow:
+    """The spec holding ``model`` (``spec``, else the shipped examples/local.yaml), with
+    ``sets`` (``--set``)."""
     from trilemma.spec import load_workflow
 
     path = spec or example_path("local.yaml")
-    wf = load_workflow(path)
+    wf = load_workflow(path, sets)
     if model not in wf.models:
         raise UsageError(
             f"--model {model!r}: {path} has no such model; it has {', '.join(wf.models)}"
@@ -228,12 +234,14 @@ def _profile_yaml(profiles: dict[str, dict[str, Any]], out: Path | None) -> str:
 
 
 def _fit_ledger(
-    model: str | None, path: Path, spec: Path | None, out: Path | None, as_json: bool, check: bool
+    model: str | None, path: Path, spec: Path | None, out: Path | None, as_json: bool, check: bool,
+    sets: list[str],
 ) -> int:
     """``calibrate --from-journal``: the profile fitted to the calls the journal holds, the
     shares of the routed steps the model classifies for, the hit rates of its cached steps
     and the ``p_ok`` of its steps that are not one call an attempt or have their own; for
-    every model of the spec the journal has calls of where no ``model`` is given."""
+    every model of the spec the journal has calls of where no ``model`` is given. ``sets``
+    change the spec's guesses first (what a check says of a spec planned with them)."""
     from trilemma.experiments.fit import (
         JournalCache,
         fit_model,
@@ -247,10 +255,10 @@ def _fit_ledger(
     with Journal(journal_to_read("--from-journal", path)) as journal:
         if model is not None:
             require_calls(journal, model)  # before the spec: the journal's models are the news
-            base, wf, source = _base_profile(journal, model, spec)
+            base, wf, source = _base_profile(journal, model, spec, sets)
             fits = {model: fit_model(journal, model, base, wf)}
         else:
-            wf, source = _spec_of_all(journal, spec)
+            wf, source = _spec_of_all(journal, spec, sets)
             called = set(journal.models_called())
             names = [m for m in wf.models if m in called]
             if not names:
@@ -267,14 +275,17 @@ def _fit_ledger(
     chance = sum(len(weighed(f)) for f in figures.values())
     if as_json:
         if model is not None:
-            emit_json({"model": model, **fits[model].to_json(drift[model]), "profile": profiles[model]})
+            emit_json({"model": model, **fits[model].to_json(drift[model]), "profile": profiles[model],
+                       "overrides": sets})
         else:
-            emit_json({"spec": source, "models": [{"model": m, **f.to_json(drift[m]), "profile": profiles[m]}
-                                                  for m, f in fits.items()],
+            emit_json({"spec": source, "overrides": sets,
+                       "models": [{"model": m, **f.to_json(drift[m]), "profile": profiles[m]}
+                                  for m, f in fits.items()],
                        "figures_weighed": chance,
                        "drift": [{"model": m, **d.to_json()} for m, ds in drift.items() for d in ds]})  # fmt: skip
     else:
         console = stdout_console()
+        print_set(console, sets)
         for m, fitted in fits.items():
             console.print(tables.fit_table(fitted.fit, fitted.base))
             if fitted.routes:
@@ -287,6 +298,11 @@ def _fit_ledger(
                 console.print(line, markup=False, highlight=False)
         flags = [flag for m, f in fits.items() for flag in f.set_flags(drift[m])]
         if flags:  # one line, to copy whole: the terminal folds it, not rich
+            # the user's --set stays, but where the ledger contradicts it or a fit replaces it
+            off = {f.partition("=")[0] for f in flags} | {
+                d.field if d.field.startswith("steps.") else f"models.{m}.{d.field}"
+                for m, ds in drift.items() for d in ds}  # fmt: skip
+            flags = [g for g in sets if g.partition("=")[0].strip() not in off] + flags
             console.print(tables.plan_set_line(flags, source), markup=False, highlight=False,
                           soft_wrap=True)  # fmt: skip
         if not check:
@@ -294,24 +310,41 @@ def _fit_ledger(
     return 1 if check and any(drift.values()) else 0
 
 
-def _spec_of_all(journal: Any, spec: Path | None) -> tuple[Workflow, str]:
+def _spec_of_all(journal: Any, spec: Path | None, sets: Sequence[str] = ()) -> tuple[Workflow, str]:
     """The spec whose models a fit of them all reads: ``spec``, else the newest journaled
-    (its time scaled back, as the ledger's latencies are; a gateway key's run passed over)."""
+    (its time scaled back, as the ledger's latencies are; a gateway key's run passed over);
+    with ``sets`` (``--set``)."""
     from trilemma.experiments.trials import time_scaled
     from trilemma.journal.store import GATEWAY_RUN
     from trilemma.spec import load_workflow, parse_workflow
 
     if spec is not None:
-        return load_workflow(spec), str(spec)
+        return load_workflow(spec, sets), str(spec)
     for run in journal.runs():
         if not run["run_id"].startswith(GATEWAY_RUN):
             journaled = parse_workflow(run["spec_json"], f"run {run['run_id']}", json_only=True)
-            return time_scaled(journaled, 1 / (run["time_scale"] or 1.0)), run["spec_source"]
+            wf = time_scaled(journaled, 1 / (run["time_scale"] or 1.0))
+            return _journaled_with(wf, sets, run["spec_source"]), run["spec_source"]
     raise UsageError(f"{journal.path}: no run of a spec in this journal; give --spec FILE")
 
 
+def _journaled_with(wf: Workflow, sets: Sequence[str], source: str) -> Workflow:
+    """A journaled spec (in its own time) with ``sets`` (``--set``), as a file's would be."""
+    from trilemma.spec.load import workflow_from_dict
+    from trilemma.spec.overrides import with_overrides
+
+    if not sets:
+        return wf
+    data = {"version": wf.version, **wf.model_dump(mode="json", exclude_defaults=True)}
+    try:
+        return workflow_from_dict(with_overrides(data, sets), source)
+    except SpecError as exc:
+        where = f"{exc.field}: " if exc.field else ""
+        raise UsageError(f"--set {', '.join(sets)}: {where}{exc.problem}") from None
+
+
 def _base_profile(
-    journal: Any, model: str, spec: Path | None
+    journal: Any, model: str, spec: Path | None, sets: Sequence[str] = ()
 ) -> tuple[ModelProfile, Workflow | None, str]:
     """The profile a fit starts from, the spec holding it and where that spec came from:
     ``spec``, else the newest journaled spec with ``model`` (a compare's or a sweep's with
@@ -326,19 +359,23 @@ def _base_profile(
     from trilemma.spec.load import validate_document
 
     if spec is not None:
-        wf = _spec_with(model, spec)
+        wf = _spec_with(model, spec, sets)
         return wf.models[model], wf, str(spec)
     for run in journal.runs():
         source = f"run {run['run_id']}"
         if run["run_id"].startswith(GATEWAY_RUN):
             served = validate_document(GatewayConfig, json.loads(run["spec_json"]), source)
             if model in served.models:
+                if sets:
+                    raise UsageError(f"--set: {model!r}'s profile is the gateway's "
+                                     f"({run['spec_source']}), not a spec's; give --spec FILE "
+                                     "to set a spec's guesses")  # fmt: skip
                 return served.models[model], None, run["spec_source"]
             continue
         journaled = parse_workflow(run["spec_json"], source, json_only=True)
         if model in journaled.models:
             scale = run["time_scale"] or 1.0
-            wf = time_scaled(journaled, 1 / scale)
+            wf = _journaled_with(time_scaled(journaled, 1 / scale), sets, run["spec_source"])
             return wf.models[model], wf, run["spec_source"]
     raise UsageError(f"{journal.path}: no run's spec has a profile {model!r}; give --spec FILE")
 
