@@ -122,6 +122,14 @@ def test_cliff_on_the_simulator_follows_the_product_law(cli, tmp_path: Path) -> 
         assert lo - 0.05 <= row["predicted_success"] <= hi + 0.05
     assert png.read_bytes().startswith(b"\x89PNG")
     assert cli("cliff", "--model", "sim", "--spec", spec, "--steps", "0").code == 2
+    what_if = cli("cliff", "--model", "sim", "--spec", spec, "--steps", "1,2", "--runs", "20",
+                  "--journal", tmp_path / "j.db", "--set", "models.sim.p_ok=0.5", "--json")  # fmt: skip
+    assert [row["predicted_success"] for row in what_if.json()] == [0.5, 0.25]
+    said = cli("cliff", "--model", "sim", "--spec", spec, "--steps", "1", "--runs", "5",
+               "--journal", tmp_path / "j.db", "--set", "models.sim.p_ok=0.5")  # fmt: skip
+    assert said.out.startswith("with models.sim.p_ok=0.5 (--set; the file is unchanged)")
+    bad = cli("cliff", "--model", "sim", "--spec", spec, "--set", "models.sim.p_ok=2")
+    assert bad.code == 2 and "--set models.sim.p_ok=2: models.sim.p_ok:" in bad.err
 
 
 @pytest.mark.parametrize(

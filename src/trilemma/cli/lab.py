@@ -397,11 +397,14 @@ def cliff_cmd(
     seed: Annotated[int, seed_option(help="Chain numbers seed.")] = 0,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write the curve as a PNG.")] = None,
+    sets: SetOpt = None,
     as_json: JsonFlag = False,
 ) -> int:
     """The reliability cliff: chains of S dependent steps, predicted p^S beside measured success.
 
     Example: trilemma cliff --model smollm2 --steps 1,2,5 --runs 100 --plot cliff.png
+
+    Example: trilemma cliff --model sim --spec app.yaml --set models.sim.p_ok=0.9
     """
     from trilemma.experiments.cliff import cliff
     from trilemma.report import tables
@@ -411,7 +414,9 @@ def cliff_cmd(
         lengths = [int(x) for x in steps.split(",") if x.strip()]
     except ValueError:
         raise UsageError(f"--steps {steps!r}: give chain lengths like 1,2,5") from None
-    wf = _spec_with(model, spec)
+    wf = _spec_with(model, spec, sets or [])
+    if not as_json:
+        print_set(stdout_console(), sets)
     show = not as_json and sys.stderr.isatty()
     with runs_kept_on_interrupt(journal), progress(show) as bar:
         bar_id = bar.add_task("chains", total=len(lengths) * runs)
