@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_check_alarms import rules_table
 from rich.console import Console
 from rich.progress import track
-from rich.table import Table
 
 from trilemma import estimate
 from trilemma.experiments.trials import time_scaled
@@ -103,38 +103,26 @@ def main() -> None:
             journals = [Journal(Path(d) / f"{i}-{k}.db") for k in range(AT_ONCE)]
             inputs = [{"question": f"q{k}"} if truth.inputs else {} for k in range(args.lines)]
 
-            counts = {"apart": 0, "together": 0, "caught_apart": 0, "caught_together": 0}
+            counts = {"alarms_apart": 0, "alarms_together": 0, "caught_apart": 0, "caught_together": 0}
             for first in track(range(0, args.batches, AT_ONCE), description=name, transient=True):
                 seeds = [100_000 * t + 1 for t in range(first, min(first + AT_ONCE, args.batches))]
                 for ran in asyncio.run(side_by_side(truth, inputs, journals, seeds)):
                     # the plan of the spec as written (the runs' bills do not scale with time)
                     b = dataclasses.replace(ran, predicted=claimed, planned_time=None)
                     a, w = apart(b), together(b)
-                    counts["apart"] += bool(a)
-                    counts["together"] += bool(w)
+                    counts["alarms_apart"] += bool(a)
+                    counts["alarms_together"] += bool(w)
                     counts["caught_apart"] += wrong in a
                     counts["caught_together"] += wrong in w
             for j in journals:
                 j.close()
             rows.append({"case": name, "wrong": wrong or None, **counts})
-    table = Table(title=f"batch's off-plan line: {args.batches} batches of {args.lines} simulated "
-                        "runs each, two rules on the same batches", title_justify="left")  # fmt: skip
-    for col in ("case", "alarms, apart", "alarms, together", "wrong guess caught, apart",
-                "wrong guess caught, together"):  # fmt: skip
-        table.add_column(col, justify="left" if col == "case" else "right")
+    caption = ("apart: cost at 95% and success at 99% (Wilson), each on its own; together: the t "
+               "test of the mean cost and the exact test of the share ok, Holm's test at 5% over "
+               f"both; {time.perf_counter() - started:.0f} s")  # fmt: skip
     n = args.batches
-    for r in rows:
-        honest = r["wrong"] is None
-        table.add_row(
-            r["case"],
-            f"{r['apart'] / n:.1%}" + (" (false)" if honest else ""),
-            f"{r['together'] / n:.1%}" + (" (false)" if honest else ""),
-            "-" if honest else f"{r['caught_apart'] / n:.1%}",
-            "-" if honest else f"{r['caught_together'] / n:.1%}",
-        )  # fmt: skip
-    table.caption = ("apart: cost at 95% and success at 99% (Wilson), each on its own; together: "
-                     "the t test of the mean cost and the exact test of the share ok, Holm's "
-                     f"test at 5% over both; {time.perf_counter() - started:.0f} s")  # fmt: skip
+    table = rules_table(f"batch's off-plan line: {n} batches of {args.lines} simulated runs each, "
+                        "two rules on the same batches", rows, n, caption, digits=1)  # fmt: skip
     Console().print(table)
     if args.out is not None:
         args.out.write_text(json.dumps({"batches": n, "lines": args.lines, "cases": rows},

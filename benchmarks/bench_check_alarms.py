@@ -70,6 +70,26 @@ def trial(truth: Workflow, claimed: Workflow, runs: int, seed: int) -> tuple[set
     return apart, together, sum(not f.certain for f in figures)
 
 
+def rules_table(title: str, rows: list[dict[str, Any]], n: int, caption: str, digits: int = 0) -> Table:
+    """Two rules side by side over ``n`` trials a case: an honest case's false alarms
+    (``alarms_apart``, ``alarms_together``), a wrong guess's catches (``caught_apart``,
+    ``caught_together``), and the ``figures_weighed`` where the rows have them."""
+    weighed = all("figures_weighed" in r for r in rows)
+    table = Table(title=title, title_justify="left", caption=caption)
+    for col in ("case", *(["figures"] if weighed else []), "alarms, apart", "alarms, together",
+                "wrong guess caught, apart", "wrong guess caught, together"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "case" else "right")
+    for r in rows:
+        honest = r["wrong"] is None
+        false = " (false)" if honest else ""
+        table.add_row(
+            r["case"], *([str(r["figures_weighed"])] if weighed else []),
+            f"{r['alarms_apart'] / n:.{digits}%}{false}", f"{r['alarms_together'] / n:.{digits}%}{false}",
+            *(["-", "-"] if honest else [f"{r[k] / n:.{digits}%}" for k in ("caught_apart", "caught_together")]),
+        )  # fmt: skip
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=40)
@@ -92,24 +112,12 @@ def main() -> None:
                      "alarms_apart": apart, "alarms_together": together,
                      "caught_apart": caught_apart if wrong else None,
                      "caught_together": caught_together if wrong else None})  # fmt: skip
-    table = Table(title=f"calibrate --check: {args.trials} trials of {args.runs} simulated runs "
-                        "each, two rules on the same journals", title_justify="left")  # fmt: skip
-    for col in ("case", "figures", "alarms, apart", "alarms, together", "wrong guess caught, apart",
-                "wrong guess caught, together"):  # fmt: skip
-        table.add_column(col, justify="left" if col == "case" else "right")
+    caption = ("apart: each figure at its own 95% interval; together: exact p-values, Holm's test "
+               "at 5% over every figure the check weighs (figures: those a measure could miss by "
+               f"chance); {time.perf_counter() - started:.0f} s")  # fmt: skip
     n = args.trials
-    for r in rows:
-        honest = r["wrong"] is None
-        table.add_row(
-            r["case"], str(r["figures_weighed"]),
-            f"{r['alarms_apart'] / n:.0%}" + (" (false)" if honest else ""),
-            f"{r['alarms_together'] / n:.0%}" + (" (false)" if honest else ""),
-            "-" if honest else f"{r['caught_apart'] / n:.0%}",
-            "-" if honest else f"{r['caught_together'] / n:.0%}",
-        )  # fmt: skip
-    table.caption = ("apart: each figure at its own 95% interval; together: exact p-values, "
-                     "Holm's test at 5% over every figure the check weighs (figures: those a "
-                     f"measure could miss by chance); {time.perf_counter() - started:.0f} s")  # fmt: skip
+    table = rules_table(f"calibrate --check: {n} trials of {args.runs} simulated runs each, two "
+                        "rules on the same journals", rows, n, caption)  # fmt: skip
     Console().print(table)
     if args.out is not None:
         args.out.write_text(json.dumps({"trials": n, "runs": args.runs, "cases": rows}, indent=2) + "\n")
