@@ -32,7 +32,7 @@ from trilemma.cli._common import (
     writable,
     write_atomic,
 )
-from trilemma.errors import SpecError, UsageError
+from trilemma.errors import UsageError
 from trilemma.examples import example_path
 from trilemma.spec.bounds import MAX_SECONDS, MAX_USD, STDIN
 
@@ -196,7 +196,7 @@ def calibrate_cmd(
     profile = result.profile(wf.models[model])
     text = _profile_yaml({model: profile}, out)
     if as_json:
-        emit_json({"model": model, **result.summary(), "profile": profile})
+        emit_json({"model": model, **result.summary(), "profile": profile, "overrides": sets or []})
     else:
         s = result.summary()
         lo, hi = s["p_ok_ci95"]
@@ -330,17 +330,12 @@ def _spec_of_all(journal: Any, spec: Path | None, sets: Sequence[str] = ()) -> t
 
 def _journaled_with(wf: Workflow, sets: Sequence[str], source: str) -> Workflow:
     """A journaled spec (in its own time) with ``sets`` (``--set``), as a file's would be."""
-    from trilemma.spec.load import workflow_from_dict
-    from trilemma.spec.overrides import with_overrides
+    from trilemma.spec.load import workflow_with
 
     if not sets:
         return wf
     data = {"version": wf.version, **wf.model_dump(mode="json", exclude_defaults=True)}
-    try:
-        return workflow_from_dict(with_overrides(data, sets), source)
-    except SpecError as exc:
-        where = f"{exc.field}: " if exc.field else ""
-        raise UsageError(f"--set {', '.join(sets)}: {where}{exc.problem}") from None
+    return workflow_with(data, sets, source)
 
 
 def _base_profile(

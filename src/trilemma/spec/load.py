@@ -27,7 +27,8 @@ from trilemma.spec.model import ROUTE_LABEL_PATTERN, SPEC_VERSION, STEP_ID_PATTE
 from trilemma.spec.overrides import with_overrides
 from trilemma.spec.template import template_ok
 
-__all__ = ["STDIN", "dump_workflow", "load_workflow", "parse_workflow", "workflow_from_dict"]
+__all__ = ["STDIN", "dump_workflow", "load_workflow", "parse_workflow", "workflow_from_dict",
+           "workflow_with"]  # fmt: skip
 
 MAX_SPEC_BYTES = 5_000_000
 MAX_EXPANDED_NODES = 200_000
@@ -38,6 +39,12 @@ def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> Workflow:
     standard input, as YAML, which JSON is too), with ``overrides`` (``PATH=VALUE``, as
     ``--set`` gives them: :func:`trilemma.spec.overrides.with_overrides`) set first."""
     data, source = read_document(path)
+    return workflow_with(data, overrides, source)
+
+
+def workflow_with(data: object, overrides: Sequence[str], source: str) -> Workflow:
+    """The parsed spec ``data`` validated with ``overrides`` set first: where they make it
+    wrong, a UsageError naming them; where it is wrong without them, its own error."""
     try:
         return workflow_from_dict(with_overrides(data, overrides), source)
     except SpecError as exc:
