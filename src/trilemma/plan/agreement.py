@@ -94,9 +94,10 @@ def binomial_p(k: int, n: int, p: float) -> float:
     """The two-sided exact p-value of ``k`` successes in ``n`` trials where each succeeds with
     chance ``p``: the chance of a count no likelier than ``k``, on either side of the mean
     (the test of R's ``binom.test`` and scipy's ``binomtest``). Its false alarms never pass
-    its level, near 0 or 1 included, unlike the Wilson interval's; and near 0 or 1, where one
-    tail is short, it is not made twice the other as the doubled tail is (one miss in ten at
-    0.995 happens 4.9% of the time: doubled, 9.8%). 1 with ``n`` 0: nothing measured.
+    its level, near 0 or 1 included, unlike the Wilson interval's; and near 0 or 1, where the
+    far side of the mean holds no count so unlikely, it does not count that side as holding
+    as much as k's, as doubling k's tail does (one miss in ten at 0.995 happens 4.9% of the
+    time: doubled, 9.8%). 1 with ``n`` 0: nothing measured.
 
     >>> round(binomial_p(9, 10, 0.995), 4)  # one miss in ten at 0.995: chance, 1 in 20
     0.0489
