@@ -134,9 +134,12 @@ def test_a_batch_s_cost_and_success_are_weighed_together() -> None:
     alone = off_plan([0.01] * 20, 15, None, 0.9)[1]
     assert alone is not None and alone.p_value == pytest.approx(0.0432, abs=1e-4)
     assert off_plan([0.01] * 20, 15, 0.01, 0.9) == (None, None)
-    assert off_plan([0.01] * 20, 14, 0.01, 0.9)[1] == (0.7, 0.9, pytest.approx(0.0113, abs=1e-4))
+    off = off_plan([0.01] * 20, 14, 0.01, 0.9)[1]
+    assert off is not None and (off.field, off.measured, off.profile) == ("success", 0.7, 0.9)
+    assert off.p_value == pytest.approx(0.0113, abs=1e-4)
     assert off_plan([0.01] * 19, 5, 0.02, 0.99) == (None, None)  # too few runs to weigh
-    assert off_plan([0.01] * 20, 19, 0.01, 1.0)[1] == (0.95, 1.0, 0.0)  # planned never to fail
+    never = off_plan([0.01] * 20, 19, 0.01, 1.0)[1]  # planned never to fail: contradicted outright
+    assert never is not None and (never.measured, never.profile, never.p_value) == (0.95, 1.0, 0.0)
     rng = random.Random(3)
     batches, alarms = 4_000, 0
     for _ in range(batches):

@@ -803,7 +803,9 @@ def test_only_runs_that_went_to_their_end_are_weighed_against_the_plan(tmp_path:
                            predicted, "j.db")  # fmt: skip
 
     dear = [LineResult(i, "ok", f"r{i}", 0.02) for i in range(1, 21)]
-    assert batch(*dear).off_plan() == ((pytest.approx(0.02), 0.01, 0.0), None)
+    cost, success = batch(*dear).off_plan()
+    assert cost is not None and success is None
+    assert (cost.field, cost.measured, cost.profile, cost.p_value) == ("cost", pytest.approx(0.02), 0.01, 0.0)
     assert batch(*dear[:19]).off_plan() == (None, None)
     stopped = LineResult(21, "budget_exhausted", "r21", 0.02)
     assert batch(*dear, stopped).off_plan() == (None, None)
@@ -815,7 +817,8 @@ def test_only_runs_that_went_to_their_end_are_weighed_against_the_plan(tmp_path:
                                                        "planned_per_run": 0.01, "p_value": 0.0}  # fmt: skip
     assert batch(*near).to_json()["cost_off_plan"] is None
     failing = [LineResult(i, "ok" if i % 2 else "failed", f"r{i}", 0.01) for i in range(1, 21)]
-    assert batch(*failing).off_plan() == (None, (0.5, 1.0, 0.0))  # planned: every run ok
+    cost, success = batch(*failing).off_plan()  # planned: every run ok
+    assert cost is None and success is not None and (success.measured, success.profile) == (0.5, 1.0)
     assert batch(*failing).to_json()["success_off_plan"] == {"measured": 0.5, "planned": 1.0,
                                                              "p_value": 0.0}  # fmt: skip
     assert batch(*failing, stopped).off_plan() == (None, None)
@@ -858,13 +861,15 @@ steps:
 
 
 def test_a_batch_off_in_cost_and_success_says_both_in_one_line() -> None:
-    from trilemma.plan.agreement import OffPlan
+    from trilemma.plan.agreement import Figure
     from trilemma.report.tables import off_plan_line
 
-    line = off_plan_line(OffPlan(0.02, 0.01, 0.0), OffPlan(0.5, 0.99, 1.7e-25), "j.db")
+    cost = Figure("cost", 0.01, 0.02, (0.019, 0.021), 0.0)
+    success = Figure("success", 0.99, 0.5, (0.3, 0.7), 1.7e-25)
+    line = off_plan_line(cost, success, "j.db")
     assert line.startswith("The runs cost $0.0200 each against $0.0100 planned (2.00x), more than "
                            "their spread explains; 50.00% of them ended ok")  # fmt: skip
     assert line.endswith("`trilemma calibrate --from-journal j.db --check` names those the ledger "
                          "contradicts.")  # fmt: skip
-    assert off_plan_line(None, OffPlan(0.5, 0.99, 1.7e-25), "j.db").startswith(
+    assert off_plan_line(None, success, "j.db").startswith(
         "50.00% of the runs ended ok against 99.00% planned, more than chance explains (p = 1.7e-25)")

@@ -12,7 +12,6 @@ import yaml
 from trilemma import parse_workflow
 from trilemma.errors import UsageError
 from trilemma.experiments.fit import (
-    Figure,
     LedgerFit,
     ModelFit,
     RouteFit,
@@ -22,11 +21,11 @@ from trilemma.experiments.fit import (
     fit_model,
     fit_routes,
     fit_steps,
-    judge,
     judge_models,
     own_p_ok_calls,
 )
 from trilemma.journal import Journal
+from trilemma.plan.agreement import Figure, judge
 from trilemma.plan.hedge import cut
 from trilemma.run.session import execute
 from trilemma.spec import ModelProfile

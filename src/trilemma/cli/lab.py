@@ -247,9 +247,9 @@ def _fit_ledger(
         fit_model,
         judge_models,
         require_calls,
-        weighed,
     )
     from trilemma.journal import Journal
+    from trilemma.plan.agreement import weighed
     from trilemma.report import tables
 
     with Journal(journal_to_read("--from-journal", path)) as journal:

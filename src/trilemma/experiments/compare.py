@@ -27,7 +27,6 @@ from statistics import NormalDist
 from typing import Any
 
 from trilemma.errors import UsageError
-from trilemma.experiments.fit import Figure, judge, mean_figure
 from trilemma.experiments.trials import (
     JournalRef,
     Successes,
@@ -38,7 +37,15 @@ from trilemma.experiments.trials import (
     opened,
     repeat,
 )
-from trilemma.plan.agreement import OFF_PLAN_RUNS, OFF_PLAN_SHARE, binomial_p
+from trilemma.plan.agreement import (
+    OFF_PLAN_RUNS,
+    OFF_PLAN_SHARE,
+    Figure,
+    judge,
+    judge_together,
+    mean_figure,
+    share_figure,
+)
 from trilemma.plan.estimate import Estimate, estimate
 from trilemma.plan.simulate import SimResult, under_budget
 from trilemma.run.session import check_inputs
@@ -119,9 +126,7 @@ class Contender(Successes):
         specs of one compare share their draws where their steps' names agree, so they miss
         together); on a real endpoint it says the spec's figures are off.
         """
-        predicted = self.simulated.success_rate
-        out = [Figure("success", predicted, self.success_rate, self.ci95,
-                      binomial_p(self.ok, self.runs, predicted), certain=predicted in (0.0, 1.0))]  # fmt: skip
+        out = share_figure("success", self.simulated.success_rate, self.ok, self.runs)
         if len(self.costs) >= OFF_PLAN_RUNS:
             out += mean_figure("cost", self.simulated.cost_usd.mean, self.costs, OFF_PLAN_SHARE)
         return out
@@ -228,13 +233,11 @@ def compare(
 
 def judge_contenders(rows: Sequence[Contender]) -> list[Contender]:
     """``rows`` with :attr:`~Contender.off` set: every contender's success and cost weighed
-    together (:func:`~trilemma.experiments.fit.judge`, Holm's test at 5%), so that when the
+    together (:func:`~trilemma.plan.agreement.judge_together`, Holm's test at 5%), so that when the
     planner is right about every spec of a compare, the chance that any is called off stays
     at 5%, however many specs it measures."""
-    pairs = [(i, f) for i, r in enumerate(rows) for f in r.figures()]
-    off = set(map(id, judge([f for _, f in pairs])))
-    return [replace(r, off=tuple(f.field for j, f in pairs if j == i and id(f) in off))
-            for i, r in enumerate(rows)]  # fmt: skip
+    off = judge_together({i: r.figures() for i, r in enumerate(rows)})
+    return [replace(r, off=tuple(f.field for f in off[i])) for i, r in enumerate(rows)]
 
 
 def refuse_unread(

@@ -41,15 +41,25 @@ from typing import Any
 
 from trilemma.errors import UsageError
 from trilemma.journal import Journal
-from trilemma.plan.agreement import ALPHA, binomial_p, holm, mean_interval, mean_p, wilson
+from trilemma.plan.agreement import (
+    ALPHA,
+    Figure,
+    binomial_p,
+    judge,
+    judge_together,
+    mean_figure,
+    mean_interval,
+    share_figure,
+    weighed,
+    wilson,
+)
 from trilemma.plan.hedge import cut
 from trilemma.providers.base import CUT
 from trilemma.spec import ModelProfile, Step, Workflow
 
-__all__ = ["CacheFit", "Drift", "Figure", "JournalCache", "LedgerFit", "Measured", "ModelFit",
-           "RouteFit", "StepFit", "fit_cached", "fit_from_journal", "fit_model", "fit_routes",
-           "fit_steps", "judge", "judge_models", "mean_figure", "measured_guesses",
-           "own_p_ok_calls", "require_calls", "runs_alike", "weighed"]
+__all__ = ["CacheFit", "Drift", "JournalCache", "LedgerFit", "Measured", "ModelFit", "RouteFit",
+           "StepFit", "fit_cached", "fit_from_journal", "fit_model", "fit_routes", "fit_steps",
+           "judge_models", "measured_guesses", "own_p_ok_calls", "require_calls", "runs_alike"]
 
 ANSWERED = ("ok", "rejected")
 LATENCY_TOLERANCE = 0.10
@@ -65,70 +75,8 @@ NOT_SENT = ("unsent", "hedged", "cancelled")
 """Outcomes that say nothing of the model: never sent, or given up by us."""
 
 
-@dataclass(frozen=True, slots=True)
-class Figure:
-    """A figure of the spec weighed against what the ledger measured of it.
-
-    It is drift when :func:`judge`, weighing it with every other figure of the same check,
-    finds the ledger contradicts it: its p-value passes Holm's mark among them, and (a
-    latency, a token count) it is more than :data:`LATENCY_TOLERANCE` off.
-    """
-
-    field: str
-    """The profile's field (``p_ok``, ``latency_s``, ``faults.rate_limit_rate``, ...) or the
-    spec's path of a step's guess (``steps.answer.route.hard.p_ok``)."""
-    profile: float
-    """What the spec says."""
-    measured: float
-    """What the ledger says."""
-    ci95: tuple[float, float]
-    """The measured figure's 95% interval."""
-    p_value: float = 1.0
-    """The chance of a measure at least this far off were the spec's figure right (the exact
-    binomial test for a share, Student's t test of the mean for a latency or token count)."""
-    material: bool = True
-    """Off by enough to matter: a latency or token count more than :data:`LATENCY_TOLERANCE`
-    off (a share: always)."""
-    expected: float | None = None
-    """What the spec's figure leads the ledger to measure, where that differs from it (a
-    fault rate, once the calls the latency puts past ``timeout_s`` time out first)."""
-    certain: bool = False
-    """A share the spec plans at 0 or 1 (no fault, every run a cache hit): the ledger either
-    agrees or contradicts it outright (``p_value`` 1 or 0), with no chance to weigh."""
-
-    @property
-    def outside(self) -> bool:
-        """The spec's figure lies outside the measured 95% interval (one figure on its own,
-        weighed at 95%: with many, some lie outside by chance)."""
-        planned = self.profile if self.expected is None else self.expected
-        return self.material and not self.ci95[0] <= planned <= self.ci95[1]
-
-    def to_json(self) -> dict[str, Any]:
-        """A row of ``drift`` in ``calibrate --from-journal --check --json``."""
-        return {"field": self.field, "profile": self.profile, "measured": round(self.measured, 6),
-                "ci95": [round(self.ci95[0], 6), round(self.ci95[1], 6)],
-                "p_value": float(f"{self.p_value:.4g}")}  # fmt: skip
-
-
 Drift = Figure
-"""A :class:`Figure` the ledger contradicts (:func:`judge`)."""
-
-
-def judge(figures: Sequence[Figure], alpha: float = ALPHA) -> list[Figure]:
-    """The ``figures`` the ledger contradicts, all weighed together: those whose p-value
-    passes Holm's step-down test (:func:`~trilemma.plan.agreement.holm`) among the figures
-    left to chance (:func:`weighed`), or that it contradicts outright (a :attr:`~Figure.certain`
-    figure at p 0), and that are off by enough to matter. When every figure is right, the
-    chance that any is called drift is at most ``alpha``, however many are weighed (each at
-    95% on its own, a spec of ten guesses would be called off four times in ten)."""
-    chance = weighed(figures)
-    off = {id(f) for f, o in zip(chance, holm([f.p_value for f in chance], alpha), strict=True) if o}
-    return [f for f in figures if f.material and (id(f) in off or (f.certain and f.p_value == 0.0))]
-
-
-def weighed(figures: Sequence[Figure]) -> list[Figure]:
-    """The ``figures`` a measure could miss by chance: all but the :attr:`~Figure.certain`."""
-    return [f for f in figures if not f.certain]
+"""A :class:`~trilemma.plan.agreement.Figure` the ledger contradicts (:func:`judge`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,10 +165,11 @@ class LedgerFit:
             out.append(Figure("p_ok", base.p_ok, self.p_ok, self.ci95,
                               binomial_p(self.accepted, self.judged, base.p_ok),
                               certain=base.p_ok == 1.0))  # fmt: skip
-        out += mean_figure("latency_s", base.latency_s, self.latency_s)
+        out += mean_figure("latency_s", base.latency_s, self.latency_s, LATENCY_TOLERANCE)
         if base.usd_per_call is None:  # token prices: the counts set what a call costs
             for i, field in enumerate(("prompt_tokens", "completion_tokens")):
-                out += mean_figure(field, getattr(base, field), [c[i] for c in self.token_counts])
+                out += mean_figure(field, getattr(base, field), [c[i] for c in self.token_counts],
+                                   LATENCY_TOLERANCE)  # fmt: skip
         late = cut(base.latency_s, base.latency_jitter, base.timeout_s)[0]
         for kind, field in FAULTS.items():
             if not self.sent:
@@ -280,26 +229,6 @@ class LedgerFit:
                 data["cached_prompt_tokens"] = min(data["cached_prompt_tokens"], data["prompt_tokens"])
         data["calibration"] = self.summary()
         return data
-
-
-def _mean_ci(values: Sequence[float]) -> tuple[float, float] | None:
-    """The 95% interval of the mean of ``values``, not below 0 (None: fewer than two)."""
-    ci = mean_interval(values)
-    return None if ci is None else (max(ci[0], 0.0), ci[1])
-
-
-def mean_figure(
-    field: str, given: float, values: Sequence[float], tolerance: float = LATENCY_TOLERANCE
-) -> list[Figure]:
-    """``given`` weighed against the mean of ``values`` (Student's t test of the mean, its 95%
-    interval; none with fewer than two): material where it is more than ``tolerance`` of
-    itself off that mean."""
-    ci = _mean_ci(values)
-    if ci is None:
-        return []
-    mean = statistics.fmean(values)
-    return [Figure(field, given, mean, ci, mean_p(values, given),
-                   abs(given - mean) > tolerance * given)]  # fmt: skip
 
 
 def _round(x: float | None, digits: int = 4) -> float | None:
@@ -549,15 +478,6 @@ def fit_routes(
     return out
 
 
-def _share_figure(field: str, planned: float, k: int, n: int) -> list[Figure]:
-    """``planned`` weighed against ``k`` in ``n`` (exact binomial test, Wilson interval; none
-    with ``n`` 0: nothing measured)."""
-    if not n:
-        return []
-    return [Figure(field, planned, k / n, wilson(k, n), binomial_p(k, n, planned),
-                   certain=planned in (0.0, 1.0))]  # fmt: skip
-
-
 @dataclass(frozen=True, slots=True)
 class CacheFit:
     """What the ledger measured of one cached step: how often a run found its answer cached."""
@@ -599,7 +519,7 @@ class CacheFit:
 
     def figures(self) -> list[Figure]:
         """The planned rate weighed against the runs (none where no run reached the step)."""
-        return _share_figure(self.field, self.hit_rate, self.hits, self.runs)
+        return share_figure(self.field, self.hit_rate, self.hits, self.runs)
 
     def drift(self) -> list[Figure]:
         """The planned rate, where the runs contradict it (:func:`judge`)."""
@@ -686,7 +606,7 @@ class StepFit:
 
     def figures(self) -> list[Figure]:
         """The planned ``p_ok`` weighed against the judged attempts (none where none was)."""
-        return _share_figure(self.field, self.p_ok, self.accepted, self.judged)
+        return share_figure(self.field, self.p_ok, self.accepted, self.judged)
 
     def drift(self) -> list[Figure]:
         """The planned ``p_ok``, where the attempts contradict it (:func:`judge`)."""
@@ -855,11 +775,10 @@ def judge_models(
     figures: Mapping[str, Sequence[Figure]], alpha: float = ALPHA
 ) -> dict[str, list[Figure]]:
     """Of each model's ``figures`` (:meth:`ModelFit.figures`), those the ledger contradicts,
-    every figure of every model weighed together (:func:`judge`): one check, one chance
-    ``alpha`` of a false alarm."""
-    pairs = [(m, f) for m, figs in figures.items() for f in figs]
-    off = set(map(id, judge([f for _, f in pairs], alpha)))
-    return {m: [f for name, f in pairs if name == m and id(f) in off] for m in figures}
+    every figure of every model weighed together
+    (:func:`~trilemma.plan.agreement.judge_together`): one check, one chance ``alpha`` of a
+    false alarm."""
+    return judge_together(figures, alpha)
 
 
 def fit_model(
@@ -918,7 +837,7 @@ def measured_guesses(journal: Journal, wf: Workflow) -> dict[str, Measured]:
             out[f"{name}.p_ok"] = Measured(f.p_ok, f.ci95, f.judged, (name, "p_ok") in off)
         mean, n = f.latency_mean_s, len(f.latency_s)
         if mean is not None:
-            out[f"{name}.latency_s"] = Measured(mean, _mean_ci(f.latency_s), n,
+            out[f"{name}.latency_s"] = Measured(mean, mean_interval(f.latency_s), n,
                                                 (name, "latency_s") in off)  # fmt: skip
         if f.cost_usd is not None:
             out[f"{name}.price"] = Measured(f.cost_usd, None, n)

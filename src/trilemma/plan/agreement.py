@@ -1,17 +1,22 @@
-"""Whether what runs measured agrees with what the planner said: the intervals the experiments
-and the ledger's fit give, and the tests a batch's table and its HTML report apply to the
-runs' cost and success before they tell the user a guess is off."""
+"""Whether what runs measured agrees with what the planner said: the intervals and exact tests
+of a share or a mean, the :class:`Figure` each measure makes of a guess, and the one
+judgement (Holm's test over every figure of a check) that ``calibrate --check``, ``compare``
+and a batch's off-plan line apply before they tell the user a guess is off."""
 
 from __future__ import annotations
 
 import functools
 import math
 import statistics
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-__all__ = ["ALPHA", "OFF_PLAN_RUNS", "OFF_PLAN_SHARE", "Z95", "OffPlan", "binomial_p", "holm",
-           "mean_interval", "mean_p", "off_plan", "student_p", "student_t95", "wilson"]  # fmt: skip
+__all__ = ["ALPHA", "OFF_PLAN_RUNS", "OFF_PLAN_SHARE", "Z95", "Figure", "binomial_p", "holm", "judge",
+           "judge_together", "mean_figure", "mean_interval", "mean_p", "off_plan", "share_figure",
+           "student_p", "student_t95", "weighed", "wilson"]  # fmt: skip
+
+_K = TypeVar("_K", bound=Hashable)
 
 Z95 = 1.959964
 """The normal quantile of a two-sided 95% interval."""
@@ -23,56 +28,127 @@ OFF_PLAN_SHARE = 0.10
 """A mean off the plan by less than this share of it is not called off, however sure."""
 
 
-class OffPlan(NamedTuple):
-    """A figure of runs that the plan does not explain."""
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """A figure of the plan weighed against what was measured of it: a guess of the spec
+    against the ledger (``calibrate --check``), a prediction against runs (a batch's and a
+    compare's off-plan line).
 
+    It is off when :func:`judge`, weighing it with every other figure of the same check,
+    finds the measure contradicts it: its p-value passes Holm's mark among them, and it is
+    :attr:`material`.
+    """
+
+    field: str
+    """What it is: the profile's field (``p_ok``, ``latency_s``, ``faults.rate_limit_rate``,
+    ...), the spec's path of a step's guess (``steps.answer.route.hard.p_ok``), or a run's
+    figure (``success``, ``cost``)."""
+    profile: float
+    """What the spec (or the plan) says."""
     measured: float
-    """What the runs measured: their mean cost, or the share of them ok."""
-    planned: float
-    """What the planner said of it."""
-    p_value: float
-    """The chance of runs at least this far off were the plan right (0: it cannot be)."""
+    """What was measured."""
+    ci95: tuple[float, float]
+    """The measured figure's 95% interval."""
+    p_value: float = 1.0
+    """The chance of a measure at least this far off were the spec's figure right (the exact
+    binomial test for a share, Student's t test of the mean for a latency, a token count or
+    a bill)."""
+    material: bool = True
+    """Off by enough to matter: a mean more than its tolerance off (:func:`mean_figure`; a
+    share: always)."""
+    expected: float | None = None
+    """What the spec's figure leads the ledger to measure, where that differs from it (a
+    fault rate, once the calls the latency puts past ``timeout_s`` time out first)."""
+    certain: bool = False
+    """A share the spec plans at 0 or 1 (no fault, every run a cache hit): the measure either
+    agrees or contradicts it outright (``p_value`` 1 or 0), with no chance to weigh."""
+
+    @property
+    def outside(self) -> bool:
+        """The spec's figure lies outside the measured 95% interval (one figure on its own,
+        weighed at 95%: with many, some lie outside by chance)."""
+        planned = self.profile if self.expected is None else self.expected
+        return self.material and not self.ci95[0] <= planned <= self.ci95[1]
+
+    def to_json(self) -> dict[str, Any]:
+        """A row of ``drift`` in ``calibrate --from-journal --check --json``."""
+        return {"field": self.field, "profile": self.profile, "measured": round(self.measured, 6),
+                "ci95": [round(self.ci95[0], 6), round(self.ci95[1], 6)],
+                "p_value": float(f"{self.p_value:.4g}")}  # fmt: skip
+
+
+def judge(figures: Sequence[Figure], alpha: float = ALPHA) -> list[Figure]:
+    """The ``figures`` the measure contradicts, all weighed together: those whose p-value
+    passes Holm's step-down test (:func:`holm`) among the figures left to chance
+    (:func:`weighed`), or that it contradicts outright (a :attr:`~Figure.certain` figure at
+    p 0), and that are off by enough to matter. When every figure is right, the chance that
+    any is called off is at most ``alpha``, however many are weighed (each at 95% on its
+    own, a spec of ten guesses would be called off four times in ten)."""
+    chance = weighed(figures)
+    off = {id(f) for f, o in zip(chance, holm([f.p_value for f in chance], alpha), strict=True) if o}
+    return [f for f in figures if f.material and (id(f) in off or (f.certain and f.p_value == 0.0))]
+
+
+def judge_together(groups: Mapping[_K, Sequence[Figure]], alpha: float = ALPHA) -> dict[_K, list[Figure]]:
+    """Of each group's figures (a model's, a spec's, a batch's cost or success), those the
+    measure contradicts, every figure of every group weighed at once (:func:`judge`): one
+    check, one chance ``alpha`` of a false alarm, however many groups it holds."""
+    off = set(map(id, judge([f for figs in groups.values() for f in figs], alpha)))
+    return {k: [f for f in figs if id(f) in off] for k, figs in groups.items()}
+
+
+def weighed(figures: Sequence[Figure]) -> list[Figure]:
+    """The ``figures`` a measure could miss by chance: all but the :attr:`~Figure.certain`."""
+    return [f for f in figures if not f.certain]
+
+
+def share_figure(field: str, planned: float, k: int, n: int) -> list[Figure]:
+    """``planned`` weighed against ``k`` in ``n`` (exact binomial test, Wilson interval; none
+    with ``n`` 0: nothing measured)."""
+    if not n:
+        return []
+    return [Figure(field, planned, k / n, wilson(k, n), binomial_p(k, n, planned),
+                   certain=planned in (0.0, 1.0))]  # fmt: skip
+
+
+def mean_figure(field: str, given: float, values: Sequence[float], tolerance: float) -> list[Figure]:
+    """``given`` weighed against the mean of ``values`` (Student's t test of the mean, its 95%
+    interval; none with fewer than two): material where it is more than ``tolerance`` of
+    itself off that mean."""
+    ci = mean_interval(values)
+    if ci is None:
+        return []
+    mean = statistics.fmean(values)
+    return [Figure(field, given, mean, ci, mean_p(values, given),
+                   abs(given - mean) > tolerance * given)]  # fmt: skip
 
 
 def off_plan(
     costs: Sequence[float], ok: int, cost_planned: float | None, success_planned: float | None,
     alpha: float = ALPHA,
-) -> tuple[OffPlan | None, OffPlan | None]:  # fmt: skip
+) -> tuple[Figure | None, Figure | None]:  # fmt: skip
     """``(cost, success)`` of runs that went to their end, each where the plan does not
     explain it, else None: ``costs`` their bills, ``ok`` how many succeeded. Both are weighed
-    at once by Holm's test (:func:`holm`), so when the plan is right about both the chance
-    that either is called off stays at most ``alpha``. The cost is Student's t test of the
-    runs' mean against ``cost_planned`` a run, called off only where it is also more than
-    :data:`OFF_PLAN_SHARE` off; the success the exact binomial test against
-    ``success_planned`` (planned at 0 or 1, any run against it contradicts it outright and
-    it is not weighed). Neither with fewer than :data:`OFF_PLAN_RUNS` runs; a figure
-    planned as None is not weighed.
+    at once (:func:`judge`), so when the plan is right about both the chance that either is
+    called off stays at most ``alpha``: the cost by Student's t test of the runs' mean
+    against ``cost_planned`` a run, material more than :data:`OFF_PLAN_SHARE` off; the
+    success by the exact binomial test against ``success_planned``. Neither with fewer than
+    :data:`OFF_PLAN_RUNS` runs; a figure planned as None is not weighed.
 
-    >>> off_plan([0.02] * 20, 20, 0.01, 1.0)[0]
-    OffPlan(measured=0.02, planned=0.01, p_value=0.0)
+    >>> off_plan([0.02] * 20, 20, 0.01, 1.0)[0].measured
+    0.02
     >>> off_plan([0.0105] * 20, 20, 0.01, 1.0)  # 5% over, every run ok
     (None, None)
     >>> off_plan([0.01] * 20, 12, 0.01, 0.99)[1].measured
     0.6
     """
-    runs = len(costs)
-    if runs < OFF_PLAN_RUNS:
+    if len(costs) < OFF_PLAN_RUNS:
         return None, None
-    cost = success = None
-    if cost_planned is not None:
-        mean = math.fsum(costs) / runs
-        cost = OffPlan(mean, cost_planned, mean_p(costs, cost_planned))
-    if success_planned is not None:
-        success = OffPlan(ok / runs, success_planned, binomial_p(ok, runs, success_planned))
-    certain = success is not None and success_planned in (0.0, 1.0)
-    chance = [f for f in (cost, None if certain else success) if f is not None]
-    off = {id(f) for f, o in zip(chance, holm([f.p_value for f in chance], alpha), strict=True) if o}
-    if cost is not None and (id(cost) not in off
-                             or abs(cost.measured - cost.planned) <= OFF_PLAN_SHARE * cost.planned):
-        cost = None
-    if success is not None and not (id(success) in off or (certain and success.p_value == 0.0)):
-        success = None
-    return cost, success  # fmt: skip
+    off = judge_together({
+        "cost": [] if cost_planned is None else mean_figure("cost", cost_planned, costs, OFF_PLAN_SHARE),
+        "success": [] if success_planned is None else share_figure("success", success_planned, ok, len(costs)),
+    }, alpha)  # fmt: skip
+    return next(iter(off["cost"]), None), next(iter(off["success"]), None)
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -181,13 +257,14 @@ def mean_p(values: Sequence[float], given: float) -> float:
 
 
 def mean_interval(values: Sequence[float]) -> tuple[float, float] | None:
-    """The 95% interval of the mean of ``values`` (Student's t, as :func:`mean_p` reads it):
+    """The 95% interval of the mean of ``values`` (Student's t, as :func:`mean_p` reads it),
+    not below 0 (every mean weighed here, a latency, a token count or a bill, is at least 0):
     None with fewer than two."""
     if len(values) < 2:
         return None
     mean = statistics.fmean(values)
     half = student_t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean - half, mean + half
+    return max(mean - half, 0.0), mean + half
 
 
 def student_p(t: float, df: int) -> float:

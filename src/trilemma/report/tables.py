@@ -31,14 +31,13 @@ if TYPE_CHECKING:  # types only: `trilemma runs` reads a journal without the pla
     from trilemma.experiments.fit import (
         CacheFit,
         Drift,
-        Figure,
         LedgerFit,
         Measured,
         RouteFit,
         StepFit,
     )
     from trilemma.experiments.sweep import Sweep
-    from trilemma.plan.agreement import OffPlan
+    from trilemma.plan.agreement import Figure
     from trilemma.plan.estimate import Estimate
     from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
     from trilemma.plan.optimize import Candidate, OptimizeResult
@@ -1163,19 +1162,19 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     return Group(*parts)
 
 
-def off_plan_line(cost: OffPlan | None, success: OffPlan | None, journal: str | Path) -> str:
+def off_plan_line(cost: Figure | None, success: Figure | None, journal: str | Path) -> str:
     """Runs whose cost or success the plan does not explain (both weighed at once by
     :func:`~trilemma.plan.agreement.off_plan`): what they measured, and the command that finds
     the guess that is off (every model of the newest spec journaled: theirs)."""
     said = []
     if cost is not None:
-        ratio = f" ({cost.measured / cost.planned:.2f}x)" if cost.planned > 0 else ""
-        said.append(f"the runs cost {usd(cost.measured)} each against {usd(cost.planned)} "
+        ratio = f" ({cost.measured / cost.profile:.2f}x)" if cost.profile > 0 else ""
+        said.append(f"the runs cost {usd(cost.measured)} each against {usd(cost.profile)} "
                     f"planned{ratio}, more than their spread explains")  # fmt: skip
     if success is not None:
         runs = "them" if said else "the runs"
         said.append(f"{_pct(success.measured)} of {runs} ended ok against "
-                    f"{_pct(success.planned)} planned, more than chance explains "
+                    f"{_pct(success.profile)} planned, more than chance explains "
                     f"(p = {success.p_value:.2g})")  # fmt: skip
     line = "; ".join(said)
     return (f"{line[0].upper()}{line[1:]}: a guess of the spec is off. `trilemma calibrate "

@@ -39,7 +39,7 @@ from trilemma._format import set_flags
 from trilemma.cache.semantic import Embedder
 from trilemma.errors import UsageError
 from trilemma.journal.store import Journal, JournalWriter, overrides_of
-from trilemma.plan.agreement import OffPlan, off_plan
+from trilemma.plan.agreement import Figure, off_plan
 from trilemma.plan.batchsim import Replayed, replay_batch
 from trilemma.plan.estimate import Estimate, estimate, run_draws
 from trilemma.plan.slots import waves_of
@@ -174,7 +174,7 @@ class BatchResult:
                 else self.predicted.halting.cost_usd if self.predicted.halting is not None
                 else self.predicted.cost_expected)  # fmt: skip
 
-    def off_plan(self) -> tuple[OffPlan | None, OffPlan | None]:
+    def off_plan(self) -> tuple[Figure | None, Figure | None]:
         """``(cost, success)`` of the runs of this session that went to their end (ok or
         failed), each where the plan does not explain it, else None: their mean cost a run
         more than :data:`~trilemma.plan.agreement.OFF_PLAN_SHARE` off
@@ -219,9 +219,9 @@ class BatchResult:
             "quality_per_dollar": self.quality_per_dollar,
             "cost_off_plan": None if off is None else
                              {"measured_per_run": round(off.measured, 12),
-                              "planned_per_run": round(off.planned, 12), "p_value": off.p_value},
+                              "planned_per_run": round(off.profile, 12), "p_value": off.p_value},
             "success_off_plan": None if bad is None else
-                                {"measured": round(bad.measured, 6), "planned": round(bad.planned, 6),
+                                {"measured": round(bad.measured, 6), "planned": round(bad.profile, 6),
                                  "p_value": bad.p_value},
             "error": self.error,
             "runs": [r.to_json() for r in self.lines],
