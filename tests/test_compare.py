@@ -461,3 +461,62 @@ def test_one_compare_weighs_every_spec_s_figures_together(tmp_path: Path) -> Non
     assert pair[0].to_json()["measured"]["success_vs_predicted"] == "within"
     # 37 of 40 (p = 0.00096) is off among two as well
     assert judge_contenders([debate, replace(debate, name="again.yaml")])[1].off_prediction == "below"
+
+
+def test_compare_sets_every_spec_alike_and_journals_the_set(cli, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    args = ["compare", EXAMPLES / "single.yaml", EXAMPLES / "cascade.yaml", "--runs", "10",
+            "--time-scale", "0.001", "--journal", db, "--set", "models.premium.p_ok=0.5"]  # fmt: skip
+    rows = cli(*args, "--json").json()
+    plain = cli(*args[:-2], "--json").json()
+    # one premium call at 0.5 is predicted at 0.5; the cascade's premium rung gives less
+    assert rows[0]["predicted"]["reliability"] == pytest.approx(0.5)
+    assert rows[1]["predicted"]["reliability"] < plain[1]["predicted"]["reliability"]
+    runs = cli("runs", "--journal", db, "--limit", "40", "--json").json()
+    assert sorted(len(r["overrides"]) for r in runs) == [0] * 20 + [1] * 20
+    assert {tuple(r["overrides"]) for r in runs} == {(), ("models.premium.p_ok=0.5",)}
+    said = cli(*args)
+    assert said.code == 0 and said.out.startswith(
+        "with models.premium.p_ok=0.5 (--set; the file is unchanged)")
+
+
+def test_a_set_that_does_not_fit_one_of_the_specs_names_it(cli, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    bad = cli("compare", EXAMPLES / "single.yaml", EXAMPLES / "faq.yaml", "--journal", db,
+              "--set", "models.premium.p_ok=0.5")  # fmt: skip
+    assert bad.code == 2 and len(bad.err.strip().splitlines()) == 1
+    assert (f"{EXAMPLES / 'faq.yaml'}: --set 'models.premium.p_ok=0.5': no model 'premium'; "
+            "known: small; every --set applies to every spec") in bad.err  # fmt: skip
+    wrong = cli("compare", EXAMPLES / "single.yaml", "--journal", db, "--set", "models.premium.p_ok=2")
+    assert wrong.code == 2 and "--set models.premium.p_ok=2: models.premium.p_ok:" in wrong.err
+    assert not db.exists()  # refused before the journal was opened
+
+
+def test_the_advice_of_a_compare_with_a_set_carries_it_to_the_check(cli, tmp_path: Path) -> None:
+    """A guess of 500 prompt tokens given by --set where the endpoint reports 1,000: the
+    line under the table names the check with that --set, and the check, run as named,
+    finds the prompt tokens off; --set 1000 makes the plan right, and the line goes."""
+    from trilemma.testing import Reply, ScriptedServer
+
+    db = tmp_path / "j.db"
+    with ScriptedServer(lambda payload: Reply("ok", prompt_tokens=1000, completion_tokens=10)) as srv:
+        spec = tmp_path / "dear.yaml"
+        spec.write_text(f"""version: 1
+models:
+  r: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_1m_input: 1.0,
+      usd_per_1m_output: 1.0, prompt_tokens: 100, completion_tokens: 100, latency_s: 0.05, p_ok: 1.0}}
+steps:
+  - {{id: a, model: r}}
+""")
+        run = ["compare", spec, "--runs", "20", "--time-scale", "1", "--journal", db]
+        guessed = cli(*run, "--set", "models.r.prompt_tokens=500", "--set", "models.r.completion_tokens=10")
+        right = cli(*run, "--set", "models.r.prompt_tokens=1000", "--set", "models.r.completion_tokens=10")
+    assert guessed.code == 0, guessed.err
+    line = " ".join(guessed.out.split())
+    command = (f"trilemma calibrate --from-journal {db} --spec {spec} --set "
+               "models.r.prompt_tokens=500 --set models.r.completion_tokens=10 --check")  # fmt: skip
+    assert "the runs cost $0.0010 each against $0.0005 planned (1.98x)" in line
+    assert f"`{command}` names those the ledger contradicts" in line
+    check = cli(*shlex.split(command)[1:], "--json")
+    assert check.code == 1 and "prompt_tokens" in {d["field"] for d in check.json()["drift"]}
+    assert right.code == 0 and "calibrate" not in right.out

@@ -221,6 +221,19 @@ def _spec_with(model: str, spec: Path | None, sets: Sequence[str] = ()) -> Workf
     return wf
 
 
+def _loaded_with(path: Path, sets: Sequence[str]) -> Workflow:
+    """One of several specs loaded with the same ``sets`` (``--set``): where a value does not
+    fit this spec, the error names the file."""
+    from trilemma.spec import load_workflow
+
+    try:
+        return load_workflow(path, sets)
+    except UsageError as exc:
+        if not sets:
+            raise
+        raise UsageError(f"{path}: {exc}; every --set applies to every spec") from None
+
+
 def _profile_yaml(profiles: dict[str, dict[str, Any]], out: Path | None) -> str:
     """A spec's ``models:`` block holding ``profiles``, written to ``out`` too if given."""
     import yaml
@@ -524,32 +537,37 @@ def compare_cmd(
     time_scale: TimeScaleOpt = 0.01,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write success against cost as a PNG.")] = None,
+    sets: SetOpt = None,
     as_json: JsonFlag = False,
 ) -> int:
     """Quality per dollar, measured: run each spec alike, predicted beside measured.
 
-    Each spec gets the `--input` values it declares.
+    Each spec gets the `--input` values it declares; every `--set` applies to every spec.
 
     Example: trilemma compare examples/single.yaml examples/ticket.yaml examples/cascade.yaml
+
+    Example: trilemma compare examples/single.yaml examples/debate.yaml --set models.premium.p_ok=0.9
     """
     from trilemma.experiments.compare import compare
     from trilemma.report import tables
-    from trilemma.spec import load_workflow
 
     writable("--plot", plot)
     files = [stdin_named(f) for f in files]
     if files.count(Path(STDIN)) > 1:
         raise UsageError("-: standard input holds one spec; give the others as files")
-    specs = [(str(f), load_workflow(f)) for f in files]
+    specs = [(str(f), _loaded_with(f, sets or [])) for f in files]
     given = parse_inputs(inputs, input_files, spec_read_stdin=Path(STDIN) in files)
     declared_for_files(input_files, specs)
     show = not as_json and sys.stderr.isatty()
     with runs_kept_on_interrupt(journal), progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * len(specs))
         rows = compare(specs, runs, journal, seed=seed, time_scale=time_scale,
-                       inputs=given,
+                       inputs=given, overrides=sets or (),
                        on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
     from trilemma.report.plots import plot_compare
+
+    if not as_json:
+        print_set(stdout_console(), sets)
 
     return _show([r.to_json() for r in rows], tables.compare_table(rows, time_scale, journal), as_json,
                  plot, lambda path: plot_compare(rows, path))  # fmt: skip

@@ -90,6 +90,8 @@ class Contender(Successes):
     """The spec's models served by real endpoints (the others are simulated)."""
     costs: tuple[float, ...] = ()
     """Each run's dollars, in the order run."""
+    overrides: tuple[str, ...] = ()
+    """The ``--set`` values (``PATH=VALUE``) the spec was loaded with, journaled with its runs."""
     off: tuple[str, ...] | None = None
     """The figures (``success``, ``cost``) the runs contradict, every figure of one compare
     weighed together (:func:`judge_contenders`); None: not judged with others, so
@@ -208,12 +210,14 @@ def compare(
     time_scale: float = 0.01,
     on_progress: Callable[[int, int], object] | None = None,
     inputs: Mapping[str, str] | None = None,
+    overrides: Sequence[str] = (),
 ) -> list[Contender]:
     """Run each spec ``runs`` times; their measured and predicted figures, in the order given.
 
     ``inputs``: each spec's runs get those it declares; every spec's are checked before any
     run (and before a ``journal`` given as a path is opened), and one that no spec declares
-    is refused.
+    is refused. ``overrides``: the ``--set`` values every spec was loaded with, journaled
+    with each run (and named in a contender's advice to calibrate).
     """
     check_settings(runs, time_scale)
     if len(specs) < 1:
@@ -226,8 +230,8 @@ def compare(
     with opened(journal) as j:
         for name, wf in specs:
             got = repeat(wf, runs, j, seed=seed, time_scale=time_scale, source=name, tick=tick,
-                         inputs=own[name])  # fmt: skip
-            out.append(_contender(name, wf, got))
+                         inputs=own[name], overrides=overrides)  # fmt: skip
+            out.append(_contender(name, wf, got, tuple(overrides)))
     return judge_contenders(out)
 
 
@@ -262,7 +266,7 @@ def inputs_of(
     return own
 
 
-def _contender(name: str, wf: Workflow, got: list[Trial]) -> Contender:
+def _contender(name: str, wf: Workflow, got: list[Trial], overrides: tuple[str, ...] = ()) -> Contender:
     n = len(got)
     latencies = sorted(t.latency_s for t in got)
     return Contender(
@@ -278,6 +282,7 @@ def _contender(name: str, wf: Workflow, got: list[Trial]) -> Contender:
         simulated=under_budget(wf, wf.budget.deadline_s, wf.budget.max_cost_usd),
         endpoints=tuple(sorted(m for m, p in wf.models.items() if not p.runs_on_simulator)),
         costs=tuple(t.cost_usd for t in got),
+        overrides=overrides,
     )
 
 

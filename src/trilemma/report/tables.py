@@ -1554,9 +1554,10 @@ def _off_prediction(r: Contender, journal: str | Path) -> str:
         ratio = f" ({r.cost_mean / planned:.2f}x)" if planned > 0 else ""
         said.append(f"the runs cost {usd(r.cost_mean)} each against {usd(planned)} planned{ratio}, "
                     "more than their spread explains")  # fmt: skip
+    sets = "".join(f" --set {shlex.quote(s)}" for s in r.overrides)
     return (f"{r.name}: {'; '.join(said)}: the spec's figures for {', '.join(r.endpoints)} are "
             f"off; `trilemma calibrate --from-journal {shlex.quote(str(journal))} --spec "
-            f"{shlex.quote(r.name)} --check` names those the ledger contradicts.")  # fmt: skip
+            f"{shlex.quote(r.name)}{sets} --check` names those the ledger contradicts.")  # fmt: skip
 
 
 def _to_tell_apart(a: Contender, b: Contender) -> str:
