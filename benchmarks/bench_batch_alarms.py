@@ -9,9 +9,11 @@ side by side on the same batches:
 - apart: the runs' mean cost outside its 95% interval (and 10% off), or their share ok
   outside its 99% Wilson interval, each on its own, as the batch judged until the
   forty-third stop;
-- together: Student's t test of the mean cost and the exact binomial test of the share ok,
-  both weighed at once by Holm's test at 5% (:func:`trilemma.plan.agreement.off_plan`), as
-  it judges now.
+- t test: Student's t test of the mean cost and the exact binomial test of the share ok,
+  both weighed at once by Holm's test at 5%, as it judged at the forty-third stop;
+- plan's draws: the mean cost against means of the plan's own draws of a run's bill
+  (:func:`trilemma.plan.agreement.drawn_mean_figure`) and the same exact test, weighed at
+  once (:func:`trilemma.plan.agreement.off_plan`), as it judges now.
 
     python benchmarks/bench_batch_alarms.py [--batches 500] [--lines 40] [--out results.json]
 """
@@ -37,12 +39,15 @@ from trilemma import estimate
 from trilemma.experiments.trials import time_scaled
 from trilemma.journal import Journal
 from trilemma.plan.agreement import OFF_PLAN_SHARE, Z95, wilson
+from trilemma.plan.estimate import bill_draws
 from trilemma.run.batch import BatchResult, run_batch_async
 from trilemma.spec import Workflow, load_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 AT_ONCE = 20
 """Batches run side by side in one event loop, each with a journal of its own."""
+RULES = (("apart", "apart"), ("t", "t test"), ("together", "plan's draws"))
+"""The rules set side by side: each one's key in the results and its column's label."""
 Z99 = 2.575829
 """The normal quantile of a two-sided 99% interval: the share ok's, as the batch read it."""
 
@@ -73,7 +78,8 @@ def apart(b: BatchResult) -> set[str]:
 
 
 def together(b: BatchResult) -> set[str]:
-    """The figures the batch weighs off now (both at once)."""
+    """The figures the batch weighs off now (both at once; with ``cost_drawn`` None, by the
+    t test)."""
     cost, success = b.off_plan()
     return {name for name, f in (("cost", cost), ("success", success)) if f is not None}
 
@@ -98,31 +104,33 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as d:
         for i, (name, example, sets, wrong) in enumerate(CASES):
-            claimed = estimate(load_workflow(ROOT / "examples" / example))
+            written = load_workflow(ROOT / "examples" / example)
+            claimed, drawn = estimate(written), bill_draws(written)
             truth = time_scaled(load_workflow(ROOT / "examples" / example, sets), 0.001)
             journals = [Journal(Path(d) / f"{i}-{k}.db") for k in range(AT_ONCE)]
             inputs = [{"question": f"q{k}"} if truth.inputs else {} for k in range(args.lines)]
 
-            counts = {"alarms_apart": 0, "alarms_together": 0, "caught_apart": 0, "caught_together": 0}
+            counts = {f"{what}_{rule}": 0 for what in ("alarms", "caught") for rule, _ in RULES}
             for first in track(range(0, args.batches, AT_ONCE), description=name, transient=True):
                 seeds = [100_000 * t + 1 for t in range(first, min(first + AT_ONCE, args.batches))]
                 for ran in asyncio.run(side_by_side(truth, inputs, journals, seeds)):
                     # the plan of the spec as written (the runs' bills do not scale with time)
-                    b = dataclasses.replace(ran, predicted=claimed, planned_time=None)
-                    a, w = apart(b), together(b)
-                    counts["alarms_apart"] += bool(a)
-                    counts["alarms_together"] += bool(w)
-                    counts["caught_apart"] += wrong in a
-                    counts["caught_together"] += wrong in w
+                    b = dataclasses.replace(ran, predicted=claimed, planned_time=None, cost_drawn=drawn)
+                    for rule, said in (("apart", apart(b)), ("together", together(b)),
+                                       ("t", together(dataclasses.replace(b, cost_drawn=None)))):
+                        counts[f"alarms_{rule}"] += bool(said)
+                        counts[f"caught_{rule}"] += wrong in said
             for j in journals:
                 j.close()
             rows.append({"case": name, "wrong": wrong or None, **counts})
-    caption = ("apart: cost at 95% and success at 99% (Wilson), each on its own; together: the t "
+    caption = ("apart: cost at 95% and success at 99% (Wilson), each on its own; t test: the t "
                "test of the mean cost and the exact test of the share ok, Holm's test at 5% over "
-               f"both; {time.perf_counter() - started:.0f} s")  # fmt: skip
+               "both; plan's draws: the mean cost against means of the plan's draws of a run's "
+               f"bill, and the same; {time.perf_counter() - started:.0f} s")  # fmt: skip
     n = args.batches
     table = rules_table(f"batch's off-plan line: {n} batches of {args.lines} simulated runs each, "
-                        "two rules on the same batches", rows, n, caption, digits=1)  # fmt: skip
+                        "three rules on the same batches", rows, n, caption, digits=1,
+                        rules=RULES)  # fmt: skip
     Console().print(table)
     if args.out is not None:
         args.out.write_text(json.dumps({"batches": n, "lines": args.lines, "cases": rows},

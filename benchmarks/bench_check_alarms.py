@@ -19,6 +19,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,22 +71,25 @@ def trial(truth: Workflow, claimed: Workflow, runs: int, seed: int) -> tuple[set
     return apart, together, sum(not f.certain for f in figures)
 
 
-def rules_table(title: str, rows: list[dict[str, Any]], n: int, caption: str, digits: int = 0) -> Table:
-    """Two rules side by side over ``n`` trials a case: an honest case's false alarms
-    (``alarms_apart``, ``alarms_together``), a wrong guess's catches (``caught_apart``,
-    ``caught_together``), and the ``figures_weighed`` where the rows have them."""
+def rules_table(
+    title: str, rows: list[dict[str, Any]], n: int, caption: str, digits: int = 0,
+    rules: Sequence[tuple[str, str]] = (("apart", "apart"), ("together", "together")),
+) -> Table:  # fmt: skip
+    """Rules side by side over ``n`` trials a case: an honest case's false alarms
+    (``alarms_KEY`` for each rule's key in ``rules``, beside its column's label), a wrong
+    guess's catches (``caught_KEY``), and the ``figures_weighed`` where the rows have them."""
     weighed = all("figures_weighed" in r for r in rows)
     table = Table(title=title, title_justify="left", caption=caption)
-    for col in ("case", *(["figures"] if weighed else []), "alarms, apart", "alarms, together",
-                "wrong guess caught, apart", "wrong guess caught, together"):  # fmt: skip
+    for col in ("case", *(["figures"] if weighed else []), *(f"alarms, {label}" for _, label in rules),
+                *(f"wrong guess caught, {label}" for _, label in rules)):  # fmt: skip
         table.add_column(col, justify="left" if col == "case" else "right")
     for r in rows:
         honest = r["wrong"] is None
         false = " (false)" if honest else ""
         table.add_row(
             r["case"], *([str(r["figures_weighed"])] if weighed else []),
-            f"{r['alarms_apart'] / n:.{digits}%}{false}", f"{r['alarms_together'] / n:.{digits}%}{false}",
-            *(["-", "-"] if honest else [f"{r[k] / n:.{digits}%}" for k in ("caught_apart", "caught_together")]),
+            *(f"{r[f'alarms_{key}'] / n:.{digits}%}{false}" for key, _ in rules),
+            *(["-"] * len(rules) if honest else [f"{r[f'caught_{key}'] / n:.{digits}%}" for key, _ in rules]),
         )  # fmt: skip
     return table
 

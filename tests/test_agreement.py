@@ -10,7 +10,9 @@ import pytest
 
 from trilemma.plan.agreement import (
     binomial_p,
+    drawn_mean_figure,
     holm,
+    mean_figure,
     mean_interval,
     mean_p,
     off_plan,
@@ -147,3 +149,69 @@ def test_a_batch_s_cost_and_success_are_weighed_together() -> None:
         ok = sum(rng.random() < 0.9 for _ in range(40))
         alarms += off_plan(costs, ok, 0.01, 0.9) != (None, None)
     assert alarms / batches <= 0.06
+
+
+def _two_point(n: int, dear: int, price: float = 5.7) -> list[float]:
+    """``n`` bills, ``dear`` of them at ``price`` times the rest's $1: a route whose dear branch
+    is rare (routed.yaml's runs take a 5.7x branch 14% of the time)."""
+    return [price] * dear + [1.0] * (n - dear)
+
+
+def test_a_mean_weighed_against_the_plan_s_draws_holds_its_level_where_bills_are_skewed() -> None:
+    """Honest batches of 40 runs whose bills take a 5.7x branch 14% of the time: the t test
+    calls their mean off more often than its 5% (a batch that drew the branch twice looks
+    cheaper than the values' own spread explains), the means of the plan's draws at most 5%.
+    Where the branch is taken 25% of the time against 14% planned (33% dearer), the draws
+    catch it more often than the t test (44% against 31%: the t test's skew hides a dear
+    batch as it shows a cheap one)."""
+    drawn = _two_point(2048, 287)  # 14.0%
+    planned = statistics.fmean(drawn)
+    rng = random.Random(11)
+    batches = 1_000
+
+    def alarms(share: float, test) -> float:
+        said = 0
+        for _ in range(batches):
+            values = [5.7 if rng.random() < share else 1.0 for _ in range(40)]
+            (f,) = test(values)
+            said += f.p_value <= 0.05 and f.material
+        return said / batches
+
+    t_test = alarms(287 / 2048, lambda v: mean_figure("cost", planned, v, 0.1))
+    by_draws = alarms(287 / 2048, lambda v: drawn_mean_figure("cost", planned, v, drawn, 0.1))
+    assert t_test > 0.06 and by_draws <= 0.05, (t_test, by_draws)
+    dear_t = alarms(0.25, lambda v: mean_figure("cost", planned, v, 0.1))
+    dear_by_draws = alarms(0.25, lambda v: drawn_mean_figure("cost", planned, v, drawn, 0.1))
+    assert dear_by_draws > dear_t + 0.05 and dear_by_draws > 0.4, (dear_t, dear_by_draws)
+
+
+def test_a_batch_that_drew_the_dear_branch_twice_is_chance_by_the_plan_s_draws() -> None:
+    drawn = _two_point(2048, 287)
+    planned = statistics.fmean(drawn)
+    twice = _two_point(40, 2)  # 27% under the plan: P(2 or fewer of 40 at 14%) = 6.8%
+    by_t = off_plan(twice, 40, planned, 1.0)[0]
+    assert by_t is not None and by_t.p_value < 0.02  # the values' own spread is small
+    assert off_plan(twice, 40, planned, 1.0, cost_drawn=drawn) == (None, None)
+    (f,) = drawn_mean_figure("cost", planned, twice, drawn, 0.1)
+    assert f.p_value == pytest.approx(2 * 0.068, abs=0.01) and f.ci95[0] <= planned <= f.ci95[1]
+    never = off_plan(_two_point(40, 0), 40, planned, 1.0, cost_drawn=drawn)[0]  # P = 0.24%
+    assert never is not None and never.p_value < 0.01 and not never.ci95[0] <= planned <= never.ci95[1]
+    # the same values judged alike (a fixed seed), and the draws scaled to the plan's mean
+    assert drawn_mean_figure("cost", planned, twice, drawn, 0.1) == [f]
+    assert drawn_mean_figure("cost", 2 * planned, [2 * x for x in twice], drawn, 0.1)[0].p_value == f.p_value
+
+
+def test_the_plan_s_draws_give_way_where_they_cannot_weigh() -> None:
+    values = [0.01, 0.012, 0.011, 0.009] * 5
+    for drawn in ([], [0.0] * 10):  # nothing drawn, or a plan of nothing
+        assert drawn_mean_figure("cost", 0.01, values, drawn, 0.1) == mean_figure("cost", 0.01, values, 0.1)
+    assert drawn_mean_figure("cost", 0.0, values, [0.01], 0.1) == mean_figure("cost", 0.0, values, 0.1)
+    # past 10,000 runs, the normal law of the plan's spread
+    drawn = _two_point(2048, 287)
+    planned = statistics.fmean(drawn)
+    (same,) = drawn_mean_figure("cost", planned, [planned] * 20_000, drawn, 0.1)
+    assert same.p_value == 1.0 and same.ci95[0] < planned < same.ci95[1]
+    (off,) = drawn_mean_figure("cost", planned, [1.2 * planned] * 20_000, drawn, 0.1)
+    assert off.p_value < 1e-12 and off.material
+    (flat,) = drawn_mean_figure("cost", 0.01, [0.01] * 20_000, [0.01] * 100, 0.1)
+    assert flat.p_value == 1.0

@@ -873,3 +873,43 @@ def test_a_batch_off_in_cost_and_success_says_both_in_one_line() -> None:
                          "contradicts.")  # fmt: skip
     assert off_plan_line(None, success, "j.db").startswith(
         "50.00% of the runs ended ok against 99.00% planned, more than chance explains (p = 1.7e-25)")
+
+
+def test_a_batch_weighs_its_bill_against_the_plan_s_own_draws_of_one(tmp_path: Path) -> None:
+    """routed.yaml's runs cost $0.032, or $0.182 where the classifier sends them to the
+    premium branch (14%). Forty runs of which two went there cost 27% under the plan: the
+    t test calls it off (two dear bills look rare by the values' own spread), the plan's draws
+    of a run say it happens 6.8% of the time (p 0.14), and the batch says nothing."""
+    import dataclasses
+
+    from trilemma.experiments.trials import time_scaled
+    from trilemma.plan.estimate import bill_draws
+    from trilemma.run.batch import LineResult
+
+    wf = time_scaled(parse_workflow((EXAMPLES / "routed.yaml").read_text()), 0.01)
+    r = run_batch(wf, [{}] * 20, journal=Journal(tmp_path / "j.db"))
+    assert r.cost_drawn is not None and sorted(set(r.cost_drawn.round(6))) == [0.032, 0.182]
+    twice = tuple(LineResult(i, "ok", f"r{i}", 0.182 if i < 2 else 0.032) for i in range(40))
+    drawn = dataclasses.replace(r, lines=twice)
+    assert drawn.off_plan() == (None, None)
+    by_t = dataclasses.replace(drawn, cost_drawn=None).off_plan()[0]
+    assert by_t is not None and by_t.p_value < 0.05
+    never = dataclasses.replace(r, lines=tuple(dataclasses.replace(x, cost_usd=0.032) for x in twice))
+    cost = never.off_plan()[0]  # none of forty: 0.24% of batches
+    assert cost is not None and cost.p_value < 0.01
+    # the same, drawn: seed 37001 sends two runs of forty to the premium branch; neither the
+    # batch nor its page says a guess is off
+    from trilemma.report.html import batch_report
+
+    journal = Journal(tmp_path / "drawn.db")
+    two = run_batch(time_scaled(wf, 0.1), [{}] * 40, journal=journal, seed=37001, parallel=40)
+    assert sum(x.cost_usd > 0.1 for x in two.lines) == 2 and two.count("ok") == 40
+    assert two.off_plan() == (None, None) and dataclasses.replace(two, cost_drawn=None).off_plan()[0]
+    assert "The runs cost" not in batch_report(journal, two.batch_id)
+    # a real endpoint priced by the token varies where the plan holds its counts: the t test
+    real = parse_workflow(_on_endpoint_text("http://127.0.0.1:9/v1", "usd_per_1m_input: 1.0, "
+                                            "usd_per_1m_output: 2.0, latency_s: 0.01, p_ok: 0.99"))  # fmt: skip
+    assert bill_draws(real) is None
+    per_call = parse_workflow(_on_endpoint_text("http://127.0.0.1:9/v1", "usd_per_call: 0.001, "
+                                                "latency_s: 0.01, p_ok: 0.99"))  # fmt: skip
+    assert bill_draws(per_call) is not None

@@ -1060,6 +1060,16 @@ def run_draws(wf: Workflow) -> dict[str, np.ndarray]:
     return samples
 
 
+def bill_draws(wf: Workflow) -> np.ndarray | None:
+    """What whole runs of ``wf`` cost as the estimate draws them (:func:`run_draws`), where
+    those draws hold all of a bill's spread: None where a model of the spec prices tokens on
+    a real endpoint, whose counts vary from call to call where the plan holds them at the
+    profile's. A batch weighs its runs' mean bill against means of these."""
+    if any(m.usd_per_1m_input is not None and not m.runs_on_simulator for m in wf.models.values()):
+        return None
+    return run_draws(wf)["cost"]
+
+
 @functools.lru_cache(maxsize=64)
 def _drawn(spec: _BySpec, halt: bool) -> SimResult:
     from trilemma.plan.simulate import simulate  # it builds on this module

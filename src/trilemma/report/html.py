@@ -133,6 +133,20 @@ def run_report(journal: Journal, run_id: str) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _bills_drawn(spec_json: str) -> Any:
+    """The plan's draws of a run's bill for a batch's journaled spec
+    (:func:`~trilemma.plan.estimate.bill_draws`); None where they do not hold a bill's
+    spread, or the spec no longer loads (a journal of an older trilemma): the t test then."""
+    from trilemma.errors import SpecError
+    from trilemma.plan.estimate import bill_draws
+    from trilemma.spec import parse_workflow
+
+    try:
+        return bill_draws(parse_workflow(spec_json, "journal", json_only=True))
+    except SpecError:
+        return None
+
+
 def batch_report(journal: Journal, batch_id: str) -> str:
     """The HTML page for a batch's runs; UsageError if the journal holds none of them."""
     by_line = journal.batch_runs(batch_id)
@@ -173,7 +187,8 @@ def batch_report(journal: Journal, batch_id: str) -> str:
     off = bad = None
     if all(r["status"] in ("ok", "failed") for r in runs):  # none cut by a budget
         planned = halts if halts is not None else cost_p.get("expected")
-        off, bad = off_plan([r["cost_usd"] for r in runs], ok, planned, p.get("reliability"))
+        off, bad = off_plan([r["cost_usd"] for r in runs], ok, planned, p.get("reliability"),
+                            cost_drawn=_bills_drawn(first["spec_json"]))  # fmt: skip
     said = off_plan_line(off, bad, journal.path) if off is not None or bad is not None else None
     off_p = "" if said is None else f'<p class="bad">{_e(said)}</p>'
     png = batch_png(runs, ceiling)

@@ -41,7 +41,7 @@ from trilemma.errors import UsageError
 from trilemma.journal.store import Journal, JournalWriter, overrides_of
 from trilemma.plan.agreement import Figure, off_plan
 from trilemma.plan.batchsim import Replayed, replay_batch
-from trilemma.plan.estimate import Estimate, estimate, run_draws
+from trilemma.plan.estimate import Estimate, bill_draws, estimate, run_draws
 from trilemma.plan.slots import waves_of
 from trilemma.providers.base import Provider
 from trilemma.run.budget import Clock, SpendGuard
@@ -141,6 +141,9 @@ class BatchResult:
     planned_time: BatchTime | None = None
     """This session's wall-clock time by the planner (:func:`batch_time`): lines an
     earlier session finished are not run, so they take no time."""
+    cost_drawn: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """A run's bill as the planner draws it (:func:`~trilemma.plan.estimate.bill_draws`),
+    that :meth:`off_plan` weighs the runs' mean bill against; None: by Student's t."""
 
     @property
     def latency_planned_s(self) -> float:
@@ -187,7 +190,7 @@ class BatchResult:
         ran = [r for r in self.lines if not r.from_journal]
         ok = sum(r.status == "ok" for r in ran)
         return off_plan([r.cost_usd for r in ran], ok, self.cost_planned_per_run,
-                        self.predicted.reliability)  # fmt: skip
+                        self.predicted.reliability, cost_drawn=self.cost_drawn)  # fmt: skip
 
     @property
     def error(self) -> str | None:
@@ -741,7 +744,7 @@ async def run_batch_async(
                 for i, r in enumerate(results))  # fmt: skip
     return BatchResult(batch_id, _status(out, guard), out, math.fsum(r.cost_usd for r in out),
                        ceiling, time.time() - started, predicted, str(journal.path), parallel,
-                       planned)  # fmt: skip
+                       planned, bill_draws(wf))  # fmt: skip
 
 
 run_batch = blocking(run_batch_async)
