@@ -520,3 +520,18 @@ steps:
     check = cli(*shlex.split(command)[1:], "--json")
     assert check.code == 1 and "prompt_tokens" in {d["field"] for d in check.json()["drift"]}
     assert right.code == 0 and "calibrate" not in right.out
+
+
+def test_a_compare_weighs_its_runs_bills_against_the_monte_carlo_s(tmp_path: Path) -> None:
+    """Forty routed runs from seed 37000, two of which the classifier sent to the dear
+    branch (14% planned): 27% under the predicted cost, which two dear runs in forty are 6.8%
+    of the time. Weighed against means of the Monte Carlo's runs it is chance; Student's t,
+    taking the spread from the forty, called it below."""
+    from dataclasses import replace
+
+    (routed,) = compare([("routed.yaml", load_workflow(EXAMPLES / "routed.yaml"))], 40,
+                        Journal(tmp_path / "j.db"), seed=37000, time_scale=0.001)  # fmt: skip
+    assert sum(c > 0.1 for c in routed.costs) == 2 and routed.cost_drawn is not None
+    assert routed.cost_off_prediction is None
+    assert routed.to_json()["measured"]["cost_p_value"] > 0.1
+    assert replace(routed, cost_drawn=None, off=None).cost_off_prediction == "below"

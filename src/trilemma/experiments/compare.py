@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import Any
+
+import numpy as np
 
 from trilemma.errors import UsageError
 from trilemma.experiments.trials import (
@@ -41,12 +43,13 @@ from trilemma.plan.agreement import (
     OFF_PLAN_RUNS,
     OFF_PLAN_SHARE,
     Figure,
+    drawn_mean_figure,
     judge,
     judge_together,
     mean_figure,
     share_figure,
 )
-from trilemma.plan.estimate import Estimate, estimate
+from trilemma.plan.estimate import Estimate, bills_drawn_whole, estimate
 from trilemma.plan.simulate import SimResult, under_budget
 from trilemma.run.session import check_inputs
 from trilemma.spec import Workflow
@@ -92,6 +95,10 @@ class Contender(Successes):
     """Each run's dollars, in the order run."""
     overrides: tuple[str, ...] = ()
     """The ``--set`` values (``PATH=VALUE``) the spec was loaded with, journaled with its runs."""
+    cost_drawn: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """Each of :attr:`simulated`'s runs' dollars, where those hold all of a bill's spread
+    (:func:`~trilemma.plan.estimate.bills_drawn_whole`): the runs' mean cost is weighed
+    against means of as many of them; None: by Student's t test."""
     off: tuple[str, ...] | None = None
     """The figures (``success``, ``cost``) the runs contradict, every figure of one compare
     weighed together (:func:`judge_contenders`); None: not judged with others, so
@@ -120,9 +127,10 @@ class Contender(Successes):
     def figures(self) -> list[Figure]:
         """The runs' success (the exact binomial test of ``ok`` in ``runs`` against the
         predicted success, the Monte Carlo's) and, over :data:`OFF_PLAN_RUNS` runs or more,
-        their mean cost (Student's t test of the mean against the Monte Carlo's, whose runs halt
-        and stop as the executor's do; material more than :data:`OFF_PLAN_SHARE` off), each
-        weighed against the prediction.
+        their mean cost against the Monte Carlo's, whose runs halt and stop as the executor's
+        do (against means of as many of its runs, :attr:`cost_drawn`, else Student's t test
+        of the mean; material more than :data:`OFF_PLAN_SHARE` off), each weighed against the
+        prediction.
 
         On the simulator the runs draw from the spec's own figures, so a miss is chance (the
         specs of one compare share their draws where their steps' names agree, so they miss
@@ -130,7 +138,9 @@ class Contender(Successes):
         """
         out = share_figure("success", self.simulated.success_rate, self.ok, self.runs)
         if len(self.costs) >= OFF_PLAN_RUNS:
-            out += mean_figure("cost", self.simulated.cost_usd.mean, self.costs, OFF_PLAN_SHARE)
+            planned = self.simulated.cost_usd.mean
+            out += (mean_figure("cost", planned, self.costs, OFF_PLAN_SHARE) if self.cost_drawn is None
+                    else drawn_mean_figure("cost", planned, self.costs, self.cost_drawn, OFF_PLAN_SHARE))
         return out
 
     def _off(self, field: str) -> str | None:
@@ -269,6 +279,7 @@ def inputs_of(
 def _contender(name: str, wf: Workflow, got: list[Trial], overrides: tuple[str, ...] = ()) -> Contender:
     n = len(got)
     latencies = sorted(t.latency_s for t in got)
+    simulated = under_budget(wf, wf.budget.deadline_s, wf.budget.max_cost_usd, keep=True)
     return Contender(
         name=name,
         predicted=estimate(wf),
@@ -279,10 +290,11 @@ def _contender(name: str, wf: Workflow, got: list[Trial], overrides: tuple[str, 
         latency_mean_s=math.fsum(latencies) / n,
         latency_p95_s=latencies[min(n - 1, math.ceil(0.95 * n) - 1)],
         calls_mean=sum(t.calls for t in got) / n,
-        simulated=under_budget(wf, wf.budget.deadline_s, wf.budget.max_cost_usd),
+        simulated=simulated,
         endpoints=tuple(sorted(m for m, p in wf.models.items() if not p.runs_on_simulator)),
         costs=tuple(t.cost_usd for t in got),
         overrides=overrides,
+        cost_drawn=simulated.samples["cost"] if simulated.samples and bills_drawn_whole(wf) else None,
     )
 
 

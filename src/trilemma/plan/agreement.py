@@ -138,18 +138,21 @@ def drawn_mean_figure(
     resamples: int = RESAMPLES,
 ) -> list[Figure]:  # fmt: skip
     """``given`` weighed against the mean of ``values``, where the plan draws each value
-    whole (``drawn``: its own draws of one, a Monte Carlo's runs, scaled to mean ``given``):
-    the p-value is the share of ``resamples`` means of as many draws that lie as far out on
-    the same side, doubled (equal tails), and the interval the measured mean less those
-    means' 2.5% and 97.5% quantiles' distance from ``given``. Material, as in
+    whole (``drawn``: its own draws of one, a Monte Carlo's runs, whose mean is ``given`` or
+    near it): the p-value is the share of ``resamples`` means of as many draws that lie as
+    far out on the same side, doubled (equal tails), and the interval the measured mean less
+    those means' 2.5% and 97.5% quantiles' distance from the draws' mean. Material, as in
     :func:`mean_figure`, where more than ``tolerance`` of ``given`` off.
 
     Student's t test (:func:`mean_figure`) takes the spread from the values and assumes
     their mean spreads normally; where a dear branch is rare the values are skewed, and a
     batch that drew it less often than its share looks cheaper than chance explains (40
     runs of a route taking a 5.7x branch 14% of the time were called off 6.8% of the time
-    at 5%). The plan's own draws hold the skew. Drawn with a fixed seed, so the same values
-    are judged alike. None drawn, or a plan of 0: :func:`mean_figure`.
+    at 5%). The plan's own draws hold the skew, and hold the bills a run can have, so
+    that a mean of them is weighed against the very means the plan can make (the draws are
+    not scaled to ``given``: that would move them off those values). Drawn with a fixed
+    seed, so the same values are judged alike. None drawn, or a plan of 0:
+    :func:`mean_figure`.
     """
     import numpy as np
 
@@ -157,17 +160,13 @@ def drawn_mean_figure(
     centre = float(base.mean()) if base.size else 0.0
     if len(values) < 2 or centre <= 0 or given <= 0:
         return mean_figure(field, given, values, tolerance)
-    base = base * (given / centre)
     n, mean = len(values), statistics.fmean(values)
-    tie = 1e-9 * max(abs(mean), given)
+    tie = 1e-9 * max(abs(mean), centre)
     if n > 10_000:  # the normal law of the plan's spread: its skew gone at this many
         sd = float(base.std()) / math.sqrt(n)
-        if sd == 0.0:
-            p = 1.0 if abs(mean - given) <= tie else 0.0
-            lo, hi = mean, mean
-        else:
-            p = math.erfc(abs(mean - given) / sd / math.sqrt(2.0))
-            lo, hi = mean - Z95 * sd, mean + Z95 * sd
+        p = (1.0 if abs(mean - centre) <= tie else 0.0 if sd == 0.0
+             else math.erfc(abs(mean - centre) / sd / math.sqrt(2.0)))  # fmt: skip
+        lo, hi = mean - Z95 * sd, mean + Z95 * sd
     else:
         rng = np.random.default_rng(0)
         count = max(2_000, min(resamples, RESAMPLED_VALUES // n))
@@ -178,7 +177,7 @@ def drawn_mean_figure(
         above = (1 + int(np.count_nonzero(means >= mean - tie))) / (count + 1)
         p = min(1.0, 2.0 * min(below, above))
         q_lo, q_hi = np.quantile(means, [0.025, 0.975])
-        lo, hi = mean - (float(q_hi) - given), mean - (float(q_lo) - given)
+        lo, hi = mean - (float(q_hi) - centre), mean - (float(q_lo) - centre)
     return [Figure(field, given, mean, (max(0.0, lo), max(0.0, hi)), p,
                    abs(given - mean) > tolerance * given)]  # fmt: skip
 

@@ -1060,14 +1060,19 @@ def run_draws(wf: Workflow) -> dict[str, np.ndarray]:
     return samples
 
 
+def bills_drawn_whole(wf: Workflow) -> bool:
+    """Whether the Monte Carlo's runs of ``wf`` hold all of a bill's spread: not where a
+    model of the spec prices tokens on a real endpoint, whose counts vary from call to call
+    where the plan holds them at the profile's."""
+    return not any(m.usd_per_1m_input is not None and not m.runs_on_simulator
+                   for m in wf.models.values())  # fmt: skip
+
+
 def bill_draws(wf: Workflow) -> np.ndarray | None:
     """What whole runs of ``wf`` cost as the estimate draws them (:func:`run_draws`), where
-    those draws hold all of a bill's spread: None where a model of the spec prices tokens on
-    a real endpoint, whose counts vary from call to call where the plan holds them at the
-    profile's. A batch weighs its runs' mean bill against means of these."""
-    if any(m.usd_per_1m_input is not None and not m.runs_on_simulator for m in wf.models.values()):
-        return None
-    return run_draws(wf)["cost"]
+    those draws hold all of a bill's spread (:func:`bills_drawn_whole`; else None). A batch
+    weighs its runs' mean bill against means of these."""
+    return run_draws(wf)["cost"] if bills_drawn_whole(wf) else None
 
 
 @functools.lru_cache(maxsize=64)

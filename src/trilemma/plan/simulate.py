@@ -715,11 +715,13 @@ def under_budget(
     max_cost_usd: float | None = None,
     seed: int | None = 0,
     runs: int = PREDICTION_RUNS,
+    keep: bool = False,
 ) -> SimResult:
     """The Monte Carlo of ``wf`` under ``deadline_s`` and ``max_cost_usd`` (None: none), the
     prediction set beside measured figures (compare, sweep, run, optimize's check of its
-    budgets)."""
-    return simulate(wf.with_budget(deadline_s=deadline_s), runs, seed, max_cost_usd=max_cost_usd)
+    budgets); ``keep``: with every run's figures (:attr:`SimResult.samples`)."""
+    return simulate(wf.with_budget(deadline_s=deadline_s), runs, seed, max_cost_usd=max_cost_usd,
+                    keep=keep)  # fmt: skip
 
 
 def check_runs(runs: int, flag: str = "--runs") -> int:
