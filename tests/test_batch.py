@@ -764,6 +764,7 @@ def test_runs_that_cost_other_than_planned_say_which_guess_to_check(tmp_path: Pa
     out = " ".join(r.out.split())
     planned, paid = (100 * 1 + 50 * 2) / 1e6, (1002.5 * 1 + 400 * 2) / 1e6
     assert f"The runs cost ${paid:.4f} each against ${planned:.4f} planned (9.01x)" in out
+    assert "(9.01x), more than chance explains (p = " in out
     assert f"`trilemma calibrate --from-journal {db} --check` names" in out
     batch_id = Journal(db).runs()[0]["batch_id"]
     page = tmp_path / "batch.html"
@@ -868,7 +869,7 @@ def test_a_batch_off_in_cost_and_success_says_both_in_one_line() -> None:
     success = Figure("success", 0.99, 0.5, (0.3, 0.7), 1.7e-25)
     line = off_plan_line(cost, success, "j.db")
     assert line.startswith("The runs cost $0.0200 each against $0.0100 planned (2.00x), more than "
-                           "their spread explains; 50.00% of them ended ok")  # fmt: skip
+                           "chance explains (p = 0); 50.00% of them ended ok")  # fmt: skip
     assert line.endswith("`trilemma calibrate --from-journal j.db --check` names those the ledger "
                          "contradicts.")  # fmt: skip
     assert off_plan_line(None, success, "j.db").startswith(

@@ -437,7 +437,7 @@ steps:
         text = cli("compare", spec, "--runs", "20", "--time-scale", "1", "--journal", db)
     line = " ".join(text.out.split())
     assert ("dear.yaml: the runs cost $0.0010 each against $0.0002 planned (5.05x), more than "
-            "their spread explains: the spec's figures for r are off; `trilemma calibrate "
+            "chance explains: the spec's figures for r are off; `trilemma calibrate "
             f"--from-journal {db} --spec {spec} --check`") in line  # fmt: skip
     check = cli("calibrate", "--from-journal", db, "--spec", spec, "--check", "--json")
     assert check.code == 1 and "prompt_tokens" in {d["field"] for d in check.json()["drift"]}

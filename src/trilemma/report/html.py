@@ -14,7 +14,7 @@ import datetime as dt
 import html
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trilemma import __version__
 from trilemma.errors import UsageError
@@ -32,6 +32,9 @@ from trilemma.report.tables import (
     usd,
     well_under,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["batch_report", "run_report"]
 
@@ -133,7 +136,7 @@ def run_report(journal: Journal, run_id: str) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _bills_drawn(spec_json: str) -> Any:
+def _bills_drawn(spec_json: str) -> np.ndarray | None:
     """The plan's draws of a run's bill for a batch's journaled spec
     (:func:`~trilemma.plan.estimate.bill_draws`); None where they do not hold a bill's
     spread, or the spec no longer loads (a journal of an older trilemma): the t test then."""

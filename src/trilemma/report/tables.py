@@ -1170,7 +1170,7 @@ def off_plan_line(cost: Figure | None, success: Figure | None, journal: str | Pa
     if cost is not None:
         ratio = f" ({cost.measured / cost.profile:.2f}x)" if cost.profile > 0 else ""
         said.append(f"the runs cost {usd(cost.measured)} each against {usd(cost.profile)} "
-                    f"planned{ratio}, more than their spread explains")  # fmt: skip
+                    f"planned{ratio}, more than chance explains (p = {cost.p_value:.2g})")  # fmt: skip
     if success is not None:
         runs = "them" if said else "the runs"
         said.append(f"{_pct(success.measured)} of {runs} ended ok against "
@@ -1553,7 +1553,7 @@ def _off_prediction(r: Contender, journal: str | Path) -> str:
         planned = r.simulated.cost_usd.mean
         ratio = f" ({r.cost_mean / planned:.2f}x)" if planned > 0 else ""
         said.append(f"the runs cost {usd(r.cost_mean)} each against {usd(planned)} planned{ratio}, "
-                    "more than their spread explains")  # fmt: skip
+                    "more than chance explains")  # fmt: skip
     sets = "".join(f" --set {shlex.quote(s)}" for s in r.overrides)
     return (f"{r.name}: {'; '.join(said)}: the spec's figures for {', '.join(r.endpoints)} are "
             f"off; `trilemma calibrate --from-journal {shlex.quote(str(journal))} --spec "

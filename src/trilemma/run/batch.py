@@ -181,7 +181,7 @@ class BatchResult:
         """``(cost, success)`` of the runs of this session that went to their end (ok or
         failed), each where the plan does not explain it, else None: their mean cost a run
         more than :data:`~trilemma.plan.agreement.OFF_PLAN_SHARE` off
-        :attr:`cost_planned_per_run` and more than their spread explains, their share ok more
+        :attr:`cost_planned_per_run` and more than chance explains, their share ok more
         than chance explains against the planned reliability, both weighed at once
         (:func:`~trilemma.plan.agreement.off_plan`). Neither where too few ran, or some
         stopped on a ceiling or a deadline (their bill says nothing of the guesses)."""
