@@ -414,6 +414,20 @@ def test_a_trial_a_crash_left_running_is_explained_and_pruned(cli, tmp_path: Pat
     assert cli("doctor", "--journal", db).out.endswith("all good\n")
 
 
+def _dear_spec(folder: Path, url: str) -> Path:
+    """dear.yaml: one call to the endpoint at ``url``, priced by the token, guessing 100
+    prompt and 100 completion tokens."""
+    spec = folder / "dear.yaml"
+    spec.write_text(f"""version: 1
+models:
+  r: {{provider: openai, base_url: "{url}", model: m1, usd_per_1m_input: 1.0,
+      usd_per_1m_output: 1.0, prompt_tokens: 100, completion_tokens: 100, latency_s: 0.05, p_ok: 1.0}}
+steps:
+  - {{id: a, model: r}}
+""")
+    return spec
+
+
 def test_a_real_endpoint_costing_other_than_planned_says_so(cli, tmp_path: Path) -> None:
     """A profile guessing 100 prompt tokens where the endpoint reports 1,000: 20 runs cost
     about 5.5x the plan, and the line under the table says it with the command to run."""
@@ -421,14 +435,7 @@ def test_a_real_endpoint_costing_other_than_planned_says_so(cli, tmp_path: Path)
 
     db = tmp_path / "j.db"
     with ScriptedServer(lambda payload: Reply("ok", prompt_tokens=1000, completion_tokens=10)) as srv:
-        spec = tmp_path / "dear.yaml"
-        spec.write_text(f"""version: 1
-models:
-  r: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_1m_input: 1.0,
-      usd_per_1m_output: 1.0, prompt_tokens: 100, completion_tokens: 100, latency_s: 0.05, p_ok: 1.0}}
-steps:
-  - {{id: a, model: r}}
-""")
+        spec = _dear_spec(tmp_path, srv.url)
         r = cli("compare", spec, "--runs", "20", "--time-scale", "1", "--journal", db, "--json")
         assert r.code == 0, r.err
         (row,) = r.json()
@@ -500,14 +507,7 @@ def test_the_advice_of_a_compare_with_a_set_carries_it_to_the_check(cli, tmp_pat
 
     db = tmp_path / "j.db"
     with ScriptedServer(lambda payload: Reply("ok", prompt_tokens=1000, completion_tokens=10)) as srv:
-        spec = tmp_path / "dear.yaml"
-        spec.write_text(f"""version: 1
-models:
-  r: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_1m_input: 1.0,
-      usd_per_1m_output: 1.0, prompt_tokens: 100, completion_tokens: 100, latency_s: 0.05, p_ok: 1.0}}
-steps:
-  - {{id: a, model: r}}
-""")
+        spec = _dear_spec(tmp_path, srv.url)
         run = ["compare", spec, "--runs", "20", "--time-scale", "1", "--journal", db]
         guessed = cli(*run, "--set", "models.r.prompt_tokens=500", "--set", "models.r.completion_tokens=10")
         right = cli(*run, "--set", "models.r.prompt_tokens=1000", "--set", "models.r.completion_tokens=10")
