@@ -128,6 +128,9 @@ def mean_figure(field: str, given: float, values: Sequence[float], tolerance: fl
 
 RESAMPLES = 20_000
 """Means :func:`drawn_mean_figure` draws from the plan's runs to weigh a measured mean."""
+DISTINCT_DRAWN = 64
+"""At most this many distinct bills drawn (a spec's runs can cost only so many sums of its
+prices), :func:`drawn_mean_figure` draws how many runs of a batch took each, not each run."""
 RESAMPLED_VALUES = 20_000_000
 """The most draws :func:`drawn_mean_figure` makes: past them, fewer means (at least 2,000),
 and past 10,000 values the normal law of the plan's own spread."""
@@ -169,10 +172,15 @@ def drawn_mean_figure(
         lo, hi = mean - Z95 * sd, mean + Z95 * sd
     else:
         rng = np.random.default_rng(0)
-        count = max(2_000, min(resamples, RESAMPLED_VALUES // n))
-        per = max(1, 1_000_000 // n)  # means drawn at a time: about a million values
-        means = np.concatenate([base[rng.integers(0, base.size, (min(per, count - i), n))].mean(axis=1)
-                                for i in range(0, count, per)])  # fmt: skip
+        bills, times = np.unique(base, return_counts=True)
+        if bills.size <= DISTINCT_DRAWN:  # how many runs of n drew each bill: exact, and cheap
+            count = resamples
+            means = rng.multinomial(n, times / base.size, size=count) @ bills / n
+        else:
+            count = max(2_000, min(resamples, RESAMPLED_VALUES // n))
+            per = max(1, 1_000_000 // n)  # means drawn at a time: about a million values
+            means = np.concatenate([base[rng.integers(0, base.size, (min(per, count - i), n))].mean(axis=1)
+                                    for i in range(0, count, per)])  # fmt: skip
         below = (1 + int(np.count_nonzero(means <= mean + tie))) / (count + 1)
         above = (1 + int(np.count_nonzero(means >= mean - tie))) / (count + 1)
         p = min(1.0, 2.0 * min(below, above))
