@@ -895,6 +895,14 @@ def test_a_batch_weighs_its_bill_against_the_plan_s_own_draws_of_one(tmp_path: P
     assert drawn.off_plan() == (None, None)
     by_t = dataclasses.replace(drawn, cost_drawn=None).off_plan()[0]
     assert by_t is not None and by_t.p_value < 0.05
+    # where the plan replayed the runs together (a model's limits), its bill is not the
+    # draws': the t test weighs it
+    assert r.planned_time is not None and "replayed" not in r.planned()["cost_usd"]
+    replayed = dataclasses.replace(drawn, planned_time=dataclasses.replace(
+        r.planned_time, cost_usd=drawn.cost_planned_per_run * 40, runs=40))  # fmt: skip
+    assert "replayed" in replayed.planned()["cost_usd"]
+    by_replay = replayed.off_plan()[0]
+    assert by_replay is not None and by_replay.p_value == pytest.approx(by_t.p_value)
     never = dataclasses.replace(r, lines=tuple(dataclasses.replace(x, cost_usd=0.032) for x in twice))
     cost = never.off_plan()[0]  # none of forty: 0.24% of batches
     assert cost is not None and cost.p_value < 0.01

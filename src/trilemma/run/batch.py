@@ -143,7 +143,8 @@ class BatchResult:
     earlier session finished are not run, so they take no time."""
     cost_drawn: np.ndarray | None = field(default=None, compare=False, repr=False)
     """A run's bill as the planner draws it (:func:`~trilemma.plan.estimate.bill_draws`),
-    that :meth:`off_plan` weighs the runs' mean bill against; None: by Student's t."""
+    that :meth:`off_plan` weighs the runs' mean bill against, unless the plan replayed the
+    runs together (its bill then is not these draws'); None: by Student's t."""
 
     @property
     def latency_planned_s(self) -> float:
@@ -189,8 +190,11 @@ class BatchResult:
             return None, None
         ran = [r for r in self.lines if not r.from_journal]
         ok = sum(r.status == "ok" for r in ran)
+        # runs replayed together bill less than the estimate's runs drawn alone (a failed
+        # run's queued calls unsent): those draws are not the plan's, so Student's t there
+        drawn = None if "replayed" in self.planned()["cost_usd"] else self.cost_drawn
         return off_plan([r.cost_usd for r in ran], ok, self.cost_planned_per_run,
-                        self.predicted.reliability, cost_drawn=self.cost_drawn)  # fmt: skip
+                        self.predicted.reliability, cost_drawn=drawn)  # fmt: skip
 
     @property
     def error(self) -> str | None:
