@@ -132,8 +132,9 @@ DISTINCT_DRAWN = 64
 """At most this many distinct bills drawn (a spec's runs can cost only so many sums of its
 prices), :func:`drawn_mean_figure` draws how many runs of a batch took each, not each run."""
 RESAMPLED_VALUES = 20_000_000
-"""The most draws :func:`drawn_mean_figure` makes: past them, fewer means (at least 2,000),
-and past 10,000 values the normal law of the plan's own spread."""
+"""The most runs :func:`drawn_mean_figure` resamples one by one (past :data:`DISTINCT_DRAWN`
+bills): past them, fewer means (at least 2,000), and past 10,000 values the normal law of the
+plan's own spread."""
 
 
 def drawn_mean_figure(
@@ -165,27 +166,25 @@ def drawn_mean_figure(
         return mean_figure(field, given, values, tolerance)
     n, mean = len(values), statistics.fmean(values)
     tie = 1e-9 * max(abs(mean), centre)
-    if n > 10_000:  # the normal law of the plan's spread: its skew gone at this many
+    rng = np.random.default_rng(0)
+    bills, times = np.unique(base, return_counts=True)
+    if bills.size <= DISTINCT_DRAWN:  # how many runs of n drew each bill: exact, and cheap
+        means = rng.multinomial(n, times / base.size, size=resamples) @ bills / n
+    elif n > 10_000:  # the normal law of the plan's spread: its skew gone at this many
         sd = float(base.std()) / math.sqrt(n)
-        p = (1.0 if abs(mean - centre) <= tie else 0.0 if sd == 0.0
-             else math.erfc(abs(mean - centre) / sd / math.sqrt(2.0)))  # fmt: skip
-        lo, hi = mean - Z95 * sd, mean + Z95 * sd
+        p = 1.0 if abs(mean - centre) <= tie else math.erfc(abs(mean - centre) / sd / math.sqrt(2.0))
+        return [Figure(field, given, mean, (max(0.0, mean - Z95 * sd), mean + Z95 * sd), p,
+                       abs(given - mean) > tolerance * given)]  # fmt: skip
     else:
-        rng = np.random.default_rng(0)
-        bills, times = np.unique(base, return_counts=True)
-        if bills.size <= DISTINCT_DRAWN:  # how many runs of n drew each bill: exact, and cheap
-            count = resamples
-            means = rng.multinomial(n, times / base.size, size=count) @ bills / n
-        else:
-            count = max(2_000, min(resamples, RESAMPLED_VALUES // n))
-            per = max(1, 1_000_000 // n)  # means drawn at a time: about a million values
-            means = np.concatenate([base[rng.integers(0, base.size, (min(per, count - i), n))].mean(axis=1)
-                                    for i in range(0, count, per)])  # fmt: skip
-        below = (1 + int(np.count_nonzero(means <= mean + tie))) / (count + 1)
-        above = (1 + int(np.count_nonzero(means >= mean - tie))) / (count + 1)
-        p = min(1.0, 2.0 * min(below, above))
-        q_lo, q_hi = np.quantile(means, [0.025, 0.975])
-        lo, hi = mean - (float(q_hi) - centre), mean - (float(q_lo) - centre)
+        count = max(2_000, min(resamples, RESAMPLED_VALUES // n))
+        per = max(1, 1_000_000 // n)  # means drawn at a time: about a million values
+        means = np.concatenate([base[rng.integers(0, base.size, (min(per, count - i), n))].mean(axis=1)
+                                for i in range(0, count, per)])  # fmt: skip
+    below = (1 + int(np.count_nonzero(means <= mean + tie))) / (means.size + 1)
+    above = (1 + int(np.count_nonzero(means >= mean - tie))) / (means.size + 1)
+    p = min(1.0, 2.0 * min(below, above))
+    q_lo, q_hi = np.quantile(means, [0.025, 0.975])
+    lo, hi = mean - (float(q_hi) - centre), mean - (float(q_lo) - centre)
     return [Figure(field, given, mean, (max(0.0, lo), max(0.0, hi)), p,
                    abs(given - mean) > tolerance * given)]  # fmt: skip
 

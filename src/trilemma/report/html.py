@@ -20,7 +20,7 @@ from trilemma import __version__
 from trilemma.errors import UsageError
 from trilemma.journal import Journal
 from trilemma.journal.store import GATEWAY_RUN, sent_by_step
-from trilemma.plan.agreement import off_plan
+from trilemma.plan.agreement import OFF_PLAN_RUNS, off_plan
 from trilemma.plan.slots import SLOTS_BIND
 from trilemma.report.plots import batch_png, timeline_png
 from trilemma.report.tables import (
@@ -190,8 +190,9 @@ def batch_report(journal: Journal, batch_id: str) -> str:
     off = bad = None
     if all(r["status"] in ("ok", "failed") for r in runs):  # none cut by a budget
         planned = halts if halts is not None else cost_p.get("expected")
+        drawn = _bills_drawn(first["spec_json"]) if n >= OFF_PLAN_RUNS else None  # else not weighed
         off, bad = off_plan([r["cost_usd"] for r in runs], ok, planned, p.get("reliability"),
-                            cost_drawn=_bills_drawn(first["spec_json"]))  # fmt: skip
+                            cost_drawn=drawn)  # fmt: skip
     said = off_plan_line(off, bad, journal.path) if off is not None or bad is not None else None
     off_p = "" if said is None else f'<p class="bad">{_e(said)}</p>'
     png = batch_png(runs, ceiling)

@@ -173,10 +173,15 @@ class BatchResult:
         the runs replayed together where the estimate drew them so (calls queued behind a
         failed run's model unsent), else runs stopping at a failed step where it drew those,
         else the expected figure."""
+        return self._cost_plan()[0]
+
+    def _cost_plan(self) -> tuple[float, bool]:
+        """:attr:`cost_planned_per_run`, and whether it is the runs replayed together."""
         plan = self.planned()["cost_usd"]
-        return (plan["replayed"] / len(self.lines) if "replayed" in plan
-                else self.predicted.halting.cost_usd if self.predicted.halting is not None
-                else self.predicted.cost_expected)  # fmt: skip
+        if "replayed" in plan:
+            return plan["replayed"] / len(self.lines), True
+        h = self.predicted.halting
+        return (h.cost_usd if h is not None else self.predicted.cost_expected), False
 
     def off_plan(self) -> tuple[Figure | None, Figure | None]:
         """``(cost, success)`` of the runs of this session that went to their end (ok or
@@ -192,9 +197,9 @@ class BatchResult:
         ok = sum(r.status == "ok" for r in ran)
         # runs replayed together bill less than the estimate's runs drawn alone (a failed
         # run's queued calls unsent): those draws are not the plan's, so Student's t there
-        drawn = None if "replayed" in self.planned()["cost_usd"] else self.cost_drawn
-        return off_plan([r.cost_usd for r in ran], ok, self.cost_planned_per_run,
-                        self.predicted.reliability, cost_drawn=drawn)  # fmt: skip
+        planned, replayed = self._cost_plan()
+        return off_plan([r.cost_usd for r in ran], ok, planned, self.predicted.reliability,
+                        cost_drawn=None if replayed else self.cost_drawn)  # fmt: skip
 
     @property
     def error(self) -> str | None:
