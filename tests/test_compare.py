@@ -351,7 +351,10 @@ def test_a_simulated_spec_off_its_prediction_is_chance_and_gets_no_advice(tmp_pa
     assert "measured success" not in console.export_text()
 
 
-def test_ctrl_c_in_a_compare_says_where_the_runs_that_ended_are(cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_ctrl_c_in_a_compare_says_where_the_runs_that_ended_are(
+    cli, tmp_path: Path, parallel: int
+) -> None:
     import signal
     import subprocess
     import sys
@@ -363,7 +366,7 @@ def test_ctrl_c_in_a_compare_says_where_the_runs_that_ended_are(cli, tmp_path: P
     proc = subprocess.Popen(
         [sys.executable, "-m", "trilemma", "compare", str(EXAMPLES / "single.yaml"),
          str(EXAMPLES / "ticket.yaml"), "--runs", "100000", "--journal", str(db),
-         "--time-scale", "0.05"],  # runs of 0.1 s: Ctrl-C seldom lands between two
+         "--time-scale", "0.05", "--parallel", str(parallel)],  # runs of 0.1 s: Ctrl-C seldom lands between two
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
     )  # fmt: skip
     try:
@@ -390,9 +393,10 @@ def test_ctrl_c_in_a_compare_says_where_the_runs_that_ended_are(cli, tmp_path: P
     # the trial it cut short is closed, not left for a resume that would refuse it
     assert journal.runs(status="running") == []
     cut = [r for r in journal.runs(status="failed") if "interrupted (Ctrl-C)" in (r["error"] or "")]
-    # one trial cut short, or none where Ctrl-C came between two trials (seen once on a busy
-    # machine: the run before had ended ok and the next had not started)
-    assert len(cut) <= 1 and all(r["pid"] is None for r in cut)
+    # a trial cut short for each going at once, or none where Ctrl-C came between two
+    # trials (seen once on a busy machine: the run before had ended ok and the next had
+    # not started)
+    assert len(cut) <= parallel and all(r["pid"] is None for r in cut)
     assert cli("doctor", "--journal", db).out.endswith("all good\n")
 
 
@@ -535,3 +539,79 @@ def test_a_compare_weighs_its_runs_bills_against_the_monte_carlo_s(tmp_path: Pat
     assert routed.cost_off_prediction is None
     assert routed.to_json()["measured"]["cost_p_value"] > 0.1
     assert replace(routed, cost_drawn=None, off=None).cost_off_prediction == "below"
+
+
+def _most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most of ``spans`` (start, end) open at one moment."""
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    now = most = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_parallel_runs_draw_as_runs_one_at_a_time_do(tmp_path: Path) -> None:
+    """--parallel changes how long a compare takes, not what its runs draw: each run keeps
+    its seed and its own budget, so on the simulator the same runs come out either way."""
+    wf = load_workflow(EXAMPLES / "seed-chain.yaml")  # budget $0.10 a run, worst case $0.36
+    alone, together = Journal(tmp_path / "a.db"), Journal(tmp_path / "b.db")
+    (one,) = compare([("chain", wf)], 24, alone, seed=5, time_scale=0.01)
+    (four,) = compare([("chain", wf)], 24, together, seed=5, time_scale=0.01, parallel=4)
+    assert four.costs == one.costs and (four.ok, four.stopped) == (one.ok, one.stopped)
+    assert one.stopped > 0 and max(four.costs) <= 0.10 + 1e-12  # each run its own ceiling
+    assert four.calls_mean == one.calls_mean and (one.parallel, four.parallel) == (1, 4)
+    runs = together.runs()
+    assert sorted(r["seed"] for r in runs) == list(range(5, 29))
+    spans = [(r["started_at"], r["finished_at"]) for r in runs]
+    assert 1 < _most_at_once(spans) <= 4
+    assert _most_at_once([(r["started_at"], r["finished_at"]) for r in alone.runs()]) == 1
+
+
+def test_parallel_runs_share_an_endpoints_limits(cli, tmp_path: Path) -> None:
+    """Runs going at a time on one endpoint hold its limits together: a model of
+    max_concurrency 2 never has three calls out at once from four runs; one without limits
+    has four (the ledger's spans, from a call's slot taken to its answer)."""
+    from trilemma.testing import Reply, ScriptedServer
+
+    with ScriptedServer([Reply("42", delay_s=0.15, prompt_tokens=100, completion_tokens=10)] * 18) as srv:
+        specs = []
+        for name, limit in (("limited", ", max_concurrency: 2"), ("free", "")):
+            path = tmp_path / f"{name}.yaml"
+            path.write_text(f"""version: 1
+models:
+  r: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_1m_input: 1.0,
+      usd_per_1m_output: 10.0, latency_s: 0.15, p_ok: 0.9{limit}}}
+steps:
+  - {{id: a, model: r, gate: {{regex: '^[0-9]+$'}}}}
+""")
+            specs.append(path)
+        t = cli("compare", *specs, "--runs", "8", "--parallel", "4", "--time-scale", "1",
+                "--journal", tmp_path / "j.db")  # fmt: skip
+        assert t.code == 0, t.err
+        assert len(srv.requests) == 16
+        journal = Journal(tmp_path / "j.db")
+        most = {}
+        for path in specs:
+            calls = [c for r in journal.runs() if r["spec_source"] == str(path)
+                     for c in journal.calls(r["run_id"])]  # fmt: skip
+            assert len(calls) == 8 and all(c["cost_usd"] == pytest.approx(2e-4) for c in calls)
+            most[path.stem] = _most_at_once([(c["started_at"], c["finished_at"]) for c in calls])
+        assert most == {"limited": 2, "free": 4}
+        said = " ".join(t.out.split())
+        assert ("Runs went 4 at a time, each under its own budget; the models' limits held "
+                "for them together (limited.yaml), so a run's latency includes its waits on "
+                "the others' calls.") in said  # fmt: skip
+        d = cli("compare", specs[1], "--runs", "2", "--parallel", "2", "--time-scale", "1",
+                "--journal", tmp_path / "j.db", "--json").json()  # fmt: skip
+    assert d[0]["parallel"] == 2 and d[0]["measured"]["cost_usd"] == pytest.approx(2e-4)
+
+
+def test_parallel_below_one_is_refused_before_any_run(cli, tmp_path: Path) -> None:
+    t = cli("compare", EXAMPLES / "single.yaml", "--parallel", "0", "--journal", tmp_path / "j.db")
+    assert t.code == 2 and t.err == "trilemma: error: --parallel: 0 is not a positive integer; give 1 or more\n"
+    assert not (tmp_path / "j.db").exists()
+    with pytest.raises(UsageError, match="--parallel -1: give 1 or more runs at a time"):
+        compare([("single", load_workflow(EXAMPLES / "single.yaml"))], 3, tmp_path / "k.db",
+                parallel=-1)  # fmt: skip
+    assert not (tmp_path / "k.db").exists()

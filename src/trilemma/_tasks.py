@@ -1,18 +1,21 @@
 """Event loop helpers: waiting for background tasks (the journal's writer, the shared cache's
-writes), and an event loop made whole for every blocking call that runs one."""
+writes), work taken a few at a time (a batch's runs, a compare's), and an event loop made
+whole for every blocking call that runs one."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import threading
-from collections.abc import Callable, Coroutine
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-__all__ = ["drain_tasks", "run_whole", "whole_loop"]
+__all__ = ["drain_tasks", "in_turns", "run_whole", "whole_loop"]
 
 F = TypeVar("F", bound="asyncio.Future[Any]")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def whole_loop() -> asyncio.AbstractEventLoop:
@@ -61,3 +64,24 @@ async def drain_tasks(tasks: set[F], settled: Callable[[F], None]) -> None:
             settled(task)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def in_turns(
+    items: Iterable[T],
+    parallel: int,
+    work: Callable[[T], Awaitable[object]],
+    stop: Callable[[], bool] | None = None,
+) -> None:
+    """Await ``work(item)`` for each of ``items`` in order, at most ``parallel`` at a time: each
+    of ``parallel`` workers takes the next item as its last one ends. Once ``stop()`` says so,
+    no further item starts (those under way go on). An error in one ``work`` cancels the others
+    and is raised in an ExceptionGroup, as a TaskGroup raises it."""
+    todo = deque(items)
+
+    async def worker() -> None:
+        while todo and (stop is None or not stop()):
+            await work(todo.popleft())
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(min(parallel, len(todo))):
+            tg.create_task(worker())

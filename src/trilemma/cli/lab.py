@@ -535,6 +535,10 @@ def compare_cmd(
         help="Run i of every spec uses seed + i, so --seed 1 repeats all but one of --seed "
              "0's runs: move it by --runs or more for an independent repeat.")] = 0,
     time_scale: TimeScaleOpt = 0.01,
+    parallel: Annotated[int, typer.Option(
+        help="A spec's runs at a time, each under its own budget, sharing the models' limits "
+             "as runs on one endpoint do (a run's latency then includes its waits on the "
+             "others); for real endpoints, whose runs take their time.")] = 1,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write success against cost as a PNG.")] = None,
     sets: SetOpt = None,
@@ -543,6 +547,7 @@ def compare_cmd(
     """Quality per dollar, measured: run each spec alike, predicted beside measured.
 
     Each spec gets the `--input` values it declares; every `--set` applies to every spec.
+    Runs go one at a time unless `--parallel` says more.
 
     Example: trilemma compare examples/single.yaml examples/ticket.yaml examples/cascade.yaml
 
@@ -552,6 +557,7 @@ def compare_cmd(
     from trilemma.report import tables
 
     writable("--plot", plot)
+    positive("--parallel", parallel)
     files = [stdin_named(f) for f in files]
     if files.count(Path(STDIN)) > 1:
         raise UsageError("-: standard input holds one spec; give the others as files")
@@ -562,7 +568,7 @@ def compare_cmd(
     with runs_kept_on_interrupt(journal), progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * len(specs))
         rows = compare(specs, runs, journal, seed=seed, time_scale=time_scale,
-                       inputs=given, overrides=sets or (),
+                       inputs=given, overrides=sets or (), parallel=parallel,
                        on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
     from trilemma.report.plots import plot_compare
 

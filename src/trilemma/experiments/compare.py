@@ -99,6 +99,11 @@ class Contender(Successes):
     """Each of :attr:`simulated`'s runs' dollars, where those hold all of a bill's spread
     (:func:`~trilemma.plan.estimate.bills_drawn_whole`): the runs' mean cost is weighed
     against means of as many of them; None: by Student's t test."""
+    parallel: int = 1
+    """Runs that went at a time, sharing the spec's models' limits (``--parallel``)."""
+    limited: bool = False
+    """A model of the spec has limits (``max_concurrency``, ``rpm``, ``tpm``), which runs
+    going at a time share."""
     off: tuple[str, ...] | None = None
     """The figures (``success``, ``cost``) the runs contradict, every figure of one compare
     weighed together (:func:`judge_contenders`); None: not judged with others, so
@@ -173,6 +178,7 @@ class Contender(Successes):
         return {
             "spec": self.name,
             "runs": self.runs,
+            "parallel": self.parallel,
             "measured": {
                 "success_rate": self.success_rate,
                 "stopped_by_budget": self.stopped,
@@ -221,15 +227,20 @@ def compare(
     on_progress: Callable[[int, int], object] | None = None,
     inputs: Mapping[str, str] | None = None,
     overrides: Sequence[str] = (),
+    parallel: int = 1,
 ) -> list[Contender]:
     """Run each spec ``runs`` times; their measured and predicted figures, in the order given.
 
     ``inputs``: each spec's runs get those it declares; every spec's are checked before any
     run (and before a ``journal`` given as a path is opened), and one that no spec declares
     is refused. ``overrides``: the ``--set`` values every spec was loaded with, journaled
-    with each run (and named in a contender's advice to calibrate).
+    with each run (and named in a contender's advice to calibrate). ``parallel``: a spec's
+    runs at a time (one spec after another), sharing its models' limits as runs on one
+    endpoint do, so that a run's latency includes its waits on the others' calls.
     """
     check_settings(runs, time_scale)
+    if parallel < 1:
+        raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
     if len(specs) < 1:
         raise UsageError("give at least one spec to measure (two or more to compare)")
     own = inputs_of(specs, inputs)
@@ -240,8 +251,8 @@ def compare(
     with opened(journal) as j:
         for name, wf in specs:
             got = repeat(wf, runs, j, seed=seed, time_scale=time_scale, source=name, tick=tick,
-                         inputs=own[name], overrides=overrides)  # fmt: skip
-            out.append(_contender(name, wf, got, tuple(overrides)))
+                         inputs=own[name], overrides=overrides, parallel=parallel)  # fmt: skip
+            out.append(_contender(name, wf, got, tuple(overrides), parallel))
     return judge_contenders(out)
 
 
@@ -276,7 +287,9 @@ def inputs_of(
     return own
 
 
-def _contender(name: str, wf: Workflow, got: list[Trial], overrides: tuple[str, ...] = ()) -> Contender:
+def _contender(
+    name: str, wf: Workflow, got: list[Trial], overrides: tuple[str, ...] = (), parallel: int = 1
+) -> Contender:
     n = len(got)
     latencies = sorted(t.latency_s for t in got)
     simulated = under_budget(wf, wf.budget.deadline_s, wf.budget.max_cost_usd, keep=True)
@@ -294,6 +307,8 @@ def _contender(name: str, wf: Workflow, got: list[Trial], overrides: tuple[str, 
         endpoints=tuple(sorted(m for m, p in wf.models.items() if not p.runs_on_simulator)),
         costs=tuple(t.cost_usd for t in got),
         overrides=overrides,
+        parallel=parallel,
+        limited=any(m.max_concurrency or m.rpm or m.tpm for m in wf.models.values()),
         cost_drawn=simulated.samples["cost"] if simulated.samples and bills_drawn_whole(wf) else None,
     )
 

@@ -23,8 +23,9 @@ from trilemma.errors import UsageError
 from trilemma.experiments.tasks import MAX_TRIALS
 from trilemma.journal import Journal
 from trilemma.plan.agreement import wilson
+from trilemma.run.executor import RunResult
 from trilemma.run.retry import check_time_scale, scaled_time
-from trilemma.run.session import execute
+from trilemma.run.session import execute, execute_many
 from trilemma.spec import Workflow
 
 __all__ = ["MAX_TRIALS", "JournalRef", "Successes", "Tally", "Trial", "check_reachable",
@@ -186,24 +187,41 @@ def repeat(
     tick: Callable[[], object] | None = None,
     inputs: Mapping[str, str] | None = None,
     overrides: Sequence[str] = (),
+    parallel: int = 1,
 ) -> list[Trial]:
     """Run ``wf`` ``runs`` times, run ``i`` with seed ``seed + i``, each with ``inputs``;
     ``tick`` after each run.
 
     ``wf`` is the spec as written: it is scaled here, and so is ``deadline_s``. Each run is
     journaled with the ``overrides`` (``--set``) ``wf`` was loaded with from ``source``.
+
+    ``parallel``: runs at a time, on one event loop, sharing each model's limits as runs on
+    one endpoint do (:func:`~trilemma.run.session.execute_many_async`); 1 runs each alone,
+    in an event loop of its own, so that no run waits on another's calls.
     """
     check_settings(runs, time_scale)
     fast = time_scaled(wf, time_scale)
     deadline = deadline_s * time_scale if deadline_s is not None else None
+
+    def trial(r: RunResult) -> Trial:
+        return Trial(r.status, r.cost_usd, r.latency_s / time_scale, r.calls, len(r.outputs),
+                     len(r.steps))  # fmt: skip
+
+    if parallel != 1:
+        with scaled_time(time_scale):
+            got = execute_many(fast, [seed + i for i in range(runs)], journal=journal,
+                               parallel=parallel, inputs=inputs, max_cost_usd=max_cost_usd,
+                               deadline_s=deadline, source=source, time_scale=time_scale,
+                               overrides=overrides,
+                               on_run=None if tick is None else lambda i, r: tick())  # fmt: skip
+        return [trial(r) for r in got]
     out = []
     for i in range(runs):
         with scaled_time(time_scale):
             r = execute(fast, journal=journal, inputs=inputs, seed=seed + i,
                         max_cost_usd=max_cost_usd, deadline_s=deadline, source=source,
                         time_scale=time_scale, overrides=overrides)  # fmt: skip
-        out.append(Trial(r.status, r.cost_usd, r.latency_s / time_scale, r.calls,
-                         len(r.outputs), len(r.steps)))  # fmt: skip
+        out.append(trial(r))
         if tick is not None:
             tick()
     return out

@@ -1520,6 +1520,12 @@ def compare_table(
                 line += (f"; but {runs:,} runs each do not tell the two apart (their 95% "
                          f"intervals overlap). {_to_tell_apart(surest, best)}")  # fmt: skip
             lines.append(line + ".")
+    if (together := rows[0].parallel) > 1:
+        limited = [short[r.name] for r in rows if r.limited]
+        lines.append(f"Runs went {together} at a time, each under its own budget"
+                     + (f"; the models' limits held for them together ({', '.join(limited)}), so "
+                        "a run's latency includes its waits on the others' calls" if limited
+                        else "") + ".")  # fmt: skip
     lines += _scaled(time_scale)
     return Group(t, Text("\n".join(lines)))
 

@@ -21,12 +21,10 @@ spend of earlier sessions counts against the ceiling.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ import numpy as np
 
 from trilemma import dag
 from trilemma._format import set_flags
+from trilemma._tasks import in_turns
 from trilemma.cache.semantic import Embedder
 from trilemma.errors import UsageError
 from trilemma.journal.store import Journal, JournalWriter, overrides_of
@@ -709,27 +708,23 @@ async def run_batch_async(
 
     finished = sum(1 for r in results if r is not None)  # lines done, earlier sessions' too
 
-    async def worker(todo: deque[int]) -> None:
+    async def line(i: int) -> None:
         nonlocal finished
-        while todo and not _stopping(guard, clock):
-            i = todo.popleft()
-            await one(i)
-            finished += 1
-            if on_line is not None and (done := results[i]) is not None:
-                on_line(done)
-            if on_progress is not None:
-                on_progress(finished, len(values), guard.spent)
+        await one(i)
+        finished += 1
+        if on_line is not None and (done := results[i]) is not None:
+            on_line(done)
+        if on_progress is not None:
+            on_progress(finished, len(values), guard.spent)
 
     writer: JournalWriter | None = None  # one connection and thread for every run, made in main
 
     async def main() -> None:
         nonlocal writer
         writer = writer_for(journal, limits.values())
-        todo = deque(i for i, r in enumerate(results) if r is None)
+        todo = [i for i, r in enumerate(results) if r is None]
         try:
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(min(parallel, len(values))):
-                    tg.create_task(worker(todo))
+            await in_turns(todo, parallel, line, lambda: _stopping(guard, clock))
         finally:
             try:
                 await writer.aclose()

@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from trilemma import _FROZEN_AT_IMPORT
 from trilemma._proc import pid_alive
-from trilemma._tasks import run_whole
+from trilemma._tasks import in_turns, run_whole
 from trilemma.cache.semantic import Embedder, default_embedder
 from trilemma.cache.shared import SharedCache
 from trilemma.errors import UsageError
@@ -45,6 +45,7 @@ from trilemma.run.executor import (
     new_run_id,
     spec_hash,
     spec_json,
+    writer_for,
 )
 from trilemma.run.gates import Check, build_gate
 from trilemma.run.retry import check_time_scale
@@ -68,6 +69,8 @@ __all__ = [
     "embedder_for",
     "execute",
     "execute_async",
+    "execute_many",
+    "execute_many_async",
     "open_run",
     "providers_for",
     "refuse_undeclared",
@@ -294,6 +297,75 @@ async def execute_async(
 
 
 execute = blocking(execute_async)
+
+
+async def execute_many_async(
+    wf: Workflow,
+    seeds: Sequence[int],
+    *,
+    journal: Journal,
+    parallel: int = 1,
+    inputs: Mapping[str, str] | None = None,
+    max_cost_usd: float | None = None,
+    deadline_s: float | None = None,
+    source: str = "<spec>",
+    time_scale: float = 1.0,
+    overrides: Sequence[str] = (),
+    on_run: Callable[[int, RunResult], object] | None = None,
+) -> list[RunResult]:
+    """Run ``wf`` once per seed of ``seeds``, ``parallel`` runs at a time on this loop; the
+    results in the order of ``seeds``.
+
+    Each run is one :func:`execute_async` would make, with ``inputs``, under a ceiling and a
+    deadline of its own (``max_cost_usd`` and ``deadline_s`` hold per run, the deadline from
+    the run's start). What the runs share is what their endpoints do: each model's limits
+    (``max_concurrency``, ``rpm``, ``tpm``) hold for all the runs together, as a batch's do,
+    so a run's latency includes its waits on the others' calls; a real endpoint's client
+    serves every run. ``on_run(i, result)`` after run ``i`` ends, in the order runs end.
+
+    A provider's bug (not a ProviderError) stops the runs under way, leaving them for
+    :func:`resume`, and is raised as itself; a cancelled call leaves them alike.
+    """
+    if parallel < 1:
+        raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
+    check_time_scale(time_scale)
+    values = check_inputs(wf, inputs or {}, source)
+    gates = build_gates(wf, source)
+    embedder = embedder_for(wf)
+    ceiling, deadline = wf.budget.resolve(max_cost_usd, deadline_s)
+    predicted = estimate(wf)
+    first = providers_for(wf.models, wf.seed_for(seeds[0]) if seeds else None)
+    endpoints = {n: p for n, p in first.items() if not wf.models[n].runs_on_simulator}
+    limits = {n: Route.of(m, first[n]) for n, m in wf.models.items()}
+    writer = writer_for(journal, limits.values())  # one connection and thread for every run
+    out: list[RunResult | None] = [None] * len(seeds)
+
+    async def one(i: int) -> None:
+        seed = wf.seed_for(seeds[i])
+        session = Session(SpendGuard(ceiling),
+                          Clock(time.time() + deadline if deadline is not None else None))  # fmt: skip
+        ex = open_run(wf, journal, session, values=values, seed=seed, source=source,
+                      providers=providers_for(wf.models, seed, endpoints), gates=gates,
+                      predicted=predicted, on_event=None, embedder=embedder, tenant=None,
+                      limits=limits, writer=writer, time_scale=time_scale,
+                      overrides=overrides)  # fmt: skip
+        out[i] = result = await ex.run(session, {})
+        if on_run is not None:
+            on_run(i, result)
+
+    try:
+        await in_turns(range(len(seeds)), parallel, one)
+    except ExceptionGroup as group:  # a run's bug: the error itself, as execute() raises it
+        raise group.exceptions[0] from None
+    finally:
+        try:
+            await writer.aclose()
+        finally:
+            await close_providers(endpoints)
+    return [r for r in out if r is not None]
+
+
+execute_many = blocking(execute_many_async)
 
 
 def shared_spend(ceiling: SharedCeiling | None) -> SharedSpend | None:
