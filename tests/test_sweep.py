@@ -154,6 +154,7 @@ def test_cli_sweep_json_table_and_plot(cli, tmp_path: Path) -> None:
         (["--max-cost", "0.1", "--time-scale", "2"], "--time-scale 2: give a factor in (0, 1]"),
         (["--max-cost", "0.1", "--runs", "0"], "--runs: 0 is not a positive integer"),
         (["--max-cost", "0.1", "--runs", "1000001"], "--runs: 1,000,001 runs, each one run on the executor"),
+        (["--max-cost", "0.1", "--parallel", "0"], "--parallel: 0 is not a positive integer; give 1 or more"),
     ],
 )
 def test_cli_sweep_bad_flags_are_one_line_errors(cli, tmp_path: Path, args, says) -> None:
@@ -227,3 +228,48 @@ def test_a_sweep_passes_its_inputs_and_checks_them_first(cli, tmp_path: Path) ->
     runs = Journal(journal).runs()
     assert len(runs) == 4  # the baseline and one budget, two runs each
     assert all(json.loads(row["inputs_json"]) == {"question": "Where is my order?"} for row in runs)
+
+
+def test_runs_at_a_time_keep_their_own_ceilings_and_draws(cli, tmp_path: Path) -> None:
+    """--parallel: the same runs as one at a time (each its seed, each its own ceiling, not
+    one pooled among those going together), in the same rows."""
+    budgets = [Limits(0.006), Limits(0.036)]
+    alone = budget_sweep(load_workflow(CASCADE), budgets, 30, Journal(tmp_path / "a.db"), seed=3)
+    together = budget_sweep(load_workflow(CASCADE), budgets, 30, Journal(tmp_path / "b.db"),
+                            seed=3, parallel=4)  # fmt: skip
+    for one, four in zip((alone.baseline, *alone.rows), (together.baseline, *together.rows),
+                         strict=True):  # fmt: skip
+        assert (four.ok, four.stopped, four.failed, four.overruns) == (one.ok, one.stopped, one.failed, 0)
+        assert four.cost_max == one.cost_max and four.cost_mean == pytest.approx(one.cost_mean)
+    assert together.rows[0].stopped > 0 and together.rows[0].cost_max <= 0.006 + 1e-12
+    d = cli("sweep", CASCADE, "--max-cost", "0.006", "--runs", "8", "--parallel", "4",
+            "--journal", tmp_path / "c.db", "--json").json()  # fmt: skip
+    assert d["parallel"] == 4 and d["rows"][0]["overruns"] == 0
+    t = cli("sweep", CASCADE, "--max-cost", "0.006", "--runs", "8", "--parallel", "4",
+            "--journal", tmp_path / "c.db")  # fmt: skip
+    assert t.code == 0 and "Runs went 4 at a time, each under its own budget.\n" in t.out
+
+
+def test_runs_at_a_time_wait_on_the_models_limits_they_share(tmp_path: Path) -> None:
+    """Four runs at a time of a model that takes one call at once: each run's deadline
+    counts from its own start, so those whose call waited for the others' miss it."""
+    wf = parse_workflow("""version: 1
+models: {slow: {usd_per_call: 0.01, latency_s: 4.0, p_ok: 1.0, max_concurrency: 1}}
+steps: [{id: a, model: slow}]
+""")
+    sw = budget_sweep(wf, [Limits(deadline_s=10.0)], 4, Journal(tmp_path / "j.db"),
+                      time_scale=0.1, parallel=4)  # fmt: skip
+    (row,) = sw.rows
+    assert sw.baseline.ok == 4 and sorted(round(x) for x in _latencies(tmp_path / "j.db", 4)) == [4, 8, 12, 16]
+    assert (row.ok, row.stopped) == (2, 2)  # answered at 4 s and 8 s; 12 s and 16 s too late
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(sweep_table(sw, "slow.yaml"))
+    assert ("Runs went 4 at a time, each under its own budget; the models' limits held for "
+            "them together, so a run's latency includes its waits on the others' calls."
+            ) in console.export_text()  # fmt: skip
+
+
+def _latencies(db: Path, first: int) -> list[float]:
+    """The spec-time latencies of the ``first`` runs a journal holds (the oldest)."""
+    runs = sorted(Journal(db).runs(), key=lambda r: r["started_at"])[:first]
+    return [r["latency_s"] / r["time_scale"] for r in runs]

@@ -49,6 +49,10 @@ DEFAULT_STATE = Path(".trilemma") / "local"
 TimeScaleOpt = Annotated[
     float, typer.Option(help="Simulated time runs this much faster (1: real time).")
 ]
+ParallelOpt = Annotated[int, typer.Option(
+    help="Runs at a time, each under its own budget, sharing the models' limits as runs on "
+         "one endpoint do (a run's latency then includes its waits on the others): for real "
+         "endpoints, whose runs take their time.")]  # fmt: skip
 
 
 @local_app.command("up")
@@ -486,6 +490,7 @@ def sweep_cmd(
         help="Run i of every budget uses seed + i, so --seed 1 repeats all but one of --seed "
              "0's runs: move it by --runs or more for an independent repeat.")] = 0,
     time_scale: TimeScaleOpt = 0.01,
+    parallel: ParallelOpt = 1,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write the sweep as a PNG.")] = None,
     sets: SetOpt = None,
@@ -502,6 +507,7 @@ def sweep_cmd(
     if max_cost is None and deadline is None:
         raise UsageError("give the budgets to sweep: --max-cost 0.1,0.2 and/or --deadline 5,10")
     writable("--plot", plot)
+    positive("--parallel", parallel)
     budgets = [Limits(c, d) for c in _numbers("--max-cost", max_cost, MAX_USD)
                for d in _numbers("--deadline", deadline, MAX_SECONDS)]  # fmt: skip
     wf = load_workflow(file, sets or ())
@@ -512,6 +518,7 @@ def sweep_cmd(
         bar_id = bar.add_task("runs", total=runs * (len(budgets) + 1))
         result = budget_sweep(wf, budgets, runs, journal, seed=seed, time_scale=time_scale,
                               source=str(file), inputs=given, overrides=sets or (),
+                              parallel=parallel,
                               on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
     from trilemma.report.plots import plot_sweep
 
@@ -535,10 +542,7 @@ def compare_cmd(
         help="Run i of every spec uses seed + i, so --seed 1 repeats all but one of --seed "
              "0's runs: move it by --runs or more for an independent repeat.")] = 0,
     time_scale: TimeScaleOpt = 0.01,
-    parallel: Annotated[int, typer.Option(
-        help="A spec's runs at a time, each under its own budget, sharing the models' limits "
-             "as runs on one endpoint do (a run's latency then includes its waits on the "
-             "others); for real endpoints, whose runs take their time.")] = 1,
+    parallel: ParallelOpt = 1,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write success against cost as a PNG.")] = None,
     sets: SetOpt = None,

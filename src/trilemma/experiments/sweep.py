@@ -149,6 +149,11 @@ class Sweep:
     """First seed; run ``i`` of every budget uses ``seed + i``."""
     time_scale: float
     """Factor the simulated time ran at."""
+    parallel: int = 1
+    """Runs that went at a time (``--parallel``), each under its own budget."""
+    limited: bool = False
+    """A model of the spec has limits (``max_concurrency``, ``rpm``, ``tpm``), which runs
+    going at a time share."""
 
     def to_json(self) -> dict[str, Any]:
         """The contract of ``trilemma sweep --json``."""
@@ -157,6 +162,7 @@ class Sweep:
             "runs": self.baseline.runs,
             "seed": self.seed,
             "time_scale": self.time_scale,
+            "parallel": self.parallel,
             "predicted": p.headline(),
             "baseline": self.baseline.to_json(),
             "rows": [r.to_json() for r in self.rows],
@@ -175,15 +181,20 @@ def budget_sweep(
     on_progress: Callable[[int, int], object] | None = None,
     inputs: Mapping[str, str] | None = None,
     overrides: Sequence[str] = (),
+    parallel: int = 1,
 ) -> Sweep:
     """Run ``wf`` ``runs`` times with no budget, then ``runs`` times under each budget, each
     run with ``inputs`` (checked before any run, and before a ``journal`` given as a path is
     opened), and journaled with the ``overrides`` ``wf`` was loaded with (``--set``).
 
     The spec's own ceiling and deadline are set aside: the baseline has none, and each
-    budget of the sweep is the only one its runs obey.
+    budget of the sweep is the only one its runs obey. ``parallel``: runs at a time, each
+    under its own budget (and its deadline from its own start), sharing the models' limits
+    as runs on one endpoint do, so that a run's latency includes its waits on the others'.
     """
     check_settings(runs, time_scale)
+    if parallel < 1:
+        raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
     check_inputs(wf, inputs or {}, source)
     if not budgets:
         raise UsageError("give at least one budget: --max-cost 0.1,0.2 or --deadline 5,10")
@@ -194,7 +205,7 @@ def budget_sweep(
     def trials(b: Limits, j: Journal) -> list[Trial]:
         return repeat(unbudgeted, runs, j, seed=seed, time_scale=time_scale,
                       max_cost_usd=b.max_cost_usd, deadline_s=b.deadline_s, source=source,
-                      tick=tick, inputs=inputs, overrides=overrides)  # fmt: skip
+                      tick=tick, inputs=inputs, overrides=overrides, parallel=parallel)  # fmt: skip
 
     def predicted(row: SweepRow) -> SweepRow:
         b = row.budget
@@ -205,7 +216,8 @@ def budget_sweep(
         base = trials(Limits(), j)
         baseline = predicted(_row(Limits(), base, base))
         rows = tuple(predicted(_row(b, trials(b, j), base)) for b in budgets)
-    return Sweep(baseline, rows, estimate(wf), seed, time_scale)
+    limited = any(m.max_concurrency or m.rpm or m.tpm for m in wf.models.values())
+    return Sweep(baseline, rows, estimate(wf), seed, time_scale, parallel, limited)
 
 
 def _row(budget: Limits, got: list[Trial], base: list[Trial]) -> SweepRow:

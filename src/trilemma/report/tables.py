@@ -1455,6 +1455,7 @@ def sweep_table(sw: Sweep, source: str) -> Group:
     lines.append(f"Success is measured to within +-{widest:.1%} ({base.runs:,} runs a budget, "
                  "95%, the widest row): rows closer than that are not told apart; more --runs "
                  "narrow it.")  # fmt: skip
+    lines += _together(sw.parallel, "" if sw.limited else None)
     lines += _scaled(sw.time_scale)
     return Group(t, Text("\n".join(lines)))
 
@@ -1520,12 +1521,8 @@ def compare_table(
                 line += (f"; but {runs:,} runs each do not tell the two apart (their 95% "
                          f"intervals overlap). {_to_tell_apart(surest, best)}")  # fmt: skip
             lines.append(line + ".")
-    if (together := rows[0].parallel) > 1:
-        limited = [short[r.name] for r in rows if r.limited]
-        lines.append(f"Runs went {together} at a time, each under its own budget"
-                     + (f"; the models' limits held for them together ({', '.join(limited)}), so "
-                        "a run's latency includes its waits on the others' calls" if limited
-                        else "") + ".")  # fmt: skip
+    limited = [short[r.name] for r in rows if r.limited]
+    lines += _together(rows[0].parallel, f" ({', '.join(limited)})" if limited else None)
     lines += _scaled(time_scale)
     return Group(t, Text("\n".join(lines)))
 
@@ -1574,6 +1571,17 @@ def _to_tell_apart(a: Contender, b: Contender) -> str:
         return f"The planner predicts the two alike ({_pct(pa)})"
     return (f"The planner's {_pct(pa)} and {_pct(pb)} take about {n:,} runs each to tell "
             "apart (--runs; 95% confidence, 80% power)")
+
+
+def _together(parallel: int, limited: str | None) -> list[str]:
+    """The line of an experiment whose runs went ``parallel`` at a time (none for one at a
+    time); ``limited``: said after "held for them together" where models have limits (None:
+    none has)."""
+    if parallel == 1:
+        return []
+    shared = ("" if limited is None else f"; the models' limits held for them together{limited}, "
+              "so a run's latency includes its waits on the others' calls")  # fmt: skip
+    return [f"Runs went {parallel} at a time, each under its own budget{shared}."]
 
 
 def _scaled(time_scale: float) -> list[str]:
