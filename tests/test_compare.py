@@ -615,3 +615,27 @@ def test_parallel_below_one_is_refused_before_any_run(cli, tmp_path: Path) -> No
         compare([("single", load_workflow(EXAMPLES / "single.yaml"))], 3, tmp_path / "k.db",
                 parallel=-1)  # fmt: skip
     assert not (tmp_path / "k.db").exists()
+
+
+def test_runs_at_a_time_pay_for_a_cached_call_once_as_one_at_a_time_do(tmp_path: Path) -> None:
+    """With a cached step the first run goes alone: eight runs starting together would each
+    pay for the same call (and their bill look dearer than planned, which plans a warm
+    cache)."""
+    from trilemma import parse_workflow
+    from trilemma.testing import Reply, ScriptedServer
+
+    with ScriptedServer([Reply("42", prompt_tokens=100, completion_tokens=10)] * 30) as srv:
+        wf = parse_workflow(f"""version: 1
+models:
+  r: {{provider: openai, base_url: "{srv.url}", model: m1, usd_per_1m_input: 1.0,
+      usd_per_1m_output: 10.0, latency_s: 0.05, p_ok: 0.99, prompt_tokens: 100,
+      completion_tokens: 10}}
+steps:
+  - {{id: a, model: r, cached: true, gate: {{regex: '^[0-9]+$'}}}}
+  - {{id: b, model: r, after: [a], gate: {{regex: '^[0-9]+$'}}}}
+""")
+        (row,) = compare([("real", wf)], 20, Journal(tmp_path / "j.db"), time_scale=1.0,
+                         parallel=8)  # fmt: skip
+        assert len(srv.requests) == 21  # step a once, step b in every run
+    assert row.ok == 20 and row.cost_mean == pytest.approx(21 * 2e-4 / 20)
+    assert row.cost_off_prediction is None

@@ -322,6 +322,9 @@ async def execute_many_async(
     (``max_concurrency``, ``rpm``, ``tpm``) hold for all the runs together, as a batch's do,
     so a run's latency includes its waits on the others' calls; a real endpoint's client
     serves every run. ``on_run(i, result)`` after run ``i`` ends, in the order runs end.
+    Where a step is cached, the first run goes alone: the answers it keeps serve the others,
+    as they would one run at a time, rather than each of the first ``parallel`` paying for
+    the same call.
 
     A provider's bug (not a ProviderError) stops the runs under way, leaving them for
     :func:`resume`, and is raised as itself; a cancelled call leaves them alike.
@@ -353,8 +356,11 @@ async def execute_many_async(
         if on_run is not None:
             on_run(i, result)
 
+    alone = 1 if parallel > 1 and any(st.cache_rule is not None for st in wf.steps) else 0
     try:
-        await in_turns(range(len(seeds)), parallel, one)
+        for i in range(min(alone, len(seeds))):  # warms the cache for the others
+            await one(i)
+        await in_turns(range(alone, len(seeds)), parallel, one)
     except ExceptionGroup as group:  # a run's bug: the error itself, as execute() raises it
         raise group.exceptions[0] from None
     finally:
