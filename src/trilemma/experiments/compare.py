@@ -238,9 +238,7 @@ def compare(
     runs at a time (one spec after another), sharing its models' limits as runs on one
     endpoint do, so that a run's latency includes its waits on the others' calls.
     """
-    check_settings(runs, time_scale)
-    if parallel < 1:
-        raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
+    check_settings(runs, time_scale, parallel)
     if len(specs) < 1:
         raise UsageError("give at least one spec to measure (two or more to compare)")
     own = inputs_of(specs, inputs)
@@ -308,7 +306,7 @@ def _contender(
         costs=tuple(t.cost_usd for t in got),
         overrides=overrides,
         parallel=parallel,
-        limited=any(m.max_concurrency or m.rpm or m.tpm for m in wf.models.values()),
+        limited=any(m.limited for m in wf.models.values()),
         cost_drawn=simulated.samples["cost"] if simulated.samples and bills_drawn_whole(wf) else None,
     )
 

@@ -192,9 +192,7 @@ def budget_sweep(
     under its own budget (and its deadline from its own start), sharing the models' limits
     as runs on one endpoint do, so that a run's latency includes its waits on the others'.
     """
-    check_settings(runs, time_scale)
-    if parallel < 1:
-        raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
+    check_settings(runs, time_scale, parallel)
     check_inputs(wf, inputs or {}, source)
     if not budgets:
         raise UsageError("give at least one budget: --max-cost 0.1,0.2 or --deadline 5,10")
@@ -216,7 +214,7 @@ def budget_sweep(
         base = trials(Limits(), j)
         baseline = predicted(_row(Limits(), base, base))
         rows = tuple(predicted(_row(b, trials(b, j), base)) for b in budgets)
-    limited = any(m.max_concurrency or m.rpm or m.tpm for m in wf.models.values())
+    limited = any(m.limited for m in wf.models.values())
     return Sweep(baseline, rows, estimate(wf), seed, time_scale, parallel, limited)
 
 

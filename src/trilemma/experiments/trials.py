@@ -95,10 +95,13 @@ def check_runs(runs: int) -> None:
                          "within +-0.1%")  # fmt: skip
 
 
-def check_settings(runs: int, time_scale: float) -> None:
-    """Refuse a run count outside 1 to :data:`MAX_TRIALS` or a time factor outside (0, 1]."""
+def check_settings(runs: int, time_scale: float, parallel: int = 1) -> None:
+    """Refuse a run count outside 1 to :data:`MAX_TRIALS`, a time factor outside (0, 1] or
+    fewer than one run at a time."""
     check_runs(runs)
     check_time_scale(time_scale, "--time-scale")
+    if parallel < 1:
+        raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
 
 
 class Tally:
@@ -199,7 +202,7 @@ def repeat(
     one endpoint do (:func:`~trilemma.run.session.execute_many_async`); 1 runs each alone,
     in an event loop of its own, so that no run waits on another's calls.
     """
-    check_settings(runs, time_scale)
+    check_settings(runs, time_scale, parallel)
     fast = time_scaled(wf, time_scale)
     deadline = deadline_s * time_scale if deadline_s is not None else None
 

@@ -236,7 +236,7 @@ def held_by(wf: Workflow, st: Step) -> Held:
     where it has some and the step is neither routed nor escalated."""
     model = st.model if st.route is None and not st.escalate else None
     m = wf.models[st.model]
-    if model is not None and not (m.max_concurrency or m.rpm or m.tpm):
+    if model is not None and not m.limited:
         model = None
     waves = waves_of(wf, st)
     return Held(tuple(w for _, w, _, _ in waves), model, waves[0][3] if waves else 0.0)

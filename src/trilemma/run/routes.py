@@ -48,7 +48,7 @@ class Route:
             tuple(m.stop or ()), PriorityLimiter(m.max_concurrency) if m.max_concurrency else None,
             RateLimiter(m.rpm, m.minute_s) if m.rpm else None,
             RateLimiter(m.tpm, m.minute_s) if m.tpm else None,
-            bool(m.max_concurrency or m.rpm or m.tpm),
+            m.limited,
         )  # fmt: skip
 
     def via(self, provider: Provider) -> Route:

@@ -242,6 +242,12 @@ class ModelProfile(_Strict):
         return self._minute_s
 
     @property
+    def limited(self) -> bool:
+        """It has limits (``max_concurrency``, ``rpm`` or ``tpm``), which every call to it
+        shares: a batch's runs, or an experiment's going at a time, share them too."""
+        return bool(self.max_concurrency or self.rpm or self.tpm)
+
+    @property
     def runs_on_simulator(self) -> bool:
         """No provider block (or ``provider: sim``): the built-in simulator answers."""
         return self.provider in (None, "sim")
