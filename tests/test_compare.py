@@ -639,3 +639,34 @@ steps:
         assert len(srv.requests) == 21  # step a once, step b in every run
     assert row.ok == 20 and row.cost_mean == pytest.approx(21 * 2e-4 / 20)
     assert row.cost_off_prediction is None
+
+
+def test_runs_on_real_endpoints_say_what_they_will_bill_before_they_start(cli, tmp_path: Path) -> None:
+    """Before a spec's runs on a real endpoint start, stderr says what the planner expects
+    them to bill; under a ceiling no call's reservation fits, the Monte Carlo says $0 as the
+    runs then bill. A simulated spec bills nobody and says nothing of it."""
+    from trilemma.testing import Reply, ScriptedServer
+
+    db = tmp_path / "j.db"
+    with ScriptedServer(lambda payload: Reply("ok", prompt_tokens=100, completion_tokens=100)) as srv:
+        spec = _dear_spec(tmp_path, srv.url)  # $0.0002 a call
+        r = cli("compare", spec, EXAMPLES / "single.yaml", "--runs", "3", "--time-scale", "1",
+                "--journal", db, "--json")  # fmt: skip
+        assert r.code == 0, r.err
+        assert r.err == (f"trilemma: {spec}: 3 runs on real endpoints (r) bill about $0.0006 by "
+                         "the planner, $0.0006 in its worst case; Ctrl-C stops them, keeping "
+                         "the runs that ended\n")  # fmt: skip
+        assert r.json()[0]["measured"]["cost_usd"] == pytest.approx(0.0002)
+        capped = tmp_path / "capped.yaml"  # a call reserves its 256 tokens' answer: $0.000256
+        capped.write_text(spec.read_text() + "budget: {max_cost_usd: 0.0002}\n")
+        r = cli("compare", capped, "--runs", "2", "--time-scale", "1", "--journal", db, "--json")
+        assert r.code == 0 and r.json()[0]["measured"]["cost_usd"] == 0.0
+        assert r.err == (f"trilemma: {capped}: 2 runs on real endpoints (r) bill about $0.0000 "
+                         "by the planner, $0.0004 in its worst case; their ceilings hold them "
+                         "under $0.0004; Ctrl-C stops them, keeping the runs that ended\n")  # fmt: skip
+        swept = cli("sweep", spec, "--max-cost", "0.0003,0.001", "--runs", "2", "--time-scale", "1",
+                    "--journal", db, "--json")  # fmt: skip
+        assert swept.code == 0, swept.err
+        assert swept.err == (f"trilemma: {spec}: 6 runs on real endpoints (r) bill about $0.0008 "
+                             "by the planner, $0.0012 in its worst case; Ctrl-C stops them, "
+                             "keeping the runs that ended\n")  # fmt: skip

@@ -519,6 +519,7 @@ def sweep_cmd(
         result = budget_sweep(wf, budgets, runs, journal, seed=seed, time_scale=time_scale,
                               source=str(file), inputs=given, overrides=sets or (),
                               parallel=parallel,
+                              on_bill=lambda bill: _say(tables.bill_line(str(file), bill)),
                               on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
     from trilemma.report.plots import plot_sweep
 
@@ -526,6 +527,11 @@ def sweep_cmd(
         print_set(stdout_console(), sets)
     return _show(result.to_json(), tables.sweep_table(result, str(file)), as_json, plot,
                  lambda path: plot_sweep(result, path))  # fmt: skip
+
+
+def _say(line: str) -> None:
+    """A line on stderr before an experiment's runs start (above its progress bar)."""
+    sys.stderr.write(f"trilemma: {line}\n")
 
 
 @app.command("compare", rich_help_panel="Real models and experiments")
@@ -573,6 +579,7 @@ def compare_cmd(
         bar_id = bar.add_task("runs", total=runs * len(specs))
         rows = compare(specs, runs, journal, seed=seed, time_scale=time_scale,
                        inputs=given, overrides=sets or (), parallel=parallel,
+                       on_bill=lambda name, bill: _say(tables.bill_line(name, bill)),
                        on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
     from trilemma.report.plots import plot_compare
 

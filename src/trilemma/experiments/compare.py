@@ -30,10 +30,12 @@ import numpy as np
 
 from trilemma.errors import UsageError
 from trilemma.experiments.trials import (
+    Bill,
     JournalRef,
     Successes,
     Tally,
     Trial,
+    bill_ahead,
     check_runnable,
     check_settings,
     opened,
@@ -228,6 +230,7 @@ def compare(
     inputs: Mapping[str, str] | None = None,
     overrides: Sequence[str] = (),
     parallel: int = 1,
+    on_bill: Callable[[str, Bill], object] | None = None,
 ) -> list[Contender]:
     """Run each spec ``runs`` times; their measured and predicted figures, in the order given.
 
@@ -237,6 +240,8 @@ def compare(
     with each run (and named in a contender's advice to calibrate). ``parallel``: a spec's
     runs at a time (one spec after another), sharing its models' limits as runs on one
     endpoint do, so that a run's latency includes its waits on the others' calls.
+    ``on_bill(name, bill)``: before the runs of a spec with real endpoints start (every
+    check passed), what they will bill by the planner (:func:`~.trials.bill_ahead`).
     """
     check_settings(runs, time_scale, parallel)
     if len(specs) < 1:
@@ -248,9 +253,13 @@ def compare(
     out = []
     with opened(journal) as j:
         for name, wf in specs:
+            simulated = under_budget(wf, wf.budget.deadline_s, wf.budget.max_cost_usd, keep=True)
+            bill = None if on_bill is None else bill_ahead(wf, runs, (simulated,))
+            if on_bill is not None and bill is not None:
+                on_bill(name, bill)
             got = repeat(wf, runs, j, seed=seed, time_scale=time_scale, source=name, tick=tick,
                          inputs=own[name], overrides=overrides, parallel=parallel)  # fmt: skip
-            out.append(_contender(name, wf, got, tuple(overrides), parallel))
+            out.append(_contender(name, wf, got, simulated, tuple(overrides), parallel))
     return judge_contenders(out)
 
 
@@ -286,11 +295,12 @@ def inputs_of(
 
 
 def _contender(
-    name: str, wf: Workflow, got: list[Trial], overrides: tuple[str, ...] = (), parallel: int = 1
-) -> Contender:
+    name: str, wf: Workflow, got: list[Trial], simulated: SimResult,
+    overrides: tuple[str, ...] = (), parallel: int = 1,
+) -> Contender:  # fmt: skip
+    """``wf``'s runs ``got`` beside ``simulated``, the Monte Carlo under its own budget."""
     n = len(got)
     latencies = sorted(t.latency_s for t in got)
-    simulated = under_budget(wf, wf.budget.deadline_s, wf.budget.max_cost_usd, keep=True)
     return Contender(
         name=name,
         predicted=estimate(wf),

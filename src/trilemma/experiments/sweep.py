@@ -29,10 +29,12 @@ from typing import Any
 
 from trilemma.errors import UsageError
 from trilemma.experiments.trials import (
+    Bill,
     JournalRef,
     Successes,
     Tally,
     Trial,
+    bill_ahead,
     check_runnable,
     check_settings,
     opened,
@@ -40,7 +42,7 @@ from trilemma.experiments.trials import (
 )
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
-from trilemma.plan.simulate import under_budget
+from trilemma.plan.simulate import SimResult, under_budget
 from trilemma.run.session import check_inputs
 from trilemma.spec import Workflow
 
@@ -182,6 +184,7 @@ def budget_sweep(
     inputs: Mapping[str, str] | None = None,
     overrides: Sequence[str] = (),
     parallel: int = 1,
+    on_bill: Callable[[Bill], object] | None = None,
 ) -> Sweep:
     """Run ``wf`` ``runs`` times with no budget, then ``runs`` times under each budget, each
     run with ``inputs`` (checked before any run, and before a ``journal`` given as a path is
@@ -191,6 +194,8 @@ def budget_sweep(
     budget of the sweep is the only one its runs obey. ``parallel``: runs at a time, each
     under its own budget (and its deadline from its own start), sharing the models' limits
     as runs on one endpoint do, so that a run's latency includes its waits on the others'.
+    ``on_bill(bill)``: before the first run of a spec with real endpoints (every check
+    passed), what the sweep will bill by the planner (:func:`~.trials.bill_ahead`).
     """
     check_settings(runs, time_scale, parallel)
     check_inputs(wf, inputs or {}, source)
@@ -205,15 +210,19 @@ def budget_sweep(
                       max_cost_usd=b.max_cost_usd, deadline_s=b.deadline_s, source=source,
                       tick=tick, inputs=inputs, overrides=overrides, parallel=parallel)  # fmt: skip
 
-    def predicted(row: SweepRow) -> SweepRow:
-        b = row.budget
-        sim = under_budget(unbudgeted, b.deadline_s, b.max_cost_usd, seed)
+    def predicted(row: SweepRow, sim: SimResult) -> SweepRow:
         return replace(row, predicted_success=sim.success_rate, predicted_cost=sim.cost_usd.mean)
 
+    # the Monte Carlo under no budget, then under each: what the runs will bill, and beside them
+    plans = [under_budget(unbudgeted, b.deadline_s, b.max_cost_usd, seed)
+             for b in (Limits(), *budgets)]  # fmt: skip
+    if on_bill is not None and (bill := bill_ahead(unbudgeted, runs, plans)) is not None:
+        on_bill(bill)
     with opened(journal) as j:
         base = trials(Limits(), j)
-        baseline = predicted(_row(Limits(), base, base))
-        rows = tuple(predicted(_row(b, trials(b, j), base)) for b in budgets)
+        baseline = predicted(_row(Limits(), base, base), plans[0])
+        rows = tuple(predicted(_row(b, trials(b, j), base), sim)
+                     for b, sim in zip(budgets, plans[1:], strict=True))  # fmt: skip
     limited = any(m.limited for m in wf.models.values())
     return Sweep(baseline, rows, estimate(wf), seed, time_scale, parallel, limited)
 

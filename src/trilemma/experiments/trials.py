@@ -13,6 +13,7 @@ latencies and deadlines matter more than the experiment's speed.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,14 @@ from trilemma.errors import UsageError
 from trilemma.experiments.tasks import MAX_TRIALS
 from trilemma.journal import Journal
 from trilemma.plan.agreement import wilson
+from trilemma.plan.estimate import estimate
+from trilemma.plan.simulate import SimResult
 from trilemma.run.executor import RunResult
 from trilemma.run.retry import check_time_scale, scaled_time
 from trilemma.run.session import execute, execute_many
 from trilemma.spec import Workflow
 
-__all__ = ["MAX_TRIALS", "JournalRef", "Successes", "Tally", "Trial", "check_reachable",
+__all__ = ["MAX_TRIALS", "Bill", "JournalRef", "Successes", "Tally", "Trial", "bill_ahead", "check_reachable",
            "check_runnable", "check_runs", "check_settings", "opened", "repeat", "time_scaled"]  # fmt: skip
 
 
@@ -67,6 +70,40 @@ class Trial:
     """Steps whose outputs came back."""
     steps: int
     """Steps in the spec."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    """What an experiment's runs on real endpoints will bill, by the planner, before they start."""
+
+    runs: int
+    """Runs that send calls to real endpoints."""
+    endpoints: tuple[str, ...]
+    """The spec's models served by real endpoints."""
+    expected_usd: float
+    """Dollars the planner expects the runs to bill (each held under its ceiling)."""
+    worst_usd: float
+    """Dollars in the planner's worst case (every retry used; each run held under its ceiling)."""
+    ceiling_usd: float | None
+    """Dollars the runs' ceilings hold them under, together (None: a run without one)."""
+
+
+def bill_ahead(wf: Workflow, runs: int, plans: Sequence[SimResult]) -> Bill | None:
+    """What ``runs`` runs of ``wf`` under each of ``plans`` (the Monte Carlo under each budget
+    the runs will hold, :func:`~trilemma.plan.simulate.under_budget`) will bill; None where
+    every model is simulated, which bills nobody. The planner's figures hold the profile's
+    token counts: an endpoint answering longer bills more, up to each call's reservation,
+    and a ceiling holds whatever it answers."""
+    endpoints = tuple(sorted(n for n, m in wf.models.items() if not m.runs_on_simulator))
+    if not endpoints:
+        return None
+    worst = estimate(wf, draw_runs=False).cost_worst
+    ceilings = [p.max_cost_usd for p in plans]
+    return Bill(
+        runs * len(plans), endpoints, runs * math.fsum(p.cost_usd.mean for p in plans),
+        runs * math.fsum(worst if c is None else min(worst, c) for c in ceilings),
+        None if None in ceilings else runs * math.fsum(c for c in ceilings if c is not None),
+    )  # fmt: skip
 
 
 JournalRef = Journal | str | Path

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # types only: `trilemma runs` reads a journal without the pla
         StepFit,
     )
     from trilemma.experiments.sweep import Sweep
+    from trilemma.experiments.trials import Bill
     from trilemma.plan.agreement import Figure
     from trilemma.plan.estimate import Estimate
     from trilemma.plan.exercises import DebateVsRetry, RoutingSweep, TicketAnswer
@@ -1571,6 +1572,14 @@ def _to_tell_apart(a: Contender, b: Contender) -> str:
         return f"The planner predicts the two alike ({_pct(pa)})"
     return (f"The planner's {_pct(pa)} and {_pct(pb)} take about {n:,} runs each to tell "
             "apart (--runs; 95% confidence, 80% power)")
+
+
+def bill_line(name: str, bill: Bill) -> str:
+    """What an experiment's runs on real endpoints will bill, said before they start."""
+    cap = "" if bill.ceiling_usd is None else f"; their ceilings hold them under {usd(bill.ceiling_usd)}"
+    return (f"{name}: {counted(bill.runs, 'run')} on real endpoints ({', '.join(bill.endpoints)}) "
+            f"bill about {usd(bill.expected_usd)} by the planner, {usd(bill.worst_usd)} in its "
+            f"worst case{cap}; Ctrl-C stops them, keeping the runs that ended")  # fmt: skip
 
 
 def _together(parallel: int, limited: str | None) -> list[str]:
