@@ -219,3 +219,26 @@ def test_a_blocking_call_with_arguments_it_does_not_take_leaves_nothing_set(
     with pytest.raises(TypeError, match="nope"):
         trilemma.execute(parse_workflow(PAIR), journal=Journal(tmp_path / "j.db"), nope=1)  # type: ignore[call-arg]
     assert OWN_LOOP.get() is False
+
+
+def test_execute_many_gives_each_run_its_inputs_and_refuses_a_count_that_does_not_match(
+    tmp_path: Path,
+) -> None:
+    from trilemma.run.session import execute_many
+
+    wf = parse_workflow("""version: 1
+inputs: {q: null}
+models: {m: {usd_per_call: 0.001, latency_s: 0.01, p_ok: 1.0}}
+steps: [{id: a, model: m, prompt: "Q: {q}"}]
+""")
+    with Journal(tmp_path / "j.db") as journal:
+        got = execute_many(wf, [1, 2, 3], journal=journal, parallel=2,
+                           inputs=[{"q": "one"}, {"q": "two"}, {"q": "three"}])  # fmt: skip
+        assert [r.status for r in got] == ["ok"] * 3
+        asked = {r["run_id"]: r["inputs_json"] for r in journal.runs()}
+        assert [asked[r.run_id] for r in got] == ['{"q":"one"}', '{"q":"two"}', '{"q":"three"}']
+        with pytest.raises(UsageError, match="3 sets of inputs for 2 runs: give one per run"):
+            execute_many(wf, [1, 2], journal=journal, inputs=[{"q": "a"}] * 3)
+        with pytest.raises(UsageError, match="q"):  # each run's inputs checked before any run
+            execute_many(wf, [1, 2], journal=journal, parallel=2, inputs=[{"q": "a"}, {}])
+        assert len(journal.runs()) == 3

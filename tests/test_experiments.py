@@ -9,6 +9,7 @@ import yaml
 
 from trilemma import load_workflow
 from trilemma.experiments.tasks import SUITES, final_number
+from trilemma.journal import Journal
 
 SIM_SPEC = """\
 version: 1
@@ -139,6 +140,7 @@ def test_cliff_on_the_simulator_follows_the_product_law(cli, tmp_path: Path) -> 
         (["--steps", ","], "--steps '': give chain lengths from 1 to 1,000"),
         (["--runs", "1000001"], "--runs: 1,000,001 runs, each one run on the executor"),
         (["--runs", "0"], "--runs: 0 is not a positive integer"),
+        (["--parallel", "0"], "--parallel: 0 is not a positive integer"),
     ],
 )  # fmt: skip
 def test_cliff_refuses_a_chain_or_a_run_count_past_its_bounds(cli, tmp_path: Path, args, says) -> None:
@@ -252,3 +254,23 @@ def test_the_probe_takes_any_answer_as_up_and_only_no_connection_as_down() -> No
             httpd.server_close()
     with pytest.raises(EndpointUnreachable, match=f"cannot reach {url}"):
         probe(url)  # stopped: nothing listens there now
+
+
+def test_cliff_runs_at_a_time_measure_the_same_chains(cli, tmp_path: Path) -> None:
+    """--parallel: each chain keeps its numbers and its seed, so on the simulator the runs
+    come out as one at a time; more than one ran at once, never more than asked."""
+    spec = tmp_path / "sim.yaml"
+    spec.write_text(SIM_SPEC)
+    args = ["cliff", "--model", "sim", "--spec", spec, "--steps", "1,3", "--runs", "12", "--json",
+            "--set", "models.sim.latency_s=0.02"]  # runs of 20-60 ms: four at once overlap
+    alone = cli(*args, "--journal", tmp_path / "a.db")
+    together = cli(*args, "--journal", tmp_path / "b.db", "--parallel", "4")
+    assert alone.code == together.code == 0, together.err
+    keep = ("steps", "runs", "measured_success", "predicted_success", "cost_usd")
+    assert [{k: r[k] for k in keep} for r in together.json()] == [{k: r[k] for k in keep} for r in alone.json()]
+    runs = Journal(tmp_path / "b.db").runs()
+    assert len(runs) == 24 and sorted({r["inputs_json"] for r in runs}) == sorted(
+        {r["inputs_json"] for r in Journal(tmp_path / "a.db").runs()})
+    edges = sorted([(r["started_at"], 1) for r in runs] + [(r["finished_at"], -1) for r in runs])
+    at_once = [sum(step for _, step in edges[: i + 1]) for i in range(len(edges))]
+    assert 1 < max(at_once) <= 4

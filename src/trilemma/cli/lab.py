@@ -407,6 +407,7 @@ def cliff_cmd(
     ] = "add",
     runs: Annotated[int, typer.Option(help="Runs per chain length.")] = 100,
     seed: Annotated[int, seed_option(help="Chain numbers seed.")] = 0,
+    parallel: ParallelOpt = 1,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write the curve as a PNG.")] = None,
     sets: SetOpt = None,
@@ -422,6 +423,7 @@ def cliff_cmd(
     from trilemma.report import tables
 
     writable("--plot", plot)
+    positive("--parallel", parallel)
     try:
         lengths = [int(x) for x in steps.split(",") if x.strip()]
     except ValueError:
@@ -433,6 +435,7 @@ def cliff_cmd(
     with runs_kept_on_interrupt(journal), progress(show) as bar:
         bar_id = bar.add_task("chains", total=len(lengths) * runs)
         points = cliff(model, wf.models[model], lengths, runs, journal, task=task, seed=seed,
+                       parallel=parallel,
                        on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
     if plot:
         from trilemma.report.plots import plot_cliff

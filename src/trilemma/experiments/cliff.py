@@ -27,7 +27,7 @@ from trilemma.experiments.tasks import (
 from trilemma.experiments.trials import JournalRef, check_reachable, check_runs, opened
 from trilemma.plan.agreement import wilson
 from trilemma.plan.estimate import estimate
-from trilemma.run.session import execute
+from trilemma.run.session import execute, execute_many
 from trilemma.spec import ModelProfile, Workflow, workflow_from_dict
 
 __all__ = ["MAX_CHAIN", "CliffPoint", "chain_workflow", "check_chains", "cliff"]
@@ -143,10 +143,14 @@ def cliff(
     task: str = "add",
     seed: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
+    parallel: int = 1,
 ) -> list[CliffPoint]:
     """Run chains of each length ``runs`` times; compare with the planner (``journal``, given
-    as a path, is opened once the lengths and run count pass)."""
+    as a path, is opened once the lengths and run count pass). ``parallel``: runs of a
+    length at a time, on one event loop, sharing the model's limits (1: each alone)."""
     check_chains(lengths, runs)
+    if parallel < 1:
+        raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
     check_reachable(chain_workflow(model, profile, 1, task))  # a server that is down is no cliff
     points = []
     total, done = len(lengths) * runs, 0
@@ -154,25 +158,37 @@ def cliff(
         for steps in lengths:
             wf = chain_workflow(model, profile, steps, task)
             e = estimate(wf)
-            ok, costs, latencies = 0, [], []
+            chains, inputs = [], []
             for r in range(runs):
                 start, adds = chain_tasks(steps, seed=seed * 100_003 + steps * 1_009 + r)
                 if task == "relay":
                     start, adds = start * 37 + r % 97, [0] * steps  # a number to carry, unchanged
-                    inputs = {"start": str(start)}
+                    inputs.append({"start": str(start)})
                 else:
-                    inputs = {"start": str(start), **{f"d{i}": str(a) for i, a in enumerate(adds, 1)}}
-                result = execute(
-                    wf, journal=j, inputs=inputs, seed=seed + r, source=f"<cliff {steps}>"
-                )
-                simulated = profile.runs_on_simulator
-                right = result.outputs.get(f"s{steps}") == str(start + sum(adds))
-                ok += result.status == "ok" and (simulated or right)
-                costs.append(result.cost_usd)
-                latencies.append(result.latency_s)
+                    inputs.append({"start": str(start), **{f"d{i}": str(a) for i, a in enumerate(adds, 1)}})
+                chains.append(start + sum(adds))
+
+            def ran(*_: object) -> None:
+                nonlocal done
                 done += 1
                 if on_progress is not None:
                     on_progress(done, total)
+
+            source, seeds = f"<cliff {steps}>", [seed + r for r in range(runs)]
+            if parallel == 1:  # each alone, in an event loop of its own
+                results = []
+                for r in range(runs):
+                    results.append(execute(wf, journal=j, inputs=inputs[r], seed=seeds[r], source=source))
+                    ran()
+            else:
+                results = execute_many(wf, seeds, journal=j, parallel=parallel, inputs=inputs,
+                                       source=source, on_run=ran)  # fmt: skip
+            ok, costs, latencies = 0, [], []
+            for result, answer in zip(results, chains, strict=True):
+                right = result.outputs.get(f"s{steps}") == str(answer)
+                ok += result.status == "ok" and (profile.runs_on_simulator or right)
+                costs.append(result.cost_usd)
+                latencies.append(result.latency_s)
             points.append(CliffPoint(steps, runs, ok, e.reliability, e.cost_expected, statistics.fmean(costs),
                                      e.latency_critical_s, statistics.fmean(latencies)))  # fmt: skip
     return points

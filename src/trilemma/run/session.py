@@ -305,7 +305,7 @@ async def execute_many_async(
     *,
     journal: Journal,
     parallel: int = 1,
-    inputs: Mapping[str, str] | None = None,
+    inputs: Mapping[str, str] | Sequence[Mapping[str, str]] | None = None,
     max_cost_usd: float | None = None,
     deadline_s: float | None = None,
     source: str = "<spec>",
@@ -316,7 +316,8 @@ async def execute_many_async(
     """Run ``wf`` once per seed of ``seeds``, ``parallel`` runs at a time on this loop; the
     results in the order of ``seeds``.
 
-    Each run is one :func:`execute_async` would make, with ``inputs``, under a ceiling and a
+    Each run is one :func:`execute_async` would make, with ``inputs`` (or, given a sequence,
+    run ``i`` with ``inputs[i]``; every run's are checked first), under a ceiling and a
     deadline of its own (``max_cost_usd`` and ``deadline_s`` hold per run, the deadline from
     the run's start). What the runs share is what their endpoints do: each model's limits
     (``max_concurrency``, ``rpm``, ``tpm``) hold for all the runs together, as a batch's do,
@@ -332,7 +333,12 @@ async def execute_many_async(
     if parallel < 1:
         raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
     check_time_scale(time_scale)
-    values = check_inputs(wf, inputs or {}, source)
+    if inputs is None or isinstance(inputs, Mapping):
+        values = [check_inputs(wf, inputs or {}, source)] * len(seeds)
+    elif len(inputs) != len(seeds):
+        raise UsageError(f"{len(inputs)} sets of inputs for {len(seeds)} runs: give one per run")
+    else:
+        values = [check_inputs(wf, given, source) for given in inputs]
     gates = build_gates(wf, source)
     embedder = embedder_for(wf)
     ceiling, deadline = wf.budget.resolve(max_cost_usd, deadline_s)
@@ -347,7 +353,7 @@ async def execute_many_async(
         seed = wf.seed_for(seeds[i])
         session = Session(SpendGuard(ceiling),
                           Clock(time.time() + deadline if deadline is not None else None))  # fmt: skip
-        ex = open_run(wf, journal, session, values=values, seed=seed, source=source,
+        ex = open_run(wf, journal, session, values=values[i], seed=seed, source=source,
                       providers=providers_for(wf.models, seed, endpoints), gates=gates,
                       predicted=predicted, on_event=None, embedder=embedder, tenant=None,
                       limits=limits, writer=writer, time_scale=time_scale,
