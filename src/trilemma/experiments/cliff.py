@@ -24,7 +24,13 @@ from trilemma.experiments.tasks import (
     chain_tasks,
     extract_sentence,
 )
-from trilemma.experiments.trials import JournalRef, check_reachable, check_runs, opened
+from trilemma.experiments.trials import (
+    JournalRef,
+    check_parallel,
+    check_reachable,
+    check_runs,
+    opened,
+)
 from trilemma.plan.agreement import wilson
 from trilemma.plan.estimate import estimate
 from trilemma.run.session import execute, execute_many
@@ -149,8 +155,7 @@ def cliff(
     as a path, is opened once the lengths and run count pass). ``parallel``: runs of a
     length at a time, on one event loop, sharing the model's limits (1: each alone)."""
     check_chains(lengths, runs)
-    if parallel < 1:
-        raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
+    check_parallel(parallel)
     check_reachable(chain_workflow(model, profile, 1, task))  # a server that is down is no cliff
     points = []
     total, done = len(lengths) * runs, 0

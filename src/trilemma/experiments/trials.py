@@ -31,8 +31,9 @@ from trilemma.run.retry import check_time_scale, scaled_time
 from trilemma.run.session import execute, execute_many
 from trilemma.spec import Workflow
 
-__all__ = ["MAX_TRIALS", "Bill", "JournalRef", "Successes", "Tally", "Trial", "bill_ahead", "check_reachable",
-           "check_runnable", "check_runs", "check_settings", "opened", "repeat", "time_scaled"]  # fmt: skip
+__all__ = ["MAX_TRIALS", "Bill", "JournalRef", "Successes", "Tally", "Trial", "bill_ahead",
+           "check_parallel", "check_reachable", "check_runnable", "check_runs", "check_settings",
+           "opened", "repeat", "time_scaled"]  # fmt: skip
 
 
 class Successes:
@@ -137,6 +138,11 @@ def check_settings(runs: int, time_scale: float, parallel: int = 1) -> None:
     fewer than one run at a time."""
     check_runs(runs)
     check_time_scale(time_scale, "--time-scale")
+    check_parallel(parallel)
+
+
+def check_parallel(parallel: int) -> None:
+    """Refuse fewer than one run at a time."""
     if parallel < 1:
         raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
 
