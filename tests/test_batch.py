@@ -761,6 +761,8 @@ def test_runs_that_cost_other_than_planned_say_which_guess_to_check(tmp_path: Pa
                                           "p_ok: 1.0"))  # fmt: skip
         r = cli("batch", spec, "--inputs", lines, "--journal", db)
     assert r.code == 0, r.err
+    # before it starts, what its runs on the endpoint will bill by the planner: 20 x $0.0002
+    assert ", about $0.0040 billed on real endpoints (api) by the planner; if it stops" in r.err
     out = " ".join(r.out.split())
     planned, paid = (100 * 1 + 50 * 2) / 1e6, (1002.5 * 1 + 400 * 2) / 1e6
     assert f"The runs cost ${paid:.4f} each against ${planned:.4f} planned (9.01x)" in out
@@ -922,3 +924,22 @@ def test_a_batch_weighs_its_bill_against_the_plan_s_own_draws_of_one(tmp_path: P
     per_call = parse_workflow(_on_endpoint_text("http://127.0.0.1:9/v1", "usd_per_call: 0.001, "
                                                 "latency_s: 0.01, p_ok: 0.99"))  # fmt: skip
     assert bill_draws(per_call) is not None
+
+
+def test_a_batch_plan_says_what_its_runs_bill() -> None:
+    """BatchTime.bill_usd, said when a batch on a real endpoint starts: a run's bill times
+    the runs, or where a model's limit has the runs replayed together, the replay's (a
+    failed run's queued calls never sent)."""
+    from trilemma import estimate
+    from trilemma.run.batch import batch_time
+
+    free = parse_workflow("version: 1\nmodels: {m: {usd_per_call: 0.01, latency_s: 0.01, p_ok: 1}}\n"
+                          "steps: [{id: a, model: m}]\n")  # fmt: skip
+    took = batch_time(free, estimate(free), 30, 4)
+    assert took.runs == 30 and took.cost_usd is None and took.bill_usd == pytest.approx(0.30)
+    waits = parse_workflow("version: 1\nmodels:\n"
+                           "  f: {usd_per_call: 0.001, latency_s: 0.01, p_ok: 0.2}\n"
+                           "  m: {usd_per_call: 0.001, latency_s: 0.02, p_ok: 1, max_concurrency: 1}\n"
+                           "steps: [{id: fast, model: f}, {id: slow, model: m}]\n")  # fmt: skip
+    took = batch_time(waits, estimate(waits), 40, 8)
+    assert took.cost_usd is not None and took.bill_usd == took.cost_usd < 0.06

@@ -268,10 +268,15 @@ def batch_cmd(
 
         said = ""  # the planner's time for the lines this session runs
 
+        paid = sorted(n for n, m in wf.models.items() if not m.runs_on_simulator)
+
         def plan_said(took: BatchTime) -> None:
             nonlocal said
             held = tables.limit_held(None if took.limit is None else took.limit.to_json())
             said = f", about {took.latency_s:.2f}s planned" + (f" ({held})" if held else "")
+            if paid:  # what runs on real endpoints will bill, said before they start
+                said += (f", about {tables.usd(took.bill_usd)} billed on real endpoints "
+                         f"({', '.join(paid)}) by the planner")  # fmt: skip
 
         def started(batch_id: str) -> None:
             again = "goes on with" if resume else "is resumed by the same command with"

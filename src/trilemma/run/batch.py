@@ -359,6 +359,9 @@ class BatchTime:
     limit: ModelLimit | None = None
     cost_usd: float | None = None
     runs: int = 0
+    bill_usd: float = 0.0
+    """What the ``runs`` runs bill, by the planner: the replay's bill where they were replayed
+    together, else a run's (a failed run halting, where the estimate drew that) times them."""
 
 
 def batch_time(wf: Workflow, p: Estimate, runs: int, parallel: int) -> BatchTime:
@@ -381,11 +384,14 @@ class _Ends:
     replayed: Replayed | None
     limits: Sequence[ModelLimit]
     runs: int
+    per_run_usd: float
+    """A run's bill by the estimate (halting where it drew that)."""
 
     @classmethod
     def of(cls, wf: Workflow, p: Estimate, runs: int, parallel: int) -> _Ends:
         got = replay_batch(wf, p, runs, parallel)  # None where no model's limit holds a call
-        return cls(_pool(wf, p, runs, parallel), got, model_limits(wf, p), runs)
+        per_run = p.halting.cost_usd if p.halting is not None else p.cost_expected
+        return cls(_pool(wf, p, runs, parallel), got, model_limits(wf, p), runs, per_run)
 
     def time(self) -> BatchTime:
         """The batch's mean time, and the limit that holds it up, if one does: the replay's
@@ -397,10 +403,12 @@ class _Ends:
         if self.replayed is not None:
             took = _took(self.replayed.ends)
             held = slowest if took > pool * HELD_UP else None
-            return BatchTime(took, held, self.replayed.cost_usd, self.runs)
+            cost = self.replayed.cost_usd
+            return BatchTime(took, held, cost, self.runs, cost)
+        bill = self.per_run_usd * self.runs
         if self.runs and slowest is not None and slowest.least_s(self.runs) > pool * (1 + 1e-9):
-            return BatchTime(slowest.least_s(self.runs), slowest)
-        return BatchTime(pool)
+            return BatchTime(slowest.least_s(self.runs), slowest, runs=self.runs, bill_usd=bill)
+        return BatchTime(pool, runs=self.runs, bill_usd=bill)
 
     def in_time(self, deadline: float | None) -> int | None:
         """How many runs end before ``deadline``, on average over the repetitions, to the
