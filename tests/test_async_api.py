@@ -242,3 +242,26 @@ steps: [{id: a, model: m, prompt: "Q: {q}"}]
         with pytest.raises(UsageError, match="q"):  # each run's inputs checked before any run
             execute_many(wf, [1, 2], journal=journal, parallel=2, inputs=[{"q": "a"}, {}])
         assert len(journal.runs()) == 3
+
+
+def test_in_turns_takes_the_first_alone_then_parallel_at_a_time_until_told_to_stop() -> None:
+    from trilemma._tasks import in_turns
+
+    now, most, started = [0], [0], []
+
+    async def work(i: int) -> None:
+        started.append((i, now[0]))
+        now[0] += 1
+        most[0] = max(most[0], now[0])
+        await asyncio.sleep(0.01)
+        now[0] -= 1
+
+    asyncio.run(in_turns(range(9), 3, work, alone=1))
+    assert [i for i, _ in started] == list(range(9)) and started[0][1] == 0 and most[0] == 3
+    assert started[1][1] == 0  # the second started only once the first had ended
+    started.clear()
+    asyncio.run(in_turns(range(9), 3, work, stop=lambda: len(started) >= 4))
+    assert len(started) == 4  # no item starts once stop() says so; those under way end
+    started.clear()
+    asyncio.run(in_turns(range(5), 3, work, stop=lambda: True, alone=2))
+    assert started == []

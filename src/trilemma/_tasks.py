@@ -71,12 +71,19 @@ async def in_turns(
     parallel: int,
     work: Callable[[T], Awaitable[object]],
     stop: Callable[[], bool] | None = None,
+    alone: int = 0,
 ) -> None:
     """Await ``work(item)`` for each of ``items`` in order, at most ``parallel`` at a time: each
-    of ``parallel`` workers takes the next item as its last one ends. Once ``stop()`` says so,
-    no further item starts (those under way go on). An error in one ``work`` cancels the others
-    and is raised in an ExceptionGroup, as a TaskGroup raises it."""
+    of ``parallel`` workers takes the next item as its last one ends. The first ``alone``
+    items go one at a time before the others start (a run that fills a cache the others
+    read). Once ``stop()`` says so, no further item starts (those under way go on). An error
+    in one ``work`` cancels the others and is raised in an ExceptionGroup, as a TaskGroup
+    raises it (one of the first ``alone``: raised as itself)."""
     todo = deque(items)
+    for _ in range(min(alone, len(todo))):
+        if stop is not None and stop():
+            return
+        await work(todo.popleft())
 
     async def worker() -> None:
         while todo and (stop is None or not stop()):

@@ -268,7 +268,7 @@ def batch_cmd(
 
         said = ""  # the planner's time for the lines this session runs
 
-        paid = sorted(n for n, m in wf.models.items() if not m.runs_on_simulator)
+        paid = wf.endpoints
 
         def plan_said(took: BatchTime) -> None:
             nonlocal said

@@ -312,11 +312,11 @@ def _contender(
         latency_p95_s=latencies[min(n - 1, math.ceil(0.95 * n) - 1)],
         calls_mean=sum(t.calls for t in got) / n,
         simulated=simulated,
-        endpoints=tuple(sorted(m for m, p in wf.models.items() if not p.runs_on_simulator)),
+        endpoints=wf.endpoints,
         costs=tuple(t.cost_usd for t in got),
         overrides=overrides,
         parallel=parallel,
-        limited=any(m.limited for m in wf.models.values()),
+        limited=wf.limited,
         cost_drawn=simulated.samples["cost"] if simulated.samples and bills_drawn_whole(wf) else None,
     )
 

@@ -223,8 +223,7 @@ def budget_sweep(
         baseline = predicted(_row(Limits(), base, base), plans[0])
         rows = tuple(predicted(_row(b, trials(b, j), base), sim)
                      for b, sim in zip(budgets, plans[1:], strict=True))  # fmt: skip
-    limited = any(m.limited for m in wf.models.values())
-    return Sweep(baseline, rows, estimate(wf), seed, time_scale, parallel, limited)
+    return Sweep(baseline, rows, estimate(wf), seed, time_scale, parallel, wf.limited)
 
 
 def _row(budget: Limits, got: list[Trial], base: list[Trial]) -> SweepRow:

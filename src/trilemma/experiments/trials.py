@@ -95,13 +95,12 @@ def bill_ahead(wf: Workflow, runs: int, plans: Sequence[SimResult]) -> Bill | No
     every model is simulated, which bills nobody. The planner's figures hold the profile's
     token counts: an endpoint answering longer bills more, up to each call's reservation,
     and a ceiling holds whatever it answers."""
-    endpoints = tuple(sorted(n for n, m in wf.models.items() if not m.runs_on_simulator))
-    if not endpoints:
+    if not wf.endpoints:
         return None
     worst = estimate(wf, draw_runs=False).cost_worst
     ceilings = [p.max_cost_usd for p in plans]
     return Bill(
-        runs * len(plans), endpoints, runs * math.fsum(p.cost_usd.mean for p in plans),
+        runs * len(plans), wf.endpoints, runs * math.fsum(p.cost_usd.mean for p in plans),
         runs * math.fsum(worst if c is None else min(worst, c) for c in ceilings),
         None if None in ceilings else runs * math.fsum(c for c in ceilings if c is not None),
     )  # fmt: skip

@@ -310,7 +310,7 @@ def model_limits(wf: Workflow, p: Estimate) -> list[ModelLimit]:
     of the estimate's drawn runs (:func:`~trilemma.plan.estimate.run_draws`) are then.
     An attempt starts when the step's dependencies end on average, after the attempts
     before it and their mean backoffs."""
-    if not any(m.limited for m in wf.models.values()):
+    if not wf.limited:
         return []
     rows = {r.id: r for r in p.per_step}
     draws = run_draws(wf)

@@ -362,11 +362,9 @@ async def execute_many_async(
         if on_run is not None:
             on_run(i, result)
 
-    alone = 1 if parallel > 1 and any(st.cache_rule is not None for st in wf.steps) else 0
-    try:
-        for i in range(min(alone, len(seeds))):  # warms the cache for the others
-            await one(i)
-        await in_turns(range(alone, len(seeds)), parallel, one)
+    cached = parallel > 1 and any(st.cache_rule is not None for st in wf.steps)
+    try:  # where a step is cached, the first run fills the cache for the others
+        await in_turns(range(len(seeds)), parallel, one, alone=int(cached))
     except ExceptionGroup as group:  # a run's bug: the error itself, as execute() raises it
         raise group.exceptions[0] from None
     finally:

@@ -689,6 +689,16 @@ class Workflow(_Strict):
             seed = self.seed
         return seed if seed is not None else random.SystemRandom().randrange(2**31)
 
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The models served by real endpoints (which bill), by name; the others simulated."""
+        return tuple(sorted(n for n, m in self.models.items() if not m.runs_on_simulator))
+
+    @property
+    def limited(self) -> bool:
+        """A model has limits (:attr:`ModelProfile.limited`), which every run on it shares."""
+        return any(m.limited for m in self.models.values())
+
     def with_budget(self, **fields: Any) -> Workflow:
         """The workflow with these budget fields changed (``deadline_s=10``, ...)."""
         return self.model_copy(update={"budget": self.budget.model_copy(update=fields)})
