@@ -78,9 +78,10 @@ def test_cli_compare_bad_input_is_one_line(cli, tmp_path: Path) -> None:
     missing = cli("compare", tmp_path / "nope.yaml", "--journal", tmp_path / "j.db")
     assert missing.code == 2 and "nope.yaml" in missing.err
     assert len(missing.err.strip().splitlines()) == 1
-    scale = cli("compare", EXAMPLES / "single.yaml", "--time-scale", "0", "--journal",
+    scale = cli("compare", EXAMPLES / "single.yaml", "--time-scale", "1.5", "--journal",
                 tmp_path / "j.db")  # fmt: skip
-    assert scale.code == 2 and "--time-scale 0: give a factor in (0, 1]" in scale.err
+    assert scale.code == 2
+    assert "--time-scale 1.5: give a factor in (0, 1] (or 0, a virtual clock)" in scale.err
     huge = cli("compare", EXAMPLES / "single.yaml", "--runs", "99999999999999999999",
                "--journal", tmp_path / "j.db")  # fmt: skip
     assert huge.code == 2 and "give at most 1,000,000, which puts a success rate" in huge.err
@@ -400,19 +401,28 @@ def test_ctrl_c_in_a_compare_says_where_the_runs_that_ended_are(
     assert cli("doctor", "--journal", db).out.endswith("all good\n")
 
 
-def test_a_trial_a_crash_left_running_is_explained_and_pruned(cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("scale", "clock"), [("0", "on a virtual clock"), ("0.01", "100x faster")])
+def test_a_trial_a_crash_left_running_is_explained_and_pruned(
+    cli, tmp_path: Path, scale: str, clock: str
+) -> None:
     """A compare killed outright leaves its trial `running`; resume refuses trials, and prune
-    never took a running run: doctor listed it forever as a run to resume."""
+    never took a running run: doctor listed it forever as a run to resume. A trial on a
+    virtual clock is journaled at time scale 0, and known for one as a scaled trial is."""
     db = tmp_path / "c.db"
-    assert cli("compare", EXAMPLES / "single.yaml", "--runs", "3", "--journal", db).code == 0
+    assert cli("compare", EXAMPLES / "single.yaml", "--runs", "3", "--journal", db,
+               "--time-scale", scale).code == 0  # fmt: skip
     journal = Journal(db)
-    killed = journal.runs()[0]["run_id"]
+    killed, ended = (r["run_id"] for r in journal.runs()[:2])
+    assert journal.run(killed)["time_scale"] == float(scale)
+    ledger = cli("ledger", ended, "--journal", db).out.replace("\n", " ")
+    assert f"simulated time ran {clock} (compare or sweep)" in ledger
     journal.update_run(killed, status="running", pid=2**22 + 7, finished_at=None)  # no such pid
     said = cli("doctor", "--journal", db).out.replace("\n", " ")
     assert f"interrupted trial {killed} of an experiment (compare or sweep)" in said
     assert f"`trilemma prune --older-than 0 --journal {db}` forgets it" in said
     assert cli("doctor", "--journal", db, "--json").json()["interrupted_trials"] == [killed]
-    assert cli("resume", killed, "--journal", db).code == 2
+    refused = cli("resume", killed, "--journal", db)
+    assert refused.code == 2 and f"run in simulated time {clock}; run the experiment" in refused.err
     gone = cli("prune", "--older-than", "0", "--journal", db, "--json").json()
     assert killed in gone["run_ids"] and gone["kept_running"] == 0
     assert cli("doctor", "--journal", db).out.endswith("all good\n")

@@ -295,8 +295,9 @@ def test_a_run_in_its_own_time_is_journaled_at_scale_1(cli: Any, tmp_path: Path)
     assert "simulated time ran" not in cli("ledger", r.run_id, "--journal", path).out
 
 
-@pytest.mark.parametrize("scale", [0.0, -1.0, 1.5])
+@pytest.mark.parametrize("scale", [-1.0, 1.5, float("nan")])
 def test_a_time_scale_outside_0_to_1_is_refused(tmp_path: Path, scale: float) -> None:
+    """(0 is a virtual clock: tests/test_virtual_clock.py.)"""
     with pytest.raises(UsageError, match=r"time_scale .*: give a factor in \(0, 1\]"):
         execute(parse_workflow(SLOW), journal=Journal(tmp_path / "j.db"), time_scale=scale)
     assert Journal(tmp_path / "j.db").runs() == []  # refused before anything was journaled

@@ -1,25 +1,141 @@
 """Event loop helpers: waiting for background tasks (the journal's writer, the shared cache's
-writes), work taken a few at a time (a batch's runs, a compare's), and an event loop made
-whole for every blocking call that runs one."""
+writes), work taken a few at a time (a batch's runs, a compare's), an event loop made
+whole for every blocking call that runs one, and a virtual clock for simulated runs."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import selectors
 import signal
 import threading
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from concurrent.futures import Executor
+from typing import Any, TypeVar, TypeVarTuple, Unpack
 
-__all__ = ["drain_tasks", "in_turns", "run_whole", "whole_loop"]
+__all__ = ["VirtualClockLoop", "drain_tasks", "in_turns", "loop_now", "outside_work",
+           "run_whole", "skipped", "virtual_time", "whole_loop"]  # fmt: skip
 
 F = TypeVar("F", bound="asyncio.Future[Any]")
 R = TypeVar("R")
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+class _Skipping(selectors.DefaultSelector):
+    """The selector of a :class:`VirtualClockLoop`: a wait with nothing to wait for but a
+    timer is not waited, its time added to the loop's clock instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped = 0.0
+        """Seconds of idle waiting skipped so far."""
+        self.outside = 0
+        """Work under way in other threads, whose answers the loop cannot see coming."""
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None or timeout <= 0 or self.outside:
+            return super().select(timeout)
+        ready = super().select(0)
+        if not ready:
+            self.skipped += timeout
+        return ready
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock jumps over its idle waits.
+
+    When nothing is ready and no other thread owes it an answer, the loop does not sleep
+    until its next timer: its clock moves on to it at once. Every wait of a simulated run
+    (a call's latency, a backoff, a rate limit's refill, a hedge, the deadline) then takes
+    no real time and ends exactly when due, while the run's own work (the executor, the
+    journal, the gates) still takes the real time it takes. Timer slack, up to about 1 ms
+    per wait on a real clock, is gone.
+
+    Only for runs on the simulator: a socket's answer is not a timer, so a wait for one
+    would be skipped past. Work handed to another thread (``run_in_executor``, or inside
+    :func:`outside_work`) keeps the clock real until it is back.
+    """
+
+    def __init__(self) -> None:
+        self._skipping = _Skipping()
+        super().__init__(self._skipping)
+
+    @property
+    def skipped(self) -> float:
+        """Seconds of idle waiting skipped so far."""
+        return self._skipping.skipped
+
+    def time(self) -> float:
+        return super().time() + self._skipping.skipped
+
+    def run_in_executor(
+        self, executor: Executor | None, func: Callable[[Unpack[Ts]], R], *args: *Ts
+    ) -> asyncio.Future[R]:
+        future = super().run_in_executor(executor, func, *args)
+        self._skipping.outside += 1
+        future.add_done_callback(self._back)
+        return future
+
+    def _back(self, _future: object) -> None:
+        self._skipping.outside -= 1
+
+
+@contextlib.contextmanager
+def outside_work(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """While inside, ``loop`` waits on a real clock: another thread owes it an answer (a
+    gate's verdict) that a :class:`VirtualClockLoop` could otherwise skip past."""
+    if not isinstance(loop, VirtualClockLoop):
+        yield
+        return
+    loop._skipping.outside += 1
+    try:
+        yield
+    finally:
+        loop._skipping.outside -= 1
+
+
+def loop_now() -> float:
+    """The running event loop's clock (a virtual one's, if so); ``time.monotonic()``
+    outside a loop, which is what asyncio's own clock reads."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
+
+
+def skipped() -> float:
+    """Seconds of idle waiting the running loop has skipped: a :class:`VirtualClockLoop`'s,
+    else 0. A wall-clock deadline is that much nearer than ``time.time()`` says."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return 0.0
+    return loop.skipped if isinstance(loop, VirtualClockLoop) else 0.0
+
+
+_VIRTUAL: contextvars.ContextVar[bool] = contextvars.ContextVar("trilemma_virtual", default=False)
+
+
+@contextlib.contextmanager
+def virtual_time() -> Iterator[None]:
+    """Blocking runs started inside get a :class:`VirtualClockLoop` (simulated runs only)."""
+    token = _VIRTUAL.set(True)
+    try:
+        yield
+    finally:
+        _VIRTUAL.reset(token)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    return VirtualClockLoop() if _VIRTUAL.get() else asyncio.new_event_loop()
 
 
 def whole_loop() -> asyncio.AbstractEventLoop:
-    """A new event loop, built whole: a Ctrl-C (or a SIGTERM, which trilemma takes as one)
+    """A new event loop, built whole (a :class:`VirtualClockLoop` inside :func:`virtual_time`): a Ctrl-C (or a SIGTERM, which trilemma takes as one)
     that lands while it is made is held until it is, then raised with the loop closed. An
     event loop cut short in its ``__init__`` fails in its ``__del__``, and Python prints that
     as an "Exception ignored" traceback; ``compare`` makes one for every run."""
@@ -27,11 +143,11 @@ def whole_loop() -> asyncio.AbstractEventLoop:
     if not callable(previous) or threading.current_thread() is not threading.main_thread():
         # ignored (a background job: SIGTERM then ends the process at once), set outside
         # Python, or not this thread's to handle (signals go to the main thread)
-        return asyncio.new_event_loop()
+        return _new_loop()
     held: list[int] = []
     signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
     try:
-        loop = asyncio.new_event_loop()
+        loop = _new_loop()
     finally:
         signal.signal(signal.SIGINT, previous)
     if held:

@@ -47,7 +47,9 @@ LocalModelOpt = Annotated[str, typer.Option("--model", help="smollm2, gemma3-270
 StateOpt = Annotated[Path, typer.Option("--state", help="Where pids and logs go.")]
 DEFAULT_STATE = Path(".trilemma") / "local"
 TimeScaleOpt = Annotated[
-    float, typer.Option(help="Simulated time runs this much faster (1: real time).")
+    float, typer.Option(help="Simulated time runs this much faster (1: real time, which real "
+                             "endpoints need; 0: a virtual clock, every wait taking no real time "
+                             "and ending when due).")
 ]
 ParallelOpt = Annotated[int, typer.Option(
     help="Runs at a time, each under its own budget, sharing the models' limits as runs on "

@@ -8,6 +8,12 @@ What does not shrink is magnified by the same factor. That is the executor's own
 and above all the event loop's timer slack (up to about 1 ms per wait). At 0.01, three
 sequential 0.4 s calls measure about 7% long (2.4% at 0.1). Give ``time_scale`` 0.1 when
 latencies and deadlines matter more than the experiment's speed.
+
+``time_scale`` 0 runs simulated time on a virtual clock instead
+(:class:`~trilemma._tasks.VirtualClockLoop`): nothing is shortened, and a wait takes no
+real time at all, ending exactly when due. A run then measures the spec's own latencies
+plus the executor's real overhead, with no timer slack, and takes only the CPU time its
+work needs.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trilemma._tasks import run_whole
+from trilemma._tasks import run_whole, virtual_time
 from trilemma.errors import UsageError
 from trilemma.experiments.tasks import MAX_TRIALS
 from trilemma.journal import Journal
@@ -133,10 +139,11 @@ def check_runs(runs: int) -> None:
 
 
 def check_settings(runs: int, time_scale: float, parallel: int = 1) -> None:
-    """Refuse a run count outside 1 to :data:`MAX_TRIALS`, a time factor outside (0, 1] or
-    fewer than one run at a time."""
+    """Refuse a run count outside 1 to :data:`MAX_TRIALS`, a time factor outside [0, 1] (0:
+    a virtual clock) or fewer than one run at a time."""
     check_runs(runs)
-    check_time_scale(time_scale, "--time-scale")
+    if time_scale != 0:
+        check_time_scale(time_scale, "--time-scale", virtual=True)
     check_parallel(parallel)
 
 
@@ -166,16 +173,19 @@ def time_scaled(wf: Workflow, factor: float) -> Workflow:
     and the spec's own deadline.
 
     Only a spec whose models all run on the simulator can be scaled; ``factor`` 1
-    returns ``wf`` itself.
+    returns ``wf`` itself, and so does 0 (a virtual clock, which shortens nothing).
     """
     if factor == 1.0:
         return wf
     real = [n for n, m in wf.models.items() if not m.runs_on_simulator]
     if real:
+        what = "kept on a virtual clock" if factor == 0 else "scaled"
         raise UsageError(
             f"--time-scale {factor:g}: model {real[0]!r} is a real endpoint, whose time cannot be "
-            "scaled; give --time-scale 1 (and mind the bill: every run is paid for)"
+            f"{what}; give --time-scale 1 (and mind the bill: every run is paid for)"
         )
+    if factor == 0:
+        return wf
     models = {}
     for name, m in wf.models.items():
         update: dict[str, Any] = {
@@ -246,14 +256,17 @@ def repeat(
     """
     check_settings(runs, time_scale, parallel)
     fast = time_scaled(wf, time_scale)
-    deadline = deadline_s * time_scale if deadline_s is not None else None
+    virtual = time_scale == 0
+    scale = 1.0 if virtual else time_scale  # a virtual clock keeps the spec's own time
+    deadline = deadline_s * scale if deadline_s is not None else None
+    clock = virtual_time if virtual else contextlib.nullcontext
 
     def trial(r: RunResult) -> Trial:
-        return Trial(r.status, r.cost_usd, r.latency_s / time_scale, r.calls, len(r.outputs),
+        return Trial(r.status, r.cost_usd, r.latency_s / scale, r.calls, len(r.outputs),
                      len(r.steps))  # fmt: skip
 
     if parallel != 1:
-        with scaled_time(time_scale):
+        with scaled_time(scale), clock():
             got = execute_many(fast, [seed + i for i in range(runs)], journal=journal,
                                parallel=parallel, inputs=inputs, max_cost_usd=max_cost_usd,
                                deadline_s=deadline, source=source, time_scale=time_scale,
@@ -262,7 +275,7 @@ def repeat(
         return [trial(r) for r in got]
     out = []
     for i in range(runs):
-        with scaled_time(time_scale):
+        with scaled_time(scale), clock():
             r = execute(fast, journal=journal, inputs=inputs, seed=seed + i,
                         max_cost_usd=max_cost_usd, deadline_s=deadline, source=source,
                         time_scale=time_scale, overrides=overrides)  # fmt: skip

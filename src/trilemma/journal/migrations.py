@@ -170,7 +170,7 @@ def m008_shared_budgets(db: sqlite3.Connection) -> None:
 
 
 def m009_time_scale(db: sqlite3.Connection) -> None:
-    """The factor a run's simulated time was shortened by (1: the spec's own time)."""
+    """The factor a run's simulated time was shortened by (1: the spec's own time; 0: a virtual clock)."""
     # compare, sweep and cliff run the simulator in scaled time: a run's latencies, its
     # ledger's and its predicted ones are this factor of the spec's as written.
     db.execute("ALTER TABLE runs ADD COLUMN time_scale REAL NOT NULL DEFAULT 1")

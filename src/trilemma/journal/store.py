@@ -505,10 +505,12 @@ class Journal:
 
     def model_calls(self, model: str) -> list[dict[str, Any]]:
         """Every finished call journaled under the profile name ``model``, from any run;
-        ``latency_s`` in the spec's own time (a run in scaled time journaled it shortened)."""
+        ``latency_s`` in the spec's own time (a run in scaled time journaled it shortened; one
+        on a virtual clock, time scale 0, in the spec's own)."""
         return self._rows(
             "SELECT c.run_id, c.step_id, c.attempt, c.call, c.role, c.outcome, c.prompt_tokens, "
-            "c.completion_tokens, c.cost_usd, c.latency_s / r.time_scale AS latency_s, "
+            "c.completion_tokens, c.cost_usd, c.latency_s / COALESCE(NULLIF(r.time_scale, 0), 1) "
+            "AS latency_s, "
             "c.cache_hit, c.finish_reason FROM calls c JOIN runs r ON r.run_id = c.run_id "
             "WHERE c.model = ? AND c.state = 'finished' ORDER BY c.id",
             (model,),

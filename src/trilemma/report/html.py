@@ -113,7 +113,13 @@ def run_report(journal: Journal, run_id: str) -> str:
     if run["error"]:
         parts.append(f'<p class="bad">{_e(run["error"])}</p>')
     scale = run["time_scale"]
-    if scale != 1:
+    if scale == 0:
+        parts.append(
+            '<p class="dim">Simulated time ran on a virtual clock (compare or sweep): every wait '
+            "took no real time and ended when due, so the times on this page are the spec's "
+            "own, and the calls' clock times are those of the machine that ran them.</p>"
+        )
+    elif scale != 1:
         parts.append(
             f'<p class="dim">Simulated time ran {1 / scale:g}x faster (compare or sweep): every '
             f"time on this page, predicted and measured, is {scale:g} of the spec's own.</p>"

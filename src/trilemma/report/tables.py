@@ -1288,7 +1288,10 @@ def ledger_table(
         notes.append(f"{'and ' if rows else ''}{counted(pruned[0], 'older call')}, billed "
                      f"{usd(pruned[1])}, that "
                      "`trilemma prune` forgot (the run's spend still counts them)")  # fmt: skip
-    if time_scale != 1:
+    if time_scale == 0:
+        notes.append("simulated time ran on a virtual clock (compare or sweep): latencies are "
+                     "the spec's own, each wait ended when due")  # fmt: skip
+    elif time_scale != 1:
         notes.append(f"simulated time ran {1 / time_scale:g}x faster (compare or sweep): "
                      f"latencies are {time_scale:g} of the spec's own")  # fmt: skip
     t.caption = "\n".join(notes) or None
@@ -1597,6 +1600,9 @@ def _scaled(time_scale: float) -> list[str]:
     """The line an experiment run in scaled time ends with (none in real time)."""
     if time_scale == 1:
         return []
+    if time_scale == 0:
+        return ["Simulated time ran on a virtual clock: every wait took no real time and ended "
+                "when due, so latencies are the spec's own plus the executor's overhead."]
     return [f"Simulated time ran {1 / time_scale:g}x faster and is reported unscaled; timer "
             "slack and the executor's overhead are scaled up with it."]  # fmt: skip
 

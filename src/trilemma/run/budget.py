@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 from trilemma._format import dollars
+from trilemma._tasks import skipped
 from trilemma.errors import BudgetExhausted, DeadlineExceeded
 
 __all__ = ["Clock", "Reservation", "SpendGuard", "over_ceiling"]
@@ -88,14 +89,21 @@ class SpendGuard:
 
 
 class Clock:
-    """A wall-clock deadline (epoch seconds; None: none), which carries over a resume."""
+    """A wall-clock deadline (epoch seconds; None: none), which carries over a resume.
+
+    On a virtual clock (a simulated trial's) the deadline nears by the idle time the loop
+    skips as well, from the moment the Clock is made.
+    """
 
     def __init__(self, deadline_at: float | None) -> None:
         self.deadline_at = deadline_at
+        self._skipped = skipped()
 
     def remaining(self) -> float | None:
         """Seconds left (None without a deadline)."""
-        return None if self.deadline_at is None else self.deadline_at - time.time()
+        if self.deadline_at is None:
+            return None
+        return self.deadline_at - time.time() - (skipped() - self._skipped)
 
     def check(self) -> None:
         """Raise DeadlineExceeded once the deadline has passed."""

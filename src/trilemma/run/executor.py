@@ -371,7 +371,7 @@ class Executor:
     # ------------------------------------------------------------------ the run
 
     async def run(self, session: Session, done_before: Mapping[str, dict[str, Any]]) -> RunResult:
-        started = time.perf_counter()
+        started = asyncio.get_running_loop().time()  # a virtual clock's in a simulated trial
         s = session
         for step in self.wf.steps:
             prior = done_before.get(step.id)
@@ -411,7 +411,7 @@ class Executor:
         finally:
             self._gate_thread.close()
             await (self.writer.aclose() if self._own_writer else self.writer.flush())
-        result = await self._finish(s, self.latency_before + time.perf_counter() - started)
+        result = await self._finish(s, self.latency_before + asyncio.get_running_loop().time() - started)
         if bug is not None:  # the journal says failed and why; the caller gets the error itself
             raise bug
         return result

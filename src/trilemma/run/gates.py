@@ -26,6 +26,7 @@ import jsonschema
 import pydantic
 import regex
 
+from trilemma._tasks import outside_work
 from trilemma.errors import GateRejected, RunError, SpecError
 from trilemma.spec import Gate
 
@@ -145,7 +146,8 @@ class GateThread:
             if not self._working:
                 self._working = True
                 threading.Thread(target=self._work, name="trilemma-gate", daemon=True).start()
-        await done
+        with outside_work(loop):
+            await done
 
     def close(self) -> None:
         """Let the thread end once the checks handed to it are done (the run has ended)."""

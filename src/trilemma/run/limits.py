@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import time
+
+from trilemma._tasks import loop_now
 
 __all__ = ["PriorityLimiter", "RateLimiter"]
 
@@ -62,7 +63,7 @@ class RateLimiter:
         self.rate = per_minute / minute_s
         self.capacity = float(per_minute)
         self.tokens = float(per_minute)
-        self.updated = time.monotonic()
+        self.updated = loop_now()
         self._lock = asyncio.Lock()
 
     def take(self, amount: float = 1.0) -> float:
@@ -81,8 +82,8 @@ class RateLimiter:
         self.tokens = min(self.capacity, self.tokens + max(0.0, amount))
 
     def _refill(self) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        now = loop_now()  # a virtual clock's, in a simulated run on one
+        self.tokens = min(self.capacity, self.tokens + max(0.0, now - self.updated) * self.rate)
         self.updated = now
 
     async def acquire(self, amount: float = 1.0) -> None:

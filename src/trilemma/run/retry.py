@@ -54,10 +54,12 @@ def scaled_time(factor: float) -> Iterator[None]:
         policy.time_scale = saved
 
 
-def check_time_scale(factor: float, name: str = "time_scale") -> None:
-    """Refuse a time factor outside (0, 1] (``name``: the flag or argument that gave it)."""
+def check_time_scale(factor: float, name: str = "time_scale", virtual: bool = False) -> None:
+    """Refuse a time factor outside (0, 1] (``name``: the flag or argument that gave it;
+    ``virtual``: where 0, a virtual clock, is also taken, the message says so)."""
     if not 0 < factor <= 1:
-        raise UsageError(f"{name} {factor:g}: give a factor in (0, 1], such as 0.01")
+        also = " (or 0, a virtual clock)" if virtual else ""
+        raise UsageError(f"{name} {factor:g}: give a factor in (0, 1]{also}, such as 0.01")
 
 
 def fast_retries() -> contextlib.AbstractContextManager[None]:

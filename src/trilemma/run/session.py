@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from trilemma import _FROZEN_AT_IMPORT
 from trilemma._proc import pid_alive
-from trilemma._tasks import in_turns, run_whole
+from trilemma._tasks import VirtualClockLoop, in_turns, run_whole, virtual_time
 from trilemma.cache.semantic import Embedder, default_embedder
 from trilemma.cache.shared import SharedCache
 from trilemma.errors import UsageError
@@ -200,6 +200,7 @@ def blocking(work: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, _R]:
 
     Called where a loop already runs (a notebook, an async server), it raises UsageError
     naming the coroutine to await instead; ``asyncio.run`` would fail with a RuntimeError.
+    Given ``time_scale=0``, the loop it makes keeps a virtual clock.
     """
     name = work.__name__.removesuffix("_async")
 
@@ -216,8 +217,9 @@ def blocking(work: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, _R]:
             )
         coro = work(*args, **kwargs)  # (a TypeError for arguments it does not take)
         own = OWN_LOOP.set(True)  # the task the runner makes sees it
+        clock = virtual_time if kwargs.get("time_scale") == 0 else contextlib.nullcontext
         try:
-            with collector_spared():
+            with collector_spared(), clock():
                 return run_whole(coro)
         finally:
             OWN_LOOP.reset(own)
@@ -228,6 +230,21 @@ def blocking(work: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, _R]:
         f"of its own.\n\n{work.__doc__}"
     )
     return run
+
+
+def check_clock(wf: Workflow, time_scale: float) -> None:
+    """Refuse a time factor outside (0, 1], or 0 (a virtual clock) where the running loop
+    keeps none or a model is a real endpoint, whose answers a virtual clock would skip past."""
+    if time_scale != 0:
+        check_time_scale(time_scale)
+        return
+    if not isinstance(asyncio.get_running_loop(), VirtualClockLoop):
+        raise UsageError("time_scale 0 is a virtual clock: run on the loop `execute` makes, "
+                         "or in a trilemma._tasks.VirtualClockLoop")  # fmt: skip
+    real = [n for n, m in wf.models.items() if not m.runs_on_simulator]
+    if real:
+        raise UsageError(f"time_scale 0: model {real[0]!r} is a real endpoint, whose time cannot "
+                         "be kept on a virtual clock; give time_scale 1")  # fmt: skip
 
 
 async def execute_async(
@@ -270,7 +287,10 @@ async def execute_async(
 
     ``time_scale``: the factor ``wf``'s simulated time was already shortened by (a
     ``time_scaled`` copy, as compare and sweep run); it scales nothing here, it is
-    journaled with the run so that its latencies can be read in the spec's own time.
+    journaled with the run so that its latencies can be read in the spec's own time. 0: the
+    run keeps time on a virtual clock (:class:`~trilemma._tasks.VirtualClockLoop`, which
+    :func:`execute` makes itself; awaited, the running loop must be one), its models all
+    simulated.
 
     ``overrides``: the ``PATH=VALUE`` ``wf`` was loaded with from ``source`` (``--set``:
     :func:`~trilemma.spec.load.load_workflow`); journaled with the run, so that a resume
@@ -279,7 +299,7 @@ async def execute_async(
     A provider that raises something other than a ProviderError (a bug) ends the run:
     the journal marks it failed, and the error is raised here as itself.
     """
-    check_time_scale(time_scale)
+    check_clock(wf, time_scale)
     tenant = check_tenant(tenant)
     values = check_inputs(wf, inputs or {}, source)
     gates = build_gates(wf, source)
@@ -332,7 +352,7 @@ async def execute_many_async(
     """
     if parallel < 1:
         raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
-    check_time_scale(time_scale)
+    check_clock(wf, time_scale)
     if inputs is None or isinstance(inputs, Mapping):
         values = [check_inputs(wf, inputs or {}, source)] * len(seeds)
     elif len(inputs) != len(seeds):
@@ -486,10 +506,11 @@ async def resume_async(
             "resume (`trilemma ledger` and `trilemma report` read it)"
         )
     if row["time_scale"] != 1:
+        clock = ("on a virtual clock" if row["time_scale"] == 0 else
+                 f"{1 / row['time_scale']:g}x faster")  # fmt: skip
         raise UsageError(
             f"run {run_id} is one trial of an experiment (compare or sweep), run in simulated "
-            f"time {1 / row['time_scale']:g}x faster; run the experiment again rather than "
-            "resume it"
+            f"time {clock}; run the experiment again rather than resume it"
         )
     if still_running(row) and not force:
         raise UsageError(

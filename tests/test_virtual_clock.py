@@ -1,0 +1,175 @@
+"""Simulated runs on a virtual clock (``--time-scale 0``): every wait takes no real time and
+ends exactly when due, while the run's own work and other threads' keep real time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from trilemma import load_workflow, parse_workflow
+from trilemma._tasks import VirtualClockLoop, run_whole, virtual_time
+from trilemma.errors import DeadlineExceeded, UsageError
+from trilemma.experiments.sweep import Limits, budget_sweep
+from trilemma.experiments.trials import repeat
+from trilemma.journal import Journal
+from trilemma.run.budget import Clock
+from trilemma.run.gates import GateThread
+
+from .conftest import EXAMPLES
+
+
+def virtual(coro):  # type: ignore[no-untyped-def]
+    with virtual_time():
+        return run_whole(coro)
+
+
+def test_idle_waits_are_skipped_and_end_exactly_when_due() -> None:
+    async def main() -> tuple[float, float | None, list[str]]:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualClockLoop)
+        order: list[str] = []
+
+        async def after(seconds: float, name: str) -> None:
+            await asyncio.sleep(seconds)
+            order.append(name)
+
+        await asyncio.sleep(7)  # a deadline made later counts from then
+        start, deadline = loop.time(), Clock(time.time() + 5.5)
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+        await asyncio.gather(after(3.0, "late"), after(1.0, "early"), after(2.0, "middle"))
+        left = deadline.remaining()
+        deadline.check()
+        await asyncio.sleep(0.5)
+        with pytest.raises(DeadlineExceeded):
+            deadline.check()
+        return loop.time() - start - 0.5, left, order
+
+    started = time.perf_counter()
+    took, left, order = virtual(main())
+    real = time.perf_counter() - started
+    assert order == ["early", "middle", "late"]
+    # 2 s of sleeps and 3 s for the three: 5 s on the clock, the real overhead only past it
+    assert 5.0 <= took < 5.05
+    assert left is not None and 0.45 < left <= 0.5  # the wall-clock deadline nears as fast
+    assert real < 1.0  # nothing slept: a real clock would have taken 12.5 s
+    # outside virtual_time the loop is asyncio's own
+    assert not isinstance(run_whole(_the_loop()), VirtualClockLoop)
+
+
+async def _the_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
+
+
+def test_work_in_another_thread_keeps_the_clock_real() -> None:
+    """A timer 10 s away must not fire before a thread's answer due in 50 ms of real time:
+    the loop cannot see that answer coming, so it waits for it on a real clock."""
+
+    def slow() -> str:
+        time.sleep(0.05)
+        return "done"
+
+    def slow_gate(text: str) -> None:
+        time.sleep(0.05)
+
+    async def main() -> tuple[str, float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        async with asyncio.timeout(10):
+            got = await loop.run_in_executor(None, slow)
+            await GateThread().check(slow_gate, "an answer")  # its own thread, not a pool's
+        return got, loop.time() - start
+
+    got, took = virtual(main())
+    assert got == "done" and took < 1.0
+
+
+def test_a_rate_limit_refills_on_the_virtual_clock(tmp_path: Path) -> None:
+    """Two requests a minute: five one-call steps go two at once, then one every 30 s."""
+    wf = parse_workflow("""
+version: 1
+models:
+  m: {usd_per_call: 0.001, latency_s: 1.0, p_ok: 1.0, rpm: 2}
+steps:
+""" + "".join(f"  - {{id: s{i}, model: m}}\n" for i in range(5)))
+    started = time.perf_counter()
+    # (a limiter on the real clock never refills while the virtual one skips: the deadline ends it)
+    [trial] = repeat(wf, 1, Journal(tmp_path / "j.db"), time_scale=0, deadline_s=200)
+    assert trial.status == "ok"
+    assert 91.0 <= trial.latency_s < 91.5  # calls at 0, 0, 30, 60 and 90 s, one second each
+    assert time.perf_counter() - started < 10
+
+
+def test_a_deadline_sweep_on_a_virtual_clock_measures_what_the_planner_predicts(
+    tmp_path: Path,
+) -> None:
+    """ticket.yaml's critical path is 14 s. At --time-scale 0.01 the timer slack of its
+    sequential waits, scaled up 100x, put every run past a 14.05 s deadline (0% against
+    the planner's 92.8%); on a virtual clock a run is late only when a retry lengthens it."""
+    wf = load_workflow(EXAMPLES / "ticket.yaml")
+    sw = budget_sweep(wf, [Limits(None, 14.05)], 100, Journal(tmp_path / "j.db"), seed=0,
+                      time_scale=0)  # fmt: skip
+    [row] = sw.rows
+    assert row.predicted_success is not None and row.predicted_success == pytest.approx(0.928, abs=0.01)
+    assert abs(row.success_rate - row.predicted_success) < 0.08
+    # the runs stopped are those whose unbudgeted twins took longer than the deadline
+    assert row.stopped == row.baseline_over and row.ok == row.baseline_ok_within
+    assert sw.baseline.latency_mean_s == pytest.approx(sw.predicted.latency_expected_s, rel=0.02)
+    assert sw.time_scale == 0 and sw.to_json()["time_scale"] == 0
+    # four runs at a time on one virtual clock: each deadline counted from its own start
+    four = budget_sweep(wf, [Limits(None, 14.05)], 100, Journal(tmp_path / "k.db"), seed=0,
+                        time_scale=0, parallel=4)  # fmt: skip
+    assert (four.rows[0].ok, four.rows[0].stopped) == (row.ok, row.stopped)
+    assert four.baseline.latency_mean_s == pytest.approx(sw.baseline.latency_mean_s, rel=0.01)
+
+
+def test_a_real_endpoint_cannot_run_on_a_virtual_clock(cli, tmp_path: Path, write) -> None:
+    spec = write("""
+version: 1
+models:
+  api: {provider: openai, base_url: "http://127.0.0.1:9/v1", model: x, usd_per_call: 0.01,
+        latency_s: 1, p_ok: 0.9}
+steps:
+  - {id: a, model: api}
+""")
+    got = cli("compare", spec, "--time-scale", "0", "--journal", tmp_path / "j.db")
+    assert got.code == 2
+    assert "model 'api' is a real endpoint, whose time cannot be kept on a virtual clock" in got.err
+    assert not (tmp_path / "j.db").exists()
+    with pytest.raises(UsageError, match=r"give a factor in \(0, 1\] \(or 0, a virtual clock\)"):
+        repeat(load_workflow(EXAMPLES / "single.yaml"), 1, Journal(tmp_path / "k.db"),
+               time_scale=-1)  # fmt: skip
+
+
+def test_compare_on_a_virtual_clock_says_so(cli, tmp_path: Path) -> None:
+    got = cli("compare", EXAMPLES / "single.yaml", "--runs", "20", "--time-scale", "0",
+              "--journal", tmp_path / "j.db")  # fmt: skip
+    assert got.code == 0, got.err
+    assert "Simulated time ran on a virtual clock" in got.out
+    assert "faster and is reported unscaled" not in got.out
+
+
+def test_execute_at_time_scale_0_makes_its_own_virtual_clock(cli, tmp_path: Path) -> None:
+    """The blocking form keeps the virtual clock itself; awaited on an ordinary loop, time
+    scale 0 is refused (that loop would take real time and journal it as virtual)."""
+    from trilemma import execute, execute_async
+
+    wf = load_workflow(EXAMPLES / "ticket.yaml")
+    journal = Journal(tmp_path / "j.db")
+    started = time.perf_counter()
+    r = execute(wf, journal=journal, seed=3, time_scale=0)
+    assert time.perf_counter() - started < 5  # a real clock: 14 s at least
+    assert r.status == "ok" and r.latency_s >= 14.0
+    assert journal.run(r.run_id)["time_scale"] == 0
+    page = tmp_path / "run.html"
+    assert cli("report", r.run_id, "--journal", journal.path, "--out", page).code == 0
+    assert "Simulated time ran on a virtual clock" in page.read_text()
+
+    async def plain() -> None:
+        await execute_async(wf, journal=journal, seed=3, time_scale=0)
+
+    with pytest.raises(UsageError, match="time_scale 0 is a virtual clock"):
+        asyncio.run(plain())
