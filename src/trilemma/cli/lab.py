@@ -47,9 +47,9 @@ LocalModelOpt = Annotated[str, typer.Option("--model", help="smollm2, gemma3-270
 StateOpt = Annotated[Path, typer.Option("--state", help="Where pids and logs go.")]
 DEFAULT_STATE = Path(".trilemma") / "local"
 TimeScaleOpt = Annotated[
-    float, typer.Option(help="Simulated time runs this much faster (1: real time, which real "
-                             "endpoints need; 0: a virtual clock, every wait taking no real time "
-                             "and ending when due).")
+    float, typer.Option(help="0: simulated time on a virtual clock, every wait taking no real "
+                             "time and ending when due; F in (0, 1]: simulated time runs 1/F "
+                             "times faster (1: real time, which real endpoints need).")
 ]
 ParallelOpt = Annotated[int, typer.Option(
     help="Runs at a time, each under its own budget, sharing the models' limits as runs on "
@@ -494,7 +494,7 @@ def sweep_cmd(
     seed: Annotated[int, seed_option(
         help="Run i of every budget uses seed + i, so --seed 1 repeats all but one of --seed "
              "0's runs: move it by --runs or more for an independent repeat.")] = 0,
-    time_scale: TimeScaleOpt = 0.01,
+    time_scale: TimeScaleOpt = 0.0,
     parallel: ParallelOpt = 1,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write the sweep as a PNG.")] = None,
@@ -552,7 +552,7 @@ def compare_cmd(
     seed: Annotated[int, seed_option(
         help="Run i of every spec uses seed + i, so --seed 1 repeats all but one of --seed "
              "0's runs: move it by --runs or more for an independent repeat.")] = 0,
-    time_scale: TimeScaleOpt = 0.01,
+    time_scale: TimeScaleOpt = 0.0,
     parallel: ParallelOpt = 1,
     journal: JournalOpt = DEFAULT_JOURNAL,
     plot: Annotated[Path | None, typer.Option(help="Write success against cost as a PNG.")] = None,

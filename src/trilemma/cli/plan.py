@@ -785,4 +785,4 @@ def _demo_compare(console: Console, journal: Path, runs: int = 60) -> None:
         bar_id = bar.add_task("runs", total=runs * len(specs))
         rows = compare(specs, runs, j, seed=7,
                        on_progress=lambda done, _: bar.update(bar_id, completed=done))  # fmt: skip
-    console.print(tables.compare_table(rows, 0.01))
+    console.print(tables.compare_table(rows, 0.0))

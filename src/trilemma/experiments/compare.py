@@ -225,7 +225,7 @@ def compare(
     journal: JournalRef,
     *,
     seed: int = 0,
-    time_scale: float = 0.01,
+    time_scale: float = 0.0,
     on_progress: Callable[[int, int], object] | None = None,
     inputs: Mapping[str, str] | None = None,
     overrides: Sequence[str] = (),

@@ -178,7 +178,7 @@ def budget_sweep(
     journal: JournalRef,
     *,
     seed: int = 0,
-    time_scale: float = 0.01,
+    time_scale: float = 0.0,
     source: str = "<spec>",
     on_progress: Callable[[int, int], object] | None = None,
     inputs: Mapping[str, str] | None = None,

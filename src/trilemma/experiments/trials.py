@@ -1,19 +1,16 @@
 """Repeated runs of a spec through the real executor, in scaled time, for the experiments.
 
-On the simulator, runs go in scaled time. Latencies, timeouts, deadlines, backoff and rate
-limits are all shortened by ``time_scale``, and measured latencies are scaled back. At the
-default 0.01, a 14-second workflow takes 0.14 s per run.
+On the simulator, runs keep time on a virtual clock by default (``time_scale`` 0,
+:class:`~trilemma._tasks.VirtualClockLoop`): nothing is shortened, and a wait takes no real
+time at all, ending exactly when due. A run measures the spec's own latencies plus the
+executor's real overhead, and takes only the CPU time its work needs.
 
-What does not shrink is magnified by the same factor. That is the executor's own overhead,
-and above all the event loop's timer slack (up to about 1 ms per wait). At 0.01, three
-sequential 0.4 s calls measure about 7% long (2.4% at 0.1). Give ``time_scale`` 0.1 when
-latencies and deadlines matter more than the experiment's speed.
-
-``time_scale`` 0 runs simulated time on a virtual clock instead
-(:class:`~trilemma._tasks.VirtualClockLoop`): nothing is shortened, and a wait takes no
-real time at all, ending exactly when due. A run then measures the spec's own latencies
-plus the executor's real overhead, with no timer slack, and takes only the CPU time its
-work needs.
+A ``time_scale`` in (0, 1] runs them in scaled time on the real clock instead. Latencies,
+timeouts, deadlines, backoff and rate limits are all shortened by it, and measured
+latencies are scaled back: at 0.01, a 14-second workflow takes 0.14 s per run. What does not
+shrink is magnified by the same factor: the executor's own overhead, and above all the
+event loop's timer slack (up to about 1 ms per wait). At 0.01, three sequential 0.4 s calls
+measure about 7% long (2.4% at 0.1), and a deadline 50 ms past a 14 s chain stops every run.
 """
 
 from __future__ import annotations
@@ -235,7 +232,7 @@ def repeat(
     journal: Journal,
     *,
     seed: int = 0,
-    time_scale: float = 0.01,
+    time_scale: float = 0.0,
     max_cost_usd: float | None = None,
     deadline_s: float | None = None,
     source: str = "<spec>",
