@@ -139,6 +139,13 @@ steps:
     assert got.code == 2
     assert "model 'api' is a real endpoint, whose time cannot be kept on a virtual clock" in got.err
     assert not (tmp_path / "j.db").exists()
+    from trilemma import execute
+
+    api = load_workflow(spec)
+    for scale, what in ((0, "kept on a virtual clock"), (0.5, "scaled")):
+        with pytest.raises(UsageError, match=f"time_scale {scale:g}: model 'api' .* cannot be {what}"):
+            execute(api, journal=Journal(tmp_path / "k.db"), time_scale=scale)
+    assert Journal(tmp_path / "k.db").runs() == []  # refused before anything was journaled
     with pytest.raises(UsageError, match=r"give a factor in \(0, 1\] \(or 0, a virtual clock\)"):
         repeat(load_workflow(EXAMPLES / "single.yaml"), 1, Journal(tmp_path / "k.db"),
                time_scale=-1)  # fmt: skip

@@ -135,10 +135,11 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def whole_loop() -> asyncio.AbstractEventLoop:
-    """A new event loop, built whole (a :class:`VirtualClockLoop` inside :func:`virtual_time`): a Ctrl-C (or a SIGTERM, which trilemma takes as one)
-    that lands while it is made is held until it is, then raised with the loop closed. An
-    event loop cut short in its ``__init__`` fails in its ``__del__``, and Python prints that
-    as an "Exception ignored" traceback; ``compare`` makes one for every run."""
+    """A new event loop (a :class:`VirtualClockLoop` inside :func:`virtual_time`), built
+    whole: a Ctrl-C (or a SIGTERM, which trilemma takes as one) that lands while it is made
+    is held until it is, then raised with the loop closed. An event loop cut short in its
+    ``__init__`` fails in its ``__del__``, and Python prints that as an "Exception ignored"
+    traceback; ``compare`` makes one for every run."""
     previous = signal.getsignal(signal.SIGINT)
     if not callable(previous) or threading.current_thread() is not threading.main_thread():
         # ignored (a background job: SIGTERM then ends the process at once), set outside

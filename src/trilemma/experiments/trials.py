@@ -30,7 +30,7 @@ from trilemma.plan.agreement import wilson
 from trilemma.plan.estimate import estimate
 from trilemma.plan.simulate import SimResult
 from trilemma.run.executor import RunResult
-from trilemma.run.retry import check_time_scale, scaled_time
+from trilemma.run.retry import check_simulated, check_time_scale, scaled_time
 from trilemma.run.session import execute, execute_many
 from trilemma.spec import Workflow
 
@@ -139,8 +139,7 @@ def check_settings(runs: int, time_scale: float, parallel: int = 1) -> None:
     """Refuse a run count outside 1 to :data:`MAX_TRIALS`, a time factor outside [0, 1] (0:
     a virtual clock) or fewer than one run at a time."""
     check_runs(runs)
-    if time_scale != 0:
-        check_time_scale(time_scale, "--time-scale", virtual=True)
+    check_time_scale(time_scale, "--time-scale", virtual=True)
     check_parallel(parallel)
 
 
@@ -172,16 +171,8 @@ def time_scaled(wf: Workflow, factor: float) -> Workflow:
     Only a spec whose models all run on the simulator can be scaled; ``factor`` 1
     returns ``wf`` itself, and so does 0 (a virtual clock, which shortens nothing).
     """
-    if factor == 1.0:
-        return wf
-    real = [n for n, m in wf.models.items() if not m.runs_on_simulator]
-    if real:
-        what = "kept on a virtual clock" if factor == 0 else "scaled"
-        raise UsageError(
-            f"--time-scale {factor:g}: model {real[0]!r} is a real endpoint, whose time cannot be "
-            f"{what}; give --time-scale 1 (and mind the bill: every run is paid for)"
-        )
-    if factor == 0:
+    check_simulated(wf.models, factor, "--time-scale")
+    if factor in (0.0, 1.0):
         return wf
     models = {}
     for name, m in wf.models.items():

@@ -411,7 +411,8 @@ class Executor:
         finally:
             self._gate_thread.close()
             await (self.writer.aclose() if self._own_writer else self.writer.flush())
-        result = await self._finish(s, self.latency_before + asyncio.get_running_loop().time() - started)
+        took = asyncio.get_running_loop().time() - started
+        result = await self._finish(s, self.latency_before + took)
         if bug is not None:  # the journal says failed and why; the caller gets the error itself
             raise bug
         return result

@@ -48,7 +48,7 @@ from trilemma.run.executor import (
     writer_for,
 )
 from trilemma.run.gates import Check, build_gate
-from trilemma.run.retry import check_time_scale
+from trilemma.run.retry import check_simulated, check_time_scale
 from trilemma.run.routes import Route
 from trilemma.run.shared_budget import SharedCeiling, SharedSpend
 from trilemma.run.steps import answer_of
@@ -235,16 +235,11 @@ def blocking(work: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, _R]:
 def check_clock(wf: Workflow, time_scale: float) -> None:
     """Refuse a time factor outside (0, 1], or 0 (a virtual clock) where the running loop
     keeps none or a model is a real endpoint, whose answers a virtual clock would skip past."""
-    if time_scale != 0:
-        check_time_scale(time_scale)
-        return
-    if not isinstance(asyncio.get_running_loop(), VirtualClockLoop):
+    check_time_scale(time_scale, virtual=True)
+    if time_scale == 0 and not isinstance(asyncio.get_running_loop(), VirtualClockLoop):
         raise UsageError("time_scale 0 is a virtual clock: run on the loop `execute` makes, "
                          "or in a trilemma._tasks.VirtualClockLoop")  # fmt: skip
-    real = [n for n, m in wf.models.items() if not m.runs_on_simulator]
-    if real:
-        raise UsageError(f"time_scale 0: model {real[0]!r} is a real endpoint, whose time cannot "
-                         "be kept on a virtual clock; give time_scale 1")  # fmt: skip
+    check_simulated(wf.models, time_scale, "time_scale")
 
 
 async def execute_async(
