@@ -182,3 +182,19 @@ def test_execute_at_time_scale_0_makes_its_own_virtual_clock(cli, tmp_path: Path
 
     with pytest.raises(UsageError, match="time_scale 0 is a virtual clock"):
         asyncio.run(plain())
+
+
+def test_many_runs_from_the_top_level_on_a_virtual_clock(tmp_path: Path) -> None:
+    """``trilemma.execute_many`` at time scale 0: the runs, four at a time on one virtual
+    clock, come out as one at a time, each a 14 s workflow taking no real time to wait."""
+    import trilemma
+
+    wf = load_workflow(EXAMPLES / "ticket.yaml")
+    journal = Journal(tmp_path / "j.db")
+    started = time.perf_counter()
+    many = trilemma.execute_many(wf, list(range(40)), journal=journal, parallel=4, time_scale=0)
+    assert time.perf_counter() - started < 20  # a real clock: 140 s at least
+    alone = [trilemma.execute(wf, journal=journal, seed=s, time_scale=0) for s in range(3)]
+    assert [(r.status, r.cost_usd) for r in many[:3]] == [(r.status, r.cost_usd) for r in alone]
+    assert all(r.latency_s >= 14.0 for r in many)
+    assert {journal.run(r.run_id)["time_scale"] for r in many} == {0}

@@ -39,7 +39,14 @@ if TYPE_CHECKING:  # each loaded on first use (below): `import trilemma` and the
     from trilemma.plan.simulate import SimResult, simulate
     from trilemma.run.batch import BatchResult, run_batch, run_batch_async
     from trilemma.run.executor import RunResult
-    from trilemma.run.session import execute, execute_async, resume, resume_async
+    from trilemma.run.session import (
+        execute,
+        execute_async,
+        execute_many,
+        execute_many_async,
+        resume,
+        resume_async,
+    )
     from trilemma.run.shared_budget import SharedCeiling
     from trilemma.spec import (
         Budget,
@@ -73,6 +80,8 @@ _LAZY = {
     "SharedCeiling": "trilemma.run.shared_budget",
     "execute": "trilemma.run.session",
     "execute_async": "trilemma.run.session",
+    "execute_many": "trilemma.run.session",
+    "execute_many_async": "trilemma.run.session",
     "resume": "trilemma.run.session",
     "resume_async": "trilemma.run.session",
     "run_batch": "trilemma.run.batch",
@@ -114,6 +123,8 @@ __all__ = [
     "estimate",
     "execute",
     "execute_async",
+    "execute_many",
+    "execute_many_async",
     "load_workflow",
     "optimize",
     "parse_workflow",
