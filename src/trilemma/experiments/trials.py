@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trilemma._tasks import run_whole, virtual_time
+from trilemma._tasks import run_whole
 from trilemma.errors import UsageError
 from trilemma.experiments.tasks import MAX_TRIALS
 from trilemma.journal import Journal
@@ -31,7 +31,7 @@ from trilemma.plan.estimate import estimate
 from trilemma.plan.simulate import SimResult
 from trilemma.run.executor import RunResult
 from trilemma.run.retry import check_simulated, check_time_scale, scaled_time
-from trilemma.run.session import execute, execute_many
+from trilemma.run.session import check_parallel, execute, execute_many
 from trilemma.spec import Workflow
 
 __all__ = ["MAX_TRIALS", "Bill", "JournalRef", "Successes", "Tally", "Trial", "bill_ahead",
@@ -143,12 +143,6 @@ def check_settings(runs: int, time_scale: float, parallel: int = 1) -> None:
     check_parallel(parallel)
 
 
-def check_parallel(parallel: int) -> None:
-    """Refuse fewer than one run at a time."""
-    if parallel < 1:
-        raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
-
-
 class Tally:
     """Runs done out of ``total``, passed to ``on_progress`` after each (a repeat's ``tick``)."""
 
@@ -171,7 +165,7 @@ def time_scaled(wf: Workflow, factor: float) -> Workflow:
     Only a spec whose models all run on the simulator can be scaled; ``factor`` 1
     returns ``wf`` itself, and so does 0 (a virtual clock, which shortens nothing).
     """
-    check_simulated(wf.models, factor, "--time-scale")
+    check_simulated(wf, factor, "--time-scale")
     if factor in (0.0, 1.0):
         return wf
     models = {}
@@ -244,17 +238,15 @@ def repeat(
     """
     check_settings(runs, time_scale, parallel)
     fast = time_scaled(wf, time_scale)
-    virtual = time_scale == 0
-    scale = 1.0 if virtual else time_scale  # a virtual clock keeps the spec's own time
+    scale = time_scale or 1.0  # 0: a virtual clock, which keeps the spec's own time
     deadline = deadline_s * scale if deadline_s is not None else None
-    clock = virtual_time if virtual else contextlib.nullcontext
 
     def trial(r: RunResult) -> Trial:
         return Trial(r.status, r.cost_usd, r.latency_s / scale, r.calls, len(r.outputs),
                      len(r.steps))  # fmt: skip
 
     if parallel != 1:
-        with scaled_time(scale), clock():
+        with scaled_time(scale):  # (time_scale 0: execute keeps a virtual clock itself)
             got = execute_many(fast, [seed + i for i in range(runs)], journal=journal,
                                parallel=parallel, inputs=inputs, max_cost_usd=max_cost_usd,
                                deadline_s=deadline, source=source, time_scale=time_scale,
@@ -263,7 +255,7 @@ def repeat(
         return [trial(r) for r in got]
     out = []
     for i in range(runs):
-        with scaled_time(scale), clock():
+        with scaled_time(scale):  # (time_scale 0: execute keeps a virtual clock itself)
             r = execute(fast, journal=journal, inputs=inputs, seed=seed + i,
                         max_cost_usd=max_cost_usd, deadline_s=deadline, source=source,
                         time_scale=time_scale, overrides=overrides)  # fmt: skip

@@ -51,6 +51,7 @@ from trilemma.run.session import (
     build_gates,
     cache_tier,
     check_inputs,
+    check_parallel,
     check_tenant,
     close_parts,
     embedder_for,
@@ -646,8 +647,7 @@ async def run_batch_async(
     """
     if skip_failed and resume is None:
         raise UsageError("--skip-failed: it only applies with --resume BATCH_ID")
-    if parallel < 1:
-        raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
+    check_parallel(parallel)
     tenant = check_tenant(tenant)
     by_line = dict(inputs) if isinstance(inputs, Mapping) else dict(enumerate(inputs, 1))
     numbers = list(by_line)

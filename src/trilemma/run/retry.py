@@ -14,14 +14,14 @@ import asyncio
 import contextlib
 import os
 import random
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base
 
 from trilemma.errors import TransientError, UsageError
-from trilemma.spec.model import BACKOFF_BASE_S, BACKOFF_CAP_S, ModelProfile
+from trilemma.spec.model import BACKOFF_BASE_S, BACKOFF_CAP_S, Workflow
 
 __all__ = ["RetryPolicy", "check_time_scale", "fast_retries", "policy", "retrying", "scaled_time"]
 
@@ -64,10 +64,10 @@ def check_time_scale(factor: float, name: str = "time_scale", virtual: bool = Fa
         raise UsageError(f"{name} {factor:g}: give a factor in (0, 1]{also}, such as 0.01")
 
 
-def check_simulated(models: Mapping[str, ModelProfile], factor: float, name: str) -> None:
+def check_simulated(wf: Workflow, factor: float, name: str) -> None:
     """Refuse a time factor other than 1 (``name``: the flag or argument that gave it) where a
     model is a real endpoint: its time can be neither scaled nor kept on a virtual clock."""
-    real = [n for n, m in models.items() if not m.runs_on_simulator]
+    real = wf.endpoints
     if real and factor != 1:
         what = "kept on a virtual clock" if factor == 0 else "scaled"
         raise UsageError(

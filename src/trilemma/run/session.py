@@ -232,6 +232,12 @@ def blocking(work: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, _R]:
     return run
 
 
+def check_parallel(parallel: int) -> None:
+    """Refuse fewer than one run at a time (``--parallel``)."""
+    if parallel < 1:
+        raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
+
+
 def check_clock(wf: Workflow, time_scale: float) -> None:
     """Refuse a time factor outside (0, 1], or 0 (a virtual clock) where the running loop
     keeps none or a model is a real endpoint, whose answers a virtual clock would skip past."""
@@ -239,7 +245,7 @@ def check_clock(wf: Workflow, time_scale: float) -> None:
     if time_scale == 0 and not isinstance(asyncio.get_running_loop(), VirtualClockLoop):
         raise UsageError("time_scale 0 is a virtual clock: run on the loop `execute` makes, "
                          "or in a trilemma._tasks.VirtualClockLoop")  # fmt: skip
-    check_simulated(wf.models, time_scale, "time_scale")
+    check_simulated(wf, time_scale, "time_scale")
 
 
 async def execute_async(
@@ -345,8 +351,7 @@ async def execute_many_async(
     A provider's bug (not a ProviderError) stops the runs under way, leaving them for
     :func:`resume`, and is raised as itself; a cancelled call leaves them alike.
     """
-    if parallel < 1:
-        raise UsageError(f"--parallel {parallel}: give 1 or more runs at a time")
+    check_parallel(parallel)
     check_clock(wf, time_scale)
     if inputs is None or isinstance(inputs, Mapping):
         values = [check_inputs(wf, inputs or {}, source)] * len(seeds)
@@ -359,7 +364,7 @@ async def execute_many_async(
     ceiling, deadline = wf.budget.resolve(max_cost_usd, deadline_s)
     predicted = estimate(wf)
     first = providers_for(wf.models, wf.seed_for(seeds[0]) if seeds else None)
-    endpoints = {n: p for n, p in first.items() if not wf.models[n].runs_on_simulator}
+    endpoints = {n: first[n] for n in wf.endpoints}
     limits = {n: Route.of(m, first[n]) for n, m in wf.models.items()}
     writer = writer_for(journal, limits.values())  # one connection and thread for every run
     out: list[RunResult | None] = [None] * len(seeds)
