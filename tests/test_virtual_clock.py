@@ -198,3 +198,35 @@ def test_many_runs_from_the_top_level_on_a_virtual_clock(tmp_path: Path) -> None
     assert [(r.status, r.cost_usd) for r in many[:3]] == [(r.status, r.cost_usd) for r in alone]
     assert all(r.latency_s >= 14.0 for r in many)
     assert {journal.run(r.run_id)["time_scale"] for r in many} == {0}
+
+
+def test_a_virtual_runs_journal_keeps_simulated_time(tmp_path: Path) -> None:
+    """The journal's times of a run on a virtual clock follow its simulated time from the
+    run's real start, so its report's timeline spans the seconds its latencies say (they
+    spanned the milliseconds the run took); each of four runs at a time from its own start."""
+    import trilemma
+
+    wf = load_workflow(EXAMPLES / "ticket.yaml")
+    journal = Journal(tmp_path / "j.db")
+    before = time.time()
+    runs = trilemma.execute_many(wf, [3, 4, 5, 6], journal=journal, parallel=4, time_scale=0)
+    assert time.time() - before < 10  # the runs took no simulated time to wait
+    for r in runs:
+        row = journal.run(r.run_id)
+        assert before <= row["started_at"] <= time.time()  # the start is real
+        assert row["finished_at"] - row["started_at"] == pytest.approx(r.latency_s, abs=0.05)
+        calls = journal.calls(r.run_id)
+        for c in calls:
+            assert c["finished_at"] - c["started_at"] == pytest.approx(c["latency_s"], abs=0.01)
+        first = min(calls, key=lambda c: c["started_at"])
+        assert (first["step_id"], first["started_at"] - row["started_at"]) == ("triage", pytest.approx(0, abs=0.05))
+        by_step = {c["step_id"]: c for c in calls}  # the last attempt of each
+        assert by_step["reply"]["started_at"] - row["started_at"] >= 12.0  # four steps of 2 s or more before it
+    # an ordinary loop's run keeps the real clock
+    real = trilemma.execute(parse_workflow("""
+version: 1
+models: {m: {usd_per_call: 0.001, latency_s: 0.05, p_ok: 1.0}}
+steps: [{id: a, model: m}]
+"""), journal=journal, seed=0)
+    row = journal.run(real.run_id)
+    assert before <= row["started_at"] <= row["finished_at"] <= time.time()

@@ -17,7 +17,7 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 __all__ = ["VirtualClockLoop", "drain_tasks", "in_turns", "loop_now", "outside_work",
-           "run_whole", "skipped", "virtual_time", "whole_loop"]  # fmt: skip
+           "run_wall_clock", "run_whole", "virtual_time", "whole_loop"]  # fmt: skip
 
 F = TypeVar("F", bound="asyncio.Future[Any]")
 R = TypeVar("R")
@@ -116,14 +116,19 @@ def loop_now() -> float:
         return time.monotonic()
 
 
-def skipped() -> float:
-    """Seconds of idle waiting the running loop has skipped: a :class:`VirtualClockLoop`'s,
-    else 0. A wall-clock deadline is that much nearer than ``time.time()`` says."""
+def run_wall_clock() -> Callable[[], float]:
+    """The wall clock of a run starting now: ``time.time``, but on a
+    :class:`VirtualClockLoop` a clock that runs ahead of it by the idle waiting the loop skips
+    from now on, so that a simulated trial's journaled times span the seconds its latencies
+    say (the run starts at the real time; its calls and end follow on simulated time)."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        return 0.0
-    return loop.skipped if isinstance(loop, VirtualClockLoop) else 0.0
+        return time.time
+    if not isinstance(loop, VirtualClockLoop):
+        return time.time
+    base = loop.skipped
+    return lambda: time.time() + (loop.skipped - base)
 
 
 _VIRTUAL: contextvars.ContextVar[bool] = contextvars.ContextVar("trilemma_virtual", default=False)

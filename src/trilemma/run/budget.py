@@ -6,11 +6,11 @@ the reservation, so concurrent calls cannot together cross the ceiling.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from trilemma._format import dollars
-from trilemma._tasks import skipped
+from trilemma._tasks import run_wall_clock
 from trilemma.errors import BudgetExhausted, DeadlineExceeded
 
 __all__ = ["Clock", "Reservation", "SpendGuard", "over_ceiling"]
@@ -92,18 +92,20 @@ class Clock:
     """A wall-clock deadline (epoch seconds; None: none), which carries over a resume.
 
     On a virtual clock (a simulated trial's) the deadline nears by the idle time the loop
-    skips as well, from the moment the Clock is made.
+    skips as well, from the moment the Clock is made: :attr:`now` reads the run's wall
+    clock, which the journal's times are written in.
     """
 
     def __init__(self, deadline_at: float | None) -> None:
         self.deadline_at = deadline_at
-        self._skipped = skipped()
+        self.now: Callable[[], float] = run_wall_clock()
+        """Epoch seconds as the run sees them (``time.time`` but on a virtual clock)."""
 
     def remaining(self) -> float | None:
         """Seconds left (None without a deadline)."""
         if self.deadline_at is None:
             return None
-        return self.deadline_at - time.time() - (skipped() - self._skipped)
+        return self.deadline_at - self.now()
 
     def check(self) -> None:
         """Raise DeadlineExceeded once the deadline has passed."""

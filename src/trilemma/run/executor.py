@@ -358,6 +358,8 @@ class Executor:
         keeps them), which its next attempt sends back to the model."""
         self.latency_before = 0.0
         """Seconds a resumed run spent running in its earlier sessions: its latency adds them."""
+        self.now: Callable[[], float] = time.time
+        """The journal's clock: the session's (:attr:`Clock.now`) once the run starts."""
         self.priority = remaining_path(wf, {r.id: r.latency_s for r in self.predicted.per_step})
         self.slots = PriorityLimiter(wf.concurrency)
         self._rank = lambda st: -self.priority[st.id]
@@ -373,6 +375,7 @@ class Executor:
     async def run(self, session: Session, done_before: Mapping[str, dict[str, Any]]) -> RunResult:
         started = asyncio.get_running_loop().time()  # a virtual clock's in a simulated trial
         s = session
+        self.now = s.clock.now
         for step in self.wf.steps:
             prior = done_before.get(step.id)
             if prior is not None:
@@ -477,7 +480,7 @@ class Executor:
         cut = self.journal.cut_answers(self.run_id) if s.cut or resumed else {}
         error = None if status == "ok" else s.stop_reason
         self.journal.update_run(
-            self.run_id, status=status, finished_at=time.time(), cost_usd=cost, latency_s=latency,
+            self.run_id, status=status, finished_at=self.now(), cost_usd=cost, latency_s=latency,
             calls=calls, error=error,
         )  # fmt: skip
         return RunResult(self.run_id, status, cost, latency, calls, results, self.predicted,
@@ -730,7 +733,7 @@ class Executor:
                     "run_id": self.run_id, "step_id": step.id, "attempt": attempt, "call": index,
                     "role": role, "model": model, "idempotency_key": request.idempotency_key,
                     "reserved_usd": hold.amount, "request_json": messages_json(request.messages),
-                    "started_at": time.time(),
+                    "started_at": self.now(),
                 }  # fmt: skip
                 if route.external:  # it may bill: journal the call before sending it
                     await self._write_ahead(row, hold, s)
@@ -757,7 +760,7 @@ class Executor:
             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "cached_tokens": u.cached_tokens, "cost_usd": cost, "latency_s": completion.latency_s,
             "response": completion.text, "finish_reason": completion.finish_reason,
-            "finished_at": time.time(), "error": note,
+            "finished_at": self.now(), "error": note,
         }  # fmt: skip
         pending.append((key, answered))
         if route.external and key == request.idempotency_key and completion.verdict is None:
@@ -880,7 +883,7 @@ class Executor:
             if hold is None:
                 return None
             hedge_row = {**row, "role": f"{row['role']} (hedge)", "reserved_usd": hold.amount,
-                         "idempotency_key": request.idempotency_key, "started_at": time.time()}  # fmt: skip
+                         "idempotency_key": request.idempotency_key, "started_at": self.now()}  # fmt: skip
             if route.external:
                 await self._write_ahead(hedge_row, hold, s)  # a failure releases the hold
             else:
@@ -922,7 +925,7 @@ class Executor:
             s.settle(held, held.amount)
             pending.append((req.idempotency_key, {
                 "outcome": "hedged", "cost_usd": held.amount, "latency_s": now - started,
-                "finished_at": time.time(),
+                "finished_at": s.clock.now(),
                 "error": "the other copy answered first; cancelled, billed at its reservation",
             }))  # fmt: skip
         racing.clear()
@@ -943,7 +946,7 @@ class Executor:
 
     def _record_error(self, call_id: str, kind: str, msg: str, cost: float | None = 0.0) -> None:
         self.writer.defer("call_finished", call_id, {
-            "outcome": kind, "error": msg[:500], "cost_usd": cost, "finished_at": time.time(),
+            "outcome": kind, "error": msg[:500], "cost_usd": cost, "finished_at": self.now(),
         })  # fmt: skip
 
     # ------------------------------------------------------------------ cache
@@ -953,13 +956,13 @@ class Executor:
         row = {
             "run_id": self.run_id, "step_id": step.id, "attempt": 1, "call": 1, "role": "cache",
             "model": step.model, "idempotency_key": f"{self.run_id}:{step.id}:cache",
-            "reserved_usd": 0.0, "request_json": messages_json(base), "started_at": time.time(),
+            "reserved_usd": 0.0, "request_json": messages_json(base), "started_at": self.now(),
         }  # fmt: skip
         self.writer.defer("call_started", row)
         fields = {"cost_usd": 0.0, "latency_s": hit.latency_s, "cache_hit": 1,
                   "response": hit.response, "prompt_tokens": hit.prompt_tokens,
                   "completion_tokens": hit.completion_tokens, "cache_similarity": hit.similarity,
-                  "finished_at": time.time()}  # fmt: skip
+                  "finished_at": self.now()}  # fmt: skip
         done = {"status": "done", "output": hit.response, "attempts": 1, "cost_usd": 0.0}
         self.writer.defer("attempt_finished", self.run_id, step.id,
                           [(row["idempotency_key"], fields)], rejected=False, step=done)  # fmt: skip
