@@ -147,7 +147,7 @@ class RunResult:
     cost_usd: float
     """Dollars billed, over every session of the run."""
     latency_s: float
-    """Wall-clock seconds of this session."""
+    """Wall-clock seconds of this session (on a virtual clock, its simulated seconds)."""
     calls: int
     """LLM calls sent (answered or not), over every session."""
     steps: dict[str, StepResult] = field(repr=False)
