@@ -13,7 +13,7 @@ from rich.console import Console
 
 from trilemma import load_workflow, parse_workflow
 from trilemma.errors import RateLimited, UsageError
-from trilemma.experiments.sweep import Limits, budget_sweep
+from trilemma.experiments.sweep import Limits, budget_sweep, planned_ceilings
 from trilemma.experiments.trials import time_scaled
 from trilemma.journal import Journal
 from trilemma.report.tables import sweep_table
@@ -148,7 +148,7 @@ def test_cli_sweep_json_table_and_plot(cli, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        ([], "give the budgets to sweep"),
+        (["--runs", "0"], "--runs: 0 is not a positive integer"),  # checked before the planner's ceilings
         (["--max-cost", "0.1,abc"], "--max-cost '0.1,abc': give positive numbers"),
         (["--deadline", "-1"], "--deadline '-1': give positive numbers"),
         (["--max-cost", "0.1", "--time-scale", "2"], "--time-scale 2: give a factor in (0, 1]"),
@@ -162,6 +162,35 @@ def test_cli_sweep_bad_flags_are_one_line_errors(cli, tmp_path: Path, args, says
     assert r.code == 2 and says in r.err
     assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
     assert not (tmp_path / "j.db").exists()  # refused before the journal was opened
+
+
+def test_given_no_budget_it_sweeps_the_planners_ceilings(cli, tmp_path: Path) -> None:
+    """ticket.yaml: 15 calls of $0.03 when nothing is retried. Half its successes are kept
+    under $0.45 as 90% are (92.8% of runs need no retry), 99% need $0.63 (six retries);
+    half the lowest, $0.225, stops every run, returning what it finished."""
+    from trilemma.plan.simulate import simulate
+
+    wf = load_workflow(EXAMPLES / "ticket.yaml")
+    assert planned_ceilings(wf) == [0.225, 0.45, 0.63]
+    free = simulate(wf, 20_000, 0).success_rate
+    for share, ceiling in ((0.9, 0.45), (0.99, 0.63)):  # each the smallest keeping its share
+        assert simulate(wf, 20_000, 0, max_cost_usd=ceiling).success_rate >= share * free
+        assert simulate(wf, 20_000, 0, max_cost_usd=ceiling - 1e-6).success_rate < share * free
+    r = cli("sweep", EXAMPLES / "ticket.yaml", "--runs", "20", "--journal", tmp_path / "j.db", "--json")
+    assert r.code == 0, r.err
+    assert "no budget given: sweeping --max-cost 0.225,0.45,0.63, the ceilings under which the " \
+           "planner keeps 50%, 90% and 99% of its successes" in r.err
+    rows = r.json()["rows"]
+    assert [row["max_cost_usd"] for row in rows] == [0.225, 0.45, 0.63]
+    assert rows[0]["success_rate"] == 0 and rows[0]["stopped_by_budget"] == 20
+    assert rows[2]["success_rate"] >= 0.9
+    never = tmp_path / "never.yaml"  # no run succeeds: no share of them to keep
+    never.write_text("version: 1\nmodels: {m: {usd_per_call: 0.01, latency_s: 1, p_ok: 0.001}}\n"
+                     "steps: [{id: a, model: m}, {id: b, model: m, after: [a]}]\n")
+    r = cli("sweep", never, "--journal", tmp_path / "k.db")
+    assert r.code == 2 and "the planner has no run of this spec succeeding" in r.err
+    assert "give the budgets, --max-cost 0.1,0.2 or --deadline 5,10" in r.err
+    assert not (tmp_path / "k.db").exists()
 
 
 def test_the_figures_in_docs_sweep_hold(tmp_path: Path) -> None:

@@ -503,14 +503,19 @@ def sweep_cmd(
 ) -> int:
     """A budget sweep: success, spend and outputs as the budget tightens, beside runs without one.
 
+    Given neither --max-cost nor --deadline, it sweeps the ceilings under which the planner
+    keeps 50%, 90% and 99% of the runs that succeed without one, and half the lowest.
+
     Example: trilemma sweep examples/ticket.yaml --max-cost 0.3,0.45,0.6,0.9 --runs 100 --plot sweep.png
+
+    Example: trilemma sweep examples/ticket.yaml
     """
-    from trilemma.experiments.sweep import Limits, budget_sweep
+    from trilemma.experiments.sweep import PLANNED_SHARES, Limits, budget_sweep, planned_ceilings
+    from trilemma.experiments.trials import check_settings
     from trilemma.report import tables
+    from trilemma.run.session import check_inputs
     from trilemma.spec import load_workflow
 
-    if max_cost is None and deadline is None:
-        raise UsageError("give the budgets to sweep: --max-cost 0.1,0.2 and/or --deadline 5,10")
     writable("--plot", plot)
     positive("--parallel", parallel)
     budgets = [Limits(c, d) for c in _numbers("--max-cost", max_cost, MAX_USD)
@@ -518,6 +523,16 @@ def sweep_cmd(
     wf = load_workflow(file, sets or ())
     given = parse_inputs(inputs, input_files, spec_read_stdin=str(file) == STDIN)
     declared_for_files(input_files, [(str(file), wf)])
+    if max_cost is None and deadline is None:  # the runs' settings checked before the search
+        check_settings(runs, time_scale, parallel)
+        check_inputs(wf, given, str(file))
+        ceilings = planned_ceilings(wf)
+        budgets = [Limits(c, None) for c in ceilings]
+        *most, last = (f"{s:.0%}" for s in PLANNED_SHARES)
+        shares = f"{', '.join(most)} and {last}"
+        _say(f"no budget given: sweeping --max-cost {','.join(f'{c:g}' for c in ceilings)}, the "
+             f"ceilings under which the planner keeps {shares} of its successes, and half the "
+             "lowest (give --max-cost or --deadline to choose)")
     show = not as_json and sys.stderr.isatty()
     with runs_kept_on_interrupt(journal), progress(show) as bar:
         bar_id = bar.add_task("runs", total=runs * (len(budgets) + 1))

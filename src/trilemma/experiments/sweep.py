@@ -17,7 +17,9 @@ For each budget the sweep reports:
   deadline, and stops one whose next call's worst case does not fit under the ceiling, as
   the executor does).
 
-On the simulator the sweep runs in scaled time (see :mod:`trilemma.experiments.trials`).
+On the simulator the sweep runs on a virtual clock by default, or in scaled time (see
+:mod:`trilemma.experiments.trials`). Given no budgets, the command sweeps the ceilings the
+planner finds for shares of the runs (:func:`planned_ceilings`).
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ from trilemma.experiments.trials import (
 )
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
-from trilemma.plan.simulate import SimResult, under_budget
+from trilemma.plan.simulate import SimResult, simulate, smallest_budget, under_budget
 from trilemma.run.session import check_inputs
 from trilemma.spec import Workflow
 
-__all__ = ["Limits", "Sweep", "SweepRow", "budget_sweep"]
+__all__ = ["PLANNED_SHARES", "Limits", "Sweep", "SweepRow", "budget_sweep", "planned_ceilings"]
 
 #: Spend above a ceiling by less than this is float noise, not an overrun.
 EPS_USD = 1e-9
@@ -224,6 +226,31 @@ def budget_sweep(
         rows = tuple(predicted(_row(b, trials(b, j), base), sim)
                      for b, sim in zip(budgets, plans[1:], strict=True))  # fmt: skip
     return Sweep(baseline, rows, estimate(wf), seed, time_scale, parallel, wf.limited)
+
+
+PLANNED_SHARES = (0.5, 0.9, 0.99)
+"""What a sweep given no budgets sweeps: the ceilings under which these shares of the runs
+that succeed without one still succeed, by the planner."""
+
+
+def planned_ceilings(
+    wf: Workflow, shares: Sequence[float] = PLANNED_SHARES, runs: int = 20_000, seed: int = 0
+) -> list[float]:
+    """Spend ceilings to sweep, by the Monte Carlo of ``runs`` (``wf``'s own budget set
+    aside): for each share, the smallest ceiling under which that share of the runs that
+    succeed without one still succeed; then half the lowest, a ceiling that cuts most runs
+    short (what they return is the sweep's outputs column). Ascending, each once.
+
+    Raises UsageError when no run succeeds without a budget (nothing to keep a share of).
+    """
+    free = wf.with_budget(max_cost_usd=None, deadline_s=None)
+    success = simulate(free, runs, seed).success_rate
+    if success == 0:
+        raise UsageError("the planner has no run of this spec succeeding, so no ceiling keeps "
+                         "a share of them: give the budgets, --max-cost 0.1,0.2 or --deadline 5,10")
+    found = {smallest_budget(free, share * success, runs, seed).value for share in shares}
+    ceilings = sorted(v for v in found if v is not None)
+    return sorted({round(ceilings[0] / 2, 6), *ceilings}) if ceilings[0] >= 2e-6 else ceilings
 
 
 def _row(budget: Limits, got: list[Trial], base: list[Trial]) -> SweepRow:
