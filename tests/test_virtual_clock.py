@@ -230,3 +230,28 @@ steps: [{id: a, model: m}]
 """), journal=journal, seed=0)
     row = journal.run(real.run_id)
     assert before <= row["started_at"] <= row["finished_at"] <= time.time()
+
+
+def test_a_run_cut_by_its_deadline_never_measures_less(tmp_path: Path) -> None:
+    """The run's latency counts from when its deadline does: ticket.yaml's 14 s of waits on
+    a virtual clock, under deadlines of 14 s (every run cut), 14.001 s (the executor's and
+    journal's own time, kept real, puts runs either side) and 14.05 s. Runs cut at 14.001 s
+    measured 13.9999-14.0005 s when the latency counted from the first step and the
+    deadline from before the executor was made."""
+    from trilemma import execute
+
+    wf = load_workflow(EXAMPLES / "ticket.yaml")
+    journal = Journal(tmp_path / "j.db")
+    for deadline in (14.0, 14.001, 14.05):  # every run cut; either side; those not retried ok
+        statuses = []
+        for seed in range(10):
+            r = execute(wf, journal=journal, seed=seed, time_scale=0, deadline_s=deadline)
+            statuses.append(r.status)
+            if r.status == "deadline":
+                assert r.latency_s >= deadline
+            else:  # in time, but for the loop's last turn (the closing commit is not counted)
+                assert r.status == "ok" and r.latency_s < deadline + 1e-4
+        if deadline == 14.0:
+            assert set(statuses) == {"deadline"}
+        elif deadline == 14.05:
+            assert statuses.count("ok") >= 8  # 92.8% of runs need no retry

@@ -6,11 +6,12 @@ the reservation, so concurrent calls cannot together cross the ceiling.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from trilemma._format import dollars
-from trilemma._tasks import run_wall_clock
+from trilemma._tasks import loop_now, run_wall_clock
 from trilemma.errors import BudgetExhausted, DeadlineExceeded
 
 __all__ = ["Clock", "Reservation", "SpendGuard", "over_ceiling"]
@@ -89,23 +90,29 @@ class SpendGuard:
 
 
 class Clock:
-    """A wall-clock deadline (epoch seconds; None: none), which carries over a resume.
+    """A wall-clock deadline (epoch seconds; None: none), which carries over a resume, kept
+    on the event loop's clock from the moment the Clock is made (:attr:`due`).
 
     On a virtual clock (a simulated trial's) the deadline nears by the idle time the loop
-    skips as well, from the moment the Clock is made: :attr:`now` reads the run's wall
-    clock, which the journal's times are written in.
+    skips as well, and :attr:`now` reads the run's wall clock, which the journal's times are
+    written in. ``within``: a deadline that many seconds from the Clock's making, which a
+    run's latency counts from as well (:attr:`started`), so a run cut by it never measures
+    less, and one it did not cut more only by the event loop's last turn (microseconds).
     """
 
-    def __init__(self, deadline_at: float | None) -> None:
-        self.deadline_at = deadline_at
+    def __init__(self, deadline_at: float | None = None, *, within: float | None = None) -> None:
         self.now: Callable[[], float] = run_wall_clock()
         """Epoch seconds as the run sees them (``time.time`` but on a virtual clock)."""
+        self.started = loop_now()
+        """The event loop's clock when the Clock was made."""
+        wall = time.time()
+        self.deadline_at = wall + within if within is not None else deadline_at
+        self.due = None if self.deadline_at is None else self.started + (self.deadline_at - wall)
+        """The deadline on the event loop's clock (None: none)."""
 
     def remaining(self) -> float | None:
         """Seconds left (None without a deadline)."""
-        if self.deadline_at is None:
-            return None
-        return self.deadline_at - self.now()
+        return None if self.due is None else self.due - loop_now()
 
     def check(self) -> None:
         """Raise DeadlineExceeded once the deadline has passed."""

@@ -33,6 +33,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from trilemma._tasks import loop_now
 from trilemma.cache.keys import step_settings
 from trilemma.cache.lookup import Cache, Hit
 from trilemma.cache.semantic import Embedder
@@ -238,6 +239,9 @@ class Session:
 
     guard: SpendGuard
     clock: Clock
+    started: float = field(default_factory=loop_now)
+    """The event loop's clock when the session began, which its latency counts from: its
+    Clock's making, where the deadline is the session's own (:meth:`Session.within`)."""
     calls: int = 0
     stop: str | None = None
     stop_reason: str | None = None
@@ -251,6 +255,14 @@ class Session:
     """A ceiling shared with runs in other processes, held as well as ``guard``'s."""
     cut: bool = False
     """An answer of this session stopped at ``max_tokens``."""
+
+    @classmethod
+    def within(cls, guard: SpendGuard, deadline_s: float | None,
+               shared: SharedSpend | None = None) -> Session:  # fmt: skip
+        """A session under a deadline ``deadline_s`` from now (None: none) and its latency,
+        counted from one instant."""
+        clock = Clock(within=deadline_s)
+        return cls(guard, clock, started=clock.started, shared=shared)
 
     async def reserve(self, amount: float) -> Reservation:
         """Hold a call's worst case under the run's ceiling and the shared one, or raise."""
@@ -373,7 +385,6 @@ class Executor:
     # ------------------------------------------------------------------ the run
 
     async def run(self, session: Session, done_before: Mapping[str, dict[str, Any]]) -> RunResult:
-        started = asyncio.get_running_loop().time()  # a virtual clock's in a simulated trial
         s = session
         self.now = s.clock.now
         for step in self.wf.steps:
@@ -394,7 +405,7 @@ class Executor:
         ready = [st for st in self.wf.steps if self._waiting.get(st.id) == 0]
         bug: Exception | None = None
         try:
-            async with asyncio.timeout(s.clock.remaining()):
+            async with asyncio.timeout_at(s.clock.due):
                 async with asyncio.TaskGroup() as tg:
                     self._group = tg
                     self._start(s, ready)
@@ -411,10 +422,10 @@ class Executor:
             if not OWN_LOOP.get():  # left running for `resume`, by any process
                 self.journal.update_run(self.run_id, pid=None)
             raise
-        finally:
+        finally:  # the run's time ends with its steps (the deadline's scope), before its closing
+            took = asyncio.get_running_loop().time() - s.started  # a virtual clock's in a trial
             self._gate_thread.close()
             await (self.writer.aclose() if self._own_writer else self.writer.flush())
-        took = asyncio.get_running_loop().time() - started
         result = await self._finish(s, self.latency_before + took)
         if bug is not None:  # the journal says failed and why; the caller gets the error itself
             raise bug

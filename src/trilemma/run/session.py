@@ -308,12 +308,12 @@ async def execute_async(
     seed = wf.seed_for(seed)
     provs = build_providers(wf, seed, providers)
     ceiling, deadline = wf.budget.resolve(max_cost_usd, deadline_s)
-    deadline_at = time.time() + deadline if deadline is not None else None
-    session = Session(SpendGuard(ceiling), Clock(deadline_at), shared=shared_spend(shared))
+    spend, tier, predicted = shared_spend(shared), cache_tier(wf, shared_cache), estimate(wf)
+    session = Session.within(SpendGuard(ceiling), deadline, shared=spend)  # the run starts
     ex = open_run(wf, journal, session, values=values, seed=seed, source=source, providers=provs,
-                  gates=gates, predicted=estimate(wf), on_event=on_event, embedder=embedder,
-                  tenant=tenant, shared_cache=cache_tier(wf, shared_cache),
-                  time_scale=time_scale, overrides=overrides)  # fmt: skip
+                  gates=gates, predicted=predicted, on_event=on_event, embedder=embedder,
+                  tenant=tenant, shared_cache=tier, time_scale=time_scale,
+                  overrides=overrides)  # fmt: skip
     return await _run_and_close(ex, session, {}, provs)
 
 
@@ -371,8 +371,7 @@ async def execute_many_async(
 
     async def one(i: int) -> None:
         seed = wf.seed_for(seeds[i])
-        session = Session(SpendGuard(ceiling),
-                          Clock(time.time() + deadline if deadline is not None else None))  # fmt: skip
+        session = Session.within(SpendGuard(ceiling), deadline)
         ex = open_run(wf, journal, session, values=values[i], seed=seed, source=source,
                       providers=providers_for(wf.models, seed, endpoints), gates=gates,
                       predicted=predicted, on_event=None, embedder=embedder, tenant=None,
@@ -523,12 +522,16 @@ async def resume_async(
     embedder = embedder_for(wf, embedder)
     provs = build_providers(wf, row["seed"], providers)
     ceiling = max_cost_usd if max_cost_usd is not None else row["max_cost_usd"]
-    deadline_at = time.time() + deadline_s if deadline_s is not None else row["deadline_at"]
-    session = Session(SpendGuard(ceiling, spent=journal.spent(run_id)), Clock(deadline_at),
-                      shared=shared_spend(shared_of(row, shared, redis)))  # fmt: skip
+    spend = shared_spend(shared_of(row, shared, redis))
+    tier, predicted = cache_tier(wf, shared_cache), estimate(wf)
+    guard = SpendGuard(ceiling, spent=journal.spent(run_id))
+    if deadline_s is not None:
+        session = Session.within(guard, deadline_s, shared=spend)
+    else:  # the run's own deadline, at the time it was journaled
+        session = Session(guard, Clock(row["deadline_at"]), shared=spend)
     ex, done = reopen_run(wf, journal, row, session, providers=provs, gates=gates,
-                          predicted=estimate(wf), on_event=on_event, embedder=embedder,
-                          changed=changed, shared_cache=cache_tier(wf, shared_cache))  # fmt: skip
+                          predicted=predicted, on_event=on_event, embedder=embedder,
+                          changed=changed, shared_cache=tier)  # fmt: skip
     return await _run_and_close(ex, session, done, provs)
 
 
