@@ -193,6 +193,22 @@ def test_given_no_budget_it_sweeps_the_planners_ceilings(cli, tmp_path: Path) ->
     assert not (tmp_path / "k.db").exists()
 
 
+def test_a_deadline_within_the_executors_time_of_the_critical_path_is_named(tmp_path: Path) -> None:
+    """ticket.yaml takes exactly 14 s of waits without a retry: the Monte Carlo has those
+    runs in time at 14 s, the executor's own time puts every one past it."""
+    sw = budget_sweep(load_workflow(EXAMPLES / "ticket.yaml"), [Limits(None, d) for d in (14, 14.1)],
+                      10, Journal(tmp_path / "j.db"))  # fmt: skip
+    at = sw.rows[0]
+    assert at.success_rate == 0 and at.predicted_success is not None and at.predicted_success > 0.9
+    out = io.StringIO()
+    Console(file=out, width=400).print(sweep_table(sw, "ticket.yaml"))
+    said = [line for line in out.getvalue().splitlines() if "for the executor's own time" in line]
+    assert said == ["14s leaves under 60 ms past the 14.00s critical path for the executor's own "
+                    "time: the Monte Carlo counts the spec's time alone, so runs it has in time "
+                    "there may be cut; trilemma simulate ticket.yaml --deadline-for 0.95 advises "
+                    "one with room."]  # fmt: skip
+
+
 def test_the_figures_in_docs_sweep_hold(tmp_path: Path) -> None:
     # docs/sweep.md shows this sweep; its spend and success columns are fixed by the seeds.
     sw = budget_sweep(load_workflow(CASCADE), [Limits(0.006), Limits(0.036), Limits(0.126)], 100,

@@ -1459,9 +1459,27 @@ def sweep_table(sw: Sweep, source: str) -> Group:
     lines.append(f"Success is measured to within +-{widest:.1%} ({base.runs:,} runs a budget, "
                  "95%, the widest row): rows closer than that are not told apart; more --runs "
                  "narrow it.")  # fmt: skip
+    lines += _tight_deadlines(sw, source)
     lines += _together(sw.parallel, "" if sw.limited else None)
     lines += _scaled(sw.time_scale)
     return Group(t, Text("\n".join(lines)))
+
+
+def _tight_deadlines(sw: Sweep, source: str) -> list[str]:
+    """A line naming the deadlines of ``sw`` at or just past the critical path, within the
+    executor's own time (:func:`~trilemma.plan.simulate.deadline_headroom`): runs the Monte
+    Carlo has in time there may be cut."""
+    from trilemma.plan.simulate import deadline_headroom
+
+    path, room = sw.predicted.latency_critical_s, deadline_headroom(sw.predicted)
+    tight = [r.budget.label() for r in sw.rows if r.budget.deadline_s is not None
+             and path - 1e-9 <= r.budget.deadline_s < path + room]  # fmt: skip
+    if not tight:
+        return []
+    return [f"{', '.join(tight)} leave{'s' if len(tight) == 1 else ''} under {room * 1000:.0f} ms "
+            f"past the {path:.2f}s critical path for the executor's own time: the Monte Carlo "
+            "counts the spec's time alone, so runs it has in time there may be cut; "
+            f"trilemma simulate {shlex.quote(source)} --deadline-for 0.95 advises one with room."]
 
 
 def compare_table(
