@@ -180,6 +180,18 @@ def test_with_a_deadline_the_prediction_is_the_monte_carlo_s(tmp_path: Path) -> 
     assert p.to_json()["predicted"]["monte_carlo"]["deadline_s"] is None
 
 
+def test_a_deadline_at_the_critical_path_is_named(cli, tmp_path: Path) -> None:
+    """ticket.yaml's runs without a retry take exactly its 14 s critical path: the Monte
+    Carlo has them in time under a 14 s deadline, the executor's own time cuts them."""
+    got = cli("compare", EXAMPLES / "ticket.yaml", EXAMPLES / "single.yaml", "--set",
+              "budget.deadline_s=14", "--runs", "5", "--journal", tmp_path / "j.db")  # fmt: skip
+    assert got.code == 0, got.err
+    said = " ".join(got.out.split())
+    assert ("ticket.yaml: its 14s deadline leaves under 60 ms past the 14.00s critical path "
+            "for the executor's own time") in said
+    assert "single.yaml: its" not in said  # 2 s of a 14 s deadline: room enough
+
+
 def test_the_prediction_halts_failed_runs_as_the_executor_does(cli, tmp_path: Path) -> None:
     """The seed's twelve-step premium chain fails one run in six; the executor sends no
     step after a failure, so a run costs less than the analytic expected cost ($0.36, every

@@ -1466,20 +1466,33 @@ def sweep_table(sw: Sweep, source: str) -> Group:
 
 
 def _tight_deadlines(sw: Sweep, source: str) -> list[str]:
-    """A line naming the deadlines of ``sw`` at or just past the critical path, within the
-    executor's own time (:func:`~trilemma.plan.simulate.deadline_headroom`): runs the Monte
-    Carlo has in time there may be cut."""
-    from trilemma.plan.simulate import deadline_headroom
-
-    path, room = sw.predicted.latency_critical_s, deadline_headroom(sw.predicted)
-    tight = [r.budget.label() for r in sw.rows if r.budget.deadline_s is not None
-             and path - 1e-9 <= r.budget.deadline_s < path + room]  # fmt: skip
+    """A line naming the deadlines of ``sw`` at or just past the critical path (see
+    :func:`_tight`)."""
+    tight = [r.budget.label() for r in sw.rows
+             if r.budget.deadline_s is not None and _tight(r.budget.deadline_s, sw.predicted)]  # fmt: skip
     if not tight:
         return []
-    return [f"{', '.join(tight)} leave{'s' if len(tight) == 1 else ''} under {room * 1000:.0f} ms "
-            f"past the {path:.2f}s critical path for the executor's own time: the Monte Carlo "
-            "counts the spec's time alone, so runs it has in time there may be cut; "
-            f"trilemma simulate {shlex.quote(source)} --deadline-for 0.95 advises one with room."]
+    return [f"{', '.join(tight)} leave{'s' if len(tight) == 1 else ''} "
+            + _no_room(sw.predicted, source)]
+
+
+def _tight(deadline: float, e: Estimate) -> bool:
+    """``deadline`` is at or past ``e``'s critical path by less than the executor's own time
+    (:func:`~trilemma.plan.simulate.deadline_headroom`): runs the Monte Carlo has in time
+    there, which counts the spec's time alone, may be cut."""
+    from trilemma.plan.simulate import deadline_headroom
+
+    path = e.latency_critical_s
+    return path - 1e-9 <= deadline < path + deadline_headroom(e)
+
+
+def _no_room(e: Estimate, source: str) -> str:
+    from trilemma.plan.simulate import deadline_headroom
+
+    return (f"under {deadline_headroom(e) * 1000:.0f} ms past the {e.latency_critical_s:.2f}s "
+            "critical path for the executor's own time: the Monte Carlo counts the spec's time "
+            f"alone, so runs it has in time there may be cut; trilemma simulate "
+            f"{shlex.quote(source)} --deadline-for 0.95 advises one with room.")
 
 
 def compare_table(
@@ -1520,6 +1533,9 @@ def compare_table(
         for r in rows
         if r.stopped
     ]
+    lines += [f"{short[r.name]}: its {r.simulated.deadline_s:g}s deadline leaves "
+              + _no_room(r.predicted, r.name) for r in rows
+              if r.simulated.deadline_s is not None and _tight(r.simulated.deadline_s, r.predicted)]  # fmt: skip
     # On the simulator the runs draw from the spec's own figures: a miss there is chance.
     lines += [_off_prediction(r, journal) for r in rows
               if (r.off_prediction or r.cost_off_prediction) and r.endpoints]  # fmt: skip
