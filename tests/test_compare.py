@@ -190,6 +190,8 @@ def test_a_deadline_at_the_critical_path_is_named(cli, tmp_path: Path) -> None:
     assert ("ticket.yaml: its 14s deadline leaves under 60 ms past the 14.00s critical path "
             "for the executor's own time") in said
     assert "single.yaml: its" not in said  # 2 s of a 14 s deadline: room enough
+    # the command it advises is the spec as compared: with the --set
+    assert "ticket.yaml --set budget.deadline_s=14 --deadline-for 0.95 advises one with room" in said
 
 
 def test_the_prediction_halts_failed_runs_as_the_executor_does(cli, tmp_path: Path) -> None:

@@ -545,7 +545,7 @@ def sweep_cmd(
 
     if not as_json:
         print_set(stdout_console(), sets)
-    return _show(result.to_json(), tables.sweep_table(result, str(file)), as_json, plot,
+    return _show(result.to_json(), tables.sweep_table(result, str(file), sets or ()), as_json, plot,
                  lambda path: plot_sweep(result, path))  # fmt: skip
 
 
@@ -606,5 +606,5 @@ def compare_cmd(
     if not as_json:
         print_set(stdout_console(), sets)
 
-    return _show([r.to_json() for r in rows], tables.compare_table(rows, time_scale, journal), as_json,
+    return _show([r.to_json() for r in rows], tables.compare_table(rows, time_scale, journal, sets or ()), as_json,
                  plot, lambda path: plot_compare(rows, path))  # fmt: skip

@@ -1421,8 +1421,9 @@ def debate_table(d: DebateVsRetry) -> Group:
     return Group(t, Text("\n".join(lines)))
 
 
-def sweep_table(sw: Sweep, source: str) -> Group:
-    """A budget sweep: each budget beside the baseline that ignores budgets."""
+def sweep_table(sw: Sweep, source: str, overrides: Sequence[str] = ()) -> Group:
+    """A budget sweep: each budget beside the baseline that ignores budgets (of ``source``
+    loaded with ``overrides``, ``--set``, which a command it advises carries)."""
     p, base = sw.predicted, sw.baseline
     t = FittedTable(title=f"Budget sweep of {source}, {base.runs:,} runs per budget",
                     title_justify="left")  # fmt: skip
@@ -1459,13 +1460,13 @@ def sweep_table(sw: Sweep, source: str) -> Group:
     lines.append(f"Success is measured to within +-{widest:.1%} ({base.runs:,} runs a budget, "
                  "95%, the widest row): rows closer than that are not told apart; more --runs "
                  "narrow it.")  # fmt: skip
-    lines += _tight_deadlines(sw, source)
+    lines += _tight_deadlines(sw, source, overrides)
     lines += _together(sw.parallel, "" if sw.limited else None)
     lines += _scaled(sw.time_scale)
     return Group(t, Text("\n".join(lines)))
 
 
-def _tight_deadlines(sw: Sweep, source: str) -> list[str]:
+def _tight_deadlines(sw: Sweep, source: str, overrides: Sequence[str]) -> list[str]:
     """A line naming the deadlines of ``sw`` at or just past the critical path (see
     :func:`_tight`)."""
     tight = [r.budget.label() for r in sw.rows
@@ -1473,7 +1474,7 @@ def _tight_deadlines(sw: Sweep, source: str) -> list[str]:
     if not tight:
         return []
     return [f"{', '.join(tight)} leave{'s' if len(tight) == 1 else ''} "
-            + _no_room(sw.predicted, source)]
+            + _no_room(sw.predicted, source, overrides)]
 
 
 def _tight(deadline: float, e: Estimate) -> bool:
@@ -1486,21 +1487,24 @@ def _tight(deadline: float, e: Estimate) -> bool:
     return path - 1e-9 <= deadline < path + deadline_headroom(e)
 
 
-def _no_room(e: Estimate, source: str) -> str:
+def _no_room(e: Estimate, source: str, overrides: Sequence[str]) -> str:
     from trilemma.plan.simulate import deadline_headroom
 
+    command = " ".join(filter(None, ["trilemma simulate", shlex.quote(source), set_flags(overrides),
+                                     "--deadline-for 0.95"]))  # fmt: skip
     return (f"under {deadline_headroom(e) * 1000:.0f} ms past the {e.latency_critical_s:.2f}s "
             "critical path for the executor's own time: the Monte Carlo counts the spec's time "
-            f"alone, so runs it has in time there may be cut; trilemma simulate "
-            f"{shlex.quote(source)} --deadline-for 0.95 advises one with room.")
+            f"alone, so runs it has in time there may be cut; {command} advises one with room.")
 
 
 def compare_table(
-    rows: Sequence[Contender], time_scale: float, journal: str | Path = DEFAULT_PATH
-) -> Group:
+    rows: Sequence[Contender], time_scale: float, journal: str | Path = DEFAULT_PATH,
+    overrides: Sequence[str] = (),
+) -> Group:  # fmt: skip
     """Workflows side by side: measured beside predicted, and the best quality per dollar.
 
-    ``journal``: where the runs are, for the command a line under the table names.
+    ``journal``: where the runs are, for the command a line under the table names;
+    ``overrides``: the ``--set`` every spec was loaded with, which a command it advises carries.
     """
     runs = rows[0].runs
     short, folder = _short_names([r.name for r in rows])
@@ -1534,7 +1538,7 @@ def compare_table(
         if r.stopped
     ]
     lines += [f"{short[r.name]}: its {r.simulated.deadline_s:g}s deadline leaves "
-              + _no_room(r.predicted, r.name) for r in rows
+              + _no_room(r.predicted, r.name, overrides) for r in rows
               if r.simulated.deadline_s is not None and _tight(r.simulated.deadline_s, r.predicted)]  # fmt: skip
     # On the simulator the runs draw from the spec's own figures: a miss there is chance.
     lines += [_off_prediction(r, journal) for r in rows
