@@ -116,6 +116,7 @@ def test_the_demo_tours_predict_run_and_measure(cli, tmp_path: Path, monkeypatch
         "4. The cheapest levers",
         "5. The chosen configuration",
         "6. A single call",
+        "7. As the budget tightens",
     ):
         assert part in r.out  # fmt: skip
     assert "Best quality per dollar: cascade.yaml" in r.out
@@ -123,13 +124,24 @@ def test_the_demo_tours_predict_run_and_measure(cli, tmp_path: Path, monkeypatch
     # each part names the command that does it alone, and that command prints the same
     commands = [line[2:] for line in r.out.splitlines() if line.startswith("$ trilemma ")]
     assert [c.split()[1] for c in commands] == ["book", "estimate", "simulate", "optimize",
-                                                "optimize", "compare"]  # fmt: skip
+                                                "optimize", "compare", "sweep"]  # fmt: skip
     simulate = shlex.split(commands[2])[1:]
     assert "--runs" in simulate and "20000" in simulate and f"--journal {tmp_path}" in commands[5]
     alone = cli(*simulate)
     assert alone.code == 0, alone.err
     figures = [line for line in alone.out.splitlines() if line.startswith("│")]
     assert figures and all(line in r.out for line in figures), alone.out
+    # the sweep alone, given no budget, sweeps the ceilings the demo's did, with the same
+    # success, stops, spend and outputs (the latency column holds the executor's own time)
+    sweep = cli(*shlex.split(commands[6])[1:])
+    assert sweep.code == 0, sweep.err
+    assert "no budget given: sweeping --max-cost 0.225,0.45,0.63" in sweep.err
+
+    def budget_rows(out: str) -> list[list[str]]:  # 80 columns: a record per row, field per line
+        lines = out.split("Budget sweep of ")[1].splitlines()
+        return [[label, *lines[i + 1:i + 8]] for i, label in enumerate(lines) if label.startswith("$")]
+
+    assert len(budget_rows(sweep.out)) == 3 and budget_rows(sweep.out) == budget_rows(r.out)
 
 
 def test_compare_runs_a_real_endpoint_in_real_time_and_bills_its_usage(tmp_path: Path) -> None:

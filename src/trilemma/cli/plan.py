@@ -531,10 +531,11 @@ def demo(
         Path, typer.Option("--journal", help="The journal for the demo run.")
     ] = DEFAULT_JOURNAL,
 ) -> int:
-    """An offline tour: the book, an estimate, a Monte Carlo, an optimization, a run, a comparison.
+    """An offline tour: the book, an estimate, a Monte Carlo, an optimization, a run, a comparison, a budget sweep.
 
     The run executes the optimizer's answer on the simulator; the comparison measures a
-    single call against two workflows.
+    single call against three workflows; the sweep tightens the ceiling on the ticket
+    workflow.
 
     Example: trilemma demo
     """
@@ -577,6 +578,7 @@ def demo(
             ran = execute(best.best, journal=j, seed=7, max_cost_usd=0.10, source="<demo>")
         console.print(tables.run_view(ran))
     _demo_compare(console, journal)
+    _demo_sweep(console, journal)
     console.print(
         "\nNext: `trilemma init` for a spec of your own to edit, `trilemma runs` for the journal, "
         "and trilemma --help."
@@ -768,8 +770,28 @@ def _shown(path: Path) -> str:
     return shlex.quote(str(path))
 
 
+def _demo_sweep(console: Console, journal: Path, runs: int = 50) -> None:
+    """The demo's last part: the ticket workflow under the ceilings the planner picks."""
+    from trilemma.examples import example_path
+    from trilemma.experiments.sweep import Limits, budget_sweep, planned_ceilings
+    from trilemma.journal import Journal
+    from trilemma.report import tables
+    from trilemma.spec import load_workflow
+
+    path = example_path("ticket.yaml")
+    _section(console, f"7. As the budget tightens: the planner's ceilings, {runs} runs each",
+             f"trilemma sweep {_shown(path)} --runs {runs} --seed 7{tables.journal_flag(journal)}")  # fmt: skip
+    wf = load_workflow(path)
+    budgets = [Limits(c) for c in planned_ceilings(wf)]
+    with progress(sys.stderr.isatty()) as bar, Journal(journal) as j:
+        bar_id = bar.add_task("runs", total=runs * (len(budgets) + 1))
+        sw = budget_sweep(wf, budgets, runs, j, seed=7, source=str(path),
+                          on_progress=lambda done, _: bar.update(bar_id, completed=done))  # fmt: skip
+    console.print(tables.sweep_table(sw, _shown(path)))
+
+
 def _demo_compare(console: Console, journal: Path, runs: int = 60) -> None:
-    """The demo's last part: a single call against three workflows, measured on the simulator."""
+    """The demo's sixth part: a single call against three workflows, measured on the simulator."""
     from trilemma.examples import example_path
     from trilemma.experiments.compare import compare
     from trilemma.journal import Journal
