@@ -176,6 +176,7 @@ def test_execute_at_time_scale_0_makes_its_own_virtual_clock(cli, tmp_path: Path
     page = tmp_path / "run.html"
     assert cli("report", r.run_id, "--journal", journal.path, "--out", page).code == 0
     assert "Simulated time ran on a virtual clock" in page.read_text()
+    assert "clock times follow simulated time from the run's real start" in page.read_text()
 
     async def plain() -> None:
         await execute_async(wf, journal=journal, seed=3, time_scale=0)

@@ -787,7 +787,7 @@ def _demo_sweep(console: Console, journal: Path, runs: int = 50) -> None:
         bar_id = bar.add_task("runs", total=runs * (len(budgets) + 1))
         sw = budget_sweep(wf, budgets, runs, j, seed=7, source=str(path),
                           on_progress=lambda done, _: bar.update(bar_id, completed=done))  # fmt: skip
-    console.print(tables.sweep_table(sw, _shown(path)))
+    console.print(tables.sweep_table(sw, str(path)))  # (the table quotes what it advises)
 
 
 def _demo_compare(console: Console, journal: Path, runs: int = 60) -> None:

@@ -117,7 +117,7 @@ def run_report(journal: Journal, run_id: str) -> str:
         parts.append(
             '<p class="dim">Simulated time ran on a virtual clock (compare or sweep): every wait '
             "took no real time and ended when due, so the times on this page are the spec's "
-            "own, and the calls' clock times are those of the machine that ran them.</p>"
+            "own, and the calls' clock times follow simulated time from the run's real start.</p>"
         )
     elif scale != 1:
         parts.append(
