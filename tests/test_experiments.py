@@ -121,6 +121,12 @@ def test_cliff_on_the_simulator_follows_the_product_law(cli, tmp_path: Path) -> 
     for row in rows:
         lo, hi = row["measured_ci95"]
         assert lo - 0.05 <= row["predicted_success"] <= hi + 0.05
+    # a failed step stops its run, on the planner's side too: four $0.002 steps at p_ok 0.8
+    # cost 0.002 x (1 + 0.8 + 0.64 + 0.512) on average, not $0.008 (which it said before)
+    assert [row["cost_usd"]["predicted"] for row in rows] == pytest.approx([0.002, 0.005904])
+    assert rows[1]["cost_usd"]["measured"] == pytest.approx(0.005904, rel=0.1)
+    assert rows[1]["latency_s"]["predicted"] == pytest.approx(0.001 * 2.952, abs=1e-4)  # 4 places
+    assert r.err == ""  # the simulator bills nobody: no bill said ahead
     assert png.read_bytes().startswith(b"\x89PNG")
     assert cli("cliff", "--model", "sim", "--spec", spec, "--steps", "0").code == 2
     what_if = cli("cliff", "--model", "sim", "--spec", spec, "--steps", "1,2", "--runs", "20",
@@ -131,6 +137,31 @@ def test_cliff_on_the_simulator_follows_the_product_law(cli, tmp_path: Path) -> 
     assert said.out.startswith("with models.sim.p_ok=0.5 (--set; the file is unchanged)")
     bad = cli("cliff", "--model", "sim", "--spec", spec, "--set", "models.sim.p_ok=2")
     assert bad.code == 2 and "--set models.sim.p_ok=2: models.sim.p_ok:" in bad.err
+
+
+def test_cliff_on_a_real_endpoint_says_its_bill_ahead_and_predicts_runs_going_to_their_end(
+    cli, tmp_path: Path
+) -> None:
+    """No gate judges a real model's number, so a wrong one goes on to the next step: the
+    planner's figures are of runs sent to their end (the simulator's runs halt), and before
+    the first call stderr says what the chains will bill."""
+    from trilemma.testing import Reply, ScriptedServer
+
+    with ScriptedServer(lambda payload: Reply("7")) as srv:
+        spec = tmp_path / "real.yaml"
+        spec.write_text(f"version: 1\nmodels:\n  real: {{provider: openai, base_url: \"{srv.url}\", "
+                        "model: m1, usd_per_call: 0.001, latency_s: 0.01, p_ok: 0.5}\n"
+                        "steps: [{id: a, model: real}]\n")  # fmt: skip
+        r = cli("cliff", "--model", "real", "--spec", spec, "--steps", "1,2", "--runs", "2",
+                "--journal", tmp_path / "j.db", "--json")  # fmt: skip
+        assert r.code == 0, r.err
+        assert len(srv.requests) == 6  # every step of every chain answered a number
+    assert r.err == ("trilemma: cliff --model real: 4 runs on real endpoints (real) bill about "
+                     "$0.0060 by the planner, $0.0060 in its worst case; Ctrl-C stops them, "
+                     "keeping the runs that ended\n")  # fmt: skip
+    rows = r.json()
+    assert [row["cost_usd"]["predicted"] for row in rows] == pytest.approx([0.001, 0.002])
+    assert [row["cost_usd"]["measured"] for row in rows] == pytest.approx([0.001, 0.002])
 
 
 @pytest.mark.parametrize(

@@ -438,6 +438,7 @@ def cliff_cmd(
         bar_id = bar.add_task("chains", total=len(lengths) * runs)
         points = cliff(model, wf.models[model], lengths, runs, journal, task=task, seed=seed,
                        parallel=parallel,
+                       on_bill=lambda bill: _say(tables.bill_line(f"cliff --model {model}", bill)),
                        on_progress=lambda done, total: bar.update(bar_id, completed=done))  # fmt: skip
     if plot:
         from trilemma.report.plots import plot_cliff

@@ -10,6 +10,7 @@ cost and latency from the same profile; the table shows both.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from trilemma.experiments.tasks import (
     extract_sentence,
 )
 from trilemma.experiments.trials import (
+    Bill,
     JournalRef,
     check_parallel,
     check_reachable,
@@ -32,11 +34,12 @@ from trilemma.experiments.trials import (
     opened,
 )
 from trilemma.plan.agreement import wilson
-from trilemma.plan.estimate import estimate
+from trilemma.plan.estimate import Estimate, estimate
 from trilemma.run.session import execute, execute_many
 from trilemma.spec import ModelProfile, Workflow, workflow_from_dict
 
-__all__ = ["MAX_CHAIN", "CliffPoint", "chain_workflow", "check_chains", "cliff"]
+__all__ = ["MAX_CHAIN", "CliffPoint", "chain_workflow", "check_chains", "cliff", "cliff_bill",
+           "predicted"]
 
 ADD_FEW_SHOT = (
     "\n".join(f"Q: {q}\nA: {a}" for q, a in CHAIN_SHOTS) + "\nQ: What is {prev} + {d}?\nA:"
@@ -105,11 +108,11 @@ class CliffPoint:
     predicted: float
     """Planner's end-to-end success (p_ok^S)."""
     cost_predicted: float
-    """Planner's expected cost."""
+    """Planner's expected cost of a run (:func:`predicted`)."""
     cost_measured: float
     """Mean measured cost."""
     latency_predicted: float
-    """Planner's critical path."""
+    """Planner's expected latency of a run (:func:`predicted`)."""
     latency_measured: float
     """Mean measured seconds."""
 
@@ -139,6 +142,28 @@ def check_chains(lengths: list[int], runs: int) -> None:
     check_runs(runs)
 
 
+def predicted(profile: ModelProfile, e: Estimate) -> tuple[float, float]:
+    """The planner's mean cost and latency of a run of a chain on ``profile`` (``e``, the
+    chain's estimate). On the simulator a wrong answer fails its step, which stops the run
+    there (:attr:`~trilemma.plan.estimate.Estimate.halting`: $0.00336 for five $0.001 steps at
+    p_ok 0.8, not $0.005); on a real endpoint no gate judges an answer, so a wrong number goes
+    on to the next step and every run is sent to its end (the expected figures)."""
+    if profile.runs_on_simulator and e.halting is not None:
+        return e.halting.cost_usd, e.halting.latency_s
+    return e.cost_expected, e.latency_expected_s
+
+
+def cliff_bill(chains: list[tuple[Workflow, Estimate]], runs: int) -> Bill | None:
+    """What ``runs`` runs of each of ``chains`` (a chain and the planner's estimate of it) will
+    bill on a real endpoint, by the planner; None on the simulator, which bills nobody. A
+    cliff's runs hold no ceiling: the worst case is every step sent and billed."""
+    endpoints = chains[0][0].endpoints if chains else ()
+    if not endpoints:
+        return None
+    return Bill(runs * len(chains), endpoints, runs * math.fsum(e.cost_expected for _, e in chains),
+                runs * math.fsum(e.cost_worst for _, e in chains), None)  # fmt: skip
+
+
 def cliff(
     model: str,
     profile: ModelProfile,
@@ -150,19 +175,23 @@ def cliff(
     seed: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
     parallel: int = 1,
+    on_bill: Callable[[Bill], None] | None = None,
 ) -> list[CliffPoint]:
     """Run chains of each length ``runs`` times; compare with the planner (``journal``, given
     as a path, is opened once the lengths and run count pass). ``parallel``: runs of a
-    length at a time, on one event loop, sharing the model's limits (1: each alone)."""
+    length at a time, on one event loop, sharing the model's limits (1: each alone).
+    ``on_bill(bill)``: before the runs start on a real endpoint (every check passed), what
+    they will bill by the planner (:func:`cliff_bill`)."""
     check_chains(lengths, runs)
     check_parallel(parallel)
     check_reachable(chain_workflow(model, profile, 1, task))  # a server that is down is no cliff
+    laid = [(wf, estimate(wf)) for wf in (chain_workflow(model, profile, s, task) for s in lengths)]
+    if on_bill is not None and (bill := cliff_bill(laid, runs)) is not None:
+        on_bill(bill)
     points = []
     total, done = len(lengths) * runs, 0
     with opened(journal) as j:
-        for steps in lengths:
-            wf = chain_workflow(model, profile, steps, task)
-            e = estimate(wf)
+        for steps, (wf, e) in zip(lengths, laid, strict=True):
             chains, inputs = [], []
             for r in range(runs):
                 start, adds = chain_tasks(steps, seed=seed * 100_003 + steps * 1_009 + r)
@@ -194,6 +223,7 @@ def cliff(
                 ok += result.status == "ok" and (profile.runs_on_simulator or right)
                 costs.append(result.cost_usd)
                 latencies.append(result.latency_s)
-            points.append(CliffPoint(steps, runs, ok, e.reliability, e.cost_expected, statistics.fmean(costs),
-                                     e.latency_critical_s, statistics.fmean(latencies)))  # fmt: skip
+            cost, latency = predicted(profile, e)
+            points.append(CliffPoint(steps, runs, ok, e.reliability, cost, statistics.fmean(costs),
+                                     latency, statistics.fmean(latencies)))  # fmt: skip
     return points
