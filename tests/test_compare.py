@@ -283,6 +283,36 @@ def test_most_reliable_says_when_its_runs_cannot_tell_the_two_apart(write, tmp_p
     assert separate.startswith("Most reliable: b.yaml (100.00% against ") and "apart" not in separate
 
 
+def test_most_reliable_names_the_cheapest_of_a_tie_and_none_where_the_best_ties(
+    write, tmp_path: Path
+) -> None:
+    """Several specs measuring the top success: the line names the cheapest of them (it
+    named the first in the table, a dearer one); where the best quality per dollar measured
+    as much as any, there is no other to name."""
+    from rich.console import Console
+
+    from trilemma.report.tables import compare_table
+
+    model = "models: {m: {usd_per_call: %s, latency_s: 0.1, p_ok: %s}}\n"
+
+    def lines(*specs: tuple[str, float, float]) -> list[str]:
+        paths = [write("version: 1\n" + model % (usd, p) + "steps: [{id: a, model: m}]\n", name)
+                 for name, usd, p in specs]  # fmt: skip
+        rows = compare([(p.name, load_workflow(p)) for p in paths], 40,
+                       Journal(tmp_path / f"{len(specs)}{specs[0][2]}.db"), time_scale=0)  # fmt: skip
+        console = Console(width=400, record=True)
+        console.print(compare_table(rows, 0))
+        return console.export_text().splitlines()
+
+    got = lines(("cheap.yaml", 0.001, 0.5), ("dear.yaml", 0.03, 1.0), ("sure.yaml", 0.02, 1.0))
+    (line,) = [x for x in got if x.startswith("Most reliable")]
+    assert line.startswith("Most reliable: sure.yaml (100.00% against ")
+    assert ", at $0.0200 a run, the cheapest of the 2 that measured 100.00%" in line
+    got = lines(("cheap.yaml", 0.001, 1.0), ("dear.yaml", 0.03, 1.0))
+    assert any(x.startswith("Best quality per dollar: cheap.yaml") for x in got)
+    assert not any(x.startswith("Most reliable") for x in got)  # cheap.yaml is as reliable
+
+
 def test_best_quality_per_dollar_says_when_its_runs_cannot_rank_the_two(
     write, tmp_path: Path
 ) -> None:

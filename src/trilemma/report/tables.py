@@ -1555,10 +1555,16 @@ def compare_table(
                      f"overlap ({qb[0]:.1f}-{qb[1]:.1f} against "
                      f"{qs[0]:.1f}-{qs[1]:.1f}; more --runs narrow them)")  # fmt: skip
         lines.append(line + ".")
-        surest = max(rows, key=lambda r: r.success_rate)
-        if surest is not best:
+        # the best q/$ measured as reliable as any: no other to name; of several as reliable
+        # as each other, the cheapest (the first in the table where their costs are equal)
+        top = max(r.success_rate for r in rows)
+        tied = [r for r in rows if r.success_rate == top]
+        if best.success_rate < top:
+            surest = min(tied, key=lambda r: r.cost_mean)
             line = (f"Most reliable: {short[surest.name]} ({_pct(surest.success_rate)} against "
                     f"{_pct(best.success_rate)}), at {usd(surest.cost_mean)} a run")  # fmt: skip
+            if len(tied) > 1:
+                line += f", the cheapest of the {len(tied)} that measured {_pct(top)}"
             if surest.ci95[0] <= best.ci95[1]:  # what the runs measured does not separate them
                 line += (f"; but {runs:,} runs each do not tell the two apart (their 95% "
                          f"intervals overlap). {_to_tell_apart(surest, best)}")  # fmt: skip
