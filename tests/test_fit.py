@@ -845,3 +845,50 @@ def test_check_passes_a_miss_chance_explains_and_fails_one_it_does_not(
     assert off.code == 1
     (d,) = off.json()["drift"]
     assert d["field"] == "steps.answer.p_ok" and d["measured"] == 0.8 and d["p_value"] < 1e-4
+
+
+def test_a_real_endpoint_s_fit_counts_only_the_runs_it_answered(cli: Any, tmp_path: Path) -> None:
+    """One name, four models over the journal's life: m1 at server A (4 runs), m1 at B (3),
+    m2 at A (1) and the simulator (2). A's m1 is fitted to its own runs alone, the others
+    left out and counted; a simulated profile (a guess) is fitted to every run, as before.
+    A profile nothing in the journal answered is refused, naming what did."""
+    steps = ("steps:\n  - {id: a, model: api, gate: {regex: '^yes$'}, sim: {ok: 'yes', bad: 'no'}}\n"
+             "  - {id: own, model: api, p_ok: 0.9, gate: {regex: '^yes$'}, sim: {ok: 'yes', bad: 'no'}}\n")  # fmt: skip
+
+    def spec(profile: str) -> str:
+        return f"version: 1\nmodels:\n  api: {{{profile}usd_per_call: 0.001, latency_s: 0.05, p_ok: 0.5}}\n{steps}"
+
+    def at(url: str, model: str = "m1") -> str:
+        return spec(f"provider: openai, base_url: \"{url}\", model: {model}, ")
+
+    db = tmp_path / "j.db"
+    journal = Journal(db)
+    with ScriptedServer(lambda payload: Reply("yes")) as a, ScriptedServer(lambda payload: Reply("no")) as b:
+        plan = [(at(a.url), 4), (at(b.url), 3), (at(a.url, "m2"), 1), (spec(""), 2)]
+        for seed, text in enumerate(t for t, n in plan for _ in range(n)):
+            execute(parse_workflow(text), journal=journal, seed=seed)
+        ours = parse_workflow(at(a.url))
+        (tmp_path / "a.yaml").write_text(at(a.url))
+        (tmp_path / "c.yaml").write_text(at("http://127.0.0.1:9/v1"))
+        (tmp_path / "sim.yaml").write_text(spec(""))
+        fitted = fit_model(journal, "api", ours.models["api"], ours)
+        assert (fitted.fit.runs, fitted.fit.judged, fitted.fit.accepted) == (4, 4, 4)
+        assert fitted.fit.left_out == ((f"m1 at {b.url}", 3), ("the simulator", 2), (f"m2 at {a.url}", 1))
+        (own,) = fitted.steps  # the step with its own p_ok: A's runs alone, each accepted
+        assert (own.judged, own.accepted) == (4, 4)
+        guess = parse_workflow(spec(""))
+        pooled = fit_model(journal, "api", guess.models["api"], guess)
+        assert pooled.fit.runs == 10 and pooled.fit.left_out == () and pooled.fit.judged == 10
+        r = cli("calibrate", "--model", "api", "--from-journal", db, "--spec", tmp_path / "a.yaml")
+        assert r.code == 0, r.err
+        assert "left out: the runs whose spec has 'api' answered by m1 at" in " ".join(r.out.split())
+        r = cli("calibrate", "--model", "api", "--from-journal", db, "--spec", tmp_path / "a.yaml", "--json")
+        assert r.json()["runs_left_out"] == {f"m1 at {b.url}": 3, f"m2 at {a.url}": 1, "the simulator": 2}
+        r = cli("calibrate", "--model", "api", "--from-journal", db, "--spec", tmp_path / "sim.yaml", "--json")
+        assert r.json()["runs"] == 10 and r.json()["runs_left_out"] == {}
+        r = cli("calibrate", "--model", "api", "--from-journal", db, "--spec", tmp_path / "c.yaml")
+        assert r.code == 2 and r.err.count("\n") == 1, r.err
+        assert ("no call of model 'api' here was answered by m1 at http://127.0.0.1:9/v1, as the "
+                f"profile fitted says; the journal's were answered by m1 at {a.url} in 4 runs; "
+                f"m1 at {b.url} in 3 runs; the simulator in 2 runs; m2 at {a.url} in 1 run: give the "
+                "spec those runs ran (--spec FILE)") in r.err  # fmt: skip

@@ -1021,3 +1021,23 @@ steps:
     assert "refused for money" in (r.error or "") and "budget of key 'team-b' exhausted" in r.error
     assert r.cost_usd == pytest.approx(0.02)
     assert Journal(tmp_path / "j.db").spent(run_id_of("team-b")) == pytest.approx(0.02)
+
+
+def test_a_gateway_s_calls_calibrate_the_endpoint_its_config_names(tmp_path: Path) -> None:
+    """A key's run keeps the gateway's config: its calls of a real endpoint count toward
+    that endpoint's profile, and toward no other endpoint's."""
+    from trilemma.experiments.fit import fit_model
+
+    with ScriptedServer([Reply("hi", prompt_tokens=12, completion_tokens=20)] * 2) as up:
+        with serving(tmp_path, config_text(up.url)) as (url, _):
+            for q in ("a", "b"):
+                client(url).chat.completions.create(
+                    model="small", messages=[{"role": "user", "content": q}]
+                )
+            wait_for_row(tmp_path / "j.db", "team-a")
+        served, upstream = load_gateway_config(tmp_path / "gateway.yaml").models["small"], up.url
+    j = Journal(tmp_path / "j.db")
+    assert fit_model(j, "small", served, None).fit.sent == 2
+    elsewhere = served.model_copy(update={"base_url": "http://127.0.0.1:9/v1"})
+    with pytest.raises(UsageError, match=f"answered by m1 at {upstream} in 1 run: give the spec"):
+        fit_model(j, "small", elsewhere, None)

@@ -8,7 +8,7 @@ import shlex
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
-__all__ = ["count", "did_you_mean", "dollars", "set_flags"]
+__all__ = ["count", "counted", "did_you_mean", "dollars", "set_flags"]
 
 
 def dollars(x: float) -> str:
@@ -26,6 +26,11 @@ def count(n: int) -> str:
     if n < 10**15:
         return f"{n:,}"
     return f"{Decimal(n):.1e}".replace("+", "")  # a float would overflow past 1e308
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless one: "1 run", "2 runs", "1,024 calls"."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def did_you_mean(name: str, options: Iterable[str]) -> str:

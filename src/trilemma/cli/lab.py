@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from trilemma._format import counted
 from trilemma.cli._common import (
     DEFAULT_JOURNAL,
     InputFilesOpt,
@@ -94,9 +95,7 @@ def local_up(
 
 
 def _threads(server: ServerInfo) -> str:
-    from trilemma.report import tables
-
-    return "threads not recorded" if server.threads is None else tables.counted(server.threads, "thread")
+    return "threads not recorded" if server.threads is None else counted(server.threads, "thread")
 
 
 @local_app.command("status")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from trilemma._format import set_flags
+from trilemma._format import counted, set_flags
 from trilemma._tasks import run_whole
 from trilemma.cli._common import (
     DEFAULT_JOURNAL,
@@ -280,7 +280,7 @@ def batch_cmd(
 
         def started(batch_id: str) -> None:
             again = "goes on with" if resume else "is resumed by the same command with"
-            sys.stderr.write(f"trilemma: {batch_id}: {tables.counted(len(lines), 'line')}, {parallel} at a "
+            sys.stderr.write(f"trilemma: {batch_id}: {counted(len(lines), 'line')}, {parallel} at a "
                              f"time{said}; if it stops, it {again} --resume {batch_id}\n")  # fmt: skip
 
         def landed(line: LineResult) -> None:  # in the order runs end: a crash keeps what finished
@@ -618,7 +618,7 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
         emit_json({**report, "healthy": healthy})
     else:
         console = stdout_console()
-        runs = "rows not read" if report["runs"] is None else tables.counted(report["runs"], "run")
+        runs = "rows not read" if report["runs"] is None else counted(report["runs"], "run")
         console.print(f"journal {report['journal']}: schema {report['schema_version']} "
                       f"(this trilemma knows {report['schema_known']}), {runs}")  # fmt: skip
         if report["integrity"] == "ok":
@@ -707,7 +707,6 @@ def prune(
     import time
 
     from trilemma.journal import Journal
-    from trilemma.report import tables
 
     ended = [s for s in RUN_STATUSES if s != "running"]
     if status is not None and status not in ended:
@@ -730,16 +729,16 @@ def prune(
         emit_json(out)
         return 0
     said = "would forget" if dry_run else "forgot"
-    lines = [f"{said} {tables.counted(len(p.run_ids), 'run')} started before {out['before']} "
-             f"({tables.counted(p.calls, 'call')}) from {journal}"]  # fmt: skip
+    lines = [f"{said} {counted(len(p.run_ids), 'run')} started before {out['before']} "
+             f"({counted(p.calls, 'call')}) from {journal}"]  # fmt: skip
     if p.gateway_calls:
-        lines.append(f"and {tables.counted(p.gateway_calls, 'call')} of gateway keys that ended "
+        lines.append(f"and {counted(p.gateway_calls, 'call')} of gateway keys that ended "
                      "before then (their bill still counts against the keys' ceilings)")  # fmt: skip
     if p.kept_in_batches:
-        lines.append(f"kept {tables.counted(p.kept_in_batches, 'run')} as old, of batches with "
+        lines.append(f"kept {counted(p.kept_in_batches, 'run')} as old, of batches with "
                      "newer or unfinished runs (a batch goes whole)")  # fmt: skip
     if p.kept_running:
-        lines.append(f"kept {tables.counted(p.kept_running, 'run')} as old that "
+        lines.append(f"kept {counted(p.kept_running, 'run')} as old that "
                      f"{'has' if p.kept_running == 1 else 'have'} not ended (live, or waiting "
                      "for `trilemma resume`: `trilemma doctor` says which)")  # fmt: skip
     if vacuum and not dry_run:

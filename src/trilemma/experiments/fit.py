@@ -2,7 +2,10 @@
 
 The planner is only as good as its profiles. :mod:`trilemma.experiments.calibrate` measures a
 model on a task suite; this reads what real runs already paid for. Every call journaled under
-a profile's name counts, from any run:
+a profile's name counts, from any run, but where the profile is a real endpoint's: then only
+the runs whose spec (or gateway config) has the name answered by the same endpoint and model
+(:meth:`JournalCache.served`; a name moved to another model or URL, or simulated while a spec
+was drafted, is another model):
 
 - ``latency_s``: the mean latency of its answered calls, and ``latency_jitter``: the standard
   deviation of their log-latencies (the simulator's lognormal sigma);
@@ -33,12 +36,14 @@ are read back in the spec's own time.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from trilemma._format import counted
 from trilemma.errors import UsageError
 from trilemma.journal import Journal
 from trilemma.plan.agreement import (
@@ -58,8 +63,9 @@ from trilemma.providers.base import CUT
 from trilemma.spec import ModelProfile, Step, Workflow
 
 __all__ = ["CacheFit", "Drift", "JournalCache", "LedgerFit", "Measured", "ModelFit", "RouteFit",
-           "StepFit", "fit_cached", "fit_from_journal", "fit_model", "fit_routes", "fit_steps",
-           "judge_models", "measured_guesses", "own_p_ok_calls", "require_calls", "runs_alike"]
+           "Served", "StepFit", "answered_by", "fit_cached", "fit_from_journal", "fit_model",
+           "fit_routes", "fit_steps", "judge_models", "measured_guesses", "own_p_ok_calls",
+           "require_calls", "runs_alike"]
 
 ANSWERED = ("ok", "rejected")
 LATENCY_TOLERANCE = 0.10
@@ -109,6 +115,10 @@ class LedgerFit:
     """Answered calls that stopped at ``max_tokens`` (``finish_reason`` length)."""
     token_counts: tuple[tuple[int, int], ...] = ()
     """Per answered call that reported both, its prompt and completion tokens."""
+    left_out: tuple[tuple[str, int], ...] = ()
+    """The runs whose spec has the name answered otherwise than the profile fitted (another
+    endpoint or model, or the simulator): what answered it there, and how many of the runs
+    that called it each, most first (:attr:`Served.others`)."""
 
     @property
     def cut_share(self) -> float | None:
@@ -206,6 +216,7 @@ class LedgerFit:
                        "completion": _round(self.completion_tokens, 1),
                        "cut_at_max_tokens": _round(self.cut_share)},
             "usd_per_answer": _round(self.cost_usd, 8),
+            "runs_left_out": dict(self.left_out),
         }  # fmt: skip
 
     def profile(self, base: ModelProfile) -> dict[str, Any]:
@@ -244,16 +255,32 @@ def require_calls(journal: Journal, model: str) -> None:
 
 
 def fit_from_journal(
-    journal: Journal, model: str, own_p_ok: Callable[[Mapping[str, Any]], bool] | None = None
-) -> LedgerFit:
-    """Fit ``model``'s figures to every call the journal holds under that name. ``own_p_ok``:
-    true of a call whose attempt is judged by a ``p_ok`` of its own, not the model's
+    journal: Journal, model: str, own_p_ok: Callable[[Mapping[str, Any]], bool] | None = None,
+    served: Served | None = None,
+) -> LedgerFit:  # fmt: skip
+    """Fit ``model``'s figures to every call the journal holds under that name (``served``:
+    in the runs :meth:`JournalCache.served` keeps, by default all). ``own_p_ok``: true of a
+    call whose attempt is judged by a ``p_ok`` of its own, not the model's
     (:func:`own_p_ok_calls`): it is not counted in the model's."""
     rows = journal.model_calls(model)
     if not rows:
         require_calls(journal, model)
         raise UsageError(f"{journal.path}: no call of model {model!r} in this journal has finished "
                          "(each was cut off in flight); run the spec again, then fit")  # fmt: skip
+    left_out: tuple[tuple[str, int], ...] = ()
+    if served is not None and served.runs is not None:
+        kept, runs = served.runs, {r["run_id"] for r in rows}
+        tally: dict[str, int] = {}
+        for by in (served.others[r] for r in runs - kept if r in served.others):
+            tally[by] = tally.get(by, 0) + 1
+        left_out = tuple(sorted(tally.items(), key=lambda x: (-x[1], x[0])))
+        rows = [r for r in rows if r["run_id"] in kept]
+        if not rows:
+            others = "; ".join(f"{by} in {counted(n, 'run')}" for by, n in left_out)
+            raise UsageError(f"{journal.path}: no call of model {model!r} here was answered by "
+                             f"{served.by}, as the profile fitted says; the journal's were "
+                             f"answered by {others or 'nothing it can read'}: give the spec "
+                             "those runs ran (--spec FILE)")  # fmt: skip
     sent = [r for r in rows if r["outcome"] not in NOT_SENT and not r["cache_hit"]]
     answered = [r for r in sent if r["outcome"] in ANSWERED]
     outcomes: dict[str, int] = {}
@@ -286,7 +313,32 @@ def fit_from_journal(
         cut=sum(r["finish_reason"] == CUT for r in answered),
         token_counts=tuple((r["prompt_tokens"], r["completion_tokens"]) for r in answered
                            if r["prompt_tokens"] is not None and r["completion_tokens"] is not None),
+        left_out=left_out,
     )  # fmt: skip
+
+
+SIMULATOR = "the simulator"
+"""What answers a simulated profile's calls (:func:`answered_by`)."""
+
+
+def answered_by(profile: ModelProfile) -> str:
+    """What answers a profile's calls: the simulator, or an endpoint's model at its URL."""
+    if profile.runs_on_simulator:
+        return SIMULATOR
+    return f"{profile.model} at {profile.base_url or 'the OpenAI SDK default URL'}"
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Which of a journal's runs a fit of one model counts (:meth:`JournalCache.served`)."""
+
+    by: str
+    """What answers the profile fitted (:func:`answered_by`)."""
+    runs: frozenset[str] | None
+    """The runs whose spec has the name answered alike; None: every run (the profile is
+    simulated, a guess fitted to whatever answered the name)."""
+    others: Mapping[str, str] = field(default_factory=dict)
+    """The runs left out: what answered the name in each."""
 
 
 ROUTED = "route: "
@@ -406,6 +458,46 @@ class JournalCache:
         self.journal = journal
         self._parsed: list[tuple[dict[str, Step], list[str]]] | None = None
         self._calls: dict[str, list[dict[str, Any]]] = {}
+        self._models: list[tuple[dict[str, Any] | None, list[str]]] | None = None
+        self._served: dict[tuple[str, str], Served] = {}
+
+    def served(self, model: str, profile: ModelProfile) -> Served:
+        """The runs whose spec (or gateway config) has ``model`` answered as ``profile``
+        says, where that is a real endpoint: the same model at the same URL. A name that
+        another endpoint or model answered in other runs (a spec that moved it), or the
+        simulator (a spec drafted before it was wired), measures another model: those runs
+        are left out, and counted. A simulated ``profile`` keeps every run (it is a guess,
+        fitted to whatever answered the name), as does a spec this version cannot read."""
+        by = answered_by(profile)
+        if profile.runs_on_simulator:
+            return Served(by, None)
+        if (model, by) not in self._served:
+            if self._models is None:
+                self._models = []
+                for text, ids in self.journal.spec_runs(gateways=True):
+                    try:
+                        models = json.loads(text).get("models")
+                    except (ValueError, AttributeError):
+                        models = None
+                    self._models.append((models if isinstance(models, dict) else None, ids))
+            kept: set[str] = set()
+            others: dict[str, str] = {}
+            for models, ids in self._models:
+                if models is None:  # a spec this version cannot read: kept, as before
+                    kept.update(ids)
+                    continue
+                if model not in models:
+                    continue  # no call of it there
+                try:
+                    theirs = answered_by(ModelProfile.model_validate(models[model]))
+                except ValueError:  # a profile this version does not read: kept, as before
+                    theirs = by
+                if theirs == by:
+                    kept.update(ids)
+                else:
+                    others.update(dict.fromkeys(ids, theirs))
+            self._served[model, by] = Served(by, frozenset(kept), others)
+        return self._served[model, by]
 
     def parsed(self) -> list[tuple[dict[str, Step], list[str]]]:
         """Each journaled spec's steps by id, with the runs made of it; a spec this version
@@ -431,20 +523,24 @@ class JournalCache:
 
 
 def runs_alike(
-    journal: Journal, wf: Workflow, step_ids: Collection[str], specs: JournalCache | None = None
-) -> dict[str, set[str]]:
+    journal: Journal, wf: Workflow, step_ids: Collection[str], specs: JournalCache | None = None,
+    model: str | None = None,
+) -> dict[str, set[str]]:  # fmt: skip
     """For each of ``step_ids``, the journal's runs whose spec asks a step of that id as
     ``wf`` does (:func:`_asked`; its guesses may differ, as a run's ``--set`` makes them): a
     step of the same id in another spec (the examples' ``answer``, in one compare's journal)
-    is another step. ``specs``: the journal's, read once for several calls."""
+    is another step. ``model``: of those, only the runs whose spec has it answered as ``wf``
+    does (:meth:`JournalCache.served`). ``specs``: the journal's, read once for several calls."""
     want = {s.id: _asked(s) for s in wf.steps if s.id in step_ids}
     out: dict[str, set[str]] = {i: set() for i in want}
     if not want:
         return out
-    for steps, ids in (specs or JournalCache(journal)).parsed():
+    cache = specs or JournalCache(journal)
+    within = None if model is None else cache.served(model, wf.models[model]).runs
+    for steps, ids in cache.parsed():
         for i, asked in want.items():
             if i in steps and _asked(steps[i]) == asked:
-                out[i].update(ids)
+                out[i].update(ids if within is None else within.intersection(ids))
     return out
 
 
@@ -461,7 +557,7 @@ def fit_routes(
     if not steps or p <= 0.0:
         return []
     picked: dict[str, dict[str, int]] = {s.id: {} for s in steps}
-    alike = runs_alike(journal, wf, picked, specs)
+    alike = runs_alike(journal, wf, picked, specs, model)
     for r in journal.model_calls(model):
         counts = picked.get(r["step_id"])
         if counts is None or r["run_id"] not in alike[r["step_id"]]:
@@ -546,7 +642,7 @@ def fit_cached(
         return []
     reached: dict[str, set[str]] = {s.id: set() for s in steps}
     served: dict[str, set[str]] = {s.id: set() for s in steps}
-    alike = runs_alike(journal, wf, reached, specs)
+    alike = runs_alike(journal, wf, reached, specs, model)
     for r in journal.model_calls(model):
         if r["step_id"] in reached and r["outcome"] not in NOT_SENT and r["run_id"] in alike[r["step_id"]]:
             reached[r["step_id"]].add(r["run_id"])
@@ -657,7 +753,7 @@ def own_p_ok_calls(
               for s in wf.steps if s.route is not None}  # fmt: skip
     routed = {sid: labels for sid, labels in routed.items() if labels}
     cache = specs or JournalCache(journal)
-    alike = runs_alike(journal, wf, plain | set(routed), cache)
+    alike = runs_alike(journal, wf, plain | set(routed), cache, model)
     took = {sid: _attempts(cache.step_calls(sid), alike[sid])[1] for sid in routed}
 
     def own(r: Mapping[str, Any]) -> bool:
@@ -698,7 +794,7 @@ def fit_steps(
             wanted.append((s, None, s))
     out = []
     cache = specs or JournalCache(journal)
-    alike = runs_alike(journal, wf, {step.id for step, _, _ in wanted}, cache)
+    alike = runs_alike(journal, wf, {step.id for step, _, _ in wanted}, cache, model)
     read = {sid: _attempts(cache.step_calls(sid), alike[sid]) for sid in alike}  # once a step
     for step, branch, runs in wanted:
         judges = runs.gate is not None or step.gate is not None or wf.models[model].runs_on_simulator
@@ -787,11 +883,12 @@ def fit_model(
 ) -> ModelFit:  # fmt: skip
     """``model`` fitted to the journal (:func:`fit_from_journal`), and, where the spec is
     known (``wf``; a gateway's config has no steps), its steps' guesses on it."""
-    if wf is None:
-        return ModelFit(fit_from_journal(journal, model), base)
     specs = specs or JournalCache(journal)
+    served = specs.served(model, base)
+    if wf is None:
+        return ModelFit(fit_from_journal(journal, model, served=served), base)
     own = own_p_ok_calls(journal, wf, model, specs)
-    return ModelFit(fit_from_journal(journal, model, own), base,
+    return ModelFit(fit_from_journal(journal, model, own, served), base,
                     tuple(fit_routes(journal, wf, model, specs)),
                     tuple(fit_cached(journal, wf, model, specs)),
                     tuple(fit_steps(journal, wf, model, specs)))  # fmt: skip

@@ -516,14 +516,14 @@ class Journal:
             (model,),
         )
 
-    def spec_runs(self) -> list[tuple[str, list[str]]]:
+    def spec_runs(self, *, gateways: bool = False) -> list[tuple[str, list[str]]]:
         """Each journaled spec's text with the ids of the runs made of it (a gateway key's
-        runs, which keep the gateway's config, left out)."""
+        runs, which keep the gateway's config, left out unless ``gateways``)."""
+        where = "" if gateways else f"WHERE NOT {_IS_GATEWAY.format('runs')} "
         rows = self._rows(
             "SELECT COALESCE(specs.spec_json, runs.spec_json) AS text, "
             "group_concat(runs.run_id, ' ') AS ids FROM runs "
-            "LEFT JOIN specs ON specs.spec_hash = runs.spec_hash "
-            f"WHERE NOT {_IS_GATEWAY.format('runs')} GROUP BY runs.spec_hash"
+            f"LEFT JOIN specs ON specs.spec_hash = runs.spec_hash {where}GROUP BY runs.spec_hash"
         )
         return [(r["text"], r["ids"].split(" ")) for r in rows]
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from trilemma import __version__
+from trilemma._format import counted
 from trilemma.errors import UsageError
 from trilemma.journal import Journal
 from trilemma.journal.store import GATEWAY_RUN, sent_by_step
@@ -25,7 +26,6 @@ from trilemma.plan.slots import SLOTS_BIND
 from trilemma.report.plots import batch_png, timeline_png
 from trilemma.report.tables import (
     LEDGER_KEYS,
-    counted,
     ledger_row,
     off_plan_line,
     spec_of,

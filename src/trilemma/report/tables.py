@@ -15,7 +15,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from trilemma._format import count, dollars, set_flags
+from trilemma._format import count, counted, dollars, set_flags
 from trilemma.journal.store import (
     DEFAULT_PATH,
     OUTCOMES,
@@ -527,6 +527,12 @@ def fit_table(f: LedgerFit, base: ModelProfile) -> Table:
     if not f.judged:
         notes.append("no single-call attempt was judged, so p_ok keeps the profile's: only a "
                      "gate (or the simulator's check) tells a wrong answer")  # fmt: skip
+    if f.left_out:
+        from trilemma.experiments.fit import answered_by
+
+        others = ", ".join(f"{by} ({counted(n, 'run')})" for by, n in f.left_out)
+        notes.append(f"left out: the runs whose spec has {f.model!r} answered by {others}; the "
+                     f"fit counts those answered by {answered_by(base)}, as the profile is")  # fmt: skip
     if f.cut:
         notes.append(f"{counted(f.cut, 'answer')} stopped at max_tokens: their completion tokens are the "
                      "cap, so the mean is what calls cost under it, and less than they would "
@@ -1073,11 +1079,6 @@ def follow_up(run_id: str, journal: str) -> str:
     """The commands that read a run on."""
     short, flag = short_id(run_id), journal_flag(journal)
     return f"next: trilemma ledger {short}{flag} (every call), trilemma report {short}{flag} (a page)"
-
-
-def counted(n: int, noun: str) -> str:
-    """``n`` and ``noun``, plural unless one: "1 run", "2 runs", "1,024 calls"."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def short_id(run_id: str) -> str:
