@@ -200,13 +200,36 @@ def test_a_deadline_within_the_executors_time_of_the_critical_path_is_named(tmp_
                       10, Journal(tmp_path / "j.db"))  # fmt: skip
     at = sw.rows[0]
     assert at.success_rate == 0 and at.predicted_success is not None and at.predicted_success > 0.9
+    assert at.predicted_near == at.predicted_success and sw.rows[1].predicted_near == 0
+    assert at.to_json()["predicted_near_deadline"] == at.predicted_near
     out = io.StringIO()
     Console(file=out, width=400).print(sweep_table(sw, "ticket.yaml"))
-    said = [line for line in out.getvalue().splitlines() if "for the executor's own time" in line]
-    assert said == ["14s leaves under 60 ms past the 14.00s critical path for the executor's own "
-                    "time: the Monte Carlo counts the spec's time alone, so runs it has in time "
-                    "there may be cut; trilemma simulate ticket.yaml --deadline-for 0.95 advises "
-                    "one with room."]  # fmt: skip
+    said = [line for line in out.getvalue().splitlines() if "the executor's own time" in line]
+    assert said == ["14s: 92.79% of runs succeed less than 60 ms before the deadline by the Monte "
+                    "Carlo, which counts the spec's time alone: the executor's own time may cut "
+                    "them; trilemma simulate ticket.yaml --deadline-for 0.95 advises one with "
+                    "room."]  # fmt: skip
+
+
+def test_a_deadline_is_named_where_runs_end_at_it_and_not_where_few_do(tmp_path: Path) -> None:
+    """The runs early-stop.yaml's guess stops end exactly at 0.5 s, far from its 4 s
+    critical path: the Monte Carlo has 70% in time under a 0.5 s deadline, the executor none
+    (a row it did not name before). The jittery hedged.yaml puts under 1% of its runs within
+    the executor's time of 8 s, its critical path: not named (it was)."""
+    stop = budget_sweep(load_workflow(EXAMPLES / "early-stop.yaml"), [Limits(None, 0.5)], 10,
+                        Journal(tmp_path / "j.db"))  # fmt: skip
+    (row,) = stop.rows
+    assert row.success_rate == 0 and row.predicted_near == row.predicted_success == pytest.approx(0.7, abs=0.01)
+    hedged = budget_sweep(load_workflow(EXAMPLES / "hedged.yaml"), [Limits(None, 8)], 10,
+                          Journal(tmp_path / "j.db"))  # fmt: skip
+    (row,) = hedged.rows
+    assert row.predicted_near is not None and 0 < row.predicted_near < 0.01
+    said = []
+    for sw, name in ((stop, "early-stop.yaml"), (hedged, "hedged.yaml")):
+        out = io.StringIO()
+        Console(file=out, width=400).print(sweep_table(sw, name))
+        said += [line for line in out.getvalue().splitlines() if "the executor's own time" in line]
+    assert [line.split(":")[0] for line in said] == ["0.5s"]
 
 
 def test_the_figures_in_docs_sweep_hold(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ from trilemma.experiments.trials import (
 )
 from trilemma.journal import Journal
 from trilemma.plan.estimate import Estimate, estimate
-from trilemma.plan.simulate import SimResult, simulate, smallest_budget, under_budget
+from trilemma.plan.simulate import SimResult, near_deadline, simulate, smallest_budget, under_budget
 from trilemma.run.session import check_inputs
 from trilemma.spec import Workflow
 
@@ -111,6 +111,10 @@ class SweepRow(Successes):
     """The Monte Carlo's success under this budget (None: not simulated)."""
     predicted_cost: float | None = None
     """The Monte Carlo's mean dollars a run under this budget (None: not simulated)."""
+    predicted_near: float | None = None
+    """The share of runs the Monte Carlo has succeed in time under this budget's deadline by
+    less than the executor's own time (:func:`~trilemma.plan.simulate.near_deadline`: runs
+    that may be cut; None: no deadline, or not simulated)."""
 
     def to_json(self) -> dict[str, Any]:
         """A row of ``trilemma sweep --json``."""
@@ -136,6 +140,9 @@ class SweepRow(Successes):
             "predicted_cost_usd": None
             if self.predicted_cost is None
             else round(self.predicted_cost, 12),
+            "predicted_near_deadline": None
+            if self.predicted_near is None
+            else round(self.predicted_near, 12),
         }
 
 
@@ -212,11 +219,16 @@ def budget_sweep(
                       max_cost_usd=b.max_cost_usd, deadline_s=b.deadline_s, source=source,
                       tick=tick, inputs=inputs, overrides=overrides, parallel=parallel)  # fmt: skip
 
-    def predicted(row: SweepRow, sim: SimResult) -> SweepRow:
-        return replace(row, predicted_success=sim.success_rate, predicted_cost=sim.cost_usd.mean)
+    e = estimate(wf)
 
-    # the Monte Carlo under no budget, then under each: what the runs will bill, and beside them
-    plans = [under_budget(unbudgeted, b.deadline_s, b.max_cost_usd, seed)
+    def predicted(row: SweepRow, sim: SimResult) -> SweepRow:
+        return replace(row, predicted_success=sim.success_rate, predicted_cost=sim.cost_usd.mean,
+                       predicted_near=near_deadline(sim, e))  # fmt: skip
+
+    # the Monte Carlo under no budget, then under each: what the runs will bill, and beside
+    # them (its runs kept under a deadline: those it has in time by a hair)
+    plans = [under_budget(unbudgeted, b.deadline_s, b.max_cost_usd, seed,
+                          keep=b.deadline_s is not None)
              for b in (Limits(), *budgets)]  # fmt: skip
     if on_bill is not None and (bill := bill_ahead(unbudgeted, runs, plans)) is not None:
         on_bill(bill)
@@ -225,7 +237,7 @@ def budget_sweep(
         baseline = predicted(_row(Limits(), base, base), plans[0])
         rows = tuple(predicted(_row(b, trials(b, j), base), sim)
                      for b, sim in zip(budgets, plans[1:], strict=True))  # fmt: skip
-    return Sweep(baseline, rows, estimate(wf), seed, time_scale, parallel, wf.limited)
+    return Sweep(baseline, rows, e, seed, time_scale, parallel, wf.limited)
 
 
 PLANNED_SHARES = (0.5, 0.9, 0.99)

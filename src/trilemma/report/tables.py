@@ -1467,35 +1467,39 @@ def sweep_table(sw: Sweep, source: str, overrides: Sequence[str] = ()) -> Group:
     return Group(t, Text("\n".join(lines)))
 
 
+NEAR_SHOWN = 0.01
+"""A deadline is named under a sweep's or a compare's table where at least this share of
+the runs the Monte Carlo has succeed in time end within the executor's own time of it
+(:func:`~trilemma.plan.simulate.near_deadline`)."""
+
+
 def _tight_deadlines(sw: Sweep, source: str, overrides: Sequence[str]) -> list[str]:
-    """A line naming the deadlines of ``sw`` at or just past the critical path (see
-    :func:`_tight`)."""
-    tight = [r.budget.label() for r in sw.rows
-             if r.budget.deadline_s is not None and _tight(r.budget.deadline_s, sw.predicted)]  # fmt: skip
-    if not tight:
+    """A line naming the deadlines of ``sw`` under which the Monte Carlo has runs in time
+    by less than the executor's own time (:data:`NEAR_SHOWN`)."""
+    near = [(r.budget.label(), r.predicted_near) for r in sw.rows
+            if r.predicted_near is not None and r.predicted_near >= NEAR_SHOWN]  # fmt: skip
+    if not near:
         return []
-    return [f"{', '.join(tight)} leave{'s' if len(tight) == 1 else ''} "
-            + _no_room(sw.predicted, source, overrides)]
+    labels = _and([label for label, _ in near])
+    shares = _and([_pct(share) for _, share in near])
+    return [f"{labels}: {shares} of runs " + _no_room(sw.predicted, source, overrides)]
 
 
-def _tight(deadline: float, e: Estimate) -> bool:
-    """``deadline`` is at or past ``e``'s critical path by less than the executor's own time
-    (:func:`~trilemma.plan.simulate.deadline_headroom`): runs the Monte Carlo has in time
-    there, which counts the spec's time alone, may be cut."""
-    from trilemma.plan.simulate import deadline_headroom
-
-    path = e.latency_critical_s
-    return path - 1e-9 <= deadline < path + deadline_headroom(e)
+def _and(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _no_room(e: Estimate, source: str, overrides: Sequence[str]) -> str:
+    """What follows a share of runs the Monte Carlo has in time by a hair (see
+    :data:`NEAR_SHOWN`)."""
     from trilemma.plan.simulate import deadline_headroom
 
     command = " ".join(filter(None, ["trilemma simulate", shlex.quote(source), set_flags(overrides),
                                      "--deadline-for 0.95"]))  # fmt: skip
-    return (f"under {deadline_headroom(e) * 1000:.0f} ms past the {e.latency_critical_s:.2f}s "
-            "critical path for the executor's own time: the Monte Carlo counts the spec's time "
-            f"alone, so runs it has in time there may be cut; {command} advises one with room.")
+    return (f"succeed less than {deadline_headroom(e) * 1000:.0f} ms before the deadline by the "
+            "Monte Carlo, which counts the spec's time alone: the executor's own time may cut "
+            f"them; {command} advises one with room.")
 
 
 def compare_table(
@@ -1538,9 +1542,12 @@ def compare_table(
         for r in rows
         if r.stopped
     ]
-    lines += [f"{short[r.name]}: its {r.simulated.deadline_s:g}s deadline leaves "
-              + _no_room(r.predicted, r.name, overrides) for r in rows
-              if r.simulated.deadline_s is not None and _tight(r.simulated.deadline_s, r.predicted)]  # fmt: skip
+    from trilemma.plan.simulate import near_deadline
+
+    near = {r.name: near_deadline(r.simulated, r.predicted) for r in rows}
+    lines += [f"{short[r.name]}: under its {r.simulated.deadline_s:g}s deadline, {_pct(share)} of "
+              "runs " + _no_room(r.predicted, r.name, overrides) for r in rows
+              if (share := near[r.name]) is not None and share >= NEAR_SHOWN]  # fmt: skip
     # On the simulator the runs draw from the spec's own figures: a miss there is chance.
     lines += [_off_prediction(r, journal) for r in rows
               if (r.off_prediction or r.cost_off_prediction) and r.endpoints]  # fmt: skip
