@@ -201,6 +201,22 @@ def test_run_sets_the_monte_carlo_under_its_budget_beside_it(cli: Any, write: An
     assert cli("run", plain, "--journal", db, "--json").json()["predicted_under_budget"] is None
 
 
+def test_a_run_names_the_runs_its_monte_carlo_has_in_time_by_a_hair(cli: Any, tmp_path: Path) -> None:
+    """early-stop.yaml's guess ends its runs exactly at 0.5 s: under --deadline 0.5 the Monte
+    Carlo has 70% in time, and the run is cut; the table says so. Under 0.6 s those runs end
+    100 ms before it: nothing said."""
+    db, spec = tmp_path / "j.db", EXAMPLES / "early-stop.yaml"
+    cut = cli("run", spec, "--journal", db, "--deadline", "0.5", "--seed", "3")
+    assert cut.code == 1, cut.err
+    said = " ".join(cut.out.split())
+    got = re.search(r"under its budget │ (\d\d\.\d\d)% \(Monte Carlo, 0.5s deadline\) │ │ │ near its "
+                    r"deadline │ (\d\d\.\d\d)% of runs succeed under 30 ms before it, which the "
+                    r"executor's own time may cross", said)  # fmt: skip
+    assert got is not None and got[1] == got[2] and 69 < float(got[1]) < 71, said
+    room = cli("run", spec, "--journal", db, "--deadline", "0.6", "--seed", "3")
+    assert "under its budget" in room.out and "near its deadline" not in room.out
+
+
 def test_a_run_its_budget_stopped_says_how_to_choose_one(cli: Any, write: Any, tmp_path: Path) -> None:
     """The ceiling's or the deadline's stop names the simulate command that finds one; an ok
     run, and --json, say nothing of it."""

@@ -999,6 +999,13 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None) ->
                 f"{under.deadline_s:g}s deadline" if under.deadline_s is not None else ""]
         t.add_row("  under its budget", f"{_pct(under.success_rate)} (Monte Carlo, "
                   f"{' and '.join(h for h in held if h)})", "")  # fmt: skip
+        from trilemma.plan.simulate import deadline_headroom, near_deadline
+
+        near = near_deadline(under, p)
+        if near is not None and near >= NEAR_SHOWN:  # runs it has in time by a hair
+            t.add_row("  near its deadline", f"{_pct(near)} of runs succeed under "
+                      f"{deadline_headroom(p) * 1000:.0f} ms before it, which the executor's own "
+                      "time may cross", "")  # fmt: skip
     if r.saved_usd:
         t.add_row("saved by stopping early", "", usd(r.saved_usd))
     st = FittedTable(box=None)
