@@ -185,7 +185,8 @@ def simulate(
     with progress(show) as bar:
         task = bar.add_task("simulating", total=runs)
         result = simulate_wf(wf, runs, seed, settings, halt=halt, max_cost_usd=cap,
-                             keep=plot is not None, progress=lambda n: bar.advance(task, n))  # fmt: skip
+                             keep=plot is not None or wf.budget.deadline_s is not None,
+                             progress=lambda n: bar.advance(task, n))  # fmt: skip
     if plot is not None:
         from trilemma.report.plots import plot_simulation
 

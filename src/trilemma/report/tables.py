@@ -476,8 +476,15 @@ def simulate_table(r: SimResult, e: Estimate, *, halted: bool = True) -> Table:
         f"uncaught {_pct(r.uncaught_failures / r.runs)}"
     )
     if r.deadline_s is not None:
+        from trilemma.plan.simulate import deadline_headroom, near_deadline
+
         t.caption += (f"; the {r.deadline_s:g}s deadline cut {_pct(r.deadline_hits / r.runs)} "
                       "of runs (cancelled: failed)")  # fmt: skip
+        near = near_deadline(r, e)
+        if near is not None and near >= NEAR_SHOWN:
+            t.caption += (f", and {_pct(near)} succeed less than {deadline_headroom(e) * 1000:.0f} "
+                          "ms before it, which the executor's own time may cross (--deadline-for "
+                          "advises a deadline with room)")  # fmt: skip
     if r.max_cost_usd is not None:
         t.caption += (f"; the {usd(r.max_cost_usd)} ceiling stopped "
                       f"{_pct(r.ceiling_hits / r.runs)} of runs (budget_exhausted: failed)")  # fmt: skip
