@@ -848,7 +848,8 @@ def test_check_passes_a_miss_chance_explains_and_fails_one_it_does_not(
 
 
 def test_a_real_endpoint_s_fit_counts_only_the_runs_it_answered(cli: Any, tmp_path: Path) -> None:
-    """One name, four models over the journal's life: m1 at server A (4 runs), m1 at B (3),
+    """One name, four models over the journal's life: m1 at server A (4 runs, one of them
+    naming its URL with a trailing slash), m1 at B (3),
     m2 at A (1) and the simulator (2). A's m1 is fitted to its own runs alone, the others
     left out and counted; a simulated profile (a guess) is fitted to every run, as before.
     A profile nothing in the journal answered is refused, naming what did."""
@@ -864,7 +865,7 @@ def test_a_real_endpoint_s_fit_counts_only_the_runs_it_answered(cli: Any, tmp_pa
     db = tmp_path / "j.db"
     journal = Journal(db)
     with ScriptedServer(lambda payload: Reply("yes")) as a, ScriptedServer(lambda payload: Reply("no")) as b:
-        plan = [(at(a.url), 4), (at(b.url), 3), (at(a.url, "m2"), 1), (spec(""), 2)]
+        plan = [(at(a.url), 3), (at(a.url + "/"), 1), (at(b.url), 3), (at(a.url, "m2"), 1), (spec(""), 2)]
         for seed, text in enumerate(t for t, n in plan for _ in range(n)):
             execute(parse_workflow(text), journal=journal, seed=seed)
         ours = parse_workflow(at(a.url))

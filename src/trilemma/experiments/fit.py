@@ -322,10 +322,12 @@ SIMULATOR = "the simulator"
 
 
 def answered_by(profile: ModelProfile) -> str:
-    """What answers a profile's calls: the simulator, or an endpoint's model at its URL."""
+    """What answers a profile's calls: the simulator, or an endpoint's model at its URL
+    (``.../v1/`` and ``.../v1`` alike, as the SDK takes them)."""
     if profile.runs_on_simulator:
         return SIMULATOR
-    return f"{profile.model} at {profile.base_url or 'the OpenAI SDK default URL'}"
+    url = profile.base_url.rstrip("/") if profile.base_url else "the OpenAI SDK default URL"
+    return f"{profile.model} at {url}"
 
 
 @dataclass(frozen=True, slots=True)
