@@ -3,7 +3,7 @@
 The planner is only as good as its profiles. :mod:`trilemma.experiments.calibrate` measures a
 model on a task suite; this reads what real runs already paid for. Every call journaled under
 a profile's name counts, from any run, but where the profile is a real endpoint's: then only
-the runs whose spec (or gateway config) has the name answered by the same endpoint and model
+the runs whose spec has the name answered by the same endpoint and model (a gateway's too)
 (:meth:`JournalCache.served`; a name moved to another model or URL, or simulated while a spec
 was drafted, is another model):
 
@@ -46,6 +46,7 @@ from typing import Any
 from trilemma._format import counted
 from trilemma.errors import UsageError
 from trilemma.journal import Journal
+from trilemma.journal.store import GATEWAY_RUN
 from trilemma.plan.agreement import (
     ALPHA,
     Figure,
@@ -469,7 +470,8 @@ class JournalCache:
         another endpoint or model answered in other runs (a spec that moved it), or the
         simulator (a spec drafted before it was wired), measures another model: those runs
         are left out, and counted. A simulated ``profile`` keeps every run (it is a guess,
-        fitted to whatever answered the name), as does a spec this version cannot read."""
+        fitted to whatever answered the name), as do a spec this version cannot read and a
+        gateway's keys (whose runs span its sessions)."""
         by = answered_by(profile)
         if profile.runs_on_simulator:
             return Served(by, None)
@@ -485,7 +487,10 @@ class JournalCache:
             kept: set[str] = set()
             others: dict[str, str] = {}
             for models, ids in self._models:
-                if models is None:  # a spec this version cannot read: kept, as before
+                # a spec this version cannot read, and a gateway key's runs, kept as before:
+                # a key's run keeps the config of the gateway's first session, not of each
+                # session that answered its calls (the gateway's upstream may have moved)
+                if models is None or any(i.startswith(GATEWAY_RUN) for i in ids):
                     kept.update(ids)
                     continue
                 if model not in models:
