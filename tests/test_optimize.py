@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from typing import Any
 
 import numpy as np
@@ -377,6 +378,19 @@ def test_a_latency_budget_is_checked_as_a_deadline_by_monte_carlo(cli) -> None:
     assert plain["deadline_check"] is None
     out = cli("optimize", *args, "--budget-on", "expected")
     assert "with the 9s latency budget as the run's deadline" in out.out.replace("\n", " ")
+
+
+def test_a_chosen_spec_whose_runs_end_at_the_latency_budget_is_said_so(cli) -> None:
+    """Twelve small calls of 0.4 s in parallel, no retry: every run takes exactly the 0.4 s
+    latency budget, which the Monte Carlo has in time and a run's deadline cuts (the
+    executor's own time); the check says so. With a 2 s budget its runs end far before."""
+    args = [EXAMPLES / "seed-chain.yaml", "--max-cost", "0.1", "--min-reliability", "0.5"]
+    said = " ".join(cli("optimize", *args, "--max-latency", "0.4").out.split())
+    assert re.search(r"chosen succeeds (\d\d\.\d\d)% \(0\.00% cut, 0\.00% stopped, \1% succeed "
+                     r"less than 20 ms before the deadline, which the executor's own time may "
+                     r"cross\)", said), said  # fmt: skip
+    roomy = " ".join(cli("optimize", *args, "--max-latency", "2").out.split())
+    assert "chosen succeeds" in roomy and "before the deadline" not in roomy
 
 
 def test_a_cost_budget_is_checked_as_a_ceiling_by_monte_carlo(cli) -> None:

@@ -366,7 +366,8 @@ def optimize(
         console = stdout_console()
         console.print(tables.optimize_view(r))
         if checks:
-            console.print(tables.budget_check_line(checks), style="dim")
+            estimates = {"original": r.original, "chosen": r.best_estimate}
+            console.print(tables.budget_check_line(checks, estimates), style="dim")
         long = chosen.count("\n") if chosen else 0
         if chosen and r.best is not None and long > CHOSEN_LINES_SHOWN:
             written = f"written to {out}" if out else "--out FILE writes it, --json holds it"
@@ -399,11 +400,13 @@ def _budget_checks(wf: Workflow, r: Any) -> dict[str, SimResult]:
     b = r.budget
     if b.deadline_s is None and b.max_cost_usd is None:
         return {}
-    checks = {"original": under_budget(wf, b.deadline_s, b.max_cost_usd, check_seed(wf))}
-    if r.enforced is not None:  # the enforced search simulated its answer just so already
+    keep = b.deadline_s is not None  # its runs, for those it has in time by a hair
+    checks = {"original": under_budget(wf, b.deadline_s, b.max_cost_usd, check_seed(wf), keep=keep)}
+    if r.enforced is not None and not keep:  # the enforced search simulated it just so already
         checks["chosen"] = r.enforced
     elif r.best is not None:
-        checks["chosen"] = under_budget(r.best, b.deadline_s, b.max_cost_usd, check_seed(wf))
+        checks["chosen"] = under_budget(r.best, b.deadline_s, b.max_cost_usd, check_seed(wf),
+                                        keep=keep)  # fmt: skip
     return checks
 
 

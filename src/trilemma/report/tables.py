@@ -959,9 +959,14 @@ def _budget_terms(b: Budget) -> str:
     return ", ".join(terms) or "no budget"
 
 
-def budget_check_line(checks: dict[str, SimResult]) -> str:
+def budget_check_line(
+    checks: dict[str, SimResult], estimates: Mapping[str, Estimate | None] | None = None
+) -> str:
     """``optimize``'s Monte Carlo of the original and the chosen spec under the budgets held
-    as a run holds them."""
+    as a run holds them; ``estimates``: each one's, to name the share of its runs it has in
+    time by less than the executor's own time (:data:`NEAR_SHOWN`)."""
+    from trilemma.plan.simulate import deadline_headroom, near_deadline
+
     first = next(iter(checks.values()))
     deadline, ceiling = first.deadline_s, first.max_cost_usd
     held = []
@@ -972,11 +977,17 @@ def budget_check_line(checks: dict[str, SimResult]) -> str:
         held.append(f"the {usd(ceiling)} cost budget as its ceiling (a call whose worst case "
                     "does not fit is not sent; the run stops)")  # fmt: skip
 
-    def lost(r: SimResult) -> str:
+    def lost(name: str, r: SimResult) -> str:
         out = [f"{_pct(r.deadline_hits / r.runs)} cut"] if deadline is not None else []
-        return ", ".join(out + ([f"{_pct(r.ceiling_hits / r.runs)} stopped"] if ceiling is not None else []))
+        out += [f"{_pct(r.ceiling_hits / r.runs)} stopped"] if ceiling is not None else []
+        e = (estimates or {}).get(name)
+        near = None if e is None else near_deadline(r, e)
+        if e is not None and near is not None and near >= NEAR_SHOWN:
+            out.append(f"{_pct(near)} succeed less than {deadline_headroom(e) * 1000:.0f} ms "
+                       "before the deadline, which the executor's own time may cross")  # fmt: skip
+        return ", ".join(out)
 
-    parts = [f"{name} succeeds {_pct(r.success_rate)} ({lost(r)})" for name, r in checks.items()]
+    parts = [f"{name} succeeds {_pct(r.success_rate)} ({lost(name, r)})" for name, r in checks.items()]
     return f"Monte Carlo, {first.runs:,} runs with " + " and ".join(held) + ": " + "; ".join(parts) + "."
 
 
