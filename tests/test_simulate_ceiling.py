@@ -210,7 +210,7 @@ def test_a_run_names_the_runs_its_monte_carlo_has_in_time_by_a_hair(cli: Any, tm
     assert cut.code == 1, cut.err
     said = " ".join(cut.out.split())
     got = re.search(r"under its budget │ (\d\d\.\d\d)% \(Monte Carlo, 0.5s deadline\) │ │ │ near its "
-                    r"deadline │ (\d\d\.\d\d)% of runs succeed under 30 ms before it, which the "
+                    r"deadline │ (\d\d\.\d\d)% of runs succeed less than 30 ms before the deadline, which the "
                     r"executor's own time may cross", said)  # fmt: skip
     assert got is not None and got[1] == got[2] and 69 < float(got[1]) < 71, said
     room = cli("run", spec, "--journal", db, "--deadline", "0.6", "--seed", "3")
@@ -218,10 +218,10 @@ def test_a_run_names_the_runs_its_monte_carlo_has_in_time_by_a_hair(cli: Any, tm
     # and the Monte Carlo of the planner says it beside the share the deadline cuts
     planned = " ".join(cli("simulate", spec, "--deadline", "0.5", "--seed", "3").out.split())
     assert re.search(r"the 0.5s deadline cut \d\d\.\d\d% of runs \(cancelled: failed\), and "
-                     r"(69|70)\.\d\d% succeed less than 30 ms before it, which the executor's own "
+                     r"(69|70)\.\d\d% of runs succeed less than 30 ms before the deadline, which the executor's own "
                      r"time may cross \(--deadline-for advises a deadline with room\)", planned), planned  # fmt: skip
     planned = cli("simulate", spec, "--deadline", "0.6", "--seed", "3").out
-    assert "deadline cut" in planned and "before it" not in planned
+    assert "deadline cut" in planned and "before the deadline" not in planned
 
 
 def test_a_run_its_budget_stopped_says_how_to_choose_one(cli: Any, write: Any, tmp_path: Path) -> None:

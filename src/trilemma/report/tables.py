@@ -476,14 +476,10 @@ def simulate_table(r: SimResult, e: Estimate, *, halted: bool = True) -> Table:
         f"uncaught {_pct(r.uncaught_failures / r.runs)}"
     )
     if r.deadline_s is not None:
-        from trilemma.plan.simulate import deadline_headroom, near_deadline
-
         t.caption += (f"; the {r.deadline_s:g}s deadline cut {_pct(r.deadline_hits / r.runs)} "
                       "of runs (cancelled: failed)")  # fmt: skip
-        near = near_deadline(r, e)
-        if near is not None and near >= NEAR_SHOWN:
-            t.caption += (f", and {_pct(near)} succeed less than {deadline_headroom(e) * 1000:.0f} "
-                          "ms before it, which the executor's own time may cross (--deadline-for "
+        if (near := _near(r, e)) is not None:
+            t.caption += (f", and {near}, which the executor's own time may cross (--deadline-for "
                           "advises a deadline with room)")  # fmt: skip
     if r.max_cost_usd is not None:
         t.caption += (f"; the {usd(r.max_cost_usd)} ceiling stopped "
@@ -965,8 +961,6 @@ def budget_check_line(
     """``optimize``'s Monte Carlo of the original and the chosen spec under the budgets held
     as a run holds them; ``estimates``: each one's, to name the share of its runs it has in
     time by less than the executor's own time (:data:`NEAR_SHOWN`)."""
-    from trilemma.plan.simulate import deadline_headroom, near_deadline
-
     first = next(iter(checks.values()))
     deadline, ceiling = first.deadline_s, first.max_cost_usd
     held = []
@@ -980,11 +974,8 @@ def budget_check_line(
     def lost(name: str, r: SimResult) -> str:
         out = [f"{_pct(r.deadline_hits / r.runs)} cut"] if deadline is not None else []
         out += [f"{_pct(r.ceiling_hits / r.runs)} stopped"] if ceiling is not None else []
-        e = (estimates or {}).get(name)
-        near = None if e is None else near_deadline(r, e)
-        if e is not None and near is not None and near >= NEAR_SHOWN:
-            out.append(f"{_pct(near)} succeed less than {deadline_headroom(e) * 1000:.0f} ms "
-                       "before the deadline, which the executor's own time may cross")  # fmt: skip
+        if (near := _near(r, (estimates or {}).get(name))) is not None:
+            out.append(f"{near}, which the executor's own time may cross")
         return ", ".join(out)
 
     parts = [f"{name} succeeds {_pct(r.success_rate)} ({lost(name, r)})" for name, r in checks.items()]
@@ -1017,13 +1008,8 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None) ->
                 f"{under.deadline_s:g}s deadline" if under.deadline_s is not None else ""]
         t.add_row("  under its budget", f"{_pct(under.success_rate)} (Monte Carlo, "
                   f"{' and '.join(h for h in held if h)})", "")  # fmt: skip
-        from trilemma.plan.simulate import deadline_headroom, near_deadline
-
-        near = near_deadline(under, p)
-        if near is not None and near >= NEAR_SHOWN:  # runs it has in time by a hair
-            t.add_row("  near its deadline", f"{_pct(near)} of runs succeed under "
-                      f"{deadline_headroom(p) * 1000:.0f} ms before it, which the executor's own "
-                      "time may cross", "")  # fmt: skip
+        if (near := _near(under, p)) is not None:  # runs it has in time by a hair
+            t.add_row("  near its deadline", f"{near}, which the executor's own time may cross", "")
     if r.saved_usd:
         t.add_row("saved by stopping early", "", usd(r.saved_usd))
     st = FittedTable(box=None)
@@ -1506,8 +1492,26 @@ def _tight_deadlines(sw: Sweep, source: str, overrides: Sequence[str]) -> list[s
     if not near:
         return []
     labels = _and([label for label, _ in near])
-    shares = _and([_pct(share) for _, share in near])
-    return [f"{labels}: {shares} of runs " + _no_room(sw.predicted, source, overrides)]
+    said = _near_words(_and([_pct(share) for _, share in near]), sw.predicted)
+    return [f"{labels}: {said} " + _no_room(source, overrides)]
+
+
+def _near_words(shares: str, e: Estimate) -> str:
+    """``shares`` (a share of runs, or several) that succeed within the executor's own time
+    of the deadline (:func:`~trilemma.plan.simulate.deadline_headroom`), in words."""
+    from trilemma.plan.simulate import deadline_headroom
+
+    return f"{shares} of runs succeed less than {deadline_headroom(e) * 1000:.0f} ms before the deadline"
+
+
+def _near(sim: SimResult, e: Estimate | None) -> str | None:
+    """:func:`_near_words` of the share of the Monte Carlo ``sim``'s runs it has in time by
+    less than the executor's own time (:func:`~trilemma.plan.simulate.near_deadline`; ``e``:
+    the spec's estimate), where that is :data:`NEAR_SHOWN` or more; else None."""
+    from trilemma.plan.simulate import near_deadline
+
+    share = None if e is None else near_deadline(sim, e)
+    return None if e is None or share is None or share < NEAR_SHOWN else _near_words(_pct(share), e)
 
 
 def _and(items: Sequence[str]) -> str:
@@ -1515,16 +1519,13 @@ def _and(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
-def _no_room(e: Estimate, source: str, overrides: Sequence[str]) -> str:
+def _no_room(source: str, overrides: Sequence[str]) -> str:
     """What follows a share of runs the Monte Carlo has in time by a hair (see
     :data:`NEAR_SHOWN`)."""
-    from trilemma.plan.simulate import deadline_headroom
-
     command = " ".join(filter(None, ["trilemma simulate", shlex.quote(source), set_flags(overrides),
                                      "--deadline-for 0.95"]))  # fmt: skip
-    return (f"succeed less than {deadline_headroom(e) * 1000:.0f} ms before the deadline by the "
-            "Monte Carlo, which counts the spec's time alone: the executor's own time may cut "
-            f"them; {command} advises one with room.")
+    return ("by the Monte Carlo, which counts the spec's time alone: the executor's own time "
+            f"may cut them; {command} advises one with room.")
 
 
 def compare_table(
@@ -1567,12 +1568,9 @@ def compare_table(
         for r in rows
         if r.stopped
     ]
-    from trilemma.plan.simulate import near_deadline
-
-    near = {r.name: near_deadline(r.simulated, r.predicted) for r in rows}
-    lines += [f"{short[r.name]}: under its {r.simulated.deadline_s:g}s deadline, {_pct(share)} of "
-              "runs " + _no_room(r.predicted, r.name, overrides) for r in rows
-              if (share := near[r.name]) is not None and share >= NEAR_SHOWN]  # fmt: skip
+    lines += [f"{short[r.name]}: under its {r.simulated.deadline_s:g}s deadline, {near} "
+              + _no_room(r.name, overrides) for r in rows
+              if (near := _near(r.simulated, r.predicted)) is not None]  # fmt: skip
     # On the simulator the runs draw from the spec's own figures: a miss there is chance.
     lines += [_off_prediction(r, journal) for r in rows
               if (r.off_prediction or r.cost_off_prediction) and r.endpoints]  # fmt: skip
