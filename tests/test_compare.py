@@ -190,6 +190,7 @@ def test_with_a_deadline_the_prediction_is_the_monte_carlo_s(tmp_path: Path) -> 
     assert not p.budgeted and p.to_json()["predicted"]["with_deadline"] is None
     assert p.to_json()["predicted"]["under_budget"] is None
     assert p.to_json()["predicted"]["monte_carlo"]["deadline_s"] is None
+    assert p.to_json()["predicted"]["monte_carlo"]["near_deadline_rate"] is None  # no deadline
 
 
 def test_a_deadline_at_the_critical_path_is_named(cli, tmp_path: Path) -> None:
@@ -205,6 +206,10 @@ def test_a_deadline_at_the_critical_path_is_named(cli, tmp_path: Path) -> None:
     assert "single.yaml: under its" not in said  # 2 s of a 14 s deadline: room enough
     # the command it advises is the spec as compared: with the --set
     assert "ticket.yaml --set budget.deadline_s=14 --deadline-for 0.95 advises one with room" in said
+    doc = cli("compare", EXAMPLES / "ticket.yaml", EXAMPLES / "single.yaml", "--set",
+              "budget.deadline_s=14", "--runs", "2", "--journal", tmp_path / "j.db", "--json").json()  # fmt: skip
+    near = [r["predicted"]["with_deadline"]["near_deadline_rate"] for r in doc]
+    assert near[0] == pytest.approx(0.9279, abs=0.001) and near[1] == 0.0, near  # in --json too
 
 
 def test_the_prediction_halts_failed_runs_as_the_executor_does(cli, tmp_path: Path) -> None:

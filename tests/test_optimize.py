@@ -391,6 +391,10 @@ def test_a_chosen_spec_whose_runs_end_at_the_latency_budget_is_said_so(cli) -> N
                      r"cross\)", said), said  # fmt: skip
     roomy = " ".join(cli("optimize", *args, "--max-latency", "2").out.split())
     assert "chosen succeeds" in roomy and "before the deadline" not in roomy
+    for budget, near in (("0.4", True), ("2", False)):  # --json carries the share
+        chosen = cli("optimize", *args, "--max-latency", budget, "--json").json()["budget_check"]["chosen"]
+        assert chosen["success_rate"] > 0.4
+        assert chosen["near_deadline_rate"] == (chosen["success_rate"] if near else 0.0), chosen
 
 
 def test_a_cost_budget_is_checked_as_a_ceiling_by_monte_carlo(cli) -> None:

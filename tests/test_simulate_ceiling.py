@@ -222,6 +222,14 @@ def test_a_run_names_the_runs_its_monte_carlo_has_in_time_by_a_hair(cli: Any, tm
                      r"time may cross \(--deadline-for advises a deadline with room\)", planned), planned  # fmt: skip
     planned = cli("simulate", spec, "--deadline", "0.6", "--seed", "3").out
     assert "deadline cut" in planned and "before the deadline" not in planned
+    # --json carries the share beside the deadline's own: run's prediction and simulate's
+    ran = cli("run", spec, "--journal", db, "--deadline", "0.5", "--seed", "3", "--json").json()
+    under = ran["predicted_under_budget"]
+    assert under["near_deadline_rate"] == under["success_rate"] > 0.69, under
+    for deadline, near in (("0.5", True), ("0.6", False), (None, None)):
+        flags = ["--deadline", deadline] if deadline else []
+        doc = cli("simulate", spec, *flags, "--seed", "3", "--runs", "2000", "--json").json()
+        assert doc["near_deadline_rate"] == (None if near is None else doc["success_rate"] if near else 0.0)
 
 
 def test_a_run_its_budget_stopped_says_how_to_choose_one(cli: Any, write: Any, tmp_path: Path) -> None:

@@ -191,10 +191,11 @@ def simulate(
         from trilemma.report.plots import plot_simulation
 
         plot_simulation(result, plot, f"Monte Carlo of {spec}")
+    e = estimate_wf(wf)
     if as_json:
-        emit_json(result.to_json())
+        emit_json(result.to_json(e))
     else:
-        stdout_console().print(tables.simulate_table(result, estimate_wf(wf), halted=halt))
+        stdout_console().print(tables.simulate_table(result, e, halted=halt))
     return 0
 
 
@@ -358,15 +359,15 @@ def optimize(
         from trilemma.report.plots import plot_frontier
 
         plot_frontier(r, plot)
+    estimates = {"original": r.original, "chosen": r.best_estimate}  # for the runs in time by a hair
     if as_json:
-        check = {k: v.brief() for k, v in checks.items()} or None
+        check = {k: v.brief(estimates[k]) for k, v in checks.items()} or None
         emit_json({**_optimize_json(r, chosen), "budget_check": check,
                    "deadline_check": check if budget.deadline_s is not None else None})  # fmt: skip
     else:
         console = stdout_console()
         console.print(tables.optimize_view(r))
         if checks:
-            estimates = {"original": r.original, "chosen": r.best_estimate}
             console.print(tables.budget_check_line(checks, estimates), style="dim")
         long = chosen.count("\n") if chosen else 0
         if chosen and r.best is not None and long > CHOSEN_LINES_SHOWN:

@@ -153,7 +153,7 @@ def run_cmd(
                              keep=limit is not None)  # fmt: skip
     if as_json:
         emit_json({**result.to_json(), "overrides": list(sets or ()),
-                   "predicted_under_budget": None if under is None else under.brief()})
+                   "predicted_under_budget": None if under is None else under.brief(result.predicted)})
         return _exit(result, f"run {result.run_id}")
     console = stdout_console()
     print_set(console, sets)

@@ -210,11 +210,9 @@ class Contender(Successes):
                 },
                 "calls": round(p.calls_expected, 12),
                 "quality_per_dollar": p.quality_per_expected_dollar,
-                "monte_carlo": self.simulated.to_json(),
-                "under_budget": self.simulated.to_json() if self.budgeted else None,
-                "with_deadline": self.simulated.to_json()
-                if self.simulated.deadline_s is not None
-                else None,
+                "monte_carlo": (sim := self.simulated.to_json(p)),
+                "under_budget": sim if self.budgeted else None,
+                "with_deadline": sim if self.simulated.deadline_s is not None else None,
             },
         }
 

@@ -221,16 +221,25 @@ class SimResult:
         """Wilson 95% interval of the success rate."""
         return wilson(self.successes, self.runs)
 
-    def brief(self) -> dict[str, Any]:
+    def brief(self, e: Estimate | None = None) -> dict[str, Any]:
         """Success and what the budgets cost it, for a prediction shown beside other figures
-        (``run``'s ``predicted_under_budget``, ``optimize``'s checks)."""
+        (``run``'s ``predicted_under_budget``, ``optimize``'s checks); ``e``, the spec's
+        estimate, gives ``near_deadline_rate`` (:meth:`near_rate`)."""
         return {"runs": self.runs, "success_rate": self.success_rate,
                 "deadline_rate": self.deadline_hits / self.runs,
+                "near_deadline_rate": self.near_rate(e),
                 "budget_exhausted_rate": self.ceiling_hits / self.runs,
                 "cost_usd_mean": self.cost_usd.mean}  # fmt: skip
 
-    def to_json(self) -> dict[str, Any]:
-        """The contract of ``trilemma simulate --json`` (see DESIGN.md)."""
+    def near_rate(self, e: Estimate | None) -> float | None:
+        """:func:`near_deadline` rounded for JSON: the share of runs in time by less than the
+        executor's own time (None without a deadline, kept runs or the estimate ``e``)."""
+        share = None if e is None else near_deadline(self, e)
+        return None if share is None else round(share, 12)
+
+    def to_json(self, e: Estimate | None = None) -> dict[str, Any]:
+        """The contract of ``trilemma simulate --json`` (see DESIGN.md); ``e``, the spec's
+        estimate, gives ``near_deadline_rate`` (:meth:`near_rate`)."""
         lo, hi = self.ci95
         return {
             "runs": self.runs,
@@ -246,6 +255,7 @@ class SimResult:
             "settings": self.settings.model_dump(),
             "deadline_s": self.deadline_s,
             "deadline_rate": self.deadline_hits / self.runs,
+            "near_deadline_rate": self.near_rate(e),
             "max_cost_usd": self.max_cost_usd,
             "budget_exhausted_rate": self.ceiling_hits / self.runs,
         }
