@@ -479,9 +479,40 @@ def test_plan_says_how_many_runs_end_before_the_deadline(
     said = ("every run ends before it" if done == 12 else
             f"about {done} of 12 runs end before it; the batch takes about {took:.2f}s")  # fmt: skip
     assert f"deadline │ {deadline:g}s: {said}" in row
+    assert plan["runs_near_deadline"] == 0 and "executor's own time" not in row  # room enough
     if deadline < 3:
         got = cli(*args, "--seed", "1", "--json").json()
         assert got["status"] == "deadline" and got["counts"]["ok"] == done
+        # the batch's own table and JSON carry the plan's count beside what ended
+        assert got["deadline_s"] == deadline and got["predicted"]["runs_done_by_deadline"] == done
+        shown = " ".join(cli(*args, "--seed", "1").out.split())
+        assert f"deadline │ {deadline:g}s: about {done} of 12 runs end before it │ {done} of 12 ended" in shown
+
+
+def test_a_batch_names_the_runs_that_end_at_its_deadline_by_a_hair(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """early-stop.yaml's guess ends 70% of its runs at 0.5 s (the planner's pool at 0.516 s,
+    the runs' times scaled to the estimate's mean): under a 0.52 s deadline the plan has
+    them end before it by less than the executor's own time (30 ms), and says so, in the
+    plan and beside the batch's runs; under 0.6 s, 84 ms before it, nothing said."""
+    monkeypatch.setenv("COLUMNS", "250")  # each row on a line of its own
+    db, lines = tmp_path / "j.db", tmp_path / "lines.jsonl"
+    lines.write_text("{}\n" * 8)
+    args = ("batch", EXAMPLES / "early-stop.yaml", "--inputs", lines, "--parallel", "8",
+            "--journal", db)  # fmt: skip
+    plan = cli(*args, "--deadline", "0.52", "--plan", "--json").json()
+    assert (plan["runs_done_by_deadline"], plan["runs_near_deadline"]) == (6, 6)
+    assert plan["deadline_headroom_s"] == pytest.approx(0.03)
+    near = ("0.52s: about 6 of 8 runs end before it, 6 of them less than 30 ms before it, which "
+            "the executor's own time may cross")  # fmt: skip
+    assert near in " ".join(cli(*args, "--deadline", "0.52", "--plan").out.split())
+    assert near in " ".join(cli(*args, "--deadline", "0.52", "--seed", "1").out.split())
+    roomy = cli(*args, "--deadline", "0.6", "--plan", "--json").json()
+    assert (roomy["runs_done_by_deadline"], roomy["runs_near_deadline"]) == (6, 0)
+    assert "ms before it" not in cli(*args, "--deadline", "0.6", "--plan").out
+    free = cli(*args, "--plan", "--json").json()
+    assert free["runs_near_deadline"] is None and free["deadline_headroom_s"] is None
 
 
 def test_an_out_file_that_cannot_be_written_is_refused_before_anything_runs(

@@ -1146,8 +1146,16 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     t = FittedTable(title=f"{b.batch_id}: {n} runs, {b.status}", title_justify="left")
     for col in ("", "predicted", "measured"):
         t.add_column(col, justify="right")
-    for (label, planned), got in zip(_planned_rows(b.planned(), n, b.parallel), measured, strict=True):
-        t.add_row(label, planned, got)
+    planned = b.planned()
+    for (label, row), got in zip(_planned_rows(planned, n, b.parallel), measured, strict=True):
+        t.add_row(label, row, got)
+    if b.deadline_s is not None and b.planned_time is not None:  # the runs it lets end
+        ran = b.planned_time.runs
+        from trilemma.plan.simulate import deadline_headroom
+
+        said = _in_time(planned["runs_done_by_deadline"], planned["runs_near_deadline"], ran,
+                        deadline_headroom(b.predicted))  # fmt: skip
+        t.add_row("deadline", f"{b.deadline_s:g}s: {said}", f"{b.ended_in_time()} of {ran} ended")
     counts = ", ".join(f"{b.count(s)} {s}" for s in
                        ("ok", "failed", "budget_exhausted", "deadline", "not_started") if b.count(s))  # fmt: skip
     earlier = sum(1 for r in b.lines if r.from_journal)
@@ -1212,15 +1220,25 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
         t.add_row("ceiling", f"{usd(plan['max_cost_usd'])}: {pays(plan['runs_covered_at_worst'])}")
     if plan.get("deadline_s") is not None:
         done, planned = plan["runs_done_by_deadline"], plan["predicted"]["latency_s"]["batch"]
+        said = _in_time(done, plan["runs_near_deadline"], n, plan["deadline_headroom_s"])
         t.add_row("deadline", f"{plan['deadline_s']:g}s: " + (
-            f"every run ends before it (about {planned:.2f}s)" if done >= n else
-            f"about {done} of {n} runs end before it; the batch takes about {planned:.2f}s "
-            "(--parallel or the deadline up for more)"))  # fmt: skip
+            f"{said} (about {planned:.2f}s)" if done >= n else
+            f"{said}; the batch takes about {planned:.2f}s (--parallel or the deadline up for more)"))  # fmt: skip
     shared = plan.get("shared_budget")
     if shared is not None:
         t.add_row(f"shared budget {shared['name']}",
                   f"{usd(shared['remaining_usd'])} left: {pays(shared['runs_covered_at_worst'])}")  # fmt: skip
     return t
+
+
+def _in_time(done: int, near: int | None, n: int, headroom_s: float) -> str:
+    """A batch's ``done`` of ``n`` runs that end before its deadline by the planner, and the
+    ``near`` of them that end less than ``headroom_s`` (the executor's own time) before it."""
+    said = "every run ends before it" if done >= n else f"about {done} of {n} runs end before it"
+    if near:
+        said += (f", {near} of them less than {headroom_s * 1000:.0f} ms before it, which the "
+                 "executor's own time may cross")  # fmt: skip
+    return said
 
 
 def runs_table(rows: list[dict[str, Any]], total: int | None = None) -> Table:

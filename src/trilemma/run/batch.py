@@ -26,7 +26,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from trilemma.journal.store import Journal, JournalWriter, overrides_of
 from trilemma.plan.agreement import Figure, off_plan
 from trilemma.plan.batchsim import Replayed, replay_batch
 from trilemma.plan.estimate import Estimate, bill_draws, estimate, run_draws
+from trilemma.plan.simulate import deadline_headroom
 from trilemma.plan.slots import waves_of
 from trilemma.providers.base import Provider
 from trilemma.run.budget import Clock, SpendGuard
@@ -152,11 +153,24 @@ class BatchResult:
         return 0.0 if self.planned_time is None else self.planned_time.latency_s
 
     def planned(self) -> dict[str, Any]:
-        """The planner's figures for the batch (as ``--plan`` gives them before it runs)."""
+        """The planner's figures for the batch (as ``--plan`` gives them before it runs), and
+        under a deadline how many of this session's runs end before it
+        (``runs_done_by_deadline``) and how many of those by a hair (``runs_near_deadline``)."""
         t, n = self.planned_time, len(self.lines)
         limit = None if t is None else t.limit
         replayed = t.cost_usd if t is not None and t.runs == n else None  # lines of a session
-        return predicted_json(self.predicted, n, self.latency_planned_s, limit, replayed)
+        return {**predicted_json(self.predicted, n, self.latency_planned_s, limit, replayed),
+                "runs_done_by_deadline": None if t is None else t.in_time,
+                "runs_near_deadline": None if t is None else t.near}  # fmt: skip
+
+    @property
+    def deadline_s(self) -> float | None:
+        """The deadline this session's runs were planned under, from its start (None: none)."""
+        return None if self.planned_time is None else self.planned_time.deadline_s
+
+    def ended_in_time(self) -> int:
+        """This session's runs that went to their end (ok or failed) rather than being cut."""
+        return sum(1 for r in self.lines if not r.from_journal and r.status in ("ok", "failed"))
 
     def count(self, status: str) -> int:
         """Lines that ended with ``status``."""
@@ -226,6 +240,7 @@ class BatchResult:
             "from_journal": sum(1 for r in self.lines if r.from_journal),
             "cost_usd": round(self.cost_usd, 12),
             "max_cost_usd": self.max_cost_usd,
+            "deadline_s": self.deadline_s,
             "latency_s": round(self.latency_s, 6),
             "predicted": self.planned(),
             "quality_per_dollar": self.quality_per_dollar,
@@ -363,11 +378,25 @@ class BatchTime:
     bill_usd: float = 0.0
     """What the ``runs`` runs bill, by the planner: the replay's bill where they were replayed
     together, else a run's (a failed run halting, where the estimate drew that) times them."""
+    deadline_s: float | None = None
+    """The deadline the batch's runs were planned under (from the session's start)."""
+    in_time: int | None = None
+    """How many of the ``runs`` end before ``deadline_s`` (:meth:`_Ends.in_time`)."""
+    near: int | None = None
+    """How many of those end before it by less than the executor's own time
+    (:meth:`_Ends.near`): the planner has them in time, a run may not."""
 
 
-def batch_time(wf: Workflow, p: Estimate, runs: int, parallel: int) -> BatchTime:
-    """:func:`batch_latency`, with the model's limit that sets it, if one does."""
-    return _Ends.of(wf, p, runs, parallel).time()
+def batch_time(
+    wf: Workflow, p: Estimate, runs: int, parallel: int, deadline_s: float | None = None
+) -> BatchTime:
+    """:func:`batch_latency`, with the model's limit that sets it, if one does; with
+    ``deadline_s``, how many runs end before it, and how many of those by a hair."""
+    ends = _Ends.of(wf, p, runs, parallel)
+    if deadline_s is None:
+        return ends.time()
+    return replace(ends.time(), deadline_s=deadline_s, in_time=ends.in_time(deadline_s),
+                   near=ends.near(deadline_s, deadline_headroom(p)))  # fmt: skip
 
 
 #: A replay holds the batch up by a model's limits where it takes this much longer than
@@ -423,6 +452,17 @@ class _Ends:
             return min(self.runs, got)
         through = (math.floor(lim.runs_by(deadline) + 1e-9) for lim in self.limits)
         return min(self.runs, got, *through)
+
+    def near(self, deadline: float | None, headroom: float) -> int | None:
+        """How many runs end before ``deadline`` by less than ``headroom`` (the executor's
+        own time, :func:`~trilemma.plan.simulate.deadline_headroom`), on average over the
+        repetitions, to the nearest run, and no more than :meth:`in_time` (None: no
+        deadline): runs the planner has in time that a run's own time may put past it."""
+        if deadline is None:
+            return None
+        ends = self.pool if self.replayed is None else self.replayed.ends
+        close = (ends <= deadline * (1 + 1e-9)) & (ends > deadline - headroom)
+        return min(round(float(close.sum(axis=1).mean())), self.in_time(deadline) or 0)
 
 
 def batch_latency(wf: Workflow, p: Estimate, runs: int, parallel: int) -> float:
@@ -507,7 +547,9 @@ def plan_batch(
     every retry (None without a ceiling, or when a run costs nothing at worst).
     ``runs_done_by_deadline``: how many runs end before the deadline (``deadline_s``, else
     the spec's) on average, as the pool or the replay runs them (:class:`_Ends`; None
-    without one).
+    without one); ``runs_near_deadline``: how many of those end less than the executor's
+    own time before it (``deadline_headroom_s``, :meth:`_Ends.near`), which a run's own
+    time may put past it.
     ``shared_left``: a shared budget's name and the dollars left in it now; the plan then
     says how many runs those pay for at their worst too.
     """
@@ -520,6 +562,8 @@ def plan_batch(
         "runs_covered_at_worst": _covered(ceiling, p.cost_worst, lines),
         "deadline_s": deadline,
         "runs_done_by_deadline": ends.in_time(deadline),
+        "runs_near_deadline": ends.near(deadline, deadline_headroom(p)),
+        "deadline_headroom_s": None if deadline is None else deadline_headroom(p),
         "predicted": predicted_json(p, lines, took.latency_s, took.limit, took.cost_usd),
     }  # fmt: skip
     if shared_left is not None:
@@ -739,7 +783,7 @@ async def run_batch_async(
             finally:
                 await close_parts(endpoints, spend, tier)
 
-    planned = batch_time(wf, predicted, sum(1 for r in results if r is None), parallel)
+    planned = batch_time(wf, predicted, sum(1 for r in results if r is None), parallel, deadline)
     if on_plan is not None:
         on_plan(planned)
     if on_start is not None:
