@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -435,6 +436,10 @@ def test_the_report_of_a_batch_shows_its_totals_runs_and_lines(tmp_path: Path, c
     png = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1))
     assert png[:4] == b"\x89PNG"
     assert "http://" not in page and "https://" not in page
+    assert "deadline" not in page.split("<h2>Runs over time")[0]  # none given
+    cut = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--deadline", "30").json()
+    cli("report", cut["batch_id"], "--journal", db, "--out", out)
+    assert "deadline 30.00s from its start" in out.read_text()  # as a run's page says its own
     one = cli("report", got["runs"][0]["run_id"], "--journal", db, "--out", tmp_path / "r.html")
     assert one.code == 0 and "<h2>Ledger" in (tmp_path / "r.html").read_text()  # a run's page
     missing = cli("report", "batch-nope", "--journal", db)
@@ -974,3 +979,25 @@ def test_a_batch_plan_says_what_its_runs_bill() -> None:
                            "steps: [{id: fast, model: f}, {id: slow, model: m}]\n")  # fmt: skip
     took = batch_time(waits, estimate(waits), 40, 8)
     assert took.cost_usd is not None and took.bill_usd == took.cost_usd < 0.06
+
+
+def test_the_batch_plan_s_own_time_counts_neither_against_its_deadline_nor_in_its_time(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning 700 lines behind a model's limits takes 0.4 s (shared-endpoint.yaml): a
+    deadline, and the batch's measured time beside the plan's, count from the runs' start.
+    The plan is made slow here (0.4 s): four 0.1 s lines at once end under a 0.3 s deadline."""
+    from trilemma.run import batch
+
+    planned = batch.batch_time
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.4)
+        return planned(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "batch_time", slow)
+    spec, lines = write(tmp_path, 4, latency=0.1)
+    got = cli("batch", spec, "--inputs", lines, "--journal", tmp_path / "j.db", "--deadline", "0.3",
+              "--json").json()  # fmt: skip
+    assert (got["status"], got["counts"]["ok"]) == ("ok", 4), got
+    assert 0.1 <= got["latency_s"] < 0.3  # the runs' time, not the plan's

@@ -173,6 +173,8 @@ def batch_report(journal: Journal, batch_id: str) -> str:
     started = min(r["started_at"] for r in runs)
     ended = max((r["finished_at"] for r in runs if r["finished_at"]), default=None)
     ceiling = first["max_cost_usd"]
+    begun = min(runs, key=lambda r: r["started_at"])  # its first session's deadline, from its start
+    deadline = begun["deadline_at"] - started if begun["deadline_at"] else None
     halts, each = cost_p.get("halting"), latency_p.get("halting")
     stop_usd = (f" ({usd(halts * n)} as failed runs stop)"
                 if well_under(halts, cost_p.get("expected")) else "")
@@ -185,7 +187,8 @@ def batch_report(journal: Journal, batch_id: str) -> str:
         ("runs ok", f"{p.get('reliability', 0) * n:.1f} of {n}", f"{ok} of {n}", ""),
         ("latency per run", f"{_s(latency_p.get('expected'))} expected{stop_s}, "
                             f"{_s(latency_p.get('critical_path'))} critical path",
-         _s(sum((r["latency_s"] or 0) for r in runs) / n) + " on average", ""),
+         _s(sum((r["latency_s"] or 0) for r in runs) / n) + " on average",
+         "-" if deadline is None else f"deadline {_s(deadline)} from its start"),
     ]  # fmt: skip
     lines = [
         (_e(r["batch_line"]), f'<span class="{"ok" if r["status"] == "ok" else "bad"}">'

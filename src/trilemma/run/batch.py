@@ -698,6 +698,7 @@ async def run_batch_async(
     values = [check_inputs(wf, given, source, given_as=f"line {no}: ")
               for no, given in by_line.items()]  # fmt: skip
     earlier: dict[int, dict[str, Any]] = {}
+    resumed_due: float | None = None  # the deadline a resumed batch holds, epoch seconds
     if resume is not None:
         earlier = _earlier_runs(journal, resume, wf, dict(zip(numbers, values, strict=True)),
                                 overrides)  # fmt: skip
@@ -707,15 +708,14 @@ async def run_batch_async(
         tenant = _same_tenant(tenant, first["tenant"], resume)
         shared = shared_of(first, shared, redis)
         if deadline_s is None and first["deadline_at"] is not None:
-            deadline_s = first["deadline_at"] - time.time()
+            resumed_due = first["deadline_at"]
+            deadline_s = resumed_due - time.time()
     batch_id = resume or "batch-" + new_run_id()
     gates = build_gates(wf, source)
     embedder = embedder_for(wf, embedder)
     base_seed = wf.seed_for(seed)
     ceiling, deadline = wf.budget.resolve(max_cost_usd, deadline_s)
-    started = time.time()
     guard = SpendGuard(ceiling, spent=math.fsum(journal.spent(r["run_id"]) for r in earlier.values()))
-    clock = Clock(started + deadline if deadline is not None else None)
     spend = shared_spend(shared)  # one hold on the shared ceiling for every run of the batch
     tier = cache_tier(wf, shared_cache)  # and one client of the shared cache
     predicted = estimate(wf)
@@ -792,6 +792,11 @@ async def run_batch_async(
         for earlier_line in results:
             if earlier_line is not None:
                 on_line(earlier_line)
+    # The deadline and the batch's time count from here, as its plan's do: planning 700
+    # lines behind a model's limits takes 0.4 s, which neither is to spend.
+    started = time.time()
+    clock = Clock(resumed_due if resumed_due is not None else
+                  started + deadline if deadline is not None else None)  # fmt: skip
     try:
         await main()
     except ExceptionGroup as group:  # a run's bug: the error itself, as execute() raises it
