@@ -461,6 +461,16 @@ def test_plan_says_what_a_batch_should_cost_and_sends_nothing(tmp_path: Path, cl
     assert table.code == 0 and "pays for 8 of 12 runs even at their worst" in table.out
     assert not db.exists()  # nothing was run or journaled
     assert plan["deadline_s"] is None and plan["runs_done_by_deadline"] is None
+    # the batch itself shows the row beside the runs that went to their end
+    ran = cli(*args[:-3], "--journal", db, "--max-cost", "0.02", "--seed", "1", "--json").json()
+    assert ran["status"] == "budget_exhausted" and ran["predicted"]["runs_done_by_deadline"] is None
+    assert ran["predicted"]["runs_covered_at_worst"] == 3  # $0.02 over $0.006 a run at worst
+    ended = ran["counts"]["ok"] + ran["counts"]["failed"]
+    shown = " ".join(cli(*args[:-3], "--journal", db, "--max-cost", "0.02", "--seed", "1").out.split())
+    assert f"ceiling │ $0.0200: pays for 3 of 12 runs even at their worst │ {ended} of 12 ended" in shown
+    # a resumed batch: what the first session left of the new ceiling, for the lines left
+    again = cli(*args[:-3], "--journal", db, "--max-cost", "0.03", "--resume", ran["batch_id"], "--json").json()
+    assert again["predicted"]["runs_covered_at_worst"] == int((0.03 - ran["cost_usd"]) / 0.006 + 1e-9) >= 1
     spec, one = write(tmp_path, 1)
     alone = cli("batch", spec, "--inputs", one, "--plan", "--journal", db)
     assert alone.code == 0 and "Plan for 1 run, 4 at a time" in alone.out  # not "1 runs"

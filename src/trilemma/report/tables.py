@@ -1149,13 +1149,16 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     planned = b.planned()
     for (label, row), got in zip(_planned_rows(planned, n, b.parallel), measured, strict=True):
         t.add_row(label, row, got)
+    ran = 0 if b.planned_time is None else b.planned_time.runs  # this session's
+    if b.max_cost_usd is not None and b.planned_time is not None:  # the runs it pays for
+        t.add_row("ceiling", f"{usd(b.max_cost_usd)}: {_pays(b.covered, ran)}",
+                  f"{b.ran_to_end()} of {ran} ended")  # fmt: skip
     if b.deadline_s is not None and b.planned_time is not None:  # the runs it lets end
-        ran = b.planned_time.runs
         from trilemma.plan.simulate import deadline_headroom
 
         said = _in_time(planned["runs_done_by_deadline"], planned["runs_near_deadline"], ran,
                         deadline_headroom(b.predicted))  # fmt: skip
-        t.add_row("deadline", f"{b.deadline_s:g}s: {said}", f"{b.ended_in_time()} of {ran} ended")
+        t.add_row("deadline", f"{b.deadline_s:g}s: {said}", f"{b.ran_to_end()} of {ran} ended")
     counts = ", ".join(f"{b.count(s)} {s}" for s in
                        ("ok", "failed", "budget_exhausted", "deadline", "not_started") if b.count(s))  # fmt: skip
     earlier = sum(1 for r in b.lines if r.from_journal)
@@ -1212,12 +1215,8 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
     t.add_column("predicted", justify="right")
     for row in _planned_rows(plan["predicted"], n, plan["parallel"]):
         t.add_row(*row)
-    def pays(covered: int | None) -> str:
-        return ("no run can cost anything" if covered is None
-                else f"pays for {covered} of {n} runs even at their worst")  # fmt: skip
-
     if plan["max_cost_usd"] is not None:
-        t.add_row("ceiling", f"{usd(plan['max_cost_usd'])}: {pays(plan['runs_covered_at_worst'])}")
+        t.add_row("ceiling", f"{usd(plan['max_cost_usd'])}: {_pays(plan['runs_covered_at_worst'], n)}")
     if plan.get("deadline_s") is not None:
         done, planned = plan["runs_done_by_deadline"], plan["predicted"]["latency_s"]["batch"]
         said = _in_time(done, plan["runs_near_deadline"], n, plan["deadline_headroom_s"])
@@ -1227,8 +1226,14 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
     shared = plan.get("shared_budget")
     if shared is not None:
         t.add_row(f"shared budget {shared['name']}",
-                  f"{usd(shared['remaining_usd'])} left: {pays(shared['runs_covered_at_worst'])}")  # fmt: skip
+                  f"{usd(shared['remaining_usd'])} left: {_pays(shared['runs_covered_at_worst'], n)}")  # fmt: skip
     return t
+
+
+def _pays(covered: int | None, n: int) -> str:
+    """How many of a batch's ``n`` runs a ceiling pays for at their worst, in words."""
+    return ("no run can cost anything" if covered is None
+            else f"pays for {covered} of {n} runs even at their worst")  # fmt: skip
 
 
 def _in_time(done: int, near: int | None, n: int, headroom_s: float) -> str:

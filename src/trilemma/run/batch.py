@@ -146,6 +146,9 @@ class BatchResult:
     """A run's bill as the planner draws it (:func:`~trilemma.plan.estimate.bill_draws`),
     that :meth:`off_plan` weighs the runs' mean bill against, unless the plan replayed the
     runs together (its bill then is not these draws'); None: by Student's t."""
+    covered: int | None = None
+    """How many of this session's runs what was left of the ceiling at its start pays for
+    even at their worst (as ``--plan``'s ``runs_covered_at_worst``; None: no ceiling)."""
 
     @property
     def latency_planned_s(self) -> float:
@@ -154,12 +157,14 @@ class BatchResult:
 
     def planned(self) -> dict[str, Any]:
         """The planner's figures for the batch (as ``--plan`` gives them before it runs), and
-        under a deadline how many of this session's runs end before it
+        under a ceiling how many of this session's runs it pays for at their worst
+        (``runs_covered_at_worst``), under a deadline how many end before it
         (``runs_done_by_deadline``) and how many of those by a hair (``runs_near_deadline``)."""
         t, n = self.planned_time, len(self.lines)
         limit = None if t is None else t.limit
         replayed = t.cost_usd if t is not None and t.runs == n else None  # lines of a session
         return {**predicted_json(self.predicted, n, self.latency_planned_s, limit, replayed),
+                "runs_covered_at_worst": self.covered,
                 "runs_done_by_deadline": None if t is None else t.in_time,
                 "runs_near_deadline": None if t is None else t.near}  # fmt: skip
 
@@ -168,8 +173,8 @@ class BatchResult:
         """The deadline this session's runs were planned under, from its start (None: none)."""
         return None if self.planned_time is None else self.planned_time.deadline_s
 
-    def ended_in_time(self) -> int:
-        """This session's runs that went to their end (ok or failed) rather than being cut."""
+    def ran_to_end(self) -> int:
+        """This session's runs that went to their end (ok or failed), not stopped by a budget."""
         return sum(1 for r in self.lines if not r.from_journal and r.status in ("ok", "failed"))
 
     def count(self, status: str) -> int:
@@ -783,7 +788,10 @@ async def run_batch_async(
             finally:
                 await close_parts(endpoints, spend, tier)
 
-    planned = batch_time(wf, predicted, sum(1 for r in results if r is None), parallel, deadline)
+    todo = sum(1 for r in results if r is None)
+    planned = batch_time(wf, predicted, todo, parallel, deadline)
+    left = None if ceiling is None else max(0.0, ceiling - guard.spent)  # an earlier session's spent
+    covered = _covered(left, predicted.cost_worst, todo)
     if on_plan is not None:
         on_plan(planned)
     if on_start is not None:
@@ -805,7 +813,7 @@ async def run_batch_async(
                 for i, r in enumerate(results))  # fmt: skip
     return BatchResult(batch_id, _status(out, guard), out, math.fsum(r.cost_usd for r in out),
                        ceiling, time.time() - started, predicted, str(journal.path), parallel,
-                       planned, bill_draws(wf))  # fmt: skip
+                       planned, bill_draws(wf), covered)  # fmt: skip
 
 
 run_batch = blocking(run_batch_async)
