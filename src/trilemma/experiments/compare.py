@@ -106,6 +106,9 @@ class Contender(Successes):
     limited: bool = False
     """A model of the spec has limits (``max_concurrency``, ``rpm``, ``tpm``), which runs
     going at a time share."""
+    time_scale: float = 1.0
+    """The runs' ``--time-scale`` (0: a virtual clock), which the executor's own time in the
+    spec's seconds depends on (:func:`~trilemma.plan.simulate.deadline_headroom`)."""
     off: tuple[str, ...] | None = None
     """The figures (``success``, ``cost``) the runs contradict, every figure of one compare
     weighed together (:func:`judge_contenders`); None: not judged with others, so
@@ -210,7 +213,7 @@ class Contender(Successes):
                 },
                 "calls": round(p.calls_expected, 12),
                 "quality_per_dollar": p.quality_per_expected_dollar,
-                "monte_carlo": (sim := self.simulated.to_json(p)),
+                "monte_carlo": (sim := self.simulated.to_json(p, self.time_scale)),
                 "under_budget": sim if self.budgeted else None,
                 "with_deadline": sim if self.simulated.deadline_s is not None else None,
             },
@@ -257,7 +260,8 @@ def compare(
                 on_bill(name, bill)
             got = repeat(wf, runs, j, seed=seed, time_scale=time_scale, source=name, tick=tick,
                          inputs=own[name], overrides=overrides, parallel=parallel)  # fmt: skip
-            out.append(_contender(name, wf, got, simulated, tuple(overrides), parallel))
+            out.append(_contender(name, wf, got, simulated, tuple(overrides), parallel,
+                                  time_scale))  # fmt: skip
     return judge_contenders(out)
 
 
@@ -294,7 +298,7 @@ def inputs_of(
 
 def _contender(
     name: str, wf: Workflow, got: list[Trial], simulated: SimResult,
-    overrides: tuple[str, ...] = (), parallel: int = 1,
+    overrides: tuple[str, ...] = (), parallel: int = 1, time_scale: float = 1.0,
 ) -> Contender:  # fmt: skip
     """``wf``'s runs ``got`` beside ``simulated``, the Monte Carlo under its own budget."""
     n = len(got)
@@ -314,6 +318,7 @@ def _contender(
         costs=tuple(t.cost_usd for t in got),
         overrides=overrides,
         parallel=parallel,
+        time_scale=time_scale,
         limited=wf.limited,
         cost_drawn=simulated.samples["cost"] if simulated.samples and bills_drawn_whole(wf) else None,
     )

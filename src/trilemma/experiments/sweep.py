@@ -223,7 +223,7 @@ def budget_sweep(
 
     def predicted(row: SweepRow, sim: SimResult) -> SweepRow:
         return replace(row, predicted_success=sim.success_rate, predicted_cost=sim.cost_usd.mean,
-                       predicted_near=near_deadline(sim, e))  # fmt: skip
+                       predicted_near=near_deadline(sim, e, time_scale))  # fmt: skip
 
     # the Monte Carlo under no budget, then under each: what the runs will bill, and beside
     # them (its runs kept under a deadline: those it has in time by a hair)

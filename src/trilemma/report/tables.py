@@ -1515,26 +1515,32 @@ def _tight_deadlines(sw: Sweep, source: str, overrides: Sequence[str]) -> list[s
     if not near:
         return []
     labels = _and([label for label, _ in near])
-    said = _near_words(_and([_pct(share) for _, share in near]), sw.predicted)
+    said = _near_words(_and([_pct(share) for _, share in near]), sw.predicted, sw.time_scale)
     return [f"{labels}: {said} " + _no_room(source, overrides)]
 
 
-def _near_words(shares: str, e: Estimate) -> str:
+def _near_words(shares: str, e: Estimate, time_scale: float = 1.0) -> str:
     """``shares`` (a share of runs, or several) that succeed within the executor's own time
-    of the deadline (:func:`~trilemma.plan.simulate.deadline_headroom`), in words."""
+    of the deadline (:func:`~trilemma.plan.simulate.deadline_headroom`, of runs at
+    ``time_scale``), in words."""
     from trilemma.plan.simulate import deadline_headroom
 
-    return f"{shares} of runs succeed less than {deadline_headroom(e) * 1000:.0f} ms before the deadline"
+    room = deadline_headroom(e, time_scale)
+    span = f"{room * 1000:.0f} ms" if room < 1 else f"{room:.3g} s"  # 3 s at --time-scale 0.01
+    return f"{shares} of runs succeed less than {span} before the deadline"
 
 
-def _near(sim: SimResult, e: Estimate | None) -> str | None:
+def _near(sim: SimResult, e: Estimate | None, time_scale: float = 1.0) -> str | None:
     """:func:`_near_words` of the share of the Monte Carlo ``sim``'s runs it has in time by
     less than the executor's own time (:func:`~trilemma.plan.simulate.near_deadline`; ``e``:
-    the spec's estimate), where that is :data:`NEAR_SHOWN` or more; else None."""
+    the spec's estimate, ``time_scale`` the runs'), where that is
+    :data:`NEAR_SHOWN` or more; else None."""
     from trilemma.plan.simulate import near_deadline
 
-    share = None if e is None else near_deadline(sim, e)
-    return None if e is None or share is None or share < NEAR_SHOWN else _near_words(_pct(share), e)
+    share = None if e is None else near_deadline(sim, e, time_scale)
+    if e is None or share is None or share < NEAR_SHOWN:
+        return None
+    return _near_words(_pct(share), e, time_scale)
 
 
 def _and(items: Sequence[str]) -> str:
@@ -1593,7 +1599,7 @@ def compare_table(
     ]
     lines += [f"{short[r.name]}: under its {r.simulated.deadline_s:g}s deadline, {near} "
               + _no_room(r.name, overrides) for r in rows
-              if (near := _near(r.simulated, r.predicted)) is not None]  # fmt: skip
+              if (near := _near(r.simulated, r.predicted, r.time_scale)) is not None]  # fmt: skip
     # On the simulator the runs draw from the spec's own figures: a miss there is chance.
     lines += [_off_prediction(r, journal) for r in rows
               if (r.off_prediction or r.cost_off_prediction) and r.endpoints]  # fmt: skip
