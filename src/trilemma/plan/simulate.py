@@ -842,17 +842,17 @@ milliseconds after a wait ends (1-3 ms measured on two cores: 0.5 s simulated ca
 
 DEADLINE_HEADROOM_VIRTUAL_S = 0.001
 """:data:`DEADLINE_HEADROOM_S` for runs on a virtual clock (simulated ``compare`` and
-``sweep`` at ``--time-scale 0``, their default): no wait wakes late there, so what a run adds to the spec's
-time is the executor's own work, which the loop's clock counts (measured on two cores:
-early-stop.yaml's runs ending at 0.5 s took 0.5005-0.5008 s; ticket.yaml's 14 s runs
-14.0009-14.0012 s, up to 14.0055 s eight at a time)."""
+``sweep`` at ``--time-scale 0``, their default): no wait wakes late there, so what a run
+adds to the spec's time is the executor's own work, which the loop's clock counts
+(measured on two cores: early-stop.yaml's runs ending at 0.5 s took 0.5005-0.5008 s;
+ticket.yaml's 14 s runs 14.0009-14.0012 s, up to 14.0055 s eight at a time)."""
 
 
 def deadline_headroom(e: Estimate, time_scale: float = 1.0) -> float:
     """Seconds of the spec's time to add to a deadline found by the Monte Carlo before
     running with it: :data:`DEADLINE_HEADROOM_S` a step in real time; at ``time_scale`` F
     in (0, 1) the same real wake-ups are 1/F times as long in the spec's time (at 0.01,
-    early-stop.yaml's 0.5 s runs took 0.64-0.71 s); 0, a virtual clock,
+    early-stop.yaml's 0.5 s runs took 0.6-0.71 s); 0, a virtual clock,
     :data:`DEADLINE_HEADROOM_VIRTUAL_S`."""
     per_step = DEADLINE_HEADROOM_VIRTUAL_S if time_scale == 0 else DEADLINE_HEADROOM_S / time_scale
     return per_step * (1 + sum(1 for s in e.per_step if s.critical))
@@ -862,10 +862,10 @@ def near_deadline(sim: SimResult, e: Estimate, time_scale: float = 1.0) -> float
     """The share of ``sim``'s runs (a Monte Carlo under a deadline, its runs kept:
     :func:`under_budget` with ``keep``) that succeed in time by less than the executor's
     own time (:func:`deadline_headroom`, ``e`` being the spec's estimate, ``time_scale``
-    the runs'): runs the Monte Carlo, which counts the spec's time alone, has
-    in time and a run may not (those that end exactly at it: ticket.yaml's 92.8% without a
-    retry at 14 s, early-stop.yaml's 70% that its guess stops at 0.5 s). None without a
-    deadline or kept runs."""
+    the runs'): runs the Monte Carlo, which counts the spec's time alone, has in time and a
+    run may not (those that end exactly at it: ticket.yaml's 92.8% without a retry at 14 s,
+    early-stop.yaml's 70% that its guess stops at 0.5 s). None without a deadline or kept
+    runs."""
     if sim.deadline_s is None or sim.samples is None:
         return None
     late = sim.samples["latency"] >= sim.deadline_s - deadline_headroom(e, time_scale)

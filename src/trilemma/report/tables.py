@@ -1241,7 +1241,7 @@ def _in_time(done: int, near: int | None, n: int, headroom_s: float) -> str:
     ``near`` of them that end less than ``headroom_s`` (the executor's own time) before it."""
     said = "every run ends before it" if done >= n else f"about {done} of {n} runs end before it"
     if near:
-        said += (f", {near} of them less than {headroom_s * 1000:.0f} ms before it, which the "
+        said += (f", {near} of them less than {_room_words(headroom_s)} before it, which the "
                  "executor's own time may cross")  # fmt: skip
     return said
 
@@ -1525,9 +1525,13 @@ def _near_words(shares: str, e: Estimate, time_scale: float = 1.0) -> str:
     ``time_scale``), in words."""
     from trilemma.plan.simulate import deadline_headroom
 
-    room = deadline_headroom(e, time_scale)
-    span = f"{room * 1000:.0f} ms" if room < 1 else f"{room:.3g} s"  # 3 s at --time-scale 0.01
-    return f"{shares} of runs succeed less than {span} before the deadline"
+    room = _room_words(deadline_headroom(e, time_scale))
+    return f"{shares} of runs succeed less than {room} before the deadline"
+
+
+def _room_words(seconds: float) -> str:
+    """The executor's own time before a deadline, in words: 30 ms; 3 s (at --time-scale 0.01)."""
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.3g} s"
 
 
 def _near(sim: SimResult, e: Estimate | None, time_scale: float = 1.0) -> str | None:
