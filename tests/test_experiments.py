@@ -135,6 +135,7 @@ def test_cliff_on_the_simulator_follows_the_product_law(cli, tmp_path: Path) -> 
     said = cli("cliff", "--model", "sim", "--spec", spec, "--steps", "1", "--runs", "5",
                "--journal", tmp_path / "j.db", "--set", "models.sim.p_ok=0.5")  # fmt: skip
     assert said.out.startswith("with models.sim.p_ok=0.5 (--set; the file is unchanged)")
+    assert "│ 0.001s │" in " ".join(said.out.split())  # a 1 ms step to three figures, not 0.00s
     bad = cli("cliff", "--model", "sim", "--spec", spec, "--set", "models.sim.p_ok=2")
     assert bad.code == 2 and "--set models.sim.p_ok=2: models.sim.p_ok:" in bad.err
 

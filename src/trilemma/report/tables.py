@@ -1386,8 +1386,8 @@ def cliff_table(points: Sequence[Any], model: str) -> Table:
         d = p.to_json()
         t.add_row(str(p.steps), str(p.runs), _pct(p.predicted),
                   _with_ci(p.measured, d["measured_ci95"]),
-                  f"${p.cost_predicted:.3g}", f"${p.cost_measured:.3g}", f"{p.latency_predicted:.2f}s",
-                  f"{p.latency_measured:.2f}s")  # fmt: skip
+                  f"${p.cost_predicted:.3g}", f"${p.cost_measured:.3g}",  # three figures, as
+                  f"{p.latency_predicted:.3g}s", f"{p.latency_measured:.3g}s")  # a 1 ms chain: 0.005s  # fmt: skip
     return t
 
 
