@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from contextlib import closing
@@ -311,6 +312,11 @@ def test_resuming_after_the_deadline_says_what_to_give(tmp_path: Path, cli) -> N
     late = cli("batch", spec, "--inputs", lines, "--journal", db, "--resume", first["batch_id"])
     assert late.code == 1 and "5 lines did not start: the deadline had passed (with --resume, " \
         "--deadline SECONDS gives a new one)" in late.err  # fmt: skip
+    shown = " ".join(late.out.split())  # the table says it too
+    assert re.search(r"deadline │ passed \d+\.\d\ds before this session \(--deadline SECONDS gives a new "
+                     r"one\) │ 0 of 5 ended", shown), shown  # fmt: skip
+    none = cli("batch", spec, "--inputs", lines, "--journal", db, "--deadline", "0.01")
+    assert "quality per dollar │ 100.0 │ - │" in " ".join(none.out.split()), none.out  # not "inf": nothing succeeded
     again = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--resume",
                 first["batch_id"], "--deadline", "30").json()  # fmt: skip
     assert (again["status"], again["counts"]["ok"]) == ("ok", 6)

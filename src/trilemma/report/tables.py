@@ -90,8 +90,10 @@ def _pct(x: float) -> str:
     return f"{x * 100:.2f}%"
 
 
-def _qpd(x: float | None) -> str:
-    return "inf" if x is None else f"{x:.1f}"
+def _qpd(x: float | None, some_ok: bool = True) -> str:
+    """Quality per dollar; None is free: "inf" where something succeeded (cached answers),
+    "-" where nothing did (a batch whose deadline had passed: nothing ran)."""
+    return ("inf" if some_ok else "-") if x is None else f"{x:.1f}"
 
 
 STEPS_SHOWN = 40
@@ -1142,7 +1144,7 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     n = len(b.lines)
     ceiling = f" (ceiling {usd(b.max_cost_usd)})" if b.max_cost_usd is not None else ""
     measured = [usd(b.cost_usd) + ceiling, f"{b.count('ok')} of {n}", f"{b.latency_s:.2f}s",
-                _qpd(b.quality_per_dollar)]  # fmt: skip
+                _qpd(b.quality_per_dollar, b.count("ok") > 0)]  # fmt: skip
     t = FittedTable(title=f"{b.batch_id}: {n} runs, {b.status}", title_justify="left")
     for col in ("", "predicted", "measured"):
         t.add_column(col, justify="right")
@@ -1156,9 +1158,11 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     if b.deadline_s is not None and b.planned_time is not None:  # the runs it lets end
         from trilemma.plan.simulate import deadline_headroom
 
-        said = _in_time(planned["runs_done_by_deadline"], planned["runs_near_deadline"], ran,
-                        deadline_headroom(b.predicted))  # fmt: skip
-        t.add_row("deadline", f"{b.deadline_s:g}s: {said}", f"{b.ran_to_end()} of {ran} ended")
+        said = (f"{b.deadline_s:g}s: " + _in_time(planned["runs_done_by_deadline"],
+                planned["runs_near_deadline"], ran, deadline_headroom(b.predicted))
+                if b.deadline_s > 0 else  # a resumed batch's, passed: --deadline gives a new one
+                f"passed {-b.deadline_s:.2f}s before this session (--deadline SECONDS gives a new one)")  # fmt: skip
+        t.add_row("deadline", said, f"{b.ran_to_end()} of {ran} ended")
     counts = ", ".join(f"{b.count(s)} {s}" for s in
                        ("ok", "failed", "budget_exhausted", "deadline", "not_started") if b.count(s))  # fmt: skip
     earlier = sum(1 for r in b.lines if r.from_journal)
@@ -1583,7 +1587,7 @@ def compare_table(
         t.add_row(
             short[r.name], _with_ci(r.success_rate, r.ci95), _pct(success) + mark,
             usd(r.cost_mean), usd(cost) + mark, f"{r.latency_mean_s:.2f}s",
-            f"{latency:.2f}s" + mark, f"{r.calls_mean:.2f}", _qpd(r.quality_per_dollar),
+            f"{latency:.2f}s" + mark, f"{r.calls_mean:.2f}", _qpd(r.quality_per_dollar, r.ok > 0),
             _qpd(success / cost if cost > 0 else None) + mark,
         )  # fmt: skip
     t.caption = (f"predicted: Monte Carlo of {rows[0].simulated.runs:,} runs (success, mean "
