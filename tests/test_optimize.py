@@ -395,6 +395,11 @@ def test_a_chosen_spec_whose_runs_end_at_the_latency_budget_is_said_so(cli) -> N
         chosen = cli("optimize", *args, "--max-latency", budget, "--json").json()["budget_check"]["chosen"]
         assert chosen["success_rate"] > 0.4
         assert chosen["near_deadline_rate"] == (chosen["success_rate"] if near else 0.0), chosen
+    # the enforced search's own Monte Carlo of its answer is the check: it keeps its runs too
+    enforced = cli("optimize", *args, "--max-latency", "0.4", "--budget-on", "enforced", "--json").json()
+    chosen, own = enforced["budget_check"]["chosen"], enforced["enforced"]
+    assert chosen["near_deadline_rate"] == chosen["success_rate"] > 0.4, chosen
+    assert {k: own[k] for k in chosen} == chosen  # the one Monte Carlo, not a second
 
 
 def test_a_cost_budget_is_checked_as_a_ceiling_by_monte_carlo(cli) -> None:

@@ -185,8 +185,7 @@ def simulate(
     with progress(show) as bar:
         task = bar.add_task("simulating", total=runs)
         result = simulate_wf(wf, runs, seed, settings, halt=halt, max_cost_usd=cap,
-                             keep=plot is not None or wf.budget.deadline_s is not None,
-                             progress=lambda n: bar.advance(task, n))  # fmt: skip
+                             keep=plot is not None, progress=lambda n: bar.advance(task, n))  # fmt: skip
     if plot is not None:
         from trilemma.report.plots import plot_simulation
 
@@ -401,13 +400,11 @@ def _budget_checks(wf: Workflow, r: Any) -> dict[str, SimResult]:
     b = r.budget
     if b.deadline_s is None and b.max_cost_usd is None:
         return {}
-    keep = b.deadline_s is not None  # its runs, for those it has in time by a hair
-    checks = {"original": under_budget(wf, b.deadline_s, b.max_cost_usd, check_seed(wf), keep=keep)}
-    if r.enforced is not None and not keep:  # the enforced search simulated it just so already
+    checks = {"original": under_budget(wf, b.deadline_s, b.max_cost_usd, check_seed(wf))}
+    if r.enforced is not None:  # the enforced search simulated its answer just so already
         checks["chosen"] = r.enforced
     elif r.best is not None:
-        checks["chosen"] = under_budget(r.best, b.deadline_s, b.max_cost_usd, check_seed(wf),
-                                        keep=keep)  # fmt: skip
+        checks["chosen"] = under_budget(r.best, b.deadline_s, b.max_cost_usd, check_seed(wf))
     return checks
 
 
@@ -451,10 +448,10 @@ def _optimize_json(r: Any, chosen: str | None) -> dict[str, Any]:
         "over_on_average": r.over_on_average,  # what put those over_in_slots over
         "notes": list(r.notes),
         "judged": None if r.judged is None else {
-            **r.judged.brief(), "stops_simulated": r.simulated,
+            **r.judged.brief(r.best_estimate), "stops_simulated": r.simulated,
         },
         "enforced": None if r.enforced is None else {
-            **r.enforced.brief(), "candidates_simulated": r.simulated,
+            **r.enforced.brief(r.best_estimate), "candidates_simulated": r.simulated,
         },
     }
 

@@ -149,8 +149,7 @@ def run_cmd(
     if ceiling is not None or limit is not None:  # what the analytic figures cannot say
         from trilemma.plan.simulate import under_budget
 
-        under = under_budget(wf, limit, ceiling, result.seed, RUN_PREDICTION_RUNS,
-                             keep=limit is not None)  # fmt: skip
+        under = under_budget(wf, limit, ceiling, result.seed, RUN_PREDICTION_RUNS)
     if as_json:
         emit_json({**result.to_json(), "overrides": list(sets or ()),
                    "predicted_under_budget": None if under is None else under.brief(result.predicted)})

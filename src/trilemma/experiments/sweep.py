@@ -225,10 +225,8 @@ def budget_sweep(
         return replace(row, predicted_success=sim.success_rate, predicted_cost=sim.cost_usd.mean,
                        predicted_near=near_deadline(sim, e, time_scale))  # fmt: skip
 
-    # the Monte Carlo under no budget, then under each: what the runs will bill, and beside
-    # them (its runs kept under a deadline: those it has in time by a hair)
-    plans = [under_budget(unbudgeted, b.deadline_s, b.max_cost_usd, seed,
-                          keep=b.deadline_s is not None)
+    # the Monte Carlo under no budget, then under each: what the runs will bill, and beside them
+    plans = [under_budget(unbudgeted, b.deadline_s, b.max_cost_usd, seed)
              for b in (Limits(), *budgets)]  # fmt: skip
     if on_bill is not None and (bill := bill_ahead(unbudgeted, runs, plans)) is not None:
         on_bill(bill)

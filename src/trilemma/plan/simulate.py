@@ -203,7 +203,8 @@ class SimResult:
     ceiling_hits: int = 0
     """Trajectories stopped by the ceiling: a call's worst case did not fit."""
     samples: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
-    """With ``keep=True``: per trajectory, ``cost``, ``latency`` and ``ok`` (for plots)."""
+    """With ``keep=True``, and always under a deadline: per trajectory, ``cost``, ``latency``
+    and ``ok`` (for plots, and the runs in time by a hair, :func:`near_deadline`)."""
 
     @property
     def success_rate(self) -> float:
@@ -603,7 +604,8 @@ def simulate(
     ``progress`` is called with the number of trajectories each chunk finished.
     ``max_cost_usd``: a spend ceiling to hold as the executor does (None: unbounded, whatever
     the spec's budget says). ``keep``: keep every trajectory's cost, latency and outcome in
-    :attr:`SimResult.samples`.
+    :attr:`SimResult.samples`, as a deadline always does (:func:`near_deadline` reads them;
+    the arrays are made either way, and kept as long as the result is).
     """
     if runs < 1:
         raise ValueError("runs must be a positive integer")
@@ -642,7 +644,9 @@ def simulate(
         deadline_hits=int(late.sum()),
         max_cost_usd=max_cost_usd,
         ceiling_hits=int(broke.sum()),
-        samples={"cost": cost, "latency": latency, "ok": ok} if keep else None,
+        samples={"cost": cost, "latency": latency, "ok": ok}
+        if keep or wf.budget.deadline_s is not None
+        else None,
     )
 
 
@@ -859,13 +863,12 @@ def deadline_headroom(e: Estimate, time_scale: float = 1.0) -> float:
 
 
 def near_deadline(sim: SimResult, e: Estimate, time_scale: float = 1.0) -> float | None:
-    """The share of ``sim``'s runs (a Monte Carlo under a deadline, its runs kept:
-    :func:`under_budget` with ``keep``) that succeed in time by less than the executor's
-    own time (:func:`deadline_headroom`, ``e`` being the spec's estimate, ``time_scale``
-    the runs'): runs the Monte Carlo, which counts the spec's time alone, has in time and a
-    run may not (those that end exactly at it: ticket.yaml's 92.8% without a retry at 14 s,
-    early-stop.yaml's 70% that its guess stops at 0.5 s). None without a deadline or kept
-    runs."""
+    """The share of ``sim``'s runs (a Monte Carlo under a deadline, which keeps its runs)
+    that succeed in time by less than the executor's own time (:func:`deadline_headroom`,
+    ``e`` being the spec's estimate, ``time_scale`` the runs'): runs the Monte Carlo, which
+    counts the spec's time alone, has in time and a run may not (those that end exactly at
+    it: ticket.yaml's 92.8% without a retry at 14 s, early-stop.yaml's 70% that its guess
+    stops at 0.5 s). None without a deadline."""
     if sim.deadline_s is None or sim.samples is None:
         return None
     late = sim.samples["latency"] >= sim.deadline_s - deadline_headroom(e, time_scale)
