@@ -481,7 +481,7 @@ def simulate_table(r: SimResult, e: Estimate, *, halted: bool = True) -> Table:
         t.caption += (f"; the {r.deadline_s:g}s deadline cut {_pct(r.deadline_hits / r.runs)} "
                       "of runs (cancelled: failed)")  # fmt: skip
         if (near := _near(r, e)) is not None:
-            t.caption += (f", and {near}, which the executor's own time may cross (--deadline-for "
+            t.caption += (f", and {near}, {MAY_CROSS} (--deadline-for "
                           "advises a deadline with room)")  # fmt: skip
     if r.max_cost_usd is not None:
         t.caption += (f"; the {usd(r.max_cost_usd)} ceiling stopped "
@@ -977,7 +977,7 @@ def budget_check_line(
         out = [f"{_pct(r.deadline_hits / r.runs)} cut"] if deadline is not None else []
         out += [f"{_pct(r.ceiling_hits / r.runs)} stopped"] if ceiling is not None else []
         if (near := _near(r, (estimates or {}).get(name))) is not None:
-            out.append(f"{near}, which the executor's own time may cross")
+            out.append(f"{near}, {MAY_CROSS}")
         return ", ".join(out)
 
     parts = [f"{name} succeeds {_pct(r.success_rate)} ({lost(name, r)})" for name, r in checks.items()]
@@ -1011,7 +1011,7 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None) ->
         t.add_row("  under its budget", f"{_pct(under.success_rate)} (Monte Carlo, "
                   f"{' and '.join(h for h in held if h)})", "")  # fmt: skip
         if (near := _near(under, p)) is not None:  # runs it has in time by a hair
-            t.add_row("  near its deadline", f"{near}, which the executor's own time may cross", "")
+            t.add_row("  near its deadline", f"{near}, {MAY_CROSS}", "")
     if r.saved_usd:
         t.add_row("saved by stopping early", "", usd(r.saved_usd))
     st = FittedTable(box=None)
@@ -1245,8 +1245,7 @@ def _in_time(done: int, near: int | None, n: int, headroom_s: float) -> str:
     ``near`` of them that end less than ``headroom_s`` (the executor's own time) before it."""
     said = "every run ends before it" if done >= n else f"about {done} of {n} runs end before it"
     if near:
-        said += (f", {near} of them less than {_room_words(headroom_s)} before it, which the "
-                 "executor's own time may cross")  # fmt: skip
+        said += f", {near} of them less than {_room_words(headroom_s)} before it, {MAY_CROSS}"
     return said
 
 
@@ -1521,6 +1520,10 @@ def _tight_deadlines(sw: Sweep, source: str, overrides: Sequence[str]) -> list[s
     labels = _and([label for label, _ in near])
     said = _near_words(_and([_pct(share) for _, share in near]), sw.predicted, sw.time_scale)
     return [f"{labels}: {said} " + _no_room(source, overrides)]
+
+
+MAY_CROSS = "which the executor's own time may cross"
+"""What follows the runs a planner has in time by a hair, in a row or a caption."""
 
 
 def _near_words(shares: str, e: Estimate, time_scale: float = 1.0) -> str:
