@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from contextlib import closing
 from pathlib import Path
@@ -535,6 +537,47 @@ def test_a_batch_names_the_runs_that_end_at_its_deadline_by_a_hair(
     assert "ms before it" not in cli(*args, "--deadline", "0.6", "--plan").out
     free = cli(*args, "--plan", "--json").json()
     assert free["runs_near_deadline"] is None and free["deadline_headroom_s"] is None
+    # the runs that end by then are the guesses that passed (the stop): all of them ok
+    assert plan["runs_ok_by_deadline"] == pytest.approx(0.7 * 8, abs=0.35)
+    assert roomy["runs_ok_by_deadline"] == plan["runs_ok_by_deadline"]
+    assert free["runs_ok_by_deadline"] is None
+
+
+def test_a_batch_under_a_deadline_plans_the_runs_that_end_ok_before_it(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check of 0.1 s passes half the time and a failed run stops there; the answer after
+    it takes 0.5 s. Twenty lines at once under a 0.3 s deadline: the ten or so that end
+    before it are the failed ones, so none ends ok, which the runs ok row says beside its
+    18% ok at the runs' end (ok_lines, of runs without the deadline); the batch's runs
+    measure the same. Under 5 s every ok run ends before it and the row says nothing more."""
+    monkeypatch.setenv("COLUMNS", "250")  # each row on a line of its own
+    spec, lines = tmp_path / "halts.yaml", tmp_path / "lines.jsonl"
+    spec.write_text("version: 1\nmodels: {check: {usd_per_call: 0.001, latency_s: 0.1, p_ok: 0.5},"
+                    " answer: {usd_per_call: 0.01, latency_s: 0.5, p_ok: 1}}\nsteps: [{id: c, "
+                    "model: check}, {id: a, model: answer, after: [c]}]\n")  # fmt: skip
+    lines.write_text("{}\n" * 20)
+    args = ("batch", spec, "--inputs", lines, "--parallel", "20", "--journal", tmp_path / "j.db")
+    plan = cli(*args, "--deadline", "0.3", "--plan", "--json").json()
+    assert plan["predicted"]["ok_lines"] == pytest.approx(10, abs=0.5)
+    assert 7 <= plan["runs_done_by_deadline"] <= 13 and plan["runs_ok_by_deadline"] == 0
+    shown = " ".join(cli(*args, "--deadline", "0.3", "--plan").out.split())
+    assert "runs ok │ 10.0 of 20 (50.00%); 0.0 of them before the deadline │" in shown
+    ran = cli(*args, "--deadline", "0.3", "--seed", "2", "--json").json()
+    assert ran["status"] == "deadline" and ran["counts"]["ok"] == 0 < ran["counts"]["failed"]
+    assert ran["predicted"]["runs_ok_by_deadline"] == 0
+    table = " ".join(cli(*args, "--deadline", "0.3", "--seed", "2").out.split())
+    assert "0.0 of them before the deadline │ 0 of 20 │" in table
+    late = cli(*args, "--deadline", "5", "--plan", "--json").json()
+    assert late["runs_ok_by_deadline"] == pytest.approx(late["predicted"]["ok_lines"])
+    assert "before the deadline" not in cli(*args, "--deadline", "5", "--plan").out
+
+    # the answer's model two at a time: the runs replayed together, the ok ones two by two
+    spec.write_text(spec.read_text().replace("p_ok: 1}", "p_ok: 1, max_concurrency: 2}"))
+    held = cli(*args, "--deadline", "1.15", "--plan", "--json").json()
+    assert held["predicted"]["limited_by"]["limit"] == "max_concurrency"
+    assert held["runs_done_by_deadline"] == 14  # ten failed at 0.1 s, four ok by 1.1 s
+    assert held["runs_ok_by_deadline"] == pytest.approx(4, abs=0.3)
 
 
 def test_an_out_file_that_cannot_be_written_is_refused_before_anything_runs(
@@ -1018,3 +1061,15 @@ def test_the_batch_plan_s_own_time_counts_neither_against_its_deadline_nor_in_it
               "--json").json()  # fmt: skip
     assert (got["status"], got["counts"]["ok"]) == ("ok", 4), got
     assert 0.1 <= got["latency_s"] < 0.3  # the runs' time, not the plan's
+
+
+def test_the_batch_plan_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/bench_batch_plan.py reads the plan's inner parts (the pool, the replay, the
+    limits), so a change there can break it where no other test looks."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_batch_plan.py"
+    r = subprocess.run([sys.executable, str(script), "--specs", "1", "--lines", "4",
+                        "--repeats", "1"], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    for plan in ("rounds", "pool", "pool or limits", "replayed"):
+        assert f"\n{plan}: measured / planned " in r.stdout

@@ -47,11 +47,12 @@ _ANSWER, _TIMER, _RETRY = 0, 1, 2
 @dataclass(frozen=True, slots=True)
 class Replayed:
     """A batch replayed: when each line's run ended, replay by replay (rows, columns
-    sorted), and the batch's bills on average (the calls a failed run never sent bill
-    nothing)."""
+    sorted), whether it ended ok (``ok``, in the same places), and the batch's bills on
+    average (the calls a failed run never sent bill nothing)."""
 
     ends: np.ndarray
     cost_usd: float
+    ok: np.ndarray
 
 
 def replay_batch(wf: Workflow, p: Estimate, lines: int, parallel: int) -> Replayed | None:
@@ -77,16 +78,19 @@ def replay_batch(wf: Workflow, p: Estimate, lines: int, parallel: int) -> Replay
     rng = np.random.default_rng(_SEED)
     got = [_one(wf, d, prio, children, lines, parallel, rng)
            for _ in range(min(REPLAY_REPS, reps))]  # fmt: skip
-    ends = np.array([e for e, _ in got])
-    ends.sort(axis=1)
-    return Replayed(ends, float(np.mean([c for _, c in got])))
+    ends = np.array([e for e, _, _ in got])
+    order = ends.argsort(axis=1, kind="stable")
+    ok = np.take_along_axis(np.array([k for _, _, k in got], dtype=float), order, axis=1)
+    return Replayed(np.take_along_axis(ends, order, axis=1),
+                    float(np.mean([c for _, c, _ in got])), ok)  # fmt: skip
 
 
 def _one(
     wf: Workflow, d: StepDraws, prio: list[float], children: list[list[int]], lines: int,
     parallel: int, rng: np.random.Generator,
-) -> tuple[list[float], float]:  # fmt: skip
-    """One replay: when each line's run ends, and what the calls sent bill (``prio``: each
+) -> tuple[list[float], float, list[bool]]:  # fmt: skip
+    """One replay: when each line's run ends, what the calls sent bill, and whether each run
+    ended ok, in the order they ended (``prio``: each
     step's place among the calls waiting for a slot, lowest first; ``children``: the steps
     that wait for each)."""
     n_steps = len(d.order)
@@ -117,6 +121,7 @@ def _one(
     flying = [[0] * n_steps for _ in range(lines)]
     done = [[False] * n_steps for _ in range(lines)]
     ended: list[float] = []
+    ended_ok: list[bool] = []
     next_line = 0
 
     def start_run(r: int, now: float) -> None:
@@ -244,6 +249,7 @@ def _one(
         nonlocal next_line
         end[r] = max(end[r], now)
         ended.append(end[r])
+        ended_ok.append(not failed[r])
         if next_line < lines:
             next_line += 1
             start_run(next_line - 1, end[r])
@@ -263,4 +269,4 @@ def _one(
         else:  # a cache hit's lookup, or a step the draw never reached
             step_done(r, i, now)
         dispatch(r, now)
-    return ended, spent
+    return ended, spent, ended_ok

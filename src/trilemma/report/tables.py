@@ -1119,8 +1119,11 @@ def limit_held(limit: Mapping[str, Any] | None) -> str:
     return "" if limit is None else f"{limit['model']}'s {limit['limit']} {limit['value']:,} holds it"
 
 
-def _planned_rows(plan: dict[str, Any], n: int, parallel: int) -> list[tuple[str, str]]:
-    """The planner's figures for a batch (``predicted_json``), a row each."""
+def _planned_rows(
+    plan: dict[str, Any], n: int, parallel: int, ok_by_deadline: float | None = None
+) -> list[tuple[str, str]]:
+    """The planner's figures for a batch (``predicted_json``), a row each; under a deadline,
+    how many runs end ok before it (``ok_by_deadline``) beside those ok at their end."""
     cost, latency = plan["cost_usd"], plan["latency_s"]
     halts, each, shared = cost.get("halting"), latency.get("halting_per_run"), cost.get("replayed")
     halting = f" ({usd(halts)} as failed runs stop)" if well_under(halts, cost["expected"]) else ""
@@ -1131,7 +1134,8 @@ def _planned_rows(plan: dict[str, Any], n: int, parallel: int) -> list[tuple[str
     held = f"{said}; " if (said := limit_held(plan.get("limited_by"))) else ""
     return [
         ("cost", f"{usd(cost['expected'])} expected{halting}, {usd(cost['worst'])} worst"),
-        ("runs ok", f"{plan['ok_lines']:.1f} of {n}" + (f" ({_pct(plan['ok_lines'] / n)})" if n else "")),
+        ("runs ok", f"{plan['ok_lines']:.1f} of {n}" + (f" ({_pct(plan['ok_lines'] / n)})" if n else "")
+                    + _ok_in_time(ok_by_deadline, plan["ok_lines"])),
         ("latency", f"{latency['batch']:.2f}s ({held}{parallel} at a time, {stopped}"
                     f"{latency['expected_per_run']:.2f}s expected each, "
                     f"{latency['critical_path_per_run']:.2f}s critical path)"),
@@ -1149,7 +1153,8 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     for col in ("", "predicted", "measured"):
         t.add_column(col, justify="right")
     planned = b.planned()
-    for (label, row), got in zip(_planned_rows(planned, n, b.parallel), measured, strict=True):
+    rows = _planned_rows(planned, n, b.parallel, planned["runs_ok_by_deadline"])
+    for (label, row), got in zip(rows, measured, strict=True):
         t.add_row(label, row, got)
     ran = 0 if b.planned_time is None else b.planned_time.runs  # this session's
     if b.max_cost_usd is not None and b.planned_time is not None:  # the runs it pays for
@@ -1217,7 +1222,7 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
                     title_justify="left")  # fmt: skip
     t.add_column("")
     t.add_column("predicted", justify="right")
-    for row in _planned_rows(plan["predicted"], n, plan["parallel"]):
+    for row in _planned_rows(plan["predicted"], n, plan["parallel"], plan.get("runs_ok_by_deadline")):
         t.add_row(*row)
     if plan["max_cost_usd"] is not None:
         t.add_row("ceiling", f"{usd(plan['max_cost_usd'])}: {_pays(plan['runs_covered_at_worst'], n)}")
@@ -1232,6 +1237,11 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
         t.add_row(f"shared budget {shared['name']}",
                   f"{usd(shared['remaining_usd'])} left: {_pays(shared['runs_covered_at_worst'], n)}")  # fmt: skip
     return t
+
+
+def _ok_in_time(ok: float | None, ok_lines: float) -> str:
+    """The runs ok before a batch's deadline, after those ok at their end, where it cuts some."""
+    return "" if ok is None or ok >= ok_lines - 0.05 else f"; {ok:.1f} of them before the deadline"
 
 
 def _pays(covered: int | None, n: int) -> str:

@@ -159,14 +159,16 @@ class BatchResult:
         """The planner's figures for the batch (as ``--plan`` gives them before it runs), and
         under a ceiling how many of this session's runs it pays for at their worst
         (``runs_covered_at_worst``), under a deadline how many end before it
-        (``runs_done_by_deadline``) and how many of those by a hair (``runs_near_deadline``)."""
+        (``runs_done_by_deadline``), how many of those by a hair (``runs_near_deadline``) and
+        how many end ok before it, on average (``runs_ok_by_deadline``)."""
         t, n = self.planned_time, len(self.lines)
         limit = None if t is None else t.limit
         replayed = t.cost_usd if t is not None and t.runs == n else None  # lines of a session
         return {**predicted_json(self.predicted, n, self.latency_planned_s, limit, replayed),
                 "runs_covered_at_worst": self.covered,
                 "runs_done_by_deadline": None if t is None else t.in_time,
-                "runs_near_deadline": None if t is None else t.near}  # fmt: skip
+                "runs_near_deadline": None if t is None else t.near,
+                "runs_ok_by_deadline": None if t is None else _rounded(t.ok_in_time)}  # fmt: skip
 
     @property
     def deadline_s(self) -> float | None:
@@ -390,18 +392,23 @@ class BatchTime:
     near: int | None = None
     """How many of those end before it by less than the executor's own time
     (:meth:`_Ends.near`): the planner has them in time, a run may not."""
+    ok_in_time: float | None = None
+    """How many of the ``runs`` end ok before ``deadline_s``, on average
+    (:meth:`_Ends.ok_in_time`)."""
 
 
 def batch_time(
     wf: Workflow, p: Estimate, runs: int, parallel: int, deadline_s: float | None = None
 ) -> BatchTime:
     """:func:`batch_latency`, with the model's limit that sets it, if one does; with
-    ``deadline_s``, how many runs end before it, and how many of those by a hair."""
+    ``deadline_s``, how many runs end before it, how many of those by a hair, and how many
+    end ok before it."""
     ends = _Ends.of(wf, p, runs, parallel)
     if deadline_s is None:
         return ends.time()
     return replace(ends.time(), deadline_s=deadline_s, in_time=ends.in_time(deadline_s),
-                   near=ends.near(deadline_s, deadline_headroom(p)))  # fmt: skip
+                   near=ends.near(deadline_s, deadline_headroom(p)),
+                   ok_in_time=ends.ok_in_time(deadline_s))  # fmt: skip
 
 
 #: A replay holds the batch up by a model's limits where it takes this much longer than
@@ -416,17 +423,22 @@ class _Ends:
     as the pool runs them (:func:`_pool`), with the models' ``limits``."""
 
     pool: np.ndarray
+    pool_ok: np.ndarray
+    """The chance each of the pool's runs ends ok, in :attr:`pool`'s places."""
     replayed: Replayed | None
     limits: Sequence[ModelLimit]
     runs: int
     per_run_usd: float
     """A run's bill by the estimate (halting where it drew that)."""
+    reliability: float
+    """A run's chance to end ok, by the estimate."""
 
     @classmethod
     def of(cls, wf: Workflow, p: Estimate, runs: int, parallel: int) -> _Ends:
         got = replay_batch(wf, p, runs, parallel)  # None where no model's limit holds a call
         per_run = p.halting.cost_usd if p.halting is not None else p.cost_expected
-        return cls(_pool(wf, p, runs, parallel), got, model_limits(wf, p), runs, per_run)
+        return cls(*_pool(wf, p, runs, parallel), got, model_limits(wf, p), runs, per_run,
+                   p.reliability)
 
     def time(self) -> BatchTime:
         """The batch's mean time, and the limit that holds it up, if one does: the replay's
@@ -453,10 +465,33 @@ class _Ends:
             return None
         ends = self.pool if self.replayed is None else self.replayed.ends
         got = round(float((ends <= deadline * (1 + 1e-9)).sum(axis=1).mean()))
+        return min(got, self._through(deadline))
+
+    def _through(self, deadline: float) -> int:
+        """The most runs that can end by ``deadline``: all, or with the pool, as many as the
+        models' limits let through by then (the replay waits on them itself)."""
         if self.replayed is not None:
-            return min(self.runs, got)
-        through = (math.floor(lim.runs_by(deadline) + 1e-9) for lim in self.limits)
-        return min(self.runs, got, *through)
+            return self.runs
+        return min([self.runs, *(math.floor(lim.runs_by(deadline) + 1e-9) for lim in self.limits)])
+
+    def ok_in_time(self, deadline: float | None) -> float | None:
+        """How many runs end ok before ``deadline``, on average (None: no deadline): the runs
+        the estimate has ok (its reliability times the runs), times the share of the drawn
+        runs ending ok that end before it (as :meth:`in_time` counts them), so that a
+        deadline after every run takes them all. A spec that stops early ends its quick runs
+        ok; one whose failures halt ends its quick runs failed. Where the models' limits let
+        fewer runs through than the pool has end, those are ok by the same share."""
+        if deadline is None:
+            return None
+        ends, ok = ((self.pool, self.pool_ok) if self.replayed is None
+                    else (self.replayed.ends, self.replayed.ok))  # fmt: skip
+        before = ends <= deadline * (1 + 1e-9)
+        drawn_ok = float(ok.sum(axis=1).mean())
+        if drawn_ok <= 0:
+            return 0.0
+        got = self.reliability * self.runs * float((ok * before).sum(axis=1).mean()) / drawn_ok
+        done, through = float(before.sum(axis=1).mean()), self._through(deadline)
+        return got * through / done if through < done else got
 
     def near(self, deadline: float | None, headroom: float) -> int | None:
         """How many runs end before ``deadline`` by less than ``headroom`` (the executor's
@@ -512,22 +547,26 @@ POOL_REPS, POOL_REPS_MIN = 1024, 4
 _POOL_SEED = 20261206
 
 
-def _pool(wf: Workflow, p: Estimate, runs: int, parallel: int) -> np.ndarray:
+def _pool(wf: Workflow, p: Estimate, runs: int, parallel: int) -> tuple[np.ndarray, np.ndarray]:
     """When the batch's runs end, as its pool runs them: ``parallel`` at a time, the next
     line starting as soon as any run ends. One row per repetition (a fixed seed), the
     columns sorted: each run's time drawn from the estimate's whole runs
     (:func:`~trilemma.plan.estimate.run_draws`) scaled to the estimate's mean
-    (:func:`_per_run_s`). Runs that always take the same time end in rounds, exactly."""
+    (:func:`_per_run_s`). Runs that always take the same time end in rounds, exactly.
+    Beside the ends, in the same places, the chance each run ends ok: its drawn run's
+    outcome (1 or 0), or for runs in rounds, the drawn runs' share ok."""
     each = _per_run_s(p)
     if runs <= 0:
-        return np.zeros((1, 0))
-    drawn = run_draws(wf)["latency"]
-    mean = float(drawn.mean())
-    if each <= 0 or mean <= 0 or float(drawn.max() - drawn.min()) <= 1e-9 * mean:
+        return np.zeros((1, 0)), np.zeros((1, 0))
+    drawn = run_draws(wf)
+    took, ok = drawn["latency"], drawn["ok"].astype(float)
+    mean = float(took.mean())
+    if each <= 0 or mean <= 0 or float(took.max() - took.min()) <= 1e-9 * mean:
         rounds = np.arange(runs) // parallel + 1
-        return (rounds * each).astype(float)[None, :]
+        return (rounds * each).astype(float)[None, :], np.full((1, runs), float(ok.mean()))
     reps = max(POOL_REPS_MIN, min(POOL_REPS, POOL_CELLS // runs))
-    times = np.random.default_rng(_POOL_SEED).choice(drawn * (each / mean), size=(reps, runs))
+    which = np.random.default_rng(_POOL_SEED).integers(0, len(took), size=(reps, runs))
+    times = took[which] * (each / mean)
     width = min(parallel, runs)
     free = times[:, :width].copy()  # the first runs start at once
     ends = np.empty_like(times)
@@ -537,8 +576,8 @@ def _pool(wf: Workflow, p: Estimate, runs: int, parallel: int) -> np.ndarray:
         slot = free.argmin(axis=1)
         free[rows, slot] += times[:, i]
         ends[:, i] = free[rows, slot]
-    ends.sort(axis=1)
-    return ends
+    order = ends.argsort(axis=1, kind="stable")
+    return np.take_along_axis(ends, order, axis=1), np.take_along_axis(ok[which], order, axis=1)
 
 
 def plan_batch(
@@ -554,7 +593,9 @@ def plan_batch(
     the spec's) on average, as the pool or the replay runs them (:class:`_Ends`; None
     without one); ``runs_near_deadline``: how many of those end less than the executor's
     own time before it (``deadline_headroom_s``, :meth:`_Ends.near`), which a run's own
-    time may put past it.
+    time may put past it; ``runs_ok_by_deadline``: how many end ok before it, on average
+    (:meth:`_Ends.ok_in_time`): the figure to set beside the runs ok under a deadline,
+    where ``predicted.ok_lines`` is of runs that all go to their end.
     ``shared_left``: a shared budget's name and the dollars left in it now; the plan then
     says how many runs those pay for at their worst too.
     """
@@ -568,6 +609,7 @@ def plan_batch(
         "deadline_s": deadline,
         "runs_done_by_deadline": ends.in_time(deadline),
         "runs_near_deadline": ends.near(deadline, deadline_headroom(p)),
+        "runs_ok_by_deadline": _rounded(ends.ok_in_time(deadline)),
         "deadline_headroom_s": None if deadline is None else deadline_headroom(p),
         "predicted": predicted_json(p, lines, took.latency_s, took.limit, took.cost_usd),
     }  # fmt: skip
@@ -576,6 +618,11 @@ def plan_batch(
         out["shared_budget"] = {"name": name, "remaining_usd": left,
                                 "runs_covered_at_worst": _covered(left, p.cost_worst, lines)}  # fmt: skip
     return out
+
+
+def _rounded(runs: float | None) -> float | None:
+    """A mean count of runs, to six places, as the JSON gives ``ok_lines``."""
+    return None if runs is None else round(runs, 6)
 
 
 def _covered(dollars: float | None, worst: float, lines: int) -> int | None:
