@@ -665,3 +665,31 @@ def test_a_gateway_config_and_a_workflow_spec_given_to_the_other_s_command_say_s
     assert r.code == 2 and r.err.count("\n") == 1, r.err
     assert "single.yaml: steps: this is a workflow spec, not a gateway's config: " \
            "`trilemma run FILE` runs it" in r.err  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "left_out"),
+    [
+        (["run", "{spec}"], "the spec's budget.deadline_s, if any"),
+        (["batch", "{spec}", "--inputs", "{lines}"], "the spec's budget.deadline_s, if any"),
+        (["simulate", "{spec}"], "the spec's budget.deadline_s, if any"),
+        (["resume", "latest"], "the run keeps its own"),
+    ],
+)
+def test_a_deadline_of_0_is_refused_before_anything_runs(
+    cli, tmp_path: Path, args: list[str], left_out: str
+) -> None:
+    """--deadline 0 cut every run before its first call (run and batch journaled such runs,
+    and said so only after); simulate, sweep and a spec refused it. Now each command that
+    takes a deadline refuses it, and says what holds with the option left out."""
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text("{}\n")
+    db = tmp_path / "j.db"
+    argv = [a.format(spec=EXAMPLES / "diamond.yaml", lines=lines) for a in args]
+    journal = [] if args[0] == "simulate" else ["--journal", db]  # simulate journals nothing
+    r = cli(*argv, "--deadline", "0", *journal)
+    assert r.code == 2 and r.err == (
+        "trilemma: error: Invalid value for '--deadline': 0 would cut every run before its "
+        f"first call; give seconds above 0, or leave it out ({left_out}); see `trilemma "
+        f"{args[0]} --help`\n")  # fmt: skip
+    assert not db.exists()  # nothing journaled

@@ -218,6 +218,21 @@ def seconds(help: str, *names: str) -> Any:
                         help=help)  # fmt: skip
 
 
+def deadline_seconds(help: str, left_out: str = "the spec's budget.deadline_s, if any") -> Any:
+    """A deadline in seconds: above 0 up to :data:`MAX_SECONDS`. A deadline of 0 would cut
+    every run before its first call, and is no way to say "none": the refusal says what
+    holds with the option left out (``left_out``)."""
+    bounded = _at_most(MAX_SECONDS, "1e7 seconds")
+
+    def check(value: float | None) -> float | None:
+        if value == 0:
+            raise typer.BadParameter(f"0 would cut every run before its first call; give "
+                                     f"seconds above 0, or leave it out ({left_out})")  # fmt: skip
+        return bounded(value)
+
+    return typer.Option(min=0.0, callback=check, help=help)
+
+
 def _at_most(bound: float, said: str) -> Callable[[float | None], float | None]:
     """A check of an option's upper bound. It is kept out of typer's ``max``, which help
     would show beside every such option ("[0<=x<=4611686018427387904]"); the lower bound,

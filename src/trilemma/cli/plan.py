@@ -19,6 +19,7 @@ from trilemma.cli._common import (
     SetOpt,
     SpecFile,
     app,
+    deadline_seconds,
     dollars,
     emit_json,
     journal_to_read,
@@ -105,7 +106,7 @@ def simulate(
         help="A failed step stops new calls, as the executor does: the steps not started by "
         "then are not run (--no-halt: run them all).",
     )] = True,
-    deadline: Annotated[float | None, seconds(
+    deadline: Annotated[float | None, deadline_seconds(
         "Seconds; a run still going then is cancelled and fails (default: the spec's "
         "budget.deadline_s).",
     )] = None,
@@ -172,8 +173,6 @@ def simulate(
     settings = Simulation(**{**wf.simulation.model_dump(), **overrides})
     seed = wf.seed_for(seed)  # drawn when neither gives one, and shown: --seed repeats it
     if deadline is not None:
-        if deadline <= 0:
-            raise UsageError(f"--deadline {deadline:g}: give seconds above 0")
         wf = wf.with_budget(deadline_s=deadline)
     cap = _ceiling(spec, wf, max_cost, ceiling)
     if ceiling_for is not None or deadline_for is not None:

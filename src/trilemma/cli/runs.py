@@ -29,6 +29,7 @@ from trilemma.cli._common import (
     SpecFile,
     app,
     batch_id_of,
+    deadline_seconds,
     declared_for_files,
     dollars,
     emit_json,
@@ -41,7 +42,6 @@ from trilemma.cli._common import (
     progress,
     run_id_of,
     run_ref,
-    seconds,
     seed_option,
     stdout_console,
     writable,
@@ -103,7 +103,7 @@ def run_cmd(
     inputs: InputsOpt = None,
     input_files: InputFilesOpt = None,
     max_cost: Annotated[float | None, dollars("Hard cost ceiling, $.")] = None,
-    deadline: Annotated[float | None, seconds("Deadline, seconds.")] = None,
+    deadline: Annotated[float | None, deadline_seconds("Deadline, seconds.")] = None,
     seed: Annotated[int | None, seed_option(help="Simulator seed (default: the spec's).")] = None,
     tenant: Annotated[
         str | None,
@@ -172,7 +172,7 @@ def batch_cmd(
         float | None, dollars("Hard cost ceiling for the whole batch, $.")
     ] = None,
     deadline: Annotated[
-        float | None, seconds("Deadline for the whole batch, seconds.")
+        float | None, deadline_seconds("Deadline for the whole batch, seconds.")
     ] = None,
     parallel: Annotated[int, typer.Option(help="Runs at a time.")] = 4,
     seed: Annotated[
@@ -529,7 +529,7 @@ def resume_cmd(
     run_id: Annotated[str, run_ref("The run to finish.")],
     journal: JournalOpt = DEFAULT_JOURNAL,
     deadline: Annotated[
-        float | None, seconds("A new deadline, seconds from now.")
+        float | None, deadline_seconds("A new deadline, seconds from now.", "the run keeps its own")
     ] = None,
     max_cost: Annotated[
         float | None, dollars("A new cost ceiling for the whole run, $.")
