@@ -12,6 +12,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from trilemma import parse_workflow
@@ -455,7 +456,10 @@ def test_the_report_of_a_batch_shows_its_totals_runs_and_lines(tmp_path: Path, c
     assert missing.code == 2 and "'batch-nope' is not in" in missing.err
 
 
-def test_plan_says_what_a_batch_should_cost_and_sends_nothing(tmp_path: Path, cli) -> None:
+def test_plan_says_what_a_batch_should_cost_and_sends_nothing(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")  # each row on a line of its own
     db = tmp_path / "j.db"
     args = ("batch", EXAMPLES / "faq.yaml", "--inputs", EXAMPLES / "questions.jsonl", "--plan",
             "--journal", db)  # fmt: skip
@@ -467,7 +471,8 @@ def test_plan_says_what_a_batch_should_cost_and_sends_nothing(tmp_path: Path, cl
     assert again["predicted"]["latency_s"]["batch"] == plan["predicted"]["latency_s"]["batch"]
     assert cli(*args, "--json").json()["runs_covered_at_worst"] is None  # no ceiling
     table = cli(*args, "--max-cost", "0.05")
-    assert table.code == 0 and "pays for 8 of 12 runs even at their worst" in table.out
+    assert table.code == 0 and "it pays for 8 of 12 runs even at their worst" in table.out
+    assert plan["runs_ended_within_ceiling"] == plan["runs_ok_within_ceiling"] == pytest.approx(12, abs=0.05)
     assert not db.exists()  # nothing was run or journaled
     assert plan["deadline_s"] is None and plan["runs_done_by_deadline"] is None
     # the batch itself shows the row beside the runs that went to their end
@@ -476,7 +481,10 @@ def test_plan_says_what_a_batch_should_cost_and_sends_nothing(tmp_path: Path, cl
     assert ran["predicted"]["runs_covered_at_worst"] == 3  # $0.02 over $0.006 a run at worst
     ended = ran["counts"]["ok"] + ran["counts"]["failed"]
     shown = " ".join(cli(*args[:-3], "--journal", db, "--max-cost", "0.02", "--seed", "1").out.split())
-    assert f"ceiling │ $0.0200: pays for 3 of 12 runs even at their worst │ {ended} of 12 ended" in shown
+    within = ran["predicted"]["runs_ended_within_ceiling"]
+    assert 8 < within < 10.5 and abs(within - ended) < 1.5  # 9.3 planned, 9 ended
+    assert (f"ceiling │ $0.0200: about {within:.1f} of 12 runs go to their end within it; it pays "
+            f"for 3 of 12 runs even at their worst │ {ended} of 12 ended") in shown  # fmt: skip
     # a resumed batch: what the first session left of the new ceiling, for the lines left
     again = cli(*args[:-3], "--journal", db, "--max-cost", "0.03", "--resume", ran["batch_id"], "--json").json()
     assert again["predicted"]["runs_covered_at_worst"] == int((0.03 - ran["cost_usd"]) / 0.006 + 1e-9) >= 1
@@ -1073,3 +1081,50 @@ def test_the_batch_plan_benchmark_runs(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     for plan in ("rounds", "pool", "pool or limits", "replayed"):
         assert f"\n{plan}: measured / planned " in r.stdout
+
+
+def test_a_batch_under_a_ceiling_plans_the_runs_that_go_to_their_end_within_it(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cheap check ($0.001) fails half its runs, which then stop; the answer after it costs
+    $0.01. Twenty lines, four at a time, under $0.05: the ceiling pays for 4 runs at their
+    worst, but the failed runs are cheap, so about nine go to their end, three or four of
+    them ok. The plan replays the calls under the ceiling (each holding its reservation
+    while in flight, the first refused stopping the batch's starts) and says so in its
+    ceiling and runs ok rows; six batches measure the same on average. A spec that stops
+    early is not replayed: there a run's mean bill divides the ceiling."""
+    monkeypatch.setenv("COLUMNS", "250")  # each row on a line of its own
+    spec, lines = tmp_path / "halts.yaml", tmp_path / "lines.jsonl"
+    spec.write_text("version: 1\nmodels: {check: {usd_per_call: 0.001, latency_s: 0.002, p_ok: "
+                    "0.5}, answer: {usd_per_call: 0.01, latency_s: 0.005, p_ok: 1}}\nsteps: "
+                    "[{id: c, model: check}, {id: a, model: answer, after: [c]}]\n")  # fmt: skip
+    lines.write_text("{}\n" * 20)
+    args = ("batch", spec, "--inputs", lines, "--max-cost", "0.05", "--journal", tmp_path / "j.db")
+    plan = cli(*args, "--plan", "--json").json()
+    ended, ok = plan["runs_ended_within_ceiling"], plan["runs_ok_within_ceiling"]
+    assert plan["runs_covered_at_worst"] == 4 and 8 < ended < 10.5 and 3 < ok < 4.5
+    shown = " ".join(cli(*args, "--plan").out.split())
+    assert f"runs ok │ 10.0 of 20 (50.00%); {ok:.1f} of them within the ceiling │" in shown
+    assert (f"ceiling │ $0.0500: about {ended:.1f} of 20 runs go to their end within it; it pays "
+            "for 4 of 20 runs even at their worst │") in shown  # fmt: skip
+    got = [cli(*args, "--seed", str(s), "--json").json() for s in range(1, 7)]
+    assert all(g["status"] == "budget_exhausted" and g["cost_usd"] <= 0.05 + 1e-12 for g in got)
+    assert all(g["predicted"]["runs_ended_within_ceiling"] == ended for g in got)
+    measured = np.mean([g["counts"]["ok"] + g["counts"]["failed"] for g in got])
+    assert abs(measured - ended) < 1.5, (measured, ended)  # 8.6 measured over twelve seeds
+    assert abs(np.mean([g["counts"]["ok"] for g in got]) - ok) < 1.0
+
+    stops = tmp_path / "stops.yaml"
+    stops.write_text("version: 1\nmodels: {small: {usd_per_call: 0.002, latency_s: 0.01, p_ok: 0.7},"
+                     " premium: {usd_per_call: 0.03, latency_s: 0.04, p_ok: 0.985}}\nsteps: "
+                     "[{id: guess, model: small, gate: {regex: '^\\d+$'}, sim: {ok: '42', bad: x}},"
+                     " {id: research, model: premium, retries: 1}, {id: answer, model: premium,"
+                     " retries: 1, after: [research]}]\nstop_when: guess\n")  # fmt: skip
+    args = ("batch", stops, "--inputs", lines, "--max-cost", "0.3", "--journal", tmp_path / "k.db")
+    plan = cli(*args, "--plan", "--json").json()
+    ended = plan["runs_ended_within_ceiling"]  # $0.3 over $0.0203 a run, less two in flight
+    assert plan["runs_covered_at_worst"] == 2 and 12 < ended < 13.5
+    assert plan["runs_ok_within_ceiling"] == pytest.approx(ended * plan["predicted"]["ok_lines"] / 20)
+    got = [cli(*args, "--seed", str(s), "--json").json()["counts"] for s in range(1, 7)]
+    measured = np.mean([c["ok"] + c["failed"] for c in got])
+    assert abs(measured - ended) < 3, (measured, ended)  # 11.8 measured over twelve seeds

@@ -31,7 +31,7 @@ from trilemma.plan.simulate import StepDraws, step_draws
 from trilemma.plan.slots import Bucket, buckets, held_by, remaining_path, through
 from trilemma.spec import Workflow
 
-__all__ = ["REPLAY_CALLS", "Replayed", "replay_batch"]
+__all__ = ["REPLAY_CALLS", "Covered", "Replayed", "replay_batch", "replay_ceiling"]
 
 REPLAY_CALLS = 120_000
 """The most calls the replays of one batch send in all (each a few heap operations in
@@ -42,6 +42,8 @@ _RUNS_DRAWN = 2048
 _SEED = 20261206
 
 _ANSWER, _TIMER, _RETRY = 0, 1, 2
+_STOPPED, _FAILED, _OK = -1, 0, 1
+"""How a replayed run ended: stopped by a refused reservation, failed, ok."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,58 @@ def replay_batch(wf: Workflow, p: Estimate, lines: int, parallel: int) -> Replay
         return None
     if all(held_by(wf, s).model is None for s in wf.steps):  # decided before any draw
         return None
+    replays = _replays(wf, p, lines, parallel, None)
+    if replays is None:
+        return None
+    got = replays[1]
+    ends = np.array([e for e, _, _ in got])
+    order = ends.argsort(axis=1, kind="stable")
+    ok = np.take_along_axis(np.array([o for _, _, o in got]) == _OK, order, axis=1)
+    return Replayed(np.take_along_axis(ends, order, axis=1),
+                    float(np.mean([c for _, c, _ in got])), ok.astype(float))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Covered:
+    """A batch replayed under a spend ceiling: per replay, how many of its runs went to
+    their end (ok or failed: neither stopped by a refused reservation nor left unstarted)
+    and how many of those ended ok; and the share of the drawn runs that end ok without
+    it, to weigh the latter against the estimate's reliability."""
+
+    ended: np.ndarray
+    ok: np.ndarray
+    drawn_ok: float
+
+
+def replay_ceiling(
+    wf: Workflow, p: Estimate, lines: int, parallel: int, ceiling: float
+) -> Covered | None:
+    """``lines`` runs of ``wf`` replayed together (see the module) under one spend ceiling
+    of ``ceiling`` dollars, as a batch's :class:`~trilemma.run.budget.SpendGuard` holds it:
+    each call reserves what it may cost at most before it is sent (its model's
+    :meth:`~trilemma.spec.model.ModelProfile.reserved_per_call`; a routed or escalated
+    step's, the most of the models it may call) and holds it until it answers; a call
+    whose reservation would cross the ceiling is not sent, its run stops (what it has in
+    flight answers), and no further run starts. Whatever the models' limits. None where
+    the replays could send more than :data:`REPLAY_CALLS` calls or the spec stops early."""
+    if lines <= 0 or wf.stop_when is not None:
+        return None
+    replays = _replays(wf, p, lines, parallel, ceiling)
+    if replays is None:
+        return None
+    d, got = replays
+    outcome = [np.array(o) for _, _, o in got]
+    return Covered(np.array([float((o >= _FAILED).sum()) for o in outcome]),
+                   np.array([float((o == _OK).sum()) for o in outcome]),
+                   float((~d.dead.any(axis=0)).mean()))  # fmt: skip
+
+
+def _replays(
+    wf: Workflow, p: Estimate, lines: int, parallel: int, ceiling: float | None
+) -> tuple[StepDraws, list[tuple[list[float], float, list[int]]]] | None:
+    """The runs drawn, and the replays of a batch of them (:func:`_one`), as many as
+    :data:`REPLAY_CALLS` allows within :data:`REPLAY_REPS`; None where fewer than
+    :data:`REPLAY_REPS_MIN` fit."""
     reps = int(REPLAY_CALLS // max(1.0, lines * max(p.calls_expected, 1.0)))
     if reps < REPLAY_REPS_MIN:
         return None
@@ -75,24 +129,24 @@ def replay_batch(wf: Workflow, p: Estimate, lines: int, parallel: int) -> Replay
     for i, ps in enumerate(d.parents):
         for parent in ps:
             children[parent].append(i)
+    steps = {st.id: st for st in wf.steps}
+    reserve = [max(wf.models[m].reserved_per_call(steps[sid].max_tokens)
+                   for m in wf.step_models(steps[sid])) for sid in d.order]  # fmt: skip
     rng = np.random.default_rng(_SEED)
-    got = [_one(wf, d, prio, children, lines, parallel, rng)
-           for _ in range(min(REPLAY_REPS, reps))]  # fmt: skip
-    ends = np.array([e for e, _, _ in got])
-    order = ends.argsort(axis=1, kind="stable")
-    ok = np.take_along_axis(np.array([k for _, _, k in got], dtype=float), order, axis=1)
-    return Replayed(np.take_along_axis(ends, order, axis=1),
-                    float(np.mean([c for _, c, _ in got])), ok)  # fmt: skip
+    return d, [_one(wf, d, prio, children, lines, parallel, rng, ceiling, reserve)
+               for _ in range(min(REPLAY_REPS, reps))]  # fmt: skip
 
 
 def _one(
     wf: Workflow, d: StepDraws, prio: list[float], children: list[list[int]], lines: int,
-    parallel: int, rng: np.random.Generator,
-) -> tuple[list[float], float, list[bool]]:  # fmt: skip
-    """One replay: when each line's run ends, what the calls sent bill, and whether each run
-    ended ok, in the order they ended (``prio``: each
+    parallel: int, rng: np.random.Generator, ceiling: float | None = None,
+    reserve: list[float] | None = None,
+) -> tuple[list[float], float, list[int]]:  # fmt: skip
+    """One replay: when each line's run ends, what the calls sent bill, and how each run
+    ended (:data:`_OK`, :data:`_FAILED`, :data:`_STOPPED` by the ``ceiling``), in the order
+    they ended; lines never started are in neither (``prio``: each
     step's place among the calls waiting for a slot, lowest first; ``children``: the steps
-    that wait for each)."""
+    that wait for each; ``reserve``: what each step's call holds of the ``ceiling``)."""
     n_steps = len(d.order)
     runs_of = rng.integers(0, d.seconds.shape[1], size=lines)  # each line's drawn run
     model_free = {m: (p.max_concurrency or 1 << 30) for m, p in wf.models.items()}
@@ -121,8 +175,11 @@ def _one(
     flying = [[0] * n_steps for _ in range(lines)]
     done = [[False] * n_steps for _ in range(lines)]
     ended: list[float] = []
-    ended_ok: list[bool] = []
+    outcome: list[int] = []
     next_line = 0
+    stopped = [False] * lines  # a reservation refused: nothing more sent
+    closed = False  # no further run starts
+    billed = held = 0.0  # the bills of the calls answered; what the calls in flight hold
 
     def start_run(r: int, now: float) -> None:
         k[r], free[r] = int(runs_of[r]), wf.concurrency
@@ -177,9 +234,21 @@ def _one(
 
     def send(r: int, i: int, now: float) -> None:
         h = d.held[i]
+        nonlocal spent, held, closed
+        if ceiling is not None:
+            assert reserve is not None
+            if billed + held + reserve[i] > ceiling * (1 + 1e-9) + 1e-12:  # refused
+                stopped[r] = closed = True
+                free[r] += 1
+                if h.model is not None:
+                    release(h.model, now)
+                fail(r, now)
+                if active[r] == 0:
+                    run_ended(r, now)
+                return
+            held += reserve[i]
         go = through(rates[h.model], now, h.tokens) if h.model in rates else now
         part, each = d.parts[i][wave[r][i]]
-        nonlocal spent
         t0, t1, bill = tries_of[r][i][att[r][i]]
         spent += bill
         took = (t1 - t0) * part
@@ -189,19 +258,27 @@ def _one(
         flying[r][i] += 1
         heapq.heappush(events, (go + took, next(seq), _ANSWER, r, i))
 
+    def release(m: str, now: float) -> None:
+        """A slot of model ``m`` passes to the first call still wanted, else is free."""
+        q = waiting_for[m]
+        while q:
+            _, _, r2, i2 = heapq.heappop(q)
+            if not failed[r2]:
+                send(r2, i2, now)
+                return
+        model_free[m] += 1
+
     def answered(r: int, i: int, now: float) -> None:
+        nonlocal billed, held
         free[r] += 1
         flying[r][i] -= 1
+        if ceiling is not None:
+            assert reserve is not None
+            held -= reserve[i]
+            billed += tries_of[r][i][att[r][i]][2]
         m = d.held[i].model
-        if m is not None:  # its model's slot passes to the first call still wanted
-            q = waiting_for[m]
-            while q:
-                _, _, r2, i2 = heapq.heappop(q)
-                if not failed[r2]:
-                    send(r2, i2, now)
-                    break
-            else:
-                model_free[m] += 1
+        if m is not None:
+            release(m, now)
         if done[r][i]:
             return
         left[r][i] -= 1
@@ -249,8 +326,8 @@ def _one(
         nonlocal next_line
         end[r] = max(end[r], now)
         ended.append(end[r])
-        ended_ok.append(not failed[r])
-        if next_line < lines:
+        outcome.append(_STOPPED if stopped[r] else _FAILED if failed[r] else _OK)
+        if next_line < lines and not closed:
             next_line += 1
             start_run(next_line - 1, end[r])
 
@@ -269,4 +346,4 @@ def _one(
         else:  # a cache hit's lookup, or a step the draw never reached
             step_done(r, i, now)
         dispatch(r, now)
-    return ended, spent, ended_ok
+    return ended, spent, outcome

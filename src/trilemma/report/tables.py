@@ -1120,10 +1120,11 @@ def limit_held(limit: Mapping[str, Any] | None) -> str:
 
 
 def _planned_rows(
-    plan: dict[str, Any], n: int, parallel: int, ok_by_deadline: float | None = None
+    plan: dict[str, Any], n: int, parallel: int, budgets: dict[str, Any] | None = None
 ) -> list[tuple[str, str]]:
-    """The planner's figures for a batch (``predicted_json``), a row each; under a deadline,
-    how many runs end ok before it (``ok_by_deadline``) beside those ok at their end."""
+    """The planner's figures for a batch (``predicted_json``), a row each; under a ceiling
+    or a deadline, how many runs end ok within it (``budgets``: a batch's plan, with
+    ``runs_ok_within_ceiling`` and ``runs_ok_by_deadline``) beside those ok at their end."""
     cost, latency = plan["cost_usd"], plan["latency_s"]
     halts, each, shared = cost.get("halting"), latency.get("halting_per_run"), cost.get("replayed")
     halting = f" ({usd(halts)} as failed runs stop)" if well_under(halts, cost["expected"]) else ""
@@ -1135,7 +1136,7 @@ def _planned_rows(
     return [
         ("cost", f"{usd(cost['expected'])} expected{halting}, {usd(cost['worst'])} worst"),
         ("runs ok", f"{plan['ok_lines']:.1f} of {n}" + (f" ({_pct(plan['ok_lines'] / n)})" if n else "")
-                    + _ok_in_time(ok_by_deadline, plan["ok_lines"])),
+                    + _ok_within(budgets or {}, plan["ok_lines"])),
         ("latency", f"{latency['batch']:.2f}s ({held}{parallel} at a time, {stopped}"
                     f"{latency['expected_per_run']:.2f}s expected each, "
                     f"{latency['critical_path_per_run']:.2f}s critical path)"),
@@ -1153,12 +1154,12 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     for col in ("", "predicted", "measured"):
         t.add_column(col, justify="right")
     planned = b.planned()
-    rows = _planned_rows(planned, n, b.parallel, planned["runs_ok_by_deadline"])
+    rows = _planned_rows(planned, n, b.parallel, planned)
     for (label, row), got in zip(rows, measured, strict=True):
         t.add_row(label, row, got)
     ran = 0 if b.planned_time is None else b.planned_time.runs  # this session's
     if b.max_cost_usd is not None and b.planned_time is not None:  # the runs it pays for
-        t.add_row("ceiling", f"{usd(b.max_cost_usd)}: {_pays(b.covered, ran)}",
+        t.add_row("ceiling", f"{usd(b.max_cost_usd)}: {_pays(b.covered, ran, planned)}",
                   f"{b.ran_to_end()} of {ran} ended")  # fmt: skip
     if b.deadline_s is not None and b.planned_time is not None:  # the runs it lets end
         from trilemma.plan.simulate import deadline_headroom
@@ -1222,10 +1223,10 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
                     title_justify="left")  # fmt: skip
     t.add_column("")
     t.add_column("predicted", justify="right")
-    for row in _planned_rows(plan["predicted"], n, plan["parallel"], plan.get("runs_ok_by_deadline")):
+    for row in _planned_rows(plan["predicted"], n, plan["parallel"], plan):
         t.add_row(*row)
     if plan["max_cost_usd"] is not None:
-        t.add_row("ceiling", f"{usd(plan['max_cost_usd'])}: {_pays(plan['runs_covered_at_worst'], n)}")
+        t.add_row("ceiling", f"{usd(plan['max_cost_usd'])}: {_pays(plan['runs_covered_at_worst'], n, plan)}")
     if plan.get("deadline_s") is not None:
         done, planned = plan["runs_done_by_deadline"], plan["predicted"]["latency_s"]["batch"]
         said = _in_time(done, plan["runs_near_deadline"], n, plan["deadline_headroom_s"])
@@ -1239,15 +1240,29 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
     return t
 
 
-def _ok_in_time(ok: float | None, ok_lines: float) -> str:
-    """The runs ok before a batch's deadline, after those ok at their end, where it cuts some."""
-    return "" if ok is None or ok >= ok_lines - 0.05 else f"; {ok:.1f} of them before the deadline"
+def _ok_within(budgets: dict[str, Any], ok_lines: float) -> str:
+    """The runs ok within a batch's ceiling and before its deadline, after those ok at their
+    end, where either cuts some."""
+    said = ""
+    for key, where in (("runs_ok_within_ceiling", "within the ceiling"),
+                       ("runs_ok_by_deadline", "before the deadline")):  # fmt: skip
+        ok = budgets.get(key)
+        if ok is not None and ok < ok_lines - 0.05:
+            said += f"; {ok:.1f} of them {where}"
+    return said
 
 
-def _pays(covered: int | None, n: int) -> str:
-    """How many of a batch's ``n`` runs a ceiling pays for at their worst, in words."""
-    return ("no run can cost anything" if covered is None
-            else f"pays for {covered} of {n} runs even at their worst")  # fmt: skip
+def _pays(covered: int | None, n: int, plan: dict[str, Any] | None = None) -> str:
+    """How many of a batch's ``n`` runs a ceiling pays for at their worst, in words, after
+    how many go to their end within it on average where the plan says
+    (``runs_ended_within_ceiling``)."""
+    if covered is None:
+        return "no run can cost anything"
+    ended = None if plan is None else plan.get("runs_ended_within_ceiling")
+    worst = f"pays for {covered} of {n} runs even at their worst"
+    if ended is None or covered >= n:
+        return worst
+    return f"about {ended:.1f} of {n} runs go to their end within it; it {worst}"
 
 
 def _in_time(done: int, near: int | None, n: int, headroom_s: float) -> str:

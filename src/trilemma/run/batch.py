@@ -39,7 +39,7 @@ from trilemma.cache.semantic import Embedder
 from trilemma.errors import UsageError
 from trilemma.journal.store import Journal, JournalWriter, overrides_of
 from trilemma.plan.agreement import Figure, off_plan
-from trilemma.plan.batchsim import Replayed, replay_batch
+from trilemma.plan.batchsim import Replayed, replay_batch, replay_ceiling
 from trilemma.plan.estimate import Estimate, bill_draws, estimate, run_draws
 from trilemma.plan.simulate import deadline_headroom
 from trilemma.plan.slots import waves_of
@@ -73,6 +73,7 @@ __all__ = [
     "BatchTime",
     "LineResult",
     "ModelLimit",
+    "Within",
     "batch_time",
     "model_limits",
     "plan_batch",
@@ -80,6 +81,7 @@ __all__ = [
     "read_inputs",
     "run_batch",
     "run_batch_async",
+    "within_ceiling",
 ]
 
 #: Runs at a time unless told otherwise.
@@ -149,6 +151,9 @@ class BatchResult:
     covered: int | None = None
     """How many of this session's runs what was left of the ceiling at its start pays for
     even at their worst (as ``--plan``'s ``runs_covered_at_worst``; None: no ceiling)."""
+    within: Within | None = None
+    """How many of this session's runs go to their end, and end ok, within what was left of
+    the ceiling at its start, on average (:func:`within_ceiling`; None: no ceiling)."""
 
     @property
     def latency_planned_s(self) -> float:
@@ -158,7 +163,8 @@ class BatchResult:
     def planned(self) -> dict[str, Any]:
         """The planner's figures for the batch (as ``--plan`` gives them before it runs), and
         under a ceiling how many of this session's runs it pays for at their worst
-        (``runs_covered_at_worst``), under a deadline how many end before it
+        (``runs_covered_at_worst``), and how many go to their end and end ok within it on
+        average (``runs_ended_within_ceiling``, ``runs_ok_within_ceiling``), under a deadline how many end before it
         (``runs_done_by_deadline``), how many of those by a hair (``runs_near_deadline``) and
         how many end ok before it, on average (``runs_ok_by_deadline``)."""
         t, n = self.planned_time, len(self.lines)
@@ -166,6 +172,7 @@ class BatchResult:
         replayed = t.cost_usd if t is not None and t.runs == n else None  # lines of a session
         return {**predicted_json(self.predicted, n, self.latency_planned_s, limit, replayed),
                 "runs_covered_at_worst": self.covered,
+                **_within_json(self.within),
                 "runs_done_by_deadline": None if t is None else t.in_time,
                 "runs_near_deadline": None if t is None else t.near,
                 "runs_ok_by_deadline": None if t is None else _rounded(t.ok_in_time)}  # fmt: skip
@@ -588,7 +595,10 @@ def plan_batch(
     """What a batch of ``lines`` runs should cost and take, before anything is spent.
 
     ``runs_covered_at_worst``: how many runs the ceiling pays for even if every one uses
-    every retry (None without a ceiling, or when a run costs nothing at worst).
+    every retry (None without a ceiling, or when a run costs nothing at worst);
+    ``runs_ended_within_ceiling`` and ``runs_ok_within_ceiling``: how many go to their end
+    (ok or failed), and end ok, within it on average (:func:`within_ceiling`; None without
+    one).
     ``runs_done_by_deadline``: how many runs end before the deadline (``deadline_s``, else
     the spec's) on average, as the pool or the replay runs them (:class:`_Ends`; None
     without one); ``runs_near_deadline``: how many of those end less than the executor's
@@ -606,6 +616,7 @@ def plan_batch(
     out = {
         "lines": lines, "parallel": parallel, "max_cost_usd": ceiling,
         "runs_covered_at_worst": _covered(ceiling, p.cost_worst, lines),
+        **_within_json(within_ceiling(wf, p, lines, parallel, ceiling)),
         "deadline_s": deadline,
         "runs_done_by_deadline": ends.in_time(deadline),
         "runs_near_deadline": ends.near(deadline, deadline_headroom(p)),
@@ -623,6 +634,53 @@ def plan_batch(
 def _rounded(runs: float | None) -> float | None:
     """A mean count of runs, to six places, as the JSON gives ``ok_lines``."""
     return None if runs is None else round(runs, 6)
+
+
+@dataclass(frozen=True, slots=True)
+class Within:
+    """What a batch's spend ceiling lets its runs do, by the planner (:func:`within_ceiling`):
+    how many go to their end on average (ok or failed: the others are stopped by a refused
+    reservation, or never start), and how many end ok."""
+
+    ended: float
+    ok: float
+    replayed: bool
+    """Its calls replayed under the ceiling (else by a run's mean bill)."""
+
+
+def within_ceiling(
+    wf: Workflow, p: Estimate, runs: int, parallel: int, dollars: float | None
+) -> Within | None:
+    """How many of ``runs`` runs of ``wf`` (estimated as ``p``), ``parallel`` at a time, go
+    to their end within a ceiling of ``dollars``, and how many end ok (None: no ceiling).
+
+    Replayed call by call where the replay can (:func:`~trilemma.plan.batchsim.replay_ceiling`:
+    each call holds its reservation while in flight, the first refused stops its run and
+    the batch's starts), the ok ones weighed to the estimate's reliability. Where it cannot
+    (a spec that stops early, or more calls than the replays take), by a run's mean bill
+    (halting where the estimate drew that): the dollars left once the runs in flight at the
+    stop have spent half theirs, each ok at the estimate's reliability. A ceiling that pays
+    for every run at its worst lets them all end."""
+    if dollars is None:
+        return None
+    if runs <= 0 or _covered(dollars, p.cost_worst, runs) in (None, runs):
+        return Within(float(runs), p.reliability * runs, False)
+    got = replay_ceiling(wf, p, runs, parallel, dollars)
+    if got is not None:
+        ended = float(got.ended.mean())
+        ok = float(got.ok.mean()) * p.reliability / got.drawn_ok if got.drawn_ok > 0 else 0.0
+        return Within(ended, min(ok, ended), True)
+    bill = p.halting.cost_usd if p.halting is not None else p.cost_expected
+    if bill <= 0:  # a run bills nothing on average (cached): none is stopped
+        return Within(float(runs), p.reliability * runs, False)
+    ended = min(float(runs), max(0.0, dollars / bill - min(parallel, runs) / 2))
+    return Within(ended, ended * p.reliability, False)
+
+
+def _within_json(w: Within | None) -> dict[str, float | None]:
+    """``runs_ended_within_ceiling`` and ``runs_ok_within_ceiling`` of a batch's plan."""
+    return {"runs_ended_within_ceiling": None if w is None else _rounded(w.ended),
+            "runs_ok_within_ceiling": None if w is None else _rounded(w.ok)}  # fmt: skip
 
 
 def _covered(dollars: float | None, worst: float, lines: int) -> int | None:
@@ -839,6 +897,7 @@ async def run_batch_async(
     planned = batch_time(wf, predicted, todo, parallel, deadline)
     left = None if ceiling is None else max(0.0, ceiling - guard.spent)  # an earlier session's spent
     covered = _covered(left, predicted.cost_worst, todo)
+    within = within_ceiling(wf, predicted, todo, parallel, left)
     if on_plan is not None:
         on_plan(planned)
     if on_start is not None:
@@ -860,7 +919,7 @@ async def run_batch_async(
                 for i, r in enumerate(results))  # fmt: skip
     return BatchResult(batch_id, _status(out, guard), out, math.fsum(r.cost_usd for r in out),
                        ceiling, time.time() - started, predicted, str(journal.path), parallel,
-                       planned, bill_draws(wf), covered)  # fmt: skip
+                       planned, bill_draws(wf), covered, within)  # fmt: skip
 
 
 run_batch = blocking(run_batch_async)
