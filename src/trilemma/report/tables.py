@@ -1236,7 +1236,7 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
     shared = plan.get("shared_budget")
     if shared is not None:
         t.add_row(f"shared budget {shared['name']}",
-                  f"{usd(shared['remaining_usd'])} left: {_pays(shared['runs_covered_at_worst'], n)}")  # fmt: skip
+                  f"{usd(shared['remaining_usd'])} left: {_pays(shared['runs_covered_at_worst'], n, shared)}")  # fmt: skip
     return t
 
 

@@ -607,7 +607,8 @@ def plan_batch(
     (:meth:`_Ends.ok_in_time`): the figure to set beside the runs ok under a deadline,
     where ``predicted.ok_lines`` is of runs that all go to their end.
     ``shared_left``: a shared budget's name and the dollars left in it now; the plan then
-    says how many runs those pay for at their worst too.
+    says how many runs those pay for at their worst too, and how many go to their end (and
+    end ok) within them on average.
     """
     p = estimate(wf)
     ceiling, deadline = wf.budget.resolve(max_cost_usd, deadline_s)
@@ -627,7 +628,8 @@ def plan_batch(
     if shared_left is not None:
         name, left = shared_left
         out["shared_budget"] = {"name": name, "remaining_usd": left,
-                                "runs_covered_at_worst": _covered(left, p.cost_worst, lines)}  # fmt: skip
+                                "runs_covered_at_worst": _covered(left, p.cost_worst, lines),
+                                **_within_json(within_ceiling(wf, p, lines, parallel, left))}  # fmt: skip
     return out
 
 
