@@ -41,6 +41,17 @@ def write(tmp_path: Path, n: int, *, latency: float = 0.001, p_ok: float = 1.0,
     return spec, lines
 
 
+def write_halting(tmp_path: Path, check_s: float, answer_s: float) -> tuple[Path, Path]:
+    """A spec whose check ($0.001, ``check_s``) fails half its runs, which stop there, before
+    an answer ($0.01, ``answer_s``), and twenty empty lines."""
+    spec, lines = tmp_path / "halts.yaml", tmp_path / "lines.jsonl"
+    spec.write_text(f"version: 1\nmodels: {{check: {{usd_per_call: 0.001, latency_s: {check_s}, "
+                    f"p_ok: 0.5}}, answer: {{usd_per_call: 0.01, latency_s: {answer_s}, p_ok: 1}}}}"
+                    "\nsteps: [{id: c, model: check}, {id: a, model: answer, after: [c]}]\n")  # fmt: skip
+    lines.write_text("{}\n" * 20)
+    return spec, lines
+
+
 def test_every_line_is_a_journaled_run_of_its_own_inputs(tmp_path: Path, cli) -> None:
     spec, lines = write(tmp_path, 6)
     db, out = tmp_path / "j.db", tmp_path / "out.jsonl"
@@ -557,14 +568,10 @@ def test_a_batch_under_a_deadline_plans_the_runs_that_end_ok_before_it(
     """A check of 0.1 s passes half the time and a failed run stops there; the answer after
     it takes 0.5 s. Twenty lines at once under a 0.3 s deadline: the ten or so that end
     before it are the failed ones, so none ends ok, which the runs ok row says beside its
-    18% ok at the runs' end (ok_lines, of runs without the deadline); the batch's runs
+    50% ok at the runs' end (ok_lines, of runs without the deadline); the batch's runs
     measure the same. Under 5 s every ok run ends before it and the row says nothing more."""
     monkeypatch.setenv("COLUMNS", "250")  # each row on a line of its own
-    spec, lines = tmp_path / "halts.yaml", tmp_path / "lines.jsonl"
-    spec.write_text("version: 1\nmodels: {check: {usd_per_call: 0.001, latency_s: 0.1, p_ok: 0.5},"
-                    " answer: {usd_per_call: 0.01, latency_s: 0.5, p_ok: 1}}\nsteps: [{id: c, "
-                    "model: check}, {id: a, model: answer, after: [c]}]\n")  # fmt: skip
-    lines.write_text("{}\n" * 20)
+    spec, lines = write_halting(tmp_path, 0.1, 0.5)
     args = ("batch", spec, "--inputs", lines, "--parallel", "20", "--journal", tmp_path / "j.db")
     plan = cli(*args, "--deadline", "0.3", "--plan", "--json").json()
     assert plan["predicted"]["ok_lines"] == pytest.approx(10, abs=0.5)
@@ -1094,11 +1101,7 @@ def test_a_batch_under_a_ceiling_plans_the_runs_that_go_to_their_end_within_it(
     ceiling and runs ok rows; six batches measure the same on average. A spec that stops
     early is not replayed: there a run's mean bill divides the ceiling."""
     monkeypatch.setenv("COLUMNS", "250")  # each row on a line of its own
-    spec, lines = tmp_path / "halts.yaml", tmp_path / "lines.jsonl"
-    spec.write_text("version: 1\nmodels: {check: {usd_per_call: 0.001, latency_s: 0.002, p_ok: "
-                    "0.5}, answer: {usd_per_call: 0.01, latency_s: 0.005, p_ok: 1}}\nsteps: "
-                    "[{id: c, model: check}, {id: a, model: answer, after: [c]}]\n")  # fmt: skip
-    lines.write_text("{}\n" * 20)
+    spec, lines = write_halting(tmp_path, 0.002, 0.005)
     args = ("batch", spec, "--inputs", lines, "--max-cost", "0.05", "--journal", tmp_path / "j.db")
     plan = cli(*args, "--plan", "--json").json()
     ended, ok = plan["runs_ended_within_ceiling"], plan["runs_ok_within_ceiling"]

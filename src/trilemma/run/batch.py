@@ -493,10 +493,7 @@ class _Ends:
         ends, ok = ((self.pool, self.pool_ok) if self.replayed is None
                     else (self.replayed.ends, self.replayed.ok))  # fmt: skip
         before = ends <= deadline * (1 + 1e-9)
-        drawn_ok = float(ok.sum(axis=1).mean())
-        if drawn_ok <= 0:
-            return 0.0
-        got = self.reliability * self.runs * float((ok * before).sum(axis=1).mean()) / drawn_ok
+        got = _weighed(float((ok * before).sum(axis=1).mean()), float(ok.mean()), self.reliability)
         done, through = float(before.sum(axis=1).mean()), self._through(deadline)
         return got * through / done if through < done else got
 
@@ -670,13 +667,21 @@ def within_ceiling(
     got = replay_ceiling(wf, p, runs, parallel, dollars)
     if got is not None:
         ended = float(got.ended.mean())
-        ok = float(got.ok.mean()) * p.reliability / got.drawn_ok if got.drawn_ok > 0 else 0.0
-        return Within(ended, min(ok, ended), True)
+        return Within(ended, min(_weighed(float(got.ok.mean()), got.drawn_ok, p.reliability), ended),
+                      True)  # fmt: skip
     bill = p.halting.cost_usd if p.halting is not None else p.cost_expected
     if bill <= 0:  # a run bills nothing on average (cached): none is stopped
         return Within(float(runs), p.reliability * runs, False)
     ended = min(float(runs), max(0.0, dollars / bill - min(parallel, runs) / 2))
     return Within(ended, ended * p.reliability, False)
+
+
+def _weighed(ok: float, drawn_share: float, reliability: float) -> float:
+    """Runs ok as drawn (``ok``, of runs that end ok ``drawn_share`` of the time) weighed to
+    the estimate's ``reliability``: its few thousand draws' share ok is not the estimate's
+    to the digit, and a deadline or a ceiling that lets every run end is to leave exactly
+    the estimate's runs ok."""
+    return ok * reliability / drawn_share if drawn_share > 0 else 0.0
 
 
 def _within_json(w: Within | None) -> dict[str, float | None]:
