@@ -578,11 +578,17 @@ def test_a_batch_under_a_deadline_plans_the_runs_that_end_ok_before_it(
     assert 7 <= plan["runs_done_by_deadline"] <= 13 and plan["runs_ok_by_deadline"] == 0
     shown = " ".join(cli(*args, "--deadline", "0.3", "--plan").out.split())
     assert "runs ok │ 10.0 of 20 (50.00%); 0.0 of them before the deadline │" in shown
-    ran = cli(*args, "--deadline", "0.3", "--seed", "2", "--json").json()
+    cut = cli(*args, "--deadline", "0.3", "--seed", "2", "--json")
+    done = plan["runs_done_by_deadline"]
+    assert f"; about {done} of 20 end before the deadline; if it stops" in cut.err  # said first
+    ran = cut.json()
     assert ran["status"] == "deadline" and ran["counts"]["ok"] == 0 < ran["counts"]["failed"]
     assert ran["predicted"]["runs_ok_by_deadline"] == 0
     table = " ".join(cli(*args, "--deadline", "0.3", "--seed", "2").out.split())
     assert "0.0 of them before the deadline │ 0 of 20 │" in table
+    roomy = cli(*args, "--deadline", "5", "--max-cost", "1", "--seed", "2")
+    assert "s planned; if it stops" in roomy.err and "before the deadline" not in roomy.err
+    assert "the ceiling lets" not in roomy.err
     late = cli(*args, "--deadline", "5", "--plan", "--json").json()
     assert late["runs_ok_by_deadline"] == pytest.approx(late["predicted"]["ok_lines"])
     assert "before the deadline" not in cli(*args, "--deadline", "5", "--plan").out
@@ -1110,7 +1116,10 @@ def test_a_batch_under_a_ceiling_plans_the_runs_that_go_to_their_end_within_it(
     assert f"runs ok │ 10.0 of 20 (50.00%); {ok:.1f} of them within the ceiling │" in shown
     assert (f"ceiling │ $0.0500: about {ended:.1f} of 20 runs go to their end within it; it pays "
             "for 4 of 20 runs even at their worst │") in shown  # fmt: skip
-    got = [cli(*args, "--seed", str(s), "--json").json() for s in range(1, 7)]
+    runs = [cli(*args, "--seed", str(s), "--json") for s in range(1, 7)]
+    # the line the batch starts with says it too, before anything is spent
+    assert f"s planned; the ceiling lets about {ended:.1f} of 20 runs go to their end; if" in runs[0].err
+    got = [r.json() for r in runs]
     assert all(g["status"] == "budget_exhausted" and g["cost_usd"] <= 0.05 + 1e-12 for g in got)
     assert all(g["predicted"]["runs_ended_within_ceiling"] == ended for g in got)
     measured = np.mean([g["counts"]["ok"] + g["counts"]["failed"] for g in got])

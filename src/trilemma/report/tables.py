@@ -1240,6 +1240,18 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
     return t
 
 
+def budgets_cut(took: Any) -> str:
+    """What a batch's ceiling and deadline leave of its runs by the planner (a
+    :class:`~trilemma.run.batch.BatchTime`), for the line it starts with: nothing where
+    neither cuts any run."""
+    said = ""
+    if took.within is not None and took.within.ended < took.runs - 0.05:
+        said += f"; the ceiling lets about {took.within.ended:.1f} of {took.runs} runs go to their end"
+    if took.in_time is not None and took.deadline_s > 0 and took.in_time < took.runs:
+        said += f"; about {took.in_time} of {took.runs} end before the deadline"
+    return said
+
+
 def _ok_within(budgets: dict[str, Any], ok_lines: float) -> str:
     """The runs ok within a batch's ceiling and before its deadline, after those ok at their
     end, where either cuts some."""

@@ -151,9 +151,12 @@ class BatchResult:
     covered: int | None = None
     """How many of this session's runs what was left of the ceiling at its start pays for
     even at their worst (as ``--plan``'s ``runs_covered_at_worst``; None: no ceiling)."""
-    within: Within | None = None
-    """How many of this session's runs go to their end, and end ok, within what was left of
-    the ceiling at its start, on average (:func:`within_ceiling`; None: no ceiling)."""
+
+    @property
+    def within(self) -> Within | None:
+        """How many of this session's runs go to their end, and end ok, within what was left
+        of the ceiling at its start, on average (:func:`within_ceiling`; None: no ceiling)."""
+        return None if self.planned_time is None else self.planned_time.within
 
     @property
     def latency_planned_s(self) -> float:
@@ -164,7 +167,8 @@ class BatchResult:
         """The planner's figures for the batch (as ``--plan`` gives them before it runs), and
         under a ceiling how many of this session's runs it pays for at their worst
         (``runs_covered_at_worst``), and how many go to their end and end ok within it on
-        average (``runs_ended_within_ceiling``, ``runs_ok_within_ceiling``), under a deadline how many end before it
+        average (``runs_ended_within_ceiling``, ``runs_ok_within_ceiling``), under a deadline
+        how many end before it
         (``runs_done_by_deadline``), how many of those by a hair (``runs_near_deadline``) and
         how many end ok before it, on average (``runs_ok_by_deadline``)."""
         t, n = self.planned_time, len(self.lines)
@@ -383,7 +387,8 @@ def model_limits(wf: Workflow, p: Estimate) -> list[ModelLimit]:
 class BatchTime:
     """The planner's time for a batch of ``runs`` runs (:class:`_Ends`), the model's limit
     that holds it up (``limit``), and where the runs were replayed together, what they
-    bill (``cost_usd``: calls a failed run never sent bill nothing)."""
+    bill (``cost_usd``: calls a failed run never sent bill nothing); under a deadline or a
+    ceiling, what it lets through."""
 
     latency_s: float
     limit: ModelLimit | None = None
@@ -402,18 +407,23 @@ class BatchTime:
     ok_in_time: float | None = None
     """How many of the ``runs`` end ok before ``deadline_s``, on average
     (:meth:`_Ends.ok_in_time`)."""
+    within: Within | None = None
+    """Under a ceiling, how many of the ``runs`` go to their end within it, and end ok
+    (:func:`within_ceiling`)."""
 
 
 def batch_time(
-    wf: Workflow, p: Estimate, runs: int, parallel: int, deadline_s: float | None = None
-) -> BatchTime:
+    wf: Workflow, p: Estimate, runs: int, parallel: int, deadline_s: float | None = None,
+    ceiling_usd: float | None = None,
+) -> BatchTime:  # fmt: skip
     """:func:`batch_latency`, with the model's limit that sets it, if one does; with
     ``deadline_s``, how many runs end before it, how many of those by a hair, and how many
-    end ok before it."""
+    end ok before it; with ``ceiling_usd``, how many go to their end within it."""
     ends = _Ends.of(wf, p, runs, parallel)
+    took = replace(ends.time(), within=within_ceiling(wf, p, runs, parallel, ceiling_usd))
     if deadline_s is None:
-        return ends.time()
-    return replace(ends.time(), deadline_s=deadline_s, in_time=ends.in_time(deadline_s),
+        return took
+    return replace(took, deadline_s=deadline_s, in_time=ends.in_time(deadline_s),
                    near=ends.near(deadline_s, deadline_headroom(p)),
                    ok_in_time=ends.ok_in_time(deadline_s))  # fmt: skip
 
@@ -901,10 +911,9 @@ async def run_batch_async(
                 await close_parts(endpoints, spend, tier)
 
     todo = sum(1 for r in results if r is None)
-    planned = batch_time(wf, predicted, todo, parallel, deadline)
     left = None if ceiling is None else max(0.0, ceiling - guard.spent)  # an earlier session's spent
+    planned = batch_time(wf, predicted, todo, parallel, deadline, left)
     covered = _covered(left, predicted.cost_worst, todo)
-    within = within_ceiling(wf, predicted, todo, parallel, left)
     if on_plan is not None:
         on_plan(planned)
     if on_start is not None:
@@ -926,7 +935,7 @@ async def run_batch_async(
                 for i, r in enumerate(results))  # fmt: skip
     return BatchResult(batch_id, _status(out, guard), out, math.fsum(r.cost_usd for r in out),
                        ceiling, time.time() - started, predicted, str(journal.path), parallel,
-                       planned, bill_draws(wf), covered, within)  # fmt: skip
+                       planned, bill_draws(wf), covered)  # fmt: skip
 
 
 run_batch = blocking(run_batch_async)
