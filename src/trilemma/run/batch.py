@@ -168,9 +168,9 @@ class BatchResult:
         under a ceiling how many of this session's runs it pays for at their worst
         (``runs_covered_at_worst``), and how many go to their end and end ok within it on
         average (``runs_ended_within_ceiling``, ``runs_ok_within_ceiling``), under a deadline
-        how many end before it
-        (``runs_done_by_deadline``), how many of those by a hair (``runs_near_deadline``) and
-        how many end ok before it, on average (``runs_ok_by_deadline``)."""
+        how many end before it (``runs_done_by_deadline``), how many of those by a hair
+        (``runs_near_deadline``) and how many end ok before it, on average
+        (``runs_ok_by_deadline``)."""
         t, n = self.planned_time, len(self.lines)
         limit = None if t is None else t.limit
         replayed = t.cost_usd if t is not None and t.runs == n else None  # lines of a session
