@@ -877,9 +877,14 @@ def test_runs_that_cost_other_than_planned_say_which_guess_to_check(tmp_path: Pa
                                           "prompt_tokens: 100, completion_tokens: 50, latency_s: 0.01, "
                                           "p_ok: 1.0"))  # fmt: skip
         r = cli("batch", spec, "--inputs", lines, "--journal", db)
+        cut = cli("batch", spec, "--inputs", lines, "--journal", tmp_path / "k.db", "--max-cost",
+                  "0.002", "--parallel", "1")  # fmt: skip
     assert r.code == 0, r.err
     # before it starts, what its runs on the endpoint will bill by the planner: 20 x $0.0002
     assert ", about $0.0040 billed on real endpoints (api) by the planner; if it stops" in r.err
+    # then what a ceiling lets through, by the planner (the runs bill 9x that, here)
+    assert re.search(r"by the planner; the ceiling lets about \d+\.\d of 20 runs go to their "
+                     r"end; if it stops", cut.err), cut.err  # fmt: skip
     out = " ".join(r.out.split())
     planned, paid = (100 * 1 + 50 * 2) / 1e6, (1002.5 * 1 + 400 * 2) / 1e6
     assert f"The runs cost ${paid:.4f} each against ${planned:.4f} planned (9.01x)" in out

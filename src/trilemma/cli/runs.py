@@ -274,10 +274,10 @@ def batch_cmd(
             nonlocal said
             held = tables.limit_held(None if took.limit is None else took.limit.to_json())
             said = f", about {took.latency_s:.2f}s planned" + (f" ({held})" if held else "")
-            said += tables.budgets_cut(took)
             if paid:  # what runs on real endpoints will bill, said before they start
                 said += (f", about {tables.usd(took.bill_usd)} billed on real endpoints "
                          f"({', '.join(paid)}) by the planner")  # fmt: skip
+            said += tables.budgets_cut(took)
 
         def started(batch_id: str) -> None:
             again = "goes on with" if resume else "is resumed by the same command with"
