@@ -129,9 +129,11 @@ def _replays(
     for i, ps in enumerate(d.parents):
         for parent in ps:
             children[parent].append(i)
-    steps = {st.id: st for st in wf.steps}
-    reserve = [max(wf.models[m].reserved_per_call(steps[sid].max_tokens)
-                   for m in wf.step_models(steps[sid])) for sid in d.order]  # fmt: skip
+    reserve = None
+    if ceiling is not None:  # what a call of each step holds of it
+        steps = {st.id: st for st in wf.steps}
+        reserve = [max(wf.models[m].reserved_per_call(steps[sid].max_tokens)
+                       for m in wf.step_models(steps[sid])) for sid in d.order]  # fmt: skip
     rng = np.random.default_rng(_SEED)
     return d, [_one(wf, d, prio, children, lines, parallel, rng, ceiling, reserve)
                for _ in range(min(REPLAY_REPS, reps))]  # fmt: skip

@@ -170,10 +170,10 @@ def batch_report(journal: Journal, batch_id: str) -> str:
     ok = sum(1 for r in runs if r["status"] == "ok")
     cost = sum(r["cost_usd"] for r in runs)
     cost_p, latency_p = p.get("cost_usd", {}), p.get("latency_s", {})
-    started = min(r["started_at"] for r in runs)
+    begun = min(runs, key=lambda r: r["started_at"])  # its first run: the deadline from its start
+    started = begun["started_at"]
     ended = max((r["finished_at"] for r in runs if r["finished_at"]), default=None)
     ceiling = first["max_cost_usd"]
-    begun = min(runs, key=lambda r: r["started_at"])  # its first session's deadline, from its start
     deadline = begun["deadline_at"] - started if begun["deadline_at"] else None
     halts, each = cost_p.get("halting"), latency_p.get("halting")
     stop_usd = (f" ({usd(halts * n)} as failed runs stop)"

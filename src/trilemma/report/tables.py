@@ -1159,13 +1159,11 @@ def batch_view(b: Any, shown: int = 10) -> Group:
         t.add_row(label, row, got)
     ran = 0 if b.planned_time is None else b.planned_time.runs  # this session's
     if b.max_cost_usd is not None and b.planned_time is not None:  # the runs it pays for
-        t.add_row("ceiling", f"{usd(b.max_cost_usd)}: {_pays(b.covered, ran, planned)}",
+        t.add_row("ceiling", f"{usd(b.max_cost_usd)}: {_pays(planned, ran)}",
                   f"{b.ran_to_end()} of {ran} ended")  # fmt: skip
     if b.deadline_s is not None and b.planned_time is not None:  # the runs it lets end
-        from trilemma.plan.simulate import deadline_headroom
-
         said = (f"{b.deadline_s:g}s: " + _in_time(planned["runs_done_by_deadline"],
-                planned["runs_near_deadline"], ran, deadline_headroom(b.predicted))
+                planned["runs_near_deadline"], ran, planned["deadline_headroom_s"])
                 if b.deadline_s > 0 else  # a resumed batch's, passed: --deadline gives a new one
                 f"passed {-b.deadline_s:.2f}s before this session (--deadline SECONDS gives a new one)")  # fmt: skip
         t.add_row("deadline", said, f"{b.ran_to_end()} of {ran} ended")
@@ -1226,7 +1224,7 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
     for row in _planned_rows(plan["predicted"], n, plan["parallel"], plan):
         t.add_row(*row)
     if plan["max_cost_usd"] is not None:
-        t.add_row("ceiling", f"{usd(plan['max_cost_usd'])}: {_pays(plan['runs_covered_at_worst'], n, plan)}")
+        t.add_row("ceiling", f"{usd(plan['max_cost_usd'])}: {_pays(plan, n)}")
     if plan.get("deadline_s") is not None:
         done, planned = plan["runs_done_by_deadline"], plan["predicted"]["latency_s"]["batch"]
         said = _in_time(done, plan["runs_near_deadline"], n, plan["deadline_headroom_s"])
@@ -1236,7 +1234,7 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
     shared = plan.get("shared_budget")
     if shared is not None:
         t.add_row(f"shared budget {shared['name']}",
-                  f"{usd(shared['remaining_usd'])} left: {_pays(shared['runs_covered_at_worst'], n, shared)}")  # fmt: skip
+                  f"{usd(shared['remaining_usd'])} left: {_pays(shared, n)}")  # fmt: skip
     return t
 
 
@@ -1264,13 +1262,13 @@ def _ok_within(budgets: dict[str, Any], ok_lines: float) -> str:
     return said
 
 
-def _pays(covered: int | None, n: int, plan: dict[str, Any] | None = None) -> str:
-    """How many of a batch's ``n`` runs a ceiling pays for at their worst, in words, after
-    how many go to their end within it on average where the plan says
-    (``runs_ended_within_ceiling``)."""
+def _pays(plan: Mapping[str, Any], n: int) -> str:
+    """How many of a batch's ``n`` runs a ceiling pays for at their worst
+    (``runs_covered_at_worst`` in ``plan``, a batch's plan or its shared budget's), in words,
+    after how many go to their end within it on average (``runs_ended_within_ceiling``)."""
+    covered, ended = plan["runs_covered_at_worst"], plan.get("runs_ended_within_ceiling")
     if covered is None:
         return "no run can cost anything"
-    ended = None if plan is None else plan.get("runs_ended_within_ceiling")
     worst = f"pays for {covered} of {n} runs even at their worst"
     if ended is None or covered >= n:
         return worst

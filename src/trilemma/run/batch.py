@@ -75,6 +75,7 @@ __all__ = [
     "ModelLimit",
     "Within",
     "batch_time",
+    "budgets_json",
     "model_limits",
     "plan_batch",
     "predicted_json",
@@ -148,9 +149,12 @@ class BatchResult:
     """A run's bill as the planner draws it (:func:`~trilemma.plan.estimate.bill_draws`),
     that :meth:`off_plan` weighs the runs' mean bill against, unless the plan replayed the
     runs together (its bill then is not these draws'); None: by Student's t."""
-    covered: int | None = None
-    """How many of this session's runs what was left of the ceiling at its start pays for
-    even at their worst (as ``--plan``'s ``runs_covered_at_worst``; None: no ceiling)."""
+
+    @property
+    def covered(self) -> int | None:
+        """How many of this session's runs what was left of the ceiling at its start pays for
+        even at their worst (as ``--plan``'s ``runs_covered_at_worst``; None: no ceiling)."""
+        return None if self.planned_time is None else self.planned_time.covered
 
     @property
     def within(self) -> Within | None:
@@ -164,22 +168,13 @@ class BatchResult:
         return 0.0 if self.planned_time is None else self.planned_time.latency_s
 
     def planned(self) -> dict[str, Any]:
-        """The planner's figures for the batch (as ``--plan`` gives them before it runs), and
-        under a ceiling how many of this session's runs it pays for at their worst
-        (``runs_covered_at_worst``), and how many go to their end and end ok within it on
-        average (``runs_ended_within_ceiling``, ``runs_ok_within_ceiling``), under a deadline
-        how many end before it (``runs_done_by_deadline``), how many of those by a hair
-        (``runs_near_deadline``) and how many end ok before it, on average
-        (``runs_ok_by_deadline``)."""
+        """The planner's figures for the batch (as ``--plan`` gives them before it runs), with
+        what its ceiling and deadline let this session's runs do (:func:`budgets_json`)."""
         t, n = self.planned_time, len(self.lines)
         limit = None if t is None else t.limit
         replayed = t.cost_usd if t is not None and t.runs == n else None  # lines of a session
         return {**predicted_json(self.predicted, n, self.latency_planned_s, limit, replayed),
-                "runs_covered_at_worst": self.covered,
-                **_within_json(self.within),
-                "runs_done_by_deadline": None if t is None else t.in_time,
-                "runs_near_deadline": None if t is None else t.near,
-                "runs_ok_by_deadline": None if t is None else _rounded(t.ok_in_time)}  # fmt: skip
+                **budgets_json(t or BatchTime(0.0))}  # fmt: skip
 
     @property
     def deadline_s(self) -> float | None:
@@ -407,9 +402,33 @@ class BatchTime:
     ok_in_time: float | None = None
     """How many of the ``runs`` end ok before ``deadline_s``, on average
     (:meth:`_Ends.ok_in_time`)."""
+    headroom_s: float | None = None
+    """Under a deadline, the executor's own time before it
+    (:func:`~trilemma.plan.simulate.deadline_headroom`), which :attr:`near` counts within."""
+    covered: int | None = None
+    """Under a ceiling, how many of the ``runs`` it pays for even at their worst."""
     within: Within | None = None
     """Under a ceiling, how many of the ``runs`` go to their end within it, and end ok
     (:func:`within_ceiling`)."""
+
+
+def budgets_json(t: BatchTime) -> dict[str, Any]:
+    """What a batch's ceiling and deadline let its runs do, by the planner (``t``), as
+    ``--plan --json`` and a batch's ``predicted`` give it (None where it has none):
+    ``runs_covered_at_worst``: how many runs the ceiling pays for even if every one uses
+    every retry (None also when a run costs nothing at worst);
+    ``runs_ended_within_ceiling`` and ``runs_ok_within_ceiling``: how many go to their end
+    (ok or failed), and end ok, within it on average (:func:`within_ceiling`);
+    ``runs_done_by_deadline``: how many end before the deadline on average, as the pool or
+    the replay runs them (:class:`_Ends`); ``runs_near_deadline``: how many of those end
+    less than the executor's own time before it (``deadline_headroom_s``,
+    :meth:`_Ends.near`), which a run's own time may put past it; ``runs_ok_by_deadline``:
+    how many end ok before it, on average (:meth:`_Ends.ok_in_time`): the figure to set
+    beside the runs ok under a deadline, where ``predicted.ok_lines`` is of runs that all
+    go to their end."""
+    return {"runs_covered_at_worst": t.covered, **_within_json(t.within),
+            "runs_done_by_deadline": t.in_time, "runs_near_deadline": t.near,
+            "runs_ok_by_deadline": _rounded(t.ok_in_time), "deadline_headroom_s": t.headroom_s}  # fmt: skip
 
 
 def batch_time(
@@ -418,14 +437,17 @@ def batch_time(
 ) -> BatchTime:  # fmt: skip
     """:func:`batch_latency`, with the model's limit that sets it, if one does; with
     ``deadline_s``, how many runs end before it, how many of those by a hair, and how many
-    end ok before it; with ``ceiling_usd``, how many go to their end within it."""
+    end ok before it; with ``ceiling_usd``, how many it pays for at their worst and how many
+    go to their end within it."""
     ends = _Ends.of(wf, p, runs, parallel)
-    took = replace(ends.time(), within=within_ceiling(wf, p, runs, parallel, ceiling_usd))
+    took = replace(ends.time(), covered=_covered(ceiling_usd, p.cost_worst, runs),
+                   within=within_ceiling(wf, p, runs, parallel, ceiling_usd))  # fmt: skip
     if deadline_s is None:
         return took
+    room = deadline_headroom(p)
     return replace(took, deadline_s=deadline_s, in_time=ends.in_time(deadline_s),
-                   near=ends.near(deadline_s, deadline_headroom(p)),
-                   ok_in_time=ends.ok_in_time(deadline_s))  # fmt: skip
+                   near=ends.near(deadline_s, room), ok_in_time=ends.ok_in_time(deadline_s),
+                   headroom_s=room)  # fmt: skip
 
 
 #: A replay holds the batch up by a model's limits where it takes this much longer than
@@ -453,9 +475,14 @@ class _Ends:
     @classmethod
     def of(cls, wf: Workflow, p: Estimate, runs: int, parallel: int) -> _Ends:
         got = replay_batch(wf, p, runs, parallel)  # None where no model's limit holds a call
-        per_run = p.halting.cost_usd if p.halting is not None else p.cost_expected
-        return cls(*_pool(wf, p, runs, parallel), got, model_limits(wf, p), runs, per_run,
-                   p.reliability)
+        return cls(*_pool(wf, p, runs, parallel), got, model_limits(wf, p), runs,
+                   _per_run_usd(p), p.reliability)  # fmt: skip
+
+    def _drawn(self) -> tuple[np.ndarray, np.ndarray]:
+        """The runs' ends and their chances to end ok: the replay's, else the pool's."""
+        if self.replayed is not None:
+            return self.replayed.ends, self.replayed.ok
+        return self.pool, self.pool_ok
 
     def time(self) -> BatchTime:
         """The batch's mean time, and the limit that holds it up, if one does: the replay's
@@ -480,7 +507,7 @@ class _Ends:
         then (None: no deadline)."""
         if deadline is None:
             return None
-        ends = self.pool if self.replayed is None else self.replayed.ends
+        ends, _ = self._drawn()
         got = round(float((ends <= deadline * (1 + 1e-9)).sum(axis=1).mean()))
         return min(got, self._through(deadline))
 
@@ -500,8 +527,7 @@ class _Ends:
         fewer runs through than the pool has end, those are ok by the same share."""
         if deadline is None:
             return None
-        ends, ok = ((self.pool, self.pool_ok) if self.replayed is None
-                    else (self.replayed.ends, self.replayed.ok))  # fmt: skip
+        ends, ok = self._drawn()
         before = ends <= deadline * (1 + 1e-9)
         got = _weighed(float((ok * before).sum(axis=1).mean()), float(ok.mean()), self.reliability)
         done, through = float(before.sum(axis=1).mean()), self._through(deadline)
@@ -514,7 +540,7 @@ class _Ends:
         deadline): runs the planner has in time that a run's own time may put past it."""
         if deadline is None:
             return None
-        ends = self.pool if self.replayed is None else self.replayed.ends
+        ends, _ = self._drawn()
         close = (ends <= deadline * (1 + 1e-9)) & (ends > deadline - headroom)
         return min(round(float(close.sum(axis=1).mean())), self.in_time(deadline) or 0)
 
@@ -552,6 +578,11 @@ def _took(ends: np.ndarray) -> float:
 def _per_run_s(p: Estimate) -> float:
     """A run's mean latency: the halting runs' where drawn, else the expected one."""
     return p.halting.latency_s if p.halting is not None else p.latency_expected_s
+
+
+def _per_run_usd(p: Estimate) -> float:
+    """A run's mean bill: the halting runs' where drawn, else the expected one."""
+    return p.halting.cost_usd if p.halting is not None else p.cost_expected
 
 
 #: The pool's draws: batches of this many runs in all (repetitions x lines), at least
@@ -599,37 +630,20 @@ def plan_batch(
     max_cost_usd: float | None = None, shared_left: tuple[str, float] | None = None,
     deadline_s: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """What a batch of ``lines`` runs should cost and take, before anything is spent.
+    """What a batch of ``lines`` runs should cost and take, before anything is spent, and
+    what its ceiling (``max_cost_usd``, else the spec's) and deadline (``deadline_s``, else
+    the spec's) let its runs do (:func:`budgets_json`).
 
-    ``runs_covered_at_worst``: how many runs the ceiling pays for even if every one uses
-    every retry (None without a ceiling, or when a run costs nothing at worst);
-    ``runs_ended_within_ceiling`` and ``runs_ok_within_ceiling``: how many go to their end
-    (ok or failed), and end ok, within it on average (:func:`within_ceiling`; None without
-    one).
-    ``runs_done_by_deadline``: how many runs end before the deadline (``deadline_s``, else
-    the spec's) on average, as the pool or the replay runs them (:class:`_Ends`; None
-    without one); ``runs_near_deadline``: how many of those end less than the executor's
-    own time before it (``deadline_headroom_s``, :meth:`_Ends.near`), which a run's own
-    time may put past it; ``runs_ok_by_deadline``: how many end ok before it, on average
-    (:meth:`_Ends.ok_in_time`): the figure to set beside the runs ok under a deadline,
-    where ``predicted.ok_lines`` is of runs that all go to their end.
     ``shared_left``: a shared budget's name and the dollars left in it now; the plan then
     says how many runs those pay for at their worst too, and how many go to their end (and
     end ok) within them on average.
     """
     p = estimate(wf)
     ceiling, deadline = wf.budget.resolve(max_cost_usd, deadline_s)
-    ends = _Ends.of(wf, p, lines, parallel)
-    took = ends.time()
+    took = batch_time(wf, p, lines, parallel, deadline, ceiling)
     out = {
-        "lines": lines, "parallel": parallel, "max_cost_usd": ceiling,
-        "runs_covered_at_worst": _covered(ceiling, p.cost_worst, lines),
-        **_within_json(within_ceiling(wf, p, lines, parallel, ceiling)),
-        "deadline_s": deadline,
-        "runs_done_by_deadline": ends.in_time(deadline),
-        "runs_near_deadline": ends.near(deadline, deadline_headroom(p)),
-        "runs_ok_by_deadline": _rounded(ends.ok_in_time(deadline)),
-        "deadline_headroom_s": None if deadline is None else deadline_headroom(p),
+        "lines": lines, "parallel": parallel, "max_cost_usd": ceiling, "deadline_s": deadline,
+        **budgets_json(took),
         "predicted": predicted_json(p, lines, took.latency_s, took.limit, took.cost_usd),
     }  # fmt: skip
     if shared_left is not None:
@@ -679,7 +693,7 @@ def within_ceiling(
         ended = float(got.ended.mean())
         return Within(ended, min(_weighed(float(got.ok.mean()), got.drawn_ok, p.reliability), ended),
                       True)  # fmt: skip
-    bill = p.halting.cost_usd if p.halting is not None else p.cost_expected
+    bill = _per_run_usd(p)
     if bill <= 0:  # a run bills nothing on average (cached): none is stopped
         return Within(float(runs), p.reliability * runs, False)
     ended = min(float(runs), max(0.0, dollars / bill - min(parallel, runs) / 2))
@@ -913,7 +927,6 @@ async def run_batch_async(
     todo = sum(1 for r in results if r is None)
     left = None if ceiling is None else max(0.0, ceiling - guard.spent)  # an earlier session's spent
     planned = batch_time(wf, predicted, todo, parallel, deadline, left)
-    covered = _covered(left, predicted.cost_worst, todo)
     if on_plan is not None:
         on_plan(planned)
     if on_start is not None:
@@ -935,7 +948,7 @@ async def run_batch_async(
                 for i, r in enumerate(results))  # fmt: skip
     return BatchResult(batch_id, _status(out, guard), out, math.fsum(r.cost_usd for r in out),
                        ceiling, time.time() - started, predicted, str(journal.path), parallel,
-                       planned, bill_draws(wf), covered)  # fmt: skip
+                       planned, bill_draws(wf))  # fmt: skip
 
 
 run_batch = blocking(run_batch_async)
