@@ -601,6 +601,55 @@ def test_a_batch_under_a_deadline_plans_the_runs_that_end_ok_before_it(
     assert held["runs_ok_by_deadline"] == pytest.approx(4, abs=0.3)
 
 
+def test_a_batch_under_a_ceiling_and_a_deadline_plans_the_runs_ok_within_both(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each run's first call costs $0.01, then a free call takes 0.5 s with a wide spread.
+    Twenty lines at once under $0.10 and 0.5 s: the ceiling lets the ten runs that reserve
+    first go on, the deadline lets about twelve end, whichever they are, so the runs ok
+    within both are about six, not the ten the smaller count alone would say. The plan
+    replays the calls under the ceiling with their ends and counts the ok runs ending by the
+    deadline; the runs ok row says it after the two; twelve batches measure it. Under one
+    budget there is no such figure; a spec that stops early (not replayed) takes the
+    smaller of the two."""
+    monkeypatch.setenv("COLUMNS", "250")  # each row on a line of its own
+    spec, lines = tmp_path / "both.yaml", tmp_path / "lines.jsonl"
+    spec.write_text("version: 1\nmodels: {big: {usd_per_call: 0.01, latency_s: 0.02, p_ok: 1},"
+                    " slow: {usd_per_call: 0.0, latency_s: 0.5, latency_jitter: 0.6, p_ok: 1}}\n"
+                    "steps: [{id: b, model: big}, {id: c, model: slow, after: [b]}]\n")  # fmt: skip
+    lines.write_text("{}\n" * 20)
+    args = ("batch", spec, "--inputs", lines, "--parallel", "20", "--journal", tmp_path / "j.db")
+    both = ("--max-cost", "0.1", "--deadline", "0.5")
+    plan = cli(*args, *both, "--plan", "--json").json()
+    ceiling, deadline = plan["runs_ok_within_ceiling"], plan["runs_ok_by_deadline"]
+    got = plan["runs_ok_within_budgets"]
+    assert ceiling == pytest.approx(10) and 9 < deadline < 15
+    assert got == pytest.approx(ceiling * deadline / 20, abs=0.8)  # the two cut apart
+    shown = " ".join(cli(*args, *both, "--plan").out.split())
+    assert (f"runs ok │ 20.0 of 20 (100.00%); 10.0 of them within the ceiling; {deadline:.1f} of "
+            f"them before the deadline; {got:.1f} within both │") in shown  # fmt: skip
+    ran = [cli(*args, *both, "--seed", str(100 * s), "--json").json() for s in range(1, 13)]
+    assert all(r["predicted"]["runs_ok_within_budgets"] == got for r in ran)
+    measured = np.mean([r["counts"]["ok"] for r in ran])
+    assert abs(measured - got) < 1.5 and measured < ceiling - 2, (measured, got)  # 5.25 over 8
+    for one in (("--max-cost", "0.1"), ("--deadline", "0.5")):
+        alone = cli(*args, *one, "--plan", "--json").json()
+        assert alone["runs_ok_within_budgets"] is None
+        assert "within both" not in cli(*args, *one, "--plan").out
+
+    stops = tmp_path / "stops.yaml"  # not replayed under a ceiling: the smaller of the two
+    stops.write_text("version: 1\nmodels: {small: {usd_per_call: 0.002, latency_s: 0.01, p_ok: 0.7},"
+                     " premium: {usd_per_call: 0.03, latency_s: 0.04, latency_jitter: 0.5, "
+                     "p_ok: 0.985}}\nsteps: [{id: guess, model: small, gate: {regex: '^\\d+$'}, "
+                     "sim: {ok: '42', bad: x}}, {id: answer, model: premium, retries: 1}]\n"
+                     "stop_when: guess\n")  # fmt: skip
+    args = ("batch", stops, "--inputs", lines, "--journal", tmp_path / "k.db", "--plan", "--json")
+    plan = cli(*args, "--max-cost", "0.2", "--deadline", "0.06").json()
+    smaller = min(plan["runs_ok_within_ceiling"], plan["runs_ok_by_deadline"])
+    assert 0 < smaller < plan["predicted"]["ok_lines"] - 1
+    assert plan["runs_ok_within_budgets"] == pytest.approx(smaller)
+
+
 def test_an_out_file_that_cannot_be_written_is_refused_before_anything_runs(
     tmp_path: Path, cli
 ) -> None:

@@ -80,14 +80,30 @@ def replay_batch(wf: Workflow, p: Estimate, lines: int, parallel: int) -> Replay
 
 @dataclass(frozen=True, slots=True)
 class Covered:
-    """A batch replayed under a spend ceiling: per replay, how many of its runs went to
-    their end (ok or failed: neither stopped by a refused reservation nor left unstarted)
-    and how many of those ended ok; and the share of the drawn runs that end ok without
-    it, to weigh the latter against the estimate's reliability."""
+    """A batch replayed under a spend ceiling: per replay, when each run that started ended
+    (``ends``) and how (``outcome``: stopped by a refused reservation, failed or ok, in the
+    same places); and the share of the drawn runs that end ok without it, to weigh the ok
+    ones against the estimate's reliability."""
 
-    ended: np.ndarray
-    ok: np.ndarray
+    ends: tuple[np.ndarray, ...]
+    outcome: tuple[np.ndarray, ...]
     drawn_ok: float
+
+    @property
+    def ended(self) -> np.ndarray:
+        """Per replay, how many runs went to their end (ok or failed: neither stopped by a
+        refused reservation nor left unstarted)."""
+        return np.array([float((o >= _FAILED).sum()) for o in self.outcome])
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Per replay, how many runs ended ok."""
+        return np.array([float((o == _OK).sum()) for o in self.outcome])
+
+    def ok_by(self, deadline: float) -> np.ndarray:
+        """Per replay, how many runs ended ok by ``deadline`` (from the batch's start)."""
+        return np.array([float(((o == _OK) & (e <= deadline * (1 + 1e-9))).sum())
+                         for e, o in zip(self.ends, self.outcome, strict=True)])  # fmt: skip
 
 
 def replay_ceiling(
@@ -107,9 +123,7 @@ def replay_ceiling(
     if replays is None:
         return None
     d, got = replays
-    outcome = [np.array(o) for _, _, o in got]
-    return Covered(np.array([float((o >= _FAILED).sum()) for o in outcome]),
-                   np.array([float((o == _OK).sum()) for o in outcome]),
+    return Covered(tuple(np.array(e) for e, _, _ in got), tuple(np.array(o) for _, _, o in got),
                    float((~d.dead.any(axis=0)).mean()))  # fmt: skip
 
 

@@ -1124,7 +1124,8 @@ def _planned_rows(
 ) -> list[tuple[str, str]]:
     """The planner's figures for a batch (``predicted_json``), a row each; under a ceiling
     or a deadline, how many runs end ok within it (``budgets``: a batch's plan, with
-    ``runs_ok_within_ceiling`` and ``runs_ok_by_deadline``) beside those ok at their end."""
+    ``runs_ok_within_ceiling``, ``runs_ok_by_deadline`` and ``runs_ok_within_budgets``)
+    beside those ok at their end."""
     cost, latency = plan["cost_usd"], plan["latency_s"]
     halts, each, shared = cost.get("halting"), latency.get("halting_per_run"), cost.get("replayed")
     halting = f" ({usd(halts)} as failed runs stop)" if well_under(halts, cost["expected"]) else ""
@@ -1252,14 +1253,16 @@ def budgets_cut(took: Any) -> str:
 
 def _ok_within(budgets: dict[str, Any], ok_lines: float) -> str:
     """The runs ok within a batch's ceiling and before its deadline, after those ok at their
-    end, where either cuts some."""
-    said = ""
+    end, where either cuts some; where both do, the runs ok within both."""
+    said = []
     for key, where in (("runs_ok_within_ceiling", "within the ceiling"),
                        ("runs_ok_by_deadline", "before the deadline")):  # fmt: skip
         ok = budgets.get(key)
         if ok is not None and ok < ok_lines - 0.05:
-            said += f"; {ok:.1f} of them {where}"
-    return said
+            said.append(f"; {ok:.1f} of them {where}")
+    if len(said) == 2 and (both := budgets.get("runs_ok_within_budgets")) is not None:
+        said.append(f"; {both:.1f} within both")
+    return "".join(said)
 
 
 def _pays(plan: Mapping[str, Any], n: int) -> str:

@@ -410,6 +410,9 @@ class BatchTime:
     within: Within | None = None
     """Under a ceiling, how many of the ``runs`` go to their end within it, and end ok
     (:func:`within_ceiling`)."""
+    ok_in_budgets: float | None = None
+    """Under a ceiling and a deadline, how many of the ``runs`` end ok within the one and
+    before the other, on average: no more than either lets end ok alone."""
 
 
 def budgets_json(t: BatchTime) -> dict[str, Any]:
@@ -425,10 +428,12 @@ def budgets_json(t: BatchTime) -> dict[str, Any]:
     :meth:`_Ends.near`), which a run's own time may put past it; ``runs_ok_by_deadline``:
     how many end ok before it, on average (:meth:`_Ends.ok_in_time`): the figure to set
     beside the runs ok under a deadline, where ``predicted.ok_lines`` is of runs that all
-    go to their end."""
+    go to their end; ``runs_ok_within_budgets``: under both, how many end ok within the
+    ceiling and before the deadline (:attr:`BatchTime.ok_in_budgets`)."""
     return {"runs_covered_at_worst": t.covered, **_within_json(t.within),
             "runs_done_by_deadline": t.in_time, "runs_near_deadline": t.near,
-            "runs_ok_by_deadline": _rounded(t.ok_in_time), "deadline_headroom_s": t.headroom_s}  # fmt: skip
+            "runs_ok_by_deadline": _rounded(t.ok_in_time), "deadline_headroom_s": t.headroom_s,
+            "runs_ok_within_budgets": _rounded(t.ok_in_budgets)}  # fmt: skip
 
 
 def batch_time(
@@ -438,16 +443,18 @@ def batch_time(
     """:func:`batch_latency`, with the model's limit that sets it, if one does; with
     ``deadline_s``, how many runs end before it, how many of those by a hair, and how many
     end ok before it; with ``ceiling_usd``, how many it pays for at their worst and how many
-    go to their end within it."""
+    go to their end within it; with both, how many end ok within both."""
     ends = _Ends.of(wf, p, runs, parallel)
-    took = replace(ends.time(), covered=_covered(ceiling_usd, p.cost_worst, runs),
-                   within=within_ceiling(wf, p, runs, parallel, ceiling_usd))  # fmt: skip
+    within = within_ceiling(wf, p, runs, parallel, ceiling_usd, deadline_s)
+    took = replace(ends.time(), covered=_covered(ceiling_usd, p.cost_worst, runs), within=within)
     if deadline_s is None:
         return took
-    room = deadline_headroom(p)
+    room, ok_in_time = deadline_headroom(p), ends.ok_in_time(deadline_s)
+    assert ok_in_time is not None
+    both = None if within is None else min(ok_in_time, within.ok, within.ok_in_time or math.inf)
     return replace(took, deadline_s=deadline_s, in_time=ends.in_time(deadline_s),
-                   near=ends.near(deadline_s, room), ok_in_time=ends.ok_in_time(deadline_s),
-                   headroom_s=room)  # fmt: skip
+                   near=ends.near(deadline_s, room), ok_in_time=ok_in_time, headroom_s=room,
+                   ok_in_budgets=both)  # fmt: skip
 
 
 #: A replay holds the batch up by a model's limits where it takes this much longer than
@@ -669,13 +676,17 @@ class Within:
     ok: float
     replayed: bool
     """Its calls replayed under the ceiling (else by a run's mean bill)."""
+    ok_in_time: float | None = None
+    """Of the runs ok, how many end by the deadline it was asked with, where replayed."""
 
 
 def within_ceiling(
-    wf: Workflow, p: Estimate, runs: int, parallel: int, dollars: float | None
-) -> Within | None:
+    wf: Workflow, p: Estimate, runs: int, parallel: int, dollars: float | None,
+    deadline_s: float | None = None,
+) -> Within | None:  # fmt: skip
     """How many of ``runs`` runs of ``wf`` (estimated as ``p``), ``parallel`` at a time, go
-    to their end within a ceiling of ``dollars``, and how many end ok (None: no ceiling).
+    to their end within a ceiling of ``dollars``, and how many end ok (None: no ceiling);
+    where replayed with a ``deadline_s``, how many of those end ok by it too.
 
     Replayed call by call where the replay can (:func:`~trilemma.plan.batchsim.replay_ceiling`:
     each call holds its reservation while in flight, the first refused stops its run and
@@ -691,8 +702,10 @@ def within_ceiling(
     got = replay_ceiling(wf, p, runs, parallel, dollars)
     if got is not None:
         ended = float(got.ended.mean())
-        return Within(ended, min(_weighed(float(got.ok.mean()), got.drawn_ok, p.reliability), ended),
-                      True)  # fmt: skip
+        ok = min(_weighed(float(got.ok.mean()), got.drawn_ok, p.reliability), ended)
+        in_time = (None if deadline_s is None else
+                   min(_weighed(float(got.ok_by(deadline_s).mean()), got.drawn_ok, p.reliability), ok))  # fmt: skip
+        return Within(ended, ok, True, in_time)
     bill = _per_run_usd(p)
     if bill <= 0:  # a run bills nothing on average (cached): none is stopped
         return Within(float(runs), p.reliability * runs, False)
