@@ -601,6 +601,32 @@ def test_a_batch_under_a_deadline_plans_the_runs_that_end_ok_before_it(
     assert held["runs_ok_by_deadline"] == pytest.approx(4, abs=0.3)
 
 
+def test_a_batch_under_a_ceiling_plans_when_the_ceiling_stops_it(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cheap check (20 ms) fails half the runs, then the $0.01 answer (50 ms); twenty
+    lines, four at a time, under $0.05: all twenty would take about 0.25 s, but the ceiling
+    stops the batch's starts after nine or so, at about 0.12 s. The ceiling's replay keeps
+    when its last run ended; the latency row and the batch's first line say it, and the
+    batches measure it. A ceiling that stops nothing says nothing more."""
+    monkeypatch.setenv("COLUMNS", "250")  # each row on a line of its own
+    spec, lines = write_halting(tmp_path, 0.02, 0.05)
+    args = ("batch", spec, "--inputs", lines, "--journal", tmp_path / "j.db")
+    plan = cli(*args, "--max-cost", "0.05", "--plan", "--json").json()
+    took, planned = plan["latency_within_ceiling_s"], plan["predicted"]["latency_s"]["batch"]
+    assert 0.08 < took < 0.16 and planned > 0.2, (took, planned)
+    shown = " ".join(cli(*args, "--max-cost", "0.05", "--plan").out.split())
+    assert f"critical path); about {took:.2f}s as the ceiling stops it │" in shown
+    runs = [cli(*args, "--max-cost", "0.05", "--seed", str(s), "--json") for s in range(1, 7)]
+    assert f"runs go to their end, stopping the batch at about {took:.2f}s; if it" in runs[0].err
+    measured = float(np.mean([r.json()["latency_s"] for r in runs]))
+    assert abs(measured / took - 1) < 0.25, (measured, took)  # 0.117 against 0.116 over 12
+    roomy = cli(*args, "--max-cost", "1", "--plan", "--json").json()  # pays for every run
+    assert roomy["latency_within_ceiling_s"] is None
+    assert "as the ceiling stops it" not in cli(*args, "--max-cost", "1", "--plan").out
+    assert cli(*args, "--plan", "--json").json()["latency_within_ceiling_s"] is None
+
+
 def test_a_batch_under_a_ceiling_and_a_deadline_plans_the_runs_ok_within_both(
     tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -933,7 +959,7 @@ def test_runs_that_cost_other_than_planned_say_which_guess_to_check(tmp_path: Pa
     assert ", about $0.0040 billed on real endpoints (api) by the planner; if it stops" in r.err
     # then what a ceiling lets through, by the planner (the runs bill 9x that, here)
     assert re.search(r"by the planner; the ceiling lets about \d+\.\d of 20 runs go to their "
-                     r"end; if it stops", cut.err), cut.err  # fmt: skip
+                     r"end, stopping the batch at about \d+\.\d\ds; if it stops", cut.err), cut.err  # fmt: skip
     out = " ".join(r.out.split())
     planned, paid = (100 * 1 + 50 * 2) / 1e6, (1002.5 * 1 + 400 * 2) / 1e6
     assert f"The runs cost ${paid:.4f} each against ${planned:.4f} planned (9.01x)" in out
@@ -1172,7 +1198,8 @@ def test_a_batch_under_a_ceiling_plans_the_runs_that_go_to_their_end_within_it(
             "for 4 of 20 runs even at their worst │") in shown  # fmt: skip
     runs = [cli(*args, "--seed", str(s), "--json") for s in range(1, 7)]
     # the line the batch starts with says it too, before anything is spent
-    assert f"s planned; the ceiling lets about {ended:.1f} of 20 runs go to their end; if" in runs[0].err
+    stops = f"stopping the batch at about {plan['latency_within_ceiling_s']:.2f}s"
+    assert f"s planned; the ceiling lets about {ended:.1f} of 20 runs go to their end, {stops}; if" in runs[0].err
     got = [r.json() for r in runs]
     assert all(g["status"] == "budget_exhausted" and g["cost_usd"] <= 0.05 + 1e-12 for g in got)
     assert all(g["predicted"]["runs_ended_within_ceiling"] == ended for g in got)

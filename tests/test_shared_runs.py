@@ -392,7 +392,10 @@ def test_a_batch_plan_says_what_the_shared_budget_has_left_for_it(
     assert planned["shared_budget"] == {"name": name, "remaining_usd": pytest.approx(0.07),
                                         "runs_covered_at_worst": 17,
                                         "runs_ended_within_ceiling": pytest.approx(20, abs=0.5),
-                                        "runs_ok_within_ceiling": pytest.approx(20, abs=0.5)}  # fmt: skip
+                                        "runs_ok_within_ceiling": pytest.approx(20, abs=0.5),
+                                        # the ceiling stops no start: the batch's whole time
+                                        "latency_within_ceiling_s": pytest.approx(
+                                            planned["predicted"]["latency_s"]["batch"], rel=0.2)}  # fmt: skip
     table = cli("batch", spec, "--inputs", lines, *flags)
     assert f"shared budget {name}" in table.out and "pays for 17 of 20 runs" in table.out
     assert "runs go to their end within it" in table.out

@@ -100,6 +100,12 @@ class Covered:
         """Per replay, how many runs ended ok."""
         return np.array([float((o == _OK).sum()) for o in self.outcome])
 
+    @property
+    def took(self) -> np.ndarray:
+        """Per replay, when the batch ended: its last run's end (the ceiling stops the
+        batch's starts, and the runs in flight end as their calls answer or are refused)."""
+        return np.array([float(e.max()) if e.size else 0.0 for e in self.ends])
+
     def ok_by(self, deadline: float) -> np.ndarray:
         """Per replay, how many runs ended ok by ``deadline`` (from the batch's start)."""
         return np.array([float(((o == _OK) & (e <= deadline * (1 + 1e-9))).sum())

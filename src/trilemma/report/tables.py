@@ -1140,7 +1140,8 @@ def _planned_rows(
                     + _ok_within(budgets or {}, plan["ok_lines"])),
         ("latency", f"{latency['batch']:.2f}s ({held}{parallel} at a time, {stopped}"
                     f"{latency['expected_per_run']:.2f}s expected each, "
-                    f"{latency['critical_path_per_run']:.2f}s critical path)"),
+                    f"{latency['critical_path_per_run']:.2f}s critical path)"
+                    + _stopped_at(budgets or {}, latency["batch"], n)),
         ("quality per dollar", _qpd(plan["quality_per_dollar"])),
     ]  # fmt: skip
 
@@ -1244,11 +1245,24 @@ def budgets_cut(took: Any) -> str:
     :class:`~trilemma.run.batch.BatchTime`), for the line it starts with: nothing where
     neither cuts any run."""
     said = ""
-    if took.within is not None and took.within.ended < took.runs - 0.05:
-        said += f"; the ceiling lets about {took.within.ended:.1f} of {took.runs} runs go to their end"
+    w = took.within
+    if w is not None and w.ended < took.runs - 0.05:
+        said += f"; the ceiling lets about {w.ended:.1f} of {took.runs} runs go to their end"
+        if well_under(w.took_s, took.latency_s):
+            said += f", stopping the batch at about {w.took_s:.2f}s"
     if took.in_time is not None and took.deadline_s > 0 and took.in_time < took.runs:
         said += f"; about {took.in_time} of {took.runs} end before the deadline"
     return said
+
+
+def _stopped_at(budgets: Mapping[str, Any], planned_s: float, n: int) -> str:
+    """When a batch ends as its ceiling stops it (``latency_within_ceiling_s`` in
+    ``budgets``, a batch's plan), where that is well before the ``planned_s`` of all ``n``
+    runs."""
+    took, ended = budgets.get("latency_within_ceiling_s"), budgets.get("runs_ended_within_ceiling")
+    if ended is None or ended >= n - 0.05 or not well_under(took, planned_s):
+        return ""
+    return f"; about {took:.2f}s as the ceiling stops it"
 
 
 def _ok_within(budgets: dict[str, Any], ok_lines: float) -> str:

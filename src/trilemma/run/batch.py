@@ -421,7 +421,9 @@ def budgets_json(t: BatchTime) -> dict[str, Any]:
     ``runs_covered_at_worst``: how many runs the ceiling pays for even if every one uses
     every retry (None also when a run costs nothing at worst);
     ``runs_ended_within_ceiling`` and ``runs_ok_within_ceiling``: how many go to their end
-    (ok or failed), and end ok, within it on average (:func:`within_ceiling`);
+    (ok or failed), and end ok, within it on average (:func:`within_ceiling`), and
+    ``latency_within_ceiling_s``, where the calls were replayed under it, when the batch
+    ends as the ceiling stops it;
     ``runs_done_by_deadline``: how many end before the deadline on average, as the pool or
     the replay runs them (:class:`_Ends`); ``runs_near_deadline``: how many of those end
     less than the executor's own time before it (``deadline_headroom_s``,
@@ -662,7 +664,7 @@ def plan_batch(
 
 
 def _rounded(runs: float | None) -> float | None:
-    """A mean count of runs, to six places, as the JSON gives ``ok_lines``."""
+    """A mean count of runs (or seconds), to six places, as the JSON gives ``ok_lines``."""
     return None if runs is None else round(runs, 6)
 
 
@@ -678,6 +680,9 @@ class Within:
     """Its calls replayed under the ceiling (else by a run's mean bill)."""
     ok_in_time: float | None = None
     """Of the runs ok, how many end by the deadline it was asked with, where replayed."""
+    took_s: float | None = None
+    """Where replayed, when the batch ends on average: its last run's end, the ceiling
+    having stopped its starts (the batch's time, where it stops none)."""
 
 
 def within_ceiling(
@@ -705,7 +710,7 @@ def within_ceiling(
         ok = min(_weighed(float(got.ok.mean()), got.drawn_ok, p.reliability), ended)
         in_time = (None if deadline_s is None else
                    min(_weighed(float(got.ok_by(deadline_s).mean()), got.drawn_ok, p.reliability), ok))  # fmt: skip
-        return Within(ended, ok, True, in_time)
+        return Within(ended, ok, True, in_time, float(got.took.mean()))
     bill = _per_run_usd(p)
     if bill <= 0:  # a run bills nothing on average (cached): none is stopped
         return Within(float(runs), p.reliability * runs, False)
@@ -722,9 +727,11 @@ def _weighed(ok: float, drawn_share: float, reliability: float) -> float:
 
 
 def _within_json(w: Within | None) -> dict[str, float | None]:
-    """``runs_ended_within_ceiling`` and ``runs_ok_within_ceiling`` of a batch's plan."""
+    """``runs_ended_within_ceiling``, ``runs_ok_within_ceiling`` and
+    ``latency_within_ceiling_s`` (where replayed) of a batch's plan."""
     return {"runs_ended_within_ceiling": None if w is None else _rounded(w.ended),
-            "runs_ok_within_ceiling": None if w is None else _rounded(w.ok)}  # fmt: skip
+            "runs_ok_within_ceiling": None if w is None else _rounded(w.ok),
+            "latency_within_ceiling_s": None if w is None else _rounded(w.took_s)}  # fmt: skip
 
 
 def _covered(dollars: float | None, worst: float, lines: int) -> int | None:
