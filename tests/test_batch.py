@@ -467,6 +467,53 @@ def test_the_report_of_a_batch_shows_its_totals_runs_and_lines(tmp_path: Path, c
     assert missing.code == 2 and "'batch-nope' is not in" in missing.err
 
 
+def test_a_batch_page_sets_the_batch_plan_beside_what_it_measured(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal keeps a batch session's plan (its runs at a time, its lines, the
+    planner's figures), so the batch's page sets them beside what it measured, as its table
+    does: the runs the ceiling lets end, when it stops the batch, the batch's own time. A
+    resumed batch (two sessions, each planned for its own lines) keeps one run's estimate
+    times its runs; pruning the batch forgets its plans; a damaged plan is found by doctor."""
+    monkeypatch.setenv("COLUMNS", "250")
+    spec, lines = write_halting(tmp_path, 0.02, 0.05)
+    db, page = tmp_path / "j.db", tmp_path / "b.html"
+    args = ("batch", spec, "--inputs", lines, "--journal", db, "--json")
+    got = cli(*args, "--max-cost", "0.05", "--deadline", "30").json()
+    bid, planned = got["batch_id"], got["predicted"]
+    with Journal(db) as j:
+        (session,) = j.batch_plans(bid)
+    assert (session["parallel"], session["lines"]) == (4, 20)
+    assert session["plan"] == {**planned, "max_cost_usd": 0.05, "deadline_s": 30.0}
+    assert cli("report", bid, "--journal", db, "--out", page).code == 0
+    text = " ".join(re.sub(r"<[^>]+>", " ", page.read_text()).split())
+    ended = got["counts"]["ok"] + got["counts"]["failed"]
+    assert (f"runs ok 10.0 of 20 (50.00%); {planned['runs_ok_within_ceiling']:.1f} of them within "
+            f"the ceiling {got['counts']['ok']} of 20") in text  # fmt: skip
+    assert f"about {planned['latency_within_ceiling_s']:.2f}s as the ceiling stops it" in text
+    assert (f"ceiling $0.0500: about {planned['runs_ended_within_ceiling']:.1f} of 20 runs go to "
+            f"their end within it; it pays for 4 of 20 runs even at their worst {ended} of 20 ended") in text  # fmt: skip
+    assert f"deadline 30s: every run ends before it {ended} of 20 ended" in text
+    took = float(re.search(r"as the ceiling stops it ([\d.]+)s", text).group(1))
+    assert abs(took - got["latency_s"]) < 0.05  # the batch's time, not a run's
+    assert "ceiling $0.0500" in text and "deadline 30.00s from its start" in text
+
+    again = cli(*args, "--resume", bid, "--max-cost", "1").json()  # a second session
+    assert again["counts"]["ok"] + again["counts"]["failed"] == 20
+    with Journal(db) as j:
+        assert [s["lines"] for s in j.batch_plans(bid)] == [20, 20 - got["counts"]["ok"]]  # failed again
+    cli("report", bid, "--journal", db, "--out", page)
+    resumed = " ".join(re.sub(r"<[^>]+>", " ", page.read_text()).split())
+    assert "runs ok 10.0 of 20" in resumed and "as the ceiling stops it" not in resumed
+
+    with closing(sqlite3.connect(db)) as raw, raw:
+        raw.execute("UPDATE batch_plans SET plan_json = '[1]' WHERE lines = 20")
+    with Journal(db) as j:
+        assert any("batch_plans" in found for found in j.damaged_rows())
+        j.prune(time.time() + 1)
+        assert j.batch_plans(bid) == [] and j.batch_runs(bid) == {}
+
+
 def test_plan_says_what_a_batch_should_cost_and_sends_nothing(
     tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:

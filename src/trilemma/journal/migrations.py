@@ -205,6 +205,15 @@ def m013_overrides(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN overrides_json TEXT")
 
 
+def m014_batch_plans(db: sqlite3.Connection) -> None:
+    """A batch session's plan (runs at a time, lines, the planner's figures), for its report."""
+    db.execute(
+        "CREATE TABLE batch_plans (batch_id TEXT NOT NULL, started_at REAL NOT NULL, "
+        "parallel INTEGER NOT NULL, lines INTEGER NOT NULL, plan_json TEXT NOT NULL, "
+        "PRIMARY KEY (batch_id, started_at))"
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_call_sends", m002_call_sends),
@@ -219,6 +228,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m011_session_start", m011_session_start),
     ("m012_pruned_calls", m012_pruned_calls),
     ("m013_overrides", m013_overrides),
+    ("m014_batch_plans", m014_batch_plans),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

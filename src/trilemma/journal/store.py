@@ -453,6 +453,22 @@ class Journal:
         rows = self._runs("WHERE runs.batch_id = ? ORDER BY runs.started_at", (batch_id,))
         return {r["batch_line"]: r for r in rows}
 
+    def batch_planned(
+        self, batch_id: str, started_at: float, parallel: int, lines: int, plan: Mapping[str, Any]
+    ) -> None:  # fmt: skip
+        """Record a session of a batch as it starts (at ``started_at``, epoch seconds): its
+        runs at a time, the ``lines`` it runs, and the planner's figures for them."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO batch_plans VALUES (?, ?, ?, ?, ?)",
+                       (batch_id, started_at, parallel, lines, json.dumps(plan)))  # fmt: skip
+
+    def batch_plans(self, batch_id: str) -> list[dict[str, Any]]:
+        """A batch's sessions in the order they started (:meth:`batch_planned`), each plan
+        parsed (``plan``); none for a batch run before trilemma kept them."""
+        rows = self._rows("SELECT * FROM batch_plans WHERE batch_id = ? ORDER BY started_at",
+                          (batch_id,))  # fmt: skip
+        return [{**r, "plan": _parsed(r["plan_json"])} for r in rows]
+
     def steps(self, run_id: str) -> dict[str, dict[str, Any]]:
         """A run's finished steps by id."""
         self._refuse_damaged("steps", "run_id = ?", (run_id,))
@@ -497,7 +513,7 @@ class Journal:
         """What is wrong with the rows whose values are not of their columns' kinds (at most
         ``limit``), for ``trilemma doctor``."""
         found = [p for p in map(functools.partial(_unsound, "runs"), self._runs("", check=False)) if p]
-        for table in ("steps", "calls", "cache"):  # SQLite finds the candidates, and fast
+        for table in ("steps", "calls", "cache", "batch_plans"):  # SQLite finds them, and fast
             rows = self._rows(f"SELECT * FROM {table} WHERE {_damaged_sql(table)} LIMIT ?",
                               (limit,))  # fmt: skip
             found += [p for p in map(functools.partial(_unsound, table), rows) if p]
@@ -651,6 +667,8 @@ class Journal:
                 steps += db.execute("DELETE FROM steps WHERE run_id = ?", (run_id,)).rowcount
                 db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM specs WHERE spec_hash NOT IN (SELECT spec_hash FROM runs)")
+            db.execute("DELETE FROM batch_plans WHERE batch_id NOT IN "
+                       "(SELECT batch_id FROM runs WHERE batch_id IS NOT NULL)")  # fmt: skip
             if status is None:
                 running = db.execute(
                     f"SELECT count(*) FROM runs WHERE status = 'running' AND started_at < ? "
@@ -835,7 +853,7 @@ _STORED = {"INTEGER": "'integer'", "REAL": "'integer', 'real'", "TEXT": "'text'"
 #: The JSON each ``*_json`` column holds.
 _JSON_KINDS: dict[str, type] = {
     "spec_json": dict, "inputs_json": dict, "predicted_json": dict, "request_json": list,
-    "overrides_json": list,
+    "overrides_json": list, "plan_json": dict,
 }  # fmt: skip
 _NOUNS = {int: "an integer", float: "a number", str: "text", bytes: "bytes", dict: "a JSON object",
           list: "a JSON array"}  # fmt: skip

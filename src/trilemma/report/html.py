@@ -26,8 +26,10 @@ from trilemma.plan.slots import SLOTS_BIND
 from trilemma.report.plots import batch_png, timeline_png
 from trilemma.report.tables import (
     LEDGER_KEYS,
+    budget_rows,
     ledger_row,
     off_plan_line,
+    planned_rows,
     spec_of,
     usd,
     well_under,
@@ -180,16 +182,21 @@ def batch_report(journal: Journal, batch_id: str) -> str:
                 if well_under(halts, cost_p.get("expected")) else "")
     stop_s = (f" ({_s(each)} as failed runs stop)"
               if well_under(each, latency_p.get("expected")) else "")
-    rows = [
-        ("cost", f"{usd(cost_p.get('expected', 0) * n)} expected{stop_usd}, "
-                 f"{usd(cost_p.get('worst', 0) * n)} worst",
-         usd(cost), "-" if ceiling is None else f"ceiling {usd(ceiling)}"),
-        ("runs ok", f"{p.get('reliability', 0) * n:.1f} of {n}", f"{ok} of {n}", ""),
-        ("latency per run", f"{_s(latency_p.get('expected'))} expected{stop_s}, "
-                            f"{_s(latency_p.get('critical_path'))} critical path",
-         _s(sum((r["latency_s"] or 0) for r in runs) / n) + " on average",
-         "-" if deadline is None else f"deadline {_s(deadline)} from its start"),
-    ]  # fmt: skip
+    per_run = ("latency per run", f"{_s(latency_p.get('expected'))} expected{stop_s}, "
+                                  f"{_s(latency_p.get('critical_path'))} critical path",
+               _s(sum((r["latency_s"] or 0) for r in runs) / n) + " on average",
+               "-" if deadline is None else f"deadline {_s(deadline)} from its start")  # fmt: skip
+    plans = journal.batch_plans(batch_id)
+    if len(plans) == 1:  # one session: its plan beside what it measured
+        rows = [*_planned_beside(plans[0], runs, ok, cost, ended), per_run]
+    else:  # run before trilemma kept plans, or resumed: one run's estimate times the runs
+        rows = [
+            ("cost", f"{usd(cost_p.get('expected', 0) * n)} expected{stop_usd}, "
+                     f"{usd(cost_p.get('worst', 0) * n)} worst",
+             usd(cost), "-" if ceiling is None else f"ceiling {usd(ceiling)}"),
+            ("runs ok", f"{p.get('reliability', 0) * n:.1f} of {n}", f"{ok} of {n}", ""),
+            per_run,
+        ]  # fmt: skip
     lines = [
         (_e(r["batch_line"]), f'<span class="{"ok" if r["status"] == "ok" else "bad"}">'
          f'{_e(r["status"])}</span>', _e(r["run_id"]), usd(r["cost_usd"]), _s(r["latency_s"]),
@@ -231,6 +238,27 @@ def batch_report(journal: Journal, batch_id: str) -> str:
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+def _planned_beside(
+    session: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], ok: int, cost: float,
+    ended: float | None,
+) -> list[tuple[str, str, str, str]]:  # fmt: skip
+    """A batch of one session: its plan (``session``, as :meth:`Journal.batch_plans` gives
+    it) beside what its ``runs`` measured, row by row as the batch's table has them, and
+    how many runs its ceiling and deadline let end."""
+    plan, n = session["plan"], session["lines"]
+    took = None if ended is None else ended - session["started_at"]
+    measured = [usd(cost), f"{ok} of {n}", _s(took),
+                f"{ok / cost:.1f}" if cost > 0 else "inf" if ok else "-"]  # fmt: skip
+    ceiling, deadline = plan.get("max_cost_usd"), plan.get("deadline_s")
+    held = {"cost": "-" if ceiling is None else f"ceiling {usd(ceiling)}",
+            "latency": "-" if deadline is None else f"deadline {_s(deadline)} from its start"}
+    rows = [(label, said, got, held.get(label, "")) for (label, said), got in
+            zip(planned_rows(plan, n, session["parallel"], plan), measured, strict=True)]  # fmt: skip
+    to_end = sum(1 for r in runs if r["status"] in ("ok", "failed"))
+    rows += [(label, said, f"{to_end} of {n} ended", "") for label, said in budget_rows(plan, n)]
+    return rows
 
 
 def _slotted(latency: dict[str, Any]) -> str:

@@ -1119,7 +1119,7 @@ def limit_held(limit: Mapping[str, Any] | None) -> str:
     return "" if limit is None else f"{limit['model']}'s {limit['limit']} {limit['value']:,} holds it"
 
 
-def _planned_rows(
+def planned_rows(
     plan: dict[str, Any], n: int, parallel: int, budgets: dict[str, Any] | None = None
 ) -> list[tuple[str, str]]:
     """The planner's figures for a batch (``predicted_json``), a row each; under a ceiling
@@ -1156,19 +1156,14 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     for col in ("", "predicted", "measured"):
         t.add_column(col, justify="right")
     planned = b.planned()
-    rows = _planned_rows(planned, n, b.parallel, planned)
+    rows = planned_rows(planned, n, b.parallel, planned)
     for (label, row), got in zip(rows, measured, strict=True):
         t.add_row(label, row, got)
-    ran = 0 if b.planned_time is None else b.planned_time.runs  # this session's
-    if b.max_cost_usd is not None and b.planned_time is not None:  # the runs it pays for
-        t.add_row("ceiling", f"{usd(b.max_cost_usd)}: {_pays(planned, ran)}",
-                  f"{b.ran_to_end()} of {ran} ended")  # fmt: skip
-    if b.deadline_s is not None and b.planned_time is not None:  # the runs it lets end
-        said = (f"{b.deadline_s:g}s: " + _in_time(planned["runs_done_by_deadline"],
-                planned["runs_near_deadline"], ran, planned["deadline_headroom_s"])
-                if b.deadline_s > 0 else  # a resumed batch's, passed: --deadline gives a new one
-                f"passed {-b.deadline_s:.2f}s before this session (--deadline SECONDS gives a new one)")  # fmt: skip
-        t.add_row("deadline", said, f"{b.ran_to_end()} of {ran} ended")
+    if b.planned_time is not None:  # the runs its ceiling and deadline let end
+        ran = b.planned_time.runs  # this session's
+        budgets = {**planned, "max_cost_usd": b.max_cost_usd, "deadline_s": b.deadline_s}
+        for label, said in budget_rows(budgets, ran):
+            t.add_row(label, said, f"{b.ran_to_end()} of {ran} ended")
     counts = ", ".join(f"{b.count(s)} {s}" for s in
                        ("ok", "failed", "budget_exhausted", "deadline", "not_started") if b.count(s))  # fmt: skip
     earlier = sum(1 for r in b.lines if r.from_journal)
@@ -1223,7 +1218,7 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
                     title_justify="left")  # fmt: skip
     t.add_column("")
     t.add_column("predicted", justify="right")
-    for row in _planned_rows(plan["predicted"], n, plan["parallel"], plan):
+    for row in planned_rows(plan["predicted"], n, plan["parallel"], plan):
         t.add_row(*row)
     if plan["max_cost_usd"] is not None:
         t.add_row("ceiling", f"{usd(plan['max_cost_usd'])}: {_pays(plan, n)}")
@@ -1277,6 +1272,22 @@ def _ok_within(budgets: dict[str, Any], ok_lines: float) -> str:
     if len(said) == 2 and (both := budgets.get("runs_ok_within_budgets")) is not None:
         said.append(f"; {both:.1f} within both")
     return "".join(said)
+
+
+def budget_rows(plan: Mapping[str, Any], n: int) -> list[tuple[str, str]]:
+    """A batch's ceiling and deadline rows by the planner, for ``n`` runs of a session
+    (``plan``: its plan, with ``max_cost_usd`` and ``deadline_s``, from the session's
+    start): how many runs each lets end."""
+    rows = []
+    if plan.get("max_cost_usd") is not None:
+        rows.append(("ceiling", f"{usd(plan['max_cost_usd'])}: {_pays(plan, n)}"))
+    deadline = plan.get("deadline_s")
+    if deadline is not None:
+        rows.append(("deadline", f"{deadline:g}s: " + _in_time(
+            plan["runs_done_by_deadline"], plan["runs_near_deadline"], n, plan["deadline_headroom_s"])
+            if deadline > 0 else  # a resumed batch's, passed: --deadline gives a new one
+            f"passed {-deadline:.2f}s before this session (--deadline SECONDS gives a new one)"))  # fmt: skip
+    return rows
 
 
 def _pays(plan: Mapping[str, Any], n: int) -> str:

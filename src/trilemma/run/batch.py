@@ -78,6 +78,7 @@ __all__ = [
     "budgets_json",
     "model_limits",
     "plan_batch",
+    "planned_json",
     "predicted_json",
     "read_inputs",
     "run_batch",
@@ -170,11 +171,7 @@ class BatchResult:
     def planned(self) -> dict[str, Any]:
         """The planner's figures for the batch (as ``--plan`` gives them before it runs), with
         what its ceiling and deadline let this session's runs do (:func:`budgets_json`)."""
-        t, n = self.planned_time, len(self.lines)
-        limit = None if t is None else t.limit
-        replayed = t.cost_usd if t is not None and t.runs == n else None  # lines of a session
-        return {**predicted_json(self.predicted, n, self.latency_planned_s, limit, replayed),
-                **budgets_json(t or BatchTime(0.0))}  # fmt: skip
+        return planned_json(self.predicted, self.planned_time, len(self.lines))
 
     @property
     def deadline_s(self) -> float | None:
@@ -413,6 +410,16 @@ class BatchTime:
     ok_in_budgets: float | None = None
     """Under a ceiling and a deadline, how many of the ``runs`` end ok within the one and
     before the other, on average: no more than either lets end ok alone."""
+
+
+def planned_json(p: Estimate, t: BatchTime | None, lines: int) -> dict[str, Any]:
+    """A batch's ``lines`` by the planner (``p``, one run's estimate; ``t``, the planner's
+    time for the lines the session runs): :func:`predicted_json` and :func:`budgets_json`
+    together, as the batch's table and ``predicted`` give them."""
+    limit = None if t is None else t.limit
+    replayed = t.cost_usd if t is not None and t.runs == lines else None  # lines of a session
+    return {**predicted_json(p, lines, 0.0 if t is None else t.latency_s, limit, replayed),
+            **budgets_json(t or BatchTime(0.0))}  # fmt: skip
 
 
 def budgets_json(t: BatchTime) -> dict[str, Any]:
@@ -958,6 +965,8 @@ async def run_batch_async(
     # The deadline and the batch's time count from here, as its plan's do: planning 700
     # lines behind a model's limits takes 0.4 s, which neither is to spend.
     started = time.time()
+    journal.batch_planned(batch_id, started, parallel, todo, {
+        "max_cost_usd": left, "deadline_s": deadline, **planned_json(predicted, planned, len(values))})  # fmt: skip
     clock = Clock(resumed_due if resumed_due is not None else
                   started + deadline if deadline is not None else None)  # fmt: skip
     try:
