@@ -30,6 +30,7 @@ from trilemma.report.tables import (
     ledger_row,
     off_plan_line,
     planned_rows,
+    qpd,
     spec_of,
     usd,
     well_under,
@@ -250,7 +251,7 @@ def _planned_beside(
     plan, n = session["plan"], session["lines"]
     took = None if ended is None else ended - session["started_at"]
     measured = [usd(cost), f"{ok} of {n}", _s(took),
-                f"{ok / cost:.1f}" if cost > 0 else "inf" if ok else "-"]  # fmt: skip
+                qpd(ok / cost if cost > 0 else None, ok > 0)]  # fmt: skip
     ceiling, deadline = plan.get("max_cost_usd"), plan.get("deadline_s")
     held = {"cost": "-" if ceiling is None else f"ceiling {usd(ceiling)}",
             "latency": "-" if deadline is None else f"deadline {_s(deadline)} from its start"}

@@ -90,7 +90,7 @@ def _pct(x: float) -> str:
     return f"{x * 100:.2f}%"
 
 
-def _qpd(x: float | None, some_ok: bool = True) -> str:
+def qpd(x: float | None, some_ok: bool = True) -> str:
     """Quality per dollar; None is free: "inf" where something succeeded (cached answers),
     "-" where nothing did (a batch whose deadline had passed: nothing ran)."""
     return ("inf" if some_ok else "-") if x is None else f"{x:.1f}"
@@ -454,8 +454,8 @@ def totals_table(e: Estimate) -> Table:
     t.add_row("latency (critical path)", f"{e.latency_critical_s:.2f}s",
               f"{e.latency_expected_s:.2f}s", f"{e.latency_worst_s:.2f}s")  # fmt: skip
     t.add_row("reliability", _pct(e.reliability), "", "")
-    t.add_row("quality per dollar", _qpd(e.quality_per_dollar),
-              _qpd(e.quality_per_expected_dollar), "")  # fmt: skip
+    t.add_row("quality per dollar", qpd(e.quality_per_dollar),
+              qpd(e.quality_per_expected_dollar), "")  # fmt: skip
     return t
 
 
@@ -1142,7 +1142,7 @@ def planned_rows(
                     f"{latency['expected_per_run']:.2f}s expected each, "
                     f"{latency['critical_path_per_run']:.2f}s critical path)"
                     + _stopped_at(budgets or {}, latency["batch"], n)),
-        ("quality per dollar", _qpd(plan["quality_per_dollar"])),
+        ("quality per dollar", qpd(plan["quality_per_dollar"])),
     ]  # fmt: skip
 
 
@@ -1151,7 +1151,7 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     n = len(b.lines)
     ceiling = f" (ceiling {usd(b.max_cost_usd)})" if b.max_cost_usd is not None else ""
     measured = [usd(b.cost_usd) + ceiling, f"{b.count('ok')} of {n}", f"{b.latency_s:.2f}s",
-                _qpd(b.quality_per_dollar, b.count("ok") > 0)]  # fmt: skip
+                qpd(b.quality_per_dollar, b.count("ok") > 0)]  # fmt: skip
     t = FittedTable(title=f"{b.batch_id}: {n} runs, {b.status}", title_justify="left")
     for col in ("", "predicted", "measured"):
         t.add_column(col, justify="right")
@@ -1220,14 +1220,12 @@ def batch_plan_view(plan: dict[str, Any]) -> Table:
     t.add_column("predicted", justify="right")
     for row in planned_rows(plan["predicted"], n, plan["parallel"], plan):
         t.add_row(*row)
-    if plan["max_cost_usd"] is not None:
-        t.add_row("ceiling", f"{usd(plan['max_cost_usd'])}: {_pays(plan, n)}")
-    if plan.get("deadline_s") is not None:
-        done, planned = plan["runs_done_by_deadline"], plan["predicted"]["latency_s"]["batch"]
-        said = _in_time(done, plan["runs_near_deadline"], n, plan["deadline_headroom_s"])
-        t.add_row("deadline", f"{plan['deadline_s']:g}s: " + (
-            f"{said} (about {planned:.2f}s)" if done >= n else
-            f"{said}; the batch takes about {planned:.2f}s (--parallel or the deadline up for more)"))  # fmt: skip
+    planned = plan["predicted"]["latency_s"]["batch"]
+    for label, said in budget_rows(plan, n):
+        if label == "deadline":  # and how long the batch takes, to set beside it
+            said += (f" (about {planned:.2f}s)" if plan["runs_done_by_deadline"] >= n else
+                     f"; the batch takes about {planned:.2f}s (--parallel or the deadline up for more)")  # fmt: skip
+        t.add_row(label, said)
     shared = plan.get("shared_budget")
     if shared is not None:
         t.add_row(f"shared budget {shared['name']}",
@@ -1489,8 +1487,8 @@ def routing_table(r: RoutingSweep) -> Group:
     for p in r.points:
         e = p.routed
         t.add_row(f"{p.hard_fraction:.2f}", usd(e.cost_book), f"{e.latency_critical_s:.1f}s",
-                  _pct(e.reliability), _qpd(e.quality_per_dollar),
-                  _qpd(base.quality_per_dollar))  # fmt: skip
+                  _pct(e.reliability), qpd(e.quality_per_dollar),
+                  qpd(base.quality_per_dollar))  # fmt: skip
     ro = r.router
     t.caption = (
         f"router: ${ro['usd_per_step']} and {ro['latency_s_per_step']}s per step, misroute rate "
@@ -1653,8 +1651,8 @@ def compare_table(
         t.add_row(
             short[r.name], _with_ci(r.success_rate, r.ci95), _pct(success) + mark,
             usd(r.cost_mean), usd(cost) + mark, f"{r.latency_mean_s:.2f}s",
-            f"{latency:.2f}s" + mark, f"{r.calls_mean:.2f}", _qpd(r.quality_per_dollar, r.ok > 0),
-            _qpd(success / cost if cost > 0 else None) + mark,
+            f"{latency:.2f}s" + mark, f"{r.calls_mean:.2f}", qpd(r.quality_per_dollar, r.ok > 0),
+            qpd(success / cost if cost > 0 else None) + mark,
         )  # fmt: skip
     t.caption = (f"predicted: Monte Carlo of {rows[0].simulated.runs:,} runs (success, mean "
                  "cost and latency, q/$ per mean dollar; a failed run halts as the executor's "
