@@ -213,8 +213,20 @@ def test_a_run_names_the_runs_its_monte_carlo_has_in_time_by_a_hair(cli: Any, tm
                     r"deadline │ (\d\d\.\d\d)% of runs succeed less than 30 ms before the deadline, which the "
                     r"executor's own time may cross", said)  # fmt: skip
     assert got is not None and got[1] == got[2] and 69 < float(got[1]) < 71, said
+    # the run's page says the same, from the journal (the run journals its Monte Carlo)
+    page = tmp_path / "cut.html"
+    assert cli("report", cut.err.split("run ")[-1].split()[0], "--journal", db, "--out", page).code == 0
+    shown = " ".join(re.sub(r"<[^>]+>", " ", page.read_text()).split())
+    assert (f"under its budget {got[1]}% (Monte Carlo, 0.5s deadline) near its deadline {got[2]}% "
+            "of runs succeed less than 30 ms before the deadline, which the executor's own "
+            "time may cross") in shown, shown  # fmt: skip
     room = cli("run", spec, "--journal", db, "--deadline", "0.6", "--seed", "3")
     assert "under its budget" in room.out and "near its deadline" not in room.out
+    cli("report", "latest", "--journal", db, "--out", page)
+    assert "under its budget" in page.read_text() and "near its deadline" not in page.read_text()
+    free = cli("run", spec, "--journal", db, "--seed", "3")  # no budget: no Monte Carlo
+    cli("report", "latest", "--journal", db, "--out", page)
+    assert "under its budget" not in free.out and "under its budget" not in page.read_text()
     # and the Monte Carlo of the planner says it beside the share the deadline cuts
     planned = " ".join(cli("simulate", spec, "--deadline", "0.5", "--seed", "3").out.split())
     assert re.search(r"the 0.5s deadline cut \d\d\.\d\d% of runs \(cancelled: failed\), and "

@@ -150,6 +150,9 @@ def run_cmd(
         from trilemma.plan.simulate import under_budget
 
         under = under_budget(wf, limit, ceiling, result.seed, RUN_PREDICTION_RUNS)
+        if under is not None:  # for the run's page too
+            with Journal(journal) as j:
+                j.add_prediction(result.run_id, "under_budget", under.held(result.predicted))
     if as_json:
         emit_json({**result.to_json(), "overrides": list(sets or ()),
                    "predicted_under_budget": None if under is None else under.brief(result.predicted)})

@@ -343,6 +343,13 @@ class Journal:
         """Write-ahead: the call is about to be sent."""
         self.batch([("call_started", (row,), {})])
 
+    def add_prediction(self, run_id: str, key: str, value: Any) -> None:
+        """Add ``key`` to a run's predicted figures (``predicted_json``), a prediction worked
+        out after it started: ``under_budget``, the Monte Carlo under the run's budgets."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET predicted_json = json_set(coalesce(predicted_json, '{}'), "
+                       "'$.' || ?, json(?)) WHERE run_id = ?", (key, json.dumps(value), run_id))  # fmt: skip
+
     def call_finished(self, key: str, fields: dict[str, Any]) -> None:
         """The call (by idempotency key) came back with an error, or was cancelled."""
         self.batch([("call_finished", (key, fields), {})])

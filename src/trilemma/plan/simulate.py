@@ -232,6 +232,13 @@ class SimResult:
                 "budget_exhausted_rate": self.ceiling_hits / self.runs,
                 "cost_usd_mean": self.cost_usd.mean}  # fmt: skip
 
+    def held(self, e: Estimate) -> dict[str, Any]:
+        """:meth:`brief` with the budgets it was run under (``max_cost_usd``,
+        ``deadline_s``) and the executor's own time before the deadline
+        (``deadline_headroom_s``): all a run's table and page say of it."""
+        return {**self.brief(e), "max_cost_usd": self.max_cost_usd, "deadline_s": self.deadline_s,
+                "deadline_headroom_s": deadline_headroom(e)}  # fmt: skip
+
     def near_rate(self, e: Estimate | None, time_scale: float = 1.0) -> float | None:
         """:func:`near_deadline` rounded for JSON: the share of runs in time by less than the
         executor's own time (None without a deadline, kept runs or the estimate ``e``)."""

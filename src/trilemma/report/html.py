@@ -32,6 +32,7 @@ from trilemma.report.tables import (
     planned_rows,
     qpd,
     spec_of,
+    under_budget_rows,
     usd,
     well_under,
 )
@@ -288,6 +289,8 @@ def _summary(run: dict[str, Any], p: dict[str, Any]) -> str:
         ("success", f"{p['reliability'] * 100:.2f}%" if "reliability" in p else "-",
          _e(run["status"]), ""),
     ]  # fmt: skip
+    if (under := p.get("under_budget")) is not None:  # journaled by `trilemma run`
+        rows += [(label, said, "", "") for label, said in under_budget_rows(under)]
     if (well_under(cost.get("halting"), cost.get("expected"))
             or well_under(latency.get("halting"), latency.get("expected"))):  # fmt: skip
         rows.append(("stopping at a failure", f"{usd(cost['halting'])}, "

@@ -1005,13 +1005,8 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None) ->
     if h is not None and halt_assumptions(p):
         t.add_row("  stopping at a failure", f"{usd(h.cost_usd)}, {h.latency_s:.2f}s, "
                   f"{h.calls:.2f} calls on average ({_pct(h.failed)} fail)", "")  # fmt: skip
-    if under is not None:
-        held = [f"{usd(under.max_cost_usd)} ceiling" if under.max_cost_usd is not None else "",
-                f"{under.deadline_s:g}s deadline" if under.deadline_s is not None else ""]
-        t.add_row("  under its budget", f"{_pct(under.success_rate)} (Monte Carlo, "
-                  f"{' and '.join(h for h in held if h)})", "")  # fmt: skip
-        if (near := _near(under, p)) is not None:  # runs it has in time by a hair
-            t.add_row("  near its deadline", f"{near}, {MAY_CROSS}", "")
+    for label, said in [] if under is None else under_budget_rows(under.held(p)):
+        t.add_row(label, said, "")
     if r.saved_usd:
         t.add_row("saved by stopping early", "", usd(r.saved_usd))
     st = FittedTable(box=None)
@@ -1037,6 +1032,21 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None) ->
     parts.extend(Text(line, style="yellow") for line in _budget_hints(r, under, spec))
     return Group(*parts, Text(f"journal: {r.journal}\n{follow_up(r.run_id, r.journal)}",
                               style="dim"))  # fmt: skip
+
+
+def under_budget_rows(u: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A run's success by the Monte Carlo under its ceiling and deadline, which the analytic
+    success does not see, and the runs it has in time by less than the executor's own time
+    (``u``: :meth:`~trilemma.plan.simulate.SimResult.held`), a row each."""
+    held = [f"{usd(u['max_cost_usd'])} ceiling" if u.get("max_cost_usd") is not None else "",
+            f"{u['deadline_s']:g}s deadline" if u.get("deadline_s") is not None else ""]
+    rows = [("  under its budget", f"{_pct(u['success_rate'])} (Monte Carlo, "
+             f"{' and '.join(h for h in held if h)})")]  # fmt: skip
+    near = u.get("near_deadline_rate")
+    if near is not None and near >= NEAR_SHOWN:  # runs it has in time by a hair
+        rows.append(("  near its deadline", f"{_pct(near)} of runs succeed less than "
+                     f"{_room_words(u['deadline_headroom_s'])} before the deadline, {MAY_CROSS}"))  # fmt: skip
+    return rows
 
 
 _SHOWN_FIRST = {"failed": 0, "cancelled": 1, "skipped": 3, "done": 4}
