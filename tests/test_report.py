@@ -316,6 +316,30 @@ def test_the_plots_legends_sit_beside_their_panels_not_on_the_last_bars(monkeypa
     assert len(drawn) == 2
 
 
+def test_a_batch_plot_draws_its_deadline_and_planned_end_where_they_fall_near_its_runs(
+    monkeypatch,
+) -> None:
+    """Across both panels: the deadline (dashed red) and the plan's end (dotted), counted from
+    the batch's start; a deadline far after every run (30 s after runs of 3 s) is left out,
+    or the runs would shrink into the plot's left edge."""
+    from trilemma.report import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: drawn.append(fig))
+    runs = [{"batch_line": i + 1, "status": "ok", "started_at": 100.0 + i,
+             "finished_at": 101.0 + i, "cost_usd": 0.01} for i in range(3)]  # fmt: skip
+    plots.batch_png(runs, 0.05, started_at=99.5, deadline_s=3.0, planned_s=2.5)
+    plots.batch_png(runs, 0.05, started_at=99.5, deadline_s=30.0, planned_s=2.5)
+    near, far = ({(line.get_label(), line.get_xdata()[0]) for line in fig.axes[0].get_lines()}
+                 for fig in drawn)  # fmt: skip
+    assert near == {("the deadline", 3.0), ("planned end", 2.5)}
+    assert far == {("planned end", 2.5)}
+    (bars,) = drawn[0].axes[0].collections  # from the batch's start: the first run at 0.5 s
+    assert min(float(path.vertices[:, 0].min()) for path in bars.get_paths()) == pytest.approx(0.5)
+    for fig in drawn:
+        plots.plt.close(fig)
+
+
 def _legends(figures: list[Any]) -> Iterator[tuple[Any, Any, Any]]:
     """Each figure with each of its panels' legend and panel boxes, laid out as when saved."""
     from trilemma.report import plots

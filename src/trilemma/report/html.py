@@ -27,6 +27,7 @@ from trilemma.report.plots import batch_png, timeline_png
 from trilemma.report.tables import (
     LEDGER_KEYS,
     budget_rows,
+    ceiling_stop_s,
     ledger_row,
     off_plan_line,
     planned_rows,
@@ -213,7 +214,10 @@ def batch_report(journal: Journal, batch_id: str) -> str:
                             cost_drawn=drawn)  # fmt: skip
     said = off_plan_line(off, bad, journal.path) if off is not None or bad is not None else None
     off_p = "" if said is None else f'<p class="bad">{_e(said)}</p>'
-    png = batch_png(runs, ceiling)
+    one = plans[0] if len(plans) == 1 else None  # the plan's times count from its start
+    png = batch_png(runs, ceiling, started_at=None if one is None else one["started_at"],
+                    deadline_s=deadline if one is None else one["plan"].get("deadline_s"),
+                    planned_s=None if one is None else _planned_end(one["plan"], one["lines"]))  # fmt: skip
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -229,7 +233,8 @@ def batch_report(journal: Journal, batch_id: str) -> str:
         off_p,
         "<h2>Runs over time</h2>",
         '<p class="dim">Each bar is one line\'s run, coloured by how it ended; below, the spend '
-        "as runs end, against the batch's ceiling.</p>",
+        "as runs end, against the batch's ceiling; across both, its deadline and the end its "
+        "plan has (as the ceiling stops it, where it stops runs).</p>",
         f'<img alt="the batch\'s runs over time" src="data:image/png;base64,'
         f'{base64.b64encode(png).decode()}">',
         f"<h2>Lines: {n} runs</h2>",
@@ -261,6 +266,13 @@ def _planned_beside(
     to_end = sum(1 for r in runs if r["status"] in ("ok", "failed"))
     rows += [(label, said, f"{to_end} of {n} ended", "") for label, said in budget_rows(plan, n)]
     return rows
+
+
+def _planned_end(plan: Mapping[str, Any], n: int) -> float:
+    """When a batch's plan has it end: as its ceiling stops it, where it stops some of its
+    ``n`` runs, else after every one."""
+    stops = ceiling_stop_s(plan, n)
+    return float(plan["latency_s"]["batch"]) if stops is None else stops
 
 
 def _slotted(latency: dict[str, Any]) -> str:

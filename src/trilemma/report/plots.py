@@ -391,18 +391,27 @@ def _spend(ax: Any, spend: list[tuple[float, float]], ceiling: float | None, lab
     ax.grid(alpha=0.3)
 
 
+#: A batch's plot draws its deadline where it falls before this many times its last run's
+#: end (or its planned end): one far after would squeeze the runs into the left edge.
+MARKS_BEYOND = 1.5
+
 #: A run's colour by its status, in a batch's plot.
 STATUS_COLOURS = {"ok": "tab:green", "failed": "tab:red", "budget_exhausted": "tab:orange",
                   "deadline": "tab:purple", "running": "tab:gray"}  # fmt: skip
 
 
-def batch_png(runs: Sequence[dict[str, Any]], ceiling: float | None) -> bytes:
-    """A batch's runs as bars on their lines' rows, and its spend as they finish, against the ceiling.
+def batch_png(
+    runs: Sequence[dict[str, Any]], ceiling: float | None, *, started_at: float | None = None,
+    deadline_s: float | None = None, planned_s: float | None = None,
+) -> bytes:  # fmt: skip
+    """A batch's runs as bars on their lines' rows, and its spend as they finish, against the
+    ceiling; the deadline and the planned end as lines across both, where given.
 
     ``runs`` are journal rows with ``batch_line``. A run still marked running (a crash) is
-    drawn up to now.
+    drawn up to now. Times count from ``started_at`` (the batch's start, epoch seconds),
+    else from its first run's start; ``deadline_s`` and ``planned_s`` from there.
     """
-    t0 = min(r["started_at"] for r in runs)
+    t0 = started_at if started_at is not None else min(r["started_at"] for r in runs)
     lines = sorted(r["batch_line"] for r in runs)
     fig, top, bottom = _bars_over_spend(max(2.5, min(0.12 * len(lines) + 1.0, 12.0)))
     bars: dict[str, list[tuple[int, float, float]]] = {}  # by status: (line, width, left)
@@ -415,6 +424,13 @@ def batch_png(runs: Sequence[dict[str, Any]], ceiling: float | None) -> bytes:
         if r["cost_usd"]:
             spend.append((end - t0, r["cost_usd"]))
     _bars(top, bars, STATUS_COLOURS, 0.8)
+    last = max([left + width for drawn in bars.values() for _, width, left in drawn] + [planned_s or 0.0])
+    for x, colour, style, label in ((deadline_s, "tab:red", "--", "the deadline"),
+                                    (planned_s, "black", ":", "planned end")):  # fmt: skip
+        if x is not None and x <= last * MARKS_BEYOND:  # a deadline far after: not drawn
+            for ax in (top, bottom):
+                ax.axvline(x, color=colour, linestyle=style, linewidth=1,
+                           label=label if ax is top else None)  # fmt: skip
     top.set_ylim(lines[-1] + 0.5, lines[0] - 0.5)
     top.set_ylabel("line")
     top.set_title(f"{len(runs)} runs, each from its start to its end")

@@ -1258,14 +1258,18 @@ def budgets_cut(took: Any) -> str:
     return said
 
 
+def ceiling_stop_s(plan: Mapping[str, Any], n: int) -> float | None:
+    """When a batch's plan has its ceiling stop it (``latency_within_ceiling_s``), where the
+    ceiling stops some of its ``n`` runs; else None."""
+    took, ended = plan.get("latency_within_ceiling_s"), plan.get("runs_ended_within_ceiling")
+    return None if took is None or ended is None or ended >= n - 0.05 else float(took)
+
+
 def _stopped_at(budgets: Mapping[str, Any], planned_s: float, n: int) -> str:
-    """When a batch ends as its ceiling stops it (``latency_within_ceiling_s`` in
-    ``budgets``, a batch's plan), where that is well before the ``planned_s`` of all ``n``
-    runs."""
-    took, ended = budgets.get("latency_within_ceiling_s"), budgets.get("runs_ended_within_ceiling")
-    if ended is None or ended >= n - 0.05 or not well_under(took, planned_s):
-        return ""
-    return f"; about {took:.2f}s as the ceiling stops it"
+    """When a batch ends as its ceiling stops it (:func:`ceiling_stop_s` of ``budgets``, a
+    batch's plan), where that is well before the ``planned_s`` of all ``n`` runs."""
+    took = ceiling_stop_s(budgets, n)
+    return f"; about {took:.2f}s as the ceiling stops it" if well_under(took, planned_s) else ""
 
 
 def _ok_within(budgets: dict[str, Any], ok_lines: float) -> str:
