@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from trilemma.plan.estimate import Estimate
-from trilemma.plan.simulate import StepDraws, step_draws
+from trilemma.plan.hedge import call_price
+from trilemma.plan.simulate import StepDraws, step_draws, wave_parts
 from trilemma.plan.slots import Bucket, buckets, held_by, remaining_path, through
-from trilemma.spec import Workflow
+from trilemma.spec import ModelProfile, Workflow
 
 __all__ = ["REPLAY_CALLS", "Covered", "Replayed", "replay_batch", "replay_ceiling"]
 
@@ -133,6 +135,12 @@ def replay_ceiling(
                    float((~d.dead.any(axis=0)).mean()))  # fmt: skip
 
 
+def _of(shape: _Shape | None) -> _Shape:
+    """An attempt's shape, set as it starts."""
+    assert shape is not None
+    return shape
+
+
 def _replays(
     wf: Workflow, p: Estimate, lines: int, parallel: int, ceiling: float | None
 ) -> tuple[StepDraws, list[tuple[list[float], float, list[int]]]] | None:
@@ -149,27 +157,76 @@ def _replays(
     for i, ps in enumerate(d.parents):
         for parent in ps:
             children[parent].append(i)
-    reserve = None
-    if ceiling is not None:  # what a call of each step holds of it
-        steps = {st.id: st for st in wf.steps}
-        reserve = [max(wf.models[m].reserved_per_call(steps[sid].max_tokens)
-                       for m in wf.step_models(steps[sid])) for sid in d.order]  # fmt: skip
+    shapes = _shapes(wf, d)
     rng = np.random.default_rng(_SEED)
-    return d, [_one(wf, d, prio, children, lines, parallel, rng, ceiling, reserve)
+    return d, [_one(wf, d, prio, children, lines, parallel, rng, shapes, ceiling)
                for _ in range(min(REPLAY_REPS, reps))]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """How one attempt of a step sends its calls: wave by wave, how many at once
+    (``waves``), each wave's share of the attempt's time and what one of its calls takes
+    against it (``parts``), what each of its calls holds of a ceiling (``reserve``) and
+    its share of the attempt's bill (``bills``: by their prices)."""
+
+    waves: tuple[int, ...]
+    parts: tuple[tuple[float, float], ...]
+    reserve: tuple[float, ...]
+    bills: tuple[float, ...]
+
+    @classmethod
+    def of(cls, calls: list[tuple[ModelProfile, int, int | None]]) -> _Shape:
+        """An attempt's waves: each its model, its calls at once and their ``max_tokens``."""
+        prices = [call_price(m, tokens) for m, _, tokens in calls]
+        total = math.fsum(p * w for p, (_, w, _) in zip(prices, calls, strict=True))
+        every = sum(w for _, w, _ in calls)
+        return cls(tuple(w for _, w, _ in calls), wave_parts([(m, w) for m, w, _ in calls]),
+                   tuple(m.reserved_per_call(tokens) for m, _, tokens in calls),
+                   tuple(p / total if total > 0 else 1.0 / every for p in prices))  # fmt: skip
+
+
+def _shapes(wf: Workflow, d: StepDraws) -> list[tuple[bool, list[_Shape]]]:
+    """Per step (in ``d.order``), whether its attempts take their shape by the branch the
+    run drew (a routed step: the classifier's call, then the branch's waves, each on its
+    own model), and the shapes: per branch, else per attempt (an escalated step's rungs,
+    each reserving at its own model's price; the last holds for the attempts after it)."""
+    steps = {st.id: st for st in wf.steps}
+    out: list[tuple[bool, list[_Shape]]] = []
+    for i, sid in enumerate(d.order):
+        st = steps[sid]
+        if st.route is not None and d.held[i].waves:
+            head = (wf.models[st.model], 1, st.max_tokens)
+            branches = [st.branch_step(label) for label in wf.route_shares(st)]
+            out.append((True, [_Shape.of([head, *((wf.models[b.model], w, b.max_tokens) for w in b.waves)])
+                               for b in branches]))  # fmt: skip
+            continue
+        waves = d.held[i].waves
+        out.append((False, [replace(_Shape.of([(wf.models[m], w, st.max_tokens) for w in waves]),
+                                    parts=d.parts[i]) for m in wf.ladder(st)]))  # fmt: skip
+    return out
 
 
 def _one(
     wf: Workflow, d: StepDraws, prio: list[float], children: list[list[int]], lines: int,
-    parallel: int, rng: np.random.Generator, ceiling: float | None = None,
-    reserve: list[float] | None = None,
+    parallel: int, rng: np.random.Generator, shapes: list[tuple[bool, list[_Shape]]],
+    ceiling: float | None = None,
 ) -> tuple[list[float], float, list[int]]:  # fmt: skip
     """One replay: when each line's run ends, what the calls sent bill, and how each run
     ended (:data:`_OK`, :data:`_FAILED`, :data:`_STOPPED` by the ``ceiling``), in the order
     they ended; lines never started are in neither (``prio``: each
     step's place among the calls waiting for a slot, lowest first; ``children``: the steps
-    that wait for each; ``reserve``: what each step's call holds of the ``ceiling``)."""
+    that wait for each; ``shapes``: how each step's attempts send their calls,
+    :func:`_shapes`)."""
     n_steps = len(d.order)
+
+    def shape_at(i: int, a: int, c: int) -> _Shape:
+        """Attempt ``a`` of step ``i`` in drawn run ``c``."""
+        by_branch, kinds = shapes[i]
+        if by_branch:
+            return kinds[int(d.branches[i][a][c])]
+        return kinds[min(a, len(kinds) - 1)]
+
     runs_of = rng.integers(0, d.seconds.shape[1], size=lines)  # each line's drawn run
     model_free = {m: (p.max_concurrency or 1 << 30) for m, p in wf.models.items()}
     waiting_for: dict[str, list[tuple[float, int, int, int]]] = {m: [] for m in wf.models}
@@ -187,11 +244,12 @@ def _one(
     wait = [[0] * n_steps for _ in range(lines)]
     spent = 0.0  # the bills of the calls sent
     tries_of: list[list[list[tuple[float, float, float]]]] = [  # each attempt's start, end
-        # and what each of its calls bills
+        # and what it bills (each call its share, :attr:`_Shape.bills`)
         [[] for _ in range(n_steps)] for _ in range(lines)
     ]
     att = [[0] * n_steps for _ in range(lines)]  # the attempt under way
     wave = [[0] * n_steps for _ in range(lines)]
+    shape: list[list[_Shape | None]] = [[None] * n_steps for _ in range(lines)]  # the attempt's
     left = [[0] * n_steps for _ in range(lines)]  # calls of the wave not yet answered
     sent = [[0] * n_steps for _ in range(lines)]  # calls of the wave given their slots
     flying = [[0] * n_steps for _ in range(lines)]
@@ -217,26 +275,27 @@ def _one(
         if not d.sends[i, c] or not d.held[i].waves:  # a cache hit, or never reached
             heapq.heappush(events, (now + float(d.seconds[i, c]), next(seq), _TIMER, r, i))
             return
-        tries, calls = d.attempts[i], sum(d.held[i].waves)
+        tries = d.attempts[i]
         if tries:  # each attempt made: when it went and answered, from the step's start,
             # and what each of its calls bills (its share of the attempt's bills)
             got, before = [], 0.0
             for made, t0, t1, by in tries:
                 if made[c]:
-                    got.append((float(t0[c]), float(t1[c]), (float(by[c]) - before) / calls))
+                    got.append((float(t0[c]), float(t1[c]), float(by[c]) - before))
                     before = float(by[c])
             tries_of[r][i] = got
         else:
-            tries_of[r][i] = [(0.0, float(d.seconds[i, c]), float(d.paid[i, c]) / calls)]
+            tries_of[r][i] = [(0.0, float(d.seconds[i, c]), float(d.paid[i, c]))]
         att[r][i] = 0
         start_attempt(r, i)
 
     def start_attempt(r: int, i: int) -> None:
         wave[r][i] = 0
+        shape[r][i] = shape_at(i, att[r][i], k[r])
         start_wave(r, i)
 
     def start_wave(r: int, i: int) -> None:
-        w = d.held[i].waves[wave[r][i]]
+        w = _of(shape[r][i]).waves[wave[r][i]]
         left[r][i], sent[r][i] = w, 0
         for _ in range(w):
             heapq.heappush(queue[r], (prio[i], next(seq), i))
@@ -257,9 +316,10 @@ def _one(
     def send(r: int, i: int, now: float) -> None:
         h = d.held[i]
         nonlocal spent, held, closed
+        now_shape = _of(shape[r][i])
         if ceiling is not None:
-            assert reserve is not None
-            if billed + held + reserve[i] > ceiling * (1 + 1e-9) + 1e-12:  # refused
+            holds = now_shape.reserve[wave[r][i]]
+            if billed + held + holds > ceiling * (1 + 1e-9) + 1e-12:  # refused
                 stopped[r] = closed = True
                 free[r] += 1
                 if h.model is not None:
@@ -268,11 +328,11 @@ def _one(
                 if active[r] == 0:
                     run_ended(r, now)
                 return
-            held += reserve[i]
+            held += holds
         go = through(rates[h.model], now, h.tokens) if h.model in rates else now
-        part, each = d.parts[i][wave[r][i]]
+        part, each = now_shape.parts[wave[r][i]]
         t0, t1, bill = tries_of[r][i][att[r][i]]
-        spent += bill
+        spent += bill * now_shape.bills[wave[r][i]]
         took = (t1 - t0) * part
         if sent[r][i]:  # a wave's first call is its slowest
             took *= each
@@ -295,9 +355,9 @@ def _one(
         free[r] += 1
         flying[r][i] -= 1
         if ceiling is not None:
-            assert reserve is not None
-            held -= reserve[i]
-            billed += tries_of[r][i][att[r][i]][2]
+            now_shape = _of(shape[r][i])
+            held -= now_shape.reserve[wave[r][i]]
+            billed += tries_of[r][i][att[r][i]][2] * now_shape.bills[wave[r][i]]
         m = d.held[i].model
         if m is not None:
             release(m, now)
@@ -310,7 +370,7 @@ def _one(
         elif left[r][i] == 0:  # the wave answered: the next goes, or the next attempt, or done
             wave[r][i] += 1
             a = att[r][i]
-            if wave[r][i] < len(d.held[i].waves):
+            if wave[r][i] < len(_of(shape[r][i]).waves):
                 start_wave(r, i)
             elif a + 1 < len(tries_of[r][i]):  # its backoff, then the retry
                 wait_s = max(0.0, tries_of[r][i][a + 1][0] - tries_of[r][i][a][1])

@@ -74,7 +74,7 @@ import functools
 import itertools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
@@ -107,7 +107,7 @@ from trilemma.plan.slots import (
     rate_limits,
     through,
 )
-from trilemma.spec import Simulation, Step, Workflow
+from trilemma.spec import ModelProfile, Simulation, Step, Workflow
 from trilemma.spec.model import SIM_RETRY_AFTER_S, backoff_ceiling
 
 __all__ = [
@@ -125,6 +125,7 @@ __all__ = [
     "smallest_budget",
     "step_draws",
     "under_budget",
+    "wave_parts",
 ]
 
 CHUNK = 262_144
@@ -505,17 +506,21 @@ def _wave_at(wf: Workflow, s: Step) -> tuple[float, ...]:
 
 
 def _parts(wf: Workflow, s: Step, waves: tuple[int, ...]) -> tuple[tuple[float, float], ...]:
-    """Per wave of ``s``'s calls, in expectation on its first attempt's model: the wave's
-    share of the step's time (a wave waits for its slowest call), and what one of its calls
-    takes against the wave (each but the slowest gives its slot back when it answers)."""
-    if not waves:
-        return ()
+    """:func:`wave_parts` of ``s``'s waves, in expectation on its first attempt's model."""
     m = wf.models[wf.attempt_model(s, 1)]
-    one = hedge.cut(m.latency_s, m.latency_jitter, m.timeout_s)[1] or m.latency_s
+    return wave_parts([(m, w) for w in waves])
+
+
+def wave_parts(waves: Sequence[tuple[ModelProfile, int]]) -> tuple[tuple[float, float], ...]:
+    """Per wave of an attempt's calls (its model, and how many it sends at once), in
+    expectation: the wave's share of the attempt's time (a wave waits for its slowest
+    call), and what one of its calls takes against the wave (each but the slowest gives its
+    slot back when it answers)."""
     each = [hedge.wave(m.latency_s, m.latency_jitter, m.timeout_s, w)[1] or m.latency_s
-            for w in waves]  # fmt: skip
+            for m, w in waves]  # fmt: skip
     total = math.fsum(each)
-    return tuple((e / total, min(1.0, one / e)) for e in each)
+    return tuple((e / total, min(1.0, (hedge.cut(m.latency_s, m.latency_jitter, m.timeout_s)[1]
+                                       or m.latency_s) / e)) for (m, _), e in zip(waves, each, strict=True))  # fmt: skip
 
 
 def _drawn(
@@ -666,9 +671,11 @@ class StepDraws:
     halts at a failed step) and whether its own retries ran out (``dead``); per step its
     dependencies (places in ``order``), how its calls hold the slots (``held``) and its
     waves' shares of an attempt's time (``parts``, as :class:`_Pool` takes them); what it
-    paid (``paid``, every attempt's bills); and for a step that may retry, per attempt,
+    paid (``paid``, every attempt's bills); for a step that may retry, per attempt,
     whether it was made, when it was sent and answered, in seconds from the step's start,
-    and what the step had paid by then (``attempts``; empty: the step makes one attempt)."""
+    and what the step had paid by then (``attempts``; empty: the step makes one attempt);
+    and for a routed step, per attempt, the branch each run drew (``branches``: places in
+    :meth:`~trilemma.spec.Workflow.route_shares`; empty: not routed)."""
 
     order: list[str]
     parents: list[tuple[int, ...]]
@@ -680,6 +687,7 @@ class StepDraws:
     dead: np.ndarray
     attempts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]
     paid: np.ndarray
+    branches: list[list[np.ndarray]]
 
 
 def step_draws(wf: Workflow, runs: int, seed: int) -> StepDraws:
@@ -695,7 +703,7 @@ def step_draws(wf: Workflow, runs: int, seed: int) -> StepDraws:
     seconds, paused, sends, dead = (np.array([t[i] for t in trace]) for i in range(4))
     return StepDraws(order, [sp.parents for sp in params], [held[i] for i in order],
                      [sp.parts for sp in params], seconds, paused, sends, dead,
-                     [t[4] for t in trace], np.array([t[5] for t in trace]))  # fmt: skip
+                     [t[4] for t in trace], np.array([t[5] for t in trace]), [t[6] for t in trace])  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -950,7 +958,7 @@ def _chunk(
         if sp.hit_rate >= 1.0:
             dur = np.where(runs, CACHE_HIT_LATENCY_S, 0.0)
             if trace is not None:
-                trace.append((dur, zeros, false, false, [], zeros))
+                trace.append((dur, zeros, false, false, [], zeros, []))
             if pool is not None:
                 durs.append(dur)
                 busy.append(false)
@@ -971,14 +979,15 @@ def _chunk(
         held = None  # counted only where it may keep a call of this step from fitting
         if holding and np.any((runs & ~hit) & (cap - cost - excess < sp.most_held + EPS_USD)):
             held = _holding_at(holding, start)
+        chosen: list[np.ndarray] | None = [] if trace is not None and sp.route is not None else None
         called, paid, dur, step_dead, step_wrong, refused, paused, made = _attempts(
-            sp, st, factor, runs & ~hit, rngs, cap - cost if capped else None, marks, held
+            sp, st, factor, runs & ~hit, rngs, cap - cost if capped else None, marks, held, chosen
         )
         if sp.hit_rate > 0.0:
             dur = np.where(hit, CACHE_HIT_LATENCY_S, dur)
         if trace is not None:
             trace.append((dur, zeros if paused is None else paused, runs & ~hit, step_dead,
-                          [m[:4] for m in marks or ()], paid))  # fmt: skip
+                          [m[:4] for m in marks or ()], paid, chosen or []))  # fmt: skip
         if pool is not None:  # timed once every step is drawn: their calls wait for slots
             durs.append(dur)
             busy.append(runs & ~hit)
@@ -1277,6 +1286,7 @@ def _attempts(
     room: np.ndarray | None = None,
     marks: list[tuple[np.ndarray, ...]] | None = None,
     held: Callable[[np.ndarray], np.ndarray] | None = None,
+    chosen: list[np.ndarray] | None = None,
 ) -> tuple[Any, ...]:
     """Calls made, dollars paid, time taken, retries exhausted, failure uncaught, refused by
     the ceiling (None: no ceiling), of the time taken the backoff waits (no call in
@@ -1294,7 +1304,8 @@ def _attempts(
     step is under way (:func:`_cut_short`): where it was made, when it was sent and when it
     answered (from the step's start), and the dollars and calls of the step by then.
     ``held``: dollars the other steps hold beyond their bills, in flight this many seconds
-    after the step's start (their worst cases, under the ceiling at once).
+    after the step's start (their worst cases, under the ceiling at once). ``chosen``, where
+    given, gets a routed step's branch per trajectory, attempt by attempt.
     """
     rng, waits = rngs
     n = runs.shape[0]
@@ -1363,6 +1374,8 @@ def _attempts(
                     bill = np.where(slow, 0.0, bill)
         else:
             b = rng.choice(len(r.shares), size=n, p=r.shares)
+            if chosen is not None:
+                chosen.append(np.asarray(b))
             p, price, latency = r.p[b], r.price[b], r.latency[b]
             jitter = 1.0  # the classifier's answer, then the branch's, each with its own jitter
             if r.head_sigma > 0.0 or r.body_sigma.any():
