@@ -348,7 +348,7 @@ class Journal:
         out after it started: ``under_budget``, the Monte Carlo under the run's budgets."""
         with self.transaction() as db:
             db.execute("UPDATE runs SET predicted_json = json_set(coalesce(predicted_json, '{}'), "
-                       "'$.' || ?, json(?)) WHERE run_id = ?", (key, json.dumps(value), run_id))  # fmt: skip
+                       "'$.' || ?, json(?)) WHERE run_id = ?", (key, dumps(value), run_id))  # fmt: skip
 
     def call_finished(self, key: str, fields: dict[str, Any]) -> None:
         """The call (by idempotency key) came back with an error, or was cancelled."""
@@ -467,7 +467,7 @@ class Journal:
         runs at a time, the ``lines`` it runs, and the planner's figures for them."""
         with self.transaction() as db:
             db.execute("INSERT INTO batch_plans VALUES (?, ?, ?, ?, ?)",
-                       (batch_id, started_at, parallel, lines, json.dumps(plan)))  # fmt: skip
+                       (batch_id, started_at, parallel, lines, dumps(plan)))  # fmt: skip
 
     def batch_plans(self, batch_id: str) -> list[dict[str, Any]]:
         """A batch's sessions in the order they started (:meth:`batch_planned`), each plan

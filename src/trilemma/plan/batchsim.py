@@ -277,7 +277,7 @@ def _one(
             return
         tries = d.attempts[i]
         if tries:  # each attempt made: when it went and answered, from the step's start,
-            # and what each of its calls bills (its share of the attempt's bills)
+            # and what it bills
             got, before = [], 0.0
             for made, t0, t1, by in tries:
                 if made[c]:
