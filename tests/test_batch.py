@@ -673,6 +673,23 @@ def test_a_routed_batch_under_a_ceiling_is_replayed_branch_by_branch(
     assert abs(measured - ended) < 3, (measured, ended)
 
 
+def test_none_ok_within_both_budgets_is_none_not_the_smaller_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the ceiling's replay has no run ok by the deadline, the runs ok within both are
+    0, not the smaller of the two counts alone (a zero read as "not worked out")."""
+    from trilemma.plan.estimate import estimate
+    from trilemma.run import batch
+
+    spec, _ = write_halting(tmp_path, 0.02, 0.05)
+    wf = parse_workflow(spec.read_text())
+    monkeypatch.setattr(batch, "within_ceiling", lambda *a: batch.Within(9.0, 4.0, True, 0.0, 0.1))
+    t = batch.batch_time(wf, estimate(wf), 20, 4, 5.0, 0.05)
+    assert t.ok_in_time is not None and t.ok_in_time > 5 and t.ok_in_budgets == 0.0
+    monkeypatch.setattr(batch, "within_ceiling", lambda *a: batch.Within(9.0, 4.0, False))
+    assert batch.batch_time(wf, estimate(wf), 20, 4, 5.0, 0.05).ok_in_budgets == 4.0  # not replayed
+
+
 def test_a_batch_under_a_ceiling_plans_when_the_ceiling_stops_it(
     tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:

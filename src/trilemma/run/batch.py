@@ -460,7 +460,8 @@ def batch_time(
         return took
     room, ok_in_time = deadline_headroom(p), ends.ok_in_time(deadline_s)
     assert ok_in_time is not None
-    both = None if within is None else min(ok_in_time, within.ok, within.ok_in_time or math.inf)
+    both = None if within is None else min(  # none ok by the deadline within it is 0, not none
+        ok_in_time, within.ok, math.inf if within.ok_by_deadline is None else within.ok_by_deadline)
     return replace(took, deadline_s=deadline_s, in_time=ends.in_time(deadline_s),
                    near=ends.near(deadline_s, room), ok_in_time=ok_in_time, headroom_s=room,
                    ok_in_budgets=both)  # fmt: skip
@@ -685,7 +686,7 @@ class Within:
     ok: float
     replayed: bool
     """Its calls replayed under the ceiling (else by a run's mean bill)."""
-    ok_in_time: float | None = None
+    ok_by_deadline: float | None = None
     """Of the runs ok, how many end by the deadline it was asked with, where replayed."""
     took_s: float | None = None
     """Where replayed, when the batch ends on average: its last run's end, the ceiling
@@ -715,9 +716,9 @@ def within_ceiling(
     if got is not None:
         ended = float(got.ended.mean())
         ok = min(_weighed(float(got.ok.mean()), got.drawn_ok, p.reliability), ended)
-        in_time = (None if deadline_s is None else
-                   min(_weighed(float(got.ok_by(deadline_s).mean()), got.drawn_ok, p.reliability), ok))  # fmt: skip
-        return Within(ended, ok, True, in_time, float(got.took.mean()))
+        by_deadline = (None if deadline_s is None else
+                       min(_weighed(float(got.ok_by(deadline_s).mean()), got.drawn_ok, p.reliability), ok))  # fmt: skip
+        return Within(ended, ok, True, by_deadline, float(got.took.mean()))
     bill = _per_run_usd(p)
     if bill <= 0:  # a run bills nothing on average (cached): none is stopped
         return Within(float(runs), p.reliability * runs, False)
