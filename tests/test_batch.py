@@ -17,6 +17,7 @@ import pytest
 
 from trilemma import parse_workflow
 from trilemma.journal import Journal
+from trilemma.report.tables import usd
 from trilemma.run.batch import read_inputs, run_batch
 from trilemma.testing import FunctionProvider
 
@@ -257,7 +258,7 @@ def test_a_batch_stopped_by_its_ceiling_goes_on_where_it_stopped(tmp_path: Path,
     assert (more["counts"]["ok"], more["from_journal"]) == (7, 4)
     ran = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--resume",
               first["batch_id"], "--max-cost", "1")  # fmt: skip
-    assert "10 lines, 4 at a time, about 0.00s planned; if it stops, it goes on with" in ran.err
+    assert "10 lines (3 to run), 4 at a time, about 0.00s planned; if it stops, it goes on with" in ran.err
     rest = ran.json()
     assert (rest["status"], rest["counts"]["ok"], rest["from_journal"]) == ("ok", 10, 7)
     assert rest["predicted"]["latency_s"]["batch"] == pytest.approx(0.001)  # 3 lines ran, at once
@@ -315,9 +316,24 @@ def test_a_killed_batch_resumes_without_paying_twice(tmp_path: Path, cli) -> Non
     for row in journal.batch_runs(batch_id).values():
         assert [c["outcome"] for c in journal.calls(row["run_id"])] == ["ok"]  # paid once
     assert got["cost_usd"] == pytest.approx(0.06)
+    # the killed session measured nothing as it ended: its page says so, the resumed one's ended
+    killed, resumed = journal.batch_plans(batch_id)
+    assert killed["ended"] is None and resumed["ended"]["status"] == "ok"
+    assert resumed["ended"]["ok"] == resumed["lines"] == 6 - got["from_journal"]
+    page = tmp_path / "b.html"
+    assert cli("report", batch_id, "--journal", db, "--out", page).code == 0
+    text = " ".join(re.sub(r"<[^>]+>", " ", page.read_text()).split())
+    assert re.search(r"session 1 \(interrupted\): time [\d.]+s for 6 lines, 2 at a time - ", text), text
+    assert re.search(rf"session 2: time [\d.]+s for {resumed['lines']} lines?, 4 at a time [\d.]+s - ", text)
 
 
-def test_resuming_after_the_deadline_says_what_to_give(tmp_path: Path, cli) -> None:
+def test_resuming_after_the_deadline_says_what_to_give(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed batch whose deadline passed says so as it starts and in its table, where
+    the line an earlier session ended ok counts as ok before the deadline; its page sets
+    each session's plan beside the runs that ended in it."""
+    monkeypatch.setenv("COLUMNS", "250")
     spec, lines = write(tmp_path, 6, latency=0.3)
     db = tmp_path / "j.db"
     first = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--parallel", "1",
@@ -326,14 +342,30 @@ def test_resuming_after_the_deadline_says_what_to_give(tmp_path: Path, cli) -> N
     late = cli("batch", spec, "--inputs", lines, "--journal", db, "--resume", first["batch_id"])
     assert late.code == 1 and "5 lines did not start: the deadline had passed (with --resume, " \
         "--deadline SECONDS gives a new one)" in late.err  # fmt: skip
+    assert re.search(r": 6 lines \(5 to run\), 4 at a time, about [\d.]+s planned; its deadline passed "
+                     r"[\d.]+s ago, so no line starts \(--deadline SECONDS gives a new one\)", late.err)  # fmt: skip
     shown = " ".join(late.out.split())  # the table says it too
     assert re.search(r"deadline │ passed \d+\.\d\ds before this session \(--deadline SECONDS gives a new "
                      r"one\) │ 0 of 5 ended", shown), shown  # fmt: skip
+    # the runs ok before the deadline are of the whole batch: the line ended ok, none more
+    assert "runs ok │ 6.0 of 6 (100.00%); 1.0 of them before the deadline │ 1 of 6" in shown, shown
     none = cli("batch", spec, "--inputs", lines, "--journal", db, "--deadline", "0.01")
     assert "quality per dollar │ 100.0 │ - │" in " ".join(none.out.split()), none.out  # not "inf": nothing succeeded
     again = cli("batch", spec, "--inputs", lines, "--journal", db, "--json", "--resume",
                 first["batch_id"], "--deadline", "30").json()  # fmt: skip
     assert (again["status"], again["counts"]["ok"]) == ("ok", 6)
+    page = tmp_path / "b.html"
+    assert cli("report", first["batch_id"], "--journal", db, "--out", page).code == 0
+    text = " ".join(re.sub(r"<[^>]+>", " ", page.read_text()).split())
+    assert "runs ok 6.0 of 6 (100.00%) 6 of 6" in text  # the batch's lines, every session's
+    # the session's own time: line 2, cut by the deadline, ended in session 3
+    assert re.search(r"session 1: time 1\.80s for 6 lines, 1 at a time 0\.4\ds deadline 0\.45s "
+                     r"from its start", text), text  # fmt: skip
+    assert "session 1: deadline 0.45s: about 1 of 6 runs end before it 1 of 6 ended" in text
+    assert re.search(r"session 2: deadline passed [\d.]+s before this session .* 0 of 5 ended", text)
+    assert re.search(r"session 3: time 0\.60s for 5 lines, 4 at a time 0\.6\ds deadline 30\.00s "
+                     r"from its start", text), text  # fmt: skip
+    assert "session 3: deadline 30s: every run ends before it 5 of 5 ended" in text
 
 
 def test_a_resume_refuses_another_spec_other_inputs_or_another_tenant(tmp_path: Path, cli) -> None:
@@ -473,8 +505,9 @@ def test_a_batch_page_sets_the_batch_plan_beside_what_it_measured(
     """The journal keeps a batch session's plan (its runs at a time, its lines, the
     planner's figures), so the batch's page sets them beside what it measured, as its table
     does: the runs the ceiling lets end, when it stops the batch, the batch's own time. A
-    resumed batch (two sessions, each planned for its own lines) keeps one run's estimate
-    times its runs; pruning the batch forgets its plans; a damaged plan is found by doctor."""
+    resumed batch (two sessions, each planned for its own lines) sets the newest plan's
+    figures of all its lines, then each session's, beside what they measured; pruning the
+    batch forgets its plans; a damaged plan is found by doctor."""
     monkeypatch.setenv("COLUMNS", "250")
     spec, lines = write_halting(tmp_path, 0.02, 0.05)
     db, page = tmp_path / "j.db", tmp_path / "b.html"
@@ -484,10 +517,13 @@ def test_a_batch_page_sets_the_batch_plan_beside_what_it_measured(
     with Journal(db) as j:
         (session,) = j.batch_plans(bid)
     assert (session["parallel"], session["lines"]) == (4, 20)
-    assert session["plan"] == {**planned, "max_cost_usd": 0.05, "deadline_s": 30.0}
+    ended = got["counts"]["ok"] + got["counts"]["failed"]
+    assert session["ended"] == {"status": got["status"], "took_s": pytest.approx(got["latency_s"], abs=1e-5),
+                                "ran_to_end": ended, "ok": got["counts"]["ok"],
+                                "cost_usd": pytest.approx(got["cost_usd"])}  # fmt: skip
+    assert session["plan"] == {**planned, "max_cost_usd": 0.05, "deadline_s": 30.0, "batch_lines": 20}
     assert cli("report", bid, "--journal", db, "--out", page).code == 0
     text = " ".join(re.sub(r"<[^>]+>", " ", page.read_text()).split())
-    ended = got["counts"]["ok"] + got["counts"]["failed"]
     assert (f"runs ok 10.0 of 20 (50.00%); {planned['runs_ok_within_ceiling']:.1f} of them within "
             f"the ceiling {got['counts']['ok']} of 20") in text  # fmt: skip
     assert f"about {planned['latency_within_ceiling_s']:.2f}s as the ceiling stops it" in text
@@ -504,12 +540,22 @@ def test_a_batch_page_sets_the_batch_plan_beside_what_it_measured(
         assert [s["lines"] for s in j.batch_plans(bid)] == [20, 20 - got["counts"]["ok"]]  # failed again
     cli("report", bid, "--journal", db, "--out", page)
     resumed = " ".join(re.sub(r"<[^>]+>", " ", page.read_text()).split())
-    assert "runs ok 10.0 of 20" in resumed and not re.search(r"\ds as the ceiling stops it", resumed)
+    ok = again["counts"]["ok"]
+    assert f"runs ok 10.0 of 20 (50.00%) {ok} of 20" in resumed
+    assert f"cost $0.2200 expected ($0.1200 as failed runs stop), $0.2200 worst {usd(again['cost_usd'])}" in resumed
+    assert f"session 1: ceiling $0.0500: about {planned['runs_ended_within_ceiling']:.1f} of 20" in resumed
+    left = 1 - got["cost_usd"]  # what the first session left of the second's $1 ceiling
+    lines2 = 20 - got["counts"]["ok"]
+    assert re.search(rf"session 2: time [\d.]+s for {lines2} lines, 4 at a time [\d.]+s "
+                     rf"{re.escape(usd(left))} of the ceiling left", resumed), resumed  # fmt: skip
+    assert f"{lines2 - 0} of {lines2} ended" in resumed.split("session 2: ceiling")[1]
 
     with closing(sqlite3.connect(db)) as raw, raw:
         raw.execute("UPDATE batch_plans SET plan_json = '[1]' WHERE lines = 20")
+        raw.execute("UPDATE batch_plans SET ended_json = '\"x\"' WHERE lines < 20")
     with Journal(db) as j:
-        assert any("batch_plans" in found for found in j.damaged_rows())
+        found = [f for f in j.damaged_rows() if "batch_plans" in f]
+        assert len(found) == 2 and any("ended_json" in f for f in found), found
         j.prune(time.time() + 1)
         assert j.batch_plans(bid) == [] and j.batch_runs(bid) == {}
 

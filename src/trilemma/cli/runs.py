@@ -270,11 +270,13 @@ def batch_cmd(
             bar.update(task, completed=done, description=f"runs, {tables.usd(spent)}{cap}")
 
         said = ""  # the planner's time for the lines this session runs
+        todo = len(lines)  # of which an earlier session finished the others
 
         paid = wf.endpoints
 
         def plan_said(took: BatchTime) -> None:
-            nonlocal said
+            nonlocal said, todo
+            todo = took.runs
             held = tables.limit_held(None if took.limit is None else took.limit.to_json())
             said = f", about {took.latency_s:.2f}s planned" + (f" ({held})" if held else "")
             if paid:  # what runs on real endpoints will bill, said before they start
@@ -284,8 +286,9 @@ def batch_cmd(
 
         def started(batch_id: str) -> None:
             again = "goes on with" if resume else "is resumed by the same command with"
-            sys.stderr.write(f"trilemma: {batch_id}: {counted(len(lines), 'line')}, {parallel} at a "
-                             f"time{said}; if it stops, it {again} --resume {batch_id}\n")  # fmt: skip
+            left = f" ({todo} to run)" if todo < len(lines) else ""
+            sys.stderr.write(f"trilemma: {batch_id}: {counted(len(lines), 'line')}{left}, {parallel} "
+                             f"at a time{said}; if it stops, it {again} --resume {batch_id}\n")  # fmt: skip
 
         def landed(line: LineResult) -> None:  # in the order runs end: a crash keeps what finished
             nonlocal sink

@@ -214,6 +214,12 @@ def m014_batch_plans(db: sqlite3.Connection) -> None:
     )
 
 
+def m015_batch_sessions_ended(db: sqlite3.Connection) -> None:
+    """What a batch session measured as it ended (its time, the runs it took to their end,
+    its spend): a resumed line's run keeps only its last session's end."""
+    db.execute("ALTER TABLE batch_plans ADD COLUMN ended_json TEXT")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_call_sends", m002_call_sends),
@@ -229,6 +235,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m012_pruned_calls", m012_pruned_calls),
     ("m013_overrides", m013_overrides),
     ("m014_batch_plans", m014_batch_plans),
+    ("m015_batch_sessions_ended", m015_batch_sessions_ended),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

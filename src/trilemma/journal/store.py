@@ -466,15 +466,30 @@ class Journal:
         """Record a session of a batch as it starts (at ``started_at``, epoch seconds): its
         runs at a time, the ``lines`` it runs, and the planner's figures for them."""
         with self.transaction() as db:
-            db.execute("INSERT INTO batch_plans VALUES (?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO batch_plans (batch_id, started_at, parallel, lines, plan_json) "
+                       "VALUES (?, ?, ?, ?, ?)",
                        (batch_id, started_at, parallel, lines, dumps(plan)))  # fmt: skip
+
+    def batch_session_ended(
+        self, batch_id: str, started_at: float, ended: Mapping[str, Any]
+    ) -> None:  # fmt: skip
+        """Record what the session of ``batch_id`` begun at ``started_at`` measured as it
+        ended (:meth:`batch_planned` recorded its plan): a line resumed in a later session
+        keeps only that session's end in its run, so an earlier session's is kept here."""
+        with self.transaction() as db:
+            db.execute("UPDATE batch_plans SET ended_json = ? WHERE batch_id = ? AND started_at = ?",
+                       (dumps(ended), batch_id, started_at))  # fmt: skip
 
     def batch_plans(self, batch_id: str) -> list[dict[str, Any]]:
         """A batch's sessions in the order they started (:meth:`batch_planned`), each plan
-        parsed (``plan``); none for a batch run before trilemma kept them."""
+        parsed (``plan``) and what it measured as it ended (``ended``, None for a session
+        that did not end: interrupted, or still going); none for a batch run before trilemma
+        kept them."""
         rows = self._rows("SELECT * FROM batch_plans WHERE batch_id = ? ORDER BY started_at",
                           (batch_id,))  # fmt: skip
-        return [{**r, "plan": _parsed(r["plan_json"])} for r in rows]
+        return [{**r, "plan": _parsed(r["plan_json"]),
+                 "ended": None if r["ended_json"] is None else _parsed(r["ended_json"])}
+                for r in rows]  # fmt: skip
 
     def steps(self, run_id: str) -> dict[str, dict[str, Any]]:
         """A run's finished steps by id."""
@@ -860,7 +875,7 @@ _STORED = {"INTEGER": "'integer'", "REAL": "'integer', 'real'", "TEXT": "'text'"
 #: The JSON each ``*_json`` column holds.
 _JSON_KINDS: dict[str, type] = {
     "spec_json": dict, "inputs_json": dict, "predicted_json": dict, "request_json": list,
-    "overrides_json": list, "plan_json": dict,
+    "overrides_json": list, "plan_json": dict, "ended_json": dict,
 }  # fmt: skip
 _NOUNS = {int: "an integer", float: "a number", str: "text", bytes: "bytes", dict: "a JSON object",
           list: "a JSON array"}  # fmt: skip

@@ -33,6 +33,7 @@ from trilemma.report.tables import (
     planned_rows,
     qpd,
     spec_of,
+    stopped_at,
     under_budget_rows,
     usd,
     well_under,
@@ -192,7 +193,9 @@ def batch_report(journal: Journal, batch_id: str) -> str:
     plans = journal.batch_plans(batch_id)
     if len(plans) == 1:  # one session: its plan beside what it measured
         rows = [*_planned_beside(plans[0], runs, ok, cost, ended), per_run]
-    else:  # run before trilemma kept plans, or resumed: one run's estimate times the runs
+    elif plans:  # resumed: the batch's figures, then each session's plan beside what it did
+        rows = [*_sessions_beside(plans, runs, ok, cost), per_run]
+    else:  # run before trilemma kept plans: one run's estimate times the runs
         rows = [
             ("cost", f"{usd(cost_p.get('expected', 0) * n)} expected{stop_usd}, "
                      f"{usd(cost_p.get('worst', 0) * n)} worst",
@@ -265,6 +268,35 @@ def _planned_beside(
             zip(planned_rows(plan, n, session["parallel"], plan), measured, strict=True)]  # fmt: skip
     to_end = sum(1 for r in runs if r["status"] in ("ok", "failed"))
     rows += [(label, said, f"{to_end} of {n} ended", "") for label, said in budget_rows(plan, n)]
+    return rows
+
+
+def _sessions_beside(
+    plans: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]], ok: int, cost: float
+) -> list[tuple[str, str, str, str]]:  # fmt: skip
+    """A resumed batch: what its newest plan has of all its lines (cost, runs ok, quality per
+    dollar) beside what they measured, then a row for each session's plan of the lines it
+    ran (its time, and how many runs its ceiling and deadline let end) beside what it
+    measured as it ended (none for a session interrupted)."""
+    newest = plans[-1]["plan"]
+    n = int(newest.get("batch_lines") or max(s["lines"] for s in plans))  # older plans lack it
+    measured = [usd(cost), f"{ok} of {n}", qpd(ok / cost if cost > 0 else None, ok > 0)]
+    whole = [row for row in planned_rows(newest, n, plans[-1]["parallel"]) if row[0] != "latency"]
+    rows = [(label, said, got, "") for (label, said), got in zip(whole, measured, strict=True)]
+    for k, session in enumerate(plans):
+        plan, lines, ended = session["plan"], session["lines"], session["ended"]
+        took = None if ended is None else ended["took_s"]
+        to_end = "-" if ended is None else f"{ended['ran_to_end']} of {lines} ended"
+        name = f"session {k + 1}" + (" (interrupted)" if ended is None and k < len(plans) - 1 else "")
+        ceiling, deadline = plan.get("max_cost_usd"), plan.get("deadline_s")
+        held = [*([] if ceiling is None else [f"{usd(ceiling)} of the ceiling left"]),
+                *([] if deadline is None else [f"deadline {_s(deadline)} from its start"
+                                               if deadline > 0 else "deadline passed"])]  # fmt: skip
+        planned_s = plan["latency_s"]["batch"]
+        rows.append((f"{name}: time", f"{planned_s:.2f}s for {counted(lines, 'line')}, "
+                     f"{session['parallel']} at a time" + stopped_at(plan, planned_s, lines),
+                     _s(took), ", ".join(held) or "-"))  # fmt: skip
+        rows += [(f"{name}: {label}", said, to_end, "") for label, said in budget_rows(plan, lines)]
     return rows
 
 

@@ -1130,12 +1130,15 @@ def limit_held(limit: Mapping[str, Any] | None) -> str:
 
 
 def planned_rows(
-    plan: dict[str, Any], n: int, parallel: int, budgets: dict[str, Any] | None = None
-) -> list[tuple[str, str]]:
-    """The planner's figures for a batch (``predicted_json``), a row each; under a ceiling
-    or a deadline, how many runs end ok within it (``budgets``: a batch's plan, with
-    ``runs_ok_within_ceiling``, ``runs_ok_by_deadline`` and ``runs_ok_within_budgets``)
-    beside those ok at their end."""
+    plan: dict[str, Any], n: int, parallel: int, budgets: dict[str, Any] | None = None,
+    *, ran: int | None = None, kept_ok: int = 0,
+) -> list[tuple[str, str]]:  # fmt: skip
+    """The planner's figures for a batch of ``n`` lines (``predicted_json``), a row each;
+    under a ceiling or a deadline, how many runs end ok within it (``budgets``: a session's
+    plan, with ``runs_ok_within_ceiling``, ``runs_ok_by_deadline`` and
+    ``runs_ok_within_budgets``) beside those ok at their end. A resumed session's budgets
+    are of the ``ran`` lines it runs (default all ``n``): the ``kept_ok`` lines an earlier
+    session ended ok count as ok within them, so that every count is of the ``n``."""
     cost, latency = plan["cost_usd"], plan["latency_s"]
     halts, each, shared = cost.get("halting"), latency.get("halting_per_run"), cost.get("replayed")
     halting = f" ({usd(halts)} as failed runs stop)" if well_under(halts, cost["expected"]) else ""
@@ -1147,11 +1150,11 @@ def planned_rows(
     return [
         ("cost", f"{usd(cost['expected'])} expected{halting}, {usd(cost['worst'])} worst"),
         ("runs ok", f"{plan['ok_lines']:.1f} of {n}" + (f" ({_pct(plan['ok_lines'] / n)})" if n else "")
-                    + _ok_within(budgets or {}, plan["ok_lines"])),
+                    + _ok_within(budgets or {}, plan["ok_lines"], kept_ok)),
         ("latency", f"{latency['batch']:.2f}s ({held}{parallel} at a time, {stopped}"
                     f"{latency['expected_per_run']:.2f}s expected each, "
                     f"{latency['critical_path_per_run']:.2f}s critical path)"
-                    + _stopped_at(budgets or {}, latency["batch"], n)),
+                    + stopped_at(budgets or {}, latency["batch"], n if ran is None else ran)),
         ("quality per dollar", qpd(plan["quality_per_dollar"])),
     ]  # fmt: skip
 
@@ -1166,11 +1169,12 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     for col in ("", "predicted", "measured"):
         t.add_column(col, justify="right")
     planned = b.planned()
-    rows = planned_rows(planned, n, b.parallel, planned)
+    ran = n if b.planned_time is None else b.planned_time.runs  # this session's
+    kept = sum(1 for r in b.lines if r.from_journal and r.status == "ok")
+    rows = planned_rows(planned, n, b.parallel, planned, ran=ran, kept_ok=kept)
     for (label, row), got in zip(rows, measured, strict=True):
         t.add_row(label, row, got)
     if b.planned_time is not None:  # the runs its ceiling and deadline let end
-        ran = b.planned_time.runs  # this session's
         budgets = {**planned, "max_cost_usd": b.max_cost_usd, "deadline_s": b.deadline_s}
         for label, said in budget_rows(budgets, ran):
             t.add_row(label, said, f"{b.ran_to_end()} of {ran} ended")
@@ -1255,6 +1259,9 @@ def budgets_cut(took: Any) -> str:
             said += f", stopping the batch at about {w.took_s:.2f}s"
     if took.in_time is not None and took.deadline_s > 0 and took.in_time < took.runs:
         said += f"; about {took.in_time} of {took.runs} end before the deadline"
+    elif took.deadline_s is not None and took.deadline_s <= 0 and took.runs:  # a resumed batch's
+        said += (f"; its deadline passed {-took.deadline_s:.2f}s ago, so no line starts "
+                 "(--deadline SECONDS gives a new one)")  # fmt: skip
     return said
 
 
@@ -1265,24 +1272,26 @@ def ceiling_stop_s(plan: Mapping[str, Any], n: int) -> float | None:
     return None if took is None or ended is None or ended >= n - 0.05 else float(took)
 
 
-def _stopped_at(budgets: Mapping[str, Any], planned_s: float, n: int) -> str:
-    """When a batch ends as its ceiling stops it (:func:`ceiling_stop_s` of ``budgets``, a
-    batch's plan), where that is well before the ``planned_s`` of all ``n`` runs."""
+def stopped_at(budgets: Mapping[str, Any], planned_s: float, n: int) -> str:
+    """``; about X s as the ceiling stops it``: when a batch ends as its ceiling stops it
+    (:func:`ceiling_stop_s` of ``budgets``, a session's plan), where that is well before the
+    ``planned_s`` of all ``n`` runs; else empty."""
     took = ceiling_stop_s(budgets, n)
     return f"; about {took:.2f}s as the ceiling stops it" if well_under(took, planned_s) else ""
 
 
-def _ok_within(budgets: dict[str, Any], ok_lines: float) -> str:
+def _ok_within(budgets: dict[str, Any], ok_lines: float, kept_ok: int = 0) -> str:
     """The runs ok within a batch's ceiling and before its deadline, after those ok at their
-    end, where either cuts some; where both do, the runs ok within both."""
+    end, where either cuts some; where both do, the runs ok within both. ``kept_ok``: lines
+    an earlier session ended ok, which the session's budgets do not stop."""
     said = []
     for key, where in (("runs_ok_within_ceiling", "within the ceiling"),
                        ("runs_ok_by_deadline", "before the deadline")):  # fmt: skip
         ok = budgets.get(key)
-        if ok is not None and ok < ok_lines - 0.05:
-            said.append(f"; {ok:.1f} of them {where}")
+        if ok is not None and ok + kept_ok < ok_lines - 0.05:
+            said.append(f"; {ok + kept_ok:.1f} of them {where}")
     if len(said) == 2 and (both := budgets.get("runs_ok_within_budgets")) is not None:
-        said.append(f"; {both:.1f} within both")
+        said.append(f"; {both + kept_ok:.1f} within both")
     return "".join(said)
 
 
@@ -1295,7 +1304,7 @@ def budget_rows(plan: Mapping[str, Any], n: int) -> list[tuple[str, str]]:
         rows.append(("ceiling", f"{usd(plan['max_cost_usd'])}: {_pays(plan, n)}"))
     deadline = plan.get("deadline_s")
     if deadline is not None:
-        rows.append(("deadline", f"{deadline:g}s: " + _in_time(
+        rows.append(("deadline", f"{round(deadline, 2):g}s: " + _in_time(
             plan["runs_done_by_deadline"], plan["runs_near_deadline"], n, plan["deadline_headroom_s"])
             if deadline > 0 else  # a resumed batch's, passed: --deadline gives a new one
             f"passed {-deadline:.2f}s before this session (--deadline SECONDS gives a new one)"))  # fmt: skip

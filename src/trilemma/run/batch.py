@@ -178,6 +178,17 @@ class BatchResult:
         """The deadline this session's runs were planned under, from its start (None: none)."""
         return None if self.planned_time is None else self.planned_time.deadline_s
 
+    def session_json(self) -> dict[str, Any]:
+        """What this session measured, as the journal keeps it beside its plan
+        (:meth:`~trilemma.journal.Journal.batch_session_ended`): its status and time
+        (``took_s``), the runs it took to their end (``ran_to_end``) and those ok, and
+        what they cost (``cost_usd``: the runs' whole bills, earlier sessions' calls of a
+        resumed run included)."""
+        ran = [r for r in self.lines if not r.from_journal and r.status != "not_started"]
+        return {"status": self.status, "took_s": round(self.latency_s, 6),
+                "ran_to_end": self.ran_to_end(), "ok": sum(r.status == "ok" for r in ran),
+                "cost_usd": round(math.fsum(r.cost_usd for r in ran), 12)}  # fmt: skip
+
     def ran_to_end(self) -> int:
         """This session's runs that went to their end (ok or failed), not stopped by a budget."""
         return sum(1 for r in self.lines if not r.from_journal and r.status in ("ok", "failed"))
@@ -967,7 +978,8 @@ async def run_batch_async(
     # lines behind a model's limits takes 0.4 s, which neither is to spend.
     started = time.time()
     journal.batch_planned(batch_id, started, parallel, todo, {
-        "max_cost_usd": left, "deadline_s": deadline, **planned_json(predicted, planned, len(values))})  # fmt: skip
+        "max_cost_usd": left, "deadline_s": deadline, "batch_lines": len(values),
+        **planned_json(predicted, planned, len(values))})  # fmt: skip
     clock = Clock(resumed_due if resumed_due is not None else
                   started + deadline if deadline is not None else None)  # fmt: skip
     try:
@@ -976,9 +988,11 @@ async def run_batch_async(
         raise group.exceptions[0] from None
     out = tuple(r if r is not None else LineResult(numbers[i], "not_started")
                 for i, r in enumerate(results))  # fmt: skip
-    return BatchResult(batch_id, _status(out, guard), out, math.fsum(r.cost_usd for r in out),
-                       ceiling, time.time() - started, predicted, str(journal.path), parallel,
-                       planned, bill_draws(wf))  # fmt: skip
+    result = BatchResult(batch_id, _status(out, guard), out, math.fsum(r.cost_usd for r in out),
+                         ceiling, time.time() - started, predicted, str(journal.path), parallel,
+                         planned, bill_draws(wf))  # fmt: skip
+    journal.batch_session_ended(batch_id, started, result.session_json())
+    return result
 
 
 run_batch = blocking(run_batch_async)
