@@ -359,7 +359,8 @@ def test_resuming_after_the_deadline_says_what_to_give(
     text = " ".join(re.sub(r"<[^>]+>", " ", page.read_text()).split())
     assert "runs ok 6.0 of 6 (100.00%) 6 of 6" in text  # the batch's lines, every session's
     # the session's own time: line 2, cut by the deadline, ended in session 3
-    assert re.search(r"session 1: time 1\.80s for 6 lines, 1 at a time 0\.4\ds deadline 0\.45s "
+    assert re.search(r"session 1: time 1\.80s for 6 lines, 1 at a time; 0\.45s as the deadline stops it "
+                     r"0\.4\ds deadline 0\.45s "
                      r"from its start", text), text  # fmt: skip
     assert "session 1: deadline 0.45s: about 1 of 6 runs end before it 1 of 6 ended" in text
     assert re.search(r"session 2: deadline passed [\d.]+s before this session .* 0 of 5 ended", text)
@@ -599,12 +600,13 @@ def test_plan_says_what_a_batch_should_cost_and_sends_nothing(
 
 @pytest.mark.parametrize(("deadline", "done"), [(1, 4), (1.5, 7), (3, 12)])
 def test_plan_says_how_many_runs_end_before_the_deadline(
-    tmp_path: Path, cli, deadline: float, done: int
+    tmp_path: Path, cli, deadline: float, done: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Four runs at a time of 0.6 s, or 1.6 s where a call is retried (7%): about four end by
     1 s, seven by 1.5 s (eight, less the one in fourteen retried; rounds of runs at their
     mean said eight), all twelve by 3 s. Under --deadline 1 and 1.5 a batch (seed 1, whose
     line 6 retries) ends four and seven runs ok, the plan's figures."""
+    monkeypatch.setenv("COLUMNS", "250")  # each row on a line of its own
     db = tmp_path / "j.db"
     args = ("batch", EXAMPLES / "faq.yaml", "--inputs", EXAMPLES / "questions.jsonl",
             "--deadline", str(deadline), "--journal", db)  # fmt: skip
@@ -616,6 +618,9 @@ def test_plan_says_how_many_runs_end_before_the_deadline(
             f"about {done} of 12 runs end before it; the batch takes about {took:.2f}s")  # fmt: skip
     assert f"deadline │ {deadline:g}s: {said}" in row
     assert plan["runs_near_deadline"] == 0 and "executor's own time" not in row  # room enough
+    # where it cuts runs, the deadline ends the batch: it cancels what is in flight
+    stops = f"critical path); {deadline:.2f}s as the deadline stops it │"
+    assert (stops in row) == (deadline < 3), row
     if deadline < 3:
         got = cli(*args, "--seed", "1", "--json").json()
         assert got["status"] == "deadline" and got["counts"]["ok"] == done
@@ -623,6 +628,8 @@ def test_plan_says_how_many_runs_end_before_the_deadline(
         assert got["deadline_s"] == deadline and got["predicted"]["runs_done_by_deadline"] == done
         shown = " ".join(cli(*args, "--seed", "1").out.split())
         assert f"deadline │ {deadline:g}s: about {done} of 12 runs end before it │ {done} of 12 ended" in shown
+        assert f"{stops} {got['latency_s']:.2f}s │" in shown, shown
+        assert abs(got["latency_s"] - deadline) < 0.05
 
 
 def test_a_batch_names_the_runs_that_end_at_its_deadline_by_a_hair(

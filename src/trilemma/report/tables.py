@@ -1169,13 +1169,13 @@ def batch_view(b: Any, shown: int = 10) -> Group:
     for col in ("", "predicted", "measured"):
         t.add_column(col, justify="right")
     planned = b.planned()
+    budgets = {**planned, "max_cost_usd": b.max_cost_usd, "deadline_s": b.deadline_s}
     ran = n if b.planned_time is None else b.planned_time.runs  # this session's
     kept = sum(1 for r in b.lines if r.from_journal and r.status == "ok")
-    rows = planned_rows(planned, n, b.parallel, planned, ran=ran, kept_ok=kept)
+    rows = planned_rows(planned, n, b.parallel, budgets, ran=ran, kept_ok=kept)
     for (label, row), got in zip(rows, measured, strict=True):
         t.add_row(label, row, got)
     if b.planned_time is not None:  # the runs its ceiling and deadline let end
-        budgets = {**planned, "max_cost_usd": b.max_cost_usd, "deadline_s": b.deadline_s}
         for label, said in budget_rows(budgets, ran):
             t.add_row(label, said, f"{b.ran_to_end()} of {ran} ended")
     counts = ", ".join(f"{b.count(s)} {s}" for s in
@@ -1275,9 +1275,17 @@ def ceiling_stop_s(plan: Mapping[str, Any], n: int) -> float | None:
 def stopped_at(budgets: Mapping[str, Any], planned_s: float, n: int) -> str:
     """``; about X s as the ceiling stops it``: when a batch ends as its ceiling stops it
     (:func:`ceiling_stop_s` of ``budgets``, a session's plan), where that is well before the
-    ``planned_s`` of all ``n`` runs; else empty."""
+    ``planned_s`` of all ``n`` runs; and where its deadline cuts runs before that end, that
+    the deadline ends it then (it cancels what is in flight); else empty."""
     took = ceiling_stop_s(budgets, n)
-    return f"; about {took:.2f}s as the ceiling stops it" if well_under(took, planned_s) else ""
+    said, end = "", planned_s
+    if well_under(took, planned_s):
+        said, end = f"; about {took:.2f}s as the ceiling stops it", float(took)  # type: ignore[arg-type]
+    deadline, in_time = budgets.get("deadline_s"), budgets.get("runs_done_by_deadline")
+    if deadline is not None and 0 < deadline < end and in_time is not None and in_time < n:
+        said += (f", {deadline:.2f}s as the deadline does" if said
+                 else f"; {deadline:.2f}s as the deadline stops it")  # fmt: skip
+    return said
 
 
 def _ok_within(budgets: dict[str, Any], ok_lines: float, kept_ok: int = 0) -> str:
