@@ -220,6 +220,13 @@ def test_a_run_names_the_runs_its_monte_carlo_has_in_time_by_a_hair(cli: Any, tm
     assert (f"under its budget {got[1]}% (Monte Carlo, 0.5s deadline) near its deadline {got[2]}% "
             "of runs succeed less than 30 ms before the deadline, which the executor's own "
             "time may cross") in shown, shown  # fmt: skip
+    # resumed under a new deadline, the page says the Monte Carlo was of the one it began with
+    cut_id = cut.err.split("run ")[-1].split()[0]
+    assert cli("resume", cut_id, "--journal", db, "--deadline", "5").code == 0
+    cli("report", cut_id, "--journal", db, "--out", page)
+    shown = " ".join(re.sub(r"<[^>]+>", " ", page.read_text()).split())
+    assert (f"under the budget it started with {got[1]}% (Monte Carlo, 0.5s deadline) near the "
+            f"first deadline {got[2]}%") in shown and "under its budget" not in shown, shown  # fmt: skip
     room = cli("run", spec, "--journal", db, "--deadline", "0.6", "--seed", "3")
     assert "under its budget" in room.out and "near its deadline" not in room.out
     cli("report", "latest", "--journal", db, "--out", page)

@@ -318,6 +318,22 @@ def _count(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+DEADLINE_KEPT_S = 0.05
+"""How far a run's journaled deadline (from its start) may be from the one its Monte Carlo
+was run under and be the same: the journal keeps it a fraction of a millisecond off."""
+
+
+def _budgets_moved(under: Mapping[str, Any], ceiling: float | None, deadline: float | None) -> bool:
+    """Whether a run's ceiling or deadline is no longer the one its Monte Carlo under its
+    budget was run under (``under``): a resume gave it new ones."""
+    def moved(now: float | None, was: float | None, by: float) -> bool:
+        return (now is None) != (was is None) or (now is not None and was is not None
+                                                  and abs(now - was) > by)  # fmt: skip
+
+    return (moved(ceiling, under.get("max_cost_usd"), 1e-12)
+            or moved(deadline, under.get("deadline_s"), DEADLINE_KEPT_S))  # fmt: skip
+
+
 def _summary(run: dict[str, Any], p: dict[str, Any]) -> str:
     cost, latency, calls = p.get("cost_usd", {}), p.get("latency_s", {}), p.get("calls", {})
     ceiling = run["max_cost_usd"]
@@ -334,7 +350,8 @@ def _summary(run: dict[str, Any], p: dict[str, Any]) -> str:
          _e(run["status"]), ""),
     ]  # fmt: skip
     if (under := p.get("under_budget")) is not None:  # journaled by `trilemma run`
-        rows += [(label, said, "", "") for label, said in under_budget_rows(under)]
+        moved = _budgets_moved(under, ceiling, deadline)  # by a resume: not the run's now
+        rows += [(label, said, "", "") for label, said in under_budget_rows(under, moved)]
     if (well_under(cost.get("halting"), cost.get("expected"))
             or well_under(latency.get("halting"), latency.get("expected"))):  # fmt: skip
         rows.append(("stopping at a failure", f"{usd(cost['halting'])}, "

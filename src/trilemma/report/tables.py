@@ -1034,17 +1034,19 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None) ->
                               style="dim"))  # fmt: skip
 
 
-def under_budget_rows(u: Mapping[str, Any]) -> list[tuple[str, str]]:
+def under_budget_rows(u: Mapping[str, Any], moved: bool = False) -> list[tuple[str, str]]:
     """A run's success by the Monte Carlo under its ceiling and deadline, which the analytic
     success does not see, and the runs it has in time by less than the executor's own time
-    (``u``: :meth:`~trilemma.plan.simulate.SimResult.held`), a row each."""
+    (``u``: :meth:`~trilemma.plan.simulate.SimResult.held`), a row each; ``moved``: a
+    resume gave the run other budgets since, so the rows say they are of those it began with."""
     held = [f"{usd(u['max_cost_usd'])} ceiling" if u.get("max_cost_usd") is not None else "",
             f"{u['deadline_s']:g}s deadline" if u.get("deadline_s") is not None else ""]
-    rows = [("  under its budget", f"{_pct(u['success_rate'])} (Monte Carlo, "
+    which = "the budget it started with" if moved else "its budget"
+    rows = [(f"  under {which}", f"{_pct(u['success_rate'])} (Monte Carlo, "
              f"{' and '.join(h for h in held if h)})")]  # fmt: skip
     near = u.get("near_deadline_rate")
     if near is not None and near >= NEAR_SHOWN:  # runs it has in time by a hair
-        rows.append(("  near its deadline", f"{_pct(near)} of runs succeed less than "
+        rows.append((f"  near {'the first' if moved else 'its'} deadline", f"{_pct(near)} of runs succeed less than "
                      f"{_room_words(u['deadline_headroom_s'])} before the deadline, {MAY_CROSS}"))  # fmt: skip
     return rows
 
