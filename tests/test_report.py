@@ -336,6 +336,11 @@ def test_a_batch_plot_draws_its_deadline_and_planned_end_where_they_fall_near_it
     assert far == {("planned end", 2.5)}
     (bars,) = drawn[0].axes[0].collections  # from the batch's start: the first run at 0.5 s
     assert min(float(path.vertices[:, 0].min()) for path in bars.get_paths()) == pytest.approx(0.5)
+    # a resumed batch: each later session's start, where runs end after it (not the one after all)
+    plots.batch_png(runs, 0.05, started_at=99.5, resumed_at=[101.5, 150.0])
+    resumed = [(line.get_label(), line.get_xdata()[0]) for line in drawn[2].axes[0].get_lines()]
+    assert resumed == [("a session resumed it", 2.0)]
+    assert any(list(line.get_xdata()) == [2.0, 2.0] for line in drawn[2].axes[1].get_lines())  # both panels
     for fig in drawn:
         plots.plt.close(fig)
 

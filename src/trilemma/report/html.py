@@ -217,10 +217,12 @@ def batch_report(journal: Journal, batch_id: str) -> str:
                             cost_drawn=drawn)  # fmt: skip
     said = off_plan_line(off, bad, journal.path) if off is not None or bad is not None else None
     off_p = "" if said is None else f'<p class="bad">{_e(said)}</p>'
-    one = plans[0] if len(plans) == 1 else None  # the plan's times count from its start
-    png = batch_png(runs, ceiling, started_at=None if one is None else one["started_at"],
-                    deadline_s=deadline if one is None else one["plan"].get("deadline_s"),
-                    planned_s=None if one is None else _planned_end(one["plan"], one["lines"]))  # fmt: skip
+    opened = plans[0] if plans else None  # the plans' times count from their sessions' starts
+    one = opened if len(plans) == 1 else None
+    png = batch_png(runs, ceiling, started_at=None if opened is None else opened["started_at"],
+                    deadline_s=deadline if opened is None else opened["plan"].get("deadline_s"),
+                    planned_s=None if one is None else _planned_end(one["plan"], one["lines"]),
+                    resumed_at=[s["started_at"] for s in plans[1:]])  # fmt: skip
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -237,7 +239,8 @@ def batch_report(journal: Journal, batch_id: str) -> str:
         "<h2>Runs over time</h2>",
         '<p class="dim">Each bar is one line\'s run, coloured by how it ended; below, the spend '
         "as runs end, against the batch's ceiling; across both, its deadline and the end its "
-        "plan has (as the ceiling stops it, where it stops runs).</p>",
+        "plan has (as the ceiling stops it, where it stops runs), or, for a resumed batch, "
+        "when each later session began.</p>",
         f'<img alt="the batch\'s runs over time" src="data:image/png;base64,'
         f'{base64.b64encode(png).decode()}">',
         f"<h2>Lines: {n} runs</h2>",

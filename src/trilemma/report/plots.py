@@ -403,13 +403,16 @@ STATUS_COLOURS = {"ok": "tab:green", "failed": "tab:red", "budget_exhausted": "t
 def batch_png(
     runs: Sequence[dict[str, Any]], ceiling: float | None, *, started_at: float | None = None,
     deadline_s: float | None = None, planned_s: float | None = None,
+    resumed_at: Sequence[float] = (),
 ) -> bytes:  # fmt: skip
     """A batch's runs as bars on their lines' rows, and its spend as they finish, against the
-    ceiling; the deadline and the planned end as lines across both, where given.
+    ceiling; the deadline, the planned end and the starts of later sessions (``resumed_at``,
+    epoch seconds; those after every run's end left out) as lines across both, where given.
 
     ``runs`` are journal rows with ``batch_line``. A run still marked running (a crash) is
-    drawn up to now. Times count from ``started_at`` (the batch's start, epoch seconds),
-    else from its first run's start; ``deadline_s`` and ``planned_s`` from there.
+    drawn up to now; a run resumed in a later session, from its first start to its last end.
+    Times count from ``started_at`` (the batch's start, epoch seconds), else from its first
+    run's start; ``deadline_s`` and ``planned_s`` from there.
     """
     t0 = started_at if started_at is not None else min(r["started_at"] for r in runs)
     lines = sorted(r["batch_line"] for r in runs)
@@ -431,6 +434,11 @@ def batch_png(
             for ax in (top, bottom):
                 ax.axvline(x, color=colour, linestyle=style, linewidth=1,
                            label=label if ax is top else None)  # fmt: skip
+    shown = [at - t0 for at in resumed_at if at - t0 <= last]  # after every run: not drawn
+    for k, x in enumerate(shown):
+        for ax in (top, bottom):
+            ax.axvline(x, color="tab:gray", linestyle="-.", linewidth=1,
+                       label="a session resumed it" if ax is top and k == 0 else None)  # fmt: skip
     top.set_ylim(lines[-1] + 0.5, lines[0] - 0.5)
     top.set_ylabel("line")
     top.set_title(f"{len(runs)} runs, each from its start to its end")
