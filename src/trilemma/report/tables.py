@@ -1281,8 +1281,8 @@ def stopped_at(budgets: Mapping[str, Any], planned_s: float, n: int) -> str:
     the deadline ends it then (it cancels what is in flight); else empty."""
     took = ceiling_stop_s(budgets, n)
     said, end = "", planned_s
-    if well_under(took, planned_s):
-        said, end = f"; about {took:.2f}s as the ceiling stops it", float(took)  # type: ignore[arg-type]
+    if took is not None and well_under(took, planned_s):
+        said, end = f"; about {took:.2f}s as the ceiling stops it", took
     deadline, in_time = budgets.get("deadline_s"), budgets.get("runs_done_by_deadline")
     if deadline is not None and 0 < deadline < end and in_time is not None and in_time < n:
         said += (f", {deadline:.2f}s as the deadline does" if said
