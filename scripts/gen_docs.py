@@ -54,7 +54,9 @@ def schema() -> str:
         rows = j.db.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid")
         tables = [r[0].strip() + ";" for r in rows]
         j.close()
-    applied = "\n".join(f"-- {i}. {name}: {fn.__doc__}" for i, (name, fn) in enumerate(MIGRATIONS, 1))
+    # one line each, whatever the docstring's wrapping (Python 3.13 dedents docstrings, 3.11 not)
+    applied = "\n".join(f"-- {i}. {name}: {' '.join((fn.__doc__ or '').split())}"
+                        for i, (name, fn) in enumerate(MIGRATIONS, 1))  # fmt: skip
     return applied + "\n\n" + "\n\n".join(tables) + "\n"
 
 
