@@ -215,8 +215,8 @@ def m014_batch_plans(db: sqlite3.Connection) -> None:
 
 
 def m015_batch_sessions_ended(db: sqlite3.Connection) -> None:
-    """What a batch session measured as it ended (its time, the runs it took to their end,
-    its spend): a resumed line's run keeps only its last session's end."""
+    """What a batch session measured as it ended (its time, the runs it took to their end):
+    a resumed line's run keeps only its last session's end."""
     db.execute("ALTER TABLE batch_plans ADD COLUMN ended_json TEXT")
 
 

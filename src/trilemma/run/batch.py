@@ -181,13 +181,10 @@ class BatchResult:
     def session_json(self) -> dict[str, Any]:
         """What this session measured, as the journal keeps it beside its plan
         (:meth:`~trilemma.journal.Journal.batch_session_ended`): its status and time
-        (``took_s``), the runs it took to their end (``ran_to_end``) and those ok, and
-        what they cost (``cost_usd``: the runs' whole bills, earlier sessions' calls of a
-        resumed run included)."""
-        ran = [r for r in self.lines if not r.from_journal and r.status != "not_started"]
+        (``took_s``), the runs it took to their end (``ran_to_end``) and those ok."""
         return {"status": self.status, "took_s": round(self.latency_s, 6),
-                "ran_to_end": self.ran_to_end(), "ok": sum(r.status == "ok" for r in ran),
-                "cost_usd": round(math.fsum(r.cost_usd for r in ran), 12)}  # fmt: skip
+                "ran_to_end": self.ran_to_end(),
+                "ok": sum(1 for r in self.lines if not r.from_journal and r.status == "ok")}  # fmt: skip
 
     def ran_to_end(self) -> int:
         """This session's runs that went to their end (ok or failed), not stopped by a budget."""
