@@ -104,6 +104,30 @@ def test_budget_counts_retries_and_gate_rejections(tmp_path: Path) -> None:
     assert r.status in ("budget_exhausted", "ok")
 
 
+@pytest.mark.parametrize(
+    ("ceiling", "made"),
+    [(0.015, {"a": 1, "b": 0}),  # b's first call does not fit: b made no attempt
+     (0.025, {"a": 1, "b": 1}),  # b's first answer is rejected; its retry does not fit
+     (0.035, {"a": 1, "d": 1})],  # d's debate sends two calls, its third does not fit
+)  # fmt: skip
+def test_an_attempt_the_ceiling_refuses_before_its_first_call_is_not_counted(
+    tmp_path: Path, ceiling: float, made: dict[str, int]
+) -> None:
+    """A step the ceiling stops shows the attempts it sent calls for, as its calls do: the
+    table said "skipped, attempts 1" of a step whose one call was refused."""
+    steps = ["{id: a, model: m}",
+             "{id: b, model: m, after: [a], retries: 3, p_ok: 0.0001}"]  # fmt: skip
+    if "d" in made:
+        steps[1] = "{id: d, model: m, after: [a], debate: {agents: 2, rounds: 1, judge: true}}"
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}", steps)
+    r, j = run(text, tmp_path, max_cost_usd=ceiling)
+    assert r.status == "budget_exhausted"
+    assert {k: s.attempts for k, s in r.steps.items()} == made
+    sent = [c for c in j.calls(r.run_id) if c["outcome"] != "unsent"]
+    for sid, n in made.items():  # the step's count is its calls' newest attempt
+        assert n == max((c["attempt"] for c in sent if c["step_id"] == sid), default=0)
+
+
 def test_faults_are_retried_logged_and_not_billed(tmp_path: Path) -> None:
     models = """
 m: {usd_per_call: 0.01, latency_s: 0.005, p_ok: 1.0,

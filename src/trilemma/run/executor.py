@@ -255,6 +255,9 @@ class Session:
     """A ceiling shared with runs in other processes, held as well as ``guard``'s."""
     cut: bool = False
     """An answer of this session stopped at ``max_tokens``."""
+    sent: dict[str, int] = field(default_factory=dict)
+    """Per step, its newest attempt with a call sent (or replayed from the journal): an
+    attempt the ceiling or a stop cut before its first call is not counted as made."""
 
     @classmethod
     def within(cls, guard: SpendGuard, deadline_s: float | None,
@@ -558,7 +561,8 @@ class Executor:
                     raise
                 answer = await self._retried(s, step, base, state, first_no, left - 1, exc)
         except _Stop:
-            return StepResult("skipped", attempts=state["attempt"] - 1, cost_usd=state["cost"])
+            return StepResult("skipped", attempts=_made(s, step.id, state["attempt"]),
+                              cost_usd=state["cost"])  # fmt: skip
         except (BudgetExhausted, QuotaExceeded) as exc:
             why = "the endpoint refused for money: " if isinstance(exc, QuotaExceeded) else ""
             msg = f"step {step.id}: {why}{exc}"
@@ -611,9 +615,10 @@ class Executor:
         status: str,
     ) -> StepResult:
         cost = state["cost"]
-        row = {"status": status, "attempts": state["attempt"], "cost_usd": cost, "error": msg}
+        made = _made(s, step.id, state["attempt"])
+        row = {"status": status, "attempts": made, "cost_usd": cost, "error": msg}
         self.writer.defer("step_finished", self.run_id, step.id, row)
-        return StepResult(status, None, state["attempt"], cost, msg)
+        return StepResult(status, None, made, cost, msg)
 
     async def _attempt(
         self, s: Session, step: Step, base: list[Message], state: dict[str, Any]
@@ -751,6 +756,7 @@ class Executor:
                 else:  # the simulator bills nobody: its record rides the next commit
                     self.writer.defer("call_started", row)
                 s.calls += 1
+                s.sent[step.id] = attempt
                 key = request.idempotency_key
                 if profile.hedge_after_s is None:
                     completion = await self._send(request, route, hold, s)
@@ -795,6 +801,7 @@ class Executor:
         kept = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd", "latency_s",
                 "response", "finish_reason", "finished_at", "error")  # fmt: skip
         pending.append((row["idempotency_key"], {k: row[k] for k in kept}))
+        s.sent[step_id] = int(row["attempt"])
         if row["finish_reason"] == CUT:
             s.cut = True
         self._emit("call", step_id, s)
@@ -1020,6 +1027,12 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
     """Take a cancelled copy's outcome, so that asyncio does not log it as never retrieved."""
     if not task.cancelled():
         task.exception()
+
+
+def _made(s: Session, step_id: str, attempt: int) -> int:
+    """The attempts a step made when it stopped at ``attempt``: that one only if one of its
+    calls was sent (a call the ceiling refused, or a stop came before, never was)."""
+    return attempt if s.sent.get(step_id) == attempt else attempt - 1
 
 
 def _tokens(calls: list[dict[str, Any]], field: str) -> int | None:
