@@ -543,6 +543,51 @@ def test_resume_says_before_it_goes_on_when_its_budgets_stop_it(cli, tmp_path: P
     assert "trilemma: note: budget" not in done.err and "trilemma: note: deadline" not in done.err
 
 
+def test_resume_predicts_the_steps_left_under_what_is_left_of_its_budgets(cli, tmp_path) -> None:
+    """A resume's table (and --json) sets the Monte Carlo of the steps it had left, under
+    the ceiling's room and the deadline from now, beside what it measured, and says how to
+    finish a run its budget stopped again; without budgets it has no such prediction."""
+    db, first = _cut_after_a(cli, tmp_path)  # a done ($0.01), b cut in flight, c not begun
+    short = cli("resume", first["run_id"], "--journal", db, "--max-cost", "0.025", "--deadline", "5",
+                "--json")  # fmt: skip
+    assert short.code == 1 and short.json()["status"] == "budget_exhausted"
+    under = short.json()["predicted_under_budget"]
+    # b and c cost $0.02, over the $0.015 left: no drawn run gets to the end
+    assert (under["steps_left"], under["success_rate"], under["budget_exhausted_rate"]) == (2, 0.0, 1.0)
+    again = cli("resume", first["run_id"], "--journal", db, "--max-cost", "0.025", "--deadline", "5")
+    assert again.code == 1
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in again.out.splitlines() if line.count("│") == 4}  # fmt: skip
+    assert rows["under its budget, the 1 step left"] == (  # b ran ($0.01) before c was refused
+        "0.00% (Monte Carlo, $0.0050 left of the $0.0250 ceiling and 5s deadline)")
+    said = " ".join(again.out.split())  # the hints wrap at the journal's path
+    assert f"to finish this run: trilemma resume {first['run_id'][-8:]} --journal {db} --max-cost 0.03 " \
+           "(the worst case" in said  # the whole run's, as its ceiling is of the whole run
+    under = cli("resume", first["run_id"], "--journal", db, "--max-cost", "0", "--deadline", "5",
+                "--json").json()["predicted_under_budget"]  # fmt: skip
+    assert (under["steps_left"], under["budget_exhausted_rate"]) == (1, 1.0)  # under what was spent
+    done = cli("resume", first["run_id"], "--journal", db, "--max-cost", "1", "--deadline", "5")
+    assert done.code == 0
+    assert "100.00% (Monte Carlo, $0.9800 left of the $1.0000 ceiling and 5s deadline)" in done.out
+    assert "to finish this run" not in done.out
+    ok = cli("resume", first["run_id"], "--journal", db, "--deadline", "5", "--json").json()
+    assert ok["status"] == "ok" and ok["predicted_under_budget"] is None  # nothing was left
+
+
+def test_a_resume_without_budgets_predicts_nothing_under_them(cli, tmp_path: Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text("version: 1\nmodels:\n  m: {usd_per_call: 0.01, latency_s: 0.01, p_ok: 1.0}\n"
+                    "steps:\n  - {id: a, model: m}\n  - {id: b, model: m, after: [a]}\n")  # fmt: skip
+    db = tmp_path / "j.db"
+    first = cli("run", spec, "--journal", db, "--max-cost", "0.015", "--json").json()
+    assert first["status"] == "budget_exhausted"
+    with Journal(db) as j:  # the run's ceiling forgotten, as a run begun without one
+        j.db.execute("UPDATE runs SET max_cost_usd = NULL")
+        j.db.commit()
+    again = cli("resume", first["run_id"], "--journal", db, "--json")
+    assert again.json()["status"] == "ok" and again.json()["predicted_under_budget"] is None
+
+
 def test_changed_spec_is_refused_unless_forced(cli, tmp_path: Path) -> None:
     spec = tmp_path / "chain.yaml"
     spec.write_text(CHAIN_SPEC)

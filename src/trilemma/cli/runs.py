@@ -52,6 +52,8 @@ from trilemma.journal.store import GATEWAY_RUN, overrides_of
 from trilemma.spec.bounds import STDIN
 
 if TYPE_CHECKING:  # imported when a command needs it: `trilemma --help` stays quick
+    from trilemma.plan.simulate import SimResult
+    from trilemma.report.tables import LeftToRun
     from trilemma.run.batch import LineResult
     from trilemma.run.shared_budget import BudgetState, SharedCeiling
 
@@ -320,12 +322,6 @@ def _json_line(line: LineResult) -> str:
     return json.dumps(line.to_json(), ensure_ascii=False) + "\n"
 
 
-def _report_run(result: Any, as_json: bool, sets: list[str] | None = None) -> int:
-    from trilemma.report import tables
-
-    return _report(result, as_json, tables.run_view, f"run {result.run_id}", sets)
-
-
 def _report(
     result: Any, as_json: bool, view: Callable[[Any], Any], name: str, sets: list[str] | None = None
 ) -> int:
@@ -396,25 +392,56 @@ def _note_budgets_that_stop_every_run(
         sys.stderr.write(f"trilemma: note: {line}\n")
 
 
-def _note_budgets_that_stop_a_resume(
-    j: Any, row: Mapping[str, Any], wf: Any, max_cost: float | None, deadline: float | None
-) -> None:
-    """Before a resume goes on: the budgets that stop it before its end, reckoned on the
-    steps it has left that sent no call yet (a step begun may replay answered calls from
-    the journal for nothing), so the note errs on the side of silence. A deadline already
-    passed is said after the resume, by the run itself."""
-    run_id = row["run_id"]
-    done = {k for k, v in j.steps(run_id).items() if v["status"] == "done"}
-    begun = j.called_steps(run_id)
-    left = [s.id for s in wf.steps if s.id not in done | begun]
-    ceiling = max_cost if max_cost is not None else row["max_cost_usd"]
-    limit = deadline
-    if limit is None and row["deadline_at"] is not None:
-        limit = row["deadline_at"] - time.time()
-        if limit <= 0:
-            return
-    if left:
-        _note_budgets_that_stop_every_run(wf.only(left), ceiling, limit, j.spent(run_id))
+class _Ahead:
+    """What a resume has left when it begins, under which budgets: its note before it goes
+    on and its Monte Carlo after."""
+
+    def __init__(
+        self, j: Any, row: Mapping[str, Any], wf: Any, max_cost: float | None,
+        deadline: float | None,
+    ) -> None:  # fmt: skip
+        run_id = row["run_id"]
+        done = {k for k, v in j.steps(run_id).items() if v["status"] == "done"}
+        self.left = wf.only([s.id for s in wf.steps if s.id not in done])
+        """The steps not done: a begun one runs again from where it stopped."""
+        begun = j.called_steps(run_id)
+        self.fresh = wf.only([s.id for s in wf.steps if s.id not in done | begun])
+        """The steps left that sent no call yet (a begun step may replay answered calls
+        from the journal for nothing)."""
+        self.ceiling: float | None = max_cost if max_cost is not None else row["max_cost_usd"]
+        self.limit: float | None = deadline
+        """Seconds from now: a new deadline, or what is left of the run's own."""
+        if deadline is None and row["deadline_at"] is not None:
+            self.limit = round(row["deadline_at"] - time.time(), 3)
+        self.spent: float = j.spent(run_id)
+
+    @property
+    def budgeted(self) -> bool:
+        """A ceiling or a deadline holds the steps left, and the deadline has not passed
+        (the run says so itself; a ceiling already spent stops every drawn run)."""
+        if self.ceiling is None and self.limit is None:
+            return False
+        return self.limit is None or self.limit > 0
+
+    def note(self) -> None:
+        """The budgets that stop the resume before its end, reckoned on the steps that sent
+        no call yet, so the note errs on the side of silence. A deadline already passed is
+        said after the resume, by the run itself."""
+        if self.fresh.steps and (self.limit is None or self.limit > 0):
+            _note_budgets_that_stop_every_run(self.fresh, self.ceiling, self.limit, self.spent)
+
+    def under(self, seed: int | None) -> tuple[SimResult, LeftToRun] | None:
+        """The Monte Carlo of the steps left under what is left of the ceiling and the
+        deadline, and what the run's table says of it; None without budgets or steps left."""
+        if not (self.budgeted and self.left.steps):
+            return None
+        from trilemma.plan.estimate import estimate
+        from trilemma.plan.simulate import under_budget
+        from trilemma.report.tables import LeftToRun
+
+        room = None if self.ceiling is None else max(0.0, self.ceiling - self.spent)
+        sim = under_budget(self.left, self.limit, room, seed, RUN_PREDICTION_RUNS)
+        return sim, LeftToRun(len(self.left.steps), self.ceiling, estimate(self.left))
 
 
 def _load_embedder(wf: Any, show: bool) -> None:
@@ -560,6 +587,7 @@ def resume_cmd(
     from trilemma.spec import workflow_from_dict
 
     shared, tier = _shared(shared_budget, shared_cache, redis)
+    ahead = None
     with Journal(journal, create=False) as j:
         run_id = run_id_of(j, run_id)
         row = j.run(run_id)
@@ -569,7 +597,8 @@ def resume_cmd(
             if row and row["time_scale"] == 1 and not still_running(row):
                 wf, _ = spec_to_resume(j, row, force=force)  # a changed file: refused first
                 if row["status"] != "ok":
-                    _note_budgets_that_stop_a_resume(j, row, wf, max_cost, deadline)
+                    ahead = _Ahead(j, row, wf, max_cost, deadline)
+                    ahead.note()
             else:  # resume() says why it will not, or goes on with --force
                 wf = workflow_from_dict(spec, run_id)
             _load_embedder(wf, show=not as_json)
@@ -579,7 +608,20 @@ def resume_cmd(
             result = resume(j, run_id, deadline_s=deadline, max_cost_usd=max_cost, force=force,
                             on_event=display.update, shared=shared, redis=redis,
                             shared_cache=tier)  # fmt: skip
-    code = _report_run(result, as_json, overrides_of(row) if row else None)
+    sets = overrides_of(row) if row else None
+    sim, left = (None, None) if ahead is None else ahead.under(result.seed) or (None, None)
+    if as_json:  # beside the Monte Carlo of what the resume had left, as `run` has its own
+        brief = None if sim is None or left is None else {
+            **sim.brief(left.estimate), "steps_left": left.steps}  # fmt: skip
+        emit_json({**result.to_json(), "overrides": list(sets or ()),
+                   "predicted_under_budget": brief})  # fmt: skip
+    else:
+        from trilemma.report import tables
+
+        console = stdout_console()
+        print_set(console, sets)
+        console.print(tables.run_view(result, sim, row["spec_source"] if row else None, left=left))
+    code = _exit(result, f"run {result.run_id}")
     if row is not None and row["status"] == "ok" and not as_json:
         sys.stderr.write(f"note: run {run_id} had already finished ok: every step came from "
                          "the journal and nothing was sent\n")  # fmt: skip
