@@ -549,6 +549,9 @@ def test_a_batch_page_sets_the_batch_plan_beside_what_it_measured(
     assert re.search(rf"session 2: time [\d.]+s for {lines2} lines, 4 at a time [\d.]+s "
                      rf"{re.escape(usd(left))} of the ceiling left", resumed), resumed  # fmt: skip
     assert f"{lines2} of {lines2} ended" in resumed.split("session 2: ceiling")[1]
+    # the first session's deadline is not the batch's any more: each session's is in its rows
+    assert re.search(r"on average each session's deadline, above", resumed), resumed
+    assert "30.00s from its start" not in resumed.split("latency per run")[1]
 
     with closing(sqlite3.connect(db)) as raw, raw:
         raw.execute("UPDATE batch_plans SET plan_json = '[1]' WHERE lines = 20")

@@ -341,6 +341,12 @@ def test_a_batch_plot_draws_its_deadline_and_planned_end_where_they_fall_near_it
     resumed = [(line.get_label(), line.get_xdata()[0]) for line in drawn[2].axes[0].get_lines()]
     assert resumed == [("a session resumed it", 2.0)]
     assert any(list(line.get_xdata()) == [2.0, 2.0] for line in drawn[2].axes[1].get_lines())  # both panels
+    # and the deadlines later sessions were given: not the first kept, nor one far after
+    plots.batch_png(runs, 0.05, started_at=99.5, deadline_s=1.0, resumed_at=[101.5],
+                    later_deadlines_at=[100.5004, 103.0, 200.0])  # fmt: skip
+    marks = sorted((line.get_label(), line.get_xdata()[0]) for line in drawn[3].axes[0].get_lines())
+    assert marks == [("a later session's deadline", 3.5), ("a session resumed it", 2.0),
+                     ("the deadline", 1.0)]  # fmt: skip
     for fig in drawn:
         plots.plt.close(fig)
 

@@ -23,7 +23,7 @@ from trilemma.journal import Journal
 from trilemma.journal.store import GATEWAY_RUN, sent_by_step
 from trilemma.plan.agreement import OFF_PLAN_RUNS, off_plan
 from trilemma.plan.slots import SLOTS_BIND
-from trilemma.report.plots import batch_png, timeline_png
+from trilemma.report.plots import DEADLINE_KEPT_S, batch_png, timeline_png
 from trilemma.report.tables import (
     LEDGER_KEYS,
     budget_rows,
@@ -194,7 +194,8 @@ def batch_report(journal: Journal, batch_id: str) -> str:
     if len(plans) == 1:  # one session: its plan beside what it measured
         rows = [*_planned_beside(plans[0], runs, ok, cost, ended), per_run]
     elif plans:  # resumed: the batch's figures, then each session's plan beside what it did
-        rows = [*_sessions_beside(plans, runs, ok, cost), per_run]
+        rows = [*_sessions_beside(plans, runs, ok, cost),  # each its own deadline, given above
+                (*per_run[:3], "-" if deadline is None else "each session's deadline, above")]
     else:  # run before trilemma kept plans: one run's estimate times the runs
         rows = [
             ("cost", f"{usd(cost_p.get('expected', 0) * n)} expected{stop_usd}, "
@@ -222,7 +223,9 @@ def batch_report(journal: Journal, batch_id: str) -> str:
     png = batch_png(runs, ceiling, started_at=None if opened is None else opened["started_at"],
                     deadline_s=deadline if opened is None else opened["plan"].get("deadline_s"),
                     planned_s=None if one is None else _planned_end(one["plan"], one["lines"]),
-                    resumed_at=[s["started_at"] for s in plans[1:]])  # fmt: skip
+                    resumed_at=[s["started_at"] for s in plans[1:]],
+                    later_deadlines_at=[s["started_at"] + s["plan"]["deadline_s"] for s in plans[1:]
+                                        if s["plan"].get("deadline_s") is not None])  # fmt: skip
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -319,11 +322,6 @@ def _slotted(latency: dict[str, Any]) -> str:
 def _count(x: float | None) -> str:
     """An expected count as the run's table shows it: 9.99, not 9.990096479686."""
     return "-" if x is None else f"{x:.2f}"
-
-
-DEADLINE_KEPT_S = 0.05
-"""How far a run's journaled deadline (from its start) may be from the one its Monte Carlo
-was run under and be the same: the journal keeps it a fraction of a millisecond off."""
 
 
 def _budgets_moved(under: Mapping[str, Any], ceiling: float | None, deadline: float | None) -> bool:

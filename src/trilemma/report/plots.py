@@ -400,14 +400,23 @@ STATUS_COLOURS = {"ok": "tab:green", "failed": "tab:red", "budget_exhausted": "t
                   "deadline": "tab:purple", "running": "tab:gray"}  # fmt: skip
 
 
+DEADLINE_KEPT_S = 0.05
+"""How far two deadlines read from the journal may be apart and be one kept (a run's
+beside the one its Monte Carlo was run under; a resumed batch session's beside the
+batch's): the journal keeps a deadline as seconds from a start, a fraction of a
+millisecond off."""
+
+
 def batch_png(
     runs: Sequence[dict[str, Any]], ceiling: float | None, *, started_at: float | None = None,
     deadline_s: float | None = None, planned_s: float | None = None,
-    resumed_at: Sequence[float] = (),
+    resumed_at: Sequence[float] = (), later_deadlines_at: Sequence[float] = (),
 ) -> bytes:  # fmt: skip
     """A batch's runs as bars on their lines' rows, and its spend as they finish, against the
     ceiling; the deadline, the planned end and the starts of later sessions (``resumed_at``,
-    epoch seconds; those after every run's end left out) as lines across both, where given.
+    epoch seconds; those after every run's end left out) as lines across both, where given,
+    and the deadlines later sessions were given (``later_deadlines_at``, epoch seconds; one
+    that is the first deadline kept, or far after every run, left out).
 
     ``runs`` are journal rows with ``batch_line``. A run still marked running (a crash) is
     drawn up to now; a run resumed in a later session, from its first start to its last end.
@@ -434,6 +443,14 @@ def batch_png(
             for ax in (top, bottom):
                 ax.axvline(x, color=colour, linestyle=style, linewidth=1,
                            label=label if ax is top else None)  # fmt: skip
+    given = sorted({round(at - t0, 3) for at in later_deadlines_at})
+    kept = [deadline_s] if deadline_s is not None else []  # a session that kept the batch's
+    given = [x for x in given
+             if x <= last * MARKS_BEYOND and all(abs(x - d) > DEADLINE_KEPT_S for d in kept)]
+    for k, x in enumerate(given):
+        for ax in (top, bottom):
+            ax.axvline(x, color="tab:red", linestyle=(0, (1, 3)), linewidth=1,
+                       label="a later session's deadline" if ax is top and k == 0 else None)  # fmt: skip
     shown = [at - t0 for at in resumed_at if at - t0 <= last]  # after every run: not drawn
     for k, x in enumerate(shown):
         for ax in (top, bottom):
