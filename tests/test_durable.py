@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -569,6 +570,12 @@ def test_resume_predicts_the_steps_left_under_what_is_left_of_its_budgets(cli, t
     done = cli("resume", first["run_id"], "--journal", db, "--max-cost", "1", "--deadline", "5")
     assert done.code == 0
     assert "100.00% (Monte Carlo, $0.9800 left of the $1.0000 ceiling and 5s deadline)" in done.out
+    page = tmp_path / "run.html"  # the run's page says the same, beside its first Monte Carlo's
+    assert cli("report", first["run_id"], "--journal", db, "--out", page).code == 0
+    text = " ".join(re.sub(r"<[^>]+>", " ", page.read_text()).split())
+    assert ("under its budget, the 1 step left 100.00% (Monte Carlo, $0.9800 left of the $1.0000 "
+            "ceiling and 5s deadline)") in text  # fmt: skip
+    assert "under the budget it started with 0.00% (Monte Carlo, 0.3s deadline)" in text
     assert "to finish this run" not in done.out
     ok = cli("resume", first["run_id"], "--journal", db, "--deadline", "5", "--json").json()
     assert ok["status"] == "ok" and ok["predicted_under_budget"] is None  # nothing was left

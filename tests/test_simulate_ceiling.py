@@ -226,7 +226,10 @@ def test_a_run_names_the_runs_its_monte_carlo_has_in_time_by_a_hair(cli: Any, tm
     cli("report", cut_id, "--journal", db, "--out", page)
     shown = " ".join(re.sub(r"<[^>]+>", " ", page.read_text()).split())
     assert (f"under the budget it started with {got[1]}% (Monte Carlo, 0.5s deadline) near the "
-            f"first deadline {got[2]}%") in shown and "under its budget" not in shown, shown  # fmt: skip
+            f"first deadline {got[2]}%") in shown and f"under its budget {got[1]}" not in shown, shown  # fmt: skip
+    # beside the resume's own, of the steps it had left under the deadline it gave
+    assert re.search(r"under its budget, the [1-3] steps? left \d+\.\d\d% \(Monte Carlo, 5s deadline\)",
+                     shown), shown  # fmt: skip
     room = cli("run", spec, "--journal", db, "--deadline", "0.6", "--seed", "3")
     assert "under its budget" in room.out and "near its deadline" not in room.out
     cli("report", "latest", "--journal", db, "--out", page)

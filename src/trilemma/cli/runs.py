@@ -53,7 +53,6 @@ from trilemma.spec.bounds import STDIN
 
 if TYPE_CHECKING:  # imported when a command needs it: `trilemma --help` stays quick
     from trilemma.plan.simulate import SimResult
-    from trilemma.report.tables import LeftToRun
     from trilemma.run.batch import LineResult
     from trilemma.run.shared_budget import BudgetState, SharedCeiling
 
@@ -430,18 +429,22 @@ class _Ahead:
         if self.fresh.steps and (self.limit is None or self.limit > 0):
             _note_budgets_that_stop_every_run(self.fresh, self.ceiling, self.limit, self.spent)
 
-    def under(self, seed: int | None) -> tuple[SimResult, LeftToRun] | None:
+    def under(self, seed: int | None) -> tuple[SimResult, dict[str, Any], dict[str, Any]] | None:
         """The Monte Carlo of the steps left under what is left of the ceiling and the
-        deadline, and what the run's table says of it; None without budgets or steps left."""
+        deadline, what the run's table and page say of it, and its ``--json``, each with
+        ``steps_left``: the steps not done, a begun one drawn from its start where the
+        resume goes on from its next attempt, so for such a step it errs on the side of
+        cost. None without budgets or steps left."""
         if not (self.budgeted and self.left.steps):
             return None
         from trilemma.plan.estimate import estimate
         from trilemma.plan.simulate import under_budget
-        from trilemma.report.tables import LeftToRun
 
         room = None if self.ceiling is None else max(0.0, self.ceiling - self.spent)
         sim = under_budget(self.left, self.limit, room, seed, RUN_PREDICTION_RUNS)
-        return sim, LeftToRun(len(self.left.steps), self.ceiling, estimate(self.left))
+        e, n = estimate(self.left), len(self.left.steps)
+        return (sim, {**sim.held(e), "steps_left": n, "ceiling_of_usd": self.ceiling},
+                {**sim.brief(e), "steps_left": n})  # fmt: skip
 
 
 def _load_embedder(wf: Any, show: bool) -> None:
@@ -609,10 +612,12 @@ def resume_cmd(
                             on_event=display.update, shared=shared, redis=redis,
                             shared_cache=tier)  # fmt: skip
     sets = overrides_of(row) if row else None
-    sim, left = (None, None) if ahead is None else ahead.under(result.seed) or (None, None)
+    sim, held, brief = (None, None, None) if ahead is None else (
+        ahead.under(result.seed) or (None, None, None))  # fmt: skip
+    if ahead is not None:  # for the run's page: this resume's, or none (not an earlier one's)
+        with Journal(journal) as j:
+            j.add_prediction(result.run_id, "under_budget_resumed", held)
     if as_json:  # beside the Monte Carlo of what the resume had left, as `run` has its own
-        brief = None if sim is None or left is None else {
-            **sim.brief(left.estimate), "steps_left": left.steps}  # fmt: skip
         emit_json({**result.to_json(), "overrides": list(sets or ()),
                    "predicted_under_budget": brief})  # fmt: skip
     else:
@@ -620,7 +625,7 @@ def resume_cmd(
 
         console = stdout_console()
         print_set(console, sets)
-        console.print(tables.run_view(result, sim, row["spec_source"] if row else None, left=left))
+        console.print(tables.run_view(result, sim, row["spec_source"] if row else None, held))
     code = _exit(result, f"run {result.run_id}")
     if row is not None and row["status"] == "ok" and not as_json:
         sys.stderr.write(f"note: run {run_id} had already finished ok: every step came from "

@@ -345,7 +345,8 @@ class Journal:
 
     def add_prediction(self, run_id: str, key: str, value: Any) -> None:
         """Add ``key`` to a run's predicted figures (``predicted_json``), a prediction worked
-        out after it started: ``under_budget``, the Monte Carlo under the run's budgets."""
+        out after it started: ``under_budget``, the Monte Carlo under the run's budgets, and
+        ``under_budget_resumed``, its last resume's of the steps it had left (null: none)."""
         with self.transaction() as db:
             db.execute("UPDATE runs SET predicted_json = json_set(coalesce(predicted_json, '{}'), "
                        "'$.' || ?, json(?)) WHERE run_id = ?", (key, dumps(value), run_id))  # fmt: skip

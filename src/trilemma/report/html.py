@@ -353,6 +353,8 @@ def _summary(run: dict[str, Any], p: dict[str, Any]) -> str:
     if (under := p.get("under_budget")) is not None:  # journaled by `trilemma run`
         moved = _budgets_moved(under, ceiling, deadline)  # by a resume: not the run's now
         rows += [(label, said, "", "") for label, said in under_budget_rows(under, moved)]
+    if (resumed := p.get("under_budget_resumed")) is not None:  # by `trilemma resume`, its last
+        rows += [(label, said, "", "") for label, said in under_budget_rows(resumed)]
     if (well_under(cost.get("halting"), cost.get("expected"))
             or well_under(latency.get("halting"), latency.get("expected"))):  # fmt: skip
         rows.append(("stopping at a failure", f"{usd(cost['halting'])}, "

@@ -8,7 +8,6 @@ import math
 import shlex
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -985,27 +984,13 @@ def budget_check_line(
     return f"Monte Carlo, {first.runs:,} runs with " + " and ".join(held) + ": " + "; ".join(parts) + "."
 
 
-@dataclass(frozen=True, slots=True)
-class LeftToRun:
-    """What a resume had left to run when it began, for its Monte Carlo's row (see
-    :func:`run_view`): the workflow of the steps not done and their estimate."""
-
-    steps: int
-    """Steps not done. The Monte Carlo draws a begun one from its start, where the resume
-    goes on from its next attempt (and replays a real endpoint's answered calls for
-    nothing): for such a step it errs on the side of cost."""
-    ceiling_usd: float | None
-    """The whole run's ceiling, of which the Monte Carlo had what was not spent yet."""
-    estimate: Estimate
-    """The steps' estimate (their executor's time before a deadline)."""
-
-
 def run_view(r: Any, under: SimResult | None = None, spec: str | None = None,
-             left: LeftToRun | None = None) -> Group:  # fmt: skip
+             held: Mapping[str, Any] | None = None) -> Group:  # fmt: skip
     """A run: predicted beside measured, then each step; ``under``: the Monte Carlo of the
     spec under the run's ceiling and deadline, which the analytic success does not see (of a
-    resume, ``left``: of the steps it had left, under what was left of them);
-    ``spec``: its file, named in the command that finds a budget when one stopped the run."""
+    resume, of the steps it had left, and ``held``, what its row says of it: see
+    :func:`under_budget_rows`); ``spec``: its file, named in the command that finds a budget
+    when one stopped the run."""
     p = r.predicted
     seed = "" if r.seed is None else f" (seed {r.seed})"
     t = FittedTable(title=f"Run {r.run_id}: {r.status}{seed}", title_justify="left")
@@ -1023,8 +1008,9 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None,
     if h is not None and halt_assumptions(p):
         t.add_row("  stopping at a failure", f"{usd(h.cost_usd)}, {h.latency_s:.2f}s, "
                   f"{h.calls:.2f} calls on average ({_pct(h.failed)} fail)", "")  # fmt: skip
-    held = None if under is None else under.held(p if left is None else left.estimate)
-    for label, said in [] if held is None else under_budget_rows(held, left=left):
+    if held is None and under is not None:
+        held = under.held(p)
+    for label, said in [] if held is None else under_budget_rows(held):
         t.add_row(label, said, "")
     if r.saved_usd:
         t.add_row("saved by stopping early", "", usd(r.saved_usd))
@@ -1053,24 +1039,24 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None,
                               style="dim"))  # fmt: skip
 
 
-def under_budget_rows(
-    u: Mapping[str, Any], moved: bool = False, left: LeftToRun | None = None
-) -> list[tuple[str, str]]:
+def under_budget_rows(u: Mapping[str, Any], moved: bool = False) -> list[tuple[str, str]]:
     """A run's success by the Monte Carlo under its ceiling and deadline, which the analytic
     success does not see, and the runs it has in time by less than the executor's own time
     (``u``: :meth:`~trilemma.plan.simulate.SimResult.held`), a row each; ``moved``: a
-    resume gave the run other budgets since, so the rows say they are of those it began with;
-    ``left``: ``u`` is a resume's, of the steps it had left under what was left of the
-    ceiling, and of the deadline from the resume."""
-    ceiling = u.get("max_cost_usd")
-    if ceiling is not None and left is not None and left.ceiling_usd is not None:
-        ceiling_said = f"{usd(ceiling)} left of the {usd(left.ceiling_usd)} ceiling"
+    resume gave the run other budgets since, so the rows say they are of those it began with.
+
+    A resume's ``u`` has ``steps_left`` too (and ``ceiling_of_usd``, the whole run's ceiling):
+    it is of the steps the resume had left, under what was left of the ceiling (its
+    ``max_cost_usd``) and the deadline from the resume."""
+    ceiling, left = u.get("max_cost_usd"), u.get("steps_left")
+    if ceiling is not None and u.get("ceiling_of_usd") is not None:
+        ceiling_said = f"{usd(ceiling)} left of the {usd(u['ceiling_of_usd'])} ceiling"
     else:
         ceiling_said = f"{usd(ceiling)} ceiling" if ceiling is not None else ""
     held = [ceiling_said, f"{u['deadline_s']:g}s deadline" if u.get("deadline_s") is not None else ""]
     which = "the budget it started with" if moved else "its budget"
     if left is not None:
-        which = f"its budget, the {counted(left.steps, 'step')} left"
+        which = f"its budget, the {counted(left, 'step')} left"
     rows = [(f"  under {which}", f"{_pct(u['success_rate'])} (Monte Carlo, "
              f"{' and '.join(h for h in held if h)})")]  # fmt: skip
     near = u.get("near_deadline_rate")
