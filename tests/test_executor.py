@@ -835,6 +835,13 @@ def test_the_ledger_shows_one_steps_calls_or_the_calls_that_ended_one_way(
     one = " ".join(cli("ledger", d["run_id"], "--journal", db, "--step", "s1",
                        "--outcome", "ok").out.split())  # fmt: skip
     assert ": 1 call (step s1; outcome ok)" in one and "billed $0.0100; 1 ok" in one
+    none = " ".join(cli("ledger", d["run_id"], "--journal", db, "--step", "s1", "--outcome",
+                        "timeout").out.split())  # fmt: skip
+    assert ": 0 calls (step s1; outcome timeout)" in none and "no call matches these filters" in none
+    cut = cli("run", spec, "--journal", db, "--deadline", "0.000001", "--json").json()
+    assert cut["status"] == "deadline" and cut["calls"] == 0  # over before its first call
+    empty = " ".join(cli("ledger", cut["run_id"], "--journal", db).out.split())
+    assert f"the run sent no call; it ended deadline: {cut['error']}" in empty
     for flags, said in ((("--step", "s9"), "has no such step (its steps: s0, s1, s2, s3, s4, s5)"),
                         (("--outcome", "failed"), "give one of ok, rejected, transient")):
         bad = cli("ledger", d["run_id"], "--journal", db, *flags)

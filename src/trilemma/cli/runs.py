@@ -855,8 +855,9 @@ def ledger(
         shown = {"step": step or [], "outcome": outcome or []}
         pruned = (run["pruned_calls"], run["pruned_usd"]) if run["pruned_calls"] else None
         live = run["status"] == "running" and not abandoned(run)
+        ended = None if live else run["status"] + (f": {run['error']}" if run["error"] else "")
         stdout_console().print(tables.ledger_table(run_id, rows, run["time_scale"], shown, pruned,
-                                                   live))  # fmt: skip
+                                                   live, ended))  # fmt: skip
     return 0
 
 

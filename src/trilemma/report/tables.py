@@ -1417,13 +1417,14 @@ TEXT_COLUMNS = ("step", "role", "model", "outcome")
 def ledger_table(
     run_id: str, rows: list[dict[str, Any]], time_scale: float = 1.0,
     only: Mapping[str, Sequence[str]] | None = None, pruned: tuple[int, float] | None = None,
-    live: bool = False,
+    live: bool = False, ended: str | None = None,
 ) -> Table:  # fmt: skip
     """``trilemma ledger``: its calls, and under them what they were billed and how they
     ended (``time_scale``: the run's, journaled; below 1 the caption says so; ``only``: the
     filters the rows passed, by field, named in the title; ``pruned``: the calls and the
     bill of them that ``trilemma prune`` forgot; ``live``: the run is going on now, so a
-    call in flight is waiting for its answer, not left so by a crash)."""
+    call in flight is waiting for its answer, not left so by a crash; ``ended``: how the run
+    ended, said under a ledger of no call)."""
     from trilemma.providers.base import CUT, UNREPORTED
 
     kept = "; ".join(f"{k} {', '.join(v)}" for k, v in (only or {}).items() if v)
@@ -1431,6 +1432,10 @@ def ledger_table(
                     + (f" ({kept})" if kept else ""),
                     title_justify="left")  # fmt: skip
     notes = [ledger_totals(rows)] if rows else []
+    if not rows and pruned is None:  # an empty table alone reads as a failure to read
+        notes.append("no call matches these filters" if kept else
+                     "the run has sent no call yet" if live else
+                     "the run sent no call" + (f"; it ended {ended}" if ended else ""))  # fmt: skip
     if pruned is not None:
         notes.append(f"{'and ' if rows else ''}{counted(pruned[0], 'older call')}, billed "
                      f"{usd(pruned[1])}, that "
