@@ -581,6 +581,30 @@ def test_resume_predicts_the_steps_left_under_what_is_left_of_its_budgets(cli, t
     assert ok["status"] == "ok" and ok["predicted_under_budget"] is None  # nothing was left
 
 
+def test_a_resumes_display_counts_against_the_budgets_it_resumes_under(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The display on a terminal sets spend against the resume's ceiling (a new one of $0
+    included: it showed the run's old one) and time against the deadline it keeps (it
+    showed none when the run kept its own)."""
+    from trilemma.cli import runs
+
+    given: list[tuple[Any, ...]] = []
+    real = runs._RunDisplay
+
+    def seen(steps: int, ceiling: float | None, deadline: float | None, enabled: bool) -> Any:
+        given.append((steps, ceiling, deadline))
+        return real(steps, ceiling, deadline, enabled)
+
+    monkeypatch.setattr(runs, "_RunDisplay", seen)
+    db, first = _cut_after_a(cli, tmp_path)  # under 0.3 s, no ceiling
+    cli("resume", first["run_id"], "--journal", db, "--max-cost", "0", "--deadline", "5")
+    cli("resume", first["run_id"], "--journal", db)  # keeps the 5 s just given, less the time gone
+    assert given[0] == (3, None, 0.3)  # the run's own
+    assert given[1] == (3, 0.0, 5.0)
+    assert given[2][:2] == (3, 0.0) and 4.0 < given[2][2] < 5.0
+
+
 def test_a_resume_without_budgets_predicts_nothing_under_them(cli, tmp_path: Path) -> None:
     spec = tmp_path / "s.yaml"
     spec.write_text("version: 1\nmodels:\n  m: {usd_per_call: 0.01, latency_s: 0.01, p_ok: 1.0}\n"

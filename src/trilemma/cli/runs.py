@@ -605,8 +605,10 @@ def resume_cmd(
             else:  # resume() says why it will not, or goes on with --force
                 wf = workflow_from_dict(spec, run_id)
             _load_embedder(wf, show=not as_json)
+        budgets = (ahead.ceiling, ahead.limit) if ahead is not None else (  # the run's kept
+            max_cost if max_cost is not None else (row or {}).get("max_cost_usd"), deadline)
         with _on_interrupt(journal), _RunDisplay(
-            steps, max_cost or (row or {}).get("max_cost_usd"), deadline, enabled=not as_json
+            steps, *budgets, enabled=not as_json
         ) as display:
             result = resume(j, run_id, deadline_s=deadline, max_cost_usd=max_cost, force=force,
                             on_event=display.update, shared=shared, redis=redis,
