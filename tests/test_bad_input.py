@@ -444,6 +444,25 @@ def test_a_usage_error_reads_as_one_sentence(cli) -> None:
     assert cli("nope").err == "trilemma: error: No such command 'nope'; see `trilemma --help`\n"
 
 
+@pytest.mark.parametrize(
+    ("command", "given", "named"),
+    [("optimize", "--deadline", "--max-latency"), ("run", "--max-latency", "--deadline"),
+     ("simulate", "--max-latency", "--deadline")],
+)  # fmt: skip
+def test_the_latency_budget_under_another_commands_name_is_named_as_this_one_takes_it(
+    cli, command: str, given: str, named: str
+) -> None:
+    """`optimize` binds a latency budget (--max-latency), `run` and `simulate` hold a
+    deadline: click's spelling hint found nothing near the other name."""
+    r = cli(command, EXAMPLES / "diamond.yaml", given, "3")
+    assert r.code == 2 and r.err == (
+        f"trilemma: error: No such option: {given}; `trilemma {command}` takes the latency "
+        f"budget as {named}; see `trilemma {command} --help`\n"
+    )
+    other = cli(command, EXAMPLES / "diamond.yaml", "--max-cots", "3")  # others as before
+    assert "(Possible options: --max-cost" in other.err
+
+
 def test_an_option_s_value_given_without_it_is_named_with_the_option(cli) -> None:
     """`batch spec rows.jsonl` said only that --inputs was missing: click checks options
     before it reports an argument too many."""

@@ -456,6 +456,21 @@ def _value_without_its_option(exc: Exception, args: list[str]) -> str | None:
     return f"Missing option '{flag}'; was {extra[0]} meant as {flag} {shlex.quote(extra[0])}?"
 
 
+_SAME_BUDGET = {"--deadline": "--max-latency", "--max-latency": "--deadline"}
+"""The latency budget's name in the commands that plan (``optimize``: ``--max-latency``,
+bound on worst or expected latency) and in those that run or simulate runs (``--deadline``)."""
+
+
+def _named_otherwise(exc: Exception) -> str | None:
+    """The message for an option the command takes under the other name of the same budget
+    (``optimize --deadline``), which click's spelling hint does not find."""
+    name, ctx = getattr(exc, "option_name", None), getattr(exc, "ctx", None)
+    other = _SAME_BUDGET.get(name or "")
+    if other is None or ctx is None or not any(other in p.opts for p in ctx.command.params):
+        return None
+    return f"No such option: {name}; `{ctx.command_path}` takes the latency budget as {other}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return its exit code instead of exiting."""
     global _said_interrupted
@@ -472,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"; see `{where} --help`" if exc.exit_code == 2 else ""  # the command's own
         said = (
             _not_a_number(exc)
+            or _named_otherwise(exc)
             or _value_without_its_option(exc, sys.argv[1:] if argv is None else argv)
             or exc.format_message()
         )
