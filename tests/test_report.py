@@ -351,6 +351,21 @@ def test_a_batch_plot_draws_its_deadline_and_planned_end_where_they_fall_near_it
         plots.plt.close(fig)
 
 
+def test_a_batch_plan_ends_where_its_table_says_it_stops() -> None:
+    """The page's plot draws the plan's end where the table's latency row says the batch
+    stops: the ceiling's stop, else the deadline where it cuts runs, whichever first (the
+    plot drew the end of every run past a deadline the table said ended the batch)."""
+    from trilemma.report.tables import planned_end, stopped_at
+
+    plan = {"latency_s": {"batch": 2.28}, "deadline_s": 1.2, "runs_done_by_deadline": 4}
+    assert (planned_end(plan, 12), stopped_at(plan, 2.28, 12)) == (1.2, "; 1.20s as the deadline stops it")
+    ceiling = {**plan, "deadline_s": 1.7, "latency_within_ceiling_s": 1.82, "runs_ended_within_ceiling": 9.3}
+    assert planned_end(ceiling, 12) == 1.7
+    assert stopped_at(ceiling, 2.28, 12) == "; about 1.82s as the ceiling stops it, 1.70s as the deadline does"
+    assert planned_end({**ceiling, "deadline_s": 30.0}, 12) == 1.82  # the deadline cuts nothing
+    assert planned_end({**plan, "runs_done_by_deadline": 12}, 12) == 2.28  # every run in time
+
+
 def _legends(figures: list[Any]) -> Iterator[tuple[Any, Any, Any]]:
     """Each figure with each of its panels' legend and panel boxes, laid out as when saved."""
     from trilemma.report import plots

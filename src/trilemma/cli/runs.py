@@ -415,18 +415,14 @@ class _Ahead:
         self.spent: float = j.spent(run_id)
 
     @property
-    def budgeted(self) -> bool:
-        """A ceiling or a deadline holds the steps left, and the deadline has not passed
-        (the run says so itself; a ceiling already spent stops every drawn run)."""
-        if self.ceiling is None and self.limit is None:
-            return False
-        return self.limit is None or self.limit > 0
+    def passed(self) -> bool:
+        """The deadline it keeps has passed: the run says so itself, after the resume."""
+        return self.limit is not None and self.limit <= 0
 
     def note(self) -> None:
         """The budgets that stop the resume before its end, reckoned on the steps that sent
-        no call yet, so the note errs on the side of silence. A deadline already passed is
-        said after the resume, by the run itself."""
-        if self.fresh.steps and (self.limit is None or self.limit > 0):
+        no call yet, so the note errs on the side of silence."""
+        if self.fresh.steps and not self.passed:
             _note_budgets_that_stop_every_run(self.fresh, self.ceiling, self.limit, self.spent)
 
     def under(self, seed: int | None) -> tuple[SimResult, dict[str, Any], dict[str, Any]] | None:
@@ -434,8 +430,9 @@ class _Ahead:
         deadline, what the run's table and page say of it, and its ``--json``, each with
         ``steps_left``: the steps not done, a begun one drawn from its start where the
         resume goes on from its next attempt, so for such a step it errs on the side of
-        cost. None without budgets or steps left."""
-        if not (self.budgeted and self.left.steps):
+        cost. None without budgets or steps left, or past the deadline (a ceiling already
+        spent stops every drawn run)."""
+        if self.passed or not self.left.steps or (self.ceiling is None and self.limit is None):
             return None
         from trilemma.plan.estimate import estimate
         from trilemma.plan.simulate import under_budget

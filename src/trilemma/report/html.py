@@ -27,9 +27,9 @@ from trilemma.report.plots import DEADLINE_KEPT_S, batch_png, timeline_png
 from trilemma.report.tables import (
     LEDGER_KEYS,
     budget_rows,
-    ceiling_stop_s,
     ledger_row,
     off_plan_line,
+    planned_end,
     planned_rows,
     qpd,
     spec_of,
@@ -222,7 +222,7 @@ def batch_report(journal: Journal, batch_id: str) -> str:
     one = opened if len(plans) == 1 else None
     png = batch_png(runs, ceiling, started_at=None if opened is None else opened["started_at"],
                     deadline_s=deadline if opened is None else opened["plan"].get("deadline_s"),
-                    planned_s=None if one is None else _planned_end(one["plan"], one["lines"]),
+                    planned_s=None if one is None else planned_end(one["plan"], one["lines"]),
                     resumed_at=[s["started_at"] for s in plans[1:]],
                     later_deadlines_at=[s["started_at"] + s["plan"]["deadline_s"] for s in plans[1:]
                                         if s["plan"].get("deadline_s") is not None])  # fmt: skip
@@ -304,13 +304,6 @@ def _sessions_beside(
                      _s(took), ", ".join(held) or "-"))  # fmt: skip
         rows += [(f"{name}: {label}", said, to_end, "") for label, said in budget_rows(plan, lines)]
     return rows
-
-
-def _planned_end(plan: Mapping[str, Any], n: int) -> float:
-    """When a batch's plan has it end: as its ceiling stops it, where it stops some of its
-    ``n`` runs, else after every one."""
-    stops = ceiling_stop_s(plan, n)
-    return float(plan["latency_s"]["batch"]) if stops is None else stops
 
 
 def _slotted(latency: dict[str, Any]) -> str:

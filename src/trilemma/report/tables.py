@@ -1289,20 +1289,36 @@ def ceiling_stop_s(plan: Mapping[str, Any], n: int) -> float | None:
     return None if took is None or ended is None or ended >= n - 0.05 else float(took)
 
 
-def stopped_at(budgets: Mapping[str, Any], planned_s: float, n: int) -> str:
-    """``; about X s as the ceiling stops it``: when a batch ends as its ceiling stops it
-    (:func:`ceiling_stop_s` of ``budgets``, a session's plan), where that is well before the
-    ``planned_s`` of all ``n`` runs; and where its deadline cuts runs before that end, that
-    the deadline ends it then (it cancels what is in flight); else empty."""
+def _stops(budgets: Mapping[str, Any], planned_s: float, n: int) -> tuple[float | None, float | None]:
+    """When a batch's ceiling stops it (:func:`ceiling_stop_s` of ``budgets``, a session's
+    plan), where that is well before the ``planned_s`` of all ``n`` runs, and when its
+    deadline ends it, where it cuts runs before that end (it cancels what is in flight);
+    None for either that does not."""
     took = ceiling_stop_s(budgets, n)
-    said, end = "", planned_s
-    if took is not None and well_under(took, planned_s):
-        said, end = f"; about {took:.2f}s as the ceiling stops it", took
+    took = took if took is not None and well_under(took, planned_s) else None
+    end = planned_s if took is None else took
     deadline, in_time = budgets.get("deadline_s"), budgets.get("runs_done_by_deadline")
-    if deadline is not None and 0 < deadline < end and in_time is not None and in_time < n:
-        said += (f", {deadline:.2f}s as the deadline does" if said
-                 else f"; {deadline:.2f}s as the deadline stops it")  # fmt: skip
+    cut = deadline is not None and 0 < deadline < end and in_time is not None and in_time < n
+    return took, deadline if cut else None
+
+
+def stopped_at(budgets: Mapping[str, Any], planned_s: float, n: int) -> str:
+    """``; about X s as the ceiling stops it`` and ``, Y s as the deadline does``, where
+    they end a batch before the ``planned_s`` of all ``n`` runs (:func:`_stops`); else
+    empty."""
+    took, cut = _stops(budgets, planned_s, n)
+    said = "" if took is None else f"; about {took:.2f}s as the ceiling stops it"
+    if cut is not None:
+        said += f", {cut:.2f}s as the deadline does" if said else f"; {cut:.2f}s as the deadline stops it"
     return said
+
+
+def planned_end(budgets: Mapping[str, Any], n: int) -> float:
+    """When a batch's plan (``budgets``, a session's) has its ``n`` runs end: as its
+    deadline or its ceiling stops it, else after every one (:func:`_stops`)."""
+    planned_s = float(budgets["latency_s"]["batch"])
+    took, cut = _stops(budgets, planned_s, n)
+    return cut if cut is not None else took if took is not None else planned_s
 
 
 def _ok_within(budgets: dict[str, Any], ok_lines: float, kept_ok: int = 0) -> str:
