@@ -517,6 +517,13 @@ def test_resume_keeps_the_original_deadline_unless_given_a_new_one(cli, tmp_path
     # it says that nothing was sent, not that calls in flight were cancelled, and what to give
     assert again["error"] == ("the run's deadline had passed before anything was sent; a resume "
                               "takes a new one with --deadline SECONDS")  # fmt: skip
+    # a new deadline too short for the first call to go out: it says what it left, not that
+    # the deadline had passed already (as if none had been given)
+    short = cli("resume", first["run_id"], "--journal", db, "--deadline", "0.00001", "--json")
+    assert short.json()["status"] == "deadline" and short.json()["calls"] == first["calls"]
+    assert short.json()["error"] == ("the run's deadline passed before any call was sent (it "
+                                     "left 0.01 ms); a resume takes a longer one with --deadline "
+                                     "SECONDS")  # fmt: skip
     finished = cli("resume", first["run_id"], "--journal", db, "--deadline", "5", "--json").json()
     assert finished["status"] == "ok"
     assert finished["steps"]["a"]["from_journal"] and set(finished["outputs"]) == {"a", "b", "c"}

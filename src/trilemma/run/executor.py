@@ -413,11 +413,7 @@ class Executor:
                     self._group = tg
                     self._start(s, ready)
         except TimeoutError:
-            s.stop, s.stop_reason = "deadline", (
-                "the run's deadline passed; in-flight calls were cancelled" if s.calls else
-                "the run's deadline had passed before anything was sent; a resume takes a new "
-                "one with --deadline SECONDS"
-            )  # fmt: skip
+            s.stop, s.stop_reason = "deadline", _cut_by_deadline(s)
         except ExceptionGroup as group:  # not a failed call: a bug in a provider or callback
             bug = group.exceptions[0]
             s.stop, s.stop_reason = "failed", f"{type(bug).__name__} raised in the run: {bug}"
@@ -1044,3 +1040,19 @@ def _tokens(calls: list[dict[str, Any]], field: str) -> int | None:
 def _fill(template: str, step: str, attempt: int) -> str:
     """A simulated answer: ``{step}`` and ``{attempt}`` replaced, other braces kept (JSON)."""
     return template.replace("{step}", step).replace("{attempt}", str(attempt))
+
+
+def _cut_by_deadline(s: Session) -> str:
+    """Why a run's deadline stopped it: calls in flight cut, or none sent at all (the
+    deadline had passed when the session began, or left less time than a first call took
+    to go out: a resume's ``--deadline`` given too short says which)."""
+    if s.calls:
+        return "the run's deadline passed; in-flight calls were cancelled"
+    due, began = s.clock.due, s.clock.started
+    if due is None or due <= began:
+        return ("the run's deadline had passed before anything was sent; a resume takes a new "
+                "one with --deadline SECONDS")  # fmt: skip
+    left = due - began
+    gave = f"{left:.3g}s" if left >= 1 else f"{left * 1000:.2g} ms"
+    return (f"the run's deadline passed before any call was sent (it left {gave}); a resume "
+            "takes a longer one with --deadline SECONDS")  # fmt: skip
