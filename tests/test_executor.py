@@ -185,6 +185,27 @@ def test_deadline_cancels_in_flight_calls_and_keeps_finished_outputs(tmp_path: P
     assert [c["outcome"] for c in long_calls] == ["cancelled"]
 
 
+def test_a_deadline_that_passes_before_a_call_goes_out_cuts_the_step_as_in_flight(
+    tmp_path: Path,
+) -> None:
+    # a's answer holds the loop past the deadline, so b's check sees it passed before the
+    # deadline's own cancellation has run: b is cut by the deadline, not failed by it
+    async def hold_the_loop(request: Any) -> str:
+        time.sleep(0.08)
+        return "ok"
+
+    text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 1.0}",
+                ["{id: a, model: m}", "{id: b, model: m, after: [a]}",
+                 "{id: c, model: m, after: [b]}"])  # fmt: skip
+    r, j = run(text, tmp_path, deadline_s=0.05, providers={"m": FunctionProvider(hold_the_loop)})
+    assert r.status == "deadline" and r.outputs == {"a": "ok"}
+    assert {k: (v.status, v.attempts, v.error) for k, v in r.steps.items() if k != "a"} == {
+        "b": ("cancelled", 0, None), "c": ("cancelled", 0, None),
+    }  # fmt: skip
+    assert r.error == "the run's deadline passed; in-flight calls were cancelled"
+    assert [c["step_id"] for c in j.calls(r.run_id)] == ["a"]
+
+
 def test_regex_gate_with_feedback(tmp_path: Path) -> None:
     text = spec("m: {usd_per_call: 0.01, latency_s: 0.001, p_ok: 0.5}",
                 ["{id: a, model: m, retries: 30, gate: {regex: '^\\d+$'}, sim: {ok: '42', bad: 'forty-two'}}"])  # fmt: skip

@@ -40,6 +40,7 @@ from trilemma.cache.semantic import Embedder
 from trilemma.cache.shared import SharedCache
 from trilemma.errors import (
     BudgetExhausted,
+    DeadlineExceeded,
     GateRejected,
     ProviderError,
     QuotaExceeded,
@@ -559,6 +560,9 @@ class Executor:
         except _Stop:
             return StepResult("skipped", attempts=_made(s, step.id, state["attempt"]),
                               cost_usd=state["cost"])  # fmt: skip
+        except DeadlineExceeded:  # passed before its call went out: cut as the deadline cuts
+            self._halt(s, "deadline", _cut_by_deadline(s))  # what is in flight, unsettled
+            raise asyncio.CancelledError from None
         except (BudgetExhausted, QuotaExceeded) as exc:
             why = "the endpoint refused for money: " if isinstance(exc, QuotaExceeded) else ""
             msg = f"step {step.id}: {why}{exc}"
