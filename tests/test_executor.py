@@ -173,7 +173,7 @@ def test_retries_exhausted_fail_the_run_and_skip_dependents(tmp_path: Path) -> N
 def test_deadline_cancels_in_flight_calls_and_keeps_finished_outputs(tmp_path: Path) -> None:
     text = spec(
         "fast: {usd_per_call: 0.01, latency_s: 0.01, p_ok: 1.0}\nslow: {usd_per_call: 0.01, latency_s: 5.0, p_ok: 1.0}",
-        ["{id: quick, model: fast}", "{id: long, model: slow}"],
+        ["{id: quick, model: fast}", "{id: long, model: slow}", "{id: longer, model: slow}"],
     )
     started = time.perf_counter()
     r, j = run(text, tmp_path, deadline_s=0.3)
@@ -183,6 +183,7 @@ def test_deadline_cancels_in_flight_calls_and_keeps_finished_outputs(tmp_path: P
     assert r.steps["long"].status == "cancelled"
     long_calls = [c for c in j.calls(r.run_id) if c["step_id"] == "long"]
     assert [c["outcome"] for c in long_calls] == ["cancelled"]
+    assert r.error == "the run's deadline passed; 2 calls in flight were cancelled"
 
 
 def test_a_deadline_that_passes_before_a_call_goes_out_cuts_the_step_as_in_flight(
@@ -202,7 +203,7 @@ def test_a_deadline_that_passes_before_a_call_goes_out_cuts_the_step_as_in_fligh
     assert {k: (v.status, v.attempts, v.error) for k, v in r.steps.items() if k != "a"} == {
         "b": ("cancelled", 0, None), "c": ("cancelled", 0, None),
     }  # fmt: skip
-    assert r.error == "the run's deadline passed; in-flight calls were cancelled"
+    assert r.error == "the run's deadline passed between calls (none was in flight)"
     assert [c["step_id"] for c in j.calls(r.run_id)] == ["a"]
 
 

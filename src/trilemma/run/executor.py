@@ -33,6 +33,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from trilemma._format import counted
 from trilemma._tasks import loop_now
 from trilemma.cache.keys import step_settings
 from trilemma.cache.lookup import Cache, Hit
@@ -259,6 +260,8 @@ class Session:
     sent: dict[str, int] = field(default_factory=dict)
     """Per step, its newest attempt with a call sent (or replayed from the journal): an
     attempt the ceiling or a stop cut before its first call is not counted as made."""
+    cancelled: int = 0
+    """Calls cancelled in flight (the deadline, an early stop)."""
 
     @classmethod
     def within(cls, guard: SpendGuard, deadline_s: float | None,
@@ -953,6 +956,7 @@ class Executor:
         (``external``) may bill what it generated before the hang-up: billed at its
         reservation, the most it could be, as the gateway bills a client that leaves. The
         simulator bills nobody: its hold is released, the cost unknown (NULL)."""
+        s.cancelled += 1
         if route.external:
             s.settle(hold, hold.amount)
             self._record_error(call_id, "cancelled", "cancelled while in flight: billed at its "
@@ -1047,11 +1051,15 @@ def _fill(template: str, step: str, attempt: int) -> str:
 
 
 def _cut_by_deadline(s: Session) -> str:
-    """Why a run's deadline stopped it: calls in flight cut, or none sent at all (the
-    deadline had passed when the session began, or left less time than a first call took
-    to go out: a resume's ``--deadline`` given too short says which)."""
+    """Why a run's deadline stopped it: the calls in flight it cut (none: it passed between
+    calls, in a retry's wait, say), or none sent at all (the deadline had passed when the
+    session began, or left less time than a first call took to go out: a resume's
+    ``--deadline`` given too short says which)."""
+    if s.cancelled:
+        were = "was" if s.cancelled == 1 else "were"
+        return f"the run's deadline passed; {counted(s.cancelled, 'call')} in flight {were} cancelled"
     if s.calls:
-        return "the run's deadline passed; in-flight calls were cancelled"
+        return "the run's deadline passed between calls (none was in flight)"
     due, began = s.clock.due, s.clock.started
     if due is None or due <= began:
         return ("the run's deadline had passed before anything was sent; a resume takes a new "
