@@ -179,6 +179,11 @@ def test_a_journal_whose_tables_were_damaged_is_refused_by_name(cli, tmp_path: P
         ("UPDATE calls SET request_json = '[['", "request_json holds '[[', not a JSON array"),
         ("UPDATE runs SET started_at = 'yesterday'", "started_at holds 'yesterday', not a number"),
         ("UPDATE runs SET inputs_json = '7'", "inputs_json holds '7', not a JSON object"),
+        # the planner's figures the run's page reads (a key of them, and a key of a key)
+        ("UPDATE runs SET predicted_json = json_set(predicted_json, '$.under_budget', json('[1]'))",
+         "predicted_json's under_budget holds '[1]', not a JSON object"),
+        ("UPDATE runs SET predicted_json = json_set(predicted_json, '$.latency_s.worst', 'long')",
+         "predicted_json's latency_s.worst holds 'long', not a number"),
         ("UPDATE steps SET attempts = x'00'", "attempts holds \"b'\\\\x00'\", not an integer"),
     ],
 )

@@ -880,6 +880,14 @@ _JSON_KINDS: dict[str, type] = {
 }  # fmt: skip
 _NOUNS = {int: "an integer", float: "a number", str: "text", bytes: "bytes", dict: "a JSON object",
           list: "a JSON array"}  # fmt: skip
+#: What the keys of a run's ``predicted_json`` hold (null aside), which its page reads: the
+#: estimate's figures, and the Monte Carlo under its budgets that `run` and `resume` add.
+#: Those of a JSON object hold numbers (or null) in turn, but ``stop_when``.
+_PREDICTED_KINDS: dict[str, type] = {
+    "steps": int, "calls": dict, "cost_usd": dict, "latency_s": dict, "critical_path": list,
+    "reliability": float, "quality_per_dollar": float, "quality_per_expected_dollar": float,
+    "stop_when": dict, "under_budget": dict, "under_budget_resumed": dict,
+}  # fmt: skip
 
 
 @functools.cache
@@ -913,13 +921,38 @@ def _unsound(table: str, row: dict[str, Any]) -> str | None:
         shape = _JSON_KINDS.get(column)
         if want is not None and not isinstance(value, want):
             wrong = _NOUNS[want[-1]]
-        elif shape is not None and not isinstance(_parsed(value), shape):
+        elif shape is not None and not isinstance(parsed := _parsed(value), shape):
             wrong = _NOUNS[shape]
+        elif column == "predicted_json" and (inner := _unsound_prediction(parsed)) is not None:
+            column, value, wrong = f"predicted_json's {inner[0]}", inner[1], inner[2]
         else:
             continue
         where = ", ".join(f"{k} {row[k]}" for k in ("run_id", "step_id", "id", "key") if row.get(k))
         return f"table {table}, {where}: {column} holds {str(value)[:40]!r}, not {wrong}"
     return None
+
+
+def _unsound_prediction(figures: dict[str, Any]) -> tuple[str, Any, str] | None:
+    """The first key of a run's predicted figures that holds what its page cannot read
+    (``under_budget.runs`` for a key of a key), what it holds and what it should, or None."""
+    for key, kind in _PREDICTED_KINDS.items():
+        value = figures.get(key)
+        if value is None:
+            continue
+        if not _holds(value, kind):
+            return key, value, _NOUNS[kind]
+        if kind is dict and key != "stop_when":
+            for name, figure in value.items():
+                if figure is not None and not _holds(figure, float):
+                    return f"{key}.{name}", figure, _NOUNS[float]
+    return None
+
+
+def _holds(value: Any, kind: type) -> bool:
+    """``value`` (parsed JSON) is of ``kind``: a number for float (not true or false)."""
+    if kind is float or kind is int:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 def _parsed(text: str) -> Any:
