@@ -553,6 +553,16 @@ def test_a_batch_page_sets_the_batch_plan_beside_what_it_measured(
     assert re.search(r"on average each session's deadline, above", resumed), resumed
     assert "30.00s from its start" not in resumed.split("latency per run")[1]
 
+    with closing(sqlite3.connect(db)) as raw, raw:  # a figure the page reads (it raised)
+        raw.execute("UPDATE batch_plans SET plan_json = json_set(plan_json, '$.latency_s', "
+                    "'slow') WHERE lines = 20")  # fmt: skip
+    r = cli("report", bid, "--journal", db, "--out", page)
+    assert r.code == 2 and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1
+    damage = (f"table batch_plans, batch_id {bid}: plan_json's latency_s holds 'slow', not a "
+              "JSON object")  # fmt: skip
+    assert f"a damaged row in the journal ({damage})" in r.err
+    with Journal(db) as j:
+        assert [f for f in j.damaged_rows() if "batch_plans" in f] == [damage]
     with closing(sqlite3.connect(db)) as raw, raw:
         raw.execute("UPDATE batch_plans SET plan_json = '[1]' WHERE lines = 20")
         raw.execute("UPDATE batch_plans SET ended_json = '\"x\"' WHERE lines < 20")

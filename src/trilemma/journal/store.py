@@ -486,8 +486,8 @@ class Journal:
         parsed (``plan``) and what it measured as it ended (``ended``, None for a session
         that did not end: interrupted, or still going); none for a batch run before trilemma
         kept them."""
-        rows = self._rows("SELECT * FROM batch_plans WHERE batch_id = ? ORDER BY started_at",
-                          (batch_id,))  # fmt: skip
+        rows = self._sound("batch_plans", self._rows(
+            "SELECT * FROM batch_plans WHERE batch_id = ? ORDER BY started_at", (batch_id,)))  # fmt: skip
         return [{**r, "plan": _parsed(r["plan_json"]),
                  "ended": None if r["ended_json"] is None else _parsed(r["ended_json"])}
                 for r in rows]  # fmt: skip
@@ -536,7 +536,9 @@ class Journal:
         """What is wrong with the rows whose values are not of their columns' kinds (at most
         ``limit``), for ``trilemma doctor``."""
         found = [p for p in map(functools.partial(_unsound, "runs"), self._runs("", check=False)) if p]
-        for table in ("steps", "calls", "cache", "batch_plans"):  # SQLite finds them, and fast
+        plans = self._rows("SELECT * FROM batch_plans")  # a row a batch session: few
+        found += [p for p in map(functools.partial(_unsound, "batch_plans"), plans) if p]
+        for table in ("steps", "calls", "cache"):  # SQLite finds them, and fast
             rows = self._rows(f"SELECT * FROM {table} WHERE {_damaged_sql(table)} LIMIT ?",
                               (limit,))  # fmt: skip
             found += [p for p in map(functools.partial(_unsound, table), rows) if p]
@@ -880,14 +882,28 @@ _JSON_KINDS: dict[str, type] = {
 }  # fmt: skip
 _NOUNS = {int: "an integer", float: "a number", str: "text", bytes: "bytes", dict: "a JSON object",
           list: "a JSON array"}  # fmt: skip
-#: What the keys of a run's ``predicted_json`` hold (null aside), which its page reads: the
-#: estimate's figures, and the Monte Carlo under its budgets that `run` and `resume` add.
-#: Those of a JSON object hold numbers (or null) in turn, but ``stop_when``.
-_PREDICTED_KINDS: dict[str, type] = {
-    "steps": int, "calls": dict, "cost_usd": dict, "latency_s": dict, "critical_path": list,
-    "reliability": float, "quality_per_dollar": float, "quality_per_expected_dollar": float,
-    "stop_when": dict, "under_budget": dict, "under_budget_resumed": dict,
+#: What the keys of the planner's figures hold (null aside), which the pages read: a run's
+#: (``predicted_json``: the estimate's, and the Monte Carlo under its budgets that `run` and
+#: `resume` add), a batch session's plan and what it measured as it ended. Those of a JSON
+#: object hold numbers (or null) in turn, but those in ``_ANY_WITHIN``.
+_FIGURE_KINDS: dict[str, dict[str, type]] = {
+    "predicted_json": {
+        "steps": int, "calls": dict, "cost_usd": dict, "latency_s": dict, "critical_path": list,
+        "reliability": float, "quality_per_dollar": float, "quality_per_expected_dollar": float,
+        "stop_when": dict, "under_budget": dict, "under_budget_resumed": dict,
+    },
+    "plan_json": {
+        "max_cost_usd": float, "deadline_s": float, "batch_lines": int, "cost_usd": dict,
+        "ok_lines": float, "quality_per_dollar": float, "latency_s": dict, "limited_by": dict,
+        "runs_covered_at_worst": int, "runs_ended_within_ceiling": float,
+        "runs_ok_within_ceiling": float, "latency_within_ceiling_s": float,
+        "runs_done_by_deadline": float, "runs_near_deadline": float,
+        "runs_ok_by_deadline": float, "deadline_headroom_s": float,
+        "runs_ok_within_budgets": float,
+    },
+    "ended_json": {"status": str, "took_s": float, "ran_to_end": int, "ok": int},
 }  # fmt: skip
+_ANY_WITHIN = frozenset({"stop_when", "limited_by"})
 
 
 @functools.cache
@@ -923,25 +939,27 @@ def _unsound(table: str, row: dict[str, Any]) -> str | None:
             wrong = _NOUNS[want[-1]]
         elif shape is not None and not isinstance(parsed := _parsed(value), shape):
             wrong = _NOUNS[shape]
-        elif column == "predicted_json" and (inner := _unsound_prediction(parsed)) is not None:
-            column, value, wrong = f"predicted_json's {inner[0]}", inner[1], inner[2]
+        elif column in _FIGURE_KINDS and (inner := _unsound_figures(column, parsed)) is not None:
+            column, value, wrong = f"{column}'s {inner[0]}", inner[1], inner[2]
         else:
             continue
-        where = ", ".join(f"{k} {row[k]}" for k in ("run_id", "step_id", "id", "key") if row.get(k))
+        where = ", ".join(f"{k} {row[k]}" for k in ("run_id", "batch_id", "step_id", "id", "key")
+                          if row.get(k))
         return f"table {table}, {where}: {column} holds {str(value)[:40]!r}, not {wrong}"
     return None
 
 
-def _unsound_prediction(figures: dict[str, Any]) -> tuple[str, Any, str] | None:
-    """The first key of a run's predicted figures that holds what its page cannot read
-    (``under_budget.runs`` for a key of a key), what it holds and what it should, or None."""
-    for key, kind in _PREDICTED_KINDS.items():
+def _unsound_figures(column: str, figures: dict[str, Any]) -> tuple[str, Any, str] | None:
+    """The first key of the planner's figures in ``column`` that holds what a page cannot
+    read (``under_budget.runs`` for a key of a key), what it holds and what it should, or
+    None."""
+    for key, kind in _FIGURE_KINDS[column].items():
         value = figures.get(key)
         if value is None:
             continue
         if not _holds(value, kind):
             return key, value, _NOUNS[kind]
-        if kind is dict and key != "stop_when":
+        if kind is dict and key not in _ANY_WITHIN:
             for name, figure in value.items():
                 if figure is not None and not _holds(figure, float):
                     return f"{key}.{name}", figure, _NOUNS[float]
