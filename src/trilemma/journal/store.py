@@ -967,7 +967,8 @@ def _unsound_figures(column: str, figures: dict[str, Any]) -> tuple[str, Any, st
 
 
 def _holds(value: Any, kind: type) -> bool:
-    """``value`` (parsed JSON) is of ``kind``: a number for float (not true or false)."""
+    """``value`` (parsed JSON) is of ``kind``: any number (not true or false) for int and
+    float alike, as a page formats either."""
     if kind is float or kind is int:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     return isinstance(value, kind)
