@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 from trilemma.journal import Journal
 
-from .conftest import ROOT
+from .conftest import EXAMPLES, ROOT
 
 
 def test_docs_command_output_is_current() -> None:
@@ -92,6 +93,36 @@ def test_each_example_in_the_help_is_a_paragraph_of_its_own() -> None:
         joined = [a for a, b in itertools.pairwise(lines)
                   if a.startswith("Example:") and b.startswith("Example:")]  # fmt: skip
         assert not joined, f"{path}: {joined}"
+
+
+def test_every_out_option_also_takes_dash_o_and_no_short_option_is_taken_twice() -> None:
+    import click
+    import typer
+
+    from trilemma.cli import app
+
+    def commands(cmd: click.Command, path: str) -> list[tuple[str, click.Command]]:
+        subs = getattr(cmd, "commands", {})
+        return [(path, cmd)] + [c for n, s in subs.items() for c in commands(s, f"{path} {n}")]
+
+    outs = 0
+    for path, cmd in commands(typer.main.get_command(app), "trilemma"):
+        names = [o for p in cmd.params for o in getattr(p, "opts", [])]
+        assert len(names) == len(set(names)), f"{path}: {sorted(names)}"
+        for p in cmd.params:
+            if "--out" in getattr(p, "opts", []):
+                outs += 1
+                assert "-o" in p.opts, f"{path} --out has no -o"
+    assert outs >= 6
+
+
+def test_report_and_export_write_where_dash_o_says(cli, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    assert cli("run", EXAMPLES / "diamond.yaml", "--journal", db, "--json").code == 0
+    page, lines = tmp_path / "run.html", tmp_path / "run.jsonl"
+    assert cli("report", "latest", "--journal", db, "-o", page).code == 0
+    assert cli("export", "latest", "--journal", db, "-o", lines).code == 0
+    assert "<html" in page.read_text() and json.loads(lines.read_text().splitlines()[0])["run_id"]
 
 
 def test_version_prints_the_installed_version(cli) -> None:

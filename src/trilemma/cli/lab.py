@@ -153,7 +153,7 @@ def calibrate_cmd(
     )] = None,
     seed: Annotated[int, seed_option(help="Task generator seed.")] = 0,
     out: Annotated[
-        Path | None, typer.Option(help="Write the measured profile (YAML) here.")
+        Path | None, typer.Option("--out", "-o", help="Write the measured profile (YAML) here.")
     ] = None,
     check: Annotated[bool, typer.Option(
         "--check", help="With --from-journal: exit 1 when the ledger contradicts the profile, "

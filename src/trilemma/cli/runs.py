@@ -188,7 +188,7 @@ def batch_cmd(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Write one JSON line per input line here, each as its run ends."),
+        typer.Option("--out", "-o", help="Write one JSON line per input line here, each as its run ends."),
     ] = None,
     resume: Annotated[
         str | None,
@@ -636,7 +636,7 @@ def resume_cmd(
 def export(
     run_id: Annotated[str, run_ref("The run to export.")],
     journal: JournalOpt = DEFAULT_JOURNAL,
-    out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
 ) -> int:
     """A run as JSON Lines: one record for the run, then one per step, then one per call.
 
@@ -865,7 +865,7 @@ def report(
     run_id: Annotated[str, run_ref("The run, or a batch (by its id or a part of it).")],
     journal: JournalOpt = DEFAULT_JOURNAL,
     out: Annotated[
-        Path | None, typer.Option("--out", help="The HTML file (default: report-ID.html).")
+        Path | None, typer.Option("--out", "-o", help="The HTML file (default: report-ID.html).")
     ] = None,
 ) -> int:
     """One self-contained HTML page for a run (predicted beside measured, timeline, ledger) or a batch.
