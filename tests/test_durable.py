@@ -184,6 +184,13 @@ def test_a_journal_whose_tables_were_damaged_is_refused_by_name(cli, tmp_path: P
          "predicted_json's under_budget holds '[1]', not a JSON object"),
         ("UPDATE runs SET predicted_json = json_set(predicted_json, '$.latency_s.worst', 'long')",
          "predicted_json's latency_s.worst holds 'long', not a number"),
+        # the journaled spec's steps the run's page lists (a run row reads it joined)
+        ("UPDATE specs SET spec_json = json_set(spec_json, '$.steps', 'x')",
+         "spec_json's steps holds 'x', not a JSON array"),
+        ("UPDATE specs SET spec_json = json_set(spec_json, '$.steps[1]', 7)",
+         "spec_json's steps[1] holds '7', not a JSON object"),
+        ("UPDATE specs SET spec_json = json_remove(spec_json, '$.steps[0].id')",
+         "spec_json's steps[0].id holds nothing, not text"),
         ("UPDATE steps SET attempts = x'00'", "attempts holds \"b'\\\\x00'\", not an integer"),
     ],
 )
@@ -198,7 +205,7 @@ def test_a_row_another_tool_damaged_is_named_never_a_traceback(
     assert cli("doctor", "--journal", db).code == 0
     with sqlite3.connect(db) as raw:
         raw.execute(edit)
-    table = edit.split()[1]
+    table = {"specs": "runs"}.get(edit.split()[1], edit.split()[1])  # a run's row holds its spec
     readers = [["report", run_id], ["export", run_id], ["resume", run_id, "--force"]]
     if table != "steps":  # the ledger reads the run and its calls
         readers += [["ledger", run_id], ["ledger", run_id, "--json"]]

@@ -18,7 +18,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from json.encoder import encode_basestring
@@ -939,13 +939,14 @@ def _unsound(table: str, row: dict[str, Any]) -> str | None:
             wrong = _NOUNS[want[-1]]
         elif shape is not None and not isinstance(parsed := _parsed(value), shape):
             wrong = _NOUNS[shape]
-        elif column in _FIGURE_KINDS and (inner := _unsound_figures(column, parsed)) is not None:
+        elif (within := _WITHIN.get(column)) and (inner := within(parsed)) is not None:
             column, value, wrong = f"{column}'s {inner[0]}", inner[1], inner[2]
         else:
             continue
         where = ", ".join(f"{k} {row[k]}" for k in ("run_id", "batch_id", "step_id", "id", "key")
                           if row.get(k))
-        return f"table {table}, {where}: {column} holds {str(value)[:40]!r}, not {wrong}"
+        held = "nothing" if value is None else repr(str(value)[:40])  # a key left out
+        return f"table {table}, {where}: {column} holds {held}, not {wrong}"
     return None
 
 
@@ -966,12 +967,40 @@ def _unsound_figures(column: str, figures: dict[str, Any]) -> tuple[str, Any, st
     return None
 
 
+def _unsound_spec(spec: dict[str, Any]) -> tuple[str, Any, str] | None:
+    """What in a journaled spec (or a gateway's config) the pages cannot read, as
+    :func:`_unsound_figures` says it: its ``steps``, each an object with a text ``id``,
+    and its ``models``, an object. The rest is the loader's to judge, when a resume or
+    ``calibrate`` loads the spec again."""
+    steps, models = spec.get("steps"), spec.get("models")
+    if models is not None and not isinstance(models, dict):
+        return "models", models, _NOUNS[dict]
+    if steps is None:
+        return None
+    if not isinstance(steps, list):
+        return "steps", steps, _NOUNS[list]
+    for k, step in enumerate(steps):
+        if not isinstance(step, dict):
+            return f"steps[{k}]", step, _NOUNS[dict]
+        if not isinstance(step.get("id"), str):
+            return f"steps[{k}].id", step.get("id"), _NOUNS[str]
+    return None
+
+
 def _holds(value: Any, kind: type) -> bool:
     """``value`` (parsed JSON) is of ``kind``: any number (not true or false) for int and
     float alike, as a page formats either."""
     if kind is float or kind is int:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     return isinstance(value, kind)
+
+
+#: The JSON columns a page reads within: what is wrong inside one (a key, what it holds,
+#: what it should), or None.
+_WITHIN: dict[str, Callable[[dict[str, Any]], tuple[str, Any, str] | None]] = {
+    **{c: functools.partial(_unsound_figures, c) for c in _FIGURE_KINDS},
+    "spec_json": _unsound_spec,
+}
 
 
 def _parsed(text: str) -> Any:
