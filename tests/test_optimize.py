@@ -386,7 +386,7 @@ def test_a_chosen_spec_whose_runs_end_at_the_latency_budget_is_said_so(cli) -> N
     executor's own time); the check says so. With a 2 s budget its runs end far before."""
     args = [EXAMPLES / "seed-chain.yaml", "--max-cost", "0.1", "--min-reliability", "0.5"]
     said = " ".join(cli("optimize", *args, "--max-latency", "0.4").out.split())
-    assert re.search(r"chosen succeeds (\d\d\.\d\d)% \(0\.00% cut, 0\.00% stopped, \1% of runs "
+    assert re.search(r"chosen succeeds (\d\d\.\d\d)% \[\d\d\.\d\d%, \d\d\.\d\d%\] \(0\.00% cut, 0\.00% stopped, \1% of runs "
                      r"succeed less than 20 ms before the deadline, which the executor's own time may "
                      r"cross\)", said), said  # fmt: skip
     roomy = " ".join(cli("optimize", *args, "--max-latency", "2").out.split())
@@ -434,6 +434,12 @@ def test_enforced_budgets_find_what_paper_figures_miss(cli) -> None:
     assert enforced["chosen"]["cost_usd"]["expected"] <= enforced["original"]["cost_usd"]["expected"]
     text = cli("optimize", *args[:-1], "--budget-on", "enforced").out
     assert "success, budgets enforced" in text and "budget enforced: cost <= $0.2100" in text
+    short = "falls short of the 95.00% reliability budget it meets on paper"
+    assert short not in " ".join(text.split())  # enforced: its check is what it met
+    said = " ".join(cli("optimize", *args[:-1], "--budget-on", "expected").out.split())
+    assert re.search(r"chosen succeeds 94\.\d\d% \[94\.\d\d%, 94\.\d\d%\] \(0\.\d\d% stopped\)\. "
+                     r"Run under these budgets, the chosen " + short, said), said  # fmt: skip
+    assert "`--budget-on enforced` picks among configurations simulated so" in said
 
 
 def test_enforced_budgets_that_nothing_meets(cli) -> None:

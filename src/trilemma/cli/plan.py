@@ -366,7 +366,8 @@ def optimize(
         console = stdout_console()
         console.print(tables.optimize_view(r))
         if checks:
-            console.print(tables.budget_check_line(checks, estimates), style="dim")
+            floor = None if r.enforced is not None else r.budget.min_reliability  # else it holds
+            console.print(tables.budget_check_line(checks, estimates, floor), style="dim")
         long = chosen.count("\n") if chosen else 0
         if chosen and r.best is not None and long > CHOSEN_LINES_SHOWN:
             written = f"written to {out}" if out else "--out FILE writes it, --json holds it"

@@ -958,11 +958,15 @@ def _budget_terms(b: Budget) -> str:
 
 
 def budget_check_line(
-    checks: dict[str, SimResult], estimates: Mapping[str, Estimate | None] | None = None
-) -> str:
+    checks: dict[str, SimResult], estimates: Mapping[str, Estimate | None] | None = None,
+    min_reliability: float | None = None,
+) -> str:  # fmt: skip
     """``optimize``'s Monte Carlo of the original and the chosen spec under the budgets held
-    as a run holds them; ``estimates``: each one's, to name the share of its runs it has in
-    time by less than the executor's own time (:data:`NEAR_SHOWN`)."""
+    as a run holds them, each success with its 95% interval; ``estimates``: each one's, to
+    name the share of its runs it has in time by less than the executor's own time
+    (:data:`NEAR_SHOWN`); ``min_reliability``: the reliability budget the chosen was picked
+    for on paper, named when its runs under the budgets fall short of it (the whole interval
+    below)."""
     first = next(iter(checks.values()))
     deadline, ceiling = first.deadline_s, first.max_cost_usd
     held = []
@@ -980,8 +984,15 @@ def budget_check_line(
             out.append(f"{near}, {MAY_CROSS}")
         return ", ".join(out)
 
-    parts = [f"{name} succeeds {_pct(r.success_rate)} ({lost(name, r)})" for name, r in checks.items()]
-    return f"Monte Carlo, {first.runs:,} runs with " + " and ".join(held) + ": " + "; ".join(parts) + "."
+    parts = [f"{name} succeeds {_with_ci(r.success_rate, r.ci95)} ({lost(name, r)})"
+             for name, r in checks.items()]  # fmt: skip
+    line = f"Monte Carlo, {first.runs:,} runs with " + " and ".join(held) + ": " + "; ".join(parts) + "."
+    chosen = checks.get("chosen")
+    if min_reliability and chosen is not None and chosen.ci95[1] < min_reliability:
+        line += (f" Run under these budgets, the chosen falls short of the {_pct(min_reliability)} "
+                 "reliability budget it meets on paper: `--budget-on enforced` picks among "
+                 "configurations simulated so.")  # fmt: skip
+    return line
 
 
 def run_view(r: Any, under: SimResult | None = None, spec: str | None = None,
