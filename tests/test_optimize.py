@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -440,6 +441,21 @@ def test_enforced_budgets_find_what_paper_figures_miss(cli) -> None:
     assert re.search(r"chosen succeeds 94\.\d\d% \[94\.\d\d%, 94\.\d\d%\] \(0\.\d\d% stopped\)\. "
                      r"Run under these budgets, the chosen " + short, said), said  # fmt: skip
     assert "`--budget-on enforced` picks among configurations simulated so" in said
+
+
+def test_the_chosen_spec_carries_the_budgets_it_was_chosen_for(cli, tmp_path: Path) -> None:
+    """--max-cost 0.21 over the file's $0.18: the chosen spec runs under the $0.21 its check
+    held (it used to keep the file's $0.18, under which it was never checked)."""
+    chosen = tmp_path / "chosen.yaml"
+    args = [EXAMPLES / "ceiling.yaml", "--max-cost", "0.21", "--min-reliability", "0.96"]
+    assert cli("optimize", *args, "--budget-on", "enforced", "--out", chosen).code == 0
+    budget = load_workflow(chosen).budget
+    assert (budget.max_cost_usd, budget.min_reliability) == (0.21, 0.96)
+    wf = load_workflow(EXAMPLES / "ceiling.yaml")
+    assert wf.budget.max_cost_usd == 0.18  # the file's own, which the flags overrode
+    asked = Budget(max_cost_usd=0.5, deadline_s=30.0)
+    r = optimize(wf, asked)
+    assert r.best is not None and r.best.budget == asked and r.budget == asked
 
 
 def test_enforced_budgets_that_nothing_meets(cli) -> None:

@@ -228,6 +228,10 @@ def optimize(
     if max_retries < 0:
         raise UsageError("--max-retries: must be 0 or more")
     budget = budget or wf.budget
+    # The configurations carry the budgets they are chosen for, so that the chosen spec runs
+    # under them (its ceiling and deadline are what the Monte Carlo checks held), not under
+    # the budgets of the file the flags overrode.
+    wf = wf if budget == wf.budget else wf.model_copy(update={"budget": budget})
     say = on_progress or _silent
     if budget_on == "enforced":
         found = _enforced(wf, budget, max_retries, method, beam_width, say)
@@ -601,7 +605,7 @@ def _with_stops(wf: Workflow, found: OptimizeResult) -> OptimizeResult:
     for c in stopped[:STOP_TRIES]:
         if best is not None and _rank(c, "expected") >= _rank(best, "expected"):
             break
-        variant = apply(wf, c)  # as the executor would run it: under the spec's own deadline
+        variant = apply(wf, c)  # as the executor would run it: under the deadline it carries
         sim = _judged(variant, floor, seed, variant.budget.deadline_s)
         measured = replace(c, cost_expected=sim.cost_usd.mean, latency_s=sim.latency_s.mean,
                            reliability=sim.success_rate)  # fmt: skip
