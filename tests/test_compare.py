@@ -477,14 +477,14 @@ def test_a_trial_a_crash_left_running_is_explained_and_pruned(
     killed, ended = (r["run_id"] for r in journal.runs()[:2])
     assert journal.run(killed)["time_scale"] == float(scale)
     ledger = cli("ledger", ended, "--journal", db).out.replace("\n", " ")
-    assert f"simulated time ran {clock} (compare or sweep)" in ledger
+    assert f"simulated time ran {clock} (compare, sweep or run --time-scale)" in ledger
     journal.update_run(killed, status="running", pid=2**22 + 7, finished_at=None)  # no such pid
     said = cli("doctor", "--journal", db).out.replace("\n", " ")
-    assert f"interrupted trial {killed} of an experiment (compare or sweep)" in said
+    assert f"interrupted run {killed} in simulated time (a trial of compare or sweep, or run --time-scale)" in said
     assert f"`trilemma prune --older-than 0 --journal {db}` forgets it" in said
     assert cli("doctor", "--journal", db, "--json").json()["interrupted_trials"] == [killed]
     refused = cli("resume", killed, "--journal", db)
-    assert refused.code == 2 and f"run in simulated time {clock}; run the experiment" in refused.err
+    assert refused.code == 2 and f"ran in simulated time {clock} (a trial of" in refused.err
     gone = cli("prune", "--older-than", "0", "--journal", db, "--json").json()
     assert killed in gone["run_ids"] and gone["kept_running"] == 0
     assert cli("doctor", "--journal", db).out.endswith("all good\n")

@@ -611,9 +611,10 @@ def test_a_resumes_display_counts_against_the_budgets_it_resumes_under(
     given: list[tuple[Any, ...]] = []
     real = runs._RunDisplay
 
-    def seen(steps: int, ceiling: float | None, deadline: float | None, enabled: bool) -> Any:
+    def seen(steps: int, ceiling: float | None, deadline: float | None, enabled: bool,
+             time_scale: float = 1.0) -> Any:  # fmt: skip
         given.append((steps, ceiling, deadline))
-        return real(steps, ceiling, deadline, enabled)
+        return real(steps, ceiling, deadline, enabled, time_scale)
 
     monkeypatch.setattr(runs, "_RunDisplay", seen)
     db, first = _cut_after_a(cli, tmp_path)  # under 0.3 s, no ceiling

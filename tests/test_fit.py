@@ -281,8 +281,8 @@ def test_runs_in_scaled_time_are_fitted_in_the_spec_s_own_time(cli: Any, tmp_pat
     assert fitted["drift"] == [], fitted["drift"]
     assert "timeout_s" not in fitted["profile"]  # the default 60 s, as the spec has it
     again = cli("resume", runs[0]["run_id"], "--journal", path)
-    assert again.code == 2 and "one trial of an experiment (compare or sweep)" in again.err
-    assert "run the experiment again rather than resume it" in again.err
+    assert again.code == 2 and "(a trial of compare or sweep, or run --time-scale)" in again.err
+    assert "which a resume does not take up; run it, or the experiment, again" in again.err
 
 
 def test_a_run_in_its_own_time_is_journaled_at_scale_1(cli: Any, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from trilemma import load_workflow, parse_workflow
 from trilemma._tasks import VirtualClockLoop, run_whole, virtual_time
-from trilemma.errors import DeadlineExceeded, UsageError
+from trilemma.errors import DeadlineExceeded, NotAJournal, UsageError
 from trilemma.experiments.sweep import Limits, budget_sweep
 from trilemma.experiments.trials import repeat
 from trilemma.journal import Journal
@@ -137,9 +137,10 @@ models:
 steps:
   - {id: a, model: api}
 """)
-    got = cli("compare", spec, "--time-scale", "0", "--journal", tmp_path / "j.db")
-    assert got.code == 2
-    assert "model 'api' is a real endpoint, whose time cannot be kept on a virtual clock" in got.err
+    for command in ("compare", "run"):
+        got = cli(command, spec, "--time-scale", "0", "--journal", tmp_path / "j.db")
+        assert got.code == 2
+        assert "model 'api' is a real endpoint, whose time cannot be kept on a virtual clock" in got.err
     assert not (tmp_path / "j.db").exists()
     from trilemma import execute
 
@@ -183,6 +184,92 @@ def test_execute_at_time_scale_0_makes_its_own_virtual_clock(cli, tmp_path: Path
 
     with pytest.raises(UsageError, match="time_scale 0 is a virtual clock"):
         asyncio.run(plain())
+
+
+def test_run_takes_a_time_scale_and_reports_the_spec_s_own_time(cli, tmp_path: Path) -> None:
+    """`trilemma run --time-scale 0`: the ticket's 14 s of simulated calls take no real time
+    to wait, and the run's latency is the spec's own; at 0.1 the run takes a tenth of it
+    and is reported unscaled, beside the estimate of the spec as written."""
+    db = tmp_path / "j.db"
+    started = time.perf_counter()
+    virtual = cli("run", EXAMPLES / "ticket.yaml", "--seed", "3", "--time-scale", "0",
+                  "--journal", db, "--json")  # fmt: skip
+    assert virtual.code == 0, virtual.err
+    assert time.perf_counter() - started < 10  # a real clock: 14 s at least
+    doc = virtual.json()
+    assert doc["time_scale"] == 0 and doc["status"] == "ok" and doc["latency_s"] >= 14.0
+    assert Journal(db).run(doc["run_id"])["time_scale"] == 0
+    fast = cli("run", EXAMPLES / "ticket.yaml", "--seed", "3", "--time-scale", "0.1",
+               "--journal", db, "--json").json()  # fmt: skip
+    assert fast["status"] == "ok" and fast["time_scale"] == 0.1
+    assert 14.0 <= fast["latency_s"] < 20.0  # unscaled: 1.4 s of real time, times 10
+    assert fast["predicted"] == doc["predicted"]  # the spec as written, not its scaled copy
+    shown = cli("run", EXAMPLES / "ticket.yaml", "--seed", "3", "--time-scale", "0",
+                "--journal", db).out  # fmt: skip
+    assert "Simulated time ran on a virtual clock" in " ".join(shown.split())
+    refused = cli("resume", doc["run_id"], "--journal", db)
+    assert refused.code == 2 and "which a resume does not take up" in refused.err
+
+
+def test_a_run_in_simulated_time_its_deadline_cut_is_run_again_not_resumed(
+    cli, tmp_path: Path
+) -> None:
+    """A 1 s deadline (the spec's time) cuts the ticket on a virtual clock as in real time;
+    the hint runs it again under the worst case rather than naming a resume that refuses."""
+    db = tmp_path / "j.db"
+    got = cli("run", EXAMPLES / "ticket.yaml", "--time-scale", "0", "--deadline", "1",
+              "--journal", db)  # fmt: skip
+    said = " ".join(got.out.split())
+    assert got.code == 1 and "deadline" in got.err
+    assert "to run it to the end: the same command with --deadline 30.5" in said
+    assert "a run in simulated time is run again, not resumed" in said
+    assert "trilemma resume" not in said
+    run = Journal(db).runs()[0]
+    assert run["status"] == "deadline" and run["latency_s"] < 1.5  # the spec's own second
+    bad = cli("run", EXAMPLES / "ticket.yaml", "--time-scale", "2", "--journal", db)
+    assert bad.code == 2 and "--time-scale 2: give a factor in (0, 1]" in bad.err
+
+
+def test_ctrl_c_in_a_run_in_simulated_time_ends_it_rather_than_leave_it_for_resume(
+    cli, tmp_path: Path
+) -> None:
+    """A run at --time-scale 0.5 (the ticket: 7 s) stopped by Ctrl-C after its first step:
+    exit 130, the line says it is run again, and its row is closed (failed, no pid), not
+    left `running` for a resume that would refuse it; doctor finds nothing to do."""
+    import signal
+    import subprocess
+    import sys
+
+    from trilemma.testing import interruptible
+
+    db = tmp_path / "j.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trilemma", "run", str(EXAMPLES / "ticket.yaml"), "--journal",
+         str(db), "--time-scale", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
+    )  # fmt: skip
+    try:
+        deadline, done = time.monotonic() + 60, 0
+        while not done and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)  # until its first step is journaled
+            try:
+                seen = Journal(db, create=False)
+            except NotAJournal:  # not made yet, or made but not yet migrated
+                continue
+            with seen:
+                done = sum(len(seen.steps(r["run_id"])) for r in seen.runs())
+        assert done, "no step ended"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.communicate()  # reaped, its pipes closed, whatever happened above
+    assert proc.returncode == 130, err
+    assert "ran in simulated time, which a resume does not take up: run it again" in err
+    (run,) = Journal(db).runs()
+    assert run["status"] == "failed" and run["pid"] is None
+    assert run["error"] == "interrupted (Ctrl-C) in simulated time, which a resume does not take up"
+    assert cli("doctor", "--journal", db).out.endswith("all good\n")
 
 
 def test_many_runs_from_the_top_level_on_a_virtual_clock(tmp_path: Path) -> None:

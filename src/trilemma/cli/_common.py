@@ -101,6 +101,11 @@ SpecFile = Annotated[
                    show_default=False, callback=stdin_named),
 ]  # fmt: skip
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+TimeScaleOpt = Annotated[
+    float, typer.Option(help="0: simulated time on a virtual clock, every wait taking no real "
+                             "time and ending when due; F in (0, 1]: simulated time runs 1/F "
+                             "times faster (1: real time, which real endpoints need).")
+]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", metavar="PATH=VALUE",
     help="What if: change a field of the spec for this command, the file left as it is "

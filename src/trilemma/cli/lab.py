@@ -18,6 +18,7 @@ from trilemma.cli._common import (
     JsonFlag,
     SetOpt,
     SpecFile,
+    TimeScaleOpt,
     app,
     declared_for_files,
     emit_json,
@@ -47,11 +48,6 @@ app.add_typer(local_app, name="local", rich_help_panel="Real models and experime
 LocalModelOpt = Annotated[str, typer.Option("--model", help="smollm2, gemma3-270m or all.")]
 StateOpt = Annotated[Path, typer.Option("--state", help="Where pids and logs go.")]
 DEFAULT_STATE = Path(".trilemma") / "local"
-TimeScaleOpt = Annotated[
-    float, typer.Option(help="0: simulated time on a virtual clock, every wait taking no real "
-                             "time and ending when due; F in (0, 1]: simulated time runs 1/F "
-                             "times faster (1: real time, which real endpoints need).")
-]
 ParallelOpt = Annotated[int, typer.Option(
     help="Runs at a time, each under its own budget, sharing the models' limits as runs on "
          "one endpoint do (a run's latency then includes its waits on the others): for real "

@@ -27,6 +27,7 @@ from trilemma.cli._common import (
     JsonFlag,
     SetOpt,
     SpecFile,
+    TimeScaleOpt,
     app,
     batch_id_of,
     deadline_seconds,
@@ -114,25 +115,33 @@ def run_cmd(
     shared_cache: SharedCacheFlag = False,
     redis: RedisOpt = None,
     sets: SetOpt = None,
+    time_scale: TimeScaleOpt = 1.0,
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonFlag = False,
 ) -> int:
     """Execute a workflow: simulator by default, real endpoints where the spec names them.
 
-    A run with --set keeps them in the journal: `trilemma resume` sets them again.
+    A run with --set keeps them in the journal: `trilemma resume` sets them again. On the
+    simulator, --time-scale 0 runs it on a virtual clock (no real waiting: a check of the
+    spec's prompts and gates in seconds); latencies are then the spec's own.
 
     Example: trilemma run examples/ticket.yaml --max-cost 0.50 --deadline 30 --seed 1
 
     Example: trilemma run examples/starter.yaml --set models.cheap.p_ok=0.8 -i question=Hi
     """
+    from trilemma.experiments.trials import time_scaled
     from trilemma.journal import Journal
     from trilemma.report import tables
+    from trilemma.run.retry import check_time_scale, scaled_time
     from trilemma.run.session import check_inputs, check_tenant, execute
     from trilemma.spec import load_workflow
 
     check_tenant(tenant)
+    check_time_scale(time_scale, "--time-scale", virtual=True)
     shared, tier = _shared(shared_budget, shared_cache, redis)
     wf = load_workflow(spec, sets or ())
+    fast = time_scaled(wf, time_scale)  # real endpoints run in real time only: refused here
+    scale = time_scale or 1.0  # 0: a virtual clock, which keeps the spec's own time
     values = parse_inputs(inputs, input_files, spec_read_stdin=str(spec) == STDIN)
     declared_for_files(input_files, [(str(spec), wf)])
     check_inputs(wf, values, str(spec))  # before the journal is opened (or made)
@@ -140,12 +149,14 @@ def run_cmd(
     ceiling, limit = wf.budget.resolve(max_cost, deadline)
     _note_budgets_that_stop_every_run(wf, ceiling, limit)
     with _on_interrupt(journal), Journal(journal) as j, _RunDisplay(
-        len(wf.steps), ceiling, limit, enabled=not as_json
-    ) as display:
-        result = execute(wf, journal=j, inputs=values, max_cost_usd=max_cost,
-                         deadline_s=deadline, seed=seed, source=str(spec),
-                         on_event=display.update, tenant=tenant, shared=shared,
-                         shared_cache=tier, overrides=sets or ())  # fmt: skip
+        len(wf.steps), ceiling, limit, enabled=not as_json, time_scale=time_scale
+    ) as display, scaled_time(scale):
+        result = execute(fast, journal=j, inputs=values, max_cost_usd=max_cost,
+                         deadline_s=None if deadline is None else deadline * scale, seed=seed,
+                         source=str(spec), on_event=display.update, tenant=tenant,
+                         shared=shared, shared_cache=tier, time_scale=time_scale,
+                         overrides=sets or ())  # fmt: skip
+    result = _in_spec_time(result, wf, scale)
     under = None
     if ceiling is not None or limit is not None:  # what the analytic figures cannot say
         from trilemma.plan.simulate import under_budget
@@ -155,13 +166,27 @@ def run_cmd(
             with Journal(journal) as j:
                 j.add_prediction(result.run_id, "under_budget", under.held(result.predicted))
     if as_json:
-        emit_json({**result.to_json(), "overrides": list(sets or ()),
+        emit_json({**result.to_json(), "overrides": list(sets or ()), "time_scale": time_scale,
                    "predicted_under_budget": None if under is None else under.brief(result.predicted)})
         return _exit(result, f"run {result.run_id}")
     console = stdout_console()
     print_set(console, sets)
-    console.print(tables.run_view(result, under, str(spec)))
+    console.print(tables.run_view(result, under, str(spec), time_scale=time_scale))
+    for line in tables.scaled_lines(time_scale):
+        console.print(line, style="dim")
     return _exit(result, f"run {result.run_id}")
+
+
+def _in_spec_time(result: Any, wf: Any, scale: float) -> Any:
+    """A run in scaled time, as the spec's own: its latency, and the estimate of the spec
+    as written beside it (a virtual clock's, ``scale`` 1, keep the spec's time already)."""
+    import dataclasses
+
+    from trilemma.plan.estimate import estimate
+
+    if scale == 1:
+        return result
+    return dataclasses.replace(result, latency_s=result.latency_s / scale, predicted=estimate(wf))
 
 
 @app.command("batch", rich_help_panel="Run and read the journal")
@@ -360,11 +385,19 @@ def _on_interrupt(journal: Path) -> Iterator[None]:
         # (no journal yet, or one that cannot be read: none of them)
         with contextlib.suppress(Exception), Journal(journal, create=False) as j:
             mine = [r for r in j.runs(status="running") if r["pid"] == os.getpid()]
+            for r in mine:  # a run in simulated time is never resumed: it ends here
+                if r["time_scale"] != 1:
+                    j.update_run(r["run_id"], status="failed", pid=None, finished_at=time.time(),
+                                 error="interrupted (Ctrl-C) in simulated time, which a resume "
+                                       "does not take up")  # fmt: skip
         flag = tables.journal_flag(journal)
         batch = mine[0]["batch_id"] if mine else None
         if batch:
             said = (f"; {batch} keeps the lines and steps that finished: the same command "
                     f"with --resume {batch} goes on")  # fmt: skip
+        elif mine and mine[0]["time_scale"] != 1:
+            said = (f"; run {mine[0]['run_id']} ran in simulated time, which a resume does not "
+                    "take up: run it again (the steps that finished are in its ledger)")  # fmt: skip
         elif mine:
             run_id = mine[0]["run_id"]
             said = (f"; run {run_id} keeps the steps that finished: `trilemma resume "
@@ -461,13 +494,15 @@ class _RunDisplay:
     """Steps done, spend against the ceiling and time against the deadline, on a terminal."""
 
     def __init__(
-        self, steps: int, ceiling: float | None, deadline: float | None, enabled: bool
-    ) -> None:
+        self, steps: int, ceiling: float | None, deadline: float | None, enabled: bool,
+        time_scale: float = 1.0,
+    ) -> None:  # fmt: skip
         from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
         from trilemma.report.tables import usd
 
         self.ceiling, self.deadline, self.usd = ceiling, deadline, usd
+        self.time_scale = time_scale  # the clock shows the spec's time; none on a virtual one
         self.progress = Progress(
             "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
             "{task.fields[spend]}", "{task.fields[clock]}",
@@ -488,9 +523,10 @@ class _RunDisplay:
     def update(self, event: Any) -> None:
         cap = f" / {self.usd(self.ceiling)}" if self.ceiling is not None else ""
         left = f" / {self.deadline:.0f}s" if self.deadline is not None else ""
-        elapsed = time.monotonic() - self.started
+        elapsed = (time.monotonic() - self.started) / (self.time_scale or 1.0)
+        clock = f"{elapsed:.1f}s{left}" if self.time_scale else "virtual clock"
         self.progress.update(self.task, completed=event.done, spend=f"{self.usd(event.spent)}{cap}",
-                             clock=f"{elapsed:.1f}s{left}")  # fmt: skip
+                             clock=clock)  # fmt: skip
 
 
 @app.command(rich_help_panel="Run and read the journal")
@@ -692,9 +728,10 @@ def doctor(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonFlag = False) -> 
         trials = set(report["interrupted_trials"])
         for run_id in report["interrupted_runs"]:
             if run_id in trials:
-                console.print(f"interrupted trial {run_id} of an experiment (compare or sweep): "
-                              "a trial is not resumed; run the experiment again, and `trilemma "
-                              f"prune --older-than 0{flag}` forgets it")  # fmt: skip
+                console.print(f"interrupted run {run_id} in simulated time (a trial of compare "
+                              "or sweep, or run --time-scale): it is not resumed; run it, or the "
+                              f"experiment, again, and `trilemma prune --older-than 0{flag}` "
+                              "forgets it")  # fmt: skip
             elif run_id.startswith(GATEWAY_RUN):
                 console.print(f"gateway run {run_id} stopped without closing; its calls are in "
                               "the ledger and the next `trilemma gateway` reopens it")  # fmt: skip

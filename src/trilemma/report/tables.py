@@ -996,8 +996,9 @@ def budget_check_line(
 
 
 def run_view(r: Any, under: SimResult | None = None, spec: str | None = None,
-             held: Mapping[str, Any] | None = None) -> Group:  # fmt: skip
-    """A run: predicted beside measured, then each step; ``under``: the Monte Carlo of the
+             held: Mapping[str, Any] | None = None, time_scale: float = 1.0) -> Group:  # fmt: skip
+    """A run: predicted beside measured, then each step (``time_scale``: a run in simulated
+    time, which is run again rather than resumed); ``under``: the Monte Carlo of the
     spec under the run's ceiling and deadline, which the analytic success does not see (of a
     resume, of the steps it had left, and ``held``, what its row says of it: see
     :func:`under_budget_rows`); ``spec``: its file, named in the command that finds a budget
@@ -1045,7 +1046,7 @@ def run_view(r: Any, under: SimResult | None = None, spec: str | None = None,
                           "every one", style="dim"))  # fmt: skip
     if r.cut:
         parts.append(Text(cut_line(r.cut), style="yellow"))
-    parts.extend(Text(line, style="yellow") for line in _budget_hints(r, under, spec))
+    parts.extend(Text(line, style="yellow") for line in _budget_hints(r, under, spec, time_scale))
     return Group(*parts, Text(f"journal: {r.journal}\n{follow_up(r.run_id, r.journal)}",
                               style="dim"))  # fmt: skip
 
@@ -1090,9 +1091,12 @@ def _steps_shown(steps: Mapping[str, Any], limit: int = STEPS_SHOWN) -> set[str]
     return set(ranked[:limit])
 
 
-def _budget_hints(r: Any, under: SimResult | None, spec: str | None) -> list[str]:
+def _budget_hints(
+    r: Any, under: SimResult | None, spec: str | None, time_scale: float = 1.0
+) -> list[str]:
     """For a run its own ceiling or deadline stopped: the command that finds one under which
-    most runs finish, and the resume that finishes this run under the planner's worst case."""
+    most runs finish, and the resume that finishes this run under the planner's worst case
+    (a run in simulated time, which is not resumed: the same run again under it)."""
     if under is None or spec is None:
         return []
     if r.status == "budget_exhausted" and under.max_cost_usd is not None:
@@ -1101,10 +1105,13 @@ def _budget_hints(r: Any, under: SimResult | None, spec: str | None) -> list[str
         what, flag, resume = "deadline", "--deadline-for", f"--deadline {_up(r.predicted.latency_worst_s)}"
     else:
         return []
+    choose = (f"to choose a {what}: trilemma simulate {shlex.quote(spec)} {flag} 0.95 (the "
+              "smallest under which 95% of runs finish)")  # fmt: skip
+    if time_scale != 1:
+        return [choose, f"to run it to the end: the same command with {resume} (the worst case; "
+                        "a run in simulated time is run again, not resumed)"]  # fmt: skip
     again = f"trilemma resume {short_id(r.run_id)}{journal_flag(r.journal)} {resume}"
-    return [f"to choose a {what}: trilemma simulate {shlex.quote(spec)} {flag} 0.95 (the smallest "
-            "under which 95% of runs finish)",
-            f"to finish this run: {again} (the worst case; the steps done are not run again)"]
+    return [choose, f"to finish this run: {again} (the worst case; the steps done are not run again)"]
 
 
 def _up(x: float, digits: int = 4) -> str:
@@ -1468,10 +1475,10 @@ def ledger_table(
                      f"{usd(pruned[1])}, that "
                      "`trilemma prune` forgot (the run's spend still counts them)")  # fmt: skip
     if time_scale == 0:
-        notes.append("simulated time ran on a virtual clock (compare or sweep): latencies are "
+        notes.append("simulated time ran on a virtual clock (compare, sweep or run --time-scale): latencies are "
                      "the spec's own, each wait ended when due")  # fmt: skip
     elif time_scale != 1:
-        notes.append(f"simulated time ran {1 / time_scale:g}x faster (compare or sweep): "
+        notes.append(f"simulated time ran {1 / time_scale:g}x faster (compare, sweep or run --time-scale): "
                      f"latencies are {time_scale:g} of the spec's own")  # fmt: skip
     t.caption = "\n".join(notes) or None
     for col in ("step", "attempt", "role", "model", "tokens in", "tokens out", "cost", "latency",
@@ -1641,7 +1648,7 @@ def sweep_table(sw: Sweep, source: str, overrides: Sequence[str] = ()) -> Group:
                  "narrow it.")  # fmt: skip
     lines += _tight_deadlines(sw, source, overrides)
     lines += _together(sw.parallel, "" if sw.limited else None)
-    lines += _scaled(sw.time_scale)
+    lines += scaled_lines(sw.time_scale)
     return Group(t, Text("\n".join(lines)))
 
 
@@ -1783,7 +1790,7 @@ def compare_table(
             lines.append(line + ".")
     limited = [short[r.name] for r in rows if r.limited]
     lines += _together(rows[0].parallel, f" ({', '.join(limited)})" if limited else None)
-    lines += _scaled(time_scale)
+    lines += scaled_lines(time_scale)
     return Group(t, Text("\n".join(lines)))
 
 
@@ -1852,8 +1859,8 @@ def _together(parallel: int, limited: str | None) -> list[str]:
     return [f"Runs went {parallel} at a time, each under its own budget{shared}."]
 
 
-def _scaled(time_scale: float) -> list[str]:
-    """The line an experiment run in scaled time ends with (none in real time)."""
+def scaled_lines(time_scale: float) -> list[str]:
+    """The line a run or an experiment in scaled time ends with (none in real time)."""
     if time_scale == 1:
         return []
     if time_scale == 0:

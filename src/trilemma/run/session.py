@@ -508,8 +508,8 @@ async def resume_async(
         clock = ("on a virtual clock" if row["time_scale"] == 0 else
                  f"{1 / row['time_scale']:g}x faster")  # fmt: skip
         raise UsageError(
-            f"run {run_id} is one trial of an experiment (compare or sweep), run in simulated "
-            f"time {clock}; run the experiment again rather than resume it"
+            f"run {run_id} ran in simulated time {clock} (a trial of compare or sweep, or run "
+            "--time-scale), which a resume does not take up; run it, or the experiment, again"
         )
     if still_running(row) and not force:
         raise UsageError(
