@@ -311,7 +311,9 @@ def optimize(
     max_retries: Annotated[int, typer.Option(min=0, max=10, help="Retries to try per step.")] = 3,
     method: Annotated[Method, typer.Option(help="Search method.")] = Method.auto,
     beam_width: Annotated[int, typer.Option(min=2, help="Beam width.")] = 256,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the chosen spec here.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the chosen spec here.")
+    ] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the frontier as a PNG.")] = None,
     sets: SetOpt = None,
     as_json: JsonFlag = False,
@@ -726,7 +728,9 @@ def init(
 
 @app.command(rich_help_panel="Predict")
 def schema(
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write it here instead of stdout.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write it here instead of stdout.")
+    ] = None,
     gateway: Annotated[bool, typer.Option(
         "--gateway", help="The schema of a gateway's config (trilemma gateway FILE) instead.",
     )] = False,

@@ -213,7 +213,8 @@ def batch_cmd(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Write one JSON line per input line here, each as its run ends."),
+        typer.Option("--out", "-o",
+                     help="Write one JSON line per input line here, each as its run ends."),
     ] = None,
     resume: Annotated[
         str | None,
@@ -396,8 +397,8 @@ def _on_interrupt(journal: Path) -> Iterator[None]:
             said = (f"; {batch} keeps the lines and steps that finished: the same command "
                     f"with --resume {batch} goes on")  # fmt: skip
         elif mine and mine[0]["time_scale"] != 1:
-            said = (f"; run {mine[0]['run_id']} ran in simulated time, which a resume does not "
-                    "take up: run it again (the steps that finished are in its ledger)")  # fmt: skip
+            said = (f"; run {mine[0]['run_id']} ran in simulated time, which a resume does "
+                    "not take up: run it again (the steps that finished are in its ledger)")  # fmt: skip
         elif mine:
             run_id = mine[0]["run_id"]
             said = (f"; run {run_id} keeps the steps that finished: `trilemma resume "
@@ -672,7 +673,9 @@ def resume_cmd(
 def export(
     run_id: Annotated[str, run_ref("The run to export.")],
     journal: JournalOpt = DEFAULT_JOURNAL,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")
+    ] = None,
 ) -> int:
     """A run as JSON Lines: one record for the run, then one per step, then one per call.
 

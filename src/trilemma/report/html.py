@@ -121,14 +121,16 @@ def run_report(journal: Journal, run_id: str) -> str:
     scale = run["time_scale"]
     if scale == 0:
         parts.append(
-            '<p class="dim">Simulated time ran on a virtual clock (compare, sweep or run --time-scale): every wait '
-            "took no real time and ended when due, so the times on this page are the spec's "
-            "own, and the calls' clock times follow simulated time from the run's real start.</p>"
+            '<p class="dim">Simulated time ran on a virtual clock (compare, sweep or run '
+            "--time-scale): every wait took no real time and ended when due, so the times on "
+            "this page are the spec's own, and the calls' clock times follow simulated time "
+            "from the run's real start.</p>"
         )
     elif scale != 1:
         parts.append(
-            f'<p class="dim">Simulated time ran {1 / scale:g}x faster (compare, sweep or run --time-scale): every '
-            f"time on this page, predicted and measured, is {scale:g} of the spec's own.</p>"
+            f'<p class="dim">Simulated time ran {1 / scale:g}x faster (compare, sweep or run '
+            f"--time-scale): every time on this page, predicted and measured, is {scale:g} of "
+            "the spec's own.</p>"
         )
     parts += ["<h2>Predicted beside measured</h2>", _summary(run, predicted)]
     png = timeline_png(run, calls, order)

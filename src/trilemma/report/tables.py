@@ -986,7 +986,7 @@ def budget_check_line(
 
     parts = [f"{name} succeeds {_with_ci(r.success_rate, r.ci95)} ({lost(name, r)})"
              for name, r in checks.items()]  # fmt: skip
-    line = f"Monte Carlo, {first.runs:,} runs with " + " and ".join(held) + ": " + "; ".join(parts) + "."
+    line = f"Monte Carlo, {first.runs:,} runs with {' and '.join(held)}: {'; '.join(parts)}."
     chosen = checks.get("chosen")
     if min_reliability and chosen is not None and chosen.ci95[1] < min_reliability:
         line += (f" Run under these budgets, the chosen falls short of the {_pct(min_reliability)} "
@@ -1111,7 +1111,8 @@ def _budget_hints(
         return [choose, f"to run it to the end: the same command with {resume} (the worst case; "
                         "a run in simulated time is run again, not resumed)"]  # fmt: skip
     again = f"trilemma resume {short_id(r.run_id)}{journal_flag(r.journal)} {resume}"
-    return [choose, f"to finish this run: {again} (the worst case; the steps done are not run again)"]
+    return [choose, f"to finish this run: {again} (the worst case; the steps done are not run "
+                    "again)"]  # fmt: skip
 
 
 def _up(x: float, digits: int = 4) -> str:
@@ -1475,11 +1476,12 @@ def ledger_table(
                      f"{usd(pruned[1])}, that "
                      "`trilemma prune` forgot (the run's spend still counts them)")  # fmt: skip
     if time_scale == 0:
-        notes.append("simulated time ran on a virtual clock (compare, sweep or run --time-scale): latencies are "
-                     "the spec's own, each wait ended when due")  # fmt: skip
+        notes.append("simulated time ran on a virtual clock (compare, sweep or run "
+                     "--time-scale): latencies are the spec's own, each wait ended when "
+                     "due")  # fmt: skip
     elif time_scale != 1:
-        notes.append(f"simulated time ran {1 / time_scale:g}x faster (compare, sweep or run --time-scale): "
-                     f"latencies are {time_scale:g} of the spec's own")  # fmt: skip
+        notes.append(f"simulated time ran {1 / time_scale:g}x faster (compare, sweep or run "
+                     f"--time-scale): latencies are {time_scale:g} of the spec's own")  # fmt: skip
     t.caption = "\n".join(notes) or None
     for col in ("step", "attempt", "role", "model", "tokens in", "tokens out", "cost", "latency",
                 "outcome"):  # fmt: skip
