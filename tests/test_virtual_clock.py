@@ -268,7 +268,7 @@ def test_ctrl_c_in_a_run_in_simulated_time_ends_it_rather_than_leave_it_for_resu
     assert "ran in simulated time, which a resume does not take up: run it again" in err
     (run,) = Journal(db).runs()
     assert run["status"] == "failed" and run["pid"] is None
-    assert run["error"] == "interrupted (Ctrl-C) in simulated time, which a resume does not take up"
+    assert run["error"] == "interrupted (Ctrl-C): a run in simulated time, which is not resumed"
     assert cli("doctor", "--journal", db).out.endswith("all good\n")
 
 

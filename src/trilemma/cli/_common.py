@@ -564,17 +564,24 @@ def runs_kept_on_interrupt(journal: Path) -> Iterator[None]:
         from trilemma.journal import Journal
         from trilemma.report.tables import journal_flag
 
-        how = "terminated (SIGTERM)" if _terminated else "interrupted (Ctrl-C)"
         # (no journal yet, or one that cannot be written: nothing to mark)
         with contextlib.suppress(Exception), Journal(journal, create=False) as j:
-            for row in j.runs(status="running"):  # the trial cut short: never resumed
-                if row["pid"] == os.getpid():
-                    j.update_run(row["run_id"], status="failed", pid=None, finished_at=time.time(),
-                                 error=f"{how}: a trial of an experiment, which is not "
-                                       "resumed")  # fmt: skip
+            mine = [r for r in j.runs(status="running") if r["pid"] == os.getpid()]
+            close_unresumable(j, mine, "a trial of an experiment")  # the trial cut short
         flag = journal_flag(journal)
         interrupted(f"; the runs that ended are kept in {journal}: `trilemma runs{flag}` "
                     "lists them")  # fmt: skip
+
+
+def close_unresumable(j: Journal, rows: list[dict[str, Any]], what: str) -> None:
+    """End ``rows``, runs of this process that Ctrl-C (or SIGTERM) cut short and that a
+    resume does not take up (``what`` they are: a trial of an experiment, a run in simulated
+    time), as ``failed`` with how they were stopped: left ``running``, doctor would list
+    them as waiting for a resume that refuses them."""
+    how = "terminated (SIGTERM)" if _terminated else "interrupted (Ctrl-C)"
+    for row in rows:
+        j.update_run(row["run_id"], status="failed", pid=None, finished_at=time.time(),
+                     error=f"{how}: {what}, which is not resumed")  # fmt: skip
 
 
 def _not_utf8(exc: UnicodeEncodeError, argv: list[str]) -> str | None:

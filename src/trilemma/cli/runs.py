@@ -30,6 +30,7 @@ from trilemma.cli._common import (
     TimeScaleOpt,
     app,
     batch_id_of,
+    close_unresumable,
     deadline_seconds,
     declared_for_files,
     dollars,
@@ -386,11 +387,8 @@ def _on_interrupt(journal: Path) -> Iterator[None]:
         # (no journal yet, or one that cannot be read: none of them)
         with contextlib.suppress(Exception), Journal(journal, create=False) as j:
             mine = [r for r in j.runs(status="running") if r["pid"] == os.getpid()]
-            for r in mine:  # a run in simulated time is never resumed: it ends here
-                if r["time_scale"] != 1:
-                    j.update_run(r["run_id"], status="failed", pid=None, finished_at=time.time(),
-                                 error="interrupted (Ctrl-C) in simulated time, which a resume "
-                                       "does not take up")  # fmt: skip
+            close_unresumable(j, [r for r in mine if r["time_scale"] != 1],
+                              "a run in simulated time")  # fmt: skip
         flag = tables.journal_flag(journal)
         batch = mine[0]["batch_id"] if mine else None
         if batch:
